@@ -1,0 +1,427 @@
+"""Configuration: a JSON5 file plus the environment, checked strictly, frozen.
+
+Owns the schema (every key, its type, its default), the file lookup order, the
+``${VAR}`` substitution and the masking of secrets for display. Everything else
+receives the frozen ``Config`` dataclasses and never reads the file or the
+environment for settings itself. Problems raise ``ConfigError`` with the
+dotted path of the key and the reason, e.g.
+``gateway.port: expected integer 1-65535, got "abc"``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Callable, Final, Mapping
+
+from . import json5
+from .errors import ConfigError
+
+DEFAULT_PORT: Final = 18789
+DEFAULT_CONFIG_PATH: Final = "~/.equabot/equabot.json"
+DEFAULT_STATE_DIR: Final = "~/.equabot"
+SECRET_KEYS: Final = frozenset({"token", "password", "apiKey"})
+MASK: Final = "***"
+
+# -- checks: each returns the value to store or raises ValueError(reason) ----------
+
+Check = Callable[[Any], Any]
+
+
+def _describe(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (str, int, float, bool)) or value is None \
+        else type(value).__name__
+
+
+def integer(lo: int, hi: int | None = None) -> Check:
+    def check(value: Any) -> int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < lo \
+                or (hi is not None and value > hi):
+            span = f"{lo}-{hi}" if hi is not None else f">= {lo}"
+            raise ValueError(f"expected integer {span}, got {_describe(value)}")
+        return value
+    return check
+
+
+def number(lo: float, hi: float | None = None) -> Check:
+    def check(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value) or value < lo or (hi is not None and value > hi):
+            span = f"{lo:g}-{hi:g}" if hi is not None else f">= {lo:g}"
+            raise ValueError(f"expected number {span}, got {_describe(value)}")
+        return float(value)
+    return check
+
+
+def string(*, empty: bool = True) -> Check:
+    def check(value: Any) -> str:
+        if not isinstance(value, str) or (not empty and not value):
+            raise ValueError(f"expected {'a' if empty else 'a non-empty'} string, got {_describe(value)}")
+        return value
+    return check
+
+
+def optional(inner: Check) -> Check:
+    def check(value: Any) -> Any:
+        return None if value is None else inner(value)
+    return check
+
+
+def boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {_describe(value)}")
+    return value
+
+
+def choice(*options: str) -> Check:
+    def check(value: Any) -> str:
+        if value not in options:
+            raise ValueError(f"expected one of {', '.join(map(json.dumps, options))}, got {_describe(value)}")
+        return value
+    return check
+
+
+def string_list(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"expected a list of strings, got {_describe(value)}")
+    return tuple(value)
+
+
+def string_map(value: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ValueError(f"expected an object of strings, got {_describe(value)}")
+    return tuple(value.items())
+
+
+def key(name: str, check: Check | None = None, *, default: Any = MISSING,
+        factory: Callable[[], Any] | None = None) -> Any:
+    """A dataclass field read from config key ``name`` and checked by ``check``.
+
+    Nested dataclass fields leave ``check`` out: the type is the schema.
+    """
+    meta = {"key": name, "check": check}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# -- the schema ---------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class RateLimitConfig:
+    max_attempts: int = key("maxAttempts", integer(1), default=10)
+    window_seconds: float = key("windowSeconds", number(1), default=60.0)
+    lockout_seconds: float = key("lockoutSeconds", number(0), default=300.0)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    mode: str = key("mode", choice("token", "password", "none"), default="token")
+    token: str | None = key("token", optional(string()), default=None)
+    password: str | None = key("password", optional(string()), default=None)
+    rate_limit: RateLimitConfig = key("rateLimit", factory=RateLimitConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointConfig:
+    enabled: bool = key("enabled", boolean, default=False)
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointsConfig:
+    chat_completions: EndpointConfig = key("chatCompletions", factory=EndpointConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class CorsConfig:
+    allow_origins: tuple[str, ...] = key("allowOrigins", string_list, default=())
+
+
+@dataclass(frozen=True, slots=True)
+class HTTPConfig:
+    endpoints: EndpointsConfig = key("endpoints", factory=EndpointsConfig)
+    max_body_bytes: int = key("maxBodyBytes", integer(1024), default=20 * 1024 * 1024)
+    max_header_bytes: int = key("maxHeaderBytes", integer(1024), default=64 * 1024)
+    header_timeout: float = key("headerTimeoutSeconds", number(0.01), default=10.0)
+    keep_alive_timeout: float = key("keepAliveTimeoutSeconds", number(0.01), default=30.0)
+    cors: CorsConfig = key("cors", factory=CorsConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class WSConfig:
+    max_payload_bytes: int = key("maxPayloadBytes", integer(1024), default=25 * 1024 * 1024)
+    allowed_origins: tuple[str, ...] = key("allowedOrigins", string_list, default=())
+    echo_path: str | None = key("echoPath", optional(string(empty=False)), default=None)
+    tick_interval_ms: int = key("tickIntervalMs", integer(100), default=30_000)
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    port: int = key("port", integer(0, 65535), default=DEFAULT_PORT)
+    bind: str = key("bind", string(empty=False), default="loopback")
+    auth: AuthConfig = key("auth", factory=AuthConfig)
+    http: HTTPConfig = key("http", factory=HTTPConfig)
+    ws: WSConfig = key("ws", factory=WSConfig)
+    trusted_proxies: tuple[str, ...] = key("trustedProxies", string_list, default=())
+    shutdown_grace: float = key("shutdownGraceSeconds", number(0), default=10.0)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentDefaults:
+    model: str = key("model", string(empty=False), default="echo/echo")
+    system_prompt: str | None = key("systemPrompt", optional(string()), default=None)
+    timeout: float = key("timeoutSeconds", number(0.001), default=600.0)
+    max_concurrent: int = key("maxConcurrent", integer(1), default=16)
+    max_queued: int = key("maxQueued", integer(0), default=1024)
+
+
+_AGENT_ID: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+
+
+def agent_id(value: Any) -> str:
+    """Agent ids are normalised to lower case and must match ``[a-z0-9][a-z0-9_-]{0,63}``."""
+    if isinstance(value, str) and _AGENT_ID.fullmatch(value.strip().lower()):
+        return value.strip().lower()
+    raise ValueError(f"expected an agent id matching [a-z0-9][a-z0-9_-]{{0,63}}, got {_describe(value)}")
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    id: str = key("id", agent_id)
+    name: str | None = key("name", optional(string()), default=None)
+    default: bool = key("default", boolean, default=False)
+    model: str | None = key("model", optional(string(empty=False)), default=None)
+    system_prompt: str | None = key("systemPrompt", optional(string()), default=None)
+    timeout: float | None = key("timeoutSeconds", optional(number(0.001)), default=None)
+    max_concurrent: int | None = key("maxConcurrent", optional(integer(1)), default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentsConfig:
+    defaults: AgentDefaults = key("defaults", factory=AgentDefaults)
+    list: tuple[AgentConfig, ...] = key("list", default=())
+
+
+PROVIDER_APIS: Final = ("echo", "openai-completions", "anthropic-messages", "command")
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    api: str = key("api", choice(*PROVIDER_APIS))
+    base_url: str | None = key("baseUrl", optional(string(empty=False)), default=None)
+    api_key: str | None = key("apiKey", optional(string()), default=None)
+    headers: tuple[tuple[str, str], ...] = key("headers", string_map, default=())
+    timeout: float = key("timeoutSeconds", number(0.001), default=120.0)
+    models: tuple[str, ...] | None = key("models", optional(string_list), default=None)
+    delay_ms: float = key("delayMs", number(0, 60_000), default=0.0)
+    command: tuple[str, ...] = key("command", string_list, default=())
+    max_tokens: int = key("maxTokens", integer(1), default=4096)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelsConfig:
+    providers: tuple[tuple[str, ProviderConfig], ...] = key("providers", default=())
+
+
+@dataclass(frozen=True, slots=True)
+class SessionsConfig:
+    stateless_retention_days: float = key("statelessRetentionDays", number(0), default=7.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole effective configuration."""
+
+    gateway: GatewayConfig = key("gateway", factory=GatewayConfig)
+    agents: AgentsConfig = key("agents", factory=AgentsConfig)
+    models: ModelsConfig = key("models", factory=ModelsConfig)
+    sessions: SessionsConfig = key("sessions", factory=SessionsConfig)
+
+    def provider(self, name: str) -> ProviderConfig | None:
+        """The configured provider ``name``, or None."""
+        return dict(self.models.providers).get(name)
+
+
+# Collections of dataclasses: the element type of each such field.
+_LIST_OF: Final[dict[tuple[type, str], type]] = {
+    (AgentsConfig, "list"): AgentConfig,
+}
+_MAP_OF: Final[dict[tuple[type, str], type]] = {
+    (ModelsConfig, "providers"): ProviderConfig,
+}
+
+
+def _build(cls: type, data: Any, path: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(path, f"expected an object, got {_describe(data)}")
+    known = {f.metadata["key"]: f for f in fields(cls)}
+    for name in data:
+        if name not in known:
+            where = f"{path}.{name}" if path else name
+            raise ConfigError(where, f"unknown key (known keys: {', '.join(sorted(known))})")
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        name = f.metadata["key"]
+        where = f"{path}.{name}" if path else name
+        if name not in data:
+            if f.default is MISSING and f.default_factory is MISSING:
+                raise ConfigError(where, "required key is missing")
+            continue
+        values[f.name] = _value(cls, f, data[name], where)
+    return cls(**values)
+
+
+def _value(cls: type, f: Any, raw: Any, where: str) -> Any:
+    check = f.metadata["check"]
+    if check is not None:
+        try:
+            return check(raw)
+        except ValueError as exc:
+            raise ConfigError(where, str(exc)) from None
+    if (cls, f.name) in _LIST_OF:
+        if not isinstance(raw, list):
+            raise ConfigError(where, f"expected a list, got {_describe(raw)}")
+        item = _LIST_OF[(cls, f.name)]
+        return tuple(_build(item, v, f"{where}[{i}]") for i, v in enumerate(raw))
+    if (cls, f.name) in _MAP_OF:
+        if not isinstance(raw, dict):
+            raise ConfigError(where, f"expected an object, got {_describe(raw)}")
+        item = _MAP_OF[(cls, f.name)]
+        return tuple((k, _build(item, v, f"{where}.{k}")) for k, v in raw.items())
+    nested = f.default_factory if f.default_factory is not MISSING else None
+    assert nested is not None and is_dataclass(nested), f"schema field {where} lacks a check"
+    return _build(nested, raw, where)
+
+
+def _check_agents(config: Config) -> None:
+    seen: set[str] = set()
+    defaults = 0
+    for i, agent in enumerate(config.agents.list):
+        if agent.id in seen:
+            raise ConfigError(f"agents.list[{i}].id", f"duplicate agent id {agent.id!r}")
+        seen.add(agent.id)
+        defaults += agent.default
+    if defaults > 1:
+        raise ConfigError("agents.list", "more than one agent is marked default: true")
+    for i, agent in enumerate(config.agents.list):
+        _check_model_ref(config, agent.model, f"agents.list[{i}].model")
+    _check_model_ref(config, config.agents.defaults.model, "agents.defaults.model")
+    for name, provider in config.models.providers:
+        where = f"models.providers.{name}"
+        if provider.api == "openai-completions" and not provider.base_url:
+            raise ConfigError(f"{where}.baseUrl", "required for api \"openai-completions\"")
+        if provider.api == "command" and not provider.command:
+            raise ConfigError(f"{where}.command", "required for api \"command\" (an argv list)")
+
+
+def _check_model_ref(config: Config, ref: str | None, where: str) -> None:
+    if ref is None:
+        return
+    provider = ref.partition("/")[0]
+    if provider != "echo" and config.provider(provider) is None:
+        raise ConfigError(where, f"unknown provider {provider!r} in {ref!r} "
+                                 f"(configure models.providers.{provider})")
+
+
+# -- environment substitution -------------------------------------------------------
+
+_VAR: Final = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _substitute(data: Any, env: Mapping[str, str], path: str) -> Any:
+    if isinstance(data, str):
+        def repl(m: re.Match[str]) -> str:
+            if m.group(0) == "$${":
+                return "${"        # "$${" is a literal "${"
+            name = m.group(1)
+            if name not in env:
+                raise ConfigError(path, f"environment variable {name} is not set")
+            return env[name]
+        return _VAR.sub(repl, data) if "$" in data else data
+    if isinstance(data, dict):
+        return {k: _substitute(v, env, f"{path}.{k}" if path else k) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_substitute(v, env, f"{path}[{i}]") for i, v in enumerate(data)]
+    return data
+
+
+# -- loading ---------------------------------------------------------------------------
+
+def from_data(data: Any, env: Mapping[str, str] | None = None) -> Config:
+    """Check a parsed document and build the ``Config``; raises ``ConfigError``."""
+    data = _substitute(data, os.environ if env is None else env, "")
+    config = _build(Config, data, "")
+    _check_agents(config)
+    return config
+
+
+def config_path(explicit: str | None, env: Mapping[str, str] | None = None) -> tuple[Path | None, bool]:
+    """Where the config file is: ``--config``, else ``EQUABOT_CONFIG_PATH``, else the default.
+
+    Returns (path, required): an explicitly named file must exist; the default
+    may be absent, and then the embedded defaults apply (path None).
+    """
+    env = os.environ if env is None else env
+    if explicit:
+        return Path(explicit).expanduser(), True
+    if env.get("EQUABOT_CONFIG_PATH"):
+        return Path(env["EQUABOT_CONFIG_PATH"]).expanduser(), True
+    default = Path(DEFAULT_CONFIG_PATH).expanduser()
+    return (default, False) if default.exists() else (None, False)
+
+
+def load(explicit: str | None = None, env: Mapping[str, str] | None = None) -> tuple[Config, Path | None]:
+    """Find, read and check the configuration; returns it and the file used (or None)."""
+    path, required = config_path(explicit, env)
+    if path is None:
+        return from_data({}, env), None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if required:
+            raise ConfigError("", f"config file {path} does not exist") from None
+        return from_data({}, env), None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("", f"cannot read config file {path}: {exc}") from None
+    try:
+        data = json5.loads(text)
+    except ConfigError as exc:
+        raise ConfigError("", f"{path}: {exc}") from None
+    return from_data(data, env), path
+
+
+def state_dir(explicit: str | None, env: Mapping[str, str] | None = None) -> Path:
+    """``--state-dir``, else ``EQUABOT_STATE_DIR``, else ``~/.equabot``."""
+    env = os.environ if env is None else env
+    return Path(explicit or env.get("EQUABOT_STATE_DIR") or DEFAULT_STATE_DIR).expanduser()
+
+
+# -- display ---------------------------------------------------------------------------
+
+def to_data(config: Any, *, mask: bool = True) -> Any:
+    """The config as plain JSON data under its config keys; secrets masked when ``mask``."""
+    if is_dataclass(config):
+        out: dict[str, Any] = {}
+        for f in fields(config):
+            name = f.metadata["key"]
+            value = getattr(config, f.name)
+            if mask and name in SECRET_KEYS and value:
+                out[name] = MASK
+            elif mask and name == "headers" and value:
+                out[name] = {k: MASK for k, _ in value}
+            elif (type(config), f.name) in _MAP_OF:
+                out[name] = {k: to_data(v, mask=mask) for k, v in value}
+            elif name == "headers":
+                out[name] = dict(value)
+            else:
+                out[name] = to_data(value, mask=mask)
+        return out
+    if isinstance(config, tuple):
+        return [to_data(v, mask=mask) for v in config]
+    return config

@@ -1,0 +1,742 @@
+"""The asyncio HTTP/1.1 server: sockets, connections, keep-alive, routing, shutdown.
+
+Owns the I/O around the sans-I/O codec in ``http11.py``: one ``asyncio.Protocol``
+and one task per connection, requests answered strictly in order (pipelining),
+the timeouts of each phase, write flow control, the hand-over of an upgraded
+connection, and the access log. Handlers are plain coroutines registered in a
+``Router``; they return a ``Response``, a ``StreamingResponse`` or an
+``Upgrade``. This module must not import config, gateway or agents: what it
+needs (limits, routes, names) is passed in.
+
+A client that disconnects (EOF or reset) while its request is being handled is
+gone: its handler task is cancelled at once and nothing more is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import itertools
+import json
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Final, Union
+
+from ..errors import ApiError, HTTPProtocolError, error_type_for_status, http_status
+from . import http11
+
+log = logging.getLogger("equabot_gw.http")
+
+# Defaults; the gateway passes its configured values (gateway.http.*).
+DEFAULT_HEADER_TIMEOUT: Final = 10.0        # nginx client_header_timeout is 60 s; 10 s per DECISIONS 11
+DEFAULT_KEEP_ALIVE_TIMEOUT: Final = 30.0    # between requests on an idle connection
+DEFAULT_BODY_TIMEOUT: Final = 30.0          # longest pause between two pieces of a request body
+# Bytes received ahead of the request being handled (pipelining) before the
+# server stops reading from that client.
+MAX_PIPELINE_BUFFER_BYTES: Final = 256 * 1024
+# Write buffer marks: above the high mark a streaming handler waits for the
+# client to read (asyncio's default high-water mark is 64 KiB).
+WRITE_HIGH_WATER_BYTES: Final = 256 * 1024
+
+SERVER_NAME: Final = "equabot-gw"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+
+# -- what handlers see and return ------------------------------------------------
+
+@dataclass(slots=True)
+class HTTPRequest:
+    """A request as handlers see it: the parsed head, the whole body, and who sent it.
+
+    ``client`` is the peer's address (host string); ``params`` holds the tail
+    of a prefix route; ``disconnected`` is set once the client is gone.
+    """
+
+    method: str
+    path: str
+    query: str
+    version: str
+    headers: http11.Headers
+    body: bytes
+    client: str
+    conn_id: int
+    request_id: str
+    params: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Response:
+    """A complete response; ``Content-Length`` is added by the server."""
+
+    status: int
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+
+
+@dataclass(slots=True)
+class StreamingResponse:
+    """A response whose body is written piece by piece as ``body`` yields it.
+
+    Each yielded ``bytes`` is sent at once (one chunk in HTTP/1.1; raw bytes on
+    a close-delimited HTTP/1.0 stream). When nothing was yielded for
+    ``idle_interval`` seconds the server sends ``idle_bytes`` (e.g. an SSE
+    comment) if given. If the client goes away, ``body`` is closed (``aclose``),
+    which runs its ``finally`` blocks.
+    """
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: AsyncIterator[bytes]
+    idle_bytes: bytes | None = None
+    idle_interval: float = 15.0
+
+
+@dataclass(slots=True)
+class Upgrade:
+    """Switch the connection to another protocol (101 Switching Protocols).
+
+    The server sends the 101 head with ``headers``, hands the transport to
+    ``protocol_factory()`` (with any bytes already received after the request),
+    then awaits ``serve(protocol)``; the connection ends when it returns.
+    """
+
+    headers: list[tuple[str, str]]
+    protocol_factory: Callable[[], asyncio.Protocol]
+    serve: Callable[[asyncio.Protocol], Awaitable[None]]
+
+
+AnyResponse = Union[Response, StreamingResponse, Upgrade]
+Handler = Callable[[HTTPRequest], Awaitable[AnyResponse]]
+
+
+def error_body(status: int, message: str, *, type: str | None = None,
+               code: str | None = None, param: str | None = None) -> bytes:
+    """The JSON error body used on every path: ``{"error": {message, type, param, code}}``."""
+    return json.dumps({"error": {
+        "message": message, "type": type or error_type_for_status(status),
+        "param": param, "code": code,
+    }}, separators=(",", ":")).encode()
+
+
+def error_response(exc: BaseException) -> Response:
+    """The response for an error raised while handling a request (never reveals internals)."""
+    status = http_status(exc)
+    headers = [("content-type", "application/json")]
+    if isinstance(exc, ApiError):
+        headers.extend(exc.headers)
+        body = error_body(status, exc.message, type=exc.type, code=exc.code, param=exc.param)
+    elif isinstance(exc, HTTPProtocolError):
+        body = error_body(status, exc.reason, code=_PROTOCOL_CODES.get(status))
+    elif status == 500:
+        body = error_body(500, "internal server error", code="internal_error")
+    else:
+        body = error_body(status, str(exc))
+    return Response(status, headers, body)
+
+
+_PROTOCOL_CODES: Final = {
+    400: "bad_request", 413: "request_too_large", 414: "uri_too_long",
+    431: "header_fields_too_large", 501: "not_implemented", 505: "http_version_not_supported",
+}
+
+
+# -- routing ------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class _Route:
+    methods: dict[str, Handler]
+    param: str | None = None
+
+
+class Router:
+    """Maps paths to handlers by method. Exact paths, or a prefix whose tail becomes a param.
+
+    ``HEAD`` is served by the ``GET`` handler (RFC 9110 §9.3.2) unless one is
+    registered for it; ``OPTIONS`` and other unregistered methods answer 405
+    with ``Allow``, unknown paths 404, always with the JSON error body.
+    """
+
+    def __init__(self) -> None:
+        self._exact: dict[str, _Route] = {}
+        self._prefixes: list[tuple[str, _Route]] = []
+
+    def add(self, path: str, methods: Iterable[str], handler: Handler) -> None:
+        """Register ``handler`` for ``methods`` on ``path``.
+
+        A path ending in ``/{name}`` matches any one non-empty segment there,
+        passed as ``request.params[name]``.
+        """
+        if path.endswith("}"):
+            prefix, _, name = path.rpartition("/{")
+            route = next((r for p, r in self._prefixes if p == prefix + "/"), None)
+            if route is None:
+                route = _Route({}, name[:-1])
+                self._prefixes.append((prefix + "/", route))
+        else:
+            route = self._exact.setdefault(path, _Route({}))
+        for method in methods:
+            route.methods[method] = handler
+
+    def resolve(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
+        """The handler and params for a request; raises ``ApiError`` 404 or 405."""
+        route = self._exact.get(path)
+        params: dict[str, str] = {}
+        if route is None:
+            for prefix, candidate in self._prefixes:
+                tail = path[len(prefix):]
+                if path.startswith(prefix) and tail and "/" not in tail:
+                    route, params = candidate, {candidate.param or "": tail}
+                    break
+        if route is None:
+            raise ApiError(404, f"no route for {method} {path}", code="not_found")
+        handler = route.methods.get(method)
+        if handler is None and method == "HEAD":
+            handler = route.methods.get("GET")
+        if handler is None:
+            allowed = sorted(set(route.methods) | ({"HEAD"} if "GET" in route.methods else set()))
+            raise ApiError(405, f"method {method} is not allowed on {path}",
+                           code="method_not_allowed", headers=(("allow", ", ".join(allowed)),))
+        return handler, params
+
+
+# -- access log -------------------------------------------------------------------
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\\\"]")
+
+
+def _escape(text: str) -> str:
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+class AccessLog:
+    """One line per request to a text stream, written in batches.
+
+    Lines gathered during one event-loop iteration are written together at its
+    end: a write per line would cost a system call per request. Paths are
+    escaped; header values and bodies are never logged.
+    """
+
+    def __init__(self, stream=None) -> None:
+        self._stream = stream
+        self._lines: list[str] = []
+
+    def record(self, conn_id: int, method: str, path: str, status: int, size: int,
+               duration: float, request_id: str) -> None:
+        """Queue the line of one answered request."""
+        if not self._lines:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self._lines.append(f'conn={conn_id} "{method} {_escape(path)}" {status} {size} '
+                           f"{duration * 1000:.1f}ms rid={request_id}\n")
+
+    def flush(self) -> None:
+        """Write the queued lines now."""
+        if self._lines:
+            stream = self._stream or sys.stderr
+            try:
+                stream.write("".join(self._lines))
+                stream.flush()
+            except (OSError, ValueError):
+                pass        # a closed or full stderr must not take the server down
+            self._lines.clear()
+
+
+# -- the server -------------------------------------------------------------------
+
+@dataclass(slots=True)
+class Limits:
+    """Per-connection limits in bytes and seconds (``None`` disables a timeout)."""
+
+    max_request_line_bytes: int = http11.DEFAULT_MAX_REQUEST_LINE_BYTES
+    max_head_bytes: int = http11.DEFAULT_MAX_HEAD_BYTES
+    max_headers: int = http11.DEFAULT_MAX_HEADERS
+    max_body_bytes: int = http11.DEFAULT_MAX_BODY_BYTES
+    header_timeout: float | None = DEFAULT_HEADER_TIMEOUT
+    keep_alive_timeout: float | None = DEFAULT_KEEP_ALIVE_TIMEOUT
+    body_timeout: float | None = DEFAULT_BODY_TIMEOUT
+
+
+class HTTPServer:
+    """Serves a ``Router`` on one listening socket.
+
+    ``start()`` binds (port 0 picks a free port; ``port`` then tells which);
+    ``shutdown(grace)`` stops accepting, lets requests in flight finish for up
+    to ``grace`` seconds, then cancels what is left and closes every connection.
+    """
+
+    def __init__(self, router: Router, *, limits: Limits | None = None,
+                 access_log: AccessLog | None = None) -> None:
+        self.router = router
+        self.limits = limits or Limits()
+        self.access_log = access_log
+        self._server: asyncio.base_events.Server | None = None
+        self._connections: set[_Connection] = set()
+        self._ids = itertools.count(1)
+        self._rid_prefix = os.urandom(4).hex()
+        self._rids = itertools.count(1)
+        self._date_second = 0
+        self._date = b""
+        self.closing = False
+
+    @property
+    def port(self) -> int:
+        """The port actually bound."""
+        assert self._server is not None and self._server.sockets
+        return self._server.sockets[0].getsockname()[1]
+
+    @property
+    def connection_count(self) -> int:
+        """Open client connections."""
+        return len(self._connections)
+
+    async def start(self, host: str, port: int, *, backlog: int = 2048) -> None:
+        """Bind and start accepting connections."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Connection(self), host, port, backlog=backlog, reuse_address=True)
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop accepting, finish or close every connection within ``grace`` seconds."""
+        self.closing = True
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self._connections):
+            conn.finish()
+        tasks = [c.task for c in self._connections if c.task is not None]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
+        for conn in list(self._connections):
+            conn.abort()
+        if self._server is not None:
+            await self._server.wait_closed()
+        if self.access_log:
+            self.access_log.flush()
+
+    def next_request_id(self) -> str:
+        return f"req_{self._rid_prefix}{next(self._rids):x}"
+
+    def date_header(self) -> str:
+        """The ``Date`` value (RFC 9110 §6.6.1), formatted at most once per second."""
+        now = int(time.time())
+        if now != self._date_second:
+            self._date_second = now
+            self._date = email.utils.formatdate(now, usegmt=True)
+        return self._date
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: feeds the parser, runs requests in order, owns timers."""
+
+    def __init__(self, server: HTTPServer) -> None:
+        self.server = server
+        self.limits = server.limits
+        self.id = next(server._ids)
+        self.loop = asyncio.get_running_loop()
+        self.parser = http11.RequestParser(
+            max_request_line_bytes=self.limits.max_request_line_bytes,
+            max_head_bytes=self.limits.max_head_bytes, max_headers=self.limits.max_headers,
+            max_body_bytes=self.limits.max_body_bytes)
+        self.transport: asyncio.Transport | None = None
+        self.client = ""
+        self.task: asyncio.Task | None = None
+        # Per-connection state, reset as requests come and go.
+        self._data_waiter: asyncio.Future | None = None
+        self._drain_waiter: asyncio.Future | None = None
+        self._write_paused = False
+        self._reading_paused = False
+        self._handling = False          # a handler is running: disconnect cancels it
+        self._idle = True               # between requests, no byte of the next yet
+        self._finishing = False         # close after the current response
+        self._gone = False              # EOF or connection lost
+        self._timed_out = False
+        self._upgraded = False
+        self._deadline: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __repr__(self) -> str:
+        return (f"<_Connection {self.id} client={self.client} handling={self._handling} "
+                f"gone={self._gone}>")
+
+    # ---- asyncio.Protocol ----
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.client = peer[0] if isinstance(peer, tuple) else "unix"
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER_BYTES)  # type: ignore[attr-defined]
+        self.server._connections.add(self)
+        if self.server.closing:
+            transport.close()
+            return
+        self._set_deadline(self.limits.header_timeout)
+        self.task = self.loop.create_task(self._serve())
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.receive_data(data)
+        if self._idle:
+            self._idle = False
+            self._set_deadline(self.limits.header_timeout)
+        if self._handling and self.parser.buffered_bytes > MAX_PIPELINE_BUFFER_BYTES:
+            self._pause_reading()
+        self._wake_reader()
+
+    def eof_received(self) -> bool:
+        # DECISIONS 13: a client whose connection reaches EOF is gone.
+        self._lost()
+        return False
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._lost()
+        self.server._connections.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    # ---- control from the server ----
+    def finish(self) -> None:
+        """Close when idle; otherwise after the response in progress."""
+        self._finishing = True
+        if self._upgraded:
+            return      # the upgraded protocol's application closes it
+        if not self._handling and not self.parser.in_message:
+            self.abort()
+
+    def abort(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    # ---- internals ----
+    def _lost(self) -> None:
+        if self._gone:
+            return
+        self._gone = True
+        self.parser.receive_data(b"")
+        if self._handling and self.task is not None:
+            self.task.cancel()
+        self._wake_reader()
+
+    def _wake_reader(self) -> None:
+        waiter = self._data_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    def _set_deadline(self, timeout: float | None) -> None:
+        # Lazy timer: moving the deadline later only stores it; the armed timer
+        # re-arms itself when it fires early. Saves a call_at per request.
+        if timeout is None:
+            self._deadline = None
+            return
+        when = self.loop.time() + timeout
+        self._deadline = when
+        if self._timer is None or self._timer.when() > when:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self.loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._deadline is None or self._gone:
+            return
+        if self.loop.time() < self._deadline:
+            self._timer = self.loop.call_at(self._deadline, self._on_timer)
+            return
+        self._timed_out = True
+        self._wake_reader()
+
+    async def _wait_data(self) -> None:
+        self._resume_reading()
+        self._data_waiter = self.loop.create_future()
+        try:
+            await self._data_waiter
+        finally:
+            self._data_waiter = None
+
+    async def _drain(self) -> None:
+        if self._write_paused and not self._gone:
+            self._drain_waiter = self.loop.create_future()
+            try:
+                await self._drain_waiter
+            finally:
+                self._drain_waiter = None
+        if self._gone:
+            raise asyncio.CancelledError("client disconnected")
+
+    def _write(self, data: bytes) -> None:
+        if not self._gone and self.transport is not None:
+            self.transport.write(data)
+
+    # ---- the request loop ----
+    async def _serve(self) -> None:
+        try:
+            while not self._gone:
+                request = await self._next_request()
+                if request is None:
+                    break
+                if not await self._respond(request):
+                    break
+        except HTTPProtocolError as exc:
+            if not self._gone:
+                self._send_final_error(exc)
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("conn=%d: unexpected error", self.id)
+            if not self._gone:
+                self._send_final_error(RuntimeError())
+        finally:
+            self._deadline = None
+            self.task = None
+            if self.transport is not None and not self._upgraded:
+                self.transport.close()
+
+    def _send_final_error(self, exc: BaseException) -> None:
+        response = error_response(exc)
+        self._write_response(response, "1.1", head_only=False, close=True,
+                             request_id=self.server.next_request_id())
+        self._log("-", "-", response.status, len(response.body), time.perf_counter(), "-")
+
+    async def _next_request(self) -> http11.Request | None:
+        """The next request head; None when the client is done or timed out."""
+        parser = self.parser
+        while True:
+            event = parser.next_event()
+            if event is http11.NEED_DATA:
+                if self._gone:
+                    return None
+                if self._timed_out:
+                    return self._time_out()
+                await self._wait_data()
+                continue
+            if event is http11.EOF:
+                return None
+            return event  # type: ignore[return-value]
+
+    def _time_out(self) -> None:
+        if self.parser.in_message:
+            # RFC 9110 §15.5.9: 408 when the server "did not receive a complete
+            # request message within the time that it was prepared to wait".
+            self._send_final_error(ApiError(408, "request head or body not received in time",
+                                            code="request_timeout"))
+        return None
+
+    async def _read_body(self, head: http11.Request) -> bytes:
+        parser = self.parser
+        if head.expect_continue and (head.chunked or head.content_length):
+            # RFC 9110 §10.1.1: a server that wants the content sends 100 first.
+            self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self._set_deadline(self.limits.body_timeout)
+        pieces: list[bytes] = []
+        while True:
+            event = parser.next_event()
+            if event is http11.END_OF_MESSAGE:
+                break
+            if event is http11.NEED_DATA:
+                if self._gone:
+                    raise asyncio.CancelledError("client disconnected")
+                if self._timed_out:
+                    self._time_out()
+                    raise asyncio.CancelledError("body timeout")
+                await self._wait_data()
+                self._set_deadline(self.limits.body_timeout)
+                continue
+            pieces.append(event)  # type: ignore[arg-type]
+        self._deadline = None
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    async def _respond(self, head: http11.Request) -> bool:
+        """Route, read the body, run the handler, write its response.
+
+        Returns False when the connection must end after this request.
+        """
+        started = time.perf_counter()
+        rid = head.headers.get("x-request-id")
+        if rid is None or _REQUEST_ID.fullmatch(rid) is None:
+            rid = self.server.next_request_id()
+        close = not head.keep_alive or self._finishing or self.server.closing
+        self._handling = True
+        try:
+            try:
+                handler, params = self.server.router.resolve(head.method, head.path)
+            except ApiError:
+                if head.chunked or head.content_length:
+                    close = True        # the body stays unread: the connection cannot go on
+                else:
+                    await self._read_body(head)
+                raise
+            body = await self._read_body(head)
+            request = HTTPRequest(head.method, head.path, head.query, head.version, head.headers,
+                                  body, self.client, self.id, rid, params)
+            response = await handler(request)
+        except ApiError as exc:
+            response = error_response(exc)
+        except asyncio.CancelledError:
+            self._log(head.method, head.path, 499, 0, started, rid)
+            raise
+        except HTTPProtocolError:
+            raise
+        except Exception:
+            log.exception("conn=%d rid=%s: handler failed", self.id, rid)
+            response = error_response(RuntimeError())
+        finally:
+            self._handling = False
+        if self._gone:
+            self._log(head.method, head.path, 499, 0, started, rid)
+            return False
+        if isinstance(response, Response):
+            size = self._write_response(response, head.version, head.method == "HEAD", close, rid)
+        elif isinstance(response, StreamingResponse):
+            self._handling = True
+            try:
+                size = await self._write_stream(response, head.version, head.method == "HEAD", rid)
+            finally:
+                self._handling = False
+            close = close or head.version == "1.0"
+        else:
+            self._log(head.method, head.path, 101, 0, started, rid)
+            await self._switch(response, rid)
+            return False
+        self._log(head.method, head.path, response.status, size, started, rid)
+        if close or self._gone:
+            return False
+        self._idle = True
+        self._set_deadline(self.limits.keep_alive_timeout)
+        return True
+
+    def _log(self, method: str, path: str, status: int, size: int, started: float,
+             rid: str) -> None:
+        if self.server.access_log is not None:
+            self.server.access_log.record(self.id, method, path, status, size,
+                                          time.perf_counter() - started, rid)
+
+    def _base_headers(self, rid: str) -> list[tuple[str, str]]:
+        return [("date", self.server.date_header()), ("server", SERVER_NAME),
+                ("x-request-id", rid)]
+
+    def _write_response(self, response: Response, version: str, head_only: bool,
+                        close: bool, request_id: str) -> int:
+        headers = self._base_headers(request_id)
+        headers.extend(response.headers)
+        body = response.body
+        status = response.status
+        # RFC 9110 §8.6: no Content-Length in 1xx and 204 responses.
+        if status >= 200 and status != 204:
+            headers.append(("content-length", str(len(body))))
+        if close:
+            headers.append(("connection", "close"))
+        elif version == "1.0":
+            headers.append(("connection", "keep-alive"))
+        head = http11.encode_response_head(status, headers)
+        if head_only or status == 304 or status == 204:
+            body = b""
+        self._write(head + body if len(body) < 65536 else head)
+        if len(body) >= 65536:
+            self._write(body)
+        return len(body)
+
+    async def _write_stream(self, response: StreamingResponse, version: str,
+                            head_only: bool, request_id: str) -> int:
+        headers = self._base_headers(request_id)
+        headers.extend(response.headers)
+        chunked = version == "1.1"
+        # DECISIONS 12: to an HTTP/1.0 client the stream is close-delimited.
+        headers.append(("transfer-encoding", "chunked") if chunked else ("connection", "close"))
+        self._write(http11.encode_response_head(response.status, headers))
+        size = 0
+        body = response.body
+        idle = _IdleFiller(self, response, chunked) if response.idle_bytes else None
+        try:
+            if head_only:
+                return 0
+            async for piece in body:
+                if self._gone:
+                    break
+                if piece:
+                    size += len(piece)
+                    self._write(http11.encode_chunk(piece) if chunked else piece)
+                    if idle is not None:
+                        idle.touch()
+                    if self._write_paused:
+                        await self._drain()
+            if chunked and not self._gone:
+                self._write(http11.LAST_CHUNK)
+        finally:
+            if idle is not None:
+                idle.stop()
+            aclose = getattr(body, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        return size
+
+    async def _switch(self, upgrade: Upgrade, rid: str) -> None:
+        headers = self._base_headers(rid)
+        headers.extend(upgrade.headers)
+        self._write(http11.encode_response_head(101, headers))
+        assert self.transport is not None
+        self._upgraded = True
+        self._deadline = None
+        protocol = upgrade.protocol_factory()
+        leftover = self.parser.trailing_data
+        self.transport.set_protocol(protocol)
+        self._resume_reading()
+        protocol.connection_made(self.transport)
+        if leftover:
+            protocol.data_received(leftover)
+        try:
+            await upgrade.serve(protocol)
+        finally:
+            # The new protocol receives connection_lost now; forget this one here.
+            self.server._connections.discard(self)
+            if not self.transport.is_closing():
+                self.transport.close()
+
+
+class _IdleFiller:
+    """Sends a stream's ``idle_bytes`` whenever it was quiet for ``idle_interval``."""
+
+    def __init__(self, conn: _Connection, response: StreamingResponse, chunked: bool) -> None:
+        self.conn = conn
+        data = response.idle_bytes or b""
+        self.data = http11.encode_chunk(data) if chunked else data
+        self.interval = response.idle_interval
+        self.last = conn.loop.time()
+        self.handle = conn.loop.call_later(self.interval, self._fire)
+
+    def touch(self) -> None:
+        self.last = self.conn.loop.time()
+
+    def _fire(self) -> None:
+        now = self.conn.loop.time()
+        if now - self.last >= self.interval:
+            self.conn._write(self.data)
+            self.last = now
+        self.handle = self.conn.loop.call_at(self.last + self.interval, self._fire)
+
+    def stop(self) -> None:
+        self.handle.cancel()

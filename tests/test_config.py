@@ -1,0 +1,176 @@
+"""Config: defaults, strict keys with dotted paths, ${VAR} substitution, masking, file lookup."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import tempfile
+import unittest
+
+from equabot_gw import config
+from equabot_gw.errors import ConfigError, JSON5Error
+
+
+class DefaultsTest(unittest.TestCase):
+    def test_embedded_defaults(self) -> None:
+        c = config.from_data({}, env={})
+        self.assertEqual(c.gateway.port, 18789)
+        self.assertEqual(c.gateway.bind, "loopback")
+        self.assertFalse(c.gateway.http.endpoints.chat_completions.enabled)
+        self.assertEqual(c.gateway.auth.mode, "token")
+        self.assertEqual(c.gateway.http.max_body_bytes, 20 * 1024 * 1024)
+        self.assertEqual(c.gateway.http.max_header_bytes, 64 * 1024)
+        self.assertEqual(c.gateway.http.header_timeout, 10.0)
+        self.assertEqual(c.gateway.http.keep_alive_timeout, 30.0)
+        self.assertEqual(c.gateway.ws.max_payload_bytes, 25 * 1024 * 1024)
+        self.assertEqual(c.gateway.shutdown_grace, 10.0)
+        self.assertEqual(c.gateway.auth.rate_limit.max_attempts, 10)
+        self.assertEqual(c.gateway.auth.rate_limit.window_seconds, 60.0)
+        self.assertEqual(c.gateway.auth.rate_limit.lockout_seconds, 300.0)
+        self.assertEqual(c.agents.defaults.model, "echo/echo")
+        self.assertEqual(c.agents.defaults.max_concurrent, 16)
+        self.assertEqual(c.agents.defaults.max_queued, 1024)
+        self.assertEqual(c.sessions.stateless_retention_days, 7.0)
+
+    def test_example_file_is_valid_and_complete(self) -> None:
+        """config.example.json5 parses, checks, and mentions every key of the schema."""
+        path = pathlib.Path(__file__).parent.parent / "config.example.json5"
+        c, used = config.load(str(path), env={})
+        self.assertEqual(used, path)
+        self.assertTrue(c.gateway.http.endpoints.chat_completions.enabled)
+        text = path.read_text()
+        for key in _all_keys(config.Config):
+            with self.subTest(key=key):
+                self.assertIn(key, text)
+
+
+def _all_keys(cls: type) -> set[str]:
+    from dataclasses import fields, is_dataclass
+    keys = set()
+    for f in fields(cls):
+        keys.add(f.metadata["key"])
+        factory = f.default_factory
+        if callable(factory) and is_dataclass(factory):
+            keys |= _all_keys(factory)
+    for (owner, name), item in {**config._LIST_OF, **config._MAP_OF}.items():
+        if owner is cls:
+            keys |= _all_keys(item)
+    return keys
+
+
+class StrictKeysTest(unittest.TestCase):
+    CASES = (
+        ({"gateway": {"port": "abc"}}, 'gateway.port: expected integer 0-65535, got "abc"'),
+        ({"gateway": {"port": 70000}}, "gateway.port: expected integer 0-65535, got 70000"),
+        ({"gateway": {"port": True}}, "gateway.port: expected integer 0-65535, got true"),
+        ({"gateway": {"prot": 1}}, "gateway.prot: unknown key"),
+        ({"gatway": {}}, "gatway: unknown key"),
+        ({"gateway": {"auth": {"mode": "basic"}}},
+         'gateway.auth.mode: expected one of "token", "password", "none", got "basic"'),
+        ({"gateway": {"http": {"endpoints": {"chatCompletions": {"enabled": "yes"}}}}},
+         'gateway.http.endpoints.chatCompletions.enabled: expected true or false, got "yes"'),
+        ({"gateway": {"http": {"maxBodyBytes": 1.5}}}, "gateway.http.maxBodyBytes: expected integer"),
+        ({"gateway": {"http": {"headerTimeoutSeconds": float("nan")}}},
+         "gateway.http.headerTimeoutSeconds: expected number"),
+        ({"gateway": {"trustedProxies": "10.0.0.1"}}, "gateway.trustedProxies: expected a list of strings"),
+        ({"gateway": []}, "gateway: expected an object, got list"),
+        ({"agents": {"list": [{"id": "Bad Id"}]}}, "agents.list[0].id: expected an agent id"),
+        ({"agents": {"list": [{"name": "x"}]}}, "agents.list[0].id: required key is missing"),
+        ({"agents": {"list": [{"id": "a"}, {"id": "A"}]}}, "agents.list[1].id: duplicate agent id 'a'"),
+        ({"agents": {"list": [{"id": "a", "default": True}, {"id": "b", "default": True}]}},
+         "agents.list: more than one agent is marked default"),
+        ({"agents": {"list": [{"id": "a", "model": "nope/x"}]}},
+         "agents.list[0].model: unknown provider 'nope'"),
+        ({"models": {"providers": {"up": {"api": "openai-completions"}}}},
+         "models.providers.up.baseUrl: required"),
+        ({"models": {"providers": {"up": {"api": "grpc"}}}}, 'models.providers.up.api: expected one of'),
+        ({"models": {"providers": {"c": {"api": "command"}}}}, "models.providers.c.command: required"),
+        ({"models": {"providers": {"up": {"api": "echo", "headers": {"a": 1}}}}},
+         "models.providers.up.headers: expected an object of strings"),
+    )
+
+    def test_errors_name_the_key_and_the_reason(self) -> None:
+        for data, message in self.CASES:
+            with self.subTest(message=message):
+                with self.assertRaises(ConfigError) as caught:
+                    config.from_data(data, env={})
+                self.assertTrue(str(caught.exception).startswith(message), str(caught.exception))
+
+    def test_agent_ids_are_normalised(self) -> None:
+        c = config.from_data({"agents": {"list": [{"id": " Beta "}]}}, env={})
+        self.assertEqual(c.agents.list[0].id, "beta")
+
+
+class SubstitutionTest(unittest.TestCase):
+    def test_variables_are_replaced(self) -> None:
+        c = config.from_data({"gateway": {"auth": {"token": "${TOK}-x"}}}, env={"TOK": "abc"})
+        self.assertEqual(c.gateway.auth.token, "abc-x")
+
+    def test_missing_variable_is_an_error_naming_it(self) -> None:
+        with self.assertRaises(ConfigError) as caught:
+            config.from_data({"gateway": {"auth": {"token": "${NOPE}"}}}, env={})
+        self.assertEqual(str(caught.exception), "gateway.auth.token: environment variable NOPE is not set")
+
+    def test_escaped_dollar(self) -> None:
+        c = config.from_data({"gateway": {"auth": {"token": "$${LITERAL}"}}}, env={})
+        self.assertEqual(c.gateway.auth.token, "${LITERAL}")
+
+    def test_substitution_in_lists(self) -> None:
+        c = config.from_data({"gateway": {"trustedProxies": ["${P}"]}}, env={"P": "10.0.0.1"})
+        self.assertEqual(c.gateway.trusted_proxies, ("10.0.0.1",))
+
+
+class MaskingTest(unittest.TestCase):
+    def test_secrets_are_masked(self) -> None:
+        c = config.from_data({"gateway": {"auth": {"token": "s3cret"}},
+                              "models": {"providers": {"up": {"api": "openai-completions",
+                                                              "baseUrl": "http://x/v1", "apiKey": "k3y",
+                                                              "headers": {"X-Org": "org-secret"}}}}}, env={})
+        text = json.dumps(config.to_data(c, mask=True))
+        for secret in ("s3cret", "k3y", "org-secret"):
+            self.assertNotIn(secret, text)
+        self.assertIn(config.MASK, text)
+        unmasked = config.to_data(c, mask=False)
+        self.assertEqual(unmasked["gateway"]["auth"]["token"], "s3cret")
+
+
+class LookupTest(unittest.TestCase):
+    def setUp(self) -> None:
+        self.tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(self.tmp.cleanup)
+        self.dir = pathlib.Path(self.tmp.name)
+
+    def test_explicit_file_must_exist(self) -> None:
+        with self.assertRaisesRegex(ConfigError, "does not exist"):
+            config.load(str(self.dir / "missing.json5"), env={})
+
+    def test_env_path_is_used(self) -> None:
+        path = self.dir / "c.json5"
+        path.write_text("{gateway: {port: 1234,},} // comment\n")
+        c, used = config.load(None, env={"EQUABOT_CONFIG_PATH": str(path)})
+        self.assertEqual((c.gateway.port, used), (1234, path))
+
+    def test_json5_errors_carry_the_file_and_position(self) -> None:
+        path = self.dir / "bad.json5"
+        path.write_text('{\n  gateway: {port: 1,,}\n}')
+        with self.assertRaises(ConfigError) as caught:
+            config.load(str(path), env={})
+        self.assertIn(str(path), str(caught.exception))
+        self.assertIn("at 2:21", str(caught.exception))
+
+    def test_state_dir_lookup(self) -> None:
+        self.assertEqual(config.state_dir("/x", env={"EQUABOT_STATE_DIR": "/y"}), pathlib.Path("/x"))
+        self.assertEqual(config.state_dir(None, env={"EQUABOT_STATE_DIR": "/y"}), pathlib.Path("/y"))
+        self.assertEqual(config.state_dir(None, env={}), pathlib.Path(os.path.expanduser("~/.equabot")))
+
+    def test_json5_error_type(self) -> None:
+        path = self.dir / "bad.json5"
+        path.write_text("{a: }")
+        with self.assertRaises(ConfigError) as caught:
+            config.load(str(path), env={})
+        self.assertNotIsInstance(caught.exception, JSON5Error)  # re-raised with the path
+
+
+if __name__ == "__main__":
+    unittest.main()
