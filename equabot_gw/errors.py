@@ -24,7 +24,10 @@ The tree, grouped by what the caller does next::
     │   └── UpstreamError           the provider failed (502 unless a subclass says)
     │       ├── UpstreamRejected    the upstream said no (status mapped by DECISIONS 21)
     │       └── UpstreamTimeout     504
-    └── ConnectionClosed            the peer is gone; nothing more can be sent
+    ├── ConnectionClosed            the peer is gone; nothing more can be sent
+    └── ClientError                 an outgoing HTTP request failed (net/client.py)
+        ├── ClientConnectError      TCP or TLS could not be set up
+        └── ClientTimeout           no progress in a phase (connect, write, read)
 
 Exceptions hold fields and build their message from them. Foreign exceptions
 are mapped where they enter (``raise … from exc``); anything else escaping a
@@ -42,6 +45,7 @@ __all__ = [
     "WebSocketProtocolError", "InvalidUTF8", "MessageTooBig",
     "ApiError", "RunError", "RunAborted", "RunTimedOut", "StorageError", "UpstreamError",
     "UpstreamRejected", "UpstreamTimeout", "ConnectionClosed",
+    "ClientError", "ClientConnectError", "ClientTimeout",
     "http_status", "ws_close_code", "error_type_for_status",
 ]
 
@@ -282,6 +286,29 @@ class ConnectionClosed(GatewayError):
         self.code = code
         self.reason = reason
         super().__init__(f"connection closed ({code}{': ' + reason if reason else ''})")
+
+
+class ClientError(GatewayError):
+    """An outgoing request of the gateway's own HTTP client failed; providers map it to UpstreamError."""
+
+
+class ClientConnectError(ClientError):
+    """The connection to ``host``:``port`` could not be opened (TCP or TLS); ``reason`` says why."""
+
+    def __init__(self, host: str, port: int, reason: str) -> None:
+        self.host = host
+        self.port = port
+        self.reason = reason
+        super().__init__(f"cannot connect to {host}:{port}: {reason}")
+
+
+class ClientTimeout(ClientError):
+    """No progress in ``phase`` ("connect", "write" or "read") within ``timeout`` seconds."""
+
+    def __init__(self, phase: str, timeout: float) -> None:
+        self.phase = phase
+        self.timeout = timeout
+        super().__init__(f"no {phase} progress within {timeout:g} s")
 
 
 # -- the two maps to the wire ------------------------------------------------
