@@ -1,0 +1,1 @@
+"""The agent runtime: agents, sessions, providers and the one ``run`` every door calls."""

@@ -1,0 +1,449 @@
+"""The agent runtime: the one code path every run takes, from any door.
+
+``run(runtime, request)`` admits an ``AgentRequest`` (agent, model, options,
+session key, capacity: problems raise ``ApiError`` before anything starts) and
+returns a ``Run`` handle at once. The run then waits for its session's lane
+(one run at a time per session) and for a slot of its agent
+(``maxConcurrent``), streams the provider, records the turn durably, and emits
+``Started``, ``Delta``*, then ``Ended`` or ``Failed`` to its event log.
+The HTTP endpoint, the WebSocket ``agent`` method and the CLI all call ``run``;
+this module knows nothing about HTTP, WebSocket or terminals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from ..config import AgentConfig, Config
+from ..errors import ApiError, RunAborted, RunError, RunTimedOut, StorageError, UpstreamError
+from . import sessions
+from .events import Delta, Ended, EventLog, Failed, Started, Subscription
+from ..providers import Provider, create_provider
+from .types import (
+    AgentRequest, AgentResult, Finish, GenerationOptions, Message, ProviderCall, SessionHistory,
+    TextDelta, TurnRecord, Usage,
+)
+
+log = logging.getLogger("equabot_gw.runtime")
+
+# Finished runs remembered for agent.wait and idempotent retries.
+MAX_FINISHED_RUNS: Final = 10_000
+RETRY_AFTER_SECONDS: Final = "1"
+DEFAULT_AGENT_ID: Final = "main"
+
+
+@dataclass(slots=True)
+class Agent:
+    """An agent as configured, with its defaults applied, and its concurrency gate."""
+
+    id: str
+    name: str
+    model: str
+    system_prompt: str
+    timeout: float
+    max_concurrent: int
+    max_queued: int
+    is_default: bool = False
+    active: int = 0
+    waiting: int = 0
+    _slot_waiters: deque[asyncio.Future[None]] = field(default_factory=deque, repr=False)
+
+    def admit(self) -> None:
+        """Raise 429 when the agent runs its maximum and its queue is full (DECISIONS 22)."""
+        if self.active >= self.max_concurrent and self.waiting >= self.max_queued:
+            raise ApiError(429, f"agent {self.id!r} is at capacity ({self.max_concurrent} running, "
+                                f"{self.max_queued} queued); retry later",
+                           code="rate_limit_exceeded", headers=(("retry-after", RETRY_AFTER_SECONDS),))
+
+    async def acquire(self) -> None:
+        if self.active < self.max_concurrent and not self._slot_waiters:
+            self.active += 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._slot_waiters.append(waiter)
+        try:
+            await waiter            # release() hands its slot over: active stays counted
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()      # the slot arrived just as we were cancelled
+            else:
+                self._slot_waiters.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        while self._slot_waiters:
+            waiter = self._slot_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.active -= 1
+
+
+class Run:
+    """A handle on one run: its id, its events, its outcome, and a way to stop it.
+
+    ``status`` moves queued → running → recording → ok | error | aborted.
+    """
+
+    def __init__(self, run_id: str, agent: Agent, session_key: str, stateless: bool,
+                 request: AgentRequest, provider: Provider, model_ref: str, model_name: str) -> None:
+        self.id = run_id
+        self.agent = agent
+        self.session_key = session_key
+        self.stateless = stateless
+        self.request = request
+        self.provider = provider
+        self.model = model_ref
+        self._model_name = model_name
+        self.status = "queued"
+        self.events = EventLog()
+        self.created_at = time.time()
+        self._outcome: asyncio.Future[AgentResult] = asyncio.get_running_loop().create_future()
+        self._outcome.add_done_callback(_consume_exception)
+        self._task: asyncio.Task[None] | None = None
+        self._abort_reason: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<Run {self.id} agent={self.agent.id} status={self.status}>"
+
+    @property
+    def agent_id(self) -> str:
+        return self.agent.id
+
+    @property
+    def done(self) -> bool:
+        return self._outcome.done()
+
+    def subscribe(self) -> Subscription:
+        """Events from the run's first one on (see ``events.Subscription``)."""
+        return self.events.subscribe()
+
+    async def wait(self) -> AgentResult:
+        """The result once the run ended; raises the ``RunError`` it failed with.
+
+        Cancelling the caller does not stop the run (use ``abort``).
+        """
+        return await asyncio.shield(self._outcome)
+
+    def abort(self, why: str = "aborted") -> bool:
+        """Stop the run if it is queued or streaming; False if it is past that."""
+        if self.status not in ("queued", "running") or self._task is None:
+            return False
+        if self._abort_reason is None:
+            self._abort_reason = why
+            self._task.cancel()
+        return True
+
+
+def _consume_exception(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()      # a failed run nobody awaited is not an "unretrieved" error
+
+
+class Runtime:
+    """Agents, providers, sessions and the runs in flight. Start it, then call ``run``."""
+
+    def __init__(self, config: Config, state_dir: Path,
+                 store: sessions.SessionStore | None = None) -> None:
+        self.config = config
+        self.store = store or sessions.SessionStore(
+            state_dir, stateless_retention_days=config.sessions.stateless_retention_days)
+        self.agents = _agents_from(config)
+        self.default_agent = next((a for a in self.agents.values() if a.is_default), None) \
+            or self.agents.get(DEFAULT_AGENT_ID) or next(iter(self.agents.values()))
+        self.providers: dict[str, Provider] = {}
+        self.active: dict[str, Run] = {}
+        self._finished: OrderedDict[str, Run] = OrderedDict()
+        self._idempotent: OrderedDict[str, str] = OrderedDict()
+        self._ids = itertools.count(1)
+        self._id_prefix = os.urandom(6).hex()
+        self.closing = False
+
+    async def start(self) -> None:
+        """Open the session store and create the providers."""
+        await self.store.open()
+        names = {name for name, _ in self.config.models.providers} | {"echo"}
+        for name in sorted(names):
+            self.providers[name] = create_provider(name, self.config.provider(name))
+
+    async def stop(self, grace: float) -> None:
+        """Let runs finish for ``grace`` seconds, abort the rest (recorded as aborted), close."""
+        self.closing = True
+        runs = list(self.active.values())
+        if runs:
+            await asyncio.wait([r._task for r in runs if r._task], timeout=grace)
+        for r in list(self.active.values()):
+            r.abort("shutdown")
+        pending = [r._task for r in self.active.values() if r._task]
+        if pending:
+            await asyncio.wait(pending, timeout=5.0)
+        for provider in self.providers.values():
+            await provider.aclose()
+        await self.store.close()
+
+    # ---- lookups used by the doors ----
+    def agent(self, agent_id: str | None) -> Agent:
+        """The agent ``agent_id`` (normalised), the default for None; 404 if unknown."""
+        if agent_id is None:
+            return self.default_agent
+        agent = self.agents.get(agent_id.strip().lower())
+        if agent is None:
+            raise ApiError(404, f"agent {agent_id!r} does not exist "
+                                f"(known: {', '.join(sorted(self.agents))})",
+                           code="model_not_found", param="model")
+        return agent
+
+    def find_run(self, run_id: str) -> Run | None:
+        """A run in flight or among the recently finished ones."""
+        return self.active.get(run_id) or self._finished.get(run_id)
+
+    def resolve_model(self, ref: str) -> tuple[Provider, str, str]:
+        """(provider, model name, "provider/model") for a model reference; 400 if unknown."""
+        provider_name, _, model_name = ref.partition("/")
+        provider = self.providers.get(provider_name)
+        if provider is None:
+            raise ApiError(400, f"unknown provider {provider_name!r} in model {ref!r} "
+                                f"(configured: {', '.join(sorted(self.providers))})",
+                           code="model_not_found", param="model")
+        model_name = model_name or provider_name
+        provider.check_model(model_name)
+        return provider, model_name, f"{provider_name}/{model_name}"
+
+    def _new_run_id(self) -> str:
+        return f"run_{self._id_prefix}{next(self._ids):x}"
+
+    def _remember(self, run: Run) -> None:
+        self.active.pop(run.id, None)
+        self._finished[run.id] = run
+        while len(self._finished) > MAX_FINISHED_RUNS:
+            self._finished.popitem(last=False)
+
+
+def run(runtime: Runtime, request: AgentRequest) -> Run:
+    """Start one agent run: the single entry point for HTTP, WebSocket and CLI.
+
+    Admission happens now and raises ``ApiError``: 404 unknown agent, 400 bad
+    session key / model / unsupported option, 429 agent at capacity, 503 when
+    the gateway is shutting down. The returned ``Run`` is queued; subscribe to
+    its events right away to see them all, and ``await run.wait()`` for the
+    result. An ``idempotency_key`` seen before returns the first run instead.
+    """
+    if runtime.closing:
+        raise ApiError(503, "the gateway is shutting down", code="unavailable")
+    if request.idempotency_key:
+        earlier = runtime._idempotent.get(request.idempotency_key)
+        if earlier and (existing := runtime.find_run(earlier)) is not None:
+            return existing
+    agent, key, stateless = _route(runtime, request)
+    provider, model_name, model_ref = runtime.resolve_model(request.model or agent.model)
+    for option in request.options.requested():
+        if option not in provider.supported_options:
+            raise ApiError(400, f"parameter {option!r} is not supported by the "
+                                f"{provider.api} provider of model {model_ref!r}",
+                           code="unsupported_parameter", param=option)
+    agent.admit()
+    handle = Run(runtime._new_run_id(), agent, key, stateless, request, provider,
+                 model_ref, model_name)
+    runtime.active[handle.id] = handle
+    if request.idempotency_key:
+        runtime._idempotent[request.idempotency_key] = handle.id
+        while len(runtime._idempotent) > MAX_FINISHED_RUNS:
+            runtime._idempotent.popitem(last=False)
+    agent.waiting += 1
+    handle._task = asyncio.get_running_loop().create_task(_execute(runtime, handle))
+    return handle
+
+
+def _route(runtime: Runtime, request: AgentRequest) -> tuple[Agent, str, bool]:
+    """The agent and session key of a request (DECISIONS 17)."""
+    if request.session_key is None:
+        agent = runtime.agent(request.agent_id)
+        return agent, sessions.stateless_key(agent.id, request.origin), True
+    key = sessions.validate_key(request.session_key)
+    owner = sessions.agent_of(key)
+    if owner is not None:
+        agent = runtime.agent(owner)
+        if request.agent_id is not None and runtime.agent(request.agent_id).id != agent.id:
+            raise ApiError(400, f"session key {key!r} belongs to agent {agent.id!r}, "
+                                f"but agent {request.agent_id!r} was requested",
+                           code="agent_mismatch", param="x-equabot-session-key")
+        return agent, key, False
+    agent = runtime.agent(request.agent_id)
+    return agent, sessions.scoped_key(agent.id, key), False
+
+
+async def _execute(runtime: Runtime, handle: Run) -> None:
+    """The life of a run: queue (lane, then slot), generate, release the slot, record."""
+    agent = handle.agent
+    queued = True
+    try:
+        async with (runtime.store.lane(handle.session_key) if not handle.stateless else _NO_LANE):
+            await agent.acquire()
+            agent.waiting -= 1
+            queued = False
+            try:
+                call, history = await _prepare(runtime, handle)
+                handle.status = "running"
+                handle.events.append(Started(handle.id, agent.id, handle.session_key,
+                                             handle.model, call.turn))
+                text, usage, finish, failure = await _generate(handle, call)
+            finally:
+                agent.release()     # the provider is done: free the slot before the disk wait
+            await _record(runtime, handle, call, history, text, usage, finish, failure)
+    except asyncio.CancelledError:
+        # Aborted while queued or while loading history: nothing was produced.
+        _finish_failed(handle, _abort_error(handle), "")
+    finally:
+        if queued:
+            agent.waiting -= 1
+        runtime._remember(handle)
+
+
+class _NoLane:
+    """The lane of a stateless run: its key is fresh, so nothing can contend for it."""
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+_NO_LANE: Final = _NoLane()
+_EMPTY_HISTORY: Final = SessionHistory()
+
+
+async def _prepare(runtime: Runtime, handle: Run) -> tuple[ProviderCall, SessionHistory]:
+    """The provider call: history (transcript, else the client's context) plus the new turn."""
+    agent = handle.agent
+    request = handle.request
+    history = _EMPTY_HISTORY if handle.stateless else \
+        await runtime.store.history(agent.id, handle.session_key)
+    context = history.messages if history.exists else request.context
+    system = "\n\n".join(p for p in (agent.system_prompt, request.system) if p)
+    call = ProviderCall(handle._model_name, system, context + (Message("user", request.message),),
+                        history.assistant_turns + 1, request.options, handle.id)
+    return call, history
+
+
+async def _generate(handle: Run, call: ProviderCall
+                    ) -> tuple[str, Usage | None, str, RunError | None]:
+    """Stream the provider into the event log; an abort or failure ends it early."""
+    pieces: list[str] = []
+    usage: Usage | None = None
+    finish = "stop"
+    failure: RunError | None = None
+    append = handle.events.append
+    timer = asyncio.get_running_loop().call_later(handle.agent.timeout, handle.abort, "timeout")
+    try:
+        # aclosing: a provider's finally blocks (upstream sockets, child
+        # processes) run now, not whenever the generator is collected.
+        async with contextlib.aclosing(handle.provider.stream(call)) as events:
+            async for event in events:
+                kind = type(event)
+                if kind is TextDelta:
+                    if event.text:           # type: ignore[union-attr]
+                        pieces.append(event.text)   # type: ignore[union-attr]
+                        append(Delta(event.text))   # type: ignore[union-attr]
+                elif kind is Usage:
+                    usage = event            # type: ignore[assignment]
+                elif kind is Finish:
+                    finish = event.reason    # type: ignore[union-attr]
+    except asyncio.CancelledError:
+        if handle._abort_reason is None:
+            raise                       # not our abort: let the cancellation through
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()             # handled: the run goes on to record what it has
+        failure = _abort_error(handle)
+    except RunError as exc:
+        failure = exc
+    except Exception as exc:           # a provider bug must not take the gateway down
+        log.exception("run %s: provider %s failed", handle.id, handle.provider.name)
+        failure = UpstreamError(handle.provider.name, f"internal provider error ({type(exc).__name__})")
+    finally:
+        timer.cancel()
+    return "".join(pieces), usage, finish, failure
+
+
+def _abort_error(handle: Run) -> RunAborted:
+    why = handle._abort_reason or "cancelled"
+    if why == "timeout":
+        return RunTimedOut(handle.agent.timeout)
+    return RunAborted(why)
+
+
+async def _record(runtime: Runtime, handle: Run, call: ProviderCall, history: SessionHistory,
+                  text: str, usage: Usage | None, finish: str, failure: RunError | None) -> None:
+    """Write the turn durably, then end the run with its result or its failure."""
+    handle.status = "recording"
+    request = handle.request
+    if failure is None and usage is None:
+        usage = _word_usage(call, text)
+    if failure is None:
+        status, error = "ok", None
+    elif isinstance(failure, RunAborted):
+        status, error = "aborted", failure.why
+    else:
+        status, error = "error", str(failure)
+    record = TurnRecord(run_id=handle.id, user=request.message, reply=text, status=status,
+                        at=time.time(), model=handle.model, usage=usage,
+                        finish_reason=finish if failure is None else None, error=error,
+                        context=() if history.exists else request.context)
+    try:
+        # Shielded: once generation is over, an abort must not tear the write.
+        await asyncio.shield(runtime.store.record_turn(
+            handle.agent.id, handle.session_key, record, stateless=handle.stateless))
+    except StorageError as exc:
+        failure = failure or exc
+    if failure is not None:
+        _finish_failed(handle, failure, text)
+        return
+    assert usage is not None
+    result = AgentResult(handle.id, handle.agent.id, handle.session_key, text, usage, finish,
+                         handle.model, call.turn)
+    handle.status = "ok"
+    handle.events.append(Ended(result))
+    handle._outcome.set_result(result)
+
+
+def _finish_failed(handle: Run, error: RunError, partial: str) -> None:
+    if handle._outcome.done():
+        return
+    handle.status = "aborted" if isinstance(error, RunAborted) else "error"
+    handle.events.append(Failed(error, partial))
+    handle._outcome.set_exception(error)
+
+
+def _word_usage(call: ProviderCall, reply: str) -> Usage:
+    """Whitespace-separated words, for providers that report no counts of their own."""
+    prompt = len(call.system.split()) + sum(len(m.content.split()) for m in call.messages)
+    return Usage(prompt, len(reply.split()))
+
+
+def _agents_from(config: Config) -> dict[str, Agent]:
+    defaults = config.agents.defaults
+    entries: tuple[AgentConfig, ...] = config.agents.list or (AgentConfig(id=DEFAULT_AGENT_ID),)
+    agents: dict[str, Agent] = {}
+    for entry in entries:
+        model = entry.model or defaults.model
+        agents[entry.id] = Agent(
+            id=entry.id, name=entry.name or entry.id,
+            model=model if "/" in model else f"{model}/{model}",
+            system_prompt="\n\n".join(p for p in (defaults.system_prompt, entry.system_prompt) if p),
+            timeout=entry.timeout or defaults.timeout,
+            max_concurrent=entry.max_concurrent or defaults.max_concurrent,
+            max_queued=defaults.max_queued, is_default=entry.default)
+    return agents
+
+
+__all__ = ["Agent", "Run", "Runtime", "run", "GenerationOptions"]

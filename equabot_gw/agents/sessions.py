@@ -1,0 +1,501 @@
+"""Session keys, lanes and the session store the agent runtime calls.
+
+Owns the key grammar (DECISIONS 17: validate, scope, derive), per-key lanes,
+each agent's in-memory index and the LRU history cache, and ``SessionStore``,
+the async API that ties them to the disk. Everything on disk (file names,
+line format, index file, the committer thread) belongs to ``transcripts``:
+this module only queues its jobs and reads or writes no file itself. One
+process owns a state dir. Imports nothing from equabot_gw.net or
+equabot_gw.gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import os
+import pathlib
+import re
+import threading
+import time
+from collections import OrderedDict
+from typing import Any, AsyncContextManager, Callable, Final
+
+from equabot_gw import errors
+from equabot_gw.agents import transcripts
+from equabot_gw.agents.transcripts import AGENT_ID_RE, Committer, SessionInfo
+from equabot_gw.agents.types import SessionHistory, TurnRecord
+
+__all__ = [
+    "validate_key", "agent_of", "scoped_key", "user_key", "stateless_key",
+    "SessionInfo", "SessionStore",
+    "MAX_KEY_CHARS", "DEFAULT_STATELESS_RETENTION_DAYS", "DEFAULT_MAX_CACHED_SESSIONS",
+]
+
+# -- keys (DECISIONS 17) -------------------------------------------------------
+
+MAX_KEY_CHARS: Final = 200
+_KEY_RULE: Final = "session keys are 1-200 characters of A-Z a-z 0-9 : . _ @ -"
+_KEY_RE: Final = re.compile(r"[A-Za-z0-9:._@-]{1,200}")
+
+
+def validate_key(key: str, *, param: str = "session_key") -> str:
+    """Return ``key`` if it is 1-200 chars of ``[A-Za-z0-9:._@-]``.
+
+    Raises ``ApiError`` 400 (code ``invalid_session_key``, the given ``param``)
+    whose message states the rule and the first offence.
+    """
+    if type(key) is str and _KEY_RE.fullmatch(key):
+        return key
+    raise errors.ApiError(400, _key_problem(key), code="invalid_session_key", param=param)
+
+
+def _key_problem(key: object) -> str:
+    if not isinstance(key, str):
+        return f"{_KEY_RULE}; got {type(key).__name__}"
+    if not key or len(key) > MAX_KEY_CHARS:
+        return f"{_KEY_RULE}; got {f'{len(key)} characters' if key else 'an empty key'}"
+    pos = next(i for i, ch in enumerate(key) if not _KEY_RE.fullmatch(ch))
+    return f"{_KEY_RULE}; got {key[pos]!r} at position {pos}"
+
+
+def agent_of(key: str) -> str | None:
+    """The ``<id>`` of a key ``agent:<id>:<rest>`` (both non-empty), else None."""
+    if not key.startswith("agent:"):
+        return None
+    agent_id, sep, rest = key[6:].partition(":")
+    return agent_id if agent_id and sep and rest else None
+
+
+def scoped_key(agent_id: str, key: str) -> str:
+    """``key`` if it already names an agent, else ``agent:<agent_id>:<key>``.
+
+    Raises ``ApiError`` 400 if ``key`` or the scoped result is not a valid key
+    (for example over 200 characters once scoped).
+    """
+    validate_key(key)
+    return key if agent_of(key) is not None else validate_key(f"agent:{agent_id}:{key}")
+
+
+def user_key(agent_id: str, user: str) -> str:
+    """The session key of an OpenAI ``user``: ``agent:<id>:openai-user:<user>``.
+
+    A ``user`` that would not make a valid key becomes ``u-`` + the first 40 hex
+    digits of its UTF-8 sha256, so every non-empty string maps stably into the
+    key alphabet. Raises ``ApiError`` 400 (param ``user``) for an empty one.
+    """
+    if not isinstance(user, str) or not user:
+        raise errors.ApiError(400, "user must be a non-empty string",
+                              code="invalid_session_key", param="user")
+    key = f"agent:{agent_id}:openai-user:{user}"
+    if _KEY_RE.fullmatch(key):
+        return key
+    digest = hashlib.sha256(user.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+    return validate_key(f"agent:{agent_id}:openai-user:u-{digest}", param="user")
+
+
+def stateless_key(agent_id: str, origin: str) -> str:
+    """A fresh key ``agent:<agent_id>:<origin>:<uuid4>`` for a stateless run."""
+    return validate_key(f"agent:{agent_id}:{origin}:{_uuid4()}")
+
+
+# uuid.uuid4() makes a getrandom() call per key, and each drops the GIL on the
+# hot path (handing it to the committer); slices of a 4 KiB os.urandom buffer
+# are just as random. A forked child must not replay the parent's buffer.
+_pool: list[Any] = [b"", 0]     # [buffer, next offset]
+_pool_lock = threading.Lock()   # two threads must never take the same slice
+
+
+def _forget_pool() -> None:
+    _pool[:] = [b"", 0]
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _uuid4() -> str:
+    with _pool_lock:
+        buf, pos = _pool
+        if pos + 16 > len(buf):
+            buf = _pool[0] = os.urandom(4096)
+            pos = 0
+        _pool[1] = pos + 16
+    h = buf[pos:pos + 16].hex()          # RFC 9562 §5.4: version 4, variant 0b10
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
+
+
+def _check_agent_id(agent_id: str) -> None:
+    if type(agent_id) is not str or not AGENT_ID_RE.fullmatch(agent_id):
+        raise errors.ApiError(400, f"agent ids are 1-128 characters of A-Z a-z 0-9 . _ @ - "
+                                   f"not starting with '.'; got {agent_id!r:.80}",
+                              code="invalid_agent_id", param="agent_id")
+
+
+def _owns(agent_id: str, key: str) -> bool:
+    """Whether ``key`` is a valid key of agent ``agent_id`` (the predicate ``transcripts.load`` asks)."""
+    return _KEY_RE.fullmatch(key) is not None and agent_of(key) == agent_id
+
+
+# -- lanes --------------------------------------------------------------------
+
+class _Lane:
+    """``async with``: one holder per key at a time, FIFO (asyncio.Lock wakes waiters in order)."""
+
+    __slots__ = ("_lanes", "_key", "_entry")
+
+    def __init__(self, lanes: dict[str, list[Any]], key: str) -> None:
+        self._lanes, self._key = lanes, key
+
+    async def __aenter__(self) -> None:
+        entry = self._lanes.get(self._key)
+        if entry is None:
+            entry = self._lanes[self._key] = [0, asyncio.Lock()]
+        self._entry = entry
+        entry[0] += 1
+        try:
+            await entry[1].acquire()
+        except BaseException:
+            self._leave()
+            raise
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._entry[1].release()
+        self._leave()
+
+    def _leave(self) -> None:
+        self._entry[0] -= 1
+        if self._entry[0] == 0:     # nobody holds or waits: forget the key (stateless keys are many)
+            del self._lanes[self._key]
+
+
+# -- the store ----------------------------------------------------------------
+
+DEFAULT_STATELESS_RETENTION_DAYS: Final = 7.0    # DECISIONS 24: sessions.statelessRetentionDays
+DEFAULT_MAX_CACHED_SESSIONS: Final = 1024
+INDEX_FLUSH_INTERVAL: Final = 0.5   # seconds: an index is rewritten at most this often per agent
+INDEX_RETRY_INTERVAL: Final = 5.0   # seconds before retrying an index write that failed
+
+
+class _Agent:
+    """One agent's in-memory state: its index and where its files live."""
+
+    def __init__(self, agents_dir: str, agent_id: str) -> None:
+        self.agent_id = agent_id
+        self.sessions_dir = os.path.join(agents_dir, agent_id, transcripts.SESSIONS_DIR)
+        self.journal_dir = os.path.join(agents_dir, agent_id, transcripts.JOURNAL_DIR)
+        self.index: dict[str, SessionInfo] = {}
+        self.creating: set[str] = set()      # keys whose first turn (with the header) is queued
+        self.forgetting: set[str] = set()    # keys whose reset or delete is queued
+        self.dirty = False
+        self.flush_handle: asyncio.TimerHandle | None = None
+        self.next_flush = 0.0                # loop time before which the index is not rewritten
+        self.journal_day, self.journal_path = -1, ""
+
+    def path(self, key: str) -> str:
+        return os.path.join(self.sessions_dir, transcripts.transcript_name(key))
+
+
+class SessionStore:
+    """Transcripts, the session index, journals and lanes of one state dir.
+
+    Call ``open()`` in the event loop that uses the store and ``close()`` at
+    the end. Methods taking ``agent_id, key`` accept a key as ``scoped_key``
+    does and raise ``ApiError`` 400 for a bad key, agent id, or a key of
+    another agent. Disk work runs in one committer thread, never on the loop.
+    """
+
+    def __init__(self, state_dir: pathlib.Path, *,
+                 stateless_retention_days: float = DEFAULT_STATELESS_RETENTION_DAYS,
+                 clock: Callable[[], float] = time.time,
+                 max_cached_sessions: int = DEFAULT_MAX_CACHED_SESSIONS) -> None:
+        # configuration
+        self._agents_dir = os.path.join(os.fspath(state_dir), "agents")
+        self._retention = stateless_retention_days * 86400.0
+        self._clock = clock
+        self._max_cached = max_cached_sessions
+        # the open store
+        self._committer: Committer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        self._agents: dict[str, _Agent] = {}
+        self._cache: OrderedDict[str, SessionHistory] = OrderedDict()   # scoped key -> history, LRU
+        self._lanes: dict[str, list[Any]] = {}
+        self._journal_day = -1               # the newest UTC day seen: a later one prunes
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open" if self._committer else "new"
+        return (f"<SessionStore {self._agents_dir} {state} agents={len(self._agents)} "
+                f"cached={len(self._cache)} pending={self.pending_commits}>")
+
+    @property
+    def pending_commits(self) -> int:
+        """Appends queued or being written that have not been acknowledged yet."""
+        return self._committer.pending if self._committer else 0
+
+    @property
+    def commit_batches(self) -> int:
+        """Group commits done so far (each one write + one fsync per touched file)."""
+        return self._committer.batches if self._committer else 0
+
+    # -- lifetime --
+
+    async def open(self) -> None:
+        """Create ``<state>/agents`` (0o700), start the committer, load every agent's index
+        (rebuilt from transcript headers where it falls short) and prune old journals.
+
+        Raises ``StorageError`` if the state dir cannot be read; RuntimeError
+        if called twice.
+        """
+        if self._committer is not None or self._closed:
+            raise RuntimeError("a SessionStore is opened once")
+        try:
+            os.makedirs(self._agents_dir, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise transcripts.storage_error("creating the state directory", exc) from exc
+        self._loop = asyncio.get_running_loop()
+        self._committer = committer = Committer(self._loop)
+        committer.start()
+        try:
+            loaded = await committer.job("loading the session index",
+                                         functools.partial(transcripts.load, self._agents_dir, _owns))
+            self._journal_day = int(self._clock() // 86400)
+            await committer.job("pruning old journals", self._prune_job())
+        except BaseException:
+            self._closed = True
+            await committer.stop()
+            raise
+        for agent_id, (index, changed) in loaded.items():
+            self._agent(agent_id).index = index
+            if changed:
+                self._mark_dirty(self._agents[agent_id])
+
+    async def close(self) -> None:
+        """Wait for queued appends, write dirty indexes, stop the committer, close fds.
+
+        Idempotent. An index that cannot be written is logged (the next open
+        rebuilds it from the transcripts).
+        """
+        committer = self._committer
+        if committer is None or self._closed:
+            self._closed = True
+            return
+        self._closed = True
+        await committer.job("closing", lambda _: None)    # every earlier append is resolved
+        for agent in self._agents.values():
+            if agent.flush_handle is not None:
+                agent.flush_handle.cancel()
+        flushes = [self._flush_index(agent, wait=True) for agent in self._agents.values() if agent.dirty]
+        await asyncio.gather(*flushes, return_exceptions=True)
+        await committer.stop()
+
+    # -- lanes --
+
+    def lane(self, key: str) -> AsyncContextManager[None]:
+        """``async with store.lane(key):`` one holder at a time per (scoped) key, FIFO.
+
+        Nothing stays behind once no task holds or waits for the key.
+        """
+        return _Lane(self._lanes, key)
+
+    # -- turns --
+
+    async def record_turn(self, agent_id: str, key: str, turn: TurnRecord, *,
+                          stateless: bool = False) -> None:
+        """Append ``turn`` durably: returns only after its lines are fsynced.
+
+        Keyed: to the session's transcript (header and ``turn.context`` first
+        when the session is new); then the index and history cache follow.
+        Stateless: to the agent's journal of ``turn.at``'s UTC day.
+        Raises ``StorageError`` (closed store, or any OSError: the transcript
+        keeps every earlier turn and none of this one), ``ApiError`` 400 for a
+        bad key, ValueError for an unknown ``turn.status``.
+        """
+        committer = self._require_open()
+        key = self._session_key(agent_id, key)
+        agent = self._agent(agent_id)
+        if stateless:
+            data = transcripts.encode(transcripts.turn_lines(turn, key, True))
+            await committer.append("the stateless journal", self._journal_path(agent, turn.at), data)
+            return
+        is_new = key not in agent.index and key not in agent.creating
+        lines = transcripts.turn_lines(turn, None, is_new)
+        if is_new:
+            lines.insert(0, transcripts.header_line(key, agent_id, turn.at))
+            agent.creating.add(key)
+        await committer.append(
+            "a session transcript", agent.path(key), transcripts.encode(lines),
+            on_ok=lambda _: self._turn_recorded(agent, key, turn, lines, is_new),
+            on_error=lambda _: agent.creating.discard(key) if is_new else None)
+
+    def _turn_recorded(self, agent: _Agent, key: str, turn: TurnRecord,
+                       lines: list[dict[str, Any]], is_new: bool) -> None:
+        # On the loop, in commit order, even if the caller was cancelled meanwhile.
+        agent.creating.discard(key)
+        old = agent.index.get(key)
+        if old is None and not is_new and key in agent.forgetting:
+            return                # written to the transcript that is being reset or deleted
+        ok = int(turn.status == "ok")
+        agent.index[key] = SessionInfo(key, agent.agent_id, turn.at, turn.at, ok, turn.run_id) \
+            if old is None else SessionInfo(key, agent.agent_id, old.created_at,
+                                            max(old.updated_at, turn.at), old.turns + ok, turn.run_id)
+        self._mark_dirty(agent)
+        cached = self._cache.get(key)
+        if cached is not None or is_new:      # a new session's whole history is these lines
+            self._cache_put(key, transcripts.fold(cached or SessionHistory(), lines))
+
+    def _journal_path(self, agent: _Agent, at: float) -> str:
+        day = int(at // 86400)
+        if day != agent.journal_day:
+            agent.journal_day = day
+            agent.journal_path = os.path.join(agent.journal_dir, transcripts.journal_name(day))
+            if day > self._journal_day:       # the date rolled over: prune, in queue order
+                self._journal_day = day
+                self._committer.post("pruning old journals", self._prune_job())  # type: ignore[union-attr]
+        return agent.journal_path
+
+    def _prune_job(self) -> Callable[[Committer], None]:
+        cutoff = self._clock() - self._retention
+        return functools.partial(transcripts.prune_journals, self._agents_dir, cutoff)
+
+    # -- reading --
+
+    async def history(self, agent_id: str, key: str) -> SessionHistory:
+        """The session's messages and assistant turns, from its transcript.
+
+        Served from an LRU cache; the transcript is read once on a miss.
+        ``SessionHistory()`` (``exists=False``) for a session never recorded,
+        stateless ones included. Raises ``StorageError`` if the read fails.
+        """
+        committer = self._require_open()
+        key = self._session_key(agent_id, key)
+        agent = self._agents.get(agent_id)
+        info = agent.index.get(key) if agent else None
+        if agent is None or info is None:
+            return SessionHistory()
+        cached = self._cache.get(key)
+        if cached is not None:
+            self._cache.move_to_end(key)
+            return cached
+        read = functools.partial(transcripts.read_lines, agent.path(key))
+        lines = await committer.job("reading a transcript", read,
+                                    on_ok=lambda lines: self._history_read(agent, key, info, lines))
+        return transcripts.fold(SessionHistory(), lines)
+
+    def _history_read(self, agent: _Agent, key: str, info: SessionInfo, lines: list[dict[str, Any]]) -> None:
+        # Cache only if no turn, reset or delete was resolved since the read was
+        # queued: entries are replaced on every change, so identity is a version.
+        if agent.index.get(key) is info:
+            self._cache_put(key, transcripts.fold(SessionHistory(), lines))
+
+    def _cache_put(self, key: str, history: SessionHistory) -> None:
+        self._cache[key] = history
+        self._cache.move_to_end(key)
+        while len(self._cache) > self._max_cached:
+            self._cache.popitem(last=False)
+
+    async def read_transcript(self, agent_id: str, key: str) -> list[dict[str, Any]]:
+        """Every parsed line of a keyed session's transcript, header first; [] if none.
+
+        A torn last line and lines that are not JSON objects are left out.
+        Raises ``StorageError`` if the read fails.
+        """
+        committer = self._require_open()
+        key = self._session_key(agent_id, key)
+        agent = self._agents.get(agent_id)
+        if agent is None or key not in agent.index:
+            return []
+        return await committer.job(  # type: ignore[no-any-return]
+            "reading a transcript", functools.partial(transcripts.read_lines, agent.path(key)))
+
+    def list_sessions(self, agent_id: str | None = None) -> list[SessionInfo]:
+        """Keyed sessions (of one agent, or of all), most recently updated first."""
+        agents = self._agents.values() if agent_id is None else \
+            [a for a in (self._agents.get(agent_id),) if a is not None]
+        infos = [info for agent in agents for info in agent.index.values()]
+        infos.sort(key=lambda i: (i.updated_at, i.key), reverse=True)
+        return infos
+
+    # -- forgetting --
+
+    async def reset(self, agent_id: str, key: str) -> bool:
+        """Archive the transcript as ``<file>.reset-<unix-ms>.jsonl``; the key starts afresh.
+
+        Returns False if there is no such session. Raises ``StorageError`` if
+        the rename fails (the session then stays as it was).
+        """
+        stamp = int(self._clock() * 1000)
+        return await self._forget(agent_id, key, "archiving a transcript",
+                                  lambda path: functools.partial(transcripts.archive, path, stamp))
+
+    async def delete(self, agent_id: str, key: str) -> bool:
+        """Remove the transcript and its index entry; False if there is no such session.
+
+        Raises ``StorageError`` if the unlink fails (the session then stays).
+        """
+        return await self._forget(agent_id, key, "deleting a transcript",
+                                  lambda path: functools.partial(transcripts.delete, path))
+
+    async def _forget(self, agent_id: str, key: str, what: str,
+                      job: Callable[[str], Callable[[Committer], None]]) -> bool:
+        committer = self._require_open()
+        key = self._session_key(agent_id, key)
+        agent = self._agents.get(agent_id)
+        info = agent.index.pop(key, None) if agent else None
+        if agent is None or info is None:
+            return False
+        # Forgotten at once: a turn queued after this call starts a new file with a header.
+        self._cache.pop(key, None)
+        agent.forgetting.add(key)
+        self._mark_dirty(agent)
+
+        def failed(_: BaseException) -> None:
+            agent.forgetting.discard(key)
+            if key not in agent.index and key not in agent.creating:
+                agent.index[key] = info           # the file is still there: so is the session
+                self._mark_dirty(agent)
+
+        await committer.job(what, job(agent.path(key)), on_error=failed,
+                            on_ok=lambda _: agent.forgetting.discard(key))
+        return True
+
+    # -- helpers --
+
+    def _require_open(self) -> Committer:
+        if self._committer is None or self._closed:
+            raise errors.StorageError("the session store is not open")
+        return self._committer
+
+    def _session_key(self, agent_id: str, key: str) -> str:
+        if agent_id not in self._agents:      # known agents were checked when first seen
+            _check_agent_id(agent_id)
+        key = scoped_key(agent_id, key)
+        owner = agent_of(key)
+        if owner != agent_id:
+            raise errors.ApiError(400, f"session key {key!r} belongs to agent {owner!r}, not {agent_id!r}",
+                                  code="invalid_session_key", param="session_key")
+        return key
+
+    def _agent(self, agent_id: str) -> _Agent:
+        agent = self._agents.get(agent_id)
+        if agent is None:
+            agent = self._agents[agent_id] = _Agent(self._agents_dir, agent_id)
+        return agent
+
+    def _mark_dirty(self, agent: _Agent) -> None:
+        agent.dirty = True
+        if agent.flush_handle is None and not self._closed and self._loop is not None:
+            delay = max(0.0, agent.next_flush - self._loop.time())
+            agent.flush_handle = self._loop.call_later(delay, self._flush_index, agent)
+
+    def _flush_index(self, agent: _Agent, wait: bool = False) -> asyncio.Future[Any] | None:
+        agent.flush_handle, agent.dirty = None, False
+        agent.next_flush = self._loop.time() + INDEX_FLUSH_INTERVAL  # type: ignore[union-attr]
+        # Entries are frozen, so a shallow copy is a consistent snapshot for the thread.
+        job = functools.partial(transcripts.write_index, agent.sessions_dir, dict(agent.index))
+        send = self._committer.job if wait else self._committer.post  # type: ignore[union-attr]
+        return send("writing the session index", job, on_error=lambda _: self._index_failed(agent))
+
+    def _index_failed(self, agent: _Agent) -> None:
+        agent.next_flush = self._loop.time() + INDEX_RETRY_INTERVAL  # type: ignore[union-attr]
+        self._mark_dirty(agent)

@@ -1,0 +1,693 @@
+"""Transcripts, journals and the session index on disk, and the thread that writes them.
+
+Owns every byte under ``<state>/agents/<agent_id>/`` (layout below): file names,
+the JSONL line format, the index file and the group-commit writer. A turn is
+acknowledged only after its lines are fsynced; one committer thread
+group-commits every waiting append (DECISIONS 23, 24). Keys are opaque here
+but for the ``owns`` predicate ``load`` is given: the key grammar, lanes and
+caches belong to ``sessions``, which this module never imports. Imports
+nothing from equabot_gw.net or equabot_gw.gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import errno
+import hashlib
+import json
+import logging
+import os
+import queue
+import re
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable, Final, Iterable
+
+from equabot_gw import errors
+from equabot_gw.agents.types import Message, SessionHistory, TurnRecord
+
+__all__ = [
+    "AGENT_ID_RE", "SESSIONS_DIR", "JOURNAL_DIR", "INDEX_NAME", "MAX_OPEN_FILES",
+    "transcript_stem", "unescape_stem", "transcript_name", "journal_name",
+    "dumps", "encode", "parse_lines", "header_line", "turn_lines", "fold",
+    "SessionInfo", "load", "read_lines", "write_index", "archive", "delete", "prune_journals",
+    "storage_error", "Committer",
+]
+
+log = logging.getLogger("equabot_gw.sessions")    # one logger for the whole session store
+
+# -- layout and file names ------------------------------------------------------------
+#
+#   sessions/<file>.jsonl          a keyed session's transcript; line 1 is the header
+#                                  {"type":"session","key","agentId","createdAt"}
+#   sessions/<file>.reset-<ms>.jsonl  a transcript archived by reset(); never listed
+#   sessions/index.json            {key: {file, createdAt, updatedAt, turns, lastRunId}}:
+#                                  a cache of the transcripts, rebuilt from their headers
+#   journal/<YYYY-MM-DD>.jsonl     stateless turns of one UTC day, every line with "sessionKey"
+#
+# <file> is the key escaped (bytes outside [A-Za-z0-9._-], a leading ".", and the
+# dot of a trailing ".reset-<digits>" become %XX), or "h-" + sha256(key) when that
+# is over 200 chars: never raw text joined into a path (DECISIONS 17).
+
+# Agent ids name a directory: the key alphabet minus ":", no leading "." (so never "." or "..").
+AGENT_ID_RE: Final = re.compile(r"[A-Za-z0-9_@-][A-Za-z0-9._@-]{0,127}")
+SESSIONS_DIR: Final = "sessions"    # <state>/agents/<agent_id>/sessions: transcripts and the index
+JOURNAL_DIR: Final = "journal"      # <state>/agents/<agent_id>/journal: stateless turns by UTC day
+
+_UNSAFE_RE: Final = re.compile(r"[^A-Za-z0-9._-]|^\.")
+# An escaped name never ends in ".reset-<digits>": archives cannot collide with live files.
+_RESET_TAIL_RE: Final = re.compile(r"\.(reset-[0-9]+)\Z")
+_ARCHIVE_RE: Final = re.compile(r".*\.reset-[0-9]+\.jsonl\Z", re.S)
+_JOURNAL_RE: Final = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})\.jsonl")
+_SUFFIX: Final = ".jsonl"
+INDEX_NAME: Final = "index.json"
+
+
+def _escape(match: re.Match[str]) -> str:
+    return "".join(f"%{b:02X}" for b in match.group().encode("utf-8", "surrogatepass"))
+
+
+def transcript_stem(key: str) -> str:
+    """The file name (without ".jsonl") of ``key``'s transcript.
+
+    ``key`` is any string; the stem is 1-200 chars of ``[A-Za-z0-9._%-]``, never
+    starting with "." nor ending in ".reset-<digits>", distinct for distinct keys
+    (hashed ones up to sha256 collisions).
+    """
+    stem = _RESET_TAIL_RE.sub(r"%2E\1", _UNSAFE_RE.sub(_escape, key))
+    if len(stem) > 200:
+        return "h-" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+    return stem
+
+
+def unescape_stem(stem: str) -> str | None:
+    """The key ``transcript_stem`` turned into ``stem``; None for a hashed or foreign one."""
+    raw = re.sub(r"%([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), stem)
+    return raw if not stem.startswith("h-") and transcript_stem(raw) == stem else None
+
+
+def transcript_name(key: str) -> str:
+    """The file name of ``key``'s transcript inside ``SESSIONS_DIR``."""
+    return transcript_stem(key) + _SUFFIX
+
+
+def journal_name(day: int) -> str:
+    """The file name of the journal of UTC ``day`` (days since the epoch): ``YYYY-MM-DD.jsonl``."""
+    return time.strftime("%Y-%m-%d", time.gmtime(day * 86400)) + _SUFFIX
+
+
+# -- transcript lines ---------------------------------------------------------
+
+# dumps(obj) -> str: exactly json.dumps(obj, ensure_ascii=False, separators=(",", ":")).
+dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_dumps_ascii = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
+if json.encoder.c_make_encoder is not None:
+    # JSONEncoder.encode builds a C encoder per call; reusing one halves the cost
+    # of a line on the hot path. Same output (tested against json.dumps).
+    _c_encode = json.encoder.c_make_encoder(
+        None, dumps.__self__.default, json.encoder.encode_basestring,  # type: ignore[attr-defined]
+        None, ":", ",", False, False, True)
+
+    def dumps(obj: Any) -> str:  # noqa: F811
+        return "".join(_c_encode(obj, 0))
+
+
+def header_line(key: str, agent_id: str, created_at: float) -> dict[str, Any]:
+    """Line 1 of a transcript; ``created_at`` is the first turn's ``at`` (epoch seconds)."""
+    return {"type": "session", "key": key, "agentId": agent_id, "createdAt": created_at}
+
+
+def turn_lines(turn: TurnRecord, session_key: str | None, with_context: bool) -> list[dict[str, Any]]:
+    """The lines one turn adds; journal lines (``session_key`` set) carry "sessionKey".
+
+    Line order: context (only if ``with_context`` and ``turn.context``), user,
+    then the outcome ("assistant", "aborted" or "error"). Raises ValueError
+    for any other ``turn.status``.
+    """
+    head: dict[str, Any] = {"type": ""}        # {**head, "type": t} keeps "type" first
+    if session_key is not None:
+        head["sessionKey"] = session_key
+    head["runId"], head["at"] = turn.run_id, turn.at
+    lines = [{**head, "type": "user", "content": turn.user}]
+    if with_context and turn.context:
+        lines.insert(0, {**head, "type": "context",
+                         "messages": [{"role": m.role, "content": m.content} for m in turn.context]})
+    if turn.status == "ok":
+        usage = turn.usage.as_dict() if turn.usage is not None else None
+        lines.append({**head, "type": "assistant", "content": turn.reply, "model": turn.model,
+                      "finishReason": turn.finish_reason, "usage": usage})
+    elif turn.status == "aborted":
+        lines.append({**head, "type": "aborted", "content": turn.reply, "reason": turn.error or "aborted"})
+    elif turn.status == "error":
+        lines.append({**head, "type": "error", "message": turn.error})
+    else:
+        raise ValueError(f"turn status must be 'ok', 'aborted' or 'error', not {turn.status!r}")
+    return lines
+
+
+def encode(lines: list[dict[str, Any]]) -> bytes:
+    """``lines`` as UTF-8 JSONL, ending with a newline; all-ASCII JSON if a string
+    holds a lone surrogate, so that ``parse_lines`` gives back exactly ``lines``."""
+    try:
+        return ("\n".join(map(dumps, lines)) + "\n").encode("utf-8")
+    except UnicodeEncodeError:     # a lone surrogate (legal in JSON input): keep it as \udXXX
+        return ("\n".join(map(_dumps_ascii, lines)) + "\n").encode("ascii")
+
+
+def parse_lines(data: bytes) -> tuple[list[dict[str, Any]], int]:
+    """The JSON objects of JSONL ``data``, and how many lines were skipped.
+
+    Lines that are not JSON objects are skipped and counted; the text after the
+    last newline is a torn write and is dropped without being counted.
+    """
+    raw_lines = data.split(b"\n")
+    raw_lines.pop()           # "" after a final newline, else a torn last line
+    lines, skipped = [], 0
+    for raw in raw_lines:
+        try:
+            obj = json.loads(raw)
+        except ValueError:
+            obj = None
+        if type(obj) is dict:
+            lines.append(obj)
+        else:
+            skipped += 1
+    return lines, skipped
+
+
+def _message(role: object, content: object) -> Message | None:
+    try:
+        return Message(role, content) if isinstance(content, str) else None  # type: ignore[arg-type]
+    except ValueError:
+        return None
+
+
+def fold(base: SessionHistory, lines: Iterable[dict[str, Any]]) -> SessionHistory:
+    """``base`` plus what ``lines`` add: context in order, then each finished turn.
+
+    A user line counts only with the outcome line of the same run right after
+    it (a turn torn by a crash was never acknowledged). An error turn adds
+    nothing (the client retries it); an aborted one its partial reply, if any.
+    """
+    messages, turns = list(base.messages), base.assistant_turns
+    user: tuple[object, object] | None = None
+    for line in lines:
+        kind = line.get("type")
+        if kind == "user":
+            user = (line.get("runId"), line.get("content"))
+            continue
+        if kind == "context" and isinstance(line.get("messages"), list):
+            messages.extend(m for m in (_message(d.get("role"), d.get("content"))
+                                        for d in line["messages"] if isinstance(d, dict)) if m)
+        elif kind in ("assistant", "aborted") and user and user[0] == line.get("runId"):
+            messages.extend(m for m in (_message("user", user[1]),
+                                        _message("assistant", line.get("content") or None)) if m)
+            turns += kind == "assistant"
+        user = None
+    return SessionHistory(tuple(messages), turns, True)
+
+
+# -- the index ------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """One keyed session as the index knows it; times are its turns' ``at`` (epoch seconds).
+
+    ``turns`` counts completed ("ok") turns; ``last_run_id`` is the newest turn's run.
+    """
+
+    key: str
+    agent_id: str
+    created_at: float
+    updated_at: float
+    turns: int
+    last_run_id: str | None
+
+
+Owns = Callable[[str, str], bool]     # owns(agent_id, key): a valid key of that agent?
+
+
+def _info_from_index(agent_id: str, key: object, fields: object, owns: Owns) -> SessionInfo | None:
+    if not isinstance(key, str) or not owns(agent_id, key) or not isinstance(fields, dict):
+        return None
+    try:
+        return SessionInfo(key, agent_id, float(fields["createdAt"]), float(fields["updatedAt"]),
+                           int(fields["turns"]), fields.get("lastRunId"))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _scan(agent_id: str, path: str, owns: Owns) -> SessionInfo | None:
+    """The index entry a transcript implies: its header (or its file name), turns, times."""
+    try:
+        with open(path, "rb") as f:
+            lines, _ = parse_lines(f.read())
+    except FileNotFoundError:
+        return None
+    header = lines[0] if lines and lines[0].get("type") == "session" else {}
+    key = header.get("key")
+    if not isinstance(key, str):     # header lost to a torn first write: the name tells
+        key = unescape_stem(os.path.basename(path)[:-len(_SUFFIX)])
+    if key is None or not owns(agent_id, key):
+        return None
+    times = [t for t in (line.get("at") for line in lines) if isinstance(t, (int, float))]
+    created = header.get("createdAt")
+    created = created if isinstance(created, (int, float)) else min(times, default=0.0)
+    runs = [line["runId"] for line in lines if isinstance(line.get("runId"), str)]
+    return SessionInfo(key, agent_id, float(created), float(max(times, default=created)),
+                       fold(SessionHistory(), lines).assistant_turns, runs[-1] if runs else None)
+
+
+# The index snapshot is taken on the loop and written later by the committer, so
+# a transcript touched shortly before the index file may be newer than its
+# entry: rescan those at load rather than trust them.
+_INDEX_TRUST_MARGIN_NS: Final = 2_000_000_000
+
+
+def _load_agent(agent_id: str, sessions_dir: str, owns: Owns) -> tuple[dict[str, SessionInfo], bool]:
+    """The agent's index checked against its transcripts, and whether it had to change."""
+    stored: Any = {}
+    index_mtime = -1
+    try:
+        with open(os.path.join(sessions_dir, INDEX_NAME), "rb") as f:
+            index_mtime, stored = os.fstat(f.fileno()).st_mtime_ns, json.loads(f.read())
+    except FileNotFoundError:
+        pass
+    except ValueError:
+        log.warning("agent %s: index.json is not JSON; rebuilding it from the transcripts", agent_id)
+    files = {e.name: e for e in os.scandir(sessions_dir)
+             if e.name.endswith(_SUFFIX) and not _ARCHIVE_RE.match(e.name) and e.is_file()}
+    index: dict[str, SessionInfo] = {}
+    changed = not isinstance(stored, dict)
+    for key, fields in (stored.items() if isinstance(stored, dict) else ()):
+        info = _info_from_index(agent_id, key, fields, owns)
+        entry = files.pop(transcript_stem(key) + _SUFFIX, None) if info else None
+        if info is None or entry is None:
+            changed = True            # malformed, or its transcript is gone
+            continue
+        if entry.stat().st_mtime_ns > index_mtime - _INDEX_TRUST_MARGIN_NS:
+            fresh = _scan(agent_id, entry.path, owns) or info
+            changed, info = changed or fresh != info, fresh
+        index[key] = info
+    for name, entry in files.items():       # transcripts the index does not know
+        info = _scan(agent_id, entry.path, owns)
+        if info is None or transcript_stem(info.key) + _SUFFIX != name:
+            log.warning("agent %s: skipped transcript %r: no usable header", agent_id, name)
+            continue
+        index[info.key], changed = info, True
+    return index, changed
+
+
+# -- disk work, in the committer thread only -------------------------------------
+# A "job" is passed to ``Committer.job``/``post`` (bound with functools.partial): it
+# runs in the thread, gets the Committer last, and an OSError it raises reaches the
+# waiter as ``StorageError``.
+
+_write = os.write      # module-level so that a test can inject a disk fault here alone
+# fdatasync flushes the data and the metadata needed to read it back (the file
+# size), skipping only timestamps: all an append needs. macOS has no fdatasync.
+_fdatasync = getattr(os, "fdatasync", os.fsync)
+_CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
+_APPEND_FLAGS: Final = os.O_RDWR | os.O_APPEND | os.O_CREAT | _CLOEXEC
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[_write(fd, view):]
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_dirs(path: str) -> None:
+    """mkdir -p with mode 0o700, each new entry made durable in its parent."""
+    parent = os.path.dirname(path)
+    if not os.path.isdir(parent):
+        _make_dirs(parent)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        return
+    _fsync_dir(parent)
+
+
+def _repair(fd: int, path: str) -> int:
+    """Cut a torn last line (a crash mid-write) so that appends start clean; the new size."""
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
+        return size
+    keep, end = 0, size
+    while end > 0:
+        start = max(0, end - 65536)
+        cut = os.pread(fd, end - start, start).rfind(b"\n")
+        if cut >= 0:
+            keep = start + cut + 1
+            break
+        end = start
+    os.ftruncate(fd, keep)
+    log.warning("repaired %s: dropped a torn last line of %d bytes", os.path.basename(path), size - keep)
+    return keep
+
+
+def storage_error(phase: str, exc: OSError) -> errors.StorageError:
+    """A ``StorageError`` "<phase> failed: <ERRNO> (<strerror>)" caused by ``exc``.
+
+    Names the step and the errno, never a path or file contents: it may reach a client.
+    """
+    name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+    err = errors.StorageError(f"{phase} failed: {name} ({exc.strerror or 'no detail'})")
+    err.__cause__ = exc
+    return err
+
+
+def read_lines(path: str, _: Committer) -> list[dict[str, Any]]:
+    """Job: ``parse_lines`` of the file at ``path``, logging skipped lines; [] if none."""
+    try:
+        with open(path, "rb") as f:
+            lines, skipped = parse_lines(f.read())
+    except FileNotFoundError:
+        return []
+    if skipped:
+        log.warning("%s: skipped %d lines that are not JSON objects", os.path.basename(path), skipped)
+    return lines
+
+
+def write_index(sessions_dir: str, snapshot: dict[str, SessionInfo], _: Committer) -> None:
+    """Job: write ``snapshot`` as ``<sessions_dir>/index.json``, atomically.
+
+    A temp file in the same directory, fsync, rename over, fsync the directory.
+    """
+    data = dumps({key: {"file": transcript_stem(key) + _SUFFIX, "createdAt": i.created_at,
+                         "updatedAt": i.updated_at, "turns": i.turns, "lastRunId": i.last_run_id}
+                   for key, i in snapshot.items()}).encode("utf-8")
+    _make_dirs(sessions_dir)
+    tmp = os.path.join(sessions_dir, INDEX_NAME + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _CLOEXEC, 0o600)
+    try:
+        _write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, os.path.join(sessions_dir, INDEX_NAME))
+    _fsync_dir(sessions_dir)
+
+
+def archive(path: str, stamp_ms: int, committer: Committer) -> None:
+    """Job: rename transcript ``path`` to ``<file>.reset-<stamp_ms>.jsonl``.
+
+    ``stamp_ms`` (Unix milliseconds) goes up until no archive has it; a missing
+    ``path`` is no error.
+    """
+    committer.drop_fd(path)
+    while os.path.exists(f"{path[:-len(_SUFFIX)]}.reset-{stamp_ms}{_SUFFIX}"):
+        stamp_ms += 1             # never overwrite an earlier archive
+    if os.path.exists(path):
+        os.rename(path, f"{path[:-len(_SUFFIX)]}.reset-{stamp_ms}{_SUFFIX}")
+        _sync_forgotten(path)
+
+
+def delete(path: str, committer: Committer) -> None:
+    """Job: unlink transcript ``path``; a missing one is no error."""
+    committer.drop_fd(path)
+    if os.path.exists(path):
+        os.unlink(path)
+        _sync_forgotten(path)
+
+
+def _sync_forgotten(path: str) -> None:
+    # Done is done: if the directory fsync fails, a crash may bring the
+    # session back, which is better than reporting a reset that happened as failed.
+    try:
+        _fsync_dir(os.path.dirname(path))
+    except OSError as exc:
+        log.warning("session store: fsync of the directory of %s failed: %s", os.path.basename(path), exc)
+
+
+def prune_journals(agents_dir: str, cutoff: float, committer: Committer) -> None:
+    """Job: delete every agent's journals whose whole UTC day ended by ``cutoff`` (epoch s)."""
+    for agent in os.scandir(agents_dir):
+        journal_dir = os.path.join(agent.path, JOURNAL_DIR)
+        for entry in os.scandir(journal_dir) if os.path.isdir(journal_dir) else ():
+            if _journal_end(entry.name) <= cutoff:
+                committer.drop_fd(entry.path)
+                os.unlink(entry.path)
+
+
+def _journal_end(name: str) -> float:
+    """When the UTC day of journal ``name`` ends; +inf for any other file."""
+    m = _JOURNAL_RE.fullmatch(name)
+    year, month, day = map(int, m.groups()) if m else (0, 0, 0)
+    if not (1 <= month <= 12 and 1 <= day <= 31):
+        return float("inf")
+    return calendar.timegm((year, month, day, 0, 0, 0)) + 86400.0
+
+
+def load(agents_dir: str, owns: Owns, _: Committer) -> dict[str, tuple[dict[str, SessionInfo], bool]]:
+    """Job: each agent's index, checked against its transcripts.
+
+    Returns ``{agent_id: (index, changed)}`` for every directory under
+    ``agents_dir`` named by ``AGENT_ID_RE`` that has a ``SESSIONS_DIR``;
+    ``changed`` says the index file is stale and should be rewritten. Entries
+    and transcripts whose key ``owns`` rejects are left out.
+    """
+    dirs = ((agent.name, os.path.join(agent.path, SESSIONS_DIR)) for agent in os.scandir(agents_dir))
+    return {agent_id: _load_agent(agent_id, sessions_dir, owns) for agent_id, sessions_dir in dirs
+            if AGENT_ID_RE.fullmatch(agent_id) and os.path.isdir(sessions_dir)}
+
+
+# -- the committer -----------------------------------------------------------
+
+MAX_OPEN_FILES: Final = 256     # append fds kept open: a hot journal is never reopened per turn
+
+
+@dataclass(slots=True)
+class _Op:
+    """One unit of committer work: an append (``path`` + ``data``) or a job (``fn``)."""
+
+    what: str
+    future: asyncio.Future[Any] | None
+    path: str = ""
+    data: bytes = b""
+    fn: Callable[[Committer], Any] | None = None
+    on_ok: Callable[[Any], None] | None = None       # run on the loop, in commit order
+    on_error: Callable[[BaseException], None] | None = None
+
+
+_STOP: Final = _Op("stop", None)
+
+
+class Committer:
+    """The one thread that touches session files: group-commits appends, runs jobs in order.
+
+    It takes everything queued, writes each file's appends with one write and
+    one fdatasync, runs jobs (reads, renames, index writes) in queue order
+    between them, then resolves the whole batch with one call_soon_threadsafe.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A committer resolving its futures and callbacks on ``loop``; ``start()`` runs it."""
+        self._loop = loop
+        self._queue: queue.SimpleQueue[_Op] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="equabot-sessions-committer", daemon=True)
+        self.pending = 0      # appends not yet resolved (loop side)
+        self.batches = 0      # group commits done (committer side; read-only elsewhere)
+        self._fds: OrderedDict[str, list[int]] = OrderedDict()   # path -> [fd, size]; LRU
+
+    # -- event loop side --
+
+    def append(self, what: str, path: str, data: bytes, **callbacks: Any) -> asyncio.Future[Any]:
+        """Queue ``data`` to be appended to ``path`` and fdatasynced (loop side).
+
+        Returns a future set to None once durable, or to a ``StorageError``
+        naming the step and ``what`` (the file is then cut back to its size
+        before). ``callbacks``: ``on_ok(None)`` / ``on_error(exc)``, run on the
+        loop in commit order before the future resolves, even if it was cancelled.
+        """
+        future = self._loop.create_future()
+        self.pending += 1
+        self._queue.put(_Op(what, future, path, data, **callbacks))
+        return future
+
+    def job(self, what: str, fn: Callable[[Committer], Any], **callbacks: Any) -> asyncio.Future[Any]:
+        """Queue ``fn(committer)`` to run in the thread after every earlier append (loop side).
+
+        Returns a future for its result; an OSError becomes a ``StorageError``
+        naming ``what``, any other exception is logged and passed on as is.
+        ``callbacks`` as for ``append``, with the result or the exception.
+        """
+        future = self._loop.create_future()
+        self._queue.put(_Op(what, future, fn=fn, **callbacks))
+        return future
+
+    def post(self, what: str, fn: Callable[[Committer], Any], **callbacks: Any) -> None:
+        """A job nobody waits for: a failure is logged and passed to ``on_error``."""
+        self._queue.put(_Op(what, None, fn=fn, **callbacks))
+
+    def start(self) -> None:
+        """Start the thread (once)."""
+        self._thread.start()
+
+    async def stop(self) -> None:
+        """Finish everything queued before, close every fd, and wait for the thread to end."""
+        self._queue.put(_STOP)
+        await asyncio.to_thread(self._thread.join)
+
+    def _resolve(self, results: list[tuple[_Op, Any, bool]]) -> None:
+        for op, outcome, failed in results:
+            if op.fn is None:
+                self.pending -= 1
+            callback = op.on_error if failed else op.on_ok
+            try:
+                if callback is not None:
+                    callback(outcome)
+            except Exception:            # a bookkeeping bug must not strand the other waiters
+                log.exception("session store: callback of %s failed", op.what)
+            if op.future is not None and not op.future.done():
+                if failed:
+                    op.future.set_exception(outcome)
+                else:
+                    op.future.set_result(outcome)
+
+    # -- committer thread side --
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            try:
+                while True:
+                    batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                pass
+            stop = _STOP in batch
+            self._process([op for op in batch if op is not _STOP] if stop else batch)
+            if stop:
+                for path in list(self._fds):
+                    self.drop_fd(path)
+                return
+
+    def _process(self, batch: list[_Op]) -> None:
+        results: list[tuple[_Op, Any, bool]] = []
+        appends: list[_Op] = []
+        for op in batch:
+            if op.fn is None:
+                appends.append(op)
+                continue
+            if appends:           # a job is a barrier: what was queued before it is written first
+                self._commit(appends, results)
+                appends = []
+            try:
+                results.append((op, op.fn(self), False))
+            except OSError as exc:
+                log.warning("session store: %s failed: %s", op.what, exc)
+                results.append((op, storage_error(op.what, exc), True))
+            except Exception as exc:     # a bug: hand it to the waiter, keep the thread alive
+                log.exception("session store: %s failed", op.what)
+                results.append((op, exc, True))
+        if appends:
+            self._commit(appends, results)
+        try:
+            self._loop.call_soon_threadsafe(self._resolve, results)
+        except RuntimeError:      # the loop is closed: nobody is waiting any more
+            pass
+
+    def _commit(self, appends: list[_Op], results: list[tuple[_Op, Any, bool]]) -> None:
+        self.batches += 1
+        groups: dict[str, list[_Op]] = {}
+        for op in appends:
+            groups.setdefault(op.path, []).append(op)
+        failed: dict[str, tuple[str, OSError]] = {}
+        new_files: dict[str, list[str]] = {}
+        for path, group in groups.items():
+            data = group[0].data if len(group) == 1 else b"".join(op.data for op in group)
+            try:
+                if self._append(path, data):
+                    new_files.setdefault(os.path.dirname(path), []).append(path)
+            except _AppendFailed as exc:
+                failed[path] = exc.args
+        for directory, paths in new_files.items():   # a new file is durable once its name is
+            try:
+                _fsync_dir(directory)
+            except OSError as exc:
+                for path in paths:
+                    failed[path] = ("fsync of the directory", exc)
+                    self._roll_back(path, 0)
+        for path, group in groups.items():
+            if path not in failed:
+                results.extend((op, None, False) for op in group)
+                continue
+            phase, exc = failed[path]
+            log.warning("session store: %s of %s failed: %s", phase, os.path.basename(path), exc)
+            results.extend((op, storage_error(f"{phase} of {op.what}", exc), True) for op in group)
+
+    def _append(self, path: str, data: bytes) -> bool:
+        """Write and fdatasync ``data`` at the end of ``path``; True if the file may be new.
+
+        On failure the file is cut back to its size before (no turn half
+        recorded) and its fd dropped, so that the next append reopens and repairs.
+        """
+        try:
+            entry = self._fds.get(path)
+            if entry is None:
+                entry = self._open(path)
+            else:
+                self._fds.move_to_end(path)
+        except OSError as exc:
+            raise _AppendFailed("open", exc) from exc
+        fd, size = entry
+        phase = "write"
+        try:
+            _write_all(fd, data)
+            phase = "fsync"
+            _fdatasync(fd)
+        except OSError as exc:
+            self._roll_back(path, size)
+            raise _AppendFailed(phase, exc) from exc
+        entry[1] = size + len(data)
+        return size == 0      # an empty file may be new: its directory is fsynced too
+
+    def _open(self, path: str) -> list[int]:
+        try:
+            fd = os.open(path, _APPEND_FLAGS, 0o600)
+        except FileNotFoundError:
+            _make_dirs(os.path.dirname(path))
+            fd = os.open(path, _APPEND_FLAGS, 0o600)
+        try:
+            entry = self._fds[path] = [fd, _repair(fd, path)]
+        except OSError:
+            os.close(fd)
+            raise
+        if len(self._fds) > MAX_OPEN_FILES:
+            self.drop_fd(next(iter(self._fds)))
+        return entry
+
+    def _roll_back(self, path: str, size: int) -> None:
+        # A failed turn must leave nothing behind: a retry would record it twice.
+        entry = self._fds.get(path)
+        try:
+            if entry is not None:
+                os.ftruncate(entry[0], size)
+        except OSError:
+            pass              # then the repair at the next open cuts a torn tail
+        self.drop_fd(path)
+
+    def drop_fd(self, path: str) -> None:
+        """Close ``path``'s append fd if it is open (committer thread only)."""
+        entry = self._fds.pop(path, None)
+        if entry is not None:
+            try:
+                os.close(entry[0])
+            except OSError:
+                pass
+
+
+class _AppendFailed(Exception):
+    """args: the step of the append that failed, and its OSError."""

@@ -1,0 +1,418 @@
+"""Model providers: the ``Provider`` contract, the registry by ``api``, and the HTTP glue they share.
+
+A provider turns one ``ProviderCall`` into an async stream of events:
+``TextDelta`` * , then one ``Usage`` if the upstream reported it, then one
+``Finish``. It raises only ``UpstreamError`` and its subclasses (and
+``ApiError`` from ``check_model``); foreign errors are mapped where they enter.
+Closing or cancelling the stream stops the provider at once: sockets are
+closed and child processes killed in ``finally`` blocks. Providers know
+nothing of HTTP endpoints, sessions or transcripts. The HTTP providers reach
+upstreams through ``net.client`` only, and never put an API key or a
+configured header value into an error or a log line.
+"""
+
+from __future__ import annotations
+
+import abc
+import codecs
+import importlib
+import json
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final
+
+from ..config import ProviderConfig
+from ..errors import (
+    ApiError, ClientConnectError, ClientTimeout, ConfigError, ConnectionClosed, HTTPProtocolError,
+    UpstreamError, UpstreamRejected, UpstreamTimeout,
+)
+from ..net import client as http_client
+from ..net import grammar
+from ..agents.types import Message, ProviderCall, ProviderEvent
+
+__all__ = [
+    "Provider", "HTTPProvider", "create_provider", "ServerSentEvent", "EventStreamDecoder",
+    "word_count",
+]
+
+# Error bodies are read up to this many bytes; the message is what matters.
+MAX_ERROR_BODY_BYTES: Final = 64 * 1024
+# Longest error detail kept from an upstream (characters).
+MAX_DETAIL_CHARS: Final = 1000
+# Largest event (line or data buffer) accepted from an event stream: far above
+# any chunk an LLM API sends, low enough that garbage cannot exhaust memory.
+MAX_EVENT_CHARS: Final = 4 * 1024 * 1024
+# Seconds the last bytes of a response (the chunked terminator) may lag its
+# stream's end marker and the connection still be pooled; read in the background.
+END_DRAIN_TIMEOUT: Final = 1.0
+# Secrets shorter than this are not searched for in messages: redacting "1"
+# would mangle every message and protect nothing.
+MIN_REDACTED_CHARS: Final = 4
+
+
+def word_count(text: str) -> int:
+    """Whitespace-separated words in ``text``: the token estimate of the local providers."""
+    return len(text.split())
+
+
+class Provider(abc.ABC):
+    """A source of replies, configured under ``models.providers.<name>``.
+
+    ``api`` names the wire protocol; ``supported_options`` lists the
+    ``GenerationOptions`` (from ``types.OPTION_NAMES``) it can honour, so the
+    endpoint can refuse the others with 400 before a run starts (DECISIONS 19).
+    """
+
+    api: ClassVar[str]
+    supported_options: ClassVar[frozenset[str]]
+
+    def __init__(self, name: str, config: ProviderConfig | None) -> None:
+        self.name = name
+        self.config = config
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} api={self.api!r}>"
+
+    def check_model(self, model: str) -> None:
+        """Accept ``model`` or raise ``ApiError`` 400 ``model_not_found``.
+
+        DECISIONS 20: a provider with a ``models`` list rejects names not in
+        it; a provider without a list accepts any name.
+        """
+        models = self.config.models if self.config is not None else None
+        if models is not None and model not in models:
+            raise ApiError(400, f"model {model!r} is not offered by provider {self.name!r}",
+                           code="model_not_found", param="model")
+
+    @abc.abstractmethod
+    def stream(self, call: ProviderCall) -> AsyncIterator[ProviderEvent]:
+        """The reply to ``call``: ``TextDelta`` *, then one ``Usage`` if known, then one ``Finish``.
+
+        An async generator. Raises ``UpstreamError`` (or a subclass) when the
+        upstream fails; closing it (``aclose``) or cancelling its consumer
+        releases every socket and process it holds before returning.
+        """
+
+    async def aclose(self) -> None:
+        """Release what the provider keeps between calls (pooled connections)."""
+
+
+# api → (module, class); imported on first use.
+_APIS: Final[dict[str, tuple[str, str]]] = {
+    "echo": ("echo", "EchoProvider"),
+    "openai-completions": ("openai", "OpenAIProvider"),
+    "anthropic-messages": ("anthropic", "AnthropicProvider"),
+    "command": ("command", "CommandProvider"),
+}
+
+
+def create_provider(name: str, config: ProviderConfig | None) -> Provider:
+    """The provider ``name`` configured by ``config`` (chosen by ``config.api``).
+
+    ``name`` "echo" with no configuration is the built-in echo provider
+    (DECISIONS 16). Raises ``ConfigError`` for any other name without a
+    configuration, an unknown ``api``, or a configuration the provider cannot use.
+    """
+    if config is None:
+        if name != "echo":
+            raise ConfigError(f"models.providers.{name}", "no such provider is configured")
+        api = "echo"
+    else:
+        api = config.api
+    if api not in _APIS:
+        raise ConfigError(f"models.providers.{name}.api", f"unknown provider api {api!r}")
+    module, cls = _APIS[api]
+    provider_class = getattr(importlib.import_module(f".{module}", __name__), cls)
+    return provider_class(name, config)
+
+
+# -- event streams (WHATWG HTML §9.2.6 "Interpreting an event stream") ------------
+
+@dataclass(frozen=True, slots=True)
+class ServerSentEvent:
+    """One dispatched event: ``type`` ("message" unless an ``event:`` field named it), ``data``, ``id``."""
+
+    type: str
+    data: str
+    id: str = ""
+
+
+# "CRLF, a single LF not preceded by a CR, and a single CR not followed by a LF
+# being the ways in which a line can end."
+_LINE_END: Final = re.compile(r"\r\n|\r|\n")
+
+
+class EventStreamDecoder:
+    """Sans-I/O ``text/event-stream`` parser: ``feed(bytes)`` returns the events completed so far.
+
+    Follows WHATWG HTML §9.2.6 line by line: UTF-8 decoded with replacement,
+    one leading BOM ignored, comments (":" lines) skipped, ``data`` lines
+    joined with LF, an event dispatched at each blank line. An event left
+    unfinished at the end of the stream is discarded, as the spec says.
+    ``pending_chars`` tells how much waits for a line end or a blank line.
+    """
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._line = ""             # an incomplete line
+        self._started = False       # past the place where a BOM may be
+        self._after_cr = False      # the last line ended with a CR: skip one LF
+        self._data: list[str] = []
+        self._data_chars = 0
+        self._type = ""
+        self._last_id = ""
+
+    @property
+    def pending_chars(self) -> int:
+        """Characters buffered in the incomplete line and the undispatched event."""
+        return len(self._line) + self._data_chars
+
+    def feed(self, data: bytes) -> list[ServerSentEvent]:
+        """Take the next bytes of the stream; return the events they complete."""
+        text = self._decoder.decode(data)
+        if not text:
+            return []
+        if not self._started:
+            self._started = True
+            # "One leading U+FEFF BYTE ORDER MARK character must be ignored if any are present."
+            text = text.removeprefix("\ufeff")
+        if self._after_cr:
+            self._after_cr = False
+            text = text.removeprefix("\n")
+        if "\n" not in text and "\r" not in text:
+            self._line += text
+            return []
+        lines = _LINE_END.split(self._line + text)
+        self._line = lines.pop()
+        # A CR at the very end may be the first half of a CRLF split across reads.
+        self._after_cr = text.endswith("\r")
+        events: list[ServerSentEvent] = []
+        for line in lines:
+            self._process(line, events)
+        return events
+
+    def _process(self, line: str, events: list[ServerSentEvent]) -> None:
+        if not line:
+            # "If the line is empty (a blank line): Dispatch the event"
+            self._dispatch(events)
+        elif line[0] == ":":
+            return      # "If the line starts with a U+003A COLON character (:): Ignore the line."
+        else:
+            name, colon, value = line.partition(":")
+            # "If value starts with a U+0020 SPACE character, remove it from value."
+            if colon and value[:1] == " ":
+                value = value[1:]
+            if name == "data":
+                self._data.append(value)
+                self._data_chars += len(value) + 1
+            elif name == "event":
+                self._type = value
+            elif name == "id" and "\0" not in value:
+                self._last_id = value
+            # "retry" only matters to a reconnecting client; "Otherwise: The field is ignored."
+
+    def _dispatch(self, events: list[ServerSentEvent]) -> None:
+        # "If the data buffer is an empty string, set the data buffer and the
+        # event type buffer to the empty string and return."
+        if self._data:
+            # The buffer is every value plus LF; "If the data buffer's last
+            # character is a U+000A LINE FEED (LF) character, then remove the last character".
+            events.append(ServerSentEvent(self._type or "message", "\n".join(self._data),
+                                          self._last_id))
+        self._data = []
+        self._data_chars = 0
+        self._type = ""
+
+
+# -- the HTTP providers' common part -----------------------------------------------
+
+# What net.client raises; mapped to UpstreamError at this boundary.
+_CLIENT_ERRORS: Final = (ClientTimeout, ClientConnectError,
+                         ConnectionClosed, HTTPProtocolError, OSError)
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+_RETRY_AFTER: Final = re.compile(r"[0-9]{1,10}|[A-Za-z]{3}, [0-9]{2} [A-Za-z]{3} [0-9]{4} [0-9:]{8} GMT")
+
+
+class HTTPProvider(Provider):
+    """Base of the providers that POST JSON to an upstream and read an event stream back.
+
+    Subclasses set ``default_base_url`` and ``path`` (joined as
+    ``{baseUrl}/{path}``) and ``auth_headers()``. Each provider keeps its own
+    pooled ``HTTPClient``; ``config.timeout`` bounds every phase (connect,
+    write, silence between bytes). Raises ``ConfigError`` at construction for
+    a missing configuration, a bad ``baseUrl`` or an unsafe header.
+    """
+
+    default_base_url: ClassVar[str]
+    path: ClassVar[str]
+    config: ProviderConfig
+
+    def __init__(self, name: str, config: ProviderConfig | None) -> None:
+        if config is None:
+            raise ConfigError(f"models.providers.{name}", f"api {self.api!r} needs a configuration")
+        super().__init__(name, config)
+        base_url = config.base_url.rstrip("/") if config.base_url else self.default_base_url
+        self.url = f"{base_url}/{self.path}"
+        try:
+            http_client.split_url(self.url)
+        except ValueError as exc:
+            raise ConfigError(f"models.providers.{name}.baseUrl", str(exc)) from None
+        self._headers = self._merge_headers(name, config)
+        self._secrets = tuple(s for s in (config.api_key, *(v for _, v in config.headers))
+                              if s and len(s) >= MIN_REDACTED_CHARS)
+        self._client = http_client.HTTPClient(connect_timeout=config.timeout,
+                                              write_timeout=config.timeout,
+                                              read_timeout=config.timeout)
+
+    @abc.abstractmethod
+    def auth_headers(self) -> list[tuple[str, str]]:
+        """The protocol's own request headers (credentials, version, media types)."""
+
+    def _merge_headers(self, name: str, config: ProviderConfig) -> list[tuple[str, str]]:
+        # Configured headers win over the provider's defaults of the same name.
+        own = {n.lower() for n, _ in config.headers}
+        merged = [(n, v) for n, v in self.auth_headers() if n.lower() not in own]
+        merged.extend(config.headers)
+        for field_name, value in merged:
+            if not _is_safe_field(field_name, value):
+                # The value is never repeated: it may be a credential.
+                raise ConfigError(f"models.providers.{name}.headers.{field_name}",
+                                  "not a valid header field name or value")
+        return merged
+
+    async def aclose(self) -> None:
+        """Close the pooled upstream connections."""
+        await self._client.aclose()
+
+    def redact(self, text: str) -> str:
+        """``text`` with the API key and configured header values replaced by "***"."""
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def detail(self, text: str) -> str:
+        """An upstream-provided text made fit for an error: redacted, one line, clipped."""
+        text = _CONTROL.sub(" ", text).strip()
+        if len(text) > MAX_DETAIL_CHARS:
+            text = text[:MAX_DETAIL_CHARS] + "…"
+        return self.redact(text)
+
+    def upstream_error(self, exc: BaseException) -> UpstreamError:
+        """The ``UpstreamError`` for a failure raised by ``net.client``."""
+        if isinstance(exc, ClientTimeout):
+            return UpstreamTimeout(self.name, exc.timeout, exc.phase)
+        if isinstance(exc, ClientConnectError):
+            return UpstreamError(self.name, f"cannot connect: {exc.reason}")
+        if isinstance(exc, ConnectionClosed):
+            return UpstreamError(self.name, "connection closed before the response was complete")
+        if isinstance(exc, HTTPProtocolError):
+            return UpstreamError(self.name, f"invalid HTTP response: {exc.reason}")
+        return UpstreamError(self.name, f"connection failed: {type(exc).__name__}")
+
+    async def open_stream(self, payload: dict[str, Any]) -> http_client.ClientResponse:
+        """POST ``payload`` as JSON; the 2xx response, whose body the caller must ``aclose``.
+
+        Raises ``UpstreamRejected`` for any other status (DECISIONS 21: with
+        the upstream's ``error.message`` and ``Retry-After``), ``UpstreamTimeout``
+        or ``UpstreamError``.
+        """
+        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+        try:
+            # A completion request changes nothing upstream, so a pooled
+            # connection found closed before any answer is replaced once
+            # (RFC 9110 §9.2.2 lets a client that knows a request is safe repeat it).
+            response = await self._client.request("POST", self.url, headers=self._headers,
+                                                  body=body, idempotent=True)
+        except _CLIENT_ERRORS as exc:
+            raise self.upstream_error(exc) from exc
+        if 200 <= response.status < 300:
+            return response
+        raise await self._rejection(response)
+
+    async def _rejection(self, response: http_client.ClientResponse) -> UpstreamRejected:
+        retry_after = response.headers.get("retry-after")
+        if retry_after is not None and not _RETRY_AFTER.fullmatch(retry_after.strip()):
+            retry_after = None
+        try:
+            body = await response.read(MAX_ERROR_BODY_BYTES)
+        except _CLIENT_ERRORS:
+            body = b""      # the status says enough
+        finally:
+            await response.aclose()
+        message = error_message(body) or _plain_text(response, body) or \
+            f"{response.status} {response.reason}".strip()
+        return UpstreamRejected(self.name, response.status, self.detail(message),
+                                retry_after=retry_after.strip() if retry_after else None)
+
+    @staticmethod
+    async def release(response: http_client.ClientResponse, *, ended: bool) -> None:
+        """Give ``response`` back: pooled if the stream ``ended`` by its own marker, else closed now."""
+        await response.aclose(drain_timeout=END_DRAIN_TIMEOUT if ended else 0.0)
+
+    async def events(self, response: http_client.ClientResponse) -> AsyncIterator[ServerSentEvent]:
+        """The events of an event-stream response body, until the body ends."""
+        media_type = (response.headers.get("content-type") or "").split(";")[0].strip().lower()
+        if media_type and media_type != "text/event-stream":
+            raise UpstreamError(self.name, f"expected an event stream, got {self.detail(media_type)!r}")
+        decoder = EventStreamDecoder()
+        try:
+            async for chunk in response:
+                for event in decoder.feed(chunk):
+                    yield event
+                if decoder.pending_chars > MAX_EVENT_CHARS:
+                    raise UpstreamError(self.name, f"event stream event over {MAX_EVENT_CHARS} characters")
+        except _CLIENT_ERRORS as exc:
+            raise self.upstream_error(exc) from exc
+
+    def json_data(self, event: ServerSentEvent) -> dict[str, Any]:
+        """The JSON object in an event's data; ``UpstreamError`` for anything else."""
+        try:
+            value = json.loads(event.data)
+        except ValueError:
+            raise UpstreamError(self.name, "event stream data is not JSON") from None
+        if not isinstance(value, dict):
+            raise UpstreamError(self.name, "event stream data is not a JSON object")
+        return value
+
+
+def _is_safe_field(name: str, value: str) -> bool:
+    # RFC 9110 §5.1: field-name = token; §5.5: a value holds no CR, LF or NUL.
+    # Values go on the wire as ISO-8859-1, so they must be encodable as such.
+    if not name.isascii() or grammar.TOKEN.fullmatch(name.encode("ascii")) is None:
+        return False
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return _CONTROL.search(value.replace("\t", " ")) is None
+
+
+def error_message(body: bytes) -> str | None:
+    """``error.message`` (or a bare ``error``/``message`` string) of a JSON error body, if any."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    error = doc.get("error")
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return error["message"]
+    if isinstance(error, str):
+        return error
+    message = doc.get("message")
+    return message if isinstance(message, str) else None
+
+
+def _plain_text(response: http_client.ClientResponse, body: bytes) -> str | None:
+    content_type = (response.headers.get("content-type") or "").lower()
+    if content_type.startswith("text/plain") and body:
+        return body[:MAX_DETAIL_CHARS * 4].decode("utf-8", "replace")
+    return None
+
+
+def as_user_text(message: Message) -> str:
+    """A tool result as plain user text: without tool-call ids, upstreams reject role "tool"."""
+    return f"[tool result] {message.content}"
+

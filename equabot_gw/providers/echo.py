@@ -1,0 +1,76 @@
+"""The built-in echo provider: a deterministic reply, streamed word by word.
+
+The reply to turn N is exactly ``f"Echo (turn {N}): {text}"`` where ``text``
+is the newest message. Each delta is one word with the whitespace before it,
+so the deltas join to the reply exactly. Usage counts whitespace-separated
+words. Every option is honoured: ``stop`` cuts the reply, ``max_tokens`` caps
+the deltas; sampling options change nothing in a deterministic reply.
+``delayMs`` sleeps before each delta; with no delay the stream never suspends
+(it is the hot path of the throughput benchmark).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from typing import ClassVar, Final
+
+from ..agents.types import OPTION_NAMES, Finish, ProviderCall, ProviderEvent, TextDelta, Usage
+from . import Provider, word_count
+
+# One word with the whitespace before it; the last word also takes the
+# whitespace after it, so that nothing of the reply is lost.
+_DELTA: Final = re.compile(r"\s*\S+(?:\s+\Z)?")
+
+
+def echo_reply(call: ProviderCall) -> str:
+    """The whole reply to ``call``, before ``stop`` and ``max_tokens`` apply."""
+    text = call.messages[-1].content if call.messages else ""
+    return f"Echo (turn {call.turn}): {text}"
+
+
+def split_deltas(text: str) -> list[str]:
+    """``text`` cut into word deltas; ``"".join(split_deltas(t)) == t`` for any ``t`` with a word."""
+    deltas = _DELTA.findall(text)
+    return deltas if deltas or not text else [text]     # all whitespace: one delta
+
+
+def cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
+    """``text`` before the earliest occurrence of any stop string, and whether one was found."""
+    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+class EchoProvider(Provider):
+    """Replies ``Echo (turn N): <newest message>``; needs no configuration (config may be None)."""
+
+    api: ClassVar[str] = "echo"
+    supported_options: ClassVar[frozenset[str]] = frozenset(OPTION_NAMES)
+
+    async def stream(self, call: ProviderCall) -> AsyncIterator[ProviderEvent]:
+        """Yield the reply as word deltas, then ``Usage`` (word counts), then ``Finish``.
+
+        ``Finish("length")`` when ``max_tokens`` cut the reply short, else
+        ``Finish("stop")`` (natural end or a stop string).
+        """
+        options = call.options
+        reply, _ = cut_at_stop(echo_reply(call), options.stop)
+        deltas = split_deltas(reply)
+        reason = "stop"
+        if options.max_tokens is not None and len(deltas) > options.max_tokens:
+            deltas = deltas[:options.max_tokens]
+            reason = "length"
+        delay = self.config.delay_ms / 1000 if self.config is not None else 0.0
+        if delay > 0:
+            for delta in deltas:
+                await asyncio.sleep(delay)
+                yield TextDelta(delta)
+        else:
+            # No await per delta: a consumer reading 100k+ events/s must not
+            # pay an event-loop round trip for each.
+            for delta in deltas:
+                yield TextDelta(delta)
+        prompt = word_count(call.system) + sum(word_count(m.content) for m in call.messages)
+        yield Usage(prompt, word_count("".join(deltas)))
+        yield Finish(reason)
