@@ -1,0 +1,5 @@
+"""``python -m equabot_gw``: the command line (see ``cli.py``)."""
+
+from .cli import main
+
+main()

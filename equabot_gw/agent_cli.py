@@ -1,0 +1,115 @@
+"""The ``agent`` and ``sessions`` subcommands: one run from the terminal, and the session store.
+
+``agent --local`` runs the runtime in this process (``agents.runtime.run``,
+like every other door) and prints the reply as it streams; without
+``--local`` the same run goes to a running gateway over the WebSocket control
+protocol. ``sessions`` reads and edits the store under the state dir.
+Returns exit codes; printing is the only side effect besides the run itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from .agents import runtime as agent_runtime
+from .agents.events import Delta, Ended, Failed
+from .agents.sessions import SessionStore, scoped_key, validate_key
+from .agents.types import AgentRequest, AgentResult
+from .cli import env_secret, load_config
+from .errors import RunError
+
+
+def _result_json(result: AgentResult) -> str:
+    return json.dumps({"runId": result.run_id, "status": "ok", "agentId": result.agent_id,
+                       "sessionKey": result.session_key, "text": result.text,
+                       "usage": result.usage.as_dict(), "finishReason": result.finish_reason,
+                       "model": result.model})
+
+
+async def run_agent_command(args: argparse.Namespace) -> int:
+    """``equabot agent``: print the reply (streamed) or one JSON object; 1 if the run failed."""
+    config, state_dir = load_config(args)
+    if not args.local:
+        from .gateway.client import run_remote_agent
+        url = args.url or f"http://127.0.0.1:{config.gateway.port}"
+        token = args.token or env_secret(config, state_dir)
+        return await run_remote_agent(url, token, args.message, args.agent, args.session_key,
+                                      as_json=args.json)
+    runtime = agent_runtime.Runtime(config, state_dir)
+    await runtime.start()
+    try:
+        run = agent_runtime.run(runtime, AgentRequest(
+            message=args.message, agent_id=args.agent, session_key=args.session_key, origin="cli"))
+        async for event in run.subscribe():
+            if isinstance(event, Delta) and not args.json:
+                sys.stdout.write(event.text)
+                sys.stdout.flush()
+            elif isinstance(event, Ended):
+                print(_result_json(event.result) if args.json else "", flush=True)
+            elif isinstance(event, Failed):
+                if not args.json:
+                    print(flush=True)
+                print(f"equabot: run failed: {event.error}", file=sys.stderr)
+                return 1
+        return 0
+    finally:
+        await runtime.stop(0)
+
+
+async def run_sessions_command(args: argparse.Namespace) -> int:
+    """``equabot sessions list|show|reset``."""
+    config, state_dir = load_config(args)
+    runtime = agent_runtime.Runtime(config, state_dir)
+    agent = runtime.agent(args.agent)
+    store = SessionStore(state_dir)
+    await store.open()
+    try:
+        if args.sessions_command == "list":
+            return _print_sessions(store, agent.id, args.json)
+        key = scoped_key(agent.id, validate_key(args.key))
+        if args.sessions_command == "show":
+            lines = await store.read_transcript(agent.id, key)
+            if not lines:
+                print(f"equabot: no session {key!r}", file=sys.stderr)
+                return 1
+            for line in lines:
+                print(json.dumps(line, ensure_ascii=False) if args.json else _describe(line))
+            return 0
+        if await store.reset(agent.id, key):
+            print(f"reset {key}")
+            return 0
+        print(f"equabot: no session {key!r}", file=sys.stderr)
+        return 1
+    finally:
+        await store.close()
+
+
+def _print_sessions(store: SessionStore, agent_id: str, as_json: bool) -> int:
+    infos = store.list_sessions(agent_id)
+    if as_json:
+        print(json.dumps([{"key": i.key, "agentId": i.agent_id, "createdAt": i.created_at,
+                           "updatedAt": i.updated_at, "turns": i.turns,
+                           "lastRunId": i.last_run_id} for i in infos]))
+        return 0
+    if not infos:
+        print("no sessions")
+    for info in infos:
+        print(f"{info.key}\tturns={info.turns}\tupdated={info.updated_at:.0f}")
+    return 0
+
+
+def _describe(line: dict[str, Any]) -> str:
+    kind = line.get("type")
+    if kind in ("user", "assistant"):
+        return f"{kind}: {line.get('content', '')}"
+    if kind == "aborted":
+        return f"aborted ({line.get('reason')}): {line.get('content', '')}"
+    if kind == "error":
+        return f"error: {line.get('message', '')}"
+    return json.dumps(line, ensure_ascii=False)
+
+
+__all__ = ["run_agent_command", "run_sessions_command", "RunError"]

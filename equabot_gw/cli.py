@@ -1,0 +1,195 @@
+"""The command line: ``python -m equabot_gw [gateway|agent|config|sessions]``.
+
+Owns argument parsing, logging set-up, signal handling and exit codes; the
+only module that calls ``sys.exit``. Problems the user can fix print one line
+to stderr and exit 2 (bad config, bad arguments) or 1 (the run failed).
+``gateway`` is the default subcommand, so ``python -m equabot_gw --port 0``
+starts a gateway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import __version__, config as config_mod
+from .errors import ApiError, ConfigError, GatewayError, RunError
+
+SUBCOMMANDS = ("gateway", "agent", "config", "sessions")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="PATH", help="config file (JSON5); default: "
+                        "$EQUABOT_CONFIG_PATH, else ~/.equabot/equabot.json, else built-in defaults")
+    parser.add_argument("--state-dir", metavar="DIR", help="sessions and token live here; default: "
+                        "$EQUABOT_STATE_DIR, else ~/.equabot")
+    parser.add_argument("--log-level", default="info",
+                        choices=("debug", "info", "warning", "error"), help="default: info")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m equabot_gw",
+        description="Equabot Gateway: HTTP (OpenAI-compatible) and WebSocket on one port.",
+        epilog="With no subcommand, 'gateway' runs.")
+    parser.add_argument("--version", action="version", version=f"equabot_gw {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(SUBCOMMANDS) + "}")
+
+    gw = sub.add_parser("gateway", help="run the gateway in the foreground (default)")
+    _gateway_flags(gw)
+
+    agent = sub.add_parser("agent", help="send one message to an agent and print the reply")
+    _common(agent)
+    agent.add_argument("--message", "-m", required=True, help="the user message")
+    agent.add_argument("--agent", metavar="ID", help="agent id (default: the default agent)")
+    agent.add_argument("--session-key", metavar="KEY", help="session to continue (default: stateless)")
+    agent.add_argument("--json", action="store_true", help="print one JSON result object")
+    agent.add_argument("--local", action="store_true",
+                       help="run in this process instead of on a running gateway")
+    agent.add_argument("--url", help="gateway URL (default: from config, http://127.0.0.1:<port>)")
+    agent.add_argument("--token", help="gateway token or password (default: config or environment)")
+
+    cfg = sub.add_parser("config", help="configuration tools")
+    cfg_sub = cfg.add_subparsers(dest="config_command", metavar="{check}", required=True)
+    check = cfg_sub.add_parser("check", help="validate and print the effective config (secrets masked)")
+    _common(check)
+
+    ses = sub.add_parser("sessions", help="list, show or reset stored sessions")
+    ses_sub = ses.add_subparsers(dest="sessions_command", metavar="{list,show,reset}", required=True)
+    for name, help_text in (("list", "list keyed sessions"), ("show", "print a session's transcript"),
+                            ("reset", "archive a session's transcript and start over")):
+        p = ses_sub.add_parser(name, help=help_text)
+        _common(p)
+        p.add_argument("--agent", metavar="ID", help="agent id (default: the default agent)")
+        if name != "list":
+            p.add_argument("key", help="session key")
+        p.add_argument("--json", action="store_true", help="print JSON")
+
+    return parser
+
+
+def _gateway_flags(parser: argparse.ArgumentParser) -> None:
+    _common(parser)
+    parser.add_argument("--port", type=int, metavar="N", help="port (0 picks a free one; default 18789)")
+    parser.add_argument("--bind", metavar="ADDR", help="loopback (default), lan (all IPv4) or a host")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the command line and exit with its status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help", "--version")):
+        argv.insert(0, "gateway")
+    args = build_parser().parse_args(argv)
+    _setup_logging(getattr(args, "log_level", "info"))
+    try:
+        code = _dispatch(args)
+    except ConfigError as exc:
+        print(f"equabot: config error: {exc}", file=sys.stderr)
+        code = 2
+    except ApiError as exc:
+        print(f"equabot: {exc.message}", file=sys.stderr)
+        code = 1
+    except (RunError, GatewayError, OSError) as exc:
+        print(f"equabot: {exc}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "gateway":
+        return asyncio.run(_run_gateway(args))
+    if args.command == "agent":
+        from .agent_cli import run_agent_command
+        return asyncio.run(run_agent_command(args))
+    if args.command == "config":
+        return _config_check(args)
+    if args.command == "sessions":
+        from .agent_cli import run_sessions_command
+        return asyncio.run(run_sessions_command(args))
+    raise AssertionError(args.command)
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    config, path = config_mod.load(args.config)
+    source = str(path) if path else "built-in defaults (no config file)"
+    print(f"# config OK: {source}")
+    print(json.dumps(config_mod.to_data(config, mask=True), indent=2))
+    return 0
+
+
+def load_config(args: argparse.Namespace) -> tuple[config_mod.Config, Path]:
+    """The config and the state dir (created with mode 0700) for a subcommand."""
+    config, _ = config_mod.load(args.config)
+    state_dir = config_mod.state_dir(args.state_dir)
+    try:
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError("", f"cannot create state dir {state_dir}: {exc.strerror}") from None
+    return config, state_dir
+
+
+async def _run_gateway(args: argparse.Namespace) -> int:
+    from .gateway.app import Gateway
+    from .net.server import AccessLog
+    config, state_dir = load_config(args)
+    port = args.port if args.port is not None else config.gateway.port
+    gateway = Gateway(config, state_dir, port=port,
+                      host=None if args.bind is None else _bind(args.bind),
+                      access_log=AccessLog() if args.log_level in ("debug", "info") else None)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(gateway.stop()))
+    await gateway.start()
+    _announce(gateway)
+    await gateway.wait_stop_requested()
+    await gateway.stop()
+    return 0
+
+
+def _bind(value: str) -> str:
+    from .gateway.app import bind_host
+    return bind_host(value)
+
+
+def _announce(gateway: Any) -> None:
+    print(f"equabot gateway listening on {gateway.url} (WebSocket on the same port)", flush=True)
+    log = logging.getLogger("equabot_gw")
+    secret = gateway.secret
+    if secret.mode == "none":
+        log.warning("gateway.auth.mode is \"none\": anyone who can reach %s can use it", gateway.url)
+    else:
+        log.info("auth: %s from %s", secret.mode, secret.source)
+    if not gateway.config.gateway.http.endpoints.chat_completions.enabled:
+        log.info("OpenAI endpoint off (gateway.http.endpoints.chatCompletions.enabled: false)")
+
+
+def env_secret(config: config_mod.Config, state_dir: Path) -> str | None:
+    """The secret a local client should present: env, config, or the stored token file."""
+    auth = config.gateway.auth
+    if auth.mode == "none":
+        return None
+    name = "EQUABOT_GATEWAY_TOKEN" if auth.mode == "token" else "EQUABOT_GATEWAY_PASSWORD"
+    if os.environ.get(name):
+        return os.environ[name]
+    configured = auth.token if auth.mode == "token" else auth.password
+    if configured:
+        return configured
+    token_file = state_dir / "gateway-token"
+    try:
+        return token_file.read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None

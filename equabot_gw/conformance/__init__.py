@@ -1,0 +1,1 @@
+"""Checking servers against the Gateway's HTTP and OpenAI shapes."""

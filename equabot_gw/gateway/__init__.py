@@ -1,0 +1,1 @@
+"""The gateway's doors: the app that wires them, the OpenAI endpoint, the WebSocket control protocol."""

@@ -1,0 +1,178 @@
+"""What HTTP handlers see and return, the error bodies, and the router.
+
+Owns the handler contract: a handler is ``async (HTTPRequest) -> Response |
+StreamingResponse | Upgrade`` and may raise ``ApiError``; ``Router`` maps
+method and path to handlers (404 / 405 with ``Allow`` otherwise); every error
+body has OpenAI's shape ``{"error": {message, type, param, code}}``. No I/O:
+``server.py`` runs handlers and writes what they return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Final, Union
+from urllib.parse import unquote
+
+from ..errors import ApiError, HTTPProtocolError, error_type_for_status, http_status
+from .http11 import Headers
+
+
+# -- what handlers see and return ------------------------------------------------
+
+@dataclass(slots=True)
+class HTTPRequest:
+    """A request as handlers see it: the parsed head, the whole body, and who sent it.
+
+    ``client`` is the peer's address (host string); ``params`` holds the tail
+    of a prefix route; ``disconnected`` is set once the client is gone.
+    """
+
+    method: str
+    path: str
+    query: str
+    version: str
+    headers: Headers
+    body: bytes
+    client: str
+    conn_id: int
+    request_id: str
+    params: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Response:
+    """A complete response; ``Content-Length`` is added by the server."""
+
+    status: int
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+
+
+@dataclass(slots=True)
+class StreamingResponse:
+    """A response whose body is written piece by piece as ``body`` yields it.
+
+    Each yielded ``bytes`` is sent at once (one chunk in HTTP/1.1; raw bytes on
+    a close-delimited HTTP/1.0 stream). When nothing was yielded for
+    ``idle_interval`` seconds the server sends ``idle_bytes`` (e.g. an SSE
+    comment) if given. If the client goes away, ``body`` is closed (``aclose``),
+    which runs its ``finally`` blocks.
+    """
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: AsyncIterator[bytes]
+    idle_bytes: bytes | None = None
+    idle_interval: float = 15.0
+
+
+@dataclass(slots=True)
+class Upgrade:
+    """Switch the connection to another protocol (101 Switching Protocols).
+
+    The server sends the 101 head with ``headers``, hands the transport to
+    ``protocol_factory()`` (with any bytes already received after the request),
+    then awaits ``serve(protocol)``; the connection ends when it returns.
+    """
+
+    headers: list[tuple[str, str]]
+    protocol_factory: Callable[[], asyncio.Protocol]
+    serve: Callable[[asyncio.Protocol], Awaitable[None]]
+
+
+AnyResponse = Union[Response, StreamingResponse, Upgrade]
+Handler = Callable[[HTTPRequest], Awaitable[AnyResponse]]
+
+
+def error_body(status: int, message: str, *, type: str | None = None,
+               code: str | None = None, param: str | None = None) -> bytes:
+    """The JSON error body used on every path: ``{"error": {message, type, param, code}}``."""
+    return json.dumps({"error": {
+        "message": message, "type": type or error_type_for_status(status),
+        "param": param, "code": code,
+    }}, separators=(",", ":")).encode()
+
+
+def error_response(exc: BaseException) -> Response:
+    """The response for an error raised while handling a request (never reveals internals)."""
+    status = http_status(exc)
+    headers = [("content-type", "application/json")]
+    if isinstance(exc, ApiError):
+        headers.extend(exc.headers)
+        body = error_body(status, exc.message, type=exc.type, code=exc.code, param=exc.param)
+    elif isinstance(exc, HTTPProtocolError):
+        body = error_body(status, exc.reason, code=_PROTOCOL_CODES.get(status))
+    elif status == 500:
+        body = error_body(500, "internal server error", code="internal_error")
+    else:
+        body = error_body(status, str(exc))
+    return Response(status, headers, body)
+
+
+_PROTOCOL_CODES: Final = {
+    400: "bad_request", 413: "request_too_large", 414: "uri_too_long",
+    431: "header_fields_too_large", 501: "not_implemented", 505: "http_version_not_supported",
+}
+
+
+# -- routing ------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class _Route:
+    methods: dict[str, Handler]
+    param: str | None = None
+
+
+class Router:
+    """Maps paths to handlers by method. Exact paths, or a prefix whose tail becomes a param.
+
+    ``HEAD`` is served by the ``GET`` handler (RFC 9110 §9.3.2) unless one is
+    registered for it; ``OPTIONS`` and other unregistered methods answer 405
+    with ``Allow``, unknown paths 404, always with the JSON error body.
+    """
+
+    def __init__(self) -> None:
+        self._exact: dict[str, _Route] = {}
+        self._prefixes: list[tuple[str, _Route]] = []
+
+    def add(self, path: str, methods: Iterable[str], handler: Handler) -> None:
+        """Register ``handler`` for ``methods`` on ``path``.
+
+        A path ending in ``/{name}`` matches any non-empty rest of the path
+        there (slashes included, percent-escapes decoded), passed as
+        ``request.params[name]``.
+        """
+        if path.endswith("}"):
+            prefix, _, name = path.rpartition("/{")
+            route = next((r for p, r in self._prefixes if p == prefix + "/"), None)
+            if route is None:
+                route = _Route({}, name[:-1])
+                self._prefixes.append((prefix + "/", route))
+        else:
+            route = self._exact.setdefault(path, _Route({}))
+        for method in methods:
+            route.methods[method] = handler
+
+    def resolve(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
+        """The handler and params for a request; raises ``ApiError`` 404 or 405."""
+        route = self._exact.get(path)
+        params: dict[str, str] = {}
+        if route is None:
+            for prefix, candidate in self._prefixes:
+                tail = path[len(prefix):]
+                if path.startswith(prefix) and tail:
+                    route, params = candidate, {candidate.param or "": unquote(tail)}
+                    break
+        if route is None:
+            raise ApiError(404, f"no route for {method} {path}", code="not_found")
+        handler = route.methods.get(method)
+        if handler is None and method == "HEAD":
+            handler = route.methods.get("GET")
+        if handler is None:
+            allowed = sorted(set(route.methods) | ({"HEAD"} if "GET" in route.methods else set()))
+            raise ApiError(405, f"method {method} is not allowed on {path}",
+                           code="method_not_allowed", headers=(("allow", ", ".join(allowed)),))
+        return handler, params

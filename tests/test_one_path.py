@@ -1,0 +1,65 @@
+"""DECISIONS 33: the HTTP endpoint, the WebSocket ``agent`` method and the CLI all call ``agents.runtime.run``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import json
+import pathlib
+import tempfile
+import unittest
+from unittest import mock
+
+from equabot_gw import agent_cli
+from equabot_gw.agents import runtime as agent_runtime
+from equabot_gw.gateway.client import ControlClient, run_remote_agent
+from tests.support import TOKEN, base_config, running_gateway, write_config
+
+
+class OnePathTest(unittest.IsolatedAsyncioTestCase):
+    async def asyncSetUp(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+        original = agent_runtime.run
+
+        def recording_run(runtime, request):
+            self.calls.append((request.origin, request.message))
+            return original(runtime, request)
+
+        patcher = mock.patch.object(agent_runtime, "run", recording_run)
+        patcher.start()
+        self.addCleanup(patcher.stop)
+
+    async def test_every_door_calls_run(self) -> None:
+        async with running_gateway() as gw:
+            # HTTP
+            body = json.dumps({"model": "x", "messages": [{"role": "user", "content": "via http"}]})
+            reader, writer = await asyncio.open_connection(gw.host, gw.server.port)
+            writer.write((f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                          f"Content-Type: application/json\r\nConnection: close\r\n"
+                          f"Content-Length: {len(body)}\r\n\r\n{body}").encode())
+            self.assertIn(b"Echo (turn 1): via http", await reader.read())
+            writer.close()
+            # WebSocket `agent` (and the CLI's default, remote, path)
+            client = await ControlClient.open(gw.url, TOKEN)
+            await client.request("agent", {"message": "via ws"})
+            await client.close()
+            with contextlib.redirect_stdout(io.StringIO()) as out:
+                self.assertEqual(await run_remote_agent(gw.url, TOKEN, "via cli remote", None, None,
+                                                        as_json=True), 0)
+            self.assertEqual(json.loads(out.getvalue())["text"], "Echo (turn 1): via cli remote")
+        # CLI --local
+        with tempfile.TemporaryDirectory() as tmp:
+            path = write_config(pathlib.Path(tmp), base_config())
+            args = argparse.Namespace(config=str(path), state_dir=tmp, local=True, message="via cli local",
+                                      agent=None, session_key=None, json=False, url=None, token=None)
+            with contextlib.redirect_stdout(io.StringIO()) as out:
+                self.assertEqual(await agent_cli.run_agent_command(args), 0)
+            self.assertEqual(out.getvalue(), "Echo (turn 1): via cli local\n")
+        self.assertEqual(self.calls, [("openai", "via http"), ("ws", "via ws"), ("ws", "via cli remote"),
+                                      ("cli", "via cli local")])
+
+
+if __name__ == "__main__":
+    unittest.main()

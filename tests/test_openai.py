@@ -1,0 +1,469 @@
+"""POST /v1/chat/completions and GET /v1/models against a real gateway, with stdlib http.client.
+
+Every success and error body is validated against OpenAI's published schemas.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import pathlib
+import socket
+import sys
+import threading
+import time
+import unittest
+from typing import Any
+
+from equabot_gw.agents import transcripts
+from equabot_gw.agents.sessions import scoped_key
+from equabot_gw.conformance.jsonschema import Validator
+from tests.support import TOKEN, GatewayProcess, base_config, error_of
+
+SCHEMAS = Validator.openai()
+PARTIAL_THEN_FAIL = ("import sys,time; sys.stdout.write('partial words'); sys.stdout.flush(); "
+                     "time.sleep(0.2); sys.stderr.write('boom'); sys.exit(3)")
+
+
+def gateway_config() -> dict[str, Any]:
+    data = base_config(http={"cors": {"allowOrigins": ["https://app.example"]}})
+    data["agents"] = {"list": [
+        {"id": "main", "default": True},
+        {"id": "beta", "systemPrompt": "You are beta."},
+        {"id": "slow", "model": "slow/echo"},
+        {"id": "tiny", "model": "slow/echo", "maxConcurrent": 1},
+        {"id": "late", "model": "slow/echo", "timeoutSeconds": 0.15},
+        {"id": "broken", "model": "failing/x"},
+        {"id": "partial", "model": "partial/x"},
+        {"id": "script", "model": "script/x"},
+    ], "defaults": {"maxQueued": 0}}
+    data["models"] = {"providers": {
+        "slow": {"api": "echo", "delayMs": 60},
+        "listed": {"api": "echo", "models": ["only-this"]},
+        "failing": {"api": "command", "command": [sys.executable, "-c", "import sys; sys.stderr.write('bad'); sys.exit(2)"]},
+        "partial": {"api": "command", "command": [sys.executable, "-c", PARTIAL_THEN_FAIL]},
+        "script": {"api": "command", "command": [sys.executable, "-c", "import sys; sys.stdout.write(sys.stdin.read())"]},
+    }}
+    return data
+
+
+class OpenAITestCase(unittest.TestCase):
+    gw: GatewayProcess
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.gw = GatewayProcess(gateway_config()).start()
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.gw.stop()
+        cls.gw.tmp.cleanup()
+
+    def post(self, body: Any, headers: dict[str, str] | None = None, *, raw: bytes | None = None,
+             auth: bool = True) -> tuple[int, http.client.HTTPResponse, bytes]:
+        c = http.client.HTTPConnection(self.gw.host, self.gw.port, timeout=10)
+        h = {"Content-Type": "application/json", **({"Authorization": f"Bearer {TOKEN}"} if auth else {}),
+             **(headers or {})}
+        c.request("POST", "/v1/chat/completions", body=raw if raw is not None else json.dumps(body), headers=h)
+        r = c.getresponse()
+        data = r.read()
+        c.close()
+        return r.status, r, data
+
+    def chat(self, content: Any = "hi", **fields: Any) -> dict[str, Any]:
+        return {"model": fields.pop("model", "equabot"), "messages": [{"role": "user", "content": content}],
+                **fields}
+
+    def ok(self, body: dict[str, Any], headers: dict[str, str] | None = None) -> dict[str, Any]:
+        status, r, data = self.post(body, headers)
+        self.assertEqual(status, 200, data)
+        obj = json.loads(data)
+        self.assertEqual(SCHEMAS.errors(obj, "CreateChatCompletionResponse"), [])
+        return obj
+
+    def fails(self, body: Any, status: int, headers: dict[str, str] | None = None, **kw: Any) -> dict[str, Any]:
+        got, r, data = self.post(body, headers, **kw)
+        self.assertEqual(got, status, data)
+        self.assertEqual(r.getheader("content-type"), "application/json")
+        self.assertEqual(SCHEMAS.errors(json.loads(data), "ErrorResponse"), [])
+        return error_of(data)
+
+    def stream(self, body: dict[str, Any], headers: dict[str, str] | None = None) -> tuple[http.client.HTTPResponse, bytes]:
+        c = http.client.HTTPConnection(self.gw.host, self.gw.port, timeout=10)
+        c.request("POST", "/v1/chat/completions", body=json.dumps({**body, "stream": True}),
+                  headers={"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}", **(headers or {})})
+        r = c.getresponse()
+        return r, r.read()
+
+    def events(self, raw: bytes) -> list[Any]:
+        self.assertTrue(raw.endswith(b"data: [DONE]\n\n"), raw[-80:])
+        blocks = raw.decode().split("\n\n")
+        self.assertEqual(blocks[-1], "")
+        out = []
+        for block in blocks[:-1]:
+            self.assertTrue(block.startswith("data: "), block)
+            payload = block[len("data: "):]
+            out.append(payload if payload == "[DONE]" else json.loads(payload))
+        self.assertEqual(out.count("[DONE]"), 1)
+        return out
+
+
+class CompletionTest(OpenAITestCase):
+    def test_shape_and_echo(self) -> None:
+        obj = self.ok(self.chat("hello world"))
+        self.assertTrue(obj["id"].startswith("chatcmpl-"))
+        self.assertEqual((obj["object"], obj["model"]), ("chat.completion", "equabot"))
+        self.assertIsInstance(obj["created"], int)
+        self.assertTrue(obj["system_fingerprint"])
+        [choice] = obj["choices"]
+        self.assertEqual(choice["message"], {"role": "assistant", "content": "Echo (turn 1): hello world",
+                                             "refusal": None, "annotations": []})
+        self.assertEqual(choice["finish_reason"], "stop")
+        self.assertEqual(obj["usage"], {"prompt_tokens": 2, "completion_tokens": 5, "total_tokens": 7})
+
+    def test_model_string_is_returned_unchanged(self) -> None:
+        for model in ("gpt-4o", "equabot", "equabot:main", "agent:beta", "equabot/beta"):
+            with self.subTest(model=model):
+                self.assertEqual(self.ok(self.chat(model=model))["model"], model)
+
+    def test_agent_selection(self) -> None:
+        # beta has a system prompt of 3 words: it shows in the prompt token count.
+        for model, headers, prompt in (("equabot:beta", {}, 4), ("agent:beta", {}, 4), ("equabot/beta", {}, 4),
+                                       ("equabot", {"x-equabot-agent-id": "beta"}, 4),
+                                       ("equabot:beta", {"x-equabot-agent-id": "main"}, 1),
+                                       ("gpt-4o", {}, 1)):
+            with self.subTest(model=model, headers=headers):
+                self.assertEqual(self.ok(self.chat(model=model), headers)["usage"]["prompt_tokens"], prompt)
+
+    def test_unknown_agent_is_404(self) -> None:
+        error = self.fails(self.chat(model="equabot:nobody"), 404)
+        self.assertEqual(error["code"], "model_not_found")
+        self.assertIn("'nobody'", error["message"])
+        self.fails(self.chat(), 404, {"x-equabot-agent-id": "ghost"})
+
+    def test_system_and_developer_messages_and_text_parts(self) -> None:
+        body = {"model": "x", "messages": [
+            {"role": "system", "content": "one two"},
+            {"role": "developer", "content": [{"type": "text", "text": "three"}]},
+            {"role": "user", "content": [{"type": "text", "text": "multi "}, {"type": "text", "text": "part"}]}]}
+        obj = self.ok(body)
+        self.assertEqual(obj["choices"][0]["message"]["content"], "Echo (turn 1): multi part")
+        self.assertEqual(obj["usage"]["prompt_tokens"], 5)
+
+    def test_earlier_messages_are_context(self) -> None:
+        body = {"model": "x", "messages": [{"role": "user", "content": "a b"},
+                                           {"role": "assistant", "content": "c d e"},
+                                           {"role": "user", "content": "f"}]}
+        obj = self.ok(body)
+        self.assertEqual(obj["choices"][0]["message"]["content"], "Echo (turn 1): f")
+        self.assertEqual(obj["usage"]["prompt_tokens"], 6)
+
+    def test_stateless_by_default_and_user_sessions(self) -> None:
+        for _ in range(2):
+            self.assertIn("(turn 1)", self.ok(self.chat())["choices"][0]["message"]["content"])
+        user = f"user-{time.monotonic_ns()}"
+        turns = [self.ok(self.chat(user=user))["choices"][0]["message"]["content"] for _ in range(3)]
+        self.assertEqual(turns, [f"Echo (turn {n}): hi" for n in (1, 2, 3)])
+
+    def test_session_key_header(self) -> None:
+        key = f"my-key-{time.monotonic_ns()}"
+        headers = {"x-equabot-session-key": key}
+        self.assertIn("(turn 1)", self.ok(self.chat(), headers)["choices"][0]["message"]["content"])
+        self.assertIn("(turn 2)", self.ok(self.chat(), headers)["choices"][0]["message"]["content"])
+        transcript = self.gw.state_dir / "agents" / "main" / "sessions"
+        self.assertTrue(any(transcript.glob("*.jsonl")))
+        # A full key picks its agent; naming another agent is a 400 naming both.
+        self.assertIn("(turn 1)", self.ok(self.chat(), {"x-equabot-session-key": f"agent:beta:{key}"})
+                      ["choices"][0]["message"]["content"])
+        error = self.fails(self.chat(model="equabot:main"), 400, {"x-equabot-session-key": f"agent:beta:{key}"})
+        self.assertIn("'beta'", error["message"])
+        self.assertIn("'main'", error["message"])
+        self.assertEqual(self.fails(self.chat(), 400, {"x-equabot-session-key": "bad key!"})["code"],
+                         "invalid_session_key")
+
+    def test_generation_options(self) -> None:
+        obj = self.ok(self.chat("one two three four", max_tokens=3))
+        self.assertEqual(obj["choices"][0]["message"]["content"], "Echo (turn 1):")
+        self.assertEqual(obj["choices"][0]["finish_reason"], "length")
+        obj = self.ok(self.chat("one two three", max_completion_tokens=4))
+        self.assertEqual(obj["choices"][0]["finish_reason"], "length")
+        obj = self.ok(self.chat("one two STOP three", stop=["STOP"], temperature=0.2, top_p=0.9, seed=7))
+        self.assertEqual(obj["choices"][0]["message"]["content"], "Echo (turn 1): one two ")
+        self.assertEqual(obj["choices"][0]["finish_reason"], "stop")
+
+    def test_neutral_values_are_accepted(self) -> None:
+        self.ok(self.chat(n=1, tools=[], logprobs=False, response_format={"type": "text"}, tool_choice="none",
+                          frequency_penalty=0, presence_penalty=0, logit_bias={}, metadata={"a": "b"},
+                          store=False, parallel_tool_calls=True, stream=False, user="", modalities=["text"]))
+
+    def test_unsupported_values_are_refused_by_name(self) -> None:
+        for field, value in (("n", 2), ("tools", [{"type": "function", "function": {"name": "f"}}]),
+                             ("response_format", {"type": "json_object"}), ("logprobs", True),
+                             ("top_logprobs", 3), ("tool_choice", "required"), ("frequency_penalty", 0.5),
+                             ("logit_bias", {"50256": -100}), ("audio", {"voice": "x"}),
+                             ("reasoning_effort", "high"), ("modalities", ["text", "audio"])):
+            with self.subTest(field=field):
+                error = self.fails(self.chat(**{field: value}), 400)
+                self.assertEqual((error["code"], error["param"]), ("unsupported_parameter", field))
+
+    def test_provider_that_cannot_honour_an_option(self) -> None:
+        error = self.fails(self.chat(model="equabot:script", temperature=0.5), 400)
+        self.assertEqual((error["code"], error["param"]), ("unsupported_parameter", "temperature"))
+        error = self.fails(self.chat(model="equabot:script", max_completion_tokens=5), 400)
+        self.assertEqual(error["param"], "max_completion_tokens")
+
+    def test_unknown_field_is_refused_as_openai_does(self) -> None:
+        error = self.fails(self.chat(frobnicate=1), 400)
+        self.assertEqual(error["message"], "Unrecognized request argument supplied: frobnicate")
+
+    def test_bad_types_name_the_field(self) -> None:
+        for body, param in ((self.chat(temperature="hot"), "temperature"), (self.chat(temperature=3), "temperature"),
+                            (self.chat(stream="yes"), "stream"), ({"model": 5, "messages": []}, "model"),
+                            ({"model": "x", "messages": "hi"}, "messages"), ({"model": "x", "messages": []}, "messages"),
+                            ({"messages": [{"role": "user", "content": "x"}]}, "model"),
+                            ({"model": "x"}, "messages"), (self.chat(max_tokens=0), "max_tokens"),
+                            (self.chat(stop=["a", "b", "c", "d", "e"]), "stop"), (self.chat(seed=1.5), "seed"),
+                            ({"model": "x", "messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
+                            ({"model": "x", "messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+                            ({"model": "x", "messages": [{"role": "user", "content": [
+                                {"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages[0].content[0].type"),
+                            (self.chat(stream_options={"include_usage": True}), "stream_options")):
+            with self.subTest(param=param, body=body):
+                self.assertEqual(self.fails(body, 400)["param"], param)
+
+    def test_missing_user_message(self) -> None:
+        error = self.fails({"model": "x", "messages": [{"role": "system", "content": "s"}]}, 400)
+        self.assertIn("Missing user message", error["message"])
+        self.assertEqual(error["param"], "messages")
+
+    def test_bad_json_and_content_type(self) -> None:
+        self.assertEqual(self.fails(None, 400, raw=b"{not json")["code"], "invalid_json")
+        self.assertEqual(self.fails(None, 400, raw=b"[1, 2]")["code"], "invalid_json")
+        self.assertEqual(self.fails(None, 400, raw=b"\xff\xfe")["code"], "invalid_json")
+        self.assertEqual(self.fails(self.chat(), 415, {"Content-Type": "text/plain"})["code"],
+                         "unsupported_media_type")
+        self.ok(self.chat(), {"Content-Type": "application/json; charset=utf-8"})
+
+    def test_auth(self) -> None:
+        for headers, code in (({}, "missing_api_key"), ({"Authorization": "Bearer wrong"}, "invalid_api_key"),
+                              ({"Authorization": "Basic abc"}, "invalid_api_key")):
+            with self.subTest(headers=headers):
+                status, r, data = self.post(self.chat(), headers, auth=False)
+                self.assertEqual(status, 401)
+                self.assertEqual(r.getheader("www-authenticate"), "Bearer")
+                self.assertEqual(error_of(data)["type"], "authentication_error")
+                self.assertEqual(error_of(data)["code"], code)
+                self.assertNotIn(TOKEN.encode(), data)
+        status, _, _ = self.post(self.chat(), {"Authorization": f"bearer {TOKEN}"}, auth=False)
+        self.assertEqual(status, 200)       # RFC 9110 §11.1: the scheme is case-insensitive
+
+    def test_model_override_header(self) -> None:
+        self.ok(self.chat(), {"x-equabot-model": "slow/echo"})
+        self.ok(self.chat(), {"x-equabot-model": "listed/only-this"})
+        error = self.fails(self.chat(), 400, {"x-equabot-model": "nowhere/gpt"})
+        self.assertIn("'nowhere'", error["message"])
+        error = self.fails(self.chat(), 400, {"x-equabot-model": "listed/other"})
+        self.assertIn("'other'", error["message"])
+
+    def test_queue_full_is_429_with_retry_after(self) -> None:
+        results: list[int] = []
+        t = threading.Thread(target=lambda: results.append(self.post(self.chat(model="equabot:tiny"))[0]))
+        t.start()
+        time.sleep(0.1)
+        status, r, data = self.post(self.chat(model="equabot:tiny"))
+        t.join()
+        self.assertEqual(status, 429, data)
+        self.assertEqual(r.getheader("retry-after"), "1")
+        self.assertEqual(error_of(data)["type"], "rate_limit_error")
+        self.assertEqual(results, [200])
+
+    def test_upstream_failure_before_output_is_502(self) -> None:
+        error = self.fails(self.chat(model="equabot:broken"), 502)
+        self.assertIn("exit status 2", error["message"])
+        self.assertIn("bad", error["message"])
+
+    def test_run_timeout_is_504(self) -> None:
+        self.assertEqual(self.fails(self.chat("a b c d e f", model="equabot:late"), 504)["code"], "aborted")
+
+    def test_request_id_header(self) -> None:
+        _, r, _ = self.post(self.chat())
+        self.assertTrue(r.getheader("x-request-id").startswith("req_"))
+        _, r, _ = self.post(self.chat(), {"x-request-id": "trace-123"})
+        self.assertEqual(r.getheader("x-request-id"), "trace-123")
+
+
+class StreamingTest(OpenAITestCase):
+    def test_sse_framing(self) -> None:
+        r, raw = self.stream(self.chat("one two three"))
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.getheader("content-type"), "text/event-stream; charset=utf-8")
+        self.assertEqual(r.getheader("cache-control"), "no-cache")
+        self.assertEqual(r.getheader("transfer-encoding"), "chunked")
+        events = self.events(raw)
+        chunks = events[:-1]
+        for chunk in chunks:
+            self.assertEqual(SCHEMAS.errors(chunk, "CreateChatCompletionStreamResponse"), [])
+            self.assertEqual(chunk["object"], "chat.completion.chunk")
+        self.assertEqual(len({c["id"] for c in chunks}), 1)
+        self.assertEqual(chunks[0]["choices"][0]["delta"], {"role": "assistant", "content": ""})
+        text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+        self.assertEqual(text, "Echo (turn 1): one two three")
+        self.assertGreaterEqual(len(chunks), 7)                 # word by word
+        self.assertEqual(chunks[-1]["choices"][0], {"index": 0, "delta": {}, "logprobs": None,
+                                                    "finish_reason": "stop"})
+        self.assertTrue(all(c["choices"][0]["finish_reason"] is None for c in chunks[:-1]))
+        self.assertNotIn("usage", chunks[0])
+
+    def test_include_usage(self) -> None:
+        r, raw = self.stream(self.chat("a b", stream_options={"include_usage": True}))
+        events = self.events(raw)
+        usage_chunk = events[-2]
+        self.assertEqual(usage_chunk["choices"], [])
+        self.assertEqual(usage_chunk["usage"], {"prompt_tokens": 2, "completion_tokens": 5, "total_tokens": 7})
+        self.assertTrue(all(e["usage"] is None for e in events[:-2]))
+        self.assertEqual(events[-3]["choices"][0]["finish_reason"], "stop")
+
+    def test_deltas_arrive_as_produced(self) -> None:
+        body = json.dumps(self.chat("a b c d", model="equabot:slow", stream=True)).encode()
+        with socket.create_connection((self.gw.host, self.gw.port), timeout=5) as s:
+            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                      + TOKEN.encode() + b"\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                      + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            started = time.monotonic()
+            first = b""                        # head, role chunk and first delta, long before the end
+            while b'"content":"Echo"' not in first:
+                first += s.recv(65536)
+            self.assertLess(time.monotonic() - started, 0.2)
+            self.assertNotIn(b"[DONE]", first)
+            rest = b""
+            while chunk := s.recv(65536):
+                rest += chunk
+        self.assertGreater(time.monotonic() - started, 0.2)    # 7 deltas x 60 ms
+        self.assertIn(b"data: [DONE]", rest)
+
+    def test_error_after_streaming_began_is_a_final_error_event(self) -> None:
+        r, raw = self.stream(self.chat(model="equabot:partial"))
+        self.assertEqual(r.status, 200)
+        events = self.events(raw)
+        text = "".join(e["choices"][0]["delta"].get("content", "") for e in events if isinstance(e, dict) and "choices" in e)
+        self.assertEqual(text, "partial words")
+        error = events[-2]["error"]
+        self.assertEqual(SCHEMAS.errors({"error": error}, "ErrorResponse"), [])
+        self.assertIn("exit status 3", error["message"])
+
+    def test_failure_before_output_gets_a_real_status(self) -> None:
+        r, raw = self.stream(self.chat(model="equabot:broken"))
+        self.assertEqual(r.status, 502)
+        self.assertEqual(r.getheader("content-type"), "application/json")
+        error_of(raw)
+
+    def test_http10_stream_is_close_delimited(self) -> None:
+        body = json.dumps(self.chat("x", stream=True)).encode()
+        with socket.create_connection((self.gw.host, self.gw.port), timeout=5) as s:
+            s.sendall(b"POST /v1/chat/completions HTTP/1.0\r\nAuthorization: Bearer " + TOKEN.encode()
+                      + b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        head, _, payload = data.partition(b"\r\n\r\n")
+        self.assertIn(b"connection: close", head)
+        self.assertNotIn(b"transfer-encoding", head)
+        self.assertTrue(payload.startswith(b"data: {"))
+        self.assertTrue(payload.endswith(b"data: [DONE]\n\n"))
+
+    def test_disconnect_mid_stream_aborts_the_run_and_marks_the_transcript(self) -> None:
+        key = f"abort-{time.monotonic_ns()}"
+        body = json.dumps(self.chat(" ".join(["w"] * 40), model="equabot:slow", stream=True)).encode()
+        s = socket.create_connection((self.gw.host, self.gw.port), timeout=5)
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
+                  + b"\r\nx-equabot-session-key: " + key.encode()
+                  + b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        self.assertIn(b"200 OK", s.recv(65536))
+        time.sleep(0.2)
+        s.close()
+        closed_at = time.monotonic()
+        path = self.transcript("slow", key)
+        while time.monotonic() - closed_at < 2:
+            if path.exists() and b'"type":"aborted"' in path.read_bytes():
+                break
+            time.sleep(0.01)
+        elapsed = time.monotonic() - closed_at
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        self.assertEqual([l["type"] for l in lines if l["type"] != "session"], ["user", "aborted"])
+        self.assertEqual(lines[-1]["reason"], "client disconnected")
+        self.assertTrue(lines[-1]["content"].startswith("Echo (turn 1):"))
+        self.assertLess(len(lines[-1]["content"].split()), 40)      # stopped early
+        self.assertLess(elapsed, 1.0)                                # sanity bound; bench measures the 100 ms
+
+    def transcript(self, agent: str, key: str) -> pathlib.Path:
+        stem = transcripts.transcript_stem(scoped_key(agent, key))
+        return self.gw.state_dir / "agents" / agent / "sessions" / f"{stem}.jsonl"
+
+
+class ModelsAndCorsTest(OpenAITestCase):
+    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, http.client.HTTPResponse, bytes]:
+        c = http.client.HTTPConnection(self.gw.host, self.gw.port, timeout=10)
+        c.request("GET", path, headers={"Authorization": f"Bearer {TOKEN}", **(headers or {})})
+        r = c.getresponse()
+        return r.status, r, r.read()
+
+    def test_models_list(self) -> None:
+        status, _, data = self.get("/v1/models")
+        self.assertEqual(status, 200)
+        obj = json.loads(data)
+        self.assertEqual(SCHEMAS.errors(obj, "ListModelsResponse"), [])
+        self.assertEqual([m["id"] for m in obj["data"]],
+                         sorted(f"equabot:{a}" for a in ("main", "beta", "slow", "tiny", "late", "broken",
+                                                         "partial", "script")))
+
+    def test_model_by_id(self) -> None:
+        for name in ("equabot:beta", "agent:beta", "equabot/beta"):
+            status, _, data = self.get(f"/v1/models/{name}")
+            self.assertEqual(status, 200)
+            self.assertEqual(SCHEMAS.errors(json.loads(data), "Model"), [])
+            self.assertEqual(json.loads(data)["id"], "equabot:beta")
+        status, _, data = self.get("/v1/models/equabot:ghost")
+        self.assertEqual((status, error_of(data)["code"]), (404, "model_not_found"))
+
+    def test_models_need_auth(self) -> None:
+        c = http.client.HTTPConnection(self.gw.host, self.gw.port, timeout=10)
+        c.request("GET", "/v1/models")
+        self.assertEqual(c.getresponse().status, 401)
+
+    def test_cors(self) -> None:
+        c = http.client.HTTPConnection(self.gw.host, self.gw.port, timeout=10)
+        c.request("OPTIONS", "/v1/chat/completions", headers={
+            "Origin": "https://app.example", "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type"})
+        r = c.getresponse()
+        r.read()
+        self.assertEqual(r.status, 204)
+        self.assertEqual(r.getheader("access-control-allow-origin"), "https://app.example")
+        self.assertIn("POST", r.getheader("access-control-allow-methods"))
+        self.assertEqual(r.getheader("access-control-allow-headers"), "authorization, content-type")
+        c.request("OPTIONS", "/v1/chat/completions", headers={"Origin": "https://evil.example"})
+        r = c.getresponse()
+        r.read()
+        self.assertEqual(r.status, 403)
+        status, r, _ = self.get("/v1/models", {"Origin": "https://app.example"})
+        self.assertEqual(r.getheader("access-control-allow-origin"), "https://app.example")
+        status, r, _ = self.post(self.chat(), {"Origin": "https://app.example"}, auth=False)
+        self.assertEqual(status, 401)
+        self.assertEqual(r.getheader("access-control-allow-origin"), "https://app.example")
+
+
+class DisabledEndpointTest(unittest.TestCase):
+    def test_disabled_endpoint_is_404_like_any_unknown_path(self) -> None:
+        data = base_config()
+        data["gateway"]["http"]["endpoints"]["chatCompletions"]["enabled"] = False
+        with GatewayProcess(data) as gw:
+            for method, path in (("POST", "/v1/chat/completions"), ("GET", "/v1/models")):
+                c = http.client.HTTPConnection(gw.host, gw.port, timeout=5)
+                c.request(method, path, body=b"{}", headers={"Authorization": f"Bearer {TOKEN}"})
+                r = c.getresponse()
+                self.assertEqual(r.status, 404)
+                self.assertEqual(error_of(r.read())["code"], "not_found")
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,248 @@
+"""End to end: a real gateway process on port 0, driven with http.client, curl and raw sockets."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+from tests.support import ROOT, TOKEN, GatewayProcess, base_config, error_of, raw_exchange, split_responses
+
+AUTH = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+CHAT = json.dumps({"model": "equabot", "messages": [{"role": "user", "content": "hi"}]}).encode()
+
+
+class ServerEndToEndTest(unittest.TestCase):
+    gw: GatewayProcess
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.gw = GatewayProcess(base_config(http={"maxBodyBytes": 4096, "maxHeaderBytes": 2048,
+                                                   "headerTimeoutSeconds": 0.5})).start()
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        code = cls.gw.stop()
+        cls.gw.tmp.cleanup()
+        assert code == 0, code
+
+    def conn(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection(self.gw.host, self.gw.port, timeout=5)
+
+    def test_health_without_auth_or_secrets(self) -> None:
+        c = self.conn()
+        c.request("GET", "/health")
+        r = c.getresponse()
+        body = r.read()
+        self.assertEqual(r.status, 200)
+        self.assertEqual(json.loads(body)["status"], "ok")
+        self.assertNotIn(TOKEN.encode(), body)
+        self.assertTrue(r.getheader("x-request-id"))
+        self.assertTrue(r.getheader("date"))
+
+    def test_keep_alive_reuses_the_connection(self) -> None:
+        c = self.conn()
+        ports = set()
+        for _ in range(3):
+            c.request("POST", "/v1/chat/completions", body=CHAT, headers=AUTH)
+            r = c.getresponse()
+            self.assertEqual(r.status, 200)
+            r.read()
+            ports.add(c.sock.getsockname()[1])
+        self.assertEqual(len(ports), 1)
+
+    def test_pipelined_requests_are_answered_in_order(self) -> None:
+        reqs = b"".join(b"GET /%s HTTP/1.1\r\nHost: x\r\n\r\n" % p for p in (b"health", b"nope", b"healthz"))
+        reqs += b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        responses = split_responses(raw_exchange(self.gw.port, reqs))
+        self.assertEqual([s for s, _, _ in responses], [200, 404, 200, 200])
+        self.assertEqual(responses[-1][1].get("connection"), "close")
+
+    def test_chunked_upload(self) -> None:
+        body = CHAT
+        chunked = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 7]), body[i:i + 7]) for i in range(0, len(body), 7))
+        raw = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
+               + b"\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+               + chunked + b"0\r\n\r\n")
+        [(status, _, data)] = split_responses(raw_exchange(self.gw.port, raw))
+        self.assertEqual(status, 200)
+        self.assertEqual(json.loads(data)["choices"][0]["message"]["content"], "Echo (turn 1): hi")
+
+    def test_413_for_a_body_over_the_limit(self) -> None:
+        c = self.conn()
+        c.request("POST", "/v1/chat/completions", body=b"x" * 5000, headers=AUTH)
+        r = c.getresponse()
+        self.assertEqual(r.status, 413)
+        self.assertEqual(error_of(r.read())["code"], "request_too_large")
+        self.assertEqual(r.getheader("connection"), "close")
+
+    def test_413_for_a_chunked_body_over_the_limit(self) -> None:
+        raw = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+               + b"1000\r\n" + b"x" * 4096 + b"\r\n" + b"10\r\n" + b"y" * 16 + b"\r\n0\r\n\r\n")
+        [(status, headers, body)] = split_responses(raw_exchange(self.gw.port, raw))
+        self.assertEqual(status, 413)
+        self.assertEqual(headers["connection"], "close")
+        self.assertIn("over the limit of 4096 bytes", error_of(body)["message"])
+
+    def test_431_for_a_head_over_the_limit(self) -> None:
+        raw = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 3000 + b"\r\n\r\n"
+        [(status, headers, body)] = split_responses(raw_exchange(self.gw.port, raw))
+        self.assertEqual(status, 431)
+        self.assertEqual(error_of(body)["code"], "header_fields_too_large")
+
+    def test_404_and_405_are_json_errors(self) -> None:
+        c = self.conn()
+        c.request("GET", "/nowhere")
+        r = c.getresponse()
+        self.assertEqual(r.status, 404)
+        self.assertEqual(error_of(r.read())["type"], "invalid_request_error")
+        c.request("GET", "/v1/chat/completions", headers=AUTH)
+        r = c.getresponse()
+        self.assertEqual(r.status, 405)
+        self.assertEqual(r.getheader("allow"), "POST")
+        self.assertEqual(error_of(r.read())["code"], "method_not_allowed")
+        c.request("DELETE", "/health")
+        r = c.getresponse()
+        self.assertEqual((r.status, r.getheader("allow")), (405, "GET, HEAD"))
+        r.read()
+
+    def test_head_has_headers_and_no_body(self) -> None:
+        raw = b"HEAD /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        data = raw_exchange(self.gw.port, raw)
+        head, _, body = data.partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 200 OK"))
+        self.assertIn(b"content-length: ", head)
+        self.assertEqual(body, b"")
+
+    def test_http10_client_gets_close(self) -> None:
+        data = raw_exchange(self.gw.port, b"GET /health HTTP/1.0\r\n\r\n")
+        [(status, headers, body)] = split_responses(data)
+        self.assertEqual((status, headers["connection"]), (200, "close"))
+        self.assertEqual(json.loads(body)["status"], "ok")
+
+    def test_expect_100_continue(self) -> None:
+        with socket.create_connection((self.gw.host, self.gw.port), timeout=5) as s:
+            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                      + TOKEN.encode() + b"\r\nContent-Type: application/json\r\nExpect: 100-continue\r\n"
+                      + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(CHAT))
+            self.assertEqual(s.recv(100), b"HTTP/1.1 100 Continue\r\n\r\n")
+            s.sendall(CHAT)
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        self.assertTrue(data.startswith(b"HTTP/1.1 200 OK"))
+
+    def test_ambiguous_framing_is_400_and_closes(self) -> None:
+        raw = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        responses = split_responses(raw_exchange(self.gw.port, raw))
+        self.assertEqual(len(responses), 1)            # the smuggled request is never served
+        status, headers, body = responses[0]
+        self.assertEqual((status, headers["connection"]), (400, "close"))
+        self.assertIn("both Content-Length and Transfer-Encoding", error_of(body)["message"])
+
+    def test_slow_header_is_cut_off_without_holding_others_up(self) -> None:
+        slow = socket.create_connection((self.gw.host, self.gw.port), timeout=5)
+        slow.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        started = time.monotonic()
+        c = self.conn()
+        c.request("GET", "/health")
+        self.assertEqual(c.getresponse().status, 200)
+        self.assertLess(time.monotonic() - started, 0.25)
+        data = b""
+        while chunk := slow.recv(4096):
+            data += chunk
+        elapsed = time.monotonic() - started
+        slow.close()
+        self.assertTrue(data.startswith(b"HTTP/1.1 408"), data[:40])
+        self.assertGreater(elapsed, 0.3)
+        self.assertLess(elapsed, 3.0)
+
+    @unittest.skipUnless(shutil.which("curl"), "curl is not installed")
+    def test_curl_keep_alive_and_errors(self) -> None:
+        url = self.gw.url
+        out = subprocess.run(
+            ["curl", "-sS", "-w", "%{http_code} %{num_connects}\n",
+             "-o", "/dev/null", f"{url}/health", "-o", "/dev/null", f"{url}/health",
+             "-o", "/dev/null", f"{url}/nowhere"],
+            capture_output=True, text=True, timeout=10).stdout.split("\n")
+        self.assertEqual(out[:3], ["200 1", "200 0", "404 0"])    # one connection, reused
+
+    @unittest.skipUnless(shutil.which("curl"), "curl is not installed")
+    def test_curl_chunked_upload(self) -> None:
+        out = subprocess.run(
+            ["curl", "-sS", "-H", f"Authorization: Bearer {TOKEN}", "-H", "Content-Type: application/json",
+             "-H", "Transfer-Encoding: chunked", "--data-binary", "@-", f"{self.gw.url}/v1/chat/completions"],
+            input=CHAT.decode(), capture_output=True, text=True, timeout=10)
+        self.assertEqual(json.loads(out.stdout)["choices"][0]["message"]["content"], "Echo (turn 1): hi")
+
+
+class LifecycleTest(unittest.TestCase):
+    def test_sigterm_lets_a_request_in_flight_finish_and_exits_0(self) -> None:
+        data = base_config()
+        data["models"] = {"providers": {"echo": {"api": "echo", "delayMs": 100}}}
+        gw = GatewayProcess(data).start()
+        try:
+            result: dict[str, object] = {}
+
+            def request() -> None:
+                c = http.client.HTTPConnection(gw.host, gw.port, timeout=10)
+                c.request("POST", "/v1/chat/completions", body=CHAT, headers=AUTH)
+                r = c.getresponse()
+                result["status"], result["body"] = r.status, r.read()
+
+            t = threading.Thread(target=request)
+            t.start()
+            time.sleep(0.15)           # the run is streaming (5 deltas × 100 ms)
+            gw.proc.send_signal(signal.SIGTERM)
+            t.join(10)
+            self.assertEqual(result.get("status"), 200)
+            self.assertIn(b"Echo (turn 1): hi", result["body"])
+            self.assertEqual(gw.proc.wait(10), 0)
+        finally:
+            gw.stop()
+            gw.tmp.cleanup()
+
+    def test_sigint_exits_0(self) -> None:
+        gw = GatewayProcess().start()
+        try:
+            self.assertEqual(gw.stop(signal.SIGINT), 0)
+        finally:
+            gw.tmp.cleanup()
+
+    def test_embedded_defaults_serve_health_with_no_config_file(self) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("EQUABOT_")}
+            env["HOME"] = tmp              # no ~/.equabot/equabot.json either
+            proc = subprocess.Popen([sys.executable, "-m", "equabot_gw", "--port", "0"],
+                                    cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.DEVNULL, text=True)
+            try:
+                line = proc.stdout.readline()
+                self.assertIn("listening on http://127.0.0.1:", line)
+                port = int(line.split("http://127.0.0.1:")[1].split()[0])
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                c.request("GET", "/health")
+                self.assertEqual(c.getresponse().status, 200)
+                c.close()
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                c.request("POST", "/v1/chat/completions", body=CHAT)
+                self.assertEqual(c.getresponse().status, 404)      # endpoint off by default
+                self.assertTrue((pathlib.Path(tmp) / ".equabot" / "gateway-token").exists())
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                self.assertEqual(proc.wait(10), 0)
+                proc.stdout.close()
+
+if __name__ == "__main__":
+    unittest.main()
