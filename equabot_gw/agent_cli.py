@@ -14,6 +14,7 @@ import json
 import sys
 from typing import Any
 
+from . import statelock
 from .agents import runtime as agent_runtime
 from .agents.events import Delta, Ended, Failed
 from .agents.sessions import SessionStore, scoped_key, validate_key
@@ -34,7 +35,8 @@ async def run_agent_command(args: argparse.Namespace) -> int:
     config, state_dir = load_config(args)
     if not args.local:
         from .gateway.client import run_remote_agent
-        url = args.url or f"http://127.0.0.1:{config.gateway.port}"
+        running = statelock.holder(state_dir)
+        url = args.url or (running.url if running else f"http://127.0.0.1:{config.gateway.port}")
         token = args.token or env_secret(config, state_dir)
         return await run_remote_agent(url, token, args.message, args.agent, args.session_key,
                                       as_json=args.json)
@@ -60,8 +62,12 @@ async def run_agent_command(args: argparse.Namespace) -> int:
 
 
 async def run_sessions_command(args: argparse.Namespace) -> int:
-    """``equabot sessions list|show|reset``."""
+    """``equabot sessions list|show|reset``: through the running gateway if there is one."""
     config, state_dir = load_config(args)
+    running = statelock.holder(state_dir)
+    if running is not None:
+        # The gateway owns the files while it runs: ask it rather than edit behind its back.
+        return await _remote_sessions(args, running.url, env_secret(config, state_dir))
     runtime = agent_runtime.Runtime(config, state_dir)
     agent = runtime.agent(args.agent)
     store = SessionStore(state_dir)
@@ -87,17 +93,47 @@ async def run_sessions_command(args: argparse.Namespace) -> int:
         await store.close()
 
 
+async def _remote_sessions(args: argparse.Namespace, url: str, secret: str | None) -> int:
+    from .gateway.client import ControlClient
+    client = await ControlClient.open(url, secret)
+    try:
+        params = {"agentId": args.agent} if args.agent else {}
+        if args.sessions_command == "list":
+            listed = (await client.request("sessions.list", params))["sessions"]
+            return _print_infos([(s["key"], s["agentId"], s["createdAt"] / 1000, s["updatedAt"] / 1000,
+                                  s["turns"], s["lastRunId"]) for s in listed], args.json)
+        if args.sessions_command == "show":
+            history = await client.request("chat.history", {**params, "sessionKey": args.key})
+            if not history["messages"]:
+                print(f"equabot: no session {history['sessionKey']!r}", file=sys.stderr)
+                return 1
+            for m in history["messages"]:
+                print(json.dumps(m, ensure_ascii=False) if args.json else f"{m['role']}: {m['content']}")
+            return 0
+        reset = await client.request("sessions.reset", {**params, "key": args.key})
+        if reset["reset"]:
+            print(f"reset {reset['key']}")
+            return 0
+        print(f"equabot: no session {reset['key']!r}", file=sys.stderr)
+        return 1
+    finally:
+        await client.close()
+
+
 def _print_sessions(store: SessionStore, agent_id: str, as_json: bool) -> int:
-    infos = store.list_sessions(agent_id)
+    return _print_infos([(i.key, i.agent_id, i.created_at, i.updated_at, i.turns, i.last_run_id)
+                         for i in store.list_sessions(agent_id)], as_json)
+
+
+def _print_infos(rows: list[tuple[str, str, float, float, int, str | None]], as_json: bool) -> int:
     if as_json:
-        print(json.dumps([{"key": i.key, "agentId": i.agent_id, "createdAt": i.created_at,
-                           "updatedAt": i.updated_at, "turns": i.turns,
-                           "lastRunId": i.last_run_id} for i in infos]))
+        print(json.dumps([{"key": k, "agentId": a, "createdAt": c, "updatedAt": u, "turns": t,
+                           "lastRunId": r} for k, a, c, u, t, r in rows]))
         return 0
-    if not infos:
+    if not rows:
         print("no sessions")
-    for info in infos:
-        print(f"{info.key}\tturns={info.turns}\tupdated={info.updated_at:.0f}")
+    for key, _, _, updated, turns, _ in rows:
+        print(f"{key}\tturns={turns}\tupdated={updated:.0f}")
     return 0
 
 

@@ -90,6 +90,7 @@ class OpenAITestCase(unittest.TestCase):
 
     def stream(self, body: dict[str, Any], headers: dict[str, str] | None = None) -> tuple[http.client.HTTPResponse, bytes]:
         c = http.client.HTTPConnection(self.gw.host, self.gw.port, timeout=10)
+        self.addCleanup(c.close)
         c.request("POST", "/v1/chat/completions", body=json.dumps({**body, "stream": True}),
                   headers={"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}", **(headers or {})})
         r = c.getresponse()
@@ -403,6 +404,7 @@ class StreamingTest(OpenAITestCase):
 class ModelsAndCorsTest(OpenAITestCase):
     def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, http.client.HTTPResponse, bytes]:
         c = http.client.HTTPConnection(self.gw.host, self.gw.port, timeout=10)
+        self.addCleanup(c.close)
         c.request("GET", path, headers={"Authorization": f"Bearer {TOKEN}", **(headers or {})})
         r = c.getresponse()
         return r.status, r, r.read()
@@ -427,11 +429,13 @@ class ModelsAndCorsTest(OpenAITestCase):
 
     def test_models_need_auth(self) -> None:
         c = http.client.HTTPConnection(self.gw.host, self.gw.port, timeout=10)
+        self.addCleanup(c.close)
         c.request("GET", "/v1/models")
         self.assertEqual(c.getresponse().status, 401)
 
     def test_cors(self) -> None:
         c = http.client.HTTPConnection(self.gw.host, self.gw.port, timeout=10)
+        self.addCleanup(c.close)
         c.request("OPTIONS", "/v1/chat/completions", headers={
             "Origin": "https://app.example", "Access-Control-Request-Method": "POST",
             "Access-Control-Request-Headers": "authorization, content-type"})
@@ -459,6 +463,7 @@ class DisabledEndpointTest(unittest.TestCase):
         with GatewayProcess(data) as gw:
             for method, path in (("POST", "/v1/chat/completions"), ("GET", "/v1/models")):
                 c = http.client.HTTPConnection(gw.host, gw.port, timeout=5)
+                self.addCleanup(c.close)
                 c.request(method, path, body=b"{}", headers={"Authorization": f"Bearer {TOKEN}"})
                 r = c.getresponse()
                 self.assertEqual(r.status, 404)

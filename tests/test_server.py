@@ -37,7 +37,9 @@ class ServerEndToEndTest(unittest.TestCase):
         assert code == 0, code
 
     def conn(self) -> http.client.HTTPConnection:
-        return http.client.HTTPConnection(self.gw.host, self.gw.port, timeout=5)
+        c = http.client.HTTPConnection(self.gw.host, self.gw.port, timeout=5)
+        self.addCleanup(c.close)
+        return c
 
     def test_health_without_auth_or_secrets(self) -> None:
         c = self.conn()
@@ -153,6 +155,7 @@ class ServerEndToEndTest(unittest.TestCase):
 
     def test_slow_header_is_cut_off_without_holding_others_up(self) -> None:
         slow = socket.create_connection((self.gw.host, self.gw.port), timeout=5)
+        self.addCleanup(slow.close)
         slow.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
         started = time.monotonic()
         c = self.conn()
@@ -200,6 +203,7 @@ class LifecycleTest(unittest.TestCase):
                 c.request("POST", "/v1/chat/completions", body=CHAT, headers=AUTH)
                 r = c.getresponse()
                 result["status"], result["body"] = r.status, r.read()
+                c.close()
 
             t = threading.Thread(target=request)
             t.start()
@@ -238,6 +242,7 @@ class LifecycleTest(unittest.TestCase):
                 c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
                 c.request("POST", "/v1/chat/completions", body=CHAT)
                 self.assertEqual(c.getresponse().status, 404)      # endpoint off by default
+                c.close()
                 self.assertTrue((pathlib.Path(tmp) / ".equabot" / "gateway-token").exists())
             finally:
                 proc.send_signal(signal.SIGTERM)

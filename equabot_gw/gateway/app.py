@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
-from .. import __version__
+from .. import __version__, statelock
 from ..agents.runtime import Runtime
 from ..auth import Authenticator, Secret, resolve_secret
 from ..config import Config
@@ -65,6 +65,7 @@ class Gateway:
         self.openai = openai.ChatCompletions(self.runtime, self.authorize, self.started_at)
         self._stop_requested = asyncio.Event()
         self._shutdown: asyncio.Future[None] | None = None
+        self._lock: statelock.StateLock | None = None
         self._add_routes()
 
     @property
@@ -151,9 +152,18 @@ class Gateway:
 
     # ---- lifecycle ----
     async def start(self) -> None:
-        """Open the runtime, bind the port, start the WebSocket ticker; then ready."""
-        await self.runtime.start()
-        await self.server.start(self.host, self.port)
+        """Lock the state dir, open the runtime, bind the port, start the ticker; then ready.
+
+        Raises ``ConfigError`` when another gateway holds the state dir.
+        """
+        self._lock = statelock.acquire(self.state_dir)
+        try:
+            await self.runtime.start()
+            await self.server.start(self.host, self.port)
+        except BaseException:
+            self._lock.release()
+            raise
+        self._lock.announce(self.url)
         self.control.start()
         self.ready = True
 
@@ -172,6 +182,8 @@ class Gateway:
         await self.control.shutdown()
         await self.server.shutdown(self.config.gateway.shutdown_grace)
         await self.runtime.stop(0)
+        if self._lock is not None:
+            self._lock.release()
 
     async def wait_stop_requested(self) -> None:
         """Return once ``stop()`` was called (e.g. by a signal handler)."""

@@ -1,0 +1,71 @@
+"""One gateway per state dir, and CLI commands that find it."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+import tempfile
+import unittest
+
+from equabot_gw import statelock
+from equabot_gw.errors import ConfigError
+from tests.support import ROOT, TOKEN, GatewayProcess
+
+
+class StateLockTest(unittest.TestCase):
+    def test_second_lock_is_refused_until_released(self) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            state = pathlib.Path(tmp)
+            self.assertIsNone(statelock.holder(state))
+            lock = statelock.acquire(state)
+            lock.announce("http://127.0.0.1:1234")
+            self.assertEqual(statelock.holder(state), statelock.Holder(lock_pid(), "http://127.0.0.1:1234"))
+            with self.assertRaises(ConfigError) as caught:
+                statelock.acquire(state)
+            self.assertIn("in use by a running gateway", str(caught.exception))
+            self.assertIn("http://127.0.0.1:1234", str(caught.exception))
+            lock.release()
+            self.assertIsNone(statelock.holder(state))
+            statelock.acquire(state).release()
+
+
+def lock_pid() -> int:
+    import os
+    return os.getpid()
+
+
+class RunningGatewayTest(unittest.TestCase):
+    def test_second_gateway_on_the_same_state_dir_refuses_to_start(self) -> None:
+        with GatewayProcess() as gw:
+            result = subprocess.run(
+                [sys.executable, "-m", "equabot_gw", "--config", str(gw.config_path), "--port", "0",
+                 "--state-dir", str(gw.state_dir)], cwd=ROOT, env=gw.env, capture_output=True, text=True,
+                timeout=20)
+            self.assertEqual(result.returncode, 2)
+            lines = result.stderr.strip().splitlines()
+            self.assertEqual(len(lines), 1, result.stderr)
+            self.assertIn(f"in use by a running gateway (pid {gw.proc.pid} at {gw.url})", lines[0])
+
+    def test_cli_goes_through_the_running_gateway(self) -> None:
+        with GatewayProcess() as gw:
+            def cli(*args: str) -> subprocess.CompletedProcess[str]:
+                return subprocess.run([sys.executable, "-m", "equabot_gw", *args, "--config", str(gw.config_path),
+                                       "--state-dir", str(gw.state_dir)], cwd=ROOT, env=gw.env,
+                                      capture_output=True, text=True, timeout=20)
+            # No --url: the CLI finds the gateway (on its random port) through the lock file.
+            out = cli("agent", "--message", "found you", "--session-key", "k", "--json")
+            self.assertEqual(out.returncode, 0, out.stderr)
+            self.assertEqual(json.loads(out.stdout)["text"], "Echo (turn 1): found you")
+            listed = cli("sessions", "list", "--json")
+            self.assertEqual([s["key"] for s in json.loads(listed.stdout)], ["agent:main:k"])
+            shown = cli("sessions", "show", "k")
+            self.assertEqual(shown.stdout.splitlines(), ["user: found you", "assistant: Echo (turn 1): found you"])
+            self.assertEqual(cli("sessions", "reset", "k").stdout.strip(), "reset agent:main:k")
+            self.assertEqual(cli("sessions", "list").stdout.strip(), "no sessions")
+            self.assertNotIn(TOKEN, listed.stdout + listed.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
