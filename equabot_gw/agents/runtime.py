@@ -108,7 +108,8 @@ class Run:
         self.events = EventLog()
         self.created_at = time.time()
         self._outcome: asyncio.Future[AgentResult] = asyncio.get_running_loop().create_future()
-        self._outcome.add_done_callback(_consume_exception)
+        self._outcome.add_done_callback(self._wake_waiters)
+        self._waiters: list[asyncio.Future[None]] = []
         self._task: asyncio.Task[None] | None = None
         self._abort_reason: str | None = None
 
@@ -132,7 +133,21 @@ class Run:
 
         Cancelling the caller does not stop the run (use ``abort``).
         """
-        return await asyncio.shield(self._outcome)
+        if not self._outcome.done():
+            # A future of its own per waiter: cancelling it leaves the outcome
+            # alone, like asyncio.shield, without shield's task and callbacks.
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter
+        return self._outcome.result()
+
+    def _wake_waiters(self, outcome: asyncio.Future[AgentResult]) -> None:
+        if not outcome.cancelled():
+            outcome.exception()     # a failed run nobody awaited is not an "unretrieved" error
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters.clear()
 
     def abort(self, why: str = "aborted") -> bool:
         """Stop the run if it is queued or streaming; False if it is past that."""
@@ -142,11 +157,6 @@ class Run:
             self._abort_reason = why
             self._task.cancel()
         return True
-
-
-def _consume_exception(future: asyncio.Future) -> None:
-    if not future.cancelled():
-        future.exception()      # a failed run nobody awaited is not an "unretrieved" error
 
 
 class Runtime:
@@ -400,9 +410,10 @@ async def _record(runtime: Runtime, handle: Run, call: ProviderCall, history: Se
                         finish_reason=finish if failure is None else None, error=error,
                         context=() if history.exists else request.context)
     try:
-        # Shielded: once generation is over, an abort must not tear the write.
-        await asyncio.shield(runtime.store.record_turn(
-            handle.agent.id, handle.session_key, record, stateless=handle.stateless))
+        # No shield needed: from "recording" on, abort() refuses, and the store
+        # does its bookkeeping in commit callbacks that outlive a cancelled waiter.
+        await runtime.store.record_turn(handle.agent.id, handle.session_key, record,
+                                        stateless=handle.stateless)
     except StorageError as exc:
         failure = failure or exc
     if failure is not None:

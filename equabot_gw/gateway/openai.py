@@ -448,8 +448,11 @@ def _parse_body(request: HTTPRequest) -> dict[str, Any]:
     return body
 
 
+_ENCODER: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def _dumps(data: Any) -> str:
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return _ENCODER.encode(data)
 
 
 def _json_response(status: int, data: Any, headers: list[tuple[str, str]] | None = None) -> Response:

@@ -314,6 +314,8 @@ class RequestParser(_Reader):
             raise
 
     def _read_head(self) -> object:
+        if self._pos == len(self._buf):     # nothing buffered: the common case between requests
+            return EOF if self._eof else NEED_DATA
         head = self._next_head(self.max_request_line_bytes)
         if head is None:
             if self._eof:
@@ -433,16 +435,28 @@ REASONS: Final[dict[int, str]] = {
     503: "Service Unavailable", 504: "Gateway Timeout", 505: "HTTP Version Not Supported",
 }
 # Status lines are built once: the hot path only looks them up.
-_STATUS_LINES: Final[dict[int, bytes]] = {
-    status: f"HTTP/1.1 {status} {reason}\r\n".encode("ascii") for status, reason in REASONS.items()
+_STATUS_LINES: Final[dict[int, str]] = {
+    status: f"HTTP/1.1 {status} {reason}\r\n" for status, reason in REASONS.items()
 }
-_UNSAFE_VALUE = frozenset("\r\n\0")
+_CHECKED_NAMES: set[str] = set()
 
 
-def _check_field(name: str, value: str) -> None:
-    if not _UNSAFE_VALUE.isdisjoint(value) or not grammar.TOKEN.fullmatch(name.encode("latin-1")):
-        # A CR or LF here would let a value end the head early (response splitting).
-        raise ValueError(f"unsafe header field {name!r}")
+def _check_name(name: str) -> None:
+    # Names are the caller's constants: each distinct name is checked once.
+    if name not in _CHECKED_NAMES:
+        if not grammar.TOKEN.fullmatch(name.encode("latin-1")):
+            raise ValueError(f"unsafe header field name {name!r}")
+        if len(_CHECKED_NAMES) < 1024:
+            _CHECKED_NAMES.add(name)
+
+
+def _check_head(head: str, lines: int) -> None:
+    # Values may carry client-derived text: a CR or LF in one would end the
+    # head early (response splitting). Counting is C-speed: a well-formed head
+    # has exactly one CR and one LF per line, all in CRLF pairs.
+    if head.count("\r\n") != lines or head.count("\r") != lines or head.count("\n") != lines \
+            or "\0" in head:
+        raise ValueError("unsafe header field value (CR, LF or NUL)")
 
 
 def encode_response_head(status: int, headers: Iterable[tuple[str, str]]) -> bytes:
@@ -451,13 +465,14 @@ def encode_response_head(status: int, headers: Iterable[tuple[str, str]]) -> byt
     Raises ``ValueError`` for a field name that is not a token or a value with
     CR, LF or NUL: header values may carry client-derived text.
     """
-    line = _STATUS_LINES.get(status) or f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}\r\n".encode()
-    parts = [line]
+    line = _STATUS_LINES.get(status) or f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}\r\n"
+    fields = []
     for name, value in headers:
-        _check_field(name, value)
-        parts.append(f"{name}: {value}\r\n".encode("latin-1"))
-    parts.append(b"\r\n")
-    return b"".join(parts)
+        _check_name(name)
+        fields.append(f"{name}: {value}\r\n")
+    head = line + "".join(fields) + "\r\n"
+    _check_head(head, len(fields) + 2)
+    return head.encode("latin-1")
 
 
 def encode_request_head(method: str, target: str, headers: Iterable[tuple[str, str]]) -> bytes:
@@ -465,12 +480,13 @@ def encode_request_head(method: str, target: str, headers: Iterable[tuple[str, s
     if not grammar.TOKEN.fullmatch(method.encode("ascii")) or not grammar.ORIGIN_FORM.fullmatch(
             target.encode("latin-1")):
         raise ValueError(f"unsafe request line {method!r} {target!r}")
-    parts = [f"{method} {target} HTTP/1.1\r\n".encode("latin-1")]
+    fields = []
     for name, value in headers:
-        _check_field(name, value)
-        parts.append(f"{name}: {value}\r\n".encode("latin-1"))
-    parts.append(b"\r\n")
-    return b"".join(parts)
+        _check_name(name)
+        fields.append(f"{name}: {value}\r\n")
+    head = f"{method} {target} HTTP/1.1\r\n" + "".join(fields) + "\r\n"
+    _check_head(head, len(fields) + 2)
+    return head.encode("latin-1")
 
 
 def encode_chunk(data: bytes) -> bytes:

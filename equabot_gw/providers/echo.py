@@ -55,7 +55,9 @@ class EchoProvider(Provider):
         ``Finish("stop")`` (natural end or a stop string).
         """
         options = call.options
-        reply, _ = cut_at_stop(echo_reply(call), options.stop)
+        reply = echo_reply(call)
+        if options.stop:
+            reply, _ = cut_at_stop(reply, options.stop)
         deltas = split_deltas(reply)
         reason = "stop"
         if options.max_tokens is not None and len(deltas) > options.max_tokens:
