@@ -98,7 +98,9 @@ class ControlProtocol:
         self.connections: set[ControlConnection] = set()
         self._ids = itertools.count(1)
         self._tick: asyncio.TimerHandle | None = None
-        self.methods: dict[str, Callable[[ControlConnection, dict[str, Any]], Awaitable[Any]]] = {
+        # Every method takes (params, request id) and returns the response
+        # payload, or _DEFERRED when it answers later itself (agent, chat.send).
+        self.methods: dict[str, Callable[[ControlConnection, dict[str, Any], Any], Awaitable[Any]]] = {
             "health": ControlConnection.m_health, "status": ControlConnection.m_status,
             "agent": ControlConnection.m_agent, "agent.wait": ControlConnection.m_agent_wait,
             "chat.send": ControlConnection.m_chat_send, "chat.history": ControlConnection.m_chat_history,
@@ -320,8 +322,7 @@ class ControlConnection:
                 raise ApiError(409, "already connected")
             if method is None:
                 raise ApiError(404, f"unknown method {frame['method']!r}", code="unknown_method")
-            payload = await method(self, frame["params"], frame["id"]) \
-                if frame["method"] in ("agent", "chat.send") else await method(self, frame["params"])
+            payload = await method(self, frame["params"], frame["id"])
         except (ApiError, RunError) as exc:
             self.fail(frame["id"], exc)
             return
@@ -333,10 +334,10 @@ class ControlConnection:
             self.respond(frame["id"], payload)
 
     # ---- methods ----
-    async def m_health(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def m_health(self, params: dict[str, Any], req_id: Any) -> dict[str, Any]:
         return self.gateway.health_snapshot()
 
-    async def m_status(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def m_status(self, params: dict[str, Any], req_id: Any) -> dict[str, Any]:
         runtime = self.gateway.runtime
         return {**self.gateway.health_snapshot(),
                 "connections": {"control": len(self.protocol.connections),
@@ -345,14 +346,14 @@ class ControlConnection:
                            for a in runtime.agents.values()],
                 "defaultAgentId": runtime.default_agent.id}
 
-    async def m_agents_list(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def m_agents_list(self, params: dict[str, Any], req_id: Any) -> dict[str, Any]:
         runtime = self.gateway.runtime
         return {"defaultId": runtime.default_agent.id,
                 "agents": [{"id": a.id, "name": a.name, "model": a.model,
                             "default": a is runtime.default_agent}
                            for a in runtime.agents.values()]}
 
-    async def m_config_get(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def m_config_get(self, params: dict[str, Any], req_id: Any) -> dict[str, Any]:
         return {"config": config_mod.to_data(self.gateway.config, mask=True)}
 
     def _start_run(self, params: dict[str, Any], origin: str,
@@ -400,7 +401,7 @@ class ControlConnection:
                                       "usage": None, "error": _error_shape(event.error),
                                       "sessionKey": run.session_key})
 
-    async def m_agent_wait(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def m_agent_wait(self, params: dict[str, Any], req_id: Any) -> dict[str, Any]:
         run_id = _string(params, "runId", required=True)
         run = self.gateway.runtime.find_run(run_id or "")
         if run is None:
@@ -434,7 +435,7 @@ class ControlConnection:
         self._spawn(_relay_chat(self.protocol, run))
         return _DEFERRED
 
-    async def m_chat_history(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def m_chat_history(self, params: dict[str, Any], req_id: Any) -> dict[str, Any]:
         agent_id, key = self._session_key(params)
         limit = params.get("limit", 200)
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
@@ -449,7 +450,7 @@ class ControlConnection:
                 m["role"] = "assistant"
         return {"sessionKey": key, "messages": messages[-limit:]}
 
-    async def m_chat_abort(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def m_chat_abort(self, params: dict[str, Any], req_id: Any) -> dict[str, Any]:
         _, key = self._session_key(params)
         run_id = _string(params, "runId")
         aborted = [run.id for run in list(self.gateway.runtime.active.values())
@@ -457,7 +458,7 @@ class ControlConnection:
                    and run.abort("chat.abort")]
         return {"ok": True, "aborted": bool(aborted), "runIds": aborted}
 
-    async def m_sessions_list(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def m_sessions_list(self, params: dict[str, Any], req_id: Any) -> dict[str, Any]:
         agent_id = _string(params, "agentId")
         if agent_id is not None:
             agent_id = self.gateway.runtime.agent(agent_id).id
@@ -467,11 +468,11 @@ class ControlConnection:
                               "updatedAt": int(i.updated_at * 1000), "lastRunId": i.last_run_id}
                              for i in infos]}
 
-    async def m_sessions_reset(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def m_sessions_reset(self, params: dict[str, Any], req_id: Any) -> dict[str, Any]:
         agent_id, key = self._session_key({**params, "sessionKey": _string(params, "key", required=True)})
         return {"key": key, "reset": await self.gateway.runtime.store.reset(agent_id, key)}
 
-    async def m_sessions_delete(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def m_sessions_delete(self, params: dict[str, Any], req_id: Any) -> dict[str, Any]:
         agent_id, key = self._session_key({**params, "sessionKey": _string(params, "key", required=True)})
         return {"key": key, "deleted": await self.gateway.runtime.store.delete(agent_id, key)}
 
