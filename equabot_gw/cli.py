@@ -1,4 +1,4 @@
-"""The command line: ``python -m equabot_gw [gateway|agent|config|sessions]``.
+"""The command line: ``python -m equabot_gw [gateway|agent|config|sessions|conformance]``.
 
 Owns argument parsing, logging set-up, signal handling and exit codes; the
 only module that calls ``sys.exit``. Problems the user can fix print one line
@@ -22,7 +22,7 @@ from typing import Any, Sequence
 from . import __version__, config as config_mod
 from .errors import ApiError, ConfigError, GatewayError, RunError
 
-SUBCOMMANDS = ("gateway", "agent", "config", "sessions")
+SUBCOMMANDS = ("gateway", "agent", "config", "sessions", "conformance")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("key", help="session key")
         p.add_argument("--json", action="store_true", help="print JSON")
 
+    from . import conformance
+    conformance.add_arguments(sub.add_parser(
+        "conformance", help="check a server against the Gateway's OpenAI HTTP and WebSocket spec"))
     return parser
 
 
@@ -120,6 +123,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "sessions":
         from .agent_cli import run_sessions_command
         return asyncio.run(run_sessions_command(args))
+    if args.command == "conformance":
+        from .conformance import run_conformance
+        return run_conformance(args)
     raise AssertionError(args.command)
 
 
