@@ -17,7 +17,7 @@ from typing import Any
 from . import statelock
 from .agents import runtime as agent_runtime
 from .agents.events import Delta, Ended, Failed
-from .agents.sessions import SessionStore, scoped_key, validate_key
+from .agents.sessions import SessionStore, chat_messages, scoped_key, validate_key
 from .agents.types import AgentRequest, AgentResult
 from .cli import env_secret, load_config
 from .errors import RunError
@@ -40,8 +40,14 @@ async def run_agent_command(args: argparse.Namespace) -> int:
         token = args.token or env_secret(config, state_dir)
         return await run_remote_agent(url, token, args.message, args.agent, args.session_key,
                                       as_json=args.json)
+    # In-process means owning the state dir: refuse (one line) if a gateway has it.
+    lock = statelock.acquire(state_dir)
     runtime = agent_runtime.Runtime(config, state_dir)
-    await runtime.start()
+    try:
+        await runtime.start()
+    except BaseException:
+        lock.release()
+        raise
     try:
         run = agent_runtime.run(runtime, AgentRequest(
             message=args.message, agent_id=args.agent, session_key=args.session_key, origin="cli"))
@@ -59,15 +65,17 @@ async def run_agent_command(args: argparse.Namespace) -> int:
         return 0
     finally:
         await runtime.stop(0)
+        lock.release()
 
 
 async def run_sessions_command(args: argparse.Namespace) -> int:
     """``equabot sessions list|show|reset``: through the running gateway if there is one."""
     config, state_dir = load_config(args)
     running = statelock.holder(state_dir)
-    if running is not None:
+    if running is not None or args.url:
         # The gateway owns the files while it runs: ask it rather than edit behind its back.
-        return await _remote_sessions(args, running.url, env_secret(config, state_dir))
+        url = args.url or running.url      # type: ignore[union-attr]
+        return await _remote_sessions(args, url, args.token or env_secret(config, state_dir))
     runtime = agent_runtime.Runtime(config, state_dir)
     agent = runtime.agent(args.agent)
     store = SessionStore(state_dir)
@@ -77,13 +85,8 @@ async def run_sessions_command(args: argparse.Namespace) -> int:
             return _print_sessions(store, agent.id, args.json)
         key = scoped_key(agent.id, validate_key(args.key))
         if args.sessions_command == "show":
-            lines = await store.read_transcript(agent.id, key)
-            if not lines:
-                print(f"equabot: no session {key!r}", file=sys.stderr)
-                return 1
-            for line in lines:
-                print(json.dumps(line, ensure_ascii=False) if args.json else _describe(line))
-            return 0
+            return _print_messages(chat_messages(await store.read_transcript(agent.id, key)), key,
+                                   args.json)
         if await store.reset(agent.id, key):
             print(f"reset {key}")
             return 0
@@ -104,12 +107,7 @@ async def _remote_sessions(args: argparse.Namespace, url: str, secret: str | Non
                                   s["turns"], s["lastRunId"]) for s in listed], args.json)
         if args.sessions_command == "show":
             history = await client.request("chat.history", {**params, "sessionKey": args.key})
-            if not history["messages"]:
-                print(f"equabot: no session {history['sessionKey']!r}", file=sys.stderr)
-                return 1
-            for m in history["messages"]:
-                print(json.dumps(m, ensure_ascii=False) if args.json else f"{m['role']}: {m['content']}")
-            return 0
+            return _print_messages(history["messages"], history["sessionKey"], args.json)
         reset = await client.request("sessions.reset", {**params, "key": args.key})
         if reset["reset"]:
             print(f"reset {reset['key']}")
@@ -137,15 +135,17 @@ def _print_infos(rows: list[tuple[str, str, float, float, int, str | None]], as_
     return 0
 
 
-def _describe(line: dict[str, Any]) -> str:
-    kind = line.get("type")
-    if kind in ("user", "assistant"):
-        return f"{kind}: {line.get('content', '')}"
-    if kind == "aborted":
-        return f"aborted ({line.get('reason')}): {line.get('content', '')}"
-    if kind == "error":
-        return f"error: {line.get('message', '')}"
-    return json.dumps(line, ensure_ascii=False)
+def _print_messages(messages: list[dict[str, Any]], key: str, as_json: bool) -> int:
+    """``sessions show``: the same lines whether the gateway answered or the files did."""
+    if not messages:
+        print(f"equabot: no session {key!r}", file=sys.stderr)
+        return 1
+    for m in messages:
+        if as_json:
+            print(json.dumps(m, ensure_ascii=False))
+        else:
+            print(f"{m['role']}{' (aborted)' if m.get('aborted') else ''}: {m['content']}")
+    return 0
 
 
 __all__ = ["run_agent_command", "run_sessions_command", "RunError"]

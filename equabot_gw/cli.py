@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name != "list":
             p.add_argument("key", help="session key")
         p.add_argument("--json", action="store_true", help="print JSON")
+        p.add_argument("--url", help="ask the gateway at this URL (default: the one running on "
+                       "the state dir, else read the files)")
+        p.add_argument("--token", help="gateway token or password (default: config or environment)")
 
     from . import conformance
     conformance.add_arguments(sub.add_parser(

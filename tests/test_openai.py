@@ -284,7 +284,7 @@ class CompletionTest(OpenAITestCase):
         self.assertIn("bad", error["message"])
 
     def test_run_timeout_is_504(self) -> None:
-        self.assertEqual(self.fails(self.chat("a b c d e f", model="equabot:late"), 504)["code"], "aborted")
+        self.assertEqual(self.fails(self.chat("a b c d e f", model="equabot:late"), 504)["code"], "run_timeout")
 
     def test_request_id_header(self) -> None:
         _, r, _ = self.post(self.chat())

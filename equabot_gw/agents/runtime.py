@@ -59,7 +59,10 @@ class Agent:
 
     def admit(self) -> None:
         """Raise 429 when the agent runs its maximum and its queue is full (DECISIONS 22)."""
-        if self.active >= self.max_concurrent and self.waiting >= self.max_queued:
+        # Every admitted run holds a slot or waits for one (in its session's
+        # lane or the slot queue), so this counts them all, even a burst
+        # admitted within one loop turn before any of them started.
+        if self.active + self.waiting >= self.max_concurrent + self.max_queued:
             raise ApiError(429, f"agent {self.id!r} is at capacity ({self.max_concurrent} running, "
                                 f"{self.max_queued} queued); retry later",
                            code="rate_limit_exceeded", headers=(("retry-after", RETRY_AFTER_SECONDS),))
@@ -75,7 +78,7 @@ class Agent:
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 self.release()      # the slot arrived just as we were cancelled
-            else:
+            elif waiter in self._slot_waiters:
                 self._slot_waiters.remove(waiter)
             raise
 

@@ -28,7 +28,7 @@ from equabot_gw.agents.transcripts import AGENT_ID_RE, Committer, SessionInfo
 from equabot_gw.agents.types import SessionHistory, TurnRecord
 
 __all__ = [
-    "validate_key", "agent_of", "scoped_key", "user_key", "stateless_key",
+    "validate_key", "agent_of", "scoped_key", "user_key", "stateless_key", "chat_messages",
     "SessionInfo", "SessionStore",
     "MAX_KEY_CHARS", "DEFAULT_STATELESS_RETENTION_DAYS", "DEFAULT_MAX_CACHED_SESSIONS",
 ]
@@ -138,6 +138,27 @@ def _owns(agent_id: str, key: str) -> bool:
 
 
 # -- lanes --------------------------------------------------------------------
+
+def chat_messages(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The conversation of a transcript as chat messages (user / assistant), oldest first.
+
+    Each is ``{"role", "content", "runId", "ts"}`` (ts in ms); an aborted reply
+    is an assistant message with ``"aborted": true``. Error turns and
+    bookkeeping lines are left out. One shape for every reader (WS
+    ``chat.history``, ``sessions show``).
+    """
+    out = []
+    for line in lines:
+        kind = line.get("type")
+        if kind in ("user", "assistant", "aborted"):
+            message = {"role": "user" if kind == "user" else "assistant",
+                       "content": line.get("content", ""), "runId": line.get("runId"),
+                       "ts": int(line.get("at", 0) * 1000)}
+            if kind == "aborted":
+                message["aborted"] = True
+            out.append(message)
+    return out
+
 
 class _Lane:
     """``async with``: one holder per key at a time, FIFO (asyncio.Lock wakes waiters in order)."""

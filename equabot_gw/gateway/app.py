@@ -179,9 +179,12 @@ class Gateway:
 
     async def _stop_in_order(self) -> None:
         self.ready = False
+        deadline = time.monotonic() + self.config.gateway.shutdown_grace
         await self.control.shutdown()
         await self.server.shutdown(self.config.gateway.shutdown_grace)
-        await self.runtime.stop(0)
+        # Runs started over WebSocket outlive their connection: they get what
+        # is left of the grace period too, then are aborted and recorded.
+        await self.runtime.stop(max(0.0, deadline - time.monotonic()))
         if self._lock is not None:
             self._lock.release()
 

@@ -392,7 +392,9 @@ class ControlConnection:
                                     "data": {"phase": "end", "text": event.result.text,
                                              "usage": usage}})
                 self.respond(req_id, {"runId": run.id, "status": "ok", "text": event.result.text,
-                                      "usage": usage, "sessionKey": run.session_key})
+                                      "usage": usage, "sessionKey": run.session_key,
+                                      "agentId": run.agent_id, "model": event.result.model,
+                                      "finishReason": event.result.finish_reason})
             elif type(event) is Failed:
                 for_event("agent", {**base, "seq": seq, "ts": now, "stream": "lifecycle",
                                     "data": {"phase": "error", "reason": event.reason,
@@ -441,13 +443,7 @@ class ControlConnection:
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
             raise ApiError(400, "params.limit must be a positive integer", param="limit")
         lines = await self.gateway.runtime.store.read_transcript(agent_id, key)
-        messages = [{"role": line["type"], "content": line.get("content", ""),
-                     "runId": line.get("runId"), "ts": int(line.get("at", 0) * 1000),
-                     **({"aborted": True} if line["type"] == "aborted" else {})}
-                    for line in lines if line.get("type") in ("user", "assistant", "aborted")]
-        for m in messages:
-            if m["role"] == "aborted":
-                m["role"] = "assistant"
+        messages = sessions.chat_messages(lines)
         return {"sessionKey": key, "messages": messages[-limit:]}
 
     async def m_chat_abort(self, params: dict[str, Any], req_id: Any) -> dict[str, Any]:

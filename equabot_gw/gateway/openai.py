@@ -25,7 +25,7 @@ from ..agents import sessions
 from ..agents.events import Delta, Ended, Failed, Subscription
 from ..agents.runtime import Run, Runtime
 from ..agents.types import AgentRequest, AgentResult, GenerationOptions, Message
-from ..errors import ApiError, RunError, http_status
+from ..errors import ApiError, RunError, RunTimedOut, http_status
 from ..net import sse
 from ..net.routes import HTTPRequest, Response, StreamingResponse, error_body
 
@@ -397,7 +397,7 @@ class _ChunkWriter:
     def _error(self, event: Failed) -> bytes:
         # An error after the stream began: a final event with an error object (then [DONE]).
         return sse.data_event(error_body(http_status(event.error), str(event.error),
-                                         code=event.reason).decode())
+                                         code=_error_code(event.error)).decode())
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -460,6 +460,11 @@ def _json_response(status: int, data: Any, headers: list[tuple[str, str]] | None
                     _dumps(data).encode())
 
 
+def _error_code(exc: RunError) -> str:
+    """The OpenAI error ``code`` of a failed run: its reason, with a timeout told apart."""
+    return "run_timeout" if isinstance(exc, RunTimedOut) else exc.reason
+
+
 def _run_error_response(exc: RunError) -> Response:
     status = http_status(exc)
     headers: list[tuple[str, str]] = []
@@ -467,7 +472,7 @@ def _run_error_response(exc: RunError) -> Response:
     if status == 429 and retry_after:
         headers.append(("retry-after", str(retry_after)))
     return Response(status, [("content-type", "application/json")] + headers,
-                    error_body(status, str(exc), code=exc.reason))
+                    error_body(status, str(exc), code=_error_code(exc)))
 
 
 def _completion_object(completion_id: str, model_name: str, result: AgentResult) -> dict[str, Any]:

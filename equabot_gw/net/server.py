@@ -362,9 +362,9 @@ class _Connection(asyncio.Protocol):
 
     def _send_final_error(self, exc: BaseException) -> None:
         response = error_response(exc)
-        self._write_response(response, "1.1", head_only=False, close=True,
-                             request_id=self.server.next_request_id())
-        self._log("-", "-", response.status, len(response.body), time.perf_counter(), "-")
+        rid = self.server.next_request_id()
+        self._write_response(response, "1.1", head_only=False, close=True, request_id=rid)
+        self._log("-", "-", response.status, len(response.body), time.perf_counter(), rid)
 
     async def _next_request(self) -> http11.Request | None:
         """The next request head; None when the client is done or timed out."""
@@ -459,6 +459,9 @@ class _Connection(asyncio.Protocol):
             self._handling = True
             try:
                 size = await self._write_stream(response, head.version, head.method == "HEAD", rid)
+            except asyncio.CancelledError:
+                self._log(head.method, head.path, 499, 0, started, rid)    # left mid-stream
+                raise
             finally:
                 self._handling = False
             close = close or head.version == "1.0"

@@ -1,0 +1,472 @@
+"""The command line end to end: ``python -m equabot_gw …`` in subprocesses.
+
+``agent`` against a running gateway (``GatewayProcess``; URL and secret from
+flags, or from a config file and ``EQUABOT_GATEWAY_TOKEN``) and ``--local``
+in-process; ``config check`` with good and bad files; ``sessions
+list|show|reset`` on a state dir filled by ``--local`` runs. Every CLI
+process gets a private HOME and no ``EQUABOT_*`` variables, so nothing of
+the machine's own configuration leaks in. Errors the user can fix are one
+line on stderr: exit 2 for configuration, 1 for a run or a gateway.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+from pathlib import Path
+from typing import Any
+
+from equabot_gw import __version__
+from tests.support import ROOT, TOKEN, GatewayProcess, base_config, write_config
+
+TIMEOUT = 20.0
+SLOW_DELAY_MS = 80
+
+
+def gateway_config() -> dict[str, Any]:
+    data = base_config()
+    data["agents"] = {"list": [{"id": "main", "default": True}, {"id": "slow", "model": "slow/echo"},
+                               {"id": "broken", "model": "failing/x"}]}
+    data["models"] = {"providers": {
+        "slow": {"api": "echo", "delayMs": SLOW_DELAY_MS},
+        "failing": {"api": "command",
+                    "command": [sys.executable, "-c", "import sys; sys.stderr.write('bad'); sys.exit(2)"]},
+    }}
+    return data
+
+
+def clean_env(home: Path, **extra: str) -> dict[str, str]:
+    """The environment of a CLI process: a private HOME and no EQUABOT_* variables but ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EQUABOT_")}
+    return {**env, "HOME": str(home), "PYTHONUNBUFFERED": "1", **extra}
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class CLITestCase(unittest.TestCase):
+    def setUp(self) -> None:
+        tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(tmp.cleanup)
+        self.dir = Path(tmp.name)
+        self.home = self.dir / "home"
+        self.home.mkdir()
+        self.state = self.dir / "state"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return clean_env(self.home, **extra)
+
+    def cli(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "equabot_gw", *args], cwd=ROOT, env=env or self.env(),
+                              capture_output=True, text=True, timeout=TIMEOUT)
+
+    def config_file(self, data: dict[str, Any], name: str = "config.json5") -> str:
+        directory = self.dir / name.replace(".", "_")
+        directory.mkdir()
+        return str(write_config(directory, data))
+
+    def assertOneLineError(self, done: subprocess.CompletedProcess[str], code: int, *parts: str) -> str:
+        """Exit ``code`` and exactly one line on stderr, holding every one of ``parts``."""
+        self.assertEqual(done.returncode, code, done.stderr)
+        lines = done.stderr.splitlines()
+        self.assertEqual(len(lines), 1, done.stderr)
+        self.assertTrue(lines[0].startswith("equabot: "), lines[0])
+        for part in parts:
+            self.assertIn(part, lines[0])
+        return lines[0]
+
+    def assertReply(self, done: subprocess.CompletedProcess[str], text: str) -> None:
+        self.assertEqual((done.returncode, done.stdout), (0, text + "\n"), done.stderr)
+
+    def stream_timing(self, *args: str) -> tuple[bytes, float, bytes, float]:
+        """(first stdout bytes, when, the rest, when it ended) of a CLI run, in seconds from start."""
+        proc = subprocess.Popen([sys.executable, "-m", "equabot_gw", *args], cwd=ROOT, env=self.env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        try:
+            started = time.monotonic()
+            first = proc.stdout.read1(65536)
+            first_at = time.monotonic() - started
+            rest = proc.stdout.read()
+            ended_at = time.monotonic() - started
+            self.assertEqual(proc.wait(TIMEOUT), 0)
+        finally:
+            proc.stdout.close()
+        return first, first_at, rest, ended_at
+
+
+class HelpTest(CLITestCase):
+    def test_help_lists_the_subcommands(self) -> None:
+        done = self.cli("--help")
+        self.assertEqual(done.returncode, 0)
+        listed = re.search(r"\{([a-z,]+)\}", done.stdout)
+        self.assertIsNotNone(listed, done.stdout)
+        self.assertEqual(listed.group(1).split(",")[:4], ["gateway", "agent", "config", "sessions"])
+        for name in ("gateway", "agent", "config", "sessions"):
+            self.assertRegex(done.stdout, rf"\n    {name} +\S")       # each with its help line
+
+    def test_agent_help_names_its_flags(self) -> None:
+        done = self.cli("agent", "--help")
+        self.assertEqual(done.returncode, 0)
+        for flag in ("--message", "--agent", "--session-key", "--json", "--local", "--url", "--token"):
+            self.assertIn(flag, done.stdout)
+
+    def test_version(self) -> None:
+        done = self.cli("--version")
+        self.assertEqual((done.returncode, done.stdout.strip()), (0, f"equabot_gw {__version__}"))
+
+    def test_missing_message_is_a_usage_error(self) -> None:
+        done = self.cli("agent", "--local")
+        self.assertEqual(done.returncode, 2)
+        self.assertIn("--message", done.stderr)
+
+
+class RemoteAgentTest(CLITestCase):
+    gw: GatewayProcess
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.gw = GatewayProcess(gateway_config()).start()
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.gw.stop()
+        cls.gw.tmp.cleanup()
+
+    def agent(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self.cli("agent", "--url", self.gw.url, "--token", TOKEN, "--state-dir", str(self.state), *args)
+
+    def test_prints_the_echo_reply(self) -> None:
+        self.assertReply(self.agent("--message", "hi"), "Echo (turn 1): hi")
+
+    def test_url_and_secret_from_config_and_environment(self) -> None:
+        config = self.config_file({"gateway": {"port": self.gw.port}})
+        done = self.cli("agent", "--config", config, "--state-dir", str(self.state), "--message", "from env",
+                        env=self.env(EQUABOT_GATEWAY_TOKEN=TOKEN))
+        self.assertReply(done, "Echo (turn 1): from env")
+        # EQUABOT_CONFIG_PATH finds the same file.
+        done = self.cli("agent", "--state-dir", str(self.state), "-m", "via path",
+                        env=self.env(EQUABOT_GATEWAY_TOKEN=TOKEN, EQUABOT_CONFIG_PATH=config))
+        self.assertReply(done, "Echo (turn 1): via path")
+
+    def test_token_from_config_file(self) -> None:
+        config = self.config_file({"gateway": {"port": self.gw.port, "auth": {"token": TOKEN}}})
+        self.assertReply(self.cli("agent", "--config", config, "--state-dir", str(self.state), "-m", "x"),
+                         "Echo (turn 1): x")
+
+    def test_json_prints_one_result_object(self) -> None:
+        done = self.agent("--message", "as json", "--session-key", "cli-json", "--json")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        [line] = done.stdout.splitlines()
+        result = json.loads(line)
+        self.assertEqual(result["status"], "ok")
+        self.assertEqual(result["text"], "Echo (turn 1): as json")
+        self.assertEqual(result["sessionKey"], "agent:main:cli-json")
+        self.assertTrue(result["runId"].startswith("run_"))
+        self.assertEqual(result["usage"], {"prompt_tokens": 2, "completion_tokens": 5, "total_tokens": 7})
+
+    def test_json_object_is_the_same_locally_and_remotely(self) -> None:
+        remote = json.loads(self.agent("--message", "same", "--json").stdout)
+        local = json.loads(self.cli("agent", "--local", "--state-dir", str(self.state), "-m", "same",
+                                    "--json").stdout)
+        self.assertEqual(sorted(remote), sorted(local))
+
+    def test_session_key_continues_across_calls(self) -> None:
+        replies = [self.agent("-m", "again", "--session-key", "cli-turns").stdout for _ in range(3)]
+        self.assertEqual(replies, [f"Echo (turn {n}): again\n" for n in (1, 2, 3)])
+        other = self.agent("-m", "again", "--session-key", "cli-turns", "--agent", "slow")
+        self.assertReply(other, "Echo (turn 1): again")          # another agent, another session
+
+    def test_without_session_key_every_call_is_turn_1(self) -> None:
+        self.assertEqual([self.agent("-m", "x").stdout for _ in range(2)], ["Echo (turn 1): x\n"] * 2)
+
+    def test_reply_is_streamed(self) -> None:
+        first, first_at, rest, ended_at = self.stream_timing(
+            "agent", "--url", self.gw.url, "--token", TOKEN, "--state-dir", str(self.state),
+            "--agent", "slow", "-m", "a b c d")
+        self.assertTrue(first.startswith(b"Echo"), first)
+        self.assertNotIn(b"d", first)
+        self.assertEqual(first + rest, b"Echo (turn 1): a b c d\n")
+        self.assertGreater(ended_at - first_at, 3 * SLOW_DELAY_MS / 1000)   # 6 more deltas came later
+
+    def test_unknown_agent(self) -> None:
+        done = self.agent("-m", "x", "--agent", "ghost")
+        self.assertOneLineError(done, 1, "'ghost'", "does not exist")
+        self.assertEqual(done.stdout, "")
+
+    def test_wrong_token(self) -> None:
+        done = self.cli("agent", "--url", self.gw.url, "--token", "wrong", "--state-dir", str(self.state), "-m", "x")
+        self.assertOneLineError(done, 1, "UNAUTHORIZED")
+        self.assertNotIn("wrong", done.stderr)
+
+    def test_failed_run(self) -> None:
+        done = self.agent("-m", "x", "--agent", "broken")
+        self.assertOneLineError(done, 1, "run failed", "exit status 2: bad")
+
+    def test_url_and_generated_token_come_from_the_state_dir(self) -> None:
+        data = gateway_config()
+        del data["gateway"]["auth"]["token"]                 # the gateway generates one (DECISIONS 5)
+        with GatewayProcess(data) as gw:
+            token_file = gw.state_dir / "gateway-token"
+            self.assertNotIn(token_file.read_text().strip(), gw.stderr())
+            # No --url, --token or config: the running gateway's lock file and token file say it all.
+            done = self.cli("agent", "--state-dir", str(gw.state_dir), "-m", "no flags")
+            self.assertReply(done, "Echo (turn 1): no flags")
+            config = self.config_file({"gateway": {"port": gw.port}})
+            done = self.cli("agent", "--config", config, "--state-dir", str(self.state), "-m", "x")
+            self.assertOneLineError(done, 1, "UNAUTHORIZED")     # another state dir: no token to offer
+
+    def test_local_run_on_the_state_dir_of_a_running_gateway(self) -> None:
+        with GatewayProcess(gateway_config()) as gw:
+            state = str(gw.state_dir)
+
+            def remote(message: str) -> subprocess.CompletedProcess[str]:
+                return self.cli("agent", "--state-dir", state, "--token", TOKEN, "-m", message,
+                                "--session-key", "shared")
+
+            self.assertReply(remote("one"), "Echo (turn 1): one")
+            local = self.cli("agent", "--local", "--state-dir", state, "-m", "two", "--session-key", "shared")
+            if local.returncode:                                  # refusing is fine: one line, exit 2
+                self.assertOneLineError(local, 2, "in use")
+            # Either way the gateway must not answer from a stale history: no turn number twice.
+            self.assertReply(remote("three"), f"Echo (turn {2 if local.returncode else 3}): three")
+
+    def test_no_gateway_running(self) -> None:
+        port = free_port()
+        done = self.cli("agent", "--url", f"http://127.0.0.1:{port}", "--state-dir", str(self.state), "-m", "x")
+        self.assertOneLineError(done, 1, f"http://127.0.0.1:{port}", "--local")
+        config = self.config_file({"gateway": {"port": port}})
+        done = self.cli("agent", "--config", config, "--state-dir", str(self.state), "-m", "x")
+        self.assertOneLineError(done, 1, f"127.0.0.1:{port}", "--local")
+
+
+class SessionsThroughTheGatewayTest(CLITestCase):
+    """``sessions`` on the state dir of a running gateway asks that gateway (it owns the files)."""
+
+    def test_list_show_reset(self) -> None:
+        with GatewayProcess(gateway_config()) as gw:
+            state = str(gw.state_dir)
+            env = self.env(EQUABOT_GATEWAY_TOKEN=TOKEN)
+            for message in ("one", "two"):
+                done = self.cli("agent", "--state-dir", state, "-m", message, "--session-key", "via-gw", env=env)
+                self.assertEqual(done.returncode, 0, done.stderr)
+            listed = self.cli("sessions", "list", "--state-dir", state, env=env)
+            self.assertEqual([line.split("\t")[:2] for line in listed.stdout.splitlines()],
+                             [["agent:main:via-gw", "turns=2"]])
+            shown = self.cli("sessions", "show", "via-gw", "--state-dir", state, env=env)
+            self.assertEqual(shown.stdout.splitlines()[-2:], ["user: two", "assistant: Echo (turn 2): two"])
+            done = self.cli("sessions", "reset", "via-gw", "--state-dir", state, env=env)
+            self.assertEqual((done.returncode, done.stdout), (0, "reset agent:main:via-gw\n"), done.stderr)
+            # The gateway itself forgot the session: its next turn is 1.
+            again = self.cli("agent", "--state-dir", state, "-m", "anew", "--session-key", "via-gw", env=env)
+            self.assertReply(again, "Echo (turn 1): anew")
+            self.assertOneLineError(self.cli("sessions", "show", "nope", "--state-dir", state, env=env),
+                                    1, "no session 'agent:main:nope'")
+            # Without the secret the gateway refuses, in one line.
+            self.assertOneLineError(self.cli("sessions", "list", "--state-dir", state), 1, "UNAUTHORIZED")
+
+
+class LocalAgentTest(CLITestCase):
+    def local(self, *args: str, config: str | None = None) -> subprocess.CompletedProcess[str]:
+        extra = ("--config", config) if config else ()
+        return self.cli("agent", "--local", "--state-dir", str(self.state), *extra, *args)
+
+    def test_runs_in_process_with_the_embedded_defaults(self) -> None:
+        self.assertReply(self.local("--message", "hi"), "Echo (turn 1): hi")
+        self.assertTrue(any((self.state / "agents" / "main" / "journal").iterdir()))   # stateless journal
+        self.assertEqual(self.state.stat().st_mode & 0o777, 0o700)
+
+    def test_needs_no_gateway(self) -> None:
+        config = self.config_file({"gateway": {"port": free_port()}})
+        self.assertReply(self.local("-m", "offline", config=config), "Echo (turn 1): offline")
+
+    def test_json(self) -> None:
+        done = self.local("-m", "x y", "--json", "--session-key", "local-json")
+        [line] = done.stdout.splitlines()
+        result = json.loads(line)
+        self.assertEqual((result["status"], result["text"], result["agentId"], result["sessionKey"]),
+                         ("ok", "Echo (turn 1): x y", "main", "agent:main:local-json"))
+        self.assertEqual(result["usage"]["total_tokens"], 7)
+
+    def test_session_key_continues(self) -> None:
+        replies = [self.local("-m", "n", "--session-key", "local-turns").stdout for _ in range(3)]
+        self.assertEqual(replies, [f"Echo (turn {n}): n\n" for n in (1, 2, 3)])
+
+    def test_streams_as_it_goes(self) -> None:
+        data = {"agents": {"defaults": {"model": "slow/echo"}},
+                "models": {"providers": {"slow": {"api": "echo", "delayMs": SLOW_DELAY_MS}}}}
+        first, first_at, rest, ended_at = self.stream_timing(
+            "agent", "--local", "--state-dir", str(self.state), "--config", self.config_file(data),
+            "-m", "a b c d")
+        self.assertEqual(first + rest, b"Echo (turn 1): a b c d\n")
+        self.assertTrue(first.startswith(b"Echo"), first)
+        self.assertGreater(ended_at - first_at, 3 * SLOW_DELAY_MS / 1000)
+
+    def test_unknown_agent(self) -> None:
+        done = self.local("-m", "x", "--agent", "ghost")
+        self.assertOneLineError(done, 1, "'ghost'", "does not exist")
+
+    def test_bad_session_key(self) -> None:
+        self.assertOneLineError(self.local("-m", "x", "--session-key", "bad key"), 1, "session key")
+
+    def test_failed_run(self) -> None:
+        data = {"agents": {"defaults": {"model": "failing/x"}}, "models": {"providers": {"failing": {
+            "api": "command", "command": [sys.executable, "-c", "import sys; sys.stderr.write('oops'); sys.exit(4)"]}}}}
+        done = self.local("-m", "x", config=self.config_file(data))
+        self.assertOneLineError(done, 1, "run failed", "exit status 4: oops")
+
+
+class ConfigCheckTest(CLITestCase):
+    def test_effective_config_with_secrets_masked(self) -> None:
+        data = {"gateway": {"port": 1234, "auth": {"token": "${MY_GW_TOKEN}"}},
+                "models": {"providers": {"up": {"api": "openai-completions", "baseUrl": "http://127.0.0.1:9/v1",
+                                                "apiKey": "sk-very-secret", "headers": {"X-Key": "hdr-secret"}}}}}
+        path = self.config_file(data)
+        done = self.cli("config", "check", "--config", path, env=self.env(MY_GW_TOKEN="tok-from-env"))
+        self.assertEqual((done.returncode, done.stderr), (0, ""))
+        first, _, rest = done.stdout.partition("\n")
+        self.assertEqual(first, f"# config OK: {path}")
+        shown = json.loads(rest)
+        self.assertEqual(shown["gateway"]["port"], 1234)
+        self.assertEqual(shown["gateway"]["auth"]["token"], "***")
+        self.assertEqual(shown["models"]["providers"]["up"]["apiKey"], "***")
+        self.assertEqual(shown["models"]["providers"]["up"]["headers"], {"X-Key": "***"})
+        self.assertEqual(shown["agents"]["defaults"]["maxConcurrent"], 16)       # defaults filled in
+        for secret in ("tok-from-env", "sk-very-secret", "hdr-secret"):
+            self.assertNotIn(secret, done.stdout)
+
+    def test_example_config(self) -> None:
+        done = self.cli("config", "check", "--config", str(ROOT / "config.example.json5"))
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertIn("config.example.json5", done.stdout.splitlines()[0])
+        self.assertEqual(json.loads(done.stdout.partition("\n")[2])["models"]["providers"]["upstream"]["apiKey"],
+                         "***")
+
+    def test_no_file_means_embedded_defaults(self) -> None:
+        done = self.cli("config", "check")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertEqual(done.stdout.splitlines()[0], "# config OK: built-in defaults (no config file)")
+        self.assertFalse(json.loads(done.stdout.partition("\n")[2])["gateway"]["http"]["endpoints"]
+                         ["chatCompletions"]["enabled"])
+
+    BAD_CONFIGS = (
+        ("unknown key", "{gateway: {prot: 1}}", "gateway.prot: unknown key"),
+        ("wrong type", '{gateway: {port: "abc"}}', 'gateway.port: expected integer 0-65535, got "abc"'),
+        ("JSON5 syntax", "{\n  gateway: {\n    port: 1,,\n  },\n}\n", "JSON5: invalid character ',' at 3:13"),
+        ("unterminated", '{gateway: {bind: "lan}}', "at 1:"),
+        ("missing variable", '{gateway: {auth: {token: "${EQUABOT_TEST_UNSET_VAR}"}}}',
+         "gateway.auth.token: environment variable EQUABOT_TEST_UNSET_VAR is not set"),
+        ("bad agent id", '{agents: {list: [{id: "Bad Id"}]}}', "agents.list[0].id"),
+    )
+
+    def test_bad_config_is_one_line_and_exit_2(self) -> None:
+        every_command = (("config", "check"), ("gateway", "--port", "0"), ("agent", "--local", "-m", "x"))
+        for index, (name, text, message) in enumerate(self.BAD_CONFIGS):
+            path = self.dir / f"{name.replace(' ', '-')}.json5"
+            path.write_text(text)
+            # config check reads each; the other doors each read two (start-up shares the loader).
+            commands = every_command if index % 3 == 0 else every_command[:1]
+            for command in commands:
+                with self.subTest(name, command=command[0]):
+                    done = self.cli(*command, "--config", str(path), "--state-dir", str(self.state))
+                    line = self.assertOneLineError(done, 2, "config error", message)
+                    self.assertEqual(done.stdout, "")
+                    self.assertNotIn("Traceback", line)
+
+    def test_missing_file(self) -> None:
+        done = self.cli("config", "check", "--config", str(self.dir / "nope.json5"))
+        self.assertOneLineError(done, 2, "does not exist")
+
+
+class SessionsCommandTest(CLITestCase):
+    """One state dir, filled once by ``agent --local`` runs; each test reads it or adds its own session."""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls._tmp = tempfile.TemporaryDirectory()
+        cls.shared = Path(cls._tmp.name)
+        cls.config = str(write_config(cls.shared, {"agents": {"list": [{"id": "main", "default": True},
+                                                                        {"id": "ops"}]}}))
+        runs = [("-m", f"to {key}", "--session-key", key, "--agent", agent)
+                for key, agent, count in (("alpha", "main", 2), ("beta", "main", 1), ("night", "ops", 1))
+                for _ in range(count)] + [("-m", "stateless")]
+        for args in runs:
+            done = subprocess.run([sys.executable, "-m", "equabot_gw", "agent", "--local", *args,
+                                   "--config", cls.config, "--state-dir", str(cls.shared / "state")],
+                                  cwd=ROOT, env=clean_env(cls.shared),
+                                  capture_output=True, text=True, timeout=TIMEOUT)
+            assert done.returncode == 0, done.stderr
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls._tmp.cleanup()
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.state = self.shared / "state"
+
+    def run_cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self.cli(*args, "--config", self.config, "--state-dir", str(self.state))
+
+    def test_list(self) -> None:
+        done = self.run_cli("sessions", "list")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        rows = [line.split("\t") for line in done.stdout.splitlines()]
+        self.assertEqual(sorted((r[0], r[1]) for r in rows),
+                         [("agent:main:alpha", "turns=2"), ("agent:main:beta", "turns=1")])   # keyed only
+        listed = json.loads(self.run_cli("sessions", "list", "--json").stdout)
+        self.assertEqual({s["key"]: s["turns"] for s in listed}, {"agent:main:alpha": 2, "agent:main:beta": 1})
+        self.assertTrue(all(s["agentId"] == "main" and s["lastRunId"].startswith("run_") for s in listed))
+        ops = self.run_cli("sessions", "list", "--agent", "ops").stdout
+        self.assertEqual([line.split("\t")[0] for line in ops.splitlines()], ["agent:ops:night"])
+
+    def test_show(self) -> None:
+        done = self.run_cli("sessions", "show", "alpha")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertEqual(done.stdout.splitlines(), ["user: to alpha", "assistant: Echo (turn 1): to alpha",
+                                                    "user: to alpha", "assistant: Echo (turn 2): to alpha"])
+        # --json: the chat messages, in the same shape as the WS chat.history method.
+        lines = [json.loads(line) for line in self.run_cli("sessions", "show", "agent:main:alpha", "--json")
+                 .stdout.splitlines()]
+        self.assertEqual([line["role"] for line in lines], ["user", "assistant", "user", "assistant"])
+        self.assertEqual(set(lines[0]), {"role", "content", "runId", "ts"})
+        night = self.run_cli("sessions", "show", "night", "--agent", "ops").stdout.splitlines()
+        self.assertEqual(night[-1], "assistant: Echo (turn 1): to night")
+
+    def test_reset(self) -> None:
+        for _ in range(2):
+            self.assertEqual(self.run_cli("agent", "--local", "-m", "x", "--session-key", "gamma").returncode, 0)
+        done = self.run_cli("sessions", "reset", "gamma")
+        self.assertEqual((done.returncode, done.stdout), (0, "reset agent:main:gamma\n"), done.stderr)
+        keys = [line.split("\t")[0] for line in self.run_cli("sessions", "list").stdout.splitlines()]
+        self.assertNotIn("agent:main:gamma", keys)
+        self.assertOneLineError(self.run_cli("sessions", "show", "gamma"), 1, "no session 'agent:main:gamma'")
+        again = self.run_cli("agent", "--local", "-m", "fresh", "--session-key", "gamma")
+        self.assertReply(again, "Echo (turn 1): fresh")              # the session starts over
+        archived = list((self.state / "agents" / "main" / "sessions").glob("*gamma*reset*"))
+        self.assertEqual(len(archived), 1)                           # archived, not deleted
+        self.assertEqual(self.run_cli("sessions", "reset", "gamma").returncode, 0)
+
+    def test_unknown_session_and_agent(self) -> None:
+        self.assertOneLineError(self.run_cli("sessions", "show", "nope"), 1, "no session 'agent:main:nope'")
+        self.assertOneLineError(self.run_cli("sessions", "reset", "nope"), 1, "no session")
+        self.assertOneLineError(self.run_cli("sessions", "list", "--agent", "ghost"), 1, "'ghost'")
+        self.assertOneLineError(self.run_cli("sessions", "show", "../../etc"), 1, "session key")
+
+    def test_empty_state_dir(self) -> None:
+        done = self.cli("sessions", "list", "--state-dir", str(self.dir / "empty"))
+        self.assertEqual((done.returncode, done.stdout), (0, "no sessions\n"), done.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()

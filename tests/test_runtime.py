@@ -1,0 +1,528 @@
+"""equabot_gw.agents.runtime driven directly: ``Runtime`` + ``run`` on temporary state dirs.
+
+What every door relies on: runs on one session are serialised in order,
+runs on different sessions overlap up to ``maxConcurrent`` and the rest queue
+up to ``maxQueued`` (then 429); an abort while queued leaves no trace while
+an abort mid-stream records the partial reply; a timeout is a 504; every run
+emits ``Started``, ``Delta``*, then ``Ended`` or ``Failed`` to late
+subscribers too; idempotency keys; admission errors with their statuses;
+and DECISIONS 18's history rule, seen from the provider's side through a
+recording wrapper around the configured provider.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sys
+import tempfile
+import time
+import unittest
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from equabot_gw import config as config_mod
+from equabot_gw.agents.events import Delta, Ended, Failed, Started
+from equabot_gw.agents.runtime import Run, Runtime, run
+from equabot_gw.agents.types import (
+    AgentRequest, AgentResult, GenerationOptions, Message, ProviderCall, ProviderEvent,
+)
+from equabot_gw.errors import ApiError, RunAborted, RunTimedOut, UpstreamError, http_status
+from equabot_gw.providers import Provider
+
+DELAY_MS = 20                       # slow echo: one pause per delta
+
+
+def runtime_config(max_queued: int = 1024) -> dict[str, Any]:
+    return {
+        "agents": {"defaults": {"maxQueued": max_queued}, "list": [
+            {"id": "main", "default": True},
+            {"id": "beta", "systemPrompt": "You are beta."},
+            {"id": "slow", "model": "slow/echo", "maxConcurrent": 20},
+            {"id": "lane", "model": "quick/echo", "maxConcurrent": 20},
+            {"id": "gate", "model": "slow/echo", "maxConcurrent": 2},
+            {"id": "tiny", "model": "slow/echo", "maxConcurrent": 1},
+            {"id": "late", "model": "slow/echo", "timeoutSeconds": 0.1},
+            {"id": "script", "model": "script/x"},
+            {"id": "broken", "model": "failing/x"},
+        ]},
+        "models": {"providers": {
+            "slow": {"api": "echo", "delayMs": DELAY_MS},
+            "quick": {"api": "echo", "delayMs": 2},
+            "script": {"api": "command", "command": [sys.executable, "-c", "import sys; print(sys.stdin.read())"]},
+            "failing": {"api": "command",
+                        "command": [sys.executable, "-c", "import sys; sys.stderr.write('bad'); sys.exit(2)"]},
+        }},
+    }
+
+
+class Recording(Provider):
+    """Wraps a provider: keeps every ``ProviderCall`` and the peak number of streams at once."""
+
+    def __init__(self, inner: Provider) -> None:
+        super().__init__(inner.name, inner.config)
+        self.inner = inner
+        self.api = inner.api                                        # type: ignore[misc]
+        self.supported_options = inner.supported_options            # type: ignore[misc]
+        self.calls: list[ProviderCall] = []
+        self.running = 0
+        self.peak = 0
+
+    async def stream(self, call: ProviderCall) -> AsyncIterator[ProviderEvent]:
+        self.calls.append(call)
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        try:
+            async for event in self.inner.stream(call):
+                yield event
+        finally:
+            self.running -= 1
+
+
+class RuntimeCase(unittest.IsolatedAsyncioTestCase):
+    max_queued = 1024
+
+    async def asyncSetUp(self) -> None:
+        tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(tmp.cleanup)
+        self.state = Path(tmp.name)
+        self.runtime = Runtime(config_mod.from_data(runtime_config(self.max_queued), env={}), self.state)
+        await self.runtime.start()
+        self.stopped = False
+        self.recorders = {name: Recording(p) for name, p in self.runtime.providers.items()}
+        self.runtime.providers.update(self.recorders)
+
+    async def asyncTearDown(self) -> None:
+        if not self.stopped:
+            await self.runtime.stop(0)
+
+    def start(self, message: str = "hi", **fields: Any) -> Run:
+        return run(self.runtime, AgentRequest(message=message, **fields))
+
+    async def started(self, message: str = "hi", **fields: Any) -> Run:
+        """A run whose task has had its first turn (it holds a slot or waits for one)."""
+        handle = self.start(message, **fields)
+        await asyncio.sleep(0)
+        return handle
+
+    async def events(self, handle: Run) -> list[Any]:
+        return [event async for event in handle.subscribe()]
+
+    async def first_delta(self, handle: Run) -> None:
+        async for event in handle.subscribe():
+            if isinstance(event, Delta):
+                return
+        raise AssertionError(f"{handle} ended without a delta")
+
+    async def transcript(self, agent: str, key: str) -> list[dict[str, Any]]:
+        return await self.runtime.store.read_transcript(agent, key)
+
+    async def assertAborted(self, handle: Run, exc_type: type = RunAborted) -> RunAborted:
+        with self.assertRaises(exc_type) as caught:
+            await asyncio.wait_for(handle.wait(), 5)
+        self.assertEqual(handle.status, "aborted")
+        return caught.exception
+
+    def assertApiError(self, status: int, code: str | None, param: str | None, *words: str,
+                       **fields: Any) -> ApiError:
+        """``run`` refuses the request at admission: nothing starts, nothing waits."""
+        active, waiting = dict(self.runtime.active), {a.id: a.waiting for a in self.runtime.agents.values()}
+        with self.assertRaises(ApiError) as caught:
+            self.start(**fields)
+        exc = caught.exception
+        self.assertEqual((exc.status, exc.code, exc.param), (status, code, param), exc.message)
+        for word in words:
+            self.assertIn(word, exc.message)
+        self.assertEqual(self.runtime.active, active)
+        self.assertEqual({a.id: a.waiting for a in self.runtime.agents.values()}, waiting)
+        return exc
+
+
+class SessionLaneTest(RuntimeCase):
+    async def test_20_concurrent_runs_on_one_session_are_20_turns_in_order(self) -> None:
+        handles = [self.start(f"m{n}", agent_id="lane", session_key="lane") for n in range(20)]
+        results = await asyncio.wait_for(asyncio.gather(*(h.wait() for h in handles)), 10)
+        self.assertEqual([r.text for r in results], [f"Echo (turn {n + 1}): m{n}" for n in range(20)])
+        self.assertEqual([r.turn for r in results], list(range(1, 21)))
+        self.assertEqual(self.recorders["quick"].peak, 1)            # never two at once on one session
+        lines = await self.transcript("lane", "agent:lane:lane")
+        self.assertEqual(lines[0]["type"], "session")
+        turns = lines[1:]
+        self.assertEqual([line["type"] for line in turns], ["user", "assistant"] * 20)
+        self.assertEqual([line["content"] for line in turns[0::2]], [f"m{n}" for n in range(20)])
+        self.assertEqual([line["content"] for line in turns[1::2]], [r.text for r in results])
+        self.assertEqual([line["runId"] for line in turns[1::2]], [h.id for h in handles])
+        [info] = self.runtime.store.list_sessions("lane")
+        self.assertEqual((info.key, info.turns, info.last_run_id), ("agent:lane:lane", 20, handles[-1].id))
+
+    async def test_runs_on_different_sessions_overlap(self) -> None:
+        begun = time.monotonic()
+        one = await self.start("x", agent_id="slow", session_key="solo").wait()
+        single = time.monotonic() - begun                            # 4 deltas x 20 ms and a commit
+        begun = time.monotonic()
+        results = await asyncio.gather(*(self.start("x", agent_id="slow", session_key=f"s{n}").wait()
+                                         for n in range(20)))
+        together = time.monotonic() - begun
+        self.assertEqual({r.text for r in results}, {one.text})
+        self.assertEqual(self.recorders["slow"].peak, 20)
+        self.assertLess(together, 5 * single)                        # not 20 x single
+        self.assertEqual(len(self.runtime.store.list_sessions("slow")), 21)
+
+    async def test_a_slow_session_does_not_hold_up_another(self) -> None:
+        long = self.start(" ".join(["w"] * 30), agent_id="slow", session_key="long")
+        quick = await asyncio.wait_for(self.start("q", agent_id="slow", session_key="quick").wait(), 2)
+        self.assertEqual(quick.text, "Echo (turn 1): q")
+        self.assertFalse(long.done)
+        long.abort()
+        await self.assertAborted(long)
+
+
+class ConcurrencyTest(RuntimeCase):
+    max_queued = 3
+
+    async def sample_gate(self, handles: list[Run]) -> tuple[int, int]:
+        """Peak ``Agent.active`` and ``Agent.waiting`` of agent gate until ``handles`` are done."""
+        gate = self.runtime.agents["gate"]
+        peak_active = peak_waiting = 0
+        while not all(h.done for h in handles):
+            peak_active = max(peak_active, gate.active)
+            peak_waiting = max(peak_waiting, gate.waiting)
+            await asyncio.sleep(0.001)
+        return peak_active, peak_waiting
+
+    async def test_max_concurrent_is_respected(self) -> None:
+        handles = [await self.started("x", agent_id="gate") for _ in range(5)]   # 2 running + 3 queued
+        gate = self.runtime.agents["gate"]
+        self.assertEqual((gate.active, gate.waiting), (2, 3))
+        self.assertEqual([h.status for h in handles], ["running"] * 2 + ["queued"] * 3)
+        peak_active, peak_waiting = await self.sample_gate(handles)
+        self.assertEqual((peak_active, peak_waiting), (2, 3))
+        self.assertEqual(self.recorders["slow"].peak, 2)
+        self.assertEqual([(await h.wait()).text for h in handles], ["Echo (turn 1): x"] * 5)
+        self.assertEqual((gate.active, gate.waiting), (0, 0))
+
+    async def test_queue_bound_gives_429_with_retry_after(self) -> None:
+        handles = [await self.started("x", agent_id="gate") for _ in range(5)]
+        exc = self.assertApiError(429, "rate_limit_exceeded", None, "'gate'", "2 running", "3 queued",
+                                  message="one too many", agent_id="gate")
+        self.assertEqual(dict(exc.headers), {"retry-after": "1"})
+        self.assertEqual(http_status(exc), 429)
+        # Other agents are not affected, and the gate admits again once a run is done.
+        self.assertEqual((await self.start("y", agent_id="tiny").wait()).text, "Echo (turn 1): y")
+        await handles[0].wait()
+        await asyncio.sleep(0)
+        later = self.start("z", agent_id="gate")
+        await asyncio.gather(*(h.wait() for h in handles), later.wait())
+
+    async def test_a_burst_of_runs_respects_the_queue_bound(self) -> None:
+        handles = []
+        try:
+            for _ in range(5):                                       # 2 slots + 3 queued: all fit
+                handles.append(self.start("x", agent_id="gate"))     # no await in between: one loop turn
+            with self.assertRaises(ApiError) as caught:
+                handles.append(self.start("x", agent_id="gate"))
+            self.assertEqual(caught.exception.status, 429)
+        finally:
+            await asyncio.gather(*(h.wait() for h in handles), return_exceptions=True)
+
+    async def test_runs_waiting_on_a_session_lane_count_against_the_queue(self) -> None:
+        handles = []
+        try:
+            with self.assertRaises(ApiError) as caught:
+                for _ in range(10):                                  # 1 running + 9 waiting > 2 + 3
+                    handles.append(await self.started("x", agent_id="gate", session_key="one-lane"))
+            self.assertEqual(caught.exception.status, 429)
+            self.assertLessEqual(len(handles), 5)
+        finally:
+            for handle in handles:
+                handle.abort()
+            await asyncio.gather(*(h.wait() for h in handles), return_exceptions=True)
+
+
+class AbortTest(RuntimeCase):
+    async def test_abort_while_queued_leaves_no_transcript_entry(self) -> None:
+        busy = await self.started("busy", agent_id="tiny", session_key="a")
+        queued = await self.started("never", agent_id="tiny", session_key="b")
+        self.assertEqual(queued.status, "queued")
+        self.assertTrue(queued.abort("changed my mind"))
+        exc = await self.assertAborted(queued)
+        self.assertEqual(exc.why, "changed my mind")
+        self.assertEqual([type(e) for e in await self.events(queued)], [Failed])
+        self.assertEqual((await busy.wait()).text, "Echo (turn 1): busy")
+        self.assertEqual(await self.transcript("tiny", "agent:tiny:b"), [])
+        self.assertEqual([c.messages[-1].content for c in self.recorders["slow"].calls], ["busy"])
+        self.assertEqual(self.runtime.agents["tiny"].waiting, 0)
+
+    async def test_abort_while_waiting_on_the_session_lane(self) -> None:
+        first = await self.started("first", agent_id="slow", session_key="lane")
+        second = await self.started("second", agent_id="slow", session_key="lane")
+        third = await self.started("third", agent_id="slow", session_key="lane")
+        self.assertTrue(second.abort())
+        await self.assertAborted(second)
+        self.assertEqual([(await h.wait()).text for h in (first, third)],
+                         ["Echo (turn 1): first", "Echo (turn 2): third"])
+        lines = await self.transcript("slow", "agent:slow:lane")
+        self.assertEqual([line["content"] for line in lines[1:]],
+                         ["first", "Echo (turn 1): first", "third", "Echo (turn 2): third"])
+
+    async def test_abort_while_streaming_records_the_partial_text(self) -> None:
+        handle = self.start(" ".join(["w"] * 30), agent_id="slow", session_key="mid")
+        await self.first_delta(handle)
+        self.assertTrue(handle.abort("client disconnected"))
+        exc = await self.assertAborted(handle)
+        self.assertEqual((exc.why, exc.reason, http_status(exc)), ("client disconnected", "aborted", 499))
+        events = await self.events(handle)
+        failed = events[-1]
+        self.assertIsInstance(failed, Failed)
+        self.assertEqual(failed.partial, "".join(e.text for e in events if isinstance(e, Delta)))
+        self.assertTrue(failed.partial.startswith("Echo"))
+        self.assertLess(len(failed.partial.split()), 30)
+        lines = await self.transcript("slow", "agent:slow:mid")
+        self.assertEqual([line["type"] for line in lines], ["session", "user", "aborted"])
+        self.assertEqual((lines[-1]["content"], lines[-1]["reason"], lines[-1]["runId"]),
+                         (failed.partial, "client disconnected", handle.id))
+        self.assertFalse(handle.abort())                             # past that: nothing to stop
+        # An aborted turn is no assistant turn: the next one is turn 1 again.
+        self.assertEqual((await self.start("next", agent_id="slow", session_key="mid").wait()).turn, 1)
+
+    async def test_timeout_is_504_and_an_aborted_line(self) -> None:
+        handle = self.start(" ".join(["w"] * 30), agent_id="late", session_key="slowpoke")
+        began = time.monotonic()
+        exc = await self.assertAborted(handle, RunTimedOut)
+        self.assertLess(time.monotonic() - began, 1.0)
+        self.assertEqual((http_status(exc), exc.timeout), (504, 0.1))
+        self.assertEqual(str(exc), "run aborted: no reply within 0.1 s")
+        [*_, failed] = await self.events(handle)
+        self.assertIsInstance(failed.error, RunTimedOut)
+        lines = await self.transcript("late", "agent:late:slowpoke")
+        self.assertEqual((lines[-1]["type"], lines[-1]["reason"]), ("aborted", "timeout"))
+        self.assertEqual(lines[-1]["content"], failed.partial)
+        self.assertTrue(failed.partial.startswith("Echo"))
+
+    async def test_stop_aborts_open_runs_and_records_them(self) -> None:
+        handle = self.start(" ".join(["w"] * 30), agent_id="slow", session_key="shutdown")
+        behind = await self.started("behind", agent_id="slow", session_key="shutdown")
+        await self.first_delta(handle)
+        self.stopped = True
+        await self.runtime.stop(0)
+        self.assertEqual((await self.assertAborted(handle)).why, "shutdown")
+        self.assertEqual((await self.assertAborted(behind)).why, "shutdown")
+        with self.assertRaises(ApiError) as caught:
+            self.start("after")
+        self.assertEqual(caught.exception.status, 503)
+        reopened = Runtime(self.runtime.config, self.state)
+        await reopened.start()
+        try:
+            lines = await reopened.store.read_transcript("slow", "agent:slow:shutdown")
+            self.assertEqual([line["type"] for line in lines], ["session", "user", "aborted"])
+            self.assertEqual(lines[-1]["reason"], "shutdown")
+        finally:
+            await reopened.stop(0)
+
+    async def test_stop_with_a_grace_period_lets_runs_finish(self) -> None:
+        handle = self.start("a b c", agent_id="slow", session_key="graceful")
+        await self.first_delta(handle)
+        self.stopped = True
+        await self.runtime.stop(5.0)
+        self.assertEqual((await handle.wait()).text, "Echo (turn 1): a b c")
+        self.assertEqual(handle.status, "ok")
+
+    async def test_aborting_a_queued_run_as_the_running_one_releases_the_slot(self) -> None:
+        busy = await self.started("busy", agent_id="tiny", session_key="a")
+        queued = await self.started("queued", agent_id="tiny", session_key="b")
+        await self.first_delta(busy)
+        busy.abort()                # in this order, as Runtime.stop() aborts them: the slot is released
+        queued.abort()              # while the queued run's cancelled waiter is still in the queue
+        try:
+            await self.assertAborted(busy)
+            with self.assertRaises(RunAborted):
+                await asyncio.wait_for(queued.wait(), 0.5)
+        finally:
+            task = queued._task
+            if task is not None and task.done() and not task.cancelled():
+                self.assertIsNone(task.exception())     # retrieved here, not logged at collection
+            self.assertEqual(self.runtime.agents["tiny"].active, 0)
+
+
+class EventsTest(RuntimeCase):
+    ORDER = re.compile(r"SD*[EF]|F")            # Started, Delta*, Ended | Failed; or Failed while queued
+
+    def shape(self, events: list[Any]) -> str:
+        return "".join({Started: "S", Delta: "D", Ended: "E", Failed: "F"}[type(e)] for e in events)
+
+    async def test_every_run_starts_streams_and_ends_once(self) -> None:
+        busy = await self.started("b", agent_id="tiny")
+        runs = {
+            "ok": self.start("a b c"),
+            "slow": self.start("a b", agent_id="slow"),
+            "upstream failure": self.start("x", agent_id="broken"),
+            "timeout": self.start(" ".join(["w"] * 30), agent_id="late"),
+            "aborted mid-stream": self.start(" ".join(["w"] * 30), agent_id="slow"),
+            "aborted queued": self.start("q", agent_id="tiny"),
+            "busy": busy,
+        }
+        await self.first_delta(runs["aborted mid-stream"])
+        runs["aborted mid-stream"].abort()
+        runs["aborted queued"].abort()
+        for name, handle in runs.items():
+            with self.subTest(name):
+                events = await asyncio.wait_for(self.events(handle), 5)   # subscribed after run() returned
+                shape = self.shape(events)
+                self.assertIsNotNone(self.ORDER.fullmatch(shape), shape)
+                self.assertTrue(handle.done)
+                self.assertEqual(await self.events(handle), events)       # a second reader sees the same
+                if shape == "F":
+                    self.assertEqual(name, "aborted queued")
+        self.assertEqual(self.shape(await self.events(runs["ok"])), "S" + "D" * 6 + "E")
+        [*_, failed] = await self.events(runs["upstream failure"])
+        self.assertIsInstance(failed.error, UpstreamError)
+        self.assertEqual((failed.reason, http_status(failed.error)), ("upstream", 502))
+        self.assertIn("exit status 2: bad", str(failed.error))
+
+    async def test_events_carry_the_run(self) -> None:
+        handle = self.start("one two", agent_id="beta", session_key="ev")
+        result = await handle.wait()
+        started, *deltas, ended = await self.events(handle)       # subscribed after the run ended
+        self.assertEqual((started.run_id, started.agent_id, started.session_key, started.model, started.turn),
+                         (handle.id, "beta", "agent:beta:ev", "echo/echo", 1))
+        self.assertEqual("".join(d.text for d in deltas), result.text)
+        self.assertEqual(ended.result, result)
+        self.assertEqual(result, AgentResult(handle.id, "beta", "agent:beta:ev", "Echo (turn 1): one two",
+                                             result.usage, "stop", "echo/echo", 1))
+        # beta's system prompt (3 words) and the turn (2): what echo reports as the prompt.
+        self.assertEqual((result.usage.prompt_tokens, result.usage.completion_tokens), (5, 5))
+
+    async def test_a_subscriber_from_the_start_sees_deltas_as_they_come(self) -> None:
+        handle = self.start("a b c", agent_id="slow")
+        seen: list[tuple[str, float]] = []
+        async for event in handle.subscribe():
+            seen.append((type(event).__name__, time.monotonic()))
+        self.assertEqual([name for name, _ in seen], ["Started"] + ["Delta"] * 6 + ["Ended"])
+        self.assertGreater(seen[-2][1] - seen[1][1], 4 * DELAY_MS / 1000)   # not one batch at the end
+
+    async def test_failed_run_writes_an_error_line(self) -> None:
+        handle = self.start("x", agent_id="broken", session_key="err")
+        with self.assertRaises(UpstreamError):
+            await handle.wait()
+        self.assertEqual(handle.status, "error")
+        lines = await self.transcript("broken", "agent:broken:err")
+        self.assertEqual([line["type"] for line in lines], ["session", "user", "error"])
+        self.assertIn("exit status 2: bad", lines[-1]["message"])
+
+
+class IdempotencyTest(RuntimeCase):
+    async def test_the_same_key_returns_the_same_run(self) -> None:
+        first = self.start("once", agent_id="slow", session_key="idem", idempotency_key="key-1")
+        again = self.start("once", agent_id="slow", session_key="idem", idempotency_key="key-1")
+        self.assertIs(again, first)                                  # while it runs
+        await first.wait()
+        self.assertIs(self.start("once", agent_id="slow", session_key="idem", idempotency_key="key-1"), first)
+        other = self.start("once", agent_id="slow", session_key="idem", idempotency_key="key-2")
+        self.assertIsNot(other, first)
+        self.assertEqual((await other.wait()).turn, 2)
+        lines = await self.transcript("slow", "agent:slow:idem")
+        self.assertEqual([line["type"] for line in lines], ["session"] + ["user", "assistant"] * 2)
+
+    async def test_an_idempotent_retry_of_a_failed_run_is_that_run(self) -> None:
+        first = self.start("x", agent_id="broken", idempotency_key="key-f")
+        with self.assertRaises(UpstreamError):
+            await first.wait()
+        self.assertIs(self.start("x", agent_id="broken", idempotency_key="key-f"), first)
+
+
+class AdmissionTest(RuntimeCase):
+    async def test_unknown_agent_is_404(self) -> None:
+        self.assertApiError(404, "model_not_found", "model", "'ghost'", "known: ", "main", agent_id="ghost")
+        self.assertApiError(404, "model_not_found", "model", "'ghost'", session_key="agent:ghost:x")
+
+    async def test_agent_ids_are_normalised(self) -> None:
+        self.assertEqual((await self.start("x", agent_id=" BETA ").wait()).agent_id, "beta")
+
+    async def test_unknown_provider_is_400(self) -> None:
+        self.assertApiError(400, "model_not_found", "model", "'nowhere'", "'nowhere/gpt'", model="nowhere/gpt")
+
+    async def test_model_override(self) -> None:
+        result = await self.start("x", model="slow/echo").wait()
+        self.assertEqual((result.agent_id, result.model), ("main", "slow/echo"))
+
+    async def test_unsupported_option_is_400_naming_it(self) -> None:
+        exc = self.assertApiError(400, "unsupported_parameter", "temperature", "'temperature'", "'script/x'",
+                                  agent_id="script", options=GenerationOptions(temperature=0.5))
+        self.assertIn("command", exc.message)
+        self.assertApiError(400, "unsupported_parameter", "max_tokens", agent_id="script",
+                            options=GenerationOptions(max_tokens=5))
+        # Echo honours every option.
+        result = await self.start("one two three", options=GenerationOptions(max_tokens=2, seed=1)).wait()
+        self.assertEqual((result.text, result.finish_reason), ("Echo (turn", "length"))
+
+    async def test_bad_session_key_is_400(self) -> None:
+        for key in ("bad key", "", "../../etc", "k" * 201):
+            with self.subTest(key=key):
+                self.assertApiError(400, "invalid_session_key", "session_key", session_key=key)
+
+    async def test_session_key_of_another_agent_is_400_naming_both(self) -> None:
+        exc = self.assertApiError(400, "agent_mismatch", "x-equabot-session-key", "'beta'", "'main'",
+                                  agent_id="main", session_key="agent:beta:x")
+        self.assertIn("agent:beta:x", exc.message)
+        # The same agent under another spelling is no mismatch.
+        self.assertEqual((await self.start("x", agent_id="Beta", session_key="agent:beta:x").wait()).agent_id,
+                         "beta")
+
+    async def test_keys_are_scoped_to_the_chosen_agent(self) -> None:
+        result = await self.start("x", agent_id="beta", session_key="plain").wait()
+        self.assertEqual(result.session_key, "agent:beta:plain")
+        stateless = await self.start("x").wait()
+        self.assertRegex(stateless.session_key, r"^agent:main:agent:[0-9a-f-]{36}$")
+
+
+class HistoryTest(RuntimeCase):
+    """DECISIONS 18: a session's own transcript is its history; the request's context only starts one."""
+
+    CONTEXT = (Message("user", "earlier question"), Message("assistant", "earlier answer"))
+
+    def calls(self) -> list[ProviderCall]:
+        return self.recorders["echo"].calls
+
+    async def test_a_new_session_starts_from_the_request_context(self) -> None:
+        result = await self.start("now", session_key="fresh", context=self.CONTEXT).wait()
+        self.assertEqual(self.calls()[-1].messages, self.CONTEXT + (Message("user", "now"),))
+        self.assertEqual(result.text, "Echo (turn 1): now")          # N counts transcript turns only
+        self.assertEqual(result.usage.prompt_tokens, 5)
+        lines = await self.transcript("main", "agent:main:fresh")
+        self.assertEqual(lines[1]["type"], "context")
+        self.assertEqual(lines[1]["messages"], [{"role": "user", "content": "earlier question"},
+                                                {"role": "assistant", "content": "earlier answer"}])
+
+    async def test_a_session_with_turns_ignores_the_request_context(self) -> None:
+        await self.start("first", session_key="kept", context=self.CONTEXT).wait()
+        resent = self.CONTEXT + (Message("user", "first"), Message("assistant", "Echo (turn 1): first"),
+                                 Message("user", "other"), Message("assistant", "made up"))
+        result = await self.start("second", session_key="kept", context=resent).wait()
+        self.assertEqual(self.calls()[-1].messages, self.CONTEXT + (
+            Message("user", "first"), Message("assistant", "Echo (turn 1): first"), Message("user", "second")))
+        self.assertEqual((result.text, result.turn), ("Echo (turn 2): second", 2))
+        lines = await self.transcript("main", "agent:main:kept")
+        self.assertEqual([line["type"] for line in lines], ["session", "context", "user", "assistant",
+                                                            "user", "assistant"])
+
+    async def test_stateless_runs_use_the_context_every_time(self) -> None:
+        for _ in range(2):
+            result = await self.start("q", context=self.CONTEXT).wait()
+            self.assertEqual(result.turn, 1)
+            self.assertEqual(self.calls()[-1].messages, self.CONTEXT + (Message("user", "q"),))
+
+    async def test_system_prompts_are_joined(self) -> None:
+        await self.start("x", agent_id="beta", system="Be brief.").wait()
+        self.assertEqual(self.calls()[-1].system, "You are beta.\n\nBe brief.")
+        await self.start("x").wait()
+        self.assertEqual(self.calls()[-1].system, "")
+
+    async def test_the_turn_number_reaches_the_provider(self) -> None:
+        for n in (1, 2, 3):
+            await self.start("t", session_key="count").wait()
+            self.assertEqual(self.calls()[-1].turn, n)
+
+
+if __name__ == "__main__":
+    unittest.main()
