@@ -118,6 +118,23 @@ class ServerEndToEndTest(unittest.TestCase):
         self.assertEqual((r.status, r.getheader("allow")), (405, "GET, HEAD"))
         r.read()
 
+    def test_error_response_survives_a_client_that_keeps_sending(self) -> None:
+        """RFC 9112 §9.6: half-close and drain, so the 413 is not lost to a TCP reset."""
+        for _ in range(5):
+            with socket.create_connection((self.gw.host, self.gw.port), timeout=5) as s:
+                s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n\r\n")
+                time.sleep(0.05)                       # the 413 is on its way; the client does not know
+                try:
+                    s.sendall(b"x" * 60000)            # ... and keeps sending the body
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                s.shutdown(socket.SHUT_WR)
+                data = b""
+                while chunk := s.recv(65536):
+                    data += chunk
+            self.assertTrue(data.startswith(b"HTTP/1.1 413 "), data[:60])
+            self.assertEqual(error_of(data.partition(b"\r\n\r\n")[2])["code"], "request_too_large")
+
     def test_head_has_headers_and_no_body(self) -> None:
         raw = b"HEAD /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
         data = raw_exchange(self.gw.port, raw)
@@ -248,6 +265,28 @@ class LifecycleTest(unittest.TestCase):
                 proc.send_signal(signal.SIGTERM)
                 self.assertEqual(proc.wait(10), 0)
                 proc.stdout.close()
+
+
+class SendTimeoutTest(unittest.IsolatedAsyncioTestCase):
+    async def test_a_client_that_stops_reading_a_stream_is_dropped(self) -> None:
+        import asyncio
+        from tests.support import running_gateway
+        async with running_gateway() as gw:
+            gw.server.limits.send_timeout = 0.3
+            words = " ".join(["word"] * 60000)          # ~13 MB of SSE: more than the socket buffers hold
+            body = json.dumps({"model": "x", "stream": True, "messages": [{"role": "user", "content": words}]})
+            reader, writer = await asyncio.open_connection(gw.host, gw.server.port)
+            writer.transport.set_write_buffer_limits(high=1 << 24)
+            writer.write((f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                          f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}").encode())
+            writer.transport.pause_reading()             # and never read a byte
+            started = time.monotonic()
+            while gw.server.connection_count and time.monotonic() - started < 5:
+                await asyncio.sleep(0.05)
+            self.assertEqual(gw.server.connection_count, 0)
+            self.assertLess(time.monotonic() - started, 3.0)
+            writer.close()
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -247,7 +247,12 @@ def _scan(agent_id: str, path: str, owns: Owns) -> SessionInfo | None:
             lines, _ = parse_lines(f.read())
     except FileNotFoundError:
         return None
-    header = lines[0] if lines and lines[0].get("type") == "session" else {}
+    if not lines:
+        # Not one complete line (a first write torn by a crash, or one that
+        # failed): no turn was ever confirmed, so the session does not exist
+        # yet and its next turn starts the file afresh, header first.
+        return None
+    header = lines[0] if lines[0].get("type") == "session" else {}
     key = header.get("key")
     if not isinstance(key, str):     # header lost to a torn first write: the name tells
         key = unescape_stem(os.path.basename(path)[:-len(_SUFFIX)])

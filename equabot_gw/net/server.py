@@ -37,6 +37,10 @@ log = logging.getLogger("equabot_gw.http")
 DEFAULT_HEADER_TIMEOUT: Final = 10.0        # nginx client_header_timeout is 60 s; 10 s per DECISIONS 11
 DEFAULT_KEEP_ALIVE_TIMEOUT: Final = 30.0    # between requests on an idle connection
 DEFAULT_BODY_TIMEOUT: Final = 30.0          # longest pause between two pieces of a request body
+DEFAULT_SEND_TIMEOUT: Final = 60.0          # longest a client may read nothing of a streamed response
+# After an error response the server closes its sending side and reads what
+# the client still sends for this long before closing (RFC 9112 §9.6).
+LINGER_TIMEOUT: Final = 2.0
 # Bytes received ahead of the request being handled (pipelining) before the
 # server stops reading from that client.
 MAX_PIPELINE_BUFFER_BYTES: Final = 256 * 1024
@@ -102,6 +106,7 @@ class Limits:
     header_timeout: float | None = DEFAULT_HEADER_TIMEOUT
     keep_alive_timeout: float | None = DEFAULT_KEEP_ALIVE_TIMEOUT
     body_timeout: float | None = DEFAULT_BODY_TIMEOUT
+    send_timeout: float | None = DEFAULT_SEND_TIMEOUT
 
 
 class HTTPServer:
@@ -202,6 +207,7 @@ class _Connection(asyncio.Protocol):
         self._gone = False              # EOF or connection lost
         self._timed_out = False
         self._upgraded = False
+        self._linger = False            # close after an error: half-close, drain input, then close
         self._deadline: float | None = None
         self._timer: asyncio.TimerHandle | None = None
 
@@ -223,6 +229,8 @@ class _Connection(asyncio.Protocol):
         self.task = self.loop.create_task(self._serve())
 
     def data_received(self, data: bytes) -> None:
+        if self._linger:
+            return                      # closing after an error: input is drained, not parsed
         self.parser.receive_data(data)
         if self._idle:
             self._idle = False
@@ -259,12 +267,13 @@ class _Connection(asyncio.Protocol):
         self._finishing = True
         if self._upgraded:
             return      # the upgraded protocol's application closes it
-        if not self._handling and not self.parser.in_message:
-            self.abort()
+        if not self._handling and not self.parser.in_message and self.transport is not None:
+            self.transport.close()
 
     def abort(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
+        """Close now, dropping unsent output (``close()`` would wait for a reader that never reads)."""
+        if self.transport is not None:
+            self.transport.abort()
 
     # ---- internals ----
     def _lost(self) -> None:
@@ -326,7 +335,13 @@ class _Connection(asyncio.Protocol):
         if self._write_paused and not self._gone:
             self._drain_waiter = self.loop.create_future()
             try:
-                await self._drain_waiter
+                await asyncio.wait_for(self._drain_waiter, self.limits.send_timeout)
+            except asyncio.TimeoutError:
+                # A client that reads nothing for this long would hold the
+                # connection (and its buffered output) forever: it is gone.
+                log.info("conn=%d: client read nothing for %ss; dropped", self.id, self.limits.send_timeout)
+                self.abort()
+                self._lost()
             finally:
                 self._drain_waiter = None
         if self._gone:
@@ -356,11 +371,31 @@ class _Connection(asyncio.Protocol):
                 self._send_final_error(RuntimeError())
         finally:
             self._deadline = None
+            if self._linger and not self._gone and not self._upgraded:
+                await self._lingering_close()
             self.task = None
             if self.transport is not None and not self._upgraded:
                 self.transport.close()
 
+    async def _lingering_close(self) -> None:
+        # RFC 9112 §9.6: a server that closes while the client may still be
+        # sending should close its sending side first and keep reading, or the
+        # client's next bytes draw a TCP reset that can destroy the response
+        # before the client reads it.
+        assert self.transport is not None
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self._resume_reading()
+        self._data_waiter = self.loop.create_future()
+        try:
+            await asyncio.wait_for(self._data_waiter, LINGER_TIMEOUT)   # woken by the client's EOF
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            pass
+        finally:
+            self._data_waiter = None
+
     def _send_final_error(self, exc: BaseException) -> None:
+        self._linger = True
         response = error_response(exc)
         rid = self.server.next_request_id()
         self._write_response(response, "1.1", head_only=False, close=True, request_id=rid)
@@ -431,6 +466,7 @@ class _Connection(asyncio.Protocol):
             except ApiError:
                 if head.chunked or head.content_length:
                     close = True        # the body stays unread: the connection cannot go on
+                    self._linger = True
                 else:
                     await self._read_body(head)
                 raise
