@@ -17,8 +17,8 @@ import os
 import secrets
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -38,7 +38,7 @@ class Secret:
     """The resolved secret: ``source`` says where it came from (never the value)."""
 
     mode: str
-    value: str | None
+    value: str | None = field(repr=False)
     source: str
 
 
@@ -52,7 +52,8 @@ def resolve_secret(auth: AuthConfig, env: Mapping[str, str], state_dir: Path,
     if auth.mode == "none":
         if not loopback:
             raise ConfigError("gateway.auth.mode", f'"none" is refused when binding beyond loopback '
-                              f"({bind_host}); set gateway.auth.token or {TOKEN_ENV}")
+                              f"({bind_host}); set gateway.auth.mode to \"token\" and a token in "
+                              f"gateway.auth.token or {TOKEN_ENV}")
         return Secret("none", None, "none")
     env_name = TOKEN_ENV if auth.mode == "token" else PASSWORD_ENV
     if env.get(env_name):
@@ -138,15 +139,18 @@ class Authenticator:
     def required(self) -> bool:
         return self.secret.mode != "none"
 
-    def client_address(self, peer: str, forwarded_for: str | None) -> str:
+    def client_address(self, peer: str, forwarded_for: str | Sequence[str] | None) -> str:
         """The client's address: the peer, or — behind a trusted proxy — from ``X-Forwarded-For``.
 
+        ``forwarded_for`` is the header's value, or every field line of it in
+        order (RFC 9110 §5.3: one list; a proxy may add a line of its own).
         The list is read right to left, skipping trusted proxies: the first
         untrusted hop is the client (entries left of it could be forged).
         """
-        if not forwarded_for or not self._trusted(peer):
+        lines = [forwarded_for] if isinstance(forwarded_for, str) else list(forwarded_for or ())
+        if not lines or not self._trusted(peer):
             return peer
-        hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
+        hops = [h.strip() for line in lines for h in line.split(",") if h.strip()]
         for hop in reversed(hops):
             if not self._trusted(hop):
                 return hop

@@ -10,6 +10,7 @@ dotted path of the key and the reason, e.g.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import os
@@ -93,6 +94,16 @@ def string_list(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def ip_networks(value: Any) -> tuple[str, ...]:
+    items = string_list(value)
+    for item in items:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ValueError(f"expected IP addresses or networks (CIDR), got {_describe(item)}") from None
+    return items
+
+
 def string_map(value: Any) -> tuple[tuple[str, str], ...]:
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
         raise ValueError(f"expected an object of strings, got {_describe(value)}")
@@ -106,9 +117,10 @@ def key(name: str, check: Check | None = None, *, default: Any = MISSING,
     Nested dataclass fields leave ``check`` out: the type is the schema.
     """
     meta = {"key": name, "check": check}
+    shown = name not in SECRET_KEYS and name != "headers"     # reprs never show secrets
     if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
+        return field(default_factory=factory, metadata=meta, repr=shown)
+    return field(default=default, metadata=meta, repr=shown)
 
 
 # -- the schema ---------------------------------------------------------------------
@@ -168,7 +180,7 @@ class GatewayConfig:
     auth: AuthConfig = key("auth", factory=AuthConfig)
     http: HTTPConfig = key("http", factory=HTTPConfig)
     ws: WSConfig = key("ws", factory=WSConfig)
-    trusted_proxies: tuple[str, ...] = key("trustedProxies", string_list, default=())
+    trusted_proxies: tuple[str, ...] = key("trustedProxies", ip_networks, default=())
     shutdown_grace: float = key("shutdownGraceSeconds", number(0), default=10.0)
 
 
@@ -283,7 +295,10 @@ def _value(cls: type, f: Any, raw: Any, where: str) -> Any:
         try:
             return check(raw)
         except ValueError as exc:
-            raise ConfigError(where, str(exc)) from None
+            reason = str(exc)
+            if f.metadata["key"] in SECRET_KEYS:
+                reason = f"{reason.rpartition(', got ')[0]}, got {type(raw).__name__}"
+            raise ConfigError(where, reason) from None
     if (cls, f.name) in _LIST_OF:
         if not isinstance(raw, list):
             raise ConfigError(where, f"expected a list, got {_describe(raw)}")

@@ -94,7 +94,7 @@ class Gateway:
 
     def authorize(self, request: http.HTTPRequest) -> None:
         """Check a request's bearer credentials (401 / 429 as ``ApiError``)."""
-        client = self.auth.client_address(request.client, request.headers.get("x-forwarded-for"))
+        client = self.auth.client_address(request.client, request.headers.get_all("x-forwarded-for"))
         self.auth.check_bearer(request.headers.get("authorization"), client)
 
     async def health(self, request: http.HTTPRequest) -> http.Response:

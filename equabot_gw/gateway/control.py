@@ -140,7 +140,7 @@ class ControlProtocol:
                            headers=(("upgrade", "websocket"), ("connection", "upgrade")))
         headers = self._check_upgrade(request)
         client = self.gateway.auth.client_address(request.client,
-                                                  request.headers.get("x-forwarded-for"))
+                                                  request.headers.get_all("x-forwarded-for"))
         preauthorized = request.headers.get("authorization") is not None
         return http.Upgrade(headers, self._new_socket,
                             lambda ws: ControlConnection(self, ws, client, preauthorized).serve())

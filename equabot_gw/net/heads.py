@@ -227,6 +227,14 @@ def _split_target(target: str) -> tuple[str, str]:
     return path, rest.partition("#")[0]
 
 
+def _path_of_absolute(target: str) -> str:
+    """The origin-form part of an absolute-form target: from the first "/", "?" or "#" after the authority."""
+    rest = target.partition("://")[2]
+    ends = [i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0]
+    tail = rest[min(ends):] if ends else ""
+    return tail if tail.startswith("/") else "/" + tail
+
+
 def _check_target(method: str, target: bytes) -> None:
     # RFC 9112 §3.2: origin-form for most requests, absolute-form for any,
     # authority-form only with CONNECT. Asterisk-form is "only used for a
@@ -258,7 +266,14 @@ def parse_request_head(head: bytes, *, max_headers: int = DEFAULT_MAX_HEADERS,
     version = "1.0" if m.group(4) == b"0" else "1.1"
     headers = _parse_fields(head, line_end, max_headers)
     target = raw_target.decode("ascii")
-    path, query = _split_target(target) if target[0] == "/" else (target, "")
+    if target[0] == "/":
+        path, query = _split_target(target)
+    elif "://" in target:
+        # RFC 9112 §3.2.2: "A server MUST accept the absolute-form in requests";
+        # it is routed by its path (and query), like the origin-form.
+        path, query = _split_target(_path_of_absolute(target))
+    else:
+        path, query = target, ""
     return _frame_request(method, target, path, query, version, headers, max_body_bytes)
 
 
@@ -289,12 +304,30 @@ def check_framing_fields(fields: list[tuple[str, str]], max_body_bytes: int | No
 
 def bad_request_line(line: bytes) -> HTTPProtocolError:
     """The error for a request line the grammar refused, decided by its shape."""
+    return start_line_error(line, complete=True) or HTTPProtocolError("malformed request line")
+
+
+def start_line_error(line: bytes, *, complete: bool) -> HTTPProtocolError | None:
+    """What is wrong with a request line, or its beginning (``complete`` False), if it is certain.
+
+    The rules run in the order their evidence arrives (method, empty target,
+    version, extra words), so a verdict reached on a beginning holds for every
+    longer line: a head gets the same error whole or one byte at a time.
+    """
     parts = line.split(b" ")
+    if len(parts) > 1 and grammar.TOKEN.fullmatch(parts[0]) is None:
+        return HTTPProtocolError("malformed request line")
+    if len(parts) > 2 and not parts[1]:
+        return HTTPProtocolError("malformed request line")
+    if len(parts) > 2 and (error := version_error(parts[2], complete=complete or len(parts) > 3)):
+        return error
+    if len(parts) > 3:
+        return HTTPProtocolError("malformed request line")
+    if not complete:
+        return None
     if len(parts) == 2 and parts[0] == b"GET" and parts[1]:
         # "GET /path" with no version is an HTTP/0.9 simple-request.
         return UnsupportedVersion("0.9")
-    if len(parts) == 3 and all(parts):
-        return version_error(parts[2], complete=True) or HTTPProtocolError("malformed request line")
     return HTTPProtocolError("malformed request line")
 
 
@@ -311,7 +344,12 @@ def version_error(version: bytes, *, complete: bool) -> HTTPProtocolError | None
             return None
         return HTTPProtocolError("malformed request line")
     if name != b"HTTP":
-        if grammar.TOKEN.fullmatch(name) is None or name.upper() == b"HTTP":
+        if PROTOCOL_NAME.fullmatch(name) is None or name.upper() == b"HTTP":
+            return HTTPProtocolError("malformed request line")
+        if not rest and not complete:
+            return None
+        if not rest[:1].isdigit():
+            # "GET /a b/ HTTP/1.1": a space in the target, not a protocol named "b".
             return HTTPProtocolError("malformed request line")
         # RFC 9110 §15.6.6: 505 for a protocol or major version not supported
         # (RTSP/1.0, ICE/1.0 and friends).
@@ -348,7 +386,11 @@ def _frame_request(method: str, target: str, path: str, query: str, version: str
     chunked = False
     content_length: int | None = 0
     if upgrade == "connect":
-        pass  # RFC 9110 §9.3.6: CONNECT content has no defined semantics; the tunnel begins.
+        # RFC 9110 §9.3.6: CONNECT content has no defined semantics; the tunnel
+        # begins. Its framing fields are still judged as the incremental reader
+        # judges them, so the verdict does not depend on how the head arrived.
+        check_framing_fields([(n, v) for n, v in headers if n in ("content-length", "transfer-encoding")],
+                             max_body_bytes)
     elif te:
         if version == "1.0":
             # RFC 9112 §6.1: HTTP/1.0 + Transfer-Encoding "MUST treat the message
@@ -382,7 +424,12 @@ def parse_response_head(head: bytes, *, max_headers: int = DEFAULT_MAX_HEADERS) 
         raise UnsupportedVersion(f"{m.group(1).decode()}.{m.group(2).decode()}")
     version = "1.0" if m.group(2) == b"0" else "1.1"
     reason = (m.group(4) or b"").decode("latin-1")
-    return Response(version, int(m.group(3)), reason, _parse_fields(head, line_end, max_headers))
+    status = int(m.group(3))
+    if status < 100:
+        # RFC 9110 §15: "Values outside the range 100..599 are invalid"; 6xx-9xx
+        # are read as errors by the caller, 0xx cannot be framed.
+        raise HTTPProtocolError(f"invalid status code {status:03d}")
+    return Response(version, status, reason, _parse_fields(head, line_end, max_headers))
 
 
 def parse_chunk_size(line: bytes) -> int:
@@ -396,5 +443,7 @@ def parse_chunk_size(line: bytes) -> int:
     return int(digits, 16)
 
 
+# What a protocol name in a request line looks like (RTSP, ICE, HTTPS): upper-case.
+PROTOCOL_NAME: Final = re.compile(rb"[A-Z][A-Z0-9.+-]*")
 # A prefix of "HTTP/1.d": what the third word of an unfinished request line may be.
 VERSION_PREFIX: Final = re.compile(rb"(?:H(?:T(?:T(?:P(?:/(?:1(?:\.[0-9]?)?)?)?)?)?)?)?")

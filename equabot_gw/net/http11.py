@@ -76,6 +76,7 @@ class _Reader:
         self._body: Generator[object, None, None] | None = None
         self._remaining = 0         # Content-Length bytes still to read
         self._in_body = False
+        self._empty_lines = 0       # empty lines skipped before the current head
 
     # ---- buffer ----
     def receive_data(self, data: bytes) -> None:
@@ -121,58 +122,101 @@ class _Reader:
     def _next_head(self, max_start_line: int | None) -> bytes | None:
         buf = self._buf
         start = self._pos
-        skipped = 0
-        while buf.startswith(b"\r\n", start) and skipped < MAX_LEADING_EMPTY_LINES:
+        while buf.startswith(b"\r\n", start) and self._empty_lines < MAX_LEADING_EMPTY_LINES:
             start += 2
-            skipped += 1
+            self._empty_lines += 1
         self._pos = start
         end = buf.find(b"\r\n\r\n", max(start, self._scan))
         if end < 0:
             self._check_incomplete_head(start, max_start_line)
             self._scan = max(start, len(buf) - 3)
             return None
-        if end - start > self.max_head_bytes:
-            raise HeadTooLarge("header section bytes", self.max_head_bytes)
         if max_start_line is not None:
             line_end = buf.find(b"\r\n", start, end + 2)
             if line_end - start > max_start_line:
-                raise RequestLineTooLong(max_start_line)
+                raise self._over_limit(start, max_start_line, RequestLineTooLong(max_start_line))
+        if end - start > self.max_head_bytes:
+            raise self._over_limit(start, self.max_head_bytes,
+                                   HeadTooLarge("header section bytes", self.max_head_bytes))
         self._pos = end + 4
         self._scan = self._checked = self._pos
+        self._empty_lines = 0
         head = bytes(buf[start:end])
         self._compact()
         return head
 
     def _check_incomplete_head(self, start: int, max_start_line: int | None) -> None:
         buf = self._buf
-        if max_start_line is not None and buf.find(b"\r\n", start) < 0 \
-                and len(buf) - start > max_start_line:
-            raise RequestLineTooLong(max_start_line)
-        if len(buf) - start > self.max_head_bytes:
-            raise HeadTooLarge("header section bytes", self.max_head_bytes)
+        if max_start_line is not None:
+            nl = buf.find(b"\r\n", start)
+            first = (nl if nl >= 0 else len(buf) - buf.endswith(b"\r")) - start
+            if first > max_start_line:
+                raise self._over_limit(start, max_start_line, RequestLineTooLong(max_start_line))
+        # A head of exactly the limit may be followed by the start of its CRLF CRLF.
+        ending = 3 if buf.endswith(b"\r\n\r") else 2 if buf.endswith(b"\r\n") else int(buf.endswith(b"\r"))
+        if len(buf) - start - ending > self.max_head_bytes:
+            raise self._over_limit(start, self.max_head_bytes,
+                                   HeadTooLarge("header section bytes", self.max_head_bytes))
         # Check each line once, as soon as it is complete: a head that can never
         # become valid fails now instead of holding the connection until a timeout.
         pos = max(start, self._checked)
         while (nl := buf.find(b"\n", pos)) >= 0:
-            if nl == pos or buf[nl - 1] != 0x0D:
-                raise HTTPProtocolError("bare LF in message head")
-            line = bytes(buf[pos:nl - 1])
-            if b"\r" in line:
-                raise HTTPProtocolError("bare CR in message head")
-            self._check_partial_line(line, pos == start)
+            self._check_line(bytes(buf[pos:nl]), pos == start)
             pos = nl + 1
         self._checked = pos
-        tail = bytes(buf[pos:])
-        cr = tail.find(b"\r")
-        if 0 <= cr < len(tail) - 1:
+        self._check_prefix(bytes(buf[pos:]), pos == start, ended=False)
+
+    # Every check names the problem that the earliest byte proves, so that a
+    # head gets the same verdict however it is cut into pieces: the checks of
+    # an unfinished line only return verdicts that no later byte can change.
+    def _check_prefix(self, data: bytes, first: bool, *, ended: bool) -> None:
+        """Checks ``data``, a line's content so far (``ended``: up to its CRLF or LF)."""
+        if not first and data[:1] in (b" ", b"\t"):
+            raise HTTPProtocolError(heads.describe_bad_field(data))
+        cr = data.find(b"\r")
+        bare_cr = cr >= 0 and (ended or cr < len(data) - 1)
+        if first:
+            self._check_partial_start_line(data[:cr] if cr >= 0 else data)
+        if bare_cr:
             raise HTTPProtocolError("bare CR in message head")
-        if pos != start and tail[:1] in (b" ", b"\t"):
-            raise HTTPProtocolError(heads.describe_bad_field(tail))
-        if pos == start:
-            self._check_partial_start_line(tail.rstrip(b"\r"))
+
+    def _check_line(self, line: bytes, first: bool) -> None:
+        """Checks one line of a head, ``line`` being its bytes before the LF."""
+        crlf = line.endswith(b"\r")
+        content = line[:-1] if crlf else line
+        self._check_prefix(content, first, ended=True)
+        if not crlf:
+            raise HTTPProtocolError("bare LF in message head")
+        self._check_partial_line(content, first)
 
     def _check_partial_start_line(self, tail: bytes) -> None:
         pass
+
+    def _over_limit(self, start: int, limit: int, error: HTTPProtocolError) -> HTTPProtocolError:
+        """``error`` for a size limit passed, unless the bytes within the limit are already wrong."""
+        return self._line_error(bytes(self._buf[start:start + limit]), complete=False) or error
+
+    def _line_error(self, head: bytes, complete: bool = True) -> HTTPProtocolError | None:
+        """The error the line-by-line checks find first in ``head``, or None.
+
+        A complete head is validated in bulk, which is fast but names problems
+        in its own order; when that fails, this names the error the incremental
+        checks would have named, so the verdict does not depend on how the
+        bytes arrived (one piece or many). With ``complete`` False, ``head`` is
+        a prefix: its last, unfinished line gets the partial checks only.
+        """
+        pos = 0
+        try:
+            while (nl := head.find(b"\n", pos)) >= 0:
+                self._check_line(head[pos:nl], pos == 0)
+                pos = nl + 1
+            if complete:                    # the last line: its CRLF begins the head's end
+                self._check_line(head[pos:] + b"\r", pos == 0)
+            else:
+                self._check_prefix(head[pos:], pos == 0, ended=False)
+        except HTTPProtocolError as exc:
+            return exc
+        return None
 
     def _check_partial_line(self, line: bytes, first: bool) -> None:
         if not first and grammar.FIELD_LINE.fullmatch(line) is None:
@@ -279,12 +323,7 @@ class RequestParser(_Reader):
         self._partial_framing: list[tuple[str, str]] = []
 
     def _check_partial_start_line(self, tail: bytes) -> None:
-        parts = tail.split(b" ")
-        if len(parts) > 1 and grammar.TOKEN.fullmatch(parts[0]) is None:
-            raise HTTPProtocolError("malformed request line")
-        if len(parts) > 3 or (len(parts) == 3 and not parts[1]):
-            raise HTTPProtocolError("malformed request line")
-        if len(parts) == 3 and (error := heads.version_error(parts[2], complete=False)) is not None:
+        if (error := heads.start_line_error(tail, complete=False)) is not None:
             raise error
 
     def _check_partial_line(self, line: bytes, first: bool) -> None:
@@ -323,8 +362,11 @@ class RequestParser(_Reader):
                     raise HTTPProtocolError("connection closed inside a request head")
                 return EOF
             return NEED_DATA
-        request = parse_request_head(head, max_headers=self.max_headers,
-                                     max_body_bytes=self.max_body_bytes)
+        try:
+            request = parse_request_head(head, max_headers=self.max_headers,
+                                         max_body_bytes=self.max_body_bytes)
+        except HTTPProtocolError as exc:
+            raise self._line_error(head) or exc from None
         self._start_body(request.content_length, request.chunked)
         if not self._in_body:
             self._in_body = True          # END_OF_MESSAGE comes next
@@ -347,6 +389,7 @@ class ResponseParser(_Reader):
         self._method = "GET"
         self._close_delimited = False
         self._done_closing = False
+        self._error: HTTPProtocolError | None = None
         self.keep_alive = True
 
     def expect(self, method: str) -> None:
@@ -354,7 +397,19 @@ class ResponseParser(_Reader):
         self._method = method
 
     def next_event(self) -> object:
-        """The next event: ``Response``, ``bytes``, ``END_OF_MESSAGE``, ``NEED_DATA`` or ``EOF``."""
+        """The next event: ``Response``, ``bytes``, ``END_OF_MESSAGE``, ``NEED_DATA`` or ``EOF``.
+
+        Errors are sticky: after one, the connection must be closed.
+        """
+        if self._error is not None:
+            raise self._error
+        try:
+            return self._next_event()
+        except HTTPProtocolError as exc:
+            self._error = exc
+            raise
+
+    def _next_event(self) -> object:
         if self._close_delimited:
             return self._read_until_close()
         if self._in_body:
@@ -374,7 +429,10 @@ class ResponseParser(_Reader):
                     raise HTTPProtocolError("connection closed inside a response head")
                 return EOF
             return NEED_DATA
-        response = parse_response_head(head, max_headers=self.max_headers)
+        try:
+            response = parse_response_head(head, max_headers=self.max_headers)
+        except HTTPProtocolError as exc:
+            raise self._line_error(head) or exc from None
         self._frame(response)
         return response
 

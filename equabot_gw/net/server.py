@@ -458,7 +458,9 @@ class _Connection(asyncio.Protocol):
         rid = head.headers.get("x-request-id")
         if rid is None or _REQUEST_ID.fullmatch(rid) is None:
             rid = self.server.next_request_id()
-        close = not head.keep_alive or self._finishing or self.server.closing
+        # After a CONNECT the client's bytes are tunnel data, not requests: a
+        # CONNECT answered without a switch ends the connection.
+        close = not head.keep_alive or self._finishing or self.server.closing or head.upgrade == "connect"
         self._handling = True
         try:
             try:

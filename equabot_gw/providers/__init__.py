@@ -293,10 +293,11 @@ class HTTPProvider(Provider):
 
     def detail(self, text: str) -> str:
         """An upstream-provided text made fit for an error: redacted, one line, clipped."""
-        text = _CONTROL.sub(" ", text).strip()
+        # Redact first: clipping first could cut a secret and leave its prefix.
+        text = _CONTROL.sub(" ", self.redact(text)).strip()
         if len(text) > MAX_DETAIL_CHARS:
             text = text[:MAX_DETAIL_CHARS] + "…"
-        return self.redact(text)
+        return text
 
     def upstream_error(self, exc: BaseException) -> UpstreamError:
         """The ``UpstreamError`` for a failure raised by ``net.client``."""
