@@ -163,6 +163,24 @@ class Authenticator:
             return False
         return any(ip in net for net in self._proxies)
 
+    def check_host(self, host: str | None) -> None:
+        """Without a secret, only loopback names may be in ``Host`` (403 otherwise).
+
+        DNS rebinding: a web page can point its own name at 127.0.0.1 and
+        make the browser send it requests that pass any Origin check; their
+        ``Host`` still names the page's domain. With a secret this is
+        harmless (the page does not know it); without one, the Host check is
+        the defence.
+        """
+        if self.required:
+            return
+        name = (host or "").strip().lower()
+        name = name[1:name.index("]")] if name.startswith("[") and "]" in name else name.rpartition(":")[0] or name
+        if name not in LOOPBACK_HOSTS:
+            raise ApiError(403, f"with gateway.auth.mode \"none\" only loopback Host names are served "
+                                f"(got {host!r}); set a token to serve other names",
+                           type="permission_error", code="host_not_allowed")
+
     def check(self, presented: str | None, client: str) -> None:
         """Accept ``presented`` from ``client`` or raise ``ApiError`` 401 / 429."""
         if not self.required:

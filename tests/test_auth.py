@@ -37,7 +37,8 @@ from equabot_gw.errors import ApiError, ConfigError, ConnectionClosed, GatewayEr
 from equabot_gw.gateway.app import Gateway
 from equabot_gw.gateway.client import ControlClient
 from equabot_gw.net.wsstream import connect
-from tests.support import ROOT, GatewayProcess, error_of, split_responses
+from tests.support import TOKEN as SUPPORT_TOKEN
+from tests.support import ROOT, GatewayProcess, base_config, error_of, raw_exchange, split_responses
 
 TOKEN = "tok-Secret-9f8e7d6c5b4a"
 PASSWORD = "pw-Secret-0a1b2c3d4e5f"
@@ -80,7 +81,7 @@ async def request(gw: Gateway, path: str = "/v1/models", *, token: str | None = 
                   body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
     """One request on a fresh connection: (status, headers, body)."""
     reader, writer = await asyncio.open_connection(LOOPBACK, gw.server.port)
-    fields = [("Host", "x"), ("Connection", "close"), *headers]
+    fields = [("Host", f"{LOOPBACK}:{gw.server.port}"), ("Connection", "close"), *headers]
     if token is not None:
         fields.append(("Authorization", f"Bearer {token}"))
     if body:
@@ -1008,6 +1009,36 @@ class SecretHygieneTest(unittest.TestCase):
             with self.subTest(".".join(path)), self.assertRaises(ConfigError) as caught:
                 config_mod.from_data(data, env={})
             self.assertNotIn("987654321987", str(caught.exception))
+
+
+class RebindingGuardTest(unittest.TestCase):
+    """Mode "none": only loopback Host names are served (DNS rebinding defence)."""
+
+    def test_foreign_host_names_are_refused_without_a_secret(self) -> None:
+        data = base_config(auth={"mode": "none"})
+        with GatewayProcess(data) as gw:
+            body = json.dumps({"model": "x", "messages": [{"role": "user", "content": "hi"}]}).encode()
+            for host, status in (("127.0.0.1", 200), (f"localhost:{gw.port}", 200), ("[::1]", 200),
+                                 ("evil.example", 403), (f"attacker.example:{gw.port}", 403),
+                                 ("127.0.0.1.nip.io", 403)):
+                with self.subTest(host=host):
+                    raw = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: " + host.encode()
+                           + b"\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                           + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+                    [(got, _, payload)] = split_responses(raw_exchange(gw.port, raw))
+                    self.assertEqual(got, status, payload)
+                    if status == 403:
+                        self.assertEqual(error_of(payload)["code"], "host_not_allowed")
+            upgrade = (b"GET / HTTP/1.1\r\nHost: evil.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                       b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+            self.assertTrue(raw_exchange(gw.port, upgrade).startswith(b"HTTP/1.1 403"))
+
+    def test_any_host_name_with_a_secret(self) -> None:
+        with GatewayProcess() as gw:
+            raw = (b"GET /v1/models HTTP/1.1\r\nHost: gateway.example\r\nAuthorization: Bearer "
+                   + SUPPORT_TOKEN.encode() + b"\r\nConnection: close\r\n\r\n")
+            [(status, _, _)] = split_responses(raw_exchange(gw.port, raw))
+            self.assertEqual(status, 200)
 
 
 if __name__ == "__main__":

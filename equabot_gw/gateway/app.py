@@ -93,7 +93,8 @@ class Gateway:
                     add(path, ("OPTIONS",), self._preflight(methods))
 
     def authorize(self, request: http.HTTPRequest) -> None:
-        """Check a request's bearer credentials (401 / 429 as ``ApiError``)."""
+        """Check a request's bearer credentials (401 / 429 as ``ApiError``), or its Host without auth (403)."""
+        self.auth.check_host(request.headers.get("host"))
         client = self.auth.client_address(request.client, request.headers.get_all("x-forwarded-for"))
         self.auth.check_bearer(request.headers.get("authorization"), client)
 

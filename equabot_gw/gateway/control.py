@@ -114,6 +114,7 @@ class ControlProtocol:
     # ---- the upgrade ----
     def _check_upgrade(self, request: http.HTTPRequest) -> list[tuple[str, str]]:
         headers = websocket.server_handshake(request.method, request.version, request.headers)
+        self.gateway.auth.check_host(request.headers.get("host"))
         origin = request.headers.get("origin")
         if origin is not None and not self._origin_allowed(origin, request.headers.get("host", "")):
             raise ApiError(403, f"origin {origin!r} is not allowed (gateway.ws.allowedOrigins)",
