@@ -10,7 +10,7 @@ VENV_BENCH := bench/.venv
 TEST_PY := $(VENV_TEST)/bin/python
 TEST_STAMP := $(VENV_TEST)/.installed-$(shell cat tests/interop/requirements.txt 2>/dev/null | cksum | cut -d' ' -f1)
 
-.PHONY: run test test-fast check-imports conformance clean
+.PHONY: run test test-fast check-imports bench conformance clean
 
 run:
 	$(PYTHON) -m equabot_gw
@@ -33,6 +33,10 @@ test-fast: check-imports
 # DECISIONS 3: the package imports with the standard library alone.
 check-imports:
 	$(PYTHON) -E -s -S -c "import equabot_gw, equabot_gw.cli, equabot_gw.gateway.app"
+
+# Side-by-side benchmarks (installs bench/.venv and wrk): see bench/README.md.
+bench:
+	$(MAKE) -C bench all PYTHON=$(PYTHON)
 
 # The shipped checker against a running server: make conformance URL=... TOKEN=...
 conformance:
