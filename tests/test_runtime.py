@@ -416,8 +416,11 @@ class IdempotencyTest(RuntimeCase):
         first = self.start("once", agent_id="slow", session_key="idem", idempotency_key="key-1")
         again = self.start("once", agent_id="slow", session_key="idem", idempotency_key="key-1")
         self.assertIs(again, first)                                  # while it runs
-        await first.wait()
-        self.assertIs(self.start("once", agent_id="slow", session_key="idem", idempotency_key="key-1"), first)
+        result = await first.wait()
+        # Once finished, a retry gets the run's record: same id, same result, nothing run again.
+        record = self.start("once", agent_id="slow", session_key="idem", idempotency_key="key-1")
+        self.assertEqual((record.id, record.done), (first.id, True))
+        self.assertEqual(await record.wait(), result)
         other = self.start("once", agent_id="slow", session_key="idem", idempotency_key="key-2")
         self.assertIsNot(other, first)
         self.assertEqual((await other.wait()).turn, 2)
@@ -428,7 +431,12 @@ class IdempotencyTest(RuntimeCase):
         first = self.start("x", agent_id="broken", idempotency_key="key-f")
         with self.assertRaises(UpstreamError):
             await first.wait()
-        self.assertIs(self.start("x", agent_id="broken", idempotency_key="key-f"), first)
+        record = self.start("x", agent_id="broken", idempotency_key="key-f")
+        self.assertEqual(record.id, first.id)
+        with self.assertRaises(UpstreamError):
+            await record.wait()
+        events = [event async for event in record.subscribe()]
+        self.assertEqual([type(e).__name__ for e in events], ["Failed"])
 
 
 class AdmissionTest(RuntimeCase):

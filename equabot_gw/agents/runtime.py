@@ -162,6 +162,50 @@ class Run:
         return True
 
 
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """What is remembered of a finished run: enough for ``agent.wait`` and idempotent retries.
+
+    A finished ``Run`` keeps its whole event log and task; remembering
+    thousands of those would keep millions of objects for the garbage
+    collector to scan. It has ``Run``'s reading interface.
+    """
+
+    id: str
+    agent_id: str
+    session_key: str
+    status: str
+    result: AgentResult | None
+    error: RunError | None
+    partial: str = ""
+
+    done: bool = True
+
+    @classmethod
+    def of(cls, run: Run) -> RunRecord:
+        outcome = run._outcome
+        error = outcome.exception() if outcome.done() and not outcome.cancelled() else None
+        result = outcome.result() if error is None and outcome.done() and not outcome.cancelled() else None
+        partial = next((e.partial for e in reversed(run.events.events) if isinstance(e, Failed)), "")
+        return cls(run.id, run.agent.id, run.session_key, run.status, result,
+                   error if isinstance(error, RunError) else None, partial)
+
+    def subscribe(self) -> Subscription:
+        """A subscription that yields the run's terminal event only."""
+        log = EventLog()
+        log.append(Ended(self.result) if self.result is not None
+                   else Failed(self.error or RunAborted("cancelled"), self.partial))
+        return log.subscribe()
+
+    async def wait(self) -> AgentResult:
+        if self.result is None:
+            raise self.error or RunAborted("cancelled")
+        return self.result
+
+    def abort(self, why: str = "aborted") -> bool:
+        return False
+
+
 class Runtime:
     """Agents, providers, sessions and the runs in flight. Start it, then call ``run``."""
 
@@ -175,7 +219,7 @@ class Runtime:
             or self.agents.get(DEFAULT_AGENT_ID) or next(iter(self.agents.values()))
         self.providers: dict[str, Provider] = {}
         self.active: dict[str, Run] = {}
-        self._finished: OrderedDict[str, Run] = OrderedDict()
+        self._finished: OrderedDict[str, RunRecord] = OrderedDict()
         self._idempotent: OrderedDict[str, str] = OrderedDict()
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(6).hex()
@@ -215,7 +259,7 @@ class Runtime:
                            code="model_not_found", param="model")
         return agent
 
-    def find_run(self, run_id: str) -> Run | None:
+    def find_run(self, run_id: str) -> Run | RunRecord | None:
         """A run in flight or among the recently finished ones."""
         return self.active.get(run_id) or self._finished.get(run_id)
 
@@ -236,19 +280,20 @@ class Runtime:
 
     def _remember(self, run: Run) -> None:
         self.active.pop(run.id, None)
-        self._finished[run.id] = run
+        self._finished[run.id] = RunRecord.of(run)
         while len(self._finished) > MAX_FINISHED_RUNS:
             self._finished.popitem(last=False)
 
 
-def run(runtime: Runtime, request: AgentRequest) -> Run:
+def run(runtime: Runtime, request: AgentRequest) -> Run | RunRecord:
     """Start one agent run: the single entry point for HTTP, WebSocket and CLI.
 
     Admission happens now and raises ``ApiError``: 404 unknown agent, 400 bad
     session key / model / unsupported option, 429 agent at capacity, 503 when
     the gateway is shutting down. The returned ``Run`` is queued; subscribe to
     its events right away to see them all, and ``await run.wait()`` for the
-    result. An ``idempotency_key`` seen before returns the first run instead.
+    result. An ``idempotency_key`` seen before returns the first run instead
+    (its ``RunRecord`` once it has finished).
     """
     if runtime.closing:
         raise ApiError(503, "the gateway is shutting down", code="unavailable")
@@ -319,6 +364,7 @@ async def _execute(runtime: Runtime, handle: Run) -> None:
         if queued:
             agent.waiting -= 1
         runtime._remember(handle)
+        handle._task = None     # the finished task is not needed, nor is the cycle through it
 
 
 class _NoLane:
@@ -460,4 +506,4 @@ def _agents_from(config: Config) -> dict[str, Agent]:
     return agents
 
 
-__all__ = ["Agent", "Run", "Runtime", "run", "GenerationOptions"]
+__all__ = ["Agent", "Run", "RunRecord", "Runtime", "run", "GenerationOptions"]
