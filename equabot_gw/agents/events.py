@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Final, Union
 
 from ..errors import RunError
-from .types import AgentResult
+from .types import AgentResult, TextDelta
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,11 +28,11 @@ class Started:
     turn: int
 
 
-@dataclass(frozen=True, slots=True)
-class Delta:
-    """Assistant text, in order; the deltas of a run join to its reply."""
-
-    text: str
+# Assistant text, in order; the deltas of a run join to its reply. It is the
+# provider's own TextDelta: the log stores the object the provider yielded
+# instead of copying each word into another (measured: one allocation less
+# per word on the streaming hot path).
+Delta = TextDelta
 
 
 @dataclass(frozen=True, slots=True)

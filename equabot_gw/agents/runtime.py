@@ -26,7 +26,7 @@ from typing import Final
 from ..config import AgentConfig, Config
 from ..errors import ApiError, RunAborted, RunError, RunTimedOut, StorageError, UpstreamError
 from . import sessions
-from .events import Delta, Ended, EventLog, Failed, Started, Subscription
+from .events import Ended, EventLog, Failed, Started, Subscription
 from ..providers import Provider, create_provider
 from .types import (
     AgentRequest, AgentResult, Finish, GenerationOptions, Message, ProviderCall, SessionHistory,
@@ -186,7 +186,8 @@ class RunRecord:
         outcome = run._outcome
         error = outcome.exception() if outcome.done() and not outcome.cancelled() else None
         result = outcome.result() if error is None and outcome.done() and not outcome.cancelled() else None
-        partial = next((e.partial for e in reversed(run.events.events) if isinstance(e, Failed)), "")
+        last = run.events.events[-1] if run.events.events else None
+        partial = last.partial if isinstance(last, Failed) else ""
         return cls(run.id, run.agent.id, run.session_key, run.status, result,
                    error if isinstance(error, RunError) else None, partial)
 
@@ -412,7 +413,7 @@ async def _generate(handle: Run, call: ProviderCall
                 if kind is TextDelta:
                     if event.text:           # type: ignore[union-attr]
                         pieces.append(event.text)   # type: ignore[union-attr]
-                        append(Delta(event.text))   # type: ignore[union-attr]
+                        append(event)        # TextDelta is the log's Delta event
                 elif kind is Usage:
                     usage = event            # type: ignore[assignment]
                 elif kind is Finish:
