@@ -254,7 +254,8 @@ class ClientResponse:
     A read that raises or is cancelled also closes the socket.
     """
 
-    __slots__ = ("status", "reason", "version", "headers", "_client", "_conn", "_done", "_closed")
+    __slots__ = ("status", "reason", "version", "headers", "_client", "_conn", "_done", "_closed",
+                 "_ended")
 
     def __init__(self, client: HTTPClient, conn: _Connection, head: http11.Response) -> None:
         self.status = head.status
@@ -265,6 +266,7 @@ class ClientResponse:
         self._conn = conn
         self._done = False
         self._closed = False
+        self._ended = False     # the parser reached the end; the last bytes are not handed out yet
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "complete" if self._done else "streaming"
@@ -276,16 +278,40 @@ class ClientResponse:
     async def __anext__(self) -> bytes:
         if self._done or self._closed:
             raise StopAsyncIteration
+        if self._ended:
+            self._end()
         try:
             event = await self._conn.next_event(self._client.read_timeout)
         except BaseException:
             self._close(complete=False)
             raise
         if event is http11.END_OF_MESSAGE:
-            self._done = True
-            self._close(complete=True)
-            raise StopAsyncIteration
-        return event        # type: ignore[return-value]
+            self._end()
+        return self._with_buffered(event)   # type: ignore[arg-type]
+
+    def _with_buffered(self, data: bytes) -> bytes:
+        # Everything already received goes out with this piece: one resume of
+        # the consumer per read from the socket, not one per HTTP chunk (an
+        # event stream puts each event in its own chunk).
+        parser = self._conn.parser
+        parts = [data]
+        while True:
+            try:
+                event = parser.next_event()
+            except HTTPProtocolError:
+                break           # sticky: the next __anext__ raises it
+            if event is http11.NEED_DATA:
+                break
+            if event is http11.END_OF_MESSAGE:
+                self._ended = True
+                break
+            parts.append(event)     # type: ignore[arg-type]
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _end(self) -> None:
+        self._done = True
+        self._close(complete=True)
+        raise StopAsyncIteration
 
     async def read(self, max_bytes: int | None = None) -> bytes:
         """The body, or only its first ``max_bytes`` bytes (the rest is not read; see ``aclose``)."""
@@ -311,7 +337,7 @@ class ClientResponse:
         """
         if self._closed:
             return
-        self._done = self._done or self._conn.discard_buffered_rest()
+        self._done = self._done or self._ended or self._conn.discard_buffered_rest()
         if self._done or drain_timeout <= 0:
             self._close(complete=self._done)
         else:

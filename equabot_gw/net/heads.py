@@ -434,6 +434,8 @@ def parse_response_head(head: bytes, *, max_headers: int = DEFAULT_MAX_HEADERS) 
 
 def parse_chunk_size(line: bytes) -> int:
     """The size from a chunk-size line (without CRLF); extensions are checked and dropped."""
+    if 0 < len(line) <= 15 and _HEX_DIGITS.issuperset(line):
+        return int(line, 16)    # the common line: digits alone, no regex needed
     m = grammar.CHUNK_LINE.fullmatch(line)
     if m is None:
         raise HTTPProtocolError("invalid chunk size line")
@@ -443,6 +445,7 @@ def parse_chunk_size(line: bytes) -> int:
     return int(digits, 16)
 
 
+_HEX_DIGITS: Final = frozenset(b"0123456789abcdefABCDEF")
 # What a protocol name in a request line looks like (RTSP, ICE, HTTPS): upper-case.
 PROTOCOL_NAME: Final = re.compile(rb"[A-Z][A-Z0-9.+-]*")
 # A prefix of "HTTP/1.d": what the third word of an unfinished request line may be.
