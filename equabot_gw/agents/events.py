@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Final, Union
+from typing import Union
 
 from ..errors import RunError
 from .types import AgentResult, TextDelta
@@ -55,7 +55,6 @@ class Failed:
 
 
 RunEvent = Union[Started, Delta, Ended, Failed]
-TERMINAL: Final = (Ended, Failed)
 
 
 class EventLog:
@@ -69,10 +68,15 @@ class EventLog:
         self._waiters: list[asyncio.Future[None]] = []
 
     def append(self, event: RunEvent) -> None:
-        """Add ``event``; a terminal event closes the log."""
+        """Add a ``Started`` or ``Delta`` event (``finish`` adds the terminal one)."""
         self.events.append(event)
-        if isinstance(event, TERMINAL):
-            self.closed = True
+        if self._waiters:
+            self._wake()
+
+    def finish(self, event: Ended | Failed) -> None:
+        """Add the terminal event and close the log."""
+        self.events.append(event)
+        self.closed = True
         if self._waiters:
             self._wake()
 

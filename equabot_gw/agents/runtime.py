@@ -110,8 +110,10 @@ class Run:
         self.status = "queued"
         self.events = EventLog()
         self.created_at = time.time()
-        self._outcome: asyncio.Future[AgentResult] = asyncio.get_running_loop().create_future()
-        self._outcome.add_done_callback(self._wake_waiters)
+        # The outcome: set once, by _settle; waiters are woken there directly.
+        self.done = False
+        self._result: AgentResult | None = None
+        self._error: RunError | None = None
         self._waiters: list[asyncio.Future[None]] = []
         self._task: asyncio.Task[None] | None = None
         self._abort_reason: str | None = None
@@ -123,10 +125,6 @@ class Run:
     def agent_id(self) -> str:
         return self.agent.id
 
-    @property
-    def done(self) -> bool:
-        return self._outcome.done()
-
     def subscribe(self) -> Subscription:
         """Events from the run's first one on (see ``events.Subscription``)."""
         return self.events.subscribe()
@@ -136,17 +134,20 @@ class Run:
 
         Cancelling the caller does not stop the run (use ``abort``).
         """
-        if not self._outcome.done():
-            # A future of its own per waiter: cancelling it leaves the outcome
-            # alone, like asyncio.shield, without shield's task and callbacks.
+        if not self.done:
+            # A future of its own per waiter: cancelling it leaves the run alone.
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             await waiter
-        return self._outcome.result()
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
 
-    def _wake_waiters(self, outcome: asyncio.Future[AgentResult]) -> None:
-        if not outcome.cancelled():
-            outcome.exception()     # a failed run nobody awaited is not an "unretrieved" error
+    def _settle(self, result: AgentResult | None, error: RunError | None) -> None:
+        # Waiters resume on the next loop pass, not one later through a future's callback.
+        self.done = True
+        self._result, self._error = result, error
         for waiter in self._waiters:
             if not waiter.done():
                 waiter.set_result(None)
@@ -183,18 +184,14 @@ class RunRecord:
 
     @classmethod
     def of(cls, run: Run) -> RunRecord:
-        outcome = run._outcome
-        error = outcome.exception() if outcome.done() and not outcome.cancelled() else None
-        result = outcome.result() if error is None and outcome.done() and not outcome.cancelled() else None
         last = run.events.events[-1] if run.events.events else None
         partial = last.partial if isinstance(last, Failed) else ""
-        return cls(run.id, run.agent.id, run.session_key, run.status, result,
-                   error if isinstance(error, RunError) else None, partial)
+        return cls(run.id, run.agent.id, run.session_key, run.status, run._result, run._error, partial)
 
     def subscribe(self) -> Subscription:
         """A subscription that yields the run's terminal event only."""
         log = EventLog()
-        log.append(Ended(self.result) if self.result is not None
+        log.finish(Ended(self.result) if self.result is not None
                    else Failed(self.error or RunAborted("cancelled"), self.partial))
         return log.subscribe()
 
@@ -473,16 +470,16 @@ async def _record(runtime: Runtime, handle: Run, call: ProviderCall, history: Se
     result = AgentResult(handle.id, handle.agent.id, handle.session_key, text, usage, finish,
                          handle.model, call.turn)
     handle.status = "ok"
-    handle.events.append(Ended(result))
-    handle._outcome.set_result(result)
+    handle.events.finish(Ended(result))
+    handle._settle(result, None)
 
 
 def _finish_failed(handle: Run, error: RunError, partial: str) -> None:
-    if handle._outcome.done():
+    if handle.done:
         return
     handle.status = "aborted" if isinstance(error, RunAborted) else "error"
-    handle.events.append(Failed(error, partial))
-    handle._outcome.set_exception(error)
+    handle.events.finish(Failed(error, partial))
+    handle._settle(None, error)
 
 
 def _word_usage(call: ProviderCall, reply: str) -> Usage:

@@ -430,7 +430,6 @@ class _Connection(asyncio.Protocol):
         if head.expect_continue and (head.chunked or head.content_length):
             # RFC 9110 §10.1.1: a server that wants the content sends 100 first.
             self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        self._set_deadline(self.limits.body_timeout)
         pieces: list[bytes] = []
         while True:
             event = parser.next_event()
@@ -442,8 +441,9 @@ class _Connection(asyncio.Protocol):
                 if self._timed_out:
                     self._time_out()
                     raise asyncio.CancelledError("body timeout")
-                await self._wait_data()
+                # Only a body still to come needs its own deadline (most arrive with the head).
                 self._set_deadline(self.limits.body_timeout)
+                await self._wait_data()
                 continue
             pieces.append(event)  # type: ignore[arg-type]
         self._deadline = None
