@@ -111,6 +111,33 @@ class GatewayProcess:
         self.tmp.cleanup()
 
 
+class LiveGateway:
+    """Mixin for a test class that shares one real gateway process, ``cls.gw``.
+
+    Started from ``gateway_data()`` before the class's tests; stopped with
+    SIGTERM after them, and the exit code must be 0 (a clean shutdown is
+    part of every such test class).
+    """
+
+    gw: GatewayProcess
+
+    @classmethod
+    def gateway_data(cls) -> dict[str, Any]:
+        return base_config()
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        super().setUpClass()        # type: ignore[misc]
+        cls.gw = GatewayProcess(cls.gateway_data()).start()
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        code = cls.gw.stop()
+        cls.gw.tmp.cleanup()
+        super().tearDownClass()     # type: ignore[misc]
+        assert code == 0, f"the gateway exited with {code}"
+
+
 @contextlib.asynccontextmanager
 async def running_gateway(data: dict[str, Any] | None = None, state_dir: pathlib.Path | None = None):
     """An in-process gateway on port 0 for the current event loop."""

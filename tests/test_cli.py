@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from equabot_gw import __version__
-from tests.support import ROOT, TOKEN, GatewayProcess, base_config, write_config
+from tests.support import ROOT, TOKEN, GatewayProcess, LiveGateway, base_config, write_config
 
 TIMEOUT = 20.0
 SLOW_DELAY_MS = 80
@@ -131,17 +131,10 @@ class HelpTest(CLITestCase):
         self.assertIn("--message", done.stderr)
 
 
-class RemoteAgentTest(CLITestCase):
-    gw: GatewayProcess
-
+class RemoteAgentTest(LiveGateway, CLITestCase):
     @classmethod
-    def setUpClass(cls) -> None:
-        cls.gw = GatewayProcess(gateway_config()).start()
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls.gw.stop()
-        cls.gw.tmp.cleanup()
+    def gateway_data(cls) -> dict[str, Any]:
+        return gateway_config()
 
     def agent(self, *args: str) -> subprocess.CompletedProcess[str]:
         return self.cli("agent", "--url", self.gw.url, "--token", TOKEN, "--state-dir", str(self.state), *args)

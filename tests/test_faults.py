@@ -39,7 +39,9 @@ from equabot_gw.agents import transcripts
 from equabot_gw.agents.sessions import scoped_key
 from equabot_gw.errors import error_type_for_status
 from equabot_gw.gateway.client import ControlClient
-from tests.support import TOKEN, GatewayProcess, base_config, error_of, running_gateway, split_responses
+from tests.support import (
+    TOKEN, GatewayProcess, LiveGateway, base_config, error_of, running_gateway, split_responses,
+)
 
 API_KEY = "sk-fault-test-0123456789"
 UPSTREAM_TIMEOUT = 0.3
@@ -500,18 +502,10 @@ def echo_config() -> dict[str, Any]:
     return data
 
 
-class DiskFaultTest(unittest.TestCase):
-    gw: GatewayProcess
-
+class DiskFaultTest(LiveGateway, unittest.TestCase):
     @classmethod
-    def setUpClass(cls) -> None:
-        cls.gw = GatewayProcess(echo_config()).start()
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        code = cls.gw.stop()
-        cls.gw.tmp.cleanup()
-        assert code == 0, code
+    def gateway_data(cls) -> dict[str, Any]:
+        return echo_config()
 
     def post(self, message: str, key: str | None, *, stream: bool = False,
              model: str = "equabot") -> tuple[int, bytes]:

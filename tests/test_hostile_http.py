@@ -23,8 +23,9 @@ import pathlib
 import socket
 import time
 import unittest
+from typing import Any
 
-from tests.support import GatewayProcess, base_config, error_of, split_responses
+from tests.support import LiveGateway, base_config, error_of, split_responses
 
 DATA = pathlib.Path(__file__).parent / "data"
 MAX_BODY = 4096                       # gateway.http.maxBodyBytes for these tests
@@ -576,19 +577,10 @@ class KeepAliveClient:
         self.sock.close()
 
 
-class HostileHTTPTest(unittest.TestCase):
-    gw: GatewayProcess
-
+class HostileHTTPTest(LiveGateway, unittest.TestCase):
     @classmethod
-    def setUpClass(cls) -> None:
-        cls.gw = GatewayProcess(base_config(http={"maxBodyBytes": MAX_BODY,
-                                                  "headerTimeoutSeconds": 2})).start()
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        code = cls.gw.stop()
-        cls.gw.tmp.cleanup()
-        assert code == 0, code
+    def gateway_data(cls) -> dict[str, Any]:
+        return base_config(http={"maxBodyBytes": MAX_BODY, "headerTimeoutSeconds": 2})
 
     def setUp(self) -> None:
         self.bystander = KeepAliveClient(self.gw.port)

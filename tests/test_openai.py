@@ -18,7 +18,7 @@ from typing import Any
 from equabot_gw.agents import transcripts
 from equabot_gw.agents.sessions import scoped_key
 from equabot_gw.conformance.jsonschema import Validator
-from tests.support import TOKEN, GatewayProcess, base_config, error_of
+from tests.support import TOKEN, GatewayProcess, LiveGateway, base_config, error_of
 
 SCHEMAS = Validator.openai()
 PARTIAL_THEN_FAIL = ("import sys,time; sys.stdout.write('partial words'); sys.stdout.flush(); "
@@ -47,17 +47,10 @@ def gateway_config() -> dict[str, Any]:
     return data
 
 
-class OpenAITestCase(unittest.TestCase):
-    gw: GatewayProcess
-
+class OpenAITestCase(LiveGateway, unittest.TestCase):
     @classmethod
-    def setUpClass(cls) -> None:
-        cls.gw = GatewayProcess(gateway_config()).start()
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls.gw.stop()
-        cls.gw.tmp.cleanup()
+    def gateway_data(cls) -> dict[str, Any]:
+        return gateway_config()
 
     def post(self, body: Any, headers: dict[str, str] | None = None, *, raw: bytes | None = None,
              auth: bool = True) -> tuple[int, http.client.HTTPResponse, bytes]:

@@ -15,26 +15,21 @@ import tempfile
 import threading
 import time
 import unittest
+from typing import Any
 
-from tests.support import ROOT, TOKEN, GatewayProcess, base_config, error_of, raw_exchange, split_responses
+from tests.support import (
+    ROOT, TOKEN, GatewayProcess, LiveGateway, base_config, error_of, raw_exchange, split_responses,
+)
 
 AUTH = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
 CHAT = json.dumps({"model": "equabot", "messages": [{"role": "user", "content": "hi"}]}).encode()
 
 
-class ServerEndToEndTest(unittest.TestCase):
-    gw: GatewayProcess
-
+class ServerEndToEndTest(LiveGateway, unittest.TestCase):
     @classmethod
-    def setUpClass(cls) -> None:
-        cls.gw = GatewayProcess(base_config(http={"maxBodyBytes": 4096, "maxHeaderBytes": 2048,
-                                                   "headerTimeoutSeconds": 0.5})).start()
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        code = cls.gw.stop()
-        cls.gw.tmp.cleanup()
-        assert code == 0, code
+    def gateway_data(cls) -> dict[str, Any]:
+        return base_config(http={"maxBodyBytes": 4096, "maxHeaderBytes": 2048,
+                                 "headerTimeoutSeconds": 0.5})
 
     def conn(self) -> http.client.HTTPConnection:
         c = http.client.HTTPConnection(self.gw.host, self.gw.port, timeout=5)
