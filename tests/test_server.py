@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import os
@@ -15,7 +16,11 @@ import tempfile
 import threading
 import time
 import unittest
+from collections.abc import AsyncIterator, Callable
 from typing import Any
+
+from equabot_gw.net import server as server_mod
+from equabot_gw.net.routes import HTTPRequest, Router, StreamingResponse
 
 from tests.support import (
     ROOT, TOKEN, GatewayProcess, LiveGateway, base_config, error_of, raw_exchange, split_responses,
@@ -264,7 +269,6 @@ class LifecycleTest(unittest.TestCase):
 
 class SendTimeoutTest(unittest.IsolatedAsyncioTestCase):
     async def test_a_client_that_stops_reading_a_stream_is_dropped(self) -> None:
-        import asyncio
         from tests.support import running_gateway
         async with running_gateway() as gw:
             gw.server.limits.send_timeout = 0.3
@@ -281,6 +285,88 @@ class SendTimeoutTest(unittest.IsolatedAsyncioTestCase):
             self.assertEqual(gw.server.connection_count, 0)
             self.assertLess(time.monotonic() - started, 3.0)
             writer.close()
+
+
+class _RecordingTransport(asyncio.Transport):
+    """Collects what the server writes; each ``write`` would be one send() on an idle socket."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+class StreamWritesTest(unittest.IsolatedAsyncioTestCase):
+    """A stream's output is sent per task step, not per piece, and never held past a bound."""
+
+    async def serve_stream(self, body: Callable[[], AsyncIterator[bytes]]) -> _RecordingTransport:
+        router = Router()
+
+        async def handler(request: HTTPRequest) -> StreamingResponse:
+            return StreamingResponse(200, [("content-type", "text/plain")], body())
+
+        router.add("/s", ("GET",), handler)
+        conn = server_mod._Connection(server_mod.HTTPServer(router))
+        transport = _RecordingTransport()
+        conn.connection_made(transport)
+        conn.data_received(b"GET /s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert conn.task is not None
+        await asyncio.wait_for(conn.task, 5)
+        return transport
+
+    async def test_pieces_of_one_step_go_out_in_one_write(self) -> None:
+        async def body() -> AsyncIterator[bytes]:
+            yield b"first"
+            yield b"second"
+            await asyncio.sleep(0.01)        # the client sees the first pieces now
+            yield b"third"
+            yield b"fourth"
+
+        transport = self.serve_stream(body)
+        writes = (await transport).writes
+        self.assertEqual(len(writes), 2, writes)
+        head, _, first = writes[0].partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 200 OK\r\n"))
+        self.assertEqual(first, b"5\r\nfirst\r\n6\r\nsecond\r\n")
+        self.assertEqual(writes[1], b"5\r\nthird\r\n6\r\nfourth\r\n0\r\n\r\n")
+
+    async def test_a_body_that_never_yields_control_is_still_sent_in_bounded_writes(self) -> None:
+        piece = b"x" * 1000
+        count = 10 * server_mod.MAX_CORKED_BYTES // len(piece)
+
+        async def body() -> AsyncIterator[bytes]:
+            for _ in range(count):
+                yield piece
+
+        writes = (await self.serve_stream(body)).writes
+        self.assertGreaterEqual(len(writes), 10)
+        self.assertLess(max(map(len, writes)), server_mod.MAX_CORKED_BYTES + 2 * len(piece))
+        wire = b"".join(writes)
+        self.assertEqual(wire.count(b"3e8\r\n" + piece + b"\r\n"), count)
+        self.assertTrue(wire.endswith(b"0\r\n\r\n"))
 
 
 if __name__ == "__main__":
