@@ -44,6 +44,7 @@ def runtime_config(max_queued: int = 1024) -> dict[str, Any]:
             {"id": "gate", "model": "slow/echo", "maxConcurrent": 2},
             {"id": "tiny", "model": "slow/echo", "maxConcurrent": 1},
             {"id": "late", "model": "slow/echo", "timeoutSeconds": 0.1},
+            {"id": "patient", "model": "slow/echo", "timeoutSeconds": 0.3},
             {"id": "script", "model": "script/x"},
             {"id": "broken", "model": "failing/x"},
         ]},
@@ -285,6 +286,28 @@ class AbortTest(RuntimeCase):
         self.assertFalse(handle.abort())                             # past that: nothing to stop
         # An aborted turn is no assistant turn: the next one is turn 1 again.
         self.assertEqual((await self.start("next", agent_id="slow", session_key="mid").wait()).turn, 1)
+
+    async def test_each_run_times_out_at_its_own_deadline(self) -> None:
+        # One watchdog per agent serves every run: it must re-arm for the runs
+        # behind the one it expired, and leave alone a run that finished in time.
+        long_text = " ".join(["w"] * 30)             # ~0.6 s of deltas: past the 0.3 s limit
+        failed_at: dict[str, float] = {}
+
+        async def timed_out(name: str, handle: Run) -> None:
+            await self.assertAborted(handle, RunTimedOut)
+            failed_at[name] = time.monotonic()
+
+        began = time.monotonic()
+        first = asyncio.ensure_future(timed_out("first", self.start(long_text, agent_id="patient")))
+        short = self.start("x", agent_id="patient")  # 4 deltas, ~80 ms
+        await asyncio.sleep(0.15)
+        second = asyncio.ensure_future(timed_out("second", self.start(long_text, agent_id="patient")))
+        self.assertEqual((await short.wait()).text, "Echo (turn 1): x")
+        await asyncio.gather(first, second)
+        self.assertGreaterEqual(failed_at["first"] - began, 0.3)
+        self.assertGreaterEqual(failed_at["second"] - failed_at["first"], 0.1)   # not expired together
+        self.assertLess(failed_at["second"] - began, 0.15 + 0.3 + 0.5)
+        self.assertEqual(self.runtime.agents["patient"]._deadlines, {})
 
     async def test_timeout_is_504_and_an_aborted_line(self) -> None:
         handle = self.start(" ".join(["w"] * 30), agent_id="late", session_key="slowpoke")
