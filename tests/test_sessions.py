@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+from equabot_gw import compact_json
 from equabot_gw.agents import sessions, transcripts
 from equabot_gw.agents.sessions import (
     SessionInfo, SessionStore, agent_of, scoped_key, stateless_key, user_key, validate_key,
@@ -173,10 +174,13 @@ class Lines(unittest.TestCase):
         self.assertEqual(transcripts.parse_lines(b""), ([], 0))
 
     def test_encoder_matches_json_dumps(self) -> None:
-        for obj in ({"type": "user", "content": "é \u2028 \"q\" \n", "at": 1.5, "n": None},
-                    {"usage": {"prompt_tokens": 1}, "list": [1, 2.25, True]}):
-            self.assertEqual(transcripts.dumps(obj),
-                             json.dumps(obj, ensure_ascii=False, separators=(",", ":")))
+        for obj in ({"type": "user", "content": "é \u2028 \"q\" \n\x00", "at": 1.5, "n": None},
+                    {"usage": {"prompt_tokens": 1}, "list": [1, 2.25, True, False, [], {}]},
+                    {"big": 2 ** 70, "tiny": 1e-300, "exp": 1e16, "neg": -0.0, "nan": float("nan")},
+                    ["top", "level", 1], "just a string", 7, None):
+            expected = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+            self.assertEqual(compact_json.dumps(obj), expected)
+            self.assertEqual(transcripts.dumps(obj), expected)      # the transcripts' encoder
 
     def test_lone_surrogates_round_trip(self) -> None:
         data = transcripts.encode([{"content": "a\ud800b"}])

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Final, Iterable
 
 from equabot_gw import errors
+from equabot_gw.compact_json import dumps
 from equabot_gw.agents.types import Message, SessionHistory, TurnRecord
 
 __all__ = [
@@ -102,17 +103,7 @@ def journal_name(day: int) -> str:
 # -- transcript lines ---------------------------------------------------------
 
 # dumps(obj) -> str: exactly json.dumps(obj, ensure_ascii=False, separators=(",", ":")).
-dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _dumps_ascii = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
-if json.encoder.c_make_encoder is not None:
-    # JSONEncoder.encode builds a C encoder per call; reusing one halves the cost
-    # of a line on the hot path. Same output (tested against json.dumps).
-    _c_encode = json.encoder.c_make_encoder(
-        None, dumps.__self__.default, json.encoder.encode_basestring,  # type: ignore[attr-defined]
-        None, ":", ",", False, False, True)
-
-    def dumps(obj: Any) -> str:  # noqa: F811
-        return "".join(_c_encode(obj, 0))
 
 
 def header_line(key: str, agent_id: str, created_at: float) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Final
 
-from .. import __version__
+from .. import __version__, compact_json
 from ..agents import runtime as agent_runtime
 from ..agents import sessions
 from ..agents.events import Delta, Ended, Failed, Subscription
@@ -454,14 +454,12 @@ def _parse_body(request: HTTPRequest) -> dict[str, Any]:
     return body
 
 
-_ENCODER: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 # A str as a JSON string literal: the C function json.dumps ends up calling,
 # called directly (json.dumps(str) adds two Python frames per delta).
 _escape_json_string: Final = json.encoder.encode_basestring_ascii
 
 
-def _dumps(data: Any) -> str:
-    return _ENCODER.encode(data)
+_dumps: Final = compact_json.dumps
 
 
 def _json_response(status: int, data: Any, headers: list[tuple[str, str]] | None = None) -> Response:

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
+from .. import compact_json
 from ..config import ProviderConfig
 from ..errors import (
     ApiError, ClientConnectError, ClientTimeout, ConfigError, ConnectionClosed, HTTPProtocolError,
@@ -322,7 +323,7 @@ class HTTPProvider(Provider):
         the upstream's ``error.message`` and ``Retry-After``), ``UpstreamTimeout``
         or ``UpstreamError``.
         """
-        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+        body = compact_json.dumps(payload).encode()
         try:
             # A completion request changes nothing upstream, so a pooled
             # connection found closed before any answer is replaced once
