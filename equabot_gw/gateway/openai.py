@@ -12,6 +12,7 @@ It never talks to providers or transcripts itself.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
 import os
@@ -66,10 +67,19 @@ _KIND_CHECKS: Final[dict[str, Callable[[Any], bool]]] = {
 }
 
 
+@functools.cache
+def _kind_checks(kinds: str) -> tuple[Callable[[Any], bool], ...]:
+    return tuple(_KIND_CHECKS[k] for k in kinds.split("|"))
+
+
 def _expect(name: str, value: Any, kinds: str) -> None:
-    if value is not None and not any(_KIND_CHECKS[k](value) for k in kinds.split("|")):
-        raise _bad(name, f"Invalid type for {name!r}: expected {kinds.replace('|', ' or ')}, "
-                         f"but got {_type_name(value)}.")
+    if value is None:
+        return
+    for check in _kind_checks(kinds):
+        if check(value):
+            return
+    raise _bad(name, f"Invalid type for {name!r}: expected {kinds.replace('|', ' or ')}, "
+                     f"but got {_type_name(value)}.")
 
 
 def _number_in(name: str, value: Any, lo: float, hi: float) -> None:
@@ -415,7 +425,15 @@ def _agent_from_model(model: str) -> str | None:
     return None
 
 
+# The body fields that become GenerationOptions; most requests send none of them.
+_OPTION_FIELDS: Final = frozenset({"stop", "max_completion_tokens", "max_tokens", "temperature",
+                                   "top_p", "seed"})
+_NO_OPTIONS: Final = GenerationOptions()
+
+
 def _options(body: dict[str, Any]) -> GenerationOptions:
+    if _OPTION_FIELDS.isdisjoint(body):
+        return _NO_OPTIONS
     stop = body.get("stop")
     max_tokens = body.get("max_completion_tokens")
     if max_tokens is None:
