@@ -214,6 +214,8 @@ SSE_VECTORS = (
      [("ping", "{}", "")]),
     ("CR line ends", "data: a\rdata: b\r\rdata: c\r\r", [("message", "a\nb", ""), ("message", "c", "")]),
     ("field without colon, unknown field", "data\nretry: 10\nfoo: bar\n\n", [("message", "", "")]),
+    ("names that only start like data", "datum: x\ndata:: y\ndata:\ndata-x: z\n\n",
+     [("message", ": y\n", "")]),
 )
 
 

@@ -194,7 +194,16 @@ class EventStreamDecoder:
         self._after_cr = text.endswith("\r")
         events: list[ServerSentEvent] = []
         for line in lines:
-            self._process(line, events)
+            # The two lines of almost every event ("data: ..." and the blank
+            # line) are handled here; _process has the general rules.
+            if not line:
+                self._dispatch(events)
+            elif line.startswith("data:"):
+                value = line[6:] if line[5:6] == " " else line[5:]
+                self._data.append(value)
+                self._data_chars += len(value) + 1
+            else:
+                self._process(line, events)
         return events
 
     def _process(self, line: str, events: list[ServerSentEvent]) -> None:

@@ -113,8 +113,10 @@ class OpenAIProvider(HTTPProvider):
             return "", reason          # the usage chunk: "choices" is [] (or null on some servers)
         if not isinstance(choices, list) or not isinstance(choices[0], dict):
             raise UpstreamError(self.name, "malformed chunk: choices is not a list of objects")
-        choice = next((c for c in choices if isinstance(c, dict) and c.get("index", 0) == 0), None)
-        if choice is None:
+        for choice in choices:
+            if isinstance(choice, dict) and choice.get("index", 0) == 0:
+                break
+        else:
             return "", reason
         delta = choice.get("delta") or {}
         text = delta.get("content") if isinstance(delta, dict) else None
