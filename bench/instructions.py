@@ -1,0 +1,211 @@
+"""``make -C bench instructions``: instructions per request, counted by callgrind.
+
+Wall-clock figures on this VM drift by ±15% between runs, which hides any
+change under that. The number of instructions the interpreter executes per
+request does not drift (repeat runs agree within ~0.5%), so a hot-path
+change can be judged by it, before and after. It counts user-space
+instructions only: system calls (send, recv, fdatasync) and the kernel's
+share of them are not in it, so it complements the timed scenarios and does
+not replace them.
+
+Two workloads, each run in process by this file (``--inner``) under
+``valgrind --tool=callgrind`` twice, with a small and a large request count;
+the difference divided by the difference of the counts removes start-up:
+
+* ``s1``: 64 connections with in-memory transports feed the gateway's own
+  HTTP server the non-streaming echo completion of scenario 1 (parser,
+  validation, agent run, fsynced journal append, response), no sockets.
+* ``s4``: 8 socket connections stream the proxy completion of scenario 4
+  (agent ``proxy`` → the raw upstream, which runs outside valgrind); the
+  in-process client's own cost is included and constant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+COUNTS = {"s1": (1000, 3000), "s4": (300, 1100)}
+TOKEN = "t"
+S1_BODY = (b'{"model":"equabot","messages":[{"role":"user","content":'
+           b'"alpha bravo charlie delta echo foxtrot golf hotel india"}]}')
+S4_BODY = (b'{"model":"equabot:proxy","stream":true,'
+           b'"messages":[{"role":"user","content":"hello world"}]}')
+
+
+def _request(body: bytes) -> bytes:
+    return (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Authorization: Bearer " + TOKEN.encode() + b"\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body)) + body
+
+
+def _config(upstream_port: int | None) -> dict:
+    data: dict = {"gateway": {"auth": {"token": TOKEN},
+                              "http": {"endpoints": {"chatCompletions": {"enabled": True}}}},
+                  "agents": {"defaults": {"maxConcurrent": 4096, "maxQueued": 16384},
+                             "list": [{"id": "main", "default": True}]}}
+    if upstream_port is not None:
+        data["agents"]["list"].append({"id": "proxy", "model": "upstream/m"})
+        data["models"] = {"providers": {"upstream": {
+            "api": "openai-completions", "apiKey": "k",
+            "baseUrl": f"http://127.0.0.1:{upstream_port}/v1"}}}
+    return data
+
+
+class _MemoryTransport(asyncio.Transport):
+    """A client that sends its next request as soon as a response was written."""
+
+    def __init__(self, on_write) -> None:
+        super().__init__()
+        self.on_write = on_write
+        self.protocol: asyncio.Protocol | None = None
+
+    def get_extra_info(self, name, default=None):
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def set_write_buffer_limits(self, high=None, low=None) -> None:
+        pass
+
+    def write(self, data) -> None:
+        self.on_write(self)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    def can_write_eof(self) -> bool:
+        return False
+
+
+async def _s1(gateway, count: int) -> None:
+    from equabot_gw.net import server as server_mod
+    loop = asyncio.get_running_loop()
+    request = _request(S1_BODY)
+    state = {"sent": 0, "done": 0}
+    finished = loop.create_future()
+
+    def answered(transport: _MemoryTransport) -> None:
+        state["done"] += 1
+        if state["done"] >= count and not finished.done():
+            finished.set_result(None)
+        elif state["sent"] < count:
+            state["sent"] += 1
+            loop.call_soon(transport.protocol.data_received, request)
+
+    for _ in range(64):
+        conn = server_mod._Connection(gateway.server)
+        transport = _MemoryTransport(answered)
+        transport.protocol = conn
+        conn.connection_made(transport)
+        if state["sent"] < count:
+            state["sent"] += 1
+            conn.data_received(request)
+    await finished
+
+
+async def _s4(gateway, count: int) -> None:
+    request = _request(S4_BODY)
+
+    async def client(n: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gateway.server.port)
+        for _ in range(n):
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            if not head.startswith(b"HTTP/1.1 200"):
+                raise SystemExit(f"unexpected answer: {head[:60]!r}")
+            await reader.readuntil(b"\r\n0\r\n\r\n")
+        writer.close()
+
+    await asyncio.gather(*(client(count // 8) for _ in range(8)))
+
+
+async def _inner(workload: str, count: int, upstream_port: int | None) -> None:
+    sys.path.insert(0, str(ROOT))
+    from equabot_gw import config
+    from equabot_gw.gateway.app import Gateway
+    with tempfile.TemporaryDirectory() as state:
+        gateway = Gateway(config.from_data(_config(upstream_port), env={}), Path(state),
+                          host="127.0.0.1", port=0, env={})
+        await gateway.start()
+        try:
+            await (_s1 if workload == "s1" else _s4)(gateway, count)
+        finally:
+            await gateway.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _collected(workload: str, count: int, upstream_port: int | None) -> int:
+    command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+               sys.executable, __file__, "--inner", workload, str(count)]
+    if upstream_port is not None:
+        command.append(str(upstream_port))
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
+    for line in done.stderr.splitlines():
+        if "Collected :" in line:
+            return int(line.split(":")[-1].strip())
+    raise SystemExit(f"valgrind gave no count for {workload}:\n{done.stderr[-2000:]}")
+
+
+def measure(workload: str) -> float:
+    """Instructions per request of ``workload`` ("s1" or "s4")."""
+    upstream = None
+    port = None
+    if workload == "s4":
+        port = _free_port()
+        upstream = subprocess.Popen(
+            [sys.executable, str(BENCH / "servers" / "raw_asyncio.py"), "--upstream", "--port", str(port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+    try:
+        small, large = COUNTS[workload]
+        return (_collected(workload, large, port) - _collected(workload, small, port)) / (large - small)
+    finally:
+        if upstream is not None:
+            upstream.kill()
+            upstream.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", default="s1,s4", help="comma-separated workloads: s1, s4")
+    parser.add_argument("--inner", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.inner:
+        workload, count, *port = args.inner
+        asyncio.run(_inner(workload, int(count), int(port[0]) if port else None))
+        return
+    for workload in args.only.split(","):
+        started = time.monotonic()
+        figure = measure(workload)
+        print(f"{workload}: {figure:,.0f} instructions per request "
+              f"({time.monotonic() - started:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
