@@ -353,6 +353,40 @@ class StreamWritesTest(unittest.IsolatedAsyncioTestCase):
         self.assertEqual(first, b"5\r\nfirst\r\n6\r\nsecond\r\n")
         self.assertEqual(writes[1], b"5\r\nthird\r\n6\r\nfourth\r\n0\r\n\r\n")
 
+    async def test_a_client_leaving_gets_what_its_stream_already_produced(self) -> None:
+        # The stream's step and the client's EOF in one loop pass, the step first:
+        # the piece written in that step still goes out before the client counts as gone.
+        loop = asyncio.get_running_loop()
+        upstream: asyncio.Future[None] = loop.create_future()
+
+        async def body() -> AsyncIterator[bytes]:
+            yield b"first"
+            await upstream
+            yield b"last"
+            await asyncio.sleep(10)                 # the stream stays open
+
+        router = Router()
+
+        async def handler(request: HTTPRequest) -> StreamingResponse:
+            return StreamingResponse(200, [("content-type", "text/plain")], body())
+
+        router.add("/s", ("GET",), handler)
+        conn = server_mod._Connection(server_mod.HTTPServer(router))
+        transport = _RecordingTransport()
+        conn.connection_made(transport)
+        conn.data_received(b"GET /s HTTP/1.1\r\nHost: x\r\n\r\n")
+        await asyncio.sleep(0.02)
+
+        def one_poll() -> None:                     # upstream readable, then the client's FIN
+            upstream.set_result(None)
+            loop.call_soon(conn.eof_received)
+
+        loop.call_soon(one_poll)
+        assert conn.task is not None
+        await asyncio.wait_for(conn.task, 5)
+        wire = b"".join(transport.writes)
+        self.assertTrue(wire.endswith(b"5\r\nfirst\r\n4\r\nlast\r\n"), wire)
+
     async def test_a_body_that_never_yields_control_is_still_sent_in_bounded_writes(self) -> None:
         piece = b"x" * 1000
         count = 10 * server_mod.MAX_CORKED_BYTES // len(piece)

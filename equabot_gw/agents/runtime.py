@@ -35,6 +35,8 @@ from .types import (
 
 log = logging.getLogger("equabot_gw.runtime")
 
+# asyncio runs a timer up to one clock tick early; a deadline that close counts as reached.
+_CLOCK_SLACK: Final = time.get_clock_info("monotonic").resolution
 # Finished runs remembered for agent.wait and idempotent retries.
 MAX_FINISHED_RUNS: Final = 10_000
 RETRY_AFTER_SECONDS: Final = "1"
@@ -121,7 +123,7 @@ class Agent:
         deadlines = self._deadlines
         while deadlines:
             run, deadline = next(iter(deadlines.items()))
-            if deadline > now:
+            if deadline > now + _CLOCK_SLACK:
                 self._watchdog = loop.call_at(deadline, self._expire)
                 return
             del deadlines[run]

@@ -55,8 +55,10 @@ class Response:
 class StreamingResponse:
     """A response whose body is written piece by piece as ``body`` yields it.
 
-    Each yielded ``bytes`` is sent at once (one chunk in HTTP/1.1; raw bytes on
-    a close-delimited HTTP/1.0 stream). When nothing was yielded for
+    Each yielded ``bytes`` is one chunk in HTTP/1.1 (raw bytes on a
+    close-delimited HTTP/1.0 stream); what ``body`` yields within one step of
+    its task is sent together, as soon as the step ends (the pieces must not
+    be mutated afterwards). When nothing was yielded for
     ``idle_interval`` seconds the server sends ``idle_bytes`` (e.g. an SSE
     comment) if given. If the client goes away, ``body`` is closed (``aclose``),
     which runs its ``finally`` blocks.

@@ -245,7 +245,9 @@ class _Connection(asyncio.Protocol):
         self._wake_reader()
 
     def eof_received(self) -> bool:
-        # DECISIONS 13: a client whose connection reaches EOF is gone.
+        # DECISIONS 13: a client whose connection reaches EOF is gone. What its
+        # stream already produced still goes out, as it would have uncorked.
+        self._uncork()
         self._lost()
         return False
 
