@@ -322,7 +322,8 @@ class _RecordingTransport(asyncio.Transport):
 class StreamWritesTest(unittest.IsolatedAsyncioTestCase):
     """A stream's output is sent per task step, not per piece, and never held past a bound."""
 
-    async def serve_stream(self, body: Callable[[], AsyncIterator[bytes]]) -> _RecordingTransport:
+    def start_stream(self, body: Callable[[], AsyncIterator[bytes]], request: bytes
+                     ) -> tuple[server_mod._Connection, _RecordingTransport]:
         router = Router()
 
         async def handler(request: HTTPRequest) -> StreamingResponse:
@@ -332,7 +333,12 @@ class StreamWritesTest(unittest.IsolatedAsyncioTestCase):
         conn = server_mod._Connection(server_mod.HTTPServer(router))
         transport = _RecordingTransport()
         conn.connection_made(transport)
-        conn.data_received(b"GET /s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        conn.data_received(request)
+        return conn, transport
+
+    async def serve_stream(self, body: Callable[[], AsyncIterator[bytes]]) -> _RecordingTransport:
+        conn, transport = self.start_stream(
+            body, b"GET /s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         assert conn.task is not None
         await asyncio.wait_for(conn.task, 5)
         return transport
@@ -365,16 +371,7 @@ class StreamWritesTest(unittest.IsolatedAsyncioTestCase):
             yield b"last"
             await asyncio.sleep(10)                 # the stream stays open
 
-        router = Router()
-
-        async def handler(request: HTTPRequest) -> StreamingResponse:
-            return StreamingResponse(200, [("content-type", "text/plain")], body())
-
-        router.add("/s", ("GET",), handler)
-        conn = server_mod._Connection(server_mod.HTTPServer(router))
-        transport = _RecordingTransport()
-        conn.connection_made(transport)
-        conn.data_received(b"GET /s HTTP/1.1\r\nHost: x\r\n\r\n")
+        conn, transport = self.start_stream(body, b"GET /s HTTP/1.1\r\nHost: x\r\n\r\n")
         await asyncio.sleep(0.02)
 
         def one_poll() -> None:                     # upstream readable, then the client's FIN

@@ -112,6 +112,7 @@ class Agent:
         self._deadlines.pop(run, None)
 
     def stop_watchdog(self) -> None:
+        """Cancel the timeout timer (at shutdown, once no run generates any more)."""
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
