@@ -24,7 +24,7 @@ from equabot_gw import conformance
 from equabot_gw.conformance import checks
 from equabot_gw.conformance.checks import Status, Target
 from equabot_gw.conformance.checks_http import sse_events
-from equabot_gw.net import websocket
+from equabot_gw.net import websocket, wshandshake
 from tests.support import ROOT, TOKEN, GatewayProcess, base_config
 
 CHAT = "/v1/chat/completions"
@@ -258,7 +258,7 @@ class FakeGateway:
 
     async def _websocket(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                          headers: dict[str, str]) -> None:
-        accept = "d3Jvbmc=" if self.broken("ws-bad-accept") else websocket.accept_key(headers["sec-websocket-key"])
+        accept = "d3Jvbmc=" if self.broken("ws-bad-accept") else wshandshake.accept_key(headers["sec-websocket-key"])
         writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                      b"Sec-WebSocket-Accept: %b\r\n\r\n" % accept.encode())
         ws = _FakeWebSocket(reader, writer)

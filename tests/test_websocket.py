@@ -24,9 +24,12 @@ from equabot_gw.errors import (
 )
 from equabot_gw.net import websocket as ws_codec
 from equabot_gw.net import wsstream
+from equabot_gw.net import wshandshake
 from equabot_gw.net.websocket import (
-    EOF, NEED_DATA, CloseReceived, Connection, Message, Ping, Pong, State, accept_key,
-    check_server_response, client_request_headers, encode_client_request, server_handshake,
+    EOF, NEED_DATA, CloseReceived, Connection, Message, Ping, Pong, State,
+)
+from equabot_gw.net.wshandshake import (
+    accept_key, check_server_response, client_request_headers, encode_client_request, server_handshake,
 )
 from equabot_gw.net.wsstream import WebSocket, connect
 
@@ -558,7 +561,7 @@ class Handshake(unittest.TestCase):
                 self.assertEqual(str(caught.exception), error)
 
     def test_client_request(self) -> None:
-        key = ws_codec.new_client_key()
+        key = wshandshake.new_client_key()
         self.assertEqual(len(__import__("base64").b64decode(key)), 16)
         fields = client_request_headers("server.example.com", RFC_KEY)
         self.assertEqual(encode_client_request("/chat", fields),

@@ -27,7 +27,7 @@ import unittest
 from collections import Counter
 
 from equabot_gw.errors import ApiError, ConnectionClosed, HTTPProtocolError, http_status
-from equabot_gw.net import http11, websocket
+from equabot_gw.net import http11, wshandshake
 from equabot_gw.net.wsstream import WebSocket
 
 TABLE = pathlib.Path(__file__).parent / "data" / "autobahn" / "autobahn-cases-1-7-10.json"
@@ -73,7 +73,7 @@ class _Upgrade(asyncio.Protocol):
         head, rest = bytes(self.buffer[:end]), bytes(self.buffer[end + 4:])
         try:
             request = http11.parse_request_head(head)
-            fields = websocket.server_handshake(request.method, request.version, request.headers)
+            fields = wshandshake.server_handshake(request.method, request.version, request.headers)
         except (HTTPProtocolError, ApiError) as exc:
             extra = list(getattr(exc, "headers", ()))
             self.transport.write(http11.encode_response_head(

@@ -15,10 +15,8 @@ import random
 import unittest
 
 from equabot_gw.errors import ApiError, WebSocketProtocolError, ws_close_code
-from equabot_gw.net.websocket import (
-    EOF, NEED_DATA, CloseReceived, Connection, Message, Ping, Pong, check_server_response,
-    server_handshake,
-)
+from equabot_gw.net.websocket import EOF, NEED_DATA, CloseReceived, Connection, Message, Ping, Pong
+from equabot_gw.net.wshandshake import check_server_response, server_handshake
 
 SEED = 6455
 INPUTS = int(os.environ.get("EQUABOT_FUZZ_INPUTS", "100000"))

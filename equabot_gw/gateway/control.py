@@ -29,7 +29,7 @@ from ..agents.runtime import Run
 from ..agents.types import AgentRequest
 from ..errors import ApiError, ConnectionClosed, RunError, http_status
 from ..net import routes as http
-from ..net import websocket
+from ..net import wshandshake
 from ..net.wsstream import WebSocket
 
 if TYPE_CHECKING:
@@ -113,7 +113,7 @@ class ControlProtocol:
 
     # ---- the upgrade ----
     def _check_upgrade(self, request: http.HTTPRequest) -> list[tuple[str, str]]:
-        headers = websocket.server_handshake(request.method, request.version, request.headers)
+        headers = wshandshake.server_handshake(request.method, request.version, request.headers)
         self.gateway.auth.check_host(request.headers.get("host"))
         origin = request.headers.get("origin")
         if origin is not None and not self._origin_allowed(origin, request.headers.get("host", "")):

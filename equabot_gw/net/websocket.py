@@ -1,45 +1,36 @@
-"""RFC 6455 WebSocket, sans-I/O: frames, messages, the closing handshake, the opening handshake's checks.
+"""RFC 6455 WebSocket, sans-I/O: frames, messages and the closing handshake.
 
 Owns the frame parser and serialiser, message assembly with incremental UTF-8
 validation, close-code rules, the ping/pong/close state machine (``State`` and
-one transition table) and the handshake helpers of both roles. Bytes come in
+one transition table); the opening handshake is ``net.wshandshake``. Bytes come in
 through ``Connection.receive_data`` and leave from ``send_*``, ``fail`` and
 ``data_to_send`` (automatic Pong and Close replies). Never awaits, sleeps or
 reads the clock (that is ``net.wsstream``); never imports config, gateway or
-agents. Raises the ``WebSocketProtocolError`` family, ``ConnectionClosed`` and
-``ApiError`` (handshake); no extension is negotiated, so RSV bits must be 0.
+agents. Raises the ``WebSocketProtocolError`` family and ``ConnectionClosed``;
+no extension is negotiated, so RSV bits must be 0.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import codecs
-import hashlib
 import os
-from collections.abc import Generator, Iterable
+from collections.abc import Generator
 from dataclasses import dataclass
 from enum import Enum, IntEnum
-from typing import Final, Protocol
+from typing import Final
 
 from ..errors import (
-    ApiError, ConnectionClosed, InvalidUTF8, MessageTooBig, WebSocketProtocolError, ws_close_code,
+    ConnectionClosed, InvalidUTF8, MessageTooBig, WebSocketProtocolError, ws_close_code,
 )
-from .grammar import split_list
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES", "State", "Opcode", "Message", "Ping", "Pong", "CloseReceived",
-    "NEED_DATA", "EOF", "Connection", "accept_key", "new_client_key", "server_handshake",
-    "client_request_headers", "check_server_response", "encode_client_request",
-    "is_valid_close_code", "HeaderFields",
+    "NEED_DATA", "EOF", "Connection", "is_valid_close_code",
 ]
 
 # The gateway's gateway.ws.maxPayloadBytes default (DECISIONS 11: 25 MiB, as the
 # original Gateway); counted over the assembled message, not per frame.
 DEFAULT_MAX_MESSAGE_BYTES: Final = 25 * 1024 * 1024
-
-# RFC 6455 §1.3: the GUID every server concatenates with the client's key.
-WS_GUID: Final = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 # RFC 6455 §5.5: "All control frames MUST have a payload length of 125 bytes or less".
 MAX_CONTROL_PAYLOAD: Final = 125
@@ -582,138 +573,3 @@ def _parse_close(payload: bytes) -> CloseReceived:
     except UnicodeDecodeError as exc:
         raise InvalidUTF8("close reason") from exc
     return CloseReceived(code, reason)
-
-
-# -- the opening handshake (RFC 6455 §4) ------------------------------------------
-
-class HeaderFields(Protocol):
-    """What the handshake helpers read: lower-case names, ``str`` values."""
-
-    def get(self, name: str) -> str | None: ...
-    def get_all(self, name: str) -> list[str]: ...
-
-
-def accept_key(key: str) -> str:
-    """The Sec-WebSocket-Accept value for a client's Sec-WebSocket-Key (RFC 6455 §4.2.2).
-
-    "concatenate this with the Globally Unique Identifier ... take the SHA-1
-    hash of this concatenated value ... base64-encode ... this hash."
-    """
-    digest = hashlib.sha1((key + WS_GUID).encode("ascii")).digest()
-    return base64.b64encode(digest).decode("ascii")
-
-
-def new_client_key() -> str:
-    """A fresh Sec-WebSocket-Key: RFC 6455 §4.1 "a randomly selected 16-byte value ... base64-encoded"."""
-    return base64.b64encode(os.urandom(16)).decode("ascii")
-
-
-def _has_token(headers: HeaderFields, name: str, token: str) -> bool:
-    return any(t.lower() == token for v in headers.get_all(name) for t in split_list(v))
-
-
-def _is_valid_key(values: list[str]) -> bool:
-    if len(values) != 1:
-        return False
-    try:
-        return len(base64.b64decode(values[0].strip(" \t"), validate=True)) == 16
-    except (binascii.Error, ValueError):
-        return False
-
-
-def server_handshake(method: str, version: str, headers: HeaderFields) -> list[tuple[str, str]]:
-    """Check an upgrade request (RFC 6455 §4.2.1); return the 101 response's header fields.
-
-    ``version`` is the HTTP version, "1.1" or "HTTP/1.1". Returns Upgrade,
-    Connection and Sec-WebSocket-Accept as (name, value) pairs. Raises
-    ``ApiError`` 400 for a method other than GET, HTTP older than 1.1, a
-    missing Host, Upgrade without "websocket", Connection without "upgrade",
-    or a Sec-WebSocket-Key that is not one base64 value of 16 bytes; 426 with
-    ``Sec-WebSocket-Version: 13`` for another version (§4.2.2).
-    """
-    # §4.2.1 item 1: "An HTTP/1.1 or higher GET request".
-    if method != "GET":
-        raise ApiError(400, "a WebSocket upgrade must use GET")
-    major, _, minor = version.removeprefix("HTTP/").partition(".")
-    if not (major.isdigit() and minor.isdigit() and (int(major), int(minor)) >= (1, 1)):
-        raise ApiError(400, "a WebSocket upgrade needs HTTP/1.1")
-    # §4.2.1 item 2: "A |Host| header field containing the server's authority."
-    if not headers.get("host"):
-        raise ApiError(400, "missing Host header")
-    # §4.2.1 items 3 and 4: Upgrade "containing the value "websocket", treated
-    # as an ASCII case-insensitive value"; Connection "that includes the token
-    # "Upgrade", treated as an ASCII case-insensitive value".
-    if not _has_token(headers, "upgrade", "websocket"):
-        raise ApiError(400, "missing Upgrade: websocket")
-    if not _has_token(headers, "connection", "upgrade"):
-        raise ApiError(400, "missing Connection: Upgrade")
-    # §4.2.1 item 5: "a base64-encoded value that, when decoded, is 16 bytes in length."
-    keys = headers.get_all("sec-websocket-key")
-    if not _is_valid_key(keys):
-        raise ApiError(400, "missing or invalid Sec-WebSocket-Key")
-    # §4.2.1 item 6: "A |Sec-WebSocket-Version| header field, with a value of 13."
-    versions = headers.get_all("sec-websocket-version")
-    if not versions:
-        raise ApiError(400, "missing Sec-WebSocket-Version")
-    if [v.strip(" \t") for v in versions] != ["13"]:
-        raise ApiError(426, "unsupported WebSocket version", headers=(("Sec-WebSocket-Version", "13"),))
-    # §4.2.2 /version/ 5: Upgrade, Connection, Sec-WebSocket-Accept. No
-    # Sec-WebSocket-Protocol or -Extensions: none is ever negotiated.
-    return [("Upgrade", "websocket"), ("Connection", "Upgrade"),
-            ("Sec-WebSocket-Accept", accept_key(keys[0].strip(" \t")))]
-
-
-def client_request_headers(host: str, key: str) -> list[tuple[str, str]]:
-    """The header fields of a client's opening handshake (RFC 6455 §4.1), Host first.
-
-    ``host`` is the authority ("example.com" or "example.com:8080"), ``key`` from
-    ``new_client_key()``.
-    """
-    return [("Host", host), ("Upgrade", "websocket"), ("Connection", "Upgrade"),
-            ("Sec-WebSocket-Key", key), ("Sec-WebSocket-Version", "13")]
-
-
-def check_server_response(status: int, headers: HeaderFields, key: str) -> None:
-    """Check the server's answer to our handshake (RFC 6455 §4.1, client steps 1-6).
-
-    Raises ``WebSocketProtocolError`` for a status other than 101, a missing
-    Upgrade/Connection token, a wrong Sec-WebSocket-Accept, or an extension
-    or subprotocol we did not ask for.
-    """
-    # "If the status code received from the server is not 101, the client
-    # handles the response per HTTP procedures": here, refuse it.
-    if status != 101:
-        raise WebSocketProtocolError(f"server answered {status} instead of 101")
-    # "If the response lacks an |Upgrade| header field or the |Upgrade| header
-    # field contains a value that is not an ASCII case-insensitive match for
-    # the value "websocket", the client MUST _Fail the WebSocket Connection_."
-    if not _has_token(headers, "upgrade", "websocket"):
-        raise WebSocketProtocolError("response without Upgrade: websocket")
-    if not _has_token(headers, "connection", "upgrade"):
-        raise WebSocketProtocolError("response without Connection: Upgrade")
-    accept = headers.get_all("sec-websocket-accept")
-    if [a.strip(" \t") for a in accept] != [accept_key(key)]:
-        raise WebSocketProtocolError("wrong Sec-WebSocket-Accept")
-    # "If the response includes a |Sec-WebSocket-Extensions| header field and
-    # this header field indicates the use of an extension that was not present
-    # in the client's handshake ... the client MUST _Fail the WebSocket Connection_."
-    if any(split_list(v) for v in headers.get_all("sec-websocket-extensions")):
-        raise WebSocketProtocolError("server chose an extension we did not offer")
-    if any(split_list(v) for v in headers.get_all("sec-websocket-protocol")):
-        raise WebSocketProtocolError("server chose a subprotocol we did not offer")
-
-
-def encode_client_request(path: str, fields: Iterable[tuple[str, str]]) -> bytes:
-    """The request head ``GET path HTTP/1.1`` with ``fields``, ending with the empty line.
-
-    Raises ``ValueError`` for a path or field with CR, LF, NUL, space or
-    non-ASCII (request splitting).
-    """
-    if not path.startswith("/") or not path.isascii() or any(c in path for c in " \r\n\0\t"):
-        raise ValueError(f"unsafe request path {path!r}")
-    lines = [f"GET {path} HTTP/1.1"]
-    for name, value in fields:
-        if not name or any(c in name for c in " :\r\n\0\t") or any(c in value for c in "\r\n\0"):
-            raise ValueError(f"unsafe header field {name!r}")
-        lines.append(f"{name}: {value}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")

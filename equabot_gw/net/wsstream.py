@@ -23,7 +23,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from ..errors import ConnectionClosed, HeadTooLarge, WebSocketProtocolError, ws_close_code
-from . import http11, websocket
+from . import http11, websocket, wshandshake
 from .websocket import EOF, NEED_DATA, CloseReceived, Message, Pong, State
 
 __all__ = [
@@ -558,9 +558,9 @@ async def connect(url: str, *, headers: Iterable[tuple[str, str]] = (),
     ``ValueError`` for a bad URL or header field.
     """
     secure, host, port, authority, path = _split_url(url)
-    key = websocket.new_client_key()
-    request = websocket.encode_client_request(
-        path, [*websocket.client_request_headers(authority, key), *headers])
+    key = wshandshake.new_client_key()
+    request = wshandshake.encode_client_request(
+        path, [*wshandshake.client_request_headers(authority, key), *headers])
     ws = WebSocket(client=True, **options)
     loop = asyncio.get_running_loop()
     tls = (ssl_context or ssl_module.create_default_context()) if secure else None
@@ -572,7 +572,7 @@ async def connect(url: str, *, headers: Iterable[tuple[str, str]] = (),
             transport.write(request)
             head, rest = await opening.head
             response = http11.parse_response_head(head)
-            websocket.check_server_response(response.status, response.headers, key)
+            wshandshake.check_server_response(response.status, response.headers, key)
         except BaseException:
             opening.head.cancel()          # done or not: nobody reads it any more
             transport.abort()
