@@ -63,6 +63,9 @@ MAX_WRITE_PIECE_BYTES: Final = 64 * 1024
 # Stream output held back to be sent with the rest of its task step (one
 # send instead of several); past this many bytes it goes out at once.
 MAX_CORKED_BYTES: Final = 64 * 1024
+# Pipelined requests answered back to back without waiting for bytes: past
+# this many the connection lets the event loop run others before going on.
+MAX_REQUESTS_PER_TURN: Final = 32
 
 SERVER_NAME: Final = "equabot-gw"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
@@ -230,6 +233,7 @@ class _Connection(asyncio.Protocol):
         self._close_timer: asyncio.TimerHandle | None = None
         self._corked: list[bytes] = []  # stream output held until the writing task steps back
         self._corked_bytes = 0
+        self._streak = 0                # requests answered since the loop last ran others
 
     def __repr__(self) -> str:
         return (f"<_Connection {self.id} client={self.client} handling={self._handling} "
@@ -353,6 +357,7 @@ class _Connection(asyncio.Protocol):
         self._wake_reader()
 
     async def _wait_data(self) -> None:
+        self._streak = 0
         self._resume_reading()
         self._data_waiter = self.loop.create_future()
         try:
@@ -454,6 +459,12 @@ class _Connection(asyncio.Protocol):
                     break
                 if not await self._respond(request):
                     break
+                self._streak += 1
+                if self._streak >= MAX_REQUESTS_PER_TURN:
+                    # Pipelined requests whose handlers never wait would hold
+                    # the loop for as long as the client sends them.
+                    self._streak = 0
+                    await asyncio.sleep(0)
         except HTTPProtocolError as exc:
             if not self._gone:
                 self._send_final_error(exc)
