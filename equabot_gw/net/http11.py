@@ -89,12 +89,9 @@ class _Reader:
             self._eof = True
             return
         if self._pos and self._pos == len(self._buf):
+            # Everything was parsed: no head is half-read, so its positions restart too.
             self._buf.clear()
-            self._scan -= self._pos
-            self._checked -= self._pos
-            self._line_scan -= self._pos
-            self._counted -= self._pos
-            self._pos = 0
+            self._pos = self._scan = self._checked = self._line_scan = self._counted = 0
         self._buf += data
 
     @property
@@ -149,9 +146,6 @@ class _Reader:
         self._pos = end + 4
         self._scan = self._checked = self._line_scan = self._counted = self._pos
         self._empty_lines = self._start_spaces = 0
-        # RFC 9110 §6.5: trailer fields are fields too; they share the head's
-        # byte budget, so a message's fields never exceed max_head_bytes.
-        self._trailer_budget = self.max_head_bytes - (end - start)
         head = bytes(buf[start:end])
         self._compact()
         return head
@@ -261,8 +255,11 @@ class _Reader:
             raise HTTPProtocolError(heads.describe_bad_field(line))
 
     # ---- bodies ----
-    def _start_body(self, content_length: int | None, chunked: bool) -> None:
+    def _start_body(self, content_length: int | None, chunked: bool, head_bytes: int = 0) -> None:
         if chunked:
+            # RFC 9110 §6.5: trailer fields are fields too; they share the
+            # head's byte budget, so a message's fields never exceed max_head_bytes.
+            self._trailer_budget = self.max_head_bytes - head_bytes
             self._body = self._chunked_body()
             self._in_body = True
         elif content_length:
@@ -462,7 +459,7 @@ class RequestParser(_Reader):
                                          max_body_bytes=self.max_body_bytes)
         except HTTPProtocolError as exc:
             raise self._line_error(head) or exc from None
-        self._start_body(request.content_length, request.chunked)
+        self._start_body(request.content_length, request.chunked, len(head))
         if not self._in_body:
             self._in_body = True          # END_OF_MESSAGE comes next
             self._remaining = 0
@@ -528,10 +525,10 @@ class ResponseParser(_Reader):
             response = parse_response_head(head, max_headers=self.max_headers)
         except HTTPProtocolError as exc:
             raise self._line_error(head) or exc from None
-        self._frame(response)
+        self._frame(response, len(head))
         return response
 
-    def _frame(self, response: Response) -> None:
+    def _frame(self, response: Response, head_bytes: int) -> None:
         status = response.status
         headers = response.headers
         tokens = heads.connection_tokens(headers)
@@ -552,7 +549,7 @@ class ResponseParser(_Reader):
                 self._close_delimited, self.keep_alive = True, False
                 return
             heads.check_chunked_final(codings, "client")
-            self._start_body(None, True)
+            self._start_body(None, True, head_bytes)
         elif headers.get_all("content-length"):
             self._start_body(heads.parse_content_length(headers.get_all("content-length"),
                                                    self.max_body_bytes), False)
