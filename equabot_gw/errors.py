@@ -16,6 +16,7 @@ The tree, grouped by what the caller does next::
     │   └── WebSocketProtocolError  close 1002
     │       ├── InvalidUTF8             1007
     │       └── MessageTooBig           1009
+    │           └── TooManyFragments    1009
     ├── ApiError                    a well-formed request refused: status + OpenAI error fields
     ├── RunError                    an agent run that did not finish
     │   ├── RunAborted              client gone, chat.abort, shutdown
@@ -42,7 +43,7 @@ __all__ = [
     "GatewayError", "ConfigError", "JSON5Error", "ProtocolError",
     "HTTPProtocolError", "RequestLineTooLong", "HeadTooLarge", "BodyTooLarge",
     "UnsupportedTransferCoding", "UnknownMethod", "UnsupportedVersion",
-    "WebSocketProtocolError", "InvalidUTF8", "MessageTooBig",
+    "WebSocketProtocolError", "InvalidUTF8", "MessageTooBig", "TooManyFragments",
     "ApiError", "RunError", "RunAborted", "RunTimedOut", "StorageError", "UpstreamError",
     "UpstreamRejected", "UpstreamTimeout", "ConnectionClosed",
     "ClientError", "ClientConnectError", "ClientTimeout",
@@ -163,6 +164,15 @@ class MessageTooBig(WebSocketProtocolError):
         self.limit = limit
         self.size = size
         super().__init__(f"message of {size} bytes or more over the limit of {limit}")
+
+
+class TooManyFragments(MessageTooBig):
+    """A message in more than ``limit`` frames (1009: too big to process, RFC 6455 §7.4.1)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = None
+        WebSocketProtocolError.__init__(self, f"message in more than {limit} fragments")
 
 
 # -- requests the gateway refuses -----------------------------------------

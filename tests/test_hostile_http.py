@@ -397,8 +397,12 @@ HOSTILE = (
     ("trailer with a bare LF", chunked(b"0\r\nX: a\nY: b\r\n\r\n"), 400, CHUNK_BARE),
     ("101 trailer fields", chunked(b"0\r\n" + b"".join(b"T%d: v\r\n" % i for i in range(101)) + b"\r\n"),
      431, "trailer field count over the limit of 100"),
-    ("trailer line over 64 KiB", chunked(b"0\r\nX: " + b"a" * 70000 + b"\r\n\r\n"), 400,
-     "chunk framing line longer than 65536 bytes"),
+    # Trailer fields share the head's 64 KiB budget (431, as a head over it).
+    ("trailer line over 64 KiB", chunked(b"0\r\nX: " + b"a" * 70000 + b"\r\n\r\n"), 431,
+     "header and trailer section bytes over the limit of 65536"),
+    ("trailer lines over 64 KiB together", chunked(b"0\r\n" + b"".join(
+        b"X%d: " % i + b"a" * 20000 + b"\r\n" for i in range(4)) + b"\r\n"), 431,
+     "header and trailer section bytes over the limit of 65536"),
     # -- Expect: 100-continue, then a broken body: 100 first, then the error -------------
     ("Expect then a bad chunk size", EXPECT_CHUNKED + b"zz\r\n", 400, SIZE),
     ("Expect then chunk data without CRLF", EXPECT_CHUNKED + b"1\r\nxy\r\n", 400, NO_CRLF),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import pathlib
+import time
 import unittest
 
 from equabot_gw.errors import (
@@ -236,6 +237,18 @@ INVALID = (
      HeadTooLarge, 431, "over the limit of 512"),
     ("too many headers", b"GET / HTTP/1.1\r\n" + H + b"".join(b"X%d: v\r\n" % i for i in range(12)) + b"\r\n",
      HeadTooLarge, 431, "header field count over the limit of 10"),
+    # Trailer fields spend the head's byte budget (RFC 9110 §6.5: they are fields): 431 past it.
+    ("trailer line over the field budget", b"POST / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n"
+     b"1\r\nx\r\n0\r\nX: " + b"v" * 600 + b"\r\n\r\n", HeadTooLarge, 431,
+     "header and trailer section bytes over the limit of 512"),
+    ("trailer lines over the field budget together", b"POST / HTTP/1.1\r\n" + H
+     + b"Transfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n" + b"X: " + b"v" * 250 + b"\r\n"
+     + b"Y: " + b"v" * 250 + b"\r\n\r\n", HeadTooLarge, 431, "header and trailer section bytes"),
+    ("trailer line over the field budget unfinished", b"POST / HTTP/1.1\r\n" + H
+     + b"Transfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\nX: " + b"v" * 600, HeadTooLarge, 431,
+     "header and trailer section bytes"),
+    ("protocol name too long", b"GET / " + b"A" * 40 + b"/1.0\r\n" + H + b"\r\n",
+     HTTPProtocolError, 400, "malformed request line"),
 )
 LIMITS = dict(max_request_line_bytes=100, max_head_bytes=512, max_headers=10, max_body_bytes=20)
 
@@ -311,6 +324,67 @@ class RequestTableTest(unittest.TestCase):
         self.assertEqual(headers.get("x-b").encode("latin-1"), b"\xe9")
         self.assertIsNone(headers.get("nope"))
         self.assertEqual(len(headers), 4)
+
+
+def _cpu_seconds_bytewise(raw: bytes, **limits: int) -> float:
+    """CPU time to parse ``raw`` fed one byte at a time (errors included)."""
+    parser = http11.RequestParser(**limits)
+    started = time.process_time()
+    try:
+        for i in range(len(raw)):
+            parser.receive_data(raw[i:i + 1])
+            while (event := parser.next_event()) is not http11.NEED_DATA and event is not http11.END_OF_MESSAGE:
+                pass
+    except HTTPProtocolError:
+        pass
+    return time.process_time() - started
+
+
+class LinearTimeTest(unittest.TestCase):
+    """Each received byte is scanned a bounded number of times, however the bytes are split.
+
+    Each case is timed at two sizes, one byte at a time: a rescan of what is
+    buffered makes the larger cost ~4x the smaller (quadratic), a linear scan
+    ~2x. The bound sits between, with room for a noisy machine; the absolute
+    cap is a generous sanity bound.
+    """
+
+    CASES = (
+        ("trailer line", lambda n: b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                   b"1\r\nx\r\n0\r\nX-T: " + b"a" * n + b"\r\n\r\n"),
+        ("header line", lambda n: b"GET / HTTP/1.1\r\nHost: h\r\nX-Big: " + b"a" * n + b"\r\n\r\n"),
+        ("request target", lambda n: b"GET /" + b"a" * (n // 8) + b" HTTP/1.1\r\nHost: h\r\n\r\n"),
+        ("version word", lambda n: b"GET / " + b"A" * (n // 8) + b"\r\nHost: h\r\n\r\n"),
+        ("chunk extension", lambda n: b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                      b"1;" + b"a" * (n // 16) + b"\r\nx\r\n0\r\n\r\n"),
+    )
+
+    def test_byte_at_a_time_costs_linear_time(self) -> None:
+        for name, make in self.CASES:
+            with self.subTest(name):
+                small = min(_cpu_seconds_bytewise(make(30000)) for _ in range(2))
+                large = min(_cpu_seconds_bytewise(make(60000)) for _ in range(2))
+                self.assertLess(large, 3.2 * small + 0.02, (small, large))
+                self.assertLess(large, 2.0)
+
+    def test_a_64_kib_trailer_line_a_byte_at_a_time_is_cheap(self) -> None:
+        # Regression: one 64 KB trailer line fed a byte at a time cost 2.3 s of CPU.
+        raw = (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n"
+               b"X-T: " + b"a" * 64000 + b"\r\n\r\n")
+        self.assertLess(_cpu_seconds_bytewise(raw, max_head_bytes=128 * 1024), 1.0)
+
+    def test_trailers_are_refused_past_the_head_budget(self) -> None:
+        # Regression: 100 trailer lines of 60 KB (5.7 MiB) were accepted.
+        parser = http11.RequestParser()
+        parser.receive_data(b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n")
+        self.assertIsInstance(parser.next_event(), http11.Request)
+        self.assertEqual(parser.next_event(), b"x")
+        with self.assertRaises(HeadTooLarge) as caught:
+            for i in range(100):
+                parser.receive_data(b"X-T%d: " % i + b"a" * 60000 + b"\r\n")
+                self.assertIs(parser.next_event(), http11.NEED_DATA)
+        self.assertEqual(http_status(caught.exception), 431)
+        self.assertLess(parser.buffered_bytes, http11.DEFAULT_MAX_HEAD_BYTES + 60010)
 
 
 class LlhttpCorpusTest(unittest.TestCase):

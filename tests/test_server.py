@@ -20,8 +20,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from equabot_gw.net import server as server_mod
-from equabot_gw.net.routes import HTTPRequest, Router, StreamingResponse
+from equabot_gw.net.routes import HTTPRequest, Response, Router, StreamingResponse
 
+from tests.net_transports import FlowTransport
 from tests.support import (
     ROOT, TOKEN, GatewayProcess, LiveGateway, base_config, error_of, raw_exchange, split_responses,
 )
@@ -398,6 +399,169 @@ class StreamWritesTest(unittest.IsolatedAsyncioTestCase):
         wire = b"".join(writes)
         self.assertEqual(wire.count(b"3e8\r\n" + piece + b"\r\n"), count)
         self.assertTrue(wire.endswith(b"0\r\n\r\n"))
+
+
+
+def _output_router() -> Router:
+    """Routes for the output-bound tests: small, large plain, one huge stream piece, many pieces."""
+    router = Router()
+
+    async def health(request: HTTPRequest) -> Response:
+        return Response(200, [("content-type", "application/json")], b'{"status":"ok"}')
+
+    async def big(request: HTTPRequest) -> Response:
+        return Response(200, [("content-type", "application/octet-stream")],
+                        bytes(range(256)) * (int(request.params["size"]) // 256))
+
+    async def huge_piece(request: HTTPRequest) -> StreamingResponse:
+        size = int(request.params["size"])
+
+        async def body() -> AsyncIterator[bytes]:
+            yield b"<" + bytes(range(256)) * (size // 256) + b">"
+
+        return StreamingResponse(200, [("content-type", "text/plain")], body())
+
+    async def many(request: HTTPRequest) -> StreamingResponse:
+        async def body() -> AsyncIterator[bytes]:
+            for i in range(int(request.params["count"])):
+                yield b"data: %06d %s\n\n" % (i, b"x" * 4000)
+                await asyncio.sleep(0)
+
+        return StreamingResponse(200, [("content-type", "text/event-stream")], body())
+
+    router.add("/health", ("GET",), health)
+    router.add("/big/{size}", ("GET",), big)
+    router.add("/huge/{size}", ("GET",), huge_piece)
+    router.add("/many/{count}", ("GET",), many)
+    return router
+
+
+def _dechunk(data: bytes) -> bytes:
+    """The content of a complete chunked body (sizes must match; the body must end)."""
+    out, pos = bytearray(), 0
+    while True:
+        end = data.index(b"\r\n", pos)
+        size = int(data[pos:end], 16)
+        if size == 0:
+            assert data[end:] == b"\r\n\r\n", data[end:end + 20]
+            return bytes(out)
+        out += data[end + 2:end + 2 + size]
+        assert data[end + 2 + size:end + 4 + size] == b"\r\n"
+        pos = end + 4 + size
+
+
+class OutputBoundsTest(unittest.IsolatedAsyncioTestCase):
+    """Every response kind goes out in bounded writes while the client keeps up; a client that
+    reads nothing for ``send_timeout`` is dropped, whatever it was sent (plain responses too)."""
+
+    SEND_TIMEOUT = 0.2
+    # Unsent output never passes the high-water mark by more than the corked bytes and one piece.
+    BOUND = server_mod.WRITE_HIGH_WATER_BYTES + 2 * server_mod.MAX_WRITE_PIECE_BYTES + 4096
+
+    def connect(self) -> tuple[server_mod._Connection, FlowTransport]:
+        server = server_mod.HTTPServer(_output_router(),
+                                       limits=server_mod.Limits(send_timeout=self.SEND_TIMEOUT))
+        conn = server_mod._Connection(server)
+        return conn, FlowTransport(asyncio.get_running_loop()).connect(conn)
+
+    async def assertDropped(self, conn: server_mod._Connection, transport: FlowTransport,
+                            within: float = 3.0) -> float:
+        started = time.monotonic()
+        while not transport.aborted and time.monotonic() - started < within:
+            await asyncio.sleep(0.02)
+        self.assertTrue(transport.aborted, "a client that reads nothing was not dropped")
+        self.assertLessEqual(transport.max_unsent, self.BOUND)
+        return time.monotonic() - started
+
+    async def test_a_pipelining_client_that_never_reads_is_bounded_and_dropped(self) -> None:
+        # Regression: pipelined GET /health with no reading grew the gateway without bound.
+        conn, transport = self.connect()
+        requests = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" * 2000
+        fed = max_buffered = 0
+        started = time.monotonic()
+        while not transport.aborted and time.monotonic() - started < 3.0 and fed < 64 << 20:
+            if transport.reading:                   # the client sends whenever the server reads
+                conn.data_received(requests)
+                fed += len(requests)
+            max_buffered = max(max_buffered, conn.parser.buffered_bytes)
+            await asyncio.sleep(0.005)
+        await self.assertDropped(conn, transport)
+        self.assertLessEqual(max_buffered, server_mod.MAX_PIPELINE_BUFFER_BYTES + len(requests))
+        self.assertLess(fed, 8 << 20)               # it stopped reading long before this
+
+    async def test_a_plain_response_to_a_client_that_never_reads_times_out(self) -> None:
+        # Regression: clients that never read their 16 MiB completions stayed connected 200 s+.
+        conn, transport = self.connect()
+        conn.data_received(b"GET /big/16777216 HTTP/1.1\r\nHost: x\r\n\r\n")
+        elapsed = await self.assertDropped(conn, transport)
+        self.assertLess(elapsed, self.SEND_TIMEOUT + 1.0)
+        self.assertLessEqual(max(transport.writes), server_mod.MAX_WRITE_PIECE_BYTES)
+
+    async def test_a_slow_reader_of_a_plain_response_is_served_whole(self) -> None:
+        # It takes far longer than send_timeout in all, but never reads nothing for that long.
+        conn, transport = self.connect()
+        size = 2 << 20
+        conn.data_received(b"GET /big/%d HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % size)
+        started = time.monotonic()
+        while not transport.lost and time.monotonic() - started < 10:
+            transport.read(16 * 1024)               # well under the low-water mark per read
+            await asyncio.sleep(0.01)
+        self.assertFalse(transport.aborted)
+        self.assertGreater(time.monotonic() - started, self.SEND_TIMEOUT)
+        head, _, body = bytes(transport.received).partition(b"\r\n\r\n")
+        self.assertIn(b"content-length: %d" % size, head)
+        self.assertEqual(body, bytes(range(256)) * (size // 256))
+        self.assertLessEqual(transport.max_unsent, self.BOUND)
+
+    async def test_a_huge_stream_piece_to_a_client_that_never_reads_is_bounded(self) -> None:
+        # Regression: one 242 MiB piece was one write the client could never drain.
+        conn, transport = self.connect()
+        conn.data_received(b"GET /huge/16777216 HTTP/1.1\r\nHost: x\r\n\r\n")
+        await self.assertDropped(conn, transport)
+        self.assertLessEqual(max(transport.writes), 2 * server_mod.MAX_WRITE_PIECE_BYTES)
+
+    async def test_a_huge_stream_piece_reaches_a_slow_reader_whole(self) -> None:
+        conn, transport = self.connect()
+        size = 1 << 20
+        conn.data_received(b"GET /huge/%d HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % size)
+        started = time.monotonic()
+        while not transport.lost and time.monotonic() - started < 10:
+            transport.read(32 * 1024)
+            await asyncio.sleep(0.005)
+        self.assertFalse(transport.aborted)
+        head, _, wire = bytes(transport.received).partition(b"\r\n\r\n")
+        self.assertIn(b"transfer-encoding: chunked", head)
+        self.assertEqual(_dechunk(wire), b"<" + bytes(range(256)) * (size // 256) + b">")
+        self.assertLessEqual(max(transport.writes), 2 * server_mod.MAX_WRITE_PIECE_BYTES)
+        self.assertLessEqual(transport.max_unsent, self.BOUND)
+
+    async def test_a_stream_of_many_pieces_to_a_client_that_never_reads_is_bounded(self) -> None:
+        conn, transport = self.connect()
+        conn.data_received(b"GET /many/100000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        await self.assertDropped(conn, transport)
+
+    async def test_closing_after_the_last_response_waits_send_timeout_at_most(self) -> None:
+        # Under the high-water mark nothing waits in the request loop: the close itself does.
+        conn, transport = self.connect()
+        conn.data_received(b"GET /big/131072 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        await asyncio.sleep(0.05)
+        self.assertTrue(transport.closing)
+        self.assertFalse(transport.lost)            # asyncio's close() waits for the client ...
+        elapsed = await self.assertDropped(conn, transport)     # ... for send_timeout, no longer
+        self.assertLess(elapsed, self.SEND_TIMEOUT + 1.0)
+
+    async def test_the_next_pipelined_request_waits_for_the_client(self) -> None:
+        # Output above the high-water mark: the next request is not handled (nor read) until it drains.
+        conn, transport = self.connect()
+        conn.data_received(b"GET /big/1048576 HTTP/1.1\r\nHost: x\r\n\r\n"
+                           b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        await asyncio.sleep(0.05)
+        self.assertTrue(transport.paused)
+        self.assertFalse(b'{"status":"ok"}' in transport.unsent, "answered before the client read")
+        while b'{"status":"ok"}' not in transport.received:
+            transport.read()
+            await asyncio.sleep(0.005)
+        self.assertFalse(transport.aborted)
 
 
 if __name__ == "__main__":

@@ -17,10 +17,12 @@ import ssl
 import subprocess
 import tempfile
 import time
+import tracemalloc
 import unittest
 
 from equabot_gw.errors import (
-    ApiError, ConnectionClosed, HeadTooLarge, InvalidUTF8, MessageTooBig, WebSocketProtocolError, ws_close_code,
+    ApiError, ConnectionClosed, HeadTooLarge, InvalidUTF8, MessageTooBig, TooManyFragments, WebSocketProtocolError,
+    ws_close_code,
 )
 from equabot_gw.net import websocket as ws_codec
 from equabot_gw.net import wsstream
@@ -593,6 +595,94 @@ class ImportDirection(unittest.TestCase):
                         self.assertNotIn(banned, target.replace("equabot_gw.", "").split(".")[:2])
 
 
+def fragmented(payload: bytes, size: int, opcode: int = TEXT) -> bytes:
+    """``payload`` as one message in fragments of ``size`` bytes (all sharing MASK)."""
+    pieces = [payload[i:i + size] for i in range(0, len(payload), size)] or [b""]
+    last = len(pieces) - 1
+    return b"".join(T(opcode if i == 0 else CONT, piece, fin=i == last) for i, piece in enumerate(pieces))
+
+
+def feed_all(conn: Connection, wire: bytes, step: int = 65536) -> list:
+    """Feed ``wire`` in reads of ``step`` bytes; the events (raises what the codec raises)."""
+    events = []
+    for i in range(0, len(wire), step):
+        conn.receive_data(wire[i:i + step])
+        while (event := conn.next_event()) is not NEED_DATA:
+            events.append(event)
+    return events
+
+
+class Fragments(unittest.TestCase):
+    """Regressions: a message in tiny fragments costs its size in memory and linear time."""
+
+    def test_tiny_fragments_cost_the_message_size_in_memory(self) -> None:
+        # Was: a 24 MiB text message in 2-byte fragments took 1060 MiB (an object per fragment).
+        text = ("ab" * (128 * 1024)).encode()                # 256 KiB in 131,072 fragments
+        wire = fragmented(text, 2)
+        conn = Connection(client=False, max_message_bytes=None, max_fragments=None)
+        tracemalloc.start()
+        try:
+            events = feed_all(conn, wire)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        self.assertEqual(events, [Message(text.decode())])
+        # The joined bytes (+1/8 growth), the final str, one 64 KiB read and its copy: ~3.5x.
+        self.assertLess(peak, 4 * len(text) + 256 * 1024)
+
+    def test_tiny_fragments_cost_linear_time(self) -> None:
+        def cpu(n: int) -> float:
+            wire = fragmented(b"ab" * n, 2)
+            conn = Connection(client=False, max_message_bytes=None, max_fragments=None)
+            started = time.process_time()
+            feed_all(conn, wire)
+            return time.process_time() - started
+
+        small = min(cpu(20000) for _ in range(2))
+        large = min(cpu(80000) for _ in range(2))
+        self.assertLess(large, 6 * small + 0.02, (small, large))    # 4x the bytes; quadratic is 16x
+
+    def test_more_fragments_than_the_limit_fail_with_1009(self) -> None:
+        conn = Connection(client=False, max_fragments=10)
+        wire = fragmented(b"x" * 11, 1)
+        with self.assertRaises(TooManyFragments) as caught:
+            feed_all(conn, wire)
+        self.assertEqual(ws_close_code(caught.exception), 1009)
+        self.assertEqual(str(caught.exception), "message in more than 10 fragments")
+        self.assertEqual(feed_all(Connection(client=False, max_fragments=10), fragmented(b"x" * 10, 1)),
+                         [Message("x" * 10)])
+
+    def test_the_default_fragment_limit(self) -> None:
+        # Empty continuation frames cost a header each and no memory: the count bounds them.
+        n = ws_codec.DEFAULT_MAX_FRAGMENTS
+        head = T(TEXT, b"", fin=False)
+        cont = T(CONT, b"", fin=False)
+        conn = Connection(client=False)
+        with self.assertRaises(TooManyFragments) as caught:
+            feed_all(conn, head + cont * n)
+        self.assertIn(f"more than {n} fragments", str(caught.exception))
+        conn = Connection(client=False)
+        self.assertEqual(feed_all(conn, head + cont * (n - 2) + T(CONT, b"ok")), [Message("ok")])
+
+    def test_utf8_verdict_does_not_depend_on_how_fragments_arrive(self) -> None:
+        # Text is checked per read, not per fragment: the verdicts must be those of
+        # checking each fragment as it arrives (bad text before a bad header wins).
+        bad_then_reserved = T(TEXT, b"ok\xc0", fin=False) + T(CONT, b"x", rsv=1)
+        bad_then_ping = T(TEXT, b"ok\xc0", fin=False) + T(PING, b"p")
+        for wire in (bad_then_reserved, bad_then_ping):
+            for step in (1, 3, len(wire)):
+                with self.subTest(wire=wire, step=step):
+                    events = []
+                    conn = Connection(client=False)
+                    with self.assertRaises(InvalidUTF8):
+                        for i in range(0, len(wire), step):
+                            conn.receive_data(wire[i:i + step])
+                            while (event := conn.next_event()) is not NEED_DATA:
+                                events.append(event)
+                    self.assertEqual(events, [])
+                    self.assertEqual(conn.data_to_send(), b"")      # the Ping was not answered
+
+
 # -- the asyncio shell ------------------------------------------------------------
 
 class RawPeer:
@@ -848,6 +938,57 @@ class Shell(unittest.IsolatedAsyncioTestCase):
         client.send("the others go on")
         self.assertEqual(await server.recv(), "the others go on")
         await client.close()
+
+    async def test_unread_messages_are_bounded_in_bytes(self) -> None:
+        # 16 queued 25 MiB messages was the old bound: the queue now stops at max_queued_bytes.
+        limit = 64 * 1024
+        server, peer = await self.raw_peer(max_queued_bytes=limit, close_timeout=2 * UNIT)
+        message = b"y" * 20_000
+        peer.send(b"".join(T(BINARY, message) for _ in range(30)))
+        await asyncio.sleep(UNIT)
+        self.assertFalse(server._transport.is_reading())
+        self.assertLess(len(server._messages), 16)
+        self.assertGreaterEqual(server.queued_bytes, limit)
+        self.assertLess(server.queued_bytes, limit + len(message) + 100)
+        self.assertEqual([await server.recv() for _ in range(30)], [message] * 30)
+        self.assertEqual(server.queued_bytes, 0)
+        self.assertTrue(server._transport.is_reading())
+        await server.close()
+
+    async def test_limits_can_be_tightened_on_an_open_connection(self) -> None:
+        # E.g. before a peer has authenticated: small messages, one at a time.
+        server, peer = await self.raw_peer(close_timeout=2 * UNIT)
+        server.max_message_bytes, server.max_queued_messages, server.max_fragments = 100, 1, 4
+        peer.send(T(TEXT, b"1") + T(TEXT, b"2"))
+        await asyncio.sleep(UNIT)
+        self.assertEqual(len(server._messages), 1)          # reading paused after one
+        self.assertFalse(server._transport.is_reading())
+        self.assertEqual([await server.recv(), await server.recv()], ["1", "2"])
+        peer.send(T(TEXT, b"x" * 101))
+        opcode, payload = await peer.read_frame()
+        self.assertEqual((opcode, int.from_bytes(payload[:2], "big")), (CLOSE, 1009))
+
+    async def test_a_read_of_tiny_frames_is_parsed_over_several_loop_turns(self) -> None:
+        # 256 KiB of 8-byte frames is ~32,000 frames: parsed 64 KiB per turn, so others run between.
+        server, peer = await self.raw_peer(max_fragments=None, max_message_bytes=None,
+                                           close_timeout=2 * UNIT)
+        wire = fragmented(b"ab" * 40000, 2)
+        turns = 0
+        done = asyncio.get_running_loop().create_future()
+
+        def tick() -> None:
+            nonlocal turns
+            turns += 1
+            if not done.done():
+                asyncio.get_running_loop().call_soon(tick)
+
+        server.data_received(wire)
+        self.assertGreater(len(server._backlog), 0)
+        asyncio.get_running_loop().call_soon(tick)
+        self.assertEqual(await asyncio.wait_for(server.recv(), 50 * UNIT), "ab" * 40000)
+        done.set_result(None)
+        self.assertGreaterEqual(turns, len(wire) // wsstream.MAX_BYTES_PER_TURN - 1)
+        self.assertTrue(server._transport.is_reading())
 
     async def test_recv_twice_at_once_is_an_error(self) -> None:
         server, client = await ws_pair()

@@ -339,6 +339,11 @@ def version_error(version: bytes, *, complete: bool) -> HTTPProtocolError | None
     status whether it arrives whole or one byte at a time.
     """
     name, slash, rest = version.partition(b"/")
+    if len(name) > MAX_PROTOCOL_NAME_BYTES:
+        # No protocol is named at such length ("HTTP", "RTSP"): the line is
+        # garbage, and an unfinished one is judged without waiting for more
+        # (judging it whole at every new byte would cost quadratic time).
+        return HTTPProtocolError("malformed request line")
     if not slash:
         if not complete and (VERSION_PREFIX.fullmatch(version) or grammar.TOKEN.fullmatch(version)):
             return None
@@ -446,6 +451,8 @@ def parse_chunk_size(line: bytes) -> int:
 
 
 _HEX_DIGITS: Final = frozenset(b"0123456789abcdefABCDEF")
+# The longest protocol name in a request line judged on its merits.
+MAX_PROTOCOL_NAME_BYTES: Final = 32
 # What a protocol name in a request line looks like (RTSP, ICE, HTTPS): upper-case.
 PROTOCOL_NAME: Final = re.compile(rb"[A-Z][A-Z0-9.+-]*")
 # A prefix of "HTTP/1.d": what the third word of an unfinished request line may be.

@@ -72,6 +72,10 @@ class _Reader:
         self._pos = 0               # start of unread bytes in _buf
         self._scan = 0              # where the head-end search resumes
         self._checked = 0           # first line of an incomplete head not yet checked
+        self._line_scan = 0         # how far that line's bytes are checked (each byte once)
+        self._start_spaces = 0      # spaces in an unfinished start line, counted up to _counted
+        self._counted = 0
+        self._trailer_budget = max_head_bytes   # field bytes the trailers may use (what the head left)
         self._eof = False
         self._body: Generator[object, None, None] | None = None
         self._remaining = 0         # Content-Length bytes still to read
@@ -85,10 +89,9 @@ class _Reader:
             self._eof = True
             return
         if self._pos and self._pos == len(self._buf):
+            # Everything was parsed: no head is half-read, so its positions restart too.
             self._buf.clear()
-            self._scan -= self._pos
-            self._checked -= self._pos
-            self._pos = 0
+            self._pos = self._scan = self._checked = self._line_scan = self._counted = 0
         self._buf += data
 
     @property
@@ -116,6 +119,8 @@ class _Reader:
             del self._buf[:self._pos]
             self._scan = max(0, self._scan - self._pos)
             self._checked = max(0, self._checked - self._pos)
+            self._line_scan = max(0, self._line_scan - self._pos)
+            self._counted = max(0, self._counted - self._pos)
             self._pos = 0
 
     # ---- heads ----
@@ -139,16 +144,23 @@ class _Reader:
             raise self._over_limit(start, self.max_head_bytes,
                                    HeadTooLarge("header section bytes", self.max_head_bytes))
         self._pos = end + 4
-        self._scan = self._checked = self._pos
-        self._empty_lines = 0
+        self._scan = self._checked = self._line_scan = self._counted = self._pos
+        self._empty_lines = self._start_spaces = 0
         head = bytes(buf[start:end])
         self._compact()
         return head
 
     def _check_incomplete_head(self, start: int, max_start_line: int | None) -> None:
+        # Runs on every arrival of bytes, so it must cost what arrived, not what
+        # is buffered: each byte of a head is scanned a bounded number of times
+        # however the head is split (a 64 KiB line sent a byte at a time would
+        # otherwise cost a quadratic rescan).
         buf = self._buf
-        if max_start_line is not None:
-            nl = buf.find(b"\r\n", start)
+        pos = max(start, self._checked)         # the first line not yet checked whole
+        scan = max(pos, self._line_scan)        # bytes of that line before here hold no LF
+        if max_start_line is not None and pos == start:
+            # The request line is still arriving; its bytes before scan hold no CRLF.
+            nl = buf.find(b"\r\n", scan, start + max_start_line + 2)
             first = (nl if nl >= 0 else len(buf) - buf.endswith(b"\r")) - start
             if first > max_start_line:
                 raise self._over_limit(start, max_start_line, RequestLineTooLong(max_start_line))
@@ -159,12 +171,32 @@ class _Reader:
                                    HeadTooLarge("header section bytes", self.max_head_bytes))
         # Check each line once, as soon as it is complete: a head that can never
         # become valid fails now instead of holding the connection until a timeout.
-        pos = max(start, self._checked)
-        while (nl := buf.find(b"\n", pos)) >= 0:
+        while (nl := buf.find(b"\n", scan)) >= 0:
             self._check_line(bytes(buf[pos:nl]), pos == start)
-            pos = nl + 1
+            pos = scan = nl + 1
         self._checked = pos
-        self._check_prefix(bytes(buf[pos:]), pos == start, ended=False)
+        if pos == start:
+            # The request line so far. Its verdict can change only when a space
+            # arrives or once the third word (the version) has begun, so only
+            # then is it checked whole; otherwise, as for a status line, only
+            # its new bytes are.
+            spaces = self._start_spaces + buf.count(b" ", max(pos, self._counted))
+            if max_start_line is not None and (spaces != self._start_spaces or spaces >= 2):
+                self._check_prefix(bytes(buf[pos:]), True, ended=False)
+            elif buf.find(b"\r", scan, len(buf) - 1) >= 0:
+                raise HTTPProtocolError("bare CR in message head")
+            self._start_spaces, self._counted = spaces, len(buf)
+        else:
+            self._check_partial_field(pos, scan)
+        self._line_scan = max(pos, len(buf) - 1)    # a last CR may yet be a CRLF
+
+    def _check_partial_field(self, pos: int, scan: int) -> None:
+        """``_check_prefix`` for the field line at ``pos``, on its bytes from ``scan`` on only."""
+        buf = self._buf
+        if scan == pos and buf[pos:pos + 1] in (b" ", b"\t"):
+            raise HTTPProtocolError(heads.describe_bad_field(bytes(buf[pos:pos + 1])))
+        if buf.find(b"\r", scan, len(buf) - 1) >= 0:
+            raise HTTPProtocolError("bare CR in message head")
 
     # Every check names the problem that the earliest byte proves, so that a
     # head gets the same verdict however it is cut into pieces: the checks of
@@ -223,8 +255,11 @@ class _Reader:
             raise HTTPProtocolError(heads.describe_bad_field(line))
 
     # ---- bodies ----
-    def _start_body(self, content_length: int | None, chunked: bool) -> None:
+    def _start_body(self, content_length: int | None, chunked: bool, head_bytes: int = 0) -> None:
         if chunked:
+            # RFC 9110 §6.5: trailer fields are fields too; they share the
+            # head's byte budget, so a message's fields never exceed max_head_bytes.
+            self._trailer_budget = self.max_head_bytes - head_bytes
             self._body = self._chunked_body()
             self._in_body = True
         elif content_length:
@@ -258,17 +293,28 @@ class _Reader:
         self._compact()
         return data
 
-    def _read_line(self, limit: int) -> Generator[object, None, bytes]:
+    def _read_line(self, limit: int, what: str | None = None) -> Generator[object, None, bytes]:
+        """One CRLF-terminated line of at most ``limit`` bytes, without its CRLF.
+
+        Over the limit: 400, or with ``what`` (a field section) 431 naming it.
+        The search resumes where it stopped, so a line costs its length once
+        however its bytes are split.
+        """
+        scanned = 0             # bytes after _pos known to start no CRLF (offset: _pos is stable here)
         while True:
-            end = self._buf.find(b"\r\n", self._pos, self._pos + limit + 2)
+            pos = self._pos
+            end = self._buf.find(b"\r\n", pos + scanned, pos + limit + 2)
             if end >= 0:
-                line = bytes(self._buf[self._pos:end])
+                line = bytes(self._buf[pos:end])
                 self._pos = end + 2
                 if b"\n" in line or b"\r" in line:
                     raise HTTPProtocolError("bare CR or LF in chunked framing")
                 return line
-            if len(self._buf) - self._pos > limit + 1:
+            if len(self._buf) - pos > limit + 1:
+                if what is not None:
+                    raise HeadTooLarge(what, self.max_head_bytes)
                 raise HTTPProtocolError(f"chunk framing line longer than {limit} bytes")
+            scanned = max(0, len(self._buf) - pos - 1)
             yield NEED_DATA
 
     def _buffered_chunk_size(self) -> int:
@@ -333,14 +379,20 @@ class _Reader:
                 raise HTTPProtocolError("chunk data not followed by CRLF")
         # RFC 9112 §7.1.2: trailer-section = *( field-line CRLF ); a recipient
         # may discard fields it does not understand. Checked, then dropped.
+        # Trailer lines spend the head's budget (431 past it, as for the head).
         count = 0
-        while (line := (yield from self._read_line(self.max_head_bytes))) != b"":
+        budget = self._trailer_budget
+        while (line := (yield from self._read_line(max(budget - 2, 0), _FIELDS))) != b"":
+            budget -= len(line) + 2
             count += 1
             if count > self.max_headers:
                 raise HeadTooLarge("trailer field count", self.max_headers)
             if grammar.FIELD_LINE.fullmatch(line) is None:
                 raise HTTPProtocolError(heads.describe_bad_field(line))
 
+
+# What a trailer section over the field budget is called in its 431.
+_FIELDS: Final = "header and trailer section bytes"
 
 
 class RequestParser(_Reader):
@@ -407,7 +459,7 @@ class RequestParser(_Reader):
                                          max_body_bytes=self.max_body_bytes)
         except HTTPProtocolError as exc:
             raise self._line_error(head) or exc from None
-        self._start_body(request.content_length, request.chunked)
+        self._start_body(request.content_length, request.chunked, len(head))
         if not self._in_body:
             self._in_body = True          # END_OF_MESSAGE comes next
             self._remaining = 0
@@ -473,10 +525,10 @@ class ResponseParser(_Reader):
             response = parse_response_head(head, max_headers=self.max_headers)
         except HTTPProtocolError as exc:
             raise self._line_error(head) or exc from None
-        self._frame(response)
+        self._frame(response, len(head))
         return response
 
-    def _frame(self, response: Response) -> None:
+    def _frame(self, response: Response, head_bytes: int) -> None:
         status = response.status
         headers = response.headers
         tokens = heads.connection_tokens(headers)
@@ -497,7 +549,7 @@ class ResponseParser(_Reader):
                 self._close_delimited, self.keep_alive = True, False
                 return
             heads.check_chunked_final(codings, "client")
-            self._start_body(None, True)
+            self._start_body(None, True, head_bytes)
         elif headers.get_all("content-length"):
             self._start_body(heads.parse_content_length(headers.get_all("content-length"),
                                                    self.max_body_bytes), False)

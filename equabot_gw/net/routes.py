@@ -44,7 +44,12 @@ class HTTPRequest:
 
 @dataclass(slots=True)
 class Response:
-    """A complete response; ``Content-Length`` is added by the server."""
+    """A complete response; ``Content-Length`` is added by the server.
+
+    A body over 64 KiB is written in 64 KiB writes as the client reads it
+    (never copied whole into the transport); the server holds ``body`` until
+    it is sent.
+    """
 
     status: int
     headers: list[tuple[str, str]] = field(default_factory=list)
@@ -58,7 +63,9 @@ class StreamingResponse:
     Each yielded ``bytes`` is one chunk in HTTP/1.1 (raw bytes on a
     close-delimited HTTP/1.0 stream); what ``body`` yields within one step of
     its task is sent together, as soon as the step ends (the pieces must not
-    be mutated afterwards). When nothing was yielded for
+    be mutated afterwards). A piece may have any size: one over 64 KiB is
+    written in 64 KiB writes, and ``body`` is not resumed while the client
+    leaves more than the high-water mark unread. When nothing was yielded for
     ``idle_interval`` seconds the server sends ``idle_bytes`` (e.g. an SSE
     comment) if given. If the client goes away, ``body`` is closed (``aclose``),
     which runs its ``finally`` blocks.

@@ -10,6 +10,14 @@ needs (limits, routes, names) is passed in.
 
 A client that disconnects (EOF or reset) while its request is being handled is
 gone: its handler task is cancelled at once and nothing more is written.
+
+Every buffer has a byte bound and every wait a deadline: received bytes ahead
+of the request being handled stop being read past ``MAX_PIPELINE_BUFFER_BYTES``;
+output of every kind (plain, streamed, error) goes out in pieces of at most
+``MAX_WRITE_PIECE_BYTES``, each written only while the client's unsent bytes
+are under ``WRITE_HIGH_WATER_BYTES``, and the next pipelined request waits too;
+a client that reads nothing for ``Limits.send_timeout`` is dropped, also after
+its last response, when the connection closes.
 """
 
 from __future__ import annotations
@@ -20,16 +28,18 @@ import itertools
 import logging
 import os
 import re
-import sys
 import time
 from dataclasses import dataclass
 from typing import Final
 
 from ..errors import ApiError, HTTPProtocolError
 from . import http11
+from .accesslog import AccessLog
 from .routes import (
     HTTPRequest, Response, Router, StreamingResponse, Upgrade, error_response,
 )
+
+__all__ = ["HTTPServer", "Limits", "AccessLog"]
 
 log = logging.getLogger("equabot_gw.http")
 
@@ -37,63 +47,30 @@ log = logging.getLogger("equabot_gw.http")
 DEFAULT_HEADER_TIMEOUT: Final = 10.0        # nginx client_header_timeout is 60 s; 10 s per DECISIONS 11
 DEFAULT_KEEP_ALIVE_TIMEOUT: Final = 30.0    # between requests on an idle connection
 DEFAULT_BODY_TIMEOUT: Final = 30.0          # longest pause between two pieces of a request body
-DEFAULT_SEND_TIMEOUT: Final = 60.0          # longest a client may read nothing of a streamed response
+DEFAULT_SEND_TIMEOUT: Final = 60.0          # longest a client may read nothing of its output (nginx send_timeout)
 # After an error response the server closes its sending side and reads what
 # the client still sends for this long before closing (RFC 9112 §9.6).
 LINGER_TIMEOUT: Final = 2.0
 # Bytes received ahead of the request being handled (pipelining) before the
 # server stops reading from that client.
 MAX_PIPELINE_BUFFER_BYTES: Final = 256 * 1024
-# Write buffer marks: above the high mark a streaming handler waits for the
-# client to read (asyncio's default high-water mark is 64 KiB).
+# Write buffer marks: above the high mark the connection waits for the client
+# to read before it writes more or reads the next request (asyncio's default
+# high-water mark is 64 KiB; the low mark is a quarter of the high one).
 WRITE_HIGH_WATER_BYTES: Final = 256 * 1024
+# The largest single write: a bigger body or stream piece is written in pieces
+# of this size, waiting for the client between them, so no response of any
+# size is copied whole into the transport's buffer.
+MAX_WRITE_PIECE_BYTES: Final = 64 * 1024
 # Stream output held back to be sent with the rest of its task step (one
 # send instead of several); past this many bytes it goes out at once.
 MAX_CORKED_BYTES: Final = 64 * 1024
+# Pipelined requests answered back to back without waiting for bytes: past
+# this many the connection lets the event loop run others before going on.
+MAX_REQUESTS_PER_TURN: Final = 32
 
 SERVER_NAME: Final = "equabot-gw"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
-
-
-# -- access log -------------------------------------------------------------------
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\\\"]")
-
-
-def _escape(text: str) -> str:
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
-
-
-class AccessLog:
-    """One line per request to a text stream, written in batches.
-
-    Lines gathered during one event-loop iteration are written together at its
-    end: a write per line would cost a system call per request. Paths are
-    escaped; header values and bodies are never logged.
-    """
-
-    def __init__(self, stream=None) -> None:
-        self._stream = stream
-        self._lines: list[str] = []
-
-    def record(self, conn_id: int, method: str, path: str, status: int, size: int,
-               duration: float, request_id: str) -> None:
-        """Queue the line of one answered request."""
-        if not self._lines:
-            asyncio.get_running_loop().call_soon(self.flush)
-        self._lines.append(f'conn={conn_id} "{method} {_escape(path)}" {status} {size} '
-                           f"{duration * 1000:.1f}ms rid={request_id}\n")
-
-    def flush(self) -> None:
-        """Write the queued lines now."""
-        if self._lines:
-            stream = self._stream or sys.stderr
-            try:
-                stream.write("".join(self._lines))
-                stream.flush()
-            except (OSError, ValueError):
-                pass        # a closed or full stderr must not take the server down
-            self._lines.clear()
 
 
 # -- the server -------------------------------------------------------------------
@@ -208,13 +185,16 @@ class _Connection(asyncio.Protocol):
         self._idle = True               # between requests, no byte of the next yet
         self._finishing = False         # close after the current response
         self._gone = False              # EOF or connection lost
+        self._closed = False            # connection lost: the transport is done
         self._timed_out = False
         self._upgraded = False
         self._linger = False            # close after an error: half-close, drain input, then close
         self._deadline: float | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
         self._corked: list[bytes] = []  # stream output held until the writing task steps back
         self._corked_bytes = 0
+        self._streak = 0                # requests answered since the loop last ran others
 
     def __repr__(self) -> str:
         return (f"<_Connection {self.id} client={self.client} handling={self._handling} "
@@ -240,7 +220,10 @@ class _Connection(asyncio.Protocol):
         if self._idle:
             self._idle = False
             self._set_deadline(self.limits.header_timeout)
-        if self._handling and self.parser.buffered_bytes > MAX_PIPELINE_BUFFER_BYTES:
+        if self._data_waiter is None and self.parser.buffered_bytes > MAX_PIPELINE_BUFFER_BYTES:
+            # Read ahead of what the request loop waits for (a handler runs, a
+            # response waits for the client): bounded; reading resumes when the
+            # loop next waits for bytes.
             self._pause_reading()
         self._wake_reader()
 
@@ -252,11 +235,13 @@ class _Connection(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        self._closed = True
         self._lost()
         self.server._connections.discard(self)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for timer in (self._timer, self._close_timer):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._close_timer = None
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_result(None)
 
@@ -291,6 +276,8 @@ class _Connection(asyncio.Protocol):
         if self._handling and self.task is not None:
             self.task.cancel()
         self._wake_reader()
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
 
     def _wake_reader(self) -> None:
         waiter = self._data_waiter
@@ -331,6 +318,7 @@ class _Connection(asyncio.Protocol):
         self._wake_reader()
 
     async def _wait_data(self) -> None:
+        self._streak = 0
         self._resume_reading()
         self._data_waiter = self.loop.create_future()
         try:
@@ -339,14 +327,25 @@ class _Connection(asyncio.Protocol):
             self._data_waiter = None
 
     async def _drain(self) -> None:
-        if self._write_paused and not self._gone:
+        """Wait while the client's unsent output is above the high-water mark.
+
+        ``send_timeout`` bounds each stretch in which the client takes nothing:
+        the wait goes on while its unsent bytes shrink (a slow reader is
+        served), and a client that reads nothing for that long is dropped.
+        Raises ``CancelledError`` once the client is gone.
+        """
+        timeout = self.limits.send_timeout
+        while self._write_paused and not self._gone:
+            unsent = self._unsent_bytes()
             self._drain_waiter = self.loop.create_future()
             try:
-                await asyncio.wait_for(self._drain_waiter, self.limits.send_timeout)
+                await asyncio.wait_for(self._drain_waiter, timeout)
             except asyncio.TimeoutError:
+                if self._unsent_bytes() < unsent:
+                    continue                # it reads, slowly: wait on
                 # A client that reads nothing for this long would hold the
                 # connection (and its buffered output) forever: it is gone.
-                log.info("conn=%d: client read nothing for %ss; dropped", self.id, self.limits.send_timeout)
+                log.info("conn=%d: client read nothing for %ss; dropped", self.id, timeout)
                 self.abort()
                 self._lost()
             finally:
@@ -354,7 +353,37 @@ class _Connection(asyncio.Protocol):
         if self._gone:
             raise asyncio.CancelledError("client disconnected")
 
-    def _write(self, data: bytes) -> None:
+    def _unsent_bytes(self) -> int:
+        try:
+            return self.transport.get_write_buffer_size() if self.transport is not None else 0
+        except NotImplementedError:
+            return 0        # a transport without flow control (a test double) holds nothing
+
+    async def _write_pieces(self, data: bytes) -> None:
+        """Write ``data`` in pieces of at most ``MAX_WRITE_PIECE_BYTES``, each when the client keeps up."""
+        view = memoryview(data)
+        for start in range(0, len(view), MAX_WRITE_PIECE_BYTES):
+            if self._write_paused or self._gone:
+                await self._drain()
+            self._write(view[start:start + MAX_WRITE_PIECE_BYTES])
+
+    def _close(self) -> None:
+        """Close after the unsent output; a client that reads none of it for ``send_timeout`` is cut off."""
+        assert self.transport is not None
+        self.transport.close()
+        if not self._closed and self.limits.send_timeout is not None and self._close_timer is None:
+            self._close_timer = self.loop.call_later(self.limits.send_timeout, self._close_timed_out,
+                                                     self._unsent_bytes())
+
+    def _close_timed_out(self, unsent: int) -> None:
+        self._close_timer = None
+        now = self._unsent_bytes()
+        if now and now < unsent and self.limits.send_timeout is not None:     # it reads, slowly
+            self._close_timer = self.loop.call_later(self.limits.send_timeout, self._close_timed_out, now)
+        elif not self._closed:
+            self.abort()
+
+    def _write(self, data: bytes | memoryview) -> None:
         if self._corked:
             self._uncork()
         if not self._gone and self.transport is not None:
@@ -391,6 +420,12 @@ class _Connection(asyncio.Protocol):
                     break
                 if not await self._respond(request):
                     break
+                self._streak += 1
+                if self._streak >= MAX_REQUESTS_PER_TURN:
+                    # Pipelined requests whose handlers never wait would hold
+                    # the loop for as long as the client sends them.
+                    self._streak = 0
+                    await asyncio.sleep(0)
         except HTTPProtocolError as exc:
             if not self._gone:
                 self._send_final_error(exc)
@@ -406,7 +441,7 @@ class _Connection(asyncio.Protocol):
                 await self._lingering_close()
             self.task = None
             if self.transport is not None and not self._upgraded:
-                self.transport.close()
+                self._close()
 
     async def _lingering_close(self) -> None:
         # RFC 9112 §9.6: a server that closes while the client may still be
@@ -429,8 +464,9 @@ class _Connection(asyncio.Protocol):
         self._linger = True
         response = error_response(exc)
         rid = self.server.next_request_id()
-        self._write_response(response, "1.1", head_only=False, close=True, request_id=rid)
-        self._log("-", "-", response.status, len(response.body), time.perf_counter(), rid)
+        head, body = self._encode_response(response, "1.1", head_only=False, close=True, request_id=rid)
+        self._write(head + body)        # an error body is small: one write, no wait
+        self._log("-", "-", response.status, len(body), time.perf_counter(), rid)
 
     async def _next_request(self) -> http11.Request | None:
         """The next request head; None when the client is done or timed out."""
@@ -523,7 +559,18 @@ class _Connection(asyncio.Protocol):
             self._log(head.method, head.path, 499, 0, started, rid)
             return False
         if isinstance(response, Response):
-            size = self._write_response(response, head.version, head.method == "HEAD", close, rid)
+            head_bytes, body = self._encode_response(response, head.version, head.method == "HEAD",
+                                                     close, rid)
+            size = len(body)
+            if size <= MAX_WRITE_PIECE_BYTES:
+                self._write(head_bytes + body)      # the common case: one send
+            else:
+                self._write(head_bytes)
+                try:
+                    await self._write_pieces(body)
+                except asyncio.CancelledError:
+                    self._log(head.method, head.path, 499, 0, started, rid)     # left mid-body
+                    raise
         elif isinstance(response, StreamingResponse):
             self._handling = True
             try:
@@ -541,6 +588,8 @@ class _Connection(asyncio.Protocol):
         self._log(head.method, head.path, response.status, size, started, rid)
         if close or self._gone:
             return False
+        if self._write_paused:
+            await self._drain()     # the next request waits until the client reads this answer
         self._idle = True
         self._set_deadline(self.limits.keep_alive_timeout)
         return True
@@ -555,8 +604,9 @@ class _Connection(asyncio.Protocol):
         return [("date", self.server.date_header()), ("server", SERVER_NAME),
                 ("x-request-id", rid)]
 
-    def _write_response(self, response: Response, version: str, head_only: bool,
-                        close: bool, request_id: str) -> int:
+    def _encode_response(self, response: Response, version: str, head_only: bool,
+                         close: bool, request_id: str) -> tuple[bytes, bytes]:
+        """The head of ``response`` and the body to send after it."""
         headers = self._base_headers(request_id)
         headers.extend(response.headers)
         body = response.body
@@ -571,10 +621,7 @@ class _Connection(asyncio.Protocol):
         head = http11.encode_response_head(status, headers)
         if head_only or status == 304 or status == 204:
             body = b""
-        self._write(head + body if len(body) < 65536 else head)
-        if len(body) >= 65536:
-            self._write(body)
-        return len(body)
+        return head, body
 
     async def _write_stream(self, response: StreamingResponse, version: str,
                             head_only: bool, request_id: str) -> int:
@@ -594,8 +641,20 @@ class _Connection(asyncio.Protocol):
                 if self._gone:
                     break
                 if piece:
-                    size += len(piece)
-                    self._write_corked(http11.encode_chunk(piece) if chunked else piece)
+                    n = len(piece)
+                    size += n
+                    if n <= MAX_WRITE_PIECE_BYTES:
+                        self._write_corked(http11.encode_chunk(piece) if chunked else piece)
+                    else:
+                        # A huge piece is one chunk, put on the wire in bounded
+                        # writes with the client keeping up between them: never
+                        # copied whole, never a buffer the client cannot drain.
+                        if chunked:
+                            self._write_corked(b"%x\r\n" % n)
+                        self._uncork()
+                        await self._write_pieces(piece)
+                        if chunked:
+                            self._write_corked(b"\r\n")
                     if idle is not None:
                         idle.touch()
                     if self._write_paused:

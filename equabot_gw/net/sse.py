@@ -2,8 +2,9 @@
 
 Owns the bytes of an event stream: ``data:`` lines, comments, the headers an
 event-stream response carries. It knows nothing of sockets or chunked
-encoding: the server's streaming response writes what these functions return,
-one event per write, so each event reaches the client as soon as it exists.
+encoding: the server's streaming response writes what these functions return
+as soon as it exists (the events of one task step in one send; an event of
+any size in bounded writes, as the client reads).
 """
 
 from __future__ import annotations

@@ -20,17 +20,24 @@ from enum import Enum, IntEnum
 from typing import Final
 
 from ..errors import (
-    ConnectionClosed, InvalidUTF8, MessageTooBig, WebSocketProtocolError, ws_close_code,
+    ConnectionClosed, InvalidUTF8, MessageTooBig, TooManyFragments, WebSocketProtocolError,
+    ws_close_code,
 )
 
 __all__ = [
-    "DEFAULT_MAX_MESSAGE_BYTES", "State", "Opcode", "Message", "Ping", "Pong", "CloseReceived",
+    "DEFAULT_MAX_MESSAGE_BYTES", "DEFAULT_MAX_FRAGMENTS", "State", "Opcode", "Message", "Ping", "Pong", "CloseReceived",
     "NEED_DATA", "EOF", "Connection", "is_valid_close_code",
 ]
 
 # The gateway's gateway.ws.maxPayloadBytes default (DECISIONS 11: 25 MiB, as the
 # original Gateway); counted over the assembled message, not per frame.
 DEFAULT_MAX_MESSAGE_BYTES: Final = 25 * 1024 * 1024
+# Frames per message. RFC 6455 §5.4 sets no limit, and each frame costs a
+# header's parsing however small its payload, so a message in 2-byte fragments
+# would cost ~4x its size on the wire in work. 65,536 is what Autobahn's
+# smallest-fragment cases (9.3.1, 9.4.1: 4 MiB in 64-byte frames) send; a
+# 25 MiB message needs fragments of 400 bytes or more. Past it: close 1009.
+DEFAULT_MAX_FRAGMENTS: Final = 65536
 
 # RFC 6455 §5.5: "All control frames MUST have a payload length of 125 bytes or less".
 MAX_CONTROL_PAYLOAD: Final = 125
@@ -193,22 +200,18 @@ class _Reader:
         self.buffer = bytearray()
         self.eof = False
 
-    def read_exact(self, n: int) -> Generator[None, None, bytearray]:
+    def wait_for(self, n: int) -> Generator[None, None, None]:
+        """Until ``n`` bytes are buffered (``EOFError`` if they never will be)."""
         while len(self.buffer) < n:
             if self.eof:
                 raise EOFError
             yield None
-        data = self.buffer[:n]
-        del self.buffer[:n]        # O(1): bytearray keeps an offset for front deletes
-        return data
 
-    def read_some(self, n: int) -> Generator[None, None, bytearray]:
-        while not self.buffer:
-            if self.eof:
-                raise EOFError
-            yield None
+    def read_exact(self, n: int) -> Generator[None, None, bytearray]:
+        if len(self.buffer) < n:
+            yield from self.wait_for(n)
         data = self.buffer[:n]
-        del self.buffer[:n]
+        del self.buffer[:n]        # amortised O(1): bytearray keeps an offset for front deletes
         return data
 
 
@@ -222,16 +225,25 @@ class Connection:
 
     ``client`` picks the role: a client masks every frame it sends and rejects
     masked frames; a server requires masked frames and sends unmasked ones.
-    ``max_message_bytes`` bounds an assembled message (``None``: no bound).
-    ``state`` starts ``OPEN`` unless the caller runs the handshake through
-    ``opened()``.
+    ``max_message_bytes`` bounds an assembled message, ``max_fragments`` the
+    frames it may come in (``None``: no bound; both may be changed between
+    frames). ``state`` starts ``OPEN`` unless the caller runs the handshake
+    through ``opened()``.
+
+    Memory: received bytes not yet parsed, plus the message being assembled in
+    one growing buffer (at most ``max_message_bytes`` and what the buffer
+    over-allocates, ~1/8), plus, while it is turned into the ``Message``, that
+    message itself. Work is linear in the bytes received: each byte is copied
+    a bounded number of times and checked as UTF-8 once, however it is framed.
     """
 
     def __init__(self, *, client: bool, max_message_bytes: int | None = DEFAULT_MAX_MESSAGE_BYTES,
+                 max_fragments: int | None = DEFAULT_MAX_FRAGMENTS,
                  state: State = State.OPEN) -> None:
         # for the connection's lifetime
         self.client = client
         self.max_message_bytes = max_message_bytes
+        self.max_fragments = max_fragments
         self.state = state
         self._reader = _Reader()
         self._parser = self._parse()
@@ -243,9 +255,10 @@ class Connection:
         self._eof_seen = False
         # the message being assembled
         self._msg_opcode = 0          # TEXT or BINARY while a message is open, else 0
-        self._msg_size = 0
-        self._msg_parts: list = []
-        self._decoder = codecs.getincrementaldecoder("utf-8")()
+        self._msg_size = 0            # payload bytes announced by its frames so far
+        self._msg_frames = 0
+        self._msg_data: bytes | bytearray | None = None   # its first piece, then one growing buffer
+        self._msg_checked = 0         # bytes of a text message known to be valid UTF-8
 
     def __repr__(self) -> str:
         role = "client" if self.client else "server"
@@ -307,13 +320,26 @@ class Connection:
             return EOF
         try:
             event = next(self._parser)
+            if event is not None:
+                return event
+            self._check_text()                  # before waiting: a bad sequence fails at once
+            return NEED_DATA
         except EOFError:
             self._eof_seen = True
+            exc = None
+        except WebSocketProtocolError as error:
+            exc = error
+        if not isinstance(exc, InvalidUTF8):
+            # Text received before the offending bytes (or the end) is judged
+            # first, as if each piece had been checked when it arrived.
+            try:
+                self._check_text()
+            except InvalidUTF8 as earlier:
+                exc = earlier
+        if exc is None:
             return EOF
-        except WebSocketProtocolError as exc:
-            self._failure = exc
-            raise
-        return NEED_DATA if event is None else event
+        self._failure = exc
+        raise exc
 
     def data_to_send(self) -> bytes:
         """Bytes the protocol itself must send (Pong and Close replies), emptied by the call."""
@@ -323,53 +349,89 @@ class Connection:
 
     def _parse(self) -> Generator[_Event | None, None, None]:
         # RFC 6455 §5.2: a frame is a header, an optional masking key, the payload.
+        read = self._reader
         while True:
-            fin, opcode, length, mask = yield from self._read_header()
+            while (header := self._take_header()) is None:
+                if read.eof:
+                    raise EOFError
+                yield None
+            fin, opcode, length, mask = header
             if opcode in _CONTROL_OPCODES:
-                payload = yield from self._reader.read_exact(length)
+                self._check_text()              # the text before it comes first
+                payload = yield from read.read_exact(length)
                 event = self._control_frame(opcode, _apply_mask(payload, mask) if mask else bytes(payload))
                 yield event
                 if isinstance(event, CloseReceived):
                     yield from self._discard()
                 continue
             if opcode != Opcode.CONTINUATION:
-                self._start_message(opcode)
-            yield from self._read_data(fin, length, mask)
+                self._msg_opcode = opcode
+            if len(read.buffer) >= length:      # the common case: the payload is here
+                if length:
+                    chunk = read.buffer[:length]
+                    del read.buffer[:length]
+                    self._add_data(_apply_mask(chunk, mask) if mask else chunk)
+            else:
+                yield from self._read_data(length, mask)
             if fin:
                 yield self._end_message()
 
-    def _read_header(self) -> Generator[None, None, tuple[int, int, int, bytes]]:
-        read = self._reader
-        b0, b1 = yield from read.read_exact(2)
+    def _take_header(self) -> tuple[int, int, int, bytes] | None:
+        """The next frame header, taken from the buffer once whole; None until then.
+
+        Its checks run on what has arrived (the first two bytes, then the
+        length) in the same order however the bytes are split, so a bad
+        header fails as early as it can, with the same error; until the
+        header is whole they change nothing and may run again.
+        """
+        buf = self._reader.buffer
+        if len(buf) < 2:
+            return None
+        b0, b1 = buf[0], buf[1]
         fin, opcode, length, masked = b0 & 0x80, b0 & 0x0F, b1 & 0x7F, b1 & 0x80
         self._check_header(b0, opcode, fin, length, masked)
-        if length == 126:
-            length = int.from_bytes((yield from read.read_exact(2)), "big")
-        elif length == 127:
-            length = int.from_bytes((yield from read.read_exact(8)), "big")
+        end = 2
+        if length >= 126:
+            end = 4 if length == 126 else 10
+            if len(buf) < end:
+                return None
+            length = int.from_bytes(buf[2:end], "big")
             # RFC 6455 §5.2: "the most significant bit MUST be 0".
             if length >> 63:
                 raise WebSocketProtocolError("payload length with the most significant bit set")
         # RFC 6455 §5.2: "the minimal number of bytes MUST be used to encode
         # the length" binds senders; a longer encoding is unambiguous, and
         # Autobahn and the mainstream parsers accept it, so do we.
-        if opcode in _DATA_OPCODES:
-            self._check_message_size(length)
-        mask = bytes((yield from read.read_exact(4))) if masked else b""
+        data = opcode < 8
+        if data:
+            self._check_frame(length)
+        mask = b""
+        if masked:
+            if len(buf) < end + 4:
+                return None
+            mask = bytes(buf[end:end + 4])
+            end += 4
+        del buf[:end]
+        if data:
+            self._msg_size += length
+            self._msg_frames += 1
         return fin, opcode, length, mask
 
-    def _read_data(self, fin: int, length: int, mask: bytes) -> Generator[None, None, None]:
-        # The payload is taken as it arrives, so bad UTF-8 fails before the frame ends.
+    def _read_data(self, length: int, mask: bytes) -> Generator[None, None, None]:
+        # A payload still arriving is taken as it comes, so bad UTF-8 fails before the frame ends.
+        read = self._reader
         offset = 0
         while offset < length:
-            chunk = yield from self._reader.read_some(length - offset)
+            if not read.buffer:
+                yield from read.wait_for(1)
+            n = min(len(read.buffer), length - offset)
+            chunk: bytes | bytearray = read.buffer[:n]
+            del read.buffer[:n]
             if mask:
                 rot = offset & 3
-                chunk = _apply_mask(chunk, mask[rot:] + mask[:rot])
-            offset += len(chunk)
-            self._add_fragment(chunk, final=bool(fin) and offset == length)
-        if length == 0 and fin:
-            self._add_fragment(b"", final=True)
+                chunk = _apply_mask(chunk, mask[rot:] + mask[:rot] if rot else mask)
+            offset += n
+            self._add_data(chunk)
 
     def _check_header(self, b0: int, opcode: int, fin: int, length: int, masked: int) -> None:
         # RFC 6455 §5.2: "If a nonzero value is received and none of the
@@ -403,43 +465,80 @@ class Connection:
         if opcode in (Opcode.TEXT, Opcode.BINARY) and self._msg_opcode:
             raise WebSocketProtocolError("new data frame inside a fragmented message")
 
-    def _check_message_size(self, length: int) -> None:
+    def _check_frame(self, length: int) -> None:
         # Checked when the header announces the length, before any payload is buffered.
         limit = self.max_message_bytes
         if limit is not None and self._msg_size + length > limit:
             raise MessageTooBig(limit, self._msg_size + length)
-        self._msg_size += length
+        if self.max_fragments is not None and self._msg_frames >= self.max_fragments:
+            raise TooManyFragments(self.max_fragments)
 
-    def _start_message(self, opcode: int) -> None:
-        self._msg_opcode = opcode
-        self._msg_parts = []
-        if opcode == Opcode.TEXT:
-            self._decoder.reset()
+    def _add_data(self, chunk: bytes | bytearray) -> None:
+        # Pieces are joined as they arrive, into one buffer that grows with
+        # them: a message of many tiny fragments holds its bytes, not an object
+        # per fragment. Most messages are one piece, never copied here.
+        data = self._msg_data
+        if data is None:
+            self._msg_data = chunk
+        elif type(data) is bytearray:
+            data += chunk
+        else:
+            data = self._msg_data = bytearray(data)
+            data += chunk
 
-    def _add_fragment(self, chunk: bytes, final: bool) -> None:
-        if self._msg_opcode == Opcode.BINARY:
-            self._msg_parts.append(chunk)
+    def _check_text(self) -> None:
+        """Check the UTF-8 of a text message received so far, where not yet done.
+
+        RFC 6455 §8.1: "When an endpoint is to interpret a byte stream as UTF-8
+        but finds that the byte stream is not, in fact, a valid UTF-8 stream,
+        that endpoint MUST _Fail the WebSocket Connection_." Text is checked
+        before the parser waits for bytes, returns an event or raises another
+        error: what a client sees is as if every piece were checked when it
+        arrived (a bad sequence fails at once; nothing after it is acted on),
+        but a message in a thousand fragments is checked once per read, not
+        once per fragment.
+        """
+        data = self._msg_data
+        if self._msg_opcode == Opcode.TEXT and data is not None and self._msg_checked < len(data):
+            self._check_utf8(final=False)
+
+    def _check_utf8(self, final: bool) -> None:
+        """Check the text message's bytes not yet checked; a sequence cut at the end waits for its rest."""
+        data = self._msg_data
+        start = self._msg_checked
+        if data is None or (start == len(data) and not final):
             return
-        # RFC 6455 §8.1: "When an endpoint is to interpret a byte stream as
-        # UTF-8 but finds that the byte stream is not, in fact, a valid UTF-8
-        # stream, that endpoint MUST _Fail the WebSocket Connection_." Checked
-        # as bytes arrive, so a bad sequence fails the connection at once.
         try:
-            self._msg_parts.append(self._decoder.decode(chunk, final))
+            with memoryview(data) as view:
+                # The decoded text is dropped: this only validates. What a cut
+                # sequence left unconsumed (at most 3 bytes) is checked again
+                # with its rest; nothing else is ever scanned twice.
+                consumed = codecs.utf_8_decode(view[start:], "strict", final)[1]
         except UnicodeDecodeError as exc:
             raise InvalidUTF8("text message") from exc
-        pending = self._decoder.getstate()[0]
+        self._msg_checked = start + consumed
         # CPython's decoder holds ED A0..BF (a UTF-16 surrogate) until its
         # third byte arrives; no valid sequence starts so, so fail now.
-        if len(pending) >= 2 and pending[0] == 0xED and pending[1] >= 0xA0:
+        pending = data[start + consumed:start + consumed + 2]
+        if len(pending) == 2 and pending[0] == 0xED and pending[1] >= 0xA0:
             raise InvalidUTF8("text message")
 
     def _end_message(self) -> Message:
-        opcode, parts = self._msg_opcode, self._msg_parts
-        self._msg_opcode, self._msg_size, self._msg_parts = 0, 0, []
-        if opcode == Opcode.TEXT:
-            return Message("".join(parts))
-        return Message(b"".join(parts))
+        opcode, data = self._msg_opcode, self._msg_data
+        if opcode == Opcode.TEXT and data is not None and 0 < self._msg_checked < len(data):
+            self._check_utf8(final=True)    # the unchecked rest, then the whole text is decoded
+        self._msg_opcode = self._msg_size = self._msg_frames = self._msg_checked = 0
+        self._msg_data = None
+        if data is None:
+            return Message("" if opcode == Opcode.TEXT else b"")
+        if opcode == Opcode.BINARY:
+            return Message(data if type(data) is bytes else bytes(data))
+        try:
+            # Checked whole when nothing was checked yet (one piece): one
+            # decoding checks and converts.
+            return Message(data.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise InvalidUTF8("text message") from exc
 
     def _control_frame(self, opcode: int, payload: bytes) -> _Event:
         if opcode == Opcode.PING:

@@ -5,8 +5,16 @@ close timeout, open timeout: ``loop.call_later``, cancelled at the end) and
 flow control; the protocol rules live in ``net.websocket``. Never imports
 config, gateway or agents. Sending never blocks: a peer that leaves more than
 ``max_write_buffer_bytes`` unread is cut off (1006), so one slow reader cannot
-stall the others. Memory per connection: at most (``max_queued_messages`` + 1)
-× ``max_message_bytes`` + one read chunk + ``max_write_buffer_bytes``.
+stall the others. At most ``MAX_BYTES_PER_TURN`` received bytes are parsed per
+event-loop turn, so a flood of tiny frames cannot hold the loop.
+
+Memory per connection, bounded by the limits: received bytes not yet parsed
+(one read, at most 256 KiB: reading pauses while they wait); the message
+being assembled (``max_message_bytes``, in one growing buffer); unread
+messages (reading pauses once they hold ``max_queued_messages`` messages or
+``max_queued_bytes`` of memory, so at most that plus one message); unsent
+output (``max_write_buffer_bytes`` plus the message that passed it). A text
+message is held as a Python ``str``: up to 4 bytes per character.
 Logs carry the connection id, never a payload.
 """
 
@@ -17,6 +25,7 @@ import itertools
 import logging
 import os
 import ssl as ssl_module
+import sys
 from collections import deque
 from collections.abc import Iterable
 from typing import Any, Final
@@ -28,7 +37,8 @@ from .websocket import EOF, NEED_DATA, CloseReceived, Message, Pong, State
 
 __all__ = [
     "WebSocket", "connect", "DEFAULT_MAX_MESSAGE_BYTES", "DEFAULT_MAX_WRITE_BUFFER_BYTES",
-    "DEFAULT_MAX_QUEUED_MESSAGES", "DEFAULT_PING_INTERVAL", "DEFAULT_PING_TIMEOUT",
+    "DEFAULT_MAX_QUEUED_MESSAGES", "DEFAULT_MAX_QUEUED_BYTES", "DEFAULT_MAX_FRAGMENTS",
+    "MAX_BYTES_PER_TURN", "DEFAULT_PING_INTERVAL", "DEFAULT_PING_TIMEOUT",
     "DEFAULT_CLOSE_TIMEOUT", "DEFAULT_OPEN_TIMEOUT", "MAX_RESPONSE_HEAD_BYTES",
 ]
 
@@ -41,6 +51,14 @@ DEFAULT_MAX_MESSAGE_BYTES: Final = websocket.DEFAULT_MAX_MESSAGE_BYTES
 DEFAULT_MAX_WRITE_BUFFER_BYTES: Final = 2 * DEFAULT_MAX_MESSAGE_BYTES
 # websockets' max_queue: stop reading while 16 messages wait for recv().
 DEFAULT_MAX_QUEUED_MESSAGES: Final = 16
+# ... or while the unread messages hold this much memory: a queue is for many
+# small messages (a slow reader of big ones gets one at a time), and 16 whole
+# 25 MiB messages (up to 4x that as text) is too much to hold for any peer.
+DEFAULT_MAX_QUEUED_BYTES: Final = 1024 * 1024
+DEFAULT_MAX_FRAGMENTS: Final = websocket.DEFAULT_MAX_FRAGMENTS
+# Received bytes parsed per event-loop turn: 32 KiB of the smallest frames is
+# ~5,000 frames, about 10 ms of CPU; more waits for the next turn.
+MAX_BYTES_PER_TURN: Final = 32 * 1024
 # websockets' defaults: ping_interval=20, ping_timeout=20, close_timeout=10, open_timeout=10.
 DEFAULT_PING_INTERVAL: Final = 20.0
 DEFAULT_PING_TIMEOUT: Final = 20.0
@@ -63,9 +81,12 @@ class WebSocket(asyncio.Protocol):
     bytes read past the request head. Client use: ``await connect(url)``.
 
     Limits (``None`` disables each): ``max_message_bytes`` per assembled message
-    (bigger → close 1009); ``max_write_buffer_bytes`` unsent bytes before the
-    peer is cut off; ``max_queued_messages`` unread messages before reading
-    pauses; ``ping_interval`` seconds without receiving anything before a Ping;
+    and ``max_fragments`` frames per message (more → close 1009);
+    ``max_write_buffer_bytes`` unsent bytes before the peer is cut off;
+    ``max_queued_messages`` unread messages, or ``max_queued_bytes`` of memory
+    they hold, before reading pauses (never ``None``); the four may be changed
+    at any time, e.g. tighter before a peer has authenticated, and apply from
+    the next frame or message; ``ping_interval`` seconds without receiving anything before a Ping;
     ``ping_timeout`` seconds for its Pong (else close 1011); ``close_timeout``
     seconds from the first Close frame to the TCP close (then abort).
     ``async for message in ws`` ends quietly after a 1000/1001 close and
@@ -82,6 +103,8 @@ class WebSocket(asyncio.Protocol):
                  max_message_bytes: int | None = DEFAULT_MAX_MESSAGE_BYTES,
                  max_write_buffer_bytes: int | None = DEFAULT_MAX_WRITE_BUFFER_BYTES,
                  max_queued_messages: int = DEFAULT_MAX_QUEUED_MESSAGES,
+                 max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
+                 max_fragments: int | None = DEFAULT_MAX_FRAGMENTS,
                  ping_interval: float | None = DEFAULT_PING_INTERVAL,
                  ping_timeout: float | None = DEFAULT_PING_TIMEOUT,
                  close_timeout: float | None = DEFAULT_CLOSE_TIMEOUT) -> None:
@@ -92,17 +115,23 @@ class WebSocket(asyncio.Protocol):
         self.client = client
         self.max_write_buffer_bytes = max_write_buffer_bytes
         self.max_queued_messages = max_queued_messages
+        self.max_queued_bytes = max_queued_bytes
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.close_timeout = close_timeout
-        self._conn = websocket.Connection(client=client, max_message_bytes=max_message_bytes)
+        self._conn = websocket.Connection(client=client, max_message_bytes=max_message_bytes,
+                                          max_fragments=max_fragments)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._transport: asyncio.Transport | None = None
         self._lost: asyncio.Future[None] | None = None
-        # received messages the application has not read yet
+        # received messages the application has not read yet, and their memory
         self._messages: deque[str | bytes] = deque()
+        self._queued_bytes = 0
         self._recv_waiter: asyncio.Future[None] | None = None
-        self._reading_paused = False
+        self._reading_paused = False        # the queue is full
+        # received bytes beyond one turn's parsing, fed on in later turns
+        self._backlog = bytearray()
+        self._feed_handle: asyncio.Handle | None = None
         # pings in flight: payload -> (future for ping(), or None for keepalive; time sent)
         self._pings: dict[bytes, tuple[asyncio.Future[float] | None, float]] = {}
         self._last_received = 0.0
@@ -132,6 +161,29 @@ class WebSocket(asyncio.Protocol):
         """True while messages may be sent."""
         return (self._conn.state is State.OPEN and self._pending_failure is None
                 and self._code is None and self._transport is not None)
+
+    @property
+    def max_message_bytes(self) -> int | None:
+        """The largest message accepted (close 1009 past it); settable, applies from the next frame."""
+        return self._conn.max_message_bytes
+
+    @max_message_bytes.setter
+    def max_message_bytes(self, value: int | None) -> None:
+        self._conn.max_message_bytes = value
+
+    @property
+    def max_fragments(self) -> int | None:
+        """The most frames one message may come in (close 1009 past it); settable."""
+        return self._conn.max_fragments
+
+    @max_fragments.setter
+    def max_fragments(self, value: int | None) -> None:
+        self._conn.max_fragments = value
+
+    @property
+    def queued_bytes(self) -> int:
+        """Memory held by received messages not yet read (``sys.getsizeof`` of each)."""
+        return self._queued_bytes
 
     @property
     def close_code(self) -> int | None:
@@ -169,10 +221,40 @@ class WebSocket(asyncio.Protocol):
         if self._failed or self._pending_failure is not None:
             return                        # failing: input is ignored (RFC 6455 §7.1.7)
         self._last_received = self._loop.time()
+        if self._backlog or len(data) > MAX_BYTES_PER_TURN:
+            self._backlog += data
+            self._transport.pause_reading()
+            if self._feed_handle is None:
+                self._feed_handle = self._loop.call_soon(self._feed)
+            return
         self._conn.receive_data(data)
         self._process()
 
+    def _feed(self) -> None:
+        """Parse the next ``MAX_BYTES_PER_TURN`` of the backlog; the rest waits a turn."""
+        self._feed_handle = None
+        if self._failed or self._pending_failure is not None or self._lost.done():
+            self._backlog.clear()
+            return
+        if self._reading_paused:
+            return                        # the queue is full: recv() feeds on
+        chunk = bytes(self._backlog[:MAX_BYTES_PER_TURN])
+        del self._backlog[:MAX_BYTES_PER_TURN]
+        self._conn.receive_data(chunk)
+        self._process()
+        self._after_feed()
+
+    def _after_feed(self) -> None:
+        if self._backlog:
+            if self._feed_handle is None:
+                self._feed_handle = self._loop.call_soon(self._feed)
+        elif not self._reading_paused and not self._transport.is_closing():
+            self._transport.resume_reading()
+
     def eof_received(self) -> None:
+        if self._backlog and not self._failed and self._pending_failure is None:
+            self._conn.receive_data(bytes(self._backlog))     # the end comes after them
+        self._backlog.clear()
         self._conn.receive_data(b"")
         if not self._failed and self._pending_failure is None:
             self._process()
@@ -181,10 +263,11 @@ class WebSocket(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._conn.receive_data(b"")
         self._record(1006, "")
-        for handle in (self._keepalive_handle, self._pong_handle, self._close_handle):
+        for handle in (self._keepalive_handle, self._pong_handle, self._close_handle, self._feed_handle):
             if handle is not None:
                 handle.cancel()
-        self._keepalive_handle = self._pong_handle = self._close_handle = None
+        self._keepalive_handle = self._pong_handle = self._close_handle = self._feed_handle = None
+        self._backlog.clear()
         self._wake_reader()
         closed = ConnectionClosed(self._code, self._reason)
         for future, _ in self._pings.values():
@@ -219,12 +302,12 @@ class WebSocket(asyncio.Protocol):
 
     def _handle(self, event: object) -> None:
         if isinstance(event, Message):
-            full = len(self._messages) >= self.max_queued_messages
-            if full and self._conn.close_sent is not None:
+            if self._queue_full() and self._conn.close_sent is not None:
                 return        # we are closing: read on for the peer's Close, keep memory bounded
             self._messages.append(event.data)
+            self._queued_bytes += sys.getsizeof(event.data)
             self._wake_reader()
-            if len(self._messages) >= self.max_queued_messages and self._conn.close_sent is None:
+            if self._queue_full() and self._conn.close_sent is None:
                 self._reading_paused = True
                 self._transport.pause_reading()
         elif isinstance(event, Pong):
@@ -234,6 +317,10 @@ class WebSocket(asyncio.Protocol):
             self._wake_reader()
             self._start_close_timer()
         # Ping: the codec has queued the Pong (RFC 6455 §5.5.2).
+
+    def _queue_full(self) -> bool:
+        return (len(self._messages) >= self.max_queued_messages
+                or self._queued_bytes >= self.max_queued_bytes)
 
     def _wake_reader(self) -> None:
         if self._recv_waiter is not None and not self._recv_waiter.done():
@@ -257,16 +344,18 @@ class WebSocket(asyncio.Protocol):
             finally:
                 self._recv_waiter = None
         message = self._messages.popleft()
-        if self._reading_paused and len(self._messages) <= self.max_queued_messages // 4:
+        self._queued_bytes -= sys.getsizeof(message)
+        if (self._reading_paused and len(self._messages) <= self.max_queued_messages // 4
+                and self._queued_bytes <= self.max_queued_bytes // 4):
             self._resume_reading()
             self._process()
+            self._after_feed()
         return message
 
     def _resume_reading(self) -> None:
-        if self._reading_paused:
-            self._reading_paused = False
-            if not self._transport.is_closing():
-                self._transport.resume_reading()
+        self._reading_paused = False
+        if not self._backlog and not self._transport.is_closing():
+            self._transport.resume_reading()
 
     def __aiter__(self) -> WebSocket:
         return self
@@ -424,6 +513,7 @@ class WebSocket(asyncio.Protocol):
             if self._reading_paused:        # the peer's Close may sit behind unread messages
                 self._resume_reading()
                 self._process()
+                self._after_feed()
         await self.wait_closed()
 
     async def wait_closed(self) -> None:
@@ -479,6 +569,7 @@ class WebSocket(asyncio.Protocol):
         else:
             self._record(ws_close_code(exc), reason or "")
         self._write(data)
+        self._backlog.clear()
         self._resume_reading()              # input is ignored now, but EOF must be seen
         logger.info("ws#%d failed (%s): close %d", self.id, type(exc).__name__, self._code)
         self._wake_reader()

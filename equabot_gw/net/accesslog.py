@@ -1,0 +1,50 @@
+"""The access log: one line per answered request, written in batches.
+
+Owns the line format (connection id, method, escaped path, status, bytes,
+duration, request id) and the batching; never a header value or a body.
+Knows nothing of connections: ``net.server`` calls ``record``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sys
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\\\"]")
+
+
+def _escape(text: str) -> str:
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+class AccessLog:
+    """One line per request to a text stream, written in batches.
+
+    Lines gathered during one event-loop iteration are written together at its
+    end: a write per line would cost a system call per request. Paths are
+    escaped; header values and bodies are never logged.
+    """
+
+    def __init__(self, stream=None) -> None:
+        self._stream = stream
+        self._lines: list[str] = []
+
+    def record(self, conn_id: int, method: str, path: str, status: int, size: int,
+               duration: float, request_id: str) -> None:
+        """Queue the line of one answered request."""
+        if not self._lines:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self._lines.append(f'conn={conn_id} "{method} {_escape(path)}" {status} {size} '
+                           f"{duration * 1000:.1f}ms rid={request_id}\n")
+
+    def flush(self) -> None:
+        """Write the queued lines now."""
+        if self._lines:
+            stream = self._stream or sys.stderr
+            try:
+                stream.write("".join(self._lines))
+                stream.flush()
+            except (OSError, ValueError):
+                pass        # a closed or full stderr must not take the server down
+            self._lines.clear()
