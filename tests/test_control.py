@@ -4,15 +4,71 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
+import struct
+import time
 import unittest
 from typing import Any
 
+from equabot_gw.config import RateLimitConfig
 from equabot_gw.errors import ConnectionClosed, GatewayError
+from equabot_gw.gateway import control
 from equabot_gw.gateway.client import ControlClient
+from equabot_gw.gateway.coalesce import TextSoFar
 from equabot_gw.net.wsstream import connect
 from tests.support import TOKEN, base_config, running_gateway
+
+CONNECT = {"minProtocol": 3, "maxProtocol": 3, "auth": {"token": TOKEN}}
+# A scaled-down connect deadline: long enough for loopback, short for a test.
+DEADLINE = 0.3
+
+
+def limited_config(max_attempts: int) -> dict[str, Any]:
+    """A config whose auth limiter counts loopback clients (the tests run there)."""
+    rate: dict[str, Any] = {"maxAttempts": max_attempts}
+    if "exempt_loopback" in RateLimitConfig.__dataclass_fields__:
+        rate["exemptLoopback"] = False
+    return slow_config(auth={"token": TOKEN, "rateLimit": rate})
+
+
+def client_frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
+    """One masked client frame (RFC 6455 §5.2), for what the package's client will not send."""
+    mask = os.urandom(4)
+    n = len(payload)
+    head = bytes([(0x80 if fin else 0) | opcode])
+    head += bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack("!H", n) \
+        if n < 65536 else bytes([0x80 | 127]) + struct.pack("!Q", n)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def read_close_code(reader: asyncio.StreamReader, timeout: float = 3.0) -> int | None:
+    """Read server frames until its Close frame arrives; that frame's status code."""
+    data = b""
+    async with asyncio.timeout(timeout):
+        while (code := server_close_code(data)) is None:
+            chunk = await reader.read(65536)
+            if not chunk:
+                return server_close_code(data)
+            data += chunk
+    return code
+
+
+def server_close_code(data: bytes) -> int | None:
+    """The status code of the first Close frame in unmasked server ``data``."""
+    i = 0
+    while i + 2 <= len(data):
+        opcode, n = data[i] & 0x0F, data[i + 1] & 0x7F
+        i += 2
+        if n == 126:
+            n, i = struct.unpack("!H", data[i:i + 2])[0], i + 2
+        elif n == 127:
+            n, i = struct.unpack("!Q", data[i:i + 8])[0], i + 8
+        if opcode == 0x8:
+            return struct.unpack("!H", data[i:i + 2])[0] if n >= 2 else 1005
+        i += n
+    return None
 
 
 def slow_config(**gateway: Any) -> dict[str, Any]:
@@ -226,7 +282,7 @@ class MethodsTest(ControlTestCase):
 
     async def test_errors_keep_the_connection(self) -> None:
         c = await self.client()
-        for method, params, code in (("nope", {}, "NOT_FOUND"), ("agent", {}, "INVALID_REQUEST"),
+        for method, params, code in (("nope", {}, "INVALID_REQUEST: unknown method: nope"), ("agent", {}, "INVALID_REQUEST"),
                                      ("agent", {"message": "x", "agentId": "ghost"}, "NOT_FOUND"),
                                      ("connect", {}, "CONFLICT"),
                                      ("agent", {"message": "x", "sessionKey": "bad key"}, "INVALID_REQUEST")):
@@ -258,6 +314,230 @@ class MethodsTest(ControlTestCase):
         self.assertEqual(c.ws.close_code, 1000)
         await asyncio.sleep(0.05)
         self.assertEqual(len(self.gw.control.connections), 0)
+
+
+class HardeningTest(ControlTestCase):
+    """Hostile input before and after connect: every case ends in an answer and a close, in time."""
+
+    async def asyncSetUp(self) -> None:
+        await super().asyncSetUp()
+        self.gw.control.connect_timeout = DEADLINE
+
+    async def first_frame(self, message: str) -> tuple[dict[str, Any], Any]:
+        ws = await self.raw()
+        ws.send(message)
+        frame = json.loads(await asyncio.wait_for(ws.recv(), 2))
+        await asyncio.wait_for(ws.wait_closed(), 2)
+        return frame, ws
+
+    async def upgraded(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_connection(self.gw.host, self.gw.server.port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(f"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+        head = await reader.readuntil(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 101"), head)
+        return reader, writer
+
+    async def test_a_first_frame_nested_100000_deep_is_answered_and_closed_1008(self) -> None:
+        frame, ws = await self.first_frame("[" * 100_000)
+        self.assertEqual((frame["ok"], frame["error"]["code"]), (False, "INVALID_REQUEST"))
+        self.assertIn("deeper than", frame["error"]["message"])
+        self.assertClosedWith(ws, 1008)
+
+    async def test_a_lone_surrogate_token_is_refused_closed_and_counted(self) -> None:
+        await self._gateway_cm.__aexit__(None, None, None)
+        self._gateway_cm = running_gateway(limited_config(2))
+        self.gw = await self._gateway_cm.__aenter__()
+        connect_frame = json.dumps({"type": "req", "id": "c", "method": "connect", "params": {
+            "minProtocol": 3, "maxProtocol": 3, "auth": {"token": "\ud800"}}})   # stays escaped: \\ud800
+        self.assertIn("\\ud800", connect_frame)
+        for _ in range(2):
+            frame, ws = await self.first_frame(connect_frame)
+            self.assertEqual((frame["ok"], frame["error"]["code"]), (False, "INVALID_REQUEST"))
+            self.assertClosedWith(ws, 1008)
+        # Both attempts counted: the address is now locked out, even with the right token.
+        with self.assertRaisesRegex(GatewayError, "RATE_LIMITED"):
+            await self.client()
+
+    async def test_a_credential_of_the_wrong_type_is_counted(self) -> None:
+        await self._gateway_cm.__aexit__(None, None, None)
+        self._gateway_cm = running_gateway(limited_config(1))
+        self.gw = await self._gateway_cm.__aenter__()
+        frame, ws = await self.first_frame(json.dumps({"type": "req", "id": "c", "method": "connect", "params": {
+            "minProtocol": 3, "maxProtocol": 3, "auth": {"token": 12345}}}))
+        self.assertEqual(frame["error"]["message"], "invalid connect params: at /auth/token: must be string")
+        with self.assertRaisesRegex(GatewayError, "RATE_LIMITED"):
+            await self.client()
+
+    async def test_the_wrong_token_close_reason_names_the_connect_field(self) -> None:
+        ws = await self.raw()
+        ws.send(json.dumps({"type": "req", "id": "c", "method": "connect",
+                            "params": {**CONNECT, "auth": {"token": "wrong"}}}))
+        frame = json.loads(await ws.recv())
+        self.assertEqual(frame["error"]["code"], "UNAUTHORIZED")
+        await ws.wait_closed()
+        self.assertClosedWith(ws, 1008)
+        self.assertIn("connect.params.auth.token", ws.close_reason)
+        self.assertNotIn("Authorization", ws.close_reason)
+
+    async def test_the_connect_deadline_holds_whatever_the_client_sends(self) -> None:
+        frames = {
+            "nothing": b"",
+            "an unfinished fragmented message": client_frame(0x1, b'{"type":"req"', fin=False),
+            "pings only": client_frame(0x9, b"p") * 3,
+            "half a frame head": client_frame(0x1, b"x" * 300)[:3],
+        }
+        for name, data in frames.items():
+            with self.subTest(name):
+                reader, writer = await self.upgraded()
+                started = time.monotonic()
+                writer.write(data)
+                code = await read_close_code(reader)
+                elapsed = time.monotonic() - started
+                writer.close()
+                self.assertEqual(code, 1008)
+                self.assertGreaterEqual(elapsed, DEADLINE * 0.8)
+                self.assertLess(elapsed, DEADLINE + 1.5)
+
+    async def test_the_deadline_also_covers_a_client_that_keeps_sending(self) -> None:
+        reader, writer = await self.upgraded()
+        started = time.monotonic()
+        writer.write(client_frame(0x1, b"[", fin=False))
+
+        async def trickle() -> None:
+            with contextlib.suppress(ConnectionError):
+                while True:
+                    writer.write(client_frame(0x0, b"[" * 10, fin=False))
+                    await writer.drain()
+                    await asyncio.sleep(0.02)
+        feeding = asyncio.ensure_future(trickle())
+        try:
+            code = await read_close_code(reader)
+        finally:
+            feeding.cancel()
+            writer.close()
+        self.assertEqual(code, 1008)
+        self.assertLess(time.monotonic() - started, DEADLINE + 1.5)
+
+    async def test_a_big_first_frame_is_closed_1009(self) -> None:
+        frame, ws = await self.first_frame(json.dumps({"type": "req", "id": "c", "method": "connect",
+                                                       "params": {**CONNECT, "pad": "x" * 300_000}}))
+        self.assertFalse(frame["ok"])
+        self.assertClosedWith(ws, 1009)
+
+    async def test_an_unauthenticated_socket_queues_one_message(self) -> None:
+        self.assertEqual(self.gw.control._new_control_socket().max_queued_messages, 1)
+        c = await self.client()
+        [conn] = self.gw.control.connections
+        self.assertEqual(conn.ws.max_queued_messages, 16)
+        await c.close()
+
+    async def test_bad_frames_after_connect_get_an_error_and_the_connection_stays(self) -> None:
+        c = await self.client()
+        for bad in ("[" * 100_000, "{not json", '{"type":"req","id":"n","method":"health","params":{"a":NaN}}',
+                    '"just a string"', '{"type":"req","id":"u","method":"health","params":{"t":"\\udc00"}}'):
+            with self.subTest(bad[:30]):
+                c.ws.send(bad)
+                frame = await asyncio.wait_for(c.next_frame(), 2)
+                self.assertEqual((frame["type"], frame["ok"], frame["error"]["code"]),
+                                 ("res", False, "INVALID_REQUEST"))
+        self.assertEqual((await c.request("health", {}))["status"], "ok")
+        await c.close()
+
+    async def test_a_malformed_origin_is_403(self) -> None:
+        for origin in ("http://[", "http://[::1", "http://host:99999999"):
+            with self.subTest(origin):
+                reader, writer = await asyncio.open_connection(self.gw.host, self.gw.server.port)
+                key = base64.b64encode(os.urandom(16)).decode()
+                writer.write(f"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                             f"Origin: {origin}\r\nSec-WebSocket-Key: {key}\r\n"
+                             f"Sec-WebSocket-Version: 13\r\n\r\n".encode())
+                head = await reader.readuntil(b"\r\n\r\n")
+                writer.close()
+                self.assertTrue(head.startswith(b"HTTP/1.1 403"), head)
+
+    async def test_every_number_in_params_is_checked(self) -> None:
+        c = await self.client()
+        cases = (
+            ({"runId": "r", "timeoutMs": -1}, "invalid agent.wait params: at /timeoutMs: must be >= 0"),
+            ({"runId": "r", "timeoutMs": "10"}, "invalid agent.wait params: at /timeoutMs: must be integer"),
+            ({"runId": "r", "timeoutMs": 1.5}, "invalid agent.wait params: at /timeoutMs: must be integer"),
+            ({"runId": "r", "timeoutMs": 1e300}, "invalid agent.wait params: at /timeoutMs: must be <= 86400000"),
+            ({"timeoutMs": 5}, "invalid agent.wait params: at root: must have required property 'runId'"),
+            ({"runId": "r", "bogus": 1}, "invalid agent.wait params: at root: unexpected property 'bogus'"),
+        )
+        for params, message in cases:
+            with self.subTest(params):
+                with self.assertRaises(GatewayError) as caught:
+                    await c.request("agent.wait", params)
+                self.assertEqual(str(caught.exception), f"INVALID_REQUEST: {message}")
+        # NaN cannot even be written in a frame: the frame decoder refuses it.
+        c.ws.send('{"type":"req","id":"nan","method":"agent.wait","params":{"runId":"r","timeoutMs":NaN}}')
+        frame = await asyncio.wait_for(c.next_frame(), 2)
+        self.assertIn("NaN is not a JSON value", frame["error"]["message"])
+        await c.close()
+
+
+class CoalescingTest(ControlTestCase):
+    async def test_a_long_reply_is_sent_in_few_events_each_with_the_text_so_far(self) -> None:
+        c = await self.client()
+        words = " ".join(f"w{i}" for i in range(12_000))           # ~70 KiB, one delta per word
+        c.ws.send(json.dumps({"type": "req", "id": "long", "method": "agent",
+                              "params": {"message": words, "sessionKey": "long"}}))
+        frames = await self.frames_until_final(c, "long")
+        reply = frames[-1]["payload"]["text"]
+        self.assertEqual(len(reply.split()), 12_003)
+        assistant = [f["payload"]["data"] for f in frames
+                     if f.get("event") == "agent" and f["payload"]["stream"] == "assistant"]
+        self.assertLessEqual(len(assistant), 12)          # one per 16 KiB, not one per word
+        so_far = ""
+        for data in assistant:
+            so_far += data["delta"]
+            self.assertEqual(data["text"], so_far)
+        self.assertEqual(so_far, reply)
+        sent = sum(len(json.dumps(f)) for f in frames)
+        self.assertLess(sent, 8 * len(reply))
+        await c.close()
+
+    async def test_a_long_reply_does_not_hold_the_loop(self) -> None:
+        """A neighbour polling /health every 10 ms while a long reply streams (a sanity bound)."""
+        async def health() -> float:
+            started = time.monotonic()
+            reader, writer = await asyncio.open_connection(self.gw.host, self.gw.server.port)
+            writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            self.assertTrue((await reader.read()).startswith(b"HTTP/1.1 200"))
+            writer.close()
+            return time.monotonic() - started
+
+        c = await self.client()
+        c.ws.send(json.dumps({"type": "req", "id": "long", "method": "agent",
+                              "params": {"message": "w " * 40_000, "sessionKey": "long2"}}))
+        final = asyncio.ensure_future(self.frames_until_final(c, "long"))
+        worst = 0.0
+        while not final.done():
+            worst = max(worst, await health())
+            await asyncio.sleep(0.01)
+        await final
+        self.assertLess(worst, 0.25)
+        await c.close()
+
+    def test_text_so_far_coalesces_by_time_and_by_size(self) -> None:
+        text = TextSoFar(interval=0.15, chars=100, max_chars_per_second=10_000)
+        self.assertIsNone(text.wait(0.0))
+        text.add("a")
+        self.assertEqual(text.wait(0.0), 0)                 # the first delta goes at once
+        self.assertEqual(text.take(0.0), "a")
+        text.add("b")
+        text.add("c")
+        self.assertAlmostEqual(text.wait(0.05), 0.10)       # then one per interval
+        self.assertEqual(text.take(0.15), "bc")
+        self.assertEqual(text.text, "abc")
+        text.add("x" * 100)                                 # enough new text: due before the interval
+        self.assertAlmostEqual(text.wait(0.15), 0.0103)     # (103 chars at 10,000 chars/s)
+        text.take(0.2)
+        text.add("y" * 5000)                                # a long text spaces the events
+        self.assertAlmostEqual(text.wait(0.2), 0.5103)
 
 
 class GatewayEventsTest(ControlTestCase):

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
-from .. import __version__, config as config_mod
+from .. import __version__, config as config_mod, safejson
 from ..agents import runtime as agent_runtime
 from ..agents import sessions
 from ..agents.events import Delta, Ended, Failed, Started
@@ -30,7 +30,9 @@ from ..agents.types import AgentRequest
 from ..errors import ApiError, ConnectionClosed, RunError, http_status
 from ..net import routes as http
 from ..net import wshandshake
-from ..net.wsstream import WebSocket
+from ..net.wsstream import DEFAULT_MAX_QUEUED_MESSAGES, WebSocket
+from . import params as params_mod
+from .coalesce import TextSoFar
 
 if TYPE_CHECKING:
     from .app import Gateway
@@ -38,12 +40,21 @@ if TYPE_CHECKING:
 log = logging.getLogger("equabot_gw.control")
 
 PROTOCOL_VERSION: Final = 3
-# A client that upgrades but never sends ``connect`` is dropped after this long.
+# The whole pre-connect phase (upgrade to hello-ok) must end within this long,
+# whatever the client sends; websockets' open_timeout is 10 s too.
 CONNECT_TIMEOUT: Final = 10.0
+# Largest first frame read before connect completes: a real connect is ~2 KiB;
+# the original Gateway's whole payload limit is 512 KiB.
+MAX_CONNECT_FRAME_CHARS: Final = 256 * 1024
+# Messages the WebSocket shell may queue unread before connect completes
+# (then reading pauses); after it, the shell's default.
+PRE_CONNECT_QUEUED_MESSAGES: Final = 1
 # Close codes (RFC 6455 §7.4.1) used by the protocol.
 CLOSE_POLICY: Final = 1008
 CLOSE_GOING_AWAY: Final = 1001
 CLOSE_UNSUPPORTED_DATA: Final = 1003
+CLOSE_TOO_BIG: Final = 1009
+CLOSE_INTERNAL_ERROR: Final = 1011
 # How long shutdown waits for clients to complete the close handshake.
 SHUTDOWN_CLOSE_TIMEOUT: Final = 2.0
 EVENTS: Final = ("agent", "chat", "tick", "shutdown")
@@ -74,6 +85,14 @@ def _error_shape(exc: BaseException) -> dict[str, Any]:
     return shape
 
 
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _close_reason(text: str) -> str:
     """``text`` cut to the 123 UTF-8 bytes a Close frame's reason may hold (RFC 6455 §5.5)."""
     return text.encode("utf-8")[:123].decode("utf-8", "ignore")
@@ -96,6 +115,7 @@ class ControlProtocol:
         self.gateway = gateway
         self.config = gateway.config.gateway.ws
         self.connections: set[ControlConnection] = set()
+        self.connect_timeout = CONNECT_TIMEOUT
         self._ids = itertools.count(1)
         self._tick: asyncio.TimerHandle | None = None
         # Every method takes (params, request id) and returns the response
@@ -129,8 +149,11 @@ class ControlProtocol:
         if allowed:
             return "*" in allowed or origin in allowed
         # No list: same host as the request, or a page served from loopback.
-        netloc = urlsplit(origin).netloc.lower()
-        hostname = urlsplit(origin).hostname or ""
+        try:
+            parts = urlsplit(origin)
+            netloc, hostname = parts.netloc.lower(), parts.hostname or ""
+        except ValueError:          # "http://[": not a URL, so not an allowed origin
+            return False
         return netloc == host.lower() or hostname in ("localhost", "127.0.0.1", "::1")
 
     async def handle_upgrade(self, request: http.HTTPRequest) -> http.Upgrade:
@@ -143,7 +166,7 @@ class ControlProtocol:
         client = self.gateway.auth.client_address(request.client,
                                                   request.headers.get_all("x-forwarded-for"))
         preauthorized = request.headers.get("authorization") is not None
-        return http.Upgrade(headers, self._new_socket,
+        return http.Upgrade(headers, self._new_control_socket,
                             lambda ws: ControlConnection(self, ws, client, preauthorized).serve())
 
     async def handle_echo_upgrade(self, request: http.HTTPRequest) -> http.Upgrade:
@@ -153,6 +176,12 @@ class ControlProtocol:
 
     def _new_socket(self) -> WebSocket:
         return WebSocket(client=False, max_message_bytes=self.config.max_payload_bytes)
+
+    def _new_control_socket(self) -> WebSocket:
+        # Before connect the shell queues at most one unread message; serve()
+        # raises the bound once the client is authenticated.
+        return WebSocket(client=False, max_message_bytes=self.config.max_payload_bytes,
+                         max_queued_messages=PRE_CONNECT_QUEUED_MESSAGES)
 
     async def _echo(self, ws: Any) -> None:
         try:
@@ -230,9 +259,19 @@ class ControlConnection:
 
     # ---- frames in ----
     async def serve(self) -> None:
-        """Read frames until the client leaves; ``connect`` must come first."""
+        """Read frames until the client leaves; ``connect`` must come first.
+
+        The pre-connect phase has one deadline (``connect_timeout``), whatever
+        arrives; any failure ends the connection with a close code, never
+        leaves it open.
+        """
         try:
-            await self._handshake()
+            try:
+                async with asyncio.timeout(self.protocol.connect_timeout):
+                    await self._handshake()
+            except TimeoutError:
+                raise ProtocolFailure(CLOSE_POLICY, "connect did not complete in time") from None
+            self.ws.max_queued_messages = DEFAULT_MAX_QUEUED_MESSAGES
             self.protocol.connections.add(self)
             async for message in self.ws:
                 await self._dispatch(message)
@@ -240,64 +279,87 @@ class ControlConnection:
             await self.ws.close(exc.code, _close_reason(str(exc)))
         except ConnectionClosed:
             pass
+        except Exception:
+            log.exception("%s: internal error, closing", self.id)
+            await self.ws.close(CLOSE_INTERNAL_ERROR, "internal error")
         finally:
             self.protocol.connections.discard(self)
             for task in list(self._tasks):
                 task.cancel()
             await self.ws.wait_closed()
 
-    def _parse(self, message: str | bytes) -> dict[str, Any]:
+    async def _parse(self, message: str | bytes) -> dict[str, Any]:
+        """A request frame (its params not yet checked); ``ApiError`` 400 for anything else."""
         if isinstance(message, bytes):
             raise ProtocolFailure(CLOSE_UNSUPPORTED_DATA, "binary frames are not part of the protocol")
         try:
-            frame = json.loads(message)
-        except ValueError:
-            frame = None
+            frame = await safejson.loads_async(message)
+        except ValueError as exc:       # bad JSON, too deep, NaN, a lone surrogate
+            raise ApiError(400, f"invalid JSON: {exc}", code="invalid_json") from None
         if not isinstance(frame, dict) or frame.get("type") != "req" \
                 or not isinstance(frame.get("method"), str) \
                 or not isinstance(frame.get("id"), (str, int)) or isinstance(frame.get("id"), bool):
             raise ApiError(400, 'expected a request frame {"type":"req","id","method","params"}')
-        params = frame.get("params")
-        if params is not None and not isinstance(params, dict):
-            raise ApiError(400, "params must be an object", param="params")
-        frame["params"] = params or {}
         return frame
 
     async def _handshake(self) -> None:
+        message = await self.ws.recv()
+        if isinstance(message, str) and len(message) > MAX_CONNECT_FRAME_CHARS:
+            self.fail(None, ApiError(400, f"a frame before connect may hold at most "
+                                          f"{MAX_CONNECT_FRAME_CHARS} characters"))
+            raise ProtocolFailure(CLOSE_TOO_BIG, "connect frame too big")
         try:
-            message = await asyncio.wait_for(self.ws.recv(), CONNECT_TIMEOUT)
-        except asyncio.TimeoutError:
-            raise ProtocolFailure(CLOSE_POLICY, "no connect request in time") from None
-        try:
-            frame = self._parse(message)
+            frame = await self._parse(message)
         except ApiError as exc:
+            # Unreadable: it may have carried credentials, so it counts as a failed attempt.
+            self._count_failed_attempt()
             self.fail(None, exc)
             raise ProtocolFailure(CLOSE_POLICY, "the first frame must be a connect request") from None
         if frame["method"] != "connect":
             self.fail(frame["id"], ApiError(400, "the first request must be connect"))
             raise ProtocolFailure(CLOSE_POLICY, "the first request must be connect")
         try:
-            hello = self._connect(frame["params"])
+            hello = self._connect(frame.get("params"))
         except ApiError as exc:
             self.fail(frame["id"], exc)
             raise ProtocolFailure(CLOSE_POLICY, exc.message) from None
         self.connected = True
         self.respond(frame["id"], hello)
 
-    def _connect(self, params: dict[str, Any]) -> dict[str, Any]:
-        lo, hi = params.get("minProtocol"), params.get("maxProtocol")
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (lo, hi)) \
-                or not lo <= PROTOCOL_VERSION <= hi:  # type: ignore[operator]
-            raise ApiError(400, f"protocol range [{lo}, {hi}] does not include version "
-                                f"{PROTOCOL_VERSION}", code="protocol_mismatch")
-        client = params.get("client")
-        if client is not None and not isinstance(client, dict):
-            raise ApiError(400, "params.client must be an object", param="client")
+    def _count_failed_attempt(self) -> None:
+        """Count an unreadable credential with the auth limiter, as a wrong one counts."""
         auth = self.gateway.auth
         if auth.required and not self.authenticated:
-            creds = params.get("auth") if isinstance(params.get("auth"), dict) else {}
-            presented = creds.get(auth.secret.mode)
-            auth.check(presented if isinstance(presented, str) else None, self.client)
+            try:
+                auth.check("", self.client)     # present but not a credential: a failed attempt
+            except ApiError:
+                pass
+
+    def _connect(self, raw_params: Any) -> dict[str, Any]:
+        try:
+            params = params_mod.check("connect", raw_params)
+        except ApiError:
+            if isinstance(raw_params, dict) and raw_params.get("auth") is not None:
+                self._count_failed_attempt()
+            raise
+        lo, hi = params["minProtocol"], params["maxProtocol"]
+        if not lo <= PROTOCOL_VERSION <= hi:
+            raise ApiError(400, f"protocol range [{lo}, {hi}] does not include version "
+                                f"{PROTOCOL_VERSION}", code="protocol_mismatch")
+        auth = self.gateway.auth
+        if auth.required and not self.authenticated:
+            presented = (params.get("auth") or {}).get(auth.secret.mode)
+            if presented is not None and not _encodable(presented):
+                presented = ""      # a lone surrogate cannot match any secret: a failed attempt
+            try:
+                auth.check(presented, self.client)
+            except ApiError as exc:
+                if exc.status != 401:
+                    raise
+                what = "missing" if presented is None else "mismatch"
+                raise ApiError(401, f"unauthorized: gateway {auth.secret.mode} {what} (send the "
+                                    f"gateway {auth.secret.mode} as connect.params.auth."
+                                    f"{auth.secret.mode})", code=exc.code) from None
             self.authenticated = True
         limits = self.protocol.config
         return {
@@ -313,17 +375,19 @@ class ControlConnection:
 
     async def _dispatch(self, message: str | bytes) -> None:
         try:
-            frame = self._parse(message)
+            frame = await self._parse(message)
         except ApiError as exc:
-            self.fail(None, exc)
+            self.fail(None, exc)     # the connection stays usable
             return
         method = self.protocol.methods.get(frame["method"])
         try:
             if frame["method"] == "connect":
                 raise ApiError(409, "already connected")
             if method is None:
-                raise ApiError(404, f"unknown method {frame['method']!r}", code="unknown_method")
-            payload = await method(self, frame["params"], frame["id"])
+                raise ApiError(400, f"unknown method: {params_mod.shown(frame['method'])}",
+                               code="unknown_method")
+            params = params_mod.check(frame["method"], frame.get("params"))
+            payload = await method(self, params, frame["id"])
         except (ApiError, RunError) as exc:
             self.fail(frame["id"], exc)
             return
@@ -373,36 +437,50 @@ class ControlConnection:
         return _DEFERRED
 
     async def _relay_agent(self, run: Run, req_id: Any) -> None:
-        text: list[str] = []
+        """The run's ``agent`` events, assistant deltas coalesced, then the final response."""
+        loop = asyncio.get_running_loop()
+        text = TextSoFar()
         seq = 0
         base = {"runId": run.id, "sessionKey": run.session_key}
-        for_event = self.event
-        async for event in run.subscribe():
+        subscription = run.subscribe()
+
+        def emit(stream: str, data: dict[str, Any]) -> None:
+            nonlocal seq
             seq += 1
-            now = int(time.time() * 1000)
-            if type(event) is Delta:
-                text.append(event.text)
-                for_event("agent", {**base, "seq": seq, "ts": now, "stream": "assistant",
-                                    "data": {"delta": event.text, "text": "".join(text)}})
-            elif type(event) is Started:
-                for_event("agent", {**base, "seq": seq, "ts": now, "stream": "lifecycle",
-                                    "data": {"phase": "start", "model": event.model}})
-            elif type(event) is Ended:
-                usage = event.result.usage.as_dict()
-                for_event("agent", {**base, "seq": seq, "ts": now, "stream": "lifecycle",
-                                    "data": {"phase": "end", "text": event.result.text,
-                                             "usage": usage}})
-                self.respond(req_id, {"runId": run.id, "status": "ok", "text": event.result.text,
-                                      "usage": usage, "sessionKey": run.session_key,
-                                      "agentId": run.agent_id, "model": event.result.model,
-                                      "finishReason": event.result.finish_reason})
-            elif type(event) is Failed:
-                for_event("agent", {**base, "seq": seq, "ts": now, "stream": "lifecycle",
-                                    "data": {"phase": "error", "reason": event.reason,
-                                             "message": str(event.error)}})
-                self.respond(req_id, {"runId": run.id, "status": "error", "text": event.partial,
-                                      "usage": None, "error": _error_shape(event.error),
-                                      "sessionKey": run.session_key})
+            self.event("agent", {**base, "seq": seq, "ts": int(time.time() * 1000),
+                                 "stream": stream, "data": data})
+
+        def flush() -> None:
+            delta = text.take(loop.time())
+            emit("assistant", {"delta": delta, "text": text.text})
+
+        while (batch := await subscription.next_batch(text.wait(loop.time()))) is not None:
+            for event in batch:
+                kind = type(event)
+                if kind is Delta:
+                    text.add(event.text)
+                elif kind is Started:
+                    emit("lifecycle", {"phase": "start", "model": event.model})
+                elif kind is Ended:
+                    if text.pending:
+                        flush()
+                    usage = event.result.usage.as_dict()
+                    emit("lifecycle", {"phase": "end", "text": event.result.text, "usage": usage})
+                    self.respond(req_id, {"runId": run.id, "status": "ok", "text": event.result.text,
+                                          "usage": usage, "sessionKey": run.session_key,
+                                          "agentId": run.agent_id, "model": event.result.model,
+                                          "finishReason": event.result.finish_reason})
+                elif kind is Failed:
+                    if text.pending:
+                        flush()
+                    emit("lifecycle", {"phase": "error", "reason": event.reason,
+                                       "message": str(event.error)})
+                    self.respond(req_id, {"runId": run.id, "status": "error", "text": event.partial,
+                                          "usage": None, "error": _error_shape(event.error),
+                                          "sessionKey": run.session_key})
+            if text.pending and text.wait(loop.time()) == 0:
+                flush()
+                await asyncio.sleep(0)      # one event per loop turn: neighbours get their share
 
     async def m_agent_wait(self, params: dict[str, Any], req_id: Any) -> dict[str, Any]:
         run_id = _string(params, "runId", required=True)
@@ -410,8 +488,6 @@ class ControlConnection:
         if run is None:
             raise ApiError(404, f"no run {run_id!r}", code="run_not_found", param="runId")
         timeout_ms = params.get("timeoutMs")
-        if timeout_ms is not None and (not isinstance(timeout_ms, (int, float)) or timeout_ms < 0):
-            raise ApiError(400, "params.timeoutMs must be a non-negative number", param="timeoutMs")
         try:
             # A finished run answers at once, whatever the timeout (even 0).
             result = await (run.wait() if run.done else asyncio.wait_for(
@@ -441,8 +517,6 @@ class ControlConnection:
     async def m_chat_history(self, params: dict[str, Any], req_id: Any) -> dict[str, Any]:
         agent_id, key = self._session_key(params)
         limit = params.get("limit", 200)
-        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-            raise ApiError(400, "params.limit must be a positive integer", param="limit")
         lines = await self.gateway.runtime.store.read_transcript(agent_id, key)
         messages = sessions.chat_messages(lines)
         return {"sessionKey": key, "messages": messages[-limit:]}
