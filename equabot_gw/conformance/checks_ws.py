@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from .. import __version__
+from .. import __version__, safejson
 from ..errors import ConnectionClosed, GatewayError
 from ..net.wsstream import WebSocket, connect
 from .checks import Check, Failed, Passed, Probe, Skipped, registry, show, why
@@ -51,7 +51,7 @@ async def _frame(ws: WebSocket) -> dict[str, Any]:
     if isinstance(message, bytes):
         raise Failed("a binary frame: the protocol uses JSON text frames", frame=show(message))
     try:
-        frame = json.loads(message)
+        frame = await safejson.loads_async(message)
     except ValueError:
         frame = None
     if not isinstance(frame, dict):

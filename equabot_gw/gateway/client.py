@@ -12,7 +12,7 @@ import json
 import sys
 from typing import Any
 
-from .. import __version__
+from .. import __version__, safejson
 from ..errors import ConnectionClosed, GatewayError
 from ..net.wsstream import WebSocket, connect
 from .control import PROTOCOL_VERSION
@@ -56,7 +56,10 @@ class ControlClient:
 
     async def next_frame(self) -> dict[str, Any]:
         message = await self.ws.recv()
-        frame = json.loads(message)
+        try:
+            frame = await safejson.loads_async(message)
+        except ValueError as exc:
+            raise GatewayError(f"the gateway sent a frame that is not JSON ({exc})") from None
         if not isinstance(frame, dict):
             raise GatewayError("the gateway sent a frame that is not an object")
         return frame
