@@ -6,6 +6,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import os
 import struct
 import time
@@ -89,10 +90,19 @@ class ControlTestCase(unittest.IsolatedAsyncioTestCase):
         await self._gateway_cm.__aexit__(None, None, None)
 
     async def client(self, token: str | None = TOKEN) -> ControlClient:
-        return await ControlClient.open(self.gw.url, token)
+        """A connected client past hello-ok and the health event that follows it."""
+        c = await ControlClient.open(self.gw.url, token)
+        health = await asyncio.wait_for(c.next_frame(), 2)
+        self.assertEqual((health["type"], health["event"]), ("event", "health"))
+        return c
 
-    async def raw(self) -> Any:
-        return await connect("ws" + self.gw.url[4:])
+    async def raw(self, **options: Any) -> Any:
+        """A connected socket past the gateway's first frame, the challenge."""
+        ws = await connect("ws" + self.gw.url[4:], **options)
+        challenge = json.loads(await asyncio.wait_for(ws.recv(), 2))
+        self.assertEqual((challenge["type"], challenge["event"]), ("event", "connect.challenge"))
+        self.assertEqual(set(challenge["payload"]), {"nonce", "ts"})
+        return ws
 
     async def frames_until_final(self, client: ControlClient, req_id: str) -> list[dict[str, Any]]:
         frames = []
@@ -103,8 +113,20 @@ class ControlTestCase(unittest.IsolatedAsyncioTestCase):
                     and frame["payload"].get("status") not in ("accepted", "started"):
                 return frames
 
+    async def run_agent(self, client: ControlClient, params: dict[str, Any]) -> list[dict[str, Any]]:
+        return await self.frames_until_final(client, client.send("agent", params))
+
     def assertClosedWith(self, ws: Any, code: int) -> None:
         self.assertEqual(ws.close_code, code)
+
+
+def reply_of(final: dict[str, Any]) -> str:
+    return "".join(p["text"] for p in final["payload"]["result"]["payloads"])
+
+
+def family(frames: list[dict[str, Any]], name: str, run_id: str) -> list[dict[str, Any]]:
+    return [f["payload"] for f in frames if f.get("type") == "event" and f["event"] == name
+            and f["payload"]["runId"] == run_id]
 
 
 class HandshakeTest(ControlTestCase):
@@ -113,13 +135,50 @@ class HandshakeTest(ControlTestCase):
         hello = c.hello
         self.assertEqual((hello["type"], hello["protocol"]), ("hello-ok", 3))
         self.assertEqual(hello["server"]["version"], "0.1.0")
+        self.assertEqual(hello["server"]["host"], "127.0.0.1")
         self.assertTrue(hello["server"]["connId"])
-        self.assertIn("agent", hello["features"]["methods"])
-        self.assertEqual(set(hello["features"]["events"]), {"agent", "chat", "tick", "shutdown"})
-        self.assertEqual(hello["snapshot"]["health"]["status"], "ok")
+        self.assertEqual(set(hello["features"]["methods"]), set(self.gw.control.methods))
+        for method in ("agent", "agent.wait", "chat.send", "chat.history", "sessions.list", "logs.tail"):
+            self.assertIn(method, hello["features"]["methods"])
+        self.assertEqual(set(hello["features"]["events"]),
+                         {"connect.challenge", "agent", "chat", "tick", "health", "shutdown"})
+        snapshot = hello["snapshot"]
+        self.assertEqual([p["mode"] for p in snapshot["presence"]], ["gateway", "cli"])
+        self.assertEqual(snapshot["health"]["defaultAgentId"], "main")
+        self.assertEqual(set(snapshot["stateVersion"]), {"presence", "health"})
+        self.assertEqual(snapshot["sessionDefaults"]["mainSessionKey"], "agent:main:main")
         self.assertEqual(hello["policy"]["maxPayload"], 25 * 1024 * 1024)
         self.assertEqual(hello["policy"]["tickIntervalMs"], 30000)
         await c.close()
+
+    async def test_a_health_event_follows_hello(self) -> None:
+        ws = await self.raw()
+        ws.send(json.dumps({"type": "req", "id": "c", "method": "connect", "params": CONNECT}))
+        self.assertTrue(json.loads(await ws.recv())["ok"])
+        event = json.loads(await asyncio.wait_for(ws.recv(), 2))
+        self.assertEqual((event["event"], event["seq"]), ("health", 1))
+        self.assertEqual(event["payload"]["agents"][0]["agentId"], "main")
+        self.assertEqual(set(event["stateVersion"]), {"presence", "health"})
+        await ws.close()
+
+    async def test_every_client_the_original_has_is_accepted(self) -> None:
+        clients = (("cli", "cli"), ("cli", "probe"), ("webchat", "webchat"), ("webchat-ui", "webchat"),
+                   ("clawdbot-control-ui", "ui"), ("control-ui", "ui"), ("gateway-client", "backend"),
+                   ("clawdbot-macos", "ui"), ("clawdbot-ios", "node"), ("clawdbot-android", "node"),
+                   ("node-host", "node"), ("some-future-client", "future-mode"))
+        for client_id, mode in clients:
+            with self.subTest(client_id):
+                ws = await self.raw()
+                ws.send(json.dumps({"type": "req", "id": "c", "method": "connect", "params": {
+                    **CONNECT, "client": {"id": client_id, "displayName": "x", "version": "1", "platform":
+                                          "linux", "deviceFamily": "Linux", "modelIdentifier": "x64",
+                                          "mode": mode, "instanceId": "i-1", "futureField": True},
+                    "caps": ["tools"], "commands": ["canvas.present"], "permissions": {"camera": True},
+                    "pathEnv": "/usr/bin", "role": "operator", "scopes": ["operator.admin"],
+                    "device": {"id": "d", "publicKey": "k", "signature": "s", "signedAt": 1, "nonce": "n"},
+                    "locale": "en-US", "userAgent": "test/1"}}))
+                self.assertTrue(json.loads(await ws.recv())["ok"])
+                await ws.close()
 
     async def test_request_before_connect_is_refused_and_closed_1008(self) -> None:
         ws = await self.raw()
@@ -148,10 +207,18 @@ class HandshakeTest(ControlTestCase):
         await ws.wait_closed()
         self.assertClosedWith(ws, 1008)
 
+    async def test_unknown_connect_property_is_refused(self) -> None:
+        ws = await self.raw()
+        ws.send(json.dumps({"type": "req", "id": "c", "method": "connect", "params": {**CONNECT, "x": 1}}))
+        frame = json.loads(await ws.recv())
+        self.assertEqual(frame["error"]["message"], "invalid connect params: at root: unexpected property 'x'")
+        await ws.wait_closed()
+        self.assertClosedWith(ws, 1008)
+
     async def test_bad_auth_is_refused_and_closed(self) -> None:
-        with self.assertRaisesRegex(GatewayError, "UNAUTHORIZED"):
+        with self.assertRaisesRegex(GatewayError, "UNAUTHORIZED: unauthorized: gateway token mismatch"):
             await self.client("wrong")
-        with self.assertRaisesRegex(GatewayError, "UNAUTHORIZED"):
+        with self.assertRaisesRegex(GatewayError, "UNAUTHORIZED: unauthorized: gateway token missing"):
             await self.client(None)
 
     async def test_wrong_authorization_header_on_upgrade_is_401(self) -> None:
@@ -160,7 +227,7 @@ class HandshakeTest(ControlTestCase):
         self.assertIn("401", str(caught.exception))
 
     async def test_right_authorization_header_skips_connect_auth(self) -> None:
-        ws = await connect("ws" + self.gw.url[4:], headers=[("Authorization", f"Bearer {TOKEN}")])
+        ws = await self.raw(headers=[("Authorization", f"Bearer {TOKEN}")])
         ws.send(json.dumps({"type": "req", "id": "c", "method": "connect",
                             "params": {"minProtocol": 3, "maxProtocol": 3}}))
         self.assertTrue(json.loads(await ws.recv())["ok"])
@@ -191,105 +258,240 @@ class HandshakeTest(ControlTestCase):
         writer.close()
 
 
-class MethodsTest(ControlTestCase):
-    async def test_agent_run_streams_events_that_reassemble_the_reply(self) -> None:
+class RunsTest(ControlTestCase):
+    async def test_an_agent_run_emits_both_event_families_and_the_original_final(self) -> None:
         c = await self.client()
-        c.ws.send(json.dumps({"type": "req", "id": "r1", "method": "agent",
-                              "params": {"message": "hello there", "sessionKey": "k1"}}))
-        frames = await self.frames_until_final(c, "r1")
-        ack, *rest, final = frames
-        self.assertEqual(ack["payload"]["status"], "accepted")
-        run_id = ack["payload"]["runId"]
-        events = [f for f in rest if f["type"] == "event" and f["event"] == "agent"]
-        seqs = [f["seq"] for f in frames if f["type"] == "event"]
-        self.assertEqual(seqs, sorted(seqs))
-        self.assertTrue(all(e["payload"]["runId"] == run_id for e in events))
-        phases = [e["payload"]["data"].get("phase") for e in events if e["payload"]["stream"] == "lifecycle"]
-        self.assertEqual(phases, ["start", "end"])
-        deltas = [e["payload"]["data"] for e in events if e["payload"]["stream"] == "assistant"]
-        self.assertEqual("".join(d["delta"] for d in deltas), "Echo (turn 1): hello there")
-        self.assertEqual(deltas[-1]["text"], "Echo (turn 1): hello there")
-        self.assertEqual(final["payload"]["status"], "ok")
-        self.assertEqual(final["payload"]["text"], "Echo (turn 1): hello there")
-        self.assertEqual(final["payload"]["usage"]["total_tokens"], 7)
+        ack, *rest = await self.run_agent(c, {"message": "hello there", "sessionKey": "k1",
+                                              "idempotencyKey": "idem-1"})
+        final = rest[-1]
+        self.assertEqual(set(ack["payload"]), {"runId", "status", "acceptedAt"})
+        self.assertEqual((ack["payload"]["runId"], ack["payload"]["status"]), ("idem-1", "accepted"))
+        agent = family(rest, "agent", "idem-1")
+        self.assertEqual([a["seq"] for a in agent], list(range(1, len(agent) + 1)))
+        self.assertEqual((agent[0]["stream"], agent[0]["data"]["phase"]), ("lifecycle", "start"))
+        self.assertEqual((agent[-1]["stream"], agent[-1]["data"]["phase"]), ("lifecycle", "end"))
+        self.assertTrue(all(a["sessionKey"] == "agent:main:k1" and isinstance(a["ts"], int) for a in agent))
+        assistant = [a["data"] for a in agent if a["stream"] == "assistant"]
+        self.assertEqual("".join(d["delta"] for d in assistant), "Echo (turn 1): hello there")
+        self.assertEqual(assistant[-1]["text"], "Echo (turn 1): hello there")
+        chat = family(rest, "chat", "idem-1")
+        self.assertEqual([m["state"] for m in chat][-1], "final")
+        self.assertTrue(all(m["state"] == "delta" for m in chat[:-1]))
+        for m in chat:
+            self.assertEqual(set(m), {"runId", "sessionKey", "seq", "state", "message"})
+            self.assertEqual(set(m["message"]), {"role", "content", "timestamp"})
+        self.assertEqual(chat[-1]["message"]["content"], [{"type": "text", "text": "Echo (turn 1): hello there"}])
+        payload = final["payload"]
+        self.assertEqual((payload["runId"], payload["status"], payload["summary"]), ("idem-1", "ok", "completed"))
+        self.assertEqual(payload["result"]["payloads"], [{"text": "Echo (turn 1): hello there", "mediaUrl": None}])
+        meta = payload["result"]["meta"]
+        self.assertEqual(meta["aborted"], False)
+        self.assertEqual((meta["agentMeta"]["provider"], meta["agentMeta"]["model"]), ("echo", "echo"))
+        self.assertEqual(meta["agentMeta"]["usage"],
+                         {"input": 2, "output": 5, "cacheRead": 0, "cacheWrite": 0, "total": 7})
+        history = await c.request("chat.history", {"sessionKey": "k1"})
+        self.assertEqual(history["sessionId"], meta["agentMeta"]["sessionId"])
         await c.close()
 
-    async def test_idempotency_key_returns_the_first_run(self) -> None:
+    async def test_every_client_sees_the_events_and_only_the_requester_the_final(self) -> None:
+        a, b = await self.client(), await self.client()
+        frames = await self.run_agent(a, {"message": "to all", "idempotencyKey": "shared-run"})
+        seen = []
+        while len(seen) < 2 or seen[-1].get("payload", {}).get("state") != "final":
+            frame = await asyncio.wait_for(b.next_frame(), 2)
+            if frame.get("event") == "chat":
+                seen.append(frame)
+        self.assertEqual(seen[-1]["payload"]["runId"], "shared-run")
+        self.assertEqual(reply_of(frames[-1]), seen[-1]["payload"]["message"]["content"][0]["text"])
+        await a.close()
+        await b.close()
+
+    async def test_a_repeated_idempotency_key_answers_the_first_runs_final_at_once(self) -> None:
         c = await self.client()
         params = {"message": "once", "sessionKey": "idem", "idempotencyKey": "abc"}
-        c.ws.send(json.dumps({"type": "req", "id": "a", "method": "agent", "params": params}))
-        first = await self.frames_until_final(c, "a")
-        c.ws.send(json.dumps({"type": "req", "id": "b", "method": "agent", "params": params}))
-        second = await self.frames_until_final(c, "b")
-        self.assertEqual(first[0]["payload"]["runId"], second[0]["payload"]["runId"])
+        first = await self.run_agent(c, params)
+        second = await self.run_agent(c, params)
+        self.assertEqual(len(second), 1)                    # no ack, no events: the final alone
+        self.assertEqual(second[0]["payload"]["runId"], "abc")
+        self.assertEqual(reply_of(second[0]), reply_of(first[-1]))
         history = await c.request("chat.history", {"sessionKey": "idem"})
         self.assertEqual([m["role"] for m in history["messages"]], ["user", "assistant"])
         await c.close()
 
     async def test_agent_wait(self) -> None:
         c = await self.client()
-        c.ws.send(json.dumps({"type": "req", "id": "a", "method": "agent",
-                              "params": {"message": "w", "agentId": "slow"}}))
-        ack = json.loads(await c.ws.recv())
-        waited = await c.request("agent.wait", {"runId": ack["payload"]["runId"]})
-        self.assertEqual((waited["status"], waited["text"]), ("ok", "Echo (turn 1): w"))
-        quick = await c.request("agent.wait", {"runId": ack["payload"]["runId"], "timeoutMs": 0})
+        req = c.send("agent", {"message": "w", "agentId": "slow", "idempotencyKey": "wait-me"})
+        while True:
+            frame = await c.next_frame()
+            if frame.get("id") == req:
+                break
+        waited = await c.request("agent.wait", {"runId": "wait-me", "timeoutMs": 5000})
+        self.assertEqual(set(waited), {"runId", "status", "startedAt", "endedAt"})
+        self.assertEqual(waited["status"], "ok")
+        self.assertLessEqual(waited["startedAt"], waited["endedAt"])
+        quick = await c.request("agent.wait", {"runId": "wait-me", "timeoutMs": 0})
         self.assertEqual(quick["status"], "ok")
-        with self.assertRaisesRegex(GatewayError, "NOT_FOUND"):
-            await c.request("agent.wait", {"runId": "run_nope"})
+        started = time.monotonic()
+        unknown = await c.request("agent.wait", {"runId": "no-such-run", "timeoutMs": 200})
+        self.assertEqual(unknown, {"runId": "no-such-run", "status": "timeout"})
+        self.assertGreaterEqual(time.monotonic() - started, 0.15)
         await c.close()
 
-    async def test_chat_abort_mid_run(self) -> None:
+    async def test_agent_wait_does_not_block_the_connection(self) -> None:
         c = await self.client()
-        c.ws.send(json.dumps({"type": "req", "id": "s", "method": "chat.send",
-                              "params": {"sessionKey": "agent:slow:chat", "message": " ".join(["w"] * 50)}}))
-        started = json.loads(await c.ws.recv())
-        self.assertEqual(started["payload"]["status"], "started")
+        waiting = c.send("agent.wait", {"runId": "later", "timeoutMs": 3000})
+        self.assertEqual((await c.request("health", {}))["defaultAgentId"], "main")
+        await c.request("chat.send", {"sessionKey": "later-s", "message": "x", "idempotencyKey": "later"})
+        while True:     # the run that appeared meanwhile is the one waited for
+            frame = await asyncio.wait_for(c.next_frame(), 3)
+            if frame.get("id") == waiting:
+                break
+        self.assertEqual(frame["payload"]["status"], "ok")
+        await c.close()
+
+    async def test_chat_send_runs_under_the_idempotency_key_and_abort_finds_it(self) -> None:
+        c = await self.client()
+        started = await c.request("chat.send", {"sessionKey": "agent:slow:chat",
+                                                "message": " ".join(["w"] * 50), "idempotencyKey": "chat-1"})
+        self.assertEqual(started, {"runId": "chat-1", "status": "started"})
         while True:     # wait for the first delta, then abort
-            frame = json.loads(await c.ws.recv())
+            frame = await asyncio.wait_for(c.next_frame(), 2)
             if frame.get("event") == "chat" and frame["payload"]["state"] == "delta":
                 break
-        result = await c.request("chat.abort", {"sessionKey": "agent:slow:chat"})
-        self.assertTrue(result["aborted"])
+        result = await c.request("chat.abort", {"sessionKey": "agent:slow:chat", "runId": "chat-1"})
+        self.assertEqual(result, {"ok": True, "aborted": True, "runIds": ["chat-1"]})
         while True:
-            frame = json.loads(await asyncio.wait_for(c.ws.recv(), 2))
+            frame = await asyncio.wait_for(c.next_frame(), 2)
             if frame.get("event") == "chat" and frame["payload"]["state"] != "delta":
                 break
-        self.assertEqual(frame["payload"]["state"], "aborted")
+        self.assertEqual((frame["payload"]["runId"], frame["payload"]["state"]), ("chat-1", "aborted"))
         history = await c.request("chat.history", {"sessionKey": "agent:slow:chat"})
-        self.assertTrue(history["messages"][-1].get("aborted"))
+        self.assertEqual(history["messages"][-1]["stopReason"], "aborted")
+        nothing = await c.request("chat.abort", {"sessionKey": "agent:slow:chat"})
+        self.assertEqual(nothing, {"ok": True, "aborted": False, "runIds": []})
         await c.close()
 
+    async def test_a_failed_run_answers_ok_false_with_payload_and_error(self) -> None:
+        await self._gateway_cm.__aexit__(None, None, None)
+        data = slow_config()
+        data["agents"]["list"].append({"id": "hasty", "model": "slow/echo", "timeoutSeconds": 0.05})
+        self._gateway_cm = running_gateway(data)
+        self.gw = await self._gateway_cm.__aenter__()
+        c = await self.client()
+        ack, *rest = await self.run_agent(c, {"message": " ".join(["w"] * 20), "agentId": "hasty",
+                                              "idempotencyKey": "too-slow"})
+        final = rest[-1]
+        self.assertEqual(ack["payload"]["status"], "accepted")
+        self.assertEqual((final["ok"], final["error"]["code"]), (False, "AGENT_TIMEOUT"))
+        self.assertEqual(set(final["payload"]), {"runId", "status", "summary"})
+        self.assertEqual(final["payload"]["status"], "error")
+        lifecycle = [a["data"] for a in family(rest, "agent", "too-slow") if a["stream"] == "lifecycle"]
+        self.assertEqual([d["phase"] for d in lifecycle], ["start", "error"])
+        self.assertEqual(family(rest, "chat", "too-slow")[-1]["state"], "error")
+        waited = await c.request("agent.wait", {"runId": "too-slow"})
+        self.assertEqual(waited["status"], "error")
+        self.assertIn("no reply within", waited["error"])
+        await c.close()
+
+    async def test_attachments_and_deliver_are_refused_plainly(self) -> None:
+        c = await self.client()
+        with self.assertRaisesRegex(GatewayError, "attachments are not supported"):
+            await c.request("agent", {"message": "x", "attachments": [{"type": "image"}]})
+        with self.assertRaisesRegex(GatewayError, "no channels"):
+            await c.request("agent", {"message": "x", "deliver": True})
+        await c.close()
+
+
+class MethodsTest(ControlTestCase):
     async def test_sessions_and_agents_and_config(self) -> None:
         c = await self.client()
         await c.request("chat.history", {"sessionKey": "none-yet"})
-        c.ws.send(json.dumps({"type": "req", "id": "a", "method": "agent",
-                              "params": {"message": "x", "sessionKey": "listed"}}))
-        await self.frames_until_final(c, "a")
-        keys = [s["key"] for s in (await c.request("sessions.list", {}))["sessions"]]
-        self.assertIn("agent:main:listed", keys)
-        self.assertTrue((await c.request("sessions.reset", {"key": "listed"}))["reset"])
-        self.assertFalse((await c.request("sessions.delete", {"key": "listed"}))["deleted"])
+        await self.run_agent(c, {"message": "x", "sessionKey": "listed"})
+        listed = await c.request("sessions.list", {"limit": 1})
+        self.assertEqual((listed["count"], listed["sessions"][0]["key"]), (1, "agent:main:listed"))
+        self.assertEqual(listed["sessions"][0]["turns"], 1)
+        preview = await c.request("sessions.preview", {"keys": ["listed", "nope"]})
+        self.assertEqual([p["status"] for p in preview["previews"]], ["ok", "missing"])
+        self.assertEqual(preview["previews"][0]["items"][0], {"role": "user", "text": "x"})
+        reset = await c.request("sessions.reset", {"key": "listed"})
+        self.assertEqual((reset["ok"], reset["key"], reset["reset"]), (True, "agent:main:listed", True))
+        deleted = await c.request("sessions.delete", {"key": "listed"})
+        self.assertEqual(deleted, {"ok": True, "key": "agent:main:listed", "deleted": False, "archived": []})
         agents = await c.request("agents.list", {})
-        self.assertEqual(agents["defaultId"], "main")
+        self.assertEqual((agents["defaultId"], agents["mainKey"], agents["scope"]), ("main", "main", "per-sender"))
         self.assertEqual({a["id"] for a in agents["agents"]}, {"main", "slow"})
+        self.assertEqual(await c.request("agent.identity.get", {"sessionKey": "agent:slow:x"}),
+                         {"agentId": "slow", "name": "slow"})
+        models = await c.request("models.list", {})
+        self.assertEqual({(m["provider"], m["id"]) for m in models["models"]}, {("echo", "echo"), ("slow", "echo")})
+        status = await c.request("status", {})
+        self.assertEqual(status["heartbeat"]["defaultAgentId"], "main")
+        await c.close()
+
+    async def test_config_get_never_shows_a_secret(self) -> None:
+        c = await self.client()
         config = await c.request("config.get", {})
         self.assertNotIn(TOKEN, json.dumps(config))
         self.assertEqual(config["config"]["gateway"]["auth"]["token"], "***")
-        status = await c.request("status", {})
-        self.assertEqual(status["defaultAgentId"], "main")
+        self.assertIn('"token": "***"', config["raw"])
+        await c.close()
+
+    async def test_sessions_patch_sets_nothing_it_cannot_keep(self) -> None:
+        c = await self.client()
+        patched = await c.request("sessions.patch", {"key": "p", "label": None})
+        self.assertEqual((patched["ok"], patched["key"]), (True, "agent:main:p"))
+        with self.assertRaisesRegex(GatewayError, "keeps no per-session settings"):
+            await c.request("sessions.patch", {"key": "p", "label": "mine"})
+        await c.close()
+
+    async def test_features_we_do_not_have_answer_empty(self) -> None:
+        c = await self.client()
+        self.assertEqual((await c.request("channels.status", {"probe": False}))["channels"], {})
+        self.assertEqual(await c.request("cron.status", {}),
+                         {"enabled": False, "storePath": "", "jobs": 0, "nextWakeAtMs": None})
+        self.assertEqual(await c.request("cron.list", {}), {"jobs": []})
+        self.assertEqual((await c.request("node.list", {}))["nodes"], [])
+        self.assertEqual(await c.request("device.pair.list", {}), {"pending": [], "paired": []})
+        self.assertEqual((await c.request("usage.status", {}))["providers"], [])
+        await c.close()
+
+    async def test_usage_cost_sums_the_transcripts(self) -> None:
+        c = await self.client()
+        await self.run_agent(c, {"message": "count me", "sessionKey": "cost"})   # 3 + 6 words
+        await self.run_agent(c, {"message": "stateless"})                         # 1 + 4, a journal
+        cost = await c.request("usage.cost", {"days": 2})
+        self.assertEqual(len(cost["daily"]), 2)
+        self.assertEqual((cost["totals"]["input"], cost["totals"]["output"]), (3, 9))
+        self.assertEqual(cost["totals"]["missingCostEntries"], 2)
+        await c.close()
+
+    async def test_logs_tail_shows_the_gateways_own_lines(self) -> None:
+        logger = logging.getLogger("equabot_gw")
+        self.addCleanup(logger.setLevel, logger.level)
+        logger.setLevel(logging.INFO)       # as the CLI's default --log-level sets it
+        c = await self.client()
+        await c.request("health", {})
+        tail = await c.request("logs.tail", {"limit": 50})
+        self.assertTrue(any("res ✓ health" in json.loads(line)["1"] for line in tail["lines"]))
+        later = await c.request("logs.tail", {"cursor": tail["cursor"]})
+        self.assertFalse(later["reset"])
+        self.assertTrue(all("logs.tail" in json.loads(line)["1"] for line in later["lines"]))
         await c.close()
 
     async def test_errors_keep_the_connection(self) -> None:
         c = await self.client()
-        for method, params, code in (("nope", {}, "INVALID_REQUEST: unknown method: nope"), ("agent", {}, "INVALID_REQUEST"),
+        for method, params, code in (("nope", {}, "INVALID_REQUEST: unknown method: nope"),
+                                     ("agent", {}, "INVALID_REQUEST: invalid agent params: at root: "
+                                                   "must have required property 'message'"),
                                      ("agent", {"message": "x", "agentId": "ghost"}, "NOT_FOUND"),
                                      ("connect", {}, "CONFLICT"),
+                                     ("sessions.list", {"bogusParam": 1}, "INVALID_REQUEST: invalid "
+                                      "sessions.list params: at root: unexpected property 'bogusParam'"),
                                      ("agent", {"message": "x", "sessionKey": "bad key"}, "INVALID_REQUEST")):
             with self.subTest(method=method, params=params):
                 with self.assertRaisesRegex(GatewayError, code):
                     await c.request(method, params)
-        self.assertEqual((await c.request("health", {}))["status"], "ok")
+        self.assertTrue((await c.request("health", {}))["ok"])
         await c.close()
 
     async def test_message_over_max_payload_closes_1009(self) -> None:
@@ -442,7 +644,7 @@ class HardeningTest(ControlTestCase):
                 frame = await asyncio.wait_for(c.next_frame(), 2)
                 self.assertEqual((frame["type"], frame["ok"], frame["error"]["code"]),
                                  ("res", False, "INVALID_REQUEST"))
-        self.assertEqual((await c.request("health", {}))["status"], "ok")
+        self.assertTrue((await c.request("health", {}))["ok"])
         await c.close()
 
     async def test_a_malformed_origin_is_403(self) -> None:
@@ -486,7 +688,7 @@ class CoalescingTest(ControlTestCase):
         c.ws.send(json.dumps({"type": "req", "id": "long", "method": "agent",
                               "params": {"message": words, "sessionKey": "long"}}))
         frames = await self.frames_until_final(c, "long")
-        reply = frames[-1]["payload"]["text"]
+        reply = reply_of(frames[-1])
         self.assertEqual(len(reply.split()), 12_003)
         assistant = [f["payload"]["data"] for f in frames
                      if f.get("event") == "agent" and f["payload"]["stream"] == "assistant"]
@@ -546,7 +748,7 @@ class GatewayEventsTest(ControlTestCase):
     async def test_ticks_and_shutdown(self) -> None:
         c = await self.client()
         frame = json.loads(await asyncio.wait_for(c.ws.recv(), 1))
-        self.assertEqual(frame["event"], "tick")
+        self.assertEqual((frame["event"], set(frame["payload"])), ("tick", {"ts"}))
         stopping = asyncio.ensure_future(self.gw.stop())
         events = []
         try:
@@ -574,9 +776,9 @@ class SameSessionTest(ControlTestCase):
         http_reply = json.loads((await reader.read()).partition(b"\r\n\r\n")[2])
         writer.close()
         self.assertEqual(http_reply["choices"][0]["message"]["content"], "Echo (turn 1): from http")
-        self.assertEqual(frames[-1]["payload"]["text"], "Echo (turn 2): from ws")
+        self.assertEqual(reply_of(frames[-1]), "Echo (turn 2): from ws")
         history = await c.request("chat.history", {"sessionKey": "agent:slow:shared"})
-        self.assertEqual([m["content"] for m in history["messages"]],
+        self.assertEqual([m["content"][0]["text"] for m in history["messages"]],
                          ["from http", "Echo (turn 1): from http", "from ws", "Echo (turn 2): from ws"])
         await c.close()
 
