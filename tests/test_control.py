@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import os
+import pathlib
 import struct
 import time
 import unittest
@@ -15,9 +16,11 @@ from typing import Any
 
 from equabot_gw.config import RateLimitConfig
 from equabot_gw.errors import ConnectionClosed, GatewayError
-from equabot_gw.gateway import control
+from equabot_gw.gateway import control, methods, runs
 from equabot_gw.gateway.client import ControlClient
 from equabot_gw.gateway.coalesce import TextSoFar
+from equabot_gw.gateway.params import SCHEMAS
+from equabot_gw.logbuffer import LogBuffer
 from equabot_gw.net.wsstream import connect
 from tests.support import TOKEN, base_config, running_gateway
 
@@ -740,6 +743,55 @@ class CoalescingTest(ControlTestCase):
         text.take(0.2)
         text.add("y" * 5000)                                # a long text spaces the events
         self.assertAlmostEqual(text.wait(0.2), 0.5103)
+
+
+class LogBufferTest(unittest.TestCase):
+    def record(self, message: str, level: int = logging.INFO) -> logging.LogRecord:
+        return logging.LogRecord("equabot_gw.test", level, __file__, 1, message, None, None)
+
+    def test_the_ring_is_bounded_in_lines_and_bytes(self) -> None:
+        buffer = LogBuffer(max_lines=3, max_bytes=100_000)
+        for i in range(5):
+            buffer.emit(self.record(f"line {i}"))
+        self.assertEqual([json.loads(line)["1"] for line in buffer.tail(None, 10, 10**6).lines],
+                         ["line 2", "line 3", "line 4"])
+        small = LogBuffer(max_lines=1000, max_bytes=1000)
+        for i in range(50):
+            small.emit(self.record("x" * 100))
+        kept = small.tail(None, 1000, 10**6).lines
+        self.assertLessEqual(sum(len(line.encode()) + 1 for line in kept), 1000)
+        self.assertGreater(len(kept), 0)
+
+    def test_a_cursor_returns_only_newer_lines(self) -> None:
+        buffer = LogBuffer()
+        buffer.emit(self.record("one"))
+        first = buffer.tail(None, 10, 10**6)
+        self.assertEqual((first.cursor, first.truncated, first.reset), (buffer.end, False, False))
+        buffer.emit(self.record("two", logging.WARNING))
+        later = buffer.tail(first.cursor, 10, 10**6)
+        [line] = later.lines
+        self.assertEqual((json.loads(line)["1"], json.loads(line)["_meta"]["logLevelName"]), ("two", "WARN"))
+        self.assertTrue(buffer.tail(10**9, 10, 10**6).reset)             # a cursor from elsewhere
+        self.assertTrue(buffer.tail(0, 1, 10**6).truncated)              # limit left one out
+
+    def test_long_messages_are_cut(self) -> None:
+        buffer = LogBuffer()
+        buffer.emit(self.record("y" * 100_000))
+        [line] = buffer.tail(None, 1, 10**6).lines
+        self.assertLess(len(line), 9000)
+
+
+class DocsTest(unittest.TestCase):
+    def test_the_protocol_reference_names_every_method_param_and_event(self) -> None:
+        text = (pathlib.Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
+        for method, schema in SCHEMAS.items():
+            self.assertIn(f"`{method}`", text.replace("**`", "`").replace("`**", "`"), method)
+            for name in schema:
+                self.assertIn(f"`{name}`", text, f"{method}.{name}")
+        for event in control.EVENTS:
+            self.assertIn(f"`{event}`", text, event)
+        served = set(methods.METHODS) | set(runs.METHODS)
+        self.assertEqual(served, set(SCHEMAS) - {"connect"})      # every method has its schema
 
 
 class GatewayEventsTest(ControlTestCase):
