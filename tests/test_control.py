@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import pathlib
+import socket
 import struct
 import time
 import unittest
@@ -138,7 +139,7 @@ class HandshakeTest(ControlTestCase):
         hello = c.hello
         self.assertEqual((hello["type"], hello["protocol"]), ("hello-ok", 3))
         self.assertEqual(hello["server"]["version"], "0.1.0")
-        self.assertEqual(hello["server"]["host"], "127.0.0.1")
+        self.assertEqual(hello["server"]["host"], socket.gethostname())
         self.assertTrue(hello["server"]["connId"])
         self.assertEqual(set(hello["features"]["methods"]), set(self.gw.control.methods))
         for method in ("agent", "agent.wait", "chat.send", "chat.history", "sessions.list", "logs.tail"):

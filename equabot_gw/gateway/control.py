@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -384,7 +385,7 @@ class ControlConnection:
         self.connected_at = time.time()
         return {
             "type": "hello-ok", "protocol": PROTOCOL_VERSION,
-            "server": {"version": __version__, "host": gateway.host, "connId": self.id},
+            "server": {"version": __version__, "host": socket.gethostname(), "connId": self.id},
             "features": {"methods": list(protocol.methods), "events": list(EVENTS)},
             "snapshot": {
                 "presence": [*methods_mod.presence(protocol), self.presence()],
