@@ -10,7 +10,7 @@ VENV_BENCH := bench/.venv
 TEST_PY := $(VENV_TEST)/bin/python
 TEST_STAMP := $(VENV_TEST)/.installed-$(shell cat tests/interop/requirements.txt 2>/dev/null | cksum | cut -d' ' -f1)
 
-.PHONY: run test test-fast check-imports bench conformance clean
+.PHONY: run test test-fast check-imports bench conformance interop-original clean
 
 run:
 	$(PYTHON) -m equabot_gw
@@ -41,6 +41,12 @@ bench:
 # The shipped checker against a running server: make conformance URL=... TOKEN=...
 conformance:
 	$(PYTHON) -m equabot_gw conformance --base-url $(or $(URL),http://127.0.0.1:18789) $(if $(TOKEN),--token $(TOKEN),) --ws
+
+# Opt-in, not part of `make test`: the original Gateway's own CLI (npm clawdbot,
+# with node 22, both from the npm registry, cached under .venv-test/original-cli)
+# runs its everyday commands against a live equabot_gw.
+interop-original:
+	$(PYTHON) tests/interop/original_cli.py
 
 clean:
 	rm -rf $(VENV_TEST) $(VENV_BENCH) .coverage

@@ -4,15 +4,76 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
+import logging
 import os
+import pathlib
+import socket
+import struct
+import time
 import unittest
 from typing import Any
 
+from equabot_gw.config import RateLimitConfig
 from equabot_gw.errors import ConnectionClosed, GatewayError
+from equabot_gw.gateway import control, methods, runs
 from equabot_gw.gateway.client import ControlClient
+from equabot_gw.gateway.coalesce import TextSoFar
+from equabot_gw.gateway.params import SCHEMAS
+from equabot_gw.logbuffer import LogBuffer
 from equabot_gw.net.wsstream import connect
 from tests.support import TOKEN, base_config, running_gateway
+
+CONNECT = {"minProtocol": 3, "maxProtocol": 3, "auth": {"token": TOKEN}}
+# A scaled-down connect deadline: long enough for loopback, short for a test.
+DEADLINE = 0.3
+
+
+def limited_config(max_attempts: int) -> dict[str, Any]:
+    """A config whose auth limiter counts loopback clients (the tests run there)."""
+    rate: dict[str, Any] = {"maxAttempts": max_attempts}
+    if "exempt_loopback" in RateLimitConfig.__dataclass_fields__:
+        rate["exemptLoopback"] = False
+    return slow_config(auth={"token": TOKEN, "rateLimit": rate})
+
+
+def client_frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
+    """One masked client frame (RFC 6455 §5.2), for what the package's client will not send."""
+    mask = os.urandom(4)
+    n = len(payload)
+    head = bytes([(0x80 if fin else 0) | opcode])
+    head += bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack("!H", n) \
+        if n < 65536 else bytes([0x80 | 127]) + struct.pack("!Q", n)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def read_close_code(reader: asyncio.StreamReader, timeout: float = 3.0) -> int | None:
+    """Read server frames until its Close frame arrives; that frame's status code."""
+    data = b""
+    async with asyncio.timeout(timeout):
+        while (code := server_close_code(data)) is None:
+            chunk = await reader.read(65536)
+            if not chunk:
+                return server_close_code(data)
+            data += chunk
+    return code
+
+
+def server_close_code(data: bytes) -> int | None:
+    """The status code of the first Close frame in unmasked server ``data``."""
+    i = 0
+    while i + 2 <= len(data):
+        opcode, n = data[i] & 0x0F, data[i + 1] & 0x7F
+        i += 2
+        if n == 126:
+            n, i = struct.unpack("!H", data[i:i + 2])[0], i + 2
+        elif n == 127:
+            n, i = struct.unpack("!Q", data[i:i + 8])[0], i + 8
+        if opcode == 0x8:
+            return struct.unpack("!H", data[i:i + 2])[0] if n >= 2 else 1005
+        i += n
+    return None
 
 
 def slow_config(**gateway: Any) -> dict[str, Any]:
@@ -33,10 +94,19 @@ class ControlTestCase(unittest.IsolatedAsyncioTestCase):
         await self._gateway_cm.__aexit__(None, None, None)
 
     async def client(self, token: str | None = TOKEN) -> ControlClient:
-        return await ControlClient.open(self.gw.url, token)
+        """A connected client past hello-ok and the health event that follows it."""
+        c = await ControlClient.open(self.gw.url, token)
+        health = await asyncio.wait_for(c.next_frame(), 2)
+        self.assertEqual((health["type"], health["event"]), ("event", "health"))
+        return c
 
-    async def raw(self) -> Any:
-        return await connect("ws" + self.gw.url[4:])
+    async def raw(self, **options: Any) -> Any:
+        """A connected socket past the gateway's first frame, the challenge."""
+        ws = await connect("ws" + self.gw.url[4:], **options)
+        challenge = json.loads(await asyncio.wait_for(ws.recv(), 2))
+        self.assertEqual((challenge["type"], challenge["event"]), ("event", "connect.challenge"))
+        self.assertEqual(set(challenge["payload"]), {"nonce", "ts"})
+        return ws
 
     async def frames_until_final(self, client: ControlClient, req_id: str) -> list[dict[str, Any]]:
         frames = []
@@ -47,8 +117,20 @@ class ControlTestCase(unittest.IsolatedAsyncioTestCase):
                     and frame["payload"].get("status") not in ("accepted", "started"):
                 return frames
 
+    async def run_agent(self, client: ControlClient, params: dict[str, Any]) -> list[dict[str, Any]]:
+        return await self.frames_until_final(client, client.send("agent", params))
+
     def assertClosedWith(self, ws: Any, code: int) -> None:
         self.assertEqual(ws.close_code, code)
+
+
+def reply_of(final: dict[str, Any]) -> str:
+    return "".join(p["text"] for p in final["payload"]["result"]["payloads"])
+
+
+def family(frames: list[dict[str, Any]], name: str, run_id: str) -> list[dict[str, Any]]:
+    return [f["payload"] for f in frames if f.get("type") == "event" and f["event"] == name
+            and f["payload"]["runId"] == run_id]
 
 
 class HandshakeTest(ControlTestCase):
@@ -57,13 +139,50 @@ class HandshakeTest(ControlTestCase):
         hello = c.hello
         self.assertEqual((hello["type"], hello["protocol"]), ("hello-ok", 3))
         self.assertEqual(hello["server"]["version"], "0.1.0")
+        self.assertEqual(hello["server"]["host"], socket.gethostname())
         self.assertTrue(hello["server"]["connId"])
-        self.assertIn("agent", hello["features"]["methods"])
-        self.assertEqual(set(hello["features"]["events"]), {"agent", "chat", "tick", "shutdown"})
-        self.assertEqual(hello["snapshot"]["health"]["status"], "ok")
+        self.assertEqual(set(hello["features"]["methods"]), set(self.gw.control.methods))
+        for method in ("agent", "agent.wait", "chat.send", "chat.history", "sessions.list", "logs.tail"):
+            self.assertIn(method, hello["features"]["methods"])
+        self.assertEqual(set(hello["features"]["events"]),
+                         {"connect.challenge", "agent", "chat", "tick", "health", "shutdown"})
+        snapshot = hello["snapshot"]
+        self.assertEqual([p["mode"] for p in snapshot["presence"]], ["gateway", "cli"])
+        self.assertEqual(snapshot["health"]["defaultAgentId"], "main")
+        self.assertEqual(set(snapshot["stateVersion"]), {"presence", "health"})
+        self.assertEqual(snapshot["sessionDefaults"]["mainSessionKey"], "agent:main:main")
         self.assertEqual(hello["policy"]["maxPayload"], 25 * 1024 * 1024)
         self.assertEqual(hello["policy"]["tickIntervalMs"], 30000)
         await c.close()
+
+    async def test_a_health_event_follows_hello(self) -> None:
+        ws = await self.raw()
+        ws.send(json.dumps({"type": "req", "id": "c", "method": "connect", "params": CONNECT}))
+        self.assertTrue(json.loads(await ws.recv())["ok"])
+        event = json.loads(await asyncio.wait_for(ws.recv(), 2))
+        self.assertEqual((event["event"], event["seq"]), ("health", 1))
+        self.assertEqual(event["payload"]["agents"][0]["agentId"], "main")
+        self.assertEqual(set(event["stateVersion"]), {"presence", "health"})
+        await ws.close()
+
+    async def test_every_client_the_original_has_is_accepted(self) -> None:
+        clients = (("cli", "cli"), ("cli", "probe"), ("webchat", "webchat"), ("webchat-ui", "webchat"),
+                   ("clawdbot-control-ui", "ui"), ("control-ui", "ui"), ("gateway-client", "backend"),
+                   ("clawdbot-macos", "ui"), ("clawdbot-ios", "node"), ("clawdbot-android", "node"),
+                   ("node-host", "node"), ("some-future-client", "future-mode"))
+        for client_id, mode in clients:
+            with self.subTest(client_id):
+                ws = await self.raw()
+                ws.send(json.dumps({"type": "req", "id": "c", "method": "connect", "params": {
+                    **CONNECT, "client": {"id": client_id, "displayName": "x", "version": "1", "platform":
+                                          "linux", "deviceFamily": "Linux", "modelIdentifier": "x64",
+                                          "mode": mode, "instanceId": "i-1", "futureField": True},
+                    "caps": ["tools"], "commands": ["canvas.present"], "permissions": {"camera": True},
+                    "pathEnv": "/usr/bin", "role": "operator", "scopes": ["operator.admin"],
+                    "device": {"id": "d", "publicKey": "k", "signature": "s", "signedAt": 1, "nonce": "n"},
+                    "locale": "en-US", "userAgent": "test/1"}}))
+                self.assertTrue(json.loads(await ws.recv())["ok"])
+                await ws.close()
 
     async def test_request_before_connect_is_refused_and_closed_1008(self) -> None:
         ws = await self.raw()
@@ -92,10 +211,18 @@ class HandshakeTest(ControlTestCase):
         await ws.wait_closed()
         self.assertClosedWith(ws, 1008)
 
+    async def test_unknown_connect_property_is_refused(self) -> None:
+        ws = await self.raw()
+        ws.send(json.dumps({"type": "req", "id": "c", "method": "connect", "params": {**CONNECT, "x": 1}}))
+        frame = json.loads(await ws.recv())
+        self.assertEqual(frame["error"]["message"], "invalid connect params: at root: unexpected property 'x'")
+        await ws.wait_closed()
+        self.assertClosedWith(ws, 1008)
+
     async def test_bad_auth_is_refused_and_closed(self) -> None:
-        with self.assertRaisesRegex(GatewayError, "UNAUTHORIZED"):
+        with self.assertRaisesRegex(GatewayError, "UNAUTHORIZED: unauthorized: gateway token mismatch"):
             await self.client("wrong")
-        with self.assertRaisesRegex(GatewayError, "UNAUTHORIZED"):
+        with self.assertRaisesRegex(GatewayError, "UNAUTHORIZED: unauthorized: gateway token missing"):
             await self.client(None)
 
     async def test_wrong_authorization_header_on_upgrade_is_401(self) -> None:
@@ -104,7 +231,7 @@ class HandshakeTest(ControlTestCase):
         self.assertIn("401", str(caught.exception))
 
     async def test_right_authorization_header_skips_connect_auth(self) -> None:
-        ws = await connect("ws" + self.gw.url[4:], headers=[("Authorization", f"Bearer {TOKEN}")])
+        ws = await self.raw(headers=[("Authorization", f"Bearer {TOKEN}")])
         ws.send(json.dumps({"type": "req", "id": "c", "method": "connect",
                             "params": {"minProtocol": 3, "maxProtocol": 3}}))
         self.assertTrue(json.loads(await ws.recv())["ok"])
@@ -135,105 +262,240 @@ class HandshakeTest(ControlTestCase):
         writer.close()
 
 
-class MethodsTest(ControlTestCase):
-    async def test_agent_run_streams_events_that_reassemble_the_reply(self) -> None:
+class RunsTest(ControlTestCase):
+    async def test_an_agent_run_emits_both_event_families_and_the_original_final(self) -> None:
         c = await self.client()
-        c.ws.send(json.dumps({"type": "req", "id": "r1", "method": "agent",
-                              "params": {"message": "hello there", "sessionKey": "k1"}}))
-        frames = await self.frames_until_final(c, "r1")
-        ack, *rest, final = frames
-        self.assertEqual(ack["payload"]["status"], "accepted")
-        run_id = ack["payload"]["runId"]
-        events = [f for f in rest if f["type"] == "event" and f["event"] == "agent"]
-        seqs = [f["seq"] for f in frames if f["type"] == "event"]
-        self.assertEqual(seqs, sorted(seqs))
-        self.assertTrue(all(e["payload"]["runId"] == run_id for e in events))
-        phases = [e["payload"]["data"].get("phase") for e in events if e["payload"]["stream"] == "lifecycle"]
-        self.assertEqual(phases, ["start", "end"])
-        deltas = [e["payload"]["data"] for e in events if e["payload"]["stream"] == "assistant"]
-        self.assertEqual("".join(d["delta"] for d in deltas), "Echo (turn 1): hello there")
-        self.assertEqual(deltas[-1]["text"], "Echo (turn 1): hello there")
-        self.assertEqual(final["payload"]["status"], "ok")
-        self.assertEqual(final["payload"]["text"], "Echo (turn 1): hello there")
-        self.assertEqual(final["payload"]["usage"]["total_tokens"], 7)
+        ack, *rest = await self.run_agent(c, {"message": "hello there", "sessionKey": "k1",
+                                              "idempotencyKey": "idem-1"})
+        final = rest[-1]
+        self.assertEqual(set(ack["payload"]), {"runId", "status", "acceptedAt"})
+        self.assertEqual((ack["payload"]["runId"], ack["payload"]["status"]), ("idem-1", "accepted"))
+        agent = family(rest, "agent", "idem-1")
+        self.assertEqual([a["seq"] for a in agent], list(range(1, len(agent) + 1)))
+        self.assertEqual((agent[0]["stream"], agent[0]["data"]["phase"]), ("lifecycle", "start"))
+        self.assertEqual((agent[-1]["stream"], agent[-1]["data"]["phase"]), ("lifecycle", "end"))
+        self.assertTrue(all(a["sessionKey"] == "agent:main:k1" and isinstance(a["ts"], int) for a in agent))
+        assistant = [a["data"] for a in agent if a["stream"] == "assistant"]
+        self.assertEqual("".join(d["delta"] for d in assistant), "Echo (turn 1): hello there")
+        self.assertEqual(assistant[-1]["text"], "Echo (turn 1): hello there")
+        chat = family(rest, "chat", "idem-1")
+        self.assertEqual([m["state"] for m in chat][-1], "final")
+        self.assertTrue(all(m["state"] == "delta" for m in chat[:-1]))
+        for m in chat:
+            self.assertEqual(set(m), {"runId", "sessionKey", "seq", "state", "message"})
+            self.assertEqual(set(m["message"]), {"role", "content", "timestamp"})
+        self.assertEqual(chat[-1]["message"]["content"], [{"type": "text", "text": "Echo (turn 1): hello there"}])
+        payload = final["payload"]
+        self.assertEqual((payload["runId"], payload["status"], payload["summary"]), ("idem-1", "ok", "completed"))
+        self.assertEqual(payload["result"]["payloads"], [{"text": "Echo (turn 1): hello there", "mediaUrl": None}])
+        meta = payload["result"]["meta"]
+        self.assertEqual(meta["aborted"], False)
+        self.assertEqual((meta["agentMeta"]["provider"], meta["agentMeta"]["model"]), ("echo", "echo"))
+        self.assertEqual(meta["agentMeta"]["usage"],
+                         {"input": 2, "output": 5, "cacheRead": 0, "cacheWrite": 0, "total": 7})
+        history = await c.request("chat.history", {"sessionKey": "k1"})
+        self.assertEqual(history["sessionId"], meta["agentMeta"]["sessionId"])
         await c.close()
 
-    async def test_idempotency_key_returns_the_first_run(self) -> None:
+    async def test_every_client_sees_the_events_and_only_the_requester_the_final(self) -> None:
+        a, b = await self.client(), await self.client()
+        frames = await self.run_agent(a, {"message": "to all", "idempotencyKey": "shared-run"})
+        seen = []
+        while len(seen) < 2 or seen[-1].get("payload", {}).get("state") != "final":
+            frame = await asyncio.wait_for(b.next_frame(), 2)
+            if frame.get("event") == "chat":
+                seen.append(frame)
+        self.assertEqual(seen[-1]["payload"]["runId"], "shared-run")
+        self.assertEqual(reply_of(frames[-1]), seen[-1]["payload"]["message"]["content"][0]["text"])
+        await a.close()
+        await b.close()
+
+    async def test_a_repeated_idempotency_key_answers_the_first_runs_final_at_once(self) -> None:
         c = await self.client()
         params = {"message": "once", "sessionKey": "idem", "idempotencyKey": "abc"}
-        c.ws.send(json.dumps({"type": "req", "id": "a", "method": "agent", "params": params}))
-        first = await self.frames_until_final(c, "a")
-        c.ws.send(json.dumps({"type": "req", "id": "b", "method": "agent", "params": params}))
-        second = await self.frames_until_final(c, "b")
-        self.assertEqual(first[0]["payload"]["runId"], second[0]["payload"]["runId"])
+        first = await self.run_agent(c, params)
+        second = await self.run_agent(c, params)
+        self.assertEqual(len(second), 1)                    # no ack, no events: the final alone
+        self.assertEqual(second[0]["payload"]["runId"], "abc")
+        self.assertEqual(reply_of(second[0]), reply_of(first[-1]))
         history = await c.request("chat.history", {"sessionKey": "idem"})
         self.assertEqual([m["role"] for m in history["messages"]], ["user", "assistant"])
         await c.close()
 
     async def test_agent_wait(self) -> None:
         c = await self.client()
-        c.ws.send(json.dumps({"type": "req", "id": "a", "method": "agent",
-                              "params": {"message": "w", "agentId": "slow"}}))
-        ack = json.loads(await c.ws.recv())
-        waited = await c.request("agent.wait", {"runId": ack["payload"]["runId"]})
-        self.assertEqual((waited["status"], waited["text"]), ("ok", "Echo (turn 1): w"))
-        quick = await c.request("agent.wait", {"runId": ack["payload"]["runId"], "timeoutMs": 0})
+        req = c.send("agent", {"message": "w", "agentId": "slow", "idempotencyKey": "wait-me"})
+        while True:
+            frame = await c.next_frame()
+            if frame.get("id") == req:
+                break
+        waited = await c.request("agent.wait", {"runId": "wait-me", "timeoutMs": 5000})
+        self.assertEqual(set(waited), {"runId", "status", "startedAt", "endedAt"})
+        self.assertEqual(waited["status"], "ok")
+        self.assertLessEqual(waited["startedAt"], waited["endedAt"])
+        quick = await c.request("agent.wait", {"runId": "wait-me", "timeoutMs": 0})
         self.assertEqual(quick["status"], "ok")
-        with self.assertRaisesRegex(GatewayError, "NOT_FOUND"):
-            await c.request("agent.wait", {"runId": "run_nope"})
+        started = time.monotonic()
+        unknown = await c.request("agent.wait", {"runId": "no-such-run", "timeoutMs": 200})
+        self.assertEqual(unknown, {"runId": "no-such-run", "status": "timeout"})
+        self.assertGreaterEqual(time.monotonic() - started, 0.15)
         await c.close()
 
-    async def test_chat_abort_mid_run(self) -> None:
+    async def test_agent_wait_does_not_block_the_connection(self) -> None:
         c = await self.client()
-        c.ws.send(json.dumps({"type": "req", "id": "s", "method": "chat.send",
-                              "params": {"sessionKey": "agent:slow:chat", "message": " ".join(["w"] * 50)}}))
-        started = json.loads(await c.ws.recv())
-        self.assertEqual(started["payload"]["status"], "started")
+        waiting = c.send("agent.wait", {"runId": "later", "timeoutMs": 3000})
+        self.assertEqual((await c.request("health", {}))["defaultAgentId"], "main")
+        await c.request("chat.send", {"sessionKey": "later-s", "message": "x", "idempotencyKey": "later"})
+        while True:     # the run that appeared meanwhile is the one waited for
+            frame = await asyncio.wait_for(c.next_frame(), 3)
+            if frame.get("id") == waiting:
+                break
+        self.assertEqual(frame["payload"]["status"], "ok")
+        await c.close()
+
+    async def test_chat_send_runs_under_the_idempotency_key_and_abort_finds_it(self) -> None:
+        c = await self.client()
+        started = await c.request("chat.send", {"sessionKey": "agent:slow:chat",
+                                                "message": " ".join(["w"] * 50), "idempotencyKey": "chat-1"})
+        self.assertEqual(started, {"runId": "chat-1", "status": "started"})
         while True:     # wait for the first delta, then abort
-            frame = json.loads(await c.ws.recv())
+            frame = await asyncio.wait_for(c.next_frame(), 2)
             if frame.get("event") == "chat" and frame["payload"]["state"] == "delta":
                 break
-        result = await c.request("chat.abort", {"sessionKey": "agent:slow:chat"})
-        self.assertTrue(result["aborted"])
+        result = await c.request("chat.abort", {"sessionKey": "agent:slow:chat", "runId": "chat-1"})
+        self.assertEqual(result, {"ok": True, "aborted": True, "runIds": ["chat-1"]})
         while True:
-            frame = json.loads(await asyncio.wait_for(c.ws.recv(), 2))
+            frame = await asyncio.wait_for(c.next_frame(), 2)
             if frame.get("event") == "chat" and frame["payload"]["state"] != "delta":
                 break
-        self.assertEqual(frame["payload"]["state"], "aborted")
+        self.assertEqual((frame["payload"]["runId"], frame["payload"]["state"]), ("chat-1", "aborted"))
         history = await c.request("chat.history", {"sessionKey": "agent:slow:chat"})
-        self.assertTrue(history["messages"][-1].get("aborted"))
+        self.assertEqual(history["messages"][-1]["stopReason"], "aborted")
+        nothing = await c.request("chat.abort", {"sessionKey": "agent:slow:chat"})
+        self.assertEqual(nothing, {"ok": True, "aborted": False, "runIds": []})
         await c.close()
 
+    async def test_a_failed_run_answers_ok_false_with_payload_and_error(self) -> None:
+        await self._gateway_cm.__aexit__(None, None, None)
+        data = slow_config()
+        data["agents"]["list"].append({"id": "hasty", "model": "slow/echo", "timeoutSeconds": 0.05})
+        self._gateway_cm = running_gateway(data)
+        self.gw = await self._gateway_cm.__aenter__()
+        c = await self.client()
+        ack, *rest = await self.run_agent(c, {"message": " ".join(["w"] * 20), "agentId": "hasty",
+                                              "idempotencyKey": "too-slow"})
+        final = rest[-1]
+        self.assertEqual(ack["payload"]["status"], "accepted")
+        self.assertEqual((final["ok"], final["error"]["code"]), (False, "AGENT_TIMEOUT"))
+        self.assertEqual(set(final["payload"]), {"runId", "status", "summary"})
+        self.assertEqual(final["payload"]["status"], "error")
+        lifecycle = [a["data"] for a in family(rest, "agent", "too-slow") if a["stream"] == "lifecycle"]
+        self.assertEqual([d["phase"] for d in lifecycle], ["start", "error"])
+        self.assertEqual(family(rest, "chat", "too-slow")[-1]["state"], "error")
+        waited = await c.request("agent.wait", {"runId": "too-slow"})
+        self.assertEqual(waited["status"], "error")
+        self.assertIn("no reply within", waited["error"])
+        await c.close()
+
+    async def test_attachments_and_deliver_are_refused_plainly(self) -> None:
+        c = await self.client()
+        with self.assertRaisesRegex(GatewayError, "attachments are not supported"):
+            await c.request("agent", {"message": "x", "attachments": [{"type": "image"}]})
+        with self.assertRaisesRegex(GatewayError, "no channels"):
+            await c.request("agent", {"message": "x", "deliver": True})
+        await c.close()
+
+
+class MethodsTest(ControlTestCase):
     async def test_sessions_and_agents_and_config(self) -> None:
         c = await self.client()
         await c.request("chat.history", {"sessionKey": "none-yet"})
-        c.ws.send(json.dumps({"type": "req", "id": "a", "method": "agent",
-                              "params": {"message": "x", "sessionKey": "listed"}}))
-        await self.frames_until_final(c, "a")
-        keys = [s["key"] for s in (await c.request("sessions.list", {}))["sessions"]]
-        self.assertIn("agent:main:listed", keys)
-        self.assertTrue((await c.request("sessions.reset", {"key": "listed"}))["reset"])
-        self.assertFalse((await c.request("sessions.delete", {"key": "listed"}))["deleted"])
+        await self.run_agent(c, {"message": "x", "sessionKey": "listed"})
+        listed = await c.request("sessions.list", {"limit": 1})
+        self.assertEqual((listed["count"], listed["sessions"][0]["key"]), (1, "agent:main:listed"))
+        self.assertEqual(listed["sessions"][0]["turns"], 1)
+        preview = await c.request("sessions.preview", {"keys": ["listed", "nope"]})
+        self.assertEqual([p["status"] for p in preview["previews"]], ["ok", "missing"])
+        self.assertEqual(preview["previews"][0]["items"][0], {"role": "user", "text": "x"})
+        reset = await c.request("sessions.reset", {"key": "listed"})
+        self.assertEqual((reset["ok"], reset["key"], reset["reset"]), (True, "agent:main:listed", True))
+        deleted = await c.request("sessions.delete", {"key": "listed"})
+        self.assertEqual(deleted, {"ok": True, "key": "agent:main:listed", "deleted": False, "archived": []})
         agents = await c.request("agents.list", {})
-        self.assertEqual(agents["defaultId"], "main")
+        self.assertEqual((agents["defaultId"], agents["mainKey"], agents["scope"]), ("main", "main", "per-sender"))
         self.assertEqual({a["id"] for a in agents["agents"]}, {"main", "slow"})
+        self.assertEqual(await c.request("agent.identity.get", {"sessionKey": "agent:slow:x"}),
+                         {"agentId": "slow", "name": "slow"})
+        models = await c.request("models.list", {})
+        self.assertEqual({(m["provider"], m["id"]) for m in models["models"]}, {("echo", "echo"), ("slow", "echo")})
+        status = await c.request("status", {})
+        self.assertEqual(status["heartbeat"]["defaultAgentId"], "main")
+        await c.close()
+
+    async def test_config_get_never_shows_a_secret(self) -> None:
+        c = await self.client()
         config = await c.request("config.get", {})
         self.assertNotIn(TOKEN, json.dumps(config))
         self.assertEqual(config["config"]["gateway"]["auth"]["token"], "***")
-        status = await c.request("status", {})
-        self.assertEqual(status["defaultAgentId"], "main")
+        self.assertIn('"token": "***"', config["raw"])
+        await c.close()
+
+    async def test_sessions_patch_sets_nothing_it_cannot_keep(self) -> None:
+        c = await self.client()
+        patched = await c.request("sessions.patch", {"key": "p", "label": None})
+        self.assertEqual((patched["ok"], patched["key"]), (True, "agent:main:p"))
+        with self.assertRaisesRegex(GatewayError, "keeps no per-session settings"):
+            await c.request("sessions.patch", {"key": "p", "label": "mine"})
+        await c.close()
+
+    async def test_features_we_do_not_have_answer_empty(self) -> None:
+        c = await self.client()
+        self.assertEqual((await c.request("channels.status", {"probe": False}))["channels"], {})
+        self.assertEqual(await c.request("cron.status", {}),
+                         {"enabled": False, "storePath": "", "jobs": 0, "nextWakeAtMs": None})
+        self.assertEqual(await c.request("cron.list", {}), {"jobs": []})
+        self.assertEqual((await c.request("node.list", {}))["nodes"], [])
+        self.assertEqual(await c.request("device.pair.list", {}), {"pending": [], "paired": []})
+        self.assertEqual((await c.request("usage.status", {}))["providers"], [])
+        await c.close()
+
+    async def test_usage_cost_sums_the_transcripts(self) -> None:
+        c = await self.client()
+        await self.run_agent(c, {"message": "count me", "sessionKey": "cost"})   # 3 + 6 words
+        await self.run_agent(c, {"message": "stateless"})                         # 1 + 4, a journal
+        cost = await c.request("usage.cost", {"days": 2})
+        self.assertEqual(len(cost["daily"]), 2)
+        self.assertEqual((cost["totals"]["input"], cost["totals"]["output"]), (3, 9))
+        self.assertEqual(cost["totals"]["missingCostEntries"], 2)
+        await c.close()
+
+    async def test_logs_tail_shows_the_gateways_own_lines(self) -> None:
+        logger = logging.getLogger("equabot_gw")
+        self.addCleanup(logger.setLevel, logger.level)
+        logger.setLevel(logging.INFO)       # as the CLI's default --log-level sets it
+        c = await self.client()
+        await c.request("health", {})
+        tail = await c.request("logs.tail", {"limit": 50})
+        self.assertTrue(any("res ✓ health" in json.loads(line)["1"] for line in tail["lines"]))
+        later = await c.request("logs.tail", {"cursor": tail["cursor"]})
+        self.assertFalse(later["reset"])
+        self.assertTrue(all("logs.tail" in json.loads(line)["1"] for line in later["lines"]))
         await c.close()
 
     async def test_errors_keep_the_connection(self) -> None:
         c = await self.client()
-        for method, params, code in (("nope", {}, "NOT_FOUND"), ("agent", {}, "INVALID_REQUEST"),
+        for method, params, code in (("nope", {}, "INVALID_REQUEST: unknown method: nope"),
+                                     ("agent", {}, "INVALID_REQUEST: invalid agent params: at root: "
+                                                   "must have required property 'message'"),
                                      ("agent", {"message": "x", "agentId": "ghost"}, "NOT_FOUND"),
                                      ("connect", {}, "CONFLICT"),
+                                     ("sessions.list", {"bogusParam": 1}, "INVALID_REQUEST: invalid "
+                                      "sessions.list params: at root: unexpected property 'bogusParam'"),
                                      ("agent", {"message": "x", "sessionKey": "bad key"}, "INVALID_REQUEST")):
             with self.subTest(method=method, params=params):
                 with self.assertRaisesRegex(GatewayError, code):
                     await c.request(method, params)
-        self.assertEqual((await c.request("health", {}))["status"], "ok")
+        self.assertTrue((await c.request("health", {}))["ok"])
         await c.close()
 
     async def test_message_over_max_payload_closes_1009(self) -> None:
@@ -260,13 +522,286 @@ class MethodsTest(ControlTestCase):
         self.assertEqual(len(self.gw.control.connections), 0)
 
 
+class HardeningTest(ControlTestCase):
+    """Hostile input before and after connect: every case ends in an answer and a close, in time."""
+
+    async def asyncSetUp(self) -> None:
+        await super().asyncSetUp()
+        self.gw.control.connect_timeout = DEADLINE
+
+    async def first_frame(self, message: str) -> tuple[dict[str, Any], Any]:
+        ws = await self.raw()
+        ws.send(message)
+        frame = json.loads(await asyncio.wait_for(ws.recv(), 2))
+        await asyncio.wait_for(ws.wait_closed(), 2)
+        return frame, ws
+
+    async def upgraded(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_connection(self.gw.host, self.gw.server.port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(f"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+        head = await reader.readuntil(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 101"), head)
+        return reader, writer
+
+    async def test_a_first_frame_nested_100000_deep_is_answered_and_closed_1008(self) -> None:
+        frame, ws = await self.first_frame("[" * 100_000)
+        self.assertEqual((frame["ok"], frame["error"]["code"]), (False, "INVALID_REQUEST"))
+        self.assertIn("deeper than", frame["error"]["message"])
+        self.assertClosedWith(ws, 1008)
+
+    async def test_a_lone_surrogate_token_is_refused_closed_and_counted(self) -> None:
+        await self._gateway_cm.__aexit__(None, None, None)
+        self._gateway_cm = running_gateway(limited_config(2))
+        self.gw = await self._gateway_cm.__aenter__()
+        connect_frame = json.dumps({"type": "req", "id": "c", "method": "connect", "params": {
+            "minProtocol": 3, "maxProtocol": 3, "auth": {"token": "\ud800"}}})   # stays escaped: \\ud800
+        self.assertIn("\\ud800", connect_frame)
+        for _ in range(2):
+            frame, ws = await self.first_frame(connect_frame)
+            self.assertEqual((frame["ok"], frame["error"]["code"]), (False, "INVALID_REQUEST"))
+            self.assertClosedWith(ws, 1008)
+        # Both attempts counted: the address is now locked out, even with the right token.
+        with self.assertRaisesRegex(GatewayError, "RATE_LIMITED"):
+            await self.client()
+
+    async def test_a_credential_of_the_wrong_type_is_counted(self) -> None:
+        await self._gateway_cm.__aexit__(None, None, None)
+        self._gateway_cm = running_gateway(limited_config(1))
+        self.gw = await self._gateway_cm.__aenter__()
+        frame, ws = await self.first_frame(json.dumps({"type": "req", "id": "c", "method": "connect", "params": {
+            "minProtocol": 3, "maxProtocol": 3, "auth": {"token": 12345}}}))
+        self.assertEqual(frame["error"]["message"], "invalid connect params: at /auth/token: must be string")
+        with self.assertRaisesRegex(GatewayError, "RATE_LIMITED"):
+            await self.client()
+
+    async def test_the_wrong_token_close_reason_names_the_connect_field(self) -> None:
+        ws = await self.raw()
+        ws.send(json.dumps({"type": "req", "id": "c", "method": "connect",
+                            "params": {**CONNECT, "auth": {"token": "wrong"}}}))
+        frame = json.loads(await ws.recv())
+        self.assertEqual(frame["error"]["code"], "UNAUTHORIZED")
+        await ws.wait_closed()
+        self.assertClosedWith(ws, 1008)
+        self.assertIn("connect.params.auth.token", ws.close_reason)
+        self.assertNotIn("Authorization", ws.close_reason)
+
+    async def test_the_connect_deadline_holds_whatever_the_client_sends(self) -> None:
+        frames = {
+            "nothing": b"",
+            "an unfinished fragmented message": client_frame(0x1, b'{"type":"req"', fin=False),
+            "pings only": client_frame(0x9, b"p") * 3,
+            "half a frame head": client_frame(0x1, b"x" * 300)[:3],
+        }
+        for name, data in frames.items():
+            with self.subTest(name):
+                reader, writer = await self.upgraded()
+                started = time.monotonic()
+                writer.write(data)
+                code = await read_close_code(reader)
+                elapsed = time.monotonic() - started
+                writer.close()
+                self.assertEqual(code, 1008)
+                self.assertGreaterEqual(elapsed, DEADLINE * 0.8)
+                self.assertLess(elapsed, DEADLINE + 1.5)
+
+    async def test_the_deadline_also_covers_a_client_that_keeps_sending(self) -> None:
+        reader, writer = await self.upgraded()
+        started = time.monotonic()
+        writer.write(client_frame(0x1, b"[", fin=False))
+
+        async def trickle() -> None:
+            with contextlib.suppress(ConnectionError):
+                while True:
+                    writer.write(client_frame(0x0, b"[" * 10, fin=False))
+                    await writer.drain()
+                    await asyncio.sleep(0.02)
+        feeding = asyncio.ensure_future(trickle())
+        try:
+            code = await read_close_code(reader)
+        finally:
+            feeding.cancel()
+            writer.close()
+        self.assertEqual(code, 1008)
+        self.assertLess(time.monotonic() - started, DEADLINE + 1.5)
+
+    async def test_a_big_first_frame_is_closed_1009(self) -> None:
+        frame, ws = await self.first_frame(json.dumps({"type": "req", "id": "c", "method": "connect",
+                                                       "params": {**CONNECT, "pad": "x" * 300_000}}))
+        self.assertFalse(frame["ok"])
+        self.assertClosedWith(ws, 1009)
+
+    async def test_an_unauthenticated_socket_queues_one_message(self) -> None:
+        self.assertEqual(self.gw.control._new_control_socket().max_queued_messages, 1)
+        c = await self.client()
+        [conn] = self.gw.control.connections
+        self.assertEqual(conn.ws.max_queued_messages, 16)
+        await c.close()
+
+    async def test_bad_frames_after_connect_get_an_error_and_the_connection_stays(self) -> None:
+        c = await self.client()
+        for bad in ("[" * 100_000, "{not json", '{"type":"req","id":"n","method":"health","params":{"a":NaN}}',
+                    '"just a string"', '{"type":"req","id":"u","method":"health","params":{"t":"\\udc00"}}'):
+            with self.subTest(bad[:30]):
+                c.ws.send(bad)
+                frame = await asyncio.wait_for(c.next_frame(), 2)
+                self.assertEqual((frame["type"], frame["ok"], frame["error"]["code"]),
+                                 ("res", False, "INVALID_REQUEST"))
+        self.assertTrue((await c.request("health", {}))["ok"])
+        await c.close()
+
+    async def test_a_malformed_origin_is_403(self) -> None:
+        for origin in ("http://[", "http://[::1", "http://host:99999999"):
+            with self.subTest(origin):
+                reader, writer = await asyncio.open_connection(self.gw.host, self.gw.server.port)
+                key = base64.b64encode(os.urandom(16)).decode()
+                writer.write(f"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                             f"Origin: {origin}\r\nSec-WebSocket-Key: {key}\r\n"
+                             f"Sec-WebSocket-Version: 13\r\n\r\n".encode())
+                head = await reader.readuntil(b"\r\n\r\n")
+                writer.close()
+                self.assertTrue(head.startswith(b"HTTP/1.1 403"), head)
+
+    async def test_every_number_in_params_is_checked(self) -> None:
+        c = await self.client()
+        cases = (
+            ({"runId": "r", "timeoutMs": -1}, "invalid agent.wait params: at /timeoutMs: must be >= 0"),
+            ({"runId": "r", "timeoutMs": "10"}, "invalid agent.wait params: at /timeoutMs: must be integer"),
+            ({"runId": "r", "timeoutMs": 1.5}, "invalid agent.wait params: at /timeoutMs: must be integer"),
+            ({"runId": "r", "timeoutMs": 1e300}, "invalid agent.wait params: at /timeoutMs: must be <= 86400000"),
+            ({"timeoutMs": 5}, "invalid agent.wait params: at root: must have required property 'runId'"),
+            ({"runId": "r", "bogus": 1}, "invalid agent.wait params: at root: unexpected property 'bogus'"),
+        )
+        for params, message in cases:
+            with self.subTest(params):
+                with self.assertRaises(GatewayError) as caught:
+                    await c.request("agent.wait", params)
+                self.assertEqual(str(caught.exception), f"INVALID_REQUEST: {message}")
+        # NaN cannot even be written in a frame: the frame decoder refuses it.
+        c.ws.send('{"type":"req","id":"nan","method":"agent.wait","params":{"runId":"r","timeoutMs":NaN}}')
+        frame = await asyncio.wait_for(c.next_frame(), 2)
+        self.assertIn("NaN is not a JSON value", frame["error"]["message"])
+        await c.close()
+
+
+class CoalescingTest(ControlTestCase):
+    async def test_a_long_reply_is_sent_in_few_events_each_with_the_text_so_far(self) -> None:
+        c = await self.client()
+        words = " ".join(f"w{i}" for i in range(12_000))           # ~70 KiB, one delta per word
+        c.ws.send(json.dumps({"type": "req", "id": "long", "method": "agent",
+                              "params": {"message": words, "sessionKey": "long"}}))
+        frames = await self.frames_until_final(c, "long")
+        reply = reply_of(frames[-1])
+        self.assertEqual(len(reply.split()), 12_003)
+        assistant = [f["payload"]["data"] for f in frames
+                     if f.get("event") == "agent" and f["payload"]["stream"] == "assistant"]
+        self.assertLessEqual(len(assistant), 12)          # one per 16 KiB, not one per word
+        so_far = ""
+        for data in assistant:
+            so_far += data["delta"]
+            self.assertEqual(data["text"], so_far)
+        self.assertEqual(so_far, reply)
+        sent = sum(len(json.dumps(f)) for f in frames)
+        self.assertLess(sent, 8 * len(reply))
+        await c.close()
+
+    async def test_a_long_reply_does_not_hold_the_loop(self) -> None:
+        """A neighbour polling /health every 10 ms while a long reply streams (a sanity bound)."""
+        async def health() -> float:
+            started = time.monotonic()
+            reader, writer = await asyncio.open_connection(self.gw.host, self.gw.server.port)
+            writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            self.assertTrue((await reader.read()).startswith(b"HTTP/1.1 200"))
+            writer.close()
+            return time.monotonic() - started
+
+        c = await self.client()
+        c.ws.send(json.dumps({"type": "req", "id": "long", "method": "agent",
+                              "params": {"message": "w " * 40_000, "sessionKey": "long2"}}))
+        final = asyncio.ensure_future(self.frames_until_final(c, "long"))
+        worst = 0.0
+        while not final.done():
+            worst = max(worst, await health())
+            await asyncio.sleep(0.01)
+        await final
+        self.assertLess(worst, 0.25)
+        await c.close()
+
+    def test_text_so_far_coalesces_by_time_and_by_size(self) -> None:
+        text = TextSoFar(interval=0.15, chars=100, max_chars_per_second=10_000)
+        self.assertIsNone(text.wait(0.0))
+        text.add("a")
+        self.assertEqual(text.wait(0.0), 0)                 # the first delta goes at once
+        self.assertEqual(text.take(0.0), "a")
+        text.add("b")
+        text.add("c")
+        self.assertAlmostEqual(text.wait(0.05), 0.10)       # then one per interval
+        self.assertEqual(text.take(0.15), "bc")
+        self.assertEqual(text.text, "abc")
+        text.add("x" * 100)                                 # enough new text: due before the interval
+        self.assertAlmostEqual(text.wait(0.15), 0.0103)     # (103 chars at 10,000 chars/s)
+        text.take(0.2)
+        text.add("y" * 5000)                                # a long text spaces the events
+        self.assertAlmostEqual(text.wait(0.2), 0.5103)
+
+
+class LogBufferTest(unittest.TestCase):
+    def record(self, message: str, level: int = logging.INFO) -> logging.LogRecord:
+        return logging.LogRecord("equabot_gw.test", level, __file__, 1, message, None, None)
+
+    def test_the_ring_is_bounded_in_lines_and_bytes(self) -> None:
+        buffer = LogBuffer(max_lines=3, max_bytes=100_000)
+        for i in range(5):
+            buffer.emit(self.record(f"line {i}"))
+        self.assertEqual([json.loads(line)["1"] for line in buffer.tail(None, 10, 10**6).lines],
+                         ["line 2", "line 3", "line 4"])
+        small = LogBuffer(max_lines=1000, max_bytes=1000)
+        for i in range(50):
+            small.emit(self.record("x" * 100))
+        kept = small.tail(None, 1000, 10**6).lines
+        self.assertLessEqual(sum(len(line.encode()) + 1 for line in kept), 1000)
+        self.assertGreater(len(kept), 0)
+
+    def test_a_cursor_returns_only_newer_lines(self) -> None:
+        buffer = LogBuffer()
+        buffer.emit(self.record("one"))
+        first = buffer.tail(None, 10, 10**6)
+        self.assertEqual((first.cursor, first.truncated, first.reset), (buffer.end, False, False))
+        buffer.emit(self.record("two", logging.WARNING))
+        later = buffer.tail(first.cursor, 10, 10**6)
+        [line] = later.lines
+        self.assertEqual((json.loads(line)["1"], json.loads(line)["_meta"]["logLevelName"]), ("two", "WARN"))
+        self.assertTrue(buffer.tail(10**9, 10, 10**6).reset)             # a cursor from elsewhere
+        self.assertTrue(buffer.tail(0, 1, 10**6).truncated)              # limit left one out
+
+    def test_long_messages_are_cut(self) -> None:
+        buffer = LogBuffer()
+        buffer.emit(self.record("y" * 100_000))
+        [line] = buffer.tail(None, 1, 10**6).lines
+        self.assertLess(len(line), 9000)
+
+
+class DocsTest(unittest.TestCase):
+    def test_the_protocol_reference_names_every_method_param_and_event(self) -> None:
+        text = (pathlib.Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
+        for method, schema in SCHEMAS.items():
+            self.assertIn(f"`{method}`", text.replace("**`", "`").replace("`**", "`"), method)
+            for name in schema:
+                self.assertIn(f"`{name}`", text, f"{method}.{name}")
+        for event in control.EVENTS:
+            self.assertIn(f"`{event}`", text, event)
+        served = set(methods.METHODS) | set(runs.METHODS)
+        self.assertEqual(served, set(SCHEMAS) - {"connect"})      # every method has its schema
+
+
 class GatewayEventsTest(ControlTestCase):
     config = slow_config(ws={"tickIntervalMs": 100})
 
     async def test_ticks_and_shutdown(self) -> None:
         c = await self.client()
         frame = json.loads(await asyncio.wait_for(c.ws.recv(), 1))
-        self.assertEqual(frame["event"], "tick")
+        self.assertEqual((frame["event"], set(frame["payload"])), ("tick", {"ts"}))
         stopping = asyncio.ensure_future(self.gw.stop())
         events = []
         try:
@@ -294,9 +829,9 @@ class SameSessionTest(ControlTestCase):
         http_reply = json.loads((await reader.read()).partition(b"\r\n\r\n")[2])
         writer.close()
         self.assertEqual(http_reply["choices"][0]["message"]["content"], "Echo (turn 1): from http")
-        self.assertEqual(frames[-1]["payload"]["text"], "Echo (turn 2): from ws")
+        self.assertEqual(reply_of(frames[-1]), "Echo (turn 2): from ws")
         history = await c.request("chat.history", {"sessionKey": "agent:slow:shared"})
-        self.assertEqual([m["content"] for m in history["messages"]],
+        self.assertEqual([m["content"][0]["text"] for m in history["messages"]],
                          ["from http", "Echo (turn 1): from http", "from ws", "Echo (turn 2): from ws"])
         await c.close()
 

@@ -520,3 +520,26 @@ class SessionStore:
     def _index_failed(self, agent: _Agent) -> None:
         agent.next_flush = self._loop.time() + INDEX_RETRY_INTERVAL  # type: ignore[union-attr]
         self._mark_dirty(agent)
+
+    # -- read-only lookups for the control protocol --
+
+    def session_info(self, agent_id: str, key: str) -> SessionInfo | None:
+        """The index entry of one keyed session (``key`` already scoped), or None."""
+        agent = self._agents.get(agent_id)
+        return agent.index.get(key) if agent is not None else None
+
+    def index_path(self, agent_id: str) -> str:
+        """Where agent ``agent_id``'s session index lives (shown to operators, never opened here)."""
+        return os.path.join(self._agents_dir, agent_id, transcripts.SESSIONS_DIR, transcripts.INDEX_NAME)
+
+    async def read_journal(self, agent_id: str, day: int) -> list[dict[str, Any]]:
+        """Every parsed line of agent ``agent_id``'s stateless journal of UTC ``day``; [] if none.
+
+        ``day`` counts days since the epoch. Raises ``StorageError`` if the read fails.
+        """
+        committer = self._require_open()
+        _check_agent_id(agent_id)
+        path = os.path.join(self._agents_dir, agent_id, transcripts.JOURNAL_DIR,
+                            transcripts.journal_name(day))
+        return await committer.job(  # type: ignore[no-any-return]
+            "reading a journal", functools.partial(transcripts.read_lines, path))

@@ -1,11 +1,14 @@
 """The WebSocket battery (``--ws``): handshake, ``connect``/``hello-ok``, auth, an ``agent`` run.
 
-The control protocol (issue 5, DECISIONS 25-26): JSON text frames
+The control protocol (issue 5; the original Gateway's shapes win): JSON text frames
 ``{"type":"req","id","method","params"}`` answered by ``{"type":"res","id",
 "ok","payload"|"error"}``; server events ``{"type":"event","event","payload",
-"seq"}``. ``connect`` must come first; an ``agent`` request is answered by an
-ack ``{runId, status:"accepted"}``, the run's ``agent`` events, then a final
-``res`` with the same id. Uses the package's own client (``net/wsstream``).
+"seq"}``; a server may open with a ``connect.challenge`` event, which is
+skipped like every event while a response is awaited. ``connect`` must come
+first (client id ``cli``, one the original accepts); an ``agent`` request is
+answered by an ack ``{runId, status:"accepted"}``, the run's ``agent`` events,
+then a final ``res`` with the same id, in the original's shape or the older
+``{text, usage}``. Uses the package's own client (``net/wsstream``).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from .. import __version__
+from .. import __version__, safejson
 from ..errors import ConnectionClosed, GatewayError
 from ..net.wsstream import WebSocket, connect
 from .checks import Check, Failed, Passed, Probe, Skipped, registry, show, why
@@ -51,7 +54,7 @@ async def _frame(ws: WebSocket) -> dict[str, Any]:
     if isinstance(message, bytes):
         raise Failed("a binary frame: the protocol uses JSON text frames", frame=show(message))
     try:
-        frame = json.loads(message)
+        frame = await safejson.loads_async(message)
     except ValueError:
         frame = None
     if not isinstance(frame, dict):
@@ -70,8 +73,9 @@ async def _response(ws: WebSocket, req_id: str) -> dict[str, Any]:
 def _connect_request(token: str | None) -> str:
     params: dict[str, Any] = {
         "minProtocol": PROTOCOL, "maxProtocol": PROTOCOL,
-        "client": {"id": "equabot-conformance", "version": __version__, "platform": sys.platform,
-                   "mode": "cli"}}
+        # "cli": a client id the original Gateway accepts (it refuses ids it does not know).
+        "client": {"id": "cli", "displayName": "equabot-conformance", "version": __version__,
+                   "platform": sys.platform, "mode": "cli"}}
     if token is not None:
         params["auth"] = {"token": token, "password": token}
     return json.dumps({"type": "req", "id": CONNECT_ID, "method": "connect", "params": params})
@@ -290,8 +294,26 @@ async def ws_agent_events(p: Probe) -> Passed:
                   text=show(text))
 
 
-@check("ws.agent-final", 'issue 5: "then, with the same id, the final result"; DECISIONS 26: '
-       '{runId, status: "ok", text, usage}', requires=("ws.connect",))
+def _final_text(payload: dict[str, Any]) -> Any:
+    """The reply of a final payload: the original's result.payloads[].text, or an older {text}."""
+    result = payload.get("result")
+    if isinstance(result, dict) and isinstance(result.get("payloads"), list):
+        texts = [p.get("text") for p in result["payloads"] if isinstance(p, dict)]
+        return "".join(t for t in texts if isinstance(t, str))
+    return payload.get("text")
+
+
+def _final_usage(payload: dict[str, Any]) -> Any:
+    result = payload.get("result")
+    if isinstance(result, dict) and isinstance(result.get("meta"), dict):
+        agent_meta = result["meta"].get("agentMeta")
+        return agent_meta.get("usage") if isinstance(agent_meta, dict) else None
+    return payload.get("usage")
+
+
+@check("ws.agent-final", 'issue 5: "then, with the same id, the final result"; the original '
+       'Gateway\'s {runId, status: "ok", summary, result: {payloads: [{text}], meta: {agentMeta: '
+       '{usage}}}} (or an older {runId, status, text, usage})', requires=("ws.connect",))
 async def ws_agent_final(p: Probe) -> Passed:
     run = await _agent_run(p)
     final = run.final or {}
@@ -302,10 +324,12 @@ async def ws_agent_final(p: Probe) -> Passed:
         raise Failed("the final response names another runId than the ack", frame=show(json.dumps(final)))
     deltas = "".join(f["payload"]["data"].get("delta", "") for f in run.agent_events()
                      if f["payload"].get("stream") == "assistant" and isinstance(f["payload"].get("data"), dict))
-    if not isinstance(payload.get("text"), str) or payload["text"] != deltas:
-        raise Failed("the final text is not the assistant deltas joined", text=show(str(payload.get("text"))),
+    text = _final_text(payload)
+    if not isinstance(text, str) or text != deltas:
+        raise Failed("the final text is not the assistant deltas joined", text=show(str(text)),
                      deltas=show(deltas))
-    if not isinstance(payload.get("usage"), dict):
+    usage = _final_usage(payload)
+    if not isinstance(usage, dict):
         raise Failed("the final response has no usage object", frame=show(json.dumps(final)))
     return Passed("the final response: status ok, the text of the deltas, usage",
-                  text=show(payload["text"]), usage=payload["usage"])
+                  text=show(text), usage=usage)

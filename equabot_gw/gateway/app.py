@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Final
 
 from .. import __version__, statelock
+from ..logbuffer import LogBuffer
 from ..agents.runtime import Runtime
 from ..auth import Authenticator, Secret, resolve_secret
 from ..config import Config
@@ -43,8 +44,10 @@ class Gateway:
 
     def __init__(self, config: Config, state_dir: Path, *, host: str | None = None,
                  port: int | None = None, env: Mapping[str, str] | None = None,
-                 access_log: server.AccessLog | None = None) -> None:
+                 access_log: server.AccessLog | None = None,
+                 config_path: Path | None = None) -> None:
         self.config = config
+        self.config_path = config_path      # shown by the control protocol's config.get
         self.state_dir = state_dir
         self.host = host or bind_host(config.gateway.bind)
         self.port = config.gateway.port if port is None else port
@@ -61,6 +64,8 @@ class Gateway:
             max_head_bytes=limits.max_header_bytes, max_body_bytes=limits.max_body_bytes,
             header_timeout=limits.header_timeout, keep_alive_timeout=limits.keep_alive_timeout),
             access_log=access_log)
+        # The gateway's own recent log lines, for the control protocol's logs.tail.
+        self.log_buffer = LogBuffer()
         self.control = control.ControlProtocol(self)
         self.openai = openai.ChatCompletions(self.runtime, self.authorize, self.started_at)
         self._stop_requested = asyncio.Event()
@@ -165,6 +170,7 @@ class Gateway:
             self._lock.release()
             raise
         self._lock.announce(self.url)
+        log.addHandler(self.log_buffer)     # the package's logger only, never the root
         self.control.start()
         self.ready = True
 
@@ -186,6 +192,7 @@ class Gateway:
         # Runs started over WebSocket outlive their connection: they get what
         # is left of the grace period too, then are aborted and recorded.
         await self.runtime.stop(max(0.0, deadline - time.monotonic()))
+        log.removeHandler(self.log_buffer)
         if self._lock is not None:
             self._lock.release()
 

@@ -1,0 +1,73 @@
+"""Control-protocol frames: encoding, the error shape, and names shared by the method modules.
+
+Frames (the original Gateway's, protocol 3)::
+
+    {"type":"req","id","method","params"}
+    {"type":"res","id","ok":true,"payload"} | {"type":"res","id","ok":false,"error":{"code","message"}}
+    {"type":"event","event","payload","seq"[,"stateVersion"]}
+
+``error_shape`` is the one map from our errors to ``{code, message}``;
+``dumps`` the one encoder (compact, UTF-8 text, never failing on a lone
+surrogate that came from a transcript).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any, Final
+
+from ..errors import ApiError, RunError, RunTimedOut, http_status
+
+__all__ = ["DEFERRED", "dumps", "error_shape", "session_id", "ms"]
+
+# A method returns this when it answers later itself (agent, chat.send).
+DEFERRED: Final = object()
+
+_ERROR_CODES: Final = {400: "INVALID_REQUEST", 401: "UNAUTHORIZED", 403: "FORBIDDEN",
+                       404: "NOT_FOUND", 409: "CONFLICT", 429: "RATE_LIMITED",
+                       503: "UNAVAILABLE", 504: "AGENT_TIMEOUT"}
+
+_encode: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_encode_ascii: Final = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
+
+# Session ids are UUIDs derived from the session key and its creation time:
+# stable across restarts (both are in the transcript header), new after a reset.
+_SESSION_NS: Final = uuid.UUID("6f1c2d0e-8f8b-4f7e-9a57-2a4c1f0f3e11")
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON text that can be sent as UTF-8 (a lone surrogate is kept escaped)."""
+    text = _encode(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _encode_ascii(value)
+    return text
+
+
+def error_shape(exc: BaseException) -> dict[str, Any]:
+    """``{code, message[, retryAfterMs]}`` for an error; anything unexpected reveals nothing."""
+    status = http_status(exc)
+    code = _ERROR_CODES.get(status, "UNAVAILABLE" if status >= 500 else "INVALID_REQUEST")
+    if isinstance(exc, RunError):
+        code = "AGENT_TIMEOUT" if isinstance(exc, RunTimedOut) else \
+            "ABORTED" if exc.reason == "aborted" else "UNAVAILABLE"
+    message = exc.message if isinstance(exc, ApiError) else (
+        str(exc) if isinstance(exc, RunError) else "internal error")
+    shape: dict[str, Any] = {"code": code, "message": message}
+    retry_after = dict(exc.headers).get("retry-after") if isinstance(exc, ApiError) else None
+    if retry_after:
+        shape["retryAfterMs"] = int(float(retry_after) * 1000)
+    return shape
+
+
+def session_id(key: str, created_at: float | None) -> str:
+    """The ``sessionId`` of a session: a UUID of its key and creation time (None: not created yet)."""
+    stamp = "new" if created_at is None else repr(float(created_at))
+    return str(uuid.uuid5(_SESSION_NS, f"{key}\n{stamp}"))
+
+
+def ms(seconds: float) -> int:
+    """Epoch seconds as the integer milliseconds the protocol carries."""
+    return int(seconds * 1000)

@@ -1,0 +1,344 @@
+"""Agent runs over the control protocol: ``agent``, ``agent.wait``, ``chat.send``, ``chat.abort``.
+
+Owns the run ids clients see and the events a run emits, in the original
+Gateway's shapes. A run's public id is the client's ``idempotencyKey`` (else
+the runtime's id). Every run started here is relayed by one task to every
+connected client as two event families, with deltas coalesced
+(``coalesce.TextSoFar``: at most one per ~150 ms, each with the text so far):
+
+- ``agent``: ``{runId, stream, data, sessionKey, seq, ts}`` — lifecycle
+  ``start``/``end``/``error`` and ``assistant`` ``{text, delta}``;
+- ``chat``: ``{runId, sessionKey, seq, state, message?}`` — ``delta``/``final``
+  with ``message.content`` parts holding the text so far, ``error``, ``aborted``.
+
+The ``agent`` method answers an ack ``{runId, status:"accepted", acceptedAt}``
+and later the final ``{runId, status, summary, result:{payloads, meta}}``.
+Runs are started with ``agents.runtime.run`` like every other door; what is
+remembered of them here is small and bounded (``MAX_REMEMBERED_RUNS``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any, Final
+
+from ..agents import runtime as agent_runtime
+from ..agents import sessions
+from ..agents.events import Delta, Ended, Failed, Started
+from ..agents.types import AgentRequest, AgentResult
+from ..errors import ApiError, RunAborted, RunError
+from .coalesce import TextSoFar
+from .frames import DEFERRED, error_shape, ms, session_id
+
+if TYPE_CHECKING:
+    from .control import ControlConnection, ControlProtocol
+
+__all__ = ["Runs", "METHODS", "MAX_REMEMBERED_RUNS", "DEFAULT_WAIT_MS"]
+
+# Runs remembered by public id, for agent.wait, chat.abort and repeated requests.
+MAX_REMEMBERED_RUNS: Final = 10_000
+# agent.wait without timeoutMs waits this long (the original's default).
+DEFAULT_WAIT_MS: Final = 30_000
+# Clients waiting for run ids that no run has yet, over all connections.
+MAX_UNKNOWN_WAITERS: Final = 1024
+# An error message kept for agent.wait is cut to this many characters.
+MAX_ERROR_CHARS: Final = 500
+
+
+class PublicRun:
+    """What the control protocol keeps of one run: ids, times, outcome; never its text."""
+
+    __slots__ = ("id", "internal_id", "agent_id", "session_key", "run", "accepted_at",
+                 "started_at", "ended_at", "status", "error", "requesters", "settled")
+
+    def __init__(self, public_id: str, run: Any) -> None:
+        self.id = public_id
+        self.internal_id: str = run.id
+        self.agent_id: str = run.agent_id
+        self.session_key: str = run.session_key
+        self.run: Any = run                     # the live handle while the run goes on
+        self.accepted_at = time.time()
+        self.started_at: float | None = None
+        self.ended_at: float | None = None
+        self.status = "running"                 # then "ok", "error" or "aborted"
+        self.error: str | None = None
+        self.requesters: list[tuple[ControlConnection, Any]] = []   # agent requests awaiting the final
+        self.settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+
+class Runs:
+    """The runs started over the control protocol, by public id, and their relays."""
+
+    def __init__(self, protocol: ControlProtocol) -> None:
+        self.protocol = protocol
+        self._by_id: OrderedDict[str, PublicRun] = OrderedDict()
+        self._unknown_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def find(self, public_id: str) -> PublicRun | None:
+        return self._by_id.get(public_id)
+
+    def start(self, params: dict[str, Any], origin: str, session_key: str | None) -> tuple[PublicRun, bool]:
+        """Start (or find, for a repeated ``idempotencyKey``) a run; (its entry, whether it is new)."""
+        key = params.get("idempotencyKey")
+        if key is not None and key in self._by_id:
+            return self._by_id[key], False
+        if params.get("attachments"):
+            raise ApiError(400, "attachments are not supported by this gateway", param="attachments")
+        if params.get("deliver"):
+            raise ApiError(400, "deliver: this gateway has no channels to deliver a reply to",
+                           param="deliver")
+        gateway = self.protocol.gateway
+        run = agent_runtime.run(gateway.runtime, AgentRequest(
+            message=params["message"], agent_id=params.get("agentId"), session_key=session_key,
+            system=params.get("extraSystemPrompt") or "", origin=origin, idempotency_key=key))
+        entry = PublicRun(key or run.id, run)
+        self._remember(entry)
+        task = asyncio.ensure_future(self._relay(entry))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return entry, True
+
+    def _remember(self, entry: PublicRun) -> None:
+        self._by_id[entry.id] = entry
+        while len(self._by_id) > MAX_REMEMBERED_RUNS:
+            self._by_id.popitem(last=False)
+        for waiter in self._unknown_waiters.pop(entry.id, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def appears(self, public_id: str, timeout: float) -> PublicRun | None:
+        """The run ``public_id`` once some client starts it, or None after ``timeout`` seconds."""
+        if len(self._unknown_waiters) >= MAX_UNKNOWN_WAITERS and public_id not in self._unknown_waiters:
+            raise ApiError(429, "too many agent.wait requests for unknown runs", code="rate_limited")
+        waiter = asyncio.get_running_loop().create_future()
+        self._unknown_waiters.setdefault(public_id, []).append(waiter)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), timeout)
+        except TimeoutError:
+            return None
+        finally:
+            waiters = self._unknown_waiters.get(public_id)
+            if waiters is not None and waiter in waiters:
+                waiters.remove(waiter)
+                if not waiters:
+                    del self._unknown_waiters[public_id]
+        return self._by_id.get(public_id)
+
+    def cancel(self) -> None:
+        """Stop relaying (at shutdown; the runs themselves belong to the runtime)."""
+        for task in list(self._tasks):
+            task.cancel()
+
+    # ---- the relay ----
+    async def _relay(self, entry: PublicRun) -> None:
+        """Both event families of one run, deltas coalesced; then the final responses."""
+        broadcast = self.protocol.broadcast
+        loop = asyncio.get_running_loop()
+        text = TextSoFar()
+        seq = 0
+        base = {"runId": entry.id}
+        session = {"sessionKey": entry.session_key}
+
+        def agent_event(stream: str, data: dict[str, Any]) -> int:
+            nonlocal seq
+            seq += 1
+            broadcast("agent", {**base, "stream": stream, "data": data, **session,
+                                "seq": seq, "ts": ms(time.time())})
+            return seq
+
+        def flush() -> None:
+            delta = text.take(loop.time())
+            at = agent_event("assistant", {"text": text.text, "delta": delta})
+            broadcast("chat", {**base, **session, "seq": at, "state": "delta",
+                               "message": _assistant_message(text.text, time.time())})
+
+        subscription = entry.run.subscribe()
+        try:
+            while (batch := await subscription.next_batch(text.wait(loop.time()))) is not None:
+                for event in batch:
+                    kind = type(event)
+                    if kind is Delta:
+                        text.add(event.text)
+                    elif kind is Started:
+                        entry.started_at = time.time()
+                        agent_event("lifecycle", {"phase": "start", "startedAt": ms(entry.started_at)})
+                    elif kind is Ended or kind is Failed:
+                        if text.pending:
+                            flush()
+                        self._ended(entry, event, agent_event, broadcast)
+                if text.pending and text.wait(loop.time()) == 0:
+                    flush()
+                    await asyncio.sleep(0)      # one event per loop turn: neighbours get their share
+        finally:
+            if not entry.settled.done():        # cancelled at shutdown: the run is not ours to end
+                entry.settled.set_result(None)
+            entry.run = None
+
+    def _ended(self, entry: PublicRun, event: Ended | Failed, agent_event: Any, broadcast: Any) -> None:
+        entry.ended_at = now = time.time()
+        if entry.started_at is None:
+            entry.started_at = now
+        base = {"runId": entry.id, "sessionKey": entry.session_key}
+        if isinstance(event, Ended):
+            entry.status = "ok"
+            at = agent_event("lifecycle", {"phase": "end", "endedAt": ms(now)})
+            broadcast("chat", {**base, "seq": at, "state": "final",
+                               "message": _assistant_message(event.result.text, now)})
+        else:
+            aborted = type(event.error) is RunAborted      # not a timeout (a subclass)
+            entry.status = "aborted" if aborted else "error"
+            entry.error = str(event.error)[:MAX_ERROR_CHARS]
+            at = agent_event("lifecycle", {"phase": "error", "endedAt": ms(now), "error": entry.error})
+            if aborted:
+                chat: dict[str, Any] = {**base, "seq": at, "state": "aborted"}
+                if event.partial:
+                    chat["message"] = _assistant_message(event.partial, now)
+            else:
+                chat = {**base, "seq": at, "state": "error", "errorMessage": entry.error}
+            broadcast("chat", chat)
+        result = event.result if isinstance(event, Ended) else None
+        for conn, req_id in entry.requesters:
+            conn.send_final(req_id, self.final_payload(entry, result, event), _failure(event))
+        entry.requesters.clear()
+        entry.settled.set_result(None)
+
+    def final_payload(self, entry: PublicRun, result: AgentResult | None,
+                      event: Ended | Failed | None = None) -> dict[str, Any]:
+        """The ``agent`` method's final payload, in the original's shape."""
+        if entry.status == "error":
+            return {"runId": entry.id, "status": "error", "summary": entry.error or "error"}
+        text = result.text if result is not None else (event.partial if isinstance(event, Failed) else "")
+        usage = result.usage if result is not None else None
+        model_ref = result.model if result is not None else ""
+        provider, _, model = model_ref.partition("/")
+        info = self.protocol.gateway.runtime.store.session_info(entry.agent_id, entry.session_key)
+        meta: dict[str, Any] = {
+            "durationMs": ms((entry.ended_at or time.time()) - (entry.started_at or entry.accepted_at)),
+            "agentMeta": {
+                "sessionId": session_id(entry.session_key, info.created_at if info else None),
+                "provider": provider, "model": model or provider,
+                "usage": usage_shape(usage.prompt_tokens if usage else 0,
+                                     usage.completion_tokens if usage else 0)},
+            "aborted": entry.status == "aborted"}
+        if result is not None:
+            meta["stopReason"] = result.finish_reason
+        return {"runId": entry.id, "status": entry.status,
+                "summary": "completed" if entry.status == "ok" else entry.status,
+                "result": {"payloads": [{"text": text, "mediaUrl": None}] if text else [],
+                           "meta": meta}}
+
+
+def _failure(event: Ended | Failed) -> dict[str, Any] | None:
+    """The error of a failed final response (aborted runs answer ok, with meta.aborted)."""
+    if isinstance(event, Failed) and not (type(event.error) is RunAborted):
+        return error_shape(event.error)
+    return None
+
+
+def usage_shape(prompt: int, completion: int) -> dict[str, int]:
+    """Token counts as the original's ``agentMeta.usage``."""
+    return {"input": prompt, "output": completion, "cacheRead": 0, "cacheWrite": 0,
+            "total": prompt + completion}
+
+
+def _assistant_message(text: str, at: float) -> dict[str, Any]:
+    return {"role": "assistant", "content": [{"type": "text", "text": text}], "timestamp": ms(at)}
+
+
+# ---- the methods ----
+
+def _chat_key(conn: ControlConnection, params: dict[str, Any]) -> tuple[str, str]:
+    """(agent id, scoped key) of a chat method's ``sessionKey``."""
+    runtime = conn.gateway.runtime
+    key = sessions.validate_key(params["sessionKey"], param="sessionKey")
+    owner = sessions.agent_of(key)
+    agent = runtime.agent(owner or params.get("agentId"))
+    return agent.id, key if owner else sessions.scoped_key(agent.id, key)
+
+
+async def m_agent(conn: ControlConnection, params: dict[str, Any], req_id: Any) -> object:
+    runs = conn.protocol.runs
+    entry, fresh = runs.start(params, "ws", params.get("sessionKey"))
+    if entry.status == "running" or fresh:
+        conn.respond(req_id, {"runId": entry.id, "status": "accepted", "acceptedAt": ms(entry.accepted_at)})
+        entry.requesters.append((conn, req_id))
+        return DEFERRED
+    # A finished run asked again: its final answer at once, as the original's dedupe does.
+    record = conn.gateway.runtime.find_run(entry.internal_id)
+    result: AgentResult | None = None
+    if record is not None and entry.status == "ok":
+        try:
+            result = await record.wait()
+        except RunError:
+            result = None
+    payload = runs.final_payload(entry, result)
+    conn.send_final(req_id, payload, {"code": "UNAVAILABLE", "message": entry.error or "error"}
+                    if entry.status == "error" else None)
+    return DEFERRED
+
+
+async def m_agent_wait(conn: ControlConnection, params: dict[str, Any], req_id: Any) -> dict[str, Any]:
+    run_id = params["runId"]
+    timeout = params.get("timeoutMs", DEFAULT_WAIT_MS) / 1000
+    runs = conn.protocol.runs
+    entry = runs.find(run_id)
+    deadline = asyncio.get_running_loop().time() + timeout
+    if entry is None:
+        foreign = conn.gateway.runtime.find_run(run_id)     # a run started over HTTP, by its id
+        if foreign is not None:
+            return await _wait_foreign(run_id, foreign, timeout)
+        entry = await runs.appears(run_id, timeout)
+        if entry is None:
+            return {"runId": run_id, "status": "timeout"}
+    if not entry.settled.done():
+        remaining = max(0.0, deadline - asyncio.get_running_loop().time())
+        try:
+            await asyncio.wait_for(asyncio.shield(entry.settled), remaining)
+        except TimeoutError:
+            return {"runId": run_id, "status": "timeout"}
+    payload: dict[str, Any] = {"runId": run_id, "status": "ok" if entry.status == "ok" else "error"}
+    if entry.started_at is not None:
+        payload["startedAt"] = ms(entry.started_at)
+    if entry.ended_at is not None:
+        payload["endedAt"] = ms(entry.ended_at)
+    if entry.status != "ok":
+        payload["error"] = entry.error or entry.status
+    return payload
+
+
+async def _wait_foreign(run_id: str, run: Any, timeout: float) -> dict[str, Any]:
+    try:
+        # A finished run answers at once, whatever the timeout (even 0).
+        await (run.wait() if run.done else asyncio.wait_for(run.wait(), timeout))
+    except TimeoutError:
+        return {"runId": run_id, "status": "timeout"}
+    except RunError as exc:
+        return {"runId": run_id, "status": "error", "error": str(exc)[:MAX_ERROR_CHARS]}
+    return {"runId": run_id, "status": "ok"}
+
+
+async def m_chat_send(conn: ControlConnection, params: dict[str, Any], req_id: Any) -> dict[str, Any]:
+    _, key = _chat_key(conn, params)
+    entry, _ = conn.protocol.runs.start({**params, "agentId": None}, "chat", key)
+    return {"runId": entry.id, "status": "started"}
+
+
+async def m_chat_abort(conn: ControlConnection, params: dict[str, Any], req_id: Any) -> dict[str, Any]:
+    _, key = _chat_key(conn, params)
+    wanted = params.get("runId")
+    aborted = []
+    for run in list(conn.gateway.runtime.active.values()):
+        # A run's public id is its idempotency key, else the runtime's id.
+        public = run.request.idempotency_key or run.id
+        if run.session_key != key or wanted is not None and wanted not in (public, run.id):
+            continue
+        if run.abort("chat.abort"):
+            aborted.append(public)
+    return {"ok": True, "aborted": bool(aborted), "runIds": aborted}
+
+
+METHODS: Final = {"agent": m_agent, "agent.wait": m_agent_wait, "chat.send": m_chat_send,
+                  "chat.abort": m_chat_abort}
