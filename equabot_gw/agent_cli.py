@@ -3,7 +3,10 @@
 ``agent --local`` runs the runtime in this process (``agents.runtime.run``,
 like every other door) and prints the reply as it streams; without
 ``--local`` the same run goes to a running gateway over the WebSocket control
-protocol. ``sessions`` reads and edits the store under the state dir.
+protocol: the one recorded in the state dir's lock, or an explicit ``--url``
+— never a guess such as the configured port, since a secret is sent — and
+only the secret of the gateway's auth mode is presented. ``sessions`` reads
+and edits the store under the state dir, through its gateway while one runs.
 Returns exit codes; printing is the only side effect besides the run itself.
 """
 
@@ -12,15 +15,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from . import statelock
+from . import __version__, config as config_mod, statelock
 from .agents import runtime as agent_runtime
 from .agents.events import Delta, Ended, Failed
 from .agents.sessions import SessionStore, chat_messages, scoped_key, validate_key
 from .agents.types import AgentRequest, AgentResult
 from .cli import env_secret, load_config
-from .errors import RunError
+from .errors import ConnectionClosed, GatewayError, ProtocolError, RunError
 
 
 def _result_json(result: AgentResult) -> str:
@@ -30,18 +35,153 @@ def _result_json(result: AgentResult) -> str:
                        "model": result.model})
 
 
+# -- which gateway, and what to tell it --------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A gateway the CLI may talk to, the auth mode it uses and the one secret to present."""
+
+    url: str
+    mode: str
+    secret: str | None = field(repr=False)
+
+
+def gateway_target(args: argparse.Namespace, config: config_mod.Config, state_dir: Path,
+                   running: statelock.Holder | None) -> Target:
+    """The gateway to send ``args``'s request (and a secret) to; ``GatewayError`` if there is none.
+
+    A secret goes only to an explicit ``--url`` or to the gateway recorded
+    in the state dir's lock, never to whatever happens to listen on the
+    configured port: that may be another program.
+    """
+    if args.url:
+        url = args.url
+        mode = config.gateway.auth.mode
+    elif running is not None:
+        url = running.url
+        mode = running.auth_mode or config.gateway.auth.mode
+    else:
+        raise GatewayError(f"no gateway is running for state dir {state_dir}; "
+                           f"start one, pass --url, or use --local")
+    return Target(url, mode, args.token or env_secret(config, state_dir, mode))
+
+
+async def open_client(target: Target) -> Any:
+    """A ``ControlClient`` connected and authenticated (``connect``) to ``target``.
+
+    Presents only the secret of ``target.mode`` (``auth.token`` or
+    ``auth.password``). Raises ``GatewayError`` with one line for a gateway
+    that cannot be reached or refuses, with the wait when it answers 429.
+    """
+    from .gateway.client import ControlClient
+    from .gateway.control import PROTOCOL_VERSION
+    from .net.wsstream import connect
+    url = target.url
+    ws_url = "ws" + url[4:] if url.startswith("http") else url
+    try:
+        ws = await connect(ws_url)
+    except ValueError as exc:
+        raise GatewayError(f"bad gateway URL {url!r}: {exc}") from None
+    except (OSError, ConnectionClosed, ProtocolError) as exc:
+        raise GatewayError(f"cannot reach the gateway at {url} ({exc or type(exc).__name__}); "
+                           f"start it with 'python -m equabot_gw' or use --local") from None
+    client = ControlClient(ws)
+    params: dict[str, Any] = {
+        "minProtocol": PROTOCOL_VERSION, "maxProtocol": PROTOCOL_VERSION,
+        "client": {"id": "equabot-cli", "version": __version__, "platform": sys.platform,
+                   "mode": "cli"}}
+    if target.secret is not None:
+        params["auth"] = {target.mode if target.mode != "none" else "token": target.secret}
+    try:
+        client.hello = await request(client, "connect", params)
+    except BaseException:
+        await client.close()
+        raise
+    return client
+
+
+async def request(client: Any, method: str, params: dict[str, Any]) -> Any:
+    """One request on ``client``; its payload, or ``GatewayError`` naming the error (and the wait)."""
+    req_id = f"cli-{method}"
+    client.ws.send(json.dumps({"type": "req", "id": req_id, "method": method, "params": params}))
+    while True:
+        frame = await _next_frame(client)
+        if frame.get("type") == "res" and frame.get("id") == req_id:
+            return payload_of(frame)
+
+
+async def _next_frame(client: Any) -> dict[str, Any]:
+    try:
+        return await client.next_frame()
+    except ConnectionClosed as exc:
+        raise GatewayError(f"the gateway closed the connection ({exc})") from None
+
+
+def payload_of(frame: dict[str, Any]) -> Any:
+    """A ``res`` frame's payload, or ``GatewayError`` with its code, message and any wait."""
+    if frame.get("ok"):
+        return frame.get("payload")
+    error = frame.get("error") if isinstance(frame.get("error"), dict) else {}
+    message = f"{error.get('code', 'ERROR')}: {error.get('message', 'request failed')}"
+    wait = error.get("retryAfterMs")
+    if isinstance(wait, (int, float)) and not isinstance(wait, bool) and wait > 0:
+        message += f" (try again in {_seconds(wait / 1000)})"
+    raise GatewayError(message)
+
+
+def _seconds(value: float) -> str:
+    whole = max(1, int(value + 0.999))
+    return f"{whole} s" if whole < 120 else f"{whole // 60} min {whole % 60} s"
+
+
+# -- agent -------------------------------------------------------------------------------
+
 async def run_agent_command(args: argparse.Namespace) -> int:
     """``equabot agent``: print the reply (streamed) or one JSON object; 1 if the run failed."""
-    config, state_dir = load_config(args)
-    if not args.local:
-        from .gateway.client import run_remote_agent
-        running = statelock.holder(state_dir)
-        url = args.url or (running.url if running else f"http://127.0.0.1:{config.gateway.port}")
-        token = args.token or env_secret(config, state_dir)
-        return await run_remote_agent(url, token, args.message, args.agent, args.session_key,
-                                      as_json=args.json)
+    config, state_dir, config_path = load_config(args, follow_state_dir=True)
+    if args.local:
+        return await _run_local(args, config, state_dir, config_path)
+    target = gateway_target(args, config, state_dir, statelock.holder(state_dir))
+    client = await open_client(target)
+    try:
+        return await _run_remote(client, args)
+    finally:
+        await client.close()
+
+
+async def _run_remote(client: Any, args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {"message": args.message}
+    if args.agent:
+        params["agentId"] = args.agent
+    if args.session_key:
+        params["sessionKey"] = args.session_key
+    req_id = "cli-agent"
+    client.ws.send(json.dumps({"type": "req", "id": req_id, "method": "agent", "params": params}))
+    while True:
+        frame = await _next_frame(client)
+        if frame.get("type") == "event" and frame.get("event") == "agent":
+            event = frame.get("payload") or {}
+            if event.get("stream") == "assistant" and not args.json:
+                sys.stdout.write((event.get("data") or {}).get("delta", ""))
+                sys.stdout.flush()
+        elif frame.get("type") == "res" and frame.get("id") == req_id:
+            payload = payload_of(frame)
+            if payload.get("status") == "accepted":
+                continue
+            print(json.dumps(payload) if args.json else "", flush=True)
+            if payload.get("status") != "ok":
+                error = payload.get("error") or {}
+                print(f"equabot: run failed: {error.get('message', 'error')}", file=sys.stderr)
+                return 1
+            return 0
+
+
+async def _run_local(args: argparse.Namespace, config: config_mod.Config, state_dir: Path,
+                     config_path: Path | None) -> int:
     # In-process means owning the state dir: refuse (one line) if a gateway has it.
     lock = statelock.acquire(state_dir)
+    # Record that no gateway listens here now (an older record would name a stale URL).
+    lock.announce("", config_path=config_path)
     runtime = agent_runtime.Runtime(config, state_dir)
     try:
         await runtime.start()
@@ -68,14 +208,15 @@ async def run_agent_command(args: argparse.Namespace) -> int:
         lock.release()
 
 
+# -- sessions ----------------------------------------------------------------------------
+
 async def run_sessions_command(args: argparse.Namespace) -> int:
     """``equabot sessions list|show|reset``: through the running gateway if there is one."""
-    config, state_dir = load_config(args)
+    config, state_dir, _ = load_config(args, follow_state_dir=True)
     running = statelock.holder(state_dir)
     if running is not None or args.url:
         # The gateway owns the files while it runs: ask it rather than edit behind its back.
-        url = args.url or running.url      # type: ignore[union-attr]
-        return await _remote_sessions(args, url, args.token or env_secret(config, state_dir))
+        return await _remote_sessions(args, gateway_target(args, config, state_dir, running))
     runtime = agent_runtime.Runtime(config, state_dir)
     agent = runtime.agent(args.agent)
     store = SessionStore(state_dir)
@@ -96,19 +237,18 @@ async def run_sessions_command(args: argparse.Namespace) -> int:
         await store.close()
 
 
-async def _remote_sessions(args: argparse.Namespace, url: str, secret: str | None) -> int:
-    from .gateway.client import ControlClient
-    client = await ControlClient.open(url, secret)
+async def _remote_sessions(args: argparse.Namespace, target: Target) -> int:
+    client = await open_client(target)
     try:
         params = {"agentId": args.agent} if args.agent else {}
         if args.sessions_command == "list":
-            listed = (await client.request("sessions.list", params))["sessions"]
+            listed = (await request(client, "sessions.list", params))["sessions"]
             return _print_infos([(s["key"], s["agentId"], s["createdAt"] / 1000, s["updatedAt"] / 1000,
                                   s["turns"], s["lastRunId"]) for s in listed], args.json)
         if args.sessions_command == "show":
-            history = await client.request("chat.history", {**params, "sessionKey": args.key})
+            history = await request(client, "chat.history", {**params, "sessionKey": args.key})
             return _print_messages(history["messages"], history["sessionKey"], args.json)
-        reset = await client.request("sessions.reset", {**params, "key": args.key})
+        reset = await request(client, "sessions.reset", {**params, "key": args.key})
         if reset["reset"]:
             print(f"reset {reset['key']}")
             return 0

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import __version__, config as config_mod
+from . import __version__, config as config_mod, statelock
 from .errors import ApiError, ConfigError, GatewayError, RunError
 
 SUBCOMMANDS = ("gateway", "agent", "config", "sessions", "conformance")
@@ -96,6 +96,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     _setup_logging(getattr(args, "log_level", "info"))
     try:
         code = _dispatch(args)
+    except statelock.StateDirInUse as exc:
+        print(f"equabot: {exc}", file=sys.stderr)
+        code = 2
     except ConfigError as exc:
         print(f"equabot: config error: {exc}", file=sys.stderr)
         code = 2
@@ -140,23 +143,35 @@ def _config_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_config(args: argparse.Namespace) -> tuple[config_mod.Config, Path]:
-    """The config and the state dir (created with mode 0700) for a subcommand."""
-    config, _ = config_mod.load(args.config)
+def load_config(args: argparse.Namespace, *, follow_state_dir: bool = False
+                ) -> tuple[config_mod.Config, Path, Path | None]:
+    """The config, the state dir (created with mode 0700) and the config file used (None: defaults).
+
+    With ``follow_state_dir`` (the commands that talk to a state dir's
+    gateway or files) and neither ``--config`` nor ``EQUABOT_CONFIG_PATH``,
+    the config file the state dir's gateway last ran with is read, so
+    ``--config`` need not be repeated; otherwise the usual lookup applies.
+    """
     state_dir = config_mod.state_dir(args.state_dir)
+    explicit = args.config
+    if follow_state_dir and not explicit and not os.environ.get("EQUABOT_CONFIG_PATH"):
+        last = statelock.last_record(state_dir)
+        if last is not None and last.config_path and Path(last.config_path).is_file():
+            explicit = last.config_path
+    config, path = config_mod.load(explicit)
     try:
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError("", f"cannot create state dir {state_dir}: {exc.strerror}") from None
-    return config, state_dir
+    return config, state_dir, path
 
 
 async def _run_gateway(args: argparse.Namespace) -> int:
     from .gateway.app import Gateway
     from .net.server import AccessLog
-    config, state_dir = load_config(args)
+    config, state_dir, config_path = load_config(args)
     port = args.port if args.port is not None else config.gateway.port
-    gateway = Gateway(config, state_dir, port=port,
+    gateway = Gateway(config, state_dir, port=port, config_path=config_path,
                       host=None if args.bind is None else _bind(args.bind),
                       access_log=AccessLog() if args.log_level in ("debug", "info") else None)
     loop = asyncio.get_running_loop()
@@ -186,19 +201,26 @@ def _announce(gateway: Any) -> None:
         log.info("OpenAI endpoint off (gateway.http.endpoints.chatCompletions.enabled: false)")
 
 
-def env_secret(config: config_mod.Config, state_dir: Path) -> str | None:
-    """The secret a local client should present: env, config, or the stored token file."""
+def env_secret(config: config_mod.Config, state_dir: Path, mode: str | None = None) -> str | None:
+    """The one secret a local client presents for auth ``mode`` (default: the config's).
+
+    ``EQUABOT_GATEWAY_TOKEN`` / ``EQUABOT_GATEWAY_PASSWORD``, else the
+    config's token / password, else (token mode) ``<state-dir>/gateway-token``;
+    None in mode "none".
+    """
     auth = config.gateway.auth
-    if auth.mode == "none":
+    mode = mode or auth.mode
+    if mode == "none":
         return None
-    name = "EQUABOT_GATEWAY_TOKEN" if auth.mode == "token" else "EQUABOT_GATEWAY_PASSWORD"
+    name = "EQUABOT_GATEWAY_TOKEN" if mode == "token" else "EQUABOT_GATEWAY_PASSWORD"
     if os.environ.get(name):
         return os.environ[name]
-    configured = auth.token if auth.mode == "token" else auth.password
+    configured = auth.token if mode == "token" else auth.password
     if configured:
         return configured
-    token_file = state_dir / "gateway-token"
+    if mode != "token":
+        return None
     try:
-        return token_file.read_text(encoding="utf-8").strip() or None
-    except OSError:
+        return (state_dir / "gateway-token").read_text(encoding="utf-8").strip() or None
+    except (OSError, UnicodeDecodeError):
         return None

@@ -11,6 +11,8 @@ line on stderr: exit 2 for configuration, 1 for a run or a gateway.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import re
@@ -18,6 +20,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 from pathlib import Path
@@ -142,20 +145,20 @@ class RemoteAgentTest(LiveGateway, CLITestCase):
     def test_prints_the_echo_reply(self) -> None:
         self.assertReply(self.agent("--message", "hi"), "Echo (turn 1): hi")
 
-    def test_url_and_secret_from_config_and_environment(self) -> None:
+    def test_secret_from_config_and_environment_goes_to_an_explicit_url(self) -> None:
         config = self.config_file({"gateway": {"port": self.gw.port}})
-        done = self.cli("agent", "--config", config, "--state-dir", str(self.state), "--message", "from env",
-                        env=self.env(EQUABOT_GATEWAY_TOKEN=TOKEN))
+        done = self.cli("agent", "--config", config, "--url", self.gw.url, "--state-dir", str(self.state),
+                        "--message", "from env", env=self.env(EQUABOT_GATEWAY_TOKEN=TOKEN))
         self.assertReply(done, "Echo (turn 1): from env")
         # EQUABOT_CONFIG_PATH finds the same file.
-        done = self.cli("agent", "--state-dir", str(self.state), "-m", "via path",
+        done = self.cli("agent", "--url", self.gw.url, "--state-dir", str(self.state), "-m", "via path",
                         env=self.env(EQUABOT_GATEWAY_TOKEN=TOKEN, EQUABOT_CONFIG_PATH=config))
         self.assertReply(done, "Echo (turn 1): via path")
 
     def test_token_from_config_file(self) -> None:
-        config = self.config_file({"gateway": {"port": self.gw.port, "auth": {"token": TOKEN}}})
-        self.assertReply(self.cli("agent", "--config", config, "--state-dir", str(self.state), "-m", "x"),
-                         "Echo (turn 1): x")
+        config = self.config_file({"gateway": {"auth": {"token": TOKEN}}})
+        self.assertReply(self.cli("agent", "--config", config, "--url", self.gw.url, "--state-dir",
+                                  str(self.state), "-m", "x"), "Echo (turn 1): x")
 
     def test_json_prints_one_result_object(self) -> None:
         done = self.agent("--message", "as json", "--session-key", "cli-json", "--json")
@@ -217,7 +220,8 @@ class RemoteAgentTest(LiveGateway, CLITestCase):
             self.assertReply(done, "Echo (turn 1): no flags")
             config = self.config_file({"gateway": {"port": gw.port}})
             done = self.cli("agent", "--config", config, "--state-dir", str(self.state), "-m", "x")
-            self.assertOneLineError(done, 1, "UNAUTHORIZED")     # another state dir: no token to offer
+            # Another state dir: no gateway of its own, so nothing is sent to the configured port.
+            self.assertOneLineError(done, 1, f"no gateway is running for state dir {self.state}")
 
     def test_local_run_on_the_state_dir_of_a_running_gateway(self) -> None:
         with GatewayProcess(gateway_config()) as gw:
@@ -240,7 +244,121 @@ class RemoteAgentTest(LiveGateway, CLITestCase):
         self.assertOneLineError(done, 1, f"http://127.0.0.1:{port}", "--local")
         config = self.config_file({"gateway": {"port": port}})
         done = self.cli("agent", "--config", config, "--state-dir", str(self.state), "-m", "x")
-        self.assertOneLineError(done, 1, f"127.0.0.1:{port}", "--local")
+        self.assertOneLineError(done, 1, f"no gateway is running for state dir {self.state}; "
+                                         f"start one, pass --url, or use --local")
+
+
+class ForeignServer:
+    """Not a gateway: a program on a port that accepts WebSocket upgrades and records every byte.
+
+    It answers an upgrade with 101, reads the client's first frame (the
+    ``connect`` request, unmasked into ``frames``) and closes.
+    """
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.received = bytearray()
+        self.frames: list[dict[str, Any]] = []
+        self.connections = 0
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                self.connections += 1
+                try:
+                    self._one(conn)
+                except (OSError, ValueError):
+                    pass
+
+    def _read(self, conn: socket.socket, buf: bytearray, n: int) -> bytes:
+        while len(buf) < n:
+            chunk = conn.recv(65536)
+            if not chunk:
+                raise ValueError("eof")
+            self.received += chunk
+            buf += chunk
+        out = bytes(buf[:n])
+        del buf[:n]
+        return out
+
+    def _one(self, conn: socket.socket) -> None:
+        buf = bytearray()
+        while b"\r\n\r\n" not in buf:
+            self._read(conn, buf, len(buf) + 1)
+        head, _, rest = bytes(buf).partition(b"\r\n\r\n")
+        buf[:] = rest
+        key = re.search(rb"(?im)^sec-websocket-key:\s*(\S+)", head).group(1)
+        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+        conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                     b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+        first, second = self._read(conn, buf, 2)
+        length = second & 0x7F
+        if length == 126:
+            length = int.from_bytes(self._read(conn, buf, 2), "big")
+        elif length == 127:
+            length = int.from_bytes(self._read(conn, buf, 8), "big")
+        mask = self._read(conn, buf, 4)
+        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(self._read(conn, buf, length)))
+        self.frames.append(json.loads(payload))
+
+    def close(self) -> None:
+        self.sock.close()
+        self._thread.join(5)
+
+
+class SecretGoesOnlyToItsGatewayTest(CLITestCase):
+    """``agent`` sends a secret only to the state dir's recorded gateway or to ``--url``, one secret only."""
+
+    PASSWORD = "pw-never-sent-7788"
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.foreign = ForeignServer()
+        self.addCleanup(self.foreign.close)
+
+    def secrets_config(self, mode: str) -> str:
+        return self.config_file({"gateway": {"port": self.foreign.port, "auth": {
+            "mode": mode, "token": TOKEN, "password": self.PASSWORD}}}, name=f"{mode}.json5")
+
+    def test_nothing_reaches_a_foreign_server_on_the_configured_port(self) -> None:
+        self.state.mkdir()
+        (self.state / "gateway-token").write_text(TOKEN + "\n")
+        for mode in ("token", "password"):
+            with self.subTest(mode):
+                done = self.cli("agent", "--config", self.secrets_config(mode), "--state-dir", str(self.state),
+                                "-m", "hello", env=self.env(EQUABOT_GATEWAY_TOKEN=TOKEN))
+                self.assertOneLineError(done, 1, f"no gateway is running for state dir {self.state}; "
+                                                 f"start one, pass --url, or use --local")
+        self.assertEqual((self.foreign.connections, bytes(self.foreign.received)), (0, b""))
+
+    def test_a_stale_record_of_a_stopped_gateway_is_not_followed(self) -> None:
+        # A gateway that ran on the foreign server's port and is gone: its record stays, its lock does not.
+        self.state.mkdir()
+        (self.state / "gateway.lock").write_text(json.dumps(
+            {"pid": 1, "url": f"http://127.0.0.1:{self.foreign.port}", "config": None, "authMode": "token"}))
+        done = self.cli("agent", "--state-dir", str(self.state), "-m", "hello",
+                        env=self.env(EQUABOT_GATEWAY_TOKEN=TOKEN))
+        self.assertOneLineError(done, 1, "no gateway is running for state dir")
+        self.assertEqual(self.foreign.connections, 0)
+
+    def test_an_explicit_url_gets_only_the_secret_of_the_configured_mode(self) -> None:
+        for mode, sent, kept in (("token", TOKEN, self.PASSWORD), ("password", self.PASSWORD, TOKEN)):
+            with self.subTest(mode):
+                before = len(self.foreign.frames)
+                self.cli("agent", "--config", self.secrets_config(mode), "--state-dir", str(self.state),
+                         "--url", f"http://127.0.0.1:{self.foreign.port}", "-m", "hello")
+                [connect] = self.foreign.frames[before:]
+                self.assertEqual(connect["method"], "connect")
+                self.assertEqual(connect["params"]["auth"], {mode: sent})
+                self.assertNotIn(kept.encode(), bytes(self.foreign.received))
 
 
 class SessionsThroughTheGatewayTest(CLITestCase):
@@ -265,8 +383,9 @@ class SessionsThroughTheGatewayTest(CLITestCase):
             self.assertReply(again, "Echo (turn 1): anew")
             self.assertOneLineError(self.cli("sessions", "show", "nope", "--state-dir", state, env=env),
                                     1, "no session 'agent:main:nope'")
-            # Without the secret the gateway refuses, in one line.
-            self.assertOneLineError(self.cli("sessions", "list", "--state-dir", state), 1, "UNAUTHORIZED")
+            # With a wrong secret the gateway refuses, in one line.
+            self.assertOneLineError(self.cli("sessions", "list", "--state-dir", state, "--token", "nope"),
+                                    1, "UNAUTHORIZED")
 
 
 class LocalAgentTest(CLITestCase):

@@ -43,8 +43,10 @@ class Gateway:
 
     def __init__(self, config: Config, state_dir: Path, *, host: str | None = None,
                  port: int | None = None, env: Mapping[str, str] | None = None,
-                 access_log: server.AccessLog | None = None) -> None:
+                 access_log: server.AccessLog | None = None,
+                 config_path: Path | None = None) -> None:
         self.config = config
+        self.config_path = config_path
         self.state_dir = state_dir
         self.host = host or bind_host(config.gateway.bind)
         self.port = config.gateway.port if port is None else port
@@ -164,7 +166,7 @@ class Gateway:
         except BaseException:
             self._lock.release()
             raise
-        self._lock.announce(self.url)
+        self._lock.announce(self.url, config_path=self.config_path, auth_mode=self.secret.mode)
         self.control.start()
         self.ready = True
 
