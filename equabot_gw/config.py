@@ -130,6 +130,7 @@ class RateLimitConfig:
     max_attempts: int = key("maxAttempts", integer(1), default=10)
     window_seconds: float = key("windowSeconds", number(1), default=60.0)
     lockout_seconds: float = key("lockoutSeconds", number(0), default=300.0)
+    exempt_loopback: bool = key("exemptLoopback", boolean, default=True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -361,6 +361,22 @@ class SecretGoesOnlyToItsGatewayTest(CLITestCase):
                 self.assertNotIn(kept.encode(), bytes(self.foreign.received))
 
 
+class LockedOutTest(CLITestCase):
+    def test_the_cli_says_how_long_to_wait(self) -> None:
+        data = base_config(auth={"token": TOKEN, "rateLimit": {
+            "maxAttempts": 2, "lockoutSeconds": 90, "exemptLoopback": False}})
+        with GatewayProcess(data) as gw:
+            def agent(token: str) -> subprocess.CompletedProcess[str]:
+                return self.cli("agent", "--url", gw.url, "--token", token, "--state-dir", str(self.state),
+                                "-m", "x")
+            for _ in range(2):
+                self.assertOneLineError(agent("wrong"), 1, "UNAUTHORIZED")
+            line = self.assertOneLineError(agent(TOKEN), 1, "RATE_LIMITED")
+            wait = re.search(r"\(try again in (\d+) s\)$", line)
+            self.assertIsNotNone(wait, line)
+            self.assertTrue(80 <= int(wait.group(1)) <= 90, line)
+
+
 class SessionsThroughTheGatewayTest(CLITestCase):
     """``sessions`` on the state dir of a running gateway asks that gateway (it owns the files)."""
 
