@@ -13,6 +13,7 @@ Returns exit codes; printing is the only side effect besides the run itself.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 from dataclasses import dataclass, field
@@ -26,6 +27,9 @@ from .agents.sessions import SessionStore, chat_messages, scoped_key, validate_k
 from .agents.types import AgentRequest, AgentResult
 from .cli import env_secret, load_config
 from .errors import ConnectionClosed, GatewayError, ProtocolError, RunError
+
+# Ctrl-C on a remote run: how long the CLI tries to have the gateway abort it.
+ABORT_TIMEOUT = 3.0
 
 
 def _result_json(result: AgentResult) -> str:
@@ -155,25 +159,77 @@ async def _run_remote(client: Any, args: argparse.Namespace) -> int:
         params["agentId"] = args.agent
     if args.session_key:
         params["sessionKey"] = args.session_key
+    run = _RemoteRun()
+    client.ws.send(json.dumps({"type": "req", "id": run.req_id, "method": "agent", "params": params}))
+    try:
+        while True:
+            frame = await _next_frame(client)
+            run.note(frame)
+            if frame.get("type") == "event" and frame.get("event") == "agent":
+                event = frame.get("payload") or {}
+                if event.get("stream") == "assistant" and not args.json:
+                    sys.stdout.write((event.get("data") or {}).get("delta", ""))
+                    sys.stdout.flush()
+                    run.printed = True
+            elif frame.get("type") == "res" and frame.get("id") == run.req_id:
+                payload = payload_of(frame)
+                if payload.get("status") == "accepted":
+                    continue
+                print(json.dumps(payload) if args.json else "", flush=True)
+                if payload.get("status") != "ok":
+                    error = payload.get("error") or {}
+                    print(f"equabot: run failed: {error.get('message', 'error')}", file=sys.stderr)
+                    return 1
+                return 0
+    except asyncio.CancelledError:         # Ctrl-C: asyncio.run cancels us, then exits 130
+        await _abort_remote(client, run, args)
+        raise
+
+
+class _RemoteRun:
+    """What the CLI has learnt of its run on the gateway: enough to abort it."""
+
     req_id = "cli-agent"
-    client.ws.send(json.dumps({"type": "req", "id": req_id, "method": "agent", "params": params}))
-    while True:
-        frame = await _next_frame(client)
-        if frame.get("type") == "event" and frame.get("event") == "agent":
-            event = frame.get("payload") or {}
-            if event.get("stream") == "assistant" and not args.json:
-                sys.stdout.write((event.get("data") or {}).get("delta", ""))
-                sys.stdout.flush()
-        elif frame.get("type") == "res" and frame.get("id") == req_id:
-            payload = payload_of(frame)
-            if payload.get("status") == "accepted":
-                continue
-            print(json.dumps(payload) if args.json else "", flush=True)
-            if payload.get("status") != "ok":
-                error = payload.get("error") or {}
-                print(f"equabot: run failed: {error.get('message', 'error')}", file=sys.stderr)
-                return 1
-            return 0
+
+    def __init__(self) -> None:
+        self.run_id: str | None = None
+        self.session_key: str | None = None
+        self.printed = False
+
+    def note(self, frame: dict[str, Any]) -> None:
+        payload = frame.get("payload") if isinstance(frame.get("payload"), dict) else {}
+        if frame.get("type") == "res" and frame.get("id") == self.req_id:
+            self.run_id = self.run_id or payload.get("runId")
+        elif frame.get("event") == "agent" and payload.get("runId") == self.run_id:
+            self.session_key = self.session_key or payload.get("sessionKey")
+
+
+async def _abort_remote(client: Any, run: _RemoteRun, args: argparse.Namespace) -> None:
+    """Ask the gateway to abort ``run`` (``chat.abort``), so it is recorded as aborted.
+
+    ``chat.abort`` names the run's session: a stateless run's key comes with
+    its first event, so that is awaited too. Everything is bounded by
+    ``ABORT_TIMEOUT``; a second Ctrl-C stops at once.
+    """
+    if run.printed:
+        print(flush=True)
+    try:
+        async with asyncio.timeout(ABORT_TIMEOUT):
+            while run.run_id is None or (run.session_key is None and not args.session_key):
+                run.note(await _next_frame(client))
+            params: dict[str, Any] = {"runId": run.run_id,
+                                      "sessionKey": run.session_key or args.session_key}
+            if run.session_key is None and args.agent:
+                params["agentId"] = args.agent
+            answer = await request(client, "chat.abort", params)
+    except (TimeoutError, GatewayError) as exc:
+        print(f"equabot: interrupted; could not abort the run on the gateway ({exc or 'no answer'})",
+              file=sys.stderr)
+        return
+    if answer.get("aborted"):
+        print(f"equabot: interrupted; run {run.run_id} aborted", file=sys.stderr)
+    else:
+        print(f"equabot: interrupted; run {run.run_id} had already ended", file=sys.stderr)
 
 
 async def _run_local(args: argparse.Namespace, config: config_mod.Config, state_dir: Path,

@@ -174,14 +174,31 @@ async def _run_gateway(args: argparse.Namespace) -> int:
     gateway = Gateway(config, state_dir, port=port, config_path=config_path,
                       host=None if args.bind is None else _bind(args.bind),
                       access_log=AccessLog() if args.log_level in ("debug", "info") else None)
+    await gateway.start()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(gateway.stop()))
-    await gateway.start()
+        loop.add_signal_handler(sig, _on_signal, gateway)
     _announce(gateway)
     await gateway.wait_stop_requested()
     await gateway.stop()
     return 0
+
+
+def _on_signal(gateway: Any) -> None:
+    """First SIGINT/SIGTERM: shut down with the grace period, saying so; the next one: now."""
+    if gateway.stopping:
+        print("shutting down now: aborting what is in flight", file=sys.stderr, flush=True)
+        gateway.hurry()
+        return
+    waiting = gateway.requests_in_flight
+    grace = gateway.config.gateway.shutdown_grace
+    if waiting:
+        print(f"shutting down: waiting up to {grace:g} s for {waiting} "
+              f"request{'s' if waiting != 1 else ''} (Ctrl-C again to stop now)",
+              file=sys.stderr, flush=True)
+    else:
+        print("shutting down", file=sys.stderr, flush=True)
+    gateway.request_stop()
 
 
 def _bind(value: str) -> str:

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -375,6 +376,176 @@ class LockedOutTest(CLITestCase):
             wait = re.search(r"\(try again in (\d+) s\)$", line)
             self.assertIsNotNone(wait, line)
             self.assertTrue(80 <= int(wait.group(1)) <= 90, line)
+
+
+def slow_gateway(grace: float) -> dict[str, Any]:
+    """A gateway whose default agent takes 0.2 s per word, with ``grace`` seconds to shut down."""
+    data = base_config(shutdownGraceSeconds=grace)
+    data["agents"] = {"defaults": {"model": "slow/echo"}}
+    data["models"] = {"providers": {"slow": {"api": "echo", "delayMs": 200}}}
+    return data
+
+
+class Stream:
+    """A streamed completion in progress: its socket and every byte received so far."""
+
+    def __init__(self, sock: socket.socket, received: bytes) -> None:
+        self.sock = sock
+        self.received = received
+
+    def read_to_end(self) -> bytes:
+        while chunk := self.sock.recv(65536):
+            self.received += chunk
+        self.sock.close()
+        return self.received
+
+
+def open_stream(gw: GatewayProcess, words: int = 100, user: str | None = None) -> Stream:
+    """Start a streamed completion; returns once its first content chunk arrived."""
+    body: dict[str, Any] = {"model": "equabot", "stream": True,
+                            "messages": [{"role": "user", "content": " ".join(["w"] * words)}]}
+    if user:
+        body["user"] = user
+    raw = json.dumps(body).encode()
+    sock = socket.create_connection(("127.0.0.1", gw.port), timeout=TIMEOUT)
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
+                 + b"\r\nContent-Type: application/json\r\nContent-Length: " + str(len(raw)).encode()
+                 + b"\r\n\r\n" + raw)
+    received = b""
+    while b'"content"' not in received:
+        received += sock.recv(65536)
+    return Stream(sock, received)
+
+
+def sse_events(raw: bytes) -> list[str]:
+    """The ``data:`` payloads of a chunked SSE response body, in order."""
+    body = raw.partition(b"\r\n\r\n")[2]
+    text, rest = b"", body
+    while rest:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            break
+        text += rest[:size]
+        rest = rest[size + 2:]
+    return [line[6:] for line in text.decode().split("\n") if line.startswith("data: ")]
+
+
+class ShutdownTest(CLITestCase):
+    """SIGINT / SIGTERM with requests in flight, as a user's Ctrl-C delivers them."""
+
+    def wait_exit(self, gw: GatewayProcess, within: float) -> int:
+        assert gw.proc is not None
+        return gw.proc.wait(within)
+
+    def assertEndsWithErrorAndDone(self, raw: bytes) -> None:
+        events = sse_events(raw)
+        self.assertEqual(events[-1], "[DONE]", raw[-300:])
+        error = json.loads(events[-2])["error"]
+        self.assertIn("shutdown", error["message"] + str(error.get("code")), error)
+        self.assertTrue(raw.endswith(b"0\r\n\r\n"), raw[-100:])       # the chunked body is complete
+
+    def test_signal_waits_the_grace_period_then_ends_each_stream_with_its_error_and_done(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with self.subTest(sig.name), GatewayProcess(slow_gateway(1.0)) as gw:
+                stream = open_stream(gw, user="shutdown-user")
+                started = time.monotonic()
+                gw.proc.send_signal(sig)
+                raw = stream.read_to_end()
+                self.assertGreater(time.monotonic() - started, 0.8)      # the grace period was given
+                self.assertEqual(self.wait_exit(gw, TIMEOUT), 0)
+                self.assertEndsWithErrorAndDone(raw)
+                self.assertIn("shutting down: waiting up to 1 s for 1 request (Ctrl-C again to stop now)",
+                              gw.stderr().splitlines())
+                self.assertNotIn("Traceback", gw.stderr())
+                shown = self.cli("sessions", "show", "openai-user:shutdown-user", "--state-dir",
+                                 str(gw.state_dir))
+                self.assertIn("assistant (aborted): Echo", shown.stdout, shown.stderr)
+
+    def test_a_second_signal_stops_at_once(self) -> None:
+        with GatewayProcess(slow_gateway(60.0)) as gw:
+            stream = open_stream(gw)
+            gw.proc.send_signal(signal.SIGINT)
+            time.sleep(0.3)
+            started = time.monotonic()
+            gw.proc.send_signal(signal.SIGINT)
+            raw = stream.read_to_end()
+            self.assertEqual(self.wait_exit(gw, TIMEOUT), 0)
+            self.assertLess(time.monotonic() - started, 5.0)      # not the 60 s grace (a sanity bound)
+            self.assertEndsWithErrorAndDone(raw)
+            self.assertIn("shutting down now: aborting what is in flight", gw.stderr())
+
+    def test_an_idle_gateway_stops_at_once(self) -> None:
+        with GatewayProcess(slow_gateway(60.0)) as gw:
+            started = time.monotonic()
+            gw.proc.send_signal(signal.SIGINT)
+            self.assertEqual(self.wait_exit(gw, TIMEOUT), 0)
+            self.assertLess(time.monotonic() - started, 5.0)
+            self.assertIn("shutting down", gw.stderr().splitlines())
+
+    def test_websocket_clients_get_the_shutdown_event_before_the_close(self) -> None:
+        import asyncio
+        from equabot_gw.gateway.client import ControlClient
+        from equabot_gw.errors import ConnectionClosed
+
+        async def scenario(gw: GatewayProcess) -> tuple[list[str], int | None]:
+            client = await ControlClient.open(gw.url, TOKEN)
+            gw.proc.send_signal(signal.SIGTERM)
+            seen = []
+            try:
+                while True:
+                    frame = await asyncio.wait_for(client.next_frame(), TIMEOUT)
+                    seen.append(frame.get("event"))
+            except ConnectionClosed:
+                pass
+            return seen, client.ws.close_code
+
+        with GatewayProcess(slow_gateway(1.0)) as gw:
+            seen, code = asyncio.run(scenario(gw))
+            self.assertIn("shutdown", seen)
+            self.assertEqual(code, 1001)
+            self.assertEqual(self.wait_exit(gw, TIMEOUT), 0)
+
+
+class AgentInterruptTest(CLITestCase):
+    """Ctrl-C on ``agent``: the gateway aborts the run and records it; the CLI exits 130."""
+
+    def interrupt(self, gw: GatewayProcess, *args: str) -> tuple[int, str]:
+        proc = subprocess.Popen([sys.executable, "-m", "equabot_gw", "agent", "--state-dir", str(gw.state_dir),
+                                 "--token", TOKEN, "-m", " ".join(["w"] * 100), *args],
+                                cwd=ROOT, env=self.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            first = proc.stdout.read1(65536)
+            self.assertTrue(first.startswith(b"Echo"), first)
+            proc.send_signal(signal.SIGINT)
+            code = proc.wait(TIMEOUT)
+            return code, proc.stderr.read().decode()
+        finally:
+            proc.stdout.close()
+            proc.stderr.close()
+
+    def test_the_run_is_aborted_and_recorded(self) -> None:
+        with GatewayProcess(slow_gateway(10.0)) as gw:
+            code, stderr = self.interrupt(gw, "--session-key", "interrupted")
+            self.assertEqual(code, 130, stderr)
+            self.assertRegex(stderr, r"^equabot: interrupted; run run_\S+ aborted\n$")
+            deadline = time.monotonic() + TIMEOUT
+            while True:
+                shown = self.cli("sessions", "show", "interrupted", "--state-dir", str(gw.state_dir))
+                if "(aborted)" in shown.stdout or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            self.assertIn("assistant (aborted): Echo", shown.stdout, shown.stderr)
+            status = self.cli("agent", "--state-dir", str(gw.state_dir), "--token", TOKEN, "-m", "next",
+                              "--session-key", "interrupted")
+            self.assertEqual(status.returncode, 0, status.stderr)   # the session is free again at once
+
+    def test_a_stateless_run_is_aborted_too(self) -> None:
+        with GatewayProcess(slow_gateway(10.0)) as gw:
+            code, stderr = self.interrupt(gw)
+            self.assertEqual(code, 130, stderr)
+            self.assertIn("aborted", stderr)
+            self.assertNotIn("Traceback", stderr)
 
 
 class SessionsThroughTheGatewayTest(CLITestCase):

@@ -3,9 +3,12 @@
 Owns the life of one gateway process: which routes exist (health, the OpenAI
 endpoints when enabled, the WebSocket control protocol, the optional echo
 path), CORS, and shutdown in a fixed order — readiness off, WebSocket clients
-told (1001), no new connections, requests in flight finish within the grace
-period, then open runs are aborted and recorded. It holds no protocol logic
-of its own: ``openai.py`` and ``control.py`` translate, the runtime runs.
+told (``shutdown`` event, close 1001), no new connections, requests in flight
+finish within the grace period (``hurry()`` ends it early), then open runs are
+aborted and recorded so every open stream ends with its error event and
+``[DONE]``, a short moment to flush, and only then are connections closed.
+It holds no protocol logic of its own: ``openai.py`` and ``control.py``
+translate, the runtime runs.
 """
 
 from __future__ import annotations
@@ -31,6 +34,10 @@ from . import control, openai
 log = logging.getLogger("equabot_gw")
 
 BIND_ALIASES: Final = {"loopback": "127.0.0.1", "lan": "0.0.0.0"}
+# Shutdown: after the grace period, how long aborted runs may take to be
+# recorded, and how long their streams then get to reach the clients.
+RUN_SETTLE_TIMEOUT: Final = 5.0
+STREAM_FLUSH_TIMEOUT: Final = 2.0
 
 
 def bind_host(bind: str) -> str:
@@ -66,6 +73,7 @@ class Gateway:
         self.control = control.ControlProtocol(self)
         self.openai = openai.ChatCompletions(self.runtime, self.authorize, self.started_at)
         self._stop_requested = asyncio.Event()
+        self._hurry = asyncio.Event()
         self._shutdown: asyncio.Future[None] | None = None
         self._lock: statelock.StateLock | None = None
         self._add_routes()
@@ -180,16 +188,65 @@ class Gateway:
             self._shutdown = asyncio.ensure_future(self._stop_in_order())
         await asyncio.shield(self._shutdown)
 
+    def request_stop(self) -> None:
+        """Ask for a shutdown: ``wait_stop_requested()`` returns (e.g. from a signal handler)."""
+        self._stop_requested.set()
+
+    @property
+    def stopping(self) -> bool:
+        """True once ``stop()`` was called."""
+        return self._stop_requested.is_set()
+
+    def hurry(self) -> None:
+        """End the grace period now (a second Ctrl-C): abort what runs, flush, close."""
+        self._hurry.set()
+
+    @property
+    def requests_in_flight(self) -> int:
+        """Runs queued or running, from any door: what a shutdown waits for."""
+        return len(self.runtime.active)
+
     async def _stop_in_order(self) -> None:
         self.ready = False
-        deadline = time.monotonic() + self.config.gateway.shutdown_grace
+        grace = self.config.gateway.shutdown_grace
         await self.control.shutdown()
-        await self.server.shutdown(self.config.gateway.shutdown_grace)
-        # Runs started over WebSocket outlive their connection: they get what
-        # is left of the grace period too, then are aborted and recorded.
-        await self.runtime.stop(max(0.0, deadline - time.monotonic()))
+        # The server stops accepting at once and waits for the requests in
+        # flight; it is given the grace period plus the flush moment, but is
+        # normally done long before: the aborts below end its streams.
+        serving = asyncio.ensure_future(self.server.shutdown(grace + STREAM_FLUSH_TIMEOUT))
+        await self._wait_for_quiet(serving, grace)
+        # Past the grace period: abort every run, so each open stream ends
+        # with its error event and [DONE] (and WS runs are recorded), rather
+        # than being cut when its connection closes.
+        runs = [run for run in self.runtime.active.values() if run.abort("shutdown")]
+        if runs:
+            log.info("shutdown: aborting %d run(s) still in flight", len(runs))
+            tasks = [r._task for r in runs if r._task is not None]
+            if tasks:
+                await asyncio.wait(tasks, timeout=RUN_SETTLE_TIMEOUT)
+        # A short, bounded moment for the aborted streams to reach their clients.
+        await asyncio.wait([serving], timeout=STREAM_FLUSH_TIMEOUT)
+        if not serving.done():
+            serving.cancel()
+            await self.server.shutdown(0)      # cancel what is left and close every connection
+        await self.runtime.stop(0)
         if self._lock is not None:
             self._lock.release()
+
+    async def _wait_for_quiet(self, serving: asyncio.Future[None], grace: float) -> None:
+        """Until no request or run is in flight, the grace period ends, or ``hurry()``."""
+        deadline = time.monotonic() + grace
+        hurry = asyncio.ensure_future(self._hurry.wait())
+        try:
+            while not (serving.done() and not self.runtime.active):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or hurry.done():
+                    return
+                runs = [r._task for r in self.runtime.active.values() if r._task is not None]
+                await asyncio.wait([serving, hurry, *runs], timeout=remaining,
+                                   return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            hurry.cancel()
 
     async def wait_stop_requested(self) -> None:
         """Return once ``stop()`` was called (e.g. by a signal handler)."""
