@@ -32,15 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from .config import AuthConfig, RateLimitConfig
-from .errors import ApiError, ConfigError
+from .config import LOOPBACK_HOSTS, PASSWORD_ENV, TOKEN_ENV, AuthConfig, RateLimitConfig, check_exposure
+from .errors import ApiError
 
 TOKEN_FILE: Final = "gateway-token"
-TOKEN_ENV: Final = "EQUABOT_GATEWAY_TOKEN"
-PASSWORD_ENV: Final = "EQUABOT_GATEWAY_PASSWORD"
 # Addresses tracked by the limiter at once; the oldest are forgotten first.
 MAX_TRACKED_CLIENTS: Final = 10_000
-LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "::1", "localhost"})
 # The limiter's key for attempts from browser pages: never exempt, apart from other clients.
 BROWSER_KIND: Final = "browser-origin"
 
@@ -60,12 +57,8 @@ def resolve_secret(auth: AuthConfig, env: Mapping[str, str], state_dir: Path,
 
     Beyond loopback, mode "none" or an empty secret refuses to start.
     """
-    loopback = bind_host in LOOPBACK_HOSTS
+    check_exposure(auth, bind_host, env)
     if auth.mode == "none":
-        if not loopback:
-            raise ConfigError("gateway.auth.mode", f'"none" is refused when binding beyond loopback '
-                              f"({bind_host}); set gateway.auth.mode to \"token\" and a token in "
-                              f"gateway.auth.token or {TOKEN_ENV}")
         return Secret("none", None, "none")
     env_name = TOKEN_ENV if auth.mode == "token" else PASSWORD_ENV
     if env.get(env_name):
@@ -73,10 +66,6 @@ def resolve_secret(auth: AuthConfig, env: Mapping[str, str], state_dir: Path,
     configured = auth.token if auth.mode == "token" else auth.password
     if configured:
         return Secret(auth.mode, configured, f"config (gateway.auth.{auth.mode})")
-    if auth.mode == "password" or not loopback:
-        key = f"gateway.auth.{auth.mode}"
-        raise ConfigError(key, f"no {auth.mode} is set; binding to {bind_host} needs one: set "
-                               f"{key} in the config or {env_name} in the environment")
     return Secret("token", _stored_token(state_dir), f"file {state_dir / TOKEN_FILE}")
 
 

@@ -152,7 +152,7 @@ NONE_REFUSED = ('gateway.auth.mode: "none" is refused when binding beyond loopba
                 "set gateway.auth.mode to \"token\" and a token in gateway.auth.token or EQUABOT_GATEWAY_TOKEN")
 NO_TOKEN = ("gateway.auth.token: no token is set; binding to {host} needs one: set "
             "gateway.auth.token in the config or EQUABOT_GATEWAY_TOKEN in the environment")
-NO_PASSWORD = ("gateway.auth.password: no password is set; binding to {host} needs one: set "
+NO_PASSWORD = ("gateway.auth.password: no password is set; password mode needs one: set "
                "gateway.auth.password in the config or EQUABOT_GATEWAY_PASSWORD in the environment")
 
 # (name, gateway.auth, environment, bind host, exact ConfigError text)
@@ -175,7 +175,8 @@ REFUSED = (
 
 
 def auth_config(data: dict[str, Any]) -> AuthConfig:
-    return config_mod.from_data({"gateway": {"auth": data}}, env={}).gateway.auth
+    """``gateway.auth`` as given, without the exposure check a whole config gets when read."""
+    return AuthConfig(mode=data.get("mode", "token"), token=data.get("token"), password=data.get("password"))
 
 
 class ResolveSecretTest(unittest.TestCase):

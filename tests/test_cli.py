@@ -616,7 +616,7 @@ class LocalAgentTest(CLITestCase):
         self.assertOneLineError(done, 1, "'ghost'", "does not exist")
 
     def test_bad_session_key(self) -> None:
-        self.assertOneLineError(self.local("-m", "x", "--session-key", "bad key"), 1, "session key")
+        self.assertOneLineError(self.local("-m", "x", "--session-key", "bad key"), 2, "session key")
 
     def test_failed_run(self) -> None:
         data = {"agents": {"defaults": {"model": "failing/x"}}, "models": {"providers": {"failing": {
@@ -661,7 +661,9 @@ class ConfigCheckTest(CLITestCase):
     BAD_CONFIGS = (
         ("unknown key", "{gateway: {prot: 1}}", "gateway.prot: unknown key"),
         ("wrong type", '{gateway: {port: "abc"}}', 'gateway.port: expected integer 0-65535, got "abc"'),
-        ("JSON5 syntax", "{\n  gateway: {\n    port: 1,,\n  },\n}\n", "JSON5: invalid character ',' at 3:13"),
+        ("JSON5 syntax", "{\n  gateway: {\n    port: 1,,\n  },\n}\n", ":3:13: expected a member name or '}' after ','"),
+        ("JSON5 missing comma", "{\n  gateway: {\n    port: 1\n    bind: 'lan'\n  },\n}\n",
+         ":4:5: expected ',' or '}' after the value of \"port\""),
         ("unterminated", '{gateway: {bind: "lan}}', "at 1:"),
         ("missing variable", '{gateway: {auth: {token: "${EQUABOT_TEST_UNSET_VAR}"}}}',
          "gateway.auth.token: environment variable EQUABOT_TEST_UNSET_VAR is not set"),
@@ -685,6 +687,159 @@ class ConfigCheckTest(CLITestCase):
     def test_missing_file(self) -> None:
         done = self.cli("config", "check", "--config", str(self.dir / "nope.json5"))
         self.assertOneLineError(done, 2, "does not exist")
+
+
+class BadFlagsTest(CLITestCase):
+    """No flag value reaches the user as a traceback: one line on stderr, exit 2, nothing on stdout."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.a_file = self.dir / "a-file"
+        self.a_file.write_text("not a directory")
+        self.binary = self.dir / "binary.json5"
+        self.binary.write_bytes(b"\xff\xfe{\x00")
+        self.busy = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(self.busy.close)
+        self.configs = {name: self.config_file(data, name=f"{name}.json5") for name, data in (
+            ("lan-none", {"gateway": {"bind": "lan", "auth": {"mode": "none"}}}),
+            ("bad-base-url", {"models": {"providers": {"up": {
+                "api": "openai-completions", "baseUrl": "localhost:8000/v1"}}}}),
+            ("bad-header", {"models": {"providers": {"up": {
+                "api": "openai-completions", "baseUrl": "http://127.0.0.1:9/v1",
+                "headers": {"X-Bad\nName": "v"}}}}}),
+        )}
+
+    # Refusals that are not about the config file, and must not say so.
+    NOT_CONFIG = frozenset({"busy port", "unknown host", "address of another machine", "state dir is a file",
+                            "state dir cannot be made", "agent state dir", "sessions state dir"})
+
+    def table(self) -> tuple[tuple[str, tuple[str, ...], str], ...]:
+        """(name, argv, a part of the one line)."""
+        busy = str(self.busy.getsockname()[1])
+        missing = str(self.dir / "missing.json5")
+        return (
+            ("port too big", ("--port", "99999"), "argument --port: expected a port 0-65535"),
+            ("negative port", ("--port", "-5"), "expected a port 0-65535 (0 picks a free one), got '-5'"),
+            ("port not a number", ("gateway", "--port", "abc"), "got 'abc'"),
+            ("empty port", ("--port", ""), "expected a port"),
+            ("busy port", ("--port", busy), f"port {busy} on 127.0.0.1 is already in use"),
+            ("empty bind", ("--bind", ""), "argument --bind"),
+            ("unknown host", ("--port", "0", "--bind", "nowhere.invalid"),
+             "cannot listen on 'nowhere.invalid': no such host"),
+            ("address of another machine", ("--port", "0", "--bind", "192.0.2.254"),
+             "cannot listen on 192.0.2.254: it is not an address of this machine"),
+            ("log level", ("--log-level", "loud"), "invalid choice: 'loud'"),
+            ("subcommand typo", ("gatway",),
+             "invalid choice: 'gatway' (choose from 'gateway', 'agent', 'config', 'sessions', 'conformance')"),
+            ("unknown flag", ("--prot", "1"), "unrecognized arguments: --prot"),
+            ("missing config", ("--config", missing), "does not exist"),
+            ("config is a directory", ("--config", str(self.dir)), "cannot read config file"),
+            ("config not UTF-8", ("config", "check", "--config", str(self.binary)), "cannot read config file"),
+            ("state dir is a file", ("--state-dir", str(self.a_file)), "cannot create state dir"),
+            ("state dir cannot be made", ("--port", "0", "--state-dir", str(self.a_file / "x")),
+             "cannot create state dir"),
+            ("lan with mode none: start", ("--config", self.configs["lan-none"]), '"none" is refused'),
+            ("lan with mode none: check", ("config", "check", "--config", self.configs["lan-none"]),
+             '"none" is refused when binding beyond loopback'),
+            ("base URL without scheme: start", ("--config", self.configs["bad-base-url"]),
+             'models.providers.up.baseUrl: expected an http:// or https:// URL, got "localhost:8000/v1"'),
+            ("base URL without scheme: check", ("config", "check", "--config", self.configs["bad-base-url"]),
+             "models.providers.up.baseUrl: expected an http:// or https:// URL"),
+            ("bad header name: check", ("config", "check", "--config", self.configs["bad-header"]),
+             "is not a valid header field name"),
+            ("config check flag", ("config", "check", "--json"), "unrecognized arguments: --json"),
+            ("config without a subcommand", ("config",), "required: {check}"),
+            ("agent without a message", ("agent",), "required: --message/-m"),
+            ("agent URL scheme", ("agent", "-m", "x", "--url", "ftp://x"), "argument --url"),
+            ("agent URL syntax", ("agent", "-m", "x", "--url", "http://["), "argument --url"),
+            ("agent URL port", ("agent", "-m", "x", "--url", "http://127.0.0.1:99999"), "argument --url"),
+            ("agent session key", ("agent", "-m", "x", "--session-key", "bad key"), "argument --session-key"),
+            ("agent id", ("agent", "-m", "x", "--agent", "Bad Id"), "argument --agent: expected an agent id"),
+            ("agent missing config", ("agent", "--local", "-m", "x", "--config", missing), "does not exist"),
+            ("agent state dir", ("agent", "--local", "-m", "x", "--state-dir", str(self.a_file)),
+             "cannot create state dir"),
+            ("sessions without a subcommand", ("sessions",), "required: {list,show,reset}"),
+            ("sessions typo", ("sessions", "lsit"), "invalid choice: 'lsit'"),
+            ("sessions show without key", ("sessions", "show"), "required: key"),
+            ("sessions agent id", ("sessions", "list", "--agent", "Bad Id"), "argument --agent"),
+            ("sessions URL", ("sessions", "list", "--url", "nope"), "argument --url"),
+            ("sessions state dir", ("sessions", "list", "--state-dir", str(self.a_file)), "cannot create state dir"),
+            ("conformance without URL", ("conformance",), "required: --base-url"),
+            ("conformance URL", ("conformance", "--base-url", "x"), "--base-url must be an http://"),
+            ("conformance timeout", ("conformance", "--base-url", "http://127.0.0.1:9", "--timeout", "-1"),
+             "--timeout must be a positive number"),
+        )
+
+    def test_every_bad_flag_is_one_line_and_exit_2(self) -> None:
+        env = self.env(EQUABOT_GATEWAY_TOKEN=TOKEN)         # binding beyond loopback needs one
+        for name, argv, part in self.table():
+            with self.subTest(name):
+                args = list(argv)
+                if "--state-dir" not in args and args not in (["config"], ["sessions"]) \
+                        and args[:1] != ["conformance"]:
+                    args += ["--state-dir", str(self.dir / "state" / name.replace(" ", "-"))]
+                done = self.cli(*args, env=env)
+                line = self.assertOneLineError(done, 2, part)
+                self.assertNotIn("Traceback", done.stderr)
+                self.assertEqual(done.stdout, "")
+                if name in self.NOT_CONFIG:
+                    self.assertNotIn("config error", line)
+
+    def test_state_dir_in_use_is_not_a_config_error(self) -> None:
+        with GatewayProcess() as gw:
+            done = self.cli("--port", "0", "--state-dir", str(gw.state_dir))
+            line = self.assertOneLineError(done, 2, f"state dir {gw.state_dir} is in use by a running gateway")
+            self.assertNotIn("config error", line)
+
+
+class StartupLineTest(CLITestCase):
+    def test_lan_prints_the_listening_address_and_where_to_reach_it(self) -> None:
+        proc = subprocess.Popen([sys.executable, "-m", "equabot_gw", "--port", "0", "--bind", "lan",
+                                 "--state-dir", str(self.state)], cwd=ROOT,
+                                env=self.env(EQUABOT_GATEWAY_TOKEN=TOKEN), stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True)
+        try:
+            line = proc.stdout.readline()
+            port = re.search(r"listening on http://0\.0\.0\.0:(\d+) ", line)
+            self.assertIsNotNone(port, line)
+            port = port.group(1)
+            self.assertIn(f"(all IPv4 interfaces: http://127.0.0.1:{port} from this machine, ", line)
+            self.assertRegex(line, r"(http://[0-9.]+:\d+|this machine's network address) from other machines; "
+                                   r"WebSocket on the same port\)$")
+            # What the lock file records for local clients is the loopback URL.
+            holder = json.loads((self.state / "gateway.lock").read_text())
+            self.assertEqual(holder["url"], f"http://127.0.0.1:{port}")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            self.assertEqual(proc.wait(TIMEOUT), 0)
+            proc.stdout.close()
+
+
+class ConfigCheckMoreTest(CLITestCase):
+    def test_an_environment_token_is_shown_as_set_and_where_from(self) -> None:
+        done = self.cli("config", "check", env=self.env(EQUABOT_GATEWAY_TOKEN="tok-from-env-123"))
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertIn('# gateway.auth.token: "***" (from EQUABOT_GATEWAY_TOKEN)', done.stdout.splitlines())
+        shown = json.loads("\n".join(l for l in done.stdout.splitlines() if not l.startswith("#")))
+        self.assertEqual(shown["gateway"]["auth"]["token"], "***")
+        self.assertNotIn("tok-from-env-123", done.stdout)
+        plain = self.cli("config", "check")
+        self.assertNotIn("from EQUABOT_GATEWAY_TOKEN", plain.stdout)
+
+    def test_a_closed_pipe_is_not_an_error(self) -> None:
+        read_end, write_end = os.pipe()
+        os.close(read_end)                          # the reader is gone before anything is written
+        try:
+            done = subprocess.run([sys.executable, "-m", "equabot_gw", "config", "check"], cwd=ROOT,
+                                  env=self.env(), stdout=write_end, stderr=subprocess.PIPE, text=True,
+                                  timeout=TIMEOUT)
+        finally:
+            os.close(write_end)
+        self.assertEqual((done.returncode, done.stderr), (0, ""))
+        # And through a real pipe into head, as a user types it.
+        piped = subprocess.run(f"{sys.executable} -m equabot_gw config check | head -1", shell=True, cwd=ROOT,
+                               env=self.env(), capture_output=True, text=True, timeout=TIMEOUT)
+        self.assertEqual((piped.stdout, piped.stderr), ("# config OK: built-in defaults (no config file)\n", ""))
 
 
 class SessionsCommandTest(CLITestCase):

@@ -14,9 +14,11 @@ translate, the runtime runs.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
+import socket
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,24 +27,40 @@ from typing import Final
 from .. import __version__, statelock
 from ..agents.runtime import Runtime
 from ..auth import Authenticator, Secret, resolve_secret
-from ..config import Config
-from ..errors import ApiError
+from ..config import Config, bind_host
+from ..errors import ApiError, GatewayError
 from ..net import routes as http
 from ..net import server
 from . import control, openai
 
 log = logging.getLogger("equabot_gw")
 
-BIND_ALIASES: Final = {"loopback": "127.0.0.1", "lan": "0.0.0.0"}
 # Shutdown: after the grace period, how long aborted runs may take to be
 # recorded, and how long their streams then get to reach the clients.
 RUN_SETTLE_TIMEOUT: Final = 5.0
 STREAM_FLUSH_TIMEOUT: Final = 2.0
 
 
-def bind_host(bind: str) -> str:
-    """The address to listen on for ``--bind`` / ``gateway.bind`` (DECISIONS 4)."""
-    return BIND_ALIASES.get(bind, bind)
+class BindError(GatewayError):
+    """The gateway cannot listen on ``host``:``port``; the message says why and what to do."""
+
+    def __init__(self, host: str, port: int, exc: OSError) -> None:
+        self.host, self.port, self.errno = host, port, exc.errno
+        if isinstance(exc, socket.gaierror):
+            reason = (f"cannot listen on {host!r}: no such host or address here "
+                      f"({exc.strerror}); use --bind loopback, lan, or an address of this machine")
+        elif exc.errno == errno.EADDRINUSE:
+            reason = (f"port {port} on {host} is already in use (another gateway or program listens "
+                      f"there): stop it, or pick another port with --port N (0 picks a free one)")
+        elif exc.errno == errno.EADDRNOTAVAIL:
+            reason = (f"cannot listen on {host}: it is not an address of this machine; "
+                      f"use --bind loopback, lan, or one of this machine's addresses")
+        elif exc.errno == errno.EACCES:
+            reason = (f"not allowed to listen on port {port} on {host} (ports below 1024 need "
+                      f"privileges): pick another port with --port N")
+        else:
+            reason = f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+        super().__init__(reason)
 
 
 class Gateway:
@@ -80,9 +98,18 @@ class Gateway:
 
     @property
     def url(self) -> str:
-        host = "127.0.0.1" if self.host == "0.0.0.0" else self.host
-        host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{self.server.port}"
+        """Where a client on this machine reaches the gateway (loopback for the wildcard addresses)."""
+        return _http_url({"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host), self.server.port)
+
+    @property
+    def listen_url(self) -> str:
+        """The address actually listened on, e.g. ``http://0.0.0.0:18789`` for ``--bind lan``."""
+        return _http_url(self.host, self.server.port)
+
+    @property
+    def all_interfaces(self) -> bool:
+        """True when listening on every interface (``0.0.0.0`` or ``::``)."""
+        return self.host in ("0.0.0.0", "::")
 
     # ---- routes ----
     def _add_routes(self) -> None:
@@ -165,12 +192,17 @@ class Gateway:
     async def start(self) -> None:
         """Lock the state dir, open the runtime, bind the port, start the ticker; then ready.
 
-        Raises ``ConfigError`` when another gateway holds the state dir.
+        Raises ``statelock.StateDirInUse`` when another gateway holds the state
+        dir, ``BindError`` when the address cannot be listened on.
         """
         self._lock = statelock.acquire(self.state_dir)
         try:
             await self.runtime.start()
-            await self.server.start(self.host, self.port)
+            try:
+                await self.server.start(self.host, self.port)
+            except OSError as exc:
+                await self.runtime.stop(0)
+                raise BindError(self.host, self.port, exc) from None
         except BaseException:
             self._lock.release()
             raise
@@ -251,6 +283,10 @@ class Gateway:
     async def wait_stop_requested(self) -> None:
         """Return once ``stop()`` was called (e.g. by a signal handler)."""
         await self._stop_requested.wait()
+
+
+def _http_url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def _json(status: int, data: object) -> http.Response:
