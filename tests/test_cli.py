@@ -842,6 +842,29 @@ class ConfigCheckMoreTest(CLITestCase):
         self.assertEqual((piped.stdout, piped.stderr), ("# config OK: built-in defaults (no config file)\n", ""))
 
 
+class DisabledEndpointTest(CLITestCase):
+    def test_the_disabled_endpoint_says_how_to_enable_it(self) -> None:
+        import http.client
+        with GatewayProcess({"gateway": {"auth": {"token": TOKEN}}}) as gw:     # the endpoint is off
+            for method, path in (("POST", "/v1/chat/completions"), ("GET", "/v1/models"),
+                                 ("GET", "/v1/models/equabot")):
+                with self.subTest(path):
+                    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=TIMEOUT)
+                    self.addCleanup(conn.close)
+                    conn.request(method, path, body=b"{}" if method == "POST" else None,
+                                 headers={"Authorization": f"Bearer {TOKEN}"})
+                    response = conn.getresponse()
+                    error = json.loads(response.read())["error"]
+                    self.assertEqual(response.status, 404)
+                    self.assertEqual(error["message"], "the OpenAI endpoint is disabled: set "
+                                                       "gateway.http.endpoints.chatCompletions.enabled: true")
+            conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=TIMEOUT)
+            self.addCleanup(conn.close)
+            conn.request("GET", "/v1/nothing-here")
+            response = conn.getresponse()
+            self.assertNotIn("disabled", json.loads(response.read())["error"]["message"])
+
+
 class SessionsCommandTest(CLITestCase):
     """One state dir, filled once by ``agent --local`` runs; each test reads it or adds its own session."""
 

@@ -120,14 +120,15 @@ class Gateway:
         add("/", ("GET",), self.control.handle_upgrade)
         if self.config.gateway.ws.echo_path:
             add(self.config.gateway.ws.echo_path, ("GET",), self.control.handle_echo_upgrade)
-        if self.config.gateway.http.endpoints.chat_completions.enabled:
-            routes = (("/v1/chat/completions", ("POST",), self.openai.create),
-                      ("/v1/models", ("GET",), self.openai.list_models),
-                      ("/v1/models/{model}", ("GET",), self.openai.get_model))
-            for path, methods, handler in routes:
-                add(path, methods, self._cors(handler))
-                if self.config.gateway.http.cors.allow_origins:
-                    add(path, ("OPTIONS",), self._preflight(methods))
+        routes = (("/v1/chat/completions", ("POST",), self.openai.create),
+                  ("/v1/models", ("GET",), self.openai.list_models),
+                  ("/v1/models/{model}", ("GET",), self.openai.get_model))
+        enabled = self.config.gateway.http.endpoints.chat_completions.enabled
+        for path, methods, handler in routes:
+            # Off by default: then say how to turn it on rather than "no route".
+            add(path, methods, self._cors(handler) if enabled else _endpoint_disabled)
+            if enabled and self.config.gateway.http.cors.allow_origins:
+                add(path, ("OPTIONS",), self._preflight(methods))
 
     def authorize(self, request: http.HTTPRequest) -> None:
         """Check a request's bearer credentials (401 / 429 as ``ApiError``), or its Host without auth (403)."""
@@ -283,6 +284,11 @@ class Gateway:
     async def wait_stop_requested(self) -> None:
         """Return once ``stop()`` was called (e.g. by a signal handler)."""
         await self._stop_requested.wait()
+
+
+async def _endpoint_disabled(request: http.HTTPRequest) -> http.Response:
+    raise ApiError(404, "the OpenAI endpoint is disabled: set "
+                        "gateway.http.endpoints.chatCompletions.enabled: true", code="not_found")
 
 
 def _http_url(host: str, port: int) -> str:
