@@ -17,16 +17,18 @@ import asyncio
 import json
 import sys
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from . import __version__, config as config_mod, statelock
 from .agents import runtime as agent_runtime
 from .agents.events import Delta, Ended, Failed
-from .agents.sessions import SessionStore, chat_messages, scoped_key, validate_key
+from .agents.sessions import (SessionStore, agent_of, chat_messages, scoped_key, user_key,
+                              validate_key)
 from .agents.types import AgentRequest, AgentResult
 from .cli import env_secret, load_config
-from .errors import ConnectionClosed, GatewayError, ProtocolError, RunError
+from .errors import ApiError, ConnectionClosed, GatewayError, ProtocolError, RunError
 
 # Ctrl-C on a remote run: how long the CLI tries to have the gateway abort it.
 ABORT_TIMEOUT = 3.0
@@ -267,7 +269,13 @@ async def _run_local(args: argparse.Namespace, config: config_mod.Config, state_
 # -- sessions ----------------------------------------------------------------------------
 
 async def run_sessions_command(args: argparse.Namespace) -> int:
-    """``equabot sessions list|show|reset``: through the running gateway if there is one."""
+    """``equabot sessions list|show|reset``: through the running gateway if there is one.
+
+    ``list`` without ``--agent`` lists every agent's sessions. ``show`` and
+    ``reset`` take a session key, scoped to the agent like any key, or the
+    raw ``user`` string an OpenAI client sent (spaces and all): its session
+    is found under the key the endpoint derived from it.
+    """
     config, state_dir, _ = load_config(args, follow_state_dir=True)
     running = statelock.holder(state_dir)
     if running is not None or args.url:
@@ -279,18 +287,40 @@ async def run_sessions_command(args: argparse.Namespace) -> int:
     await store.open()
     try:
         if args.sessions_command == "list":
-            return _print_sessions(store, agent.id, args.json)
-        key = scoped_key(agent.id, validate_key(args.key))
+            infos = store.list_sessions(agent.id if args.agent else None)
+            return _print_infos([(i.key, i.agent_id, i.created_at, i.updated_at, i.turns, i.last_run_id)
+                                 for i in infos], args.json)
+        known = {i.key for i in store.list_sessions(agent.id)}
+        key = session_key_for(agent.id, args.key, known)
         if args.sessions_command == "show":
-            return _print_messages(chat_messages(await store.read_transcript(agent.id, key)), key,
-                                   args.json)
+            return _print_messages(chat_messages(await store.read_transcript(agent.id, key)),
+                                   _named(args.key, key), args.json)
         if await store.reset(agent.id, key):
             print(f"reset {key}")
             return 0
-        print(f"equabot: no session {key!r}", file=sys.stderr)
+        print(f"equabot: no session {_named(args.key, key)}", file=sys.stderr)
         return 1
     finally:
         await store.close()
+
+
+def session_key_for(agent_id: str, given: str, known: set[str]) -> str:
+    """The session key ``given`` names for ``agent_id``: a key, or an OpenAI ``user`` string.
+
+    Of the key ``given`` spells (scoped to the agent) and the key the
+    endpoint derives from ``given`` as a ``user``, the first that is among
+    ``known`` sessions; else the first of them (so "no session" names it).
+    Raises ``ApiError`` for a string that can be neither.
+    """
+    candidates = []
+    try:
+        candidates.append(scoped_key(agent_id, validate_key(given)))
+    except ApiError:
+        if agent_of(given) is not None:     # "agent:<id>:..." is meant as a key: say what is wrong
+            raise
+    if agent_of(given) is None:
+        candidates.append(user_key(agent_id, given))
+    return next((key for key in candidates if key in known), candidates[0])
 
 
 async def _remote_sessions(args: argparse.Namespace, target: Target) -> int:
@@ -301,40 +331,48 @@ async def _remote_sessions(args: argparse.Namespace, target: Target) -> int:
             listed = (await request(client, "sessions.list", params))["sessions"]
             return _print_infos([(s["key"], s["agentId"], s["createdAt"] / 1000, s["updatedAt"] / 1000,
                                   s["turns"], s["lastRunId"]) for s in listed], args.json)
+        agent_id = args.agent or (await request(client, "agents.list", {}))["defaultId"]
+        listed = (await request(client, "sessions.list", {"agentId": agent_id}))["sessions"]
+        key = session_key_for(agent_id, args.key, {s["key"] for s in listed})
         if args.sessions_command == "show":
-            history = await request(client, "chat.history", {**params, "sessionKey": args.key})
-            return _print_messages(history["messages"], history["sessionKey"], args.json)
-        reset = await request(client, "sessions.reset", {**params, "key": args.key})
+            history = await request(client, "chat.history", {"sessionKey": key})
+            return _print_messages(history["messages"], _named(args.key, history["sessionKey"]), args.json)
+        reset = await request(client, "sessions.reset", {"key": key})
         if reset["reset"]:
             print(f"reset {reset['key']}")
             return 0
-        print(f"equabot: no session {reset['key']!r}", file=sys.stderr)
+        print(f"equabot: no session {_named(args.key, reset['key'])}", file=sys.stderr)
         return 1
     finally:
         await client.close()
 
 
-def _print_sessions(store: SessionStore, agent_id: str, as_json: bool) -> int:
-    return _print_infos([(i.key, i.agent_id, i.created_at, i.updated_at, i.turns, i.last_run_id)
-                         for i in store.list_sessions(agent_id)], as_json)
+def _named(given: str, key: str) -> str:
+    """How a message names the session ``given`` resolved to: the key, or the user and its key."""
+    return repr(key) if key.endswith(given) else f"for user {given!r} ({key})"
+
+
+def _iso(seconds: float) -> str:
+    """A Unix time as ISO 8601 in UTC, to the second: ``2026-01-31T12:00:00Z``."""
+    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _print_infos(rows: list[tuple[str, str, float, float, int, str | None]], as_json: bool) -> int:
     if as_json:
-        print(json.dumps([{"key": k, "agentId": a, "createdAt": c, "updatedAt": u, "turns": t,
-                           "lastRunId": r} for k, a, c, u, t, r in rows]))
+        print(json.dumps([{"key": k, "agentId": a, "createdAt": _iso(c), "updatedAt": _iso(u),
+                           "turns": t, "lastRunId": r} for k, a, c, u, t, r in rows]))
         return 0
     if not rows:
         print("no sessions")
     for key, _, _, updated, turns, _ in rows:
-        print(f"{key}\tturns={turns}\tupdated={updated:.0f}")
+        print(f"{key}\tturns={turns}\tupdated={_iso(updated)}")
     return 0
 
 
-def _print_messages(messages: list[dict[str, Any]], key: str, as_json: bool) -> int:
+def _print_messages(messages: list[dict[str, Any]], named: str, as_json: bool) -> int:
     """``sessions show``: the same lines whether the gateway answered or the files did."""
     if not messages:
-        print(f"equabot: no session {key!r}", file=sys.stderr)
+        print(f"equabot: no session {named}", file=sys.stderr)
         return 1
     for m in messages:
         if as_json:

@@ -12,6 +12,7 @@ line on stderr: exit 2 for configuration, 1 for a run or a gateway.
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
 import json
 import os
@@ -575,6 +576,55 @@ class SessionsThroughTheGatewayTest(CLITestCase):
                                     1, "UNAUTHORIZED")
 
 
+class SessionsOfAGatewayTest(CLITestCase):
+    """Sessions a gateway made: through it while it runs, from the files once it stopped."""
+
+    USER = "Alice Smith (ops)"          # not a valid key: the endpoint hashes it
+
+    def test_user_strings_every_agent_and_the_recorded_config(self) -> None:
+        import http.client
+        data = gateway_config()
+        data["agents"]["list"].append({"id": "beta"})
+        with GatewayProcess(data) as gw:
+            state = str(gw.state_dir)
+            for agent in ("main", "beta"):
+                conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=TIMEOUT)
+                self.addCleanup(conn.close)
+                conn.request("POST", "/v1/chat/completions", body=json.dumps({
+                    "model": f"equabot:{agent}", "user": self.USER,
+                    "messages": [{"role": "user", "content": f"hi {agent}"}]}),
+                    headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+                self.assertEqual(conn.getresponse().status, 200)
+            self.cli("agent", "--state-dir", state, "--token", TOKEN, "-m", "x", "--session-key", "plain")
+
+            def sessions(*args: str) -> subprocess.CompletedProcess[str]:
+                return self.cli("sessions", *args, "--state-dir", state)      # no --config, no --token
+
+            def check(where: str) -> None:
+                with self.subTest(where):
+                    shown = sessions("show", self.USER)
+                    self.assertEqual(shown.stdout.splitlines(), ["user: hi main", "assistant: Echo (turn 1): hi main"],
+                                     shown.stderr)
+                    beta = sessions("show", self.USER, "--agent", "beta")
+                    self.assertEqual(beta.stdout.splitlines()[0], "user: hi beta", beta.stderr)
+                    keys = [line.split("\t")[0] for line in sessions("list").stdout.splitlines()]
+                    self.assertEqual(len(keys), 3, keys)
+                    self.assertIn("agent:main:plain", keys)
+                    self.assertTrue(all(k.startswith(("agent:main:", "agent:beta:")) for k in keys), keys)
+                    only_beta = sessions("list", "--agent", "beta").stdout.splitlines()
+                    self.assertEqual(len(only_beta), 1, only_beta)
+                    self.assertTrue(only_beta[0].startswith("agent:beta:openai-user:u-"), only_beta)
+                    self.assertOneLineError(sessions("show", "nobody here"), 1,
+                                            "no session for user 'nobody here' (agent:main:openai-user:u-")
+
+            check("through the running gateway")
+            gw.stop()
+            check("from the files, with the config the gateway ran with")
+            done = sessions("reset", self.USER, "--agent", "beta")
+            self.assertEqual(done.returncode, 0, done.stderr)
+            self.assertTrue(done.stdout.startswith("reset agent:beta:openai-user:u-"), done.stdout)
+
+
 class LocalAgentTest(CLITestCase):
     def local(self, *args: str, config: str | None = None) -> subprocess.CompletedProcess[str]:
         extra = ("--config", config) if config else ()
@@ -899,11 +949,20 @@ class SessionsCommandTest(CLITestCase):
         done = self.run_cli("sessions", "list")
         self.assertEqual(done.returncode, 0, done.stderr)
         rows = [line.split("\t") for line in done.stdout.splitlines()]
-        self.assertEqual(sorted((r[0], r[1]) for r in rows),
-                         [("agent:main:alpha", "turns=2"), ("agent:main:beta", "turns=1")])   # keyed only
+        self.assertEqual(sorted((r[0], r[1]) for r in rows),           # keyed only, every agent's
+                         [("agent:main:alpha", "turns=2"), ("agent:main:beta", "turns=1"),
+                          ("agent:ops:night", "turns=1")])
+        for row in rows:
+            self.assertRegex(row[2], r"^updated=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
         listed = json.loads(self.run_cli("sessions", "list", "--json").stdout)
-        self.assertEqual({s["key"]: s["turns"] for s in listed}, {"agent:main:alpha": 2, "agent:main:beta": 1})
-        self.assertTrue(all(s["agentId"] == "main" and s["lastRunId"].startswith("run_") for s in listed))
+        self.assertEqual({s["key"]: s["turns"] for s in listed},
+                         {"agent:main:alpha": 2, "agent:main:beta": 1, "agent:ops:night": 1})
+        self.assertTrue(all(s["lastRunId"].startswith("run_") for s in listed))
+        for s in listed:
+            created = datetime.datetime.strptime(s["createdAt"], "%Y-%m-%dT%H:%M:%SZ")
+            self.assertLess(abs(created - datetime.datetime.utcnow()), datetime.timedelta(hours=1))
+        main = json.loads(self.run_cli("sessions", "list", "--agent", "main", "--json").stdout)
+        self.assertEqual({s["key"] for s in main}, {"agent:main:alpha", "agent:main:beta"})
         ops = self.run_cli("sessions", "list", "--agent", "ops").stdout
         self.assertEqual([line.split("\t")[0] for line in ops.splitlines()], ["agent:ops:night"])
 
@@ -938,7 +997,10 @@ class SessionsCommandTest(CLITestCase):
         self.assertOneLineError(self.run_cli("sessions", "show", "nope"), 1, "no session 'agent:main:nope'")
         self.assertOneLineError(self.run_cli("sessions", "reset", "nope"), 1, "no session")
         self.assertOneLineError(self.run_cli("sessions", "list", "--agent", "ghost"), 1, "'ghost'")
-        self.assertOneLineError(self.run_cli("sessions", "show", "../../etc"), 1, "session key")
+        # Not a key: taken as an OpenAI user string, whose key is a hash (never a path).
+        self.assertOneLineError(self.run_cli("sessions", "show", "../../etc"), 1,
+                                "no session for user '../../etc' (agent:main:openai-user:u-")
+        self.assertOneLineError(self.run_cli("sessions", "show", "agent:main:bad key"), 1, "session key")
 
     def test_empty_state_dir(self) -> None:
         done = self.cli("sessions", "list", "--state-dir", str(self.dir / "empty"))
