@@ -280,18 +280,22 @@ async def _run_gateway(args: argparse.Namespace) -> int:
 def _on_signal(gateway: Any) -> None:
     """First SIGINT/SIGTERM: shut down with the grace period, saying so; the next one: now."""
     if gateway.stopping:
-        print("shutting down now: aborting what is in flight", file=sys.stderr, flush=True)
         gateway.hurry()
+        _say("shutting down now: aborting what is in flight")
         return
     waiting = gateway.requests_in_flight
-    grace = gateway.config.gateway.shutdown_grace
-    if waiting:
-        print(f"shutting down: waiting up to {grace:g} s for {waiting} "
-              f"request{'s' if waiting != 1 else ''} (Ctrl-C again to stop now)",
-              file=sys.stderr, flush=True)
-    else:
-        print("shutting down", file=sys.stderr, flush=True)
     gateway.request_stop()
+    grace = gateway.config.gateway.shutdown_grace
+    _say(f"shutting down: waiting up to {grace:g} s for {waiting} request{'s' if waiting != 1 else ''} "
+         f"(Ctrl-C again to stop now)" if waiting else "shutting down")
+
+
+def _say(line: str) -> None:
+    """A status line on stderr; a closed stderr must not keep the gateway from stopping."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
 
 
 def _bind(value: str) -> str:
