@@ -28,6 +28,10 @@ DEFAULT_PORT: Final = 18789
 DEFAULT_CONFIG_PATH: Final = "~/.equabot/equabot.json"
 DEFAULT_STATE_DIR: Final = "~/.equabot"
 SECRET_KEYS: Final = frozenset({"token", "password", "apiKey"})
+# Nesting a config file may have. The schema needs under ten levels; the bound
+# keeps every recursive walk of the parsed value (substitution, checks,
+# display) far from Python's recursion limit.
+MAX_CONFIG_DEPTH: Final = 64
 MASK: Final = "***"
 TOKEN_ENV: Final = "EQUABOT_GATEWAY_TOKEN"
 PASSWORD_ENV: Final = "EQUABOT_GATEWAY_PASSWORD"
@@ -488,7 +492,7 @@ def load(explicit: str | None = None, env: Mapping[str, str] | None = None) -> t
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError("", f"cannot read config file {path}: {exc}") from None
     try:
-        data = json5.loads(text)
+        data = json5.loads(text, max_depth=MAX_CONFIG_DEPTH)
     except JSON5Error as exc:
         # Compiler style, "file:line:column: what was expected", which editors can jump to.
         said = getattr(exc, "expected", None) or exc.reason

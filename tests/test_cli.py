@@ -748,6 +748,8 @@ class BadFlagsTest(CLITestCase):
         self.a_file.write_text("not a directory")
         self.binary = self.dir / "binary.json5"
         self.binary.write_bytes(b"\xff\xfe{\x00")
+        self.deep = self.dir / "deep.json5"
+        self.deep.write_text("{a:" * 900 + "1" + "}" * 900)     # within JSON5's limit, past the config's
         self.busy = socket.create_server(("127.0.0.1", 0))
         self.addCleanup(self.busy.close)
         self.configs = {name: self.config_file(data, name=f"{name}.json5") for name, data in (
@@ -785,6 +787,9 @@ class BadFlagsTest(CLITestCase):
             ("missing config", ("--config", missing), "does not exist"),
             ("config is a directory", ("--config", str(self.dir)), "cannot read config file"),
             ("config not UTF-8", ("config", "check", "--config", str(self.binary)), "cannot read config file"),
+            ("config nested deep", ("config", "check", "--config", str(self.deep)),
+             "deep.json5:1:193: arrays and objects nested deeper than the limit of 64"),
+            ("config nested deep: start", ("--config", str(self.deep)), "nested deeper than the limit"),
             ("state dir is a file", ("--state-dir", str(self.a_file)), "cannot create state dir"),
             ("state dir cannot be made", ("--port", "0", "--state-dir", str(self.a_file / "x")),
              "cannot create state dir"),
