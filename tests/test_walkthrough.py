@@ -1,8 +1,8 @@
 """The documentation, run: every command block of README.md and docs/*.md marked runnable.
 
-A fenced ``sh`` block whose previous line is ``<!-- runnable -->`` is one a
-user would paste; ``<!-- runnable: expect "text" expect "more" -->`` also
-names what its output must contain. The runnable blocks of one file run in
+The first fenced ``sh`` block after a line ``<!-- runnable -->`` (a title
+line may stand between) is one a user would paste; ``<!-- runnable: expect
+"text" expect "more" -->`` also names what its output must contain. The runnable blocks of one file run in
 order in one bash session, as a user pastes them one after another into one
 terminal (``set -e -o pipefail``: a failing command fails its block), in a
 temporary directory that stands in for the user's machine:
@@ -41,8 +41,8 @@ DOCS_TMP = "/tmp/equabot"
 TIMEOUT = 120.0
 MARK = "@@walkthrough-block"
 
-_BLOCK = re.compile(r"^<!-- runnable(?::(?P<spec>[^\n]*?))? -->\n```(?P<lang>[a-z]*)\n(?P<body>.*?)^```$",
-                    re.M | re.S)
+_BLOCK = re.compile(r"^<!-- runnable(?::(?P<spec>[^\n]*?))? -->\n(?:(?!```)[^\n]*\n)*?"
+                    r"```(?P<lang>[a-z]*)\n(?P<body>.*?)^```$", re.M | re.S)
 _EXPECT = re.compile(r'expect "((?:[^"\\]|\\.)*)"')
 _MARKER = re.compile(r"^<!-- runnable\b", re.M)
 
@@ -85,7 +85,7 @@ class WalkthroughTest(unittest.TestCase):
             blocks = runnable_blocks(document)
             with self.subTest(document.name):
                 self.assertEqual(len(_MARKER.findall(text)), len(blocks),
-                                 "a runnable marker must be the line right before a ``` fence")
+                                 "a runnable marker must come before a ``` fence")
                 for block in blocks:
                     self.assertEqual(block.lang, "sh", str(block))
 
