@@ -137,7 +137,7 @@ class Gateway:
         self.auth.check_bearer(request.headers.get("authorization"), client)
 
     async def health(self, request: http.HTTPRequest) -> http.Response:
-        """``GET /health``: liveness, without secrets or config (DECISIONS 6)."""
+        """``GET /health``: liveness, without secrets or config."""
         return _json(200, self.health_snapshot())
 
     async def readyz(self, request: http.HTTPRequest) -> http.Response:
