@@ -3,24 +3,35 @@
 ``agent --local`` runs the runtime in this process (``agents.runtime.run``,
 like every other door) and prints the reply as it streams; without
 ``--local`` the same run goes to a running gateway over the WebSocket control
-protocol. ``sessions`` reads and edits the store under the state dir.
+protocol: the one recorded in the state dir's lock, or an explicit ``--url``
+— never a guess such as the configured port, since a secret is sent — and
+only the secret of the gateway's auth mode is presented. ``sessions`` reads
+and edits the store under the state dir, through its gateway while one runs.
 Returns exit codes; printing is the only side effect besides the run itself.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
-from . import statelock
+from . import __version__, config as config_mod, statelock
 from .agents import runtime as agent_runtime
 from .agents.events import Delta, Ended, Failed
-from .agents.sessions import SessionStore, chat_messages, scoped_key, validate_key
+from .agents.sessions import (SessionStore, agent_of, chat_messages, scoped_key, user_key,
+                              validate_key)
 from .agents.types import AgentRequest, AgentResult
 from .cli import env_secret, load_config
-from .errors import RunError
+from .errors import ApiError, ConnectionClosed, GatewayError, ProtocolError, RunError
+
+# Ctrl-C on a remote run: how long the CLI tries to have the gateway abort it.
+ABORT_TIMEOUT = 3.0
 
 
 def _result_json(result: AgentResult) -> str:
@@ -30,18 +41,205 @@ def _result_json(result: AgentResult) -> str:
                        "model": result.model})
 
 
+# -- which gateway, and what to tell it --------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A gateway the CLI may talk to, the auth mode it uses and the one secret to present."""
+
+    url: str
+    mode: str
+    secret: str | None = field(repr=False)
+
+
+def gateway_target(args: argparse.Namespace, config: config_mod.Config, state_dir: Path,
+                   running: statelock.Holder | None) -> Target:
+    """The gateway to send ``args``'s request (and a secret) to; ``GatewayError`` if there is none.
+
+    A secret goes only to an explicit ``--url`` or to the gateway recorded
+    in the state dir's lock, never to whatever happens to listen on the
+    configured port: that may be another program.
+    """
+    if args.url:
+        url = args.url
+        mode = config.gateway.auth.mode
+    elif running is not None:
+        url = running.url
+        mode = running.auth_mode or config.gateway.auth.mode
+    else:
+        raise GatewayError(f"no gateway is running for state dir {state_dir}; "
+                           f"start one, pass --url, or use --local")
+    return Target(url, mode, args.token or env_secret(config, state_dir, mode))
+
+
+async def open_client(target: Target) -> Any:
+    """A ``ControlClient`` connected and authenticated (``connect``) to ``target``.
+
+    Presents only the secret of ``target.mode`` (``auth.token`` or
+    ``auth.password``). Raises ``GatewayError`` with one line for a gateway
+    that cannot be reached or refuses, with the wait when it answers 429.
+    """
+    from .gateway.client import ControlClient
+    from .gateway.control import PROTOCOL_VERSION
+    from .net.wsstream import connect
+    url = target.url
+    ws_url = "ws" + url[4:] if url.startswith("http") else url
+    try:
+        ws = await connect(ws_url)
+    except ValueError as exc:
+        raise GatewayError(f"bad gateway URL {url!r}: {exc}") from None
+    except (OSError, ConnectionClosed, ProtocolError) as exc:
+        raise GatewayError(f"cannot reach the gateway at {url} ({exc or type(exc).__name__}); "
+                           f"start it with 'python -m equabot_gw' or use --local") from None
+    client = ControlClient(ws)
+    params: dict[str, Any] = {
+        "minProtocol": PROTOCOL_VERSION, "maxProtocol": PROTOCOL_VERSION,
+        "client": {"id": "equabot-cli", "version": __version__, "platform": sys.platform,
+                   "mode": "cli"}}
+    if target.secret is not None:
+        params["auth"] = {target.mode if target.mode != "none" else "token": target.secret}
+    try:
+        client.hello = await request(client, "connect", params)
+    except BaseException:
+        await client.close()
+        raise
+    return client
+
+
+async def request(client: Any, method: str, params: dict[str, Any]) -> Any:
+    """One request on ``client``; its payload, or ``GatewayError`` naming the error (and the wait)."""
+    req_id = f"cli-{method}"
+    client.ws.send(json.dumps({"type": "req", "id": req_id, "method": method, "params": params}))
+    while True:
+        frame = await _next_frame(client)
+        if frame.get("type") == "res" and frame.get("id") == req_id:
+            return payload_of(frame)
+
+
+async def _next_frame(client: Any) -> dict[str, Any]:
+    try:
+        return await client.next_frame()
+    except ConnectionClosed as exc:
+        raise GatewayError(f"the gateway closed the connection ({exc})") from None
+
+
+def payload_of(frame: dict[str, Any]) -> Any:
+    """A ``res`` frame's payload, or ``GatewayError`` with its code, message and any wait."""
+    if frame.get("ok"):
+        return frame.get("payload")
+    error = frame.get("error") if isinstance(frame.get("error"), dict) else {}
+    message = f"{error.get('code', 'ERROR')}: {error.get('message', 'request failed')}"
+    wait = error.get("retryAfterMs")
+    if isinstance(wait, (int, float)) and not isinstance(wait, bool) and wait > 0:
+        message += f" (try again in {_seconds(wait / 1000)})"
+    raise GatewayError(message)
+
+
+def _seconds(value: float) -> str:
+    whole = max(1, int(value + 0.999))
+    return f"{whole} s" if whole < 120 else f"{whole // 60} min {whole % 60} s"
+
+
+# -- agent -------------------------------------------------------------------------------
+
 async def run_agent_command(args: argparse.Namespace) -> int:
     """``equabot agent``: print the reply (streamed) or one JSON object; 1 if the run failed."""
-    config, state_dir = load_config(args)
-    if not args.local:
-        from .gateway.client import run_remote_agent
-        running = statelock.holder(state_dir)
-        url = args.url or (running.url if running else f"http://127.0.0.1:{config.gateway.port}")
-        token = args.token or env_secret(config, state_dir)
-        return await run_remote_agent(url, token, args.message, args.agent, args.session_key,
-                                      as_json=args.json)
+    config, state_dir, config_path = load_config(args, follow_state_dir=True)
+    if args.local:
+        return await _run_local(args, config, state_dir, config_path)
+    target = gateway_target(args, config, state_dir, statelock.holder(state_dir))
+    client = await open_client(target)
+    try:
+        return await _run_remote(client, args)
+    finally:
+        await client.close()
+
+
+async def _run_remote(client: Any, args: argparse.Namespace) -> int:
+    params: dict[str, Any] = {"message": args.message}
+    if args.agent:
+        params["agentId"] = args.agent
+    if args.session_key:
+        params["sessionKey"] = args.session_key
+    run = _RemoteRun()
+    client.ws.send(json.dumps({"type": "req", "id": run.req_id, "method": "agent", "params": params}))
+    try:
+        while True:
+            frame = await _next_frame(client)
+            run.note(frame)
+            if frame.get("type") == "event" and frame.get("event") == "agent":
+                event = frame.get("payload") or {}
+                if event.get("stream") == "assistant" and not args.json:
+                    sys.stdout.write((event.get("data") or {}).get("delta", ""))
+                    sys.stdout.flush()
+                    run.printed = True
+            elif frame.get("type") == "res" and frame.get("id") == run.req_id:
+                payload = payload_of(frame)
+                if payload.get("status") == "accepted":
+                    continue
+                print(json.dumps(payload) if args.json else "", flush=True)
+                if payload.get("status") != "ok":
+                    error = payload.get("error") or {}
+                    print(f"equabot: run failed: {error.get('message', 'error')}", file=sys.stderr)
+                    return 1
+                return 0
+    except asyncio.CancelledError:         # Ctrl-C: asyncio.run cancels us, then exits 130
+        await _abort_remote(client, run, args)
+        raise
+
+
+class _RemoteRun:
+    """What the CLI has learnt of its run on the gateway: enough to abort it."""
+
+    req_id = "cli-agent"
+
+    def __init__(self) -> None:
+        self.run_id: str | None = None
+        self.session_key: str | None = None
+        self.printed = False
+
+    def note(self, frame: dict[str, Any]) -> None:
+        payload = frame.get("payload") if isinstance(frame.get("payload"), dict) else {}
+        if frame.get("type") == "res" and frame.get("id") == self.req_id:
+            self.run_id = self.run_id or payload.get("runId")
+        elif frame.get("event") == "agent" and payload.get("runId") == self.run_id:
+            self.session_key = self.session_key or payload.get("sessionKey")
+
+
+async def _abort_remote(client: Any, run: _RemoteRun, args: argparse.Namespace) -> None:
+    """Ask the gateway to abort ``run`` (``chat.abort``), so it is recorded as aborted.
+
+    ``chat.abort`` names the run's session: a stateless run's key comes with
+    its first event, so that is awaited too. Everything is bounded by
+    ``ABORT_TIMEOUT``; a second Ctrl-C stops at once.
+    """
+    if run.printed:
+        print(flush=True)
+    try:
+        async with asyncio.timeout(ABORT_TIMEOUT):
+            while run.run_id is None or (run.session_key is None and not args.session_key):
+                run.note(await _next_frame(client))
+            params: dict[str, Any] = {"runId": run.run_id,
+                                      "sessionKey": run.session_key or args.session_key}
+            if run.session_key is None and args.agent:
+                params["agentId"] = args.agent
+            answer = await request(client, "chat.abort", params)
+    except (TimeoutError, GatewayError) as exc:
+        print(f"equabot: interrupted; could not abort the run on the gateway ({exc or 'no answer'})",
+              file=sys.stderr)
+        return
+    if answer.get("aborted"):
+        print(f"equabot: interrupted; run {run.run_id} aborted", file=sys.stderr)
+    else:
+        print(f"equabot: interrupted; run {run.run_id} had already ended", file=sys.stderr)
+
+
+async def _run_local(args: argparse.Namespace, config: config_mod.Config, state_dir: Path,
+                     config_path: Path | None) -> int:
     # In-process means owning the state dir: refuse (one line) if a gateway has it.
     lock = statelock.acquire(state_dir)
+    # Record that no gateway listens here now (an older record would name a stale URL).
+    lock.announce("", config_path=config_path)
     runtime = agent_runtime.Runtime(config, state_dir)
     try:
         await runtime.start()
@@ -68,77 +266,113 @@ async def run_agent_command(args: argparse.Namespace) -> int:
         lock.release()
 
 
+# -- sessions ----------------------------------------------------------------------------
+
 async def run_sessions_command(args: argparse.Namespace) -> int:
-    """``equabot sessions list|show|reset``: through the running gateway if there is one."""
-    config, state_dir = load_config(args)
+    """``equabot sessions list|show|reset``: through the running gateway if there is one.
+
+    ``list`` without ``--agent`` lists every agent's sessions. ``show`` and
+    ``reset`` take a session key, scoped to the agent like any key, or the
+    raw ``user`` string an OpenAI client sent (spaces and all): its session
+    is found under the key the endpoint derived from it.
+    """
+    config, state_dir, _ = load_config(args, follow_state_dir=True)
     running = statelock.holder(state_dir)
     if running is not None or args.url:
         # The gateway owns the files while it runs: ask it rather than edit behind its back.
-        url = args.url or running.url      # type: ignore[union-attr]
-        return await _remote_sessions(args, url, args.token or env_secret(config, state_dir))
+        return await _remote_sessions(args, gateway_target(args, config, state_dir, running))
     runtime = agent_runtime.Runtime(config, state_dir)
     agent = runtime.agent(args.agent)
     store = SessionStore(state_dir)
     await store.open()
     try:
         if args.sessions_command == "list":
-            return _print_sessions(store, agent.id, args.json)
-        key = scoped_key(agent.id, validate_key(args.key))
+            infos = store.list_sessions(agent.id if args.agent else None)
+            return _print_infos([(i.key, i.agent_id, i.created_at, i.updated_at, i.turns, i.last_run_id)
+                                 for i in infos], args.json)
+        known = {i.key for i in store.list_sessions(agent.id)}
+        key = session_key_for(agent.id, args.key, known)
         if args.sessions_command == "show":
-            return _print_messages(chat_messages(await store.read_transcript(agent.id, key)), key,
-                                   args.json)
+            return _print_messages(chat_messages(await store.read_transcript(agent.id, key)),
+                                   _named(args.key, key), args.json)
         if await store.reset(agent.id, key):
             print(f"reset {key}")
             return 0
-        print(f"equabot: no session {key!r}", file=sys.stderr)
+        print(f"equabot: no session {_named(args.key, key)}", file=sys.stderr)
         return 1
     finally:
         await store.close()
 
 
-async def _remote_sessions(args: argparse.Namespace, url: str, secret: str | None) -> int:
-    from .gateway.client import ControlClient
-    client = await ControlClient.open(url, secret)
+def session_key_for(agent_id: str, given: str, known: set[str]) -> str:
+    """The session key ``given`` names for ``agent_id``: a key, or an OpenAI ``user`` string.
+
+    Of the key ``given`` spells (scoped to the agent) and the key the
+    endpoint derives from ``given`` as a ``user``, the first that is among
+    ``known`` sessions; else the first of them (so "no session" names it).
+    Raises ``ApiError`` for a string that can be neither.
+    """
+    candidates = []
+    try:
+        candidates.append(scoped_key(agent_id, validate_key(given)))
+    except ApiError:
+        if agent_of(given) is not None:     # "agent:<id>:..." is meant as a key: say what is wrong
+            raise
+    if agent_of(given) is None:
+        candidates.append(user_key(agent_id, given))
+    return next((key for key in candidates if key in known), candidates[0])
+
+
+async def _remote_sessions(args: argparse.Namespace, target: Target) -> int:
+    client = await open_client(target)
     try:
         params = {"agentId": args.agent} if args.agent else {}
         if args.sessions_command == "list":
-            listed = (await client.request("sessions.list", params))["sessions"]
+            listed = (await request(client, "sessions.list", params))["sessions"]
             return _print_infos([(s["key"], s["agentId"], s["createdAt"] / 1000, s["updatedAt"] / 1000,
                                   s["turns"], s["lastRunId"]) for s in listed], args.json)
+        agent_id = args.agent or (await request(client, "agents.list", {}))["defaultId"]
+        listed = (await request(client, "sessions.list", {"agentId": agent_id}))["sessions"]
+        key = session_key_for(agent_id, args.key, {s["key"] for s in listed})
         if args.sessions_command == "show":
-            history = await client.request("chat.history", {**params, "sessionKey": args.key})
-            return _print_messages(history["messages"], history["sessionKey"], args.json)
-        reset = await client.request("sessions.reset", {**params, "key": args.key})
+            history = await request(client, "chat.history", {"sessionKey": key})
+            return _print_messages(history["messages"], _named(args.key, history["sessionKey"]), args.json)
+        reset = await request(client, "sessions.reset", {"key": key})
         if reset["reset"]:
             print(f"reset {reset['key']}")
             return 0
-        print(f"equabot: no session {reset['key']!r}", file=sys.stderr)
+        print(f"equabot: no session {_named(args.key, reset['key'])}", file=sys.stderr)
         return 1
     finally:
         await client.close()
 
 
-def _print_sessions(store: SessionStore, agent_id: str, as_json: bool) -> int:
-    return _print_infos([(i.key, i.agent_id, i.created_at, i.updated_at, i.turns, i.last_run_id)
-                         for i in store.list_sessions(agent_id)], as_json)
+def _named(given: str, key: str) -> str:
+    """How a message names the session ``given`` resolved to: the key, or the user and its key."""
+    return repr(key) if key.endswith(given) else f"for user {given!r} ({key})"
+
+
+def _iso(seconds: float) -> str:
+    """A Unix time as ISO 8601 in UTC, to the second: ``2026-01-31T12:00:00Z``."""
+    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _print_infos(rows: list[tuple[str, str, float, float, int, str | None]], as_json: bool) -> int:
     if as_json:
-        print(json.dumps([{"key": k, "agentId": a, "createdAt": c, "updatedAt": u, "turns": t,
-                           "lastRunId": r} for k, a, c, u, t, r in rows]))
+        print(json.dumps([{"key": k, "agentId": a, "createdAt": _iso(c), "updatedAt": _iso(u),
+                           "turns": t, "lastRunId": r} for k, a, c, u, t, r in rows]))
         return 0
     if not rows:
         print("no sessions")
     for key, _, _, updated, turns, _ in rows:
-        print(f"{key}\tturns={turns}\tupdated={updated:.0f}")
+        print(f"{key}\tturns={turns}\tupdated={_iso(updated)}")
     return 0
 
 
-def _print_messages(messages: list[dict[str, Any]], key: str, as_json: bool) -> int:
+def _print_messages(messages: list[dict[str, Any]], named: str, as_json: bool) -> int:
     """``sessions show``: the same lines whether the gateway answered or the files did."""
     if not messages:
-        print(f"equabot: no session {key!r}", file=sys.stderr)
+        print(f"equabot: no session {named}", file=sys.stderr)
         return 1
     for m in messages:
         if as_json:

@@ -4,9 +4,19 @@ Owns ``gateway.auth`` at run time. The secret comes from the environment
 (``EQUABOT_GATEWAY_TOKEN`` / ``EQUABOT_GATEWAY_PASSWORD``), which wins over
 the config file, or — token mode on loopback with neither — from a token
 generated once into ``<state-dir>/gateway-token``. Every check compares bytes
-with ``hmac.compare_digest``. Failed attempts are counted per client address
-in a sliding window; past the limit the address is locked out (429 with
-``Retry-After``). HTTP and the WebSocket ``connect`` use the same ``Authenticator``.
+with ``hmac.compare_digest``. HTTP and the WebSocket ``connect`` use the same
+``Authenticator`` and share its failure limiter:
+
+- only *wrong* credentials count (a request that sends none is refused, not
+  counted), and a success resets that client's count;
+- counts are kept per client address and credential kind (the gateway's
+  token or password, whichever door it arrives by);
+- past ``maxAttempts`` within ``windowSeconds`` the client is locked out for
+  ``lockoutSeconds``: 429 with ``Retry-After`` for every attempt;
+- loopback clients are exempt (``exemptLoopback``, default true) so nobody on
+  the machine can lock its own tools out — except attempts made by a browser
+  page (a WebSocket ``connect`` whose upgrade carried ``Origin``), which are
+  always counted, per page origin, apart from every other client.
 """
 
 from __future__ import annotations
@@ -17,20 +27,19 @@ import os
 import secrets
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from .config import AuthConfig, RateLimitConfig
-from .errors import ApiError, ConfigError
+from .config import LOOPBACK_HOSTS, PASSWORD_ENV, TOKEN_ENV, AuthConfig, RateLimitConfig, check_exposure
+from .errors import ApiError
 
 TOKEN_FILE: Final = "gateway-token"
-TOKEN_ENV: Final = "EQUABOT_GATEWAY_TOKEN"
-PASSWORD_ENV: Final = "EQUABOT_GATEWAY_PASSWORD"
 # Addresses tracked by the limiter at once; the oldest are forgotten first.
 MAX_TRACKED_CLIENTS: Final = 10_000
-LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "::1", "localhost"})
+# The limiter's key for attempts from browser pages: never exempt, apart from other clients.
+BROWSER_KIND: Final = "browser-origin"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,12 +57,8 @@ def resolve_secret(auth: AuthConfig, env: Mapping[str, str], state_dir: Path,
 
     Beyond loopback, mode "none" or an empty secret refuses to start.
     """
-    loopback = bind_host in LOOPBACK_HOSTS
+    check_exposure(auth, bind_host, env)
     if auth.mode == "none":
-        if not loopback:
-            raise ConfigError("gateway.auth.mode", f'"none" is refused when binding beyond loopback '
-                              f"({bind_host}); set gateway.auth.mode to \"token\" and a token in "
-                              f"gateway.auth.token or {TOKEN_ENV}")
         return Secret("none", None, "none")
     env_name = TOKEN_ENV if auth.mode == "token" else PASSWORD_ENV
     if env.get(env_name):
@@ -61,10 +66,6 @@ def resolve_secret(auth: AuthConfig, env: Mapping[str, str], state_dir: Path,
     configured = auth.token if auth.mode == "token" else auth.password
     if configured:
         return Secret(auth.mode, configured, f"config (gateway.auth.{auth.mode})")
-    if auth.mode == "password" or not loopback:
-        key = f"gateway.auth.{auth.mode}"
-        raise ConfigError(key, f"no {auth.mode} is set; binding to {bind_host} needs one: set "
-                               f"{key} in the config or {env_name} in the environment")
     return Secret("token", _stored_token(state_dir), f"file {state_dir / TOKEN_FILE}")
 
 
@@ -84,44 +85,58 @@ def _stored_token(state_dir: Path) -> str:
 
 
 class FailureLimiter:
-    """Sliding-window count of failed attempts per client address.
+    """Sliding-window count of failed attempts per key (a client address and credential kind).
 
-    ``max_attempts`` failures within ``window_seconds`` lock the address out
-    for ``lockout_seconds``. Successes are not counted and never delayed.
+    ``max_attempts`` failures within ``window_seconds`` lock the key out
+    for ``lockout_seconds``; ``reset`` (a success) forgets its failures.
     """
 
     def __init__(self, limits: RateLimitConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.limits = limits
         self.clock = clock
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
-        self._locked_until: dict[str, float] = {}
+        self._failures: OrderedDict[Hashable, deque[float]] = OrderedDict()
+        self._locked_until: dict[Hashable, float] = {}
 
-    def retry_after(self, client: str) -> float | None:
-        """Seconds until ``client`` may try again, or None if it may try now."""
-        until = self._locked_until.get(client)
+    def retry_after(self, key: Hashable) -> float | None:
+        """Seconds until ``key`` may try again, or None if it may try now."""
+        until = self._locked_until.get(key)
         if until is None:
             return None
         remaining = until - self.clock()
         if remaining <= 0:
-            del self._locked_until[client]
+            del self._locked_until[key]
             return None
         return remaining
 
-    def record_failure(self, client: str) -> None:
+    def reset(self, key: Hashable) -> None:
+        """Forget ``key``'s failures (after a success)."""
+        self._failures.pop(key, None)
+
+    def record_failure(self, key: Hashable) -> None:
         now = self.clock()
-        window = self._failures.pop(client, None) or deque()
+        window = self._failures.pop(key, None) or deque()
         while window and now - window[0] > self.limits.window_seconds:
             window.popleft()
         window.append(now)
-        self._failures[client] = window
+        self._failures[key] = window
         if len(window) >= self.limits.max_attempts:
-            self._locked_until[client] = now + self.limits.lockout_seconds
-            del self._failures[client]
+            self._locked_until[key] = now + self.limits.lockout_seconds
+            del self._failures[key]
         while len(self._failures) > MAX_TRACKED_CLIENTS:
             self._failures.popitem(last=False)
         if len(self._locked_until) > MAX_TRACKED_CLIENTS:
             for stale in [c for c, t in self._locked_until.items() if t <= now]:
                 del self._locked_until[stale]
+
+
+def is_loopback(address: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and their IPv4-mapped forms; False for anything not an IP."""
+    try:
+        ip = ipaddress.ip_address(address.partition("%")[0])
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return (mapped or ip).is_loopback
 
 
 class Authenticator:
@@ -146,11 +161,15 @@ class Authenticator:
         order (RFC 9110 §5.3: one list; a proxy may add a line of its own).
         The list is read right to left, skipping trusted proxies: the first
         untrusted hop is the client (entries left of it could be forged).
+        A loopback peer that is not a trusted proxy but forwards for someone
+        is most likely a reverse proxy left out of ``trustedProxies``: it is
+        named ``"<peer> (forwarding)"``, which is not loopback, so the
+        limiter's loopback exemption never covers the clients behind it.
         """
         lines = [forwarded_for] if isinstance(forwarded_for, str) else list(forwarded_for or ())
-        if not lines or not self._trusted(peer):
-            return peer
         hops = [h.strip() for line in lines for h in line.split(",") if h.strip()]
+        if not self._trusted(peer):
+            return f"{peer} (forwarding)" if hops and is_loopback(peer) else peer
         for hop in reversed(hops):
             if not self._trusted(hop):
                 return hop
@@ -181,22 +200,45 @@ class Authenticator:
                                 f"(got {host!r}); set a token to serve other names",
                            type="permission_error", code="host_not_allowed")
 
-    def check(self, presented: str | None, client: str) -> None:
-        """Accept ``presented`` from ``client`` or raise ``ApiError`` 401 / 429."""
+    def check(self, presented: str | None, client: str, *,
+              browser_origin: bool | str = False) -> None:
+        """Accept ``presented`` from ``client`` or raise ``ApiError`` 401 / 429.
+
+        ``presented`` is None when the caller sent no credentials (401, not
+        counted). ``browser_origin`` marks an attempt made by a browser page
+        (a WebSocket whose upgrade carried ``Origin``): pass the Origin value,
+        or True when it is not at hand. Such attempts are counted even from
+        loopback, apart from other clients (per origin when given), so a page
+        cannot lock out the machine's own tools, nor escape the limiter.
+        """
         if not self.required:
             return
-        wait = self.limiter.retry_after(client)
-        if wait is not None:
-            raise ApiError(429, "too many failed authentication attempts; retry later",
-                           code="auth_rate_limited",
-                           headers=(("retry-after", str(max(1, int(wait + 0.999)))),))
+        key = self._limiter_key(client, browser_origin)
+        if key is not None:
+            wait = self.limiter.retry_after(key)
+            if wait is not None:
+                raise ApiError(429, "too many failed authentication attempts; retry later",
+                               code="auth_rate_limited",
+                               headers=(("retry-after", str(max(1, int(wait + 0.999)))),))
         assert self._secret_bytes is not None
         if presented is not None and hmac.compare_digest(presented.encode(), self._secret_bytes):
+            if key is not None:
+                self.limiter.reset(key)
             return
-        self.limiter.record_failure(client)
+        if presented is not None and key is not None:
+            self.limiter.record_failure(key)
         what = "missing" if presented is None else "invalid"
         raise ApiError(401, f"{what} gateway {self.secret.mode}: send Authorization: Bearer <{self.secret.mode}>",
                        code=f"{what}_api_key", headers=(("www-authenticate", "Bearer"),))
+
+    def _limiter_key(self, client: str, browser_origin: bool | str) -> Hashable | None:
+        """Where an attempt is counted; None for an exempt loopback client."""
+        if browser_origin:
+            origin = browser_origin.strip().lower() if isinstance(browser_origin, str) else ""
+            return (BROWSER_KIND, origin or client)
+        if self.limiter.limits.exempt_loopback and is_loopback(client):
+            return None
+        return (self.secret.mode, client)
 
     def check_bearer(self, authorization: str | None, client: str) -> None:
         """Check an ``Authorization`` header value (scheme case-insensitive, RFC 9110 §11.1)."""

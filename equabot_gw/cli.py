@@ -19,10 +19,67 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import __version__, config as config_mod
+from . import __version__, config as config_mod, statelock
 from .errors import ApiError, ConfigError, GatewayError, RunError
 
 SUBCOMMANDS = ("gateway", "agent", "config", "sessions", "conformance")
+
+
+class UsageError(GatewayError):
+    """A flag or place the user named that cannot be used (exit 2, like a bad flag)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with errors as one line, like every other CLI error (exit 2)."""
+
+    def error(self, message: str) -> Any:       # argparse's hook; never returns
+        message = message.replace("argument {" + ",".join(SUBCOMMANDS) + "}: ", "")
+        self.exit(2, f"equabot: {message} (see '{self.prog} --help')\n")
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port 0-65535 (0 picks a free one), got {text!r}")
+    return port
+
+
+def _bind_value(text: str) -> str:
+    if not text.strip() or any(c.isspace() for c in text):
+        raise argparse.ArgumentTypeError(f"expected loopback, lan or a host address, got {text!r}")
+    return text
+
+
+def _url(text: str) -> str:
+    from urllib.parse import urlsplit
+    try:
+        parts = urlsplit(text)
+        ok = parts.scheme in ("http", "https", "ws", "wss") and bool(parts.hostname) \
+            and (parts.port is None or parts.port > 0)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise argparse.ArgumentTypeError(f"expected a gateway URL such as http://127.0.0.1:18789, "
+                                         f"got {text!r}")
+    return text
+
+
+def _session_key(text: str) -> str:
+    from .agents.sessions import validate_key
+    try:
+        return validate_key(text)
+    except ApiError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
+def _agent_id(text: str) -> str:
+    try:
+        return config_mod.agent_id(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +92,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m equabot_gw",
         description="Equabot Gateway: HTTP (OpenAI-compatible) and WebSocket on one port.",
         epilog="With no subcommand, 'gateway' runs.")
@@ -48,12 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
     agent = sub.add_parser("agent", help="send one message to an agent and print the reply")
     _common(agent)
     agent.add_argument("--message", "-m", required=True, help="the user message")
-    agent.add_argument("--agent", metavar="ID", help="agent id (default: the default agent)")
-    agent.add_argument("--session-key", metavar="KEY", help="session to continue (default: stateless)")
+    agent.add_argument("--agent", metavar="ID", type=_agent_id,
+                       help="agent id (default: the default agent)")
+    agent.add_argument("--session-key", metavar="KEY", type=_session_key,
+                       help="session to continue (default: stateless)")
     agent.add_argument("--json", action="store_true", help="print one JSON result object")
     agent.add_argument("--local", action="store_true",
                        help="run in this process instead of on a running gateway")
-    agent.add_argument("--url", help="gateway URL (default: from config, http://127.0.0.1:<port>)")
+    agent.add_argument("--url", type=_url, help="gateway URL (default: the gateway running on "
+                       "the state dir, as its lock file records)")
     agent.add_argument("--token", help="gateway token or password (default: config or environment)")
 
     cfg = sub.add_parser("config", help="configuration tools")
@@ -67,11 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
                             ("reset", "archive a session's transcript and start over")):
         p = ses_sub.add_parser(name, help=help_text)
         _common(p)
-        p.add_argument("--agent", metavar="ID", help="agent id (default: the default agent)")
+        p.add_argument("--agent", metavar="ID", type=_agent_id,
+                       help="agent id (default: every agent for list, the default agent otherwise)")
         if name != "list":
             p.add_argument("key", help="session key")
         p.add_argument("--json", action="store_true", help="print JSON")
-        p.add_argument("--url", help="ask the gateway at this URL (default: the one running on "
+        p.add_argument("--url", type=_url, help="ask the gateway at this URL (default: the one running on "
                        "the state dir, else read the files)")
         p.add_argument("--token", help="gateway token or password (default: config or environment)")
 
@@ -83,31 +144,56 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _gateway_flags(parser: argparse.ArgumentParser) -> None:
     _common(parser)
-    parser.add_argument("--port", type=int, metavar="N", help="port (0 picks a free one; default 18789)")
-    parser.add_argument("--bind", metavar="ADDR", help="loopback (default), lan (all IPv4) or a host")
+    parser.add_argument("--port", type=_port, metavar="N", help="port (0 picks a free one; default 18789)")
+    parser.add_argument("--bind", metavar="ADDR", type=_bind_value,
+                        help="loopback (default), lan (all IPv4) or a host address")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the command line and exit with its status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or (argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help", "--version")):
+    # No subcommand means "gateway": flags alone go to it. A first word that
+    # is not a subcommand stays, so argparse names the typo and the choices.
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
         argv.insert(0, "gateway")
     args = build_parser().parse_args(argv)
     _setup_logging(getattr(args, "log_level", "info"))
     try:
         code = _dispatch(args)
+    except (UsageError, statelock.StateDirInUse) as exc:
+        print(f"equabot: {exc}", file=sys.stderr)
+        code = 2
     except ConfigError as exc:
         print(f"equabot: config error: {exc}", file=sys.stderr)
         code = 2
     except ApiError as exc:
         print(f"equabot: {exc.message}", file=sys.stderr)
         code = 1
-    except (RunError, GatewayError, OSError) as exc:
+    except GatewayError as exc:
+        from .gateway.app import BindError
         print(f"equabot: {exc}", file=sys.stderr)
-        code = 1
+        code = 2 if isinstance(exc, BindError) else 1
+    except OSError as exc:
+        if isinstance(exc, BrokenPipeError):
+            code = _stdout_gone()
+        else:
+            print(f"equabot: {exc}", file=sys.stderr)
+            code = 1
     except KeyboardInterrupt:
         code = 130
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        code = _stdout_gone()
     sys.exit(code)
+
+
+def _stdout_gone() -> int:
+    """The reader of stdout left (``config check | head``): no error, no traceback at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())       # Python's flush at exit would fail again
+    os.close(devnull)
+    return 0
 
 
 def _setup_logging(level: str) -> None:
@@ -133,40 +219,83 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _config_check(args: argparse.Namespace) -> int:
+    """Validate with the same checks as start-up; print the effective config, secrets masked."""
     config, path = config_mod.load(args.config)
     source = str(path) if path else "built-in defaults (no config file)"
     print(f"# config OK: {source}")
-    print(json.dumps(config_mod.to_data(config, mask=True), indent=2))
+    auth = config.gateway.auth
+    data = config_mod.to_data(config, mask=True)
+    env_name = {"token": config_mod.TOKEN_ENV, "password": config_mod.PASSWORD_ENV}.get(auth.mode)
+    if env_name and os.environ.get(env_name):
+        # The environment wins over the file: show that the effective secret is set, and where.
+        data["gateway"]["auth"][auth.mode] = config_mod.MASK
+        print(f'# gateway.auth.{auth.mode}: "{config_mod.MASK}" (from {env_name})')
+    print(json.dumps(data, indent=2))
     return 0
 
 
-def load_config(args: argparse.Namespace) -> tuple[config_mod.Config, Path]:
-    """The config and the state dir (created with mode 0700) for a subcommand."""
-    config, _ = config_mod.load(args.config)
+def load_config(args: argparse.Namespace, *, follow_state_dir: bool = False
+                ) -> tuple[config_mod.Config, Path, Path | None]:
+    """The config, the state dir (created with mode 0700) and the config file used (None: defaults).
+
+    With ``follow_state_dir`` (the commands that talk to a state dir's
+    gateway or files) and neither ``--config`` nor ``EQUABOT_CONFIG_PATH``,
+    the config file the state dir's gateway last ran with is read, so
+    ``--config`` need not be repeated; otherwise the usual lookup applies.
+    """
     state_dir = config_mod.state_dir(args.state_dir)
+    explicit = args.config
+    if follow_state_dir and not explicit and not os.environ.get("EQUABOT_CONFIG_PATH"):
+        last = statelock.last_record(state_dir)
+        if last is not None and last.config_path and Path(last.config_path).is_file():
+            explicit = last.config_path
+    config, path = config_mod.load(explicit)
     try:
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigError("", f"cannot create state dir {state_dir}: {exc.strerror}") from None
-    return config, state_dir
+        raise UsageError(f"cannot create state dir {state_dir}: {exc.strerror}") from None
+    if not state_dir.is_dir():
+        raise UsageError(f"state dir {state_dir} is not a directory")
+    return config, state_dir, path
 
 
 async def _run_gateway(args: argparse.Namespace) -> int:
     from .gateway.app import Gateway
     from .net.server import AccessLog
-    config, state_dir = load_config(args)
+    config, state_dir, config_path = load_config(args)
     port = args.port if args.port is not None else config.gateway.port
-    gateway = Gateway(config, state_dir, port=port,
+    gateway = Gateway(config, state_dir, port=port, config_path=config_path,
                       host=None if args.bind is None else _bind(args.bind),
                       access_log=AccessLog() if args.log_level in ("debug", "info") else None)
+    await gateway.start()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(gateway.stop()))
-    await gateway.start()
+        loop.add_signal_handler(sig, _on_signal, gateway)
     _announce(gateway)
     await gateway.wait_stop_requested()
     await gateway.stop()
     return 0
+
+
+def _on_signal(gateway: Any) -> None:
+    """First SIGINT/SIGTERM: shut down with the grace period, saying so; the next one: now."""
+    if gateway.stopping:
+        gateway.hurry()
+        _say("shutting down now: aborting what is in flight")
+        return
+    waiting = gateway.requests_in_flight
+    gateway.request_stop()
+    grace = gateway.config.gateway.shutdown_grace
+    _say(f"shutting down: waiting up to {grace:g} s for {waiting} request{'s' if waiting != 1 else ''} "
+         f"(Ctrl-C again to stop now)" if waiting else "shutting down")
+
+
+def _say(line: str) -> None:
+    """A status line on stderr; a closed stderr must not keep the gateway from stopping."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
 
 
 def _bind(value: str) -> str:
@@ -175,7 +304,16 @@ def _bind(value: str) -> str:
 
 
 def _announce(gateway: Any) -> None:
-    print(f"equabot gateway listening on {gateway.url} (WebSocket on the same port)", flush=True)
+    if gateway.all_interfaces:
+        # The wildcard address is where it listens, not an address to reach it at: say both.
+        family = "IPv4" if gateway.host == "0.0.0.0" else "IPv6"
+        others = _network_address(gateway.host)
+        reach = (f"http://{others}:{gateway.server.port} from other machines"
+                 if others else "this machine's network address from other machines")
+        print(f"equabot gateway listening on {gateway.listen_url} (all {family} interfaces: "
+              f"{gateway.url} from this machine, {reach}; WebSocket on the same port)", flush=True)
+    else:
+        print(f"equabot gateway listening on {gateway.url} (WebSocket on the same port)", flush=True)
     log = logging.getLogger("equabot_gw")
     secret = gateway.secret
     if secret.mode == "none":
@@ -186,19 +324,42 @@ def _announce(gateway: Any) -> None:
         log.info("OpenAI endpoint off (gateway.http.endpoints.chatCompletions.enabled: false)")
 
 
-def env_secret(config: config_mod.Config, state_dir: Path) -> str | None:
-    """The secret a local client should present: env, config, or the stored token file."""
-    auth = config.gateway.auth
-    if auth.mode == "none":
+def _network_address(wildcard: str) -> str | None:
+    """This machine's address on its default route (no packet is sent), or None."""
+    import socket
+    family, probe = ((socket.AF_INET6, "2001:db8::1") if ":" in wildcard
+                     else (socket.AF_INET, "192.0.2.1"))     # documentation addresses (RFC 3849, 5737)
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.connect((probe, 9))          # UDP connect only picks a route and a source address
+            address = sock.getsockname()[0]
+    except OSError:
         return None
-    name = "EQUABOT_GATEWAY_TOKEN" if auth.mode == "token" else "EQUABOT_GATEWAY_PASSWORD"
+    if address in ("0.0.0.0", "::") or address.startswith("127."):
+        return None
+    return f"[{address}]" if ":" in address else address
+
+
+def env_secret(config: config_mod.Config, state_dir: Path, mode: str | None = None) -> str | None:
+    """The one secret a local client presents for auth ``mode`` (default: the config's).
+
+    ``EQUABOT_GATEWAY_TOKEN`` / ``EQUABOT_GATEWAY_PASSWORD``, else the
+    config's token / password, else (token mode) ``<state-dir>/gateway-token``;
+    None in mode "none".
+    """
+    auth = config.gateway.auth
+    mode = mode or auth.mode
+    if mode == "none":
+        return None
+    name = "EQUABOT_GATEWAY_TOKEN" if mode == "token" else "EQUABOT_GATEWAY_PASSWORD"
     if os.environ.get(name):
         return os.environ[name]
-    configured = auth.token if auth.mode == "token" else auth.password
+    configured = auth.token if mode == "token" else auth.password
     if configured:
         return configured
-    token_file = state_dir / "gateway-token"
+    if mode != "token":
+        return None
     try:
-        return token_file.read_text(encoding="utf-8").strip() or None
-    except OSError:
+        return (state_dir / "gateway-token").read_text(encoding="utf-8").strip() or None
+    except (OSError, UnicodeDecodeError):
         return None

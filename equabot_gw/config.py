@@ -15,18 +15,28 @@ import json
 import math
 import os
 import re
+import urllib.parse
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Callable, Final, Mapping
 
 from . import json5
-from .errors import ConfigError
+from .errors import ConfigError, JSON5Error
+from .net import grammar
 
 DEFAULT_PORT: Final = 18789
 DEFAULT_CONFIG_PATH: Final = "~/.equabot/equabot.json"
 DEFAULT_STATE_DIR: Final = "~/.equabot"
 SECRET_KEYS: Final = frozenset({"token", "password", "apiKey"})
+# Nesting a config file may have. The schema needs under ten levels; the bound
+# keeps every recursive walk of the parsed value (substitution, checks,
+# display) far from Python's recursion limit.
+MAX_CONFIG_DEPTH: Final = 64
 MASK: Final = "***"
+TOKEN_ENV: Final = "EQUABOT_GATEWAY_TOKEN"
+PASSWORD_ENV: Final = "EQUABOT_GATEWAY_PASSWORD"
+BIND_ALIASES: Final = {"loopback": "127.0.0.1", "lan": "0.0.0.0"}
+LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "::1", "localhost"})
 
 # -- checks: each returns the value to store or raises ValueError(reason) ----------
 
@@ -110,6 +120,47 @@ def string_map(value: Any) -> tuple[tuple[str, str], ...]:
     return tuple(value.items())
 
 
+_FIELD_VALUE_CONTROL: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def header_map(value: Any) -> tuple[tuple[str, str], ...]:
+    """HTTP header fields to send: names are tokens (RFC 9110 §5.1), values hold no CR, LF or NUL (§5.5)."""
+    items = string_map(value)
+    for name, field_value in items:
+        if not name.isascii() or grammar.TOKEN.fullmatch(name.encode("ascii")) is None:
+            raise ValueError(f"{json.dumps(name)} is not a valid header field name")
+        if not _latin1(field_value) or _FIELD_VALUE_CONTROL.search(field_value):
+            # The value is never repeated: it may be a credential.
+            raise ValueError(f"the value of header {json.dumps(name)} is not a valid field value")
+    return items
+
+
+def _latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def http_url(value: Any) -> str:
+    """An ``http://`` or ``https://`` URL with a host, a valid port and no userinfo."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected an http:// or https:// URL, got {_describe(value)}")
+    try:
+        parts = urllib.parse.urlsplit(value)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        parts, port_ok = None, False
+    if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http:// or https:// URL, got {_describe(value)}")
+    if "@" in parts.netloc:
+        raise ValueError("credentials do not belong in the URL (use apiKey or headers)")
+    if not port_ok:
+        raise ValueError(f"the port of {_describe(value)} is not 1-65535")
+    return value
+
+
 def key(name: str, check: Check | None = None, *, default: Any = MISSING,
         factory: Callable[[], Any] | None = None) -> Any:
     """A dataclass field read from config key ``name`` and checked by ``check``.
@@ -130,6 +181,7 @@ class RateLimitConfig:
     max_attempts: int = key("maxAttempts", integer(1), default=10)
     window_seconds: float = key("windowSeconds", number(1), default=60.0)
     lockout_seconds: float = key("lockoutSeconds", number(0), default=300.0)
+    exempt_loopback: bool = key("exemptLoopback", boolean, default=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,9 +278,9 @@ PROVIDER_APIS: Final = ("echo", "openai-completions", "anthropic-messages", "com
 @dataclass(frozen=True, slots=True)
 class ProviderConfig:
     api: str = key("api", choice(*PROVIDER_APIS))
-    base_url: str | None = key("baseUrl", optional(string(empty=False)), default=None)
+    base_url: str | None = key("baseUrl", optional(http_url), default=None)
     api_key: str | None = key("apiKey", optional(string()), default=None)
-    headers: tuple[tuple[str, str], ...] = key("headers", string_map, default=())
+    headers: tuple[tuple[str, str], ...] = key("headers", header_map, default=())
     timeout: float = key("timeoutSeconds", number(0.001), default=120.0)
     models: tuple[str, ...] | None = key("models", optional(string_list), default=None)
     delay_ms: float = key("delayMs", number(0, 60_000), default=0.0)
@@ -344,6 +396,39 @@ def _check_model_ref(config: Config, ref: str | None, where: str) -> None:
                                  f"(configure models.providers.{provider})")
 
 
+def bind_host(bind: str) -> str:
+    """The address to listen on for ``--bind`` / ``gateway.bind``: loopback, lan, or as given."""
+    return BIND_ALIASES.get(bind, bind)
+
+
+def check_exposure(auth: AuthConfig, host: str, env: Mapping[str, str]) -> None:
+    """Who may reach a gateway listening on ``host``: refuse what is unsafe (``ConfigError``).
+
+    Beyond loopback, mode "none" is refused and a token or password must be
+    set (config or environment); in password mode one must be set anywhere.
+    Checked when a config is read (``config check`` included) and again at
+    start-up for the address actually bound (``--bind`` may override).
+    """
+    loopback = host in LOOPBACK_HOSTS
+    if auth.mode == "none":
+        if not loopback:
+            raise ConfigError("gateway.auth.mode", f'"none" is refused when binding beyond loopback '
+                              f"({host}); set gateway.auth.mode to \"token\" and a token in "
+                              f"gateway.auth.token or {TOKEN_ENV}")
+        return
+    env_name = TOKEN_ENV if auth.mode == "token" else PASSWORD_ENV
+    configured = auth.token if auth.mode == "token" else auth.password
+    if env.get(env_name) or configured:
+        return
+    where = f"gateway.auth.{auth.mode}"
+    if auth.mode == "password":         # never generated, wherever the gateway listens
+        raise ConfigError(where, f"no password is set; password mode needs one: set "
+                                 f"{where} in the config or {env_name} in the environment")
+    if not loopback:
+        raise ConfigError(where, f"no token is set; binding to {host} needs one: set "
+                                 f"{where} in the config or {env_name} in the environment")
+
+
 # -- environment substitution -------------------------------------------------------
 
 _VAR: Final = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -370,9 +455,11 @@ def _substitute(data: Any, env: Mapping[str, str], path: str) -> Any:
 
 def from_data(data: Any, env: Mapping[str, str] | None = None) -> Config:
     """Check a parsed document and build the ``Config``; raises ``ConfigError``."""
-    data = _substitute(data, os.environ if env is None else env, "")
+    env = os.environ if env is None else env
+    data = _substitute(data, env, "")
     config = _build(Config, data, "")
     _check_agents(config)
+    check_exposure(config.gateway.auth, bind_host(config.gateway.bind), env)
     return config
 
 
@@ -405,9 +492,11 @@ def load(explicit: str | None = None, env: Mapping[str, str] | None = None) -> t
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError("", f"cannot read config file {path}: {exc}") from None
     try:
-        data = json5.loads(text)
-    except ConfigError as exc:
-        raise ConfigError("", f"{path}: {exc}") from None
+        data = json5.loads(text, max_depth=MAX_CONFIG_DEPTH)
+    except JSON5Error as exc:
+        # Compiler style, "file:line:column: what was expected", which editors can jump to.
+        said = getattr(exc, "expected", None) or exc.reason
+        raise ConfigError("", f"{path}:{exc.line}:{exc.column}: {said}") from None
     return from_data(data, env), path
 
 

@@ -6,7 +6,9 @@ Objects become dicts (source order; a repeated name keeps its first place and
 its last value), arrays lists, integral literals ints, other numbers floats.
 A document that is not JSON5 raises :class:`~equabot_gw.errors.JSON5Error`
 with the wording, line and column of the reference implementation
-(json5/json5 2.2.3); no other exception escapes for any ``str`` input.
+(json5/json5 2.2.3), plus ``expected``: what the grammar wanted there, in
+words a person fixing a config file can act on (``expected ',' or '}' after
+the value of "a"``); no other exception escapes for any ``str`` input.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ _LETTER = frozenset(("Lu", "Ll", "Lt", "Lm", "Lo", "Nl"))
 _PART_ONLY = frozenset(("Mn", "Mc", "Nd", "Pc"))
 
 _NUMBER_START = frozenset("+-.0123456789IN")
+_NEWLINE = "\n"
 
 
 def _is_identifier_start(c: str) -> bool:
@@ -98,7 +101,9 @@ def loads(text: str, *, max_depth: int | None = MAX_DEPTH) -> Any:
         JSON5Error: ``text`` is not JSON5, or nests deeper than ``max_depth``.
             ``reason``, ``line`` and ``column`` are those of the reference
             implementation; ``pos`` is the index of the offending character
-            in ``text`` (``len(text)`` at the end of input).
+            in ``text`` (``len(text)`` at the end of input); ``expected``
+            says what was expected there, or is None where ``reason`` says
+            it all.
         TypeError: ``text`` is not a str.
     """
     if not isinstance(text, str):
@@ -115,14 +120,16 @@ class _Reader:
         self.text = text
         self.pos = 0
         self.max_depth = max_depth
-        self.name = ""          # the member name whose value is due next
+        # The member name last read in each open object (None in arrays), for
+        # messages and for storing the member's value.
+        self.names: list[str | None] = []
 
     # JSON5Text :: JSON5Value, with whitespace and comments around it
     def document(self) -> Any:
         value = self.value()
         self.skip_insignificant()
         if self.pos < len(self.text):
-            raise self.invalid_char(self.pos)
+            raise self.invalid_char(self.pos, "expected the end of the document after its value")
         return value
 
     def value(self) -> Any:
@@ -137,16 +144,18 @@ class _Reader:
             elif type(stack[-1]) is list:
                 stack[-1].append(value)
             else:
-                stack[-1][self.name] = value
+                stack[-1][self.names[-1]] = value
             opened = type(value) is list or type(value) is dict
             if opened:
                 if self.max_depth is not None and len(stack) >= self.max_depth:
                     raise self.error(f"arrays and objects nested deeper than the limit "
                                      f"of {self.max_depth}", self.pos - 1)
                 stack.append(value)
+                self.names.append(None)
             # Close every container that ends here; stop where another value is due.
             while stack and not self.member_follows(stack[-1], first=opened):
                 stack.pop()
+                self.names.pop()
                 opened = False
             if not stack:
                 return root
@@ -168,7 +177,7 @@ class _Reader:
             return self.literal("true", True)
         if c == "f":
             return self.literal("false", False)
-        raise self.invalid_char(self.pos)
+        raise self.invalid_char(self.pos, self.value_expected())
 
     def member_follows(self, container: list[Any] | dict[str, Any], first: bool) -> bool:
         """After '[' or '{' (``first``) or after a member's value: read the ','
@@ -180,7 +189,9 @@ class _Reader:
             c = self.text[self.pos:self.pos + 1]
             if c != ",":
                 if c != closing:
-                    raise self.invalid_char(self.pos)
+                    after = ("an array element" if closing == "]"
+                             else f"the value of {_quote(self.names[-1] or '')}")
+                    raise self.invalid_char(self.pos, f"expected ',' or '{closing}' after {after}")
                 self.pos += 1
                 return False
             self.pos += 1
@@ -191,18 +202,29 @@ class _Reader:
             self.pos += 1
             return False
         if closing == "}":
-            self.name = self.member_name()
+            name = self.names[-1] = self.member_name(first)
             self.skip_insignificant()
             if not self.text.startswith(":", self.pos):
-                raise self.invalid_char(self.pos)
+                raise self.invalid_char(self.pos, f"expected ':' after the member name {_quote(name)}")
             self.pos += 1
         return True
 
+    def value_expected(self) -> str:
+        """What a missing value was expected for, in words."""
+        if not self.names:
+            return "expected a value"
+        if self.names[-1] is None:
+            return "expected a value or ']'"
+        return f"expected a value for {_quote(self.names[-1])}"
+
     # JSON5MemberName :: JSON5Identifier | JSON5String
-    def member_name(self) -> str:
+    def member_name(self, first: bool) -> str:
         c = self.text[self.pos:self.pos + 1]
         if c == '"' or c == "'":
             return self.string()
+        if c != "\\" and not (c and _is_identifier_start(c)):
+            where = "after '{'" if first else "after ','"
+            raise self.invalid_char(self.pos, f"expected a member name or '}}' {where}")
         return self.identifier_name()
 
     # -- white space and comments (JSON5 §7, §8) --------------------------------
@@ -221,7 +243,8 @@ class _Reader:
                 # MultiLineComment :: /* MultiLineCommentChars(opt) */
                 end = text.find("*/", pos + 2)
                 if end < 0:
-                    raise self.invalid_char(len(text))
+                    raise self.invalid_char(len(text), "expected '*/' to close the comment at "
+                                                       + self.where(pos))
                 pos = end + 2
             elif text.startswith("/", pos):
                 raise self.invalid_char(pos + 1)      # a lone '/' begins no token
@@ -315,19 +338,22 @@ class _Reader:
         text = self.text
         quote = text[self.pos]
         stop = _STRING_STOP[quote]
-        pos = self.pos + 1
+        start = self.pos
+        pos = start + 1
         parts = []
         while True:
             found = stop.search(text, pos)
             if found is None:
-                raise self.invalid_char(len(text))
+                raise self.invalid_char(len(text), f"expected '{quote}' to close the string at "
+                                                   + self.where(start))
             end = found.start()
             parts.append(text[pos:end])
             c = text[end]
             if c == quote:
                 break
-            if c != "\\":
-                raise self.invalid_char(end)          # raw LF or CR
+            if c != "\\":                             # raw LF or CR
+                raise self.invalid_char(end, f"expected '{quote}' to close the string at "
+                                             f"{self.where(start)} (a line break needs \\n)")
             self.pos = end + 1
             parts.append(self.escape())
             pos = self.pos
@@ -429,15 +455,28 @@ class _Reader:
 
     # -- errors --------------------------------------------------------------
 
-    def invalid_char(self, pos: int) -> JSON5Error:
+    def invalid_char(self, pos: int, expected: str | None = None) -> JSON5Error:
         """The reference's error for the character at ``pos`` (or the end of input)."""
         if pos >= len(self.text):
-            return self.error("invalid end of input", len(self.text))
-        return self.error(f"invalid character '{_format_char(self.text[pos])}'", pos)
+            return self.error("invalid end of input", len(self.text), expected)
+        return self.error(f"invalid character '{_format_char(self.text[pos])}'", pos, expected)
 
-    def error(self, reason: str, pos: int) -> JSON5Error:
+    def error(self, reason: str, pos: int, expected: str | None = None) -> JSON5Error:
         line, column = _line_column(self.text, pos)
-        return JSON5Error(reason, line, column, pos)
+        error = JSON5Error(reason, line, column, pos)
+        error.expected = expected       # type: ignore[attr-defined]
+        return error
+
+    def where(self, pos: int) -> str:
+        """``line:column`` of the character at ``pos``, as editors count them (1-based)."""
+        line = self.text.count("\n", 0, pos) + 1
+        return f"{line}:{pos - self.text.rfind(_NEWLINE, 0, pos)}"
+
+
+def _quote(name: str) -> str:
+    """A member name as a message shows it: JSON-quoted, cut if long."""
+    shown = name if len(name) <= 40 else name[:37] + "..."
+    return '"' + "".join(_CHAR_NAMES.get(c, c) if c != "'" else c for c in shown) + '"'
 
 
 def _line_column(text: str, pos: int) -> tuple[int, int]:

@@ -1,11 +1,14 @@
 """One gateway per state dir: an advisory lock that also says where that gateway listens.
 
 Owns ``<state-dir>/gateway.lock``. A gateway holds an exclusive ``flock`` on
-it for its whole life and writes its pid and URL into it, so a second gateway
-on the same state dir refuses to start (two writers would interleave
-transcripts and fight over indexes), and CLI commands that touch sessions can
-find the running gateway and go through it instead of editing files behind
-its back. The kernel drops the lock when the process dies, SIGKILL included.
+it for its whole life and writes a small record into it — its pid, its URL,
+the config file it was started with and its auth mode (never a secret) — so
+a second gateway on the same state dir refuses to start (two writers would
+interleave transcripts and fight over indexes), and CLI commands can find the
+running gateway and go through it instead of editing files behind its back.
+The kernel drops the lock when the process dies, SIGKILL included; the
+record stays in the file, so commands run later still know which config the
+state dir's gateway last ran with.
 """
 
 from __future__ import annotations
@@ -17,17 +20,37 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from .errors import ConfigError
+from . import safejson
+from .errors import GatewayError
 
 LOCK_FILE: Final = "gateway.lock"
+# The record is a few hundred bytes; anything longer is not ours.
+MAX_RECORD_BYTES: Final = 8192
+
+
+class StateDirInUse(GatewayError):
+    """Another gateway (or ``agent --local``) holds the state dir."""
+
+    def __init__(self, state_dir: Path, holder: Holder | None) -> None:
+        self.state_dir = state_dir
+        self.holder = holder
+        who = f"pid {holder.pid} at {holder.url}" if holder and holder.url else "another process"
+        super().__init__(f"state dir {state_dir} is in use by a running gateway ({who}); "
+                         f"stop it or pass another --state-dir")
 
 
 @dataclass(frozen=True, slots=True)
 class Holder:
-    """The gateway that holds a state dir: its pid and URL."""
+    """What a gateway recorded about itself: pid, URL, config file (None: defaults) and auth mode.
+
+    ``url`` is "" and ``auth_mode`` None when the holder recorded nothing
+    (an ``agent --local`` run holds the lock without a URL).
+    """
 
     pid: int
     url: str
+    config_path: str | None = None
+    auth_mode: str | None = None
 
 
 class StateLock:
@@ -37,10 +60,14 @@ class StateLock:
         self._fd: int | None = fd
         self.path = path
 
-    def announce(self, url: str) -> None:
-        """Record this process's pid and ``url`` for CLI commands to find."""
+    def announce(self, url: str, *, config_path: Path | None = None,
+                 auth_mode: str | None = None) -> None:
+        """Record this process's pid, ``url``, config file and auth mode for CLI commands to find."""
         assert self._fd is not None
-        data = json.dumps({"pid": os.getpid(), "url": url}).encode()
+        record = {"pid": os.getpid(), "url": url,
+                  "config": None if config_path is None else str(Path(config_path).resolve()),
+                  "authMode": auth_mode}
+        data = json.dumps(record).encode()
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, data, 0)
 
@@ -51,7 +78,7 @@ class StateLock:
 
 
 def acquire(state_dir: Path) -> StateLock:
-    """Lock ``state_dir`` for this gateway; ``ConfigError`` if another gateway holds it."""
+    """Lock ``state_dir`` for this process; ``StateDirInUse`` if another one holds it."""
     path = state_dir / LOCK_FILE
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -59,33 +86,55 @@ def acquire(state_dir: Path) -> StateLock:
     except BlockingIOError:
         holder = _read(fd)
         os.close(fd)
-        who = f"pid {holder.pid} at {holder.url}" if holder else "another process"
-        raise ConfigError("", f"state dir {state_dir} is in use by a running gateway ({who}); "
-                              f"stop it or pass another --state-dir") from None
+        raise StateDirInUse(state_dir, holder) from None
     return StateLock(fd, path)
 
 
 def holder(state_dir: Path) -> Holder | None:
-    """The gateway running on ``state_dir``, or None when none holds the lock."""
+    """The gateway running on ``state_dir`` (its record), or None when none holds the lock.
+
+    A lock held by a process that recorded no URL (``agent --local``) is not
+    a gateway to talk to: None too.
+    """
     path = state_dir / LOCK_FILE
     try:
         fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
+    except OSError:
         return None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return _read(fd)
+            found = _read(fd)
+            return found if found is not None and found.url else None
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
     finally:
         os.close(fd)
 
 
-def _read(fd: int) -> Holder | None:
+def last_record(state_dir: Path) -> Holder | None:
+    """What the state dir's gateway recorded last, running or not (None if nothing readable)."""
     try:
-        data = json.loads(os.pread(fd, 4096, 0) or b"null")
-        return Holder(int(data["pid"]), str(data["url"]))
-    except (ValueError, TypeError, KeyError, OSError):
+        fd = os.open(state_dir / LOCK_FILE, os.O_RDONLY)
+    except OSError:
         return None
+    try:
+        return _read(fd)
+    finally:
+        os.close(fd)
+
+
+def _read(fd: int) -> Holder | None:
+    """The record in the lock file; None when it is empty, foreign or damaged."""
+    try:
+        data = safejson.loads(os.pread(fd, MAX_RECORD_BYTES, 0) or b"null", max_depth=2)
+    except (ValueError, OSError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    pid, url, config, mode = (data.get(k) for k in ("pid", "url", "config", "authMode"))
+    if not isinstance(pid, int) or isinstance(pid, bool) or not isinstance(url, str):
+        return None
+    return Holder(pid, url, config if isinstance(config, str) else None,
+                  mode if mode in ("token", "password", "none") else None)

@@ -58,9 +58,12 @@ def gateway_data(*, auth: dict[str, Any] | None = None, **gateway: Any) -> dict[
                         "http": {"endpoints": {"chatCompletions": {"enabled": True}}}, **gateway}}
 
 
-def limited(max_attempts: int = 3, lockout: float = 300.0, **gateway: Any) -> dict[str, Any]:
+def limited(max_attempts: int = 3, lockout: float = 300.0, exempt_loopback: bool = False,
+            **gateway: Any) -> dict[str, Any]:
+    """A small limiter; loopback (where the tests run) is not exempt unless asked."""
     return gateway_data(auth={"token": TOKEN, "rateLimit": {
-        "maxAttempts": max_attempts, "windowSeconds": 60, "lockoutSeconds": lockout}}, **gateway)
+        "maxAttempts": max_attempts, "windowSeconds": 60, "lockoutSeconds": lockout,
+        "exemptLoopback": exempt_loopback}}, **gateway)
 
 
 @contextlib.asynccontextmanager
@@ -149,7 +152,7 @@ NONE_REFUSED = ('gateway.auth.mode: "none" is refused when binding beyond loopba
                 "set gateway.auth.mode to \"token\" and a token in gateway.auth.token or EQUABOT_GATEWAY_TOKEN")
 NO_TOKEN = ("gateway.auth.token: no token is set; binding to {host} needs one: set "
             "gateway.auth.token in the config or EQUABOT_GATEWAY_TOKEN in the environment")
-NO_PASSWORD = ("gateway.auth.password: no password is set; binding to {host} needs one: set "
+NO_PASSWORD = ("gateway.auth.password: no password is set; password mode needs one: set "
                "gateway.auth.password in the config or EQUABOT_GATEWAY_PASSWORD in the environment")
 
 # (name, gateway.auth, environment, bind host, exact ConfigError text)
@@ -172,7 +175,8 @@ REFUSED = (
 
 
 def auth_config(data: dict[str, Any]) -> AuthConfig:
-    return config_mod.from_data({"gateway": {"auth": data}}, env={}).gateway.auth
+    """``gateway.auth`` as given, without the exposure check a whole config gets when read."""
+    return AuthConfig(mode=data.get("mode", "token"), token=data.get("token"), password=data.get("password"))
 
 
 class ResolveSecretTest(unittest.TestCase):
@@ -306,7 +310,11 @@ BEARER = (
 
 # (name, trusted proxies, peer, X-Forwarded-For, client)
 CLIENTS = (
-    ("no proxies: the peer", (), "127.0.0.1", "203.0.113.7", "127.0.0.1"),
+    ("no proxies: the peer", (), "198.51.100.1", "203.0.113.7", "198.51.100.1"),
+    ("untrusted loopback peer forwarding: not loopback", (), "127.0.0.1", "203.0.113.7",
+     "127.0.0.1 (forwarding)"),
+    ("untrusted loopback peer, empty XFF", (), "127.0.0.1", " , ", "127.0.0.1"),
+    ("untrusted loopback peer, no XFF", (), "::1", None, "::1"),
     ("untrusted peer: XFF ignored", ("10.0.0.0/8",), "198.51.100.1", "203.0.113.7", "198.51.100.1"),
     ("trusted peer, one hop", ("127.0.0.1",), "127.0.0.1", "203.0.113.7", "203.0.113.7"),
     ("trusted peer, forged left entries", ("127.0.0.1",), "127.0.0.1", "6.6.6.6, 203.0.113.7",
@@ -325,10 +333,23 @@ CLIENTS = (
 
 class AuthenticatorTest(unittest.TestCase):
     def authenticator(self, mode: str = "token", value: str | None = TOKEN,
-                      proxies: tuple[str, ...] = (), max_attempts: int = 1000) -> Authenticator:
+                      proxies: tuple[str, ...] = (), max_attempts: int = 1000,
+                      exempt_loopback: bool = True) -> Authenticator:
         return Authenticator(Secret(mode, value, "test"),
                              RateLimitConfig(max_attempts=max_attempts, window_seconds=60.0,
-                                             lockout_seconds=300.0), proxies, FakeClock())
+                                             lockout_seconds=300.0, exempt_loopback=exempt_loopback),
+                             proxies, FakeClock())
+
+    def fail(self, auth: Authenticator, client: str, times: int = 1, **kwargs: Any) -> None:
+        for _ in range(times):
+            with self.assertRaises(ApiError) as caught:
+                auth.check(WRONG, client, **kwargs)
+            self.assertEqual(caught.exception.status, 401)
+
+    def assertLocked(self, auth: Authenticator, client: str, **kwargs: Any) -> None:
+        with self.assertRaises(ApiError) as caught:
+            auth.check(TOKEN, client, **kwargs)
+        self.assertEqual(caught.exception.status, 429)
 
     def test_bearer_credentials(self) -> None:
         auth = self.authenticator()
@@ -372,20 +393,67 @@ class AuthenticatorTest(unittest.TestCase):
             self.assertIs(type(presented), bytes)
             self.assertEqual(secret, TOKEN.encode())
 
-    def test_success_is_not_counted(self) -> None:
+    def test_a_success_resets_the_count(self) -> None:
         auth = self.authenticator(max_attempts=3)
-        for _ in range(2):
-            with self.assertRaises(ApiError):
-                auth.check(WRONG, "c")
-        for _ in range(100):
-            auth.check(TOKEN, "c")
-        self.assertIsNone(auth.limiter.retry_after("c"))
+        self.fail(auth, "c", 2)
+        auth.check(TOKEN, "c")
+        self.fail(auth, "c", 2)                # two more: four in the window, but two since the success
+        auth.check(TOKEN, "c")
+        self.fail(auth, "c", 3)                # three in a row lock
+        self.assertLocked(auth, "c")
+
+    def test_no_credentials_are_not_counted(self) -> None:
+        auth = self.authenticator(max_attempts=2)
+        for _ in range(50):
+            with self.assertRaises(ApiError) as caught:
+                auth.check(None, "c")
+            self.assertEqual((caught.exception.status, caught.exception.code), (401, "missing_api_key"))
         with self.assertRaises(ApiError) as caught:
-            auth.check(WRONG, "c")            # the third failure locks
+            auth.check_bearer("Basic x", "c")  # credentials of the wrong scheme are credentials
         self.assertEqual(caught.exception.status, 401)
-        with self.assertRaises(ApiError) as caught:
-            auth.check(TOKEN, "c")
-        self.assertEqual(caught.exception.status, 429)
+        self.fail(auth, "c")
+        self.assertLocked(auth, "c")
+
+    def test_loopback_is_exempt_by_default(self) -> None:
+        auth = self.authenticator(max_attempts=2)
+        for client in ("127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"):
+            with self.subTest(client):
+                self.fail(auth, client, 20)
+                auth.check(TOKEN, client)
+        self.fail(auth, "192.0.2.1", 2)        # other addresses are limited as ever
+        self.assertLocked(auth, "192.0.2.1")
+        self.fail(auth, "127.0.0.1 (forwarding)", 2)    # clients behind an unlisted local proxy too
+        self.assertLocked(auth, "127.0.0.1 (forwarding)")
+        strict = self.authenticator(max_attempts=2, exempt_loopback=False)
+        self.fail(strict, "127.0.0.1", 2)
+        self.assertLocked(strict, "127.0.0.1")
+
+    def test_browser_pages_are_never_exempt_and_counted_apart(self) -> None:
+        auth = self.authenticator(max_attempts=2)
+        page = "http://evil.example"
+        self.fail(auth, "127.0.0.1", 2, browser_origin=page)
+        self.assertLocked(auth, "127.0.0.1", browser_origin=page)
+        self.assertLocked(auth, "127.0.0.1", browser_origin="HTTP://EVIL.EXAMPLE")   # origins are case-blind
+        auth.check(TOKEN, "127.0.0.1")                                  # the machine's own tools: unaffected
+        auth.check(TOKEN, "127.0.0.1", browser_origin="http://127.0.0.1:18789")  # another page too
+        # Without the Origin value at hand: all pages of that address share one count.
+        self.fail(auth, "::1", 2, browser_origin=True)
+        self.assertLocked(auth, "::1", browser_origin=True)
+        auth.check(TOKEN, "::1")
+        # A remote browser page is counted apart from the same address's other clients.
+        self.fail(auth, "192.0.2.7", 2, browser_origin=True)
+        auth.check(TOKEN, "192.0.2.7")
+
+    def test_counts_are_kept_per_credential_kind(self) -> None:
+        # One limiter, two gateways' worth of secrets: a token's failures do not lock a password.
+        limits = RateLimitConfig(max_attempts=2, window_seconds=60.0, lockout_seconds=300.0)
+        clock = FakeClock()
+        token = Authenticator(Secret("token", TOKEN, "test"), limits, (), clock)
+        password = Authenticator(Secret("password", TOKEN, "test"), limits, (), clock)
+        password.limiter = token.limiter
+        self.fail(token, "192.0.2.1", 2)
+        self.assertLocked(token, "192.0.2.1")
+        password.check(TOKEN, "192.0.2.1")
 
     def test_lockout_refuses_every_attempt_with_retry_after(self) -> None:
         auth = self.authenticator(max_attempts=2)
@@ -489,17 +557,42 @@ class RateLimitTest(unittest.IsolatedAsyncioTestCase):
             self.assertLockedOut(await request(gw, token=TOKEN, headers=(("X-Forwarded-For", "198.51.100.9"),)))
             await self.assertWSRefused(gw, TOKEN, "RATE_LIMITED", headers=(("X-Forwarded-For", "198.51.100.9"),))
 
-    async def test_success_is_neither_slowed_nor_counted(self) -> None:
+    async def test_success_is_not_slowed_and_resets_the_count(self) -> None:
         async with in_process(limited()) as gw:
             await self.fail_http(gw, 2)
             for _ in range(20):
                 started = time.monotonic()
                 self.assertEqual((await request(gw, token=TOKEN))[0], 200)
                 self.assertLess(time.monotonic() - started, 1.0)       # a sanity bound, not a benchmark
-            client = await ControlClient.open(gw.url, TOKEN)           # a WS success is not counted either
+            await self.fail_http(gw, 2)
+            client = await ControlClient.open(gw.url, TOKEN)           # a WS success resets it too
             await client.close()
-            await self.fail_http(gw, 1)                                 # the third failure
+            await self.fail_http(gw, 2)
+            self.assertEqual((await request(gw, token=TOKEN))[0], 200)
+            await self.fail_http(gw, 3)
             self.assertLockedOut(await request(gw, token=TOKEN))
+
+    async def test_requests_without_credentials_are_not_counted(self) -> None:
+        async with in_process(limited()) as gw:
+            for _ in range(10):
+                status, _, body = await request(gw)
+                self.assertEqual((status, error_of(body)["message"]), (401, MISSING_TOKEN))
+                await self.assertWSRefused(gw, None, "UNAUTHORIZED")
+            self.assertEqual((await request(gw, token=TOKEN))[0], 200)
+
+    async def test_loopback_clients_are_exempt_by_default(self) -> None:
+        async with in_process(limited(exempt_loopback=True)) as gw:
+            await self.fail_http(gw, 10)
+            for _ in range(5):
+                await self.assertWSRefused(gw, WRONG, "UNAUTHORIZED")
+            self.assertEqual((await request(gw, token=TOKEN))[0], 200)
+            client = await ControlClient.open(gw.url, TOKEN)
+            await client.close()
+            # A loopback peer forwarding for others (a proxy not in trustedProxies) is not exempt.
+            forwarded = (("X-Forwarded-For", "203.0.113.5"),)
+            await self.fail_http(gw, 3, headers=forwarded)
+            self.assertLockedOut(await request(gw, token=TOKEN, headers=forwarded))
+            self.assertEqual((await request(gw, token=TOKEN))[0], 200)
 
     async def test_lockout_expires(self) -> None:
         async with in_process(limited(max_attempts=2, lockout=0.2)) as gw:

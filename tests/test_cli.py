@@ -11,13 +11,18 @@ line on stderr: exit 2 for configuration, 1 for a run or a gateway.
 
 from __future__ import annotations
 
+import base64
+import datetime
+import hashlib
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 from pathlib import Path
@@ -142,20 +147,20 @@ class RemoteAgentTest(LiveGateway, CLITestCase):
     def test_prints_the_echo_reply(self) -> None:
         self.assertReply(self.agent("--message", "hi"), "Echo (turn 1): hi")
 
-    def test_url_and_secret_from_config_and_environment(self) -> None:
+    def test_secret_from_config_and_environment_goes_to_an_explicit_url(self) -> None:
         config = self.config_file({"gateway": {"port": self.gw.port}})
-        done = self.cli("agent", "--config", config, "--state-dir", str(self.state), "--message", "from env",
-                        env=self.env(EQUABOT_GATEWAY_TOKEN=TOKEN))
+        done = self.cli("agent", "--config", config, "--url", self.gw.url, "--state-dir", str(self.state),
+                        "--message", "from env", env=self.env(EQUABOT_GATEWAY_TOKEN=TOKEN))
         self.assertReply(done, "Echo (turn 1): from env")
         # EQUABOT_CONFIG_PATH finds the same file.
-        done = self.cli("agent", "--state-dir", str(self.state), "-m", "via path",
+        done = self.cli("agent", "--url", self.gw.url, "--state-dir", str(self.state), "-m", "via path",
                         env=self.env(EQUABOT_GATEWAY_TOKEN=TOKEN, EQUABOT_CONFIG_PATH=config))
         self.assertReply(done, "Echo (turn 1): via path")
 
     def test_token_from_config_file(self) -> None:
-        config = self.config_file({"gateway": {"port": self.gw.port, "auth": {"token": TOKEN}}})
-        self.assertReply(self.cli("agent", "--config", config, "--state-dir", str(self.state), "-m", "x"),
-                         "Echo (turn 1): x")
+        config = self.config_file({"gateway": {"auth": {"token": TOKEN}}})
+        self.assertReply(self.cli("agent", "--config", config, "--url", self.gw.url, "--state-dir",
+                                  str(self.state), "-m", "x"), "Echo (turn 1): x")
 
     def test_json_prints_one_result_object(self) -> None:
         done = self.agent("--message", "as json", "--session-key", "cli-json", "--json")
@@ -217,7 +222,8 @@ class RemoteAgentTest(LiveGateway, CLITestCase):
             self.assertReply(done, "Echo (turn 1): no flags")
             config = self.config_file({"gateway": {"port": gw.port}})
             done = self.cli("agent", "--config", config, "--state-dir", str(self.state), "-m", "x")
-            self.assertOneLineError(done, 1, "UNAUTHORIZED")     # another state dir: no token to offer
+            # Another state dir: no gateway of its own, so nothing is sent to the configured port.
+            self.assertOneLineError(done, 1, f"no gateway is running for state dir {self.state}")
 
     def test_local_run_on_the_state_dir_of_a_running_gateway(self) -> None:
         with GatewayProcess(gateway_config()) as gw:
@@ -240,7 +246,307 @@ class RemoteAgentTest(LiveGateway, CLITestCase):
         self.assertOneLineError(done, 1, f"http://127.0.0.1:{port}", "--local")
         config = self.config_file({"gateway": {"port": port}})
         done = self.cli("agent", "--config", config, "--state-dir", str(self.state), "-m", "x")
-        self.assertOneLineError(done, 1, f"127.0.0.1:{port}", "--local")
+        self.assertOneLineError(done, 1, f"no gateway is running for state dir {self.state}; "
+                                         f"start one, pass --url, or use --local")
+
+
+class ForeignServer:
+    """Not a gateway: a program on a port that accepts WebSocket upgrades and records every byte.
+
+    It answers an upgrade with 101, reads the client's first frame (the
+    ``connect`` request, unmasked into ``frames``) and closes.
+    """
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.received = bytearray()
+        self.frames: list[dict[str, Any]] = []
+        self.connections = 0
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                self.connections += 1
+                try:
+                    self._one(conn)
+                except (OSError, ValueError):
+                    pass
+
+    def _read(self, conn: socket.socket, buf: bytearray, n: int) -> bytes:
+        while len(buf) < n:
+            chunk = conn.recv(65536)
+            if not chunk:
+                raise ValueError("eof")
+            self.received += chunk
+            buf += chunk
+        out = bytes(buf[:n])
+        del buf[:n]
+        return out
+
+    def _one(self, conn: socket.socket) -> None:
+        buf = bytearray()
+        while b"\r\n\r\n" not in buf:
+            self._read(conn, buf, len(buf) + 1)
+        head, _, rest = bytes(buf).partition(b"\r\n\r\n")
+        buf[:] = rest
+        key = re.search(rb"(?im)^sec-websocket-key:\s*(\S+)", head).group(1)
+        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+        conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                     b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+        first, second = self._read(conn, buf, 2)
+        length = second & 0x7F
+        if length == 126:
+            length = int.from_bytes(self._read(conn, buf, 2), "big")
+        elif length == 127:
+            length = int.from_bytes(self._read(conn, buf, 8), "big")
+        mask = self._read(conn, buf, 4)
+        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(self._read(conn, buf, length)))
+        self.frames.append(json.loads(payload))
+
+    def close(self) -> None:
+        self.sock.close()
+        self._thread.join(5)
+
+
+class SecretGoesOnlyToItsGatewayTest(CLITestCase):
+    """``agent`` sends a secret only to the state dir's recorded gateway or to ``--url``, one secret only."""
+
+    PASSWORD = "pw-never-sent-7788"
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.foreign = ForeignServer()
+        self.addCleanup(self.foreign.close)
+
+    def secrets_config(self, mode: str) -> str:
+        return self.config_file({"gateway": {"port": self.foreign.port, "auth": {
+            "mode": mode, "token": TOKEN, "password": self.PASSWORD}}}, name=f"{mode}.json5")
+
+    def test_nothing_reaches_a_foreign_server_on_the_configured_port(self) -> None:
+        self.state.mkdir()
+        (self.state / "gateway-token").write_text(TOKEN + "\n")
+        for mode in ("token", "password"):
+            with self.subTest(mode):
+                done = self.cli("agent", "--config", self.secrets_config(mode), "--state-dir", str(self.state),
+                                "-m", "hello", env=self.env(EQUABOT_GATEWAY_TOKEN=TOKEN))
+                self.assertOneLineError(done, 1, f"no gateway is running for state dir {self.state}; "
+                                                 f"start one, pass --url, or use --local")
+        self.assertEqual((self.foreign.connections, bytes(self.foreign.received)), (0, b""))
+
+    def test_a_stale_record_of_a_stopped_gateway_is_not_followed(self) -> None:
+        # A gateway that ran on the foreign server's port and is gone: its record stays, its lock does not.
+        self.state.mkdir()
+        (self.state / "gateway.lock").write_text(json.dumps(
+            {"pid": 1, "url": f"http://127.0.0.1:{self.foreign.port}", "config": None, "authMode": "token"}))
+        done = self.cli("agent", "--state-dir", str(self.state), "-m", "hello",
+                        env=self.env(EQUABOT_GATEWAY_TOKEN=TOKEN))
+        self.assertOneLineError(done, 1, "no gateway is running for state dir")
+        self.assertEqual(self.foreign.connections, 0)
+
+    def test_an_explicit_url_gets_only_the_secret_of_the_configured_mode(self) -> None:
+        for mode, sent, kept in (("token", TOKEN, self.PASSWORD), ("password", self.PASSWORD, TOKEN)):
+            with self.subTest(mode):
+                before = len(self.foreign.frames)
+                self.cli("agent", "--config", self.secrets_config(mode), "--state-dir", str(self.state),
+                         "--url", f"http://127.0.0.1:{self.foreign.port}", "-m", "hello")
+                [connect] = self.foreign.frames[before:]
+                self.assertEqual(connect["method"], "connect")
+                self.assertEqual(connect["params"]["auth"], {mode: sent})
+                self.assertNotIn(kept.encode(), bytes(self.foreign.received))
+
+
+class LockedOutTest(CLITestCase):
+    def test_the_cli_says_how_long_to_wait(self) -> None:
+        data = base_config(auth={"token": TOKEN, "rateLimit": {
+            "maxAttempts": 2, "lockoutSeconds": 90, "exemptLoopback": False}})
+        with GatewayProcess(data) as gw:
+            def agent(token: str) -> subprocess.CompletedProcess[str]:
+                return self.cli("agent", "--url", gw.url, "--token", token, "--state-dir", str(self.state),
+                                "-m", "x")
+            for _ in range(2):
+                self.assertOneLineError(agent("wrong"), 1, "UNAUTHORIZED")
+            line = self.assertOneLineError(agent(TOKEN), 1, "RATE_LIMITED")
+            wait = re.search(r"\(try again in (\d+) s\)$", line)
+            self.assertIsNotNone(wait, line)
+            self.assertTrue(80 <= int(wait.group(1)) <= 90, line)
+
+
+def slow_gateway(grace: float) -> dict[str, Any]:
+    """A gateway whose default agent takes 0.2 s per word, with ``grace`` seconds to shut down."""
+    data = base_config(shutdownGraceSeconds=grace)
+    data["agents"] = {"defaults": {"model": "slow/echo"}}
+    data["models"] = {"providers": {"slow": {"api": "echo", "delayMs": 200}}}
+    return data
+
+
+class Stream:
+    """A streamed completion in progress: its socket and every byte received so far."""
+
+    def __init__(self, sock: socket.socket, received: bytes) -> None:
+        self.sock = sock
+        self.received = received
+
+    def read_to_end(self) -> bytes:
+        while chunk := self.sock.recv(65536):
+            self.received += chunk
+        self.sock.close()
+        return self.received
+
+
+def open_stream(gw: GatewayProcess, words: int = 100, user: str | None = None) -> Stream:
+    """Start a streamed completion; returns once its first content chunk arrived."""
+    body: dict[str, Any] = {"model": "equabot", "stream": True,
+                            "messages": [{"role": "user", "content": " ".join(["w"] * words)}]}
+    if user:
+        body["user"] = user
+    raw = json.dumps(body).encode()
+    sock = socket.create_connection(("127.0.0.1", gw.port), timeout=TIMEOUT)
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
+                 + b"\r\nContent-Type: application/json\r\nContent-Length: " + str(len(raw)).encode()
+                 + b"\r\n\r\n" + raw)
+    received = b""
+    while b'"content"' not in received:
+        received += sock.recv(65536)
+    return Stream(sock, received)
+
+
+def sse_events(raw: bytes) -> list[str]:
+    """The ``data:`` payloads of a chunked SSE response body, in order."""
+    body = raw.partition(b"\r\n\r\n")[2]
+    text, rest = b"", body
+    while rest:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            break
+        text += rest[:size]
+        rest = rest[size + 2:]
+    return [line[6:] for line in text.decode().split("\n") if line.startswith("data: ")]
+
+
+class ShutdownTest(CLITestCase):
+    """SIGINT / SIGTERM with requests in flight, as a user's Ctrl-C delivers them."""
+
+    def wait_exit(self, gw: GatewayProcess, within: float) -> int:
+        assert gw.proc is not None
+        return gw.proc.wait(within)
+
+    def assertEndsWithErrorAndDone(self, raw: bytes) -> None:
+        events = sse_events(raw)
+        self.assertEqual(events[-1], "[DONE]", raw[-300:])
+        error = json.loads(events[-2])["error"]
+        self.assertIn("shutdown", error["message"] + str(error.get("code")), error)
+        self.assertTrue(raw.endswith(b"0\r\n\r\n"), raw[-100:])       # the chunked body is complete
+
+    def test_signal_waits_the_grace_period_then_ends_each_stream_with_its_error_and_done(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with self.subTest(sig.name), GatewayProcess(slow_gateway(1.0)) as gw:
+                stream = open_stream(gw, user="shutdown-user")
+                started = time.monotonic()
+                gw.proc.send_signal(sig)
+                raw = stream.read_to_end()
+                self.assertGreater(time.monotonic() - started, 0.8)      # the grace period was given
+                self.assertEqual(self.wait_exit(gw, TIMEOUT), 0)
+                self.assertEndsWithErrorAndDone(raw)
+                self.assertIn("shutting down: waiting up to 1 s for 1 request (Ctrl-C again to stop now)",
+                              gw.stderr().splitlines())
+                self.assertNotIn("Traceback", gw.stderr())
+                shown = self.cli("sessions", "show", "openai-user:shutdown-user", "--state-dir",
+                                 str(gw.state_dir))
+                self.assertIn("assistant (aborted): Echo", shown.stdout, shown.stderr)
+
+    def test_a_second_signal_stops_at_once(self) -> None:
+        with GatewayProcess(slow_gateway(60.0)) as gw:
+            stream = open_stream(gw)
+            gw.proc.send_signal(signal.SIGINT)
+            time.sleep(0.3)
+            started = time.monotonic()
+            gw.proc.send_signal(signal.SIGINT)
+            raw = stream.read_to_end()
+            self.assertEqual(self.wait_exit(gw, TIMEOUT), 0)
+            self.assertLess(time.monotonic() - started, 5.0)      # not the 60 s grace (a sanity bound)
+            self.assertEndsWithErrorAndDone(raw)
+            self.assertIn("shutting down now: aborting what is in flight", gw.stderr())
+
+    def test_an_idle_gateway_stops_at_once(self) -> None:
+        with GatewayProcess(slow_gateway(60.0)) as gw:
+            started = time.monotonic()
+            gw.proc.send_signal(signal.SIGINT)
+            self.assertEqual(self.wait_exit(gw, TIMEOUT), 0)
+            self.assertLess(time.monotonic() - started, 5.0)
+            self.assertIn("shutting down", gw.stderr().splitlines())
+
+    def test_websocket_clients_get_the_shutdown_event_before_the_close(self) -> None:
+        import asyncio
+        from equabot_gw.gateway.client import ControlClient
+        from equabot_gw.errors import ConnectionClosed
+
+        async def scenario(gw: GatewayProcess) -> tuple[list[str], int | None]:
+            client = await ControlClient.open(gw.url, TOKEN)
+            gw.proc.send_signal(signal.SIGTERM)
+            seen = []
+            try:
+                while True:
+                    frame = await asyncio.wait_for(client.next_frame(), TIMEOUT)
+                    seen.append(frame.get("event"))
+            except ConnectionClosed:
+                pass
+            return seen, client.ws.close_code
+
+        with GatewayProcess(slow_gateway(1.0)) as gw:
+            seen, code = asyncio.run(scenario(gw))
+            self.assertIn("shutdown", seen)
+            self.assertEqual(code, 1001)
+            self.assertEqual(self.wait_exit(gw, TIMEOUT), 0)
+
+
+class AgentInterruptTest(CLITestCase):
+    """Ctrl-C on ``agent``: the gateway aborts the run and records it; the CLI exits 130."""
+
+    def interrupt(self, gw: GatewayProcess, *args: str) -> tuple[int, str]:
+        proc = subprocess.Popen([sys.executable, "-m", "equabot_gw", "agent", "--state-dir", str(gw.state_dir),
+                                 "--token", TOKEN, "-m", " ".join(["w"] * 100), *args],
+                                cwd=ROOT, env=self.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            first = proc.stdout.read1(65536)
+            self.assertTrue(first.startswith(b"Echo"), first)
+            proc.send_signal(signal.SIGINT)
+            code = proc.wait(TIMEOUT)
+            return code, proc.stderr.read().decode()
+        finally:
+            proc.stdout.close()
+            proc.stderr.close()
+
+    def test_the_run_is_aborted_and_recorded(self) -> None:
+        with GatewayProcess(slow_gateway(10.0)) as gw:
+            code, stderr = self.interrupt(gw, "--session-key", "interrupted")
+            self.assertEqual(code, 130, stderr)
+            self.assertRegex(stderr, r"^equabot: interrupted; run run_\S+ aborted\n$")
+            deadline = time.monotonic() + TIMEOUT
+            while True:
+                shown = self.cli("sessions", "show", "interrupted", "--state-dir", str(gw.state_dir))
+                if "(aborted)" in shown.stdout or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            self.assertIn("assistant (aborted): Echo", shown.stdout, shown.stderr)
+            status = self.cli("agent", "--state-dir", str(gw.state_dir), "--token", TOKEN, "-m", "next",
+                              "--session-key", "interrupted")
+            self.assertEqual(status.returncode, 0, status.stderr)   # the session is free again at once
+
+    def test_a_stateless_run_is_aborted_too(self) -> None:
+        with GatewayProcess(slow_gateway(10.0)) as gw:
+            code, stderr = self.interrupt(gw)
+            self.assertEqual(code, 130, stderr)
+            self.assertIn("aborted", stderr)
+            self.assertNotIn("Traceback", stderr)
 
 
 class SessionsThroughTheGatewayTest(CLITestCase):
@@ -265,8 +571,58 @@ class SessionsThroughTheGatewayTest(CLITestCase):
             self.assertReply(again, "Echo (turn 1): anew")
             self.assertOneLineError(self.cli("sessions", "show", "nope", "--state-dir", state, env=env),
                                     1, "no session 'agent:main:nope'")
-            # Without the secret the gateway refuses, in one line.
-            self.assertOneLineError(self.cli("sessions", "list", "--state-dir", state), 1, "UNAUTHORIZED")
+            # With a wrong secret the gateway refuses, in one line.
+            self.assertOneLineError(self.cli("sessions", "list", "--state-dir", state, "--token", "nope"),
+                                    1, "UNAUTHORIZED")
+
+
+class SessionsOfAGatewayTest(CLITestCase):
+    """Sessions a gateway made: through it while it runs, from the files once it stopped."""
+
+    USER = "Alice Smith (ops)"          # not a valid key: the endpoint hashes it
+
+    def test_user_strings_every_agent_and_the_recorded_config(self) -> None:
+        import http.client
+        data = gateway_config()
+        data["agents"]["list"].append({"id": "beta"})
+        with GatewayProcess(data) as gw:
+            state = str(gw.state_dir)
+            for agent in ("main", "beta"):
+                conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=TIMEOUT)
+                self.addCleanup(conn.close)
+                conn.request("POST", "/v1/chat/completions", body=json.dumps({
+                    "model": f"equabot:{agent}", "user": self.USER,
+                    "messages": [{"role": "user", "content": f"hi {agent}"}]}),
+                    headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+                self.assertEqual(conn.getresponse().status, 200)
+            self.cli("agent", "--state-dir", state, "--token", TOKEN, "-m", "x", "--session-key", "plain")
+
+            def sessions(*args: str) -> subprocess.CompletedProcess[str]:
+                return self.cli("sessions", *args, "--state-dir", state)      # no --config, no --token
+
+            def check(where: str) -> None:
+                with self.subTest(where):
+                    shown = sessions("show", self.USER)
+                    self.assertEqual(shown.stdout.splitlines(), ["user: hi main", "assistant: Echo (turn 1): hi main"],
+                                     shown.stderr)
+                    beta = sessions("show", self.USER, "--agent", "beta")
+                    self.assertEqual(beta.stdout.splitlines()[0], "user: hi beta", beta.stderr)
+                    keys = [line.split("\t")[0] for line in sessions("list").stdout.splitlines()]
+                    self.assertEqual(len(keys), 3, keys)
+                    self.assertIn("agent:main:plain", keys)
+                    self.assertTrue(all(k.startswith(("agent:main:", "agent:beta:")) for k in keys), keys)
+                    only_beta = sessions("list", "--agent", "beta").stdout.splitlines()
+                    self.assertEqual(len(only_beta), 1, only_beta)
+                    self.assertTrue(only_beta[0].startswith("agent:beta:openai-user:u-"), only_beta)
+                    self.assertOneLineError(sessions("show", "nobody here"), 1,
+                                            "no session for user 'nobody here' (agent:main:openai-user:u-")
+
+            check("through the running gateway")
+            gw.stop()
+            check("from the files, with the config the gateway ran with")
+            done = sessions("reset", self.USER, "--agent", "beta")
+            self.assertEqual(done.returncode, 0, done.stderr)
+            self.assertTrue(done.stdout.startswith("reset agent:beta:openai-user:u-"), done.stdout)
 
 
 class LocalAgentTest(CLITestCase):
@@ -310,7 +666,7 @@ class LocalAgentTest(CLITestCase):
         self.assertOneLineError(done, 1, "'ghost'", "does not exist")
 
     def test_bad_session_key(self) -> None:
-        self.assertOneLineError(self.local("-m", "x", "--session-key", "bad key"), 1, "session key")
+        self.assertOneLineError(self.local("-m", "x", "--session-key", "bad key"), 2, "session key")
 
     def test_failed_run(self) -> None:
         data = {"agents": {"defaults": {"model": "failing/x"}}, "models": {"providers": {"failing": {
@@ -355,7 +711,9 @@ class ConfigCheckTest(CLITestCase):
     BAD_CONFIGS = (
         ("unknown key", "{gateway: {prot: 1}}", "gateway.prot: unknown key"),
         ("wrong type", '{gateway: {port: "abc"}}', 'gateway.port: expected integer 0-65535, got "abc"'),
-        ("JSON5 syntax", "{\n  gateway: {\n    port: 1,,\n  },\n}\n", "JSON5: invalid character ',' at 3:13"),
+        ("JSON5 syntax", "{\n  gateway: {\n    port: 1,,\n  },\n}\n", ":3:13: expected a member name or '}' after ','"),
+        ("JSON5 missing comma", "{\n  gateway: {\n    port: 1\n    bind: 'lan'\n  },\n}\n",
+         ":4:5: expected ',' or '}' after the value of \"port\""),
         ("unterminated", '{gateway: {bind: "lan}}', "at 1:"),
         ("missing variable", '{gateway: {auth: {token: "${EQUABOT_TEST_UNSET_VAR}"}}}',
          "gateway.auth.token: environment variable EQUABOT_TEST_UNSET_VAR is not set"),
@@ -379,6 +737,187 @@ class ConfigCheckTest(CLITestCase):
     def test_missing_file(self) -> None:
         done = self.cli("config", "check", "--config", str(self.dir / "nope.json5"))
         self.assertOneLineError(done, 2, "does not exist")
+
+
+class BadFlagsTest(CLITestCase):
+    """No flag value reaches the user as a traceback: one line on stderr, exit 2, nothing on stdout."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.a_file = self.dir / "a-file"
+        self.a_file.write_text("not a directory")
+        self.binary = self.dir / "binary.json5"
+        self.binary.write_bytes(b"\xff\xfe{\x00")
+        self.deep = self.dir / "deep.json5"
+        self.deep.write_text("{a:" * 900 + "1" + "}" * 900)     # within JSON5's limit, past the config's
+        self.busy = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(self.busy.close)
+        self.configs = {name: self.config_file(data, name=f"{name}.json5") for name, data in (
+            ("lan-none", {"gateway": {"bind": "lan", "auth": {"mode": "none"}}}),
+            ("bad-base-url", {"models": {"providers": {"up": {
+                "api": "openai-completions", "baseUrl": "localhost:8000/v1"}}}}),
+            ("bad-header", {"models": {"providers": {"up": {
+                "api": "openai-completions", "baseUrl": "http://127.0.0.1:9/v1",
+                "headers": {"X-Bad\nName": "v"}}}}}),
+        )}
+
+    # Refusals that are not about the config file, and must not say so.
+    NOT_CONFIG = frozenset({"busy port", "unknown host", "address of another machine", "state dir is a file",
+                            "state dir cannot be made", "agent state dir", "sessions state dir"})
+
+    def table(self) -> tuple[tuple[str, tuple[str, ...], str], ...]:
+        """(name, argv, a part of the one line)."""
+        busy = str(self.busy.getsockname()[1])
+        missing = str(self.dir / "missing.json5")
+        return (
+            ("port too big", ("--port", "99999"), "argument --port: expected a port 0-65535"),
+            ("negative port", ("--port", "-5"), "expected a port 0-65535 (0 picks a free one), got '-5'"),
+            ("port not a number", ("gateway", "--port", "abc"), "got 'abc'"),
+            ("empty port", ("--port", ""), "expected a port"),
+            ("busy port", ("--port", busy), f"port {busy} on 127.0.0.1 is already in use"),
+            ("empty bind", ("--bind", ""), "argument --bind"),
+            ("unknown host", ("--port", "0", "--bind", "nowhere.invalid"),
+             "cannot listen on 'nowhere.invalid': no such host"),
+            ("address of another machine", ("--port", "0", "--bind", "192.0.2.254"),
+             "cannot listen on 192.0.2.254: it is not an address of this machine"),
+            ("log level", ("--log-level", "loud"), "invalid choice: 'loud'"),
+            ("subcommand typo", ("gatway",),
+             "invalid choice: 'gatway' (choose from 'gateway', 'agent', 'config', 'sessions', 'conformance')"),
+            ("unknown flag", ("--prot", "1"), "unrecognized arguments: --prot"),
+            ("missing config", ("--config", missing), "does not exist"),
+            ("config is a directory", ("--config", str(self.dir)), "cannot read config file"),
+            ("config not UTF-8", ("config", "check", "--config", str(self.binary)), "cannot read config file"),
+            ("config nested deep", ("config", "check", "--config", str(self.deep)),
+             "deep.json5:1:193: arrays and objects nested deeper than the limit of 64"),
+            ("config nested deep: start", ("--config", str(self.deep)), "nested deeper than the limit"),
+            ("state dir is a file", ("--state-dir", str(self.a_file)), "cannot create state dir"),
+            ("state dir cannot be made", ("--port", "0", "--state-dir", str(self.a_file / "x")),
+             "cannot create state dir"),
+            ("lan with mode none: start", ("--config", self.configs["lan-none"]), '"none" is refused'),
+            ("lan with mode none: check", ("config", "check", "--config", self.configs["lan-none"]),
+             '"none" is refused when binding beyond loopback'),
+            ("base URL without scheme: start", ("--config", self.configs["bad-base-url"]),
+             'models.providers.up.baseUrl: expected an http:// or https:// URL, got "localhost:8000/v1"'),
+            ("base URL without scheme: check", ("config", "check", "--config", self.configs["bad-base-url"]),
+             "models.providers.up.baseUrl: expected an http:// or https:// URL"),
+            ("bad header name: check", ("config", "check", "--config", self.configs["bad-header"]),
+             "is not a valid header field name"),
+            ("config check flag", ("config", "check", "--json"), "unrecognized arguments: --json"),
+            ("config without a subcommand", ("config",), "required: {check}"),
+            ("agent without a message", ("agent",), "required: --message/-m"),
+            ("agent URL scheme", ("agent", "-m", "x", "--url", "ftp://x"), "argument --url"),
+            ("agent URL syntax", ("agent", "-m", "x", "--url", "http://["), "argument --url"),
+            ("agent URL port", ("agent", "-m", "x", "--url", "http://127.0.0.1:99999"), "argument --url"),
+            ("agent session key", ("agent", "-m", "x", "--session-key", "bad key"), "argument --session-key"),
+            ("agent id", ("agent", "-m", "x", "--agent", "Bad Id"), "argument --agent: expected an agent id"),
+            ("agent missing config", ("agent", "--local", "-m", "x", "--config", missing), "does not exist"),
+            ("agent state dir", ("agent", "--local", "-m", "x", "--state-dir", str(self.a_file)),
+             "cannot create state dir"),
+            ("sessions without a subcommand", ("sessions",), "required: {list,show,reset}"),
+            ("sessions typo", ("sessions", "lsit"), "invalid choice: 'lsit'"),
+            ("sessions show without key", ("sessions", "show"), "required: key"),
+            ("sessions agent id", ("sessions", "list", "--agent", "Bad Id"), "argument --agent"),
+            ("sessions URL", ("sessions", "list", "--url", "nope"), "argument --url"),
+            ("sessions state dir", ("sessions", "list", "--state-dir", str(self.a_file)), "cannot create state dir"),
+            ("conformance without URL", ("conformance",), "required: --base-url"),
+            ("conformance URL", ("conformance", "--base-url", "x"), "--base-url must be an http://"),
+            ("conformance timeout", ("conformance", "--base-url", "http://127.0.0.1:9", "--timeout", "-1"),
+             "--timeout must be a positive number"),
+        )
+
+    def test_every_bad_flag_is_one_line_and_exit_2(self) -> None:
+        env = self.env(EQUABOT_GATEWAY_TOKEN=TOKEN)         # binding beyond loopback needs one
+        for name, argv, part in self.table():
+            with self.subTest(name):
+                args = list(argv)
+                if "--state-dir" not in args and args not in (["config"], ["sessions"]) \
+                        and args[:1] != ["conformance"]:
+                    args += ["--state-dir", str(self.dir / "state" / name.replace(" ", "-"))]
+                done = self.cli(*args, env=env)
+                line = self.assertOneLineError(done, 2, part)
+                self.assertNotIn("Traceback", done.stderr)
+                self.assertEqual(done.stdout, "")
+                if name in self.NOT_CONFIG:
+                    self.assertNotIn("config error", line)
+
+    def test_state_dir_in_use_is_not_a_config_error(self) -> None:
+        with GatewayProcess() as gw:
+            done = self.cli("--port", "0", "--state-dir", str(gw.state_dir))
+            line = self.assertOneLineError(done, 2, f"state dir {gw.state_dir} is in use by a running gateway")
+            self.assertNotIn("config error", line)
+
+
+class StartupLineTest(CLITestCase):
+    def test_lan_prints_the_listening_address_and_where_to_reach_it(self) -> None:
+        proc = subprocess.Popen([sys.executable, "-m", "equabot_gw", "--port", "0", "--bind", "lan",
+                                 "--state-dir", str(self.state)], cwd=ROOT,
+                                env=self.env(EQUABOT_GATEWAY_TOKEN=TOKEN), stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True)
+        try:
+            line = proc.stdout.readline()
+            port = re.search(r"listening on http://0\.0\.0\.0:(\d+) ", line)
+            self.assertIsNotNone(port, line)
+            port = port.group(1)
+            self.assertIn(f"(all IPv4 interfaces: http://127.0.0.1:{port} from this machine, ", line)
+            self.assertRegex(line, r"(http://[0-9.]+:\d+|this machine's network address) from other machines; "
+                                   r"WebSocket on the same port\)$")
+            # What the lock file records for local clients is the loopback URL.
+            holder = json.loads((self.state / "gateway.lock").read_text())
+            self.assertEqual(holder["url"], f"http://127.0.0.1:{port}")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            self.assertEqual(proc.wait(TIMEOUT), 0)
+            proc.stdout.close()
+
+
+class ConfigCheckMoreTest(CLITestCase):
+    def test_an_environment_token_is_shown_as_set_and_where_from(self) -> None:
+        done = self.cli("config", "check", env=self.env(EQUABOT_GATEWAY_TOKEN="tok-from-env-123"))
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertIn('# gateway.auth.token: "***" (from EQUABOT_GATEWAY_TOKEN)', done.stdout.splitlines())
+        shown = json.loads("\n".join(l for l in done.stdout.splitlines() if not l.startswith("#")))
+        self.assertEqual(shown["gateway"]["auth"]["token"], "***")
+        self.assertNotIn("tok-from-env-123", done.stdout)
+        plain = self.cli("config", "check")
+        self.assertNotIn("from EQUABOT_GATEWAY_TOKEN", plain.stdout)
+
+    def test_a_closed_pipe_is_not_an_error(self) -> None:
+        read_end, write_end = os.pipe()
+        os.close(read_end)                          # the reader is gone before anything is written
+        try:
+            done = subprocess.run([sys.executable, "-m", "equabot_gw", "config", "check"], cwd=ROOT,
+                                  env=self.env(), stdout=write_end, stderr=subprocess.PIPE, text=True,
+                                  timeout=TIMEOUT)
+        finally:
+            os.close(write_end)
+        self.assertEqual((done.returncode, done.stderr), (0, ""))
+        # And through a real pipe into head, as a user types it.
+        piped = subprocess.run(f"{sys.executable} -m equabot_gw config check | head -1", shell=True, cwd=ROOT,
+                               env=self.env(), capture_output=True, text=True, timeout=TIMEOUT)
+        self.assertEqual((piped.stdout, piped.stderr), ("# config OK: built-in defaults (no config file)\n", ""))
+
+
+class DisabledEndpointTest(CLITestCase):
+    def test_the_disabled_endpoint_says_how_to_enable_it(self) -> None:
+        import http.client
+        with GatewayProcess({"gateway": {"auth": {"token": TOKEN}}}) as gw:     # the endpoint is off
+            for method, path in (("POST", "/v1/chat/completions"), ("GET", "/v1/models"),
+                                 ("GET", "/v1/models/equabot")):
+                with self.subTest(path):
+                    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=TIMEOUT)
+                    self.addCleanup(conn.close)
+                    conn.request(method, path, body=b"{}" if method == "POST" else None,
+                                 headers={"Authorization": f"Bearer {TOKEN}"})
+                    response = conn.getresponse()
+                    error = json.loads(response.read())["error"]
+                    self.assertEqual(response.status, 404)
+                    self.assertEqual(error["message"], "the OpenAI endpoint is disabled: set "
+                                                       "gateway.http.endpoints.chatCompletions.enabled: true")
+            conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=TIMEOUT)
+            self.addCleanup(conn.close)
+            conn.request("GET", "/v1/nothing-here")
+            response = conn.getresponse()
+            self.assertNotIn("disabled", json.loads(response.read())["error"]["message"])
 
 
 class SessionsCommandTest(CLITestCase):
@@ -415,11 +954,20 @@ class SessionsCommandTest(CLITestCase):
         done = self.run_cli("sessions", "list")
         self.assertEqual(done.returncode, 0, done.stderr)
         rows = [line.split("\t") for line in done.stdout.splitlines()]
-        self.assertEqual(sorted((r[0], r[1]) for r in rows),
-                         [("agent:main:alpha", "turns=2"), ("agent:main:beta", "turns=1")])   # keyed only
+        self.assertEqual(sorted((r[0], r[1]) for r in rows),           # keyed only, every agent's
+                         [("agent:main:alpha", "turns=2"), ("agent:main:beta", "turns=1"),
+                          ("agent:ops:night", "turns=1")])
+        for row in rows:
+            self.assertRegex(row[2], r"^updated=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
         listed = json.loads(self.run_cli("sessions", "list", "--json").stdout)
-        self.assertEqual({s["key"]: s["turns"] for s in listed}, {"agent:main:alpha": 2, "agent:main:beta": 1})
-        self.assertTrue(all(s["agentId"] == "main" and s["lastRunId"].startswith("run_") for s in listed))
+        self.assertEqual({s["key"]: s["turns"] for s in listed},
+                         {"agent:main:alpha": 2, "agent:main:beta": 1, "agent:ops:night": 1})
+        self.assertTrue(all(s["lastRunId"].startswith("run_") for s in listed))
+        for s in listed:
+            created = datetime.datetime.strptime(s["createdAt"], "%Y-%m-%dT%H:%M:%SZ")
+            self.assertLess(abs(created - datetime.datetime.utcnow()), datetime.timedelta(hours=1))
+        main = json.loads(self.run_cli("sessions", "list", "--agent", "main", "--json").stdout)
+        self.assertEqual({s["key"] for s in main}, {"agent:main:alpha", "agent:main:beta"})
         ops = self.run_cli("sessions", "list", "--agent", "ops").stdout
         self.assertEqual([line.split("\t")[0] for line in ops.splitlines()], ["agent:ops:night"])
 
@@ -454,7 +1002,10 @@ class SessionsCommandTest(CLITestCase):
         self.assertOneLineError(self.run_cli("sessions", "show", "nope"), 1, "no session 'agent:main:nope'")
         self.assertOneLineError(self.run_cli("sessions", "reset", "nope"), 1, "no session")
         self.assertOneLineError(self.run_cli("sessions", "list", "--agent", "ghost"), 1, "'ghost'")
-        self.assertOneLineError(self.run_cli("sessions", "show", "../../etc"), 1, "session key")
+        # Not a key: taken as an OpenAI user string, whose key is a hash (never a path).
+        self.assertOneLineError(self.run_cli("sessions", "show", "../../etc"), 1,
+                                "no session for user '../../etc' (agent:main:openai-user:u-")
+        self.assertOneLineError(self.run_cli("sessions", "show", "agent:main:bad key"), 1, "session key")
 
     def test_empty_state_dir(self) -> None:
         done = self.cli("sessions", "list", "--state-dir", str(self.dir / "empty"))

@@ -156,8 +156,7 @@ class LookupTest(unittest.TestCase):
         path.write_text('{\n  gateway: {port: 1,,}\n}')
         with self.assertRaises(ConfigError) as caught:
             config.load(str(path), env={})
-        self.assertIn(str(path), str(caught.exception))
-        self.assertIn("at 2:21", str(caught.exception))
+        self.assertIn(f"{path}:2:21: expected a member name or '}}' after ','", str(caught.exception))
 
     def test_state_dir_lookup(self) -> None:
         self.assertEqual(config.state_dir("/x", env={"EQUABOT_STATE_DIR": "/y"}), pathlib.Path("/x"))

@@ -458,6 +458,48 @@ OLD_PARSER_POSITIONS = {
 }
 
 
+# -- what was expected, for the people who fix config files ------------------
+
+# name, text, expected, line, column (the reason and position stay the reference's)
+EXPECTED = (
+    ("missing comma between members", '{\n  a: 1\n  b: 2\n}', "expected ',' or '}' after the value of \"a\"", 3, 3),
+    ("missing comma after a nested object", "{a: {b: 1} c: 2}",
+     "expected ',' or '}' after the value of \"a\"", 1, 12),
+    ("missing comma in a nested object", "{a: {b: 1 c: 2}}",
+     "expected ',' or '}' after the value of \"b\"", 1, 11),
+    ("object not closed", "{a:1", "expected ',' or '}' after the value of \"a\"", 1, 5),
+    ("missing comma in array", "[1 2]", "expected ',' or ']' after an array element", 1, 4),
+    ("array not closed", "[1", "expected ',' or ']' after an array element", 1, 3),
+    ("missing colon", "{a 1}", "expected ':' after the member name \"a\"", 1, 4),
+    ("missing value", "{a:}", "expected a value for \"a\"", 1, 4),
+    ("missing element", "[1,,]", "expected a value or ']'", 1, 4),
+    ("no document", "", "expected a value", 1, 1),
+    ("leading comma in object", "{,a:1}", "expected a member name or '}' after '{'", 1, 2),
+    ("two commas in object", "{a:1,,}", "expected a member name or '}' after ','", 1, 6),
+    ("after the document", "{} x", "expected the end of the document after its value", 1, 4),
+    ("string not closed", "{a: 'x", "expected ''' to close the string at 1:5", 1, 7),
+    ("line break in string", '[\n"a\nb"]', "expected '\"' to close the string at 2:1 (a line break needs \\n)",
+     3, 0),
+    ("comment not closed", "1 /* x", "expected '*/' to close the comment at 1:3", 1, 7),
+    ("quoted name shown escaped", '{"a\\nb": 1 2}', "expected ',' or '}' after the value of \"a\\nb\"", 1, 12),
+)
+
+
+class TestExpected(JSON5TestCase):
+    def test_errors_say_what_was_expected(self) -> None:
+        for name, text, expected, line, column in EXPECTED:
+            with self.subTest(name):
+                with self.assertRaises(JSON5Error) as caught:
+                    loads(text)
+                error = caught.exception
+                self.assertEqual((error.expected, error.line, error.column), (expected, line, column))
+
+    def test_the_reference_wording_stays_where_nothing_more_is_known(self) -> None:
+        with self.assertRaises(JSON5Error) as caught:
+            loads("'\\8'")
+        self.assertEqual((caught.exception.reason, caught.exception.expected), ("invalid character '8'", None))
+
+
 class TestCorpora(JSON5TestCase):
 
     def assertValidCase(self, case: dict[str, Any], text: str) -> None:

@@ -10,7 +10,6 @@ import tempfile
 import unittest
 
 from equabot_gw import statelock
-from equabot_gw.errors import ConfigError
 from tests.support import ROOT, TOKEN, GatewayProcess
 
 
@@ -22,7 +21,7 @@ class StateLockTest(unittest.TestCase):
             lock = statelock.acquire(state)
             lock.announce("http://127.0.0.1:1234")
             self.assertEqual(statelock.holder(state), statelock.Holder(lock_pid(), "http://127.0.0.1:1234"))
-            with self.assertRaises(ConfigError) as caught:
+            with self.assertRaises(statelock.StateDirInUse) as caught:
                 statelock.acquire(state)
             self.assertIn("in use by a running gateway", str(caught.exception))
             self.assertIn("http://127.0.0.1:1234", str(caught.exception))

@@ -3,17 +3,22 @@
 Owns the life of one gateway process: which routes exist (health, the OpenAI
 endpoints when enabled, the WebSocket control protocol, the optional echo
 path), CORS, and shutdown in a fixed order — readiness off, WebSocket clients
-told (1001), no new connections, requests in flight finish within the grace
-period, then open runs are aborted and recorded. It holds no protocol logic
-of its own: ``openai.py`` and ``control.py`` translate, the runtime runs.
+told (``shutdown`` event, close 1001), no new connections, requests in flight
+finish within the grace period (``hurry()`` ends it early), then open runs are
+aborted and recorded so every open stream ends with its error event and
+``[DONE]``, a short moment to flush, and only then are connections closed.
+It holds no protocol logic of its own: ``openai.py`` and ``control.py``
+translate, the runtime runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
+import socket
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,20 +28,40 @@ from .. import __version__, statelock
 from ..logbuffer import LogBuffer
 from ..agents.runtime import Runtime
 from ..auth import Authenticator, Secret, resolve_secret
-from ..config import Config
-from ..errors import ApiError
+from ..config import Config, bind_host
+from ..errors import ApiError, GatewayError
 from ..net import routes as http
 from ..net import server
 from . import control, openai
 
 log = logging.getLogger("equabot_gw")
 
-BIND_ALIASES: Final = {"loopback": "127.0.0.1", "lan": "0.0.0.0"}
+# Shutdown: after the grace period, how long aborted runs may take to be
+# recorded, and how long their streams then get to reach the clients.
+RUN_SETTLE_TIMEOUT: Final = 5.0
+STREAM_FLUSH_TIMEOUT: Final = 2.0
 
 
-def bind_host(bind: str) -> str:
-    """The address to listen on for ``--bind`` / ``gateway.bind`` (DECISIONS 4)."""
-    return BIND_ALIASES.get(bind, bind)
+class BindError(GatewayError):
+    """The gateway cannot listen on ``host``:``port``; the message says why and what to do."""
+
+    def __init__(self, host: str, port: int, exc: OSError) -> None:
+        self.host, self.port, self.errno = host, port, exc.errno
+        if isinstance(exc, socket.gaierror):
+            reason = (f"cannot listen on {host!r}: no such host or address here "
+                      f"({exc.strerror}); use --bind loopback, lan, or an address of this machine")
+        elif exc.errno == errno.EADDRINUSE:
+            reason = (f"port {port} on {host} is already in use (another gateway or program listens "
+                      f"there): stop it, or pick another port with --port N (0 picks a free one)")
+        elif exc.errno == errno.EADDRNOTAVAIL:
+            reason = (f"cannot listen on {host}: it is not an address of this machine; "
+                      f"use --bind loopback, lan, or one of this machine's addresses")
+        elif exc.errno == errno.EACCES:
+            reason = (f"not allowed to listen on port {port} on {host} (ports below 1024 need "
+                      f"privileges): pick another port with --port N")
+        else:
+            reason = f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+        super().__init__(reason)
 
 
 class Gateway:
@@ -47,7 +72,7 @@ class Gateway:
                  access_log: server.AccessLog | None = None,
                  config_path: Path | None = None) -> None:
         self.config = config
-        self.config_path = config_path      # shown by the control protocol's config.get
+        self.config_path = config_path      # shown by config.get, recorded in the state dir's lock
         self.state_dir = state_dir
         self.host = host or bind_host(config.gateway.bind)
         self.port = config.gateway.port if port is None else port
@@ -69,15 +94,25 @@ class Gateway:
         self.control = control.ControlProtocol(self)
         self.openai = openai.ChatCompletions(self.runtime, self.authorize, self.started_at)
         self._stop_requested = asyncio.Event()
+        self._hurry = asyncio.Event()
         self._shutdown: asyncio.Future[None] | None = None
         self._lock: statelock.StateLock | None = None
         self._add_routes()
 
     @property
     def url(self) -> str:
-        host = "127.0.0.1" if self.host == "0.0.0.0" else self.host
-        host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{self.server.port}"
+        """Where a client on this machine reaches the gateway (loopback for the wildcard addresses)."""
+        return _http_url({"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host), self.server.port)
+
+    @property
+    def listen_url(self) -> str:
+        """The address actually listened on, e.g. ``http://0.0.0.0:18789`` for ``--bind lan``."""
+        return _http_url(self.host, self.server.port)
+
+    @property
+    def all_interfaces(self) -> bool:
+        """True when listening on every interface (``0.0.0.0`` or ``::``)."""
+        return self.host in ("0.0.0.0", "::")
 
     # ---- routes ----
     def _add_routes(self) -> None:
@@ -88,14 +123,15 @@ class Gateway:
         add("/", ("GET",), self.control.handle_upgrade)
         if self.config.gateway.ws.echo_path:
             add(self.config.gateway.ws.echo_path, ("GET",), self.control.handle_echo_upgrade)
-        if self.config.gateway.http.endpoints.chat_completions.enabled:
-            routes = (("/v1/chat/completions", ("POST",), self.openai.create),
-                      ("/v1/models", ("GET",), self.openai.list_models),
-                      ("/v1/models/{model}", ("GET",), self.openai.get_model))
-            for path, methods, handler in routes:
-                add(path, methods, self._cors(handler))
-                if self.config.gateway.http.cors.allow_origins:
-                    add(path, ("OPTIONS",), self._preflight(methods))
+        routes = (("/v1/chat/completions", ("POST",), self.openai.create),
+                  ("/v1/models", ("GET",), self.openai.list_models),
+                  ("/v1/models/{model}", ("GET",), self.openai.get_model))
+        enabled = self.config.gateway.http.endpoints.chat_completions.enabled
+        for path, methods, handler in routes:
+            # Off by default: then say how to turn it on rather than "no route".
+            add(path, methods, self._cors(handler) if enabled else _endpoint_disabled)
+            if enabled and self.config.gateway.http.cors.allow_origins:
+                add(path, ("OPTIONS",), self._preflight(methods))
 
     def authorize(self, request: http.HTTPRequest) -> None:
         """Check a request's bearer credentials (401 / 429 as ``ApiError``), or its Host without auth (403)."""
@@ -104,7 +140,7 @@ class Gateway:
         self.auth.check_bearer(request.headers.get("authorization"), client)
 
     async def health(self, request: http.HTTPRequest) -> http.Response:
-        """``GET /health``: liveness, without secrets or config (DECISIONS 6)."""
+        """``GET /health``: liveness, without secrets or config."""
         return _json(200, self.health_snapshot())
 
     async def readyz(self, request: http.HTTPRequest) -> http.Response:
@@ -160,16 +196,21 @@ class Gateway:
     async def start(self) -> None:
         """Lock the state dir, open the runtime, bind the port, start the ticker; then ready.
 
-        Raises ``ConfigError`` when another gateway holds the state dir.
+        Raises ``statelock.StateDirInUse`` when another gateway holds the state
+        dir, ``BindError`` when the address cannot be listened on.
         """
         self._lock = statelock.acquire(self.state_dir)
         try:
             await self.runtime.start()
-            await self.server.start(self.host, self.port)
+            try:
+                await self.server.start(self.host, self.port)
+            except OSError as exc:
+                await self.runtime.stop(0)
+                raise BindError(self.host, self.port, exc) from None
         except BaseException:
             self._lock.release()
             raise
-        self._lock.announce(self.url)
+        self._lock.announce(self.url, config_path=self.config_path, auth_mode=self.secret.mode)
         log.addHandler(self.log_buffer)     # the package's logger only, never the root
         self.control.start()
         self.ready = True
@@ -184,21 +225,79 @@ class Gateway:
             self._shutdown = asyncio.ensure_future(self._stop_in_order())
         await asyncio.shield(self._shutdown)
 
+    def request_stop(self) -> None:
+        """Ask for a shutdown: ``wait_stop_requested()`` returns (e.g. from a signal handler)."""
+        self._stop_requested.set()
+
+    @property
+    def stopping(self) -> bool:
+        """True once ``stop()`` was called."""
+        return self._stop_requested.is_set()
+
+    def hurry(self) -> None:
+        """End the grace period now (a second Ctrl-C): abort what runs, flush, close."""
+        self._hurry.set()
+
+    @property
+    def requests_in_flight(self) -> int:
+        """Runs queued or running, from any door: what a shutdown waits for."""
+        return len(self.runtime.active)
+
     async def _stop_in_order(self) -> None:
         self.ready = False
-        deadline = time.monotonic() + self.config.gateway.shutdown_grace
+        grace = self.config.gateway.shutdown_grace
         await self.control.shutdown()
-        await self.server.shutdown(self.config.gateway.shutdown_grace)
-        # Runs started over WebSocket outlive their connection: they get what
-        # is left of the grace period too, then are aborted and recorded.
-        await self.runtime.stop(max(0.0, deadline - time.monotonic()))
+        # The server stops accepting at once and waits for the requests in
+        # flight; it is given the grace period plus the flush moment, but is
+        # normally done long before: the aborts below end its streams.
+        serving = asyncio.ensure_future(self.server.shutdown(grace + STREAM_FLUSH_TIMEOUT))
+        await self._wait_for_quiet(serving, grace)
+        # Past the grace period: abort every run, so each open stream ends
+        # with its error event and [DONE] (and WS runs are recorded), rather
+        # than being cut when its connection closes.
+        runs = [run for run in self.runtime.active.values() if run.abort("shutdown")]
+        if runs:
+            log.info("shutdown: aborting %d run(s) still in flight", len(runs))
+            tasks = [r._task for r in runs if r._task is not None]
+            if tasks:
+                await asyncio.wait(tasks, timeout=RUN_SETTLE_TIMEOUT)
+        # A short, bounded moment for the aborted streams to reach their clients.
+        await asyncio.wait([serving], timeout=STREAM_FLUSH_TIMEOUT)
+        if not serving.done():
+            serving.cancel()
+            await self.server.shutdown(0)      # cancel what is left and close every connection
+        await self.runtime.stop(0)
         log.removeHandler(self.log_buffer)
         if self._lock is not None:
             self._lock.release()
 
+    async def _wait_for_quiet(self, serving: asyncio.Future[None], grace: float) -> None:
+        """Until no request or run is in flight, the grace period ends, or ``hurry()``."""
+        deadline = time.monotonic() + grace
+        hurry = asyncio.ensure_future(self._hurry.wait())
+        try:
+            while not (serving.done() and not self.runtime.active):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or hurry.done():
+                    return
+                runs = [r._task for r in self.runtime.active.values() if r._task is not None]
+                await asyncio.wait([serving, hurry, *runs], timeout=remaining,
+                                   return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            hurry.cancel()
+
     async def wait_stop_requested(self) -> None:
         """Return once ``stop()`` was called (e.g. by a signal handler)."""
         await self._stop_requested.wait()
+
+
+async def _endpoint_disabled(request: http.HTTPRequest) -> http.Response:
+    raise ApiError(404, "the OpenAI endpoint is disabled: set "
+                        "gateway.http.endpoints.chatCompletions.enabled: true", code="not_found")
+
+
+def _http_url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def _json(status: int, data: object) -> http.Response:
