@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,11 +35,14 @@ from .errors import ApiError, ConnectionClosed, GatewayError, ProtocolError, Run
 ABORT_TIMEOUT = 3.0
 
 
-def _result_json(result: AgentResult) -> str:
-    return json.dumps({"runId": result.run_id, "status": "ok", "agentId": result.agent_id,
-                       "sessionKey": result.session_key, "text": result.text,
-                       "usage": result.usage.as_dict(), "finishReason": result.finish_reason,
-                       "model": result.model})
+def _result_json(result: AgentResult, session_created_at: float | None, started: float) -> str:
+    """A local run's result as ``agent --json`` prints it: the gateway's ``agent`` final payload."""
+    from .gateway.frames import agent_final, ms, session_id
+    return json.dumps(agent_final(
+        result.run_id, "ok", result.text, model_ref=result.model,
+        session_id=session_id(result.session_key, session_created_at),
+        duration_ms=ms(time.time() - started), prompt_tokens=result.usage.prompt_tokens,
+        completion_tokens=result.usage.completion_tokens, stop_reason=result.finish_reason))
 
 
 # -- which gateway, and what to tell it --------------------------------------------------
@@ -174,13 +178,20 @@ async def _run_remote(client: Any, args: argparse.Namespace) -> int:
                     sys.stdout.flush()
                     run.printed = True
             elif frame.get("type") == "res" and frame.get("id") == run.req_id:
+                if not frame.get("ok") and isinstance(frame.get("payload"), dict):
+                    # A run that failed: its final answer carries the error beside the payload.
+                    if run.printed:
+                        print(flush=True)
+                    error = frame.get("error") if isinstance(frame.get("error"), dict) else {}
+                    print(f"equabot: run failed: {error.get('message', 'error')}", file=sys.stderr)
+                    return 1
                 payload = payload_of(frame)
                 if payload.get("status") == "accepted":
                     continue
                 print(json.dumps(payload) if args.json else "", flush=True)
                 if payload.get("status") != "ok":
-                    error = payload.get("error") or {}
-                    print(f"equabot: run failed: {error.get('message', 'error')}", file=sys.stderr)
+                    print(f"equabot: run {payload.get('status')}: {payload.get('summary', '')}",
+                          file=sys.stderr)
                     return 1
                 return 0
     except asyncio.CancelledError:         # Ctrl-C: asyncio.run cancels us, then exits 130
@@ -247,6 +258,7 @@ async def _run_local(args: argparse.Namespace, config: config_mod.Config, state_
         lock.release()
         raise
     try:
+        started = time.time()
         run = agent_runtime.run(runtime, AgentRequest(
             message=args.message, agent_id=args.agent, session_key=args.session_key, origin="cli"))
         async for event in run.subscribe():
@@ -254,7 +266,9 @@ async def _run_local(args: argparse.Namespace, config: config_mod.Config, state_
                 sys.stdout.write(event.text)
                 sys.stdout.flush()
             elif isinstance(event, Ended):
-                print(_result_json(event.result) if args.json else "", flush=True)
+                info = runtime.store.session_info(event.result.agent_id, event.result.session_key)
+                print(_result_json(event.result, info.created_at if info else None, started)
+                      if args.json else "", flush=True)
             elif isinstance(event, Failed):
                 if not args.json:
                     print(flush=True)
@@ -369,6 +383,14 @@ def _print_infos(rows: list[tuple[str, str, float, float, int, str | None]], as_
     return 0
 
 
+def _text_of(content: Any) -> str:
+    """A message's text: a string as it is, or the text parts of a parts list joined."""
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content
+                       if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str))
+    return content if isinstance(content, str) else ""
+
+
 def _print_messages(messages: list[dict[str, Any]], named: str, as_json: bool) -> int:
     """``sessions show``: the same lines whether the gateway answered or the files did."""
     if not messages:
@@ -378,7 +400,8 @@ def _print_messages(messages: list[dict[str, Any]], named: str, as_json: bool) -
         if as_json:
             print(json.dumps(m, ensure_ascii=False))
         else:
-            print(f"{m['role']}{' (aborted)' if m.get('aborted') else ''}: {m['content']}")
+            aborted = m.get("aborted") or m.get("stopReason") == "aborted"
+            print(f"{m['role']}{' (aborted)' if aborted else ''}: {_text_of(m.get('content'))}")
     return 0
 
 

@@ -105,8 +105,10 @@ async def ws_connect(gw: Gateway, secret: str | None, *,
     if secret is not None:
         params["auth"] = {"token": secret}
     ws.send(json.dumps({"type": "req", "id": "c1", "method": "connect", "params": params}))
-    frame = json.loads(await asyncio.wait_for(ws.recv(), 5))
-    return frame, ws
+    while True:     # the connect.challenge event (and any other event) comes first
+        frame = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        if frame.get("type") != "event":
+            return frame, ws
 
 
 class FakeClock:

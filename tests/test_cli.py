@@ -167,17 +167,22 @@ class RemoteAgentTest(LiveGateway, CLITestCase):
         self.assertEqual(done.returncode, 0, done.stderr)
         [line] = done.stdout.splitlines()
         result = json.loads(line)
-        self.assertEqual(result["status"], "ok")
-        self.assertEqual(result["text"], "Echo (turn 1): as json")
-        self.assertEqual(result["sessionKey"], "agent:main:cli-json")
-        self.assertTrue(result["runId"].startswith("run_"))
-        self.assertEqual(result["usage"], {"prompt_tokens": 2, "completion_tokens": 5, "total_tokens": 7})
+        # The original's `agent --json`: the gateway's final agent payload.
+        self.assertEqual((result["status"], result["summary"]), ("ok", "completed"))
+        self.assertEqual(result["result"]["payloads"], [{"text": "Echo (turn 1): as json", "mediaUrl": None}])
+        meta = result["result"]["meta"]
+        self.assertEqual(meta["agentMeta"]["usage"],
+                         {"input": 2, "output": 5, "cacheRead": 0, "cacheWrite": 0, "total": 7})
+        self.assertEqual((meta["agentMeta"]["provider"], meta["aborted"]), ("echo", False))
+        self.assertRegex(meta["agentMeta"]["sessionId"], r"^[0-9a-f-]{36}$")
 
     def test_json_object_is_the_same_locally_and_remotely(self) -> None:
         remote = json.loads(self.agent("--message", "same", "--json").stdout)
         local = json.loads(self.cli("agent", "--local", "--state-dir", str(self.state), "-m", "same",
                                     "--json").stdout)
         self.assertEqual(sorted(remote), sorted(local))
+        self.assertEqual(sorted(remote["result"]["meta"]), sorted(local["result"]["meta"]))
+        self.assertEqual(remote["result"]["payloads"], local["result"]["payloads"])
 
     def test_session_key_continues_across_calls(self) -> None:
         replies = [self.agent("-m", "again", "--session-key", "cli-turns").stdout for _ in range(3)]
@@ -643,9 +648,9 @@ class LocalAgentTest(CLITestCase):
         done = self.local("-m", "x y", "--json", "--session-key", "local-json")
         [line] = done.stdout.splitlines()
         result = json.loads(line)
-        self.assertEqual((result["status"], result["text"], result["agentId"], result["sessionKey"]),
-                         ("ok", "Echo (turn 1): x y", "main", "agent:main:local-json"))
-        self.assertEqual(result["usage"]["total_tokens"], 7)
+        self.assertEqual((result["status"], result["result"]["payloads"][0]["text"]),
+                         ("ok", "Echo (turn 1): x y"))
+        self.assertEqual(result["result"]["meta"]["agentMeta"]["usage"]["total"], 7)
 
     def test_session_key_continues(self) -> None:
         replies = [self.local("-m", "n", "--session-key", "local-turns").stdout for _ in range(3)]

@@ -56,7 +56,7 @@ class RunningGatewayTest(unittest.TestCase):
             # No --url: the CLI finds the gateway (on its random port) through the lock file.
             out = cli("agent", "--message", "found you", "--session-key", "k", "--json")
             self.assertEqual(out.returncode, 0, out.stderr)
-            self.assertEqual(json.loads(out.stdout)["text"], "Echo (turn 1): found you")
+            self.assertEqual(json.loads(out.stdout)["result"]["payloads"][0]["text"], "Echo (turn 1): found you")
             listed = cli("sessions", "list", "--json")
             self.assertEqual([s["key"] for s in json.loads(listed.stdout)], ["agent:main:k"])
             shown = cli("sessions", "show", "k")

@@ -19,7 +19,7 @@ from typing import Any, Final
 
 from ..errors import ApiError, RunError, RunTimedOut, http_status
 
-__all__ = ["DEFERRED", "dumps", "error_shape", "session_id", "ms"]
+__all__ = ["DEFERRED", "dumps", "error_shape", "session_id", "ms", "usage_shape", "agent_final"]
 
 # A method returns this when it answers later itself (agent, chat.send).
 DEFERRED: Final = object()
@@ -71,3 +71,30 @@ def session_id(key: str, created_at: float | None) -> str:
 def ms(seconds: float) -> int:
     """Epoch seconds as the integer milliseconds the protocol carries."""
     return int(seconds * 1000)
+
+
+def usage_shape(prompt: int, completion: int) -> dict[str, int]:
+    """Token counts as the original's ``agentMeta.usage``."""
+    return {"input": prompt, "output": completion, "cacheRead": 0, "cacheWrite": 0,
+            "total": prompt + completion}
+
+
+def agent_final(run_id: str, status: str, text: str, *, model_ref: str, session_id: str,
+                duration_ms: int, prompt_tokens: int = 0, completion_tokens: int = 0,
+                stop_reason: str | None = None) -> dict[str, Any]:
+    """The ``agent`` method's final payload in the original's shape (also what ``agent --json`` prints).
+
+    ``status`` is "ok" or "aborted" (an aborted run answers with its partial
+    text and ``meta.aborted``); ``model_ref`` is "provider/model".
+    """
+    provider, _, model = model_ref.partition("/")
+    meta: dict[str, Any] = {
+        "durationMs": duration_ms,
+        "agentMeta": {"sessionId": session_id, "provider": provider, "model": model or provider,
+                      "usage": usage_shape(prompt_tokens, completion_tokens)},
+        "aborted": status == "aborted"}
+    if stop_reason is not None:
+        meta["stopReason"] = stop_reason
+    return {"runId": run_id, "status": status,
+            "summary": "completed" if status == "ok" else status,
+            "result": {"payloads": [{"text": text, "mediaUrl": None}] if text else [], "meta": meta}}

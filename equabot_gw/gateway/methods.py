@@ -26,8 +26,7 @@ from typing import TYPE_CHECKING, Any, Final
 from .. import __version__, config as config_mod
 from ..agents import sessions
 from ..errors import ApiError
-from .frames import ms, session_id
-from .runs import usage_shape
+from .frames import ms, session_id, usage_shape
 
 if TYPE_CHECKING:
     from ..agents.transcripts import SessionInfo

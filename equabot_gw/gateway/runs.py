@@ -30,7 +30,7 @@ from ..agents.events import Delta, Ended, Failed, Started
 from ..agents.types import AgentRequest, AgentResult
 from ..errors import ApiError, RunAborted, RunError
 from .coalesce import TextSoFar
-from .frames import DEFERRED, error_shape, ms, session_id
+from .frames import DEFERRED, agent_final, error_shape, ms, session_id
 
 if TYPE_CHECKING:
     from .control import ControlConnection, ControlProtocol
@@ -212,23 +212,14 @@ class Runs:
             return {"runId": entry.id, "status": "error", "summary": entry.error or "error"}
         text = result.text if result is not None else (event.partial if isinstance(event, Failed) else "")
         usage = result.usage if result is not None else None
-        model_ref = result.model if result is not None else ""
-        provider, _, model = model_ref.partition("/")
         info = self.protocol.gateway.runtime.store.session_info(entry.agent_id, entry.session_key)
-        meta: dict[str, Any] = {
-            "durationMs": ms((entry.ended_at or time.time()) - (entry.started_at or entry.accepted_at)),
-            "agentMeta": {
-                "sessionId": session_id(entry.session_key, info.created_at if info else None),
-                "provider": provider, "model": model or provider,
-                "usage": usage_shape(usage.prompt_tokens if usage else 0,
-                                     usage.completion_tokens if usage else 0)},
-            "aborted": entry.status == "aborted"}
-        if result is not None:
-            meta["stopReason"] = result.finish_reason
-        return {"runId": entry.id, "status": entry.status,
-                "summary": "completed" if entry.status == "ok" else entry.status,
-                "result": {"payloads": [{"text": text, "mediaUrl": None}] if text else [],
-                           "meta": meta}}
+        return agent_final(
+            entry.id, entry.status, text, model_ref=result.model if result is not None else "",
+            session_id=session_id(entry.session_key, info.created_at if info else None),
+            duration_ms=ms((entry.ended_at or time.time()) - (entry.started_at or entry.accepted_at)),
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            stop_reason=result.finish_reason if result is not None else None)
 
 
 def _failure(event: Ended | Failed) -> dict[str, Any] | None:
@@ -236,12 +227,6 @@ def _failure(event: Ended | Failed) -> dict[str, Any] | None:
     if isinstance(event, Failed) and not (type(event.error) is RunAborted):
         return error_shape(event.error)
     return None
-
-
-def usage_shape(prompt: int, completion: int) -> dict[str, int]:
-    """Token counts as the original's ``agentMeta.usage``."""
-    return {"input": prompt, "output": completion, "cacheRead": 0, "cacheWrite": 0,
-            "total": prompt + completion}
 
 
 def _assistant_message(text: str, at: float) -> dict[str, Any]:
