@@ -596,6 +596,17 @@ class RateLimitTest(unittest.IsolatedAsyncioTestCase):
             self.assertLockedOut(await request(gw, token=TOKEN, headers=forwarded))
             self.assertEqual((await request(gw, token=TOKEN))[0], 200)
 
+    async def test_browser_pages_are_counted_even_on_loopback(self) -> None:
+        async with in_process(limited(exempt_loopback=True)) as gw:
+            page = (("Origin", gw.url),)
+            for _ in range(3):
+                await self.assertWSRefused(gw, WRONG, "UNAUTHORIZED", headers=page)
+            await self.assertWSRefused(gw, TOKEN, "RATE_LIMITED", headers=page)
+            # The machine's own tools (no Origin) are not locked out by the page.
+            self.assertEqual((await request(gw, token=TOKEN))[0], 200)
+            client = await ControlClient.open(gw.url, TOKEN)
+            await client.close()
+
     async def test_lockout_expires(self) -> None:
         async with in_process(limited(max_attempts=2, lockout=0.2)) as gw:
             await self.fail_http(gw, 2)

@@ -44,7 +44,7 @@ PROTOCOL_VERSION: Final = 3
 # The whole pre-connect phase (upgrade to hello-ok) must end within this long,
 # whatever the client sends; websockets' open_timeout is 10 s too.
 CONNECT_TIMEOUT: Final = 10.0
-# Largest first frame read before connect completes: a real connect is ~2 KiB;
+# Largest frame (bytes) accepted before connect completes: a real connect is ~2 KiB;
 # the original Gateway's whole payload limit is 512 KiB.
 MAX_CONNECT_FRAME_CHARS: Final = 256 * 1024
 # Messages the WebSocket shell may queue unread before connect completes
@@ -58,7 +58,6 @@ _LONG_METHODS: Final = frozenset({"agent.wait"})
 CLOSE_POLICY: Final = 1008
 CLOSE_GOING_AWAY: Final = 1001
 CLOSE_UNSUPPORTED_DATA: Final = 1003
-CLOSE_TOO_BIG: Final = 1009
 CLOSE_INTERNAL_ERROR: Final = 1011
 # How long shutdown waits for clients to complete the close handshake.
 SHUTDOWN_CLOSE_TIMEOUT: Final = 2.0
@@ -141,8 +140,10 @@ class ControlProtocol:
         client = self.gateway.auth.client_address(request.client,
                                                   request.headers.get_all("x-forwarded-for"))
         preauthorized = request.headers.get("authorization") is not None
+        origin = request.headers.get("origin")     # a browser page: never exempt from the limiter
         return http.Upgrade(headers, self._new_control_socket,
-                            lambda ws: ControlConnection(self, ws, client, preauthorized).serve())
+                            lambda ws: ControlConnection(self, ws, client, preauthorized,
+                                                         origin).serve())
 
     async def handle_echo_upgrade(self, request: http.HTTPRequest) -> http.Upgrade:
         """``gateway.ws.echoPath``: a plain echo, for testing the WebSocket stack (DECISIONS 29)."""
@@ -153,9 +154,11 @@ class ControlProtocol:
         return WebSocket(client=False, max_message_bytes=self.config.max_payload_bytes)
 
     def _new_control_socket(self) -> WebSocket:
-        # Before connect the shell queues at most one unread message; serve()
-        # raises the bound once the client is authenticated.
-        return WebSocket(client=False, max_message_bytes=self.config.max_payload_bytes,
+        # Before connect the shell queues at most one unread message, of at most
+        # MAX_CONNECT_FRAME_CHARS bytes (bigger: close 1009 as it arrives, never
+        # buffered whole); serve() restores both bounds once the client is in.
+        return WebSocket(client=False, max_message_bytes=min(MAX_CONNECT_FRAME_CHARS,
+                                                             self.config.max_payload_bytes),
                          max_queued_messages=PRE_CONNECT_QUEUED_MESSAGES)
 
     async def _echo(self, ws: Any) -> None:
@@ -204,11 +207,13 @@ class ControlProtocol:
 class ControlConnection:
     """One control connection: the pre-connect phase, then requests, responses and events."""
 
-    def __init__(self, protocol: ControlProtocol, ws: Any, client: str, preauthorized: bool) -> None:
+    def __init__(self, protocol: ControlProtocol, ws: Any, client: str, preauthorized: bool,
+                 origin: str | None = None) -> None:
         self.protocol = protocol
         self.gateway = protocol.gateway
         self.ws = ws
         self.client = client
+        self.origin = origin
         self.id = str(uuid.uuid4())
         self.number = next(protocol._ids)
         self.authenticated = preauthorized and self.gateway.auth.required
@@ -272,6 +277,7 @@ class ControlConnection:
             except TimeoutError:
                 raise ProtocolFailure(CLOSE_POLICY, "connect did not complete in time") from None
             self.ws.max_queued_messages = DEFAULT_MAX_QUEUED_MESSAGES
+            self.ws.max_message_bytes = self.protocol.config.max_payload_bytes
             self.protocol.connections.add(self)
             self.protocol.presence_version += 1
             self.protocol.health_version += 1
@@ -308,11 +314,7 @@ class ControlConnection:
         return frame
 
     async def _handshake(self) -> None:
-        message = await self.ws.recv()
-        if isinstance(message, str) and len(message) > MAX_CONNECT_FRAME_CHARS:
-            self.fail(None, ApiError(400, f"a frame before connect may hold at most "
-                                          f"{MAX_CONNECT_FRAME_CHARS} characters"))
-            raise ProtocolFailure(CLOSE_TOO_BIG, "connect frame too big")
+        message = await self.ws.recv()      # at most MAX_CONNECT_FRAME_CHARS bytes (the shell's limit)
         try:
             frame = await self._parse(message)
         except ApiError as exc:
@@ -340,7 +342,8 @@ class ControlConnection:
         auth = self.gateway.auth
         if auth.required and not self.authenticated:
             try:
-                auth.check("", self.client)     # present but not a credential: a failed attempt
+                # present but not a credential: a failed attempt
+                auth.check("", self.client, browser_origin=self.origin or False)
             except ApiError:
                 pass
 
@@ -368,7 +371,7 @@ class ControlConnection:
         if presented is not None and not _encodable(presented):
             presented = ""      # a lone surrogate cannot match any secret: a failed attempt
         try:
-            auth.check(presented, self.client)
+            auth.check(presented, self.client, browser_origin=self.origin or False)
         except ApiError as exc:
             if exc.status != 401:
                 raise
