@@ -3,7 +3,7 @@
 //
 // Safety rules this file keeps:
 // - model and server text only ever reaches the page as text nodes or
-//   attribute values checked here (never innerHTML or similar);
+//   attribute values checked here, never parsed as HTML;
 // - the token lives in sessionStorage and in the `connect` frame, nowhere
 //   else (not in the URL, not in any log);
 // - every wait has a deadline and every retry a growing delay.
@@ -70,9 +70,10 @@
     return ["http:", "https:", "mailto:"].includes(url.protocol) ? url.href : null;
   }
 
-  function link(label, raw) {
+  // A link whose target is not http, https or mailto stays its source text.
+  function link(label, raw, source) {
     const href = safeHref(raw);
-    if (href === null) return document.createTextNode(label);
+    if (href === null) return document.createTextNode(source);
     const a = h("a", "", label);
     a.href = href;
     a.rel = "noopener noreferrer";
@@ -91,9 +92,9 @@
         const inner = m[0].slice(1, -1);
         parent.append(inner ? h("em", "", inner) : m[0]);
       }
-      else if (m[7] !== undefined) parent.append(link(m[7], m[8]));
-      else if (m[9] !== undefined) parent.append(link(m[9], m[9]));
-      else parent.append(link(m[10], m[10]));
+      else if (m[7] !== undefined) parent.append(link(m[7], m[8], m[0]));
+      else if (m[9] !== undefined) parent.append(link(m[9], m[9], m[0]));
+      else parent.append(link(m[10], m[10], m[0]));
       last = INLINE.lastIndex;
     }
     if (last < text.length) parent.append(text.slice(last));
@@ -484,7 +485,7 @@
       if (ws !== sock) return;
       if (err.message === "connection closed") return;   // onclose retries
       stopped = true;
-      showAuthError(err.code === "UNAUTHORIZED" ? "The gateway refused the token: " + err.message
+      showAuthError(err.code === "UNAUTHORIZED" ? "The gateway refused the token. Check it and connect again."
         : err.code === "RATE_LIMITED" ? "Too many failed attempts: " + err.message
         : "The gateway refused the connection: " + err.message);
       setState("error", "Not connected");
