@@ -11,13 +11,18 @@ get it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import sys
+import time
 import unittest
 from typing import Any
 
+from equabot_gw.gateway.static import ChatPage
+from equabot_gw.net import routes, server, wshandshake
+from equabot_gw.net.wsstream import WebSocket
 from tests.cdp import CHROMIUM, SKIP_REASON, CDP, Chromium, Page
 from tests.support import ROOT, TOKEN, GatewayProcess, base_config
 
@@ -343,6 +348,218 @@ class ReconnectTest(BrowserTestCase):
         self.assertEqual(reply["text"], "Echo (turn 1): after restart")
         for entry in page.errors():
             self.assertRegex(entry["text"], re.escape("WebSocket connection to") + ".*failed")
+        self.assertNoConsoleErrors(page)
+
+
+# An 8x8 PNG, as an image part would carry it.
+PNG = "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAEUlEQVR4nGPQz4/DihiGlgQAknA/AQHfICkAAAAASUVORK5CYII="
+RICH_KEY = "agent:main:rich"
+RICH_HISTORY = [
+    {"role": "user", "content": [{"type": "text", "text": "What is the weather in Paris?"}], "timestamp": 1},
+    {"role": "assistant", "content": [{"type": "text", "text": "Let me look."},
+                                      {"type": "toolCall", "id": "call_1", "name": "get_weather",
+                                       "arguments": {"city": "Paris", "note": "<b>x</b>"}}],
+     "stopReason": "toolUse", "timestamp": 2},
+    {"role": "toolResult", "toolCallId": "call_1", "toolName": "get_weather",
+     "content": [{"type": "text", "text": "18 °C, <i>cloudy</i>"}], "isError": False, "timestamp": 3},
+    {"role": "assistant", "content": [{"type": "text", "text": "Here is a map:"},
+                                      {"type": "image", "data": PNG, "mimeType": "image/png"},
+                                      {"type": "weird", "html": "<img src=x onerror=\"window.__pwned=1\">"}],
+     "usage": {"input": 12, "output": 5, "cacheRead": 0, "cacheWrite": 0, "totalTokens": 17},
+     "stopReason": "stop", "timestamp": 4},
+]
+
+
+class OriginalGateway:
+    """A scripted stand-in for the original Gateway: its frames, exactly as captured on the wire.
+
+    Serves the chat page like equabot_gw does and answers the control
+    protocol with the original's shapes: ``connect.challenge`` first,
+    ``runId`` = the client's ``idempotencyKey``, cumulative ``chat`` deltas,
+    a ``final`` without usage (the history carries it). Records what the
+    page sends.
+    """
+
+    def __init__(self) -> None:
+        self.router = routes.Router()
+        page = ChatPage(self.upgrade)
+        for path in ("/", "/chat"):
+            self.router.add(path, ("GET",), page.root)
+        self.router.add("/static/{name}", ("GET",), page.asset)
+        self.router.add("/favicon.ico", ("GET",), page.favicon)
+        self.server = server.HTTPServer(self.router)
+        self.requests: list[tuple[float, dict[str, Any]]] = []
+        self.challenged_at = 0.0
+        self.history: dict[str, list[dict[str, Any]]] = {RICH_KEY: RICH_HISTORY}
+        self.runs: dict[str, asyncio.Task[None]] = {}
+
+    async def start(self) -> str:
+        await self.server.start("127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.port}"
+
+    async def stop(self) -> None:
+        for task in self.runs.values():
+            task.cancel()
+        await self.server.shutdown(2)
+
+    async def upgrade(self, request: routes.HTTPRequest) -> routes.Upgrade:
+        headers = wshandshake.server_handshake(request.method, request.version, request.headers)
+        return routes.Upgrade(headers, lambda: WebSocket(client=False), self.serve)
+
+    async def serve(self, ws: Any) -> None:
+        seq = 0
+
+        def event(name: str, payload: dict[str, Any]) -> None:
+            nonlocal seq
+            seq += 1
+            ws.send(json.dumps({"type": "event", "event": name, "payload": payload, "seq": seq}))
+
+        ws.send(json.dumps({"type": "event", "event": "connect.challenge",
+                            "payload": {"nonce": "4d1d20d8-dbb1-4c83", "ts": int(time.time() * 1000)}}))
+        self.challenged_at = time.monotonic()
+        async for message in ws:
+            frame = json.loads(message)
+            self.requests.append((time.monotonic(), frame))
+            answer = self.answer(frame["method"], frame["params"], event)
+            ws.send(json.dumps({"type": "res", "id": frame["id"], **answer}))
+
+    def answer(self, method: str, params: dict[str, Any], event: Any) -> dict[str, Any]:
+        ok = lambda payload: {"ok": True, "payload": payload}     # noqa: E731
+        if method == "connect":
+            if params.get("auth", {}).get("token") != TOKEN:
+                return {"ok": False, "error": {"code": "INVALID_REQUEST", "message": "unauthorized"}}
+            return ok({"type": "hello-ok", "protocol": 3, "server": {"version": "dev", "connId": "c1"},
+                       "features": {"methods": ["chat.send"], "events": ["chat"]},
+                       "snapshot": {"presence": [], "health": {}, "stateVersion": {"presence": 1}},
+                       "policy": {"maxPayload": 26214400, "maxBufferedBytes": 52428800,
+                                  "tickIntervalMs": 30000}})
+        if method == "agents.list":
+            return ok({"defaultId": "main", "mainKey": "main", "scope": "per-sender", "agents": [{"id": "main"}]})
+        if method == "sessions.list":
+            return ok({"ts": 1, "path": "(multiple)", "count": len(self.history), "defaults": {},
+                       "sessions": [{"key": key, "kind": "direct", "updatedAt": 1} for key in self.history]})
+        if method == "chat.history":
+            messages = self.history.get(params["sessionKey"], [])
+            return ok({"sessionKey": params["sessionKey"], "sessionId": "s1",
+                       "messages": messages[-params.get("limit", 200):]})
+        if method == "chat.send":
+            run_id = params["idempotencyKey"]
+            self.runs[run_id] = asyncio.ensure_future(self.run(run_id, params, event))
+            return ok({"runId": run_id, "status": "started"})
+        if method == "chat.abort":
+            task = self.runs.get(params.get("runId", ""))
+            if task is not None:
+                task.cancel()
+            return ok({"ok": True, "aborted": task is not None, "runIds": [params.get("runId")]})
+        return {"ok": False, "error": {"code": "INVALID_REQUEST", "message": f"unknown method: {method}"}}
+
+    async def run(self, run_id: str, params: dict[str, Any], event: Any) -> None:
+        key, text = params["sessionKey"], f"You said: {params['message']}"
+        base = {"runId": run_id, "sessionKey": key}
+        words = text.split(" ")
+        delay = 0.5 if "slowly" in text else 0.08
+        seq = 0
+        try:
+            for i in range(1, len(words) + 1):
+                await asyncio.sleep(delay)
+                seq += 1
+                event("chat", {**base, "seq": seq, "state": "delta", "message": {
+                    "role": "assistant", "content": [{"type": "text", "text": " ".join(words[:i])}],
+                    "timestamp": 1}})
+        except asyncio.CancelledError:
+            event("chat", {**base, "seq": seq + 1, "state": "aborted"})
+            raise
+        self.history.setdefault(key, []).extend([
+            {"role": "user", "content": [{"type": "text", "text": params["message"]}], "timestamp": 1},
+            {"role": "assistant", "content": [{"type": "text", "text": text}], "timestamp": 2,
+             "usage": {"input": 3, "output": len(words), "totalTokens": 3 + len(words)}}])
+        event("chat", {**base, "seq": seq + 1, "state": "final", "message": {
+            "role": "assistant", "content": [{"type": "text", "text": text}], "timestamp": 2}})
+
+
+class OriginalShapesTest(BrowserTestCase):
+    """The page against the original Gateway's frames: challenge, cumulative deltas, rich parts."""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        unittest.IsolatedAsyncioTestCase.setUpClass()
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        unittest.IsolatedAsyncioTestCase.tearDownClass()
+
+    async def asyncSetUp(self) -> None:
+        await super().asyncSetUp()
+        self.original = OriginalGateway()
+        self.url = await self.original.start()
+
+    async def asyncTearDown(self) -> None:
+        await super().asyncTearDown()
+        await self.original.stop()
+
+    def sent(self, method: str) -> list[dict[str, Any]]:
+        return [frame["params"] for _, frame in self.original.requests if frame["method"] == method]
+
+    async def test_speaks_the_original_protocol(self) -> None:
+        page = await self.open_connected(self.url)
+        # connect answers the challenge at once, with the webchat client's fields.
+        at, first = self.original.requests[0]
+        self.assertEqual(first["method"], "connect")
+        self.assertLess(at - self.original.challenged_at, 0.5)
+        self.assertEqual(first["params"], {
+            "minProtocol": 3, "maxProtocol": 3,
+            "client": {"id": "webchat", "version": "0.1.0", "platform": "web", "mode": "webchat"},
+            "auth": {"token": TOKEN}, "role": "operator", "scopes": ["operator.admin"]})
+
+        # Cumulative deltas render by replacement; the usage comes from the history.
+        await page.evaluate(RECORD_STATES)
+        await self.send(page, "one two three four five six")
+        reply = await self.wait_reply(page)
+        final = "You said: one two three four five six"
+        self.assertEqual(reply["text"], final)
+        states = [s for s in await page.evaluate("window.__states") if s not in (final, "…")]
+        self.assertGreaterEqual(len(states), 3, states)
+        for before, after in zip(states, states[1:] + [final]):
+            self.assertTrue(after.startswith(before) and len(after) > len(before), (before, after))
+        await page.wait_for(f"{LAST_REPLY}.querySelector('.usage') !== null")
+        self.assertEqual(await page.evaluate(f"{LAST_REPLY}.querySelector('.usage').textContent"),
+                         "3 in · 8 out · 11 tokens")
+        send = self.sent("chat.send")[0]
+        self.assertEqual(set(send), {"sessionKey", "message", "idempotencyKey"})
+        self.assertRegex(send["sessionKey"], r"^agent:main:web-")
+
+        # Stop: chat.abort names the session and the run (= the idempotency key).
+        await self.send(page, "say this slowly please, word by word, all of it")
+        await page.wait_for(f"(() => {{ const r = {LAST_REPLY}; return r.dataset.state === 'streaming'"
+                            " && r.querySelector('.body').textContent.startsWith('You said'); })()")
+        await page.click("#msg")
+        await page.press("Escape")
+        stopped = await self.wait_reply(page, "aborted")
+        self.assertEqual(stopped["note"], "Stopped")
+        self.assertEqual(self.sent("chat.abort"), [{"sessionKey": send["sessionKey"],
+                                                    "runId": self.sent("chat.send")[1]["idempotencyKey"]}])
+        self.assertNoConsoleErrors(page)
+
+    async def test_tool_calls_images_and_unknown_parts(self) -> None:
+        page = await self.open_connected(self.url)
+        await page.click(f"#sessions button[data-key={json.dumps(RICH_KEY)}]")
+        await page.wait_for("document.querySelectorAll('#log .msg').length === 4")
+        await self.shot(page, "13-rich-history")
+        parts = await page.evaluate("""[...document.querySelectorAll('#log details.part')].map(d =>
+            [d.className, d.querySelector('summary').textContent, d.querySelector('pre').textContent])""")
+        self.assertEqual([p[:2] for p in parts], [["part tool-call", "Tool call: get_weather"],
+                                                 ["part tool-result", "Tool result: get_weather"],
+                                                 ["part unknown", "Part: weird"]])
+        self.assertEqual(json.loads(parts[0][2]), {"city": "Paris", "note": "<b>x</b>"})
+        self.assertEqual(parts[1][2], "18 °C, <i>cloudy</i>")
+        self.assertIn('<img src=x onerror=\\"window.__pwned=1\\">', parts[2][2])
+        await page.wait_for("[...document.querySelectorAll('#log img')].every(i => i.complete)")
+        images = await page.evaluate("[...document.querySelectorAll('#log img')].map(i => [i.src, i.naturalWidth])")
+        self.assertEqual(images, [[f"data:image/png;base64,{PNG}", 8]])
+        self.assertEqual(await page.evaluate("document.querySelectorAll('#log b, #log i').length"), 0)
+        self.assertEqual(await page.evaluate(f"{LAST_REPLY}.querySelector('.usage').textContent"),
+                         "12 in · 5 out · 17 tokens")
+        self.assertIsNone(await page.evaluate("window.__pwned"))
         self.assertNoConsoleErrors(page)
 
 
