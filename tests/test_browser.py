@@ -426,8 +426,10 @@ class OriginalGateway:
     def answer(self, method: str, params: dict[str, Any], event: Any) -> dict[str, Any]:
         ok = lambda payload: {"ok": True, "payload": payload}     # noqa: E731
         if method == "connect":
-            if params.get("auth", {}).get("token") != TOKEN:
-                return {"ok": False, "error": {"code": "INVALID_REQUEST", "message": "unauthorized"}}
+            token = params.get("auth", {}).get("token")
+            if token != TOKEN:     # the original's words; it closes 1008 right after
+                why = "gateway token missing" if token is None else "gateway token mismatch"
+                return {"ok": False, "error": {"code": "INVALID_REQUEST", "message": f"unauthorized: {why}"}}
             return ok({"type": "hello-ok", "protocol": 3, "server": {"version": "dev", "connId": "c1"},
                        "features": {"methods": ["chat.send"], "events": ["chat"]},
                        "snapshot": {"presence": [], "health": {}, "stateVersion": {"presence": 1}},
@@ -538,6 +540,17 @@ class OriginalShapesTest(BrowserTestCase):
         self.assertEqual(stopped["note"], "Stopped")
         self.assertEqual(self.sent("chat.abort"), [{"sessionKey": send["sessionKey"],
                                                     "runId": self.sent("chat.send")[1]["idempotencyKey"]}])
+        self.assertNoConsoleErrors(page)
+
+    async def test_connect_without_a_token(self) -> None:
+        """An empty field on Connect tries without credentials (auth mode "none"), and says what is missing."""
+        page = await self.new_page()
+        await page.goto(self.url + "/")
+        await page.click("#connect")
+        error = await page.wait_for("(() => { const e = document.getElementById('auth-error');"
+                                    " return !e.hidden && e.textContent; })()")
+        self.assertEqual(error, "This gateway needs its token: enter it and connect.")
+        self.assertEqual(self.sent("connect")[0]["auth"], {})
         self.assertNoConsoleErrors(page)
 
     async def test_tool_calls_images_and_unknown_parts(self) -> None:

@@ -380,6 +380,10 @@
 
   // ---- the connection ------------------------------------------------------------
 
+  let token = store.get(TOKEN_KEY);
+  // Connect on load only with a stored token; an empty field on Connect tries
+  // without one (a gateway with auth mode "none" needs none).
+  let wanted = token !== "";
   let ws = null;
   let connected = false;
   let stopped = false;          // a refused connect: wait for the user, never retry by ourselves
@@ -434,12 +438,17 @@
 
   function connect() {
     clearTimeout(retryTimer);
-    const token = store.get(TOKEN_KEY);
-    if (!token) {
+    if (!wanted) {
       setState("offline", "Not connected: enter the gateway token");
       return;
     }
-    if (ws) { const old = ws; ws = null; old.close(1000); }
+    if (ws) {     // a new token: the old socket's close must not schedule a retry
+      const old = ws;
+      ws = null;
+      connected = false;
+      failPending("connection replaced");
+      old.close(1000);
+    }
     stopped = false;
     setState("connecting", attempt ? "Reconnecting…" : "Connecting…");
     const sock = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/");
@@ -450,7 +459,7 @@
       if (helloSent || ws !== sock) return;
       helloSent = true;
       clearTimeout(challengeTimer);
-      handshake(sock, token);
+      handshake(sock);
     };
     sock.onopen = () => { challengeTimer = setTimeout(hello, CHALLENGE_WAIT_MS); };
     sock.onmessage = (event) => {
@@ -461,10 +470,13 @@
       if (frame.type === "res") onResponse(frame);
       else if (frame.type === "event") onEvent(frame.event, frame.payload || {}, hello);
     };
-    sock.onclose = () => {
+    sock.onclose = (event) => {
       clearTimeout(challengeTimer);
       if (ws !== sock) return;
       ws = null;
+      // 1008 before hello-ok: the gateway's policy refused us (without a
+      // response frame); the same attempt would be refused again.
+      if (!connected && !stopped && event.code === 1008) refused("", event.reason);
       connected = false;
       failPending("connection closed");
       for (const [runId, view] of runs) if (view.state === "streaming") finishRun(runId, "error", "connection lost");
@@ -473,24 +485,18 @@
     };
   }
 
-  async function handshake(sock, token) {
+  async function handshake(sock) {
     const params = {
       minProtocol: PROTOCOL, maxProtocol: PROTOCOL,
       client: { id: "webchat", version: VERSION, platform: "web", mode: "webchat" },
-      auth: { token }, role: "operator", scopes: ["operator.admin"],
+      auth: token ? { token } : {}, role: "operator", scopes: ["operator.admin"],
     };
     try {
       await request("connect", params, sock);
     } catch (err) {
-      if (ws !== sock) return;
-      if (err.message === "connection closed") return;   // onclose retries
-      stopped = true;
-      showAuthError(err.code === "UNAUTHORIZED" ? "The gateway refused the token. Check it and connect again."
-        : err.code === "RATE_LIMITED" ? "Too many failed attempts: " + err.message
-        : "The gateway refused the connection: " + err.message);
-      setState("error", "Not connected");
+      if (ws !== sock || err.message === "connection closed") return;   // onclose decides
+      refused(err.code, err.message);
       sock.close(1000);
-      ui.token.focus();
       return;
     }
     if (ws !== sock) return;
@@ -501,6 +507,19 @@
     updateControls();
     await Promise.all([loadAgents(), loadSessions()]);
     await loadHistory();
+  }
+
+  // A refused connect is never retried by the page: a wrong token would only
+  // feed the gateway's failure limiter. The user fixes it and connects again.
+  function refused(code, message) {
+    stopped = true;
+    const unauthorized = code === "UNAUTHORIZED" || /^unauthorized/i.test(message);
+    showAuthError(unauthorized && token ? "The gateway refused the token. Check it and connect again."
+      : unauthorized ? "This gateway needs its token: enter it and connect."
+      : code === "RATE_LIMITED" ? "Too many failed attempts: " + message
+      : "The gateway refused the connection" + (message ? ": " + message : "."));
+    setState("error", "Not connected");
+    ui.token.focus();
   }
 
   function scheduleReconnect() {
@@ -558,7 +577,8 @@
     }));
     const fromKey = agentOfKey(current.sessionKey);
     const known = (id) => agents.some((a) => a.id === id);
-    const agentId = known(fromKey) ? fromKey : known(payload.defaultId) ? payload.defaultId : agents.length ? agents[0].id : "main";
+    const defaultId = payload && payload.defaultId;
+    const agentId = known(fromKey) ? fromKey : known(defaultId) ? defaultId : agents.length ? agents[0].id : "main";
     if (!current.sessionKey || !known(fromKey)) selectSession(newSessionKey(agentId), agentId);
     else selectSession(current.sessionKey, agentId);
     updateControls();
@@ -701,8 +721,8 @@
 
   ui.auth.addEventListener("submit", (event) => {
     event.preventDefault();
-    const token = ui.token.value.trim();
-    if (!token) { showAuthError("Enter the gateway token."); ui.token.focus(); return; }
+    token = ui.token.value.trim();
+    wanted = true;
     store.set(TOKEN_KEY, token);
     showAuthError("");
     attempt = 0;
@@ -747,7 +767,7 @@
 
   window.addEventListener("online", () => { if (!ws && !stopped) connect(); });
 
-  ui.token.value = store.get(TOKEN_KEY);
+  ui.token.value = token;
   updateControls();
   connect();
 })();
