@@ -325,7 +325,6 @@
       view.node.append(meta);
     }
     meta.textContent = text;
-    meta.setAttribute("aria-label", "Token usage: " + text);
   }
 
   const STATE_LABELS = { streaming: "", final: "", aborted: "Stopped", error: "Failed" };
