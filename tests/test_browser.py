@@ -182,7 +182,7 @@ class ChatFlowTest(BrowserTestCase):
         long_text = " ".join(f"w{i}" for i in range(40))
         await self.send(page, long_text)
         await page.wait_for(f"(() => {{ const r = {LAST_REPLY}; return r && r.dataset.state === 'streaming'"
-                            " && r.querySelector('.body').textContent.split(' ').length >= 4; })()")
+                            " && r.querySelector('.body').textContent.split(' ').length >= 6; })()")
         self.assertFalse(await page.evaluate("document.getElementById('stop').disabled"))
         await page.click("#stop")
         stopped = await self.wait_reply(page, "aborted", timeout=10)
