@@ -1,8 +1,8 @@
 """The Gateway object: config, runtime, auth, routes and server, started and stopped in order.
 
 Owns the life of one gateway process: which routes exist (health, the OpenAI
-endpoints when enabled, the WebSocket control protocol, the optional echo
-path), CORS, and shutdown in a fixed order — readiness off, WebSocket clients
+endpoints when enabled, the WebSocket control protocol and the chat page on
+``/``, the optional echo path), CORS, and shutdown in a fixed order — readiness off, WebSocket clients
 told (``shutdown`` event, close 1001), no new connections, requests in flight
 finish within the grace period (``hurry()`` ends it early), then open runs are
 aborted and recorded so every open stream ends with its error event and
@@ -32,7 +32,7 @@ from ..config import Config, bind_host
 from ..errors import ApiError, GatewayError
 from ..net import routes as http
 from ..net import server
-from . import control, openai
+from . import control, openai, static
 
 log = logging.getLogger("equabot_gw")
 
@@ -120,7 +120,12 @@ class Gateway:
         for path in ("/health", "/healthz"):
             add(path, ("GET",), self.health)
         add("/readyz", ("GET",), self.readyz)
-        add("/", ("GET",), self.control.handle_upgrade)
+        # "/" and "/chat": the chat page to a browser, the control protocol otherwise.
+        page = static.ChatPage(self.control.handle_upgrade)
+        for path in ("/", "/chat"):
+            add(path, ("GET",), page.root)
+        add("/static/{name}", ("GET",), page.asset)
+        add("/favicon.ico", ("GET",), page.favicon)
         if self.config.gateway.ws.echo_path:
             add(self.config.gateway.ws.echo_path, ("GET",), self.control.handle_echo_upgrade)
         routes = (("/v1/chat/completions", ("POST",), self.openai.create),
