@@ -9,8 +9,9 @@ VENV_TEST := .venv-test
 VENV_BENCH := bench/.venv
 TEST_PY := $(VENV_TEST)/bin/python
 TEST_STAMP := $(VENV_TEST)/.installed-$(shell cat tests/interop/requirements.txt 2>/dev/null | cksum | cut -d' ' -f1)
+VENV_DIST := build/venv
 
-.PHONY: run test test-fast check-imports bench conformance clean
+.PHONY: run test test-fast check-imports bench conformance dist interop-haproxy clean
 
 run:
 	$(PYTHON) -m equabot_gw
@@ -42,6 +43,17 @@ bench:
 conformance:
 	$(PYTHON) -m equabot_gw conformance --base-url $(or $(URL),http://127.0.0.1:18789) $(if $(TOKEN),--token $(TOKEN),) --ws
 
+# An sdist and a wheel in dist/ (the build frontend lives in build/venv, the
+# backend named in pyproject.toml is fetched by it into an isolated env).
+dist: $(VENV_DIST)/.installed
+	rm -rf dist
+	$(VENV_DIST)/bin/python -m build --outdir dist .
+
+$(VENV_DIST)/.installed:
+	$(PYTHON) -m venv $(VENV_DIST)
+	$(VENV_DIST)/bin/python -m pip install --quiet --disable-pip-version-check build==1.6.1
+	touch $@
+
 clean:
-	rm -rf $(VENV_TEST) $(VENV_BENCH) .coverage
+	rm -rf $(VENV_TEST) $(VENV_BENCH) .coverage build dist
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
