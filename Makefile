@@ -10,6 +10,7 @@ VENV_BENCH := bench/.venv
 TEST_PY := $(VENV_TEST)/bin/python
 TEST_STAMP := $(VENV_TEST)/.installed-$(shell cat tests/interop/requirements.txt 2>/dev/null | cksum | cut -d' ' -f1)
 VENV_DIST := build/venv
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test test-fast check-imports bench conformance dist interop-haproxy clean
 
@@ -38,6 +39,15 @@ check-imports:
 # Side-by-side benchmarks (installs bench/.venv and wrk): see bench/README.md.
 bench:
 	$(MAKE) -C bench all PYTHON=$(PYTHON)
+
+# Opt-in, not part of `make test`: three gateways behind HAProxy, sessions
+# across a node restart, throughput with 1-3 nodes (docs/scale-out.md).
+interop-haproxy: /usr/sbin/haproxy /usr/bin/wrk
+	$(PYTHON) bench/scaleout/run.py
+
+/usr/sbin/haproxy /usr/bin/wrk:
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq $(notdir $@)
 
 # The shipped checker against a running server: make conformance URL=... TOKEN=...
 conformance:
