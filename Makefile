@@ -9,8 +9,10 @@ VENV_TEST := .venv-test
 VENV_BENCH := bench/.venv
 TEST_PY := $(VENV_TEST)/bin/python
 TEST_STAMP := $(VENV_TEST)/.installed-$(shell cat tests/interop/requirements.txt 2>/dev/null | cksum | cut -d' ' -f1)
+VENV_DIST := build/venv
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test test-fast check-imports bench conformance interop-original clean
+.PHONY: run test test-fast check-imports bench conformance dist interop-original interop-haproxy clean
 
 run:
 	$(PYTHON) -m equabot_gw
@@ -38,6 +40,15 @@ check-imports:
 bench:
 	$(MAKE) -C bench all PYTHON=$(PYTHON)
 
+# Opt-in, not part of `make test`: three gateways behind HAProxy, sessions
+# across a node restart, throughput with 1-3 nodes (docs/scale-out.md).
+interop-haproxy: /usr/sbin/haproxy /usr/bin/wrk
+	$(PYTHON) bench/scaleout/run.py
+
+/usr/sbin/haproxy /usr/bin/wrk:
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq $(notdir $@)
+
 # The shipped checker against a running server: make conformance URL=... TOKEN=...
 conformance:
 	$(PYTHON) -m equabot_gw conformance --base-url $(or $(URL),http://127.0.0.1:18789) $(if $(TOKEN),--token $(TOKEN),) --ws
@@ -48,6 +59,17 @@ conformance:
 interop-original:
 	$(PYTHON) tests/interop/original_cli.py
 
+# An sdist and a wheel in dist/ (the build frontend lives in build/venv, the
+# backend named in pyproject.toml is fetched by it into an isolated env).
+dist: $(VENV_DIST)/.installed
+	rm -rf dist
+	$(VENV_DIST)/bin/python -m build --outdir dist .
+
+$(VENV_DIST)/.installed:
+	$(PYTHON) -m venv $(VENV_DIST)
+	$(VENV_DIST)/bin/python -m pip install --quiet --disable-pip-version-check build==1.6.1
+	touch $@
+
 clean:
-	rm -rf $(VENV_TEST) $(VENV_BENCH) .coverage
+	rm -rf $(VENV_TEST) $(VENV_BENCH) .coverage build dist
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -13,6 +13,7 @@ Commands:
   paced   C connections sending R requests/s in all (0: closed loop) (S4)
   idle    open N connections, one request each, then hold them idle (S3)
   slow    N concurrent streams at once, each on its own connection (S3)
+  sessions  N requests on C connections, each with a fresh session key (S6)
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ TOKEN = "bench-token-0123456789abcdef"
 _END_CHUNKED = b"\r\n0\r\n\r\n"
 
 
-def request_bytes(port: int, body: bytes, extra: str = "") -> bytes:
+def request_bytes(port: int, body: bytes, extra: str = "", token: str = TOKEN) -> bytes:
     return (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-            f"Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n"
+            f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n{extra}\r\n").encode() + body
 
 
@@ -148,7 +149,7 @@ def _check(result: dict, expect_events: int | None) -> str | None:
 async def closed_or_paced(args: argparse.Namespace) -> dict:
     """S2 and S4: C connections, closed loop or a fixed total rate, warm-up then measure."""
     body = open(args.body_file, "rb").read()
-    request = request_bytes(args.port, body)
+    request = request_bytes(args.port, body, token=args.token)
     clients = [await _connect(args.port) for _ in range(args.conns)]
     start = time.perf_counter()
     measure_from = start + args.warmup
@@ -212,7 +213,7 @@ async def closed_or_paced(args: argparse.Namespace) -> dict:
 async def idle(args: argparse.Namespace) -> dict:
     """S3: N connections, each answers one completion, then all sit idle for ``hold`` s."""
     body = open(args.body_file, "rb").read()
-    request = request_bytes(args.port, body)
+    request = request_bytes(args.port, body, token=args.token)
     gate = asyncio.Semaphore(args.opening)
     errors: dict[str, int] = {}
     clients: list[Client] = []
@@ -249,7 +250,7 @@ async def idle(args: argparse.Namespace) -> dict:
 async def slow(args: argparse.Namespace) -> dict:
     """S3: N streams started together, each on its own connection; all must complete."""
     body = open(args.body_file, "rb").read()
-    request = request_bytes(args.port, body)
+    request = request_bytes(args.port, body, token=args.token)
     errors: dict[str, int] = {}
     durations: list[float] = []
     gate = asyncio.Semaphore(args.opening)
@@ -280,9 +281,61 @@ async def slow(args: argparse.Namespace) -> dict:
             "errors": sum(errors.values()), "error_kinds": errors}
 
 
+async def sessions(args: argparse.Namespace) -> dict:
+    """S6: ``count`` requests on C keep-alive connections, each with a fresh session key.
+
+    Every request starts a new keyed session (one turn). Reports the rate over
+    all of them and over the first and last tenth, to show whether creating a
+    session gets slower as the store grows.
+    """
+    body = open(args.body_file, "rb").read()
+    prefix = f"s6-{time.time_ns():x}-"
+    clients = [await _connect(args.port) for _ in range(args.conns)]
+    issued = 0
+    finished: list[float] = []          # completion time of each request, in order
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+
+    async def worker(client: Client) -> None:
+        nonlocal issued
+        while issued < args.count:
+            issued += 1
+            extra = f"x-equabot-session-key: {prefix}{issued}\r\n"
+            try:
+                result = await asyncio.wait_for(
+                    client.exchange(request_bytes(args.port, body, extra, args.token)), 30)
+            except (ResponseError, asyncio.TimeoutError) as exc:
+                errors[str(exc) or type(exc).__name__] = errors.get(str(exc) or type(exc).__name__, 0) + 1
+                return
+            problem = _check(result, None)
+            if problem:
+                errors[problem] = errors.get(problem, 0) + 1
+            else:
+                latencies.append(result["total"])
+            finished.append(time.perf_counter())
+
+    began = time.perf_counter()
+    await asyncio.gather(*(worker(c) for c in clients))
+    wall = time.perf_counter() - began
+    for c in clients:
+        c.transport.close()
+    tenth = max(1, len(finished) // 10)
+
+    def rate(times: list[float], since: float) -> float | None:
+        return round(len(times) / (times[-1] - since), 1) if times and times[-1] > since else None
+
+    return {"sessions": len(latencies), "seconds": round(wall, 2),
+            "sessions_per_s": round(len(latencies) / wall, 1) if wall else None,
+            "first_tenth_per_s": rate(finished[:tenth], began),
+            "last_tenth_per_s": rate(finished[-tenth:], finished[-tenth - 1]) if len(finished) > tenth else None,
+            "latency_p50_ms": _ms(_percentile(latencies, 50)),
+            "latency_p99_ms": _ms(_percentile(latencies, 99)),
+            "errors": sum(errors.values()), "error_kinds": errors}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=("stream", "paced", "idle", "slow"))
+    parser.add_argument("command", choices=("stream", "paced", "idle", "slow", "sessions"))
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--body-file", required=True)
     parser.add_argument("--conns", type=int, default=16)
@@ -292,6 +345,8 @@ def main() -> None:
     parser.add_argument("--expect-events", type=int, default=None)
     parser.add_argument("--hold", type=float, default=3.0, help="idle: seconds to hold")
     parser.add_argument("--opening", type=int, default=256, help="connections opened at once")
+    parser.add_argument("--count", type=int, default=1000, help="sessions: requests (= new sessions)")
+    parser.add_argument("--token", default=TOKEN, help="the bearer token to send")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -301,7 +356,7 @@ def main() -> None:
     except ImportError:
         pass
     command = {"stream": closed_or_paced, "paced": closed_or_paced, "idle": idle,
-               "slow": slow}[args.command]
+               "slow": slow, "sessions": sessions}[args.command]
     print(json.dumps(asyncio.run(command(args))), flush=True)
 
 

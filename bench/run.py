@@ -19,311 +19,20 @@ import json
 import os
 import platform
 import re
-import resource
 import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
-RESULTS = BENCH / "results"
-PY = str(BENCH / ".venv" / "bin" / "python")
-SERVER_CORE = "0"
-LOAD_CORE = "1"
-sys.path.insert(0, str(BENCH / "servers"))
-import workloads  # noqa: E402
-
-GW = "equabot_gw"
-STARLETTE = "uvicorn+starlette"
-STARLETTE_FAST = "uvicorn+starlette (uvloop, httptools)"
-AIOHTTP = "aiohttp"
-RAW = "raw asyncio"
-
-
-@dataclass(frozen=True)
-class Settings:
-    rounds: int = 3
-    s1_seconds: float = 8.0
-    s1_warmup: float = 2.0
-    s1_conns: int = 64
-    s2_seconds: float = 8.0
-    s2_warmup: float = 1.0
-    s2_conns: int = 16
-    s3_rounds: int = 2
-    s3_idle_conns: int = 10_000
-    s3_idle_hold: float = 3.0
-    s3_slow_streams: int = 2_000
-    s4_seconds: float = 8.0
-    s4_conns: int = 32
-    s4_rates: tuple[float, ...] = (100.0, 500.0)
-    s5_reps: int = 20
-
-
-FULL = Settings()
-QUICK = Settings(rounds=1, s1_seconds=3, s1_warmup=1, s2_seconds=3, s2_warmup=0.5, s3_rounds=1,
-                 s3_idle_hold=2, s4_seconds=2, s5_reps=4)
-
-
-# -- servers -------------------------------------------------------------------------
-
-def _argv(name: str, port: int, state_dir: str) -> tuple[list[str], Path]:
-    servers = str(BENCH / "servers")
-    if name == GW:
-        return ([PY, "-m", "equabot_gw", "--config", "bench/gateway.json5", "--port", str(port),
-                 "--state-dir", state_dir, "--log-level", "warning"], ROOT)
-    if name in (STARLETTE, STARLETTE_FAST):
-        fast = name == STARLETTE_FAST
-        return ([PY, "-m", "uvicorn", "starlette_app:app", "--app-dir", servers,
-                 "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop" if fast else "asyncio",
-                 "--http", "httptools" if fast else "h11", "--log-level", "warning",
-                 "--no-access-log", "--backlog", "2048", "--timeout-keep-alive", "60"], BENCH)
-    if name == AIOHTTP:
-        return [PY, f"{servers}/aiohttp_app.py", "--port", str(port)], BENCH
-    if name == RAW:
-        return [PY, f"{servers}/raw_asyncio.py", "--port", str(port)], BENCH
-    if name == "upstream":
-        return [PY, f"{servers}/raw_asyncio.py", "--port", str(port), "--upstream"], BENCH
-    raise ValueError(name)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _raise_nofile() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def http_get(port: int, path: str, timeout: float = 2.0) -> int:
-    """Status of ``GET path`` (0 when the connection is refused or fails)."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-            s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
-            head = s.recv(64)
-            return int(head[9:12]) if head.startswith(b"HTTP/1.") else 0
-    except OSError:
-        return 0
-
-
-class Server:
-    """One server process under test, pinned to ``core``, with a fresh state dir."""
-
-    def __init__(self, name: str, core: str = SERVER_CORE, upstream_port: int = 9) -> None:
-        self.name = name
-        self.core = core
-        self.port = free_port()
-        self.state_dir = tempfile.mkdtemp(prefix="equabot-bench-")
-        self.upstream_port = upstream_port
-        self.proc: subprocess.Popen | None = None
-        self.started_at = 0.0
-        self.wrapper: list[str] = []        # e.g. a profiler that starts the server
-
-    def spawn(self) -> None:
-        argv, cwd = _argv(self.name, self.port, self.state_dir)
-        env = dict(os.environ, BENCH_UPSTREAM_PORT=str(self.upstream_port), PYTHONUNBUFFERED="1")
-        log = open(RESULTS / "logs" / f"{re.sub(r'[^a-z0-9]+', '-', self.name.lower())}.log", "ab")
-        self.started_at = time.perf_counter()
-        self.proc = subprocess.Popen(["taskset", "-c", self.core] + self.wrapper + argv, cwd=cwd, env=env,
-                                     stdout=log, stderr=log, preexec_fn=_raise_nofile)
-        log.close()
-
-    def start(self) -> "Server":
-        self.spawn()
-        deadline = time.monotonic() + 20
-        while http_get(self.port, "/health", 0.5) != 200:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name} did not start (see results/logs/)")
-            time.sleep(0.02)
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        subprocess.run(["rm", "-rf", self.state_dir], check=False)
-
-    def memory_mb(self) -> dict[str, float]:
-        """VmRSS and VmHWM (peak RSS since start) of the process, in MB (10^6 bytes)."""
-        fields = {}
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                fields[key] = round(int(value.split()[0]) * 1024 / 1e6, 1)
-        return fields
-
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of all the process's threads."""
-        stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
-        parts = stat.rpartition(")")[2].split()
-        return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
-
-
-# -- other processes on the machine -----------------------------------------------
-#
-# Other work on the same two cores (another session's test suite, say) takes CPU
-# from the server or the load generator and ruins a round. Each measurement
-# first waits for the machine to be quiet, then checks how much CPU went to
-# processes outside the benchmark ("foreign" CPU: all cores' user + system
-# time from /proc/stat minus our own processes' time); a round with more than
-# FOREIGN_LIMIT cores of it is measured again (at most RETRIES times; the best
-# attempt is kept and its foreign_cpu is reported).
-
-FOREIGN_LIMIT = 0.10            # cores
-QUIET_MAX_WAIT = 8.0            # seconds to wait for a quiet machine before measuring anyway
-RETRIES = 2
-# Past this many seconds of the run, measure at once and keep the first attempt
-# (the figures stay flagged by their foreign_cpu): the run must end.
-PATIENCE_BUDGET = 15 * 60.0
-_RUN_STARTED = time.monotonic()
-
-
-def _patient() -> bool:
-    return time.monotonic() - _RUN_STARTED < PATIENCE_BUDGET
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _machine_busy() -> float:
-    """CPU seconds all cores spent in user and system mode since boot."""
-    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:4]
-    return sum(int(x) for x in fields) / _TICK
-
-
-def _own_cpu(servers: list["Server"]) -> float:
-    me = resource.getrusage(resource.RUSAGE_SELF)
-    return (me.ru_utime + me.ru_stime + _children_cpu()
-            + sum(s.cpu_seconds() for s in servers if s.proc and s.proc.poll() is None))
-
-
-def wait_quiet(servers: list["Server"]) -> float:
-    """Wait until other processes use under FOREIGN_LIMIT cores; returns the seconds waited."""
-    began = time.monotonic()
-    while _patient() and time.monotonic() - began < QUIET_MAX_WAIT:
-        busy0, own0 = _machine_busy(), _own_cpu(servers)
-        time.sleep(0.5)
-        if (_machine_busy() - busy0 - (_own_cpu(servers) - own0)) / 0.5 < FOREIGN_LIMIT:
-            break
-    return round(time.monotonic() - began, 1)
-
-
-def guarded(measure, servers: list["Server"]) -> dict:
-    """``measure()`` on a quiet machine, again if other processes took CPU meanwhile."""
-    best: dict | None = None
-    for attempt in range(1 + RETRIES):
-        waited = wait_quiet(servers)
-        busy0, own0, wall0 = _machine_busy(), _own_cpu(servers), time.perf_counter()
-        result = measure()
-        foreign = (_machine_busy() - busy0 - (_own_cpu(servers) - own0)) / \
-            (time.perf_counter() - wall0)
-        result.update(foreign_cpu=round(max(0.0, foreign), 3), attempts=attempt + 1,
-                      quiet_wait_s=waited)
-        if best is None or result["foreign_cpu"] < best["foreign_cpu"]:
-            best = result
-        if foreign < FOREIGN_LIMIT or not _patient():
-            break
-        say(f"   other processes used {foreign:.2f} cores during the measurement: again")
-    return best
-
-
-# -- load generators --------------------------------------------------------------
-
-def _body_file(kind: str) -> str:
-    path = RESULTS / "tmp" / f"{kind}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(workloads.BODIES[kind])
-    return str(path)
-
-
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def wrk(server: Server, seconds: float, conns: int) -> dict:
-    """Scenario 1 load: wrk, one thread on the load core, POSTing the completion body."""
-    env = dict(os.environ, BENCH_BODY_FILE=_body_file("complete"))
-    cmd = ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{conns}", f"-d{seconds:g}s", "--latency",
-           "-s", str(BENCH / "post.lua"), f"http://127.0.0.1:{server.port}/v1/chat/completions"]
-    cpu0, server0, wall0 = _children_cpu(), server.cpu_seconds(), time.perf_counter()
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
-    wall = time.perf_counter() - wall0
-    server_cpu = server.cpu_seconds() - server0
-    data = json.loads(out.split("WRKJSON ", 1)[1].splitlines()[0])
-    seconds_run = data["duration_us"] / 1e6
-    errors = sum(data[k] for k in ("connect", "read", "write", "status", "timeout"))
-    return {"requests_per_s": round(data["requests"] / seconds_run, 1),
-            "requests_per_cpu_s": round(data["requests"] / server_cpu, 1) if server_cpu else None,
-            "p50_ms": data["p50_us"] / 1000, "p99_ms": data["p99_us"] / 1000,
-            "errors": errors, "server_cpu": round(server_cpu / wall, 3),
-            "server_rss_mb": server.memory_mb()["VmRSS"],
-            "loadgen_cpu": round((_children_cpu() - cpu0) / wall, 3)}
-
-
-def loadgen(command: str, port: int, body: str, **options) -> dict:
-    cmd = ["taskset", "-c", LOAD_CORE, PY, str(BENCH / "loadgen.py"), command, "--port", str(port),
-           "--body-file", _body_file(body)]
-    for key, value in options.items():
-        cmd += [f"--{key.replace('_', '-')}", str(value)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
-
-
-# -- statistics and tables --------------------------------------------------------
-
-def median_of(rounds: list[dict]) -> dict:
-    """Per metric: the median over rounds (errors: the total)."""
-    out: dict = {}
-    for key in rounds[0]:
-        values = [r[key] for r in rounds if isinstance(r.get(key), (int, float))]
-        if key.startswith("errors") or key == "error_kinds":
-            if key == "errors":
-                out[key] = sum(values)
-            continue
-        if values and len(values) == len(rounds):
-            out[key] = round(statistics.median(values), 3)
-    return out
-
-
-def ratio(value: float | None, base: float | None) -> str:
-    if not value or not base:
-        return "–"
-    return f"{value / base:.2f}×"
-
-
-def fmt(value, digits: int = 1) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:,.{digits}f}"
-    return f"{value:,}"
-
-
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def rotated(names: list[str], round_no: int) -> list[str]:
-    k = round_no % len(names)
-    return names[k:] + names[:k]
-
-
-def say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
+import harness
+from harness import (AIOHTTP, BENCH, FULL, GW, LOAD_CORE, PY, QUICK, RAW, RESULTS, ROOT,
+                     SERVER_CORE, STARLETTE, STARLETTE_FAST, Server, Settings, _body_file,
+                     _cold_start, fmt, guarded, loadgen, median_of, ratio, rotated, say,
+                     table, workloads, wrk)
+from proxies import VIA_GW, VIA_LITELLM, _s4_section, s4
+from store_growth import _s6_section, s6
 
 # -- preflight: every peer answers with the gateway's bytes -------------------------
 
@@ -454,47 +163,6 @@ def _s3_slow(name: str, settings: Settings) -> dict:
             "errors": result["errors"], "error_kinds": result["error_kinds"]}
 
 
-def s4(settings: Settings) -> dict:
-    """S4: gateway (agent "proxy") in front of the raw upstream vs the upstream alone."""
-    upstream = Server("upstream", core=LOAD_CORE).start()
-    gateway = Server(GW, upstream_port=upstream.port).start()
-    direct_events = workloads.sse_events(workloads.UPSTREAM_WORDS) + 1     # + the usage chunk
-    targets = {"via equabot_gw": (gateway.port, workloads.sse_events(workloads.UPSTREAM_WORDS)),
-               "upstream direct": (upstream.port, direct_events)}
-    runs: dict[str, dict[str, list[dict]]] = {t: {m: [] for m, _ in _s4_modes(settings)}
-                                              for t in targets}
-    try:
-        for target, (port, expect) in targets.items():      # warm the upstream pool
-            loadgen("paced", port, "proxy", conns=settings.s4_conns, duration=1, warmup=0.5,
-                    expect_events=expect)
-        for r in range(settings.rounds):
-            for target in rotated(list(targets), r):
-                port, expect = targets[target]
-                for mode, rate in _s4_modes(settings):
-                    result = guarded(lambda: loadgen(
-                        "paced", port, "proxy", conns=settings.s4_conns,
-                        duration=settings.s4_seconds if rate else settings.s4_seconds / 2,
-                        warmup=0.5, rate=rate, expect_events=expect), [gateway, upstream])
-                    runs[target][mode].append(result)
-                    say(f"S4 round {r + 1} {target} {mode}: {result}")
-    finally:
-        gateway.stop()
-        upstream.stop()
-    out: dict = {t: {m: {"median": median_of(v), "rounds": v} for m, v in modes.items()}
-                 for t, modes in runs.items()}
-    for mode, _ in _s4_modes(settings):
-        via = out["via equabot_gw"][mode]["median"]
-        direct = out["upstream direct"][mode]["median"]
-        out.setdefault("added", {})[mode] = {
-            k: round(via[k] - direct[k], 3) for k in ("latency_p50_ms", "latency_p99_ms",
-                                                        "ttfb_p50_ms", "ttfb_p99_ms")}
-    return out
-
-
-def _s4_modes(settings: Settings) -> list[tuple[str, float]]:
-    return [(f"paced {rate:g}/s", rate) for rate in settings.s4_rates] + [("closed", 0.0)]
-
-
 def s5(settings: Settings) -> dict:
     """S5: process start to the first 200 on /health, and RSS 0.5 s after it."""
     names = [GW, STARLETTE, STARLETTE_FAST, AIOHTTP, RAW]
@@ -517,24 +185,6 @@ def s5(settings: Settings) -> dict:
             "rounds": values}
         say(f"S5 {name}: {out[name]['median']}")
     return out
-
-
-def _cold_start(name: str) -> dict:
-    server = Server(name)
-    server.spawn()
-    status = 0
-    while status != 200 and server.proc.poll() is None and \
-            time.perf_counter() - server.started_at < 10:
-        status = http_get(server.port, "/health")
-        if status != 200:
-            time.sleep(0.001)
-    first = (time.perf_counter() - server.started_at) * 1000
-    try:
-        time.sleep(0.5)
-        rss = server.memory_mb()["VmRSS"] if status == 200 else None
-    finally:
-        server.stop()
-    return {"first_200_ms": round(first, 1), "idle_rss_mb": rss, "errors": int(status != 200)}
 
 
 # -- the report ---------------------------------------------------------------------
@@ -590,31 +240,6 @@ S5_COLUMNS = [("first_200_ms", "first 200 ms (median)", 1), ("first_200_p90_ms",
               ("errors", "errors", 0), ("foreign_cpu", "other CPU", 2)]
 
 
-def _s4_section(data: dict, settings: Settings) -> str:
-    modes = [m for m, _ in _s4_modes(settings)]
-    rows = []
-    for target in ("via equabot_gw", "upstream direct"):
-        for mode in modes:
-            m = data[target][mode]["median"]
-            rows.append([target, mode, fmt(m.get("requests_per_s"), 0),
-                         fmt(m.get("latency_p50_ms"), 2), fmt(m.get("latency_p99_ms"), 2),
-                         fmt(m.get("ttfb_p50_ms"), 2), fmt(m.get("errors"), 0),
-                         fmt(m.get("foreign_cpu"), 2)])
-    for mode in modes:
-        a = data["added"][mode]
-        rows.append(["**added by the gateway**", mode, "", fmt(a["latency_p50_ms"], 2),
-                     fmt(a["latency_p99_ms"], 2), fmt(a["ttfb_p50_ms"], 2), "", ""])
-    note = (f"{settings.s4_conns} client connections, each streaming a 12-word completion to "
-            f"[DONE] (latency = request sent → end of the response). *paced N/s*: N requests/s "
-            f"in all, spread over the clients (the gateway is not saturated); *closed*: each "
-            f"client sends its next request at once, so latency is mostly queueing behind the "
-            f"other 31. The upstream is the raw asyncio server (`--upstream`) on the load core; "
-            f"the gateway keeps its upstream connections alive (pool).")
-    return ("### S4 — proxy overhead (openai-completions agent → local upstream)\n\n" + note
-            + "\n\n" + table(["target", "load", "req/s", "p50 ms", "p99 ms", "TTFB p50 ms",
-                                "errors", "other CPU"], rows) + "\n")
-
-
 def targets(results: dict) -> list[dict]:
     """The issue's targets, each with the figure it is judged on."""
     out = []
@@ -623,29 +248,59 @@ def targets(results: dict) -> list[dict]:
     def add(name: str, value, limit, met: bool | None) -> None:
         out.append({"target": name, "value": value, "limit": limit, "met": met})
 
+    def below(value, limit, inclusive: bool = False) -> bool | None:
+        """None (no samples) when the figure is missing."""
+        if not isinstance(value, (int, float)):
+            return None
+        return value <= limit if inclusive else value < limit
+
+    def median(*path: str) -> dict:
+        node = sc
+        for part in path:
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        return node.get("median", {}) if isinstance(node, dict) else {}
+
+    def share(a, b) -> float | None:
+        return round(a / b, 3) if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b else None
+
     if "s1" in sc:
-        gw = sc["s1"][GW]["median"]["requests_per_s"]
-        add("S1 req/s ≥ uvicorn+starlette", gw, sc["s1"][STARLETTE]["median"]["requests_per_s"],
-            gw >= sc["s1"][STARLETTE]["median"]["requests_per_s"])
-        raw = sc["s1"][RAW]["median"]["requests_per_s"]
-        add("S1 req/s ≥ 60% of raw asyncio", round(gw / raw, 3), 0.6, gw / raw >= 0.6)
+        gw = median("s1", GW).get("requests_per_s")
+        peer = median("s1", STARLETTE).get("requests_per_s")
+        add("S1 req/s ≥ uvicorn+starlette", gw, peer, below(peer, gw, True) if gw is not None else None)
+        ratio_raw = share(gw, median("s1", RAW).get("requests_per_s"))
+        add("S1 req/s ≥ 60% of raw asyncio", ratio_raw, 0.6, None if ratio_raw is None else ratio_raw >= 0.6)
     if "s2" in sc:
-        v = sc["s2"][GW]["median"]["events_per_s"]
-        add("S2 SSE events/s ≥ 100,000", v, 100_000, v >= 100_000)
+        v = median("s2", GW).get("events_per_s")
+        add("S2 SSE events/s ≥ 100,000", v, 100_000, None if v is None else v >= 100_000)
     if "s3" in sc:
-        m = sc["s3"]["idle"][GW]["median"]
-        add("S3 10k idle: peak RSS < 150 MB", m["peak_rss_mb"], 150, m["peak_rss_mb"] < 150)
-        errors = m["errors"] + sc["s3"]["slow"][GW]["median"]["errors"]
+        m = median("s3", "idle", GW)
+        add("S3 10k idle: peak RSS < 150 MB", m.get("peak_rss_mb"), 150, below(m.get("peak_rss_mb"), 150))
+        errors = m.get("errors", 0) + median("s3", "slow", GW).get("errors", 0)
         add("S3 zero errors (idle + slow)", errors, 0, errors == 0)
     if "s4" in sc:
-        mode = f"paced {max(Settings(**results['settings']).s4_rates):g}/s"
-        a = sc["s4"]["added"][mode]
-        add(f"S4 added p50 < 1 ms ({mode})", a["latency_p50_ms"], 1.0, a["latency_p50_ms"] < 1.0)
-        add(f"S4 added p99 < 5 ms ({mode})", a["latency_p99_ms"], 5.0, a["latency_p99_ms"] < 5.0)
+        settings = Settings(**results["settings"])
+        mode = f"paced {max(settings.s4_rates):g}/s"
+        a = sc["s4"]["added"].get(mode, {})
+        add(f"S4 added p50 < 1 ms ({mode})", a.get("latency_p50_ms"), 1.0, below(a.get("latency_p50_ms"), 1.0))
+        add(f"S4 added p99 < 5 ms ({mode})", a.get("latency_p99_ms"), 5.0, below(a.get("latency_p99_ms"), 5.0))
+        wide = f"{settings.s4_throughput_conns} connections"
+        gw = sc["s4"][VIA_GW].get(wide, {}).get("median", {}).get("requests_per_s")
+        peer = sc["s4"].get(VIA_LITELLM, {}).get(wide, {}).get("median", {}).get("requests_per_s")
+        share = round(gw / peer, 2) if gw and peer else None
+        add(f"S4 req/s ≥ 10× LiteLLM's ({wide})", share, 10, None if share is None else share >= 10)
+        for peer_mode, b in sc["s4"].get("added_litellm", {}).items():
+            ours = sc["s4"]["added"].get(peer_mode, {}).get("latency_p50_ms")
+            theirs = b.get("latency_p50_ms")
+            share = round(ours / theirs, 3) if ours is not None and theirs else None
+            add(f"S4 added p50 ≤ 0.2× LiteLLM's ({peer_mode})", share, 0.2, below(share, 0.2, True))
     if "s5" in sc:
-        m = sc["s5"][GW]["median"]
-        add("S5 first 200 < 200 ms (median)", m["first_200_ms"], 200, m["first_200_ms"] < 200)
-        add("S5 idle RSS < 30 MB", m["idle_rss_mb"], 30, m["idle_rss_mb"] < 30)
+        m = median("s5", GW)
+        add("S5 first 200 < 200 ms (median)", m.get("first_200_ms"), 200, below(m.get("first_200_ms"), 200))
+        add("S5 idle RSS < 30 MB", m.get("idle_rss_mb"), 30, below(m.get("idle_rss_mb"), 30))
+    if "s6" in sc:
+        ratio_after = sc["s6"].get("ratio")
+        add(f"S6 stateless req/s after {Settings(**results['settings']).s6_sessions:,} sessions "
+            f"≥ 0.95× before", ratio_after, 0.95, None if ratio_after is None else ratio_after >= 0.95)
     return out
 
 
@@ -657,6 +312,10 @@ def report(results: dict) -> str:
              f"{LOAD_CORE}; Python {m['python']}; {m['kernel']}; equabot_gw {m['equabot_gw']} "
              f"({m['commit']}). Medians of {s.rounds} interleaved rounds "
              f"({s.s3_rounds} for S3). `÷ gw` is the peer's figure divided by equabot_gw's.\n"]
+    took = results.get("scenario_seconds")
+    if took:
+        parts.append(f"Run time {results.get('seconds', '?')} s: "
+                     + ", ".join(f"{name.upper()} {sec} s" for name, sec in took.items()) + ".\n")
     same = sc.get("byte_identical")
     if same:
         parts.append("Preflight — same JSON and SSE bytes as equabot_gw (ids, `created` aside): "
@@ -685,15 +344,18 @@ def report(results: dict) -> str:
             "time 1,000 ms.", sc["s3"]["slow"], S3S_COLUMNS, ("peak_rss_mb",)))
     if "s4" in sc:
         parts.append(_s4_section(sc["s4"], s))
+    if "s6" in sc:
+        parts.append(_s6_section(sc["s6"], s))
     if "s5" in sc:
         parts.append(_section(
             "S5 — cold start", f"{s.s5_reps} starts per server (interleaved, after one unmeasured "
             "start that fills bytecode caches): spawn → first 200 on GET /health; RSS 0.5 s later.",
             sc["s5"], S5_COLUMNS, ("first_200_ms", "idle_rss_mb")))
+    verdict = {True: "met", False: "**MISSED**", None: "no samples"}
     rows = [[t["target"], fmt(t["value"], 3 if isinstance(t["value"], float) and t["value"] < 10
-                               else 1), fmt(t["limit"]), "met" if t["met"] else "**MISSED**"]
+                               else 1), f"{t['limit']:,g}", verdict[t["met"]]]
             for t in results["targets"]]
-    parts.append("### Targets (issue 7)\n\n" + table(["target", "equabot_gw", "limit", ""], rows) + "\n")
+    parts.append("### Targets\n\n" + table(["target", "equabot_gw", "limit", ""], rows) + "\n")
     return "\n".join(parts)
 
 
@@ -729,7 +391,7 @@ def _interrupted(signum: int, frame: object) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description="equabot_gw and its peers, side by side")
     parser.add_argument("--quick", action="store_true", help="one short round of every scenario")
-    parser.add_argument("--only", default="s1,s2,s3,s4,s5", help="comma-separated scenarios")
+    parser.add_argument("--only", default="s1,s2,s3,s4,s5,s6", help="comma-separated scenarios")
     parser.add_argument("--out", help="results/OUT.{json,md} (default: latest, or quick)")
     args = parser.parse_args()
     # Stop cleanly (servers and load generators stopped by the finally blocks)
@@ -738,8 +400,7 @@ def main() -> None:
         signal.signal(sig, _interrupted)
     settings = QUICK if args.quick else FULL
     if args.quick:
-        global QUIET_MAX_WAIT, RETRIES, PATIENCE_BUDGET
-        QUIET_MAX_WAIT, RETRIES, PATIENCE_BUDGET = 3.0, 1, 60.0
+        harness.QUIET_MAX_WAIT, harness.RETRIES, harness.PATIENCE_BUDGET = 3.0, 1, 60.0
     only = set(args.only.split(","))
     mode = args.out or ("quick" if args.quick else "latest")
     (RESULTS / "logs").mkdir(parents=True, exist_ok=True)
@@ -748,16 +409,32 @@ def main() -> None:
                "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                "machine": machine(), "settings": asdict(settings), "scenarios": {}}
     sc = results["scenarios"]
+    took = results["scenario_seconds"] = {}
+    clock = time.monotonic()
+
+    def timed(name: str) -> None:
+        nonlocal clock
+        took[name] = round(time.monotonic() - clock)
+        clock = time.monotonic()
+        say(f"{name} took {took[name]} s")
+
     if only & {"s1", "s2"}:
         both = s1_s2(settings, only)
         sc["byte_identical"] = both.pop("byte_identical")
         sc.update(both)
+        timed("s1+s2")
     if "s3" in only:
         sc["s3"] = s3(settings)
+        timed("s3")
     if "s4" in only:
         sc["s4"] = s4(settings)
+        timed("s4")
     if "s5" in only:
         sc["s5"] = s5(settings)
+        timed("s5")
+    if "s6" in only:
+        sc["s6"] = s6(settings)
+        timed("s6")
     results["targets"] = targets(results)
     results["seconds"] = round(time.monotonic() - started)
     (RESULTS / f"{mode}.json").write_text(json.dumps(results, indent=1) + "\n")

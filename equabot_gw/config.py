@@ -225,6 +225,16 @@ class WSConfig:
     tick_interval_ms: int = key("tickIntervalMs", integer(100), default=30_000)
 
 
+_NODE_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,32}")
+
+
+def node_id(value: Any) -> str:
+    """A node id is empty (one gateway) or 1-32 of ``[A-Za-z0-9_-]``: it goes into run and response ids."""
+    if isinstance(value, str) and (value == "" or _NODE_ID.fullmatch(value)):
+        return value
+    raise ValueError(f"expected \"\" or 1-32 characters of [A-Za-z0-9_-], got {_describe(value)}")
+
+
 @dataclass(frozen=True, slots=True)
 class GatewayConfig:
     port: int = key("port", integer(0, 65535), default=DEFAULT_PORT)
@@ -234,6 +244,9 @@ class GatewayConfig:
     ws: WSConfig = key("ws", factory=WSConfig)
     trusted_proxies: tuple[str, ...] = key("trustedProxies", ip_networks, default=())
     shutdown_grace: float = key("shutdownGraceSeconds", number(0), default=10.0)
+    # Behind a balancer: run ids carry it (run_<node>_...), completion ids too
+    # (chatcmpl-<node>-...), so a retry or resume can be routed to this node.
+    node_id: str = key("nodeId", node_id, default="")
 
 
 @dataclass(frozen=True, slots=True)

@@ -260,7 +260,8 @@ class Runtime:
         self._finished: OrderedDict[str, RunRecord] = OrderedDict()
         self._idempotent: OrderedDict[str, str] = OrderedDict()
         self._ids = itertools.count(1)
-        self._id_prefix = os.urandom(6).hex()
+        node = config.gateway.node_id      # run_<node>_<random><n>: the owning node is in the id
+        self._id_prefix = (f"{node}_" if node else "") + os.urandom(6).hex()
         self.closing = False
 
     async def start(self) -> None:

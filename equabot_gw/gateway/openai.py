@@ -230,7 +230,8 @@ class ChatCompletions:
         self.runtime = runtime
         self.authorize = authorize
         self.started_at = int(started_at or time.time())
-        self._id_prefix = os.urandom(6).hex()
+        node = runtime.config.gateway.node_id      # chatcmpl-<node>-<random><n>
+        self._id_prefix = (f"{node}-" if node else "") + os.urandom(6).hex()
         self._ids = 0
 
     # ---- /v1/models ----

@@ -1,0 +1,259 @@
+"""The package installs and runs outside the checkout: a wheel, ``pip install .``, ``pipx install .``.
+
+Each install goes into a fresh virtual environment under a temporary directory,
+and the installed ``equabot-gw`` command is run from a directory outside the
+checkout with a clean environment (no ``PYTHONPATH``, ``HOME`` in the temp
+dir): ``--help``, then a real gateway on port 0 that must answer
+``GET /health`` and exit 0 on SIGTERM. The wheel is built once, from the
+checkout, by pip (whose build isolation fetches the build backend named in
+pyproject.toml from the package index: this module needs the network).
+
+Virtual environments are made without pip (fast) and pip is pointed at them
+with ``--python``; the one exception is pipx, which is installed into a
+throwaway venv of its own and makes its venvs as its users get them.
+"""
+
+from __future__ import annotations
+
+import ast
+import email.parser
+import os
+import pathlib
+import re
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import unittest
+import urllib.request
+import zipfile
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "equabot_gw"
+# Generous: a cold pip resolving and downloading the build backend on a busy machine.
+PIP_TIMEOUT = 300
+START_TIMEOUT = 30.0
+
+
+def source_version() -> str:
+    """``__version__`` as written in the checkout's ``equabot_gw/__init__.py``."""
+    tree = ast.parse((PACKAGE / "__init__.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "__version__" for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise AssertionError("equabot_gw/__init__.py has no __version__")
+
+
+def clean_env(home: pathlib.Path, **extra: str) -> dict[str, str]:
+    """The environment without anything that could point back at the checkout or its config."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PYTHON", "EQUABOT_", "VIRTUAL_ENV", "PIP_REQUIRE"))}
+    env.update(HOME=str(home), PYTHONNOUSERSITE="1", **extra)
+    return env
+
+
+def copy_checkout(dest: pathlib.Path) -> pathlib.Path:
+    """The files a clone would have (no venvs, build output, caches, git metadata)."""
+    ignore = shutil.ignore_patterns(".git", ".venv*", "venv", "build", "dist", "*.egg-info",
+                                    "__pycache__", "*.pyc", "results", ".coverage")
+    shutil.copytree(ROOT, dest, ignore=ignore, symlinks=False)
+    return dest
+
+
+def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=kwargs.pop("timeout", PIP_TIMEOUT),
+                            **kwargs)
+    if result.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, cmd))} exited {result.returncode}\n"
+                             f"stdout: {result.stdout[-3000:]}\nstderr: {result.stderr[-3000:]}")
+    return result
+
+
+class Sandbox:
+    """A temp dir with a fake HOME, a work dir outside the checkout, and a pip to install with."""
+
+    def __init__(self) -> None:
+        self.tmp = tempfile.TemporaryDirectory(prefix="equabot-install-")
+        self.dir = pathlib.Path(self.tmp.name)
+        self.home = self.dir / "home"
+        self.outside = self.dir / "elsewhere"
+        self.home.mkdir()
+        self.outside.mkdir()
+        self.env = clean_env(self.home)
+        self.pip = self._pip()
+
+    def _pip(self) -> list[str]:
+        """This interpreter's pip when it can install into another venv, else a venv's own."""
+        probe = subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True, text=True)
+        found = re.match(r"pip (\d+)\.(\d+)", probe.stdout)
+        if probe.returncode == 0 and found and (int(found[1]), int(found[2])) >= (22, 3):
+            return [sys.executable, "-m", "pip"]
+        tools = self.dir / "pip-venv"
+        run([sys.executable, "-m", "venv", str(tools)])
+        return [str(tools / "bin" / "python"), "-m", "pip"]
+
+    def venv(self, name: str) -> pathlib.Path:
+        """A fresh virtual environment without pip; returns its directory."""
+        path = self.dir / name
+        run([sys.executable, "-m", "venv", "--without-pip", str(path)], env=self.env)
+        return path
+
+    def pip_install(self, venv: pathlib.Path, *args: str, cwd: pathlib.Path | None = None) -> None:
+        run(self.pip + ["--python", str(venv / "bin" / "python"), "install",
+                        "--disable-pip-version-check", "--no-input", *args],
+            cwd=cwd or self.outside, env=self.env)
+
+    def cleanup(self) -> None:
+        self.tmp.cleanup()
+
+
+class InstalledCommandChecks(unittest.TestCase):
+    """What every installed copy must do; subclasses say where the command is."""
+
+    box: Sandbox
+
+    def assert_command_works(self, command: pathlib.Path) -> None:
+        self.assertTrue(command.is_file(), f"{command} was not installed")
+        self.assertFalse(command.resolve().is_relative_to(ROOT), "the command lives in the checkout")
+        helped = run([str(command), "--help"], cwd=self.box.outside, env=self.box.env, timeout=60)
+        self.assertIn("gateway", helped.stdout)
+        self.assertIn("conformance", helped.stdout)
+        self.assert_gateway_serves(command)
+
+    def assert_gateway_serves(self, command: pathlib.Path) -> None:
+        """``equabot-gw --port 0 --state-dir D``: start-up line, GET /health 200, SIGTERM → exit 0."""
+        state = pathlib.Path(tempfile.mkdtemp(prefix="state-", dir=self.box.dir))
+        stderr_path = state.parent / f"{state.name}.stderr"
+        with open(stderr_path, "w") as stderr:
+            proc = subprocess.Popen([str(command), "--port", "0", "--state-dir", str(state)],
+                                    cwd=self.box.outside, env=self.box.env, stdout=subprocess.PIPE,
+                                    stderr=stderr, text=True)
+        try:
+            line = self._first_line(proc)
+            found = re.search(r"listening on (http://[0-9.]+:(\d+))", line)
+            self.assertIsNotNone(found, f"no URL in the start-up line {line!r}: "
+                                        f"{stderr_path.read_text()[-2000:]}")
+            self.assertNotEqual(found[2], "0")
+            with urllib.request.urlopen(found[1] + "/health", timeout=10) as response:
+                self.assertEqual(response.status, 200)
+            proc.send_signal(signal.SIGTERM)
+            self.assertEqual(proc.wait(30), 0, stderr_path.read_text()[-2000:])
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+        self.assertTrue((state / "gateway-token").is_file(), "the state dir given was not used")
+
+    @staticmethod
+    def _first_line(proc: subprocess.Popen[str]) -> str:
+        """The first stdout line, or '' after START_TIMEOUT (never blocks forever)."""
+        with selectors.DefaultSelector() as selector:
+            selector.register(proc.stdout, selectors.EVENT_READ)
+            if not selector.select(START_TIMEOUT):
+                return ""
+        return proc.stdout.readline()
+
+
+class WheelTest(InstalledCommandChecks):
+    """``pip install <wheel>`` of the wheel built from the checkout."""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.box = Sandbox()
+        try:
+            wheels = cls.box.dir / "wheels"
+            run(cls.box.pip + ["wheel", "--no-deps", "--disable-pip-version-check", "--no-input",
+                               "--wheel-dir", str(wheels), str(copy_checkout(cls.box.dir / "src"))],
+                cwd=cls.box.outside, env=cls.box.env)
+            found = sorted(wheels.glob("*.whl"))
+            assert len(found) == 1, found
+            cls.wheel = found[0]
+            cls.venv = cls.box.venv("wheel-venv")
+            cls.box.pip_install(cls.venv, "--no-index", str(cls.wheel))
+        except BaseException:
+            cls.box.cleanup()
+            raise
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.box.cleanup()
+
+    def test_installed_command_runs_outside_the_checkout(self) -> None:
+        self.assert_command_works(self.venv / "bin" / "equabot-gw")
+
+    def test_import_isolated_gives_the_source_version(self) -> None:
+        result = run([str(self.venv / "bin" / "python"), "-I", "-c",
+                      "import equabot_gw; print(equabot_gw.__version__); print(equabot_gw.__file__)"],
+                     cwd=self.box.outside, env=self.box.env, timeout=60)
+        version, location = result.stdout.split()
+        self.assertEqual(version, source_version())
+        self.assertTrue(pathlib.Path(location).is_relative_to(self.venv), location)
+        self.assertIn(f"-{version}-", self.wheel.name)
+
+    def test_wheel_holds_the_package_and_its_data_only(self) -> None:
+        with zipfile.ZipFile(self.wheel) as wheel:
+            names = wheel.namelist()
+            dist_info = next(n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA"))
+            metadata = email.parser.Parser().parsestr(wheel.read(f"{dist_info}/METADATA").decode())
+            entry_points = wheel.read(f"{dist_info}/entry_points.txt").decode()
+        tops = {n.split("/")[0] for n in names}
+        self.assertEqual(tops, {"equabot_gw", dist_info})
+        for name in names:
+            self.assertFalse(name.startswith(("tests/", "bench/")), name)
+            self.assertNotIn("__pycache__", name)
+        # Every file of the package directory ships, data files included.
+        shipped = {n for n in names if n.startswith("equabot_gw/")}
+        expected = {p.relative_to(ROOT).as_posix() for p in PACKAGE.rglob("*")
+                    if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}
+        self.assertEqual(shipped, expected)
+        self.assertIn("equabot_gw/conformance/openai-chat-schemas.json", shipped)
+        # Zero runtime dependencies, the version of the source, the console script.
+        self.assertEqual(metadata.get_all("Requires-Dist"), None)
+        self.assertEqual(metadata["Version"], source_version())
+        self.assertEqual(metadata["Requires-Python"], ">=3.11")
+        self.assertEqual(metadata["License-Expression"], "MIT")
+        self.assertRegex(entry_points, r"(?m)^equabot-gw\s*=\s*equabot_gw\.cli:main\s*$")
+
+
+class SourceInstallTest(InstalledCommandChecks):
+    """``pip install .`` and ``pipx install .`` from a copy of the checkout."""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        cls.box = Sandbox()
+        try:
+            cls.src = copy_checkout(cls.box.dir / "src")
+        except BaseException:
+            cls.box.cleanup()
+            raise
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.box.cleanup()
+
+    def test_pip_install_dot(self) -> None:
+        venv = self.box.venv("pip-venv")
+        self.box.pip_install(venv, ".", cwd=self.src)
+        self.assert_command_works(venv / "bin" / "equabot-gw")
+
+    def test_pipx_install_dot(self) -> None:
+        tool = self.box.venv("pipx-tool")
+        try:
+            self.box.pip_install(tool, "pipx")
+        except AssertionError as exc:
+            self.skipTest(f"pipx could not be installed into a throwaway venv: {str(exc)[-500:]}")
+        pipx_home, bin_dir = self.box.dir / "pipx-home", self.box.dir / "pipx-bin"
+        env = dict(self.box.env, PIPX_HOME=str(pipx_home), PIPX_BIN_DIR=str(bin_dir),
+                   PIPX_MAN_DIR=str(self.box.dir / "pipx-man"))
+        run([str(tool / "bin" / "pipx"), "install", "."], cwd=self.src, env=env)
+        command = bin_dir / "equabot-gw"
+        self.assertTrue(command.resolve().is_relative_to(pipx_home), command.resolve())
+        self.assert_command_works(command)
+
+
+if __name__ == "__main__":
+    unittest.main()
