@@ -91,9 +91,15 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         choices=("debug", "info", "warning", "error"), help="default: info")
 
 
+def _program_name() -> str:
+    """How the user ran us: ``equabot-gw`` (the installed command) or ``python -m equabot_gw``."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return name if name and not name.endswith(".py") and name != "-c" else "python -m equabot_gw"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="python -m equabot_gw",
+        prog=_program_name(),
         description="Equabot Gateway: HTTP (OpenAI-compatible) and WebSocket on one port.",
         epilog="With no subcommand, 'gateway' runs.")
     parser.add_argument("--version", action="version", version=f"equabot_gw {__version__}")

@@ -14,7 +14,7 @@ from unittest import mock
 
 from equabot_gw import agent_cli
 from equabot_gw.agents import runtime as agent_runtime
-from equabot_gw.gateway.client import ControlClient, run_remote_agent
+from equabot_gw.gateway.client import ControlClient
 from tests.support import TOKEN, base_config, running_gateway, write_config
 
 
@@ -45,10 +45,13 @@ class OnePathTest(unittest.IsolatedAsyncioTestCase):
             client = await ControlClient.open(gw.url, TOKEN)
             await client.request("agent", {"message": "via ws"})
             await client.close()
-            with contextlib.redirect_stdout(io.StringIO()) as out:
-                self.assertEqual(await run_remote_agent(gw.url, TOKEN, "via cli remote", None, None,
-                                                        as_json=True), 0)
-            self.assertEqual(json.loads(out.getvalue())["text"], "Echo (turn 1): via cli remote")
+            with tempfile.TemporaryDirectory() as tmp:
+                args = argparse.Namespace(config=None, state_dir=tmp, local=False, message="via cli remote",
+                                          agent=None, session_key=None, json=True, url=gw.url, token=TOKEN)
+                with contextlib.redirect_stdout(io.StringIO()) as out:
+                    self.assertEqual(await agent_cli.run_agent_command(args), 0)
+            self.assertEqual(json.loads(out.getvalue())["result"]["payloads"][0]["text"],
+                             "Echo (turn 1): via cli remote")
         # CLI --local
         with tempfile.TemporaryDirectory() as tmp:
             path = write_config(pathlib.Path(tmp), base_config())

@@ -2,10 +2,10 @@
 
 Each check is one coroutine taking the ``Probe``, returning ``Passed`` or
 raising ``Failed``/``Skipped`` with a one-line reason and its evidence. The
-``ref`` of each names the line it tests: ``spec`` is docs/openai-http-api
-(the Gateway's OpenAI Chat Completions page), ``OpenAI`` a field of OpenAI's
-published schema, ``RFC`` a section, ``DECISIONS n`` a settled point of the
-reference implementation. Expensive exchanges (the plain completion, the two
+``ref`` of each names the line it tests: ``spec`` is the Gateway's documented
+OpenAI Chat Completions page, ``OpenAI`` a field of OpenAI's
+published schema, ``RFC`` a section, ``error shape`` / ``limits`` a documented
+rule of the Gateway. Expensive exchanges (the plain completion, the two
 streams) are made once and shared.
 """
 
@@ -24,7 +24,7 @@ CHECKS: list[Check] = []
 check = registry(CHECKS)
 
 CHAT: Final = "/v1/chat/completions"
-# DECISIONS 11: gateway.http.maxBodyBytes defaults to 20 MiB; one MiB more must be refused.
+# gateway.http.maxBodyBytes defaults to 20 MiB; one MiB more must be refused.
 OVERSIZED_BODY_BYTES: Final = 21 * 1024 * 1024
 READY: Final = ("endpoint.enabled", "auth.right-token")
 DONE: Final = "[DONE]"
@@ -557,7 +557,7 @@ async def errors_missing_messages(p: Probe) -> Passed:
 
 
 @check("errors.wrong-method", 'RFC 9110 §15.5.6: 405 "MUST generate an Allow header field"; '
-       "DECISIONS 10: the body is an OpenAI error object", requires=("endpoint.enabled",))
+       "error shape: the body is an OpenAI error object", requires=("endpoint.enabled",))
 async def errors_wrong_method(p: Probe) -> Passed:
     ex = await p.http("GET", CHAT)
     _expect_error(ex, (405,), "GET /v1/chat/completions")
@@ -569,7 +569,7 @@ async def errors_wrong_method(p: Probe) -> Passed:
     return Passed(f"405 with Allow: {allow}", status=405, allow=allow)
 
 
-@check("errors.unknown-path", "DECISIONS 10: every error body, 404 included, is "
+@check("errors.unknown-path", "error shape: every error body, 404 included, is "
        "{error: {message, type, param, code}}", requires=("endpoint.enabled",))
 async def errors_unknown_path(p: Probe) -> Passed:
     ex = await p.http("GET", "/v1/" + p.unique("no-such-path"))
@@ -577,8 +577,8 @@ async def errors_unknown_path(p: Probe) -> Passed:
     return Passed("404 with an OpenAI error object", status=404, body=show(ex.body))
 
 
-@check("errors.oversized-body", "RFC 9110 §15.5.14 (413 Content Too Large); DECISIONS 11: "
-       "gateway.http.maxBodyBytes is 20 MiB — a 21 MiB body is refused", requires=READY)
+@check("errors.oversized-body", "RFC 9110 §15.5.14 (413 Content Too Large); limits: "
+       "gateway.http.maxBodyBytes is 20 MiB by default — a 21 MiB body is refused", requires=READY)
 async def errors_oversized_body(p: Probe) -> Passed:
     ex, sent = await p.send_large("POST", CHAT, OVERSIZED_BODY_BYTES,
                                   [("Content-Type", "application/json")])

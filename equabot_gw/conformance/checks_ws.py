@@ -1,6 +1,6 @@
 """The WebSocket battery (``--ws``): handshake, ``connect``/``hello-ok``, auth, an ``agent`` run.
 
-The control protocol (issue 5; the original Gateway's shapes win): JSON text frames
+The control protocol (the original Gateway's shapes): JSON text frames
 ``{"type":"req","id","method","params"}`` answered by ``{"type":"res","id",
 "ok","payload"|"error"}``; server events ``{"type":"event","event","payload",
 "seq"}``; a server may open with a ``connect.challenge`` event, which is
@@ -157,7 +157,7 @@ async def _agent_run(p: Probe) -> AgentRun:
 
 # -- the checks -----------------------------------------------------------------------------
 
-@check("ws.handshake", "RFC 6455 §4.2.2 and issue 5: GET / with Upgrade: websocket → 101 with the "
+@check("ws.handshake", "RFC 6455 §4.2.2 and the control protocol: GET / with Upgrade: websocket → 101 with the "
        "right Sec-WebSocket-Accept, on the HTTP port")
 async def ws_handshake(p: Probe) -> Passed:
     ws = await _open(p)
@@ -165,7 +165,7 @@ async def ws_handshake(p: Probe) -> Passed:
     return Passed("101 Switching Protocols with the right Sec-WebSocket-Accept", url=p.target.ws_url())
 
 
-@check("ws.connect-first", 'issue 5: "Anything before connect ... → error response and close (1008)"',
+@check("ws.connect-first", 'control protocol: anything before connect → an error response and close 1008',
        requires=("ws.handshake",))
 async def ws_connect_first(p: Probe) -> Passed:
     ws = await _open(p)
@@ -195,9 +195,9 @@ HELLO_FIELDS: Final = (
 )
 
 
-@check("ws.connect", 'issue 5: connect {minProtocol, maxProtocol, client, auth} → hello-ok with "the '
-       'negotiated protocol, server version and connection id, the lists of methods and events, a '
-       'health snapshot and the limits (maxPayload, tickIntervalMs)"; DECISIONS 25',
+@check("ws.connect", 'control protocol: connect {minProtocol, maxProtocol, client, auth} with a range holding '
+       'version 3 → hello-ok with the negotiated protocol, server version and connection id, the '
+       'lists of methods and events, a health snapshot and the limits (maxPayload, tickIntervalMs)',
        requires=("ws.handshake",))
 async def ws_connect(p: Probe) -> Passed:
     hello = (await _agent_run(p)).hello
@@ -216,7 +216,7 @@ async def ws_connect(p: Probe) -> Passed:
     return Passed(f"hello-ok, protocol {PROTOCOL}", server=payload["server"])
 
 
-@check("ws.auth", 'issue 5: "... bad auth → error response and close (1008). Same auth rules as HTTP."',
+@check("ws.auth", 'control protocol: bad auth → an error response and close 1008, with the same auth rules as HTTP',
        requires=("ws.handshake",))
 async def ws_auth(p: Probe) -> Passed:
     if not p.target.token:
@@ -231,7 +231,7 @@ async def ws_auth(p: Probe) -> Passed:
     return Passed("a wrong token is refused, then the connection closes 1008", close_code=code)
 
 
-@check("ws.agent-ack", 'issue 5: agent "answers first {runId, status:"accepted"}"; DECISIONS 26',
+@check("ws.agent-ack", 'control protocol: agent answers first {runId, status: "accepted"}',
        requires=("ws.connect",))
 async def ws_agent_ack(p: Probe) -> Passed:
     run = await _agent_run(p)
@@ -276,7 +276,7 @@ def _check_event_order(events: list[dict[str, Any]]) -> str:
     return text
 
 
-@check("ws.agent-events", 'issue 5: the run streams as agent events {runId, seq, stream: lifecycle|'
+@check("ws.agent-events", 'control protocol: the run streams as agent events {runId, seq, stream: lifecycle|'
        'assistant, data}: lifecycle start, assistant {delta, text}, lifecycle end; event frames\' seq '
        "increases per connection", requires=("ws.connect",))
 async def ws_agent_events(p: Probe) -> Passed:
@@ -311,7 +311,7 @@ def _final_usage(payload: dict[str, Any]) -> Any:
     return payload.get("usage")
 
 
-@check("ws.agent-final", 'issue 5: "then, with the same id, the final result"; the original '
+@check("ws.agent-final", 'control protocol: then, with the same id, the final result: the original '
        'Gateway\'s {runId, status: "ok", summary, result: {payloads: [{text}], meta: {agentMeta: '
        '{usage}}}} (or an older {runId, status, text, usage})', requires=("ws.connect",))
 async def ws_agent_final(p: Probe) -> Passed:

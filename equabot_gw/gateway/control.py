@@ -114,7 +114,7 @@ class ControlProtocol:
             raise ApiError(403, f"origin {origin!r} is not allowed (gateway.ws.allowedOrigins)",
                            code="origin_not_allowed")
         if request.headers.get("authorization") is not None:
-            # DECISIONS 9: only an upgrade carrying a wrong Authorization gets 401 here.
+            # Browsers cannot send headers on an upgrade: only an upgrade carrying a wrong Authorization gets 401 here.
             self.gateway.authorize(request)
         return headers
 
@@ -146,7 +146,7 @@ class ControlProtocol:
                                                          origin).serve())
 
     async def handle_echo_upgrade(self, request: http.HTTPRequest) -> http.Upgrade:
-        """``gateway.ws.echoPath``: a plain echo, for testing the WebSocket stack (DECISIONS 29)."""
+        """``gateway.ws.echoPath``: a plain echo, for testing the WebSocket stack (e.g. with the Autobahn suite)."""
         headers = self._check_upgrade(request)
         return http.Upgrade(headers, self._new_socket, self._echo)
 

@@ -115,7 +115,9 @@ SCHEMAS: Final[Mapping[str, Mapping[str, Prop]]] = {
         "sessionKey": _KEY, "message": _MESSAGE, "thinking": _s(), "deliver": _b(),
         "attachments": Prop("array"), "timeoutMs": _TIMEOUT_MS, "idempotencyKey": _s(min_len=1)},
     "chat.history": {"sessionKey": _KEY, "limit": _i(1, 1000)},
-    "chat.abort": {"sessionKey": _KEY, "runId": _s()},
+    # sessionKey may be left out when runId names the run (ours: a CLI that
+    # interrupts a queued stateless run does not know its key yet).
+    "chat.abort": {"sessionKey": _s(min_len=1), "runId": _s()},
     "sessions.list": {
         "limit": _i(1, 100_000), "activeMinutes": _i(1, 10**9), "includeGlobal": _b(),
         "includeUnknown": _b(), "includeDerivedTitles": _b(), "includeLastMessage": _b(),

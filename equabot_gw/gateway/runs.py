@@ -312,13 +312,16 @@ async def m_chat_send(conn: ControlConnection, params: dict[str, Any], req_id: A
 
 
 async def m_chat_abort(conn: ControlConnection, params: dict[str, Any], req_id: Any) -> dict[str, Any]:
-    _, key = _chat_key(conn, params)
+    """Abort the session's runs, or the one ``runId`` names (then ``sessionKey`` may be left out)."""
     wanted = params.get("runId")
+    if params.get("sessionKey") is None and wanted is None:
+        raise ApiError(400, "invalid chat.abort params: at root: must have required property 'sessionKey'")
+    key = _chat_key(conn, params)[1] if params.get("sessionKey") is not None else None
     aborted = []
     for run in list(conn.gateway.runtime.active.values()):
         # A run's public id is its idempotency key, else the runtime's id.
         public = run.request.idempotency_key or run.id
-        if run.session_key != key or wanted is not None and wanted not in (public, run.id):
+        if key is not None and run.session_key != key or wanted is not None and wanted not in (public, run.id):
             continue
         if run.abort("chat.abort"):
             aborted.append(public)

@@ -44,7 +44,7 @@ __all__ = ["HTTPServer", "Limits", "AccessLog"]
 log = logging.getLogger("equabot_gw.http")
 
 # Defaults; the gateway passes its configured values (gateway.http.*).
-DEFAULT_HEADER_TIMEOUT: Final = 10.0        # nginx client_header_timeout is 60 s; 10 s per DECISIONS 11
+DEFAULT_HEADER_TIMEOUT: Final = 10.0        # nginx client_header_timeout is 60 s; 10 s is the gateway's default
 DEFAULT_KEEP_ALIVE_TIMEOUT: Final = 30.0    # between requests on an idle connection
 DEFAULT_BODY_TIMEOUT: Final = 30.0          # longest pause between two pieces of a request body
 DEFAULT_SEND_TIMEOUT: Final = 60.0          # longest a client may read nothing of its output (nginx send_timeout)
@@ -228,7 +228,7 @@ class _Connection(asyncio.Protocol):
         self._wake_reader()
 
     def eof_received(self) -> bool:
-        # DECISIONS 13: a client whose connection reaches EOF is gone. What its
+        # A client whose connection reaches EOF is gone. What its
         # stream already produced still goes out, as it would have uncorked.
         self._uncork()
         self._lost()
@@ -628,7 +628,7 @@ class _Connection(asyncio.Protocol):
         headers = self._base_headers(request_id)
         headers.extend(response.headers)
         chunked = version == "1.1"
-        # DECISIONS 12: to an HTTP/1.0 client the stream is close-delimited.
+        # To an HTTP/1.0 client the stream is close-delimited.
         headers.append(("transfer-encoding", "chunked") if chunked else ("connection", "close"))
         self._write_corked(http11.encode_response_head(response.status, headers))
         size = 0

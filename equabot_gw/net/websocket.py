@@ -29,7 +29,7 @@ __all__ = [
     "NEED_DATA", "EOF", "Connection", "is_valid_close_code",
 ]
 
-# The gateway's gateway.ws.maxPayloadBytes default (DECISIONS 11: 25 MiB, as the
+# The gateway's gateway.ws.maxPayloadBytes default (25 MiB, as the
 # original Gateway); counted over the assembled message, not per frame.
 DEFAULT_MAX_MESSAGE_BYTES: Final = 25 * 1024 * 1024
 # Frames per message. RFC 6455 §5.4 sets no limit, and each frame costs a

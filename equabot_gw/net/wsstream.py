@@ -44,7 +44,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# DECISIONS 11: gateway.ws.maxPayloadBytes, 25 MiB.
+# The gateway's gateway.ws.maxPayloadBytes default, 25 MiB.
 DEFAULT_MAX_MESSAGE_BYTES: Final = websocket.DEFAULT_MAX_MESSAGE_BYTES
 # Two maximal messages. websockets' write_limit (32 KiB) pauses the sender
 # instead; we never block a sender, so the bound must sit above one whole message.
@@ -64,7 +64,7 @@ DEFAULT_PING_INTERVAL: Final = 20.0
 DEFAULT_PING_TIMEOUT: Final = 20.0
 DEFAULT_CLOSE_TIMEOUT: Final = 10.0
 DEFAULT_OPEN_TIMEOUT: Final = 10.0
-# DECISIONS 11: gateway.http.maxHeaderBytes (64 KiB) bounds the 101 response head too.
+# Like gateway.http.maxHeaderBytes (64 KiB), this bounds the 101 response head too.
 MAX_RESPONSE_HEAD_BYTES: Final = 64 * 1024
 
 # RFC 6455 §7.4.1: 1000 normal closure, 1001 going away; 1005: a Close without status.
