@@ -675,10 +675,11 @@ class EnvWinsTest(unittest.IsolatedAsyncioTestCase):
     async def assertOnlySecret(self, gw: Gateway, good: str, bad: str) -> None:
         self.assertEqual((await request(gw, token=good))[0], 200)
         self.assertEqual((await request(gw, token=bad))[0], 401)
-        client = await ControlClient.open(gw.url, good)
+        mode = gw.secret.mode
+        client = await ControlClient.open(gw.url, good, mode=mode)
         await client.close()
         with self.assertRaisesRegex(GatewayError, "UNAUTHORIZED"):
-            await ControlClient.open(gw.url, bad)
+            await ControlClient.open(gw.url, bad, mode=mode)
 
     async def test_token(self) -> None:
         data = gateway_data(auth={"token": "config-token"})
