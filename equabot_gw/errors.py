@@ -20,6 +20,7 @@ The tree, grouped by what the caller does next::
     ├── RunError                    an agent run that did not finish
     │   ├── RunAborted              client gone, chat.abort, shutdown
     │   │   └── RunTimedOut         the agent's timeoutSeconds passed (504)
+    │   ├── RunFailed               a bug inside the run: it settles as failed (500)
     │   ├── StorageError            the transcript could not be made durable (503)
     │   └── UpstreamError           the provider failed (502 unless a subclass says)
     │       ├── UpstreamRejected    the upstream said no (status mapped by DECISIONS 21)
@@ -43,7 +44,7 @@ __all__ = [
     "HTTPProtocolError", "RequestLineTooLong", "HeadTooLarge", "BodyTooLarge",
     "UnsupportedTransferCoding", "UnknownMethod", "UnsupportedVersion",
     "WebSocketProtocolError", "InvalidUTF8", "MessageTooBig",
-    "ApiError", "RunError", "RunAborted", "RunTimedOut", "StorageError", "UpstreamError",
+    "ApiError", "RunError", "RunAborted", "RunTimedOut", "RunFailed", "StorageError", "UpstreamError",
     "UpstreamRejected", "UpstreamTimeout", "ConnectionClosed",
     "ClientError", "ClientConnectError", "ClientTimeout",
     "http_status", "ws_close_code", "error_type_for_status",
@@ -235,6 +236,17 @@ class RunTimedOut(RunAborted):
         self.timeout = timeout
         super().__init__("timeout")
         self.args = (f"run aborted: no reply within {timeout:g} s",)
+
+
+class RunFailed(RunError):
+    """An unexpected exception inside a run: the run fails (500) instead of hanging.
+
+    ``kind`` is the exception's type name; nothing else of it reaches a client.
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        super().__init__(f"internal error in the run ({kind})")
 
 
 class StorageError(RunError):

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Final
 
 from ..config import AgentConfig, Config
-from ..errors import ApiError, RunAborted, RunError, RunTimedOut, StorageError, UpstreamError
+from ..errors import ApiError, RunAborted, RunError, RunFailed, RunTimedOut, UpstreamError
 from . import sessions
 from .events import Ended, EventLog, Failed, Started, Subscription
 from ..providers import Provider, create_provider
@@ -156,6 +156,7 @@ class Run:
         self._error: RunError | None = None
         self._waiters: list[asyncio.Future[None]] = []
         self._task: asyncio.Task[None] | None = None
+        self._entered = False       # the task has begun: cancelling it runs its handlers
         self._abort_reason: str | None = None
 
     def __repr__(self) -> str:
@@ -199,7 +200,10 @@ class Run:
             return False
         if self._abort_reason is None:
             self._abort_reason = why
-            self._task.cancel()
+            # A task cancelled before its first step never runs its body, so
+            # it could not settle the run: that one sees the reason on entry.
+            if self._entered:
+                self._task.cancel()
         return True
 
 
@@ -374,16 +378,24 @@ def _route(runtime: Runtime, request: AgentRequest) -> tuple[Agent, str, bool]:
             raise ApiError(400, f"session key {key!r} belongs to agent {agent.id!r}, "
                                 f"but agent {request.agent_id!r} was requested",
                            code="agent_mismatch", param="x-equabot-session-key")
-        return agent, key, False
+        # Agent ids are normalised (lower case): so is the agent part of a key.
+        return agent, sessions.with_agent(key, agent.id), False
     agent = runtime.agent(request.agent_id)
     return agent, sessions.scoped_key(agent.id, key), False
 
 
 async def _execute(runtime: Runtime, handle: Run) -> None:
-    """The life of a run: queue (lane, then slot), generate, release the slot, record."""
+    """The life of a run: queue (lane, then slot), generate, release the slot, record.
+
+    Every run settles: whatever is raised in any step ends the run as failed,
+    wakes its waiters and closes its event log; the task itself never fails.
+    """
     agent = handle.agent
     queued = True
     try:
+        handle._entered = True
+        if handle._abort_reason is not None:
+            raise asyncio.CancelledError     # aborted before the task's first step
         async with (runtime.store.lane(handle.session_key) if not handle.stateless else _NO_LANE):
             await agent.acquire()
             agent.waiting -= 1
@@ -400,6 +412,8 @@ async def _execute(runtime: Runtime, handle: Run) -> None:
     except asyncio.CancelledError:
         # Aborted while queued or while loading history: nothing was produced.
         _finish_failed(handle, _abort_error(handle), "")
+    except Exception as exc:
+        _finish_failed(handle, _run_failure(handle, exc, "run"), "")
     finally:
         if queued:
             agent.waiting -= 1
@@ -474,6 +488,14 @@ async def _generate(handle: Run, call: ProviderCall
     return "".join(pieces), usage, finish, failure
 
 
+def _run_failure(handle: Run, exc: Exception, step: str) -> RunError:
+    """The error a run fails with when ``exc`` escaped ``step``: a ``RunError`` as it is, else ``RunFailed``."""
+    if isinstance(exc, RunError):
+        return exc
+    log.error("run %s: %s failed", handle.id, step, exc_info=exc)
+    return RunFailed(type(exc).__name__)
+
+
 def _abort_error(handle: Run) -> RunAborted:
     why = handle._abort_reason or "cancelled"
     if why == "timeout":
@@ -503,8 +525,8 @@ async def _record(runtime: Runtime, handle: Run, call: ProviderCall, history: Se
         # does its bookkeeping in commit callbacks that outlive a cancelled waiter.
         await runtime.store.record_turn(handle.agent.id, handle.session_key, record,
                                         stateless=handle.stateless)
-    except StorageError as exc:
-        failure = failure or exc
+    except Exception as exc:
+        failure = failure or _run_failure(handle, exc, "recording the turn")
     if failure is not None:
         _finish_failed(handle, failure, text)
         return

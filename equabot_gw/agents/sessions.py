@@ -28,7 +28,7 @@ from equabot_gw.agents.transcripts import AGENT_ID_RE, Committer, SessionInfo
 from equabot_gw.agents.types import SessionHistory, TurnRecord
 
 __all__ = [
-    "validate_key", "agent_of", "scoped_key", "user_key", "stateless_key", "chat_messages",
+    "validate_key", "agent_of", "with_agent", "scoped_key", "user_key", "stateless_key", "chat_messages",
     "SessionInfo", "SessionStore",
     "MAX_KEY_CHARS", "DEFAULT_STATELESS_RETENTION_DAYS", "DEFAULT_MAX_CACHED_SESSIONS",
 ]
@@ -66,6 +66,16 @@ def agent_of(key: str) -> str | None:
         return None
     agent_id, sep, rest = key[6:].partition(":")
     return agent_id if agent_id and sep and rest else None
+
+
+def with_agent(key: str, agent_id: str) -> str:
+    """``key`` naming ``agent_id``: a key ``agent:<id>:<rest>`` whose ``<id>`` is ``agent_id``
+    in another case is rewritten with ``agent_id`` (agent ids are compared without case);
+    any other key is returned as it is."""
+    owner = agent_of(key)
+    if owner is None or owner == agent_id or owner.lower() != agent_id.lower():
+        return key
+    return f"agent:{agent_id}:{key[7 + len(owner):]}"
 
 
 def scoped_key(agent_id: str, key: str) -> str:
@@ -490,7 +500,7 @@ class SessionStore:
     def _session_key(self, agent_id: str, key: str) -> str:
         if agent_id not in self._agents:      # known agents were checked when first seen
             _check_agent_id(agent_id)
-        key = scoped_key(agent_id, key)
+        key = with_agent(scoped_key(agent_id, key), agent_id)
         owner = agent_of(key)
         if owner != agent_id:
             raise errors.ApiError(400, f"session key {key!r} belongs to agent {owner!r}, not {agent_id!r}",
