@@ -26,7 +26,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Final, Iterable
 
-from equabot_gw import errors
+from equabot_gw import errors, safejson
 from equabot_gw.compact_json import dumps
 from equabot_gw.agents.types import Message, SessionHistory, TurnRecord
 
@@ -159,7 +159,7 @@ def parse_lines(data: bytes) -> tuple[list[dict[str, Any]], int]:
     lines, skipped = [], 0
     for raw in raw_lines:
         try:
-            obj = json.loads(raw)
+            obj = safejson.loads(raw)
         except ValueError:
             obj = None
         if type(obj) is dict:
@@ -269,7 +269,7 @@ def _load_agent(agent_id: str, sessions_dir: str, owns: Owns) -> tuple[dict[str,
     index_mtime = -1
     try:
         with open(os.path.join(sessions_dir, INDEX_NAME), "rb") as f:
-            index_mtime, stored = os.fstat(f.fileno()).st_mtime_ns, json.loads(f.read())
+            index_mtime, stored = os.fstat(f.fileno()).st_mtime_ns, safejson.loads(f.read())
     except FileNotFoundError:
         pass
     except ValueError:

@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Final
 
-from .. import __version__, compact_json
+from .. import __version__, compact_json, safejson
 from ..agents import runtime as agent_runtime
 from ..agents import sessions
 from ..agents.events import Delta, Ended, Failed, Subscription
@@ -258,7 +258,7 @@ class ChatCompletions:
     async def create(self, request: HTTPRequest) -> Response | StreamingResponse:
         """``POST /v1/chat/completions``: one agent run, answered as JSON or as SSE."""
         self.authorize(request)
-        body = _parse_body(request)
+        body = await _parse_body(request)
         agent_request, stream, include_usage, model_name = self._agent_request(request, body)
         try:
             run = agent_runtime.run(self.runtime, agent_request)
@@ -452,7 +452,9 @@ def _rename_option_param(exc: ApiError, body: dict[str, Any]) -> ApiError:
     return exc
 
 
-def _parse_body(request: HTTPRequest) -> dict[str, Any]:
+async def _parse_body(request: HTTPRequest) -> dict[str, Any]:
+    """The JSON object of a request body: 415 for another media type, 400 ``invalid_json``
+    for anything but a JSON object (too deep, NaN, lone surrogates included)."""
     content_type = request.headers.get("content-type")
     if content_type is not None:
         media = content_type.partition(";")[0].strip().lower()
@@ -460,8 +462,10 @@ def _parse_body(request: HTTPRequest) -> dict[str, Any]:
             raise ApiError(415, f"Unsupported content type {media!r}: send application/json.",
                            code="unsupported_media_type")
     try:
-        body = json.loads(request.body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        # Decoded in slices of the event loop: a 20 MiB body of a million small
+        # values must not stall every other client.
+        body = await safejson.loads_async(request.body)
+    except ValueError as exc:
         raise ApiError(400, "We could not parse the JSON body of your request. (HINT: This "
                             "likely means you aren't using your HTTP library correctly. The "
                             f"OpenAI API expects a JSON payload.) Detail: {exc}",

@@ -16,13 +16,12 @@ from __future__ import annotations
 import abc
 import codecs
 import importlib
-import json
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
-from .. import compact_json
+from .. import compact_json, safejson
 from ..config import ProviderConfig
 from ..errors import (
     ApiError, ClientConnectError, ClientTimeout, ConfigError, ConnectionClosed, HTTPProtocolError,
@@ -142,8 +141,6 @@ class ServerSentEvent:
 # "CRLF, a single LF not preceded by a CR, and a single CR not followed by a LF
 # being the ways in which a line can end."
 _LINE_END: Final = re.compile(r"\r\n|\r|\n")
-# json.loads(s) with no options is this bound method behind one more frame; per event it counts.
-_decode_json: Final = json.JSONDecoder().decode
 
 
 class EventStreamDecoder:
@@ -381,9 +378,10 @@ class HTTPProvider(Provider):
             raise self.upstream_error(exc) from exc
 
     def json_data(self, event: ServerSentEvent) -> dict[str, Any]:
-        """The JSON object in an event's data; ``UpstreamError`` for anything else."""
+        """The JSON object in an event's data; ``UpstreamError`` for anything else
+        (nesting past ``safejson.MAX_DEPTH`` included)."""
         try:
-            value = _decode_json(event.data)
+            value = safejson.loads(event.data)
         except ValueError:
             raise UpstreamError(self.name, "event stream data is not JSON") from None
         if not isinstance(value, dict):
@@ -406,7 +404,7 @@ def _is_safe_field(name: str, value: str) -> bool:
 def error_message(body: bytes) -> str | None:
     """``error.message`` (or a bare ``error``/``message`` string) of a JSON error body, if any."""
     try:
-        doc = json.loads(body)
+        doc = safejson.loads(body)
     except ValueError:
         return None
     if not isinstance(doc, dict):
