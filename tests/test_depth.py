@@ -94,6 +94,24 @@ class DeepConformanceReplyTest(unittest.TestCase):
         self.assertEqual(checks_http._error_problems(ex), ["the body is not JSON"])
 
 
+class DeepStateFilesTest(unittest.TestCase):
+    """A transcript line and the session index nested 100,000 deep: the gateway process starts."""
+
+    def test_start_up_skips_the_line_and_rebuilds_the_index(self) -> None:
+        from tests.support import GatewayProcess
+        from tests.test_state_damage import GOOD_LINES, KEY, write_state
+        gw = GatewayProcess(base_config())
+        path = write_state(gw.state_dir, [*GOOD_LINES[:3], DEEP_OBJECT, *GOOD_LINES[3:]], raw_index=DEEP_ARRAY)
+        with gw:
+            status, _, body = asyncio.run(chat(gw.port, "three", key=KEY))
+            self.assertEqual(status, 200, body)
+            self.assertEqual(json.loads(body)["choices"][0]["message"]["content"], "Echo (turn 3): three")
+            log = gw.stderr()
+        self.assertIn(f"{path.name}: skipped 1 line not holding a JSON object, the first at line 4", log)
+        self.assertIn("index.json is not usable JSON (nested deeper than 128 levels", log)
+        self.assertNotIn("Traceback", log)
+
+
 async def raw_post(port: int, data: bytes) -> tuple[int, bytes]:
     from tests.support import TOKEN, split_responses
     head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"

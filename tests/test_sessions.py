@@ -169,9 +169,9 @@ class KeyHelpers(unittest.TestCase):
 class Lines(unittest.TestCase):
     def test_parse_skips_garbage_and_a_torn_last_line(self) -> None:
         data = b'{"a":1}\nnot json\n[1]\n\n{"b":"\xc3\xa9"}\n{"torn'
-        self.assertEqual(transcripts.parse_lines(data), ([{"a": 1}, {"b": "é"}], 3))
-        self.assertEqual(transcripts.parse_lines(b'{"a":1}\n'), ([{"a": 1}], 0))
-        self.assertEqual(transcripts.parse_lines(b""), ([], 0))
+        self.assertEqual(transcripts.parse_lines(data), ([{"a": 1}, {"b": "é"}], 3, 2))
+        self.assertEqual(transcripts.parse_lines(b'{"a":1}\n'), ([{"a": 1}], 0, 0))
+        self.assertEqual(transcripts.parse_lines(b""), ([], 0, 0))
 
     def test_encoder_matches_json_dumps(self) -> None:
         for obj in ({"type": "user", "content": "é \u2028 \"q\" \n\x00", "at": 1.5, "n": None},
@@ -184,7 +184,7 @@ class Lines(unittest.TestCase):
 
     def test_lone_surrogates_round_trip(self) -> None:
         data = transcripts.encode([{"content": "a\ud800b"}])
-        self.assertEqual(transcripts.parse_lines(data), ([{"content": "a\ud800b"}], 0))
+        self.assertEqual(transcripts.parse_lines(data), ([{"content": "a\ud800b"}], 0, 0))
 
 
 # -- store fixtures ----------------------------------------------------------------
@@ -349,14 +349,14 @@ class Transcripts(StoreCase):
                 (Message("user", "hi"), Message("assistant", "hello")), 1, True))
             await store.record_turn("main", key, ok_turn(3))
         self.assertEqual([r.getMessage() for r in logs.records], [
-            "agent%3Amain%3Atorn.jsonl: skipped 1 lines that are not JSON objects",
+            "agent%3Amain%3Atorn.jsonl: skipped 1 line not holding a JSON object, the first at line 3",
             "repaired agent%3Amain%3Atorn.jsonl: dropped a torn last line of 46 bytes"])
         lines = [line for line in (json.loads(raw) if raw.startswith("{") else None
                                    for raw in path.read_text().splitlines()) if line]
         self.assertTrue(path.read_bytes().endswith(b"}\n"))
         self.assertEqual([line.get("runId") for line in lines], [None, "r1", "r1", "r2", "run-3", "run-3"])
         store = await self.reopen()
-        with self.assertLogs("equabot_gw.sessions", "WARNING"):    # the garbage line stays
+        with self.assertNoLogs("equabot_gw.sessions", "WARNING"):  # the garbage line stays: told once
             self.assertEqual((await store.history("main", key)).messages[2:],
                              (Message("user", "question 3"), Message("assistant", "answer 3")))
 

@@ -155,19 +155,32 @@ def chat_messages(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
     Each is ``{"role", "content", "runId", "ts"}`` (ts in ms); an aborted reply
     is an assistant message with ``"aborted": true``. Error turns and
     bookkeeping lines are left out. One shape for every reader (WS
-    ``chat.history``, ``sessions show``).
+    ``chat.history``, ``sessions show``). Fields are taken one by one: a
+    hand-edited line with a wrong type in one (``"at": null``) gives that
+    field's neutral value ("", None, 0), never an error.
     """
     out = []
     for line in lines:
         kind = line.get("type")
         if kind in ("user", "assistant", "aborted"):
+            content, run_id = line.get("content"), line.get("runId")
             message = {"role": "user" if kind == "user" else "assistant",
-                       "content": line.get("content", ""), "runId": line.get("runId"),
-                       "ts": int(line.get("at", 0) * 1000)}
+                       "content": content if isinstance(content, str) else "",
+                       "runId": run_id if isinstance(run_id, str) else None,
+                       "ts": _millis(line.get("at"))}
             if kind == "aborted":
                 message["aborted"] = True
             out.append(message)
     return out
+
+
+# Largest timestamp shown (ms): the year 9999, what clients' date types hold.
+_MAX_MILLIS: Final = 253_402_300_799_999
+
+
+def _millis(at: object) -> int:
+    seconds = transcripts.number(at)
+    return 0 if seconds is None else int(min(max(seconds * 1000, 0), _MAX_MILLIS))
 
 
 class _Lane:

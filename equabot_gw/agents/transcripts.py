@@ -17,6 +17,7 @@ import errno
 import hashlib
 import json
 import logging
+import math
 import os
 import queue
 import re
@@ -33,7 +34,7 @@ from equabot_gw.agents.types import Message, SessionHistory, TurnRecord
 __all__ = [
     "AGENT_ID_RE", "SESSIONS_DIR", "JOURNAL_DIR", "INDEX_NAME", "MAX_OPEN_FILES",
     "transcript_stem", "unescape_stem", "transcript_name", "journal_name",
-    "dumps", "encode", "parse_lines", "header_line", "turn_lines", "fold",
+    "dumps", "encode", "parse_lines", "read_file_lines", "number", "header_line", "turn_lines", "fold",
     "SessionInfo", "load", "read_lines", "write_index", "archive", "delete", "prune_journals",
     "storage_error", "Committer",
 ]
@@ -148,25 +149,75 @@ def encode(lines: list[dict[str, Any]]) -> bytes:
         return ("\n".join(map(_dumps_ascii, lines)) + "\n").encode("ascii")
 
 
-def parse_lines(data: bytes) -> tuple[list[dict[str, Any]], int]:
-    """The JSON objects of JSONL ``data``, and how many lines were skipped.
+def parse_lines(data: bytes) -> tuple[list[dict[str, Any]], int, int]:
+    """The JSON objects of JSONL ``data``, how many lines were skipped, and the first of them.
 
-    Lines that are not JSON objects are skipped and counted; the text after the
+    Lines that are not JSON objects (nesting past ``safejson.MAX_DEPTH``,
+    NaN and invalid UTF-8 included) are skipped and counted; the third value
+    is the 1-based number of the first one (0 if none). The text after the
     last newline is a torn write and is dropped without being counted.
     """
     raw_lines = data.split(b"\n")
     raw_lines.pop()           # "" after a final newline, else a torn last line
-    lines, skipped = [], 0
-    for raw in raw_lines:
+    lines, skipped, first = [], 0, 0
+    for number, raw in enumerate(raw_lines, 1):
         try:
-            obj = safejson.loads(raw)
+            obj = _decode_line(raw)
         except ValueError:
             obj = None
         if type(obj) is dict:
             lines.append(obj)
         else:
             skipped += 1
-    return lines, skipped
+            first = first or number
+    return lines, skipped, first
+
+
+def _decode_line(raw: bytes) -> Any:
+    try:
+        return safejson.loads(raw)
+    except json.JSONDecodeError as exc:
+        # A lone surrogate is the one thing safejson refuses that a line of
+        # ours may hold (``encode`` keeps it, escaped); it checks everything
+        # else (depth, numbers) before it, so the plain decoder is safe here.
+        if not exc.msg.startswith("lone UTF-16 surrogate"):
+            raise
+        return json.loads(raw)
+
+
+# Files already warned about: a damaged line is reported once, not at every read.
+_warned: set[str] = set()
+_MAX_WARNED: Final = 1024
+
+
+def read_file_lines(path: str) -> list[dict[str, Any]]:
+    """``parse_lines`` of the file at ``path``; one warning (per file and process) naming
+    the file and its first bad line if any was skipped. Raises OSError (FileNotFoundError too)."""
+    with open(path, "rb") as f:
+        lines, skipped, first = parse_lines(f.read())
+    if skipped and path not in _warned:
+        if len(_warned) >= _MAX_WARNED:
+            _warned.clear()
+        _warned.add(path)
+        log.warning("%s: skipped %d %s not holding a JSON object, the first at line %d",
+                    os.path.basename(path), skipped, "line" if skipped == 1 else "lines", first)
+    return lines
+
+
+def number(value: object) -> float | None:
+    """``value`` as a finite float if it is a JSON number (not a boolean), else None.
+
+    Every reader of stored lines takes numbers through this: a hand-edited
+    line may hold anything in any field.
+    """
+    if type(value) is float:
+        return value if math.isfinite(value) else None
+    if type(value) is int:
+        try:
+            return float(value)
+        except OverflowError:       # an integer of 400 digits
+            return None
+    return None
 
 
 def _message(role: object, content: object) -> Message | None:
@@ -224,19 +275,27 @@ Owns = Callable[[str, str], bool]     # owns(agent_id, key): a valid key of that
 def _info_from_index(agent_id: str, key: object, fields: object, owns: Owns) -> SessionInfo | None:
     if not isinstance(key, str) or not owns(agent_id, key) or not isinstance(fields, dict):
         return None
-    try:
-        return SessionInfo(key, agent_id, float(fields["createdAt"]), float(fields["updatedAt"]),
-                           int(fields["turns"]), fields.get("lastRunId"))
-    except (KeyError, TypeError, ValueError):
+    created, updated = number(fields.get("createdAt")), number(fields.get("updatedAt"))
+    turns, last_run = fields.get("turns"), fields.get("lastRunId")
+    if created is None or updated is None or type(turns) is not int or turns < 0 \
+            or not (last_run is None or isinstance(last_run, str)):
         return None
+    return SessionInfo(key, agent_id, created, updated, turns, last_run)
 
 
 def _scan(agent_id: str, path: str, owns: Owns) -> SessionInfo | None:
-    """The index entry a transcript implies: its header (or its file name), turns, times."""
+    """The index entry a transcript implies: its header (or its file name), turns, times.
+
+    None when there is none to take: no complete line, no usable key, or a
+    file that cannot be read (logged: start-up never fails on session data).
+    """
     try:
-        with open(path, "rb") as f:
-            lines, _ = parse_lines(f.read())
+        lines = read_file_lines(path)
     except FileNotFoundError:
+        return None
+    except OSError as exc:
+        log.warning("agent %s: skipped transcript %r: %s", agent_id, os.path.basename(path),
+                    exc.strerror or type(exc).__name__)
         return None
     if not lines:
         # Not one complete line (a first write torn by a crash, or one that
@@ -249,11 +308,11 @@ def _scan(agent_id: str, path: str, owns: Owns) -> SessionInfo | None:
         key = unescape_stem(os.path.basename(path)[:-len(_SUFFIX)])
     if key is None or not owns(agent_id, key):
         return None
-    times = [t for t in (line.get("at") for line in lines) if isinstance(t, (int, float))]
-    created = header.get("createdAt")
-    created = created if isinstance(created, (int, float)) else min(times, default=0.0)
+    times = [t for t in (number(line.get("at")) for line in lines) if t is not None]
+    created = number(header.get("createdAt"))
+    created = created if created is not None else min(times, default=0.0)
     runs = [line["runId"] for line in lines if isinstance(line.get("runId"), str)]
-    return SessionInfo(key, agent_id, float(created), float(max(times, default=created)),
+    return SessionInfo(key, agent_id, created, max(times, default=created),
                        fold(SessionHistory(), lines).assistant_turns, runs[-1] if runs else None)
 
 
@@ -264,7 +323,11 @@ _INDEX_TRUST_MARGIN_NS: Final = 2_000_000_000
 
 
 def _load_agent(agent_id: str, sessions_dir: str, owns: Owns) -> tuple[dict[str, SessionInfo], bool]:
-    """The agent's index checked against its transcripts, and whether it had to change."""
+    """The agent's index checked against its transcripts, and whether it had to change.
+
+    A damaged index (not JSON, too deep, wrong types) is rebuilt from the
+    transcripts, entry by entry, with a warning; nothing in it stops start-up.
+    """
     stored: Any = {}
     index_mtime = -1
     try:
@@ -272,22 +335,36 @@ def _load_agent(agent_id: str, sessions_dir: str, owns: Owns) -> tuple[dict[str,
             index_mtime, stored = os.fstat(f.fileno()).st_mtime_ns, safejson.loads(f.read())
     except FileNotFoundError:
         pass
-    except ValueError:
-        log.warning("agent %s: index.json is not JSON; rebuilding it from the transcripts", agent_id)
+    except ValueError as exc:
+        stored = None
+        log.warning("agent %s: %s is not usable JSON (%s); rebuilding it from the transcripts",
+                    agent_id, INDEX_NAME, exc)
+    except OSError as exc:
+        stored = None
+        log.warning("agent %s: %s cannot be read (%s); rebuilding it from the transcripts",
+                    agent_id, INDEX_NAME, exc.strerror or type(exc).__name__)
     files = {e.name: e for e in os.scandir(sessions_dir)
              if e.name.endswith(_SUFFIX) and not _ARCHIVE_RE.match(e.name) and e.is_file()}
     index: dict[str, SessionInfo] = {}
     changed = not isinstance(stored, dict)
+    if stored is not None and not isinstance(stored, dict):
+        log.warning("agent %s: %s is not a JSON object; rebuilding it from the transcripts",
+                    agent_id, INDEX_NAME)
+    malformed = 0
     for key, fields in (stored.items() if isinstance(stored, dict) else ()):
         info = _info_from_index(agent_id, key, fields, owns)
         entry = files.pop(transcript_stem(key) + _SUFFIX, None) if info else None
         if info is None or entry is None:
-            changed = True            # malformed, or its transcript is gone
+            changed = True            # malformed (its transcript is scanned below), or gone
+            malformed += info is None
             continue
-        if entry.stat().st_mtime_ns > index_mtime - _INDEX_TRUST_MARGIN_NS:
+        if _mtime_ns(entry) > index_mtime - _INDEX_TRUST_MARGIN_NS:
             fresh = _scan(agent_id, entry.path, owns) or info
             changed, info = changed or fresh != info, fresh
         index[key] = info
+    if malformed:
+        log.warning("agent %s: %s has %d unusable %s; rebuilt from the transcripts", agent_id,
+                    INDEX_NAME, malformed, "entry" if malformed == 1 else "entries")
     for name, entry in files.items():       # transcripts the index does not know
         info = _scan(agent_id, entry.path, owns)
         if info is None or transcript_stem(info.key) + _SUFFIX != name:
@@ -295,6 +372,13 @@ def _load_agent(agent_id: str, sessions_dir: str, owns: Owns) -> tuple[dict[str,
             continue
         index[info.key], changed = info, True
     return index, changed
+
+
+def _mtime_ns(entry: os.DirEntry[str]) -> int:
+    try:
+        return entry.stat().st_mtime_ns
+    except OSError:
+        return 1 << 62      # gone or unreadable: rescan it (the scan says which)
 
 
 # -- disk work, in the committer thread only -------------------------------------
@@ -366,15 +450,11 @@ def storage_error(phase: str, exc: OSError) -> errors.StorageError:
 
 
 def read_lines(path: str, _: Committer) -> list[dict[str, Any]]:
-    """Job: ``parse_lines`` of the file at ``path``, logging skipped lines; [] if none."""
+    """Job: ``read_file_lines`` of the file at ``path``; [] if there is none."""
     try:
-        with open(path, "rb") as f:
-            lines, skipped = parse_lines(f.read())
+        return read_file_lines(path)
     except FileNotFoundError:
         return []
-    if skipped:
-        log.warning("%s: skipped %d lines that are not JSON objects", os.path.basename(path), skipped)
-    return lines
 
 
 def write_index(sessions_dir: str, snapshot: dict[str, SessionInfo], _: Committer) -> None:
