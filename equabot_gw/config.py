@@ -27,6 +27,11 @@ DEFAULT_CONFIG_PATH: Final = "~/.equabot/equabot.json"
 DEFAULT_STATE_DIR: Final = "~/.equabot"
 SECRET_KEYS: Final = frozenset({"token", "password", "apiKey"})
 MASK: Final = "***"
+# Deepest nesting a config document may have. The schema needs 5 levels
+# (models.providers.<name>.headers.<field>); the limit is far above that and
+# far below the interpreter's recursion limit, so every consumer of the
+# parsed document (substitution, checks, display) may walk it recursively.
+MAX_DEPTH: Final = 32
 
 # -- checks: each returns the value to store or raises ValueError(reason) ----------
 
@@ -368,8 +373,29 @@ def _substitute(data: Any, env: Mapping[str, str], path: str) -> Any:
 
 # -- loading ---------------------------------------------------------------------------
 
+def _check_depth(data: Any) -> None:
+    """Raise ``ConfigError`` naming the first container nested deeper than ``MAX_DEPTH``.
+
+    Iterative: the document may come from anywhere (``from_data`` is public).
+    """
+    pending: list[tuple[Any, str, int]] = [(data, "", 0)]
+    while pending:
+        value, path, depth = pending.pop()
+        if type(value) is dict:
+            items = ((f"{path}.{k}" if path else str(k), v) for k, v in value.items())
+        elif type(value) is list:
+            items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+        else:
+            continue
+        if depth >= MAX_DEPTH:
+            raise ConfigError(path, f"nested deeper than {MAX_DEPTH} levels")
+        pending.extend((v, p, depth + 1) for p, v in items)
+
+
 def from_data(data: Any, env: Mapping[str, str] | None = None) -> Config:
-    """Check a parsed document and build the ``Config``; raises ``ConfigError``."""
+    """Check a parsed document and build the ``Config``; raises ``ConfigError``
+    (nesting deeper than ``MAX_DEPTH`` included)."""
+    _check_depth(data)
     data = _substitute(data, os.environ if env is None else env, "")
     config = _build(Config, data, "")
     _check_agents(config)
@@ -405,7 +431,7 @@ def load(explicit: str | None = None, env: Mapping[str, str] | None = None) -> t
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError("", f"cannot read config file {path}: {exc}") from None
     try:
-        data = json5.loads(text)
+        data = json5.loads(text, max_depth=MAX_DEPTH)
     except ConfigError as exc:
         raise ConfigError("", f"{path}: {exc}") from None
     return from_data(data, env), path
