@@ -226,6 +226,10 @@ class AgentsConfig:
 
 
 PROVIDER_APIS: Final = ("echo", "openai-completions", "anthropic-messages", "command")
+# Longest reply a provider may stream (UTF-8 bytes of text): far above any
+# real completion, low enough that an upstream streaming forever cannot
+# exhaust memory or write a huge transcript line.
+DEFAULT_MAX_REPLY_BYTES: Final = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +243,7 @@ class ProviderConfig:
     delay_ms: float = key("delayMs", number(0, 60_000), default=0.0)
     command: tuple[str, ...] = key("command", string_list, default=())
     max_tokens: int = key("maxTokens", integer(1), default=4096)
+    max_reply_bytes: int = key("maxReplyBytes", integer(1), default=DEFAULT_MAX_REPLY_BYTES)
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ The tree, grouped by what the caller does next::
     │   ├── StorageError            the transcript could not be made durable (503)
     │   └── UpstreamError           the provider failed (502 unless a subclass says)
     │       ├── UpstreamRejected    the upstream said no (status mapped by DECISIONS 21)
+    │       ├── ReplyTooLarge       the reply passed the provider's maxReplyBytes
     │       └── UpstreamTimeout     504
     ├── ConnectionClosed            the peer is gone; nothing more can be sent
     └── ClientError                 an outgoing HTTP request failed (net/client.py)
@@ -45,7 +46,7 @@ __all__ = [
     "UnsupportedTransferCoding", "UnknownMethod", "UnsupportedVersion",
     "WebSocketProtocolError", "InvalidUTF8", "MessageTooBig",
     "ApiError", "RunError", "RunAborted", "RunTimedOut", "RunFailed", "StorageError", "UpstreamError",
-    "UpstreamRejected", "UpstreamTimeout", "ConnectionClosed",
+    "UpstreamRejected", "ReplyTooLarge", "UpstreamTimeout", "ConnectionClosed",
     "ClientError", "ClientConnectError", "ClientTimeout",
     "http_status", "ws_close_code", "error_type_for_status",
 ]
@@ -278,6 +279,15 @@ class UpstreamRejected(UpstreamError):
         self.upstream_status = upstream_status
         self.retry_after = retry_after
         super().__init__(provider, f"upstream answered {upstream_status}: {detail}")
+
+
+class ReplyTooLarge(UpstreamError):
+    """The reply passed ``limit`` bytes of text (``models.providers.<name>.maxReplyBytes``): 502."""
+
+    def __init__(self, provider: str, limit: int) -> None:
+        self.limit = limit
+        super().__init__(provider, f"reply longer than the limit of {limit} bytes "
+                                   f"(models.providers.{provider}.maxReplyBytes)")
 
 
 class UpstreamTimeout(UpstreamError):

@@ -5,13 +5,20 @@ A run appends its events in order: ``Started``, ``Delta``*, then exactly one
 nothing is copied per subscriber, a late subscriber still sees the run from its
 first event, and a reader that fell behind receives everything it missed as
 one batch (which lets writers coalesce many small deltas into one write).
+
+The log's memory is bounded by its text, not by its number of words: every
+``COMPACT_EVENTS`` events, runs of consecutive deltas that no cursor falls
+between are joined into one delta. A reader that keeps up still gets each
+delta as it came; one that fell behind (or subscribes late) gets fewer,
+longer ones with the same text.
 """
 
 from __future__ import annotations
 
 import asyncio
+import weakref
 from dataclasses import dataclass
-from typing import Union
+from typing import Final, Union
 
 from ..errors import RunError
 from .types import AgentResult, TextDelta
@@ -56,22 +63,37 @@ class Failed:
 
 RunEvent = Union[Started, Delta, Ended, Failed]
 
+# Events appended between two compactions of a log: a compaction costs one
+# pass over them, so it adds a constant per event; what it leaves is at most
+# (subscribers + 2) events per round.
+COMPACT_EVENTS: Final = 1024
+
 
 class EventLog:
     """The ordered events of one run. Only the run appends; anyone may subscribe."""
 
-    __slots__ = ("events", "closed", "_waiters")
+    __slots__ = ("events", "closed", "_waiters", "_subscriptions", "_compacted", "_compact_at")
 
     def __init__(self) -> None:
         self.events: list[RunEvent] = []
         self.closed = False
         self._waiters: list[asyncio.Future[None]] = []
+        self._subscriptions: weakref.WeakSet[Subscription] | None = None
+        self._compacted = 0                 # events before this index were compacted
+        self._compact_at = COMPACT_EVENTS   # compact when the log grows to this length
 
     def append(self, event: RunEvent) -> None:
         """Add a ``Started`` or ``Delta`` event (``finish`` adds the terminal one)."""
-        self.events.append(event)
+        events = self.events
+        events.append(event)
+        if len(events) >= self._compact_at:
+            self._compact()
         if self._waiters:
             self._wake()
+
+    def text(self) -> str:
+        """The deltas so far, joined: the reply (or the partial reply)."""
+        return "".join([event.text for event in self.events if type(event) is Delta])
 
     def finish(self, event: Ended | Failed) -> None:
         """Add the terminal event and close the log."""
@@ -82,7 +104,41 @@ class EventLog:
 
     def subscribe(self) -> Subscription:
         """A reader positioned at the first event."""
-        return Subscription(self)
+        subscription = Subscription(self)
+        if self._subscriptions is None:
+            self._subscriptions = weakref.WeakSet()
+        self._subscriptions.add(subscription)
+        return subscription
+
+    def _compact(self) -> None:
+        # Join the deltas appended since the last compaction into runs that
+        # stop at every cursor inside them, then move those cursors along.
+        events, start, end = self.events, self._compacted, len(self.events)
+        readers = list(self._subscriptions) if self._subscriptions else []
+        cuts = {r._cursor for r in readers if start < r._cursor < end}
+        out: list[RunEvent] = []
+        moved: dict[int, int] = {}
+        run: list[Delta] = []
+        for index in range(start, end):
+            if index in cuts:
+                _flush(run, out)
+                moved[index] = start + len(out)
+            event = events[index]
+            if type(event) is Delta:
+                run.append(event)
+            else:
+                _flush(run, out)
+                out.append(event)
+        _flush(run, out)
+        events[start:] = out
+        for reader in readers:
+            cursor = reader._cursor
+            if cursor >= end:
+                reader._cursor = len(events) + cursor - end
+            elif cursor > start:
+                reader._cursor = moved[cursor]
+        self._compacted = len(events)
+        self._compact_at = len(events) + COMPACT_EVENTS
 
     def _wake(self) -> None:
         waiters, self._waiters = self._waiters, []
@@ -96,10 +152,17 @@ class EventLog:
         return waiter
 
 
+def _flush(run: list[Delta], out: list[RunEvent]) -> None:
+    """Move a run of deltas to ``out`` as one delta (the same object if it is one)."""
+    if run:
+        out.append(run[0] if len(run) == 1 else Delta("".join([delta.text for delta in run])))
+        run.clear()
+
+
 class Subscription:
     """A cursor over an ``EventLog``. Iterate it for single events, or call ``next_batch``."""
 
-    __slots__ = ("_log", "_cursor")
+    __slots__ = ("_log", "_cursor", "__weakref__")
 
     def __init__(self, log: EventLog) -> None:
         self._log = log

@@ -24,10 +24,12 @@ from pathlib import Path
 from typing import Final
 
 from ..config import AgentConfig, Config
-from ..errors import ApiError, RunAborted, RunError, RunFailed, RunTimedOut, UpstreamError
+from ..errors import (
+    ApiError, ReplyTooLarge, RunAborted, RunError, RunFailed, RunTimedOut, UpstreamError,
+)
 from . import sessions
 from .events import Ended, EventLog, Failed, Started, Subscription
-from ..providers import Provider, create_provider
+from ..providers import Provider, count_words, create_provider
 from .types import (
     AgentRequest, AgentResult, Finish, GenerationOptions, Message, ProviderCall, SessionHistory,
     TextDelta, TurnRecord, Usage,
@@ -37,6 +39,12 @@ log = logging.getLogger("equabot_gw.runtime")
 
 # asyncio runs a timer up to one clock tick early; a deadline that close counts as reached.
 _CLOCK_SLACK: Final = time.get_clock_info("monotonic").resolution
+# A provider whose stream never suspends (data always buffered, or a local
+# generator) would hold the loop for the whole reply: the run gives the loop
+# back when this many seconds passed since it last did, looking at the clock
+# once per _YIELD_CHECK_EVENTS events (a clock read per word would cost more).
+YIELD_INTERVAL: Final = 0.005
+_YIELD_CHECK_EVENTS: Final = 32
 # Finished runs remembered for agent.wait and idempotent retries.
 MAX_FINISHED_RUNS: Final = 10_000
 RETRY_AFTER_SECONDS: Final = "1"
@@ -450,27 +458,46 @@ async def _prepare(runtime: Runtime, handle: Run) -> tuple[ProviderCall, Session
 
 async def _generate(handle: Run, call: ProviderCall
                     ) -> tuple[str, Usage | None, str, RunError | None]:
-    """Stream the provider into the event log; an abort or failure ends it early."""
-    pieces: list[str] = []
+    """Stream the provider into the event log; an abort or failure ends it early.
+
+    The reply is bounded by the provider's ``max_reply_bytes`` (``ReplyTooLarge``
+    past it), and the loop is given back every ``YIELD_INTERVAL`` seconds
+    however fast the provider yields, so an abort or the timeout always lands.
+    """
     usage: Usage | None = None
     finish = "stop"
     failure: RunError | None = None
     append = handle.events.append
+    provider = handle.provider
+    room = provider.max_reply_bytes
+    clock = time.perf_counter
+    give_back_at = clock() + YIELD_INTERVAL
+    countdown = _YIELD_CHECK_EVENTS
     handle.agent.watch(handle)
     try:
         # aclosing: a provider's finally blocks (upstream sockets, child
         # processes) run now, not whenever the generator is collected.
-        async with contextlib.aclosing(handle.provider.stream(call)) as events:
+        async with contextlib.aclosing(provider.stream(call)) as events:
             async for event in events:
                 kind = type(event)
                 if kind is TextDelta:
-                    if event.text:           # type: ignore[union-attr]
-                        pieces.append(event.text)   # type: ignore[union-attr]
+                    text = event.text        # type: ignore[union-attr]
+                    if text:
+                        # isascii() is O(1) in CPython: only other text pays an encode.
+                        room -= len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+                        if room < 0:
+                            raise ReplyTooLarge(provider.name, provider.max_reply_bytes)
                         append(event)        # TextDelta is the log's Delta event
                 elif kind is Usage:
                     usage = event            # type: ignore[assignment]
                 elif kind is Finish:
                     finish = event.reason    # type: ignore[union-attr]
+                countdown -= 1
+                if not countdown:
+                    countdown = _YIELD_CHECK_EVENTS
+                    if clock() >= give_back_at:
+                        await asyncio.sleep(0)
+                        give_back_at = clock() + YIELD_INTERVAL
     except asyncio.CancelledError:
         if handle._abort_reason is None:
             raise                       # not our abort: let the cancellation through
@@ -485,7 +512,8 @@ async def _generate(handle: Run, call: ProviderCall
         failure = UpstreamError(handle.provider.name, f"internal provider error ({type(exc).__name__})")
     finally:
         handle.agent.unwatch(handle)
-    return "".join(pieces), usage, finish, failure
+    # The log holds the reply (its deltas joined as it grows): no second copy here.
+    return handle.events.text(), usage, finish, failure
 
 
 def _run_failure(handle: Run, exc: Exception, step: str) -> RunError:
@@ -509,7 +537,7 @@ async def _record(runtime: Runtime, handle: Run, call: ProviderCall, history: Se
     handle.status = "recording"
     request = handle.request
     if failure is None and usage is None:
-        usage = _word_usage(call, text)
+        usage = await _word_usage(call, text)
     if failure is None:
         status, error = "ok", None
     elif isinstance(failure, RunAborted):
@@ -546,10 +574,10 @@ def _finish_failed(handle: Run, error: RunError, partial: str) -> None:
     handle._settle(None, error)
 
 
-def _word_usage(call: ProviderCall, reply: str) -> Usage:
+async def _word_usage(call: ProviderCall, reply: str) -> Usage:
     """Whitespace-separated words, for providers that report no counts of their own."""
-    prompt = len(call.system.split()) + sum(len(m.content.split()) for m in call.messages)
-    return Usage(prompt, len(reply.split()))
+    prompt = await count_words(call.system, *(m.content for m in call.messages))
+    return Usage(prompt, await count_words(reply))
 
 
 def _agents_from(config: Config) -> dict[str, Agent]:

@@ -359,16 +359,23 @@ class SessionStore:
         key = self._session_key(agent_id, key)
         agent = self._agent(agent_id)
         if stateless:
-            data = transcripts.encode(transcripts.turn_lines(turn, key, True))
+            data = await transcripts.encode_turn(transcripts.turn_lines(turn, key, True), turn)
             await committer.append("the stateless journal", self._journal_path(agent, turn.at), data)
             return
-        is_new = key not in agent.index and key not in agent.creating
-        lines = transcripts.turn_lines(turn, None, is_new)
+        while True:
+            is_new = key not in agent.index and key not in agent.creating
+            lines = transcripts.turn_lines(turn, None, is_new)
+            if is_new:
+                lines.insert(0, transcripts.header_line(key, agent_id, turn.at))
+            data = await transcripts.encode_turn(lines, turn)
+            # A large turn is encoded over several loop steps: if a reset or
+            # another turn changed whether the session is new meanwhile, redo it.
+            if is_new == (key not in agent.index and key not in agent.creating):
+                break
         if is_new:
-            lines.insert(0, transcripts.header_line(key, agent_id, turn.at))
             agent.creating.add(key)
         await committer.append(
-            "a session transcript", agent.path(key), transcripts.encode(lines),
+            "a session transcript", agent.path(key), data,
             on_ok=lambda _: self._turn_recorded(agent, key, turn, lines, is_new),
             on_error=lambda _: agent.creating.discard(key) if is_new else None)
 

@@ -28,13 +28,13 @@ from dataclasses import dataclass
 from typing import Any, Callable, Final, Iterable
 
 from equabot_gw import errors, safejson
-from equabot_gw.compact_json import dumps
+from equabot_gw.compact_json import LARGE_CHARS, dumps, dumps_async
 from equabot_gw.agents.types import Message, SessionHistory, TurnRecord
 
 __all__ = [
     "AGENT_ID_RE", "SESSIONS_DIR", "JOURNAL_DIR", "INDEX_NAME", "MAX_OPEN_FILES",
     "transcript_stem", "unescape_stem", "transcript_name", "journal_name",
-    "dumps", "encode", "parse_lines", "read_file_lines", "number", "header_line", "turn_lines", "fold",
+    "dumps", "encode", "encode_turn", "parse_lines", "read_file_lines", "number", "header_line", "turn_lines", "fold",
     "SessionInfo", "load", "read_lines", "write_index", "archive", "delete", "prune_journals",
     "storage_error", "Committer",
 ]
@@ -146,6 +146,21 @@ def encode(lines: list[dict[str, Any]]) -> bytes:
     try:
         return ("\n".join(map(dumps, lines)) + "\n").encode("utf-8")
     except UnicodeEncodeError:     # a lone surrogate (legal in JSON input): keep it as \udXXX
+        return ("\n".join(map(_dumps_ascii, lines)) + "\n").encode("ascii")
+
+
+async def encode_turn(lines: list[dict[str, Any]], turn: TurnRecord) -> bytes:
+    """``encode(lines)`` of ``turn``'s lines; a turn with much text (a 20 MiB message,
+    ten thousand context messages) is encoded in slices of the event loop."""
+    chars = len(turn.user) + len(turn.reply) + len(turn.error or "")
+    for message in turn.context:
+        chars += len(message.content)
+    if chars < LARGE_CHARS:
+        return encode(lines)
+    texts = [await dumps_async(line) for line in lines]
+    try:
+        return ("\n".join(texts) + "\n").encode("utf-8")
+    except UnicodeEncodeError:     # a lone surrogate: as in encode()
         return ("\n".join(map(_dumps_ascii, lines)) + "\n").encode("ascii")
 
 

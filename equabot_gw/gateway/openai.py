@@ -313,7 +313,12 @@ class ChatCompletions:
             raise
         except RunError as exc:
             return _run_error_response(exc)
-        return _json_response(200, _completion_object(completion_id, model_name, result))
+        completion = _completion_object(completion_id, model_name, result)
+        if len(result.text) < compact_json.LARGE_CHARS:
+            return _json_response(200, completion)
+        # A reply of megabytes is escaped in slices of the event loop.
+        return Response(200, [("content-type", "application/json")],
+                        (await compact_json.dumps_async(completion)).encode())
 
     async def _stream(self, run: Run, completion_id: str, model_name: str,
                       include_usage: bool) -> Response | StreamingResponse:

@@ -14,15 +14,17 @@ configured header value into an error or a log line.
 from __future__ import annotations
 
 import abc
+import asyncio
 import codecs
 import importlib
 import re
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
 from .. import compact_json, safejson
-from ..config import ProviderConfig
+from ..config import DEFAULT_MAX_REPLY_BYTES, ProviderConfig
 from ..errors import (
     ApiError, ClientConnectError, ClientTimeout, ConfigError, ConnectionClosed, HTTPProtocolError,
     UpstreamError, UpstreamRejected, UpstreamTimeout,
@@ -33,7 +35,7 @@ from ..agents.types import Message, ProviderCall, ProviderEvent
 
 __all__ = [
     "Provider", "HTTPProvider", "create_provider", "ServerSentEvent", "EventStreamDecoder",
-    "word_count",
+    "word_count", "count_words",
 ]
 
 # Error bodies are read up to this many bytes; the message is what matters.
@@ -52,8 +54,38 @@ MIN_REDACTED_CHARS: Final = 4
 
 
 def word_count(text: str) -> int:
-    """Whitespace-separated words in ``text``: the token estimate of the local providers."""
+    """Whitespace-separated words in ``text``: the token estimate of the local providers.
+
+    Holds the event loop for the whole text (about 20 ms per MiB of one-letter
+    words): use ``count_words`` for texts that may be large.
+    """
     return len(text.split())
+
+
+# count_words: characters split at once, and the longest it holds the loop (seconds).
+_WORD_SLICE_CHARS: Final = 64 * 1024
+_WORD_SLICE_SECONDS: Final = 0.005
+
+
+async def count_words(*texts: str) -> int:
+    """``word_count`` of all ``texts`` together, returning to the event loop every few ms.
+
+    A 20 MiB prompt of one-letter words is ten million words: counting them
+    takes a quarter of a second, which must not be one step of the loop.
+    """
+    total = 0
+    clock = time.perf_counter
+    deadline = clock() + _WORD_SLICE_SECONDS
+    for text in texts:
+        for start in range(0, len(text), _WORD_SLICE_CHARS):
+            piece = text[start:start + _WORD_SLICE_CHARS]
+            total += len(piece.split())
+            if start and not piece[0].isspace() and not text[start - 1].isspace():
+                total -= 1          # a word cut by the slice was counted in both
+            if clock() >= deadline:
+                await asyncio.sleep(0)
+                deadline = clock() + _WORD_SLICE_SECONDS
+    return total
 
 
 class Provider(abc.ABC):
@@ -70,6 +102,8 @@ class Provider(abc.ABC):
     def __init__(self, name: str, config: ProviderConfig | None) -> None:
         self.name = name
         self.config = config
+        # The runtime fails a run whose reply passes this many UTF-8 bytes.
+        self.max_reply_bytes = config.max_reply_bytes if config is not None else DEFAULT_MAX_REPLY_BYTES
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} api={self.api!r}>"
@@ -322,14 +356,21 @@ class HTTPProvider(Provider):
             return UpstreamError(self.name, f"invalid HTTP response: {exc.reason}")
         return UpstreamError(self.name, f"connection failed: {type(exc).__name__}")
 
-    async def open_stream(self, payload: dict[str, Any]) -> http_client.ClientResponse:
-        """POST ``payload`` as JSON; the 2xx response, whose body the caller must ``aclose``.
+    async def open_stream(self, payload: dict[str, Any], call: ProviderCall) -> http_client.ClientResponse:
+        """POST ``payload`` (built from ``call``) as JSON; the 2xx response, whose body the
+        caller must ``aclose``.
 
-        Raises ``UpstreamRejected`` for any other status (DECISIONS 21: with
-        the upstream's ``error.message`` and ``Retry-After``), ``UpstreamTimeout``
-        or ``UpstreamError``.
+        Raises ``UpstreamRejected`` for any other status (with the upstream's
+        ``error.message`` and ``Retry-After``), ``UpstreamTimeout`` or ``UpstreamError``.
         """
-        body = compact_json.dumps(payload).encode()
+        # A call with much text (ten thousand messages, a 20 MiB one) is
+        # encoded in slices of the event loop; the usual small one at once.
+        chars = len(call.system)
+        for message in call.messages:
+            chars += len(message.content)
+        text = compact_json.dumps(payload) if chars < compact_json.LARGE_CHARS \
+            else await compact_json.dumps_async(payload)
+        body = text.encode()
         try:
             # A completion request changes nothing upstream, so a pooled
             # connection found closed before any answer is replaced once

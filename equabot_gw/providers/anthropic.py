@@ -110,7 +110,7 @@ class AnthropicProvider(HTTPProvider):
         ``overloaded_error``), ``UpstreamTimeout``, or ``UpstreamError``
         (garbage, an unknown error, a stream that ends before ``message_stop``).
         """
-        response = await self.open_stream(self.payload(call))
+        response = await self.open_stream(self.payload(call), call)
         state = _MessageState()
         try:
             async with aclosing(self.events(response)) as events:

@@ -17,11 +17,15 @@ from collections.abc import AsyncIterator
 from typing import ClassVar, Final
 
 from ..agents.types import OPTION_NAMES, Finish, ProviderCall, ProviderEvent, TextDelta, Usage
-from . import Provider, word_count
+from . import Provider, count_words
 
 # One word with the whitespace before it; the last word also takes the
 # whitespace after it, so that nothing of the reply is lost.
 _DELTA: Final = re.compile(r"\s*\S+(?:\s+\Z)?")
+
+
+# Replies up to this many characters are cut into words at once (C speed).
+_EAGER_CHARS: Final = 64 * 1024
 
 
 def echo_reply(call: ProviderCall) -> str:
@@ -58,21 +62,26 @@ class EchoProvider(Provider):
         reply = echo_reply(call)
         if options.stop:
             reply, _ = cut_at_stop(reply, options.stop)
-        deltas = split_deltas(reply)
+        # Words are cut lazily: a reply of ten million words is never one list
+        # (the runtime stops a reply past its byte limit long before).
+        deltas = _DELTA.findall(reply) if len(reply) <= _EAGER_CHARS else \
+            (match.group() for match in _DELTA.finditer(reply))
+        limit = options.max_tokens
         reason = "stop"
-        if options.max_tokens is not None and len(deltas) > options.max_tokens:
-            deltas = deltas[:options.max_tokens]
-            reason = "length"
         delay = self.config.delay_ms / 1000 if self.config is not None else 0.0
-        if delay > 0:
-            for delta in deltas:
+        words = 0
+        for delta in deltas:
+            if limit is not None and words >= limit:
+                reason = "length"
+                break
+            words += 1
+            if delay > 0:
                 await asyncio.sleep(delay)
-                yield TextDelta(delta)
-        else:
-            # No await per delta: a consumer reading 100k+ events/s must not
-            # pay an event-loop round trip for each.
-            for delta in deltas:
-                yield TextDelta(delta)
-        prompt = word_count(call.system) + sum(word_count(m.content) for m in call.messages)
-        yield Usage(prompt, word_count("".join(deltas)))
+            # Without a delay no await per delta: a consumer reading 100k+
+            # events/s must not pay an event-loop round trip for each.
+            yield TextDelta(delta)
+        if not words and reply:
+            yield TextDelta(reply)      # all whitespace: one delta of no word
+        prompt = await count_words(call.system, *(m.content for m in call.messages))
+        yield Usage(prompt, words)
         yield Finish(reason)
