@@ -426,6 +426,34 @@ class Transcripts(StoreCase):
             self.assertEqual((await store.history("main", "new")).assistant_turns, 1)
             self.assertEqual(len(reads), 4)
 
+    async def test_the_history_cache_is_bounded_in_bytes(self) -> None:
+        store = await self.reopen(max_cached_bytes=256 * 1024, max_cached_history_bytes=64 * 1024)
+        reads: list[str] = []
+        real = transcripts.read_lines
+
+        def counting(path: str, committer: Any) -> Any:
+            reads.append(Path(path).name)
+            return real(path, committer)
+
+        big = "w " * 20_000                               # 40 KB a turn
+        with mock.patch.object(transcripts, "read_lines", counting):
+            for n in range(20):
+                await store.record_turn("main", f"s{n}", ok_turn(n, user=big))
+                self.assertLessEqual(store.cached_bytes, 256 * 1024)
+            self.assertGreater(store.cached_bytes, 128 * 1024)
+            # A session past the per-session bound leaves the cache and is read from disk.
+            await store.record_turn("main", "s19", ok_turn(30, user=big))
+            history = await store.history("main", "s19")
+            self.assertEqual(history.assistant_turns, 2)
+            self.assertEqual(history.messages[2], Message("user", big))
+            await store.history("main", "s19")
+            self.assertEqual(reads.count(transcripts.transcript_name("agent:main:s19")), 2)
+            self.assertLessEqual(store.cached_bytes, 256 * 1024)
+            # A session forgotten gives its bytes back.
+            cached = store.cached_bytes
+            self.assertTrue(await store.delete("main", "s18"))
+            self.assertLess(store.cached_bytes, cached)
+
     async def test_unknown_sessions_and_keys_of_other_agents(self) -> None:
         self.assertEqual(await self.store.history("main", "nope"), SessionHistory())
         self.assertEqual(await self.store.read_transcript("main", "nope"), [])
@@ -603,7 +631,8 @@ class DiskFaults(StoreCase):
         self.assertIsInstance(results[0], StorageError)
         self.assertEqual(str(results[0]), "transcript could not be written: write of a session "
                                           "transcript failed: ENOSPC (No space left on device)")
-        self.assertIsNone(results[1])                   # other files keep working
+        self.assertEqual(results[1], transcripts.Stored(str(self.transcript("agent:main:b")), 0,
+                                                        results[1].length))   # other files keep working
         self.assertEqual(path.read_bytes(), before)
         eio = OSError(errno.EIO, "Input/output error")
         with mock.patch.object(transcripts, "_fdatasync", side_effect=eio), \

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import hashlib
 import itertools
 import logging
 import os
+import sys
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -25,10 +28,11 @@ from typing import Final
 
 from ..config import AgentConfig, Config
 from ..errors import (
-    ApiError, ReplyTooLarge, RunAborted, RunError, RunFailed, RunTimedOut, UpstreamError,
+    ApiError, ReplyTooLarge, RunAborted, RunError, RunFailed, RunTimedOut, StorageError, UpstreamError,
 )
 from . import sessions
-from .events import Ended, EventLog, Failed, Started, Subscription
+from .events import Ended, Failed, EventLog, RunEvent, Started, Subscription
+from .transcripts import Stored
 from ..providers import Provider, count_words, create_provider
 from .types import (
     AgentRequest, AgentResult, Finish, GenerationOptions, Message, ProviderCall, SessionHistory,
@@ -47,6 +51,13 @@ YIELD_INTERVAL: Final = 0.005
 _YIELD_CHECK_EVENTS: Final = 32
 # Finished runs remembered for agent.wait and idempotent retries.
 MAX_FINISHED_RUNS: Final = 10_000
+# Their replies are kept in memory while each is small and all of them fit
+# the budget (bytes as sys.getsizeof counts them); any other is read back from
+# its transcript or journal when asked for.
+MAX_KEPT_REPLY_BYTES: Final = 64 * 1024
+FINISHED_REPLIES_BUDGET_BYTES: Final = 16 * 1024 * 1024
+# Idempotency keys longer than this are remembered by their SHA-256.
+MAX_IDEMPOTENCY_KEY_CHARS: Final = 256
 RETRY_AFTER_SECONDS: Final = "1"
 DEFAULT_AGENT_ID: Final = "main"
 
@@ -164,6 +175,7 @@ class Run:
         self._error: RunError | None = None
         self._waiters: list[asyncio.Future[None]] = []
         self._task: asyncio.Task[None] | None = None
+        self._stored: Stored | None = None     # where record_turn put the turn
         self._entered = False       # the task has begun: cancelling it runs its handlers
         self._abort_reason: str | None = None
 
@@ -221,7 +233,11 @@ class RunRecord:
 
     A finished ``Run`` keeps its whole event log and task; remembering
     thousands of those would keep millions of objects for the garbage
-    collector to scan. It has ``Run``'s reading interface.
+    collector to scan. It has ``Run``'s reading interface. Its reply (the
+    result's text, or the partial text of a failed run) is held only while
+    it fits the runtime's budget; otherwise ``reply_at`` says where it was
+    recorded and ``wait``/``subscribe`` read it back (an empty text once the
+    session was reset or deleted, or the journal pruned).
     """
 
     id: str
@@ -231,29 +247,69 @@ class RunRecord:
     result: AgentResult | None
     error: RunError | None
     partial: str = ""
+    reply_at: Stored | None = None
+    store: sessions.SessionStore | None = field(default=None, repr=False, compare=False)
+    kept_bytes: int = 0             # bytes of reply held here (counted in the budget)
 
     done: bool = True
 
-    @classmethod
-    def of(cls, run: Run) -> RunRecord:
-        last = run.events.events[-1] if run.events.events else None
-        partial = last.partial if isinstance(last, Failed) else ""
-        return cls(run.id, run.agent.id, run.session_key, run.status, run._result, run._error, partial)
-
-    def subscribe(self) -> Subscription:
+    def subscribe(self) -> _RecordSubscription:
         """A subscription that yields the run's terminal event only."""
-        log = EventLog()
-        log.finish(Ended(self.result) if self.result is not None
-                   else Failed(self.error or RunAborted("cancelled"), self.partial))
-        return log.subscribe()
+        return _RecordSubscription(self)
 
     async def wait(self) -> AgentResult:
+        """The result (its text read back if it is not held); raises the run's error."""
         if self.result is None:
             raise self.error or RunAborted("cancelled")
-        return self.result
+        if self.reply_at is None:
+            return self.result
+        return dataclasses.replace(self.result, text=await self._read_back())
+
+    async def terminal_event(self) -> Ended | Failed:
+        """The run's last event, as its subscribers saw it."""
+        if self.result is not None:
+            return Ended(await self.wait())
+        partial = self.partial if self.reply_at is None else await self._read_back()
+        return Failed(self.error or RunAborted("cancelled"), partial)
 
     def abort(self, why: str = "aborted") -> bool:
         return False
+
+    async def _read_back(self) -> str:
+        if self.store is None or self.reply_at is None:
+            return ""
+        try:
+            text = await self.store.read_reply(self.reply_at, self.id)
+        except StorageError:
+            text = None
+        if text is None:
+            log.warning("run %s: its reply is no longer stored", self.id)
+        return text or ""
+
+
+class _RecordSubscription:
+    """``Subscription``'s interface over a finished run: its terminal event, then the end."""
+
+    __slots__ = ("_record", "_read")
+
+    def __init__(self, record: RunRecord) -> None:
+        self._record = record
+        self._read = False
+
+    async def next_batch(self, idle_timeout: float | None = None) -> list[RunEvent] | None:
+        if self._read:
+            return None
+        self._read = True
+        return [await self._record.terminal_event()]
+
+    def __aiter__(self) -> _RecordSubscription:
+        return self
+
+    async def __anext__(self) -> RunEvent:
+        if self._read:
+            raise StopAsyncIteration
+        self._read = True
+        return await self._record.terminal_event()
 
 
 class Runtime:
@@ -270,6 +326,7 @@ class Runtime:
         self.providers: dict[str, Provider] = {}
         self.active: dict[str, Run] = {}
         self._finished: OrderedDict[str, RunRecord] = OrderedDict()
+        self._finished_bytes = 0        # replies held by the records in _finished
         self._idempotent: OrderedDict[str, str] = OrderedDict()
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(6).hex()
@@ -332,9 +389,30 @@ class Runtime:
 
     def _remember(self, run: Run) -> None:
         self.active.pop(run.id, None)
-        self._finished[run.id] = RunRecord.of(run)
+        record = self._record_of(run)
+        self._finished[run.id] = record
+        self._finished_bytes += record.kept_bytes
         while len(self._finished) > MAX_FINISHED_RUNS:
-            self._finished.popitem(last=False)
+            self._finished_bytes -= self._finished.popitem(last=False)[1].kept_bytes
+
+    def _record_of(self, run: Run) -> RunRecord:
+        """The run's record: its reply held if small and within the budget, else where it is."""
+        last = run.events.events[-1] if run.events.events else None
+        result = run._result
+        reply = result.text if result is not None else last.partial if type(last) is Failed else ""
+        size = sys.getsizeof(reply)
+        record = RunRecord(run.id, run.agent.id, run.session_key, run.status, result, run._error,
+                           "" if result is not None else reply)
+        if not reply:
+            return record
+        if size <= MAX_KEPT_REPLY_BYTES and self._finished_bytes + size <= FINISHED_REPLIES_BUDGET_BYTES:
+            return dataclasses.replace(record, kept_bytes=size)
+        # Read back from the transcript when asked; an error turn's partial text is
+        # not recorded there, so it is given up.
+        reply_at = run._stored if result is not None or run.status == "aborted" else None
+        return dataclasses.replace(
+            record, result=dataclasses.replace(result, text="") if result is not None else None,
+            partial="", reply_at=reply_at, store=self.store)
 
 
 def run(runtime: Runtime, request: AgentRequest) -> Run | RunRecord:
@@ -349,8 +427,9 @@ def run(runtime: Runtime, request: AgentRequest) -> Run | RunRecord:
     """
     if runtime.closing:
         raise ApiError(503, "the gateway is shutting down", code="unavailable")
-    if request.idempotency_key:
-        earlier = runtime._idempotent.get(request.idempotency_key)
+    idempotency_key = _idempotency_key(request.idempotency_key)
+    if idempotency_key:
+        earlier = runtime._idempotent.get(idempotency_key)
         if earlier and (existing := runtime.find_run(earlier)) is not None:
             return existing
     agent, key, stateless = _route(runtime, request)
@@ -364,13 +443,20 @@ def run(runtime: Runtime, request: AgentRequest) -> Run | RunRecord:
     handle = Run(runtime._new_run_id(), agent, key, stateless, request, provider,
                  model_ref, model_name)
     runtime.active[handle.id] = handle
-    if request.idempotency_key:
-        runtime._idempotent[request.idempotency_key] = handle.id
+    if idempotency_key:
+        runtime._idempotent[idempotency_key] = handle.id
         while len(runtime._idempotent) > MAX_FINISHED_RUNS:
             runtime._idempotent.popitem(last=False)
     agent.waiting += 1
     handle._task = asyncio.get_running_loop().create_task(_execute(runtime, handle))
     return handle
+
+
+def _idempotency_key(key: str | None) -> str | None:
+    """The key as remembered: a long one by its digest, so that 10,000 of them stay small."""
+    if key is None or len(key) <= MAX_IDEMPOTENCY_KEY_CHARS:
+        return key
+    return "sha256:" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _route(runtime: Runtime, request: AgentRequest) -> tuple[Agent, str, bool]:
@@ -551,8 +637,8 @@ async def _record(runtime: Runtime, handle: Run, call: ProviderCall, history: Se
     try:
         # No shield needed: from "recording" on, abort() refuses, and the store
         # does its bookkeeping in commit callbacks that outlive a cancelled waiter.
-        await runtime.store.record_turn(handle.agent.id, handle.session_key, record,
-                                        stateless=handle.stateless)
+        handle._stored = await runtime.store.record_turn(handle.agent.id, handle.session_key, record,
+                                                         stateless=handle.stateless)
     except Exception as exc:
         failure = failure or _run_failure(handle, exc, "recording the turn")
     if failure is not None:

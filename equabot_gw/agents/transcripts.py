@@ -35,7 +35,7 @@ __all__ = [
     "AGENT_ID_RE", "SESSIONS_DIR", "JOURNAL_DIR", "INDEX_NAME", "MAX_OPEN_FILES",
     "transcript_stem", "unescape_stem", "transcript_name", "journal_name",
     "dumps", "encode", "encode_turn", "parse_lines", "read_file_lines", "number", "header_line", "turn_lines", "fold",
-    "SessionInfo", "load", "read_lines", "write_index", "archive", "delete", "prune_journals",
+    "SessionInfo", "Stored", "load", "read_lines", "read_reply", "write_index", "archive", "delete", "prune_journals",
     "storage_error", "Committer",
 ]
 
@@ -472,6 +472,33 @@ def read_lines(path: str, _: Committer) -> list[dict[str, Any]]:
         return []
 
 
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """Where one turn's lines were written: ``length`` bytes at ``offset`` of ``path``."""
+
+    path: str
+    offset: int
+    length: int
+
+
+def read_reply(where: Stored, run_id: str, _: Committer) -> str | None:
+    """Job: the reply of run ``run_id`` (its "assistant" or "aborted" line) among the lines
+    stored at ``where``; None if the file no longer holds them (reset, deleted, pruned)."""
+    try:
+        fd = os.open(where.path, os.O_RDONLY | _CLOEXEC)
+        try:
+            data = os.pread(fd, where.length, where.offset)
+        finally:
+            os.close(fd)
+    except OSError:
+        return None
+    for line in parse_lines(data)[0]:
+        if line.get("runId") == run_id and line.get("type") in ("assistant", "aborted"):
+            content = line.get("content")
+            return content if isinstance(content, str) else None
+    return None
+
+
 def write_index(sessions_dir: str, snapshot: dict[str, SessionInfo], _: Committer) -> None:
     """Job: write ``snapshot`` as ``<sessions_dir>/index.json``, atomically.
 
@@ -598,7 +625,8 @@ class Committer:
     def append(self, what: str, path: str, data: bytes, **callbacks: Any) -> asyncio.Future[Any]:
         """Queue ``data`` to be appended to ``path`` and fdatasynced (loop side).
 
-        Returns a future set to None once durable, or to a ``StorageError``
+        Returns a future set to the offset in the file where ``data`` starts
+        once it is durable, or to a ``StorageError``
         naming the step and ``what`` (the file is then cut back to its size
         before). ``callbacks``: ``on_ok(None)`` / ``on_error(exc)``, run on the
         loop in commit order before the future resolves, even if it was cancelled.
@@ -697,13 +725,16 @@ class Committer:
             groups.setdefault(op.path, []).append(op)
         failed: dict[str, tuple[str, OSError]] = {}
         new_files: dict[str, list[str]] = {}
+        starts: dict[str, int] = {}
         for path, group in groups.items():
             data = group[0].data if len(group) == 1 else b"".join(op.data for op in group)
             try:
-                if self._append(path, data):
-                    new_files.setdefault(os.path.dirname(path), []).append(path)
+                start = starts[path] = self._append(path, data)
             except _AppendFailed as exc:
                 failed[path] = exc.args
+                continue
+            if start == 0:        # an empty file may be new: its directory is fsynced too
+                new_files.setdefault(os.path.dirname(path), []).append(path)
         for directory, paths in new_files.items():   # a new file is durable once its name is
             try:
                 _fsync_dir(directory)
@@ -713,14 +744,17 @@ class Committer:
                     self._roll_back(path, 0)
         for path, group in groups.items():
             if path not in failed:
-                results.extend((op, None, False) for op in group)
+                offset = starts[path]
+                for op in group:
+                    results.append((op, offset, False))
+                    offset += len(op.data)
                 continue
             phase, exc = failed[path]
             log.warning("session store: %s of %s failed: %s", phase, os.path.basename(path), exc)
             results.extend((op, storage_error(f"{phase} of {op.what}", exc), True) for op in group)
 
-    def _append(self, path: str, data: bytes) -> bool:
-        """Write and fdatasync ``data`` at the end of ``path``; True if the file may be new.
+    def _append(self, path: str, data: bytes) -> int:
+        """Write and fdatasync ``data`` at the end of ``path``; the offset it starts at.
 
         On failure the file is cut back to its size before (no turn half
         recorded) and its fd dropped, so that the next append reopens and repairs.
@@ -743,7 +777,7 @@ class Committer:
             self._roll_back(path, size)
             raise _AppendFailed(phase, exc) from exc
         entry[1] = size + len(data)
-        return size == 0      # an empty file may be new: its directory is fsynced too
+        return size
 
     def _open(self, path: str) -> list[int]:
         try:
