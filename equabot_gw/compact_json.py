@@ -15,7 +15,7 @@ import json
 import time
 from typing import Any, Final
 
-__all__ = ["dumps", "dumps_async", "LARGE_CHARS"]
+__all__ = ["dumps", "dumps_async", "dumps_into", "LARGE_CHARS"]
 
 _ENCODER: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
@@ -54,9 +54,13 @@ async def dumps_async(obj: Any) -> str:
     are ours and a few levels deep, never untrusted depth.
     """
     out: list[str] = []
-    deadline = [time.perf_counter() + _SLICE_SECONDS]
-    await _walk(obj, out, deadline)
+    await dumps_into(obj, out)
     return "".join(out)
+
+
+async def dumps_into(obj: Any, out: list[str]) -> None:
+    """``dumps_async``, but the text is appended to ``out`` in pieces (not joined)."""
+    await _walk(obj, out, [time.perf_counter() + _SLICE_SECONDS])
 
 
 async def _walk(obj: Any, out: list[str], deadline: list[float]) -> None:

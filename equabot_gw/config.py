@@ -167,6 +167,7 @@ class HTTPConfig:
     max_header_bytes: int = key("maxHeaderBytes", integer(1024), default=64 * 1024)
     header_timeout: float = key("headerTimeoutSeconds", number(0.01), default=10.0)
     keep_alive_timeout: float = key("keepAliveTimeoutSeconds", number(0.01), default=30.0)
+    max_messages: int = key("maxMessages", integer(1), default=10_000)
     cors: CorsConfig = key("cors", factory=CorsConfig)
 
 

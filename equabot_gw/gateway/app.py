@@ -62,7 +62,8 @@ class Gateway:
             header_timeout=limits.header_timeout, keep_alive_timeout=limits.keep_alive_timeout),
             access_log=access_log)
         self.control = control.ControlProtocol(self)
-        self.openai = openai.ChatCompletions(self.runtime, self.authorize, self.started_at)
+        self.openai = openai.ChatCompletions(self.runtime, self.authorize, self.started_at,
+                                             max_messages=config.gateway.http.max_messages)
         self._stop_requested = asyncio.Event()
         self._shutdown: asyncio.Future[None] | None = None
         self._lock: statelock.StateLock | None = None

@@ -17,7 +17,7 @@ import json
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Final
 
 from .. import __version__, compact_json, safejson
@@ -34,6 +34,11 @@ HEADER_PREFIX: Final = "x-equabot-"
 SYSTEM_FINGERPRINT: Final = f"equabot-gw-{__version__}"
 MODEL_PREFIXES: Final = ("equabot:", "equabot/", "agent:")
 MAX_STOP_SEQUENCES: Final = 4       # OpenAI's documented limit
+DEFAULT_MAX_MESSAGES: Final = 10_000   # gateway.http.maxMessages
+# Messages and content parts read per step of the event loop (about 2 ms of
+# checks), and decoded messages freed per step (a million at once take ~100 ms).
+_ITEMS_PER_STEP: Final = 1000
+_FREED_PER_STEP: Final = 50_000
 JSON_TYPES: Final = ("application/json",)
 
 
@@ -165,52 +170,48 @@ FIELDS: Final = _fields_table()
 
 # -- messages -------------------------------------------------------------------------
 
-def _text_of(content: Any, where: str) -> str:
-    """Text of a message content: a string, or an array of ``text`` parts."""
+def _text_of(content: Any, where: str, texts: list[str]) -> Iterator[None]:
+    """Add the text of a message content (a string, or an array of ``text`` parts) to
+    ``texts``; a generator that yields every ``_ITEMS_PER_STEP`` parts."""
     if content is None or isinstance(content, str):
-        return content or ""
+        texts.append(content or "")
+        return
     if not isinstance(content, list):
         raise _bad(where, f"Invalid type for {where!r}: expected a string or an array of "
                           f"content parts, but got {_type_name(content)}.")
-    texts = []
     for i, part in enumerate(content):
         if not isinstance(part, dict) or not isinstance(part.get("type"), str):
             raise _bad(f"{where}[{i}]", f"Invalid content part {where}[{i}]: expected an object "
                                         f"with a 'type'.")
         if part["type"] != "text":
-            raise _unsupported(f"{where}[{i}].type", f"= {part['type']!r} (only text parts)")
+            raise _unsupported(f"{where}[{i}].type", f"= {part['type'][:100]!r} (only text parts)")
         if not isinstance(part.get("text"), str):
             raise _bad(f"{where}[{i}].text", f"Invalid type for '{where}[{i}].text': expected a string.")
         texts.append(part["text"])
-    return "".join(texts)
+        if i % _ITEMS_PER_STEP == _ITEMS_PER_STEP - 1:
+            yield
 
 
-def _conversation(messages: list[Any]) -> tuple[str, tuple[Message, ...], str]:
-    """(extra system instructions, earlier context, the newest user message) of a request."""
+async def _conversation(messages: list[Any], max_messages: int = DEFAULT_MAX_MESSAGES
+                        ) -> tuple[str, tuple[Message, ...], str]:
+    """(extra system instructions, earlier context, the newest user message) of a request.
+
+    More than ``max_messages`` messages is 400 ``too_many_messages``; long
+    lists are read ``_ITEMS_PER_STEP`` messages or parts at a time, the loop
+    served between.
+    """
     if not messages:
         raise _bad("messages", "Invalid 'messages': empty array. Expected an array with "
                                "minimum length 1.", code="invalid_value")
+    if len(messages) > max_messages:
+        raise _bad("messages", f"Invalid 'messages': {len(messages)} messages, more than this "
+                               f"gateway's limit of {max_messages} (gateway.http.maxMessages).",
+                   code="too_many_messages")
     system: list[str] = []
     context: list[Message] = []
-    last_user = -1
-    for i, message in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise _bad(where, f"Invalid type for {where!r}: expected an object, "
-                              f"but got {_type_name(message)}.")
-        role = message.get("role")
-        if role not in ("system", "developer", "user", "assistant", "tool", "function"):
-            raise _bad(f"{where}.role", f"Invalid value for '{where}.role': {role!r} is not one "
-                                        f"of 'system', 'developer', 'user', 'assistant', 'tool'.",
-                       code="invalid_value")
-        text = _text_of(message.get("content"), f"{where}.content")
-        if role in ("system", "developer"):
-            if text:
-                system.append(text)
-            continue
-        if role == "user":
-            last_user = len(context)
-        context.append(Message("tool" if role == "function" else role, text))
+    for _ in _read_messages(messages, system, context):
+        await asyncio.sleep(0)
+    last_user = next((i for i in range(len(context) - 1, -1, -1) if context[i].role == "user"), -1)
     if last_user < 0:
         raise _bad("messages", "Missing user message in messages: at least one message "
                                "with role 'user' is required.", code="missing_user_message")
@@ -220,15 +221,48 @@ def _conversation(messages: list[Any]) -> tuple[str, tuple[Message, ...], str]:
     return "\n\n".join(system), tuple(context[:last_user]), context[last_user].content
 
 
+def _read_messages(messages: list[Any], system: list[str], context: list[Message]) -> Iterator[None]:
+    """Check ``messages`` and add their texts to ``system``/``context``; a generator that
+    yields every ``_ITEMS_PER_STEP`` messages or content parts."""
+    for i, message in enumerate(messages):
+        if i % _ITEMS_PER_STEP == _ITEMS_PER_STEP - 1:
+            yield
+        if not isinstance(message, dict):
+            raise _bad(f"messages[{i}]", f"Invalid type for 'messages[{i}]': expected an object, "
+                                         f"but got {_type_name(message)}.")
+        role = message.get("role")
+        if type(role) is not str or role not in _ROLES:
+            shown = repr(role[:100]) if type(role) is str else _type_name(role)
+            raise _bad(f"messages[{i}].role", f"Invalid value for 'messages[{i}].role': {shown} is not "
+                                              f"one of 'system', 'developer', 'user', 'assistant', 'tool'.",
+                       code="invalid_value")
+        content = message.get("content")
+        if type(content) is str:
+            text = content
+        else:
+            texts: list[str] = []
+            yield from _text_of(content, f"messages[{i}].content", texts)
+            text = "".join(texts)
+        if role in ("system", "developer"):
+            if text:
+                system.append(text)
+            continue
+        context.append(Message("tool" if role == "function" else role, text))
+
+
+_ROLES: Final = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+
 # -- the endpoint -------------------------------------------------------------------------
 
 class ChatCompletions:
     """The OpenAI endpoints of one gateway. ``runtime`` runs; ``authorize`` checks callers."""
 
     def __init__(self, runtime: Runtime, authorize: Callable[[HTTPRequest], None],
-                 started_at: float | None = None) -> None:
+                 started_at: float | None = None, *, max_messages: int = DEFAULT_MAX_MESSAGES) -> None:
         self.runtime = runtime
         self.authorize = authorize
+        self.max_messages = max_messages
         self.started_at = int(started_at or time.time())
         self._id_prefix = os.urandom(6).hex()
         self._ids = 0
@@ -259,7 +293,12 @@ class ChatCompletions:
         """``POST /v1/chat/completions``: one agent run, answered as JSON or as SSE."""
         self.authorize(request)
         body = await _parse_body(request)
-        agent_request, stream, include_usage, model_name = self._agent_request(request, body)
+        try:
+            agent_request, stream, include_usage, model_name = await self._agent_request(request, body)
+        finally:
+            messages = body.get("messages")
+            if type(messages) is list and len(messages) > _FREED_PER_STEP:
+                await _release(messages)
         try:
             run = agent_runtime.run(self.runtime, agent_request)
         except ApiError as exc:
@@ -273,8 +312,8 @@ class ChatCompletions:
         self._ids += 1
         return f"chatcmpl-{self._id_prefix}{self._ids:x}"
 
-    def _agent_request(self, request: HTTPRequest, body: dict[str, Any]
-                       ) -> tuple[AgentRequest, bool, bool, str]:
+    async def _agent_request(self, request: HTTPRequest, body: dict[str, Any]
+                             ) -> tuple[AgentRequest, bool, bool, str]:
         for name, value in body.items():
             check = FIELDS.get(name)
             if check is None:
@@ -290,7 +329,7 @@ class ChatCompletions:
             raise _bad("stream_options", "The 'stream_options' parameter is only allowed when "
                                          "'stream' is enabled.", code="invalid_value")
         include_usage = bool(stream_options and stream_options.get("include_usage"))
-        system, context, message = _conversation(body["messages"])
+        system, context, message = await _conversation(body["messages"], self.max_messages)
         model_name: str = body["model"]
         headers = request.headers
         agent_id = headers.get(HEADER_PREFIX + "agent-id") or _agent_from_model(model_name)
@@ -428,6 +467,13 @@ def _agent_from_model(model: str) -> str | None:
         if model.startswith(prefix) and len(model) > len(prefix):
             return model[len(prefix):]
     return None
+
+
+async def _release(items: list[Any]) -> None:
+    """Empty a long decoded list a slice at a time, the loop served between slices."""
+    while items:
+        del items[-_FREED_PER_STEP:]
+        await asyncio.sleep(0)
 
 
 # The body fields that become GenerationOptions; most requests send none of them.
