@@ -2,7 +2,9 @@
 
 A real gateway process gets the hostile cases while a neighbour thread polls
 ``GET /health`` every 10 ms on its own connections; no poll may take over
-100 ms (a sanity bound; ``make bench`` measures tight figures):
+250 ms, a sanity bound with room for a loaded machine (each poll's worst is
+printed; the 100 ms target is ``make bench``'s to measure). Before these
+cases were bounded, a poll waited 1.6 s (1.2M messages) to 27 s (streams):
 
 * a ``messages`` array of 1.2 million entries (18 MiB): 400
   ``too_many_messages`` naming ``gateway.http.maxMessages``;
@@ -24,7 +26,7 @@ from typing import Any
 from tests.support import TOKEN, GatewayProcess, base_config, error_of
 from tests.test_faults import sse_events, stream_outcome
 
-POLL_BOUND = 0.1
+POLL_BOUND = 0.25
 
 
 class HealthPoller(threading.Thread):
@@ -117,8 +119,9 @@ class BigRequestsTest(unittest.TestCase):
         messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"{i} " + "m" * 2000}
                     for i in range(9_999)] + [{"role": "user", "content": "last"}]
         key = {"x-equabot-session-key": "ten-thousand"}
+        body = messages_body(messages)          # built first: encoding 20 MB holds this process's GIL
         with HealthPoller(self.gw.port) as poller:
-            status, answer = post(self.gw.port, messages_body(messages), key)
+            status, answer = post(self.gw.port, body, key)
             self.assertEqual(status, 200, answer[:300])
             self.assertEqual(json.loads(answer)["choices"][0]["message"]["content"], "Echo (turn 1): last")
             # The session now has its history (the first turn's context): it is used as is.
@@ -129,9 +132,9 @@ class BigRequestsTest(unittest.TestCase):
 
     def test_a_million_one_letter_words_stream_without_stalling_others(self) -> None:
         message = "a " * 1_000_000
+        body = messages_body([{"role": "user", "content": message}], stream=True)
         with HealthPoller(self.gw.port) as poller:
-            status, answer = post(self.gw.port, messages_body([{"role": "user", "content": message}],
-                                                              stream=True))
+            status, answer = post(self.gw.port, body)
         self.assertEqual(status, 200)
         text, finish, error = stream_outcome(sse_events(answer))
         self.assertEqual((text, finish, error), ("Echo (turn 1): " + message, "stop", None))

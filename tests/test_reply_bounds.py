@@ -8,7 +8,8 @@
 * A provider whose stream never suspends (a local generator yielding
   forever) can still be timed out and aborted, and the event loop keeps
   serving others meanwhile: a 10 ms ticker on the same loop never lags
-  past 100 ms (a sanity bound; ``make bench`` measures tight figures).
+  past 250 ms (a sanity bound with room; without the bound it lags for the
+  whole run).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from tests.support import base_config, error_of, running_gateway
 from tests.test_faults import SSE_HEAD, FakeUpstream, chat, chunk, openai_chunk, sse_events, stream_outcome
 
 WORD = "x" * 4095 + " "                    # 4 KiB of text per event
-LAG_BOUND = 0.1
+LAG_BOUND = 0.25
 
 
 async def forever(reader, writer, body) -> None:

@@ -406,13 +406,13 @@ class Transcripts(StoreCase):
             await self.store.record_turn("main", key, ok_turn(n))
         store = await self.reopen(max_cached_sessions=2)
         reads: list[str] = []
-        real = transcripts.read_lines
+        real = transcripts.read_bytes
 
         def counting(path: str, committer: Any) -> Any:
             reads.append(Path(path).name)
             return real(path, committer)
 
-        with mock.patch.object(transcripts, "read_lines", counting):
+        with mock.patch.object(transcripts, "read_bytes", counting):
             first = await store.history("main", "a")
             self.assertEqual(await store.history("main", "a"), first)
             await store.record_turn("main", "a", ok_turn(7))            # updates the cached copy
@@ -429,14 +429,14 @@ class Transcripts(StoreCase):
     async def test_the_history_cache_is_bounded_in_bytes(self) -> None:
         store = await self.reopen(max_cached_bytes=256 * 1024, max_cached_history_bytes=64 * 1024)
         reads: list[str] = []
-        real = transcripts.read_lines
+        real = transcripts.read_bytes
 
         def counting(path: str, committer: Any) -> Any:
             reads.append(Path(path).name)
             return real(path, committer)
 
         big = "w " * 20_000                               # 40 KB a turn
-        with mock.patch.object(transcripts, "read_lines", counting):
+        with mock.patch.object(transcripts, "read_bytes", counting):
             for n in range(20):
                 await store.record_turn("main", f"s{n}", ok_turn(n, user=big))
                 self.assertLessEqual(store.cached_bytes, 256 * 1024)

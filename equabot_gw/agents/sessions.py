@@ -442,7 +442,7 @@ class SessionStore:
         ``SessionHistory()`` (``exists=False``) for a session never recorded,
         stateless ones included. Raises ``StorageError`` if the read fails.
         """
-        committer = self._require_open()
+        self._require_open()
         key = self._session_key(agent_id, key)
         agent = self._agents.get(agent_id)
         info = agent.index.get(key) if agent else None
@@ -452,20 +452,19 @@ class SessionStore:
         if cached is not None:
             self._cache.move_to_end(key)
             return cached[0]
-        read = functools.partial(transcripts.read_lines, agent.path(key))
-        folded: list[SessionHistory] = []
-        await committer.job("reading a transcript", read,
-                            on_ok=lambda lines: self._history_read(agent, key, info, lines, folded))
-        return folded[0]
-
-    def _history_read(self, agent: _Agent, key: str, info: SessionInfo, lines: list[dict[str, Any]],
-                      folded: list[SessionHistory]) -> None:
-        history = transcripts.fold(SessionHistory(), lines)
-        folded.append(history)
+        history = transcripts.fold(SessionHistory(), await self._read(agent.path(key)))
         # Cache only if no turn, reset or delete was resolved since the read was
         # queued: entries are replaced on every change, so identity is a version.
         if agent.index.get(key) is info:
             self._cache_put(key, history, _history_bytes(history.messages))
+        return history
+
+    async def _read(self, path: str) -> list[dict[str, Any]]:
+        # The bytes are read in the committer thread, in order with the appends;
+        # they are decoded here, in slices of the loop.
+        data = await self._require_open().job(
+            "reading a transcript", functools.partial(transcripts.read_bytes, path))
+        return await transcripts.parse_lines_async(data, path)
 
     def _cache_put(self, key: str, history: SessionHistory, size: int) -> None:
         self._cache_drop(key)
@@ -502,13 +501,12 @@ class SessionStore:
         A torn last line and lines that are not JSON objects are left out.
         Raises ``StorageError`` if the read fails.
         """
-        committer = self._require_open()
+        self._require_open()
         key = self._session_key(agent_id, key)
         agent = self._agents.get(agent_id)
         if agent is None or key not in agent.index:
             return []
-        return await committer.job(  # type: ignore[no-any-return]
-            "reading a transcript", functools.partial(transcripts.read_lines, agent.path(key)))
+        return await self._read(agent.path(key))
 
     def list_sessions(self, agent_id: str | None = None) -> list[SessionInfo]:
         """Keyed sessions (of one agent, or of all), most recently updated first."""

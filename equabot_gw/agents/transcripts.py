@@ -35,7 +35,7 @@ __all__ = [
     "AGENT_ID_RE", "SESSIONS_DIR", "JOURNAL_DIR", "INDEX_NAME", "MAX_OPEN_FILES",
     "transcript_stem", "unescape_stem", "transcript_name", "journal_name",
     "dumps", "encode", "encode_turn", "parse_lines", "read_file_lines", "number", "header_line", "turn_lines", "fold",
-    "SessionInfo", "Stored", "load", "read_lines", "read_reply", "write_index", "archive", "delete", "prune_journals",
+    "SessionInfo", "Stored", "load", "read_bytes", "read_lines", "read_reply", "parse_lines_async", "write_index", "archive", "delete", "prune_journals",
     "storage_error", "Committer",
 ]
 
@@ -207,12 +207,57 @@ def _decode_line(raw: bytes) -> Any:
     try:
         return safejson.loads(raw)
     except json.JSONDecodeError as exc:
-        # A lone surrogate is the one thing safejson refuses that a line of
-        # ours may hold (``encode`` keeps it, escaped); it checks everything
-        # else (depth, numbers) before it, so the plain decoder is safe here.
-        if not exc.msg.startswith("lone UTF-16 surrogate"):
-            raise
-        return json.loads(raw)
+        return _with_lone_surrogate(raw, exc)
+
+
+def _with_lone_surrogate(raw: bytes, exc: json.JSONDecodeError) -> Any:
+    # A lone surrogate is the one thing safejson refuses that a line of ours
+    # may hold (``encode`` keeps it, escaped); it checks everything else
+    # (depth, numbers) before it, so the plain decoder is safe here.
+    if not exc.msg.startswith("lone UTF-16 surrogate"):
+        raise exc
+    return json.loads(raw)
+
+
+# parse_lines_async: lines longer than this are decoded in slices of the loop,
+# and the longest it works between two returns to the loop (seconds).
+_LONG_LINE_BYTES: Final = 1 << 20
+_PARSE_SLICE_SECONDS: Final = 0.005
+
+
+async def parse_lines_async(data: bytes, name: str) -> list[dict[str, Any]]:
+    """``parse_lines(data)[0]`` on the event loop, returning to it every few ms.
+
+    A session's transcript may hold a 20 MB line (ten thousand context
+    messages): decoded in one call that is ~100 ms of the loop, and in the
+    committer thread it would hold the GIL as long. Skipped lines are told
+    once, as ``read_file_lines`` does, with ``name`` for the file.
+    """
+    raw_lines = data.split(b"\n")
+    raw_lines.pop()
+    lines: list[dict[str, Any]] = []
+    skipped = first = 0
+    clock = time.perf_counter
+    deadline = clock() + _PARSE_SLICE_SECONDS
+    for number, raw in enumerate(raw_lines, 1):
+        try:
+            try:
+                obj = await safejson.loads_async(raw) if len(raw) > _LONG_LINE_BYTES else safejson.loads(raw)
+            except json.JSONDecodeError as exc:
+                obj = _with_lone_surrogate(raw, exc)
+        except ValueError:
+            obj = None
+        if type(obj) is dict:
+            lines.append(obj)
+        else:
+            skipped += 1
+            first = first or number
+        if clock() >= deadline:
+            await asyncio.sleep(0)
+            deadline = clock() + _PARSE_SLICE_SECONDS
+    if skipped:
+        _warn_skipped(name, skipped, first)
+    return lines
 
 
 # Files already warned about: a damaged line is reported once, not at every read.
@@ -225,13 +270,19 @@ def read_file_lines(path: str) -> list[dict[str, Any]]:
     the file and its first bad line if any was skipped. Raises OSError (FileNotFoundError too)."""
     with open(path, "rb") as f:
         lines, skipped, first = parse_lines(f.read())
-    if skipped and path not in _warned:
-        if len(_warned) >= _MAX_WARNED:
-            _warned.clear()
-        _warned.add(path)
-        log.warning("%s: skipped %d %s not holding a JSON object, the first at line %d",
-                    os.path.basename(path), skipped, "line" if skipped == 1 else "lines", first)
+    if skipped:
+        _warn_skipped(path, skipped, first)
     return lines
+
+
+def _warn_skipped(path: str, skipped: int, first: int) -> None:
+    if path in _warned:
+        return
+    if len(_warned) >= _MAX_WARNED:
+        _warned.clear()
+    _warned.add(path)
+    log.warning("%s: skipped %d %s not holding a JSON object, the first at line %d",
+                os.path.basename(path), skipped, "line" if skipped == 1 else "lines", first)
 
 
 def number(value: object) -> float | None:
@@ -477,6 +528,15 @@ def storage_error(phase: str, exc: OSError) -> errors.StorageError:
     err = errors.StorageError(f"{phase} failed: {name} ({exc.strerror or 'no detail'})")
     err.__cause__ = exc
     return err
+
+
+def read_bytes(path: str, _: Committer) -> bytes:
+    """Job: the whole file at ``path``; b"" if there is none."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return b""
 
 
 def read_lines(path: str, _: Committer) -> list[dict[str, Any]]:
