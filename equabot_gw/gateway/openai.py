@@ -35,6 +35,9 @@ SYSTEM_FINGERPRINT: Final = f"equabot-gw-{__version__}"
 MODEL_PREFIXES: Final = ("equabot:", "equabot/", "agent:")
 MAX_STOP_SEQUENCES: Final = 4       # OpenAI's documented limit
 DEFAULT_MAX_MESSAGES: Final = 10_000   # gateway.http.maxMessages
+# The model string is echoed in every chunk of a stream: a long one would
+# multiply the output (real model names are a few dozen characters).
+MAX_MODEL_CHARS: Final = 256
 # Messages and content parts read per step of the event loop (about 2 ms of
 # checks), and decoded messages freed per step (a million at once take ~100 ms).
 _ITEMS_PER_STEP: Final = 1000
@@ -331,6 +334,9 @@ class ChatCompletions:
         include_usage = bool(stream_options and stream_options.get("include_usage"))
         system, context, message = await _conversation(body["messages"], self.max_messages)
         model_name: str = body["model"]
+        if len(model_name) > MAX_MODEL_CHARS:
+            raise _bad("model", f"Invalid 'model': {len(model_name)} characters, more than the "
+                                f"limit of {MAX_MODEL_CHARS}.", code="invalid_value")
         headers = request.headers
         agent_id = headers.get(HEADER_PREFIX + "agent-id") or _agent_from_model(model_name)
         session_key = headers.get(HEADER_PREFIX + "session-key")
@@ -391,37 +397,66 @@ async def _first_output(subscription: Subscription) -> list[Any]:
 
 async def _sse_body(run: Run, subscription: Subscription, first: list[Any],
                     chunks: _ChunkWriter) -> AsyncIterator[bytes]:
+    # Pieces are yielded one by one, so that the server can wait for a slow
+    # client between them (and the events of a batch are turned into bytes
+    # only as the client takes them).
     try:
-        yield chunks.role() + chunks.events(first)
+        for piece in chunks.pieces(first, role=True):
+            yield piece
         while not chunks.finished:
             batch = await subscription.next_batch()
             if batch is None:
                 break
-            yield chunks.events(batch)
+            for piece in chunks.pieces(batch):
+                yield piece
         yield sse.DONE
     finally:
         if not run.done:
             run.abort("client disconnected")
 
 
+# One piece of an SSE body is at most this many bytes; the text of one chunk at
+# most _CHUNK_TEXT_CHARS characters (escaped as ASCII, 12 bytes each at worst:
+# a chunk stays under 50 KiB with its ~200 bytes of JSON around the text).
+PIECE_BYTES: Final = 64 * 1024
+_CHUNK_TEXT_CHARS: Final = 4096
+# After the stream's first batch, a batch of more deltas than this means the
+# client did not keep up: its deltas are joined from the start.
+_SMALL_BATCH_DELTAS: Final = 16
+
+
 class _ChunkWriter:
-    """SSE bytes of ``chat.completion.chunk`` objects for one completion.
+    """SSE bytes of ``chat.completion.chunk`` objects for one completion, in bounded pieces.
 
     The JSON around a delta's text never changes within a completion, so it
     is built once and each delta costs one string escape and a concatenation
     (this is what carries the streaming benchmark past 100k events/s).
+
+    ``pieces`` turns a batch of run events into pieces of at most
+    ``PIECE_BYTES``. A client that keeps up gets one chunk per delta: each
+    batch then holds a few deltas (the first batch of a stream any number,
+    up to one piece). Deltas that piled up while the client was not reading
+    came faster than they could be sent: they are joined into chunks of up
+    to ``_CHUNK_TEXT_CHARS`` characters (a million one-letter words stream
+    as ~2 MiB of chunks, not 200 MiB).
     """
 
     def __init__(self, completion_id: str, model_name: str, include_usage: bool) -> None:
         self.include_usage = include_usage
         self.finished = False
+        self._first_batch = True
         self.head = _dumps({"id": completion_id, "object": "chat.completion.chunk",
                             "created": int(time.time()), "model": model_name,
                             "system_fingerprint": SYSTEM_FINGERPRINT})[:-1]
         tail = ',"usage":null}' if include_usage else "}"
         self._delta_prefix = (f'data: {self.head},"choices":[{{"index":0,"delta":{{"content":')
         self._delta_suffix = f'}},"logprobs":null,"finish_reason":null}}]{tail}\n\n'
+        # Bytes a delta chunk adds besides its escaped (ASCII) text: exact, the
+        # model name may be non-ASCII.
+        self._delta_frame_bytes = len((self._delta_prefix + self._delta_suffix).encode())
         self._tail = tail
+        self._role = self.role().decode()
+        self._role_bytes = len(self.role())
 
     def _choice(self, delta: str, finish: str | None) -> bytes:
         finish_json = "null" if finish is None else json.dumps(finish)
@@ -431,21 +466,64 @@ class _ChunkWriter:
     def role(self) -> bytes:
         return self._choice('{"role":"assistant","content":""}', None)
 
-    def events(self, events: list[Any]) -> bytes:
+    def pieces(self, events: list[Any], role: bool = False) -> Iterator[bytes]:
+        """The SSE bytes of ``events`` (after the role chunk if ``role``), in pieces of
+        at most ``PIECE_BYTES``; sets ``finished`` at the terminal event."""
         prefix, suffix, escape = self._delta_prefix, self._delta_suffix, _escape_json_string
-        out: list[str] = []
+        frame = self._delta_frame_bytes
+        out: list[str] = [self._role] if role else []
+        size = self._role_bytes if role else 0
+        # One chunk per delta while the client keeps up, and in the first piece of a stream.
+        one_each = self._first_batch or len(events) <= _SMALL_BATCH_DELTAS
+        self._first_batch = False
+        joining: list[str] = []          # then: deltas waiting to be joined into one chunk
+        joined = 0                       # their characters
         for event in events:
             if type(event) is Delta:
-                out.append(prefix + escape(event.text) + suffix)
-            elif type(event) is Ended:
-                data = "".join(out).encode() + self._end(event.result)
+                text = event.text
+                if one_each:
+                    if len(text) <= _CHUNK_TEXT_CHARS:
+                        chunk = escape(text)
+                        if size + frame + len(chunk) <= PIECE_BYTES:
+                            out.append(prefix + chunk + suffix)
+                            size += frame + len(chunk)
+                            continue
+                    # More than a piece in this batch: its deltas came faster than
+                    # they can be sent, so from here on they are joined.
+                    one_each = False
+                joining.append(text)
+                joined += len(text)
+                if joined < _CHUNK_TEXT_CHARS:
+                    continue
+                text = "".join(joining)
+                cut = len(text) - len(text) % _CHUNK_TEXT_CHARS
+                joining = [text[cut:]] if cut < len(text) else []
+                joined = len(text) - cut
+                for start in range(0, cut, _CHUNK_TEXT_CHARS):
+                    chunk = escape(text[start:start + _CHUNK_TEXT_CHARS])
+                    if size + frame + len(chunk) > PIECE_BYTES:
+                        yield "".join(out).encode()
+                        out, size = [], 0
+                    out.append(prefix + chunk + suffix)
+                    size += frame + len(chunk)
+            elif type(event) is Ended or type(event) is Failed:
                 self.finished = True
-                return data
-            elif type(event) is Failed:
-                data = "".join(out).encode() + self._error(event)
-                self.finished = True
-                return data
-        return "".join(out).encode()
+                tail = self._end(event.result) if type(event) is Ended else self._error(event)
+                break
+        else:
+            tail = b""
+        if joining:
+            chunk = escape("".join(joining))
+            if size + frame + len(chunk) > PIECE_BYTES:
+                yield "".join(out).encode()
+                out, size = [], 0
+            out.append(prefix + chunk + suffix)
+            size += frame + len(chunk)
+        if size + len(tail) > PIECE_BYTES:
+            yield "".join(out).encode()
+            out = []
+        if out or tail:
+            yield "".join(out).encode() + tail
 
     def _end(self, result: AgentResult) -> bytes:
         data = self._choice("{}", result.finish_reason)
