@@ -33,6 +33,10 @@ from ..net.routes import HTTPRequest, Response, StreamingResponse, error_body
 HEADER_PREFIX: Final = "x-equabot-"
 SYSTEM_FINGERPRINT: Final = f"equabot-gw-{__version__}"
 MODEL_PREFIXES: Final = ("equabot:", "equabot/", "agent:")
+# The plain name of the default agent (the README's model), listed first by /v1/models.
+DEFAULT_MODEL: Final = "equabot"
+# Names of the default agent for /v1/models/{id}: the plain names, and the prefixes with no id.
+DEFAULT_MODEL_NAMES: Final = frozenset({DEFAULT_MODEL, "agent", *MODEL_PREFIXES})
 MAX_STOP_SEQUENCES: Final = 4       # OpenAI's documented limit
 DEFAULT_MAX_MESSAGES: Final = 10_000   # gateway.http.maxMessages
 # The model string is echoed in every chunk of a stream: a long one would
@@ -272,24 +276,27 @@ class ChatCompletions:
 
     # ---- /v1/models ----
     async def list_models(self, request: HTTPRequest) -> Response:
-        """``GET /v1/models``: one entry per agent as ``equabot:<id>``."""
+        """``GET /v1/models``: ``equabot`` (the default agent), then each agent as ``equabot:<id>``."""
         self.authorize(request)
-        data = [self._model_object(agent_id) for agent_id in sorted(self.runtime.agents)]
+        data = [self._model_object(DEFAULT_MODEL)]
+        data.extend(self._model_object(f"equabot:{agent_id}") for agent_id in sorted(self.runtime.agents))
         return _json_response(200, {"object": "list", "data": data})
 
     async def get_model(self, request: HTTPRequest) -> Response:
-        """``GET /v1/models/{id}``: an agent by any of its model names."""
+        """``GET /v1/models/{id}``: an agent by any of its model names; ``equabot`` (or a
+        prefix with no id, such as ``agent:``) is the default agent, under the name asked for."""
         self.authorize(request)
         name = request.params.get("model", "")
+        if name in DEFAULT_MODEL_NAMES:
+            return _json_response(200, self._model_object(name))
         agent_id = _agent_from_model(name)
         if agent_id is None or agent_id not in self.runtime.agents:
-            raise ApiError(404, f"The model {name!r} does not exist", code="model_not_found",
+            raise ApiError(404, f"The model {name[:200]!r} does not exist", code="model_not_found",
                            param="model")
-        return _json_response(200, self._model_object(agent_id))
+        return _json_response(200, self._model_object(f"equabot:{agent_id}"))
 
-    def _model_object(self, agent_id: str) -> dict[str, Any]:
-        return {"id": f"equabot:{agent_id}", "object": "model", "created": self.started_at,
-                "owned_by": "equabot"}
+    def _model_object(self, model_id: str) -> dict[str, Any]:
+        return {"id": model_id, "object": "model", "created": self.started_at, "owned_by": "equabot"}
 
     # ---- /v1/chat/completions ----
     async def create(self, request: HTTPRequest) -> Response | StreamingResponse:
