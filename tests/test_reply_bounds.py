@@ -163,6 +163,40 @@ class TimeoutWhateverTheProviderDoesTest(unittest.IsolatedAsyncioTestCase):
                     await asyncio.wait_for(aborted.wait(), 1)
             self.assertLess(watch.worst, LAG_BOUND)
 
+    async def test_a_provider_that_ignores_cancellation_is_settled_after_the_grace(self) -> None:
+        let_go = asyncio.Event()
+
+        async def stubborn(self: Any, call: ProviderCall) -> AsyncIterator[ProviderEvent]:
+            yield TextDelta("first ")
+            while not let_go.is_set():
+                try:
+                    await asyncio.sleep(0.02)
+                except asyncio.CancelledError:
+                    continue                    # a provider bug: it swallows the cancellation
+            yield TextDelta("late")
+
+        data = base_config()
+        data["agents"] = {"list": [{"id": "main", "default": True, "timeoutSeconds": 0.2}]}
+        with mock.patch.object(echo.EchoProvider, "stream", stubborn):
+            async with running_gateway(data) as gw:
+                started = time.monotonic()
+                handle = runtime_mod.run(gw.runtime, AgentRequest(message="go", session_key="stubborn"))
+                with self.assertLogs("equabot_gw.runtime", "WARNING"), self.assertRaises(RunTimedOut):
+                    await asyncio.wait_for(handle.wait(), 5)
+                self.assertLess(time.monotonic() - started, 0.2 + runtime_mod.ABORT_GRACE + 0.5)
+                events = [e async for e in handle.subscribe()]
+                self.assertEqual(events[-1].partial, "first ")
+                let_go.set()        # the provider finishes at last: recorded as aborted, as told
+                await asyncio.wait_for(self._gone(gw.runtime, handle.id), 5)
+                lines = await gw.runtime.store.read_transcript("main", "stubborn")
+                self.assertEqual([(l["type"], l.get("content")) for l in lines[1:]],
+                                 [("user", "go"), ("aborted", "first ")])
+                self.assertEqual(handle.status, "aborted")
+
+    async def _gone(self, runtime: Any, run_id: str) -> None:
+        while run_id in runtime.active:
+            await asyncio.sleep(0.01)
+
     async def test_an_echo_of_a_million_words_leaves_the_loop_free(self) -> None:
         message = "a " * 1_000_000
         async with running_gateway() as gw, LoopWatch() as watch:

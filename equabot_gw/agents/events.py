@@ -83,7 +83,10 @@ class EventLog:
         self._compact_at = COMPACT_EVENTS   # compact when the log grows to this length
 
     def append(self, event: RunEvent) -> None:
-        """Add a ``Started`` or ``Delta`` event (``finish`` adds the terminal one)."""
+        """Add a ``Started`` or ``Delta`` event (``finish`` adds the terminal one);
+        ignored once the log is closed (nothing follows the terminal event)."""
+        if self.closed:
+            return
         events = self.events
         events.append(event)
         if len(events) >= self._compact_at:

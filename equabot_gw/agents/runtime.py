@@ -49,6 +49,10 @@ _CLOCK_SLACK: Final = time.get_clock_info("monotonic").resolution
 # once per _YIELD_CHECK_EVENTS events (a clock read per word would cost more).
 YIELD_INTERVAL: Final = 0.005
 _YIELD_CHECK_EVENTS: Final = 32
+# A run asked to stop (abort, timeout) settles within this many seconds even
+# if its provider ignores the cancellation: its waiters and its request are
+# answered; its task (and slot) end whenever the provider lets go.
+ABORT_GRACE: Final = 0.5
 # Finished runs remembered for agent.wait and idempotent retries.
 MAX_FINISHED_RUNS: Final = 10_000
 # Their replies are kept in memory while each is small and all of them fit
@@ -224,7 +228,14 @@ class Run:
             # it could not settle the run: that one sees the reason on entry.
             if self._entered:
                 self._task.cancel()
+                asyncio.get_running_loop().call_later(ABORT_GRACE, self._give_up)
         return True
+
+    def _give_up(self) -> None:
+        if not self.done:
+            log.warning("run %s: still running %g s after it was asked to stop (%s); settled now",
+                        self.id, ABORT_GRACE, self._abort_reason)
+            _finish_failed(self, _abort_error(self), self.events.text())
 
 
 @dataclass(frozen=True, slots=True)
@@ -620,8 +631,11 @@ def _abort_error(handle: Run) -> RunAborted:
 async def _record(runtime: Runtime, handle: Run, call: ProviderCall, history: SessionHistory,
                   text: str, usage: Usage | None, finish: str, failure: RunError | None) -> None:
     """Write the turn durably, then end the run with its result or its failure."""
-    handle.status = "recording"
+    if not handle.done:             # a run settled past its abort grace stays as it was told
+        handle.status = "recording"
     request = handle.request
+    if failure is None and handle._abort_reason is not None:
+        failure = _abort_error(handle)      # asked to stop, its provider finished anyway
     if failure is None and usage is None:
         usage = await _word_usage(call, text)
     if failure is None:
