@@ -23,7 +23,7 @@ The tree, grouped by what the caller does next::
     │   ├── RunFailed               a bug inside the run: it settles as failed (500)
     │   ├── StorageError            the transcript could not be made durable (503)
     │   └── UpstreamError           the provider failed (502 unless a subclass says)
-    │       ├── UpstreamRejected    the upstream said no (status mapped by DECISIONS 21)
+    │       ├── UpstreamRejected    the upstream said no (its status mapped by http_status)
     │       ├── ReplyTooLarge       the reply passed the provider's maxReplyBytes
     │       └── UpstreamTimeout     504
     ├── ConnectionClosed            the peer is gone; nothing more can be sent
@@ -354,7 +354,7 @@ _HTTP_STATUS: tuple[tuple[type[BaseException], int], ...] = (
 def http_status(exc: BaseException) -> int:
     """The HTTP status that answers ``exc``; 500 for anything not ours.
 
-    ``UpstreamRejected`` follows DECISIONS 21: upstream 400 → 400, 429 → 429,
+    ``UpstreamRejected``: upstream 400 → 400, 429 → 429,
     401/403 and everything else → 502.
     """
     if isinstance(exc, ApiError):

@@ -89,7 +89,7 @@ class Agent:
     _watchdog: asyncio.TimerHandle | None = field(default=None, repr=False)
 
     def admit(self) -> None:
-        """Raise 429 when the agent runs its maximum and its queue is full (DECISIONS 22)."""
+        """Raise 429 when the agent runs its maximum and its queue is full."""
         # Every admitted run holds a slot or waits for one (in its session's
         # lane or the slot queue), so this counts them all, even a burst
         # admitted within one loop turn before any of them started.
@@ -471,7 +471,7 @@ def _idempotency_key(key: str | None) -> str | None:
 
 
 def _route(runtime: Runtime, request: AgentRequest) -> tuple[Agent, str, bool]:
-    """The agent and session key of a request (DECISIONS 17)."""
+    """The agent and session key of a request (README: session keys)."""
     if request.session_key is None:
         agent = runtime.agent(request.agent_id)
         return agent, sessions.stateless_key(agent.id, request.origin), True

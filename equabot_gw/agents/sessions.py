@@ -1,6 +1,6 @@
 """Session keys, lanes and the session store the agent runtime calls.
 
-Owns the key grammar (DECISIONS 17: validate, scope, derive), per-key lanes,
+Owns the key grammar (validate, scope, derive), per-key lanes,
 each agent's in-memory index and the LRU history cache, and ``SessionStore``,
 the async API that ties them to the disk. Everything on disk (file names,
 line format, index file, the committer thread) belongs to ``transcripts``:
@@ -35,7 +35,7 @@ __all__ = [
     "DEFAULT_MAX_CACHED_BYTES", "DEFAULT_MAX_CACHED_HISTORY_BYTES",
 ]
 
-# -- keys (DECISIONS 17) -------------------------------------------------------
+# -- keys -------------------------------------------------------------------
 
 MAX_KEY_CHARS: Final = 200
 _KEY_RULE: Final = "session keys are 1-200 characters of A-Z a-z 0-9 : . _ @ -"
@@ -222,7 +222,7 @@ class _Lane:
 
 # -- the store ----------------------------------------------------------------
 
-DEFAULT_STATELESS_RETENTION_DAYS: Final = 7.0    # DECISIONS 24: sessions.statelessRetentionDays
+DEFAULT_STATELESS_RETENTION_DAYS: Final = 7.0    # sessions.statelessRetentionDays
 DEFAULT_MAX_CACHED_SESSIONS: Final = 1024
 # Bytes of history the cache holds in all, and the most one session may take
 # (a larger one is read from its transcript at each turn instead).

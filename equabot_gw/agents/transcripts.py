@@ -3,7 +3,7 @@
 Owns every byte under ``<state>/agents/<agent_id>/`` (layout below): file names,
 the JSONL line format, the index file and the group-commit writer. A turn is
 acknowledged only after its lines are fsynced; one committer thread
-group-commits every waiting append (DECISIONS 23, 24). Keys are opaque here
+group-commits every waiting append. Keys are opaque here
 but for the ``owns`` predicate ``load`` is given: the key grammar, lanes and
 caches belong to ``sessions``, which this module never imports. Imports
 nothing from equabot_gw.net or equabot_gw.gateway.
@@ -52,7 +52,7 @@ log = logging.getLogger("equabot_gw.sessions")    # one logger for the whole ses
 #
 # <file> is the key escaped (bytes outside [A-Za-z0-9._-], a leading ".", and the
 # dot of a trailing ".reset-<digits>" become %XX), or "h-" + sha256(key) when that
-# is over 200 chars: never raw text joined into a path (DECISIONS 17).
+# is over 200 chars: never raw text joined into a path.
 
 # Agent ids name a directory: the key alphabet minus ":", no leading "." (so never "." or "..").
 AGENT_ID_RE: Final = re.compile(r"[A-Za-z0-9_@-][A-Za-z0-9._@-]{0,127}")

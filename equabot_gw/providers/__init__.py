@@ -93,7 +93,7 @@ class Provider(abc.ABC):
 
     ``api`` names the wire protocol; ``supported_options`` lists the
     ``GenerationOptions`` (from ``types.OPTION_NAMES``) it can honour, so the
-    endpoint can refuse the others with 400 before a run starts (DECISIONS 19).
+    endpoint can refuse the others with 400 before a run starts.
     """
 
     api: ClassVar[str]
@@ -111,7 +111,7 @@ class Provider(abc.ABC):
     def check_model(self, model: str) -> None:
         """Accept ``model`` or raise ``ApiError`` 400 ``model_not_found``.
 
-        DECISIONS 20: a provider with a ``models`` list rejects names not in
+        A provider with a ``models`` list rejects names not in
         it; a provider without a list accepts any name.
         """
         models = self.config.models if self.config is not None else None
@@ -145,7 +145,7 @@ def create_provider(name: str, config: ProviderConfig | None) -> Provider:
     """The provider ``name`` configured by ``config`` (chosen by ``config.api``).
 
     ``name`` "echo" with no configuration is the built-in echo provider
-    (DECISIONS 16). Raises ``ConfigError`` for any other name without a
+    (the default model). Raises ``ConfigError`` for any other name without a
     configuration, an unknown ``api``, or a configuration the provider cannot use.
     """
     if config is None:
