@@ -67,36 +67,61 @@ RunEvent = Union[Started, Delta, Ended, Failed]
 # pass over them, so it adds a constant per event; what it leaves is at most
 # (subscribers + 2) events per round.
 COMPACT_EVENTS: Final = 1024
+# Events appended between two checkpoints (see EventLog.append).
+CHECKPOINT_EVENTS: Final = 32
 
 
 class EventLog:
     """The ordered events of one run. Only the run appends; anyone may subscribe."""
 
-    __slots__ = ("events", "closed", "_waiters", "_subscriptions", "_compacted", "_compact_at")
+    __slots__ = ("events", "closed", "text_bytes", "_waiters", "_subscriptions", "_compacted",
+                 "_compact_at", "_counted", "_due")
 
     def __init__(self) -> None:
         self.events: list[RunEvent] = []
         self.closed = False
+        self.text_bytes = 0                 # UTF-8 bytes of the deltas, as of the last checkpoint
         self._waiters: list[asyncio.Future[None]] = []
         self._subscriptions: weakref.WeakSet[Subscription] | None = None
         self._compacted = 0                 # events before this index were compacted
         self._compact_at = COMPACT_EVENTS   # compact when the log grows to this length
+        self._counted = 0                   # events before this index are in text_bytes
+        self._due = CHECKPOINT_EVENTS       # the next checkpoint, at this length
 
-    def append(self, event: RunEvent) -> None:
+    def append(self, event: RunEvent) -> bool:
         """Add a ``Started`` or ``Delta`` event (``finish`` adds the terminal one);
-        ignored once the log is closed (nothing follows the terminal event)."""
+        ignored once the log is closed (nothing follows the terminal event).
+
+        Returns True every ``CHECKPOINT_EVENTS`` events, after a ``checkpoint``:
+        the writer's moment to check ``text_bytes`` and give the loop a turn
+        (doing either per event would cost the streaming hot path dearly).
+        """
         if self.closed:
-            return
+            return False
         events = self.events
         events.append(event)
-        if len(events) >= self._compact_at:
-            self._compact()
         if self._waiters:
             self._wake()
+        if len(events) < self._due:
+            return False
+        self.checkpoint()
+        return True
+
+    def checkpoint(self) -> int:
+        """Bring ``text_bytes`` up to date (and compact the log when due); returns it."""
+        events = self.events
+        new = _join(events[self._counted:])
+        # isascii() is O(1) in CPython: only other text pays an encode.
+        self.text_bytes += len(new) if new.isascii() else len(new.encode("utf-8", "surrogatepass"))
+        if len(events) >= self._compact_at:
+            self._compact()
+        self._counted = len(events)
+        self._due = len(events) + CHECKPOINT_EVENTS
+        return self.text_bytes
 
     def text(self) -> str:
         """The deltas so far, joined: the reply (or the partial reply)."""
-        return "".join([event.text for event in self.events if type(event) is Delta])
+        return _join(self.events)
 
     def finish(self, event: Ended | Failed) -> None:
         """Add the terminal event and close the log."""
@@ -153,6 +178,18 @@ class EventLog:
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         return waiter
+
+
+def _join(events: list[RunEvent]) -> str:
+    """The texts of the deltas in a slice of a log, joined.
+
+    A log is ``Started``, ``Delta``*, then one terminal event: only the
+    first and the last event of a slice can be other than a delta, so no
+    other needs a type check (measured: a check per delta costs the hot path).
+    """
+    first = 1 if events and type(events[0]) is not Delta else 0
+    last = len(events) - 1 if len(events) > first and type(events[-1]) is not Delta else len(events)
+    return "".join([delta.text for delta in events[first:last]])
 
 
 def _flush(run: list[Delta], out: list[RunEvent]) -> None:

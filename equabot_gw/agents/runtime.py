@@ -46,7 +46,8 @@ _CLOCK_SLACK: Final = time.get_clock_info("monotonic").resolution
 # A provider whose stream never suspends (data always buffered, or a local
 # generator) would hold the loop for the whole reply: the run gives the loop
 # back when this many seconds passed since it last did, looking at the clock
-# once per _YIELD_CHECK_EVENTS events (a clock read per word would cost more).
+# at each checkpoint of its event log (every 32 deltas; a clock read per word
+# would cost the streaming hot path more), or every _YIELD_CHECK_EVENTS other events.
 YIELD_INTERVAL: Final = 0.005
 _YIELD_CHECK_EVENTS: Final = 32
 # A run asked to stop (abort, timeout) settles within this many seconds even
@@ -238,7 +239,6 @@ class Run:
             _finish_failed(self, _abort_error(self), self.events.text())
 
 
-@dataclass(frozen=True, slots=True)
 class RunRecord:
     """What is remembered of a finished run: enough for ``agent.wait`` and idempotent retries.
 
@@ -248,21 +248,33 @@ class RunRecord:
     result's text, or the partial text of a failed run) is held only while
     it fits the runtime's budget; otherwise ``reply_at`` says where it was
     recorded and ``wait``/``subscribe`` read it back (an empty text once the
-    session was reset or deleted, or the journal pruned).
+    session was reset or deleted, or the journal pruned). One is made per
+    run: a plain slotted class (a frozen dataclass costs twice as much to
+    make); treat it as read-only.
     """
 
-    id: str
-    agent_id: str
-    session_key: str
-    status: str
-    result: AgentResult | None
-    error: RunError | None
-    partial: str = ""
-    reply_at: Stored | None = None
-    store: sessions.SessionStore | None = field(default=None, repr=False, compare=False)
-    kept_bytes: int = 0             # bytes of reply held here (counted in the budget)
+    __slots__ = ("id", "agent_id", "session_key", "status", "result", "error", "partial",
+                 "reply_at", "store", "kept_bytes")
 
-    done: bool = True
+    done: Final = True
+
+    def __init__(self, id: str, agent_id: str, session_key: str, status: str,
+                 result: AgentResult | None, error: RunError | None, partial: str = "",
+                 reply_at: Stored | None = None, store: sessions.SessionStore | None = None,
+                 kept_bytes: int = 0) -> None:
+        self.id = id
+        self.agent_id = agent_id
+        self.session_key = session_key
+        self.status = status
+        self.result = result
+        self.error = error
+        self.partial = partial
+        self.reply_at = reply_at
+        self.store = store
+        self.kept_bytes = kept_bytes      # bytes of reply held here (counted in the budget)
+
+    def __repr__(self) -> str:
+        return f"<RunRecord {self.id} agent={self.agent_id} status={self.status}>"
 
     def subscribe(self) -> _RecordSubscription:
         """A subscription that yields the run's terminal event only."""
@@ -411,19 +423,18 @@ class Runtime:
         last = run.events.events[-1] if run.events.events else None
         result = run._result
         reply = result.text if result is not None else last.partial if type(last) is Failed else ""
+        partial = "" if result is not None else reply
         size = sys.getsizeof(reply)
-        record = RunRecord(run.id, run.agent.id, run.session_key, run.status, result, run._error,
-                           "" if result is not None else reply)
-        if not reply:
-            return record
-        if size <= MAX_KEPT_REPLY_BYTES and self._finished_bytes + size <= FINISHED_REPLIES_BUDGET_BYTES:
-            return dataclasses.replace(record, kept_bytes=size)
+        if not reply or (size <= MAX_KEPT_REPLY_BYTES
+                         and self._finished_bytes + size <= FINISHED_REPLIES_BUDGET_BYTES):
+            return RunRecord(run.id, run.agent.id, run.session_key, run.status, result, run._error,
+                             partial, kept_bytes=size if reply else 0)
         # Read back from the transcript when asked; an error turn's partial text is
         # not recorded there, so it is given up.
         reply_at = run._stored if result is not None or run.status == "aborted" else None
-        return dataclasses.replace(
-            record, result=dataclasses.replace(result, text="") if result is not None else None,
-            partial="", reply_at=reply_at, store=self.store)
+        return RunRecord(run.id, run.agent.id, run.session_key, run.status,
+                         dataclasses.replace(result, text="") if result is not None else None,
+                         run._error, "", reply_at, self.store)
 
 
 def run(runtime: Runtime, request: AgentRequest) -> Run | RunRecord:
@@ -438,7 +449,7 @@ def run(runtime: Runtime, request: AgentRequest) -> Run | RunRecord:
     """
     if runtime.closing:
         raise ApiError(503, "the gateway is shutting down", code="unavailable")
-    idempotency_key = _idempotency_key(request.idempotency_key)
+    idempotency_key = request.idempotency_key and _idempotency_key(request.idempotency_key)
     if idempotency_key:
         earlier = runtime._idempotent.get(idempotency_key)
         if earlier and (existing := runtime.find_run(earlier)) is not None:
@@ -561,15 +572,20 @@ async def _generate(handle: Run, call: ProviderCall
     past it), and the loop is given back every ``YIELD_INTERVAL`` seconds
     however fast the provider yields, so an abort or the timeout always lands.
     """
+    text = ""
     usage: Usage | None = None
     finish = "stop"
     failure: RunError | None = None
-    append = handle.events.append
+    run_log = handle.events
+    append = run_log.append
     provider = handle.provider
-    room = provider.max_reply_bytes
+    limit = provider.max_reply_bytes
+    # Characters never outnumber UTF-8 bytes: counting characters per delta
+    # stops a reply at once; its exact bytes are counted at each checkpoint.
+    room = limit
     clock = time.perf_counter
     give_back_at = clock() + YIELD_INTERVAL
-    countdown = _YIELD_CHECK_EVENTS
+    others = 0
     handle.agent.watch(handle)
     try:
         # aclosing: a provider's finally blocks (upstream sockets, child
@@ -577,24 +593,29 @@ async def _generate(handle: Run, call: ProviderCall
         async with contextlib.aclosing(provider.stream(call)) as events:
             async for event in events:
                 kind = type(event)
-                if kind is TextDelta:
-                    text = event.text        # type: ignore[union-attr]
-                    if text:
-                        # isascii() is O(1) in CPython: only other text pays an encode.
-                        room -= len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
-                        if room < 0:
-                            raise ReplyTooLarge(provider.name, provider.max_reply_bytes)
-                        append(event)        # TextDelta is the log's Delta event
-                elif kind is Usage:
-                    usage = event            # type: ignore[assignment]
-                elif kind is Finish:
-                    finish = event.reason    # type: ignore[union-attr]
-                countdown -= 1
-                if not countdown:
-                    countdown = _YIELD_CHECK_EVENTS
-                    if clock() >= give_back_at:
-                        await asyncio.sleep(0)
-                        give_back_at = clock() + YIELD_INTERVAL
+                if kind is TextDelta and event.text:    # type: ignore[union-attr]
+                    room -= len(event.text)              # type: ignore[union-attr]
+                    if room < 0:
+                        raise ReplyTooLarge(provider.name, limit)
+                    if not append(event):               # TextDelta is the log's Delta event
+                        continue
+                    if run_log.text_bytes > limit:
+                        raise ReplyTooLarge(provider.name, limit)
+                else:
+                    if kind is Usage:
+                        usage = event                    # type: ignore[assignment]
+                    elif kind is Finish:
+                        finish = event.reason            # type: ignore[union-attr]
+                    others += 1
+                    if others < _YIELD_CHECK_EVENTS:
+                        continue
+                    others = 0
+                if clock() >= give_back_at:
+                    await asyncio.sleep(0)
+                    give_back_at = clock() + YIELD_INTERVAL
+        text = run_log.text()   # the reply: its deltas, joined once (the log holds no copy)
+        if (len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))) > limit:
+            raise ReplyTooLarge(provider.name, limit)
     except asyncio.CancelledError:
         if handle._abort_reason is None:
             raise                       # not our abort: let the cancellation through
@@ -609,8 +630,7 @@ async def _generate(handle: Run, call: ProviderCall
         failure = UpstreamError(handle.provider.name, f"internal provider error ({type(exc).__name__})")
     finally:
         handle.agent.unwatch(handle)
-    # The log holds the reply (its deltas joined as it grows): no second copy here.
-    return handle.events.text(), usage, finish, failure
+    return run_log.text() if failure is not None else text, usage, finish, failure
 
 
 def _run_failure(handle: Run, exc: Exception, step: str) -> RunError:

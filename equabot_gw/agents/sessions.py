@@ -378,7 +378,9 @@ class SessionStore:
         key = self._session_key(agent_id, key)
         agent = self._agent(agent_id)
         if stateless:
-            data = await transcripts.encode_turn(transcripts.turn_lines(turn, key, True), turn)
+            lines = transcripts.turn_lines(turn, key, True)
+            data = await transcripts.encode_turn(lines, turn) if transcripts.is_large(turn) \
+                else transcripts.encode(lines)
             path = self._journal_path(agent, turn.at)
             offset = await committer.append("the stateless journal", path, data)
             return transcripts.Stored(path, offset, len(data))
@@ -387,6 +389,9 @@ class SessionStore:
             lines = transcripts.turn_lines(turn, None, is_new)
             if is_new:
                 lines.insert(0, transcripts.header_line(key, agent_id, turn.at))
+            if not transcripts.is_large(turn):
+                data = transcripts.encode(lines)
+                break
             data = await transcripts.encode_turn(lines, turn)
             # A large turn is encoded over several loop steps: if a reset or
             # another turn changed whether the session is new meanwhile, redo it.
@@ -569,8 +574,10 @@ class SessionStore:
     def _session_key(self, agent_id: str, key: str) -> str:
         if agent_id not in self._agents:      # known agents were checked when first seen
             _check_agent_id(agent_id)
-        key = with_agent(scoped_key(agent_id, key), agent_id)
+        key = scoped_key(agent_id, key)
         owner = agent_of(key)
+        if owner != agent_id and owner is not None and owner.lower() == agent_id.lower():
+            key, owner = with_agent(key, agent_id), agent_id
         if owner != agent_id:
             raise errors.ApiError(400, f"session key {key!r} belongs to agent {owner!r}, not {agent_id!r}",
                                   code="invalid_session_key", param="session_key")

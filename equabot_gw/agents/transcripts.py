@@ -25,7 +25,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Final, Iterable
+from typing import Any, Callable, Final, Iterable, NamedTuple
 
 from equabot_gw import errors, safejson
 from equabot_gw.compact_json import LARGE_CHARS, dumps, dumps_into
@@ -34,7 +34,7 @@ from equabot_gw.agents.types import Message, SessionHistory, TurnRecord
 __all__ = [
     "AGENT_ID_RE", "SESSIONS_DIR", "JOURNAL_DIR", "INDEX_NAME", "MAX_OPEN_FILES",
     "transcript_stem", "unescape_stem", "transcript_name", "journal_name",
-    "dumps", "encode", "encode_turn", "parse_lines", "read_file_lines", "number", "header_line", "turn_lines", "fold",
+    "dumps", "encode", "encode_turn", "is_large", "parse_lines", "read_file_lines", "number", "header_line", "turn_lines", "fold",
     "SessionInfo", "Stored", "load", "read_bytes", "read_lines", "read_reply", "parse_lines_async", "write_index", "archive", "delete", "prune_journals",
     "storage_error", "Committer",
 ]
@@ -152,13 +152,18 @@ def encode(lines: list[dict[str, Any]]) -> bytes:
 _ENCODE_SLICE_SECONDS: Final = 0.005
 
 
-async def encode_turn(lines: list[dict[str, Any]], turn: TurnRecord) -> bytes:
-    """``encode(lines)`` of ``turn``'s lines; a turn with much text (a 20 MiB message,
-    ten thousand context messages) is encoded in slices of the event loop."""
+def is_large(turn: TurnRecord) -> bool:
+    """Whether ``turn`` holds so much text that its lines are encoded with ``encode_turn``."""
     chars = len(turn.user) + len(turn.reply) + len(turn.error or "")
     for message in turn.context:
         chars += len(message.content)
-    if chars < LARGE_CHARS:
+    return chars >= LARGE_CHARS
+
+
+async def encode_turn(lines: list[dict[str, Any]], turn: TurnRecord) -> bytes:
+    """``encode(lines)`` of ``turn``'s lines; a turn with much text (a 20 MiB message,
+    ten thousand context messages, see ``is_large``) is encoded in slices of the event loop."""
+    if not is_large(turn):
         return encode(lines)
     parts: list[str] = []
     for line in lines:
@@ -547,9 +552,11 @@ def read_lines(path: str, _: Committer) -> list[dict[str, Any]]:
         return []
 
 
-@dataclass(frozen=True, slots=True)
-class Stored:
-    """Where one turn's lines were written: ``length`` bytes at ``offset`` of ``path``."""
+class Stored(NamedTuple):
+    """Where one turn's lines were written: ``length`` bytes at ``offset`` of ``path``.
+
+    A named tuple: one is made per turn, on the hot path.
+    """
 
     path: str
     offset: int

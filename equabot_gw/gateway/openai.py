@@ -177,16 +177,17 @@ FIELDS: Final = _fields_table()
 
 # -- messages -------------------------------------------------------------------------
 
-def _text_of(content: Any, where: str, texts: list[str]) -> Iterator[None]:
-    """Add the text of a message content (a string, or an array of ``text`` parts) to
-    ``texts``; a generator that yields every ``_ITEMS_PER_STEP`` parts."""
+def _text_of(content: Any, where: str, first: int = 0, stop: int | None = None) -> str:
+    """Text of a message content: a string, or an array of ``text`` parts (those from
+    ``first`` to ``stop`` when given)."""
     if content is None or isinstance(content, str):
-        texts.append(content or "")
-        return
+        return content or ""
     if not isinstance(content, list):
         raise _bad(where, f"Invalid type for {where!r}: expected a string or an array of "
                           f"content parts, but got {_type_name(content)}.")
-    for i, part in enumerate(content):
+    texts = []
+    for i in range(first, len(content) if stop is None else min(stop, len(content))):
+        part = content[i]
         if not isinstance(part, dict) or not isinstance(part.get("type"), str):
             raise _bad(f"{where}[{i}]", f"Invalid content part {where}[{i}]: expected an object "
                                         f"with a 'type'.")
@@ -195,8 +196,7 @@ def _text_of(content: Any, where: str, texts: list[str]) -> Iterator[None]:
         if not isinstance(part.get("text"), str):
             raise _bad(f"{where}[{i}].text", f"Invalid type for '{where}[{i}].text': expected a string.")
         texts.append(part["text"])
-        if i % _ITEMS_PER_STEP == _ITEMS_PER_STEP - 1:
-            yield
+    return "".join(texts)
 
 
 async def _conversation(messages: list[Any], max_messages: int = DEFAULT_MAX_MESSAGES
@@ -204,8 +204,8 @@ async def _conversation(messages: list[Any], max_messages: int = DEFAULT_MAX_MES
     """(extra system instructions, earlier context, the newest user message) of a request.
 
     More than ``max_messages`` messages is 400 ``too_many_messages``; long
-    lists are read ``_ITEMS_PER_STEP`` messages or parts at a time, the loop
-    served between.
+    lists are read about ``_ITEMS_PER_STEP`` messages or parts at a time, the
+    loop served between.
     """
     if not messages:
         raise _bad("messages", "Invalid 'messages': empty array. Expected an array with "
@@ -216,44 +216,74 @@ async def _conversation(messages: list[Any], max_messages: int = DEFAULT_MAX_MES
                    code="too_many_messages")
     system: list[str] = []
     context: list[Message] = []
-    for _ in _read_messages(messages, system, context):
+    start = _read_messages(messages, 0, system, context)
+    while start < len(messages):
         await asyncio.sleep(0)
-    last_user = next((i for i in range(len(context) - 1, -1, -1) if context[i].role == "user"), -1)
-    if last_user < 0:
-        raise _bad("messages", "Missing user message in messages: at least one message "
-                               "with role 'user' is required.", code="missing_user_message")
-    if last_user != len(context) - 1:
+        if _is_long_content(messages[start]):
+            await _read_long_message(messages, start, system, context)
+            start += 1
+        start = _read_messages(messages, start, system, context)
+    if not context or context[-1].role != "user":
+        if not any(m.role == "user" for m in context):
+            raise _bad("messages", "Missing user message in messages: at least one message "
+                                   "with role 'user' is required.", code="missing_user_message")
         raise _unsupported("messages", "ending after the newest user message "
                                        "(assistant or tool messages after it)")
-    return "\n\n".join(system), tuple(context[:last_user]), context[last_user].content
+    return "\n\n".join(system), tuple(context[:-1]), context[-1].content
 
 
-def _read_messages(messages: list[Any], system: list[str], context: list[Message]) -> Iterator[None]:
-    """Check ``messages`` and add their texts to ``system``/``context``; a generator that
-    yields every ``_ITEMS_PER_STEP`` messages or content parts."""
-    for i, message in enumerate(messages):
-        if i % _ITEMS_PER_STEP == _ITEMS_PER_STEP - 1:
-            yield
+def _read_messages(messages: list[Any], start: int, system: list[str], context: list[Message]) -> int:
+    """Check messages from ``start`` on and add their texts to ``system``/``context``.
+
+    Stops after about ``_ITEMS_PER_STEP`` messages and content parts, or at a
+    message of more parts than that (``_read_long_message`` reads it); returns
+    the index of the first message not read.
+    """
+    work = 0
+    for i in range(start, len(messages)):
+        if work >= _ITEMS_PER_STEP or _is_long_content(messages[i]):
+            return i
+        message = messages[i]
         if not isinstance(message, dict):
             raise _bad(f"messages[{i}]", f"Invalid type for 'messages[{i}]': expected an object, "
                                          f"but got {_type_name(message)}.")
-        role = message.get("role")
-        if type(role) is not str or role not in _ROLES:
-            shown = repr(role[:100]) if type(role) is str else _type_name(role)
-            raise _bad(f"messages[{i}].role", f"Invalid value for 'messages[{i}].role': {shown} is not "
-                                              f"one of 'system', 'developer', 'user', 'assistant', 'tool'.",
-                       code="invalid_value")
         content = message.get("content")
         if type(content) is str:
-            text = content
+            work += 1
+            _add_message(message, i, content, system, context)
         else:
-            texts: list[str] = []
-            yield from _text_of(content, f"messages[{i}].content", texts)
-            text = "".join(texts)
-        if role in ("system", "developer"):
-            if text:
-                system.append(text)
-            continue
+            work += 1 + (len(content) if type(content) is list else 0)
+            _add_message(message, i, _text_of(content, f"messages[{i}].content"), system, context)
+    return len(messages)
+
+
+def _is_long_content(message: Any) -> bool:
+    content = message.get("content") if type(message) is dict else None
+    return type(content) is list and len(content) > _ITEMS_PER_STEP
+
+
+async def _read_long_message(messages: list[Any], i: int, system: list[str], context: list[Message]) -> None:
+    """A message of many content parts, read ``_ITEMS_PER_STEP`` parts per loop step."""
+    content = messages[i]["content"]
+    texts = []
+    for first in range(0, len(content), _ITEMS_PER_STEP):
+        if first:
+            await asyncio.sleep(0)
+        texts.append(_text_of(content, f"messages[{i}].content", first, first + _ITEMS_PER_STEP))
+    _add_message(messages[i], i, "".join(texts), system, context)
+
+
+def _add_message(message: dict[str, Any], i: int, text: str, system: list[str], context: list[Message]) -> None:
+    role = message.get("role")
+    if type(role) is not str or role not in _ROLES:
+        shown = repr(role[:100]) if type(role) is str else _type_name(role)
+        raise _bad(f"messages[{i}].role", f"Invalid value for 'messages[{i}].role': {shown} is not "
+                                          f"one of 'system', 'developer', 'user', 'assistant', 'tool'.",
+                   code="invalid_value")
+    if role == "system" or role == "developer":
+        if text:
+            system.append(text)
+    else:
         context.append(Message("tool" if role == "function" else role, text))
 
 
@@ -414,6 +444,11 @@ async def _sse_body(run: Run, subscription: Subscription, first: list[Any],
             batch = await subscription.next_batch()
             if batch is None:
                 break
+            # The usual batch of a client that keeps up: a few deltas, one piece.
+            piece = chunks.piece(batch) if len(batch) <= _SMALL_BATCH_DELTAS else None
+            if piece is not None:
+                yield piece
+                continue
             for piece in chunks.pieces(batch):
                 yield piece
         yield sse.DONE
@@ -472,6 +507,29 @@ class _ChunkWriter:
 
     def role(self) -> bytes:
         return self._choice('{"role":"assistant","content":""}', None)
+
+    def piece(self, events: list[Any]) -> bytes | None:
+        """The SSE bytes of a small batch after the stream's first, one chunk per delta,
+        if they fit one piece; None if not (``pieces`` then cuts them)."""
+        prefix, suffix, escape = self._delta_prefix, self._delta_suffix, _escape_json_string
+        out: list[str] = []
+        tail = b""
+        for event in events:
+            if type(event) is Delta:
+                text = event.text
+                if len(text) > _CHUNK_TEXT_CHARS:
+                    return None
+                out.append(prefix + escape(text) + suffix)
+            elif type(event) is Ended:
+                tail = self._end(event.result)
+            elif type(event) is Failed:
+                tail = self._error(event)
+        data = "".join(out).encode() + tail
+        if len(data) > PIECE_BYTES:
+            return None
+        if tail:
+            self.finished = True
+        return data
 
     def pieces(self, events: list[Any], role: bool = False) -> Iterator[bytes]:
         """The SSE bytes of ``events`` (after the role chunk if ``role``), in pieces of
@@ -597,10 +655,13 @@ async def _parse_body(request: HTTPRequest) -> dict[str, Any]:
         if media not in JSON_TYPES and not media.endswith("+json"):
             raise ApiError(415, f"Unsupported content type {media!r}: send application/json.",
                            code="unsupported_media_type")
+    data = request.body
     try:
         # Decoded in slices of the event loop: a 20 MiB body of a million small
-        # values must not stall every other client.
-        body = await safejson.loads_async(request.body)
+        # values must not stall every other client. A body this short cannot
+        # hold more values than safejson decodes at once anyway.
+        body = safejson.loads(data) if len(data) <= safejson.MAX_VALUES_AT_ONCE \
+            else await safejson.loads_async(data)
     except ValueError as exc:
         raise ApiError(400, "We could not parse the JSON body of your request. (HINT: This "
                             "likely means you aren't using your HTTP library correctly. The "
