@@ -82,7 +82,9 @@ class EventLog:
         self.closed = False
         self.text_bytes = 0                 # UTF-8 bytes of the deltas, as of the last checkpoint
         self._waiters: list[asyncio.Future[None]] = []
-        self._subscriptions: weakref.WeakSet[Subscription] | None = None
+        # Weak references: a reader that was dropped is no cursor to respect
+        # (a WeakSet costs several times more to make, once per stream).
+        self._subscriptions: list[weakref.ref[Subscription]] = []
         self._compacted = 0                 # events before this index were compacted
         self._compact_at = COMPACT_EVENTS   # compact when the log grows to this length
         self._counted = 0                   # events before this index are in text_bytes
@@ -133,16 +135,16 @@ class EventLog:
     def subscribe(self) -> Subscription:
         """A reader positioned at the first event."""
         subscription = Subscription(self)
-        if self._subscriptions is None:
-            self._subscriptions = weakref.WeakSet()
-        self._subscriptions.add(subscription)
+        self._subscriptions.append(weakref.ref(subscription))
         return subscription
 
     def _compact(self) -> None:
         # Join the deltas appended since the last compaction into runs that
         # stop at every cursor inside them, then move those cursors along.
         events, start, end = self.events, self._compacted, len(self.events)
-        readers = list(self._subscriptions) if self._subscriptions else []
+        readers = [r for r in map(_alive, self._subscriptions) if r is not None]
+        if len(readers) < len(self._subscriptions):
+            self._subscriptions = [weakref.ref(r) for r in readers]
         cuts = {r._cursor for r in readers if start < r._cursor < end}
         out: list[RunEvent] = []
         moved: dict[int, int] = {}
@@ -190,6 +192,10 @@ def _join(events: list[RunEvent]) -> str:
     first = 1 if events and type(events[0]) is not Delta else 0
     last = len(events) - 1 if len(events) > first and type(events[-1]) is not Delta else len(events)
     return "".join([delta.text for delta in events[first:last]])
+
+
+def _alive(ref: weakref.ref[Subscription]) -> Subscription | None:
+    return ref()
 
 
 def _flush(run: list[Delta], out: list[RunEvent]) -> None:
