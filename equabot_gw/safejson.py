@@ -88,9 +88,12 @@ def loads(data: bytes | bytearray | str, *, max_depth: int = MAX_DEPTH) -> Any:
         raise
     except ValueError as exc:           # from the number and constant hooks
         raise json.JSONDecodeError(str(exc), text, 0) from None
-    if text.count("[") + text.count("{") > max_depth:
+    # Cheap guards first (an upstream event is decoded per word): nesting
+    # deeper than max_depth takes more than 2 * max_depth characters, and an
+    # escaped surrogate starts with a backslash-u.
+    if len(text) > 2 * max_depth and text.count("[") + text.count("{") > max_depth:
         _check_depth(value, text, max_depth)
-    if _ESCAPED_SURROGATE.search(text) is not None:
+    if "\\u" in text and _ESCAPED_SURROGATE.search(text) is not None:
         _check_surrogates(value, text)
     return value
 
