@@ -15,6 +15,7 @@ import asyncio
 import functools
 import json
 import math
+import operator
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -23,7 +24,7 @@ from typing import Any, Final
 from .. import __version__, compact_json, safejson
 from ..agents import runtime as agent_runtime
 from ..agents import sessions
-from ..agents.events import Delta, Ended, Failed, Subscription
+from ..agents.events import Delta, Ended, Failed, Started, Subscription
 from ..agents.runtime import Run, Runtime
 from ..agents.types import AgentRequest, AgentResult, GenerationOptions, Message
 from ..errors import ApiError, RunError, RunTimedOut, http_status
@@ -462,6 +463,7 @@ async def _sse_body(run: Run, subscription: Subscription, first: list[Any],
 # a chunk stays under 50 KiB with its ~200 bytes of JSON around the text).
 PIECE_BYTES: Final = 64 * 1024
 _CHUNK_TEXT_CHARS: Final = 4096
+_text: Final = operator.attrgetter("text")
 # After the stream's first batch, a batch of more deltas than this means the
 # client did not keep up: its deltas are joined from the start.
 _SMALL_BATCH_DELTAS: Final = 16
@@ -497,8 +499,9 @@ class _ChunkWriter:
         # model name may be non-ASCII.
         self._delta_frame_bytes = len((self._delta_prefix + self._delta_suffix).encode())
         self._tail = tail
-        self._role = self.role().decode()
-        self._role_bytes = len(self.role())
+        self._role_bytes_value = self.role()
+        self._role = self._role_bytes_value.decode()
+        self._role_bytes = len(self._role_bytes_value)
 
     def _choice(self, delta: str, finish: str | None) -> bytes:
         finish_json = "null" if finish is None else json.dumps(finish)
@@ -508,39 +511,48 @@ class _ChunkWriter:
     def role(self) -> bytes:
         return self._choice('{"role":"assistant","content":""}', None)
 
-    def piece(self, events: list[Any]) -> bytes | None:
-        """The SSE bytes of a small batch after the stream's first, one chunk per delta,
-        if they fit one piece; None if not (``pieces`` then cuts them)."""
+    def piece(self, events: list[Any], role: bool = False) -> bytes | None:
+        """All of ``events`` (after the role chunk if ``role``) as one piece of one chunk
+        per delta, if it fits ``PIECE_BYTES``; None if not (``pieces`` then cuts them).
+
+        The usual batch, and the fast path: one list comprehension, no
+        accounting per delta (a batch that could not fit is not even built).
+        """
+        # A batch is [Started] Delta* [Ended | Failed]: the log's order.
+        first = 1 if events and type(events[0]) is Started else 0
+        end = events[-1] if events and (type(events[-1]) is Ended or type(events[-1]) is Failed) else None
+        deltas = events[first:len(events) - 1 if end is not None else len(events)]
+        frame = self._delta_frame_bytes
+        # Escaping makes at most 12 bytes of a character: a batch surely past a
+        # piece (and then possibly huge) is left to ``pieces``.
+        if sum(map(len, map(_text, deltas))) * 12 + len(deltas) * frame > 4 * PIECE_BYTES:
+            return None
         prefix, suffix, escape = self._delta_prefix, self._delta_suffix, _escape_json_string
-        out: list[str] = []
-        tail = b""
-        for event in events:
-            if type(event) is Delta:
-                text = event.text
-                if len(text) > _CHUNK_TEXT_CHARS:
-                    return None
-                out.append(prefix + escape(text) + suffix)
-            elif type(event) is Ended:
-                tail = self._end(event.result)
-            elif type(event) is Failed:
-                tail = self._error(event)
-        data = "".join(out).encode() + tail
+        body = "".join([prefix + escape(delta.text) + suffix for delta in deltas])
+        tail = b"" if end is None else \
+            self._end(end.result) if type(end) is Ended else self._error(end)
+        data = (self._role_bytes_value if role else b"") + body.encode() + tail
         if len(data) > PIECE_BYTES:
             return None
-        if tail:
+        if end is not None:
             self.finished = True
         return data
 
     def pieces(self, events: list[Any], role: bool = False) -> Iterator[bytes]:
         """The SSE bytes of ``events`` (after the role chunk if ``role``), in pieces of
         at most ``PIECE_BYTES``; sets ``finished`` at the terminal event."""
+        # One chunk per delta while the client keeps up, and in the first piece of a stream.
+        one_each = self._first_batch or len(events) <= _SMALL_BATCH_DELTAS
+        self._first_batch = False
+        if one_each:
+            data = self.piece(events, role)
+            if data is not None:
+                yield data
+                return
         prefix, suffix, escape = self._delta_prefix, self._delta_suffix, _escape_json_string
         frame = self._delta_frame_bytes
         out: list[str] = [self._role] if role else []
         size = self._role_bytes if role else 0
-        # One chunk per delta while the client keeps up, and in the first piece of a stream.
-        one_each = self._first_batch or len(events) <= _SMALL_BATCH_DELTAS
-        self._first_batch = False
         joining: list[str] = []          # then: deltas waiting to be joined into one chunk
         joined = 0                       # their characters
         for event in events:
