@@ -214,6 +214,7 @@ class HTTPConfig:
     max_header_bytes: int = key("maxHeaderBytes", integer(1024), default=64 * 1024)
     header_timeout: float = key("headerTimeoutSeconds", number(0.01), default=10.0)
     keep_alive_timeout: float = key("keepAliveTimeoutSeconds", number(0.01), default=30.0)
+    max_messages: int = key("maxMessages", integer(1), default=10_000)
     cors: CorsConfig = key("cors", factory=CorsConfig)
 
 
@@ -286,6 +287,10 @@ class AgentsConfig:
 
 
 PROVIDER_APIS: Final = ("echo", "openai-completions", "anthropic-messages", "command")
+# Longest reply a provider may stream (UTF-8 bytes of text): far above any
+# real completion, low enough that an upstream streaming forever cannot
+# exhaust memory or write a huge transcript line.
+DEFAULT_MAX_REPLY_BYTES: Final = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +304,7 @@ class ProviderConfig:
     delay_ms: float = key("delayMs", number(0, 60_000), default=0.0)
     command: tuple[str, ...] = key("command", string_list, default=())
     max_tokens: int = key("maxTokens", integer(1), default=4096)
+    max_reply_bytes: int = key("maxReplyBytes", integer(1), default=DEFAULT_MAX_REPLY_BYTES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -466,8 +472,29 @@ def _substitute(data: Any, env: Mapping[str, str], path: str) -> Any:
 
 # -- loading ---------------------------------------------------------------------------
 
+def _check_depth(data: Any) -> None:
+    """Raise ``ConfigError`` naming the first container nested deeper than ``MAX_CONFIG_DEPTH``.
+
+    Iterative: the document may come from anywhere (``from_data`` is public).
+    """
+    pending: list[tuple[Any, str, int]] = [(data, "", 0)]
+    while pending:
+        value, path, depth = pending.pop()
+        if type(value) is dict:
+            items = ((f"{path}.{k}" if path else str(k), v) for k, v in value.items())
+        elif type(value) is list:
+            items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+        else:
+            continue
+        if depth >= MAX_CONFIG_DEPTH:
+            raise ConfigError(path, f"nested deeper than {MAX_CONFIG_DEPTH} levels")
+        pending.extend((v, p, depth + 1) for p, v in items)
+
+
 def from_data(data: Any, env: Mapping[str, str] | None = None) -> Config:
-    """Check a parsed document and build the ``Config``; raises ``ConfigError``."""
+    """Check a parsed document and build the ``Config``; raises ``ConfigError``
+    (nesting deeper than ``MAX_CONFIG_DEPTH`` included)."""
+    _check_depth(data)
     env = os.environ if env is None else env
     data = _substitute(data, env, "")
     config = _build(Config, data, "")

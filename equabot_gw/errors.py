@@ -21,9 +21,11 @@ The tree, grouped by what the caller does next::
     ├── RunError                    an agent run that did not finish
     │   ├── RunAborted              client gone, chat.abort, shutdown
     │   │   └── RunTimedOut         the agent's timeoutSeconds passed (504)
+    │   ├── RunFailed               a bug inside the run: it settles as failed (500)
     │   ├── StorageError            the transcript could not be made durable (503)
     │   └── UpstreamError           the provider failed (502 unless a subclass says)
-    │       ├── UpstreamRejected    the upstream said no (status mapped by DECISIONS 21)
+    │       ├── UpstreamRejected    the upstream said no (its status mapped by http_status)
+    │       ├── ReplyTooLarge       the reply passed the provider's maxReplyBytes
     │       └── UpstreamTimeout     504
     ├── ConnectionClosed            the peer is gone; nothing more can be sent
     └── ClientError                 an outgoing HTTP request failed (net/client.py)
@@ -44,8 +46,8 @@ __all__ = [
     "HTTPProtocolError", "RequestLineTooLong", "HeadTooLarge", "BodyTooLarge",
     "UnsupportedTransferCoding", "UnknownMethod", "UnsupportedVersion",
     "WebSocketProtocolError", "InvalidUTF8", "MessageTooBig", "TooManyFragments",
-    "ApiError", "RunError", "RunAborted", "RunTimedOut", "StorageError", "UpstreamError",
-    "UpstreamRejected", "UpstreamTimeout", "ConnectionClosed",
+    "ApiError", "RunError", "RunAborted", "RunTimedOut", "RunFailed", "StorageError", "UpstreamError",
+    "UpstreamRejected", "ReplyTooLarge", "UpstreamTimeout", "ConnectionClosed",
     "ClientError", "ClientConnectError", "ClientTimeout",
     "http_status", "ws_close_code", "error_type_for_status",
 ]
@@ -247,6 +249,17 @@ class RunTimedOut(RunAborted):
         self.args = (f"run aborted: no reply within {timeout:g} s",)
 
 
+class RunFailed(RunError):
+    """An unexpected exception inside a run: the run fails (500) instead of hanging.
+
+    ``kind`` is the exception's type name; nothing else of it reaches a client.
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        super().__init__(f"internal error in the run ({kind})")
+
+
 class StorageError(RunError):
     """The transcript could not be written durably; earlier turns are intact."""
 
@@ -276,6 +289,15 @@ class UpstreamRejected(UpstreamError):
         self.upstream_status = upstream_status
         self.retry_after = retry_after
         super().__init__(provider, f"upstream answered {upstream_status}: {detail}")
+
+
+class ReplyTooLarge(UpstreamError):
+    """The reply passed ``limit`` bytes of text (``models.providers.<name>.maxReplyBytes``): 502."""
+
+    def __init__(self, provider: str, limit: int) -> None:
+        self.limit = limit
+        super().__init__(provider, f"reply longer than the limit of {limit} bytes "
+                                   f"(models.providers.{provider}.maxReplyBytes)")
 
 
 class UpstreamTimeout(UpstreamError):
@@ -342,7 +364,7 @@ _HTTP_STATUS: tuple[tuple[type[BaseException], int], ...] = (
 def http_status(exc: BaseException) -> int:
     """The HTTP status that answers ``exc``; 500 for anything not ours.
 
-    ``UpstreamRejected`` follows DECISIONS 21: upstream 400 → 400, 429 → 429,
+    ``UpstreamRejected``: upstream 400 → 400, 429 → 429,
     401/403 and everything else → 502.
     """
     if isinstance(exc, ApiError):

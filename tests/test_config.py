@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import subprocess
+import sys
 import tempfile
 import unittest
 
@@ -169,6 +171,54 @@ class LookupTest(unittest.TestCase):
         with self.assertRaises(ConfigError) as caught:
             config.load(str(path), env={})
         self.assertNotIsInstance(caught.exception, JSON5Error)  # re-raised with the path
+
+
+
+class DepthTest(unittest.TestCase):
+    """A config nested past ``config.MAX_DEPTH`` is one config error line, never a RecursionError."""
+
+    DEPTHS = (33, 500, 999, 1000, 100_000)
+
+    def deep_file(self, directory: str, depth: int, kind: str) -> pathlib.Path:
+        inner = "{a:" * depth + "1" + "}" * depth if kind == "object" else "[" * depth + "]" * depth
+        path = pathlib.Path(directory) / f"deep-{kind}-{depth}.json5"
+        path.write_text("{gateway: {auth: {token: " + inner + "}}}")
+        return path
+
+    def test_the_loader_refuses_each_depth_with_a_config_error(self) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            for depth in self.DEPTHS:
+                for kind in ("object", "array"):
+                    with self.subTest(depth=depth, kind=kind):
+                        with self.assertRaises(ConfigError) as caught:
+                            config.load(str(self.deep_file(tmp, depth, kind)), env={})
+                        self.assertIn(f"nested deeper than the limit of {config.MAX_DEPTH}", str(caught.exception))
+                        self.assertNotIn("\n", str(caught.exception))
+
+    def test_data_built_in_process_is_checked_without_recursion(self) -> None:
+        value: object = "x"
+        for _ in range(100_000):
+            value = [value]
+        with self.assertRaises(ConfigError) as caught:
+            config.from_data({"gateway": {"auth": {"token": value}}}, env={})
+        self.assertTrue(caught.exception.path.startswith("gateway.auth.token[0][0]"), caught.exception.path)
+        self.assertEqual(caught.exception.reason, f"nested deeper than {config.MAX_DEPTH} levels")
+        shallow = {"gateway": {"auth": {"token": "t"}}, "models": {"providers": {"p": {
+            "api": "openai-completions", "baseUrl": "http://x", "headers": {"X-A": "b"}}}}}
+        self.assertEqual(config.from_data(shallow, env={}).provider("p").headers, (("X-A", "b"),))
+
+    def test_config_check_and_start_up_print_one_line_and_exit_2(self) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            for depth in (500, 999, 100_000):
+                path = self.deep_file(tmp, depth, "object")
+                for command in (["config", "check"], ["gateway", "--port", "0", "--state-dir", tmp]):
+                    with self.subTest(depth=depth, command=command[0]):
+                        done = subprocess.run([sys.executable, "-m", "equabot_gw", *command, "--config", str(path)],
+                                              capture_output=True, text=True, timeout=30,
+                                              cwd=pathlib.Path(__file__).parent.parent)
+                        self.assertEqual(done.returncode, 2, done.stderr)
+                        self.assertEqual(done.stderr.count("\n"), 1, done.stderr[-2000:])
+                        self.assertRegex(done.stderr, r"^equabot: config error: .*nested deeper than the limit of 32")
 
 
 if __name__ == "__main__":

@@ -408,8 +408,8 @@ class ModelsAndCorsTest(OpenAITestCase):
         obj = json.loads(data)
         self.assertEqual(SCHEMAS.errors(obj, "ListModelsResponse"), [])
         self.assertEqual([m["id"] for m in obj["data"]],
-                         sorted(f"equabot:{a}" for a in ("main", "beta", "slow", "tiny", "late", "broken",
-                                                         "partial", "script")))
+                         ["equabot"] + sorted(f"equabot:{a}" for a in ("main", "beta", "slow", "tiny", "late",
+                                                                       "broken", "partial", "script")))
 
     def test_model_by_id(self) -> None:
         for name in ("equabot:beta", "agent:beta", "equabot/beta"):
@@ -419,6 +419,18 @@ class ModelsAndCorsTest(OpenAITestCase):
             self.assertEqual(json.loads(data)["id"], "equabot:beta")
         status, _, data = self.get("/v1/models/equabot:ghost")
         self.assertEqual((status, error_of(data)["code"]), (404, "model_not_found"))
+
+    def test_the_plain_name_and_bare_prefixes_are_the_default_agent(self) -> None:
+        for name in ("equabot", "equabot:", "equabot/", "agent:", "agent"):
+            with self.subTest(name):
+                status, _, data = self.get(f"/v1/models/{name}")
+                self.assertEqual(status, 200, data)
+                self.assertEqual(SCHEMAS.errors(json.loads(data), "Model"), [])
+                self.assertEqual(json.loads(data)["id"], name)
+        for name in ("equabot-x", "openai", "gpt-4o"):
+            with self.subTest(name):
+                status, _, data = self.get(f"/v1/models/{name}")
+                self.assertEqual((status, error_of(data)["code"]), (404, "model_not_found"))
 
     def test_models_need_auth(self) -> None:
         c = http.client.HTTPConnection(self.gw.host, self.gw.port, timeout=10)

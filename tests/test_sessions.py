@@ -169,9 +169,9 @@ class KeyHelpers(unittest.TestCase):
 class Lines(unittest.TestCase):
     def test_parse_skips_garbage_and_a_torn_last_line(self) -> None:
         data = b'{"a":1}\nnot json\n[1]\n\n{"b":"\xc3\xa9"}\n{"torn'
-        self.assertEqual(transcripts.parse_lines(data), ([{"a": 1}, {"b": "é"}], 3))
-        self.assertEqual(transcripts.parse_lines(b'{"a":1}\n'), ([{"a": 1}], 0))
-        self.assertEqual(transcripts.parse_lines(b""), ([], 0))
+        self.assertEqual(transcripts.parse_lines(data), ([{"a": 1}, {"b": "é"}], 3, 2))
+        self.assertEqual(transcripts.parse_lines(b'{"a":1}\n'), ([{"a": 1}], 0, 0))
+        self.assertEqual(transcripts.parse_lines(b""), ([], 0, 0))
 
     def test_encoder_matches_json_dumps(self) -> None:
         for obj in ({"type": "user", "content": "é \u2028 \"q\" \n\x00", "at": 1.5, "n": None},
@@ -184,7 +184,7 @@ class Lines(unittest.TestCase):
 
     def test_lone_surrogates_round_trip(self) -> None:
         data = transcripts.encode([{"content": "a\ud800b"}])
-        self.assertEqual(transcripts.parse_lines(data), ([{"content": "a\ud800b"}], 0))
+        self.assertEqual(transcripts.parse_lines(data), ([{"content": "a\ud800b"}], 0, 0))
 
 
 # -- store fixtures ----------------------------------------------------------------
@@ -349,14 +349,14 @@ class Transcripts(StoreCase):
                 (Message("user", "hi"), Message("assistant", "hello")), 1, True))
             await store.record_turn("main", key, ok_turn(3))
         self.assertEqual([r.getMessage() for r in logs.records], [
-            "agent%3Amain%3Atorn.jsonl: skipped 1 lines that are not JSON objects",
+            "agent%3Amain%3Atorn.jsonl: skipped 1 line not holding a JSON object, the first at line 3",
             "repaired agent%3Amain%3Atorn.jsonl: dropped a torn last line of 46 bytes"])
         lines = [line for line in (json.loads(raw) if raw.startswith("{") else None
                                    for raw in path.read_text().splitlines()) if line]
         self.assertTrue(path.read_bytes().endswith(b"}\n"))
         self.assertEqual([line.get("runId") for line in lines], [None, "r1", "r1", "r2", "run-3", "run-3"])
         store = await self.reopen()
-        with self.assertLogs("equabot_gw.sessions", "WARNING"):    # the garbage line stays
+        with self.assertNoLogs("equabot_gw.sessions", "WARNING"):  # the garbage line stays: told once
             self.assertEqual((await store.history("main", key)).messages[2:],
                              (Message("user", "question 3"), Message("assistant", "answer 3")))
 
@@ -406,13 +406,13 @@ class Transcripts(StoreCase):
             await self.store.record_turn("main", key, ok_turn(n))
         store = await self.reopen(max_cached_sessions=2)
         reads: list[str] = []
-        real = transcripts.read_lines
+        real = transcripts.read_bytes
 
         def counting(path: str, committer: Any) -> Any:
             reads.append(Path(path).name)
             return real(path, committer)
 
-        with mock.patch.object(transcripts, "read_lines", counting):
+        with mock.patch.object(transcripts, "read_bytes", counting):
             first = await store.history("main", "a")
             self.assertEqual(await store.history("main", "a"), first)
             await store.record_turn("main", "a", ok_turn(7))            # updates the cached copy
@@ -425,6 +425,34 @@ class Transcripts(StoreCase):
             await store.record_turn("main", "new", ok_turn(8))         # a new session is cached
             self.assertEqual((await store.history("main", "new")).assistant_turns, 1)
             self.assertEqual(len(reads), 4)
+
+    async def test_the_history_cache_is_bounded_in_bytes(self) -> None:
+        store = await self.reopen(max_cached_bytes=256 * 1024, max_cached_history_bytes=64 * 1024)
+        reads: list[str] = []
+        real = transcripts.read_bytes
+
+        def counting(path: str, committer: Any) -> Any:
+            reads.append(Path(path).name)
+            return real(path, committer)
+
+        big = "w " * 20_000                               # 40 KB a turn
+        with mock.patch.object(transcripts, "read_bytes", counting):
+            for n in range(20):
+                await store.record_turn("main", f"s{n}", ok_turn(n, user=big))
+                self.assertLessEqual(store.cached_bytes, 256 * 1024)
+            self.assertGreater(store.cached_bytes, 128 * 1024)
+            # A session past the per-session bound leaves the cache and is read from disk.
+            await store.record_turn("main", "s19", ok_turn(30, user=big))
+            history = await store.history("main", "s19")
+            self.assertEqual(history.assistant_turns, 2)
+            self.assertEqual(history.messages[2], Message("user", big))
+            await store.history("main", "s19")
+            self.assertEqual(reads.count(transcripts.transcript_name("agent:main:s19")), 2)
+            self.assertLessEqual(store.cached_bytes, 256 * 1024)
+            # A session forgotten gives its bytes back.
+            cached = store.cached_bytes
+            self.assertTrue(await store.delete("main", "s18"))
+            self.assertLess(store.cached_bytes, cached)
 
     async def test_unknown_sessions_and_keys_of_other_agents(self) -> None:
         self.assertEqual(await self.store.history("main", "nope"), SessionHistory())
@@ -603,7 +631,8 @@ class DiskFaults(StoreCase):
         self.assertIsInstance(results[0], StorageError)
         self.assertEqual(str(results[0]), "transcript could not be written: write of a session "
                                           "transcript failed: ENOSPC (No space left on device)")
-        self.assertIsNone(results[1])                   # other files keep working
+        self.assertEqual(results[1], transcripts.Stored(str(self.transcript("agent:main:b")), 0,
+                                                        results[1].length))   # other files keep working
         self.assertEqual(path.read_bytes(), before)
         eio = OSError(errno.EIO, "Input/output error")
         with mock.patch.object(transcripts, "_fdatasync", side_effect=eio), \

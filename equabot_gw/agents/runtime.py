@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import hashlib
 import itertools
 import logging
 import os
+import sys
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -24,10 +27,13 @@ from pathlib import Path
 from typing import Final
 
 from ..config import AgentConfig, Config
-from ..errors import ApiError, RunAborted, RunError, RunTimedOut, StorageError, UpstreamError
+from ..errors import (
+    ApiError, ReplyTooLarge, RunAborted, RunError, RunFailed, RunTimedOut, StorageError, UpstreamError,
+)
 from . import sessions
-from .events import Ended, EventLog, Failed, Started, Subscription
-from ..providers import Provider, create_provider
+from .events import Ended, Failed, EventLog, RunEvent, Started, Subscription
+from .transcripts import Stored
+from ..providers import Provider, count_words, create_provider
 from .types import (
     AgentRequest, AgentResult, Finish, GenerationOptions, Message, ProviderCall, SessionHistory,
     TextDelta, TurnRecord, Usage,
@@ -37,8 +43,26 @@ log = logging.getLogger("equabot_gw.runtime")
 
 # asyncio runs a timer up to one clock tick early; a deadline that close counts as reached.
 _CLOCK_SLACK: Final = time.get_clock_info("monotonic").resolution
+# A provider whose stream never suspends (data always buffered, or a local
+# generator) would hold the loop for the whole reply: the run gives the loop
+# back when this many seconds passed since it last did, looking at the clock
+# at each checkpoint of its event log (every 32 deltas; a clock read per word
+# would cost the streaming hot path more), or every _YIELD_CHECK_EVENTS other events.
+YIELD_INTERVAL: Final = 0.005
+_YIELD_CHECK_EVENTS: Final = 32
+# A run asked to stop (abort, timeout) settles within this many seconds even
+# if its provider ignores the cancellation: its waiters and its request are
+# answered; its task (and slot) end whenever the provider lets go.
+ABORT_GRACE: Final = 0.5
 # Finished runs remembered for agent.wait and idempotent retries.
 MAX_FINISHED_RUNS: Final = 10_000
+# Their replies are kept in memory while each is small and all of them fit
+# the budget (bytes as sys.getsizeof counts them); any other is read back from
+# its transcript or journal when asked for.
+MAX_KEPT_REPLY_BYTES: Final = 64 * 1024
+FINISHED_REPLIES_BUDGET_BYTES: Final = 16 * 1024 * 1024
+# Idempotency keys longer than this are remembered by their SHA-256.
+MAX_IDEMPOTENCY_KEY_CHARS: Final = 256
 RETRY_AFTER_SECONDS: Final = "1"
 DEFAULT_AGENT_ID: Final = "main"
 
@@ -66,7 +90,7 @@ class Agent:
     _watchdog: asyncio.TimerHandle | None = field(default=None, repr=False)
 
     def admit(self) -> None:
-        """Raise 429 when the agent runs its maximum and its queue is full (DECISIONS 22)."""
+        """Raise 429 when the agent runs its maximum and its queue is full."""
         # Every admitted run holds a slot or waits for one (in its session's
         # lane or the slot queue), so this counts them all, even a burst
         # admitted within one loop turn before any of them started.
@@ -156,6 +180,8 @@ class Run:
         self._error: RunError | None = None
         self._waiters: list[asyncio.Future[None]] = []
         self._task: asyncio.Task[None] | None = None
+        self._stored: Stored | None = None     # where record_turn put the turn
+        self._entered = False       # the task has begun: cancelling it runs its handlers
         self._abort_reason: str | None = None
 
     def __repr__(self) -> str:
@@ -199,49 +225,114 @@ class Run:
             return False
         if self._abort_reason is None:
             self._abort_reason = why
-            self._task.cancel()
+            # A task cancelled before its first step never runs its body, so
+            # it could not settle the run: that one sees the reason on entry.
+            if self._entered:
+                self._task.cancel()
+                asyncio.get_running_loop().call_later(ABORT_GRACE, self._give_up)
         return True
 
+    def _give_up(self) -> None:
+        if not self.done:
+            log.warning("run %s: still running %g s after it was asked to stop (%s); settled now",
+                        self.id, ABORT_GRACE, self._abort_reason)
+            _finish_failed(self, _abort_error(self), self.events.text())
 
-@dataclass(frozen=True, slots=True)
+
 class RunRecord:
     """What is remembered of a finished run: enough for ``agent.wait`` and idempotent retries.
 
     A finished ``Run`` keeps its whole event log and task; remembering
     thousands of those would keep millions of objects for the garbage
-    collector to scan. It has ``Run``'s reading interface.
+    collector to scan. It has ``Run``'s reading interface. Its reply (the
+    result's text, or the partial text of a failed run) is held only while
+    it fits the runtime's budget; otherwise ``reply_at`` says where it was
+    recorded and ``wait``/``subscribe`` read it back (an empty text once the
+    session was reset or deleted, or the journal pruned). One is made per
+    run: a plain slotted class (a frozen dataclass costs twice as much to
+    make); treat it as read-only.
     """
 
-    id: str
-    agent_id: str
-    session_key: str
-    status: str
-    result: AgentResult | None
-    error: RunError | None
-    partial: str = ""
+    __slots__ = ("id", "agent_id", "session_key", "status", "result", "error", "partial",
+                 "reply_at", "store", "kept_bytes")
 
-    done: bool = True
+    done: Final = True
 
-    @classmethod
-    def of(cls, run: Run) -> RunRecord:
-        last = run.events.events[-1] if run.events.events else None
-        partial = last.partial if isinstance(last, Failed) else ""
-        return cls(run.id, run.agent.id, run.session_key, run.status, run._result, run._error, partial)
+    def __init__(self, id: str, agent_id: str, session_key: str, status: str,
+                 result: AgentResult | None, error: RunError | None, partial: str = "",
+                 reply_at: Stored | None = None, store: sessions.SessionStore | None = None,
+                 kept_bytes: int = 0) -> None:
+        self.id = id
+        self.agent_id = agent_id
+        self.session_key = session_key
+        self.status = status
+        self.result = result
+        self.error = error
+        self.partial = partial
+        self.reply_at = reply_at
+        self.store = store
+        self.kept_bytes = kept_bytes      # bytes of reply held here (counted in the budget)
 
-    def subscribe(self) -> Subscription:
+    def __repr__(self) -> str:
+        return f"<RunRecord {self.id} agent={self.agent_id} status={self.status}>"
+
+    def subscribe(self) -> _RecordSubscription:
         """A subscription that yields the run's terminal event only."""
-        log = EventLog()
-        log.finish(Ended(self.result) if self.result is not None
-                   else Failed(self.error or RunAborted("cancelled"), self.partial))
-        return log.subscribe()
+        return _RecordSubscription(self)
 
     async def wait(self) -> AgentResult:
+        """The result (its text read back if it is not held); raises the run's error."""
         if self.result is None:
             raise self.error or RunAborted("cancelled")
-        return self.result
+        if self.reply_at is None:
+            return self.result
+        return dataclasses.replace(self.result, text=await self._read_back())
+
+    async def terminal_event(self) -> Ended | Failed:
+        """The run's last event, as its subscribers saw it."""
+        if self.result is not None:
+            return Ended(await self.wait())
+        partial = self.partial if self.reply_at is None else await self._read_back()
+        return Failed(self.error or RunAborted("cancelled"), partial)
 
     def abort(self, why: str = "aborted") -> bool:
         return False
+
+    async def _read_back(self) -> str:
+        if self.store is None or self.reply_at is None:
+            return ""
+        try:
+            text = await self.store.read_reply(self.reply_at, self.id)
+        except StorageError:
+            text = None
+        if text is None:
+            log.warning("run %s: its reply is no longer stored", self.id)
+        return text or ""
+
+
+class _RecordSubscription:
+    """``Subscription``'s interface over a finished run: its terminal event, then the end."""
+
+    __slots__ = ("_record", "_read")
+
+    def __init__(self, record: RunRecord) -> None:
+        self._record = record
+        self._read = False
+
+    async def next_batch(self, idle_timeout: float | None = None) -> list[RunEvent] | None:
+        if self._read:
+            return None
+        self._read = True
+        return [await self._record.terminal_event()]
+
+    def __aiter__(self) -> _RecordSubscription:
+        return self
+
+    async def __anext__(self) -> RunEvent:
+        if self._read:
+            raise StopAsyncIteration
+        self._read = True
+        return await self._record.terminal_event()
 
 
 class Runtime:
@@ -258,6 +349,7 @@ class Runtime:
         self.providers: dict[str, Provider] = {}
         self.active: dict[str, Run] = {}
         self._finished: OrderedDict[str, RunRecord] = OrderedDict()
+        self._finished_bytes = 0        # replies held by the records in _finished
         self._idempotent: OrderedDict[str, str] = OrderedDict()
         self._ids = itertools.count(1)
         node = config.gateway.node_id      # run_<node>_<random><n>: the owning node is in the id
@@ -321,9 +413,29 @@ class Runtime:
 
     def _remember(self, run: Run) -> None:
         self.active.pop(run.id, None)
-        self._finished[run.id] = RunRecord.of(run)
+        record = self._record_of(run)
+        self._finished[run.id] = record
+        self._finished_bytes += record.kept_bytes
         while len(self._finished) > MAX_FINISHED_RUNS:
-            self._finished.popitem(last=False)
+            self._finished_bytes -= self._finished.popitem(last=False)[1].kept_bytes
+
+    def _record_of(self, run: Run) -> RunRecord:
+        """The run's record: its reply held if small and within the budget, else where it is."""
+        last = run.events.events[-1] if run.events.events else None
+        result = run._result
+        reply = result.text if result is not None else last.partial if type(last) is Failed else ""
+        partial = "" if result is not None else reply
+        size = sys.getsizeof(reply)
+        if not reply or (size <= MAX_KEPT_REPLY_BYTES
+                         and self._finished_bytes + size <= FINISHED_REPLIES_BUDGET_BYTES):
+            return RunRecord(run.id, run.agent.id, run.session_key, run.status, result, run._error,
+                             partial, kept_bytes=size if reply else 0)
+        # Read back from the transcript when asked; an error turn's partial text is
+        # not recorded there, so it is given up.
+        reply_at = run._stored if result is not None or run.status == "aborted" else None
+        return RunRecord(run.id, run.agent.id, run.session_key, run.status,
+                         dataclasses.replace(result, text="") if result is not None else None,
+                         run._error, "", reply_at, self.store)
 
 
 def run(runtime: Runtime, request: AgentRequest) -> Run | RunRecord:
@@ -338,8 +450,9 @@ def run(runtime: Runtime, request: AgentRequest) -> Run | RunRecord:
     """
     if runtime.closing:
         raise ApiError(503, "the gateway is shutting down", code="unavailable")
-    if request.idempotency_key:
-        earlier = runtime._idempotent.get(request.idempotency_key)
+    idempotency_key = request.idempotency_key and _idempotency_key(request.idempotency_key)
+    if idempotency_key:
+        earlier = runtime._idempotent.get(idempotency_key)
         if earlier and (existing := runtime.find_run(earlier)) is not None:
             return existing
     agent, key, stateless = _route(runtime, request)
@@ -353,8 +466,8 @@ def run(runtime: Runtime, request: AgentRequest) -> Run | RunRecord:
     handle = Run(runtime._new_run_id(), agent, key, stateless, request, provider,
                  model_ref, model_name)
     runtime.active[handle.id] = handle
-    if request.idempotency_key:
-        runtime._idempotent[request.idempotency_key] = handle.id
+    if idempotency_key:
+        runtime._idempotent[idempotency_key] = handle.id
         while len(runtime._idempotent) > MAX_FINISHED_RUNS:
             runtime._idempotent.popitem(last=False)
     agent.waiting += 1
@@ -362,8 +475,15 @@ def run(runtime: Runtime, request: AgentRequest) -> Run | RunRecord:
     return handle
 
 
+def _idempotency_key(key: str | None) -> str | None:
+    """The key as remembered: a long one by its digest, so that 10,000 of them stay small."""
+    if key is None or len(key) <= MAX_IDEMPOTENCY_KEY_CHARS:
+        return key
+    return "sha256:" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def _route(runtime: Runtime, request: AgentRequest) -> tuple[Agent, str, bool]:
-    """The agent and session key of a request (DECISIONS 17)."""
+    """The agent and session key of a request (README: session keys)."""
     if request.session_key is None:
         agent = runtime.agent(request.agent_id)
         return agent, sessions.stateless_key(agent.id, request.origin), True
@@ -375,16 +495,24 @@ def _route(runtime: Runtime, request: AgentRequest) -> tuple[Agent, str, bool]:
             raise ApiError(400, f"session key {key!r} belongs to agent {agent.id!r}, "
                                 f"but agent {request.agent_id!r} was requested",
                            code="agent_mismatch", param="x-equabot-session-key")
-        return agent, key, False
+        # Agent ids are normalised (lower case): so is the agent part of a key.
+        return agent, sessions.with_agent(key, agent.id), False
     agent = runtime.agent(request.agent_id)
     return agent, sessions.scoped_key(agent.id, key), False
 
 
 async def _execute(runtime: Runtime, handle: Run) -> None:
-    """The life of a run: queue (lane, then slot), generate, release the slot, record."""
+    """The life of a run: queue (lane, then slot), generate, release the slot, record.
+
+    Every run settles: whatever is raised in any step ends the run as failed,
+    wakes its waiters and closes its event log; the task itself never fails.
+    """
     agent = handle.agent
     queued = True
     try:
+        handle._entered = True
+        if handle._abort_reason is not None:
+            raise asyncio.CancelledError     # aborted before the task's first step
         async with (runtime.store.lane(handle.session_key) if not handle.stateless else _NO_LANE):
             await agent.acquire()
             agent.waiting -= 1
@@ -401,6 +529,8 @@ async def _execute(runtime: Runtime, handle: Run) -> None:
     except asyncio.CancelledError:
         # Aborted while queued or while loading history: nothing was produced.
         _finish_failed(handle, _abort_error(handle), "")
+    except Exception as exc:
+        _finish_failed(handle, _run_failure(handle, exc, "run"), "")
     finally:
         if queued:
             agent.waiting -= 1
@@ -437,27 +567,56 @@ async def _prepare(runtime: Runtime, handle: Run) -> tuple[ProviderCall, Session
 
 async def _generate(handle: Run, call: ProviderCall
                     ) -> tuple[str, Usage | None, str, RunError | None]:
-    """Stream the provider into the event log; an abort or failure ends it early."""
-    pieces: list[str] = []
+    """Stream the provider into the event log; an abort or failure ends it early.
+
+    The reply is bounded by the provider's ``max_reply_bytes`` (``ReplyTooLarge``
+    past it), and the loop is given back every ``YIELD_INTERVAL`` seconds
+    however fast the provider yields, so an abort or the timeout always lands.
+    """
+    text = ""
     usage: Usage | None = None
     finish = "stop"
     failure: RunError | None = None
-    append = handle.events.append
+    run_log = handle.events
+    append = run_log.append
+    provider = handle.provider
+    limit = provider.max_reply_bytes
+    # Characters never outnumber UTF-8 bytes: counting characters per delta
+    # stops a reply at once; its exact bytes are counted at each checkpoint.
+    room = limit
+    clock = time.perf_counter
+    give_back_at = clock() + YIELD_INTERVAL
+    others = 0
     handle.agent.watch(handle)
     try:
         # aclosing: a provider's finally blocks (upstream sockets, child
         # processes) run now, not whenever the generator is collected.
-        async with contextlib.aclosing(handle.provider.stream(call)) as events:
+        async with contextlib.aclosing(provider.stream(call)) as events:
             async for event in events:
                 kind = type(event)
-                if kind is TextDelta:
-                    if event.text:           # type: ignore[union-attr]
-                        pieces.append(event.text)   # type: ignore[union-attr]
-                        append(event)        # TextDelta is the log's Delta event
-                elif kind is Usage:
-                    usage = event            # type: ignore[assignment]
-                elif kind is Finish:
-                    finish = event.reason    # type: ignore[union-attr]
+                if kind is TextDelta and event.text:    # type: ignore[union-attr]
+                    room -= len(event.text)              # type: ignore[union-attr]
+                    if room < 0:
+                        raise ReplyTooLarge(provider.name, limit)
+                    if not append(event):               # TextDelta is the log's Delta event
+                        continue
+                    if run_log.text_bytes > limit:
+                        raise ReplyTooLarge(provider.name, limit)
+                else:
+                    if kind is Usage:
+                        usage = event                    # type: ignore[assignment]
+                    elif kind is Finish:
+                        finish = event.reason            # type: ignore[union-attr]
+                    others += 1
+                    if others < _YIELD_CHECK_EVENTS:
+                        continue
+                    others = 0
+                if clock() >= give_back_at:
+                    await asyncio.sleep(0)
+                    give_back_at = clock() + YIELD_INTERVAL
+        text = run_log.text()   # the reply: its deltas, joined once (the log holds no copy)
+        if (len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))) > limit:
+            raise ReplyTooLarge(provider.name, limit)
     except asyncio.CancelledError:
         if handle._abort_reason is None:
             raise                       # not our abort: let the cancellation through
@@ -472,7 +631,15 @@ async def _generate(handle: Run, call: ProviderCall
         failure = UpstreamError(handle.provider.name, f"internal provider error ({type(exc).__name__})")
     finally:
         handle.agent.unwatch(handle)
-    return "".join(pieces), usage, finish, failure
+    return run_log.text() if failure is not None else text, usage, finish, failure
+
+
+def _run_failure(handle: Run, exc: Exception, step: str) -> RunError:
+    """The error a run fails with when ``exc`` escaped ``step``: a ``RunError`` as it is, else ``RunFailed``."""
+    if isinstance(exc, RunError):
+        return exc
+    log.error("run %s: %s failed", handle.id, step, exc_info=exc)
+    return RunFailed(type(exc).__name__)
 
 
 def _abort_error(handle: Run) -> RunAborted:
@@ -485,10 +652,13 @@ def _abort_error(handle: Run) -> RunAborted:
 async def _record(runtime: Runtime, handle: Run, call: ProviderCall, history: SessionHistory,
                   text: str, usage: Usage | None, finish: str, failure: RunError | None) -> None:
     """Write the turn durably, then end the run with its result or its failure."""
-    handle.status = "recording"
+    if not handle.done:             # a run settled past its abort grace stays as it was told
+        handle.status = "recording"
     request = handle.request
+    if failure is None and handle._abort_reason is not None:
+        failure = _abort_error(handle)      # asked to stop, its provider finished anyway
     if failure is None and usage is None:
-        usage = _word_usage(call, text)
+        usage = await _word_usage(call, text)
     if failure is None:
         status, error = "ok", None
     elif isinstance(failure, RunAborted):
@@ -502,10 +672,10 @@ async def _record(runtime: Runtime, handle: Run, call: ProviderCall, history: Se
     try:
         # No shield needed: from "recording" on, abort() refuses, and the store
         # does its bookkeeping in commit callbacks that outlive a cancelled waiter.
-        await runtime.store.record_turn(handle.agent.id, handle.session_key, record,
-                                        stateless=handle.stateless)
-    except StorageError as exc:
-        failure = failure or exc
+        handle._stored = await runtime.store.record_turn(handle.agent.id, handle.session_key, record,
+                                                         stateless=handle.stateless)
+    except Exception as exc:
+        failure = failure or _run_failure(handle, exc, "recording the turn")
     if failure is not None:
         _finish_failed(handle, failure, text)
         return
@@ -525,10 +695,10 @@ def _finish_failed(handle: Run, error: RunError, partial: str) -> None:
     handle._settle(None, error)
 
 
-def _word_usage(call: ProviderCall, reply: str) -> Usage:
+async def _word_usage(call: ProviderCall, reply: str) -> Usage:
     """Whitespace-separated words, for providers that report no counts of their own."""
-    prompt = len(call.system.split()) + sum(len(m.content.split()) for m in call.messages)
-    return Usage(prompt, len(reply.split()))
+    prompt = await count_words(call.system, *(m.content for m in call.messages))
+    return Usage(prompt, await count_words(reply))
 
 
 def _agents_from(config: Config) -> dict[str, Agent]:

@@ -1,6 +1,6 @@
 """Session keys, lanes and the session store the agent runtime calls.
 
-Owns the key grammar (DECISIONS 17: validate, scope, derive), per-key lanes,
+Owns the key grammar (validate, scope, derive), per-key lanes,
 each agent's in-memory index and the LRU history cache, and ``SessionStore``,
 the async API that ties them to the disk. Everything on disk (file names,
 line format, index file, the committer thread) belongs to ``transcripts``:
@@ -17,6 +17,7 @@ import hashlib
 import os
 import pathlib
 import re
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -25,15 +26,16 @@ from typing import Any, AsyncContextManager, Callable, Final
 from equabot_gw import errors
 from equabot_gw.agents import transcripts
 from equabot_gw.agents.transcripts import AGENT_ID_RE, Committer, SessionInfo
-from equabot_gw.agents.types import SessionHistory, TurnRecord
+from equabot_gw.agents.types import Message, SessionHistory, TurnRecord
 
 __all__ = [
-    "validate_key", "agent_of", "scoped_key", "user_key", "stateless_key", "chat_messages",
+    "validate_key", "agent_of", "with_agent", "scoped_key", "user_key", "stateless_key", "chat_messages",
     "SessionInfo", "SessionStore",
     "MAX_KEY_CHARS", "DEFAULT_STATELESS_RETENTION_DAYS", "DEFAULT_MAX_CACHED_SESSIONS",
+    "DEFAULT_MAX_CACHED_BYTES", "DEFAULT_MAX_CACHED_HISTORY_BYTES",
 ]
 
-# -- keys (DECISIONS 17) -------------------------------------------------------
+# -- keys -------------------------------------------------------------------
 
 MAX_KEY_CHARS: Final = 200
 _KEY_RULE: Final = "session keys are 1-200 characters of A-Z a-z 0-9 : . _ @ -"
@@ -66,6 +68,16 @@ def agent_of(key: str) -> str | None:
         return None
     agent_id, sep, rest = key[6:].partition(":")
     return agent_id if agent_id and sep and rest else None
+
+
+def with_agent(key: str, agent_id: str) -> str:
+    """``key`` naming ``agent_id``: a key ``agent:<id>:<rest>`` whose ``<id>`` is ``agent_id``
+    in another case is rewritten with ``agent_id`` (agent ids are compared without case);
+    any other key is returned as it is."""
+    owner = agent_of(key)
+    if owner is None or owner == agent_id or owner.lower() != agent_id.lower():
+        return key
+    return f"agent:{agent_id}:{key[7 + len(owner):]}"
 
 
 def scoped_key(agent_id: str, key: str) -> str:
@@ -145,19 +157,37 @@ def chat_messages(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
     Each is ``{"role", "content", "runId", "ts"}`` (ts in ms); an aborted reply
     is an assistant message with ``"aborted": true``. Error turns and
     bookkeeping lines are left out. One shape for every reader (WS
-    ``chat.history``, ``sessions show``).
+    ``chat.history``, ``sessions show``). Fields are taken one by one: a
+    hand-edited line with a wrong type in one (``"at": null``) gives that
+    field's neutral value ("", None, 0), never an error.
     """
     out = []
     for line in lines:
         kind = line.get("type")
         if kind in ("user", "assistant", "aborted"):
+            content, run_id = line.get("content"), line.get("runId")
             message = {"role": "user" if kind == "user" else "assistant",
-                       "content": line.get("content", ""), "runId": line.get("runId"),
-                       "ts": int(line.get("at", 0) * 1000)}
+                       "content": content if isinstance(content, str) else "",
+                       "runId": run_id if isinstance(run_id, str) else None,
+                       "ts": _millis(line.get("at"))}
             if kind == "aborted":
                 message["aborted"] = True
             out.append(message)
     return out
+
+
+# Largest timestamp shown (ms): the year 9999, what clients' date types hold.
+_MAX_MILLIS: Final = 253_402_300_799_999
+
+
+def _millis(at: object) -> int:
+    seconds = transcripts.number(at)
+    return 0 if seconds is None else int(min(max(seconds * 1000, 0), _MAX_MILLIS))
+
+
+def _history_bytes(messages: tuple[Message, ...]) -> int:
+    """What caching ``messages`` costs: their texts as stored, and each message object."""
+    return sum(map(sys.getsizeof, [m.content for m in messages])) + _MESSAGE_OVERHEAD_BYTES * len(messages)
 
 
 class _Lane:
@@ -192,8 +222,14 @@ class _Lane:
 
 # -- the store ----------------------------------------------------------------
 
-DEFAULT_STATELESS_RETENTION_DAYS: Final = 7.0    # DECISIONS 24: sessions.statelessRetentionDays
+DEFAULT_STATELESS_RETENTION_DAYS: Final = 7.0    # sessions.statelessRetentionDays
 DEFAULT_MAX_CACHED_SESSIONS: Final = 1024
+# Bytes of history the cache holds in all, and the most one session may take
+# (a larger one is read from its transcript at each turn instead).
+DEFAULT_MAX_CACHED_BYTES: Final = 64 * 1024 * 1024
+DEFAULT_MAX_CACHED_HISTORY_BYTES: Final = 8 * 1024 * 1024
+# What one cached message costs besides its text (Message object, tuple slot).
+_MESSAGE_OVERHEAD_BYTES: Final = 72
 INDEX_FLUSH_INTERVAL: Final = 0.5   # seconds: an index is rewritten at most this often per agent
 INDEX_RETRY_INTERVAL: Final = 5.0   # seconds before retrying an index write that failed
 
@@ -229,18 +265,24 @@ class SessionStore:
     def __init__(self, state_dir: pathlib.Path, *,
                  stateless_retention_days: float = DEFAULT_STATELESS_RETENTION_DAYS,
                  clock: Callable[[], float] = time.time,
-                 max_cached_sessions: int = DEFAULT_MAX_CACHED_SESSIONS) -> None:
+                 max_cached_sessions: int = DEFAULT_MAX_CACHED_SESSIONS,
+                 max_cached_bytes: int = DEFAULT_MAX_CACHED_BYTES,
+                 max_cached_history_bytes: int = DEFAULT_MAX_CACHED_HISTORY_BYTES) -> None:
         # configuration
         self._agents_dir = os.path.join(os.fspath(state_dir), "agents")
         self._retention = stateless_retention_days * 86400.0
         self._clock = clock
         self._max_cached = max_cached_sessions
+        self._max_cached_bytes = max_cached_bytes
+        self._max_cached_history_bytes = min(max_cached_history_bytes, max_cached_bytes)
         # the open store
         self._committer: Committer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._agents: dict[str, _Agent] = {}
-        self._cache: OrderedDict[str, SessionHistory] = OrderedDict()   # scoped key -> history, LRU
+        # scoped key -> (history, its bytes), least recently used first
+        self._cache: OrderedDict[str, tuple[SessionHistory, int]] = OrderedDict()
+        self._cached_bytes = 0
         self._lanes: dict[str, list[Any]] = {}
         self._journal_day = -1               # the newest UTC day seen: a later one prunes
 
@@ -322,8 +364,8 @@ class SessionStore:
     # -- turns --
 
     async def record_turn(self, agent_id: str, key: str, turn: TurnRecord, *,
-                          stateless: bool = False) -> None:
-        """Append ``turn`` durably: returns only after its lines are fsynced.
+                          stateless: bool = False) -> transcripts.Stored:
+        """Append ``turn`` durably: returns where its lines are, only once they are fsynced.
 
         Keyed: to the session's transcript (header and ``turn.context`` first
         when the session is new); then the index and history cache follow.
@@ -336,18 +378,33 @@ class SessionStore:
         key = self._session_key(agent_id, key)
         agent = self._agent(agent_id)
         if stateless:
-            data = transcripts.encode(transcripts.turn_lines(turn, key, True))
-            await committer.append("the stateless journal", self._journal_path(agent, turn.at), data)
-            return
-        is_new = key not in agent.index and key not in agent.creating
-        lines = transcripts.turn_lines(turn, None, is_new)
+            lines = transcripts.turn_lines(turn, key, True)
+            data = await transcripts.encode_turn(lines, turn) if transcripts.is_large(turn) \
+                else transcripts.encode(lines)
+            path = self._journal_path(agent, turn.at)
+            offset = await committer.append("the stateless journal", path, data)
+            return transcripts.Stored(path, offset, len(data))
+        while True:
+            is_new = key not in agent.index and key not in agent.creating
+            lines = transcripts.turn_lines(turn, None, is_new)
+            if is_new:
+                lines.insert(0, transcripts.header_line(key, agent_id, turn.at))
+            if not transcripts.is_large(turn):
+                data = transcripts.encode(lines)
+                break
+            data = await transcripts.encode_turn(lines, turn)
+            # A large turn is encoded over several loop steps: if a reset or
+            # another turn changed whether the session is new meanwhile, redo it.
+            if is_new == (key not in agent.index and key not in agent.creating):
+                break
         if is_new:
-            lines.insert(0, transcripts.header_line(key, agent_id, turn.at))
             agent.creating.add(key)
-        await committer.append(
-            "a session transcript", agent.path(key), transcripts.encode(lines),
+        path = agent.path(key)
+        offset = await committer.append(
+            "a session transcript", path, data,
             on_ok=lambda _: self._turn_recorded(agent, key, turn, lines, is_new),
             on_error=lambda _: agent.creating.discard(key) if is_new else None)
+        return transcripts.Stored(path, offset, len(data))
 
     def _turn_recorded(self, agent: _Agent, key: str, turn: TurnRecord,
                        lines: list[dict[str, Any]], is_new: bool) -> None:
@@ -363,7 +420,9 @@ class SessionStore:
         self._mark_dirty(agent)
         cached = self._cache.get(key)
         if cached is not None or is_new:      # a new session's whole history is these lines
-            self._cache_put(key, transcripts.fold(cached or SessionHistory(), lines))
+            base, size = cached or (SessionHistory(), 0)
+            history = transcripts.fold(base, lines)
+            self._cache_put(key, history, size + _history_bytes(history.messages[len(base.messages):]))
 
     def _journal_path(self, agent: _Agent, at: float) -> str:
         day = int(at // 86400)
@@ -388,7 +447,7 @@ class SessionStore:
         ``SessionHistory()`` (``exists=False``) for a session never recorded,
         stateless ones included. Raises ``StorageError`` if the read fails.
         """
-        committer = self._require_open()
+        self._require_open()
         key = self._session_key(agent_id, key)
         agent = self._agents.get(agent_id)
         info = agent.index.get(key) if agent else None
@@ -397,23 +456,49 @@ class SessionStore:
         cached = self._cache.get(key)
         if cached is not None:
             self._cache.move_to_end(key)
-            return cached
-        read = functools.partial(transcripts.read_lines, agent.path(key))
-        lines = await committer.job("reading a transcript", read,
-                                    on_ok=lambda lines: self._history_read(agent, key, info, lines))
-        return transcripts.fold(SessionHistory(), lines)
-
-    def _history_read(self, agent: _Agent, key: str, info: SessionInfo, lines: list[dict[str, Any]]) -> None:
+            return cached[0]
+        history = transcripts.fold(SessionHistory(), await self._read(agent.path(key)))
         # Cache only if no turn, reset or delete was resolved since the read was
         # queued: entries are replaced on every change, so identity is a version.
         if agent.index.get(key) is info:
-            self._cache_put(key, transcripts.fold(SessionHistory(), lines))
+            self._cache_put(key, history, _history_bytes(history.messages))
+        return history
 
-    def _cache_put(self, key: str, history: SessionHistory) -> None:
-        self._cache[key] = history
-        self._cache.move_to_end(key)
-        while len(self._cache) > self._max_cached:
-            self._cache.popitem(last=False)
+    async def _read(self, path: str) -> list[dict[str, Any]]:
+        # The bytes are read in the committer thread, in order with the appends;
+        # they are decoded here, in slices of the loop.
+        data = await self._require_open().job(
+            "reading a transcript", functools.partial(transcripts.read_bytes, path))
+        return await transcripts.parse_lines_async(data, path)
+
+    def _cache_put(self, key: str, history: SessionHistory, size: int) -> None:
+        self._cache_drop(key)
+        if size > self._max_cached_history_bytes:
+            return              # too large to keep: read from its transcript at each turn
+        self._cache[key] = (history, size)
+        self._cached_bytes += size
+        while len(self._cache) > self._max_cached or self._cached_bytes > self._max_cached_bytes:
+            self._cached_bytes -= self._cache.popitem(last=False)[1][1]
+
+    def _cache_drop(self, key: str) -> None:
+        entry = self._cache.pop(key, None)
+        if entry is not None:
+            self._cached_bytes -= entry[1]
+
+    @property
+    def cached_bytes(self) -> int:
+        """Bytes of history the cache holds now (at most ``max_cached_bytes``)."""
+        return self._cached_bytes
+
+    async def read_reply(self, where: transcripts.Stored, run_id: str) -> str | None:
+        """The reply of run ``run_id`` as recorded at ``where`` (what ``record_turn``
+        returned); None once its transcript was reset or deleted, or its journal pruned.
+
+        Raises ``StorageError`` if the store is closed.
+        """
+        committer = self._require_open()
+        return await committer.job(  # type: ignore[no-any-return]
+            "reading a reply back", functools.partial(transcripts.read_reply, where, run_id))
 
     async def read_transcript(self, agent_id: str, key: str) -> list[dict[str, Any]]:
         """Every parsed line of a keyed session's transcript, header first; [] if none.
@@ -421,13 +506,12 @@ class SessionStore:
         A torn last line and lines that are not JSON objects are left out.
         Raises ``StorageError`` if the read fails.
         """
-        committer = self._require_open()
+        self._require_open()
         key = self._session_key(agent_id, key)
         agent = self._agents.get(agent_id)
         if agent is None or key not in agent.index:
             return []
-        return await committer.job(  # type: ignore[no-any-return]
-            "reading a transcript", functools.partial(transcripts.read_lines, agent.path(key)))
+        return await self._read(agent.path(key))
 
     def list_sessions(self, agent_id: str | None = None) -> list[SessionInfo]:
         """Keyed sessions (of one agent, or of all), most recently updated first."""
@@ -466,7 +550,7 @@ class SessionStore:
         if agent is None or info is None:
             return False
         # Forgotten at once: a turn queued after this call starts a new file with a header.
-        self._cache.pop(key, None)
+        self._cache_drop(key)
         agent.forgetting.add(key)
         self._mark_dirty(agent)
 
@@ -492,6 +576,8 @@ class SessionStore:
             _check_agent_id(agent_id)
         key = scoped_key(agent_id, key)
         owner = agent_of(key)
+        if owner != agent_id and owner is not None and owner.lower() == agent_id.lower():
+            key, owner = with_agent(key, agent_id), agent_id
         if owner != agent_id:
             raise errors.ApiError(400, f"session key {key!r} belongs to agent {owner!r}, not {agent_id!r}",
                                   code="invalid_session_key", param="session_key")

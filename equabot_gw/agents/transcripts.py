@@ -3,7 +3,7 @@
 Owns every byte under ``<state>/agents/<agent_id>/`` (layout below): file names,
 the JSONL line format, the index file and the group-commit writer. A turn is
 acknowledged only after its lines are fsynced; one committer thread
-group-commits every waiting append (DECISIONS 23, 24). Keys are opaque here
+group-commits every waiting append. Keys are opaque here
 but for the ``owns`` predicate ``load`` is given: the key grammar, lanes and
 caches belong to ``sessions``, which this module never imports. Imports
 nothing from equabot_gw.net or equabot_gw.gateway.
@@ -17,6 +17,7 @@ import errno
 import hashlib
 import json
 import logging
+import math
 import os
 import queue
 import re
@@ -24,17 +25,17 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Final, Iterable
+from typing import Any, Callable, Final, Iterable, NamedTuple
 
-from equabot_gw import errors
-from equabot_gw.compact_json import dumps
+from equabot_gw import errors, safejson
+from equabot_gw.compact_json import LARGE_CHARS, dumps, dumps_into
 from equabot_gw.agents.types import Message, SessionHistory, TurnRecord
 
 __all__ = [
     "AGENT_ID_RE", "SESSIONS_DIR", "JOURNAL_DIR", "INDEX_NAME", "MAX_OPEN_FILES",
     "transcript_stem", "unescape_stem", "transcript_name", "journal_name",
-    "dumps", "encode", "parse_lines", "header_line", "turn_lines", "fold",
-    "SessionInfo", "load", "read_lines", "write_index", "archive", "delete", "prune_journals",
+    "dumps", "encode", "encode_turn", "is_large", "parse_lines", "read_file_lines", "number", "header_line", "turn_lines", "fold",
+    "SessionInfo", "Stored", "load", "read_bytes", "read_lines", "read_reply", "parse_lines_async", "write_index", "archive", "delete", "prune_journals",
     "storage_error", "Committer",
 ]
 
@@ -51,7 +52,7 @@ log = logging.getLogger("equabot_gw.sessions")    # one logger for the whole ses
 #
 # <file> is the key escaped (bytes outside [A-Za-z0-9._-], a leading ".", and the
 # dot of a trailing ".reset-<digits>" become %XX), or "h-" + sha256(key) when that
-# is over 200 chars: never raw text joined into a path (DECISIONS 17).
+# is over 200 chars: never raw text joined into a path.
 
 # Agent ids name a directory: the key alphabet minus ":", no leading "." (so never "." or "..").
 AGENT_ID_RE: Final = re.compile(r"[A-Za-z0-9_@-][A-Za-z0-9._@-]{0,127}")
@@ -148,25 +149,161 @@ def encode(lines: list[dict[str, Any]]) -> bytes:
         return ("\n".join(map(_dumps_ascii, lines)) + "\n").encode("ascii")
 
 
-def parse_lines(data: bytes) -> tuple[list[dict[str, Any]], int]:
-    """The JSON objects of JSONL ``data``, and how many lines were skipped.
+_ENCODE_SLICE_SECONDS: Final = 0.005
 
-    Lines that are not JSON objects are skipped and counted; the text after the
+
+def is_large(turn: TurnRecord) -> bool:
+    """Whether ``turn`` holds so much text that its lines are encoded with ``encode_turn``."""
+    chars = len(turn.user) + len(turn.reply) + len(turn.error or "")
+    for message in turn.context:
+        chars += len(message.content)
+    return chars >= LARGE_CHARS
+
+
+async def encode_turn(lines: list[dict[str, Any]], turn: TurnRecord) -> bytes:
+    """``encode(lines)`` of ``turn``'s lines; a turn with much text (a 20 MiB message,
+    ten thousand context messages, see ``is_large``) is encoded in slices of the event loop."""
+    if not is_large(turn):
+        return encode(lines)
+    parts: list[str] = []
+    for line in lines:
+        await dumps_into(line, parts)
+        parts.append("\n")
+    # Encoded piece by piece, the loop served between: 20 MiB copied in one
+    # step three times over (join, concatenate, encode) take tens of ms.
+    chunks: list[bytes] = []
+    deadline = time.perf_counter() + _ENCODE_SLICE_SECONDS
+    try:
+        for part in parts:
+            chunks.append(part.encode("utf-8"))
+            if time.perf_counter() >= deadline:
+                await asyncio.sleep(0)
+                deadline = time.perf_counter() + _ENCODE_SLICE_SECONDS
+    except UnicodeEncodeError:     # a lone surrogate: as in encode()
+        return ("\n".join(map(_dumps_ascii, lines)) + "\n").encode("ascii")
+    return b"".join(chunks)
+
+
+def parse_lines(data: bytes) -> tuple[list[dict[str, Any]], int, int]:
+    """The JSON objects of JSONL ``data``, how many lines were skipped, and the first of them.
+
+    Lines that are not JSON objects (nesting past ``safejson.MAX_DEPTH``,
+    NaN and invalid UTF-8 included) are skipped and counted; the third value
+    is the 1-based number of the first one (0 if none). The text after the
     last newline is a torn write and is dropped without being counted.
     """
     raw_lines = data.split(b"\n")
     raw_lines.pop()           # "" after a final newline, else a torn last line
-    lines, skipped = [], 0
-    for raw in raw_lines:
+    lines, skipped, first = [], 0, 0
+    for number, raw in enumerate(raw_lines, 1):
         try:
-            obj = json.loads(raw)
+            obj = _decode_line(raw)
         except ValueError:
             obj = None
         if type(obj) is dict:
             lines.append(obj)
         else:
             skipped += 1
-    return lines, skipped
+            first = first or number
+    return lines, skipped, first
+
+
+def _decode_line(raw: bytes) -> Any:
+    try:
+        return safejson.loads(raw)
+    except json.JSONDecodeError as exc:
+        return _with_lone_surrogate(raw, exc)
+
+
+def _with_lone_surrogate(raw: bytes, exc: json.JSONDecodeError) -> Any:
+    # A lone surrogate is the one thing safejson refuses that a line of ours
+    # may hold (``encode`` keeps it, escaped); it checks everything else
+    # (depth, numbers) before it, so the plain decoder is safe here.
+    if not exc.msg.startswith("lone UTF-16 surrogate"):
+        raise exc
+    return json.loads(raw)
+
+
+# parse_lines_async: lines longer than this are decoded in slices of the loop,
+# and the longest it works between two returns to the loop (seconds).
+_LONG_LINE_BYTES: Final = 1 << 20
+_PARSE_SLICE_SECONDS: Final = 0.005
+
+
+async def parse_lines_async(data: bytes, name: str) -> list[dict[str, Any]]:
+    """``parse_lines(data)[0]`` on the event loop, returning to it every few ms.
+
+    A session's transcript may hold a 20 MB line (ten thousand context
+    messages): decoded in one call that is ~100 ms of the loop, and in the
+    committer thread it would hold the GIL as long. Skipped lines are told
+    once, as ``read_file_lines`` does, with ``name`` for the file.
+    """
+    raw_lines = data.split(b"\n")
+    raw_lines.pop()
+    lines: list[dict[str, Any]] = []
+    skipped = first = 0
+    clock = time.perf_counter
+    deadline = clock() + _PARSE_SLICE_SECONDS
+    for number, raw in enumerate(raw_lines, 1):
+        try:
+            try:
+                obj = await safejson.loads_async(raw) if len(raw) > _LONG_LINE_BYTES else safejson.loads(raw)
+            except json.JSONDecodeError as exc:
+                obj = _with_lone_surrogate(raw, exc)
+        except ValueError:
+            obj = None
+        if type(obj) is dict:
+            lines.append(obj)
+        else:
+            skipped += 1
+            first = first or number
+        if clock() >= deadline:
+            await asyncio.sleep(0)
+            deadline = clock() + _PARSE_SLICE_SECONDS
+    if skipped:
+        _warn_skipped(name, skipped, first)
+    return lines
+
+
+# Files already warned about: a damaged line is reported once, not at every read.
+_warned: set[str] = set()
+_MAX_WARNED: Final = 1024
+
+
+def read_file_lines(path: str) -> list[dict[str, Any]]:
+    """``parse_lines`` of the file at ``path``; one warning (per file and process) naming
+    the file and its first bad line if any was skipped. Raises OSError (FileNotFoundError too)."""
+    with open(path, "rb") as f:
+        lines, skipped, first = parse_lines(f.read())
+    if skipped:
+        _warn_skipped(path, skipped, first)
+    return lines
+
+
+def _warn_skipped(path: str, skipped: int, first: int) -> None:
+    if path in _warned:
+        return
+    if len(_warned) >= _MAX_WARNED:
+        _warned.clear()
+    _warned.add(path)
+    log.warning("%s: skipped %d %s not holding a JSON object, the first at line %d",
+                os.path.basename(path), skipped, "line" if skipped == 1 else "lines", first)
+
+
+def number(value: object) -> float | None:
+    """``value`` as a finite float if it is a JSON number (not a boolean), else None.
+
+    Every reader of stored lines takes numbers through this: a hand-edited
+    line may hold anything in any field.
+    """
+    if type(value) is float:
+        return value if math.isfinite(value) else None
+    if type(value) is int:
+        try:
+            return float(value)
+        except OverflowError:       # an integer of 400 digits
+            return None
+    return None
 
 
 def _message(role: object, content: object) -> Message | None:
@@ -224,19 +361,27 @@ Owns = Callable[[str, str], bool]     # owns(agent_id, key): a valid key of that
 def _info_from_index(agent_id: str, key: object, fields: object, owns: Owns) -> SessionInfo | None:
     if not isinstance(key, str) or not owns(agent_id, key) or not isinstance(fields, dict):
         return None
-    try:
-        return SessionInfo(key, agent_id, float(fields["createdAt"]), float(fields["updatedAt"]),
-                           int(fields["turns"]), fields.get("lastRunId"))
-    except (KeyError, TypeError, ValueError):
+    created, updated = number(fields.get("createdAt")), number(fields.get("updatedAt"))
+    turns, last_run = fields.get("turns"), fields.get("lastRunId")
+    if created is None or updated is None or type(turns) is not int or turns < 0 \
+            or not (last_run is None or isinstance(last_run, str)):
         return None
+    return SessionInfo(key, agent_id, created, updated, turns, last_run)
 
 
 def _scan(agent_id: str, path: str, owns: Owns) -> SessionInfo | None:
-    """The index entry a transcript implies: its header (or its file name), turns, times."""
+    """The index entry a transcript implies: its header (or its file name), turns, times.
+
+    None when there is none to take: no complete line, no usable key, or a
+    file that cannot be read (logged: start-up never fails on session data).
+    """
     try:
-        with open(path, "rb") as f:
-            lines, _ = parse_lines(f.read())
+        lines = read_file_lines(path)
     except FileNotFoundError:
+        return None
+    except OSError as exc:
+        log.warning("agent %s: skipped transcript %r: %s", agent_id, os.path.basename(path),
+                    exc.strerror or type(exc).__name__)
         return None
     if not lines:
         # Not one complete line (a first write torn by a crash, or one that
@@ -249,11 +394,11 @@ def _scan(agent_id: str, path: str, owns: Owns) -> SessionInfo | None:
         key = unescape_stem(os.path.basename(path)[:-len(_SUFFIX)])
     if key is None or not owns(agent_id, key):
         return None
-    times = [t for t in (line.get("at") for line in lines) if isinstance(t, (int, float))]
-    created = header.get("createdAt")
-    created = created if isinstance(created, (int, float)) else min(times, default=0.0)
+    times = [t for t in (number(line.get("at")) for line in lines) if t is not None]
+    created = number(header.get("createdAt"))
+    created = created if created is not None else min(times, default=0.0)
     runs = [line["runId"] for line in lines if isinstance(line.get("runId"), str)]
-    return SessionInfo(key, agent_id, float(created), float(max(times, default=created)),
+    return SessionInfo(key, agent_id, created, max(times, default=created),
                        fold(SessionHistory(), lines).assistant_turns, runs[-1] if runs else None)
 
 
@@ -264,30 +409,48 @@ _INDEX_TRUST_MARGIN_NS: Final = 2_000_000_000
 
 
 def _load_agent(agent_id: str, sessions_dir: str, owns: Owns) -> tuple[dict[str, SessionInfo], bool]:
-    """The agent's index checked against its transcripts, and whether it had to change."""
+    """The agent's index checked against its transcripts, and whether it had to change.
+
+    A damaged index (not JSON, too deep, wrong types) is rebuilt from the
+    transcripts, entry by entry, with a warning; nothing in it stops start-up.
+    """
     stored: Any = {}
     index_mtime = -1
     try:
         with open(os.path.join(sessions_dir, INDEX_NAME), "rb") as f:
-            index_mtime, stored = os.fstat(f.fileno()).st_mtime_ns, json.loads(f.read())
+            index_mtime, stored = os.fstat(f.fileno()).st_mtime_ns, safejson.loads(f.read())
     except FileNotFoundError:
         pass
-    except ValueError:
-        log.warning("agent %s: index.json is not JSON; rebuilding it from the transcripts", agent_id)
+    except ValueError as exc:
+        stored = None
+        log.warning("agent %s: %s is not usable JSON (%s); rebuilding it from the transcripts",
+                    agent_id, INDEX_NAME, exc)
+    except OSError as exc:
+        stored = None
+        log.warning("agent %s: %s cannot be read (%s); rebuilding it from the transcripts",
+                    agent_id, INDEX_NAME, exc.strerror or type(exc).__name__)
     files = {e.name: e for e in os.scandir(sessions_dir)
              if e.name.endswith(_SUFFIX) and not _ARCHIVE_RE.match(e.name) and e.is_file()}
     index: dict[str, SessionInfo] = {}
     changed = not isinstance(stored, dict)
+    if stored is not None and not isinstance(stored, dict):
+        log.warning("agent %s: %s is not a JSON object; rebuilding it from the transcripts",
+                    agent_id, INDEX_NAME)
+    malformed = 0
     for key, fields in (stored.items() if isinstance(stored, dict) else ()):
         info = _info_from_index(agent_id, key, fields, owns)
         entry = files.pop(transcript_stem(key) + _SUFFIX, None) if info else None
         if info is None or entry is None:
-            changed = True            # malformed, or its transcript is gone
+            changed = True            # malformed (its transcript is scanned below), or gone
+            malformed += info is None
             continue
-        if entry.stat().st_mtime_ns > index_mtime - _INDEX_TRUST_MARGIN_NS:
+        if _mtime_ns(entry) > index_mtime - _INDEX_TRUST_MARGIN_NS:
             fresh = _scan(agent_id, entry.path, owns) or info
             changed, info = changed or fresh != info, fresh
         index[key] = info
+    if malformed:
+        log.warning("agent %s: %s has %d unusable %s; rebuilt from the transcripts", agent_id,
+                    INDEX_NAME, malformed, "entry" if malformed == 1 else "entries")
     for name, entry in files.items():       # transcripts the index does not know
         info = _scan(agent_id, entry.path, owns)
         if info is None or transcript_stem(info.key) + _SUFFIX != name:
@@ -295,6 +458,13 @@ def _load_agent(agent_id: str, sessions_dir: str, owns: Owns) -> tuple[dict[str,
             continue
         index[info.key], changed = info, True
     return index, changed
+
+
+def _mtime_ns(entry: os.DirEntry[str]) -> int:
+    try:
+        return entry.stat().st_mtime_ns
+    except OSError:
+        return 1 << 62      # gone or unreadable: rescan it (the scan says which)
 
 
 # -- disk work, in the committer thread only -------------------------------------
@@ -365,16 +535,50 @@ def storage_error(phase: str, exc: OSError) -> errors.StorageError:
     return err
 
 
-def read_lines(path: str, _: Committer) -> list[dict[str, Any]]:
-    """Job: ``parse_lines`` of the file at ``path``, logging skipped lines; [] if none."""
+def read_bytes(path: str, _: Committer) -> bytes:
+    """Job: the whole file at ``path``; b"" if there is none."""
     try:
         with open(path, "rb") as f:
-            lines, skipped = parse_lines(f.read())
+            return f.read()
+    except FileNotFoundError:
+        return b""
+
+
+def read_lines(path: str, _: Committer) -> list[dict[str, Any]]:
+    """Job: ``read_file_lines`` of the file at ``path``; [] if there is none."""
+    try:
+        return read_file_lines(path)
     except FileNotFoundError:
         return []
-    if skipped:
-        log.warning("%s: skipped %d lines that are not JSON objects", os.path.basename(path), skipped)
-    return lines
+
+
+class Stored(NamedTuple):
+    """Where one turn's lines were written: ``length`` bytes at ``offset`` of ``path``.
+
+    A named tuple: one is made per turn, on the hot path.
+    """
+
+    path: str
+    offset: int
+    length: int
+
+
+def read_reply(where: Stored, run_id: str, _: Committer) -> str | None:
+    """Job: the reply of run ``run_id`` (its "assistant" or "aborted" line) among the lines
+    stored at ``where``; None if the file no longer holds them (reset, deleted, pruned)."""
+    try:
+        fd = os.open(where.path, os.O_RDONLY | _CLOEXEC)
+        try:
+            data = os.pread(fd, where.length, where.offset)
+        finally:
+            os.close(fd)
+    except OSError:
+        return None
+    for line in parse_lines(data)[0]:
+        if line.get("runId") == run_id and line.get("type") in ("assistant", "aborted"):
+            content = line.get("content")
+            return content if isinstance(content, str) else None
+    return None
 
 
 def write_index(sessions_dir: str, snapshot: dict[str, SessionInfo], _: Committer) -> None:
@@ -503,7 +707,8 @@ class Committer:
     def append(self, what: str, path: str, data: bytes, **callbacks: Any) -> asyncio.Future[Any]:
         """Queue ``data`` to be appended to ``path`` and fdatasynced (loop side).
 
-        Returns a future set to None once durable, or to a ``StorageError``
+        Returns a future set to the offset in the file where ``data`` starts
+        once it is durable, or to a ``StorageError``
         naming the step and ``what`` (the file is then cut back to its size
         before). ``callbacks``: ``on_ok(None)`` / ``on_error(exc)``, run on the
         loop in commit order before the future resolves, even if it was cancelled.
@@ -602,13 +807,16 @@ class Committer:
             groups.setdefault(op.path, []).append(op)
         failed: dict[str, tuple[str, OSError]] = {}
         new_files: dict[str, list[str]] = {}
+        starts: dict[str, int] = {}
         for path, group in groups.items():
             data = group[0].data if len(group) == 1 else b"".join(op.data for op in group)
             try:
-                if self._append(path, data):
-                    new_files.setdefault(os.path.dirname(path), []).append(path)
+                start = starts[path] = self._append(path, data)
             except _AppendFailed as exc:
                 failed[path] = exc.args
+                continue
+            if start == 0:        # an empty file may be new: its directory is fsynced too
+                new_files.setdefault(os.path.dirname(path), []).append(path)
         for directory, paths in new_files.items():   # a new file is durable once its name is
             try:
                 _fsync_dir(directory)
@@ -618,14 +826,17 @@ class Committer:
                     self._roll_back(path, 0)
         for path, group in groups.items():
             if path not in failed:
-                results.extend((op, None, False) for op in group)
+                offset = starts[path]
+                for op in group:
+                    results.append((op, offset, False))
+                    offset += len(op.data)
                 continue
             phase, exc = failed[path]
             log.warning("session store: %s of %s failed: %s", phase, os.path.basename(path), exc)
             results.extend((op, storage_error(f"{phase} of {op.what}", exc), True) for op in group)
 
-    def _append(self, path: str, data: bytes) -> bool:
-        """Write and fdatasync ``data`` at the end of ``path``; True if the file may be new.
+    def _append(self, path: str, data: bytes) -> int:
+        """Write and fdatasync ``data`` at the end of ``path``; the offset it starts at.
 
         On failure the file is cut back to its size before (no turn half
         recorded) and its fd dropped, so that the next append reopens and repairs.
@@ -648,7 +859,7 @@ class Committer:
             self._roll_back(path, size)
             raise _AppendFailed(phase, exc) from exc
         entry[1] = size + len(data)
-        return size == 0      # an empty file may be new: its directory is fsynced too
+        return size
 
     def _open(self, path: str) -> list[int]:
         try:

@@ -103,7 +103,7 @@ class AgentRequest:
 
     ``session_key`` None means stateless: a fresh key under ``origin``.
     ``context`` is earlier conversation sent by the client: it is the history
-    only while the session has no turns of its own (DECISIONS 18).
+    only while the session has no turns of its own.
     ``model`` overrides the agent's "provider/model" for this run.
     """
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from .. import __version__
+from .. import __version__, safejson
 from ..errors import GatewayError, HTTPProtocolError
 from ..net.heads import Headers, parse_chunk_size, parse_response_head
 from .jsonschema import Validator
@@ -234,7 +234,7 @@ class Exchange:
     def json(self) -> Any:
         """The body as JSON; ``Failed`` when it is not."""
         try:
-            return json.loads(self.body)
+            return safejson.loads(self.body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise Failed(f"the {self.status} body is not JSON ({exc})", **self.summary()) from None
 

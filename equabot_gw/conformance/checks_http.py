@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Final
 
+from .. import safejson
 from .checks import (
     Check, Exchange, Failed, Passed, Probe, Skipped, echo_turn, is_echo, registry, schemas, show,
 )
@@ -111,7 +112,7 @@ def _error_problems(ex: Exchange) -> list[str]:
     if ex.media_type != "application/json":
         return [f"Content-Type is {ex.header('content-type')!r}, not application/json"]
     try:
-        data = json.loads(ex.body)
+        data = safejson.loads(ex.body)
     except (ValueError, UnicodeDecodeError):
         return ["the body is not JSON"]
     return schemas().errors(data, "ErrorResponse")
@@ -234,7 +235,7 @@ def _chunks(ex: Exchange) -> list[tuple[Any, dict[str, Any]]]:
         if event.data == DONE:
             break
         try:
-            obj = json.loads(event.data or "")
+            obj = safejson.loads(event.data or "")
         except ValueError:
             continue
         if isinstance(obj, dict):
@@ -273,7 +274,7 @@ async def stream_data_lines(p: Probe) -> Passed:
         if event.data == DONE:
             return Passed(f"{i} data: <json> events before data: [DONE]", json_events=i)
         try:
-            obj = json.loads(event.data or "")
+            obj = safejson.loads(event.data or "")
         except ValueError:
             raise Failed(f"event {i}'s data is not JSON", event=show(event.raw)) from None
         if not isinstance(obj, dict):

@@ -92,7 +92,8 @@ class Gateway:
         # The gateway's own recent log lines, for the control protocol's logs.tail.
         self.log_buffer = LogBuffer()
         self.control = control.ControlProtocol(self)
-        self.openai = openai.ChatCompletions(self.runtime, self.authorize, self.started_at)
+        self.openai = openai.ChatCompletions(self.runtime, self.authorize, self.started_at,
+                                             max_messages=config.gateway.http.max_messages)
         self._stop_requested = asyncio.Event()
         self._hurry = asyncio.Event()
         self._shutdown: asyncio.Future[None] | None = None

@@ -15,15 +15,16 @@ import asyncio
 import functools
 import json
 import math
+import operator
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Final
 
-from .. import __version__, compact_json
+from .. import __version__, compact_json, safejson
 from ..agents import runtime as agent_runtime
 from ..agents import sessions
-from ..agents.events import Delta, Ended, Failed, Subscription
+from ..agents.events import Delta, Ended, Failed, Started, Subscription
 from ..agents.runtime import Run, Runtime
 from ..agents.types import AgentRequest, AgentResult, GenerationOptions, Message
 from ..errors import ApiError, RunError, RunTimedOut, http_status
@@ -33,7 +34,19 @@ from ..net.routes import HTTPRequest, Response, StreamingResponse, error_body
 HEADER_PREFIX: Final = "x-equabot-"
 SYSTEM_FINGERPRINT: Final = f"equabot-gw-{__version__}"
 MODEL_PREFIXES: Final = ("equabot:", "equabot/", "agent:")
+# The plain name of the default agent (the README's model), listed first by /v1/models.
+DEFAULT_MODEL: Final = "equabot"
+# Names of the default agent for /v1/models/{id}: the plain names, and the prefixes with no id.
+DEFAULT_MODEL_NAMES: Final = frozenset({DEFAULT_MODEL, "agent", *MODEL_PREFIXES})
 MAX_STOP_SEQUENCES: Final = 4       # OpenAI's documented limit
+DEFAULT_MAX_MESSAGES: Final = 10_000   # gateway.http.maxMessages
+# The model string is echoed in every chunk of a stream: a long one would
+# multiply the output (real model names are a few dozen characters).
+MAX_MODEL_CHARS: Final = 256
+# Messages and content parts read per step of the event loop (about 2 ms of
+# checks), and decoded messages freed per step (a million at once take ~100 ms).
+_ITEMS_PER_STEP: Final = 1000
+_FREED_PER_STEP: Final = 50_000
 JSON_TYPES: Final = ("application/json",)
 
 
@@ -165,59 +178,117 @@ FIELDS: Final = _fields_table()
 
 # -- messages -------------------------------------------------------------------------
 
-def _text_of(content: Any, where: str) -> str:
-    """Text of a message content: a string, or an array of ``text`` parts."""
+def _text_of(content: Any, where: str, first: int = 0, stop: int | None = None) -> str:
+    """Text of a message content: a string, or an array of ``text`` parts (those from
+    ``first`` to ``stop`` when given)."""
     if content is None or isinstance(content, str):
         return content or ""
     if not isinstance(content, list):
         raise _bad(where, f"Invalid type for {where!r}: expected a string or an array of "
                           f"content parts, but got {_type_name(content)}.")
     texts = []
-    for i, part in enumerate(content):
+    for i in range(first, len(content) if stop is None else min(stop, len(content))):
+        part = content[i]
         if not isinstance(part, dict) or not isinstance(part.get("type"), str):
             raise _bad(f"{where}[{i}]", f"Invalid content part {where}[{i}]: expected an object "
                                         f"with a 'type'.")
         if part["type"] != "text":
-            raise _unsupported(f"{where}[{i}].type", f"= {part['type']!r} (only text parts)")
+            raise _unsupported(f"{where}[{i}].type", f"= {part['type'][:100]!r} (only text parts)")
         if not isinstance(part.get("text"), str):
             raise _bad(f"{where}[{i}].text", f"Invalid type for '{where}[{i}].text': expected a string.")
         texts.append(part["text"])
     return "".join(texts)
 
 
-def _conversation(messages: list[Any]) -> tuple[str, tuple[Message, ...], str]:
-    """(extra system instructions, earlier context, the newest user message) of a request."""
+async def _conversation(messages: list[Any], max_messages: int = DEFAULT_MAX_MESSAGES
+                        ) -> tuple[str, tuple[Message, ...], str]:
+    """(extra system instructions, earlier context, the newest user message) of a request.
+
+    More than ``max_messages`` messages is 400 ``too_many_messages``; long
+    lists are read about ``_ITEMS_PER_STEP`` messages or parts at a time, the
+    loop served between.
+    """
     if not messages:
         raise _bad("messages", "Invalid 'messages': empty array. Expected an array with "
                                "minimum length 1.", code="invalid_value")
+    if len(messages) > max_messages:
+        raise _bad("messages", f"Invalid 'messages': {len(messages)} messages, more than this "
+                               f"gateway's limit of {max_messages} (gateway.http.maxMessages).",
+                   code="too_many_messages")
     system: list[str] = []
     context: list[Message] = []
-    last_user = -1
-    for i, message in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise _bad(where, f"Invalid type for {where!r}: expected an object, "
-                              f"but got {_type_name(message)}.")
-        role = message.get("role")
-        if role not in ("system", "developer", "user", "assistant", "tool", "function"):
-            raise _bad(f"{where}.role", f"Invalid value for '{where}.role': {role!r} is not one "
-                                        f"of 'system', 'developer', 'user', 'assistant', 'tool'.",
-                       code="invalid_value")
-        text = _text_of(message.get("content"), f"{where}.content")
-        if role in ("system", "developer"):
-            if text:
-                system.append(text)
-            continue
-        if role == "user":
-            last_user = len(context)
-        context.append(Message("tool" if role == "function" else role, text))
-    if last_user < 0:
-        raise _bad("messages", "Missing user message in messages: at least one message "
-                               "with role 'user' is required.", code="missing_user_message")
-    if last_user != len(context) - 1:
+    start = _read_messages(messages, 0, system, context)
+    while start < len(messages):
+        await asyncio.sleep(0)
+        if _is_long_content(messages[start]):
+            await _read_long_message(messages, start, system, context)
+            start += 1
+        start = _read_messages(messages, start, system, context)
+    if not context or context[-1].role != "user":
+        if not any(m.role == "user" for m in context):
+            raise _bad("messages", "Missing user message in messages: at least one message "
+                                   "with role 'user' is required.", code="missing_user_message")
         raise _unsupported("messages", "ending after the newest user message "
                                        "(assistant or tool messages after it)")
-    return "\n\n".join(system), tuple(context[:last_user]), context[last_user].content
+    return "\n\n".join(system), tuple(context[:-1]), context[-1].content
+
+
+def _read_messages(messages: list[Any], start: int, system: list[str], context: list[Message]) -> int:
+    """Check messages from ``start`` on and add their texts to ``system``/``context``.
+
+    Stops after about ``_ITEMS_PER_STEP`` messages and content parts, or at a
+    message of more parts than that (``_read_long_message`` reads it); returns
+    the index of the first message not read.
+    """
+    work = 0
+    for i in range(start, len(messages)):
+        if work >= _ITEMS_PER_STEP or _is_long_content(messages[i]):
+            return i
+        message = messages[i]
+        if not isinstance(message, dict):
+            raise _bad(f"messages[{i}]", f"Invalid type for 'messages[{i}]': expected an object, "
+                                         f"but got {_type_name(message)}.")
+        content = message.get("content")
+        if type(content) is str:
+            work += 1
+            _add_message(message, i, content, system, context)
+        else:
+            work += 1 + (len(content) if type(content) is list else 0)
+            _add_message(message, i, _text_of(content, f"messages[{i}].content"), system, context)
+    return len(messages)
+
+
+def _is_long_content(message: Any) -> bool:
+    content = message.get("content") if type(message) is dict else None
+    return type(content) is list and len(content) > _ITEMS_PER_STEP
+
+
+async def _read_long_message(messages: list[Any], i: int, system: list[str], context: list[Message]) -> None:
+    """A message of many content parts, read ``_ITEMS_PER_STEP`` parts per loop step."""
+    content = messages[i]["content"]
+    texts = []
+    for first in range(0, len(content), _ITEMS_PER_STEP):
+        if first:
+            await asyncio.sleep(0)
+        texts.append(_text_of(content, f"messages[{i}].content", first, first + _ITEMS_PER_STEP))
+    _add_message(messages[i], i, "".join(texts), system, context)
+
+
+def _add_message(message: dict[str, Any], i: int, text: str, system: list[str], context: list[Message]) -> None:
+    role = message.get("role")
+    if type(role) is not str or role not in _ROLES:
+        shown = repr(role[:100]) if type(role) is str else _type_name(role)
+        raise _bad(f"messages[{i}].role", f"Invalid value for 'messages[{i}].role': {shown} is not "
+                                          f"one of 'system', 'developer', 'user', 'assistant', 'tool'.",
+                   code="invalid_value")
+    if role == "system" or role == "developer":
+        if text:
+            system.append(text)
+    else:
+        context.append(Message("tool" if role == "function" else role, text))
+
+
+_ROLES: Final = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 
 # -- the endpoint -------------------------------------------------------------------------
@@ -226,9 +297,10 @@ class ChatCompletions:
     """The OpenAI endpoints of one gateway. ``runtime`` runs; ``authorize`` checks callers."""
 
     def __init__(self, runtime: Runtime, authorize: Callable[[HTTPRequest], None],
-                 started_at: float | None = None) -> None:
+                 started_at: float | None = None, *, max_messages: int = DEFAULT_MAX_MESSAGES) -> None:
         self.runtime = runtime
         self.authorize = authorize
+        self.max_messages = max_messages
         self.started_at = int(started_at or time.time())
         node = runtime.config.gateway.node_id      # chatcmpl-<node>-<random><n>
         self._id_prefix = (f"{node}-" if node else "") + os.urandom(6).hex()
@@ -236,31 +308,39 @@ class ChatCompletions:
 
     # ---- /v1/models ----
     async def list_models(self, request: HTTPRequest) -> Response:
-        """``GET /v1/models``: one entry per agent as ``equabot:<id>``."""
+        """``GET /v1/models``: ``equabot`` (the default agent), then each agent as ``equabot:<id>``."""
         self.authorize(request)
-        data = [self._model_object(agent_id) for agent_id in sorted(self.runtime.agents)]
+        data = [self._model_object(DEFAULT_MODEL)]
+        data.extend(self._model_object(f"equabot:{agent_id}") for agent_id in sorted(self.runtime.agents))
         return _json_response(200, {"object": "list", "data": data})
 
     async def get_model(self, request: HTTPRequest) -> Response:
-        """``GET /v1/models/{id}``: an agent by any of its model names."""
+        """``GET /v1/models/{id}``: an agent by any of its model names; ``equabot`` (or a
+        prefix with no id, such as ``agent:``) is the default agent, under the name asked for."""
         self.authorize(request)
         name = request.params.get("model", "")
+        if name in DEFAULT_MODEL_NAMES:
+            return _json_response(200, self._model_object(name))
         agent_id = _agent_from_model(name)
         if agent_id is None or agent_id not in self.runtime.agents:
-            raise ApiError(404, f"The model {name!r} does not exist", code="model_not_found",
+            raise ApiError(404, f"The model {name[:200]!r} does not exist", code="model_not_found",
                            param="model")
-        return _json_response(200, self._model_object(agent_id))
+        return _json_response(200, self._model_object(f"equabot:{agent_id}"))
 
-    def _model_object(self, agent_id: str) -> dict[str, Any]:
-        return {"id": f"equabot:{agent_id}", "object": "model", "created": self.started_at,
-                "owned_by": "equabot"}
+    def _model_object(self, model_id: str) -> dict[str, Any]:
+        return {"id": model_id, "object": "model", "created": self.started_at, "owned_by": "equabot"}
 
     # ---- /v1/chat/completions ----
     async def create(self, request: HTTPRequest) -> Response | StreamingResponse:
         """``POST /v1/chat/completions``: one agent run, answered as JSON or as SSE."""
         self.authorize(request)
-        body = _parse_body(request)
-        agent_request, stream, include_usage, model_name = self._agent_request(request, body)
+        body = await _parse_body(request)
+        try:
+            agent_request, stream, include_usage, model_name = await self._agent_request(request, body)
+        finally:
+            messages = body.get("messages")
+            if type(messages) is list and len(messages) > _FREED_PER_STEP:
+                await _release(messages)
         try:
             run = agent_runtime.run(self.runtime, agent_request)
         except ApiError as exc:
@@ -274,8 +354,8 @@ class ChatCompletions:
         self._ids += 1
         return f"chatcmpl-{self._id_prefix}{self._ids:x}"
 
-    def _agent_request(self, request: HTTPRequest, body: dict[str, Any]
-                       ) -> tuple[AgentRequest, bool, bool, str]:
+    async def _agent_request(self, request: HTTPRequest, body: dict[str, Any]
+                             ) -> tuple[AgentRequest, bool, bool, str]:
         for name, value in body.items():
             check = FIELDS.get(name)
             if check is None:
@@ -291,8 +371,11 @@ class ChatCompletions:
             raise _bad("stream_options", "The 'stream_options' parameter is only allowed when "
                                          "'stream' is enabled.", code="invalid_value")
         include_usage = bool(stream_options and stream_options.get("include_usage"))
-        system, context, message = _conversation(body["messages"])
+        system, context, message = await _conversation(body["messages"], self.max_messages)
         model_name: str = body["model"]
+        if len(model_name) > MAX_MODEL_CHARS:
+            raise _bad("model", f"Invalid 'model': {len(model_name)} characters, more than the "
+                                f"limit of {MAX_MODEL_CHARS}.", code="invalid_value")
         headers = request.headers
         agent_id = headers.get(HEADER_PREFIX + "agent-id") or _agent_from_model(model_name)
         session_key = headers.get(HEADER_PREFIX + "session-key")
@@ -314,7 +397,12 @@ class ChatCompletions:
             raise
         except RunError as exc:
             return _run_error_response(exc)
-        return _json_response(200, _completion_object(completion_id, model_name, result))
+        completion = _completion_object(completion_id, model_name, result)
+        if len(result.text) < compact_json.LARGE_CHARS:
+            return _json_response(200, completion)
+        # A reply of megabytes is escaped in slices of the event loop.
+        return Response(200, [("content-type", "application/json")],
+                        (await compact_json.dumps_async(completion)).encode())
 
     async def _stream(self, run: Run, completion_id: str, model_name: str,
                       include_usage: bool) -> Response | StreamingResponse:
@@ -348,37 +436,73 @@ async def _first_output(subscription: Subscription) -> list[Any]:
 
 async def _sse_body(run: Run, subscription: Subscription, first: list[Any],
                     chunks: _ChunkWriter) -> AsyncIterator[bytes]:
+    # Pieces are yielded one by one, so that the server can wait for a slow
+    # client between them (and the events of a batch are turned into bytes
+    # only as the client takes them).
     try:
-        yield chunks.role() + chunks.events(first)
+        for piece in chunks.pieces(first, role=True):
+            yield piece
         while not chunks.finished:
             batch = await subscription.next_batch()
             if batch is None:
                 break
-            yield chunks.events(batch)
+            # The usual batch of a client that keeps up: a few deltas, one piece.
+            piece = chunks.piece(batch) if len(batch) <= _SMALL_BATCH_DELTAS else None
+            if piece is not None:
+                yield piece
+                continue
+            for piece in chunks.pieces(batch):
+                yield piece
         yield sse.DONE
     finally:
         if not run.done:
             run.abort("client disconnected")
 
 
+# One piece of an SSE body is at most this many bytes; the text of one chunk at
+# most _CHUNK_TEXT_CHARS characters (escaped as ASCII, 12 bytes each at worst:
+# a chunk stays under 50 KiB with its ~200 bytes of JSON around the text).
+PIECE_BYTES: Final = 64 * 1024
+_CHUNK_TEXT_CHARS: Final = 4096
+_text: Final = operator.attrgetter("text")
+# After the stream's first batch, a batch of more deltas than this means the
+# client did not keep up: its deltas are joined from the start.
+_SMALL_BATCH_DELTAS: Final = 16
+
+
 class _ChunkWriter:
-    """SSE bytes of ``chat.completion.chunk`` objects for one completion.
+    """SSE bytes of ``chat.completion.chunk`` objects for one completion, in bounded pieces.
 
     The JSON around a delta's text never changes within a completion, so it
     is built once and each delta costs one string escape and a concatenation
     (this is what carries the streaming benchmark past 100k events/s).
+
+    ``pieces`` turns a batch of run events into pieces of at most
+    ``PIECE_BYTES``. A client that keeps up gets one chunk per delta: each
+    batch then holds a few deltas (the first batch of a stream any number,
+    up to one piece). Deltas that piled up while the client was not reading
+    came faster than they could be sent: they are joined into chunks of up
+    to ``_CHUNK_TEXT_CHARS`` characters (a million one-letter words stream
+    as ~2 MiB of chunks, not 200 MiB).
     """
 
     def __init__(self, completion_id: str, model_name: str, include_usage: bool) -> None:
         self.include_usage = include_usage
         self.finished = False
+        self._first_batch = True
         self.head = _dumps({"id": completion_id, "object": "chat.completion.chunk",
                             "created": int(time.time()), "model": model_name,
                             "system_fingerprint": SYSTEM_FINGERPRINT})[:-1]
         tail = ',"usage":null}' if include_usage else "}"
         self._delta_prefix = (f'data: {self.head},"choices":[{{"index":0,"delta":{{"content":')
         self._delta_suffix = f'}},"logprobs":null,"finish_reason":null}}]{tail}\n\n'
+        # Bytes a delta chunk adds besides its escaped (ASCII) text: exact, the
+        # model name may be non-ASCII.
+        self._delta_frame_bytes = len((self._delta_prefix + self._delta_suffix).encode())
         self._tail = tail
+        self._role_bytes_value = self.role()
+        self._role = self._role_bytes_value.decode()
+        self._role_bytes = len(self._role_bytes_value)
 
     def _choice(self, delta: str, finish: str | None) -> bytes:
         finish_json = "null" if finish is None else json.dumps(finish)
@@ -388,21 +512,96 @@ class _ChunkWriter:
     def role(self) -> bytes:
         return self._choice('{"role":"assistant","content":""}', None)
 
-    def events(self, events: list[Any]) -> bytes:
+    def piece(self, events: list[Any], role: bool = False) -> bytes | None:
+        """All of ``events`` (after the role chunk if ``role``) as one piece of one chunk
+        per delta, if it fits ``PIECE_BYTES``; None if not (``pieces`` then cuts them).
+
+        The usual batch, and the fast path: one list comprehension, no
+        accounting per delta (a batch that could not fit is not even built).
+        """
+        # A batch is [Started] Delta* [Ended | Failed]: the log's order.
+        first = 1 if events and type(events[0]) is Started else 0
+        end = events[-1] if events and (type(events[-1]) is Ended or type(events[-1]) is Failed) else None
+        deltas = events[first:len(events) - 1 if end is not None else len(events)]
+        frame = self._delta_frame_bytes
+        # Escaping makes at most 12 bytes of a character: a batch surely past a
+        # piece (and then possibly huge) is left to ``pieces``.
+        if sum(map(len, map(_text, deltas))) * 12 + len(deltas) * frame > 4 * PIECE_BYTES:
+            return None
         prefix, suffix, escape = self._delta_prefix, self._delta_suffix, _escape_json_string
-        out: list[str] = []
+        body = "".join([prefix + escape(delta.text) + suffix for delta in deltas])
+        tail = b"" if end is None else \
+            self._end(end.result) if type(end) is Ended else self._error(end)
+        data = (self._role_bytes_value if role else b"") + body.encode() + tail
+        if len(data) > PIECE_BYTES:
+            return None
+        if end is not None:
+            self.finished = True
+        return data
+
+    def pieces(self, events: list[Any], role: bool = False) -> Iterator[bytes]:
+        """The SSE bytes of ``events`` (after the role chunk if ``role``), in pieces of
+        at most ``PIECE_BYTES``; sets ``finished`` at the terminal event."""
+        # One chunk per delta while the client keeps up, and in the first piece of a stream.
+        one_each = self._first_batch or len(events) <= _SMALL_BATCH_DELTAS
+        self._first_batch = False
+        if one_each:
+            data = self.piece(events, role)
+            if data is not None:
+                yield data
+                return
+        prefix, suffix, escape = self._delta_prefix, self._delta_suffix, _escape_json_string
+        frame = self._delta_frame_bytes
+        out: list[str] = [self._role] if role else []
+        size = self._role_bytes if role else 0
+        joining: list[str] = []          # then: deltas waiting to be joined into one chunk
+        joined = 0                       # their characters
         for event in events:
             if type(event) is Delta:
-                out.append(prefix + escape(event.text) + suffix)
-            elif type(event) is Ended:
-                data = "".join(out).encode() + self._end(event.result)
+                text = event.text
+                if one_each:
+                    if len(text) <= _CHUNK_TEXT_CHARS:
+                        chunk = escape(text)
+                        if size + frame + len(chunk) <= PIECE_BYTES:
+                            out.append(prefix + chunk + suffix)
+                            size += frame + len(chunk)
+                            continue
+                    # More than a piece in this batch: its deltas came faster than
+                    # they can be sent, so from here on they are joined.
+                    one_each = False
+                joining.append(text)
+                joined += len(text)
+                if joined < _CHUNK_TEXT_CHARS:
+                    continue
+                text = "".join(joining)
+                cut = len(text) - len(text) % _CHUNK_TEXT_CHARS
+                joining = [text[cut:]] if cut < len(text) else []
+                joined = len(text) - cut
+                for start in range(0, cut, _CHUNK_TEXT_CHARS):
+                    chunk = escape(text[start:start + _CHUNK_TEXT_CHARS])
+                    if size + frame + len(chunk) > PIECE_BYTES:
+                        yield "".join(out).encode()
+                        out, size = [], 0
+                    out.append(prefix + chunk + suffix)
+                    size += frame + len(chunk)
+            elif type(event) is Ended or type(event) is Failed:
                 self.finished = True
-                return data
-            elif type(event) is Failed:
-                data = "".join(out).encode() + self._error(event)
-                self.finished = True
-                return data
-        return "".join(out).encode()
+                tail = self._end(event.result) if type(event) is Ended else self._error(event)
+                break
+        else:
+            tail = b""
+        if joining:
+            chunk = escape("".join(joining))
+            if size + frame + len(chunk) > PIECE_BYTES:
+                yield "".join(out).encode()
+                out, size = [], 0
+            out.append(prefix + chunk + suffix)
+            size += frame + len(chunk)
+        if size + len(tail) > PIECE_BYTES:
+            yield "".join(out).encode()
+            out = []
+        if out or tail:
+            yield "".join(out).encode() + tail
 
     def _end(self, result: AgentResult) -> bytes:
         data = self._choice("{}", result.finish_reason)
@@ -424,6 +623,13 @@ def _agent_from_model(model: str) -> str | None:
         if model.startswith(prefix) and len(model) > len(prefix):
             return model[len(prefix):]
     return None
+
+
+async def _release(items: list[Any]) -> None:
+    """Empty a long decoded list a slice at a time, the loop served between slices."""
+    while items:
+        del items[-_FREED_PER_STEP:]
+        await asyncio.sleep(0)
 
 
 # The body fields that become GenerationOptions; most requests send none of them.
@@ -453,16 +659,23 @@ def _rename_option_param(exc: ApiError, body: dict[str, Any]) -> ApiError:
     return exc
 
 
-def _parse_body(request: HTTPRequest) -> dict[str, Any]:
+async def _parse_body(request: HTTPRequest) -> dict[str, Any]:
+    """The JSON object of a request body: 415 for another media type, 400 ``invalid_json``
+    for anything but a JSON object (too deep, NaN, lone surrogates included)."""
     content_type = request.headers.get("content-type")
     if content_type is not None:
         media = content_type.partition(";")[0].strip().lower()
         if media not in JSON_TYPES and not media.endswith("+json"):
             raise ApiError(415, f"Unsupported content type {media!r}: send application/json.",
                            code="unsupported_media_type")
+    data = request.body
     try:
-        body = json.loads(request.body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        # Decoded in slices of the event loop: a 20 MiB body of a million small
+        # values must not stall every other client. A body this short cannot
+        # hold more values than safejson decodes at once anyway.
+        body = safejson.loads(data) if len(data) <= safejson.MAX_VALUES_AT_ONCE \
+            else await safejson.loads_async(data)
+    except ValueError as exc:
         raise ApiError(400, "We could not parse the JSON body of your request. (HINT: This "
                             "likely means you aren't using your HTTP library correctly. The "
                             f"OpenAI API expects a JSON payload.) Detail: {exc}",

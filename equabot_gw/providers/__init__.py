@@ -14,16 +14,16 @@ configured header value into an error or a log line.
 from __future__ import annotations
 
 import abc
+import asyncio
 import codecs
 import importlib
-import json
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
-from .. import compact_json
-from ..config import ProviderConfig
+from .. import compact_json, safejson
+from ..config import DEFAULT_MAX_REPLY_BYTES, ProviderConfig
 from ..errors import (
     ApiError, ClientConnectError, ClientTimeout, ConfigError, ConnectionClosed, HTTPProtocolError,
     UpstreamError, UpstreamRejected, UpstreamTimeout,
@@ -34,7 +34,7 @@ from ..agents.types import Message, ProviderCall, ProviderEvent
 
 __all__ = [
     "Provider", "HTTPProvider", "create_provider", "ServerSentEvent", "EventStreamDecoder",
-    "word_count",
+    "word_count", "count_words",
 ]
 
 # Error bodies are read up to this many bytes; the message is what matters.
@@ -53,8 +53,42 @@ MIN_REDACTED_CHARS: Final = 4
 
 
 def word_count(text: str) -> int:
-    """Whitespace-separated words in ``text``: the token estimate of the local providers."""
+    """Whitespace-separated words in ``text``: the token estimate of the local providers.
+
+    Holds the event loop for the whole text (about 20 ms per MiB of one-letter
+    words): use ``count_words`` for texts that may be large.
+    """
     return len(text.split())
+
+
+# count_words: characters split between two returns to the loop (about half a ms).
+_WORD_SLICE_CHARS: Final = 64 * 1024
+
+
+async def count_words(*texts: str) -> int:
+    """``word_count`` of all ``texts`` together, returning to the event loop every 64 Ki characters.
+
+    A 20 MiB prompt of one-letter words is ten million words: counting them
+    takes a quarter of a second, which must not be one step of the loop.
+    """
+    total = 0
+    chars = 0                       # counted since the loop last had a turn
+    for text in texts:
+        if len(text) <= _WORD_SLICE_CHARS:
+            total += len(text.split())
+            chars += len(text)
+            if chars > _WORD_SLICE_CHARS:       # about half a millisecond of splitting
+                await asyncio.sleep(0)
+                chars = 0
+            continue
+        for start in range(0, len(text), _WORD_SLICE_CHARS):
+            piece = text[start:start + _WORD_SLICE_CHARS]
+            total += len(piece.split())
+            if start and not piece[0].isspace() and not text[start - 1].isspace():
+                total -= 1          # a word cut by the slice was counted in both
+            await asyncio.sleep(0)
+        chars = 0
+    return total
 
 
 class Provider(abc.ABC):
@@ -62,7 +96,7 @@ class Provider(abc.ABC):
 
     ``api`` names the wire protocol; ``supported_options`` lists the
     ``GenerationOptions`` (from ``types.OPTION_NAMES``) it can honour, so the
-    endpoint can refuse the others with 400 before a run starts (DECISIONS 19).
+    endpoint can refuse the others with 400 before a run starts.
     """
 
     api: ClassVar[str]
@@ -71,6 +105,8 @@ class Provider(abc.ABC):
     def __init__(self, name: str, config: ProviderConfig | None) -> None:
         self.name = name
         self.config = config
+        # The runtime fails a run whose reply passes this many UTF-8 bytes.
+        self.max_reply_bytes = config.max_reply_bytes if config is not None else DEFAULT_MAX_REPLY_BYTES
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} api={self.api!r}>"
@@ -78,7 +114,7 @@ class Provider(abc.ABC):
     def check_model(self, model: str) -> None:
         """Accept ``model`` or raise ``ApiError`` 400 ``model_not_found``.
 
-        DECISIONS 20: a provider with a ``models`` list rejects names not in
+        A provider with a ``models`` list rejects names not in
         it; a provider without a list accepts any name.
         """
         models = self.config.models if self.config is not None else None
@@ -112,7 +148,7 @@ def create_provider(name: str, config: ProviderConfig | None) -> Provider:
     """The provider ``name`` configured by ``config`` (chosen by ``config.api``).
 
     ``name`` "echo" with no configuration is the built-in echo provider
-    (DECISIONS 16). Raises ``ConfigError`` for any other name without a
+    (the default model). Raises ``ConfigError`` for any other name without a
     configuration, an unknown ``api``, or a configuration the provider cannot use.
     """
     if config is None:
@@ -142,8 +178,6 @@ class ServerSentEvent:
 # "CRLF, a single LF not preceded by a CR, and a single CR not followed by a LF
 # being the ways in which a line can end."
 _LINE_END: Final = re.compile(r"\r\n|\r|\n")
-# json.loads(s) with no options is this bound method behind one more frame; per event it counts.
-_decode_json: Final = json.JSONDecoder().decode
 
 
 class EventStreamDecoder:
@@ -325,14 +359,21 @@ class HTTPProvider(Provider):
             return UpstreamError(self.name, f"invalid HTTP response: {exc.reason}")
         return UpstreamError(self.name, f"connection failed: {type(exc).__name__}")
 
-    async def open_stream(self, payload: dict[str, Any]) -> http_client.ClientResponse:
-        """POST ``payload`` as JSON; the 2xx response, whose body the caller must ``aclose``.
+    async def open_stream(self, payload: dict[str, Any], call: ProviderCall) -> http_client.ClientResponse:
+        """POST ``payload`` (built from ``call``) as JSON; the 2xx response, whose body the
+        caller must ``aclose``.
 
-        Raises ``UpstreamRejected`` for any other status (DECISIONS 21: with
-        the upstream's ``error.message`` and ``Retry-After``), ``UpstreamTimeout``
-        or ``UpstreamError``.
+        Raises ``UpstreamRejected`` for any other status (with the upstream's
+        ``error.message`` and ``Retry-After``), ``UpstreamTimeout`` or ``UpstreamError``.
         """
-        body = compact_json.dumps(payload).encode()
+        # A call with much text (ten thousand messages, a 20 MiB one) is
+        # encoded in slices of the event loop; the usual small one at once.
+        chars = len(call.system)
+        for message in call.messages:
+            chars += len(message.content)
+        text = compact_json.dumps(payload) if chars < compact_json.LARGE_CHARS \
+            else await compact_json.dumps_async(payload)
+        body = text.encode()
         try:
             # A completion request changes nothing upstream, so a pooled
             # connection found closed before any answer is replaced once
@@ -381,9 +422,10 @@ class HTTPProvider(Provider):
             raise self.upstream_error(exc) from exc
 
     def json_data(self, event: ServerSentEvent) -> dict[str, Any]:
-        """The JSON object in an event's data; ``UpstreamError`` for anything else."""
+        """The JSON object in an event's data; ``UpstreamError`` for anything else
+        (nesting past ``safejson.MAX_DEPTH`` included)."""
         try:
-            value = _decode_json(event.data)
+            value = safejson.loads(event.data)
         except ValueError:
             raise UpstreamError(self.name, "event stream data is not JSON") from None
         if not isinstance(value, dict):
@@ -406,7 +448,7 @@ def _is_safe_field(name: str, value: str) -> bool:
 def error_message(body: bytes) -> str | None:
     """``error.message`` (or a bare ``error``/``message`` string) of a JSON error body, if any."""
     try:
-        doc = json.loads(body)
+        doc = safejson.loads(body)
     except ValueError:
         return None
     if not isinstance(doc, dict):

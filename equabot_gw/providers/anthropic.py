@@ -50,7 +50,7 @@ ERROR_STATUS: Final = {
 def to_anthropic_messages(messages: tuple[Message, ...]) -> tuple[list[dict[str, str]], list[str]]:
     """The ``messages`` list (roles alternate; same-role neighbours merged with a blank
     line; tool results as user text) and any system-role texts found among them."""
-    merged: list[dict[str, str]] = []
+    runs: list[tuple[str, list[str]]] = []       # (role, texts): joined once, never grown
     system: list[str] = []
     for message in messages:
         if message.role == "system":
@@ -58,11 +58,11 @@ def to_anthropic_messages(messages: tuple[Message, ...]) -> tuple[list[dict[str,
             continue
         role, text = ("user", as_user_text(message)) if message.role == "tool" \
             else (message.role, message.content)
-        if merged and merged[-1]["role"] == role:
-            merged[-1]["content"] += "\n\n" + text
+        if runs and runs[-1][0] == role:
+            runs[-1][1].append(text)
         else:
-            merged.append({"role": role, "content": text})
-    return merged, system
+            runs.append((role, [text]))
+    return [{"role": role, "content": "\n\n".join(texts)} for role, texts in runs], system
 
 
 class AnthropicProvider(HTTPProvider):
@@ -110,7 +110,7 @@ class AnthropicProvider(HTTPProvider):
         ``overloaded_error``), ``UpstreamTimeout``, or ``UpstreamError``
         (garbage, an unknown error, a stream that ends before ``message_stop``).
         """
-        response = await self.open_stream(self.payload(call))
+        response = await self.open_stream(self.payload(call), call)
         state = _MessageState()
         try:
             async with aclosing(self.events(response)) as events:

@@ -23,7 +23,7 @@ from typing import ClassVar, Final
 from ..config import ProviderConfig
 from ..errors import ConfigError, UpstreamError, UpstreamTimeout
 from ..agents.types import Finish, ProviderCall, ProviderEvent, TextDelta, Usage
-from . import Provider, word_count
+from . import Provider, count_words
 
 READ_CHUNK_BYTES: Final = 64 * 1024
 MAX_STDERR_TAIL_BYTES: Final = 2048
@@ -84,7 +84,7 @@ class CommandProvider(Provider):
             feeder.cancel()
             collector.cancel()
             await _terminate(proc)
-        yield Usage(word_count(prompt), word_count("".join(reply)))
+        yield Usage(await count_words(prompt), await count_words("".join(reply)))
         yield Finish("stop")
 
     async def _spawn(self, call: ProviderCall) -> asyncio.subprocess.Process:

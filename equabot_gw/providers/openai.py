@@ -78,7 +78,7 @@ class OpenAIProvider(HTTPProvider):
         ``UpstreamRejected`` (non-2xx), ``UpstreamTimeout`` or ``UpstreamError``
         (connection failures, garbage, an error object, EOF before ``[DONE]``).
         """
-        response = await self.open_stream(self.payload(call))
+        response = await self.open_stream(self.payload(call), call)
         usage: Usage | None = None
         reason: str | None = None
         ended = False
