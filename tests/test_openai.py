@@ -129,6 +129,27 @@ class CompletionTest(OpenAITestCase):
             with self.subTest(model=model, headers=headers):
                 self.assertEqual(self.ok(self.chat(model=model), headers)["usage"]["prompt_tokens"], prompt)
 
+    def test_the_original_clients_headers_and_model_prefixes(self) -> None:
+        # The original Gateway's clients: x-clawdbot-* / clawdbot:<id> (older), x-openclaw-* / openclaw:<id>.
+        for model, headers, prompt in (("clawdbot:beta", {}, 4), ("openclaw:beta", {}, 4),
+                                       ("equabot", {"x-clawdbot-agent-id": "beta"}, 4),
+                                       ("equabot", {"x-openclaw-agent-id": "beta"}, 4),
+                                       # two families that disagree: ours wins, then openclaw's
+                                       ("equabot", {"x-equabot-agent-id": "main", "x-openclaw-agent-id": "beta"}, 1),
+                                       ("equabot", {"x-openclaw-agent-id": "main", "x-clawdbot-agent-id": "beta"}, 1)):
+            with self.subTest(model=model, headers=headers):
+                self.assertEqual(self.ok(self.chat(model=model), headers)["usage"]["prompt_tokens"], prompt)
+        for family in ("x-clawdbot-", "x-openclaw-"):
+            key = f"alias-{family}{time.monotonic_ns()}"
+            turns = [self.ok(self.chat(), {family + "session-key": key})["choices"][0]["message"]["content"]
+                     for _ in range(2)]
+            self.assertEqual(turns, ["Echo (turn 1): hi", "Echo (turn 2): hi"], family)
+        # One session, whichever family names it.
+        key = f"alias-shared-{time.monotonic_ns()}"
+        self.ok(self.chat(), {"x-clawdbot-session-key": key})
+        self.assertIn("(turn 2)", self.ok(self.chat(), {"x-equabot-session-key": key})
+                      ["choices"][0]["message"]["content"])
+
     def test_unknown_agent_is_404(self) -> None:
         error = self.fails(self.chat(model="equabot:nobody"), 404)
         self.assertEqual(error["code"], "model_not_found")
@@ -412,7 +433,7 @@ class ModelsAndCorsTest(OpenAITestCase):
                                                                        "broken", "partial", "script")))
 
     def test_model_by_id(self) -> None:
-        for name in ("equabot:beta", "agent:beta", "equabot/beta"):
+        for name in ("equabot:beta", "agent:beta", "equabot/beta", "openclaw:beta", "clawdbot:beta"):
             status, _, data = self.get(f"/v1/models/{name}")
             self.assertEqual(status, 200)
             self.assertEqual(SCHEMAS.errors(json.loads(data), "Model"), [])
@@ -421,7 +442,7 @@ class ModelsAndCorsTest(OpenAITestCase):
         self.assertEqual((status, error_of(data)["code"]), (404, "model_not_found"))
 
     def test_the_plain_name_and_bare_prefixes_are_the_default_agent(self) -> None:
-        for name in ("equabot", "equabot:", "equabot/", "agent:", "agent"):
+        for name in ("equabot", "equabot:", "equabot/", "agent:", "agent", "openclaw", "clawdbot:"):
             with self.subTest(name):
                 status, _, data = self.get(f"/v1/models/{name}")
                 self.assertEqual(status, 200, data)

@@ -31,13 +31,16 @@ from ..errors import ApiError, RunError, RunTimedOut, http_status
 from ..net import sse
 from ..net.routes import HTTPRequest, Response, StreamingResponse, error_body
 
-HEADER_PREFIX: Final = "x-equabot-"
+# Our headers, and the same headers as the original Gateway's clients send them
+# (older: x-clawdbot-*, newer: x-openclaw-*); the first family present wins.
+HEADER_PREFIXES: Final = ("x-equabot-", "x-openclaw-", "x-clawdbot-")
 SYSTEM_FINGERPRINT: Final = f"equabot-gw-{__version__}"
-MODEL_PREFIXES: Final = ("equabot:", "equabot/", "agent:")
+# `model` prefixes that name an agent, ours and the original's clients'.
+MODEL_PREFIXES: Final = ("equabot:", "equabot/", "openclaw:", "clawdbot:", "agent:")
 # The plain name of the default agent (the README's model), listed first by /v1/models.
 DEFAULT_MODEL: Final = "equabot"
 # Names of the default agent for /v1/models/{id}: the plain names, and the prefixes with no id.
-DEFAULT_MODEL_NAMES: Final = frozenset({DEFAULT_MODEL, "agent", *MODEL_PREFIXES})
+DEFAULT_MODEL_NAMES: Final = frozenset({DEFAULT_MODEL, "openclaw", "clawdbot", "agent", *MODEL_PREFIXES})
 MAX_STOP_SEQUENCES: Final = 4       # OpenAI's documented limit
 DEFAULT_MAX_MESSAGES: Final = 10_000   # gateway.http.maxMessages
 # The model string is echoed in every chunk of a stream: a long one would
@@ -377,15 +380,15 @@ class ChatCompletions:
             raise _bad("model", f"Invalid 'model': {len(model_name)} characters, more than the "
                                 f"limit of {MAX_MODEL_CHARS}.", code="invalid_value")
         headers = request.headers
-        agent_id = headers.get(HEADER_PREFIX + "agent-id") or _agent_from_model(model_name)
-        session_key = headers.get(HEADER_PREFIX + "session-key")
+        agent_id = gateway_header(headers, "agent-id") or _agent_from_model(model_name)
+        session_key = gateway_header(headers, "session-key")
         user = body.get("user")
         if session_key is None and user:
             agent = self.runtime.agent(agent_id)
             session_key = sessions.user_key(agent.id, user)
         agent_request = AgentRequest(
             message=message, agent_id=agent_id, session_key=session_key, context=context,
-            system=system, model=headers.get(HEADER_PREFIX + "model"),
+            system=system, model=gateway_header(headers, "model"),
             options=_options(body), origin="openai")
         return agent_request, stream, include_usage, model_name
 
@@ -617,6 +620,19 @@ class _ChunkWriter:
 
 
 # -- helpers ---------------------------------------------------------------------------
+
+def gateway_header(headers: Any, name: str) -> str | None:
+    """The gateway header ``name`` (e.g. "agent-id") under any of its prefixes.
+
+    ``x-equabot-<name>`` wins, then ``x-openclaw-<name>``, then
+    ``x-clawdbot-<name>``: a request that sends two that disagree gets ours.
+    """
+    for prefix in HEADER_PREFIXES:
+        value = headers.get(prefix + name)
+        if value is not None:
+            return value
+    return None
+
 
 def _agent_from_model(model: str) -> str | None:
     for prefix in MODEL_PREFIXES:
