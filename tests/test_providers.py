@@ -108,9 +108,12 @@ class EchoTests(unittest.IsolatedAsyncioTestCase):
 
     async def test_sampling_options_change_nothing(self) -> None:
         plain = await collect(self.echo, call("same"))
-        tuned = await collect(self.echo, call("same", temperature=1.5, top_p=0.1, seed=7))
+        tuned = await collect(self.echo, call("same", temperature=1.5, top_p=0.1, seed=7, presence_penalty=1.0,
+                                              frequency_penalty=-1.0, logit_bias=(("42", 5),), top_k=3,
+                                              min_p=0.2, repetition_penalty=1.1))
         self.assertEqual(plain.events, tuned.events)
-        self.assertEqual(EchoProvider.supported_options, frozenset(OPTION_NAMES))
+        # An echo is not JSON: structured output is the one option it refuses.
+        self.assertEqual(EchoProvider.supported_options, frozenset(OPTION_NAMES) - {"response_format"})
 
     async def test_without_delay_the_stream_never_suspends(self) -> None:
         # Each __anext__ finishes on its first step: no event-loop round trip per delta.

@@ -70,6 +70,7 @@ class AnthropicProvider(HTTPProvider):
 
     api: ClassVar[str] = "anthropic-messages"
     supported_options: ClassVar[frozenset[str]] = frozenset({"max_tokens", "temperature", "top_p", "stop"})
+    accepts: ClassVar[frozenset[str]] = frozenset()
     default_base_url: ClassVar[str] = DEFAULT_BASE_URL
     path: ClassVar[str] = "v1/messages"
 

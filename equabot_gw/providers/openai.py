@@ -29,6 +29,7 @@ class OpenAIProvider(HTTPProvider):
 
     api: ClassVar[str] = "openai-completions"
     supported_options: ClassVar[frozenset[str]] = frozenset(OPTION_NAMES)
+    accepts: ClassVar[frozenset[str]] = frozenset()
     default_base_url: ClassVar[str] = DEFAULT_BASE_URL
     path: ClassVar[str] = "chat/completions"
 
