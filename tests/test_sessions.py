@@ -385,9 +385,9 @@ class Transcripts(StoreCase):
         writes: list[int] = []
         real = transcripts.write_index
 
-        def counting(sessions_dir: str, snapshot: dict[str, SessionInfo], committer: Any) -> None:
+        def counting(sessions_dir: str, snapshot: dict[str, SessionInfo], committer: Any) -> float:
             writes.append(len(snapshot))
-            real(sessions_dir, snapshot, committer)
+            return real(sessions_dir, snapshot, committer)
 
         with mock.patch.object(transcripts, "write_index", counting), \
                 mock.patch.object(sessions, "INDEX_FLUSH_INTERVAL", 0.1):
@@ -400,6 +400,27 @@ class Transcripts(StoreCase):
         # One write at once, then at most one per interval, and one at close().
         self.assertTrue(2 <= len(writes) <= elapsed / 0.1 + 2, (writes, elapsed))
         self.assertEqual(writes[-1], 30)
+
+    async def test_a_slow_index_write_spaces_out_the_next(self) -> None:
+        # Rewrites cost time per session: the next waits INDEX_FLUSH_COST_FACTOR times the last.
+        writes: list[float] = []
+        real = transcripts.write_index
+
+        def slow(sessions_dir: str, snapshot: dict[str, SessionInfo], committer: Any) -> float:
+            writes.append(time.monotonic())
+            real(sessions_dir, snapshot, committer)
+            return 0.05                         # as if it had taken 50 ms: wait ≥ 1 s
+
+        with mock.patch.object(transcripts, "write_index", slow), \
+                mock.patch.object(sessions, "INDEX_FLUSH_INTERVAL", 0.01):
+            for n in range(40):
+                await self.store.record_turn("main", f"k{n}", ok_turn(n))
+                await asyncio.sleep(0.02)
+            during = len(writes)
+            await self.store.close()
+        # 0.8 s of changes: the first write at once, then none for 1 s (the close writes the last).
+        self.assertEqual(during, 1, writes)
+        self.assertEqual(len(writes), 2)
 
     async def test_history_is_read_once_and_cached_lru(self) -> None:
         for n, key in enumerate("abc"):

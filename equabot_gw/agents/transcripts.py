@@ -581,11 +581,12 @@ def read_reply(where: Stored, run_id: str, _: Committer) -> str | None:
     return None
 
 
-def write_index(sessions_dir: str, snapshot: dict[str, SessionInfo], _: Committer) -> None:
-    """Job: write ``snapshot`` as ``<sessions_dir>/index.json``, atomically.
+def write_index(sessions_dir: str, snapshot: dict[str, SessionInfo], _: Committer) -> float:
+    """Job: write ``snapshot`` as ``<sessions_dir>/index.json``, atomically; the seconds it took.
 
     A temp file in the same directory, fsync, rename over, fsync the directory.
     """
+    started = time.perf_counter()
     data = dumps({key: {"file": transcript_stem(key) + _SUFFIX, "createdAt": i.created_at,
                          "updatedAt": i.updated_at, "turns": i.turns, "lastRunId": i.last_run_id}
                    for key, i in snapshot.items()}).encode("utf-8")
@@ -599,6 +600,7 @@ def write_index(sessions_dir: str, snapshot: dict[str, SessionInfo], _: Committe
         os.close(fd)
     os.replace(tmp, os.path.join(sessions_dir, INDEX_NAME))
     _fsync_dir(sessions_dir)
+    return time.perf_counter() - started
 
 
 def archive(path: str, stamp_ms: int, committer: Committer) -> None:
