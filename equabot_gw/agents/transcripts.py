@@ -1,8 +1,8 @@
 """Transcripts, journals and the session index on disk, and the thread that writes them.
 
 Owns every byte under ``<state>/agents/<agent_id>/`` (layout below): file names,
-the index file and the group-commit writer; the JSONL line format is
-``lines`` (its names are re-exported here). A turn is
+the index file and the group-commit writer (the JSONL line format is
+``lines``, whose names are re-exported here). A turn is
 acknowledged only after its lines are fsynced; one committer thread
 group-commits every waiting append. Keys are opaque here
 but for the ``owns`` predicate ``load`` is given: the key grammar, lanes and
@@ -27,10 +27,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Final, NamedTuple
 
 from equabot_gw import errors, safejson
-from equabot_gw.compact_json import dumps
 from equabot_gw.agents.lines import (
-    content_line, content_of, encode, encode_turn, fold, header_line, is_large, message_line, message_of,
-    number, parse_lines, parse_lines_async, read_file_lines, reply_of, turn_lines,
+    content_line, content_of, dumps, encode, encode_turn, fold, header_line, is_large, message_line,
+    message_of, number, parse_lines, parse_lines_async, read_file_lines, reply_of, turn_lines,
 )
 from equabot_gw.agents.types import Message, SessionHistory
 
@@ -357,11 +356,12 @@ def read_reply(where: Stored, run_id: str, committer: Committer) -> str | None:
     return outcome.text() if outcome is not None else None
 
 
-def write_index(sessions_dir: str, snapshot: dict[str, SessionInfo], _: Committer) -> None:
-    """Job: write ``snapshot`` as ``<sessions_dir>/index.json``, atomically.
+def write_index(sessions_dir: str, snapshot: dict[str, SessionInfo], _: Committer) -> float:
+    """Job: write ``snapshot`` as ``<sessions_dir>/index.json``, atomically; the seconds it took.
 
     A temp file in the same directory, fsync, rename over, fsync the directory.
     """
+    started = time.perf_counter()
     data = dumps({key: {"file": transcript_stem(key) + _SUFFIX, "createdAt": i.created_at,
                          "updatedAt": i.updated_at, "turns": i.turns, "lastRunId": i.last_run_id}
                    for key, i in snapshot.items()}).encode("utf-8")
@@ -375,6 +375,7 @@ def write_index(sessions_dir: str, snapshot: dict[str, SessionInfo], _: Committe
         os.close(fd)
     os.replace(tmp, os.path.join(sessions_dir, INDEX_NAME))
     _fsync_dir(sessions_dir)
+    return time.perf_counter() - started
 
 
 def archive(path: str, stamp_ms: int, committer: Committer) -> None:

@@ -263,7 +263,7 @@ class StreamingTest(SDKTestCase):
 class ModelsTest(SDKTestCase):
     def test_models_list(self) -> None:
         models = list(self.client().models.list())
-        self.assertEqual([m.id for m in models], [f"equabot:{a}" for a in AGENT_IDS])
+        self.assertEqual([m.id for m in models], ["equabot"] + [f"equabot:{a}" for a in AGENT_IDS])
         self.assertTrue(all(m.object == "model" and m.owned_by == "equabot" for m in models))
         self.assertTrue(all(isinstance(m.created, int) for m in models))
 
@@ -272,6 +272,7 @@ class ModelsTest(SDKTestCase):
         for name in ("equabot:beta", "agent:beta", "equabot/beta"):
             with self.subTest(name=name):
                 self.assertEqual(client.models.retrieve(name).id, "equabot:beta")
+        self.assertEqual(client.models.retrieve("equabot").id, "equabot")     # the default agent
         exc = self.assertRaisesStatus(openai.NotFoundError, 404, lambda: client.models.retrieve("equabot:ghost"))
         self.assertEqual(exc.code, "model_not_found")
 
