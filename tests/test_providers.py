@@ -179,7 +179,8 @@ class RegistryTests(unittest.TestCase):
     def test_supported_options(self) -> None:
         self.assertEqual(OpenAIProvider.supported_options, frozenset(OPTION_NAMES))
         self.assertEqual(AnthropicProvider.supported_options,
-                         frozenset({"max_tokens", "temperature", "top_p", "stop"}))
+                         frozenset({"max_tokens", "temperature", "top_p", "stop", "top_k", "tools", "tool_choice",
+                                    "parallel_tool_calls", "reasoning_effort"}))
         self.assertEqual(CommandProvider.supported_options, frozenset())
 
     def test_configuration_errors(self) -> None:
@@ -372,7 +373,7 @@ def line_ends(raw: bytes, end: bytes) -> bytes:
 REPLAYS = (
     ("openai-chat-stream.sse", "openai-completions", "Hello! How can I assist you today?", None, "stop"),
     ("openai-chat-stream-include-usage.sse", "openai-completions",
-     "Hello! How can I assist you today?", Usage(19, 10), "stop"),
+     "Hello! How can I assist you today?", Usage(19, 10, cached_tokens=0, reasoning_tokens=0), "stop"),
     ("anthropic-messages-stream.sse", "anthropic-messages", "Hello!", Usage(25, 15), "stop"),
 )
 

@@ -37,7 +37,8 @@ MAX_TOP_LOGPROBS: Final = 20           # OpenAI: "An integer between 0 and 20"
 MAX_LOGIT_BIAS: Final = 1024           # token biases one request may set
 MAX_CALLS_PER_MESSAGE: Final = 128     # tool calls one assistant message may carry
 MAX_NAME_CHARS: Final = 64
-MAX_REASONING_EFFORT_CHARS: Final = 32
+# OpenAI's reasoning_effort values (none and xhigh on the newest models).
+REASONING_EFFORTS: Final = ("none", "minimal", "low", "medium", "high", "xhigh")
 # OpenAI: function names "must be a-z, A-Z, 0-9, or contain underscores and dashes, with a maximum length of 64".
 NAME_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # An image is an http(s) URL or a base64 data URL of an image type.
@@ -189,9 +190,9 @@ def _number(name: str, lo: float, hi: float, integer: bool = False) -> Callable[
 
 
 def _check_reasoning_effort(value: Any) -> None:
-    if value is not None and (type(value) is not str or not 0 < len(value) <= MAX_REASONING_EFFORT_CHARS):
-        raise bad("reasoning_effort", "Invalid 'reasoning_effort': expected a short string such as "
-                                      "'low', 'medium' or 'high'.", code="invalid_value")
+    if value is not None and value not in REASONING_EFFORTS:
+        raise bad("reasoning_effort", f"Invalid value for 'reasoning_effort': expected one of "
+                                      f"{', '.join(repr(e) for e in REASONING_EFFORTS)}.", code="invalid_value")
 
 
 def _check_list(value: Any, name: str, read: Callable[[list[Any]], Any]) -> None:

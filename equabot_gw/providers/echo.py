@@ -77,7 +77,8 @@ def echo_reply(call: ProviderCall) -> str:
         echoed = "; ".join(f"tool {m.name or m.tool_call_id or '?'} returned: {m.text()}"
                            for m in _tool_results(call.messages))
         return f"Echo (turn {call.turn}): {echoed}"
-    return f"Echo (turn {call.turn}): {newest.text()}"
+    content = newest.content
+    return f"Echo (turn {call.turn}): {content if type(content) is str else newest.text()}"
 
 
 def split_deltas(text: str) -> list[str]:
