@@ -310,16 +310,13 @@ class RunRecord:
         return False
 
     async def _read_back(self) -> Message:
-        outcome = None
-        if self.store is not None and self.reply_at is not None:
-            try:
-                outcome = await self.store.read_outcome(self.reply_at, self.id)
-            except StorageError:
-                outcome = None
+        try:
+            outcome = await self.store.read_outcome(self.reply_at, self.id) if self.store and self.reply_at else None
+        except StorageError:
+            outcome = None
         if outcome is None:
             log.warning("run %s: its reply is no longer stored", self.id)
-            return _NO_REPLY
-        return outcome
+        return outcome or _NO_REPLY
 
 
 class _RecordSubscription:
@@ -579,10 +576,7 @@ async def _prepare(runtime: Runtime, handle: Run) -> tuple[ProviderCall, Session
         await runtime.store.history(agent.id, handle.session_key)
     context = history.messages if history.exists and not request.client_history else request.context
     system = "\n\n".join(p for p in (agent.system_prompt, request.system) if p)
-    if request.input:
-        new = named_results(context, request.input)
-    else:
-        new = (Message("user", request.message),)
+    new = named_results(context, request.input) if request.input else (Message("user", request.message),)
     call = ProviderCall(handle._model_name, system, context + new,
                         history.assistant_turns + 1, request.options, handle.id)
     return call, history
@@ -596,7 +590,7 @@ async def _generate(handle: Run, call: ProviderCall
     past it: its text, reasoning and tool-call arguments, of every choice,
     together), and the loop is given back every ``YIELD_INTERVAL`` seconds
     however fast the provider yields, so an abort or the timeout always lands.
-    Output other than choice 0's text is gathered in an ``_Output``, made at
+    Output other than choice 0's text is gathered in a ``ReplyOutput``, made at
     the first such event (None for a text-only reply).
     """
     text = ""
@@ -698,8 +692,10 @@ async def _record(runtime: Runtime, handle: Run, call: ProviderCall, history: Se
         status, error = "aborted", failure.why
     else:
         status, error = "error", str(failure)
-    calls, reasoning, signature = output.outcome(failure is None) if output is not None else _NO_OUTPUT
-    finish = finish_reason(finish, calls)
+    calls, reasoning, signature = _NO_OUTPUT
+    if output is not None:
+        calls, reasoning, signature = output.outcome(failure is None)
+        finish = finish_reason(finish, calls)
     record = TurnRecord(run_id=handle.id, user=request.message, reply=text, status=status,
                         at=time.time(), model=handle.model, usage=usage,
                         finish_reason=finish if failure is None else None, error=error,
