@@ -201,8 +201,15 @@ class EndpointConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ResponsesEndpointConfig:
+    # POST /v1/responses and its stored responses (GET, DELETE, cancel, input_items).
+    enabled: bool = key("enabled", boolean, default=False)
+
+
+@dataclass(frozen=True, slots=True)
 class EndpointsConfig:
     chat_completions: EndpointConfig = key("chatCompletions", factory=EndpointConfig)
+    responses: ResponsesEndpointConfig = key("responses", factory=ResponsesEndpointConfig)
 
 
 @dataclass(frozen=True, slots=True)

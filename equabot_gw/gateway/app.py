@@ -32,7 +32,7 @@ from ..config import Config, bind_host
 from ..errors import ApiError, GatewayError
 from ..net import routes as http
 from ..net import server
-from . import control, openai, static
+from . import control, openai, responses, static
 
 log = logging.getLogger("equabot_gw")
 
@@ -94,6 +94,10 @@ class Gateway:
         self.control = control.ControlProtocol(self)
         self.openai = openai.ChatCompletions(self.runtime, self.authorize, self.started_at,
                                              max_messages=config.gateway.http.max_messages)
+        # POST /v1/responses and its stored responses: a store of its own, opened only when enabled.
+        self.responses = responses.Responses(self.runtime, self.authorize, state_dir,
+                                             max_messages=config.gateway.http.max_messages) \
+            if config.gateway.http.endpoints.responses.enabled else None
         self._stop_requested = asyncio.Event()
         self._hurry = asyncio.Event()
         self._shutdown: asyncio.Future[None] | None = None
@@ -138,6 +142,14 @@ class Gateway:
             add(path, methods, self._cors(handler) if enabled else _endpoint_disabled)
             if enabled and self.config.gateway.http.cors.allow_origins:
                 add(path, ("OPTIONS",), self._preflight(methods))
+        door = self.responses
+        for path, method, name in (("/v1/responses", "POST", "create"), ("/v1/responses/{rest}", "GET", "get"),
+                                   ("/v1/responses/{rest}", "POST", "post"),
+                                   ("/v1/responses/{rest}", "DELETE", "delete")):
+            add(path, (method,), self._cors(getattr(door, name)) if door else _responses_disabled)
+        if door and self.config.gateway.http.cors.allow_origins:
+            add("/v1/responses", ("OPTIONS",), self._preflight(("POST",)))
+            add("/v1/responses/{rest}", ("OPTIONS",), self._preflight(("GET", "POST", "DELETE")))
 
     def authorize(self, request: http.HTTPRequest) -> None:
         """Check a request's bearer credentials (401 / 429 as ``ApiError``), or its Host without auth (403)."""
@@ -209,10 +221,16 @@ class Gateway:
         try:
             await self.runtime.start()
             try:
+                if self.responses is not None:
+                    await self.responses.start()
                 await self.server.start(self.host, self.port)
-            except OSError as exc:
+            except BaseException as exc:
+                if self.responses is not None:
+                    await self.responses.stop()
                 await self.runtime.stop(0)
-                raise BindError(self.host, self.port, exc) from None
+                if isinstance(exc, OSError):
+                    raise BindError(self.host, self.port, exc) from None
+                raise
         except BaseException:
             self._lock.release()
             raise
@@ -272,6 +290,8 @@ class Gateway:
         if not serving.done():
             serving.cancel()
             await self.server.shutdown(0)      # cancel what is left and close every connection
+        if self.responses is not None:
+            await self.responses.stop()        # the responses of clients that left are recorded first
         await self.runtime.stop(0)
         log.removeHandler(self.log_buffer)
         if self._lock is not None:
@@ -300,6 +320,11 @@ class Gateway:
 async def _endpoint_disabled(request: http.HTTPRequest) -> http.Response:
     raise ApiError(404, "the OpenAI endpoint is disabled: set "
                         "gateway.http.endpoints.chatCompletions.enabled: true", code="not_found")
+
+
+async def _responses_disabled(request: http.HTTPRequest) -> http.Response:
+    raise ApiError(404, "the Responses endpoint is disabled: set "
+                        "gateway.http.endpoints.responses.enabled: true", code="not_found")
 
 
 def _http_url(host: str, port: int) -> str:

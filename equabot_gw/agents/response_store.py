@@ -1,0 +1,285 @@
+"""Stored responses: a durable map from a response id to its session, and its object kept on disk.
+
+Owns ``<state>/responses/``: one append-only JSONL log per UTC day
+(``YYYY-MM-DD.jsonl``), each line one stored response::
+
+    {"id","agentId","sessionKey","runId","at","response":{...},"input":[...]}
+
+written in that key order (the loader reads the first four by pattern, without
+decoding the rest), fsynced before ``put`` returns by a group-committing
+writer thread of its own (``transcripts.Committer``, on these files only;
+an OSError of its jobs reaches the caller as ``StorageError``).
+Deleting overwrites the line in place with ``{"id","deleted":true}`` padded
+to the same length, so the content is gone from disk and the log stays
+line-aligned. In memory: one small entry per stored response (its session,
+run and where its line is), never the objects, which ``read`` fetches back.
+The turn itself lives in the session's transcript, as every run's does; this
+store only remembers where a response belongs. Opaque to the wire: the
+objects are the caller's JSON. Imports nothing from equabot_gw.net or
+equabot_gw.gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import mmap
+import os
+import re
+import time
+from typing import Any, Final, NamedTuple
+
+from .. import safejson
+from ..compact_json import LARGE_CHARS, dumps, dumps_async
+from ..errors import StorageError
+from .transcripts import Committer, journal_name
+
+__all__ = ["StoredResponse", "ResponseStore", "RESPONSES_DIR"]
+
+log = logging.getLogger("equabot_gw.sessions")
+
+RESPONSES_DIR: Final = "responses"
+# The head of a stored line, as ``put`` writes it (ids, agent ids and session
+# keys are of restricted alphabets: no escapes), or of a deleted one.
+_LINE_HEAD: Final = re.compile(
+    rb'^\{"id":"(resp_[A-Za-z0-9_-]{1,200})",(?:"agentId":"([A-Za-z0-9._@-]{1,128})",'
+    rb'"sessionKey":"([A-Za-z0-9:._@-]{1,200})","runId":"([A-Za-z0-9_-]{1,200})"|"deleted":true\})', re.M)
+_DAY_NAME: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}\.jsonl")
+
+
+class StoredResponse(NamedTuple):
+    """Where a stored response belongs (agent, session key, run) and where its line is."""
+
+    id: str
+    agent_id: str
+    session_key: str
+    run_id: str
+    path: str
+    offset: int
+    length: int
+
+
+class ResponseStore:
+    """The stored responses of one state dir. ``open()`` in the loop that uses it, ``close()`` at the end."""
+
+    def __init__(self, state_dir: os.PathLike[str] | str, *, clock: Any = time.time) -> None:
+        self._dir = os.path.join(os.fspath(state_dir), RESPONSES_DIR)
+        self._clock = clock
+        self._committer: Committer | None = None
+        self._closed = False
+        self._entries: dict[str, StoredResponse] = {}
+        self._per_session: dict[str, int] = {}      # session key -> stored responses in it
+
+    def __repr__(self) -> str:
+        return f"<ResponseStore {self._dir} responses={len(self._entries)}>"
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def open(self) -> None:
+        """Start the writer thread and load every log's entries (a torn last line is skipped).
+
+        Raises ``StorageError`` if the directory cannot be read.
+        """
+        if self._committer is not None or self._closed:
+            raise RuntimeError("a ResponseStore is opened once")
+        self._committer = Committer(asyncio.get_running_loop())
+        self._committer.start()
+        try:
+            loaded = await self._committer.job("loading the stored responses", functools.partial(_load, self._dir))
+        except BaseException:
+            self._closed = True
+            await self._committer.stop()
+            raise
+        for entry in loaded.values():
+            self._add(entry)
+
+    async def close(self) -> None:
+        """Wait for queued writes and stop the writer thread. Idempotent."""
+        if self._committer is None or self._closed:
+            self._closed = True
+            return
+        self._closed = True
+        await self._committer.stop()
+
+    def find(self, response_id: str) -> StoredResponse | None:
+        """The entry of a stored response, or None."""
+        return self._entries.get(response_id)
+
+    def responses_in(self, session_key: str) -> int:
+        """How many stored responses belong to ``session_key``."""
+        return self._per_session.get(session_key, 0)
+
+    async def put(self, response_id: str, agent_id: str, session_key: str, run_id: str,
+                  response: dict[str, Any], input_items: list[Any]) -> StoredResponse:
+        """Store a response durably: returns once its line is fsynced (the entry is known from then).
+
+        The entry is added when the write commits, even if the caller was
+        cancelled meanwhile. Raises ``StorageError`` (closed store, or any
+        OSError: nothing of the line stays), ValueError for an id, agent id,
+        session key or run id outside their alphabets.
+        """
+        committer = self._require_open()
+        at = self._clock()
+        head = {"id": response_id, "agentId": agent_id, "sessionKey": session_key, "runId": run_id, "at": at}
+        record = {**head, "response": response, "input": input_items}
+        text = await dumps_async(record) if _weight(response, input_items) >= LARGE_CHARS else dumps(record)
+        data = (text + "\n").encode("utf-8", "surrogatepass")
+        if not _LINE_HEAD.match(data):
+            raise ValueError(f"response {response_id[:80]!r}: an id, agent id, session key or run id "
+                             f"outside its alphabet")
+        path = os.path.join(self._dir, journal_name(int(at // 86400)))
+        done: list[StoredResponse] = []
+
+        def committed(offset: int) -> None:
+            done.append(StoredResponse(response_id, agent_id, session_key, run_id, path, offset, len(data)))
+            self._add(done[0])
+        offset = await committer.append("a stored response", path, data, on_ok=committed)
+        return done[0] if done else StoredResponse(response_id, agent_id, session_key, run_id, path, offset,
+                                                   len(data))
+
+    async def read(self, response_id: str) -> tuple[dict[str, Any], list[Any]] | None:
+        """The stored (response object, input items) of ``response_id``; None if not stored.
+
+        Raises ``StorageError`` if the line cannot be read back.
+        """
+        entry = self._entries.get(response_id)
+        if entry is None:
+            return None
+        data = await self._require_open().job("reading a stored response", functools.partial(_read, entry))
+        try:
+            record = await safejson.loads_async(data) if len(data) > safejson.MAX_VALUES_AT_ONCE \
+                else safejson.loads(data)
+        except ValueError as exc:
+            raise StorageError(f"stored response {response_id} is damaged ({exc})") from None
+        if type(record) is dict and record.get("id") == response_id and type(record.get("response")) is dict:
+            items = record.get("input")
+            return record["response"], items if type(items) is list else []
+        if self._entries.get(response_id) is not entry:
+            return None         # deleted while it was being read
+        raise StorageError(f"stored response {response_id} is damaged")
+
+    async def delete(self, response_id: str) -> StoredResponse | None:
+        """Forget a stored response and erase its line on disk; its entry, or None if unknown.
+
+        Raises ``StorageError`` if the line cannot be overwritten (the response stays).
+        """
+        entry = self._entries.get(response_id)
+        if entry is None:
+            return None
+        self._remove(entry)      # at once: a read or a continuation from now on finds nothing
+        try:
+            await self._require_open().job("deleting a stored response", functools.partial(_erase, entry))
+        except BaseException:
+            if response_id not in self._entries:
+                self._add(entry)
+            raise
+        return entry
+
+    def _add(self, entry: StoredResponse) -> None:
+        old = self._entries.get(entry.id)
+        if old is not None:
+            self._remove(old)
+        self._entries[entry.id] = entry
+        self._per_session[entry.session_key] = self._per_session.get(entry.session_key, 0) + 1
+
+    def _remove(self, entry: StoredResponse) -> None:
+        if self._entries.get(entry.id) is not entry:
+            return
+        del self._entries[entry.id]
+        left = self._per_session[entry.session_key] - 1
+        if left:
+            self._per_session[entry.session_key] = left
+        else:
+            del self._per_session[entry.session_key]
+
+    def _require_open(self) -> Committer:
+        if self._committer is None or self._closed:
+            raise StorageError("the response store is not open")
+        return self._committer
+
+
+def _weight(response: dict[str, Any], items: list[Any]) -> int:
+    """Characters of text an object holds, about (its output and input texts): when to encode in slices."""
+    chars = len(response.get("output_text") or "") + len(response.get("instructions") or "")
+    for item in items:
+        content = item.get("content") if type(item) is dict else None
+        if type(content) is list:
+            chars += sum(len(p.get("text") or p.get("image_url") or "") for p in content if type(p) is dict)
+        output = item.get("output") if type(item) is dict else None
+        chars += len(output) if type(output) is str else 0
+    for item in response.get("output") or ():
+        chars += len(item.get("arguments") or "") + sum(len(p.get("text") or "") for p in item.get("content") or ())
+    return chars
+
+
+# -- the writer thread's jobs (run by the Committer, in order with the appends) ----------------
+
+def _load(directory: str, _: Committer) -> dict[str, StoredResponse]:
+    """Job: the entries of every log in ``directory``, oldest first (a later line wins)."""
+    entries: dict[str, StoredResponse] = {}
+    try:
+        names = sorted(name for name in os.listdir(directory) if _DAY_NAME.fullmatch(name))
+    except FileNotFoundError:
+        return entries
+    for name in names:
+        path = os.path.join(directory, name)
+        try:
+            _load_file(path, entries)
+        except OSError as exc:
+            log.warning("stored responses: skipped %s: %s", name, exc.strerror or type(exc).__name__)
+    return entries
+
+
+def _load_file(path: str, entries: dict[str, StoredResponse]) -> None:
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if not size:
+            return
+        # Mapped, not read: a log of gigabytes is scanned without being copied.
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            for match in _LINE_HEAD.finditer(data):
+                end = data.find(b"\n", match.end())
+                if end < 0:
+                    break               # a torn last line: never acknowledged
+                response_id = match.group(1).decode()
+                if match.group(2) is None:
+                    entries.pop(response_id, None)
+                    continue
+                entries[response_id] = StoredResponse(
+                    response_id, match.group(2).decode(), match.group(3).decode(), match.group(4).decode(),
+                    path, match.start(), end + 1 - match.start())
+
+
+def _read(entry: StoredResponse, _: Committer) -> bytes:
+    try:
+        fd = os.open(entry.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return b""
+    try:
+        return os.pread(fd, entry.length, entry.offset)
+    finally:
+        os.close(fd)
+
+
+def _erase(entry: StoredResponse, _: Committer) -> None:
+    """Job: overwrite the entry's line with a deletion marker of the same length, durably."""
+    marker = b'{"id":"%s","deleted":true}' % entry.id.encode()
+    if len(marker) + 1 > entry.length:
+        raise OSError(0, "the stored line is shorter than its deletion marker")
+    fd = os.open(entry.path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        # Not the writer's O_APPEND descriptor: pwrite on one of those appends (Linux).
+        line = marker + b" " * (entry.length - len(marker) - 1) + b"\n"
+        view = memoryview(line)
+        offset = entry.offset
+        while view:
+            written = os.pwrite(fd, view, offset)
+            view, offset = view[written:], offset + written
+        _fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
+_fdatasync: Final = getattr(os, "fdatasync", os.fsync)     # macOS has no fdatasync

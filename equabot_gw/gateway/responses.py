@@ -1,0 +1,466 @@
+"""OpenAI-compatible ``POST /v1/responses`` and its stored responses, on the agent runtime.
+
+The second door of the one run path: every response is one ``runtime.run``,
+routed as chat completions route (``model`` prefixes, the ``x-equabot-*``
+headers and their aliases, ``user``), answered as a Response object or as
+the typed event stream. The shapes are ``responses_input`` (request) and
+``responses_output`` (objects, events); the shared pieces of the
+chat-completions door (auth, body decoding, header families, error
+responses) are reused from ``openai.py``.
+
+Sessions: ``previous_response_id`` continues the session its response
+belongs to. A response that may be continued (``store``, the default) is
+recorded under a session of its own (``agent:<id>:openai-responses:<id>``)
+unless ``user`` or the session header names one, so that a continuation has
+every earlier turn, after a restart too. Continuing from a response that is
+no longer its session's newest turn (a fork), one whose session a run of
+this door is still using, or with input that holds assistant items starts a
+new session from the conversation up to that response (read from its
+transcript). ``store: false`` without a session runs stateless. The map
+from response ids to sessions and the stored objects are
+``agents.response_store``'s. Retrieval, deletion, cancellation and the input
+items of a response are the other routes here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+from urllib.parse import parse_qsl
+
+from .. import compact_json
+from ..agents import runtime as agent_runtime
+from ..agents import sessions, transcripts
+from ..agents.events import Failed, Started, Subscription
+from ..agents.response_store import ResponseStore
+from ..agents.runtime import Run, Runtime
+from ..agents.types import AgentRequest, Message, SessionHistory
+from ..errors import ApiError, RunAborted, RunError, StorageError
+from ..net import sse
+from ..net.routes import HTTPRequest, Response, StreamingResponse
+from . import responses_input
+from .chat_stream import first_output
+from .openai import _agent_from_model, _parse_body, _release, _run_error_response, gateway_header
+from .responses_input import ResponseRequest, echo_fields, item_resources
+from .responses_output import EventWriter, Shape, error_object, failed_status, partial_output, result_output, status_of
+
+__all__ = ["Responses", "own_session_key", "CANCEL_WAIT_SECONDS"]
+
+log = logging.getLogger("equabot_gw.responses")
+
+# How long a cancel waits for the run to settle and its response to be stored.
+CANCEL_WAIT_SECONDS: Final = 10.0
+# input_items: OpenAI's page size bounds and default.
+MAX_PAGE_ITEMS: Final = 100
+DEFAULT_PAGE_ITEMS: Final = 20
+_FREED_PER_STEP: Final = 50_000
+# The runtime's option names, as a Responses request sends them.
+_FIELD_OF_OPTION: Final = {"max_tokens": "max_output_tokens", "response_format": "text.format",
+                           "reasoning_effort": "reasoning.effort", "logprobs": "include", "messages": "input"}
+
+
+def own_session_key(agent_id: str, response_id: str) -> str:
+    """The session a stored response that starts a conversation is recorded under."""
+    return f"agent:{agent_id}:openai-responses:{response_id}"
+
+
+@dataclass(slots=True)
+class _InFlight:
+    """A response whose run has not settled (or whose record is being written)."""
+
+    run: Run
+    shape: Shape
+    store: bool
+    input: Any                          # the request's checked ``input``, for its input items
+    busy_key: str | None                # the session this door's run holds, counted in ``_busy``
+    revealed: bool = False              # the client has seen the id (a stream began)
+    done: asyncio.Future[dict[str, Any] | None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class Responses:
+    """The Responses endpoints of one gateway. ``start()`` opens its store, ``stop()`` closes it."""
+
+    def __init__(self, runtime: Runtime, authorize: Callable[[HTTPRequest], None], state_dir: os.PathLike[str] | str,
+                 *, max_messages: int = 10_000) -> None:
+        self.runtime = runtime
+        self.authorize = authorize
+        self.max_messages = max_messages
+        self.store = ResponseStore(state_dir)
+        node = runtime.config.gateway.node_id      # resp_<node>_<random><n>, as run ids
+        self._id_prefix = (f"{node}_" if node else "") + os.urandom(6).hex()
+        self._ids = 0
+        self._inflight: dict[str, _InFlight] = {}
+        self._busy: dict[str, int] = {}            # session key -> this door's runs on it
+        self._settling: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        """Open the response store (its map is loaded from disk)."""
+        await self.store.open()
+
+    async def stop(self) -> None:
+        """Let the responses of abandoned clients be recorded, then close the store."""
+        if self._settling:
+            await asyncio.wait(self._settling, timeout=CANCEL_WAIT_SECONDS)
+        await self.store.close()
+
+    def _new_id(self) -> str:
+        self._ids += 1
+        return f"resp_{self._id_prefix}{self._ids:x}"
+
+    # ---- POST /v1/responses ----
+    async def create(self, request: HTTPRequest) -> Response | StreamingResponse:
+        """One agent run, answered as a Response object or as its typed event stream."""
+        self.authorize(request)
+        body = await _parse_body(request)
+        try:
+            wanted = await responses_input.read_request(body, self.max_messages)
+        except ApiError:
+            items = body.get("input")
+            if type(items) is list and len(items) > _FREED_PER_STEP:
+                await _release(items)       # a refused list of a million items, freed a slice per step
+            raise
+        response_id = self._new_id()
+        headers = request.headers
+        agent_id = gateway_header(headers, "agent-id") or _agent_from_model(wanted.model)
+        key, context, agent_id = await self._session(headers, wanted, agent_id, response_id)
+        new = wanted.input
+        plain = len(new) == 1 and new[0].role == "user" and type(new[0].content) is str
+        agent_request = AgentRequest(
+            message=new[0].content if plain else "", agent_id=agent_id,      # type: ignore[arg-type]
+            session_key=key, context=context, system=wanted.system, model=gateway_header(headers, "model"),
+            options=wanted.options, origin="responses", input=() if plain else new)
+        try:
+            run = agent_runtime.run(self.runtime, agent_request)
+        except ApiError as exc:
+            raise _renamed(exc) from None
+        shape = Shape(response_id, wanted.model, echo_fields(body), logprobs=bool(wanted.options.logprobs))
+        flight = _InFlight(run, shape, wanted.store, body["input"], None if run.stateless else run.session_key)
+        self._inflight[response_id] = flight
+        if flight.busy_key is not None:
+            self._busy[flight.busy_key] = self._busy.get(flight.busy_key, 0) + 1
+        if wanted.stream:
+            return await self._stream(flight)
+        return await self._complete(flight)
+
+    async def _session(self, headers: Any, wanted: ResponseRequest, agent_id: str | None, response_id: str
+                       ) -> tuple[str | None, tuple[Message, ...], str | None]:
+        """(session key or None for stateless, context, agent id) of a request."""
+        header_key = gateway_header(headers, "session-key")
+        if wanted.previous_response_id is not None:
+            return await self._continuation(wanted, agent_id, header_key, response_id)
+        if header_key is not None:
+            return header_key, wanted.context, agent_id
+        if wanted.user:
+            return sessions.user_key(self.runtime.agent(agent_id).id, wanted.user), wanted.context, agent_id
+        if wanted.store:
+            return own_session_key(self.runtime.agent(agent_id).id, response_id), wanted.context, agent_id
+        return None, wanted.context, agent_id
+
+    async def _continuation(self, wanted: ResponseRequest, agent_id: str | None, header_key: str | None,
+                            response_id: str) -> tuple[str | None, tuple[Message, ...], str | None]:
+        previous = wanted.previous_response_id
+        assert previous is not None
+        if previous in self._inflight:
+            raise ApiError(400, f"Previous response {previous[:100]!r} is still in progress.",
+                           code="previous_response_in_progress", param="previous_response_id")
+        entry = self.store.find(previous)
+        if entry is None:
+            raise _previous_not_found(previous)
+        if agent_id is not None and self.runtime.agent(agent_id).id != entry.agent_id:
+            raise ApiError(400, f"previous response {previous!r} belongs to agent {entry.agent_id!r}, but agent "
+                                f"{agent_id!r} was requested", code="agent_mismatch", param="model")
+        if header_key is not None and sessions.scoped_key(entry.agent_id, header_key) != entry.session_key:
+            raise ApiError(400, f"previous response {previous!r} belongs to session {entry.session_key!r}, not to "
+                                f"{header_key[:200]!r}", code="session_mismatch", param="x-equabot-session-key")
+        info = self.runtime.store.session_info(entry.agent_id, entry.session_key)
+        if info is not None and info.last_run_id == entry.run_id and wanted.store and not wanted.context \
+                and not self._busy.get(entry.session_key):
+            return entry.session_key, (), entry.agent_id        # its newest turn: go on in place
+        history = await self._history_until(entry.agent_id, entry.session_key, entry.run_id, previous)
+        key = own_session_key(entry.agent_id, response_id) if wanted.store else None
+        return key, history + wanted.context, entry.agent_id
+
+    async def _history_until(self, agent_id: str, key: str, run_id: str, response_id: str) -> tuple[Message, ...]:
+        """The conversation of session ``key`` up to and including run ``run_id``'s turn (of ``response_id``)."""
+        lines = await self.runtime.store.read_transcript(agent_id, key)
+        end = next((i for i, line in enumerate(lines) if line.get("runId") == run_id
+                    and line.get("type") in ("assistant", "aborted", "error")), None)
+        if end is None:
+            raise ApiError(400, f"The conversation of previous response {response_id!r} is no longer stored "
+                                f"(its session was reset or deleted).", code="previous_response_not_found",
+                           param="previous_response_id")
+        return transcripts.fold(SessionHistory(), lines[:end + 1]).messages
+
+    # ---- answers ----
+    async def _complete(self, flight: _InFlight) -> Response:
+        try:
+            result = await flight.run.wait()
+        except asyncio.CancelledError:
+            flight.run.abort("client disconnected")
+            self._settle_later(flight)
+            raise
+        except RunError as exc:
+            if not _cancelled(exc):
+                self._forget(flight, None)
+                return _run_error_response(exc)
+            final = self._failed_object(flight, exc)
+        else:
+            status, incomplete = status_of(result.finish_reason)
+            final = flight.shape.object(status, result_output(flight.shape, result), usage=result.usage,
+                                        incomplete=incomplete)
+        flight.revealed = True
+        try:
+            await self._finish(flight, final)
+        except StorageError as exc:
+            return _run_error_response(exc)
+        if len(final["output_text"]) < compact_json.LARGE_CHARS:
+            return _json(200, final)
+        return Response(200, [("content-type", "application/json")],
+                        (await compact_json.dumps_async(final)).encode())
+
+    async def _stream(self, flight: _InFlight) -> Response | StreamingResponse:
+        subscription = flight.run.subscribe()
+        try:
+            # Hold the head until the run produced something, so a run that fails
+            # first gets a real status (429, 502, 504), as chat completions do.
+            first = await first_output(subscription)
+        except asyncio.CancelledError:
+            flight.run.abort("client disconnected")
+            self._settle_later(flight)
+            raise
+        if first and type(first[-1]) is Failed and all(type(e) is Started for e in first[:-1]) \
+                and not _cancelled(first[-1].error):
+            self._forget(flight, None)
+            return _run_error_response(first[-1].error)
+        writer = EventWriter(flight.shape, flight.run.id)
+        return StreamingResponse(200, list(sse.HEADERS), self._sse_body(flight, subscription, first, writer),
+                                 idle_bytes=sse.KEEPALIVE, idle_interval=sse.KEEPALIVE_INTERVAL)
+
+    async def _sse_body(self, flight: _InFlight, subscription: Subscription, first: list[Any],
+                        writer: EventWriter) -> AsyncIterator[bytes]:
+        ended = False
+        try:
+            flight.revealed = True
+            yield writer.opening()
+            batch: list[Any] | None = first
+            while batch is not None:
+                for piece in writer.pieces(batch):
+                    yield piece
+                if writer.terminal is not None:
+                    break
+                batch = await subscription.next_batch()
+            for piece in await writer.closing():
+                yield piece
+            final = writer.final()
+            try:
+                await self._finish(flight, final)
+            except StorageError as exc:     # not stored: the stream says so rather than pretending
+                final = flight.shape.object("failed", final["output"],
+                                            error={"code": "server_error", "message": str(exc)})
+            ended = True
+            yield await writer.ending(final)
+        finally:
+            if not ended:
+                if not flight.run.done:
+                    flight.run.abort("client disconnected")
+                self._settle_later(flight)
+
+    def _failed_object(self, flight: _InFlight, exc: RunError) -> dict[str, Any]:
+        last = flight.run.events.events[-1] if flight.run.events.events else None
+        partial = last.partial if type(last) is Failed else ""
+        output = partial_output(flight.shape, partial, "", "", (), None, "incomplete") if partial else []
+        return flight.shape.object(failed_status(exc), output, error=error_object(exc))
+
+    async def _finish(self, flight: _InFlight, final: dict[str, Any]) -> None:
+        """Store ``final`` (when asked to) durably, then forget the flight; raises ``StorageError``."""
+        stored: dict[str, Any] | None = final
+        try:
+            if flight.store:
+                run = flight.run
+                await self.store.put(flight.shape.id, run.agent_id, run.session_key, run.id, final,
+                                     item_resources(flight.input, flight.shape.suffix))
+        except StorageError:
+            stored = None
+            log.warning("response %s: could not be stored", flight.shape.id)
+            raise
+        finally:
+            self._forget(flight, stored)
+
+    def _forget(self, flight: _InFlight, final: dict[str, Any] | None) -> None:
+        if self._inflight.pop(flight.shape.id, None) is None:
+            return
+        if flight.busy_key is not None:
+            left = self._busy[flight.busy_key] - 1
+            if left:
+                self._busy[flight.busy_key] = left
+            else:
+                del self._busy[flight.busy_key]
+        if not flight.done.done():
+            flight.done.set_result(final)
+
+    def _settle_later(self, flight: _InFlight) -> None:
+        """Once the run settles, record what a client that left was shown the id of."""
+        if flight.shape.id not in self._inflight:
+            return
+        task = asyncio.get_running_loop().create_task(self._settle(flight))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _settle(self, flight: _InFlight) -> None:
+        try:
+            result = await flight.run.wait()
+        except RunError as exc:
+            final = self._failed_object(flight, exc)
+        else:
+            status, incomplete = status_of(result.finish_reason)
+            final = flight.shape.object(status, result_output(flight.shape, result), usage=result.usage,
+                                        incomplete=incomplete)
+        if not flight.revealed:
+            self._forget(flight, None)      # nobody learnt its id: nothing to keep
+            return
+        try:
+            await self._finish(flight, final)
+        except StorageError:
+            pass                            # logged; the turn itself is in the transcript
+
+    # ---- GET, DELETE /v1/responses/{id}, its cancel and input_items ----
+    async def get(self, request: HTTPRequest) -> Response:
+        """``GET /v1/responses/{id}`` and ``GET /v1/responses/{id}/input_items``."""
+        self.authorize(request)
+        response_id, action = _split(request.params.get("rest", ""), ("", "input_items"), "GET")
+        query = _query(request.query)
+        if action == "input_items":
+            return await self._input_items(response_id, query)
+        if query.get("stream") not in (None, "false"):
+            raise ApiError(400, "'stream' (replaying a stored response's events) is not supported by this gateway",
+                           code="unsupported_parameter", param="stream")
+        flight = self._inflight.get(response_id)
+        if flight is not None:
+            return _json(200, flight.shape.object("in_progress", []))
+        stored = await self.store.read(response_id)
+        if stored is None:
+            raise _not_found(response_id)
+        return _json(200, stored[0])
+
+    async def post(self, request: HTTPRequest) -> Response:
+        """``POST /v1/responses/{id}/cancel``: stop an in-flight run; its Response, as stored."""
+        self.authorize(request)
+        response_id, _ = _split(request.params.get("rest", ""), ("cancel",), "POST")
+        flight = self._inflight.get(response_id)
+        if flight is None:
+            stored = await self.store.read(response_id)
+            if stored is None:
+                raise _not_found(response_id)
+            return _json(200, stored[0])        # finished already: cancelling again changes nothing
+        flight.run.abort("cancelled")
+        try:
+            final = await asyncio.wait_for(asyncio.shield(flight.done), CANCEL_WAIT_SECONDS)
+        except TimeoutError:
+            final = None
+        return _json(200, final or flight.shape.object("cancelled", []))
+
+    async def delete(self, request: HTTPRequest) -> Response:
+        """``DELETE /v1/responses/{id}``: forget a stored response (and its own session once unused)."""
+        self.authorize(request)
+        response_id, _ = _split(request.params.get("rest", ""), ("",), "DELETE")
+        if response_id in self._inflight:
+            raise ApiError(400, f"Response {response_id!r} is in progress: cancel it first.",
+                           code="response_in_progress", param="response_id")
+        entry = await self.store.delete(response_id)
+        if entry is None:
+            raise _not_found(response_id)
+        own = own_session_key(entry.agent_id, "")
+        if entry.session_key.startswith(own) and not self.store.responses_in(entry.session_key) \
+                and not self._busy.get(entry.session_key):
+            await self.runtime.store.delete(entry.agent_id, entry.session_key)
+        return _json(200, {"id": response_id, "object": "response", "deleted": True})
+
+    async def _input_items(self, response_id: str, query: dict[str, str]) -> Response:
+        flight = self._inflight.get(response_id)
+        if flight is not None:
+            items = item_resources(flight.input, flight.shape.suffix)
+        else:
+            stored = await self.store.read(response_id)
+            if stored is None:
+                raise _not_found(response_id)
+            items = stored[1]
+        limit = _page_limit(query.get("limit"))
+        order = query.get("order", "desc")
+        if order not in ("asc", "desc"):
+            raise ApiError(400, f"Invalid value for 'order': {order[:20]!r} is not one of 'asc', 'desc'.",
+                           code="invalid_value", param="order")
+        if order == "desc":
+            items = items[::-1]
+        after = query.get("after")
+        if after is not None:
+            index = next((i for i, item in enumerate(items) if type(item) is dict and item.get("id") == after), None)
+            if index is None:
+                raise ApiError(400, f"Invalid 'after': no input item {after[:100]!r} in this response.",
+                               code="invalid_value", param="after")
+            items = items[index + 1:]
+        page = items[:limit]
+        return _json(200, {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+                           "last_id": page[-1]["id"] if page else None, "has_more": len(items) > limit})
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+def _cancelled(exc: RunError) -> bool:
+    """Whether a run was stopped by the cancel endpoint (its creator is answered with the object)."""
+    return isinstance(exc, RunAborted) and exc.why == "cancelled"
+
+
+def _renamed(exc: ApiError) -> ApiError:
+    """A runtime refusal naming an option as the Responses field the client sent."""
+    field_name = _FIELD_OF_OPTION.get(exc.param or "")
+    if field_name is None or exc.code != "unsupported_parameter":
+        return exc
+    return ApiError(exc.status, exc.message.replace(repr(exc.param), repr(field_name)), type=exc.type,
+                    code=exc.code, param=field_name)
+
+
+def _split(rest: str, actions: tuple[str, ...], method: str) -> tuple[str, str]:
+    """(response id, action) of the path tail after /v1/responses/; 404 or 405 for other paths."""
+    response_id, _, action = rest.partition("/")
+    known = {"": ("DELETE", "GET", "HEAD"), "cancel": ("POST",), "input_items": ("GET", "HEAD")}
+    if not response_id or action not in known or "/" in action:
+        raise ApiError(404, f"no route for {method} /v1/responses/{rest[:200]}", code="not_found")
+    if action not in actions:
+        raise ApiError(405, f"method {method} is not allowed on /v1/responses/{{id}}{'/' + action if action else ''}",
+                       code="method_not_allowed", headers=(("allow", ", ".join(known[action])),))
+    return response_id, action
+
+
+def _query(query: str) -> dict[str, str]:
+    try:
+        return dict(parse_qsl(query, keep_blank_values=True, max_num_fields=32))
+    except ValueError:
+        raise ApiError(400, "Invalid query string: more than 32 fields.", code="invalid_value") from None
+
+
+def _page_limit(value: str | None) -> int:
+    if value is None:
+        return DEFAULT_PAGE_ITEMS
+    if not value.isdigit() or not 1 <= int(value) <= MAX_PAGE_ITEMS:
+        raise ApiError(400, f"Invalid 'limit': expected an integer between 1 and {MAX_PAGE_ITEMS}.",
+                       code="invalid_value", param="limit")
+    return int(value)
+
+
+def _not_found(response_id: str) -> ApiError:
+    return ApiError(404, f"Response with id {response_id[:200]!r} not found.", code="not_found",
+                    param="response_id")
+
+
+def _previous_not_found(response_id: str) -> ApiError:
+    return ApiError(400, f"Previous response with id {response_id[:200]!r} not found.",
+                    code="previous_response_not_found", param="previous_response_id")
+
+
+def _json(status: int, data: Any) -> Response:
+    return Response(status, [("content-type", "application/json")], compact_json.dumps(data).encode())
