@@ -231,6 +231,9 @@ class BoundsTest(ContentRuntimeCase):
         self.assertIsInstance(exc, ReplyTooLarge)
         exc = await self.failure([ReasoningDelta("é" * 501), Finish("stop")])    # 1002 bytes
         self.assertIsInstance(exc, ReplyTooLarge)
+        exc = await self.failure([ReasoningDelta("", signature="s" * 600), ReasoningDelta("", signature="t" * 600),
+                                  Finish("stop")])
+        self.assertIsInstance(exc, ReplyTooLarge)
         exc = await self.failure([ToolCallDelta(0, "c", "f", "y" * 600)] + [TextDelta("z")] * 500
                                  + [Finish("stop")])
         self.assertIsInstance(exc, ReplyTooLarge)

@@ -144,7 +144,7 @@ class ReplyOutput:
             if event.signature:
                 self.signature = event.signature
             self.reasoning.append(event.text)
-            return _utf8_len(event.text)
+            return _utf8_len(event.text) + len(event.signature)     # each signature is kept in the log
         if kind is ToolCallDelta:
             call = self.calls.get(event.index)
             if call is None:

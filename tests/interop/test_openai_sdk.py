@@ -294,11 +294,15 @@ class ErrorStatusTest(SDKTestCase):
         self.assertEqual(exc.param, "seed")
 
     def test_400_unsupported_parameter(self) -> None:
+        # Echo honours all but structured output; a command provider honours none of them.
+        exc = self.assertRaisesStatus(openai.BadRequestError, 400,
+                                      lambda: self.create(response_format={"type": "json_object"}))
+        self.assertEqual((exc.code, exc.param), ("unsupported_parameter", "response_format"))
         for fields, param in (({"n": 2}, "n"), ({"logprobs": True}, "logprobs"),
-                              ({"response_format": {"type": "json_object"}}, "response_format"),
                               ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools")):
             with self.subTest(param=param):
-                exc = self.assertRaisesStatus(openai.BadRequestError, 400, lambda: self.create(**fields))
+                exc = self.assertRaisesStatus(openai.BadRequestError, 400,
+                                              lambda: self.create(model="equabot:broken", **fields))
                 self.assertEqual((exc.code, exc.param), ("unsupported_parameter", param))
 
     def test_400_unknown_field_as_openai_words_it(self) -> None:
