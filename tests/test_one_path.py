@@ -1,4 +1,5 @@
-"""DECISIONS 33: the HTTP endpoint, the WebSocket ``agent`` method and the CLI all call ``agents.runtime.run``."""
+"""DECISIONS 33: the HTTP endpoints (chat completions and responses), the WebSocket ``agent`` method and the CLI
+all call ``agents.runtime.run``."""
 
 from __future__ import annotations
 
@@ -32,7 +33,9 @@ class OnePathTest(unittest.IsolatedAsyncioTestCase):
         self.addCleanup(patcher.stop)
 
     async def test_every_door_calls_run(self) -> None:
-        async with running_gateway() as gw:
+        data = base_config()
+        data["gateway"]["http"]["endpoints"]["responses"] = {"enabled": True}
+        async with running_gateway(data) as gw:
             # HTTP
             body = json.dumps({"model": "x", "messages": [{"role": "user", "content": "via http"}]})
             reader, writer = await asyncio.open_connection(gw.host, gw.server.port)
@@ -40,6 +43,14 @@ class OnePathTest(unittest.IsolatedAsyncioTestCase):
                           f"Content-Type: application/json\r\nConnection: close\r\n"
                           f"Content-Length: {len(body)}\r\n\r\n{body}").encode())
             self.assertIn(b"Echo (turn 1): via http", await reader.read())
+            writer.close()
+            # HTTP /v1/responses
+            body = json.dumps({"model": "x", "input": "via responses"})
+            reader, writer = await asyncio.open_connection(gw.host, gw.server.port)
+            writer.write((f"POST /v1/responses HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                          f"Content-Type: application/json\r\nConnection: close\r\n"
+                          f"Content-Length: {len(body)}\r\n\r\n{body}").encode())
+            self.assertIn(b"Echo (turn 1): via responses", await reader.read())
             writer.close()
             # WebSocket `agent` (and the CLI's default, remote, path)
             client = await ControlClient.open(gw.url, TOKEN)
@@ -60,7 +71,7 @@ class OnePathTest(unittest.IsolatedAsyncioTestCase):
             with contextlib.redirect_stdout(io.StringIO()) as out:
                 self.assertEqual(await agent_cli.run_agent_command(args), 0)
             self.assertEqual(out.getvalue(), "Echo (turn 1): via cli local\n")
-        self.assertEqual(self.calls, [("openai", "via http"), ("ws", "via ws"), ("ws", "via cli remote"),
+        self.assertEqual(self.calls, [("openai", "via http"), ("responses", "via responses"), ("ws", "via ws"), ("ws", "via cli remote"),
                                       ("cli", "via cli local")])
 
 

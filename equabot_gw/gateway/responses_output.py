@@ -67,7 +67,11 @@ class Shape:
 
     def object(self, status: str, output: list[dict[str, Any]], *, usage: Usage | None = None,
                error: dict[str, Any] | None = None, incomplete: str | None = None) -> dict[str, Any]:
-        """The Response object in ``status`` with ``output``; ``output_text`` as the SDKs compute it."""
+        """The Response object in ``status`` with ``output``; ``output_text`` as the SDKs compute it.
+
+        ``usage`` is left out until it is known (OpenAI's schema types it as an
+        object, not null, and does not require it).
+        """
         echo = self.echo
         return {
             "id": self.id, "object": "response", "created_at": self.created_at, "status": status,
@@ -75,7 +79,7 @@ class Shape:
             "error": error, "incomplete_details": {"reason": incomplete} if incomplete else None,
             "instructions": echo["instructions"], "max_output_tokens": echo["max_output_tokens"],
             "model": self.model, "output": output, "output_text": output_text(output),
-            **echo["rest"], "usage": usage_object(usage) if usage is not None else None,
+            **echo["rest"], **({"usage": usage_object(usage)} if usage is not None else {}),
             **echo["tail"],
         }
 
