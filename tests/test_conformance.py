@@ -25,6 +25,8 @@ from equabot_gw.conformance import checks
 from equabot_gw.conformance.checks import Status, Target
 from equabot_gw.conformance.checks_http import sse_events
 from equabot_gw.net import websocket, wshandshake
+from tests.conformance_fake_responses import BROKEN as BROKEN_RESPONSES
+from tests.conformance_fake_responses import FakeResponses
 from tests.support import ROOT, TOKEN, GatewayProcess, base_config
 
 CHAT = "/v1/chat/completions"
@@ -84,6 +86,7 @@ class FakeGateway:
         self.token = token
         self.brand = brand          # headers x-<brand>-*, models <brand>:<agent>
         self.turns: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.responses = FakeResponses(self.broken)
         self.tasks: set[asyncio.Task[None]] = set()
         self.writers: set[asyncio.StreamWriter] = set()
         self.url = ""
@@ -139,6 +142,13 @@ class FakeGateway:
     # -- HTTP -------------------------------------------------------------------------
 
     def _route(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[bytes, bool]:
+        if path.startswith("/v1/responses") and not self.broken("endpoint-disabled") \
+                and not self.broken("responses-absent"):
+            refusal = self._authorize(headers.get("authorization"))
+            if refusal is not None:
+                return refusal, False
+            status, content_type, data = self.responses.route(method, path, body)
+            return _http(status, content_type, data), False
         if path != CHAT or self.broken("endpoint-disabled"):
             if self.broken("unknown-path-plain"):
                 return _http(404, "text/plain", b"not found"), False
@@ -413,6 +423,7 @@ BROKEN: tuple[tuple[str, str, str], ...] = (
     ("stream-call-finish-stop", "tools.stream", "the stream's finish_reason is 'stop', not 'tool_calls'"),
     ("result-ignored", "tools.result",
      "the answer does not echo the tool result ('tool conformance_probe returned: 42 and counting')"),
+    *BROKEN_RESPONSES,
     ("ws-bad-accept", "ws.handshake", "the WebSocket handshake failed: wrong Sec-WebSocket-Accept"),
     ("ws-no-connect-gate", "ws.connect-first",
      "a request before connect was not refused with ok:false and error {code, message}"),
@@ -471,6 +482,16 @@ class AgainstFakeServerTest(unittest.IsolatedAsyncioTestCase):
         self.assertEqual(got["errors.wrong-method"], ("skip", "needs endpoint.enabled to pass first"))
         self.assertEqual(got["ws.connect"], ("skip", "WebSocket checks run with --ws"))
         self.assertEqual(summary.names_failed, ["endpoint.enabled"])
+
+    async def test_a_server_without_responses_skips_that_battery(self) -> None:
+        async with FakeGateway(("responses-absent",)) as fake:
+            results, summary = await conformance.run(target(fake.url, ws=False))
+        got = outcomes(results)
+        self.assertEqual(got["responses.enabled"],
+                         ("skip", "POST /v1/responses answered 404: the server does not serve the Responses API"))
+        self.assertEqual({got[c.name] for c in conformance.BATTERY if c.name.startswith("responses.")} - {
+            got["responses.enabled"]}, {("skip", "needs responses.enabled to pass first")})
+        self.assertEqual(summary.failed, 0)
 
     async def test_without_a_token_the_auth_checks_skip(self) -> None:
         async with FakeGateway(token=None) as fake:
@@ -534,7 +555,7 @@ class RunConformanceTest(unittest.TestCase):
         self.assertIn("PASS  stream.done-last         exactly one data: [DONE], the last event\n"
                       '      tests: spec "Streaming (SSE)": "Stream ends with data: [DONE]"\n', text)
         self.assertIn("SKIP  ws.connect               WebSocket checks run with --ws\n", text)
-        self.assertRegex(text, r"\n34 checks: 27 passed, 0 failed, 7 skipped in \d+\.\d\d s\n$")
+        self.assertRegex(text, r"\n41 checks: 34 passed, 0 failed, 7 skipped in \d+\.\d\d s\n$")
 
     def test_json_report_and_exit_code_one(self) -> None:
         code, text = self.run_against(("missing-done",), "--json", "--ws")
@@ -589,6 +610,7 @@ class SSEReaderTest(unittest.TestCase):
 
 def live_config() -> dict[str, Any]:
     data = base_config()
+    data["gateway"]["http"]["endpoints"]["responses"] = {"enabled": True}
     data["agents"] = {"list": [{"id": "main", "default": True}, {"id": "beta"}]}
     return data
 

@@ -1,10 +1,11 @@
 """The conformance kit: ``python -m equabot_gw conformance --base-url URL`` checks any server.
 
 Probes a server that claims the Gateway's OpenAI Chat Completions spec (and,
-with ``--ws``, its WebSocket control protocol) from the outside, with normal
-client permissions, and reports each named check as pass / fail / skip with
-its reason and evidence. ``checks_http.py`` and ``checks_ws.py`` hold the
-battery, ``checks.py`` the probe and runner, ``report.py`` the output,
+when served, the Responses API; with ``--ws``, its WebSocket control
+protocol) from the outside, with normal client permissions, and reports each
+named check as pass / fail / skip with its reason and evidence.
+``checks_http.py``, ``checks_tools.py``, ``checks_responses.py`` and
+``checks_ws.py`` hold the battery, ``checks.py`` the probe and runner, ``report.py`` the output,
 ``jsonschema.py`` the validator for OpenAI's published schemas. Nothing here
 imports the gateway: the kit sees servers only through the wire.
 """
@@ -18,12 +19,13 @@ import time
 from collections.abc import Iterable
 from typing import TextIO
 
-from . import checks_http, checks_tools, checks_ws, report
+from . import checks_http, checks_responses, checks_tools, checks_ws, report
 from .checks import DEFAULT_HEADER_PREFIX, DEFAULT_TIMEOUT, Check, Probe, Result, Summary, Target, run_battery
 
 __all__ = ["BATTERY", "add_arguments", "run_conformance", "run"]
 
-BATTERY: tuple[Check, ...] = (*checks_http.CHECKS, *checks_tools.CHECKS, *checks_ws.CHECKS)
+BATTERY: tuple[Check, ...] = (*checks_http.CHECKS, *checks_tools.CHECKS, *checks_responses.CHECKS,
+                              *checks_ws.CHECKS)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
