@@ -204,6 +204,8 @@ class EndpointConfig:
 class ResponsesEndpointConfig:
     # POST /v1/responses and its stored responses (GET, DELETE, cancel, input_items).
     enabled: bool = key("enabled", boolean, default=False)
+    # Stored responses are kept this many days (OpenAI keeps them 30), then deleted.
+    retention_days: float = key("retentionDays", number(0), default=30.0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,8 +13,10 @@ import sys
 import unittest
 from typing import Any
 
+from equabot_gw import config
 from equabot_gw.conformance.jsonschema import Validator
-from tests.support import TOKEN, GatewayProcess, LiveGateway, base_config, error_of
+from equabot_gw.errors import ConfigError
+from tests.support import ROOT, TOKEN, GatewayProcess, LiveGateway, base_config, error_of
 
 SCHEMAS = Validator.openai_responses()
 PARTIAL_THEN_FAIL = ("import sys,time; sys.stdout.write('partial words'); sys.stdout.flush(); "
@@ -400,6 +402,14 @@ class RefusalTest(ResponsesCase):
 
 
 class DisabledTest(unittest.TestCase):
+    def test_config_keys(self) -> None:
+        default = config.from_data({}, env={}).gateway.http.endpoints.responses
+        self.assertEqual((default.enabled, default.retention_days), (False, 30.0))
+        example, _ = config.load(str(ROOT / "config.example.json5"), env={})
+        self.assertTrue(example.gateway.http.endpoints.responses.enabled)
+        with self.assertRaises(ConfigError):
+            config.from_data({"gateway": {"http": {"endpoints": {"responses": {"enabled": "yes"}}}}}, env={})
+
     def test_off_by_default(self) -> None:
         with GatewayProcess(base_config()) as gw:
             status, _, data = Client(gw).request("POST", "/v1/responses", {"model": "x", "input": "x"})

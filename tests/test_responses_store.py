@@ -91,6 +91,29 @@ class ResponseStoreTest(unittest.IsolatedAsyncioTestCase):
                 await store.put(rid, "main", key, "run_1", response(rid), [])
         self.assertEqual(len(store), 0)
 
+    async def test_expired_days_are_deleted(self) -> None:
+        now = [DAY]
+        store = ResponseStore(self.dir, clock=lambda: now[0], retention_days=2)
+        await store.open()
+        self.addAsyncCleanup(store.close)
+        await store.put("resp_old", "main", "k:one", "run_1", response("resp_old"), [])
+        now[0] += 86400 * 2
+        await store.put("resp_mid", "main", "k:one", "run_2", response("resp_mid"), [])
+        self.assertEqual(len(self.logs()), 2)                 # the first day ended less than 2 days ago
+        now[0] += 86400
+        await store.put("resp_new", "main", "k:one", "run_3", response("resp_new"), [])
+        self.assertEqual(len(self.logs()), 2)                 # the date rolled over: the first day is gone
+        self.assertIsNone(store.find("resp_old"))
+        self.assertIsNone(await store.read("resp_old"))
+        self.assertEqual(store.responses_in("k:one"), 2)
+        await store.close()
+        now[0] += 86400 * 2
+        again = ResponseStore(self.dir, clock=lambda: now[0], retention_days=2)
+        await again.open()                                  # at start-up too
+        self.addAsyncCleanup(again.close)
+        self.assertEqual([again.find(r) is not None for r in ("resp_mid", "resp_new")], [False, True])
+        self.assertEqual(len(self.logs()), 1)
+
     async def test_closed_store_refuses(self) -> None:
         store = await self.opened()
         await store.close()

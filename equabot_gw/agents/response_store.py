@@ -11,7 +11,10 @@ writer thread of its own (``transcripts.Committer``, on these files only;
 an OSError of its jobs reaches the caller as ``StorageError``).
 Deleting overwrites the line in place with ``{"id","deleted":true}`` padded
 to the same length, so the content is gone from disk and the log stays
-line-aligned. In memory: one small entry per stored response (its session,
+line-aligned. Logs whose whole day ended more than ``retention_days`` ago
+(30 by default, as OpenAI keeps responses) are deleted at start-up and when
+the date rolls over, with their entries: the map's memory is bounded by the
+responses of that many days. In memory: one small entry per stored response (its session,
 run and where its line is), never the objects, which ``read`` fetches back.
 The turn itself lives in the session's transcript, as every run's does; this
 store only remembers where a response belongs. Opaque to the wire: the
@@ -22,6 +25,7 @@ equabot_gw.gateway.
 from __future__ import annotations
 
 import asyncio
+import calendar
 import functools
 import logging
 import mmap
@@ -40,6 +44,7 @@ __all__ = ["StoredResponse", "ResponseStore", "RESPONSES_DIR"]
 log = logging.getLogger("equabot_gw.sessions")
 
 RESPONSES_DIR: Final = "responses"
+DEFAULT_RETENTION_DAYS: Final = 30.0        # gateway.http.endpoints.responses.retentionDays
 # The head of a stored line, as ``put`` writes it (ids, agent ids and session
 # keys are of restricted alphabets: no escapes), or of a deleted one.
 _LINE_HEAD: Final = re.compile(
@@ -63,9 +68,12 @@ class StoredResponse(NamedTuple):
 class ResponseStore:
     """The stored responses of one state dir. ``open()`` in the loop that uses it, ``close()`` at the end."""
 
-    def __init__(self, state_dir: os.PathLike[str] | str, *, clock: Any = time.time) -> None:
+    def __init__(self, state_dir: os.PathLike[str] | str, *, clock: Any = time.time,
+                 retention_days: float = DEFAULT_RETENTION_DAYS) -> None:
         self._dir = os.path.join(os.fspath(state_dir), RESPONSES_DIR)
         self._clock = clock
+        self._retention = retention_days * 86400.0
+        self._day = -1                              # the UTC day of the newest write
         self._committer: Committer | None = None
         self._closed = False
         self._entries: dict[str, StoredResponse] = {}
@@ -78,7 +86,9 @@ class ResponseStore:
         return len(self._entries)
 
     async def open(self) -> None:
-        """Start the writer thread and load every log's entries (a torn last line is skipped).
+        """Start the writer thread, delete expired logs, load every other log's entries.
+
+        A torn last line is skipped.
 
         Raises ``StorageError`` if the directory cannot be read.
         """
@@ -87,7 +97,9 @@ class ResponseStore:
         self._committer = Committer(asyncio.get_running_loop())
         self._committer.start()
         try:
-            loaded = await self._committer.job("loading the stored responses", functools.partial(_load, self._dir))
+            self._day = int(self._clock() // 86400)
+            loaded = await self._committer.job("loading the stored responses",
+                                               functools.partial(_load, self._dir, self._clock() - self._retention))
         except BaseException:
             self._closed = True
             await self._committer.stop()
@@ -129,7 +141,12 @@ class ResponseStore:
         if not _LINE_HEAD.match(data):
             raise ValueError(f"response {response_id[:80]!r}: an id, agent id, session key or run id "
                              f"outside its alphabet")
-        path = os.path.join(self._dir, journal_name(int(at // 86400)))
+        day = int(at // 86400)
+        path = os.path.join(self._dir, journal_name(day))
+        if day > self._day:          # the date rolled over: expired logs go, in queue order
+            self._day = day
+            committer.post("pruning expired stored responses",
+                           functools.partial(_prune, self._dir, at - self._retention), on_ok=self._pruned)
         done: list[StoredResponse] = []
 
         def committed(offset: int) -> None:
@@ -177,6 +194,12 @@ class ResponseStore:
             raise
         return entry
 
+    def _pruned(self, paths: list[str]) -> None:
+        if paths:
+            gone = set(paths)
+            for entry in [e for e in self._entries.values() if e.path in gone]:
+                self._remove(entry)
+
     def _add(self, entry: StoredResponse) -> None:
         old = self._entries.get(entry.id)
         if old is not None:
@@ -216,9 +239,35 @@ def _weight(response: dict[str, Any], items: list[Any]) -> int:
 
 # -- the writer thread's jobs (run by the Committer, in order with the appends) ----------------
 
-def _load(directory: str, _: Committer) -> dict[str, StoredResponse]:
-    """Job: the entries of every log in ``directory``, oldest first (a later line wins)."""
+def _day_end(name: str) -> float:
+    """When the UTC day of log ``name`` (``YYYY-MM-DD.jsonl``) ends; +inf for a date that is none."""
+    year, month, day = int(name[:4]), int(name[5:7]), int(name[8:10])
+    if not (1 <= month <= 12 and 1 <= day <= 31):
+        return float("inf")
+    return calendar.timegm((year, month, day, 0, 0, 0)) + 86400.0
+
+
+def _prune(directory: str, cutoff: float, committer: Committer) -> list[str]:
+    """Job: delete the logs whose whole UTC day ended by ``cutoff`` (epoch s); their paths."""
+    try:
+        names = [name for name in os.listdir(directory) if _DAY_NAME.fullmatch(name)]
+    except FileNotFoundError:
+        return []
+    gone = []
+    for name in names:
+        if _day_end(name) <= cutoff:
+            path = os.path.join(directory, name)
+            committer.drop_fd(path)
+            os.unlink(path)
+            gone.append(path)
+    return gone
+
+
+def _load(directory: str, cutoff: float, committer: Committer) -> dict[str, StoredResponse]:
+    """Job: delete expired logs (as ``_prune``), then the entries of every other log, oldest
+    first (a later line wins)."""
     entries: dict[str, StoredResponse] = {}
+    _prune(directory, cutoff, committer)
     try:
         names = sorted(name for name in os.listdir(directory) if _DAY_NAME.fullmatch(name))
     except FileNotFoundError:

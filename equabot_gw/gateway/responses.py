@@ -90,7 +90,8 @@ class Responses:
         self.runtime = runtime
         self.authorize = authorize
         self.max_messages = max_messages
-        self.store = ResponseStore(state_dir)
+        self.store = ResponseStore(state_dir,
+                                   retention_days=runtime.config.gateway.http.endpoints.responses.retention_days)
         node = runtime.config.gateway.node_id      # resp_<node>_<random><n>, as run ids
         self._id_prefix = (f"{node}_" if node else "") + os.urandom(6).hex()
         self._ids = 0
