@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import sys
+import time
 import unittest
 from typing import Any
 
@@ -280,6 +282,34 @@ class StoredTest(ResponsesCase):
         # Cancelling again answers the stored object.
         status, _, data = self.client.request("POST", f"/v1/responses/{created['id']}/cancel")
         self.assertEqual((status, json.loads(data)["status"]), (200, "cancelled"))
+
+
+class DisconnectTest(ResponsesCase):
+    def test_a_client_that_leaves_aborts_its_run(self) -> None:
+        c = http.client.HTTPConnection(self.gw.host, self.gw.port, timeout=15)
+        words = " ".join(f"w{i}" for i in range(200))
+        c.request("POST", "/v1/responses", body=json.dumps({"model": "equabot:slow", "input": words, "stream": True}),
+                  headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+        r = c.getresponse()
+        head = b""
+        while b"response.output_text.delta" not in head:
+            head += r.read1(65536)
+        response_id = parse_events(head.split(b"event: response.in_progress")[0])[0][1]["response"]["id"]
+        c.sock.shutdown(socket.SHUT_RDWR)
+        c.close()
+        deadline = time.monotonic() + 5
+        while True:     # the run is aborted at once; its partial response is stored as cancelled
+            status, data = self.client.get(response_id)
+            stored = json.loads(data)
+            if stored["status"] != "in_progress" or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        self.assertEqual(status, 200)
+        self.assertEqual(stored["status"], "cancelled")
+        self.assertEqual(SCHEMAS.errors(stored, "Response"), [])
+        text = stored["output"][0]["content"][0]["text"]
+        self.assertTrue(text and f"Echo (turn 1): {words}".startswith(text), text)
+        self.assertLess(len(text), len(words))
 
 
 class StreamTest(ResponsesCase):
