@@ -223,6 +223,16 @@ class CreateTest(ResponsesCase):
         self.assertEqual(obj["output_text"], "Echo (turn 2): b")
         self.assertEqual(obj["user"], user)
 
+    def test_routing_headers_and_their_aliases(self) -> None:
+        key = f"k-{self.id()[-12:]}"
+        self.create({"input": "a", "store": False}, {"x-openclaw-session-key": key})
+        obj = self.create({"input": "b", "store": False}, {"x-equabot-session-key": key})
+        self.assertEqual(obj["output_text"], "Echo (turn 2): b")
+        self.assertEqual(self.fails({"model": "equabot:nobody", "input": "x"}, 404)["code"], "model_not_found")
+        got, _, data = self.client.request("POST", "/v1/responses", {"model": "equabot", "input": "x"},
+                                           {"x-clawdbot-agent-id": "nobody"})
+        self.assertEqual(got, 404, data)
+
     def test_stateless_without_store(self) -> None:
         self.create({"input": "a", "store": False})
         self.assertEqual(self.create({"input": "b", "store": False})["output_text"], "Echo (turn 1): b")
