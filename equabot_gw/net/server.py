@@ -700,6 +700,9 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         self._upgraded = True
         self._deadline = None
+        if self._timer is not None:     # the new protocol keeps its own time: nothing here may
+            self._timer.cancel()        # hold this connection (and its server) after the switch
+            self._timer = None
         protocol = upgrade.protocol_factory()
         leftover = self.parser.trailing_data
         self.transport.set_protocol(protocol)
