@@ -153,7 +153,7 @@ class MetricsEndpointTest(unittest.IsolatedAsyncioTestCase):
             self.assertEqual(sample(samples, "equabot_session_commit_duration_seconds_count"),
                              sample(samples, "equabot_session_commit_appends_count"))
             self.assertEqual(sample(samples, "equabot_sessions"), 1)
-            self.assertFalse(gw.observer._open, "no run is remembered after it settled")
+            self.assertFalse(gw.observer._started or gw.observer._first, "no run is remembered after it settled")
 
     async def test_upstream_errors_by_provider_and_kind(self) -> None:
         async with FakeUpstream(answer(429, "slow down", "Retry-After: 3")) as limited, \

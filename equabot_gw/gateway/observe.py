@@ -49,6 +49,8 @@ UNMATCHED: Final = "unmatched"
 TTFT_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                        10.0, 30.0, 60.0)
 _DURATION_BOUNDS: Final = metrics.LATENCY_BUCKETS
+_INFO: Final = logging.INFO
+_now = time.time
 
 
 class _RunCell:
@@ -78,7 +80,9 @@ class Observer:
         self._requests: dict[tuple[str | None, int], int] = {}
         self._cells: dict[tuple[str, str, str], _RunCell] = {}
         self._upstream_errors: dict[tuple[str, str], int] = {}
-        self._open: dict[Run, list[float]] = {}     # run -> [started, first output], until it settles
+        # Runs that started / produced their first text, until they settle: -> time.time().
+        self._started: dict[Run, float] = {}
+        self._first: dict[Run, float] = {}
         registry.gauge("equabot_build_info", "The gateway's version (the value is always 1).",
                        ("version",), read=lambda: [((__version__,), 1)])
         registry.gauge("equabot_start_time_seconds", "When the gateway started (Unix time).",
@@ -144,54 +148,54 @@ class Observer:
     def request(self, method: str, route: str | None, status: int, size: int, duration: float) -> None:
         """The HTTP server's observer (``net.server.Observer``)."""
         key = (route, status)
-        counts = self._requests
-        if key in counts:
-            counts[key] += 1
-        elif len(counts) < MAX_CELLS:
-            counts[key] = 1
-        else:
-            counts[("other", 0)] = counts.get(("other", 0), 0) + 1
+        try:
+            self._requests[key] += 1
+        except KeyError:
+            _count_new(self._requests, key, ("other", 0))
 
     def run(self, phase: str, run: Run) -> None:
-        """The runtime's observer: note the times; at ``settled`` fold the run into its cell."""
-        if phase == "settled":
-            self._settled(run, self._open.pop(run, None))
-        elif phase == "started":
-            self._open[run] = [time.time(), 0.0]
-        elif phase == "first_output":
-            times = self._open.get(run)
-            if times is not None:
-                times[1] = time.time()
-
-    def _settled(self, run: Run, times: list[float] | None) -> None:
-        now = time.time()
-        last = run.events.events[-1] if run.events.events else None
-        result = last.result if type(last) is Ended else None
-        error = last.error if type(last) is Failed else None
+        """The runtime's observer: note when a run started and first produced text; when it
+        has settled, fold it into its cell (and write its log line)."""
+        if phase != "settled":
+            (self._started if phase == "started" else self._first)[run] = _now()
+            return
+        now = _now()
+        started, first = self._started.pop(run, None), self._first.pop(run, None)
+        events = run.events.events
+        last = events[-1] if events else None
         key = (run.agent.id, run.model, run.status)
-        cell = self._cells.get(key)
-        if cell is None:
-            key = key if len(self._cells) < MAX_CELLS else ("other", "other", "other")
-            cell = self._cells.get(key) or self._cells.setdefault(key, _RunCell())
+        cell = self._cells.get(key) or self._new_cell(key)
         cell.runs += 1
-        if result is not None:
-            cell.input_tokens += result.usage.prompt_tokens
-            cell.output_tokens += result.usage.completion_tokens
-        duration = max(now - run.created_at, 0.0)
+        result = error = None
+        if type(last) is Ended:
+            result = last.result
+            usage = result.usage
+            cell.input_tokens += usage.prompt_tokens
+            cell.output_tokens += usage.completion_tokens
+        elif type(last) is Failed:
+            error = last.error
+        created = run.created_at
+        duration = now - created if now > created else 0.0
         cell.durations[bisect_left(_DURATION_BOUNDS, duration)] += 1
         cell.duration_sum += duration
         ttft = None
-        if times is not None and times[1]:
-            ttft = max(times[1] - run.created_at, 0.0)
+        if first is not None:
+            ttft = first - created if first > created else 0.0
             cell.ttfts[bisect_left(TTFT_BUCKETS, ttft)] += 1
             cell.ttft_sum += ttft
-        if isinstance(error, UpstreamError):
-            kind = _upstream_kind(error)
-            ekey = (error.provider, kind)
-            if ekey in self._upstream_errors or len(self._upstream_errors) < MAX_CELLS:
-                self._upstream_errors[ekey] = self._upstream_errors.get(ekey, 0) + 1
-        if run_log.isEnabledFor(logging.INFO):
-            _log_run(run, result, error, times, ttft, duration)
+        if error is not None and isinstance(error, UpstreamError):
+            ekey = (error.provider, _upstream_kind(error))
+            try:
+                self._upstream_errors[ekey] += 1
+            except KeyError:
+                _count_new(self._upstream_errors, ekey, ("other", "other"))
+        if run_log.isEnabledFor(_INFO):
+            _log_run(run, result, error, started, ttft, duration)
+
+    def _new_cell(self, key: tuple[str, str, str]) -> _RunCell:
+        if len(self._cells) >= MAX_CELLS:
+            key = ("other", "other", "other")
+        return self._cells.get(key) or self._cells.setdefault(key, _RunCell())
 
     # ---- read when rendered ----
     def _request_samples(self) -> list[tuple[tuple[str, ...], float]]:
@@ -236,6 +240,14 @@ class Observer:
         return [((), list(getattr(stats, counts)), getattr(stats, total))]
 
 
+def _count_new(counts: dict, key: tuple, other: tuple) -> None:
+    """Count a label set seen for the first time, or under "other" once there are enough."""
+    if len(counts) < MAX_CELLS:
+        counts[key] = 1
+    else:
+        counts[other] = counts.get(other, 0) + 1
+
+
 def _upstream_kind(error: UpstreamError) -> str:
     if isinstance(error, UpstreamRejected):
         return f"http_{error.upstream_status}"
@@ -246,7 +258,7 @@ def _upstream_kind(error: UpstreamError) -> str:
     return "error"
 
 
-def _log_run(run: Run, result: Any, error: Any, times: list[float] | None, ttft: float | None,
+def _log_run(run: Run, result: Any, error: Any, started: float | None, ttft: float | None,
              duration: float) -> None:
     """The run's info line: text for people, its fields as keys for ``JSONFormatter``."""
     key = run.session_key
@@ -260,7 +272,7 @@ def _log_run(run: Run, result: Any, error: Any, times: list[float] | None, ttft:
         "origin": run.request.origin, "provider": provider, "model": model, "status": run.status,
         "input_tokens": result.usage.prompt_tokens if result is not None else None,
         "output_tokens": result.usage.completion_tokens if result is not None else None,
-        "queue_ms": _ms(times[0] - run.created_at) if times is not None else None,
+        "queue_ms": _ms(started - run.created_at) if started is not None else None,
         "ttft_ms": _ms(ttft) if ttft is not None else None,
         "duration_ms": _ms(duration)}
     if error is not None:
