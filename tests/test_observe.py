@@ -298,6 +298,22 @@ class RunLogTest(unittest.IsolatedAsyncioTestCase):
                                   r"provider=echo model=echo status=ok input_tokens=\d+ output_tokens=\d+ "
                                   r"queue_ms=[0-9.]+ ttft_ms=[0-9.]+ duration_ms=[0-9.]+$")
 
+    async def test_run_lines_stay_out_of_the_logs_tail_ring(self) -> None:
+        package = logging.getLogger("equabot_gw")
+        level = package.level
+        package.setLevel(logging.INFO)
+        try:
+            async with running_gateway() as gw:
+                with self.assertLogs("equabot_gw.runs", "INFO") as logs:
+                    self.assertEqual((await chat(gw, "hi"))[0], 200)
+                logging.getLogger("equabot_gw.control").info("an operator's line")
+                lines = gw.log_buffer.tail(None, 100, 100_000).lines
+        finally:
+            package.setLevel(level)
+        self.assertEqual(len(logs.records), 1)
+        self.assertTrue(any("an operator's line" in line for line in lines), lines)
+        self.assertFalse([line for line in lines if "equabot_gw.runs" in line])
+
     async def test_nothing_is_built_when_info_is_off(self) -> None:
         run_log = logging.getLogger("equabot_gw.runs")
         seen: list[logging.LogRecord] = []

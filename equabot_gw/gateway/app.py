@@ -137,8 +137,11 @@ class Gateway:
             max_head_bytes=limits.max_header_bytes, max_body_bytes=limits.max_body_bytes,
             header_timeout=limits.header_timeout, keep_alive_timeout=limits.keep_alive_timeout),
             access_log=self.access_log, observer=self.observer.request)
-        # The gateway's own recent log lines, for the control protocol's logs.tail.
+        # The gateway's own recent log lines, for the control protocol's logs.tail. The
+        # per-run lines stay out: one per request would push every other line out of
+        # the ring under load (and cost a JSON encoding per run).
         self.log_buffer = LogBuffer()
+        self.log_buffer.addFilter(_not_a_run_line)
         self.control = control.ControlProtocol(self)
         self.openai = openai.ChatCompletions(self.runtime, self.authorize, self.started_at,
                                              max_messages=config.gateway.http.max_messages)
@@ -392,6 +395,10 @@ class Gateway:
     async def wait_stop_requested(self) -> None:
         """Return once ``stop()`` was called (e.g. by a signal handler)."""
         await self._stop_requested.wait()
+
+
+def _not_a_run_line(record: logging.LogRecord) -> bool:
+    return record.name != observe.run_log.name
 
 
 async def _endpoint_disabled(request: http.HTTPRequest) -> http.Response:
