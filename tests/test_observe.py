@@ -279,7 +279,7 @@ class RunLogTest(unittest.IsolatedAsyncioTestCase):
         self.assertTrue(final["ok"], final)
         self.assertEqual(len(logs.records), 3)
         stateless, keyed, ws = (record.event_fields for record in logs.records)
-        self.assertRegex(stateless["session"], r"^sha256:[0-9a-f]{16}$")
+        self.assertRegex(stateless["session"], r"^blake2b:[0-9a-f]{16}$")
         self.assertEqual(keyed["session"], "agent:main:bob")
         self.assertEqual(ws["session"], "agent:main:carol")
         usage = json.loads(body)["usage"]
@@ -294,7 +294,7 @@ class RunLogTest(unittest.IsolatedAsyncioTestCase):
             self.assertNotIn("upstream_status", fields)
         self.assertEqual([f["origin"] for f in (stateless, keyed, ws)][:2], ["openai", "openai"])
         message = logs.records[0].getMessage()
-        self.assertRegex(message, r"^run run_\S+ agent=main session=sha256:[0-9a-f]{16} origin=openai "
+        self.assertRegex(message, r"^run run_\S+ agent=main session=blake2b:[0-9a-f]{16} origin=openai "
                                   r"provider=echo model=echo status=ok input_tokens=\d+ output_tokens=\d+ "
                                   r"queue_ms=[0-9.]+ ttft_ms=[0-9.]+ duration_ms=[0-9.]+$")
 

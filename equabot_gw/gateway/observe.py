@@ -264,8 +264,9 @@ def _log_run(run: Run, result: Any, error: Any, started: float | None, ttft: flo
     key = run.session_key
     if run.stateless:
         # A stateless key is a fresh one per request: shown as its digest, it still
-        # ties this line to others about the run without repeating the key.
-        key = "sha256:" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        # ties this line to others about the run without repeating the key. (BLAKE2b:
+        # the standard library's own, cheaper to set up per line than OpenSSL's SHA-256.)
+        key = "blake2b:" + hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
     provider, _, model = run.model.partition("/")
     created = run.created_at
     fields: dict[str, Any] = {
@@ -300,7 +301,8 @@ def _log_run(run: Run, result: Any, error: Any, started: float | None, ttft: flo
 
 
 def _ms(seconds: float) -> float:
-    return round(seconds * 1000, 3) if seconds > 0 else 0.0
+    # Milliseconds to the microsecond; round() costs twice as much per call.
+    return int(seconds * 1_000_000 + 0.5) / 1000 if seconds > 0 else 0.0
 
 
 def _text(value: str) -> str:
