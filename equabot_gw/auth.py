@@ -69,6 +69,15 @@ def resolve_secret(auth: AuthConfig, env: Mapping[str, str], state_dir: Path,
     return Secret("token", _stored_token(state_dir), f"file {state_dir / TOKEN_FILE}")
 
 
+def generate_token() -> str:
+    """A new gateway token: 256 random bits as 64 hex digits.
+
+    Hex, not base64url: a token that starts with "-" would read as an option
+    when pasted after a command-line flag (``--token "$(cat gateway-token)"``).
+    """
+    return secrets.token_hex(32)
+
+
 def _stored_token(state_dir: Path) -> str:
     path = state_dir / TOKEN_FILE
     try:
@@ -77,7 +86,7 @@ def _stored_token(state_dir: Path) -> str:
             return token
     except FileNotFoundError:
         pass
-    token = secrets.token_urlsafe(32)
+    token = generate_token()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(token + "\n")

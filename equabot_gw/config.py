@@ -195,6 +195,9 @@ class AuthConfig:
 @dataclass(frozen=True, slots=True)
 class EndpointConfig:
     enabled: bool = key("enabled", boolean, default=False)
+    # "session": a stored session's transcript is its history; "client": the
+    # messages each request sends are (the transcript only records).
+    history: str = key("history", choice("session", "client"), default="session")
 
 
 @dataclass(frozen=True, slots=True)

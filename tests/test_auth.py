@@ -214,6 +214,8 @@ class ResolveSecretTest(unittest.TestCase):
         self.assertEqual(stat.S_IMODE(path.stat().st_mode), 0o600)
         self.assertGreaterEqual(len(first.value or ""), 32)
         self.assertNotIn(first.value or "-", first.source)
+        # Never read as a flag after --token on a command line: no leading "-", for any draw.
+        self.assertTrue(all(auth_mod.generate_token()[0].isalnum() for _ in range(1000)))
         again = resolve_secret(auth_config({}), {}, self.state, LOOPBACK)
         self.assertEqual(again.value, first.value)            # kept across restarts
         path.write_text(" \n")

@@ -175,9 +175,9 @@ class LookupTest(unittest.TestCase):
 
 
 class DepthTest(unittest.TestCase):
-    """A config nested past ``config.MAX_DEPTH`` is one config error line, never a RecursionError."""
+    """A config nested past ``config.MAX_CONFIG_DEPTH`` is one config error line, never a RecursionError."""
 
-    DEPTHS = (33, 500, 999, 1000, 100_000)
+    DEPTHS = (65, 500, 999, 1000, 100_000)
 
     def deep_file(self, directory: str, depth: int, kind: str) -> pathlib.Path:
         inner = "{a:" * depth + "1" + "}" * depth if kind == "object" else "[" * depth + "]" * depth
@@ -192,7 +192,7 @@ class DepthTest(unittest.TestCase):
                     with self.subTest(depth=depth, kind=kind):
                         with self.assertRaises(ConfigError) as caught:
                             config.load(str(self.deep_file(tmp, depth, kind)), env={})
-                        self.assertIn(f"nested deeper than the limit of {config.MAX_DEPTH}", str(caught.exception))
+                        self.assertIn(f"nested deeper than the limit of {config.MAX_CONFIG_DEPTH}", str(caught.exception))
                         self.assertNotIn("\n", str(caught.exception))
 
     def test_data_built_in_process_is_checked_without_recursion(self) -> None:
@@ -202,7 +202,7 @@ class DepthTest(unittest.TestCase):
         with self.assertRaises(ConfigError) as caught:
             config.from_data({"gateway": {"auth": {"token": value}}}, env={})
         self.assertTrue(caught.exception.path.startswith("gateway.auth.token[0][0]"), caught.exception.path)
-        self.assertEqual(caught.exception.reason, f"nested deeper than {config.MAX_DEPTH} levels")
+        self.assertEqual(caught.exception.reason, f"nested deeper than {config.MAX_CONFIG_DEPTH} levels")
         shallow = {"gateway": {"auth": {"token": "t"}}, "models": {"providers": {"p": {
             "api": "openai-completions", "baseUrl": "http://x", "headers": {"X-A": "b"}}}}}
         self.assertEqual(config.from_data(shallow, env={}).provider("p").headers, (("X-A", "b"),))
@@ -218,7 +218,7 @@ class DepthTest(unittest.TestCase):
                                               cwd=pathlib.Path(__file__).parent.parent)
                         self.assertEqual(done.returncode, 2, done.stderr)
                         self.assertEqual(done.stderr.count("\n"), 1, done.stderr[-2000:])
-                        self.assertRegex(done.stderr, r"^equabot: config error: .*nested deeper than the limit of 32")
+                        self.assertRegex(done.stderr, r"^equabot: config error: .*nested deeper than the limit of 64")
 
 
 if __name__ == "__main__":

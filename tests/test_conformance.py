@@ -164,7 +164,17 @@ class FakeGateway:
         agent = self._agent(request.get("model", ""), headers)
         if agent is None:
             return _error(404, "unknown agent"), False
-        text = f"Echo (turn {self._turn(agent, request, headers)}): {request['messages'][-1]['content']}"
+        turn = self._turn(agent, request, headers)
+        call = _asked_call(request)
+        if call is not None:
+            return (self._call_stream(request, *call) if request.get("stream") else self._call(request, *call)), False
+        last = request["messages"][-1]
+        said = last["content"]
+        if last["role"] == "tool" and not self.broken("result-ignored"):
+            said = f"tool {request['messages'][-2]['tool_calls'][0]['function']['name']} returned: {said}"
+        elif last["role"] == "tool":
+            said = request["messages"][0]["content"]
+        text = f"Echo (turn {turn}): {said}"
         if request.get("stream"):
             return self._stream(request, text), self.broken("stream-hangs")
         return self._completion(request, text), False
@@ -213,6 +223,31 @@ class FakeGateway:
             del obj["created"]
         return _http(200, "text/plain" if self.broken("shape-text-plain") else "application/json",
                      json.dumps(obj).encode())
+
+    def _call(self, request: dict[str, Any], name: str, arguments: str) -> bytes:
+        message = {"role": "assistant", "content": "" if self.broken("call-content-empty") else None,
+                   "refusal": None,
+                   "tool_calls": [{"id": "call_fake_0", "type": "function",
+                                   "function": {"name": name, "arguments": arguments}}]}
+        obj = {"id": "chatcmpl-fake", "object": "chat.completion", "created": CREATED, "model": request["model"],
+               "usage": USAGE, "choices": [{"index": 0, "message": message, "logprobs": None,
+                                            "finish_reason": "stop" if self.broken("call-finish-stop") else "tool_calls"}]}
+        return _http(200, "application/json", json.dumps(obj).encode())
+
+    def _call_stream(self, request: dict[str, Any], name: str, arguments: str) -> bytes:
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            return {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": CREATED,
+                    "model": request["model"],
+                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+        first = {"index": 0, "id": "call_fake_0", "type": "function", "function": {"name": name, "arguments": ""}}
+        pieces = [arguments[i:i + 8] for i in range(0, len(arguments), 8)]
+        later = [{**first, "function": {"name": name, "arguments": piece}} if self.broken("call-id-repeated")
+                 else {"index": 0, "function": {"arguments": piece}} for piece in pieces]
+        chunks = [chunk({"role": "assistant", "content": None, "tool_calls": [first]})]
+        chunks += [chunk({"tool_calls": [fragment]}) for fragment in later]
+        chunks.append(chunk({}, "stop" if self.broken("stream-call-finish-stop") else "tool_calls"))
+        body = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+        return _http(200, "text/event-stream", body.encode())
 
     def _chunks(self, request: dict[str, Any], text: str) -> list[dict[str, Any]]:
         usage = bool((request.get("stream_options") or {}).get("include_usage"))
@@ -311,6 +346,14 @@ class FakeGateway:
                  "payload": {"runId": "r1", "status": "ok", "text": final_text, "usage": USAGE}})
 
 
+def _asked_call(request: dict[str, Any]) -> tuple[str, str] | None:
+    """(name, arguments) of echo's ``/call NAME {json}`` when the request offers that tool."""
+    last = request["messages"][-1]
+    offered = {t["function"]["name"] for t in request.get("tools") or []}
+    match = re.fullmatch(r"/call (\S+) (\{.*\})", last["content"]) if last["role"] == "user" else None
+    return (match.group(1), match.group(2)) if match and match.group(1) in offered else None
+
+
 # (fault, the check that must fail, its exact reason)
 BROKEN: tuple[tuple[str, str, str], ...] = (
     ("endpoint-disabled", "endpoint.enabled",
@@ -364,6 +407,12 @@ BROKEN: tuple[tuple[str, str, str], ...] = (
     ("unknown-path-plain", "errors.unknown-path",
      "the 404 body is not an OpenAI error object: Content-Type is 'text/plain', not application/json"),
     ("no-413", "errors.oversized-body", "a 22020096-byte body answered 400, not 413"),
+    ("call-finish-stop", "tools.call", "finish_reason is 'stop', not 'tool_calls'"),
+    ("call-content-empty", "tools.call", "message.content is '', not null for a reply of tool calls only"),
+    ("call-id-repeated", "tools.stream", "a later fragment repeats the call's id, type or name"),
+    ("stream-call-finish-stop", "tools.stream", "the stream's finish_reason is 'stop', not 'tool_calls'"),
+    ("result-ignored", "tools.result",
+     "the answer does not echo the tool result ('tool conformance_probe returned: 42 and counting')"),
     ("ws-bad-accept", "ws.handshake", "the WebSocket handshake failed: wrong Sec-WebSocket-Accept"),
     ("ws-no-connect-gate", "ws.connect-first",
      "a request before connect was not refused with ok:false and error {code, message}"),
@@ -485,7 +534,7 @@ class RunConformanceTest(unittest.TestCase):
         self.assertIn("PASS  stream.done-last         exactly one data: [DONE], the last event\n"
                       '      tests: spec "Streaming (SSE)": "Stream ends with data: [DONE]"\n', text)
         self.assertIn("SKIP  ws.connect               WebSocket checks run with --ws\n", text)
-        self.assertRegex(text, r"\n31 checks: 24 passed, 0 failed, 7 skipped in \d+\.\d\d s\n$")
+        self.assertRegex(text, r"\n34 checks: 27 passed, 0 failed, 7 skipped in \d+\.\d\d s\n$")
 
     def test_json_report_and_exit_code_one(self) -> None:
         code, text = self.run_against(("missing-done",), "--json", "--ws")

@@ -138,24 +138,29 @@ class BudgetTest(FinishedRunsCase):
 
 
 class AgentWaitTest(unittest.IsolatedAsyncioTestCase):
-    async def test_agent_wait_over_websocket_gives_the_whole_reply_read_back(self) -> None:
+    async def test_a_repeated_agent_request_gets_the_whole_reply_read_back(self) -> None:
         async with running_gateway() as gw:
             client = await ControlClient.open(gw.url, TOKEN)
             try:
-                client.ws.send(json.dumps({"type": "req", "id": "a", "method": "agent",
-                                           "params": {"message": BIG, "sessionKey": "wait"}}))
+                params = {"message": BIG, "sessionKey": "wait", "idempotencyKey": "wait-1"}
+                client.ws.send(json.dumps({"type": "req", "id": "a", "method": "agent", "params": params}))
                 run_id = None
                 while run_id is None:
                     frame = await client.next_frame()
                     if frame.get("id") == "a":
                         run_id = frame["payload"]["runId"]
-                await gw.runtime.find_run(run_id).wait() if gw.runtime.find_run(run_id) else None
                 waited = await asyncio.wait_for(client.request("agent.wait", {"runId": run_id}), 10)
+                self.assertEqual(waited["status"], "ok")
+                # The same request again (same idempotency key): the whole reply, read back.
+                client.ws.send(json.dumps({"type": "req", "id": "b", "method": "agent", "params": params}))
+                while True:
+                    frame = await asyncio.wait_for(client.next_frame(), 10)
+                    if frame.get("id") == "b":
+                        break
             finally:
                 await client.close()
-            self.assertEqual(waited["status"], "ok")
-            self.assertEqual(waited["text"], "Echo (turn 1): " + BIG)
-            record = gw.runtime.find_run(run_id)
+            self.assertEqual(frame["payload"]["result"]["payloads"][0]["text"], "Echo (turn 1): " + BIG)
+            record = gw.runtime.find_run(gw.runtime._idempotent.get("wait-1") or run_id)
             self.assertEqual((record.result.text, record.kept_bytes), ("", 0))
 
 

@@ -212,14 +212,28 @@ class CompletionTest(OpenAITestCase):
                           store=False, parallel_tool_calls=True, stream=False, user="", modalities=["text"]))
 
     def test_unsupported_values_are_refused_by_name(self) -> None:
-        for field, value in (("n", 2), ("tools", [{"type": "function", "function": {"name": "f"}}]),
-                             ("response_format", {"type": "json_object"}), ("logprobs", True),
-                             ("top_logprobs", 3), ("tool_choice", "required"), ("frequency_penalty", 0.5),
-                             ("logit_bias", {"50256": -100}), ("audio", {"voice": "x"}),
-                             ("reasoning_effort", "high"), ("modalities", ["text", "audio"])):
+        # Echo honours every option but structured output (an echo is not JSON); the
+        # gateway has no audio output at all.
+        for field, value in (("response_format", {"type": "json_object"}), ("audio", {"voice": "x"}),
+                             ("modalities", ["text", "audio"])):
             with self.subTest(field=field):
                 error = self.fails(self.chat(**{field: value}), 400)
                 self.assertEqual((error["code"], error["param"]), ("unsupported_parameter", field))
+        # The command provider honours none: each is refused by the name the client sent.
+        tool = {"type": "function", "function": {"name": "f"}}
+        for fields, param in (({"n": 2}, "n"), ({"tools": [tool]}, "tools"),
+                              ({"functions": [tool["function"]]}, "functions"),
+                              ({"logprobs": True, "top_logprobs": 3}, "logprobs"),
+                              ({"frequency_penalty": 0.5}, "frequency_penalty"),
+                              ({"logit_bias": {"50256": -100}}, "logit_bias"),
+                              ({"reasoning_effort": "high"}, "reasoning_effort"),
+                              ({"top_k": 40}, "top_k"), ({"min_p": 0.1}, "min_p"),
+                              ({"repetition_penalty": 1.1}, "repetition_penalty")):
+            with self.subTest(param=param):
+                error = self.fails(self.chat(model="equabot:script", **fields), 400)
+                self.assertEqual((error["code"], error["param"]), ("unsupported_parameter", param))
+        error = self.fails(self.chat(tool_choice="required"), 400)      # no tools to choose from
+        self.assertEqual((error["code"], error["param"]), ("invalid_value", "tool_choice"))
 
     def test_provider_that_cannot_honour_an_option(self) -> None:
         error = self.fails(self.chat(model="equabot:script", temperature=0.5), 400)
@@ -241,7 +255,15 @@ class CompletionTest(OpenAITestCase):
                             ({"model": "x", "messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
                             ({"model": "x", "messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
                             ({"model": "x", "messages": [{"role": "user", "content": [
-                                {"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages[0].content[0].type"),
+                                {"type": "image_url", "image_url": {"url": "x"}}]}]},
+                             "messages[0].content[0].image_url.url"),
+                            ({"model": "x", "messages": [{"role": "user", "content": [
+                                {"type": "video", "video": {}}]}]}, "messages[0].content[0].type"),
+                            ({"model": "x", "messages": [{"role": "tool", "content": "r"}]},
+                             "messages[0].tool_call_id"),
+                            (self.chat(tools=[{"type": "function", "function": {"name": "bad name"}}]),
+                             "tools[0].function.name"),
+                            (self.chat(n=0), "n"), (self.chat(top_logprobs=21, logprobs=True), "top_logprobs"),
                             (self.chat(stream_options={"include_usage": True}), "stream_options")):
             with self.subTest(param=param, body=body):
                 self.assertEqual(self.fails(body, 400)["param"], param)

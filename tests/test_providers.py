@@ -108,9 +108,12 @@ class EchoTests(unittest.IsolatedAsyncioTestCase):
 
     async def test_sampling_options_change_nothing(self) -> None:
         plain = await collect(self.echo, call("same"))
-        tuned = await collect(self.echo, call("same", temperature=1.5, top_p=0.1, seed=7))
+        tuned = await collect(self.echo, call("same", temperature=1.5, top_p=0.1, seed=7, presence_penalty=1.0,
+                                              frequency_penalty=-1.0, logit_bias=(("42", 5),), top_k=3,
+                                              min_p=0.2, repetition_penalty=1.1))
         self.assertEqual(plain.events, tuned.events)
-        self.assertEqual(EchoProvider.supported_options, frozenset(OPTION_NAMES))
+        # An echo is not JSON: structured output is the one option it refuses.
+        self.assertEqual(EchoProvider.supported_options, frozenset(OPTION_NAMES) - {"response_format"})
 
     async def test_without_delay_the_stream_never_suspends(self) -> None:
         # Each __anext__ finishes on its first step: no event-loop round trip per delta.
@@ -176,7 +179,8 @@ class RegistryTests(unittest.TestCase):
     def test_supported_options(self) -> None:
         self.assertEqual(OpenAIProvider.supported_options, frozenset(OPTION_NAMES))
         self.assertEqual(AnthropicProvider.supported_options,
-                         frozenset({"max_tokens", "temperature", "top_p", "stop"}))
+                         frozenset({"max_tokens", "temperature", "top_p", "stop", "top_k", "tools", "tool_choice",
+                                    "parallel_tool_calls", "reasoning_effort"}))
         self.assertEqual(CommandProvider.supported_options, frozenset())
 
     def test_configuration_errors(self) -> None:
@@ -369,7 +373,7 @@ def line_ends(raw: bytes, end: bytes) -> bytes:
 REPLAYS = (
     ("openai-chat-stream.sse", "openai-completions", "Hello! How can I assist you today?", None, "stop"),
     ("openai-chat-stream-include-usage.sse", "openai-completions",
-     "Hello! How can I assist you today?", Usage(19, 10), "stop"),
+     "Hello! How can I assist you today?", Usage(19, 10, cached_tokens=0, reasoning_tokens=0), "stop"),
     ("anthropic-messages-stream.sse", "anthropic-messages", "Hello!", Usage(25, 15), "stop"),
 )
 

@@ -189,10 +189,9 @@ class UpperCaseAgentInKeyTest(unittest.IsolatedAsyncioTestCase):
             try:
                 final = await asyncio.wait_for(self._agent(client, "agent:Main:x", "second"), 5)
                 self.assertEqual(final["status"], "ok")
-                self.assertEqual(final["text"], "Echo (turn 2): second")
-                self.assertEqual(final["sessionKey"], "agent:main:x")
+                self.assertEqual(final["result"]["payloads"][0]["text"], "Echo (turn 2): second")
                 history = await client.request("chat.history", {"sessionKey": "agent:MAIN:x"})
-                self.assertEqual([m["content"] for m in history["messages"]],
+                self.assertEqual([part["text"] for m in history["messages"] for part in m["content"]],
                                  ["first", "Echo (turn 1): first", "second", "Echo (turn 2): second"])
             finally:
                 await client.close()

@@ -66,6 +66,7 @@ class Recording(Provider):
         self.inner = inner
         self.api = inner.api                                        # type: ignore[misc]
         self.supported_options = inner.supported_options            # type: ignore[misc]
+        self.accepts = inner.accepts                                # type: ignore[misc]
         self.calls: list[ProviderCall] = []
         self.running = 0
         self.peak = 0

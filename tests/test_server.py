@@ -273,9 +273,14 @@ class SendTimeoutTest(unittest.IsolatedAsyncioTestCase):
         from tests.support import running_gateway
         async with running_gateway() as gw:
             gw.server.limits.send_timeout = 0.3
-            words = " ".join(["word"] * 60000)          # ~13 MB of SSE: more than the socket buffers hold
+            # ~3 MB of reply (deltas that pile up are joined, so about as much SSE): more than
+            # a small receive buffer and the server's send buffer hold.
+            words = " ".join(["word"] * 600_000)
             body = json.dumps({"model": "x", "stream": True, "messages": [{"role": "user", "content": words}]})
-            reader, writer = await asyncio.open_connection(gw.host, gw.server.port)
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect((gw.host, gw.server.port))
+            reader, writer = await asyncio.open_connection(sock=sock)
             writer.transport.set_write_buffer_limits(high=1 << 24)
             writer.write((f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
                           f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}").encode())

@@ -385,9 +385,9 @@ class Transcripts(StoreCase):
         writes: list[int] = []
         real = transcripts.write_index
 
-        def counting(sessions_dir: str, snapshot: dict[str, SessionInfo], committer: Any) -> None:
+        def counting(sessions_dir: str, snapshot: dict[str, SessionInfo], committer: Any) -> float:
             writes.append(len(snapshot))
-            real(sessions_dir, snapshot, committer)
+            return real(sessions_dir, snapshot, committer)
 
         with mock.patch.object(transcripts, "write_index", counting), \
                 mock.patch.object(sessions, "INDEX_FLUSH_INTERVAL", 0.1):
@@ -400,6 +400,31 @@ class Transcripts(StoreCase):
         # One write at once, then at most one per interval, and one at close().
         self.assertTrue(2 <= len(writes) <= elapsed / 0.1 + 2, (writes, elapsed))
         self.assertEqual(writes[-1], 30)
+
+    async def test_a_slow_index_write_spaces_out_the_next(self) -> None:
+        # Rewrites cost time per session: the next waits INDEX_FLUSH_COST_FACTOR times the last.
+        writes: list[float] = []
+        real = transcripts.write_index
+
+        def slow(sessions_dir: str, snapshot: dict[str, SessionInfo], committer: Any) -> float:
+            writes.append(time.monotonic())
+            real(sessions_dir, snapshot, committer)
+            return 0.05                         # as if it had taken 50 ms: wait ≥ 1 s
+
+        with mock.patch.object(transcripts, "write_index", slow), \
+                mock.patch.object(sessions, "INDEX_FLUSH_INTERVAL", 0.01):
+            started = time.monotonic()
+            for n in range(40):
+                await self.store.record_turn("main", f"k{n}", ok_turn(n))
+                await asyncio.sleep(0.02)
+            elapsed = time.monotonic() - started
+            during = list(writes)
+            await self.store.close()
+        # With a 0.01 s interval there would be dozens; each rewrite waits 1 s after the last.
+        self.assertLessEqual(len(during), elapsed // 1.0 + 1, (during, elapsed))
+        gaps = [b - a for a, b in zip(during, during[1:])]
+        self.assertTrue(all(gap >= 0.95 for gap in gaps), gaps)
+        self.assertEqual(len(writes), len(during) + 1)      # the close writes the last changes
 
     async def test_history_is_read_once_and_cached_lru(self) -> None:
         for n, key in enumerate("abc"):

@@ -186,7 +186,7 @@ class DamagedStateGatewayTest(unittest.TestCase):
                     raw_index=json.dumps(index_entry()).replace('"turns": 2', '"turns": Infinity'))
         with gw:
             history = asyncio.run(self.history(gw.url))
-            self.assertIn("at is null", [m["content"] for m in history["messages"]])
+            self.assertIn("at is null", [part.get("text") for m in history["messages"] for part in m["content"]])
             self.assertNotIn("Traceback", gw.stderr())
 
     async def history(self, url: str) -> dict[str, Any]:

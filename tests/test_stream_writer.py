@@ -1,6 +1,6 @@
 """The chat-completions stream in bounded pieces: word by word while the client keeps up, joined when not.
 
-``_ChunkWriter.pieces`` turns a batch of run events into SSE pieces of at most
+``ChunkWriter.pieces`` turns a batch of run events into SSE pieces of at most
 ``PIECE_BYTES`` (64 KiB). The first piece of a batch carries one chunk per
 delta; deltas beyond it came faster than they could be sent and are joined
 into chunks of at most 4,096 characters. End to end, a 2 MiB request of
@@ -20,7 +20,7 @@ from equabot_gw.agents.events import Delta, Ended, Failed
 from equabot_gw.agents.types import AgentResult, Usage
 from equabot_gw.errors import UpstreamError
 from equabot_gw.gateway import openai
-from equabot_gw.gateway.openai import PIECE_BYTES, _ChunkWriter
+from equabot_gw.gateway.chat_stream import PIECE_BYTES, ChunkWriter as _ChunkWriter
 from tests.support import TOKEN, running_gateway
 from tests.test_faults import stream_outcome
 

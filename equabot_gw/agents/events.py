@@ -1,14 +1,19 @@
 """Per-run event fan-out: one append-only log per run, read by any number of subscribers.
 
-A run appends its events in order: ``Started``, ``Delta``*, then exactly one
-``Ended`` or ``Failed``. Each subscriber keeps a cursor into the shared log, so
+A run appends its events in order: ``Started``, then its output, then exactly
+one ``Ended`` or ``Failed``. The output of a text reply is ``Delta``s alone; a
+reply with reasoning, tool calls, log probabilities or several choices also
+holds the provider's ``ReasoningDelta``, ``ToolCallDelta``, ``Logprobs`` and
+``ChoiceEvent`` values, in the order they came, and its log is ``mixed`` (so
+readers of text-only logs keep their fast paths). Each subscriber keeps a cursor into the shared log, so
 nothing is copied per subscriber, a late subscriber still sees the run from its
 first event, and a reader that fell behind receives everything it missed as
 one batch (which lets writers coalesce many small deltas into one write).
 
 The log's memory is bounded by its text, not by its number of words: every
 ``COMPACT_EVENTS`` events, runs of consecutive deltas that no cursor falls
-between are joined into one delta. A reader that keeps up still gets each
+between are joined into one delta (in a mixed log, runs of reasoning deltas,
+of fragments of one tool call, and of log probabilities are joined too). A reader that keeps up still gets each
 delta as it came; one that fell behind (or subscribes late) gets fewer,
 longer ones with the same text.
 """
@@ -18,10 +23,10 @@ from __future__ import annotations
 import asyncio
 import weakref
 from dataclasses import dataclass
-from typing import Final, Union
+from typing import Any, Final, Union
 
 from ..errors import RunError
-from .types import AgentResult, TextDelta
+from .types import AgentResult, ChoiceEvent, Logprobs, ReasoningDelta, TextDelta, ToolCallDelta
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +66,9 @@ class Failed:
         return self.error.reason
 
 
-RunEvent = Union[Started, Delta, Ended, Failed]
+# A mixed log's other output: the provider's own values, stored as they came.
+Output = Union[ReasoningDelta, ToolCallDelta, Logprobs, ChoiceEvent]
+RunEvent = Union[Started, Delta, ReasoningDelta, ToolCallDelta, Logprobs, ChoiceEvent, Ended, Failed]
 
 # Events appended between two compactions of a log: a compaction costs one
 # pass over them, so it adds a constant per event; what it leaves is at most
@@ -74,13 +81,14 @@ CHECKPOINT_EVENTS: Final = 32
 class EventLog:
     """The ordered events of one run. Only the run appends; anyone may subscribe."""
 
-    __slots__ = ("events", "closed", "text_bytes", "_waiters", "_subscriptions", "_compacted",
+    __slots__ = ("events", "closed", "text_bytes", "mixed", "_waiters", "_subscriptions", "_compacted",
                  "_compact_at", "_counted", "_due")
 
     def __init__(self) -> None:
         self.events: list[RunEvent] = []
         self.closed = False
         self.text_bytes = 0                 # UTF-8 bytes of the deltas, as of the last checkpoint
+        self.mixed = False                  # holds output other than Delta (set by the writer first)
         self._waiters: list[asyncio.Future[None]] = []
         # Weak references: a reader that was dropped is no cursor to respect
         # (a WeakSet costs several times more to make, once per stream).
@@ -91,8 +99,9 @@ class EventLog:
         self._due = CHECKPOINT_EVENTS       # the next checkpoint, at this length
 
     def append(self, event: RunEvent) -> bool:
-        """Add a ``Started`` or ``Delta`` event (``finish`` adds the terminal one);
-        ignored once the log is closed (nothing follows the terminal event).
+        """Add ``Started`` or output (``finish`` adds the terminal event); ignored once
+        the log is closed (nothing follows the terminal event). The writer sets
+        ``mixed`` before it appends the first output that is not a ``Delta``.
 
         Returns True every ``CHECKPOINT_EVENTS`` events, after a ``checkpoint``:
         the writer's moment to check ``text_bytes`` and give the loop a turn
@@ -112,7 +121,7 @@ class EventLog:
     def checkpoint(self) -> int:
         """Bring ``text_bytes`` up to date (and compact the log when due); returns it."""
         events = self.events
-        new = _join(events[self._counted:])
+        new = _join_mixed(events[self._counted:]) if self.mixed else _join(events[self._counted:])
         # isascii() is O(1) in CPython: only other text pays an encode.
         self.text_bytes += len(new) if new.isascii() else len(new.encode("utf-8", "surrogatepass"))
         if len(events) >= self._compact_at:
@@ -123,7 +132,7 @@ class EventLog:
 
     def text(self) -> str:
         """The deltas so far, joined: the reply (or the partial reply)."""
-        return _join(self.events)
+        return _join_mixed(self.events) if self.mixed else _join(self.events)
 
     def finish(self, event: Ended | Failed) -> None:
         """Add the terminal event and close the log."""
@@ -146,20 +155,9 @@ class EventLog:
         if len(readers) < len(self._subscriptions):
             self._subscriptions = [weakref.ref(r) for r in readers]
         cuts = {r._cursor for r in readers if start < r._cursor < end}
-        out: list[RunEvent] = []
         moved: dict[int, int] = {}
-        run: list[Delta] = []
-        for index in range(start, end):
-            if index in cuts:
-                _flush(run, out)
-                moved[index] = start + len(out)
-            event = events[index]
-            if type(event) is Delta:
-                run.append(event)
-            else:
-                _flush(run, out)
-                out.append(event)
-        _flush(run, out)
+        out = _joined_mixed(events, start, end, cuts, moved) if self.mixed else \
+            _joined(events, start, end, cuts, moved)
         events[start:] = out
         for reader in readers:
             cursor = reader._cursor
@@ -182,6 +180,86 @@ class EventLog:
         return waiter
 
 
+def _joined(events: list[RunEvent], start: int, end: int, cuts: set[int],
+            moved: dict[int, int]) -> list[RunEvent]:
+    """``events[start:end]`` of a text-only log with runs of deltas joined; a run
+    stops at each index in ``cuts`` (``moved`` maps it to its new index)."""
+    out: list[RunEvent] = []
+    run: list[Delta] = []
+    for index in range(start, end):
+        if index in cuts:
+            _flush(run, out)
+            moved[index] = start + len(out)
+        event = events[index]
+        if type(event) is Delta:
+            run.append(event)
+        else:
+            _flush(run, out)
+            out.append(event)
+    _flush(run, out)
+    return out
+
+
+def _joined_mixed(events: list[RunEvent], start: int, end: int, cuts: set[int],
+                  moved: dict[int, int]) -> list[RunEvent]:
+    """``_joined`` for a mixed log: runs of events of one ``_join_key`` are joined."""
+    out: list[RunEvent] = []
+    run: list[Any] = []
+    run_key: object = None
+    for index in range(start, end):
+        event = events[index]
+        key = _join_key(event)
+        if index in cuts or key != run_key or key is None:
+            _flush_mixed(run, out)
+            run_key = key
+        if index in cuts:
+            moved[index] = start + len(out)
+        if key is None:
+            out.append(event)
+        else:
+            run.append(event)
+    _flush_mixed(run, out)
+    return out
+
+
+def _join_key(event: Any) -> object:
+    """What a run of joinable events shares (their type, and their call or choice); None: not joinable."""
+    kind = type(event)
+    if kind is Delta or kind is ReasoningDelta or kind is Logprobs:
+        return kind
+    if kind is ToolCallDelta:
+        return (kind, event.index)
+    if kind is ChoiceEvent:
+        inner = _join_key(event.event)
+        return None if inner is None else (kind, event.index, inner)
+    return None
+
+
+def _flush_mixed(run: list[Any], out: list[RunEvent]) -> None:
+    if run:
+        out.append(run[0] if len(run) == 1 else _merged(run))
+        run.clear()
+
+
+def _merged(run: list[Any]) -> Any:
+    """One event worth a run of events of one ``_join_key``."""
+    first = run[0]
+    kind = type(first)
+    if kind is Delta:
+        return Delta("".join([e.text for e in run]))
+    if kind is ReasoningDelta:
+        signature = next((e.signature for e in reversed(run) if e.signature), "")
+        return ReasoningDelta("".join([e.text for e in run]), signature)
+    if kind is ToolCallDelta:
+        # A call's first fragment names it; the run keeps the first id/name given.
+        return ToolCallDelta(first.index, next((e.id for e in run if e.id is not None), None),
+                             next((e.name for e in run if e.name is not None), None),
+                             "".join([e.arguments for e in run]))
+    if kind is Logprobs:
+        return Logprobs(tuple(entry for e in run for entry in e.content), sum(e.size for e in run))
+    return ChoiceEvent(first.index, _merged([e.event for e in run]))
+
+
 def _join(events: list[RunEvent]) -> str:
     """The texts of the deltas in a slice of a log, joined.
 
@@ -192,6 +270,11 @@ def _join(events: list[RunEvent]) -> str:
     first = 1 if events and type(events[0]) is not Delta else 0
     last = len(events) - 1 if len(events) > first and type(events[-1]) is not Delta else len(events)
     return "".join([delta.text for delta in events[first:last]])
+
+
+def _join_mixed(events: list[RunEvent]) -> str:
+    """``_join`` for a mixed log: the texts of its deltas alone."""
+    return "".join([event.text for event in events if type(event) is Delta])  # type: ignore[union-attr]
 
 
 def _alive(ref: weakref.ref[Subscription]) -> Subscription | None:

@@ -5,7 +5,10 @@ session key, capacity: problems raise ``ApiError`` before anything starts) and
 returns a ``Run`` handle at once. The run then waits for its session's lane
 (one run at a time per session) and for a slot of its agent
 (``maxConcurrent``), streams the provider, records the turn durably, and emits
-``Started``, ``Delta``*, then ``Ended`` or ``Failed`` to its event log.
+``Started``, its output (``Delta``s; reasoning, tool-call fragments, log
+probabilities and further choices as the provider yields them), then ``Ended``
+or ``Failed`` to its event log. Tool-call fragments are joined by index into
+whole ``ToolCall``s for the result and the transcript.
 The HTTP endpoint, the WebSocket ``agent`` method and the CLI all call ``run``;
 this module knows nothing about HTTP, WebSocket or terminals.
 """
@@ -33,11 +36,12 @@ from ..errors import (
 )
 from . import sessions
 from .events import Ended, Failed, EventLog, RunEvent, Started, Subscription
+from .output import ReplyOutput, check_request, finish_reason, named_results, output_weight
 from .transcripts import Stored
 from ..providers import Provider, count_words, create_provider
 from .types import (
-    AgentRequest, AgentResult, Finish, GenerationOptions, Message, ProviderCall, SessionHistory,
-    TextDelta, TurnRecord, Usage,
+    INPUT_KINDS, NO_OPTIONS, AgentRequest, AgentResult, Finish, GenerationOptions, Message, ProviderCall,
+    SessionHistory, TextDelta, ToolCall, TurnRecord, Usage,
 )
 
 log = logging.getLogger("equabot_gw.runtime")
@@ -282,33 +286,38 @@ class RunRecord:
         return _RecordSubscription(self)
 
     async def wait(self) -> AgentResult:
-        """The result (its text read back if it is not held); raises the run's error."""
+        """The result (its reply read back if it is not held); raises the run's error.
+
+        A reply read back has its text, reasoning and tool calls; its log
+        probabilities and extra choices (never recorded) are gone.
+        """
         if self.result is None:
             raise self.error or RunAborted("cancelled")
         if self.reply_at is None:
             return self.result
-        return dataclasses.replace(self.result, text=await self._read_back())
+        outcome = await self._read_back()
+        return dataclasses.replace(self.result, text=outcome.text(), tool_calls=outcome.tool_calls,
+                                   reasoning=outcome.reasoning,
+                                   reasoning_signature=outcome.reasoning_signature)
 
     async def terminal_event(self) -> Ended | Failed:
         """The run's last event, as its subscribers saw it."""
         if self.result is not None:
             return Ended(await self.wait())
-        partial = self.partial if self.reply_at is None else await self._read_back()
+        partial = self.partial if self.reply_at is None else (await self._read_back()).text()
         return Failed(self.error or RunAborted("cancelled"), partial)
 
     def abort(self, why: str = "aborted") -> bool:
         return False
 
-    async def _read_back(self) -> str:
-        if self.store is None or self.reply_at is None:
-            return ""
+    async def _read_back(self) -> Message:
         try:
-            text = await self.store.read_reply(self.reply_at, self.id)
+            outcome = await self.store.read_outcome(self.reply_at, self.id) if self.store and self.reply_at else None
         except StorageError:
-            text = None
-        if text is None:
+            outcome = None
+        if outcome is None:
             log.warning("run %s: its reply is no longer stored", self.id)
-        return text or ""
+        return outcome or _NO_REPLY
 
 
 class _RecordSubscription:
@@ -434,16 +443,20 @@ class Runtime:
         result = run._result
         reply = result.text if result is not None else last.partial if type(last) is Failed else ""
         partial = "" if result is not None else reply
-        size = sys.getsizeof(reply)
-        if not reply or (size <= MAX_KEPT_REPLY_BYTES
-                         and self._finished_bytes + size <= FINISHED_REPLIES_BUDGET_BYTES):
+        size = sys.getsizeof(reply) if reply else 0
+        if result is not None and run.events.mixed:
+            size += output_weight(result)
+        if not size or (size <= MAX_KEPT_REPLY_BYTES
+                        and self._finished_bytes + size <= FINISHED_REPLIES_BUDGET_BYTES):
             return RunRecord(run.id, run.agent.id, run.session_key, run.status, result, run._error,
-                             partial, kept_bytes=size if reply else 0)
+                             partial, kept_bytes=size)
         # Read back from the transcript when asked; an error turn's partial text is
         # not recorded there, so it is given up.
         reply_at = run._stored if result is not None or run.status == "aborted" else None
         return RunRecord(run.id, run.agent.id, run.session_key, run.status,
-                         dataclasses.replace(result, text="") if result is not None else None,
+                         dataclasses.replace(result, text="", tool_calls=(), reasoning="", logprobs=None,
+                                             extra_choices=(), reasoning_signature="")
+                         if result is not None else None,
                          run._error, "", reply_at, self.store)
 
 
@@ -466,11 +479,9 @@ def run(runtime: Runtime, request: AgentRequest) -> Run | RunRecord:
             return existing
     agent, key, stateless = _route(runtime, request)
     provider, model_name, model_ref = runtime.resolve_model(request.model or agent.model)
-    for option in request.options.requested():
-        if option not in provider.supported_options:
-            raise ApiError(400, f"parameter {option!r} is not supported by the "
-                                f"{provider.api} provider of model {model_ref!r}",
-                           code="unsupported_parameter", param=option)
+    # Neither the shared "no options" nor a provider that takes every input needs a look.
+    if request.options is not NO_OPTIONS or provider.accepts is not INPUT_KINDS:
+        check_request(request, provider, model_ref)
     agent.admit()
     handle = Run(runtime._new_run_id(), agent, key, stateless, request, provider,
                  model_ref, model_name)
@@ -532,10 +543,10 @@ async def _execute(runtime: Runtime, handle: Run) -> None:
                 handle.events.append(Started(handle.id, agent.id, handle.session_key,
                                              handle.model, call.turn))
                 _notify(runtime.observers, "started", handle)
-                text, usage, finish, failure = await _generate(handle, call, runtime.observers)
+                text, usage, finish, failure, output = await _generate(handle, call, runtime.observers)
             finally:
                 agent.release()     # the provider is done: free the slot before the disk wait
-            await _record(runtime, handle, call, history, text, usage, finish, failure)
+            await _record(runtime, handle, call, history, text, usage, finish, failure, output)
     except asyncio.CancelledError:
         # Aborted while queued or while loading history: nothing was produced.
         _finish_failed(handle, _abort_error(handle), "")
@@ -546,6 +557,11 @@ async def _execute(runtime: Runtime, handle: Run) -> None:
             agent.waiting -= 1
         runtime._remember(handle)
         handle._task = None     # the finished task is not needed, nor is the cycle through it
+
+
+# What a reply no longer stored reads back as; the calls, reasoning and signature of a text reply.
+_NO_REPLY: Final = Message("assistant", "")
+_NO_OUTPUT: Final[tuple[tuple[ToolCall, ...], str, str]] = ((), "", "")
 
 
 class _NoLane:
@@ -568,25 +584,30 @@ async def _prepare(runtime: Runtime, handle: Run) -> tuple[ProviderCall, Session
     request = handle.request
     history = _EMPTY_HISTORY if handle.stateless else \
         await runtime.store.history(agent.id, handle.session_key)
-    context = history.messages if history.exists else request.context
+    context = history.messages if history.exists and not request.client_history else request.context
     system = "\n\n".join(p for p in (agent.system_prompt, request.system) if p)
-    call = ProviderCall(handle._model_name, system, context + (Message("user", request.message),),
+    new = named_results(context, request.input) if request.input else (Message("user", request.message),)
+    call = ProviderCall(handle._model_name, system, context + new,
                         history.assistant_turns + 1, request.options, handle.id)
     return call, history
 
 
 async def _generate(handle: Run, call: ProviderCall, observers: list[Callable[[str, Run], None]]
-                    ) -> tuple[str, Usage | None, str, RunError | None]:
+                    ) -> tuple[str, Usage | None, str, RunError | None, ReplyOutput | None]:
     """Stream the provider into the event log; an abort or failure ends it early.
 
     The reply is bounded by the provider's ``max_reply_bytes`` (``ReplyTooLarge``
-    past it), and the loop is given back every ``YIELD_INTERVAL`` seconds
+    past it: its text, reasoning and tool-call arguments, of every choice,
+    together), and the loop is given back every ``YIELD_INTERVAL`` seconds
     however fast the provider yields, so an abort or the timeout always lands.
+    Output other than choice 0's text is gathered in a ``ReplyOutput``, made at
+    the first such event (None for a text-only reply).
     """
     text = ""
     usage: Usage | None = None
     finish = "stop"
     failure: RunError | None = None
+    output: ReplyOutput | None = None
     run_log = handle.events
     append = run_log.append
     provider = handle.provider
@@ -614,13 +635,17 @@ async def _generate(handle: Run, call: ProviderCall, observers: list[Callable[[s
                         raise ReplyTooLarge(provider.name, limit)
                     if not append(event):               # TextDelta is the log's Delta event
                         continue
-                    if run_log.text_bytes > limit:
+                    if run_log.text_bytes > limit - (output.bytes if output is not None else 0):
                         raise ReplyTooLarge(provider.name, limit)
                 else:
                     if kind is Usage:
                         usage = event                    # type: ignore[assignment]
                     elif kind is Finish:
                         finish = event.reason            # type: ignore[union-attr]
+                    elif kind is not TextDelta:
+                        if output is None:
+                            output = ReplyOutput(handle.id, provider.name, limit)
+                        room = output.add(run_log, event, room)     # type: ignore[arg-type]
                     others += 1
                     if others < _YIELD_CHECK_EVENTS:
                         continue
@@ -629,7 +654,8 @@ async def _generate(handle: Run, call: ProviderCall, observers: list[Callable[[s
                     await asyncio.sleep(0)
                     give_back_at = clock() + YIELD_INTERVAL
         text = run_log.text()   # the reply: its deltas, joined once (the log holds no copy)
-        if (len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))) > limit:
+        if (len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))) > \
+                limit - (output.bytes if output is not None else 0):
             raise ReplyTooLarge(provider.name, limit)
     except asyncio.CancelledError:
         if handle._abort_reason is None:
@@ -645,7 +671,7 @@ async def _generate(handle: Run, call: ProviderCall, observers: list[Callable[[s
         failure = UpstreamError(handle.provider.name, f"internal provider error ({type(exc).__name__})")
     finally:
         handle.agent.unwatch(handle)
-    return run_log.text() if failure is not None else text, usage, finish, failure
+    return run_log.text() if failure is not None else text, usage, finish, failure, output
 
 
 def _notify(observers: list[Callable[[str, Run], None]], phase: str, run: Run) -> None:
@@ -672,7 +698,8 @@ def _abort_error(handle: Run) -> RunAborted:
 
 
 async def _record(runtime: Runtime, handle: Run, call: ProviderCall, history: SessionHistory,
-                  text: str, usage: Usage | None, finish: str, failure: RunError | None) -> None:
+                  text: str, usage: Usage | None, finish: str, failure: RunError | None,
+                  output: ReplyOutput | None = None) -> None:
     """Write the turn durably, then end the run with its result or its failure."""
     if not handle.done:             # a run settled past its abort grace stays as it was told
         handle.status = "recording"
@@ -687,10 +714,16 @@ async def _record(runtime: Runtime, handle: Run, call: ProviderCall, history: Se
         status, error = "aborted", failure.why
     else:
         status, error = "error", str(failure)
+    calls, reasoning, signature = _NO_OUTPUT
+    if output is not None:
+        calls, reasoning, signature = output.outcome(failure is None)
+        finish = finish_reason(finish, calls)
     record = TurnRecord(run_id=handle.id, user=request.message, reply=text, status=status,
                         at=time.time(), model=handle.model, usage=usage,
                         finish_reason=finish if failure is None else None, error=error,
-                        context=() if history.exists else request.context)
+                        context=() if history.exists else request.context,
+                        input=call.messages[len(call.messages) - len(request.input):] if request.input else (),
+                        tool_calls=calls, reasoning=reasoning, reasoning_signature=signature)
     try:
         # No shield needed: from "recording" on, abort() refuses, and the store
         # does its bookkeeping in commit callbacks that outlive a cancelled waiter.
@@ -704,6 +737,8 @@ async def _record(runtime: Runtime, handle: Run, call: ProviderCall, history: Se
     assert usage is not None
     result = AgentResult(handle.id, handle.agent.id, handle.session_key, text, usage, finish,
                          handle.model, call.turn)
+    if output is not None:
+        result = output.completed(result)
     handle.status = "ok"
     handle.events.finish(Ended(result))
     handle._settle(result, None)
@@ -719,7 +754,7 @@ def _finish_failed(handle: Run, error: RunError, partial: str) -> None:
 
 async def _word_usage(call: ProviderCall, reply: str) -> Usage:
     """Whitespace-separated words, for providers that report no counts of their own."""
-    prompt = await count_words(call.system, *(m.content for m in call.messages))
+    prompt = await count_words(call.system, *(m.text() for m in call.messages))
     return Usage(prompt, await count_words(reply))
 
 

@@ -26,7 +26,7 @@ from typing import Any, AsyncContextManager, Callable, Final
 from equabot_gw import errors
 from equabot_gw.agents import transcripts
 from equabot_gw.agents.transcripts import AGENT_ID_RE, Committer, SessionInfo
-from equabot_gw.agents.types import Message, SessionHistory, TurnRecord
+from equabot_gw.agents.types import Message, SessionHistory, TurnRecord, content_text, message_chars
 
 __all__ = [
     "validate_key", "agent_of", "with_agent", "scoped_key", "user_key", "stateless_key", "chat_messages",
@@ -152,26 +152,36 @@ def _owns(agent_id: str, key: str) -> bool:
 # -- lanes --------------------------------------------------------------------
 
 def chat_messages(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The conversation of a transcript as chat messages (user / assistant), oldest first.
+    """The conversation of a transcript as chat messages (user / tool / assistant), oldest first.
 
-    Each is ``{"role", "content", "runId", "ts"}`` (ts in ms); an aborted reply
-    is an assistant message with ``"aborted": true``. Error turns and
-    bookkeeping lines are left out. One shape for every reader (WS
-    ``chat.history``, ``sessions show``). Fields are taken one by one: a
-    hand-edited line with a wrong type in one (``"at": null``) gives that
-    field's neutral value ("", None, 0), never an error.
+    Each is ``{"role", "content", "runId", "ts"}`` (ts in ms; content the
+    message's text); an aborted reply is an assistant message with
+    ``"aborted": true``, a reply that calls tools has ``"toolCalls"``
+    (``[{id, name, arguments}]``), a tool result ``"toolCallId"`` and
+    ``"name"``. Error turns and bookkeeping lines are left out. Fields are
+    taken one by one: a hand-edited line with a wrong type in one
+    (``"at": null``) gives that field's neutral value ("", None, 0), never an error.
     """
     out = []
     for line in lines:
         kind = line.get("type")
-        if kind in ("user", "assistant", "aborted"):
+        if kind in ("user", "assistant", "aborted", "tool"):
             content, run_id = line.get("content"), line.get("runId")
-            message = {"role": "user" if kind == "user" else "assistant",
-                       "content": content if isinstance(content, str) else "",
+            parts = transcripts.content_of(content)
+            message = {"role": "assistant" if kind == "aborted" else kind,
+                       "content": content_text(parts) if parts is not None else "",
                        "runId": run_id if isinstance(run_id, str) else None,
                        "ts": _millis(line.get("at"))}
             if kind == "aborted":
                 message["aborted"] = True
+            if kind == "assistant" and line.get("toolCalls"):
+                reply = transcripts.message_of(line, "assistant")
+                if reply is not None and reply.tool_calls:
+                    message["toolCalls"] = [{"id": c.id, "name": c.name, "arguments": c.arguments}
+                                            for c in reply.tool_calls]
+            if kind == "tool":
+                for key in ("toolCallId", "name"):
+                    message[key] = line.get(key) if isinstance(line.get(key), str) else None
             out.append(message)
     return out
 
@@ -186,8 +196,11 @@ def _millis(at: object) -> int:
 
 
 def _history_bytes(messages: tuple[Message, ...]) -> int:
-    """What caching ``messages`` costs: their texts as stored, and each message object."""
-    return sum(map(sys.getsizeof, [m.content for m in messages])) + _MESSAGE_OVERHEAD_BYTES * len(messages)
+    """What caching ``messages`` costs: their texts as stored (parts, tool calls and
+    reasoning by their characters), and each message object."""
+    return sum([sys.getsizeof(m.content) if type(m.content) is str and not m.tool_calls and not m.reasoning
+                else _MESSAGE_OVERHEAD_BYTES + message_chars(m) for m in messages]) \
+        + _MESSAGE_OVERHEAD_BYTES * len(messages)
 
 
 class _Lane:
@@ -231,6 +244,12 @@ DEFAULT_MAX_CACHED_HISTORY_BYTES: Final = 8 * 1024 * 1024
 # What one cached message costs besides its text (Message object, tuple slot).
 _MESSAGE_OVERHEAD_BYTES: Final = 72
 INDEX_FLUSH_INTERVAL: Final = 0.5   # seconds: an index is rewritten at most this often per agent
+# An index rewrite costs time in proportion to the agent's sessions (and holds
+# the interpreter's lock while it encodes): the next one waits at least this
+# many times as long as the last took, so rewrites stay a small share of the
+# process's time however many sessions there are (measured: 18 µs a session,
+# a third of a core at 10,000 sessions with a fixed 0.5 s interval).
+INDEX_FLUSH_COST_FACTOR: Final = 20
 INDEX_RETRY_INTERVAL: Final = 5.0   # seconds before retrying an index write that failed
 
 
@@ -504,6 +523,15 @@ class SessionStore:
         """Bytes of history the cache holds now (at most ``max_cached_bytes``)."""
         return self._cached_bytes
 
+    async def read_outcome(self, where: transcripts.Stored, run_id: str) -> Message | None:
+        """The reply of run ``run_id`` as recorded at ``where``, as an assistant message
+        (text, tool calls, reasoning); None once its transcript was reset or deleted, or
+        its journal pruned. Raises ``StorageError`` if the store is closed.
+        """
+        committer = self._require_open()
+        return await committer.job(  # type: ignore[no-any-return]
+            "reading a reply back", functools.partial(transcripts.read_outcome, where, run_id))
+
     async def read_reply(self, where: transcripts.Stored, run_id: str) -> str | None:
         """The reply of run ``run_id`` as recorded at ``where`` (what ``record_turn``
         returned); None once its transcript was reset or deleted, or its journal pruned.
@@ -615,7 +643,14 @@ class SessionStore:
         # Entries are frozen, so a shallow copy is a consistent snapshot for the thread.
         job = functools.partial(transcripts.write_index, agent.sessions_dir, dict(agent.index))
         send = self._committer.job if wait else self._committer.post  # type: ignore[union-attr]
-        return send("writing the session index", job, on_error=lambda _: self._index_failed(agent))
+        return send("writing the session index", job, on_ok=lambda took: self._index_written(agent, took),
+                    on_error=lambda _: self._index_failed(agent))
+
+    def _index_written(self, agent: _Agent, took: float) -> None:
+        # Keep rewrites a bounded share of the time (INDEX_FLUSH_COST_FACTOR).
+        if self._loop is not None:
+            agent.next_flush = max(agent.next_flush,
+                                   self._loop.time() + took * INDEX_FLUSH_COST_FACTOR)
 
     def _index_failed(self, agent: _Agent) -> None:
         agent.next_flush = self._loop.time() + INDEX_RETRY_INTERVAL  # type: ignore[union-attr]

@@ -17,9 +17,12 @@ import json
 import uuid
 from typing import Any, Final
 
+from .. import safejson
+from ..agents.types import AudioPart, ImagePart, Part, TextPart, ToolCall
 from ..errors import ApiError, RunError, RunTimedOut, http_status
 
-__all__ = ["DEFERRED", "dumps", "error_shape", "session_id", "ms", "usage_shape", "agent_final"]
+__all__ = ["DEFERRED", "dumps", "error_shape", "session_id", "ms", "usage_shape", "agent_final",
+           "assistant_parts", "content_parts", "arguments_object"]
 
 # A method returns this when it answers later itself (agent, chat.send).
 DEFERRED: Final = object()
@@ -98,3 +101,46 @@ def agent_final(run_id: str, status: str, text: str, *, model_ref: str, session_
     return {"runId": run_id, "status": status,
             "summary": "completed" if status == "ok" else status,
             "result": {"payloads": [{"text": text, "mediaUrl": None}] if text else [], "meta": meta}}
+
+
+# -- content parts as the original's messages carry them (pi-ai's shapes) ------------
+
+def content_parts(content: str | tuple[Part, ...]) -> list[dict[str, Any]]:
+    """A message content as parts: ``{type:"text",text}``; an image as ``{type:"image",
+    data, mimeType}`` (a data URL split) or ``{type:"image", url}``; audio, which these
+    messages have no part for, as the text "[audio]"."""
+    if type(content) is str:
+        return [{"type": "text", "text": content}]
+    parts: list[dict[str, Any]] = []
+    for part in content:
+        if type(part) is TextPart:
+            parts.append({"type": "text", "text": part.text})
+        elif type(part) is ImagePart:
+            if part.url.startswith("data:"):
+                head, _, data = part.url.partition(",")
+                parts.append({"type": "image", "data": data, "mimeType": head[5:].split(";")[0]})
+            else:
+                parts.append({"type": "image", "url": part.url})
+        elif type(part) is AudioPart:
+            parts.append({"type": "text", "text": "[audio]"})
+    return parts
+
+
+def assistant_parts(text: str, reasoning: str, calls: tuple[ToolCall, ...]) -> list[dict[str, Any]]:
+    """An assistant message's parts: ``thinking``, then the text (left out when the
+    reply is only calls), then a ``toolCall`` part per call (arguments as an object)."""
+    parts: list[dict[str, Any]] = [{"type": "thinking", "thinking": reasoning}] if reasoning else []
+    if text or not calls:
+        parts.append({"type": "text", "text": text})
+    parts.extend({"type": "toolCall", "id": c.id, "name": c.name, "arguments": arguments_object(c.arguments)}
+                 for c in calls)
+    return parts
+
+
+def arguments_object(arguments: str) -> dict[str, Any]:
+    """A call's JSON arguments as an object ({} when they are not a JSON object)."""
+    try:
+        value = safejson.loads(arguments) if arguments else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}

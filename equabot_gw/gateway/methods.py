@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any, Final
 from .. import __version__, config as config_mod
 from ..agents import sessions
 from ..errors import ApiError
-from .frames import ms, session_id, usage_shape
+from ..agents import lines as transcript_lines
+from .frames import assistant_parts, content_parts, ms, session_id, usage_shape
 
 if TYPE_CHECKING:
     from ..agents.transcripts import SessionInfo
@@ -278,24 +279,45 @@ def _number(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
+# Finish reasons as the original's messages name them (pi-ai's stopReason).
+_STOP_REASONS: Final = {"tool_calls": "toolUse"}
+
+
 def history_messages(conn: ControlConnection, lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A transcript's conversation as the original's chat messages (content parts, timestamp).
 
-    Lines of other types and fields of the wrong type are skipped or zeroed:
-    a hand-edited transcript never fails the read.
+    User messages carry text and image parts; a tool result is a
+    ``{role: "toolResult", toolCallId, toolName, content, isError: false}``
+    message; an assistant message's parts are its ``thinking``, its text and
+    its ``toolCall``s. Lines of other types and fields of the wrong type are
+    skipped or zeroed: a hand-edited transcript never fails the read.
     """
     providers = conn.gateway.runtime.providers
     out: list[dict[str, Any]] = []
     for line in lines:
         kind = line.get("type")
         content = line.get("content")
-        if kind not in ("user", "assistant", "aborted") or not isinstance(content, str):
+        if kind not in ("user", "assistant", "aborted", "tool"):
+            continue
+        parts = content if isinstance(content, str) else transcript_lines.content_of(content)
+        if parts is None:
             continue
         at = line.get("at")
+        timestamp = ms(at) if isinstance(at, (int, float)) and not isinstance(at, bool) else 0
+        if kind == "tool":
+            call_id, name = line.get("toolCallId"), line.get("name")
+            out.append({"role": "toolResult", "toolCallId": call_id if isinstance(call_id, str) else "",
+                        "toolName": name if isinstance(name, str) else "", "content": content_parts(parts),
+                        "isError": False, "timestamp": timestamp})
+            continue
         message: dict[str, Any] = {
             "role": "user" if kind == "user" else "assistant",
-            "content": [{"type": "text", "text": content}],
-            "timestamp": ms(at) if isinstance(at, (int, float)) and not isinstance(at, bool) else 0}
+            "content": [{"type": "text", "text": content}] if isinstance(content, str) else content_parts(parts),
+            "timestamp": timestamp}
+        if kind != "user" and isinstance(content, str) and ("toolCalls" in line or "reasoning" in line):
+            reply = transcript_lines.reply_of(line)
+            if reply is not None:
+                message["content"] = assistant_parts(content, reply.reasoning, reply.tool_calls)
         if kind != "user":
             model_ref = line.get("model") if isinstance(line.get("model"), str) else ""
             provider, _, model = model_ref.partition("/")
@@ -307,7 +329,8 @@ def history_messages(conn: ControlConnection, lines: list[dict[str, Any]]) -> li
                 "api": api, "provider": provider, "model": model or provider,
                 "usage": {**usage_shape(prompt, completion), "totalTokens": prompt + completion,
                           "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0, "total": 0}},
-                "stopReason": "aborted" if kind == "aborted" else finish if isinstance(finish, str) else "stop"})
+                "stopReason": "aborted" if kind == "aborted" else _STOP_REASONS.get(finish, finish)
+                if isinstance(finish, str) else "stop"})
             del message["usage"]["total"]
         out.append(message)
     return out
@@ -318,7 +341,11 @@ async def m_chat_history(conn: ControlConnection, params: Params, req_id: Any) -
     store = conn.gateway.runtime.store
     info = store.session_info(agent_id, key)
     lines = await store.read_transcript(agent_id, key)
-    messages = history_messages(conn, lines)[-params.get("limit", 200):]
+    messages = history_messages(conn, lines)
+    start = max(0, len(messages) - params.get("limit", 200))
+    while 0 < start < len(messages) and messages[start]["role"] == "toolResult":
+        start -= 1          # a call and its results stay together: never cut between them
+    messages = messages[start:]
     return {"sessionKey": params["sessionKey"], "sessionId": session_id(key, info.created_at if info else None),
             "messages": messages, "thinkingLevel": "off"}
 

@@ -4,37 +4,40 @@ Owns the translation between OpenAI's wire shapes and the runtime: request
 validation (every field of OpenAI's reference; neutral values accepted, values
 the provider cannot honour refused by name, unknown fields refused as OpenAI
 does), agent and session routing (spec: model prefix, ``x-equabot-*`` headers,
-``user``), and the response objects, SSE chunks and error bodies. Every
-completion is one ``runtime.run`` — the same code path as ``equabot agent``.
-It never talks to providers or transcripts itself.
+``user``; ``x-equabot-history: client``), the response objects and error
+bodies. The shapes of content (messages with parts, tools, tool calls,
+reasoning, logprobs) are converted in ``chat_content``, the SSE chunks
+written by ``chat_stream``. Every completion is one ``runtime.run`` — the
+same code path as ``equabot agent``. It never talks to providers or
+transcripts itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import math
-import operator
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Final
 
-from .. import __version__, compact_json, safejson
+from .. import compact_json, safejson
 from ..agents import runtime as agent_runtime
 from ..agents import sessions
-from ..agents.events import Delta, Ended, Failed, Started, Subscription
+from ..agents.events import Failed, Started
 from ..agents.runtime import Run, Runtime
-from ..agents.types import AgentRequest, AgentResult, GenerationOptions, Message
-from ..errors import ApiError, RunError, RunTimedOut, http_status
+from ..agents.types import AgentRequest, AgentResult
+from ..errors import ApiError, RunError, http_status
+from . import chat_content, chat_stream
+from .chat_content import FINISH_REASONS
+from .chat_stream import SYSTEM_FINGERPRINT
 from ..net import sse
 from ..net.routes import HTTPRequest, Response, StreamingResponse, error_body
 
 # Our headers, and the same headers as the original Gateway's clients send them
 # (older: x-clawdbot-*, newer: x-openclaw-*); the first family present wins.
 HEADER_PREFIXES: Final = ("x-equabot-", "x-openclaw-", "x-clawdbot-")
-SYSTEM_FINGERPRINT: Final = f"equabot-gw-{__version__}"
 # `model` prefixes that name an agent, ours and the original's clients'.
 MODEL_PREFIXES: Final = ("equabot:", "equabot/", "openclaw:", "clawdbot:", "agent:")
 # The plain name of the default agent (the README's model), listed first by /v1/models.
@@ -46,27 +49,16 @@ DEFAULT_MAX_MESSAGES: Final = 10_000   # gateway.http.maxMessages
 # The model string is echoed in every chunk of a stream: a long one would
 # multiply the output (real model names are a few dozen characters).
 MAX_MODEL_CHARS: Final = 256
-# Messages and content parts read per step of the event loop (about 2 ms of
-# checks), and decoded messages freed per step (a million at once take ~100 ms).
-_ITEMS_PER_STEP: Final = 1000
+# Decoded messages freed per step of the event loop (a million at once take ~100 ms).
 _FREED_PER_STEP: Final = 50_000
 JSON_TYPES: Final = ("application/json",)
 
 
 # -- field checks: each raises ApiError naming the field, or returns the value -------
 
-def _bad(param: str, message: str, code: str = "invalid_type") -> ApiError:
-    return ApiError(400, message, code=code, param=param)
-
-
-def _unsupported(param: str, why: str) -> ApiError:
-    return ApiError(400, f"{param!r} {why} is not supported by this gateway",
-                    code="unsupported_parameter", param=param)
-
-
-def _type_name(value: Any) -> str:
-    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
-            type(None): "null"}.get(type(value), "a number")
+_bad: Final = chat_content.bad
+_unsupported: Final = chat_content.unsupported
+_type_name: Final = chat_content.type_name
 
 
 def _is_number(value: Any) -> bool:
@@ -128,25 +120,13 @@ def _fields_table() -> dict[str, Callable[[Any], None]]:
         "max_completion_tokens": lambda v: _positive_int("max_completion_tokens", v),
         "seed": lambda v: _expect("seed", v, "integer"),
         "stop": _check_stop,
-        "n": lambda v: n("n", v, "integer", lambda x: x == 1, "other than 1"),
-        "tools": lambda v: n("tools", v, "array", lambda x: not x, "(tool calling)"),
-        "functions": lambda v: n("functions", v, "array", lambda x: not x, "(function calling)"),
-        "tool_choice": lambda v: n("tool_choice", v, "string|object",
-                                   lambda x: x in ("none", "auto"), "(forcing a tool call)"),
-        "function_call": lambda v: n("function_call", v, "string|object",
-                                     lambda x: x in ("none", "auto"), "(forcing a function call)"),
+        # Tools, structured output, logprobs, penalties, reasoning, n and the
+        # extra sampling fields: checked (and converted) in chat_content.
+        **chat_content.FIELD_CHECKS,
         "parallel_tool_calls": lambda v: _expect("parallel_tool_calls", v, "boolean"),
-        "response_format": lambda v: n("response_format", v, "object",
-                                       lambda x: x.get("type") == "text", "other than {\"type\": \"text\"}"),
-        "logprobs": lambda v: n("logprobs", v, "boolean", lambda x: x is False, "true"),
-        "top_logprobs": lambda v: n("top_logprobs", v, "integer", lambda x: x == 0, "above 0"),
-        "logit_bias": lambda v: n("logit_bias", v, "object", lambda x: not x, "(token biases)"),
-        "frequency_penalty": lambda v: n("frequency_penalty", v, "number", lambda x: x == 0, "other than 0"),
-        "presence_penalty": lambda v: n("presence_penalty", v, "number", lambda x: x == 0, "other than 0"),
         "modalities": lambda v: n("modalities", v, "array", lambda x: x == ["text"] or not x,
                                   "other than [\"text\"]"),
         "audio": lambda v: n("audio", v, "object", lambda x: False, "(audio output)"),
-        "reasoning_effort": lambda v: n("reasoning_effort", v, "string", lambda x: False, "(reasoning control)"),
         "verbosity": lambda v: n("verbosity", v, "string", lambda x: False, "(verbosity control)"),
         "web_search_options": lambda v: n("web_search_options", v, "object", lambda x: False, "(web search)"),
         "moderation": lambda v: n("moderation", v, "object|string", lambda x: False, "(moderation)"),
@@ -179,121 +159,6 @@ def _check_stop(value: Any) -> None:
 FIELDS: Final = _fields_table()
 
 
-# -- messages -------------------------------------------------------------------------
-
-def _text_of(content: Any, where: str, first: int = 0, stop: int | None = None) -> str:
-    """Text of a message content: a string, or an array of ``text`` parts (those from
-    ``first`` to ``stop`` when given)."""
-    if content is None or isinstance(content, str):
-        return content or ""
-    if not isinstance(content, list):
-        raise _bad(where, f"Invalid type for {where!r}: expected a string or an array of "
-                          f"content parts, but got {_type_name(content)}.")
-    texts = []
-    for i in range(first, len(content) if stop is None else min(stop, len(content))):
-        part = content[i]
-        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-            raise _bad(f"{where}[{i}]", f"Invalid content part {where}[{i}]: expected an object "
-                                        f"with a 'type'.")
-        if part["type"] != "text":
-            raise _unsupported(f"{where}[{i}].type", f"= {part['type'][:100]!r} (only text parts)")
-        if not isinstance(part.get("text"), str):
-            raise _bad(f"{where}[{i}].text", f"Invalid type for '{where}[{i}].text': expected a string.")
-        texts.append(part["text"])
-    return "".join(texts)
-
-
-async def _conversation(messages: list[Any], max_messages: int = DEFAULT_MAX_MESSAGES
-                        ) -> tuple[str, tuple[Message, ...], str]:
-    """(extra system instructions, earlier context, the newest user message) of a request.
-
-    More than ``max_messages`` messages is 400 ``too_many_messages``; long
-    lists are read about ``_ITEMS_PER_STEP`` messages or parts at a time, the
-    loop served between.
-    """
-    if not messages:
-        raise _bad("messages", "Invalid 'messages': empty array. Expected an array with "
-                               "minimum length 1.", code="invalid_value")
-    if len(messages) > max_messages:
-        raise _bad("messages", f"Invalid 'messages': {len(messages)} messages, more than this "
-                               f"gateway's limit of {max_messages} (gateway.http.maxMessages).",
-                   code="too_many_messages")
-    system: list[str] = []
-    context: list[Message] = []
-    start = _read_messages(messages, 0, system, context)
-    while start < len(messages):
-        await asyncio.sleep(0)
-        if _is_long_content(messages[start]):
-            await _read_long_message(messages, start, system, context)
-            start += 1
-        start = _read_messages(messages, start, system, context)
-    if not context or context[-1].role != "user":
-        if not any(m.role == "user" for m in context):
-            raise _bad("messages", "Missing user message in messages: at least one message "
-                                   "with role 'user' is required.", code="missing_user_message")
-        raise _unsupported("messages", "ending after the newest user message "
-                                       "(assistant or tool messages after it)")
-    return "\n\n".join(system), tuple(context[:-1]), context[-1].content
-
-
-def _read_messages(messages: list[Any], start: int, system: list[str], context: list[Message]) -> int:
-    """Check messages from ``start`` on and add their texts to ``system``/``context``.
-
-    Stops after about ``_ITEMS_PER_STEP`` messages and content parts, or at a
-    message of more parts than that (``_read_long_message`` reads it); returns
-    the index of the first message not read.
-    """
-    work = 0
-    for i in range(start, len(messages)):
-        if work >= _ITEMS_PER_STEP or _is_long_content(messages[i]):
-            return i
-        message = messages[i]
-        if not isinstance(message, dict):
-            raise _bad(f"messages[{i}]", f"Invalid type for 'messages[{i}]': expected an object, "
-                                         f"but got {_type_name(message)}.")
-        content = message.get("content")
-        if type(content) is str:
-            work += 1
-            _add_message(message, i, content, system, context)
-        else:
-            work += 1 + (len(content) if type(content) is list else 0)
-            _add_message(message, i, _text_of(content, f"messages[{i}].content"), system, context)
-    return len(messages)
-
-
-def _is_long_content(message: Any) -> bool:
-    content = message.get("content") if type(message) is dict else None
-    return type(content) is list and len(content) > _ITEMS_PER_STEP
-
-
-async def _read_long_message(messages: list[Any], i: int, system: list[str], context: list[Message]) -> None:
-    """A message of many content parts, read ``_ITEMS_PER_STEP`` parts per loop step."""
-    content = messages[i]["content"]
-    texts = []
-    for first in range(0, len(content), _ITEMS_PER_STEP):
-        if first:
-            await asyncio.sleep(0)
-        texts.append(_text_of(content, f"messages[{i}].content", first, first + _ITEMS_PER_STEP))
-    _add_message(messages[i], i, "".join(texts), system, context)
-
-
-def _add_message(message: dict[str, Any], i: int, text: str, system: list[str], context: list[Message]) -> None:
-    role = message.get("role")
-    if type(role) is not str or role not in _ROLES:
-        shown = repr(role[:100]) if type(role) is str else _type_name(role)
-        raise _bad(f"messages[{i}].role", f"Invalid value for 'messages[{i}].role': {shown} is not "
-                                          f"one of 'system', 'developer', 'user', 'assistant', 'tool'.",
-                   code="invalid_value")
-    if role == "system" or role == "developer":
-        if text:
-            system.append(text)
-    else:
-        context.append(Message("tool" if role == "function" else role, text))
-
-
-_ROLES: Final = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-
-
 # -- the endpoint -------------------------------------------------------------------------
 
 class ChatCompletions:
@@ -304,6 +169,9 @@ class ChatCompletions:
         self.runtime = runtime
         self.authorize = authorize
         self.max_messages = max_messages
+        # gateway.http.endpoints.chatCompletions.history: "client" makes every request's
+        # messages its context (x-equabot-history chooses per request).
+        self.client_history = runtime.config.gateway.http.endpoints.chat_completions.history == "client"
         self.started_at = int(started_at or time.time())
         node = runtime.config.gateway.node_id      # chatcmpl-<node>-<random><n>
         self._id_prefix = (f"{node}-" if node else "") + os.urandom(6).hex()
@@ -349,9 +217,10 @@ class ChatCompletions:
         except ApiError as exc:
             raise _rename_option_param(exc, body) from None
         completion_id = self._completion_id()
+        legacy = bool(agent_request.options.tools) and chat_content.is_legacy(body)
         if stream:
-            return await self._stream(run, completion_id, model_name, include_usage)
-        return await self._complete(run, completion_id, model_name)
+            return await self._stream(run, completion_id, model_name, include_usage, legacy)
+        return await self._complete(run, completion_id, model_name, legacy)
 
     def _completion_id(self) -> str:
         self._ids += 1
@@ -374,7 +243,7 @@ class ChatCompletions:
             raise _bad("stream_options", "The 'stream_options' parameter is only allowed when "
                                          "'stream' is enabled.", code="invalid_value")
         include_usage = bool(stream_options and stream_options.get("include_usage"))
-        system, context, message = await _conversation(body["messages"], self.max_messages)
+        system, context, new = await chat_content.read_conversation(body["messages"], self.max_messages)
         model_name: str = body["model"]
         if len(model_name) > MAX_MODEL_CHARS:
             raise _bad("model", f"Invalid 'model': {len(model_name)} characters, more than the "
@@ -386,13 +255,27 @@ class ChatCompletions:
         if session_key is None and user:
             agent = self.runtime.agent(agent_id)
             session_key = sessions.user_key(agent.id, user)
+        # The usual new turn, one user message of text, travels as ``message`` (the
+        # runtime's cheapest path); anything else (parts, tool results) as ``input``.
+        plain = len(new) == 1 and new[0].role == "user" and type(new[0].content) is str
         agent_request = AgentRequest(
-            message=message, agent_id=agent_id, session_key=session_key, context=context,
-            system=system, model=gateway_header(headers, "model"),
-            options=_options(body), origin="openai")
+            message=new[0].content if plain else "", agent_id=agent_id,  # type: ignore[arg-type]
+            session_key=session_key, context=context, system=system, model=gateway_header(headers, "model"),
+            options=chat_content.options_from(body), origin="openai", input=() if plain else new,
+            client_history=self._client_history(headers))
         return agent_request, stream, include_usage, model_name
 
-    async def _complete(self, run: Run, completion_id: str, model_name: str) -> Response:
+    def _client_history(self, headers: Any) -> bool:
+        """Whether the client owns the history: x-equabot-history (client|session), else the config."""
+        value = gateway_header(headers, "history")
+        if value is None:
+            return self.client_history
+        if value.strip().lower() not in ("client", "session"):
+            raise _bad("x-equabot-history", f"Invalid x-equabot-history {value[:40]!r}: expected "
+                                             f"'client' or 'session'.", code="invalid_value")
+        return value.strip().lower() == "client"
+
+    async def _complete(self, run: Run, completion_id: str, model_name: str, legacy: bool) -> Response:
         try:
             result = await run.wait()
         except asyncio.CancelledError:
@@ -400,223 +283,29 @@ class ChatCompletions:
             raise
         except RunError as exc:
             return _run_error_response(exc)
-        completion = _completion_object(completion_id, model_name, result)
-        if len(result.text) < compact_json.LARGE_CHARS:
+        completion = _completion_object(completion_id, model_name, result, legacy)
+        if len(result.text) + len(result.reasoning) < compact_json.LARGE_CHARS and not result.extra_choices:
             return _json_response(200, completion)
         # A reply of megabytes is escaped in slices of the event loop.
         return Response(200, [("content-type", "application/json")],
                         (await compact_json.dumps_async(completion)).encode())
 
     async def _stream(self, run: Run, completion_id: str, model_name: str,
-                      include_usage: bool) -> Response | StreamingResponse:
+                      include_usage: bool, legacy: bool) -> Response | StreamingResponse:
         subscription = run.subscribe()
         try:
             # Hold the response head until the run produced something, so a run
-            # that fails before its first word gets a real status (429, 502, 504).
-            first = await _first_output(subscription)
+            # that fails before its first output gets a real status (429, 502, 504).
+            first = await chat_stream.first_output(subscription)
         except asyncio.CancelledError:
             run.abort("client disconnected")
             raise
-        if first and isinstance(first[-1], Failed) and not any(isinstance(e, Delta) for e in first):
+        if first and type(first[-1]) is Failed and all(type(e) is Started for e in first[:-1]):
             return _run_error_response(first[-1].error)
-        chunks = _ChunkWriter(completion_id, model_name, include_usage)
+        chunks = chat_stream.ChunkWriter(completion_id, model_name, include_usage, legacy)
         return StreamingResponse(200, list(sse.HEADERS),
-                                 _sse_body(run, subscription, first, chunks),
+                                 chat_stream.sse_body(run, subscription, first, chunks),
                                  idle_bytes=sse.KEEPALIVE, idle_interval=sse.KEEPALIVE_INTERVAL)
-
-
-async def _first_output(subscription: Subscription) -> list[Any]:
-    """Events up to and including the first delta or terminal event."""
-    events: list[Any] = []
-    while True:
-        batch = await subscription.next_batch()
-        if batch is None:
-            return events
-        events.extend(batch)
-        if any(isinstance(e, (Delta, Ended, Failed)) for e in batch):
-            return events
-
-
-async def _sse_body(run: Run, subscription: Subscription, first: list[Any],
-                    chunks: _ChunkWriter) -> AsyncIterator[bytes]:
-    # Pieces are yielded one by one, so that the server can wait for a slow
-    # client between them (and the events of a batch are turned into bytes
-    # only as the client takes them).
-    try:
-        for piece in chunks.pieces(first, role=True):
-            yield piece
-        while not chunks.finished:
-            batch = await subscription.next_batch()
-            if batch is None:
-                break
-            # The usual batch of a client that keeps up: a few deltas, one piece.
-            piece = chunks.piece(batch) if len(batch) <= _SMALL_BATCH_DELTAS else None
-            if piece is not None:
-                yield piece
-                continue
-            for piece in chunks.pieces(batch):
-                yield piece
-        yield sse.DONE
-    finally:
-        if not run.done:
-            run.abort("client disconnected")
-
-
-# One piece of an SSE body is at most this many bytes; the text of one chunk at
-# most _CHUNK_TEXT_CHARS characters (escaped as ASCII, 12 bytes each at worst:
-# a chunk stays under 50 KiB with its ~200 bytes of JSON around the text).
-PIECE_BYTES: Final = 64 * 1024
-_CHUNK_TEXT_CHARS: Final = 4096
-_text: Final = operator.attrgetter("text")
-# After the stream's first batch, a batch of more deltas than this means the
-# client did not keep up: its deltas are joined from the start.
-_SMALL_BATCH_DELTAS: Final = 16
-
-
-class _ChunkWriter:
-    """SSE bytes of ``chat.completion.chunk`` objects for one completion, in bounded pieces.
-
-    The JSON around a delta's text never changes within a completion, so it
-    is built once and each delta costs one string escape and a concatenation
-    (this is what carries the streaming benchmark past 100k events/s).
-
-    ``pieces`` turns a batch of run events into pieces of at most
-    ``PIECE_BYTES``. A client that keeps up gets one chunk per delta: each
-    batch then holds a few deltas (the first batch of a stream any number,
-    up to one piece). Deltas that piled up while the client was not reading
-    came faster than they could be sent: they are joined into chunks of up
-    to ``_CHUNK_TEXT_CHARS`` characters (a million one-letter words stream
-    as ~2 MiB of chunks, not 200 MiB).
-    """
-
-    def __init__(self, completion_id: str, model_name: str, include_usage: bool) -> None:
-        self.include_usage = include_usage
-        self.finished = False
-        self._first_batch = True
-        self.head = _dumps({"id": completion_id, "object": "chat.completion.chunk",
-                            "created": int(time.time()), "model": model_name,
-                            "system_fingerprint": SYSTEM_FINGERPRINT})[:-1]
-        tail = ',"usage":null}' if include_usage else "}"
-        self._delta_prefix = (f'data: {self.head},"choices":[{{"index":0,"delta":{{"content":')
-        self._delta_suffix = f'}},"logprobs":null,"finish_reason":null}}]{tail}\n\n'
-        # Bytes a delta chunk adds besides its escaped (ASCII) text: exact, the
-        # model name may be non-ASCII.
-        self._delta_frame_bytes = len((self._delta_prefix + self._delta_suffix).encode())
-        self._tail = tail
-        self._role_bytes_value = self.role()
-        self._role = self._role_bytes_value.decode()
-        self._role_bytes = len(self._role_bytes_value)
-
-    def _choice(self, delta: str, finish: str | None) -> bytes:
-        finish_json = "null" if finish is None else json.dumps(finish)
-        return (f'data: {self.head},"choices":[{{"index":0,"delta":{delta},"logprobs":null,'
-                f'"finish_reason":{finish_json}}}]{self._tail}\n\n').encode()
-
-    def role(self) -> bytes:
-        return self._choice('{"role":"assistant","content":""}', None)
-
-    def piece(self, events: list[Any], role: bool = False) -> bytes | None:
-        """All of ``events`` (after the role chunk if ``role``) as one piece of one chunk
-        per delta, if it fits ``PIECE_BYTES``; None if not (``pieces`` then cuts them).
-
-        The usual batch, and the fast path: one list comprehension, no
-        accounting per delta (a batch that could not fit is not even built).
-        """
-        # A batch is [Started] Delta* [Ended | Failed]: the log's order.
-        first = 1 if events and type(events[0]) is Started else 0
-        end = events[-1] if events and (type(events[-1]) is Ended or type(events[-1]) is Failed) else None
-        deltas = events[first:len(events) - 1 if end is not None else len(events)]
-        frame = self._delta_frame_bytes
-        # Escaping makes at most 12 bytes of a character: a batch surely past a
-        # piece (and then possibly huge) is left to ``pieces``.
-        if sum(map(len, map(_text, deltas))) * 12 + len(deltas) * frame > 4 * PIECE_BYTES:
-            return None
-        prefix, suffix, escape = self._delta_prefix, self._delta_suffix, _escape_json_string
-        body = "".join([prefix + escape(delta.text) + suffix for delta in deltas])
-        tail = b"" if end is None else \
-            self._end(end.result) if type(end) is Ended else self._error(end)
-        data = (self._role_bytes_value if role else b"") + body.encode() + tail
-        if len(data) > PIECE_BYTES:
-            return None
-        if end is not None:
-            self.finished = True
-        return data
-
-    def pieces(self, events: list[Any], role: bool = False) -> Iterator[bytes]:
-        """The SSE bytes of ``events`` (after the role chunk if ``role``), in pieces of
-        at most ``PIECE_BYTES``; sets ``finished`` at the terminal event."""
-        # One chunk per delta while the client keeps up, and in the first piece of a stream.
-        one_each = self._first_batch or len(events) <= _SMALL_BATCH_DELTAS
-        self._first_batch = False
-        if one_each:
-            data = self.piece(events, role)
-            if data is not None:
-                yield data
-                return
-        prefix, suffix, escape = self._delta_prefix, self._delta_suffix, _escape_json_string
-        frame = self._delta_frame_bytes
-        out: list[str] = [self._role] if role else []
-        size = self._role_bytes if role else 0
-        joining: list[str] = []          # then: deltas waiting to be joined into one chunk
-        joined = 0                       # their characters
-        for event in events:
-            if type(event) is Delta:
-                text = event.text
-                if one_each:
-                    if len(text) <= _CHUNK_TEXT_CHARS:
-                        chunk = escape(text)
-                        if size + frame + len(chunk) <= PIECE_BYTES:
-                            out.append(prefix + chunk + suffix)
-                            size += frame + len(chunk)
-                            continue
-                    # More than a piece in this batch: its deltas came faster than
-                    # they can be sent, so from here on they are joined.
-                    one_each = False
-                joining.append(text)
-                joined += len(text)
-                if joined < _CHUNK_TEXT_CHARS:
-                    continue
-                text = "".join(joining)
-                cut = len(text) - len(text) % _CHUNK_TEXT_CHARS
-                joining = [text[cut:]] if cut < len(text) else []
-                joined = len(text) - cut
-                for start in range(0, cut, _CHUNK_TEXT_CHARS):
-                    chunk = escape(text[start:start + _CHUNK_TEXT_CHARS])
-                    if size + frame + len(chunk) > PIECE_BYTES:
-                        yield "".join(out).encode()
-                        out, size = [], 0
-                    out.append(prefix + chunk + suffix)
-                    size += frame + len(chunk)
-            elif type(event) is Ended or type(event) is Failed:
-                self.finished = True
-                tail = self._end(event.result) if type(event) is Ended else self._error(event)
-                break
-        else:
-            tail = b""
-        if joining:
-            chunk = escape("".join(joining))
-            if size + frame + len(chunk) > PIECE_BYTES:
-                yield "".join(out).encode()
-                out, size = [], 0
-            out.append(prefix + chunk + suffix)
-            size += frame + len(chunk)
-        if size + len(tail) > PIECE_BYTES:
-            yield "".join(out).encode()
-            out = []
-        if out or tail:
-            yield "".join(out).encode() + tail
-
-    def _end(self, result: AgentResult) -> bytes:
-        data = self._choice("{}", result.finish_reason)
-        if self.include_usage:
-            data += (f'data: {self.head},"choices":[],"usage":{_dumps(result.usage.as_dict())}}}'
-                     f"\n\n").encode()
-        return data
-
-    def _error(self, event: Failed) -> bytes:
-        # An error after the stream began: a final event with an error object (then [DONE]).
-        return sse.data_event(error_body(http_status(event.error), str(event.error),
-                                         code=_error_code(event.error)).decode())
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -648,30 +337,18 @@ async def _release(items: list[Any]) -> None:
         await asyncio.sleep(0)
 
 
-# The body fields that become GenerationOptions; most requests send none of them.
-_OPTION_FIELDS: Final = frozenset({"stop", "max_completion_tokens", "max_tokens", "temperature",
-                                   "top_p", "seed"})
-_NO_OPTIONS: Final = GenerationOptions()
-
-
-def _options(body: dict[str, Any]) -> GenerationOptions:
-    if _OPTION_FIELDS.isdisjoint(body):
-        return _NO_OPTIONS
-    stop = body.get("stop")
-    max_tokens = body.get("max_completion_tokens")
-    if max_tokens is None:
-        max_tokens = body.get("max_tokens")
-    return GenerationOptions(
-        max_tokens=max_tokens, temperature=body.get("temperature"), top_p=body.get("top_p"),
-        stop=(stop,) if isinstance(stop, str) else tuple(stop or ()), seed=body.get("seed"))
+# Options the runtime names that a request may have sent under another field.
+_SENT_AS: Final = {"max_tokens": "max_completion_tokens", "tools": "functions",
+                   "tool_choice": "function_call", "parallel_tool_calls": "functions"}
 
 
 def _rename_option_param(exc: ApiError, body: dict[str, Any]) -> ApiError:
     """Name the field the client sent when the runtime refuses an option."""
-    if exc.code == "unsupported_parameter" and exc.param == "max_tokens" \
-            and body.get("max_completion_tokens") is not None:
-        return ApiError(exc.status, exc.message.replace("'max_tokens'", "'max_completion_tokens'"),
-                        type=exc.type, code=exc.code, param="max_completion_tokens")
+    sent_as = _SENT_AS.get(exc.param or "")
+    if exc.code == "unsupported_parameter" and sent_as is not None and body.get(sent_as) is not None \
+            and (exc.param == "max_tokens" or not body.get("tools")):
+        return ApiError(exc.status, exc.message.replace(f"{exc.param!r}", f"{sent_as!r}"),
+                        type=exc.type, code=exc.code, param=sent_as)
     return exc
 
 
@@ -702,22 +379,12 @@ async def _parse_body(request: HTTPRequest) -> dict[str, Any]:
     return body
 
 
-# A str as a JSON string literal: the C function json.dumps ends up calling,
-# called directly (json.dumps(str) adds two Python frames per delta).
-_escape_json_string: Final = json.encoder.encode_basestring_ascii
-
-
 _dumps: Final = compact_json.dumps
 
 
 def _json_response(status: int, data: Any, headers: list[tuple[str, str]] | None = None) -> Response:
     return Response(status, [("content-type", "application/json")] + (headers or []),
                     _dumps(data).encode())
-
-
-def _error_code(exc: RunError) -> str:
-    """The OpenAI error ``code`` of a failed run: its reason, with a timeout told apart."""
-    return "run_timeout" if isinstance(exc, RunTimedOut) else exc.reason
 
 
 def _run_error_response(exc: RunError) -> Response:
@@ -727,15 +394,20 @@ def _run_error_response(exc: RunError) -> Response:
     if status == 429 and retry_after:
         headers.append(("retry-after", str(retry_after)))
     return Response(status, [("content-type", "application/json")] + headers,
-                    error_body(status, str(exc), code=_error_code(exc)))
+                    error_body(status, str(exc), code=chat_stream.error_code(exc)))
 
 
-def _completion_object(completion_id: str, model_name: str, result: AgentResult) -> dict[str, Any]:
+def _completion_object(completion_id: str, model_name: str, result: AgentResult,
+                       legacy: bool) -> dict[str, Any]:
+    if result.tool_calls or result.reasoning or result.logprobs is not None or result.extra_choices:
+        choices = chat_content.choice_object(result, legacy)
+    else:       # a text reply: built here, in one step
+        finish = result.finish_reason
+        choices = [{"index": 0, "message": {"role": "assistant", "content": result.text,
+                                            "refusal": None, "annotations": []},
+                    "logprobs": None, "finish_reason": finish if finish in FINISH_REASONS else "stop"}]
     return {
         "id": completion_id, "object": "chat.completion", "created": int(time.time()),
         "model": model_name, "system_fingerprint": SYSTEM_FINGERPRINT,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text,
-                                              "refusal": None, "annotations": []},
-                     "logprobs": None, "finish_reason": result.finish_reason}],
-        "usage": result.usage.as_dict(),
+        "choices": choices, "usage": result.usage.as_dict(),
     }

@@ -7,9 +7,12 @@ connected client as two event families, with deltas coalesced
 (``coalesce.TextSoFar``: at most one per ~150 ms, each with the text so far):
 
 - ``agent``: ``{runId, stream, data, sessionKey, seq, ts}`` — lifecycle
-  ``start``/``end``/``error`` and ``assistant`` ``{text, delta}``;
+  ``start``/``end``/``error``, ``assistant`` ``{text, delta}``, and ``tool``
+  ``{phase: "call", id, name, arguments}`` for each tool call the reply ends in;
 - ``chat``: ``{runId, sessionKey, seq, state, message?}`` — ``delta``/``final``
-  with ``message.content`` parts holding the text so far, ``error``, ``aborted``.
+  with ``message.content`` parts (``frames.assistant_parts``: the reasoning
+  as a ``thinking`` part, the text so far, the final ``toolCall`` parts),
+  ``error``, ``aborted``.
 
 The ``agent`` method answers an ack ``{runId, status:"accepted", acceptedAt}``
 and later the final ``{runId, status, summary, result:{payloads, meta}}``.
@@ -27,10 +30,10 @@ from typing import TYPE_CHECKING, Any, Final
 from ..agents import runtime as agent_runtime
 from ..agents import sessions
 from ..agents.events import Delta, Ended, Failed, Started
-from ..agents.types import AgentRequest, AgentResult
+from ..agents.types import AgentRequest, AgentResult, ReasoningDelta
 from ..errors import ApiError, RunAborted, RunError
 from .coalesce import TextSoFar
-from .frames import DEFERRED, agent_final, error_shape, ms, session_id
+from .frames import DEFERRED, agent_final, arguments_object, assistant_parts, error_shape, ms, session_id
 
 if TYPE_CHECKING:
     from .control import ControlConnection, ControlProtocol
@@ -138,6 +141,7 @@ class Runs:
         broadcast = self.protocol.broadcast
         loop = asyncio.get_running_loop()
         text = TextSoFar()
+        reasoning: list[str] = []           # the reasoning so far (a reply that reasons)
         seq = 0
         base = {"runId": entry.id}
         session = {"sessionKey": entry.session_key}
@@ -153,7 +157,7 @@ class Runs:
             delta = text.take(loop.time())
             at = agent_event("assistant", {"text": text.text, "delta": delta})
             broadcast("chat", {**base, **session, "seq": at, "state": "delta",
-                               "message": _assistant_message(text.text, time.time())})
+                               "message": _assistant_message(text.text, time.time(), "".join(reasoning))})
 
         subscription = entry.run.subscribe()
         try:
@@ -169,6 +173,8 @@ class Runs:
                         if text.pending:
                             flush()
                         self._ended(entry, event, agent_event, broadcast)
+                    elif kind is ReasoningDelta:
+                        reasoning.append(event.text)     # rides along with the next text event
                 if text.pending and text.wait(loop.time()) == 0:
                     flush()
                     await asyncio.sleep(0)      # one event per loop turn: neighbours get their share
@@ -184,9 +190,13 @@ class Runs:
         base = {"runId": entry.id, "sessionKey": entry.session_key}
         if isinstance(event, Ended):
             entry.status = "ok"
+            result = event.result
+            for call in result.tool_calls:
+                agent_event("tool", {"phase": "call", "id": call.id, "name": call.name,
+                                     "arguments": arguments_object(call.arguments)})
             at = agent_event("lifecycle", {"phase": "end", "endedAt": ms(now)})
             broadcast("chat", {**base, "seq": at, "state": "final",
-                               "message": _assistant_message(event.result.text, now)})
+                               "message": _assistant_message(result.text, now, result.reasoning, result.tool_calls)})
         else:
             aborted = type(event.error) is RunAborted      # not a timeout (a subclass)
             entry.status = "aborted" if aborted else "error"
@@ -229,8 +239,10 @@ def _failure(event: Ended | Failed) -> dict[str, Any] | None:
     return None
 
 
-def _assistant_message(text: str, at: float) -> dict[str, Any]:
-    return {"role": "assistant", "content": [{"type": "text", "text": text}], "timestamp": ms(at)}
+def _assistant_message(text: str, at: float, reasoning: str = "", calls: tuple[Any, ...] = ()) -> dict[str, Any]:
+    content = [{"type": "text", "text": text}] if not reasoning and not calls else \
+        assistant_parts(text, reasoning, calls)
+    return {"role": "assistant", "content": content, "timestamp": ms(at)}
 
 
 # ---- the methods ----

@@ -1,8 +1,11 @@
 """Model providers: the ``Provider`` contract, the registry by ``api``, and the HTTP glue they share.
 
 A provider turns one ``ProviderCall`` into an async stream of events:
-``TextDelta`` * , then one ``Usage`` if the upstream reported it, then one
-``Finish``. It raises only ``UpstreamError`` and its subclasses (and
+``TextDelta``, ``ReasoningDelta``, ``ToolCallDelta`` and ``Logprobs`` in the
+order the reply makes them (choices past the first wrapped in
+``ChoiceEvent``), then one ``Usage`` if the upstream reported it, then one
+``Finish`` ("tool_calls" when the reply ends in calls). Tool-call fragments
+carry the call's index; its id and name come with its first fragment. It raises only ``UpstreamError`` and its subclasses (and
 ``ApiError`` from ``check_model``); foreign errors are mapped where they enter.
 Closing or cancelling the stream stops the provider at once: sockets are
 closed and child processes killed in ``finally`` blocks. Providers know
@@ -30,7 +33,7 @@ from ..errors import (
 )
 from ..net import client as http_client
 from ..net import grammar
-from ..agents.types import Message, ProviderCall, ProviderEvent
+from ..agents.types import INPUT_KINDS, Message, ProviderCall, ProviderEvent, content_chars
 
 __all__ = [
     "Provider", "HTTPProvider", "create_provider", "ServerSentEvent", "EventStreamDecoder",
@@ -95,12 +98,15 @@ class Provider(abc.ABC):
     """A source of replies, configured under ``models.providers.<name>``.
 
     ``api`` names the wire protocol; ``supported_options`` lists the
-    ``GenerationOptions`` (from ``types.OPTION_NAMES``) it can honour, so the
-    endpoint can refuse the others with 400 before a run starts.
+    ``GenerationOptions`` (from ``types.OPTION_NAMES``) it can honour, and
+    ``accepts`` the kinds of input besides text (from ``types.INPUT_KINDS``:
+    "image", "audio", "tool_calls") it can take, so that the runtime refuses
+    the others with 400, by name, before a run starts.
     """
 
     api: ClassVar[str]
     supported_options: ClassVar[frozenset[str]]
+    accepts: ClassVar[frozenset[str]] = INPUT_KINDS
 
     def __init__(self, name: str, config: ProviderConfig | None) -> None:
         self.name = name
@@ -124,7 +130,7 @@ class Provider(abc.ABC):
 
     @abc.abstractmethod
     def stream(self, call: ProviderCall) -> AsyncIterator[ProviderEvent]:
-        """The reply to ``call``: ``TextDelta`` *, then one ``Usage`` if known, then one ``Finish``.
+        """The reply to ``call``: its output events, then one ``Usage`` if known, then one ``Finish``.
 
         An async generator. Raises ``UpstreamError`` (or a subclass) when the
         upstream fails; closing it (``aclose``) or cancelling its consumer
@@ -370,7 +376,8 @@ class HTTPProvider(Provider):
         # encoded in slices of the event loop; the usual small one at once.
         chars = len(call.system)
         for message in call.messages:
-            chars += len(message.content)
+            content = message.content
+            chars += len(content) if type(content) is str else content_chars(content)
         text = compact_json.dumps(payload) if chars < compact_json.LARGE_CHARS \
             else await compact_json.dumps_async(payload)
         body = text.encode()
@@ -471,5 +478,5 @@ def _plain_text(response: http_client.ClientResponse, body: bytes) -> str | None
 
 def as_user_text(message: Message) -> str:
     """A tool result as plain user text: without tool-call ids, upstreams reject role "tool"."""
-    return f"[tool result] {message.content}"
+    return f"[tool result] {message.text()}"
 

@@ -45,6 +45,7 @@ class CommandProvider(Provider):
 
     api: ClassVar[str] = "command"
     supported_options: ClassVar[frozenset[str]] = frozenset()
+    accepts: ClassVar[frozenset[str]] = frozenset()
     config: ProviderConfig
 
     def __init__(self, name: str, config: ProviderConfig | None) -> None:
@@ -60,7 +61,7 @@ class CommandProvider(Provider):
         (``"exit status N: <stderr tail>"``), ``UpstreamTimeout`` when stdout
         stays silent, or the exit does not come, for ``config.timeout`` seconds.
         """
-        prompt = next((m.content for m in reversed(call.messages) if m.role == "user"), "")
+        prompt = next((m.text() for m in reversed(call.messages) if m.role == "user"), "")
         proc = await self._spawn(call)
         tail = bytearray()
         feeder = asyncio.create_task(_feed(proc.stdin, prompt.encode("utf-8")))

@@ -2,11 +2,20 @@
 
 POSTs ``{baseUrl}/chat/completions`` with ``stream: true`` and
 ``stream_options.include_usage``, reads the ``text/event-stream`` of
-``chat.completion.chunk`` objects until ``data: [DONE]``, and yields each
-``choices[0].delta.content`` as a ``TextDelta``, then the final usage chunk's
-counts as they are, then the ``finish_reason``. Works with any server that
-speaks this API (vLLM, llama.cpp, Ollama, OpenRouter, ...). A stream that ends
-before ``[DONE]`` is a failure, even when text already arrived.
+``chat.completion.chunk`` objects until ``data: [DONE]``, and maps each
+choice's delta back: ``content`` to ``TextDelta``, ``reasoning_content`` (or
+``reasoning``, as vLLM, OpenRouter and Ollama name it) to ``ReasoningDelta``,
+``tool_calls`` fragments to ``ToolCallDelta``, ``logprobs.content`` to
+``Logprobs``; choices past the first come wrapped in ``ChoiceEvent``. Then
+the final usage chunk's counts (with ``cached_tokens`` and
+``reasoning_tokens`` when given), then the ``finish_reason``. Everything a
+request asks for passes through as the API names it: messages with parts
+(``image_url`` byte-identical, ``input_audio``), assistant ``tool_calls``,
+``tool`` results, ``tools``, ``tool_choice``, ``response_format``, logprobs,
+penalties, ``logit_bias``, ``reasoning_effort``, ``n``, and the extra sampling
+fields ``top_k``, ``min_p``, ``repetition_penalty`` (vLLM, llama.cpp, Ollama).
+Works with any server that speaks this API. A stream that ends before
+``[DONE]`` is a failure, even when text already arrived.
 """
 
 from __future__ import annotations
@@ -16,12 +25,52 @@ from contextlib import aclosing
 from typing import Any, ClassVar, Final
 
 from ..errors import UpstreamError
-from ..agents.types import OPTION_NAMES, Finish, ProviderCall, ProviderEvent, TextDelta, Usage
+from ..agents.types import (
+    NO_OPTIONS, OPTION_NAMES, AudioPart, ChoiceEvent, Finish, ImagePart, Logprobs, Message, ProviderCall,
+    ProviderEvent, ReasoningDelta, TextDelta, TextPart, ToolCallDelta, Usage,
+)
 from . import HTTPProvider, as_user_text
 
 DEFAULT_BASE_URL: Final = "https://api.openai.com/v1"
 # "data: [DONE]" ends the stream (OpenAI API reference, "Streaming").
 DONE: Final = "[DONE]"
+# Options sent under the API's own name when set (max_tokens, stop, tools,
+# tool_choice and logit_bias are shaped by ``payload``).
+_PLAIN_OPTIONS: Final = ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty",
+                         "logprobs", "top_logprobs", "response_format", "reasoning_effort", "n",
+                         "parallel_tool_calls", "top_k", "min_p", "repetition_penalty")
+
+
+def message_payload(message: Message) -> dict[str, Any]:
+    """One message as the Chat Completions API takes it."""
+    role, content = message.role, message.content
+    if role == "tool":
+        if message.tool_call_id is None:       # a result recorded without its call's id
+            return {"role": "user", "content": as_user_text(message)}
+        return {"role": "tool", "tool_call_id": message.tool_call_id, "content": _content(content)}
+    if role == "assistant" and message.tool_calls:
+        return {"role": "assistant", "content": _content(content) or None,
+                "tool_calls": [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                               for c in message.tool_calls]}
+    return {"role": role, "content": content if type(content) is str else _content(content)}
+
+
+def _content(content: str | tuple[Any, ...]) -> str | list[dict[str, Any]]:
+    if type(content) is str:
+        return content
+    parts: list[dict[str, Any]] = []
+    for part in content:
+        kind = type(part)
+        if kind is TextPart:
+            parts.append({"type": "text", "text": part.text})
+        elif kind is ImagePart:
+            image = {"url": part.url}
+            if part.detail is not None:
+                image["detail"] = part.detail
+            parts.append({"type": "image_url", "image_url": image})
+        elif kind is AudioPart:
+            parts.append({"type": "input_audio", "input_audio": {"data": part.data, "format": part.format}})
+    return parts
 
 
 class OpenAIProvider(HTTPProvider):
@@ -43,10 +92,11 @@ class OpenAIProvider(HTTPProvider):
         """The request body for ``call``: only the options that are set are sent."""
         messages = [{"role": "system", "content": call.system}] if call.system else []
         for message in call.messages:
-            if message.role == "tool":
-                messages.append({"role": "user", "content": as_user_text(message)})
+            content = message.content
+            if type(content) is str and message.role != "tool" and not message.tool_calls:
+                messages.append({"role": message.role, "content": content})
             else:
-                messages.append({"role": message.role, "content": message.content})
+                messages.append(message_payload(message))
         body: dict[str, Any] = {
             "model": call.model,
             "messages": messages,
@@ -60,18 +110,25 @@ class OpenAIProvider(HTTPProvider):
         options = call.options
         if options.max_tokens is not None:
             body["max_tokens"] = options.max_tokens
-        if options.temperature is not None:
-            body["temperature"] = options.temperature
-        if options.top_p is not None:
-            body["top_p"] = options.top_p
         if options.stop:
             body["stop"] = list(options.stop)
-        if options.seed is not None:
-            body["seed"] = options.seed
+        if options is NO_OPTIONS:
+            return body
+        for name in options.requested():
+            if name in _PLAIN_OPTIONS:
+                body[name] = getattr(options, name)
+        if options.logit_bias:
+            body["logit_bias"] = dict(options.logit_bias)
+        if options.tools:
+            body["tools"] = [{"type": "function", "function": _function(spec)} for spec in options.tools]
+        choice = options.tool_choice
+        if choice is not None:
+            body["tool_choice"] = {"type": "function", "function": {"name": choice["name"]}} \
+                if type(choice) is dict else choice
         return body
 
     async def stream(self, call: ProviderCall) -> AsyncIterator[ProviderEvent]:
-        """Yield ``TextDelta`` per content delta, then ``Usage`` if sent, then ``Finish``.
+        """Yield each choice's output as it comes, then ``Usage`` if sent, then ``Finish``.
 
         ``finish_reason`` passes through ("stop", "length", "content_filter",
         "tool_calls", ...); "stop" if the upstream never gave one. Raises
@@ -80,7 +137,7 @@ class OpenAIProvider(HTTPProvider):
         """
         response = await self.open_stream(self.payload(call), call)
         usage: Usage | None = None
-        reason: str | None = None
+        reasons: dict[int, str] = {}
         ended = False
         try:
             async with aclosing(self.events(response)) as events:
@@ -89,20 +146,27 @@ class OpenAIProvider(HTTPProvider):
                         ended = True
                         break
                     chunk = self.json_data(event)
-                    text, reason = self._read_choice(chunk, reason)
-                    if text:
-                        yield TextDelta(text)
+                    text = _plain_text(chunk)
+                    if text is not None:            # the usual chunk: a piece of choice 0's text
+                        if text:
+                            yield TextDelta(text)
+                    else:
+                        for output in self._read_choices(chunk, reasons, len(event.data)):
+                            yield output
                     usage = self._read_usage(chunk) or usage
                 else:
                     raise UpstreamError(self.name, "event stream ended before [DONE]")
         finally:
             await self.release(response, ended=ended)
+        for index, reason in sorted(reasons.items()):
+            if index:
+                yield ChoiceEvent(index, Finish(reason))
         if usage is not None:
             yield usage
-        yield Finish(reason or "stop")
+        yield Finish(reasons.get(0) or "stop")
 
-    def _read_choice(self, chunk: dict[str, Any], reason: str | None) -> tuple[str, str | None]:
-        """The content text of choice 0 and the finish reason so far."""
+    def _read_choices(self, chunk: dict[str, Any], reasons: dict[int, str], size: int) -> list[ProviderEvent]:
+        """The output events of one chunk, in order; finish reasons noted in ``reasons``."""
         if "error" in chunk:
             # Upstreams report failures after the 200 head as a chunk {"error": {...}}.
             error = chunk["error"]
@@ -110,22 +174,71 @@ class OpenAIProvider(HTTPProvider):
             raise UpstreamError(self.name, self.detail(str(message or "error in event stream")))
         choices = chunk.get("choices")
         if not choices:
-            return "", reason          # the usage chunk: "choices" is [] (or null on some servers)
-        if not isinstance(choices, list) or not isinstance(choices[0], dict):
+            return []          # the usage chunk: "choices" is [] (or null on some servers)
+        if not isinstance(choices, list):
             raise UpstreamError(self.name, "malformed chunk: choices is not a list of objects")
+        out: list[ProviderEvent] = []
         for choice in choices:
-            if isinstance(choice, dict) and choice.get("index", 0) == 0:
-                break
-        else:
-            return "", reason
-        delta = choice.get("delta") or {}
-        text = delta.get("content") if isinstance(delta, dict) else None
-        if text is not None and not isinstance(text, str):
-            raise UpstreamError(self.name, "malformed chunk: delta.content is not a string")
-        finish = choice.get("finish_reason")
-        if isinstance(finish, str) and finish:
-            reason = finish
-        return text or "", reason
+            if not isinstance(choice, dict):
+                raise UpstreamError(self.name, "malformed chunk: choices is not a list of objects")
+            index = choice.get("index", 0)
+            if type(index) is not int or index < 0:
+                raise UpstreamError(self.name, "malformed chunk: a choice index is not a count")
+            delta = choice.get("delta") or {}
+            if not isinstance(delta, dict):
+                raise UpstreamError(self.name, "malformed chunk: delta is not an object")
+            text = delta.get("content")
+            # The usual chunk holds text alone: one check and it is done.
+            if len(delta) > 1 or text is None or choice.get("logprobs"):
+                events = self._read_delta(delta, choice.get("logprobs"), size)
+            elif type(text) is str:
+                events = [TextDelta(text)] if text else []
+            else:
+                raise UpstreamError(self.name, "malformed chunk: delta.content is not a string")
+            out.extend(events if index == 0 else [ChoiceEvent(index, e) for e in events])  # type: ignore[arg-type]
+            finish = choice.get("finish_reason")
+            if isinstance(finish, str) and finish:
+                reasons[index] = finish
+        return out
+
+    def _read_delta(self, delta: dict[str, Any], logprobs: Any, size: int) -> list[Any]:
+        events: list[Any] = []
+        reasoning = delta.get("reasoning_content")
+        if reasoning is None:
+            reasoning = delta.get("reasoning")
+        if reasoning is not None:
+            if not isinstance(reasoning, str):
+                raise UpstreamError(self.name, "malformed chunk: delta reasoning is not a string")
+            if reasoning:
+                events.append(ReasoningDelta(reasoning))
+        text = delta.get("content")
+        if text is not None:
+            if not isinstance(text, str):
+                raise UpstreamError(self.name, "malformed chunk: delta.content is not a string")
+            if text:
+                events.append(TextDelta(text))
+        calls = delta.get("tool_calls")
+        if calls is not None:
+            events.extend(self._tool_call_deltas(calls))
+        if isinstance(logprobs, dict) and isinstance(logprobs.get("content"), list) and logprobs["content"]:
+            events.append(Logprobs(tuple(logprobs["content"]), size))
+        return events
+
+    def _tool_call_deltas(self, calls: Any) -> list[ToolCallDelta]:
+        if not isinstance(calls, list):
+            raise UpstreamError(self.name, "malformed chunk: delta.tool_calls is not a list")
+        out = []
+        for call in calls:
+            fn = call.get("function") if isinstance(call, dict) else None
+            index = call.get("index", 0) if isinstance(call, dict) else None
+            fn = fn if isinstance(fn, dict) else {}
+            call_id, name, arguments = call.get("id") if isinstance(call, dict) else None, \
+                fn.get("name"), fn.get("arguments", "")
+            if type(index) is not int or index < 0 or not (call_id is None or isinstance(call_id, str)) \
+                    or not (name is None or isinstance(name, str)) or not isinstance(arguments, str | None):
+                raise UpstreamError(self.name, "malformed chunk: a tool call fragment is not well-formed")
+            out.append(ToolCallDelta(index, call_id or None, name or None, arguments or ""))
+        return out
 
     def _read_usage(self, chunk: dict[str, Any]) -> Usage | None:
         # "All other chunks will also include a usage field, but with a null value."
@@ -135,9 +248,42 @@ class OpenAIProvider(HTTPProvider):
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
         if not (_is_count(prompt) and _is_count(completion)):
             raise UpstreamError(self.name, "malformed chunk: usage counts are not integers")
-        return Usage(prompt, completion)
+        return Usage(prompt, completion, _detail(usage, "prompt_tokens_details", "cached_tokens"),
+                     _detail(usage, "completion_tokens_details", "reasoning_tokens"))
+
+
+def _plain_text(chunk: dict[str, Any]) -> str | None:
+    """The text of a chunk that holds nothing but a piece of choice 0's text; else None."""
+    choices = chunk.get("choices")
+    if type(choices) is not list or len(choices) != 1 or "error" in chunk:
+        return None
+    choice = choices[0]
+    if type(choice) is not dict or choice.get("index", 0) != 0 or choice.get("finish_reason") is not None \
+            or choice.get("logprobs"):
+        return None
+    delta = choice.get("delta")
+    if type(delta) is not dict or len(delta) != 1:
+        return None
+    text = delta.get("content")
+    return text if type(text) is str else None
+
+
+def _function(spec: Any) -> dict[str, Any]:
+    fn: dict[str, Any] = {"name": spec.name}
+    if spec.description is not None:
+        fn["description"] = spec.description
+    if spec.parameters is not None:
+        fn["parameters"] = spec.parameters
+    if spec.strict is not None:
+        fn["strict"] = spec.strict
+    return fn
+
+
+def _detail(usage: dict[str, Any], group: str, name: str) -> int | None:
+    details = usage.get(group)
+    value = details.get(name) if isinstance(details, dict) else None
+    return value if _is_count(value) else None
 
 
 def _is_count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-

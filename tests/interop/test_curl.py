@@ -286,7 +286,8 @@ class StatusTest(CurlTestCase):
             ("bad json", 400, tuple(self.chat_args("{not json"))),
             ("missing user message", 400, tuple(self.chat_args({"model": "x", "messages": [
                 {"role": "system", "content": "s"}]}))),
-            ("unsupported parameter", 400, tuple(self.chat_args(self.chat(n=2)))),
+            ("unsupported parameter", 400,
+             tuple(self.chat_args(self.chat(response_format={"type": "json_object"})))),
             ("unknown agent", 404, tuple(self.chat_args(self.chat(model="equabot:ghost")))),
             ("unknown path", 404, tuple(self.chat_args(self.chat(), path="/v1/nowhere"))),
             ("wrong method", 405, (url, "-H", f"Authorization: Bearer {TOKEN}")),
@@ -345,7 +346,7 @@ class ConnectionTest(CurlTestCase):
         auth = ("-H", f"Authorization: Bearer {TOKEN}", "-H", "Content-Type: application/json")
         out = self.transfers(
             *self.write_out(), *auth, "-d", json.dumps(self.chat()), url,
-            "--next", *self.write_out(), *auth, "-d", json.dumps(self.chat(n=2)), url,
+            "--next", *self.write_out(), *auth, "-d", json.dumps(self.chat(response_format={"type": "json_object"})), url,
             "--next", *self.write_out(), "-N", *auth, "-d", json.dumps(self.chat(stream=True)), url,
             "--next", *self.write_out(), "-H", f"Authorization: Bearer {TOKEN}", f"{self.gw.url}/v1/models")
         self.assertEqual(out, ["200:1", "400:0", "200:0", "200:0"])    # a 400 and a stream keep it open

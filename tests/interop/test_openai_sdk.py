@@ -263,7 +263,7 @@ class StreamingTest(SDKTestCase):
 class ModelsTest(SDKTestCase):
     def test_models_list(self) -> None:
         models = list(self.client().models.list())
-        self.assertEqual([m.id for m in models], [f"equabot:{a}" for a in AGENT_IDS])
+        self.assertEqual([m.id for m in models], ["equabot"] + [f"equabot:{a}" for a in AGENT_IDS])
         self.assertTrue(all(m.object == "model" and m.owned_by == "equabot" for m in models))
         self.assertTrue(all(isinstance(m.created, int) for m in models))
 
@@ -272,6 +272,7 @@ class ModelsTest(SDKTestCase):
         for name in ("equabot:beta", "agent:beta", "equabot/beta"):
             with self.subTest(name=name):
                 self.assertEqual(client.models.retrieve(name).id, "equabot:beta")
+        self.assertEqual(client.models.retrieve("equabot").id, "equabot")     # the default agent
         exc = self.assertRaisesStatus(openai.NotFoundError, 404, lambda: client.models.retrieve("equabot:ghost"))
         self.assertEqual(exc.code, "model_not_found")
 
@@ -293,11 +294,15 @@ class ErrorStatusTest(SDKTestCase):
         self.assertEqual(exc.param, "seed")
 
     def test_400_unsupported_parameter(self) -> None:
+        # Echo honours all but structured output; a command provider honours none of them.
+        exc = self.assertRaisesStatus(openai.BadRequestError, 400,
+                                      lambda: self.create(response_format={"type": "json_object"}))
+        self.assertEqual((exc.code, exc.param), ("unsupported_parameter", "response_format"))
         for fields, param in (({"n": 2}, "n"), ({"logprobs": True}, "logprobs"),
-                              ({"response_format": {"type": "json_object"}}, "response_format"),
                               ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools")):
             with self.subTest(param=param):
-                exc = self.assertRaisesStatus(openai.BadRequestError, 400, lambda: self.create(**fields))
+                exc = self.assertRaisesStatus(openai.BadRequestError, 400,
+                                              lambda: self.create(model="equabot:broken", **fields))
                 self.assertEqual((exc.code, exc.param), ("unsupported_parameter", param))
 
     def test_400_unknown_field_as_openai_words_it(self) -> None:

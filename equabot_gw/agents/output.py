@@ -1,0 +1,225 @@
+"""What a run produces besides text, and what its input may hold: the runtime's content helpers.
+
+``ReplyOutput`` gathers a reply's reasoning, tool-call fragments (joined by
+index into whole ``ToolCall``s), log probabilities and further choices as
+the provider yields them, appending each to the run's event log and
+counting it against the reply's byte budget. ``check_request`` refuses, by
+name, an option the provider cannot honour or input of a kind it does not
+take; ``named_results`` names
+tool results after the calls they answer. Imports nothing from
+equabot_gw.net or equabot_gw.gateway.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any, Final
+
+from ..errors import ApiError, ReplyTooLarge, UpstreamError
+from .events import EventLog
+from .types import (
+    INPUT_KINDS, NO_OPTIONS, AgentRequest, AgentResult, AudioPart, Choice, ChoiceEvent, Finish, ImagePart, Logprobs,
+    Message, ReasoningDelta, TextDelta, ToolCall, ToolCallDelta,
+)
+
+if TYPE_CHECKING:
+    from ..providers import Provider
+
+__all__ = ["ReplyOutput", "check_request", "named_results", "finish_reason", "output_weight",
+           "MAX_TOOL_CALLS", "MAX_CHOICES", "LOGPROBS_BYTES_PER_REPLY_BYTE"]
+
+# Distinct tool calls one reply may make (OpenAI accepts at most 128 tools).
+MAX_TOOL_CALLS: Final = 128
+# A run's log probabilities may weigh this many times the provider's
+# maxReplyBytes (as the JSON they came in): with top_logprobs 20 each token
+# brings some 1-2 KiB of them.
+LOGPROBS_BYTES_PER_REPLY_BYTE: Final = 4
+# Choices one run may have (OpenAI caps n at 128).
+MAX_CHOICES: Final = 128
+
+
+def check_request(request: AgentRequest, provider: Provider, model_ref: str) -> None:
+    """Refuse (400 ``unsupported_parameter``) what ``provider`` cannot honour: an option
+    (param: its name), or input of a kind it does not accept (param "messages")."""
+    if request.options is not NO_OPTIONS:
+        for option in request.options.requested():
+            if option not in provider.supported_options:
+                raise ApiError(400, f"parameter {option!r} is not supported by the "
+                                    f"{provider.api} provider of model {model_ref!r}",
+                               code="unsupported_parameter", param=option)
+    if provider.accepts is not INPUT_KINDS:
+        _check_input(request, provider.accepts, provider.api, model_ref)
+
+
+def _check_input(request: AgentRequest, accepts: frozenset[str], api: str, model_ref: str) -> None:
+    refused = INPUT_KINDS - accepts
+    for message in (*request.context, *request.input):
+        if type(message.content) is str and not message.tool_calls and message.role != "tool":
+            continue
+        for kind in sorted(_kinds_of(message) & refused):
+            what = {"image": "image input", "audio": "audio input",
+                    "tool_calls": "tool calls and tool results in messages"}[kind]
+            raise ApiError(400, f"{what} is not supported by the {api} provider of "
+                                f"model {model_ref!r}", code="unsupported_parameter", param="messages")
+
+
+def _kinds_of(message: Message) -> set[str]:
+    kinds = set()
+    if message.tool_calls or message.role == "tool":
+        kinds.add("tool_calls")
+    if type(message.content) is not str:
+        for part in message.content:
+            if type(part) is ImagePart:
+                kinds.add("image")
+            elif type(part) is AudioPart:
+                kinds.add("audio")
+    return kinds
+
+
+def named_results(context: tuple[Message, ...], new: tuple[Message, ...]) -> tuple[Message, ...]:
+    """``new`` with each tool result that lacks its tool's name named after the call it answers."""
+    if all(m.role != "tool" or m.name is not None for m in new):
+        return new
+    names: dict[str, str] = {}
+    for message in reversed(context):
+        if message.role == "assistant" and message.tool_calls:
+            names = {call.id: call.name for call in message.tool_calls}
+            break
+    return tuple(dataclasses.replace(m, name=names[m.tool_call_id])
+                 if m.role == "tool" and m.name is None and m.tool_call_id in names else m for m in new)
+
+
+def _utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+class ReplyOutput:
+    """A run's output besides choice 0's text: reasoning, tool calls (joined by index),
+    log probabilities and further choices, gathered as the provider yields them.
+
+    ``add`` puts each event in the run's log (marking it mixed) and counts
+    its text in the reply's byte budget; ``bytes`` is what it counted. A
+    further choice's own output is an ``ReplyOutput`` of the same run (``root``).
+    """
+
+    __slots__ = ("run_id", "provider", "limit", "root", "bytes", "logprobs_bytes", "reasoning",
+                 "signature", "calls", "logprobs", "choices", "text", "finish")
+
+    def __init__(self, run_id: str, provider: str, limit: int, root: ReplyOutput | None = None) -> None:
+        self.run_id = run_id
+        self.provider = provider
+        self.limit = limit
+        self.root = root or self
+        self.bytes = 0                      # UTF-8 bytes counted: reasoning, arguments, other choices
+        self.logprobs_bytes = 0             # the root's: all choices' logprobs
+        self.reasoning: list[str] = []
+        self.signature = ""
+        self.calls: dict[int, list[Any]] = {}     # index -> [id, name, argument pieces]
+        self.logprobs: list[Any] | None = None
+        self.choices: dict[int, ReplyOutput] = {}     # choice index >= 1 -> its output (root only)
+        self.text: list[str] = []                 # a further choice's text
+        self.finish = "stop"                      # a further choice's finish reason
+
+    def add(self, log: EventLog, event: ReasoningDelta | ToolCallDelta | Logprobs | ChoiceEvent,
+            room: int) -> int:
+        """Gather ``event`` and append it to ``log``; the budget ``room`` (chars) left after it.
+
+        Raises ``ReplyTooLarge`` past the budget, ``UpstreamError`` for a reply
+        of more than ``MAX_TOOL_CALLS`` calls or ``MAX_CHOICES`` choices, or
+        log probabilities past their bound.
+        """
+        size = self._gather(event)
+        self.bytes += size
+        room -= size
+        if room < 0 or self.bytes > self.limit:
+            raise ReplyTooLarge(self.provider, self.limit)
+        log.mixed = True
+        log.append(event)
+        return room
+
+    def _gather(self, event: Any) -> int:
+        """Take one event; the UTF-8 bytes of text it adds."""
+        kind = type(event)
+        if kind is ReasoningDelta:
+            if event.signature:
+                self.signature = event.signature
+            self.reasoning.append(event.text)
+            return _utf8_len(event.text) + len(event.signature)     # each signature is kept in the log
+        if kind is ToolCallDelta:
+            call = self.calls.get(event.index)
+            if call is None:
+                if len(self.calls) >= MAX_TOOL_CALLS:
+                    raise UpstreamError(self.provider, f"more than {MAX_TOOL_CALLS} tool calls in one reply")
+                call = self.calls[event.index] = [event.id, event.name, []]
+            else:
+                call[0] = call[0] or event.id
+                call[1] = call[1] or event.name
+            call[2].append(event.arguments)
+            return _utf8_len(event.arguments) + len(event.name or "") + len(event.id or "")
+        if kind is Logprobs:
+            root = self.root
+            root.logprobs_bytes += event.size
+            bound = self.limit * LOGPROBS_BYTES_PER_REPLY_BYTE
+            if root.logprobs_bytes > bound:
+                raise UpstreamError(self.provider, f"log probabilities over {bound} bytes in one reply")
+            if self.logprobs is None:
+                self.logprobs = []
+            self.logprobs.extend(event.content)
+            return 0
+        if kind is TextDelta and self.root is not self:
+            self.text.append(event.text)
+            return _utf8_len(event.text)
+        if kind is Finish and self.root is not self:
+            self.finish = event.reason
+            return 0
+        if kind is ChoiceEvent and self.root is self:
+            choice = self.choices.get(event.index)
+            if choice is None:
+                if len(self.choices) >= MAX_CHOICES - 1:
+                    raise UpstreamError(self.provider, f"more than {MAX_CHOICES} choices in one reply")
+                choice = self.choices[event.index] = ReplyOutput(self.run_id, self.provider, self.limit, self)
+            return choice._gather(event.event)
+        raise UpstreamError(self.provider, f"unexpected provider event {kind.__name__}")
+
+    def outcome(self, ok: bool) -> tuple[tuple[ToolCall, ...], str, str]:
+        """(tool calls, reasoning, its signature) to record; no calls unless the run is ``ok``
+        (a partial call cannot be replayed)."""
+        return self.tool_calls() if ok else (), "".join(self.reasoning), self.signature
+
+    def completed(self, result: AgentResult) -> AgentResult:
+        """``result`` (choice 0's text, usage, finish) with everything gathered here."""
+        calls, reasoning, signature = self.outcome(True)
+        return dataclasses.replace(result, tool_calls=calls, reasoning=reasoning, reasoning_signature=signature,
+                                   logprobs=tuple(self.logprobs) if self.logprobs is not None else None,
+                                   extra_choices=self.extra_choices())
+
+    def tool_calls(self) -> tuple[ToolCall, ...]:
+        """The complete calls, by index; a call the upstream gave no id gets ``call_<run>_<index>``."""
+        return tuple(ToolCall(call[0] or f"call_{self.run_id}_{index}", call[1] or "", "".join(call[2]))
+                     for index, call in sorted(self.calls.items()))
+
+    def extra_choices(self) -> tuple[Choice, ...]:
+        """Choices 1..n-1, by index."""
+        out = []
+        for index, choice in sorted(self.choices.items()):
+            calls = choice.tool_calls()
+            out.append(Choice(index, "".join(choice.text), finish_reason(choice.finish, calls), calls,
+                              "".join(choice.reasoning),
+                              tuple(choice.logprobs) if choice.logprobs is not None else None))
+        return tuple(out)
+
+
+def finish_reason(finish: str, calls: tuple[ToolCall, ...]) -> str:
+    """A reply that ends in tool calls says "tool_calls" (some upstreams say "stop")."""
+    return "tool_calls" if calls and finish == "stop" else finish
+
+
+def output_weight(result: AgentResult) -> int:
+    """Bytes (about) a result holds besides its text: what a ``RunRecord`` budget counts."""
+    weight = len(result.reasoning) + sum(len(c.arguments) + 64 for c in result.tool_calls)
+    if result.logprobs is not None:
+        weight += 256 * len(result.logprobs)      # an entry with a few alternatives
+    for choice in result.extra_choices:
+        weight += len(choice.text) + len(choice.reasoning) + 256 * len(choice.logprobs or ())
+        weight += sum(len(c.arguments) + 64 for c in choice.tool_calls)
+    return weight
