@@ -11,7 +11,8 @@ It holds no protocol logic of its own: ``openai.py`` and ``control.py``
 translate, the runtime runs, ``observe.py`` counts.
 
 ``Gateway`` is also the public embedding API (``equabot_gw.Gateway``):
-``from_config``, ``start``/``stop`` or ``async with``, ``url``. It installs
+``from_config``, ``start``/``stop`` or ``async with``, ``url``, and
+``providers=`` (Python providers, ``providers/python.py``). It installs
 nothing process-wide (no signal handler, no logging set-up; its ``logs.tail``
 buffer hangs on the package logger while it runs), and it is restartable:
 each ``start()`` after a ``stop()`` builds its runtime, server and protocol
@@ -31,14 +32,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
-from .. import __version__, config as config_mod, statelock
+from .. import __version__, embed, statelock
 from ..logbuffer import LogBuffer
 from ..agents.runtime import Runtime
 from ..auth import Authenticator, Secret, resolve_secret
-from ..config import Config, bind_host
+from ..config import Config, ConfigError, bind_host
 from ..errors import ApiError, GatewayError
 from ..net import routes as http
 from ..net import server
+from ..providers.python import ProviderSource
 from . import control, observe, openai, static
 
 log = logging.getLogger("equabot_gw")
@@ -81,8 +83,11 @@ class Gateway:
     def __init__(self, config: Config, state_dir: Path, *, host: str | None = None,
                  port: int | None = None, env: Mapping[str, str] | None = None,
                  access_log: server.AccessLog | None = None,
-                 config_path: Path | None = None) -> None:
+                 config_path: Path | None = None,
+                 providers: Mapping[str, ProviderSource] | None = None) -> None:
         self.config = config
+        # Python providers: those registered now, overlaid with this gateway's own.
+        self.provider_sources = embed.provider_sources(providers)
         self.config_path = config_path      # shown by config.get, recorded in the state dir's lock
         self.state_dir = state_dir
         self.host = host or bind_host(config.gateway.bind)
@@ -97,7 +102,8 @@ class Gateway:
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | str | os.PathLike[str], *,
                     state_dir: str | os.PathLike[str], host: str | None = None,
-                    port: int | None = None, env: Mapping[str, str] | None = None) -> Gateway:
+                    port: int | None = None, env: Mapping[str, str] | None = None,
+                    providers: Mapping[str, ProviderSource] | None = None) -> Gateway:
         """A gateway from a config document (a dict as a JSON5 file would hold) or a file's path.
 
         ``state_dir`` (sessions, the generated token, the lock) is created with
@@ -106,20 +112,26 @@ class Gateway:
         ``port`` (0 picks a free one) override ``gateway.bind`` and
         ``gateway.port``. ``env`` stands for the environment (``${VAR}`` in
         the config, ``EQUABOT_GATEWAY_TOKEN``); default: ``os.environ``.
-        Raises ``ConfigError`` for a config or state dir that cannot be used.
+        ``providers`` maps provider names to Python providers (an async
+        generator function, or a factory called with the name at each
+        ``start()`` that returns one): model ``"<name>/<model>"`` or
+        ``"<name>"`` reaches them, in the config (``agents.defaults.model``)
+        as in requests. They belong to this gateway and overlay those of
+        ``register_provider``. Raises ``ConfigError`` for a config or state
+        dir that cannot be used (a provider name also configured under
+        ``models.providers`` included), ``ValueError`` / ``TypeError`` for a
+        provider name or value that cannot be one.
         """
         env = os.environ if env is None else env
-        if isinstance(config, Mapping):
-            checked, path = config_mod.from_data(dict(config), env), None
-        else:
-            checked, path = config_mod.load(os.fspath(config), env)
+        sources = embed.provider_sources(providers)
+        checked, path = embed.load_config(config, env, sources)
         state = Path(state_dir)
         try:
             state.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
-            raise config_mod.ConfigError("", f"cannot create state dir {state}: {exc.strerror}") from None
+            raise ConfigError("", f"cannot create state dir {state}: {exc.strerror}") from None
         return cls(checked, state, host=None if host is None else bind_host(host), port=port,
-                   env=env, config_path=path)
+                   env=env, config_path=path, providers=sources)
 
     def _assemble(self) -> None:
         """Everything that lives from one start() to its stop(), built new."""
@@ -303,6 +315,11 @@ class Gateway:
         self._lock = statelock.acquire(self.state_dir)
         try:
             await self.runtime.start()
+            try:
+                embed.install_providers(self.runtime, self.provider_sources)
+            except BaseException:
+                await self.runtime.stop(0)
+                raise
             try:
                 await self.server.start(self.host, self.port)
             except OSError as exc:
