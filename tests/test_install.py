@@ -7,7 +7,8 @@ dir): ``--help``, then a real gateway on port 0 that must answer
 ``GET /health`` and exit 0 on SIGTERM. The installed package is also
 embedded: a program run with ``python -I`` and no home directory starts
 ``equabot_gw.Gateway`` on an explicit state dir, three times over, and talks
-to it. The wheel is built once, from the
+to it; serves a chat completion and a WebSocket ``agent`` run from its own
+Python provider; and streams a ``run_agent`` run with no server. The wheel is built once, from the
 checkout, by pip (whose build isolation fetches the build backend named in
 pyproject.toml from the package index: this module needs the network).
 
@@ -33,6 +34,8 @@ import tempfile
 import unittest
 import urllib.request
 import zipfile
+
+from tests.test_embedding import PUBLIC_NAMES
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "equabot_gw"
@@ -208,7 +211,9 @@ class WheelTest(InstalledCommandChecks):
                      cwd=self.box.outside, env=env, timeout=120)
         seen = json.loads(result.stdout)
         self.assertEqual(seen["replies"], ["Echo (turn 1): hi", "Echo (turn 2): hi", "Echo (turn 3): hi"])
-        self.assertEqual(seen["all"], ["Gateway", "__version__"])
+        self.assertEqual(seen["custom"], ["ih", "tekcosbew"])       # its provider, over HTTP and WS
+        self.assertEqual(seen["events"], ["Started", "TextDelta", "TextDelta", "Ended"])
+        self.assertEqual(seen["all"], PUBLIC_NAMES)
         self.assertEqual(seen["isolated"], 1)
         self.assertTrue(pathlib.Path(seen["file"]).is_relative_to(self.venv), seen["file"])
         self.assertFalse(no_home.exists(), "the embedded gateway wrote into the home directory")
@@ -240,11 +245,21 @@ class WheelTest(InstalledCommandChecks):
 
 
 # A program that embeds the installed gateway: three starts of one Gateway on
-# one state dir, a keyed chat completion each time; prints what it saw.
+# one state dir, with its own Python provider, answering a keyed chat
+# completion and an `agent` run over WebSocket each time; then run_agent
+# streaming events with no server at all. Prints what it saw.
 EMBEDDING_PROGRAM = """
 import asyncio, json, os, sys, urllib.request
 import equabot_gw
-from equabot_gw import Gateway
+from equabot_gw import Ended, Gateway, Started, TextDelta, Usage, run_agent
+from equabot_gw.gateway.client import ControlClient
+
+async def reverse(call):
+    # The embedding program is the model: the newest message, reversed, in two deltas.
+    text = call.messages[-1].text()[::-1]
+    yield TextDelta(text[:2])
+    yield TextDelta(text[2:])
+    yield Usage(1, 1)
 
 def post(url):
     request = urllib.request.Request(
@@ -255,17 +270,35 @@ def post(url):
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.load(response)["choices"][0]["message"]["content"]
 
+async def over_ws(url, message):
+    client = await ControlClient.open(url, "embed-token")
+    try:
+        req_id = client.send("agent", {"message": message, "idempotencyKey": message + url})
+        while True:
+            frame = await asyncio.wait_for(client.next_frame(), 10)
+            if frame.get("id") == req_id and frame["payload"].get("status") != "accepted":
+                return frame["payload"]["result"]["payloads"][0]["text"]
+    finally:
+        await client.close()
+
 async def main(state_dir):
-    gateway = Gateway.from_config(
-        {"gateway": {"auth": {"token": "embed-token"},
-                     "http": {"endpoints": {"chatCompletions": {"enabled": True}}}}},
-        state_dir=state_dir, port=0, env={})
-    replies = []
-    for _ in range(3):
+    config = {"gateway": {"auth": {"token": "embed-token"},
+                          "http": {"endpoints": {"chatCompletions": {"enabled": True}}}}}
+    gateway = Gateway.from_config(config, state_dir=state_dir, port=0, env={})
+    replies, custom = [], []
+    for n in range(3):
         async with gateway:
             replies.append(await asyncio.get_running_loop().run_in_executor(None, post, gateway.url))
+    mine = Gateway.from_config({**config, "agents": {"defaults": {"model": "rev"}}},
+                               state_dir=os.path.join(state_dir, "mine"), port=0, env={},
+                               providers={"rev": reverse})
+    async with mine:
+        custom.append(await asyncio.get_running_loop().run_in_executor(None, post, mine.url))
+        custom.append(await over_ws(mine.url, "websocket"))
+    events = [type(event).__name__ async for event in run_agent("abc", providers={"rev": reverse},
+                                                                  model="rev")]
     print(json.dumps({"file": equabot_gw.__file__, "all": equabot_gw.__all__, "replies": replies,
-                      "isolated": sys.flags.isolated}))
+                      "custom": custom, "events": events, "isolated": sys.flags.isolated}))
 
 asyncio.run(main(sys.argv[1]))
 """
