@@ -390,7 +390,9 @@ class PythonProviderTest(unittest.IsolatedAsyncioTestCase):
                 closed.append("raises")
 
         async def yields_junk(call: ProviderCall):
-            yield "a bare string"
+            what = call.model
+            yield "a bare string" if what == "str" else TextDelta(42) if what == "text" \
+                else ToolCallDelta(-1, "c", "f", "{}") if what == "index" else Usage(1, None)
 
         async def hangs(call: ProviderCall):
             try:
@@ -417,12 +419,17 @@ class PythonProviderTest(unittest.IsolatedAsyncioTestCase):
                 status, body = await chat(gateway, "x", stream=True)
                 self.assertIn(b"ConnectionError: the model's socket fell over", body)
                 self.assertTrue(body.endswith(b"data: [DONE]\n\n"))
-                status, _, body = await request(gateway, "POST", "/v1/chat/completions",
-                                                {"model": "equabot", "messages": [{"role": "user", "content": "x"}]},
-                                                headers={"x-equabot-model": "junk"})
-                self.assertEqual(status, 502)
-                self.assertIn("yielded a str; a provider yields TextDelta, ReasoningDelta",
-                              json.loads(body)["error"]["message"])
+                for model, said in (("str", "yielded a str; a provider yields TextDelta, ReasoningDelta, "
+                                            "ToolCallDelta, Usage, Finish"),
+                                    ("text", "yielded a TextDelta whose text is int 42"),
+                                    ("index", "yielded a ToolCallDelta whose index is int -1"),
+                                    ("usage", "yielded a Usage whose completion_tokens is NoneType")):
+                    status, _, body = await request(
+                        gateway, "POST", "/v1/chat/completions",
+                        {"model": "equabot", "messages": [{"role": "user", "content": "x"}]},
+                        headers={"x-equabot-model": f"junk/{model}"})
+                    self.assertEqual(status, 502)
+                    self.assertEqual(json.loads(body)["error"]["message"], f"provider 'junk': {said}")
                 frame = await ws_run(gateway, "x", agentId="slow")      # the agent's timeout ends it
                 self.assertEqual(frame["error"]["code"], "AGENT_TIMEOUT", frame)
                 self.assertEqual(gateway.runtime.active, {})

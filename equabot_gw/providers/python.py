@@ -18,8 +18,10 @@ The contract, version ``PROVIDER_API_VERSION``:
   the control protocol's ``error`` lifecycle event, ``RunError`` with
   ``reason`` "upstream"); the message names the provider, the exception's
   type and its first line. The traceback is logged on ``equabot_gw.providers``.
-- The run's deadline (``agents.defaults.timeout``), an abort and a client that
-  goes away cancel the function where it awaits; ``finally`` blocks run then.
+- The run's deadline (``agents.defaults.timeoutSeconds``), an abort and a
+  client that goes away cancel the function where it awaits; ``finally``
+  blocks run then. It runs on the gateway's event loop: blocking work goes
+  to a thread (``asyncio.to_thread``), or every request waits for it.
 - The function gets every option the request set (``call.options``) and
   every kind of input (images, audio, tool calls): it honours what it can.
 
@@ -150,11 +152,11 @@ class FunctionProvider(Provider):
                 raise UpstreamError(self.name, f"{_qualname(self.function)} returned "
                                                f"{type(events).__name__}, not an async iterator")
             async for event in events:
-                if type(event) not in _EVENTS:
-                    raise UpstreamError(self.name, f"yielded a {type(event).__name__}; a provider yields "
-                                                   f"{_EVENT_NAMES}")
-                if type(event) is TextDelta and type(event.text) is not str:
-                    raise UpstreamError(self.name, "yielded a TextDelta whose text is not a str")
+                # The common case in one test; anything else is looked at closely.
+                if type(event) is not TextDelta or type(event.text) is not str:
+                    problem = _problem(event)
+                    if problem:
+                        raise UpstreamError(self.name, problem)
                 yield event
         except RunError:
             raise
@@ -166,6 +168,30 @@ class FunctionProvider(Provider):
             aclose = getattr(events, "aclose", None)
             if aclose is not None:
                 await aclose()
+
+
+def _problem(event: object) -> str | None:
+    """What is wrong with a yielded value as a provider event, or None (the runtime relies on these types)."""
+    kind = type(event)
+    if kind not in _EVENTS:
+        return f"yielded a {kind.__name__}; a provider yields {_EVENT_NAMES}"
+    fields: dict[str, tuple[type, ...]] = _FIELDS[kind]     # type: ignore[index]
+    for field, types in fields.items():
+        value = getattr(event, field)
+        if type(value) not in types or (type(value) is int and value < 0):
+            return (f"yielded a {kind.__name__} whose {field} is {type(value).__name__}"
+                    f"{' ' + str(value) if type(value) is int else ''}")
+    return None
+
+
+_STR, _INT, _NAME_OR_NONE = (str,), (int,), (str, type(None))
+_FIELDS: Final = {
+    TextDelta: {"text": _STR}, ReasoningDelta: {"text": _STR, "signature": _STR},
+    ToolCallDelta: {"index": _INT, "id": _NAME_OR_NONE, "name": _NAME_OR_NONE, "arguments": _STR},
+    Usage: {"prompt_tokens": _INT, "completion_tokens": _INT, "cached_tokens": (int, type(None)),
+            "reasoning_tokens": (int, type(None))},
+    Finish: {"reason": _STR},
+}
 
 
 def _describe(exc: BaseException) -> str:
