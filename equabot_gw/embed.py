@@ -114,7 +114,7 @@ class AgentRun:
     "upstream", "timeout", "aborted", "storage", "error") and ``GatewayError``
     (with the message an HTTP client would get) when it is refused before it
     starts: an unknown agent or model, a bad session key, an agent at
-    capacity. Cancelling the ``await`` aborts the run.
+    capacity, a state dir in use. Cancelling the ``await`` aborts the run.
 
     ``async for event in run`` yields ``Started``, then the reply as
     ``TextDelta`` (and ``ReasoningDelta`` / ``ToolCallDelta`` if the model
@@ -207,8 +207,9 @@ def run_agent(message: str, *, config: Mapping[str, Any] | str | os.PathLike[str
     ``gateway`` (a started ``Gateway``), the run is one of that gateway's,
     beside its HTTP and WebSocket runs, on its sessions and providers; the
     other arguments about the runtime must then be left out.
-    Arguments are checked when the run starts: a bad config raises
-    ``ConfigError`` from the ``await`` (or the loop).
+    The arguments are checked at once: this call raises ``ConfigError`` for
+    a config that cannot be used, ``ValueError`` / ``TypeError`` for a
+    provider name or value that cannot be one (the registry is read now).
     """
     request = AgentRequest(message=message, agent_id=agent, session_key=session, model=model,
                            system=system, origin="embed")
@@ -222,10 +223,10 @@ def run_agent(message: str, *, config: Mapping[str, Any] | str | os.PathLike[str
             return await _execute(run, gateway.runtime, request)
         return AgentRun(on_gateway)
 
+    sources = provider_sources(providers)
+    checked, _ = load_config(config, os.environ if env is None else env, sources)
+
     async def on_own_runtime(run: AgentRun) -> AgentResult:
-        environ = os.environ if env is None else env
-        sources = provider_sources(providers)
-        checked, _ = load_config(config, environ, sources)
         with contextlib.ExitStack() as cleanup:
             if state_dir is None:
                 state = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="equabot-run-")))

@@ -570,9 +570,9 @@ class RunAgentTest(unittest.IsolatedAsyncioTestCase):
         with self.assertRaisesRegex(GatewayError, "agent 'nope' does not exist"):
             [e async for e in run_agent("x", agent="nope")]
         with self.assertRaisesRegex(ConfigError, "gateway.port"):
-            await run_agent("x", config={"gateway": {"port": "x"}})
-        with self.assertRaisesRegex(ConfigError, "gateway.port"):
-            [e async for e in run_agent("x", config={"gateway": {"port": "x"}})]
+            run_agent("x", config={"gateway": {"port": "x"}})          # at once, not at the await
+        with self.assertRaisesRegex(ValueError, "built-in"):
+            run_agent("x", providers={"echo": raises})
         with self.assertRaises(ValueError):
             run_agent("x", gateway=Gateway.from_config(base_config(), state_dir=self.state, env={}),
                       state_dir=self.state)
