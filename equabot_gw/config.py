@@ -229,6 +229,12 @@ class WSConfig:
     tick_interval_ms: int = key("tickIntervalMs", integer(100), default=30_000)
 
 
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    # GET /metrics needs the gateway's token or password unless this is true.
+    public: bool = key("public", boolean, default=False)
+
+
 _NODE_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,32}")
 
 
@@ -246,6 +252,7 @@ class GatewayConfig:
     auth: AuthConfig = key("auth", factory=AuthConfig)
     http: HTTPConfig = key("http", factory=HTTPConfig)
     ws: WSConfig = key("ws", factory=WSConfig)
+    metrics: MetricsConfig = key("metrics", factory=MetricsConfig)
     trusted_proxies: tuple[str, ...] = key("trustedProxies", ip_networks, default=())
     shutdown_grace: float = key("shutdownGraceSeconds", number(0), default=10.0)
     # Behind a balancer: run ids carry it (run_<node>_...), completion ids too
