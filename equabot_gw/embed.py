@@ -10,38 +10,30 @@ of a running ``Gateway`` (``gateway=``).
 
 Python providers (``providers/python.py`` holds their contract) are known to
 a gateway from the moment its config is checked: ``load_config`` lets
-``agents.defaults.model: "mine"`` name one, as it lets a configured provider
-be named.
+``agents.defaults.model: "mine"`` name one, as a configured provider can be.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import os
 import tempfile
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import config as config_mod, json5, statelock
+from . import config as config_mod, statelock
 from .agents import runtime as agent_runtime
 from .agents.events import RunEvent
 from .agents.types import AgentRequest, AgentResult
-from .config import Config, ConfigError, ModelsConfig
-from .errors import JSON5Error
+from .config import Config, ConfigError
 from .providers.python import ProviderSource, check_sources, make_provider, registered_providers
 
 if TYPE_CHECKING:
     from .gateway.app import Gateway
 
 __all__ = ["run_agent", "AgentRun", "load_config", "provider_sources", "install_providers"]
-
-# What a config entry stands in for while a config naming Python providers is
-# checked: the check knows configured providers and "echo" only.
-_PLACEHOLDER = {"api": "echo"}
-
 
 def provider_sources(providers: Mapping[str, Any] | None) -> dict[str, ProviderSource]:
     """The registry's providers overlaid with ``providers`` (which win), each checked."""
@@ -55,45 +47,17 @@ def load_config(config: Mapping[str, Any] | str | os.PathLike[str] | None, env: 
     Model references may name the ``python_providers``; one of them that is
     also configured under ``models.providers`` is a ``ConfigError``.
     """
-    if not python_providers and config is not None and not isinstance(config, Mapping):
-        return config_mod.load(os.fspath(config), env)
-    path = None
-    if config is None:
-        data: Any = {}
-    elif isinstance(config, Mapping):
-        data = dict(config)
-    else:
-        path = Path(os.fspath(config)).expanduser()
-        data = _read(path)
-    if not python_providers or not isinstance(data, dict):
-        return config_mod.from_data(data, env), path
-    models = data.get("models", {})
-    configured = models.get("providers", {}) if isinstance(models, dict) else None
-    if not isinstance(configured, dict):
-        return config_mod.from_data(data, env), path        # its error is reported there
-    for name in python_providers:
-        if name in configured:
-            raise ConfigError(f"models.providers.{name}", "is also given as a Python provider; "
-                                                          "rename one of them")
-    data["models"] = {**models, "providers": {**configured, **{n: dict(_PLACEHOLDER) for n in python_providers}}}
-    checked = config_mod.from_data(data, env)
-    kept = tuple((n, p) for n, p in checked.models.providers if n not in python_providers)
-    return dataclasses.replace(checked, models=ModelsConfig(providers=kept)), path
-
-
-def _read(path: Path) -> Any:
-    """A JSON5 config file's document, with the errors ``config.load`` gives."""
+    names = tuple(python_providers)
+    if config is None or isinstance(config, Mapping):
+        return config_mod.from_data(dict(config or {}), env, python_providers=names), None
+    path = Path(os.fspath(config)).expanduser()
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError("", f"config file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError("", f"cannot read config file {path}: {exc}") from None
-    try:
-        return json5.loads(text, max_depth=config_mod.MAX_CONFIG_DEPTH)
-    except JSON5Error as exc:
-        said = getattr(exc, "expected", None) or exc.reason
-        raise ConfigError("", f"{path}:{exc.line}:{exc.column}: {said}") from None
+    return config_mod.from_data(config_mod.parse_text(text, path), env, python_providers=names), path
 
 
 def install_providers(runtime: agent_runtime.Runtime, sources: Mapping[str, ProviderSource]) -> None:
