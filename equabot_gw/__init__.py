@@ -4,6 +4,72 @@ One asyncio TCP port serves the Gateway's WebSocket control protocol and its
 HTTP endpoints, among them an OpenAI-compatible ``POST /v1/chat/completions``;
 every request becomes one agent run on ``agents.runtime.run``. Start it with
 ``python -m equabot_gw``; see README.md.
+
+The public API is what ``__all__`` names (docs/embedding.md), each name's
+docstring its contract:
+
+- ``Gateway``: a gateway inside another program; ``run_agent`` (an
+  ``AgentRun``): one agent run in this process, without a server.
+- Python providers, contract version ``PROVIDER_API_VERSION``: an async
+  generator function given a ``ProviderCall`` (its ``Message``s, with
+  ``TextPart`` / ``ImagePart`` / ``AudioPart`` content and ``ToolCall``s,
+  and its ``GenerationOptions`` with ``ToolSpec``s) that yields
+  ``TextDelta``, ``ReasoningDelta``, ``ToolCallDelta``, ``Usage`` and
+  ``Finish``; passed as ``providers=`` or to ``register_provider``.
+- A run's events: ``Started``, the deltas, then ``Ended`` (an
+  ``AgentResult``, with its ``Usage``) or ``Failed`` (a ``RunError``).
+- Errors: ``GatewayError`` and its ``ConfigError`` and ``RunError``.
+
+Every other module and name is internal and may change.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any, Final
+
 __version__ = "0.1.0"
+
+# Public name -> the module that defines it, imported on first use: "import
+# equabot_gw" (the CLI's --help, the installed command) stays light, and the
+# gateway's modules, which import __version__ from here, never see a
+# half-initialised package.
+_HOMES: Final = {
+    "Gateway": "gateway.app",
+    "run_agent": "embed", "AgentRun": "embed",
+    "PROVIDER_API_VERSION": "providers.python", "register_provider": "providers.python",
+    "unregister_provider": "providers.python",
+    "ProviderCall": "agents.types", "Message": "agents.types", "ToolCall": "agents.types",
+    "GenerationOptions": "agents.types", "ToolSpec": "agents.types", "TextPart": "agents.types",
+    "ImagePart": "agents.types", "AudioPart": "agents.types",
+    "TextDelta": "agents.types", "ReasoningDelta": "agents.types", "ToolCallDelta": "agents.types",
+    "Usage": "agents.types", "Finish": "agents.types", "AgentResult": "agents.types",
+    "Started": "agents.events", "Ended": "agents.events", "Failed": "agents.events",
+    "GatewayError": "errors", "ConfigError": "errors", "RunError": "errors",
+}
+
+__all__ = ["__version__", *_HOMES]
+
+if TYPE_CHECKING:
+    from .agents.events import Ended, Failed, Started
+    from .agents.types import (
+        AgentResult, AudioPart, Finish, GenerationOptions, ImagePart, Message, ProviderCall,
+        ReasoningDelta, TextDelta, TextPart, ToolCall, ToolCallDelta, ToolSpec, Usage,
+    )
+    from .embed import AgentRun, run_agent
+    from .errors import ConfigError, GatewayError, RunError
+    from .gateway.app import Gateway
+    from .providers.python import PROVIDER_API_VERSION, register_provider, unregister_provider
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{home}", __name__), name)
+    globals()[name] = value         # looked up once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

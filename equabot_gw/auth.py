@@ -98,11 +98,13 @@ class FailureLimiter:
 
     ``max_attempts`` failures within ``window_seconds`` lock the key out
     for ``lockout_seconds``; ``reset`` (a success) forgets its failures.
+    ``lockouts`` counts the lockouts so far (read-only, for metrics).
     """
 
     def __init__(self, limits: RateLimitConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.limits = limits
         self.clock = clock
+        self.lockouts = 0
         self._failures: OrderedDict[Hashable, deque[float]] = OrderedDict()
         self._locked_until: dict[Hashable, float] = {}
 
@@ -130,6 +132,7 @@ class FailureLimiter:
         self._failures[key] = window
         if len(window) >= self.limits.max_attempts:
             self._locked_until[key] = now + self.limits.lockout_seconds
+            self.lockouts += 1
             del self._failures[key]
         while len(self._failures) > MAX_TRACKED_CLIENTS:
             self._failures.popitem(last=False)
@@ -149,12 +152,18 @@ def is_loopback(address: str) -> bool:
 
 
 class Authenticator:
-    """Checks callers against the gateway secret, with the failure limiter in front."""
+    """Checks callers against the gateway secret, with the failure limiter in front.
+
+    ``failures`` counts refused attempts by reason (read-only, for metrics):
+    ``missing`` (no credentials), ``invalid`` (wrong ones), ``locked_out``
+    (refused with 429 before any comparison); ``limiter.lockouts`` the lockouts.
+    """
 
     def __init__(self, secret: Secret, limits: RateLimitConfig,
                  trusted_proxies: tuple[str, ...] = (),
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.secret = secret
+        self.failures = {"missing": 0, "invalid": 0, "locked_out": 0}
         self._secret_bytes = secret.value.encode() if secret.value is not None else None
         self.limiter = FailureLimiter(limits, clock)
         self._proxies = [ipaddress.ip_network(p, strict=False) for p in trusted_proxies]
@@ -226,6 +235,7 @@ class Authenticator:
         if key is not None:
             wait = self.limiter.retry_after(key)
             if wait is not None:
+                self.failures["locked_out"] += 1
                 raise ApiError(429, "too many failed authentication attempts; retry later",
                                code="auth_rate_limited",
                                headers=(("retry-after", str(max(1, int(wait + 0.999)))),))
@@ -237,6 +247,7 @@ class Authenticator:
         if presented is not None and key is not None:
             self.limiter.record_failure(key)
         what = "missing" if presented is None else "invalid"
+        self.failures[what] += 1
         raise ApiError(401, f"{what} gateway {self.secret.mode}: send Authorization: Bearer <{self.secret.mode}>",
                        code=f"{what}_api_key", headers=(("www-authenticate", "Bearer"),))
 

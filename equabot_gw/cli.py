@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -153,6 +154,9 @@ def _gateway_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=_port, metavar="N", help="port (0 picks a free one; default 18789)")
     parser.add_argument("--bind", metavar="ADDR", type=_bind_value,
                         help="loopback (default), lan (all IPv4) or a host address")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text",
+                        help="stderr log lines, the access log included: text (default) or "
+                             "json (one object per line, for log shippers)")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -163,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
         argv.insert(0, "gateway")
     args = build_parser().parse_args(argv)
-    _setup_logging(getattr(args, "log_level", "info"))
+    _setup_logging(getattr(args, "log_level", "info"), getattr(args, "log_format", "text"))
     try:
         code = _dispatch(args)
     except (UsageError, statelock.StateDirInUse) as exc:
@@ -202,9 +206,32 @@ def _stdout_gone() -> int:
     return 0
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _setup_logging(level: str, fmt: str = "text") -> None:
+    """The process's logging: stderr, at ``level``; text lines or JSON objects (``fmt``)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        from .gateway.observe import JSONFormatter
+        handler.setFormatter(JSONFormatter())
+    else:
+        handler.setFormatter(_TextFormatter())
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
+
+
+class _TextFormatter(logging.Formatter):
+    """``2025-01-31 12:00:00,123 INFO equabot_gw.runs: …``, the date formatted once a second
+    (there is a line per run: strftime per line was a sizeable share of its cost)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self._second = -1
+        self._stamp = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second = int(record.created)
+        if second != self._second:      # handlers format under their lock: no race here
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+            self._second = second
+        return f"{self._stamp},{int(record.msecs):03d}"
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -272,32 +299,38 @@ async def _run_gateway(args: argparse.Namespace) -> int:
     port = args.port if args.port is not None else config.gateway.port
     gateway = Gateway(config, state_dir, port=port, config_path=config_path,
                       host=None if args.bind is None else _bind(args.bind),
-                      access_log=AccessLog() if args.log_level in ("debug", "info") else None)
+                      access_log=AccessLog(json_lines=args.log_format == "json")
+                      if args.log_level in ("debug", "info") else None)
     await gateway.start()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, _on_signal, gateway)
+        loop.add_signal_handler(sig, _on_signal, gateway, args.log_format == "json")
     _announce(gateway)
     await gateway.wait_stop_requested()
     await gateway.stop()
     return 0
 
 
-def _on_signal(gateway: Any) -> None:
+def _on_signal(gateway: Any, as_json: bool = False) -> None:
     """First SIGINT/SIGTERM: shut down with the grace period, saying so; the next one: now."""
     if gateway.stopping:
         gateway.hurry()
-        _say("shutting down now: aborting what is in flight")
+        _say("shutting down now: aborting what is in flight", as_json)
         return
     waiting = gateway.requests_in_flight
     gateway.request_stop()
     grace = gateway.config.gateway.shutdown_grace
     _say(f"shutting down: waiting up to {grace:g} s for {waiting} request{'s' if waiting != 1 else ''} "
-         f"(Ctrl-C again to stop now)" if waiting else "shutting down")
+         f"(Ctrl-C again to stop now)" if waiting else "shutting down", as_json)
 
 
-def _say(line: str) -> None:
-    """A status line on stderr; a closed stderr must not keep the gateway from stopping."""
+def _say(line: str, as_json: bool = False) -> None:
+    """A status line on stderr (a JSON object with ``--log-format json``); a closed
+    stderr must not keep the gateway from stopping."""
+    if as_json:
+        from .gateway.observe import JSONFormatter
+        record = logging.LogRecord("equabot_gw", logging.INFO, __file__, 0, line, None, None)
+        line = JSONFormatter().format(record)
     try:
         print(line, file=sys.stderr, flush=True)
     except (OSError, ValueError):

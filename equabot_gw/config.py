@@ -18,7 +18,7 @@ import re
 import urllib.parse
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Callable, Final, Mapping
+from typing import Any, Callable, Collection, Final, Mapping
 
 from . import json5
 from .errors import ConfigError, JSON5Error
@@ -238,6 +238,12 @@ class WSConfig:
     tick_interval_ms: int = key("tickIntervalMs", integer(100), default=30_000)
 
 
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    # GET /metrics needs the gateway's token or password unless this is true.
+    public: bool = key("public", boolean, default=False)
+
+
 _NODE_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,32}")
 
 
@@ -255,6 +261,7 @@ class GatewayConfig:
     auth: AuthConfig = key("auth", factory=AuthConfig)
     http: HTTPConfig = key("http", factory=HTTPConfig)
     ws: WSConfig = key("ws", factory=WSConfig)
+    metrics: MetricsConfig = key("metrics", factory=MetricsConfig)
     trusted_proxies: tuple[str, ...] = key("trustedProxies", ip_networks, default=())
     shutdown_grace: float = key("shutdownGraceSeconds", number(0), default=10.0)
     # Behind a balancer: run ids carry it (run_<node>_...), completion ids too
@@ -397,7 +404,7 @@ def _value(cls: type, f: Any, raw: Any, where: str) -> Any:
     return _build(nested, raw, where)
 
 
-def _check_agents(config: Config) -> None:
+def _check_agents(config: Config, python_providers: Collection[str] = ()) -> None:
     seen: set[str] = set()
     defaults = 0
     for i, agent in enumerate(config.agents.list):
@@ -408,21 +415,23 @@ def _check_agents(config: Config) -> None:
     if defaults > 1:
         raise ConfigError("agents.list", "more than one agent is marked default: true")
     for i, agent in enumerate(config.agents.list):
-        _check_model_ref(config, agent.model, f"agents.list[{i}].model")
-    _check_model_ref(config, config.agents.defaults.model, "agents.defaults.model")
+        _check_model_ref(config, agent.model, f"agents.list[{i}].model", python_providers)
+    _check_model_ref(config, config.agents.defaults.model, "agents.defaults.model", python_providers)
     for name, provider in config.models.providers:
         where = f"models.providers.{name}"
+        if name in python_providers:
+            raise ConfigError(where, "is also given as a Python provider; rename one of them")
         if provider.api == "openai-completions" and not provider.base_url:
             raise ConfigError(f"{where}.baseUrl", "required for api \"openai-completions\"")
         if provider.api == "command" and not provider.command:
             raise ConfigError(f"{where}.command", "required for api \"command\" (an argv list)")
 
 
-def _check_model_ref(config: Config, ref: str | None, where: str) -> None:
+def _check_model_ref(config: Config, ref: str | None, where: str, python_providers: Collection[str]) -> None:
     if ref is None:
         return
     provider = ref.partition("/")[0]
-    if provider != "echo" and config.provider(provider) is None:
+    if provider != "echo" and provider not in python_providers and config.provider(provider) is None:
         raise ConfigError(where, f"unknown provider {provider!r} in {ref!r} "
                                  f"(configure models.providers.{provider})")
 
@@ -503,14 +512,19 @@ def _check_depth(data: Any) -> None:
         pending.extend((v, p, depth + 1) for p, v in items)
 
 
-def from_data(data: Any, env: Mapping[str, str] | None = None) -> Config:
+def from_data(data: Any, env: Mapping[str, str] | None = None, *,
+              python_providers: Collection[str] = ()) -> Config:
     """Check a parsed document and build the ``Config``; raises ``ConfigError``
-    (nesting deeper than ``MAX_CONFIG_DEPTH`` included)."""
+    (nesting deeper than ``MAX_CONFIG_DEPTH`` included).
+
+    ``python_providers``: names of providers an embedding program supplies in
+    code; model references may name them, and ``models.providers`` may not.
+    """
     _check_depth(data)
     env = os.environ if env is None else env
     data = _substitute(data, env, "")
     config = _build(Config, data, "")
-    _check_agents(config)
+    _check_agents(config, python_providers)
     check_exposure(config.gateway.auth, bind_host(config.gateway.bind), env)
     return config
 
@@ -543,13 +557,17 @@ def load(explicit: str | None = None, env: Mapping[str, str] | None = None) -> t
         return from_data({}, env), None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError("", f"cannot read config file {path}: {exc}") from None
+    return from_data(parse_text(text, path), env), path
+
+
+def parse_text(text: str, path: Path) -> Any:
+    """The JSON5 document of config file ``path`` (its ``text``), or ``ConfigError``."""
     try:
-        data = json5.loads(text, max_depth=MAX_CONFIG_DEPTH)
+        return json5.loads(text, max_depth=MAX_CONFIG_DEPTH)
     except JSON5Error as exc:
         # Compiler style, "file:line:column: what was expected", which editors can jump to.
         said = getattr(exc, "expected", None) or exc.reason
         raise ConfigError("", f"{path}:{exc.line}:{exc.column}: {said}") from None
-    return from_data(data, env), path
 
 
 def state_dir(explicit: str | None, env: Mapping[str, str] | None = None) -> Path:

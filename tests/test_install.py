@@ -4,7 +4,11 @@ Each install goes into a fresh virtual environment under a temporary directory,
 and the installed ``equabot-gw`` command is run from a directory outside the
 checkout with a clean environment (no ``PYTHONPATH``, ``HOME`` in the temp
 dir): ``--help``, then a real gateway on port 0 that must answer
-``GET /health`` and exit 0 on SIGTERM. The wheel is built once, from the
+``GET /health`` and exit 0 on SIGTERM. The installed package is also
+embedded: a program run with ``python -I`` and no home directory starts
+``equabot_gw.Gateway`` on an explicit state dir, three times over, and talks
+to it; serves a chat completion and a WebSocket ``agent`` run from its own
+Python provider; and streams a ``run_agent`` run with no server. The wheel is built once, from the
 checkout, by pip (whose build isolation fetches the build backend named in
 pyproject.toml from the package index: this module needs the network).
 
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import email.parser
+import json
 import os
 import pathlib
 import re
@@ -29,6 +34,8 @@ import tempfile
 import unittest
 import urllib.request
 import zipfile
+
+from tests.test_embedding import PUBLIC_NAMES
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "equabot_gw"
@@ -194,6 +201,24 @@ class WheelTest(InstalledCommandChecks):
         self.assertTrue(pathlib.Path(location).is_relative_to(self.venv), location)
         self.assertIn(f"-{version}-", self.wheel.name)
 
+    def test_embedded_under_isolated_mode_without_a_home(self) -> None:
+        program = self.box.outside / "embed.py"
+        program.write_text(EMBEDDING_PROGRAM, encoding="utf-8")
+        no_home = self.box.dir / "no-such-home"          # nothing may be written there
+        state = self.box.dir / "embedded-state"
+        env = dict(self.box.env, HOME=str(no_home))
+        result = run([str(self.venv / "bin" / "python"), "-I", str(program), str(state)],
+                     cwd=self.box.outside, env=env, timeout=120)
+        seen = json.loads(result.stdout)
+        self.assertEqual(seen["replies"], ["Echo (turn 1): hi", "Echo (turn 2): hi", "Echo (turn 3): hi"])
+        self.assertEqual(seen["custom"], ["ih", "tekcosbew"])       # its provider, over HTTP and WS
+        self.assertEqual(seen["events"], ["Started", "TextDelta", "TextDelta", "Ended"])
+        self.assertEqual(seen["all"], PUBLIC_NAMES)
+        self.assertEqual(seen["isolated"], 1)
+        self.assertTrue(pathlib.Path(seen["file"]).is_relative_to(self.venv), seen["file"])
+        self.assertFalse(no_home.exists(), "the embedded gateway wrote into the home directory")
+        self.assertTrue(any((state / "agents" / "main" / "sessions").iterdir()))
+
     def test_wheel_holds_the_package_and_its_data_only(self) -> None:
         with zipfile.ZipFile(self.wheel) as wheel:
             names = wheel.namelist()
@@ -217,6 +242,66 @@ class WheelTest(InstalledCommandChecks):
         self.assertEqual(metadata["Requires-Python"], ">=3.11")
         self.assertEqual(metadata["License-Expression"], "MIT")
         self.assertRegex(entry_points, r"(?m)^equabot-gw\s*=\s*equabot_gw\.cli:main\s*$")
+
+
+# A program that embeds the installed gateway: three starts of one Gateway on
+# one state dir, with its own Python provider, answering a keyed chat
+# completion and an `agent` run over WebSocket each time; then run_agent
+# streaming events with no server at all. Prints what it saw.
+EMBEDDING_PROGRAM = """
+import asyncio, json, os, sys, urllib.request
+import equabot_gw
+from equabot_gw import Ended, Gateway, Started, TextDelta, Usage, run_agent
+from equabot_gw.gateway.client import ControlClient
+
+async def reverse(call):
+    # The embedding program is the model: the newest message, reversed, in two deltas.
+    text = call.messages[-1].text()[::-1]
+    yield TextDelta(text[:2])
+    yield TextDelta(text[2:])
+    yield Usage(1, 1)
+
+def post(url):
+    request = urllib.request.Request(
+        url + "/v1/chat/completions", method="POST",
+        data=json.dumps({"model": "equabot", "messages": [{"role": "user", "content": "hi"}]}).encode(),
+        headers={"Authorization": "Bearer embed-token", "Content-Type": "application/json",
+                 "x-equabot-session-key": "embedded"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)["choices"][0]["message"]["content"]
+
+async def over_ws(url, message):
+    client = await ControlClient.open(url, "embed-token")
+    try:
+        req_id = client.send("agent", {"message": message, "idempotencyKey": message + url})
+        while True:
+            frame = await asyncio.wait_for(client.next_frame(), 10)
+            if frame.get("id") == req_id and frame["payload"].get("status") != "accepted":
+                return frame["payload"]["result"]["payloads"][0]["text"]
+    finally:
+        await client.close()
+
+async def main(state_dir):
+    config = {"gateway": {"auth": {"token": "embed-token"},
+                          "http": {"endpoints": {"chatCompletions": {"enabled": True}}}}}
+    gateway = Gateway.from_config(config, state_dir=state_dir, port=0, env={})
+    replies, custom = [], []
+    for n in range(3):
+        async with gateway:
+            replies.append(await asyncio.get_running_loop().run_in_executor(None, post, gateway.url))
+    mine = Gateway.from_config({**config, "agents": {"defaults": {"model": "rev"}}},
+                               state_dir=os.path.join(state_dir, "mine"), port=0, env={},
+                               providers={"rev": reverse})
+    async with mine:
+        custom.append(await asyncio.get_running_loop().run_in_executor(None, post, mine.url))
+        custom.append(await over_ws(mine.url, "websocket"))
+    events = [type(event).__name__ async for event in run_agent("abc", providers={"rev": reverse},
+                                                                  model="rev")]
+    print(json.dumps({"file": equabot_gw.__file__, "all": equabot_gw.__all__, "replies": replies,
+                      "custom": custom, "events": events, "isolated": sys.flags.isolated}))
+
+asyncio.run(main(sys.argv[1]))
+"""
 
 
 class SourceInstallTest(InstalledCommandChecks):

@@ -73,6 +73,43 @@ class ExpositionTest(unittest.TestCase):
             self.assertIn(expected + "\n", text)
 
 
+class ReadAtRenderTest(unittest.TestCase):
+    """Families read from their owner's numbers when rendered, not pushed on the hot path."""
+
+    def test_a_counter_and_a_histogram_read_from_callbacks(self) -> None:
+        registry = metrics.Registry()
+        owner = {"failures": 0, "sizes": [0, 0, 0], "sum": 0.0}
+        registry.counter("t_failures_total", "Failures.", ("reason",),
+                         read=lambda: [(("invalid",), owner["failures"])])
+        registry.histogram("t_batch", "Batch sizes.", buckets=(1, 4),
+                           read=lambda: [((), owner["sizes"], owner["sum"])])
+        self.assertIn('t_failures_total{reason="invalid"} 0\n', registry.render().decode())
+        owner.update(failures=3, sizes=[2, 1, 1], sum=2 + 3 + 9)     # values 1, 1, 3, 9
+        text = registry.render().decode()
+        self.assertIn('t_failures_total{reason="invalid"} 3\n', text)
+        for expected in ('t_batch_bucket{le="1"} 2', 't_batch_bucket{le="4"} 3',
+                         't_batch_bucket{le="+Inf"} 4', "t_batch_sum 14", "t_batch_count 4"):
+            self.assertIn(expected + "\n", text)
+
+    def test_a_callback_gives_at_most_max_series(self) -> None:
+        counter = metrics.Counter("t_total", "x", ("k",), max_series=2,
+                                  read=lambda: [((str(i),), i) for i in range(10)])
+        self.assertEqual(sum(1 for line in counter.render() if not line.startswith("#")), 2)
+
+    def test_a_histogram_callback_with_the_wrong_bucket_count_is_refused(self) -> None:
+        histogram = metrics.Histogram("t_h", "x", buckets=(1, 2), read=lambda: [((), [1, 2], 3.0)])
+        with self.assertRaises(ValueError):
+            list(histogram.render())
+
+    def test_a_value_on_a_bound_counts_in_that_bucket(self) -> None:
+        histogram = metrics.Histogram("t_h", "x", buckets=(0.5, 1.0))
+        for value in (0.5, 1.0, 1.0000001):
+            histogram.observe(value=value)
+        samples = [line for line in histogram.render() if "_bucket" in line]
+        self.assertEqual(samples, ['t_h_bucket{le="0.5"} 1\n', 't_h_bucket{le="1"} 2\n',
+                                   't_h_bucket{le="+Inf"} 3\n'])
+
+
 class BoundsTest(unittest.TestCase):
     def test_label_sets_past_the_limit_fold_into_other(self) -> None:
         counter = metrics.Counter("t_total", "Things.", ("model",), max_series=3)

@@ -13,7 +13,7 @@ import tempfile
 import unittest
 from unittest import mock
 
-from equabot_gw import agent_cli
+from equabot_gw import agent_cli, run_agent
 from equabot_gw.agents import runtime as agent_runtime
 from equabot_gw.gateway.client import ControlClient
 from tests.support import TOKEN, base_config, running_gateway, write_config
@@ -73,6 +73,15 @@ class OnePathTest(unittest.IsolatedAsyncioTestCase):
             self.assertEqual(out.getvalue(), "Echo (turn 1): via cli local\n")
         self.assertEqual(self.calls, [("openai", "via http"), ("responses", "via responses"), ("ws", "via ws"), ("ws", "via cli remote"),
                                       ("cli", "via cli local")])
+
+    async def test_run_agent_calls_run_on_its_own_runtime_and_on_a_gateways(self) -> None:
+        self.assertEqual((await run_agent("via run_agent")).text, "Echo (turn 1): via run_agent")
+        events = [event async for event in run_agent("via run_agent, iterated")]
+        self.assertEqual(events[-1].result.text, "Echo (turn 1): via run_agent, iterated")
+        async with running_gateway() as gw:
+            self.assertEqual((await run_agent("via a gateway", gateway=gw)).text, "Echo (turn 1): via a gateway")
+        self.assertEqual(self.calls, [("embed", "via run_agent"), ("embed", "via run_agent, iterated"),
+                                      ("embed", "via a gateway")])
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import os
 import sys
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -345,7 +346,13 @@ class _RecordSubscription:
 
 
 class Runtime:
-    """Agents, providers, sessions and the runs in flight. Start it, then call ``run``."""
+    """Agents, providers, sessions and the runs in flight. Start it, then call ``run``.
+
+    ``observers``: callables ``(phase, run)`` told, on the loop, when a run
+    starts generating (``"started"``), yields its first text (``"first_output"``)
+    and has settled and left ``active`` (``"settled"``: its ``status``, result
+    or error are final). They must not block; what they raise is logged.
+    """
 
     def __init__(self, config: Config, state_dir: Path,
                  store: sessions.SessionStore | None = None) -> None:
@@ -364,6 +371,7 @@ class Runtime:
         node = config.gateway.node_id      # run_<node>_<random><n>: the owning node is in the id
         self._id_prefix = (f"{node}_" if node else "") + os.urandom(6).hex()
         self.closing = False
+        self.observers: list[Callable[[str, Run], None]] = []
 
     async def start(self) -> None:
         """Open the session store and create the providers."""
@@ -427,6 +435,7 @@ class Runtime:
         self._finished_bytes += record.kept_bytes
         while len(self._finished) > MAX_FINISHED_RUNS:
             self._finished_bytes -= self._finished.popitem(last=False)[1].kept_bytes
+        _notify(self.observers, "settled", run)
 
     def _record_of(self, run: Run) -> RunRecord:
         """The run's record: its reply held if small and within the budget, else where it is."""
@@ -533,7 +542,8 @@ async def _execute(runtime: Runtime, handle: Run) -> None:
                 handle.status = "running"
                 handle.events.append(Started(handle.id, agent.id, handle.session_key,
                                              handle.model, call.turn))
-                text, usage, finish, failure, output = await _generate(handle, call)
+                _notify(runtime.observers, "started", handle)
+                text, usage, finish, failure, output = await _generate(handle, call, runtime.observers)
             finally:
                 agent.release()     # the provider is done: free the slot before the disk wait
             await _record(runtime, handle, call, history, text, usage, finish, failure, output)
@@ -582,7 +592,7 @@ async def _prepare(runtime: Runtime, handle: Run) -> tuple[ProviderCall, Session
     return call, history
 
 
-async def _generate(handle: Run, call: ProviderCall
+async def _generate(handle: Run, call: ProviderCall, observers: list[Callable[[str, Run], None]]
                     ) -> tuple[str, Usage | None, str, RunError | None, ReplyOutput | None]:
     """Stream the provider into the event log; an abort or failure ends it early.
 
@@ -608,6 +618,7 @@ async def _generate(handle: Run, call: ProviderCall
     clock = time.perf_counter
     give_back_at = clock() + YIELD_INTERVAL
     others = 0
+    first = bool(observers)     # observers to tell of the first text
     handle.agent.watch(handle)
     try:
         # aclosing: a provider's finally blocks (upstream sockets, child
@@ -616,6 +627,9 @@ async def _generate(handle: Run, call: ProviderCall
             async for event in events:
                 kind = type(event)
                 if kind is TextDelta and event.text:    # type: ignore[union-attr]
+                    if first:
+                        first = False
+                        _notify(observers, "first_output", handle)
                     room -= len(event.text)              # type: ignore[union-attr]
                     if room < 0:
                         raise ReplyTooLarge(provider.name, limit)
@@ -658,6 +672,14 @@ async def _generate(handle: Run, call: ProviderCall
     finally:
         handle.agent.unwatch(handle)
     return run_log.text() if failure is not None else text, usage, finish, failure, output
+
+
+def _notify(observers: list[Callable[[str, Run], None]], phase: str, run: Run) -> None:
+    for observer in observers:
+        try:
+            observer(phase, run)
+        except Exception:       # an observer's bug is logged, never the run's failure
+            log.exception("run %s: observer %r failed at %s", run.id, observer, phase)
 
 
 def _run_failure(handle: Run, exc: Exception, step: str) -> RunError:

@@ -276,7 +276,7 @@ class SessionStore:
     """Transcripts, the session index, journals and lanes of one state dir.
 
     Call ``open()`` in the event loop that uses the store and ``close()`` at
-    the end. Methods taking ``agent_id, key`` accept a key as ``scoped_key``
+    the end; a closed store may be opened again (in any loop), as if new. Methods taking ``agent_id, key`` accept a key as ``scoped_key``
     does and raise ``ApiError`` 400 for a bad key, agent id, or a key of
     another agent. Disk work runs in one committer thread, never on the loop.
     """
@@ -294,7 +294,10 @@ class SessionStore:
         self._max_cached = max_cached_sessions
         self._max_cached_bytes = max_cached_bytes
         self._max_cached_history_bytes = min(max_cached_history_bytes, max_cached_bytes)
-        # the open store
+        self._forget_open_store()
+
+    def _forget_open_store(self) -> None:
+        # the open store: set afresh when a closed store is opened again
         self._committer: Committer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
@@ -316,6 +319,15 @@ class SessionStore:
         return self._committer.pending if self._committer else 0
 
     @property
+    def commit_stats(self) -> transcripts.CommitStats:
+        """Sizes and times of the group commits since ``open()`` (read-only, for metrics)."""
+        return self._committer.stats if self._committer else transcripts.CommitStats()
+
+    def session_count(self) -> int:
+        """Keyed sessions of every agent (what ``list_sessions()`` lists, without sorting)."""
+        return sum(len(agent.index) for agent in self._agents.values())
+
+    @property
     def commit_batches(self) -> int:
         """Group commits done so far (each one write + one fsync per touched file)."""
         return self._committer.batches if self._committer else 0
@@ -327,10 +339,12 @@ class SessionStore:
         (rebuilt from transcript headers where it falls short) and prune old journals.
 
         Raises ``StorageError`` if the state dir cannot be read; RuntimeError
-        if called twice.
+        if the store is open already.
         """
-        if self._committer is not None or self._closed:
-            raise RuntimeError("a SessionStore is opened once")
+        if self._committer is not None and not self._closed:
+            raise RuntimeError("the SessionStore is open already")
+        if self._closed:
+            self._forget_open_store()
         try:
             os.makedirs(self._agents_dir, mode=0o700, exist_ok=True)
         except OSError as exc:

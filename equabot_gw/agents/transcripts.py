@@ -13,6 +13,7 @@ nothing from equabot_gw.net or equabot_gw.gateway.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import calendar
 import errno
 import hashlib
@@ -462,6 +463,26 @@ class _Op:
 _STOP: Final = _Op("stop", None)
 
 
+class CommitStats:
+    """Group commits so far: counts per bound of batch size (appends) and of seconds
+    (writes and fdatasyncs), the last one above every bound, and the sums. The
+    committer thread writes; anyone may read (a commit's count may show before its sum)."""
+
+    SIZE_BOUNDS: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+    SECONDS_BOUNDS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+    __slots__ = ("sizes", "size_sum", "seconds", "seconds_sum")
+
+    def __init__(self) -> None:
+        self.sizes, self.size_sum = [0] * (len(self.SIZE_BOUNDS) + 1), 0
+        self.seconds, self.seconds_sum = [0] * (len(self.SECONDS_BOUNDS) + 1), 0.0
+
+    def add(self, size: int, seconds: float) -> None:
+        self.sizes[bisect.bisect_left(self.SIZE_BOUNDS, size)] += 1
+        self.size_sum += size
+        self.seconds[bisect.bisect_left(self.SECONDS_BOUNDS, seconds)] += 1
+        self.seconds_sum += seconds
+
+
 class Committer:
     """The one thread that touches session files: group-commits appends, runs jobs in order.
 
@@ -477,6 +498,8 @@ class Committer:
         self._thread = threading.Thread(target=self._run, name="equabot-sessions-committer", daemon=True)
         self.pending = 0      # appends not yet resolved (loop side)
         self.batches = 0      # group commits done (committer side; read-only elsewhere)
+        self.stats = CommitStats()    # their sizes and times (committer side; read-only elsewhere)
+        self._stopped: asyncio.Future[None] | None = None
         self._fds: OrderedDict[str, list[int]] = OrderedDict()   # path -> [fd, size]; LRU
 
     # -- event loop side --
@@ -516,8 +539,14 @@ class Committer:
 
     async def stop(self) -> None:
         """Finish everything queued before, close every fd, and wait for the thread to end."""
+        if not self._thread.is_alive():
+            return
+        self._stopped = self._loop.create_future()
         self._queue.put(_STOP)
-        await asyncio.to_thread(self._thread.join)
+        # The thread says when it is done: joining it in an executor would leave an
+        # idle executor thread behind in a host program's loop.
+        await self._stopped
+        self._thread.join()         # it has returned or is returning: no wait to speak of
 
     def _resolve(self, results: list[tuple[_Op, Any, bool]]) -> None:
         for op, outcome, failed in results:
@@ -550,6 +579,10 @@ class Committer:
             if stop:
                 for path in list(self._fds):
                     self.drop_fd(path)
+                try:
+                    self._loop.call_soon_threadsafe(_set_done, self._stopped)
+                except RuntimeError:      # the loop is closed: nobody is waiting any more
+                    pass
                 return
 
     def _process(self, batch: list[_Op]) -> None:
@@ -578,6 +611,7 @@ class Committer:
             pass
 
     def _commit(self, appends: list[_Op], results: list[tuple[_Op, Any, bool]]) -> None:
+        started = time.perf_counter()
         self.batches += 1
         groups: dict[str, list[_Op]] = {}
         for op in appends:
@@ -611,6 +645,7 @@ class Committer:
             phase, exc = failed[path]
             log.warning("session store: %s of %s failed: %s", phase, os.path.basename(path), exc)
             results.extend((op, storage_error(f"{phase} of {op.what}", exc), True) for op in group)
+        self.stats.add(len(appends), time.perf_counter() - started)
 
     def _append(self, path: str, data: bytes) -> int:
         """Write and fdatasync ``data`` at the end of ``path``; the offset it starts at.
@@ -671,6 +706,11 @@ class Committer:
                 os.close(entry[0])
             except OSError:
                 pass
+
+
+def _set_done(future: asyncio.Future[None] | None) -> None:
+    if future is not None and not future.done():
+        future.set_result(None)
 
 
 class _AppendFailed(Exception):

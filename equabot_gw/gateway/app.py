@@ -8,7 +8,15 @@ finish within the grace period (``hurry()`` ends it early), then open runs are
 aborted and recorded so every open stream ends with its error event and
 ``[DONE]``, a short moment to flush, and only then are connections closed.
 It holds no protocol logic of its own: ``openai.py`` and ``control.py``
-translate, the runtime runs.
+translate, the runtime runs, ``observe.py`` counts.
+
+``Gateway`` is also the public embedding API (``equabot_gw.Gateway``):
+``from_config``, ``start``/``stop`` or ``async with``, ``url``, and
+``providers=`` (Python providers, ``providers/python.py``). It installs
+nothing process-wide (no signal handler, no logging set-up; its ``logs.tail``
+buffer hangs on the package logger while it runs), and it is restartable:
+each ``start()`` after a ``stop()`` builds its runtime, server and protocol
+state afresh, as a new process would, on the same state dir.
 """
 
 from __future__ import annotations
@@ -22,17 +30,18 @@ import socket
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
-from .. import __version__, statelock
+from .. import __version__, embed, statelock
 from ..logbuffer import LogBuffer
 from ..agents.runtime import Runtime
 from ..auth import Authenticator, Secret, resolve_secret
-from ..config import Config, bind_host
+from ..config import Config, ConfigError, bind_host
 from ..errors import ApiError, GatewayError
 from ..net import routes as http
 from ..net import server
-from . import control, openai, responses, static
+from ..providers.python import ProviderSource
+from . import control, observe, openai, responses, static
 
 log = logging.getLogger("equabot_gw")
 
@@ -65,37 +74,91 @@ class BindError(GatewayError):
 
 
 class Gateway:
-    """One gateway: ``await start()``, then ``await stop()`` (``url`` tells where it listens)."""
+    """One gateway: ``await start()``, then ``await stop()`` (``url`` tells where it listens).
+
+    Embedding programs make one with ``Gateway.from_config``; the constructor
+    takes a checked ``Config`` and is internal.
+    """
 
     def __init__(self, config: Config, state_dir: Path, *, host: str | None = None,
                  port: int | None = None, env: Mapping[str, str] | None = None,
                  access_log: server.AccessLog | None = None,
-                 config_path: Path | None = None) -> None:
+                 config_path: Path | None = None,
+                 providers: Mapping[str, ProviderSource] | None = None) -> None:
         self.config = config
+        # Python providers: those registered now, overlaid with this gateway's own.
+        self.provider_sources = embed.provider_sources(providers)
         self.config_path = config_path      # shown by config.get, recorded in the state dir's lock
         self.state_dir = state_dir
         self.host = host or bind_host(config.gateway.bind)
         self.port = config.gateway.port if port is None else port
         self.env = os.environ if env is None else env
+        self.secret: Secret = resolve_secret(config.gateway.auth, self.env, state_dir, self.host)
+        self.access_log = access_log
+        self._running = False
+        self._used = False          # started before: the next start() builds its parts afresh
+        self._assemble()
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | str | os.PathLike[str], *,
+                    state_dir: str | os.PathLike[str], host: str | None = None,
+                    port: int | None = None, env: Mapping[str, str] | None = None,
+                    providers: Mapping[str, ProviderSource] | None = None) -> Gateway:
+        """A gateway from a config document (a dict as a JSON5 file would hold) or a file's path.
+
+        ``state_dir`` (sessions, the generated token, the lock) is created with
+        mode 0700 if missing; nothing else on disk is touched, the home
+        directory included. ``host`` (an address, or "loopback" / "lan") and
+        ``port`` (0 picks a free one) override ``gateway.bind`` and
+        ``gateway.port``. ``env`` stands for the environment (``${VAR}`` in
+        the config, ``EQUABOT_GATEWAY_TOKEN``); default: ``os.environ``.
+        ``providers`` maps provider names to Python providers (an async
+        generator function, or a factory called with the name at each
+        ``start()`` that returns one): model ``"<name>/<model>"`` or
+        ``"<name>"`` reaches them, in the config (``agents.defaults.model``)
+        as in requests. They belong to this gateway and overlay those of
+        ``register_provider``. Raises ``ConfigError`` for a config or state
+        dir that cannot be used (a provider name also configured under
+        ``models.providers`` included), ``ValueError`` / ``TypeError`` for a
+        provider name or value that cannot be one.
+        """
+        env = os.environ if env is None else env
+        sources = embed.provider_sources(providers)
+        checked, path = embed.load_config(config, env, sources)
+        state = Path(state_dir)
+        try:
+            state.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError("", f"cannot create state dir {state}: {exc.strerror}") from None
+        return cls(checked, state, host=None if host is None else bind_host(host), port=port,
+                   env=env, config_path=path, providers=sources)
+
+    def _assemble(self) -> None:
+        """Everything that lives from one start() to its stop(), built new."""
+        config = self.config
         self.started_at = time.time()
         self.ready = False
-        self.runtime = Runtime(config, state_dir)
-        self.secret: Secret = resolve_secret(config.gateway.auth, self.env, state_dir, self.host)
+        self.runtime = Runtime(config, self.state_dir)
         self.auth = Authenticator(self.secret, config.gateway.auth.rate_limit,
                                   config.gateway.trusted_proxies)
+        self.observer = observe.Observer(self)
+        self.runtime.observers.append(self.observer.run)
         self.router = http.Router()
         limits = config.gateway.http
         self.server = server.HTTPServer(self.router, limits=server.Limits(
             max_head_bytes=limits.max_header_bytes, max_body_bytes=limits.max_body_bytes,
             header_timeout=limits.header_timeout, keep_alive_timeout=limits.keep_alive_timeout),
-            access_log=access_log)
-        # The gateway's own recent log lines, for the control protocol's logs.tail.
+            access_log=self.access_log, observer=self.observer.request)
+        # The gateway's own recent log lines, for the control protocol's logs.tail. The
+        # per-run lines stay out: one per request would push every other line out of
+        # the ring under load (and cost a JSON encoding per run).
         self.log_buffer = LogBuffer()
+        self.log_buffer.addFilter(_not_a_run_line)
         self.control = control.ControlProtocol(self)
         self.openai = openai.ChatCompletions(self.runtime, self.authorize, self.started_at,
                                              max_messages=config.gateway.http.max_messages)
         # POST /v1/responses and its stored responses: a store of its own, opened only when enabled.
-        self.responses = responses.Responses(self.runtime, self.authorize, state_dir,
+        self.responses = responses.Responses(self.runtime, self.authorize, self.state_dir,
                                              max_messages=config.gateway.http.max_messages) \
             if config.gateway.http.endpoints.responses.enabled else None
         self._stop_requested = asyncio.Event()
@@ -104,15 +167,30 @@ class Gateway:
         self._lock: statelock.StateLock | None = None
         self._add_routes()
 
+    async def __aenter__(self) -> Gateway:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
     @property
     def url(self) -> str:
-        """Where a client on this machine reaches the gateway (loopback for the wildcard addresses)."""
-        return _http_url({"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host), self.server.port)
+        """Where a client on this machine reaches the gateway (loopback for the wildcard addresses).
+
+        Raises ``RuntimeError`` before ``start()``.
+        """
+        return _http_url({"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host), self._port())
 
     @property
     def listen_url(self) -> str:
         """The address actually listened on, e.g. ``http://0.0.0.0:18789`` for ``--bind lan``."""
-        return _http_url(self.host, self.server.port)
+        return _http_url(self.host, self._port())
+
+    def _port(self) -> int:
+        if not self._running:
+            raise RuntimeError("the gateway is not running: await start() first")
+        return self.server.port
 
     @property
     def all_interfaces(self) -> bool:
@@ -125,6 +203,7 @@ class Gateway:
         for path in ("/health", "/healthz"):
             add(path, ("GET",), self.health)
         add("/readyz", ("GET",), self.readyz)
+        add("/metrics", ("GET",), self.observer.handle)
         # "/" and "/chat": the chat page to a browser, the control protocol otherwise.
         page = static.ChatPage(self.control.handle_upgrade)
         for path in ("/", "/chat"):
@@ -158,19 +237,39 @@ class Gateway:
         self.auth.check_bearer(request.headers.get("authorization"), client)
 
     async def health(self, request: http.HTTPRequest) -> http.Response:
-        """``GET /health``: liveness, without secrets or config."""
+        """``GET /health``: liveness and the status facts, without secrets or config."""
         return _json(200, self.health_snapshot())
 
     async def readyz(self, request: http.HTTPRequest) -> http.Response:
+        """``GET /readyz``: 200 once started, 503 before and while shutting down; the same facts."""
         ready = self.ready and not self.server.closing
-        return _json(200 if ready else 503, {"status": "ready" if ready else "unavailable"})
+        return _json(200 if ready else 503, {"status": "ready" if ready else "unavailable",
+                                             **self.facts()})
 
     def health_snapshot(self) -> dict[str, object]:
-        """The small status both ``/health`` and the WebSocket ``health`` method return."""
-        return {"status": "ok" if not self.server.closing else "shutting_down",
-                "version": __version__,
+        """What ``/health`` returns: ``status`` ("ok" / "shutting_down") and ``facts()``."""
+        return {"status": "ok" if not self.server.closing else "shutting_down", **self.facts()}
+
+    def facts(self) -> dict[str, Any]:
+        """The status facts ``/health``, ``/readyz`` and the WebSocket ``status`` method share.
+
+        ``version``; ``uptimeSeconds`` since ``start()``; ``sessions``: keyed
+        sessions stored (``status``'s ``sessions.count``); ``activeRuns``: runs
+        in flight from any door, ``queuedRuns`` of them waiting for a slot;
+        ``connections``: ``control`` (WebSocket clients) and ``http`` (every
+        open connection), as ``status`` reports them. No secret, no config.
+        """
+        runtime = self.runtime
+        return {"version": __version__,
                 "uptimeSeconds": round(time.time() - self.started_at, 3),
-                "activeRuns": len(self.runtime.active)}
+                "sessions": runtime.store.session_count(),
+                "activeRuns": len(runtime.active),
+                "queuedRuns": sum(agent.waiting for agent in runtime.agents.values()),
+                "connections": self.connection_counts()}
+
+    def connection_counts(self) -> dict[str, int]:
+        """Open connections: ``control`` (WebSocket control clients), ``http`` (all of them)."""
+        return {"control": len(self.control.connections), "http": self.server.connection_count}
 
     # ---- CORS (only when gateway.http.cors.allowOrigins is set) ----
     def _allowed_origin(self, origin: str | None) -> str | None:
@@ -215,11 +314,24 @@ class Gateway:
         """Lock the state dir, open the runtime, bind the port, start the ticker; then ready.
 
         Raises ``statelock.StateDirInUse`` when another gateway holds the state
-        dir, ``BindError`` when the address cannot be listened on.
+        dir, ``BindError`` when the address cannot be listened on,
+        ``RuntimeError`` when it runs already. After ``stop()`` it may be
+        started again: its parts are built afresh (runs, connections and
+        counters of the last run are gone; sessions stay on disk).
         """
+        if self._running or (self._shutdown is not None and not self._shutdown.done()):
+            raise RuntimeError("the gateway is running already")
+        if self._used or self._shutdown is not None:
+            self._assemble()
+        self._used = True
         self._lock = statelock.acquire(self.state_dir)
         try:
             await self.runtime.start()
+            try:
+                embed.install_providers(self.runtime, self.provider_sources)
+            except BaseException:
+                await self.runtime.stop(0)
+                raise
             try:
                 if self.responses is not None:
                     await self.responses.start()
@@ -234,6 +346,8 @@ class Gateway:
         except BaseException:
             self._lock.release()
             raise
+        self._running = True
+        self.started_at = time.time()
         self._lock.announce(self.url, config_path=self.config_path, auth_mode=self.secret.mode)
         log.addHandler(self.log_buffer)     # the package's logger only, never the root
         self.control.start()
@@ -242,7 +356,8 @@ class Gateway:
     async def stop(self) -> None:
         """Shut down in order; open runs past the grace period are aborted and recorded.
 
-        Safe to call more than once: every caller waits for the same shutdown.
+        Safe to call more than once (and before ``start()``): every caller
+        waits for the same shutdown.
         """
         self._stop_requested.set()
         if self._shutdown is None:
@@ -296,6 +411,7 @@ class Gateway:
         log.removeHandler(self.log_buffer)
         if self._lock is not None:
             self._lock.release()
+        self._running = False
 
     async def _wait_for_quiet(self, serving: asyncio.Future[None], grace: float) -> None:
         """Until no request or run is in flight, the grace period ends, or ``hurry()``."""
@@ -311,10 +427,15 @@ class Gateway:
                                    return_when=asyncio.FIRST_COMPLETED)
         finally:
             hurry.cancel()
+            await asyncio.wait([hurry])     # gone before stop() returns: no task outlives it
 
     async def wait_stop_requested(self) -> None:
         """Return once ``stop()`` was called (e.g. by a signal handler)."""
         await self._stop_requested.wait()
+
+
+def _not_a_run_line(record: logging.LogRecord) -> bool:
+    return record.name != observe.run_log.name
 
 
 async def _endpoint_disabled(request: http.HTTPRequest) -> http.Response:

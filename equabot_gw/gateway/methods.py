@@ -108,14 +108,13 @@ async def m_status(conn: ControlConnection, params: Params, req_id: Any) -> dict
                       "agents": [{"agentId": a.id, **_HEARTBEAT_OFF} for a in runtime.agents.values()]},
         "channelSummary": [], "queuedSystemEvents": [],
         "sessions": {"paths": [row["path"] for row in by_agent],
-                     "count": len(store.list_sessions()),
+                     "count": store.session_count(),      # /health's "sessions"
                      "defaults": {"model": default_model, "contextTokens": CONTEXT_TOKENS},
                      "recent": [_session_row(gateway, i, now)
                                 for i in _recent(gateway, None, STATUS_RECENT_SESSIONS)],
                      "byAgent": by_agent},
-        # Ours: connection counts (the original's clients ignore the key).
-        "connections": {"control": len(conn.protocol.connections),
-                        "http": gateway.server.connection_count}}
+        # Ours: connection counts, as /health shows them (the original's clients ignore the key).
+        "connections": gateway.connection_counts()}
 
 
 def presence(conn_protocol: Any) -> list[dict[str, Any]]:

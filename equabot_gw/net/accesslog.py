@@ -2,14 +2,18 @@
 
 Owns the line format (connection id, method, escaped path, status, bytes,
 duration, request id) and the batching; never a header value or a body.
-Knows nothing of connections: ``net.server`` calls ``record``.
+Knows nothing of connections: ``net.server`` calls ``record``. Lines are text
+(``conn=1 "GET /health" 200 51 0.3ms rid=req_…``) or, for log shippers, one
+JSON object each (``json_lines=True``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import sys
+import time
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\\\"]")
 
@@ -26,15 +30,23 @@ class AccessLog:
     escaped; header values and bodies are never logged.
     """
 
-    def __init__(self, stream=None) -> None:
+    def __init__(self, stream=None, *, json_lines: bool = False) -> None:
         self._stream = stream
         self._lines: list[str] = []
+        self.json_lines = json_lines
 
     def record(self, conn_id: int, method: str, path: str, status: int, size: int,
                duration: float, request_id: str) -> None:
         """Queue the line of one answered request."""
         if not self._lines:
             asyncio.get_running_loop().call_soon(self.flush)
+        if self.json_lines:
+            # json.dumps escapes every control character and, ASCII only, anything else.
+            self._lines.append(json.dumps({
+                "time": _utc_now(), "level": "info", "logger": "equabot_gw.access", "event": "request",
+                "conn": conn_id, "method": method, "path": path, "status": status, "bytes": size,
+                "duration_ms": round(duration * 1000, 3), "request_id": request_id}) + "\n")
+            return
         self._lines.append(f'conn={conn_id} "{method} {_escape(path)}" {status} {size} '
                            f"{duration * 1000:.1f}ms rid={request_id}\n")
 
@@ -48,3 +60,9 @@ class AccessLog:
             except (OSError, ValueError):
                 pass        # a closed or full stderr must not take the server down
             self._lines.clear()
+
+
+def _utc_now() -> str:
+    """Now as RFC 3339 UTC with milliseconds, e.g. ``2025-01-31T12:00:00.123Z``."""
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"

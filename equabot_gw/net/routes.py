@@ -132,6 +132,7 @@ _PROTOCOL_CODES: Final = {
 @dataclass(slots=True)
 class _Route:
     methods: dict[str, Handler]
+    template: str               # the path as registered, e.g. "/v1/models/{model}"
     param: str | None = None
 
 
@@ -158,15 +159,16 @@ class Router:
             prefix, _, name = path.rpartition("/{")
             route = next((r for p, r in self._prefixes if p == prefix + "/"), None)
             if route is None:
-                route = _Route({}, name[:-1])
+                route = _Route({}, path, name[:-1])
                 self._prefixes.append((prefix + "/", route))
         else:
-            route = self._exact.setdefault(path, _Route({}))
+            route = self._exact.setdefault(path, _Route({}, path))
         for method in methods:
             route.methods[method] = handler
 
-    def resolve(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
-        """The handler and params for a request; raises ``ApiError`` 404 or 405."""
+    def resolve(self, method: str, path: str) -> tuple[Handler, dict[str, str], str]:
+        """The handler, params and route template (the path as registered, never the
+        request's own) for a request; raises ``ApiError`` 404 or 405."""
         route = self._exact.get(path)
         params: dict[str, str] = {}
         if route is None:
@@ -184,4 +186,4 @@ class Router:
             allowed = sorted(set(route.methods) | ({"HEAD"} if "GET" in route.methods else set()))
             raise ApiError(405, f"method {method} is not allowed on {path}",
                            code="method_not_allowed", headers=(("allow", ", ".join(allowed)),))
-        return handler, params
+        return handler, params, route.template

@@ -29,6 +29,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -39,7 +40,7 @@ from .routes import (
     HTTPRequest, Response, Router, StreamingResponse, Upgrade, error_response,
 )
 
-__all__ = ["HTTPServer", "Limits", "AccessLog"]
+__all__ = ["HTTPServer", "Limits", "AccessLog", "Observer"]
 
 log = logging.getLogger("equabot_gw.http")
 
@@ -72,6 +73,10 @@ MAX_REQUESTS_PER_TURN: Final = 32
 SERVER_NAME: Final = "equabot-gw"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
+# Told of every answered request, after the access log: (method, route template
+# or None when no route took it, status, body bytes sent, seconds).
+Observer = Callable[[str, "str | None", int, int, float], None]
+
 
 # -- the server -------------------------------------------------------------------
 
@@ -95,13 +100,20 @@ class HTTPServer:
     ``start()`` binds (port 0 picks a free port; ``port`` then tells which);
     ``shutdown(grace)`` stops accepting, lets requests in flight finish for up
     to ``grace`` seconds, then cancels what is left and closes every connection.
+    ``observer``, if given, is called once per answered request, like the access
+    log, with the route template (never the raw path; None for a request no
+    route took: 404, 405, unparseable), the status (499: the client left
+    first), the body bytes sent and the seconds taken; it must not block.
     """
 
     def __init__(self, router: Router, *, limits: Limits | None = None,
-                 access_log: AccessLog | None = None) -> None:
+                 access_log: AccessLog | None = None, observer: Observer | None = None) -> None:
         self.router = router
         self.limits = limits or Limits()
         self.access_log = access_log
+        self.observer = observer
+        self.open_streams = 0           # streamed responses being written now
+        self.upgraded = 0               # connections handed to another protocol (WebSocket)
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[_Connection] = set()
         self._ids = itertools.count(1)
@@ -466,7 +478,7 @@ class _Connection(asyncio.Protocol):
         rid = self.server.next_request_id()
         head, body = self._encode_response(response, "1.1", head_only=False, close=True, request_id=rid)
         self._write(head + body)        # an error body is small: one write, no wait
-        self._log("-", "-", response.status, len(body), time.perf_counter(), rid)
+        self._log("-", "-", None, response.status, len(body), time.perf_counter(), rid)
 
     async def _next_request(self) -> http11.Request | None:
         """The next request head; None when the client is done or timed out."""
@@ -529,9 +541,10 @@ class _Connection(asyncio.Protocol):
         # CONNECT answered without a switch ends the connection.
         close = not head.keep_alive or self._finishing or self.server.closing or head.upgrade == "connect"
         self._handling = True
+        route: str | None = None
         try:
             try:
-                handler, params = self.server.router.resolve(head.method, head.path)
+                handler, params, route = self.server.router.resolve(head.method, head.path)
             except ApiError:
                 if head.chunked or head.content_length:
                     close = True        # the body stays unread: the connection cannot go on
@@ -546,7 +559,7 @@ class _Connection(asyncio.Protocol):
         except ApiError as exc:
             response = error_response(exc)
         except asyncio.CancelledError:
-            self._log(head.method, head.path, 499, 0, started, rid)
+            self._log(head.method, head.path, route, 499, 0, started, rid)
             raise
         except HTTPProtocolError:
             raise
@@ -556,7 +569,7 @@ class _Connection(asyncio.Protocol):
         finally:
             self._handling = False
         if self._gone:
-            self._log(head.method, head.path, 499, 0, started, rid)
+            self._log(head.method, head.path, route, 499, 0, started, rid)
             return False
         if isinstance(response, Response):
             head_bytes, body = self._encode_response(response, head.version, head.method == "HEAD",
@@ -569,23 +582,23 @@ class _Connection(asyncio.Protocol):
                 try:
                     await self._write_pieces(body)
                 except asyncio.CancelledError:
-                    self._log(head.method, head.path, 499, 0, started, rid)     # left mid-body
+                    self._log(head.method, head.path, route, 499, 0, started, rid)     # left mid-body
                     raise
         elif isinstance(response, StreamingResponse):
             self._handling = True
             try:
                 size = await self._write_stream(response, head.version, head.method == "HEAD", rid)
             except asyncio.CancelledError:
-                self._log(head.method, head.path, 499, 0, started, rid)    # left mid-stream
+                self._log(head.method, head.path, route, 499, 0, started, rid)    # left mid-stream
                 raise
             finally:
                 self._handling = False
             close = close or head.version == "1.0"
         else:
-            self._log(head.method, head.path, 101, 0, started, rid)
+            self._log(head.method, head.path, route, 101, 0, started, rid)
             await self._switch(response, rid)
             return False
-        self._log(head.method, head.path, response.status, size, started, rid)
+        self._log(head.method, head.path, route, response.status, size, started, rid)
         if close or self._gone:
             return False
         if self._write_paused:
@@ -594,11 +607,19 @@ class _Connection(asyncio.Protocol):
         self._set_deadline(self.limits.keep_alive_timeout)
         return True
 
-    def _log(self, method: str, path: str, status: int, size: int, started: float,
-             rid: str) -> None:
-        if self.server.access_log is not None:
-            self.server.access_log.record(self.id, method, path, status, size,
-                                          time.perf_counter() - started, rid)
+    def _log(self, method: str, path: str, route: str | None, status: int, size: int,
+             started: float, rid: str) -> None:
+        server = self.server
+        if server.access_log is None and server.observer is None:
+            return
+        duration = time.perf_counter() - started
+        if server.access_log is not None:
+            server.access_log.record(self.id, method, path, status, size, duration, rid)
+        if server.observer is not None:
+            try:
+                server.observer(method, route, status, size, duration)
+            except Exception:       # the observer's bug must not cost the client its answer
+                log.exception("conn=%d rid=%s: request observer failed", self.id, rid)
 
     def _base_headers(self, rid: str) -> list[tuple[str, str]]:
         return [("date", self.server.date_header()), ("server", SERVER_NAME),
@@ -634,6 +655,7 @@ class _Connection(asyncio.Protocol):
         size = 0
         body = response.body
         idle = _IdleFiller(self, response, chunked) if response.idle_bytes else None
+        self.server.open_streams += 1
         try:
             if head_only:
                 return 0
@@ -662,6 +684,7 @@ class _Connection(asyncio.Protocol):
             if chunked and not self._gone:
                 self._write_corked(http11.LAST_CHUNK)
         finally:
+            self.server.open_streams -= 1
             self._uncork()      # the response is complete on the wire before anything else happens
             if idle is not None:
                 idle.stop()
@@ -677,6 +700,9 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         self._upgraded = True
         self._deadline = None
+        if self._timer is not None:     # the new protocol keeps its own time: nothing here may
+            self._timer.cancel()        # hold this connection (and its server) after the switch
+            self._timer = None
         protocol = upgrade.protocol_factory()
         leftover = self.parser.trailing_data
         self.transport.set_protocol(protocol)
@@ -684,9 +710,11 @@ class _Connection(asyncio.Protocol):
         protocol.connection_made(self.transport)
         if leftover:
             protocol.data_received(leftover)
+        self.server.upgraded += 1
         try:
             await upgrade.serve(protocol)
         finally:
+            self.server.upgraded -= 1
             # The new protocol receives connection_lost now; forget this one here.
             self.server._connections.discard(self)
             if not self.transport.is_closing():

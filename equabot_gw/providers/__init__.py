@@ -12,6 +12,10 @@ closed and child processes killed in ``finally`` blocks. Providers know
 nothing of HTTP endpoints, sessions or transcripts. The HTTP providers reach
 upstreams through ``net.client`` only, and never put an API key or a
 configured header value into an error or a log line.
+
+Besides the built-in ``api``s here, an embedding program's own functions
+are providers (``python.py``: the public, versioned form of this contract,
+the registry of ``register_provider``, and the adapter that holds them to it).
 """
 
 from __future__ import annotations
