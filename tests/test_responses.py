@@ -7,6 +7,7 @@ kit's copy); the stream's order is checked event by event.
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import socket
@@ -18,7 +19,7 @@ from typing import Any
 from equabot_gw import config
 from equabot_gw.conformance.jsonschema import Validator
 from equabot_gw.errors import ConfigError
-from tests.support import ROOT, TOKEN, GatewayProcess, LiveGateway, base_config, error_of
+from tests.support import ROOT, TOKEN, GatewayProcess, LiveGateway, base_config, error_of, running_gateway
 
 SCHEMAS = Validator.openai_responses()
 PARTIAL_THEN_FAIL = ("import sys,time; sys.stdout.write('partial words'); sys.stdout.flush(); "
@@ -456,6 +457,30 @@ class DisabledTest(unittest.TestCase):
             self.assertEqual(status, 404)
             self.assertIn("gateway.http.endpoints.responses.enabled", error_of(data)["message"])
             self.assertEqual(Client(gw).get("resp_x")[0], 404)
+
+
+class EmbeddedRestartTest(unittest.IsolatedAsyncioTestCase):
+    async def test_the_store_reopens_with_the_gateway(self) -> None:
+        async def call(gw: Any, method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
+            data = b"" if body is None else json.dumps(body).encode()
+            reader, writer = await asyncio.open_connection(gw.host, gw.server.port)
+            writer.write((f"{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                          f"Content-Type: application/json\r\nConnection: close\r\n"
+                          f"Content-Length: {len(data)}\r\n\r\n").encode() + data)
+            raw = await reader.read()
+            writer.close()
+            head, _, payload = raw.partition(b"\r\n\r\n")
+            return int(head.split()[1]), json.loads(payload)
+
+        async with running_gateway(responses_config()) as gw:
+            status, first = await call(gw, "POST", "/v1/responses", {"model": "equabot", "input": "one"})
+            self.assertEqual(status, 200)
+            await gw.stop()
+            await gw.start()            # an embedded gateway restarted: its parts are built afresh
+            self.assertEqual(await call(gw, "GET", f"/v1/responses/{first['id']}"), (200, first))
+            status, second = await call(gw, "POST", "/v1/responses", {"model": "equabot", "input": "two",
+                                                                      "previous_response_id": first["id"]})
+            self.assertEqual((status, second["output_text"]), (200, "Echo (turn 2): two"))
 
 
 class RestartTest(unittest.TestCase):
