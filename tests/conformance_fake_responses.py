@@ -128,7 +128,8 @@ def _response(response_id: str, request: dict[str, Any], status: str, output: li
     obj = {"id": response_id, "object": "response", "created_at": CREATED, "status": status, "error": None,
            "incomplete_details": None, "instructions": request.get("instructions"), "model": request["model"],
            "output": output, "parallel_tool_calls": True, "metadata": {}, "tool_choice": "auto",
-           "tools": [{**t, "strict": t.get("strict")} for t in request.get("tools") or ()], "temperature": None, "top_p": None,
+           "tools": [{**t, "strict": t.get("strict")} for t in request.get("tools") or ()],
+           "temperature": None, "top_p": None,
            "previous_response_id": request.get("previous_response_id")}
     if status == "completed":
         obj["usage"] = {"input_tokens": 1, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},

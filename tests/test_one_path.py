@@ -71,8 +71,8 @@ class OnePathTest(unittest.IsolatedAsyncioTestCase):
             with contextlib.redirect_stdout(io.StringIO()) as out:
                 self.assertEqual(await agent_cli.run_agent_command(args), 0)
             self.assertEqual(out.getvalue(), "Echo (turn 1): via cli local\n")
-        self.assertEqual(self.calls, [("openai", "via http"), ("responses", "via responses"), ("ws", "via ws"), ("ws", "via cli remote"),
-                                      ("cli", "via cli local")])
+        self.assertEqual(self.calls, [("openai", "via http"), ("responses", "via responses"), ("ws", "via ws"),
+                                      ("ws", "via cli remote"), ("cli", "via cli local")])
 
     async def test_run_agent_calls_run_on_its_own_runtime_and_on_a_gateways(self) -> None:
         self.assertEqual((await run_agent("via run_agent")).text, "Echo (turn 1): via run_agent")

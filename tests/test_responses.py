@@ -49,7 +49,8 @@ def gateway_config() -> dict[str, Any]:
     ]}
     data["models"] = {"providers": {
         "slow": {"api": "echo", "delayMs": SLOW_DELAY_MS},
-        "failing": {"api": "command", "command": [sys.executable, "-c", "import sys; sys.stderr.write('bad'); sys.exit(2)"]},
+        "failing": {"api": "command",
+                    "command": [sys.executable, "-c", "import sys; sys.stderr.write('bad'); sys.exit(2)"]},
         "partial": {"api": "command", "command": [sys.executable, "-c", PARTIAL_THEN_FAIL]},
     }}
     return data
@@ -152,7 +153,8 @@ class CreateTest(ResponsesCase):
                                      {"role": "user", "content": [{"type": "input_text", "text": "first"},
                                                                   {"type": "input_text", "text": " part"}]}]})
         self.assertEqual(obj["output_text"], "Echo (turn 1): first part")
-        self.assertEqual((obj["instructions"], obj["model"], obj["metadata"]), ("Be brief.", "equabot:beta", {"k": "v"}))
+        self.assertEqual((obj["instructions"], obj["model"], obj["metadata"]),
+                         ("Be brief.", "equabot:beta", {"k": "v"}))
         status, _, data = self.client.request("GET", f"/v1/responses/{obj['id']}/input_items?order=asc")
         self.assertEqual(status, 200)
         items = json.loads(data)
@@ -354,12 +356,14 @@ class StreamTest(ResponsesCase):
                                  "response.function_call_arguments.done", "response.output_item.done",
                                  "response.completed"])
         added = events[2][1]["item"]
-        self.assertEqual((added["type"], added["name"], added["status"]), ("function_call", "get_weather", "in_progress"))
+        self.assertEqual((added["type"], added["name"], added["status"]),
+                         ("function_call", "get_weather", "in_progress"))
         joined = "".join(e["delta"] for name, e in events if name == "response.function_call_arguments.delta")
         self.assertEqual(joined, ARGUMENTS)
         self.assertEqual(events[-3][1]["arguments"], ARGUMENTS)
         done = events[-2][1]["item"]
-        self.assertEqual((done["call_id"], done["arguments"], done["status"]), (added["call_id"], ARGUMENTS, "completed"))
+        self.assertEqual((done["call_id"], done["arguments"], done["status"]),
+                         (added["call_id"], ARGUMENTS, "completed"))
         self.assertEqual(events[-1][1]["response"]["output"], [done])
 
     def test_reasoning_then_text(self) -> None:
@@ -399,7 +403,8 @@ class StreamTest(ResponsesCase):
         events = self.stream({"input": "many words " * 20, "max_output_tokens": 16})
         self.assertEqual(events[-1][0], "response.incomplete")
         final = events[-1][1]["response"]
-        self.assertEqual((final["status"], final["incomplete_details"]), ("incomplete", {"reason": "max_output_tokens"}))
+        self.assertEqual((final["status"], final["incomplete_details"]),
+                         ("incomplete", {"reason": "max_output_tokens"}))
 
 
 class RefusalTest(ResponsesCase):

@@ -436,6 +436,7 @@ def _joined(run: list[Any]) -> Any:
     if kind is TextDelta:
         return TextDelta("".join([e.text for e in run]))
     if kind is ReasoningDelta:
-        return ReasoningDelta("".join([e.text for e in run]), next((e.signature for e in reversed(run) if e.signature), ""))
+        signature = next((e.signature for e in reversed(run) if e.signature), "")
+        return ReasoningDelta("".join([e.text for e in run]), signature)
     return ToolCallDelta(first.index, first.id, first.name, "".join([e.arguments for e in run]))
 
