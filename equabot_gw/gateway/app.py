@@ -197,6 +197,7 @@ class Gateway:
         if self.config.gateway.ws.echo_path:
             add(self.config.gateway.ws.echo_path, ("GET",), self.control.handle_echo_upgrade)
         routes = (("/v1/chat/completions", ("POST",), self.openai.create),
+                  ("/v1/chat/completions/{rest}", ("GET",), self.openai.events),
                   ("/v1/models", ("GET",), self.openai.list_models),
                   ("/v1/models/{model}", ("GET",), self.openai.get_model))
         enabled = self.config.gateway.http.endpoints.chat_completions.enabled
