@@ -27,8 +27,10 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Final
 
+from ..errors import ApiError, RunAborted
 from .events import Delta, Ended, Failed, RunEvent
 from .lines import number
+from .records import INTERRUPTED, RunRecord, record_from_line
 from .sessions import SessionStore
 from .types import ReasoningDelta, ToolCallDelta
 
@@ -207,6 +209,50 @@ class Keys:
                 found = line
         return found
 
+    def earlier(self, agent_id: str, key: str, digest: str, find_run: Callable[[str], Any]) -> Any:
+        """The run (``Run`` or ``RunRecord``) ``key`` started, to join or replay; None if
+        the key may start a new run (unknown, expired, or its run failed before any
+        output). Raises ``ApiError`` 422 ``idempotency_key_reused`` for another
+        ``digest``, 409 if the run is not in memory (``load_earlier`` brings it)."""
+        entry = self.get(agent_id, key)
+        if entry is None:
+            return None
+        if entry.digest != digest:
+            raise ApiError(422, "Keys for idempotent requests can only be used with the same parameters "
+                                "they were first used with. Try using a key other than "
+                                f"{entry.key[:80]!r} if you meant to execute a different request.",
+                           code="idempotency_key_reused", param="idempotency_key")
+        handle = find_run(entry.run_id)
+        if handle is None:
+            raise ApiError(409, "the run of this idempotency key is not in memory; retry the request",
+                           code="idempotency_key_in_use")
+        if handle.done and not produced(handle):
+            self.forget(entry)      # failed before any output: the key may run again
+            return None
+        return handle
+
+    async def load_earlier(self, agent_id: str, key: str, digest: str, find_run: Callable[[str], Any],
+                           remember: Callable[[RunRecord], None]) -> None:
+        """Bring the run of ``key`` into memory (``remember`` its record) if it is only on
+        disk; concurrent callers share one lookup, each waiting at most ``LOOKUP_TIMEOUT``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LOOKUP_TIMEOUT
+        while (entry := self.get(agent_id, key)) is not None and entry.digest == digest \
+                and find_run(entry.run_id) is None:
+            if entry.loading is not None:
+                try:
+                    await asyncio.wait_for(asyncio.shield(entry.loading), deadline - loop.time())
+                except TimeoutError:
+                    raise ApiError(503, "the outcome of this idempotency key's run is still being "
+                                        "looked up; retry later", code="unavailable") from None
+                continue
+            entry.loading = loop.create_future()
+            try:
+                remember(record_from_line(entry, await self.outcome_line(entry)))
+            finally:
+                entry.loading.set_result(None)
+                entry.loading = None
+
     # -- claims: the disconnect policy of keyed runs --
 
     def hold(self, run_id: str) -> None:
@@ -244,6 +290,14 @@ class Keys:
         for timer in self._unclaimed.values():
             timer.cancel()
         self._unclaimed.clear()
+
+
+def produced(handle: Any) -> bool:
+    """Whether a finished run (``Run`` or ``RunRecord``) gave any output: then it never runs again."""
+    if type(handle) is not RunRecord:
+        return handle._result is not None or bool(handle.events.text())
+    return handle.result is not None or bool(handle.partial) or handle.reply_at is not None \
+        or (isinstance(handle.error, RunAborted) and handle.error.why == INTERRUPTED)
 
 
 def _retrieve(task: asyncio.Task[None]) -> None:

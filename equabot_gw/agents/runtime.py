@@ -34,7 +34,7 @@ from ..errors import (
     ApiError, ReplyTooLarge, RunAborted, RunError, RunFailed, RunTimedOut, UpstreamError,
 )
 from . import idempotency, sessions
-from .records import INTERRUPTED, RunRecord, record_from_line
+from .records import RunRecord
 from .events import Ended, Failed, EventLog, Started, Subscription
 from .output import ReplyOutput, check_request, finish_reason, named_results, output_weight
 from .transcripts import Stored
@@ -392,7 +392,7 @@ def run(runtime: Runtime, request: AgentRequest, digest: str | None = None,
     if request.idempotency_key:
         stored = idempotency.stored_key(request.idempotency_key)
         digest = digest or idempotency.request_digest(request)
-        earlier = _earlier(runtime, agent.id, stored, digest)
+        earlier = runtime.keys.earlier(agent.id, stored, digest, runtime.find_run)
         if earlier is not None:
             return earlier
     provider, model_name, model_ref = runtime.resolve_model(request.model or agent.model)
@@ -424,7 +424,8 @@ async def run_once(runtime: Runtime, request: AgentRequest, digest: str,
     """
     if request.idempotency_key and not runtime.closing:
         agent, _, _ = _route(runtime, request)
-        await _load_earlier(runtime, agent.id, idempotency.stored_key(request.idempotency_key), digest)
+        await runtime.keys.load_earlier(agent.id, idempotency.stored_key(request.idempotency_key), digest,
+                                        runtime.find_run, runtime._remember_record)
     handle = run(runtime, request, digest, meta)
     return handle, not (type(handle) is Run and handle.request is request)
 
@@ -435,58 +436,9 @@ async def keyed_run(runtime: Runtime, run_id: str) -> Run | RunRecord | None:
     entry = runtime.keys.of_run(run_id)
     if entry is None:
         return None
-    await _load_earlier(runtime, entry.agent_id, entry.key, entry.digest)
+    await runtime.keys.load_earlier(entry.agent_id, entry.key, entry.digest, runtime.find_run,
+                                    runtime._remember_record)
     return runtime.find_run(run_id)
-
-
-async def _load_earlier(runtime: Runtime, agent_id: str, key: str, digest: str) -> None:
-    """Bring the run of ``key`` into memory if it is only on disk."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + idempotency.LOOKUP_TIMEOUT
-    while (entry := runtime.keys.get(agent_id, key)) is not None and entry.digest == digest \
-            and runtime.find_run(entry.run_id) is None:
-        if entry.loading is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(entry.loading), deadline - loop.time())
-            except TimeoutError:
-                raise ApiError(503, "the outcome of this idempotency key's run is still being "
-                                    "looked up; retry later", code="unavailable") from None
-            continue
-        entry.loading = loop.create_future()
-        try:
-            runtime._remember_record(record_from_line(entry, await runtime.keys.outcome_line(entry)))
-        finally:
-            entry.loading.set_result(None)
-            entry.loading = None
-
-
-def _earlier(runtime: Runtime, agent_id: str, key: str, digest: str) -> Run | RunRecord | None:
-    """The run ``key`` started, to join or replay; None if the key may start a new one."""
-    entry = runtime.keys.get(agent_id, key)
-    if entry is None:
-        return None
-    if entry.digest != digest:
-        raise ApiError(422, "Keys for idempotent requests can only be used with the same parameters "
-                            "they were first used with. Try using a key other than "
-                            f"{entry.key[:80]!r} if you meant to execute a different request.",
-                       code="idempotency_key_reused", param="idempotency_key")
-    handle = runtime.find_run(entry.run_id)
-    if handle is None:
-        raise ApiError(409, "the run of this idempotency key is not in memory; retry the request",
-                       code="idempotency_key_in_use")
-    if handle.done and not _produced(handle):
-        runtime.keys.forget(entry)      # failed before any output: the key may run again
-        return None
-    return handle
-
-
-def _produced(handle: Run | RunRecord) -> bool:
-    """Whether a finished run gave any output (then it is never run again)."""
-    if type(handle) is Run:
-        return handle._result is not None or bool(handle.events.text())
-    record: RunRecord = handle      # type: ignore[assignment]
-    return record.result is not None or bool(record.partial) or record.reply_at is not None \
-        or (isinstance(record.error, RunAborted) and record.error.why == INTERRUPTED)
 
 
 def _route(runtime: Runtime, request: AgentRequest) -> tuple[Agent, str, bool]:
