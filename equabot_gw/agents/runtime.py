@@ -402,9 +402,9 @@ def run(runtime: Runtime, request: AgentRequest, digest: str | None = None,
     agent.admit()
     handle = Run(runtime._new_run_id(), agent, key, stateless, request, provider,
                  model_ref, model_name)
-    runtime.active[handle.id] = handle
     if stored is not None:
         handle._journalled = runtime.keys.add(agent.id, stored, digest or "", handle.id, key, stateless, meta)
+    runtime.active[handle.id] = handle
     agent.waiting += 1
     handle._task = asyncio.get_running_loop().create_task(_execute(runtime, handle))
     return handle
