@@ -232,6 +232,19 @@ class IdempotencyTest(ResilienceCase):
         bad = await self.post(gateway, request(stream=False), Idempotency_Key="sp ace")
         self.assertEqual((bad.status, error_of(bad.body)["code"]), (400, "invalid_idempotency_key"))
 
+    async def test_a_bad_last_event_id_is_400_and_leaves_no_run_behind(self) -> None:
+        gateway = await self.start()
+        keyless = await self.post(gateway, request(), Last_Event_ID="chatcmpl-0:5")
+        self.assertEqual((keyless.status, error_of(keyless.body)["code"]), (400, "invalid_last_event_id"))
+        self.assertEqual(self.counting.calls, 0)                  # refused before anything ran
+        for bad in ("chatcmpl-other:5", "nonsense", "chatcmpl-x:-1"):
+            with self.subTest(bad):
+                keyed = await self.post(gateway, request(), Idempotency_Key="k-bad-id", Last_Event_ID=bad)
+                self.assertEqual((keyed.status, error_of(keyed.body)["code"]), (400, "invalid_last_event_id"))
+        await asyncio.wait_for(self._settled(gateway), 5)
+        self.assertEqual(self.counting.calls, 1)                  # the keyed run, once, and it completed
+        self.assertEqual(gateway.runtime.keys._claims, {})
+
     async def test_a_finished_completion_is_replayed_after_a_restart(self) -> None:
         gateway = await self.start()
         first = await self.post(gateway, request(stream=False), Idempotency_Key="k-durable",

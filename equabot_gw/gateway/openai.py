@@ -219,6 +219,10 @@ class ChatCompletions:
             if type(messages) is list and len(messages) > _FREED_PER_STEP:
                 await _release(messages)
         legacy = bool(agent_request.options.tools) and chat_content.is_legacy(body)
+        if key is None and stream and request.headers.get("last-event-id") is not None:
+            raise ApiError(400, "Last-Event-ID resumes a stream of a request with an Idempotency-Key: "
+                                "send the same request with the same key.",
+                           code="invalid_last_event_id", param="Last-Event-ID")
         try:
             if key is None:
                 run, replayed = agent_runtime.run(self.runtime, agent_request), False
@@ -232,7 +236,11 @@ class ChatCompletions:
         claim = self.claims.claim(run, keep=key is not None)
         extra = [(resume.REPLAY_HEADER, "true")] if replayed else []
         if stream:
-            after = resume.last_event_seq(request.headers, completion_id)
+            try:
+                after = resume.last_event_seq(request.headers, completion_id)
+            except ApiError:
+                claim()
+                raise
             if after is not None or type(run) is not Run:
                 return self.claims.resumed(run, completion_id, model_name, include_usage, legacy,
                                            after, claim, extra)
