@@ -267,7 +267,8 @@ class Gateway:
             origin = self._allowed_origin(request.headers.get("origin"))
             if origin is not None and not isinstance(response, http.Upgrade):
                 response.headers.extend((("access-control-allow-origin", origin), ("vary", "origin"),
-                                         ("access-control-expose-headers", "x-request-id")))
+                                         ("access-control-expose-headers",
+                                          "x-request-id, x-equabot-idempotent-replay")))
             return response
         return with_cors
 
