@@ -228,6 +228,11 @@ class HTTPConfig:
     keep_alive_timeout: float = key("keepAliveTimeoutSeconds", number(0.01), default=30.0)
     max_messages: int = key("maxMessages", integer(1), default=10_000)
     cors: CorsConfig = key("cors", factory=CorsConfig)
+    # A request with an idempotency key keeps running this long after its
+    # client left, so that it can be resumed; past it, an unclaimed run is
+    # aborted only if abortUnclaimedRuns (else it completes and is recorded).
+    resume_grace: float = key("resumeGraceSeconds", number(0), default=30.0)
+    abort_unclaimed_runs: bool = key("abortUnclaimedRuns", boolean, default=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +260,12 @@ def node_id(value: Any) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class IdempotencyConfig:
+    # How long a used idempotency key (and its run's outcome) is remembered.
+    retention_seconds: float = key("retentionSeconds", number(1), default=86_400.0)
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     port: int = key("port", integer(0, 65535), default=DEFAULT_PORT)
     bind: str = key("bind", string(empty=False), default="loopback")
@@ -262,6 +273,7 @@ class GatewayConfig:
     http: HTTPConfig = key("http", factory=HTTPConfig)
     ws: WSConfig = key("ws", factory=WSConfig)
     metrics: MetricsConfig = key("metrics", factory=MetricsConfig)
+    idempotency: IdempotencyConfig = key("idempotency", factory=IdempotencyConfig)
     trusted_proxies: tuple[str, ...] = key("trustedProxies", ip_networks, default=())
     shutdown_grace: float = key("shutdownGraceSeconds", number(0), default=10.0)
     # Behind a balancer: run ids carry it (run_<node>_...), completion ids too

@@ -43,8 +43,9 @@ def _http(status: int, content_type: str, body: bytes, extra: list[tuple[str, st
     return head.encode() + body
 
 
-def _error(status: int, message: str, extra: list[tuple[str, str]] = (), param: str | None = None) -> bytes:
-    body = {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": None}}
+def _error(status: int, message: str, extra: list[tuple[str, str]] = (), param: str | None = None,
+           code: str | None = None) -> bytes:
+    body = {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}}
     return _http(status, "application/json", json.dumps(body).encode(), extra)
 
 
@@ -89,6 +90,7 @@ class FakeGateway:
         self.responses = FakeResponses(self.broken)
         self.tasks: set[asyncio.Task[None]] = set()
         self.writers: set[asyncio.StreamWriter] = set()
+        self.keys: dict[str, bytes] = {}            # Idempotency-Key -> the body first sent with it
         self.url = ""
 
     def broken(self, name: str) -> bool:
@@ -149,6 +151,10 @@ class FakeGateway:
                 return refusal, False
             status, content_type, data = self.responses.route(method, path, body)
             return _http(status, content_type, data), False
+        if method == "GET" and path == f"{CHAT}/chatcmpl-fake/events" and not self.broken("no-events-endpoint"):
+            text = self.keys.get("stream")
+            if text is not None:
+                return self._stream(json.loads(text), json.loads(text)["_text"], headers, keyed=True), False
         if path != CHAT or self.broken("endpoint-disabled"):
             if self.broken("unknown-path-plain"):
                 return _http(404, "text/plain", b"not found"), False
@@ -174,6 +180,12 @@ class FakeGateway:
         agent = self._agent(request.get("model", ""), headers)
         if agent is None:
             return _error(404, "unknown agent"), False
+        key = headers.get("idempotency-key")
+        replay = key is not None and key in self.keys
+        if replay and self.keys[key] != body and not self.broken("key-reused-accepted"):
+            return _error(422, "key reused with another body", code="idempotency_key_reused"), False
+        if key is not None and not replay:
+            self.keys[key] = body
         turn = self._turn(agent, request, headers)
         call = _asked_call(request)
         if call is not None:
@@ -186,8 +198,10 @@ class FakeGateway:
             said = request["messages"][0]["content"]
         text = f"Echo (turn {turn}): {said}"
         if request.get("stream"):
-            return self._stream(request, text), self.broken("stream-hangs")
-        return self._completion(request, text), False
+            if key is not None:
+                self.keys["stream"] = json.dumps({**request, "_text": text}).encode()
+            return self._stream(request, text, headers, key is not None), self.broken("stream-hangs")
+        return self._completion(request, text, replay), False
 
     def _authorize(self, value: str | None) -> bytes | None:
         if self.token is None:
@@ -224,15 +238,16 @@ class FakeGateway:
         self.turns[(agent, key)] += 1
         return self.turns[(agent, key)]
 
-    def _completion(self, request: dict[str, Any], text: str) -> bytes:
+    def _completion(self, request: dict[str, Any], text: str, replay: bool = False) -> bytes:
+        usage = {**USAGE, "total_tokens": 6} if replay and self.broken("replay-other-usage") else USAGE
         obj = {"id": "chatcmpl-fake", "object": "chat.completion", "created": CREATED,
-               "model": request["model"], "usage": USAGE,
+               "model": request["model"], "usage": usage,
                "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
                             "logprobs": None, "finish_reason": "stop"}]}
         if self.broken("shape-missing-created"):
             del obj["created"]
         return _http(200, "text/plain" if self.broken("shape-text-plain") else "application/json",
-                     json.dumps(obj).encode())
+                     json.dumps(obj).encode(), [(f"x-{self.brand}-idempotent-replay", "true")] if replay else [])
 
     def _call(self, request: dict[str, Any], name: str, arguments: str) -> bytes:
         message = {"role": "assistant", "content": "" if self.broken("call-content-empty") else None,
@@ -280,12 +295,15 @@ class FakeGateway:
             chunks[0]["object"] = "chat.completion"
         return chunks
 
-    def _stream(self, request: dict[str, Any], text: str) -> bytes:
+    def _stream(self, request: dict[str, Any], text: str, headers: dict[str, str] | None = None,
+                keyed: bool = False) -> bytes:
         events = [f"data: {json.dumps(c)}\n\n" for c in self._chunks(request, text)]
         if self.broken("not-data-lines"):
             events = ["event: chunk\n" + e for e in events]
         if not self.broken("missing-done"):
             events.append("data: [DONE]\n" if self.broken("done-without-blank-line") else "data: [DONE]\n\n")
+        if keyed:       # ids <completion id>:<seq>, seq = characters of text so far; resumable
+            events = self._with_ids(events, (headers or {}).get("last-event-id"))
         if self.broken("bytes-after-done"):
             events.append(": late comment\n\n")
         if self.broken("stream-hangs"):
@@ -298,6 +316,17 @@ class FakeGateway:
         head = (f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nTransfer-Encoding: chunked\r\n"
                 "Connection: close\r\n\r\n")
         return head.encode() + body
+
+    def _with_ids(self, events: list[str], last: str | None) -> list[str]:
+        out, seq = [], 0
+        for event in events:
+            chunk = json.loads(event[6:]) if event != "data: [DONE]\n\n" else {"choices": [{"delta": {}}]}
+            seq += len((chunk["choices"][0]["delta"].get("content") or "") if chunk.get("choices") else "") or \
+                (0 if chunk.get("choices") and "role" in chunk["choices"][0]["delta"] else 1)
+            out.append((0 if self.broken("event-ids-not-growing") else seq, f"id: chatcmpl-fake:"
+                        f"{0 if self.broken('event-ids-not-growing') else seq}\n" + event))
+        after = int(last.rpartition(":")[2]) if last is not None and not self.broken("resume-from-start") else -1
+        return [event for seq, event in out if seq > after]
 
     # -- the WebSocket control protocol ------------------------------------------------
 
@@ -379,7 +408,13 @@ BROKEN: tuple[tuple[str, str, str], ...] = (
      "the completion does not match OpenAI's CreateChatCompletionResponse: /created: required property is missing"),
     ("shape-text-plain", "chat.shape", "Content-Type is 'text/plain', not application/json"),
     ("stream-content-type-json", "stream.content-type", "Content-Type is 'application/json', not text/event-stream"),
-    ("not-data-lines", "stream.data-lines", "event 0 has a 'event' line, not only data: lines"),
+    ("not-data-lines", "stream.data-lines", "event 0 has a 'event' line, not only data: (and id:) lines"),
+    ("replay-other-usage", "idempotency.replay", "the replay's usage differs from the first answer's"),
+    ("key-reused-accepted", "idempotency.key-reused", "another body under a used key answered 200, not 422"),
+    ("event-ids-not-growing", "resume.event-ids", "event seqs do not grow"),
+    ("resume-from-start", "resume.last-event-id",
+     "POST with Last-Event-ID: the text before the cut and after it is not the whole reply"),
+    ("no-events-endpoint", "resume.events-endpoint", "GET …/events answered 404, not 200"),
     ("bad-chunked", "stream.data-lines",
      "bad chunked framing: chunk data not followed by CRLF (RFC 9112 §7.1)"),
     ("chunk-bad-object", "stream.chunks",
@@ -514,7 +549,7 @@ class AgainstFakeServerTest(unittest.IsolatedAsyncioTestCase):
                          ("fail", "timed out after 0.3 s (while running the shared exchange 'stream')"))
         self.assertEqual(got["chat.shape"][0], "pass")
         self.assertEqual(got["errors.oversized-body"][0], "pass")
-        self.assertEqual(summary.failed, 8)     # the streaming checks, and nothing else
+        self.assertEqual(summary.failed, 9)     # the streaming checks (a keyed stream too), and nothing else
         self.assertLess(elapsed, 5.0)           # one timeout, not one per streaming check
 
     async def test_an_unreachable_server_fails_the_first_check(self) -> None:
@@ -555,7 +590,7 @@ class RunConformanceTest(unittest.TestCase):
         self.assertIn("PASS  stream.done-last         exactly one data: [DONE], the last event\n"
                       '      tests: spec "Streaming (SSE)": "Stream ends with data: [DONE]"\n', text)
         self.assertIn("SKIP  ws.connect               WebSocket checks run with --ws\n", text)
-        self.assertRegex(text, r"\n41 checks: 34 passed, 0 failed, 7 skipped in \d+\.\d\d s\n$")
+        self.assertRegex(text, r"\n46 checks: 39 passed, 0 failed, 7 skipped in \d+\.\d\d s\n$")
 
     def test_json_report_and_exit_code_one(self) -> None:
         code, text = self.run_against(("missing-done",), "--json", "--ws")

@@ -56,7 +56,7 @@ def received_events(raw: bytes) -> list[Any]:
         body, rest = body + after[:size], after[size + 2:]
     events = []
     for block in body.decode("utf-8", "replace").split("\n\n")[:-1]:
-        data = block.removeprefix("data: ")
+        data = (block.partition("\n")[2] if block.startswith("id: ") else block).removeprefix("data: ")
         events.append(data if data == "[DONE]" else json.loads(data))
     return events
 

@@ -177,6 +177,8 @@ def sse_events(payload: bytes) -> list[Any]:
     for block in text[:-2].split("\n\n"):
         if block.startswith(":"):
             continue                     # a keep-alive comment
+        if block.startswith("id: "):     # the event's id (resumable streams) comes first
+            block = block.partition("\n")[2]
         if not block.startswith("data: "):
             raise AssertionError(f"not a data event: {block[:80]!r}")
         data = block[len("data: "):]

@@ -95,6 +95,8 @@ class OpenAITestCase(LiveGateway, unittest.TestCase):
         self.assertEqual(blocks[-1], "")
         out = []
         for block in blocks[:-1]:
+            self.assertRegex(block, r"^id: chatcmpl-[0-9a-f-]+:[0-9]+\n")     # every event has an id
+            block = block.partition("\n")[2]
             self.assertTrue(block.startswith("data: "), block)
             payload = block[len("data: "):]
             out.append(payload if payload == "[DONE]" else json.loads(payload))
@@ -405,7 +407,7 @@ class StreamingTest(OpenAITestCase):
         head, _, payload = data.partition(b"\r\n\r\n")
         self.assertIn(b"connection: close", head)
         self.assertNotIn(b"transfer-encoding", head)
-        self.assertTrue(payload.startswith(b"data: {"))
+        self.assertRegex(payload[:80], rb"^id: chatcmpl-[0-9a-f]+:0\ndata: {")
         self.assertTrue(payload.endswith(b"data: [DONE]\n\n"))
 
     def test_disconnect_mid_stream_aborts_the_run_and_marks_the_transcript(self) -> None:

@@ -43,7 +43,7 @@ def post(port: int, body: Any, headers: dict[str, str] | None = None) -> tuple[i
 
 def sse_chunks(data: bytes) -> list[dict[str, Any]]:
     text = data.decode()
-    blocks = [b for b in text.split("\n\n") if b]
+    blocks = [b.partition("\n")[2] if b.startswith("id: ") else b for b in text.split("\n\n") if b]
     assert blocks[-1] == "data: [DONE]", blocks[-1]
     return [json.loads(b[6:]) for b in blocks[:-1]]
 

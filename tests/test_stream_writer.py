@@ -38,6 +38,8 @@ def parse(pieces: list[bytes]) -> list[Any]:
         text = piece.decode()
         assert text.endswith("\n\n"), text[-40:]
         for block in text[:-2].split("\n\n"):
+            assert block.startswith("id: chatcmpl-1:"), block[:40]
+            block = block.partition("\n")[2]
             assert block.startswith("data: "), block[:40]
             events.append(json.loads(block[6:]))
     return events
@@ -60,7 +62,7 @@ class PiecesTest(unittest.TestCase):
             self.assertLessEqual(len(text), CHUNK_TEXT)
 
     def test_a_batch_that_fits_one_piece_is_one_chunk_per_delta(self) -> None:
-        words = [f" w{i}" for i in range(256)]
+        words = [f" w{i}" for i in range(200)]
         writer = self.writer(usage=True)
         pieces = list(writer.pieces([Delta(w) for w in words] + [end("".join(words))], role=True))
         self.assertEqual(len(pieces), 1)
@@ -144,6 +146,7 @@ class EndToEndTest(unittest.IsolatedAsyncioTestCase):
         self.assertLess(len(payload), 20 * 2**20, f"{len(payload) / 2**20:.0f} MiB body for 2 MiB of text")
         events = []
         for block in payload.decode()[:-2].split("\n\n"):
+            block = block.partition("\n")[2] if block.startswith("id: ") else block
             events.append(block[6:] if block == "data: [DONE]" else json.loads(block[6:]))
         text, finish, error = stream_outcome(["[DONE]" if e == "[DONE]" else e for e in events])
         self.assertEqual((text, finish, error), ("Echo (turn 1): " + message, "stop", None))

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
 import itertools
 import logging
 import os
@@ -28,14 +27,15 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from ..config import AgentConfig, Config
 from ..errors import (
-    ApiError, ReplyTooLarge, RunAborted, RunError, RunFailed, RunTimedOut, StorageError, UpstreamError,
+    ApiError, ReplyTooLarge, RunAborted, RunError, RunFailed, RunTimedOut, UpstreamError,
 )
-from . import sessions
-from .events import Ended, Failed, EventLog, RunEvent, Started, Subscription
+from . import idempotency, sessions
+from .records import RunRecord
+from .events import Ended, Failed, EventLog, Started, Subscription
 from .output import ReplyOutput, check_request, finish_reason, named_results, output_weight
 from .transcripts import Stored
 from ..providers import Provider, count_words, create_provider
@@ -66,8 +66,6 @@ MAX_FINISHED_RUNS: Final = 10_000
 # its transcript or journal when asked for.
 MAX_KEPT_REPLY_BYTES: Final = 64 * 1024
 FINISHED_REPLIES_BUDGET_BYTES: Final = 16 * 1024 * 1024
-# Idempotency keys longer than this are remembered by their SHA-256.
-MAX_IDEMPOTENCY_KEY_CHARS: Final = 256
 RETRY_AFTER_SECONDS: Final = "1"
 DEFAULT_AGENT_ID: Final = "main"
 
@@ -188,6 +186,8 @@ class Run:
         self._stored: Stored | None = None     # where record_turn put the turn
         self._entered = False       # the task has begun: cancelling it runs its handlers
         self._abort_reason: str | None = None
+        # A keyed run's journal line being written: awaited before the provider is asked.
+        self._journalled: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"<Run {self.id} agent={self.agent.id} status={self.status}>"
@@ -244,107 +244,6 @@ class Run:
             _finish_failed(self, _abort_error(self), self.events.text())
 
 
-class RunRecord:
-    """What is remembered of a finished run: enough for ``agent.wait`` and idempotent retries.
-
-    A finished ``Run`` keeps its whole event log and task; remembering
-    thousands of those would keep millions of objects for the garbage
-    collector to scan. It has ``Run``'s reading interface. Its reply (the
-    result's text, or the partial text of a failed run) is held only while
-    it fits the runtime's budget; otherwise ``reply_at`` says where it was
-    recorded and ``wait``/``subscribe`` read it back (an empty text once the
-    session was reset or deleted, or the journal pruned). One is made per
-    run: a plain slotted class (a frozen dataclass costs twice as much to
-    make); treat it as read-only.
-    """
-
-    __slots__ = ("id", "agent_id", "session_key", "status", "result", "error", "partial",
-                 "reply_at", "store", "kept_bytes")
-
-    done: Final = True
-
-    def __init__(self, id: str, agent_id: str, session_key: str, status: str,
-                 result: AgentResult | None, error: RunError | None, partial: str = "",
-                 reply_at: Stored | None = None, store: sessions.SessionStore | None = None,
-                 kept_bytes: int = 0) -> None:
-        self.id = id
-        self.agent_id = agent_id
-        self.session_key = session_key
-        self.status = status
-        self.result = result
-        self.error = error
-        self.partial = partial
-        self.reply_at = reply_at
-        self.store = store
-        self.kept_bytes = kept_bytes      # bytes of reply held here (counted in the budget)
-
-    def __repr__(self) -> str:
-        return f"<RunRecord {self.id} agent={self.agent_id} status={self.status}>"
-
-    def subscribe(self) -> _RecordSubscription:
-        """A subscription that yields the run's terminal event only."""
-        return _RecordSubscription(self)
-
-    async def wait(self) -> AgentResult:
-        """The result (its reply read back if it is not held); raises the run's error.
-
-        A reply read back has its text, reasoning and tool calls; its log
-        probabilities and extra choices (never recorded) are gone.
-        """
-        if self.result is None:
-            raise self.error or RunAborted("cancelled")
-        if self.reply_at is None:
-            return self.result
-        outcome = await self._read_back()
-        return dataclasses.replace(self.result, text=outcome.text(), tool_calls=outcome.tool_calls,
-                                   reasoning=outcome.reasoning,
-                                   reasoning_signature=outcome.reasoning_signature)
-
-    async def terminal_event(self) -> Ended | Failed:
-        """The run's last event, as its subscribers saw it."""
-        if self.result is not None:
-            return Ended(await self.wait())
-        partial = self.partial if self.reply_at is None else (await self._read_back()).text()
-        return Failed(self.error or RunAborted("cancelled"), partial)
-
-    def abort(self, why: str = "aborted") -> bool:
-        return False
-
-    async def _read_back(self) -> Message:
-        try:
-            outcome = await self.store.read_outcome(self.reply_at, self.id) if self.store and self.reply_at else None
-        except StorageError:
-            outcome = None
-        if outcome is None:
-            log.warning("run %s: its reply is no longer stored", self.id)
-        return outcome or _NO_REPLY
-
-
-class _RecordSubscription:
-    """``Subscription``'s interface over a finished run: its terminal event, then the end."""
-
-    __slots__ = ("_record", "_read")
-
-    def __init__(self, record: RunRecord) -> None:
-        self._record = record
-        self._read = False
-
-    async def next_batch(self, idle_timeout: float | None = None) -> list[RunEvent] | None:
-        if self._read:
-            return None
-        self._read = True
-        return [await self._record.terminal_event()]
-
-    def __aiter__(self) -> _RecordSubscription:
-        return self
-
-    async def __anext__(self) -> RunEvent:
-        if self._read:
-            raise StopAsyncIteration
-        self._read = True
-        return await self._record.terminal_event()
-
-
 class Runtime:
     """Agents, providers, sessions and the runs in flight. Start it, then call ``run``.
 
@@ -366,7 +265,7 @@ class Runtime:
         self.active: dict[str, Run] = {}
         self._finished: OrderedDict[str, RunRecord] = OrderedDict()
         self._finished_bytes = 0        # replies held by the records in _finished
-        self._idempotent: OrderedDict[str, str] = OrderedDict()
+        self.keys = idempotency.Keys(self.store, config.gateway.idempotency.retention_seconds)
         self._ids = itertools.count(1)
         node = config.gateway.node_id      # run_<node>_<random><n>: the owning node is in the id
         self._id_prefix = (f"{node}_" if node else "") + os.urandom(6).hex()
@@ -376,6 +275,7 @@ class Runtime:
     async def start(self) -> None:
         """Open the session store and create the providers."""
         await self.store.open()
+        await self.keys.load(list(self.agents))
         names = {name for name, _ in self.config.models.providers} | {"echo"}
         for name in sorted(names):
             self.providers[name] = create_provider(name, self.config.provider(name))
@@ -391,6 +291,7 @@ class Runtime:
         pending = [r._task for r in self.active.values() if r._task]
         if pending:
             await asyncio.wait(pending, timeout=5.0)
+        self.keys.close()
         for agent in self.agents.values():
             agent.stop_watchdog()
         for provider in self.providers.values():
@@ -435,7 +336,15 @@ class Runtime:
         self._finished_bytes += record.kept_bytes
         while len(self._finished) > MAX_FINISHED_RUNS:
             self._finished_bytes -= self._finished.popitem(last=False)[1].kept_bytes
+        if run._journalled is not None:
+            self.keys.settled(run.id)
         _notify(self.observers, "settled", run)
+
+    def _remember_record(self, record: RunRecord) -> None:
+        """Keep a record rebuilt from disk among the finished runs."""
+        self._finished[record.id] = record
+        while len(self._finished) > MAX_FINISHED_RUNS:
+            self._finished_bytes -= self._finished.popitem(last=False)[1].kept_bytes
 
     def _record_of(self, run: Run) -> RunRecord:
         """The run's record: its reply held if small and within the budget, else where it is."""
@@ -449,7 +358,7 @@ class Runtime:
         if not size or (size <= MAX_KEPT_REPLY_BYTES
                         and self._finished_bytes + size <= FINISHED_REPLIES_BUDGET_BYTES):
             return RunRecord(run.id, run.agent.id, run.session_key, run.status, result, run._error,
-                             partial, kept_bytes=size)
+                             partial, kept_bytes=size, created_at=run.created_at)
         # Read back from the transcript when asked; an error turn's partial text is
         # not recorded there, so it is given up.
         reply_at = run._stored if result is not None or run.status == "aborted" else None
@@ -457,27 +366,35 @@ class Runtime:
                          dataclasses.replace(result, text="", tool_calls=(), reasoning="", logprobs=None,
                                              extra_choices=(), reasoning_signature="")
                          if result is not None else None,
-                         run._error, "", reply_at, self.store)
+                         run._error, "", reply_at, self.store, created_at=run.created_at)
 
 
-def run(runtime: Runtime, request: AgentRequest) -> Run | RunRecord:
+def run(runtime: Runtime, request: AgentRequest, digest: str | None = None,
+        meta: dict[str, Any] | None = None) -> Run | RunRecord:
     """Start one agent run: the single entry point for HTTP, WebSocket and CLI.
 
     Admission happens now and raises ``ApiError``: 404 unknown agent, 400 bad
     session key / model / unsupported option, 429 agent at capacity, 503 when
     the gateway is shutting down. The returned ``Run`` is queued; subscribe to
     its events right away to see them all, and ``await run.wait()`` for the
-    result. An ``idempotency_key`` seen before returns the first run instead
-    (its ``RunRecord`` once it has finished).
+    result. A request with an ``idempotency_key`` the agent used before
+    returns that key's run instead (joined while in flight, its ``RunRecord``
+    once finished), unless it failed before any output; 422
+    ``idempotency_key_reused`` if ``digest`` (of the client's request, made
+    by the door; else of ``request``) differs. Doors call ``run_once``,
+    which also finds keys of runs from before a restart; ``meta`` (a small
+    object of the door's) is kept with a new key.
     """
     if runtime.closing:
         raise ApiError(503, "the gateway is shutting down", code="unavailable")
-    idempotency_key = request.idempotency_key and _idempotency_key(request.idempotency_key)
-    if idempotency_key:
-        earlier = runtime._idempotent.get(idempotency_key)
-        if earlier and (existing := runtime.find_run(earlier)) is not None:
-            return existing
     agent, key, stateless = _route(runtime, request)
+    stored = None
+    if request.idempotency_key:
+        stored = idempotency.stored_key(request.idempotency_key)
+        digest = digest or idempotency.request_digest(request)
+        earlier = runtime.keys.earlier(agent.id, stored, digest, runtime.find_run)
+        if earlier is not None:
+            return earlier
     provider, model_name, model_ref = runtime.resolve_model(request.model or agent.model)
     # Neither the shared "no options" nor a provider that takes every input needs a look.
     if request.options is not NO_OPTIONS or provider.accepts is not INPUT_KINDS:
@@ -485,21 +402,43 @@ def run(runtime: Runtime, request: AgentRequest) -> Run | RunRecord:
     agent.admit()
     handle = Run(runtime._new_run_id(), agent, key, stateless, request, provider,
                  model_ref, model_name)
+    if stored is not None:
+        handle._journalled = runtime.keys.add(agent.id, stored, digest or "", handle.id, key, stateless, meta)
     runtime.active[handle.id] = handle
-    if idempotency_key:
-        runtime._idempotent[idempotency_key] = handle.id
-        while len(runtime._idempotent) > MAX_FINISHED_RUNS:
-            runtime._idempotent.popitem(last=False)
     agent.waiting += 1
     handle._task = asyncio.get_running_loop().create_task(_execute(runtime, handle))
     return handle
 
 
-def _idempotency_key(key: str | None) -> str | None:
-    """The key as remembered: a long one by its digest, so that 10,000 of them stay small."""
-    if key is None or len(key) <= MAX_IDEMPOTENCY_KEY_CHARS:
-        return key
-    return "sha256:" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+async def run_once(runtime: Runtime, request: AgentRequest, digest: str,
+                   meta: dict[str, Any] | None = None) -> tuple[Run | RunRecord, bool]:
+    """``run`` for a door: the run, and whether it is an earlier run of the request's key
+    (replayed or joined) rather than a new one.
+
+    A key whose run is no longer in memory (a restart, or a finished run
+    forgotten) is looked up on disk first: its recorded outcome is the
+    record replayed (a run the gateway never recorded replays as aborted
+    with ``INTERRUPTED``). Concurrent requests with the key share one
+    lookup. Raises as ``run`` does, and 503 if the lookup takes over
+    ``idempotency.LOOKUP_TIMEOUT`` seconds.
+    """
+    if request.idempotency_key and not runtime.closing:
+        agent, _, _ = _route(runtime, request)
+        await runtime.keys.load_earlier(agent.id, idempotency.stored_key(request.idempotency_key), digest,
+                                        runtime.find_run, runtime._remember_record)
+    handle = run(runtime, request, digest, meta)
+    return handle, not (type(handle) is Run and handle.request is request)
+
+
+async def keyed_run(runtime: Runtime, run_id: str) -> Run | RunRecord | None:
+    """The run ``run_id`` if it was started under a key that is still kept (read back from
+    disk after a restart), else None."""
+    entry = runtime.keys.of_run(run_id)
+    if entry is None:
+        return None
+    await runtime.keys.load_earlier(entry.agent_id, entry.key, entry.digest, runtime.find_run,
+                                    runtime._remember_record)
+    return runtime.find_run(run_id)
 
 
 def _route(runtime: Runtime, request: AgentRequest) -> tuple[Agent, str, bool]:
@@ -538,6 +477,8 @@ async def _execute(runtime: Runtime, handle: Run) -> None:
             agent.waiting -= 1
             queued = False
             try:
+                if handle._journalled is not None:
+                    await handle._journalled      # the key is durable before anything is produced
                 call, history = await _prepare(runtime, handle)
                 handle.status = "running"
                 handle.events.append(Started(handle.id, agent.id, handle.session_key,
@@ -559,8 +500,7 @@ async def _execute(runtime: Runtime, handle: Run) -> None:
         handle._task = None     # the finished task is not needed, nor is the cycle through it
 
 
-# What a reply no longer stored reads back as; the calls, reasoning and signature of a text reply.
-_NO_REPLY: Final = Message("assistant", "")
+# The calls, reasoning and signature of a text reply.
 _NO_OUTPUT: Final[tuple[tuple[ToolCall, ...], str, str]] = ((), "", "")
 
 
@@ -774,4 +714,4 @@ def _agents_from(config: Config) -> dict[str, Agent]:
     return agents
 
 
-__all__ = ["Agent", "Run", "RunRecord", "Runtime", "run", "GenerationOptions"]
+__all__ = ["Agent", "Run", "RunRecord", "Runtime", "run", "run_once", "GenerationOptions"]

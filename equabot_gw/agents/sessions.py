@@ -656,6 +656,26 @@ class SessionStore:
         agent.next_flush = self._loop.time() + INDEX_RETRY_INTERVAL  # type: ignore[union-attr]
         self._mark_dirty(agent)
 
+    # -- the idempotency key journal (its lines belong to ``agents.idempotency``) --
+
+    async def append_key_line(self, agent_id: str, line: dict[str, Any], at: float) -> None:
+        """Append ``line`` to agent ``agent_id``'s key journal of ``at``'s UTC day; returns
+        once it is fsynced. Raises ``StorageError``."""
+        committer = self._require_open()
+        _check_agent_id(agent_id)
+        path = os.path.join(self._agents_dir, agent_id, transcripts.KEYS_DIR,
+                            transcripts.journal_name(int(at // 86400)))
+        await committer.append("the idempotency journal", path, transcripts.encode([line]))
+
+    async def read_key_lines(self, agent_id: str, since: float) -> list[dict[str, Any]]:
+        """The lines of agent ``agent_id``'s key journals of the UTC days that ended
+        after ``since`` (epoch s), oldest first; older journals are deleted."""
+        committer = self._require_open()
+        _check_agent_id(agent_id)
+        directory = os.path.join(self._agents_dir, agent_id, transcripts.KEYS_DIR)
+        return await committer.job(  # type: ignore[no-any-return]
+            "reading the idempotency journal", functools.partial(transcripts.read_key_journals, directory, since))
+
     # -- read-only lookups for the control protocol --
 
     def session_info(self, agent_id: str, key: str) -> SessionInfo | None:

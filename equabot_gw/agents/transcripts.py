@@ -40,7 +40,7 @@ __all__ = [
     "dumps", "encode", "encode_turn", "is_large", "parse_lines", "read_file_lines", "number", "header_line", "turn_lines", "fold",
     "message_line", "message_of", "content_line", "content_of",
     "SessionInfo", "Stored", "load", "read_bytes", "read_lines", "read_reply", "read_outcome", "parse_lines_async", "write_index", "archive", "delete", "prune_journals",
-    "storage_error", "Committer",
+    "storage_error", "Committer", "KEYS_DIR", "read_key_journals",
 ]
 
 log = logging.getLogger("equabot_gw.sessions")    # one logger for the whole session store
@@ -53,6 +53,7 @@ log = logging.getLogger("equabot_gw.sessions")    # one logger for the whole ses
 #   sessions/index.json            {key: {file, createdAt, updatedAt, turns, lastRunId}}:
 #                                  a cache of the transcripts, rebuilt from their headers
 #   journal/<YYYY-MM-DD>.jsonl     stateless turns of one UTC day, every line with "sessionKey"
+#   idempotency/<YYYY-MM-DD>.jsonl the idempotency keys used that UTC day (``agents.idempotency``)
 #
 # <file> is the key escaped (bytes outside [A-Za-z0-9._-], a leading ".", and the
 # dot of a trailing ".reset-<digits>" become %XX), or "h-" + sha256(key) when that
@@ -62,6 +63,7 @@ log = logging.getLogger("equabot_gw.sessions")    # one logger for the whole ses
 AGENT_ID_RE: Final = re.compile(r"[A-Za-z0-9_@-][A-Za-z0-9._@-]{0,127}")
 SESSIONS_DIR: Final = "sessions"    # <state>/agents/<agent_id>/sessions: transcripts and the index
 JOURNAL_DIR: Final = "journal"      # <state>/agents/<agent_id>/journal: stateless turns by UTC day
+KEYS_DIR: Final = "idempotency"     # <state>/agents/<agent_id>/idempotency: idempotency keys by UTC day
 
 _UNSAFE_RE: Final = re.compile(r"[^A-Za-z0-9._-]|^\.")
 # An escaped name never ends in ".reset-<digits>": archives cannot collide with live files.
@@ -418,6 +420,24 @@ def prune_journals(agents_dir: str, cutoff: float, committer: Committer) -> None
             if _journal_end(entry.name) <= cutoff:
                 committer.drop_fd(entry.path)
                 os.unlink(entry.path)
+
+
+def read_key_journals(directory: str, since: float, _: Committer) -> list[dict[str, Any]]:
+    """Job: the lines of the key journals in ``directory`` whose UTC day ended after
+    ``since`` (epoch s), oldest day first; older ones are deleted. [] if there is none."""
+    names = sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+    lines: list[dict[str, Any]] = []
+    for name in names:
+        end = _journal_end(name)
+        if end == float("inf"):
+            continue
+        path = os.path.join(directory, name)
+        if end <= since:
+            _.drop_fd(path)
+            os.unlink(path)
+            continue
+        lines.extend(read_lines(path, _))
+    return lines
 
 
 def _journal_end(name: str) -> float:

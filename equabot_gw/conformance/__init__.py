@@ -19,13 +19,13 @@ import time
 from collections.abc import Iterable
 from typing import TextIO
 
-from . import checks_http, checks_responses, checks_tools, checks_ws, report
+from . import checks_http, checks_responses, checks_resume, checks_tools, checks_ws, report
 from .checks import DEFAULT_HEADER_PREFIX, DEFAULT_TIMEOUT, Check, Probe, Result, Summary, Target, run_battery
 
 __all__ = ["BATTERY", "add_arguments", "run_conformance", "run"]
 
 BATTERY: tuple[Check, ...] = (*checks_http.CHECKS, *checks_tools.CHECKS, *checks_responses.CHECKS,
-                              *checks_ws.CHECKS)
+                              *checks_resume.CHECKS, *checks_ws.CHECKS)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -268,9 +268,11 @@ async def stream_data_lines(p: Probe) -> Passed:
     if not events:
         raise Failed("the stream has no events", body=show(ex.body))
     for i, event in enumerate(events):
-        other = [name for name, _ in event.fields if name != "data"]
+        # An id: line (a resumable stream's event id, WHATWG §9.2.6) may come with the data.
+        other = [name for name, _ in event.fields if name not in ("data", "id")]
         if other:
-            raise Failed(f"event {i} has a {other[0]!r} line, not only data: lines", event=show(event.raw))
+            raise Failed(f"event {i} has a {other[0]!r} line, not only data: (and id:) lines",
+                         event=show(event.raw))
         if event.data == DONE:
             return Passed(f"{i} data: <json> events before data: [DONE]", json_events=i)
         try:

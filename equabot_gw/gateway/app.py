@@ -213,6 +213,7 @@ class Gateway:
         if self.config.gateway.ws.echo_path:
             add(self.config.gateway.ws.echo_path, ("GET",), self.control.handle_echo_upgrade)
         routes = (("/v1/chat/completions", ("POST",), self.openai.create),
+                  ("/v1/chat/completions/{rest}", ("GET",), self.openai.events),
                   ("/v1/models", ("GET",), self.openai.list_models),
                   ("/v1/models/{model}", ("GET",), self.openai.get_model))
         enabled = self.config.gateway.http.endpoints.chat_completions.enabled
@@ -290,7 +291,8 @@ class Gateway:
             origin = self._allowed_origin(request.headers.get("origin"))
             if origin is not None and not isinstance(response, http.Upgrade):
                 response.headers.extend((("access-control-allow-origin", origin), ("vary", "origin"),
-                                         ("access-control-expose-headers", "x-request-id")))
+                                         ("access-control-expose-headers",
+                                          "x-request-id, x-equabot-idempotent-replay")))
             return response
         return with_cors
 

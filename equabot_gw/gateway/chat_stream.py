@@ -10,6 +10,14 @@ fragments (id, type and name on a call's first fragment only; the legacy
 ``choices[].logprobs`` with the delta they came with, and each further choice
 with its own index. ``openai.py`` owns the endpoint; the shapes of content
 are ``chat_content``'s.
+
+Every event has an SSE ``id`` ``<completion id>:<seq>``: seq is the number of
+characters of answer text written up to and including the event (0 for the
+role chunk), then the length of the text + 1 for the finish chunk (or the
+error event), + 2 for the usage chunk, + 3 for ``[DONE]``. It does not depend
+on how the reply was cut into chunks, so a stream resumed after seq N (live,
+or rebuilt from the transcript after a restart) goes on exactly where the
+client stopped (``resumed_body``).
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from __future__ import annotations
 import json
 import operator
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Final
 
 from .. import __version__, compact_json
@@ -29,7 +37,7 @@ from ..net import sse
 from ..net.routes import error_body
 from .chat_content import finish_of, logprobs_object
 
-__all__ = ["ChunkWriter", "first_output", "sse_body", "error_code", "PIECE_BYTES", "SYSTEM_FINGERPRINT"]
+__all__ = ["ChunkWriter", "first_output", "sse_body", "resumed_body", "error_code", "PIECE_BYTES", "SYSTEM_FINGERPRINT"]
 
 SYSTEM_FINGERPRINT: Final = f"equabot-gw-{__version__}"
 # A str as a JSON string literal: the C function json.dumps ends up calling,
@@ -56,21 +64,22 @@ async def first_output(subscription: Subscription) -> list[Any]:
 
 
 async def sse_body(run: Run, subscription: Subscription, first: list[Any],
-                   chunks: ChunkWriter) -> AsyncIterator[bytes]:
+                   chunks: ChunkWriter, leave: Callable[[], None]) -> AsyncIterator[bytes]:
+    """The stream of a new run (or one joined from its start); ``leave()`` runs at its end,
+    whether the reply was all sent or the client went away."""
     # Pieces are yielded one by one, so that the server can wait for a slow
     # client between them (and the events of a batch are turned into bytes
     # only as the client takes them).
-    log = getattr(run, "events", None)       # a finished run's record has no log: text only
+    log = run.events
     try:
-        for piece in (chunks.mixed(first, role=True) if log is not None and log.mixed
-                      else chunks.pieces(first, role=True)):
+        for piece in chunks.mixed(first, role=True) if log.mixed else chunks.pieces(first, role=True):
             yield piece
         while not chunks.finished:
             batch = await subscription.next_batch()
             if batch is None:
                 break
             # Read after the batch was taken: a log still unmixed now held text alone then.
-            if log is not None and log.mixed:
+            if log.mixed:
                 for piece in chunks.mixed(batch):
                     yield piece
                 continue
@@ -81,16 +90,37 @@ async def sse_body(run: Run, subscription: Subscription, first: list[Any],
                 continue
             for piece in chunks.pieces(batch):
                 yield piece
-        yield sse.DONE
+        yield chunks.done()
     finally:
-        if not run.done:
-            run.abort("client disconnected")
+        leave()
+
+
+_TEXT_KINDS: Final = frozenset({Started, Delta, Ended, Failed})
+
+
+async def resumed_body(batches: AsyncIterator[list[Any]], chunks: ChunkWriter, role: bool,
+                       leave: Callable[[], None]) -> AsyncIterator[bytes]:
+    """The stream of a run replayed or resumed: ``batches`` as ``events_after`` positions
+    them (``chunks`` made with the same position), after the role chunk if ``role``."""
+    try:
+        if role:
+            yield chunks.role()
+        async for batch in batches:
+            mixed = any(type(event) not in _TEXT_KINDS for event in batch)
+            for piece in chunks.mixed(batch) if mixed else chunks.pieces(batch):
+                yield piece
+        yield chunks.done()
+    finally:
+        await batches.aclose()      # type: ignore[attr-defined]
+        leave()
 
 
 # One piece of an SSE body is at most this many bytes; the text of one chunk at
 # most _CHUNK_TEXT_CHARS characters (escaped as ASCII, 12 bytes each at worst:
 # a chunk stays under 50 KiB with its ~200 bytes of JSON around the text).
 PIECE_BYTES: Final = 64 * 1024
+# Digits of the widest seq: a reply is bounded by maxReplyBytes, far below 10**15 characters.
+_MAX_SEQ_DIGITS: Final = 15
 _CHUNK_TEXT_CHARS: Final = 4096
 _text: Final = operator.attrgetter("text")
 # After the stream's first batch, a batch of more deltas than this means the
@@ -114,33 +144,46 @@ class ChunkWriter:
     as ~2 MiB of chunks, not 200 MiB).
     """
 
-    def __init__(self, completion_id: str, model_name: str, include_usage: bool, legacy: bool = False) -> None:
+    def __init__(self, completion_id: str, model_name: str, include_usage: bool, legacy: bool = False,
+                 created: float | None = None, after: int | None = None) -> None:
         self.include_usage = include_usage
         self.legacy = legacy                # the request used ``functions``: answer in that shape
         self.finished = False
+        # Every event's id is "<completion id>:<seq>" (see the module's docstring);
+        # ``sent`` is the seq so far: characters of answer text written.
+        self.sent = after or 0
+        self._skip = -1 if after is None else after     # a resumed stream: events up to this seq were had
+        self._id = f"id: {completion_id}:"
         self._choices_seen = {0}            # choices whose first chunk (with the role) went out
         self._first_batch = True
         self.head = _dumps({"id": completion_id, "object": "chat.completion.chunk",
-                            "created": int(time.time()), "model": model_name,
+                            "created": int(time.time() if created is None else created), "model": model_name,
                             "system_fingerprint": SYSTEM_FINGERPRINT})[:-1]
         tail = ',"usage":null}' if include_usage else "}"
-        self._delta_prefix = (f'data: {self.head},"choices":[{{"index":0,"delta":{{"content":')
+        self._delta_prefix = (f'\ndata: {self.head},"choices":[{{"index":0,"delta":{{"content":')
         self._delta_suffix = f'}},"logprobs":null,"finish_reason":null}}]{tail}\n\n'
-        # Bytes a delta chunk adds besides its escaped (ASCII) text: exact, the
-        # model name may be non-ASCII.
-        self._delta_frame_bytes = len((self._delta_prefix + self._delta_suffix).encode())
+        # Bytes a delta chunk adds besides its escaped (ASCII) text: exact but
+        # for the seq (counted at its widest), the model name may be non-ASCII.
+        self._delta_frame_bytes = len((self._id + self._delta_prefix + self._delta_suffix).encode()) \
+            + _MAX_SEQ_DIGITS
         self._tail = tail
         self._role_bytes_value = self.role()
         self._role = self._role_bytes_value.decode()
         self._role_bytes = len(self._role_bytes_value)
 
-    def _choice(self, delta: str, finish: str | None) -> bytes:
+    def _choice(self, delta: str, finish: str | None, seq: int = 0) -> bytes:
         finish_json = "null" if finish is None else json.dumps(finish)
-        return (f'data: {self.head},"choices":[{{"index":0,"delta":{delta},"logprobs":null,'
+        return (f'{self._id}{seq}\ndata: {self.head},"choices":[{{"index":0,"delta":{delta},"logprobs":null,'
                 f'"finish_reason":{finish_json}}}]{self._tail}\n\n').encode()
 
     def role(self) -> bytes:
+        """The stream's first event (seq 0): the assistant's role."""
         return self._choice('{"role":"assistant","content":""}', None)
+
+    def done(self) -> bytes:
+        """The terminator ``data: [DONE]``, with its id (none if a resumed client had it)."""
+        seq = self.sent + 3
+        return f"{self._id}{seq}\n".encode() + sse.DONE if seq > self._skip else b""
 
     def piece(self, events: list[Any], role: bool = False) -> bytes | None:
         """All of ``events`` (after the role chunk if ``role``) as one piece of one chunk
@@ -158,12 +201,19 @@ class ChunkWriter:
         # piece (and then possibly huge) is left to ``pieces``.
         if sum(map(len, map(_text, deltas))) * 12 + len(deltas) * frame > 4 * PIECE_BYTES:
             return None
-        prefix, suffix, escape = self._delta_prefix, self._delta_suffix, _escape_json_string
-        body = "".join([prefix + escape(delta.text) + suffix for delta in deltas])
+        prefix, suffix, escape, ident = self._delta_prefix, self._delta_suffix, _escape_json_string, self._id
+        seq = start = self.sent
+        out = []
+        for delta in deltas:
+            text = delta.text
+            seq += len(text)
+            out.append(f"{ident}{seq}{prefix}{escape(text)}{suffix}")
+        self.sent = seq
         tail = b"" if end is None else \
             self._end(end.result) if type(end) is Ended else self._error(end)
-        data = (self._role_bytes_value if role else b"") + body.encode() + tail
+        data = (self._role_bytes_value if role else b"") + "".join(out).encode() + tail
         if len(data) > PIECE_BYTES:
+            self.sent = start
             return None
         if end is not None:
             self.finished = True
@@ -180,7 +230,7 @@ class ChunkWriter:
             if data is not None:
                 yield data
                 return
-        prefix, suffix, escape = self._delta_prefix, self._delta_suffix, _escape_json_string
+        prefix, suffix, escape, ident = self._delta_prefix, self._delta_suffix, _escape_json_string, self._id
         frame = self._delta_frame_bytes
         out: list[str] = [self._role] if role else []
         size = self._role_bytes if role else 0
@@ -193,7 +243,8 @@ class ChunkWriter:
                     if len(text) <= _CHUNK_TEXT_CHARS:
                         chunk = escape(text)
                         if size + frame + len(chunk) <= PIECE_BYTES:
-                            out.append(prefix + chunk + suffix)
+                            self.sent += len(text)
+                            out.append(f"{ident}{self.sent}{prefix}{chunk}{suffix}")
                             size += frame + len(chunk)
                             continue
                     # More than a piece in this batch: its deltas came faster than
@@ -208,11 +259,13 @@ class ChunkWriter:
                 joining = [text[cut:]] if cut < len(text) else []
                 joined = len(text) - cut
                 for start in range(0, cut, _CHUNK_TEXT_CHARS):
-                    chunk = escape(text[start:start + _CHUNK_TEXT_CHARS])
+                    part = text[start:start + _CHUNK_TEXT_CHARS]
+                    chunk = escape(part)
                     if size + frame + len(chunk) > PIECE_BYTES:
                         yield "".join(out).encode()
                         out, size = [], 0
-                    out.append(prefix + chunk + suffix)
+                    self.sent += len(part)
+                    out.append(f"{ident}{self.sent}{prefix}{chunk}{suffix}")
                     size += frame + len(chunk)
             elif type(event) is Ended or type(event) is Failed:
                 self.finished = True
@@ -221,11 +274,13 @@ class ChunkWriter:
         else:
             tail = b""
         if joining:
-            chunk = escape("".join(joining))
+            part = "".join(joining)
+            chunk = escape(part)
             if size + frame + len(chunk) > PIECE_BYTES:
                 yield "".join(out).encode()
                 out, size = [], 0
-            out.append(prefix + chunk + suffix)
+            self.sent += len(part)
+            out.append(f"{ident}{self.sent}{prefix}{chunk}{suffix}")
             size += frame + len(chunk)
         if size + len(tail) > PIECE_BYTES:
             yield "".join(out).encode()
@@ -234,16 +289,22 @@ class ChunkWriter:
             yield "".join(out).encode() + tail
 
     def _end(self, result: AgentResult) -> bytes:
-        data = self._choice("{}", finish_of(result.finish_reason, self.legacy))
-        if self.include_usage:
-            data += (f'data: {self.head},"choices":[],"usage":{_dumps(result.usage.as_dict())}}}'
-                     f"\n\n").encode()
+        # Terminal events follow the text: seq = its length + 1, the usage + 2, [DONE] + 3.
+        seq = self.sent = len(result.text)
+        data = self._choice("{}", finish_of(result.finish_reason, self.legacy), seq + 1) \
+            if seq + 1 > self._skip else b""
+        if self.include_usage and seq + 2 > self._skip:
+            data += (f'{self._id}{seq + 2}\ndata: {self.head},"choices":[],'
+                     f'"usage":{_dumps(result.usage.as_dict())}}}\n\n').encode()
         return data
 
     def _error(self, event: Failed) -> bytes:
         # An error after the stream began: a final event with an error object (then [DONE]).
-        return sse.data_event(error_body(http_status(event.error), str(event.error),
-                                         code=error_code(event.error)).decode())
+        seq = self.sent = len(event.partial) or (self.sent if self._skip < 0 else 0)
+        if seq + 1 <= self._skip:
+            return b""
+        return f"{self._id}{seq + 1}\n".encode() + sse.data_event(
+            error_body(http_status(event.error), str(event.error), code=error_code(event.error)).decode())
 
     # -- the mixed path: reasoning, tool calls, logprobs, several choices --------------
 
@@ -342,7 +403,11 @@ class ChunkWriter:
             yield self._delta(index, {"tool_calls": [fragment]})
 
     def _chunk(self, choice: dict[str, Any]) -> bytes:
-        return f'data: {self.head},"choices":[{_ascii_json(choice)}]{self._tail}\n\n'.encode()
+        # A mixed stream's seq counts answer text too: a chunk of reasoning or of a
+        # tool call has the seq of the text before it.
+        if "content" in choice["delta"] and choice["index"] == 0:
+            self.sent += len(choice["delta"]["content"] or "")
+        return f'{self._id}{self.sent}\ndata: {self.head},"choices":[{_ascii_json(choice)}]{self._tail}\n\n'.encode()
 
 
 # Logprobs entries per chunk of a mixed stream (a compacted run of them is cut).

@@ -53,7 +53,7 @@ PRE_CONNECT_QUEUED_MESSAGES: Final = 1
 # Requests that wait long (agent.wait) run beside the connection's reading;
 # at most this many at once per connection.
 MAX_PENDING_WAITS: Final = 32
-_LONG_METHODS: Final = frozenset({"agent.wait"})
+_LONG_METHODS: Final = frozenset({"agent.wait", "agent.subscribe"})
 # Close codes (RFC 6455 §7.4.1) used by the protocol.
 CLOSE_POLICY: Final = 1008
 CLOSE_GOING_AWAY: Final = 1001

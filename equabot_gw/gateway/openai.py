@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
-import os
 import time
 from collections.abc import Callable
 from typing import Any, Final
@@ -26,10 +25,10 @@ from .. import compact_json, safejson
 from ..agents import runtime as agent_runtime
 from ..agents import sessions
 from ..agents.events import Failed, Started
-from ..agents.runtime import Run, Runtime
+from ..agents.runtime import Run, RunRecord, Runtime
 from ..agents.types import AgentRequest, AgentResult
 from ..errors import ApiError, RunError, http_status
-from . import chat_content, chat_stream
+from . import chat_content, chat_stream, resume
 from .chat_content import FINISH_REASONS
 from .chat_stream import SYSTEM_FINGERPRINT
 from ..net import sse
@@ -173,9 +172,8 @@ class ChatCompletions:
         # messages its context (x-equabot-history chooses per request).
         self.client_history = runtime.config.gateway.http.endpoints.chat_completions.history == "client"
         self.started_at = int(started_at or time.time())
-        node = runtime.config.gateway.node_id      # chatcmpl-<node>-<random><n>
-        self._id_prefix = (f"{node}-" if node else "") + os.urandom(6).hex()
-        self._ids = 0
+        # Completion ids are the run ids in OpenAI's form: chatcmpl-<node>-<random><n>.
+        self.claims = resume.Claims(runtime)
 
     # ---- /v1/models ----
     async def list_models(self, request: HTTPRequest) -> Response:
@@ -203,30 +201,59 @@ class ChatCompletions:
 
     # ---- /v1/chat/completions ----
     async def create(self, request: HTTPRequest) -> Response | StreamingResponse:
-        """``POST /v1/chat/completions``: one agent run, answered as JSON or as SSE."""
+        """``POST /v1/chat/completions``: one agent run, answered as JSON or as SSE.
+
+        With an ``Idempotency-Key`` the request runs at most once (see
+        ``resume.py``): a repeat joins or replays it, and a stream re-sent with
+        ``Last-Event-ID`` goes on after that event.
+        """
         self.authorize(request)
         body = await _parse_body(request)
+        key = resume.idempotency_key(request.headers)
+        # Digested before the messages may be released below.
+        digest = await resume.body_digest(body, request.headers, len(request.body)) if key is not None else ""
         try:
-            agent_request, stream, include_usage, model_name = await self._agent_request(request, body)
+            agent_request, stream, include_usage, model_name = await self._agent_request(request, body, key)
         finally:
             messages = body.get("messages")
             if type(messages) is list and len(messages) > _FREED_PER_STEP:
                 await _release(messages)
+        legacy = bool(agent_request.options.tools) and chat_content.is_legacy(body)
+        if key is None and stream and request.headers.get("last-event-id") is not None:
+            raise ApiError(400, "Last-Event-ID resumes a stream of a request with an Idempotency-Key: "
+                                "send the same request with the same key.",
+                           code="invalid_last_event_id", param="Last-Event-ID")
         try:
-            run = agent_runtime.run(self.runtime, agent_request)
+            if key is None:
+                run, replayed = agent_runtime.run(self.runtime, agent_request), False
+            else:
+                run, replayed = await agent_runtime.run_once(
+                    self.runtime, agent_request, digest,
+                    {"model": model_name, "usage": include_usage, "legacy": legacy} if stream else None)
         except ApiError as exc:
             raise _rename_option_param(exc, body) from None
-        completion_id = self._completion_id()
-        legacy = bool(agent_request.options.tools) and chat_content.is_legacy(body)
+        completion_id = resume.completion_id(run.id)
+        claim = self.claims.claim(run, keep=key is not None)
+        extra = [(resume.REPLAY_HEADER, "true")] if replayed else []
         if stream:
-            return await self._stream(run, completion_id, model_name, include_usage, legacy)
-        return await self._complete(run, completion_id, model_name, legacy)
+            try:
+                after = resume.last_event_seq(request.headers, completion_id)
+            except ApiError:
+                claim()
+                raise
+            if after is not None or type(run) is not Run:
+                return self.claims.resumed(run, completion_id, model_name, include_usage, legacy,
+                                           after, claim, extra)
+            return await self._stream(run, completion_id, model_name, include_usage, legacy, claim, extra)
+        return await self._complete(run, completion_id, model_name, legacy, claim, extra)
 
-    def _completion_id(self) -> str:
-        self._ids += 1
-        return f"chatcmpl-{self._id_prefix}{self._ids:x}"
+    async def events(self, request: HTTPRequest) -> StreamingResponse:
+        """``GET /v1/chat/completions/{id}/events``: a keyed stream's events after
+        ``Last-Event-ID`` (or ``?after=<seq>``; from the start without either)."""
+        self.authorize(request)
+        return await self.claims.events(request)
 
-    async def _agent_request(self, request: HTTPRequest, body: dict[str, Any]
+    async def _agent_request(self, request: HTTPRequest, body: dict[str, Any], key: str | None = None
                              ) -> tuple[AgentRequest, bool, bool, str]:
         for name, value in body.items():
             check = FIELDS.get(name)
@@ -262,7 +289,7 @@ class ChatCompletions:
             message=new[0].content if plain else "", agent_id=agent_id,  # type: ignore[arg-type]
             session_key=session_key, context=context, system=system, model=gateway_header(headers, "model"),
             options=chat_content.options_from(body), origin="openai", input=() if plain else new,
-            client_history=self._client_history(headers))
+            client_history=self._client_history(headers), idempotency_key=key)
         return agent_request, stream, include_usage, model_name
 
     def _client_history(self, headers: Any) -> bool:
@@ -275,36 +302,38 @@ class ChatCompletions:
                                              f"'client' or 'session'.", code="invalid_value")
         return value.strip().lower() == "client"
 
-    async def _complete(self, run: Run, completion_id: str, model_name: str, legacy: bool) -> Response:
+    async def _complete(self, run: Run | RunRecord, completion_id: str, model_name: str, legacy: bool,
+                        leave: Callable[[], None], extra: list[tuple[str, str]]) -> Response:
         try:
             result = await run.wait()
-        except asyncio.CancelledError:
-            run.abort("client disconnected")
-            raise
         except RunError as exc:
-            return _run_error_response(exc)
-        completion = _completion_object(completion_id, model_name, result, legacy)
+            return _run_error_response(exc, extra)
+        finally:
+            leave()         # the client left (cancelled) or has its answer
+        completion = _completion_object(completion_id, model_name, result, legacy, run.created_at)
         if len(result.text) + len(result.reasoning) < compact_json.LARGE_CHARS and not result.extra_choices:
-            return _json_response(200, completion)
+            return _json_response(200, completion, extra)
         # A reply of megabytes is escaped in slices of the event loop.
-        return Response(200, [("content-type", "application/json")],
+        return Response(200, [("content-type", "application/json")] + extra,
                         (await compact_json.dumps_async(completion)).encode())
 
-    async def _stream(self, run: Run, completion_id: str, model_name: str,
-                      include_usage: bool, legacy: bool) -> Response | StreamingResponse:
+    async def _stream(self, run: Run, completion_id: str, model_name: str, include_usage: bool,
+                      legacy: bool, leave: Callable[[], None], extra: list[tuple[str, str]]
+                      ) -> Response | StreamingResponse:
         subscription = run.subscribe()
         try:
             # Hold the response head until the run produced something, so a run
             # that fails before its first output gets a real status (429, 502, 504).
             first = await chat_stream.first_output(subscription)
         except asyncio.CancelledError:
-            run.abort("client disconnected")
+            leave()
             raise
         if first and type(first[-1]) is Failed and all(type(e) is Started for e in first[:-1]):
-            return _run_error_response(first[-1].error)
-        chunks = chat_stream.ChunkWriter(completion_id, model_name, include_usage, legacy)
-        return StreamingResponse(200, list(sse.HEADERS),
-                                 chat_stream.sse_body(run, subscription, first, chunks),
+            leave()
+            return _run_error_response(first[-1].error, extra)
+        chunks = chat_stream.ChunkWriter(completion_id, model_name, include_usage, legacy, run.created_at)
+        return StreamingResponse(200, list(sse.HEADERS) + extra,
+                                 chat_stream.sse_body(run, subscription, first, chunks, leave),
                                  idle_bytes=sse.KEEPALIVE, idle_interval=sse.KEEPALIVE_INTERVAL)
 
 
@@ -387,9 +416,9 @@ def _json_response(status: int, data: Any, headers: list[tuple[str, str]] | None
                     _dumps(data).encode())
 
 
-def _run_error_response(exc: RunError) -> Response:
+def _run_error_response(exc: RunError, extra: list[tuple[str, str]] | None = None) -> Response:
     status = http_status(exc)
-    headers: list[tuple[str, str]] = []
+    headers: list[tuple[str, str]] = list(extra or ())
     retry_after = getattr(exc, "retry_after", None)
     if status == 429 and retry_after:
         headers.append(("retry-after", str(retry_after)))
@@ -398,7 +427,7 @@ def _run_error_response(exc: RunError) -> Response:
 
 
 def _completion_object(completion_id: str, model_name: str, result: AgentResult,
-                       legacy: bool) -> dict[str, Any]:
+                       legacy: bool, created: float) -> dict[str, Any]:
     if result.tool_calls or result.reasoning or result.logprobs is not None or result.extra_choices:
         choices = chat_content.choice_object(result, legacy)
     else:       # a text reply: built here, in one step
@@ -407,7 +436,7 @@ def _completion_object(completion_id: str, model_name: str, result: AgentResult,
                                             "refusal": None, "annotations": []},
                     "logprobs": None, "finish_reason": finish if finish in FINISH_REASONS else "stop"}]
     return {
-        "id": completion_id, "object": "chat.completion", "created": int(time.time()),
+        "id": completion_id, "object": "chat.completion", "created": int(created),
         "model": model_name, "system_fingerprint": SYSTEM_FINGERPRINT,
         "choices": choices, "usage": result.usage.as_dict(),
     }

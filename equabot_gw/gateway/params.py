@@ -111,6 +111,7 @@ SCHEMAS: Final[Mapping[str, Mapping[str, Prop]]] = {
         "extraSystemPrompt": _s(max_len=MAX_STRING_CHARS), "idempotencyKey": _s(min_len=1),
         "label": _s(), "spawnedBy": _s()},
     "agent.wait": {"runId": _s(True, min_len=1), "timeoutMs": _TIMEOUT_MS},
+    "agent.subscribe": {"runId": _s(True, min_len=1), "afterSeq": _i()},
     "chat.send": {
         "sessionKey": _KEY, "message": _MESSAGE, "thinking": _s(), "deliver": _b(),
         "attachments": Prop("array"), "timeoutMs": _TIMEOUT_MS, "idempotencyKey": _s(min_len=1)},

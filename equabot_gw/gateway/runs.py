@@ -27,6 +27,7 @@ import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Final
 
+from ..agents import idempotency
 from ..agents import runtime as agent_runtime
 from ..agents import sessions
 from ..agents.events import Delta, Ended, Failed, Started
@@ -83,22 +84,41 @@ class Runs:
     def find(self, public_id: str) -> PublicRun | None:
         return self._by_id.get(public_id)
 
-    def start(self, params: dict[str, Any], origin: str, session_key: str | None) -> tuple[PublicRun, bool]:
-        """Start (or find, for a repeated ``idempotencyKey``) a run; (its entry, whether it is new)."""
+    async def start(self, params: dict[str, Any], origin: str, session_key: str | None
+                    ) -> tuple[PublicRun, bool]:
+        """Start (or find, for a repeated ``idempotencyKey``) a run; (its entry, whether it is new).
+
+        A key is the runtime's idempotency key (per agent, kept across restarts):
+        the same params join or replay its run; other params are refused (422).
+        """
         key = params.get("idempotencyKey")
-        if key is not None and key in self._by_id:
-            return self._by_id[key], False
         if params.get("attachments"):
             raise ApiError(400, "attachments are not supported by this gateway", param="attachments")
         if params.get("deliver"):
             raise ApiError(400, "deliver: this gateway has no channels to deliver a reply to",
                            param="deliver")
-        gateway = self.protocol.gateway
-        run = agent_runtime.run(gateway.runtime, AgentRequest(
+        runtime = self.protocol.gateway.runtime
+        request = AgentRequest(
             message=params["message"], agent_id=params.get("agentId"), session_key=session_key,
-            system=params.get("extraSystemPrompt") or "", origin=origin, idempotency_key=key))
+            system=params.get("extraSystemPrompt") or "", origin=origin, idempotency_key=key)
+        if key is None:
+            run, replayed = agent_runtime.run(runtime, request), False
+        else:
+            asked = {name: value for name, value in params.items() if name != "idempotencyKey"}
+            run, replayed = await agent_runtime.run_once(
+                runtime, request, idempotency.digest_of({"params": asked, "origin": origin, "key": session_key}))
+            known = self._by_id.get(key)
+            if replayed and known is not None and known.internal_id == run.id:
+                return known, False
         entry = PublicRun(key or run.id, run)
         self._remember(entry)
+        if replayed and run.done:          # a run from before a restart: its outcome, no relay
+            entry.status = "ok" if run.status == "ok" else "aborted" if run.status == "aborted" else "error"
+            entry.error = str(run.error)[:MAX_ERROR_CHARS] if run.error is not None else None
+            entry.started_at = entry.ended_at = run.created_at
+            entry.run = None
+            entry.settled.set_result(None)
+            return entry, False
         task = asyncio.ensure_future(self._relay(entry))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -258,7 +278,7 @@ def _chat_key(conn: ControlConnection, params: dict[str, Any]) -> tuple[str, str
 
 async def m_agent(conn: ControlConnection, params: dict[str, Any], req_id: Any) -> object:
     runs = conn.protocol.runs
-    entry, fresh = runs.start(params, "ws", params.get("sessionKey"))
+    entry, fresh = await runs.start(params, "ws", params.get("sessionKey"))
     if entry.status == "running" or fresh:
         conn.respond(req_id, {"runId": entry.id, "status": "accepted", "acceptedAt": ms(entry.accepted_at)})
         entry.requesters.append((conn, req_id))
@@ -319,7 +339,7 @@ async def _wait_foreign(run_id: str, run: Any, timeout: float) -> dict[str, Any]
 
 async def m_chat_send(conn: ControlConnection, params: dict[str, Any], req_id: Any) -> dict[str, Any]:
     _, key = _chat_key(conn, params)
-    entry, _ = conn.protocol.runs.start({**params, "agentId": None}, "chat", key)
+    entry, _ = await conn.protocol.runs.start({**params, "agentId": None}, "chat", key)
     return {"runId": entry.id, "status": "started"}
 
 
@@ -340,5 +360,61 @@ async def m_chat_abort(conn: ControlConnection, params: dict[str, Any], req_id: 
     return {"ok": True, "aborted": bool(aborted), "runIds": aborted}
 
 
+async def m_agent_subscribe(conn: ControlConnection, params: dict[str, Any], req_id: Any) -> object:
+    """``agent.subscribe {runId, afterSeq?}``: the run's ``agent`` events to this connection
+    alone, from answer character ``afterSeq`` on (0: from the start), live or replayed.
+
+    Answers ``{runId, status:"subscribed"}`` at once, then sends ``agent``
+    events whose ``seq`` is the SSE stream's: the characters of answer text
+    so far (``assistant`` ``{text, delta}``, one per batch of deltas), then
+    the text's length + 1 for the lifecycle ``end``/``error``; then the final
+    response ``{runId, status}``. The run may have started at any door, and
+    before a restart if it had a key that is still kept.
+    """
+    run_id, after = params["runId"], params.get("afterSeq", 0)
+    run = await _find_any(conn, run_id)
+    if run is None:
+        raise ApiError(404, f"unknown run {run_id[:120]!r}", code="not_found")
+    conn.respond(req_id, {"runId": run_id, "status": "subscribed"})
+    base = {"runId": run_id, "sessionKey": run.session_key}
+    text = ""
+    seq = after
+    status = "ok"
+    async for batch in idempotency.events_after(run.subscribe(), after):
+        delta = "".join([event.text for event in batch if type(event) is Delta])
+        if type(batch[0]) is Started:
+            conn.event("agent", {**base, "stream": "lifecycle", "data": {"phase": "start"}, "seq": after,
+                                 "ts": ms(time.time())})
+        if delta:
+            text += delta
+            seq += len(delta)
+            conn.event("agent", {**base, "stream": "assistant", "data": {"text": text, "delta": delta},
+                                 "seq": seq, "ts": ms(time.time())})
+        end = batch[-1]
+        if type(end) is Ended or type(end) is Failed:
+            full = len(end.result.text) if type(end) is Ended else len(end.partial)
+            data = {"phase": "end"} if type(end) is Ended else {"phase": "error", "error": str(end.error)[:MAX_ERROR_CHARS]}
+            status = "ok" if type(end) is Ended else "aborted" if isinstance(end.error, RunAborted) else "error"
+            conn.event("agent", {**base, "stream": "lifecycle", "data": data, "seq": max(full, after) + 1,
+                                 "ts": ms(time.time())})
+    conn.send_final(req_id, {"runId": run_id, "status": status}, None)
+    return DEFERRED
+
+
+async def _find_any(conn: ControlConnection, run_id: str) -> Any:
+    """A run by its public id (an idempotency key of a kept key, or a runtime run id)."""
+    runtime = conn.gateway.runtime
+    entry = conn.protocol.runs.find(run_id)
+    run = runtime.find_run(entry.internal_id if entry is not None else run_id)
+    if run is not None:
+        return run
+    stored = idempotency.stored_key(run_id)
+    for agent_id in runtime.agents:             # a key from before a restart
+        kept = runtime.keys.get(agent_id, stored)
+        if kept is not None:
+            return await agent_runtime.keyed_run(runtime, kept.run_id)
+    return await agent_runtime.keyed_run(runtime, run_id)
+
+
 METHODS: Final = {"agent": m_agent, "agent.wait": m_agent_wait, "chat.send": m_chat_send,
-                  "chat.abort": m_chat_abort}
+                  "chat.abort": m_chat_abort, "agent.subscribe": m_agent_subscribe}

@@ -41,7 +41,7 @@ SKIP_REASON = "the websockets package is not installed (make test installs it)"
 TIMEOUT = 5.0                # seconds; each step takes milliseconds on loopback
 MAX_PAYLOAD = 4096
 ALLOWED_ORIGIN = "https://app.example"
-METHODS = ("agent", "agent.identity.get", "agent.wait", "agents.list", "channels.status", "chat.abort",
+METHODS = ("agent", "agent.identity.get", "agent.subscribe", "agent.wait", "agents.list", "channels.status", "chat.abort",
            "chat.history", "chat.send", "config.get", "cron.list", "cron.status", "device.pair.list",
            "health", "logs.tail", "models.list", "node.list", "sessions.delete", "sessions.list",
            "sessions.patch", "sessions.preview", "sessions.reset", "status", "system-presence",

@@ -36,7 +36,9 @@ MAX_BODY_BYTES = 8192
 TIMEOUT = 10.0
 
 # The whole of a finished event stream: JSON events, then [DONE], then nothing.
-SSE_STREAM = re.compile(rb"(data: \{[^\n]*\}\n\n)+data: \[DONE\]\n\n")
+# Every event has its id (<completion id>:<seq>) first: streams are resumable.
+SSE_STREAM = re.compile(rb"(id: chatcmpl-[0-9a-f-]+:[0-9]+\ndata: \{[^\n]*\}\n\n)+"
+                        rb"id: chatcmpl-[0-9a-f-]+:[0-9]+\ndata: \[DONE\]\n\n")
 
 
 def readme_example(title: str) -> str:
@@ -49,8 +51,9 @@ def readme_example(title: str) -> str:
 
 
 def stream_events(raw: bytes) -> list[Any]:
-    return [json.loads(block[len(b"data: "):]) if block != b"data: [DONE]" else "[DONE]"
-            for block in raw.split(b"\n\n")[:-1]]
+    blocks = [block.partition(b"\n")[2] if block.startswith(b"id: ") else block
+              for block in raw.split(b"\n\n")[:-1]]
+    return [json.loads(block[len(b"data: "):]) if block != b"data: [DONE]" else "[DONE]" for block in blocks]
 
 
 def dechunk(raw: bytes) -> tuple[list[bytes], bytes]:
@@ -136,8 +139,9 @@ class CurlTestCase(unittest.TestCase):
         """A finished event stream, byte for byte: compact JSON events, ``[DONE]`` last, nothing after."""
         self.assertIsNotNone(SSE_STREAM.fullmatch(raw), raw[-200:])
         events = stream_events(raw)
-        rebuilt = b"".join(b"data: " + json.dumps(e, separators=(",", ":")).encode() + b"\n\n"
-                           for e in events[:-1]) + b"data: [DONE]\n\n"
+        ids = re.findall(rb"^id: ([^\n]*)\n", raw, re.MULTILINE)
+        rebuilt = b"".join(b"id: " + i + b"\ndata: " + json.dumps(e, separators=(",", ":")).encode() + b"\n\n"
+                           for i, e in zip(ids, events[:-1])) + b"id: " + ids[-1] + b"\ndata: [DONE]\n\n"
         self.assertEqual(raw, rebuilt)
         return events
 
@@ -233,11 +237,11 @@ class SSEBytesTest(CurlTestCase):
         chunks, after = dechunk(done.stdout)
         self.assertEqual(after, b"")                           # nothing after the last chunk
         for data in chunks:                                     # an event is never split across chunks
-            self.assertTrue(data.startswith(b"data: ") and data.endswith(b"\n\n"), data[:60])
+            self.assertTrue(data.startswith(b"id: ") and data.endswith(b"\n\n"), data[:60])
         # With 40 ms between deltas each is flushed in a chunk of its own; the
         # head waits for the first delta, so the role chunk travels with it.
         self.assertEqual([data.count(b"\n\n") for data in chunks], [2] + [1] * 7)
-        self.assertEqual(chunks[-1], b"data: [DONE]\n\n")
+        self.assertRegex(chunks[-1], rb"^id: chatcmpl-[0-9a-f]+:[0-9]+\ndata: \[DONE\]\n\n$")
         plain = self.curl("-N", *self.chat_args(self.chat("one two three", model="equabot:slow", stream=True)))
         self.assertEqual(len(b"".join(chunks)), len(plain.stdout))
         self.assertStream(b"".join(chunks))

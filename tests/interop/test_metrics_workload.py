@@ -122,8 +122,9 @@ class MetricsAfterAWorkloadTest(unittest.IsolatedAsyncioTestCase):
         self.assertEqual(value("equabot_auth_failures_total", reason="missing"), 1)
         self.assertEqual(value("equabot_auth_failures_total", reason="locked_out"), 0)
         self.assertEqual(value("equabot_auth_lockouts_total"), 0)
-        # Every run was recorded: one durable append each, failures included.
-        self.assertEqual(value("equabot_session_commit_appends_sum"), 9)
+        # Every run was recorded: one durable append each, failures included; the two
+        # WebSocket runs carry an idempotencyKey: one key-journal line each.
+        self.assertEqual(value("equabot_session_commit_appends_sum"), 11)
         self.assertEqual(value("equabot_session_commit_appends_count"),
                          value("equabot_session_commit_duration_seconds_count"))
         self.assertEqual(value("equabot_sessions"), 2)                 # "s" and "ws"

@@ -1,0 +1,355 @@
+"""Idempotency keys: at most one run per (agent, key), remembered durably, and resumable replies.
+
+Owns the table of used keys (in memory, bounded by ``MAX_KEYS``, each kept
+``retention`` seconds), its journal lines (one ``key`` line per run started
+under a key, fsynced before the run asks its provider, in
+``<state>/agents/<id>/idempotency/<YYYY-MM-DD>.jsonl``), the digest a request
+is compared by, the claims of clients on keyed runs (the disconnect policy),
+and ``events_after``, which positions any run's events after a number of
+characters of its reply (resume). The runtime decides with this table what
+a request with a key does (``runtime.run_once``); the doors only compute a
+digest and speak their wire. Imports nothing from equabot_gw.net or gateway.
+
+Journal line (one per run started under a key; the newest for a key wins):
+  {"type":"key","key","digest","runId","sessionKey","stateless","at"[,"meta"]}
+``meta`` is a small object the door keeps with the key (e.g. the client's
+model name, to rebuild a stream after a restart); the runtime never reads it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Final
+
+from ..errors import ApiError, RunAborted
+from .events import Delta, Ended, Failed, RunEvent
+from .lines import number
+from .records import INTERRUPTED, RunRecord, record_from_line
+from .sessions import SessionStore
+from .types import ReasoningDelta, ToolCallDelta
+
+log = logging.getLogger("equabot_gw.runtime")
+
+__all__ = ["Keys", "Entry", "digest_of", "stored_key", "events_after", "MAX_KEYS", "MAX_KEY_CHARS",
+           "DEFAULT_RETENTION_SECONDS", "MAX_META_BYTES"]
+
+DEFAULT_RETENTION_SECONDS: Final = 86_400.0     # gateway.idempotency.retentionSeconds
+# Keys remembered in memory, over all agents (about 300 bytes each): past it the
+# oldest are forgotten, and a retry under one of those runs again. Stripe keeps
+# keys 24 hours; a gateway taking 1 keyed request a second keeps 86,400.
+MAX_KEYS: Final = 100_000
+# Keys longer than this are remembered (and journalled) by their SHA-256.
+MAX_KEY_CHARS: Final = 256
+# The door's meta of one key, as JSON: bigger is refused (a bug of the door, not of the client).
+MAX_META_BYTES: Final = 1024
+# A record rebuilt from disk is looked up at most this long; then the request fails with 503.
+LOOKUP_TIMEOUT: Final = 30.0
+
+
+def digest_of(value: Any) -> str:
+    """The SHA-256 (hex) of ``value`` as canonical JSON: keys sorted, no spaces, UTF-8.
+
+    Two requests are "the same" when their digests are equal: key order and
+    whitespace of the client's JSON do not matter, every value does.
+    """
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def request_digest(request: Any) -> str:
+    """A digest of an ``AgentRequest``, for callers that do not digest their own wire form."""
+    return digest_of([request.message, request.agent_id, request.session_key, request.system,
+                      request.model, request.origin, repr(request.context), repr(request.input),
+                      repr(request.options)])
+
+
+def stored_key(key: str) -> str:
+    """The key as remembered: a long one by its digest, so that a table of them stays small."""
+    if len(key) <= MAX_KEY_CHARS:
+        return key
+    return "sha256:" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class Entry:
+    """One used key: the run it started, and what that run's request digested to.
+
+    ``loading``: a lookup of the run's outcome on disk is under way (after a
+    restart); others asking for the same key wait for it instead of reading twice.
+    """
+
+    __slots__ = ("agent_id", "key", "digest", "run_id", "session_key", "stateless", "at", "meta", "loading")
+
+    def __init__(self, agent_id: str, key: str, digest: str, run_id: str, session_key: str,
+                 stateless: bool, at: float, meta: dict[str, Any] | None) -> None:
+        self.agent_id, self.key, self.digest, self.run_id = agent_id, key, digest, run_id
+        self.session_key, self.stateless, self.at, self.meta = session_key, stateless, at, meta
+        self.loading: asyncio.Future[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Entry {self.agent_id}:{self.key} run={self.run_id}>"
+
+    def line(self) -> dict[str, Any]:
+        line: dict[str, Any] = {"type": "key", "key": self.key, "digest": self.digest, "runId": self.run_id,
+                                "sessionKey": self.session_key, "stateless": self.stateless, "at": self.at}
+        if self.meta:
+            line["meta"] = self.meta
+        return line
+
+
+def _entry_of(agent_id: str, line: dict[str, Any]) -> Entry | None:
+    """The entry a journal line holds; None for a line that is not one (hand-edited, foreign)."""
+    get = line.get
+    at, meta = number(get("at")), get("meta")
+    fields = (get("key"), get("digest"), get("runId"), get("sessionKey"))
+    if get("type") != "key" or at is None or not all(type(f) is str and f for f in fields) \
+            or type(get("stateless")) is not bool or not (meta is None or type(meta) is dict):
+        return None
+    return Entry(agent_id, *fields, get("stateless"), at, meta)      # type: ignore[arg-type]
+
+
+class Keys:
+    """The used keys of every agent, and the claims of clients on keyed runs.
+
+    ``store`` keeps the journal; ``retention`` (seconds) is how long a key is
+    remembered; ``clock`` gives epoch seconds (tests move it).
+    """
+
+    def __init__(self, store: SessionStore, retention: float = DEFAULT_RETENTION_SECONDS, *,
+                 max_keys: int = MAX_KEYS, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.retention = retention
+        self.max_keys = max_keys
+        self.clock = clock
+        self._table: OrderedDict[tuple[str, str], Entry] = OrderedDict()    # oldest first
+        self._by_run: dict[str, Entry] = {}
+        self._claims: dict[str, int] = {}       # run id -> clients streaming or waiting for it
+        self._unclaimed: dict[str, asyncio.TimerHandle] = {}
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    async def load(self, agent_ids: list[str]) -> None:
+        """Read the agents' key journals (dropping expired days); the newest line of a key wins."""
+        since = self.clock() - self.retention
+        for agent_id in agent_ids:
+            for line in await self.store.read_key_lines(agent_id, since):
+                entry = _entry_of(agent_id, line)
+                if entry is not None and entry.at > since:
+                    self._put(entry)
+
+    # -- the table --
+
+    def get(self, agent_id: str, key: str) -> Entry | None:
+        """The live entry of ``key`` (as ``stored_key`` gives it) of agent ``agent_id``, or None."""
+        entry = self._table.get((agent_id, key))
+        if entry is not None and entry.at + self.retention <= self.clock():
+            self._drop(entry)
+            return None
+        return entry
+
+    def of_run(self, run_id: str) -> Entry | None:
+        """The entry of the run ``run_id`` started under a key, or None."""
+        entry = self._by_run.get(run_id)
+        return entry if entry is not None and self.get(entry.agent_id, entry.key) is entry else None
+
+    def add(self, agent_id: str, key: str, digest: str, run_id: str, session_key: str, stateless: bool,
+            meta: dict[str, Any] | None) -> asyncio.Task[None]:
+        """Remember ``key`` for a new run; returns the task writing its journal line (await it
+        before the run produces anything: a key the journal lost would let a retry run twice)."""
+        if meta is not None and len(json.dumps(meta)) > MAX_META_BYTES:
+            raise ValueError(f"idempotency meta over {MAX_META_BYTES} bytes")
+        entry = Entry(agent_id, key, digest, run_id, session_key, stateless, self.clock(), meta)
+        self._put(entry)
+        task = asyncio.ensure_future(self.store.append_key_line(agent_id, entry.line(), entry.at))
+        task.add_done_callback(_retrieve)
+        return task
+
+    def forget(self, entry: Entry) -> None:
+        """Forget ``entry`` (its run failed before any output: the key may run again)."""
+        if self._table.get((entry.agent_id, entry.key)) is entry:
+            self._drop(entry)
+
+    def _put(self, entry: Entry) -> None:
+        old = self._table.pop((entry.agent_id, entry.key), None)
+        if old is not None:
+            self._by_run.pop(old.run_id, None)
+        self._table[(entry.agent_id, entry.key)] = entry
+        self._by_run[entry.run_id] = entry
+        expired = self.clock() - self.retention
+        while self._table:
+            oldest = next(iter(self._table.values()))
+            if len(self._table) <= self.max_keys and oldest.at > expired:
+                break
+            self._drop(oldest)
+
+    def _drop(self, entry: Entry) -> None:
+        self._table.pop((entry.agent_id, entry.key), None)
+        if self._by_run.get(entry.run_id) is entry:
+            del self._by_run[entry.run_id]
+
+    async def outcome_line(self, entry: Entry) -> dict[str, Any] | None:
+        """The recorded outcome line ("assistant", "aborted" or "error") of ``entry``'s run,
+        read from its transcript (or the stateless journals of its day and the next);
+        None if none was recorded (the gateway stopped before it could record the turn)."""
+        if entry.stateless:
+            day = int(entry.at // 86400)
+            lines = await self.store.read_journal(entry.agent_id, day)
+            lines += await self.store.read_journal(entry.agent_id, day + 1)
+        else:
+            lines = await self.store.read_transcript(entry.agent_id, entry.session_key)
+        found = None
+        for line in lines:
+            if line.get("runId") == entry.run_id and line.get("type") in ("assistant", "aborted", "error"):
+                found = line
+        return found
+
+    def earlier(self, agent_id: str, key: str, digest: str, find_run: Callable[[str], Any]) -> Any:
+        """The run (``Run`` or ``RunRecord``) ``key`` started, to join or replay; None if
+        the key may start a new run (unknown, expired, or its run failed before any
+        output). Raises ``ApiError`` 422 ``idempotency_key_reused`` for another
+        ``digest``, 409 if the run is not in memory (``load_earlier`` brings it)."""
+        entry = self.get(agent_id, key)
+        if entry is None:
+            return None
+        if entry.digest != digest:
+            raise ApiError(422, "Keys for idempotent requests can only be used with the same parameters "
+                                "they were first used with. Try using a key other than "
+                                f"{entry.key[:80]!r} if you meant to execute a different request.",
+                           code="idempotency_key_reused", param="idempotency_key")
+        handle = find_run(entry.run_id)
+        if handle is None:
+            raise ApiError(409, "the run of this idempotency key is not in memory; retry the request",
+                           code="idempotency_key_in_use")
+        if handle.done and not produced(handle):
+            self.forget(entry)      # failed before any output: the key may run again
+            return None
+        return handle
+
+    async def load_earlier(self, agent_id: str, key: str, digest: str, find_run: Callable[[str], Any],
+                           remember: Callable[[RunRecord], None]) -> None:
+        """Bring the run of ``key`` into memory (``remember`` its record) if it is only on
+        disk; concurrent callers share one lookup, each waiting at most ``LOOKUP_TIMEOUT``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LOOKUP_TIMEOUT
+        while (entry := self.get(agent_id, key)) is not None and entry.digest == digest \
+                and find_run(entry.run_id) is None:
+            if entry.loading is not None:
+                try:
+                    await asyncio.wait_for(asyncio.shield(entry.loading), deadline - loop.time())
+                except TimeoutError:
+                    raise ApiError(503, "the outcome of this idempotency key's run is still being "
+                                        "looked up; retry later", code="unavailable") from None
+                continue
+            entry.loading = loop.create_future()
+            try:
+                remember(record_from_line(entry, await self.outcome_line(entry)))
+            finally:
+                entry.loading.set_result(None)
+                entry.loading = None
+
+    # -- claims: the disconnect policy of keyed runs --
+
+    def hold(self, run_id: str) -> None:
+        """A client streams or waits for run ``run_id``."""
+        self._claims[run_id] = self._claims.get(run_id, 0) + 1
+        timer = self._unclaimed.pop(run_id, None)
+        if timer is not None:
+            timer.cancel()
+
+    def release(self, run_id: str, abort: Callable[[], object] | None, grace: float) -> None:
+        """A client of run ``run_id`` left. When it was the last and ``abort`` is given, the
+        run is aborted (``abort()``) unless a client claims it within ``grace`` seconds."""
+        left = self._claims.get(run_id, 1) - 1
+        if left > 0:
+            self._claims[run_id] = left
+            return
+        self._claims.pop(run_id, None)
+        if abort is not None and run_id not in self._unclaimed:
+            self._unclaimed[run_id] = asyncio.get_running_loop().call_later(
+                grace, self._give_up, run_id, abort)
+
+    def _give_up(self, run_id: str, abort: Callable[[], object]) -> None:
+        self._unclaimed.pop(run_id, None)
+        if run_id not in self._claims:
+            abort()
+
+    def settled(self, run_id: str) -> None:
+        """Run ``run_id`` ended: nothing is left to claim (the table keeps no claim of a finished run)."""
+        self._claims.pop(run_id, None)
+        timer = self._unclaimed.pop(run_id, None)
+        if timer is not None:
+            timer.cancel()
+
+    def close(self) -> None:
+        for timer in self._unclaimed.values():
+            timer.cancel()
+        self._unclaimed.clear()
+
+
+def produced(handle: Any) -> bool:
+    """Whether a finished run (``Run`` or ``RunRecord``) gave any output: then it never runs again."""
+    if type(handle) is not RunRecord:
+        return handle._result is not None or bool(handle.events.text())
+    return handle.result is not None or bool(handle.partial) or handle.reply_at is not None \
+        or (isinstance(handle.error, RunAborted) and handle.error.why == INTERRUPTED)
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    # The run awaits this task; one aborted before it did must not leave
+    # "exception was never retrieved" behind.
+    if not task.cancelled():
+        task.exception()
+
+
+def text_units(event: Any) -> int:
+    """How far ``event`` moves a reply's position: the characters of its answer text."""
+    return len(event.text) if type(event) is Delta else 0
+
+
+async def events_after(subscription: Any, after: int) -> AsyncIterator[list[RunEvent]]:
+    """The batches of ``subscription`` (of a ``Run`` or a ``RunRecord``) from character
+    ``after`` of the reply on, then its terminal event.
+
+    The position counts characters of the answer text, so it does not depend
+    on how the reply was cut into deltas, nor on whether it is read live, from
+    a compacted log, or rebuilt from the transcript: a finished run's record
+    yields its terminal event alone, and the text (and, for a finished
+    reply, its reasoning and tool calls) not seen in the log is made into
+    deltas before it. Output other than answer text that comes before the
+    position is left out; after it, it passes as it came.
+    """
+    seen = 0
+    logged = False          # the log held more than its terminal event: a live run, not a record
+    while (batch := await subscription.next_batch()) is not None:
+        out: list[RunEvent] = []
+        for event in batch:
+            kind = type(event)
+            if kind is Delta:
+                logged = True
+                text = event.text            # type: ignore[union-attr]
+                start, seen = seen, seen + len(text)
+                if seen > after:
+                    out.append(event if start >= after else Delta(text[after - start:]))
+            elif kind is Ended or kind is Failed:
+                full = event.result.text if kind is Ended else event.partial     # type: ignore[union-attr]
+                result = event.result if kind is Ended and not logged else None  # type: ignore[union-attr]
+                if result is not None and result.reasoning and after == 0:
+                    out.append(ReasoningDelta(result.reasoning))
+                if len(full) > seen and len(full) > after:
+                    out.append(Delta(full[max(seen, after):]))
+                if result is not None:
+                    out.extend(ToolCallDelta(i, c.id, c.name, c.arguments) for i, c in enumerate(result.tool_calls))
+                seen = max(seen, len(full))
+                out.append(event)
+            else:
+                logged = True
+                if seen >= after:
+                    out.append(event)
+        if out:
+            yield out

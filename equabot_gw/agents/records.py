@@ -1,0 +1,166 @@
+"""What is remembered of a finished run: ``RunRecord``, and records rebuilt from disk.
+
+Owns the small read-only value a finished run leaves behind (its outcome,
+its reply held or where it was recorded), the subscription over it (its
+terminal event alone), and ``record_from_line``, which rebuilds one from a
+recorded outcome line (a keyed run from before a restart). The runtime makes
+records and keeps them; this module starts no run. Imports nothing from
+equabot_gw.net or equabot_gw.gateway.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import TYPE_CHECKING, Any, Final
+
+from ..errors import RunAborted, RunError, StorageError
+from . import sessions
+from .events import Ended, Failed, RunEvent
+from .lines import number, reply_of
+from .transcripts import Stored
+from .types import AgentResult, Message, Usage
+
+if TYPE_CHECKING:
+    from .idempotency import Entry
+
+log = logging.getLogger("equabot_gw.runtime")
+
+__all__ = ["RunRecord", "record_from_line", "INTERRUPTED"]
+
+# What a keyed run the gateway never recorded (a crash mid-run) replays as: it
+# is not run again, since its provider may have answered (and billed) already.
+INTERRUPTED: Final = "interrupted: the gateway stopped before the run was recorded"
+# What a reply no longer stored reads back as.
+_NO_REPLY: Final = Message("assistant", "")
+
+
+class RunRecord:
+    """What is remembered of a finished run: enough for ``agent.wait`` and idempotent retries.
+
+    A finished ``Run`` keeps its whole event log and task; remembering
+    thousands of those would keep millions of objects for the garbage
+    collector to scan. It has ``Run``'s reading interface. Its reply (the
+    result's text, or the partial text of a failed run) is held only while
+    it fits the runtime's budget; otherwise ``reply_at`` says where it was
+    recorded and ``wait``/``subscribe`` read it back (an empty text once the
+    session was reset or deleted, or the journal pruned). One is made per
+    run: a plain slotted class (a frozen dataclass costs twice as much to
+    make); treat it as read-only.
+    """
+
+    __slots__ = ("id", "agent_id", "session_key", "status", "result", "error", "partial",
+                 "reply_at", "store", "kept_bytes", "created_at")
+
+    done: Final = True
+
+    def __init__(self, id: str, agent_id: str, session_key: str, status: str,
+                 result: AgentResult | None, error: RunError | None, partial: str = "",
+                 reply_at: Stored | None = None, store: sessions.SessionStore | None = None,
+                 kept_bytes: int = 0, created_at: float = 0.0) -> None:
+        self.id = id
+        self.agent_id = agent_id
+        self.session_key = session_key
+        self.status = status
+        self.result = result
+        self.error = error
+        self.partial = partial
+        self.reply_at = reply_at
+        self.store = store
+        self.kept_bytes = kept_bytes      # bytes of reply held here (counted in the budget)
+        self.created_at = created_at      # when the run was admitted (epoch s)
+
+    def __repr__(self) -> str:
+        return f"<RunRecord {self.id} agent={self.agent_id} status={self.status}>"
+
+    def subscribe(self) -> _RecordSubscription:
+        """A subscription that yields the run's terminal event only."""
+        return _RecordSubscription(self)
+
+    async def wait(self) -> AgentResult:
+        """The result (its reply read back if it is not held); raises the run's error.
+
+        A reply read back has its text, reasoning and tool calls; its log
+        probabilities and extra choices (never recorded) are gone.
+        """
+        if self.result is None:
+            raise self.error or RunAborted("cancelled")
+        if self.reply_at is None:
+            return self.result
+        outcome = await self._read_back()
+        return dataclasses.replace(self.result, text=outcome.text(), tool_calls=outcome.tool_calls,
+                                   reasoning=outcome.reasoning,
+                                   reasoning_signature=outcome.reasoning_signature)
+
+    async def terminal_event(self) -> Ended | Failed:
+        """The run's last event, as its subscribers saw it."""
+        if self.result is not None:
+            return Ended(await self.wait())
+        partial = self.partial if self.reply_at is None else (await self._read_back()).text()
+        return Failed(self.error or RunAborted("cancelled"), partial)
+
+    def abort(self, why: str = "aborted") -> bool:
+        return False
+
+    async def _read_back(self) -> Message:
+        try:
+            outcome = await self.store.read_outcome(self.reply_at, self.id) if self.store and self.reply_at else None
+        except StorageError:
+            outcome = None
+        if outcome is None:
+            log.warning("run %s: its reply is no longer stored", self.id)
+        return outcome or _NO_REPLY
+
+
+class _RecordSubscription:
+    """``Subscription``'s interface over a finished run: its terminal event, then the end."""
+
+    __slots__ = ("_record", "_read")
+
+    def __init__(self, record: RunRecord) -> None:
+        self._record = record
+        self._read = False
+
+    async def next_batch(self, idle_timeout: float | None = None) -> list[RunEvent] | None:
+        if self._read:
+            return None
+        self._read = True
+        return [await self._record.terminal_event()]
+
+    def __aiter__(self) -> _RecordSubscription:
+        return self
+
+    async def __anext__(self) -> RunEvent:
+        if self._read:
+            raise StopAsyncIteration
+        self._read = True
+        return await self._record.terminal_event()
+
+
+def record_from_line(entry: Entry, line: dict[str, Any] | None) -> RunRecord:
+    """The record of keyed run ``entry`` from its recorded outcome line ("assistant",
+    "aborted" or "error"; None: never recorded, replayed as aborted with ``INTERRUPTED``).
+
+    A reply read back has its text, tool calls and reasoning; its turn number is 0.
+    """
+    kind = line.get("type") if line is not None else None
+    base = (entry.run_id, entry.agent_id, entry.session_key)
+    if line is not None and kind == "assistant":
+        reply = reply_of(line) or _NO_REPLY
+        raw, finish, model = line.get("usage"), line.get("finishReason"), line.get("model")
+        counts = [number(raw.get(k)) if isinstance(raw, dict) else None
+                  for k in ("prompt_tokens", "completion_tokens")]
+        usage = Usage(*(int(n) if n is not None and 0 <= n < 2**53 else 0 for n in counts))
+        result = AgentResult(*base, reply.text(), usage, finish if type(finish) is str else "stop",
+                             model if type(model) is str else "", 0, reply.tool_calls,
+                             reply.reasoning, reasoning_signature=reply.reasoning_signature)
+        return RunRecord(*base, "ok", result, None, created_at=entry.at)
+    if line is not None and kind == "aborted":
+        content, why = line.get("content"), line.get("reason")
+        return RunRecord(*base, "aborted", None, RunAborted(why if type(why) is str else "aborted"),
+                         content if type(content) is str else "", created_at=entry.at)
+    if line is not None:
+        message = line.get("message")
+        return RunRecord(*base, "error", None, RunError(message if type(message) is str else "error"),
+                         created_at=entry.at)
+    return RunRecord(*base, "aborted", None, RunAborted(INTERRUPTED), created_at=entry.at)

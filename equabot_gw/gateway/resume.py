@@ -1,0 +1,161 @@
+"""Idempotency and resumable streams at the HTTP doors: headers, ids, claims, resumed streams.
+
+Owns the wire side of the runtime's idempotency keys (``agents.idempotency``)
+for every HTTP door: the ``Idempotency-Key`` header (alias
+``x-equabot-idempotency-key``) and the digest of a request, the
+``x-equabot-idempotent-replay`` answer header, completion ids (the run id in
+OpenAI's form, so that any id leads back to its run), ``Last-Event-ID``,
+the disconnect policy (``Claims.claim``: a request without a key aborts its
+run when its client leaves; with one, the run goes on, and is aborted
+``resumeGraceSeconds`` after its last client left only when
+``abortUnclaimedRuns`` is set), and ``GET /v1/chat/completions/{id}/events``.
+The chat-completions shapes stay in ``chat_stream``; another door
+(``/v1/responses``) uses the same pieces with its own writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import re
+from collections.abc import Callable
+from typing import Any, Final
+from urllib.parse import parse_qs
+
+from ..agents import idempotency
+from ..agents import runtime as agent_runtime
+from ..agents.runtime import Run, RunRecord, Runtime
+from ..errors import ApiError
+from ..net import sse
+from ..net.routes import HTTPRequest, StreamingResponse
+from . import chat_stream
+
+__all__ = ["KEY_HEADERS", "REPLAY_HEADER", "idempotency_key", "body_digest", "completion_id", "run_id_of",
+           "last_event_seq", "Claims"]
+
+# The IETF httpapi draft's header first; ours as an alias (the draft's wins when both are sent).
+KEY_HEADERS: Final = ("idempotency-key", "x-equabot-idempotency-key", "x-openclaw-idempotency-key")
+REPLAY_HEADER: Final = "x-equabot-idempotent-replay"
+# A key is 1-255 visible ASCII characters (what Stripe and the draft's examples use).
+_KEY_RE: Final = re.compile(r"[\x21-\x7e]{1,255}")
+# Headers that change what a request asks besides its body: digested with it.
+_ROUTING_HEADERS: Final = ("agent-id", "session-key", "model", "history")
+# A body larger than this is digested in a worker thread, off the event loop.
+_THREAD_DIGEST_BYTES: Final = 1 << 20
+_SEQ_RE: Final = re.compile(r"[0-9]{1,15}")
+_COMPLETION_PREFIX: Final = "chatcmpl-"
+
+
+def idempotency_key(headers: Any) -> str | None:
+    """The request's idempotency key, or None; 400 ``invalid_idempotency_key`` for a bad one."""
+    for name in KEY_HEADERS:
+        value = headers.get(name)
+        if value is not None:
+            if not _KEY_RE.fullmatch(value):
+                raise ApiError(400, f"Invalid {name} header: expected 1-255 visible ASCII characters.",
+                               code="invalid_idempotency_key", param=name)
+            return value
+    return None
+
+
+async def body_digest(body: dict[str, Any], headers: Any, size: int = 0) -> str:
+    """The digest a keyed request is compared by: its JSON body (canonical: key order
+    and spacing do not count) and the gateway headers that route it."""
+    from .openai import gateway_header        # openai imports this module
+    routing = {name: gateway_header(headers, name) for name in _ROUTING_HEADERS}
+    value = {"body": body, "headers": {k: v for k, v in routing.items() if v is not None}}
+    if size > _THREAD_DIGEST_BYTES:
+        return await asyncio.to_thread(idempotency.digest_of, value)
+    return idempotency.digest_of(value)
+
+
+def completion_id(run_id: str) -> str:
+    """``chatcmpl-<node>-<hex>`` of ``run_<node>_<hex>`` (``chatcmpl-<hex>`` of ``run_<hex>``)."""
+    node, sep, tail = run_id[4:].rpartition("_")
+    return f"{_COMPLETION_PREFIX}{node}-{tail}" if sep else f"{_COMPLETION_PREFIX}{tail}"
+
+
+def run_id_of(public_id: str) -> str | None:
+    """The run id of a completion id; None if ``public_id`` is not one."""
+    if not public_id.startswith(_COMPLETION_PREFIX):
+        return None
+    node, sep, tail = public_id[len(_COMPLETION_PREFIX):].rpartition("-")
+    return f"run_{node}_{tail}" if sep else f"run_{tail}"
+
+
+def last_event_seq(headers: Any, public_id: str) -> int | None:
+    """The seq of ``Last-Event-ID: <public_id>:<seq>``, or None without the header;
+    400 ``invalid_last_event_id`` if it is malformed or names another stream."""
+    value = headers.get("last-event-id")
+    if value is None:
+        return None
+    stream, _, seq = value.strip().rpartition(":")
+    if stream != public_id or not _SEQ_RE.fullmatch(seq):
+        raise ApiError(400, f"Invalid Last-Event-ID {value[:120]!r}: expected '{public_id}:<seq>', an id "
+                            f"of this request's stream (resend the same request with the same "
+                            f"Idempotency-Key).", code="invalid_last_event_id", param="Last-Event-ID")
+    return int(seq)
+
+
+class Claims:
+    """The clients of keyed runs, and the streams that resume them, for one runtime."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        http = runtime.config.gateway.http
+        self.grace = http.resume_grace
+        self.abort_unclaimed = http.abort_unclaimed_runs
+
+    def claim(self, run: Run | RunRecord, keep: bool) -> Callable[[], None]:
+        """A client takes ``run``'s answer; call the result exactly once when it is done or gone.
+
+        Without a key (``keep`` false) the run is aborted if it is still going
+        then (the client left); with one it goes on (see the module's policy).
+        """
+        if not keep:
+            return functools.partial(_abort_if_running, run)
+        keys = self.runtime.keys
+        keys.hold(run.id)
+        return functools.partial(self._leave, run)
+
+    def _leave(self, run: Run | RunRecord) -> None:
+        abort = functools.partial(run.abort, "unclaimed") if self.abort_unclaimed and not run.done else None
+        self.runtime.keys.release(run.id, abort, self.grace)
+
+    def resumed(self, run: Run | RunRecord, public_id: str, model_name: str, include_usage: bool,
+                legacy: bool, after: int | None, leave: Callable[[], None],
+                extra: list[tuple[str, str]]) -> StreamingResponse:
+        """The stream of ``run`` from seq ``after`` on (None: all of it, role chunk first)."""
+        chunks = chat_stream.ChunkWriter(public_id, model_name, include_usage, legacy, run.created_at, after)
+        batches = idempotency.events_after(run.subscribe(), after or 0)
+        return StreamingResponse(200, list(sse.HEADERS) + extra,
+                                 chat_stream.resumed_body(batches, chunks, after is None, leave),
+                                 idle_bytes=sse.KEEPALIVE, idle_interval=sse.KEEPALIVE_INTERVAL)
+
+    async def events(self, request: HTTPRequest) -> StreamingResponse:
+        """``GET /v1/chat/completions/{id}/events``: 404 unless ``id`` is a streamed keyed run's."""
+        rest = request.params.get("rest", "")
+        public_id, _, tail = rest.partition("/")
+        run_id = run_id_of(public_id)
+        entry = self.runtime.keys.of_run(run_id) if run_id is not None and tail == "events" else None
+        meta = entry.meta if entry is not None else None
+        run = await agent_runtime.keyed_run(self.runtime, run_id) if meta is not None and run_id else None
+        if run is None or meta is None:
+            raise ApiError(404, f"No resumable stream {public_id[:120]!r}: streams of requests with an "
+                                f"Idempotency-Key can be resumed while their key is kept.",
+                           code="not_found")
+        after = last_event_seq(request.headers, public_id)
+        if after is None:
+            query = parse_qs(request.query or "", max_num_fields=8).get("after")
+            if query is not None:
+                if not _SEQ_RE.fullmatch(query[0]):
+                    raise ApiError(400, "Invalid 'after': expected a seq (digits).", code="invalid_value",
+                                   param="after")
+                after = int(query[0])
+        return self.resumed(run, public_id, str(meta.get("model", "")), bool(meta.get("usage")),
+                            bool(meta.get("legacy")), after, self.claim(run, keep=True), [])
+
+
+def _abort_if_running(run: Run | RunRecord) -> None:
+    if not run.done:
+        run.abort("client disconnected")

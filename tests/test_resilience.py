@@ -1,0 +1,321 @@
+"""Never lose or repeat a reply: ``Idempotency-Key`` and resumable streams on ``/v1/chat/completions``.
+
+A raw-socket client cuts its stream after N events and resumes it with
+``Last-Event-ID`` (the same POST, or ``GET /v1/chat/completions/{id}/events``):
+the text it got before and after the cut is the whole reply, the provider
+was asked once (a counting provider), and the transcript holds one turn —
+also when the gateway restarts between the cut and the resume. Fifty
+clients sending one key at once share one run; another body under a used
+key is refused with 422; a run cut by a restart resumes as aborted with its
+partial text; keys are bounded in number and forgotten after their retention.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import pathlib
+import tempfile
+import time
+import unittest
+from typing import Any
+from unittest import mock
+
+from equabot_gw import config as config_mod
+from equabot_gw.agents import idempotency
+from equabot_gw.gateway import resume
+from equabot_gw.gateway.app import Gateway
+from equabot_gw.providers.echo import EchoProvider
+from tests.resume_client import SSEStream, content_of
+from tests.support import base_config, error_of
+
+MESSAGE = " ".join(f"word{i}" for i in range(40))
+SESSION = "resume-me"
+
+
+def config(**gateway: Any) -> dict[str, Any]:
+    data = base_config(**gateway)
+    # 40 words, 10 ms apart: a stream long enough to be cut in the middle.
+    data["models"] = {"providers": {"paced": {"api": "echo", "delayMs": 10}}}
+    data["agents"] = {"defaults": {"model": "paced/echo"}}
+    return data
+
+
+class CountingEcho:
+    """Counts the calls of every echo provider (of every gateway) while it is installed."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        original = EchoProvider.stream
+        counter = self
+
+        def stream(provider: EchoProvider, call: Any) -> Any:
+            counter.calls += 1
+            return original(provider, call)
+        self.patch = mock.patch.object(EchoProvider, "stream", stream)
+
+    def __enter__(self) -> CountingEcho:
+        self.patch.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.patch.stop()
+
+
+def request(stream: bool = True, message: str = MESSAGE) -> dict[str, Any]:
+    return {"model": "equabot", "messages": [{"role": "user", "content": message}], "stream": stream}
+
+
+def seq_of(event_id: str) -> int:
+    return int(event_id.rpartition(":")[2])
+
+
+class ResilienceCase(unittest.IsolatedAsyncioTestCase):
+    async def asyncSetUp(self) -> None:
+        self.tmp = tempfile.TemporaryDirectory()
+        self.state = pathlib.Path(self.tmp.name)
+        self.counting = CountingEcho().__enter__()
+        self.gateways: list[Gateway] = []
+
+    async def asyncTearDown(self) -> None:
+        for gateway in self.gateways:
+            with contextlib.suppress(Exception):
+                await gateway.stop()
+        self.counting.__exit__()
+        self.tmp.cleanup()
+
+    async def start(self, data: dict[str, Any] | None = None) -> Gateway:
+        gateway = Gateway(config_mod.from_data(data or config(), env={}), self.state, port=0, env={})
+        await gateway.start()
+        self.gateways.append(gateway)
+        return gateway
+
+    async def stop(self, gateway: Gateway) -> None:
+        await gateway.stop()
+        self.gateways.remove(gateway)
+
+    async def post(self, gateway: Gateway, body: dict[str, Any], **headers: str) -> SSEStream:
+        return await SSEStream.open(gateway.server.port, body, {k.replace("_", "-"): v for k, v in headers.items()})
+
+    async def turns(self, gateway: Gateway) -> list[str]:
+        lines = await gateway.runtime.store.read_transcript("main", SESSION)
+        return [line["type"] for line in lines if line["type"] != "session"]
+
+    async def uninterrupted(self, gateway: Gateway) -> str:
+        """The reply the same request gets on a fresh session, read whole."""
+        stream = await self.post(gateway, request(), x_equabot_session_key="reference")
+        return content_of(await stream.read_all())
+
+    async def cut(self, gateway: Gateway, key: str, after: int) -> list[tuple[str | None, Any]]:
+        stream = await self.post(gateway, request(), Idempotency_Key=key, x_equabot_session_key=SESSION)
+        self.assertEqual(stream.status, 200)
+        events = await stream.read_all(cut_after=after)
+        self.assertEqual(len(events), after)
+        return events
+
+
+class ResumeTest(ResilienceCase):
+    async def test_a_cut_stream_resumed_with_last_event_id_is_the_whole_reply_of_one_run(self) -> None:
+        gateway = await self.start()
+        before = await self.cut(gateway, "k-cut", 6)
+        last_id = before[-1][0]
+        self.assertTrue(last_id.startswith("chatcmpl-"))
+        again = await self.post(gateway, request(), Idempotency_Key="k-cut", x_equabot_session_key=SESSION,
+                                Last_Event_ID=last_id)
+        self.assertEqual((again.status, again.headers.get(resume.REPLAY_HEADER)), (200, "true"))
+        after = await asyncio.wait_for(again.read_all(), 10)
+        self.assertEqual(after[-1][1], "[DONE]")
+        ids = [seq_of(i) for i, _ in before + after]
+        self.assertEqual(ids, sorted(ids))                       # no event twice, none out of order
+        self.assertEqual(len(set(ids)), len(ids))
+        self.assertEqual(self.counting.calls, 1)
+        whole = content_of(before) + content_of(after)
+        self.assertEqual(whole, await self.uninterrupted(gateway))
+        self.assertEqual(whole, "Echo (turn 1): " + MESSAGE)
+        self.assertEqual(await self.turns(gateway), ["user", "assistant"])
+
+    async def test_the_events_endpoint_resumes_too_and_a_replay_from_the_start_is_identical(self) -> None:
+        gateway = await self.start()
+        before = await self.cut(gateway, "k-get", 4)
+        completion_id = before[0][1]["id"]
+        path = f"/v1/chat/completions/{completion_id}/events"
+        rest = await SSEStream.open(gateway.server.port, None, {"Last-Event-ID": before[-1][0]},
+                                    method="GET", path=path)
+        self.assertEqual(rest.status, 200)
+        after = await asyncio.wait_for(rest.read_all(), 10)
+        self.assertEqual(content_of(before) + content_of(after), "Echo (turn 1): " + MESSAGE)
+        # The whole stream again (the same POST, no Last-Event-ID): the same text and ids.
+        replay = await self.post(gateway, request(), Idempotency_Key="k-get", x_equabot_session_key=SESSION)
+        events = await replay.read_all()
+        self.assertEqual(content_of(events), "Echo (turn 1): " + MESSAGE)
+        self.assertEqual({data["id"] for _, data in events if isinstance(data, dict)}, {completion_id})
+        self.assertEqual(events[-1][0], after[-1][0])            # [DONE] has the same id both times
+        by_query = await SSEStream.open(gateway.server.port, None, method="GET", path=path + "?after=5")
+        self.assertEqual(content_of(await by_query.read_all()), ("Echo (turn 1): " + MESSAGE)[5:])
+        self.assertEqual(self.counting.calls, 1)
+        missing = await SSEStream.open(gateway.server.port, None, method="GET",
+                                       path="/v1/chat/completions/chatcmpl-00ff/events")
+        self.assertEqual((missing.status, error_of(missing.body)["code"]), (404, "not_found"))
+
+    async def test_a_resume_after_a_restart_replays_from_the_transcript(self) -> None:
+        gateway = await self.start()
+        before = await self.cut(gateway, "k-restart", 5)
+        # The client is gone; the keyed run goes on and is recorded before the gateway stops.
+        await self.stop(gateway)
+        gateway = await self.start()
+        again = await self.post(gateway, request(), Idempotency_Key="k-restart", x_equabot_session_key=SESSION,
+                                Last_Event_ID=before[-1][0])
+        self.assertEqual(again.status, 200)
+        after = await asyncio.wait_for(again.read_all(), 10)
+        self.assertEqual(content_of(before) + content_of(after), "Echo (turn 1): " + MESSAGE)
+        self.assertEqual(after[-2][1]["usage"] if "usage" in after[-2][1] else None, None)
+        self.assertEqual(self.counting.calls, 1)
+        self.assertEqual(await self.turns(gateway), ["user", "assistant"])
+        ids = [seq_of(i) for i, _ in before + after]
+        self.assertEqual(ids, sorted(ids))
+
+    async def test_a_run_cut_by_a_restart_resumes_as_aborted_with_its_partial_text(self) -> None:
+        data = config(shutdownGraceSeconds=0)
+        gateway = await self.start(data)
+        before = await self.cut(gateway, "k-abort", 5)
+        await self.stop(gateway)          # no grace: the run is aborted and recorded with what it had
+        gateway = await self.start(data)
+        again = await self.post(gateway, request(), Idempotency_Key="k-abort", x_equabot_session_key=SESSION,
+                                Last_Event_ID=before[-1][0])
+        after = await asyncio.wait_for(again.read_all(), 10)
+        self.assertEqual(after[-1][1], "[DONE]")
+        self.assertEqual(after[-2][1]["error"]["code"], "aborted")
+        partial = content_of(before) + content_of(after)
+        self.assertTrue(("Echo (turn 1): " + MESSAGE).startswith(partial), partial)
+        self.assertLess(len(partial), len("Echo (turn 1): " + MESSAGE))
+        lines = await gateway.runtime.store.read_transcript("main", SESSION)
+        self.assertEqual([line["content"] for line in lines if line["type"] == "aborted"], [partial])
+        self.assertEqual(self.counting.calls, 1)
+
+
+class IdempotencyTest(ResilienceCase):
+    async def test_fifty_clients_with_one_key_share_one_run(self) -> None:
+        gateway = await self.start()
+        posts = [self.post(gateway, request(stream=False), Idempotency_Key="k-50") for _ in range(50)]
+        responses = await asyncio.wait_for(asyncio.gather(*posts), 20)
+        self.assertEqual({r.status for r in responses}, {200})
+        bodies = {r.body for r in responses}
+        self.assertEqual(len(bodies), 1, "50 identical results")
+        self.assertEqual(json.loads(bodies.pop())["choices"][0]["message"]["content"], "Echo (turn 1): " + MESSAGE)
+        self.assertEqual(self.counting.calls, 1)
+        self.assertEqual(sum(r.headers.get(resume.REPLAY_HEADER) == "true" for r in responses), 49)
+
+    async def test_fifty_streams_with_one_key_share_one_run(self) -> None:
+        gateway = await self.start()
+        posts = [self.post(gateway, request(), x_equabot_idempotency_key="k-50s") for _ in range(50)]
+        streams = await asyncio.wait_for(asyncio.gather(*posts), 20)
+        results = await asyncio.wait_for(asyncio.gather(*(s.read_all() for s in streams)), 20)
+        self.assertEqual({content_of(r) for r in results}, {"Echo (turn 1): " + MESSAGE})
+        self.assertEqual(len({tuple(i for i, _ in r) for r in results}), 1)      # the same ids, too
+        self.assertEqual(self.counting.calls, 1)
+
+    async def test_another_body_under_a_used_key_is_422(self) -> None:
+        gateway = await self.start()
+        first = await self.post(gateway, request(stream=False), Idempotency_Key="k-body")
+        self.assertEqual(first.status, 200)
+        other = await self.post(gateway, request(stream=False, message="something else"), Idempotency_Key="k-body")
+        self.assertEqual(other.status, 422)
+        error = error_of(other.body)
+        self.assertEqual((error["code"], error["type"]), ("idempotency_key_reused", "invalid_request_error"))
+        # Key order and spacing do not make another body; a session header does.
+        same = {"stream": False, "messages": request()["messages"], "model": "equabot"}
+        self.assertEqual((await self.post(gateway, same, Idempotency_Key="k-body")).status, 200)
+        moved = await self.post(gateway, request(stream=False), Idempotency_Key="k-body", x_equabot_session_key="s2")
+        self.assertEqual(moved.status, 422)
+        self.assertEqual(self.counting.calls, 1)
+        bad = await self.post(gateway, request(stream=False), Idempotency_Key="sp ace")
+        self.assertEqual((bad.status, error_of(bad.body)["code"]), (400, "invalid_idempotency_key"))
+
+    async def test_a_bad_last_event_id_is_400_and_leaves_no_run_behind(self) -> None:
+        gateway = await self.start()
+        keyless = await self.post(gateway, request(), Last_Event_ID="chatcmpl-0:5")
+        self.assertEqual((keyless.status, error_of(keyless.body)["code"]), (400, "invalid_last_event_id"))
+        self.assertEqual(self.counting.calls, 0)                  # refused before anything ran
+        for bad in ("chatcmpl-other:5", "nonsense", "chatcmpl-x:-1"):
+            with self.subTest(bad):
+                keyed = await self.post(gateway, request(), Idempotency_Key="k-bad-id", Last_Event_ID=bad)
+                self.assertEqual((keyed.status, error_of(keyed.body)["code"]), (400, "invalid_last_event_id"))
+        await asyncio.wait_for(self._settled(gateway), 5)
+        self.assertEqual(self.counting.calls, 1)                  # the keyed run, once, and it completed
+        self.assertEqual(gateway.runtime.keys._claims, {})
+
+    async def test_a_finished_completion_is_replayed_after_a_restart(self) -> None:
+        gateway = await self.start()
+        first = await self.post(gateway, request(stream=False), Idempotency_Key="k-durable",
+                                x_equabot_session_key=SESSION)
+        await self.stop(gateway)
+        gateway = await self.start()
+        again = await self.post(gateway, request(stream=False), Idempotency_Key="k-durable",
+                                x_equabot_session_key=SESSION)
+        self.assertEqual(again.headers.get(resume.REPLAY_HEADER), "true")
+        a, b = first.json(), again.json()
+        self.assertEqual((b["id"], b["created"], b["choices"], b["usage"]), (a["id"], a["created"], a["choices"], a["usage"]))
+        self.assertEqual(self.counting.calls, 1)
+        self.assertEqual(await self.turns(gateway), ["user", "assistant"])
+
+    async def test_a_key_past_its_retention_runs_again(self) -> None:
+        gateway = await self.start()
+        await self.post(gateway, request(stream=False), Idempotency_Key="k-old")
+        gateway.runtime.keys.clock = lambda: time.time() + 86_401
+        again = await self.post(gateway, request(stream=False), Idempotency_Key="k-old")
+        self.assertEqual((again.status, again.headers.get(resume.REPLAY_HEADER)), (200, None))
+        self.assertEqual(self.counting.calls, 2)
+
+    async def test_without_a_key_a_client_leaving_aborts_its_run(self) -> None:
+        gateway = await self.start()
+        stream = await self.post(gateway, request(), x_equabot_session_key=SESSION)
+        await stream.read_all(cut_after=3)
+        await asyncio.wait_for(self._settled(gateway), 5)
+        self.assertEqual(await self.turns(gateway), ["user", "aborted"])
+
+    async def test_with_a_key_an_unclaimed_run_completes_or_is_aborted_as_configured(self) -> None:
+        gateway = await self.start()
+        await self.cut(gateway, "k-keep", 3)
+        await asyncio.wait_for(self._settled(gateway), 5)
+        self.assertEqual(await self.turns(gateway), ["user", "assistant"])
+        await self.stop(gateway)
+        gateway = await self.start(config(http={"resumeGraceSeconds": 0.05, "abortUnclaimedRuns": True}))
+        await self.cut(gateway, "k-drop", 3)
+        await asyncio.wait_for(self._settled(gateway), 5)
+        self.assertEqual(await self.turns(gateway), ["user", "assistant", "user", "aborted"])
+
+    async def _settled(self, gateway: Gateway) -> None:
+        while gateway.runtime.active or gateway.runtime.store.pending_commits:
+            await asyncio.sleep(0.01)
+
+
+class KeysTest(unittest.IsolatedAsyncioTestCase):
+    class Store:
+        def __init__(self) -> None:
+            self.lines: list[dict[str, Any]] = []
+
+        async def append_key_line(self, agent_id: str, line: dict[str, Any], at: float) -> None:
+            self.lines.append(line)
+
+    async def test_the_table_is_bounded_and_the_newest_line_of_a_key_wins(self) -> None:
+        store = self.Store()
+        keys = idempotency.Keys(store, max_keys=3)          # type: ignore[arg-type]
+        for n in range(5):
+            await keys.add("main", f"k{n}", "d", f"run_{n}", "s", True, None)
+        self.assertEqual(len(keys), 3)
+        self.assertIsNone(keys.get("main", "k0"))
+        self.assertEqual(keys.get("main", "k4").run_id, "run_4")
+        await keys.add("main", "k4", "d", "run_9", "s", True, {"model": "m"})
+        self.assertEqual((keys.get("main", "k4").run_id, keys.of_run("run_9").meta), ("run_9", {"model": "m"}))
+        self.assertIsNone(keys.of_run("run_4"))
+        self.assertEqual(len(store.lines), 6)
+        self.assertIsNone(keys.get("other", "k4"))           # keys are per agent
+
+    def test_long_keys_are_kept_by_digest(self) -> None:
+        self.assertEqual(idempotency.stored_key("k" * 256), "k" * 256)
+        self.assertRegex(idempotency.stored_key("k" * 257), r"^sha256:[0-9a-f]{64}$")
+
+
+if __name__ == "__main__":
+    unittest.main()

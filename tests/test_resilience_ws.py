@@ -1,0 +1,90 @@
+"""Idempotency and resume on the WebSocket doors: ``agent``/``chat.send`` keys and ``agent.subscribe``.
+
+The ``idempotencyKey`` of the control protocol is the runtime's key: another
+message under a used key is refused (422), a repeat after a restart gets the
+first run's final answer without running again, and ``agent.subscribe
+{runId, afterSeq}`` resumes a run's events from a text position — live, and
+rebuilt from the transcript after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import unittest
+from typing import Any
+
+from equabot_gw.errors import GatewayError
+from equabot_gw.gateway.client import ControlClient
+from tests.support import TOKEN
+from tests.test_resilience import MESSAGE, ResilienceCase
+
+
+class WebSocketTest(ResilienceCase):
+    async def connect(self, gateway: Any) -> ControlClient:
+        client = await ControlClient.open(gateway.url, TOKEN)
+        self.addAsyncCleanup(client.close)
+        return client
+
+    async def final(self, client: ControlClient, req_id: str) -> dict[str, Any]:
+        while True:
+            frame = await asyncio.wait_for(client.next_frame(), 10)
+            if frame.get("type") == "res" and frame.get("id") == req_id and frame["payload"].get("status") != "accepted":
+                return frame
+
+    async def subscribe(self, client: ControlClient, run_id: str, after: int) -> tuple[str, list[int], dict[str, Any]]:
+        """The text an ``agent.subscribe`` sends, its event seqs, and its final payload."""
+        req_id = client.send("agent.subscribe", {"runId": run_id, "afterSeq": after})
+        text, seqs = "", []
+        while True:
+            frame = await asyncio.wait_for(client.next_frame(), 10)
+            if frame.get("type") == "event" and frame["event"] == "agent" and "delta" in frame["payload"]["data"]:
+                self.assertEqual(frame["payload"]["runId"], run_id)
+                text += frame["payload"]["data"]["delta"]
+                seqs.append(frame["payload"]["seq"])
+            elif frame.get("type") == "res" and frame.get("id") == req_id and frame["payload"]["status"] != "subscribed":
+                return text, seqs, frame["payload"]
+
+    async def test_another_message_under_a_used_key_is_refused(self) -> None:
+        client = await self.connect(await self.start())
+        first = await self.final(client, client.send("agent", {"message": "one", "idempotencyKey": "ws-k"}))
+        self.assertTrue(first["ok"])
+        with self.assertRaisesRegex(GatewayError, "INVALID_REQUEST: Keys for idempotent requests"):
+            await client.request("agent", {"message": "two", "idempotencyKey": "ws-k"})
+        self.assertEqual(self.counting.calls, 1)
+
+    async def test_a_repeat_after_a_restart_gets_the_first_final_without_running_again(self) -> None:
+        gateway = await self.start()
+        client = await self.connect(gateway)
+        params = {"message": MESSAGE, "sessionKey": "ws-s", "idempotencyKey": "ws-restart"}
+        first = await self.final(client, client.send("agent", params))
+        await client.close()
+        await self.stop(gateway)
+        client = await self.connect(await self.start())
+        again = await self.final(client, client.send("agent", params))
+        self.assertEqual(again["payload"]["result"]["payloads"][0]["text"], "Echo (turn 1): " + MESSAGE)
+        self.assertEqual((again["payload"]["runId"], again["payload"]["status"]), (first["payload"]["runId"], "ok"))
+        self.assertEqual(self.counting.calls, 1)
+
+    async def test_subscribe_resumes_a_run_from_a_text_position_live_and_after_a_restart(self) -> None:
+        gateway = await self.start()
+        # A keyed HTTP stream, cut: its run goes on; a control client picks it up by its key.
+        events = await self.cut(gateway, "http-then-ws", 3)
+        client = await self.connect(gateway)
+        whole = "Echo (turn 1): " + MESSAGE
+        text, seqs, final = await self.subscribe(client, "http-then-ws", 20)      # while it runs
+        self.assertEqual((text, final["status"]), (whole[20:], "ok"))
+        self.assertEqual(seqs[-1], len(whole))
+        self.assertEqual(seqs, sorted(seqs))
+        await client.close()
+        await self.stop(gateway)
+        client = await self.connect(await self.start())
+        run_id = "run_" + events[0][1]["id"][len("chatcmpl-"):]
+        text, _, final = await self.subscribe(client, run_id, 7)                  # rebuilt from the transcript
+        self.assertEqual((text, final["status"]), (whole[7:], "ok"))
+        self.assertEqual(self.counting.calls, 1)
+        with self.assertRaisesRegex(GatewayError, "unknown run"):
+            await client.request("agent.subscribe", {"runId": "no-such-run"})
+
+
+if __name__ == "__main__":
+    unittest.main()
