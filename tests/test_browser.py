@@ -162,7 +162,10 @@ class ChatFlowTest(BrowserTestCase):
         final = f"Echo (turn 1): {words}"
         self.assertEqual(reply["text"], final)
         self.assertEqual(reply["busy"], "false")
-        self.assertRegex(reply["usage"], r"^\d+ in · \d+ out · \d+ tokens$")
+        # The final event carries no usage: the page reads it from the history, a round trip later.
+        usage = await page.wait_for(f"(() => {{ const u = {LAST_REPLY}.querySelector('.usage');"
+                                    f" return u ? u.textContent : null; }})()")
+        self.assertRegex(usage, r"^\d+ in · \d+ out · \d+ tokens$")
         states = await page.evaluate("window.__states")
         intermediate = [s for s in states if s not in (final, "…")]
         self.assertGreaterEqual(len(intermediate), 3, states)
