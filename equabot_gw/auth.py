@@ -24,7 +24,6 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import os
-import secrets
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -75,6 +74,7 @@ def generate_token() -> str:
     Hex, not base64url: a token that starts with "-" would read as an option
     when pasted after a command-line flag (``--token "$(cat gateway-token)"``).
     """
+    import secrets      # only when a token is made: not needed to serve
     return secrets.token_hex(32)
 
 

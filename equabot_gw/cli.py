@@ -98,7 +98,9 @@ def _program_name() -> str:
     return name if name and not name.endswith(".py") and name != "-c" else "python -m equabot_gw"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The whole command line; given the ``argv`` it will parse, the conformance kit (a
+    client of its own, not needed to serve) is imported only when ``argv`` names it."""
     parser = _Parser(
         prog=_program_name(),
         description="Equabot Gateway: HTTP (OpenAI-compatible) and WebSocket on one port.",
@@ -143,9 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "the state dir, else read the files)")
         p.add_argument("--token", help="gateway token or password (default: config or environment)")
 
-    from . import conformance
-    conformance.add_arguments(sub.add_parser(
-        "conformance", help="check a server against the Gateway's OpenAI HTTP and WebSocket spec"))
+    checker = sub.add_parser(
+        "conformance", help="check a server against the Gateway's OpenAI HTTP and WebSocket spec")
+    if argv is None or "conformance" in argv:
+        from . import conformance
+        conformance.add_arguments(checker)
     return parser
 
 
@@ -166,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # is not a subcommand stays, so argparse names the typo and the choices.
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
         argv.insert(0, "gateway")
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     _setup_logging(getattr(args, "log_level", "info"), getattr(args, "log_format", "text"))
     try:
         code = _dispatch(args)
