@@ -97,7 +97,8 @@ async def index_settled(gateway, timeout: float = 60.0) -> None:
     while time.monotonic() < deadline:
         agents = store._agents.values()
         if not any(a.dirty or a.flush_handle is not None for a in agents) and not store.pending_commits:
-            await asyncio.sleep(0.2)      # a write the committer may still be finishing
+            # A job queued now runs after a rewrite already handed to the writer thread.
+            await store._committer.job("waiting for the index rewrite", lambda committer: None)
             return
         await asyncio.sleep(0.05)
     raise SystemExit(f"the session index was still being rewritten after {timeout:g} s")
