@@ -12,12 +12,20 @@ request, in repeated batches:
 1. warm-up, then ``--repeats`` batches of stateless requests (before);
 2. N requests with a fresh ``x-equabot-session-key`` each (one turn per
    session), in tenths, with the CPU per new session of each tenth;
-3. one second for the last index flush, then the same batches again (after);
+3. the last index rewrite (waited for), then the same batches again (after);
 4. a full ``gc.collect()`` timed before and after, and what the collector tracks.
 
-With ``--callgrind`` each batch of step 1 and 3 is also counted in
-instructions (valgrind, twice per side: small and large batch), which does
-not drift at all; it is slow (minutes).
+With ``--callgrind`` the same before/after is also counted in instructions,
+which do not drift: one gateway runs under ``valgrind --tool=callgrind
+--instr-atstart=no``, so warm-up and the fill run uninstrumented (~5x
+slower than native, not ~50x); around each measured batch (a small and a
+large one per side, so that their difference removes the switching) this
+process turns instrumentation on with ``callgrind_control`` and dumps the
+count when the batch is done. Instructions per stateless request =
+(large − small) / (its request difference), before and after; each batch
+starts after a ``gc.collect()``, so no full collection (whose cost grows
+with what stays alive, see ``gc_figures``) falls into one batch and not the
+other. ~5 min.
 """
 
 from __future__ import annotations
@@ -76,6 +84,26 @@ async def drive(gateway, count: int, make=None) -> None:
     await finished
 
 
+async def index_settled(gateway, timeout: float = 60.0) -> None:
+    """Wait until no session index is dirty, due to be rewritten or being written.
+
+    The store paces index rewrites by their cost, so the last one after a
+    fill can come seconds later (many more under valgrind, where it is
+    slower): measured inside an "after" batch, that one-off rewrite of
+    10,000 entries would pass for a per-request cost.
+    """
+    store = gateway.runtime.store
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        agents = store._agents.values()
+        if not any(a.dirty or a.flush_handle is not None for a in agents) and not store.pending_commits:
+            # A job queued now runs after a rewrite already handed to the writer thread.
+            await store._committer.job("waiting for the index rewrite", lambda committer: None)
+            return
+        await asyncio.sleep(0.05)
+    raise SystemExit(f"the session index was still being rewritten after {timeout:g} s")
+
+
 async def cpu_per_request(gateway, count: int, make=None) -> float:
     """CPU µs per request over one batch (the process: loop and committer thread)."""
     cpu = time.process_time()
@@ -110,7 +138,7 @@ async def flat(sessions: int, batch: int, repeats: int) -> dict:
             for start in range(0, sessions, tenth):
                 n = min(tenth, sessions - start)
                 fill.append(await cpu_per_request(gateway, n, lambda i, s=start: _keyed(s + i)))
-            await asyncio.sleep(1.0)                       # the last index flush
+            await index_settled(gateway)                   # the last index rewrite
             sessions_kept = len(gateway.runtime.store.list_sessions())
             after = [await cpu_per_request(gateway, batch) for _ in range(repeats)]
             gc_after = gc_figures()
@@ -125,34 +153,94 @@ async def flat(sessions: int, batch: int, repeats: int) -> dict:
             "gc_before": gc_before, "gc_after": gc_after}
 
 
-def _count(sessions: int, batch: int) -> int:
-    """Instructions of a whole run: fill ``sessions``, then ``batch`` stateless requests."""
-    command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
-               __file__, "--inner", str(sessions), str(batch)]
-    done = subprocess.run(command, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONHASHSEED": "0"}, cwd=ROOT)
-    for line in done.stderr.splitlines():
-        if "Collected :" in line:
-            return int(line.split(":")[-1].strip())
-    raise SystemExit(f"valgrind gave no count:\n{done.stderr[-2000:]}")
+SMALL, LARGE = 400, 1400      # the two batches per side under callgrind
 
 
-async def _inner(sessions: int, batch: int) -> None:
+async def _inner(sessions: int, signals: str) -> None:
+    """Under callgrind: warm up, then per side a small and a large batch, each announced.
+
+    Before each batch it prints ``ready``, waits for ``<signals>.go``, runs the
+    batch, prints ``done`` and waits for ``<signals>.next`` (sleeping, so the
+    wait costs nearly nothing while instrumentation is on).
+    """
     sys.path.insert(0, str(ROOT))
     from equabot_gw import config
     from equabot_gw.gateway.app import Gateway
+
+    def wait_for(name: str) -> None:
+        while not os.path.exists(name):
+            time.sleep(0.002)
+        os.unlink(name)
+
     with tempfile.TemporaryDirectory() as state:
         gateway = Gateway(config.from_data(instructions._config(None), env={}), Path(state),
                           host="127.0.0.1", port=0, env={})
         await gateway.start()
         try:
-            await drive(gateway, 500)
-            if sessions:
-                await drive(gateway, sessions, _keyed)
-                await asyncio.sleep(1.0)
-            await drive(gateway, batch)
+            await drive(gateway, 3000)
+            for side in ("before", "after"):
+                if side == "after":
+                    await drive(gateway, sessions, _keyed)
+                    await index_settled(gateway)          # the last index rewrite
+                for count in (SMALL, LARGE):
+                    # Each batch starts from an empty young generation and no
+                    # pending full collection, so where a collection happens
+                    # to fall does not decide the difference.
+                    gc.collect()
+                    print("ready", flush=True)
+                    wait_for(signals + ".go")
+                    await drive(gateway, count)
+                    print("done", flush=True)
+                    wait_for(signals + ".next")
         finally:
             await gateway.stop()
+
+
+def counted(sessions: int, keep: str | None = None) -> dict:
+    """Instructions per stateless request before and after ``sessions`` keyed sessions.
+
+    ``keep``: a directory to copy callgrind's four dumps to (before-small,
+    before-large, after-small, after-large), for ``callgrind_annotate``.
+    """
+    with tempfile.TemporaryDirectory() as scratch:
+        signals, out = os.path.join(scratch, "signal"), os.path.join(scratch, "cg.out")
+        command = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                   f"--callgrind-out-file={out}", os.path.realpath(sys.executable),
+                   __file__, "--inner", str(sessions), signals]
+        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                 text=True, env={**os.environ, "PYTHONHASHSEED": "0"}, cwd=ROOT)
+        pid = str(child.pid)
+
+        def control(*args: str) -> None:
+            subprocess.run(["callgrind_control", *args, pid], check=True, capture_output=True)
+
+        for line in child.stdout:                          # type: ignore[union-attr]
+            if line.startswith("ready"):
+                control("-z")
+                control("-i", "on")
+                Path(signals + ".go").touch()
+            elif line.startswith("done"):
+                control("-d")
+                control("-i", "off")
+                Path(signals + ".next").touch()
+        if child.wait():
+            raise SystemExit(f"the gateway under callgrind exited with {child.returncode}")
+        dumps = sorted((p for p in Path(scratch).glob("cg.out.*")), key=lambda p: int(p.suffix[1:]))
+        totals = []
+        for dump in dumps:
+            line = next(l for l in dump.read_text().splitlines() if l.startswith("totals:"))
+            totals.append(int(line.split()[1]))
+            if keep:
+                os.makedirs(keep, exist_ok=True)
+                os.replace(dump, os.path.join(keep, f"callgrind.{len(totals)}"))
+    if len(totals) != 4:
+        raise SystemExit(f"expected 4 callgrind dumps, got {len(totals)}")
+    per = [(totals[1] - totals[0]) / (LARGE - SMALL), (totals[3] - totals[2]) / (LARGE - SMALL)]
+    whole = [totals[1] / LARGE, totals[3] / LARGE]
+    return {"instructions_before": round(per[0]), "instructions_after": round(per[1]),
+            "instructions_ratio": round(per[0] / per[1], 3),
+            "large_batch_per_request": [round(x) for x in whole],
+            "large_batch_ratio": round(whole[0] / whole[1], 3)}
 
 
 def main() -> None:
@@ -161,16 +249,16 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2_000, help="stateless requests per batch")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--callgrind", action="store_true", help="also count instructions (slow)")
-    parser.add_argument("--inner", nargs=2, type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--only-callgrind", action="store_true", help="count instructions only")
+    parser.add_argument("--keep", metavar="DIR", help="keep callgrind's dumps there")
+    parser.add_argument("--inner", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inner:
-        asyncio.run(_inner(*args.inner))
+        asyncio.run(_inner(int(args.inner[0]), args.inner[1]))
         return
-    result = asyncio.run(flat(args.sessions, args.batch, args.repeats))
-    if args.callgrind:
-        small, large = 1000, 3000
-        for side, n in (("before", 0), ("after", args.sessions)):
-            result[f"instructions_{side}"] = round((_count(n, large) - _count(n, small)) / (large - small))
+    result = {} if args.only_callgrind else asyncio.run(flat(args.sessions, args.batch, args.repeats))
+    if args.callgrind or args.only_callgrind:
+        result.update(counted(args.sessions, args.keep))
     print(json.dumps(result, indent=1))
 
 

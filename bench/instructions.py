@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import socket
 import subprocess
@@ -141,12 +142,13 @@ async def _s4(gateway, count: int) -> None:
 
 async def _inner(workload: str, count: int, upstream_port: int | None) -> None:
     sys.path.insert(0, str(ROOT))
-    from equabot_gw import config
+    from equabot_gw import cli, config
     from equabot_gw.gateway.app import Gateway
     with tempfile.TemporaryDirectory() as state:
         gateway = Gateway(config.from_data(_config(upstream_port), env={}), Path(state),
                           host="127.0.0.1", port=0, env={})
         await gateway.start()
+        gc.set_threshold(cli.GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])   # as the command line runs it
         try:
             await (_s1 if workload == "s1" else _s4)(gateway, count)
         finally:

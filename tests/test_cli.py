@@ -1017,5 +1017,34 @@ class SessionsCommandTest(CLITestCase):
         self.assertEqual((done.returncode, done.stdout), (0, "no sessions\n"), done.stderr)
 
 
+# Imported only when a feature needs them, never to serve: a start that pulls
+# one of these in again has lost cold-start time for nothing.
+NOT_FOR_SERVING = ("equabot_gw.conformance", "equabot_gw.net.client", "equabot_gw.gateway.client",
+                   "equabot_gw.agent_cli", "equabot_gw.providers.anthropic",
+                   "equabot_gw.providers.command", "email.utils", "uuid", "platform", "calendar",
+                   "datetime", "secrets", "importlib.resources", "tempfile", "shutil")
+
+
+class ServingImports(unittest.TestCase):
+    def test_a_start_imports_only_what_serving_needs(self) -> None:
+        code = ("import sys\n"
+                "from equabot_gw import cli\n"
+                "args = cli.build_parser(['gateway']).parse_args(['gateway'])\n"
+                "import equabot_gw.gateway.app, equabot_gw.net.server\n"
+                "print(' '.join(sorted(sys.modules)))\n")
+        done = subprocess.run([sys.executable, "-S", "-c", code], cwd=ROOT, capture_output=True,
+                              text=True, timeout=60)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        loaded = set(done.stdout.split())
+        self.assertIn("equabot_gw.gateway.app", loaded)
+        self.assertEqual([m for m in NOT_FOR_SERVING if m in loaded], [])
+
+    def test_the_conformance_flags_are_there_when_asked_for(self) -> None:
+        from equabot_gw import cli
+        args = cli.build_parser(["conformance", "--base-url", "http://127.0.0.1:1"]).parse_args(
+            ["conformance", "--base-url", "http://127.0.0.1:1"])
+        self.assertEqual((args.command, args.base_url), ("conformance", "http://127.0.0.1:1"))
+
+
 if __name__ == "__main__":
     unittest.main()

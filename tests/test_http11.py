@@ -576,5 +576,16 @@ class SerialiserTest(unittest.TestCase):
             http11.encode_response_head(200, [("bad name", "v")])
 
 
+class DateHeader(unittest.TestCase):
+    def test_imf_fixdate_is_rfc_9110s_and_matches_the_standard_library(self) -> None:
+        import email.utils
+        from equabot_gw.net.heads import imf_fixdate
+        # RFC 9110 §5.6.7's own example, then the edges of months, leap days and years.
+        self.assertEqual(imf_fixdate(784111777), "Sun, 06 Nov 1994 08:49:37 GMT")
+        for seconds in (0, 951782399, 951782400, 1709164800, 1735689599, 4102444800, 253402300799):
+            with self.subTest(seconds=seconds):
+                self.assertEqual(imf_fixdate(seconds), email.utils.formatdate(seconds, usegmt=True))
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import json
 import os
 import signal
@@ -166,6 +167,15 @@ class KeyHelpers(unittest.TestCase):
         self.assertEqual([transcripts.unescape_stem(s) for s in stems], keys)
 
 
+    def test_journal_days_end_where_calendar_says(self) -> None:
+        import calendar
+        for year, month, day in ((1970, 1, 1), (2000, 2, 29), (2024, 12, 31), (2026, 2, 31), (9999, 12, 31)):
+            with self.subTest(date=(year, month, day)):
+                self.assertEqual(transcripts._journal_end(f"{year:04d}-{month:02d}-{day:02d}.jsonl"),
+                                 calendar.timegm((year, month, day, 0, 0, 0)) + 86400.0)
+        self.assertEqual(transcripts._journal_end("2026-13-01.jsonl"), float("inf"))
+
+
 class Lines(unittest.TestCase):
     def test_parse_skips_garbage_and_a_torn_last_line(self) -> None:
         data = b'{"a":1}\nnot json\n[1]\n\n{"b":"\xc3\xa9"}\n{"torn'
@@ -313,6 +323,19 @@ class Transcripts(StoreCase):
         self.assertEqual(len(self.store.list_sessions("main")), 50)
         self.assertEqual(self.store.pending_commits, 0)
 
+    async def test_the_index_adds_nothing_for_the_collector_to_walk(self) -> None:
+        # A store of many sessions must not slow every full collection down:
+        # what the index keeps per session is untracked once collected, both
+        # as recorded and as loaded from index.json.
+        await asyncio.gather(*(self.store.record_turn("main", f"g{n}", ok_turn(n)) for n in range(20)))
+        for store in (self.store, await self.reopen()):
+            index = store._agents["main"].index
+            self.assertEqual(len(index), 20)
+            gc.collect()
+            self.assertEqual([k for k, entry in index.items() if gc.is_tracked(entry)], [])
+            self.assertEqual(store.session_info("main", "agent:main:g3"),
+                             SessionInfo("agent:main:g3", "main", T0 + 3, T0 + 3, 1, "run-3"))
+
     async def test_lane_is_fifo_and_leaves_nothing_behind(self) -> None:
         order: list[int] = []
         lane = self.store.lane
@@ -385,7 +408,7 @@ class Transcripts(StoreCase):
         writes: list[int] = []
         real = transcripts.write_index
 
-        def counting(sessions_dir: str, snapshot: dict[str, SessionInfo], committer: Any) -> float:
+        def counting(sessions_dir: str, snapshot: dict[str, Any], committer: Any) -> float:
             writes.append(len(snapshot))
             return real(sessions_dir, snapshot, committer)
 
@@ -406,7 +429,7 @@ class Transcripts(StoreCase):
         writes: list[float] = []
         real = transcripts.write_index
 
-        def slow(sessions_dir: str, snapshot: dict[str, SessionInfo], committer: Any) -> float:
+        def slow(sessions_dir: str, snapshot: dict[str, Any], committer: Any) -> float:
             writes.append(time.monotonic())
             real(sessions_dir, snapshot, committer)
             return 0.05                         # as if it had taken 50 ms: wait ≥ 1 s

@@ -25,7 +25,7 @@ from typing import Any, AsyncContextManager, Callable, Final
 
 from equabot_gw import errors
 from equabot_gw.agents import transcripts
-from equabot_gw.agents.transcripts import AGENT_ID_RE, Committer, SessionInfo
+from equabot_gw.agents.transcripts import AGENT_ID_RE, Committer, IndexEntry, SessionInfo, session_info
 from equabot_gw.agents.types import Message, SessionHistory, TurnRecord, content_text, message_chars
 
 __all__ = [
@@ -260,7 +260,7 @@ class _Agent:
         self.agent_id = agent_id
         self.sessions_dir = os.path.join(agents_dir, agent_id, transcripts.SESSIONS_DIR)
         self.journal_dir = os.path.join(agents_dir, agent_id, transcripts.JOURNAL_DIR)
-        self.index: dict[str, SessionInfo] = {}
+        self.index: dict[str, IndexEntry] = {}   # untracked tuples: see IndexEntry
         self.creating: set[str] = set()      # keys whose first turn (with the header) is queued
         self.forgetting: set[str] = set()    # keys whose reset or delete is queued
         self.dirty = False
@@ -447,9 +447,8 @@ class SessionStore:
         if old is None and not is_new and key in agent.forgetting:
             return                # written to the transcript that is being reset or deleted
         ok = int(turn.status == "ok")
-        agent.index[key] = SessionInfo(key, agent.agent_id, turn.at, turn.at, ok, turn.run_id) \
-            if old is None else SessionInfo(key, agent.agent_id, old.created_at,
-                                            max(old.updated_at, turn.at), old.turns + ok, turn.run_id)
+        agent.index[key] = (turn.at, turn.at, ok, turn.run_id) if old is None \
+            else (old[0], max(old[1], turn.at), old[2] + ok, turn.run_id)
         self._mark_dirty(agent)
         cached = self._cache.get(key)
         if cached is not None or is_new:      # a new session's whole history is these lines
@@ -559,7 +558,8 @@ class SessionStore:
         """Keyed sessions (of one agent, or of all), most recently updated first."""
         agents = self._agents.values() if agent_id is None else \
             [a for a in (self._agents.get(agent_id),) if a is not None]
-        infos = [info for agent in agents for info in agent.index.values()]
+        infos = [session_info(agent.agent_id, key, entry)
+                 for agent in agents for key, entry in agent.index.items()]
         infos.sort(key=lambda i: (i.updated_at, i.key), reverse=True)
         return infos
 
@@ -640,7 +640,7 @@ class SessionStore:
     def _flush_index(self, agent: _Agent, wait: bool = False) -> asyncio.Future[Any] | None:
         agent.flush_handle, agent.dirty = None, False
         agent.next_flush = self._loop.time() + INDEX_FLUSH_INTERVAL  # type: ignore[union-attr]
-        # Entries are frozen, so a shallow copy is a consistent snapshot for the thread.
+        # Entries are tuples, so a shallow copy is a consistent snapshot for the thread.
         job = functools.partial(transcripts.write_index, agent.sessions_dir, dict(agent.index))
         send = self._committer.job if wait else self._committer.post  # type: ignore[union-attr]
         return send("writing the session index", job, on_ok=lambda took: self._index_written(agent, took),
@@ -681,7 +681,8 @@ class SessionStore:
     def session_info(self, agent_id: str, key: str) -> SessionInfo | None:
         """The index entry of one keyed session (``key`` already scoped), or None."""
         agent = self._agents.get(agent_id)
-        return agent.index.get(key) if agent is not None else None
+        entry = agent.index.get(key) if agent is not None else None
+        return session_info(agent_id, key, entry) if entry is not None else None
 
     def index_path(self, agent_id: str) -> str:
         """Where agent ``agent_id``'s session index lives (shown to operators, never opened here)."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import calendar
 import errno
 import hashlib
 import logging
@@ -39,7 +38,7 @@ __all__ = [
     "transcript_stem", "unescape_stem", "transcript_name", "journal_name",
     "dumps", "encode", "encode_turn", "is_large", "parse_lines", "read_file_lines", "number", "header_line", "turn_lines", "fold",
     "message_line", "message_of", "content_line", "content_of",
-    "SessionInfo", "Stored", "load", "read_bytes", "read_lines", "read_reply", "read_outcome", "parse_lines_async", "write_index", "archive", "delete", "prune_journals",
+    "SessionInfo", "IndexEntry", "session_info", "Stored", "load", "read_bytes", "read_lines", "read_reply", "read_outcome", "parse_lines_async", "write_index", "archive", "delete", "prune_journals",
     "storage_error", "Committer", "KEYS_DIR", "read_key_journals",
 ]
 
@@ -123,11 +122,29 @@ class SessionInfo:
     turns: int
     last_run_id: str | None
 
+    @property
+    def entry(self) -> IndexEntry:
+        """This session as the in-memory index holds it."""
+        return (self.created_at, self.updated_at, self.turns, self.last_run_id)
+
+
+# What the in-memory index holds per session: (created_at, updated_at, turns,
+# last_run_id). A plain tuple of atomic values, which the garbage collector
+# stops tracking after its first pass, so 10,000 sessions add nothing to what
+# every full collection walks (a dataclass each would add 10,000 objects).
+# ``SessionInfo`` is built from it only when someone asks (listing, lookups).
+IndexEntry = tuple[float, float, int, "str | None"]
+
+
+def session_info(agent_id: str, key: str, entry: IndexEntry) -> SessionInfo:
+    """The ``SessionInfo`` of one index entry."""
+    return SessionInfo(key, agent_id, *entry)
+
 
 Owns = Callable[[str, str], bool]     # owns(agent_id, key): a valid key of that agent?
 
 
-def _info_from_index(agent_id: str, key: object, fields: object, owns: Owns) -> SessionInfo | None:
+def _entry_from_index(agent_id: str, key: object, fields: object, owns: Owns) -> IndexEntry | None:
     if not isinstance(key, str) or not owns(agent_id, key) or not isinstance(fields, dict):
         return None
     created, updated = number(fields.get("createdAt")), number(fields.get("updatedAt"))
@@ -135,7 +152,7 @@ def _info_from_index(agent_id: str, key: object, fields: object, owns: Owns) -> 
     if created is None or updated is None or type(turns) is not int or turns < 0 \
             or not (last_run is None or isinstance(last_run, str)):
         return None
-    return SessionInfo(key, agent_id, created, updated, turns, last_run)
+    return (created, updated, turns, last_run)
 
 
 def _scan(agent_id: str, path: str, owns: Owns) -> SessionInfo | None:
@@ -177,7 +194,7 @@ def _scan(agent_id: str, path: str, owns: Owns) -> SessionInfo | None:
 _INDEX_TRUST_MARGIN_NS: Final = 2_000_000_000
 
 
-def _load_agent(agent_id: str, sessions_dir: str, owns: Owns) -> tuple[dict[str, SessionInfo], bool]:
+def _load_agent(agent_id: str, sessions_dir: str, owns: Owns) -> tuple[dict[str, IndexEntry], bool]:
     """The agent's index checked against its transcripts, and whether it had to change.
 
     A damaged index (not JSON, too deep, wrong types) is rebuilt from the
@@ -200,23 +217,24 @@ def _load_agent(agent_id: str, sessions_dir: str, owns: Owns) -> tuple[dict[str,
                     agent_id, INDEX_NAME, exc.strerror or type(exc).__name__)
     files = {e.name: e for e in os.scandir(sessions_dir)
              if e.name.endswith(_SUFFIX) and not _ARCHIVE_RE.match(e.name) and e.is_file()}
-    index: dict[str, SessionInfo] = {}
+    index: dict[str, IndexEntry] = {}
     changed = not isinstance(stored, dict)
     if stored is not None and not isinstance(stored, dict):
         log.warning("agent %s: %s is not a JSON object; rebuilding it from the transcripts",
                     agent_id, INDEX_NAME)
     malformed = 0
     for key, fields in (stored.items() if isinstance(stored, dict) else ()):
-        info = _info_from_index(agent_id, key, fields, owns)
-        entry = files.pop(transcript_stem(key) + _SUFFIX, None) if info else None
-        if info is None or entry is None:
+        known = _entry_from_index(agent_id, key, fields, owns)
+        entry = files.pop(transcript_stem(key) + _SUFFIX, None) if known else None
+        if known is None or entry is None:
             changed = True            # malformed (its transcript is scanned below), or gone
-            malformed += info is None
+            malformed += known is None
             continue
         if _mtime_ns(entry) > index_mtime - _INDEX_TRUST_MARGIN_NS:
-            fresh = _scan(agent_id, entry.path, owns) or info
-            changed, info = changed or fresh != info, fresh
-        index[key] = info
+            scanned = _scan(agent_id, entry.path, owns)
+            fresh = scanned.entry if scanned is not None else known
+            changed, known = changed or fresh != known, fresh
+        index[key] = known
     if malformed:
         log.warning("agent %s: %s has %d unusable %s; rebuilt from the transcripts", agent_id,
                     INDEX_NAME, malformed, "entry" if malformed == 1 else "entries")
@@ -225,7 +243,7 @@ def _load_agent(agent_id: str, sessions_dir: str, owns: Owns) -> tuple[dict[str,
         if info is None or transcript_stem(info.key) + _SUFFIX != name:
             log.warning("agent %s: skipped transcript %r: no usable header", agent_id, name)
             continue
-        index[info.key], changed = info, True
+        index[info.key], changed = info.entry, True
     return index, changed
 
 
@@ -359,15 +377,15 @@ def read_reply(where: Stored, run_id: str, committer: Committer) -> str | None:
     return outcome.text() if outcome is not None else None
 
 
-def write_index(sessions_dir: str, snapshot: dict[str, SessionInfo], _: Committer) -> float:
+def write_index(sessions_dir: str, snapshot: dict[str, IndexEntry], _: Committer) -> float:
     """Job: write ``snapshot`` as ``<sessions_dir>/index.json``, atomically; the seconds it took.
 
     A temp file in the same directory, fsync, rename over, fsync the directory.
     """
     started = time.perf_counter()
-    data = dumps({key: {"file": transcript_stem(key) + _SUFFIX, "createdAt": i.created_at,
-                         "updatedAt": i.updated_at, "turns": i.turns, "lastRunId": i.last_run_id}
-                   for key, i in snapshot.items()}).encode("utf-8")
+    data = dumps({key: {"file": transcript_stem(key) + _SUFFIX, "createdAt": created,
+                         "updatedAt": updated, "turns": turns, "lastRunId": last_run}
+                   for key, (created, updated, turns, last_run) in snapshot.items()}).encode("utf-8")
     _make_dirs(sessions_dir)
     tmp = os.path.join(sessions_dir, INDEX_NAME + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _CLOEXEC, 0o600)
@@ -446,10 +464,21 @@ def _journal_end(name: str) -> float:
     year, month, day = map(int, m.groups()) if m else (0, 0, 0)
     if not (1 <= month <= 12 and 1 <= day <= 31):
         return float("inf")
-    return calendar.timegm((year, month, day, 0, 0, 0)) + 86400.0
+    return (_days_from_civil(year, month, day) + 1) * 86400.0
 
 
-def load(agents_dir: str, owns: Owns, _: Committer) -> dict[str, tuple[dict[str, SessionInfo], bool]]:
+def _days_from_civil(year: int, month: int, day: int) -> int:
+    """Days from 1970-01-01 to a proleptic Gregorian date (as ``calendar.timegm``
+    counts them, a day past the month's end included), without importing
+    ``calendar`` and ``datetime`` at start-up (H. Hinnant's days_from_civil)."""
+    year -= month <= 2
+    era, year_of_era = divmod(year, 400)
+    day_of_year = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    day_of_era = year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year
+    return era * 146097 + day_of_era - 719468
+
+
+def load(agents_dir: str, owns: Owns, _: Committer) -> dict[str, tuple[dict[str, IndexEntry], bool]]:
     """Job: each agent's index, checked against its transcripts.
 
     Returns ``{agent_id: (index, changed)}`` for every directory under

@@ -20,7 +20,6 @@ import itertools
 import logging
 import socket
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
@@ -66,6 +65,12 @@ EVENTS: Final = ("connect.challenge", "agent", "chat", "tick", "health", "shutdo
 DEFAULT_ROLE: Final = "operator"
 
 Method = Callable[["ControlConnection", dict[str, Any], Any], Awaitable[Any]]
+
+
+
+def _uuid4() -> str:
+    import uuid      # imported by the first WebSocket client: serving HTTP never needs it
+    return str(uuid.uuid4())
 
 
 class ProtocolFailure(Exception):
@@ -214,7 +219,7 @@ class ControlConnection:
         self.ws = ws
         self.client = client
         self.origin = origin
-        self.id = str(uuid.uuid4())
+        self.id = _uuid4()
         self.number = next(protocol._ids)
         self.authenticated = preauthorized and self.gateway.auth.required
         self.connected = False
@@ -270,7 +275,7 @@ class ControlConnection:
         """
         try:
             self._send_text(dumps({"type": "event", "event": "connect.challenge",
-                                   "payload": {"nonce": str(uuid.uuid4()), "ts": ms(time.time())}}))
+                                   "payload": {"nonce": _uuid4(), "ts": ms(time.time())}}))
             try:
                 async with asyncio.timeout(self.protocol.connect_timeout):
                     await self._handshake()

@@ -14,7 +14,6 @@ surrogate that came from a transcript).
 from __future__ import annotations
 
 import json
-import uuid
 from typing import Any, Final
 
 from .. import safejson
@@ -36,7 +35,7 @@ _encode_ascii: Final = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")
 
 # Session ids are UUIDs derived from the session key and its creation time:
 # stable across restarts (both are in the transcript header), new after a reset.
-_SESSION_NS: Final = uuid.UUID("6f1c2d0e-8f8b-4f7e-9a57-2a4c1f0f3e11")
+_SESSION_NS: Final = "6f1c2d0e-8f8b-4f7e-9a57-2a4c1f0f3e11"
 
 
 def dumps(value: Any) -> str:
@@ -68,7 +67,8 @@ def error_shape(exc: BaseException) -> dict[str, Any]:
 def session_id(key: str, created_at: float | None) -> str:
     """The ``sessionId`` of a session: a UUID of its key and creation time (None: not created yet)."""
     stamp = "new" if created_at is None else repr(float(created_at))
-    return str(uuid.uuid5(_SESSION_NS, f"{key}\n{stamp}"))
+    import uuid      # here, not at import: serving HTTP never needs it
+    return str(uuid.uuid5(uuid.UUID(_SESSION_NS), f"{key}\n{stamp}"))
 
 
 def ms(seconds: float) -> int:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import socket
 import time
 from typing import TYPE_CHECKING, Any, Final
@@ -119,6 +118,7 @@ async def m_status(conn: ControlConnection, params: Params, req_id: Any) -> dict
 
 def presence(conn_protocol: Any) -> list[dict[str, Any]]:
     """This gateway, then every connected control client, as the original lists them."""
+    import platform      # here, not at import: serving HTTP never needs it
     gateway = conn_protocol.gateway
     host = socket.gethostname()
     now = ms(time.time())

@@ -13,9 +13,9 @@ nothing of the control protocol beyond the handler it delegates to.
 from __future__ import annotations
 
 import hashlib
+import pkgutil
 import re
 from dataclasses import dataclass
-from importlib import resources
 from typing import Final
 
 from ..errors import ApiError
@@ -54,7 +54,11 @@ class StaticFile:
 
     @classmethod
     def load(cls, name: str, content_type: str) -> StaticFile:
-        body = (resources.files("equabot_gw") / "static" / name).read_bytes()
+        # pkgutil, not importlib.resources (which imports tempfile, shutil and
+        # compression modules at start-up); both read through the package's loader.
+        body = pkgutil.get_data("equabot_gw", f"static/{name}")
+        if body is None:
+            raise FileNotFoundError(f"equabot_gw/static/{name}")
         return cls(body, content_type, '"' + hashlib.sha256(body).hexdigest()[:32] + '"')
 
 

@@ -10,6 +10,7 @@ no I/O, no clock, no config. Errors are the ``HTTPProtocolError`` family.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
@@ -457,3 +458,19 @@ MAX_PROTOCOL_NAME_BYTES: Final = 32
 PROTOCOL_NAME: Final = re.compile(rb"[A-Z][A-Z0-9.+-]*")
 # A prefix of "HTTP/1.d": what the third word of an unfinished request line may be.
 VERSION_PREFIX: Final = re.compile(rb"(?:H(?:T(?:T(?:P(?:/(?:1(?:\.[0-9]?)?)?)?)?)?)?)?")
+
+
+_DAY_NAMES: Final = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTH_NAMES: Final = ("Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                       "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def imf_fixdate(seconds: float) -> str:
+    """Epoch ``seconds`` as an IMF-fixdate, e.g. ``Sun, 06 Nov 1994 08:49:37 GMT``.
+
+    RFC 9110 §5.6.7: "IMF-fixdate = day-name "," SP date1 SP time-of-day SP GMT";
+    written out rather than through ``email.utils``, which a server need not import.
+    """
+    t = time.gmtime(seconds)
+    return (f"{_DAY_NAMES[t.tm_wday]}, {t.tm_mday:02d} {_MONTH_NAMES[t.tm_mon - 1]} {t.tm_year:04d} "
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT")

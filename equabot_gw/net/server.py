@@ -23,7 +23,6 @@ its last response, when the connection closes.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import itertools
 import logging
 import os
@@ -34,7 +33,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from ..errors import ApiError, HTTPProtocolError
-from . import http11
+from . import heads, http11
 from .accesslog import AccessLog
 from .routes import (
     HTTPRequest, Response, Router, StreamingResponse, Upgrade, error_response,
@@ -169,7 +168,7 @@ class HTTPServer:
         now = int(time.time())
         if now != self._date_second:
             self._date_second = now
-            self._date = email.utils.formatdate(now, usegmt=True)
+            self._date = heads.imf_fixdate(now)
         return self._date
 
 

@@ -27,7 +27,7 @@ import importlib
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 from .. import compact_json, safejson
 from ..config import DEFAULT_MAX_REPLY_BYTES, ProviderConfig
@@ -35,7 +35,6 @@ from ..errors import (
     ApiError, ClientConnectError, ClientTimeout, ConfigError, ConnectionClosed, HTTPProtocolError,
     UpstreamError, UpstreamRejected, UpstreamTimeout,
 )
-from ..net import client as http_client
 from ..net import grammar
 from ..agents.types import INPUT_KINDS, Message, ProviderCall, ProviderEvent, content_chars
 
@@ -43,6 +42,9 @@ __all__ = [
     "Provider", "HTTPProvider", "create_provider", "ServerSentEvent", "EventStreamDecoder",
     "word_count", "count_words",
 ]
+
+if TYPE_CHECKING:
+    from ..net import client as http_client
 
 # Error bodies are read up to this many bytes; the message is what matters.
 MAX_ERROR_BODY_BYTES: Final = 64 * 1024
@@ -310,6 +312,8 @@ class HTTPProvider(Provider):
         if config is None:
             raise ConfigError(f"models.providers.{name}", f"api {self.api!r} needs a configuration")
         super().__init__(name, config)
+        # Imported by the first HTTP provider made (on first use), not to serve.
+        from ..net import client as http_client
         base_url = config.base_url.rstrip("/") if config.base_url else self.default_base_url
         self.url = f"{base_url}/{self.path}"
         try:
