@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import tempfile
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -193,6 +192,7 @@ def run_agent(message: str, *, config: Mapping[str, Any] | str | os.PathLike[str
     async def on_own_runtime(run: AgentRun) -> AgentResult:
         with contextlib.ExitStack() as cleanup:
             if state_dir is None:
+                import tempfile     # here: a gateway's start does not need it (nor shutil)
                 state = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="equabot-run-")))
             else:
                 state = Path(state_dir)

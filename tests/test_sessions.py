@@ -25,7 +25,7 @@ from typing import Any
 from unittest import mock
 
 from equabot_gw import compact_json
-from equabot_gw.agents import sessions, transcripts
+from equabot_gw.agents import committer as committer_mod, sessions, transcripts
 from equabot_gw.agents.sessions import (
     SessionInfo, SessionStore, agent_of, scoped_key, stateless_key, user_key, validate_key,
 )
@@ -171,9 +171,9 @@ class KeyHelpers(unittest.TestCase):
         import calendar
         for year, month, day in ((1970, 1, 1), (2000, 2, 29), (2024, 12, 31), (2026, 2, 31), (9999, 12, 31)):
             with self.subTest(date=(year, month, day)):
-                self.assertEqual(transcripts._journal_end(f"{year:04d}-{month:02d}-{day:02d}.jsonl"),
+                self.assertEqual(transcripts.journal_day_end(f"{year:04d}-{month:02d}-{day:02d}.jsonl"),
                                  calendar.timegm((year, month, day, 0, 0, 0)) + 86400.0)
-        self.assertEqual(transcripts._journal_end("2026-13-01.jsonl"), float("inf"))
+        self.assertEqual(transcripts.journal_day_end("2026-13-01.jsonl"), float("inf"))
 
 
 class Lines(unittest.TestCase):
@@ -660,7 +660,7 @@ class DiskFaults(StoreCase):
         self.assertEqual(len(self.store.list_sessions()), 2)
 
     async def test_write_and_fsync_failures_leave_earlier_turns_intact(self) -> None:
-        real_write = transcripts._write
+        real_write = committer_mod._write
 
         def failing_write(fd: int, data: Any) -> int:
             if b"FAIL-ME" in bytes(data):         # half the bytes land, then the disk is full
@@ -671,7 +671,7 @@ class DiskFaults(StoreCase):
         await self.store.record_turn("main", "a", ok_turn(1))
         path = self.transcript("agent:main:a")
         before = path.read_bytes()
-        with mock.patch.object(transcripts, "_write", failing_write), \
+        with mock.patch.object(committer_mod, "_write", failing_write), \
                 self.assertLogs("equabot_gw.sessions", "WARNING"):
             results = await asyncio.gather(
                 self.store.record_turn("main", "a", ok_turn(2, user="FAIL-ME")),
@@ -683,7 +683,7 @@ class DiskFaults(StoreCase):
                                                         results[1].length))   # other files keep working
         self.assertEqual(path.read_bytes(), before)
         eio = OSError(errno.EIO, "Input/output error")
-        with mock.patch.object(transcripts, "_fdatasync", side_effect=eio), \
+        with mock.patch.object(committer_mod, "_fdatasync", side_effect=eio), \
                 self.assertLogs("equabot_gw.sessions", "WARNING"):
             with self.assertRaises(StorageError) as caught:
                 await self.store.record_turn("main", "a", ok_turn(4))

@@ -25,7 +25,6 @@ equabot_gw.gateway.
 from __future__ import annotations
 
 import asyncio
-import calendar
 import functools
 import logging
 import mmap
@@ -37,7 +36,7 @@ from typing import Any, Final, NamedTuple
 from .. import safejson
 from ..compact_json import LARGE_CHARS, dumps, dumps_async
 from ..errors import StorageError
-from .transcripts import Committer, journal_name
+from .transcripts import Committer, journal_day_end, journal_name
 
 __all__ = ["StoredResponse", "ResponseStore", "RESPONSES_DIR"]
 
@@ -239,14 +238,6 @@ def _weight(response: dict[str, Any], items: list[Any]) -> int:
 
 # -- the writer thread's jobs (run by the Committer, in order with the appends) ----------------
 
-def _day_end(name: str) -> float:
-    """When the UTC day of log ``name`` (``YYYY-MM-DD.jsonl``) ends; +inf for a date that is none."""
-    year, month, day = int(name[:4]), int(name[5:7]), int(name[8:10])
-    if not (1 <= month <= 12 and 1 <= day <= 31):
-        return float("inf")
-    return calendar.timegm((year, month, day, 0, 0, 0)) + 86400.0
-
-
 def _prune(directory: str, cutoff: float, committer: Committer) -> list[str]:
     """Job: delete the logs whose whole UTC day ended by ``cutoff`` (epoch s); their paths."""
     try:
@@ -255,7 +246,7 @@ def _prune(directory: str, cutoff: float, committer: Committer) -> list[str]:
         return []
     gone = []
     for name in names:
-        if _day_end(name) <= cutoff:
+        if journal_day_end(name) <= cutoff:
             path = os.path.join(directory, name)
             committer.drop_fd(path)
             os.unlink(path)

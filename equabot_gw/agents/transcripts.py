@@ -1,10 +1,10 @@
 """Transcripts, journals and the session index on disk, and the thread that writes them.
 
 Owns every byte under ``<state>/agents/<agent_id>/`` (layout below): file names,
-the index file and the group-commit writer (the JSONL line format is
-``lines``, whose names are re-exported here). A turn is
-acknowledged only after its lines are fsynced; one committer thread
-group-commits every waiting append. Keys are opaque here
+the index file and the jobs the group-commit writer runs on them (the
+writer is ``committer``, the JSONL line format ``lines``; both re-exported
+here). A turn is acknowledged only after its lines are fsynced; one
+committer thread group-commits every waiting append. Keys are opaque here
 but for the ``owns`` predicate ``load`` is given: the key grammar, lanes and
 caches belong to ``sessions``, which this module never imports. Imports
 nothing from equabot_gw.net or equabot_gw.gateway.
@@ -12,21 +12,18 @@ nothing from equabot_gw.net or equabot_gw.gateway.
 
 from __future__ import annotations
 
-import asyncio
-import bisect
-import errno
 import hashlib
 import logging
 import os
-import queue
 import re
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Final, NamedTuple
 
-from equabot_gw import errors, safejson
+from equabot_gw import safejson
+from equabot_gw.agents.committer import (
+    CLOEXEC, MAX_OPEN_FILES, Committer, CommitStats, fsync_dir, make_dirs, storage_error, write_all,
+)
 from equabot_gw.agents.lines import (
     content_line, content_of, dumps, encode, encode_turn, fold, header_line, is_large, message_line,
     message_of, number, parse_lines, parse_lines_async, read_file_lines, reply_of, turn_lines,
@@ -39,7 +36,7 @@ __all__ = [
     "dumps", "encode", "encode_turn", "is_large", "parse_lines", "read_file_lines", "number", "header_line", "turn_lines", "fold",
     "message_line", "message_of", "content_line", "content_of",
     "SessionInfo", "IndexEntry", "session_info", "Stored", "load", "read_bytes", "read_lines", "read_reply", "read_outcome", "parse_lines_async", "write_index", "archive", "delete", "prune_journals",
-    "storage_error", "Committer", "KEYS_DIR", "read_key_journals",
+    "storage_error", "Committer", "KEYS_DIR", "read_key_journals", "journal_day_end",
 ]
 
 log = logging.getLogger("equabot_gw.sessions")    # one logger for the whole session store
@@ -259,69 +256,6 @@ def _mtime_ns(entry: os.DirEntry[str]) -> int:
 # runs in the thread, gets the Committer last, and an OSError it raises reaches the
 # waiter as ``StorageError``.
 
-_write = os.write      # module-level so that a test can inject a disk fault here alone
-# fdatasync flushes the data and the metadata needed to read it back (the file
-# size), skipping only timestamps: all an append needs. macOS has no fdatasync.
-_fdatasync = getattr(os, "fdatasync", os.fsync)
-_CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)
-_APPEND_FLAGS: Final = os.O_RDWR | os.O_APPEND | os.O_CREAT | _CLOEXEC
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[_write(fd, view):]
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _make_dirs(path: str) -> None:
-    """mkdir -p with mode 0o700, each new entry made durable in its parent."""
-    parent = os.path.dirname(path)
-    if not os.path.isdir(parent):
-        _make_dirs(parent)
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        return
-    _fsync_dir(parent)
-
-
-def _repair(fd: int, path: str) -> int:
-    """Cut a torn last line (a crash mid-write) so that appends start clean; the new size."""
-    size = os.fstat(fd).st_size
-    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
-        return size
-    keep, end = 0, size
-    while end > 0:
-        start = max(0, end - 65536)
-        cut = os.pread(fd, end - start, start).rfind(b"\n")
-        if cut >= 0:
-            keep = start + cut + 1
-            break
-        end = start
-    os.ftruncate(fd, keep)
-    log.warning("repaired %s: dropped a torn last line of %d bytes", os.path.basename(path), size - keep)
-    return keep
-
-
-def storage_error(phase: str, exc: OSError) -> errors.StorageError:
-    """A ``StorageError`` "<phase> failed: <ERRNO> (<strerror>)" caused by ``exc``.
-
-    Names the step and the errno, never a path or file contents: it may reach a client.
-    """
-    name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
-    err = errors.StorageError(f"{phase} failed: {name} ({exc.strerror or 'no detail'})")
-    err.__cause__ = exc
-    return err
-
-
 def read_bytes(path: str, _: Committer) -> bytes:
     """Job: the whole file at ``path``; b"" if there is none."""
     try:
@@ -355,7 +289,7 @@ def read_outcome(where: Stored, run_id: str, _: Committer) -> Message | None:
     and reasoning) among the lines stored at ``where``; None if the file no longer holds
     them (reset, deleted, pruned)."""
     try:
-        fd = os.open(where.path, os.O_RDONLY | _CLOEXEC)
+        fd = os.open(where.path, os.O_RDONLY | CLOEXEC)
         try:
             data = os.pread(fd, where.length, where.offset)
         finally:
@@ -386,16 +320,16 @@ def write_index(sessions_dir: str, snapshot: dict[str, IndexEntry], _: Committer
     data = dumps({key: {"file": transcript_stem(key) + _SUFFIX, "createdAt": created,
                          "updatedAt": updated, "turns": turns, "lastRunId": last_run}
                    for key, (created, updated, turns, last_run) in snapshot.items()}).encode("utf-8")
-    _make_dirs(sessions_dir)
+    make_dirs(sessions_dir)
     tmp = os.path.join(sessions_dir, INDEX_NAME + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _CLOEXEC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | CLOEXEC, 0o600)
     try:
-        _write_all(fd, data)
+        write_all(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, os.path.join(sessions_dir, INDEX_NAME))
-    _fsync_dir(sessions_dir)
+    fsync_dir(sessions_dir)
     return time.perf_counter() - started
 
 
@@ -425,7 +359,7 @@ def _sync_forgotten(path: str) -> None:
     # Done is done: if the directory fsync fails, a crash may bring the
     # session back, which is better than reporting a reset that happened as failed.
     try:
-        _fsync_dir(os.path.dirname(path))
+        fsync_dir(os.path.dirname(path))
     except OSError as exc:
         log.warning("session store: fsync of the directory of %s failed: %s", os.path.basename(path), exc)
 
@@ -433,33 +367,34 @@ def _sync_forgotten(path: str) -> None:
 def prune_journals(agents_dir: str, cutoff: float, committer: Committer) -> None:
     """Job: delete every agent's journals whose whole UTC day ended by ``cutoff`` (epoch s)."""
     for agent in os.scandir(agents_dir):
-        journal_dir = os.path.join(agent.path, JOURNAL_DIR)
-        for entry in os.scandir(journal_dir) if os.path.isdir(journal_dir) else ():
-            if _journal_end(entry.name) <= cutoff:
-                committer.drop_fd(entry.path)
-                os.unlink(entry.path)
+        _live_days(os.path.join(agent.path, JOURNAL_DIR), cutoff, committer)
 
 
-def read_key_journals(directory: str, since: float, _: Committer) -> list[dict[str, Any]]:
+def read_key_journals(directory: str, since: float, committer: Committer) -> list[dict[str, Any]]:
     """Job: the lines of the key journals in ``directory`` whose UTC day ended after
     ``since`` (epoch s), oldest day first; older ones are deleted. [] if there is none."""
-    names = sorted(os.listdir(directory)) if os.path.isdir(directory) else []
-    lines: list[dict[str, Any]] = []
-    for name in names:
-        end = _journal_end(name)
-        if end == float("inf"):
-            continue
-        path = os.path.join(directory, name)
-        if end <= since:
-            _.drop_fd(path)
-            os.unlink(path)
-            continue
-        lines.extend(read_lines(path, _))
-    return lines
+    return [line for path in _live_days(directory, since, committer) for line in read_lines(path, committer)]
 
 
-def _journal_end(name: str) -> float:
-    """When the UTC day of journal ``name`` ends; +inf for any other file."""
+def _live_days(directory: str, cutoff: float, committer: Committer) -> list[str]:
+    """The day files (``YYYY-MM-DD.jsonl``) in ``directory`` whose UTC day ended after
+    ``cutoff``, oldest first; those that ended by it are deleted, other files left alone."""
+    live = []
+    for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else ():
+        end = journal_day_end(name)
+        if end != float("inf"):
+            path = os.path.join(directory, name)
+            if end <= cutoff:
+                committer.drop_fd(path)
+                os.unlink(path)
+            else:
+                live.append(path)
+    return live
+
+
+def journal_day_end(name: str) -> float:
+    """When the UTC day of a day file ``name`` (``YYYY-MM-DD.jsonl``) ends, in epoch
+    seconds; +inf for any other name."""
     m = _JOURNAL_RE.fullmatch(name)
     year, month, day = map(int, m.groups()) if m else (0, 0, 0)
     if not (1 <= month <= 12 and 1 <= day <= 31):
@@ -489,278 +424,3 @@ def load(agents_dir: str, owns: Owns, _: Committer) -> dict[str, tuple[dict[str,
     dirs = ((agent.name, os.path.join(agent.path, SESSIONS_DIR)) for agent in os.scandir(agents_dir))
     return {agent_id: _load_agent(agent_id, sessions_dir, owns) for agent_id, sessions_dir in dirs
             if AGENT_ID_RE.fullmatch(agent_id) and os.path.isdir(sessions_dir)}
-
-
-# -- the committer -----------------------------------------------------------
-
-MAX_OPEN_FILES: Final = 256     # append fds kept open: a hot journal is never reopened per turn
-
-
-@dataclass(slots=True)
-class _Op:
-    """One unit of committer work: an append (``path`` + ``data``) or a job (``fn``)."""
-
-    what: str
-    future: asyncio.Future[Any] | None
-    path: str = ""
-    data: bytes = b""
-    fn: Callable[[Committer], Any] | None = None
-    on_ok: Callable[[Any], None] | None = None       # run on the loop, in commit order
-    on_error: Callable[[BaseException], None] | None = None
-
-
-_STOP: Final = _Op("stop", None)
-
-
-class CommitStats:
-    """Group commits so far: counts per bound of batch size (appends) and of seconds
-    (writes and fdatasyncs), the last one above every bound, and the sums. The
-    committer thread writes; anyone may read (a commit's count may show before its sum)."""
-
-    SIZE_BOUNDS: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-    SECONDS_BOUNDS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-    __slots__ = ("sizes", "size_sum", "seconds", "seconds_sum")
-
-    def __init__(self) -> None:
-        self.sizes, self.size_sum = [0] * (len(self.SIZE_BOUNDS) + 1), 0
-        self.seconds, self.seconds_sum = [0] * (len(self.SECONDS_BOUNDS) + 1), 0.0
-
-    def add(self, size: int, seconds: float) -> None:
-        self.sizes[bisect.bisect_left(self.SIZE_BOUNDS, size)] += 1
-        self.size_sum += size
-        self.seconds[bisect.bisect_left(self.SECONDS_BOUNDS, seconds)] += 1
-        self.seconds_sum += seconds
-
-
-class Committer:
-    """The one thread that touches session files: group-commits appends, runs jobs in order.
-
-    It takes everything queued, writes each file's appends with one write and
-    one fdatasync, runs jobs (reads, renames, index writes) in queue order
-    between them, then resolves the whole batch with one call_soon_threadsafe.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        """A committer resolving its futures and callbacks on ``loop``; ``start()`` runs it."""
-        self._loop = loop
-        self._queue: queue.SimpleQueue[_Op] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="equabot-sessions-committer", daemon=True)
-        self.pending = 0      # appends not yet resolved (loop side)
-        self.batches = 0      # group commits done (committer side; read-only elsewhere)
-        self.stats = CommitStats()    # their sizes and times (committer side; read-only elsewhere)
-        self._stopped: asyncio.Future[None] | None = None
-        self._fds: OrderedDict[str, list[int]] = OrderedDict()   # path -> [fd, size]; LRU
-
-    # -- event loop side --
-
-    def append(self, what: str, path: str, data: bytes, **callbacks: Any) -> asyncio.Future[Any]:
-        """Queue ``data`` to be appended to ``path`` and fdatasynced (loop side).
-
-        Returns a future set to the offset in the file where ``data`` starts
-        once it is durable, or to a ``StorageError``
-        naming the step and ``what`` (the file is then cut back to its size
-        before). ``callbacks``: ``on_ok(None)`` / ``on_error(exc)``, run on the
-        loop in commit order before the future resolves, even if it was cancelled.
-        """
-        future = self._loop.create_future()
-        self.pending += 1
-        self._queue.put(_Op(what, future, path, data, **callbacks))
-        return future
-
-    def job(self, what: str, fn: Callable[[Committer], Any], **callbacks: Any) -> asyncio.Future[Any]:
-        """Queue ``fn(committer)`` to run in the thread after every earlier append (loop side).
-
-        Returns a future for its result; an OSError becomes a ``StorageError``
-        naming ``what``, any other exception is logged and passed on as is.
-        ``callbacks`` as for ``append``, with the result or the exception.
-        """
-        future = self._loop.create_future()
-        self._queue.put(_Op(what, future, fn=fn, **callbacks))
-        return future
-
-    def post(self, what: str, fn: Callable[[Committer], Any], **callbacks: Any) -> None:
-        """A job nobody waits for: a failure is logged and passed to ``on_error``."""
-        self._queue.put(_Op(what, None, fn=fn, **callbacks))
-
-    def start(self) -> None:
-        """Start the thread (once)."""
-        self._thread.start()
-
-    async def stop(self) -> None:
-        """Finish everything queued before, close every fd, and wait for the thread to end."""
-        if not self._thread.is_alive():
-            return
-        self._stopped = self._loop.create_future()
-        self._queue.put(_STOP)
-        # The thread says when it is done: joining it in an executor would leave an
-        # idle executor thread behind in a host program's loop.
-        await self._stopped
-        self._thread.join()         # it has returned or is returning: no wait to speak of
-
-    def _resolve(self, results: list[tuple[_Op, Any, bool]]) -> None:
-        for op, outcome, failed in results:
-            if op.fn is None:
-                self.pending -= 1
-            callback = op.on_error if failed else op.on_ok
-            try:
-                if callback is not None:
-                    callback(outcome)
-            except Exception:            # a bookkeeping bug must not strand the other waiters
-                log.exception("session store: callback of %s failed", op.what)
-            if op.future is not None and not op.future.done():
-                if failed:
-                    op.future.set_exception(outcome)
-                else:
-                    op.future.set_result(outcome)
-
-    # -- committer thread side --
-
-    def _run(self) -> None:
-        while True:
-            batch = [self._queue.get()]
-            try:
-                while True:
-                    batch.append(self._queue.get_nowait())
-            except queue.Empty:
-                pass
-            stop = _STOP in batch
-            self._process([op for op in batch if op is not _STOP] if stop else batch)
-            if stop:
-                for path in list(self._fds):
-                    self.drop_fd(path)
-                try:
-                    self._loop.call_soon_threadsafe(_set_done, self._stopped)
-                except RuntimeError:      # the loop is closed: nobody is waiting any more
-                    pass
-                return
-
-    def _process(self, batch: list[_Op]) -> None:
-        results: list[tuple[_Op, Any, bool]] = []
-        appends: list[_Op] = []
-        for op in batch:
-            if op.fn is None:
-                appends.append(op)
-                continue
-            if appends:           # a job is a barrier: what was queued before it is written first
-                self._commit(appends, results)
-                appends = []
-            try:
-                results.append((op, op.fn(self), False))
-            except OSError as exc:
-                log.warning("session store: %s failed: %s", op.what, exc)
-                results.append((op, storage_error(op.what, exc), True))
-            except Exception as exc:     # a bug: hand it to the waiter, keep the thread alive
-                log.exception("session store: %s failed", op.what)
-                results.append((op, exc, True))
-        if appends:
-            self._commit(appends, results)
-        try:
-            self._loop.call_soon_threadsafe(self._resolve, results)
-        except RuntimeError:      # the loop is closed: nobody is waiting any more
-            pass
-
-    def _commit(self, appends: list[_Op], results: list[tuple[_Op, Any, bool]]) -> None:
-        started = time.perf_counter()
-        self.batches += 1
-        groups: dict[str, list[_Op]] = {}
-        for op in appends:
-            groups.setdefault(op.path, []).append(op)
-        failed: dict[str, tuple[str, OSError]] = {}
-        new_files: dict[str, list[str]] = {}
-        starts: dict[str, int] = {}
-        for path, group in groups.items():
-            data = group[0].data if len(group) == 1 else b"".join(op.data for op in group)
-            try:
-                start = starts[path] = self._append(path, data)
-            except _AppendFailed as exc:
-                failed[path] = exc.args
-                continue
-            if start == 0:        # an empty file may be new: its directory is fsynced too
-                new_files.setdefault(os.path.dirname(path), []).append(path)
-        for directory, paths in new_files.items():   # a new file is durable once its name is
-            try:
-                _fsync_dir(directory)
-            except OSError as exc:
-                for path in paths:
-                    failed[path] = ("fsync of the directory", exc)
-                    self._roll_back(path, 0)
-        for path, group in groups.items():
-            if path not in failed:
-                offset = starts[path]
-                for op in group:
-                    results.append((op, offset, False))
-                    offset += len(op.data)
-                continue
-            phase, exc = failed[path]
-            log.warning("session store: %s of %s failed: %s", phase, os.path.basename(path), exc)
-            results.extend((op, storage_error(f"{phase} of {op.what}", exc), True) for op in group)
-        self.stats.add(len(appends), time.perf_counter() - started)
-
-    def _append(self, path: str, data: bytes) -> int:
-        """Write and fdatasync ``data`` at the end of ``path``; the offset it starts at.
-
-        On failure the file is cut back to its size before (no turn half
-        recorded) and its fd dropped, so that the next append reopens and repairs.
-        """
-        try:
-            entry = self._fds.get(path)
-            if entry is None:
-                entry = self._open(path)
-            else:
-                self._fds.move_to_end(path)
-        except OSError as exc:
-            raise _AppendFailed("open", exc) from exc
-        fd, size = entry
-        phase = "write"
-        try:
-            _write_all(fd, data)
-            phase = "fsync"
-            _fdatasync(fd)
-        except OSError as exc:
-            self._roll_back(path, size)
-            raise _AppendFailed(phase, exc) from exc
-        entry[1] = size + len(data)
-        return size
-
-    def _open(self, path: str) -> list[int]:
-        try:
-            fd = os.open(path, _APPEND_FLAGS, 0o600)
-        except FileNotFoundError:
-            _make_dirs(os.path.dirname(path))
-            fd = os.open(path, _APPEND_FLAGS, 0o600)
-        try:
-            entry = self._fds[path] = [fd, _repair(fd, path)]
-        except OSError:
-            os.close(fd)
-            raise
-        if len(self._fds) > MAX_OPEN_FILES:
-            self.drop_fd(next(iter(self._fds)))
-        return entry
-
-    def _roll_back(self, path: str, size: int) -> None:
-        # A failed turn must leave nothing behind: a retry would record it twice.
-        entry = self._fds.get(path)
-        try:
-            if entry is not None:
-                os.ftruncate(entry[0], size)
-        except OSError:
-            pass              # then the repair at the next open cuts a torn tail
-        self.drop_fd(path)
-
-    def drop_fd(self, path: str) -> None:
-        """Close ``path``'s append fd if it is open (committer thread only)."""
-        entry = self._fds.pop(path, None)
-        if entry is not None:
-            try:
-                os.close(entry[0])
-            except OSError:
-                pass
-
-
-def _set_done(future: asyncio.Future[None] | None) -> None:
-    if future is not None and not future.done():
-        future.set_result(None)
-
-
-class _AppendFailed(Exception):
-    """args: the step of the append that failed, and its OSError."""

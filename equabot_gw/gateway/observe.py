@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from .. import __version__, metrics
 from ..agents.events import Ended, Failed
-from ..agents.transcripts import CommitStats
+from ..agents.committer import CommitStats
 from ..errors import ReplyTooLarge, UpstreamError, UpstreamRejected, UpstreamTimeout
 from ..net import routes as http
 
