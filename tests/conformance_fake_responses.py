@@ -22,7 +22,7 @@ BROKEN: tuple[tuple[str, str, str], ...] = (
     ("resp-500", "responses.enabled", "POST /v1/responses answered 500, not 200"),
     ("resp-missing-created-at", "responses.shape",
      "the object does not match OpenAI's Response schema: /created_at: required property is missing"),
-    ("resp-seq-gap", "responses.stream", "event 3 has sequence_number 4, not 3"),
+    ("resp-seq-back", "responses.stream", "event 3 has sequence_number 2, not above the previous one (2)"),
     ("resp-previous-ignored", "responses.previous",
      "the two responses answered turns 1 and 1, not 1 and 2: previous_response_id did not carry the "
      "conversation on"),
@@ -114,7 +114,7 @@ class FakeResponses:
         ]
         out = []
         for n, event in enumerate(events):
-            event["sequence_number"] = n + (1 if self.broken("resp-seq-gap") and n >= 3 else 0)
+            event["sequence_number"] = n - (1 if self.broken("resp-seq-back") and n >= 3 else 0)
             out.append(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n")
         return "".join(out).encode()
 
