@@ -49,10 +49,9 @@ from urllib.parse import parse_qsl
 
 from .. import compact_json
 from ..agents import runtime as agent_runtime
-from ..agents import sessions, transcripts
+from ..agents import idempotency, sessions, transcripts
 from ..agents.events import Failed, Started, Subscription
 from ..agents.response_store import ResponseStore
-from ..agents import idempotency
 from ..agents.runtime import Run, RunRecord, Runtime
 from ..agents.types import AgentRequest, Message, SessionHistory
 from ..errors import ApiError, RunAborted, RunError, StorageError
@@ -152,16 +151,16 @@ class Responses:
             if type(items) is list and len(items) > _FREED_PER_STEP:
                 await _release(items)       # a refused list of a million items, freed a slice per step
             raise
-        response_id = self._new_id()
         headers = request.headers
-        agent_id = gateway_header(headers, "agent-id") or _agent_from_model(wanted.model)
-        session_key, context, agent_id = await self._session(headers, wanted, agent_id, response_id)
-        new = wanted.input
-        plain = len(new) == 1 and new[0].role == "user" and type(new[0].content) is str
         if key is None and wanted.stream and headers.get("last-event-id") is not None:
             raise ApiError(400, "Last-Event-ID resumes a stream of a request with an Idempotency-Key: "
                                 "send the same request with the same key.",
                            code="invalid_last_event_id", param="Last-Event-ID")
+        response_id = self._new_id()
+        agent_id = gateway_header(headers, "agent-id") or _agent_from_model(wanted.model)
+        session_key, context, agent_id = await self._session(headers, wanted, agent_id, response_id)
+        new = wanted.input
+        plain = len(new) == 1 and new[0].role == "user" and type(new[0].content) is str
         agent_request = AgentRequest(
             message=new[0].content if plain else "", agent_id=agent_id,      # type: ignore[arg-type]
             session_key=session_key, context=context, system=wanted.system, model=gateway_header(headers, "model"),
