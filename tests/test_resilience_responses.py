@@ -226,10 +226,16 @@ class IdempotencyTest(ResponsesResilienceCase):
         self.assertEqual(self.counting.calls, 1)
         self.assertEqual(await self.turns(gateway), ["user", "assistant"])
         self.assertEqual(await self.stored_in_session(gateway, a["id"]), 1)
-        # The replayed id continues the conversation as the first answer's did: turn 2.
-        follow = await self.post(gateway, request(stream=False, message="next", previous_response_id=a["id"]),
-                                 x_equabot_session_key=SESSION)
-        self.assertEqual((follow.status, follow.json()["output_text"]), (200, "Echo (turn 2): next"))
+        # The replayed id continues the conversation as the first answer's did: turn 2, and a
+        # keyed continuation repeated is that turn again, not a fork of the conversation.
+        follow = request(stream=False, message="next", previous_response_id=a["id"])
+        turn_2 = await self.post(gateway, follow, Idempotency_Key="r-next", x_equabot_session_key=SESSION)
+        self.assertEqual((turn_2.status, turn_2.json()["output_text"]), (200, "Echo (turn 2): next"))
+        repeat = await self.post(gateway, follow, Idempotency_Key="r-next", x_equabot_session_key=SESSION)
+        self.assertEqual((repeat.headers.get(resume.REPLAY_HEADER), repeat.json()), ("true", turn_2.json()))
+        self.assertEqual(self.counting.calls, 2)
+        self.assertEqual(await self.turns(gateway), ["user", "assistant", "user", "assistant"])
+        self.assertEqual(await self.stored_in_session(gateway, a["id"]), 2)
 
     async def test_a_replay_of_a_response_not_stored_is_made_from_the_run(self) -> None:
         gateway = await self.start()
