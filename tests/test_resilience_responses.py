@@ -309,6 +309,32 @@ class IdempotencyTest(ResponsesResilienceCase):
         self.assertEqual(await self.turns(gateway), ["user", "assistant"])
         self.assertEqual(gateway.runtime.keys._claims, {})
 
+    async def test_an_unclaimed_keyed_run_is_aborted_when_so_configured(self) -> None:
+        gateway = await self.start(config(http={"resumeGraceSeconds": 0.05, "abortUnclaimedRuns": True}))
+        before = await self.cut(gateway, "r-drop", 5)
+        await asyncio.wait_for(self._settled(gateway), 5)
+        self.assertEqual(await self.turns(gateway), ["user", "aborted"])
+        stored = await gateway.responses.store.read(before[0][1]["response"]["id"])
+        self.assertEqual(stored[0]["status"], "cancelled")
+        self.assertTrue(REPLY.startswith(stored[0]["output_text"]))
+
+    async def test_a_reader_of_another_clients_stream_leaving_does_not_stop_it(self) -> None:
+        gateway = await self.start()
+        owner = await self.post(gateway, request(), x_equabot_session_key=SESSION)        # no key
+        events = []
+        async for event in owner.events():
+            events.append(event)
+            if len(events) == 2:
+                break
+        response_id = events[0][1]["response"]["id"]
+        reader = await self.get(gateway, f"/v1/responses/{response_id}?stream=true&starting_after=1")
+        self.assertEqual(reader.status, 200)
+        await reader.read_all(cut_after=3)
+        rest = await asyncio.wait_for(owner.read_all(), 10)
+        self.assertEqual(self.valid(events + rest)[-1][1]["type"], "response.completed")
+        self.assertEqual(text_of(rest), REPLY)
+        self.assertEqual(await self.turns(gateway), ["user", "assistant"])
+
 
 if __name__ == "__main__":
     unittest.main()
