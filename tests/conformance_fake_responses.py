@@ -22,7 +22,7 @@ BROKEN: tuple[tuple[str, str, str], ...] = (
     ("resp-500", "responses.enabled", "POST /v1/responses answered 500, not 200"),
     ("resp-missing-created-at", "responses.shape",
      "the object does not match OpenAI's Response schema: /created_at: required property is missing"),
-    ("resp-seq-gap", "responses.stream", "event 3 has sequence_number 4, not 3"),
+    ("resp-seq-back", "responses.stream", "event 3 has sequence_number 2, not above the previous one (2)"),
     ("resp-previous-ignored", "responses.previous",
      "the two responses answered turns 1 and 1, not 1 and 2: previous_response_id did not carry the "
      "conversation on"),
@@ -30,6 +30,7 @@ BROKEN: tuple[tuple[str, str, str], ...] = (
     ("resp-call-args-wrong", "responses.tools",
      "the output does not hold one function_call of the tool with the exact arguments"),
     ("resp-unknown-accepted", "responses.errors", "an unknown field answered 200, not 400"),
+    ("resp-resume-from-start", "resume.responses", "an event at or before starting_after=5 was sent again"),
 )
 KNOWN = frozenset({"model", "input", "instructions", "tools", "stream", "store", "previous_response_id"})
 
@@ -40,6 +41,7 @@ class FakeResponses:
     def __init__(self, broken: Callable[[str], bool]) -> None:
         self.broken = broken
         self.stored: dict[str, tuple[dict[str, Any], int]] = {}     # id -> (object, turn)
+        self.requests: dict[str, dict[str, Any]] = {}               # id -> its request, to stream it again
         self.ids = itertools.count(1)
 
     def route(self, method: str, path: str, body: bytes) -> tuple[int, str, bytes]:
@@ -48,7 +50,13 @@ class FakeResponses:
             if self.broken("resp-500"):
                 return _error(500, "internal error")
             return self._create(json.loads(body))
-        response_id = path[len(PATH) + 1:]
+        response_id, _, query = path[len(PATH) + 1:].partition("?")
+        if method == "GET" and response_id in self.stored and query.startswith("stream=true"):
+            after = int(query.rpartition("starting_after=")[2]) if "starting_after=" in query else -1
+            if self.broken("resp-resume-from-start"):
+                after = -1
+            obj = self.stored[response_id][0]
+            return 200, "text/event-stream", self._events(self.requests[response_id], obj, after)
         if method == "GET" and response_id in self.stored:
             return 200, "application/json", json.dumps(self.stored[response_id][0]).encode()
         if method == "DELETE" and response_id in self.stored:
@@ -90,11 +98,12 @@ class FakeResponses:
             del obj["created_at"]
         if request.get("store", True):
             self.stored[response_id] = (obj, turn)
+            self.requests[response_id] = request
         if not request.get("stream"):
             return 200, "application/json", json.dumps(obj).encode()
         return 200, "text/event-stream", self._events(request, obj)
 
-    def _events(self, request: dict[str, Any], obj: dict[str, Any]) -> bytes:
+    def _events(self, request: dict[str, Any], obj: dict[str, Any], after: int = -1) -> bytes:
         item = obj["output"][0]
         text = item["content"][0]["text"]
         where = {"item_id": item["id"], "output_index": 0, "content_index": 0}
@@ -114,8 +123,10 @@ class FakeResponses:
         ]
         out = []
         for n, event in enumerate(events):
-            event["sequence_number"] = n + (1 if self.broken("resp-seq-gap") and n >= 3 else 0)
-            out.append(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n")
+            event["sequence_number"] = n - (1 if self.broken("resp-seq-back") and n >= 3 else 0)
+            if n > after:
+                out.append(f"id: {obj['id']}:{event['sequence_number']}\nevent: {event['type']}\n"
+                           f"data: {json.dumps(event)}\n\n")
         return "".join(out).encode()
 
 

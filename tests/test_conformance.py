@@ -590,7 +590,7 @@ class RunConformanceTest(unittest.TestCase):
         self.assertIn("PASS  stream.done-last         exactly one data: [DONE], the last event\n"
                       '      tests: spec "Streaming (SSE)": "Stream ends with data: [DONE]"\n', text)
         self.assertIn("SKIP  ws.connect               WebSocket checks run with --ws\n", text)
-        self.assertRegex(text, r"\n46 checks: 39 passed, 0 failed, 7 skipped in \d+\.\d\d s\n$")
+        self.assertRegex(text, r"\n47 checks: 40 passed, 0 failed, 7 skipped in \d+\.\d\d s\n$")
 
     def test_json_report_and_exit_code_one(self) -> None:
         code, text = self.run_against(("missing-done",), "--json", "--ws")

@@ -56,8 +56,9 @@ def gateway_config() -> dict[str, Any]:
     return data
 
 
-def parse_events(data: bytes) -> list[tuple[str, dict[str, Any]]]:
-    """(event line, decoded data) of each block of an event stream; comments skipped."""
+def parse_events(data: bytes, *, published: bool = False) -> list[tuple[str, dict[str, Any]]]:
+    """(event line, decoded data) of each block of an event stream; comments skipped. Each of
+    ours has an id (``published``: OpenAI's documented examples have none)."""
     out = []
     for block in data.decode().split("\n\n"):
         lines = [line for line in block.split("\n") if line and not line.startswith(":")]
@@ -65,8 +66,23 @@ def parse_events(data: bytes) -> list[tuple[str, dict[str, Any]]]:
             continue
         names = [line[len("event: "):] for line in lines if line.startswith("event: ")]
         payload = "\n".join(line[len("data: "):] for line in lines if line.startswith("data: "))
+        ids = [line[len("id: "):] for line in lines if line.startswith("id: ")]
         assert len(names) == 1, block
-        out.append((names[0], json.loads(payload)))
+        data = json.loads(payload)
+        # Every event's id is <response id>:<its sequence_number>.
+        assert published or len(ids) == 1 and ids[0].startswith("resp_") \
+            and ids[0].endswith(f":{data['sequence_number']}"), block
+        out.append((names[0], data))
+    return out
+
+
+def positions(events: list[tuple[str, dict[str, Any]]], start: int = -1) -> list[int]:
+    """The sequence_numbers a stream must carry: each event moves the position by one, a
+    delta by its characters (its number is its last character's)."""
+    out = []
+    for _, event in events:
+        start += len(event["delta"]) if event["type"].endswith(".delta") else 1
+        out.append(start)
     return out
 
 
@@ -117,7 +133,7 @@ class ResponsesCase(LiveGateway, unittest.TestCase):
         self.assertEqual(status, 200, data)
         self.assertEqual(r.getheader("content-type"), "text/event-stream; charset=utf-8")
         events = parse_events(data)
-        self.assertEqual([e["sequence_number"] for _, e in events], list(range(len(events))))
+        self.assertEqual([e["sequence_number"] for _, e in events], positions(events))
         for name, event in events:
             self.assertEqual(name, event["type"])
             self.assertEqual(SCHEMAS.errors(event, "ResponseStreamEvent"), [], event)
@@ -274,7 +290,7 @@ class StoredTest(ResponsesCase):
         head = b""
         while b"response.in_progress" not in head:
             head += r.read1(65536)
-        created = parse_events(head.split(b"event: response.in_progress")[0])[0][1]["response"]
+        created = parse_events(head.split(b"\n\n")[0])[0][1]["response"]
         status, data = self.client.get(created["id"])
         self.assertEqual(status, 200)
         in_progress = json.loads(data)
@@ -288,7 +304,7 @@ class StoredTest(ResponsesCase):
         rest = head + r.read()
         c.close()
         events = parse_events(rest)
-        self.assertEqual([e["sequence_number"] for _, e in events], list(range(len(events))))
+        self.assertEqual([e["sequence_number"] for _, e in events], positions(events))
         self.assertEqual(events[-1][0], "response.failed")
         self.assertEqual(events[-1][1]["response"]["status"], "cancelled")
         self.assertEqual(json.loads(self.client.get(created["id"])[1])["status"], "cancelled")
@@ -307,7 +323,7 @@ class DisconnectTest(ResponsesCase):
         head = b""
         while b"response.output_text.delta" not in head:
             head += r.read1(65536)
-        response_id = parse_events(head.split(b"event: response.in_progress")[0])[0][1]["response"]["id"]
+        response_id = parse_events(head.split(b"\n\n")[0])[0][1]["response"]["id"]
         c.sock.shutdown(socket.SHUT_RDWR)
         c.close()
         deadline = time.monotonic() + 5

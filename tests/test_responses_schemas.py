@@ -80,7 +80,7 @@ class PublishedExamplesTest(unittest.TestCase):
 
     def test_documented_stream_events_validate(self) -> None:
         events = parse_events(b"\n\n".join(block.encode() for block in published("Streaming").split("\n\n")
-                                           if block.startswith("event:")))
+                                           if block.startswith("event:")), published=True)
         self.assertGreater(len(events), 8)
         for n, (name, event) in enumerate(events):
             event = {**event, "sequence_number": n}        # the example predates sequence_number
@@ -109,7 +109,8 @@ class PublishedExamplesTest(unittest.TestCase):
 class PublishedOrderTest(unittest.TestCase):
     def test_stream_follows_the_documented_order(self) -> None:
         documented = [name for name, _ in parse_events(b"\n\n".join(
-            block.encode() for block in published("Streaming").split("\n\n") if block.startswith("event:")))]
+            block.encode() for block in published("Streaming").split("\n\n") if block.startswith("event:")),
+            published=True)]
         with GatewayProcess(responses_config()) as gw:
             status, _, data = Client(gw).request("POST", "/v1/responses",
                                                  {"model": "echo", "input": "hi", "stream": True})

@@ -103,7 +103,7 @@ async def responses_shape(p: Probe) -> Passed:
 
 
 @check("responses.stream", 'OpenAI Responses streaming: typed events ("event:" line = data type), '
-       "sequence_number from 0 in steps of 1, each a ResponseStreamEvent, response.created and "
+       "sequence_number from 0, growing with every event, each a ResponseStreamEvent, response.created and "
        "response.in_progress first, output_text deltas joining to output_text.done, response.completed last",
        requires=ENABLED)
 async def responses_stream(p: Probe) -> Passed:
@@ -116,6 +116,7 @@ async def responses_stream(p: Probe) -> Passed:
     kinds: list[str] = []
     deltas: list[str] = []
     done_text = None
+    last = -1
     for n, event in enumerate(e for e in events if not e.comment_only):
         names = [value for name, value in event.fields if name == "event"]
         try:
@@ -124,9 +125,14 @@ async def responses_stream(p: Probe) -> Passed:
             raise Failed(f"event {n} is not JSON", event=show(event.raw)) from None
         if not isinstance(data, dict) or names != [data.get("type")]:
             raise Failed(f"event {n}'s event: line does not name its data's type", event=show(event.raw))
-        if data.get("sequence_number") != n:
-            raise Failed(f"event {n} has sequence_number {data.get('sequence_number')!r}, not {n}",
-                         event=show(event.raw))
+        # OpenAI numbers the events 0, 1, 2…; a server may number them by a position that
+        # only grows (ours counts the characters of deltas too, so that a resumed stream
+        # lines up): what a client may rely on is 0 first and every number above the last.
+        number = data.get("sequence_number")
+        if type(number) is not int or (number != 0 if n == 0 else number <= last):
+            raise Failed(f"event {n} has sequence_number {number!r}, not "
+                         + ("0" if n == 0 else f"above the previous one ({last})"), event=show(event.raw))
+        last = number
         problems = responses_schemas().errors(data, "ResponseStreamEvent")
         if problems:
             raise Failed(f"event {n} does not match OpenAI's ResponseStreamEvent: {problems[0]}",
@@ -143,6 +149,58 @@ async def responses_stream(p: Probe) -> Passed:
         raise Failed("the output_text deltas do not join to output_text.done's text",
                      joined=show("".join(deltas)), done=show(str(done_text)))
     return Passed(f"{len(kinds)} typed events in order", events=len(kinds))
+
+
+def _stream_events(body: bytes) -> list[tuple[str | None, dict[str, Any]]]:
+    """(id, data) of each event of a Responses stream; an event that is not a JSON object is skipped
+    (``responses.stream`` reports it)."""
+    out = []
+    for event in sse_events(body)[0]:
+        if event.comment_only:
+            continue
+        try:
+            data = safejson.loads(event.data or "")
+        except ValueError:
+            continue
+        if isinstance(data, dict):
+            out.append((dict(event.fields).get("id"), data))
+    return out
+
+
+def _text(events: list[tuple[str | None, dict[str, Any]]]) -> str:
+    return "".join(d.get("delta", "") for _, d in events if d.get("type") == "response.output_text.delta")
+
+
+@check("resume.responses", "resumable Responses streams: every event has an id '<response id>:<sequence_number>'; "
+       "GET /v1/responses/{id}?stream=true&starting_after=<n> (OpenAI's resume form) gets exactly the events "
+       "after n, the text joining to the whole reply", requires=ENABLED)
+async def resume_responses(p: Probe) -> Passed:
+    ex = await _stream(p)
+    if ex.status != 200:
+        raise Failed(f"a streaming request answered {ex.status}, not 200", **ex.summary())
+    events = _stream_events(ex.body)
+    if not events or not any(event_id for event_id, _ in events):
+        raise Skipped("the server does not claim resumable Responses streams (its events have no id: lines)")
+    response_id = events[0][1].get("response", {}).get("id")
+    for event_id, data in events:
+        if event_id != f"{response_id}:{data.get('sequence_number')}":
+            raise Failed(f"event id {event_id!r} is not '<response id>:<sequence_number>' of {response_id!r}",
+                         event=show(json.dumps(data)))
+    cut = len(events) // 2
+    after = events[cut - 1][1]["sequence_number"]
+    again = await p.http("GET", f"{PATH}/{response_id}?stream=true&starting_after={after}")
+    if again.status != 200:
+        raise Failed(f"GET ?stream=true&starting_after={after} answered {again.status}, not 200", **again.summary())
+    rest = _stream_events(again.body)
+    numbers = [d.get("sequence_number") for _, d in rest]
+    if any(type(n) is not int or n <= after for n in numbers):
+        raise Failed(f"an event at or before starting_after={after} was sent again", numbers=show(repr(numbers[:8])))
+    if not rest or rest[-1][1].get("type") != "response.completed":
+        raise Failed("the resumed stream does not end with response.completed", events=len(rest))
+    if _text(events[:cut]) + _text(rest) != _text(events):
+        raise Failed("the text before starting_after and after it is not the whole reply",
+                     before=show(_text(events[:cut])), after=show(_text(rest)), whole=show(_text(events)))
+    return Passed(f"the rest of the stream after sequence_number {after}", events=len(rest))
 
 
 @check("responses.previous", "OpenAI previous_response_id: the next response continues the conversation "

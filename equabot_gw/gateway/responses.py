@@ -20,6 +20,19 @@ transcript). ``store: false`` without a session runs stateless. The map
 from response ids to sessions and the stored objects are
 ``agents.response_store``'s. Retrieval, deletion, cancellation and the input
 items of a response are the other routes here.
+
+Idempotency and resumable streams are the chat-completions door's (see
+``resume.py``): with an ``Idempotency-Key`` a request runs at most once
+(``runtime.run_once``, keyed per agent, digested with its routing headers),
+and a repeat joins or replays it under the first response's id and
+``created_at``, which the key's journal line keeps (``meta``: the durable map
+from a key's run to its response). A repeat never stores the response again:
+only the first request's flight does. Streams are resumed after a
+``sequence_number`` (see ``responses_output``): the same POST with the same
+key and ``Last-Event-ID: <response id>:<n>``, or
+``GET /v1/responses/{id}?stream=true&starting_after=<n>`` — from the run's
+events while its response is in flight, from the stored Response once it is
+stored (after a restart too).
 """
 
 from __future__ import annotations
@@ -27,6 +40,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -34,19 +49,20 @@ from urllib.parse import parse_qsl
 
 from .. import compact_json
 from ..agents import runtime as agent_runtime
-from ..agents import sessions, transcripts
+from ..agents import idempotency, sessions, transcripts
 from ..agents.events import Failed, Started, Subscription
 from ..agents.response_store import ResponseStore
-from ..agents.runtime import Run, Runtime
+from ..agents.runtime import Run, RunRecord, Runtime
 from ..agents.types import AgentRequest, Message, SessionHistory
 from ..errors import ApiError, RunAborted, RunError, StorageError
 from ..net import sse
 from ..net.routes import HTTPRequest, Response, StreamingResponse
-from . import responses_input
+from . import responses_input, resume
 from .chat_stream import first_output
 from .openai import _agent_from_model, _parse_body, _release, _run_error_response, gateway_header
 from .responses_input import ResponseRequest, echo_fields, item_resources
-from .responses_output import EventWriter, Shape, error_object, failed_status, partial_output, result_output, status_of
+from .responses_output import (EventWriter, Shape, error_object, failed_status, items_status, partial_output,
+                               result_output, shape_of, status_of, stored_events)
 
 __all__ = ["Responses", "own_session_key", "CANCEL_WAIT_SECONDS"]
 
@@ -58,6 +74,7 @@ CANCEL_WAIT_SECONDS: Final = 10.0
 MAX_PAGE_ITEMS: Final = 100
 DEFAULT_PAGE_ITEMS: Final = 20
 _FREED_PER_STEP: Final = 50_000
+_SEQ_RE: Final = re.compile(r"[0-9]{1,15}")
 # The runtime's option names, as a Responses request sends them.
 _FIELD_OF_OPTION: Final = {"max_tokens": "max_output_tokens", "response_format": "text.format",
                            "reasoning_effort": "reasoning.effort", "logprobs": "include", "messages": "input"}
@@ -77,7 +94,8 @@ class _InFlight:
     store: bool
     input: Any                          # the request's checked ``input``, for its input items
     busy_key: str | None                # the session this door's run holds, counted in ``_busy``
-    revealed: bool = False              # the client has seen the id (a stream began)
+    leave: Callable[[], None]           # the client's claim (``resume.Claims``): call once when it is gone
+    revealed: bool = False              # the client has seen the id (a stream began; always for a keyed one)
     done: asyncio.Future[dict[str, Any] | None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
 
@@ -98,6 +116,7 @@ class Responses:
         self._inflight: dict[str, _InFlight] = {}
         self._busy: dict[str, int] = {}            # session key -> this door's runs on it
         self._settling: set[asyncio.Task[None]] = set()
+        self.claims = resume.Claims(runtime)
 
     async def start(self) -> None:
         """Open the response store (its map is loaded from disk)."""
@@ -115,9 +134,16 @@ class Responses:
 
     # ---- POST /v1/responses ----
     async def create(self, request: HTTPRequest) -> Response | StreamingResponse:
-        """One agent run, answered as a Response object or as its typed event stream."""
+        """One agent run, answered as a Response object or as its typed event stream.
+
+        With an ``Idempotency-Key`` the request runs at most once: a repeat
+        joins or replays the first one (see the module's docstring), and a
+        stream re-sent with ``Last-Event-ID`` goes on after that event.
+        """
         self.authorize(request)
         body = await _parse_body(request)
+        key = resume.idempotency_key(request.headers)
+        digest = await resume.body_digest(body, request.headers, len(request.body)) if key is not None else ""
         try:
             wanted = await responses_input.read_request(body, self.max_messages)
         except ApiError:
@@ -125,26 +151,48 @@ class Responses:
             if type(items) is list and len(items) > _FREED_PER_STEP:
                 await _release(items)       # a refused list of a million items, freed a slice per step
             raise
-        response_id = self._new_id()
         headers = request.headers
+        if key is None and wanted.stream and headers.get("last-event-id") is not None:
+            raise ApiError(400, "Last-Event-ID resumes a stream of a request with an Idempotency-Key: "
+                                "send the same request with the same key.",
+                           code="invalid_last_event_id", param="Last-Event-ID")
+        response_id = self._new_id()
         agent_id = gateway_header(headers, "agent-id") or _agent_from_model(wanted.model)
-        key, context, agent_id = await self._session(headers, wanted, agent_id, response_id)
+        session_key, context, agent_id = await self._session(headers, wanted, agent_id, response_id)
         new = wanted.input
         plain = len(new) == 1 and new[0].role == "user" and type(new[0].content) is str
         agent_request = AgentRequest(
             message=new[0].content if plain else "", agent_id=agent_id,      # type: ignore[arg-type]
-            session_key=key, context=context, system=wanted.system, model=gateway_header(headers, "model"),
-            options=wanted.options, origin="responses", input=() if plain else new)
+            session_key=session_key, context=context, system=wanted.system, model=gateway_header(headers, "model"),
+            options=wanted.options, origin="responses", input=() if plain else new, idempotency_key=key)
+        created_at = int(time.time())
         try:
-            run = agent_runtime.run(self.runtime, agent_request)
+            if key is None:
+                run: Run | RunRecord = agent_runtime.run(self.runtime, agent_request)
+                replayed = False
+            else:
+                run, replayed = await agent_runtime.run_once(self.runtime, agent_request, digest,
+                                                             {"id": response_id, "created": created_at})
         except ApiError as exc:
             raise _renamed(exc) from None
-        shape = Shape(response_id, wanted.model, echo_fields(body), logprobs=bool(wanted.options.logprobs))
-        flight = _InFlight(run, shape, wanted.store, body["input"], None if run.stateless else run.session_key)
+        echo = echo_fields(body)
+        if replayed:
+            return await self._repeat(run, wanted, echo, headers)
+        assert type(run) is Run
+        shape = Shape(response_id, wanted.model, echo, logprobs=bool(wanted.options.logprobs), created_at=created_at)
+        flight = _InFlight(run, shape, wanted.store, body["input"], None if run.stateless else run.session_key,
+                           self.claims.claim(run, keep=key is not None), revealed=key is not None)
         self._inflight[response_id] = flight
         if flight.busy_key is not None:
             self._busy[flight.busy_key] = self._busy.get(flight.busy_key, 0) + 1
         if wanted.stream:
+            if key is not None and headers.get("last-event-id") is not None:
+                try:        # names another stream: this request's id is new
+                    resume.last_event_seq(headers, response_id)
+                except ApiError:
+                    self._settle_later(flight)
+                    flight.leave()
+                    raise
             return await self._stream(flight)
         return await self._complete(flight)
 
@@ -202,10 +250,11 @@ class Responses:
         try:
             result = await flight.run.wait()
         except asyncio.CancelledError:
-            flight.run.abort("client disconnected")
+            flight.leave()          # without a key: aborts the run; with one, it goes on
             self._settle_later(flight)
             raise
         except RunError as exc:
+            flight.leave()
             if not _cancelled(exc):
                 self._forget(flight, None)
                 return _run_error_response(exc)
@@ -214,6 +263,7 @@ class Responses:
             status, incomplete = status_of(result.finish_reason)
             final = flight.shape.object(status, result_output(flight.shape, result), usage=result.usage,
                                         incomplete=incomplete)
+            flight.leave()
         flight.revealed = True
         try:
             await self._finish(flight, final)
@@ -231,11 +281,12 @@ class Responses:
             # first gets a real status (429, 502, 504), as chat completions do.
             first = await first_output(subscription)
         except asyncio.CancelledError:
-            flight.run.abort("client disconnected")
+            flight.leave()
             self._settle_later(flight)
             raise
         if first and type(first[-1]) is Failed and all(type(e) is Started for e in first[:-1]) \
                 and not _cancelled(first[-1].error):
+            flight.leave()
             self._forget(flight, None)
             return _run_error_response(first[-1].error)
         writer = EventWriter(flight.shape, flight.run.id)
@@ -266,16 +317,12 @@ class Responses:
             ended = True
             yield await writer.ending(final)
         finally:
+            flight.leave()          # without a key a client that left aborts the run (see resume.Claims)
             if not ended:
-                if not flight.run.done:
-                    flight.run.abort("client disconnected")
                 self._settle_later(flight)
 
     def _failed_object(self, flight: _InFlight, exc: RunError) -> dict[str, Any]:
-        last = flight.run.events.events[-1] if flight.run.events.events else None
-        partial = last.partial if type(last) is Failed else ""
-        output = partial_output(flight.shape, partial, "", "", (), None, "incomplete") if partial else []
-        return flight.shape.object(failed_status(exc), output, error=error_object(exc))
+        return _failed(flight.shape, flight.run, exc)
 
     async def _finish(self, flight: _InFlight, final: dict[str, Any]) -> None:
         """Store ``final`` (when asked to) durably, then forget the flight; raises ``StorageError``."""
@@ -329,17 +376,156 @@ class Responses:
         except StorageError:
             pass                            # logged; the turn itself is in the transcript
 
+    # ---- repeats of a keyed request, and resumed streams ----
+    async def _repeat(self, run: Run | RunRecord, wanted: ResponseRequest, echo: dict[str, Any],
+                      headers: Any) -> Response | StreamingResponse:
+        """A request whose key started ``run`` before: joined while it runs, replayed once it
+        ended, under the first response's id; nothing is stored again."""
+        entry = self.runtime.keys.of_run(run.id)
+        meta = entry.meta if entry is not None and entry.meta is not None else {}
+        response_id, created_at = meta.get("id"), meta.get("created")
+        if type(response_id) is not str or type(created_at) is not int:
+            # The key was first used on another door with this very digest: not a Responses request.
+            raise ApiError(422, "This Idempotency-Key was used with another endpoint.",
+                           code="idempotency_key_reused", param="idempotency_key")
+        shape = Shape(response_id, wanted.model, echo, logprobs=bool(wanted.options.logprobs), created_at=created_at)
+        extra = [(resume.REPLAY_HEADER, "true")]
+        leave = self.claims.claim(run, keep=True)
+        flight = self._inflight.get(response_id)
+        if flight is not None and flight.run is not run:
+            flight = None
+        if not wanted.stream:
+            try:
+                return await self._replayed_object(run, shape, flight, extra)
+            finally:
+                leave()
+        try:
+            after = resume.last_event_seq(headers, response_id)
+        except ApiError:
+            leave()
+            raise
+        return await self._events(run, shape, flight, after, leave, extra)
+
+    async def _replayed_object(self, run: Run | RunRecord, shape: Shape, flight: _InFlight | None,
+                               extra: list[tuple[str, str]]) -> Response:
+        """The Response of a repeated non-streaming request: the first request's (as stored), or
+        made from the run's outcome (a response not stored); a run's error as the first got it."""
+        error: RunError | None = None
+        result = None
+        try:
+            result = await run.wait()
+        except RunError as exc:
+            error = exc
+        final = await self._recorded(shape.id, flight)
+        if final is None:
+            if error is not None and not _cancelled(error):
+                return _run_error_response(error, extra)
+            if error is not None:
+                final = _failed(shape, run, error)
+            else:
+                assert result is not None
+                status, incomplete = status_of(result.finish_reason)
+                final = shape.object(status, result_output(shape, result), usage=result.usage, incomplete=incomplete)
+        return _json(200, final, extra) if len(final["output_text"]) < compact_json.LARGE_CHARS else \
+            Response(200, [("content-type", "application/json")] + extra,
+                     (await compact_json.dumps_async(final)).encode())
+
+    async def _recorded(self, response_id: str, flight: _InFlight | None) -> dict[str, Any] | None:
+        """The Response the first request of ``response_id`` ended with (its flight's, or the
+        stored one), once its run settled; None if it was not kept."""
+        if flight is not None:
+            try:
+                final = await asyncio.wait_for(asyncio.shield(flight.done), CANCEL_WAIT_SECONDS)
+            except TimeoutError:
+                final = None
+            if final is not None:
+                return final
+        try:
+            stored = await self.store.read(response_id)
+        except StorageError:
+            return None
+        return stored[0] if stored is not None else None
+
+    async def _events(self, run: Run | RunRecord | None, shape: Shape, flight: _InFlight | None, after: int | None,
+                      leave: Callable[[], None], extra: list[tuple[str, str]]) -> StreamingResponse:
+        """A response's events after ``after`` (None: all): from the run's events while its first
+        request is in flight (or its response is not stored), else from the stored Response."""
+        stored = None
+        if flight is None:
+            try:
+                stored = await self.store.read(shape.id)
+            except StorageError:
+                leave()
+                raise
+        if stored is not None:
+            shape = shape_of(stored[0])
+            batches: AsyncIterator[list[Any]] = _once(stored_events(stored[0]))
+        elif run is not None:
+            batches = idempotency.events_after(run.subscribe(), 0)
+        else:
+            leave()
+            raise _not_found(shape.id)
+        writer = EventWriter(shape, run.id if run is not None else "", after)
+        body = self._events_body(writer, batches, stored[0] if stored is not None else None, flight, leave)
+        return StreamingResponse(200, list(sse.HEADERS) + extra, body,
+                                 idle_bytes=sse.KEEPALIVE, idle_interval=sse.KEEPALIVE_INTERVAL)
+
+    async def _events_body(self, writer: EventWriter, batches: AsyncIterator[list[Any]],
+                           stored: dict[str, Any] | None, flight: _InFlight | None,
+                           leave: Callable[[], None]) -> AsyncIterator[bytes]:
+        try:
+            opening = writer.opening()
+            if opening:
+                yield opening
+            async for batch in batches:
+                for piece in writer.pieces(batch):
+                    yield piece
+                if writer.terminal is not None:
+                    break
+            for piece in await writer.closing(items_status(stored) if stored is not None else None):
+                yield piece
+            final = stored or await self._recorded(writer.shape.id, flight) or writer.final()
+            ending = await writer.ending(final)
+            if ending:
+                yield ending
+        finally:
+            await batches.aclose()          # type: ignore[attr-defined]
+            leave()
+
+    async def _resume_get(self, response_id: str, query: dict[str, str]) -> StreamingResponse:
+        """``GET /v1/responses/{id}?stream=true[&starting_after=<n>]``: the events of an
+        in-flight response from its run, or of a stored one rebuilt from it."""
+        after_text = query.get("starting_after")
+        after = None
+        if after_text is not None:
+            if not _SEQ_RE.fullmatch(after_text):
+                raise ApiError(400, "Invalid 'starting_after': expected a sequence_number (digits).",
+                               code="invalid_value", param="starting_after")
+            after = int(after_text)
+        flight = self._inflight.get(response_id)
+        if flight is None:
+            shape = Shape(response_id, "", {})
+            return await self._events(None, shape, None, after, _nothing, [])
+        run = flight.run
+        # A reader of a keyed run holds it as its client would; one of another run only reads.
+        leave = self.claims.claim(run, keep=True) if self.runtime.keys.of_run(run.id) is not None else _nothing
+        return await self._events(run, flight.shape, flight, after, leave, [])
+
     # ---- GET, DELETE /v1/responses/{id}, its cancel and input_items ----
-    async def get(self, request: HTTPRequest) -> Response:
-        """``GET /v1/responses/{id}`` and ``GET /v1/responses/{id}/input_items``."""
+    async def get(self, request: HTTPRequest) -> Response | StreamingResponse:
+        """``GET /v1/responses/{id}`` (with ``?stream=true[&starting_after=<n>]``: its events)
+        and ``GET /v1/responses/{id}/input_items``."""
         self.authorize(request)
         response_id, action = _split(request.params.get("rest", ""), ("", "input_items"), "GET")
         query = _query(request.query)
         if action == "input_items":
             return await self._input_items(response_id, query)
-        if query.get("stream") not in (None, "false"):
-            raise ApiError(400, "'stream' (replaying a stored response's events) is not supported by this gateway",
-                           code="unsupported_parameter", param="stream")
+        stream = query.get("stream")
+        if stream not in (None, "false", "true"):
+            raise ApiError(400, f"Invalid 'stream': {stream[:20]!r} is not one of 'true', 'false'.",
+                           code="invalid_value", param="stream")
+        if stream == "true":
+            return await self._resume_get(response_id, query)
         flight = self._inflight.get(response_id)
         if flight is not None:
             return _json(200, flight.shape.object("in_progress", []))
@@ -411,6 +597,25 @@ class Responses:
 
 # -- helpers -------------------------------------------------------------------------------
 
+def _nothing() -> None:
+    """The claim of a reader that holds nothing."""
+
+
+async def _once(batch: list[Any]) -> AsyncIterator[list[Any]]:
+    yield batch
+
+
+def _failed(shape: Shape, run: Run | RunRecord, exc: RunError) -> dict[str, Any]:
+    """The Response of a run that failed: its partial text as an incomplete message."""
+    if type(run) is Run:
+        last = run.events.events[-1] if run.events.events else None
+        partial = last.partial if type(last) is Failed else ""
+    else:
+        partial = run.partial
+    output = partial_output(shape, partial, "", "", (), None, "incomplete") if partial else []
+    return shape.object(failed_status(exc), output, error=error_object(exc))
+
+
 def _cancelled(exc: RunError) -> bool:
     """Whether a run was stopped by the cancel endpoint (its creator is answered with the object)."""
     return isinstance(exc, RunAborted) and exc.why == "cancelled"
@@ -463,5 +668,6 @@ def _previous_not_found(response_id: str) -> ApiError:
                     code="previous_response_not_found", param="previous_response_id")
 
 
-def _json(status: int, data: Any) -> Response:
-    return Response(status, [("content-type", "application/json")], compact_json.dumps(data).encode())
+def _json(status: int, data: Any, headers: list[tuple[str, str]] | None = None) -> Response:
+    return Response(status, [("content-type", "application/json")] + (headers or []),
+                    compact_json.dumps(data).encode())

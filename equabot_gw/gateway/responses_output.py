@@ -10,6 +10,15 @@ events into OpenAI's typed stream — ``event:`` and ``data:`` lines, a
 ``response.in_progress``, then per item ``output_item.added``
 (``content_part.added``), its deltas, its ``.done`` events, then
 ``response.completed`` / ``response.incomplete`` / ``response.failed``.
+Every event has an SSE ``id`` ``<response id>:<sequence_number>``, and
+``sequence_number`` is a position in the response, not a count of events:
+each event but a delta moves it by one, each delta by the characters it
+carries (its number is that of its last character). So it grows strictly,
+it equals the event's index when every delta is one character, and it does
+not depend on how the output was cut into deltas: a stream resumed after
+number N — live, joined by a slow client, or rebuilt from the stored
+Response after a restart (``stored_events``) — goes on exactly after N
+(``EventWriter(after=N)``; a delta cut by N starts mid-delta).
 Items are opened in the order their output arrives; a text or reasoning item
 is done when another item begins, function calls at the end. Pieces of the
 stream are at most ``PIECE_BYTES``, each delta at most ``DELTA_CHARS``
@@ -31,7 +40,7 @@ from ..agents.types import AgentResult, Logprobs, ReasoningDelta, TextDelta, Too
 from ..errors import RunAborted, RunError, RunTimedOut, http_status
 
 __all__ = ["Shape", "EventWriter", "result_output", "partial_output", "usage_object", "status_of",
-           "error_object", "failed_status", "PIECE_BYTES", "DELTA_CHARS"]
+           "error_object", "failed_status", "shape_of", "stored_events", "items_status", "PIECE_BYTES", "DELTA_CHARS"]
 
 PIECE_BYTES: Final = 64 * 1024
 DELTA_CHARS: Final = 4096
@@ -208,12 +217,17 @@ class EventWriter:
     one (then ``terminal`` is set); ``closing()`` the items' ``.done``
     events; ``final()`` the Response object; ``ending(final)`` its
     ``response.completed`` (``.incomplete``, ``.failed``) event.
+
+    ``after``: the stream resumes after that ``sequence_number`` (see the
+    module's docstring); the events up to it are counted but not written.
     """
 
-    def __init__(self, shape: Shape, run_id: str) -> None:
+    def __init__(self, shape: Shape, run_id: str, after: int | None = None) -> None:
         self.shape = shape
         self.run_id = run_id
         self.seq = 0
+        self._skip = -1 if after is None else after
+        self._id = f"id: {shape.id}:"
         self.items: list[_Item] = []
         self.terminal: Ended | Failed | None = None
         self._open: _Item | None = None             # the text or reasoning item receiving deltas
@@ -222,17 +236,21 @@ class EventWriter:
     # -- whole events --
 
     def _event(self, kind: str, fields: dict[str, Any]) -> str:
-        data = _dumps({"type": kind, **fields, "sequence_number": self.seq})
+        seq = self.seq
         self.seq += 1
-        return f"event: {kind}\ndata: {data}\n\n"
+        if seq <= self._skip:
+            return ""           # a resumed client had it
+        data = _dumps({"type": kind, **fields, "sequence_number": seq})
+        return f"{self._id}{seq}\nevent: {kind}\ndata: {data}\n\n"
 
     async def _event_async(self, kind: str, fields: dict[str, Any], chars: int) -> bytes:
-        if chars < compact_json.LARGE_CHARS:
+        if chars < compact_json.LARGE_CHARS or self.seq <= self._skip:
             return self._event(kind, fields).encode()
         # A reply of megabytes is escaped in slices of the event loop.
-        data = await compact_json.dumps_async({"type": kind, **fields, "sequence_number": self.seq})
+        seq = self.seq
         self.seq += 1
-        return f"event: {kind}\ndata: {data}\n\n".encode()
+        data = await compact_json.dumps_async({"type": kind, **fields, "sequence_number": seq})
+        return f"{self._id}{seq}\nevent: {kind}\ndata: {data}\n\n".encode()
 
     def opening(self) -> bytes:
         """``response.created`` and ``response.in_progress``, each with the object in progress."""
@@ -252,6 +270,8 @@ class EventWriter:
                 self.terminal = event
                 break
             for text in self._output(event, kind):
+                if not text:
+                    continue
                 if size + len(text) > PIECE_BYTES and out:
                     yield "".join(out).encode()
                     out, size = [], 0
@@ -307,9 +327,17 @@ class EventWriter:
             return
         item.chunks.append(text)
         tail = ',"logprobs":[],"sequence_number":' if item.kind == "message" else ',"sequence_number":'
+        skip, ident = self._skip, self._id
         for start in range(0, len(text), DELTA_CHARS):
-            yield f"{item.prefix}{_escape(text[start:start + DELTA_CHARS])}{tail}{self.seq}}}\n\n"
-            self.seq += 1
+            piece = text[start:start + DELTA_CHARS]
+            first = self.seq                    # the number of the piece's first character
+            self.seq = end = first + len(piece)
+            end -= 1                            # the delta's number: its last character's
+            if end <= skip:
+                continue
+            if first <= skip:                   # cut by a resume's position: the rest of it
+                piece = piece[skip + 1 - first:]
+            yield f"{ident}{end}\n{item.prefix}{_escape(piece)}{tail}{end}}}\n\n"
 
     def _close_open(self) -> Iterator[str]:
         item, self._open = self._open, None
@@ -356,10 +384,13 @@ class EventWriter:
                 item = self._calls[index]
                 item.call_id, item.name, item.chunks = call.id, call.name, [call.arguments]
 
-    async def closing(self) -> list[bytes]:
-        """The ``.done`` events of every item still open, in output order, each as its own piece."""
+    async def closing(self, status: str | None = None) -> list[bytes]:
+        """The ``.done`` events of every item still open, in output order, each as its own piece;
+        the items' ``status`` is the terminal event's unless given (a stream rebuilt from a stored
+        Response has no terminal event)."""
         self._final_calls()
-        status = "completed" if type(self.terminal) is Ended else "incomplete"
+        if status is None:
+            status = "completed" if type(self.terminal) is Ended else "incomplete"
         open_items = sorted([*(([self._open]) if self._open else []), *self._calls.values()], key=lambda i: i.index)
         self._open, self._calls = None, {}
         pieces = []
@@ -367,7 +398,9 @@ class EventWriter:
             text = "".join(item.chunks)
             item.chunks = [text]
             if len(text) < compact_json.LARGE_CHARS:
-                pieces.append("".join(self._done(item, status, text)).encode())
+                piece = "".join(self._done(item, status, text)).encode()
+                if piece:
+                    pieces.append(piece)
                 continue
             # A large item's done events are escaped in slices of the loop, one piece each.
             where = {"item_id": item.id, "output_index": item.index}
@@ -383,7 +416,7 @@ class EventWriter:
                     **where, "content_index": 0, "part": self._part(item, text)}, len(text)))
             pieces.append(await self._event_async("response.output_item.done", {
                 "output_index": item.index, "item": self._item(item, status, text)}, len(text)))
-        return pieces
+        return [piece for piece in pieces if piece]
 
     def final(self) -> dict[str, Any]:
         """The Response object the stream ends with (after ``closing``): the items as streamed."""
@@ -440,3 +473,48 @@ def _joined(run: list[Any]) -> Any:
         return ReasoningDelta("".join([e.text for e in run]), signature)
     return ToolCallDelta(first.index, first.id, first.name, "".join([e.arguments for e in run]))
 
+
+
+# -- a stored Response as a stream ----------------------------------------------------------
+
+_OBJECT_FIELDS: Final = frozenset({"id", "object", "created_at", "status", "background", "completed_at", "error",
+                                   "incomplete_details", "instructions", "max_output_tokens", "model", "output",
+                                   "output_text", "usage"})
+
+
+def shape_of(response: dict[str, Any]) -> Shape:
+    """The ``Shape`` a stored Response object was made with (its id, model, echo and ``created_at``)."""
+    tail_names = [name for name in ("user", "metadata") if name in response]
+    rest = {name: value for name, value in response.items() if name not in _OBJECT_FIELDS and name not in tail_names}
+    echo = {"instructions": response.get("instructions"), "max_output_tokens": response.get("max_output_tokens"),
+            "rest": rest, "tail": {name: response[name] for name in tail_names}}
+    logprobs = any(part.get("logprobs") for item in response.get("output") or () if item.get("type") == "message"
+                   for part in item.get("content") or ())
+    return Shape(response["id"], response["model"], echo, logprobs=logprobs, created_at=response["created_at"])
+
+
+def stored_events(response: dict[str, Any]) -> list[Any]:
+    """Run events that make ``EventWriter`` stream the output items of a stored Response
+    (one delta per item: positions do not depend on how the deltas were cut)."""
+    events: list[Any] = []
+    calls = 0
+    for item in response.get("output") or ():
+        kind = item.get("type")
+        if kind == "reasoning":
+            text = "".join(part.get("text", "") for part in item.get("content") or ())
+            events.append(ReasoningDelta(text, item.get("encrypted_content") or ""))
+        elif kind == "message":
+            parts = [part for part in item.get("content") or () if part.get("type") == "output_text"]
+            events.append(TextDelta("".join(part["text"] for part in parts)))
+            entries = tuple(entry for part in parts for entry in part.get("logprobs") or ())
+            if entries:
+                events.append(Logprobs(entries))
+        elif kind == "function_call":
+            events.append(ToolCallDelta(calls, item["call_id"], item["name"], item["arguments"]))
+            calls += 1
+    return events
+
+
+def items_status(response: dict[str, Any]) -> str:
+    """The status the ``.done`` events of a stored Response's items had when it was streamed."""
+    return "completed" if response.get("status") in ("completed", "incomplete") else "incomplete"

@@ -5,7 +5,9 @@
 ``get_final_response()``; a function-tool round trip answered with a
 ``function_call_output`` item; ``previous_response_id`` chaining three turns
 (turn numbers 1, 2, 3 from the echo model); ``retrieve``, ``delete`` and
-``cancel``; ``client.responses.retrieve`` after the gateway restarted; and,
+``cancel``; a cut stream resumed with ``retrieve(stream=True, starting_after=…)``
+and replayed under its ``Idempotency-Key``; ``client.responses.retrieve``
+after the gateway restarted; and,
 against a recorded upstream (tests/data/providers), ``text.format``
 json_schema (``client.responses.parse`` with a pydantic model) reaching the
 upstream, and a continued conversation sent upstream in order.
@@ -108,6 +110,30 @@ class CreateTest(ResponsesSDKCase):
                                       "response.output_item.done", "response.completed"])
         self.assertEqual(final.output_text, "Echo (turn 1): streamed to the end")
         self.assertEqual(self.client().responses.retrieve(final.id).output_text, final.output_text)
+
+    def test_a_cut_stream_resumed_by_retrieve_with_starting_after(self) -> None:
+        client = self.client()
+        key = {"Idempotency-Key": "sdk-resume"}
+        stream = client.responses.create(model="equabot:slow", input="one two three four five six", stream=True,
+                                         extra_headers=key)
+        before = []
+        for event in stream:
+            before.append(event)
+            if len(before) == 6:
+                break
+        stream.close()          # the client goes away mid-answer; its keyed run goes on
+        response_id, last = before[0].response.id, before[-1].sequence_number
+        rest = list(client.responses.retrieve(response_id, stream=True, starting_after=last))
+        self.assertTrue(all(event.sequence_number > last for event in rest))
+        self.assertEqual(rest[-1].type, "response.completed")
+        text = "".join(e.delta for e in before + rest if e.type == "response.output_text.delta")
+        self.assertEqual(text, "Echo (turn 1): one two three four five six")
+        again = client.responses.with_raw_response.create(model="equabot:slow", input="one two three four five six",
+                                                          stream=True, extra_headers=key)
+        self.assertEqual(again.headers.get("x-equabot-idempotent-replay"), "true")
+        replayed = list(again.parse())
+        self.assertEqual(replayed[-1].response.output_text, text)
+        self.assertEqual(replayed[-1].response.id, response_id)
 
     def test_function_tool_round_trip(self) -> None:
         client = self.client()
