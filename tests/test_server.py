@@ -455,6 +455,72 @@ def _dechunk(data: bytes) -> bytes:
         pos = end + 4 + size
 
 
+class StreamOnCloseTest(unittest.IsolatedAsyncioTestCase):
+    """A stream's on_close runs exactly once however it ends, its body's finally or not."""
+
+    async def serve(self, request: bytes, body: Callable[[], AsyncIterator[bytes]], *,
+                    leave_after: float | None = None, leave_in_handler: bool = False
+                    ) -> tuple[list[str], bytes]:
+        closed: list[str] = []
+        router = Router()
+        conn = server_mod._Connection(server_mod.HTTPServer(router))
+
+        async def handler(request: HTTPRequest) -> StreamingResponse:
+            if leave_in_handler:
+                conn.connection_lost(None)
+                try:
+                    await asyncio.sleep(0)
+                except asyncio.CancelledError:
+                    pass        # a handler that answers anyway: its response finds the client gone
+            return StreamingResponse(200, [("content-type", "text/plain")], body(),
+                                     on_close=lambda: closed.append("closed"))
+
+        router.add("/s", ("GET",), handler)
+        transport = _RecordingTransport()
+        conn.connection_made(transport)
+        conn.data_received(request)
+        if leave_after is not None:
+            await asyncio.sleep(leave_after)
+            conn.connection_lost(None)
+        assert conn.task is not None
+        await asyncio.wait_for(asyncio.gather(conn.task, return_exceptions=True), 5)
+        return closed, b"".join(transport.writes)
+
+    async def test_written_whole(self) -> None:
+        async def body() -> AsyncIterator[bytes]:
+            yield b"all"
+
+        closed, wire = await self.serve(b"GET /s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", body)
+        self.assertEqual(closed, ["closed"])
+        self.assertTrue(wire.endswith(b"3\r\nall\r\n0\r\n\r\n"), wire)
+
+    async def test_cut_by_the_client(self) -> None:
+        finished: list[str] = []
+
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                yield b"first"
+                await asyncio.sleep(10)
+                yield b"never"
+            finally:
+                finished.append("finally")
+
+        closed, wire = await self.serve(b"GET /s HTTP/1.1\r\nHost: x\r\n\r\n", body, leave_after=0.05)
+        self.assertEqual((closed, finished), (["closed"], ["finally"]))
+        self.assertNotIn(b"never", wire)
+
+    async def test_dropped_unsent_when_the_client_left_before_it_started(self) -> None:
+        began: list[str] = []
+
+        async def body() -> AsyncIterator[bytes]:
+            began.append("began")       # a finally here could not run: the generator never starts
+            yield b"unsent"
+
+        closed, wire = await self.serve(b"GET /s HTTP/1.1\r\nHost: x\r\n\r\n", body, leave_in_handler=True)
+        self.assertEqual((closed, began), (["closed"], []))
+        self.assertEqual(wire, b"")
+
+
 class OutputBoundsTest(unittest.IsolatedAsyncioTestCase):
     """Every response kind goes out in bounded writes while the client keeps up; a client that
     reads nothing for ``send_timeout`` is dropped, whatever it was sent (plain responses too)."""

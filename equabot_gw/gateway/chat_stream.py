@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import operator
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, Final
 
 from .. import __version__, compact_json
@@ -64,42 +64,39 @@ async def first_output(subscription: Subscription) -> list[Any]:
 
 
 async def sse_body(run: Run, subscription: Subscription, first: list[Any],
-                   chunks: ChunkWriter, leave: Callable[[], None]) -> AsyncIterator[bytes]:
-    """The stream of a new run (or one joined from its start); ``leave()`` runs at its end,
-    whether the reply was all sent or the client went away."""
+                   chunks: ChunkWriter) -> AsyncIterator[bytes]:
+    """The stream of a new run (or one joined from its start). The client's claim on
+    the run is released by the response's ``on_close``, which runs however it ends."""
     # Pieces are yielded one by one, so that the server can wait for a slow
     # client between them (and the events of a batch are turned into bytes
     # only as the client takes them).
     log = run.events
-    try:
-        for piece in chunks.mixed(first, role=True) if log.mixed else chunks.pieces(first, role=True):
+    for piece in chunks.mixed(first, role=True) if log.mixed else chunks.pieces(first, role=True):
+        yield piece
+    while not chunks.finished:
+        batch = await subscription.next_batch()
+        if batch is None:
+            break
+        # Read after the batch was taken: a log still unmixed now held text alone then.
+        if log.mixed:
+            for piece in chunks.mixed(batch):
+                yield piece
+            continue
+        # The usual batch of a client that keeps up: a few deltas, one piece.
+        piece = chunks.piece(batch) if len(batch) <= _SMALL_BATCH_DELTAS else None
+        if piece is not None:
             yield piece
-        while not chunks.finished:
-            batch = await subscription.next_batch()
-            if batch is None:
-                break
-            # Read after the batch was taken: a log still unmixed now held text alone then.
-            if log.mixed:
-                for piece in chunks.mixed(batch):
-                    yield piece
-                continue
-            # The usual batch of a client that keeps up: a few deltas, one piece.
-            piece = chunks.piece(batch) if len(batch) <= _SMALL_BATCH_DELTAS else None
-            if piece is not None:
-                yield piece
-                continue
-            for piece in chunks.pieces(batch):
-                yield piece
-        yield chunks.done()
-    finally:
-        leave()
+            continue
+        for piece in chunks.pieces(batch):
+            yield piece
+    yield chunks.done()
 
 
 _TEXT_KINDS: Final = frozenset({Started, Delta, Ended, Failed})
 
 
-async def resumed_body(batches: AsyncIterator[list[Any]], chunks: ChunkWriter, role: bool,
-                       leave: Callable[[], None]) -> AsyncIterator[bytes]:
+async def resumed_body(batches: AsyncIterator[list[Any]], chunks: ChunkWriter, role: bool
+                       ) -> AsyncIterator[bytes]:
     """The stream of a run replayed or resumed: ``batches`` as ``events_after`` positions
     them (``chunks`` made with the same position), after the role chunk if ``role``."""
     try:
@@ -112,7 +109,6 @@ async def resumed_body(batches: AsyncIterator[list[Any]], chunks: ChunkWriter, r
         yield chunks.done()
     finally:
         await batches.aclose()      # type: ignore[attr-defined]
-        leave()
 
 
 # One piece of an SSE body is at most this many bytes; the text of one chunk at

@@ -333,8 +333,8 @@ class ChatCompletions:
             return _run_error_response(first[-1].error, extra)
         chunks = chat_stream.ChunkWriter(completion_id, model_name, include_usage, legacy, run.created_at)
         return StreamingResponse(200, list(sse.HEADERS) + extra,
-                                 chat_stream.sse_body(run, subscription, first, chunks, leave),
-                                 idle_bytes=sse.KEEPALIVE, idle_interval=sse.KEEPALIVE_INTERVAL)
+                                 chat_stream.sse_body(run, subscription, first, chunks),
+                                 idle_bytes=sse.KEEPALIVE, idle_interval=sse.KEEPALIVE_INTERVAL, on_close=leave)
 
 
 # -- helpers ---------------------------------------------------------------------------

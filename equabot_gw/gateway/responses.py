@@ -38,6 +38,7 @@ stored (after a restart too).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import re
@@ -291,35 +292,34 @@ class Responses:
             return _run_error_response(first[-1].error)
         writer = EventWriter(flight.shape, flight.run.id)
         return StreamingResponse(200, list(sse.HEADERS), self._sse_body(flight, subscription, first, writer),
-                                 idle_bytes=sse.KEEPALIVE, idle_interval=sse.KEEPALIVE_INTERVAL)
+                                 idle_bytes=sse.KEEPALIVE, idle_interval=sse.KEEPALIVE_INTERVAL,
+                                 on_close=functools.partial(self._stream_closed, flight))
 
     async def _sse_body(self, flight: _InFlight, subscription: Subscription, first: list[Any],
                         writer: EventWriter) -> AsyncIterator[bytes]:
-        ended = False
-        try:
-            flight.revealed = True
-            yield writer.opening()
-            batch: list[Any] | None = first
-            while batch is not None:
-                for piece in writer.pieces(batch):
-                    yield piece
-                if writer.terminal is not None:
-                    break
-                batch = await subscription.next_batch()
-            for piece in await writer.closing():
+        flight.revealed = True
+        yield writer.opening()
+        batch: list[Any] | None = first
+        while batch is not None:
+            for piece in writer.pieces(batch):
                 yield piece
-            final = writer.final()
-            try:
-                await self._finish(flight, final)
-            except StorageError as exc:     # not stored: the stream says so rather than pretending
-                final = flight.shape.object("failed", final["output"],
-                                            error={"code": "server_error", "message": str(exc)})
-            ended = True
-            yield await writer.ending(final)
-        finally:
-            flight.leave()          # without a key a client that left aborts the run (see resume.Claims)
-            if not ended:
-                self._settle_later(flight)
+            if writer.terminal is not None:
+                break
+            batch = await subscription.next_batch()
+        for piece in await writer.closing():
+            yield piece
+        final = writer.final()
+        try:
+            await self._finish(flight, final)
+        except StorageError as exc:     # not stored: the stream says so rather than pretending
+            final = flight.shape.object("failed", final["output"],
+                                        error={"code": "server_error", "message": str(exc)})
+        yield await writer.ending(final)
+
+    def _stream_closed(self, flight: _InFlight) -> None:
+        """A stream's end, however it came (written, cut, or never started)."""
+        flight.leave()          # without a key a client that left aborts the run (see resume.Claims)
+        self._settle_later(flight)      # a no-op once the stream stored its response itself
 
     def _failed_object(self, flight: _InFlight, exc: RunError) -> dict[str, Any]:
         return _failed(flight.shape, flight.run, exc)
@@ -466,13 +466,12 @@ class Responses:
             leave()
             raise _not_found(shape.id)
         writer = EventWriter(shape, run.id if run is not None else "", after)
-        body = self._events_body(writer, batches, stored[0] if stored is not None else None, flight, leave)
+        body = self._events_body(writer, batches, stored[0] if stored is not None else None, flight)
         return StreamingResponse(200, list(sse.HEADERS) + extra, body,
-                                 idle_bytes=sse.KEEPALIVE, idle_interval=sse.KEEPALIVE_INTERVAL)
+                                 idle_bytes=sse.KEEPALIVE, idle_interval=sse.KEEPALIVE_INTERVAL, on_close=leave)
 
     async def _events_body(self, writer: EventWriter, batches: AsyncIterator[list[Any]],
-                           stored: dict[str, Any] | None, flight: _InFlight | None,
-                           leave: Callable[[], None]) -> AsyncIterator[bytes]:
+                           stored: dict[str, Any] | None, flight: _InFlight | None) -> AsyncIterator[bytes]:
         try:
             opening = writer.opening()
             if opening:
@@ -490,7 +489,6 @@ class Responses:
                 yield ending
         finally:
             await batches.aclose()          # type: ignore[attr-defined]
-            leave()
 
     async def _resume_get(self, response_id: str, query: dict[str, str]) -> StreamingResponse:
         """``GET /v1/responses/{id}?stream=true[&starting_after=<n>]``: the events of an

@@ -129,8 +129,8 @@ class Claims:
         chunks = chat_stream.ChunkWriter(public_id, model_name, include_usage, legacy, run.created_at, after)
         batches = idempotency.events_after(run.subscribe(), after or 0)
         return StreamingResponse(200, list(sse.HEADERS) + extra,
-                                 chat_stream.resumed_body(batches, chunks, after is None, leave),
-                                 idle_bytes=sse.KEEPALIVE, idle_interval=sse.KEEPALIVE_INTERVAL)
+                                 chat_stream.resumed_body(batches, chunks, after is None),
+                                 idle_bytes=sse.KEEPALIVE, idle_interval=sse.KEEPALIVE_INTERVAL, on_close=leave)
 
     async def events(self, request: HTTPRequest) -> StreamingResponse:
         """``GET /v1/chat/completions/{id}/events``: 404 unless ``id`` is a streamed keyed run's."""

@@ -69,6 +69,12 @@ class StreamingResponse:
     ``idle_interval`` seconds the server sends ``idle_bytes`` (e.g. an SSE
     comment) if given. If the client goes away, ``body`` is closed (``aclose``),
     which runs its ``finally`` blocks.
+
+    ``on_close`` is called exactly once when the response is over, however it
+    ends: written whole, cut by the client, or dropped unsent because the
+    client left before it could start. A ``finally`` in ``body`` cannot promise
+    that (a generator that never started has none to run), so what must happen
+    whatever the client does (releasing a claim on a run, say) goes here.
     """
 
     status: int
@@ -76,6 +82,7 @@ class StreamingResponse:
     body: AsyncIterator[bytes]
     idle_bytes: bytes | None = None
     idle_interval: float = 15.0
+    on_close: Callable[[], None] | None = None
 
 
 @dataclass(slots=True)

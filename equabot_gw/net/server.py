@@ -569,6 +569,8 @@ class _Connection(asyncio.Protocol):
             self._handling = False
         if self._gone:
             self._log(head.method, head.path, route, 499, 0, started, rid)
+            if isinstance(response, StreamingResponse):
+                await self._close_stream(response)      # never started: closed all the same
             return False
         if isinstance(response, Response):
             head_bytes, body = self._encode_response(response, head.version, head.method == "HEAD",
@@ -687,10 +689,21 @@ class _Connection(asyncio.Protocol):
             self._uncork()      # the response is complete on the wire before anything else happens
             if idle is not None:
                 idle.stop()
-            aclose = getattr(body, "aclose", None)
+            await self._close_stream(response)
+        return size
+
+    async def _close_stream(self, response: StreamingResponse) -> None:
+        """Close ``response``'s body, then tell its ``on_close`` (once, whatever happened)."""
+        try:
+            aclose = getattr(response.body, "aclose", None)
             if aclose is not None:
                 await aclose()
-        return size
+        finally:
+            if response.on_close is not None:
+                try:
+                    response.on_close()
+                except Exception:       # the door's bug must not take the connection's task with it
+                    log.exception("conn=%d: a stream's on_close failed", self.id)
 
     async def _switch(self, upgrade: Upgrade, rid: str) -> None:
         headers = self._base_headers(rid)
