@@ -141,8 +141,10 @@ async def _connect(port: int) -> Client:
 def _check(result: dict, expect_events: int | None) -> str | None:
     if result["status"] != 200:
         return f"status {result['status']}"
-    if expect_events is not None and result["events"] != expect_events:
-        return f"{result['events']} events (expected {expect_events})"
+    # A stream may join words that were produced in one step into one event (the
+    # gateway does): so expect_events bounds the count, it does not fix it.
+    if expect_events is not None and not 3 <= result["events"] <= expect_events:
+        return f"{result['events']} events (expected 3 to {expect_events})"
     return None
 
 

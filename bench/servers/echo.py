@@ -112,30 +112,38 @@ def completion(echo: Echo, completion_id: str) -> bytes:
 
 
 class Chunks:
-    """The SSE events of one streamed completion, one ``bytes`` per event."""
+    """The SSE events of one streamed completion, one ``bytes`` per event.
+
+    Each event carries ``id: <completion id>:<seq>`` as the gateway's do, seq
+    being the characters of reply text sent so far (the finish event the
+    text's length + 1, usage + 2, ``[DONE]`` + 3).
+    """
 
     def __init__(self, echo: Echo, completion_id: str) -> None:
         self.echo = echo
+        self._id = completion_id
+        self._sent = 0
         self._head = dumps({"id": completion_id, "object": "chat.completion.chunk",
                             "created": int(time.time()), "model": echo.model,
                             "system_fingerprint": SYSTEM_FINGERPRINT})[:-1]
         self._tail = ',"usage":null}' if echo.include_usage else "}"
 
-    def _choice(self, delta: str, finish: str) -> bytes:
-        return (f'data: {self._head},"choices":[{{"index":0,"delta":{delta},"logprobs":null,'
-                f'"finish_reason":{finish}}}]{self._tail}\n\n').encode()
+    def _choice(self, seq: int, delta: str, finish: str) -> bytes:
+        return (f'id: {self._id}:{seq}\ndata: {self._head},"choices":[{{"index":0,"delta":{delta},'
+                f'"logprobs":null,"finish_reason":{finish}}}]{self._tail}\n\n').encode()
 
     def role(self) -> bytes:
-        return self._choice('{"role":"assistant","content":""}', "null")
+        return self._choice(0, '{"role":"assistant","content":""}', "null")
 
     def delta(self, text: str) -> bytes:
-        return self._choice('{"content":' + json.dumps(text) + "}", "null")
+        self._sent += len(text)
+        return self._choice(self._sent, '{"content":' + json.dumps(text) + "}", "null")
 
     def end(self) -> Iterator[bytes]:
-        yield self._choice("{}", '"stop"')
+        yield self._choice(self._sent + 1, "{}", '"stop"')
         if self.echo.include_usage:
             words = len(self.echo.reply.split())
             usage = dumps({"prompt_tokens": self.echo.prompt_tokens, "completion_tokens": words,
                            "total_tokens": self.echo.prompt_tokens + words})
-            yield f'data: {self._head},"choices":[],"usage":{usage}}}\n\n'.encode()
-        yield b"data: [DONE]\n\n"
+            yield f'id: {self._id}:{self._sent + 2}\ndata: {self._head},"choices":[],"usage":{usage}}}\n\n'.encode()
+        yield f"id: {self._id}:{self._sent + 3}\ndata: [DONE]\n\n".encode()
