@@ -130,6 +130,11 @@ class EventLog:
         self._due = len(events) + CHECKPOINT_EVENTS
         return self.text_bytes
 
+    @property
+    def watched(self) -> bool:
+        """Whether anyone subscribed to the log (a reader may have gone since)."""
+        return bool(self._subscriptions)
+
     def text(self) -> str:
         """The deltas so far, joined: the reply (or the partial reply)."""
         return _join_mixed(self.events) if self.mixed else _join(self.events)

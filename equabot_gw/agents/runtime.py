@@ -528,7 +528,7 @@ async def _prepare(runtime: Runtime, handle: Run) -> tuple[ProviderCall, Session
     system = "\n\n".join(p for p in (agent.system_prompt, request.system) if p)
     new = named_results(context, request.input) if request.input else (Message("user", request.message),)
     call = ProviderCall(handle._model_name, system, context + new,
-                        history.assistant_turns + 1, request.options, handle.id)
+                        history.assistant_turns + 1, request.options, handle.id, handle.events.watched)
     return call, history
 
 

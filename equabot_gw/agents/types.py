@@ -221,6 +221,9 @@ class ProviderCall:
     ``messages`` is the history followed by the new turn's input (last);
     ``system`` joins every system instruction ("" for none); ``turn`` is
     1 + the number of assistant turns already in the session's transcript.
+    ``watched`` is False when nobody follows the reply as it is produced (a
+    caller that waits for the whole result): a provider may then yield its
+    text in fewer, longer deltas, as a late reader of the run would get them.
     """
 
     model: str
@@ -229,6 +232,7 @@ class ProviderCall:
     turn: int
     options: GenerationOptions = NO_OPTIONS
     run_id: str = ""
+    watched: bool = True
 
 
 # -- provider events -------------------------------------------------------------

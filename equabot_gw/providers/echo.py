@@ -179,8 +179,11 @@ class EchoProvider(Provider):
             deltas = split_deltas(reply)
             if limit is not None and len(deltas) > limit:
                 deltas, reason = deltas[:limit], "length"
-            for delta in deltas:
-                yield TextDelta(delta)
+            if call.watched:
+                for delta in deltas:
+                    yield TextDelta(delta)
+            elif deltas:
+                yield TextDelta("".join(deltas) if reason == "length" else reply)
             words = len(deltas) if _DELTA.match(reply) else 0
         else:
             # Words are cut lazily: a reply of ten million words is never one list
