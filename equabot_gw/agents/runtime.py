@@ -16,7 +16,6 @@ this module knows nothing about HTTP, WebSocket or terminals.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import itertools
 import logging
@@ -561,9 +560,8 @@ async def _generate(handle: Run, call: ProviderCall, observers: list[Callable[[s
     first = bool(observers)     # observers to tell of the first text
     handle.agent.watch(handle)
     try:
-        # aclosing: a provider's finally blocks (upstream sockets, child
-        # processes) run now, not whenever the generator is collected.
-        async with contextlib.aclosing(provider.stream(call)) as events:
+        events = provider.stream(call)
+        try:
             async for event in events:
                 kind = type(event)
                 if kind is TextDelta and event.text:    # type: ignore[union-attr]
@@ -593,6 +591,10 @@ async def _generate(handle: Run, call: ProviderCall, observers: list[Callable[[s
                 if clock() >= give_back_at:
                     await asyncio.sleep(0)
                     give_back_at = clock() + YIELD_INTERVAL
+        finally:
+            # Now, not whenever the generator is collected: a provider's finally
+            # blocks (upstream sockets, child processes) run before the run goes on.
+            await events.aclose()
         text = run_log.text()   # the reply: its deltas, joined once (the log holds no copy)
         if (len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))) > \
                 limit - (output.bytes if output is not None else 0):

@@ -275,9 +275,9 @@ class ChatCompletions:
         if len(model_name) > MAX_MODEL_CHARS:
             raise _bad("model", f"Invalid 'model': {len(model_name)} characters, more than the "
                                 f"limit of {MAX_MODEL_CHARS}.", code="invalid_value")
-        headers = request.headers
-        agent_id = gateway_header(headers, "agent-id") or _agent_from_model(model_name)
-        session_key = gateway_header(headers, "session-key")
+        ours = gateway_headers(request.headers)
+        agent_id = ours.get("agent-id") or _agent_from_model(model_name)
+        session_key = ours.get("session-key")
         user = body.get("user")
         if session_key is None and user:
             agent = self.runtime.agent(agent_id)
@@ -287,14 +287,13 @@ class ChatCompletions:
         plain = len(new) == 1 and new[0].role == "user" and type(new[0].content) is str
         agent_request = AgentRequest(
             message=new[0].content if plain else "", agent_id=agent_id,  # type: ignore[arg-type]
-            session_key=session_key, context=context, system=system, model=gateway_header(headers, "model"),
+            session_key=session_key, context=context, system=system, model=ours.get("model"),
             options=chat_content.options_from(body), origin="openai", input=() if plain else new,
-            client_history=self._client_history(headers), idempotency_key=key)
+            client_history=self._client_history(ours.get("history")), idempotency_key=key)
         return agent_request, stream, include_usage, model_name
 
-    def _client_history(self, headers: Any) -> bool:
-        """Whether the client owns the history: x-equabot-history (client|session), else the config."""
-        value = gateway_header(headers, "history")
+    def _client_history(self, value: str | None) -> bool:
+        """Whether the client owns the history: x-equabot-history (``value``: client|session), else the config."""
         if value is None:
             return self.client_history
         if value.strip().lower() not in ("client", "session"):
@@ -350,6 +349,23 @@ def gateway_header(headers: Any, name: str) -> str | None:
         if value is not None:
             return value
     return None
+
+
+def gateway_headers(headers: Any) -> dict[str, str]:
+    """Every gateway header of a request, by name without its prefix, as ``gateway_header``
+    would give each (the preferred prefix wins, then the first value); one look at each field."""
+    found: dict[str, str] = {}
+    ranks: dict[str, int] = {}
+    for name, value in headers:
+        if name[:2] != "x-":        # most requests carry none: one slice per field
+            continue
+        for rank, prefix in enumerate(HEADER_PREFIXES):
+            if name.startswith(prefix):
+                short = name[len(prefix):]
+                if ranks.get(short, len(HEADER_PREFIXES)) > rank:
+                    found[short], ranks[short] = value, rank
+                break
+    return found
 
 
 def _agent_from_model(model: str) -> str | None:
