@@ -478,7 +478,9 @@ async def _execute(runtime: Runtime, handle: Run) -> None:
             try:
                 if handle._journalled is not None:
                     await handle._journalled      # the key is durable before anything is produced
-                call, history = await _prepare(runtime, handle)
+                history = _EMPTY_HISTORY if handle.stateless else \
+                    await runtime.store.history(agent.id, handle.session_key)
+                call = _provider_call(handle, history)
                 handle.status = "running"
                 handle.events.append(Started(handle.id, agent.id, handle.session_key,
                                              handle.model, call.turn))
@@ -517,18 +519,15 @@ _NO_LANE: Final = _NoLane()
 _EMPTY_HISTORY: Final = SessionHistory()
 
 
-async def _prepare(runtime: Runtime, handle: Run) -> tuple[ProviderCall, SessionHistory]:
+def _provider_call(handle: Run, history: SessionHistory) -> ProviderCall:
     """The provider call: history (transcript, else the client's context) plus the new turn."""
-    agent = handle.agent
     request = handle.request
-    history = _EMPTY_HISTORY if handle.stateless else \
-        await runtime.store.history(agent.id, handle.session_key)
     context = history.messages if history.exists and not request.client_history else request.context
-    system = "\n\n".join(p for p in (agent.system_prompt, request.system) if p)
+    ours, theirs = handle.agent.system_prompt, request.system
+    system = f"{ours}\n\n{theirs}" if ours and theirs else ours or theirs
     new = named_results(context, request.input) if request.input else (Message("user", request.message),)
-    call = ProviderCall(handle._model_name, system, context + new,
+    return ProviderCall(handle._model_name, system, context + new,
                         history.assistant_turns + 1, request.options, handle.id, handle.events.watched)
-    return call, history
 
 
 async def _generate(handle: Run, call: ProviderCall, observers: list[Callable[[str, Run], None]]

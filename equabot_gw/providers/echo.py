@@ -126,6 +126,14 @@ def tool_calls_asked(call: ProviderCall) -> list[tuple[str, str]] | None:
     return calls[:1] if options.parallel_tool_calls is False else calls
 
 
+async def _prompt_tokens(call: ProviderCall) -> int:
+    """The prompt's words, counted off the loop's step when the prompt is long."""
+    prompt = _prompt_words(call)
+    if prompt is None:
+        prompt = await count_words(call.system, *(m.text() for m in call.messages))
+    return prompt
+
+
 def _prompt_words(call: ProviderCall) -> int | None:
     """The prompt's words, or None when it is too long to count in one step of the loop."""
     chars = len(call.system)
@@ -173,17 +181,22 @@ class EchoProvider(Provider):
             async for event in self._rich(call, reply, delay):
                 yield event
             return
-        if len(reply) <= _EAGER_CHARS and not delay:
-            # The hot path of the throughput benchmark: no await per delta, so a
+        if len(reply) <= _EAGER_CHARS and not delay and not call.watched:
+            # Nobody follows the reply word by word: it goes whole (cut after
+            # ``limit`` words, the deltas a watcher would have had joined).
+            words = len(reply.split())
+            if limit is not None and words > limit:
+                reply, words, reason = "".join(split_deltas(reply)[:limit]), limit, "length"
+            if reply:
+                yield TextDelta(reply)
+        elif len(reply) <= _EAGER_CHARS and not delay:
+            # The hot path of the streaming benchmark: no await per delta, so a
             # consumer reading 100k+ events/s pays no event-loop round trip for each.
             deltas = split_deltas(reply)
             if limit is not None and len(deltas) > limit:
                 deltas, reason = deltas[:limit], "length"
-            if call.watched:
-                for delta in deltas:
-                    yield TextDelta(delta)
-            elif deltas:
-                yield TextDelta("".join(deltas) if reason == "length" else reply)
+            for delta in deltas:
+                yield TextDelta(delta)
             words = len(deltas) if _DELTA.match(reply) else 0
         else:
             # Words are cut lazily: a reply of ten million words is never one list
@@ -199,14 +212,11 @@ class EchoProvider(Provider):
                 yield TextDelta(match.group())
             if not words and reply:
                 yield TextDelta(reply)      # all whitespace: one delta of no word
-        yield Usage(await self._prompt(call), words)
-        yield Finish(reason)
-
-    async def _prompt(self, call: ProviderCall) -> int:
-        prompt = _prompt_words(call)
+        prompt = _prompt_words(call)       # inline: the hot path's one await less
         if prompt is None:
             prompt = await count_words(call.system, *(m.text() for m in call.messages))
-        return prompt
+        yield Usage(prompt, words)
+        yield Finish(reason)
 
     async def _rich(self, call: ProviderCall, reply: str, delay: float) -> AsyncIterator[ProviderEvent]:
         """The reply with log probabilities, and/or as ``n`` choices; then ``Usage`` and ``Finish``."""
@@ -228,7 +238,7 @@ class EchoProvider(Provider):
                     yield event if index == 0 else ChoiceEvent(index, event)
             if index:
                 yield ChoiceEvent(index, Finish(reason))
-        yield Usage(await self._prompt(call), words * n)
+        yield Usage(await _prompt_tokens(call), words * n)
         yield Finish(reason)
 
     async def _calls(self, call: ProviderCall, asked: list[tuple[str, str]]) -> AsyncIterator[ProviderEvent]:
@@ -248,7 +258,7 @@ class EchoProvider(Provider):
                 words += 1 + len(arguments.split())
             if choice:
                 yield ChoiceEvent(choice, Finish("tool_calls"))
-        yield Usage(await self._prompt(call), words)
+        yield Usage(await _prompt_tokens(call), words)
         yield Finish("tool_calls")
 
 
