@@ -29,7 +29,10 @@ from ..errors import RunError
 from .types import AgentResult, ChoiceEvent, Logprobs, ReasoningDelta, TextDelta, ToolCallDelta
 
 
-@dataclass(frozen=True, slots=True)
+# The lifecycle events are made once per run, so, like ``types.Message``, they
+# are plain slotted dataclasses (a frozen one sets each field through
+# object.__setattr__): read-only by convention, shared by every reader.
+@dataclass(slots=True)
 class Started:
     """Lifecycle "start": the run left its queue and the provider is being asked."""
 
@@ -47,14 +50,14 @@ class Started:
 Delta = TextDelta
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Ended:
     """Lifecycle "end": the reply is complete and durable."""
 
     result: AgentResult
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Failed:
     """Lifecycle "error": ``error.reason`` is "aborted", "timeout", "upstream", "storage" or "error"."""
 
