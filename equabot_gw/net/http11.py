@@ -618,7 +618,8 @@ def encode_response_head(status: int, headers: Iterable[tuple[str, str]]) -> byt
     line = _STATUS_LINES.get(status) or f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}\r\n"
     fields = []
     for name, value in headers:
-        _check_name(name)
+        if name not in _CHECKED_NAMES:      # the usual names were checked before: no call
+            _check_name(name)
         fields.append(f"{name}: {value}\r\n")
     head = line + "".join(fields) + "\r\n"
     _check_head(head, len(fields) + 2)
