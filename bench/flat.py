@@ -59,7 +59,7 @@ def _keyed(i: int) -> bytes:
 
 async def drive(gateway, count: int, make=None) -> None:
     """``count`` requests over CONNS in-memory connections, each sent when the last was answered."""
-    from equabot_gw.net import server as server_mod
+    from equabot_gw.net import connection as connection_mod
     loop = asyncio.get_running_loop()
     stateless = instructions._request(instructions.S1_BODY)
     make = make or (lambda i: stateless)
@@ -75,7 +75,7 @@ async def drive(gateway, count: int, make=None) -> None:
             loop.call_soon(transport.protocol.data_received, make(state["sent"]))
 
     for _ in range(min(CONNS, count)):
-        conn = server_mod._Connection(gateway.server)
+        conn = connection_mod.Connection(gateway.server)
         transport = instructions._MemoryTransport(answered)
         transport.protocol = conn
         conn.connection_made(transport)

@@ -99,7 +99,7 @@ class _MemoryTransport(asyncio.Transport):
 
 
 async def _s1(gateway, count: int) -> None:
-    from equabot_gw.net import server as server_mod
+    from equabot_gw.net import connection as connection_mod
     loop = asyncio.get_running_loop()
     request = _request(S1_BODY)
     state = {"sent": 0, "done": 0}
@@ -114,7 +114,7 @@ async def _s1(gateway, count: int) -> None:
             loop.call_soon(transport.protocol.data_received, request)
 
     for _ in range(64):
-        conn = server_mod._Connection(gateway.server)
+        conn = connection_mod.Connection(gateway.server)
         transport = _MemoryTransport(answered)
         transport.protocol = conn
         conn.connection_made(transport)

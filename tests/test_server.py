@@ -19,7 +19,7 @@ import unittest
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from equabot_gw.net import server as server_mod
+from equabot_gw.net import connection as connection_mod, server as server_mod
 from equabot_gw.net.routes import HTTPRequest, Response, Router, StreamingResponse
 
 from tests.net_transports import FlowTransport
@@ -329,14 +329,14 @@ class StreamWritesTest(unittest.IsolatedAsyncioTestCase):
     """A stream's output is sent per task step, not per piece, and never held past a bound."""
 
     def start_stream(self, body: Callable[[], AsyncIterator[bytes]], request: bytes
-                     ) -> tuple[server_mod._Connection, _RecordingTransport]:
+                     ) -> tuple[connection_mod.Connection, _RecordingTransport]:
         router = Router()
 
         async def handler(request: HTTPRequest) -> StreamingResponse:
             return StreamingResponse(200, [("content-type", "text/plain")], body())
 
         router.add("/s", ("GET",), handler)
-        conn = server_mod._Connection(server_mod.HTTPServer(router))
+        conn = connection_mod.Connection(server_mod.HTTPServer(router))
         transport = _RecordingTransport()
         conn.connection_made(transport)
         conn.data_received(request)
@@ -392,7 +392,7 @@ class StreamWritesTest(unittest.IsolatedAsyncioTestCase):
 
     async def test_a_body_that_never_yields_control_is_still_sent_in_bounded_writes(self) -> None:
         piece = b"x" * 1000
-        count = 10 * server_mod.MAX_CORKED_BYTES // len(piece)
+        count = 10 * connection_mod.MAX_CORKED_BYTES // len(piece)
 
         async def body() -> AsyncIterator[bytes]:
             for _ in range(count):
@@ -400,7 +400,7 @@ class StreamWritesTest(unittest.IsolatedAsyncioTestCase):
 
         writes = (await self.serve_stream(body)).writes
         self.assertGreaterEqual(len(writes), 10)
-        self.assertLess(max(map(len, writes)), server_mod.MAX_CORKED_BYTES + 2 * len(piece))
+        self.assertLess(max(map(len, writes)), connection_mod.MAX_CORKED_BYTES + 2 * len(piece))
         wire = b"".join(writes)
         self.assertEqual(wire.count(b"3e8\r\n" + piece + b"\r\n"), count)
         self.assertTrue(wire.endswith(b"0\r\n\r\n"))
@@ -463,7 +463,7 @@ class StreamOnCloseTest(unittest.IsolatedAsyncioTestCase):
                     ) -> tuple[list[str], bytes]:
         closed: list[str] = []
         router = Router()
-        conn = server_mod._Connection(server_mod.HTTPServer(router))
+        conn = connection_mod.Connection(server_mod.HTTPServer(router))
 
         async def handler(request: HTTPRequest) -> StreamingResponse:
             if leave_in_handler:
@@ -527,15 +527,15 @@ class OutputBoundsTest(unittest.IsolatedAsyncioTestCase):
 
     SEND_TIMEOUT = 0.2
     # Unsent output never passes the high-water mark by more than the corked bytes and one piece.
-    BOUND = server_mod.WRITE_HIGH_WATER_BYTES + 2 * server_mod.MAX_WRITE_PIECE_BYTES + 4096
+    BOUND = connection_mod.WRITE_HIGH_WATER_BYTES + 2 * connection_mod.MAX_WRITE_PIECE_BYTES + 4096
 
-    def connect(self) -> tuple[server_mod._Connection, FlowTransport]:
+    def connect(self) -> tuple[connection_mod.Connection, FlowTransport]:
         server = server_mod.HTTPServer(_output_router(),
                                        limits=server_mod.Limits(send_timeout=self.SEND_TIMEOUT))
-        conn = server_mod._Connection(server)
+        conn = connection_mod.Connection(server)
         return conn, FlowTransport(asyncio.get_running_loop()).connect(conn)
 
-    async def assertDropped(self, conn: server_mod._Connection, transport: FlowTransport,
+    async def assertDropped(self, conn: connection_mod.Connection, transport: FlowTransport,
                             within: float = 3.0) -> float:
         started = time.monotonic()
         while not transport.aborted and time.monotonic() - started < within:
@@ -557,7 +557,7 @@ class OutputBoundsTest(unittest.IsolatedAsyncioTestCase):
             max_buffered = max(max_buffered, conn.parser.buffered_bytes)
             await asyncio.sleep(0.005)
         await self.assertDropped(conn, transport)
-        self.assertLessEqual(max_buffered, server_mod.MAX_PIPELINE_BUFFER_BYTES + len(requests))
+        self.assertLessEqual(max_buffered, connection_mod.MAX_PIPELINE_BUFFER_BYTES + len(requests))
         self.assertLess(fed, 8 << 20)               # it stopped reading long before this
 
     async def test_a_plain_response_to_a_client_that_never_reads_times_out(self) -> None:
@@ -566,7 +566,7 @@ class OutputBoundsTest(unittest.IsolatedAsyncioTestCase):
         conn.data_received(b"GET /big/16777216 HTTP/1.1\r\nHost: x\r\n\r\n")
         elapsed = await self.assertDropped(conn, transport)
         self.assertLess(elapsed, self.SEND_TIMEOUT + 1.0)
-        self.assertLessEqual(max(transport.writes), server_mod.MAX_WRITE_PIECE_BYTES)
+        self.assertLessEqual(max(transport.writes), connection_mod.MAX_WRITE_PIECE_BYTES)
 
     async def test_a_slow_reader_of_a_plain_response_is_served_whole(self) -> None:
         # It takes far longer than send_timeout in all, but never reads nothing for that long.
@@ -589,7 +589,7 @@ class OutputBoundsTest(unittest.IsolatedAsyncioTestCase):
         conn, transport = self.connect()
         conn.data_received(b"GET /huge/16777216 HTTP/1.1\r\nHost: x\r\n\r\n")
         await self.assertDropped(conn, transport)
-        self.assertLessEqual(max(transport.writes), 2 * server_mod.MAX_WRITE_PIECE_BYTES)
+        self.assertLessEqual(max(transport.writes), 2 * connection_mod.MAX_WRITE_PIECE_BYTES)
 
     async def test_a_huge_stream_piece_reaches_a_slow_reader_whole(self) -> None:
         conn, transport = self.connect()
@@ -603,7 +603,7 @@ class OutputBoundsTest(unittest.IsolatedAsyncioTestCase):
         head, _, wire = bytes(transport.received).partition(b"\r\n\r\n")
         self.assertIn(b"transfer-encoding: chunked", head)
         self.assertEqual(_dechunk(wire), b"<" + bytes(range(256)) * (size // 256) + b">")
-        self.assertLessEqual(max(transport.writes), 2 * server_mod.MAX_WRITE_PIECE_BYTES)
+        self.assertLessEqual(max(transport.writes), 2 * connection_mod.MAX_WRITE_PIECE_BYTES)
         self.assertLessEqual(transport.max_unsent, self.BOUND)
 
     async def test_a_stream_of_many_pieces_to_a_client_that_never_reads_is_bounded(self) -> None:
