@@ -22,9 +22,8 @@ import logging
 import os
 import sys
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -33,6 +32,7 @@ from ..errors import (
     ApiError, ReplyTooLarge, RunAborted, RunError, RunFailed, RunTimedOut, UpstreamError,
 )
 from . import idempotency, sessions
+from .agent import Agent
 from .records import RunRecord
 from .events import Ended, Failed, EventLog, Started, Subscription
 from .output import ReplyOutput, check_request, finish_reason, named_results, output_weight
@@ -45,8 +45,6 @@ from .types import (
 
 log = logging.getLogger("equabot_gw.runtime")
 
-# asyncio runs a timer up to one clock tick early; a deadline that close counts as reached.
-_CLOCK_SLACK: Final = time.get_clock_info("monotonic").resolution
 # A provider whose stream never suspends (data always buffered, or a local
 # generator) would hold the loop for the whole reply: the run gives the loop
 # back when this many seconds passed since it last did, looking at the clock
@@ -65,96 +63,7 @@ MAX_FINISHED_RUNS: Final = 10_000
 # its transcript or journal when asked for.
 MAX_KEPT_REPLY_BYTES: Final = 64 * 1024
 FINISHED_REPLIES_BUDGET_BYTES: Final = 16 * 1024 * 1024
-RETRY_AFTER_SECONDS: Final = "1"
 DEFAULT_AGENT_ID: Final = "main"
-
-
-@dataclass(slots=True)
-class Agent:
-    """An agent as configured, with its defaults applied, and its concurrency gate."""
-
-    id: str
-    name: str
-    model: str
-    system_prompt: str
-    timeout: float
-    max_concurrent: int
-    max_queued: int
-    is_default: bool = False
-    active: int = 0
-    waiting: int = 0
-    _slot_waiters: deque[asyncio.Future[None]] = field(default_factory=deque, repr=False)
-    # Runs generating now -> their deadlines, in start order, hence in deadline
-    # order (one timeout per agent). One timer for them all: a call_later per run
-    # costs a heap push and a cancelled entry per run (measured: 3% of a
-    # non-streaming completion's instructions).
-    _deadlines: dict[Run, float] = field(default_factory=dict, repr=False)
-    _watchdog: asyncio.TimerHandle | None = field(default=None, repr=False)
-
-    def admit(self) -> None:
-        """Raise 429 when the agent runs its maximum and its queue is full."""
-        # Every admitted run holds a slot or waits for one (in its session's
-        # lane or the slot queue), so this counts them all, even a burst
-        # admitted within one loop turn before any of them started.
-        if self.active + self.waiting >= self.max_concurrent + self.max_queued:
-            raise ApiError(429, f"agent {self.id!r} is at capacity ({self.max_concurrent} running, "
-                                f"{self.max_queued} queued); retry later",
-                           code="rate_limit_exceeded", headers=(("retry-after", RETRY_AFTER_SECONDS),))
-
-    async def acquire(self) -> None:
-        if self.active < self.max_concurrent and not self._slot_waiters:
-            self.active += 1
-            return
-        waiter = asyncio.get_running_loop().create_future()
-        self._slot_waiters.append(waiter)
-        try:
-            await waiter            # release() hands its slot over: active stays counted
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self.release()      # the slot arrived just as we were cancelled
-            elif waiter in self._slot_waiters:
-                self._slot_waiters.remove(waiter)
-            raise
-
-    def release(self) -> None:
-        while self._slot_waiters:
-            waiter = self._slot_waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-        self.active -= 1
-
-    def watch(self, run: Run) -> None:
-        """Abort ``run`` with "timeout" once it has generated for ``timeout`` seconds."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout
-        self._deadlines[run] = deadline
-        if self._watchdog is None:
-            self._watchdog = loop.call_at(deadline, self._expire)
-
-    def unwatch(self, run: Run) -> None:
-        """``run`` stopped generating: no timeout for it any more."""
-        # The timer stays armed: re-arming it per run would cost what it saves.
-        self._deadlines.pop(run, None)
-
-    def stop_watchdog(self) -> None:
-        """Cancel the timeout timer (at shutdown, once no run generates any more)."""
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
-
-    def _expire(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._watchdog = None
-        now = loop.time()
-        deadlines = self._deadlines
-        while deadlines:
-            run, deadline = next(iter(deadlines.items()))
-            if deadline > now + _CLOCK_SLACK:
-                self._watchdog = loop.call_at(deadline, self._expire)
-                return
-            del deadlines[run]
-            run.abort("timeout")
 
 
 class Run:
