@@ -21,12 +21,12 @@ from tests.support import TOKEN, base_config, running_gateway, write_config
 
 class OnePathTest(unittest.IsolatedAsyncioTestCase):
     async def asyncSetUp(self) -> None:
-        self.calls: list[tuple[str, str]] = []
+        self.calls: list[tuple[str, str, bool]] = []
         original = agent_runtime.run
 
-        def recording_run(runtime, request):
-            self.calls.append((request.origin, request.message))
-            return original(runtime, request)
+        def recording_run(runtime, request, digest=None, meta=None, *, watched=True):
+            self.calls.append((request.origin, request.message, watched))
+            return original(runtime, request, digest, meta, watched=watched)
 
         patcher = mock.patch.object(agent_runtime, "run", recording_run)
         patcher.start()
@@ -71,8 +71,10 @@ class OnePathTest(unittest.IsolatedAsyncioTestCase):
             with contextlib.redirect_stdout(io.StringIO()) as out:
                 self.assertEqual(await agent_cli.run_agent_command(args), 0)
             self.assertEqual(out.getvalue(), "Echo (turn 1): via cli local\n")
-        self.assertEqual(self.calls, [("openai", "via http"), ("responses", "via responses"), ("ws", "via ws"),
-                                      ("ws", "via cli remote"), ("cli", "via cli local")])
+        # Only a door that waits for the whole answer says nobody follows the reply as it is made.
+        self.assertEqual(self.calls, [("openai", "via http", False), ("responses", "via responses", False),
+                                      ("ws", "via ws", True), ("ws", "via cli remote", True),
+                                      ("cli", "via cli local", True)])
 
     async def test_run_agent_calls_run_on_its_own_runtime_and_on_a_gateways(self) -> None:
         self.assertEqual((await run_agent("via run_agent")).text, "Echo (turn 1): via run_agent")
@@ -80,8 +82,8 @@ class OnePathTest(unittest.IsolatedAsyncioTestCase):
         self.assertEqual(events[-1].result.text, "Echo (turn 1): via run_agent, iterated")
         async with running_gateway() as gw:
             self.assertEqual((await run_agent("via a gateway", gateway=gw)).text, "Echo (turn 1): via a gateway")
-        self.assertEqual(self.calls, [("embed", "via run_agent"), ("embed", "via run_agent, iterated"),
-                                      ("embed", "via a gateway")])
+        self.assertEqual(self.calls, [("embed", "via run_agent", True), ("embed", "via run_agent, iterated", True),
+                                      ("embed", "via a gateway", True)])
 
 
 if __name__ == "__main__":

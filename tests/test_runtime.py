@@ -398,8 +398,7 @@ class EventsTest(RuntimeCase):
                 self.assertEqual(await self.events(handle), events)       # a second reader sees the same
                 if shape == "F":
                     self.assertEqual(name, "aborted queued")
-        # Nobody watched "ok" when it started: echo gave its text whole.
-        self.assertEqual(self.shape(await self.events(runs["ok"])), "SDE")
+        self.assertEqual(self.shape(await self.events(runs["ok"])), "S" + "D" * 6 + "E")
         [*_, failed] = await self.events(runs["upstream failure"])
         self.assertIsInstance(failed.error, UpstreamError)
         self.assertEqual((failed.reason, http_status(failed.error)), ("upstream", 502))
@@ -427,17 +426,21 @@ class EventsTest(RuntimeCase):
         self.assertGreater(seen[-2][1] - seen[1][1], 4 * DELAY_MS / 1000)   # not one batch at the end
 
     async def test_a_run_nobody_watches_gets_its_text_whole(self) -> None:
-        watched = self.start("one two three")
-        words = [e.text for e in await self.events(watched) if type(e) is Delta]   # subscribed before it ran
-        unwatched = self.start("one two three")
+        asked = AgentRequest(message="one two three")
+        words = [e.text for e in await self.events(run(self.runtime, asked)) if type(e) is Delta]
+        unwatched = run(self.runtime, asked, watched=False)
         result = await unwatched.wait()
         whole = [e.text for e in await self.events(unwatched) if type(e) is Delta]
         self.assertEqual(len(words), 6)
         self.assertEqual(whole, [result.text])
         self.assertEqual("".join(words), result.text)       # both stateless: both turn 1
-        self.assertEqual((result.usage.completion_tokens, (await watched.wait()).usage.completion_tokens), (6, 6))
-        cut = self.start("one two three", options=GenerationOptions(max_tokens=2))
-        self.assertEqual(((await cut.wait()).text, (await cut.wait()).finish_reason), ("Echo (turn", "length"))
+        self.assertEqual(result.usage.completion_tokens, 6)
+        cut = await run(self.runtime, AgentRequest(message="one two three",
+                                                   options=GenerationOptions(max_tokens=2)), watched=False).wait()
+        self.assertEqual((cut.text, cut.finish_reason, cut.usage.completion_tokens), ("Echo (turn", "length", 2))
+        # Subscribed before it started: watched after all.
+        early = run(self.runtime, asked, watched=False)
+        self.assertEqual(len([e for e in await self.events(early) if type(e) is Delta]), 6)
 
     async def test_failed_run_writes_an_error_line(self) -> None:
         handle = self.start("x", agent_id="broken", session_key="err")

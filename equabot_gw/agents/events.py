@@ -135,7 +135,7 @@ class EventLog:
 
     @property
     def watched(self) -> bool:
-        """Whether anyone subscribed to the log (a reader may have gone since)."""
+        """Whether anyone subscribed to the log so far (a reader may have gone since)."""
         return bool(self._subscriptions)
 
     def text(self) -> str:

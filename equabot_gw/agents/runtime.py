@@ -73,7 +73,8 @@ class Run:
     """
 
     def __init__(self, run_id: str, agent: Agent, session_key: str, stateless: bool,
-                 request: AgentRequest, provider: Provider, model_ref: str, model_name: str) -> None:
+                 request: AgentRequest, provider: Provider, model_ref: str, model_name: str,
+                 watched: bool = True) -> None:
         self.id = run_id
         self.agent = agent
         self.session_key = session_key
@@ -84,6 +85,7 @@ class Run:
         self._model_name = model_name
         self.status = "queued"
         self.events = EventLog()
+        self.watched = watched      # its door follows the reply as it is made (see ``run``)
         self.created_at = time.time()
         # The outcome: set once, by _settle; waiters are woken there directly.
         self.done = False
@@ -278,7 +280,7 @@ class Runtime:
 
 
 def run(runtime: Runtime, request: AgentRequest, digest: str | None = None,
-        meta: dict[str, Any] | None = None) -> Run | RunRecord:
+        meta: dict[str, Any] | None = None, *, watched: bool = True) -> Run | RunRecord:
     """Start one agent run: the single entry point for HTTP, WebSocket and CLI.
 
     Admission happens now and raises ``ApiError``: 404 unknown agent, 400 bad
@@ -291,7 +293,10 @@ def run(runtime: Runtime, request: AgentRequest, digest: str | None = None,
     ``idempotency_key_reused`` if ``digest`` (of the client's request, made
     by the door; else of ``request``) differs. Doors call ``run_once``,
     which also finds keys of runs from before a restart; ``meta`` (a small
-    object of the door's) is kept with a new key.
+    object of the door's) is kept with a new key. ``watched`` False says
+    the caller only waits for the result: unless someone subscribes before
+    the run starts, its provider may then give the reply in fewer, longer
+    deltas (``ProviderCall.watched``).
     """
     if runtime.closing:
         raise ApiError(503, "the gateway is shutting down", code="unavailable")
@@ -309,7 +314,7 @@ def run(runtime: Runtime, request: AgentRequest, digest: str | None = None,
         check_request(request, provider, model_ref)
     agent.admit()
     handle = Run(runtime._new_run_id(), agent, key, stateless, request, provider,
-                 model_ref, model_name)
+                 model_ref, model_name, watched)
     if stored is not None:
         handle._journalled = runtime.keys.add(agent.id, stored, digest or "", handle.id, key, stateless, meta)
     runtime.active[handle.id] = handle
@@ -319,7 +324,8 @@ def run(runtime: Runtime, request: AgentRequest, digest: str | None = None,
 
 
 async def run_once(runtime: Runtime, request: AgentRequest, digest: str,
-                   meta: dict[str, Any] | None = None) -> tuple[Run | RunRecord, bool]:
+                   meta: dict[str, Any] | None = None, *, watched: bool = True
+                   ) -> tuple[Run | RunRecord, bool]:
     """``run`` for a door: the run, and whether it is an earlier run of the request's key
     (replayed or joined) rather than a new one.
 
@@ -334,7 +340,7 @@ async def run_once(runtime: Runtime, request: AgentRequest, digest: str,
         agent, _, _ = _route(runtime, request)
         await runtime.keys.load_earlier(agent.id, idempotency.stored_key(request.idempotency_key), digest,
                                         runtime.find_run, runtime._remember_record)
-    handle = run(runtime, request, digest, meta)
+    handle = run(runtime, request, digest, meta, watched=watched)
     return handle, not (type(handle) is Run and handle.request is request)
 
 
@@ -436,7 +442,8 @@ def _provider_call(handle: Run, history: SessionHistory) -> ProviderCall:
     system = f"{ours}\n\n{theirs}" if ours and theirs else ours or theirs
     new = named_results(context, request.input) if request.input else (Message("user", request.message),)
     return ProviderCall(handle._model_name, system, context + new,
-                        history.assistant_turns + 1, request.options, handle.id, handle.events.watched)
+                        history.assistant_turns + 1, request.options, handle.id,
+                        handle.watched or handle.events.watched)
 
 
 async def _generate(handle: Run, call: ProviderCall, observers: list[Callable[[str, Run], None]]

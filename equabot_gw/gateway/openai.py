@@ -225,11 +225,12 @@ class ChatCompletions:
                            code="invalid_last_event_id", param="Last-Event-ID")
         try:
             if key is None:
-                run, replayed = agent_runtime.run(self.runtime, agent_request), False
+                run, replayed = agent_runtime.run(self.runtime, agent_request, watched=stream), False
             else:
                 run, replayed = await agent_runtime.run_once(
                     self.runtime, agent_request, digest,
-                    {"model": model_name, "usage": include_usage, "legacy": legacy} if stream else None)
+                    {"model": model_name, "usage": include_usage, "legacy": legacy} if stream else None,
+                    watched=stream)
         except ApiError as exc:
             raise _rename_option_param(exc, body) from None
         completion_id = resume.completion_id(run.id)

@@ -169,11 +169,12 @@ class Responses:
         created_at = int(time.time())
         try:
             if key is None:
-                run: Run | RunRecord = agent_runtime.run(self.runtime, agent_request)
+                run: Run | RunRecord = agent_runtime.run(self.runtime, agent_request, watched=wanted.stream)
                 replayed = False
             else:
                 run, replayed = await agent_runtime.run_once(self.runtime, agent_request, digest,
-                                                             {"id": response_id, "created": created_at})
+                                                             {"id": response_id, "created": created_at},
+                                                             watched=wanted.stream)
         except ApiError as exc:
             raise _renamed(exc) from None
         echo = echo_fields(body)

@@ -544,7 +544,7 @@ class AsyncClientTest(unittest.IsolatedAsyncioTestCase):
         self.assertEqual(final.usage.total_tokens, 5)
 
     async def test_500_reveals_nothing(self) -> None:
-        def broken_run(runtime: Any, request: Any) -> Any:
+        def broken_run(runtime: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
             raise RuntimeError("secret internal detail /etc/equabot")
 
         with mock.patch.object(agent_runtime, "run", broken_run), \
