@@ -427,10 +427,12 @@ class Transcripts(StoreCase):
     async def test_a_slow_index_write_spaces_out_the_next(self) -> None:
         # Rewrites cost time per session: the next waits INDEX_FLUSH_COST_FACTOR times the last.
         writes: list[float] = []
+        sizes: list[int] = []
         real = transcripts.write_index
 
         def slow(sessions_dir: str, snapshot: dict[str, Any], committer: Any) -> float:
             writes.append(time.monotonic())
+            sizes.append(len(snapshot))
             real(sessions_dir, snapshot, committer)
             return 0.05                         # as if it had taken 50 ms: wait ≥ 1 s
 
@@ -447,7 +449,10 @@ class Transcripts(StoreCase):
         self.assertLessEqual(len(during), elapsed // 1.0 + 1, (during, elapsed))
         gaps = [b - a for a, b in zip(during, during[1:])]
         self.assertTrue(all(gap >= 0.95 for gap in gaps), gaps)
-        self.assertEqual(len(writes), len(during) + 1)      # the close writes the last changes
+        # The close writes the last changes, unless the last timed write (on a slow
+        # machine, after the last turn) already held them all.
+        self.assertLessEqual(len(writes), len(during) + 1)
+        self.assertEqual(sizes[-1], 40)
 
     async def test_history_is_read_once_and_cached_lru(self) -> None:
         for n, key in enumerate("abc"):
