@@ -108,7 +108,9 @@ class ToolSpec:
 # about 1,000 instructions a field (measured with callgrind: a 7-field frozen
 # Message costs 12.2k instructions to make, this one 3.3k, less than the
 # 2-field frozen one it replaces). Treat them as read-only all the same: the
-# session store shares them between runs.
+# session store shares them between runs. So are the other values made per
+# run or per word (AgentRequest, ProviderCall, TextDelta, Usage, Finish,
+# AgentResult): read-only by convention, none of them hashable.
 @dataclass(slots=True)
 class Message:
     """One conversation message (read-only by convention, see above).
@@ -214,7 +216,7 @@ class GenerationOptions:
 NO_OPTIONS: Final = GenerationOptions()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ProviderCall:
     """What a provider is asked for in one run.
 
@@ -237,7 +239,7 @@ class ProviderCall:
 
 # -- provider events -------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TextDelta:
     """A piece of the reply, in order."""
 
@@ -283,7 +285,7 @@ class Logprobs:
     size: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Usage:
     """Token counts as the provider reported them.
 
@@ -312,7 +314,7 @@ class Usage:
         return usage
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Finish:
     """Why the reply ended: "stop" (natural or a stop sequence), "length" (max tokens),
     "tool_calls" (it ends in calls), "content_filter", or what the upstream said."""
@@ -335,7 +337,7 @@ ProviderEvent = Union[TextDelta, ReasoningDelta, ToolCallDelta, Logprobs, Usage,
 
 # -- requests and results ------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AgentRequest:
     """One run, as any door (HTTP, WebSocket, CLI) asks for it.
 
@@ -380,7 +382,7 @@ class Choice:
     logprobs: tuple[Any, ...] | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AgentResult:
     """A finished run: the whole reply and what it cost.
 
