@@ -15,8 +15,7 @@ from __future__ import annotations
 import hashlib
 import pkgutil
 import re
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from ..errors import ApiError
 from ..net import routes as http
@@ -44,8 +43,7 @@ _HOST_SOURCE: Final = re.compile(r"(?:[a-z0-9-]{1,63}\.){0,126}[a-z0-9-]{1,63}(?
 _ENTITY_TAG: Final = re.compile(r'(?:W/)?("[^"]*")')
 
 
-@dataclass(frozen=True, slots=True)
-class StaticFile:
+class StaticFile(NamedTuple):
     """One file's bytes, content type and strong validator."""
 
     body: bytes

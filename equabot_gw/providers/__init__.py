@@ -26,8 +26,7 @@ import codecs
 import importlib
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final, NamedTuple
 
 from .. import compact_json, safejson
 from ..config import DEFAULT_MAX_REPLY_BYTES, ProviderConfig
@@ -178,8 +177,7 @@ def create_provider(name: str, config: ProviderConfig | None) -> Provider:
 
 # -- event streams (WHATWG HTML §9.2.6 "Interpreting an event stream") ------------
 
-@dataclass(frozen=True, slots=True)
-class ServerSentEvent:
+class ServerSentEvent(NamedTuple):
     """One dispatched event: ``type`` ("message" unless an ``event:`` field named it), ``data``, ``id``."""
 
     type: str
