@@ -19,7 +19,6 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Collection, Final, Mapping
 
-from . import json5
 from .errors import ConfigError, JSON5Error
 from .net import grammar
 
@@ -631,6 +630,7 @@ def load(explicit: str | None = None, env: Mapping[str, str] | None = None) -> t
 
 def parse_text(text: str, path: Path) -> Any:
     """The JSON5 document of config file ``path`` (its ``text``), or ``ConfigError``."""
+    from . import json5         # only a start with a config file needs the reader
     try:
         return json5.loads(text, max_depth=MAX_CONFIG_DEPTH)
     except JSON5Error as exc:
