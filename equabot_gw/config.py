@@ -118,7 +118,9 @@ def string_map(value: Any) -> tuple[tuple[str, str], ...]:
     return tuple(value.items())
 
 
-_FIELD_VALUE_CONTROL: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# The patterns of this module are plain strings, compiled by ``re`` on first
+# use (it caches them): a start compiles only those its config file needs.
+_FIELD_VALUE_CONTROL: Final = r"[\x00-\x08\x0a-\x1f\x7f]"
 
 
 def header_map(value: Any) -> tuple[tuple[str, str], ...]:
@@ -127,7 +129,7 @@ def header_map(value: Any) -> tuple[tuple[str, str], ...]:
     for name, field_value in items:
         if not name.isascii() or grammar.TOKEN.fullmatch(name.encode("ascii")) is None:
             raise ValueError(f"{json.dumps(name)} is not a valid header field name")
-        if not _latin1(field_value) or _FIELD_VALUE_CONTROL.search(field_value):
+        if not _latin1(field_value) or re.search(_FIELD_VALUE_CONTROL, field_value):
             # The value is never repeated: it may be a credential.
             raise ValueError(f"the value of header {json.dumps(name)} is not a valid field value")
     return items
@@ -316,12 +318,12 @@ class MetricsConfig(Section):
     public: bool = key("public", boolean, default=False)
 
 
-_NODE_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,32}")
+_NODE_ID: Final = r"[A-Za-z0-9_-]{1,32}"
 
 
 def node_id(value: Any) -> str:
     """A node id is empty (one gateway) or 1-32 of ``[A-Za-z0-9_-]``: it goes into run and response ids."""
-    if isinstance(value, str) and (value == "" or _NODE_ID.fullmatch(value)):
+    if isinstance(value, str) and (value == "" or re.fullmatch(_NODE_ID, value)):
         return value
     raise ValueError(f"expected \"\" or 1-32 characters of [A-Za-z0-9_-], got {_describe(value)}")
 
@@ -354,12 +356,12 @@ class AgentDefaults(Section):
     max_queued: int = key("maxQueued", integer(0), default=1024)
 
 
-_AGENT_ID: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_AGENT_ID: Final = r"[a-z0-9][a-z0-9_-]{0,63}"
 
 
 def agent_id(value: Any) -> str:
     """Agent ids are normalised to lower case and must match ``[a-z0-9][a-z0-9_-]{0,63}``."""
-    if isinstance(value, str) and _AGENT_ID.fullmatch(value.strip().lower()):
+    if isinstance(value, str) and re.fullmatch(_AGENT_ID, value.strip().lower()):
         return value.strip().lower()
     raise ValueError(f"expected an agent id matching [a-z0-9][a-z0-9_-]{{0,63}}, got {_describe(value)}")
 
@@ -539,7 +541,7 @@ def check_exposure(auth: AuthConfig, host: str, env: Mapping[str, str]) -> None:
 
 # -- environment substitution -------------------------------------------------------
 
-_VAR: Final = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_VAR: Final = r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}"
 
 
 def _substitute(data: Any, env: Mapping[str, str], path: str) -> Any:
@@ -551,7 +553,7 @@ def _substitute(data: Any, env: Mapping[str, str], path: str) -> Any:
             if name not in env:
                 raise ConfigError(path, f"environment variable {name} is not set")
             return env[name]
-        return _VAR.sub(repl, data) if "$" in data else data
+        return re.sub(_VAR, repl, data) if "$" in data else data
     if isinstance(data, dict):
         return {k: _substitute(v, env, f"{path}.{k}" if path else k) for k, v in data.items()}
     if isinstance(data, list):

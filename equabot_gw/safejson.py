@@ -64,9 +64,10 @@ _DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant, parse_float=
 _decode: Final = _DECODER.decode
 
 # An escaped surrogate ("\\uD800"-"\\uDFFF") somewhere in the text: only then can
-# a decoded string hold a lone one (raw surrogates are not valid UTF-8).
-_ESCAPED_SURROGATE: Final = re.compile(r"\\u[dD][89a-fA-F]")
-_LONE_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+# a decoded string hold a lone one (raw surrogates are not valid UTF-8). Both are
+# compiled by ``re`` on first use (and cached there): most texts never need them.
+_ESCAPED_SURROGATE: Final = r"\\u[dD][89a-fA-F]"
+_LONE_SURROGATE: Final = "[\ud800-\udfff]"
 
 
 def loads(data: bytes | bytearray | str, *, max_depth: int = MAX_DEPTH) -> Any:
@@ -93,7 +94,7 @@ def loads(data: bytes | bytearray | str, *, max_depth: int = MAX_DEPTH) -> Any:
     # escaped surrogate starts with a backslash-u.
     if len(text) > 2 * max_depth and text.count("[") + text.count("{") > max_depth:
         _check_depth(value, text, max_depth)
-    if "\\u" in text and _ESCAPED_SURROGATE.search(text) is not None:
+    if "\\u" in text and re.search(_ESCAPED_SURROGATE, text) is not None:
         _check_surrogates(value, text)
     return value
 
@@ -125,7 +126,7 @@ async def loads_async(data: bytes | bytearray | str, *, max_depth: int = MAX_DEP
         if time.perf_counter() >= deadline:
             await asyncio.sleep(0)
             deadline = time.perf_counter() + SLICE_SECONDS
-    if _ESCAPED_SURROGATE.search(text) is not None:
+    if re.search(_ESCAPED_SURROGATE, text) is not None:
         _check_surrogates(value, text)
     return value
 
@@ -168,9 +169,9 @@ def _check_surrogates(value: Any, text: str) -> None:
         item = pending.pop()
         kind = type(item)
         if kind is str:
-            if not item.isascii() and _LONE_SURROGATE.search(item) is not None:
+            if not item.isascii() and re.search(_LONE_SURROGATE, item) is not None:
                 raise json.JSONDecodeError("lone UTF-16 surrogate in a string", text,
-                                           _ESCAPED_SURROGATE.search(text).start())  # type: ignore[union-attr]
+                                           re.search(_ESCAPED_SURROGATE, text).start())  # type: ignore[union-attr]
         elif kind is dict:
             pending.extend(item)            # keys are strings too
             pending.extend(item.values())
