@@ -206,7 +206,8 @@ class Gateway:
 
     @property
     def control(self) -> ControlProtocol:
-        """The WebSocket control protocol, made on first use: the first upgrade (or 426) on ``/``.
+        """The WebSocket control protocol, made on first use: the first request for it
+        (an upgrade, or the 426 for a plain GET, on ``/`` or ``/chat``; the echo path).
 
         Its half of the package (``control``, ``methods``, ``runs``, ``frames``,
         ``params``, ``net/wsstream``, ``net/websocket``) is imported then, not at
