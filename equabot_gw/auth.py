@@ -28,9 +28,8 @@ import os
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Final, NamedTuple
 
 from .config import LOOPBACK_HOSTS, PASSWORD_ENV, TOKEN_ENV, AuthConfig, RateLimitConfig, check_exposure
 from .errors import ApiError
@@ -42,13 +41,15 @@ MAX_TRACKED_CLIENTS: Final = 10_000
 BROWSER_KIND: Final = "browser-origin"
 
 
-@dataclass(frozen=True, slots=True)
-class Secret:
+class Secret(NamedTuple):
     """The resolved secret: ``source`` says where it came from (never the value)."""
 
     mode: str
-    value: str | None = field(repr=False)
+    value: str | None
     source: str
+
+    def __repr__(self) -> str:
+        return f"Secret(mode={self.mode!r}, source={self.source!r})"      # never the value
 
 
 def resolve_secret(auth: AuthConfig, env: Mapping[str, str], state_dir: Path,

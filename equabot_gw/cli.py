@@ -127,8 +127,13 @@ def _program_name() -> str:
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    """The whole command line; given the ``argv`` it will parse, the conformance kit (a
-    client of its own, not needed to serve) is imported only when ``argv`` names it."""
+    """The whole command line. Given the ``argv`` it will parse, only the subcommands it
+    names get their flags (every one is listed, for the help): argparse builds a parser
+    slowly, and a start needs only the gateway's. So the conformance kit (a client of its
+    own, not needed to serve) is imported only when ``argv`` names it."""
+    def named(command: str) -> bool:
+        return argv is None or command in argv
+
     parser = _Parser(
         prog=_program_name(),
         description="Equabot Gateway: HTTP (OpenAI-compatible) and WebSocket on one port.",
@@ -137,9 +142,32 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(SUBCOMMANDS) + "}")
 
     gw = sub.add_parser("gateway", help="run the gateway in the foreground (default)")
-    _gateway_flags(gw)
+    if named("gateway"):
+        _gateway_flags(gw)
 
     agent = sub.add_parser("agent", help="send one message to an agent and print the reply")
+    if named("agent"):
+        _agent_flags(agent)
+
+    cfg = sub.add_parser("config", help="configuration tools")
+    if named("config"):
+        cfg_sub = cfg.add_subparsers(dest="config_command", metavar="{check}", required=True)
+        check = cfg_sub.add_parser("check", help="validate and print the effective config (secrets masked)")
+        _common(check)
+
+    ses = sub.add_parser("sessions", help="list, show or reset stored sessions")
+    if named("sessions"):
+        _sessions_flags(ses)
+
+    checker = sub.add_parser(
+        "conformance", help="check a server against the Gateway's OpenAI HTTP and WebSocket spec")
+    if named("conformance"):
+        from . import conformance
+        conformance.add_arguments(checker)
+    return parser
+
+
+def _agent_flags(agent: argparse.ArgumentParser) -> None:
     _common(agent)
     agent.add_argument("--message", "-m", required=True, help="the user message")
     agent.add_argument("--agent", metavar="ID", type=_agent_id,
@@ -153,12 +181,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
                        "the state dir, as its lock file records)")
     agent.add_argument("--token", help="gateway token or password (default: config or environment)")
 
-    cfg = sub.add_parser("config", help="configuration tools")
-    cfg_sub = cfg.add_subparsers(dest="config_command", metavar="{check}", required=True)
-    check = cfg_sub.add_parser("check", help="validate and print the effective config (secrets masked)")
-    _common(check)
 
-    ses = sub.add_parser("sessions", help="list, show or reset stored sessions")
+def _sessions_flags(ses: argparse.ArgumentParser) -> None:
     ses_sub = ses.add_subparsers(dest="sessions_command", metavar="{list,show,reset}", required=True)
     for name, help_text in (("list", "list keyed sessions"), ("show", "print a session's transcript"),
                             ("reset", "archive a session's transcript and start over")):
@@ -172,13 +196,6 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         p.add_argument("--url", type=_url, help="ask the gateway at this URL (default: the one running on "
                        "the state dir, else read the files)")
         p.add_argument("--token", help="gateway token or password (default: config or environment)")
-
-    checker = sub.add_parser(
-        "conformance", help="check a server against the Gateway's OpenAI HTTP and WebSocket spec")
-    if argv is None or "conformance" in argv:
-        from . import conformance
-        conformance.add_arguments(checker)
-    return parser
 
 
 def _gateway_flags(parser: argparse.ArgumentParser) -> None:

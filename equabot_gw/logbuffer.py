@@ -19,8 +19,7 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 __all__ = ["LogBuffer", "Tail", "DEFAULT_MAX_LINES", "DEFAULT_MAX_BYTES", "MAX_LINE_CHARS"]
 
@@ -34,8 +33,7 @@ _LEVEL_IDS: Final = {"DEBUG": 2, "INFO": 3, "WARNING": 4, "ERROR": 5, "CRITICAL"
 _LEVEL_NAMES: Final = {"WARNING": "WARN", "CRITICAL": "FATAL"}
 
 
-@dataclass(frozen=True, slots=True)
-class Tail:
+class Tail(NamedTuple):
     """What ``LogBuffer.tail`` returns: ``cursor`` to ask with next time, ``size`` = ``cursor``."""
 
     cursor: int

@@ -64,9 +64,10 @@ _DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant, parse_float=
 _decode: Final = _DECODER.decode
 
 # An escaped surrogate ("\\uD800"-"\\uDFFF") somewhere in the text: only then can
-# a decoded string hold a lone one (raw surrogates are not valid UTF-8).
-_ESCAPED_SURROGATE: Final = re.compile(r"\\u[dD][89a-fA-F]")
-_LONE_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+# a decoded string hold a lone one (raw surrogates are not valid UTF-8). Both are
+# compiled by ``re`` on first use (and cached there): most texts never need them.
+_ESCAPED_SURROGATE: Final = r"\\u[dD][89a-fA-F]"
+_LONE_SURROGATE: Final = "[\ud800-\udfff]"
 
 
 def loads(data: bytes | bytearray | str, *, max_depth: int = MAX_DEPTH) -> Any:
@@ -93,7 +94,7 @@ def loads(data: bytes | bytearray | str, *, max_depth: int = MAX_DEPTH) -> Any:
     # escaped surrogate starts with a backslash-u.
     if len(text) > 2 * max_depth and text.count("[") + text.count("{") > max_depth:
         _check_depth(value, text, max_depth)
-    if "\\u" in text and _ESCAPED_SURROGATE.search(text) is not None:
+    if "\\u" in text and re.search(_ESCAPED_SURROGATE, text) is not None:
         _check_surrogates(value, text)
     return value
 
@@ -125,7 +126,7 @@ async def loads_async(data: bytes | bytearray | str, *, max_depth: int = MAX_DEP
         if time.perf_counter() >= deadline:
             await asyncio.sleep(0)
             deadline = time.perf_counter() + SLICE_SECONDS
-    if _ESCAPED_SURROGATE.search(text) is not None:
+    if re.search(_ESCAPED_SURROGATE, text) is not None:
         _check_surrogates(value, text)
     return value
 
@@ -168,9 +169,9 @@ def _check_surrogates(value: Any, text: str) -> None:
         item = pending.pop()
         kind = type(item)
         if kind is str:
-            if not item.isascii() and _LONE_SURROGATE.search(item) is not None:
+            if not item.isascii() and re.search(_LONE_SURROGATE, item) is not None:
                 raise json.JSONDecodeError("lone UTF-16 surrogate in a string", text,
-                                           _ESCAPED_SURROGATE.search(text).start())  # type: ignore[union-attr]
+                                           re.search(_ESCAPED_SURROGATE, text).start())  # type: ignore[union-attr]
         elif kind is dict:
             pending.extend(item)            # keys are strings too
             pending.extend(item.values())
@@ -181,8 +182,10 @@ def _check_surrogates(value: Any, text: str) -> None:
 # -- the iterative decoder (RFC 8259 §2-§7), for sliced decoding ---------------------
 
 _scanstring: Final = json.decoder.scanstring
-_WHITESPACE: Final = re.compile(r"[ \t\n\r]*")
-_NUMBER: Final = re.compile(r"(-?(?:0|[1-9][0-9]*))(\.[0-9]+)?([eE][-+]?[0-9]+)?")
+# This decoder's patterns are compiled by ``re`` on first use (and cached there):
+# only large texts come this way.
+_WHITESPACE: Final = r"[ \t\n\r]*"
+_NUMBER: Final = r"(-?(?:0|[1-9][0-9]*))(\.[0-9]+)?([eE][-+]?[0-9]+)?"
 _LITERALS: Final = (("true", True), ("false", False), ("null", None))
 
 
@@ -197,7 +200,7 @@ def _iterdecode(s: str, max_depth: int) -> Generator[None, None, Any]:
     the same kind starts within half a window of it: the waste stays below
     twice the text's length, and the whole decode linear.
     """
-    skip = _WHITESPACE.match
+    skip = re.compile(_WHITESPACE).match
     end = len(s)
     stack: list[Any] = []           # open containers, innermost last
     keys: list[Any] = []            # per open container: its pending key (dicts) or None
@@ -270,7 +273,7 @@ def _iterdecode(s: str, max_depth: int) -> Generator[None, None, Any]:
 
 def _scalar(s: str, i: int) -> tuple[Any, int]:
     """A number or a literal at ``i``, and the position after it."""
-    match = _NUMBER.match(s, i)
+    match = re.compile(_NUMBER).match(s, i)
     if match is not None:
         integer, fraction, exponent = match.groups()
         value = _finite_float(match.group()) if fraction or exponent else int(integer)
@@ -303,8 +306,8 @@ def _small_container(s: str, i: int) -> tuple[Any, int] | None:
 # value (a quote, a digit, the last letter of true/false/null): the likeliest
 # separators of members. Any comma would be sound (see _members); these save
 # attempts that would fail.
-_LAST_CLOSER_SEPARATOR: Final = re.compile(r'.*[\]}][ \t\n\r]*,', re.S)
-_LAST_SEPARATOR: Final = re.compile(r'.*[\]}"0-9el][ \t\n\r]*,', re.S)
+_LAST_CLOSER_SEPARATOR: Final = r'(?s).*[\]}][ \t\n\r]*,'
+_LAST_SEPARATOR: Final = r'(?s).*[\]}"0-9el][ \t\n\r]*,'
 
 
 def _members(s: str, i: int, parent: list[Any] | dict[str, Any], room: int) -> int | None:
@@ -320,11 +323,11 @@ def _members(s: str, i: int, parent: list[Any] | dict[str, Any], room: int) -> i
     """
     window = s[i:i + _WINDOW_CHARS]
     cuts = []
-    after_container = _LAST_CLOSER_SEPARATOR.match(window)
+    after_container = re.match(_LAST_CLOSER_SEPARATOR, window)
     if after_container is not None:
         cuts.append(after_container.end() - 1)
     first_closer = min(p for p in (window.find("]"), window.find("}"), len(window)) if p >= 0)
-    before_closer = _LAST_SEPARATOR.match(window, 0, first_closer)
+    before_closer = re.compile(_LAST_SEPARATOR).match(window, 0, first_closer)
     if before_closer is not None and before_closer.end() - 1 not in cuts:
         cuts.append(before_closer.end() - 1)
     opener, closer = ("[", "]") if type(parent) is list else ("{", "}")
@@ -340,7 +343,7 @@ def _members(s: str, i: int, parent: list[Any] | dict[str, Any], room: int) -> i
             parent.extend(values)
         else:
             parent.update(values)
-        return _WHITESPACE.match(s, i + cut + 1).end()
+        return re.compile(_WHITESPACE).match(s, i + cut + 1).end()
     return None
 
 

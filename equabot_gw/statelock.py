@@ -16,9 +16,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, NamedTuple
 
 from . import safejson
 from .errors import GatewayError
@@ -39,8 +38,7 @@ class StateDirInUse(GatewayError):
                          f"stop it or pass another --state-dir")
 
 
-@dataclass(frozen=True, slots=True)
-class Holder:
+class Holder(NamedTuple):
     """What a gateway recorded about itself: pid, URL, config file (None: defaults) and auth mode.
 
     ``url`` is "" and ``auth_mode`` None when the holder recorded nothing

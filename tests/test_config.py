@@ -47,18 +47,51 @@ class DefaultsTest(unittest.TestCase):
                 self.assertIn(key, text)
 
 
-def _all_keys(cls: type) -> set[str]:
-    from dataclasses import fields, is_dataclass
+def _all_keys(cls: type[config.Section]) -> set[str]:
     keys = set()
-    for f in fields(cls):
-        keys.add(f.metadata["key"])
-        factory = f.default_factory
-        if callable(factory) and is_dataclass(factory):
-            keys |= _all_keys(factory)
+    for k in cls.KEYS:
+        keys.add(k.name)
+        if isinstance(k.factory, type) and issubclass(k.factory, config.Section):
+            keys |= _all_keys(k.factory)
     for (owner, name), item in {**config._LIST_OF, **config._MAP_OF}.items():
         if owner is cls:
             keys |= _all_keys(item)
     return keys
+
+
+class SectionTest(unittest.TestCase):
+    """Sections are values: read-only, made by keyword with defaults, compared by value."""
+
+    def test_read_only(self) -> None:
+        c = config.from_data({}, env={})
+        for section, name in ((c, "gateway"), (c.gateway, "port"), (c.gateway.auth.rate_limit, "new")):
+            with self.subTest(name=name):
+                with self.assertRaises(AttributeError):
+                    setattr(section, name, 1)
+                with self.assertRaises(AttributeError):
+                    delattr(section, name)
+        self.assertEqual(c.gateway.port, 18789)
+
+    def test_keywords_defaults_and_required_keys(self) -> None:
+        limits = config.RateLimitConfig(max_attempts=3)
+        self.assertEqual((limits.max_attempts, limits.window_seconds), (3, 60.0))
+        self.assertIsNot(config.GatewayConfig().auth, config.GatewayConfig().auth)   # a new nested section each
+        with self.assertRaisesRegex(TypeError, "needs id"):
+            config.AgentConfig()
+        with self.assertRaisesRegex(TypeError, "has no max_attempt"):
+            config.RateLimitConfig(max_attempt=3)
+        with self.assertRaises(TypeError):
+            config.RateLimitConfig(3)                       # keywords only
+
+    def test_equal_by_value_and_hashable(self) -> None:
+        a = config.from_data({"gateway": {"port": 1234}}, env={})
+        b = config.from_data({"gateway": {"port": 1234}}, env={})
+        self.assertEqual(a, b)
+        self.assertEqual(hash(a), hash(b))
+        self.assertNotEqual(a, config.from_data({"gateway": {"port": 1235}}, env={}))
+        self.assertNotEqual(config.EndpointConfig(), config.MetricsConfig())   # same values, other section
+        self.assertEqual(repr(config.RateLimitConfig()), "RateLimitConfig(max_attempts=10, window_seconds=60.0, "
+                                                         "lockout_seconds=300.0, exempt_loopback=True)")
 
 
 class StrictKeysTest(unittest.TestCase):

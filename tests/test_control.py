@@ -15,7 +15,6 @@ import time
 import unittest
 from typing import Any
 
-from equabot_gw.config import RateLimitConfig
 from equabot_gw.errors import ConnectionClosed, GatewayError
 from equabot_gw.gateway import control, methods, runs
 from equabot_gw.gateway.client import ControlClient
@@ -32,9 +31,7 @@ DEADLINE = 0.3
 
 def limited_config(max_attempts: int) -> dict[str, Any]:
     """A config whose auth limiter counts loopback clients (the tests run there)."""
-    rate: dict[str, Any] = {"maxAttempts": max_attempts}
-    if "exempt_loopback" in RateLimitConfig.__dataclass_fields__:
-        rate["exemptLoopback"] = False
+    rate: dict[str, Any] = {"maxAttempts": max_attempts, "exemptLoopback": False}
     return slow_config(auth={"token": TOKEN, "rateLimit": rate})
 
 

@@ -30,7 +30,7 @@ import socket
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from .. import __version__, embed, statelock
 from ..logbuffer import LogBuffer
@@ -41,7 +41,11 @@ from ..errors import ApiError, GatewayError
 from ..net import routes as http
 from ..net import server
 from ..providers.python import ProviderSource
-from . import control, observe, openai, responses, static
+from . import observe, openai, static
+
+if TYPE_CHECKING:
+    from .control import ControlProtocol
+    from .responses import Responses
 
 log = logging.getLogger("equabot_gw")
 
@@ -154,13 +158,16 @@ class Gateway:
         # the ring under load (and cost a JSON encoding per run).
         self.log_buffer = LogBuffer()
         self.log_buffer.addFilter(_not_a_run_line)
-        self.control = control.ControlProtocol(self)
+        self._control: ControlProtocol | None = None      # made by the first upgrade (see control)
         self.openai = openai.ChatCompletions(self.runtime, self.authorize, self.started_at,
                                              max_messages=config.gateway.http.max_messages)
-        # POST /v1/responses and its stored responses: a store of its own, opened only when enabled.
-        self.responses = responses.Responses(self.runtime, self.authorize, self.state_dir,
-                                             max_messages=config.gateway.http.max_messages) \
-            if config.gateway.http.endpoints.responses.enabled else None
+        # POST /v1/responses and its stored responses: a store of its own, opened (and its
+        # modules imported) only when enabled.
+        self.responses: Responses | None = None
+        if config.gateway.http.endpoints.responses.enabled:
+            from .responses import Responses
+            self.responses = Responses(self.runtime, self.authorize, self.state_dir,
+                                       max_messages=config.gateway.http.max_messages)
         self._stop_requested = asyncio.Event()
         self._hurry = asyncio.Event()
         self._shutdown: asyncio.Future[None] | None = None
@@ -197,6 +204,22 @@ class Gateway:
         """True when listening on every interface (``0.0.0.0`` or ``::``)."""
         return self.host in ("0.0.0.0", "::")
 
+    @property
+    def control(self) -> ControlProtocol:
+        """The WebSocket control protocol, made on first use: the first request for it
+        (an upgrade, or the 426 for a plain GET, on ``/`` or ``/chat``; the echo path).
+
+        Its half of the package (``control``, ``methods``, ``runs``, ``frames``,
+        ``params``, ``net/wsstream``, ``net/websocket``) is imported then, not at
+        start: a gateway that only serves HTTP never loads it.
+        """
+        if self._control is None:
+            from .control import ControlProtocol
+            self._control = ControlProtocol(self)
+            if self._running and self._shutdown is None:
+                self._control.start()          # its tick; stop() ends it
+        return self._control
+
     # ---- routes ----
     def _add_routes(self) -> None:
         add = self.router.add
@@ -205,13 +228,13 @@ class Gateway:
         add("/readyz", ("GET",), self.readyz)
         add("/metrics", ("GET",), self.observer.handle)
         # "/" and "/chat": the chat page to a browser, the control protocol otherwise.
-        page = static.ChatPage(self.control.handle_upgrade)
+        page = static.ChatPage(self._control_upgrade)
         for path in ("/", "/chat"):
             add(path, ("GET",), page.root)
         add("/static/{name}", ("GET",), page.asset)
         add("/favicon.ico", ("GET",), page.favicon)
         if self.config.gateway.ws.echo_path:
-            add(self.config.gateway.ws.echo_path, ("GET",), self.control.handle_echo_upgrade)
+            add(self.config.gateway.ws.echo_path, ("GET",), self._echo_upgrade)
         routes = (("/v1/chat/completions", ("POST",), self.openai.create),
                   ("/v1/chat/completions/{rest}", ("GET",), self.openai.events),
                   ("/v1/models", ("GET",), self.openai.list_models),
@@ -230,6 +253,12 @@ class Gateway:
         if door and self.config.gateway.http.cors.allow_origins:
             add("/v1/responses", ("OPTIONS",), self._preflight(("POST",)))
             add("/v1/responses/{rest}", ("OPTIONS",), self._preflight(("GET", "POST", "DELETE")))
+
+    async def _control_upgrade(self, request: http.HTTPRequest) -> http.Upgrade:
+        return await self.control.handle_upgrade(request)
+
+    async def _echo_upgrade(self, request: http.HTTPRequest) -> http.Upgrade:
+        return await self.control.handle_echo_upgrade(request)
 
     def authorize(self, request: http.HTTPRequest) -> None:
         """Check a request's bearer credentials (401 / 429 as ``ApiError``), or its Host without auth (403)."""
@@ -270,7 +299,8 @@ class Gateway:
 
     def connection_counts(self) -> dict[str, int]:
         """Open connections: ``control`` (WebSocket control clients), ``http`` (all of them)."""
-        return {"control": len(self.control.connections), "http": self.server.connection_count}
+        control = len(self._control.connections) if self._control is not None else 0
+        return {"control": control, "http": self.server.connection_count}
 
     # ---- CORS (only when gateway.http.cors.allowOrigins is set) ----
     def _allowed_origin(self, origin: str | None) -> str | None:
@@ -352,7 +382,8 @@ class Gateway:
         self.started_at = time.time()
         self._lock.announce(self.url, config_path=self.config_path, auth_mode=self.secret.mode)
         log.addHandler(self.log_buffer)     # the package's logger only, never the root
-        self.control.start()
+        if self._control is not None:
+            self._control.start()
         self.ready = True
 
     async def stop(self) -> None:
@@ -387,7 +418,8 @@ class Gateway:
     async def _stop_in_order(self) -> None:
         self.ready = False
         grace = self.config.gateway.shutdown_grace
-        await self.control.shutdown()
+        if self._control is not None:
+            await self._control.shutdown()
         # The server stops accepting at once and waits for the requests in
         # flight; it is given the grace period plus the flush moment, but is
         # normally done long before: the aborts below end its streams.

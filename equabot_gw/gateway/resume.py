@@ -36,13 +36,14 @@ __all__ = ["KEY_HEADERS", "REPLAY_HEADER", "idempotency_key", "body_digest", "co
 # The IETF httpapi draft's header first; ours as an alias (the draft's wins when both are sent).
 KEY_HEADERS: Final = ("idempotency-key", "x-equabot-idempotency-key", "x-openclaw-idempotency-key")
 REPLAY_HEADER: Final = "x-equabot-idempotent-replay"
+# Patterns are compiled by ``re`` on first use (and cached there), not at start-up.
 # A key is 1-255 visible ASCII characters (what Stripe and the draft's examples use).
-_KEY_RE: Final = re.compile(r"[\x21-\x7e]{1,255}")
+_KEY_RE: Final = r"[\x21-\x7e]{1,255}"
 # Headers that change what a request asks besides its body: digested with it.
 _ROUTING_HEADERS: Final = ("agent-id", "session-key", "model", "history")
 # A body larger than this is digested in a worker thread, off the event loop.
 _THREAD_DIGEST_BYTES: Final = 1 << 20
-_SEQ_RE: Final = re.compile(r"[0-9]{1,15}")
+_SEQ_RE: Final = r"[0-9]{1,15}"
 _COMPLETION_PREFIX: Final = "chatcmpl-"
 
 
@@ -51,7 +52,7 @@ def idempotency_key(headers: Any) -> str | None:
     for name in KEY_HEADERS:
         value = headers.get(name)
         if value is not None:
-            if not _KEY_RE.fullmatch(value):
+            if not re.fullmatch(_KEY_RE, value):
                 raise ApiError(400, f"Invalid {name} header: expected 1-255 visible ASCII characters.",
                                code="invalid_idempotency_key", param=name)
             return value
@@ -90,7 +91,7 @@ def last_event_seq(headers: Any, public_id: str) -> int | None:
     if value is None:
         return None
     stream, _, seq = value.strip().rpartition(":")
-    if stream != public_id or not _SEQ_RE.fullmatch(seq):
+    if stream != public_id or not re.fullmatch(_SEQ_RE, seq):
         raise ApiError(400, f"Invalid Last-Event-ID {value[:120]!r}: expected '{public_id}:<seq>', an id "
                             f"of this request's stream (resend the same request with the same "
                             f"Idempotency-Key).", code="invalid_last_event_id", param="Last-Event-ID")
@@ -148,7 +149,7 @@ class Claims:
         if after is None:
             query = parse_qs(request.query or "", max_num_fields=8).get("after")
             if query is not None:
-                if not _SEQ_RE.fullmatch(query[0]):
+                if not re.fullmatch(_SEQ_RE, query[0]):
                     raise ApiError(400, "Invalid 'after': expected a seq (digits).", code="invalid_value",
                                    param="after")
                 after = int(query[0])

@@ -15,8 +15,7 @@ from __future__ import annotations
 import hashlib
 import pkgutil
 import re
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from ..errors import ApiError
 from ..net import routes as http
@@ -35,17 +34,17 @@ PAGE_TYPE: Final = "text/html; charset=utf-8"
 _CSP: Final = ("default-src 'none'; script-src 'self'; style-src 'self'; "
                "img-src 'self' data: https: http:; connect-src {connect}; "
                "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+# Both patterns are compiled by ``re`` on first use (and cached there), not at start-up.
 # A Host value that may be written into the policy as a host-source (CSP3
 # §2.3.1: host-char is ALPHA / DIGIT / "-"); anything else (IPv6 literals,
 # junk) falls back to any WebSocket, which 'self' alone would not allow in
 # browsers that predate CSP3's ws-for-'self' rule.
-_HOST_SOURCE: Final = re.compile(r"(?:[a-z0-9-]{1,63}\.){0,126}[a-z0-9-]{1,63}(?::[0-9]{1,5})?")
+_HOST_SOURCE: Final = r"(?:[a-z0-9-]{1,63}\.){0,126}[a-z0-9-]{1,63}(?::[0-9]{1,5})?"
 # RFC 9110 §8.8.3: entity-tag = [ weak ] opaque-tag; etagc excludes DQUOTE.
-_ENTITY_TAG: Final = re.compile(r'(?:W/)?("[^"]*")')
+_ENTITY_TAG: Final = r'(?:W/)?("[^"]*")'
 
 
-@dataclass(frozen=True, slots=True)
-class StaticFile:
+class StaticFile(NamedTuple):
     """One file's bytes, content type and strong validator."""
 
     body: bytes
@@ -65,7 +64,7 @@ class StaticFile:
 def content_security_policy(host: str | None) -> str:
     """The page's policy; ``connect-src`` names the request's own host when ``host`` is a plain name."""
     name = (host or "").strip().lower()
-    if _HOST_SOURCE.fullmatch(name):
+    if re.fullmatch(_HOST_SOURCE, name):
         return _CSP.format(connect=f"'self' ws://{name} wss://{name}")
     return _CSP.format(connect="'self' ws: wss:")
 
@@ -94,7 +93,7 @@ def none_match(if_none_match: str | None, etag: str) -> bool:
         return False
     if if_none_match.strip() == "*":
         return True
-    return etag in _ENTITY_TAG.findall(if_none_match)
+    return etag in re.findall(_ENTITY_TAG, if_none_match)
 
 
 class ChatPage:

@@ -19,8 +19,7 @@ import socket
 import ssl
 import urllib.parse
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 from ..errors import ClientConnectError, ClientTimeout, ConnectionClosed, GatewayError, HTTPProtocolError
 from . import http11
@@ -47,8 +46,7 @@ IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT",
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 
 
-@dataclass(frozen=True, slots=True)
-class Origin:
+class Origin(NamedTuple):
     """Where a connection goes: the pool key (RFC 6454 §4 origin of the URL)."""
 
     scheme: str

@@ -12,8 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Final, Union
+from typing import Final, NamedTuple, Union
 from urllib.parse import unquote
 
 from ..errors import ApiError, HTTPProtocolError, error_type_for_status, http_status
@@ -21,28 +20,38 @@ from .http11 import Headers
 
 
 # -- what handlers see and return ------------------------------------------------
+#
+# Plain slotted classes, not dataclasses: made per request, compared by no
+# one, and each dataclass would compile its generated methods at start-up.
 
-@dataclass(slots=True)
 class HTTPRequest:
     """A request as handlers see it: the parsed head, the whole body, and who sent it.
 
     ``client`` is the peer's address (host string); ``params`` holds the tail
-    of a prefix route; ``disconnected`` is set once the client is gone.
+    of a prefix route.
     """
 
-    method: str
-    path: str
-    query: str
-    version: str
-    headers: Headers
-    body: bytes
-    client: str
-    conn_id: int
-    request_id: str
-    params: dict[str, str] = field(default_factory=dict)
+    __slots__ = ("method", "path", "query", "version", "headers", "body", "client", "conn_id",
+                 "request_id", "params")
+
+    def __init__(self, method: str, path: str, query: str, version: str, headers: Headers,
+                 body: bytes, client: str, conn_id: int, request_id: str,
+                 params: dict[str, str] | None = None) -> None:
+        self.method = method
+        self.path = path
+        self.query = query
+        self.version = version
+        self.headers = headers
+        self.body = body
+        self.client = client
+        self.conn_id = conn_id
+        self.request_id = request_id
+        self.params = {} if params is None else params
+
+    def __repr__(self) -> str:
+        return f"<HTTPRequest {self.request_id} {self.method} {self.path}>"
 
 
-@dataclass(slots=True)
 class Response:
     """A complete response; ``Content-Length`` is added by the server.
 
@@ -51,12 +60,18 @@ class Response:
     it is sent.
     """
 
-    status: int
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    body: bytes = b""
+    __slots__ = ("status", "headers", "body")
+
+    def __init__(self, status: int, headers: list[tuple[str, str]] | None = None,
+                 body: bytes = b"") -> None:
+        self.status = status
+        self.headers = [] if headers is None else headers
+        self.body = body
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status}, {len(self.body)} bytes>"
 
 
-@dataclass(slots=True)
 class StreamingResponse:
     """A response whose body is written piece by piece as ``body`` yields it.
 
@@ -77,16 +92,23 @@ class StreamingResponse:
     whatever the client does (releasing a claim on a run, say) goes here.
     """
 
-    status: int
-    headers: list[tuple[str, str]]
-    body: AsyncIterator[bytes]
-    idle_bytes: bytes | None = None
-    idle_interval: float = 15.0
-    on_close: Callable[[], None] | None = None
+    __slots__ = ("status", "headers", "body", "idle_bytes", "idle_interval", "on_close")
+
+    def __init__(self, status: int, headers: list[tuple[str, str]], body: AsyncIterator[bytes],
+                 idle_bytes: bytes | None = None, idle_interval: float = 15.0,
+                 on_close: Callable[[], None] | None = None) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.idle_bytes = idle_bytes
+        self.idle_interval = idle_interval
+        self.on_close = on_close
+
+    def __repr__(self) -> str:
+        return f"<StreamingResponse {self.status}>"
 
 
-@dataclass(slots=True)
-class Upgrade:
+class Upgrade(NamedTuple):
     """Switch the connection to another protocol (101 Switching Protocols).
 
     The server sends the 101 head with ``headers``, hands the transport to
@@ -136,8 +158,7 @@ _PROTOCOL_CODES: Final = {
 
 # -- routing ------------------------------------------------------------------------
 
-@dataclass(slots=True)
-class _Route:
+class _Route(NamedTuple):
     methods: dict[str, Handler]
     template: str               # the path as registered, e.g. "/v1/models/{model}"
     param: str | None = None

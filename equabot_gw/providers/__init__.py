@@ -26,8 +26,7 @@ import codecs
 import importlib
 import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final, NamedTuple
 
 from .. import compact_json, safejson
 from ..config import DEFAULT_MAX_REPLY_BYTES, ProviderConfig
@@ -178,8 +177,7 @@ def create_provider(name: str, config: ProviderConfig | None) -> Provider:
 
 # -- event streams (WHATWG HTML §9.2.6 "Interpreting an event stream") ------------
 
-@dataclass(frozen=True, slots=True)
-class ServerSentEvent:
+class ServerSentEvent(NamedTuple):
     """One dispatched event: ``type`` ("message" unless an ``event:`` field named it), ``data``, ``id``."""
 
     type: str
@@ -188,8 +186,9 @@ class ServerSentEvent:
 
 
 # "CRLF, a single LF not preceded by a CR, and a single CR not followed by a LF
-# being the ways in which a line can end."
-_LINE_END: Final = re.compile(r"\r\n|\r|\n")
+# being the ways in which a line can end." Like the other patterns of this
+# module, compiled by ``re`` on first use (and cached there), not at start-up.
+_LINE_END: Final = r"\r\n|\r|\n"
 
 
 class EventStreamDecoder:
@@ -234,7 +233,7 @@ class EventStreamDecoder:
             return []
         text = self._line + text
         # Most streams end lines with LF only: str.split is C, the regex is not needed.
-        lines = text.split("\n") if "\r" not in text else _LINE_END.split(text)
+        lines = text.split("\n") if "\r" not in text else re.split(_LINE_END, text)
         self._line = lines.pop()
         # A CR at the very end may be the first half of a CRLF split across reads.
         self._after_cr = text.endswith("\r")
@@ -290,8 +289,8 @@ class EventStreamDecoder:
 # What net.client raises; mapped to UpstreamError at this boundary.
 _CLIENT_ERRORS: Final = (ClientTimeout, ClientConnectError,
                          ConnectionClosed, HTTPProtocolError, OSError)
-_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
-_RETRY_AFTER: Final = re.compile(r"[0-9]{1,10}|[A-Za-z]{3}, [0-9]{2} [A-Za-z]{3} [0-9]{4} [0-9:]{8} GMT")
+_CONTROL: Final = r"[\x00-\x1f\x7f-\x9f]+"
+_RETRY_AFTER: Final = r"[0-9]{1,10}|[A-Za-z]{3}, [0-9]{2} [A-Za-z]{3} [0-9]{4} [0-9:]{8} GMT"
 
 
 class HTTPProvider(Provider):
@@ -356,7 +355,7 @@ class HTTPProvider(Provider):
     def detail(self, text: str) -> str:
         """An upstream-provided text made fit for an error: redacted, one line, clipped."""
         # Redact first: clipping first could cut a secret and leave its prefix.
-        text = _CONTROL.sub(" ", self.redact(text)).strip()
+        text = re.sub(_CONTROL, " ", self.redact(text)).strip()
         if len(text) > MAX_DETAIL_CHARS:
             text = text[:MAX_DETAIL_CHARS] + "…"
         return text
@@ -403,7 +402,7 @@ class HTTPProvider(Provider):
 
     async def _rejection(self, response: http_client.ClientResponse) -> UpstreamRejected:
         retry_after = response.headers.get("retry-after")
-        if retry_after is not None and not _RETRY_AFTER.fullmatch(retry_after.strip()):
+        if retry_after is not None and not re.fullmatch(_RETRY_AFTER, retry_after.strip()):
             retry_after = None
         try:
             body = await response.read(MAX_ERROR_BODY_BYTES)
@@ -457,7 +456,7 @@ def _is_safe_field(name: str, value: str) -> bool:
         value.encode("latin-1")
     except UnicodeEncodeError:
         return False
-    return _CONTROL.search(value.replace("\t", " ")) is None
+    return re.search(_CONTROL, value.replace("\t", " ")) is None
 
 
 def error_message(body: bytes) -> str | None:

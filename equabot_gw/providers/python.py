@@ -61,8 +61,9 @@ ProviderFunction = Callable[[ProviderCall], AsyncIterator[ProviderEvent]]
 # A provider function, or a factory called with the provider's name that returns one.
 ProviderSource = Union[ProviderFunction, Callable[[str], ProviderFunction]]
 
-# Provider names stand before the "/" of a model reference and in log lines and metrics labels.
-_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# Provider names stand before the "/" of a model reference and in log lines and metrics labels
+# (compiled by ``re`` on first use, not at start-up).
+_NAME: Final = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 _EVENTS: Final = (TextDelta, ReasoningDelta, ToolCallDelta, Usage, Finish)
 _EVENT_NAMES: Final = ", ".join(kind.__name__ for kind in _EVENTS)
 
@@ -101,7 +102,7 @@ def check_sources(sources: Mapping[str, Any]) -> dict[str, ProviderSource]:
     """``sources`` as a dict, each name and source checked (``ValueError`` / ``TypeError`` naming it)."""
     checked: dict[str, ProviderSource] = {}
     for name, source in sources.items():
-        if not isinstance(name, str) or not _NAME.fullmatch(name):
+        if not isinstance(name, str) or not re.fullmatch(_NAME, name):
             raise ValueError(f"provider name {name!r}: 1-64 characters of letters, digits, '.', '_', '-'")
         if name in _APIS:
             raise ValueError(f"provider name {name!r} is a built-in provider api; choose another")
