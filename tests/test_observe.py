@@ -153,7 +153,6 @@ class MetricsEndpointTest(unittest.IsolatedAsyncioTestCase):
             self.assertEqual(sample(samples, "equabot_session_commit_duration_seconds_count"),
                              sample(samples, "equabot_session_commit_appends_count"))
             self.assertEqual(sample(samples, "equabot_sessions"), 1)
-            self.assertFalse(gw.observer._started or gw.observer._first, "no run is remembered after it settled")
 
     async def test_upstream_errors_by_provider_and_kind(self) -> None:
         async with FakeUpstream(answer(429, "slow down", "Retry-After: 3")) as limited, \
@@ -334,23 +333,30 @@ class RunLogTest(unittest.IsolatedAsyncioTestCase):
 
 
 class RuntimeObserverTest(unittest.IsolatedAsyncioTestCase):
-    async def test_phases_in_order_and_a_failing_observer_costs_the_run_nothing(self) -> None:
+    async def test_told_once_settled_and_a_failing_observer_costs_the_run_nothing(self) -> None:
         from equabot_gw.agents import runtime as runtime_mod
         from equabot_gw.agents.types import AgentRequest
         async with running_gateway() as gw:
-            phases: list[tuple[str, str]] = []
+            seen: list[tuple[str, bool, float | None, float | None]] = []
 
-            def broken(phase: str, run: Any) -> None:
+            def broken(run: Any) -> None:
                 raise RuntimeError("observer bug")
 
-            gw.runtime.observers[:0] = [lambda phase, run: phases.append((phase, run.status)), broken]
+            gw.runtime.observers[:0] = [
+                lambda run: seen.append((run.status, run.id in gw.runtime.active, run.started_at,
+                                         run.first_output_at)), broken]
             with self.assertLogs("equabot_gw.runtime", "ERROR") as logs:
                 run = runtime_mod.run(gw.runtime, AgentRequest(message="hi there"))
                 result = await run.wait()
-                await _until(lambda: len(phases) == 3)
+                await _until(lambda: len(seen) == 1)
             self.assertEqual(result.text, "Echo (turn 1): hi there")
-            self.assertEqual(phases, [("started", "running"), ("first_output", "running"), ("settled", "ok")])
-            self.assertEqual(len(logs.records), 3)
+            [(status, active, started, first)] = seen       # told once, settled and no longer active
+            self.assertEqual((status, active), ("ok", False))
+            self.assertIsNotNone(started)
+            self.assertIsNotNone(first)
+            self.assertLessEqual(run.created_at, started)
+            self.assertLessEqual(started, first)
+            self.assertEqual(len(logs.records), 1)
             self.assertIn("observer bug", logs.output[0] + str(logs.records[0].exc_info))
             samples = parse(gw.observer.render().decode())
             self.assertEqual(sample(samples, "equabot_runs_total", agent="main", status="ok"), 1)

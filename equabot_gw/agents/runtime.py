@@ -87,6 +87,8 @@ class Run:
         self.events = EventLog()
         self.watched = watched      # its door follows the reply as it is made (see ``run``)
         self.created_at = time.time()
+        self.started_at: float | None = None        # it started generating (time.time())
+        self.first_output_at: float | None = None   # it yielded its first text
         # The outcome: set once, by _settle; waiters are woken there directly.
         self.done = False
         self._result: AgentResult | None = None
@@ -157,10 +159,11 @@ class Run:
 class Runtime:
     """Agents, providers, sessions and the runs in flight. Start it, then call ``run``.
 
-    ``observers``: callables ``(phase, run)`` told, on the loop, when a run
-    starts generating (``"started"``), yields its first text (``"first_output"``)
-    and has settled and left ``active`` (``"settled"``: its ``status``, result
-    or error are final). They must not block; what they raise is logged.
+    ``observers``: callables ``(run)`` told, on the loop, once a run has
+    settled and left ``active``: its ``status``, result or error are final,
+    and ``started_at`` / ``first_output_at`` say when it started generating
+    and yielded its first text (None if it never did). They must not block;
+    what they raise is logged.
     """
 
     def __init__(self, config: Config, state_dir: Path,
@@ -180,7 +183,7 @@ class Runtime:
         node = config.gateway.node_id      # run_<node>_<random><n>: the owning node is in the id
         self._id_prefix = (f"{node}_" if node else "") + os.urandom(6).hex()
         self.closing = False
-        self.observers: list[Callable[[str, Run], None]] = []
+        self.observers: list[Callable[[Run], None]] = []
 
     async def start(self) -> None:
         """Open the session store and create the providers."""
@@ -248,7 +251,7 @@ class Runtime:
             self._finished_bytes -= self._finished.popitem(last=False)[1].kept_bytes
         if run._journalled is not None:
             self.keys.settled(run.id)
-        _notify(self.observers, "settled", run)
+        _notify(self.observers, run)
 
     def _remember_record(self, record: RunRecord) -> None:
         """Keep a record rebuilt from disk among the finished runs."""
@@ -399,8 +402,8 @@ async def _execute(runtime: Runtime, handle: Run) -> None:
                 handle.status = "running"
                 handle.events.append(Started(handle.id, agent.id, handle.session_key,
                                              handle.model, call.turn))
-                _notify(runtime.observers, "started", handle)
-                text, usage, finish, failure, output = await _generate(handle, call, runtime.observers)
+                handle.started_at = time.time()
+                text, usage, finish, failure, output = await _generate(handle, call)
             finally:
                 agent.release()     # the provider is done: free the slot before the disk wait
             await _record(runtime, handle, call, history, text, usage, finish, failure, output)
@@ -446,7 +449,7 @@ def _provider_call(handle: Run, history: SessionHistory) -> ProviderCall:
                         handle.watched or handle.events.watched)
 
 
-async def _generate(handle: Run, call: ProviderCall, observers: list[Callable[[str, Run], None]]
+async def _generate(handle: Run, call: ProviderCall
                     ) -> tuple[str, Usage | None, str, RunError | None, ReplyOutput | None]:
     """Stream the provider into the event log; an abort or failure ends it early.
 
@@ -472,7 +475,7 @@ async def _generate(handle: Run, call: ProviderCall, observers: list[Callable[[s
     clock = time.perf_counter
     give_back_at = clock() + YIELD_INTERVAL
     others = 0
-    first = bool(observers)     # observers to tell of the first text
+    first = True                # the first text: its time is noted
     handle.agent.watch(handle)
     try:
         events = provider.stream(call)
@@ -482,7 +485,7 @@ async def _generate(handle: Run, call: ProviderCall, observers: list[Callable[[s
                 if kind is TextDelta and event.text:    # type: ignore[union-attr]
                     if first:
                         first = False
-                        _notify(observers, "first_output", handle)
+                        handle.first_output_at = time.time()
                     room -= len(event.text)              # type: ignore[union-attr]
                     if room < 0:
                         raise ReplyTooLarge(provider.name, limit)
@@ -531,12 +534,12 @@ async def _generate(handle: Run, call: ProviderCall, observers: list[Callable[[s
     return run_log.text() if failure is not None else text, usage, finish, failure, output
 
 
-def _notify(observers: list[Callable[[str, Run], None]], phase: str, run: Run) -> None:
+def _notify(observers: list[Callable[[Run], None]], run: Run) -> None:
     for observer in observers:
         try:
-            observer(phase, run)
+            observer(run)
         except Exception:       # an observer's bug is logged, never the run's failure
-            log.exception("run %s: observer %r failed at %s", run.id, observer, phase)
+            log.exception("run %s: observer %r failed", run.id, observer)
 
 
 def _run_failure(handle: Run, exc: Exception, step: str) -> RunError:

@@ -5,7 +5,8 @@ global) and how the numbers reach them without one layer knowing another:
 
 - the HTTP server's observer: one call per answered request (route template,
   status) — the raw path never becomes a label;
-- the runtime's observers: a run started, produced its first text, settled;
+- the runtime's observer: one call per settled run (which carries when it
+  started and produced its first text);
 - read-only counters, read only when someone scrapes: open connections and
   streams (``net.server``), queued and active runs (the agents), the session
   store's group commits, auth failures and lockouts (``auth``).
@@ -80,9 +81,6 @@ class Observer:
         self._requests: dict[tuple[str | None, int], int] = {}
         self._cells: dict[tuple[str, str, str], _RunCell] = {}
         self._upstream_errors: dict[tuple[str, str], int] = {}
-        # Runs that started / produced their first text, until they settle: -> time.time().
-        self._started: dict[Run, float] = {}
-        self._first: dict[Run, float] = {}
         registry.gauge("equabot_build_info", "The gateway's version (the value is always 1).",
                        ("version",), read=lambda: [((__version__,), 1)])
         registry.gauge("equabot_start_time_seconds", "When the gateway started (Unix time).",
@@ -153,14 +151,10 @@ class Observer:
         except KeyError:
             _count_new(self._requests, key, ("other", 0))
 
-    def run(self, phase: str, run: Run) -> None:
-        """The runtime's observer: note when a run started and first produced text; when it
-        has settled, fold it into its cell (and write its log line)."""
-        if phase != "settled":
-            (self._started if phase == "started" else self._first)[run] = _now()
-            return
+    def run(self, run: Run) -> None:
+        """The runtime's observer: fold a settled run into its cell (and write its log line)."""
         now = _now()
-        started, first = self._started.pop(run, None), self._first.pop(run, None)
+        started, first = run.started_at, run.first_output_at
         events = run.events.events
         last = events[-1] if events else None
         key = (run.agent.id, run.model, run.status)
