@@ -29,14 +29,14 @@ ROLES: Final = ("system", "user", "assistant", "tool")
 
 # -- content parts -------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TextPart:
     """A piece of text inside a message of parts."""
 
     text: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ImagePart:
     """An image by ``url``: an http(s) URL or a ``data:image/<type>;base64,`` URL, kept
     byte-identical; ``detail`` is OpenAI's hint ("auto", "low", "high") or None."""
@@ -45,7 +45,7 @@ class ImagePart:
     detail: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AudioPart:
     """Audio input: base64 ``data`` in ``format`` ("wav" or "mp3"), kept byte-identical."""
 
@@ -79,7 +79,7 @@ def content_chars(content: Content) -> int:
 
 # -- tools -----------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ToolCall:
     """One call of a tool by the model: ``arguments`` is the JSON text the model produced,
     kept as it came (it may even be invalid JSON: the client judges it)."""
@@ -109,8 +109,10 @@ class ToolSpec:
 # Message costs 12.2k instructions to make, this one 3.3k, less than the
 # 2-field frozen one it replaces). Treat them as read-only all the same: the
 # session store shares them between runs. So are the other values made per
-# run or per word (AgentRequest, ProviderCall, TextDelta, Usage, Finish,
-# AgentResult): read-only by convention, none of them hashable.
+# run, per part or per word (the parts, tool calls, provider events, requests
+# and results): read-only by convention, none of them hashable. Two stay
+# frozen: GenerationOptions (one instance, NO_OPTIONS, is shared by every run
+# that asks for none) and ToolSpec.
 @dataclass(slots=True)
 class Message:
     """One conversation message (read-only by convention, see above).
@@ -246,7 +248,7 @@ class TextDelta:
     text: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ReasoningDelta:
     """A piece of the model's reasoning, in order, kept apart from the reply.
 
@@ -258,7 +260,7 @@ class ReasoningDelta:
     signature: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ToolCallDelta:
     """A fragment of tool call ``index`` (0-based among this reply's calls).
 
@@ -272,7 +274,7 @@ class ToolCallDelta:
     arguments: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Logprobs:
     """The upstream's token log probabilities for the reply so far (OpenAI's
     ``choices[].logprobs.content`` entries), passed back untouched.
@@ -322,7 +324,7 @@ class Finish:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ChoiceEvent:
     """An event of choice ``index`` >= 1 (``n`` > 1): a ``TextDelta``,
     ``ReasoningDelta``, ``ToolCallDelta``, ``Logprobs`` or ``Finish`` of that choice.
@@ -370,7 +372,7 @@ class AgentRequest:
         return self.input or (Message("user", self.message),)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Choice:
     """A choice past the first of an ``n`` > 1 run (index >= 1), as complete as choice 0."""
 
@@ -408,7 +410,7 @@ class AgentResult:
     reasoning_signature: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SessionHistory:
     """What a session's transcript says so far: messages in order, and completed assistant turns."""
 
