@@ -522,3 +522,44 @@ class DisabledEndpointTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class HotPathShapesTest(unittest.TestCase):
+    """The shortcuts of the non-streamed path give exactly what the general code gives."""
+
+    def test_a_text_completion_body_is_the_completion_object_as_json(self) -> None:
+        import random
+
+        from equabot_gw import compact_json
+        from equabot_gw.agents.types import AgentResult, Usage
+        from equabot_gw.gateway import openai as door
+        rng = random.Random(7)
+        alphabet = "ab \"\\/\n\t\x00\x1f\x7f é☃😀\u2028</script>"
+        for _ in range(300):
+            text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 40)))
+            model = "".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 12)))
+            usage = Usage(rng.randrange(0, 10**6), rng.randrange(0, 10**6),
+                          rng.choice([None, 0, 17]), rng.choice([None, 0, 5]))
+            finish = rng.choice(["stop", "length", "content_filter", "tool_calls", "other"])
+            result = AgentResult("run_1", "main", "k", text, usage, finish, "echo/echo", 1)
+            created = rng.uniform(0, 2e9)
+            expected = compact_json.dumps(door._completion_object("chatcmpl-1", model, result, False, created))
+            self.assertEqual(door._text_completion_body("chatcmpl-1", model, result, created),
+                             expected.encode(), (text, model, usage, finish))
+            self.assertEqual(json.loads(expected)["choices"][0]["message"]["content"], text)
+
+    def test_gateway_headers_in_one_pass_agree_with_the_lookup_by_name(self) -> None:
+        import itertools
+
+        from equabot_gw.gateway import openai as door
+        from equabot_gw.net.heads import Headers
+        names = ["agent-id", "session-key", "model", "history"]
+        prefixes = list(door.HEADER_PREFIXES) + ["x-other-"]
+        fields = [(prefix + name, f"{prefix}{name}") for prefix in prefixes for name in names]
+        fields += [("host", "x"), ("x-equabot-agent-id", "second value")]   # a repeat: the first wins
+        for size in (0, 1, 2, 3, 5):
+            for chosen in itertools.islice(itertools.combinations(fields, size), 400):
+                headers = Headers(list(chosen))
+                found = door.gateway_headers(headers)
+                for name in names:
+                    self.assertEqual(found.get(name), door.gateway_header(headers, name), (chosen, name))
