@@ -32,7 +32,7 @@ test: $(TEST_STAMP) check-imports
 test-fast: check-imports
 	$(PYTHON) -m unittest discover -s tests -t .
 
-# DECISIONS 3: the package imports with the standard library alone.
+# The package imports with the standard library alone.
 check-imports:
 	$(PYTHON) -E -s -S -c "import equabot_gw, equabot_gw.cli, equabot_gw.gateway.app"
 

@@ -5,7 +5,7 @@ prints what the calls into the standard library that any implementation of
 the spec must make per completion cost on this machine, measured alone (no
 gateway code around them), and compares their sum with the CPU budget that
 target leaves per request. Reading it: if the floor alone exceeds the budget,
-the gap lies outside the gateway's own code (DECISIONS 34).
+the gap lies outside the gateway's own code.
 
 Each figure is the median of several timed batches of CPU time (user +
 system, all threads) per operation.

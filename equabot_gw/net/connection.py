@@ -121,7 +121,7 @@ class Connection(asyncio.Protocol):
         self._streak = 0                # requests answered since the loop last ran others
 
     def __repr__(self) -> str:
-        return (f"<_Connection {self.id} client={self.client} handling={self._handling} "
+        return (f"<Connection {self.id} client={self.client} handling={self._handling} "
                 f"gone={self._gone}>")
 
     # ---- asyncio.Protocol ----
