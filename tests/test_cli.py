@@ -218,7 +218,7 @@ class RemoteAgentTest(LiveGateway, CLITestCase):
 
     def test_url_and_generated_token_come_from_the_state_dir(self) -> None:
         data = gateway_config()
-        del data["gateway"]["auth"]["token"]                 # the gateway generates one (DECISIONS 5)
+        del data["gateway"]["auth"]["token"]                 # the gateway generates one
         with GatewayProcess(data) as gw:
             token_file = gw.state_dir / "gateway-token"
             self.assertNotIn(token_file.read_text().strip(), gw.stderr())

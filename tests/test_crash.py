@@ -1,7 +1,7 @@
 """Crash: SIGKILL a gateway in the middle of streams, restart it on the same state dir.
 
 A turn is reported done (finish_reason, then ``[DONE]``) only after its lines
-are on disk (DECISIONS 23), so after a SIGKILL every turn a client saw complete
+are on disk, so after a SIGKILL every turn a client saw complete
 must be in its transcript; turns cut off by the kill may be missing, but never
 half there. A torn last line (a crash inside a write) is tolerated only as the
 very last bytes of a file, and the next append cuts it off. The echo provider
@@ -237,7 +237,7 @@ class CrashTest(unittest.TestCase):
         self.assertGreater(info["createdAt"], (time.time() - 60) * 1000)     # not 1970
 
     def test_sigkill_in_the_middle_of_a_single_stream(self) -> None:
-        # The acceptance of issue 3: turns reported done before the kill survive it.
+        # Turns reported done before the kill survive it.
         key = "single"
         for n in (1, 2):
             status, _, data = asyncio.run(chat(self.gw.port, f"turn {n}", key=key))

@@ -4,7 +4,7 @@ Upstream faults drive an in-process gateway whose agents use the
 ``openai-completions`` provider against ``FakeUpstream``, an asyncio server
 written here that misbehaves on cue: connection refused, reset, garbage,
 silence past ``timeoutSeconds`` (0.3 s), 400/401/403/429/500 answers. Each
-fault runs before the first word (the client gets DECISIONS 21's status) and,
+fault runs before the first word (the client gets the mapped status) and,
 where it can, after output began (a 200 stream that ends with an error event,
 then ``[DONE]``); every run leaves ``user`` + ``error`` in its transcript.
 
@@ -308,7 +308,7 @@ def answer(status: int, message: str, *headers: str) -> Handler:
 
 
 # (name, handler, gateway status, detail in the message, Retry-After, output before the fault)
-# Statuses per DECISIONS 21: 400→400, 401/403→502, 429→429 + Retry-After, 5xx/garbage→502, timeout→504.
+# Upstream statuses as clients get them: 400→400, 401/403→502, 429→429 + Retry-After, 5xx/garbage→502, timeout→504.
 UPSTREAM_FAULTS = (
     ("refused", None, 502, "cannot connect: Connection refused", None, False),
     ("reset before output", reset_before, 502, "connection closed before the response was complete", None, False),

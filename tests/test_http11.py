@@ -388,7 +388,7 @@ class LinearTimeTest(unittest.TestCase):
 
 
 class LlhttpCorpusTest(unittest.TestCase):
-    """Every strict request case of llhttp's own test suite (DECISIONS 28).
+    """Every strict request case of llhttp's own test suite.
 
     Verdicts are compared at the parser level; ``rfc9112_missing_host`` cases
     (and any HTTP/1.1 request without Host) must be refused, as RFC 9112 §3.2

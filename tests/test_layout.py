@@ -48,7 +48,7 @@ class LayoutTest(unittest.TestCase):
                         self.assertIn(name.split(".")[0], allowed)
 
     def test_package_imports_with_site_packages_disabled(self) -> None:
-        # DECISIONS 3: -E -s -S from the repository root.
+        # Standard library alone: -E -s -S from the repository root.
         modules = ["equabot_gw.cli", "equabot_gw.gateway.app", "equabot_gw.agent_cli",
                    "equabot_gw.conformance"]
         code = "import " + ", ".join(modules)

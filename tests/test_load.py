@@ -1,6 +1,6 @@
 """Load: slow clients, 1,000 concurrent streams, 1,000 clients that leave mid-stream (or while queued).
 
-Time is scaled (DECISIONS 30): the header timeout is 1 s instead of 10, slow
+Time is scaled: the header timeout is 1 s instead of 10, slow
 clients send a byte every 50-100 ms instead of every second, and the bounds
 asserted here are sanity bounds with room; ``make bench`` measures the tight
 figures. Clients are raw asyncio sockets. The slow-client swarm runs in a
@@ -35,7 +35,7 @@ HEADER_TIMEOUT = 1.0
 SLOW_CLIENTS = 500
 SILENT_CLIENTS = 50                    # connect and send nothing: closed at the same timeout, without a 408
 SLOW_GAP = (0.05, 0.1)                 # seconds between two bytes of a slow client
-ADDED_LATENCY_BOUND = 0.25             # DECISIONS 30: "slow clients add under 250 ms"
+ADDED_LATENCY_BOUND = 0.25             # slow clients add under 250 ms
 STREAMS = 1000
 LEAVERS = 1000
 
@@ -448,7 +448,7 @@ async def start_stream(port: int, key: str) -> tuple[asyncio.StreamReader, async
 
 
 class LeaveWhileQueuedTest(unittest.TestCase):
-    """DECISIONS 13: a client gone while its run waits for a slot drops the run at once."""
+    """A client gone while its run waits for a slot drops the run at once."""
 
     def setUp(self) -> None:
         raise_nofile_limit(2 * (QUEUE_SLOTS + QUEUED) + 512)

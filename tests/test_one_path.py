@@ -1,4 +1,4 @@
-"""DECISIONS 33: the HTTP endpoints (chat completions and responses), the WebSocket ``agent`` method and the CLI
+"""The HTTP endpoints (chat completions and responses), the WebSocket ``agent`` method and the CLI
 all call ``agents.runtime.run``."""
 
 from __future__ import annotations

@@ -150,7 +150,7 @@ class EchoTests(unittest.IsolatedAsyncioTestCase):
 
     async def test_models(self) -> None:
         self.echo.check_model("echo")
-        self.echo.check_model("anything-at-all")         # no list: any name (DECISIONS 20)
+        self.echo.check_model("anything-at-all")         # no list: any name
         listed = create_provider("e2", ProviderConfig(api="echo", models=("echo", "echo-2")))
         listed.check_model("echo-2")
         with self.assertRaises(ApiError) as cm:
@@ -581,7 +581,7 @@ class OpenAITests(HTTPProviderCase):
                         task.cancel()
                         await asyncio.gather(task, return_exceptions=True)
                     await asyncio.wait_for(up.closed.wait(), 1.0)
-                    # The figure is 100 ms; DECISIONS 30 keeps room in `make test`.
+                    # The target is 100 ms; `make test` keeps room for a loaded machine.
                     self.assertLess(up.closed_at - started, 0.25)
 
 

@@ -6,7 +6,7 @@ up to ``maxQueued`` (then 429); an abort while queued leaves no trace while
 an abort mid-stream records the partial reply; a timeout is a 504; every run
 emits ``Started``, ``Delta``*, then ``Ended`` or ``Failed`` to late
 subscribers too; idempotency keys; admission errors with their statuses;
-and DECISIONS 18's history rule, seen from the provider's side through a
+and the history rule, seen from the provider's side through a
 recording wrapper around the configured provider.
 """
 
@@ -525,7 +525,7 @@ class AdmissionTest(RuntimeCase):
 
 
 class HistoryTest(RuntimeCase):
-    """DECISIONS 18: a session's own transcript is its history; the request's context only starts one."""
+    """A session's own transcript is its history; the request's context only starts one."""
 
     CONTEXT = (Message("user", "earlier question"), Message("assistant", "earlier answer"))
 

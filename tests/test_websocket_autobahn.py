@@ -99,13 +99,13 @@ async def start_echo_server(**ws_options):
     ``ws_options`` are ``WebSocket`` limits (e.g. ``max_message_bytes``).
     Returns ``(host, port, close)``; ``await close()`` stops listening and
     closes open connections with 1001. Stand-in for the gateway with
-    ``gateway.ws.echoPath`` set (DECISIONS 29): swap the body of this function.
+    ``gateway.ws.echoPath`` set: swap the body of this function.
     """
     return await start_server(_echo, **ws_options)
 
 
 async def start_gateway_echo():
-    """The real gateway on port 0 with ``gateway.ws.echoPath`` set (DECISIONS 29).
+    """The real gateway on port 0 with ``gateway.ws.echoPath`` set.
 
     Returns ``(host, port, close)`` like ``start_echo_server``: the table runs
     against the same HTTP server, upgrade and WebSocket stack users connect to.

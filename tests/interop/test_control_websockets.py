@@ -1,4 +1,4 @@
-"""The control protocol with the ``websockets`` library (PyPI) as the client (issue 5's acceptance).
+"""The control protocol with the ``websockets`` library (PyPI) as the client.
 
 A real gateway process on port 0 speaks to ``websockets.asyncio.client``:
 the opening handshake (its permessage-deflate offer declined), ``connect``

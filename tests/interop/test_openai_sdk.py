@@ -1,4 +1,4 @@
-"""The official ``openai`` Python SDK against a live gateway (issue 4's acceptance).
+"""The official ``openai`` Python SDK against a live gateway.
 
 A real gateway process on port 0 (``GatewayProcess``) is driven with the SDK
 exactly as an application would drive api.openai.com, ``base_url`` aside:
@@ -411,7 +411,7 @@ class SessionTest(SDKTestCase):
         self.assertEqual(replies, ["Echo (turn 1): hi", "Echo (turn 2): hi"])
 
     def test_resent_history_is_ignored_once_the_session_has_turns(self) -> None:
-        """DECISIONS 18: chat clients resend the conversation; the transcript wins."""
+        """Chat clients resend the conversation; the transcript wins."""
         client = self.client()
         user = unique("carol")
         messages: list[dict[str, str]] = [{"role": "user", "content": "first question"}]
@@ -514,7 +514,7 @@ class DisconnectTest(SDKTestCase):
         stream.close()
         self.wait_for_aborted("slow", key)
         time.sleep(0.2)
-        self.assertIn(f"rid={key}", self.gw.stderr())      # DECISIONS 14: one line per request
+        self.assertIn(f"rid={key}", self.gw.stderr())      # one access-log line per request
 
 
 @unittest.skipIf(openai is None and not REQUIRED, SKIP_REASON)
