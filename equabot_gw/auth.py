@@ -29,7 +29,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
-from typing import Final, NamedTuple
+from typing import Final
 
 from .config import LOOPBACK_HOSTS, PASSWORD_ENV, TOKEN_ENV, AuthConfig, RateLimitConfig, check_exposure
 from .errors import ApiError
@@ -41,12 +41,30 @@ MAX_TRACKED_CLIENTS: Final = 10_000
 BROWSER_KIND: Final = "browser-origin"
 
 
-class Secret(NamedTuple):
-    """The resolved secret: ``source`` says where it came from (never the value)."""
+class Secret:
+    """The resolved secret: ``source`` says where it came from (never the value).
 
-    mode: str
-    value: str | None
-    source: str
+    A plain read-only class, not a tuple: nothing iterates, indexes or
+    serialises it into showing the value, and its repr leaves the value out.
+    """
+
+    __slots__ = ("mode", "value", "source")
+
+    def __init__(self, mode: str, value: str | None, source: str) -> None:
+        object.__setattr__(self, "mode", mode)
+        object.__setattr__(self, "value", value)
+        object.__setattr__(self, "source", source)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("Secret is read-only")
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not Secret:
+            return NotImplemented
+        return (self.mode, self.value, self.source) == (other.mode, other.value, other.source)
+
+    def __hash__(self) -> int:
+        return hash((self.mode, self.value, self.source))
 
     def __repr__(self) -> str:
         return f"Secret(mode={self.mode!r}, source={self.source!r})"      # never the value

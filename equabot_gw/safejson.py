@@ -27,7 +27,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any, Final
 
 __all__ = ["MAX_DEPTH", "loads", "loads_async"]
@@ -165,11 +165,12 @@ def _check_depth(value: Any, text: str, max_depth: int) -> None:
 
 def _check_surrogates(value: Any, text: str) -> None:
     pending = [value]
+    lone = re.compile(_LONE_SURROGATE).search       # looked up once, not per string
     while pending:
         item = pending.pop()
         kind = type(item)
         if kind is str:
-            if not item.isascii() and re.search(_LONE_SURROGATE, item) is not None:
+            if not item.isascii() and lone(item) is not None:
                 raise json.JSONDecodeError("lone UTF-16 surrogate in a string", text,
                                            re.search(_ESCAPED_SURROGATE, text).start())  # type: ignore[union-attr]
         elif kind is dict:
@@ -201,6 +202,7 @@ def _iterdecode(s: str, max_depth: int) -> Generator[None, None, Any]:
     twice the text's length, and the whole decode linear.
     """
     skip = re.compile(_WHITESPACE).match
+    number = re.compile(_NUMBER).match          # both looked up once per decode, not per value
     end = len(s)
     stack: list[Any] = []           # open containers, innermost last
     keys: list[Any] = []            # per open container: its pending key (dicts) or None
@@ -236,7 +238,7 @@ def _iterdecode(s: str, max_depth: int) -> Generator[None, None, Any]:
         elif c == '"':
             value, i = _scanstring(s, i + 1, True)
         else:
-            value, i = _scalar(s, i)
+            value, i = _scalar(s, i, number)
         # -- a complete value: hand it to its container, closing finished ones --
         while True:
             if not stack:
@@ -271,9 +273,9 @@ def _iterdecode(s: str, max_depth: int) -> Generator[None, None, Any]:
             raise json.JSONDecodeError("Expecting ',' delimiter", s, i)
 
 
-def _scalar(s: str, i: int) -> tuple[Any, int]:
-    """A number or a literal at ``i``, and the position after it."""
-    match = re.compile(_NUMBER).match(s, i)
+def _scalar(s: str, i: int, number: Callable[[str, int], re.Match[str] | None]) -> tuple[Any, int]:
+    """A number (``number``: the match of ``_NUMBER``) or a literal at ``i``, and the position after it."""
+    match = number(s, i)
     if match is not None:
         integer, fraction, exponent = match.groups()
         value = _finite_float(match.group()) if fraction or exponent else int(integer)

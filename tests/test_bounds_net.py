@@ -87,7 +87,7 @@ class Target:
         return self.server.port
 
     def http_connections(self) -> list[connection_mod.Connection]:
-        return [c for c in self.server._connections if not c._upgraded]
+        return [c for c in self.server.connections if not c._upgraded]
 
     # -- routes --
     async def health(self, request: HTTPRequest) -> Response:

@@ -442,6 +442,16 @@ class EventsTest(RuntimeCase):
         early = run(self.runtime, asked, watched=False)
         self.assertEqual(len([e for e in await self.events(early) if type(e) is Delta]), 6)
 
+    async def test_system_prompts_join_and_a_missing_one_is_empty(self) -> None:
+        # Echo counts the prompt's words, the system prompt's included: beta's own has 3.
+        async def prompt_words(**fields: Any) -> int:
+            return (await run(self.runtime, AgentRequest(message="hi", **fields)).wait()).usage.prompt_tokens
+        self.assertEqual(await prompt_words(agent_id="beta"), 4)
+        self.assertEqual(await prompt_words(agent_id="beta", system="two more"), 6)
+        self.assertEqual(await prompt_words(agent_id="beta", system=None), 4)      # as run_agent may pass
+        self.assertEqual(await prompt_words(system=None), 1)
+        self.assertEqual(await prompt_words(system="two more"), 3)
+
     async def test_failed_run_writes_an_error_line(self) -> None:
         handle = self.start("x", agent_id="broken", session_key="err")
         with self.assertRaises(UpstreamError):

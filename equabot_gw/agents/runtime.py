@@ -442,7 +442,7 @@ def _provider_call(handle: Run, history: SessionHistory) -> ProviderCall:
     request = handle.request
     context = history.messages if history.exists and not request.client_history else request.context
     ours, theirs = handle.agent.system_prompt, request.system
-    system = f"{ours}\n\n{theirs}" if ours and theirs else ours or theirs
+    system = f"{ours}\n\n{theirs}" if ours and theirs else ours or theirs or ""
     new = named_results(context, request.input) if request.input else (Message("user", request.message),)
     return ProviderCall(handle._model_name, system, context + new,
                         history.assistant_turns + 1, request.options, handle.id,

@@ -227,7 +227,8 @@ class ProviderCall:
     1 + the number of assistant turns already in the session's transcript.
     ``watched`` is False when nobody follows the reply as it is produced (a
     caller that waits for the whole result): a provider may then yield its
-    text in fewer, longer deltas, as a late reader of the run would get them.
+    text in fewer, longer deltas, as a late reader of the run would get them
+    (a run that fails past its size limit then keeps less partial text).
     """
 
     model: str

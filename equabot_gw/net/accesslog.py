@@ -2,7 +2,7 @@
 
 Owns the line format (connection id, method, escaped path, status, bytes,
 duration, request id) and the batching; never a header value or a body.
-Knows nothing of connections: ``net.server`` calls ``record``. Lines are text
+Knows nothing of connections: ``net.connection`` calls ``record``. Lines are text
 (``conn=1 "GET /health" 200 51 0.3ms rid=req_…``) or, for log shippers, one
 JSON object each (``json_lines=True``).
 """

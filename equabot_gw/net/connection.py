@@ -91,7 +91,7 @@ class Connection(asyncio.Protocol):
     def __init__(self, server: HTTPServer) -> None:
         self.server = server
         self.limits = server.limits
-        self.id = next(server._ids)
+        self.id = next(server.connection_ids)
         self.loop = asyncio.get_running_loop()
         self.parser = http11.RequestParser(
             max_request_line_bytes=self.limits.max_request_line_bytes,
@@ -130,7 +130,7 @@ class Connection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.client = peer[0] if isinstance(peer, tuple) else "unix"
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER_BYTES)  # type: ignore[attr-defined]
-        self.server._connections.add(self)
+        self.server.connections.add(self)
         if self.server.closing:
             transport.close()
             return
@@ -161,7 +161,7 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         self._closed = True
         self._lost()
-        self.server._connections.discard(self)
+        self.server.connections.discard(self)
         for timer in (self._timer, self._close_timer):
             if timer is not None:
                 timer.cancel()
@@ -641,7 +641,7 @@ class Connection(asyncio.Protocol):
         finally:
             self.server.upgraded -= 1
             # The new protocol receives connection_lost now; forget this one here.
-            self.server._connections.discard(self)
+            self.server.connections.discard(self)
             if not self.transport.is_closing():
                 self.transport.close()
 

@@ -4,7 +4,7 @@ Owns the handler contract: a handler is ``async (HTTPRequest) -> Response |
 StreamingResponse | Upgrade`` and may raise ``ApiError``; ``Router`` maps
 method and path to handlers (404 / 405 with ``Allow`` otherwise); every error
 body has OpenAI's shape ``{"error": {message, type, param, code}}``. No I/O:
-``server.py`` runs handlers and writes what they return.
+``connection.py`` runs handlers and writes what they return.
 """
 
 from __future__ import annotations

@@ -54,8 +54,8 @@ class HTTPServer:
         self.open_streams = 0           # streamed responses being written now
         self.upgraded = 0               # connections handed to another protocol (WebSocket)
         self._server: asyncio.base_events.Server | None = None
-        self._connections: set[Connection] = set()
-        self._ids = itertools.count(1)
+        self.connections: set[Connection] = set()     # open ones; each adds and drops itself
+        self.connection_ids = itertools.count(1)      # each takes its id here
         self._rid_prefix = os.urandom(4).hex()
         self._rids = itertools.count(1)
         self._date_second = 0
@@ -71,7 +71,7 @@ class HTTPServer:
     @property
     def connection_count(self) -> int:
         """Open client connections."""
-        return len(self._connections)
+        return len(self.connections)
 
     async def start(self, host: str, port: int, *, backlog: int = 2048) -> None:
         """Bind and start accepting connections."""
@@ -84,16 +84,16 @@ class HTTPServer:
         self.closing = True
         if self._server is not None:
             self._server.close()
-        for conn in list(self._connections):
+        for conn in list(self.connections):
             conn.finish()
-        tasks = [c.task for c in self._connections if c.task is not None]
+        tasks = [c.task for c in self.connections if c.task is not None]
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=grace)
             for task in pending:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=1.0)
-        for conn in list(self._connections):
+        for conn in list(self.connections):
             conn.abort()
         if self._server is not None:
             await self._server.wait_closed()

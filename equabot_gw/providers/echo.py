@@ -2,9 +2,11 @@
 
 The reply to turn N is exactly ``f"Echo (turn {N}): {text}"`` where ``text``
 is the newest message's text. Each delta is one word with the whitespace
-before it, so the deltas join to the reply exactly. Usage counts
-whitespace-separated words. ``delayMs`` sleeps before each delta; with no
-delay the stream never suspends (it is the hot path of the throughput benchmark).
+before it, so the deltas join to the reply exactly; a run nobody watches
+(``ProviderCall.watched`` False, without ``delayMs``) gets the reply as one
+delta. Usage counts whitespace-separated words. ``delayMs`` sleeps before
+each delta; with no delay the stream never suspends (the hot path of the
+throughput benchmarks).
 
 Deterministic tools, reasoning and choices, for tests and demos:
 
@@ -129,9 +131,11 @@ def tool_calls_asked(call: ProviderCall) -> list[tuple[str, str]] | None:
 async def _prompt_tokens(call: ProviderCall) -> int:
     """The prompt's words, counted off the loop's step when the prompt is long."""
     prompt = _prompt_words(call)
-    if prompt is None:
-        prompt = await count_words(call.system, *(m.text() for m in call.messages))
-    return prompt
+    return prompt if prompt is not None else await _count_prompt(call)
+
+
+async def _count_prompt(call: ProviderCall) -> int:
+    return await count_words(call.system, *(m.text() for m in call.messages))
 
 
 def _prompt_words(call: ProviderCall) -> int | None:
@@ -154,7 +158,8 @@ class EchoProvider(Provider):
     supported_options: ClassVar[frozenset[str]] = frozenset(OPTION_NAMES) - {"response_format"}
 
     async def stream(self, call: ProviderCall) -> AsyncIterator[ProviderEvent]:
-        """Yield the reply as word deltas, then ``Usage`` (word counts), then ``Finish``.
+        """Yield the reply as word deltas (one delta when unwatched), then ``Usage``
+        (word counts), then ``Finish``.
 
         ``Finish("length")`` when ``max_tokens`` cut the reply short,
         ``Finish("tool_calls")`` for tool calls, else ``Finish("stop")``
@@ -212,9 +217,9 @@ class EchoProvider(Provider):
                 yield TextDelta(match.group())
             if not words and reply:
                 yield TextDelta(reply)      # all whitespace: one delta of no word
-        prompt = _prompt_words(call)       # inline: the hot path's one await less
+        prompt = _prompt_words(call)       # _prompt_tokens inline: the hot path's one await less
         if prompt is None:
-            prompt = await count_words(call.system, *(m.text() for m in call.messages))
+            prompt = await _count_prompt(call)
         yield Usage(prompt, words)
         yield Finish(reason)
 
