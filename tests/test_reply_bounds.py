@@ -32,7 +32,11 @@ from tests.support import base_config, error_of, running_gateway
 from tests.test_faults import SSE_HEAD, FakeUpstream, chat, chunk, openai_chunk, sse_events, stream_outcome
 
 WORD = "x" * 4095 + " "                    # 4 KiB of text per event
-LAG_BOUND = 0.25
+# The longest the loop may wait past a 10 ms tick while a huge reply streams.
+# Typical: 15-40 ms. A shared machine once stalled a tick 270 ms with nothing
+# of the run's to blame; a run that held the loop for its reply would stall
+# it for seconds, so half a second still tells them apart.
+LAG_BOUND = 0.5
 
 
 async def forever(reader, writer, body) -> None:
