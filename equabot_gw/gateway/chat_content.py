@@ -28,7 +28,7 @@ from ..errors import ApiError
 __all__ = [
     "MAX_TOOLS", "MAX_N", "MAX_TOP_LOGPROBS", "MAX_LOGIT_BIAS", "FINISH_REASONS", "read_conversation",
     "options_from", "choice_object", "message_object", "logprobs_object", "finish_of", "tool_call_object",
-    "FIELD_CHECKS", "is_legacy",
+    "FIELD_CHECKS", "is_legacy", "expect_string", "expect_object", "expect_name",
 ]
 
 MAX_TOOLS: Final = 128                 # OpenAI: "A max of 128 functions are supported."
@@ -68,39 +68,48 @@ def type_name(value: Any) -> str:
             type(None): "null"}.get(type(value), "a number")
 
 
-def _string(value: Any, where: str, *, empty: bool = True) -> str:
+# The field checkers of both OpenAI doors. Their messages are OpenAI's, whose
+# wording differs a little per API: ``tail`` ends a type error (" instead" in
+# the Responses API's), ``pattern`` shows the name rule as each API states it.
+_NAME_PATTERN: Final = f"'^[a-zA-Z0-9_-]{{1,{MAX_NAME_CHARS}}}$'"
+
+
+def expect_string(value: Any, where: str, *, empty: bool = True, tail: str = "") -> str:
+    """``value`` if it is a string (a non-empty one unless ``empty``), else 400 naming ``where``."""
     if type(value) is not str or (not empty and not value):
         raise bad(where, f"Invalid type for {where!r}: expected {'a' if empty else 'a non-empty'} string, "
-                         f"but got {type_name(value)}.")
+                         f"but got {type_name(value)}{tail}.")
     return value
 
 
-def _object(value: Any, where: str) -> dict[str, Any]:
+def expect_object(value: Any, where: str, *, tail: str = "") -> dict[str, Any]:
+    """``value`` if it is a JSON object, else 400 naming ``where``."""
     if type(value) is not dict:
-        raise bad(where, f"Invalid type for {where!r}: expected an object, but got {type_name(value)}.")
+        raise bad(where, f"Invalid type for {where!r}: expected an object, but got {type_name(value)}{tail}.")
     return value
 
 
-def _name(value: Any, where: str) -> str:
-    _string(value, where)
+def expect_name(value: Any, where: str, *, tail: str = "", pattern: str = _NAME_PATTERN) -> str:
+    """``value`` if it is a function name (``NAME_RE``), else 400 naming ``where``."""
+    expect_string(value, where, tail=tail)
     if not NAME_RE.fullmatch(value):
         raise bad(where, f"Invalid {where!r}: string does not match pattern. Expected a string that "
-                         f"matches the pattern '^[a-zA-Z0-9_-]{{1,{MAX_NAME_CHARS}}}$'.", code="invalid_value")
+                         f"matches the pattern {pattern}.", code="invalid_value")
     return value
 
 
 # -- tools and generation fields -------------------------------------------------------
 
 def _function_spec(fn: Any, where: str) -> ToolSpec:
-    fn = _object(fn, where)
+    fn = expect_object(fn, where)
     description, parameters, strict = fn.get("description"), fn.get("parameters"), fn.get("strict")
     if description is not None:
-        _string(description, f"{where}.description")
+        expect_string(description, f"{where}.description")
     if parameters is not None:
-        _object(parameters, f"{where}.parameters")
+        expect_object(parameters, f"{where}.parameters")
     if strict is not None and type(strict) is not bool:
         raise bad(f"{where}.strict", f"Invalid type for '{where}.strict': expected a boolean.")
-    return ToolSpec(_name(fn.get("name"), f"{where}.name"), description, parameters, strict)
+    return ToolSpec(expect_name(fn.get("name"), f"{where}.name"), description, parameters, strict)
 
 
 def _tools(value: list[Any]) -> tuple[ToolSpec, ...]:
@@ -110,7 +119,7 @@ def _tools(value: list[Any]) -> tuple[ToolSpec, ...]:
                   code="array_above_max_length")
     specs = []
     for i, tool in enumerate(value):
-        tool = _object(tool, f"tools[{i}]")
+        tool = expect_object(tool, f"tools[{i}]")
         if tool.get("type") != "function":
             raise unsupported(f"tools[{i}].type", f"= {str(tool.get('type'))[:40]!r} (only function tools)")
         specs.append(_function_spec(tool.get("function"), f"tools[{i}].function"))
@@ -130,10 +139,10 @@ def _check_tool_choice(value: Any) -> None:
     if type(value) is str:
         raise bad("tool_choice", f"Invalid value for 'tool_choice': {value[:40]!r} is not one of 'none', "
                                  f"'auto', 'required' or a named tool.", code="invalid_value")
-    value = _object(value, "tool_choice")
+    value = expect_object(value, "tool_choice")
     if value.get("type") != "function":
         raise unsupported("tool_choice.type", f"= {str(value.get('type'))[:40]!r} (only function tools)")
-    _name(_object(value.get("function"), "tool_choice.function").get("name"), "tool_choice.function.name")
+    expect_name(expect_object(value.get("function"), "tool_choice.function").get("name"), "tool_choice.function.name")
 
 
 def _check_function_call(value: Any) -> None:
@@ -142,29 +151,29 @@ def _check_function_call(value: Any) -> None:
     if type(value) is str:
         raise bad("function_call", f"Invalid value for 'function_call': {value[:40]!r} is not one of "
                                    f"'none', 'auto' or a named function.", code="invalid_value")
-    _name(_object(value, "function_call").get("name"), "function_call.name")
+    expect_name(expect_object(value, "function_call").get("name"), "function_call.name")
 
 
 def _check_response_format(value: Any) -> None:
     if value is None:
         return
-    kind = _object(value, "response_format").get("type")
+    kind = expect_object(value, "response_format").get("type")
     if kind in ("text", "json_object"):
         return
     if kind != "json_schema":
         raise bad("response_format.type", f"Invalid value for 'response_format.type': {str(kind)[:40]!r} "
                                           f"is not one of 'text', 'json_object', 'json_schema'.",
                   code="invalid_value")
-    schema = _object(value.get("json_schema"), "response_format.json_schema")
-    _name(schema.get("name"), "response_format.json_schema.name")
+    schema = expect_object(value.get("json_schema"), "response_format.json_schema")
+    expect_name(schema.get("name"), "response_format.json_schema.name")
     if schema.get("schema") is not None:
-        _object(schema["schema"], "response_format.json_schema.schema")
+        expect_object(schema["schema"], "response_format.json_schema.schema")
 
 
 def _check_logit_bias(value: Any) -> None:
     if value is None:
         return
-    _object(value, "logit_bias")
+    expect_object(value, "logit_bias")
     if len(value) > MAX_LOGIT_BIAS:
         raise bad("logit_bias", f"Invalid 'logit_bias': more than {MAX_LOGIT_BIAS} entries.", code="invalid_value")
     for token, bias in value.items():
@@ -312,8 +321,8 @@ def _tool_options(body: dict[str, Any]) -> tuple[tuple[ToolSpec, ...], Any, bool
 # -- messages -------------------------------------------------------------------------
 
 def _image(part: dict[str, Any], where: str) -> ImagePart:
-    image = _object(part.get("image_url"), f"{where}.image_url")
-    url = _string(image.get("url"), f"{where}.image_url.url")
+    image = expect_object(part.get("image_url"), f"{where}.image_url")
+    url = expect_string(image.get("url"), f"{where}.image_url.url")
     if not (url.startswith(("https://", "http://")) or _DATA_IMAGE_RE.match(url)):
         raise bad(f"{where}.image_url.url", f"Invalid '{where}.image_url.url': expected an http(s) URL or a "
                                             f"base64 data URL of an image (data:image/<type>;base64,...).",
@@ -326,8 +335,8 @@ def _image(part: dict[str, Any], where: str) -> ImagePart:
 
 
 def _audio(part: dict[str, Any], where: str) -> AudioPart:
-    audio = _object(part.get("input_audio"), f"{where}.input_audio")
-    data = _string(audio.get("data"), f"{where}.input_audio.data")
+    audio = expect_object(part.get("input_audio"), f"{where}.input_audio")
+    data = expect_string(audio.get("data"), f"{where}.input_audio.data")
     if audio.get("format") not in AUDIO_FORMATS:
         raise bad(f"{where}.input_audio.format", f"Invalid value for '{where}.input_audio.format': expected "
                                                  f"'wav' or 'mp3'.", code="invalid_value")
@@ -346,7 +355,7 @@ def _part(part: Any, where: str, role: str) -> Part:
         raise bad(where, f"Invalid content part {where}: expected an object with a 'type'.")
     kind = part["type"]
     if kind == "text":
-        return TextPart(_string(part.get("text"), f"{where}.text"))
+        return TextPart(expect_string(part.get("text"), f"{where}.text"))
     allowed = _PART_TYPES.get(role, ())
     if kind not in allowed:
         raise bad(f"{where}.type", f"Invalid value for '{where}.type': {kind[:40]!r} is not a content part "
@@ -357,7 +366,7 @@ def _part(part: Any, where: str, role: str) -> Part:
     if kind == "input_audio":
         return _audio(part, where)
     if kind == "refusal":
-        return TextPart(_string(part.get("refusal"), f"{where}.refusal"))
+        return TextPart(expect_string(part.get("refusal"), f"{where}.refusal"))
     raise unsupported(f"{where}.type", f"= {kind!r} (file inputs)")
 
 
@@ -380,13 +389,13 @@ def _tool_calls(value: Any, where: str) -> tuple[ToolCall, ...]:
         raise bad(where, f"Invalid {where!r}: more than {MAX_CALLS_PER_MESSAGE} tool calls.", code="invalid_value")
     calls = []
     for i, call in enumerate(value):
-        call = _object(call, f"{where}[{i}]")
+        call = expect_object(call, f"{where}[{i}]")
         if call.get("type", "function") != "function":
             raise unsupported(f"{where}[{i}].type", f"= {str(call.get('type'))[:40]!r} (only function tools)")
-        fn = _object(call.get("function"), f"{where}[{i}].function")
-        calls.append(ToolCall(_string(call.get("id"), f"{where}[{i}].id", empty=False),
-                              _string(fn.get("name"), f"{where}[{i}].function.name", empty=False),
-                              _string(fn.get("arguments"), f"{where}[{i}].function.arguments")))
+        fn = expect_object(call.get("function"), f"{where}[{i}].function")
+        calls.append(ToolCall(expect_string(call.get("id"), f"{where}[{i}].id", empty=False),
+                              expect_string(fn.get("name"), f"{where}[{i}].function.name", empty=False),
+                              expect_string(fn.get("arguments"), f"{where}[{i}].function.arguments")))
     return tuple(calls)
 
 
@@ -472,24 +481,24 @@ class _Reader:
         if message.get("tool_calls") is not None:
             calls = _tool_calls(message["tool_calls"], f"{where}.tool_calls")
         elif message.get("function_call") is not None:
-            fn = _object(message["function_call"], f"{where}.function_call")
+            fn = expect_object(message["function_call"], f"{where}.function_call")
             self.legacy_id = f"call_legacy_{where[9:-1]}"
-            calls = (ToolCall(self.legacy_id, _string(fn.get("name"), f"{where}.function_call.name", empty=False),
-                              _string(fn.get("arguments"), f"{where}.function_call.arguments")),)
+            calls = (ToolCall(self.legacy_id, expect_string(fn.get("name"), f"{where}.function_call.name", empty=False),
+                              expect_string(fn.get("arguments"), f"{where}.function_call.arguments")),)
         reasoning = message.get("reasoning_content", message.get("reasoning"))
         return Message("assistant", _content(parts), calls,
                        reasoning=reasoning if type(reasoning) is str else "")
 
     def _result(self, message: dict[str, Any], where: str, role: str, parts: list[Part]) -> Message:
         if role == "function":      # legacy: answers the last function_call, by name
-            name = _string(message.get("name"), f"{where}.name", empty=False)
+            name = expect_string(message.get("name"), f"{where}.name", empty=False)
             return Message("tool", _content(parts), tool_call_id=self.legacy_id or f"call_legacy_{name}",
                            name=name)
         call_id = message.get("tool_call_id")
         if call_id is None:
             raise bad(f"{where}.tool_call_id", f"Missing required parameter: '{where}.tool_call_id'.",
                       code="missing_required_parameter")
-        return Message("tool", _content(parts), tool_call_id=_string(call_id, f"{where}.tool_call_id"))
+        return Message("tool", _content(parts), tool_call_id=expect_string(call_id, f"{where}.tool_call_id"))
 
 
 async def read_conversation(messages: list[Any], max_messages: int

@@ -19,6 +19,7 @@ endpoint; chat-completions shapes never pass through here.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Final
@@ -27,7 +28,10 @@ from ..agents.types import (
     NO_OPTIONS, GenerationOptions, ImagePart, Message, Part, TextPart, ToolCall, ToolSpec,
 )
 from ..errors import ApiError
-from .chat_content import MAX_TOOLS, NAME_RE, bad, is_number, type_name, unsupported
+from .chat_content import (
+    MAX_NAME_CHARS, MAX_TOOLS, bad, expect_name, expect_object, expect_string, is_number, type_name,
+    unsupported,
+)
 
 __all__ = ["ResponseRequest", "FIELDS", "read_request", "echo_fields", "item_resources", "MAX_METADATA",
            "MAX_MODEL_CHARS"]
@@ -114,25 +118,11 @@ def _keys(value: dict[str, Any], where: str, known: frozenset[str] | tuple[str, 
             raise _unknown(f"{where}.{key}")
 
 
-def _string(value: Any, where: str, *, empty: bool = True) -> str:
-    if type(value) is not str or (not empty and not value):
-        raise bad(where, f"Invalid type for {where!r}: expected {'a' if empty else 'a non-empty'} string, "
-                         f"but got {type_name(value)} instead.")
-    return value
-
-
-def _object(value: Any, where: str) -> dict[str, Any]:
-    if type(value) is not dict:
-        raise bad(where, f"Invalid type for {where!r}: expected an object, but got {type_name(value)} instead.")
-    return value
-
-
-def _name(value: Any, where: str) -> str:
-    _string(value, where)
-    if not NAME_RE.fullmatch(value):
-        raise bad(where, f"Invalid {where!r}: string does not match pattern. Expected a string that matches "
-                         f"the pattern '^[a-zA-Z0-9_-]+$' (at most 64 characters).", code="invalid_value")
-    return value
+# The chat door's checkers, in the Responses API's wording.
+_string: Final = functools.partial(expect_string, tail=" instead")
+_object: Final = functools.partial(expect_object, tail=" instead")
+_name: Final = functools.partial(expect_name, tail=" instead",
+                                 pattern=f"'^[a-zA-Z0-9_-]+$' (at most {MAX_NAME_CHARS} characters)")
 
 
 # -- the fields of CreateResponse ---------------------------------------------------------
