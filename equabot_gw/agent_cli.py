@@ -25,7 +25,8 @@ from typing import Any
 from . import __version__, config as config_mod, statelock
 from .agents import runtime as agent_runtime
 from .agents.events import Delta, Ended, Failed
-from .agents.sessions import (SessionStore, agent_of, chat_messages, scoped_key, user_key,
+from .agents.lines import chat_messages
+from .agents.sessions import (SessionStore, agent_of, scoped_key, user_key,
                               validate_key)
 from .agents.types import AgentRequest, AgentResult
 from .cli import env_secret, load_config

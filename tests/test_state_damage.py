@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from equabot_gw.agents import transcripts
-from equabot_gw.agents.sessions import SessionStore, chat_messages
+from equabot_gw.agents.lines import chat_messages
+from equabot_gw.agents.sessions import SessionStore
 from equabot_gw.agents.types import Message
 from equabot_gw.gateway.client import ControlClient
 from tests.support import TOKEN, GatewayProcess, base_config

@@ -23,11 +23,12 @@ from typing import Any, Final, Iterable
 from equabot_gw import safejson
 from equabot_gw.compact_json import LARGE_CHARS, dumps, dumps_into
 from equabot_gw.agents.types import (
-    AudioPart, ImagePart, Message, Part, SessionHistory, TextPart, ToolCall, TurnRecord, message_chars,
+    AudioPart, ImagePart, Message, Part, SessionHistory, TextPart, ToolCall, TurnRecord, content_text,
+    message_chars,
 )
 
 __all__ = [
-    "dumps", "encode", "encode_turn", "is_large", "parse_lines", "parse_lines_async", "read_file_lines",
+    "chat_messages", "dumps", "encode", "encode_turn", "is_large", "parse_lines", "parse_lines_async", "read_file_lines",
     "number", "header_line", "turn_lines", "fold", "message_line", "message_of", "content_line",
     "content_of", "reply_of",
 ]
@@ -419,3 +420,49 @@ def fold(base: SessionHistory, lines: Iterable[dict[str, Any]]) -> SessionHistor
             turns += kind == "assistant"
         inputs = []
     return SessionHistory(tuple(messages), turns, True)
+
+
+# -- transcripts as chat messages (the CLI shows them) ------------------------------
+
+def chat_messages(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The conversation of a transcript as chat messages (user / tool / assistant), oldest first.
+
+    Each is ``{"role", "content", "runId", "ts"}`` (ts in ms; content the
+    message's text); an aborted reply is an assistant message with
+    ``"aborted": true``, a reply that calls tools has ``"toolCalls"``
+    (``[{id, name, arguments}]``), a tool result ``"toolCallId"`` and
+    ``"name"``. Error turns and bookkeeping lines are left out. Fields are
+    taken one by one: a hand-edited line with a wrong type in one
+    (``"at": null``) gives that field's neutral value ("", None, 0), never an error.
+    """
+    out = []
+    for line in lines:
+        kind = line.get("type")
+        if kind in ("user", "assistant", "aborted", "tool"):
+            content, run_id = line.get("content"), line.get("runId")
+            parts = content_of(content)
+            message = {"role": "assistant" if kind == "aborted" else kind,
+                       "content": content_text(parts) if parts is not None else "",
+                       "runId": run_id if isinstance(run_id, str) else None,
+                       "ts": _millis(line.get("at"))}
+            if kind == "aborted":
+                message["aborted"] = True
+            if kind == "assistant" and line.get("toolCalls"):
+                reply = message_of(line, "assistant")
+                if reply is not None and reply.tool_calls:
+                    message["toolCalls"] = [{"id": c.id, "name": c.name, "arguments": c.arguments}
+                                            for c in reply.tool_calls]
+            if kind == "tool":
+                for key in ("toolCallId", "name"):
+                    message[key] = line.get(key) if isinstance(line.get(key), str) else None
+            out.append(message)
+    return out
+
+
+# Largest timestamp shown (ms): the year 9999, what clients' date types hold.
+_MAX_MILLIS: Final = 253_402_300_799_999
+
+
+def _millis(at: object) -> int:
+    seconds = number(at)
+    return 0 if seconds is None else int(min(max(seconds * 1000, 0), _MAX_MILLIS))

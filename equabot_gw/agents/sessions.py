@@ -26,10 +26,10 @@ from typing import Any, AsyncContextManager, Callable, Final
 from equabot_gw import errors
 from equabot_gw.agents import transcripts
 from equabot_gw.agents.transcripts import AGENT_ID_RE, Committer, IndexEntry, SessionInfo, session_info
-from equabot_gw.agents.types import Message, SessionHistory, TurnRecord, content_text, message_chars
+from equabot_gw.agents.types import Message, SessionHistory, TurnRecord, message_chars
 
 __all__ = [
-    "validate_key", "agent_of", "with_agent", "scoped_key", "user_key", "stateless_key", "chat_messages",
+    "validate_key", "agent_of", "with_agent", "scoped_key", "user_key", "stateless_key",
     "SessionInfo", "SessionStore",
     "MAX_KEY_CHARS", "DEFAULT_STATELESS_RETENTION_DAYS", "DEFAULT_MAX_CACHED_SESSIONS",
     "DEFAULT_MAX_CACHED_BYTES", "DEFAULT_MAX_CACHED_HISTORY_BYTES",
@@ -150,50 +150,6 @@ def _owns(agent_id: str, key: str) -> bool:
 
 
 # -- lanes --------------------------------------------------------------------
-
-def chat_messages(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The conversation of a transcript as chat messages (user / tool / assistant), oldest first.
-
-    Each is ``{"role", "content", "runId", "ts"}`` (ts in ms; content the
-    message's text); an aborted reply is an assistant message with
-    ``"aborted": true``, a reply that calls tools has ``"toolCalls"``
-    (``[{id, name, arguments}]``), a tool result ``"toolCallId"`` and
-    ``"name"``. Error turns and bookkeeping lines are left out. Fields are
-    taken one by one: a hand-edited line with a wrong type in one
-    (``"at": null``) gives that field's neutral value ("", None, 0), never an error.
-    """
-    out = []
-    for line in lines:
-        kind = line.get("type")
-        if kind in ("user", "assistant", "aborted", "tool"):
-            content, run_id = line.get("content"), line.get("runId")
-            parts = transcripts.content_of(content)
-            message = {"role": "assistant" if kind == "aborted" else kind,
-                       "content": content_text(parts) if parts is not None else "",
-                       "runId": run_id if isinstance(run_id, str) else None,
-                       "ts": _millis(line.get("at"))}
-            if kind == "aborted":
-                message["aborted"] = True
-            if kind == "assistant" and line.get("toolCalls"):
-                reply = transcripts.message_of(line, "assistant")
-                if reply is not None and reply.tool_calls:
-                    message["toolCalls"] = [{"id": c.id, "name": c.name, "arguments": c.arguments}
-                                            for c in reply.tool_calls]
-            if kind == "tool":
-                for key in ("toolCallId", "name"):
-                    message[key] = line.get(key) if isinstance(line.get(key), str) else None
-            out.append(message)
-    return out
-
-
-# Largest timestamp shown (ms): the year 9999, what clients' date types hold.
-_MAX_MILLIS: Final = 253_402_300_799_999
-
-
-def _millis(at: object) -> int:
-    seconds = transcripts.number(at)
-    return 0 if seconds is None else int(min(max(seconds * 1000, 0), _MAX_MILLIS))
-
 
 def _history_bytes(messages: tuple[Message, ...]) -> int:
     """What caching ``messages`` costs: their texts as stored (parts, tool calls and
