@@ -212,6 +212,7 @@ class MetricsEndpointTest(unittest.IsolatedAsyncioTestCase):
             client = await ControlClient.open(gw.url, TOKEN)
             try:
                 first = asyncio.ensure_future(chat(gw, "a b c d e f g h", stream=True, model="equabot:slow"))
+                await _until(lambda: gw.server.open_streams == 1)        # it holds the one slot
                 second = asyncio.ensure_future(chat(gw, "queued behind", model="equabot:slow"))
                 await _until(lambda: gw.runtime.agents["slow"].waiting == 1 and gw.server.open_streams == 1)
                 samples = parse(gw.observer.render().decode())

@@ -1,5 +1,5 @@
 """The HTTP endpoints (chat completions and responses), the WebSocket ``agent`` method and the CLI
-all call ``agents.runtime.run``."""
+all call ``agents.runtime.run``, or ``run_here`` (the same run, in the caller's task)."""
 
 from __future__ import annotations
 
@@ -21,16 +21,21 @@ from tests.support import TOKEN, base_config, running_gateway, write_config
 
 class OnePathTest(unittest.IsolatedAsyncioTestCase):
     async def asyncSetUp(self) -> None:
-        self.calls: list[tuple[str, str, bool]] = []
-        original = agent_runtime.run
+        self.calls: list[tuple[str, str, bool | str]] = []
+        original, original_here = agent_runtime.run, agent_runtime.run_here
 
         def recording_run(runtime, request, digest=None, meta=None, *, watched=True):
             self.calls.append((request.origin, request.message, watched))
             return original(runtime, request, digest, meta, watched=watched)
 
-        patcher = mock.patch.object(agent_runtime, "run", recording_run)
-        patcher.start()
-        self.addCleanup(patcher.stop)
+        async def recording_run_here(runtime, request, left="cancelled"):
+            self.calls.append((request.origin, request.message, "here"))
+            return await original_here(runtime, request, left)
+
+        for name, replacement in (("run", recording_run), ("run_here", recording_run_here)):
+            patcher = mock.patch.object(agent_runtime, name, replacement)
+            patcher.start()
+            self.addCleanup(patcher.stop)
 
     async def test_every_door_calls_run(self) -> None:
         data = base_config()
@@ -71,8 +76,9 @@ class OnePathTest(unittest.IsolatedAsyncioTestCase):
             with contextlib.redirect_stdout(io.StringIO()) as out:
                 self.assertEqual(await agent_cli.run_agent_command(args), 0)
             self.assertEqual(out.getvalue(), "Echo (turn 1): via cli local\n")
-        # Only a door that waits for the whole answer says nobody follows the reply as it is made.
-        self.assertEqual(self.calls, [("openai", "via http", False), ("responses", "via responses", False),
+        # Only a door that waits for the whole answer says nobody follows the reply as it is
+        # made; the chat door's unkeyed run goes on in the request's task ("here").
+        self.assertEqual(self.calls, [("openai", "via http", "here"), ("responses", "via responses", False),
                                       ("ws", "via ws", True), ("ws", "via cli remote", True),
                                       ("cli", "via cli local", True)])
 

@@ -13,22 +13,27 @@ recording wrapper around the configured provider.
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import re
 import sys
 import tempfile
+import threading
 import time
 import unittest
+from unittest import mock
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from equabot_gw import config as config_mod
 from equabot_gw.agents.events import Delta, Ended, Failed, Started
-from equabot_gw.agents.runtime import Run, Runtime, run
+from equabot_gw.agents import committer as committer_mod
+from equabot_gw.agents.runtime import Run, Runtime, run, run_here
 from equabot_gw.agents.types import (
     AgentRequest, AgentResult, GenerationOptions, Message, ProviderCall, ProviderEvent,
 )
-from equabot_gw.errors import ApiError, RunAborted, RunTimedOut, UpstreamError, http_status
+from equabot_gw.errors import ApiError, RunAborted, RunTimedOut, StorageError, UpstreamError, http_status
 from equabot_gw.providers import Provider
 
 DELAY_MS = 20                       # slow echo: one pause per delta
@@ -367,6 +372,132 @@ class AbortTest(RuntimeCase):
             if task is not None and task.done() and not task.cancelled():
                 self.assertIsNone(task.exception())     # retrieved here, not logged at collection
             self.assertEqual(self.runtime.agents["tiny"].active, 0)
+
+
+class RunHereTest(RuntimeCase):
+    """``run_here``: the run goes on in its caller's task, and settles as any other run does."""
+
+    def here(self, message: str = "hi", left: str = "client disconnected", **fields: Any) -> asyncio.Task[Run]:
+        return asyncio.ensure_future(run_here(self.runtime, AgentRequest(message=message, **fields), left))
+
+    async def the_run(self) -> Run:
+        """The one run in flight, once it is there."""
+        for _ in range(200):
+            if self.runtime.active:
+                [handle] = self.runtime.active.values()
+                return handle
+            await asyncio.sleep(0.005)
+        raise AssertionError("no run started")
+
+    async def until(self, handle: Run, status: str) -> None:
+        for _ in range(1000):
+            if handle.status == status:
+                return
+            await asyncio.sleep(0.002)
+        raise AssertionError(f"{handle} never reached {status!r}")
+
+    async def test_the_callers_task_runs_it_and_it_ends_settled(self) -> None:
+        tasks = len(asyncio.all_tasks())
+        caller = self.here("a b", agent_id="slow", session_key="here")
+        handle = await self.the_run()
+        self.assertIs(handle._task, caller)
+        self.assertEqual(len(asyncio.all_tasks()), tasks + 1)       # the caller's, none of the run's own
+        self.assertIs(await caller, handle)
+        self.assertTrue(handle.done)
+        self.assertEqual((handle.status, (await handle.wait()).text), ("ok", "Echo (turn 1): a b"))
+        self.assertEqual([type(e) for e in await self.events(handle)][-1], Ended)
+        self.assertEqual(self.runtime.active, {})
+        self.assertIs(self.runtime.find_run(handle.id).status, "ok")
+        lines = await self.transcript("slow", "agent:slow:here")
+        self.assertEqual([line["type"] for line in lines], ["session", "user", "assistant"])
+
+    async def test_cancelling_the_caller_aborts_the_run_and_records_its_partial_text(self) -> None:
+        caller = self.here(" ".join(["w"] * 30), agent_id="slow", session_key="left")
+        handle = await self.the_run()
+        await self.first_delta(handle)
+        caller.cancel()
+        with self.assertRaises(asyncio.CancelledError):
+            await caller
+        exc = await self.assertAborted(handle)
+        self.assertEqual(exc.why, "client disconnected")
+        [*_, failed] = await self.events(handle)
+        self.assertTrue(failed.partial.startswith("Echo"))
+        lines = await self.transcript("slow", "agent:slow:left")
+        self.assertEqual([(line["type"], line.get("reason")) for line in lines],
+                         [("session", None), ("user", None), ("aborted", "client disconnected")])
+        self.assertEqual(lines[-1]["content"], failed.partial)
+        self.assertEqual((self.runtime.active, self.runtime.agents["slow"].active), ({}, 0))
+
+    async def test_cancelling_a_caller_whose_run_is_queued_leaves_no_trace(self) -> None:
+        busy = await self.started("busy", agent_id="tiny", session_key="a")
+        caller = self.here("never", agent_id="tiny", session_key="b")
+        await asyncio.sleep(0.01)
+        queued = next(h for h in self.runtime.active.values() if h is not busy)
+        self.assertEqual(queued.status, "queued")
+        caller.cancel()
+        with self.assertRaises(asyncio.CancelledError):
+            await caller
+        self.assertEqual((await self.assertAborted(queued)).why, "client disconnected")
+        self.assertEqual((await busy.wait()).text, "Echo (turn 1): busy")
+        self.assertEqual(await self.transcript("tiny", "agent:tiny:b"), [])
+        self.assertEqual(self.runtime.agents["tiny"].waiting, 0)
+
+    async def test_an_abort_or_a_timeout_is_the_result_not_a_cancellation(self) -> None:
+        caller = self.here(" ".join(["w"] * 30), agent_id="slow")
+        handle = await self.the_run()
+        await self.first_delta(handle)
+        self.assertTrue(handle.abort("chat.abort"))
+        self.assertIs(await caller, handle)         # the caller goes on: it was not cancelled
+        self.assertEqual((await self.assertAborted(handle)).why, "chat.abort")
+        self.assertEqual(caller.cancelling(), 0)
+        late = await run_here(self.runtime, AgentRequest(message=" ".join(["w"] * 30), agent_id="late"))
+        self.assertEqual(late.status, "aborted")
+        with self.assertRaises(RunTimedOut):
+            await late.wait()
+        self.assertEqual(asyncio.current_task().cancelling(), 0)
+
+    async def test_a_turn_being_written_when_the_caller_is_cancelled_is_written(self) -> None:
+        # The fdatasync is held until the caller has been cancelled: the turn is
+        # on its way to disk, so the run ends as the disk says, and only then
+        # does the caller see its cancellation.
+        for fails in (False, True):
+            with self.subTest(fails=fails):
+                held, release = threading.Event(), threading.Event()
+
+                def fdatasync(fd: int) -> None:
+                    held.set()
+                    release.wait(5)
+                    if fails:
+                        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+                key = f"written-{fails}"
+                with mock.patch.object(committer_mod, "_fdatasync", fdatasync):
+                    caller = self.here("x y", agent_id="lane", session_key=key)
+                    handle = await self.the_run()
+                    await self.until(handle, "recording")
+                    await asyncio.get_running_loop().run_in_executor(None, held.wait, 5)
+                    caller.cancel()
+                    await asyncio.sleep(0.01)
+                    self.assertFalse(caller.done())
+                    release.set()
+                    with self.assertRaises(asyncio.CancelledError):
+                        await asyncio.wait_for(caller, 5)
+                if fails:
+                    self.assertEqual(handle.status, "error")
+                    with self.assertRaises(StorageError):
+                        await handle.wait()
+                    self.assertEqual(await self.transcript("lane", f"agent:lane:{key}"), [])
+                else:
+                    self.assertEqual(handle.status, "ok")
+                    self.assertEqual((await handle.wait()).text, "Echo (turn 1): x y")
+                    lines = await self.transcript("lane", f"agent:lane:{key}")
+                    self.assertEqual([line["type"] for line in lines], ["session", "user", "assistant"])
+                self.assertEqual(self.runtime.active, {})
+
+    async def test_a_request_with_an_idempotency_key_is_refused(self) -> None:
+        with self.assertRaises(ValueError):
+            await run_here(self.runtime, AgentRequest(message="x", idempotency_key="k"))
+        self.assertEqual(self.runtime.active, {})
 
 
 class EventsTest(RuntimeCase):

@@ -9,8 +9,9 @@ returns a ``Run`` handle at once. The run then waits for its session's lane
 probabilities and further choices as the provider yields them), then ``Ended``
 or ``Failed`` to its event log. Tool-call fragments are joined by index into
 whole ``ToolCall``s for the result and the transcript.
-The HTTP endpoint, the WebSocket ``agent`` method and the CLI all call ``run``;
-this module knows nothing about HTTP, WebSocket or terminals.
+The HTTP endpoint, the WebSocket ``agent`` method and the CLI all call ``run``
+(a door that only waits for the result may call ``run_here``: the same run,
+in the caller's task); this module knows nothing about HTTP, WebSocket or terminals.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ YIELD_INTERVAL: Final = 0.005
 _YIELD_CHECK_EVENTS: Final = 32
 # A run asked to stop (abort, timeout) settles within this many seconds even
 # if its provider ignores the cancellation: its waiters and its request are
-# answered; its task (and slot) end whenever the provider lets go.
+# answered; its task (and slot) end whenever the provider lets go. A run in
+# its caller's task (``run_here``) holds that caller until then.
 ABORT_GRACE: Final = 0.5
 # Finished runs remembered for agent.wait and idempotent retries.
 MAX_FINISHED_RUNS: Final = 10_000
@@ -100,6 +102,9 @@ class Run:
         self._abort_reason: str | None = None
         # A keyed run's journal line being written: awaited before the provider is asked.
         self._journalled: asyncio.Task[None] | None = None
+        # Run by its caller's task (``run_here``): the abort reason when that task is
+        # cancelled from outside, which is then passed on once the run has settled.
+        self._left: str | None = None
 
     def __repr__(self) -> str:
         return f"<Run {self.id} agent={self.agent.id} status={self.status}>"
@@ -301,6 +306,44 @@ def run(runtime: Runtime, request: AgentRequest, digest: str | None = None,
     the run starts, its provider may then give the reply in fewer, longer
     deltas (``ProviderCall.watched``).
     """
+    handle, new = _admit(runtime, request, digest, meta, watched)
+    if new:
+        handle._task = asyncio.get_running_loop().create_task(_execute(runtime, handle))  # type: ignore[union-attr]
+    return handle
+
+
+async def run_here(runtime: Runtime, request: AgentRequest, left: str = "cancelled") -> Run:
+    """``run`` in the caller's task, for a door that only waits for the result: the run,
+    settled (``done``), at its end.
+
+    Admission raises as ``run`` does; ``request`` must have no idempotency key
+    (a keyed run is shared between requests and has a task of its own). The
+    run is unwatched (see ``run``) and, while it lasts, as visible as any other:
+    in ``active``, found by id, stopped by ``abort``. Cancelling the caller
+    aborts it with the reason ``left``: it is recorded like any aborted run
+    and the ``CancelledError`` reaches the caller once the run has settled. A
+    turn already being written when the cancellation comes is written, and
+    the run ends as it says. Unlike a run with a task of its own, one whose
+    provider ignores the cancellation keeps its caller until the provider lets go.
+    """
+    if request.idempotency_key:
+        raise ValueError("a request with an idempotency key runs in a task of its own")
+    handle, _ = _admit(runtime, request, None, None, False)
+    assert type(handle) is Run
+    task = asyncio.current_task()
+    assert task is not None
+    handle._task, handle._left = task, left
+    cancels = task.cancelling()
+    await _execute(runtime, handle)
+    if task.cancelling() > cancels:
+        raise asyncio.CancelledError(left)      # the caller was cancelled meanwhile
+    return handle
+
+
+def _admit(runtime: Runtime, request: AgentRequest, digest: str | None,
+           meta: dict[str, Any] | None, watched: bool) -> tuple[Run | RunRecord, bool]:
+    """A new run, admitted and registered but not started, and True; or the earlier run of
+    its idempotency key, and False."""
     if runtime.closing:
         raise ApiError(503, "the gateway is shutting down", code="unavailable")
     agent, key, stateless = _route(runtime, request)
@@ -310,7 +353,7 @@ def run(runtime: Runtime, request: AgentRequest, digest: str | None = None,
         digest = digest or idempotency.request_digest(request)
         earlier = runtime.keys.earlier(agent.id, stored, digest, runtime.find_run)
         if earlier is not None:
-            return earlier
+            return earlier, False
     provider, model_name, model_ref = runtime.resolve_model(request.model or agent.model)
     # Neither the shared "no options" nor a provider that takes every input needs a look.
     if request.options is not NO_OPTIONS or provider.accepts is not INPUT_KINDS:
@@ -322,8 +365,7 @@ def run(runtime: Runtime, request: AgentRequest, digest: str | None = None,
         handle._journalled = runtime.keys.add(agent.id, stored, digest or "", handle.id, key, stateless, meta)
     runtime.active[handle.id] = handle
     agent.waiting += 1
-    handle._task = asyncio.get_running_loop().create_task(_execute(runtime, handle))
-    return handle
+    return handle, True
 
 
 async def run_once(runtime: Runtime, request: AgentRequest, digest: str,
@@ -409,6 +451,7 @@ async def _execute(runtime: Runtime, handle: Run) -> None:
             await _record(runtime, handle, call, history, text, usage, finish, failure, output)
     except asyncio.CancelledError:
         # Aborted while queued or while loading history: nothing was produced.
+        _absorb_cancel(handle)
         _finish_failed(handle, _abort_error(handle), "")
     except Exception as exc:
         _finish_failed(handle, _run_failure(handle, exc, "run"), "")
@@ -518,11 +561,9 @@ async def _generate(handle: Run, call: ProviderCall
                 limit - (output.bytes if output is not None else 0):
             raise ReplyTooLarge(provider.name, limit)
     except asyncio.CancelledError:
-        if handle._abort_reason is None:
+        if handle._abort_reason is None and handle._left is None:
             raise                       # not our abort: let the cancellation through
-        task = asyncio.current_task()
-        if task is not None:
-            task.uncancel()             # handled: the run goes on to record what it has
+        _absorb_cancel(handle)          # handled: the run goes on to record what it has
         failure = _abort_error(handle)
     except RunError as exc:
         failure = exc
@@ -540,6 +581,18 @@ def _notify(observers: list[Callable[[Run], None]], run: Run) -> None:
             observer(run)
         except Exception:       # an observer's bug is logged, never the run's failure
             log.exception("run %s: observer %r failed", run.id, observer)
+
+
+def _absorb_cancel(handle: Run) -> None:
+    """A cancellation of the run's task, caught: an ``abort``'s is withdrawn; one from
+    outside the caller of ``run_here`` becomes the run's abort (``_left``) and is
+    left counted on the task, for ``run_here`` to pass on once the run has settled."""
+    if handle._abort_reason is None:
+        handle._abort_reason = handle._left
+        return
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        task.uncancel()
 
 
 def _run_failure(handle: Run, exc: Exception, step: str) -> RunError:
@@ -587,8 +640,11 @@ async def _record(runtime: Runtime, handle: Run, call: ProviderCall, history: Se
     try:
         # No shield needed: from "recording" on, abort() refuses, and the store
         # does its bookkeeping in commit callbacks that outlive a cancelled waiter.
+        # A run in its caller's task may still see the caller cancelled: the
+        # store then waits for the outcome all the same (``uninterrupted``).
         handle._stored = await runtime.store.record_turn(handle.agent.id, handle.session_key, record,
-                                                         stateless=handle.stateless)
+                                                         stateless=handle.stateless,
+                                                         uninterrupted=handle._left is not None)
     except Exception as exc:
         failure = failure or _run_failure(handle, exc, "recording the turn")
     if failure is not None:

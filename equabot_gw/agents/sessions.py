@@ -137,6 +137,27 @@ def _uuid4() -> str:
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
 
 
+async def _told(committer: Committer, told: list[Any]) -> int:
+    """The outcome of an append whose waiter was cancelled: the offset its ``on_ok`` put
+    in ``told``, or the error its ``on_error`` did, raised. Those callbacks run
+    even when the future was cancelled, so a barrier queued after the append
+    resolves once they have; cancelling this wait again changes nothing. The
+    cancellation stays counted on the task for the caller to honour.
+    """
+    while not told:
+        try:
+            await committer.job("waiting for a turn being written", _nothing)
+        except asyncio.CancelledError:
+            pass
+    if isinstance(told[0], BaseException):
+        raise told[0]
+    return told[0]
+
+
+def _nothing(_: Committer) -> None:
+    return None
+
+
 def _check_agent_id(agent_id: str) -> None:
     if type(agent_id) is not str or not AGENT_ID_RE.fullmatch(agent_id):
         raise errors.ApiError(400, f"agent ids are 1-128 characters of A-Z a-z 0-9 . _ @ - "
@@ -353,7 +374,7 @@ class SessionStore:
     # -- turns --
 
     async def record_turn(self, agent_id: str, key: str, turn: TurnRecord, *,
-                          stateless: bool = False) -> transcripts.Stored:
+                          stateless: bool = False, uninterrupted: bool = False) -> transcripts.Stored:
         """Append ``turn`` durably: returns where its lines are, only once they are fsynced.
 
         Keyed: to the session's transcript (header and ``turn.context`` first
@@ -361,17 +382,29 @@ class SessionStore:
         Stateless: to the agent's journal of ``turn.at``'s UTC day.
         Raises ``StorageError`` (closed store, or any OSError: the transcript
         keeps every earlier turn and none of this one), ``ApiError`` 400 for a
-        bad key, ValueError for an unknown ``turn.status``.
+        bad key, ValueError for an unknown ``turn.status``. ``uninterrupted``:
+        once the append is queued, a cancellation of the caller is not raised
+        here but left counted on its task (``Task.cancelling``), and the
+        outcome is returned or raised as usual.
         """
         committer = self._require_open()
         key = self._session_key(agent_id, key)
         agent = self._agent(agent_id)
         if stateless:
-            lines = transcripts.turn_lines(turn, key, True)
-            data = await transcripts.encode_turn(lines, turn) if transcripts.is_large(turn) \
-                else transcripts.encode(lines)
+            data = transcripts.encode_plain_turn(turn, key)
+            if data is None:
+                lines = transcripts.turn_lines(turn, key, True)
+                data = await transcripts.encode_turn(lines, turn) if transcripts.is_large(turn) \
+                    else transcripts.encode(lines)
             path = self._journal_path(agent, turn.at)
-            offset = await committer.append("the stateless journal", path, data)
+            told: list[Any] = []
+            try:
+                offset = await committer.append("the stateless journal", path, data,
+                                                on_ok=told.append, on_error=told.append)
+            except asyncio.CancelledError:
+                if not uninterrupted:
+                    raise
+                offset = await _told(committer, told)
             return transcripts.Stored(path, offset, len(data))
         while True:
             is_new = key not in agent.index and key not in agent.creating
@@ -389,10 +422,24 @@ class SessionStore:
         if is_new:
             agent.creating.add(key)
         path = agent.path(key)
-        offset = await committer.append(
-            "a session transcript", path, data,
-            on_ok=lambda _: self._turn_recorded(agent, key, turn, lines, is_new),
-            on_error=lambda _: agent.creating.discard(key) if is_new else None)
+        told = []
+
+        def recorded(offset: int) -> None:
+            told.append(offset)
+            self._turn_recorded(agent, key, turn, lines, is_new)
+
+        def failed(exc: BaseException) -> None:
+            told.append(exc)
+            if is_new:
+                agent.creating.discard(key)
+
+        written = committer.append("a session transcript", path, data, on_ok=recorded, on_error=failed)
+        try:
+            offset = await written
+        except asyncio.CancelledError:
+            if not uninterrupted:
+                raise
+            offset = await _told(committer, told)
         return transcripts.Stored(path, offset, len(data))
 
     def _turn_recorded(self, agent: _Agent, key: str, turn: TurnRecord,

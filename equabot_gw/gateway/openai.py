@@ -224,9 +224,16 @@ class ChatCompletions:
             raise ApiError(400, "Last-Event-ID resumes a stream of a request with an Idempotency-Key: "
                                 "send the same request with the same key.",
                            code="invalid_last_event_id", param="Last-Event-ID")
+        if key is None and not stream:
+            # Only the result is wanted: the run goes on in this task (none of its own).
+            try:
+                done = await agent_runtime.run_here(self.runtime, agent_request, "client disconnected")
+            except ApiError as exc:
+                raise _rename_option_param(exc, body) from None
+            return await self._complete(done, resume.completion_id(done.id), model_name, legacy, _nothing, [])
         try:
             if key is None:
-                run, replayed = agent_runtime.run(self.runtime, agent_request, watched=stream), False
+                run, replayed = agent_runtime.run(self.runtime, agent_request, watched=True), False
             else:
                 run, replayed = await agent_runtime.run_once(
                     self.runtime, agent_request, digest,
@@ -431,6 +438,10 @@ async def _parse_body(request: HTTPRequest) -> dict[str, Any]:
 
 
 _dumps: Final = compact_json.dumps
+
+
+def _nothing() -> None:
+    """The claim of a run that has settled: nothing is left to give up."""
 
 
 def _json_response(status: int, data: Any, headers: list[tuple[str, str]] | None = None) -> Response:

@@ -544,10 +544,10 @@ class AsyncClientTest(unittest.IsolatedAsyncioTestCase):
         self.assertEqual(final.usage.total_tokens, 5)
 
     async def test_500_reveals_nothing(self) -> None:
-        def broken_run(runtime: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        async def broken_run(runtime: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
             raise RuntimeError("secret internal detail /etc/equabot")
 
-        with mock.patch.object(agent_runtime, "run", broken_run), \
+        with mock.patch.object(agent_runtime, "run_here", broken_run), \
                 self.assertLogs("equabot_gw.http", "ERROR") as logged:
             with self.assertRaises(openai.InternalServerError) as caught:
                 await self.client.chat.completions.create(model="equabot", messages=user_turn())
