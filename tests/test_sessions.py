@@ -196,6 +196,38 @@ class Lines(unittest.TestCase):
         data = transcripts.encode([{"content": "a\ud800b"}])
         self.assertEqual(transcripts.parse_lines(data), ([{"content": "a\ud800b"}], 0, 0))
 
+    def test_a_plain_turn_is_written_as_its_lines_are_encoded(self) -> None:
+        import random
+        rng = random.Random(11)
+        alphabet = "ab \"\\/\n\t\x00\x1f\x7f é☃😀\u2028</script>"
+
+        def text(most: int) -> str:
+            chars = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, most)))
+            return chars + "\ud800" if rng.random() < 0.02 else chars    # a lone surrogate, now and then
+
+        written = 0
+        for _ in range(2000):
+            usage = rng.choice([None, Usage(rng.randrange(10**6), rng.randrange(10**6)),
+                                Usage(rng.randrange(10**6), rng.randrange(10**6)),
+                                Usage(1, 2, rng.choice([None, 0, 3]), rng.choice([None, 0, 4]))])
+            turn = TurnRecord(
+                run_id=text(12), user=text(30), reply=text(30),
+                status=rng.choice(["ok", "ok", "ok", "aborted", "error"]),
+                at=rng.choice([rng.uniform(0, 2e9), 1e16, 0.1, 5.0, 3]), model=text(8), usage=usage,
+                finish_reason=rng.choice(["stop", "length", None]), error=rng.choice([None, "boom"]),
+                context=rng.choice([(), (), (), (Message("user", "earlier"),)]),
+                reasoning=rng.choice(["", "", "", "thought"]))
+            key = rng.choice([None, "agent:main:openai:" + text(10)])
+            plain = transcripts.encode_plain_turn(turn, key)
+            if plain is None:
+                continue
+            written += 1
+            self.assertEqual(plain, transcripts.encode(transcripts.turn_lines(turn, key, True)), (turn, key))
+        self.assertGreater(written, 100)        # the shortcut was taken, and checked, often
+        long = TurnRecord(run_id="r", user="x" * compact_json.LARGE_CHARS, reply="", status="ok", at=1.0,
+                          usage=Usage(1, 1), finish_reason="stop")
+        self.assertIsNone(transcripts.encode_plain_turn(long, None))   # a large turn is encoded in slices
+
 
 # -- store fixtures ----------------------------------------------------------------
 

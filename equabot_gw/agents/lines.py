@@ -28,7 +28,8 @@ from equabot_gw.agents.types import (
 )
 
 __all__ = [
-    "chat_messages", "dumps", "encode", "encode_turn", "is_large", "parse_lines", "parse_lines_async", "read_file_lines",
+    "chat_messages", "dumps", "encode", "encode_plain_turn", "encode_turn", "is_large", "parse_lines",
+    "parse_lines_async", "read_file_lines",
     "number", "header_line", "turn_lines", "fold", "message_line", "message_of", "content_line",
     "content_of", "reply_of",
 ]
@@ -212,6 +213,36 @@ def encode(lines: list[dict[str, Any]]) -> bytes:
         return ("\n".join(map(_dumps_ascii, lines)) + "\n").encode("ascii")
 
 
+def encode_plain_turn(turn: TurnRecord, session_key: str | None) -> bytes | None:
+    """``encode(turn_lines(turn, session_key, True))`` for the most common turn, written
+    around its escaped strings; None for any other turn (the caller encodes its lines).
+
+    The common turn: "ok", one user message of text, no context, tool calls or
+    reasoning, plain usage counts, and fewer than ``LARGE_CHARS`` characters.
+    What it writes is byte for byte what ``encode`` writes (a test holds them
+    equal over random turns): a stateless run's two journal lines cost two
+    string escapes each instead of two dicts and their encoding.
+    """
+    usage = turn.usage
+    if (turn.status != "ok" or turn.input or turn.context or turn.tool_calls or turn.reasoning
+            or usage is None or usage.cached_tokens is not None or usage.reasoning_tokens is not None
+            or type(turn.at) is not float or type(turn.finish_reason) is not str
+            or len(turn.user) + len(turn.reply) >= LARGE_CHARS):
+        return None
+    head = (f'","sessionKey":{_escape(session_key)},"runId":' if session_key is not None else '","runId":') \
+        + f'{_escape(turn.run_id)},"at":{turn.at!r},"content":'
+    prompt, completion = usage.prompt_tokens, usage.completion_tokens
+    text = (f'{{"type":"user{head}{_escape(turn.user)}}}\n'
+            f'{{"type":"assistant{head}{_escape(turn.reply)},"model":{_escape(turn.model)},'
+            f'"finishReason":{_escape(turn.finish_reason)},"usage":{{"prompt_tokens":{prompt},'
+            f'"completion_tokens":{completion},"total_tokens":{prompt + completion}}}}}\n')
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:      # a lone surrogate: ``encode`` writes those lines as ASCII
+        return None
+
+
+_escape: Final = json.encoder.encode_basestring
 _ENCODE_SLICE_SECONDS: Final = 0.005
 
 

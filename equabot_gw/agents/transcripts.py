@@ -25,15 +25,16 @@ from equabot_gw.agents.committer import (
     CLOEXEC, MAX_OPEN_FILES, Committer, CommitStats, fsync_dir, make_dirs, storage_error, write_all,
 )
 from equabot_gw.agents.lines import (
-    content_line, content_of, dumps, encode, encode_turn, fold, header_line, is_large, message_line,
-    message_of, number, parse_lines, parse_lines_async, read_file_lines, reply_of, turn_lines,
+    content_line, content_of, dumps, encode, encode_plain_turn, encode_turn, fold, header_line, is_large,
+    message_line, message_of, number, parse_lines, parse_lines_async, read_file_lines, reply_of, turn_lines,
 )
 from equabot_gw.agents.types import Message, SessionHistory
 
 __all__ = [
     "AGENT_ID_RE", "SESSIONS_DIR", "JOURNAL_DIR", "INDEX_NAME", "MAX_OPEN_FILES",
     "transcript_stem", "unescape_stem", "transcript_name", "journal_name",
-    "dumps", "encode", "encode_turn", "is_large", "parse_lines", "read_file_lines", "number", "header_line", "turn_lines", "fold",
+    "dumps", "encode", "encode_plain_turn", "encode_turn", "is_large", "parse_lines", "read_file_lines", "number",
+    "header_line", "turn_lines", "fold",
     "message_line", "message_of", "content_line", "content_of",
     "SessionInfo", "IndexEntry", "session_info", "Stored", "load", "read_bytes", "read_lines", "read_reply", "read_outcome", "parse_lines_async", "write_index", "archive", "delete", "prune_journals",
     "storage_error", "Committer", "KEYS_DIR", "read_key_journals", "journal_day_end",
