@@ -18,6 +18,12 @@ the difference divided by the difference of the counts removes start-up:
 * ``s4``: 8 socket connections stream the proxy completion of scenario 4
   (agent ``proxy`` → the raw upstream, which runs outside valgrind); the
   in-process client's own cost is included and constant.
+* ``peers``: scenario 1 as ``make bench`` serves it, over sockets, with the
+  server itself under valgrind and its client outside: equabot_gw (bench
+  config, fsynced journal), uvicorn+Starlette (h11) and aiohttp (canned
+  bytes), started as ``run.py`` starts them. The S1 ratios without the
+  VM's drift: the server's own instructions per request (the kernel's share
+  of its system calls aside, as above).
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ import argparse
 import asyncio
 import gc
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -35,7 +43,8 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-COUNTS = {"s1": (1000, 3000), "s4": (300, 1100)}
+COUNTS = {"s1": (1000, 3000), "s4": (300, 1100), "peers": (500, 2500)}
+PEER_CONNECTIONS = 16
 TOKEN = "t"
 S1_BODY = (b'{"model":"equabot","messages":[{"role":"user","content":'
            b'"alpha bravo charlie delta echo foxtrot golf hotel india"}]}')
@@ -193,9 +202,71 @@ def measure(workload: str) -> float:
             upstream.wait()
 
 
+def _served(name: str, count: int) -> int:
+    """Instructions a server (``harness`` name) executes from start to exit when it
+    answers ``count`` S1 requests in between, over ``PEER_CONNECTIONS`` keep-alive
+    connections from this process."""
+    import harness
+    import workloads
+    server = harness.Server(name)
+    server.wrapper = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
+    argv, cwd = harness._argv(name, server.port, server.state_dir)
+    env = dict(os.environ, PYTHONHASHSEED="0", BENCH_UPSTREAM_PORT="9")
+    proc = subprocess.Popen(server.wrapper + argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while harness.http_get(server.port, "/health", 1.0) != 200:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"{name} did not start under valgrind")
+            time.sleep(0.2)
+        body = workloads.COMPLETE
+        request = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                   b"Authorization: Bearer bench-token-0123456789abcdef\r\n"
+                   b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)) + body
+
+        async def client(n: int) -> None:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            for _ in range(n):
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                if not head.startswith(b"HTTP/1.1 200"):
+                    raise SystemExit(f"{name}: unexpected answer {head[:60]!r}")
+                length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+                await reader.readexactly(length)
+            writer.close()
+
+        async def load() -> None:
+            await asyncio.gather(*(client(count // PEER_CONNECTIONS) for _ in range(PEER_CONNECTIONS)))
+
+        asyncio.run(load())
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        subprocess.run(["rm", "-rf", server.state_dir], check=False)
+    for line in err.splitlines():
+        if "Collected :" in line:
+            return int(line.split(":")[-1].strip())
+    raise SystemExit(f"valgrind gave no count for {name}:\n{err[-2000:]}")
+
+
+def peers() -> dict[str, float]:
+    """S1 instructions per request of equabot_gw and its timed peers, each server alone."""
+    import harness
+    small, large = COUNTS["peers"]
+    figures = {}
+    for name in (harness.GW, harness.STARLETTE, harness.AIOHTTP):
+        figures[name] = (_served(name, large) - _served(name, small)) / (large - small)
+        print(f"  {name}: {figures[name]:,.0f}", flush=True)
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", default="s1,s4", help="comma-separated workloads: s1, s4")
+    parser.add_argument("--only", default="s1,s4", help="comma-separated workloads: s1, s4, peers")
     parser.add_argument("--inner", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inner:
@@ -204,6 +275,14 @@ def main() -> None:
         return
     for workload in args.only.split(","):
         started = time.monotonic()
+        if workload == "peers":
+            figures = peers()
+            gw = figures.pop("equabot_gw")
+            print("peers (S1 over sockets, server instructions per request): equabot_gw "
+                  f"{gw:,.0f}; " + "; ".join(f"{name} {n:,.0f} ({n / gw:.2f}× equabot_gw's)"
+                                            for name, n in figures.items())
+                  + f" ({time.monotonic() - started:.0f} s)", flush=True)
+            continue
         figure = measure(workload)
         print(f"{workload}: {figure:,.0f} instructions per request "
               f"({time.monotonic() - started:.0f} s)", flush=True)
