@@ -13,6 +13,7 @@ recording wrapper around the configured provider.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import re
@@ -31,7 +32,7 @@ from equabot_gw.agents.events import Delta, Ended, Failed, Started
 from equabot_gw.agents import committer as committer_mod
 from equabot_gw.agents.runtime import Run, Runtime, run, run_here
 from equabot_gw.agents.types import (
-    AgentRequest, AgentResult, GenerationOptions, Message, ProviderCall, ProviderEvent,
+    AgentRequest, AgentResult, GenerationOptions, Message, ProviderCall, ProviderEvent, TextDelta, Usage,
 )
 from equabot_gw.errors import ApiError, RunAborted, RunTimedOut, StorageError, UpstreamError, http_status
 from equabot_gw.providers import Provider
@@ -471,7 +472,8 @@ class RunHereTest(RuntimeCase):
                         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
                 key = f"written-{fails}"
-                with mock.patch.object(committer_mod, "_fdatasync", fdatasync):
+                logged = self.assertLogs("equabot_gw.sessions", "WARNING") if fails else contextlib.nullcontext()
+                with mock.patch.object(committer_mod, "_fdatasync", fdatasync), logged:
                     caller = self.here("x y", agent_id="lane", session_key=key)
                     handle = await self.the_run()
                     await self.until(handle, "recording")
@@ -493,6 +495,86 @@ class RunHereTest(RuntimeCase):
                     lines = await self.transcript("lane", f"agent:lane:{key}")
                     self.assertEqual([line["type"] for line in lines], ["session", "user", "assistant"])
                 self.assertEqual(self.runtime.active, {})
+
+    def provide(self, stream: Any) -> None:
+        """Agent "lane"'s provider streams with ``stream(call)`` instead."""
+        provider = Recording(self.runtime.providers["quick"])
+        provider.stream = stream            # type: ignore[method-assign]
+        self.runtime.providers["quick"] = provider
+
+    async def test_an_abort_whose_cancellation_the_provider_swallows_is_still_the_result(self) -> None:
+        async def stubborn(call: ProviderCall) -> AsyncIterator[ProviderEvent]:
+            yield TextDelta("part ")
+            try:
+                await asyncio.sleep(0.2)
+            except asyncio.CancelledError:
+                pass                            # a provider bug: it finishes anyway
+            yield TextDelta("rest")
+            yield Usage(1, 2)
+
+        self.provide(stubborn)
+        for why in ("chat.abort", "timeout"):
+            with self.subTest(why=why):
+                caller = self.here("x", agent_id="lane")
+                handle = await self.the_run()
+                await self.first_delta(handle)
+                self.assertTrue(handle.abort(why))
+                self.assertIs(await asyncio.wait_for(caller, 5), handle)     # answered, not cancelled
+                self.assertEqual((handle.status, caller.cancelling()), ("aborted", 0))
+                with self.assertRaises(RunTimedOut if why == "timeout" else RunAborted):
+                    await handle.wait()
+
+    async def test_a_long_turn_being_prepared_when_the_caller_is_cancelled_is_written(self) -> None:
+        # No usage from the provider: the words of a long reply are counted, and its
+        # lines encoded, over several loop steps; the caller is cancelled meanwhile.
+        reply = "word " * 100_000
+        pause = 0.0
+
+        async def wordy(call: ProviderCall) -> AsyncIterator[ProviderEvent]:
+            yield TextDelta(reply)
+            await asyncio.sleep(pause)
+
+        self.provide(wordy)
+        for aborted_first in (False, True):
+            with self.subTest(aborted_first=aborted_first):
+                key = f"long-{aborted_first}"
+                pause = 5.0 if aborted_first else 0.0
+                caller = self.here("y", agent_id="lane", session_key=key)
+                handle = await self.the_run()
+                if aborted_first:       # an abort taken back first must not hide the later cancel
+                    await self.first_delta(handle)
+                    self.assertTrue(handle.abort("chat.abort"))
+                await self.until(handle, "recording")
+                caller.cancel()
+                with self.assertRaises(asyncio.CancelledError):
+                    await asyncio.wait_for(caller, 10)
+                lines = await self.transcript("lane", f"agent:lane:{key}")
+                self.assertEqual([line["type"] for line in lines],
+                                 ["session", "user", "aborted" if aborted_first else "assistant"])
+                self.assertEqual(handle.status, "aborted" if aborted_first else "ok")
+                if not aborted_first:
+                    self.assertEqual((await handle.wait()).text, reply)
+
+    async def test_shutdown_waits_for_the_run_not_for_its_callers_task(self) -> None:
+        hold = asyncio.Event()
+
+        async def caller() -> Run:
+            handle = await run_here(self.runtime, AgentRequest(message="a b", agent_id="slow"))
+            await hold.wait()               # the request's task goes on (a keep-alive connection)
+            return handle
+
+        task = asyncio.ensure_future(caller())
+        self.addCleanup(hold.set)
+        handle = await self.the_run()
+        ended = handle.ended()
+        self.assertIsNotNone(ended)
+        self.assertIsNot(ended, task)
+        await asyncio.wait_for(ended, 5)
+        self.assertEqual((handle.status, task.done(), handle.ended()), ("ok", False, None))
+        self.stopped = True
+        await asyncio.wait_for(self.runtime.stop(5.0), 2)     # nothing left to wait for
+        hold.set()
+        self.assertIs(await task, handle)
 
     async def test_a_request_with_an_idempotency_key_is_refused(self) -> None:
         with self.assertRaises(ValueError):

@@ -680,6 +680,21 @@ class Throughput(unittest.TestCase):
 
 # -- faults ----------------------------------------------------------------------
 
+class OutcomeAfterCancel(unittest.IsolatedAsyncioTestCase):
+    async def test_a_committer_that_is_not_running_is_a_storage_error_not_a_wait(self) -> None:
+        # The outcome of an append whose waiter was cancelled is waited for; a
+        # committer that never took the append cannot give one.
+        committer = committer_mod.Committer(asyncio.get_running_loop())
+        self.assertFalse(committer.running)
+        with self.assertRaises(StorageError):
+            await asyncio.wait_for(sessions._told(committer, []), 1)
+        committer.start()
+        self.assertTrue(committer.running)
+        self.assertEqual(await asyncio.wait_for(sessions._told(committer, [17]), 1), 17)
+        await committer.stop()
+        self.assertFalse(committer.running)
+
+
 class DiskFaults(StoreCase):
     @unittest.skipIf(os.geteuid() == 0, "root ignores directory permissions (see the ENOSPC test)")
     async def test_read_only_directory(self) -> None:

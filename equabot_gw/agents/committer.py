@@ -188,6 +188,11 @@ class Committer:
         """Start the thread (once)."""
         self._thread.start()
 
+    @property
+    def running(self) -> bool:
+        """Whether the thread is there to take what is queued (started, not yet stopped)."""
+        return self._thread.is_alive() and self._stopped is None
+
     async def stop(self) -> None:
         """Finish everything queued before, close every fd, and wait for the thread to end."""
         if not self._thread.is_alive():

@@ -105,6 +105,8 @@ class Run:
         # Run by its caller's task (``run_here``): the abort reason when that task is
         # cancelled from outside, which is then passed on once the run has settled.
         self._left: str | None = None
+        self._cancels_sent = 0      # by abort(), not yet taken back (see _absorb_cancel)
+        self._ended: asyncio.Future[None] | None = None    # see ended()
 
     def __repr__(self) -> str:
         return f"<Run {self.id} agent={self.agent.id} status={self.status}>"
@@ -150,9 +152,22 @@ class Run:
             # A task cancelled before its first step never runs its body, so
             # it could not settle the run: that one sees the reason on entry.
             if self._entered:
+                self._cancels_sent += 1
                 self._task.cancel()
                 asyncio.get_running_loop().call_later(ABORT_GRACE, self._give_up)
         return True
+
+    def ended(self) -> asyncio.Future[None] | None:
+        """What to wait on until the run's work has ended (its provider let go, its turn
+        recorded): its task, or for a run in its caller's task a future set then;
+        None once it has. It may end later than it settles (see ``ABORT_GRACE``)."""
+        if self._task is None:
+            return None
+        if self._left is None:
+            return self._task
+        if self._ended is None:
+            self._ended = asyncio.get_running_loop().create_future()
+        return self._ended
 
     def _give_up(self) -> None:
         if not self.done:
@@ -202,11 +217,12 @@ class Runtime:
         """Let runs finish for ``grace`` seconds, abort the rest (recorded as aborted), close."""
         self.closing = True
         runs = list(self.active.values())
-        if runs:
-            await asyncio.wait([r._task for r in runs if r._task], timeout=grace)
+        ending = [e for e in (r.ended() for r in runs) if e is not None]
+        if ending:
+            await asyncio.wait(ending, timeout=grace)
         for r in list(self.active.values()):
             r.abort("shutdown")
-        pending = [r._task for r in self.active.values() if r._task]
+        pending = [e for e in (r.ended() for r in self.active.values()) if e is not None]
         if pending:
             await asyncio.wait(pending, timeout=5.0)
         self.keys.close()
@@ -335,6 +351,11 @@ async def run_here(runtime: Runtime, request: AgentRequest, left: str = "cancell
     handle._task, handle._left = task, left
     cancels = task.cancelling()
     await _execute(runtime, handle)
+    # An abort whose cancellation the provider swallowed is the run's result
+    # (499, 504), not the caller's: only one from outside is passed on.
+    for _ in range(handle._cancels_sent):
+        task.uncancel()
+    handle._cancels_sent = 0
     if task.cancelling() > cancels:
         raise asyncio.CancelledError(left)      # the caller was cancelled meanwhile
     return handle
@@ -460,6 +481,8 @@ async def _execute(runtime: Runtime, handle: Run) -> None:
             agent.waiting -= 1
         runtime._remember(handle)
         handle._task = None     # the finished task is not needed, nor is the cycle through it
+        if handle._ended is not None and not handle._ended.done():
+            handle._ended.set_result(None)
 
 
 # The calls, reasoning and signature of a text reply.
@@ -585,14 +608,16 @@ def _notify(observers: list[Callable[[Run], None]], run: Run) -> None:
 
 def _absorb_cancel(handle: Run) -> None:
     """A cancellation of the run's task, caught: an ``abort``'s is withdrawn; one from
-    outside the caller of ``run_here`` becomes the run's abort (``_left``) and is
-    left counted on the task, for ``run_here`` to pass on once the run has settled."""
-    if handle._abort_reason is None:
+    outside the caller of ``run_here`` becomes the run's abort (``_left``) unless it
+    has one, and is left counted on the task, for ``run_here`` to pass on once the
+    run has settled."""
+    if handle._cancels_sent:
+        handle._cancels_sent -= 1
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            task.uncancel()
+    elif handle._abort_reason is None:
         handle._abort_reason = handle._left
-        return
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        task.uncancel()
 
 
 def _run_failure(handle: Run, exc: Exception, step: str) -> RunError:
@@ -620,7 +645,7 @@ async def _record(runtime: Runtime, handle: Run, call: ProviderCall, history: Se
     if failure is None and handle._abort_reason is not None:
         failure = _abort_error(handle)      # asked to stop, its provider finished anyway
     if failure is None and usage is None:
-        usage = await _word_usage(call, text)
+        usage = await _word_usage(call, text, handle._left is not None)
     if failure is None:
         status, error = "ok", None
     elif isinstance(failure, RunAborted):
@@ -668,10 +693,19 @@ def _finish_failed(handle: Run, error: RunError, partial: str) -> None:
     handle._settle(None, error)
 
 
-async def _word_usage(call: ProviderCall, reply: str) -> Usage:
-    """Whitespace-separated words, for providers that report no counts of their own."""
-    prompt = await count_words(call.system, *(m.text() for m in call.messages))
-    return Usage(prompt, await count_words(reply))
+async def _word_usage(call: ProviderCall, reply: str, uninterrupted: bool = False) -> Usage:
+    """Whitespace-separated words, for providers that report no counts of their own.
+
+    ``uninterrupted``: a cancellation of the caller meanwhile (a run in its caller's
+    task, being recorded) starts the count again and stays counted on the task.
+    """
+    while True:
+        try:
+            prompt = await count_words(call.system, *(m.text() for m in call.messages))
+            return Usage(prompt, await count_words(reply))
+        except asyncio.CancelledError:
+            if not uninterrupted:
+                raise
 
 
 def _agents_from(config: Config) -> dict[str, Agent]:

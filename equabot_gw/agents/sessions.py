@@ -137,6 +137,17 @@ def _uuid4() -> str:
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
 
 
+async def _encoded(lines: list[dict[str, Any]], turn: TurnRecord, uninterrupted: bool) -> bytes:
+    """``transcripts.encode_turn``; ``uninterrupted``: encoded again if the caller is
+    cancelled meanwhile (the cancellation stays counted on its task)."""
+    while True:
+        try:
+            return await transcripts.encode_turn(lines, turn)
+        except asyncio.CancelledError:
+            if not uninterrupted:
+                raise
+
+
 async def _told(committer: Committer, told: list[Any]) -> int:
     """The outcome of an append whose waiter was cancelled: the offset its ``on_ok`` put
     in ``told``, or the error its ``on_error`` did, raised. Those callbacks run
@@ -145,6 +156,8 @@ async def _told(committer: Committer, told: list[Any]) -> int:
     cancellation stays counted on the task for the caller to honour.
     """
     while not told:
+        if not committer.running:       # stopped before it took the append: nothing will come
+            raise errors.StorageError("the session store is not open")
         try:
             await committer.job("waiting for a turn being written", _nothing)
         except asyncio.CancelledError:
@@ -383,9 +396,9 @@ class SessionStore:
         Raises ``StorageError`` (closed store, or any OSError: the transcript
         keeps every earlier turn and none of this one), ``ApiError`` 400 for a
         bad key, ValueError for an unknown ``turn.status``. ``uninterrupted``:
-        once the append is queued, a cancellation of the caller is not raised
-        here but left counted on its task (``Task.cancelling``), and the
-        outcome is returned or raised as usual.
+        a cancellation of the caller meanwhile is not raised here but left
+        counted on its task (``Task.cancelling``); the turn is encoded and
+        written all the same, and the outcome returned or raised as usual.
         """
         committer = self._require_open()
         key = self._session_key(agent_id, key)
@@ -394,8 +407,11 @@ class SessionStore:
             data = transcripts.encode_plain_turn(turn, key)
             if data is None:
                 lines = transcripts.turn_lines(turn, key, True)
-                data = await transcripts.encode_turn(lines, turn) if transcripts.is_large(turn) \
-                    else transcripts.encode(lines)
+                if transcripts.is_large(turn):
+                    data = await _encoded(lines, turn, uninterrupted)
+                    committer = self._require_open()    # it may have closed meanwhile
+                else:
+                    data = transcripts.encode(lines)
             path = self._journal_path(agent, turn.at)
             told: list[Any] = []
             try:
@@ -414,10 +430,11 @@ class SessionStore:
             if not transcripts.is_large(turn):
                 data = transcripts.encode(lines)
                 break
-            data = await transcripts.encode_turn(lines, turn)
+            data = await _encoded(lines, turn, uninterrupted)
             # A large turn is encoded over several loop steps: if a reset or
             # another turn changed whether the session is new meanwhile, redo it.
             if is_new == (key not in agent.index and key not in agent.creating):
+                committer = self._require_open()    # it may have closed meanwhile
                 break
         if is_new:
             agent.creating.add(key)

@@ -431,9 +431,9 @@ class Gateway:
         runs = [run for run in self.runtime.active.values() if run.abort("shutdown")]
         if runs:
             log.info("shutdown: aborting %d run(s) still in flight", len(runs))
-            tasks = [r._task for r in runs if r._task is not None]
-            if tasks:
-                await asyncio.wait(tasks, timeout=RUN_SETTLE_TIMEOUT)
+            ending = [e for e in (r.ended() for r in runs) if e is not None]
+            if ending:
+                await asyncio.wait(ending, timeout=RUN_SETTLE_TIMEOUT)
         # A short, bounded moment for the aborted streams to reach their clients.
         await asyncio.wait([serving], timeout=STREAM_FLUSH_TIMEOUT)
         if not serving.done():
@@ -456,7 +456,7 @@ class Gateway:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or hurry.done():
                     return
-                runs = [r._task for r in self.runtime.active.values() if r._task is not None]
+                runs = [e for e in (r.ended() for r in self.runtime.active.values()) if e is not None]
                 await asyncio.wait([serving, hurry, *runs], timeout=remaining,
                                    return_when=asyncio.FIRST_COMPLETED)
         finally:
