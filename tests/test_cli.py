@@ -513,13 +513,20 @@ class ShutdownTest(CLITestCase):
             self.assertEqual(self.wait_exit(gw, TIMEOUT), 0)
 
 
+def _sigint_as_from_a_terminal() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class AgentInterruptTest(CLITestCase):
     """Ctrl-C on ``agent``: the gateway aborts the run and records it; the CLI exits 130."""
 
     def interrupt(self, gw: GatewayProcess, *args: str) -> tuple[int, str]:
+        # As from a terminal: a suite started in the background (``make test &``) has
+        # SIGINT ignored, and a child would inherit that and never see the Ctrl-C.
         proc = subprocess.Popen([sys.executable, "-m", "equabot_gw", "agent", "--state-dir", str(gw.state_dir),
                                  "--token", TOKEN, "-m", " ".join(["w"] * 100), *args],
-                                cwd=ROOT, env=self.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                cwd=ROOT, env=self.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                preexec_fn=_sigint_as_from_a_terminal)
         try:
             first = proc.stdout.read1(65536)
             self.assertTrue(first.startswith(b"Echo"), first)
