@@ -524,6 +524,25 @@ class RunHereTest(RuntimeCase):
                 with self.assertRaises(RunTimedOut if why == "timeout" else RunAborted):
                     await handle.wait()
 
+    async def test_a_run_aborted_from_within_its_own_task_is_aborted_and_its_caller_goes_on(self) -> None:
+        async def quitter(call: ProviderCall) -> AsyncIterator[ProviderEvent]:
+            yield TextDelta("part ")
+            self.assertTrue(self.runtime.active[call.run_id].abort("provider gave up"))
+            yield TextDelta("rest")
+            yield Usage(1, 2)
+
+        self.provide(quitter)
+        for start in (lambda: run(self.runtime, AgentRequest(message="x", agent_id="lane")).wait(),
+                      lambda: run_here(self.runtime, AgentRequest(message="x", agent_id="lane"))):
+            try:
+                await asyncio.wait_for(start(), 5)
+            except RunAborted:
+                pass
+            await asyncio.sleep(0)          # no cancellation is left pending for the caller
+            [record] = [r for r in self.runtime._finished.values()][-1:]
+            self.assertEqual((record.status, record.error.why), ("aborted", "provider gave up"))
+        self.assertEqual(asyncio.current_task().cancelling(), 0)
+
     async def test_a_long_turn_being_prepared_when_the_caller_is_cancelled_is_written(self) -> None:
         # No usage from the provider: the words of a long reply are counted, and its
         # lines encoded, over several loop steps; the caller is cancelled meanwhile.

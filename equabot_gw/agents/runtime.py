@@ -151,7 +151,9 @@ class Run:
             self._abort_reason = why
             # A task cancelled before its first step never runs its body, so
             # it could not settle the run: that one sees the reason on entry.
-            if self._entered:
+            # Asked from within the run's own task (by its provider), the reason
+            # alone stops it: the run records what it has once the provider returns.
+            if self._entered and self._task is not asyncio.current_task():
                 self._cancels_sent += 1
                 self._task.cancel()
                 asyncio.get_running_loop().call_later(ABORT_GRACE, self._give_up)
