@@ -687,10 +687,10 @@ class OutcomeAfterCancel(unittest.IsolatedAsyncioTestCase):
         committer = committer_mod.Committer(asyncio.get_running_loop())
         self.assertFalse(committer.running)
         with self.assertRaises(StorageError):
-            await asyncio.wait_for(sessions._told(committer, []), 1)
+            await asyncio.wait_for(committer.outcome([]), 1)
         committer.start()
         self.assertTrue(committer.running)
-        self.assertEqual(await asyncio.wait_for(sessions._told(committer, [17]), 1), 17)
+        self.assertEqual(await asyncio.wait_for(committer.outcome([17]), 1), 17)
         await committer.stop()
         self.assertFalse(committer.running)
 

@@ -15,12 +15,16 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
+from ..config import AgentConfig
 from ..errors import ApiError
 
 if TYPE_CHECKING:
+    from ..config import Config
     from .runtime import Run
 
-__all__ = ["Agent"]
+__all__ = ["Agent", "DEFAULT_AGENT_ID", "agents_from"]
+
+DEFAULT_AGENT_ID: Final = "main"
 
 # asyncio runs a timer up to one clock tick early; a deadline that close counts as reached.
 _CLOCK_SLACK: Final = time.get_clock_info("monotonic").resolution
@@ -113,3 +117,20 @@ class Agent:
                 return
             del deadlines[run]
             run.abort("timeout")
+
+
+def agents_from(config: Config) -> dict[str, Agent]:
+    """The configured agents by id, the defaults applied; agent "main" alone when none is listed."""
+    defaults = config.agents.defaults
+    entries: tuple[AgentConfig, ...] = config.agents.list or (AgentConfig(id=DEFAULT_AGENT_ID),)
+    agents: dict[str, Agent] = {}
+    for entry in entries:
+        model = entry.model or defaults.model
+        agents[entry.id] = Agent(
+            id=entry.id, name=entry.name or entry.id,
+            model=model if "/" in model else f"{model}/{model}",
+            system_prompt="\n\n".join(p for p in (defaults.system_prompt, entry.system_prompt) if p),
+            timeout=entry.timeout or defaults.timeout,
+            max_concurrent=entry.max_concurrent or defaults.max_concurrent,
+            max_queued=defaults.max_queued, is_default=entry.default)
+    return agents

@@ -180,6 +180,26 @@ class Committer:
         self._queue.put(_Op(what, future, fn=fn, **callbacks))
         return future
 
+    async def outcome(self, told: list[Any]) -> Any:
+        """The outcome of an append whose waiter was cancelled (loop side): what its
+        ``on_ok`` put in ``told``, or the error its ``on_error`` did, raised.
+
+        Those callbacks run even when the future was cancelled, so a barrier
+        queued after the append resolves once they have; cancelling this wait
+        changes nothing (the cancellation stays counted on the task for the
+        caller to honour). ``StorageError`` if the thread is not running.
+        """
+        while not told:
+            if not self.running:        # stopped before it took the append: nothing will come
+                raise errors.StorageError("the session store is not open")
+            try:
+                await self.job("waiting for an append being written", _nothing)
+            except asyncio.CancelledError:
+                pass
+        if isinstance(told[0], BaseException):
+            raise told[0]
+        return told[0]
+
     def post(self, what: str, fn: Callable[[Committer], Any], **callbacks: Any) -> None:
         """A job nobody waits for: a failure is logged and passed to ``on_error``."""
         self._queue.put(_Op(what, None, fn=fn, **callbacks))
@@ -362,6 +382,10 @@ class Committer:
                 os.close(entry[0])
             except OSError:
                 pass
+
+
+def _nothing(_: Committer) -> None:
+    return None
 
 
 def _set_done(future: asyncio.Future[None] | None) -> None:

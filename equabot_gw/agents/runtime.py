@@ -17,6 +17,7 @@ in the caller's task); this module knows nothing about HTTP, WebSocket or termin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -28,12 +29,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-from ..config import AgentConfig, Config
+from ..config import Config
 from ..errors import (
     ApiError, ReplyTooLarge, RunAborted, RunError, RunFailed, RunTimedOut, UpstreamError,
 )
 from . import idempotency, sessions
-from .agent import Agent
+from .agent import DEFAULT_AGENT_ID, Agent, agents_from
 from .records import RunRecord
 from .events import Ended, Failed, EventLog, Started, Subscription
 from .output import ReplyOutput, check_request, finish_reason, named_results, output_weight
@@ -65,7 +66,6 @@ MAX_FINISHED_RUNS: Final = 10_000
 # its transcript or journal when asked for.
 MAX_KEPT_REPLY_BYTES: Final = 64 * 1024
 FINISHED_REPLIES_BUDGET_BYTES: Final = 16 * 1024 * 1024
-DEFAULT_AGENT_ID: Final = "main"
 
 
 class Run:
@@ -160,9 +160,8 @@ class Run:
         return True
 
     def ended(self) -> asyncio.Future[None] | None:
-        """What to wait on until the run's work has ended (its provider let go, its turn
-        recorded): its task, or for a run in its caller's task a future set then;
-        None once it has. It may end later than it settles (see ``ABORT_GRACE``)."""
+        """What to wait on until the run's work has ended, which may be after it settled
+        (``ABORT_GRACE``): its task, or a future for a run in its caller's task; None once it has."""
         if self._task is None:
             return None
         if self._left is None:
@@ -193,7 +192,7 @@ class Runtime:
         self.config = config
         self.store = store or sessions.SessionStore(
             state_dir, stateless_retention_days=config.sessions.stateless_retention_days)
-        self.agents = _agents_from(config)
+        self.agents = agents_from(config)
         self.default_agent = next((a for a in self.agents.values() if a.is_default), None) \
             or self.agents.get(DEFAULT_AGENT_ID) or next(iter(self.agents.values()))
         self.providers: dict[str, Provider] = {}
@@ -332,17 +331,15 @@ def run(runtime: Runtime, request: AgentRequest, digest: str | None = None,
 
 async def run_here(runtime: Runtime, request: AgentRequest, left: str = "cancelled") -> Run:
     """``run`` in the caller's task, for a door that only waits for the result: the run,
-    settled (``done``), at its end.
+    settled (``done``), at its end. Admission raises as ``run`` does; ``request``
+    must have no idempotency key (a keyed run is shared, with a task of its own).
 
-    Admission raises as ``run`` does; ``request`` must have no idempotency key
-    (a keyed run is shared between requests and has a task of its own). The
-    run is unwatched (see ``run``) and, while it lasts, as visible as any other:
-    in ``active``, found by id, stopped by ``abort``. Cancelling the caller
-    aborts it with the reason ``left``: it is recorded like any aborted run
-    and the ``CancelledError`` reaches the caller once the run has settled. A
-    turn already being written when the cancellation comes is written, and
-    the run ends as it says. Unlike a run with a task of its own, one whose
-    provider ignores the cancellation keeps its caller until the provider lets go.
+    The run is unwatched (see ``run``) and as visible as any other: in
+    ``active``, found by id, stopped by ``abort``. Cancelling the caller aborts
+    it with the reason ``left``, recorded like any abort; the ``CancelledError``
+    reaches the caller once the run has settled. A turn being recorded then is
+    recorded, and the run ends as it says. A provider that ignores the
+    cancellation keeps the caller until it lets go.
     """
     if request.idempotency_key:
         raise ValueError("a request with an idempotency key runs in a task of its own")
@@ -357,7 +354,6 @@ async def run_here(runtime: Runtime, request: AgentRequest, left: str = "cancell
     # (499, 504), not the caller's: only one from outside is passed on.
     for _ in range(handle._cancels_sent):
         task.uncancel()
-    handle._cancels_sent = 0
     if task.cancelling() > cancels:
         raise asyncio.CancelledError(left)      # the caller was cancelled meanwhile
     return handle
@@ -491,17 +487,8 @@ async def _execute(runtime: Runtime, handle: Run) -> None:
 _NO_OUTPUT: Final[tuple[tuple[ToolCall, ...], str, str]] = ((), "", "")
 
 
-class _NoLane:
-    """The lane of a stateless run: its key is fresh, so nothing can contend for it."""
-
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
-
-
-_NO_LANE: Final = _NoLane()
+# The lane of a stateless run: its key is fresh, so nothing can contend for it.
+_NO_LANE: Final = contextlib.nullcontext()
 _EMPTY_HISTORY: Final = SessionHistory()
 
 
@@ -610,9 +597,8 @@ def _notify(observers: list[Callable[[Run], None]], run: Run) -> None:
 
 def _absorb_cancel(handle: Run) -> None:
     """A cancellation of the run's task, caught: an ``abort``'s is withdrawn; one from
-    outside the caller of ``run_here`` becomes the run's abort (``_left``) unless it
-    has one, and is left counted on the task, for ``run_here`` to pass on once the
-    run has settled."""
+    outside ``run_here``'s caller becomes the run's abort (``_left``) unless it has one,
+    and stays counted on the task, for ``run_here`` to pass on once the run has settled."""
     if handle._cancels_sent:
         handle._cancels_sent -= 1
         task = asyncio.current_task()
@@ -710,20 +696,4 @@ async def _word_usage(call: ProviderCall, reply: str, uninterrupted: bool = Fals
                 raise
 
 
-def _agents_from(config: Config) -> dict[str, Agent]:
-    defaults = config.agents.defaults
-    entries: tuple[AgentConfig, ...] = config.agents.list or (AgentConfig(id=DEFAULT_AGENT_ID),)
-    agents: dict[str, Agent] = {}
-    for entry in entries:
-        model = entry.model or defaults.model
-        agents[entry.id] = Agent(
-            id=entry.id, name=entry.name or entry.id,
-            model=model if "/" in model else f"{model}/{model}",
-            system_prompt="\n\n".join(p for p in (defaults.system_prompt, entry.system_prompt) if p),
-            timeout=entry.timeout or defaults.timeout,
-            max_concurrent=entry.max_concurrent or defaults.max_concurrent,
-            max_queued=defaults.max_queued, is_default=entry.default)
-    return agents
-
-
-__all__ = ["Agent", "Run", "RunRecord", "Runtime", "run", "run_once", "GenerationOptions"]
+__all__ = ["Agent", "Run", "RunRecord", "Runtime", "run", "run_here", "run_once", "GenerationOptions"]

@@ -148,29 +148,6 @@ async def _encoded(lines: list[dict[str, Any]], turn: TurnRecord, uninterrupted:
                 raise
 
 
-async def _told(committer: Committer, told: list[Any]) -> int:
-    """The outcome of an append whose waiter was cancelled: the offset its ``on_ok`` put
-    in ``told``, or the error its ``on_error`` did, raised. Those callbacks run
-    even when the future was cancelled, so a barrier queued after the append
-    resolves once they have; cancelling this wait again changes nothing. The
-    cancellation stays counted on the task for the caller to honour.
-    """
-    while not told:
-        if not committer.running:       # stopped before it took the append: nothing will come
-            raise errors.StorageError("the session store is not open")
-        try:
-            await committer.job("waiting for a turn being written", _nothing)
-        except asyncio.CancelledError:
-            pass
-    if isinstance(told[0], BaseException):
-        raise told[0]
-    return told[0]
-
-
-def _nothing(_: Committer) -> None:
-    return None
-
-
 def _check_agent_id(agent_id: str) -> None:
     if type(agent_id) is not str or not AGENT_ID_RE.fullmatch(agent_id):
         raise errors.ApiError(400, f"agent ids are 1-128 characters of A-Z a-z 0-9 . _ @ - "
@@ -420,7 +397,7 @@ class SessionStore:
             except asyncio.CancelledError:
                 if not uninterrupted:
                     raise
-                offset = await _told(committer, told)
+                offset = await committer.outcome(told)
             return transcripts.Stored(path, offset, len(data))
         while True:
             is_new = key not in agent.index and key not in agent.creating
@@ -456,7 +433,7 @@ class SessionStore:
         except asyncio.CancelledError:
             if not uninterrupted:
                 raise
-            offset = await _told(committer, told)
+            offset = await committer.outcome(told)
         return transcripts.Stored(path, offset, len(data))
 
     def _turn_recorded(self, agent: _Agent, key: str, turn: TurnRecord,

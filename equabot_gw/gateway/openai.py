@@ -230,7 +230,7 @@ class ChatCompletions:
                 done = await agent_runtime.run_here(self.runtime, agent_request, "client disconnected")
             except ApiError as exc:
                 raise _rename_option_param(exc, body) from None
-            return await self._complete(done, resume.completion_id(done.id), model_name, legacy, _nothing, [])
+            return await self._complete(done, resume.completion_id(done.id), model_name, legacy, resume.no_claim, [])
         try:
             if key is None:
                 run, replayed = agent_runtime.run(self.runtime, agent_request, watched=True), False
@@ -438,10 +438,6 @@ async def _parse_body(request: HTTPRequest) -> dict[str, Any]:
 
 
 _dumps: Final = compact_json.dumps
-
-
-def _nothing() -> None:
-    """The claim of a run that has settled: nothing is left to give up."""
 
 
 def _json_response(status: int, data: Any, headers: list[tuple[str, str]] | None = None) -> Response:

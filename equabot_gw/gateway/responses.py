@@ -504,10 +504,10 @@ class Responses:
         flight = self._inflight.get(response_id)
         if flight is None:
             shape = Shape(response_id, "", {})
-            return await self._events(None, shape, None, after, _nothing, [])
+            return await self._events(None, shape, None, after, resume.no_claim, [])
         run = flight.run
         # A reader of a keyed run holds it as its client would; one of another run only reads.
-        leave = self.claims.claim(run, keep=True) if self.runtime.keys.of_run(run.id) is not None else _nothing
+        leave = self.claims.claim(run, keep=True) if self.runtime.keys.of_run(run.id) is not None else resume.no_claim
         return await self._events(run, flight.shape, flight, after, leave, [])
 
     # ---- GET, DELETE /v1/responses/{id}, its cancel and input_items ----
@@ -595,10 +595,6 @@ class Responses:
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-def _nothing() -> None:
-    """The claim of a reader that holds nothing."""
-
 
 async def _once(batch: list[Any]) -> AsyncIterator[list[Any]]:
     yield batch

@@ -31,7 +31,7 @@ from ..net.routes import HTTPRequest, StreamingResponse
 from . import chat_stream
 
 __all__ = ["KEY_HEADERS", "REPLAY_HEADER", "idempotency_key", "body_digest", "completion_id", "run_id_of",
-           "last_event_seq", "Claims"]
+           "last_event_seq", "Claims", "no_claim"]
 
 # The IETF httpapi draft's header first; ours as an alias (the draft's wins when both are sent).
 KEY_HEADERS: Final = ("idempotency-key", "x-equabot-idempotency-key", "x-openclaw-idempotency-key")
@@ -155,6 +155,10 @@ class Claims:
                 after = int(query[0])
         return self.resumed(run, public_id, str(meta.get("model", "")), bool(meta.get("usage")),
                             bool(meta.get("legacy")), after, self.claim(run, keep=True), [])
+
+
+def no_claim() -> None:
+    """The claim of a reader that holds nothing (a settled run, an unkept stream): nothing to give up."""
 
 
 def _abort_if_running(run: Run | RunRecord) -> None:
