@@ -130,7 +130,7 @@ def state_census() -> dict:
                 "open_append_fds": len(obj._committer._fds) if obj._committer else None}
         elif name == "Runtime" and hasattr(obj, "_finished"):
             found["runtime"] = {"active": len(obj.active), "finished_records": len(obj._finished),
-                                "idempotency_keys": len(obj._idempotent)}
+                                "idempotency_keys": len(obj.keys)}
     return found
 
 
