@@ -266,7 +266,12 @@ class CompletionTest(OpenAITestCase):
                             (self.chat(tools=[{"type": "function", "function": {"name": "bad name"}}]),
                              "tools[0].function.name"),
                             (self.chat(n=0), "n"), (self.chat(top_logprobs=21, logprobs=True), "top_logprobs"),
-                            (self.chat(stream_options={"include_usage": True}), "stream_options")):
+                            (self.chat(stream_options={"include_usage": True}), "stream_options"),
+                            (self.chat(stream=True, stream_options={"include_usage": "yes"}),
+                             "stream_options.include_usage"),
+                            (self.chat(stream=True, stream_options={"include_obfuscation": 1}),
+                             "stream_options.include_obfuscation"),
+                            (self.chat(stream=True, stream_options={"bogus": True}), "stream_options.bogus")):
             with self.subTest(param=param, body=body):
                 self.assertEqual(self.fails(body, 400)["param"], param)
 

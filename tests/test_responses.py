@@ -445,6 +445,11 @@ class RefusalTest(ResponsesCase):
             ({"model": "equabot", "input": [{"role": "user", "content": "x"},
                                             {"role": "assistant", "content": "prefill"}]}, "input",
              "unsupported_parameter"),
+            # A JSON array or object where a type name belongs is a bad value, not a crash.
+            ({"model": "equabot", "input": [{"type": [], "role": "user", "content": "a"}]}, "input[0].type",
+             "invalid_value"),
+            ({"model": "equabot", "input": "a", "tools": [{"type": {}}]}, "tools[0].type", "invalid_value"),
+            ({"model": "equabot", "input": "a", "include": [[]]}, "include[0]", "invalid_value"),
         ]
         for body, param, code in cases:
             with self.subTest(param=param, code=code):

@@ -112,7 +112,7 @@ def _fields_table() -> dict[str, Callable[[Any], None]]:
         "model": lambda v: _expect("model", v, "string"),
         "messages": lambda v: _expect("messages", v, "array"),
         "stream": lambda v: _expect("stream", v, "boolean"),
-        "stream_options": lambda v: _expect("stream_options", v, "object"),
+        "stream_options": _check_stream_options,
         "user": lambda v: _expect("user", v, "string"),
         "temperature": lambda v: _number_in("temperature", v, 0, 2),
         "top_p": lambda v: _number_in("top_p", v, 0, 1),
@@ -146,6 +146,20 @@ def _positive_int(name: str, value: Any) -> None:
     _expect(name, value, "integer")
     if value is not None and value < 1:
         raise _bad(name, f"Invalid {name!r}: integer below minimum value 1.", code="invalid_value")
+
+
+# Obfuscation pads events against length side channels; events without it mean the same.
+_STREAM_OPTIONS: Final = ("include_usage", "include_obfuscation")
+
+
+def _check_stream_options(value: Any) -> None:
+    _expect("stream_options", value, "object")
+    for key, option in (value or {}).items():
+        name = f"stream_options.{key[:60]}"
+        if key not in _STREAM_OPTIONS:
+            raise ApiError(400, f"Unrecognized request argument supplied: {name}",
+                           code="unknown_parameter", param=name)
+        _expect(name, option, "boolean")
 
 
 def _check_stop(value: Any) -> None:

@@ -115,7 +115,7 @@ def _unknown(name: str) -> ApiError:
 def _keys(value: dict[str, Any], where: str, known: frozenset[str] | tuple[str, ...]) -> None:
     for key in value:
         if key not in known:
-            raise _unknown(f"{where}.{key}")
+            raise _unknown(f"{where}.{key[:60]}")
 
 
 # The chat door's checkers, in the Responses API's wording.
@@ -183,7 +183,7 @@ def _check_include(value: Any) -> None:
     if _expect("include", value, "array") is None:
         return
     for i, item in enumerate(value):
-        if item not in INCLUDE_VALUES:
+        if type(item) is not str or item not in INCLUDE_VALUES:     # an array is not hashable
             shown = repr(item[:60]) if type(item) is str else type_name(item)
             raise bad(f"include[{i}]", f"Invalid value for 'include[{i}]': {shown} is not a supported value.",
                       code="invalid_value")
@@ -221,7 +221,7 @@ def _tools(value: Any) -> tuple[ToolSpec, ...]:
         kind = _object(tool, f"tools[{i}]").get("type")
         if kind == "function":
             specs.append(_function_tool(tool, f"tools[{i}]"))
-        elif kind in _BUILT_IN_TOOLS:
+        elif type(kind) is str and kind in _BUILT_IN_TOOLS:
             raise unsupported(f"tools[{i}].type", f"= {kind!r} (built-in tools; only function tools run here)")
         else:
             shown = repr(kind[:40]) if type(kind) is str else type_name(kind)
@@ -389,7 +389,7 @@ class _Reader:
             self.reasoning, self.signature = _reasoning_of(item, where)
         elif kind == "item_reference":
             raise unsupported(f"{where}.type", "= 'item_reference' (references to stored items)")
-        elif kind in _TOOL_ITEM_TYPES:
+        elif type(kind) is str and kind in _TOOL_ITEM_TYPES:
             raise unsupported(f"{where}.type", f"= {kind!r} (built-in tool items; only function tools run here)")
         else:
             shown = repr(kind[:40]) if type(kind) is str else type_name(kind)
