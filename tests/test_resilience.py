@@ -259,6 +259,26 @@ class IdempotencyTest(ResilienceCase):
         self.assertEqual(self.counting.calls, 1)
         self.assertEqual(await self.turns(gateway), ["user", "assistant"])
 
+    async def test_a_run_aborted_while_queued_runs_again_after_a_restart(self) -> None:
+        data = config(shutdownGraceSeconds=0)
+        gateway = await self.start(data)
+        running = await self.post(gateway, request(), Idempotency_Key="k-running", x_equabot_session_key=SESSION)
+        await running.read_all(cut_after=2)          # it goes on (keyed), holding the session's lane
+        queued = asyncio.ensure_future(self.post(gateway, request(stream=False), Idempotency_Key="k-queued",
+                                                 x_equabot_session_key=SESSION))
+        while len(gateway.runtime.active) < 2:
+            await asyncio.sleep(0.005)
+        await self.stop(gateway)                     # no grace: both are aborted, one before it started
+        self.assertEqual((await asyncio.wait_for(queued, 10)).status, 499)
+        self.assertEqual(self.counting.calls, 1)
+        gateway = await self.start(data)
+        again = await self.post(gateway, request(stream=False), Idempotency_Key="k-queued",
+                                x_equabot_session_key=SESSION)
+        # It produced nothing: its key runs now, as it would have before the restart.
+        self.assertEqual((again.status, again.headers.get(resume.REPLAY_HEADER)), (200, None), again.body)
+        self.assertTrue(again.json()["choices"][0]["message"]["content"].endswith(MESSAGE))
+        self.assertEqual(self.counting.calls, 2)
+
     async def test_a_key_past_its_retention_runs_again(self) -> None:
         gateway = await self.start()
         await self.post(gateway, request(stream=False), Idempotency_Key="k-old")
@@ -302,11 +322,11 @@ class KeysTest(unittest.IsolatedAsyncioTestCase):
         store = self.Store()
         keys = idempotency.Keys(store, max_keys=3)          # type: ignore[arg-type]
         for n in range(5):
-            await keys.add("main", f"k{n}", "d", f"run_{n}", "s", True, None)
+            await keys.journal(keys.add("main", f"k{n}", "d", f"run_{n}", "s", True, None))
         self.assertEqual(len(keys), 3)
         self.assertIsNone(keys.get("main", "k0"))
         self.assertEqual(keys.get("main", "k4").run_id, "run_4")
-        await keys.add("main", "k4", "d", "run_9", "s", True, {"model": "m"})
+        await keys.journal(keys.add("main", "k4", "d", "run_9", "s", True, {"model": "m"}))
         self.assertEqual((keys.get("main", "k4").run_id, keys.of_run("run_9").meta), ("run_9", {"model": "m"}))
         self.assertIsNone(keys.of_run("run_4"))
         self.assertEqual(len(store.lines), 6)

@@ -159,14 +159,22 @@ class Keys:
         return entry if entry is not None and self.get(entry.agent_id, entry.key) is entry else None
 
     def add(self, agent_id: str, key: str, digest: str, run_id: str, session_key: str, stateless: bool,
-            meta: dict[str, Any] | None) -> asyncio.Task[None]:
-        """Remember ``key`` for a new run; returns the task writing its journal line (await it
-        before the run produces anything: a key the journal lost would let a retry run twice)."""
+            meta: dict[str, Any] | None) -> Entry:
+        """Remember ``key`` for a new run, in memory; ``journal`` makes it durable when the run starts."""
         if meta is not None and len(json.dumps(meta)) > MAX_META_BYTES:
             raise ValueError(f"idempotency meta over {MAX_META_BYTES} bytes")
         entry = Entry(agent_id, key, digest, run_id, session_key, stateless, self.clock(), meta)
         self._put(entry)
-        task = asyncio.ensure_future(self.store.append_key_line(agent_id, entry.line(), entry.at))
+        return entry
+
+    def journal(self, entry: Entry) -> asyncio.Task[None]:
+        """The task writing ``entry``'s journal line: await it when the run leaves its queue,
+        before it produces anything (a key the journal lost would let a retry run twice).
+
+        A run aborted while queued never writes it: it produced nothing, so
+        after a restart its key may run again, as it may before one.
+        """
+        task = asyncio.ensure_future(self.store.append_key_line(entry.agent_id, entry.line(), entry.at))
         task.add_done_callback(_retrieve)
         return task
 

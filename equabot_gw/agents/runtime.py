@@ -101,7 +101,7 @@ class Run:
         self._entered = False       # the task has begun: cancelling it runs its handlers
         self._abort_reason: str | None = None
         # A keyed run's journal line being written: awaited before the provider is asked.
-        self._journalled: asyncio.Task[None] | None = None
+        self._key: idempotency.Entry | None = None     # its idempotency key, if it has one
         # Run by its caller's task (``run_here``): the abort reason when that task is
         # cancelled from outside, which is then passed on once the run has settled.
         self._left: str | None = None
@@ -271,7 +271,7 @@ class Runtime:
         self._finished_bytes += record.kept_bytes
         while len(self._finished) > MAX_FINISHED_RUNS:
             self._finished_bytes -= self._finished.popitem(last=False)[1].kept_bytes
-        if run._journalled is not None:
+        if run._key is not None:
             self.keys.settled(run.id)
         _notify(self.observers, run)
 
@@ -381,7 +381,7 @@ def _admit(runtime: Runtime, request: AgentRequest, digest: str | None,
     handle = Run(runtime._new_run_id(), agent, key, stateless, request, provider,
                  model_ref, model_name, watched)
     if stored is not None:
-        handle._journalled = runtime.keys.add(agent.id, stored, digest or "", handle.id, key, stateless, meta)
+        handle._key = runtime.keys.add(agent.id, stored, digest or "", handle.id, key, stateless, meta)
     runtime.active[handle.id] = handle
     agent.waiting += 1
     return handle, True
@@ -455,8 +455,10 @@ async def _execute(runtime: Runtime, handle: Run) -> None:
             agent.waiting -= 1
             queued = False
             try:
-                if handle._journalled is not None:
-                    await handle._journalled      # the key is durable before anything is produced
+                if handle._key is not None:
+                    # The key is durable before anything is produced, and only for a run
+                    # that left its queue (``Keys.journal``).
+                    await runtime.keys.journal(handle._key)
                 history = _EMPTY_HISTORY if handle.stateless else \
                     await runtime.store.history(agent.id, handle.session_key)
                 call = _provider_call(handle, history)
