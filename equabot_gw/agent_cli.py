@@ -37,13 +37,15 @@ ABORT_TIMEOUT = 3.0
 
 
 def _result_json(result: AgentResult, session_created_at: float | None, started: float) -> str:
-    """A local run's result as ``agent --json`` prints it: the gateway's ``agent`` final payload."""
+    """A local run's result as ``agent --json`` prints it: the gateway's ``agent`` final payload,
+    indented by two spaces as the original's CLI prints it."""
     from .gateway.frames import agent_final, ms, session_id
     return json.dumps(agent_final(
         result.run_id, "ok", result.text, model_ref=result.model,
         session_id=session_id(result.session_key, session_created_at),
         duration_ms=ms(time.time() - started), prompt_tokens=result.usage.prompt_tokens,
-        completion_tokens=result.usage.completion_tokens, stop_reason=result.finish_reason))
+        completion_tokens=result.usage.completion_tokens, stop_reason=result.finish_reason),
+        indent=2, ensure_ascii=False)
 
 
 # -- which gateway, and what to tell it --------------------------------------------------
@@ -174,7 +176,9 @@ async def _run_remote(client: Any, args: argparse.Namespace) -> int:
             run.note(frame)
             if frame.get("type") == "event" and frame.get("event") == "agent":
                 event = frame.get("payload") or {}
-                if event.get("stream") == "assistant" and not args.json:
+                # Every client gets every run's events: only this run's reply is printed
+                # (its ack, with the run id, comes before its first event).
+                if event.get("stream") == "assistant" and not args.json and event.get("runId") == run.run_id:
                     sys.stdout.write((event.get("data") or {}).get("delta", ""))
                     sys.stdout.flush()
                     run.printed = True
@@ -189,7 +193,7 @@ async def _run_remote(client: Any, args: argparse.Namespace) -> int:
                 payload = payload_of(frame)
                 if payload.get("status") == "accepted":
                     continue
-                print(json.dumps(payload) if args.json else "", flush=True)
+                print(json.dumps(payload, indent=2, ensure_ascii=False) if args.json else "", flush=True)
                 if payload.get("status") != "ok":
                     print(f"equabot: run {payload.get('status')}: {payload.get('summary', '')}",
                           file=sys.stderr)

@@ -165,8 +165,9 @@ class RemoteAgentTest(LiveGateway, CLITestCase):
     def test_json_prints_one_result_object(self) -> None:
         done = self.agent("--message", "as json", "--session-key", "cli-json", "--json")
         self.assertEqual(done.returncode, 0, done.stderr)
-        [line] = done.stdout.splitlines()
-        result = json.loads(line)
+        result = json.loads(done.stdout)
+        # Indented by two spaces, as the original's CLI prints it.
+        self.assertEqual(done.stdout, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
         # The original's `agent --json`: the gateway's final agent payload.
         self.assertEqual((result["status"], result["summary"]), ("ok", "completed"))
         self.assertEqual(result["result"]["payloads"], [{"text": "Echo (turn 1): as json", "mediaUrl": None}])
@@ -189,6 +190,17 @@ class RemoteAgentTest(LiveGateway, CLITestCase):
         self.assertEqual(replies, [f"Echo (turn {n}): again\n" for n in (1, 2, 3)])
         other = self.agent("-m", "again", "--session-key", "cli-turns", "--agent", "slow")
         self.assertReply(other, "Echo (turn 1): again")          # another agent, another session
+
+    def test_prints_its_own_run_only_while_others_run(self) -> None:
+        # Every control client gets every run's events; two CLIs at once must not mix replies.
+        argv = [sys.executable, "-m", "equabot_gw", "agent", "--url", self.gw.url, "--token", TOKEN,
+                "--state-dir", str(self.state), "--agent", "slow", "-m"]
+        procs = [subprocess.Popen(argv + [words], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  env=self.env()) for words in ("one two three four", "five six seven eight")]
+        outputs = [proc.communicate(timeout=TIMEOUT) for proc in procs]
+        self.assertEqual([(proc.returncode, out) for proc, (out, _) in zip(procs, outputs)],
+                         [(0, "Echo (turn 1): one two three four\n"), (0, "Echo (turn 1): five six seven eight\n")],
+                         [err for _, err in outputs])
 
     def test_without_session_key_every_call_is_turn_1(self) -> None:
         self.assertEqual([self.agent("-m", "x").stdout for _ in range(2)], ["Echo (turn 1): x\n"] * 2)
@@ -653,8 +665,8 @@ class LocalAgentTest(CLITestCase):
 
     def test_json(self) -> None:
         done = self.local("-m", "x y", "--json", "--session-key", "local-json")
-        [line] = done.stdout.splitlines()
-        result = json.loads(line)
+        result = json.loads(done.stdout)
+        self.assertEqual(done.stdout, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
         self.assertEqual((result["status"], result["result"]["payloads"][0]["text"]),
                          ("ok", "Echo (turn 1): x y"))
         self.assertEqual(result["result"]["meta"]["agentMeta"]["usage"]["total"], 7)
