@@ -85,6 +85,29 @@ class WebSocketTest(ResilienceCase):
         with self.assertRaisesRegex(GatewayError, "unknown run"):
             await client.request("agent.subscribe", {"runId": "no-such-run"})
 
+    async def test_a_subscriber_to_a_run_started_over_websocket_gets_each_delta_once(self) -> None:
+        # Such a run is broadcast to every client; the subscriber's copy comes from its subscription alone.
+        gateway = await self.start()
+        starter, follower = await self.connect(gateway), await self.connect(gateway)
+        await starter.request("agent", {"message": MESSAGE, "idempotencyKey": "ws-sub"})    # the ack
+        req_id = follower.send("agent.subscribe", {"runId": "ws-sub", "afterSeq": 0})
+        subscribed, text, seqs = False, "", []
+        while True:
+            frame = await asyncio.wait_for(follower.next_frame(), 10)
+            if frame.get("type") == "res" and frame.get("id") == req_id:
+                if frame["payload"]["status"] == "subscribed":
+                    subscribed = True
+                    continue
+                break
+            if subscribed and frame.get("type") == "event" and frame["event"] == "agent" \
+                    and "delta" in frame["payload"]["data"]:
+                text += frame["payload"]["data"]["delta"]
+                seqs.append(frame["payload"]["seq"])
+        self.assertEqual(text, "Echo (turn 1): " + MESSAGE)
+        self.assertEqual((seqs, seqs[-1]), (sorted(set(seqs)), len(text)))     # one seq of one kind
+        # The subscription ended: nothing is held back from the client any more.
+        self.assertEqual([conn.subscriptions for conn in gateway.control.connections], [{}, {}])
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -187,12 +187,18 @@ class ControlProtocol:
         self.start()
 
     def broadcast(self, event: str, payload: dict[str, Any]) -> None:
-        """Send an event to every connected client; the payload is encoded once."""
+        """Send an event to every connected client; the payload is encoded once.
+
+        A client following a run through ``agent.subscribe`` gets that run's
+        ``agent`` events from its subscription alone, not twice.
+        """
         if not self.connections:
             return
         text = dumps(payload)
+        run_id = payload.get("runId") if event == "agent" else None
         for conn in list(self.connections):
-            conn.event_text(event, text)
+            if run_id is None or run_id not in conn.subscriptions:
+                conn.event_text(event, text)
 
     def state_version(self) -> dict[str, int]:
         return {"presence": self.presence_version, "health": self.health_version}
@@ -227,6 +233,8 @@ class ControlConnection:
         self.hello: dict[str, Any] = {}         # the client's connect params (client, role, ...)
         self._seq = 0
         self._waits: set[asyncio.Task[None]] = set()
+        # Runs this client follows through agent.subscribe, by the id it named: how many times.
+        self.subscriptions: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return f"<ControlConnection #{self.number} {self.id} connected={self.connected}>"

@@ -376,6 +376,22 @@ async def m_agent_subscribe(conn: ControlConnection, params: dict[str, Any], req
     if run is None:
         raise ApiError(404, f"unknown run {run_id[:120]!r}", code="not_found")
     conn.respond(req_id, {"runId": run_id, "status": "subscribed"})
+    # Its agent events come from here alone (a run started over WebSocket is also
+    # broadcast to every client, with a seq of another kind).
+    conn.subscriptions[run_id] = conn.subscriptions.get(run_id, 0) + 1
+    try:
+        status = await _send_subscribed(conn, run, run_id, after)
+    finally:
+        if conn.subscriptions[run_id] == 1:
+            del conn.subscriptions[run_id]
+        else:
+            conn.subscriptions[run_id] -= 1
+    conn.send_final(req_id, {"runId": run_id, "status": status}, None)
+    return DEFERRED
+
+
+async def _send_subscribed(conn: ControlConnection, run: Any, run_id: str, after: int) -> str:
+    """``agent.subscribe``'s events; the run's final status."""
     base = {"runId": run_id, "sessionKey": run.session_key}
     text = ""
     seq = after
@@ -397,8 +413,7 @@ async def m_agent_subscribe(conn: ControlConnection, params: dict[str, Any], req
             status = "ok" if type(end) is Ended else "aborted" if isinstance(end.error, RunAborted) else "error"
             conn.event("agent", {**base, "stream": "lifecycle", "data": data, "seq": max(full, after) + 1,
                                  "ts": ms(time.time())})
-    conn.send_final(req_id, {"runId": run_id, "status": status}, None)
-    return DEFERRED
+    return status
 
 
 async def _find_any(conn: ControlConnection, run_id: str) -> Any:
