@@ -279,6 +279,20 @@ class IdempotencyTest(ResilienceCase):
         self.assertTrue(again.json()["choices"][0]["message"]["content"].endswith(MESSAGE))
         self.assertEqual(self.counting.calls, 2)
 
+    async def test_a_finished_completion_is_replayed_after_its_session_was_reset_and_a_restart(self) -> None:
+        gateway = await self.start()
+        first = await self.post(gateway, request(stream=False), Idempotency_Key="k-reset",
+                                x_equabot_session_key=SESSION)
+        self.assertTrue(await gateway.runtime.store.reset("main", SESSION))
+        await self.stop(gateway)
+        gateway = await self.start()
+        again = await self.post(gateway, request(stream=False), Idempotency_Key="k-reset",
+                                x_equabot_session_key=SESSION)
+        # Its turn is in the transcript the reset archived: read back from there.
+        self.assertEqual((again.status, again.headers.get(resume.REPLAY_HEADER)), (200, "true"), again.body)
+        self.assertEqual(again.json()["choices"], first.json()["choices"])
+        self.assertEqual(self.counting.calls, 1)
+
     async def test_a_key_past_its_retention_runs_again(self) -> None:
         gateway = await self.start()
         await self.post(gateway, request(stream=False), Idempotency_Key="k-old")

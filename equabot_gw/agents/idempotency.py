@@ -203,18 +203,18 @@ class Keys:
 
     async def outcome_line(self, entry: Entry) -> dict[str, Any] | None:
         """The recorded outcome line ("assistant", "aborted" or "error") of ``entry``'s run,
-        read from its transcript (or the stateless journals of its day and the next);
-        None if none was recorded (the gateway stopped before it could record the turn)."""
+        read from its transcript — or, the session reset since, from the transcript then
+        archived — or from the stateless journals of its day and the next; None if none
+        was recorded (the gateway stopped before it could record the turn)."""
         if entry.stateless:
             day = int(entry.at // 86400)
             lines = await self.store.read_journal(entry.agent_id, day)
             lines += await self.store.read_journal(entry.agent_id, day + 1)
-        else:
-            lines = await self.store.read_transcript(entry.agent_id, entry.session_key)
-        found = None
-        for line in lines:
-            if line.get("runId") == entry.run_id and line.get("type") in ("assistant", "aborted", "error"):
-                found = line
+            return _outcome_in(lines, entry.run_id)
+        found = _outcome_in(await self.store.read_transcript(entry.agent_id, entry.session_key), entry.run_id)
+        if found is None:
+            found = _outcome_in(await self.store.read_archived_run(entry.agent_id, entry.session_key, entry.at,
+                                                                   entry.run_id), entry.run_id)
         return found
 
     def earlier(self, agent_id: str, key: str, digest: str, find_run: Callable[[str], Any]) -> Any:
@@ -298,6 +298,15 @@ class Keys:
         for timer in self._unclaimed.values():
             timer.cancel()
         self._unclaimed.clear()
+
+
+def _outcome_in(lines: list[dict[str, Any]], run_id: str) -> dict[str, Any] | None:
+    """The last outcome line ("assistant", "aborted" or "error") of run ``run_id`` among ``lines``."""
+    found = None
+    for line in lines:
+        if line.get("runId") == run_id and line.get("type") in ("assistant", "aborted", "error"):
+            found = line
+    return found
 
 
 def produced(handle: Any) -> bool:

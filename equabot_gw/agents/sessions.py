@@ -551,6 +551,18 @@ class SessionStore:
             return []
         return await self._read(agent.path(key))
 
+    async def read_archived_run(self, agent_id: str, key: str, since: float, run_id: str) -> list[dict[str, Any]]:
+        """The lines of a transcript of ``key`` archived by ``reset`` since ``since`` (Unix
+        seconds) that holds run ``run_id``: the first such; [] if there is none."""
+        committer = self._require_open()
+        key = self._session_key(agent_id, key)
+        agent = self._agents.get(agent_id)
+        if agent is None:
+            return []
+        return await committer.job(  # type: ignore[no-any-return]
+            "reading an archived transcript",
+            functools.partial(transcripts.read_archived_run, agent.path(key), int(since * 1000), run_id))
+
     def list_sessions(self, agent_id: str | None = None) -> list[SessionInfo]:
         """Keyed sessions (of one agent, or of all), most recently updated first."""
         agents = self._agents.values() if agent_id is None else \

@@ -274,6 +274,24 @@ def read_lines(path: str, _: Committer) -> list[dict[str, Any]]:
         return []
 
 
+def read_archived_run(path: str, since_ms: int, run_id: str, committer: Committer) -> list[dict[str, Any]]:
+    """Job: the lines of the first transcript archived from ``path`` (by ``reset``) at or
+    after ``since_ms`` (Unix milliseconds) that holds a line of run ``run_id``; [] if none."""
+    directory, name = os.path.split(path)
+    prefix = name[:-len(_SUFFIX)] + ".reset-"
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    stamps = sorted(int(stamp) for entry in names if entry.startswith(prefix) and entry.endswith(_SUFFIX)
+                    and (stamp := entry[len(prefix):-len(_SUFFIX)]).isdigit() and int(stamp) >= since_ms)
+    for stamp in stamps:
+        lines = read_lines(os.path.join(directory, f"{prefix}{stamp}{_SUFFIX}"), committer)
+        if any(line.get("runId") == run_id for line in lines):
+            return lines
+    return []
+
+
 class Stored(NamedTuple):
     """Where one turn's lines were written: ``length`` bytes at ``offset`` of ``path``.
 
