@@ -93,3 +93,28 @@ def content_of(events: list[tuple[str | None, Any]]) -> str:
         if isinstance(data, dict) and data.get("choices"):
             text.append(data["choices"][0]["delta"].get("content") or "")
     return "".join(text)
+
+
+def output_of(events: list[tuple[str | None, Any]]) -> dict[int, dict[str, Any]]:
+    """Per choice index, all a client rebuilds from chat.completion.chunk events: content,
+    reasoning, each tool call's id, name and arguments, the count of logprob entries, the finish."""
+    out: dict[int, dict[str, Any]] = {}
+    for _, data in events:
+        if not isinstance(data, dict):
+            continue
+        for choice in data.get("choices") or []:
+            got = out.setdefault(choice["index"], {"content": "", "reasoning": "", "calls": {}, "logprobs": 0,
+                                                   "finish": None})
+            delta = choice["delta"]
+            got["content"] += delta.get("content") or ""
+            got["reasoning"] += delta.get("reasoning_content") or ""
+            for call in delta.get("tool_calls") or []:
+                seen = got["calls"].setdefault(call["index"], {"id": None, "name": None, "arguments": ""})
+                seen["id"] = call.get("id", seen["id"])
+                function = call.get("function") or {}
+                seen["name"] = function.get("name", seen["name"])
+                seen["arguments"] += function.get("arguments") or ""
+            if choice.get("logprobs"):
+                got["logprobs"] += len(choice["logprobs"]["content"])
+            got["finish"] = choice.get("finish_reason") or got["finish"]
+    return out

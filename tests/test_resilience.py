@@ -27,7 +27,7 @@ from equabot_gw.agents import idempotency
 from equabot_gw.gateway import resume
 from equabot_gw.gateway.app import Gateway
 from equabot_gw.providers.echo import EchoProvider
-from tests.resume_client import SSEStream, content_of
+from tests.resume_client import SSEStream, content_of, output_of
 from tests.support import base_config, error_of
 
 MESSAGE = " ".join(f"word{i}" for i in range(40))
@@ -192,6 +192,68 @@ class ResumeTest(ResilienceCase):
         lines = await gateway.runtime.store.read_transcript("main", SESSION)
         self.assertEqual([line["content"] for line in lines if line["type"] == "aborted"], [partial])
         self.assertEqual(self.counting.calls, 1)
+
+
+class MixedResumeTest(ResilienceCase):
+    """Replies with reasoning, log probabilities, tool calls and several choices: every
+    event has an id of its own, and a resume goes on exactly after it."""
+
+    async def test_a_live_mixed_stream_resumes_exactly_after_any_event(self) -> None:
+        gateway = await self.start()
+        body = {**request(), "n": 2, "logprobs": True, "reasoning_effort": "low"}
+        whole = await (await self.post(gateway, body, x_equabot_session_key="reference")).read_all()
+        seqs = [seq_of(i) for i, _ in whole if i is not None]
+        self.assertEqual(seqs, sorted(set(seqs)))               # unique, in order
+        self.assertEqual(len(seqs), len(whole))
+        expected = output_of(whole)
+        self.assertEqual(sorted(expected), [0, 1])
+        self.assertEqual(expected[0]["logprobs"], expected[1]["logprobs"])
+        self.assertGreater(expected[1]["logprobs"], 40)                   # one per word
+        for cut in (2, 3, 30, 61, len(whole) - 2, len(whole)):
+            with self.subTest(cut=cut):
+                key, session = f"k-mixed-{cut}", f"mixed-{cut}"
+                stream = await self.post(gateway, body, Idempotency_Key=key, x_equabot_session_key=session)
+                before = await stream.read_all(cut_after=cut)
+                again = await self.post(gateway, body, Idempotency_Key=key, x_equabot_session_key=session,
+                                        Last_Event_ID=before[-1][0])
+                self.assertEqual(again.status, 200)
+                after = await asyncio.wait_for(again.read_all(), 10)
+                self.assertEqual(output_of(before + after), expected)
+                self.assertEqual((before + after)[-1][1], "[DONE]")       # once: none after a [DONE] had
+                self.assertEqual([seq_of(i) for i, _ in before + after], seqs)     # the same ids, too
+
+    async def test_a_finished_reply_with_tool_calls_replays_whole_or_from_its_end_and_refuses_inside(self) -> None:
+        gateway = await self.start()
+        arguments = json.dumps({"a": "0123456789" * 20})
+        body = {**request(message=f"/call f {arguments}"), "tools": [{"type": "function", "function": {"name": "f"}}]}
+        events = await (await self.post(gateway, body, Idempotency_Key="k-calls")).read_all()
+        seqs = [seq_of(i) for i, _ in events if i is not None]
+        self.assertEqual((seqs, len(seqs)), (sorted(set(seqs)), len(events)))    # every event its own id
+        self.assertEqual(output_of(events)[0]["calls"][0]["arguments"], arguments)
+        while gateway.runtime.active:
+            await asyncio.sleep(0.01)
+        # Inside the finished reply: its record cannot tell the order it came in.
+        inside = await self.post(gateway, body, Idempotency_Key="k-calls", Last_Event_ID=events[2][0])
+        self.assertEqual((inside.status, error_of(inside.body)["code"]), (409, "resume_unavailable"))
+        # After the role chunk: the whole reply again, once.
+        rest = await (await self.post(gateway, body, Idempotency_Key="k-calls", Last_Event_ID=events[0][0])).read_all()
+        self.assertEqual(output_of(events[:1] + rest), output_of(events))
+        # After the finish chunk: only what came after it.
+        finish = next(i for i, data in events if isinstance(data, dict) and data.get("choices")
+                      and data["choices"][0]["finish_reason"])
+        tail = await (await self.post(gateway, body, Idempotency_Key="k-calls", Last_Event_ID=finish)).read_all()
+        self.assertEqual([(seq_of(i), data) for i, data in tail], [(seq_of(events[-1][0]), "[DONE]")])
+        self.assertEqual(self.counting.calls, 1)
+
+    async def test_a_finished_reply_of_several_choices_replays_them_all(self) -> None:
+        gateway = await self.start()
+        body = {**request(stream=True), "n": 2}
+        events = await (await self.post(gateway, body, Idempotency_Key="k-n2")).read_all()
+        while gateway.runtime.active:
+            await asyncio.sleep(0.01)
+        rest = await (await self.post(gateway, body, Idempotency_Key="k-n2", Last_Event_ID=events[0][0])).read_all()
+        self.assertEqual(output_of(events[:1] + rest), output_of(events))
+        self.assertEqual(output_of(rest)[1]["content"], "Echo (turn 1): " + MESSAGE)
 
 
 class IdempotencyTest(ResilienceCase):

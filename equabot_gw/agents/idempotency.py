@@ -5,8 +5,8 @@ Owns the table of used keys (in memory, bounded by ``MAX_KEYS``, each kept
 under a key, fsynced before the run asks its provider, in
 ``<state>/agents/<id>/idempotency/<YYYY-MM-DD>.jsonl``), the digest a request
 is compared by, the claims of clients on keyed runs (the disconnect policy),
-and ``events_after``, which positions any run's events after a number of
-characters of its reply (resume). The runtime decides with this table what
+and ``events_after`` / ``output_after``, which position any run's events
+after a number of characters of its reply, or of its output units (resume). The runtime decides with this table what
 a request with a key does (``runtime.run_once``); the doors only compute a
 digest and speak their wire. Imports nothing from equabot_gw.net or gateway.
 
@@ -32,11 +32,12 @@ from .events import Delta, Ended, Failed, RunEvent
 from .lines import number
 from .records import INTERRUPTED, RunRecord, record_from_line
 from .sessions import SessionStore
-from .types import ReasoningDelta, ToolCallDelta
+from .types import AgentResult, Choice, ChoiceEvent, Finish, Logprobs, ReasoningDelta, ToolCallDelta
 
 log = logging.getLogger("equabot_gw.runtime")
 
-__all__ = ["Keys", "Entry", "digest_of", "stored_key", "events_after", "MAX_KEYS", "MAX_KEY_CHARS",
+__all__ = ["Keys", "Entry", "digest_of", "stored_key", "events_after", "output_after", "output_units",
+           "result_output", "MAX_KEYS", "MAX_KEY_CHARS",
            "DEFAULT_RETENTION_SECONDS", "MAX_META_BYTES"]
 
 DEFAULT_RETENTION_SECONDS: Final = 86_400.0     # gateway.idempotency.retentionSeconds
@@ -327,6 +328,101 @@ def _retrieve(task: asyncio.Task[None]) -> None:
 def text_units(event: Any) -> int:
     """How far ``event`` moves a reply's position: the characters of its answer text."""
     return len(event.text) if type(event) is Delta else 0
+
+
+def output_units(event: Any) -> int:
+    """How far ``event`` moves a reply's position counted in output units: characters of
+    answer and reasoning text, one for a tool call's first fragment (its id and name) and
+    a character per argument character, one per log-probability entry, one per finish."""
+    kind = type(event)
+    if kind is ChoiceEvent:
+        event = event.event
+        kind = type(event)
+    if kind is Delta or kind is ReasoningDelta:
+        return len(event.text)
+    if kind is ToolCallDelta:
+        return (event.id is not None or event.name is not None) + len(event.arguments)
+    if kind is Logprobs:
+        return len(event.content)
+    return 1 if kind is Finish else 0
+
+
+def _rest_of(event: Any, skip: int) -> Any:
+    """``event`` without its first ``skip`` output units (0 < skip < ``output_units(event)``)."""
+    inner = event.event if type(event) is ChoiceEvent else event
+    kind = type(inner)
+    if kind is Delta:
+        rest: Any = Delta(inner.text[skip:])
+    elif kind is ReasoningDelta:
+        rest = ReasoningDelta(inner.text[skip:], inner.signature)
+    elif kind is ToolCallDelta:        # the client has its id and name: the arguments go on
+        header = inner.id is not None or inner.name is not None
+        rest = ToolCallDelta(inner.index, None, None, inner.arguments[skip - header:])
+    else:
+        rest = Logprobs(inner.content[skip:], inner.size)
+    return ChoiceEvent(event.index, rest) if type(event) is ChoiceEvent else rest
+
+
+def result_output(result: AgentResult) -> list[Any]:
+    """A finished reply's output as events, in the order a provider streams it: per choice
+    its reasoning, text, tool calls and log probabilities (and a further choice's finish)."""
+    out = _choice_output(result)
+    for choice in result.extra_choices:
+        out.extend(ChoiceEvent(choice.index, e) for e in (*_choice_output(choice), Finish(choice.finish_reason)))
+    return out
+
+
+def _choice_output(choice: AgentResult | Choice) -> list[Any]:
+    events: list[Any] = [ReasoningDelta(choice.reasoning)] if choice.reasoning else []
+    if choice.text:
+        events.append(Delta(choice.text))
+    events.extend(ToolCallDelta(i, c.id, c.name, c.arguments) for i, c in enumerate(choice.tool_calls))
+    if choice.logprobs:
+        events.append(Logprobs(tuple(choice.logprobs)))
+    return events
+
+
+def rebuilt_units(result: AgentResult) -> int:
+    """The output units of a finished reply (``result_output``'s events)."""
+    return sum(map(output_units, result_output(result)))
+
+
+async def output_after(subscription: Any, after: int) -> AsyncIterator[list[RunEvent]]:
+    """The batches of ``subscription`` (of a ``Run`` or a ``RunRecord``) from output unit
+    ``after`` on (``output_units``), then its terminal event.
+
+    A live run's log is read in the order its events came (joined runs of one
+    kind hold the same units), so the position is exact for any reply:
+    reasoning, tool calls, log probabilities and several choices included. A
+    finished run's record yields its terminal event alone; its output is then
+    rebuilt in ``result_output``'s order, exact for a reply that came in that
+    order (the caller refuses a position inside any other, ``Claims.resumed``).
+    """
+    seen = 0
+    logged = False          # the log held more than its terminal event: a live run, not a record
+    while (batch := await subscription.next_batch()) is not None:
+        out: list[RunEvent] = []
+        for event in batch:
+            kind = type(event)
+            if kind is Ended or kind is Failed:
+                if not logged:
+                    rebuilt = result_output(event.result) if kind is Ended \
+                        else [Delta(event.partial)] if event.partial else []      # type: ignore[union-attr]
+                    for part in rebuilt:
+                        start, seen = seen, seen + output_units(part)
+                        if seen > after:
+                            out.append(part if start >= after else _rest_of(part, after - start))
+                out.append(event)
+                continue
+            logged = True
+            units = output_units(event)
+            start, seen = seen, seen + units
+            if seen > after:
+                out.append(event if start >= after else _rest_of(event, after - start))
+            elif units == 0 and start >= after:
+                out.append(event)
+        if out:
+            yield out
 
 
 async def events_after(subscription: Any, after: int) -> AsyncIterator[list[RunEvent]]:

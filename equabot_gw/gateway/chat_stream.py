@@ -14,10 +14,13 @@ are ``chat_content``'s.
 Every event has an SSE ``id`` ``<completion id>:<seq>``: seq is the number of
 characters of answer text written up to and including the event (0 for the
 role chunk), then the length of the text + 1 for the finish chunk (or the
-error event), + 2 for the usage chunk, + 3 for ``[DONE]``. It does not depend
-on how the reply was cut into chunks, so a stream resumed after seq N (live,
-or rebuilt from the transcript after a restart) goes on exactly where the
-client stopped (``resumed_body``).
+error event), + 2 for the usage chunk, + 3 for ``[DONE]``. A mixed reply
+counts output units instead (``idempotency.output_units``: reasoning, tool
+calls, log probabilities and further choices count too), so each of its
+events has an id of its own. It does not depend on how the reply was cut
+into chunks, so a stream resumed after seq N (live, or rebuilt from the
+transcript after a restart) goes on exactly where the client stopped
+(``resumed_body``).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from ..agents.types import AgentResult, ChoiceEvent, Finish, Logprobs, Reasoning
 from ..errors import RunError, RunTimedOut, http_status
 from ..net import sse
 from ..net.routes import error_body
+from ..agents.idempotency import output_units, rebuilt_units
 from .chat_content import finish_of, logprobs_object
 
 __all__ = ["ChunkWriter", "first_output", "sse_body", "resumed_body", "error_code", "PIECE_BYTES", "SYSTEM_FINGERPRINT"]
@@ -141,7 +145,7 @@ class ChunkWriter:
     """
 
     def __init__(self, completion_id: str, model_name: str, include_usage: bool, legacy: bool = False,
-                 created: float | None = None, after: int | None = None) -> None:
+                 created: float | None = None, after: int | None = None, mixed: bool = False) -> None:
         self.include_usage = include_usage
         self.legacy = legacy                # the request used ``functions``: answer in that shape
         self.finished = False
@@ -151,6 +155,7 @@ class ChunkWriter:
         self._skip = -1 if after is None else after     # a resumed stream: events up to this seq were had
         self._id = f"id: {completion_id}:"
         self._choices_seen = {0}            # choices whose first chunk (with the role) went out
+        self._mixed = mixed                 # output other than text: seqs count output units
         self._first_batch = True
         self.head = _dumps({"id": completion_id, "object": "chat.completion.chunk",
                             "created": int(time.time() if created is None else created), "model": model_name,
@@ -285,8 +290,9 @@ class ChunkWriter:
             yield "".join(out).encode() + tail
 
     def _end(self, result: AgentResult) -> bytes:
-        # Terminal events follow the text: seq = its length + 1, the usage + 2, [DONE] + 3.
-        seq = self.sent = len(result.text)
+        # Terminal events follow the output: seq = its length + 1, the usage + 2, [DONE] + 3
+        # (a text reply's length in characters, a mixed one's in output units).
+        seq = self.sent = rebuilt_units(result) if self._mixed else len(result.text)
         data = self._choice("{}", finish_of(result.finish_reason, self.legacy), seq + 1) \
             if seq + 1 > self._skip else b""
         if self.include_usage and seq + 2 > self._skip:
@@ -296,7 +302,7 @@ class ChunkWriter:
 
     def _error(self, event: Failed) -> bytes:
         # An error after the stream began: a final event with an error object (then [DONE]).
-        seq = self.sent = len(event.partial) or (self.sent if self._skip < 0 else 0)
+        seq = self.sent = self.sent if self._mixed else len(event.partial) or (self.sent if self._skip < 0 else 0)
         if seq + 1 <= self._skip:
             return b""
         return f"{self._id}{seq + 1}\n".encode() + sse.data_event(
@@ -310,6 +316,7 @@ class ChunkWriter:
         at the terminal event. ``role``: the batch opens the stream (the role chunk's
         content is null when the reply does not open with text, as OpenAI sends it)."""
         self._first_batch = False
+        self._mixed = True
         out: list[bytes] = []
         size = 0
         if role:
@@ -327,8 +334,11 @@ class ChunkWriter:
             yield b"".join(out)
 
     def _mixed_chunks(self, events: list[Any]) -> Iterator[bytes]:
+        # Each chunk's seq adds the output units it carries (``output_units``), so every
+        # event has an id of its own and a stream resumes exactly after any of them.
         # A choice's last delta waits one event: the logprobs that came with it join its chunk.
         waiting: dict[str, Any] | None = None
+        waiting_units = 0
         for event in events:
             kind = type(event)
             index = 0
@@ -339,35 +349,40 @@ class ChunkWriter:
                 entries = list(event.content)
                 if waiting is not None and waiting["index"] == index and waiting["logprobs"] is None:
                     waiting["logprobs"] = logprobs_object(entries[:_LOGPROBS_PER_CHUNK])
+                    waiting_units += len(entries[:_LOGPROBS_PER_CHUNK])
                     entries = entries[_LOGPROBS_PER_CHUNK:]
                 for start in range(0, len(entries), _LOGPROBS_PER_CHUNK):
                     if waiting is not None:
-                        yield self._chunk(waiting)
+                        yield self._chunk(waiting, waiting_units)
                         waiting = None
-                    yield self._chunk(self._delta(index, {}, entries[start:start + _LOGPROBS_PER_CHUNK]))
+                    group = entries[start:start + _LOGPROBS_PER_CHUNK]
+                    yield self._chunk(self._delta(index, {}, group), len(group))
                 continue
             if waiting is not None:
-                yield self._chunk(waiting)
+                yield self._chunk(waiting, waiting_units)
                 waiting = None
             if kind is TextDelta or kind is ReasoningDelta:
                 key = "content" if kind is TextDelta else "reasoning_content"
                 text = event.text
                 for start in range(0, len(text), _CHUNK_TEXT_CHARS):
                     if waiting is not None:
-                        yield self._chunk(waiting)
-                    waiting = self._delta(index, {key: text[start:start + _CHUNK_TEXT_CHARS]})
+                        yield self._chunk(waiting, waiting_units)
+                    piece = text[start:start + _CHUNK_TEXT_CHARS]
+                    waiting, waiting_units = self._delta(index, {key: piece}), len(piece)
             elif kind is ToolCallDelta:
-                for choice in self._call_deltas(index, event):
-                    yield self._chunk(choice)
+                sent = self.sent
+                for choice, units in self._call_deltas(index, event):
+                    yield self._chunk(choice, units)
+                self.sent = sent + output_units(event)      # a legacy answer's further calls: not sent
             elif kind is Finish:
                 yield self._chunk({"index": index, "delta": {}, "logprobs": None,
-                                   "finish_reason": finish_of(event.reason, self.legacy)})
+                                   "finish_reason": finish_of(event.reason, self.legacy)}, 1)
             elif kind is Ended or kind is Failed:
                 self.finished = True
                 yield self._end(event.result) if kind is Ended else self._error(event)
                 return
         if waiting is not None:
-            yield self._chunk(waiting)
+            yield self._chunk(waiting, waiting_units)
 
     def _delta(self, index: int, delta: dict[str, Any], logprobs: list[Any] | None = None) -> dict[str, Any]:
         """A choice object; a further choice's first one says its role."""
@@ -376,19 +391,22 @@ class ChunkWriter:
             delta = {"role": "assistant", **delta}
         return {"index": index, "delta": delta, "logprobs": logprobs_object(logprobs), "finish_reason": None}
 
-    def _call_deltas(self, index: int, event: ToolCallDelta) -> Iterator[dict[str, Any]]:
-        """The choice objects of one tool-call fragment (a long one cut into several)."""
+    def _call_deltas(self, index: int, event: ToolCallDelta) -> Iterator[tuple[dict[str, Any], int]]:
+        """The choice objects of one tool-call fragment (a long one cut into several), each
+        with the output units it carries (its first: the id and name as one)."""
         arguments = event.arguments
+        header = event.id is not None or event.name is not None
         for start in range(0, max(len(arguments), 1), _CHUNK_TEXT_CHARS):
             piece = arguments[start:start + _CHUNK_TEXT_CHARS]
             first = start == 0
+            units = len(piece) + (header if first else 0)
             if self.legacy:
                 if event.index != 0:
                     return          # a legacy answer holds one call: the request asked for one
                 call: dict[str, Any] = {"arguments": piece}
                 if first and event.name is not None:
                     call = {"name": event.name, "arguments": piece}
-                yield self._delta(index, {"function_call": call})
+                yield self._delta(index, {"function_call": call}), units
                 continue
             fragment: dict[str, Any] = {"index": event.index}
             if first and event.id is not None:
@@ -396,13 +414,10 @@ class ChunkWriter:
                 fragment["type"] = "function"
             fragment["function"] = {"name": event.name, "arguments": piece} if first and event.name is not None \
                 else {"arguments": piece}
-            yield self._delta(index, {"tool_calls": [fragment]})
+            yield self._delta(index, {"tool_calls": [fragment]}), units
 
-    def _chunk(self, choice: dict[str, Any]) -> bytes:
-        # A mixed stream's seq counts answer text too: a chunk of reasoning or of a
-        # tool call has the seq of the text before it.
-        if "content" in choice["delta"] and choice["index"] == 0:
-            self.sent += len(choice["delta"]["content"] or "")
+    def _chunk(self, choice: dict[str, Any], units: int) -> bytes:
+        self.sent += units
         return f'{self._id}{self.sent}\ndata: {self.head},"choices":[{_ascii_json(choice)}]{self._tail}\n\n'.encode()
 
 

@@ -126,9 +126,28 @@ class Claims:
     def resumed(self, run: Run | RunRecord, public_id: str, model_name: str, include_usage: bool,
                 legacy: bool, after: int | None, leave: Callable[[], None],
                 extra: list[tuple[str, str]]) -> StreamingResponse:
-        """The stream of ``run`` from seq ``after`` on (None: all of it, role chunk first)."""
-        chunks = chat_stream.ChunkWriter(public_id, model_name, include_usage, legacy, run.created_at, after)
-        batches = idempotency.events_after(run.subscribe(), after or 0)
+        """The stream of ``run`` from seq ``after`` on (None: all of it, role chunk first).
+
+        409 ``resume_unavailable`` for a position inside a finished reply with output
+        other than text: its record rebuilds that output in one order, which need not
+        be the order the client got it in; the request resent without
+        ``Last-Event-ID`` replays it whole.
+        """
+        if type(run) is Run:
+            mixed = run.events.mixed
+        else:
+            result = run.result
+            mixed = result is not None and bool(result.reasoning or result.tool_calls or result.logprobs
+                                                or result.extra_choices)
+            if mixed and after and after < idempotency.rebuilt_units(result):   # type: ignore[arg-type]
+                leave()
+                raise ApiError(409, "This reply (with reasoning, tool calls, log probabilities or several "
+                                    "choices) finished before its stream was resumed, and can only be "
+                                    "replayed whole: resend the request without Last-Event-ID.",
+                               code="resume_unavailable", param="Last-Event-ID")
+        chunks = chat_stream.ChunkWriter(public_id, model_name, include_usage, legacy, run.created_at, after,
+                                         mixed)
+        batches = idempotency.output_after(run.subscribe(), after or 0)
         return StreamingResponse(200, list(sse.HEADERS) + extra,
                                  chat_stream.resumed_body(batches, chunks, after is None),
                                  idle_bytes=sse.KEEPALIVE, idle_interval=sse.KEEPALIVE_INTERVAL, on_close=leave)
