@@ -429,6 +429,28 @@ class MethodsTest(ControlTestCase):
         self.assertEqual(status["heartbeat"]["defaultAgentId"], "main")
         await c.close()
 
+    async def test_reset_or_delete_during_a_run_aborts_it_and_nothing_comes_back(self) -> None:
+        runner, control = await self.client(), await self.client()
+        key = "agent:slow:busy"
+        for method, why in (("sessions.reset", "session reset"), ("sessions.delete", "session deleted")):
+            with self.subTest(method=method):
+                await self.run_agent(runner, {"message": "first", "sessionKey": key})
+                req = runner.send("agent", {"message": " ".join(["w"] * 40), "sessionKey": key})
+                while (await asyncio.wait_for(runner.next_frame(), 5)).get("event") != "agent":
+                    pass                                        # it started
+                answer = await control.request(method, {"key": key})
+                self.assertEqual(answer["ok"], True)
+                frames = await self.frames_until_final(runner, req)
+                self.assertEqual((frames[-1]["payload"]["status"], frames[-1]["payload"]["result"]["meta"]["aborted"]),
+                                 ("aborted", True))
+                self.assertIn(why, json.dumps(frames))
+                # The session stays forgotten: the run's turn went to the transcript before it.
+                self.assertEqual((await control.request("chat.history", {"sessionKey": key}))["messages"], [])
+                listed = await control.request("sessions.list", {})
+                self.assertNotIn(key, [row["key"] for row in listed["sessions"]])
+        await runner.close()
+        await control.close()
+
     async def test_config_get_never_shows_a_secret(self) -> None:
         c = await self.client()
         config = await c.request("config.get", {})

@@ -59,6 +59,8 @@ _YIELD_CHECK_EVENTS: Final = 32
 # answered; its task (and slot) end whenever the provider lets go. A run in
 # its caller's task (``run_here``) holds that caller until then.
 ABORT_GRACE: Final = 0.5
+# How long a reset or delete waits for the session's aborted runs to let go of it.
+FORGET_WAIT: Final = 10.0
 # Finished runs remembered for agent.wait and idempotent retries.
 MAX_FINISHED_RUNS: Final = 10_000
 # Their replies are kept in memory while each is small and all of them fit
@@ -244,6 +246,30 @@ class Runtime:
                                 f"(known: {', '.join(sorted(self.agents))})",
                            code="model_not_found", param="model")
         return agent
+
+    async def forget_session(self, agent_id: str, key: str, *, delete: bool = False) -> bool:
+        """Reset (archive) or delete a keyed session; False if there is none.
+
+        Its runs, queued or running, are aborted first ("session reset" /
+        "session deleted"), and the session's lane is awaited, so their turns
+        are recorded in the transcript being forgotten and no turn begun
+        before lands in the session after it. 503 if a run still holds the
+        lane after ``FORGET_WAIT`` seconds (a provider slow to let go).
+        """
+        scoped = sessions.scoped_key(agent_id, key)
+        if sessions.agent_of(scoped) is not None:
+            scoped = sessions.with_agent(scoped, agent_id)
+        for run in list(self.active.values()):
+            if not run.stateless and run.session_key == scoped and run.agent.id == agent_id:
+                run.abort("session deleted" if delete else "session reset")
+        try:
+            async with asyncio.timeout(FORGET_WAIT):
+                async with self.store.lane(scoped):
+                    if delete:
+                        return await self.store.delete(agent_id, key)
+                    return await self.store.reset(agent_id, key)
+        except TimeoutError:
+            raise ApiError(503, "a run of this session is still ending; retry", code="unavailable") from None
 
     def find_run(self, run_id: str) -> Run | RunRecord | None:
         """A run in flight or among the recently finished ones."""

@@ -258,14 +258,14 @@ async def m_sessions_patch(conn: ControlConnection, params: Params, req_id: Any)
 
 async def m_sessions_reset(conn: ControlConnection, params: Params, req_id: Any) -> dict[str, Any]:
     agent_id, key = _scoped(conn, params["key"], params.get("agentId"), "key")
-    reset = await conn.gateway.runtime.store.reset(agent_id, key)
+    reset = await conn.gateway.runtime.forget_session(agent_id, key)
     # "reset" is ours (did a transcript exist?), read by equabot's own CLI.
     return {"ok": True, "key": key, "entry": _entry(conn, agent_id, key), "reset": reset}
 
 
 async def m_sessions_delete(conn: ControlConnection, params: Params, req_id: Any) -> dict[str, Any]:
     agent_id, key = _scoped(conn, params["key"], params.get("agentId"), "key")
-    deleted = await conn.gateway.runtime.store.delete(agent_id, key)
+    deleted = await conn.gateway.runtime.forget_session(agent_id, key, delete=True)
     return {"ok": True, "key": key, "deleted": deleted, "archived": []}
 
 
