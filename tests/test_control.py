@@ -842,6 +842,30 @@ class GatewayEventsTest(ControlTestCase):
         await stopping
         self.assertEqual(events[-1], "shutdown")
 
+    async def test_a_run_that_ends_in_the_grace_period_gets_its_final_before_the_close(self) -> None:
+        c, other = await self.client(), await self.client()
+        req = c.send("agent", {"message": "a b c d e f", "agentId": "slow"})     # ~40 ms a word
+        while (await asyncio.wait_for(c.next_frame(), 5)).get("event") != "agent":
+            pass                                                              # it started
+        stopping = asyncio.ensure_future(self.gw.stop())
+        while (await asyncio.wait_for(other.next_frame(), 5)).get("event") != "shutdown":
+            pass
+        # Once the gateway announced its shutdown, no run starts here; the one going on ends.
+        with self.assertRaisesRegex(GatewayError, "UNAVAILABLE: the gateway is shutting down"):
+            await other.request("agent", {"message": "late"})
+        frames = []
+        try:
+            while True:
+                frames.append(json.loads(await asyncio.wait_for(c.ws.recv(), 5)))
+        except ConnectionClosed as exc:
+            self.assertEqual(exc.code, 1001)
+        await stopping
+        events = [f.get("event") for f in frames if f["type"] == "event"]
+        self.assertIn("shutdown", events)
+        final = [f for f in frames if f["type"] == "res" and f["id"] == req]
+        self.assertEqual(len(final), 1, frames)
+        self.assertEqual((final[0]["payload"]["status"], reply_of(final[0])), ("ok", "Echo (turn 1): a b c d e f"))
+
 
 class SameSessionTest(ControlTestCase):
     async def test_http_and_ws_runs_on_one_session_are_serialised(self) -> None:

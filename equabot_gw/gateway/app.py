@@ -418,8 +418,13 @@ class Gateway:
     async def _stop_in_order(self) -> None:
         self.ready = False
         grace = self.config.gateway.shutdown_grace
+        # Control clients are told at once; they are closed once the runs they started
+        # have settled (finished in the grace period, or aborted below), so that each
+        # requester gets its run's final answer.
+        closing_control = None
         if self._control is not None:
-            await self._control.shutdown()
+            self._control.announce_shutdown()
+            closing_control = asyncio.ensure_future(self._control.shutdown(grace + RUN_SETTLE_TIMEOUT))
         # The server stops accepting at once and waits for the requests in
         # flight; it is given the grace period plus the flush moment, but is
         # normally done long before: the aborts below end its streams.
@@ -434,6 +439,8 @@ class Gateway:
             ending = [e for e in (r.ended() for r in runs) if e is not None]
             if ending:
                 await asyncio.wait(ending, timeout=RUN_SETTLE_TIMEOUT)
+        if closing_control is not None:
+            await closing_control          # bounded: its runs have settled or it gave up on them
         # A short, bounded moment for the aborted streams to reach their clients.
         await asyncio.wait([serving], timeout=STREAM_FLUSH_TIMEOUT)
         if not serving.done():

@@ -103,6 +103,7 @@ class ControlProtocol:
         self.connections: set[ControlConnection] = set()
         self.connect_timeout = CONNECT_TIMEOUT
         self.runs = runs_mod.Runs(self)
+        self.stopping = False          # the gateway is shutting down: no new runs
         self.methods: dict[str, Method] = {**methods_mod.METHODS, **runs_mod.METHODS}
         # stateVersion: bumped when the presence list or the health snapshot changes.
         self.presence_version = 0
@@ -203,12 +204,24 @@ class ControlProtocol:
     def state_version(self) -> dict[str, int]:
         return {"presence": self.presence_version, "health": self.health_version}
 
-    async def shutdown(self) -> None:
-        """Tell every client, close with 1001, and wait briefly for the handshakes."""
+    def announce_shutdown(self) -> None:
+        """Tell every client the gateway is stopping; no run may be started here from now on."""
+        if self.stopping:
+            return
+        self.stopping = True
         if self._tick is not None:
             self._tick.cancel()
-        conns = list(self.connections)
         self.broadcast("shutdown", {"reason": "gateway stopping", "restartExpectedMs": None})
+
+    async def shutdown(self, runs_timeout: float = 0.0) -> None:
+        """Once the runs started here have settled (within ``runs_timeout`` seconds: the
+        gateway aborts what is left after its grace period), so that their requesters got
+        their final answers, close every client with 1001 and wait briefly for the handshakes."""
+        self.announce_shutdown()
+        live = self.runs.unsettled()
+        if live and runs_timeout > 0:
+            await asyncio.wait(live, timeout=runs_timeout)
+        conns = list(self.connections)
         self.runs.cancel()
         closing = [asyncio.ensure_future(c.ws.close(CLOSE_GOING_AWAY, "gateway stopping")) for c in conns]
         if closing:

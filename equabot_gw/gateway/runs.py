@@ -92,6 +92,8 @@ class Runs:
         the same params join or replay its run; other params are refused (422).
         """
         key = params.get("idempotencyKey")
+        if self.protocol.stopping:
+            raise ApiError(503, "the gateway is shutting down", code="unavailable")
         if params.get("attachments"):
             raise ApiError(400, "attachments are not supported by this gateway", param="attachments")
         if params.get("deliver"):
@@ -149,6 +151,10 @@ class Runs:
                 if not waiters:
                     del self._unknown_waiters[public_id]
         return self._by_id.get(public_id)
+
+    def unsettled(self) -> list[asyncio.Future[None]]:
+        """What to wait on until every run started here has settled (its finals sent)."""
+        return [entry.settled for entry in self._by_id.values() if not entry.settled.done()]
 
     def cancel(self) -> None:
         """Stop relaying (at shutdown; the runs themselves belong to the runtime)."""
