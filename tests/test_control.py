@@ -372,6 +372,26 @@ class RunsTest(ControlTestCase):
         self.assertEqual(nothing, {"ok": True, "aborted": False, "runIds": []})
         await c.close()
 
+    async def test_an_aborted_run_answers_its_partial_text_and_model_and_the_same_when_asked_again(self) -> None:
+        runner, control = await self.client(), await self.client()
+        params = {"message": " ".join(["w"] * 50), "agentId": "slow", "sessionKey": "abort-me",
+                  "idempotencyKey": "abort-1"}
+        req = runner.send("agent", params)
+        while (await asyncio.wait_for(runner.next_frame(), 5)).get("event") != "chat":
+            pass                                                  # it has text
+        await control.request("chat.abort", {"sessionKey": "agent:slow:abort-me", "runId": "abort-1"})
+        first = (await self.frames_until_final(runner, req))[-1]["payload"]
+        self.assertEqual((first["status"], first["result"]["meta"]["aborted"]), ("aborted", True))
+        partial = reply_of({"payload": first})
+        self.assertTrue(partial and ("Echo (turn 1): " + params["message"]).startswith(partial), first)
+        agent_meta = first["result"]["meta"]["agentMeta"]
+        self.assertEqual((agent_meta["provider"], agent_meta["model"]), ("slow", "echo"))
+        again = (await self.frames_until_final(runner, runner.send("agent", params)))[-1]["payload"]
+        self.assertEqual((again["status"], again["result"]["payloads"], again["result"]["meta"]["agentMeta"]),
+                         (first["status"], first["result"]["payloads"], agent_meta))
+        await runner.close()
+        await control.close()
+
     async def test_a_failed_run_answers_ok_false_with_payload_and_error(self) -> None:
         await self._gateway_cm.__aexit__(None, None, None)
         data = slow_config()

@@ -31,6 +31,7 @@ from ..agents import idempotency
 from ..agents import runtime as agent_runtime
 from ..agents import sessions
 from ..agents.events import Delta, Ended, Failed, Started
+from ..agents.records import RunRecord
 from ..agents.types import AgentRequest, AgentResult, ReasoningDelta
 from ..errors import ApiError, RunAborted, RunError
 from .coalesce import TextSoFar
@@ -54,7 +55,7 @@ MAX_ERROR_CHARS: Final = 500
 class PublicRun:
     """What the control protocol keeps of one run: ids, times, outcome; never its text."""
 
-    __slots__ = ("id", "internal_id", "agent_id", "session_key", "run", "accepted_at",
+    __slots__ = ("id", "internal_id", "agent_id", "session_key", "model", "run", "accepted_at",
                  "started_at", "ended_at", "status", "error", "requesters", "settled")
 
     def __init__(self, public_id: str, run: Any) -> None:
@@ -62,6 +63,9 @@ class PublicRun:
         self.internal_id: str = run.id
         self.agent_id: str = run.agent_id
         self.session_key: str = run.session_key
+        # "provider/model": a live run's; a record's from its result (none for one that failed).
+        result = getattr(run, "result", None)
+        self.model: str = getattr(run, "model", None) or (result.model if result is not None else "")
         self.run: Any = run                     # the live handle while the run goes on
         self.accepted_at = time.time()
         self.started_at: float | None = None
@@ -237,20 +241,21 @@ class Runs:
             broadcast("chat", chat)
         result = event.result if isinstance(event, Ended) else None
         for conn, req_id in entry.requesters:
-            conn.send_final(req_id, self.final_payload(entry, result, event), _failure(event))
+            conn.send_final(req_id, self.final_payload(entry, result, event.partial if type(event) is Failed else ""),
+                            _failure(event))
         entry.requesters.clear()
         entry.settled.set_result(None)
 
-    def final_payload(self, entry: PublicRun, result: AgentResult | None,
-                      event: Ended | Failed | None = None) -> dict[str, Any]:
-        """The ``agent`` method's final payload, in the original's shape."""
+    def final_payload(self, entry: PublicRun, result: AgentResult | None, partial: str = "") -> dict[str, Any]:
+        """The ``agent`` method's final payload, in the original's shape (``partial``: an
+        aborted run's text)."""
         if entry.status == "error":
             return {"runId": entry.id, "status": "error", "summary": entry.error or "error"}
-        text = result.text if result is not None else (event.partial if isinstance(event, Failed) else "")
+        text = result.text if result is not None else partial
         usage = result.usage if result is not None else None
         info = self.protocol.gateway.runtime.store.session_info(entry.agent_id, entry.session_key)
         return agent_final(
-            entry.id, entry.status, text, model_ref=result.model if result is not None else "",
+            entry.id, entry.status, text, model_ref=result.model if result is not None else entry.model,
             session_id=session_id(entry.session_key, info.created_at if info else None),
             duration_ms=ms((entry.ended_at or time.time()) - (entry.started_at or entry.accepted_at)),
             prompt_tokens=usage.prompt_tokens if usage else 0,
@@ -292,15 +297,27 @@ async def m_agent(conn: ControlConnection, params: dict[str, Any], req_id: Any) 
     # A finished run asked again: its final answer at once, as the original's dedupe does.
     record = conn.gateway.runtime.find_run(entry.internal_id)
     result: AgentResult | None = None
+    partial = ""
     if record is not None and entry.status == "ok":
         try:
             result = await record.wait()
         except RunError:
             result = None
-    payload = runs.final_payload(entry, result)
+    elif record is not None and entry.status == "aborted":
+        partial = await _partial_of(record)     # the same payload as the first final's
+    payload = runs.final_payload(entry, result, partial)
     conn.send_final(req_id, payload, {"code": "UNAVAILABLE", "message": entry.error or "error"}
                     if entry.status == "error" else None)
     return DEFERRED
+
+
+async def _partial_of(run: Any) -> str:
+    """The text an aborted run had, from its terminal event (a record may read it back)."""
+    if type(run) is RunRecord:
+        end = await run.terminal_event()
+    else:
+        end = run.events.events[-1] if run.events.events else None
+    return end.partial if type(end) is Failed else ""
 
 
 async def m_agent_wait(conn: ControlConnection, params: dict[str, Any], req_id: Any) -> dict[str, Any]:
