@@ -696,6 +696,24 @@ class OutcomeAfterCancel(unittest.IsolatedAsyncioTestCase):
 
 
 class DiskFaults(StoreCase):
+    async def test_a_transcript_removed_or_replaced_while_open_gets_the_next_turn_at_its_path(self) -> None:
+        key = "agent:main:moved"
+        await self.store.record_turn("main", "moved", ok_turn(1))
+        path = self.transcript(key)
+        path.unlink()                                  # removed: its fd is still open in the store
+        with self.assertLogs("equabot_gw.sessions", "WARNING"):
+            await self.store.record_turn("main", "moved", ok_turn(2))
+        self.assertEqual([line["runId"] for line in self.assertWholeLines(path)], ["run-2", "run-2"])
+        backup = path.with_suffix(".bak")
+        backup.write_bytes(path.read_bytes())
+        os.replace(backup, path)                       # replaced, as a restored backup is
+        with self.assertLogs("equabot_gw.sessions", "WARNING"):
+            await self.store.record_turn("main", "moved", ok_turn(3))
+        self.assertEqual([line["runId"] for line in self.assertWholeLines(path)], ["run-2"] * 2 + ["run-3"] * 2)
+        store = await self.reopen()                    # what the path holds is the session
+        self.assertEqual([m.content for m in (await store.history("main", key)).messages],
+                         ["question 2", "answer 2", "question 3", "answer 3"])
+
     @unittest.skipIf(os.geteuid() == 0, "root ignores directory permissions (see the ENOSPC test)")
     async def test_read_only_directory(self) -> None:
         await self.store.record_turn("main", "a", ok_turn(1))

@@ -151,7 +151,7 @@ class Committer:
         self.batches = 0      # group commits done (committer side; read-only elsewhere)
         self.stats = CommitStats()    # their sizes and times (committer side; read-only elsewhere)
         self._stopped: asyncio.Future[None] | None = None
-        self._fds: OrderedDict[str, list[int]] = OrderedDict()   # path -> [fd, size]; LRU
+        self._fds: OrderedDict[str, list[int]] = OrderedDict()   # path -> [fd, size, inode]; LRU
 
     # -- event loop side --
 
@@ -331,13 +331,20 @@ class Committer:
         """
         try:
             entry = self._fds.get(path)
+            if entry is not None and _moved(path, entry[2]):
+                # Removed or replaced behind our back (a restored backup, say): what went
+                # to the old file would reach no path. The file at the path is taken.
+                log.warning("%s was removed or replaced while open; appending to the file now there",
+                            os.path.basename(path))
+                self.drop_fd(path)
+                entry = None
             if entry is None:
                 entry = self._open(path)
             else:
                 self._fds.move_to_end(path)
         except OSError as exc:
             raise _AppendFailed("open", exc) from exc
-        fd, size = entry
+        fd, size = entry[0], entry[1]
         phase = "write"
         try:
             write_all(fd, data)
@@ -356,7 +363,7 @@ class Committer:
             make_dirs(os.path.dirname(path))
             fd = os.open(path, _APPEND_FLAGS, 0o600)
         try:
-            entry = self._fds[path] = [fd, _repair(fd, path)]
+            entry = self._fds[path] = [fd, _repair(fd, path), os.fstat(fd).st_ino]
         except OSError:
             os.close(fd)
             raise
@@ -382,6 +389,14 @@ class Committer:
                 os.close(entry[0])
             except OSError:
                 pass
+
+
+def _moved(path: str, inode: int) -> bool:
+    """Whether ``path`` no longer names the file of that inode (one stat per file per commit)."""
+    try:
+        return os.stat(path).st_ino != inode
+    except FileNotFoundError:
+        return True
 
 
 def _nothing(_: Committer) -> None:
