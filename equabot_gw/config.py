@@ -649,6 +649,15 @@ def state_dir(explicit: str | None, env: Mapping[str, str] | None = None) -> Pat
 
 # -- display ---------------------------------------------------------------------------
 
+def _masked_query(url: str) -> str:
+    """``url`` with every query parameter's value masked: an API key often travels there."""
+    base, _, query = url.partition("?")
+    query, hash_, fragment = query.partition("#")
+    masked = "&".join(f"{name}={MASK}" if equals else name
+                      for name, equals, _ in (field.partition("=") for field in query.split("&")))
+    return f"{base}?{masked}{hash_}{fragment}"
+
+
 def to_data(config: Any, *, mask: bool = True) -> Any:
     """The config as plain JSON data under its config keys; secrets masked when ``mask``."""
     if isinstance(config, Section):
@@ -660,6 +669,8 @@ def to_data(config: Any, *, mask: bool = True) -> Any:
                 out[name] = MASK
             elif mask and name == "headers" and value:
                 out[name] = {header: MASK for header, _ in value}
+            elif mask and name == "baseUrl" and value and "?" in value:
+                out[name] = _masked_query(value)
             elif (type(config), k.attr) in _MAP_OF:
                 out[name] = {entry: to_data(v, mask=mask) for entry, v in value}
             elif name == "headers":

@@ -161,10 +161,15 @@ class MaskingTest(unittest.TestCase):
         c = config.from_data({"gateway": {"auth": {"token": "s3cret"}},
                               "models": {"providers": {"up": {"api": "openai-completions",
                                                               "baseUrl": "http://x/v1", "apiKey": "k3y",
-                                                              "headers": {"X-Org": "org-secret"}}}}}, env={})
-        text = json.dumps(config.to_data(c, mask=True))
-        for secret in ("s3cret", "k3y", "org-secret"):
+                                                              "headers": {"X-Org": "org-secret"}},
+                                                       "keyed": {"api": "openai-completions",
+                                                                 "baseUrl": "http://x/v1?key=q-secret&v=2"}}}},
+                               env={})
+        data = config.to_data(c, mask=True)
+        text = json.dumps(data)
+        for secret in ("s3cret", "k3y", "org-secret", "q-secret"):
             self.assertNotIn(secret, text)
+        self.assertEqual(data["models"]["providers"]["keyed"]["baseUrl"], "http://x/v1?key=***&v=***")
         self.assertIn(config.MASK, text)
         unmasked = config.to_data(c, mask=False)
         self.assertEqual(unmasked["gateway"]["auth"]["token"], "s3cret")
