@@ -127,3 +127,25 @@ class CompactionTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class LoggedToolCallsTest(unittest.TestCase):
+    """A tool call's fragments as the log keeps them: every logged event moves a resumable
+    stream's position, so repeats of a call's id and name, and empty fragments, are not logged."""
+
+    def test_repeated_headers_and_empty_fragments(self) -> None:
+        from equabot_gw.agents.idempotency import output_units
+        from equabot_gw.agents.output import ReplyOutput
+        from equabot_gw.agents.types import ChoiceEvent, ToolCallDelta
+        log, output, room = EventLog(), ReplyOutput("run_1", "up", 1 << 20), 1 << 20
+        sent = [ToolCallDelta(0, "c0", "f", ""), ToolCallDelta(0, "c0", "f", '{"a"'),
+                ToolCallDelta(0, None, None, ""), ToolCallDelta(0, "c0", "f", ":1}"),
+                ChoiceEvent(1, ToolCallDelta(0, "c1", "g", "{}")), ChoiceEvent(1, ToolCallDelta(0, "c1", "g", ""))]
+        for event in sent:
+            room = output.add(log, event, room)
+        self.assertEqual(log.events, [ToolCallDelta(0, "c0", "f", ""), ToolCallDelta(0, None, None, '{"a"'),
+                                      ToolCallDelta(0, None, None, ":1}"), ChoiceEvent(1, ToolCallDelta(0, "c1", "g", "{}"))])
+        # What was gathered is unchanged, and the units are those of one header per call.
+        [call] = output.tool_calls()
+        self.assertEqual((call.id, call.name, call.arguments), ("c0", "f", '{"a":1}'))
+        self.assertEqual(sum(map(output_units, log.events)), 1 + len('{"a":1}') + 1 + len("{}"))

@@ -68,7 +68,8 @@ def request(stream: bool = True, message: str = MESSAGE) -> dict[str, Any]:
 
 
 def seq_of(event_id: str) -> int:
-    return int(event_id.rpartition(":")[2])
+    """The seq of an event id, in characters or (``u<seq>``, a mixed reply's) output units."""
+    return int(event_id.rpartition(":")[2].lstrip("u"))
 
 
 class ResilienceCase(unittest.IsolatedAsyncioTestCase):
@@ -209,7 +210,7 @@ class MixedResumeTest(ResilienceCase):
         self.assertEqual(sorted(expected), [0, 1])
         self.assertEqual(expected[0]["logprobs"], expected[1]["logprobs"])
         self.assertGreater(expected[1]["logprobs"], 40)                   # one per word
-        for cut in (2, 3, 30, 61, len(whole) - 2, len(whole)):
+        for cut in (2, 3, 30, 61):                 # while the run goes on (~10 ms a word)
             with self.subTest(cut=cut):
                 key, session = f"k-mixed-{cut}", f"mixed-{cut}"
                 stream = await self.post(gateway, body, Idempotency_Key=key, x_equabot_session_key=session)
@@ -221,6 +222,15 @@ class MixedResumeTest(ResilienceCase):
                 self.assertEqual(output_of(before + after), expected)
                 self.assertEqual((before + after)[-1][1], "[DONE]")       # once: none after a [DONE] had
                 self.assertEqual([seq_of(i) for i, _ in before + after], seqs)     # the same ids, too
+        # Once the run has finished, its record cannot place a position in output units.
+        stream = await self.post(gateway, body, Idempotency_Key="k-mixed-end", x_equabot_session_key="mixed-end")
+        before = await stream.read_all(cut_after=len(whole) - 2)
+        again = await self.post(gateway, body, Idempotency_Key="k-mixed-end", x_equabot_session_key="mixed-end",
+                                Last_Event_ID=before[-1][0])
+        self.assertEqual((again.status, error_of(again.body)["code"]), (409, "resume_unavailable"))
+        whole_again = await (await self.post(gateway, body, Idempotency_Key="k-mixed-end",
+                                             x_equabot_session_key="mixed-end")).read_all()
+        self.assertEqual(output_of(whole_again), expected)
 
     async def test_a_finished_reply_with_tool_calls_replays_whole_or_from_its_end_and_refuses_inside(self) -> None:
         gateway = await self.start()
@@ -229,20 +239,19 @@ class MixedResumeTest(ResilienceCase):
         events = await (await self.post(gateway, body, Idempotency_Key="k-calls")).read_all()
         seqs = [seq_of(i) for i, _ in events if i is not None]
         self.assertEqual((seqs, len(seqs)), (sorted(set(seqs)), len(events)))    # every event its own id
+        self.assertEqual([i.rpartition(":")[2][:1] for i, _ in events], ["0"] + ["u"] * (len(events) - 1))
         self.assertEqual(output_of(events)[0]["calls"][0]["arguments"], arguments)
         while gateway.runtime.active:
             await asyncio.sleep(0.01)
-        # Inside the finished reply: its record cannot tell the order it came in.
-        inside = await self.post(gateway, body, Idempotency_Key="k-calls", Last_Event_ID=events[2][0])
-        self.assertEqual((inside.status, error_of(inside.body)["code"]), (409, "resume_unavailable"))
+        # After any event in output units: the finished run's record cannot tell the order
+        # its output came in (nor keeps all of it: log probabilities, further choices).
+        for event_id, _ in events[1:]:
+            inside = await self.post(gateway, body, Idempotency_Key="k-calls", Last_Event_ID=event_id)
+            self.assertEqual((inside.status, error_of(inside.body)["code"]), (409, "resume_unavailable"))
         # After the role chunk: the whole reply again, once.
         rest = await (await self.post(gateway, body, Idempotency_Key="k-calls", Last_Event_ID=events[0][0])).read_all()
         self.assertEqual(output_of(events[:1] + rest), output_of(events))
-        # After the finish chunk: only what came after it.
-        finish = next(i for i, data in events if isinstance(data, dict) and data.get("choices")
-                      and data["choices"][0]["finish_reason"])
-        tail = await (await self.post(gateway, body, Idempotency_Key="k-calls", Last_Event_ID=finish)).read_all()
-        self.assertEqual([(seq_of(i), data) for i, data in tail], [(seq_of(events[-1][0]), "[DONE]")])
+        self.assertEqual(rest[-1], events[-1])                              # the same last id
         self.assertEqual(self.counting.calls, 1)
 
     async def test_a_finished_reply_of_several_choices_replays_them_all(self) -> None:

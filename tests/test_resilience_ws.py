@@ -10,6 +10,7 @@ rebuilt from the transcript after a restart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import unittest
 from typing import Any
 
@@ -105,8 +106,26 @@ class WebSocketTest(ResilienceCase):
                 seqs.append(frame["payload"]["seq"])
         self.assertEqual(text, "Echo (turn 1): " + MESSAGE)
         self.assertEqual((seqs, seqs[-1]), (sorted(set(seqs)), len(text)))     # one seq of one kind
-        # The subscription ended: nothing is held back from the client any more.
+        # Nothing of the run's broadcast comes after the subscription's end either (its relay's
+        # last events are held back until it settled); then nothing is held back any more.
+        entry = gateway.control.runs.find("ws-sub")
+        await asyncio.wait_for(asyncio.shield(entry.settled), 5)
+        await asyncio.sleep(0.2)
+        late = []
+        with contextlib.suppress(TimeoutError):
+            while True:
+                late.append(await asyncio.wait_for(follower.next_frame(), 0.2))
+        self.assertEqual([f for f in late if f.get("event") == "agent" and f["payload"].get("stream") == "assistant"], [])
         self.assertEqual([conn.subscriptions for conn in gateway.control.connections], [{}, {}])
+
+    async def test_a_subscriber_naming_the_runtime_run_id_gets_each_delta_once(self) -> None:
+        gateway = await self.start()
+        starter, follower = await self.connect(gateway), await self.connect(gateway)
+        await starter.request("agent", {"message": MESSAGE, "idempotencyKey": "ws-sub-2"})
+        internal = gateway.control.runs.find("ws-sub-2").internal_id
+        text, seqs, final = await self.subscribe(follower, internal, 0)
+        # The broadcast carries the public id; its deltas would have been added to the text.
+        self.assertEqual((text, final["status"]), ("Echo (turn 1): " + MESSAGE, "ok"))
 
 
 if __name__ == "__main__":

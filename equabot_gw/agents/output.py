@@ -128,14 +128,40 @@ class ReplyOutput:
         of more than ``MAX_TOOL_CALLS`` calls or ``MAX_CHOICES`` choices, or
         log probabilities past their bound.
         """
+        logged = self._as_logged(event)
         size = self._gather(event)
         self.bytes += size
         room -= size
         if room < 0 or self.bytes > self.limit:
             raise ReplyTooLarge(self.provider, self.limit)
         log.mixed = True
-        log.append(event)
+        if logged is not None:
+            log.append(logged)
         return room
+
+    def _as_logged(self, event: Any) -> Any:
+        """``event`` as the log keeps it (read before ``_gather`` takes it): a tool call's
+        id and name only where they are news, no fragment that carries nothing. Each
+        logged event moves a stream's position (``idempotency.output_units``), so an
+        upstream that repeats a call's id and name on every fragment, or sends empty
+        ones, does not make positions that joining its fragments would change."""
+        inner = event.event if type(event) is ChoiceEvent else event
+        if type(inner) is not ToolCallDelta:
+            return event
+        owner = self.choices.get(event.index) if type(event) is ChoiceEvent else self
+        call = owner.calls.get(inner.index) if owner is not None else None
+        if call is None:
+            logged = inner
+        else:
+            call_id = inner.id if inner.id is not None and inner.id != call[0] else None
+            name = inner.name if inner.name is not None and inner.name != call[1] else None
+            logged = inner if (call_id, name) == (inner.id, inner.name) else \
+                ToolCallDelta(inner.index, call_id, name, inner.arguments)
+        if logged.id is None and logged.name is None and not logged.arguments:
+            return None
+        if logged is inner:
+            return event
+        return ChoiceEvent(event.index, logged) if type(event) is ChoiceEvent else logged
 
     def _gather(self, event: Any) -> int:
         """Take one event; the UTF-8 bytes of text it adds."""

@@ -17,7 +17,8 @@ role chunk), then the length of the text + 1 for the finish chunk (or the
 error event), + 2 for the usage chunk, + 3 for ``[DONE]``. A mixed reply
 counts output units instead (``idempotency.output_units``: reasoning, tool
 calls, log probabilities and further choices count too), so each of its
-events has an id of its own. It does not depend on how the reply was cut
+events has an id of its own, written ``u<seq>`` once the reply is mixed (its
+text before that counted the same either way). It does not depend on how the reply was cut
 into chunks, so a stream resumed after seq N (live, or rebuilt from the
 transcript after a restart) goes on exactly where the client stopped
 (``resumed_body``).
@@ -107,7 +108,7 @@ async def resumed_body(batches: AsyncIterator[list[Any]], chunks: ChunkWriter, r
         if role:
             yield chunks.role()
         async for batch in batches:
-            mixed = any(type(event) not in _TEXT_KINDS for event in batch)
+            mixed = chunks.units or any(type(event) not in _TEXT_KINDS for event in batch)
             for piece in chunks.mixed(batch) if mixed else chunks.pieces(batch):
                 yield piece
         yield chunks.done()
@@ -155,7 +156,7 @@ class ChunkWriter:
         self._skip = -1 if after is None else after     # a resumed stream: events up to this seq were had
         self._id = f"id: {completion_id}:"
         self._choices_seen = {0}            # choices whose first chunk (with the role) went out
-        self._mixed = mixed                 # output other than text: seqs count output units
+        self.units = mixed                  # a mixed reply: ids "u<seq>", seqs count output units
         self._first_batch = True
         self.head = _dumps({"id": completion_id, "object": "chat.completion.chunk",
                             "created": int(time.time() if created is None else created), "model": model_name,
@@ -172,9 +173,13 @@ class ChunkWriter:
         self._role = self._role_bytes_value.decode()
         self._role_bytes = len(self._role_bytes_value)
 
+    def _mark(self, seq: int) -> str:
+        """A seq as an id carries it: ``u<seq>`` when it counts output units (0 is 0 either way)."""
+        return f"u{seq}" if self.units and seq else str(seq)
+
     def _choice(self, delta: str, finish: str | None, seq: int = 0) -> bytes:
         finish_json = "null" if finish is None else json.dumps(finish)
-        return (f'{self._id}{seq}\ndata: {self.head},"choices":[{{"index":0,"delta":{delta},"logprobs":null,'
+        return (f'{self._id}{self._mark(seq)}\ndata: {self.head},"choices":[{{"index":0,"delta":{delta},"logprobs":null,'
                 f'"finish_reason":{finish_json}}}]{self._tail}\n\n').encode()
 
     def role(self) -> bytes:
@@ -184,7 +189,7 @@ class ChunkWriter:
     def done(self) -> bytes:
         """The terminator ``data: [DONE]``, with its id (none if a resumed client had it)."""
         seq = self.sent + 3
-        return f"{self._id}{seq}\n".encode() + sse.DONE if seq > self._skip else b""
+        return f"{self._id}{self._mark(seq)}\n".encode() + sse.DONE if seq > self._skip else b""
 
     def piece(self, events: list[Any], role: bool = False) -> bytes | None:
         """All of ``events`` (after the role chunk if ``role``) as one piece of one chunk
@@ -292,20 +297,21 @@ class ChunkWriter:
     def _end(self, result: AgentResult) -> bytes:
         # Terminal events follow the output: seq = its length + 1, the usage + 2, [DONE] + 3
         # (a text reply's length in characters, a mixed one's in output units).
-        seq = self.sent = rebuilt_units(result) if self._mixed else len(result.text)
+        # (a mixed reply: at least the units sent, should its log have counted more than its result)
+        seq = self.sent = max(self.sent, rebuilt_units(result)) if self.units else len(result.text)
         data = self._choice("{}", finish_of(result.finish_reason, self.legacy), seq + 1) \
             if seq + 1 > self._skip else b""
         if self.include_usage and seq + 2 > self._skip:
-            data += (f'{self._id}{seq + 2}\ndata: {self.head},"choices":[],'
+            data += (f'{self._id}{self._mark(seq + 2)}\ndata: {self.head},"choices":[],'
                      f'"usage":{_dumps(result.usage.as_dict())}}}\n\n').encode()
         return data
 
     def _error(self, event: Failed) -> bytes:
         # An error after the stream began: a final event with an error object (then [DONE]).
-        seq = self.sent = self.sent if self._mixed else len(event.partial) or (self.sent if self._skip < 0 else 0)
+        seq = self.sent = self.sent if self.units else len(event.partial) or (self.sent if self._skip < 0 else 0)
         if seq + 1 <= self._skip:
             return b""
-        return f"{self._id}{seq + 1}\n".encode() + sse.data_event(
+        return f"{self._id}{self._mark(seq + 1)}\n".encode() + sse.data_event(
             error_body(http_status(event.error), str(event.error), code=error_code(event.error)).decode())
 
     # -- the mixed path: reasoning, tool calls, logprobs, several choices --------------
@@ -316,7 +322,7 @@ class ChunkWriter:
         at the terminal event. ``role``: the batch opens the stream (the role chunk's
         content is null when the reply does not open with text, as OpenAI sends it)."""
         self._first_batch = False
-        self._mixed = True
+        self.units = True
         out: list[bytes] = []
         size = 0
         if role:
@@ -418,7 +424,7 @@ class ChunkWriter:
 
     def _chunk(self, choice: dict[str, Any], units: int) -> bytes:
         self.sent += units
-        return f'{self._id}{self.sent}\ndata: {self.head},"choices":[{_ascii_json(choice)}]{self._tail}\n\n'.encode()
+        return f'{self._id}u{self.sent}\ndata: {self.head},"choices":[{_ascii_json(choice)}]{self._tail}\n\n'.encode()
 
 
 # Logprobs entries per chunk of a mixed stream (a compacted run of them is cut).

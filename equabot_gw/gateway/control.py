@@ -191,12 +191,13 @@ class ControlProtocol:
         """Send an event to every connected client; the payload is encoded once.
 
         A client following a run through ``agent.subscribe`` gets that run's
-        ``agent`` events from its subscription alone, not twice.
+        ``agent`` text and lifecycle events from its subscription alone, not twice
+        (its ``tool`` events, which a subscription does not send, still come).
         """
         if not self.connections:
             return
         text = dumps(payload)
-        run_id = payload.get("runId") if event == "agent" else None
+        run_id = payload.get("runId") if event == "agent" and payload.get("stream") != "tool" else None
         for conn in list(self.connections):
             if run_id is None or run_id not in conn.subscriptions:
                 conn.event_text(event, text)

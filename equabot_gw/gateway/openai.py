@@ -260,7 +260,7 @@ class ChatCompletions:
         extra = [(resume.REPLAY_HEADER, "true")] if replayed else []
         if stream:
             try:
-                after = resume.last_event_seq(request.headers, completion_id)
+                after = resume.last_event_position(request.headers, completion_id)
             except ApiError:
                 claim()
                 raise

@@ -19,7 +19,7 @@ import asyncio
 import functools
 import re
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 from urllib.parse import parse_qs
 
 from ..agents import idempotency
@@ -31,7 +31,7 @@ from ..net.routes import HTTPRequest, StreamingResponse
 from . import chat_stream
 
 __all__ = ["KEY_HEADERS", "REPLAY_HEADER", "idempotency_key", "body_digest", "completion_id", "run_id_of",
-           "last_event_seq", "Claims", "no_claim"]
+           "last_event_seq", "last_event_position", "Position", "Claims", "no_claim"]
 
 # The IETF httpapi draft's header first; ours as an alias (the draft's wins when both are sent).
 KEY_HEADERS: Final = ("idempotency-key", "x-equabot-idempotency-key", "x-openclaw-idempotency-key")
@@ -84,6 +84,36 @@ def run_id_of(public_id: str) -> str | None:
     return f"run_{node}_{tail}" if sep else f"run_{tail}"
 
 
+class Position(NamedTuple):
+    """Where a client stopped in a chat stream: the seq of its last event, and whether that
+    seq counts output units (``u<seq>``, the ids of a mixed reply) or answer characters."""
+
+    seq: int
+    units: bool = False
+
+
+def last_event_position(headers: Any, public_id: str, query: str | None = None) -> Position | None:
+    """The position of ``Last-Event-ID: <public_id>:<seq>`` (or ``:u<seq>``), else of the query's
+    ``after=<seq>`` when ``query`` is given; None without either. 400 if malformed."""
+    value = headers.get("last-event-id")
+    if value is None:
+        after = parse_qs(query or "", max_num_fields=8).get("after") if query is not None else None
+        if after is None:
+            return None
+        units = after[0].startswith("u")
+        if not re.fullmatch(_SEQ_RE, after[0][units:]):
+            raise ApiError(400, "Invalid 'after': expected a seq (digits, or u and digits).",
+                           code="invalid_value", param="after")
+        return Position(int(after[0][units:]), units)
+    stream, _, seq = value.strip().rpartition(":")
+    units = seq.startswith("u")
+    if stream != public_id or not re.fullmatch(_SEQ_RE, seq[units:]):
+        raise ApiError(400, f"Invalid Last-Event-ID {value[:120]!r}: expected '{public_id}:<seq>', an id "
+                            f"of this request's stream (resend the same request with the same "
+                            f"Idempotency-Key).", code="invalid_last_event_id", param="Last-Event-ID")
+    return Position(int(seq[units:]), units)
+
+
 def last_event_seq(headers: Any, public_id: str) -> int | None:
     """The seq of ``Last-Event-ID: <public_id>:<seq>``, or None without the header;
     400 ``invalid_last_event_id`` if it is malformed or names another stream."""
@@ -124,30 +154,36 @@ class Claims:
         self.runtime.keys.release(run.id, abort, self.grace)
 
     def resumed(self, run: Run | RunRecord, public_id: str, model_name: str, include_usage: bool,
-                legacy: bool, after: int | None, leave: Callable[[], None],
+                legacy: bool, after: Position | None, leave: Callable[[], None],
                 extra: list[tuple[str, str]]) -> StreamingResponse:
-        """The stream of ``run`` from seq ``after`` on (None: all of it, role chunk first).
+        """The stream of ``run`` after ``after`` (None: all of it, role chunk first).
 
-        409 ``resume_unavailable`` for a position inside a finished reply with output
-        other than text: its record rebuilds that output in one order, which need not
-        be the order the client got it in; the request resent without
-        ``Last-Event-ID`` replays it whole.
+        A run still in flight is read from its log, exactly, whatever its output.
+        A finished run's record rebuilds its reply: whole from the start, or the
+        rest of its text (and what follows the text) after a character
+        position; a position in output units (a mixed reply's ``u`` ids) it
+        cannot place, since it does not keep the order the output came in:
+        409 ``resume_unavailable`` (the request resent without ``Last-Event-ID``
+        replays it whole).
         """
+        seq = after.seq if after is not None else 0
         if type(run) is Run:
             mixed = run.events.mixed
+            batches = idempotency.output_after(run.subscribe(), seq)
         else:
-            result = run.result
-            mixed = result is not None and bool(result.reasoning or result.tool_calls or result.logprobs
-                                                or result.extra_choices)
-            if mixed and after and after < idempotency.rebuilt_units(result):   # type: ignore[arg-type]
+            if after is not None and after.units and seq:
                 leave()
                 raise ApiError(409, "This reply (with reasoning, tool calls, log probabilities or several "
                                     "choices) finished before its stream was resumed, and can only be "
                                     "replayed whole: resend the request without Last-Event-ID.",
                                code="resume_unavailable", param="Last-Event-ID")
-        chunks = chat_stream.ChunkWriter(public_id, model_name, include_usage, legacy, run.created_at, after,
-                                         mixed)
-        batches = idempotency.output_after(run.subscribe(), after or 0)
+            result = run.result
+            mixed = result is not None and bool(result.reasoning or result.tool_calls or result.logprobs
+                                                or result.extra_choices)
+            batches = idempotency.events_after(run.subscribe(), seq) if seq else \
+                idempotency.output_after(run.subscribe(), 0)
+        chunks = chat_stream.ChunkWriter(public_id, model_name, include_usage, legacy, run.created_at,
+                                         None if after is None else seq, mixed)
         return StreamingResponse(200, list(sse.HEADERS) + extra,
                                  chat_stream.resumed_body(batches, chunks, after is None),
                                  idle_bytes=sse.KEEPALIVE, idle_interval=sse.KEEPALIVE_INTERVAL, on_close=leave)
@@ -164,14 +200,7 @@ class Claims:
             raise ApiError(404, f"No resumable stream {public_id[:120]!r}: streams of requests with an "
                                 f"Idempotency-Key can be resumed while their key is kept.",
                            code="not_found")
-        after = last_event_seq(request.headers, public_id)
-        if after is None:
-            query = parse_qs(request.query or "", max_num_fields=8).get("after")
-            if query is not None:
-                if not re.fullmatch(_SEQ_RE, query[0]):
-                    raise ApiError(400, "Invalid 'after': expected a seq (digits).", code="invalid_value",
-                                   param="after")
-                after = int(query[0])
+        after = last_event_position(request.headers, public_id, request.query or "")
         return self.resumed(run, public_id, str(meta.get("model", "")), bool(meta.get("usage")),
                             bool(meta.get("legacy")), after, self.claim(run, keep=True), [])
 

@@ -82,11 +82,17 @@ class Runs:
     def __init__(self, protocol: ControlProtocol) -> None:
         self.protocol = protocol
         self._by_id: OrderedDict[str, PublicRun] = OrderedDict()
+        self._public: dict[str, str] = {}       # runtime run id -> public id, for the runs in _by_id
         self._unknown_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def find(self, public_id: str) -> PublicRun | None:
         return self._by_id.get(public_id)
+
+    def of_run(self, run_id: str) -> PublicRun | None:
+        """The run started here whose runtime id is ``run_id``, if it is remembered."""
+        public_id = self._public.get(run_id)
+        return self._by_id.get(public_id) if public_id is not None else None
 
     async def start(self, params: dict[str, Any], origin: str, session_key: str | None
                     ) -> tuple[PublicRun, bool]:
@@ -132,8 +138,11 @@ class Runs:
 
     def _remember(self, entry: PublicRun) -> None:
         self._by_id[entry.id] = entry
+        self._public[entry.internal_id] = entry.id
         while len(self._by_id) > MAX_REMEMBERED_RUNS:
-            self._by_id.popitem(last=False)
+            old = self._by_id.popitem(last=False)[1]
+            if self._public.get(old.internal_id) == old.id:
+                del self._public[old.internal_id]
         for waiter in self._unknown_waiters.pop(entry.id, ()):
             if not waiter.done():
                 waiter.set_result(None)
@@ -399,18 +408,32 @@ async def m_agent_subscribe(conn: ControlConnection, params: dict[str, Any], req
     if run is None:
         raise ApiError(404, f"unknown run {run_id[:120]!r}", code="not_found")
     conn.respond(req_id, {"runId": run_id, "status": "subscribed"})
-    # Its agent events come from here alone (a run started over WebSocket is also
-    # broadcast to every client, with a seq of another kind).
-    conn.subscriptions[run_id] = conn.subscriptions.get(run_id, 0) + 1
+    # Its agent events come from here alone: a run started over WebSocket is also
+    # broadcast to every client (under its public id, whichever id was named here),
+    # with a seq of another kind, and its relay's last events may come after this
+    # subscription's end: the broadcast is held back until the relay has settled.
+    runs = conn.protocol.runs
+    relayed = runs.find(run_id) or runs.of_run(run.id)
+    public_id = relayed.id if relayed is not None else run_id
+    _follow(conn, public_id, +1)
     try:
         status = await _send_subscribed(conn, run, run_id, after)
     finally:
-        if conn.subscriptions[run_id] == 1:
-            del conn.subscriptions[run_id]
+        if relayed is not None and not relayed.settled.done():
+            relayed.settled.add_done_callback(lambda _: _follow(conn, public_id, -1))
         else:
-            conn.subscriptions[run_id] -= 1
+            _follow(conn, public_id, -1)
     conn.send_final(req_id, {"runId": run_id, "status": status}, None)
     return DEFERRED
+
+
+def _follow(conn: ControlConnection, public_id: str, step: int) -> None:
+    """Count a subscription of ``conn`` to run ``public_id`` in (+1) or out (-1)."""
+    count = conn.subscriptions.get(public_id, 0) + step
+    if count > 0:
+        conn.subscriptions[public_id] = count
+    else:
+        conn.subscriptions.pop(public_id, None)
 
 
 async def _send_subscribed(conn: ControlConnection, run: Any, run_id: str, after: int) -> str:
