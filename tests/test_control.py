@@ -372,6 +372,17 @@ class RunsTest(ControlTestCase):
         self.assertEqual(nothing, {"ok": True, "aborted": False, "runIds": []})
         await c.close()
 
+    async def test_one_idempotency_key_names_one_run_in_flight(self) -> None:
+        c = await self.client()
+        first = c.send("agent", {"message": "a b c d e f", "agentId": "slow", "idempotencyKey": "one-id"})
+        with self.assertRaisesRegex(GatewayError, "CONFLICT: idempotencyKey 'one-id' names a run of agent 'slow'"):
+            await c.request("agent", {"message": "a b c d e f", "agentId": "main", "idempotencyKey": "one-id"})
+        frames = await self.frames_until_final(c, first)
+        self.assertEqual((frames[-1]["payload"]["status"], reply_of(frames[-1])), ("ok", "Echo (turn 1): a b c d e f"))
+        again = await self.run_agent(c, {"message": "a b c d e f", "agentId": "main", "idempotencyKey": "one-id"})
+        self.assertEqual(again[-1]["payload"]["status"], "ok")          # settled: the key is free for main
+        await c.close()
+
     async def test_an_aborted_run_answers_its_partial_text_and_model_and_the_same_when_asked_again(self) -> None:
         runner, control = await self.client(), await self.client()
         params = {"message": " ".join(["w"] * 50), "agentId": "slow", "sessionKey": "abort-me",

@@ -391,7 +391,7 @@ def _admit(runtime: Runtime, request: AgentRequest, digest: str | None,
     its idempotency key, and False."""
     if runtime.closing:
         raise ApiError(503, "the gateway is shutting down", code="unavailable")
-    agent, key, stateless = _route(runtime, request)
+    agent, key, stateless = route(runtime, request)
     stored = None
     if request.idempotency_key:
         stored = idempotency.stored_key(request.idempotency_key)
@@ -427,7 +427,7 @@ async def run_once(runtime: Runtime, request: AgentRequest, digest: str,
     ``idempotency.LOOKUP_TIMEOUT`` seconds.
     """
     if request.idempotency_key and not runtime.closing:
-        agent, _, _ = _route(runtime, request)
+        agent, _, _ = route(runtime, request)
         await runtime.keys.load_earlier(agent.id, idempotency.stored_key(request.idempotency_key), digest,
                                         runtime.find_run, runtime._remember_record)
     handle = run(runtime, request, digest, meta, watched=watched)
@@ -445,8 +445,9 @@ async def keyed_run(runtime: Runtime, run_id: str) -> Run | RunRecord | None:
     return runtime.find_run(run_id)
 
 
-def _route(runtime: Runtime, request: AgentRequest) -> tuple[Agent, str, bool]:
-    """The agent and session key of a request (README: session keys)."""
+def route(runtime: Runtime, request: AgentRequest) -> tuple[Agent, str, bool]:
+    """The agent, session key and statelessness of a request (README: session keys);
+    ``ApiError`` for an unknown agent, a bad key or a key of another agent."""
     if request.session_key is None:
         agent = runtime.agent(request.agent_id)
         return agent, sessions.stateless_key(agent.id, request.origin), True

@@ -116,6 +116,12 @@ class Runs:
         if key is None:
             run, replayed = agent_runtime.run(runtime, request), False
         else:
+            # The key is the run's public id: one in flight names one run, of one agent.
+            known = self._by_id.get(key)
+            if known is not None and not known.settled.done() \
+                    and agent_runtime.route(runtime, request)[0].id != known.agent_id:
+                raise ApiError(409, f"idempotencyKey {key[:80]!r} names a run of agent {known.agent_id!r} "
+                                    f"still in flight; use another key", code="conflict", param="idempotencyKey")
             asked = {name: value for name, value in params.items() if name != "idempotencyKey"}
             run, replayed = await agent_runtime.run_once(
                 runtime, request, idempotency.digest_of({"params": asked, "origin": origin, "key": session_key}))
