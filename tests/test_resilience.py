@@ -154,6 +154,10 @@ class ResumeTest(ResilienceCase):
         self.assertEqual(events[-1][0], after[-1][0])            # [DONE] has the same id both times
         by_query = await SSEStream.open(gateway.server.port, None, method="GET", path=path + "?after=5")
         self.assertEqual(content_of(await by_query.read_all()), ("Echo (turn 1): " + MESSAGE)[5:])
+        for bad in ("", "x", "u", "-1"):
+            with self.subTest(after=bad):
+                refused = await SSEStream.open(gateway.server.port, None, method="GET", path=f"{path}?after={bad}")
+                self.assertEqual((refused.status, error_of(refused.body)["code"]), (400, "invalid_value"))
         self.assertEqual(self.counting.calls, 1)
         missing = await SSEStream.open(gateway.server.port, None, method="GET",
                                        path="/v1/chat/completions/chatcmpl-00ff/events")
@@ -253,6 +257,26 @@ class MixedResumeTest(ResilienceCase):
         self.assertEqual(output_of(events[:1] + rest), output_of(events))
         self.assertEqual(rest[-1], events[-1])                              # the same last id
         self.assertEqual(self.counting.calls, 1)
+
+    async def test_a_finished_mixed_reply_resumes_only_from_its_start(self) -> None:
+        # Its record keeps neither the order its output came in nor, past a size or a
+        # restart, all of it: after any position but the first, 409.
+        gateway = await self.start(config(http={"resumeGraceSeconds": 0.05, "abortUnclaimedRuns": True}))
+        cases = (("k-n2", {**request(), "n": 2}, None),                          # its first ids are plain
+                 ("k-aborted", {**request(), "reasoning_effort": "low"}, 12))    # aborted once cut
+        for key, body, cut in cases:
+            with self.subTest(key=key):
+                stream = await self.post(gateway, body, Idempotency_Key=key)
+                events = await stream.read_all(cut_after=cut)
+                while gateway.runtime.active:
+                    await asyncio.sleep(0.01)
+                for event_id in {events[1][0], events[-1][0]}:
+                    again = await self.post(gateway, body, Idempotency_Key=key, Last_Event_ID=event_id)
+                    self.assertEqual((again.status, error_of(again.body)["code"]), (409, "resume_unavailable"))
+                whole = await (await self.post(gateway, body, Idempotency_Key=key,
+                                               Last_Event_ID=events[0][0])).read_all()
+                self.assertEqual(whole[-1][1], "[DONE]")
+        self.assertEqual(self.counting.calls, 2)
 
     async def test_a_finished_reply_of_several_choices_replays_them_all(self) -> None:
         gateway = await self.start()

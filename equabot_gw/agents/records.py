@@ -50,14 +50,14 @@ class RunRecord:
     """
 
     __slots__ = ("id", "agent_id", "session_key", "status", "result", "error", "partial",
-                 "reply_at", "store", "kept_bytes", "created_at")
+                 "reply_at", "store", "kept_bytes", "created_at", "mixed")
 
     done: Final = True
 
     def __init__(self, id: str, agent_id: str, session_key: str, status: str,
                  result: AgentResult | None, error: RunError | None, partial: str = "",
                  reply_at: Stored | None = None, store: sessions.SessionStore | None = None,
-                 kept_bytes: int = 0, created_at: float = 0.0) -> None:
+                 kept_bytes: int = 0, created_at: float = 0.0, mixed: bool = False) -> None:
         self.id = id
         self.agent_id = agent_id
         self.session_key = session_key
@@ -69,6 +69,9 @@ class RunRecord:
         self.store = store
         self.kept_bytes = kept_bytes      # bytes of reply held here (counted in the budget)
         self.created_at = created_at      # when the run was admitted (epoch s)
+        # Its reply had output besides choice 0's text (reasoning, tool calls, logprobs,
+        # further choices), whether or not this record still holds all of it.
+        self.mixed = mixed
 
     def __repr__(self) -> str:
         return f"<RunRecord {self.id} agent={self.agent_id} status={self.status}>"
@@ -154,7 +157,8 @@ def record_from_line(entry: Entry, line: dict[str, Any] | None) -> RunRecord:
         result = AgentResult(*base, reply.text(), usage, finish if type(finish) is str else "stop",
                              model if type(model) is str else "", 0, reply.tool_calls,
                              reply.reasoning, reasoning_signature=reply.reasoning_signature)
-        return RunRecord(*base, "ok", result, None, created_at=entry.at)
+        return RunRecord(*base, "ok", result, None, created_at=entry.at,
+                         mixed=bool(reply.tool_calls or reply.reasoning))
     if line is not None and kind == "aborted":
         content, why = line.get("content"), line.get("reason")
         return RunRecord(*base, "aborted", None, RunAborted(why if type(why) is str else "aborted"),

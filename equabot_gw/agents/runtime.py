@@ -319,7 +319,7 @@ class Runtime:
         if not size or (size <= MAX_KEPT_REPLY_BYTES
                         and self._finished_bytes + size <= FINISHED_REPLIES_BUDGET_BYTES):
             return RunRecord(run.id, run.agent.id, run.session_key, run.status, result, run._error,
-                             partial, kept_bytes=size, created_at=run.created_at)
+                             partial, kept_bytes=size, created_at=run.created_at, mixed=run.events.mixed)
         # Read back from the transcript when asked; an error turn's partial text is
         # not recorded there, so it is given up.
         reply_at = run._stored if result is not None or run.status == "aborted" else None
@@ -327,7 +327,7 @@ class Runtime:
                          dataclasses.replace(result, text="", tool_calls=(), reasoning="", logprobs=None,
                                              extra_choices=(), reasoning_signature="")
                          if result is not None else None,
-                         run._error, "", reply_at, self.store, created_at=run.created_at)
+                         run._error, "", reply_at, self.store, created_at=run.created_at, mixed=run.events.mixed)
 
 
 def run(runtime: Runtime, request: AgentRequest, digest: str | None = None,

@@ -97,7 +97,8 @@ def last_event_position(headers: Any, public_id: str, query: str | None = None) 
     ``after=<seq>`` when ``query`` is given; None without either. 400 if malformed."""
     value = headers.get("last-event-id")
     if value is None:
-        after = parse_qs(query or "", max_num_fields=8).get("after") if query is not None else None
+        after = parse_qs(query or "", keep_blank_values=True, max_num_fields=8).get("after") \
+            if query is not None else None
         if after is None:
             return None
         units = after[0].startswith("u")
@@ -159,27 +160,27 @@ class Claims:
         """The stream of ``run`` after ``after`` (None: all of it, role chunk first).
 
         A run still in flight is read from its log, exactly, whatever its output.
-        A finished run's record rebuilds its reply: whole from the start, or the
-        rest of its text (and what follows the text) after a character
-        position; a position in output units (a mixed reply's ``u`` ids) it
-        cannot place, since it does not keep the order the output came in:
-        409 ``resume_unavailable`` (the request resent without ``Last-Event-ID``
-        replays it whole).
+        A finished run's record rebuilds its reply: a text reply whole or after
+        any position; a mixed one (reasoning, tool calls, log probabilities,
+        several choices) only whole, since the record keeps neither the order
+        its output came in nor, past a size or a restart, all of it: after any
+        other position 409 ``resume_unavailable`` (the request resent without
+        ``Last-Event-ID`` replays what was recorded).
         """
         seq = after.seq if after is not None else 0
         if type(run) is Run:
             mixed = run.events.mixed
             batches = idempotency.output_after(run.subscribe(), seq)
         else:
-            if after is not None and after.units and seq:
+            result = run.result
+            mixed = run.mixed or (result is not None and bool(result.reasoning or result.tool_calls
+                                                              or result.logprobs or result.extra_choices))
+            if seq and (mixed or after.units):        # type: ignore[union-attr]
                 leave()
                 raise ApiError(409, "This reply (with reasoning, tool calls, log probabilities or several "
                                     "choices) finished before its stream was resumed, and can only be "
                                     "replayed whole: resend the request without Last-Event-ID.",
                                code="resume_unavailable", param="Last-Event-ID")
-            result = run.result
-            mixed = result is not None and bool(result.reasoning or result.tool_calls or result.logprobs
-                                                or result.extra_choices)
             batches = idempotency.events_after(run.subscribe(), seq) if seq else \
                 idempotency.output_after(run.subscribe(), 0)
         chunks = chat_stream.ChunkWriter(public_id, model_name, include_usage, legacy, run.created_at,
