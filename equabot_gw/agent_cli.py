@@ -107,6 +107,14 @@ async def open_client(target: Target) -> Any:
         params["auth"] = {target.mode if target.mode != "none" else "token": target.secret}
     try:
         client.hello = await request(client, "connect", params)
+    except GatewayError as exc:
+        await client.close()
+        other = "token" if target.mode == "password" else "password"
+        if f"gateway {other} missing" in str(exc):      # the gateway's mode is not this config's
+            raise GatewayError(f"{exc}; the gateway at {url} asks for its {other}: use a config whose "
+                               f"gateway.auth.mode is \"{other}\" (the {other} in gateway.auth.{other} "
+                               f"or EQUABOT_GATEWAY_{other.upper()})") from None
+        raise
     except BaseException:
         await client.close()
         raise

@@ -179,7 +179,7 @@ def _agent_flags(agent: argparse.ArgumentParser) -> None:
                        help="run in this process instead of on a running gateway")
     agent.add_argument("--url", type=_url, help="gateway URL (default: the gateway running on "
                        "the state dir, as its lock file records)")
-    agent.add_argument("--token", help="gateway token or password (default: config or environment)")
+    agent.add_argument("--token", help="the gateway's secret, sent as gateway.auth.mode names it (token or password; default: config or environment)")
 
 
 def _sessions_flags(ses: argparse.ArgumentParser) -> None:
@@ -195,7 +195,7 @@ def _sessions_flags(ses: argparse.ArgumentParser) -> None:
         p.add_argument("--json", action="store_true", help="print JSON")
         p.add_argument("--url", type=_url, help="ask the gateway at this URL (default: the one running on "
                        "the state dir, else read the files)")
-        p.add_argument("--token", help="gateway token or password (default: config or environment)")
+        p.add_argument("--token", help="the gateway's secret, sent as gateway.auth.mode names it (token or password; default: config or environment)")
 
 
 def _gateway_flags(parser: argparse.ArgumentParser) -> None:

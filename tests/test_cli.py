@@ -380,6 +380,19 @@ class SecretGoesOnlyToItsGatewayTest(CLITestCase):
                 self.assertNotIn(kept.encode(), bytes(self.foreign.received))
 
 
+class AuthModeHintTest(CLITestCase):
+    def test_a_gateway_asking_for_a_password_is_named_when_a_token_was_sent(self) -> None:
+        with GatewayProcess(base_config(auth={"mode": "password", "password": "pw-7788"})) as gw:
+            done = self.cli("agent", "--url", gw.url, "--token", "pw-7788", "--state-dir", str(self.state), "-m", "x")
+            line = self.assertOneLineError(done, 1, "UNAUTHORIZED")
+            self.assertIn(f'the gateway at {gw.url} asks for its password: use a config whose '
+                          f'gateway.auth.mode is "password"', line)
+            config = self.config_file({"gateway": {"auth": {"mode": "password"}}})
+            self.assertReply(self.cli("agent", "--config", config, "--url", gw.url, "--state-dir", str(self.state),
+                                      "-m", "x", env=self.env(EQUABOT_GATEWAY_PASSWORD="pw-7788")),
+                             "Echo (turn 1): x")
+
+
 class LockedOutTest(CLITestCase):
     def test_the_cli_says_how_long_to_wait(self) -> None:
         data = base_config(auth={"token": TOKEN, "rateLimit": {
