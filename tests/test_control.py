@@ -381,6 +381,9 @@ class RunsTest(ControlTestCase):
         self.assertEqual((frames[-1]["payload"]["status"], reply_of(frames[-1])), ("ok", "Echo (turn 1): a b c d e f"))
         again = await self.run_agent(c, {"message": "a b c d e f", "agentId": "main", "idempotencyKey": "one-id"})
         self.assertEqual(again[-1]["payload"]["status"], "ok")          # settled: the key is free for main
+        runs = self.gw.control.runs                  # the key names main's run alone now
+        self.assertEqual(list(runs._public.values()).count("one-id"), 1)
+        self.assertIs(runs.of_run(runs.find("one-id").internal_id), runs.find("one-id"))
         await c.close()
 
     async def test_an_aborted_run_answers_its_partial_text_and_model_and_the_same_when_asked_again(self) -> None:

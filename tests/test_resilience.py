@@ -229,6 +229,8 @@ class MixedResumeTest(ResilienceCase):
         # Once the run has finished, its record cannot place a position in output units.
         stream = await self.post(gateway, body, Idempotency_Key="k-mixed-end", x_equabot_session_key="mixed-end")
         before = await stream.read_all(cut_after=len(whole) - 2)
+        while gateway.runtime.active:
+            await asyncio.sleep(0.01)
         again = await self.post(gateway, body, Idempotency_Key="k-mixed-end", x_equabot_session_key="mixed-end",
                                 Last_Event_ID=before[-1][0])
         self.assertEqual((again.status, error_of(again.body)["code"]), (409, "resume_unavailable"))

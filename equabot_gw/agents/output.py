@@ -134,8 +134,8 @@ class ReplyOutput:
         room -= size
         if room < 0 or self.bytes > self.limit:
             raise ReplyTooLarge(self.provider, self.limit)
-        log.mixed = True
         if logged is not None:
+            log.mixed = True
             log.append(logged)
         return room
 
@@ -146,6 +146,8 @@ class ReplyOutput:
         upstream that repeats a call's id and name on every fragment, or sends empty
         ones, does not make positions that joining its fragments would change."""
         inner = event.event if type(event) is ChoiceEvent else event
+        if type(inner) is ReasoningDelta and not inner.text and not inner.signature:
+            return None
         if type(inner) is not ToolCallDelta:
             return event
         owner = self.choices.get(event.index) if type(event) is ChoiceEvent else self

@@ -143,6 +143,9 @@ class Runs:
         return entry, True
 
     def _remember(self, entry: PublicRun) -> None:
+        replaced = self._by_id.pop(entry.id, None)      # a key used again: the newest run, newest place
+        if replaced is not None and self._public.get(replaced.internal_id) == replaced.id:
+            del self._public[replaced.internal_id]
         self._by_id[entry.id] = entry
         self._public[entry.internal_id] = entry.id
         while len(self._by_id) > MAX_REMEMBERED_RUNS:
