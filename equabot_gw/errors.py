@@ -230,6 +230,11 @@ class RunError(GatewayError):
     reason = "error"
 
 
+# The reason of the runs the gateway aborts when it stops: answered 503, which clients
+# retry (every other abort is 499: its client left, or another one stopped the run).
+SHUTDOWN_ABORT = "shutdown"
+
+
 class RunAborted(RunError):
     """The run was stopped before it finished: ``why`` says by whom."""
 
@@ -354,7 +359,7 @@ _HTTP_STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (UnsupportedVersion, 505),
     (HTTPProtocolError, 400),
     (RunTimedOut, 504),
-    (RunAborted, 499),            # never sent: the client is gone (nginx's convention in logs)
+    (RunAborted, 499),            # nginx's convention: the client left (or another stopped its run)
     (StorageError, 503),
     (UpstreamTimeout, 504),
     (UpstreamError, 502),
@@ -371,6 +376,8 @@ def http_status(exc: BaseException) -> int:
         return exc.status
     if isinstance(exc, UpstreamRejected):
         return exc.upstream_status if exc.upstream_status in (400, 429) else 502
+    if type(exc) is RunAborted and exc.why == SHUTDOWN_ABORT:
+        return 503
     for cls, status in _HTTP_STATUS:
         if isinstance(exc, cls):
             return status

@@ -280,6 +280,7 @@ class AbortTest(RuntimeCase):
         self.assertTrue(handle.abort("client disconnected"))
         exc = await self.assertAborted(handle)
         self.assertEqual((exc.why, exc.reason, http_status(exc)), ("client disconnected", "aborted", 499))
+        self.assertEqual(http_status(RunAborted("shutdown")), 503)
         events = await self.events(handle)
         failed = events[-1]
         self.assertIsInstance(failed, Failed)

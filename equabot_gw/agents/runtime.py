@@ -31,7 +31,7 @@ from typing import Any, Final
 
 from ..config import Config
 from ..errors import (
-    ApiError, ReplyTooLarge, RunAborted, RunError, RunFailed, RunTimedOut, UpstreamError,
+    SHUTDOWN_ABORT, ApiError, ReplyTooLarge, RunAborted, RunError, RunFailed, RunTimedOut, UpstreamError,
 )
 from . import idempotency, sessions
 from .agent import DEFAULT_AGENT_ID, Agent, agents_from
@@ -224,7 +224,7 @@ class Runtime:
         if ending:
             await asyncio.wait(ending, timeout=grace)
         for r in list(self.active.values()):
-            r.abort("shutdown")
+            r.abort(SHUTDOWN_ABORT)
         pending = [e for e in (r.ended() for r in self.active.values()) if e is not None]
         if pending:
             await asyncio.wait(pending, timeout=5.0)

@@ -37,7 +37,7 @@ from ..logbuffer import LogBuffer
 from ..agents.runtime import Runtime
 from ..auth import Authenticator, Secret, resolve_secret
 from ..config import Config, ConfigError, bind_host
-from ..errors import ApiError, GatewayError
+from ..errors import SHUTDOWN_ABORT, ApiError, GatewayError
 from ..net import routes as http
 from ..net import server
 from ..providers.python import ProviderSource
@@ -433,7 +433,7 @@ class Gateway:
         # Past the grace period: abort every run, so each open stream ends
         # with its error event and [DONE] (and WS runs are recorded), rather
         # than being cut when its connection closes.
-        runs = [run for run in self.runtime.active.values() if run.abort("shutdown")]
+        runs = [run for run in self.runtime.active.values() if run.abort(SHUTDOWN_ABORT)]
         if runs:
             log.info("shutdown: aborting %d run(s) still in flight", len(runs))
             ending = [e for e in (r.ended() for r in runs) if e is not None]
