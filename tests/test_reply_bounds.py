@@ -151,7 +151,8 @@ class TimeoutWhateverTheProviderDoesTest(unittest.IsolatedAsyncioTestCase):
                 yield TextDelta("a ")
 
         data = base_config()
-        data["agents"] = {"list": [{"id": "main", "default": True, "timeoutSeconds": 0.2}]}
+        # "patient" has no timeout: the abort below never races one (a stalled VM made it).
+        data["agents"] = {"list": [{"id": "main", "default": True, "timeoutSeconds": 0.2}, {"id": "patient"}]}
         with mock.patch.object(echo.EchoProvider, "stream", endless):
             async with running_gateway(data) as gw, LoopWatch() as watch:
                 gw.runtime.providers["echo"].max_reply_bytes = 1 << 40
@@ -160,7 +161,7 @@ class TimeoutWhateverTheProviderDoesTest(unittest.IsolatedAsyncioTestCase):
                 with self.assertRaises(RunTimedOut):
                     await asyncio.wait_for(timed.wait(), 5)
                 self.assertLess(time.monotonic() - started, 0.2 + 1.0)
-                aborted = runtime_mod.run(gw.runtime, AgentRequest(message="go"))
+                aborted = runtime_mod.run(gw.runtime, AgentRequest(message="go", agent_id="patient"))
                 await asyncio.sleep(0.05)
                 self.assertTrue(aborted.abort("chat.abort"))
                 with self.assertRaises(RunAborted):
