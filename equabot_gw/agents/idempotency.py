@@ -400,8 +400,20 @@ async def output_after(subscription: Any, after: int) -> AsyncIterator[list[RunE
     """
     seen = 0
     logged = False          # the log held more than its terminal event: a live run, not a record
+    out: list[RunEvent] = []
+
+    def take(event: Any) -> None:
+        """Pass what of ``event`` lies past ``after`` (an event of no units, if it is)."""
+        nonlocal seen
+        units = output_units(event)
+        start, seen = seen, seen + units
+        if seen > after:
+            out.append(event if start >= after else _rest_of(event, after - start))
+        elif units == 0 and start >= after:
+            out.append(event)
+
     while (batch := await subscription.next_batch()) is not None:
-        out: list[RunEvent] = []
+        out = []
         for event in batch:
             kind = type(event)
             if kind is Ended or kind is Failed:
@@ -409,18 +421,11 @@ async def output_after(subscription: Any, after: int) -> AsyncIterator[list[RunE
                     rebuilt = result_output(event.result) if kind is Ended \
                         else [Delta(event.partial)] if event.partial else []      # type: ignore[union-attr]
                     for part in rebuilt:
-                        start, seen = seen, seen + output_units(part)
-                        if seen > after:
-                            out.append(part if start >= after else _rest_of(part, after - start))
+                        take(part)
                 out.append(event)
                 continue
             logged = True
-            units = output_units(event)
-            start, seen = seen, seen + units
-            if seen > after:
-                out.append(event if start >= after else _rest_of(event, after - start))
-            elif units == 0 and start >= after:
-                out.append(event)
+            take(event)
         if out:
             yield out
 
