@@ -107,7 +107,28 @@ class _Family:
         raise NotImplementedError
 
 
-class Counter(_Family):
+class _Valued(_Family):
+    """A family with one number per series, kept here or read from ``read()`` at render time."""
+
+    def __init__(self, name: str, help_text: str, labels: Sequence[str], max_series: int,
+                 read: Callable[[], Samples] | None) -> None:
+        super().__init__(name, help_text, labels, max_series)
+        self._values: dict[tuple[str, ...], float] = {}
+        self._read = read
+
+    def value(self, *values: str) -> float:
+        """The current value of one series (0 if never set; a callback family is read now)."""
+        if self._read is not None:
+            return dict(self._read()).get(values, 0)
+        return self._values.get(values, 0)
+
+    def _samples(self) -> Iterable[str]:
+        items = _first(self._read(), self.max_series) if self._read is not None else self._values.items()
+        for values, value in items:
+            yield f"{self.name}{self._label_text(tuple(values))} {_number(value)}\n"
+
+
+class Counter(_Valued):
     """A monotonically increasing count per label set; ``inc(*label_values, amount=1)``,
     or read from ``read()`` at render time."""
 
@@ -118,9 +139,7 @@ class Counter(_Family):
                  read: Callable[[], Samples] | None = None) -> None:
         if not name.endswith("_total"):
             raise ValueError(f"counter {name!r} must end in _total")
-        super().__init__(name, help_text, labels, max_series)
-        self._values: dict[tuple[str, ...], float] = {}
-        self._read = read
+        super().__init__(name, help_text, labels, max_series, read)
 
     def inc(self, *values: str, amount: float = 1) -> None:
         """Add ``amount`` (≥ 0) to the series of these label values."""
@@ -129,19 +148,8 @@ class Counter(_Family):
         key = self._key(values, self._values)
         self._values[key] = self._values.get(key, 0) + amount
 
-    def value(self, *values: str) -> float:
-        """The current count of one series (0 if never incremented; callback counters are read now)."""
-        if self._read is not None:
-            return dict(self._read()).get(values, 0)
-        return self._values.get(values, 0)
 
-    def _samples(self) -> Iterable[str]:
-        items = _first(self._read(), self.max_series) if self._read is not None else self._values.items()
-        for values, count in items:
-            yield f"{self.name}{self._label_text(tuple(values))} {_number(count)}\n"
-
-
-class Gauge(_Family):
+class Gauge(_Valued):
     """A value that goes up and down, set directly or read from a callback at render time."""
 
     kind = "gauge"
@@ -149,9 +157,7 @@ class Gauge(_Family):
     def __init__(self, name: str, help_text: str, labels: Sequence[str] = (),
                  max_series: int = DEFAULT_MAX_SERIES,
                  read: Callable[[], Samples] | None = None) -> None:
-        super().__init__(name, help_text, labels, max_series)
-        self._values: dict[tuple[str, ...], float] = {}
-        self._read = read
+        super().__init__(name, help_text, labels, max_series, read)
 
     def set(self, *values: str, value: float) -> None:
         """Set the series of these label values to ``value``."""
@@ -161,17 +167,6 @@ class Gauge(_Family):
         """Add ``amount`` (may be negative) to a series."""
         key = self._key(values, self._values)
         self._values[key] = self._values.get(key, 0) + amount
-
-    def value(self, *values: str) -> float:
-        """The current value of one series (callback gauges are read now)."""
-        if self._read is not None:
-            return dict(self._read()).get(values, 0)
-        return self._values.get(values, 0)
-
-    def _samples(self) -> Iterable[str]:
-        items = _first(self._read(), self.max_series) if self._read is not None else self._values.items()
-        for values, value in items:
-            yield f"{self.name}{self._label_text(tuple(values))} {_number(value)}\n"
 
 
 class _Series:
