@@ -26,6 +26,7 @@ from equabot_gw import config as config_mod
 from equabot_gw.agents import idempotency
 from equabot_gw.gateway import resume
 from equabot_gw.gateway.app import Gateway
+from equabot_gw.gateway.openai import HEADER_PREFIXES
 from equabot_gw.providers.echo import EchoProvider
 from tests.resume_client import SSEStream, content_of, output_of
 from tests.support import base_config, error_of
@@ -310,6 +311,17 @@ class IdempotencyTest(ResilienceCase):
         results = await asyncio.wait_for(asyncio.gather(*(s.read_all() for s in streams)), 20)
         self.assertEqual({content_of(r) for r in results}, {"Echo (turn 1): " + MESSAGE})
         self.assertEqual(len({tuple(i for i, _ in r) for r in results}), 1)      # the same ids, too
+        self.assertEqual(self.counting.calls, 1)
+
+    async def test_every_spelling_of_the_key_header_names_one_key(self) -> None:
+        gateway = await self.start()
+        self.assertEqual(resume.KEY_HEADERS[1:], tuple(f"{prefix}idempotency-key" for prefix in HEADER_PREFIXES))
+        replies = [await self.post(gateway, request(stream=False), **{name: "k-alias"})
+                   for name in resume.KEY_HEADERS]
+        self.assertEqual([r.status for r in replies], [200] * len(replies))
+        self.assertEqual(len({r.body for r in replies}), 1)
+        self.assertEqual([r.headers.get(resume.REPLAY_HEADER) for r in replies],
+                         [None] + ["true"] * (len(replies) - 1))
         self.assertEqual(self.counting.calls, 1)
 
     async def test_another_body_under_a_used_key_is_422(self) -> None:

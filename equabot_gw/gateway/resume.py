@@ -33,8 +33,10 @@ from . import chat_stream
 __all__ = ["KEY_HEADERS", "REPLAY_HEADER", "idempotency_key", "body_digest", "completion_id", "run_id_of",
            "last_event_seq", "last_event_position", "Position", "Claims", "no_claim"]
 
-# The IETF httpapi draft's header first; ours as an alias (the draft's wins when both are sent).
-KEY_HEADERS: Final = ("idempotency-key", "x-equabot-idempotency-key", "x-openclaw-idempotency-key")
+# The IETF httpapi draft's header first, then ours under each gateway header prefix
+# (the first one sent wins).
+KEY_HEADERS: Final = ("idempotency-key", "x-equabot-idempotency-key", "x-openclaw-idempotency-key",
+                      "x-clawdbot-idempotency-key")
 REPLAY_HEADER: Final = "x-equabot-idempotent-replay"
 # Patterns are compiled by ``re`` on first use (and cached there), not at start-up.
 # A key is 1-255 visible ASCII characters (what Stripe and the draft's examples use).
