@@ -266,10 +266,36 @@ async def routing(port: int, checks: Checks) -> None:
     """Ids, pins, header aliases and the body's user reach the node the doc says."""
     conn = Conn(port)
     try:
+        # A completion's id names its node: the events of a keyed stream are read
+        # there (the GET carries no key), whichever node round robin would pick next.
+        ids = {}
+        for i in range(60):
+            key = f"events-{i}-{os.urandom(4).hex()}"
+            if owner_of(key) in ids:
+                continue
+            streamed = json.dumps({**json.loads(completion_body(None, "hi")), "stream": True}).encode()
+            status, _, body = await conn.request("POST", "/v1/chat/completions", streamed, {"Idempotency-Key": key})
+            found = re.search(rb'"id":"(chatcmpl-(.+?)-[0-9a-f]+)"', body)
+            if status == 200 and found:
+                ids[found[2].decode()] = found[1].decode()
+        for node, completion in sorted(ids.items()):
+            for _ in range(3):
+                status, headers, body = await conn.request("GET", f"/v1/chat/completions/{completion}/events")
+                checks.check(status == 200 and headers.get("x-equabot-node") == node and b"[DONE]" in body,
+                             f"the events of {completion[:16]}... are read on {node} ({status})")
+        checks.check(set(ids) == set(NODES), f"completion ids name every node ({sorted(ids)})")
+        # A retry with an idempotency key reaches the node that ran the first attempt.
+        for header in ("Idempotency-Key", "x-equabot-idempotency-key", "x-openclaw-idempotency-key",
+                       "x-clawdbot-idempotency-key"):
+            key = f"retry-{header}-{os.urandom(4).hex()}"
+            answers = [await conn.request("POST", "/v1/chat/completions", completion_body(None, "hi"), {header: key})
+                       for _ in range(3)]
+            checks.check([a[0] for a in answers] == [200] * 3
+                         and {a[1].get("x-equabot-node") for a in answers} == {owner_of(key)}
+                         and [a[1].get("x-equabot-idempotent-replay") for a in answers] == [None, "true", "true"]
+                         and len({a[2] for a in answers}) == 1,
+                         f"retries under one {header} reach {owner_of(key)} and replay its run")
         for node in NODES:
-            # An id naming its node, in the path (the gateway answers 404: no such route).
-            _, headers, _ = await conn.request("GET", f"/v1/runs/run_{node}_0a1b2c3d4e5f1")
-            checks.check(headers.get("x-equabot-node") == node, f"run id run_{node}_... routes to {node}")
             _, headers, _ = await conn.request("GET", f"/readyz?node={node}")
             checks.check(headers.get("x-equabot-node") == node, f"?node={node} routes to {node}")
             _, headers, _ = await conn.request("GET", "/readyz", headers={"Cookie": f"equabot_node={node}"})
