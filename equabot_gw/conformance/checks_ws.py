@@ -290,7 +290,8 @@ async def ws_agent_events(p: Probe) -> Passed:
     text = _check_event_order(events)
     if not text:
         raise Failed("no assistant delta between the run's start and end", events=len(events))
-    return Passed(f"{len(events)} agent events: start, {len(events) - 2} deltas, end",
+    deltas = len(events) - 2
+    return Passed(f"{len(events)} agent events: start, {deltas} delta{'s' if deltas != 1 else ''}, end",
                   text=show(text))
 
 
