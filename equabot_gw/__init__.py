@@ -26,9 +26,19 @@ Every other module and name is internal and may change.
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import TYPE_CHECKING, Any, Final
 
 __version__ = "0.1.0"
+
+# Checked first: on an older Python the gateway would start and then fail
+# request by request (asyncio and dataclass features it relies on are missing).
+if sys.version_info < (3, 11):
+    _found = ".".join(map(str, sys.version_info[:3]))
+    if sys.argv[:1] == ["-m"]:      # "python -m equabot_gw": a command line, one line and exit 2
+        print(f"equabot: needs Python 3.11 or newer; this is Python {_found}", file=sys.stderr)
+        raise SystemExit(2)
+    raise ImportError(f"equabot_gw needs Python 3.11 or newer; this is Python {_found}")
 
 # Public name -> the module that defines it, imported on first use: "import
 # equabot_gw" (the CLI's --help, the installed command) stays light, and the

@@ -130,6 +130,19 @@ class HelpTest(CLITestCase):
         done = self.cli("--version")
         self.assertEqual((done.returncode, done.stdout.strip()), (0, f"equabot_gw {__version__}"))
 
+    def test_an_older_python_is_named_at_once(self) -> None:
+        # As the package is imported under ``python -m`` (argv[0] is "-m" then) and by a host
+        # program: the interpreter's version is faked, the check reads it first.
+        fake = "import sys; sys.version_info = (3, 10, 13, 'final', 0); "
+        as_command = subprocess.run([sys.executable, "-c", fake + "sys.argv[0] = '-m'; import equabot_gw"],
+                                    cwd=ROOT, env=self.env(), capture_output=True, text=True, timeout=TIMEOUT)
+        self.assertOneLineError(as_command, 2, "needs Python 3.11 or newer", "this is Python 3.10.13")
+        embedded = subprocess.run([sys.executable, "-c", fake + "import equabot_gw"],
+                                  cwd=ROOT, env=self.env(), capture_output=True, text=True, timeout=TIMEOUT)
+        self.assertNotEqual(embedded.returncode, 0)
+        self.assertEqual(embedded.stderr.splitlines()[-1],
+                         "ImportError: equabot_gw needs Python 3.11 or newer; this is Python 3.10.13")
+
     def test_missing_message_is_a_usage_error(self) -> None:
         done = self.cli("agent", "--local")
         self.assertEqual(done.returncode, 2)
