@@ -395,6 +395,13 @@ class LogFormatTest(unittest.IsolatedAsyncioTestCase):
                                                 "duration_ms", "request_id")},
                          {"logger": "equabot_gw.access", "conn": 7, "method": "GET", "path": '/odd\x00"path\n',
                           "status": 404, "bytes": 12, "duration_ms": 1.5, "request_id": "req_1"})
+        # The keys every log line has, the text line as its message.
+        text_stream = io.StringIO()
+        text = AccessLog(text_stream)
+        text.record(7, "GET", '/odd\x00"path\n', 404, 12, 0.0015, "req_1")
+        text.flush()
+        self.assertEqual(data["message"] + "\n", text_stream.getvalue())
+        self.assertLessEqual({"time", "level", "logger", "message"}, set(data))
 
     def test_the_cli_writes_every_stderr_line_as_json(self) -> None:
         with GatewayProcess(base_config(), extra_args=("--log-format", "json")) as gw:
@@ -411,7 +418,9 @@ class LogFormatTest(unittest.IsolatedAsyncioTestCase):
         events = {(r["logger"], r.get("event")) for r in records}
         self.assertIn(("equabot_gw.runs", "run"), events)
         self.assertIn(("equabot_gw.access", "request"), events)
-        self.assertIn("shutting down", [r["message"] for r in records if "message" in r])
+        for record in records:
+            self.assertLessEqual({"time", "level", "logger", "message"}, set(record), record)
+        self.assertIn("shutting down", [r["message"] for r in records])
 
 
 class HealthFactsTest(unittest.IsolatedAsyncioTestCase):

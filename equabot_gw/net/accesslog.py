@@ -40,15 +40,17 @@ class AccessLog:
         """Queue the line of one answered request."""
         if not self._lines:
             asyncio.get_running_loop().call_soon(self.flush)
+        text = (f'conn={conn_id} "{method} {_escape(path)}" {status} {size} '
+                f"{duration * 1000:.1f}ms rid={request_id}")
         if self.json_lines:
+            # Every log line's keys (the text line as its message), then the fields;
             # json.dumps escapes every control character and, ASCII only, anything else.
             self._lines.append(json.dumps({
-                "time": _utc_now(), "level": "info", "logger": "equabot_gw.access", "event": "request",
-                "conn": conn_id, "method": method, "path": path, "status": status, "bytes": size,
-                "duration_ms": round(duration * 1000, 3), "request_id": request_id}) + "\n")
+                "time": _utc_now(), "level": "info", "logger": "equabot_gw.access", "message": text,
+                "event": "request", "conn": conn_id, "method": method, "path": path, "status": status,
+                "bytes": size, "duration_ms": round(duration * 1000, 3), "request_id": request_id}) + "\n")
             return
-        self._lines.append(f'conn={conn_id} "{method} {_escape(path)}" {status} {size} '
-                           f"{duration * 1000:.1f}ms rid={request_id}\n")
+        self._lines.append(text + "\n")
 
     def flush(self) -> None:
         """Write the queued lines now."""
