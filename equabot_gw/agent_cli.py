@@ -114,6 +114,11 @@ async def open_client(target: Target) -> Any:
             raise GatewayError(f"{exc}; the gateway at {url} asks for its {other}: use a config whose "
                                f"gateway.auth.mode is \"{other}\" (the {other} in gateway.auth.{other} "
                                f"or EQUABOT_GATEWAY_{other.upper()})") from None
+        mode = target.mode if target.mode != "none" else "token"
+        if str(exc).startswith("UNAUTHORIZED:"):        # say it in the command line's terms
+            told = f"refused the {mode} it was sent" if target.secret is not None else f"needs its {mode}"
+            raise GatewayError(f"UNAUTHORIZED: the gateway at {url} {told}; pass it with --token or "
+                               f"EQUABOT_GATEWAY_{mode.upper()}") from None
         raise
     except BaseException:
         await client.close()

@@ -234,7 +234,13 @@ class RemoteAgentTest(LiveGateway, CLITestCase):
 
     def test_wrong_token(self) -> None:
         done = self.cli("agent", "--url", self.gw.url, "--token", "wrong", "--state-dir", str(self.state), "-m", "x")
-        self.assertOneLineError(done, 1, "UNAUTHORIZED")
+        line = self.assertOneLineError(done, 1, "UNAUTHORIZED")
+        # In the command line's terms, not the protocol's (connect.params.auth.token).
+        self.assertEqual(line, f"equabot: UNAUTHORIZED: the gateway at {self.gw.url} refused the token it was "
+                               f"sent; pass it with --token or EQUABOT_GATEWAY_TOKEN")
+        done = self.cli("agent", "--url", self.gw.url, "--state-dir", str(self.state), "-m", "x")
+        self.assertIn("needs its token; pass it with --token or EQUABOT_GATEWAY_TOKEN",
+                      self.assertOneLineError(done, 1, "UNAUTHORIZED"))
         self.assertNotIn("wrong", done.stderr)
 
     def test_failed_run(self) -> None:
