@@ -313,6 +313,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _config_check(args: argparse.Namespace) -> int:
     """Validate with the same checks as start-up; print the effective config, secrets masked."""
     config, path = config_mod.load(args.config)
+    _check_bindable(config_mod.bind_host(config.gateway.bind))
     source = str(path) if path else "built-in defaults (no config file)"
     print(f"# config OK: {source}")
     auth = config.gateway.auth
@@ -324,6 +325,30 @@ def _config_check(args: argparse.Namespace) -> int:
         print(f'# gateway.auth.{auth.mode}: "{config_mod.MASK}" (from {env_name})')
     print(json.dumps(data, indent=2))
     return 0
+
+
+def _check_bindable(host: str) -> None:
+    """``BindError``, as start-up would raise it, unless this machine can listen on ``host``.
+
+    Each of its addresses is bound to port 0 and closed at once, as asyncio's
+    server binds them (a family the machine lacks is skipped); whether the
+    gateway's port will be free is not the config's to say.
+    """
+    import socket
+    try:
+        for family, kind, proto, _, address in socket.getaddrinfo(
+                host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
+            try:
+                sock = socket.socket(family, kind, proto)
+            except OSError:
+                continue
+            with sock:
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(address)
+    except OSError as exc:
+        from .gateway.app import BindError
+        raise BindError(host, 0, exc) from None
 
 
 def load_config(args: argparse.Namespace, *, follow_state_dir: bool = False

@@ -810,6 +810,8 @@ class BadFlagsTest(CLITestCase):
         self.addCleanup(self.busy.close)
         self.configs = {name: self.config_file(data, name=f"{name}.json5") for name, data in (
             ("lan-none", {"gateway": {"bind": "lan", "auth": {"mode": "none"}}}),
+            ("bind-unknown", {"gateway": {"bind": "nowhere.invalid", "auth": {"token": TOKEN}}}),
+            ("bind-foreign", {"gateway": {"bind": "192.0.2.254", "auth": {"token": TOKEN}}}),
             ("bad-base-url", {"models": {"providers": {"up": {
                 "api": "openai-completions", "baseUrl": "localhost:8000/v1"}}}}),
             ("bad-header", {"models": {"providers": {"up": {
@@ -818,7 +820,8 @@ class BadFlagsTest(CLITestCase):
         )}
 
     # Refusals that are not about the config file, and must not say so.
-    NOT_CONFIG = frozenset({"busy port", "unknown host", "address of another machine", "state dir is a file",
+    NOT_CONFIG = frozenset({"busy port", "unknown host", "address of another machine", "unknown host: check",
+                            "address of another machine: check", "state dir is a file",
                             "state dir cannot be made", "agent state dir", "sessions state dir"})
 
     def table(self) -> tuple[tuple[str, tuple[str, ...], str], ...]:
@@ -835,6 +838,11 @@ class BadFlagsTest(CLITestCase):
             ("unknown host", ("--port", "0", "--bind", "nowhere.invalid"),
              "cannot listen on 'nowhere.invalid': no such host"),
             ("address of another machine", ("--port", "0", "--bind", "192.0.2.254"),
+             "cannot listen on 192.0.2.254: it is not an address of this machine"),
+            # config check refuses what start-up would, on this machine.
+            ("unknown host: check", ("config", "check", "--config", self.configs["bind-unknown"]),
+             "cannot listen on 'nowhere.invalid': no such host"),
+            ("address of another machine: check", ("config", "check", "--config", self.configs["bind-foreign"]),
              "cannot listen on 192.0.2.254: it is not an address of this machine"),
             ("log level", ("--log-level", "loud"), "invalid choice: 'loud'"),
             ("subcommand typo", ("gatway",),
