@@ -381,6 +381,7 @@ class IdempotencyTest(ResilienceCase):
         stopped = await asyncio.wait_for(queued, 10)
         # Aborted by the gateway's stop, not by its client: 503, which clients retry.
         self.assertEqual((stopped.status, error_of(stopped.body)["type"]), (503, "server_error"))
+        self.assertEqual(stopped.headers.get("retry-after"), "1")
         self.assertEqual(self.counting.calls, 1)
         gateway = await self.start(data)
         again = await self.post(gateway, request(stream=False), Idempotency_Key="k-queued",

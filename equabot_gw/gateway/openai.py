@@ -465,6 +465,8 @@ def _run_error_response(exc: RunError, extra: list[tuple[str, str]] | None = Non
     retry_after = getattr(exc, "retry_after", None)
     if status == 429 and retry_after:
         headers.append(("retry-after", str(retry_after)))
+    elif status == 503:             # aborted by a stopping gateway: soon back, or another node
+        headers.append(("retry-after", "1"))
     return Response(status, [("content-type", "application/json")] + headers,
                     error_body(status, str(exc), code=chat_stream.error_code(exc)))
 
