@@ -326,11 +326,11 @@ async def run_sessions_command(args: argparse.Namespace) -> int:
         key = session_key_for(agent.id, args.key, known)
         if args.sessions_command == "show":
             return _print_messages(chat_messages(await store.read_transcript(agent.id, key)),
-                                   _named(args.key, key), args.json)
+                                   _missing(agent.id, args.key), args.json)
         if await store.reset(agent.id, key):
             print(f"reset {key}")
             return 0
-        print(f"equabot: no session {_named(args.key, key)}", file=sys.stderr)
+        print(f"equabot: {_missing(agent.id, args.key)}", file=sys.stderr)
         return 1
     finally:
         await store.close()
@@ -344,6 +344,12 @@ def session_key_for(agent_id: str, given: str, known: set[str]) -> str:
     ``known`` sessions; else the first of them (so "no session" names it).
     Raises ``ApiError`` for a string that can be neither.
     """
+    candidates = _candidates(agent_id, given)
+    return next((key for key in candidates if key in known), candidates[0])
+
+
+def _candidates(agent_id: str, given: str) -> list[str]:
+    """The key ``given`` spells, then the key of ``given`` as a ``user`` (each if it can be one)."""
     candidates = []
     try:
         candidates.append(scoped_key(agent_id, validate_key(given)))
@@ -352,7 +358,15 @@ def session_key_for(agent_id: str, given: str, known: set[str]) -> str:
             raise
     if agent_of(given) is None:
         candidates.append(user_key(agent_id, given))
-    return next((key for key in candidates if key in known), candidates[0])
+    return candidates
+
+
+def _missing(agent_id: str, given: str) -> str:
+    """What "no session" says of ``given``: every session it could have named."""
+    keys = _candidates(agent_id, given)
+    user = keys[-1] if agent_of(given) is None else None
+    return "no session " + ", nor ".join(
+        f"for user {given!r} ({key})" if key == user else repr(key) for key in keys)
 
 
 async def _remote_sessions(args: argparse.Namespace, target: Target) -> int:
@@ -368,20 +382,15 @@ async def _remote_sessions(args: argparse.Namespace, target: Target) -> int:
         key = session_key_for(agent_id, args.key, {s["key"] for s in listed})
         if args.sessions_command == "show":
             history = await request(client, "chat.history", {"sessionKey": key})
-            return _print_messages(history["messages"], _named(args.key, history["sessionKey"]), args.json)
+            return _print_messages(history["messages"], _missing(agent_id, args.key), args.json)
         reset = await request(client, "sessions.reset", {"key": key})
         if reset["reset"]:
             print(f"reset {reset['key']}")
             return 0
-        print(f"equabot: no session {_named(args.key, reset['key'])}", file=sys.stderr)
+        print(f"equabot: {_missing(agent_id, args.key)}", file=sys.stderr)
         return 1
     finally:
         await client.close()
-
-
-def _named(given: str, key: str) -> str:
-    """How a message names the session ``given`` resolved to: the key, or the user and its key."""
-    return repr(key) if key.endswith(given) else f"for user {given!r} ({key})"
 
 
 def _iso(seconds: float) -> str:
@@ -409,10 +418,11 @@ def _text_of(content: Any) -> str:
     return content if isinstance(content, str) else ""
 
 
-def _print_messages(messages: list[dict[str, Any]], named: str, as_json: bool) -> int:
-    """``sessions show``: the same lines whether the gateway answered or the files did."""
+def _print_messages(messages: list[dict[str, Any]], missing: str, as_json: bool) -> int:
+    """``sessions show``: the same lines whether the gateway answered or the files did
+    (``missing``: what to say when there are none)."""
     if not messages:
-        print(f"equabot: no session {named}", file=sys.stderr)
+        print(f"equabot: {missing}", file=sys.stderr)
         return 1
     for m in messages:
         if as_json:

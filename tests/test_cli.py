@@ -626,7 +626,7 @@ class SessionsThroughTheGatewayTest(CLITestCase):
             again = self.cli("agent", "--state-dir", state, "-m", "anew", "--session-key", "via-gw", env=env)
             self.assertReply(again, "Echo (turn 1): anew")
             self.assertOneLineError(self.cli("sessions", "show", "nope", "--state-dir", state, env=env),
-                                    1, "no session 'agent:main:nope'")
+                                    1, "no session 'agent:main:nope', nor for user 'nope' (agent:main:openai-user:nope)")
             # With a wrong secret the gateway refuses, in one line.
             self.assertOneLineError(self.cli("sessions", "list", "--state-dir", state, "--token", "nope"),
                                     1, "UNAUTHORIZED")
@@ -1063,8 +1063,9 @@ class SessionsCommandTest(CLITestCase):
         self.assertEqual(self.run_cli("sessions", "reset", "gamma").returncode, 0)
 
     def test_unknown_session_and_agent(self) -> None:
-        self.assertOneLineError(self.run_cli("sessions", "show", "nope"), 1, "no session 'agent:main:nope'")
-        self.assertOneLineError(self.run_cli("sessions", "reset", "nope"), 1, "no session")
+        # A word may be a key or a user's string: the message names both sessions it could be.
+        for command in ("show", "reset"):
+            self.assertOneLineError(self.run_cli("sessions", command, "nope"), 1, "no session 'agent:main:nope', nor for user 'nope' (agent:main:openai-user:nope)")
         self.assertOneLineError(self.run_cli("sessions", "list", "--agent", "ghost"), 1, "'ghost'")
         # Not a key: taken as an OpenAI user string, whose key is a hash (never a path).
         self.assertOneLineError(self.run_cli("sessions", "show", "../../etc"), 1,
