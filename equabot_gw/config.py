@@ -42,7 +42,10 @@ Check = Callable[[Any], Any]
 
 
 def _describe(value: Any) -> str:
-    return json.dumps(value) if isinstance(value, (str, int, float, bool)) or value is None \
+    """A config value as an error names it: a scalar as JSON, else its JSON kind."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return json.dumps(value)
+    return "an object" if isinstance(value, dict) else "an array" if isinstance(value, list) \
         else type(value).__name__
 
 

@@ -109,7 +109,7 @@ class StrictKeysTest(unittest.TestCase):
         ({"gateway": {"http": {"headerTimeoutSeconds": float("nan")}}},
          "gateway.http.headerTimeoutSeconds: expected number"),
         ({"gateway": {"trustedProxies": "10.0.0.1"}}, "gateway.trustedProxies: expected a list of strings"),
-        ({"gateway": []}, "gateway: expected an object, got list"),
+        ({"gateway": []}, "gateway: expected an object, got an array"),
         ({"agents": {"list": [{"id": "Bad Id"}]}}, "agents.list[0].id: expected an agent id"),
         ({"agents": {"list": [{"name": "x"}]}}, "agents.list[0].id: required key is missing"),
         ({"agents": {"list": [{"id": "a"}, {"id": "A"}]}}, "agents.list[1].id: duplicate agent id 'a'"),
