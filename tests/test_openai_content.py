@@ -195,6 +195,18 @@ class ChoicesLogprobsReasoningTest(ContentCase):
                     if c["choices"][0]["finish_reason"]]
         self.assertEqual(sorted(finishes), [(0, "stop"), (1, "stop")])
 
+    async def test_every_choice_is_the_same_reply_reasoning_included(self) -> None:
+        obj = await self.ok(ask("why", n=2, reasoning_effort="low"))
+        self.assertEqual([(c["index"], c["message"]["content"], c["message"].get("reasoning_content"))
+                          for c in obj["choices"]],
+                         [(i, "Echo (turn 1): why", "Thinking (low) about: why") for i in range(2)])
+        reasoning: dict[int, str] = {}
+        for chunk in await self.stream(ask("why", n=2, reasoning_effort="low")):
+            for choice in chunk["choices"]:
+                reasoning[choice["index"]] = (reasoning.get(choice["index"], "")
+                                              + (choice["delta"].get("reasoning_content") or ""))
+        self.assertEqual(reasoning, {0: "Thinking (low) about: why", 1: "Thinking (low) about: why"})
+
     async def test_logprobs_come_back_with_their_tokens(self) -> None:
         obj = await self.ok(ask("a b", logprobs=True, top_logprobs=2))
         logprobs = obj["choices"][0]["logprobs"]

@@ -173,9 +173,11 @@ class EchoProvider(Provider):
                 async for event in self._calls(call, asked):
                     yield event
                 return
+        thinking = ""
         if options.reasoning_effort is not None and options.reasoning_effort != "none":
-            yield ReasoningDelta(f"Thinking ({options.reasoning_effort}) about: "
-                                 f"{call.messages[-1].text() if call.messages else ''}")
+            thinking = (f"Thinking ({options.reasoning_effort}) about: "
+                        f"{call.messages[-1].text() if call.messages else ''}")
+            yield ReasoningDelta(thinking)
         reply = echo_reply(call)
         if options.stop:
             reply, _ = cut_at_stop(reply, options.stop)
@@ -183,7 +185,7 @@ class EchoProvider(Provider):
         reason = "stop"
         delay = self.config.delay_ms / 1000 if self.config is not None else 0.0
         if options.logprobs or (options.n or 1) > 1:
-            async for event in self._rich(call, reply, delay):
+            async for event in self._rich(call, reply, delay, thinking):
                 yield event
             return
         if len(reply) <= _EAGER_CHARS and not delay and not call.watched:
@@ -223,8 +225,10 @@ class EchoProvider(Provider):
         yield Usage(prompt, words)
         yield Finish(reason)
 
-    async def _rich(self, call: ProviderCall, reply: str, delay: float) -> AsyncIterator[ProviderEvent]:
-        """The reply with log probabilities, and/or as ``n`` choices; then ``Usage`` and ``Finish``."""
+    async def _rich(self, call: ProviderCall, reply: str, delay: float,
+                    thinking: str) -> AsyncIterator[ProviderEvent]:
+        """The reply with log probabilities, and/or as ``n`` choices (each further one
+        reasoning ``thinking`` first, as choice 0 did); then ``Usage`` and ``Finish``."""
         options = call.options
         limit, logprobs, top_logprobs, n = options.max_tokens, options.logprobs, options.top_logprobs, options.n or 1
         deltas = [m.group() for m in _DELTA.finditer(reply)] or ([reply] if reply else [])
@@ -233,6 +237,8 @@ class EchoProvider(Provider):
             deltas, reason = deltas[:limit], "length"
         words = sum(1 for d in deltas if not d.isspace())
         for index in range(n):
+            if index and thinking:
+                yield ChoiceEvent(index, ReasoningDelta(thinking))
             for delta in deltas:
                 if delay > 0:
                     await asyncio.sleep(delay)
