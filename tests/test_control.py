@@ -367,7 +367,9 @@ class RunsTest(ControlTestCase):
                 break
         self.assertEqual((frame["payload"]["runId"], frame["payload"]["state"]), ("chat-1", "aborted"))
         history = await c.request("chat.history", {"sessionKey": "agent:slow:chat"})
-        self.assertEqual(history["messages"][-1]["stopReason"], "aborted")
+        aborted = history["messages"][-1]
+        self.assertEqual((aborted["stopReason"], aborted["api"], aborted["provider"], aborted["model"]),
+                         ("aborted", "echo", "slow", "echo"))
         nothing = await c.request("chat.abort", {"sessionKey": "agent:slow:chat"})
         self.assertEqual(nothing, {"ok": True, "aborted": False, "runIds": []})
         await c.close()

@@ -184,6 +184,8 @@ def turn_lines(turn: TurnRecord, session_key: str | None, with_context: bool) ->
         lines.append(line)
     elif turn.status == "aborted":
         line = {**head, "type": "aborted", "content": turn.reply, "reason": turn.error or "aborted"}
+        if turn.model:          # which model the partial reply came from (chat.history shows it)
+            line["model"] = turn.model
         if turn.reasoning:
             line["reasoning"] = turn.reasoning
         lines.append(line)
