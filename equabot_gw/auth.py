@@ -85,7 +85,8 @@ def resolve_secret(auth: AuthConfig, env: Mapping[str, str], state_dir: Path,
     configured = auth.token if auth.mode == "token" else auth.password
     if configured:
         return Secret(auth.mode, configured, f"config (gateway.auth.{auth.mode})")
-    return Secret("token", _stored_token(state_dir), f"file {state_dir / TOKEN_FILE}")
+    token, generated = _stored_token(state_dir)
+    return Secret("token", token, f"file {state_dir / TOKEN_FILE}" + (" (generated now)" if generated else ""))
 
 
 def generate_token() -> str:
@@ -98,19 +99,20 @@ def generate_token() -> str:
     return secrets.token_hex(32)
 
 
-def _stored_token(state_dir: Path) -> str:
+def _stored_token(state_dir: Path) -> tuple[str, bool]:
+    """The token of ``state_dir``'s token file, and whether it was generated now (no file, or an empty one)."""
     path = state_dir / TOKEN_FILE
     try:
         token = path.read_text(encoding="utf-8").strip()
         if token:
-            return token
+            return token, False
     except FileNotFoundError:
         pass
     token = generate_token()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(token + "\n")
-    return token
+    return token, True
 
 
 class FailureLimiter:

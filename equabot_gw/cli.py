@@ -215,6 +215,9 @@ def _gateway_flags(parser: argparse.ArgumentParser) -> None:
 # request, measured back to back). The process is ours only when run from
 # the command line: an embedding program keeps its own setting.
 GC_YOUNG_THRESHOLD: Final = 7000
+# A secret shorter than this, on an address others can reach, is warned about at
+# start: a guessable one is what the failure limiter (10 tries a minute) cannot save.
+MIN_SECRET_CHARS: Final = 16
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -443,6 +446,10 @@ def _announce(gateway: Any) -> None:
         log.warning("gateway.auth.mode is \"none\": anyone who can reach %s can use it", gateway.url)
     else:
         log.info("auth: %s from %s", secret.mode, secret.source)
+        if gateway.host not in config_mod.LOOPBACK_HOSTS and len(secret.value or "") < MIN_SECRET_CHARS:
+            log.warning("auth: the %s is %d characters long and the gateway listens beyond loopback: "
+                        "use a long random one (a generated token has 64 hex digits)",
+                        secret.mode, len(secret.value or ""))
     if not gateway.config.gateway.http.endpoints.chat_completions.enabled:
         log.info("OpenAI endpoint off (gateway.http.endpoints.chatCompletions.enabled: false)")
 

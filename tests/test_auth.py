@@ -195,7 +195,7 @@ class ResolveSecretTest(unittest.TestCase):
                 secret = resolve_secret(auth_config(data), env, self.state, host)
                 if value is None:
                     self.assertEqual(secret.value, token_file.read_text().strip())
-                    self.assertEqual(secret.source, f"file {token_file}")
+                    self.assertEqual(secret.source, f"file {token_file} (generated now)")
                 else:
                     self.assertEqual((secret.value or "", secret.source), (value, source))
                     self.assertFalse(token_file.exists())
@@ -218,6 +218,7 @@ class ResolveSecretTest(unittest.TestCase):
         self.assertTrue(all(auth_mod.generate_token()[0].isalnum() for _ in range(1000)))
         again = resolve_secret(auth_config({}), {}, self.state, LOOPBACK)
         self.assertEqual(again.value, first.value)            # kept across restarts
+        self.assertEqual((first.source, again.source), (f"file {path} (generated now)", f"file {path}"))
         path.write_text(" \n")
         fresh = resolve_secret(auth_config({}), {}, self.state, LOOPBACK)
         self.assertNotIn(fresh.value, ("", first.value))      # an empty file is replaced
@@ -761,6 +762,16 @@ class StartupTest(unittest.TestCase):
             self.assertEqual(status, 200)
             stderr = wait_for_stderr(gw, "auth: token from environment (EQUABOT_GATEWAY_TOKEN)")
             self.assertNotIn(TOKEN, stderr)
+            self.assertNotIn("characters long", stderr)
+
+    def test_a_short_secret_beyond_loopback_is_warned_about(self) -> None:
+        gw = GatewayProcess(gateway_data(auth={}), extra_args=("--bind", "lan"))
+        gw.env["EQUABOT_GATEWAY_TOKEN"] = "QxZwV"
+        with gw:
+            self.assertEqual(status_of(gw.port, "/v1/models", "QxZwV"), 200)
+            stderr = wait_for_stderr(gw, "auth: the token is 5 characters long and the gateway listens "
+                                         "beyond loopback: use a long random one")
+            self.assertNotIn("QxZwV", stderr)       # never the secret itself
 
     def test_mode_none_on_loopback_warns_once(self) -> None:
         with GatewayProcess(gateway_data(auth={"mode": "none"})) as gw:
@@ -778,7 +789,7 @@ class StartupTest(unittest.TestCase):
             token = path.read_text().strip()
             self.assertEqual(stat.S_IMODE(path.stat().st_mode), 0o600)
             self.assertEqual(stat.S_IMODE(gw.state_dir.stat().st_mode), 0o700)
-            wait_for_stderr(gw, f"auth: token from file {path}")
+            wait_for_stderr(gw, f"auth: token from file {path} (generated now)")
             self.assertEqual(status_of(gw.port, "/v1/models", token), 200)
             self.assertEqual(status_of(gw.port, "/v1/models", None), 401)
             gw.proc.terminate()
