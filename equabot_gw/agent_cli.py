@@ -266,7 +266,12 @@ async def _abort_remote(client: Any, run: _RemoteRun, args: argparse.Namespace) 
 async def _run_local(args: argparse.Namespace, config: config_mod.Config, state_dir: Path,
                      config_path: Path | None) -> int:
     # In-process means owning the state dir: refuse (one line) if a gateway has it.
-    lock = statelock.acquire(state_dir)
+    try:
+        lock = statelock.acquire(state_dir)
+    except statelock.StateDirInUse as exc:
+        if exc.holder is None or not exc.holder.url:
+            raise
+        raise statelock.StateDirInUse(state_dir, exc.holder, hint="drop --local to ask it") from None
     # Record that no gateway listens here now (an older record would name a stale URL).
     lock.announce("", config_path=config_path)
     runtime = agent_runtime.Runtime(config, state_dir)

@@ -30,12 +30,12 @@ MAX_RECORD_BYTES: Final = 8192
 class StateDirInUse(GatewayError):
     """Another gateway (or ``agent --local``) holds the state dir."""
 
-    def __init__(self, state_dir: Path, holder: Holder | None) -> None:
+    def __init__(self, state_dir: Path, holder: Holder | None, hint: str = "") -> None:
         self.state_dir = state_dir
         self.holder = holder
         who = f"pid {holder.pid} at {holder.url}" if holder and holder.url else "another process"
         super().__init__(f"state dir {state_dir} is in use by a running gateway ({who}); "
-                         f"stop it or pass another --state-dir")
+                         + (f"{hint}, " if hint else "") + "stop it or pass another --state-dir")
 
 
 class Holder(NamedTuple):

@@ -909,6 +909,11 @@ class BadFlagsTest(CLITestCase):
             done = self.cli("--port", "0", "--state-dir", str(gw.state_dir))
             line = self.assertOneLineError(done, 2, f"state dir {gw.state_dir} is in use by a running gateway")
             self.assertNotIn("config error", line)
+            self.assertTrue(line.endswith("; stop it or pass another --state-dir"), line)
+            # agent --local would run beside it: the way to ask the running gateway is named.
+            done = self.cli("agent", "--local", "-m", "x", "--state-dir", str(gw.state_dir))
+            line = self.assertOneLineError(done, 2, f"state dir {gw.state_dir} is in use by a running gateway")
+            self.assertTrue(line.endswith("; drop --local to ask it, stop it or pass another --state-dir"), line)
 
 
 class StartupLineTest(CLITestCase):
