@@ -60,6 +60,7 @@ class _Parser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(*args, **kwargs)
+        self.commands: dict[str, argparse.ArgumentParser] = {}    # the main parser's subcommands
 
     def error(self, message: str) -> Any:       # argparse's hook; never returns
         message = message.replace("argument {" + ",".join(SUBCOMMANDS) + "}: ", "")
@@ -149,7 +150,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     if named("agent"):
         _agent_flags(agent)
 
-    cfg = sub.add_parser("config", help="configuration tools")
+    cfg = check = sub.add_parser("config", help="configuration tools")
     if named("config"):
         cfg_sub = cfg.add_subparsers(dest="config_command", metavar="{check}", required=True)
         check = cfg_sub.add_parser("check", help="validate and print the effective config (secrets masked)")
@@ -164,6 +165,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     if named("conformance"):
         from . import conformance
         conformance.add_arguments(checker)
+    parser.commands.update(gateway=gw, agent=agent, config=check, sessions=ses, conformance=checker)
     return parser
 
 
@@ -228,7 +230,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     # is not a subcommand stays, so argparse names the typo and the choices.
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
         argv.insert(0, "gateway")
-    args = build_parser(argv).parse_args(argv)
+    parser = build_parser(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:         # refused by the subcommand, whose help lists its flags
+        parser.commands.get(args.command, parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     _setup_logging(getattr(args, "log_level", "info"), getattr(args, "log_format", "text"))
     try:
         code = _dispatch(args)
