@@ -637,7 +637,7 @@ def parse_text(text: str, path: Path) -> Any:
     """The JSON5 document of config file ``path`` (its ``text``), or ``ConfigError``."""
     from . import json5         # only a start with a config file needs the reader
     try:
-        return json5.loads(text, max_depth=MAX_CONFIG_DEPTH)
+        return json5.loads(text, max_depth=MAX_CONFIG_DEPTH, unique_names=True)
     except JSON5Error as exc:
         # Compiler style, "file:line:column: what was expected", which editors can jump to.
         said = getattr(exc, "expected", None) or exc.reason

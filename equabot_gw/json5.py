@@ -84,12 +84,14 @@ def _is_identifier_part(c: str) -> bool:
 
 # -- the public entry point --------------------------------------------------
 
-def loads(text: str, *, max_depth: int | None = MAX_DEPTH) -> Any:
+def loads(text: str, *, max_depth: int | None = MAX_DEPTH, unique_names: bool = False) -> Any:
     """Parse ``text``, one whole JSON5 document, into Python values.
 
     Args:
         text: the document, already decoded (a leading BOM is whitespace).
         max_depth: the most arrays and objects open at once; None for no limit.
+        unique_names: refuse an object that names a member twice (JSON5, as
+            JSON, lets the last win; a config file wants to hear of it).
 
     Returns:
         dict (keys in source order, the last of repeated names wins), list,
@@ -98,7 +100,8 @@ def loads(text: str, *, max_depth: int | None = MAX_DEPTH) -> Any:
         or None.
 
     Raises:
-        JSON5Error: ``text`` is not JSON5, or nests deeper than ``max_depth``.
+        JSON5Error: ``text`` is not JSON5, nests deeper than ``max_depth``, or
+            (``unique_names``) repeats a member name: the error is at its second name.
             ``reason``, ``line`` and ``column`` are those of the reference
             implementation; ``pos`` is the index of the offending character
             in ``text`` (``len(text)`` at the end of input); ``expected``
@@ -108,7 +111,7 @@ def loads(text: str, *, max_depth: int | None = MAX_DEPTH) -> Any:
     """
     if not isinstance(text, str):
         raise TypeError(f"JSON5 text must be str, not {type(text).__name__}")
-    return _Reader(text, max_depth).document()
+    return _Reader(text, max_depth, unique_names).document()
 
 
 # -- the reader ----------------------------------------------------------------
@@ -116,10 +119,11 @@ def loads(text: str, *, max_depth: int | None = MAX_DEPTH) -> Any:
 class _Reader:
     """One pass over one document; ``pos`` is the next unread character."""
 
-    def __init__(self, text: str, max_depth: int | None) -> None:
+    def __init__(self, text: str, max_depth: int | None, unique_names: bool = False) -> None:
         self.text = text
         self.pos = 0
         self.max_depth = max_depth
+        self.unique_names = unique_names
         # The member name last read in each open object (None in arrays), for
         # messages and for storing the member's value.
         self.names: list[str | None] = []
@@ -202,7 +206,11 @@ class _Reader:
             self.pos += 1
             return False
         if closing == "}":
+            start = self.pos
             name = self.names[-1] = self.member_name(first)
+            if self.unique_names and name in container:
+                raise self.error(f"duplicate member name {_quote(name)}", start,
+                                 f"{_quote(name)} is given twice in this object; say it once")
             self.skip_insignificant()
             if not self.text.startswith(":", self.pos):
                 raise self.invalid_char(self.pos, f"expected ':' after the member name {_quote(name)}")

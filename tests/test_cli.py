@@ -806,6 +806,8 @@ class BadFlagsTest(CLITestCase):
         self.binary.write_bytes(b"\xff\xfe{\x00")
         self.deep = self.dir / "deep.json5"
         self.deep.write_text("{a:" * 900 + "1" + "}" * 900)     # within JSON5's limit, past the config's
+        self.twice = self.dir / "twice.json5"
+        self.twice.write_text('{ gateway: {\n  port: 1,\n  "port": 2 } }')
         self.busy = socket.create_server(("127.0.0.1", 0))
         self.addCleanup(self.busy.close)
         self.configs = {name: self.config_file(data, name=f"{name}.json5") for name, data in (
@@ -855,6 +857,8 @@ class BadFlagsTest(CLITestCase):
             ("config nested deep", ("config", "check", "--config", str(self.deep)),
              "deep.json5:1:193: arrays and objects nested deeper than the limit of 64"),
             ("config nested deep: start", ("--config", str(self.deep)), "nested deeper than the limit"),
+            ("config names a key twice", ("config", "check", "--config", str(self.twice)),
+             f'{self.twice}:3:3: "port" is given twice in this object; say it once'),
             ("state dir is a file", ("--state-dir", str(self.a_file)), "cannot create state dir"),
             ("state dir cannot be made", ("--port", "0", "--state-dir", str(self.a_file / "x")),
              "cannot create state dir"),

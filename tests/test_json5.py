@@ -411,6 +411,16 @@ class TestInvalid(JSON5TestCase):
                               1, 1, 0, max_depth=0)
         self.assertValue("1", 1, max_depth=0)
 
+    def test_unique_names_is_a_parameter(self) -> None:
+        # By default the last of repeated names wins, as in the reference; asked, the second
+        # name is an error at its first character, whichever way either is spelt.
+        self.assertValue("{a:1,'a':2,b:{a:3}}", {"a": 2, "b": {"a": 3}})
+        error = self.assertJSON5Error("{a:1,\n 'b':{a:2, \"a\":3}}", 'duplicate member name "a"',
+                                      2, 12, 17, unique_names=True)
+        self.assertEqual(error.expected, '"a" is given twice in this object; say it once')
+        self.assertValue("{a:1,b:{a:2},c:[{a:3},{a:4}]}", {"a": 1, "b": {"a": 2}, "c": [{"a": 3}, {"a": 4}]},
+                         unique_names=True)
+
 
 # -- the corpora ---------------------------------------------------------------
 
