@@ -127,6 +127,7 @@ class LoopWatchdogTest(unittest.TestCase):
         cls.gw.tmp.cleanup()
         cls.upstream.kill()
         cls.upstream.wait()
+        cls.upstream.stdout.close()
         if cls.figures:
             print("\n  loop watchdog, slowest /health per case: " + ", ".join(cls.figures))
 
@@ -149,13 +150,19 @@ class LoopWatchdogTest(unittest.TestCase):
         self.assertIsNone(self.gw.proc.poll(), "the gateway died")
 
     async def _bounded(self, attack: Callable[[], Awaitable[None]]) -> None:
+        self._writers: list[asyncio.StreamWriter] = []
         try:
             await asyncio.wait_for(attack(), CASE_SECONDS)
         except (asyncio.TimeoutError, ConnectionError, OSError):
             pass
+        finally:        # an attack cut short leaves its connections: close them here
+            for writer in self._writers:
+                writer.close()
 
     async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        return await asyncio.open_connection(self.gw.host, self.gw.port)
+        reader, writer = await asyncio.open_connection(self.gw.host, self.gw.port)
+        self._writers.append(writer)
+        return reader, writer
 
     async def _send_and_read(self, data: bytes, *, read: bool = True) -> bytes:
         reader, writer = await self._open()

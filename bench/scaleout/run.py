@@ -287,7 +287,7 @@ async def routing(port: int, checks: Checks) -> None:
         # A retry with an idempotency key reaches the node that ran the first attempt.
         for header in ("Idempotency-Key", "x-equabot-idempotency-key", "x-openclaw-idempotency-key",
                        "x-clawdbot-idempotency-key"):
-            key = f"retry-{header}-{os.urandom(4).hex()}"
+            key = f"retry-{header}-{os.urandom(4).hex()},"     # a comma is a key's character too
             answers = [await conn.request("POST", "/v1/chat/completions", completion_body(None, "hi"), {header: key})
                        for _ in range(3)]
             checks.check([a[0] for a in answers] == [200] * 3
