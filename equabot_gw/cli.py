@@ -321,7 +321,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _config_check(args: argparse.Namespace) -> int:
     """Validate with the same checks as start-up; print the effective config, secrets masked."""
     config, path = config_mod.load(args.config)
-    _check_bindable(config_mod.bind_host(config.gateway.bind))
+    _check_bindable(config_mod.bind_host(config.gateway.bind), config.gateway.port)
     source = str(path) if path else "built-in defaults (no config file)"
     print(f"# config OK: {source}")
     auth = config.gateway.auth
@@ -335,15 +335,18 @@ def _config_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_bindable(host: str) -> None:
+def _check_bindable(host: str, port: int) -> None:
     """``BindError``, as start-up would raise it, unless this machine can listen on ``host``.
 
-    Each of its addresses is bound to port 0 and closed at once, as asyncio's
-    server binds them (a family the machine lacks is skipped); whether the
-    gateway's port will be free is not the config's to say.
+    Each of its addresses is bound to port 0 and closed at once, as this
+    Python's asyncio binds them for a server: a family the machine lacks is
+    skipped, and from 3.13 on so is an address it lacks, as long as one
+    binds. Whether ``port`` will be free then is not the config's to say.
     """
+    import errno
     import socket
     try:
+        bound = 0
         for family, kind, proto, _, address in socket.getaddrinfo(
                 host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
             try:
@@ -353,10 +356,18 @@ def _check_bindable(host: str) -> None:
             with sock:
                 if family == socket.AF_INET6:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                sock.bind(address)
-    except OSError as exc:
+                try:
+                    sock.bind(address)
+                except OSError as exc:
+                    if exc.errno == errno.EADDRNOTAVAIL and sys.version_info >= (3, 13):
+                        continue
+                    raise
+                bound += 1
+        if not bound:
+            raise OSError(errno.EADDRNOTAVAIL, f"no address of {host!r} could be bound")
+    except (OSError, UnicodeError) as exc:
         from .gateway.app import BindError
-        raise BindError(host, 0, exc) from None
+        raise BindError(host, port, exc) from None
 
 
 def load_config(args: argparse.Namespace, *, follow_state_dir: bool = False

@@ -814,6 +814,7 @@ class BadFlagsTest(CLITestCase):
             ("lan-none", {"gateway": {"bind": "lan", "auth": {"mode": "none"}}}),
             ("bind-unknown", {"gateway": {"bind": "nowhere.invalid", "auth": {"token": TOKEN}}}),
             ("bind-foreign", {"gateway": {"bind": "192.0.2.254", "auth": {"token": TOKEN}}}),
+            ("bind-bad-name", {"gateway": {"bind": "a..b", "auth": {"token": TOKEN}}}),
             ("bad-base-url", {"models": {"providers": {"up": {
                 "api": "openai-completions", "baseUrl": "localhost:8000/v1"}}}}),
             ("bad-header", {"models": {"providers": {"up": {
@@ -823,7 +824,8 @@ class BadFlagsTest(CLITestCase):
 
     # Refusals that are not about the config file, and must not say so.
     NOT_CONFIG = frozenset({"busy port", "unknown host", "address of another machine", "unknown host: check",
-                            "address of another machine: check", "state dir is a file",
+                            "address of another machine: check", "a name no resolver takes",
+                            "a name no resolver takes: check", "state dir is a file",
                             "state dir cannot be made", "agent state dir", "sessions state dir"})
 
     def table(self) -> tuple[tuple[str, tuple[str, ...], str], ...]:
@@ -846,6 +848,11 @@ class BadFlagsTest(CLITestCase):
              "cannot listen on 'nowhere.invalid': no such host"),
             ("address of another machine: check", ("config", "check", "--config", self.configs["bind-foreign"]),
              "cannot listen on 192.0.2.254: it is not an address of this machine"),
+            # An empty DNS label: not even asked of the resolver (a UnicodeError, not an OSError).
+            ("a name no resolver takes", ("--port", "0", "--bind", "a..b"),
+             "cannot listen on 'a..b': no such host or address here (not a valid host name)"),
+            ("a name no resolver takes: check", ("config", "check", "--config", self.configs["bind-bad-name"]),
+             "cannot listen on 'a..b': no such host or address here (not a valid host name)"),
             ("log level", ("--log-level", "loud"), "invalid choice: 'loud'"),
             ("subcommand typo", ("gatway",),
              "invalid choice: 'gatway' (choose from 'gateway', 'agent', 'config', 'sessions', 'conformance')"),
@@ -920,6 +927,35 @@ class BadFlagsTest(CLITestCase):
             done = self.cli("agent", "--local", "-m", "x", "--state-dir", str(gw.state_dir))
             line = self.assertOneLineError(done, 2, f"state dir {gw.state_dir} is in use by a running gateway")
             self.assertTrue(line.endswith("; drop --local to ask it, stop it or pass another --state-dir"), line)
+
+
+class BindCheckTest(unittest.IsolatedAsyncioTestCase):
+    """config check's verdict on a bind host is the one this Python's asyncio gives at start."""
+
+    async def test_the_check_agrees_with_the_server_on_every_mix_of_addresses(self) -> None:
+        import asyncio
+        from unittest import mock
+        from equabot_gw import cli
+        from equabot_gw.gateway.app import BindError
+        real = socket.getaddrinfo
+        mixes = {"here": ["127.0.0.1"], "elsewhere": ["192.0.2.254"], "both": ["127.0.0.1", "192.0.2.254"],
+                 "both, the foreign first": ["192.0.2.254", "127.0.0.1"]}
+        for name, addresses in mixes.items():
+            def resolve(host: Any, port: Any, *args: Any, **kwargs: Any) -> list[Any]:
+                return [entry for address in addresses for entry in real(address, port, *args, **kwargs)]
+            with self.subTest(name), mock.patch("socket.getaddrinfo", resolve):
+                try:
+                    cli._check_bindable("dual.test", 0)
+                    checked = True
+                except BindError:
+                    checked = False
+                try:
+                    server = await asyncio.get_running_loop().create_server(asyncio.Protocol, "dual.test", 0)
+                    served = bool(server.sockets)
+                    server.close()
+                except OSError:
+                    served = False
+                self.assertEqual(checked, served)
 
 
 class StartupLineTest(CLITestCase):

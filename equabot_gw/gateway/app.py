@@ -56,11 +56,22 @@ STREAM_FLUSH_TIMEOUT: Final = 2.0
 
 
 class BindError(GatewayError):
-    """The gateway cannot listen on ``host``:``port``; the message says why and what to do."""
+    """The gateway cannot listen on ``host``:``port``; the message says why and what to do.
 
-    def __init__(self, host: str, port: int, exc: OSError) -> None:
-        self.host, self.port, self.errno = host, port, exc.errno
-        if isinstance(exc, socket.gaierror):
+    ``exc``: the OSError of resolving or binding, or the UnicodeError of a
+    name no resolver takes (an empty or over-long label).
+    """
+
+    def __init__(self, host: str, port: int, exc: OSError | UnicodeError) -> None:
+        if isinstance(exc, OSError) and exc.errno is None and "could not bind on any address" in str(exc):
+            # Python 3.13+ skips addresses the machine lacks and says so without an errno.
+            exc = OSError(errno.EADDRNOTAVAIL, str(exc))
+        self.host, self.port = host, port
+        self.errno = exc.errno if isinstance(exc, OSError) else None
+        if isinstance(exc, UnicodeError):
+            reason = (f"cannot listen on {host!r}: no such host or address here (not a valid host "
+                      f"name); use --bind loopback, lan, or an address of this machine")
+        elif isinstance(exc, socket.gaierror):
             reason = (f"cannot listen on {host!r}: no such host or address here "
                       f"({exc.strerror}); use --bind loopback, lan, or an address of this machine")
         elif exc.errno == errno.EADDRINUSE:
@@ -372,7 +383,7 @@ class Gateway:
                 if self.responses is not None:
                     await self.responses.stop()
                 await self.runtime.stop(0)
-                if isinstance(exc, OSError):
+                if isinstance(exc, (OSError, UnicodeError)):
                     raise BindError(self.host, self.port, exc) from None
                 raise
         except BaseException:

@@ -14,6 +14,7 @@ names) is passed in.
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import os
 import time
@@ -74,10 +75,15 @@ class HTTPServer:
         return len(self.connections)
 
     async def start(self, host: str, port: int, *, backlog: int = 2048) -> None:
-        """Bind and start accepting connections."""
+        """Bind and start accepting connections; OSError (EADDRNOTAVAIL) if no address of
+        ``host`` could be bound (asyncio before 3.13 then serves on no socket at all)."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: Connection(self), host, port, backlog=backlog, reuse_address=True)
+        if not self._server.sockets:
+            self._server.close()
+            self._server = None
+            raise OSError(errno.EADDRNOTAVAIL, f"no address of {host!r} could be bound")
 
     async def shutdown(self, grace: float) -> None:
         """Stop accepting, finish or close every connection within ``grace`` seconds."""
