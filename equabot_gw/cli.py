@@ -60,7 +60,8 @@ class _Parser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(*args, **kwargs)
-        self.commands: dict[str, argparse.ArgumentParser] = {}    # the main parser's subcommands
+        # The main parser's subcommands by their words ("gateway", "sessions show").
+        self.commands: dict[str, argparse.ArgumentParser] = {}
 
     def error(self, message: str) -> Any:       # argparse's hook; never returns
         message = message.replace("argument {" + ",".join(SUBCOMMANDS) + "}: ", "")
@@ -150,22 +151,23 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     if named("agent"):
         _agent_flags(agent)
 
-    cfg = check = sub.add_parser("config", help="configuration tools")
+    cfg = sub.add_parser("config", help="configuration tools")
     if named("config"):
         cfg_sub = cfg.add_subparsers(dest="config_command", metavar="{check}", required=True)
         check = cfg_sub.add_parser("check", help="validate and print the effective config (secrets masked)")
         _common(check)
+        parser.commands["config check"] = check
 
     ses = sub.add_parser("sessions", help="list, show or reset stored sessions")
     if named("sessions"):
-        _sessions_flags(ses)
+        parser.commands.update((f"sessions {name}", leaf) for name, leaf in _sessions_flags(ses).items())
 
     checker = sub.add_parser(
         "conformance", help="check a server against the Gateway's OpenAI HTTP and WebSocket spec")
     if named("conformance"):
         from . import conformance
         conformance.add_arguments(checker)
-    parser.commands.update(gateway=gw, agent=agent, config=check, sessions=ses, conformance=checker)
+    parser.commands.update(gateway=gw, agent=agent, config=cfg, sessions=ses, conformance=checker)
     return parser
 
 
@@ -184,11 +186,13 @@ def _agent_flags(agent: argparse.ArgumentParser) -> None:
     agent.add_argument("--token", help="the gateway's secret, sent as gateway.auth.mode names it (token or password; default: config or environment)")
 
 
-def _sessions_flags(ses: argparse.ArgumentParser) -> None:
+def _sessions_flags(ses: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The flags of ``sessions list|show|reset``; those three parsers by name."""
     ses_sub = ses.add_subparsers(dest="sessions_command", metavar="{list,show,reset}", required=True)
+    leaves = {}
     for name, help_text in (("list", "list keyed sessions"), ("show", "print a session's transcript"),
                             ("reset", "archive a session's transcript and start over")):
-        p = ses_sub.add_parser(name, help=help_text)
+        p = leaves[name] = ses_sub.add_parser(name, help=help_text)
         _common(p)
         p.add_argument("--agent", metavar="ID", type=_agent_id,
                        help="agent id (default: every agent for list, the default agent otherwise)")
@@ -198,6 +202,7 @@ def _sessions_flags(ses: argparse.ArgumentParser) -> None:
         p.add_argument("--url", type=_url, help="ask the gateway at this URL (default: the one running on "
                        "the state dir, else read the files)")
         p.add_argument("--token", help="the gateway's secret, sent as gateway.auth.mode names it (token or password; default: config or environment)")
+    return leaves
 
 
 def _gateway_flags(parser: argparse.ArgumentParser) -> None:
@@ -233,7 +238,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser(argv)
     args, unknown = parser.parse_known_args(argv)
     if unknown:         # refused by the subcommand, whose help lists its flags
-        parser.commands.get(args.command, parser).error(f"unrecognized arguments: {' '.join(unknown)}")
+        words = f"{args.command} {getattr(args, f'{args.command}_command', None)}"
+        leaf = parser.commands.get(words) or parser.commands.get(args.command, parser)
+        leaf.error(f"unrecognized arguments: {' '.join(unknown)}")
     _setup_logging(getattr(args, "log_level", "info"), getattr(args, "log_format", "text"))
     try:
         code = _dispatch(args)

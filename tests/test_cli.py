@@ -880,6 +880,8 @@ class BadFlagsTest(CLITestCase):
              "is not a valid header field name"),
             ("config check flag", ("config", "check", "--json"),
              "unrecognized arguments: --json (see 'python -m equabot_gw config check --help')"),
+            ("sessions show flag", ("sessions", "show", "k", "--bogus"),
+             "unrecognized arguments: --bogus (see 'python -m equabot_gw sessions show --help')"),
             ("config without a subcommand", ("config",), "required: {check}"),
             ("agent without a message", ("agent",), "required: --message/-m"),
             ("agent URL scheme", ("agent", "-m", "x", "--url", "ftp://x"), "argument --url"),
