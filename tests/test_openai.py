@@ -535,6 +535,19 @@ if __name__ == "__main__":
     unittest.main()
 
 
+class RunErrorHeadersTest(unittest.TestCase):
+    def test_only_a_shutdown_abort_invites_a_retry_after_a_second(self) -> None:
+        from equabot_gw.errors import SHUTDOWN_ABORT, RunAborted, StorageError
+        from equabot_gw.gateway import openai as door
+        shutdown = door._run_error_response(RunAborted(SHUTDOWN_ABORT))
+        self.assertEqual((shutdown.status, dict(shutdown.headers).get("retry-after")), (503, "1"))
+        # A disk that cannot take the turn is 503 too, but a retry a second later would fail again.
+        storage = door._run_error_response(StorageError("write of a session transcript failed: ENOSPC"))
+        self.assertEqual((storage.status, dict(storage.headers).get("retry-after")), (503, None))
+        left = door._run_error_response(RunAborted("client disconnected"))
+        self.assertEqual((left.status, dict(left.headers).get("retry-after")), (499, None))
+
+
 class HotPathShapesTest(unittest.TestCase):
     """The shortcuts of the non-streamed path give exactly what the general code gives."""
 

@@ -389,8 +389,8 @@ def _admit(runtime: Runtime, request: AgentRequest, digest: str | None,
            meta: dict[str, Any] | None, watched: bool) -> tuple[Run | RunRecord, bool]:
     """A new run, admitted and registered but not started, and True; or the earlier run of
     its idempotency key, and False."""
-    if runtime.closing:
-        raise ApiError(503, "the gateway is shutting down", code="unavailable")
+    if runtime.closing:        # soon back, or another node: worth a retry
+        raise ApiError(503, "the gateway is shutting down", code="unavailable", headers=(("retry-after", "1"),))
     agent, key, stateless = route(runtime, request)
     stored = None
     if request.idempotency_key:

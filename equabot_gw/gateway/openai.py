@@ -28,7 +28,7 @@ from ..agents import sessions
 from ..agents.events import Failed, Started
 from ..agents.runtime import Run, RunRecord, Runtime
 from ..agents.types import AgentRequest, AgentResult
-from ..errors import ApiError, RunError, http_status
+from ..errors import SHUTDOWN_ABORT, ApiError, RunAborted, RunError, http_status
 from . import chat_content, chat_stream, resume
 from .chat_content import FINISH_REASONS
 from .chat_stream import SYSTEM_FINGERPRINT
@@ -465,7 +465,7 @@ def _run_error_response(exc: RunError, extra: list[tuple[str, str]] | None = Non
     retry_after = getattr(exc, "retry_after", None)
     if status == 429 and retry_after:
         headers.append(("retry-after", str(retry_after)))
-    elif status == 503:             # aborted by a stopping gateway: soon back, or another node
+    elif type(exc) is RunAborted and exc.why == SHUTDOWN_ABORT:    # soon back, or another node
         headers.append(("retry-after", "1"))
     return Response(status, [("content-type", "application/json")] + headers,
                     error_body(status, str(exc), code=chat_stream.error_code(exc)))
