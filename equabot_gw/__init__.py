@@ -25,20 +25,24 @@ Every other module and name is internal and may change.
 
 from __future__ import annotations
 
-import importlib
 import sys
-from typing import TYPE_CHECKING, Any, Final
-
-__version__ = "0.1.0"
 
 # Checked first: on an older Python the gateway would start and then fail
 # request by request (asyncio and dataclass features it relies on are missing).
 if sys.version_info < (3, 11):
     _found = ".".join(map(str, sys.version_info[:3]))
-    if sys.argv[:1] == ["-m"]:      # "python -m equabot_gw": a command line, one line and exit 2
+    # "python -m equabot_gw" (argv[0] is "-m" while the package is imported) is a
+    # command line: one line and exit 2. A program importing it gets an ImportError.
+    _ran = getattr(sys, "orig_argv", None)     # 3.10: tells this package's -m from another's
+    if sys.argv[:1] == ["-m"] and (_ran is None or "equabot_gw" in _ran or "-mequabot_gw" in _ran):
         print(f"equabot: needs Python 3.11 or newer; this is Python {_found}", file=sys.stderr)
         raise SystemExit(2)
     raise ImportError(f"equabot_gw needs Python 3.11 or newer; this is Python {_found}")
+
+import importlib  # noqa: E402
+from typing import TYPE_CHECKING, Any, Final  # noqa: E402
+
+__version__ = "0.1.0"
 
 # Public name -> the module that defines it, imported on first use: "import
 # equabot_gw" (the CLI's --help, the installed command) stays light, and the

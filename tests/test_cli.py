@@ -134,9 +134,18 @@ class HelpTest(CLITestCase):
         # As the package is imported under ``python -m`` (argv[0] is "-m" then) and by a host
         # program: the interpreter's version is faked, the check reads it first.
         fake = "import sys; sys.version_info = (3, 10, 13, 'final', 0); "
-        as_command = subprocess.run([sys.executable, "-c", fake + "sys.argv[0] = '-m'; import equabot_gw"],
-                                    cwd=ROOT, env=self.env(), capture_output=True, text=True, timeout=TIMEOUT)
+        as_command = subprocess.run(
+            [sys.executable, "-c", fake + "sys.argv[0] = '-m'; sys.orig_argv = ['python', '-m', 'equabot_gw']; "
+                                          "import equabot_gw"],
+            cwd=ROOT, env=self.env(), capture_output=True, text=True, timeout=TIMEOUT)
         self.assertOneLineError(as_command, 2, "needs Python 3.11 or newer", "this is Python 3.10.13")
+        # Another package run with -m that imports this one: an ImportError for it to handle.
+        other = subprocess.run(
+            [sys.executable, "-c", fake + "sys.argv[0] = '-m'; sys.orig_argv = ['python', '-m', 'hostapp']; "
+                                          "import equabot_gw"],
+            cwd=ROOT, env=self.env(), capture_output=True, text=True, timeout=TIMEOUT)
+        self.assertEqual(other.stderr.splitlines()[-1],
+                         "ImportError: equabot_gw needs Python 3.11 or newer; this is Python 3.10.13")
         embedded = subprocess.run([sys.executable, "-c", fake + "import equabot_gw"],
                                   cwd=ROOT, env=self.env(), capture_output=True, text=True, timeout=TIMEOUT)
         self.assertNotEqual(embedded.returncode, 0)
