@@ -557,6 +557,8 @@ class ShutdownTest(CLITestCase):
                     seen.append(frame.get("event"))
             except ConnectionClosed:
                 pass
+            finally:
+                await client.close()        # the gateway closed it: this releases our socket
             return seen, client.ws.close_code
 
         with GatewayProcess(slow_gateway(1.0)) as gw:
