@@ -343,35 +343,10 @@ def _config_check(args: argparse.Namespace) -> int:
 
 
 def _check_bindable(host: str, port: int) -> None:
-    """``BindError``, as start-up would raise it, unless this machine can listen on ``host``.
-
-    Each of its addresses is bound to port 0 and closed at once, as this
-    Python's asyncio binds them for a server: a family the machine lacks is
-    skipped, and from 3.13 on so is an address it lacks, as long as one
-    binds. Whether ``port`` will be free then is not the config's to say.
-    """
-    import errno
-    import socket
+    """``BindError``, as start-up would raise it, unless this machine can listen on ``host``."""
+    from .net.server import check_bindable
     try:
-        bound = 0
-        for family, kind, proto, _, address in socket.getaddrinfo(
-                host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
-            try:
-                sock = socket.socket(family, kind, proto)
-            except OSError:
-                continue
-            with sock:
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                try:
-                    sock.bind(address)
-                except OSError as exc:
-                    if exc.errno == errno.EADDRNOTAVAIL and sys.version_info >= (3, 13):
-                        continue
-                    raise
-                bound += 1
-        if not bound:
-            raise OSError(errno.EADDRNOTAVAIL, f"no address of {host!r} could be bound")
+        check_bindable(host)
     except (OSError, UnicodeError) as exc:
         from .gateway.app import BindError
         raise BindError(host, port, exc) from None

@@ -17,6 +17,8 @@ import asyncio
 import errno
 import itertools
 import os
+import socket
+import sys
 import time
 from collections.abc import Callable
 
@@ -25,7 +27,7 @@ from .accesslog import AccessLog
 from .connection import Connection, Limits
 from .routes import Router
 
-__all__ = ["HTTPServer", "Limits", "AccessLog", "Observer"]
+__all__ = ["HTTPServer", "Limits", "AccessLog", "Observer", "check_bindable"]
 
 # Told of every answered request, after the access log: (method, route template
 # or None when no route took it, status, body bytes sent, seconds).
@@ -33,6 +35,40 @@ Observer = Callable[[str, "str | None", int, int, float], None]
 
 
 # -- the server -------------------------------------------------------------------
+
+def check_bindable(host: str) -> None:
+    """Raise what ``HTTPServer.start`` would (OSError, or UnicodeError for a name no
+    resolver takes) unless this machine can listen on ``host``.
+
+    Each of its addresses is bound to port 0 and closed at once, as this
+    Python's asyncio binds them for a server: a family the machine lacks is
+    skipped, and from 3.13 on so is an address it lacks, as long as one binds.
+    Whether a given port will be free then is not for this to say.
+    """
+    bound = 0
+    for family, kind, proto, _, address in socket.getaddrinfo(
+            host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
+        try:
+            sock = socket.socket(family, kind, proto)
+        except OSError:
+            continue
+        with sock:
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRNOTAVAIL and sys.version_info >= (3, 13):
+                    continue
+                raise
+            bound += 1
+    if not bound:
+        raise _nothing_bound(host)
+
+
+def _nothing_bound(host: str) -> OSError:
+    return OSError(errno.EADDRNOTAVAIL, f"no address of {host!r} could be bound")
+
 
 class HTTPServer:
     """Serves a ``Router`` on one listening socket.
@@ -83,7 +119,7 @@ class HTTPServer:
         if not self._server.sockets:
             self._server.close()
             self._server = None
-            raise OSError(errno.EADDRNOTAVAIL, f"no address of {host!r} could be bound")
+            raise _nothing_bound(host)
 
     async def shutdown(self, grace: float) -> None:
         """Stop accepting, finish or close every connection within ``grace`` seconds."""
