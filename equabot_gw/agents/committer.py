@@ -98,7 +98,7 @@ def storage_error(phase: str, exc: OSError) -> errors.StorageError:
 MAX_OPEN_FILES: Final = 256     # append fds kept open: a hot journal is never reopened per turn
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)    # compared by identity: ``_STOP in batch`` runs per commit
 class _Op:
     """One unit of committer work: an append (``path`` + ``data``) or a job (``fn``)."""
 
