@@ -211,13 +211,14 @@ class CompletionTest(OpenAITestCase):
     def test_neutral_values_are_accepted(self) -> None:
         self.ok(self.chat(n=1, tools=[], logprobs=False, response_format={"type": "text"}, tool_choice="none",
                           frequency_penalty=0, presence_penalty=0, logit_bias={}, metadata={"a": "b"},
-                          store=False, parallel_tool_calls=True, stream=False, user="", modalities=["text"]))
+                          store=False, parallel_tool_calls=True, stream=False, user="", modalities=["text"],
+                          verbosity="medium"))
 
     def test_unsupported_values_are_refused_by_name(self) -> None:
         # Echo honours every option but structured output (an echo is not JSON); the
         # gateway has no audio output at all.
         for field, value in (("response_format", {"type": "json_object"}), ("audio", {"voice": "x"}),
-                             ("modalities", ["text", "audio"])):
+                             ("modalities", ["text", "audio"]), ("verbosity", "low")):
             with self.subTest(field=field):
                 error = self.fails(self.chat(**{field: value}), 400)
                 self.assertEqual((error["code"], error["param"]), ("unsupported_parameter", field))
@@ -242,6 +243,16 @@ class CompletionTest(OpenAITestCase):
         self.assertEqual((error["code"], error["param"]), ("unsupported_parameter", "temperature"))
         error = self.fails(self.chat(model="equabot:script", max_completion_tokens=5), 400)
         self.assertEqual(error["param"], "max_completion_tokens")
+
+    def test_integers_too_large_for_a_float_are_refused_not_crashed_on(self) -> None:
+        # A 400-digit integer is valid JSON; converting it to a float overflows.
+        huge = 10 ** 400
+        for field in ("temperature", "top_p", "frequency_penalty", "presence_penalty", "top_k", "min_p",
+                      "repetition_penalty"):
+            for value in (huge, -huge):
+                with self.subTest(field=field, negative=value < 0):
+                    error = self.fails(self.chat(**{field: value}), 400)
+                    self.assertEqual(error["param"], field)
 
     def test_unknown_field_is_refused_as_openai_does(self) -> None:
         error = self.fails(self.chat(frobnicate=1), 400)

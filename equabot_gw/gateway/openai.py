@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import math
 import time
 from collections.abc import Callable
 from typing import Any, Final
@@ -61,17 +60,13 @@ _unsupported: Final = chat_content.unsupported
 _type_name: Final = chat_content.type_name
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 _KIND_CHECKS: Final[dict[str, Callable[[Any], bool]]] = {
     "string": lambda v: isinstance(v, str),
     "boolean": lambda v: isinstance(v, bool),
     "object": lambda v: isinstance(v, dict),
     "array": lambda v: isinstance(v, list),
     "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-    "number": _is_number,
+    "number": chat_content.is_number,     # finite, and an integer of any size without overflow
 }
 
 
@@ -127,7 +122,7 @@ def _fields_table() -> dict[str, Callable[[Any], None]]:
         "modalities": lambda v: n("modalities", v, "array", lambda x: x == ["text"] or not x,
                                   "other than [\"text\"]"),
         "audio": lambda v: n("audio", v, "object", lambda x: False, "(audio output)"),
-        "verbosity": lambda v: n("verbosity", v, "string", lambda x: False, "(verbosity control)"),
+        "verbosity": lambda v: n("verbosity", v, "string", lambda x: x == "medium", "other than \"medium\""),
         "web_search_options": lambda v: n("web_search_options", v, "object", lambda x: False, "(web search)"),
         "moderation": lambda v: n("moderation", v, "object|string", lambda x: False, "(moderation)"),
         # Metadata and hints that do not change the reply: accepted with their types checked.
