@@ -479,7 +479,9 @@ class ModelsAndCorsTest(OpenAITestCase):
                                                                        "broken", "partial", "script")))
 
     def test_model_by_id(self) -> None:
-        for name in ("equabot:beta", "agent:beta", "equabot/beta", "openclaw:beta", "clawdbot:beta"):
+        # Every name a completion takes finds its agent here too (ids are case- and space-blind).
+        for name in ("equabot:beta", "agent:beta", "equabot/beta", "openclaw:beta", "clawdbot:beta",
+                     "equabot:Beta", "agent:BETA", "equabot:%20beta"):
             status, _, data = self.get(f"/v1/models/{name}")
             self.assertEqual(status, 200)
             self.assertEqual(SCHEMAS.errors(json.loads(data), "Model"), [])
@@ -526,6 +528,9 @@ class ModelsAndCorsTest(OpenAITestCase):
         status, r, _ = self.post(self.chat(), {"Origin": "https://app.example"}, auth=False)
         self.assertEqual(status, 401)
         self.assertEqual(r.getheader("access-control-allow-origin"), "https://app.example")
+        # A page's retry logic reads these; a browser hides any header not listed.
+        exposed = {h.strip() for h in r.getheader("access-control-expose-headers").split(",")}
+        self.assertLessEqual({"retry-after", "x-request-id", "x-equabot-idempotent-replay"}, exposed)
 
 
 class DisabledEndpointTest(unittest.TestCase):
@@ -540,10 +545,6 @@ class DisabledEndpointTest(unittest.TestCase):
                 r = c.getresponse()
                 self.assertEqual(r.status, 404)
                 self.assertEqual(error_of(r.read())["code"], "not_found")
-
-
-if __name__ == "__main__":
-    unittest.main()
 
 
 class RunErrorHeadersTest(unittest.TestCase):
@@ -598,3 +599,7 @@ class HotPathShapesTest(unittest.TestCase):
                 found = door.gateway_headers(headers)
                 for name in names:
                     self.assertEqual(found.get(name), door.gateway_header(headers, name), (chosen, name))
+
+
+if __name__ == "__main__":
+    unittest.main()

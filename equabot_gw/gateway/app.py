@@ -54,6 +54,10 @@ log = logging.getLogger("equabot_gw")
 RUN_SETTLE_TIMEOUT: Final = 5.0
 STREAM_FLUSH_TIMEOUT: Final = 2.0
 
+# Answer headers a cross-origin page may read besides the safelisted ones: a
+# client's retry logic needs Retry-After (429, 503) as much as the request id.
+_EXPOSED_HEADERS: Final = "x-request-id, x-equabot-idempotent-replay, retry-after"
+
 
 class BindError(GatewayError):
     """The gateway cannot listen on ``host``:``port``; the message says why and what to do.
@@ -332,8 +336,7 @@ class Gateway:
             origin = self._allowed_origin(request.headers.get("origin"))
             if origin is not None and not isinstance(response, http.Upgrade):
                 response.headers.extend((("access-control-allow-origin", origin), ("vary", "origin"),
-                                         ("access-control-expose-headers",
-                                          "x-request-id, x-equabot-idempotent-replay")))
+                                         ("access-control-expose-headers", _EXPOSED_HEADERS)))
             return response
         return with_cors
 

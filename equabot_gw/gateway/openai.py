@@ -201,10 +201,12 @@ class ChatCompletions:
         if name in DEFAULT_MODEL_NAMES:
             return _json_response(200, self._model_object(name))
         agent_id = _agent_from_model(name)
-        if agent_id is None or agent_id not in self.runtime.agents:
+        # Normalised as a completion's model is, so every name a completion takes is found here.
+        agent = None if agent_id is None else self.runtime.agents.get(agent_id.strip().lower())
+        if agent is None:
             raise ApiError(404, f"The model {name[:200]!r} does not exist", code="model_not_found",
                            param="model")
-        return _json_response(200, self._model_object(f"equabot:{agent_id}"))
+        return _json_response(200, self._model_object(f"equabot:{agent.id}"))
 
     def _model_object(self, model_id: str) -> dict[str, Any]:
         return {"id": model_id, "object": "model", "created": self.started_at, "owned_by": "equabot"}
