@@ -5,6 +5,7 @@ Every success and error body is validated against OpenAI's published schemas.
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import json
 import pathlib
@@ -298,6 +299,18 @@ class CompletionTest(OpenAITestCase):
         self.assertEqual(self.fails(self.chat(), 415, {"Content-Type": "text/plain"})["code"],
                          "unsupported_media_type")
         self.ok(self.chat(), {"Content-Type": "application/json; charset=utf-8"})
+
+    def test_a_content_coding_is_refused_and_identity_taken(self) -> None:
+        body = json.dumps(self.chat()).encode()
+        for coding, raw in (("gzip", gzip.compress(body)), ("br", body), ("identity, gzip", gzip.compress(body))):
+            with self.subTest(coding=coding):
+                status, r, data = self.post(None, {"Content-Encoding": coding}, raw=raw)
+                self.assertEqual(status, 415, data)
+                self.assertEqual(r.getheader("accept-encoding"), "identity")
+                error = error_of(data)
+                self.assertEqual((error["code"], error["param"]), ("unsupported_content_encoding",
+                                                                   "content-encoding"))
+        self.ok(self.chat(), {"Content-Encoding": "identity"})
 
     def test_auth(self) -> None:
         for headers, code in (({}, "missing_api_key"), ({"Authorization": "Bearer wrong"}, "invalid_api_key"),

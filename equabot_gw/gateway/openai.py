@@ -422,14 +422,18 @@ def _rename_option_param(exc: ApiError, body: dict[str, Any]) -> ApiError:
 
 
 async def _parse_body(request: HTTPRequest) -> dict[str, Any]:
-    """The JSON object of a request body: 415 for another media type, 400 ``invalid_json``
-    for anything but a JSON object (too deep, NaN, lone surrogates included)."""
-    content_type = request.headers.get("content-type")
+    """The JSON object of a request body: 415 for another media type or any content
+    coding (gzip, br, ...), 400 ``invalid_json`` for anything but a JSON object (too
+    deep, NaN, lone surrogates included)."""
+    headers = request.headers
+    content_type = headers.get("content-type")
     if content_type is not None:
         media = content_type.partition(";")[0].strip().lower()
         if media not in JSON_TYPES and not media.endswith("+json"):
             raise ApiError(415, f"Unsupported content type {media!r}: send application/json.",
                            code="unsupported_media_type")
+    if "content-encoding" in headers:
+        _check_identity_coding(headers.get_all("content-encoding"))
     data = request.body
     try:
         # Decoded in slices of the event loop: a 20 MiB body of a million small
@@ -446,6 +450,18 @@ async def _parse_body(request: HTTPRequest) -> dict[str, Any]:
         raise ApiError(400, f"Invalid request body: expected a JSON object, got {_type_name(body)}.",
                        code="invalid_json")
     return body
+
+
+def _check_identity_coding(values: list[str]) -> None:
+    # A compressed body read as JSON would be a confusing 400, and one that only
+    # claims a coding would be taken as is: refuse both, naming what is taken
+    # (RFC 9110 §15.5.16: 415, with Accept-Encoding).
+    for coding in ",".join(values).split(","):
+        coding = coding.strip().lower()
+        if coding and coding != "identity":
+            raise ApiError(415, f"Unsupported content encoding {coding[:40]!r}: send the body "
+                                f"uncompressed.", code="unsupported_content_encoding",
+                           param="content-encoding", headers=(("accept-encoding", "identity"),))
 
 
 _dumps: Final = compact_json.dumps
