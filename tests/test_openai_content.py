@@ -139,6 +139,38 @@ class ToolCallTest(ContentCase):
             self.assertEqual(obj["choices"][0]["finish_reason"], "stop")
             self.assertNotIn("tool_calls", obj["choices"][0]["message"])
 
+    async def test_a_forced_tool_choice_always_gets_its_call(self) -> None:
+        def calls(obj: dict) -> list[tuple[str, str]]:
+            self.assertEqual(obj["choices"][0]["finish_reason"], "tool_calls")
+            return [(c["function"]["name"], c["function"]["arguments"])
+                    for c in obj["choices"][0]["message"]["tool_calls"]]
+        named = {"type": "function", "function": {"name": "get_time"}}
+        tools = [WEATHER, CLOCK]
+        # Naming a tool: exactly one call of it, with its /call line's arguments if the text has one.
+        for text, expected in (("hi", [("get_time", "{}")]),
+                               (f"/call get_weather {ARGS}", [("get_time", "{}")]),
+                               (f"/call get_weather {ARGS}\n/call get_time {ARGS}", [("get_time", ARGS)])):
+            with self.subTest(text=text):
+                self.assertEqual(calls(await self.ok(ask(text, tools=tools, tool_choice=named))), expected)
+        # "required": the text's calls, else the first tool offered; after a tool's result too.
+        self.assertEqual(calls(await self.ok(ask("hi", tools=tools, tool_choice="required"))),
+                         [("get_weather", "{}")])
+        self.assertEqual(calls(await self.ok(ask(f"/call get_time {ARGS}", tools=tools, tool_choice="required"))),
+                         [("get_time", ARGS)])
+        after_result = {"model": "equabot", "tools": tools, "tool_choice": "required", "messages": [
+            {"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {
+                "name": "get_weather", "arguments": ARGS}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "rain"}]}
+        self.assertEqual(calls(await self.ok(after_result)), [("get_weather", "{}")])
+        # Streamed alike.
+        chunks = await self.stream(ask("hi", tools=tools, tool_choice=named))
+        deltas = [c["choices"][0]["delta"]["tool_calls"][0] for c in chunks
+                  if c["choices"] and c["choices"][0]["delta"].get("tool_calls")]
+        self.assertEqual(deltas[0]["function"]["name"], "get_time")
+        self.assertEqual("".join(d["function"].get("arguments", "") for d in deltas), "{}")
+        self.assertEqual(chunks[-1]["choices"][0]["finish_reason"], "tool_calls")
+
     async def test_legacy_functions_are_answered_in_the_legacy_shape(self) -> None:
         functions = [WEATHER["function"]]
         obj = await self.ok(ask(f"/call get_weather {ARGS}", functions=functions, function_call="auto"))

@@ -15,7 +15,10 @@ Deterministic tools, reasoning and choices, for tests and demos:
   object), the reply calls those tools with exactly that JSON text as
   arguments (the first only when ``parallel_tool_calls`` is false; none when
   ``tool_choice`` is "none"): each call streamed as ``ToolCallDelta``
-  fragments, id ``call_<run>_<n>``, then ``Finish("tool_calls")``.
+  fragments, id ``call_<run>_<n>``, then ``Finish("tool_calls")``. A
+  ``tool_choice`` naming a tool gets exactly one call of it (with its
+  ``/call`` line's arguments, else ``{}``); "required" without ``/call``
+  lines calls the first offered tool with ``{}``, as a forced model would.
 - **Tool results.** When the newest messages are tool results, the reply is
   ``Echo (turn N): tool NAME returned: <content>`` (results joined by "; ").
 - **Reasoning.** With ``reasoning_effort`` (other than "none"), the reply is
@@ -96,19 +99,34 @@ def cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
 
 
 def tool_calls_asked(call: ProviderCall) -> list[tuple[str, str]] | None:
-    """The (name, JSON arguments) the newest user text asks echo to call, or None.
+    """The (name, JSON arguments) of the calls echo makes for ``call``, or None for a text reply.
 
-    Only when tools are offered, ``tool_choice`` is not "none", and every
-    non-blank line of the text is ``/call NAME {json}`` with an offered NAME
-    and a JSON object (checked within safejson's depth bound).
+    Only when tools are offered and ``tool_choice`` is not "none". The calls
+    are the newest user text's when every non-blank line of it is ``/call
+    NAME {json}`` with an offered NAME and a JSON object (checked within
+    safejson's depth bound). ``tool_choice`` forces a call as OpenAI's models
+    make one: naming a tool, exactly one call of it (its ``/call`` line's
+    arguments, else ``{}``); "required", the text's calls, else the first
+    offered tool with ``{}``, whatever the newest message is.
     """
     options = call.options
     if not options.tools or options.tool_choice == "none" or not call.messages:
         return None
-    newest = call.messages[-1]
+    calls = _call_lines(call.messages[-1], {tool.name for tool in options.tools})
+    forced = options.forced_tool()
+    if forced is not None:
+        return [next((c for c in calls or () if c[0] == forced), (forced, "{}"))]
+    if not calls:
+        if options.tool_choice != "required":
+            return None
+        calls = [(options.tools[0].name, "{}")]
+    return calls[:1] if options.parallel_tool_calls is False else calls
+
+
+def _call_lines(newest: Message, offered: set[str]) -> list[tuple[str, str]] | None:
+    """The ``/call NAME {json}`` lines of a user message, if every line is one."""
     if newest.role != "user":
         return None
-    offered = {tool.name for tool in options.tools}
     calls = []
     for line in newest.text().splitlines():
         if not line.strip():
@@ -123,9 +141,7 @@ def tool_calls_asked(call: ProviderCall) -> list[tuple[str, str]] | None:
         if not isinstance(arguments, dict):
             return None
         calls.append((match.group(1), match.group(2)))
-    if not calls:
-        return None
-    return calls[:1] if options.parallel_tool_calls is False else calls
+    return calls or None
 
 
 async def _prompt_tokens(call: ProviderCall) -> int:
