@@ -25,7 +25,7 @@ import time
 import unittest
 from typing import Any
 
-from tests.support import LiveGateway, base_config, error_of, split_responses
+from tests.support import TOKEN, LiveGateway, base_config, error_of, split_responses
 
 DATA = pathlib.Path(__file__).parent / "data"
 MAX_BODY = 4096                       # gateway.http.maxBodyBytes for these tests
@@ -36,7 +36,9 @@ READ_TIMEOUT = 5.0
 H = b"Host: x\r\n"
 POST = b"POST /v1/chat/completions HTTP/1.1\r\n" + H
 CHUNKED = POST + b"Transfer-Encoding: chunked\r\n\r\n"
-EXPECT_CHUNKED = POST + b"Expect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n"
+# With credentials: a body is waited for (and 100 sent) only for a client the route admits.
+EXPECT_CHUNKED = (POST + b"Authorization: Bearer " + TOKEN.encode()
+                  + b"\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n")
 
 
 def post(*fields: bytes, body: bytes = b"", start: bytes = POST) -> bytes:

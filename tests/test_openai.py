@@ -546,6 +546,77 @@ class ModelsAndCorsTest(OpenAITestCase):
         self.assertLessEqual({"retry-after", "x-request-id", "x-equabot-idempotent-replay"}, exposed)
 
 
+class BodyGuardTest(OpenAITestCase):
+    """A body still to come is waited for only when the head carries credentials."""
+
+    @classmethod
+    def gateway_data(cls) -> dict[str, Any]:
+        data = gateway_config()
+        data["gateway"]["http"]["endpoints"]["responses"] = {"enabled": True}
+        return data
+
+    def exchange(self, head: bytes, first: bytes = b"", *, wait: float = 5.0) -> tuple[bytes, float, bool]:
+        """Send ``head`` and ``first`` of a much longer body; what came back, how soon, and
+        whether the server closed the connection."""
+        with socket.create_connection((self.gw.host, self.gw.port), timeout=wait) as sock:
+            started = time.monotonic()
+            sock.sendall(head + first)
+            data, closed = b"", False
+            while b"\r\n\r\n" not in data or not data.endswith(b"}"):
+                try:
+                    piece = sock.recv(65536)
+                except TimeoutError:
+                    break
+                if not piece:
+                    closed = True
+                    break
+                data += piece
+            elapsed = time.monotonic() - started
+            if not closed:
+                sock.settimeout(wait)
+                try:
+                    closed = sock.recv(1) == b""
+                except (TimeoutError, ConnectionResetError):
+                    closed = False
+            return data, elapsed, closed
+
+    def head(self, path: str, *fields: str) -> bytes:
+        lines = [f"POST {path} HTTP/1.1", f"Host: {self.gw.host}", "Content-Type: application/json",
+                 "Content-Length: 10000000", *fields]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+    def test_a_client_without_credentials_is_refused_before_its_body(self) -> None:
+        for path in ("/v1/chat/completions", "/v1/responses"):
+            for fields, code in (((), "missing_api_key"), (("Authorization: Bearer wrong",), "invalid_api_key"),
+                                 (("Expect: 100-continue",), "missing_api_key")):
+                with self.subTest(path=path, fields=fields):
+                    data, elapsed, closed = self.exchange(self.head(path, *fields), b'{"model": "x", ')
+                    self.assertTrue(data.startswith(b"HTTP/1.1 401 "), data[:200])
+                    self.assertNotIn(b"100 Continue", data)
+                    self.assertLess(elapsed, 3.0)       # not after a body deadline
+                    self.assertIn(b"connection: close", data)
+                    self.assertEqual(error_of(data.partition(b"\r\n\r\n")[2])["code"], code)
+                    self.assertTrue(closed)
+
+    def test_the_refusal_carries_cors_headers_for_an_allowed_page(self) -> None:
+        data, _, _ = self.exchange(self.head("/v1/chat/completions", "Origin: https://app.example"), b"{")
+        self.assertTrue(data.startswith(b"HTTP/1.1 401 "), data[:200])
+        self.assertIn(b"access-control-allow-origin: https://app.example", data)
+
+    def test_a_client_with_credentials_may_send_its_body_slowly(self) -> None:
+        body = json.dumps({"model": "equabot", "messages": [{"role": "user", "content": "slow"}]}).encode()
+        head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {self.gw.host}\r\nContent-Type: application/json"
+                f"\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+        with socket.create_connection((self.gw.host, self.gw.port), timeout=10) as sock:
+            sock.sendall(head + body[:10])
+            time.sleep(0.3)
+            sock.sendall(body[10:])
+            reply = http.client.HTTPResponse(sock)
+            reply.begin()
+            self.assertEqual(reply.status, 200)
+            self.assertIn("Echo (turn 1): slow", json.loads(reply.read())["choices"][0]["message"]["content"])
+
+
 class DisabledEndpointTest(unittest.TestCase):
     def test_disabled_endpoint_is_404_like_any_unknown_path(self) -> None:
         data = base_config()

@@ -59,6 +59,11 @@ STREAM_FLUSH_TIMEOUT: Final = 2.0
 _EXPOSED_HEADERS: Final = "x-request-id, x-equabot-idempotent-replay, retry-after"
 
 
+def _cors_headers(origin: str) -> tuple[tuple[str, str], ...]:
+    return (("access-control-allow-origin", origin), ("vary", "origin"),
+            ("access-control-expose-headers", _EXPOSED_HEADERS))
+
+
 class BindError(GatewayError):
     """The gateway cannot listen on ``host``:``port``; the message says why and what to do.
 
@@ -255,16 +260,19 @@ class Gateway:
                   ("/v1/models", ("GET",), self.openai.list_models),
                   ("/v1/models/{model}", ("GET",), self.openai.get_model))
         enabled = self.config.gateway.http.endpoints.chat_completions.enabled
+        guard = self._body_guard
         for path, methods, handler in routes:
             # Off by default: then say how to turn it on rather than "no route".
-            add(path, methods, self._cors(handler) if enabled else _endpoint_disabled)
+            add(path, methods, self._cors(handler) if enabled else _endpoint_disabled,
+                body_guard=guard if enabled and "POST" in methods else None)
             if enabled and self.config.gateway.http.cors.allow_origins:
                 add(path, ("OPTIONS",), self._preflight(methods))
         door = self.responses
         for path, method, name in (("/v1/responses", "POST", "create"), ("/v1/responses/{rest}", "GET", "get"),
                                    ("/v1/responses/{rest}", "POST", "post"),
                                    ("/v1/responses/{rest}", "DELETE", "delete")):
-            add(path, (method,), self._cors(getattr(door, name)) if door else _responses_disabled)
+            add(path, (method,), self._cors(getattr(door, name)) if door else _responses_disabled,
+                body_guard=guard if door and method == "POST" else None)
         if door and self.config.gateway.http.cors.allow_origins:
             add("/v1/responses", ("OPTIONS",), self._preflight(("POST",)))
             add("/v1/responses/{rest}", ("OPTIONS",), self._preflight(("GET", "POST", "DELETE")))
@@ -274,6 +282,17 @@ class Gateway:
 
     async def _echo_upgrade(self, request: http.HTTPRequest) -> http.Upgrade:
         return await self.control.handle_echo_upgrade(request)
+
+    def _body_guard(self, request: http.HTTPRequest) -> None:
+        # A body still to come is held only for a client with credentials: one
+        # without them is refused on its head (with CORS headers for a page).
+        try:
+            self.authorize(request)
+        except ApiError as exc:
+            origin = self._allowed_origin(request.headers.get("origin"))
+            if origin is not None:
+                exc.headers = (*exc.headers, *_cors_headers(origin))
+            raise
 
     def authorize(self, request: http.HTTPRequest) -> None:
         """Check a request's bearer credentials (401 / 429 as ``ApiError``), or its Host without auth (403)."""
@@ -335,8 +354,7 @@ class Gateway:
                 response = http.error_response(exc)
             origin = self._allowed_origin(request.headers.get("origin"))
             if origin is not None and not isinstance(response, http.Upgrade):
-                response.headers.extend((("access-control-allow-origin", origin), ("vary", "origin"),
-                                         ("access-control-expose-headers", _EXPOSED_HEADERS)))
+                response.headers.extend(_cors_headers(origin))
             return response
         return with_cors
 

@@ -416,9 +416,13 @@ class Connection(asyncio.Protocol):
                                             code="request_timeout"))
         return None
 
-    async def _read_body(self, head: http11.Request) -> bytes:
+    async def _read_body(self, head: http11.Request, route: str | None, rid: str) -> bytes:
+        """The whole body; ``ApiError`` from the route's body guard before any wait for it."""
         parser = self.parser
+        unguarded = route is not None
         if head.expect_continue and (head.chunked or head.content_length):
+            self._guard_body(head, route, rid)
+            unguarded = False
             # RFC 9110 §10.1.1: a server that wants the content sends 100 first.
             self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
         pieces: list[bytes] = []
@@ -432,13 +436,24 @@ class Connection(asyncio.Protocol):
                 if self._timed_out:
                     self._time_out()
                     raise asyncio.CancelledError("body timeout")
-                # Only a body still to come needs its own deadline (most arrive with the head).
+                if unguarded:
+                    # Most bodies arrive with their head and are never waited for;
+                    # one still to come is held only for a client the route admits.
+                    self._guard_body(head, route, rid)
+                    unguarded = False
+                # Only a body still to come needs its own deadline.
                 self._set_deadline(self.limits.body_timeout)
                 await self._wait_data()
                 continue
             pieces.append(event)  # type: ignore[arg-type]
         self._deadline = None
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def _guard_body(self, head: http11.Request, route: str | None, rid: str) -> None:
+        guard = None if route is None else self.server.router.body_guard(head.method, route)
+        if guard is not None:
+            guard(HTTPRequest(head.method, head.path, head.query, head.version, head.headers,
+                              b"", self.client, self.id, rid))
 
     async def _respond(self, head: http11.Request) -> bool:
         """Route, read the body, run the handler, write its response.
@@ -462,9 +477,14 @@ class Connection(asyncio.Protocol):
                     close = True        # the body stays unread: the connection cannot go on
                     self._linger = True
                 else:
-                    await self._read_body(head)
+                    await self._read_body(head, None, rid)
                 raise
-            body = await self._read_body(head)
+            try:
+                body = await self._read_body(head, route, rid)
+            except ApiError:            # refused by the body guard: the rest stays unread
+                close = True
+                self._linger = True
+                raise
             request = HTTPRequest(head.method, head.path, head.query, head.version, head.headers,
                                   body, self.client, self.id, rid, params)
             response = await handler(request)

@@ -123,6 +123,9 @@ class Upgrade(NamedTuple):
 
 AnyResponse = Union[Response, StreamingResponse, Upgrade]
 Handler = Callable[[HTTPRequest], Awaitable[AnyResponse]]
+# Checks a request on its head alone (``body`` empty) before its body is waited
+# for; raises ``ApiError``, which is the answer.
+BodyGuard = Callable[[HTTPRequest], None]
 
 
 def error_body(status: int, message: str, *, type: str | None = None,
@@ -175,14 +178,22 @@ class Router:
     def __init__(self) -> None:
         self._exact: dict[str, _Route] = {}
         self._prefixes: list[tuple[str, _Route]] = []
+        self._guards: dict[tuple[str, str], BodyGuard] = {}
 
-    def add(self, path: str, methods: Iterable[str], handler: Handler) -> None:
+    def add(self, path: str, methods: Iterable[str], handler: Handler, *,
+            body_guard: BodyGuard | None = None) -> None:
         """Register ``handler`` for ``methods`` on ``path``.
 
         A path ending in ``/{name}`` matches any non-empty rest of the path
         there (slashes included, percent-escapes decoded), passed as
-        ``request.params[name]``.
+        ``request.params[name]``. ``body_guard`` runs on the head before the
+        server waits for a body still to come (or sends ``100 Continue``): a
+        client it refuses never has its body held (the credentials check).
         """
+        methods = tuple(methods)
+        if body_guard is not None:
+            for method in methods:
+                self._guards[path, method] = body_guard
         if path.endswith("}"):
             prefix, _, name = path.rpartition("/{")
             route = next((r for p, r in self._prefixes if p == prefix + "/"), None)
@@ -215,3 +226,7 @@ class Router:
             raise ApiError(405, f"method {method} is not allowed on {path}",
                            code="method_not_allowed", headers=(("allow", ", ".join(allowed)),))
         return handler, params, route.template
+
+    def body_guard(self, method: str, template: str) -> BodyGuard | None:
+        """The body guard of the route ``resolve`` gave ``template`` for, if it has one."""
+        return self._guards.get((template, method))
