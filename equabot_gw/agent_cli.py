@@ -110,12 +110,14 @@ async def open_client(target: Target) -> Any:
     except GatewayError as exc:
         await client.close()
         other = "token" if target.mode == "password" else "password"
-        if f"gateway {other} missing" in str(exc):      # the gateway's mode is not this config's
-            raise GatewayError(f"{exc}; the gateway at {url} asks for its {other}: use a config whose "
-                               f"gateway.auth.mode is \"{other}\" (the {other} in gateway.auth.{other} "
+        # The gateway's words carry a hint for the original's command line (its
+        # config keys); say what happened in this command line's terms instead.
+        if f"unauthorized: gateway {other} missing" in str(exc):    # its mode is not this config's
+            raise GatewayError(f"UNAUTHORIZED: the gateway at {url} asks for its {other}: use a config "
+                               f"whose gateway.auth.mode is \"{other}\" (the {other} in gateway.auth.{other} "
                                f"or EQUABOT_GATEWAY_{other.upper()})") from None
         mode = target.mode if target.mode != "none" else "token"
-        if str(exc).startswith("UNAUTHORIZED:"):        # say it in the command line's terms
+        if f"unauthorized: gateway {mode}" in str(exc):
             told = f"refused the {mode} it was sent" if target.secret is not None else f"needs its {mode}"
             raise GatewayError(f"UNAUTHORIZED: the gateway at {url} {told}; pass it with --token or "
                                f"EQUABOT_GATEWAY_{mode.upper()}") from None

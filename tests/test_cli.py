@@ -415,6 +415,7 @@ class AuthModeHintTest(CLITestCase):
             line = self.assertOneLineError(done, 1, "UNAUTHORIZED")
             self.assertIn(f'the gateway at {gw.url} asks for its password: use a config whose '
                           f'gateway.auth.mode is "password"', line)
+            self.assertNotIn("gateway.remote", line)     # the hint meant for the original's command line
             config = self.config_file({"gateway": {"auth": {"mode": "password"}}})
             self.assertReply(self.cli("agent", "--config", config, "--url", gw.url, "--state-dir", str(self.state),
                                       "-m", "x", env=self.env(EQUABOT_GATEWAY_PASSWORD="pw-7788")),

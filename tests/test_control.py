@@ -6,6 +6,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import re
 import logging
 import os
 import pathlib
@@ -217,10 +218,25 @@ class HandshakeTest(ControlTestCase):
         self.assertClosedWith(ws, 1008)
 
     async def test_bad_auth_is_refused_and_closed(self) -> None:
-        with self.assertRaisesRegex(GatewayError, "UNAUTHORIZED: unauthorized: gateway token mismatch"):
+        # The original's code; a command line (this client says mode "cli") gets the hint
+        # in its config's terms, as the original's CLI shows it to its user.
+        hint = "(set gateway.remote.token to match gateway.auth.token)"
+        with self.assertRaisesRegex(GatewayError, "INVALID_REQUEST: unauthorized: gateway token mismatch "
+                                    + re.escape(hint)):
             await self.client("wrong")
-        with self.assertRaisesRegex(GatewayError, "UNAUTHORIZED: unauthorized: gateway token missing"):
+        with self.assertRaisesRegex(GatewayError, "INVALID_REQUEST: unauthorized: gateway token missing "
+                                    + re.escape(hint)):
             await self.client(None)
+        # Any other client: in the protocol's terms; the close carries the same words.
+        ws = await self.raw()
+        ws.send(json.dumps({"type": "req", "id": "c", "method": "connect", "params": {
+            **CONNECT, "auth": {"token": "wrong"}, "client": {"id": "x", "mode": "backend"}}}))
+        frame = json.loads(await ws.recv())
+        expected = "unauthorized: gateway token mismatch (send the gateway token as connect.params.auth.token)"
+        self.assertEqual(frame["error"], {"code": "INVALID_REQUEST", "message": expected})
+        await ws.wait_closed()
+        self.assertClosedWith(ws, 1008)
+        self.assertEqual(ws.close_reason, expected)
 
     async def test_wrong_authorization_header_on_upgrade_is_401(self) -> None:
         with self.assertRaises(Exception) as caught:
@@ -636,7 +652,7 @@ class HardeningTest(ControlTestCase):
         ws.send(json.dumps({"type": "req", "id": "c", "method": "connect",
                             "params": {**CONNECT, "auth": {"token": "wrong"}}}))
         frame = json.loads(await ws.recv())
-        self.assertEqual(frame["error"]["code"], "UNAUTHORIZED")
+        self.assertEqual(frame["error"]["code"], "INVALID_REQUEST")      # as the original answers
         await ws.wait_closed()
         self.assertClosedWith(ws, 1008)
         self.assertIn("connect.params.auth.token", ws.close_reason)

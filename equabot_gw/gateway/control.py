@@ -385,11 +385,11 @@ class ControlConnection:
         if not lo <= PROTOCOL_VERSION <= hi:
             raise ApiError(400, f"protocol mismatch: range [{lo}, {hi}] does not include version "
                                 f"{PROTOCOL_VERSION}", code="protocol_mismatch")
-        self._authenticate(params.get("auth") or {})
+        self._authenticate(params.get("auth") or {}, params.get("client") or {})
         self.hello = params
         return self._hello_ok()
 
-    def _authenticate(self, creds: dict[str, Any]) -> None:
+    def _authenticate(self, creds: dict[str, Any], client: dict[str, Any]) -> None:
         auth = self.gateway.auth
         if not auth.required or self.authenticated:
             return
@@ -403,8 +403,10 @@ class ControlConnection:
             if exc.status != 401:
                 raise
             what = "missing" if presented is None else "mismatch"
-            raise ApiError(401, f"unauthorized: gateway {mode} {what} (send the gateway {mode} "
-                                f"as connect.params.auth.{mode})", code=exc.code) from None
+            # INVALID_REQUEST, as the original answers; its command line shows the
+            # hint to a user, so that client gets the hint in its config's terms.
+            raise ApiError(400, f"unauthorized: gateway {mode} {what} ({_auth_hint(client, mode)})",
+                           code=exc.code) from None
         self.authenticated = True
 
     def _hello_ok(self) -> dict[str, Any]:
@@ -487,3 +489,11 @@ class ControlConnection:
         if payload is not DEFERRED:
             self.respond(req_id, payload)
         log.info("conn %s: res ✓ %s %dms", self.id, name, (time.perf_counter() - started) * 1000)
+
+
+def _auth_hint(client: dict[str, Any], mode: str) -> str:
+    """What a refused ``connect`` tells its client to do: a command line, in its config's
+    terms (as the original's CLI expects); any other client, in the protocol's."""
+    if str(client.get("mode", "")).strip().lower() == "cli":
+        return f"set gateway.remote.{mode} to match gateway.auth.{mode}"
+    return f"send the gateway {mode} as connect.params.auth.{mode}"
