@@ -35,7 +35,8 @@ DEFAULT_BASE_URL: Final = "https://api.openai.com/v1"
 # "data: [DONE]" ends the stream (OpenAI API reference, "Streaming").
 DONE: Final = "[DONE]"
 # Options sent under the API's own name when set (max_tokens, stop, tools,
-# tool_choice and logit_bias are shaped by ``payload``).
+# tool_choice and logit_bias are shaped by ``payload``: max_tokens goes under
+# the field the client sent it in, max_tokens or max_completion_tokens).
 _PLAIN_OPTIONS: Final = ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty",
                          "logprobs", "top_logprobs", "response_format", "reasoning_effort", "n",
                          "parallel_tool_calls", "top_k", "min_p", "repetition_penalty")
@@ -109,7 +110,9 @@ class OpenAIProvider(HTTPProvider):
         }
         options = call.options
         if options.max_tokens is not None:
-            body["max_tokens"] = options.max_tokens
+            # Under the client's own name: OpenAI's reasoning models refuse
+            # "max_tokens", many other servers know nothing else.
+            body[options.max_tokens_field] = options.max_tokens
         if options.stop:
             body["stop"] = list(options.stop)
         if options is NO_OPTIONS:

@@ -1,0 +1,177 @@
+"""What clients of both OpenAI doors see of an OpenAI-compatible upstream, end to end.
+
+An in-process gateway whose default agent uses the ``openai-completions``
+provider against a fake upstream that answers as api.openai.com and Gemini's
+compatible endpoint do: OpenAI's reasoning models refuse ``max_tokens``, a
+refusal carries an error ``code`` and ``param``, Gemini streams parallel tool
+calls without ``tool_calls[].index``. The user message names the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import unittest
+from typing import Any
+
+from equabot_gw.agents.types import GenerationOptions
+from equabot_gw.errors import ApiError
+from equabot_gw.gateway import chat_content, responses_input
+from tests.support import TOKEN, error_of, running_gateway, split_responses
+from tests.test_faults import SSE_HEAD, FakeUpstream, chunk, sse_events
+from tests.test_responses import responses_config
+
+
+def error_answer(status: int, message: str, param: str | None, code: Any) -> bytes:
+    payload = json.dumps({"error": {"message": message, "type": "invalid_request_error",
+                                    "param": param, "code": code}}).encode()
+    return (f"HTTP/1.1 {status} Whatever\r\ncontent-type: application/json\r\nretry-after: 7\r\n"
+            f"content-length: {len(payload)}\r\n\r\n").encode() + payload
+
+
+# The user message's first word -> what the upstream answers (as api.openai.com words it).
+REFUSALS = {
+    "ctx": (400, "This model's maximum context length is 128000 tokens. However, your messages resulted "
+                 "in 200000 tokens.", "messages", "context_length_exceeded"),
+    "cf": (400, "Your request was rejected as a result of our safety system.", "prompt",
+           "content_policy_violation"),
+    "rl": (429, "Rate limit reached for gpt-4o-mini", None, "rate_limit_exceeded"),
+    "odd": (400, "Odd fields", "x" * 300, "has spaces\r\nand lines"),
+    "number": (400, "A numeric code", None, 400),
+    "denied": (401, "Incorrect API key provided", None, "invalid_api_key"),
+}
+
+
+def stream_of(*deltas: dict[str, Any]) -> bytes:
+    data = b"".join(chunk(b"data: " + json.dumps({
+        "id": "chatcmpl-up", "object": "chat.completion.chunk", "created": 1, "model": "gpt-test",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": "stop" if not delta else None}]}).encode()
+        + b"\n\n") for delta in (*deltas, {}))
+    return SSE_HEAD + data + chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"
+
+
+GEMINI_CALLS = stream_of(
+    {"role": "assistant", "tool_calls": [{"id": "function-call-1", "type": "function", "function": {
+        "name": "get_weather", "arguments": '{"city":"Paris"}'}}]},
+    {"role": "assistant", "tool_calls": [{"id": "function-call-2", "type": "function", "function": {
+        "name": "get_time", "arguments": '{"tz":"UTC"}'}}]})
+
+
+def user_text(body: dict[str, Any]) -> str:
+    content = body["messages"][-1]["content"]
+    return content if isinstance(content, str) else " ".join(part.get("text", "") for part in content)
+
+
+async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: dict[str, Any]) -> None:
+    word = user_text(body).split(" ")[0]
+    if body["model"].startswith(("o1", "o3", "o4", "gpt-5")) and "max_tokens" in body:
+        writer.write(error_answer(400, "Unsupported parameter: 'max_tokens' is not supported with this "
+                                       "model. Use 'max_completion_tokens' instead.", "max_tokens",
+                                  "unsupported_parameter"))
+    elif word in REFUSALS:
+        writer.write(error_answer(*REFUSALS[word]))
+    elif word == "gem":
+        writer.write(GEMINI_CALLS)
+    else:
+        writer.write(stream_of({"role": "assistant", "content": "ok"}))
+    await writer.drain()
+
+
+def gateway_data(up: FakeUpstream) -> dict[str, Any]:
+    data = responses_config()
+    data["agents"] = {"defaults": {"model": "up/gpt-4o-mini"}}
+    data["models"] = {"providers": {"up": {"api": "openai-completions", "baseUrl": up.base_url, "apiKey": "sk-x"}}}
+    return data
+
+
+TOOLS = [{"type": "function", "function": {"name": name, "parameters": {"type": "object"}}}
+         for name in ("get_weather", "get_time")]
+
+
+class UpstreamCase(unittest.IsolatedAsyncioTestCase):
+    async def asyncSetUp(self) -> None:
+        self.up = await FakeUpstream(upstream).__aenter__()
+        self.addAsyncCleanup(self.up.__aexit__, None, None, None)
+        cm = running_gateway(gateway_data(self.up))
+        self.gw = await cm.__aenter__()
+        self.addAsyncCleanup(cm.__aexit__, None, None, None)
+
+    async def post(self, path: str, body: dict[str, Any], model: str | None = None
+                   ) -> tuple[int, dict[str, str], bytes]:
+        """POST ``body`` as JSON on a fresh connection (``model``: the x-equabot-model header)."""
+        data = json.dumps(body).encode()
+        head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\nConnection: close\r\n"
+                + (f"x-equabot-model: {model}\r\n" if model else "") + "\r\n")
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.gw.server.port)
+        try:
+            writer.write(head.encode() + data)
+            raw = await asyncio.wait_for(reader.read(), 10)
+        finally:
+            writer.close()
+        [(status, headers, payload)] = split_responses(raw)
+        return status, headers, payload
+
+    async def chat(self, text: str, model: str | None = None, **fields: Any) -> tuple[int, dict[str, str], bytes]:
+        return await self.post("/v1/chat/completions", {"model": "equabot", **fields,
+                                                         "messages": [{"role": "user", "content": text}]}, model)
+
+    async def respond(self, text: str, model: str | None = None, **fields: Any) -> tuple[int, dict[str, str], bytes]:
+        return await self.post("/v1/responses", {"model": "equabot", "input": text, **fields}, model)
+
+
+class TokenLimitTest(UpstreamCase):
+    async def test_the_upstream_gets_the_limit_under_the_clients_name(self) -> None:
+        for field in ("max_tokens", "max_completion_tokens"):
+            with self.subTest(field):
+                status, _, body = await self.chat("hi", **{field: 100})
+                self.assertEqual(status, 200, body)
+                sent = self.up.bodies[-1]
+                self.assertEqual(sent[field], 100)
+                self.assertEqual({"max_tokens", "max_completion_tokens"} & set(sent), {field})
+
+    async def test_a_reasoning_model_takes_max_completion_tokens(self) -> None:
+        status, _, body = await self.chat("hi", "up/o3-mini", max_completion_tokens=100)
+        self.assertEqual(status, 200, body)
+        self.assertEqual(json.loads(body)["choices"][0]["message"]["content"], "ok")
+
+    async def test_max_output_tokens_goes_as_max_completion_tokens(self) -> None:
+        status, _, body = await self.respond("hi", "up/o3-mini", max_output_tokens=100)
+        self.assertEqual(status, 200, body)
+        self.assertEqual(json.loads(body)["status"], "completed")
+        sent = self.up.bodies[-1]
+        self.assertEqual(sent["max_completion_tokens"], 100)
+        self.assertNotIn("max_tokens", sent)
+
+    async def test_both_names_at_once_are_refused_as_openai_does(self) -> None:
+        status, _, body = await self.chat("hi", max_tokens=50, max_completion_tokens=100)
+        self.assertEqual(status, 400, body)
+        error = error_of(body)
+        self.assertEqual(error, {"message": "Setting 'max_tokens' and 'max_completion_tokens' at the same "
+                                            "time is not supported.", "type": "invalid_request_error",
+                                 "param": "max_tokens", "code": "invalid_parameter_combination"})
+        self.assertEqual(self.up.requests, 0)
+        # A null one is not sent.
+        status, _, body = await self.chat("hi", max_tokens=None, max_completion_tokens=100)
+        self.assertEqual(status, 200, body)
+
+
+class OptionsTest(unittest.TestCase):
+    def test_the_doors_keep_the_name_of_the_limit(self) -> None:
+        self.assertEqual(chat_content.options_from({"max_tokens": 5}).max_tokens_field, "max_tokens")
+        self.assertEqual(chat_content.options_from({"max_completion_tokens": 5}).max_tokens_field,
+                         "max_completion_tokens")
+        self.assertEqual(responses_input.options_from({"max_output_tokens": 16}).max_tokens_field,
+                         "max_completion_tokens")
+        with self.assertRaises(ApiError) as cm:
+            chat_content.options_from({"max_tokens": 5, "max_completion_tokens": 5})
+        self.assertEqual((cm.exception.status, cm.exception.code, cm.exception.param),
+                         (400, "invalid_parameter_combination", "max_tokens"))
+
+    def test_only_the_two_names_are_taken(self) -> None:
+        with self.assertRaises(ValueError):
+            GenerationOptions(max_tokens=5, max_tokens_field="max_output_tokens")
+
+
+if __name__ == "__main__":
+    unittest.main()
