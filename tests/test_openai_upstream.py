@@ -156,6 +156,27 @@ class TokenLimitTest(UpstreamCase):
         self.assertEqual(status, 200, body)
 
 
+class IndexlessCallsTest(UpstreamCase):
+    async def test_parallel_calls_without_an_index_stay_apart(self) -> None:
+        expected = [("function-call-1", "get_weather", '{"city":"Paris"}'),
+                    ("function-call-2", "get_time", '{"tz":"UTC"}')]
+        status, _, body = await self.chat("gem weather and time", tools=TOOLS)
+        self.assertEqual(status, 200, body)
+        choice = json.loads(body)["choices"][0]
+        self.assertEqual([(c["id"], c["function"]["name"], c["function"]["arguments"])
+                          for c in choice["message"]["tool_calls"]], expected)
+        self.assertEqual(choice["finish_reason"], "tool_calls")
+        status, _, body = await self.chat("gem weather and time", tools=TOOLS, stream=True)
+        calls: dict[int, list[str]] = {}
+        for event in sse_events(body)[:-1]:
+            for delta in event["choices"][0]["delta"].get("tool_calls", ()):
+                call = calls.setdefault(delta["index"], ["", "", ""])
+                call[0] += delta.get("id", "")
+                call[1] += delta.get("function", {}).get("name", "")
+                call[2] += delta.get("function", {}).get("arguments", "")
+        self.assertEqual([tuple(calls[i]) for i in sorted(calls)], expected)
+
+
 class OptionsTest(unittest.TestCase):
     def test_the_doors_keep_the_name_of_the_limit(self) -> None:
         self.assertEqual(chat_content.options_from({"max_tokens": 5}).max_tokens_field, "max_tokens")
