@@ -14,12 +14,17 @@ import json
 import unittest
 from typing import Any
 
+from equabot_gw.agents.events import Delta, Failed
 from equabot_gw.agents.types import GenerationOptions
-from equabot_gw.errors import ApiError
-from equabot_gw.gateway import chat_content, responses_input
+from equabot_gw.config import ProviderConfig
+from equabot_gw.errors import ApiError, UpstreamError, UpstreamRejected
+from equabot_gw.gateway import chat_content, chat_stream, responses_input, responses_output
+from equabot_gw.gateway.chat_stream import ChunkWriter
+from equabot_gw.providers import create_provider
 from tests.support import TOKEN, error_of, running_gateway, split_responses
 from tests.test_faults import SSE_HEAD, FakeUpstream, chunk, sse_events
 from tests.test_responses import responses_config
+from tests.test_stream_writer import parse
 
 
 def error_answer(status: int, message: str, param: str | None, code: Any) -> bytes:
@@ -175,6 +180,78 @@ class IndexlessCallsTest(UpstreamCase):
                 call[1] += delta.get("function", {}).get("name", "")
                 call[2] += delta.get("function", {}).get("arguments", "")
         self.assertEqual([tuple(calls[i]) for i in sorted(calls)], expected)
+
+
+# (user message, status, code, param) as clients of both doors get them: the upstream's
+# code and param where its status is passed on, checked; the gateway's own elsewhere.
+ERROR_FIELDS = (
+    ("ctx", 400, "context_length_exceeded", "messages"),
+    ("cf", 400, "content_policy_violation", "prompt"),
+    ("rl", 429, "rate_limit_exceeded", None),
+    ("odd", 400, "upstream", None),           # a param past 128 characters, a code with spaces
+    ("number", 400, "upstream", None),        # not a string
+    ("denied", 502, "upstream", None),        # the gateway's key, not the client's
+)
+
+
+class UpstreamErrorTest(UpstreamCase):
+    async def test_the_upstreams_error_code_reaches_the_client(self) -> None:
+        for word, status, code, _ in ERROR_FIELDS:
+            upstream_status, message = REFUSALS[word][:2]
+            expected = f"provider 'up': upstream answered {upstream_status}: {message}"
+            for door in ("chat", "chat stream", "responses", "responses stream"):
+                with self.subTest(word, door=door):
+                    send = self.chat if door.startswith("chat") else self.respond
+                    got, headers, body = await send(f"{word} please", stream=door.endswith("stream"))
+                    self.assertEqual(got, status, body)
+                    error = error_of(body)
+                    self.assertEqual((error["code"], error["message"]), (code, expected))
+                    self.assertEqual(headers.get("retry-after"), "7" if status == 429 else None)
+
+    def test_the_fields_of_a_run_error(self) -> None:
+        for word, _, code, param in ERROR_FIELDS:
+            with self.subTest(word):
+                upstream_status, message, sent_param, sent_code = REFUSALS[word]
+                fields = error_fields_of(sent_code, sent_param)
+                exc = UpstreamRejected("up", upstream_status, message, code=fields[0], param=fields[1])
+                self.assertEqual((chat_stream.error_code(exc), chat_stream.error_param(exc)), (code, param))
+        self.assertEqual(chat_stream.error_code(UpstreamError("up", "garbage")), "upstream")
+        self.assertIsNone(chat_stream.error_param(UpstreamError("up", "garbage")))
+
+    def test_a_streamed_error_event_carries_the_code_and_param(self) -> None:
+        exc = UpstreamRejected("up", 400, "too long", code="context_length_exceeded", param="messages")
+        [piece] = ChunkWriter("chatcmpl-1", "equabot", False).pieces([Delta("part"), Failed(exc, "part")])
+        error = parse([piece])[-1]["error"]
+        self.assertEqual((error["code"], error["param"], error["type"]),
+                         ("context_length_exceeded", "messages", "invalid_request_error"))
+
+    def test_a_failed_response_keeps_a_code_of_its_own_kind(self) -> None:
+        for code, expected in (("invalid_image_url", "invalid_image_url"), ("context_length_exceeded", "invalid_prompt"),
+                               (None, "invalid_prompt")):
+            with self.subTest(code):
+                exc = UpstreamRejected("up", 400, "no", code=code)
+                self.assertEqual(responses_output.error_object(exc)["code"], expected)
+        self.assertEqual(responses_output.error_object(UpstreamRejected("up", 403, "no", code="invalid_image_url")),
+                         {"code": "server_error", "message": "provider 'up': upstream answered 403: no"})
+
+
+def error_fields_of(code: Any, param: Any) -> tuple[str | None, str | None]:
+    """What the provider keeps of an upstream error body's code and param."""
+    provider = create_provider("up", ProviderConfig(api="openai-completions", api_key="sk-secret-key"))
+    return provider.error_fields({"error": {"message": "x", "code": code, "param": param}})
+
+
+class ErrorFieldsTest(unittest.TestCase):
+    def test_only_short_safe_words_are_kept(self) -> None:
+        for value, kept in (("context_length_exceeded", True), ("messages[2].content[0].image_url", True),
+                            ("x" * 128, True), ("x" * 129, False), ("", False), ("a b", False),
+                            ("a\r\nb", False), ('a"b', False), ("é", False), (400, False), (None, False),
+                            (["a"], False), ("sk-secret-key", False)):
+            with self.subTest(value):
+                self.assertEqual(error_fields_of(value, value), (value, value) if kept else (None, None))
+        provider = create_provider("up", ProviderConfig(api="openai-completions"))
+        for document in (None, {}, {"error": "a string"}, {"error": ["a"]}):
+            self.assertEqual(provider.error_fields(document), (None, None))
 
 
 class OptionsTest(unittest.TestCase):
