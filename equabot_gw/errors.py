@@ -287,12 +287,19 @@ class UpstreamError(RunError):
 
 
 class UpstreamRejected(UpstreamError):
-    """The upstream answered ``upstream_status``; ``retry_after`` is seconds or None."""
+    """The upstream answered ``upstream_status``; ``retry_after`` is seconds or None.
+
+    ``code`` and ``param`` are the upstream's OpenAI error fields (checked by
+    the provider: short, of safe characters) or None when it sent none.
+    """
 
     def __init__(self, provider: str, upstream_status: int, detail: str,
-                 retry_after: str | None = None) -> None:
+                 retry_after: str | None = None, *, code: str | None = None,
+                 param: str | None = None) -> None:
         self.upstream_status = upstream_status
         self.retry_after = retry_after
+        self.code = code
+        self.param = param
         super().__init__(provider, f"upstream answered {upstream_status}: {detail}")
 
 

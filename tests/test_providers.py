@@ -483,6 +483,17 @@ class OpenAITests(HTTPProviderCase):
             "max_tokens": 50, "temperature": 0.5, "top_p": 0.9, "stop": ["END"], "seed": 42,
         })
 
+    async def test_the_token_limit_goes_under_the_name_the_client_used(self) -> None:
+        # OpenAI's reasoning models refuse max_tokens ("Use 'max_completion_tokens'
+        # instead"); many compatible servers know only max_tokens.
+        for field in ("max_tokens", "max_completion_tokens"):
+            with self.subTest(field):
+                async with FakeUpstream(replay(OPENAI_STREAM)) as up:
+                    await collect(self.provider(up), call(max_tokens=50, max_tokens_field=field))
+                sent = up.requests[0].json
+                self.assertEqual(sent[field], 50)
+                self.assertEqual({"max_tokens", "max_completion_tokens"} & set(sent), {field})
+
     async def test_unset_options_and_key_are_not_sent(self) -> None:
         async with FakeUpstream(replay(OPENAI_STREAM)) as up:
             await collect(self.provider(up, api_key=None, base_url=f"http://127.0.0.1:{up.port}/v1/"),

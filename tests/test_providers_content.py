@@ -21,7 +21,7 @@ from equabot_gw.agents.output import check_request
 from equabot_gw.errors import ApiError, UpstreamRejected, http_status
 from equabot_gw.providers.anthropic import AnthropicProvider, THINKING_BUDGETS
 from equabot_gw.providers.command import CommandProvider
-from tests.test_providers import DATA, FakeUpstream, HTTPProviderCase, replay
+from tests.test_providers import DATA, FakeUpstream, HTTPProviderCase, replay, sse
 
 WEATHER = ToolSpec("get_weather", "Get the weather", {"type": "object", "properties": {"location": {"type": "string"}}})
 PNG = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
@@ -45,6 +45,38 @@ def loop_call(**options: Any) -> ProviderCall:
                Message("assistant", "Let me check.", (ToolCall("call_1", "get_weather", '{"location": "Paris"}'),)),
                Message("tool", "18 C, sunny", tool_call_id="call_1", name="get_weather"))
     return ProviderCall("m", "Be brief.", history, 2, GenerationOptions(**options))
+
+
+def fragment(index: int | None = None, call_id: str | None = None, name: str | None = None,
+             arguments: str | None = None) -> dict[str, Any]:
+    """One entry of a chunk's ``delta.tool_calls``, with only the fields given."""
+    fn = {k: v for k, v in (("name", name), ("arguments", arguments)) if v is not None}
+    out: dict[str, Any] = {"type": "function", "function": fn}
+    if index is not None:
+        out["index"] = index
+    if call_id is not None:
+        out["id"] = call_id
+    return out
+
+
+# (name, delta.tool_calls of each chunk, calls joined by index)
+CALL_FRAGMENTS = (
+    ("by index, as OpenAI sends them", [[fragment(0, "a", "f", "")], [fragment(0, arguments='{"x"')],
+                                        [fragment(1, "b", "g", "{}")], [fragment(0, arguments=":1}")]],
+     [("a", "f", '{"x":1}'), ("b", "g", "{}")]),
+    ("by index, the id repeated", [[fragment(0, "a", "f", "{")], [fragment(0, "a", arguments="}")]],
+     [("a", "f", "{}")]),
+    ("no index: a new id is a new call", [[fragment(None, "a", "f", "{}")], [fragment(None, "b", "g", "[]")]],
+     [("a", "f", "{}"), ("b", "g", "[]")]),
+    ("no index: two calls in one chunk", [[fragment(None, "a", "f", "{}"), fragment(None, "b", "g", "[]")]],
+     [("a", "f", "{}"), ("b", "g", "[]")]),
+    ("no index: no id continues the call", [[fragment(None, "a", "f", '{"x"')], [fragment(arguments=":1}")]],
+     [("a", "f", '{"x":1}')]),
+    ("no index: the same id continues the call", [[fragment(None, "a", "f", "{")], [fragment(None, "a", arguments="}")]],
+     [("a", "f", "{}")]),
+    ("no index and no id at all: one call", [[fragment(name="f", arguments="{")], [fragment(arguments="}")]],
+     [(None, "f", "{}")]),
+)
 
 
 class ReplayCase(HTTPProviderCase):
@@ -73,6 +105,23 @@ class OpenAIContentTest(ReplayCase):
         self.assertEqual(joined_calls(events), [
             ("call_12345xyz", "get_weather", '{"location":"Paris, France"}'),
             ("call_67890abc", "get_weather", '{"location":"Bogotá, Colombia"}')])
+
+    async def test_calls_without_an_index_are_told_apart_by_their_id(self) -> None:
+        # Gemini's compatible endpoint: each parallel call whole, with its own id, no index.
+        for step in (None, 7):
+            with self.subTest(step=step):
+                events = await self.replayed("gemini-openai-stream-parallel-tool-calls.sse", step=step)
+                self.assertEqual(joined_calls(events), [("function-call-1", "get_weather", '{"city":"Paris"}'),
+                                                        ("function-call-2", "get_time", '{"tz":"UTC"}')])
+
+    async def test_tool_call_fragments_by_index_or_by_id(self) -> None:
+        for name, fragments, expected in CALL_FRAGMENTS:
+            with self.subTest(name):
+                raw = sse(*({"choices": [{"index": 0, "delta": {"tool_calls": group}, "finish_reason": None}]}
+                            for group in fragments), b"[DONE]")
+                async with FakeUpstream(replay(raw)) as up:
+                    events = [e async for e in self.provider(up).stream(loop_call())]
+                self.assertEqual(joined_calls(events), expected)
 
     async def test_reasoning_content_and_usage_details(self) -> None:
         events = await self.replayed("openai-chat-stream-reasoning.sse")

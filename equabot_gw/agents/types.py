@@ -162,12 +162,19 @@ INPUT_KINDS: Final = frozenset({"image", "audio", "tool_calls"})
 
 # Options a request may ask for; providers declare which they honour
 # (``Provider.supported_options``). The single list of names.
+# ``max_tokens`` is one option whichever field carried it: a provider that
+# honours it honours both names (``GenerationOptions.max_tokens_field`` keeps
+# the field, for the upstreams that know only one of them).
 OPTION_NAMES: Final = (
     "max_tokens", "temperature", "top_p", "stop", "seed",
     "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs",
     "response_format", "reasoning_effort", "n", "tools", "tool_choice", "parallel_tool_calls",
     "top_k", "min_p", "repetition_penalty",
 )
+
+
+# The names OpenAI's Chat Completions API gives the reply's token limit, older first.
+MAX_TOKENS_FIELDS: Final = ("max_tokens", "max_completion_tokens")
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +187,11 @@ class GenerationOptions:
     ``response_format`` the OpenAI object (``json_object`` or ``json_schema``,
     passed through); ``tool_choice`` is "auto", "none", "required", or
     ``{"type": "function", "name": NAME}`` to force one tool.
+    ``max_tokens_field`` is the request field ``max_tokens`` came in as:
+    "max_tokens" (the older name, the only one many compatible servers know)
+    or "max_completion_tokens" (the one OpenAI's reasoning models take, and
+    what the Responses API's ``max_output_tokens`` becomes); an OpenAI-compatible
+    upstream gets the limit under that name. It is not an option of its own.
     """
 
     max_tokens: int | None = None
@@ -201,6 +213,14 @@ class GenerationOptions:
     top_k: int | None = None
     min_p: float | None = None
     repetition_penalty: float | None = None
+    # Left out of repr: request digests of idempotency keys are made from it,
+    # and keys stored before this field existed must still match.
+    max_tokens_field: str = field(default="max_tokens", repr=False)
+
+    def __post_init__(self) -> None:
+        if self.max_tokens_field not in MAX_TOKENS_FIELDS:
+            raise ValueError(f"max_tokens_field must be one of {MAX_TOKENS_FIELDS}, "
+                             f"not {self.max_tokens_field!r}")
 
     def requested(self) -> tuple[str, ...]:
         """Names (from ``OPTION_NAMES``) of the options that are set."""

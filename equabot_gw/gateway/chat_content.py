@@ -257,17 +257,22 @@ def is_legacy(body: dict[str, Any]) -> bool:
 def options_from(body: dict[str, Any]) -> GenerationOptions:
     """The ``GenerationOptions`` of a checked body; neutral values are not asked for.
 
+    The token limit keeps the name it came under (``max_tokens_field``).
     Raises ``ApiError`` for combinations OpenAI refuses (``tools`` with
     ``functions``, ``tool_choice`` naming no offered tool, ``top_logprobs``
-    without ``logprobs``).
+    without ``logprobs``, both ``max_tokens`` and ``max_completion_tokens``).
     """
     if _OPTION_FIELDS.isdisjoint(body):
         return NO_OPTIONS
     get = body.get
     stop = get("stop")
-    max_tokens = get("max_completion_tokens")
+    max_tokens, max_tokens_field = get("max_completion_tokens"), "max_completion_tokens"
     if max_tokens is None:
-        max_tokens = get("max_tokens")
+        max_tokens, max_tokens_field = get("max_tokens"), "max_tokens"
+    elif get("max_tokens") is not None:
+        # OpenAI's own answer, word for word: which limit would win is not guessed.
+        raise bad("max_tokens", "Setting 'max_tokens' and 'max_completion_tokens' at the same time "
+                                "is not supported.", code="invalid_parameter_combination")
     tools, tool_choice, parallel = _tool_options(body)
     logprobs = get("logprobs") or None
     top_logprobs = get("top_logprobs") or None
@@ -286,7 +291,7 @@ def options_from(body: dict[str, Any]) -> GenerationOptions:
         response_format=response_format, reasoning_effort=get("reasoning_effort"),
         n=n if n is not None and n > 1 else None, tools=tools, tool_choice=tool_choice,
         parallel_tool_calls=parallel, top_k=get("top_k"), min_p=get("min_p"),
-        repetition_penalty=get("repetition_penalty"))
+        repetition_penalty=get("repetition_penalty"), max_tokens_field=max_tokens_field)
 
 
 def _tool_options(body: dict[str, Any]) -> tuple[tuple[ToolSpec, ...], Any, bool | None]:

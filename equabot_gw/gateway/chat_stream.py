@@ -36,13 +36,13 @@ from .. import __version__, compact_json
 from ..agents.events import Delta, Ended, Failed, Started, Subscription
 from ..agents.runtime import Run
 from ..agents.types import AgentResult, ChoiceEvent, Finish, Logprobs, ReasoningDelta, TextDelta, ToolCallDelta
-from ..errors import RunError, RunTimedOut, http_status
+from ..errors import RunError, RunTimedOut, UpstreamRejected, http_status
 from ..net import sse
 from ..net.routes import error_body
 from ..agents.idempotency import output_units, rebuilt_units
 from .chat_content import finish_of, logprobs_object
 
-__all__ = ["ChunkWriter", "first_output", "sse_body", "resumed_body", "error_code", "PIECE_BYTES", "SYSTEM_FINGERPRINT"]
+__all__ = ["ChunkWriter", "first_output", "sse_body", "resumed_body", "error_code", "error_param", "PIECE_BYTES", "SYSTEM_FINGERPRINT"]
 
 SYSTEM_FINGERPRINT: Final = f"equabot-gw-{__version__}"
 # A str as a JSON string literal: the C function json.dumps ends up calling,
@@ -52,8 +52,24 @@ _dumps: Final = compact_json.dumps
 
 
 def error_code(exc: RunError) -> str:
-    """The OpenAI error ``code`` of a failed run: its reason, with a timeout told apart."""
+    """The OpenAI error ``code`` of a failed run: the upstream's own when its status is passed
+    on (400, 429) and it sent one, else the run's reason, with a timeout told apart."""
+    if type(exc) is UpstreamRejected and exc.code is not None and _passed_on(exc):
+        return exc.code
     return "run_timeout" if isinstance(exc, RunTimedOut) else exc.reason
+
+
+def error_param(exc: RunError) -> str | None:
+    """The OpenAI error ``param`` of a failed run: the upstream's own when its status is passed
+    on (400, 429), else None."""
+    return exc.param if type(exc) is UpstreamRejected and _passed_on(exc) else None
+
+
+def _passed_on(exc: UpstreamRejected) -> bool:
+    # Only an answer about the client's request (400, 429) keeps the upstream's
+    # fields; a 401 or 5xx is the gateway's problem (502), and "invalid_api_key"
+    # would wrongly tell the client its own key is bad.
+    return http_status(exc) == exc.upstream_status
 
 
 async def first_output(subscription: Subscription) -> list[Any]:
@@ -312,7 +328,8 @@ class ChunkWriter:
         if seq + 1 <= self._skip:
             return b""
         return f"{self._id}{self._mark(seq + 1)}\n".encode() + sse.data_event(
-            error_body(http_status(event.error), str(event.error), code=error_code(event.error)).decode())
+            error_body(http_status(event.error), str(event.error), code=error_code(event.error),
+                       param=error_param(event.error)).decode())
 
     # -- the mixed path: reasoning, tool calls, logprobs, several choices --------------
 

@@ -546,7 +546,11 @@ _OPTION_FIELDS: Final = frozenset({
 
 
 def options_from(body: dict[str, Any]) -> GenerationOptions:
-    """The ``GenerationOptions`` of a checked body; neutral values are not asked for."""
+    """The ``GenerationOptions`` of a checked body; neutral values are not asked for.
+
+    ``max_output_tokens`` is the limit an OpenAI-compatible upstream gets as
+    ``max_completion_tokens``.
+    """
     if _OPTION_FIELDS.isdisjoint(body):
         return NO_OPTIONS
     get = body.get
@@ -557,7 +561,10 @@ def options_from(body: dict[str, Any]) -> GenerationOptions:
         max_tokens=get("max_output_tokens"), temperature=get("temperature"), top_p=get("top_p"),
         logprobs=logprobs or None, top_logprobs=(get("top_logprobs") or None) if logprobs else None,
         response_format=_response_format(text_format), reasoning_effort=(get("reasoning") or {}).get("effort"),
-        tools=tools, tool_choice=tool_choice, parallel_tool_calls=parallel)
+        tools=tools, tool_choice=tool_choice, parallel_tool_calls=parallel,
+        # The Chat Completions field that means the same as max_output_tokens
+        # (reasoning tokens included), and the one OpenAI's reasoning models take.
+        max_tokens_field="max_completion_tokens")
 
 
 def _response_format(fmt: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -38,6 +38,7 @@ from .. import compact_json
 from ..agents.events import Ended, Failed
 from ..agents.types import AgentResult, Logprobs, ReasoningDelta, TextDelta, ToolCall, ToolCallDelta, Usage
 from ..errors import RunAborted, RunError, RunTimedOut, http_status
+from .chat_stream import error_code
 
 __all__ = ["Shape", "EventWriter", "result_output", "partial_output", "usage_object", "status_of",
            "error_object", "failed_status", "shape_of", "stored_events", "items_status", "PIECE_BYTES", "DELTA_CHARS"]
@@ -122,12 +123,27 @@ def failed_status(exc: RunError) -> str:
     return "cancelled" if isinstance(exc, RunAborted) and not isinstance(exc, RunTimedOut) else "failed"
 
 
+# OpenAI's ResponseErrorCode: the only codes a Response's ``error`` may carry.
+RESPONSE_ERROR_CODES: Final = frozenset({
+    "server_error", "rate_limit_exceeded", "invalid_prompt", "data_residency_mismatch", "bio_policy",
+    "vector_store_timeout", "invalid_image", "invalid_image_format", "invalid_base64_image",
+    "invalid_image_url", "image_too_large", "image_too_small", "image_parse_error",
+    "image_content_policy_violation", "invalid_image_mode", "image_file_too_large",
+    "unsupported_image_media_type", "empty_image_file", "failed_to_download_image", "image_file_not_found"})
+
+
 def error_object(exc: RunError) -> dict[str, Any] | None:
-    """The Response's ``error`` ({code, message}, codes of OpenAI's ResponseErrorCode); None when cancelled."""
+    """The Response's ``error`` ({code, message}, codes of OpenAI's ResponseErrorCode); None when cancelled.
+
+    An upstream's own code (400 and 429 answers) is kept when it is one of those;
+    others ("context_length_exceeded") become the status's code.
+    """
     if failed_status(exc) == "cancelled":
         return None
     status = http_status(exc)
-    code = "rate_limit_exceeded" if status == 429 else "invalid_prompt" if status == 400 else "server_error"
+    code = error_code(exc)
+    if code not in RESPONSE_ERROR_CODES:
+        code = "rate_limit_exceeded" if status == 429 else "invalid_prompt" if status == 400 else "server_error"
     return {"code": code, "message": str(exc)}
 
 

@@ -49,6 +49,12 @@ if TYPE_CHECKING:
 MAX_ERROR_BODY_BYTES: Final = 64 * 1024
 # Longest error detail kept from an upstream (characters).
 MAX_DETAIL_CHARS: Final = 1000
+# An upstream's OpenAI error ``code`` and ``param`` reach clients as they are,
+# so only short words of these characters are kept (OpenAI's are like
+# "context_length_exceeded" and "messages[2].content[0].image_url"); anything
+# else is dropped as if not sent.
+MAX_ERROR_FIELD_CHARS: Final = 128
+_ERROR_FIELD: Final = r"[A-Za-z0-9_.:/\[\]-]{1,%d}" % MAX_ERROR_FIELD_CHARS
 # Largest event (line or data buffer) accepted from an event stream: far above
 # any chunk an LLM API sends, low enough that garbage cannot exhaust memory.
 MAX_EVENT_CHARS: Final = 4 * 1024 * 1024
@@ -377,7 +383,8 @@ class HTTPProvider(Provider):
         caller must ``aclose``.
 
         Raises ``UpstreamRejected`` for any other status (with the upstream's
-        ``error.message`` and ``Retry-After``), ``UpstreamTimeout`` or ``UpstreamError``.
+        ``error.message``, ``error.code`` and ``error.param``, and ``Retry-After``),
+        ``UpstreamTimeout`` or ``UpstreamError``.
         """
         # A call with much text (ten thousand messages, a 20 MiB one) is
         # encoded in slices of the event loop; the usual small one at once.
@@ -410,10 +417,26 @@ class HTTPProvider(Provider):
             body = b""      # the status says enough
         finally:
             await response.aclose()
-        message = error_message(body) or _plain_text(response, body) or \
+        document = _json_object(body)
+        message = error_message(document) or _plain_text(response, body) or \
             f"{response.status} {response.reason}".strip()
+        code, param = self.error_fields(document)
         return UpstreamRejected(self.name, response.status, self.detail(message),
-                                retry_after=retry_after.strip() if retry_after else None)
+                                retry_after=retry_after.strip() if retry_after else None,
+                                code=code, param=param)
+
+    def error_fields(self, document: dict[str, Any] | None) -> tuple[str | None, str | None]:
+        """(``error.code``, ``error.param``) of an OpenAI error body, each None unless a
+        string of at most ``MAX_ERROR_FIELD_CHARS`` safe characters that holds no secret."""
+        error = document.get("error") if document is not None else None
+        if not isinstance(error, dict):
+            return None, None
+        return self._error_field(error.get("code")), self._error_field(error.get("param"))
+
+    def _error_field(self, value: Any) -> str | None:
+        if type(value) is not str or not re.fullmatch(_ERROR_FIELD, value) or self.redact(value) != value:
+            return None
+        return value
 
     @staticmethod
     async def release(response: http_client.ClientResponse, *, ended: bool) -> None:
@@ -459,13 +482,18 @@ def _is_safe_field(name: str, value: str) -> bool:
     return re.search(_CONTROL, value.replace("\t", " ")) is None
 
 
-def error_message(body: bytes) -> str | None:
-    """``error.message`` (or a bare ``error``/``message`` string) of a JSON error body, if any."""
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    """The JSON object an error body holds, or None."""
     try:
         doc = safejson.loads(body)
     except ValueError:
         return None
-    if not isinstance(doc, dict):
+    return doc if isinstance(doc, dict) else None
+
+
+def error_message(doc: dict[str, Any] | None) -> str | None:
+    """``error.message`` (or a bare ``error``/``message`` string) of a JSON error body's object, if any."""
+    if doc is None:
         return None
     error = doc.get("error")
     if isinstance(error, dict) and isinstance(error.get("message"), str):

@@ -5,7 +5,9 @@ POSTs ``{baseUrl}/chat/completions`` with ``stream: true`` and
 ``chat.completion.chunk`` objects until ``data: [DONE]``, and maps each
 choice's delta back: ``content`` to ``TextDelta``, ``reasoning_content`` (or
 ``reasoning``, as vLLM, OpenRouter and Ollama name it) to ``ReasoningDelta``,
-``tool_calls`` fragments to ``ToolCallDelta``, ``logprobs.content`` to
+``tool_calls`` fragments to ``ToolCallDelta`` (by their ``index``; fragments
+without one, as Gemini's compatible endpoint sends parallel calls, by their
+``id``), ``logprobs.content`` to
 ``Logprobs``; choices past the first come wrapped in ``ChoiceEvent``. Then
 the final usage chunk's counts (with ``cached_tokens`` and
 ``reasoning_tokens`` when given), then the ``finish_reason``. Everything a
@@ -35,7 +37,8 @@ DEFAULT_BASE_URL: Final = "https://api.openai.com/v1"
 # "data: [DONE]" ends the stream (OpenAI API reference, "Streaming").
 DONE: Final = "[DONE]"
 # Options sent under the API's own name when set (max_tokens, stop, tools,
-# tool_choice and logit_bias are shaped by ``payload``).
+# tool_choice and logit_bias are shaped by ``payload``: max_tokens goes under
+# the field the client sent it in, max_tokens or max_completion_tokens).
 _PLAIN_OPTIONS: Final = ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty",
                          "logprobs", "top_logprobs", "response_format", "reasoning_effort", "n",
                          "parallel_tool_calls", "top_k", "min_p", "repetition_penalty")
@@ -109,7 +112,9 @@ class OpenAIProvider(HTTPProvider):
         }
         options = call.options
         if options.max_tokens is not None:
-            body["max_tokens"] = options.max_tokens
+            # Under the client's own name: OpenAI's reasoning models refuse
+            # "max_tokens", many other servers know nothing else.
+            body[options.max_tokens_field] = options.max_tokens
         if options.stop:
             body["stop"] = list(options.stop)
         if options is NO_OPTIONS:
@@ -138,6 +143,7 @@ class OpenAIProvider(HTTPProvider):
         response = await self.open_stream(self.payload(call), call)
         usage: Usage | None = None
         reasons: dict[int, str] = {}
+        orders: dict[int, _CallOrder] = {}      # choice index -> where its tool calls stand
         ended = False
         try:
             async with aclosing(self.events(response)) as events:
@@ -151,7 +157,7 @@ class OpenAIProvider(HTTPProvider):
                         if text:
                             yield TextDelta(text)
                     else:
-                        for output in self._read_choices(chunk, reasons, len(event.data)):
+                        for output in self._read_choices(chunk, reasons, len(event.data), orders):
                             yield output
                     usage = self._read_usage(chunk) or usage
                 else:
@@ -165,8 +171,10 @@ class OpenAIProvider(HTTPProvider):
             yield usage
         yield Finish(reasons.get(0) or "stop")
 
-    def _read_choices(self, chunk: dict[str, Any], reasons: dict[int, str], size: int) -> list[ProviderEvent]:
-        """The output events of one chunk, in order; finish reasons noted in ``reasons``."""
+    def _read_choices(self, chunk: dict[str, Any], reasons: dict[int, str], size: int,
+                      orders: dict[int, _CallOrder]) -> list[ProviderEvent]:
+        """The output events of one chunk, in order; finish reasons noted in ``reasons``,
+        each choice's tool-call order kept in ``orders``."""
         if "error" in chunk:
             # Upstreams report failures after the 200 head as a chunk {"error": {...}}.
             error = chunk["error"]
@@ -190,7 +198,7 @@ class OpenAIProvider(HTTPProvider):
             text = delta.get("content")
             # The usual chunk holds text alone: one check and it is done.
             if len(delta) > 1 or text is None or choice.get("logprobs"):
-                events = self._read_delta(delta, choice.get("logprobs"), size)
+                events = self._read_delta(delta, choice.get("logprobs"), size, orders, index)
             elif type(text) is str:
                 events = [TextDelta(text)] if text else []
             else:
@@ -201,7 +209,8 @@ class OpenAIProvider(HTTPProvider):
                 reasons[index] = finish
         return out
 
-    def _read_delta(self, delta: dict[str, Any], logprobs: Any, size: int) -> list[Any]:
+    def _read_delta(self, delta: dict[str, Any], logprobs: Any, size: int,
+                    orders: dict[int, _CallOrder], choice: int) -> list[Any]:
         events: list[Any] = []
         reasoning = delta.get("reasoning_content")
         if reasoning is None:
@@ -219,25 +228,31 @@ class OpenAIProvider(HTTPProvider):
                 events.append(TextDelta(text))
         calls = delta.get("tool_calls")
         if calls is not None:
-            events.extend(self._tool_call_deltas(calls))
+            order = orders.get(choice)
+            if order is None:
+                order = orders[choice] = _CallOrder()
+            events.extend(self._tool_call_deltas(calls, order))
         if isinstance(logprobs, dict) and isinstance(logprobs.get("content"), list) and logprobs["content"]:
             events.append(Logprobs(tuple(logprobs["content"]), size))
         return events
 
-    def _tool_call_deltas(self, calls: Any) -> list[ToolCallDelta]:
+    def _tool_call_deltas(self, calls: Any, order: _CallOrder) -> list[ToolCallDelta]:
         if not isinstance(calls, list):
             raise UpstreamError(self.name, "malformed chunk: delta.tool_calls is not a list")
         out = []
         for call in calls:
-            fn = call.get("function") if isinstance(call, dict) else None
-            index = call.get("index", 0) if isinstance(call, dict) else None
+            if not isinstance(call, dict):
+                raise UpstreamError(self.name, "malformed chunk: a tool call fragment is not well-formed")
+            fn = call.get("function")
             fn = fn if isinstance(fn, dict) else {}
-            call_id, name, arguments = call.get("id") if isinstance(call, dict) else None, \
-                fn.get("name"), fn.get("arguments", "")
-            if type(index) is not int or index < 0 or not (call_id is None or isinstance(call_id, str)) \
+            index, call_id, name, arguments = call.get("index"), call.get("id"), fn.get("name"), \
+                fn.get("arguments", "")
+            if not (index is None or type(index) is int and index >= 0) \
+                    or not (call_id is None or isinstance(call_id, str)) \
                     or not (name is None or isinstance(name, str)) or not isinstance(arguments, str | None):
                 raise UpstreamError(self.name, "malformed chunk: a tool call fragment is not well-formed")
-            out.append(ToolCallDelta(index, call_id or None, name or None, arguments or ""))
+            call_id = call_id or None
+            out.append(ToolCallDelta(order.index_of(index, call_id), call_id, name or None, arguments or ""))
         return out
 
     def _read_usage(self, chunk: dict[str, Any]) -> Usage | None:
@@ -250,6 +265,36 @@ class OpenAIProvider(HTTPProvider):
             raise UpstreamError(self.name, "malformed chunk: usage counts are not integers")
         return Usage(prompt, completion, _detail(usage, "prompt_tokens_details", "cached_tokens"),
                      _detail(usage, "completion_tokens_details", "reasoning_tokens"))
+
+
+class _CallOrder:
+    """Which call each tool-call fragment of one choice belongs to.
+
+    OpenAI numbers the fragments of each call by ``index``: those keep it.
+    Gemini's OpenAI-compatible endpoint sends each of several calls whole, with
+    its own ``id`` and no ``index``. A fragment without an index starts a new
+    call when it carries an id other than the current call's, and continues the
+    current call when it carries none (or the same one).
+    """
+
+    __slots__ = ("current", "ids", "next")
+
+    def __init__(self) -> None:
+        self.current = -1                   # the index of the last fragment's call; -1 before any
+        self.ids: dict[int, str] = {}       # call index -> its id, once given
+        self.next = 0                       # the index a new call without one gets
+
+    def index_of(self, index: int | None, call_id: str | None) -> int:
+        """The call index of a fragment that came with ``index`` (None: without one) and ``call_id``."""
+        if index is None:
+            new = self.current < 0 or call_id is not None and call_id != self.ids.get(self.current)
+            index = self.next if new else self.current
+        if call_id is not None and index not in self.ids:
+            self.ids[index] = call_id
+        self.current = index
+        if index >= self.next:
+            self.next = index + 1
+        return index
 
 
 def _plain_text(chunk: dict[str, Any]) -> str | None:
