@@ -196,7 +196,7 @@ ERROR_FIELDS = (
 
 class UpstreamErrorTest(UpstreamCase):
     async def test_the_upstreams_error_code_reaches_the_client(self) -> None:
-        for word, status, code, _ in ERROR_FIELDS:
+        for word, status, code, param in ERROR_FIELDS:
             upstream_status, message = REFUSALS[word][:2]
             expected = f"provider 'up': upstream answered {upstream_status}: {message}"
             for door in ("chat", "chat stream", "responses", "responses stream"):
@@ -205,7 +205,7 @@ class UpstreamErrorTest(UpstreamCase):
                     got, headers, body = await send(f"{word} please", stream=door.endswith("stream"))
                     self.assertEqual(got, status, body)
                     error = error_of(body)
-                    self.assertEqual((error["code"], error["message"]), (code, expected))
+                    self.assertEqual((error["code"], error["param"], error["message"]), (code, param, expected))
                     self.assertEqual(headers.get("retry-after"), "7" if status == 429 else None)
 
     def test_the_fields_of_a_run_error(self) -> None:

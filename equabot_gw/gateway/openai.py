@@ -481,7 +481,8 @@ def _run_error_response(exc: RunError, extra: list[tuple[str, str]] | None = Non
     elif type(exc) is RunAborted and exc.why == SHUTDOWN_ABORT:    # soon back, or another node
         headers.append(("retry-after", "1"))
     return Response(status, [("content-type", "application/json")] + headers,
-                    error_body(status, str(exc), code=chat_stream.error_code(exc)))
+                    error_body(status, str(exc), code=chat_stream.error_code(exc),
+                               param=chat_stream.error_param(exc)))
 
 
 def _text_only(result: AgentResult) -> bool:
