@@ -481,7 +481,7 @@ class Connection(asyncio.Protocol):
                 raise
             try:
                 body = await self._read_body(head, route, rid)
-            except ApiError:            # refused by the body guard: the rest stays unread
+            except Exception:           # refused by the body guard (or it failed): the rest stays unread
                 close = True
                 self._linger = True
                 raise
