@@ -541,7 +541,7 @@ class RateLimitTest(unittest.IsolatedAsyncioTestCase):
     async def test_ws_failures_count_for_http(self) -> None:
         async with in_process(limited()) as gw:
             for _ in range(3):
-                await self.assertWSRefused(gw, WRONG, "UNAUTHORIZED")
+                await self.assertWSRefused(gw, WRONG, "INVALID_REQUEST")
             self.assertLockedOut(await request(gw, token=TOKEN))
             await self.assertWSRefused(gw, None, "RATE_LIMITED")
 
@@ -582,14 +582,14 @@ class RateLimitTest(unittest.IsolatedAsyncioTestCase):
             for _ in range(10):
                 status, _, body = await request(gw)
                 self.assertEqual((status, error_of(body)["message"]), (401, MISSING_TOKEN))
-                await self.assertWSRefused(gw, None, "UNAUTHORIZED")
+                await self.assertWSRefused(gw, None, "INVALID_REQUEST")
             self.assertEqual((await request(gw, token=TOKEN))[0], 200)
 
     async def test_loopback_clients_are_exempt_by_default(self) -> None:
         async with in_process(limited(exempt_loopback=True)) as gw:
             await self.fail_http(gw, 10)
             for _ in range(5):
-                await self.assertWSRefused(gw, WRONG, "UNAUTHORIZED")
+                await self.assertWSRefused(gw, WRONG, "INVALID_REQUEST")
             self.assertEqual((await request(gw, token=TOKEN))[0], 200)
             client = await ControlClient.open(gw.url, TOKEN)
             await client.close()
@@ -603,7 +603,7 @@ class RateLimitTest(unittest.IsolatedAsyncioTestCase):
         async with in_process(limited(exempt_loopback=True)) as gw:
             page = (("Origin", gw.url),)
             for _ in range(3):
-                await self.assertWSRefused(gw, WRONG, "UNAUTHORIZED", headers=page)
+                await self.assertWSRefused(gw, WRONG, "INVALID_REQUEST", headers=page)
             await self.assertWSRefused(gw, TOKEN, "RATE_LIMITED", headers=page)
             # The machine's own tools (no Origin) are not locked out by the page.
             self.assertEqual((await request(gw, token=TOKEN))[0], 200)
@@ -681,7 +681,7 @@ class EnvWinsTest(unittest.IsolatedAsyncioTestCase):
         mode = gw.secret.mode
         client = await ControlClient.open(gw.url, good, mode=mode)
         await client.close()
-        with self.assertRaisesRegex(GatewayError, "UNAUTHORIZED"):
+        with self.assertRaisesRegex(GatewayError, "INVALID_REQUEST: unauthorized: gateway"):
             await ControlClient.open(gw.url, bad, mode=mode)
 
     async def test_token(self) -> None:

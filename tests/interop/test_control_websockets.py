@@ -199,7 +199,7 @@ class HandshakeTest(ControlTestCase):
         ws = await self.open()
         req_id = await self.send(ws, "connect", connect_params("wrong"))
         res = await self.frame(ws)
-        self.assertEqual((res["id"], res["ok"], res["error"]["code"]), (req_id, False, "UNAUTHORIZED"))
+        self.assertEqual((res["id"], res["ok"], res["error"]["code"]), (req_id, False, "INVALID_REQUEST"))
         await self.assertClosedBy(ws, 1008)
 
     async def test_request_before_connect_is_refused_then_closed_1008(self) -> None:
