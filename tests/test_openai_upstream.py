@@ -4,7 +4,9 @@ An in-process gateway whose default agent uses the ``openai-completions``
 provider against a fake upstream that answers as api.openai.com and Gemini's
 compatible endpoint do: OpenAI's reasoning models refuse ``max_tokens``, a
 refusal carries an error ``code`` and ``param``, Gemini streams parallel tool
-calls without ``tool_calls[].index``. The user message names the answer.
+calls without ``tool_calls[].index``, a model refuses in ``delta.refusal``
+(structured outputs), a search model cites pages in ``delta.annotations``.
+The user message names the answer.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ from typing import Any
 from equabot_gw.agents.events import Delta, Failed
 from equabot_gw.agents.types import GenerationOptions
 from equabot_gw.config import ProviderConfig
+from equabot_gw.conformance.jsonschema import Validator
 from equabot_gw.errors import ApiError, UpstreamError, UpstreamRejected
 from equabot_gw.gateway import chat_content, chat_stream, responses_input, responses_output
 from equabot_gw.gateway.chat_stream import ChunkWriter
 from equabot_gw.providers import create_provider
 from tests.support import TOKEN, error_of, running_gateway, split_responses
 from tests.test_faults import SSE_HEAD, FakeUpstream, chunk, sse_events
-from tests.test_responses import responses_config
+from tests.test_responses import parse_events, responses_config
 from tests.test_stream_writer import parse
 
 
@@ -62,6 +65,18 @@ GEMINI_CALLS = stream_of(
         "name": "get_time", "arguments": '{"tz":"UTC"}'}}]})
 
 
+REFUSAL = "I'm sorry, I can't help with that."
+REFUSING = stream_of({"role": "assistant", "content": None, "refusal": ""},
+                     *({"refusal": word} for word in ("I'm", " sorry,", " I", " can't", " help", " with", " that.")))
+CITED_TEXT = "See example.com."
+CITATION = {"url": "https://example.com/?utm_source=openai", "title": "Example", "start_index": 4, "end_index": 15}
+CITING = stream_of({"role": "assistant", "content": ""}, {"content": "See "}, {"content": "example.com."},
+                   {"annotations": [{"type": "url_citation", "url_citation": CITATION},
+                                    {"type": "url_citation", "url_citation": {"url": 7}}]})
+CHAT_SCHEMAS = Validator.openai()
+RESPONSES_SCHEMAS = Validator.openai_responses()
+
+
 def user_text(body: dict[str, Any]) -> str:
     content = body["messages"][-1]["content"]
     return content if isinstance(content, str) else " ".join(part.get("text", "") for part in content)
@@ -77,6 +92,10 @@ async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, b
         writer.write(error_answer(*REFUSALS[word]))
     elif word == "gem":
         writer.write(GEMINI_CALLS)
+    elif word == "refuse":
+        writer.write(REFUSING)
+    elif word == "cite":
+        writer.write(CITING)
     else:
         writer.write(stream_of({"role": "assistant", "content": "ok"}))
     await writer.drain()
@@ -111,6 +130,19 @@ class UpstreamCase(unittest.IsolatedAsyncioTestCase):
         reader, writer = await asyncio.open_connection("127.0.0.1", self.gw.server.port)
         try:
             writer.write(head.encode() + data)
+            raw = await asyncio.wait_for(reader.read(), 10)
+        finally:
+            writer.close()
+        [(status, headers, payload)] = split_responses(raw)
+        return status, headers, payload
+
+    async def get(self, path: str) -> tuple[int, dict[str, str], bytes]:
+        """GET ``path`` on a fresh connection."""
+        head = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+                f"Connection: close\r\n\r\n")
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.gw.server.port)
+        try:
+            writer.write(head.encode())
             raw = await asyncio.wait_for(reader.read(), 10)
         finally:
             writer.close()
@@ -273,3 +305,121 @@ class OptionsTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+def chat_chunks(body: bytes) -> list[dict[str, Any]]:
+    """The chunks of a streamed completion, each checked against OpenAI's schema."""
+    chunks = sse_events(body)[:-1]
+    for chunk_ in chunks:
+        assert CHAT_SCHEMAS.errors(chunk_, "CreateChatCompletionStreamResponse") == [], chunk_
+    return chunks
+
+
+def response_events(body: bytes) -> list[dict[str, Any]]:
+    """The events of a streamed response, each checked against OpenAI's schema."""
+    events = [data for _, data in parse_events(body)]
+    for event in events:
+        assert RESPONSES_SCHEMAS.errors(event, "ResponseStreamEvent") == [], event
+    return events
+
+
+def whole_events(events: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    """(type, sequence_number) of each event but the deltas (a stored Response replays its text whole)."""
+    return [(e["type"], e["sequence_number"]) for e in events if not e["type"].endswith(".delta")]
+
+
+class RefusalTest(UpstreamCase):
+    """A model's refusal reaches clients of both doors as OpenAI gives it, apart from any content."""
+
+    async def test_a_completion_carries_the_refusal_apart(self) -> None:
+        status, _, body = await self.chat("refuse this")
+        self.assertEqual(status, 200, body)
+        obj = json.loads(body)
+        self.assertEqual(CHAT_SCHEMAS.errors(obj, "CreateChatCompletionResponse"), [])
+        self.assertEqual(obj["choices"][0]["message"], {"role": "assistant", "content": None, "refusal": REFUSAL,
+                                                        "annotations": []})
+
+    async def test_a_streamed_completion_carries_it_in_delta_refusal(self) -> None:
+        status, _, body = await self.chat("refuse this", stream=True)
+        self.assertEqual(status, 200, body)
+        chunks = chat_chunks(body)
+        deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+        self.assertEqual(deltas[0], {"role": "assistant", "content": None, "refusal": ""})
+        self.assertEqual("".join(d.get("refusal") or "" for d in deltas), REFUSAL)
+        self.assertFalse(any(d.get("content") for d in deltas))
+        self.assertEqual(chunks[-1]["choices"][0]["finish_reason"], "stop")
+
+    async def test_a_response_has_a_refusal_part(self) -> None:
+        status, _, body = await self.respond("refuse this")
+        self.assertEqual(status, 200, body)
+        obj = json.loads(body)
+        self.assertEqual(RESPONSES_SCHEMAS.errors(obj, "Response"), [])
+        [item] = obj["output"]
+        self.assertEqual(item["content"], [{"type": "refusal", "refusal": REFUSAL}])
+        self.assertEqual(obj["output_text"], "")
+
+    async def test_a_streamed_response_sends_the_refusal_events(self) -> None:
+        status, _, body = await self.respond("refuse this", stream=True)
+        self.assertEqual(status, 200, body)
+        events = response_events(body)
+        kinds = [e["type"] for e in events]
+        self.assertEqual([k for i, k in enumerate(kinds) if not (i and k == kinds[i - 1])], [
+            "response.created", "response.in_progress", "response.output_item.added", "response.content_part.added",
+            "response.refusal.delta", "response.refusal.done", "response.content_part.done",
+            "response.output_item.done", "response.completed"])
+        self.assertEqual(events[3]["part"], {"type": "refusal", "refusal": ""})
+        self.assertEqual("".join(e["delta"] for e in events if e["type"] == "response.refusal.delta"), REFUSAL)
+        self.assertEqual(events[-1]["response"]["output"][0]["content"], [{"type": "refusal", "refusal": REFUSAL}])
+        # Replayed from the stored Response, the stream is the same.
+        _, _, again = await self.get(f"/v1/responses/{events[-1]['response']['id']}?stream=true")
+        self.assertEqual(whole_events(response_events(again)), whole_events(events))
+
+    async def test_the_session_keeps_the_refusal_as_what_the_assistant_said(self) -> None:
+        # The transcript (the history, the next turn's context) holds it as the reply's text.
+        for text in ("refuse this", "why?"):
+            status, _, body = await self.post("/v1/chat/completions", {
+                "model": "equabot", "user": "u1", "messages": [{"role": "user", "content": text}]})
+            self.assertEqual(status, 200, body)
+        self.assertEqual(self.up.bodies[-1]["messages"], [
+            {"role": "user", "content": "refuse this"}, {"role": "assistant", "content": REFUSAL},
+            {"role": "user", "content": "why?"}])
+        # A client that sends the conversation back with the refusal field is understood alike.
+        status, _, body = await self.post("/v1/chat/completions", {"model": "equabot", "messages": [
+            {"role": "user", "content": "refuse this"},
+            {"role": "assistant", "content": None, "refusal": REFUSAL},
+            {"role": "user", "content": "why?"}]})
+        self.assertEqual(status, 200, body)
+        self.assertEqual(self.up.bodies[-1]["messages"][1], {"role": "assistant", "content": REFUSAL})
+
+
+class CitationTest(UpstreamCase):
+    """A search model's url_citation annotations reach both doors, checked; malformed ones are dropped."""
+
+    async def test_a_completion_carries_the_annotations(self) -> None:
+        status, _, body = await self.chat("cite it")
+        obj = json.loads(body)
+        self.assertEqual(CHAT_SCHEMAS.errors(obj, "CreateChatCompletionResponse"), [])
+        self.assertEqual(obj["choices"][0]["message"], {
+            "role": "assistant", "content": CITED_TEXT, "refusal": None,
+            "annotations": [{"type": "url_citation", "url_citation": CITATION}]})
+        status, _, body = await self.chat("cite it", stream=True)
+        deltas = [c["choices"][0]["delta"] for c in chat_chunks(body) if c["choices"]]
+        self.assertEqual("".join(d.get("content") or "" for d in deltas), CITED_TEXT)
+        self.assertEqual([a for d in deltas for a in d.get("annotations", ())],
+                         [{"type": "url_citation", "url_citation": CITATION}])
+
+    async def test_a_response_carries_them_in_openais_responses_shape(self) -> None:
+        annotation = {"type": "url_citation", "url": CITATION["url"], "start_index": 4, "end_index": 15,
+                      "title": "Example"}
+        status, _, body = await self.respond("cite it")
+        obj = json.loads(body)
+        self.assertEqual(RESPONSES_SCHEMAS.errors(obj, "Response"), [])
+        self.assertEqual(obj["output"][0]["content"], [{"type": "output_text", "text": CITED_TEXT,
+                                                        "annotations": [annotation], "logprobs": []}])
+        status, _, body = await self.respond("cite it", stream=True)
+        events = response_events(body)
+        added = [e for e in events if e["type"] == "response.output_text.annotation.added"]
+        self.assertEqual([(e["annotation_index"], e["annotation"]) for e in added], [(0, annotation)])
+        self.assertEqual(events[-1]["response"]["output"][0]["content"][0]["annotations"], [annotation])
+        _, _, again = await self.get(f"/v1/responses/{events[-1]['response']['id']}?stream=true")
+        self.assertEqual(whole_events(response_events(again)), whole_events(events))

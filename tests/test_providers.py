@@ -375,6 +375,10 @@ REPLAYS = (
     ("openai-chat-stream-include-usage.sse", "openai-completions",
      "Hello! How can I assist you today?", Usage(19, 10, cached_tokens=0, reasoning_tokens=0), "stop"),
     ("anthropic-messages-stream.sse", "anthropic-messages", "Hello!", Usage(25, 15), "stop"),
+    # A refusal is no text (its own events: tests/test_providers_content.py).
+    ("openai-chat-stream-refusal.sse", "openai-completions", "", Usage(81, 11), "stop"),
+    ("openai-chat-stream-annotations.sse", "openai-completions", "The Equabot docs are at equabot.example.",
+     None, "stop"),
 )
 
 

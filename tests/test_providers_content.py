@@ -14,13 +14,15 @@ import unittest
 from typing import Any
 
 from equabot_gw.agents.types import (
-    AgentRequest, AudioPart, ChoiceEvent, Finish, GenerationOptions, ImagePart, Logprobs, Message,
-    ProviderCall, ReasoningDelta, TextDelta, TextPart, ToolCall, ToolCallDelta, ToolSpec, Usage,
+    AgentRequest, Annotations, AudioPart, ChoiceEvent, Citation, Finish, GenerationOptions, ImagePart, Logprobs,
+    Message, ProviderCall, ReasoningDelta, RefusalDelta, TextDelta, TextPart, ToolCall, ToolCallDelta, ToolSpec,
+    Usage,
 )
 from equabot_gw.agents.output import check_request
 from equabot_gw.errors import ApiError, UpstreamRejected, http_status
 from equabot_gw.providers.anthropic import AnthropicProvider, THINKING_BUDGETS
 from equabot_gw.providers.command import CommandProvider
+from equabot_gw.providers.openai import MAX_CITATION_TITLE_CHARS, MAX_CITATION_URL_CHARS
 from tests.test_providers import DATA, FakeUpstream, HTTPProviderCase, replay, sse
 
 WEATHER = ToolSpec("get_weather", "Get the weather", {"type": "object", "properties": {"location": {"type": "string"}}})
@@ -141,6 +143,59 @@ class OpenAIContentTest(ReplayCase):
         self.assertTrue(all(e.size > 0 for e in logprobs))
         # Each comes right after the text it belongs to.
         self.assertEqual([type(e).__name__ for e in events[:4]], ["TextDelta", "Logprobs", "TextDelta", "Logprobs"])
+
+    async def test_a_refusal_is_told_apart_from_text(self) -> None:
+        for step in (None, 5):
+            with self.subTest(step=step):
+                events = await self.replayed("openai-chat-stream-refusal.sse", step=step)
+                self.assertFalse([e for e in events if isinstance(e, TextDelta)])
+                self.assertEqual("".join(e.text for e in events if isinstance(e, RefusalDelta)),
+                                 "I'm sorry, but I can't assist with that request.")
+                self.assertEqual(events[-2:], [Usage(81, 11), Finish("stop")])
+
+    async def test_text_after_a_refusal_began_is_refusal(self) -> None:
+        def chunk(delta: dict[str, Any], index: int = 0) -> dict[str, Any]:
+            return {"choices": [{"index": index, "delta": delta, "finish_reason": None}]}
+        stream = sse(chunk({"content": "Well."}), chunk({"refusal": "No"}), chunk({"content": ", sorry."}),
+                     chunk({"content": "Sure"}, 1), chunk({"refusal": "Nope", "content": "Hm."}, 1), b"[DONE]")
+        async with FakeUpstream(replay(stream)) as up:
+            events = [e async for e in self.provider(up).stream(loop_call())]
+        self.assertEqual(events, [TextDelta("Well."), RefusalDelta("No"), RefusalDelta(", sorry."),
+                                  ChoiceEvent(1, TextDelta("Sure")), ChoiceEvent(1, TextDelta("Hm.")),
+                                  ChoiceEvent(1, RefusalDelta("Nope")), Finish("stop")])
+
+    async def test_url_citations_pass_back_checked(self) -> None:
+        events = await self.replayed("openai-chat-stream-annotations.sse")
+        self.assertEqual("".join(e.text for e in events if isinstance(e, TextDelta)),
+                         "The Equabot docs are at equabot.example.")
+        self.assertEqual([e for e in events if isinstance(e, Annotations)], [Annotations((Citation(
+            "https://equabot.example/docs?utm_source=openai", "Equabot documentation", 24, 39),))])
+
+    async def test_malformed_or_oversized_citations_are_dropped(self) -> None:
+        good = {"url": "https://a.example/", "title": "A", "start_index": 0, "end_index": 2}
+        entries = [
+            {"type": "url_citation", "url_citation": good},
+            {"type": "file_citation", "url_citation": good},
+            {"type": "url_citation"},
+            {"type": "url_citation", "url_citation": {**good, "url": 3}},
+            {"type": "url_citation", "url_citation": {**good, "url": ""}},
+            {"type": "url_citation", "url_citation": {**good, "title": None}},
+            {"type": "url_citation", "url_citation": {**good, "start_index": True}},
+            {"type": "url_citation", "url_citation": {**good, "start_index": 3}},
+            {"type": "url_citation", "url_citation": {**good, "end_index": -1}},
+            {"type": "url_citation", "url_citation": {**good, "url": "https://b/" + "x" * MAX_CITATION_URL_CHARS}},
+            {"type": "url_citation", "url_citation": {**good, "title": "t" * (MAX_CITATION_TITLE_CHARS + 1)}},
+            "not an object",
+            {"type": "url_citation", "url_citation": {**good, "title": ""}},
+        ]
+        chunks = [{"choices": [{"index": 0, "delta": {"content": "ok", "annotations": value}}]}
+                  for value in (entries, "not a list", {"type": "url_citation"}, [])]
+        async with FakeUpstream(replay(sse(*chunks, b"[DONE]"))) as up:
+            events = [e async for e in self.provider(up).stream(loop_call())]
+        citation = Citation("https://a.example/", "A", 0, 2)
+        self.assertEqual([e for e in events if isinstance(e, Annotations)],
+                         [Annotations((citation, Citation("https://a.example/", "", 0, 2)))])
+        self.assertEqual("".join(e.text for e in events if isinstance(e, TextDelta)), "ok" * 4)
 
     async def test_further_choices_are_wrapped(self) -> None:
         events = await self.replayed("openai-chat-stream-n2.sse")

@@ -25,7 +25,12 @@ from unittest import mock
 
 from equabot_gw import config as config_mod
 from equabot_gw.agents import runtime as runtime_mod
-from equabot_gw.agents.types import AgentRequest, ProviderCall, ProviderEvent, TextDelta
+from equabot_gw.agents.events import REFUSING, EventLog
+from equabot_gw.agents.output import MAX_CITATIONS, ReplyOutput
+from equabot_gw.agents.types import (
+    AgentRequest, AgentResult, Annotations, ChoiceEvent, Citation, ProviderCall, ProviderEvent, RefusalDelta,
+    TextDelta, Usage,
+)
 from equabot_gw.errors import ReplyTooLarge, RunAborted, RunTimedOut
 from equabot_gw.providers import echo
 from tests.support import base_config, error_of, running_gateway
@@ -221,3 +226,29 @@ class TimeoutWhateverTheProviderDoesTest(unittest.IsolatedAsyncioTestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class RefusalAndCitationBoundsTest(unittest.TestCase):
+    """An upstream's refusal counts against the reply's budget as text; its citations are capped."""
+
+    def test_a_refusal_is_the_replys_text_after_a_marker(self) -> None:
+        log = EventLog()
+        output = ReplyOutput("r", "up", 100)
+        room = output.add(log, RefusalDelta("No"), 100)
+        room = output.add(log, RefusalDelta(", sorry."), room)
+        self.assertEqual((room, log.text(), log.events[0], log.mixed), (90, "No, sorry.", REFUSING, True))
+        result = output.completed(AgentResult("r", "main", "k", "Hm. " + log.text(), Usage(1, 1), "stop", "m", 1))
+        self.assertEqual((result.refusal, result.answer()), ("No, sorry.", "Hm. "))
+        with self.assertRaises(ReplyTooLarge):
+            output.add(log, RefusalDelta("x" * 91), room)
+
+    def test_citations_past_the_cap_are_dropped(self) -> None:
+        log = EventLog()
+        output = ReplyOutput("r", "up", 100)
+        many = tuple(Citation(f"https://x.example/{i}", "", 0, 1) for i in range(MAX_CITATIONS + 5))
+        output.add(log, Annotations(many), 100)
+        output.add(log, ChoiceEvent(1, Annotations(many[:1])), 100)
+        result = output.completed(AgentResult("r", "main", "k", "", Usage(1, 1), "stop", "m", 1))
+        self.assertEqual(result.citations, many[:MAX_CITATIONS])
+        self.assertEqual(result.extra_choices, ())      # its one citation was past the cap
+        self.assertEqual([len(e.citations) for e in log.events], [MAX_CITATIONS])

@@ -3,9 +3,11 @@
 A run appends its events in order: ``Started``, then its output, then exactly
 one ``Ended`` or ``Failed``. The output of a text reply is ``Delta``s alone; a
 reply with reasoning, tool calls, log probabilities or several choices also
-holds the provider's ``ReasoningDelta``, ``ToolCallDelta``, ``Logprobs`` and
-``ChoiceEvent`` values, in the order they came, and its log is ``mixed`` (so
-readers of text-only logs keep their fast paths). Each subscriber keeps a cursor into the shared log, so
+holds the provider's ``ReasoningDelta``, ``ToolCallDelta``, ``Logprobs``,
+``Annotations`` and ``ChoiceEvent`` values, in the order they came, and its
+log is ``mixed`` (so readers of text-only logs keep their fast paths). A
+refusal is text: ``Refusing`` marks where it begins, its deltas follow, so
+every reader of the reply's text (transcript, WebSocket, resume) has it. Each subscriber keeps a cursor into the shared log, so
 nothing is copied per subscriber, a late subscriber still sees the run from its
 first event, and a reader that fell behind receives everything it missed as
 one batch (which lets writers coalesce many small deltas into one write).
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Union
 
 from ..errors import RunError
-from .types import AgentResult, ChoiceEvent, Logprobs, ReasoningDelta, TextDelta, ToolCallDelta
+from .types import AgentResult, Annotations, ChoiceEvent, Logprobs, ReasoningDelta, TextDelta, ToolCallDelta
 
 
 # The lifecycle events are made once per run, so, like ``types.Message``, they
@@ -69,9 +71,19 @@ class Failed:
         return self.error.reason
 
 
+@dataclass(slots=True)
+class Refusing:
+    """In a mixed log: the deltas of this choice's text from here on are the model's
+    refusal (``types.RefusalDelta``); a further choice's marker comes in a ``ChoiceEvent``.
+    It carries no text, so it moves no position in the reply."""
+
+
+REFUSING: Final = Refusing()
+
 # A mixed log's other output: the provider's own values, stored as they came.
-Output = Union[ReasoningDelta, ToolCallDelta, Logprobs, ChoiceEvent]
-RunEvent = Union[Started, Delta, ReasoningDelta, ToolCallDelta, Logprobs, ChoiceEvent, Ended, Failed]
+Output = Union[ReasoningDelta, ToolCallDelta, Logprobs, Annotations, Refusing, ChoiceEvent]
+RunEvent = Union[Started, Delta, ReasoningDelta, ToolCallDelta, Logprobs, Annotations, Refusing, ChoiceEvent,
+                 Ended, Failed]
 
 # Events appended between two compactions of a log: a compaction costs one
 # pass over them, so it adds a constant per event; what it leaves is at most

@@ -1,9 +1,12 @@
 """What a run produces besides text, and what its input may hold: the runtime's content helpers.
 
 ``ReplyOutput`` gathers a reply's reasoning, tool-call fragments (joined by
-index into whole ``ToolCall``s), log probabilities and further choices as
-the provider yields them, appending each to the run's event log and
-counting it against the reply's byte budget. ``check_request`` refuses, by
+index into whole ``ToolCall``s), log probabilities, refusal, citations and
+further choices as the provider yields them, appending each to the run's
+event log and counting it against the reply's byte budget. A refusal goes
+into the log as text after a ``Refusing`` marker: it is the reply's text for
+the transcript, the history and every door, and the result says how much of
+that text it is. ``check_request`` refuses, by
 name, an option the provider cannot honour or input of a kind it does not
 take; ``named_results`` names
 tool results after the calls they answer. Imports nothing from
@@ -16,17 +19,17 @@ import dataclasses
 from typing import TYPE_CHECKING, Any, Final
 
 from ..errors import ApiError, ReplyTooLarge, UpstreamError
-from .events import EventLog
+from .events import REFUSING, EventLog
 from .types import (
-    INPUT_KINDS, NO_OPTIONS, AgentRequest, AgentResult, AudioPart, Choice, ChoiceEvent, Finish, ImagePart, Logprobs,
-    Message, ReasoningDelta, TextDelta, ToolCall, ToolCallDelta,
+    INPUT_KINDS, NO_OPTIONS, AgentRequest, AgentResult, Annotations, AudioPart, Choice, ChoiceEvent, Citation,
+    Finish, ImagePart, Logprobs, Message, ReasoningDelta, RefusalDelta, TextDelta, ToolCall, ToolCallDelta,
 )
 
 if TYPE_CHECKING:
     from ..providers import Provider
 
 __all__ = ["ReplyOutput", "check_request", "named_results", "finish_reason", "output_weight",
-           "MAX_TOOL_CALLS", "MAX_CHOICES", "LOGPROBS_BYTES_PER_REPLY_BYTE"]
+           "MAX_TOOL_CALLS", "MAX_CHOICES", "MAX_CITATIONS", "LOGPROBS_BYTES_PER_REPLY_BYTE"]
 
 # Distinct tool calls one reply may make (OpenAI accepts at most 128 tools).
 MAX_TOOL_CALLS: Final = 128
@@ -36,6 +39,9 @@ MAX_TOOL_CALLS: Final = 128
 LOGPROBS_BYTES_PER_REPLY_BYTE: Final = 4
 # Choices one run may have (OpenAI caps n at 128).
 MAX_CHOICES: Final = 128
+# Citations one reply keeps, over all its choices; later ones are dropped (a
+# search model cites a few dozen pages; each is bounded by its provider).
+MAX_CITATIONS: Final = 256
 
 
 def check_request(request: AgentRequest, provider: Provider, model_ref: str) -> None:
@@ -103,7 +109,8 @@ class ReplyOutput:
     """
 
     __slots__ = ("run_id", "provider", "limit", "root", "bytes", "logprobs_bytes", "reasoning",
-                 "signature", "calls", "logprobs", "choices", "text", "finish")
+                 "signature", "calls", "logprobs", "choices", "text", "finish", "refusal", "citations",
+                 "citation_count")
 
     def __init__(self, run_id: str, provider: str, limit: int, root: ReplyOutput | None = None) -> None:
         self.run_id = run_id
@@ -119,15 +126,27 @@ class ReplyOutput:
         self.choices: dict[int, ReplyOutput] = {}     # choice index >= 1 -> its output (root only)
         self.text: list[str] = []                 # a further choice's text
         self.finish = "stop"                      # a further choice's finish reason
+        self.refusal = 0                          # characters of text that are a refusal (the text's end)
+        self.citations: list[Citation] = []
+        self.citation_count = 0                   # the root's: citations kept over all choices
 
-    def add(self, log: EventLog, event: ReasoningDelta | ToolCallDelta | Logprobs | ChoiceEvent,
+    def add(self, log: EventLog,
+            event: ReasoningDelta | ToolCallDelta | Logprobs | RefusalDelta | Annotations | ChoiceEvent,
             room: int) -> int:
         """Gather ``event`` and append it to ``log``; the budget ``room`` (chars) left after it.
 
-        Raises ``ReplyTooLarge`` past the budget, ``UpstreamError`` for a reply
-        of more than ``MAX_TOOL_CALLS`` calls or ``MAX_CHOICES`` choices, or
-        log probabilities past their bound.
+        A refusal is appended as text (``Delta``s after a ``Refusing`` marker);
+        citations past ``MAX_CITATIONS`` are dropped. Raises ``ReplyTooLarge``
+        past the budget, ``UpstreamError`` for a reply of more than
+        ``MAX_TOOL_CALLS`` calls or ``MAX_CHOICES`` choices, or log
+        probabilities past their bound.
         """
+        inner = event.event if type(event) is ChoiceEvent else event
+        if type(inner) is RefusalDelta:
+            return self._refuse(log, event, inner.text, room)     # type: ignore[union-attr]
+        if type(inner) is Annotations:
+            self._cite(log, event, inner.citations)               # type: ignore[union-attr]
+            return room
         logged = self._as_logged(event)
         size = self._gather(event)
         self.bytes += size
@@ -138,6 +157,52 @@ class ReplyOutput:
             log.mixed = True
             log.append(logged)
         return room
+
+    def _owner(self, event: Any) -> ReplyOutput:
+        """The output of ``event``'s choice (a further choice's is made on its first event)."""
+        if type(event) is not ChoiceEvent:
+            return self
+        choice = self.choices.get(event.index)
+        if choice is None:
+            if len(self.choices) >= MAX_CHOICES - 1:
+                raise UpstreamError(self.provider, f"more than {MAX_CHOICES} choices in one reply")
+            choice = self.choices[event.index] = ReplyOutput(self.run_id, self.provider, self.limit, self)
+        return choice
+
+    def _refuse(self, log: EventLog, event: Any, text: str, room: int) -> int:
+        # Choice 0's text is counted by the runtime from the log (its bytes at the
+        # end); a further choice's here, as its other text is.
+        if not text:
+            return room
+        choice = self._owner(event)
+        wrap = type(event) is ChoiceEvent
+        log.mixed = True
+        if not choice.refusal:
+            log.append(ChoiceEvent(event.index, REFUSING) if wrap else REFUSING)   # type: ignore[arg-type]
+        choice.refusal += len(text)
+        delta = TextDelta(text)
+        log.append(ChoiceEvent(event.index, delta) if wrap else delta)
+        if choice is self:
+            room -= len(text)
+        else:
+            size = choice._gather(delta)
+            self.bytes += size
+            room -= size
+        if room < 0 or self.bytes > self.limit:
+            raise ReplyTooLarge(self.provider, self.limit)
+        return room
+
+    def _cite(self, log: EventLog, event: Any, citations: tuple[Citation, ...]) -> None:
+        root = self.root
+        kept = citations[:max(0, MAX_CITATIONS - root.citation_count)]
+        if not kept:
+            return
+        root.citation_count += len(kept)
+        self._owner(event).citations.extend(kept)
+        if len(kept) < len(citations):
+            event = ChoiceEvent(event.index, Annotations(kept)) if type(event) is ChoiceEvent else Annotations(kept)
+        log.mixed = True
+        log.append(event)
 
     def _as_logged(self, event: Any) -> Any:
         """``event`` as the log keeps it (read before ``_gather`` takes it): a tool call's
@@ -201,12 +266,7 @@ class ReplyOutput:
             self.finish = event.reason
             return 0
         if kind is ChoiceEvent and self.root is self:
-            choice = self.choices.get(event.index)
-            if choice is None:
-                if len(self.choices) >= MAX_CHOICES - 1:
-                    raise UpstreamError(self.provider, f"more than {MAX_CHOICES} choices in one reply")
-                choice = self.choices[event.index] = ReplyOutput(self.run_id, self.provider, self.limit, self)
-            return choice._gather(event.event)
+            return self._owner(event)._gather(event.event)
         raise UpstreamError(self.provider, f"unexpected provider event {kind.__name__}")
 
     def outcome(self, ok: bool) -> tuple[tuple[ToolCall, ...], str, str]:
@@ -217,9 +277,12 @@ class ReplyOutput:
     def completed(self, result: AgentResult) -> AgentResult:
         """``result`` (choice 0's text, usage, finish) with everything gathered here."""
         calls, reasoning, signature = self.outcome(True)
+        text = result.text
         return dataclasses.replace(result, tool_calls=calls, reasoning=reasoning, reasoning_signature=signature,
                                    logprobs=tuple(self.logprobs) if self.logprobs is not None else None,
-                                   extra_choices=self.extra_choices())
+                                   extra_choices=self.extra_choices(),
+                                   refusal=text[max(0, len(text) - self.refusal):] if self.refusal else "",
+                                   citations=tuple(self.citations))
 
     def tool_calls(self) -> tuple[ToolCall, ...]:
         """The complete calls, by index; a call the upstream gave no id gets ``call_<run>_<index>``."""
@@ -231,9 +294,12 @@ class ReplyOutput:
         out = []
         for index, choice in sorted(self.choices.items()):
             calls = choice.tool_calls()
-            out.append(Choice(index, "".join(choice.text), finish_reason(choice.finish, calls), calls,
+            text = "".join(choice.text)
+            out.append(Choice(index, text, finish_reason(choice.finish, calls), calls,
                               "".join(choice.reasoning),
-                              tuple(choice.logprobs) if choice.logprobs is not None else None))
+                              tuple(choice.logprobs) if choice.logprobs is not None else None,
+                              text[max(0, len(text) - choice.refusal):] if choice.refusal else "",
+                              tuple(choice.citations)))
         return tuple(out)
 
 
@@ -245,9 +311,11 @@ def finish_reason(finish: str, calls: tuple[ToolCall, ...]) -> str:
 def output_weight(result: AgentResult) -> int:
     """Bytes (about) a result holds besides its text: what a ``RunRecord`` budget counts."""
     weight = len(result.reasoning) + sum(len(c.arguments) + 64 for c in result.tool_calls)
+    weight += len(result.refusal) + sum(len(c.url) + len(c.title) + 64 for c in result.citations)
     if result.logprobs is not None:
         weight += 256 * len(result.logprobs)      # an entry with a few alternatives
     for choice in result.extra_choices:
         weight += len(choice.text) + len(choice.reasoning) + 256 * len(choice.logprobs or ())
+        weight += len(choice.refusal) + sum(len(c.url) + len(c.title) + 64 for c in choice.citations)
         weight += sum(len(c.arguments) + 64 for c in choice.tool_calls)
     return weight

@@ -11,9 +11,9 @@ from these values in exactly one module of its own, never door to door.
   message answers one call by ``tool_call_id``.
 - Endpoint layers build an ``AgentRequest`` and read an ``AgentResult``.
 - Providers receive a ``ProviderCall`` and yield ``ProviderEvent``s:
-  ``TextDelta``, ``ReasoningDelta``, ``ToolCallDelta``, ``Logprobs``, one
-  ``Usage``, one ``Finish``; choices past the first (``n`` > 1) come wrapped
-  in ``ChoiceEvent``.
+  ``TextDelta``, ``ReasoningDelta``, ``ToolCallDelta``, ``Logprobs``,
+  ``RefusalDelta``, ``Annotations``, one ``Usage``, one ``Finish``; choices
+  past the first (``n`` > 1) come wrapped in ``ChoiceEvent``.
 
 Nothing here knows about HTTP, WebSocket or files.
 """
@@ -309,6 +309,39 @@ class Logprobs:
 
 
 @dataclass(slots=True)
+class RefusalDelta:
+    """A piece of the model's refusal to answer (OpenAI's ``refusal``), in order.
+
+    A refusal is the end of its choice's text: once a choice refuses, the
+    rest of its text is the refusal. The runtime keeps it as the reply's text
+    (what the transcript, the history and the next turn see) and says which
+    part of that text it is (``AgentResult.refusal``), for the doors that
+    show a refusal apart from an answer.
+    """
+
+    text: str
+
+
+@dataclass(slots=True)
+class Citation:
+    """A web page the reply cites (OpenAI's ``url_citation``): characters
+    ``start_index`` to ``end_index`` of the reply's text cite ``url``."""
+
+    url: str
+    title: str
+    start_index: int
+    end_index: int
+
+
+@dataclass(slots=True)
+class Annotations:
+    """Citations of the reply's text, as the upstream gave them (checked by the provider:
+    well-formed entries only, each bounded in size)."""
+
+    citations: tuple[Citation, ...]
+
+
+@dataclass(slots=True)
 class Usage:
     """Token counts as the provider reported them.
 
@@ -348,14 +381,16 @@ class Finish:
 @dataclass(slots=True)
 class ChoiceEvent:
     """An event of choice ``index`` >= 1 (``n`` > 1): a ``TextDelta``,
-    ``ReasoningDelta``, ``ToolCallDelta``, ``Logprobs`` or ``Finish`` of that choice.
-    Choice 0's events come bare, so the one-choice path never pays for this."""
+    ``ReasoningDelta``, ``ToolCallDelta``, ``Logprobs``, ``RefusalDelta``,
+    ``Annotations`` or ``Finish`` of that choice. Choice 0's events come bare,
+    so the one-choice path never pays for this."""
 
     index: int
-    event: TextDelta | ReasoningDelta | ToolCallDelta | Logprobs | Finish
+    event: TextDelta | ReasoningDelta | ToolCallDelta | Logprobs | RefusalDelta | Annotations | Finish
 
 
-ProviderEvent = Union[TextDelta, ReasoningDelta, ToolCallDelta, Logprobs, Usage, Finish, ChoiceEvent]
+ProviderEvent = Union[TextDelta, ReasoningDelta, ToolCallDelta, Logprobs, RefusalDelta, Annotations, Usage, Finish,
+                      ChoiceEvent]
 
 
 # -- requests and results ------------------------------------------------------------
@@ -403,6 +438,12 @@ class Choice:
     tool_calls: tuple[ToolCall, ...] = ()
     reasoning: str = ""
     logprobs: tuple[Any, ...] | None = None
+    refusal: str = ""
+    citations: tuple[Citation, ...] = ()
+
+    def answer(self) -> str:
+        """``text`` without its refusal (see ``AgentResult``)."""
+        return self.text[:len(self.text) - len(self.refusal)] if self.refusal else self.text
 
 
 @dataclass(slots=True)
@@ -414,6 +455,10 @@ class AgentResult:
     ``reasoning`` the reasoning text, apart from the answer (with its
     ``reasoning_signature``, "" if none); ``logprobs`` the upstream's token
     log probabilities (None if it sent none); ``extra_choices`` choices 1..n-1.
+    ``refusal`` is the end of ``text`` that is the model's refusal to answer
+    ("" if it did not refuse; ``text`` holds it too, as the transcript
+    does): an OpenAI door answers ``text`` without it as the content and it
+    as the refusal. ``citations`` are the pages the text cites.
     """
 
     run_id: str
@@ -429,6 +474,12 @@ class AgentResult:
     logprobs: tuple[Any, ...] | None = None
     extra_choices: tuple[Choice, ...] = ()
     reasoning_signature: str = ""
+    refusal: str = ""
+    citations: tuple[Citation, ...] = ()
+
+    def answer(self) -> str:
+        """``text`` without its refusal: the answer's content."""
+        return self.text[:len(self.text) - len(self.refusal)] if self.refusal else self.text
 
 
 @dataclass(slots=True)

@@ -2,12 +2,13 @@
 
 The one place where OpenAI's chat-completions shapes of content meet
 ``agents.types``: request messages (text, ``image_url``, ``input_audio`` and
-``refusal`` parts, assistant ``tool_calls``, ``tool`` results, the legacy
+``refusal`` parts, an assistant's ``refusal``, which becomes the end of its
+text, assistant ``tool_calls``, ``tool`` results, the legacy
 ``function_call`` / ``role: "function"``), ``tools`` / ``functions`` and the
 other generation fields into ``Message``, ``ToolSpec`` and
 ``GenerationOptions``; and a result back into ``choices[].message`` (with
 ``tool_calls`` or the legacy ``function_call``, ``reasoning_content``,
-``logprobs``). Every check raises ``ApiError`` naming the field as OpenAI
+``logprobs``, the ``refusal`` apart from the content, ``annotations``). Every check raises ``ApiError`` naming the field as OpenAI
 does. Nothing here walks a value deeper than the request's own structure
 (JSON Schemas are passed through, never walked); sizes are bounded by the
 body limit, counts by the constants below. ``openai.py`` owns the endpoint.
@@ -20,7 +21,7 @@ import re
 from typing import Any, Callable, Final
 
 from ..agents.types import (
-    NO_OPTIONS, AgentResult, AudioPart, GenerationOptions, ImagePart, Message, Part, TextPart, ToolCall,
+    NO_OPTIONS, AgentResult, AudioPart, Citation, GenerationOptions, ImagePart, Message, Part, TextPart, ToolCall,
     ToolSpec,
 )
 from ..errors import ApiError
@@ -28,7 +29,7 @@ from ..errors import ApiError
 __all__ = [
     "MAX_TOOLS", "MAX_N", "MAX_TOP_LOGPROBS", "MAX_LOGIT_BIAS", "FINISH_REASONS", "read_conversation",
     "options_from", "choice_object", "message_object", "logprobs_object", "finish_of", "tool_call_object",
-    "FIELD_CHECKS", "is_legacy", "expect_string", "expect_object", "expect_name",
+    "annotation_object", "FIELD_CHECKS", "is_legacy", "expect_string", "expect_object", "expect_name",
 ]
 
 MAX_TOOLS: Final = 128                 # OpenAI: "A max of 128 functions are supported."
@@ -491,6 +492,11 @@ class _Reader:
             calls = (ToolCall(self.legacy_id, expect_string(fn.get("name"), f"{where}.function_call.name", empty=False),
                               expect_string(fn.get("arguments"), f"{where}.function_call.arguments")),)
         reasoning = message.get("reasoning_content", message.get("reasoning"))
+        refusal = message.get("refusal")
+        if type(refusal) is str and refusal:
+            # A refusal resent in a conversation is what the assistant said, as the
+            # transcript keeps it: the end of the message's text.
+            parts = [*parts, TextPart(refusal)]
         return Message("assistant", _content(parts), calls,
                        reasoning=reasoning if type(reasoning) is str else "")
 
@@ -557,10 +563,20 @@ def tool_call_object(call: ToolCall) -> dict[str, Any]:
     return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
 
 
-def message_object(text: str, calls: tuple[ToolCall, ...], reasoning: str, legacy: bool) -> dict[str, Any]:
-    """``choices[].message``: content null when the reply is only calls (as OpenAI answers)."""
-    message: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None,
-                               "refusal": None, "annotations": []}
+def annotation_object(citation: Citation) -> dict[str, Any]:
+    """A citation as chat completions' ``annotations`` entry (``url_citation``)."""
+    return {"type": "url_citation", "url_citation": {"url": citation.url, "title": citation.title,
+                                                     "start_index": citation.start_index,
+                                                     "end_index": citation.end_index}}
+
+
+def message_object(text: str, calls: tuple[ToolCall, ...], reasoning: str, legacy: bool, refusal: str = "",
+                   citations: tuple[Citation, ...] = ()) -> dict[str, Any]:
+    """``choices[].message``: ``text`` is the answer without its ``refusal`` (a result's
+    ``answer()``); content null when the reply is only calls or a refusal (as OpenAI answers)."""
+    message: dict[str, Any] = {"role": "assistant", "content": text if text or not (calls or refusal) else None,
+                               "refusal": refusal or None,
+                               "annotations": [annotation_object(c) for c in citations]}
     if reasoning:
         message["reasoning_content"] = reasoning
     if calls:
@@ -577,12 +593,14 @@ def logprobs_object(content: tuple[Any, ...] | list[Any] | None) -> dict[str, An
 
 def choice_object(result: AgentResult, legacy: bool) -> list[dict[str, Any]]:
     """``choices`` of a non-streamed completion: choice 0, then the extra ones."""
-    choices = [{"index": 0, "message": message_object(result.text, result.tool_calls, result.reasoning, legacy),
+    choices = [{"index": 0, "message": message_object(result.answer(), result.tool_calls, result.reasoning, legacy,
+                                                      result.refusal, result.citations),
                 "logprobs": logprobs_object(result.logprobs),
                 "finish_reason": finish_of(result.finish_reason, legacy)}]
     for extra in result.extra_choices:
         choices.append({"index": extra.index,
-                        "message": message_object(extra.text, extra.tool_calls, extra.reasoning, legacy),
+                        "message": message_object(extra.answer(), extra.tool_calls, extra.reasoning, legacy,
+                                                  extra.refusal, extra.citations),
                         "logprobs": logprobs_object(extra.logprobs),
                         "finish_reason": finish_of(extra.finish_reason, legacy)})
     return choices

@@ -7,8 +7,10 @@ tool calls, log probabilities, several choices) takes ``ChunkWriter.mixed``:
 ``delta.reasoning_content``, ``delta.tool_calls[{index, id, type, function}]``
 fragments (id, type and name on a call's first fragment only; the legacy
 ``delta.function_call`` for a request that used ``functions``),
-``choices[].logprobs`` with the delta they came with, and each further choice
-with its own index. ``openai.py`` owns the endpoint; the shapes of content
+``choices[].logprobs`` with the delta they came with, ``delta.refusal`` for
+the text after a ``Refusing`` marker (a refusal opens with ``"refusal": ""``
+beside the role, as OpenAI streams it), ``delta.annotations`` with the delta
+before them, and each further choice with its own index. ``openai.py`` owns the endpoint; the shapes of content
 are ``chat_content``'s.
 
 Every event has an SSE ``id`` ``<completion id>:<seq>``: seq is the number of
@@ -33,14 +35,16 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any, Final
 
 from .. import __version__, compact_json
-from ..agents.events import Delta, Ended, Failed, Started, Subscription
+from ..agents.events import Delta, Ended, Failed, Refusing, Started, Subscription
 from ..agents.runtime import Run
-from ..agents.types import AgentResult, ChoiceEvent, Finish, Logprobs, ReasoningDelta, TextDelta, ToolCallDelta
+from ..agents.types import (
+    AgentResult, Annotations, ChoiceEvent, Finish, Logprobs, ReasoningDelta, TextDelta, ToolCallDelta,
+)
 from ..errors import RunError, RunTimedOut, UpstreamRejected, http_status
 from ..net import sse
 from ..net.routes import error_body
 from ..agents.idempotency import output_units, rebuilt_units
-from .chat_content import finish_of, logprobs_object
+from .chat_content import annotation_object, finish_of, logprobs_object
 
 __all__ = ["ChunkWriter", "first_output", "sse_body", "resumed_body", "error_code", "error_param", "PIECE_BYTES", "SYSTEM_FINGERPRINT"]
 
@@ -172,6 +176,7 @@ class ChunkWriter:
         self._skip = -1 if after is None else after     # a resumed stream: events up to this seq were had
         self._id = f"id: {completion_id}:"
         self._choices_seen = {0}            # choices whose first chunk (with the role) went out
+        self._refusing: set[int] = set()    # choices whose text is now their refusal
         self.units = mixed                  # a mixed reply: ids "u<seq>", seqs count output units
         self._first_batch = True
         self.head = _dumps({"id": completion_id, "object": "chat.completion.chunk",
@@ -345,6 +350,8 @@ class ChunkWriter:
         if role:
             opening = next((e for e in events if type(e) is not Started), None)
             out.append(self._role_bytes_value if type(opening) is Delta
+                       else self._choice('{"role":"assistant","content":null,"refusal":""}', None)
+                       if type(opening) is Refusing
                        else self._choice('{"role":"assistant","content":null}', None))
             size = len(out[0])
         for chunk in self._mixed_chunks(events):
@@ -381,11 +388,27 @@ class ChunkWriter:
                     group = entries[start:start + _LOGPROBS_PER_CHUNK]
                     yield self._chunk(self._delta(index, {}, group), len(group))
                 continue
+            if kind is Refusing:            # no chunk of its own: it carries no text
+                self._refusing.add(index)
+                continue
+            if kind is Annotations:
+                # They move no position (no output units): they ride with the delta before
+                # them, or, with none waiting, go in a chunk whose id repeats the last one's.
+                for entries in _citation_groups(event.citations):
+                    if waiting is not None and waiting["index"] == index and "annotations" not in waiting["delta"]:
+                        waiting["delta"]["annotations"] = entries
+                        continue
+                    if waiting is not None:
+                        yield self._chunk(waiting, waiting_units)
+                        waiting = None
+                    yield self._chunk(self._delta(index, {"annotations": entries}), 0)
+                continue
             if waiting is not None:
                 yield self._chunk(waiting, waiting_units)
                 waiting = None
             if kind is TextDelta or kind is ReasoningDelta:
-                key = "content" if kind is TextDelta else "reasoning_content"
+                key = "reasoning_content" if kind is ReasoningDelta else \
+                    "refusal" if index in self._refusing else "content"
                 text = event.text
                 for start in range(0, len(text), _CHUNK_TEXT_CHARS):
                     if waiting is not None:
@@ -446,4 +469,22 @@ class ChunkWriter:
 
 # Logprobs entries per chunk of a mixed stream (a compacted run of them is cut).
 _LOGPROBS_PER_CHUNK: Final = 64
+# Characters of citations (URLs and titles) per chunk: escaped, one chunk
+# stays within a piece (a single citation is bounded by its provider).
+_CITATION_CHARS_PER_CHUNK: Final = 8192
+
+
+def _citation_groups(citations: tuple[Any, ...]) -> Iterator[list[dict[str, Any]]]:
+    """``annotations`` entries of ``citations``, in groups of about ``_CITATION_CHARS_PER_CHUNK``."""
+    group: list[dict[str, Any]] = []
+    chars = 0
+    for citation in citations:
+        size = len(citation.url) + len(citation.title)
+        if group and chars + size > _CITATION_CHARS_PER_CHUNK:
+            yield group
+            group, chars = [], 0
+        group.append(annotation_object(citation))
+        chars += size
+    if group:
+        yield group
 _ascii_json: Final = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode

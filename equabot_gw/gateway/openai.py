@@ -486,8 +486,10 @@ def _run_error_response(exc: RunError, extra: list[tuple[str, str]] | None = Non
 
 
 def _text_only(result: AgentResult) -> bool:
-    """Whether a result is one choice of text alone (no calls, reasoning or log probabilities)."""
-    return not (result.tool_calls or result.reasoning or result.logprobs is not None or result.extra_choices)
+    """Whether a result is one choice of text alone (no calls, reasoning, log probabilities,
+    refusal or citations)."""
+    return not (result.tool_calls or result.reasoning or result.logprobs is not None or result.extra_choices
+                or result.refusal or result.citations)
 
 
 # The JSON of a text reply's completion, around its strings: the same bytes

@@ -3,13 +3,16 @@
 Owns the shapes ``POST /v1/responses`` answers with. ``Shape`` holds what
 one Response object keeps while it runs (id, model, the request fields it
 repeats) and builds the object; ``result_output`` / ``partial_output`` turn
-a run's outcome into output items (``reasoning``, ``message`` with one
-``output_text`` part, ``function_call``). ``EventWriter`` turns a run's
+a run's outcome into output items (``reasoning``, ``message`` with an
+``output_text`` part and its ``url_citation`` annotations, and a ``refusal``
+part when the model refused, ``function_call``). ``EventWriter`` turns a run's
 events into OpenAI's typed stream — ``event:`` and ``data:`` lines, a
 ``sequence_number`` from 0 — in OpenAI's order: ``response.created``,
 ``response.in_progress``, then per item ``output_item.added``
-(``content_part.added``), its deltas, its ``.done`` events, then
-``response.completed`` / ``response.incomplete`` / ``response.failed``.
+(``content_part.added``), its deltas (``output_text.delta``,
+``output_text.annotation.added``, ``refusal.delta``), its ``.done`` events,
+then ``response.completed`` / ``response.incomplete`` / ``response.failed``.
+A refusal after text closes the text part and opens a second one.
 Every event has an SSE ``id`` ``<response id>:<sequence_number>``, and
 ``sequence_number`` is a position in the response, not a count of events:
 each event but a delta moves it by one, each delta by the characters it
@@ -35,8 +38,10 @@ from collections.abc import Iterator
 from typing import Any, Final
 
 from .. import compact_json
-from ..agents.events import Ended, Failed
-from ..agents.types import AgentResult, Logprobs, ReasoningDelta, TextDelta, ToolCall, ToolCallDelta, Usage
+from ..agents.events import REFUSING, Ended, Failed, Refusing
+from ..agents.types import (
+    AgentResult, Annotations, Citation, Logprobs, ReasoningDelta, TextDelta, ToolCall, ToolCallDelta, Usage,
+)
 from ..errors import RunAborted, RunError, RunTimedOut, http_status
 from .chat_stream import error_code
 
@@ -165,9 +170,25 @@ def _top_logprob(entry: dict[str, Any]) -> dict[str, Any]:
             "bytes": entry["bytes"] if type(entry.get("bytes")) is list else list(token.encode("utf-8", "replace"))}
 
 
-def _message(item_id: str, text: str, logprobs: list[Any], status: str) -> dict[str, Any]:
-    return {"id": item_id, "type": "message", "status": status, "role": "assistant",
-            "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs}]}
+def citation_object(citation: Citation) -> dict[str, Any]:
+    """A citation as the Responses API's ``url_citation`` annotation (its fields flat)."""
+    return {"type": "url_citation", "url": citation.url, "start_index": citation.start_index,
+            "end_index": citation.end_index, "title": citation.title}
+
+
+def _text_part(text: str, logprobs: list[Any], citations: list[Citation] | tuple[Citation, ...]) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [citation_object(c) for c in citations],
+            "logprobs": logprobs}
+
+
+def _message(item_id: str, text: str | None, logprobs: list[Any], status: str, refusal: str | None = None,
+             citations: list[Citation] | tuple[Citation, ...] = ()) -> dict[str, Any]:
+    """A message item: an ``output_text`` part unless ``text`` is None, then a ``refusal`` part
+    unless ``refusal`` is None."""
+    content = [] if text is None else [_text_part(text, logprobs, citations)]
+    if refusal is not None:
+        content.append({"type": "refusal", "refusal": refusal})
+    return {"id": item_id, "type": "message", "status": status, "role": "assistant", "content": content}
 
 
 def _reasoning(item_id: str, text: str, signature: str, status: str) -> dict[str, Any]:
@@ -185,19 +206,21 @@ def _call(item_id: str, call: ToolCall, status: str) -> dict[str, Any]:
 
 def result_output(shape: Shape, result: AgentResult) -> list[dict[str, Any]]:
     """The output items of a finished run: reasoning, the message, then each function call."""
-    return partial_output(shape, result.text, result.reasoning, result.reasoning_signature, result.tool_calls,
-                          result.logprobs if shape.logprobs else None, "completed")
+    return partial_output(shape, result.answer(), result.reasoning, result.reasoning_signature, result.tool_calls,
+                          result.logprobs if shape.logprobs else None, "completed", result.refusal, result.citations)
 
 
 def partial_output(shape: Shape, text: str, reasoning: str, signature: str, calls: tuple[ToolCall, ...],
-                   logprobs: tuple[Any, ...] | None, status: str) -> list[dict[str, Any]]:
-    """Output items of a run's text, reasoning and calls; a message for text, or when there is nothing else."""
+                   logprobs: tuple[Any, ...] | None, status: str, refusal: str = "",
+                   citations: tuple[Citation, ...] = ()) -> list[dict[str, Any]]:
+    """Output items of a run's text (without its ``refusal``), reasoning and calls; a message for
+    text or a refusal, or when there is nothing else (a refusal alone: no ``output_text`` part)."""
     items: list[dict[str, Any]] = []
     if reasoning:
         items.append(_reasoning(shape.item_id("rs", 0), reasoning, signature, status))
-    if text or not calls:
-        items.append(_message(shape.item_id("msg", len(items)), text,
-                              [_logprob(e) for e in logprobs or ()], status))
+    if text or refusal or not calls:
+        items.append(_message(shape.item_id("msg", len(items)), text if text or not refusal else None,
+                              [_logprob(e) for e in logprobs or ()], status, refusal or None, citations))
     items.extend(_call(shape.item_id("fc", len(items) + n), call, status) for n, call in enumerate(calls))
     return items
 
@@ -207,7 +230,8 @@ def partial_output(shape: Shape, text: str, reasoning: str, signature: str, call
 class _Item:
     """An output item being streamed: its kind, index, id, the text (or arguments) so far."""
 
-    __slots__ = ("kind", "index", "id", "chunks", "call_id", "name", "logprobs", "signature", "prefix")
+    __slots__ = ("kind", "index", "id", "chunks", "call_id", "name", "logprobs", "signature", "prefix",
+                 "has_text", "text_done", "refusal", "refusal_prefix", "citations")
 
     def __init__(self, kind: str, index: int, item_id: str) -> None:
         self.kind = kind            # "message", "reasoning" or "function_call"
@@ -219,6 +243,17 @@ class _Item:
         self.logprobs: list[Any] = []
         self.signature = ""
         self.prefix = ""            # the JSON of a delta event up to its delta
+        # A message's parts: output_text (unless it opened with a refusal), done
+        # early when a refusal follows it; the refusal's pieces (None: no refusal).
+        self.has_text = True
+        self.text_done = False
+        self.refusal: list[str] | None = None
+        self.refusal_prefix = ""
+        self.citations: list[Citation] = []
+
+    def refusal_index(self) -> int:
+        """The refusal part's ``content_index``: after the text part, if there is one."""
+        return 1 if self.has_text else 0
 
 
 _DELTA_TYPES: Final = {"message": "response.output_text.delta", "reasoning": "response.reasoning_text.delta",
@@ -248,6 +283,7 @@ class EventWriter:
         self.terminal: Ended | Failed | None = None
         self._open: _Item | None = None             # the text or reasoning item receiving deltas
         self._calls: dict[int, _Item] = {}          # function calls by the run's call index
+        self._refusing = False                      # the reply's text is now its refusal
 
     # -- whole events --
 
@@ -306,7 +342,14 @@ class EventWriter:
                 yield from self._added(item)
             if kind is ReasoningDelta and event.signature:
                 item.signature = event.signature
-            yield from self._deltas(item, event.text)
+            if item.refusal is not None:
+                yield from self._deltas(item, event.text, item.refusal, item.refusal_prefix, ',"sequence_number":')
+            else:
+                yield from self._deltas(item, event.text)
+        elif kind is Refusing:
+            yield from self._refuse()
+        elif kind is Annotations:
+            yield from self._annotate(event.citations)
         elif kind is ToolCallDelta:
             item = self._calls.get(event.index)
             if item is None:
@@ -321,9 +364,51 @@ class EventWriter:
             self._open.logprobs.extend(_logprob(entry) for entry in event.content)
         # Started, and anything a Responses stream has no place for (other choices), say nothing.
 
+    def _refuse(self) -> Iterator[str]:
+        """The reply's text is a refusal from here on: in the open message, after its text
+        part (done now), or in a new message that holds the refusal alone."""
+        self._refusing = True
+        item = self._open
+        if item is not None and item.kind == "message":
+            if item.refusal is None:
+                yield from self._text_done(item, "".join(item.chunks))
+                self._start_refusal(item)
+                yield from self._part_added(item, item.refusal_index())
+            return
+        yield from self._close_open()
+        self._open = self._add("message")
+        yield from self._added(self._open)
+
+    def _start_refusal(self, item: _Item) -> None:
+        item.refusal = []
+        item.refusal_prefix = (f'event: response.refusal.delta\ndata: {{"type":"response.refusal.delta",'
+                               f'"item_id":"{item.id}","output_index":{item.index},'
+                               f'"content_index":{item.refusal_index()},"delta":')
+
+    def _annotate(self, citations: tuple[Citation, ...]) -> Iterator[str]:
+        """``output_text.annotation.added`` for each citation of the open message's text
+        (opened for them if need be); a refusal has no text part to cite in."""
+        item = self._open
+        if item is None or item.kind != "message":
+            if self._refusing:
+                return
+            yield from self._close_open()
+            item = self._open = self._add("message")
+            yield from self._added(item)
+        if item.refusal is not None or not item.has_text:
+            return
+        for citation in citations:
+            yield self._event("response.output_text.annotation.added", {
+                "item_id": item.id, "output_index": item.index, "content_index": 0,
+                "annotation_index": len(item.citations), "annotation": citation_object(citation)})
+            item.citations.append(citation)
+
     def _add(self, kind: str) -> _Item:
         prefix = {"message": "msg", "reasoning": "rs", "function_call": "fc"}[kind]
         item = _Item(kind, len(self.items), self.shape.item_id(prefix, len(self.items)))
+        if kind == "message" and self._refusing:
+            item.has_text = False
+            self._start_refusal(item)
         self.items.append(item)
         delta_type = _DELTA_TYPES[kind]
         content = '"content_index":0,' if kind != "function_call" else ""
@@ -335,14 +420,23 @@ class EventWriter:
         yield self._event("response.output_item.added", {"output_index": item.index,
                                                          "item": self._item(item, "in_progress", "")})
         if item.kind != "function_call":
-            yield self._event("response.content_part.added", {"item_id": item.id, "output_index": item.index,
-                                                              "content_index": 0, "part": self._part(item, "")})
+            yield from self._part_added(item, 0)
 
-    def _deltas(self, item: _Item, text: str) -> Iterator[str]:
+    def _part_added(self, item: _Item, index: int) -> Iterator[str]:
+        part = self._part(item, "") if index == 0 and item.has_text else {"type": "refusal", "refusal": ""}
+        yield self._event("response.content_part.added", {"item_id": item.id, "output_index": item.index,
+                                                          "content_index": index, "part": part})
+
+    def _deltas(self, item: _Item, text: str, chunks: list[str] | None = None, prefix: str = "",
+                tail: str = "") -> Iterator[str]:
+        """Delta events of ``text`` (an item's text, or with ``chunks``, ``prefix`` and ``tail``
+        given, another part of it: a refusal)."""
         if not text:
             return
-        item.chunks.append(text)
-        tail = ',"logprobs":[],"sequence_number":' if item.kind == "message" else ',"sequence_number":'
+        (item.chunks if chunks is None else chunks).append(text)
+        if chunks is None:
+            prefix = item.prefix
+            tail = ',"logprobs":[],"sequence_number":' if item.kind == "message" else ',"sequence_number":'
         skip, ident = self._skip, self._id
         for start in range(0, len(text), DELTA_CHARS):
             piece = text[start:start + DELTA_CHARS]
@@ -353,7 +447,7 @@ class EventWriter:
                 continue
             if first <= skip:                   # cut by a resume's position: the rest of it
                 piece = piece[skip + 1 - first:]
-            yield f"{ident}{end}\n{item.prefix}{_escape(piece)}{tail}{end}}}\n\n"
+            yield f"{ident}{end}\n{prefix}{_escape(piece)}{tail}{end}}}\n\n"
 
     def _close_open(self) -> Iterator[str]:
         item, self._open = self._open, None
@@ -361,21 +455,44 @@ class EventWriter:
             yield from self._done(item, "completed", "".join(item.chunks))
 
     def _done(self, item: _Item, status: str, text: str) -> Iterator[str]:
+        for kind, fields in self._done_events(item, status, text):
+            yield self._event(kind, fields)
+
+    def _done_events(self, item: _Item, status: str, text: str) -> list[tuple[str, dict[str, Any]]]:
+        """The ``.done`` events of ``item`` (its parts', then its own), as (type, fields)."""
         where = {"item_id": item.id, "output_index": item.index}
+        events = []
         if item.kind == "function_call":
-            yield self._event("response.function_call_arguments.done", {**where, "name": item.name, "arguments": text})
+            events.append(("response.function_call_arguments.done", {**where, "name": item.name, "arguments": text}))
+        elif item.kind == "reasoning":
+            events.append(("response.reasoning_text.done", {**where, "content_index": 0, "text": text}))
+            events.append(("response.content_part.done", {**where, "content_index": 0,
+                                                          "part": self._part(item, text)}))
         else:
-            kind = "response.output_text.done" if item.kind == "message" else "response.reasoning_text.done"
-            extra = {"logprobs": item.logprobs} if item.kind == "message" else {}
-            yield self._event(kind, {**where, "content_index": 0, "text": text, **extra})
-            yield self._event("response.content_part.done", {**where, "content_index": 0,
-                                                             "part": self._part(item, text)})
-        yield self._event("response.output_item.done", {"output_index": item.index,
-                                                        "item": self._item(item, status, text)})
+            if item.has_text and not item.text_done:
+                events.extend(self._text_done_events(item, text))
+            if item.refusal is not None:
+                refusal, index = "".join(item.refusal), item.refusal_index()
+                events.append(("response.refusal.done", {**where, "content_index": index, "refusal": refusal}))
+                events.append(("response.content_part.done", {**where, "content_index": index,
+                                                              "part": {"type": "refusal", "refusal": refusal}}))
+        events.append(("response.output_item.done", {"output_index": item.index,
+                                                     "item": self._item(item, status, text)}))
+        return events
+
+    def _text_done_events(self, item: _Item, text: str) -> list[tuple[str, dict[str, Any]]]:
+        item.text_done = True
+        where = {"item_id": item.id, "output_index": item.index, "content_index": 0}
+        return [("response.output_text.done", {**where, "text": text, "logprobs": item.logprobs}),
+                ("response.content_part.done", {**where, "part": self._part(item, text)})]
+
+    def _text_done(self, item: _Item, text: str) -> Iterator[str]:
+        for kind, fields in self._text_done_events(item, text):
+            yield self._event(kind, fields)
 
     def _part(self, item: _Item, text: str) -> dict[str, Any]:
         if item.kind == "message":
-            return {"type": "output_text", "text": text, "annotations": [], "logprobs": item.logprobs if text else []}
+            return _text_part(text, item.logprobs if text else [], item.citations)
         return {"type": "reasoning_text", "text": text}
 
     def _item(self, item: _Item, status: str, text: str) -> dict[str, Any]:
@@ -386,7 +503,8 @@ class EventWriter:
             if status == "in_progress":
                 out["content"] = []
             return out
-        out = _message(item.id, text, item.logprobs if text else [], status)
+        out = _message(item.id, text if item.has_text else None, item.logprobs if text else [], status,
+                       "".join(item.refusal) if item.refusal is not None else None, item.citations)
         if status == "in_progress":
             out["content"] = []
         return out
@@ -413,25 +531,15 @@ class EventWriter:
         for item in open_items:
             text = "".join(item.chunks)
             item.chunks = [text]
-            if len(text) < compact_json.LARGE_CHARS:
+            chars = len(text) + sum(map(len, item.refusal or ()))
+            if chars < compact_json.LARGE_CHARS:
                 piece = "".join(self._done(item, status, text)).encode()
                 if piece:
                     pieces.append(piece)
                 continue
             # A large item's done events are escaped in slices of the loop, one piece each.
-            where = {"item_id": item.id, "output_index": item.index}
-            if item.kind == "function_call":
-                pieces.append(await self._event_async("response.function_call_arguments.done",
-                                                      {**where, "name": item.name, "arguments": text}, len(text)))
-            else:
-                kind = "response.output_text.done" if item.kind == "message" else "response.reasoning_text.done"
-                extra = {"logprobs": item.logprobs} if item.kind == "message" else {}
-                pieces.append(await self._event_async(kind, {**where, "content_index": 0, "text": text, **extra},
-                                                      len(text)))
-                pieces.append(await self._event_async("response.content_part.done", {
-                    **where, "content_index": 0, "part": self._part(item, text)}, len(text)))
-            pieces.append(await self._event_async("response.output_item.done", {
-                "output_index": item.index, "item": self._item(item, status, text)}, len(text)))
+            for kind, fields in self._done_events(item, status, text):
+                pieces.append(await self._event_async(kind, fields, chars))
         return [piece for piece in pieces if piece]
 
     def final(self) -> dict[str, Any]:
@@ -451,7 +559,7 @@ class EventWriter:
         status = final["status"]
         kind = "response.completed" if status == "completed" else \
             "response.incomplete" if status == "incomplete" else "response.failed"
-        chars = sum(len(chunk) for item in self.items for chunk in item.chunks)
+        chars = sum(len(chunk) for item in self.items for chunk in (*item.chunks, *(item.refusal or ())))
         return await self._event_async(kind, {"response": final}, chars)
 
 
@@ -520,11 +628,21 @@ def stored_events(response: dict[str, Any]) -> list[Any]:
             text = "".join(part.get("text", "") for part in item.get("content") or ())
             events.append(ReasoningDelta(text, item.get("encrypted_content") or ""))
         elif kind == "message":
-            parts = [part for part in item.get("content") or () if part.get("type") == "output_text"]
-            events.append(TextDelta("".join(part["text"] for part in parts)))
+            content = item.get("content") or ()
+            parts = [part for part in content if part.get("type") == "output_text"]
+            refusal = "".join(part.get("refusal", "") for part in content if part.get("type") == "refusal")
+            if parts or not refusal:
+                events.append(TextDelta("".join(part["text"] for part in parts)))
+            citations = tuple(Citation(a["url"], a["title"], a["start_index"], a["end_index"])
+                              for part in parts for a in part.get("annotations") or ()
+                              if a.get("type") == "url_citation")
+            if citations:
+                events.append(Annotations(citations))
             entries = tuple(entry for part in parts for entry in part.get("logprobs") or ())
             if entries:
                 events.append(Logprobs(entries))
+            if refusal:
+                events.extend((REFUSING, TextDelta(refusal)))
         elif kind == "function_call":
             events.append(ToolCallDelta(calls, item["call_id"], item["name"], item["arguments"]))
             calls += 1

@@ -8,7 +8,10 @@ choice's delta back: ``content`` to ``TextDelta``, ``reasoning_content`` (or
 ``tool_calls`` fragments to ``ToolCallDelta`` (by their ``index``; fragments
 without one, as Gemini's compatible endpoint sends parallel calls, by their
 ``id``), ``logprobs.content`` to
-``Logprobs``; choices past the first come wrapped in ``ChoiceEvent``. Then
+``Logprobs``, ``refusal`` to ``RefusalDelta`` (from a choice's first piece
+of refusal on, its ``content`` is refusal too), ``annotations`` (OpenAI's
+``url_citation`` entries; malformed or oversized ones dropped) to
+``Annotations``; choices past the first come wrapped in ``ChoiceEvent``. Then
 the final usage chunk's counts (with ``cached_tokens`` and
 ``reasoning_tokens`` when given), then the ``finish_reason``. Everything a
 request asks for passes through as the API names it: messages with parts
@@ -28,8 +31,8 @@ from typing import Any, ClassVar, Final
 
 from ..errors import UpstreamError
 from ..agents.types import (
-    NO_OPTIONS, OPTION_NAMES, AudioPart, ChoiceEvent, Finish, ImagePart, Logprobs, Message, ProviderCall,
-    ProviderEvent, ReasoningDelta, TextDelta, TextPart, ToolCallDelta, Usage,
+    NO_OPTIONS, OPTION_NAMES, Annotations, AudioPart, ChoiceEvent, Citation, Finish, ImagePart, Logprobs, Message,
+    ProviderCall, ProviderEvent, ReasoningDelta, RefusalDelta, TextDelta, TextPart, ToolCallDelta, Usage,
 )
 from . import HTTPProvider, as_user_text
 
@@ -42,6 +45,12 @@ DONE: Final = "[DONE]"
 _PLAIN_OPTIONS: Final = ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty",
                          "logprobs", "top_logprobs", "response_format", "reasoning_effort", "n",
                          "parallel_tool_calls", "top_k", "min_p", "repetition_penalty")
+# A url_citation is untrusted: one whose URL or title is longer is dropped, and
+# a chunk's annotations are read up to this many entries (the reply keeps at
+# most ``output.MAX_CITATIONS`` in all).
+MAX_CITATION_URL_CHARS: Final = 8192
+MAX_CITATION_TITLE_CHARS: Final = 1024
+MAX_CITATIONS_PER_CHUNK: Final = 256
 
 
 def message_payload(message: Message) -> dict[str, Any]:
@@ -144,6 +153,7 @@ class OpenAIProvider(HTTPProvider):
         usage: Usage | None = None
         reasons: dict[int, str] = {}
         orders: dict[int, _CallOrder] = {}      # choice index -> where its tool calls stand
+        refusing: set[int] = set()              # choices that began to refuse: their text is refusal
         ended = False
         try:
             async with aclosing(self.events(response)) as events:
@@ -153,11 +163,11 @@ class OpenAIProvider(HTTPProvider):
                         break
                     chunk = self.json_data(event)
                     text = _plain_text(chunk)
-                    if text is not None:            # the usual chunk: a piece of choice 0's text
+                    if text is not None and not refusing:   # the usual chunk: a piece of choice 0's text
                         if text:
                             yield TextDelta(text)
                     else:
-                        for output in self._read_choices(chunk, reasons, len(event.data), orders):
+                        for output in self._read_choices(chunk, reasons, len(event.data), orders, refusing):
                             yield output
                     usage = self._read_usage(chunk) or usage
                 else:
@@ -172,9 +182,9 @@ class OpenAIProvider(HTTPProvider):
         yield Finish(reasons.get(0) or "stop")
 
     def _read_choices(self, chunk: dict[str, Any], reasons: dict[int, str], size: int,
-                      orders: dict[int, _CallOrder]) -> list[ProviderEvent]:
+                      orders: dict[int, _CallOrder], refusing: set[int]) -> list[ProviderEvent]:
         """The output events of one chunk, in order; finish reasons noted in ``reasons``,
-        each choice's tool-call order kept in ``orders``."""
+        each choice's tool-call order kept in ``orders``, choices that refuse in ``refusing``."""
         if "error" in chunk:
             # Upstreams report failures after the 200 head as a chunk {"error": {...}}.
             error = chunk["error"]
@@ -198,9 +208,9 @@ class OpenAIProvider(HTTPProvider):
             text = delta.get("content")
             # The usual chunk holds text alone: one check and it is done.
             if len(delta) > 1 or text is None or choice.get("logprobs"):
-                events = self._read_delta(delta, choice.get("logprobs"), size, orders, index)
+                events = self._read_delta(delta, choice.get("logprobs"), size, orders, index, refusing)
             elif type(text) is str:
-                events = [TextDelta(text)] if text else []
+                events = [RefusalDelta(text) if index in refusing else TextDelta(text)] if text else []
             else:
                 raise UpstreamError(self.name, "malformed chunk: delta.content is not a string")
             out.extend(events if index == 0 else [ChoiceEvent(index, e) for e in events])  # type: ignore[arg-type]
@@ -210,7 +220,7 @@ class OpenAIProvider(HTTPProvider):
         return out
 
     def _read_delta(self, delta: dict[str, Any], logprobs: Any, size: int,
-                    orders: dict[int, _CallOrder], choice: int) -> list[Any]:
+                    orders: dict[int, _CallOrder], choice: int, refusing: set[int]) -> list[Any]:
         events: list[Any] = []
         reasoning = delta.get("reasoning_content")
         if reasoning is None:
@@ -225,7 +235,19 @@ class OpenAIProvider(HTTPProvider):
             if not isinstance(text, str):
                 raise UpstreamError(self.name, "malformed chunk: delta.content is not a string")
             if text:
-                events.append(TextDelta(text))
+                events.append(RefusalDelta(text) if choice in refusing else TextDelta(text))
+        refusal = delta.get("refusal")
+        if refusal is not None:
+            if not isinstance(refusal, str):
+                raise UpstreamError(self.name, "malformed chunk: delta.refusal is not a string")
+            if refusal:     # OpenAI opens a refusal with "" beside the role: not yet one
+                refusing.add(choice)
+                events.append(RefusalDelta(refusal))
+        annotations = delta.get("annotations")
+        if annotations:
+            citations = _citations(annotations)
+            if citations:
+                events.append(Annotations(citations))
         calls = delta.get("tool_calls")
         if calls is not None:
             order = orders.get(choice)
@@ -311,6 +333,25 @@ def _plain_text(chunk: dict[str, Any]) -> str | None:
         return None
     text = delta.get("content")
     return text if type(text) is str else None
+
+
+def _citations(annotations: Any) -> tuple[Citation, ...]:
+    """The well-formed ``url_citation`` entries of an upstream's ``annotations``, bounded;
+    anything else (another type, a missing or mistyped field, an oversized URL or
+    title, indices out of order) is dropped rather than failing the run."""
+    if type(annotations) is not list:
+        return ()
+    out = []
+    for entry in annotations[:MAX_CITATIONS_PER_CHUNK]:
+        body = entry.get("url_citation") if type(entry) is dict and entry.get("type") == "url_citation" else None
+        if type(body) is not dict:
+            continue
+        url, title, start, end = body.get("url"), body.get("title"), body.get("start_index"), body.get("end_index")
+        if type(url) is str and 0 < len(url) <= MAX_CITATION_URL_CHARS and type(title) is str \
+                and len(title) <= MAX_CITATION_TITLE_CHARS and type(start) is int and type(end) is int \
+                and 0 <= start <= end:
+            out.append(Citation(url, title, start, end))
+    return tuple(out)
 
 
 def _function(spec: Any) -> dict[str, Any]:
