@@ -34,7 +34,7 @@ _write = os.write      # module-level so that a test can inject a disk fault her
 # fdatasync flushes the data and the metadata needed to read it back (the file
 # size), skipping only timestamps: all an append needs. macOS has no fdatasync.
 _fdatasync = getattr(os, "fdatasync", os.fsync)
-CLOEXEC: Final = getattr(os, "OCLOEXEC", 0)
+CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)     # 0 where the platform has none
 _APPEND_FLAGS: Final = os.O_RDWR | os.O_APPEND | os.O_CREAT | CLOEXEC
 
 
