@@ -49,7 +49,7 @@ __all__ = [
     "ApiError", "RunError", "RunAborted", "RunTimedOut", "RunFailed", "StorageError", "UpstreamError",
     "UpstreamRejected", "ReplyTooLarge", "UpstreamTimeout", "ConnectionClosed",
     "ClientError", "ClientConnectError", "ClientTimeout",
-    "http_status", "ws_close_code", "error_type_for_status",
+    "http_status", "ws_close_code", "error_type_for_status", "SHUTDOWN_ABORT", "INTERRUPTED",
 ]
 
 
@@ -233,6 +233,10 @@ class RunError(GatewayError):
 # The reason of the runs the gateway aborts when it stops: answered 503, which clients
 # retry (every other abort is 499: its client left, or another one stopped the run).
 SHUTDOWN_ABORT = "shutdown"
+# What a keyed run the gateway never recorded (it stopped, a crash say, in the middle of
+# the run) replays as: it is not run again, since its provider may have answered (and
+# billed) already. The gateway's failure, not the client's: 503 like a shutdown's abort.
+INTERRUPTED = "interrupted: the gateway stopped before the run was recorded"
 
 
 class RunAborted(RunError):
@@ -376,7 +380,7 @@ def http_status(exc: BaseException) -> int:
         return exc.status
     if isinstance(exc, UpstreamRejected):
         return exc.upstream_status if exc.upstream_status in (400, 429) else 502
-    if type(exc) is RunAborted and exc.why == SHUTDOWN_ABORT:
+    if type(exc) is RunAborted and (exc.why == SHUTDOWN_ABORT or exc.why == INTERRUPTED):
         return 503
     for cls, status in _HTTP_STATUS:
         if isinstance(exc, cls):

@@ -473,6 +473,7 @@ async def _execute(runtime: Runtime, handle: Run) -> None:
     """
     agent = handle.agent
     queued = True
+    journalled = False      # its key's line is written: a restart finds the key
     try:
         handle._entered = True
         if handle._abort_reason is not None:
@@ -486,6 +487,7 @@ async def _execute(runtime: Runtime, handle: Run) -> None:
                     # The key is durable before anything is produced, and only for a run
                     # that left its queue (``Keys.journal``).
                     await runtime.keys.journal(handle._key)
+                    journalled = True
                 history = _EMPTY_HISTORY if handle.stateless else \
                     await runtime.store.history(agent.id, handle.session_key)
                 call = _provider_call(handle, history)
@@ -506,6 +508,11 @@ async def _execute(runtime: Runtime, handle: Run) -> None:
     finally:
         if queued:
             agent.waiting -= 1
+        if journalled and handle._stored is None:
+            # Its turn was never recorded (a storage error, say): nothing of it is in
+            # the session, so a retry runs it again, after a restart too. Only a run
+            # the gateway stopped in the middle of leaves its key line alone (INTERRUPTED).
+            runtime.keys.free(handle._key)      # type: ignore[arg-type]
         runtime._remember(handle)
         handle._task = None     # the finished task is not needed, nor is the cycle through it
         if handle._ended is not None and not handle._ended.done():
