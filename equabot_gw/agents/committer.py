@@ -17,6 +17,7 @@ import errno
 import logging
 import os
 import queue
+import stat
 import threading
 import time
 from collections import OrderedDict
@@ -26,7 +27,7 @@ from typing import Any, Callable, Final
 from equabot_gw import errors
 
 __all__ = ["MAX_OPEN_FILES", "CLOEXEC", "Committer", "CommitStats", "storage_error", "write_all", "fsync_dir",
-           "make_dirs"]
+           "make_dirs", "read_regular"]
 
 log = logging.getLogger("equabot_gw.sessions")    # one logger for the whole session store
 
@@ -36,6 +37,33 @@ _write = os.write      # module-level so that a test can inject a disk fault her
 _fdatasync = getattr(os, "fdatasync", os.fsync)
 CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)     # 0 where the platform has none
 _APPEND_FLAGS: Final = os.O_RDWR | os.O_APPEND | os.O_CREAT | CLOEXEC
+
+
+def read_regular(path: str, max_bytes: int | None = None, *, tail: bool = False) -> bytes:
+    """The bytes of the regular file at ``path`` (a symlink to one is followed).
+
+    Anything else is refused before a byte is read: a FIFO would block the
+    reader forever (it is opened without blocking), a device such as
+    /dev/zero never ends. Raises OSError: FileNotFoundError, EINVAL "not a
+    regular file", or EFBIG when the file is over ``max_bytes`` — unless
+    ``tail``, which returns its last ``max_bytes`` instead, from the first
+    line that starts within them.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        size = info.st_size
+        if max_bytes is None or size <= max_bytes:
+            with open(fd, "rb", closefd=False) as f:
+                return f.read() if max_bytes is None else f.read(max_bytes)
+        if not tail:
+            raise OSError(errno.EFBIG, f"larger than {max_bytes} bytes", path)
+        data = os.pread(fd, max_bytes, size - max_bytes)
+        return data[data.find(b"\n") + 1:]      # the first line is cut: never a whole one
+    finally:
+        os.close(fd)
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -363,7 +391,10 @@ class Committer:
             make_dirs(os.path.dirname(path))
             fd = os.open(path, _APPEND_FLAGS, 0o600)
         try:
-            entry = self._fds[path] = [fd, _repair(fd, path), os.fstat(fd).st_ino]
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):      # a FIFO or a device: no turn is durable there
+                raise OSError(errno.EINVAL, "not a regular file", path)
+            entry = self._fds[path] = [fd, _repair(fd, path), info.st_ino]
         except OSError:
             os.close(fd)
             raise

@@ -25,11 +25,13 @@ equabot_gw.gateway.
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import logging
 import mmap
 import os
 import re
+import stat
 import time
 from typing import Any, Final, NamedTuple
 
@@ -273,8 +275,13 @@ def _load(directory: str, cutoff: float, committer: Committer) -> dict[str, Stor
 
 
 def _load_file(path: str, entries: dict[str, StoredResponse]) -> None:
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
+    # Without blocking: a FIFO under a log's name must not hang start-up.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with open(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        size = info.st_size
         if not size:
             return
         # Mapped, not read: a log of gigabytes is scanned without being copied.
