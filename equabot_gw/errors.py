@@ -22,7 +22,7 @@ The tree, grouped by what the caller does next::
     │   ├── RunAborted              client gone, chat.abort, shutdown
     │   │   └── RunTimedOut         the agent's timeoutSeconds passed (504)
     │   ├── RunFailed               a bug inside the run: it settles as failed (500)
-    │   ├── StorageError            the transcript could not be made durable (503)
+    │   ├── StorageError            stored data could not be made durable, or read (503)
     │   └── UpstreamError           the provider failed (502 unless a subclass says)
     │       ├── UpstreamRejected    the upstream said no (its status mapped by http_status)
     │       ├── ReplyTooLarge       the reply passed the provider's maxReplyBytes
@@ -270,13 +270,31 @@ class RunFailed(RunError):
 
 
 class StorageError(RunError):
-    """The transcript could not be written durably; earlier turns are intact."""
+    """Stored data could not be written durably, or read (503); earlier turns are intact.
+
+    ``detail`` names the step and the errno, never a path: the message may
+    reach an HTTP client. ``reading``: the step read (a transcript, a
+    journal) rather than wrote. ``path`` is the file or directory concerned,
+    for the operator: in the message only of ``for_operator``'s copy.
+    """
 
     reason = "storage"
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, *, reading: bool = False, path: str | None = None,
+                 prefix: str | None = None) -> None:
         self.detail = detail
-        super().__init__(f"transcript could not be written: {detail}")
+        self.reading = reading
+        self.path = path
+        prefix = prefix or ("stored data could not be read" if reading else "transcript could not be written")
+        super().__init__(f"{prefix}: {detail}")
+
+    def for_operator(self, what: str) -> StorageError:
+        """This error as start-up reports it to the operator: ``what`` failed, the step,
+        the errno, and the path (never send it to a client)."""
+        where = f": {self.path}" if self.path else ""
+        copy = StorageError(f"{self.detail}{where}", reading=self.reading, path=self.path, prefix=what)
+        copy.__cause__ = self.__cause__
+        return copy
 
 
 class UpstreamError(RunError):

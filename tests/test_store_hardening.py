@@ -9,16 +9,20 @@ was recorded is lost or hidden, and start-up never hangs or reads without bound.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import shutil
 import threading
 import unittest
 import unittest.mock
 
+from equabot_gw import config as config_mod
 from equabot_gw.agents import committer, transcripts
 from equabot_gw.agents.idempotency import Keys
 from equabot_gw.agents.response_store import ResponseStore
+from equabot_gw.agents.runtime import Runtime
 from equabot_gw.errors import StorageError
+from tests.support import base_config
 from tests.test_sessions import StoreCase, ok_turn
 
 # Start-up must not wait on a FIFO: it is over in this many seconds or the test fails.
@@ -196,6 +200,50 @@ class SpecialFiles(StoreCase):
         await store.close()
         self.assertFalse(watchdog.fired, "start-up waited on a FIFO")
         self.assertIn("not a regular file", "\n".join(logs.output))
+
+
+
+class ErrorWording(StoreCase):
+    """Storage errors say what failed (a read or a write, which step, the errno in plain words);
+    the path only where the operator reads it (start-up), never in a message for a client."""
+
+    async def test_a_transcript_that_cannot_be_read_is_a_read_error(self) -> None:
+        await self.store.record_turn("main", "alice", ok_turn(1))
+        await self.reopen()          # nothing cached: the next turn reads the transcript
+        denied = PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self.transcript("agent:main:alice")))
+        with unittest.mock.patch.object(transcripts, "read_regular", side_effect=denied), \
+                self.assertLogs("equabot_gw.sessions", "WARNING"), self.assertRaises(StorageError) as caught:
+            await self.store.history("main", "alice")
+        self.assertEqual(str(caught.exception),
+                         "stored data could not be read: reading a transcript failed: EACCES (Permission denied)")
+        self.assertEqual(caught.exception.path, str(self.transcript("agent:main:alice")))
+
+    async def test_a_file_where_the_agents_directory_belongs_is_enotdir_with_its_path_at_start_up(self) -> None:
+        await self.store.close()
+        shutil.rmtree(self.state / "agents")
+        (self.state / "agents").write_text("x")
+        runtime = Runtime(config_mod.from_data(base_config(), env={}), self.state)
+        with self.assertRaises(StorageError) as caught:
+            await runtime.start()
+        self.assertEqual(str(caught.exception),
+                         "the session store could not be opened: creating the state directory failed: "
+                         f"ENOTDIR (a file is where a directory belongs): {self.state / 'agents'}")
+
+    async def test_a_file_where_the_responses_directory_belongs_is_enotdir_with_its_path_at_start_up(self) -> None:
+        (self.state / "responses").write_text("x")
+        store = ResponseStore(self.state, clock=self.clock)
+        with self.assertLogs("equabot_gw", "WARNING"), self.assertRaises(StorageError) as caught:
+            await store.open()
+        self.assertEqual(str(caught.exception),
+                         "the stored responses could not be loaded: loading the stored responses failed: "
+                         f"ENOTDIR (a file is where a directory belongs): {self.state / 'responses'}")
+
+    def test_the_message_for_a_client_names_no_path(self) -> None:
+        exc = committer.storage_error("write of a session transcript",
+                                      OSError(errno.EFBIG, os.strerror(errno.EFBIG), "/state/agents/x.jsonl"))
+        self.assertEqual(str(exc), "transcript could not be written: write of a session transcript failed: "
+                                   "EFBIG (File too large)")
+        self.assertEqual(exc.path, "/state/agents/x.jsonl")
 
 
 if __name__ == "__main__":

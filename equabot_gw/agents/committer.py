@@ -110,13 +110,30 @@ def _repair(fd: int, path: str) -> int:
     return keep
 
 
-def storage_error(phase: str, exc: OSError) -> errors.StorageError:
-    """A ``StorageError`` "<phase> failed: <ERRNO> (<strerror>)" caused by ``exc``.
+# The errors an operator meets when the state dir's layout is damaged, in plain words.
+_PLAIN: Final = {
+    errno.ENOTDIR: "a file is where a directory belongs",
+    errno.EISDIR: "a directory is where a file belongs",
+}
+# A job whose step (its ``what``) begins so reads; any other writes.
+_READ_STEPS: Final = ("reading", "loading")
 
-    Names the step and the errno, never a path or file contents: it may reach a client.
+
+def storage_error(phase: str, exc: OSError, *, reading: bool = False) -> errors.StorageError:
+    """A ``StorageError`` "<phase> failed: <ERRNO> (<what it means>)" caused by ``exc``.
+
+    Names the step and the errno, never a path or file contents: it may reach
+    a client (the path is kept as ``path``, for the operator). A directory that
+    could not be made because a file has its name is ENOTDIR, as it is for any
+    later step, not EEXIST.
     """
-    name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
-    err = errors.StorageError(f"{phase} failed: {name} ({exc.strerror or 'no detail'})")
+    code = exc.errno or 0
+    if code == errno.EEXIST and exc.filename is not None and not os.path.isdir(exc.filename):
+        code = errno.ENOTDIR
+    name = errno.errorcode.get(code, type(exc).__name__)
+    text = _PLAIN.get(code) or (exc.strerror if code == exc.errno else None) or os.strerror(code)
+    path = exc.filename if isinstance(exc.filename, str) else None
+    err = errors.StorageError(f"{phase} failed: {name} ({text or 'no detail'})", reading=reading, path=path)
     err.__cause__ = exc
     return err
 
@@ -303,7 +320,7 @@ class Committer:
                 results.append((op, op.fn(self), False))
             except OSError as exc:
                 log.warning("session store: %s failed: %s", op.what, exc)
-                results.append((op, storage_error(op.what, exc), True))
+                results.append((op, storage_error(op.what, exc, reading=op.what.startswith(_READ_STEPS)), True))
             except Exception as exc:     # a bug: hand it to the waiter, keep the thread alive
                 log.exception("session store: %s failed", op.what)
                 results.append((op, exc, True))

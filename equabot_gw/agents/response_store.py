@@ -91,7 +91,7 @@ class ResponseStore:
 
         A torn last line is skipped.
 
-        Raises ``StorageError`` if the directory cannot be read.
+        Raises ``StorageError`` naming the step and the path if the directory cannot be read.
         """
         if self._committer is not None or self._closed:
             raise RuntimeError("a ResponseStore is opened once")
@@ -101,9 +101,11 @@ class ResponseStore:
             self._day = int(self._clock() // 86400)
             loaded = await self._committer.job("loading the stored responses",
                                                functools.partial(_load, self._dir, self._clock() - self._retention))
-        except BaseException:
+        except BaseException as exc:
             self._closed = True
             await self._committer.stop()
+            if isinstance(exc, StorageError):     # start-up: the operator may see the path
+                raise exc.for_operator("the stored responses could not be loaded") from exc.__cause__
             raise
         for entry in loaded.values():
             self._add(entry)

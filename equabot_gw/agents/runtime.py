@@ -31,7 +31,8 @@ from typing import Any, Final
 
 from ..config import Config
 from ..errors import (
-    SHUTDOWN_ABORT, ApiError, ReplyTooLarge, RunAborted, RunError, RunFailed, RunTimedOut, UpstreamError,
+    SHUTDOWN_ABORT, ApiError, ReplyTooLarge, RunAborted, RunError, RunFailed, RunTimedOut, StorageError,
+    UpstreamError,
 )
 from . import idempotency, sessions
 from .agent import DEFAULT_AGENT_ID, Agent, agents_from
@@ -209,9 +210,16 @@ class Runtime:
         self.observers: list[Callable[[Run], None]] = []
 
     async def start(self) -> None:
-        """Open the session store and create the providers."""
-        await self.store.open()
-        await self.keys.load(list(self.agents))
+        """Open the session store and create the providers.
+
+        Raises ``StorageError`` naming what failed and where (for the operator).
+        """
+        try:
+            await self.store.open()
+            await self.keys.load(list(self.agents))
+        except StorageError as exc:
+            # Start-up: no client is told, so the operator may see the path.
+            raise exc.for_operator("the session store could not be opened") from exc.__cause__
         names = {name for name, _ in self.config.models.providers} | {"echo"}
         for name in sorted(names):
             self.providers[name] = create_provider(name, self.config.provider(name))
