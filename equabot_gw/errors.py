@@ -22,7 +22,7 @@ The tree, grouped by what the caller does next::
     │   ├── RunAborted              client gone, chat.abort, shutdown
     │   │   └── RunTimedOut         the agent's timeoutSeconds passed (504)
     │   ├── RunFailed               a bug inside the run: it settles as failed (500)
-    │   ├── StorageError            the transcript could not be made durable (503)
+    │   ├── StorageError            stored data could not be made durable, or read (503)
     │   └── UpstreamError           the provider failed (502 unless a subclass says)
     │       ├── UpstreamRejected    the upstream said no (its status mapped by http_status)
     │       ├── ReplyTooLarge       the reply passed the provider's maxReplyBytes
@@ -49,7 +49,7 @@ __all__ = [
     "ApiError", "RunError", "RunAborted", "RunTimedOut", "RunFailed", "StorageError", "UpstreamError",
     "UpstreamRejected", "ReplyTooLarge", "UpstreamTimeout", "ConnectionClosed",
     "ClientError", "ClientConnectError", "ClientTimeout",
-    "http_status", "ws_close_code", "error_type_for_status",
+    "http_status", "ws_close_code", "error_type_for_status", "SHUTDOWN_ABORT", "INTERRUPTED",
 ]
 
 
@@ -233,6 +233,10 @@ class RunError(GatewayError):
 # The reason of the runs the gateway aborts when it stops: answered 503, which clients
 # retry (every other abort is 499: its client left, or another one stopped the run).
 SHUTDOWN_ABORT = "shutdown"
+# What a keyed run the gateway never recorded (it stopped, a crash say, in the middle of
+# the run) replays as: it is not run again, since its provider may have answered (and
+# billed) already. The gateway's failure, not the client's: 503 like a shutdown's abort.
+INTERRUPTED = "interrupted: the gateway stopped before the run was recorded"
 
 
 class RunAborted(RunError):
@@ -266,13 +270,31 @@ class RunFailed(RunError):
 
 
 class StorageError(RunError):
-    """The transcript could not be written durably; earlier turns are intact."""
+    """Stored data could not be written durably, or read (503); earlier turns are intact.
+
+    ``detail`` names the step and the errno, never a path: the message may
+    reach an HTTP client. ``reading``: the step read (a transcript, a
+    journal) rather than wrote. ``path`` is the file or directory concerned,
+    for the operator: in the message only of ``for_operator``'s copy.
+    """
 
     reason = "storage"
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, *, reading: bool = False, path: str | None = None,
+                 prefix: str | None = None) -> None:
         self.detail = detail
-        super().__init__(f"transcript could not be written: {detail}")
+        self.reading = reading
+        self.path = path
+        prefix = prefix or ("stored data could not be read" if reading else "transcript could not be written")
+        super().__init__(f"{prefix}: {detail}")
+
+    def for_operator(self, what: str) -> StorageError:
+        """This error as start-up reports it to the operator: ``what`` failed, the step,
+        the errno, and the path (never send it to a client)."""
+        where = f": {self.path}" if self.path else ""
+        copy = StorageError(f"{self.detail}{where}", reading=self.reading, path=self.path, prefix=what)
+        copy.__cause__ = self.__cause__
+        return copy
 
 
 class UpstreamError(RunError):
@@ -383,7 +405,7 @@ def http_status(exc: BaseException) -> int:
         return exc.status
     if isinstance(exc, UpstreamRejected):
         return exc.upstream_status if exc.upstream_status in (400, 429) else 502
-    if type(exc) is RunAborted and exc.why == SHUTDOWN_ABORT:
+    if type(exc) is RunAborted and (exc.why == SHUTDOWN_ABORT or exc.why == INTERRUPTED):
         return 503
     for cls, status in _HTTP_STATUS:
         if isinstance(exc, cls):

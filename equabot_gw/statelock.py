@@ -1,7 +1,10 @@
 """One gateway per state dir: an advisory lock that also says where that gateway listens.
 
 Owns ``<state-dir>/gateway.lock``. A gateway holds an exclusive ``flock`` on
-it for its whole life and writes a small record into it — its pid, its URL,
+the state directory itself (Linux locks a directory's descriptor as any
+other), so removing the lock file, as a "stale lock" clean-up might, frees
+nothing; and on the lock file too, as earlier versions did, so that a
+gateway of either kind sees the other. It writes a small record into the file — its pid, its URL,
 the config file it was started with and its auth mode (never a secret) — so
 a second gateway on the same state dir refuses to start (two writers would
 interleave transcripts and fight over indexes), and CLI commands can find the
@@ -54,8 +57,9 @@ class Holder(NamedTuple):
 class StateLock:
     """The exclusive lock on a state dir; ``release()`` (or process exit) frees it."""
 
-    def __init__(self, fd: int, path: Path) -> None:
+    def __init__(self, fd: int, path: Path, dir_fd: int | None = None) -> None:
         self._fd: int | None = fd
+        self._dir_fd = dir_fd
         self.path = path
 
     def announce(self, url: str, *, config_path: Path | None = None,
@@ -70,22 +74,53 @@ class StateLock:
         os.pwrite(self._fd, data, 0)
 
     def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)      # closing the descriptor drops the flock
-            self._fd = None
+        for fd in (self._fd, self._dir_fd):
+            if fd is not None:
+                os.close(fd)        # closing the descriptor drops its flock
+        self._fd = self._dir_fd = None
 
 
 def acquire(state_dir: Path) -> StateLock:
-    """Lock ``state_dir`` for this process; ``StateDirInUse`` if another one holds it."""
+    """Lock ``state_dir`` for this process; ``StateDirInUse`` if another one holds it.
+
+    The lock is on the directory and on its lock file; it outlives the file's
+    removal. A file system that cannot lock a directory leaves the file's lock alone.
+    """
     path = state_dir / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    dir_fd = _lock_dir(state_dir, fcntl.LOCK_EX)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except BaseException:
+        if dir_fd is not None:
+            os.close(dir_fd)
+        raise
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = _read(fd)
         os.close(fd)
+        if dir_fd is not None:
+            os.close(dir_fd)
         raise StateDirInUse(state_dir, holder) from None
-    return StateLock(fd, path)
+    return StateLock(fd, path, dir_fd)
+
+
+def _lock_dir(state_dir: Path, how: int) -> int | None:
+    """A descriptor of ``state_dir`` holding ``flock(how)``; None where directories cannot be
+    locked. ``StateDirInUse`` (with the lock file's record, if any) when another process holds it."""
+    try:
+        fd = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None         # then the lock file's open says what is wrong
+    try:
+        fcntl.flock(fd, how | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StateDirInUse(state_dir, last_record(state_dir)) from None
+    except OSError:         # a file system without flock on directories
+        os.close(fd)
+        return None
+    return fd
 
 
 def holder(state_dir: Path) -> Holder | None:
@@ -94,9 +129,15 @@ def holder(state_dir: Path) -> Holder | None:
     A lock held by a process that recorded no URL (``agent --local``) is not
     a gateway to talk to: None too.
     """
+    try:
+        dir_fd = _lock_dir(state_dir, fcntl.LOCK_SH)
+    except StateDirInUse as exc:        # held, whether or not its lock file is still there
+        return exc.holder if exc.holder is not None and exc.holder.url else None
+    if dir_fd is not None:
+        os.close(dir_fd)
     path = state_dir / LOCK_FILE
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
     try:

@@ -581,7 +581,9 @@ class DiskFaultTest(LiveGateway, unittest.TestCase):
             status, data = self.post("hello", "disk-enotdir", model="equabot:fresh")
             self.assertEqual(status, 503, data)
             self.assertEqual(error_of(data)["message"], "transcript could not be written: open of a session "
-                                                        "transcript failed: ENOTDIR (Not a directory)")
+                                                        "transcript failed: ENOTDIR (a file is where a "
+                                                        "directory belongs)")
+            self.assertNotIn(str(self.gw.state_dir).encode(), data)
             self.assertEqual(self.reply("meanwhile", "disk-enotdir-other"), "Echo (turn 1): meanwhile")
         finally:
             blocker.unlink()

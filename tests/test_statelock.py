@@ -29,6 +29,38 @@ class StateLockTest(unittest.TestCase):
             self.assertIsNone(statelock.holder(state))
             statelock.acquire(state).release()
 
+    def test_removing_the_lock_file_does_not_free_the_state_dir(self) -> None:
+        # A "stale lock" clean-up must not let a second gateway write the same transcripts.
+        with tempfile.TemporaryDirectory() as tmp:
+            state = pathlib.Path(tmp)
+            lock = statelock.acquire(state)
+            lock.announce("http://127.0.0.1:1234")
+            (state / statelock.LOCK_FILE).unlink()
+            with self.assertRaises(statelock.StateDirInUse) as caught:
+                statelock.acquire(state)
+            self.assertIn("in use by a running gateway (another process)", str(caught.exception))
+            self.assertFalse((state / statelock.LOCK_FILE).exists())    # the refused one left nothing behind
+            lock.release()
+            again = statelock.acquire(state)
+            again.announce("http://127.0.0.1:5678")
+            self.assertEqual(statelock.holder(state), statelock.Holder(lock_pid(), "http://127.0.0.1:5678"))
+            again.release()
+
+    def test_a_lock_held_on_the_file_alone_is_still_seen(self) -> None:
+        # A gateway of an earlier version locks only the file.
+        import fcntl
+        import os
+        with tempfile.TemporaryDirectory() as tmp:
+            state = pathlib.Path(tmp)
+            fd = os.open(state / statelock.LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                with self.assertRaises(statelock.StateDirInUse):
+                    statelock.acquire(state)
+            finally:
+                os.close(fd)
+            statelock.acquire(state).release()
+
 
 def lock_pid() -> int:
     import os

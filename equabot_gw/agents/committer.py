@@ -17,6 +17,7 @@ import errno
 import logging
 import os
 import queue
+import stat
 import threading
 import time
 from collections import OrderedDict
@@ -26,7 +27,7 @@ from typing import Any, Callable, Final
 from equabot_gw import errors
 
 __all__ = ["MAX_OPEN_FILES", "CLOEXEC", "Committer", "CommitStats", "storage_error", "write_all", "fsync_dir",
-           "make_dirs"]
+           "make_dirs", "read_regular"]
 
 log = logging.getLogger("equabot_gw.sessions")    # one logger for the whole session store
 
@@ -34,8 +35,35 @@ _write = os.write      # module-level so that a test can inject a disk fault her
 # fdatasync flushes the data and the metadata needed to read it back (the file
 # size), skipping only timestamps: all an append needs. macOS has no fdatasync.
 _fdatasync = getattr(os, "fdatasync", os.fsync)
-CLOEXEC: Final = getattr(os, "OCLOEXEC", 0)
+CLOEXEC: Final = getattr(os, "O_CLOEXEC", 0)     # 0 where the platform has none
 _APPEND_FLAGS: Final = os.O_RDWR | os.O_APPEND | os.O_CREAT | CLOEXEC
+
+
+def read_regular(path: str, max_bytes: int | None = None, *, tail: bool = False) -> bytes:
+    """The bytes of the regular file at ``path`` (a symlink to one is followed).
+
+    Anything else is refused before a byte is read: a FIFO would block the
+    reader forever (it is opened without blocking), a device such as
+    /dev/zero never ends. Raises OSError: FileNotFoundError, EINVAL "not a
+    regular file", or EFBIG when the file is over ``max_bytes`` — unless
+    ``tail``, which returns its last ``max_bytes`` instead, from the first
+    line that starts within them.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        size = info.st_size
+        if max_bytes is None or size <= max_bytes:
+            with open(fd, "rb", closefd=False) as f:
+                return f.read() if max_bytes is None else f.read(max_bytes)
+        if not tail:
+            raise OSError(errno.EFBIG, f"larger than {max_bytes} bytes", path)
+        data = os.pread(fd, max_bytes, size - max_bytes)
+        return data[data.find(b"\n") + 1:]      # the first line is cut: never a whole one
+    finally:
+        os.close(fd)
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -82,13 +110,30 @@ def _repair(fd: int, path: str) -> int:
     return keep
 
 
-def storage_error(phase: str, exc: OSError) -> errors.StorageError:
-    """A ``StorageError`` "<phase> failed: <ERRNO> (<strerror>)" caused by ``exc``.
+# The errors an operator meets when the state dir's layout is damaged, in plain words.
+_PLAIN: Final = {
+    errno.ENOTDIR: "a file is where a directory belongs",
+    errno.EISDIR: "a directory is where a file belongs",
+}
+# A job whose step (its ``what``) begins so reads; any other writes.
+_READ_STEPS: Final = ("reading", "loading")
 
-    Names the step and the errno, never a path or file contents: it may reach a client.
+
+def storage_error(phase: str, exc: OSError, *, reading: bool = False) -> errors.StorageError:
+    """A ``StorageError`` "<phase> failed: <ERRNO> (<what it means>)" caused by ``exc``.
+
+    Names the step and the errno, never a path or file contents: it may reach
+    a client (the path is kept as ``path``, for the operator). A directory that
+    could not be made because a file has its name is ENOTDIR, as it is for any
+    later step, not EEXIST.
     """
-    name = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
-    err = errors.StorageError(f"{phase} failed: {name} ({exc.strerror or 'no detail'})")
+    code = exc.errno or 0
+    if code == errno.EEXIST and exc.filename is not None and not os.path.isdir(exc.filename):
+        code = errno.ENOTDIR
+    name = errno.errorcode.get(code, type(exc).__name__)
+    text = _PLAIN.get(code) or (exc.strerror if code == exc.errno else None) or os.strerror(code)
+    path = exc.filename if isinstance(exc.filename, str) else None
+    err = errors.StorageError(f"{phase} failed: {name} ({text or 'no detail'})", reading=reading, path=path)
     err.__cause__ = exc
     return err
 
@@ -275,7 +320,7 @@ class Committer:
                 results.append((op, op.fn(self), False))
             except OSError as exc:
                 log.warning("session store: %s failed: %s", op.what, exc)
-                results.append((op, storage_error(op.what, exc), True))
+                results.append((op, storage_error(op.what, exc, reading=op.what.startswith(_READ_STEPS)), True))
             except Exception as exc:     # a bug: hand it to the waiter, keep the thread alive
                 log.exception("session store: %s failed", op.what)
                 results.append((op, exc, True))
@@ -363,7 +408,10 @@ class Committer:
             make_dirs(os.path.dirname(path))
             fd = os.open(path, _APPEND_FLAGS, 0o600)
         try:
-            entry = self._fds[path] = [fd, _repair(fd, path), os.fstat(fd).st_ino]
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):      # a FIFO or a device: no turn is durable there
+                raise OSError(errno.EINVAL, "not a regular file", path)
+            entry = self._fds[path] = [fd, _repair(fd, path), info.st_ino]
         except OSError:
             os.close(fd)
             raise

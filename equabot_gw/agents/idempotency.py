@@ -10,15 +10,21 @@ after a number of characters of its reply, or of its output units (resume). The 
 a request with a key does (``runtime.run_once``); the doors only compute a
 digest and speak their wire. Imports nothing from equabot_gw.net or gateway.
 
-Journal line (one per run started under a key; the newest for a key wins):
+Journal lines (one ``key`` line per run started under a key; the newest for a key wins):
   {"type":"key","key","digest","runId","sessionKey","stateless","at"[,"meta"]}
+  {"type":"free","key","runId","at"}
 ``meta`` is a small object the door keeps with the key (e.g. the client's
 model name, to rebuild a stream after a restart); the runtime never reads it.
+A ``free`` line says that run ``runId`` ended without recording its turn (a
+storage error, say) while the gateway ran: its key may run again, also after
+a restart. Without one, a key whose run left no turn is a run the gateway
+stopped in the middle of (``INTERRUPTED``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
@@ -136,13 +142,18 @@ class Keys:
         return len(self._table)
 
     async def load(self, agent_ids: list[str]) -> None:
-        """Read the agents' key journals (dropping expired days); the newest line of a key wins."""
+        """Read the agents' key journals (dropping expired days); the newest line of a key
+        wins, and a ``free`` line forgets the key if it names the run the key has then."""
         since = self.clock() - self.retention
         for agent_id in agent_ids:
             for line in await self.store.read_key_lines(agent_id, since):
                 entry = _entry_of(agent_id, line)
                 if entry is not None and entry.at > since:
                     self._put(entry)
+                elif line.get("type") == "free" and type(key := line.get("key")) is str:
+                    freed = self._table.get((agent_id, key))
+                    if freed is not None and freed.run_id == line.get("runId"):
+                        self._drop(freed)
 
     # -- the table --
 
@@ -183,6 +194,22 @@ class Keys:
         """Forget ``entry`` (its run failed before any output: the key may run again)."""
         if self._table.get((entry.agent_id, entry.key)) is entry:
             self._drop(entry)
+
+    def free(self, entry: Entry) -> asyncio.Task[None]:
+        """Forget ``entry``, whose run ended without recording its turn (its journal line
+        written), now and durably: the task appending its ``free`` line, which a restart
+        reads. A retry under the key then runs again, before a restart and after one.
+
+        The line is not awaited by the run (its client is answered at once); if it cannot
+        be written (the disk that failed the turn fails it too), a warning says so, and
+        after a restart the key replays as ``INTERRUPTED`` instead of running again.
+        """
+        self.forget(entry)
+        line = {"type": "free", "key": entry.key, "runId": entry.run_id, "at": self.clock()}
+        # In the day file of its key line: pruned with it, read after it.
+        task = asyncio.ensure_future(self.store.append_key_line(entry.agent_id, line, entry.at))
+        task.add_done_callback(functools.partial(_freed, entry))
+        return task
 
     def _put(self, entry: Entry) -> None:
         old = self._table.pop((entry.agent_id, entry.key), None)
@@ -316,6 +343,14 @@ def produced(handle: Any) -> bool:
         return handle._result is not None or bool(handle.events.text())
     return handle.result is not None or bool(handle.partial) or handle.reply_at is not None \
         or (isinstance(handle.error, RunAborted) and handle.error.why == INTERRUPTED)
+
+
+def _freed(entry: Entry, task: asyncio.Task[None]) -> None:
+    exc = None if task.cancelled() else task.exception()
+    if exc is not None or task.cancelled():
+        log.warning("run %s: its idempotency key could not be freed in the journal (%s); after a restart "
+                    "a retry under it is answered as interrupted instead of running again",
+                    entry.run_id, exc or "cancelled")
 
 
 def _retrieve(task: asyncio.Task[None]) -> None:

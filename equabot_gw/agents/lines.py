@@ -21,6 +21,7 @@ import time
 from typing import Any, Final, Iterable
 
 from equabot_gw import safejson
+from equabot_gw.agents.committer import read_regular
 from equabot_gw.compact_json import LARGE_CHARS, dumps, dumps_into
 from equabot_gw.agents.types import (
     AudioPart, ImagePart, Message, Part, SessionHistory, TextPart, ToolCall, TurnRecord, content_text,
@@ -372,10 +373,10 @@ _MAX_WARNED: Final = 1024
 
 
 def read_file_lines(path: str) -> list[dict[str, Any]]:
-    """``parse_lines`` of the file at ``path``; one warning (per file and process) naming
-    the file and its first bad line if any was skipped. Raises OSError (FileNotFoundError too)."""
-    with open(path, "rb") as f:
-        lines, skipped, first = parse_lines(f.read())
+    """``parse_lines`` of the regular file at ``path``; one warning (per file and process)
+    naming the file and its first bad line if any was skipped. Raises OSError
+    (FileNotFoundError too; EINVAL for a FIFO, a device or any other special file)."""
+    lines, skipped, first = parse_lines(read_regular(path))
     if skipped:
         _warn_skipped(path, skipped, first)
     return lines

@@ -14,7 +14,7 @@ import dataclasses
 import logging
 from typing import TYPE_CHECKING, Any, Final
 
-from ..errors import RunAborted, RunError, StorageError
+from ..errors import INTERRUPTED, RunAborted, RunError, StorageError
 from . import sessions
 from .events import Ended, Failed, RunEvent
 from .lines import number, reply_of
@@ -28,9 +28,6 @@ log = logging.getLogger("equabot_gw.runtime")
 
 __all__ = ["RunRecord", "record_from_line", "INTERRUPTED"]
 
-# What a keyed run the gateway never recorded (a crash mid-run) replays as: it
-# is not run again, since its provider may have answered (and billed) already.
-INTERRUPTED: Final = "interrupted: the gateway stopped before the run was recorded"
 # What a reply no longer stored reads back as.
 _NO_REPLY: Final = Message("assistant", "")
 
@@ -142,7 +139,8 @@ class _RecordSubscription:
 
 def record_from_line(entry: Entry, line: dict[str, Any] | None) -> RunRecord:
     """The record of keyed run ``entry`` from its recorded outcome line ("assistant",
-    "aborted" or "error"; None: never recorded, replayed as aborted with ``INTERRUPTED``).
+    "aborted" or "error"; None: never recorded, replayed as aborted with ``INTERRUPTED``,
+    which ``errors.http_status`` answers 503: the gateway's failure, not the client's).
 
     A reply read back has its text, tool calls and reasoning; its turn number is 0.
     """

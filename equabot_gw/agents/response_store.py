@@ -25,11 +25,13 @@ equabot_gw.gateway.
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import logging
 import mmap
 import os
 import re
+import stat
 import time
 from typing import Any, Final, NamedTuple
 
@@ -89,7 +91,7 @@ class ResponseStore:
 
         A torn last line is skipped.
 
-        Raises ``StorageError`` if the directory cannot be read.
+        Raises ``StorageError`` naming the step and the path if the directory cannot be read.
         """
         if self._committer is not None or self._closed:
             raise RuntimeError("a ResponseStore is opened once")
@@ -99,9 +101,11 @@ class ResponseStore:
             self._day = int(self._clock() // 86400)
             loaded = await self._committer.job("loading the stored responses",
                                                functools.partial(_load, self._dir, self._clock() - self._retention))
-        except BaseException:
+        except BaseException as exc:
             self._closed = True
             await self._committer.stop()
+            if isinstance(exc, StorageError):     # start-up: the operator may see the path
+                raise exc.for_operator("the stored responses could not be loaded") from exc.__cause__
             raise
         for entry in loaded.values():
             self._add(entry)
@@ -273,8 +277,13 @@ def _load(directory: str, cutoff: float, committer: Committer) -> dict[str, Stor
 
 
 def _load_file(path: str, entries: dict[str, StoredResponse]) -> None:
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
+    # Without blocking: a FIFO under a log's name must not hang start-up.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with open(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        size = info.st_size
         if not size:
             return
         # Mapped, not read: a log of gigabytes is scanned without being copied.

@@ -31,7 +31,8 @@ from typing import Any, Final
 
 from ..config import Config
 from ..errors import (
-    SHUTDOWN_ABORT, ApiError, ReplyTooLarge, RunAborted, RunError, RunFailed, RunTimedOut, UpstreamError,
+    SHUTDOWN_ABORT, ApiError, ReplyTooLarge, RunAborted, RunError, RunFailed, RunTimedOut, StorageError,
+    UpstreamError,
 )
 from . import idempotency, sessions
 from .agent import DEFAULT_AGENT_ID, Agent, agents_from
@@ -209,9 +210,16 @@ class Runtime:
         self.observers: list[Callable[[Run], None]] = []
 
     async def start(self) -> None:
-        """Open the session store and create the providers."""
-        await self.store.open()
-        await self.keys.load(list(self.agents))
+        """Open the session store and create the providers.
+
+        Raises ``StorageError`` naming what failed and where (for the operator).
+        """
+        try:
+            await self.store.open()
+            await self.keys.load(list(self.agents))
+        except StorageError as exc:
+            # Start-up: no client is told, so the operator may see the path.
+            raise exc.for_operator("the session store could not be opened") from exc.__cause__
         names = {name for name, _ in self.config.models.providers} | {"echo"}
         for name in sorted(names):
             self.providers[name] = create_provider(name, self.config.provider(name))
@@ -473,6 +481,7 @@ async def _execute(runtime: Runtime, handle: Run) -> None:
     """
     agent = handle.agent
     queued = True
+    journalled = False      # its key's line is written: a restart finds the key
     try:
         handle._entered = True
         if handle._abort_reason is not None:
@@ -486,6 +495,7 @@ async def _execute(runtime: Runtime, handle: Run) -> None:
                     # The key is durable before anything is produced, and only for a run
                     # that left its queue (``Keys.journal``).
                     await runtime.keys.journal(handle._key)
+                    journalled = True
                 history = _EMPTY_HISTORY if handle.stateless else \
                     await runtime.store.history(agent.id, handle.session_key)
                 call = _provider_call(handle, history)
@@ -506,6 +516,11 @@ async def _execute(runtime: Runtime, handle: Run) -> None:
     finally:
         if queued:
             agent.waiting -= 1
+        if journalled and handle._stored is None:
+            # Its turn was never recorded (a storage error, say): nothing of it is in
+            # the session, so a retry runs it again, after a restart too. Only a run
+            # the gateway stopped in the middle of leaves its key line alone (INTERRUPTED).
+            runtime.keys.free(handle._key)      # type: ignore[arg-type]
         runtime._remember(handle)
         handle._task = None     # the finished task is not needed, nor is the cycle through it
         if handle._ended is not None and not handle._ended.done():

@@ -12,6 +12,7 @@ nothing from equabot_gw.net or equabot_gw.gateway.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -22,7 +23,7 @@ from typing import Any, Callable, Final, NamedTuple
 
 from equabot_gw import safejson
 from equabot_gw.agents.committer import (
-    CLOEXEC, MAX_OPEN_FILES, Committer, CommitStats, fsync_dir, make_dirs, storage_error, write_all,
+    CLOEXEC, MAX_OPEN_FILES, Committer, CommitStats, fsync_dir, make_dirs, read_regular, storage_error, write_all,
 )
 from equabot_gw.agents.lines import (
     content_line, content_of, dumps, encode, encode_plain_turn, encode_turn, fold, header_line, is_large,
@@ -49,6 +50,8 @@ log = logging.getLogger("equabot_gw.sessions")    # one logger for the whole ses
 #   sessions/<file>.reset-<ms>.jsonl  a transcript archived by reset(); never listed
 #   sessions/index.json            {key: {file, createdAt, updatedAt, turns, lastRunId}}:
 #                                  a cache of the transcripts, rebuilt from their headers
+#   sessions/<file>.jsonl.aside-<ms>  a transcript whose header named another session,
+#                                  moved aside at load (kept for the operator); never read
 #   journal/<YYYY-MM-DD>.jsonl     stateless turns of one UTC day, every line with "sessionKey"
 #   idempotency/<YYYY-MM-DD>.jsonl the idempotency keys used that UTC day (``agents.idempotency``)
 #
@@ -69,6 +72,17 @@ _ARCHIVE_RE: Final = re.compile(r".*\.reset-[0-9]+\.jsonl\Z", re.S)
 _JOURNAL_RE: Final = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})\.jsonl")
 _SUFFIX: Final = ".jsonl"
 INDEX_NAME: Final = "index.json"
+# The index is read whole at start: about 150 bytes a session, so 64 MiB is some
+# 400,000 sessions. A bigger one is not ours: it is rebuilt from the transcripts.
+MAX_INDEX_BYTES: Final = 64 * 1024 * 1024
+# A key journal holds a day's keys, about 300 bytes each; the table keeps at most
+# 100,000 keys, so past this only its newest lines (its tail) are read.
+MAX_KEY_JOURNAL_BYTES: Final = 64 * 1024 * 1024
+# A transcript whose header names another session is renamed to
+# ``<file>.aside-<ms>`` (no ".jsonl": never listed nor appended to again).
+_ASIDE: Final = ".aside-"
+# A transcript's name when it is a key's hashed name (keys over 200 characters escaped).
+_HASHED_RE: Final = re.compile(r"h-[0-9a-f]{64}")
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -200,10 +214,13 @@ def _load_agent(agent_id: str, sessions_dir: str, owns: Owns) -> tuple[dict[str,
     """
     stored: Any = {}
     index_mtime = -1
+    index_path = os.path.join(sessions_dir, INDEX_NAME)
     try:
-        with open(os.path.join(sessions_dir, INDEX_NAME), "rb") as f:
-            index_mtime, stored = os.fstat(f.fileno()).st_mtime_ns, safejson.loads(f.read())
+        # Its mtime first: a rewrite after it only makes the index look older (rescans).
+        index_mtime = os.stat(index_path).st_mtime_ns
+        stored = safejson.loads(read_regular(index_path, MAX_INDEX_BYTES))
     except FileNotFoundError:
+        index_mtime = -1
         pass
     except ValueError as exc:
         stored = None
@@ -237,12 +254,66 @@ def _load_agent(agent_id: str, sessions_dir: str, owns: Owns) -> tuple[dict[str,
         log.warning("agent %s: %s has %d unusable %s; rebuilt from the transcripts", agent_id,
                     INDEX_NAME, malformed, "entry" if malformed == 1 else "entries")
     for name, entry in files.items():       # transcripts the index does not know
-        info = _scan(agent_id, entry.path, owns)
-        if info is None or transcript_stem(info.key) + _SUFFIX != name:
-            log.warning("agent %s: skipped transcript %r: no usable header", agent_id, name)
+        if _is_empty(entry):
+            # A first append that failed, cut back to nothing: it holds no turn, and
+            # the session's next turn would make it afresh, header first.
+            _remove_empty(entry.path)
             continue
-        index[info.key], changed = info.entry, True
+        info = _scan(agent_id, entry.path, owns)
+        if info is not None and transcript_stem(info.key) + _SUFFIX == name:
+            index[info.key], changed = info.entry, True
+        elif info is not None and _addressable(agent_id, name, owns):
+            # Its header names another session (a copy restored under another name):
+            # the next turn of the session its name stands for would append to it, a
+            # second header in the middle, and be lost to the next load. Kept aside.
+            _move_aside(agent_id, entry.path, info.key)
+        else:
+            log.warning("agent %s: skipped transcript %r: %s", agent_id, name,
+                        "it holds no complete line" if info is None else
+                        f"its header names session {info.key!r}, which is not its file name's")
     return index, changed
+
+
+def _is_empty(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.stat().st_size == 0
+    except OSError:
+        return False        # the scan says what is wrong with it
+
+
+def _remove_empty(path: str) -> None:
+    try:
+        if os.stat(path).st_size == 0:
+            os.unlink(path)
+    except OSError as exc:
+        log.warning("empty transcript %r could not be removed: %s", os.path.basename(path),
+                    exc.strerror or type(exc).__name__)
+
+
+def _addressable(agent_id: str, name: str, owns: Owns) -> bool:
+    """Whether transcript file ``name`` is where some key of the agent would be written."""
+    stem = name[:-len(_SUFFIX)]
+    key = unescape_stem(stem)
+    return (key is not None and owns(agent_id, key)) or _HASHED_RE.fullmatch(stem) is not None
+
+
+def _move_aside(agent_id: str, path: str, holds: str) -> None:
+    """Rename transcript ``path``, whose header names session ``holds``, out of the way."""
+    name = os.path.basename(path)
+    named = unescape_stem(name[:-len(_SUFFIX)]) or name
+    stamp = int(time.time() * 1000)
+    while os.path.exists(f"{path}{_ASIDE}{stamp}"):
+        stamp += 1
+    aside = f"{path}{_ASIDE}{stamp}"
+    try:
+        os.rename(path, aside)
+        fsync_dir(os.path.dirname(path))
+    except OSError as exc:
+        log.warning("agent %s: transcript %r holds session %r, not %r, and could not be moved aside (%s); "
+                    "it is skipped", agent_id, name, holds, named, exc.strerror or type(exc).__name__)
+        return
+    log.warning("agent %s: transcript %r holds session %r, not %r: moved aside to %r (nothing deleted); "
+                "session %r starts afresh", agent_id, name, holds, named, os.path.basename(aside), named)
 
 
 def _mtime_ns(entry: os.DirEntry[str]) -> int:
@@ -258,10 +329,9 @@ def _mtime_ns(entry: os.DirEntry[str]) -> int:
 # waiter as ``StorageError``.
 
 def read_bytes(path: str, _: Committer) -> bytes:
-    """Job: the whole file at ``path``; b"" if there is none."""
+    """Job: the whole regular file at ``path``; b"" if there is none (``read_regular``)."""
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        return read_regular(path)
     except FileNotFoundError:
         return b""
 
@@ -391,8 +461,28 @@ def prune_journals(agents_dir: str, cutoff: float, committer: Committer) -> None
 
 def read_key_journals(directory: str, since: float, committer: Committer) -> list[dict[str, Any]]:
     """Job: the lines of the key journals in ``directory`` whose UTC day ended after
-    ``since`` (epoch s), oldest day first; older ones are deleted. [] if there is none."""
-    return [line for path in _live_days(directory, since, committer) for line in read_lines(path, committer)]
+    ``since`` (epoch s), oldest day first; older ones are deleted. [] if there is none.
+
+    Of a journal over ``MAX_KEY_JOURNAL_BYTES``, its newest lines (its tail);
+    a name that is not a regular file (a FIFO, a device) is skipped with a warning.
+    """
+    lines: list[dict[str, Any]] = []
+    for path in _live_days(directory, since, committer):
+        try:
+            data = read_regular(path, MAX_KEY_JOURNAL_BYTES, tail=True)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            log.warning("skipped key journal %s: not a regular file", path)
+            continue
+        found, skipped, first = parse_lines(data)
+        if skipped:
+            log.warning("%s: skipped %d %s not holding a JSON object, the first at line %d",
+                        os.path.basename(path), skipped, "line" if skipped == 1 else "lines", first)
+        lines.extend(found)
+    return lines
 
 
 def _live_days(directory: str, cutoff: float, committer: Committer) -> list[str]:
