@@ -248,7 +248,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"equabot: {exc}", file=sys.stderr)
         code = 2
     except ConfigError as exc:
-        print(f"equabot: config error: {exc}", file=sys.stderr)
+        from .auth import TokenFileError      # a file of the state dir: not the config's fault
+        print(f"equabot: {'' if isinstance(exc, TokenFileError) else 'config error: '}{exc}", file=sys.stderr)
         code = 2
     except ApiError as exc:
         print(f"equabot: {exc.message}", file=sys.stderr)
@@ -487,7 +488,8 @@ def env_secret(config: config_mod.Config, state_dir: Path, mode: str | None = No
         return configured
     if mode != "token":
         return None
+    from .auth import TOKEN_FILE, TokenFileError, read_token_file
     try:
-        return (state_dir / "gateway-token").read_text(encoding="utf-8").strip() or None
-    except (OSError, UnicodeDecodeError):
+        return read_token_file(state_dir / TOKEN_FILE)
+    except TokenFileError:          # the gateway refuses such a file at start: nothing to present
         return None

@@ -994,6 +994,43 @@ class StartupLineTest(CLITestCase):
             proc.stdout.close()
 
 
+class TokenFileTest(CLITestCase):
+    """A gateway-token file that cannot be a token stops the start in one line, promptly."""
+
+    def start_with_token_file(self, make: Any) -> subprocess.CompletedProcess[str]:
+        self.state.mkdir(mode=0o700)
+        make(self.state / "gateway-token")
+        return self.cli("--port", "0", "--state-dir", str(self.state))    # TIMEOUT: a FIFO must not hang it
+
+    def test_a_file_that_is_not_utf8_is_named_with_the_way_out(self) -> None:
+        done = self.start_with_token_file(lambda path: path.write_bytes(b"\xff\xfe\n"))
+        self.assertOneLineError(done, 2, str(self.state / "gateway-token"), "not UTF-8 text", "delete it",
+                                "EQUABOT_GATEWAY_TOKEN")
+
+    def test_a_fifo_or_a_device_is_not_read(self) -> None:
+        cases = (("fifo", os.mkfifo, "a FIFO"),
+                 ("link to /dev/zero", lambda path: path.symlink_to("/dev/zero"), "a character device"),
+                 ("directory", os.mkdir, "a directory"))
+        for name, make, kind in cases:
+            with self.subTest(name):
+                self.setUp()
+                done = self.start_with_token_file(make)
+                self.assertOneLineError(done, 2, "gateway-token", f"not a regular file ({kind})")
+
+    def test_a_huge_file_is_refused_unread(self) -> None:
+        done = self.start_with_token_file(lambda path: path.write_bytes(b"x" * 100_000))
+        self.assertOneLineError(done, 2, "gateway-token", "over 4096 bytes")
+
+    def test_a_good_file_with_a_link_to_it_still_works(self) -> None:
+        target = self.dir / "token-elsewhere"
+        target.write_text(TOKEN + "\n")
+        self.state.mkdir(mode=0o700)
+        (self.state / "gateway-token").symlink_to(target)
+        from equabot_gw.auth import read_token_file
+        self.assertEqual(read_token_file(self.state / "gateway-token"), TOKEN)
+        self.assertIsNone(read_token_file(self.state / "no-such-file"))
+
+
 class ConfigCheckMoreTest(CLITestCase):
     def test_an_environment_token_is_shown_as_set_and_where_from(self) -> None:
         done = self.cli("config", "check", env=self.env(EQUABOT_GATEWAY_TOKEN="tok-from-env-123"))
