@@ -505,7 +505,8 @@ class ShutdownTest(CLITestCase):
         self.assertTrue(raw.endswith(b"0\r\n\r\n"), raw[-100:])       # the chunked body is complete
 
     def test_signal_waits_the_grace_period_then_ends_each_stream_with_its_error_and_done(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        # SIGHUP too: a closed terminal or a dropped ssh session is a stop like any other.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             with self.subTest(sig.name), GatewayProcess(slow_gateway(1.0)) as gw:
                 stream = open_stream(gw, user="shutdown-user")
                 started = time.monotonic()
@@ -575,7 +576,7 @@ def _sigint_as_from_a_terminal() -> None:
 class AgentInterruptTest(CLITestCase):
     """Ctrl-C on ``agent``: the gateway aborts the run and records it; the CLI exits 130."""
 
-    def interrupt(self, gw: GatewayProcess, *args: str) -> tuple[int, str]:
+    def interrupt(self, gw: GatewayProcess, *args: str, sig: int = signal.SIGINT) -> tuple[int, str]:
         # As from a terminal: a suite started in the background (``make test &``) has
         # SIGINT ignored, and a child would inherit that and never see the Ctrl-C.
         proc = subprocess.Popen([sys.executable, "-m", "equabot_gw", "agent", "--state-dir", str(gw.state_dir),
@@ -585,7 +586,7 @@ class AgentInterruptTest(CLITestCase):
         try:
             first = proc.stdout.read1(65536)
             self.assertTrue(first.startswith(b"Echo"), first)
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(sig)
             code = proc.wait(TIMEOUT)
             return code, proc.stderr.read().decode()
         finally:
@@ -607,6 +608,19 @@ class AgentInterruptTest(CLITestCase):
             status = self.cli("agent", "--state-dir", str(gw.state_dir), "--token", TOKEN, "-m", "next",
                               "--session-key", "interrupted")
             self.assertEqual(status.returncode, 0, status.stderr)   # the session is free again at once
+
+    def test_sigterm_and_sighup_abort_the_run_as_ctrl_c_does(self) -> None:
+        # ``timeout 2 … agent``, a service manager, a closed terminal: the run must not go on.
+        for sig, code in ((signal.SIGTERM, 143), (signal.SIGHUP, 129)):
+            with self.subTest(sig.name), GatewayProcess(slow_gateway(10.0)) as gw:
+                exit_code, stderr = self.interrupt(gw, "--session-key", "stopped", sig=sig)
+                self.assertEqual(exit_code, code, stderr)
+                self.assertRegex(stderr, r"^equabot: interrupted; run run_\S+ aborted\n$")
+                status = self.cli("agent", "--state-dir", str(gw.state_dir), "--token", TOKEN, "-m", "next",
+                                  "--session-key", "stopped")
+                self.assertEqual(status.returncode, 0, status.stderr)   # the run no longer holds the session
+                shown = self.cli("sessions", "show", "stopped", "--state-dir", str(gw.state_dir))
+                self.assertIn("assistant (aborted): Echo", shown.stdout, shown.stderr)
 
     def test_a_stateless_run_is_aborted_too(self) -> None:
         with GatewayProcess(slow_gateway(10.0)) as gw:
