@@ -382,7 +382,7 @@ def load_config(args: argparse.Namespace, *, follow_state_dir: bool = False
 
 async def _run_gateway(args: argparse.Namespace) -> int:
     from .gateway.app import Gateway
-    from .net.server import AccessLog
+    from .net.server import AccessLog, AcceptErrorLog
     as_json = args.log_format == "json"
     stop = _StopSignals(as_json)
     loop = asyncio.get_running_loop()
@@ -391,6 +391,8 @@ async def _run_gateway(args: argparse.Namespace) -> int:
     for sig in _early_signals.handled:
         loop.add_signal_handler(sig, stop.signalled)
     stop.take_early()
+    loop.set_exception_handler(AcceptErrorLog(loop.get_exception_handler()))
+    _raise_open_files_limit()
     config, state_dir, config_path = load_config(args)
     port = args.port if args.port is not None else config.gateway.port
     gateway = Gateway(config, state_dir, port=port, config_path=config_path,
@@ -498,6 +500,31 @@ def _on_signal(gateway: Any, as_json: bool = False) -> None:
     grace = gateway.config.gateway.shutdown_grace
     _say(f"shutting down: waiting up to {grace:g} s for {waiting} request{'s' if waiting != 1 else ''} "
          f"(Ctrl-C again to stop now)" if waiting else "shutting down", as_json)
+
+
+# Where the hard limit on open files is "unlimited" (macOS), the soft limit may not be
+# set to that: its kernel's per-process maximum (OPEN_MAX) is what Go's runtime uses then.
+OPEN_MAX_FALLBACK: Final = 10240
+
+
+def _raise_open_files_limit() -> None:
+    """Raise the soft limit on open files to the hard limit, as Go's runtime does at
+    start: every connection is a descriptor, and the usual soft default (1,024) is a
+    few hundred clients. Says nothing unless it fails."""
+    try:
+        import resource
+    except ImportError:         # not a Unix: nothing to raise
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, OPEN_MAX_FALLBACK)
+    if soft == resource.RLIM_INFINITY or target <= soft:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (OSError, ValueError) as exc:
+        logging.getLogger("equabot_gw").warning(
+            "could not raise the open files limit from %d to %d (%s): at most about %d "
+            "connections at once", soft, target, exc, soft)
 
 
 async def until_signalled(work: Coroutine[Any, Any, int]) -> int:
