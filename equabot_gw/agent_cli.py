@@ -214,7 +214,7 @@ async def _run_remote(client: Any, args: argparse.Namespace) -> int:
                           file=sys.stderr)
                     return 1
                 return 0
-    except asyncio.CancelledError:         # Ctrl-C: asyncio.run cancels us, then exits 130
+    except asyncio.CancelledError:         # a stop signal (Ctrl-C, SIGTERM, SIGHUP) cancelled us
         await _abort_remote(client, run, args)
         raise
 
@@ -245,7 +245,7 @@ async def _abort_remote(client: Any, run: _RemoteRun, args: argparse.Namespace) 
     ``ABORT_TIMEOUT``; a second Ctrl-C stops at once.
     """
     if run.printed:
-        print(flush=True)
+        _tell("", sys.stdout)
     try:
         async with asyncio.timeout(ABORT_TIMEOUT):
             while run.run_id is None or (run.session_key is None and not args.session_key):
@@ -256,13 +256,22 @@ async def _abort_remote(client: Any, run: _RemoteRun, args: argparse.Namespace) 
                 params["agentId"] = args.agent
             answer = await request(client, "chat.abort", params)
     except (TimeoutError, GatewayError) as exc:
-        print(f"equabot: interrupted; could not abort the run on the gateway ({exc or 'no answer'})",
-              file=sys.stderr)
+        _tell(f"equabot: interrupted; could not abort the run on the gateway ({exc or 'no answer'})",
+              sys.stderr)
         return
     if answer.get("aborted"):
-        print(f"equabot: interrupted; run {run.run_id} aborted", file=sys.stderr)
+        _tell(f"equabot: interrupted; run {run.run_id} aborted", sys.stderr)
     else:
-        print(f"equabot: interrupted; run {run.run_id} had already ended", file=sys.stderr)
+        _tell(f"equabot: interrupted; run {run.run_id} had already ended", sys.stderr)
+
+
+def _tell(line: str, file: Any) -> None:
+    """Print ``line`` to ``file``; a terminal that is gone (the SIGHUP of a closed
+    window or a dropped ssh session) must not keep the run from being aborted."""
+    try:
+        print(line, file=file, flush=True)
+    except (OSError, ValueError):
+        pass
 
 
 async def _run_local(args: argparse.Namespace, config: config_mod.Config, state_dir: Path,

@@ -25,6 +25,7 @@ import functools
 import hmac
 import ipaddress
 import os
+import stat
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -32,9 +33,12 @@ from pathlib import Path
 from typing import Final
 
 from .config import LOOPBACK_HOSTS, PASSWORD_ENV, TOKEN_ENV, AuthConfig, RateLimitConfig, check_exposure
-from .errors import ApiError
+from .errors import ApiError, ConfigError
 
 TOKEN_FILE: Final = "gateway-token"
+# A token file larger than this is not a token (a generated one is 65 bytes): it is
+# refused rather than read, so that a link to /dev/zero cannot fill the memory.
+MAX_TOKEN_FILE_BYTES: Final = 4096
 # Addresses tracked by the limiter at once; the oldest are forgotten first.
 MAX_TRACKED_CLIENTS: Final = 10_000
 # The limiter's key for attempts from browser pages: never exempt, apart from other clients.
@@ -72,7 +76,8 @@ class Secret:
 
 def resolve_secret(auth: AuthConfig, env: Mapping[str, str], state_dir: Path,
                    bind_host: str) -> Secret:
-    """The secret for ``auth.mode``; raises ``ConfigError`` when none can be had safely.
+    """The secret for ``auth.mode``; raises ``ConfigError`` when none can be had safely,
+    ``TokenFileError`` when the state dir's token file cannot be read as one.
 
     Beyond loopback, mode "none" or an empty secret refuses to start.
     """
@@ -99,15 +104,64 @@ def generate_token() -> str:
     return secrets.token_hex(32)
 
 
-def _stored_token(state_dir: Path) -> tuple[str, bool]:
-    """The token of ``state_dir``'s token file, and whether it was generated now (no file, or an empty one)."""
-    path = state_dir / TOKEN_FILE
+class TokenFileError(ConfigError):
+    """The state dir's token file exists but cannot serve as one (a state dir that cannot
+    be used, hence a ``ConfigError``); the message names the file and the way out."""
+
+    def __init__(self, file: Path, problem: str) -> None:
+        self.file = file
+        self.problem = problem
+        super().__init__("", f"cannot use the gateway token file {file}: {problem}; delete it "
+                             f"(a new token is generated at start) or set {TOKEN_ENV}")
+
+
+def read_token_file(path: Path) -> str | None:
+    """The token in ``path`` (surrounding whitespace stripped), None if there is no such
+    file or it is empty.
+
+    Only a regular file (or a link to one) of at most ``MAX_TOKEN_FILE_BYTES``
+    holding UTF-8 text is read; anything else raises ``TokenFileError``, as does
+    an error reading it. A FIFO is opened without waiting for a writer.
+    """
     try:
-        token = path.read_text(encoding="utf-8").strip()
-        if token:
-            return token, False
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
-        pass
+        return None
+    except OSError as exc:
+        raise TokenFileError(path, exc.strerror or str(exc)) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise TokenFileError(path, f"it is not a regular file ({_file_kind(info.st_mode)})")
+        data = os.read(fd, MAX_TOKEN_FILE_BYTES + 1)
+    except OSError as exc:
+        raise TokenFileError(path, exc.strerror or str(exc)) from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_TOKEN_FILE_BYTES:
+        raise TokenFileError(path, f"it is over {MAX_TOKEN_FILE_BYTES} bytes long, not a token")
+    try:
+        return data.decode("utf-8").strip() or None
+    except UnicodeDecodeError:
+        raise TokenFileError(path, "it is not UTF-8 text") from None
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a directory"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a file"
+
+
+def _stored_token(state_dir: Path) -> tuple[str, bool]:
+    """The token of ``state_dir``'s token file, and whether it was generated now (no file, or an
+    empty one); ``TokenFileError`` for a file that cannot be one (see ``read_token_file``)."""
+    path = state_dir / TOKEN_FILE
+    token = read_token_file(path)
+    if token:
+        return token, False
     token = generate_token()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:

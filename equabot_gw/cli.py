@@ -19,7 +19,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Final, Sequence
+from typing import Any, Coroutine, Final, Sequence
 
 from . import __version__, config as config_mod, statelock
 from .errors import ApiError, ConfigError, GatewayError, RunError
@@ -248,7 +248,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"equabot: {exc}", file=sys.stderr)
         code = 2
     except ConfigError as exc:
-        print(f"equabot: config error: {exc}", file=sys.stderr)
+        from .auth import TokenFileError      # a file of the state dir: not the config's fault
+        print(f"equabot: {'' if isinstance(exc, TokenFileError) else 'config error: '}{exc}", file=sys.stderr)
         code = 2
     except ApiError as exc:
         print(f"equabot: {exc.message}", file=sys.stderr)
@@ -309,11 +310,13 @@ class _TextFormatter(logging.Formatter):
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command in ("gateway", "agent"):
+        _early_signals.install()
     if args.command == "gateway":
         return asyncio.run(_run_gateway(args))
     if args.command == "agent":
         from .agent_cli import run_agent_command
-        return asyncio.run(run_agent_command(args))
+        return asyncio.run(until_signalled(run_agent_command(args)))
     if args.command == "config":
         return _config_check(args)
     if args.command == "sessions":
@@ -379,25 +382,115 @@ def load_config(args: argparse.Namespace, *, follow_state_dir: bool = False
 
 async def _run_gateway(args: argparse.Namespace) -> int:
     from .gateway.app import Gateway
-    from .net.server import AccessLog
+    from .net.server import AccessLog, AcceptErrorLog
+    as_json = args.log_format == "json"
+    stop = _StopSignals(as_json)
+    loop = asyncio.get_running_loop()
+    # Handled from the first moment: a signal while the config is read or the
+    # store is opened (a big session index takes seconds) ends the start cleanly.
+    for sig in _early_signals.handled:
+        loop.add_signal_handler(sig, stop.signalled)
+    stop.take_early()
+    loop.set_exception_handler(AcceptErrorLog(loop.get_exception_handler()))
+    _raise_open_files_limit()
     config, state_dir, config_path = load_config(args)
     port = args.port if args.port is not None else config.gateway.port
     gateway = Gateway(config, state_dir, port=port, config_path=config_path,
                       host=None if args.bind is None else _bind(args.bind),
-                      access_log=AccessLog(json_lines=args.log_format == "json")
+                      access_log=AccessLog(json_lines=as_json)
                       if args.log_level in ("debug", "info") else None)
-    await gateway.start()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, _on_signal, gateway, args.log_format == "json")
+    if not await stop.start(gateway):
+        return 0
     _announce(gateway)
     await gateway.wait_stop_requested()
     await gateway.stop()
     return 0
 
 
+# The signals that stop the gateway gracefully, and abort an ``agent`` run:
+# Ctrl-C, a service manager's stop, and a closed terminal or dropped ssh session.
+STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class _EarlySignals:
+    """The stop signals this process handles, and those that arrived before the event
+    loop ran (while modules loaded and arguments were parsed), kept for the loop's
+    handlers, which replace these. A signal ignored when we started stays ignored:
+    ``nohup`` ignores SIGHUP so that a closed terminal does not stop the program."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self._handled: tuple[int, ...] | None = None
+
+    @property
+    def handled(self) -> tuple[int, ...]:
+        if self._handled is None:
+            self._handled = tuple(sig for sig in STOP_SIGNALS
+                                  if sig != signal.SIGHUP or signal.getsignal(sig) != signal.SIG_IGN)
+        return self._handled
+
+    def install(self) -> None:
+        for sig in self.handled:
+            signal.signal(sig, self._note)
+
+    def _note(self, signum: int, frame: object) -> None:
+        self.received.append(signum)
+
+
+_early_signals = _EarlySignals()
+
+
+class _StopSignals:
+    """What a stop signal does to the gateway: before it has started, end the start
+    (at its next step: whatever the start opened is closed again); once it runs,
+    shut it down with the grace period, and a second one hurries that."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self.requested = False
+        self._gateway: Any = None
+        self._starting: asyncio.Future[None] | None = None
+
+    def take_early(self) -> None:
+        """Act on a stop signal that came before the loop's handlers were installed."""
+        if _early_signals.received:
+            self.signalled()
+
+    def signalled(self) -> None:
+        if self._gateway is not None and self._starting is None:
+            _on_signal(self._gateway, self.as_json)
+            return
+        if self.requested:
+            # Once only: a start being ended waits for the store's thread to finish
+            # its step, and a second cancellation would leave that thread behind.
+            return
+        self.requested = True
+        _say("shutting down", self.as_json)
+        if self._starting is not None:
+            self._starting.cancel()
+
+    async def start(self, gateway: Any) -> bool:
+        """Start ``gateway``; False when a stop signal ended the start (then it is stopped:
+        the state dir's lock released, the session store closed)."""
+        self._gateway = gateway
+        if self.requested:
+            return False
+        starting = self._starting = asyncio.ensure_future(gateway.start())
+        try:
+            await starting
+        except asyncio.CancelledError:
+            if not self.requested:
+                raise
+        finally:
+            self._starting = None
+        if self.requested:          # ended while starting (or just as it finished)
+            await gateway.stop()
+            return False
+        return True
+
+
 def _on_signal(gateway: Any, as_json: bool = False) -> None:
-    """First SIGINT/SIGTERM: shut down with the grace period, saying so; the next one: now."""
+    """First stop signal: shut down with the grace period, saying so; the next one: now."""
     if gateway.stopping:
         gateway.hurry()
         _say("shutting down now: aborting what is in flight", as_json)
@@ -407,6 +500,62 @@ def _on_signal(gateway: Any, as_json: bool = False) -> None:
     grace = gateway.config.gateway.shutdown_grace
     _say(f"shutting down: waiting up to {grace:g} s for {waiting} request{'s' if waiting != 1 else ''} "
          f"(Ctrl-C again to stop now)" if waiting else "shutting down", as_json)
+
+
+# Where the hard limit on open files is "unlimited" (macOS), the soft limit may not be
+# set to that: its kernel's per-process maximum (OPEN_MAX) is what Go's runtime uses then.
+OPEN_MAX_FALLBACK: Final = 10240
+
+
+def _raise_open_files_limit() -> None:
+    """Raise the soft limit on open files to the hard limit, as Go's runtime does at
+    start: every connection is a descriptor, and the usual soft default (1,024) is a
+    few hundred clients. Says nothing unless it fails."""
+    try:
+        import resource
+    except ImportError:         # not a Unix: nothing to raise
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, OPEN_MAX_FALLBACK)
+    if soft == resource.RLIM_INFINITY or target <= soft:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (OSError, ValueError) as exc:
+        logging.getLogger("equabot_gw").warning(
+            "could not raise the open files limit from %d to %d (%s): at most about %d "
+            "connections at once", soft, target, exc, soft)
+
+
+async def until_signalled(work: Coroutine[Any, Any, int]) -> int:
+    """Run ``work`` (a command's coroutine) to its exit status; a stop signal cancels it.
+
+    ``work`` handles its cancellation as it does Ctrl-C's (an ``agent`` run on
+    a gateway is aborted there), and the status is then 128 + the signal's
+    number, the shell's convention (130 for Ctrl-C, 143 for SIGTERM, 129 for
+    SIGHUP). A second signal cancels that clean-up too.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(work)
+    received: list[int] = list(_early_signals.received)
+
+    def signalled(sig: int) -> None:
+        received.append(sig)
+        task.cancel()
+
+    for sig in _early_signals.handled:
+        loop.add_signal_handler(sig, signalled, sig)
+    if received:
+        task.cancel()
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if not received:
+            raise
+        return 128 + received[0]
+    finally:
+        for sig in _early_signals.handled:
+            loop.remove_signal_handler(sig)
 
 
 def _say(line: str, as_json: bool = False) -> None:
@@ -487,7 +636,8 @@ def env_secret(config: config_mod.Config, state_dir: Path, mode: str | None = No
         return configured
     if mode != "token":
         return None
+    from .auth import TOKEN_FILE, TokenFileError, read_token_file
     try:
-        return (state_dir / "gateway-token").read_text(encoding="utf-8").strip() or None
-    except (OSError, UnicodeDecodeError):
+        return read_token_file(state_dir / TOKEN_FILE)
+    except TokenFileError:          # the gateway refuses such a file at start: nothing to present
         return None

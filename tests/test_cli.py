@@ -506,7 +506,8 @@ class ShutdownTest(CLITestCase):
         self.assertTrue(raw.endswith(b"0\r\n\r\n"), raw[-100:])       # the chunked body is complete
 
     def test_signal_waits_the_grace_period_then_ends_each_stream_with_its_error_and_done(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        # SIGHUP too: a closed terminal or a dropped ssh session is a stop like any other.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             with self.subTest(sig.name), GatewayProcess(slow_gateway(1.0)) as gw:
                 stream = open_stream(gw, user="shutdown-user")
                 started = time.monotonic()
@@ -576,7 +577,7 @@ def _sigint_as_from_a_terminal() -> None:
 class AgentInterruptTest(CLITestCase):
     """Ctrl-C on ``agent``: the gateway aborts the run and records it; the CLI exits 130."""
 
-    def interrupt(self, gw: GatewayProcess, *args: str) -> tuple[int, str]:
+    def interrupt(self, gw: GatewayProcess, *args: str, sig: int = signal.SIGINT) -> tuple[int, str]:
         # As from a terminal: a suite started in the background (``make test &``) has
         # SIGINT ignored, and a child would inherit that and never see the Ctrl-C.
         proc = subprocess.Popen([sys.executable, "-m", "equabot_gw", "agent", "--state-dir", str(gw.state_dir),
@@ -586,7 +587,7 @@ class AgentInterruptTest(CLITestCase):
         try:
             first = proc.stdout.read1(65536)
             self.assertTrue(first.startswith(b"Echo"), first)
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(sig)
             code = proc.wait(TIMEOUT)
             return code, proc.stderr.read().decode()
         finally:
@@ -608,6 +609,19 @@ class AgentInterruptTest(CLITestCase):
             status = self.cli("agent", "--state-dir", str(gw.state_dir), "--token", TOKEN, "-m", "next",
                               "--session-key", "interrupted")
             self.assertEqual(status.returncode, 0, status.stderr)   # the session is free again at once
+
+    def test_sigterm_and_sighup_abort_the_run_as_ctrl_c_does(self) -> None:
+        # ``timeout 2 … agent``, a service manager, a closed terminal: the run must not go on.
+        for sig, code in ((signal.SIGTERM, 143), (signal.SIGHUP, 129)):
+            with self.subTest(sig.name), GatewayProcess(slow_gateway(10.0)) as gw:
+                exit_code, stderr = self.interrupt(gw, "--session-key", "stopped", sig=sig)
+                self.assertEqual(exit_code, code, stderr)
+                self.assertRegex(stderr, r"^equabot: interrupted; run run_\S+ aborted\n$")
+                status = self.cli("agent", "--state-dir", str(gw.state_dir), "--token", TOKEN, "-m", "next",
+                                  "--session-key", "stopped")
+                self.assertEqual(status.returncode, 0, status.stderr)   # the run no longer holds the session
+                shown = self.cli("sessions", "show", "stopped", "--state-dir", str(gw.state_dir))
+                self.assertIn("assistant (aborted): Echo", shown.stdout, shown.stderr)
 
     def test_a_stateless_run_is_aborted_too(self) -> None:
         with GatewayProcess(slow_gateway(10.0)) as gw:
@@ -993,6 +1007,43 @@ class StartupLineTest(CLITestCase):
             proc.send_signal(signal.SIGTERM)
             self.assertEqual(proc.wait(TIMEOUT), 0)
             proc.stdout.close()
+
+
+class TokenFileTest(CLITestCase):
+    """A gateway-token file that cannot be a token stops the start in one line, promptly."""
+
+    def start_with_token_file(self, make: Any) -> subprocess.CompletedProcess[str]:
+        self.state.mkdir(mode=0o700)
+        make(self.state / "gateway-token")
+        return self.cli("--port", "0", "--state-dir", str(self.state))    # TIMEOUT: a FIFO must not hang it
+
+    def test_a_file_that_is_not_utf8_is_named_with_the_way_out(self) -> None:
+        done = self.start_with_token_file(lambda path: path.write_bytes(b"\xff\xfe\n"))
+        self.assertOneLineError(done, 2, str(self.state / "gateway-token"), "not UTF-8 text", "delete it",
+                                "EQUABOT_GATEWAY_TOKEN")
+
+    def test_a_fifo_or_a_device_is_not_read(self) -> None:
+        cases = (("fifo", os.mkfifo, "a FIFO"),
+                 ("link to /dev/zero", lambda path: path.symlink_to("/dev/zero"), "a character device"),
+                 ("directory", os.mkdir, "a directory"))
+        for name, make, kind in cases:
+            with self.subTest(name):
+                self.setUp()
+                done = self.start_with_token_file(make)
+                self.assertOneLineError(done, 2, "gateway-token", f"not a regular file ({kind})")
+
+    def test_a_huge_file_is_refused_unread(self) -> None:
+        done = self.start_with_token_file(lambda path: path.write_bytes(b"x" * 100_000))
+        self.assertOneLineError(done, 2, "gateway-token", "over 4096 bytes")
+
+    def test_a_good_file_with_a_link_to_it_still_works(self) -> None:
+        target = self.dir / "token-elsewhere"
+        target.write_text(TOKEN + "\n")
+        self.state.mkdir(mode=0o700)
+        (self.state / "gateway-token").symlink_to(target)
+        from equabot_gw.auth import read_token_file
+        self.assertEqual(read_token_file(self.state / "gateway-token"), TOKEN)
+        self.assertIsNone(read_token_file(self.state / "no-such-file"))
 
 
 class ConfigCheckMoreTest(CLITestCase):

@@ -130,3 +130,69 @@ class WebSocketTest(ResilienceCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class ShutdownCloseTest(unittest.IsolatedAsyncioTestCase):
+    """A stop with nothing in flight does not wait on WebSocket peers that never answer
+    the close: each gets its 1001, a short moment to answer, then its connection is
+    dropped (the shell's 10 s close timeout is for a peer still in use)."""
+
+    async def upgrade(self, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        import base64
+        import os
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        self.assertTrue(head.startswith(b"HTTP/1.1 101"), head)
+        return reader, writer
+
+    @staticmethod
+    def frame(payload: bytes) -> bytes:
+        """A masked text frame (zero mask: the payload as it is)."""
+        import struct
+        size = bytes([0x80 | len(payload)]) if len(payload) < 126 else bytes([0x80 | 126]) + struct.pack(">H", len(payload))
+        return bytes([0x81]) + size + b"\0\0\0\0" + payload
+
+    async def test_silent_peers_are_dropped_after_a_short_wait(self) -> None:
+        import json
+        import time
+        from unittest import mock
+        from equabot_gw.gateway import control
+        from tests.support import running_gateway
+        async with contextlib.AsyncExitStack() as stack:
+            stack.enter_context(mock.patch.object(control, "SHUTDOWN_CLOSE_TIMEOUT", 0.3))
+            gateway = await stack.enter_async_context(running_gateway())
+            port = gateway.server.port
+            idle = await self.upgrade(port)                  # never sends connect
+            connected = await self.upgrade(port)
+            connected[1].write(self.frame(json.dumps({
+                "type": "req", "id": "1", "method": "connect",
+                "params": {"minProtocol": 3, "maxProtocol": 3, "auth": {"token": TOKEN},
+                           "client": {"id": "cli", "version": "1", "platform": "test", "mode": "cli"}}}).encode()))
+            while b"hello-ok" not in await asyncio.wait_for(connected[0].read(65536), 5):
+                pass
+            failing = await self.upgrade(port)               # its close (1009) is under way already
+            failing[1].write(bytes([0x81, 0xFF]) + (1 << 20).to_bytes(8, "big") + b"\0\0\0\0")
+            await asyncio.sleep(0.2)
+            # Read as it comes: a dropped connection's reset would discard what was not read.
+            reading = [asyncio.ensure_future(self.read_to_end(reader)) for reader, _ in (idle, connected, failing)]
+            started = time.monotonic()
+            await asyncio.wait_for(gateway.stop(), 8)
+            took = time.monotonic() - started
+            for received in await asyncio.wait_for(asyncio.gather(*reading), 5):   # each one is gone
+                self.assertIn(b"\x88", received)                                  # after a Close frame
+            for _, writer in (idle, connected, failing):
+                writer.close()
+            self.assertLess(took, 2.5)       # 0.3 s to answer, then dropped: not the 10 s close timeout
+
+    @staticmethod
+    async def read_to_end(reader: asyncio.StreamReader) -> bytes:
+        received = b""
+        try:
+            while chunk := await reader.read(65536):
+                received += chunk
+        except ConnectionError:
+            pass
+        return received

@@ -58,7 +58,8 @@ CLOSE_POLICY: Final = 1008
 CLOSE_GOING_AWAY: Final = 1001
 CLOSE_UNSUPPORTED_DATA: Final = 1003
 CLOSE_INTERNAL_ERROR: Final = 1011
-# How long shutdown waits for clients to complete the close handshake.
+# How long shutdown waits for clients to complete the close handshake; then their
+# connections are dropped (the shell's close_timeout, 10 s, is for a peer still in use).
 SHUTDOWN_CLOSE_TIMEOUT: Final = 2.0
 # The events this gateway sends (hello-ok features.events).
 EVENTS: Final = ("connect.challenge", "agent", "chat", "tick", "health", "shutdown")
@@ -101,6 +102,9 @@ class ControlProtocol:
         self.gateway = gateway
         self.config = gateway.config.gateway.ws
         self.connections: set[ControlConnection] = set()
+        # Every connection being served, connected or still before its connect: what shutdown closes.
+        self.serving: set[ControlConnection] = set()
+        self.closing = False           # shutdown is closing the connections: new ones close at once
         self.connect_timeout = CONNECT_TIMEOUT
         self.runs = runs_mod.Runs(self)
         self.stopping = False          # the gateway is shutting down: no new runs
@@ -222,10 +226,16 @@ class ControlProtocol:
         live = self.runs.unsettled()
         if live and runs_timeout > 0:
             await asyncio.wait(live, timeout=runs_timeout)
-        conns = list(self.connections)
+        self.closing = True
+        conns = list(self.serving)      # those still before their connect too: nothing to wait for
         self.runs.cancel()
         closing = [asyncio.ensure_future(c.ws.close(CLOSE_GOING_AWAY, "gateway stopping")) for c in conns]
         if closing:
+            await asyncio.wait(closing, timeout=SHUTDOWN_CLOSE_TIMEOUT)
+            # A peer that did not answer our Close in time (or one whose close had begun
+            # before, under the shell's longer timeout) is not waited for any longer.
+            for conn in conns:
+                conn.ws.abort()
             await asyncio.wait(closing, timeout=SHUTDOWN_CLOSE_TIMEOUT)
 
 
@@ -295,7 +305,10 @@ class ControlConnection:
         arrives; any failure ends the connection with a close code, never
         leaves it open.
         """
+        self.protocol.serving.add(self)
         try:
+            if self.protocol.closing:       # upgraded just as the gateway closes its clients
+                raise ProtocolFailure(CLOSE_GOING_AWAY, "gateway stopping")
             self._send_text(dumps({"type": "event", "event": "connect.challenge",
                                    "payload": {"nonce": _uuid4(), "ts": ms(time.time())}}))
             try:
@@ -324,7 +337,11 @@ class ControlConnection:
                 self.protocol.presence_version += 1
             for task in list(self._waits):
                 task.cancel()
-            await self.ws.wait_closed()
+            try:
+                await self.ws.wait_closed()
+            finally:
+                # Only now: a close under way (its peer silent) is shutdown's to cut short.
+                self.protocol.serving.discard(self)
 
     async def _parse(self, message: str | bytes) -> dict[str, Any]:
         """A request frame (its params not yet checked); ``ApiError`` 400 for anything else."""

@@ -16,18 +16,37 @@ from __future__ import annotations
 import asyncio
 import errno
 import itertools
+import logging
 import os
 import socket
 import sys
 import time
 from collections.abc import Callable
+from typing import Any, Final
 
 from . import heads
 from .accesslog import AccessLog
 from .connection import Connection, Limits
 from .routes import Router
 
-__all__ = ["HTTPServer", "Limits", "AccessLog", "Observer", "check_bindable"]
+__all__ = ["HTTPServer", "Limits", "AccessLog", "AcceptErrorLog", "Observer", "check_bindable"]
+
+log = logging.getLogger("equabot_gw.server")
+
+# The kernel's queue of connections not yet accepted (listen(2); Linux caps it at
+# net.core.somaxconn): room for a burst of clients.
+LISTEN_BACKLOG: Final = 2048
+# Connections asyncio accepts per readiness event of the listening socket. CPython
+# 3.11-3.13 take create_server's backlog as this batch too, and when accept() fails
+# for want of descriptors (EMFILE) they report it and schedule a retry once per
+# attempt of the batch, not once per event: with 2048, one event made 2,048
+# tracebacks and 2,048 timers, which made more events. The server is created with
+# this small number and its sockets then listen with LISTEN_BACKLOG again.
+ACCEPT_BATCH: Final = 16
+# At most one line per this many seconds says that connections cannot be accepted.
+ACCEPT_ERROR_LOG_INTERVAL: Final = 1.0
+# What asyncio's accept loop reports when accept() lacks a resource (selector_events).
+_ACCEPT_FAILED: Final = "socket.accept() out of system resource"
 
 # Told of every answered request, after the access log: (method, route template
 # or None when no route took it, status, body bytes sent, seconds).
@@ -110,16 +129,21 @@ class HTTPServer:
         """Open client connections."""
         return len(self.connections)
 
-    async def start(self, host: str, port: int, *, backlog: int = 2048) -> None:
+    async def start(self, host: str, port: int, *, backlog: int = LISTEN_BACKLOG) -> None:
         """Bind and start accepting connections; OSError (EADDRNOTAVAIL) if no address of
-        ``host`` could be bound (asyncio before 3.13 then serves on no socket at all)."""
+        ``host`` could be bound (asyncio before 3.13 then serves on no socket at all).
+
+        ``backlog`` is the kernel's queue of connections not yet accepted; asyncio
+        accepts at most ``ACCEPT_BATCH`` of them per loop iteration."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: Connection(self), host, port, backlog=backlog, reuse_address=True)
+            lambda: Connection(self), host, port, backlog=min(backlog, ACCEPT_BATCH), reuse_address=True)
         if not self._server.sockets:
             self._server.close()
             self._server = None
             raise _nothing_bound(host)
+        for sock in self._server.sockets:
+            _listen(sock, backlog)
 
     async def shutdown(self, grace: float) -> None:
         """Stop accepting, finish or close every connection within ``grace`` seconds."""
@@ -152,3 +176,67 @@ class HTTPServer:
             self._date_second = now
             self._date = heads.imf_fixdate(now)
         return self._date
+
+
+def _listen(sock: Any, backlog: int) -> None:
+    """``listen(backlog)`` on a socket asyncio serves (its ``TransportSocket`` has no
+    ``listen``): a duplicate descriptor names the same socket. Without one to spare
+    the socket keeps the backlog it was created with."""
+    try:
+        with socket.socket(fileno=os.dup(sock.fileno())) as dup:
+            dup.listen(backlog)
+    except OSError as exc:
+        log.debug("listen(%d) on %r failed: %s", backlog, sock, exc)
+
+
+class AcceptErrorLog:
+    """An event loop exception handler: accept() failing for want of a resource
+    (EMFILE: the open files limit; ENFILE, ENOBUFS, ENOMEM) is said in one line a
+    second at most, without a traceback, and the retry asyncio scheduled for a
+    listening socket closed since is not reported; anything else goes to
+    ``previous`` (None: the loop's default handler).
+
+    asyncio itself stops reading the listening socket for a second after such a
+    failure, so connections wait in the kernel's queue meanwhile; the line says so.
+    ``failures`` counts the failed accepts seen.
+    """
+
+    def __init__(self, previous: Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object] | None = None,
+                 *, interval: float = ACCEPT_ERROR_LOG_INTERVAL) -> None:
+        self.previous = previous
+        self.interval = interval
+        self.failures = 0
+        self._next_line = float("-inf")
+        self._unsaid = 0
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if context.get("message") == _ACCEPT_FAILED and isinstance(exc, OSError):
+            self._accept_failed(loop, exc)
+        elif isinstance(exc, (ValueError, OSError)) and _is_accept_retry(loop, context):
+            # A retry timer of a listening socket that was closed since (shutdown):
+            # "Invalid file descriptor: -1" says nothing anyone can act on.
+            pass
+        elif self.previous is not None:
+            self.previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    def _accept_failed(self, loop: asyncio.AbstractEventLoop, exc: OSError) -> None:
+        self.failures += 1
+        now = loop.time()
+        if now < self._next_line:
+            self._unsaid += 1
+            return
+        self._next_line = now + self.interval
+        more = f" ({self._unsaid} more times since the last line)" if self._unsaid else ""
+        self._unsaid = 0
+        name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+        log.warning("cannot accept connections: %s (%s)%s; new ones wait in the kernel's queue, "
+                    "tried again every second", exc.strerror or exc, name, more)
+
+
+def _is_accept_retry(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> bool:
+    # The handle's callback is not public API; asyncio 3.11-3.13 keep it in _callback.
+    callback = getattr(context.get("handle"), "_callback", None)
+    return getattr(callback, "__name__", "") == "_start_serving" and getattr(callback, "__self__", None) is loop

@@ -516,6 +516,12 @@ class WebSocket(asyncio.Protocol):
                 self._after_feed()
         await self.wait_closed()
 
+    def abort(self) -> None:
+        """Drop the TCP connection now, whatever the closing handshake has reached
+        (e.g. a peer that does not answer our Close when the server must stop)."""
+        if self._transport is not None and self._lost is not None and not self._lost.done():
+            self._transport.abort()
+
     async def wait_closed(self) -> None:
         """Wait until the TCP connection is closed (cancelling the wait does not close it)."""
         if self._lost is None:
