@@ -839,7 +839,23 @@ class LogBufferTest(unittest.TestCase):
         [line] = later.lines
         self.assertEqual((json.loads(line)["1"], json.loads(line)["_meta"]["logLevelName"]), ("two", "WARN"))
         self.assertTrue(buffer.tail(10**9, 10, 10**6).reset)             # a cursor from elsewhere
-        self.assertTrue(buffer.tail(0, 1, 10**6).truncated)              # limit left one out
+
+    def test_truncated_means_the_byte_window_cut_the_log_not_the_line_limit(self) -> None:
+        # As the original's logs.tail: `clawdbot logs --limit 5` must not warn
+        # "Log tail truncated (increase --max-bytes)" when all it did was show five lines.
+        buffer = LogBuffer()
+        for i in range(10):
+            buffer.emit(self.record(f"line {i}"))
+        line_bytes = buffer.end // 10
+        limited = buffer.tail(None, 5, 250_000)
+        self.assertEqual([json.loads(line)["1"] for line in limited.lines], [f"line {i}" for i in range(5, 10)])
+        self.assertFalse(limited.truncated)
+        self.assertFalse(buffer.tail(0, 1, 250_000).truncated)           # from a cursor, limit alone
+        window = buffer.tail(None, 100, 3 * line_bytes)                  # the window starts after byte 0
+        self.assertEqual((len(window.lines), window.truncated), (3, True))
+        self.assertTrue(buffer.tail(0, 100, 3 * line_bytes).truncated)   # and after the cursor
+        self.assertFalse(buffer.tail(7 * line_bytes, 100, 3 * line_bytes).truncated)
+        self.assertFalse(buffer.tail(None, 100, buffer.end).truncated)   # exactly the whole log fits
 
     def test_long_messages_are_cut(self) -> None:
         buffer = LogBuffer()
