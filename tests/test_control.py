@@ -15,6 +15,7 @@ import time
 import unittest
 from typing import Any
 
+from equabot_gw.agents.types import TurnRecord, Usage
 from equabot_gw.errors import ConnectionClosed, GatewayError
 from equabot_gw.gateway import control, methods, runs
 from equabot_gw.gateway.client import ControlClient
@@ -516,12 +517,31 @@ class MethodsTest(ControlTestCase):
 
     async def test_usage_cost_sums_the_transcripts(self) -> None:
         c = await self.client()
-        await self.run_agent(c, {"message": "count me", "sessionKey": "cost"})   # 3 + 6 words
-        await self.run_agent(c, {"message": "stateless"})                         # 1 + 4, a journal
+        await self.run_agent(c, {"message": "count me", "sessionKey": "cost"})   # 2 + 5 words
+        await self.gw.runtime.store.record_turn(                                  # 1 + 4, a journal
+            "main", "agent:main:stateless-test", TurnRecord("r-j", "stateless", "Echo (turn 1): stateless",
+                                                            "ok", time.time(), usage=Usage(1, 4)),
+            stateless=True)
         cost = await c.request("usage.cost", {"days": 2})
-        self.assertEqual(len(cost["daily"]), 2)
+        # As the original: only days that had usage, and a known cost of 0 is not a missing one.
+        today = time.strftime("%Y-%m-%d", time.gmtime())
+        self.assertEqual([row["date"] for row in cost["daily"]], [today])
         self.assertEqual((cost["totals"]["input"], cost["totals"]["output"]), (3, 9))
-        self.assertEqual(cost["totals"]["missingCostEntries"], 2)
+        self.assertEqual((cost["totals"]["missingCostEntries"], cost["daily"][0]["missingCostEntries"]), (0, 0))
+        await c.close()
+
+    async def test_usage_cost_lists_the_days_with_usage_oldest_first(self) -> None:
+        store = self.gw.runtime.store
+        now = time.time()
+        for n, days_ago in enumerate((40, 3, 0)):
+            await store.record_turn("main", f"day-{days_ago}", TurnRecord(
+                f"r-{n}", "hi", "Echo (turn 1): hi", "ok", now - days_ago * 86400, usage=Usage(1, 4)))
+        c = await self.client()
+        cost = await c.request("usage.cost", {})
+        days = [time.strftime("%Y-%m-%d", time.gmtime(now - d * 86400)) for d in (3, 0)]
+        self.assertEqual([(row["date"], row["totalTokens"]) for row in cost["daily"]], [(d, 5) for d in days])
+        self.assertEqual((cost["days"], cost["totals"]["totalTokens"]), (30, 10))
+        self.assertEqual((await c.request("usage.cost", {"days": 1}))["daily"][-1]["date"], days[-1])
         await c.close()
 
     async def test_logs_tail_shows_the_gateways_own_lines(self) -> None:

@@ -362,17 +362,19 @@ async def m_usage_cost(conn: ControlConnection, params: Params, req_id: Any) -> 
     now = time.time()
     today = int(now // 86400)
     first_day = today - days + 1
-    daily: dict[int, list[int]] = {day: [0, 0, 0] for day in range(first_day, today + 1)}
+    # Only the days that had usage, oldest first, as the original lists them
+    # (its CLI prints the last row as "Latest day").
+    daily: dict[int, list[int]] = {}
 
     def add(line: dict[str, Any]) -> None:
         at, usage = line.get("at"), line.get("usage")
         if line.get("type") != "assistant" or not isinstance(at, (int, float)) or not isinstance(usage, dict):
             return
-        bucket = daily.get(int(at // 86400))
-        if bucket is not None:
+        day = int(at // 86400)
+        if first_day <= day <= today:
+            bucket = daily.setdefault(day, [0, 0])
             bucket[0] += _number(usage.get("prompt_tokens"))
             bucket[1] += _number(usage.get("completion_tokens"))
-            bucket[2] += 1
 
     store = conn.gateway.runtime.store
     keyed = [i for i in store.list_sessions() if i.updated_at >= first_day * 86400][:MAX_USAGE_TRANSCRIPTS]
@@ -380,20 +382,20 @@ async def m_usage_cost(conn: ControlConnection, params: Params, req_id: Any) -> 
         for line in await store.read_transcript(info.agent_id, info.key):
             add(line)
     for agent_id in conn.gateway.runtime.agents:
-        for day in daily:
+        for day in range(first_day, today + 1):
             for line in await store.read_journal(agent_id, day):
                 add(line)
-    rows = [_cost_row(time.strftime("%Y-%m-%d", time.gmtime(day * 86400)), *daily[day]) for day in daily]
-    totals = _cost_row("", sum(r["input"] for r in rows), sum(r["output"] for r in rows),
-                       sum(r["missingCostEntries"] for r in rows))
+    rows = [_cost_row(time.strftime("%Y-%m-%d", time.gmtime(day * 86400)), *daily[day]) for day in sorted(daily)]
+    totals = _cost_row("", sum(r["input"] for r in rows), sum(r["output"] for r in rows))
     del totals["date"]
     return {"updatedAt": ms(now), "days": days, "daily": rows, "totals": totals}
 
 
-def _cost_row(date: str, prompt: int, completion: int, entries: int) -> dict[str, Any]:
-    # No prices are configured here: every entry is one without a cost.
+def _cost_row(date: str, prompt: int, completion: int) -> dict[str, Any]:
+    # No prices are configured here: every reply's cost is a known 0 (chat.history
+    # shows usage.cost.total 0), and the original counts only unknown costs as missing.
     return {"date": date, "input": prompt, "output": completion, "cacheRead": 0, "cacheWrite": 0,
-            "totalTokens": prompt + completion, "totalCost": 0, "missingCostEntries": entries}
+            "totalTokens": prompt + completion, "totalCost": 0, "missingCostEntries": 0}
 
 
 # ---- config ----
