@@ -331,12 +331,13 @@ async def run_sessions_command(args: argparse.Namespace) -> int:
         key = session_key_for(agent.id, args.key, known)
         if args.sessions_command == "show":
             return _print_messages(chat_messages(await store.read_transcript(agent.id, key)),
-                                   _missing(agent.id, args.key), args.json)
-        if await store.reset(agent.id, key):
-            print(f"reset {key}")
-            return 0
-        print(f"equabot: {_missing(agent.id, args.key)}", file=sys.stderr)
-        return 1
+                                   _missing(agent.id, args.key), args.json, key in known)
+        if key not in known:      # a reset would give an unknown key a blank session
+            print(f"equabot: {_missing(agent.id, args.key)}", file=sys.stderr)
+            return 1
+        await store.reset(agent.id, key)
+        print(f"reset {key}")
+        return 0
     finally:
         await store.close()
 
@@ -387,13 +388,14 @@ async def _remote_sessions(args: argparse.Namespace, target: Target) -> int:
         key = session_key_for(agent_id, args.key, {s["key"] for s in listed})
         if args.sessions_command == "show":
             history = await request(client, "chat.history", {"sessionKey": key})
-            return _print_messages(history["messages"], _missing(agent_id, args.key), args.json)
+            return _print_messages(history["messages"], _missing(agent_id, args.key), args.json,
+                                   key in {s["key"] for s in listed})
+        if key not in {s["key"] for s in listed}:     # a reset would make it a blank session
+            print(f"equabot: {_missing(agent_id, args.key)}", file=sys.stderr)
+            return 1
         reset = await request(client, "sessions.reset", {"key": key})
-        if reset["reset"]:
-            print(f"reset {reset['key']}")
-            return 0
-        print(f"equabot: {_missing(agent_id, args.key)}", file=sys.stderr)
-        return 1
+        print(f"reset {reset['key']}")
+        return 0
     finally:
         await client.close()
 
@@ -423,12 +425,15 @@ def _text_of(content: Any) -> str:
     return content if isinstance(content, str) else ""
 
 
-def _print_messages(messages: list[dict[str, Any]], missing: str, as_json: bool) -> int:
+def _print_messages(messages: list[dict[str, Any]], missing: str, as_json: bool, listed: bool) -> int:
     """``sessions show``: the same lines whether the gateway answered or the files did
-    (``missing``: what to say when there are none)."""
-    if not messages:
+    (``missing``: what to say when there is no such session; ``listed``: there is one,
+    maybe empty, as a reset leaves it)."""
+    if not messages and not listed:
         print(f"equabot: {missing}", file=sys.stderr)
         return 1
+    if not messages and not as_json:
+        print("(no messages)")
     for m in messages:
         if as_json:
             print(json.dumps(m, ensure_ascii=False))

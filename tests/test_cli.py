@@ -633,7 +633,10 @@ class SessionsThroughTheGatewayTest(CLITestCase):
             self.assertEqual(shown.stdout.splitlines()[-2:], ["user: two", "assistant: Echo (turn 2): two"])
             done = self.cli("sessions", "reset", "via-gw", "--state-dir", state, env=env)
             self.assertEqual((done.returncode, done.stdout), (0, "reset agent:main:via-gw\n"), done.stderr)
-            # The gateway itself forgot the session: its next turn is 1.
+            listed = self.cli("sessions", "list", "--state-dir", state, env=env)
+            self.assertEqual([line.split("\t")[:2] for line in listed.stdout.splitlines()],
+                             [["agent:main:via-gw", "turns=0"]])
+            # The gateway itself started the session over: its next turn is 1.
             again = self.cli("agent", "--state-dir", state, "-m", "anew", "--session-key", "via-gw", env=env)
             self.assertReply(again, "Echo (turn 1): anew")
             self.assertOneLineError(self.cli("sessions", "show", "nope", "--state-dir", state, env=env),
@@ -1113,9 +1116,11 @@ class SessionsCommandTest(CLITestCase):
             self.assertEqual(self.run_cli("agent", "--local", "-m", "x", "--session-key", "gamma").returncode, 0)
         done = self.run_cli("sessions", "reset", "gamma")
         self.assertEqual((done.returncode, done.stdout), (0, "reset agent:main:gamma\n"), done.stderr)
-        keys = [line.split("\t")[0] for line in self.run_cli("sessions", "list").stdout.splitlines()]
-        self.assertNotIn("agent:main:gamma", keys)
-        self.assertOneLineError(self.run_cli("sessions", "show", "gamma"), 1, "no session 'agent:main:gamma'")
+        # Listed, empty, as the WebSocket sessions.reset leaves it.
+        rows = [line.split("\t")[:2] for line in self.run_cli("sessions", "list").stdout.splitlines()]
+        self.assertIn(["agent:main:gamma", "turns=0"], rows)
+        shown = self.run_cli("sessions", "show", "gamma")
+        self.assertEqual((shown.returncode, shown.stdout), (0, "(no messages)\n"), shown.stderr)
         again = self.run_cli("agent", "--local", "-m", "fresh", "--session-key", "gamma")
         self.assertReply(again, "Echo (turn 1): fresh")              # the session starts over
         archived = list((self.state / "agents" / "main" / "sessions").glob("*gamma*reset*"))
@@ -1126,6 +1131,7 @@ class SessionsCommandTest(CLITestCase):
         # A word may be a key or a user's string: the message names both sessions it could be.
         for command in ("show", "reset"):
             self.assertOneLineError(self.run_cli("sessions", command, "nope"), 1, "no session 'agent:main:nope', nor for user 'nope' (agent:main:openai-user:nope)")
+        self.assertNotIn("nope", self.run_cli("sessions", "list").stdout)   # a typo makes no empty session
         self.assertOneLineError(self.run_cli("sessions", "list", "--agent", "ghost"), 1, "'ghost'")
         # Not a key: taken as an OpenAI user string, whose key is a hash (never a path).
         self.assertOneLineError(self.run_cli("sessions", "show", "../../etc"), 1,

@@ -454,7 +454,9 @@ class MethodsTest(ControlTestCase):
         reset = await c.request("sessions.reset", {"key": "listed"})
         self.assertEqual((reset["ok"], reset["key"], reset["reset"]), (True, "agent:main:listed", True))
         deleted = await c.request("sessions.delete", {"key": "listed"})
-        self.assertEqual(deleted, {"ok": True, "key": "agent:main:listed", "deleted": False, "archived": []})
+        self.assertEqual(deleted, {"ok": True, "key": "agent:main:listed", "deleted": True, "archived": []})
+        deleted = await c.request("sessions.delete", {"key": "listed"})
+        self.assertEqual(deleted["deleted"], False)
         agents = await c.request("agents.list", {})
         self.assertEqual((agents["defaultId"], agents["mainKey"], agents["scope"]), ("main", "main", "per-sender"))
         self.assertEqual({a["id"] for a in agents["agents"]}, {"main", "slow"})
@@ -481,12 +483,45 @@ class MethodsTest(ControlTestCase):
                 self.assertEqual((frames[-1]["payload"]["status"], frames[-1]["payload"]["result"]["meta"]["aborted"]),
                                  ("aborted", True))
                 self.assertIn(why, json.dumps(frames))
-                # The session stays forgotten: the run's turn went to the transcript before it.
+                # The run's turn went to the transcript before it: the session is empty (reset)
+                # or gone (deleted).
                 self.assertEqual((await control.request("chat.history", {"sessionKey": key}))["messages"], [])
-                listed = await control.request("sessions.list", {})
-                self.assertNotIn(key, [row["key"] for row in listed["sessions"]])
+                listed = {row["key"]: row for row in (await control.request("sessions.list", {}))["sessions"]}
+                if method == "sessions.reset":
+                    self.assertEqual(listed[key]["turns"], 0)
+                else:
+                    self.assertNotIn(key, listed)
         await runner.close()
         await control.close()
+
+    async def test_reset_leaves_a_fresh_session_that_the_next_turn_uses(self) -> None:
+        # As the original: the key stays listed with a new sessionId, the next turn
+        # records that sessionId and starts over, and sessions.delete then deletes it.
+        c = await self.client()
+        first = (await self.run_agent(c, {"message": "before", "sessionKey": "fresh"}))[-1]["payload"]
+        old_id = first["result"]["meta"]["agentMeta"]["sessionId"]
+        reset = await c.request("sessions.reset", {"key": "fresh"})
+        new_id = reset["entry"]["sessionId"]
+        self.assertNotEqual(new_id, old_id)
+        listed = {row["key"]: row for row in (await c.request("sessions.list", {}))["sessions"]}
+        self.assertEqual((listed["agent:main:fresh"]["sessionId"], listed["agent:main:fresh"]["turns"]), (new_id, 0))
+        history = await c.request("chat.history", {"sessionKey": "fresh"})
+        self.assertEqual((history["sessionId"], history["messages"]), (new_id, []))
+        after = (await self.run_agent(c, {"message": "after", "sessionKey": "fresh"}))[-1]["payload"]
+        self.assertEqual(after["result"]["meta"]["agentMeta"]["sessionId"], new_id)
+        self.assertEqual(after["result"]["payloads"][0]["text"], "Echo (turn 1): after")
+        history = await c.request("chat.history", {"sessionKey": "fresh"})
+        self.assertEqual([(m["role"], m["content"][0]["text"]) for m in history["messages"]],
+                         [("user", "after"), ("assistant", "Echo (turn 1): after")])
+        self.assertEqual(history["sessionId"], new_id)
+        self.assertEqual((await c.request("sessions.delete", {"key": "fresh"}))["deleted"], True)
+        # A key with no session: reset gives it an empty one, listed and deletable, as the original.
+        never = await c.request("sessions.reset", {"key": "never-used"})
+        self.assertEqual(never["reset"], False)
+        listed = {row["key"]: row for row in (await c.request("sessions.list", {}))["sessions"]}
+        self.assertEqual(listed["agent:main:never-used"]["sessionId"], never["entry"]["sessionId"])
+        self.assertEqual((await c.request("sessions.delete", {"key": "never-used"}))["deleted"], True)
+        await c.close()
 
     async def test_config_get_never_shows_a_secret(self) -> None:
         c = await self.client()

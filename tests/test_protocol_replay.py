@@ -52,7 +52,8 @@ EXTRA_OK: dict[str, str] = {
     "sessions.list.sessions[].createdAt": "read by equabot's own CLI (sessions list)",
     "sessions.list.sessions[].turns": "read by equabot's own CLI (sessions list) and its tests",
     "sessions.list.sessions[].lastRunId": "read by equabot's own CLI (sessions list)",
-    "sessions.reset.reset": "read by equabot's own CLI (sessions reset): whether a transcript existed",
+    "sessions.reset.reset": "whether there was a session before the reset; the original's clients "
+                            "ignore unknown keys in this payload",
     "status.connections": "connection counts for operators; the original's status command ignores it",
     "agent.result.meta.stopReason": "why the reply ended (newer originals carry it too); equabot's "
                                     "CLI prints it as finishReason",

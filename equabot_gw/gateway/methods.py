@@ -8,8 +8,8 @@ well-formed. Payloads have the original's keys and JSON types; the values are
 ours. Where we keep no such value the field says so plainly (``0`` tokens in
 listings, ``"disabled"`` heartbeats) and ``docs/protocol.md`` lists it. A few
 fields of our own stay beside the original's where our own CLI reads them
-(``turns``, ``createdAt``, ``lastRunId``, ``agentId`` in session lists;
-``reset`` in ``sessions.reset``). Reads go through the session store's API,
+(``turns``, ``createdAt``, ``lastRunId``, ``agentId`` in session lists), and
+``reset`` in ``sessions.reset`` says whether there was a session. Reads go through the session store's API,
 never to files; secrets never leave (``config.get`` masks them, raw text included).
 """
 
@@ -259,7 +259,8 @@ async def m_sessions_patch(conn: ControlConnection, params: Params, req_id: Any)
 async def m_sessions_reset(conn: ControlConnection, params: Params, req_id: Any) -> dict[str, Any]:
     agent_id, key = _scoped(conn, params["key"], params.get("agentId"), "key")
     reset = await conn.gateway.runtime.forget_session(agent_id, key)
-    # "reset" is ours (did a transcript exist?), read by equabot's own CLI.
+    # The key is now a blank session, as the original leaves it: its entry's
+    # sessionId is the one the next turn records. "reset" is ours: was there a session?
     return {"ok": True, "key": key, "entry": _entry(conn, agent_id, key), "reset": reset}
 
 
