@@ -238,8 +238,9 @@ class _RemoteRun:
 async def _abort_remote(client: Any, run: _RemoteRun, args: argparse.Namespace) -> None:
     """Ask the gateway to abort ``run`` (``chat.abort``), so it is recorded as aborted.
 
-    ``chat.abort`` names the run's session: a stateless run's key comes with
-    its first event, so that is awaited too. Everything is bounded by
+    ``chat.abort`` names the run's session: without ``--session-key`` the
+    gateway picks it (the agent's main session) and says which in the run's
+    first event, so that is awaited too. Everything is bounded by
     ``ABORT_TIMEOUT``; a second Ctrl-C stops at once.
     """
     if run.printed:
@@ -281,9 +282,12 @@ async def _run_local(args: argparse.Namespace, config: config_mod.Config, state_
         lock.release()
         raise
     try:
+        from .gateway.frames import main_session_key
         started = time.time()
         run = agent_runtime.run(runtime, AgentRequest(
-            message=args.message, agent_id=args.agent, session_key=args.session_key, origin="cli"))
+            message=args.message, agent_id=args.agent, origin="cli",
+            # As over the gateway: the agent's main session unless another is named.
+            session_key=args.session_key or main_session_key(runtime.agent(args.agent).id)))
         async for event in run.subscribe():
             if isinstance(event, Delta) and not args.json:
                 sys.stdout.write(event.text)

@@ -295,6 +295,29 @@ class RunsTest(ControlTestCase):
         self.assertEqual(history["sessionId"], meta["agentMeta"]["sessionId"])
         await c.close()
 
+    async def test_agent_without_a_session_key_continues_the_agents_main_session(self) -> None:
+        # As the original: agent:<agentId, else the default agent>:main, the hello's mainSessionKey.
+        c = await self.client()
+        first = await self.run_agent(c, {"message": "one"})
+        second = await self.run_agent(c, {"message": "two", "sessionKey": ""})
+        runs = [frames[-1]["payload"] for frames in (first, second)]
+        self.assertEqual([p["result"]["payloads"][0]["text"] for p in runs],
+                         ["Echo (turn 1): one", "Echo (turn 2): two"])
+        events = family(first + second, "agent", runs[0]["runId"]) + family(second, "chat", runs[1]["runId"])
+        self.assertEqual({e["sessionKey"] for e in events}, {"agent:main:main"})
+        history = await c.request("chat.history", {"sessionKey": "agent:main:main"})
+        self.assertEqual([m["content"][0]["text"] for m in history["messages"]],
+                         ["one", "Echo (turn 1): one", "two", "Echo (turn 2): two"])
+        self.assertEqual({p["result"]["meta"]["agentMeta"]["sessionId"] for p in runs}, {history["sessionId"]})
+        listed = {row["key"]: row for row in (await c.request("sessions.list", {}))["sessions"]}
+        self.assertEqual((listed["agent:main:main"]["turns"], listed["agent:main:main"]["sessionId"]),
+                         (2, history["sessionId"]))
+        other = await self.run_agent(c, {"message": "elsewhere", "agentId": "slow"})
+        self.assertEqual({e["sessionKey"] for e in family(other, "agent", other[-1]["payload"]["runId"])},
+                         {"agent:slow:main"})
+        self.assertEqual(other[-1]["payload"]["result"]["payloads"][0]["text"], "Echo (turn 1): elsewhere")
+        await c.close()
+
     async def test_every_client_sees_the_events_and_only_the_requester_the_final(self) -> None:
         a, b = await self.client(), await self.client()
         frames = await self.run_agent(a, {"message": "to all", "idempotencyKey": "shared-run"})

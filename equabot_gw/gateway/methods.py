@@ -26,7 +26,7 @@ from .. import __version__, config as config_mod
 from ..agents import sessions
 from ..errors import ApiError
 from ..agents import lines as transcript_lines
-from .frames import assistant_parts, content_parts, ms, session_id, usage_shape
+from .frames import MAIN_KEY, assistant_parts, content_parts, ms, session_id, usage_shape
 
 if TYPE_CHECKING:
     from ..agents.transcripts import SessionInfo
@@ -38,7 +38,6 @@ __all__ = ["METHODS", "health_payload", "presence", "CONTEXT_TOKENS"]
 # The context window reported for every model: this gateway does not know
 # providers' windows (the original's default, so its clients compute sanely).
 CONTEXT_TOKENS: Final = 200_000
-MAIN_KEY: Final = "main"
 # Sessions shown in health's and status's "recent" lists.
 RECENT_SESSIONS: Final = 5
 STATUS_RECENT_SESSIONS: Final = 10
