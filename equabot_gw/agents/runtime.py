@@ -255,8 +255,9 @@ class Runtime:
         delete removes it. Its runs, queued or running, are aborted first
         ("session reset" / "session deleted"), and the session's lane is
         awaited, so their turns are recorded in the transcript being archived
-        or deleted and no turn begun before lands in the session after it. 503 if a run still holds the
-        lane after ``FORGET_WAIT`` seconds (a provider slow to let go).
+        or deleted and no turn begun before lands in the session after it.
+        503 if a run still holds the lane after ``FORGET_WAIT`` seconds (a
+        provider slow to let go).
         """
         scoped = sessions.scoped_key(agent_id, key)
         if sessions.agent_of(scoped) is not None:
