@@ -240,8 +240,9 @@ class _RemoteRun:
 async def _abort_remote(client: Any, run: _RemoteRun, args: argparse.Namespace) -> None:
     """Ask the gateway to abort ``run`` (``chat.abort``), so it is recorded as aborted.
 
-    ``chat.abort`` names the run's session: a stateless run's key comes with
-    its first event, so that is awaited too. Everything is bounded by
+    ``chat.abort`` names the run's session: without ``--session-key`` the
+    gateway picks it (the agent's main session) and says which in the run's
+    first event, so that is awaited too. Everything is bounded by
     ``ABORT_TIMEOUT``; a second Ctrl-C stops at once.
     """
     if run.printed:
@@ -292,9 +293,12 @@ async def _run_local(args: argparse.Namespace, config: config_mod.Config, state_
         lock.release()
         raise
     try:
+        from .gateway.frames import main_session_key
         started = time.time()
         run = agent_runtime.run(runtime, AgentRequest(
-            message=args.message, agent_id=args.agent, session_key=args.session_key, origin="cli"))
+            message=args.message, agent_id=args.agent, origin="cli",
+            # As over the gateway: the agent's main session unless another is named.
+            session_key=args.session_key or main_session_key(runtime.agent(args.agent).id)))
         async for event in run.subscribe():
             if isinstance(event, Delta) and not args.json:
                 sys.stdout.write(event.text)
@@ -342,12 +346,13 @@ async def run_sessions_command(args: argparse.Namespace) -> int:
         key = session_key_for(agent.id, args.key, known)
         if args.sessions_command == "show":
             return _print_messages(chat_messages(await store.read_transcript(agent.id, key)),
-                                   _missing(agent.id, args.key), args.json)
-        if await store.reset(agent.id, key):
-            print(f"reset {key}")
-            return 0
-        print(f"equabot: {_missing(agent.id, args.key)}", file=sys.stderr)
-        return 1
+                                   _missing(agent.id, args.key), args.json, key in known)
+        if key not in known:      # a reset would give an unknown key a blank session
+            print(f"equabot: {_missing(agent.id, args.key)}", file=sys.stderr)
+            return 1
+        await store.reset(agent.id, key)
+        print(f"reset {key}")
+        return 0
     finally:
         await store.close()
 
@@ -398,13 +403,14 @@ async def _remote_sessions(args: argparse.Namespace, target: Target) -> int:
         key = session_key_for(agent_id, args.key, {s["key"] for s in listed})
         if args.sessions_command == "show":
             history = await request(client, "chat.history", {"sessionKey": key})
-            return _print_messages(history["messages"], _missing(agent_id, args.key), args.json)
+            return _print_messages(history["messages"], _missing(agent_id, args.key), args.json,
+                                   key in {s["key"] for s in listed})
+        if key not in {s["key"] for s in listed}:     # a reset would make it a blank session
+            print(f"equabot: {_missing(agent_id, args.key)}", file=sys.stderr)
+            return 1
         reset = await request(client, "sessions.reset", {"key": key})
-        if reset["reset"]:
-            print(f"reset {reset['key']}")
-            return 0
-        print(f"equabot: {_missing(agent_id, args.key)}", file=sys.stderr)
-        return 1
+        print(f"reset {reset['key']}")
+        return 0
     finally:
         await client.close()
 
@@ -434,12 +440,15 @@ def _text_of(content: Any) -> str:
     return content if isinstance(content, str) else ""
 
 
-def _print_messages(messages: list[dict[str, Any]], missing: str, as_json: bool) -> int:
+def _print_messages(messages: list[dict[str, Any]], missing: str, as_json: bool, listed: bool) -> int:
     """``sessions show``: the same lines whether the gateway answered or the files did
-    (``missing``: what to say when there are none)."""
-    if not messages:
+    (``missing``: what to say when there is no such session; ``listed``: there is one,
+    maybe empty, as a reset leaves it)."""
+    if not messages and not listed:
         print(f"equabot: {missing}", file=sys.stderr)
         return 1
+    if not messages and not as_json:
+        print("(no messages)")
     for m in messages:
         if as_json:
             print(json.dumps(m, ensure_ascii=False))

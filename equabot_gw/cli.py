@@ -177,7 +177,7 @@ def _agent_flags(agent: argparse.ArgumentParser) -> None:
     agent.add_argument("--agent", metavar="ID", type=_agent_id,
                        help="agent id (default: the default agent)")
     agent.add_argument("--session-key", metavar="KEY", type=_session_key,
-                       help="session to continue (default: stateless)")
+                       help="session to continue (default: the agent's main session, agent:<id>:main)")
     agent.add_argument("--json", action="store_true", help="print one JSON result object")
     agent.add_argument("--local", action="store_true",
                        help="run in this process instead of on a running gateway")

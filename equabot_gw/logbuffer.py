@@ -99,9 +99,12 @@ class LogBuffer(logging.Handler):
         """The newest lines after ``cursor`` (all kept lines for None): at most ``limit`` lines
         and ``max_bytes`` bytes, oldest first.
 
-        ``truncated`` when lines after ``cursor`` were left out (by these
-        bounds, or dropped from the ring already); ``reset`` when ``cursor``
-        lies beyond ``end`` (it came from another gateway process).
+        ``truncated`` as the original Gateway sets it for its log file: when the
+        ``max_bytes`` window did not reach back to where the reader asked to
+        start (offset 0 without a cursor, else ``cursor``), or lines after
+        ``cursor`` were dropped from the ring already; never because ``limit``
+        left older lines of the window out. ``reset`` when ``cursor`` lies
+        beyond ``end`` (it came from another gateway process).
         """
         with self._guard:
             end = self._end
@@ -118,5 +121,8 @@ class LogBuffer(logging.Handler):
             picked.append(line)
             used += size
         picked.reverse()
-        truncated = len(picked) < len(lines) or (dropped and cursor is not None and not reset)
+        # The window is the last max_bytes of the log: it cut something when the
+        # log after ``start`` is longer (the original's "start > 0"), whether or not
+        # ``limit`` would have shown those lines anyway.
+        truncated = end - start > max_bytes or (dropped and cursor is not None and not reset)
         return Tail(end, end, picked, truncated, reset)

@@ -166,23 +166,24 @@ class RemoteAgentTest(LiveGateway, CLITestCase):
     def agent(self, *args: str) -> subprocess.CompletedProcess[str]:
         return self.cli("agent", "--url", self.gw.url, "--token", TOKEN, "--state-dir", str(self.state), *args)
 
+    # The gateway is shared by the class's tests: each that counts turns names its own session.
     def test_prints_the_echo_reply(self) -> None:
-        self.assertReply(self.agent("--message", "hi"), "Echo (turn 1): hi")
+        self.assertReply(self.agent("--message", "hi", "--session-key", "cli-hi"), "Echo (turn 1): hi")
 
     def test_secret_from_config_and_environment_goes_to_an_explicit_url(self) -> None:
         config = self.config_file({"gateway": {"port": self.gw.port}})
         done = self.cli("agent", "--config", config, "--url", self.gw.url, "--state-dir", str(self.state),
-                        "--message", "from env", env=self.env(EQUABOT_GATEWAY_TOKEN=TOKEN))
+                        "--message", "from env", "--session-key", "cli-env", env=self.env(EQUABOT_GATEWAY_TOKEN=TOKEN))
         self.assertReply(done, "Echo (turn 1): from env")
         # EQUABOT_CONFIG_PATH finds the same file.
         done = self.cli("agent", "--url", self.gw.url, "--state-dir", str(self.state), "-m", "via path",
-                        env=self.env(EQUABOT_GATEWAY_TOKEN=TOKEN, EQUABOT_CONFIG_PATH=config))
+                        "--session-key", "cli-path", env=self.env(EQUABOT_GATEWAY_TOKEN=TOKEN, EQUABOT_CONFIG_PATH=config))
         self.assertReply(done, "Echo (turn 1): via path")
 
     def test_token_from_config_file(self) -> None:
         config = self.config_file({"gateway": {"auth": {"token": TOKEN}}})
         self.assertReply(self.cli("agent", "--config", config, "--url", self.gw.url, "--state-dir",
-                                  str(self.state), "-m", "x"), "Echo (turn 1): x")
+                                  str(self.state), "-m", "x", "--session-key", "cli-token"), "Echo (turn 1): x")
 
     def test_json_prints_one_result_object(self) -> None:
         done = self.agent("--message", "as json", "--session-key", "cli-json", "--json")
@@ -200,9 +201,9 @@ class RemoteAgentTest(LiveGateway, CLITestCase):
         self.assertRegex(meta["agentMeta"]["sessionId"], r"^[0-9a-f-]{36}$")
 
     def test_json_object_is_the_same_locally_and_remotely(self) -> None:
-        remote = json.loads(self.agent("--message", "same", "--json").stdout)
+        remote = json.loads(self.agent("--message", "same", "--session-key", "cli-same", "--json").stdout)
         local = json.loads(self.cli("agent", "--local", "--state-dir", str(self.state), "-m", "same",
-                                    "--json").stdout)
+                                    "--session-key", "cli-same", "--json").stdout)
         self.assertEqual(sorted(remote), sorted(local))
         self.assertEqual(sorted(remote["result"]["meta"]), sorted(local["result"]["meta"]))
         self.assertEqual(remote["result"]["payloads"], local["result"]["payloads"])
@@ -217,20 +218,25 @@ class RemoteAgentTest(LiveGateway, CLITestCase):
         # Every control client gets every run's events; two CLIs at once must not mix replies.
         argv = [sys.executable, "-m", "equabot_gw", "agent", "--url", self.gw.url, "--token", TOKEN,
                 "--state-dir", str(self.state), "--agent", "slow", "-m"]
-        procs = [subprocess.Popen(argv + [words], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                  env=self.env()) for words in ("one two three four", "five six seven eight")]
+        procs = [subprocess.Popen(argv + [words, "--session-key", key], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, env=self.env())
+                 for words, key in (("one two three four", "cli-a"), ("five six seven eight", "cli-b"))]
         outputs = [proc.communicate(timeout=TIMEOUT) for proc in procs]
         self.assertEqual([(proc.returncode, out) for proc, (out, _) in zip(procs, outputs)],
                          [(0, "Echo (turn 1): one two three four\n"), (0, "Echo (turn 1): five six seven eight\n")],
                          [err for _, err in outputs])
 
-    def test_without_session_key_every_call_is_turn_1(self) -> None:
-        self.assertEqual([self.agent("-m", "x").stdout for _ in range(2)], ["Echo (turn 1): x\n"] * 2)
+    def test_without_session_key_it_continues_the_agents_main_session(self) -> None:
+        # As the original's `agent`: agent:<id>:main, which other tests here may have used too.
+        replies = [self.agent("-m", "x").stdout for _ in range(2)]
+        replies.append(self.agent("-m", "x", "--session-key", "agent:main:main").stdout)
+        first = int(re.fullmatch(r"Echo \(turn (\d+)\): x\n", replies[0])[1])
+        self.assertEqual(replies, [f"Echo (turn {n}): x\n" for n in (first, first + 1, first + 2)])
 
     def test_reply_is_streamed(self) -> None:
         first, first_at, rest, ended_at = self.stream_timing(
             "agent", "--url", self.gw.url, "--token", TOKEN, "--state-dir", str(self.state),
-            "--agent", "slow", "-m", "a b c d")
+            "--agent", "slow", "-m", "a b c d", "--session-key", "cli-streamed")
         self.assertTrue(first.startswith(b"Echo"), first)
         self.assertNotIn(b"d", first)
         self.assertEqual(first + rest, b"Echo (turn 1): a b c d\n")
@@ -623,7 +629,8 @@ class AgentInterruptTest(CLITestCase):
                 shown = self.cli("sessions", "show", "stopped", "--state-dir", str(gw.state_dir))
                 self.assertIn("assistant (aborted): Echo", shown.stdout, shown.stderr)
 
-    def test_a_stateless_run_is_aborted_too(self) -> None:
+    def test_a_run_on_the_main_session_is_aborted_too(self) -> None:
+        # No --session-key: the CLI learns the session (the agent's main one) from the run's events.
         with GatewayProcess(slow_gateway(10.0)) as gw:
             code, stderr = self.interrupt(gw)
             self.assertEqual(code, 130, stderr)
@@ -648,7 +655,10 @@ class SessionsThroughTheGatewayTest(CLITestCase):
             self.assertEqual(shown.stdout.splitlines()[-2:], ["user: two", "assistant: Echo (turn 2): two"])
             done = self.cli("sessions", "reset", "via-gw", "--state-dir", state, env=env)
             self.assertEqual((done.returncode, done.stdout), (0, "reset agent:main:via-gw\n"), done.stderr)
-            # The gateway itself forgot the session: its next turn is 1.
+            listed = self.cli("sessions", "list", "--state-dir", state, env=env)
+            self.assertEqual([line.split("\t")[:2] for line in listed.stdout.splitlines()],
+                             [["agent:main:via-gw", "turns=0"]])
+            # The gateway itself started the session over: its next turn is 1.
             again = self.cli("agent", "--state-dir", state, "-m", "anew", "--session-key", "via-gw", env=env)
             self.assertReply(again, "Echo (turn 1): anew")
             self.assertOneLineError(self.cli("sessions", "show", "nope", "--state-dir", state, env=env),
@@ -714,7 +724,9 @@ class LocalAgentTest(CLITestCase):
 
     def test_runs_in_process_with_the_embedded_defaults(self) -> None:
         self.assertReply(self.local("--message", "hi"), "Echo (turn 1): hi")
-        self.assertTrue(any((self.state / "agents" / "main" / "journal").iterdir()))   # stateless journal
+        # The agent's main session, as over the gateway.
+        self.assertTrue((self.state / "agents" / "main" / "sessions" / "agent%3Amain%3Amain.jsonl").exists())
+        self.assertReply(self.local("--message", "again"), "Echo (turn 2): again")
         self.assertEqual(self.state.stat().st_mode & 0o777, 0o700)
 
     def test_needs_no_gateway(self) -> None:
@@ -1107,7 +1119,7 @@ class SessionsCommandTest(CLITestCase):
                                                                         {"id": "ops"}]}}))
         runs = [("-m", f"to {key}", "--session-key", key, "--agent", agent)
                 for key, agent, count in (("alpha", "main", 2), ("beta", "main", 1), ("night", "ops", 1))
-                for _ in range(count)] + [("-m", "stateless")]
+                for _ in range(count)] + [("-m", "to the main session")]
         for args in runs:
             done = subprocess.run([sys.executable, "-m", "equabot_gw", "agent", "--local", *args,
                                    "--config", cls.config, "--state-dir", str(cls.shared / "state")],
@@ -1130,20 +1142,20 @@ class SessionsCommandTest(CLITestCase):
         done = self.run_cli("sessions", "list")
         self.assertEqual(done.returncode, 0, done.stderr)
         rows = [line.split("\t") for line in done.stdout.splitlines()]
-        self.assertEqual(sorted((r[0], r[1]) for r in rows),           # keyed only, every agent's
+        self.assertEqual(sorted((r[0], r[1]) for r in rows),           # every agent's
                          [("agent:main:alpha", "turns=2"), ("agent:main:beta", "turns=1"),
-                          ("agent:ops:night", "turns=1")])
+                          ("agent:main:main", "turns=1"), ("agent:ops:night", "turns=1")])
         for row in rows:
             self.assertRegex(row[2], r"^updated=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
         listed = json.loads(self.run_cli("sessions", "list", "--json").stdout)
         self.assertEqual({s["key"]: s["turns"] for s in listed},
-                         {"agent:main:alpha": 2, "agent:main:beta": 1, "agent:ops:night": 1})
+                         {"agent:main:alpha": 2, "agent:main:beta": 1, "agent:main:main": 1, "agent:ops:night": 1})
         self.assertTrue(all(s["lastRunId"].startswith("run_") for s in listed))
         for s in listed:
             created = datetime.datetime.strptime(s["createdAt"], "%Y-%m-%dT%H:%M:%SZ")
             self.assertLess(abs(created - datetime.datetime.utcnow()), datetime.timedelta(hours=1))
         main = json.loads(self.run_cli("sessions", "list", "--agent", "main", "--json").stdout)
-        self.assertEqual({s["key"] for s in main}, {"agent:main:alpha", "agent:main:beta"})
+        self.assertEqual({s["key"] for s in main}, {"agent:main:alpha", "agent:main:beta", "agent:main:main"})
         ops = self.run_cli("sessions", "list", "--agent", "ops").stdout
         self.assertEqual([line.split("\t")[0] for line in ops.splitlines()], ["agent:ops:night"])
 
@@ -1165,9 +1177,11 @@ class SessionsCommandTest(CLITestCase):
             self.assertEqual(self.run_cli("agent", "--local", "-m", "x", "--session-key", "gamma").returncode, 0)
         done = self.run_cli("sessions", "reset", "gamma")
         self.assertEqual((done.returncode, done.stdout), (0, "reset agent:main:gamma\n"), done.stderr)
-        keys = [line.split("\t")[0] for line in self.run_cli("sessions", "list").stdout.splitlines()]
-        self.assertNotIn("agent:main:gamma", keys)
-        self.assertOneLineError(self.run_cli("sessions", "show", "gamma"), 1, "no session 'agent:main:gamma'")
+        # Listed, empty, as the WebSocket sessions.reset leaves it.
+        rows = [line.split("\t")[:2] for line in self.run_cli("sessions", "list").stdout.splitlines()]
+        self.assertIn(["agent:main:gamma", "turns=0"], rows)
+        shown = self.run_cli("sessions", "show", "gamma")
+        self.assertEqual((shown.returncode, shown.stdout), (0, "(no messages)\n"), shown.stderr)
         again = self.run_cli("agent", "--local", "-m", "fresh", "--session-key", "gamma")
         self.assertReply(again, "Echo (turn 1): fresh")              # the session starts over
         archived = list((self.state / "agents" / "main" / "sessions").glob("*gamma*reset*"))
@@ -1178,6 +1192,7 @@ class SessionsCommandTest(CLITestCase):
         # A word may be a key or a user's string: the message names both sessions it could be.
         for command in ("show", "reset"):
             self.assertOneLineError(self.run_cli("sessions", command, "nope"), 1, "no session 'agent:main:nope', nor for user 'nope' (agent:main:openai-user:nope)")
+        self.assertNotIn("nope", self.run_cli("sessions", "list").stdout)   # a typo makes no empty session
         self.assertOneLineError(self.run_cli("sessions", "list", "--agent", "ghost"), 1, "'ghost'")
         # Not a key: taken as an OpenAI user string, whose key is a hash (never a path).
         self.assertOneLineError(self.run_cli("sessions", "show", "../../etc"), 1,

@@ -16,6 +16,7 @@ import time
 import unittest
 from typing import Any
 
+from equabot_gw.agents.types import TurnRecord, Usage
 from equabot_gw.errors import ConnectionClosed, GatewayError
 from equabot_gw.gateway import control, methods, runs
 from equabot_gw.gateway.client import ControlClient
@@ -310,6 +311,29 @@ class RunsTest(ControlTestCase):
         self.assertEqual(history["sessionId"], meta["agentMeta"]["sessionId"])
         await c.close()
 
+    async def test_agent_without_a_session_key_continues_the_agents_main_session(self) -> None:
+        # As the original: agent:<agentId, else the default agent>:main, the hello's mainSessionKey.
+        c = await self.client()
+        first = await self.run_agent(c, {"message": "one"})
+        second = await self.run_agent(c, {"message": "two", "sessionKey": ""})
+        runs = [frames[-1]["payload"] for frames in (first, second)]
+        self.assertEqual([p["result"]["payloads"][0]["text"] for p in runs],
+                         ["Echo (turn 1): one", "Echo (turn 2): two"])
+        events = family(first + second, "agent", runs[0]["runId"]) + family(second, "chat", runs[1]["runId"])
+        self.assertEqual({e["sessionKey"] for e in events}, {"agent:main:main"})
+        history = await c.request("chat.history", {"sessionKey": "agent:main:main"})
+        self.assertEqual([m["content"][0]["text"] for m in history["messages"]],
+                         ["one", "Echo (turn 1): one", "two", "Echo (turn 2): two"])
+        self.assertEqual({p["result"]["meta"]["agentMeta"]["sessionId"] for p in runs}, {history["sessionId"]})
+        listed = {row["key"]: row for row in (await c.request("sessions.list", {}))["sessions"]}
+        self.assertEqual((listed["agent:main:main"]["turns"], listed["agent:main:main"]["sessionId"]),
+                         (2, history["sessionId"]))
+        other = await self.run_agent(c, {"message": "elsewhere", "agentId": "slow"})
+        self.assertEqual({e["sessionKey"] for e in family(other, "agent", other[-1]["payload"]["runId"])},
+                         {"agent:slow:main"})
+        self.assertEqual(other[-1]["payload"]["result"]["payloads"][0]["text"], "Echo (turn 1): elsewhere")
+        await c.close()
+
     async def test_every_client_sees_the_events_and_only_the_requester_the_final(self) -> None:
         a, b = await self.client(), await self.client()
         frames = await self.run_agent(a, {"message": "to all", "idempotencyKey": "shared-run"})
@@ -469,7 +493,9 @@ class MethodsTest(ControlTestCase):
         reset = await c.request("sessions.reset", {"key": "listed"})
         self.assertEqual((reset["ok"], reset["key"], reset["reset"]), (True, "agent:main:listed", True))
         deleted = await c.request("sessions.delete", {"key": "listed"})
-        self.assertEqual(deleted, {"ok": True, "key": "agent:main:listed", "deleted": False, "archived": []})
+        self.assertEqual(deleted, {"ok": True, "key": "agent:main:listed", "deleted": True, "archived": []})
+        deleted = await c.request("sessions.delete", {"key": "listed"})
+        self.assertEqual(deleted["deleted"], False)
         agents = await c.request("agents.list", {})
         self.assertEqual((agents["defaultId"], agents["mainKey"], agents["scope"]), ("main", "main", "per-sender"))
         self.assertEqual({a["id"] for a in agents["agents"]}, {"main", "slow"})
@@ -496,12 +522,45 @@ class MethodsTest(ControlTestCase):
                 self.assertEqual((frames[-1]["payload"]["status"], frames[-1]["payload"]["result"]["meta"]["aborted"]),
                                  ("aborted", True))
                 self.assertIn(why, json.dumps(frames))
-                # The session stays forgotten: the run's turn went to the transcript before it.
+                # The run's turn went to the transcript before it: the session is empty (reset)
+                # or gone (deleted).
                 self.assertEqual((await control.request("chat.history", {"sessionKey": key}))["messages"], [])
-                listed = await control.request("sessions.list", {})
-                self.assertNotIn(key, [row["key"] for row in listed["sessions"]])
+                listed = {row["key"]: row for row in (await control.request("sessions.list", {}))["sessions"]}
+                if method == "sessions.reset":
+                    self.assertEqual(listed[key]["turns"], 0)
+                else:
+                    self.assertNotIn(key, listed)
         await runner.close()
         await control.close()
+
+    async def test_reset_leaves_a_fresh_session_that_the_next_turn_uses(self) -> None:
+        # As the original: the key stays listed with a new sessionId, the next turn
+        # records that sessionId and starts over, and sessions.delete then deletes it.
+        c = await self.client()
+        first = (await self.run_agent(c, {"message": "before", "sessionKey": "fresh"}))[-1]["payload"]
+        old_id = first["result"]["meta"]["agentMeta"]["sessionId"]
+        reset = await c.request("sessions.reset", {"key": "fresh"})
+        new_id = reset["entry"]["sessionId"]
+        self.assertNotEqual(new_id, old_id)
+        listed = {row["key"]: row for row in (await c.request("sessions.list", {}))["sessions"]}
+        self.assertEqual((listed["agent:main:fresh"]["sessionId"], listed["agent:main:fresh"]["turns"]), (new_id, 0))
+        history = await c.request("chat.history", {"sessionKey": "fresh"})
+        self.assertEqual((history["sessionId"], history["messages"]), (new_id, []))
+        after = (await self.run_agent(c, {"message": "after", "sessionKey": "fresh"}))[-1]["payload"]
+        self.assertEqual(after["result"]["meta"]["agentMeta"]["sessionId"], new_id)
+        self.assertEqual(after["result"]["payloads"][0]["text"], "Echo (turn 1): after")
+        history = await c.request("chat.history", {"sessionKey": "fresh"})
+        self.assertEqual([(m["role"], m["content"][0]["text"]) for m in history["messages"]],
+                         [("user", "after"), ("assistant", "Echo (turn 1): after")])
+        self.assertEqual(history["sessionId"], new_id)
+        self.assertEqual((await c.request("sessions.delete", {"key": "fresh"}))["deleted"], True)
+        # A key with no session: reset gives it an empty one, listed and deletable, as the original.
+        never = await c.request("sessions.reset", {"key": "never-used"})
+        self.assertEqual(never["reset"], False)
+        listed = {row["key"]: row for row in (await c.request("sessions.list", {}))["sessions"]}
+        self.assertEqual(listed["agent:main:never-used"]["sessionId"], never["entry"]["sessionId"])
+        self.assertEqual((await c.request("sessions.delete", {"key": "never-used"}))["deleted"], True)
+        await c.close()
 
     async def test_config_get_never_shows_a_secret(self) -> None:
         c = await self.client()
@@ -532,12 +591,31 @@ class MethodsTest(ControlTestCase):
 
     async def test_usage_cost_sums_the_transcripts(self) -> None:
         c = await self.client()
-        await self.run_agent(c, {"message": "count me", "sessionKey": "cost"})   # 3 + 6 words
-        await self.run_agent(c, {"message": "stateless"})                         # 1 + 4, a journal
+        await self.run_agent(c, {"message": "count me", "sessionKey": "cost"})   # 2 + 5 words
+        await self.gw.runtime.store.record_turn(                                  # 1 + 4, a journal
+            "main", "agent:main:stateless-test", TurnRecord("r-j", "stateless", "Echo (turn 1): stateless",
+                                                            "ok", time.time(), usage=Usage(1, 4)),
+            stateless=True)
         cost = await c.request("usage.cost", {"days": 2})
-        self.assertEqual(len(cost["daily"]), 2)
+        # As the original: only days that had usage, and a known cost of 0 is not a missing one.
+        today = time.strftime("%Y-%m-%d", time.gmtime())
+        self.assertEqual([row["date"] for row in cost["daily"]], [today])
         self.assertEqual((cost["totals"]["input"], cost["totals"]["output"]), (3, 9))
-        self.assertEqual(cost["totals"]["missingCostEntries"], 2)
+        self.assertEqual((cost["totals"]["missingCostEntries"], cost["daily"][0]["missingCostEntries"]), (0, 0))
+        await c.close()
+
+    async def test_usage_cost_lists_the_days_with_usage_oldest_first(self) -> None:
+        store = self.gw.runtime.store
+        now = time.time()
+        for n, days_ago in enumerate((40, 3, 0)):
+            await store.record_turn("main", f"day-{days_ago}", TurnRecord(
+                f"r-{n}", "hi", "Echo (turn 1): hi", "ok", now - days_ago * 86400, usage=Usage(1, 4)))
+        c = await self.client()
+        cost = await c.request("usage.cost", {})
+        days = [time.strftime("%Y-%m-%d", time.gmtime(now - d * 86400)) for d in (3, 0)]
+        self.assertEqual([(row["date"], row["totalTokens"]) for row in cost["daily"]], [(d, 5) for d in days])
+        self.assertEqual((cost["days"], cost["totals"]["totalTokens"]), (30, 10))
+        self.assertEqual((await c.request("usage.cost", {"days": 1}))["daily"][-1]["date"], days[-1])
         await c.close()
 
     async def test_logs_tail_shows_the_gateways_own_lines(self) -> None:
@@ -855,7 +933,23 @@ class LogBufferTest(unittest.TestCase):
         [line] = later.lines
         self.assertEqual((json.loads(line)["1"], json.loads(line)["_meta"]["logLevelName"]), ("two", "WARN"))
         self.assertTrue(buffer.tail(10**9, 10, 10**6).reset)             # a cursor from elsewhere
-        self.assertTrue(buffer.tail(0, 1, 10**6).truncated)              # limit left one out
+
+    def test_truncated_means_the_byte_window_cut_the_log_not_the_line_limit(self) -> None:
+        # As the original's logs.tail: `clawdbot logs --limit 5` must not warn
+        # "Log tail truncated (increase --max-bytes)" when all it did was show five lines.
+        buffer = LogBuffer()
+        for i in range(10):
+            buffer.emit(self.record(f"line {i}"))
+        line_bytes = buffer.end // 10
+        limited = buffer.tail(None, 5, 250_000)
+        self.assertEqual([json.loads(line)["1"] for line in limited.lines], [f"line {i}" for i in range(5, 10)])
+        self.assertFalse(limited.truncated)
+        self.assertFalse(buffer.tail(0, 1, 250_000).truncated)           # from a cursor, limit alone
+        window = buffer.tail(None, 100, 3 * line_bytes)                  # the window starts after byte 0
+        self.assertEqual((len(window.lines), window.truncated), (3, True))
+        self.assertTrue(buffer.tail(0, 100, 3 * line_bytes).truncated)   # and after the cursor
+        self.assertFalse(buffer.tail(7 * line_bytes, 100, 3 * line_bytes).truncated)
+        self.assertFalse(buffer.tail(None, 100, buffer.end).truncated)   # exactly the whole log fits
 
     def test_long_messages_are_cut(self) -> None:
         buffer = LogBuffer()

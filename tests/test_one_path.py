@@ -66,8 +66,9 @@ class OnePathTest(unittest.IsolatedAsyncioTestCase):
                                           agent=None, session_key=None, json=True, url=gw.url, token=TOKEN)
                 with contextlib.redirect_stdout(io.StringIO()) as out:
                     self.assertEqual(await agent_cli.run_agent_command(args), 0)
+            # Both continue the main session (agent:main:main), one turn after the other.
             self.assertEqual(json.loads(out.getvalue())["result"]["payloads"][0]["text"],
-                             "Echo (turn 1): via cli remote")
+                             "Echo (turn 2): via cli remote")
         # CLI --local
         with tempfile.TemporaryDirectory() as tmp:
             path = write_config(pathlib.Path(tmp), base_config())

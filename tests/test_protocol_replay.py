@@ -11,13 +11,17 @@ compared element by element against the union of the original's elements (a
 key every original element has is required; one some have is optional).
 
 Where the shapes differ on purpose, the allow-lists below say why, one entry
-per key path. One test per capture file.
+per key path. One test per capture file; ``ValuesTest`` adds the values a
+user of the original's CLI sees that ours must equal (the session an
+``agent`` call without a key runs on, ``deleted`` after a reset, ``logs``
+not truncated by ``--limit``, the days ``usage-cost`` lists).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import pathlib
 import re
 import unittest
@@ -52,7 +56,8 @@ EXTRA_OK: dict[str, str] = {
     "sessions.list.sessions[].createdAt": "read by equabot's own CLI (sessions list)",
     "sessions.list.sessions[].turns": "read by equabot's own CLI (sessions list) and its tests",
     "sessions.list.sessions[].lastRunId": "read by equabot's own CLI (sessions list)",
-    "sessions.reset.reset": "read by equabot's own CLI (sessions reset): whether a transcript existed",
+    "sessions.reset.reset": "whether there was a session before the reset; the original's clients "
+                            "ignore unknown keys in this payload",
     "status.connections": "connection counts for operators; the original's status command ignores it",
     "agent.result.meta.stopReason": "why the reply ended (newer originals carry it too); equabot's "
                                     "CLI prints it as finishReason",
@@ -196,8 +201,8 @@ class ReplayTest(unittest.IsolatedAsyncioTestCase):
         await self._gateway_cm.__aexit__(None, None, None)
 
     # ---- replaying ----
-    async def exchange(self, recorded: list[dict[str, Any]], *, compare: bool = True) -> None:
-        """Open a connection, send each recorded client frame, compare what comes back."""
+    async def exchange(self, recorded: list[dict[str, Any]], *, compare: bool = True) -> list[dict[str, Any]]:
+        """Open a connection, send each recorded client frame, compare what comes back; our frames."""
         ws = await connect("ws" + self.gw.url[4:])
         try:
             ours: list[dict[str, Any]] = [json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))]
@@ -217,6 +222,7 @@ class ReplayTest(unittest.IsolatedAsyncioTestCase):
             await ws.close()
         if compare:
             self.compare(ours, [r["frame"] for r in recorded if r["dir"] == "s2c"], sent)
+        return ours
 
     async def answers(self, ws: Any, request: dict[str, Any]) -> list[dict[str, Any]]:
         """Our frames up to the request's last response (an agent run's final; a chat run's end)."""
@@ -295,6 +301,62 @@ class AnchorReplayTest(ReplayTest):
                 got[frame["id"]] = frame["error"]
         await ws.close()
         self.assertEqual(got, wanted)
+
+
+def final_payload(frames: list[dict[str, Any]], method: str) -> dict[str, Any]:
+    """The last response's payload to the first request of ``method`` among ``frames``
+    (recorded ``{dir, frame}`` records or our own frames, which come with the requests sent)."""
+    frames = [r.get("frame", r) for r in frames]
+    req_id = next(f["id"] for f in frames if f.get("type") == "req" and f.get("method") == method)
+    return [f for f in frames if f.get("type") == "res" and f.get("id") == req_id][-1]["payload"]
+
+
+class ValuesTest(ReplayTest):
+    """Where the original's answer holds a value its CLI shows, ours holds the same value."""
+
+    async def replayed(self, name: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """(the original's frames, ours) of capture ``name``'s last connection, our requests included."""
+        conns = dict(all_captures())[name]
+        for conn in conns[:-1]:
+            await self.exchange(conn)
+        sent = [r["frame"] for r in conns[-1] if r["dir"] == "c2s"]
+        return conns[-1], sent + await self.exchange(conns[-1])
+
+    async def test_agent_without_a_session_key_runs_on_the_main_session(self) -> None:
+        def session_keys(frames: list[dict[str, Any]]) -> set[str]:
+            return {f["payload"]["sessionKey"] for f in (r.get("frame", r) for r in frames)
+                    if f.get("event") in ("agent", "chat") and f["payload"].get("runId") == "idem-call-agent-1"}
+        theirs, ours = await self.replayed("call_agent_final")
+        self.assertEqual(session_keys(theirs), {"agent:main:main"})
+        self.assertEqual(session_keys(ours), session_keys(theirs))
+        ask = {"type": "req", "id": "h", "method": "chat.history", "params": {"sessionKey": "agent:main:main"}}
+        history = [ask] + await self.exchange([{"dir": "c2s", "frame": ask}], compare=False)
+        self.assertEqual([m["content"][0]["text"] for m in final_payload(history, "chat.history")["messages"]][-2:],
+                         ["via call", "Echo (turn 2): via call"])     # after the seeded turn
+
+    async def test_a_reset_session_is_there_to_delete(self) -> None:
+        theirs, ours = await self.replayed("call_sessions_reset")
+        self.assertEqual(final_payload(ours, "sessions.reset")["key"], final_payload(theirs, "sessions.reset")["key"])
+        theirs, ours = await self.replayed("call_sessions_delete")
+        self.assertEqual(final_payload(theirs, "sessions.delete")["deleted"], True)
+        self.assertEqual(final_payload(ours, "sessions.delete"), final_payload(theirs, "sessions.delete"))
+
+    async def test_logs_with_a_limit_are_not_truncated(self) -> None:
+        for n in range(10):            # more lines than the command's --limit 5
+            self.gw.log_buffer.emit(logging.LogRecord("equabot_gw.test", logging.INFO, __file__, 1,
+                                                      f"line {n}", None, None))
+        theirs, ours = await self.replayed("logs")
+        self.assertEqual(final_payload(theirs, "logs.tail")["truncated"], False)
+        self.assertEqual(final_payload(ours, "logs.tail")["truncated"], False)
+        self.assertLessEqual(len(final_payload(ours, "logs.tail")["lines"]), 5)
+
+    async def test_usage_cost_lists_the_days_with_usage_and_no_missing_cost(self) -> None:
+        theirs, ours = await self.replayed("usage_cost")
+        theirs, ours = final_payload(theirs, "usage.cost"), final_payload(ours, "usage.cost")
+        def seen(payload: dict[str, Any]) -> tuple[int, int, list[int]]:
+            return (len(payload["daily"]), payload["totals"]["missingCostEntries"],
+                    [row["missingCostEntries"] for row in payload["daily"]])
+        self.assertEqual(seen(ours), seen(theirs))      # one day, nothing missing
 
 
 def _make_test(name: str) -> Any:

@@ -560,7 +560,7 @@ class Transcripts(StoreCase):
                      self.transcript("agent:main:k")):
             self.assertEqual(path.stat().st_mode & 0o077, 0, path)
 
-    async def test_reset_and_delete(self) -> None:
+    async def test_reset_leaves_a_blank_session_that_the_next_turn_continues(self) -> None:
         key = "agent:main:chat"
         await self.store.record_turn("main", "chat", ok_turn(1))
         await self.store.record_turn("main", "chat", ok_turn(2))
@@ -568,15 +568,27 @@ class Transcripts(StoreCase):
         self.assertTrue(await self.store.reset("main", "chat"))
         archived = self.sessions_dir() / f"agent%3Amain%3Achat.reset-{int((T0 + 100.5) * 1000)}.jsonl"
         self.assertEqual(len(self.assertWholeLines(archived)), 5)
-        self.assertFalse(self.transcript(key).exists())
+        header = {"type": "session", "key": key, "agentId": "main", "createdAt": T0 + 100.5}
+        self.assertEqual(self.assertWholeLines(self.transcript(key)), [header])
+        blank = [transcripts.SessionInfo(key, "main", T0 + 100.5, T0 + 100.5, 0, None)]
         self.assertEqual((self.store.list_sessions(), await self.store.history("main", key),
-                          await self.store.read_transcript("main", key)), ([], SessionHistory(), []))
-        self.assertFalse(await self.store.reset("main", "chat"))
-        await self.store.record_turn("main", "chat", ok_turn(3))       # starts afresh
+                          await self.store.read_transcript("main", key)), (blank, SessionHistory(), [header]))
+        # The transcript alone carries the blank session over a restart, the index written or not.
+        await self.store.close()
+        (self.sessions_dir() / "index.json").unlink()
+        self.store = store = await self.open_store()
+        self.assertEqual((store.list_sessions(), await store.history("main", key)), (blank, SessionHistory()))
+        # Its first turn continues it, with the context it starts from, as a new session's would.
+        context = (Message("user", "earlier"), Message("assistant", "before the reset"))
+        await store.record_turn("main", "chat", ok_turn(3, context=context))
         self.assertEqual([line["type"] for line in self.assertWholeLines(self.transcript(key))],
-                         ["session", "user", "assistant"])
+                         ["session", "context", "user", "assistant"])
+        self.assertEqual([(i.key, i.created_at, i.turns, i.last_run_id) for i in store.list_sessions()],
+                         [(key, T0 + 100.5, 1, "run-3")])
+        self.assertEqual([m.text() for m in (await store.history("main", key)).messages],
+                         ["earlier", "before the reset", "question 3", "answer 3"])
         store = await self.reopen()
-        self.assertEqual([(i.key, i.turns) for i in store.list_sessions()], [(key, 1)])
+        self.assertEqual([(i.key, i.created_at, i.turns) for i in store.list_sessions()], [(key, T0 + 100.5, 1)])
         self.assertTrue(await store.delete("main", key))
         self.assertFalse(self.transcript(key).exists())
         self.assertFalse(await store.delete("main", key))
@@ -585,6 +597,16 @@ class Transcripts(StoreCase):
         self.assertEqual(store.list_sessions(), [])
         self.assertTrue(archived.exists())
 
+    async def test_reset_of_an_unknown_key_gives_it_a_blank_session(self) -> None:
+        # As the original does: the key is listed (no turns) and deletable.
+        self.assertFalse(await self.store.reset("main", "never"))
+        self.assertEqual([(i.key, i.created_at, i.turns) for i in self.store.list_sessions()],
+                         [("agent:main:never", T0, 0)])
+        self.assertTrue(await self.store.reset("main", "never"))        # a blank session is one
+        self.assertEqual(len(list(self.sessions_dir().glob("*.reset-*.jsonl"))), 1)
+        self.assertTrue(await self.store.delete("main", "never"))
+        self.assertEqual(self.store.list_sessions(), [])
+
     async def test_reset_while_a_turn_is_queued(self) -> None:
         await self.store.record_turn("main", "chat", ok_turn(1))
         queued = asyncio.create_task(self.store.record_turn("main", "chat", ok_turn(2)))
@@ -592,12 +614,41 @@ class Transcripts(StoreCase):
         self.assertEqual(self.store.pending_commits, 1)
         self.assertTrue(await self.store.reset("main", "chat"))
         await queued
-        self.assertEqual(self.store.list_sessions(), [])     # the turn went into the archive
+        # The turn went into the archive; the index shows the blank session only.
+        self.assertEqual([(i.turns, i.created_at, i.last_run_id) for i in self.store.list_sessions()],
+                         [(0, T0, None)])
         archived, = self.sessions_dir().glob("*.reset-*.jsonl")
         self.assertEqual([line["runId"] for line in self.assertWholeLines(archived)[1:]],
                          ["run-1", "run-1", "run-2", "run-2"])
         await self.store.record_turn("main", "chat", ok_turn(3))
-        self.assertEqual([(i.turns, i.created_at) for i in self.store.list_sessions()], [(1, T0 + 3)])
+        self.assertEqual([(i.turns, i.created_at) for i in self.store.list_sessions()], [(1, T0)])
+        self.assertEqual([line.get("runId") for line in self.assertWholeLines(self.transcript("agent:main:chat"))],
+                         [None, "run-3", "run-3"])
+
+    async def test_a_turn_queued_before_a_reset_and_one_after(self) -> None:
+        await self.store.record_turn("main", "chat", ok_turn(1))
+        before = asyncio.create_task(self.store.record_turn("main", "chat", ok_turn(2)))
+        await asyncio.sleep(0)
+        resetting = asyncio.create_task(self.store.reset("main", "chat"))
+        await asyncio.sleep(0)
+        after = asyncio.create_task(self.store.record_turn("main", "chat", ok_turn(3)))
+        await asyncio.gather(before, resetting, after)
+        self.assertEqual([(i.turns, i.last_run_id) for i in self.store.list_sessions()], [(1, "run-3")])
+        self.assertEqual([m.text() for m in (await self.store.history("main", "chat")).messages],
+                         ["question 3", "answer 3"])
+
+    async def test_a_reset_that_cannot_write_the_new_transcript_changes_nothing(self) -> None:
+        await self.store.record_turn("main", "chat", ok_turn(1))
+        before = self.store.list_sessions()
+        with mock.patch.object(committer_mod, "_write", side_effect=OSError(errno.ENOSPC, "No space left")):
+            with self.assertRaises(StorageError):
+                await self.store.reset("main", "chat")
+        self.assertEqual(self.store.list_sessions(), before)
+        self.assertEqual(list(self.sessions_dir().glob("*.reset-*.jsonl")), [])
+        self.assertEqual([m.text() for m in (await self.store.history("main", "chat")).messages],
+                         ["question 1", "answer 1"])
+        await self.store.record_turn("main", "chat", ok_turn(2))
+        self.assertEqual([(i.turns, i.last_run_id) for i in self.store.list_sessions()], [(2, "run-2")])
 
     async def test_closed_store(self) -> None:
         await self.store.close()

@@ -433,12 +433,15 @@ def fold(base: SessionHistory, lines: Iterable[dict[str, Any]]) -> SessionHistor
     same run right after them (a turn torn by a crash was never acknowledged).
     An error turn adds nothing (the client retries it); an aborted one its
     partial reply, if any. An assistant turn with tool calls and the tool
-    results after it stay together, in order.
+    results after it stay together, in order. ``exists`` once any line but
+    the header was seen: a transcript that ``reset`` left blank is no history.
     """
-    messages, turns = list(base.messages), base.assistant_turns
+    messages, turns, exists = list(base.messages), base.assistant_turns, base.exists
     inputs: list[dict[str, Any]] = []
     for line in lines:
         kind = line.get("type")
+        if kind != "session":
+            exists = True
         if kind == "user" or kind == "tool":
             if inputs and inputs[0].get("runId") != line.get("runId"):
                 inputs = []
@@ -453,7 +456,7 @@ def fold(base: SessionHistory, lines: Iterable[dict[str, Any]]) -> SessionHistor
                 messages.append(reply)
             turns += kind == "assistant"
         inputs = []
-    return SessionHistory(tuple(messages), turns, True)
+    return SessionHistory(tuple(messages), turns, exists)
 
 
 # -- transcripts as chat messages (the CLI shows them) ------------------------------

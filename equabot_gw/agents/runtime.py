@@ -256,13 +256,16 @@ class Runtime:
         return agent
 
     async def forget_session(self, agent_id: str, key: str, *, delete: bool = False) -> bool:
-        """Reset (archive) or delete a keyed session; False if there is none.
+        """Reset or delete a keyed session; whether there was one.
 
-        Its runs, queued or running, are aborted first ("session reset" /
-        "session deleted"), and the session's lane is awaited, so their turns
-        are recorded in the transcript being forgotten and no turn begun
-        before lands in the session after it. 503 if a run still holds the
-        lane after ``FORGET_WAIT`` seconds (a provider slow to let go).
+        A reset archives the transcript and leaves the key a blank session
+        (``SessionStore.reset``), listed and continued by the next turn; a
+        delete removes it. Its runs, queued or running, are aborted first
+        ("session reset" / "session deleted"), and the session's lane is
+        awaited, so their turns are recorded in the transcript being archived
+        or deleted and no turn begun before lands in the session after it.
+        503 if a run still holds the lane after ``FORGET_WAIT`` seconds (a
+        provider slow to let go).
         """
         scoped = sessions.scoped_key(agent_id, key)
         if sessions.agent_of(scoped) is not None:

@@ -229,7 +229,9 @@ class _Agent:
         self.journal_dir = os.path.join(agents_dir, agent_id, transcripts.JOURNAL_DIR)
         self.index: dict[str, IndexEntry] = {}   # untracked tuples: see IndexEntry
         self.creating: set[str] = set()      # keys whose first turn (with the header) is queued
-        self.forgetting: set[str] = set()    # keys whose reset or delete is queued
+        # key with turns in flight -> [those turns, resets and deletes queued since]: a turn
+        # that sees the second grow went to the archived or deleted transcript.
+        self.queued: dict[str, list[int]] = {}
         self.dirty = False
         self.flush_handle: asyncio.TimerHandle | None = None
         self.next_flush = 0.0                # loop time before which the index is not rewritten
@@ -400,8 +402,9 @@ class SessionStore:
                 offset = await committer.outcome(told)
             return transcripts.Stored(path, offset, len(data))
         while True:
-            is_new = key not in agent.index and key not in agent.creating
-            lines = transcripts.turn_lines(turn, None, is_new)
+            is_new, blank = self._newness(agent, key)
+            # The first turn after a reset stores its starting context, as a new session's does.
+            lines = transcripts.turn_lines(turn, None, is_new or blank)
             if is_new:
                 lines.insert(0, transcripts.header_line(key, agent_id, turn.at))
             if not transcripts.is_large(turn):
@@ -410,20 +413,31 @@ class SessionStore:
             data = await _encoded(lines, turn, uninterrupted)
             # A large turn is encoded over several loop steps: if a reset or
             # another turn changed whether the session is new meanwhile, redo it.
-            if is_new == (key not in agent.index and key not in agent.creating):
+            if (is_new, blank) == self._newness(agent, key):
                 committer = self._require_open()    # it may have closed meanwhile
                 break
         if is_new:
             agent.creating.add(key)
         path = agent.path(key)
         told = []
+        slot = agent.queued.get(key) or agent.queued.setdefault(key, [0, 0])
+        slot[0] += 1
+        forgets_before = slot[1]
+
+        def superseded() -> bool:
+            # This turn is resolved: was a reset or delete queued after it (and took its lines)?
+            slot[0] -= 1
+            if slot[0] == 0:
+                del agent.queued[key]
+            return slot[1] != forgets_before
 
         def recorded(offset: int) -> None:
             told.append(offset)
-            self._turn_recorded(agent, key, turn, lines, is_new)
+            self._turn_recorded(agent, key, turn, lines, is_new, superseded())
 
         def failed(exc: BaseException) -> None:
             told.append(exc)
+            superseded()
             if is_new:
                 agent.creating.discard(key)
 
@@ -436,13 +450,21 @@ class SessionStore:
             offset = await committer.outcome(told)
         return transcripts.Stored(path, offset, len(data))
 
+    @staticmethod
+    def _newness(agent: _Agent, key: str) -> tuple[bool, bool]:
+        """(whether a turn queued now starts the transcript, whether it is the first since a reset)."""
+        entry = agent.index.get(key)
+        if entry is None:
+            return key not in agent.creating, False
+        return False, entry[3] is None
+
     def _turn_recorded(self, agent: _Agent, key: str, turn: TurnRecord,
-                       lines: list[dict[str, Any]], is_new: bool) -> None:
+                       lines: list[dict[str, Any]], is_new: bool, superseded: bool) -> None:
         # On the loop, in commit order, even if the caller was cancelled meanwhile.
         agent.creating.discard(key)
+        if superseded:
+            return                # written to the transcript that a reset or delete took away
         old = agent.index.get(key)
-        if old is None and not is_new and key in agent.forgetting:
-            return                # written to the transcript that is being reset or deleted
         ok = int(turn.status == "ok")
         agent.index[key] = (turn.at, turn.at, ok, turn.run_id) if old is None \
             else (old[0], max(old[1], turn.at), old[2] + ok, turn.run_id)
@@ -572,28 +594,50 @@ class SessionStore:
         infos.sort(key=lambda i: (i.updated_at, i.key), reverse=True)
         return infos
 
-    # -- forgetting --
+    # -- resetting and deleting --
 
     async def reset(self, agent_id: str, key: str) -> bool:
-        """Archive the transcript as ``<file>.reset-<unix-ms>.jsonl``; the key starts afresh.
+        """Archive the transcript as ``<file>.reset-<unix-ms>.jsonl`` and start the key afresh.
 
-        Returns False if there is no such session. Raises ``StorageError`` if
-        the rename fails (the session then stays as it was).
+        The key stays a session, blank: a new transcript of only its header, listed at once
+        with no turns and a new creation time (a new ``sessionId``), which the next turn
+        continues (storing its starting context, as a new session's first turn does); an
+        unknown key gets one too. Returns whether there was a session. Turns queued before
+        land in the archive. Raises ``StorageError`` if the archive or the new transcript
+        cannot be written (the session then stays as it was).
         """
-        stamp = int(self._clock() * 1000)
-        return await self._forget(agent_id, key, "archiving a transcript",
-                                  lambda path: functools.partial(transcripts.archive, path, stamp))
+        committer = self._require_open()
+        key = self._session_key(agent_id, key)
+        agent = self._agent(agent_id)
+        now = self._clock()
+        old = agent.index.get(key)
+        existed = old is not None or key in agent.creating
+        blank: IndexEntry = (now, now, 0, None)
+        # Replaced at once: a turn queued after this call continues the blank transcript.
+        self._supersede(agent, key)
+        agent.index[key] = blank
+        self._cache_put(key, SessionHistory(), 0)
+        self._mark_dirty(agent)
+
+        def failed(_: BaseException) -> None:
+            if agent.index.get(key) is blank:     # the old transcript is still there: so is the session
+                if old is None:
+                    del agent.index[key]
+                else:
+                    agent.index[key] = old
+                self._cache_drop(key)
+                self._mark_dirty(agent)
+
+        header = transcripts.encode([transcripts.header_line(key, agent_id, now)])
+        await committer.job("archiving a transcript", functools.partial(
+            transcripts.restart, agent.path(key), int(now * 1000), header), on_error=failed)
+        return existed
 
     async def delete(self, agent_id: str, key: str) -> bool:
         """Remove the transcript and its index entry; False if there is no such session.
 
         Raises ``StorageError`` if the unlink fails (the session then stays).
         """
-        return await self._forget(agent_id, key, "deleting a transcript",
-                                  lambda path: functools.partial(transcripts.delete, path))
-
-    async def _forget(self, agent_id: str, key: str, what: str,
-                      job: Callable[[str], Callable[[Committer], None]]) -> bool:
         committer = self._require_open()
         key = self._session_key(agent_id, key)
         agent = self._agents.get(agent_id)
@@ -601,19 +645,25 @@ class SessionStore:
         if agent is None or info is None:
             return False
         # Forgotten at once: a turn queued after this call starts a new file with a header.
+        self._supersede(agent, key)
         self._cache_drop(key)
-        agent.forgetting.add(key)
         self._mark_dirty(agent)
 
         def failed(_: BaseException) -> None:
-            agent.forgetting.discard(key)
             if key not in agent.index and key not in agent.creating:
                 agent.index[key] = info           # the file is still there: so is the session
                 self._mark_dirty(agent)
 
-        await committer.job(what, job(agent.path(key)), on_error=failed,
-                            on_ok=lambda _: agent.forgetting.discard(key))
+        await committer.job("deleting a transcript", functools.partial(transcripts.delete, agent.path(key)),
+                            on_error=failed)
         return True
+
+    @staticmethod
+    def _supersede(agent: _Agent, key: str) -> None:
+        """The turns of ``key`` queued so far go to the transcript being archived or deleted."""
+        slot = agent.queued.get(key)
+        if slot is not None:
+            slot[1] += 1
 
     # -- helpers --
 

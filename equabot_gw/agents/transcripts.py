@@ -37,7 +37,7 @@ __all__ = [
     "dumps", "encode", "encode_plain_turn", "encode_turn", "is_large", "parse_lines", "read_file_lines", "number",
     "header_line", "turn_lines", "fold",
     "message_line", "message_of", "content_line", "content_of",
-    "SessionInfo", "IndexEntry", "session_info", "Stored", "load", "read_bytes", "read_lines", "read_reply", "read_outcome", "parse_lines_async", "write_index", "archive", "delete", "prune_journals",
+    "SessionInfo", "IndexEntry", "session_info", "Stored", "load", "read_bytes", "read_lines", "read_reply", "read_outcome", "parse_lines_async", "write_index", "restart", "delete", "prune_journals",
     "storage_error", "Committer", "KEYS_DIR", "read_key_journals", "journal_day_end",
 ]
 
@@ -47,7 +47,8 @@ log = logging.getLogger("equabot_gw.sessions")    # one logger for the whole ses
 #
 #   sessions/<file>.jsonl          a keyed session's transcript; line 1 is the header
 #                                  {"type":"session","key","agentId","createdAt"}
-#   sessions/<file>.reset-<ms>.jsonl  a transcript archived by reset(); never listed
+#   sessions/<file>.reset-<ms>.jsonl  a transcript archived by reset() (which leaves a
+#                                  new <file>.jsonl holding only the header); never listed
 #   sessions/index.json            {key: {file, createdAt, updatedAt, turns, lastRunId}}:
 #                                  a cache of the transcripts, rebuilt from their headers
 #   sessions/<file>.jsonl.aside-<ms>  a transcript whose header named another session,
@@ -422,18 +423,46 @@ def write_index(sessions_dir: str, snapshot: dict[str, IndexEntry], _: Committer
     return time.perf_counter() - started
 
 
-def archive(path: str, stamp_ms: int, committer: Committer) -> None:
-    """Job: rename transcript ``path`` to ``<file>.reset-<stamp_ms>.jsonl``.
+def restart(path: str, stamp_ms: int, header: bytes, committer: Committer) -> None:
+    """Job: rename transcript ``path`` to ``<file>.reset-<stamp_ms>.jsonl`` and create a new
+    ``path`` holding ``header`` (a header line), fsynced, with its directory.
 
     ``stamp_ms`` (Unix milliseconds) goes up until no archive has it; a missing
-    ``path`` is no error.
+    ``path`` is only created. If the new file cannot be written, the archive
+    is renamed back before the error is raised: the session stays as it was.
     """
     committer.drop_fd(path)
+    make_dirs(os.path.dirname(path))
     while os.path.exists(f"{path[:-len(_SUFFIX)]}.reset-{stamp_ms}{_SUFFIX}"):
         stamp_ms += 1             # never overwrite an earlier archive
+    archived = f"{path[:-len(_SUFFIX)]}.reset-{stamp_ms}{_SUFFIX}"
     if os.path.exists(path):
-        os.rename(path, f"{path[:-len(_SUFFIX)]}.reset-{stamp_ms}{_SUFFIX}")
-        _sync_forgotten(path)
+        os.rename(path, archived)
+    else:
+        archived = ""
+    created = False
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | CLOEXEC, 0o600)
+        created = True
+        try:
+            write_all(fd, header)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        _undo_restart(path, archived, created)
+        raise
+    _sync_forgotten(path)
+
+
+def _undo_restart(path: str, archived: str, created: bool) -> None:
+    try:
+        if created:
+            os.unlink(path)
+        if archived:
+            os.rename(archived, path)
+    except OSError as exc:     # the index keeps the old entry; a restart rebuilds it from the files
+        log.warning("session store: undoing a failed reset of %s failed: %s", os.path.basename(path), exc)
 
 
 def delete(path: str, committer: Committer) -> None:
@@ -445,8 +474,8 @@ def delete(path: str, committer: Committer) -> None:
 
 
 def _sync_forgotten(path: str) -> None:
-    # Done is done: if the directory fsync fails, a crash may bring the
-    # session back, which is better than reporting a reset that happened as failed.
+    # Done is done: if the directory fsync fails, a crash may bring the old
+    # transcript back, which is better than reporting a reset that happened as failed.
     try:
         fsync_dir(os.path.dirname(path))
     except OSError as exc:

@@ -32,7 +32,7 @@ from ..net.wsstream import DEFAULT_MAX_QUEUED_MESSAGES, WebSocket
 from . import methods as methods_mod
 from . import params as params_mod
 from . import runs as runs_mod
-from .frames import DEFERRED, dumps, error_shape, ms
+from .frames import DEFERRED, MAIN_KEY, dumps, error_shape, main_session_key, ms
 
 if TYPE_CHECKING:
     from .app import Gateway
@@ -442,8 +442,8 @@ class ControlConnection:
                 "stateVersion": protocol.state_version(),
                 "uptimeMs": ms(time.time() - gateway.started_at),
                 "stateDir": str(gateway.state_dir),
-                "sessionDefaults": {"defaultAgentId": default, "mainKey": methods_mod.MAIN_KEY,
-                                    "mainSessionKey": f"agent:{default}:{methods_mod.MAIN_KEY}",
+                "sessionDefaults": {"defaultAgentId": default, "mainKey": MAIN_KEY,
+                                    "mainSessionKey": main_session_key(default),
                                     "scope": "per-sender"}},
             "policy": {"maxPayload": protocol.config.max_payload_bytes,
                        "maxBufferedBytes": self.ws.max_write_buffer_bytes,

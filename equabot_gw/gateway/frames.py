@@ -20,11 +20,14 @@ from .. import safejson
 from ..agents.types import AudioPart, ImagePart, Part, TextPart, ToolCall
 from ..errors import ApiError, RunError, RunTimedOut, http_status
 
-__all__ = ["DEFERRED", "dumps", "error_shape", "session_id", "ms", "usage_shape", "agent_final",
-           "assistant_parts", "content_parts", "arguments_object"]
+__all__ = ["DEFERRED", "MAIN_KEY", "main_session_key", "dumps", "error_shape", "session_id", "ms",
+           "usage_shape", "agent_final", "assistant_parts", "content_parts", "arguments_object"]
 
 # A method returns this when it answers later itself (agent, chat.send).
 DEFERRED: Final = object()
+# Each agent's main session is agent:<id>:<MAIN_KEY> (hello-ok's sessionDefaults):
+# where the original runs an ``agent`` request that names no session.
+MAIN_KEY: Final = "main"
 
 _ERROR_CODES: Final = {400: "INVALID_REQUEST", 401: "UNAUTHORIZED", 403: "FORBIDDEN",
                        404: "NOT_FOUND", 409: "CONFLICT", 429: "RATE_LIMITED",
@@ -69,6 +72,11 @@ def session_id(key: str, created_at: float | None) -> str:
     stamp = "new" if created_at is None else repr(float(created_at))
     import uuid      # here, not at import: serving HTTP never needs it
     return str(uuid.uuid5(uuid.UUID(_SESSION_NS), f"{key}\n{stamp}"))
+
+
+def main_session_key(agent_id: str) -> str:
+    """Agent ``agent_id``'s main session key, ``agent:<agent_id>:main``."""
+    return f"agent:{agent_id}:{MAIN_KEY}"
 
 
 def ms(seconds: float) -> int:

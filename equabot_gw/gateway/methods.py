@@ -8,8 +8,8 @@ well-formed. Payloads have the original's keys and JSON types; the values are
 ours. Where we keep no such value the field says so plainly (``0`` tokens in
 listings, ``"disabled"`` heartbeats) and ``docs/protocol.md`` lists it. A few
 fields of our own stay beside the original's where our own CLI reads them
-(``turns``, ``createdAt``, ``lastRunId``, ``agentId`` in session lists;
-``reset`` in ``sessions.reset``). Reads go through the session store's API,
+(``turns``, ``createdAt``, ``lastRunId``, ``agentId`` in session lists), and
+``reset`` in ``sessions.reset`` says whether there was a session. Reads go through the session store's API,
 never to files; secrets never leave (``config.get`` masks them, raw text included).
 """
 
@@ -26,7 +26,7 @@ from .. import __version__, config as config_mod
 from ..agents import sessions
 from ..errors import ApiError
 from ..agents import lines as transcript_lines
-from .frames import assistant_parts, content_parts, ms, session_id, usage_shape
+from .frames import MAIN_KEY, assistant_parts, content_parts, ms, session_id, usage_shape
 
 if TYPE_CHECKING:
     from ..agents.transcripts import SessionInfo
@@ -38,7 +38,6 @@ __all__ = ["METHODS", "health_payload", "presence", "CONTEXT_TOKENS"]
 # The context window reported for every model: this gateway does not know
 # providers' windows (the original's default, so its clients compute sanely).
 CONTEXT_TOKENS: Final = 200_000
-MAIN_KEY: Final = "main"
 # Sessions shown in health's and status's "recent" lists.
 RECENT_SESSIONS: Final = 5
 STATUS_RECENT_SESSIONS: Final = 10
@@ -259,7 +258,8 @@ async def m_sessions_patch(conn: ControlConnection, params: Params, req_id: Any)
 async def m_sessions_reset(conn: ControlConnection, params: Params, req_id: Any) -> dict[str, Any]:
     agent_id, key = _scoped(conn, params["key"], params.get("agentId"), "key")
     reset = await conn.gateway.runtime.forget_session(agent_id, key)
-    # "reset" is ours (did a transcript exist?), read by equabot's own CLI.
+    # The key is now a blank session, as the original leaves it: its entry's
+    # sessionId is the one the next turn records. "reset" is ours: was there a session?
     return {"ok": True, "key": key, "entry": _entry(conn, agent_id, key), "reset": reset}
 
 
@@ -362,17 +362,19 @@ async def m_usage_cost(conn: ControlConnection, params: Params, req_id: Any) -> 
     now = time.time()
     today = int(now // 86400)
     first_day = today - days + 1
-    daily: dict[int, list[int]] = {day: [0, 0, 0] for day in range(first_day, today + 1)}
+    # Only the days that had usage, oldest first, as the original lists them
+    # (its CLI prints the last row as "Latest day").
+    daily: dict[int, list[int]] = {}
 
     def add(line: dict[str, Any]) -> None:
         at, usage = line.get("at"), line.get("usage")
         if line.get("type") != "assistant" or not isinstance(at, (int, float)) or not isinstance(usage, dict):
             return
-        bucket = daily.get(int(at // 86400))
-        if bucket is not None:
+        day = int(at // 86400)
+        if first_day <= day <= today:
+            bucket = daily.setdefault(day, [0, 0])
             bucket[0] += _number(usage.get("prompt_tokens"))
             bucket[1] += _number(usage.get("completion_tokens"))
-            bucket[2] += 1
 
     store = conn.gateway.runtime.store
     keyed = [i for i in store.list_sessions() if i.updated_at >= first_day * 86400][:MAX_USAGE_TRANSCRIPTS]
@@ -380,20 +382,20 @@ async def m_usage_cost(conn: ControlConnection, params: Params, req_id: Any) -> 
         for line in await store.read_transcript(info.agent_id, info.key):
             add(line)
     for agent_id in conn.gateway.runtime.agents:
-        for day in daily:
+        for day in range(first_day, today + 1):
             for line in await store.read_journal(agent_id, day):
                 add(line)
-    rows = [_cost_row(time.strftime("%Y-%m-%d", time.gmtime(day * 86400)), *daily[day]) for day in daily]
-    totals = _cost_row("", sum(r["input"] for r in rows), sum(r["output"] for r in rows),
-                       sum(r["missingCostEntries"] for r in rows))
+    rows = [_cost_row(time.strftime("%Y-%m-%d", time.gmtime(day * 86400)), *daily[day]) for day in sorted(daily)]
+    totals = _cost_row("", sum(r["input"] for r in rows), sum(r["output"] for r in rows))
     del totals["date"]
     return {"updatedAt": ms(now), "days": days, "daily": rows, "totals": totals}
 
 
-def _cost_row(date: str, prompt: int, completion: int, entries: int) -> dict[str, Any]:
-    # No prices are configured here: every entry is one without a cost.
+def _cost_row(date: str, prompt: int, completion: int) -> dict[str, Any]:
+    # No prices are configured here: every reply's cost is a known 0 (chat.history
+    # shows usage.cost.total 0), and the original counts only unknown costs as missing.
     return {"date": date, "input": prompt, "output": completion, "cacheRead": 0, "cacheWrite": 0,
-            "totalTokens": prompt + completion, "totalCost": 0, "missingCostEntries": entries}
+            "totalTokens": prompt + completion, "totalCost": 0, "missingCostEntries": 0}
 
 
 # ---- config ----

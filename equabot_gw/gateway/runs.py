@@ -35,7 +35,8 @@ from ..agents.records import RunRecord
 from ..agents.types import AgentRequest, AgentResult, ReasoningDelta
 from ..errors import ApiError, RunAborted, RunError
 from .coalesce import TextSoFar
-from .frames import DEFERRED, agent_final, arguments_object, assistant_parts, error_shape, ms, session_id
+from .frames import (DEFERRED, agent_final, arguments_object, assistant_parts, error_shape, main_session_key,
+                     ms, session_id)
 
 if TYPE_CHECKING:
     from .control import ControlConnection, ControlProtocol
@@ -307,7 +308,10 @@ def _chat_key(conn: ControlConnection, params: dict[str, Any]) -> tuple[str, str
 
 async def m_agent(conn: ControlConnection, params: dict[str, Any], req_id: Any) -> object:
     runs = conn.protocol.runs
-    entry, fresh = await runs.start(params, "ws", params.get("sessionKey"))
+    # As the original: without a sessionKey the turn continues the agent's main session
+    # (agentId's, else the default agent's), so it shows in chat.history and sessions.list.
+    key = params.get("sessionKey") or main_session_key(conn.gateway.runtime.agent(params.get("agentId")).id)
+    entry, fresh = await runs.start(params, "ws", key)
     if entry.status == "running" or fresh:
         conn.respond(req_id, {"runId": entry.id, "status": "accepted", "acceptedAt": ms(entry.accepted_at)})
         entry.requesters.append((conn, req_id))

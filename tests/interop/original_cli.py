@@ -4,9 +4,13 @@ Installs node 22 (npm package ``node-linux-<arch>``, which ships the binary)
 and the original CLI (npm ``clawdbot@2026.1.24-3``) from the npm registry into
 a cache under ``.venv-test/original-cli/`` (once), starts equabot_gw on a free
 port with a temporary state dir, points the CLI at it with a temporary HOME
-whose config says ``gateway.mode: "remote"``, and runs the everyday commands.
-Each must exit 0 and print what it prints against the original. Not part of
-``make test``: it downloads ~1 GiB once and needs the system's ``npm``.
+whose config says ``gateway.mode: "remote"``, and runs the everyday commands,
+in order (later ones see what earlier ones did: a conversation continued, a
+session reset then deleted). Each must exit 0 and print what it prints
+against the original, and none may print (on stdout or stderr) what the
+original does not. Not part of ``make test``: it downloads ~1 GiB once and
+needs the system's ``npm``; ``EQUABOT_INTEROP_CACHE=DIR`` uses the node and
+CLI already installed in another checkout's cache instead.
 
 One substitution: the CLI's WhatsApp library depends on ``libsignal`` from a
 git URL, which the npm registry cannot serve; a stub package stands in for
@@ -27,7 +31,7 @@ import tempfile
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-CACHE = ROOT / ".venv-test" / "original-cli"
+CACHE = pathlib.Path(os.environ.get("EQUABOT_INTEROP_CACHE") or ROOT / ".venv-test" / "original-cli")
 CLI_VERSION = "2026.1.24-3"
 NODE_MAJOR = "22"
 TOKEN = "interop-original-token"
@@ -45,14 +49,31 @@ STUB_FILES = {
 UNAVAILABLE = ("'use strict';\nfunction unavailable() { throw new Error("
                "'libsignal stub: WhatsApp is not available in this interop install'); }\n")
 
-# (arguments, a text its output must contain)
-COMMANDS = (
-    (("agent", "--agent", "main", "-m", "hi"), "Echo (turn 1): hi"),
-    (("status", "--json"), '"reachable": true'),
-    (("gateway", "probe", "--json"), '"ok": true'),
-    (("gateway", "health"), "OK"),
-    (("logs",), "Log file:"),
-    (("gateway", "call", "sessions.list"), '"key": "agent:main:main"'),
+_TODAY = time.strftime("%Y-%m-%d", time.gmtime())
+_YESTERDAY = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 86400))
+
+# (arguments, a text its stdout must contain, a text neither stdout nor stderr may contain), run in order
+COMMANDS: tuple[tuple[tuple[str, ...], str, str | None], ...] = (
+    (("agent", "--agent", "main", "-m", "hi"), "Echo (turn 1): hi", None),
+    # Without a sessionKey the gateway continues the main session, as the original does.
+    (("gateway", "call", "agent", "--params", '{"message": "via call", "idempotencyKey": "interop-call-1"}',
+      "--expect-final", "--json"), '"text": "Echo (turn 2): via call"', None),
+    (("status", "--json"), '"reachable": true', None),
+    (("gateway", "probe", "--json"), '"ok": true', None),
+    (("gateway", "health"), "OK", None),
+    (("logs",), "Log file:", None),
+    # --limit shows the newest lines; only a cut by --max-bytes is a truncation.
+    (("logs", "--limit", "5", "--plain"), "Log file:", "Log tail truncated"),
+    # One row per day with usage (only today here), and no cost counts as missing.
+    (("gateway", "usage-cost", "--days", "2", "--json"), f'"date": "{_TODAY}"', f'"date": "{_YESTERDAY}"'),
+    (("gateway", "usage-cost"), f"Latest day: {_TODAY}", "Missing entries"),
+    (("gateway", "call", "sessions.list"), '"key": "agent:main:main"', None),
+    # A reset leaves the session there, empty, for the next turn; a delete then deletes it.
+    (("gateway", "call", "sessions.reset", "--params", '{"key": "agent:main:main"}', "--json"), '"ok": true', None),
+    (("gateway", "call", "chat.history", "--params", '{"sessionKey": "agent:main:main"}', "--json"),
+     '"messages": []', None),
+    (("gateway", "call", "sessions.delete", "--params", '{"key": "agent:main:main"}', "--json"),
+     '"deleted": true', None),
 )
 
 
@@ -120,15 +141,17 @@ def main() -> int:
             failures = 0
             env = {k: v for k, v in os.environ.items() if not k.startswith(("CLAWDBOT_", "OPENCLAW_"))}
             env.update(HOME=str(home), NO_COLOR="1")
-            for args, expected in COMMANDS:
+            for args, expected, forbidden in COMMANDS:
                 started = time.monotonic()
                 done = subprocess.run([str(node), str(entry), *args], env=env, capture_output=True,
                                       text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL)
-                ok = done.returncode == 0 and expected in done.stdout
+                ok = done.returncode == 0 and expected in done.stdout \
+                    and not (forbidden and forbidden in done.stdout + done.stderr)
                 failures += not ok
                 print(f"\n$ clawdbot {' '.join(args)}\n# exit {done.returncode} in "
                       f"{time.monotonic() - started:.1f} s: {'PASS' if ok else 'FAIL'} "
-                      f"(expects {expected!r})\n{done.stdout[:2500]}"
+                      f"(expects {expected!r}" + (f", never {forbidden!r}" if forbidden else "")
+                      + f")\n{done.stdout[:2500]}"
                       + (f"--- stderr\n{done.stderr[:1500]}" if done.stderr.strip() else ""), flush=True)
             print(f"\n{len(COMMANDS) - failures} passed, {failures} failed")
             return 1 if failures else 0
