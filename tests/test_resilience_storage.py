@@ -16,21 +16,18 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import pathlib
-import tempfile
 import unittest
 from collections.abc import Iterator
 from typing import Any
 from unittest import mock
 
-from equabot_gw import config as config_mod
 from equabot_gw.agents import committer
 from equabot_gw.errors import INTERRUPTED, RunAborted, error_type_for_status, http_status
 from equabot_gw.gateway import resume
 from equabot_gw.gateway.app import Gateway
 from tests.resume_client import SSEStream, content_of
 from tests.support import base_config, error_of
-from tests.test_resilience import CountingEcho
+from tests.test_resilience import CountingEcho, ResilienceCase
 
 SESSION = "storage-fault"
 BIG = "x" * 40_000          # its turn is a write of 80 KB; a key line is a few hundred bytes
@@ -54,25 +51,9 @@ def request(stream: bool = False) -> dict[str, Any]:
     return {"model": "equabot", "messages": [{"role": "user", "content": BIG}], "stream": stream}
 
 
-class UnrecordedKeyedRunTest(unittest.IsolatedAsyncioTestCase):
-    async def asyncSetUp(self) -> None:
-        self.tmp = tempfile.TemporaryDirectory()
-        self.state = pathlib.Path(self.tmp.name)
-        self.counting = CountingEcho().__enter__()
-        self.gateways: list[Gateway] = []
-
-    async def asyncTearDown(self) -> None:
-        for gateway in self.gateways:
-            with contextlib.suppress(Exception):
-                await gateway.stop()
-        self.counting.__exit__()
-        self.tmp.cleanup()
-
-    async def start(self) -> Gateway:
-        gateway = Gateway(config_mod.from_data(base_config(), env={}), self.state, port=0, env={})
-        await gateway.start()
-        self.gateways.append(gateway)
-        return gateway
+class UnrecordedKeyedRunTest(ResilienceCase):
+    async def start(self, data: dict[str, Any] | None = None) -> Gateway:
+        return await super().start(data or base_config())
 
     async def restart(self, gateway: Gateway) -> Gateway:
         await gateway.stop()
