@@ -27,7 +27,7 @@ from equabot_gw.gateway import resume
 from equabot_gw.gateway.app import Gateway
 from tests.resume_client import SSEStream, content_of
 from tests.support import base_config, error_of
-from tests.test_resilience import CountingEcho, ResilienceCase
+from tests.test_resilience import ResilienceCase
 
 SESSION = "storage-fault"
 BIG = "x" * 40_000          # its turn is a write of 80 KB; a key line is a few hundred bytes
