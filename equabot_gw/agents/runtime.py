@@ -33,6 +33,7 @@ from .lifecycle import Run, execute
 from .records import RunRecord
 from .events import Failed
 from .output import check_request, output_weight
+from .session_keys import agent_of, scoped_key, stateless_key, validate_key, with_agent
 from ..providers import Provider, create_provider
 from .types import INPUT_KINDS, NO_OPTIONS, AgentRequest, GenerationOptions
 
@@ -136,9 +137,9 @@ class Runtime:
         503 if a run still holds the lane after ``FORGET_WAIT`` seconds (a
         provider slow to let go).
         """
-        scoped = sessions.scoped_key(agent_id, key)
-        if sessions.agent_of(scoped) is not None:
-            scoped = sessions.with_agent(scoped, agent_id)
+        scoped = scoped_key(agent_id, key)
+        if agent_of(scoped) is not None:
+            scoped = with_agent(scoped, agent_id)
         for run in list(self.active.values()):
             if not run.stateless and run.session_key == scoped and run.agent.id == agent_id:
                 run.abort("session deleted" if delete else "session reset")
@@ -339,9 +340,9 @@ def route(runtime: Runtime, request: AgentRequest) -> tuple[Agent, str, bool]:
     ``ApiError`` for an unknown agent, a bad key or a key of another agent."""
     if request.session_key is None:
         agent = runtime.agent(request.agent_id)
-        return agent, sessions.stateless_key(agent.id, request.origin), True
-    key = sessions.validate_key(request.session_key)
-    owner = sessions.agent_of(key)
+        return agent, stateless_key(agent.id, request.origin), True
+    key = validate_key(request.session_key)
+    owner = agent_of(key)
     if owner is not None:
         agent = runtime.agent(owner)
         if request.agent_id is not None and runtime.agent(request.agent_id).id != agent.id:
@@ -349,9 +350,9 @@ def route(runtime: Runtime, request: AgentRequest) -> tuple[Agent, str, bool]:
                                 f"but agent {request.agent_id!r} was requested",
                            code="agent_mismatch", param="x-equabot-session-key")
         # Agent ids are normalised (lower case): so is the agent part of a key.
-        return agent, sessions.with_agent(key, agent.id), False
+        return agent, with_agent(key, agent.id), False
     agent = runtime.agent(request.agent_id)
-    return agent, sessions.scoped_key(agent.id, key), False
+    return agent, scoped_key(agent.id, key), False
 
 
 __all__ = ["Agent", "Run", "RunRecord", "Runtime", "run", "run_here", "run_once", "GenerationOptions"]
