@@ -1,12 +1,14 @@
 """The session store the agent runtime calls: ``SessionStore``.
 
 Owns each agent's in-memory index and the LRU history cache, the per-key
-lanes of an open store, and the async API that ties them to the disk.
-Everything on disk (file names, line format, index file, the committer
-thread) belongs to ``transcripts``: this module only queues its jobs and
-reads or writes no file itself. The key grammar is ``session_keys``'s (its
-functions are importable from here too, as the doors name them), the lane
-``lanes``'s. One process owns a state dir. Imports nothing from
+lanes of an open store, and the async API that ties them to the disk:
+opening and closing, recording turns, resets and deletes, a run's history.
+What the doors read back is its base class's (``session_reads``), the key
+grammar ``session_keys``'s (its functions are importable from here too, as
+the doors name them), the lane ``lanes``'s. Everything on disk (file
+names, line format, index file, the committer thread) belongs to
+``transcripts``: this module only queues its jobs and reads or writes no
+file itself. One process owns a state dir. Imports nothing from
 equabot_gw.net or equabot_gw.gateway.
 """
 
@@ -24,10 +26,11 @@ from typing import Any, AsyncContextManager, Callable, Final
 from equabot_gw import errors
 from equabot_gw.agents import transcripts
 from equabot_gw.agents.lanes import Lane
+from equabot_gw.agents.session_reads import SessionReads
 from equabot_gw.agents.session_keys import (
     agent_of, check_agent_id, is_key_of, scoped_key, stateless_key, user_key, validate_key, with_agent,
 )
-from equabot_gw.agents.transcripts import Committer, IndexEntry, SessionInfo, session_info
+from equabot_gw.agents.transcripts import Committer, IndexEntry, SessionInfo
 from equabot_gw.agents.types import Message, SessionHistory, TurnRecord, message_chars
 
 __all__ = [
@@ -97,13 +100,15 @@ class _Agent:
         return os.path.join(self.sessions_dir, transcripts.transcript_name(key))
 
 
-class SessionStore:
+class SessionStore(SessionReads):
     """Transcripts, the session index, journals and lanes of one state dir.
 
     Call ``open()`` in the event loop that uses the store and ``close()`` at
     the end; a closed store may be opened again (in any loop), as if new. Methods taking ``agent_id, key`` accept a key as ``scoped_key``
     does and raise ``ApiError`` 400 for a bad key, agent id, or a key of
     another agent. Disk work runs in one committer thread, never on the loop.
+    The read-back methods (``read_reply``, ``read_transcript``, ``list_sessions``
+    and the like) are ``SessionReads``'s.
     """
 
     def __init__(self, state_dir: pathlib.Path, *,
@@ -345,7 +350,7 @@ class SessionStore:
         cutoff = self._clock() - self._retention
         return functools.partial(transcripts.prune_journals, self._agents_dir, cutoff)
 
-    # -- reading --
+    # -- a run's history, and the cache of histories --
 
     async def history(self, agent_id: str, key: str) -> SessionHistory:
         """The session's messages and assistant turns, from its transcript.
@@ -396,59 +401,6 @@ class SessionStore:
     def cached_bytes(self) -> int:
         """Bytes of history the cache holds now (at most ``max_cached_bytes``)."""
         return self._cached_bytes
-
-    async def read_outcome(self, where: transcripts.Stored, run_id: str) -> Message | None:
-        """The reply of run ``run_id`` as recorded at ``where``, as an assistant message
-        (text, tool calls, reasoning); None once its transcript was reset or deleted, or
-        its journal pruned. Raises ``StorageError`` if the store is closed.
-        """
-        committer = self._require_open()
-        return await committer.job(  # type: ignore[no-any-return]
-            "reading a reply back", functools.partial(transcripts.read_outcome, where, run_id))
-
-    async def read_reply(self, where: transcripts.Stored, run_id: str) -> str | None:
-        """The reply of run ``run_id`` as recorded at ``where`` (what ``record_turn``
-        returned); None once its transcript was reset or deleted, or its journal pruned.
-
-        Raises ``StorageError`` if the store is closed.
-        """
-        committer = self._require_open()
-        return await committer.job(  # type: ignore[no-any-return]
-            "reading a reply back", functools.partial(transcripts.read_reply, where, run_id))
-
-    async def read_transcript(self, agent_id: str, key: str) -> list[dict[str, Any]]:
-        """Every parsed line of a keyed session's transcript, header first; [] if none.
-
-        A torn last line and lines that are not JSON objects are left out.
-        Raises ``StorageError`` if the read fails.
-        """
-        self._require_open()
-        key = self._session_key(agent_id, key)
-        agent = self._agents.get(agent_id)
-        if agent is None or key not in agent.index:
-            return []
-        return await self._read(agent.path(key))
-
-    async def read_archived_run(self, agent_id: str, key: str, since: float, run_id: str) -> list[dict[str, Any]]:
-        """The lines of a transcript of ``key`` archived by ``reset`` since ``since`` (Unix
-        seconds) that holds run ``run_id``: the first such; [] if there is none."""
-        committer = self._require_open()
-        key = self._session_key(agent_id, key)
-        agent = self._agents.get(agent_id)
-        if agent is None:
-            return []
-        return await committer.job(  # type: ignore[no-any-return]
-            "reading an archived transcript",
-            functools.partial(transcripts.read_archived_run, agent.path(key), int(since * 1000), run_id))
-
-    def list_sessions(self, agent_id: str | None = None) -> list[SessionInfo]:
-        """Keyed sessions (of one agent, or of all), most recently updated first."""
-        agents = self._agents.values() if agent_id is None else \
-            [a for a in (self._agents.get(agent_id),) if a is not None]
-        infos = [session_info(agent.agent_id, key, entry)
-                 for agent in agents for key, entry in agent.index.items()]
-        infos.sort(key=lambda i: (i.updated_at, i.key), reverse=True)
-        return infos
 
     # -- resetting and deleting --
 
@@ -590,27 +542,3 @@ class SessionStore:
         directory = os.path.join(self._agents_dir, agent_id, transcripts.KEYS_DIR)
         return await committer.job(  # type: ignore[no-any-return]
             "reading the idempotency journal", functools.partial(transcripts.read_key_journals, directory, since))
-
-    # -- read-only lookups for the control protocol --
-
-    def session_info(self, agent_id: str, key: str) -> SessionInfo | None:
-        """The index entry of one keyed session (``key`` already scoped), or None."""
-        agent = self._agents.get(agent_id)
-        entry = agent.index.get(key) if agent is not None else None
-        return session_info(agent_id, key, entry) if entry is not None else None
-
-    def index_path(self, agent_id: str) -> str:
-        """Where agent ``agent_id``'s session index lives (shown to operators, never opened here)."""
-        return os.path.join(self._agents_dir, agent_id, transcripts.SESSIONS_DIR, transcripts.INDEX_NAME)
-
-    async def read_journal(self, agent_id: str, day: int) -> list[dict[str, Any]]:
-        """Every parsed line of agent ``agent_id``'s stateless journal of UTC ``day``; [] if none.
-
-        ``day`` counts days since the epoch. Raises ``StorageError`` if the read fails.
-        """
-        committer = self._require_open()
-        check_agent_id(agent_id)
-        path = os.path.join(self._agents_dir, agent_id, transcripts.JOURNAL_DIR,
-                            transcripts.journal_name(day))
-        return await committer.job(  # type: ignore[no-any-return]
-            "reading a journal", functools.partial(transcripts.read_lines, path))
