@@ -1,4 +1,4 @@
-"""Lanes: one holder at a time per session key, in arrival order.
+"""Lanes: one holder at a time per key (a session's), in arrival order.
 
 ``Lane(lanes, key)`` is an async context manager over a table the caller
 owns (the session store keeps one per open store): entering waits for the
@@ -17,7 +17,7 @@ __all__ = ["Lane"]
 
 class Lane:
     """``async with Lane(lanes, key):`` one holder per key at a time, FIFO (asyncio.Lock
-    wakes waiters in order). ``lanes`` maps a key to ``[its holder and waiters, its lock]``."""
+    wakes waiters in order). ``lanes`` maps a key to ``[how many hold or wait, its lock]``."""
 
     __slots__ = ("_lanes", "_key", "_entry")
 
