@@ -24,6 +24,7 @@ from typing import Any
 from unittest import mock
 
 from equabot_gw import config as config_mod
+from equabot_gw.agents import lifecycle
 from equabot_gw.agents import runtime as runtime_mod
 from equabot_gw.agents.events import REFUSING, EventLog
 from equabot_gw.agents.output import MAX_CITATIONS, ReplyOutput
@@ -193,7 +194,7 @@ class TimeoutWhateverTheProviderDoesTest(unittest.IsolatedAsyncioTestCase):
                 handle = runtime_mod.run(gw.runtime, AgentRequest(message="go", session_key="stubborn"))
                 with self.assertLogs("equabot_gw.runtime", "WARNING"), self.assertRaises(RunTimedOut):
                     await asyncio.wait_for(handle.wait(), 5)
-                self.assertLess(time.monotonic() - started, 0.2 + runtime_mod.ABORT_GRACE + 0.5)
+                self.assertLess(time.monotonic() - started, 0.2 + lifecycle.ABORT_GRACE + 0.5)
                 events = [e async for e in handle.subscribe()]
                 self.assertEqual(events[-1].partial, "first ")
                 let_go.set()        # the provider finishes at last: recorded as aborted, as told

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 from unittest import mock
 
+from equabot_gw.agents import lifecycle
 from equabot_gw.agents import runtime as runtime_mod
 from equabot_gw.agents import sessions
 from equabot_gw.agents.events import Delta, Failed
@@ -71,7 +72,7 @@ STEPS: tuple[tuple[str, Any, str, Any, int, bool], ...] = (
     ("lane", sessions.SessionStore, "lane", lambda self, key: _FailingLane(), 500, False),
     ("slot", runtime_mod.Agent, "acquire", aboom, 500, False),
     ("history load", sessions.SessionStore, "history", aboom, 500, False),
-    ("building the provider call", runtime_mod, "ProviderCall", boom, 500, False),
+    ("building the provider call", lifecycle, "ProviderCall", boom, 500, False),
     ("provider start", echo.EchoProvider, "stream", _fails_at_start, 502, False),
     ("provider mid-stream", echo.EchoProvider, "stream", _fails_mid_stream, 502, True),
     ("recording", sessions.SessionStore, "record_turn", aboom, 500, True),

@@ -20,7 +20,7 @@ from ..errors import ApiError
 
 if TYPE_CHECKING:
     from ..config import Config
-    from .runtime import Run
+    from .lifecycle import Run
 
 __all__ = ["Agent", "DEFAULT_AGENT_ID", "agents_from"]
 

@@ -1,140 +1,45 @@
-"""Session keys, lanes and the session store the agent runtime calls.
+"""The session store the agent runtime calls: ``SessionStore``.
 
-Owns the key grammar (validate, scope, derive), per-key lanes,
-each agent's in-memory index and the LRU history cache, and ``SessionStore``,
-the async API that ties them to the disk. Everything on disk (file names,
-line format, index file, the committer thread) belongs to ``transcripts``:
-this module only queues its jobs and reads or writes no file itself. One
-process owns a state dir. Imports nothing from equabot_gw.net or
-equabot_gw.gateway.
+Owns each agent's in-memory index and the LRU history cache, the per-key
+lanes of an open store, and the async API that ties them to the disk:
+opening and closing, recording turns, resets and deletes, a run's history.
+What the doors read back is its base class's (``session_reads``), the key
+grammar ``session_keys``'s (its functions are importable from here too, as
+the doors name them), the lane ``lanes``'s. Everything on disk (file
+names, line format, index file, the committer thread) belongs to
+``transcripts``: this module only queues its jobs and reads or writes no
+file itself. One process owns a state dir. Imports nothing from
+equabot_gw.net or equabot_gw.gateway.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import os
 import pathlib
-import re
 import sys
-import threading
 import time
 from collections import OrderedDict
 from typing import Any, AsyncContextManager, Callable, Final
 
 from equabot_gw import errors
 from equabot_gw.agents import transcripts
-from equabot_gw.agents.transcripts import AGENT_ID_RE, Committer, IndexEntry, SessionInfo, session_info
+from equabot_gw.agents.lanes import Lane
+from equabot_gw.agents.session_reads import SessionReads
+from equabot_gw.agents.session_keys import (
+    agent_of, check_agent_id, is_key_of, scoped_key, stateless_key, user_key, validate_key, with_agent,
+)
+from equabot_gw.agents.transcripts import Committer, IndexEntry, SessionInfo
 from equabot_gw.agents.types import Message, SessionHistory, TurnRecord, message_chars
 
 __all__ = [
-    "validate_key", "agent_of", "with_agent", "scoped_key", "user_key", "stateless_key",
     "SessionInfo", "SessionStore",
-    "MAX_KEY_CHARS", "DEFAULT_STATELESS_RETENTION_DAYS", "DEFAULT_MAX_CACHED_SESSIONS",
+    "DEFAULT_STATELESS_RETENTION_DAYS", "DEFAULT_MAX_CACHED_SESSIONS",
     "DEFAULT_MAX_CACHED_BYTES", "DEFAULT_MAX_CACHED_HISTORY_BYTES",
+    # the key grammar (session_keys), as the doors import it
+    "validate_key", "agent_of", "scoped_key", "user_key", "stateless_key",
 ]
-
-# -- keys -------------------------------------------------------------------
-
-MAX_KEY_CHARS: Final = 200
-_KEY_RULE: Final = "session keys are 1-200 characters of A-Z a-z 0-9 : . _ @ -"
-_KEY_RE: Final = re.compile(r"[A-Za-z0-9:._@-]{1,200}")
-
-
-def validate_key(key: str, *, param: str = "session_key") -> str:
-    """Return ``key`` if it is 1-200 chars of ``[A-Za-z0-9:._@-]``.
-
-    Raises ``ApiError`` 400 (code ``invalid_session_key``, the given ``param``)
-    whose message states the rule and the first offence.
-    """
-    if type(key) is str and _KEY_RE.fullmatch(key):
-        return key
-    raise errors.ApiError(400, _key_problem(key), code="invalid_session_key", param=param)
-
-
-def _key_problem(key: object) -> str:
-    if not isinstance(key, str):
-        return f"{_KEY_RULE}; got {type(key).__name__}"
-    if not key or len(key) > MAX_KEY_CHARS:
-        return f"{_KEY_RULE}; got {f'{len(key)} characters' if key else 'an empty key'}"
-    pos = next(i for i, ch in enumerate(key) if not _KEY_RE.fullmatch(ch))
-    return f"{_KEY_RULE}; got {key[pos]!r} at position {pos}"
-
-
-def agent_of(key: str) -> str | None:
-    """The ``<id>`` of a key ``agent:<id>:<rest>`` (both non-empty), else None."""
-    if not key.startswith("agent:"):
-        return None
-    agent_id, sep, rest = key[6:].partition(":")
-    return agent_id if agent_id and sep and rest else None
-
-
-def with_agent(key: str, agent_id: str) -> str:
-    """``key`` naming ``agent_id``: a key ``agent:<id>:<rest>`` whose ``<id>`` is ``agent_id``
-    in another case is rewritten with ``agent_id`` (agent ids are compared without case);
-    any other key is returned as it is."""
-    owner = agent_of(key)
-    if owner is None or owner == agent_id or owner.lower() != agent_id.lower():
-        return key
-    return f"agent:{agent_id}:{key[7 + len(owner):]}"
-
-
-def scoped_key(agent_id: str, key: str) -> str:
-    """``key`` if it already names an agent, else ``agent:<agent_id>:<key>``.
-
-    Raises ``ApiError`` 400 if ``key`` or the scoped result is not a valid key
-    (for example over 200 characters once scoped).
-    """
-    validate_key(key)
-    return key if agent_of(key) is not None else validate_key(f"agent:{agent_id}:{key}")
-
-
-def user_key(agent_id: str, user: str) -> str:
-    """The session key of an OpenAI ``user``: ``agent:<id>:openai-user:<user>``.
-
-    A ``user`` that would not make a valid key becomes ``u-`` + the first 40 hex
-    digits of its UTF-8 sha256, so every non-empty string maps stably into the
-    key alphabet. Raises ``ApiError`` 400 (param ``user``) for an empty one.
-    """
-    if not isinstance(user, str) or not user:
-        raise errors.ApiError(400, "user must be a non-empty string",
-                              code="invalid_session_key", param="user")
-    key = f"agent:{agent_id}:openai-user:{user}"
-    if _KEY_RE.fullmatch(key):
-        return key
-    digest = hashlib.sha256(user.encode("utf-8", "surrogatepass")).hexdigest()[:40]
-    return validate_key(f"agent:{agent_id}:openai-user:u-{digest}", param="user")
-
-
-def stateless_key(agent_id: str, origin: str) -> str:
-    """A fresh key ``agent:<agent_id>:<origin>:<uuid4>`` for a stateless run."""
-    return validate_key(f"agent:{agent_id}:{origin}:{_uuid4()}")
-
-
-# uuid.uuid4() makes a getrandom() call per key, and each drops the GIL on the
-# hot path (handing it to the committer); slices of a 4 KiB os.urandom buffer
-# are just as random. A forked child must not replay the parent's buffer.
-_pool: list[Any] = [b"", 0]     # [buffer, next offset]
-_pool_lock = threading.Lock()   # two threads must never take the same slice
-
-
-def _forget_pool() -> None:
-    _pool[:] = [b"", 0]
-
-
-os.register_at_fork(after_in_child=_forget_pool)
-
-
-def _uuid4() -> str:
-    with _pool_lock:
-        buf, pos = _pool
-        if pos + 16 > len(buf):
-            buf = _pool[0] = os.urandom(4096)
-            pos = 0
-        _pool[1] = pos + 16
-    h = buf[pos:pos + 16].hex()          # RFC 9562 §5.4: version 4, variant 0b10
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
 
 
 async def _encoded(lines: list[dict[str, Any]], turn: TurnRecord, uninterrupted: bool) -> bytes:
@@ -148,20 +53,6 @@ async def _encoded(lines: list[dict[str, Any]], turn: TurnRecord, uninterrupted:
                 raise
 
 
-def _check_agent_id(agent_id: str) -> None:
-    if type(agent_id) is not str or not AGENT_ID_RE.fullmatch(agent_id):
-        raise errors.ApiError(400, f"agent ids are 1-128 characters of A-Z a-z 0-9 . _ @ - "
-                                   f"not starting with '.'; got {agent_id!r:.80}",
-                              code="invalid_agent_id", param="agent_id")
-
-
-def _owns(agent_id: str, key: str) -> bool:
-    """Whether ``key`` is a valid key of agent ``agent_id`` (the predicate ``transcripts.load`` asks)."""
-    return _KEY_RE.fullmatch(key) is not None and agent_of(key) == agent_id
-
-
-# -- lanes --------------------------------------------------------------------
-
 def _history_bytes(messages: tuple[Message, ...]) -> int:
     """What caching ``messages`` costs: their texts as stored (parts, tool calls and
     reasoning by their characters), and each message object."""
@@ -169,38 +60,6 @@ def _history_bytes(messages: tuple[Message, ...]) -> int:
                 else _MESSAGE_OVERHEAD_BYTES + message_chars(m) for m in messages]) \
         + _MESSAGE_OVERHEAD_BYTES * len(messages)
 
-
-class _Lane:
-    """``async with``: one holder per key at a time, FIFO (asyncio.Lock wakes waiters in order)."""
-
-    __slots__ = ("_lanes", "_key", "_entry")
-
-    def __init__(self, lanes: dict[str, list[Any]], key: str) -> None:
-        self._lanes, self._key = lanes, key
-
-    async def __aenter__(self) -> None:
-        entry = self._lanes.get(self._key)
-        if entry is None:
-            entry = self._lanes[self._key] = [0, asyncio.Lock()]
-        self._entry = entry
-        entry[0] += 1
-        try:
-            await entry[1].acquire()
-        except BaseException:
-            self._leave()
-            raise
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self._entry[1].release()
-        self._leave()
-
-    def _leave(self) -> None:
-        self._entry[0] -= 1
-        if self._entry[0] == 0:     # nobody holds or waits: forget the key (stateless keys are many)
-            del self._lanes[self._key]
-
-
-# -- the store ----------------------------------------------------------------
 
 DEFAULT_STATELESS_RETENTION_DAYS: Final = 7.0    # sessions.statelessRetentionDays
 DEFAULT_MAX_CACHED_SESSIONS: Final = 1024
@@ -241,13 +100,15 @@ class _Agent:
         return os.path.join(self.sessions_dir, transcripts.transcript_name(key))
 
 
-class SessionStore:
+class SessionStore(SessionReads):
     """Transcripts, the session index, journals and lanes of one state dir.
 
     Call ``open()`` in the event loop that uses the store and ``close()`` at
     the end; a closed store may be opened again (in any loop), as if new. Methods taking ``agent_id, key`` accept a key as ``scoped_key``
     does and raise ``ApiError`` 400 for a bad key, agent id, or a key of
     another agent. Disk work runs in one committer thread, never on the loop.
+    The read-back methods (``read_reply``, ``read_transcript``, ``list_sessions``
+    and the like) are ``SessionReads``'s.
     """
 
     def __init__(self, state_dir: pathlib.Path, *,
@@ -323,7 +184,7 @@ class SessionStore:
         committer.start()
         try:
             loaded = await committer.job("loading the session index",
-                                         functools.partial(transcripts.load, self._agents_dir, _owns))
+                                         functools.partial(transcripts.load, self._agents_dir, is_key_of))
             self._journal_day = int(self._clock() // 86400)
             await committer.job("pruning old journals", self._prune_job())
         except BaseException:
@@ -361,7 +222,7 @@ class SessionStore:
 
         Nothing stays behind once no task holds or waits for the key.
         """
-        return _Lane(self._lanes, key)
+        return Lane(self._lanes, key)
 
     # -- turns --
 
@@ -489,7 +350,7 @@ class SessionStore:
         cutoff = self._clock() - self._retention
         return functools.partial(transcripts.prune_journals, self._agents_dir, cutoff)
 
-    # -- reading --
+    # -- a run's history, and the cache of histories --
 
     async def history(self, agent_id: str, key: str) -> SessionHistory:
         """The session's messages and assistant turns, from its transcript.
@@ -540,59 +401,6 @@ class SessionStore:
     def cached_bytes(self) -> int:
         """Bytes of history the cache holds now (at most ``max_cached_bytes``)."""
         return self._cached_bytes
-
-    async def read_outcome(self, where: transcripts.Stored, run_id: str) -> Message | None:
-        """The reply of run ``run_id`` as recorded at ``where``, as an assistant message
-        (text, tool calls, reasoning); None once its transcript was reset or deleted, or
-        its journal pruned. Raises ``StorageError`` if the store is closed.
-        """
-        committer = self._require_open()
-        return await committer.job(  # type: ignore[no-any-return]
-            "reading a reply back", functools.partial(transcripts.read_outcome, where, run_id))
-
-    async def read_reply(self, where: transcripts.Stored, run_id: str) -> str | None:
-        """The reply of run ``run_id`` as recorded at ``where`` (what ``record_turn``
-        returned); None once its transcript was reset or deleted, or its journal pruned.
-
-        Raises ``StorageError`` if the store is closed.
-        """
-        committer = self._require_open()
-        return await committer.job(  # type: ignore[no-any-return]
-            "reading a reply back", functools.partial(transcripts.read_reply, where, run_id))
-
-    async def read_transcript(self, agent_id: str, key: str) -> list[dict[str, Any]]:
-        """Every parsed line of a keyed session's transcript, header first; [] if none.
-
-        A torn last line and lines that are not JSON objects are left out.
-        Raises ``StorageError`` if the read fails.
-        """
-        self._require_open()
-        key = self._session_key(agent_id, key)
-        agent = self._agents.get(agent_id)
-        if agent is None or key not in agent.index:
-            return []
-        return await self._read(agent.path(key))
-
-    async def read_archived_run(self, agent_id: str, key: str, since: float, run_id: str) -> list[dict[str, Any]]:
-        """The lines of a transcript of ``key`` archived by ``reset`` since ``since`` (Unix
-        seconds) that holds run ``run_id``: the first such; [] if there is none."""
-        committer = self._require_open()
-        key = self._session_key(agent_id, key)
-        agent = self._agents.get(agent_id)
-        if agent is None:
-            return []
-        return await committer.job(  # type: ignore[no-any-return]
-            "reading an archived transcript",
-            functools.partial(transcripts.read_archived_run, agent.path(key), int(since * 1000), run_id))
-
-    def list_sessions(self, agent_id: str | None = None) -> list[SessionInfo]:
-        """Keyed sessions (of one agent, or of all), most recently updated first."""
-        agents = self._agents.values() if agent_id is None else \
-            [a for a in (self._agents.get(agent_id),) if a is not None]
-        infos = [session_info(agent.agent_id, key, entry)
-                 for agent in agents for key, entry in agent.index.items()]
-        infos.sort(key=lambda i: (i.updated_at, i.key), reverse=True)
-        return infos
 
     # -- resetting and deleting --
 
@@ -674,7 +482,7 @@ class SessionStore:
 
     def _session_key(self, agent_id: str, key: str) -> str:
         if agent_id not in self._agents:      # known agents were checked when first seen
-            _check_agent_id(agent_id)
+            check_agent_id(agent_id)
         key = scoped_key(agent_id, key)
         owner = agent_of(key)
         if owner != agent_id and owner is not None and owner.lower() == agent_id.lower():
@@ -721,7 +529,7 @@ class SessionStore:
         """Append ``line`` to agent ``agent_id``'s key journal of ``at``'s UTC day; returns
         once it is fsynced. Raises ``StorageError``."""
         committer = self._require_open()
-        _check_agent_id(agent_id)
+        check_agent_id(agent_id)
         path = os.path.join(self._agents_dir, agent_id, transcripts.KEYS_DIR,
                             transcripts.journal_name(int(at // 86400)))
         await committer.append("the idempotency journal", path, transcripts.encode([line]))
@@ -730,31 +538,7 @@ class SessionStore:
         """The lines of agent ``agent_id``'s key journals of the UTC days that ended
         after ``since`` (epoch s), oldest first; older journals are deleted."""
         committer = self._require_open()
-        _check_agent_id(agent_id)
+        check_agent_id(agent_id)
         directory = os.path.join(self._agents_dir, agent_id, transcripts.KEYS_DIR)
         return await committer.job(  # type: ignore[no-any-return]
             "reading the idempotency journal", functools.partial(transcripts.read_key_journals, directory, since))
-
-    # -- read-only lookups for the control protocol --
-
-    def session_info(self, agent_id: str, key: str) -> SessionInfo | None:
-        """The index entry of one keyed session (``key`` already scoped), or None."""
-        agent = self._agents.get(agent_id)
-        entry = agent.index.get(key) if agent is not None else None
-        return session_info(agent_id, key, entry) if entry is not None else None
-
-    def index_path(self, agent_id: str) -> str:
-        """Where agent ``agent_id``'s session index lives (shown to operators, never opened here)."""
-        return os.path.join(self._agents_dir, agent_id, transcripts.SESSIONS_DIR, transcripts.INDEX_NAME)
-
-    async def read_journal(self, agent_id: str, day: int) -> list[dict[str, Any]]:
-        """Every parsed line of agent ``agent_id``'s stateless journal of UTC ``day``; [] if none.
-
-        ``day`` counts days since the epoch. Raises ``StorageError`` if the read fails.
-        """
-        committer = self._require_open()
-        _check_agent_id(agent_id)
-        path = os.path.join(self._agents_dir, agent_id, transcripts.JOURNAL_DIR,
-                            transcripts.journal_name(day))
-        return await committer.job(  # type: ignore[no-any-return]
-            "reading a journal", functools.partial(transcripts.read_lines, path))

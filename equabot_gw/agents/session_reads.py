@@ -1,0 +1,119 @@
+"""Reading back what the session store recorded, for the doors.
+
+``SessionReads`` is the read-only side of ``SessionStore``, which derives
+from it: the reply of a run where ``record_turn`` put it, a keyed session's
+transcript (and one archived by a reset), an agent's stateless journal of a
+day, and the index's sessions as ``SessionInfo``. It keeps no state of its
+own: it reads the open store's (each agent's index and where its files
+live, the committer that reads them in order with the appends). None of it
+is on a run's path: a run's history is ``SessionStore.history``, beside the
+cache it fills. Imports nothing from equabot_gw.net or equabot_gw.gateway.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import TYPE_CHECKING, Any
+
+from equabot_gw.agents import transcripts
+from equabot_gw.agents.session_keys import check_agent_id
+from equabot_gw.agents.transcripts import SessionInfo, session_info
+from equabot_gw.agents.types import Message
+
+if TYPE_CHECKING:
+    from equabot_gw.agents.committer import Committer
+    from equabot_gw.agents.sessions import _Agent
+
+__all__ = ["SessionReads"]
+
+
+class SessionReads:
+    """What the doors read back from a ``SessionStore`` (its base class); see there for its
+    contract on keys and agent ids."""
+
+    # The open store's state and checks, all SessionStore's.
+    _agents_dir: str
+    _agents: dict[str, _Agent]
+
+    if TYPE_CHECKING:
+        def _require_open(self) -> Committer: ...
+
+        def _session_key(self, agent_id: str, key: str) -> str: ...
+
+        async def _read(self, path: str) -> list[dict[str, Any]]: ...
+
+    async def read_outcome(self, where: transcripts.Stored, run_id: str) -> Message | None:
+        """The reply of run ``run_id`` as recorded at ``where``, as an assistant message
+        (text, tool calls, reasoning); None once its transcript was reset or deleted, or
+        its journal pruned. Raises ``StorageError`` if the store is closed.
+        """
+        committer = self._require_open()
+        return await committer.job(  # type: ignore[no-any-return]
+            "reading a reply back", functools.partial(transcripts.read_outcome, where, run_id))
+
+    async def read_reply(self, where: transcripts.Stored, run_id: str) -> str | None:
+        """The reply of run ``run_id`` as recorded at ``where`` (what ``record_turn``
+        returned); None once its transcript was reset or deleted, or its journal pruned.
+
+        Raises ``StorageError`` if the store is closed.
+        """
+        committer = self._require_open()
+        return await committer.job(  # type: ignore[no-any-return]
+            "reading a reply back", functools.partial(transcripts.read_reply, where, run_id))
+
+    async def read_transcript(self, agent_id: str, key: str) -> list[dict[str, Any]]:
+        """Every parsed line of a keyed session's transcript, header first; [] if none.
+
+        A torn last line and lines that are not JSON objects are left out.
+        Raises ``StorageError`` if the read fails.
+        """
+        self._require_open()
+        key = self._session_key(agent_id, key)
+        agent = self._agents.get(agent_id)
+        if agent is None or key not in agent.index:
+            return []
+        return await self._read(agent.path(key))
+
+    async def read_archived_run(self, agent_id: str, key: str, since: float, run_id: str) -> list[dict[str, Any]]:
+        """The lines of a transcript of ``key`` archived by ``reset`` since ``since`` (Unix
+        seconds) that holds run ``run_id``: the first such; [] if there is none."""
+        committer = self._require_open()
+        key = self._session_key(agent_id, key)
+        agent = self._agents.get(agent_id)
+        if agent is None:
+            return []
+        return await committer.job(  # type: ignore[no-any-return]
+            "reading an archived transcript",
+            functools.partial(transcripts.read_archived_run, agent.path(key), int(since * 1000), run_id))
+
+    def list_sessions(self, agent_id: str | None = None) -> list[SessionInfo]:
+        """Keyed sessions (of one agent, or of all), most recently updated first."""
+        agents = self._agents.values() if agent_id is None else \
+            [a for a in (self._agents.get(agent_id),) if a is not None]
+        infos = [session_info(agent.agent_id, key, entry)
+                 for agent in agents for key, entry in agent.index.items()]
+        infos.sort(key=lambda i: (i.updated_at, i.key), reverse=True)
+        return infos
+
+    def session_info(self, agent_id: str, key: str) -> SessionInfo | None:
+        """The index entry of one keyed session (``key`` already scoped), or None."""
+        agent = self._agents.get(agent_id)
+        entry = agent.index.get(key) if agent is not None else None
+        return session_info(agent_id, key, entry) if entry is not None else None
+
+    def index_path(self, agent_id: str) -> str:
+        """Where agent ``agent_id``'s session index lives (shown to operators, never opened here)."""
+        return os.path.join(self._agents_dir, agent_id, transcripts.SESSIONS_DIR, transcripts.INDEX_NAME)
+
+    async def read_journal(self, agent_id: str, day: int) -> list[dict[str, Any]]:
+        """Every parsed line of agent ``agent_id``'s stateless journal of UTC ``day``; [] if none.
+
+        ``day`` counts days since the epoch. Raises ``StorageError`` if the read fails.
+        """
+        committer = self._require_open()
+        check_agent_id(agent_id)
+        path = os.path.join(self._agents_dir, agent_id, transcripts.JOURNAL_DIR,
+                            transcripts.journal_name(day))
+        return await committer.job(  # type: ignore[no-any-return]
+            "reading a journal", functools.partial(transcripts.read_lines, path))
