@@ -811,6 +811,36 @@ class HardeningTest(ControlTestCase):
         self.assertTrue((await c.request("health", {}))["ok"])
         await c.close()
 
+    async def test_a_bad_frame_is_answered_under_its_own_id_else_invalid_never_null(self) -> None:
+        # As the original: the error carries the frame's id, so the client's request settles;
+        # a frame without a usable id is answered under "invalid" (a response's id is a
+        # non-empty string in the protocol's schema, never null).
+        c = await self.client()
+        for bad, reply_id in (({"type": "req", "id": "r1"}, "r1"),
+                              ({"type": "req", "id": "r2", "method": 7}, "r2"),
+                              ({"type": "request", "id": "r3", "method": "health"}, "r3"),
+                              ({"type": "req", "id": 4, "params": {}}, 4),
+                              ({"type": "req", "id": True, "method": "health"}, "invalid"),
+                              ({"type": "req", "id": "", "method": 1}, "invalid"),
+                              ({"type": "req", "id": {"a": 1}, "method": "health"}, "invalid"),
+                              (["type", "req"], "invalid"),
+                              ("{not json", "invalid")):
+            with self.subTest(bad=bad):
+                c.ws.send(bad if isinstance(bad, str) else json.dumps(bad))
+                frame = await asyncio.wait_for(c.next_frame(), 2)
+                self.assertEqual((frame["type"], frame["id"], frame["ok"], frame["error"]["code"]),
+                                 ("res", reply_id, False, "INVALID_REQUEST"))
+        self.assertTrue((await c.request("health", {}))["ok"])
+        await c.close()
+        ws = await self.raw()           # before connect too: then the close
+        ws.send(json.dumps({"type": "req", "id": "first", "params": {}}))
+        frame = json.loads(await asyncio.wait_for(ws.recv(), 2))
+        self.assertEqual((frame["id"], frame["ok"]), ("first", False))
+        with self.assertRaises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 2)
+        await ws.wait_closed()
+        self.assertClosedWith(ws, 1008)
+
     async def test_a_malformed_origin_is_403(self) -> None:
         for origin in ("http://[", "http://[::1", "http://host:99999999"):
             with self.subTest(origin):

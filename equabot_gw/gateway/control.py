@@ -64,6 +64,8 @@ SHUTDOWN_CLOSE_TIMEOUT: Final = 2.0
 # The events this gateway sends (hello-ok features.events).
 EVENTS: Final = ("connect.challenge", "agent", "chat", "tick", "health", "shutdown")
 DEFAULT_ROLE: Final = "operator"
+# The id of the error response to a frame with no usable id of its own (the original's word).
+INVALID_FRAME_ID: Final = "invalid"
 
 Method = Callable[["ControlConnection", dict[str, Any], Any], Awaitable[Any]]
 
@@ -72,6 +74,22 @@ Method = Callable[["ControlConnection", dict[str, Any], Any], Awaitable[Any]]
 def _uuid4() -> str:
     import uuid      # imported by the first WebSocket client: serving HTTP never needs it
     return str(uuid.uuid4())
+
+
+class BadFrame(ApiError):
+    """A frame that is not a request: ``reply_id`` is the id its error response carries.
+
+    That is the frame's own id when it has a usable one (a non-empty string or
+    an integer), so the client's request settles, else ``INVALID_FRAME_ID``, as
+    the original Gateway answers; never null, which a response's id may not be.
+    """
+
+    def __init__(self, message: str, frame: Any = None) -> None:
+        super().__init__(400, message)
+        req_id = frame.get("id") if isinstance(frame, dict) else None
+        usable = (isinstance(req_id, str) and req_id != "") or (
+            isinstance(req_id, int) and not isinstance(req_id, bool))
+        self.reply_id: str | int = req_id if usable else INVALID_FRAME_ID
 
 
 class ProtocolFailure(Exception):
@@ -344,27 +362,27 @@ class ControlConnection:
                 self.protocol.serving.discard(self)
 
     async def _parse(self, message: str | bytes) -> dict[str, Any]:
-        """A request frame (its params not yet checked); ``ApiError`` 400 for anything else."""
+        """A request frame (its params not yet checked); ``BadFrame`` for anything else."""
         if isinstance(message, bytes):
             raise ProtocolFailure(CLOSE_UNSUPPORTED_DATA, "binary frames are not part of the protocol")
         try:
             frame = await safejson.loads_async(message)
         except ValueError as exc:       # bad JSON, too deep, NaN, a lone surrogate
-            raise ApiError(400, f"invalid JSON: {exc}", code="invalid_json") from None
+            raise BadFrame(f"invalid JSON: {exc}") from None
         if not isinstance(frame, dict) or frame.get("type") != "req" \
                 or not isinstance(frame.get("method"), str) \
                 or not isinstance(frame.get("id"), (str, int)) or isinstance(frame.get("id"), bool):
-            raise ApiError(400, 'invalid request frame: expected {"type":"req","id","method","params"}')
+            raise BadFrame('invalid request frame: expected {"type":"req","id","method","params"}', frame)
         return frame
 
     async def _handshake(self) -> None:
         message = await self.ws.recv()      # at most MAX_CONNECT_FRAME_CHARS bytes (the shell's limit)
         try:
             frame = await self._parse(message)
-        except ApiError as exc:
+        except BadFrame as exc:
             # Unreadable: it may have carried credentials, so it counts as a failed attempt.
             self._count_failed_attempt()
-            self.fail(None, exc)
+            self.fail(exc.reply_id, exc)
             raise ProtocolFailure(CLOSE_POLICY, "the first frame must be a connect request") from None
         if frame["method"] != "connect":
             self.fail(frame["id"], ApiError(400, "invalid handshake: first request must be connect"))
@@ -470,8 +488,8 @@ class ControlConnection:
     async def _dispatch(self, message: str | bytes) -> None:
         try:
             frame = await self._parse(message)
-        except ApiError as exc:
-            self.fail(None, exc)     # the connection stays usable
+        except BadFrame as exc:
+            self.fail(exc.reply_id, exc)     # the connection stays usable
             return
         if frame["method"] in _LONG_METHODS:
             if len(self._waits) >= MAX_PENDING_WAITS:
