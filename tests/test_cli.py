@@ -414,6 +414,30 @@ class SecretGoesOnlyToItsGatewayTest(CLITestCase):
                 self.assertNotIn(kept.encode(), bytes(self.foreign.received))
 
 
+class ConnectDeadlineTest(unittest.IsolatedAsyncioTestCase):
+    """A server that opens the WebSocket but never answers ``connect`` (an echo, another
+    server's path) is named in one line after the deadline; the CLI does not wait forever."""
+
+    async def test_a_server_that_never_answers_connect_is_left_after_the_deadline(self) -> None:
+        import asyncio
+        from unittest import mock
+        from equabot_gw import agent_cli
+        from equabot_gw.errors import GatewayError
+        from tests.support import running_gateway
+        async with running_gateway(base_config(ws={"echoPath": "/echo"})) as gateway:
+            url = f"http://127.0.0.1:{gateway.server.port}/echo"     # echoes connect, answers nothing
+            with mock.patch.object(agent_cli, "CONNECT_TIMEOUT", 0.3, create=True):
+                started = time.monotonic()
+                with self.assertRaises(GatewayError) as caught:
+                    await asyncio.wait_for(agent_cli.open_client(agent_cli.Target(url, "token", TOKEN)), 5)
+            self.assertLess(time.monotonic() - started, 3)
+            self.assertEqual(str(caught.exception), f"the server at {url} did not answer connect "
+                                                     f"within 0.3 s; is it an equabot gateway?")
+            client = await agent_cli.open_client(agent_cli.Target(gateway.url, "token", TOKEN))
+            self.assertEqual(client.hello["type"], "hello-ok")      # a gateway answers in time
+            await client.close()
+
+
 class AuthModeHintTest(CLITestCase):
     def test_a_gateway_asking_for_a_password_is_named_when_a_token_was_sent(self) -> None:
         with GatewayProcess(base_config(auth={"mode": "password", "password": "pw-7788"})) as gw:
