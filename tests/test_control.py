@@ -841,6 +841,29 @@ class HardeningTest(ControlTestCase):
         await ws.wait_closed()
         self.assertClosedWith(ws, 1008)
 
+    async def test_a_waiting_request_cannot_pin_a_frame_sized_id_or_extra_keys(self) -> None:
+        # agent.wait may wait a day and holds its request: before, a 1 MiB id (up to the
+        # 25 MiB frame limit) or a 1 MiB key beside the four a request has (the original's
+        # schema allows no others) was held that long, 32 times per connection.
+        c = await self.client()
+        wait = {"type": "req", "method": "agent.wait", "params": {"runId": "never", "timeoutMs": 86_400_000}}
+        for bad, reply_id, message in (
+                ({**wait, "id": "w" * (1 << 20)}, "invalid",
+                 f"invalid request frame: an id of {1 << 20} characters, over 512"),
+                ({**wait, "id": "w2", "pad": "x" * (1 << 20)}, "w2",
+                 "invalid request frame: unexpected property 'pad'")):
+            with self.subTest(reply_id):
+                c.ws.send(json.dumps(bad))
+                frame = await asyncio.wait_for(c.next_frame(), 2)
+                self.assertEqual((frame["id"], frame["ok"], frame["error"]),
+                                 (reply_id, False, {"code": "INVALID_REQUEST", "message": message}))
+        [conn] = self.gw.control.connections
+        self.assertEqual(len(conn._waits), 0)
+        c.ws.send(json.dumps({**wait, "id": "w" * 512, "params": {"runId": "never", "timeoutMs": 1}}))
+        frame = await asyncio.wait_for(c.next_frame(), 2)      # 512 characters: an id still
+        self.assertEqual((frame["id"], frame["payload"]["status"]), ("w" * 512, "timeout"))
+        await c.close()
+
     async def test_a_malformed_origin_is_403(self) -> None:
         for origin in ("http://[", "http://[::1", "http://host:99999999"):
             with self.subTest(origin):

@@ -53,6 +53,12 @@ PRE_CONNECT_QUEUED_MESSAGES: Final = 1
 # at most this many at once per connection.
 MAX_PENDING_WAITS: Final = 32
 _LONG_METHODS: Final = frozenset({"agent.wait", "agent.subscribe"})
+# Longest request id: a request waiting (agent.wait for a day, an agent run's final)
+# holds its id, so a frame-sized one would pin megabytes per request. The original's
+# clients send UUIDs; ours "cli-<method>".
+MAX_REQUEST_ID_CHARS: Final = params_mod.MAX_NAME_CHARS
+# A request frame's keys, as the original's schema has them (no others).
+_REQUEST_KEYS: Final = frozenset({"type", "id", "method", "params"})
 # Close codes (RFC 6455 §7.4.1) used by the protocol.
 CLOSE_POLICY: Final = 1008
 CLOSE_GOING_AWAY: Final = 1001
@@ -87,9 +93,15 @@ class BadFrame(ApiError):
     def __init__(self, message: str, frame: Any = None) -> None:
         super().__init__(400, message)
         req_id = frame.get("id") if isinstance(frame, dict) else None
-        usable = (isinstance(req_id, str) and req_id != "") or (
-            isinstance(req_id, int) and not isinstance(req_id, bool))
+        usable = _is_request_id(req_id) and req_id != ""
         self.reply_id: str | int = req_id if usable else INVALID_FRAME_ID
+
+
+def _is_request_id(value: Any) -> bool:
+    """A string of at most ``MAX_REQUEST_ID_CHARS`` characters or an integer."""
+    if isinstance(value, str):
+        return len(value) <= MAX_REQUEST_ID_CHARS
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class ProtocolFailure(Exception):
@@ -373,6 +385,12 @@ class ControlConnection:
                 or not isinstance(frame.get("method"), str) \
                 or not isinstance(frame.get("id"), (str, int)) or isinstance(frame.get("id"), bool):
             raise BadFrame('invalid request frame: expected {"type":"req","id","method","params"}', frame)
+        if not _is_request_id(frame["id"]):
+            raise BadFrame(f"invalid request frame: an id of {len(frame['id'])} characters, "
+                           f"over {MAX_REQUEST_ID_CHARS}", frame)
+        for name in frame:
+            if name not in _REQUEST_KEYS:       # what a waiting request holds stays bounded
+                raise BadFrame(f"invalid request frame: unexpected property '{params_mod.shown(name)}'", frame)
         return frame
 
     async def _handshake(self) -> None:
