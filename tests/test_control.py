@@ -276,6 +276,27 @@ class HandshakeTest(ControlTestCase):
         writer.close()
 
 
+class AllowedOriginsTest(ControlTestCase):
+    config = slow_config(ws={"allowedOrigins": ["https://App.Example.com/", "http://tools.example:8080",
+                                                "https://secure.example:443", "not an origin"]})
+
+    async def test_entries_are_compared_as_origins_as_browsers_send_them(self) -> None:
+        # A browser sends scheme://host[:port], lower case, no default port, no path: an
+        # entry copied from the address bar (a slash, capitals, the default port) admits it.
+        for origin, allowed in (("https://app.example.com", True), ("https://App.Example.com/", True),
+                                ("http://tools.example:8080", True), ("http://TOOLS.example:8080", True),
+                                ("https://secure.example", True), ("https://app.example.com:8443", False),
+                                ("http://app.example.com", False), ("http://tools.example", False),
+                                ("https://evil.example", False), ("null", False)):
+            with self.subTest(origin):
+                if allowed:
+                    ws = await self.raw(headers=[("Origin", origin)])
+                    await ws.close()
+                else:
+                    with self.assertRaisesRegex(Exception, "server answered 403 instead of 101"):
+                        await connect("ws" + self.gw.url[4:], headers=[("Origin", origin)])
+
+
 class RunsTest(ControlTestCase):
     async def test_an_agent_run_emits_both_event_families_and_the_original_final(self) -> None:
         c = await self.client()

@@ -112,6 +112,25 @@ class ProtocolFailure(Exception):
         super().__init__(message)
 
 
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def _origin_key(value: str) -> str | None:
+    """``value`` as a browser serialises an origin (RFC 6454 §6.2): ``scheme://host[:port]``
+    in lower case, without a default port or a path; None if it names no origin."""
+    try:
+        parts = urlsplit(value.strip())
+        port = parts.port
+    except ValueError:              # "http://[", a port out of range
+        return None
+    scheme, host = parts.scheme.lower(), parts.hostname      # hostname: already lower case
+    if not scheme or not host:
+        return None
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{scheme}://{host}" + ("" if port is None or port == _DEFAULT_PORTS.get(scheme) else f":{port}")
+
+
 def _close_reason(text: str) -> str:
     """``text`` cut to the 123 UTF-8 bytes a Close frame's reason may hold (RFC 6455 §5.5)."""
     return text.encode("utf-8", "replace")[:123].decode("utf-8", "ignore")
@@ -144,6 +163,10 @@ class ControlProtocol:
         self.health_version = 0
         self._ids = itertools.count(1)
         self._tick: asyncio.TimerHandle | None = None
+        # gateway.ws.allowedOrigins as origins compare: an entry written "https://App.example/"
+        # admits the "https://app.example" a browser sends.
+        self._allowed_origins = frozenset(
+            key for key in map(_origin_key, self.config.allowed_origins) if key is not None)
 
     # ---- the upgrade ----
     def _check_upgrade(self, request: http.HTTPRequest) -> list[tuple[str, str]]:
@@ -161,7 +184,7 @@ class ControlProtocol:
     def _origin_allowed(self, origin: str, host: str) -> bool:
         allowed = self.config.allowed_origins
         if allowed:
-            return "*" in allowed or origin in allowed
+            return "*" in allowed or origin in allowed or _origin_key(origin) in self._allowed_origins
         # No list: same host as the request, or a page served from loopback.
         try:
             parts = urlsplit(origin)
