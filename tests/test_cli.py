@@ -438,6 +438,28 @@ class ConnectDeadlineTest(unittest.IsolatedAsyncioTestCase):
             await client.close()
 
 
+class LogLinesTest(unittest.IsolatedAsyncioTestCase):
+    async def test_what_a_client_sends_cannot_forge_a_log_line_or_reach_the_terminal(self) -> None:
+        # The gateway logs an unknown method's name and a refused property: newlines and
+        # escape sequences in them are escaped, one record stays one line on stderr.
+        from equabot_gw.errors import GatewayError
+        from equabot_gw.gateway.client import ControlClient
+        forged = "2026-01-01 00:00:00,000 ERROR equabot_gw.auth: FORGED"
+        with GatewayProcess() as gw:
+            client = await ControlClient.open(gw.url, TOKEN)
+            for method, params in ((f"nope\n{forged}\x1b[2J", {}), ("sessions.list", {f"p\r\n{forged}": 1})):
+                with self.assertRaises(GatewayError):
+                    await client.request(method, params)
+            await client.close()
+            self.assertEqual(gw.stop(), 0)
+            log = gw.stderr_path.read_text()
+        self.assertFalse([line for line in log.splitlines() if line.startswith(forged)], log)
+        self.assertNotIn("\x1b", log)
+        self.assertNotIn("\r", log)
+        self.assertIn(f"unknown method: nope\\n{forged}\\x1b[2J", log)
+        self.assertIn(f"unexpected property 'p\\r\\n{forged}'", log)
+
+
 class AuthModeHintTest(CLITestCase):
     def test_a_gateway_asking_for_a_password_is_named_when_a_token_was_sent(self) -> None:
         with GatewayProcess(base_config(auth={"mode": "password", "password": "pw-7788"})) as gw:
