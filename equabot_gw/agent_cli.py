@@ -34,6 +34,10 @@ from .errors import ApiError, ConnectionClosed, GatewayError, ProtocolError, Run
 
 # Ctrl-C on a remote run: how long the CLI tries to have the gateway abort it.
 ABORT_TIMEOUT = 3.0
+# How long the answer to ``connect`` may take once the WebSocket is open: as long as
+# the gateway itself gives a client for that phase. A server that accepts the
+# WebSocket but is no gateway (an echo, a wrong path of another server) never answers.
+CONNECT_TIMEOUT = 10.0
 
 
 def _result_json(result: AgentResult, session_created_at: float | None, started: float) -> str:
@@ -84,7 +88,8 @@ async def open_client(target: Target) -> Any:
 
     Presents only the secret of ``target.mode`` (``auth.token`` or
     ``auth.password``). Raises ``GatewayError`` with one line for a gateway
-    that cannot be reached or refuses, with the wait when it answers 429.
+    that cannot be reached or refuses, with the wait when it answers 429,
+    and for a server that does not answer ``connect`` within ``CONNECT_TIMEOUT``.
     """
     from .gateway.client import ControlClient
     from .gateway.control import PROTOCOL_VERSION
@@ -106,7 +111,12 @@ async def open_client(target: Target) -> Any:
     if target.secret is not None:
         params["auth"] = {target.mode if target.mode != "none" else "token": target.secret}
     try:
-        client.hello = await request(client, "connect", params)
+        async with asyncio.timeout(CONNECT_TIMEOUT):
+            client.hello = await request(client, "connect", params)
+    except TimeoutError:
+        client.ws.abort()
+        raise GatewayError(f"the server at {url} did not answer connect within {CONNECT_TIMEOUT:g} s; "
+                           f"is it an equabot gateway?") from None
     except GatewayError as exc:
         await client.close()
         other = "token" if target.mode == "password" else "password"

@@ -309,8 +309,9 @@ class Authenticator:
         counted). ``browser_origin`` marks an attempt made by a browser page
         (a WebSocket whose upgrade carried ``Origin``): pass the Origin value,
         or True when it is not at hand. Such attempts are counted even from
-        loopback, apart from other clients (per origin when given), so a page
-        cannot lock out the machine's own tools, nor escape the limiter.
+        loopback, apart from other clients (from loopback per origin when
+        given, elsewhere per address), so a page cannot lock out the machine's
+        own tools, nor escape the limiter.
         """
         if not self.required:
             return
@@ -337,6 +338,11 @@ class Authenticator:
     def _limiter_key(self, client: str, browser_origin: bool | str) -> Hashable | None:
         """Where an attempt is counted; None for an exempt loopback client."""
         if browser_origin:
+            # A page on this machine is counted per origin, so a hostile one cannot
+            # lock out the others. Elsewhere the Origin (and a Host to match it) is
+            # whatever the client sends: per origin, changing it would escape the count.
+            if not is_loopback(client):
+                return (BROWSER_KIND, client)
             origin = browser_origin.strip().lower() if isinstance(browser_origin, str) else ""
             return (BROWSER_KIND, origin or client)
         if self.limiter.limits.exempt_loopback and is_loopback(client):

@@ -294,12 +294,24 @@ def _setup_logging(level: str, fmt: str = "text") -> None:
 
 class _TextFormatter(logging.Formatter):
     """``2025-01-31 12:00:00,123 INFO equabot_gw.runs: …``, the date formatted once a second
-    (there is a line per run: strftime per line was a sizeable share of its cost)."""
+    (there is a line per run: strftime per line was a sizeable share of its cost).
+
+    A record is one line: control and other unprintable characters of the
+    message (which may quote what a client sent: a method name, a property)
+    are escaped (``\\n``, ``\\x1b``), so no client can forge a line or drive
+    the operator's terminal. A traceback below a record stays as it is.
+    """
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
         self._second = -1
         self._stamp = ""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
+        if line.isprintable():          # nearly always: one C-speed scan
+            return line
+        return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in line)
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         second = int(record.created)

@@ -449,6 +449,17 @@ class AuthenticatorTest(unittest.TestCase):
         self.fail(auth, "192.0.2.7", 2, browser_origin=True)
         auth.check(TOKEN, "192.0.2.7")
 
+    def test_a_remote_client_cannot_escape_its_count_by_changing_origin(self) -> None:
+        # Any client can send any Origin (and a Host to match it): away from loopback the
+        # origin is the client's choice, so pages are counted per address, not per origin.
+        auth = self.authenticator(max_attempts=3)
+        self.fail(auth, "192.0.2.7", 3, browser_origin="http://a.example:18789")
+        for origin in ("http://a.example:18789", "http://b.example:18789", True):
+            with self.subTest(origin):
+                self.assertLocked(auth, "192.0.2.7", browser_origin=origin)
+        auth.check(TOKEN, "192.0.2.7")                  # its non-browser count stays apart
+        auth.check(TOKEN, "192.0.2.8", browser_origin="http://a.example:18789")     # so do other addresses
+
     def test_counts_are_kept_per_credential_kind(self) -> None:
         # One limiter, two gateways' worth of secrets: a token's failures do not lock a password.
         limits = RateLimitConfig(max_attempts=2, window_seconds=60.0, lockout_seconds=300.0)

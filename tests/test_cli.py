@@ -414,6 +414,52 @@ class SecretGoesOnlyToItsGatewayTest(CLITestCase):
                 self.assertNotIn(kept.encode(), bytes(self.foreign.received))
 
 
+class ConnectDeadlineTest(unittest.IsolatedAsyncioTestCase):
+    """A server that opens the WebSocket but never answers ``connect`` (an echo, another
+    server's path) is named in one line after the deadline; the CLI does not wait forever."""
+
+    async def test_a_server_that_never_answers_connect_is_left_after_the_deadline(self) -> None:
+        import asyncio
+        from unittest import mock
+        from equabot_gw import agent_cli
+        from equabot_gw.errors import GatewayError
+        from tests.support import running_gateway
+        async with running_gateway(base_config(ws={"echoPath": "/echo"})) as gateway:
+            url = f"http://127.0.0.1:{gateway.server.port}/echo"     # echoes connect, answers nothing
+            with mock.patch.object(agent_cli, "CONNECT_TIMEOUT", 0.3, create=True):
+                started = time.monotonic()
+                with self.assertRaises(GatewayError) as caught:
+                    await asyncio.wait_for(agent_cli.open_client(agent_cli.Target(url, "token", TOKEN)), 5)
+            self.assertLess(time.monotonic() - started, 3)
+            self.assertEqual(str(caught.exception), f"the server at {url} did not answer connect "
+                                                     f"within 0.3 s; is it an equabot gateway?")
+            client = await agent_cli.open_client(agent_cli.Target(gateway.url, "token", TOKEN))
+            self.assertEqual(client.hello["type"], "hello-ok")      # a gateway answers in time
+            await client.close()
+
+
+class LogLinesTest(unittest.IsolatedAsyncioTestCase):
+    async def test_what_a_client_sends_cannot_forge_a_log_line_or_reach_the_terminal(self) -> None:
+        # The gateway logs an unknown method's name and a refused property: newlines and
+        # escape sequences in them are escaped, one record stays one line on stderr.
+        from equabot_gw.errors import GatewayError
+        from equabot_gw.gateway.client import ControlClient
+        forged = "2026-01-01 00:00:00,000 ERROR equabot_gw.auth: FORGED"
+        with GatewayProcess() as gw:
+            client = await ControlClient.open(gw.url, TOKEN)
+            for method, params in ((f"nope\n{forged}\x1b[2J", {}), ("sessions.list", {f"p\r\n{forged}": 1})):
+                with self.assertRaises(GatewayError):
+                    await client.request(method, params)
+            await client.close()
+            self.assertEqual(gw.stop(), 0)
+            log = gw.stderr_path.read_text()
+        self.assertFalse([line for line in log.splitlines() if line.startswith(forged)], log)
+        self.assertNotIn("\x1b", log)
+        self.assertNotIn("\r", log)
+        self.assertIn(f"unknown method: nope\\n{forged}\\x1b[2J", log)
+        self.assertIn(f"unexpected property 'p\\r\\n{forged}'", log)
+
+
 class AuthModeHintTest(CLITestCase):
     def test_a_gateway_asking_for_a_password_is_named_when_a_token_was_sent(self) -> None:
         with GatewayProcess(base_config(auth={"mode": "password", "password": "pw-7788"})) as gw:

@@ -276,6 +276,27 @@ class HandshakeTest(ControlTestCase):
         writer.close()
 
 
+class AllowedOriginsTest(ControlTestCase):
+    config = slow_config(ws={"allowedOrigins": ["https://App.Example.com/", "http://tools.example:8080",
+                                                "https://secure.example:443", "not an origin"]})
+
+    async def test_entries_are_compared_as_origins_as_browsers_send_them(self) -> None:
+        # A browser sends scheme://host[:port], lower case, no default port, no path: an
+        # entry copied from the address bar (a slash, capitals, the default port) admits it.
+        for origin, allowed in (("https://app.example.com", True), ("https://App.Example.com/", True),
+                                ("http://tools.example:8080", True), ("http://TOOLS.example:8080", True),
+                                ("https://secure.example", True), ("https://app.example.com:8443", False),
+                                ("http://app.example.com", False), ("http://tools.example", False),
+                                ("https://evil.example", False), ("null", False)):
+            with self.subTest(origin):
+                if allowed:
+                    ws = await self.raw(headers=[("Origin", origin)])
+                    await ws.close()
+                else:
+                    with self.assertRaisesRegex(Exception, "server answered 403 instead of 101"):
+                        await connect("ws" + self.gw.url[4:], headers=[("Origin", origin)])
+
+
 class RunsTest(ControlTestCase):
     async def test_an_agent_run_emits_both_event_families_and_the_original_final(self) -> None:
         c = await self.client()
@@ -809,6 +830,59 @@ class HardeningTest(ControlTestCase):
                 self.assertEqual((frame["type"], frame["ok"], frame["error"]["code"]),
                                  ("res", False, "INVALID_REQUEST"))
         self.assertTrue((await c.request("health", {}))["ok"])
+        await c.close()
+
+    async def test_a_bad_frame_is_answered_under_its_own_id_else_invalid_never_null(self) -> None:
+        # As the original: the error carries the frame's id, so the client's request settles;
+        # a frame without a usable id is answered under "invalid" (a response's id is a
+        # non-empty string in the protocol's schema, never null).
+        c = await self.client()
+        for bad, reply_id in (({"type": "req", "id": "r1"}, "r1"),
+                              ({"type": "req", "id": "r2", "method": 7}, "r2"),
+                              ({"type": "request", "id": "r3", "method": "health"}, "r3"),
+                              ({"type": "req", "id": 4, "params": {}}, 4),
+                              ({"type": "req", "id": True, "method": "health"}, "invalid"),
+                              ({"type": "req", "id": "", "method": 1}, "invalid"),
+                              ({"type": "req", "id": {"a": 1}, "method": "health"}, "invalid"),
+                              (["type", "req"], "invalid"),
+                              ("{not json", "invalid")):
+            with self.subTest(bad=bad):
+                c.ws.send(bad if isinstance(bad, str) else json.dumps(bad))
+                frame = await asyncio.wait_for(c.next_frame(), 2)
+                self.assertEqual((frame["type"], frame["id"], frame["ok"], frame["error"]["code"]),
+                                 ("res", reply_id, False, "INVALID_REQUEST"))
+        self.assertTrue((await c.request("health", {}))["ok"])
+        await c.close()
+        ws = await self.raw()           # before connect too: then the close
+        ws.send(json.dumps({"type": "req", "id": "first", "params": {}}))
+        frame = json.loads(await asyncio.wait_for(ws.recv(), 2))
+        self.assertEqual((frame["id"], frame["ok"]), ("first", False))
+        with self.assertRaises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 2)
+        await ws.wait_closed()
+        self.assertClosedWith(ws, 1008)
+
+    async def test_a_waiting_request_cannot_pin_a_frame_sized_id_or_extra_keys(self) -> None:
+        # agent.wait may wait a day and holds its request: before, a 1 MiB id (up to the
+        # 25 MiB frame limit) or a 1 MiB key beside the four a request has (the original's
+        # schema allows no others) was held that long, 32 times per connection.
+        c = await self.client()
+        wait = {"type": "req", "method": "agent.wait", "params": {"runId": "never", "timeoutMs": 86_400_000}}
+        for bad, reply_id, message in (
+                ({**wait, "id": "w" * (1 << 20)}, "invalid",
+                 f"invalid request frame: an id of {1 << 20} characters, over 512"),
+                ({**wait, "id": "w2", "pad": "x" * (1 << 20)}, "w2",
+                 "invalid request frame: unexpected property 'pad'")):
+            with self.subTest(reply_id):
+                c.ws.send(json.dumps(bad))
+                frame = await asyncio.wait_for(c.next_frame(), 2)
+                self.assertEqual((frame["id"], frame["ok"], frame["error"]),
+                                 (reply_id, False, {"code": "INVALID_REQUEST", "message": message}))
+        [conn] = self.gw.control.connections
+        self.assertEqual(len(conn._waits), 0)
+        c.ws.send(json.dumps({**wait, "id": "w" * 512, "params": {"runId": "never", "timeoutMs": 1}}))
+        frame = await asyncio.wait_for(c.next_frame(), 2)      # 512 characters: an id still
+        self.assertEqual((frame["id"], frame["payload"]["status"]), ("w" * 512, "timeout"))
         await c.close()
 
     async def test_a_malformed_origin_is_403(self) -> None:

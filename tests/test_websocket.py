@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import gc
 import os
 import pathlib
 import shutil
 import socket
 import ssl
+import struct
 import subprocess
 import tempfile
 import time
 import tracemalloc
 import unittest
+import weakref
 
 from equabot_gw.errors import (
     ApiError, ConnectionClosed, HeadTooLarge, InvalidUTF8, MessageTooBig, TooManyFragments, WebSocketProtocolError,
@@ -891,6 +894,36 @@ class Shell(unittest.IsolatedAsyncioTestCase):
         with self.assertRaises(ConnectionClosed) as caught:
             await server.recv()
         self.assertEqual(caught.exception.code, 1006)
+
+    async def test_a_peer_gone_mid_message_leaves_nothing_behind(self) -> None:
+        # A reset in the middle of a message (no EOF is read): the codec's parser, left
+        # waiting, referred back to the codec, a cycle, and the unfinished message stayed
+        # in memory until a full run of the cyclic garbage collector (a gateway's rarely
+        # comes). Whole messages that came before it are still delivered.
+        loop = asyncio.get_running_loop()
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            peer = socket.create_connection(listener.getsockname())
+            accepted, _ = listener.accept()
+        ws = WebSocket(client=False, max_queued_messages=2)
+        await loop.connect_accepted_socket(lambda: ws, accepted)
+        with peer:
+            peer.sendall(b"".join(T(TEXT, b"%d" % i) for i in range(5)) + T(BINARY, b"x" * 100_000, fin=False)
+                         + T(CONT, b"y" * 1000, announce=1 << 20))
+            await asyncio.sleep(UNIT)
+            self.assertFalse(ws._transport.is_reading())            # two unread: reading paused
+            peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))   # close = reset
+        self.assertEqual([await ws.recv() for _ in range(5)], ["0", "1", "2", "3", "4"])
+        await asyncio.wait_for(ws.wait_closed(), 20 * UNIT)          # reading again, it sees the reset
+        with self.assertRaises(ConnectionClosed) as caught:
+            await ws.recv()
+        self.assertEqual(caught.exception.code, 1006)
+        codec = weakref.ref(ws._conn)
+        gc.disable()
+        try:
+            del ws
+            self.assertIsNone(codec())                               # freed with its shell
+        finally:
+            gc.enable()
 
     async def test_flow_control_pauses_reading(self) -> None:
         server, peer = await self.raw_peer(max_queued_messages=4, close_timeout=2 * UNIT)

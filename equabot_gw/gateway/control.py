@@ -53,6 +53,12 @@ PRE_CONNECT_QUEUED_MESSAGES: Final = 1
 # at most this many at once per connection.
 MAX_PENDING_WAITS: Final = 32
 _LONG_METHODS: Final = frozenset({"agent.wait", "agent.subscribe"})
+# Longest request id: a request waiting (agent.wait for a day, an agent run's final)
+# holds its id, so a frame-sized one would pin megabytes per request. The original's
+# clients send UUIDs; ours "cli-<method>".
+MAX_REQUEST_ID_CHARS: Final = params_mod.MAX_NAME_CHARS
+# A request frame's keys, as the original's schema has them (no others).
+_REQUEST_KEYS: Final = frozenset({"type", "id", "method", "params"})
 # Close codes (RFC 6455 §7.4.1) used by the protocol.
 CLOSE_POLICY: Final = 1008
 CLOSE_GOING_AWAY: Final = 1001
@@ -64,6 +70,8 @@ SHUTDOWN_CLOSE_TIMEOUT: Final = 2.0
 # The events this gateway sends (hello-ok features.events).
 EVENTS: Final = ("connect.challenge", "agent", "chat", "tick", "health", "shutdown")
 DEFAULT_ROLE: Final = "operator"
+# The id of the error response to a frame with no usable id of its own (the original's word).
+INVALID_FRAME_ID: Final = "invalid"
 
 Method = Callable[["ControlConnection", dict[str, Any], Any], Awaitable[Any]]
 
@@ -74,12 +82,53 @@ def _uuid4() -> str:
     return str(uuid.uuid4())
 
 
+class BadFrame(ApiError):
+    """A frame that is not a request: ``reply_id`` is the id its error response carries.
+
+    That is the frame's own id when it has a usable one (a non-empty string or
+    an integer), so the client's request settles, else ``INVALID_FRAME_ID``, as
+    the original Gateway answers; never null, which a response's id may not be.
+    """
+
+    def __init__(self, message: str, frame: Any = None) -> None:
+        super().__init__(400, message)
+        req_id = frame.get("id") if isinstance(frame, dict) else None
+        usable = _is_request_id(req_id) and req_id != ""
+        self.reply_id: str | int = req_id if usable else INVALID_FRAME_ID
+
+
+def _is_request_id(value: Any) -> bool:
+    """A string of at most ``MAX_REQUEST_ID_CHARS`` characters or an integer."""
+    if isinstance(value, str):
+        return len(value) <= MAX_REQUEST_ID_CHARS
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 class ProtocolFailure(Exception):
     """A frame that ends the connection with ``code`` after an error response."""
 
     def __init__(self, code: int, message: str) -> None:
         self.code = code
         super().__init__(message)
+
+
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def _origin_key(value: str) -> str | None:
+    """``value`` as a browser serialises an origin (RFC 6454 §6.2): ``scheme://host[:port]``
+    in lower case, without a default port or a path; None if it names no origin."""
+    try:
+        parts = urlsplit(value.strip())
+        port = parts.port
+    except ValueError:              # "http://[", a port out of range
+        return None
+    scheme, host = parts.scheme.lower(), parts.hostname      # hostname: already lower case
+    if not scheme or not host:
+        return None
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{scheme}://{host}" + ("" if port is None or port == _DEFAULT_PORTS.get(scheme) else f":{port}")
 
 
 def _close_reason(text: str) -> str:
@@ -114,6 +163,10 @@ class ControlProtocol:
         self.health_version = 0
         self._ids = itertools.count(1)
         self._tick: asyncio.TimerHandle | None = None
+        # gateway.ws.allowedOrigins as origins compare: an entry written "https://App.example/"
+        # admits the "https://app.example" a browser sends.
+        self._allowed_origins = frozenset(
+            key for key in map(_origin_key, self.config.allowed_origins) if key is not None)
 
     # ---- the upgrade ----
     def _check_upgrade(self, request: http.HTTPRequest) -> list[tuple[str, str]]:
@@ -131,7 +184,7 @@ class ControlProtocol:
     def _origin_allowed(self, origin: str, host: str) -> bool:
         allowed = self.config.allowed_origins
         if allowed:
-            return "*" in allowed or origin in allowed
+            return "*" in allowed or origin in allowed or _origin_key(origin) in self._allowed_origins
         # No list: same host as the request, or a page served from loopback.
         try:
             parts = urlsplit(origin)
@@ -344,27 +397,33 @@ class ControlConnection:
                 self.protocol.serving.discard(self)
 
     async def _parse(self, message: str | bytes) -> dict[str, Any]:
-        """A request frame (its params not yet checked); ``ApiError`` 400 for anything else."""
+        """A request frame (its params not yet checked); ``BadFrame`` for anything else."""
         if isinstance(message, bytes):
             raise ProtocolFailure(CLOSE_UNSUPPORTED_DATA, "binary frames are not part of the protocol")
         try:
             frame = await safejson.loads_async(message)
         except ValueError as exc:       # bad JSON, too deep, NaN, a lone surrogate
-            raise ApiError(400, f"invalid JSON: {exc}", code="invalid_json") from None
+            raise BadFrame(f"invalid JSON: {exc}") from None
         if not isinstance(frame, dict) or frame.get("type") != "req" \
                 or not isinstance(frame.get("method"), str) \
                 or not isinstance(frame.get("id"), (str, int)) or isinstance(frame.get("id"), bool):
-            raise ApiError(400, 'invalid request frame: expected {"type":"req","id","method","params"}')
+            raise BadFrame('invalid request frame: expected {"type":"req","id","method","params"}', frame)
+        if not _is_request_id(frame["id"]):
+            raise BadFrame(f"invalid request frame: an id of {len(frame['id'])} characters, "
+                           f"over {MAX_REQUEST_ID_CHARS}", frame)
+        for name in frame:
+            if name not in _REQUEST_KEYS:       # what a waiting request holds stays bounded
+                raise BadFrame(f"invalid request frame: unexpected property '{params_mod.shown(name)}'", frame)
         return frame
 
     async def _handshake(self) -> None:
         message = await self.ws.recv()      # at most MAX_CONNECT_FRAME_CHARS bytes (the shell's limit)
         try:
             frame = await self._parse(message)
-        except ApiError as exc:
+        except BadFrame as exc:
             # Unreadable: it may have carried credentials, so it counts as a failed attempt.
             self._count_failed_attempt()
-            self.fail(None, exc)
+            self.fail(exc.reply_id, exc)
             raise ProtocolFailure(CLOSE_POLICY, "the first frame must be a connect request") from None
         if frame["method"] != "connect":
             self.fail(frame["id"], ApiError(400, "invalid handshake: first request must be connect"))
@@ -470,8 +529,8 @@ class ControlConnection:
     async def _dispatch(self, message: str | bytes) -> None:
         try:
             frame = await self._parse(message)
-        except ApiError as exc:
-            self.fail(None, exc)     # the connection stays usable
+        except BadFrame as exc:
+            self.fail(exc.reply_id, exc)     # the connection stays usable
             return
         if frame["method"] in _LONG_METHODS:
             if len(self._waits) >= MAX_PENDING_WAITS:

@@ -312,7 +312,8 @@ class Connection:
         ``WebSocketProtocolError``, ``InvalidUTF8`` or ``MessageTooBig``; once
         raised, the same error is raised on every later call (sticky). Events
         that precede the offending frame are returned first. The caller then
-        sends ``fail(exc)``.
+        sends ``fail(exc)``. After ``EOF`` or an error the parser has ended:
+        it holds nothing more, the unfinished message included.
         """
         if self._failure is not None:
             raise self._failure.with_traceback(None)
@@ -336,6 +337,11 @@ class Connection:
                 self._check_text()
             except InvalidUTF8 as earlier:
                 exc = earlier
+        # Nothing more will be parsed: an unfinished message can never complete, and
+        # bytes after a bad frame are ignored.
+        self._reader.buffer.clear()
+        self._msg_data = None
+        self._msg_opcode = self._msg_size = self._msg_frames = self._msg_checked = 0
         if exc is None:
             return EOF
         self._failure = exc
@@ -362,7 +368,7 @@ class Connection:
                 event = self._control_frame(opcode, _apply_mask(payload, mask) if mask else bytes(payload))
                 yield event
                 if isinstance(event, CloseReceived):
-                    yield from self._discard()
+                    yield from _discard(read)
                 continue
             if opcode != Opcode.CONTINUATION:
                 self._msg_opcode = opcode
@@ -562,15 +568,6 @@ class Connection:
             self._outbox.append(self._close_frame(event.code, ""))
         return event
 
-    def _discard(self) -> Generator[None, None, None]:
-        # RFC 6455 §5.5.1: after the peer's Close "the endpoint MUST NOT send
-        # any more data frames"; whatever it still sends is ignored.
-        while True:
-            self._reader.buffer.clear()
-            if self._reader.eof:
-                raise EOFError
-            yield None
-
     # -- sending ---------------------------------------------------------------------
 
     def _frame(self, opcode: int, payload: bytes) -> bytes:
@@ -642,7 +639,7 @@ class Connection:
         received bytes are ignored.
         """
         self._step(_Step.FAIL)
-        self._parser = self._discard()
+        self._parser = _discard(self._reader)
         if self.close_sent is not None or self.state is State.CLOSED:
             return b""
         code = ws_close_code(exc)
@@ -654,6 +651,17 @@ class Connection:
         # appropriate status code (Section 7.4) before proceeding to _Close the
         # WebSocket Connection_."
         return self._close_frame(code, reason)
+
+
+def _discard(reader: _Reader) -> Generator[None, None, None]:
+    # RFC 6455 §5.5.1: after the peer's Close "the endpoint MUST NOT send
+    # any more data frames"; whatever it still sends is ignored. A function of
+    # the reader alone: a connection's parser must not refer back to it (below).
+    while True:
+        reader.buffer.clear()
+        if reader.eof:
+            raise EOFError
+        yield None
 
 
 def _parse_close(payload: bytes) -> CloseReceived:

@@ -262,6 +262,7 @@ class WebSocket(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._conn.receive_data(b"")
+        self._parse_rest()
         self._record(1006, "")
         for handle in (self._keepalive_handle, self._pong_handle, self._close_handle, self._feed_handle):
             if handle is not None:
@@ -280,6 +281,26 @@ class WebSocket(asyncio.Protocol):
         logger.debug("ws#%d closed: %d", self.id, self._code)
 
     # -- receiving ---------------------------------------------------------------
+
+    def _parse_rest(self) -> None:
+        """At the end of the stream, parse what came before it now, however many
+        messages wait unread (they are in memory already: at most two reads).
+
+        So the codec's parser runs to its end and lets go of everything: a parser
+        left waiting refers back to its codec, a cycle, and a connection dropped
+        in the middle of a message kept that message (up to ``max_message_bytes``)
+        until a full run of the cyclic garbage collector.
+        """
+        if self._failed or self._pending_failure is not None:
+            return                        # failing: input is ignored
+        while True:
+            try:
+                event = self._conn.next_event()
+            except WebSocketProtocolError:
+                return                    # the peer is gone: nobody to tell
+            if event is NEED_DATA or event is EOF:
+                return
+            self._handle(event)
 
     def _process(self) -> None:
         conn = self._conn
