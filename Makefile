@@ -12,7 +12,7 @@ TEST_STAMP := $(VENV_TEST)/.installed-$(shell cat tests/interop/requirements.txt
 VENV_DIST := build/venv
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test test-fast check-imports bench conformance dist interop-original interop-haproxy clean
+.PHONY: run test test-fast check-imports browser bench conformance dist interop-original interop-haproxy clean
 
 run:
 	$(PYTHON) -m equabot_gw
@@ -25,8 +25,19 @@ $(TEST_STAMP): tests/interop/requirements.txt
 
 # The whole suite, third-party interop included (EQUABOT_INTEROP=1 makes a
 # missing client library a failure instead of a skip).
-test: $(TEST_STAMP) check-imports
+test: $(TEST_STAMP) browser check-imports
 	EQUABOT_INTEROP=1 $(TEST_PY) -m unittest discover -s tests -t . $(if $(V),-v,)
+
+# The chat page's browser tests drive Debian's chromium headless: installed
+# here when missing, as root or with password-less sudo; elsewhere they skip,
+# saying how to get it.
+browser:
+	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1 \
+	    && { [ "$$(id -u)" = 0 ] || sudo -n true 2>/dev/null; }; then \
+	    echo "installing chromium (Debian package) for the browser tests"; \
+	    $(SUDO) apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; \
+	fi
 
 # Without the virtual environment: interop tests are skipped.
 test-fast: check-imports

@@ -246,6 +246,18 @@ class SafetyAndLayoutTest(BrowserTestCase):
         self.assertIsNone(await page.evaluate("window.__pwned"))
         self.assertNoConsoleErrors(page)
 
+    async def test_a_socket_that_offers_subprotocols_opens(self) -> None:
+        # A browser fails the handshake when the answer names none of the subprotocols it offered.
+        page = await self.new_page()
+        await page.goto(self.gw.url + "/")
+        chosen = await page.evaluate("""new Promise(done => {
+          const ws = new WebSocket(location.origin.replace(/^http/, 'ws') + '/', ['equabot.v1', 'chat']);
+          ws.onopen = () => { done(ws.protocol); ws.close(); };
+          ws.onerror = () => done('error');
+        })""", timeout=10)
+        self.assertEqual(chosen, "equabot.v1")
+        self.assertNoConsoleErrors(page)
+
     async def test_markdown_renders_as_dom_nodes(self) -> None:
         page = await self.open_connected()
         await page.click("#msg")

@@ -487,7 +487,13 @@ SERVER_HANDSHAKES: tuple[tuple[str, str, str, tuple, object], ...] = (
      without("Connection", ("Connection", "keep-alive"), ("Connection", "UPGRADE")), RFC_ACCEPT),
     ("other key", "GET", "1.1", without("Sec-WebSocket-Key", ("Sec-WebSocket-Key", "AQIDBAUGBwgJCgsMDQ4PEA==")),
      "C/0nmHhBztSRGR1CwL6Tf4ZjwpY="),
-    ("subprotocols offered are not chosen", "GET", "1.1", GOOD + (("Sec-WebSocket-Protocol", "chat"),), RFC_ACCEPT),
+    ("a subprotocol not a token", "GET", "1.1", GOOD + (("Sec-WebSocket-Protocol", "chat v2"),),
+     (400, "invalid Sec-WebSocket-Protocol: each subprotocol must be a token", ())),
+    ("a subprotocol outside ASCII", "GET", "1.1", GOOD + (("Sec-WebSocket-Protocol", "ch\u00e4t"),),
+     (400, "invalid Sec-WebSocket-Protocol: each subprotocol must be a token", ())),
+    ("a subprotocol offered twice", "GET", "1.1",
+     GOOD + (("Sec-WebSocket-Protocol", "chat, v2"), ("Sec-WebSocket-Protocol", "chat")),
+     (400, "invalid Sec-WebSocket-Protocol: a subprotocol offered twice", ())),
     ("POST", "POST", "1.1", GOOD, (400, "a WebSocket upgrade must use GET", ())),
     ("HTTP/1.0", "GET", "1.0", GOOD, (400, "a WebSocket upgrade needs HTTP/1.1", ())),
     ("garbage version", "GET", "x", GOOD, (400, "a WebSocket upgrade needs HTTP/1.1", ())),
@@ -554,6 +560,17 @@ class Handshake(unittest.TestCase):
                     server_handshake(method, version, Fields(fields))
                 exc = caught.exception
                 self.assertEqual((exc.status, exc.message, exc.headers), expected)
+
+    def test_the_first_subprotocol_offered_is_chosen(self) -> None:
+        # A browser fails a handshake whose answer names none of the subprotocols it offered.
+        for offered, chosen in (((("Sec-WebSocket-Protocol", "equabot.v1, chat"),), "equabot.v1"),
+                                ((("Sec-WebSocket-Protocol", " ,chat"), ("Sec-WebSocket-Protocol", "x")), "chat"),
+                                ((("Sec-WebSocket-Protocol", ""),), None)):
+            with self.subTest(offered):
+                fields = server_handshake("GET", "1.1", Fields(GOOD + offered))
+                self.assertEqual(fields[:3], [("Upgrade", "websocket"), ("Connection", "Upgrade"),
+                                              ("Sec-WebSocket-Accept", RFC_ACCEPT)])
+                self.assertEqual(fields[3:], [] if chosen is None else [("Sec-WebSocket-Protocol", chosen)])
 
     def test_server_responses(self) -> None:
         for name, status, fields, error in SERVER_RESPONSES:

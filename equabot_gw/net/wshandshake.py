@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from typing import Final, Protocol
 
 from ..errors import ApiError, WebSocketProtocolError
-from .grammar import split_list
+from .grammar import TOKEN, split_list
 
 __all__ = [
     "HeaderFields", "accept_key", "new_client_key", "server_handshake",
@@ -67,10 +67,12 @@ def server_handshake(method: str, version: str, headers: HeaderFields) -> list[t
     """Check an upgrade request (RFC 6455 §4.2.1); return the 101 response's header fields.
 
     ``version`` is the HTTP version, "1.1" or "HTTP/1.1". Returns Upgrade,
-    Connection and Sec-WebSocket-Accept as (name, value) pairs. Raises
-    ``ApiError`` 400 for a method other than GET, HTTP older than 1.1, a
-    missing Host, Upgrade without "websocket", Connection without "upgrade",
-    or a Sec-WebSocket-Key that is not one base64 value of 16 bytes; 426 with
+    Connection, Sec-WebSocket-Accept and, when the client offers
+    subprotocols, Sec-WebSocket-Protocol naming the first, as (name, value)
+    pairs. Raises ``ApiError`` 400 for a method other than GET, HTTP older
+    than 1.1, a missing Host, Upgrade without "websocket", Connection without
+    "upgrade", a Sec-WebSocket-Key that is not one base64 value of 16 bytes,
+    or a subprotocol that is not a token or is offered twice; 426 with
     ``Sec-WebSocket-Version: 13`` for another version (§4.2.2).
     """
     # §4.2.1 item 1: "An HTTP/1.1 or higher GET request".
@@ -99,10 +101,32 @@ def server_handshake(method: str, version: str, headers: HeaderFields) -> list[t
         raise ApiError(400, "missing Sec-WebSocket-Version")
     if [v.strip(" \t") for v in versions] != ["13"]:
         raise ApiError(426, "unsupported WebSocket version", headers=(("Sec-WebSocket-Version", "13"),))
-    # §4.2.2 /version/ 5: Upgrade, Connection, Sec-WebSocket-Accept. No
-    # Sec-WebSocket-Protocol or -Extensions: none is ever negotiated.
-    return [("Upgrade", "websocket"), ("Connection", "Upgrade"),
-            ("Sec-WebSocket-Accept", accept_key(keys[0].strip(" \t")))]
+    # §4.2.2 /version/ 5: Upgrade, Connection, Sec-WebSocket-Accept, and the
+    # subprotocol chosen. No extension is ever negotiated.
+    fields = [("Upgrade", "websocket"), ("Connection", "Upgrade"),
+              ("Sec-WebSocket-Accept", accept_key(keys[0].strip(" \t")))]
+    subprotocol = _first_subprotocol(headers.get_all("sec-websocket-protocol"))
+    if subprotocol is not None:
+        fields.append(("Sec-WebSocket-Protocol", subprotocol))
+    return fields
+
+
+def _first_subprotocol(values: list[str]) -> str | None:
+    """The first subprotocol the client offers, or None when it offers none.
+
+    The protocol spoken is the same whatever the name, so any name offered
+    is accepted, and the first is echoed as chosen (§4.2.2 /subprotocol/:
+    one of the client's values): a browser that asked for one fails a
+    handshake whose answer names none. Each value must be a token (§4.1,
+    RFC 7230 §3.2.6), each once; else 400.
+    """
+    offered = [name for value in values for name in split_list(value)]
+    for name in offered:
+        if not name.isascii() or TOKEN.fullmatch(name.encode("ascii")) is None:
+            raise ApiError(400, "invalid Sec-WebSocket-Protocol: each subprotocol must be a token")
+    if len(set(offered)) != len(offered):
+        raise ApiError(400, "invalid Sec-WebSocket-Protocol: a subprotocol offered twice")
+    return offered[0] if offered else None
 
 
 def client_request_headers(host: str, key: str) -> list[tuple[str, str]]:
