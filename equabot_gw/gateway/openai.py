@@ -346,8 +346,9 @@ class ChatCompletions:
         subscription = run.subscribe()
         try:
             # Hold the response head until the run produced something, so a run
-            # that fails before its first output gets a real status (429, 502, 504).
-            first = await chat_stream.first_output(subscription)
+            # that fails before its first output gets a real status (429, 502, 504),
+            # for one keep-alive interval at most: then the stream starts, kept alive.
+            first = await chat_stream.first_output(subscription, sse.KEEPALIVE_INTERVAL)
         except asyncio.CancelledError:
             leave()
             raise

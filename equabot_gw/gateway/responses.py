@@ -279,8 +279,9 @@ class Responses:
         subscription = flight.run.subscribe()
         try:
             # Hold the head until the run produced something, so a run that fails
-            # first gets a real status (429, 502, 504), as chat completions do.
-            first = await first_output(subscription)
+            # first gets a real status (429, 502, 504), as chat completions do (for
+            # one keep-alive interval at most: then response.created goes out).
+            first = await first_output(subscription, sse.KEEPALIVE_INTERVAL)
         except asyncio.CancelledError:
             flight.leave()
             self._settle_later(flight)
