@@ -170,6 +170,34 @@ class ModelNameTest(unittest.IsolatedAsyncioTestCase):
             self.assertEqual(status, 200)
 
 
+def assertEveryBlockHasData(test: unittest.TestCase, payload: bytes) -> None:
+    """No blank line of the stream ends a block without data (a keep-alive comment alone):
+    the openai SDK dispatches each such block, once an event had an id, and fails on it."""
+    for block in payload.decode().split("\n\n")[:-1]:
+        test.assertTrue(any(line.startswith("data: ") for line in block.split("\n")), repr(block[:80]))
+
+
+class KeepAliveTest(unittest.IsolatedAsyncioTestCase):
+    """Keep-alive comments of a stream that pauses between its events: lines that a reader
+    ignores among the next event's, never an event of their own."""
+
+    async def test_comments_between_events_dispatch_nothing(self) -> None:
+        data = slow_first_word_config()
+        data["models"]["providers"]["slow"]["delayMs"] = 150         # three intervals and more between words
+        with mock.patch.object(sse, "KEEPALIVE_INTERVAL", INTERVAL):
+            async with running_gateway(data) as gw:
+                chat = await post_stream(gw.server.port, "/v1/chat/completions",
+                                         {"model": "equabot", "messages": [{"role": "user", "content": "a b"}]})
+                responses = await post_stream(gw.server.port, "/v1/responses", {"model": "equabot", "input": "a b"})
+        for name, (status, _, payload) in (("chat", chat), ("responses", responses)):
+            with self.subTest(name):
+                self.assertEqual(status, 200)
+                first_id = payload.index(b"\nid: ") if payload.startswith(b":") else payload.index(b"id: ")
+                self.assertIn(sse.KEEPALIVE, payload[first_id:])      # comments after an event's id
+                assertEveryBlockHasData(self, payload)
+        self.assertEqual(stream_outcome(sse_events(chat[2])), ("Echo (turn 1): a b", "stop", None))
+
+
 # A first word after this long: many keep-alive intervals of HeldHeadTest.
 FIRST_WORD_MS = 600
 INTERVAL = 0.05
@@ -223,12 +251,12 @@ class HeldHeadTest(unittest.IsolatedAsyncioTestCase):
                 status, _, payload = await post_stream(gw.server.port, "/v1/responses",
                                                        {"model": "equabot", "input": "hi"})
         self.assertEqual(status, 200)
-        blocks = payload.decode()[:-2].split("\n\n")
-        kinds = [b if b.startswith(":") else b.partition("event: ")[2].partition("\n")[0] for b in blocks]
-        opened = kinds.index("response.in_progress")
-        self.assertEqual(kinds[:opened + 1], ["response.created", "response.in_progress"])
-        self.assertEqual(kinds[opened + 1], ": keep-alive")          # before any output
-        self.assertEqual([k for k in kinds if not k.startswith(":")][-1], "response.completed")
+        lines = [line for line in payload.decode().split("\n") if line.startswith((":", "event: "))]
+        opened = lines.index("event: response.in_progress")
+        self.assertEqual(lines[:opened + 1], ["event: response.created", "event: response.in_progress"])
+        self.assertEqual(lines[opened + 1], ": keep-alive")          # before any output
+        self.assertEqual([k for k in lines if not k.startswith(":")][-1], "event: response.completed")
+        assertEveryBlockHasData(self, payload)
 
     async def test_a_run_failing_within_the_interval_gets_its_status_and_after_it_an_error_event(self) -> None:
         body = {"model": "equabot:late", "messages": [{"role": "user", "content": "hi"}]}
