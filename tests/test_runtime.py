@@ -393,11 +393,14 @@ class RunHereTest(RuntimeCase):
         raise AssertionError("no run started")
 
     async def until(self, handle: Run, status: str) -> None:
-        for _ in range(1000):
-            if handle.status == status:
-                return
-            await asyncio.sleep(0.002)
-        raise AssertionError(f"{handle} never reached {status!r}")
+        # Looked at every step of the loop: "recording" may last only a few steps (a
+        # poll every 2 ms missed it under load, the run then already settled).
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5.0
+        while handle.status != status:
+            if loop.time() > deadline:
+                raise AssertionError(f"{handle} never reached {status!r}")
+            await asyncio.sleep(0)
 
     async def test_the_callers_task_runs_it_and_it_ends_settled(self) -> None:
         tasks = len(asyncio.all_tasks())
