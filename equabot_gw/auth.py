@@ -350,12 +350,20 @@ class Authenticator:
         return (self.secret.mode, client)
 
     def check_bearer(self, authorization: str | None, client: str) -> None:
-        """Check an ``Authorization`` header value (scheme case-insensitive, RFC 9110 §11.1)."""
+        """Check an ``Authorization`` header value (scheme case-insensitive, RFC 9110 §11.1).
+
+        ``authorization`` is the field's bytes as ISO-8859-1 text, as the HTTP
+        codec gives every field value; the credentials in it are read as the
+        UTF-8 they were sent in, so a secret outside ASCII is the same secret
+        here as in a WebSocket ``connect`` (bytes that are not UTF-8 match none).
+        """
         presented = None
         if authorization is not None:
             scheme, _, credentials = authorization.strip().partition(" ")
             if scheme.lower() == "bearer" and credentials.strip():
                 presented = credentials.strip()
+                if not presented.isascii():
+                    presented = presented.encode("latin-1", "replace").decode("utf-8", "replace")
             else:
                 presented = ""      # present but not a bearer credential: a failed attempt
         self.check(presented, client)

@@ -711,6 +711,18 @@ class EnvWinsTest(unittest.IsolatedAsyncioTestCase):
             await self.assertOnlySecret(gw, "env-pw", "config-pw")
             self.assertEqual((await request(gw, token="env-token"))[0], 401)
 
+    async def test_a_secret_outside_ascii_is_the_same_over_http_as_over_websocket(self) -> None:
+        secret = "pässwörd-Ünïcode-✓"
+        as_sent = secret.encode().decode("latin-1")     # its UTF-8 bytes, as `request` writes a str
+        async with in_process(gateway_data(auth={"mode": "password", "password": secret})) as gw:
+            self.assertEqual((await request(gw, token=as_sent))[0], 200)        # curl sends UTF-8: was 401
+            client = await ControlClient.open(gw.url, secret, mode="password")
+            await client.close()
+            # Other bytes match nothing, and bytes that are not UTF-8 are a plain 401.
+            for other in ("pässwörd-Ünïcode-?", "p\xe4ssw\xf6rd-\xdcn\xefcode-\xff"):
+                status, _, body = await request(gw, token=other)
+                self.assertEqual((status, error_of(body)["code"]), (401, "invalid_api_key"))
+
 
 # -- start-up: binding beyond loopback, mode "none", the generated token ---------
 

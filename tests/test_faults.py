@@ -169,14 +169,20 @@ async def chat(port: int, message: str, *, stream: bool = False, model: str = "e
 
 
 def sse_events(payload: bytes) -> list[Any]:
-    """The data of each event of an OpenAI stream: parsed JSON objects, and "[DONE]" as is."""
+    """The data of each event of an OpenAI stream: parsed JSON objects, and "[DONE]" as is.
+
+    Comment lines (keep-alives) are ignored wherever they are; a block of
+    comments alone fails: the openai SDK dispatches every blank line once an
+    event had an id, and cannot parse the empty event that makes.
+    """
     text = payload.decode()
     if not text.endswith("\n\n"):
         raise AssertionError(f"stream does not end with a blank line: {text[-80:]!r}")
     events = []
     for block in text[:-2].split("\n\n"):
-        if block.startswith(":"):
-            continue                     # a keep-alive comment
+        block = "\n".join(line for line in block.split("\n") if not line.startswith(":"))
+        if not block:
+            raise AssertionError("a block of comments alone: an event without data to the openai SDK")
         if block.startswith("id: "):     # the event's id (resumable streams) comes first
             block = block.partition("\n")[2]
         if not block.startswith("data: "):

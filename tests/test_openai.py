@@ -215,6 +215,21 @@ class CompletionTest(OpenAITestCase):
                           store=False, parallel_tool_calls=True, stream=False, user="", modalities=["text"],
                           verbosity="medium"))
 
+    def test_metadata_is_bounded_as_openai_bounds_it(self) -> None:
+        # OpenAI's Metadata (the Responses door checks the same): at most 16 pairs, string
+        # values of at most 512 characters, keys of at most 64; null is no metadata.
+        self.ok(self.chat(metadata={f"k{i}": "v" * 512 for i in range(16)}))
+        self.ok(self.chat(metadata=None))
+        for metadata, param in (({"a": 1}, "metadata.a"), ({"a": None}, "metadata.a"),
+                                ({"a": {"nested": "x"}}, "metadata.a"), ({"a": "v" * 513}, "metadata.a"),
+                                ({"k" * 65: "v"}, "metadata." + "k" * 64),
+                                ({f"k{i}": "v" for i in range(17)}, "metadata")):
+            with self.subTest(param=param[:12], value=str(metadata)[:30]):
+                error = self.fails(self.chat(metadata=metadata), 400)
+                self.assertEqual((error["code"], error["param"]), ("invalid_value", param))
+        error = self.fails(self.chat(metadata=["a"]), 400)
+        self.assertEqual((error["code"], error["param"]), ("invalid_type", "metadata"))
+
     def test_unsupported_values_are_refused_by_name(self) -> None:
         # Echo honours every option but structured output (an echo is not JSON); the
         # gateway has no audio output at all.

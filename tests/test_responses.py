@@ -272,6 +272,32 @@ class StoredTest(ResponsesCase):
         error = self.fails({"input": "x", "model": "equabot", "previous_response_id": obj["id"]}, 400)
         self.assertEqual((error["code"], error["param"]), ("previous_response_not_found", "previous_response_id"))
 
+    def test_input_items_pages_and_refuses_bad_queries_with_400(self) -> None:
+        obj = self.create({"input": [{"role": "user", "content": f"part {i}"} for i in range(3)]})
+        path = f"/v1/responses/{obj['id']}/input_items"
+
+        def page(query: str) -> dict[str, Any]:
+            status, _, data = self.client.request("GET", f"{path}?{query}")
+            self.assertEqual(status, 200, data)
+            listed = json.loads(data)
+            self.assertEqual(SCHEMAS.errors(listed, "ResponseItemList"), [])
+            return listed
+
+        first = page("limit=2&order=asc")
+        self.assertEqual([i["content"][0]["text"] for i in first["data"]], ["part 0", "part 1"])
+        self.assertTrue(first["has_more"])
+        rest = page(f"limit=2&order=asc&after={first['last_id']}")
+        self.assertEqual(([i["content"][0]["text"] for i in rest["data"]], rest["has_more"]), (["part 2"], False))
+        self.assertEqual(page("")["data"][0]["content"][0]["text"], "part 2")     # newest first by default
+        # Digits that are not ASCII ("²" made int() fail with a 500; "٣" was read as 3), and a
+        # query of more fields than any route reads: a 400 naming what is wrong, never a 500.
+        for query, param in (("limit=%C2%B2", "limit"), ("limit=%D9%A3", "limit"), ("limit=0", "limit"),
+                             ("limit=101", "limit"), ("order=sideways", "order"),
+                             ("&".join(f"f{i}=1" for i in range(40)), None)):
+            with self.subTest(query=query[:20]):
+                error = self.fails(None, 400, method="GET", path=f"{path}?{query}")
+                self.assertEqual((error["code"], error["param"]), ("invalid_value", param))
+
     def test_unknown_and_wrong_paths(self) -> None:
         self.assertEqual(self.fails(None, 404, method="GET", path="/v1/responses/resp_nope")["param"], "response_id")
         self.fails(None, 404, method="POST", path="/v1/responses/resp_nope/cancel")

@@ -5,7 +5,8 @@
 delta; deltas beyond it came faster than they could be sent and are joined
 into chunks of at most 4,096 characters. End to end, a 2 MiB request of
 one-letter words streams a body a few times its text, never 120 times, in
-HTTP chunks of at most 64 KiB.
+HTTP chunks of at most 64 KiB. A stream whose run is slow to its first
+output starts after one keep-alive interval, and is kept alive until it comes.
 """
 
 from __future__ import annotations
@@ -15,14 +16,16 @@ import json
 import random
 import unittest
 from typing import Any
+from unittest import mock
 
 from equabot_gw.agents.events import Delta, Ended, Failed
 from equabot_gw.agents.types import AgentResult, Usage
 from equabot_gw.errors import UpstreamError
 from equabot_gw.gateway import openai
+from equabot_gw.net import sse
 from equabot_gw.gateway.chat_stream import PIECE_BYTES, ChunkWriter as _ChunkWriter
-from tests.support import TOKEN, running_gateway
-from tests.test_faults import stream_outcome
+from tests.support import TOKEN, error_of, running_gateway, split_responses
+from tests.test_faults import sse_events, stream_outcome
 
 CHUNK_TEXT = 4096
 
@@ -165,6 +168,107 @@ class ModelNameTest(unittest.IsolatedAsyncioTestCase):
             self.assertIn("257 characters, more than the limit of 256", error["message"])
             status, _, _ = await chat(gw.server.port, "hi", model="m" * openai.MAX_MODEL_CHARS)
             self.assertEqual(status, 200)
+
+
+def assertEveryBlockHasData(test: unittest.TestCase, payload: bytes) -> None:
+    """No blank line of the stream ends a block without data (a keep-alive comment alone):
+    the openai SDK dispatches each such block, once an event had an id, and fails on it."""
+    for block in payload.decode().split("\n\n")[:-1]:
+        test.assertTrue(any(line.startswith("data: ") for line in block.split("\n")), repr(block[:80]))
+
+
+class KeepAliveTest(unittest.IsolatedAsyncioTestCase):
+    """Keep-alive comments of a stream that pauses between its events: lines that a reader
+    ignores among the next event's, never an event of their own."""
+
+    async def test_comments_between_events_dispatch_nothing(self) -> None:
+        data = slow_first_word_config()
+        data["models"]["providers"]["slow"]["delayMs"] = 150         # three intervals and more between words
+        with mock.patch.object(sse, "KEEPALIVE_INTERVAL", INTERVAL):
+            async with running_gateway(data) as gw:
+                chat = await post_stream(gw.server.port, "/v1/chat/completions",
+                                         {"model": "equabot", "messages": [{"role": "user", "content": "a b"}]})
+                responses = await post_stream(gw.server.port, "/v1/responses", {"model": "equabot", "input": "a b"})
+        for name, (status, _, payload) in (("chat", chat), ("responses", responses)):
+            with self.subTest(name):
+                self.assertEqual(status, 200)
+                first_id = payload.index(b"\nid: ") if payload.startswith(b":") else payload.index(b"id: ")
+                self.assertIn(sse.KEEPALIVE, payload[first_id:])      # comments after an event's id
+                assertEveryBlockHasData(self, payload)
+        self.assertEqual(stream_outcome(sse_events(chat[2])), ("Echo (turn 1): a b", "stop", None))
+
+
+# A first word after this long: many keep-alive intervals of HeldHeadTest.
+FIRST_WORD_MS = 600
+INTERVAL = 0.05
+
+
+def slow_first_word_config() -> dict[str, Any]:
+    from tests.test_responses import responses_config
+    data = responses_config()
+    data["agents"] = {"list": [{"id": "main", "default": True},
+                               {"id": "late", "timeoutSeconds": FIRST_WORD_MS / 3000}],
+                      "defaults": {"model": "slow/echo"}}
+    data["models"] = {"providers": {"slow": {"api": "echo", "delayMs": FIRST_WORD_MS}}}
+    return data
+
+
+async def post_stream(port: int, path: str, body: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
+    """A streamed POST on a fresh connection (``Connection: close``): status, headers, de-chunked body."""
+    data = json.dumps({**body, "stream": True}).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                     f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+                     f"Connection: close\r\n\r\n".encode() + data)
+        raw = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    [(status, headers, payload)] = split_responses(raw)
+    return status, headers, payload
+
+
+class HeldHeadTest(unittest.IsolatedAsyncioTestCase):
+    """The head of a stream waits for the run's first output (so that a run failing at once
+    gets a real status) for one keep-alive interval at most; then the stream starts and
+    keep-alive comments come until the output does: never a silence longer than that."""
+
+    async def test_a_chat_stream_starts_and_keeps_alive_while_the_first_word_is_awaited(self) -> None:
+        with mock.patch.object(sse, "KEEPALIVE_INTERVAL", INTERVAL):
+            async with running_gateway(slow_first_word_config()) as gw:
+                status, headers, payload = await post_stream(
+                    gw.server.port, "/v1/chat/completions",
+                    {"model": "equabot", "messages": [{"role": "user", "content": "hi"}]})
+        self.assertEqual((status, headers["content-type"]), (200, "text/event-stream; charset=utf-8"))
+        self.assertTrue(payload.startswith(sse.KEEPALIVE), payload[:80])      # the head went out first
+        events = sse_events(payload)
+        self.assertEqual(stream_outcome(events), ("Echo (turn 1): hi", "stop", None))
+        self.assertEqual(contents(events[1:-2]), ["Echo", " (turn", " 1):", " hi"])   # word by word still
+
+    async def test_a_responses_stream_opens_and_keeps_alive_while_the_first_word_is_awaited(self) -> None:
+        with mock.patch.object(sse, "KEEPALIVE_INTERVAL", INTERVAL):
+            async with running_gateway(slow_first_word_config()) as gw:
+                status, _, payload = await post_stream(gw.server.port, "/v1/responses",
+                                                       {"model": "equabot", "input": "hi"})
+        self.assertEqual(status, 200)
+        lines = [line for line in payload.decode().split("\n") if line.startswith((":", "event: "))]
+        opened = lines.index("event: response.in_progress")
+        self.assertEqual(lines[:opened + 1], ["event: response.created", "event: response.in_progress"])
+        self.assertEqual(lines[opened + 1], ": keep-alive")          # before any output
+        self.assertEqual([k for k in lines if not k.startswith(":")][-1], "event: response.completed")
+        assertEveryBlockHasData(self, payload)
+
+    async def test_a_run_failing_within_the_interval_gets_its_status_and_after_it_an_error_event(self) -> None:
+        body = {"model": "equabot:late", "messages": [{"role": "user", "content": "hi"}]}
+        async with running_gateway(slow_first_word_config()) as gw:
+            status, _, payload = await post_stream(gw.server.port, "/v1/chat/completions", body)
+        self.assertEqual((status, error_of(payload)["code"]), (504, "run_timeout"))
+        with mock.patch.object(sse, "KEEPALIVE_INTERVAL", INTERVAL):
+            async with running_gateway(slow_first_word_config()) as gw:
+                status, _, payload = await post_stream(gw.server.port, "/v1/chat/completions", body)
+        self.assertEqual(status, 200)
+        text, finish, error = stream_outcome(sse_events(payload))
+        self.assertEqual((text, finish, error["code"]), ("", None, "run_timeout"))
 
 
 if __name__ == "__main__":

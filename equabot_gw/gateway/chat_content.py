@@ -30,6 +30,7 @@ __all__ = [
     "MAX_TOOLS", "MAX_N", "MAX_TOP_LOGPROBS", "MAX_LOGIT_BIAS", "FINISH_REASONS", "read_conversation",
     "options_from", "choice_object", "message_object", "logprobs_object", "finish_of", "tool_call_object",
     "annotation_object", "FIELD_CHECKS", "is_legacy", "expect_string", "expect_object", "expect_name",
+    "check_metadata",
 ]
 
 MAX_TOOLS: Final = 128                 # OpenAI: "A max of 128 functions are supported."
@@ -38,6 +39,9 @@ MAX_TOP_LOGPROBS: Final = 20           # OpenAI: "An integer between 0 and 20"
 MAX_LOGIT_BIAS: Final = 1024           # token biases one request may set
 MAX_CALLS_PER_MESSAGE: Final = 128     # tool calls one assistant message may carry
 MAX_NAME_CHARS: Final = 64
+MAX_METADATA: Final = 16               # OpenAI: "Set of 16 key-value pairs"
+MAX_METADATA_KEY_CHARS: Final = 64
+MAX_METADATA_VALUE_CHARS: Final = 512
 # OpenAI's reasoning_effort values (none and xhigh on the newest models).
 REASONING_EFFORTS: Final = ("none", "minimal", "low", "medium", "high", "xhigh")
 # OpenAI: function names "must be a-z, A-Z, 0-9, or contain underscores and dashes, with a maximum length of 64".
@@ -97,6 +101,22 @@ def expect_name(value: Any, where: str, *, tail: str = "", pattern: str = _NAME_
         raise bad(where, f"Invalid {where!r}: string does not match pattern. Expected a string that "
                          f"matches the pattern {pattern}.", code="invalid_value")
     return value
+
+
+def check_metadata(value: Any, *, tail: str = "") -> None:
+    """``metadata`` as OpenAI's ``Metadata`` allows it (null, or at most 16 string values of
+    at most 512 characters under keys of at most 64), else 400 naming the field."""
+    if value is None:
+        return
+    expect_object(value, "metadata", tail=tail)
+    if len(value) > MAX_METADATA:
+        raise bad("metadata", f"Invalid 'metadata': too many properties. Expected an object with at most "
+                              f"{MAX_METADATA} properties, but got {len(value)} instead.", code="invalid_value")
+    for key, item in value.items():
+        if len(key) > MAX_METADATA_KEY_CHARS or type(item) is not str or len(item) > MAX_METADATA_VALUE_CHARS:
+            raise bad(f"metadata.{key[:64]}", f"Invalid 'metadata': keys are strings of at most "
+                                              f"{MAX_METADATA_KEY_CHARS} characters, values strings of at most "
+                                              f"{MAX_METADATA_VALUE_CHARS}.", code="invalid_value")
 
 
 # -- tools and generation fields -------------------------------------------------------

@@ -28,6 +28,7 @@ transcript after a restart) goes on exactly where the client stopped
 
 from __future__ import annotations
 
+import asyncio
 import json
 import operator
 import time
@@ -46,7 +47,7 @@ from ..net.routes import error_body
 from ..agents.idempotency import output_units, rebuilt_units
 from .chat_content import annotation_object, finish_of, logprobs_object
 
-__all__ = ["ChunkWriter", "first_output", "sse_body", "resumed_body", "error_code", "error_param", "PIECE_BYTES", "SYSTEM_FINGERPRINT"]
+__all__ = ["ChunkWriter", "first_output", "has_output", "sse_body", "resumed_body", "error_code", "error_param", "PIECE_BYTES", "SYSTEM_FINGERPRINT"]
 
 SYSTEM_FINGERPRINT: Final = f"equabot-gw-{__version__}"
 # A str as a JSON string literal: the C function json.dumps ends up calling,
@@ -76,16 +77,33 @@ def _passed_on(exc: UpstreamRejected) -> bool:
     return http_status(exc) == exc.upstream_status
 
 
-async def first_output(subscription: Subscription) -> list[Any]:
-    """Events up to and including the first output (any event but ``Started``) or the terminal one."""
+async def first_output(subscription: Subscription, hold: float | None = None) -> list[Any]:
+    """Events up to and including the first output (any event but ``Started``) or the terminal one.
+
+    With ``hold`` (seconds), the events so far (perhaps none) once that long
+    passed without either: a door holds its response head while it waits
+    here, so that a run failing at once gets a real status, but never longer
+    than a keep-alive interval (a queued run, or a model slow to its first
+    token, would otherwise leave clients and proxies without a byte).
+    """
     events: list[Any] = []
+    loop = asyncio.get_running_loop()
+    deadline = None if hold is None else loop.time() + hold
     while True:
-        batch = await subscription.next_batch()
+        wait = None if deadline is None else deadline - loop.time()
+        if wait is not None and wait <= 0:
+            return events
+        batch = await subscription.next_batch(wait)
         if batch is None:
             return events
         events.extend(batch)
         if any(type(e) is not Started for e in batch):
             return events
+
+
+def has_output(events: list[Any]) -> bool:
+    """Whether ``first_output`` found the first output (or the end), rather than its hold ending."""
+    return any(type(e) is not Started for e in events)
 
 
 async def sse_body(run: Run, subscription: Subscription, first: list[Any],
@@ -96,6 +114,10 @@ async def sse_body(run: Run, subscription: Subscription, first: list[Any],
     # client between them (and the events of a batch are turned into bytes
     # only as the client takes them).
     log = run.events
+    if not has_output(first):
+        # The head went out before the first output (``first_output``'s hold): the
+        # server sends keep-alive comments until it comes, then the role chunk with it.
+        first = first + await first_output(subscription)
     for piece in chunks.mixed(first, role=True) if log.mixed else chunks.pieces(first, role=True):
         yield piece
     while not chunks.finished:

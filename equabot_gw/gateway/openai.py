@@ -125,8 +125,9 @@ def _fields_table() -> dict[str, Callable[[Any], None]]:
         "verbosity": lambda v: n("verbosity", v, "string", lambda x: x == "medium", "other than \"medium\""),
         "web_search_options": lambda v: n("web_search_options", v, "object", lambda x: False, "(web search)"),
         "moderation": lambda v: n("moderation", v, "object|string", lambda x: False, "(moderation)"),
-        # Metadata and hints that do not change the reply: accepted with their types checked.
-        "metadata": lambda v: _expect("metadata", v, "object"),
+        # Metadata and hints that do not change the reply: accepted with their types checked
+        # (metadata as OpenAI bounds it, as the Responses door does).
+        "metadata": chat_content.check_metadata,
         "store": lambda v: _expect("store", v, "boolean"),
         "service_tier": lambda v: _expect("service_tier", v, "string"),
         "safety_identifier": lambda v: _expect("safety_identifier", v, "string"),
@@ -346,8 +347,9 @@ class ChatCompletions:
         subscription = run.subscribe()
         try:
             # Hold the response head until the run produced something, so a run
-            # that fails before its first output gets a real status (429, 502, 504).
-            first = await chat_stream.first_output(subscription)
+            # that fails before its first output gets a real status (429, 502, 504),
+            # for one keep-alive interval at most: then the stream starts, kept alive.
+            first = await chat_stream.first_output(subscription, sse.KEEPALIVE_INTERVAL)
         except asyncio.CancelledError:
             leave()
             raise

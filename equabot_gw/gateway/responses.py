@@ -46,7 +46,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
-from urllib.parse import parse_qsl
 
 from .. import compact_json
 from ..agents import runtime as agent_runtime
@@ -57,7 +56,7 @@ from ..agents.runtime import Run, RunRecord, Runtime
 from ..agents.types import AgentRequest, Message, SessionHistory
 from ..errors import ApiError, RunAborted, RunError, StorageError
 from ..net import sse
-from ..net.routes import HTTPRequest, Response, StreamingResponse
+from ..net.routes import HTTPRequest, Response, StreamingResponse, query_fields
 from . import responses_input, resume
 from .chat_stream import first_output
 from .openai import _agent_from_model, _parse_body, _release, _run_error_response, gateway_header
@@ -280,8 +279,9 @@ class Responses:
         subscription = flight.run.subscribe()
         try:
             # Hold the head until the run produced something, so a run that fails
-            # first gets a real status (429, 502, 504), as chat completions do.
-            first = await first_output(subscription)
+            # first gets a real status (429, 502, 504), as chat completions do (for
+            # one keep-alive interval at most: then response.created goes out).
+            first = await first_output(subscription, sse.KEEPALIVE_INTERVAL)
         except asyncio.CancelledError:
             flight.leave()
             self._settle_later(flight)
@@ -516,7 +516,7 @@ class Responses:
         and ``GET /v1/responses/{id}/input_items``."""
         self.authorize(request)
         response_id, action = _split(request.params.get("rest", ""), ("", "input_items"), "GET")
-        query = _query(request.query)
+        query = query_fields(request.query)
         if action == "input_items":
             return await self._input_items(response_id, query)
         stream = query.get("stream")
@@ -637,17 +637,11 @@ def _split(rest: str, actions: tuple[str, ...], method: str) -> tuple[str, str]:
     return response_id, action
 
 
-def _query(query: str) -> dict[str, str]:
-    try:
-        return dict(parse_qsl(query, keep_blank_values=True, max_num_fields=32))
-    except ValueError:
-        raise ApiError(400, "Invalid query string: more than 32 fields.", code="invalid_value") from None
-
-
 def _page_limit(value: str | None) -> int:
     if value is None:
         return DEFAULT_PAGE_ITEMS
-    if not value.isdigit() or not 1 <= int(value) <= MAX_PAGE_ITEMS:
+    # ASCII digits only: str.isdigit() takes "²" and "٣", which int() refuses or reads.
+    if not _SEQ_RE.fullmatch(value) or not 1 <= int(value) <= MAX_PAGE_ITEMS:
         raise ApiError(400, f"Invalid 'limit': expected an integer between 1 and {MAX_PAGE_ITEMS}.",
                        code="invalid_value", param="limit")
     return int(value)

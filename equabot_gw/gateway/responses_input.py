@@ -29,17 +29,13 @@ from ..agents.types import (
 )
 from ..errors import ApiError
 from .chat_content import (
-    MAX_NAME_CHARS, MAX_TOOLS, bad, expect_name, expect_object, expect_string, is_number, type_name,
-    unsupported,
+    MAX_NAME_CHARS, MAX_TOOLS, bad, check_metadata, expect_name, expect_object, expect_string, is_number,
+    type_name, unsupported,
 )
 
-__all__ = ["ResponseRequest", "FIELDS", "read_request", "echo_fields", "item_resources", "MAX_METADATA",
-           "MAX_MODEL_CHARS"]
+__all__ = ["ResponseRequest", "FIELDS", "read_request", "echo_fields", "item_resources", "MAX_MODEL_CHARS"]
 
 MAX_MODEL_CHARS: Final = 256          # the model string is echoed in every Response object
-MAX_METADATA: Final = 16              # OpenAI: "up to 16 key-value pairs"
-MAX_METADATA_KEY_CHARS: Final = 64
-MAX_METADATA_VALUE_CHARS: Final = 512
 MAX_CALL_ID_CHARS: Final = 256        # a call id is echoed back in every turn that answers it
 MIN_MAX_OUTPUT_TOKENS: Final = 16     # OpenAI's minimum of max_output_tokens
 MAX_TOP_LOGPROBS: Final = 20
@@ -126,19 +122,6 @@ _name: Final = functools.partial(expect_name, tail=" instead",
 
 
 # -- the fields of CreateResponse ---------------------------------------------------------
-
-def _check_metadata(value: Any) -> None:
-    if _expect("metadata", value, "object") is None:
-        return
-    if len(value) > MAX_METADATA:
-        raise bad("metadata", f"Invalid 'metadata': too many properties. Expected an object with at most "
-                              f"{MAX_METADATA} properties, but got {len(value)} instead.", code="invalid_value")
-    for key, item in value.items():
-        if len(key) > MAX_METADATA_KEY_CHARS or type(item) is not str or len(item) > MAX_METADATA_VALUE_CHARS:
-            raise bad(f"metadata.{key[:64]}", f"Invalid 'metadata': keys are strings of at most "
-                                              f"{MAX_METADATA_KEY_CHARS} characters, values strings of at most "
-                                              f"{MAX_METADATA_VALUE_CHARS}.", code="invalid_value")
-
 
 def _check_text(value: Any) -> None:
     if _expect("text", value, "object") is None:
@@ -258,7 +241,7 @@ def _fields_table() -> dict[str, Callable[[Any], None]]:
         "store": typed("store", "boolean"),
         "stream": typed("stream", "boolean"),
         "stream_options": _check_stream_options,
-        "metadata": _check_metadata,
+        "metadata": functools.partial(check_metadata, tail=" instead"),
         "user": typed("user", "string"),
         "temperature": _number("temperature", 0, 2),
         "top_p": _number("top_p", 0, 1),

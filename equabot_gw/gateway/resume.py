@@ -20,14 +20,13 @@ import functools
 import re
 from collections.abc import Callable
 from typing import Any, Final, NamedTuple
-from urllib.parse import parse_qs
 
 from ..agents import idempotency
 from ..agents import runtime as agent_runtime
 from ..agents.runtime import Run, RunRecord, Runtime
 from ..errors import ApiError
 from ..net import sse
-from ..net.routes import HTTPRequest, StreamingResponse
+from ..net.routes import HTTPRequest, StreamingResponse, query_fields
 from . import chat_stream
 
 __all__ = ["KEY_HEADERS", "REPLAY_HEADER", "idempotency_key", "body_digest", "completion_id", "run_id_of",
@@ -99,15 +98,14 @@ def last_event_position(headers: Any, public_id: str, query: str | None = None) 
     ``after=<seq>`` when ``query`` is given; None without either. 400 if malformed."""
     value = headers.get("last-event-id")
     if value is None:
-        after = parse_qs(query or "", keep_blank_values=True, max_num_fields=8).get("after") \
-            if query is not None else None
+        after = query_fields(query).get("after") if query is not None else None
         if after is None:
             return None
-        units = after[0].startswith("u")
-        if not re.fullmatch(_SEQ_RE, after[0][units:]):
+        units = after.startswith("u")
+        if not re.fullmatch(_SEQ_RE, after[units:]):
             raise ApiError(400, "Invalid 'after': expected a seq (digits, or u and digits).",
                            code="invalid_value", param="after")
-        return Position(int(after[0][units:]), units)
+        return Position(int(after[units:]), units)
     stream, _, seq = value.strip().rpartition(":")
     units = seq.startswith("u")
     if stream != public_id or not re.fullmatch(_SEQ_RE, seq[units:]):

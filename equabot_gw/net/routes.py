@@ -3,7 +3,8 @@
 Owns the handler contract: a handler is ``async (HTTPRequest) -> Response |
 StreamingResponse | Upgrade`` and may raise ``ApiError``; ``Router`` maps
 method and path to handlers (404 / 405 with ``Allow`` otherwise); every error
-body has OpenAI's shape ``{"error": {message, type, param, code}}``. No I/O:
+body has OpenAI's shape ``{"error": {message, type, param, code}}``;
+``query_fields`` reads a query string within a bound of fields. No I/O:
 ``connection.py`` runs handlers and writes what they return.
 """
 
@@ -13,7 +14,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Final, NamedTuple, Union
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote
 
 from ..errors import ApiError, HTTPProtocolError, error_type_for_status, http_status
 from .http11 import Headers
@@ -151,6 +152,22 @@ def error_response(exc: BaseException) -> Response:
     else:
         body = error_body(status, str(exc))
     return Response(status, headers, body)
+
+
+# Fields a query string may hold: the gateway's routes read one or two.
+MAX_QUERY_FIELDS: Final = 32
+
+
+def query_fields(query: str, max_fields: int = MAX_QUERY_FIELDS) -> dict[str, str]:
+    """The fields of a request's query string, percent-decoded (a repeated name: its last value).
+
+    Raises ``ApiError`` 400 for more than ``max_fields`` fields.
+    """
+    try:
+        return dict(parse_qsl(query, keep_blank_values=True, max_num_fields=max_fields))
+    except ValueError:
+        raise ApiError(400, f"Invalid query string: more than {max_fields} fields.",
+                       code="invalid_value") from None
 
 
 _PROTOCOL_CODES: Final = {

@@ -21,7 +21,11 @@ HEADERS: Final[tuple[tuple[str, str], ...]] = (
 
 # A comment line: ignored by clients, keeps proxies and idle timers from
 # closing a quiet stream (WHATWG §9.2.6 recommends one every 15 seconds or so).
-KEEPALIVE: Final = b": keep-alive\n\n"
+# A line, not a block: no blank line follows it, so it dispatches nothing.
+# (The openai Python SDK dispatches every blank line once an event had an
+# ``id``, and fails on the empty data of a comment followed by one.) The next
+# event's lines follow it; a reader ignores the comment among them.
+KEEPALIVE: Final = b": keep-alive\n"
 KEEPALIVE_INTERVAL: Final = 15.0
 
 # The OpenAI stream terminator.

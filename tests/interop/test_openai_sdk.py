@@ -28,6 +28,7 @@ from unittest import mock
 from equabot_gw.agents import runtime as agent_runtime
 from equabot_gw.agents import transcripts
 from equabot_gw.agents.sessions import scoped_key
+from equabot_gw.net import sse
 from tests.support import TOKEN, GatewayProcess, base_config, running_gateway
 
 try:
@@ -542,6 +543,25 @@ class AsyncClientTest(unittest.IsolatedAsyncioTestCase):
             final = await stream.get_final_completion()
         self.assertEqual("".join(deltas), "Echo (turn 1): async")
         self.assertEqual(final.usage.total_tokens, 5)
+
+    async def test_streams_that_pause_past_keep_alive_intervals(self) -> None:
+        # Keep-alive comments between events (here every 10 ms; 40 ms between words): the
+        # SDK dispatched the blank line after each comment as an event without data, once an
+        # event had an id, and failed on it with a JSONDecodeError.
+        with mock.patch.object(sse, "KEEPALIVE_INTERVAL", 0.01):
+            async with self.client.chat.completions.stream(model="equabot:slow",
+                                                           messages=user_turn("wait for it")) as stream:
+                deltas = [e.delta async for e in stream if e.type == "content.delta"]
+            self.assertEqual("".join(deltas), "Echo (turn 1): wait for it")
+            data = gateway_config()
+            data["gateway"]["http"]["endpoints"]["responses"] = {"enabled": True}
+            async with running_gateway(data) as gw:
+                async with openai.AsyncOpenAI(api_key=TOKEN, base_url=f"{gw.url}/v1", max_retries=0,
+                                              timeout=10) as client:
+                    events = [e async for e in await client.responses.create(
+                        model="equabot:slow", input="wait for it", stream=True)]
+        self.assertEqual(events[-1].type, "response.completed")
+        self.assertEqual(events[-1].response.output_text, "Echo (turn 1): wait for it")
 
     async def test_500_reveals_nothing(self) -> None:
         async def broken_run(runtime: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
