@@ -351,6 +351,15 @@ class IdempotencyTest(ResilienceCase):
             with self.subTest(bad):
                 keyed = await self.post(gateway, request(), Idempotency_Key="k-bad-id", Last_Event_ID=bad)
                 self.assertEqual((keyed.status, error_of(keyed.body)["code"]), (400, "invalid_last_event_id"))
+        # A key that never ran has nothing to resume: refused, and nothing starts under it.
+        self.assertEqual(self.counting.calls, 0)
+        self.assertEqual(len(gateway.runtime.keys), 0)
+        first = await self.post(gateway, request(), Idempotency_Key="k-bad-id")
+        await first.read_all()
+        for bad in ("chatcmpl-other:5", "nonsense"):
+            with self.subTest(bad, after_a_run=True):
+                keyed = await self.post(gateway, request(), Idempotency_Key="k-bad-id", Last_Event_ID=bad)
+                self.assertEqual((keyed.status, error_of(keyed.body)["code"]), (400, "invalid_last_event_id"))
         await asyncio.wait_for(self._settled(gateway), 5)
         self.assertEqual(self.counting.calls, 1)                  # the keyed run, once, and it completed
         self.assertEqual(gateway.runtime.keys._claims, {})

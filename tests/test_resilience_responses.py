@@ -188,6 +188,10 @@ class ResumeTest(ResponsesResilienceCase):
         keyless = await self.post(gateway, request(), Last_Event_ID="resp_0:5")
         self.assertEqual((keyless.status, error_of(keyless.body)["code"]), (400, "invalid_last_event_id"))
         self.assertEqual(self.counting.calls, 0)
+        # A key that never ran has nothing to resume: refused, and nothing starts under it.
+        fresh = await self.post(gateway, request(), Idempotency_Key="r-bad", Last_Event_ID="resp_0:5")
+        self.assertEqual((fresh.status, error_of(fresh.body)["code"]), (400, "invalid_last_event_id"))
+        self.assertEqual((self.counting.calls, len(gateway.runtime.keys)), (0, 0))
         first = await self.whole(await self.post(gateway, request(), Idempotency_Key="r-bad"))
         for bad in ("resp_other:5", "nonsense", f"{first[0][0].rpartition(':')[0]}:-1"):
             with self.subTest(bad):

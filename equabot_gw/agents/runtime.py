@@ -304,7 +304,7 @@ def _admit(runtime: Runtime, request: AgentRequest, digest: str | None,
 
 
 async def run_once(runtime: Runtime, request: AgentRequest, digest: str,
-                   meta: dict[str, Any] | None = None, *, watched: bool = True
+                   meta: dict[str, Any] | None = None, *, watched: bool = True, resuming: bool = False
                    ) -> tuple[Run | RunRecord, bool]:
     """``run`` for a door: the run, and whether it is an earlier run of the request's key
     (replayed or joined) rather than a new one.
@@ -314,12 +314,19 @@ async def run_once(runtime: Runtime, request: AgentRequest, digest: str,
     record replayed (a run the gateway never recorded replays as aborted
     with ``INTERRUPTED``). Concurrent requests with the key share one
     lookup. Raises as ``run`` does, and 503 if the lookup takes over
-    ``idempotency.LOOKUP_TIMEOUT`` seconds.
+    ``idempotency.LOOKUP_TIMEOUT`` seconds. ``resuming`` (the client asks
+    for the rest of an earlier stream) only joins or replays: 400
+    ``invalid_last_event_id`` when the key has no run to go on with, and
+    nothing starts.
     """
     if request.idempotency_key and not runtime.closing:
         agent, _, _ = route(runtime, request)
-        await runtime.keys.load_earlier(agent.id, idempotency.stored_key(request.idempotency_key), digest,
-                                        runtime.find_run, runtime._remember_record)
+        stored = idempotency.stored_key(request.idempotency_key)
+        await runtime.keys.load_earlier(agent.id, stored, digest, runtime.find_run, runtime._remember_record)
+        if resuming and runtime.keys.earlier(agent.id, stored, digest, runtime.find_run) is None:
+            raise ApiError(400, "Last-Event-ID resumes the stream of an earlier request with this "
+                                "Idempotency-Key, and there is none to resume: send the request without "
+                                "Last-Event-ID to run it.", code="invalid_last_event_id", param="Last-Event-ID")
     handle = run(runtime, request, digest, meta, watched=watched)
     return handle, not (type(handle) is Run and handle.request is request)
 

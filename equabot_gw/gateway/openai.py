@@ -250,7 +250,7 @@ class ChatCompletions:
                 run, replayed = await agent_runtime.run_once(
                     self.runtime, agent_request, digest,
                     {"model": model_name, "usage": include_usage, "legacy": legacy} if stream else None,
-                    watched=stream)
+                    watched=stream, resuming=stream and request.headers.get("last-event-id") is not None)
         except ApiError as exc:
             raise _rename_option_param(exc, body) from None
         completion_id = resume.completion_id(run.id)

@@ -173,7 +173,8 @@ class Responses:
             else:
                 run, replayed = await agent_runtime.run_once(self.runtime, agent_request, digest,
                                                              {"id": response_id, "created": created_at},
-                                                             watched=wanted.stream)
+                                                             watched=wanted.stream, resuming=wanted.stream
+                                                             and headers.get("last-event-id") is not None)
         except ApiError as exc:
             raise _renamed(exc) from None
         echo = echo_fields(body)
@@ -186,14 +187,7 @@ class Responses:
         self._inflight[response_id] = flight
         if flight.busy_key is not None:
             self._busy[flight.busy_key] = self._busy.get(flight.busy_key, 0) + 1
-        if wanted.stream:
-            if key is not None and headers.get("last-event-id") is not None:
-                try:        # names another stream: this request's id is new
-                    resume.last_event_seq(headers, response_id)
-                except ApiError:
-                    self._settle_later(flight)
-                    flight.leave()
-                    raise
+        if wanted.stream:       # new: a Last-Event-ID was refused above (nothing to resume)
             return await self._stream(flight)
         return await self._complete(flight)
 
