@@ -28,7 +28,7 @@ from typing import Any
 
 from tests.support import TOKEN, GatewayProcess, base_config
 
-MAX_POLL_SECONDS = 0.1
+MAX_POLL_SECONDS = 0.2      # a sanity bound: alone the worst is under 60 ms, 115 ms seen on a crowded machine
 CASE_SECONDS = 4.0          # each attack runs at most this long, then its connections close
 
 NEIGHBOUR = textwrap.dedent("""
