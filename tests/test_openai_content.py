@@ -212,6 +212,37 @@ class ToolCallTest(ContentCase):
                 self.assertEqual((error["param"], error["code"]), (param, code))
 
 
+class MessageContentTest(ContentCase):
+    async def test_content_is_required_where_openai_requires_it(self) -> None:
+        # user, system, developer and tool messages carry content; an array of parts has one at least.
+        result = {"role": "tool", "tool_call_id": "c", "content": "r"}
+        call = {"role": "assistant", "content": None,
+                "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}
+        cases = (
+            ([{"role": "user"}], "messages[0].content", "missing_required_parameter"),
+            ([{"role": "user", "content": None}], "messages[0].content", "missing_required_parameter"),
+            ([{"role": "system"}, {"role": "user", "content": "x"}], "messages[0].content",
+             "missing_required_parameter"),
+            ([{"role": "developer", "content": None}, {"role": "user", "content": "x"}], "messages[0].content",
+             "missing_required_parameter"),
+            ([{"role": "user", "content": "x"}, call, {"role": "tool", "tool_call_id": "c"}], "messages[2].content",
+             "missing_required_parameter"),
+            ([{"role": "user", "content": []}], "messages[0].content", "empty_array"),
+            ([{"role": "user", "content": "x"}, {**call, "content": []}, result], "messages[1].content",
+             "empty_array"),
+        )
+        for messages, param, code in cases:
+            with self.subTest(messages=messages):
+                error = await self.error({"model": "equabot", "messages": messages})
+                self.assertEqual((error["param"], error["code"], error["type"]),
+                                 (param, code, "invalid_request_error"))
+        # An assistant's content may be null (calls) or absent; empty text is text.
+        reply = await self.ok({"model": "equabot", "messages": [{"role": "user", "content": "x"}, call, result]})
+        self.assertEqual(reply["choices"][0]["finish_reason"], "stop")
+        reply = await self.ok({"model": "equabot", "messages": [{"role": "user", "content": ""}]})
+        self.assertEqual(reply["object"], "chat.completion")
+
+
 class ChoicesLogprobsReasoningTest(ContentCase):
     async def test_n_choices(self) -> None:
         obj = await self.ok(ask("a b", n=3))

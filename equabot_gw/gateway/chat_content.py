@@ -51,6 +51,7 @@ _DATA_IMAGE_RE: Final = re.compile(r"data:image/[A-Za-z0-9.+-]{1,40};base64,", r
 IMAGE_DETAILS: Final = ("auto", "low", "high")
 AUDIO_FORMATS: Final = ("wav", "mp3")
 # The finish reasons OpenAI's schema allows; an upstream's other words are reported as "stop".
+_CONTENT_OPTIONAL: Final = frozenset({"assistant", "function"})
 FINISH_REASONS: Final = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
 # Messages and content parts read per step of the event loop (about 2 ms of checks).
 ITEMS_PER_STEP: Final = 1000
@@ -479,10 +480,18 @@ class _Reader:
         content = message.get("content")
         if parts is None:
             if content is None:
+                # Only an assistant's (calls, a refusal) and a legacy function result may be null.
+                if role not in _CONTENT_OPTIONAL:
+                    raise bad(f"{where}.content", f"Missing required parameter: '{where}.content'.",
+                              code="missing_required_parameter")
                 parts = []
             elif type(content) is str:
                 parts = [TextPart(content)] if content else []
             elif type(content) is list:
+                if not content:
+                    raise bad(f"{where}.content", f"Invalid '{where}.content': empty array. Expected an array "
+                                                  f"with minimum length 1, but got an empty array instead.",
+                              code="empty_array")
                 parts = _parts(content, f"{where}.content", role)
             else:
                 raise bad(f"{where}.content", f"Invalid type for '{where}.content': expected a string or an "
