@@ -206,9 +206,14 @@ class HandshakeTest(ControlTestCase):
         ws.send(json.dumps({"type": "req", "id": "c", "method": "connect",
                             "params": {"minProtocol": 4, "maxProtocol": 5, "auth": {"token": TOKEN}}}))
         frame = json.loads(await ws.recv())
+        # As the original answers: INVALID_REQUEST with the version it speaks, then 1002.
+        self.assertEqual((frame["id"], frame["ok"], frame["error"]["code"], frame["error"]["details"]),
+                         ("c", False, "INVALID_REQUEST", {"expectedProtocol": 3}))
+        self.assertTrue(frame["error"]["message"].startswith("protocol mismatch"), frame)
         self.assertIn("does not include version 3", frame["error"]["message"])
         await ws.wait_closed()
-        self.assertClosedWith(ws, 1008)
+        self.assertClosedWith(ws, 1002)
+        self.assertEqual(ws.close_reason, "protocol mismatch")
 
     async def test_unknown_connect_property_is_refused(self) -> None:
         ws = await self.raw()

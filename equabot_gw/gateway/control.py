@@ -61,6 +61,7 @@ MAX_REQUEST_ID_CHARS: Final = params_mod.MAX_NAME_CHARS
 _REQUEST_KEYS: Final = frozenset({"type", "id", "method", "params"})
 # Close codes (RFC 6455 §7.4.1) used by the protocol.
 CLOSE_POLICY: Final = 1008
+CLOSE_PROTOCOL_ERROR: Final = 1002
 CLOSE_GOING_AWAY: Final = 1001
 CLOSE_UNSUPPORTED_DATA: Final = 1003
 CLOSE_INTERNAL_ERROR: Final = 1011
@@ -431,6 +432,10 @@ class ControlConnection:
         try:
             hello = self._connect(frame.get("params"))
         except ApiError as exc:
+            if exc.code == "protocol_mismatch":     # as the original answers it, for its clients
+                shape = {**error_shape(exc), "details": {"expectedProtocol": PROTOCOL_VERSION}}
+                self._send_text(dumps({"type": "res", "id": frame["id"], "ok": False, "error": shape}))
+                raise ProtocolFailure(CLOSE_PROTOCOL_ERROR, "protocol mismatch") from None
             self.fail(frame["id"], exc)
             raise ProtocolFailure(CLOSE_POLICY, exc.message) from None
         self.connected = True
