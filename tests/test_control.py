@@ -663,7 +663,7 @@ class MethodsTest(ControlTestCase):
                                      ("agent", {}, "INVALID_REQUEST: invalid agent params: at root: "
                                                    "must have required property 'message'"),
                                      ("agent", {"message": "x", "agentId": "ghost"}, "NOT_FOUND"),
-                                     ("connect", {}, "CONFLICT"),
+                                     ("connect", {}, "INVALID_REQUEST: connect is only valid as the first request"),
                                      ("sessions.list", {"bogusParam": 1}, "INVALID_REQUEST: invalid "
                                       "sessions.list params: at root: unexpected property 'bogusParam'"),
                                      ("agent", {"message": "x", "sessionKey": "bad key"}, "INVALID_REQUEST")):

@@ -553,7 +553,7 @@ class ControlConnection:
         started = time.perf_counter()
         try:
             if name == "connect":
-                raise ApiError(409, "already connected")
+                raise ApiError(400, "connect is only valid as the first request")   # as the original words it
             method = self.protocol.methods.get(name)
             if method is None:
                 raise ApiError(400, f"unknown method: {params_mod.shown(name)}", code="unknown_method")
