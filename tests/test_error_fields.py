@@ -4,14 +4,17 @@ The network layer knows nothing of CORS: the gateway gives its server one hook
 from a request's header fields (as far as they could be read) to extra
 response fields, and every answer made from an error — the parser's
 400/413/414/431/501, timeouts' 408, the router's 404/405, a body guard's
-refusal, a handler's ``ApiError`` or failure — goes through it. Two levels:
+refusal, a handler's ``ApiError`` or failure — goes through it. Three levels:
 ``heads.salvage_fields`` on byte vectors; an ``HTTPServer`` on port 0 with a
-recording hook.
+recording hook; a real gateway with ``gateway.http.cors.allowOrigins``, whose
+pre-route errors carry the same CORS fields as its routed answers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
 import unittest
 from typing import Any
 
@@ -19,7 +22,7 @@ from equabot_gw.errors import ApiError
 from equabot_gw.net import heads, server as server_mod
 from equabot_gw.net.http11 import Headers, RequestParser
 from equabot_gw.net.routes import HTTPRequest, Response, Router
-from tests.support import error_of, split_responses
+from tests.support import LiveGateway, base_config, error_of, split_responses
 
 ORIGIN = "https://app.example"
 
@@ -228,6 +231,98 @@ class ErrorFieldsHookTest(unittest.IsolatedAsyncioTestCase):
         self.assertEqual(status, 413)
         self.assertEqual(set(fields), {"date", "server", "x-request-id", "content-type", "content-length",
                                        "connection"})
+
+
+# -- the gateway: CORS on the answers made before any route --------------------------
+
+CORS_FIELDS = ("access-control-allow-origin", "vary", "access-control-expose-headers")
+
+
+def _exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send ``data``; everything the gateway answers until it closes, or until ``timeout``."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        got = b""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                piece = sock.recv(65536)
+            except (TimeoutError, ConnectionResetError):
+                break
+            if not piece:
+                break
+            got += piece
+            if b"\r\n\r\n" in got and got.endswith(b"}"):
+                break
+        return got
+
+
+def _fields(raw: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    pairs = [(n.strip().lower(), v.strip()) for n, _, v in (line.partition(":") for line in lines[1:])]
+    return int(lines[0].split()[1]), pairs, body
+
+
+class GatewayPreRouteCorsTest(LiveGateway, unittest.TestCase):
+    @classmethod
+    def gateway_data(cls) -> dict[str, Any]:
+        return base_config(http={"maxBodyBytes": 4096, "maxHeaderBytes": 2048, "headerTimeoutSeconds": 0.3,
+                                 "cors": {"allowOrigins": [ORIGIN]}})
+
+    def requests(self, origin: str) -> tuple[tuple[str, bytes, int, str], ...]:
+        o = f"Origin: {origin}"
+        chat = "POST /v1/chat/completions HTTP/1.1"
+        return (
+            ("body over maxBodyBytes", _head(chat, o, "Authorization: Bearer x", "Content-Type: application/json",
+                                             "Content-Length: 100000"), 413, "request_too_large"),
+            ("chunked body over maxBodyBytes", _head(chat, o, "Authorization: Bearer x",
+                                                     "Transfer-Encoding: chunked")
+             + b"2000\r\n" + b"a" * 0x2000 + b"\r\n", 413, "request_too_large"),
+            ("head over maxHeaderBytes", _head("GET /v1/models HTTP/1.1", "X-Big: " + "b" * 4000, o),
+             431, "header_fields_too_large"),
+            ("bad framing", _head(chat, o, "Content-Length: 1", "Transfer-Encoding: chunked"), 400, "bad_request"),
+            ("head not received in time", _head("GET /v1/models HTTP/1.1", o, "X-Wait: 1", end=False),
+             408, "request_timeout"),
+            ("no route", _head("GET /v1/nothing HTTP/1.1", o), 404, "not_found"),
+            ("no credentials for a body", _head(chat, o, "Content-Type: application/json", "Content-Length: 100"),
+             401, "missing_api_key"),
+        )
+
+    def test_an_allowed_page_gets_cors_fields_on_every_error(self) -> None:
+        for name, data, status, code in self.requests(ORIGIN):
+            with self.subTest(name):
+                got, fields, body = _fields(_exchange(self.gw.port, data))
+                self.assertEqual((got, error_of(body)["code"]), (status, code))
+                for field in CORS_FIELDS:      # each once: no answer carries them twice
+                    self.assertEqual(len([v for n, v in fields if n == field]), 1, (field, fields))
+                self.assertIn(("access-control-allow-origin", ORIGIN), fields)
+                self.assertIn(("vary", "origin"), fields)
+                self.assertNotIn("access-control-allow-credentials", dict(fields))
+
+    def test_other_origins_and_requests_without_one_get_none(self) -> None:
+        for origin in ("https://evil.example", "https://app.example.evil", "null"):
+            for name, data, status, _ in self.requests(origin):
+                with self.subTest(origin=origin, name=name):
+                    got, fields, _ = _fields(_exchange(self.gw.port, data))
+                    self.assertEqual(got, status)
+                    self.assertFalse({n for n, _ in fields} & set(CORS_FIELDS), fields)
+        got, fields, _ = _fields(_exchange(self.gw.port, _head(
+            "POST /v1/chat/completions HTTP/1.1", "Content-Length: 100000")))
+        self.assertEqual(got, 413)
+        self.assertFalse({n for n, _ in fields} & set(CORS_FIELDS), fields)
+
+
+class GatewayWithoutCorsTest(LiveGateway, unittest.TestCase):
+    @classmethod
+    def gateway_data(cls) -> dict[str, Any]:
+        return base_config(http={"maxBodyBytes": 4096})
+
+    def test_no_cors_fields_unless_configured(self) -> None:
+        got, fields, _ = _fields(_exchange(self.gw.port, _head(
+            "POST /v1/chat/completions HTTP/1.1", O, "Content-Length: 100000")))
+        self.assertEqual(got, 413)
+        self.assertFalse({n for n, _ in fields} & set(CORS_FIELDS), fields)
 
 
 if __name__ == "__main__":
