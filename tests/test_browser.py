@@ -12,10 +12,12 @@ get it.
 from __future__ import annotations
 
 import asyncio
+import http.server
 import json
 import os
 import re
 import sys
+import threading
 import time
 import unittest
 from typing import Any
@@ -593,3 +595,79 @@ class OriginalShapesTest(BrowserTestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+CROSS_ORIGIN_PAGE = b"<!doctype html><title>another origin</title><p>a page on another port</p>"
+
+
+class _PageHandler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(CROSS_ORIGIN_PAGE)))
+        self.end_headers()
+        self.wfile.write(CROSS_ORIGIN_PAGE)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class CrossOriginErrorsTest(BrowserTestCase):
+    """A page on an allowed origin reads the errors the server answers before any route.
+
+    The page is served on one port, the gateway listens on another with that
+    origin in ``gateway.http.cors.allowOrigins`` and small limits. Without CORS
+    headers on these answers the browser would show the page only a failed
+    fetch ("TypeError: Failed to fetch"), never the status or the error body.
+    """
+
+    # Chromium reports every 4xx a page fetches as a console error.
+    allowed_errors = ("the server responded with a status of",)
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        unittest.IsolatedAsyncioTestCase.setUpClass()
+        cls.page_server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _PageHandler)
+        threading.Thread(target=cls.page_server.serve_forever, daemon=True).start()
+        cls.page_url = f"http://127.0.0.1:{cls.page_server.server_address[1]}"
+        data = base_config(http={"maxBodyBytes": 4096, "maxHeaderBytes": 8192,
+                                 "cors": {"allowOrigins": [cls.page_url]}})
+        cls.gw = GatewayProcess(data).start()
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.page_server.shutdown()
+        cls.page_server.server_close()
+        super().tearDownClass()
+
+    async def fetch(self, page: Page, path: str, init: str) -> Any:
+        """What the page's ``fetch`` of the gateway gives: status, a header and the JSON body,
+        or the error it was rejected with."""
+        return await page.evaluate(f"""fetch({json.dumps(self.gw.url + path)}, {init}).then(
+            async r => ({{status: r.status, requestId: r.headers.get('x-request-id'), body: await r.json()}}),
+            e => ({{failed: String(e)}}))""")
+
+    async def test_413_431_and_404_reach_the_page(self) -> None:
+        page = await self.new_page()
+        await page.goto(self.page_url + "/")
+        auth = f"'Authorization': 'Bearer {TOKEN}', 'Content-Type': 'application/json'"
+        # A body over maxBodyBytes: refused on its Content-Length, before any route.
+        got = await self.fetch(page, "/v1/chat/completions",
+                               f"{{method: 'POST', headers: {{{auth}}}, body: 'x'.repeat(20000)}}")
+        self.assertEqual((got.get("status"), got.get("body", {}).get("error", {}).get("code")),
+                         (413, "request_too_large"), got)
+        self.assertTrue(got["requestId"])       # an exposed header is readable too
+        # A head over maxHeaderBytes (a header field the page added).
+        got = await self.fetch(page, "/v1/models",
+                               f"{{headers: {{{auth}, 'X-Big': 'b'.repeat(10000)}}}}")
+        self.assertEqual((got.get("status"), got.get("body", {}).get("error", {}).get("code")),
+                         (431, "header_fields_too_large"), got)
+        # No route: the router's 404 (to a simple request: a preflight of a path
+        # that does not exist cannot succeed).
+        got = await self.fetch(page, "/v1/nothing", "{}")
+        self.assertEqual((got.get("status"), got.get("body", {}).get("error", {}).get("code")),
+                         (404, "not_found"), got)
+        # The same page still gets its answers from a route.
+        got = await self.fetch(page, "/v1/models", f"{{headers: {{{auth}}}}}")
+        self.assertEqual(got.get("status"), 200, got)
+        self.assertNoConsoleErrors(page)

@@ -172,7 +172,8 @@ class Gateway:
         self.server = server.HTTPServer(self.router, limits=server.Limits(
             max_head_bytes=limits.max_header_bytes, max_body_bytes=limits.max_body_bytes,
             header_timeout=limits.header_timeout, keep_alive_timeout=limits.keep_alive_timeout),
-            access_log=self.access_log, observer=self.observer.request)
+            access_log=self.access_log, observer=self.observer.request,
+            error_fields=self._cors_error_fields if limits.cors.allow_origins else None)
         # The gateway's own recent log lines, for the control protocol's logs.tail. The
         # per-run lines stay out: one per request would push every other line out of
         # the ring under load (and cost a JSON encoding per run).
@@ -285,14 +286,9 @@ class Gateway:
 
     def _body_guard(self, request: http.HTTPRequest) -> None:
         # A body still to come is held only for a client with credentials: one
-        # without them is refused on its head (with CORS headers for a page).
-        try:
-            self.authorize(request)
-        except ApiError as exc:
-            origin = self._allowed_origin(request.headers.get("origin"))
-            if origin is not None:
-                exc.headers = (*exc.headers, *_cors_headers(origin))
-            raise
+        # without them is refused on its head (with CORS headers for a page,
+        # added as to every error answer the server makes: _cors_error_fields).
+        self.authorize(request)
 
     def authorize(self, request: http.HTTPRequest) -> None:
         """Check a request's bearer credentials (401 / 429 as ``ApiError``), or its Host without auth (403)."""
@@ -357,6 +353,14 @@ class Gateway:
                 response.headers.extend(_cors_headers(origin))
             return response
         return with_cors
+
+    def _cors_error_fields(self, headers: http.Headers) -> tuple[tuple[str, str], ...]:
+        # Every answer the server makes from an error rather than a handler's
+        # response (413, 431, 400 and 408 before any route, 404/405, the body
+        # guard's 401) reaches an allowed page as readably as a routed one would:
+        # without these fields the browser shows the page a network failure.
+        origin = self._allowed_origin(headers.get("origin"))
+        return () if origin is None else _cors_headers(origin)
 
     def _preflight(self, methods: tuple[str, ...]) -> http.Handler:
         async def preflight(request: http.HTTPRequest) -> http.Response:

@@ -11,6 +11,11 @@ connections, counts them and shuts them down.
 A client that disconnects (EOF or reset) while its request is being handled is
 gone: its handler task is cancelled at once and nothing more is written.
 
+Every answer made here from an error (the parser's, a timeout's, the router's,
+a body guard's, a handler's ``ApiError`` or failure) goes through the server's
+``error_fields`` hook, given the request's fields as far as they were read;
+answers that handlers return never do, so a request that succeeds costs nothing.
+
 Every buffer has a byte bound and every wait a deadline: received bytes ahead
 of the request being handled stop being read past ``MAX_PIPELINE_BUFFER_BYTES``;
 output of every kind (plain, streamed, error) goes out in pieces of at most
@@ -30,7 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from ..errors import ApiError, HTTPProtocolError
-from . import http11
+from . import heads, http11
 from .routes import HTTPRequest, Response, StreamingResponse, Upgrade, error_response
 
 if TYPE_CHECKING:
@@ -352,13 +357,13 @@ class Connection(asyncio.Protocol):
                     await asyncio.sleep(0)
         except HTTPProtocolError as exc:
             if not self._gone:
-                self._send_final_error(exc)
+                self._send_final_error(exc, self._fields_so_far())
         except asyncio.CancelledError:
             pass
         except Exception:
             log.exception("conn=%d: unexpected error", self.id)
             if not self._gone:
-                self._send_final_error(RuntimeError())
+                self._send_final_error(RuntimeError(), None)
         finally:
             self._deadline = None
             if self._linger and not self._gone and not self._upgraded:
@@ -384,9 +389,10 @@ class Connection(asyncio.Protocol):
         finally:
             self._data_waiter = None
 
-    def _send_final_error(self, exc: BaseException) -> None:
+    def _send_final_error(self, exc: BaseException, fields: heads.Headers | None) -> None:
+        """Answer ``exc`` and close; ``fields``: the request's header fields, as far as they were read."""
         self._linger = True
-        response = error_response(exc)
+        response = self._error_response(exc, fields)
         rid = self.server.next_request_id()
         head, body = self._encode_response(response, "1.1", head_only=False, close=True, request_id=rid)
         self._write(head + body)        # an error body is small: one write, no wait
@@ -408,13 +414,31 @@ class Connection(asyncio.Protocol):
                 return None
             return event  # type: ignore[return-value]
 
-    def _time_out(self) -> None:
+    def _time_out(self, fields: heads.Headers | None = None) -> None:
         if self.parser.in_message:
             # RFC 9110 §15.5.9: 408 when the server "did not receive a complete
             # request message within the time that it was prepared to wait".
             self._send_final_error(ApiError(408, "request head or body not received in time",
-                                            code="request_timeout"))
+                                            code="request_timeout"),
+                                   self._fields_so_far() if fields is None else fields)
         return None
+
+    def _fields_so_far(self) -> heads.Headers | None:
+        """The fields of the head being read or refused, as far as they can be read (None: no hook)."""
+        if self.server.error_fields is None:
+            return None
+        return heads.salvage_fields(self.parser.head_so_far, self.limits.max_headers)
+
+    def _error_response(self, exc: BaseException, fields: heads.Headers | None) -> Response:
+        """``error_response(exc)`` with the fields the server's ``error_fields`` adds for ``fields``."""
+        response = error_response(exc)
+        hook = self.server.error_fields
+        if hook is not None and fields is not None:
+            try:
+                response.headers.extend(hook(fields))
+            except Exception:       # the hook's bug must not cost the client its answer
+                log.exception("conn=%d: error_fields failed", self.id)
+        return response
 
     async def _read_body(self, head: http11.Request, route: str | None, rid: str) -> bytes:
         """The whole body; ``ApiError`` from the route's body guard before any wait for it."""
@@ -434,7 +458,7 @@ class Connection(asyncio.Protocol):
                 if self._gone:
                     raise asyncio.CancelledError("client disconnected")
                 if self._timed_out:
-                    self._time_out()
+                    self._time_out(head.headers)
                     raise asyncio.CancelledError("body timeout")
                 if unguarded:
                     # Most bodies arrive with their head and are never waited for;
@@ -489,15 +513,18 @@ class Connection(asyncio.Protocol):
                                   body, self.client, self.id, rid, params)
             response = await handler(request)
         except ApiError as exc:
-            response = error_response(exc)
+            response = self._error_response(exc, head.headers)
         except asyncio.CancelledError:
             self._log(head.method, head.path, route, 499, 0, started, rid)
             raise
-        except HTTPProtocolError:
-            raise
+        except HTTPProtocolError as exc:
+            # In the body (framing, size): answered with this head's fields, then closed.
+            if not self._gone:
+                self._send_final_error(exc, head.headers)
+            return False
         except Exception:
             log.exception("conn=%d rid=%s: handler failed", self.id, rid)
-            response = error_response(RuntimeError())
+            response = self._error_response(RuntimeError(), head.headers)
         finally:
             self._handling = False
         if self._gone:

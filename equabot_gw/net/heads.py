@@ -124,6 +124,26 @@ def _parse_fields(head: bytes, start: int, max_headers: int) -> Headers:
     return Headers(items)
 
 
+def salvage_fields(data: bytes, max_headers: int = DEFAULT_MAX_HEADERS) -> Headers:
+    """The fields that can still be read from a request head that was refused or cut short.
+
+    ``data`` is what arrived of the head, from its request line on, possibly
+    past a limit or without its end. Only lines ended by CRLF before the empty
+    line are read (a line cut short may be the beginning of a longer value, so
+    its prefix is never taken for the value); a line that is not a valid field
+    line is skipped, and so is the request line; at most ``max_headers`` fields.
+    For the answer to such a request, never for routing it.
+    """
+    end = data.find(b"\r\n\r\n")
+    lines = (data[:end + 2] if end >= 0 else data).split(b"\r\n", max_headers + 1)
+    headers = Headers()
+    for line in lines[1:-1][:max_headers]:
+        if grammar.FIELD_LINE.fullmatch(line) is not None:
+            name, _, value = line.decode("latin-1").partition(":")
+            headers.add(name.lower(), value.strip(" \t"))
+    return headers
+
+
 def describe_bad_field(line: bytes) -> str:
     if line[:1] in (b" ", b"\t"):
         # RFC 9112 §5.2: a server "MUST either reject the message by sending

@@ -413,6 +413,7 @@ class RequestParser(_Reader):
         self.max_request_line_bytes = max_request_line_bytes
         self._error: HTTPProtocolError | None = None
         self._partial_framing: list[tuple[str, str]] = []
+        self._refused_head: bytes | None = None     # a complete head parse_request_head refused
 
     def _check_partial_start_line(self, tail: bytes) -> None:
         if (error := heads.start_line_error(tail, complete=False)) is not None:
@@ -444,6 +445,21 @@ class RequestParser(_Reader):
             self._error = exc
             raise
 
+    @property
+    def head_so_far(self) -> bytes:
+        """What arrived of the request head being read, or of the one an error was found in.
+
+        The whole head when it was refused complete; otherwise the bytes received
+        since it began, as many as are buffered (also past a size limit), or
+        ``b""`` between messages and in a body. The bytes are unchecked: read
+        them with ``heads.salvage_fields`` to answer the request, never to route it.
+        """
+        if self._refused_head is not None:
+            return self._refused_head
+        if self._in_body:
+            return b""
+        return bytes(self._buf[self._pos:])
+
     def _read_head(self) -> object:
         if self._pos == len(self._buf):     # nothing buffered: the common case between requests
             return EOF if self._eof else NEED_DATA
@@ -458,6 +474,7 @@ class RequestParser(_Reader):
             request = parse_request_head(head, max_headers=self.max_headers,
                                          max_body_bytes=self.max_body_bytes)
         except HTTPProtocolError as exc:
+            self._refused_head = head
             raise self._line_error(head) or exc from None
         self._start_body(request.content_length, request.chunked, len(head))
         if not self._in_body:

@@ -127,6 +127,16 @@ Handler = Callable[[HTTPRequest], Awaitable[AnyResponse]]
 # Checks a request on its head alone (``body`` empty) before its body is waited
 # for; raises ``ApiError``, which is the answer.
 BodyGuard = Callable[[HTTPRequest], None]
+# Header fields to add to an answer the server makes from an error rather than
+# a handler's response: the parser's 400/413/414/431/501/505, a timeout's 408,
+# the router's 404/405, a body guard's refusal, an ``ApiError`` a handler
+# raised, a handler's failure (500). Called with the request's header fields as
+# far as they could be read: all of them once the head parsed; of a head that
+# was refused or cut short, its well-formed complete field lines only
+# (``heads.salvage_fields``), so none when it never got past its request line.
+# Called on error paths only, never for a request that succeeds; it must not
+# block, and what it raises is logged and ignored.
+ErrorFields = Callable[[Headers], Iterable[tuple[str, str]]]
 
 
 def error_body(status: int, message: str, *, type: str | None = None,

@@ -27,9 +27,10 @@ from typing import Any, Final
 from . import heads
 from .accesslog import AccessLog
 from .connection import Connection, Limits
-from .routes import Router
+from .routes import ErrorFields, Router
 
-__all__ = ["HTTPServer", "Limits", "AccessLog", "AcceptErrorLog", "Observer", "check_bindable"]
+__all__ = ["HTTPServer", "Limits", "AccessLog", "AcceptErrorLog", "Observer", "ErrorFields",
+           "check_bindable"]
 
 log = logging.getLogger("equabot_gw.server")
 
@@ -99,14 +100,19 @@ class HTTPServer:
     log, with the route template (never the raw path; None for a request no
     route took: 404, 405, unparseable), the status (499: the client left
     first), the body bytes sent and the seconds taken; it must not block.
+    ``error_fields``, if given, adds header fields to every answer the server
+    makes from an error (see ``routes.ErrorFields``); responses that handlers
+    return are theirs alone and never pass through it.
     """
 
     def __init__(self, router: Router, *, limits: Limits | None = None,
-                 access_log: AccessLog | None = None, observer: Observer | None = None) -> None:
+                 access_log: AccessLog | None = None, observer: Observer | None = None,
+                 error_fields: ErrorFields | None = None) -> None:
         self.router = router
         self.limits = limits or Limits()
         self.access_log = access_log
         self.observer = observer
+        self.error_fields = error_fields
         self.open_streams = 0           # streamed responses being written now
         self.upgraded = 0               # connections handed to another protocol (WebSocket)
         self._server: asyncio.base_events.Server | None = None
