@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import __version__, config as config_mod, statelock
+from . import config as config_mod, statelock
 from .agents import runtime as agent_runtime
 from .agents.events import Delta, Ended, Failed
 from .agents.lines import chat_messages
@@ -91,8 +91,7 @@ async def open_client(target: Target) -> Any:
     that cannot be reached or refuses, with the wait when it answers 429,
     and for a server that does not answer ``connect`` within ``CONNECT_TIMEOUT``.
     """
-    from .gateway.client import ControlClient
-    from .gateway.control import PROTOCOL_VERSION
+    from .gateway.client import ControlClient, connect_params
     from .net.wsstream import connect
     url = target.url
     ws_url = "ws" + url[4:] if url.startswith("http") else url
@@ -104,12 +103,8 @@ async def open_client(target: Target) -> Any:
         raise GatewayError(f"cannot reach the gateway at {url} ({exc or type(exc).__name__}); "
                            f"start it with 'python -m equabot_gw' or use --local") from None
     client = ControlClient(ws)
-    params: dict[str, Any] = {
-        "minProtocol": PROTOCOL_VERSION, "maxProtocol": PROTOCOL_VERSION,
-        "client": {"id": "equabot-cli", "version": __version__, "platform": sys.platform,
-                   "mode": "cli"}}
-    if target.secret is not None:
-        params["auth"] = {target.mode if target.mode != "none" else "token": target.secret}
+    # The original command line's connect (client id "cli"): the original Gateway takes no other.
+    params = connect_params(target.secret, target.mode)
     try:
         async with asyncio.timeout(CONNECT_TIMEOUT):
             client.hello = await request(client, "connect", params)
@@ -193,6 +188,10 @@ async def _run_remote(client: Any, args: argparse.Namespace) -> int:
         params["agentId"] = args.agent
     if args.session_key:
         params["sessionKey"] = args.session_key
+    # A fresh key per command, as the original command line sends: the original Gateway
+    # requires one, and it names the run (its runId).
+    import uuid
+    params["idempotencyKey"] = str(uuid.uuid4())
     run = _RemoteRun()
     client.ws.send(json.dumps({"type": "req", "id": run.req_id, "method": "agent", "params": params}))
     try:
@@ -405,17 +404,17 @@ async def _remote_sessions(args: argparse.Namespace, target: Target) -> int:
     try:
         params = {"agentId": args.agent} if args.agent else {}
         if args.sessions_command == "list":
-            listed = (await request(client, "sessions.list", params))["sessions"]
-            return _print_infos([(s["key"], s["agentId"], s["createdAt"] / 1000, s["updatedAt"] / 1000,
-                                  s["turns"], s["lastRunId"]) for s in listed], args.json)
+            listed = _rows(await request(client, "sessions.list", params))
+            return _print_infos([_info_of(row) for row in listed], args.json)
         agent_id = args.agent or (await request(client, "agents.list", {}))["defaultId"]
-        listed = (await request(client, "sessions.list", {"agentId": agent_id}))["sessions"]
-        key = session_key_for(agent_id, args.key, {s["key"] for s in listed})
+        known = {row.get("key") for row in _rows(await request(client, "sessions.list", {"agentId": agent_id}))}
+        key = session_key_for(agent_id, args.key, known)
         if args.sessions_command == "show":
             history = await request(client, "chat.history", {"sessionKey": key})
-            return _print_messages(history["messages"], _missing(agent_id, args.key), args.json,
-                                   key in {s["key"] for s in listed})
-        if key not in {s["key"] for s in listed}:     # a reset would make it a blank session
+            messages = history.get("messages") if isinstance(history, dict) else None
+            return _print_messages([m for m in messages if isinstance(m, dict)] if isinstance(messages, list) else [],
+                                   _missing(agent_id, args.key), args.json, key in known)
+        if key not in known:     # a reset would make it a blank session
             print(f"equabot: {_missing(agent_id, args.key)}", file=sys.stderr)
             return 1
         reset = await request(client, "sessions.reset", {"key": key})
@@ -425,12 +424,43 @@ async def _remote_sessions(args: argparse.Namespace, target: Target) -> int:
         await client.close()
 
 
-def _iso(seconds: float) -> str:
-    """A Unix time as ISO 8601 in UTC, to the second: ``2026-01-31T12:00:00Z``."""
+def _rows(listed: Any) -> list[dict[str, Any]]:
+    """The session rows of a ``sessions.list`` payload (rows that are not objects skipped)."""
+    rows = listed.get("sessions") if isinstance(listed, dict) else None
+    return [row for row in rows if isinstance(row, dict) and isinstance(row.get("key"), str)] \
+        if isinstance(rows, list) else []
+
+
+def _info_of(row: dict[str, Any]) -> tuple[str, str | None, float | None, float | None, int | None, str | None]:
+    """A ``sessions.list`` row as ``_print_infos`` takes it: what the gateway sent, None for
+    the rest (the original Gateway's rows carry no ``agentId``, ``createdAt``, ``turns``
+    or ``lastRunId``; the agent is then the key's)."""
+    key = row["key"]
+    agent = row.get("agentId")
+    return (key, agent if isinstance(agent, str) else agent_of(key), _ms_to_seconds(row.get("createdAt")),
+            _ms_to_seconds(row.get("updatedAt")), _number(row.get("turns")),
+            row.get("lastRunId") if isinstance(row.get("lastRunId"), str) else None)
+
+
+def _number(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _ms_to_seconds(value: Any) -> float | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 253402300800000
+    return value / 1000 if ok else None
+
+
+def _iso(seconds: float | None) -> str | None:
+    """A Unix time as ISO 8601 in UTC, to the second: ``2026-01-31T12:00:00Z`` (None: None)."""
+    if seconds is None:
+        return None
     return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _print_infos(rows: list[tuple[str, str, float, float, int, str | None]], as_json: bool) -> int:
+def _print_infos(rows: list[tuple[str, str | None, float | None, float | None, int | None, str | None]],
+                 as_json: bool) -> int:
+    """Session rows; a value the source did not give is null in JSON and left out of a text line."""
     if as_json:
         print(json.dumps([{"key": k, "agentId": a, "createdAt": _iso(c), "updatedAt": _iso(u),
                            "turns": t, "lastRunId": r} for k, a, c, u, t, r in rows]))
@@ -438,7 +468,9 @@ def _print_infos(rows: list[tuple[str, str, float, float, int, str | None]], as_
     if not rows:
         print("no sessions")
     for key, _, _, updated, turns, _ in rows:
-        print(f"{key}\tturns={turns}\tupdated={_iso(updated)}")
+        shown = [key] + ([f"turns={turns}"] if turns is not None else []) + \
+            ([f"updated={_iso(updated)}"] if updated is not None else [])
+        print("\t".join(shown))
     return 0
 
 
@@ -464,7 +496,7 @@ def _print_messages(messages: list[dict[str, Any]], missing: str, as_json: bool,
             print(json.dumps(m, ensure_ascii=False))
         else:
             aborted = m.get("aborted") or m.get("stopReason") == "aborted"
-            print(f"{m['role']}{' (aborted)' if aborted else ''}: {_text_of(m.get('content'))}")
+            print(f"{m.get('role', '?')}{' (aborted)' if aborted else ''}: {_text_of(m.get('content'))}")
     return 0
 
 

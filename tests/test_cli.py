@@ -650,7 +650,7 @@ class AgentInterruptTest(CLITestCase):
         with GatewayProcess(slow_gateway(10.0)) as gw:
             code, stderr = self.interrupt(gw, "--session-key", "interrupted")
             self.assertEqual(code, 130, stderr)
-            self.assertRegex(stderr, r"^equabot: interrupted; run run_\S+ aborted\n$")
+            self.assertRegex(stderr, r"^equabot: interrupted; run [0-9a-f-]{36} aborted\n$")
             deadline = time.monotonic() + TIMEOUT
             while True:
                 shown = self.cli("sessions", "show", "interrupted", "--state-dir", str(gw.state_dir))
@@ -668,7 +668,7 @@ class AgentInterruptTest(CLITestCase):
             with self.subTest(sig.name), GatewayProcess(slow_gateway(10.0)) as gw:
                 exit_code, stderr = self.interrupt(gw, "--session-key", "stopped", sig=sig)
                 self.assertEqual(exit_code, code, stderr)
-                self.assertRegex(stderr, r"^equabot: interrupted; run run_\S+ aborted\n$")
+                self.assertRegex(stderr, r"^equabot: interrupted; run [0-9a-f-]{36} aborted\n$")
                 status = self.cli("agent", "--state-dir", str(gw.state_dir), "--token", TOKEN, "-m", "next",
                                   "--session-key", "stopped")
                 self.assertEqual(status.returncode, 0, status.stderr)   # the run no longer holds the session

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import gc
 import json
 import re
 import logging
@@ -14,6 +15,7 @@ import socket
 import struct
 import time
 import unittest
+import weakref
 from typing import Any
 
 from equabot_gw.agents.types import TurnRecord, Usage
@@ -24,7 +26,7 @@ from equabot_gw.gateway.coalesce import TextSoFar
 from equabot_gw.gateway.params import SCHEMAS
 from equabot_gw.logbuffer import LogBuffer
 from equabot_gw.net.wsstream import connect
-from tests.support import TOKEN, base_config, running_gateway
+from tests.support import TOKEN, base_config, running_gateway, wait_for
 
 CONNECT = {"minProtocol": 3, "maxProtocol": 3, "auth": {"token": TOKEN}}
 # A scaled-down connect deadline: long enough for loopback, short for a test.
@@ -1090,6 +1092,85 @@ class GatewayEventsTest(ControlTestCase):
         final = [f for f in frames if f["type"] == "res" and f["id"] == req]
         self.assertEqual(len(final), 1, frames)
         self.assertEqual((final[0]["payload"]["status"], reply_of(final[0])), ("ok", "Echo (turn 1): a b c d e f"))
+
+
+class RunRequestersTest(ControlTestCase):
+    """What a run holds for the ``agent`` requests awaiting its final: bounded, and
+    nothing of a client once it has closed."""
+
+    PARAMS = {"message": " ".join(["w"] * 200), "agentId": "slow", "idempotencyKey": "joined"}   # ~8 s
+
+    async def ack(self, client: ControlClient, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The first response to one ``agent`` request: its ack or its error."""
+        req = client.send("agent", params or self.PARAMS)
+        while (frame := await asyncio.wait_for(client.next_frame(), 5)).get("id") != req:
+            pass
+        return frame
+
+    async def server_side(self, client: ControlClient) -> control.ControlConnection:
+        conn_id = client.hello["server"]["connId"]
+        return next(c for c in self.gw.control.connections if c.id == conn_id)
+
+    async def end_run(self, client: ControlClient) -> None:
+        await client.request("chat.abort", {"runId": "joined"})
+
+    async def test_a_closed_clients_agent_requests_are_dropped_when_it_closes(self) -> None:
+        keeper = await self.client()
+        self.assertTrue((await self.ack(keeper))["ok"])
+        entry = self.gw.control.runs.find("joined")
+        gone = []
+        for _ in range(3):
+            c = await self.client()
+            for _ in range(2):
+                self.assertTrue((await self.ack(c))["ok"])           # the same key joins the run
+            gone.append(weakref.ref(await self.server_side(c)))
+            await c.close()
+        await wait_for(lambda: len(entry.requesters) == 1)          # the keeper's, while the run goes on
+        self.assertFalse(entry.settled.done())
+        await wait_for(lambda: not any(ref() in self.gw.control.serving for ref in gone))
+        gc.collect()
+        self.assertEqual([ref() for ref in gone], [None, None, None])  # nothing holds a closed client
+        await self.end_run(keeper)
+        await keeper.close()
+
+    async def test_a_client_that_closes_while_subscribed_is_not_held_by_the_run(self) -> None:
+        keeper = await self.client()
+        self.assertTrue((await self.ack(keeper))["ok"])
+        c = await self.client()
+        self.assertEqual(await c.request("agent.subscribe", {"runId": "joined"}),
+                         {"runId": "joined", "status": "subscribed"})
+        ref = weakref.ref(await self.server_side(c))
+        await c.close()
+        await wait_for(lambda: ref() not in self.gw.control.serving)
+        await asyncio.sleep(0.05)                       # its subscription's task has ended
+        gc.collect()
+        self.assertIsNone(ref())
+        self.assertFalse(self.gw.control.runs.find("joined").settled.done())
+        await self.end_run(keeper)
+        await keeper.close()
+
+    async def test_one_run_holds_at_most_MAX_REQUESTERS_PER_RUN_agent_requests(self) -> None:
+        limit = getattr(runs, "MAX_REQUESTERS_PER_RUN", 64)
+        c, other = await self.client(), await self.client()
+        for _ in range(limit):
+            self.assertTrue((await self.ack(c))["ok"])
+        for client in (c, other):                                   # over all connections
+            refused = await self.ack(client)
+            self.assertEqual((refused["ok"], refused["error"]),
+                             (False, {"code": "RATE_LIMITED", "message":
+                                      f"at most {limit} agent requests waiting for one run ('joined'); "
+                                      f"wait for it with agent.wait"}))
+        entry = self.gw.control.runs.find("joined")
+        self.assertEqual(len(entry.requesters), limit)
+        await self.end_run(other)
+        finals = 0
+        while finals < limit:                                       # every request held gets its final
+            frame = await asyncio.wait_for(c.next_frame(), 5)
+            finals += frame.get("type") == "res" and frame["payload"].get("status") == "aborted"
+        self.assertEqual(entry.requesters, [])
+        self.assertEqual((await self.ack(other))["payload"]["status"], "aborted")   # a settled run answers at once
+        await c.close()
+        await other.close()
 
 
 class SameSessionTest(ControlTestCase):

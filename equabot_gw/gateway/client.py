@@ -3,8 +3,10 @@
 Owns the client side of ``connect`` and of request/response: it opens a
 WebSocket with the package's own client (``net.wsstream.connect``), skips the
 gateway's events (``connect.challenge`` first) while it waits for responses,
-and authenticates in ``connect``. It speaks the original Gateway's protocol,
-so it works against either.
+and authenticates in ``connect``. Its ``connect`` params have the original
+command line's shape (``connect_params``: client id ``cli``, mode ``cli``, an
+``instanceId``), which the original Gateway's schema requires (its client ids
+and modes are closed lists), so it works against either gateway.
 """
 
 from __future__ import annotations
@@ -40,14 +42,7 @@ class ControlClient:
         """
         ws_url = "ws" + url[4:] if url.startswith("http") else url
         client = cls(await connect(ws_url))
-        params: dict[str, Any] = {
-            "minProtocol": PROTOCOL_VERSION, "maxProtocol": PROTOCOL_VERSION,
-            "client": {"id": client_id, "displayName": "equabot", "version": __version__,
-                       "platform": sys.platform, "mode": "cli"},
-            "role": "operator", "scopes": ["operator.admin"]}
-        if secret is not None:
-            params["auth"] = {mode if mode in ("token", "password") else "token": secret}
-        client.hello = await client.request("connect", params)
+        client.hello = await client.request("connect", connect_params(secret, mode, client_id=client_id))
         return client
 
     def send(self, method: str, params: dict[str, Any]) -> str:
@@ -76,6 +71,29 @@ class ControlClient:
 
     async def close(self) -> None:
         await self.ws.close()
+
+
+def connect_params(secret: str | None, mode: str = "token", *, client_id: str = "cli") -> dict[str, Any]:
+    """``connect`` params as the original command line sends them: keys, order and types.
+
+    ``client`` is ``{id, version, platform, mode: "cli", instanceId}`` (a
+    fresh UUID per connection); the original Gateway refuses a client id or
+    mode it does not know, and a gateway answers a ``cli`` client's refused
+    credential with a hint in its config's terms. ``secret`` goes under
+    ``auth.<mode>`` ("token" or "password"; anything else: "token"), and
+    there is no ``auth`` without one.
+    """
+    import uuid      # only a client that connects needs it
+    params: dict[str, Any] = {
+        "minProtocol": PROTOCOL_VERSION, "maxProtocol": PROTOCOL_VERSION,
+        "client": {"id": client_id, "version": __version__, "platform": sys.platform, "mode": "cli",
+                   "instanceId": str(uuid.uuid4())},
+        "caps": []}
+    if secret is not None:
+        params["auth"] = {mode if mode in ("token", "password") else "token": secret}
+    params["role"] = "operator"
+    params["scopes"] = ["operator.admin"]
+    return params
 
 
 def _payload(frame: dict[str, Any]) -> Any:

@@ -313,6 +313,9 @@ class ControlConnection:
         self._waits: set[asyncio.Task[None]] = set()
         # Runs this client follows through agent.subscribe, by the id it named: how many times.
         self.subscriptions: dict[str, int] = {}
+        # Runs whose final answers one of this client's agent requests (dropped when it closes).
+        self.awaiting: set[runs_mod.PublicRun] = set()
+        self.closed = False
 
     def __repr__(self) -> str:
         return f"<ControlConnection #{self.number} {self.id} connected={self.connected}>"
@@ -386,9 +389,11 @@ class ControlConnection:
             log.exception("conn %s: internal error, closing", self.id)
             await self.ws.close(CLOSE_INTERNAL_ERROR, "internal error")
         finally:
+            self.closed = True
             if self in self.protocol.connections:
                 self.protocol.connections.discard(self)
                 self.protocol.presence_version += 1
+            self.protocol.runs.forget(self)     # no run holds a closed client until it ends
             for task in list(self._waits):
                 task.cancel()
             try:

@@ -41,7 +41,7 @@ from .frames import (DEFERRED, agent_final, arguments_object, assistant_parts, e
 if TYPE_CHECKING:
     from .control import ControlConnection, ControlProtocol
 
-__all__ = ["Runs", "METHODS", "MAX_REMEMBERED_RUNS", "DEFAULT_WAIT_MS"]
+__all__ = ["Runs", "METHODS", "MAX_REMEMBERED_RUNS", "MAX_REQUESTERS_PER_RUN", "DEFAULT_WAIT_MS"]
 
 # Runs remembered by public id, for agent.wait, chat.abort and repeated requests.
 MAX_REMEMBERED_RUNS: Final = 10_000
@@ -51,6 +51,10 @@ DEFAULT_WAIT_MS: Final = 30_000
 MAX_UNKNOWN_WAITERS: Final = 1024
 # An error message kept for agent.wait is cut to this many characters.
 MAX_ERROR_CHARS: Final = 500
+# ``agent`` requests awaiting one run's final at once, over all connections (a repeated
+# idempotencyKey joins its run); past it a request is refused (RATE_LIMITED). Each holds
+# its connection and request id until the final is sent or its connection closes.
+MAX_REQUESTERS_PER_RUN: Final = 64
 
 
 class PublicRun:
@@ -73,7 +77,9 @@ class PublicRun:
         self.ended_at: float | None = None
         self.status = "running"                 # then "ok", "error" or "aborted"
         self.error: str | None = None
-        self.requesters: list[tuple[ControlConnection, Any]] = []   # agent requests awaiting the final
+        # agent requests awaiting the final (at most MAX_REQUESTERS_PER_RUN; a connection's
+        # leave with it: Runs.forget)
+        self.requesters: list[tuple[ControlConnection, Any]] = []
         self.settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
 
@@ -175,6 +181,24 @@ class Runs:
                     del self._unknown_waiters[public_id]
         return self._by_id.get(public_id)
 
+    def await_final(self, entry: PublicRun, conn: ControlConnection, req_id: Any) -> None:
+        """Send ``entry``'s final to ``conn`` as the answer to request ``req_id`` when the run ends.
+
+        Raises ``ApiError`` 429 (``RATE_LIMITED``) when ``MAX_REQUESTERS_PER_RUN``
+        requests already await it; ``forget`` drops a connection's when it closes.
+        """
+        if len(entry.requesters) >= MAX_REQUESTERS_PER_RUN:
+            raise ApiError(429, f"at most {MAX_REQUESTERS_PER_RUN} agent requests waiting for one run "
+                                f"({entry.id[:80]!r}); wait for it with agent.wait", code="rate_limited")
+        entry.requesters.append((conn, req_id))
+        conn.awaiting.add(entry)
+
+    def forget(self, conn: ControlConnection) -> None:
+        """``conn`` has closed: no final is sent to it, and no run holds it any longer."""
+        for entry in conn.awaiting:
+            entry.requesters = [(c, r) for c, r in entry.requesters if c is not conn]
+        conn.awaiting.clear()
+
     def unsettled(self) -> list[asyncio.Future[None]]:
         """What to wait on until every run started here has settled (its finals sent)."""
         return [entry.settled for entry in self._by_id.values() if not entry.settled.done()]
@@ -262,6 +286,7 @@ class Runs:
         for conn, req_id in entry.requesters:
             conn.send_final(req_id, self.final_payload(entry, result, event.partial if type(event) is Failed else ""),
                             _failure(event))
+            conn.awaiting.discard(entry)
         entry.requesters.clear()
         entry.settled.set_result(None)
 
@@ -313,8 +338,8 @@ async def m_agent(conn: ControlConnection, params: dict[str, Any], req_id: Any) 
     key = params.get("sessionKey") or main_session_key(conn.gateway.runtime.agent(params.get("agentId")).id)
     entry, fresh = await runs.start(params, "ws", key)
     if entry.status == "running" or fresh:
+        runs.await_final(entry, conn, req_id)       # refused past the bound, before any ack
         conn.respond(req_id, {"runId": entry.id, "status": "accepted", "acceptedAt": ms(entry.accepted_at)})
-        entry.requesters.append((conn, req_id))
         return DEFERRED
     # A finished run asked again: its final answer at once, as the original's dedupe does.
     record = conn.gateway.runtime.find_run(entry.internal_id)
@@ -432,7 +457,8 @@ async def m_agent_subscribe(conn: ControlConnection, params: dict[str, Any], req
     try:
         status = await _send_subscribed(conn, run, run_id, after)
     finally:
-        if relayed is not None and not relayed.settled.done():
+        # A closed client is not held by the run until it ends: nothing is sent to it anyway.
+        if relayed is not None and not relayed.settled.done() and not conn.closed:
             relayed.settled.add_done_callback(lambda _: _follow(conn, public_id, -1))
         else:
             _follow(conn, public_id, -1)
