@@ -125,6 +125,34 @@ class CompactionTest(unittest.TestCase):
         self.assertGreater(batches, 3 * COMPACT_EVENTS // 8)
 
 
+class QuietRunTest(unittest.IsolatedAsyncioTestCase):
+    """A run with nothing new for long keeps no waiter of a reader that stopped waiting."""
+
+    async def test_readers_that_time_out_or_are_cancelled_leave_no_waiter(self) -> None:
+        log = EventLog()
+        log.append(STARTED)
+        readers = [log.subscribe() for _ in range(3)]
+        for reader in readers:
+            self.assertEqual(await reader.next_batch(), [STARTED])
+        for _ in range(50):                     # keep-alive timeouts of an idle stream
+            self.assertEqual(await readers[0].next_batch(idle_timeout=0), [])
+        for _ in range(50):                     # clients that come, wait and go
+            for wait in (readers[1].next_batch(), readers[2].__anext__()):
+                task = asyncio.ensure_future(wait)
+                await asyncio.sleep(0)
+                task.cancel()
+                with self.assertRaises(asyncio.CancelledError):
+                    await task
+        self.assertEqual(log._waiters, [])
+        # A reader still waiting is woken by the next event, as before.
+        waiting = asyncio.ensure_future(readers[1].next_batch())
+        await asyncio.sleep(0)
+        self.assertEqual(len(log._waiters), 1)
+        log.append(Delta("a"))
+        self.assertEqual(await asyncio.wait_for(waiting, 1), [Delta("a")])
+        self.assertEqual(log._waiters, [])
+
+
 if __name__ == "__main__":
     unittest.main()
 

@@ -199,6 +199,16 @@ class EventLog:
         self._waiters.append(waiter)
         return waiter
 
+    def _give_up(self, waiter: asyncio.Future[None]) -> None:
+        """Forget a waiter whose reader stopped waiting (cancelled, or its idle timeout), and
+        resolve it: a run quiet for long keeps no future per reader that came and went."""
+        try:
+            self._waiters.remove(waiter)
+        except ValueError:
+            pass            # woken already: the list it was in is gone
+        if not waiter.done():
+            waiter.set_result(None)
+
 
 def _joined(events: list[RunEvent], start: int, end: int, cuts: set[int],
             moved: dict[int, int]) -> list[RunEvent]:
@@ -331,9 +341,12 @@ class Subscription:
             timer = None
             if idle_timeout is not None:
                 timer = asyncio.get_running_loop().call_later(
-                    idle_timeout, _resolve, waiter)
+                    idle_timeout, log._give_up, waiter)
             try:
                 await waiter
+            except asyncio.CancelledError:
+                log._give_up(waiter)
+                raise
             finally:
                 if timer is not None:
                     timer.cancel()
@@ -351,12 +364,13 @@ class Subscription:
         while self._cursor == len(log.events):
             if log.closed:
                 raise StopAsyncIteration
-            await log._wait()
+            waiter = log._wait()
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                log._give_up(waiter)
+                raise
         event = log.events[self._cursor]
         self._cursor += 1
         return event
 
-
-def _resolve(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
