@@ -259,8 +259,8 @@ def targets(results: dict) -> list[dict]:
     out = []
     sc = results["scenarios"]
 
-    def add(name: str, value, limit, met: bool | None) -> None:
-        out.append({"target": name, "value": value, "limit": limit, "met": met})
+    def add(name: str, value, limit, met: bool | None, rounds: list | None = None) -> None:
+        out.append({"target": name, "value": value, "limit": limit, "met": met, "rounds": rounds})
 
     def below(value, limit, inclusive: bool = False) -> bool | None:
         """None (no samples) when the figure is missing."""
@@ -281,7 +281,12 @@ def targets(results: dict) -> list[dict]:
         gw = median("s1", GW).get("requests_per_s")
         for peer, least in ((STARLETTE, 1.5), (AIOHTTP, 0.5)):
             ratio = share(gw, median("s1", peer).get("requests_per_s"))
-            add(f"S1 req/s ≥ {least:g}× {peer}'s", ratio, least, None if ratio is None else ratio >= least)
+            # The same ratio within each round: how much the machine drifted between them.
+            per_round = [share(a.get("requests_per_s"), b.get("requests_per_s"))
+                         for a, b in zip(sc["s1"].get(GW, {}).get("rounds", []),
+                                         sc["s1"].get(peer, {}).get("rounds", []))]
+            add(f"S1 req/s ≥ {least:g}× {peer}'s", ratio, least, None if ratio is None else ratio >= least,
+                per_round)
         ratio_raw = share(gw, median("s1", RAW).get("requests_per_s"))
         add("S1 req/s ≥ 60% of raw asyncio", ratio_raw, 0.6, None if ratio_raw is None else ratio_raw >= 0.6)
     if "s2" in sc:
@@ -374,6 +379,12 @@ def report(results: dict) -> str:
                                else 1), f"{t['limit']:,g}", verdict[t["met"]]]
             for t in results["targets"]]
     parts.append("### Targets\n\n" + table(["target", "equabot_gw", "limit", ""], rows) + "\n")
+    drift = [f"{t['target']}: " + ", ".join(fmt(r, 3) for r in t["rounds"])
+             for t in results["targets"] if t.get("rounds")]
+    if drift:
+        parts.append("Each round's ratio (the servers measured within minutes of each other; a spread "
+                     "wider than the margin means the machine drifted, and `make -C bench instructions` "
+                     "gives the drift-free figure):\n\n" + "\n".join(f"- {line}" for line in drift) + "\n")
     return "\n".join(parts)
 
 
