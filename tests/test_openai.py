@@ -274,6 +274,11 @@ class CompletionTest(OpenAITestCase):
         error = self.fails(self.chat(frobnicate=1), 400)
         self.assertEqual(error["message"], "Unrecognized request argument supplied: frobnicate")
 
+    def test_a_seed_is_any_64_bit_integer(self) -> None:
+        for seed in (2**63 - 1, -2**63, 0):
+            with self.subTest(seed=seed):
+                self.assertEqual(self.ok(self.chat("x", seed=seed))["object"], "chat.completion")
+
     def test_bad_types_name_the_field(self) -> None:
         for body, param in ((self.chat(temperature="hot"), "temperature"), (self.chat(temperature=3), "temperature"),
                             (self.chat(stream="yes"), "stream"), ({"model": 5, "messages": []}, "model"),
@@ -281,6 +286,7 @@ class CompletionTest(OpenAITestCase):
                             ({"messages": [{"role": "user", "content": "x"}]}, "model"),
                             ({"model": "x"}, "messages"), (self.chat(max_tokens=0), "max_tokens"),
                             (self.chat(stop=["a", "b", "c", "d", "e"]), "stop"), (self.chat(seed=1.5), "seed"),
+                            (self.chat(seed=2**63), "seed"), (self.chat(seed=-2**63 - 1), "seed"),
                             ({"model": "x", "messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
                             ({"model": "x", "messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
                             ({"model": "x", "messages": [{"role": "user", "content": [

@@ -113,7 +113,7 @@ def _fields_table() -> dict[str, Callable[[Any], None]]:
         "top_p": lambda v: _number_in("top_p", v, 0, 1),
         "max_tokens": lambda v: _positive_int("max_tokens", v),
         "max_completion_tokens": lambda v: _positive_int("max_completion_tokens", v),
-        "seed": lambda v: _expect("seed", v, "integer"),
+        "seed": lambda v: _int64("seed", v),
         "stop": _check_stop,
         # Tools, structured output, logprobs, penalties, reasoning, n and the
         # extra sampling fields: checked (and converted) in chat_content.
@@ -136,6 +136,14 @@ def _fields_table() -> dict[str, Callable[[Any], None]]:
         "prompt_cache_options": lambda v: _expect("prompt_cache_options", v, "object"),
         "prediction": lambda v: _expect("prediction", v, "object"),
     }
+
+
+def _int64(name: str, value: Any) -> None:
+    """An integer that fits OpenAI's 64 bits (an upstream refuses a larger one)."""
+    _expect(name, value, "integer")
+    if value is not None and not -2**63 <= value < 2**63:
+        raise _bad(name, f"Invalid {name!r}: integer outside the range of 64-bit integers.",
+                   code="invalid_value")
 
 
 def _positive_int(name: str, value: Any) -> None:
