@@ -1245,6 +1245,14 @@ class SessionsCommandTest(CLITestCase):
                                 "no session for user '../../etc' (agent:main:openai-user:u-")
         self.assertOneLineError(self.run_cli("sessions", "show", "agent:main:bad key"), 1, "session key")
 
+    def test_unreachable_url_suggests_what_sessions_can_do(self) -> None:
+        # sessions has no --local: with no --url it reads the state dir's files itself.
+        port = free_port()
+        done = self.run_cli("sessions", "list", "--url", f"http://127.0.0.1:{port}")
+        line = self.assertOneLineError(done, 1, f"cannot reach the gateway at http://127.0.0.1:{port}",
+                                       "leave out --url")
+        self.assertNotIn("--local", line)
+
     def test_empty_state_dir(self) -> None:
         done = self.cli("sessions", "list", "--state-dir", str(self.dir / "empty"))
         self.assertEqual((done.returncode, done.stdout), (0, "no sessions\n"), done.stderr)
