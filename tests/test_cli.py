@@ -1245,6 +1245,13 @@ class SessionsCommandTest(CLITestCase):
                                 "no session for user '../../etc' (agent:main:openai-user:u-")
         self.assertOneLineError(self.run_cli("sessions", "show", "agent:main:bad key"), 1, "session key")
 
+    def test_empty_session_is_a_bad_argument(self) -> None:
+        # Not the endpoint's words for an empty OpenAI user: a flag error, exit 2.
+        for command in ("show", "reset"):
+            line = self.assertOneLineError(self.run_cli("sessions", command, ""), 2, "argument key:",
+                                           f"sessions {command} --help")
+            self.assertNotIn("non-empty string", line)
+
     def test_unreachable_url_suggests_what_sessions_can_do(self) -> None:
         # sessions has no --local: with no --url it reads the state dir's files itself.
         port = free_port()
