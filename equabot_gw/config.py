@@ -544,7 +544,9 @@ def check_exposure(auth: AuthConfig, host: str, env: Mapping[str, str]) -> None:
 
 # -- environment substitution -------------------------------------------------------
 
-_VAR: Final = r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}"
+# "$${" (a literal "${"), a "${NAME}" reference, or a "${" that starts neither:
+# that one is an error, never kept as it stands (a token of "${MY-TOKEN}").
+_VAR: Final = r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$\{"
 
 
 def _substitute(data: Any, env: Mapping[str, str], path: str) -> Any:
@@ -553,6 +555,10 @@ def _substitute(data: Any, env: Mapping[str, str], path: str) -> Any:
             if m.group(0) == "$${":
                 return "${"        # "$${" is a literal "${"
             name = m.group(1)
+            if name is None:        # the text is not repeated: it may be a secret
+                raise ConfigError(path, "\"${\" starts no ${NAME} reference (NAME: letters, digits "
+                                        "and _, not a digit first, then \"}\"); write \"$${\" for a "
+                                        "literal \"${\"")
             if name not in env:
                 raise ConfigError(path, f"environment variable {name} is not set")
             return env[name]

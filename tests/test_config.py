@@ -151,6 +151,19 @@ class SubstitutionTest(unittest.TestCase):
         c = config.from_data({"gateway": {"auth": {"token": "$${LITERAL}"}}}, env={})
         self.assertEqual(c.gateway.auth.token, "${LITERAL}")
 
+    def test_a_dollar_brace_that_is_no_reference_is_an_error(self) -> None:
+        # Kept as it stood, "${MY-TOKEN}" would silently become the token itself.
+        for text in ("${MY-TOKEN}", "${}", "${1X}", "a${B", "pre ${lower}x${"):
+            with self.subTest(text=text):
+                with self.assertRaises(ConfigError) as caught:
+                    config.from_data({"gateway": {"auth": {"token": text}}}, env={"lower": "v"})
+                message = str(caught.exception)
+                self.assertTrue(message.startswith("gateway.auth.token: "), message)
+                self.assertIn('write "$${" for a literal "${"', message)
+                self.assertNotIn(text, message)
+        c = config.from_data({"gateway": {"auth": {"token": "$${MY-TOKEN} $5 {x} $"}}}, env={})
+        self.assertEqual(c.gateway.auth.token, "${MY-TOKEN} $5 {x} $")
+
     def test_substitution_in_lists(self) -> None:
         c = config.from_data({"gateway": {"trustedProxies": ["${P}"]}}, env={"P": "10.0.0.1"})
         self.assertEqual(c.gateway.trusted_proxies, ("10.0.0.1",))
