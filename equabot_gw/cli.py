@@ -120,10 +120,17 @@ def _agent_id(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _path(text: str) -> str:
+    """A file or directory flag: an empty one (an unset shell variable) is refused, not ignored."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a path, got ''")
+    return text
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="PATH", help="config file (JSON5); default: "
+    parser.add_argument("--config", metavar="PATH", type=_path, help="config file (JSON5); default: "
                         "$EQUABOT_CONFIG_PATH, else ~/.equabot/equabot.json, else built-in defaults")
-    parser.add_argument("--state-dir", metavar="DIR", help="sessions and token live here; default: "
+    parser.add_argument("--state-dir", metavar="DIR", type=_path, help="sessions and token live here; default: "
                         "$EQUABOT_STATE_DIR, else ~/.equabot")
     parser.add_argument("--log-level", default="info",
                         choices=("debug", "info", "warning", "error"), help="default: info")

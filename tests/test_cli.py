@@ -976,6 +976,11 @@ class BadFlagsTest(CLITestCase):
             ("agent missing config", ("agent", "--local", "-m", "x", "--config", missing), "does not exist"),
             ("agent state dir", ("agent", "--local", "-m", "x", "--state-dir", str(self.a_file)),
              "cannot create state dir"),
+            # An empty path (an unset shell variable) is refused, not taken as "none given".
+            ("empty config", ("config", "check", "--config", ""), "argument --config: expected a path, got ''"),
+            ("empty config: start", ("--port", "0", "--config", ""), "argument --config: expected a path"),
+            ("empty state dir", ("sessions", "list", "--state-dir", ""), "argument --state-dir: expected a path"),
+            ("empty state dir: start", ("--port", "0", "--state-dir", ""), "argument --state-dir"),
             ("sessions without a subcommand", ("sessions",), "required: {list,show,reset}"),
             ("sessions typo", ("sessions", "lsit"), "invalid choice: 'lsit'"),
             ("sessions show without key", ("sessions", "show"), "required: key"),
