@@ -309,10 +309,25 @@ class HTTPConfig(Section):
     abort_unclaimed_runs: bool = key("abortUnclaimedRuns", boolean, default=False)
 
 
+# Paths the gateway serves itself: an echo path there would hide them.
+_OWN_PATHS: Final = ("/", "/chat", "/health", "/healthz", "/readyz", "/metrics", "/favicon.ico")
+_OWN_PREFIXES: Final = ("/static/", "/v1/")
+
+
+def echo_path(value: Any) -> str:
+    """The echo path: an absolute path (``/echo``) the gateway does not already serve."""
+    if not isinstance(value, str) or not re.fullmatch(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*", value):
+        raise ValueError(f"expected a path such as \"/echo\", got {_describe(value)}")
+    if value in _OWN_PATHS or value.startswith(_OWN_PREFIXES):
+        raise ValueError(f"{_describe(value)} is a path the gateway serves itself; pick another, "
+                         f"such as \"/echo\"")
+    return value
+
+
 class WSConfig(Section):
     max_payload_bytes: int = key("maxPayloadBytes", integer(1024), default=25 * 1024 * 1024)
     allowed_origins: tuple[str, ...] = key("allowedOrigins", string_list, default=())
-    echo_path: str | None = key("echoPath", optional(string(empty=False)), default=None)
+    echo_path: str | None = key("echoPath", optional(echo_path), default=None)
     tick_interval_ms: int = key("tickIntervalMs", integer(100), default=30_000)
 
 

@@ -123,6 +123,12 @@ class StrictKeysTest(unittest.TestCase):
         ({"models": {"providers": {"c": {"api": "command"}}}}, "models.providers.c.command: required"),
         ({"models": {"providers": {"up": {"api": "echo", "headers": {"a": 1}}}}},
          "models.providers.up.headers: expected an object of strings"),
+        # An echo path no request can reach, or one that would hide a path of the gateway's own.
+        ({"gateway": {"ws": {"echoPath": "echo"}}}, 'gateway.ws.echoPath: expected a path such as "/echo", got "echo"'),
+        ({"gateway": {"ws": {"echoPath": "/a b"}}}, 'gateway.ws.echoPath: expected a path such as "/echo"'),
+        ({"gateway": {"ws": {"echoPath": "/health"}}}, 'gateway.ws.echoPath: "/health" is a path the gateway serves'),
+        ({"gateway": {"ws": {"echoPath": "/"}}}, 'gateway.ws.echoPath: "/" is a path the gateway serves'),
+        ({"gateway": {"ws": {"echoPath": "/v1/chat/completions"}}}, "gateway.ws.echoPath: "),
     )
 
     def test_errors_name_the_key_and_the_reason(self) -> None:
