@@ -83,8 +83,11 @@ def gateway_target(args: argparse.Namespace, config: config_mod.Config, state_di
     return Target(url, mode, args.token or env_secret(config, state_dir, mode))
 
 
-async def open_client(target: Target) -> Any:
+async def open_client(target: Target, hint: str = "or use --local") -> Any:
     """A ``ControlClient`` connected and authenticated (``connect``) to ``target``.
+
+    ``hint`` ends the message for a gateway that cannot be reached: what else
+    the command can do (``agent``: ``--local``).
 
     Presents only the secret of ``target.mode`` (``auth.token`` or
     ``auth.password``). Raises ``GatewayError`` with one line for a gateway
@@ -101,7 +104,7 @@ async def open_client(target: Target) -> Any:
         raise GatewayError(f"bad gateway URL {url!r}: {exc}") from None
     except (OSError, ConnectionClosed, ProtocolError) as exc:
         raise GatewayError(f"cannot reach the gateway at {url} ({exc or type(exc).__name__}); "
-                           f"start it with 'python -m equabot_gw' or use --local") from None
+                           f"start it with 'python -m equabot_gw' {hint}") from None
     client = ControlClient(ws)
     # The original command line's connect (client id "cli"): the original Gateway takes no other.
     params = connect_params(target.secret, target.mode)
@@ -400,7 +403,9 @@ def _missing(agent_id: str, given: str) -> str:
 
 
 async def _remote_sessions(args: argparse.Namespace, target: Target) -> int:
-    client = await open_client(target)
+    # No --local here: with no gateway on the state dir, sessions reads its files.
+    hint = "or leave out --url to read the state dir's files" if args.url else "and try again"
+    client = await open_client(target, hint)
     try:
         params = {"agentId": args.agent} if args.agent else {}
         if args.sessions_command == "list":

@@ -106,6 +106,13 @@ def _session_key(text: str) -> str:
         raise argparse.ArgumentTypeError(exc.message) from None
 
 
+def _session_name(text: str) -> str:
+    """A session of ``sessions show|reset``: a key or an OpenAI ``user`` string, never empty."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a session key or the user string an OpenAI client sent, got ''")
+    return text
+
+
 def _agent_id(text: str) -> str:
     try:
         return config_mod.agent_id(text)
@@ -113,10 +120,17 @@ def _agent_id(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _path(text: str) -> str:
+    """A file or directory flag: an empty one (an unset shell variable) is refused, not ignored."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a path, got ''")
+    return text
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="PATH", help="config file (JSON5); default: "
+    parser.add_argument("--config", metavar="PATH", type=_path, help="config file (JSON5); default: "
                         "$EQUABOT_CONFIG_PATH, else ~/.equabot/equabot.json, else built-in defaults")
-    parser.add_argument("--state-dir", metavar="DIR", help="sessions and token live here; default: "
+    parser.add_argument("--state-dir", metavar="DIR", type=_path, help="sessions and token live here; default: "
                         "$EQUABOT_STATE_DIR, else ~/.equabot")
     parser.add_argument("--log-level", default="info",
                         choices=("debug", "info", "warning", "error"), help="default: info")
@@ -197,7 +211,8 @@ def _sessions_flags(ses: argparse.ArgumentParser) -> dict[str, argparse.Argument
         p.add_argument("--agent", metavar="ID", type=_agent_id,
                        help="agent id (default: every agent for list, the default agent otherwise)")
         if name != "list":
-            p.add_argument("key", help="session key")
+            p.add_argument("key", type=_session_name,
+                           help="session key, or the user string an OpenAI client sent")
         p.add_argument("--json", action="store_true", help="print JSON")
         p.add_argument("--url", type=_url, help="ask the gateway at this URL (default: the one running on "
                        "the state dir, else read the files)")

@@ -309,10 +309,25 @@ class HTTPConfig(Section):
     abort_unclaimed_runs: bool = key("abortUnclaimedRuns", boolean, default=False)
 
 
+# Paths the gateway serves itself: an echo path there would hide them.
+_OWN_PATHS: Final = ("/", "/chat", "/health", "/healthz", "/readyz", "/metrics", "/favicon.ico")
+_OWN_PREFIXES: Final = ("/static/", "/v1/")
+
+
+def echo_path(value: Any) -> str:
+    """The echo path: an absolute path (``/echo``) the gateway does not already serve."""
+    if not isinstance(value, str) or not re.fullmatch(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*", value):
+        raise ValueError(f"expected a path such as \"/echo\", got {_describe(value)}")
+    if value in _OWN_PATHS or value.startswith(_OWN_PREFIXES):
+        raise ValueError(f"{_describe(value)} is a path the gateway serves itself; pick another, "
+                         f"such as \"/echo\"")
+    return value
+
+
 class WSConfig(Section):
     max_payload_bytes: int = key("maxPayloadBytes", integer(1024), default=25 * 1024 * 1024)
     allowed_origins: tuple[str, ...] = key("allowedOrigins", string_list, default=())
-    echo_path: str | None = key("echoPath", optional(string(empty=False)), default=None)
+    echo_path: str | None = key("echoPath", optional(echo_path), default=None)
     tick_interval_ms: int = key("tickIntervalMs", integer(100), default=30_000)
 
 
@@ -544,7 +559,9 @@ def check_exposure(auth: AuthConfig, host: str, env: Mapping[str, str]) -> None:
 
 # -- environment substitution -------------------------------------------------------
 
-_VAR: Final = r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}"
+# "$${" (a literal "${"), a "${NAME}" reference, or a "${" that starts neither:
+# that one is an error, never kept as it stands (a token of "${MY-TOKEN}").
+_VAR: Final = r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$\{"
 
 
 def _substitute(data: Any, env: Mapping[str, str], path: str) -> Any:
@@ -553,6 +570,10 @@ def _substitute(data: Any, env: Mapping[str, str], path: str) -> Any:
             if m.group(0) == "$${":
                 return "${"        # "$${" is a literal "${"
             name = m.group(1)
+            if name is None:        # the text is not repeated: it may be a secret
+                raise ConfigError(path, "\"${\" starts no ${NAME} reference (NAME: letters, digits "
+                                        "and _, not a digit first, then \"}\"); write \"$${\" for a "
+                                        "literal \"${\"")
             if name not in env:
                 raise ConfigError(path, f"environment variable {name} is not set")
             return env[name]

@@ -976,6 +976,11 @@ class BadFlagsTest(CLITestCase):
             ("agent missing config", ("agent", "--local", "-m", "x", "--config", missing), "does not exist"),
             ("agent state dir", ("agent", "--local", "-m", "x", "--state-dir", str(self.a_file)),
              "cannot create state dir"),
+            # An empty path (an unset shell variable) is refused, not taken as "none given".
+            ("empty config", ("config", "check", "--config", ""), "argument --config: expected a path, got ''"),
+            ("empty config: start", ("--port", "0", "--config", ""), "argument --config: expected a path"),
+            ("empty state dir", ("sessions", "list", "--state-dir", ""), "argument --state-dir: expected a path"),
+            ("empty state dir: start", ("--port", "0", "--state-dir", ""), "argument --state-dir"),
             ("sessions without a subcommand", ("sessions",), "required: {list,show,reset}"),
             ("sessions typo", ("sessions", "lsit"), "invalid choice: 'lsit'"),
             ("sessions show without key", ("sessions", "show"), "required: key"),
@@ -1244,6 +1249,21 @@ class SessionsCommandTest(CLITestCase):
         self.assertOneLineError(self.run_cli("sessions", "show", "../../etc"), 1,
                                 "no session for user '../../etc' (agent:main:openai-user:u-")
         self.assertOneLineError(self.run_cli("sessions", "show", "agent:main:bad key"), 1, "session key")
+
+    def test_empty_session_is_a_bad_argument(self) -> None:
+        # Not the endpoint's words for an empty OpenAI user: a flag error, exit 2.
+        for command in ("show", "reset"):
+            line = self.assertOneLineError(self.run_cli("sessions", command, ""), 2, "argument key:",
+                                           f"sessions {command} --help")
+            self.assertNotIn("non-empty string", line)
+
+    def test_unreachable_url_suggests_what_sessions_can_do(self) -> None:
+        # sessions has no --local: with no --url it reads the state dir's files itself.
+        port = free_port()
+        done = self.run_cli("sessions", "list", "--url", f"http://127.0.0.1:{port}")
+        line = self.assertOneLineError(done, 1, f"cannot reach the gateway at http://127.0.0.1:{port}",
+                                       "leave out --url")
+        self.assertNotIn("--local", line)
 
     def test_empty_state_dir(self) -> None:
         done = self.cli("sessions", "list", "--state-dir", str(self.dir / "empty"))

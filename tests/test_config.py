@@ -123,6 +123,12 @@ class StrictKeysTest(unittest.TestCase):
         ({"models": {"providers": {"c": {"api": "command"}}}}, "models.providers.c.command: required"),
         ({"models": {"providers": {"up": {"api": "echo", "headers": {"a": 1}}}}},
          "models.providers.up.headers: expected an object of strings"),
+        # An echo path no request can reach, or one that would hide a path of the gateway's own.
+        ({"gateway": {"ws": {"echoPath": "echo"}}}, 'gateway.ws.echoPath: expected a path such as "/echo", got "echo"'),
+        ({"gateway": {"ws": {"echoPath": "/a b"}}}, 'gateway.ws.echoPath: expected a path such as "/echo"'),
+        ({"gateway": {"ws": {"echoPath": "/health"}}}, 'gateway.ws.echoPath: "/health" is a path the gateway serves'),
+        ({"gateway": {"ws": {"echoPath": "/"}}}, 'gateway.ws.echoPath: "/" is a path the gateway serves'),
+        ({"gateway": {"ws": {"echoPath": "/v1/chat/completions"}}}, "gateway.ws.echoPath: "),
     )
 
     def test_errors_name_the_key_and_the_reason(self) -> None:
@@ -150,6 +156,19 @@ class SubstitutionTest(unittest.TestCase):
     def test_escaped_dollar(self) -> None:
         c = config.from_data({"gateway": {"auth": {"token": "$${LITERAL}"}}}, env={})
         self.assertEqual(c.gateway.auth.token, "${LITERAL}")
+
+    def test_a_dollar_brace_that_is_no_reference_is_an_error(self) -> None:
+        # Kept as it stood, "${MY-TOKEN}" would silently become the token itself.
+        for text in ("${MY-TOKEN}", "${}", "${1X}", "a${B", "pre ${lower}x${"):
+            with self.subTest(text=text):
+                with self.assertRaises(ConfigError) as caught:
+                    config.from_data({"gateway": {"auth": {"token": text}}}, env={"lower": "v"})
+                message = str(caught.exception)
+                self.assertTrue(message.startswith("gateway.auth.token: "), message)
+                self.assertIn('write "$${" for a literal "${"', message)
+                self.assertNotIn(text, message)
+        c = config.from_data({"gateway": {"auth": {"token": "$${MY-TOKEN} $5 {x} $"}}}, env={})
+        self.assertEqual(c.gateway.auth.token, "${MY-TOKEN} $5 {x} $")
 
     def test_substitution_in_lists(self) -> None:
         c = config.from_data({"gateway": {"trustedProxies": ["${P}"]}}, env={"P": "10.0.0.1"})

@@ -208,6 +208,26 @@ class FromConfigTest(unittest.IsolatedAsyncioTestCase):
             self.assertEqual(gateway.secret.value, "from-env")
 
 
+    async def test_port_and_host_are_checked_as_the_keys_they_override(self) -> None:
+        # Not a bind() OverflowError at start(), and never True taken as port 1.
+        with tempfile.TemporaryDirectory() as tmp:
+            for kwargs, message in (({"port": 99999}, "port: expected integer 0-65535, got 99999"),
+                                    ({"port": -1}, "port: expected integer 0-65535, got -1"),
+                                    ({"port": True}, "port: expected integer 0-65535, got true"),
+                                    ({"port": "80"}, 'port: expected integer 0-65535, got "80"'),
+                                    ({"host": ""}, 'host: expected a non-empty string, got ""'),
+                                    ({"host": 5}, "host: expected a non-empty string, got 5")):
+                with self.subTest(kwargs=kwargs):
+                    with self.assertRaises(ConfigError) as caught:
+                        Gateway.from_config({"gateway": {"auth": {"token": TOKEN}}}, state_dir=tmp,
+                                            env={}, **kwargs)
+                    self.assertEqual(str(caught.exception), message)
+            gateway = Gateway.from_config({"gateway": {"auth": {"token": TOKEN}}}, state_dir=tmp,
+                                          port=0.0, host="loopback", env={})
+            async with gateway:
+                self.assertRegex(gateway.url, r"^http://127\.0\.0\.1:\d+$")
+
+
 # The public API, pinned: a name added or removed here is a decision, made in docs/embedding.md too.
 PUBLIC_NAMES = [
     "__version__", "Gateway", "run_agent", "AgentRun",

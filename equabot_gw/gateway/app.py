@@ -36,7 +36,7 @@ from .. import __version__, embed, statelock
 from ..logbuffer import LogBuffer
 from ..agents.runtime import Runtime
 from ..auth import Authenticator, Secret, resolve_secret
-from ..config import Config, ConfigError, bind_host
+from ..config import Config, ConfigError, bind_host, integer, string
 from ..errors import SHUTDOWN_ABORT, ApiError, GatewayError
 from ..net import routes as http
 from ..net import server
@@ -134,7 +134,8 @@ class Gateway:
         mode 0700 if missing; nothing else on disk is touched, the home
         directory included. ``host`` (an address, or "loopback" / "lan") and
         ``port`` (0 picks a free one) override ``gateway.bind`` and
-        ``gateway.port``. ``env`` stands for the environment (``${VAR}`` in
+        ``gateway.port``, checked as those keys are (``ConfigError``).
+        ``env`` stands for the environment (``${VAR}`` in
         the config, ``EQUABOT_GATEWAY_TOKEN``); default: ``os.environ``.
         ``providers`` maps provider names to Python providers (an async
         generator function, or a factory called with the name at each
@@ -149,6 +150,15 @@ class Gateway:
         env = os.environ if env is None else env
         sources = embed.provider_sources(providers)
         checked, path = embed.load_config(config, env, sources)
+        # The overrides are checked as the keys they stand for (a port of True is not 1).
+        try:
+            port = None if port is None else integer(0, 65535)(port)
+        except ValueError as exc:
+            raise ConfigError("port", str(exc)) from None
+        try:
+            host = None if host is None else string(empty=False)(host)
+        except ValueError as exc:
+            raise ConfigError("host", str(exc)) from None
         state = Path(state_dir)
         try:
             state.mkdir(mode=0o700, parents=True, exist_ok=True)
