@@ -190,6 +190,28 @@ def raw_exchange(port: int, data: bytes, *, timeout: float = 5.0, host: str = "1
         return b"".join(chunks)
 
 
+def post_head(path: str, body: bytes, *, headers: str = "", host: str = "127.0.0.1") -> bytes:
+    """A JSON ``POST`` of ``body`` to ``path`` with the test token; ``headers``: more
+    field lines, each ending in CRLF (``Connection: close``, a session key, ...)."""
+    return (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            f"{headers}\r\n").encode() + body
+
+
+async def post_closing(port: int, path: str, body: bytes, *, headers: str = "", timeout: float = 10.0
+                       ) -> tuple[int, dict[str, str], bytes, bytes]:
+    """``post_head`` on a fresh connection with ``Connection: close``, read to its end:
+    status, headers, de-chunked body, and the raw bytes (for the framing)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(post_head(path, body, headers="Connection: close\r\n" + headers))
+        raw = await asyncio.wait_for(reader.read(), timeout)
+    finally:
+        writer.close()
+    [(status, fields, payload)] = split_responses(raw)
+    return status, fields, payload, raw
+
+
 def split_responses(raw: bytes) -> list[tuple[int, dict[str, str], bytes]]:
     """Split a byte stream of Content-Length or chunked responses (test-side parsing)."""
     out = []

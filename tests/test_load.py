@@ -26,7 +26,8 @@ from typing import Any
 
 from equabot_gw.agents import transcripts
 from equabot_gw.gateway.client import ControlClient
-from tests.support import ROOT, TOKEN, GatewayProcess, base_config, running_gateway, split_responses
+from tests.support import (ROOT, TOKEN, GatewayProcess, base_config, post_closing, post_head, running_gateway,
+                           split_responses)
 from tests.test_faults import (
     FakeUpstream, eventually, raise_nofile_limit, send_stream, sessions_list, sse_events, stream_outcome, transcript,
 )
@@ -233,16 +234,8 @@ def load_config() -> dict[str, Any]:
 async def stream_chat(port: int, message: str, key: str) -> tuple[int, bytes]:
     body = json.dumps({"model": "equabot", "stream": True,
                        "messages": [{"role": "user", "content": message}]}).encode()
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(
-            f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n"
-            f"x-equabot-session-key: {key}\r\n\r\n".encode() + body)
-        raw = await asyncio.wait_for(reader.read(), 60)
-    finally:
-        writer.close()
-    [(status, headers, payload)] = split_responses(raw)
+    status, headers, payload, raw = await post_closing(
+        port, "/v1/chat/completions", body, headers=f"x-equabot-session-key: {key}\r\n", timeout=60)
     if headers.get("transfer-encoding") != "chunked" or not raw.endswith(b"0\r\n\r\n"):
         raise AssertionError(f"stream {key}: not a complete chunked body: {raw[-40:]!r}")
     return status, payload
@@ -338,10 +331,7 @@ async def leave_mid_stream(port: int, agent: str, key: str, streaming: list[int]
                        "messages": [{"role": "user", "content": LONG_MESSAGE}]}).encode()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        writer.write(
-            f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-            f"x-equabot-session-key: {key}\r\n\r\n".encode() + body)
+        writer.write(post_head("/v1/chat/completions", body, headers=f"x-equabot-session-key: {key}\r\n"))
         received = b""
         while b'"content":"' + (b"Echo" if agent == "slow" else b"Up") not in received:
             chunk = await reader.read(65536)
@@ -441,9 +431,7 @@ async def start_stream(port: int, key: str) -> tuple[asyncio.StreamReader, async
     body = json.dumps({"model": "equabot", "stream": True,
                        "messages": [{"role": "user", "content": LONG_MESSAGE}]}).encode()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
-                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-                 f"x-equabot-session-key: {key}\r\n\r\n".encode() + body)
+    writer.write(post_head("/v1/chat/completions", body, headers=f"x-equabot-session-key: {key}\r\n"))
     return reader, writer
 
 

@@ -24,7 +24,7 @@ from equabot_gw.errors import UpstreamError
 from equabot_gw.gateway import openai
 from equabot_gw.net import sse
 from equabot_gw.gateway.chat_stream import PIECE_BYTES, ChunkWriter as _ChunkWriter
-from tests.support import TOKEN, error_of, running_gateway, split_responses
+from tests.support import error_of, post_closing, post_head, running_gateway
 from tests.test_faults import sse_events, stream_outcome
 
 CHUNK_TEXT = 4096
@@ -130,9 +130,7 @@ class EndToEndTest(unittest.IsolatedAsyncioTestCase):
             body = json.dumps({"model": "equabot", "stream": True,
                                "messages": [{"role": "user", "content": message}]}).encode()
             reader, writer = await asyncio.open_connection("127.0.0.1", gw.server.port)
-            writer.write(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
-                         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-                         f"Connection: close\r\n\r\n".encode() + body)
+            writer.write(post_head("/v1/chat/completions", body, headers="Connection: close\r\n"))
             head = await reader.readuntil(b"\r\n\r\n")
             self.assertIn(b"transfer-encoding: chunked", head)
             sizes, data = [], []
@@ -215,16 +213,7 @@ def slow_first_word_config() -> dict[str, Any]:
 
 async def post_stream(port: int, path: str, body: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
     """A streamed POST on a fresh connection (``Connection: close``): status, headers, de-chunked body."""
-    data = json.dumps({**body, "stream": True}).encode()
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
-                     f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
-                     f"Connection: close\r\n\r\n".encode() + data)
-        raw = await asyncio.wait_for(reader.read(), 10)
-    finally:
-        writer.close()
-    [(status, headers, payload)] = split_responses(raw)
+    status, headers, payload, _ = await post_closing(port, path, json.dumps({**body, "stream": True}).encode())
     return status, headers, payload
 
 
