@@ -15,6 +15,10 @@ the difference divided by the difference of the counts removes start-up:
 * ``s1``: 64 connections with in-memory transports feed the gateway's own
   HTTP server the non-streaming echo completion of scenario 1 (parser,
   validation, agent run, fsynced journal append, response), no sockets.
+* ``s2``: as ``s1`` with a streamed request instead: a 256-word message
+  whose echo streams as SSE (one event per word while the client keeps up,
+  joined as the server joins deltas that piled up; the in-memory client
+  takes every write at once).
 * ``s4``: 8 socket connections stream the proxy completion of scenario 4
   (agent ``proxy`` → the raw upstream, which runs outside valgrind); the
   in-process client's own cost is included and constant.
@@ -43,11 +47,14 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-COUNTS = {"s1": (1000, 3000), "s4": (300, 1100), "peers": (500, 2500)}
+COUNTS = {"s1": (1000, 3000), "s2": (100, 400), "s4": (300, 1100), "peers": (500, 2500)}
 PEER_CONNECTIONS = 16
 TOKEN = "t"
 S1_BODY = (b'{"model":"equabot","messages":[{"role":"user","content":'
            b'"alpha bravo charlie delta echo foxtrot golf hotel india"}]}')
+STREAM_WORDS = 256
+S2_BODY = (b'{"model":"equabot","stream":true,"messages":[{"role":"user","content":"'
+           + " ".join(f"w{i}" for i in range(STREAM_WORDS)).encode() + b'"}]}')
 S4_BODY = (b'{"model":"equabot:proxy","stream":true,'
            b'"messages":[{"role":"user","content":"hello world"}]}')
 
@@ -72,11 +79,13 @@ def _config(upstream_port: int | None) -> dict:
 
 
 class _MemoryTransport(asyncio.Transport):
-    """A client that sends its next request as soon as a response was written."""
+    """A client that sends its next request as soon as a response was written whole
+    (``ends``: whether a write is a response's last)."""
 
-    def __init__(self, on_write) -> None:
+    def __init__(self, on_answer, ends) -> None:
         super().__init__()
-        self.on_write = on_write
+        self.on_answer = on_answer
+        self.ends = ends
         self.protocol: asyncio.Protocol | None = None
 
     def get_extra_info(self, name, default=None):
@@ -86,7 +95,8 @@ class _MemoryTransport(asyncio.Transport):
         pass
 
     def write(self, data) -> None:
-        self.on_write(self)
+        if self.ends(data):
+            self.on_answer(self)
 
     def is_closing(self) -> bool:
         return False
@@ -107,10 +117,12 @@ class _MemoryTransport(asyncio.Transport):
         return False
 
 
-async def _s1(gateway, count: int) -> None:
+async def _in_memory(gateway, count: int, body: bytes, ends) -> None:
+    """``count`` requests of ``body`` over 64 in-memory connections, each sent when its
+    connection's previous response ended."""
     from equabot_gw.net import connection as connection_mod
     loop = asyncio.get_running_loop()
-    request = _request(S1_BODY)
+    request = _request(body)
     state = {"sent": 0, "done": 0}
     finished = loop.create_future()
 
@@ -124,13 +136,22 @@ async def _s1(gateway, count: int) -> None:
 
     for _ in range(64):
         conn = connection_mod.Connection(gateway.server)
-        transport = _MemoryTransport(answered)
+        transport = _MemoryTransport(answered, ends)
         transport.protocol = conn
         conn.connection_made(transport)
         if state["sent"] < count:
             state["sent"] += 1
             conn.data_received(request)
     await finished
+
+
+async def _s1(gateway, count: int) -> None:
+    await _in_memory(gateway, count, S1_BODY, lambda data: True)    # one write per response
+
+
+async def _s2(gateway, count: int) -> None:
+    # A chunked body ends with its last chunk, "0" CRLF CRLF; no data chunk ends so.
+    await _in_memory(gateway, count, S2_BODY, lambda data: bytes(data).endswith(b"0\r\n\r\n"))
 
 
 async def _s4(gateway, count: int) -> None:
@@ -159,7 +180,7 @@ async def _inner(workload: str, count: int, upstream_port: int | None) -> None:
         await gateway.start()
         gc.set_threshold(cli.GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])   # as the command line runs it
         try:
-            await (_s1 if workload == "s1" else _s4)(gateway, count)
+            await {"s1": _s1, "s2": _s2, "s4": _s4}[workload](gateway, count)
         finally:
             await gateway.stop()
 
@@ -184,7 +205,7 @@ def _collected(workload: str, count: int, upstream_port: int | None) -> int:
 
 
 def measure(workload: str) -> float:
-    """Instructions per request of ``workload`` ("s1" or "s4")."""
+    """Instructions per request of ``workload`` ("s1", "s2" or "s4")."""
     upstream = None
     port = None
     if workload == "s4":
@@ -266,7 +287,7 @@ def peers() -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", default="s1,s4", help="comma-separated workloads: s1, s4, peers")
+    parser.add_argument("--only", default="s1,s2,s4", help="comma-separated workloads: s1, s2, s4, peers")
     parser.add_argument("--inner", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inner:
