@@ -340,7 +340,7 @@ async def run_sessions_command(args: argparse.Namespace) -> int:
     raw ``user`` string an OpenAI client sent (spaces and all): its session
     is found under the key the endpoint derived from it.
     """
-    config, state_dir, _ = load_config(args, follow_state_dir=True)
+    config, state_dir, _ = load_config(args, follow_state_dir=True, create=False)
     running = statelock.holder(state_dir)
     if running is not None or args.url:
         # The gateway owns the files while it runs: ask it rather than edit behind its back.
@@ -348,6 +348,14 @@ async def run_sessions_command(args: argparse.Namespace) -> int:
     runtime = agent_runtime.Runtime(config, state_dir)
     agent = runtime.agent(args.agent)
     store = SessionStore(state_dir)
+    if not store.on_disk:
+        # Nothing was ever stored here (a gateway never ran with this state dir, or
+        # it is mistyped): read as an empty store, and nothing is created.
+        if args.sessions_command == "list":
+            return _print_infos([], args.json)
+        session_key_for(agent.id, args.key, set())      # a malformed key is refused all the same
+        print(f"equabot: {_missing(agent.id, args.key)}", file=sys.stderr)
+        return 1
     await store.open()
     try:
         if args.sessions_command == "list":

@@ -382,9 +382,11 @@ def _check_bindable(host: str, port: int) -> None:
         raise BindError(host, port, exc) from None
 
 
-def load_config(args: argparse.Namespace, *, follow_state_dir: bool = False
+def load_config(args: argparse.Namespace, *, follow_state_dir: bool = False, create: bool = True
                 ) -> tuple[config_mod.Config, Path, Path | None]:
-    """The config, the state dir (created with mode 0700) and the config file used (None: defaults).
+    """The config, the state dir (created with mode 0700 unless ``create`` is False: a
+    command that only reads leaves a missing one missing) and the config file used
+    (None: defaults).
 
     With ``follow_state_dir`` (the commands that talk to a state dir's
     gateway or files) and neither ``--config`` nor ``EQUABOT_CONFIG_PATH``,
@@ -398,11 +400,12 @@ def load_config(args: argparse.Namespace, *, follow_state_dir: bool = False
         if last is not None and last.config_path and Path(last.config_path).is_file():
             explicit = last.config_path
     config, path = config_mod.load(explicit)
-    try:
-        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create state dir {state_dir}: {exc.strerror}") from None
-    if not state_dir.is_dir():
+    if create:
+        try:
+            state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create state dir {state_dir}: {exc.strerror}") from None
+    if (create or state_dir.exists()) and not state_dir.is_dir():
         raise UsageError(f"state dir {state_dir} is not a directory")
     return config, state_dir, path
 

@@ -763,6 +763,21 @@ class SessionsOfAGatewayTest(CLITestCase):
             self.assertTrue(done.stdout.startswith("reset agent:beta:openai-user:u-"), done.stdout)
 
 
+    def test_reading_a_state_dir_that_holds_nothing_creates_nothing(self) -> None:
+        absent = self.state / "never-served"     # a mistyped --state-dir, say
+        for args, code, out, err in ((("list",), 0, "no sessions", ""),
+                                     (("list", "--json"), 0, "[]", ""),
+                                     (("show", "alice"), 1, "", "no session 'agent:main:alice'"),
+                                     (("reset", "alice"), 1, "", "no session 'agent:main:alice'"),
+                                     (("show", "agent:main:bad key"), 1, "", "session keys are")):
+            with self.subTest(args=args):
+                done = self.cli("sessions", *args, "--state-dir", str(absent))
+                self.assertEqual(done.returncode, code, done.stderr)
+                self.assertEqual(done.stdout.strip(), out)
+                self.assertIn(err, done.stderr)
+                self.assertFalse(absent.exists(), "a read created the state dir")
+
+
 class LocalAgentTest(CLITestCase):
     def local(self, *args: str, config: str | None = None) -> subprocess.CompletedProcess[str]:
         extra = ("--config", config) if config else ()
@@ -986,7 +1001,7 @@ class BadFlagsTest(CLITestCase):
             ("sessions show without key", ("sessions", "show"), "required: key"),
             ("sessions agent id", ("sessions", "list", "--agent", "Bad Id"), "argument --agent"),
             ("sessions URL", ("sessions", "list", "--url", "nope"), "argument --url"),
-            ("sessions state dir", ("sessions", "list", "--state-dir", str(self.a_file)), "cannot create state dir"),
+            ("sessions state dir", ("sessions", "list", "--state-dir", str(self.a_file)), "is not a directory"),
             ("conformance without URL", ("conformance",), "required: --base-url"),
             ("conformance URL", ("conformance", "--base-url", "x"), "--base-url must be an http://"),
             ("conformance timeout", ("conformance", "--base-url", "http://127.0.0.1:9", "--timeout", "-1"),

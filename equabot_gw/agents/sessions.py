@@ -138,6 +138,12 @@ class SessionStore(SessionReads):
         self._lanes: dict[str, list[Any]] = {}
         self._journal_day = -1               # the newest UTC day seen: a later one prunes
 
+    @property
+    def on_disk(self) -> bool:
+        """Whether the store's directory exists (``open`` creates it): a state dir
+        nothing was ever stored in has none."""
+        return os.path.isdir(self._agents_dir)
+
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open" if self._committer else "new"
         return (f"<SessionStore {self._agents_dir} {state} agents={len(self._agents)} "
