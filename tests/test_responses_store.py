@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import pathlib
 import tempfile
 import unittest
 
+from equabot_gw import safejson
 from equabot_gw.agents.response_store import RESPONSES_DIR, ResponseStore
 from equabot_gw.errors import StorageError
 
@@ -46,6 +48,22 @@ class ResponseStoreTest(unittest.IsolatedAsyncioTestCase):
         self.assertEqual(len(again), 2)
         self.assertEqual(again.find("resp_b2")[1:4], ("main", "agent:main:openai-responses:resp_a1", "run_2"))
         self.assertEqual(await again.read("resp_a1"), (response("resp_a1", "é ünïcode"), items))
+
+    async def test_a_response_as_deep_as_an_accepted_request_reads_back(self) -> None:
+        # A Response repeats the request's tools (their JSON Schemas) at the depth the request
+        # had them; a request may nest up to the decoder's limit, and its line wraps it once more.
+        schema: dict = {"type": "string"}
+        while True:
+            deeper = {"type": "array", "items": schema}
+            obj = {**response("resp_a1"), "tools": [{"type": "function", "name": "f", "parameters": deeper}]}
+            try:
+                safejson.loads(json.dumps(obj))
+            except ValueError:
+                break
+            schema, accepted = deeper, obj
+        store = await self.opened()
+        await store.put("resp_a1", "main", "k:one", "run_1", accepted, [])
+        self.assertEqual(await store.read("resp_a1"), (accepted, []))
 
     async def test_delete_erases_the_line_and_stays_deleted(self) -> None:
         store = await self.opened()

@@ -52,6 +52,10 @@ _LINE_HEAD: Final = re.compile(
     rb'^\{"id":"(resp_[A-Za-z0-9_-]{1,200})",(?:"agentId":"([A-Za-z0-9._@-]{1,128})",'
     rb'"sessionKey":"([A-Za-z0-9:._@-]{1,200})","runId":"([A-Za-z0-9_-]{1,200})"|"deleted":true\})', re.M)
 _DAY_NAME: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}\.jsonl")
+# A line holds its response one level down; a Response repeats request values (tool
+# schemas, text.format) as deep as the request had them, and a request may reach the
+# decoder's limit: so a line may be one level deeper than any request.
+_LINE_DEPTH: Final = safejson.MAX_DEPTH + 1
 
 
 class StoredResponse(NamedTuple):
@@ -169,8 +173,8 @@ class ResponseStore:
             return None
         data = await self._require_open().job("reading a stored response", functools.partial(_read, entry))
         try:
-            record = await safejson.loads_async(data) if len(data) > safejson.MAX_VALUES_AT_ONCE \
-                else safejson.loads(data)
+            record = await safejson.loads_async(data, max_depth=_LINE_DEPTH) \
+                if len(data) > safejson.MAX_VALUES_AT_ONCE else safejson.loads(data, max_depth=_LINE_DEPTH)
         except ValueError as exc:
             raise StorageError(f"stored response {response_id} is damaged ({exc})") from None
         if type(record) is dict and record.get("id") == response_id and type(record.get("response")) is dict:
