@@ -132,6 +132,29 @@ class ResponseStoreTest(unittest.IsolatedAsyncioTestCase):
         self.assertEqual([again.find(r) is not None for r in ("resp_mid", "resp_new")], [False, True])
         self.assertEqual(len(self.logs()), 1)
 
+    async def test_sessions_whose_stored_responses_all_expired_are_reported(self) -> None:
+        now = [DAY]
+        freed: list = []
+        store = ResponseStore(self.dir, clock=lambda: now[0], retention_days=2, on_expired=freed.extend)
+        await store.open()
+        self.addAsyncCleanup(store.close)
+        await store.put("resp_a", "main", "k:one", "run_1", response("resp_a"), [])
+        await store.put("resp_b", "main", "k:two", "run_2", response("resp_b"), [])
+        await store.put("resp_c", "main", "k:gone", "run_3", response("resp_c"), [])
+        await store.delete("resp_c")                      # its session was its caller's to handle then
+        now[0] += 86400 * 2
+        await store.put("resp_d", "main", "k:two", "run_4", response("resp_d"), [])
+        now[0] += 86400
+        await store.put("resp_e", "beta", "k:one", "run_5", response("resp_e"), [])
+        self.assertEqual(freed, [("main", "k:one")])      # k:two still holds resp_d; beta's k:one is another
+        await store.close()
+        freed.clear()
+        now[0] += 86400 * 2
+        again = ResponseStore(self.dir, clock=lambda: now[0], retention_days=2, on_expired=freed.extend)
+        await again.open()                                  # at start-up too
+        self.addAsyncCleanup(again.close)
+        self.assertEqual(freed, [("main", "k:two")])
+
     async def test_closed_store_refuses(self) -> None:
         store = await self.opened()
         await store.close()
