@@ -10,13 +10,16 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import pathlib
 import socket
 import sys
+import tempfile
 import time
 import unittest
 from typing import Any
 
 from equabot_gw import config
+from equabot_gw.agents import transcripts
 from equabot_gw.conformance.jsonschema import Validator
 from equabot_gw.errors import ConfigError
 from tests.support import ROOT, TOKEN, GatewayProcess, LiveGateway, base_config, error_of, running_gateway
@@ -511,19 +514,21 @@ class DisabledTest(unittest.TestCase):
             self.assertEqual(Client(gw).get("resp_x")[0], 404)
 
 
+async def call(gw: Any, method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
+    """One request to an in-process gateway: (status, decoded body)."""
+    data = b"" if body is None else json.dumps(body).encode()
+    reader, writer = await asyncio.open_connection(gw.host, gw.server.port)
+    writer.write((f"{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                  f"Content-Type: application/json\r\nConnection: close\r\n"
+                  f"Content-Length: {len(data)}\r\n\r\n").encode() + data)
+    raw = await reader.read()
+    writer.close()
+    head, _, payload = raw.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(payload)
+
+
 class EmbeddedRestartTest(unittest.IsolatedAsyncioTestCase):
     async def test_the_store_reopens_with_the_gateway(self) -> None:
-        async def call(gw: Any, method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
-            data = b"" if body is None else json.dumps(body).encode()
-            reader, writer = await asyncio.open_connection(gw.host, gw.server.port)
-            writer.write((f"{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
-                          f"Content-Type: application/json\r\nConnection: close\r\n"
-                          f"Content-Length: {len(data)}\r\n\r\n").encode() + data)
-            raw = await reader.read()
-            writer.close()
-            head, _, payload = raw.partition(b"\r\n\r\n")
-            return int(head.split()[1]), json.loads(payload)
-
         async with running_gateway(responses_config()) as gw:
             status, first = await call(gw, "POST", "/v1/responses", {"model": "equabot", "input": "one"})
             self.assertEqual(status, 200)
@@ -533,6 +538,32 @@ class EmbeddedRestartTest(unittest.IsolatedAsyncioTestCase):
             status, second = await call(gw, "POST", "/v1/responses", {"model": "equabot", "input": "two",
                                                                       "previous_response_id": first["id"]})
             self.assertEqual((status, second["output_text"]), (200, "Echo (turn 2): two"))
+
+
+class ExpiryTest(unittest.IsolatedAsyncioTestCase):
+    async def test_a_conversation_whose_responses_all_expired_loses_its_own_session(self) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            state = pathlib.Path(tmp)
+            async with running_gateway(responses_config(), state) as gw:
+                created = []
+                for body in ({"input": "one"}, {"input": "two", "previous": 0}, {"input": "mine", "user": "alice"}):
+                    previous = {"previous_response_id": created[body.pop("previous")]} if "previous" in body else {}
+                    status, obj = await call(gw, "POST", "/v1/responses", {"model": "equabot", **body, **previous})
+                    self.assertEqual(status, 200, obj)
+                    created.append(obj["id"])
+                own, continued, named = (gw.responses.store.find(rid).session_key for rid in created)
+                self.assertEqual(continued, own)
+                await gw.stop()
+                for log in (state / "responses").iterdir():     # written 40 days ago, as far as names go
+                    log.rename(log.with_name(transcripts.journal_name(int(time.time() // 86400) - 40)))
+                await gw.start()
+                self.assertEqual(len(gw.responses.store), 0)
+                for _ in range(200):
+                    if gw.runtime.store.session_info("main", own) is None:
+                        break
+                    await asyncio.sleep(0.01)
+                self.assertIsNone(gw.runtime.store.session_info("main", own))
+                self.assertIsNotNone(gw.runtime.store.session_info("main", named))     # its user's
 
 
 class RestartTest(unittest.TestCase):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import pathlib
 import tempfile
 import unittest
 
+from equabot_gw import safejson
 from equabot_gw.agents.response_store import RESPONSES_DIR, ResponseStore
 from equabot_gw.errors import StorageError
 
@@ -46,6 +48,22 @@ class ResponseStoreTest(unittest.IsolatedAsyncioTestCase):
         self.assertEqual(len(again), 2)
         self.assertEqual(again.find("resp_b2")[1:4], ("main", "agent:main:openai-responses:resp_a1", "run_2"))
         self.assertEqual(await again.read("resp_a1"), (response("resp_a1", "é ünïcode"), items))
+
+    async def test_a_response_as_deep_as_an_accepted_request_reads_back(self) -> None:
+        # A Response repeats the request's tools (their JSON Schemas) at the depth the request
+        # had them; a request may nest up to the decoder's limit, and its line wraps it once more.
+        schema: dict = {"type": "string"}
+        while True:
+            deeper = {"type": "array", "items": schema}
+            obj = {**response("resp_a1"), "tools": [{"type": "function", "name": "f", "parameters": deeper}]}
+            try:
+                safejson.loads(json.dumps(obj))
+            except ValueError:
+                break
+            schema, accepted = deeper, obj
+        store = await self.opened()
+        await store.put("resp_a1", "main", "k:one", "run_1", accepted, [])
+        self.assertEqual(await store.read("resp_a1"), (accepted, []))
 
     async def test_delete_erases_the_line_and_stays_deleted(self) -> None:
         store = await self.opened()
@@ -113,6 +131,29 @@ class ResponseStoreTest(unittest.IsolatedAsyncioTestCase):
         self.addAsyncCleanup(again.close)
         self.assertEqual([again.find(r) is not None for r in ("resp_mid", "resp_new")], [False, True])
         self.assertEqual(len(self.logs()), 1)
+
+    async def test_sessions_whose_stored_responses_all_expired_are_reported(self) -> None:
+        now = [DAY]
+        freed: list = []
+        store = ResponseStore(self.dir, clock=lambda: now[0], retention_days=2, on_expired=freed.extend)
+        await store.open()
+        self.addAsyncCleanup(store.close)
+        await store.put("resp_a", "main", "k:one", "run_1", response("resp_a"), [])
+        await store.put("resp_b", "main", "k:two", "run_2", response("resp_b"), [])
+        await store.put("resp_c", "main", "k:gone", "run_3", response("resp_c"), [])
+        await store.delete("resp_c")                      # its session was its caller's to handle then
+        now[0] += 86400 * 2
+        await store.put("resp_d", "main", "k:two", "run_4", response("resp_d"), [])
+        now[0] += 86400
+        await store.put("resp_e", "beta", "k:one", "run_5", response("resp_e"), [])
+        self.assertEqual(freed, [("main", "k:one")])      # k:two still holds resp_d; beta's k:one is another
+        await store.close()
+        freed.clear()
+        now[0] += 86400 * 2
+        again = ResponseStore(self.dir, clock=lambda: now[0], retention_days=2, on_expired=freed.extend)
+        await again.open()                                  # at start-up too
+        self.addAsyncCleanup(again.close)
+        self.assertEqual(freed, [("main", "k:two")])
 
     async def test_closed_store_refuses(self) -> None:
         store = await self.opened()

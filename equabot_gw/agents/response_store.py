@@ -14,8 +14,11 @@ to the same length, so the content is gone from disk and the log stays
 line-aligned. Logs whose whole day ended more than ``retention_days`` ago
 (30 by default, as OpenAI keeps responses) are deleted at start-up and when
 the date rolls over, with their entries: the map's memory is bounded by the
-responses of that many days. In memory: one small entry per stored response (its session,
-run and where its line is), never the objects, which ``read`` fetches back.
+responses of that many days. The sessions that this leaves without any stored
+response are handed to ``on_expired`` (the caller deletes the ones it made
+for its conversations, whose transcripts no request can reach any more).
+In memory: one small entry per stored response (its session, run and where
+its line is), never the objects, which ``read`` fetches back.
 The turn itself lives in the session's transcript, as every run's does; this
 store only remembers where a response belongs. Opaque to the wire: the
 objects are the caller's JSON. Imports nothing from equabot_gw.net or
@@ -33,6 +36,7 @@ import os
 import re
 import stat
 import time
+from collections.abc import Callable
 from typing import Any, Final, NamedTuple
 
 from .. import safejson
@@ -52,6 +56,10 @@ _LINE_HEAD: Final = re.compile(
     rb'^\{"id":"(resp_[A-Za-z0-9_-]{1,200})",(?:"agentId":"([A-Za-z0-9._@-]{1,128})",'
     rb'"sessionKey":"([A-Za-z0-9:._@-]{1,200})","runId":"([A-Za-z0-9_-]{1,200})"|"deleted":true\})', re.M)
 _DAY_NAME: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}\.jsonl")
+# A line holds its response one level down; a Response repeats request values (tool
+# schemas, text.format) as deep as the request had them, and a request may reach the
+# decoder's limit: so a line may be one level deeper than any request.
+_LINE_DEPTH: Final = safejson.MAX_DEPTH + 1
 
 
 class StoredResponse(NamedTuple):
@@ -70,7 +78,11 @@ class ResponseStore:
     """The stored responses of one state dir. ``open()`` in the loop that uses it, ``close()`` at the end."""
 
     def __init__(self, state_dir: os.PathLike[str] | str, *, clock: Any = time.time,
-                 retention_days: float = DEFAULT_RETENTION_DAYS) -> None:
+                 retention_days: float = DEFAULT_RETENTION_DAYS,
+                 on_expired: Callable[[list[tuple[str, str]]], None] | None = None) -> None:
+        """``on_expired`` is called in the loop with the (agent id, session key) pairs that hold
+        no stored response any more once expired logs were deleted (at ``open`` and when the
+        date rolls over); a session emptied by ``delete`` is not reported."""
         self._dir = os.path.join(os.fspath(state_dir), RESPONSES_DIR)
         self._clock = clock
         self._retention = retention_days * 86400.0
@@ -79,6 +91,7 @@ class ResponseStore:
         self._closed = False
         self._entries: dict[str, StoredResponse] = {}
         self._per_session: dict[str, int] = {}      # session key -> stored responses in it
+        self._on_expired = on_expired
 
     def __repr__(self) -> str:
         return f"<ResponseStore {self._dir} responses={len(self._entries)}>"
@@ -99,8 +112,8 @@ class ResponseStore:
         self._committer.start()
         try:
             self._day = int(self._clock() // 86400)
-            loaded = await self._committer.job("loading the stored responses",
-                                               functools.partial(_load, self._dir, self._clock() - self._retention))
+            loaded, expired = await self._committer.job(
+                "loading the stored responses", functools.partial(_load, self._dir, self._clock() - self._retention))
         except BaseException as exc:
             self._closed = True
             await self._committer.stop()
@@ -109,6 +122,7 @@ class ResponseStore:
             raise
         for entry in loaded.values():
             self._add(entry)
+        self._report(expired)
 
     async def close(self) -> None:
         """Wait for queued writes and stop the writer thread. Idempotent."""
@@ -169,8 +183,8 @@ class ResponseStore:
             return None
         data = await self._require_open().job("reading a stored response", functools.partial(_read, entry))
         try:
-            record = await safejson.loads_async(data) if len(data) > safejson.MAX_VALUES_AT_ONCE \
-                else safejson.loads(data)
+            record = await safejson.loads_async(data, max_depth=_LINE_DEPTH) \
+                if len(data) > safejson.MAX_VALUES_AT_ONCE else safejson.loads(data, max_depth=_LINE_DEPTH)
         except ValueError as exc:
             raise StorageError(f"stored response {response_id} is damaged ({exc})") from None
         if type(record) is dict and record.get("id") == response_id and type(record.get("response")) is dict:
@@ -197,11 +211,19 @@ class ResponseStore:
             raise
         return entry
 
-    def _pruned(self, paths: list[str]) -> None:
+    def _pruned(self, pruned: tuple[list[str], set[tuple[str, str]]]) -> None:
+        paths, expired = pruned
         if paths:
             gone = set(paths)
             for entry in [e for e in self._entries.values() if e.path in gone]:
                 self._remove(entry)
+        self._report(expired)
+
+    def _report(self, expired: set[tuple[str, str]]) -> None:
+        """Hand the sessions of expired responses that hold no stored response now to ``on_expired``."""
+        freed = sorted(pair for pair in expired if pair[1] not in self._per_session)
+        if freed and self._on_expired is not None:
+            self._on_expired(freed)
 
     def _add(self, entry: StoredResponse) -> None:
         old = self._entries.get(entry.id)
@@ -242,38 +264,46 @@ def _weight(response: dict[str, Any], items: list[Any]) -> int:
 
 # -- the writer thread's jobs (run by the Committer, in order with the appends) ----------------
 
-def _prune(directory: str, cutoff: float, committer: Committer) -> list[str]:
-    """Job: delete the logs whose whole UTC day ended by ``cutoff`` (epoch s); their paths."""
+def _prune(directory: str, cutoff: float, committer: Committer) -> tuple[list[str], set[tuple[str, str]]]:
+    """Job: delete the logs whose whole UTC day ended by ``cutoff`` (epoch s); their paths, and
+    the (agent id, session key) of the responses they held (read by pattern before the unlink)."""
     try:
         names = [name for name in os.listdir(directory) if _DAY_NAME.fullmatch(name)]
     except FileNotFoundError:
-        return []
+        return [], set()
     gone = []
+    expired: dict[str, StoredResponse] = {}
     for name in names:
         if journal_day_end(name) <= cutoff:
             path = os.path.join(directory, name)
+            try:
+                _load_file(path, expired)
+            except OSError as exc:
+                log.warning("stored responses: could not read expired %s: %s", name,
+                            exc.strerror or type(exc).__name__)
             committer.drop_fd(path)
             os.unlink(path)
             gone.append(path)
-    return gone
+    return gone, {(entry.agent_id, entry.session_key) for entry in expired.values()}
 
 
-def _load(directory: str, cutoff: float, committer: Committer) -> dict[str, StoredResponse]:
-    """Job: delete expired logs (as ``_prune``), then the entries of every other log, oldest
-    first (a later line wins)."""
+def _load(directory: str, cutoff: float, committer: Committer
+          ) -> tuple[dict[str, StoredResponse], set[tuple[str, str]]]:
+    """Job: delete expired logs (as ``_prune``: the sessions of their responses), then the
+    entries of every other log, oldest first (a later line wins)."""
     entries: dict[str, StoredResponse] = {}
-    _prune(directory, cutoff, committer)
+    _, expired = _prune(directory, cutoff, committer)
     try:
         names = sorted(name for name in os.listdir(directory) if _DAY_NAME.fullmatch(name))
     except FileNotFoundError:
-        return entries
+        return entries, expired
     for name in names:
         path = os.path.join(directory, name)
         try:
             _load_file(path, entries)
         except OSError as exc:
             log.warning("stored responses: skipped %s: %s", name, exc.strerror or type(exc).__name__)
-    return entries
+    return entries, expired
 
 
 def _load_file(path: str, entries: dict[str, StoredResponse]) -> None:

@@ -18,8 +18,9 @@ this door is still using, or with input that holds assistant items starts a
 new session from the conversation up to that response (read from its
 transcript). ``store: false`` without a session runs stateless. The map
 from response ids to sessions and the stored objects are
-``agents.response_store``'s. Retrieval, deletion, cancellation and the input
-items of a response are the other routes here.
+``agents.response_store``'s; a session of its own goes with the last stored
+response in it, deleted or expired. Retrieval, deletion, cancellation and
+the input items of a response are the other routes here.
 
 Idempotency and resumable streams are the chat-completions door's (see
 ``resume.py``): with an ``Idempotency-Key`` a request runs at most once
@@ -109,13 +110,15 @@ class Responses:
         self.authorize = authorize
         self.max_messages = max_messages
         self.store = ResponseStore(state_dir,
-                                   retention_days=runtime.config.gateway.http.endpoints.responses.retention_days)
+                                   retention_days=runtime.config.gateway.http.endpoints.responses.retention_days,
+                                   on_expired=self._expired)
         node = runtime.config.gateway.node_id      # resp_<node>_<random><n>, as run ids
         self._id_prefix = (f"{node}_" if node else "") + os.urandom(6).hex()
         self._ids = 0
         self._inflight: dict[str, _InFlight] = {}
         self._busy: dict[str, int] = {}            # session key -> this door's runs on it
         self._settling: set[asyncio.Task[None]] = set()
+        self._sweeps: set[asyncio.Task[None]] = set()     # own sessions of expired responses being deleted
         self.claims = resume.Claims(runtime)
 
     async def start(self) -> None:
@@ -126,6 +129,8 @@ class Responses:
         """Let the responses of abandoned clients be recorded, then close the store."""
         if self._settling:
             await asyncio.wait(self._settling, timeout=CANCEL_WAIT_SECONDS)
+        for task in list(self._sweeps):     # what is left stays, as any session does
+            task.cancel()
         await self.store.close()
 
     def _new_id(self) -> str:
@@ -554,11 +559,32 @@ class Responses:
         entry = await self.store.delete(response_id)
         if entry is None:
             raise _not_found(response_id)
-        own = own_session_key(entry.agent_id, "")
-        if entry.session_key.startswith(own) and not self.store.responses_in(entry.session_key) \
-                and not self._busy.get(entry.session_key):
+        if self._unused_own_session(entry.agent_id, entry.session_key):
             await self.runtime.store.delete(entry.agent_id, entry.session_key)
         return _json(200, {"id": response_id, "object": "response", "deleted": True})
+
+    def _unused_own_session(self, agent_id: str, key: str) -> bool:
+        """Whether ``key`` is a session this door made for a conversation, which no stored
+        response and no run of this door uses (nothing can reach its transcript any more)."""
+        return key.startswith(own_session_key(agent_id, "")) and not self.store.responses_in(key) \
+            and not self._busy.get(key)
+
+    def _expired(self, sessions: list[tuple[str, str]]) -> None:
+        """The store's ``on_expired``: delete the own sessions its expired responses left unused."""
+        if sessions:
+            task = asyncio.get_running_loop().create_task(self._sweep(sessions))
+            self._sweeps.add(task)
+            task.add_done_callback(self._sweeps.discard)
+
+    async def _sweep(self, sessions: list[tuple[str, str]]) -> None:
+        for agent_id, key in sessions:
+            if not self._unused_own_session(agent_id, key):
+                continue
+            try:
+                await self.runtime.store.delete(agent_id, key)
+            except StorageError as exc:
+                log.warning("the sessions of expired responses: not all deleted (%s)", exc)
+                return          # they stay as any session does; a later expiry tries no more of them
 
     async def _input_items(self, response_id: str, query: dict[str, str]) -> Response:
         flight = self._inflight.get(response_id)
