@@ -230,6 +230,14 @@ class CompletionTest(OpenAITestCase):
         error = self.fails(self.chat(metadata=["a"]), 400)
         self.assertEqual((error["code"], error["param"]), ("invalid_type", "metadata"))
 
+    def test_logit_bias_maps_token_ids_in_ascii_digits_to_biases_within_100(self) -> None:
+        self.ok(self.chat(logit_bias={"50256": -100, "0": 100, "42": 0.5}))
+        for bias in ({"\u00b2": 1}, {"\u0663": 1}, {"\uff11": 1}, {"": 1}, {"-1": 1}, {"1.0": 1}, {"x": 1},
+                     {"1": 101}, {"1": -100.5}, {"1": "5"}, {"1": True}, {"1": None}):
+            with self.subTest(bias=bias):
+                error = self.fails(self.chat(logit_bias=bias), 400)
+                self.assertEqual((error["code"], error["param"]), ("invalid_value", "logit_bias"))
+
     def test_unsupported_values_are_refused_by_name(self) -> None:
         # Echo honours every option but structured output (an echo is not JSON); the
         # gateway has no audio output at all.

@@ -199,7 +199,8 @@ def _check_logit_bias(value: Any) -> None:
     if len(value) > MAX_LOGIT_BIAS:
         raise bad("logit_bias", f"Invalid 'logit_bias': more than {MAX_LOGIT_BIAS} entries.", code="invalid_value")
     for token, bias in value.items():
-        if not token.isdigit() or not is_number(bias) or not -100 <= bias <= 100:
+        # Token ids in ASCII digits: str.isdigit() alone takes "²" and "٣" too.
+        if not (token.isascii() and token.isdigit()) or not is_number(bias) or not -100 <= bias <= 100:
             raise bad("logit_bias", f"Invalid 'logit_bias': {token[:40]!r} must map a token id to a "
                                     f"number between -100 and 100.", code="invalid_value")
 
