@@ -95,7 +95,7 @@ async def open_client(target: Target, hint: str = "or use --local") -> Any:
     and for a server that does not answer ``connect`` within ``CONNECT_TIMEOUT``.
     """
     from .gateway.client import ControlClient, connect_params
-    from .net.wsstream import connect
+    from .net.wsclient import connect
     url = target.url
     ws_url = "ws" + url[4:] if url.startswith("http") else url
     try:

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Coroutine, Final, Sequence
 
-from . import __version__, config as config_mod, statelock
+from . import __version__, config as config_mod, config_checks, statelock
 from .errors import ApiError, ConfigError, GatewayError, RunError
 
 SUBCOMMANDS = ("gateway", "agent", "config", "sessions", "conformance")
@@ -115,7 +115,7 @@ def _session_name(text: str) -> str:
 
 def _agent_id(text: str) -> str:
     try:
-        return config_mod.agent_id(text)
+        return config_checks.agent_id(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 

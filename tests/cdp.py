@@ -23,7 +23,7 @@ import tempfile
 import time
 from typing import Any
 
-from equabot_gw.net.wsstream import connect
+from equabot_gw.net.wsclient import connect
 
 CHROMIUM = "/usr/bin/chromium"
 SKIP_REASON = ("chat page browser tests skipped: no /usr/bin/chromium "

@@ -36,7 +36,7 @@ from equabot_gw.config import AuthConfig, RateLimitConfig
 from equabot_gw.errors import ApiError, ConfigError, ConnectionClosed, GatewayError
 from equabot_gw.gateway.app import Gateway
 from equabot_gw.gateway.client import ControlClient
-from equabot_gw.net.wsstream import connect
+from equabot_gw.net.wsclient import connect
 from tests.support import TOKEN as SUPPORT_TOKEN
 from tests.support import ROOT, GatewayProcess, base_config, error_of, raw_exchange, split_responses
 

@@ -21,7 +21,9 @@ import unittest
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from equabot_gw.net import connection as connection_mod, http11, server as server_mod, websocket as ws_codec, wsstream
+from equabot_gw.net import (
+    connection as connection_mod, http11, output, server as server_mod, websocket as ws_codec, wsstream,
+)
 from equabot_gw.net.routes import HTTPRequest, Response, Router, StreamingResponse, Upgrade
 from equabot_gw.net.wshandshake import server_handshake
 from equabot_gw.net.wsstream import WebSocket
@@ -31,7 +33,7 @@ NEIGHBOUR_BOUND = 0.25      # the slowest /health answer a neighbour may see, se
 MASK = b"\x01\x02\x03\x04"
 # Unsent HTTP output: the high-water mark, plus what one step may write past it
 # (the corked bytes and one piece), plus a head.
-OUTPUT_BOUND = connection_mod.WRITE_HIGH_WATER_BYTES + 2 * connection_mod.MAX_WRITE_PIECE_BYTES + 8192
+OUTPUT_BOUND = output.WRITE_HIGH_WATER_BYTES + 2 * output.MAX_WRITE_PIECE_BYTES + 8192
 # Received bytes ahead of the request loop: the cap plus one read (asyncio reads 256 KiB at most).
 READ_AHEAD_BOUND = connection_mod.MAX_PIPELINE_BUFFER_BYTES + 256 * 1024
 

@@ -25,7 +25,7 @@ from equabot_gw.gateway.client import ControlClient
 from equabot_gw.gateway.coalesce import TextSoFar
 from equabot_gw.gateway.params import SCHEMAS
 from equabot_gw.logbuffer import LogBuffer
-from equabot_gw.net.wsstream import connect
+from equabot_gw.net.wsclient import connect
 from tests.support import TOKEN, base_config, running_gateway, wait_for
 
 CONNECT = {"minProtocol": 3, "maxProtocol": 3, "auth": {"token": TOKEN}}

@@ -27,7 +27,7 @@ import re
 import unittest
 from typing import Any
 
-from equabot_gw.net.wsstream import connect
+from equabot_gw.net.wsclient import connect
 from tests.support import TOKEN, base_config, running_gateway
 
 DATA = pathlib.Path(__file__).resolve().parent / "data" / "protocol"

@@ -19,7 +19,7 @@ import unittest
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from equabot_gw.net import connection as connection_mod, server as server_mod
+from equabot_gw.net import connection as connection_mod, output, server as server_mod
 from equabot_gw.net.routes import HTTPRequest, Response, Router, StreamingResponse
 
 from tests.net_transports import FlowTransport
@@ -392,7 +392,7 @@ class StreamWritesTest(unittest.IsolatedAsyncioTestCase):
 
     async def test_a_body_that_never_yields_control_is_still_sent_in_bounded_writes(self) -> None:
         piece = b"x" * 1000
-        count = 10 * connection_mod.MAX_CORKED_BYTES // len(piece)
+        count = 10 * output.MAX_CORKED_BYTES // len(piece)
 
         async def body() -> AsyncIterator[bytes]:
             for _ in range(count):
@@ -400,7 +400,7 @@ class StreamWritesTest(unittest.IsolatedAsyncioTestCase):
 
         writes = (await self.serve_stream(body)).writes
         self.assertGreaterEqual(len(writes), 10)
-        self.assertLess(max(map(len, writes)), connection_mod.MAX_CORKED_BYTES + 2 * len(piece))
+        self.assertLess(max(map(len, writes)), output.MAX_CORKED_BYTES + 2 * len(piece))
         wire = b"".join(writes)
         self.assertEqual(wire.count(b"3e8\r\n" + piece + b"\r\n"), count)
         self.assertTrue(wire.endswith(b"0\r\n\r\n"))
@@ -527,7 +527,7 @@ class OutputBoundsTest(unittest.IsolatedAsyncioTestCase):
 
     SEND_TIMEOUT = 0.2
     # Unsent output never passes the high-water mark by more than the corked bytes and one piece.
-    BOUND = connection_mod.WRITE_HIGH_WATER_BYTES + 2 * connection_mod.MAX_WRITE_PIECE_BYTES + 4096
+    BOUND = output.WRITE_HIGH_WATER_BYTES + 2 * output.MAX_WRITE_PIECE_BYTES + 4096
 
     def connect(self) -> tuple[connection_mod.Connection, FlowTransport]:
         server = server_mod.HTTPServer(_output_router(),
@@ -566,7 +566,7 @@ class OutputBoundsTest(unittest.IsolatedAsyncioTestCase):
         conn.data_received(b"GET /big/16777216 HTTP/1.1\r\nHost: x\r\n\r\n")
         elapsed = await self.assertDropped(conn, transport)
         self.assertLess(elapsed, self.SEND_TIMEOUT + 1.0)
-        self.assertLessEqual(max(transport.writes), connection_mod.MAX_WRITE_PIECE_BYTES)
+        self.assertLessEqual(max(transport.writes), output.MAX_WRITE_PIECE_BYTES)
 
     async def test_a_slow_reader_of_a_plain_response_is_served_whole(self) -> None:
         # It takes far longer than send_timeout in all, but never reads nothing for that long.
@@ -589,7 +589,7 @@ class OutputBoundsTest(unittest.IsolatedAsyncioTestCase):
         conn, transport = self.connect()
         conn.data_received(b"GET /huge/16777216 HTTP/1.1\r\nHost: x\r\n\r\n")
         await self.assertDropped(conn, transport)
-        self.assertLessEqual(max(transport.writes), 2 * connection_mod.MAX_WRITE_PIECE_BYTES)
+        self.assertLessEqual(max(transport.writes), 2 * output.MAX_WRITE_PIECE_BYTES)
 
     async def test_a_huge_stream_piece_reaches_a_slow_reader_whole(self) -> None:
         conn, transport = self.connect()
@@ -603,7 +603,7 @@ class OutputBoundsTest(unittest.IsolatedAsyncioTestCase):
         head, _, wire = bytes(transport.received).partition(b"\r\n\r\n")
         self.assertIn(b"transfer-encoding: chunked", head)
         self.assertEqual(_dechunk(wire), b"<" + bytes(range(256)) * (size // 256) + b">")
-        self.assertLessEqual(max(transport.writes), 2 * connection_mod.MAX_WRITE_PIECE_BYTES)
+        self.assertLessEqual(max(transport.writes), 2 * output.MAX_WRITE_PIECE_BYTES)
         self.assertLessEqual(transport.max_unsent, self.BOUND)
 
     async def test_a_stream_of_many_pieces_to_a_client_that_never_reads_is_bounded(self) -> None:

@@ -4,8 +4,9 @@ A real ``python -m equabot_gw`` (the CLI's own start, in a subprocess) serves
 ``GET /health`` and a chat completion; a thread of that process then lists
 which of the watched modules it has imported, sends a WebSocket upgrade, and
 lists them again. The control-protocol half is imported by the upgrade and
-not before; the Responses door, the conformance kit and the HTTP client are
-not imported at all (off, not asked for, no HTTP provider); the JSON5 reader
+not before; the Responses door, the conformance kit, the HTTP client and the
+WebSocket client are not imported at all (off, not asked for, no HTTP
+provider, no connection to open); the JSON5 reader
 only when there is a config file to read. The thread never imports a module
 of the package itself.
 """
@@ -26,7 +27,7 @@ CONTROL_HALF = ("equabot_gw.gateway.control", "equabot_gw.gateway.methods", "equ
                 "equabot_gw.gateway.frames", "equabot_gw.gateway.params", "equabot_gw.net.wsstream",
                 "equabot_gw.net.websocket")
 NEVER_HERE = ("equabot_gw.gateway.responses", "equabot_gw.agents.response_store",
-              "equabot_gw.conformance", "equabot_gw.net.client")
+              "equabot_gw.conformance", "equabot_gw.net.client", "equabot_gw.net.wsclient")
 JSON5 = "equabot_gw.json5"
 
 # Runs in the gateway's process: a thread that waits for the lock file's URL,

@@ -15,7 +15,7 @@ from importlib import resources
 from typing import Any
 
 from equabot_gw.gateway import static
-from equabot_gw.net.wsstream import connect
+from equabot_gw.net.wsclient import connect
 from tests.support import TOKEN, GatewayProcess, LiveGateway, base_config, error_of
 
 STATIC = resources.files("equabot_gw") / "static"

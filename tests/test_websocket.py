@@ -1,4 +1,4 @@
-"""RFC 6455 codec tables (net.websocket) and the asyncio shell (net.wsstream).
+"""RFC 6455 codec tables (net.websocket), the asyncio shell (net.wsstream) and its client (net.wsclient).
 
 Every parser vector runs whole, one byte at a time and with trailing bytes;
 every serialiser vector round-trips through the parser. Shell tests run over
@@ -28,7 +28,7 @@ from equabot_gw.errors import (
     ws_close_code,
 )
 from equabot_gw.net import websocket as ws_codec
-from equabot_gw.net import wsstream
+from equabot_gw.net import wsclient, wsstream
 from equabot_gw.net import wshandshake
 from equabot_gw.net.websocket import (
     EOF, NEED_DATA, CloseReceived, Connection, Message, Ping, Pong, State,
@@ -36,7 +36,8 @@ from equabot_gw.net.websocket import (
 from equabot_gw.net.wshandshake import (
     accept_key, check_server_response, client_request_headers, encode_client_request, server_handshake,
 )
-from equabot_gw.net.wsstream import WebSocket, connect
+from equabot_gw.net.wsclient import connect
+from equabot_gw.net.wsstream import WebSocket
 
 UNIT = 0.05            # the shell tests' time unit, seconds
 LIMIT = 1000           # max_message_bytes for the frame tables
@@ -601,7 +602,7 @@ class Handshake(unittest.TestCase):
 class ImportDirection(unittest.TestCase):
     def test_net_modules_import_no_config_gateway_or_agents(self) -> None:
         root = pathlib.Path(ws_codec.__file__).parent
-        for name in ("websocket.py", "wsstream.py"):
+        for name in ("websocket.py", "wsstream.py", "wsclient.py"):
             tree = ast.parse((root / name).read_text(encoding="utf-8"))
             for node in ast.walk(tree):
                 if isinstance(node, ast.ImportFrom):
@@ -1130,9 +1131,9 @@ class Client(unittest.IsolatedAsyncioTestCase):
                 await connect(url)
 
     def test_url_split(self) -> None:
-        self.assertEqual(wsstream._split_url("ws://h/"), (False, "h", 80, "h", "/"))
-        self.assertEqual(wsstream._split_url("wss://h:8443/a?b=c"), (True, "h", 8443, "h:8443", "/a?b=c"))
-        self.assertEqual(wsstream._split_url("ws://[::1]:81"), (False, "::1", 81, "[::1]:81", "/"))
+        self.assertEqual(wsclient._split_url("ws://h/"), (False, "h", 80, "h", "/"))
+        self.assertEqual(wsclient._split_url("wss://h:8443/a?b=c"), (True, "h", 8443, "h:8443", "/a?b=c"))
+        self.assertEqual(wsclient._split_url("ws://[::1]:81"), (False, "::1", 81, "[::1]:81", "/"))
 
     @unittest.skipUnless(shutil.which("openssl"), "needs the openssl command to make a test certificate")
     async def test_wss(self) -> None:

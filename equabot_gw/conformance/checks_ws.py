@@ -8,7 +8,7 @@ skipped like every event while a response is awaited. ``connect`` must come
 first (client id ``cli``, one the original accepts); an ``agent`` request is
 answered by an ack ``{runId, status:"accepted"}``, the run's ``agent`` events,
 then a final ``res`` with the same id, in the original's shape or the older
-``{text, usage}``. Uses the package's own client (``net/wsstream``).
+``{text, usage}``. Uses the package's own client (``net/wsclient``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from typing import Any, Final
 
 from .. import __version__, safejson
 from ..errors import ConnectionClosed, GatewayError
-from ..net.wsstream import WebSocket, connect
+from ..net.wsclient import connect
+from ..net.wsstream import WebSocket
 from .checks import Check, Failed, Passed, Probe, Skipped, registry, show, why
 
 CHECKS: list[Check] = []

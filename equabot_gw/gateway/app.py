@@ -36,7 +36,8 @@ from .. import __version__, embed, statelock
 from ..logbuffer import LogBuffer
 from ..agents.runtime import Runtime
 from ..auth import Authenticator, Secret, resolve_secret
-from ..config import Config, ConfigError, bind_host, integer, string
+from ..config import Config, ConfigError, bind_host
+from ..config_checks import integer, string
 from ..errors import SHUTDOWN_ABORT, ApiError, GatewayError
 from ..net import routes as http
 from ..net import server

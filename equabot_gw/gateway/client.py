@@ -1,7 +1,7 @@
 """A client of the control protocol, for the CLI's commands against a running gateway.
 
 Owns the client side of ``connect`` and of request/response: it opens a
-WebSocket with the package's own client (``net.wsstream.connect``), skips the
+WebSocket with the package's own client (``net.wsclient.connect``), skips the
 gateway's events (``connect.challenge`` first) while it waits for responses,
 and authenticates in ``connect``. Its ``connect`` params have the original
 command line's shape (``connect_params``: client id ``cli``, mode ``cli``, an
@@ -18,7 +18,8 @@ from typing import Any
 
 from .. import __version__, safejson
 from ..errors import ConnectionClosed, GatewayError
-from ..net.wsstream import WebSocket, connect
+from ..net.wsclient import connect
+from ..net.wsstream import WebSocket
 from .control import PROTOCOL_VERSION
 
 

@@ -1,12 +1,12 @@
-"""One HTTP/1.1 client connection of the server: parsing, ordering, timeouts, output.
+"""One HTTP/1.1 client connection of the server: parsing, ordering, timeouts, answers.
 
 ``Connection`` is the ``asyncio.Protocol`` the server makes per accepted
 socket, and the one task that answers its requests strictly in order
 (pipelining): it feeds the sans-I/O parser of ``http11.py``, routes each
-request, runs its handler, writes its response (plain, streamed, or the
-hand-over of an upgraded connection), keeps the deadline of each phase
-(``Limits``), and applies write flow control. ``server.py`` accepts
-connections, counts them and shuts them down.
+request, runs its handler, has its response written (plain or streamed, by
+its base class ``output.ConnectionOutput``, which owns write flow control) or
+hands an upgraded connection over, and keeps the deadline of each phase
+(``Limits``). ``server.py`` accepts connections, counts them and shuts them down.
 
 A client that disconnects (EOF or reset) while its request is being handled is
 gone: its handler task is cancelled at once and nothing more is written.
@@ -22,7 +22,7 @@ output of every kind (plain, streamed, error) goes out in pieces of at most
 ``MAX_WRITE_PIECE_BYTES``, each written only while the client's unsent bytes
 are under ``WRITE_HIGH_WATER_BYTES``, and the next pipelined request waits too;
 a client that reads nothing for ``Limits.send_timeout`` is dropped, also after
-its last response, when the connection closes.
+its last response, when the connection closes (``output.py``).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Final
 
 from ..errors import ApiError, HTTPProtocolError
 from . import heads, http11
+from .output import MAX_WRITE_PIECE_BYTES, WRITE_HIGH_WATER_BYTES, ConnectionOutput
 from .routes import HTTPRequest, Response, StreamingResponse, Upgrade, error_response
 
 if TYPE_CHECKING:
@@ -56,22 +57,10 @@ LINGER_TIMEOUT: Final = 2.0
 # Bytes received ahead of the request being handled (pipelining) before the
 # server stops reading from that client.
 MAX_PIPELINE_BUFFER_BYTES: Final = 256 * 1024
-# Write buffer marks: above the high mark the connection waits for the client
-# to read before it writes more or reads the next request (asyncio's default
-# high-water mark is 64 KiB; the low mark is a quarter of the high one).
-WRITE_HIGH_WATER_BYTES: Final = 256 * 1024
-# The largest single write: a bigger body or stream piece is written in pieces
-# of this size, waiting for the client between them, so no response of any
-# size is copied whole into the transport's buffer.
-MAX_WRITE_PIECE_BYTES: Final = 64 * 1024
-# Stream output held back to be sent with the rest of its task step (one
-# send instead of several); past this many bytes it goes out at once.
-MAX_CORKED_BYTES: Final = 64 * 1024
 # Pipelined requests answered back to back without waiting for bytes: past
 # this many the connection lets the event loop run others before going on.
 MAX_REQUESTS_PER_TURN: Final = 32
 
-SERVER_NAME: Final = "equabot-gw"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
 
@@ -90,7 +79,7 @@ class Limits:
 
 
 
-class Connection(asyncio.Protocol):
+class Connection(ConnectionOutput):
     """One client connection: feeds the parser, runs requests in order, owns timers."""
 
     def __init__(self, server: HTTPServer) -> None:
@@ -174,14 +163,6 @@ class Connection(asyncio.Protocol):
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_result(None)
 
-    def pause_writing(self) -> None:
-        self._write_paused = True
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        if self._drain_waiter is not None and not self._drain_waiter.done():
-            self._drain_waiter.set_result(None)
-
     # ---- control from the server ----
     def finish(self) -> None:
         """Close when idle; otherwise after the response in progress."""
@@ -254,91 +235,6 @@ class Connection(asyncio.Protocol):
             await self._data_waiter
         finally:
             self._data_waiter = None
-
-    async def _drain(self) -> None:
-        """Wait while the client's unsent output is above the high-water mark.
-
-        ``send_timeout`` bounds each stretch in which the client takes nothing:
-        the wait goes on while its unsent bytes shrink (a slow reader is
-        served), and a client that reads nothing for that long is dropped.
-        Raises ``CancelledError`` once the client is gone.
-        """
-        timeout = self.limits.send_timeout
-        while self._write_paused and not self._gone:
-            unsent = self._unsent_bytes()
-            self._drain_waiter = self.loop.create_future()
-            try:
-                await asyncio.wait_for(self._drain_waiter, timeout)
-            except asyncio.TimeoutError:
-                if self._unsent_bytes() < unsent:
-                    continue                # it reads, slowly: wait on
-                # A client that reads nothing for this long would hold the
-                # connection (and its buffered output) forever: it is gone.
-                log.info("conn=%d: client read nothing for %ss; dropped", self.id, timeout)
-                self.abort()
-                self._lost()
-            finally:
-                self._drain_waiter = None
-        if self._gone:
-            raise asyncio.CancelledError("client disconnected")
-
-    def _unsent_bytes(self) -> int:
-        try:
-            return self.transport.get_write_buffer_size() if self.transport is not None else 0
-        except NotImplementedError:
-            return 0        # a transport without flow control (a test double) holds nothing
-
-    async def _write_pieces(self, data: bytes) -> None:
-        """Write ``data`` in pieces of at most ``MAX_WRITE_PIECE_BYTES``, each when the client keeps up."""
-        view = memoryview(data)
-        for start in range(0, len(view), MAX_WRITE_PIECE_BYTES):
-            if self._write_paused or self._gone:
-                await self._drain()
-            self._write(view[start:start + MAX_WRITE_PIECE_BYTES])
-
-    def _close(self) -> None:
-        """Close after the unsent output; a client that reads none of it for ``send_timeout`` is cut off."""
-        assert self.transport is not None
-        self.transport.close()
-        if not self._closed and self.limits.send_timeout is not None and self._close_timer is None:
-            self._close_timer = self.loop.call_later(self.limits.send_timeout, self._close_timed_out,
-                                                     self._unsent_bytes())
-
-    def _close_timed_out(self, unsent: int) -> None:
-        self._close_timer = None
-        now = self._unsent_bytes()
-        if now and now < unsent and self.limits.send_timeout is not None:     # it reads, slowly
-            self._close_timer = self.loop.call_later(self.limits.send_timeout, self._close_timed_out, now)
-        elif not self._closed:
-            self.abort()
-
-    def _write(self, data: bytes | memoryview) -> None:
-        if self._corked:
-            self._uncork()
-        if not self._gone and self.transport is not None:
-            self.transport.write(data)
-
-    def _write_corked(self, data: bytes) -> None:
-        # A stream's head, pieces and last chunk often come in one task step
-        # (the head with the first words, the final chunk with [DONE] and the
-        # terminator). Each transport.write to an idle socket is one send();
-        # holding the step's output until the loop gets control back sends it
-        # as one segment. Measured on the proxy stream (S4): 5 sends per
-        # response became 2.
-        if not self._corked:
-            self.loop.call_soon(self._uncork)
-        self._corked.append(data)
-        self._corked_bytes += len(data)
-        if self._corked_bytes >= MAX_CORKED_BYTES:
-            self._uncork()      # a body that never yields control still meets backpressure
-
-    def _uncork(self) -> None:
-        if self._corked:
-            data = b"".join(self._corked)
-            self._corked.clear()
-            self._corked_bytes = 0
-            if not self._gone and self.transport is not None:
-                self.transport.write(data)
 
     # ---- the request loop ----
     async def _serve(self) -> None:
@@ -582,89 +478,6 @@ class Connection(asyncio.Protocol):
             except Exception:       # the observer's bug must not cost the client its answer
                 log.exception("conn=%d rid=%s: request observer failed", self.id, rid)
 
-    def _base_headers(self, rid: str) -> list[tuple[str, str]]:
-        return [("date", self.server.date_header()), ("server", SERVER_NAME),
-                ("x-request-id", rid)]
-
-    def _encode_response(self, response: Response, version: str, head_only: bool,
-                         close: bool, request_id: str) -> tuple[bytes, bytes]:
-        """The head of ``response`` and the body to send after it."""
-        headers = self._base_headers(request_id)
-        headers.extend(response.headers)
-        body = response.body
-        status = response.status
-        # RFC 9110 §8.6: no Content-Length in 1xx and 204 responses.
-        if status >= 200 and status != 204:
-            headers.append(("content-length", str(len(body))))
-        if close:
-            headers.append(("connection", "close"))
-        elif version == "1.0":
-            headers.append(("connection", "keep-alive"))
-        head = http11.encode_response_head(status, headers)
-        if head_only or status == 304 or status == 204:
-            body = b""
-        return head, body
-
-    async def _write_stream(self, response: StreamingResponse, version: str,
-                            head_only: bool, request_id: str) -> int:
-        headers = self._base_headers(request_id)
-        headers.extend(response.headers)
-        chunked = version == "1.1"
-        # To an HTTP/1.0 client the stream is close-delimited.
-        headers.append(("transfer-encoding", "chunked") if chunked else ("connection", "close"))
-        self._write_corked(http11.encode_response_head(response.status, headers))
-        size = 0
-        body = response.body
-        idle = _IdleFiller(self, response, chunked) if response.idle_bytes else None
-        self.server.open_streams += 1
-        try:
-            if head_only:
-                return 0
-            async for piece in body:
-                if self._gone:
-                    break
-                if piece:
-                    n = len(piece)
-                    size += n
-                    if n <= MAX_WRITE_PIECE_BYTES:
-                        self._write_corked(http11.encode_chunk(piece) if chunked else piece)
-                    else:
-                        # A huge piece is one chunk, put on the wire in bounded
-                        # writes with the client keeping up between them: never
-                        # copied whole, never a buffer the client cannot drain.
-                        if chunked:
-                            self._write_corked(b"%x\r\n" % n)
-                        self._uncork()
-                        await self._write_pieces(piece)
-                        if chunked:
-                            self._write_corked(b"\r\n")
-                    if idle is not None:
-                        idle.touch()
-                    if self._write_paused:
-                        await self._drain()
-            if chunked and not self._gone:
-                self._write_corked(http11.LAST_CHUNK)
-        finally:
-            self.server.open_streams -= 1
-            self._uncork()      # the response is complete on the wire before anything else happens
-            if idle is not None:
-                idle.stop()
-            await self._close_stream(response)
-        return size
-
-    async def _close_stream(self, response: StreamingResponse) -> None:
-        """Close ``response``'s body, then tell its ``on_close`` (once, whatever happened)."""
-        try:
-            aclose = getattr(response.body, "aclose", None)
-            if aclose is not None:
-                await aclose()
-        finally:
-            if response.on_close is not None:
-                try:
-                    response.on_close()
-                except Exception:       # the door's bug must not take the connection's task with it
-                    log.exception("conn=%d: a stream's on_close failed", self.id)
-
     async def _switch(self, upgrade: Upgrade, rid: str) -> None:
         headers = self._base_headers(rid)
         headers.extend(upgrade.headers)
@@ -691,28 +504,3 @@ class Connection(asyncio.Protocol):
             self.server.connections.discard(self)
             if not self.transport.is_closing():
                 self.transport.close()
-
-
-class _IdleFiller:
-    """Sends a stream's ``idle_bytes`` whenever it was quiet for ``idle_interval``."""
-
-    def __init__(self, conn: Connection, response: StreamingResponse, chunked: bool) -> None:
-        self.conn = conn
-        data = response.idle_bytes or b""
-        self.data = http11.encode_chunk(data) if chunked else data
-        self.interval = response.idle_interval
-        self.last = conn.loop.time()
-        self.handle = conn.loop.call_later(self.interval, self._fire)
-
-    def touch(self) -> None:
-        self.last = self.conn.loop.time()
-
-    def _fire(self) -> None:
-        now = self.conn.loop.time()
-        if now - self.last >= self.interval:
-            self.conn._write(self.data)
-            self.last = now
-        self.handle = self.conn.loop.call_at(self.last + self.interval, self._fire)
-
-    def stop(self) -> None:
-        self.handle.cancel()

@@ -1,9 +1,10 @@
-"""The asyncio shell around ``net.websocket``: ``WebSocket`` (an ``asyncio.Protocol``) and ``connect()``.
+"""The asyncio shell around ``net.websocket``: ``WebSocket``, an ``asyncio.Protocol`` for either role.
 
-Owns the transport, every timer of a connection (keepalive ping, ping timeout,
-close timeout, open timeout: ``loop.call_later``, cancelled at the end) and
-flow control; the protocol rules live in ``net.websocket``. Never imports
-config, gateway or agents. Sending never blocks: a peer that leaves more than
+Owns the transport, every timer of an open connection (keepalive ping, ping
+timeout, close timeout: ``loop.call_later``, cancelled at the end) and flow
+control; the protocol rules live in ``net.websocket``, the client's opening
+handshake in ``net.wsclient``, which a serving gateway never imports. Never
+imports config, gateway or agents. Sending never blocks: a peer that leaves more than
 ``max_write_buffer_bytes`` unread is cut off (1006), so one slow reader cannot
 stall the others. At most ``MAX_BYTES_PER_TURN`` received bytes are parsed per
 event-loop turn, so a flood of tiny frames cannot hold the loop.
@@ -24,22 +25,18 @@ import asyncio
 import itertools
 import logging
 import os
-import ssl as ssl_module
 import sys
 from collections import deque
-from collections.abc import Iterable
 from typing import Any, Final
-from urllib.parse import urlsplit
 
-from ..errors import ConnectionClosed, HeadTooLarge, WebSocketProtocolError, ws_close_code
-from . import http11, websocket, wshandshake
+from ..errors import ConnectionClosed, WebSocketProtocolError, ws_close_code
+from . import websocket
 from .websocket import EOF, NEED_DATA, CloseReceived, Message, Pong, State
 
 __all__ = [
-    "WebSocket", "connect", "DEFAULT_MAX_MESSAGE_BYTES", "DEFAULT_MAX_WRITE_BUFFER_BYTES",
+    "WebSocket", "DEFAULT_MAX_MESSAGE_BYTES", "DEFAULT_MAX_WRITE_BUFFER_BYTES",
     "DEFAULT_MAX_QUEUED_MESSAGES", "DEFAULT_MAX_QUEUED_BYTES", "DEFAULT_MAX_FRAGMENTS",
-    "MAX_BYTES_PER_TURN", "DEFAULT_PING_INTERVAL", "DEFAULT_PING_TIMEOUT",
-    "DEFAULT_CLOSE_TIMEOUT", "DEFAULT_OPEN_TIMEOUT", "MAX_RESPONSE_HEAD_BYTES",
+    "MAX_BYTES_PER_TURN", "DEFAULT_PING_INTERVAL", "DEFAULT_PING_TIMEOUT", "DEFAULT_CLOSE_TIMEOUT",
 ]
 
 logger = logging.getLogger(__name__)
@@ -59,13 +56,10 @@ DEFAULT_MAX_FRAGMENTS: Final = websocket.DEFAULT_MAX_FRAGMENTS
 # Received bytes parsed per event-loop turn: 32 KiB of the smallest frames is
 # ~5,000 frames, about 10 ms of CPU; more waits for the next turn.
 MAX_BYTES_PER_TURN: Final = 32 * 1024
-# websockets' defaults: ping_interval=20, ping_timeout=20, close_timeout=10, open_timeout=10.
+# websockets' defaults: ping_interval=20, ping_timeout=20, close_timeout=10.
 DEFAULT_PING_INTERVAL: Final = 20.0
 DEFAULT_PING_TIMEOUT: Final = 20.0
 DEFAULT_CLOSE_TIMEOUT: Final = 10.0
-DEFAULT_OPEN_TIMEOUT: Final = 10.0
-# Like gateway.http.maxHeaderBytes (64 KiB), this bounds the 101 response head too.
-MAX_RESPONSE_HEAD_BYTES: Final = 64 * 1024
 
 # RFC 6455 §7.4.1: 1000 normal closure, 1001 going away; 1005: a Close without status.
 _OK_CLOSE_CODES: Final = frozenset({1000, 1001, 1005})
@@ -78,7 +72,7 @@ class WebSocket(asyncio.Protocol):
 
     Server use: after writing the 101 answer, ``transport.set_protocol(ws)``,
     ``ws.connection_made(transport)``, then ``ws.data_received(leftover)`` for
-    bytes read past the request head. Client use: ``await connect(url)``.
+    bytes read past the request head. Client use: ``await wsclient.connect(url)``.
 
     Limits (``None`` disables each): ``max_message_bytes`` per assembled message
     and ``max_fragments`` frames per message (more → close 1009);
@@ -603,101 +597,3 @@ class WebSocket(asyncio.Protocol):
         self._start_close_timer()
         if not self.client:
             self._shut_transport()
-
-
-# -- the client ------------------------------------------------------------------
-
-class _OpeningHandshake(asyncio.Protocol):
-    """Reads the server's response head; then the transport goes to a WebSocket."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.head: asyncio.Future[tuple[bytes, bytes]] = loop.create_future()
-        self.extra: list[bytes] = []
-        self._buffer = bytearray()
-        self._transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport       # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        if self.head.done():
-            self.extra.append(data)       # frames right behind the head
-            return
-        self._buffer += data
-        end = self._buffer.find(b"\r\n\r\n")
-        if end >= 0:
-            self._transport.pause_reading()
-            self.head.set_result((bytes(self._buffer[:end]), bytes(self._buffer[end + 4:])))
-        elif len(self._buffer) > MAX_RESPONSE_HEAD_BYTES:
-            self.head.set_exception(HeadTooLarge("response head", MAX_RESPONSE_HEAD_BYTES))
-
-    def eof_received(self) -> None:
-        self._gone()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._gone()
-
-    def _gone(self) -> None:
-        if not self.head.done():
-            self.head.set_exception(ConnectionClosed(1006, "closed during the opening handshake"))
-
-
-def _split_url(url: str) -> tuple[bool, str, int, str, str]:
-    parts = urlsplit(url)
-    if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        raise ValueError(f"not a ws:// or wss:// URL: {url!r}")
-    # RFC 6455 §3: "Fragment identifiers ... MUST NOT be used on these URIs."
-    if parts.fragment or "#" in url:
-        raise ValueError("a WebSocket URL has no fragment")
-    secure = parts.scheme == "wss"
-    default = 443 if secure else 80
-    port = parts.port or default
-    host = parts.hostname
-    authority = f"[{host}]" if ":" in host else host
-    if port != default:
-        authority += f":{port}"
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return secure, host, port, authority, path
-
-
-async def connect(url: str, *, headers: Iterable[tuple[str, str]] = (),
-                  open_timeout: float | None = DEFAULT_OPEN_TIMEOUT,
-                  ssl_context: ssl_module.SSLContext | None = None,
-                  **options: Any) -> WebSocket:
-    """Open a WebSocket client connection to a ``ws://`` or ``wss://`` ``url``.
-
-    ``headers`` are extra request fields (e.g. Authorization); ``open_timeout``
-    bounds TCP connect, TLS and the opening handshake, in seconds;
-    ``ssl_context`` defaults to ``ssl.create_default_context()`` for wss;
-    ``options`` are ``WebSocket``'s limits. Raises ``WebSocketProtocolError``
-    for a refused or invalid handshake (RFC 6455 §4.1), ``HTTPProtocolError``
-    for a malformed response head, ``ConnectionClosed`` if the server closes
-    during the handshake, ``TimeoutError`` and ``OSError`` as asyncio does, and
-    ``ValueError`` for a bad URL or header field.
-    """
-    secure, host, port, authority, path = _split_url(url)
-    key = wshandshake.new_client_key()
-    request = wshandshake.encode_client_request(
-        path, [*wshandshake.client_request_headers(authority, key), *headers])
-    ws = WebSocket(client=True, **options)
-    loop = asyncio.get_running_loop()
-    tls = (ssl_context or ssl_module.create_default_context()) if secure else None
-    async with asyncio.timeout(open_timeout):
-        transport, opening = await loop.create_connection(
-            lambda: _OpeningHandshake(loop), host, port, ssl=tls,
-            server_hostname=host if secure else None)
-        try:
-            transport.write(request)
-            head, rest = await opening.head
-            response = http11.parse_response_head(head)
-            wshandshake.check_server_response(response.status, response.headers, key)
-        except BaseException:
-            opening.head.cancel()          # done or not: nobody reads it any more
-            transport.abort()
-            raise
-    transport.set_protocol(ws)
-    ws.connection_made(transport)
-    rest += b"".join(opening.extra)
-    if rest:
-        ws.data_received(rest)
-    return ws

@@ -2,7 +2,7 @@
 
 As a client, ``websockets`` talks to the echo server of
 tests/test_websocket_autobahn.py (``start_echo_server``; our own stack); as a
-server, it answers our ``wsstream.connect()``. Covered: the handshake (its
+server, it answers our ``wsclient.connect()``. Covered: the handshake (its
 client offers permessage-deflate, which we must decline), text and binary
 echo, a message over max_message_bytes closing with 1009, pings, and close
 codes and reasons in both directions.
@@ -19,7 +19,8 @@ import os
 import unittest
 
 from equabot_gw.errors import ConnectionClosed
-from equabot_gw.net.wsstream import WebSocket, connect
+from equabot_gw.net.wsclient import connect
+from equabot_gw.net.wsstream import WebSocket
 from tests.test_websocket_autobahn import ECHO_PATH, start_echo_server, start_server
 
 try:
