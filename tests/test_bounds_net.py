@@ -18,6 +18,7 @@ import asyncio
 import socket
 import time
 import unittest
+from unittest import mock
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -403,6 +404,68 @@ async def read_close(reader: asyncio.StreamReader, timeout: float = 5.0) -> tupl
         payload = await reader.readexactly(n)
         if head[0] & 0x0F == 0x8:
             return int.from_bytes(payload[:2], "big"), payload[2:].decode()
+
+
+class LingeringCloseBounds(BoundsTestCase):
+    """After an error answer the connection half-closes and drops what the client still
+    sends: while it keeps sending (so an upload the server refused does not end in a
+    reset that destroys the answer), until a pause of ``LINGER_TIMEOUT``, and for
+    ``LINGER_MAX_SECONDS`` in all. Scaled down: 0.3 s and 1.5 s."""
+
+    REFUSED = b"POST /nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n"
+
+    def setUp(self) -> None:
+        for name, value in (("LINGER_TIMEOUT", 0.3), ("LINGER_MAX_SECONDS", 1.5)):
+            patcher = mock.patch.object(connection_mod, name, value)
+            patcher.start()
+            self.addCleanup(patcher.stop)
+
+    @staticmethod
+    def upload(port: int, seconds: float, read: bool) -> tuple[float, bytes]:
+        """Send the refused head, then 16 KiB every 50 ms for ``seconds`` (or until the server
+        is gone); with ``read``, then end the upload and read the answer. The seconds the
+        sending lasted, and what was read."""
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(LingeringCloseBounds.REFUSED)
+            started = time.monotonic()
+            try:
+                while time.monotonic() - started < seconds:
+                    sock.sendall(b"x" * 16384)
+                    time.sleep(0.05)
+            except OSError:         # the server closed: the next bytes drew a reset
+                return time.monotonic() - started, b""
+            lasted = time.monotonic() - started
+            data = b""
+            if read:
+                sock.shutdown(socket.SHUT_WR)
+                while chunk := sock.recv(65536):    # a reset raises here
+                    data += chunk
+            return lasted, data
+
+    async def test_a_client_still_uploading_gets_its_answer_and_a_clean_close(self) -> None:
+        async with Target() as target, Neighbour(target.port) as neighbour:
+            lasted, data = await asyncio.to_thread(self.upload, target.port, 1.0, True)
+            self.assertNeighbourFine(neighbour)
+        self.assertGreaterEqual(lasted, 1.0)        # sent for over three pauses' worth: never cut off
+        self.assertTrue(data.startswith(b"HTTP/1.1 413 "), data[:60])     # refused by its length
+        self.assertIn(b"connection: close", data)
+
+    async def test_lingering_ends_at_a_pause_and_at_its_bound(self) -> None:
+        async with Target() as target:
+            reader, writer = await asyncio.open_connection("127.0.0.1", target.port)
+            writer.write(self.REFUSED)              # and then nothing: a pause
+            started = time.monotonic()
+            await reader.read()                     # the answer, then the server's FIN
+            self.assertEqual(len(target.http_connections()), 1)     # half-closed, lingering
+            while target.http_connections() and time.monotonic() - started < 3:
+                await asyncio.sleep(0.02)
+            self.assertFalse(target.http_connections(), "still lingering after a pause")
+            self.assertLess(time.monotonic() - started, 1.0)
+            writer.close()
+            # A client that never stops sending is closed on at the bound.
+            lasted, _ = await asyncio.to_thread(self.upload, target.port, 5.0, False)
+        self.assertGreater(lasted, 1.4)
+        self.assertLess(lasted, 3.0)
 
 
 class WebSocketBounds(BoundsTestCase):

@@ -51,9 +51,14 @@ DEFAULT_HEADER_TIMEOUT: Final = 10.0        # nginx client_header_timeout is 60 
 DEFAULT_KEEP_ALIVE_TIMEOUT: Final = 30.0    # between requests on an idle connection
 DEFAULT_BODY_TIMEOUT: Final = 30.0          # longest pause between two pieces of a request body
 DEFAULT_SEND_TIMEOUT: Final = 60.0          # longest a client may read nothing of its output (nginx send_timeout)
-# After an error response the server closes its sending side and reads what
-# the client still sends for this long before closing (RFC 9112 §9.6).
+# After an error response the server closes its sending side and reads (and
+# drops) what the client still sends before closing (RFC 9112 §9.6): until the
+# client's EOF, a pause of LINGER_TIMEOUT, or LINGER_MAX_SECONDS in all, as
+# nginx's lingering_timeout (5 s) and lingering_time (30 s) bound it. A client
+# uploading a body the server refused is still sending when the answer goes
+# out; closing under it would draw a reset that can destroy that answer.
 LINGER_TIMEOUT: Final = 2.0
+LINGER_MAX_SECONDS: Final = 30.0
 # Bytes received ahead of the request being handled (pipelining) before the
 # server stops reading from that client.
 MAX_PIPELINE_BUFFER_BYTES: Final = 256 * 1024
@@ -107,6 +112,7 @@ class Connection(ConnectionOutput):
         self._timed_out = False
         self._upgraded = False
         self._linger = False            # close after an error: half-close, drain input, then close
+        self._dropped = 0               # bytes the client sent while the connection lingered
         self._deadline: float | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
@@ -133,7 +139,8 @@ class Connection(ConnectionOutput):
 
     def data_received(self, data: bytes) -> None:
         if self._linger:
-            return                      # closing after an error: input is drained, not parsed
+            self._dropped += len(data)  # closing after an error: input is drained, not parsed
+            return
         self.parser.receive_data(data)
         if self._idle:
             self._idle = False
@@ -169,6 +176,8 @@ class Connection(ConnectionOutput):
         self._finishing = True
         if self._upgraded:
             return      # the upgraded protocol's application closes it
+        if self._linger:
+            self._wake_reader()     # a lingering close ends now
         if not self._handling and not self.parser.in_message and self.transport is not None:
             self.transport.close()
 
@@ -277,13 +286,21 @@ class Connection(ConnectionOutput):
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self._resume_reading()
-        self._data_waiter = self.loop.create_future()
-        try:
-            await asyncio.wait_for(self._data_waiter, LINGER_TIMEOUT)   # woken by the client's EOF
-        except (asyncio.TimeoutError, asyncio.CancelledError):
-            pass
-        finally:
-            self._data_waiter = None
+        give_up = self.loop.time() + LINGER_MAX_SECONDS
+        while not self._gone:
+            dropped = self._dropped
+            self._data_waiter = self.loop.create_future()
+            try:
+                await asyncio.wait_for(self._data_waiter, min(LINGER_TIMEOUT, give_up - self.loop.time()))
+            except asyncio.TimeoutError:
+                if self._dropped == dropped or self.loop.time() >= give_up:
+                    return              # a pause, or long enough: close
+                continue
+            except asyncio.CancelledError:
+                return
+            finally:
+                self._data_waiter = None
+            return                      # woken: the client's EOF, or the server shuts down
 
     def _send_final_error(self, exc: BaseException, fields: heads.Headers | None) -> None:
         """Answer ``exc`` and close; ``fields``: the request's header fields, as far as they were read."""
