@@ -467,6 +467,17 @@ class LingeringCloseBounds(BoundsTestCase):
         self.assertGreater(lasted, 1.4)
         self.assertLess(lasted, 3.0)
 
+    async def test_the_servers_shutdown_ends_a_linger_at_once(self) -> None:
+        async with Target() as target:
+            sending = asyncio.ensure_future(asyncio.to_thread(self.upload, target.port, 5.0, False))
+            while not any(c._linger for c in target.http_connections()):
+                await asyncio.sleep(0.02)
+            started = time.monotonic()
+            await target.server.shutdown(10.0)
+            self.assertLess(time.monotonic() - started, 1.0)
+            lasted, _ = await sending
+        self.assertLess(lasted, 3.0)
+
 
 class WebSocketBounds(BoundsTestCase):
     async def test_tiny_fragments(self) -> None:
