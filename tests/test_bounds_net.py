@@ -15,6 +15,8 @@ each buffer, its bound and the test here that proves it.
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import socket
 import time
 import unittest
@@ -25,6 +27,7 @@ from typing import Any
 from equabot_gw.net import (
     connection as connection_mod, http11, output, server as server_mod, websocket as ws_codec, wsstream,
 )
+from equabot_gw.net.accesslog import AccessLog
 from equabot_gw.net.routes import HTTPRequest, Response, Router, StreamingResponse, Upgrade
 from equabot_gw.net.wshandshake import server_handshake
 from equabot_gw.net.wsstream import WebSocket
@@ -477,6 +480,33 @@ class LingeringCloseBounds(BoundsTestCase):
             self.assertLess(time.monotonic() - started, 1.0)
             lasted, _ = await sending
         self.assertLess(lasted, 3.0)
+
+
+class BodyErrorAnswers(unittest.IsolatedAsyncioTestCase):
+    """An error in a request's body (its framing, its wait) is that request's answer:
+    logged once with its method, path and request id, and echoing the client's
+    ``X-Request-Id``, like any other answer to it."""
+
+    async def test_a_bad_chunk_and_a_body_timeout_are_answered_and_logged_as_the_request(self) -> None:
+        stream = io.StringIO()
+        target = Target()
+        target.server.access_log = AccessLog(stream, json_lines=True)
+        async with target:
+            for name, rest, status in (("bad chunk", b"Transfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
+                                       ("body timeout", b"Content-Length: 10\r\n\r\nabc", 408)):
+                with self.subTest(name):
+                    reader, writer = await asyncio.open_connection("127.0.0.1", target.port)
+                    writer.write(b"POST /upload HTTP/1.1\r\nHost: x\r\nX-Request-Id: client-id-1\r\n" + rest)
+                    data = await asyncio.wait_for(reader.read(), 5)     # answered, then closed
+                    writer.close()
+                    self.assertTrue(data.startswith(b"HTTP/1.1 %d " % status), data[:60])
+                    self.assertIn(b"x-request-id: client-id-1\r\n", data)
+                    target.server.access_log.flush()
+                    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+                    stream.truncate(0)
+                    stream.seek(0)
+                    self.assertEqual([(r["method"], r["path"], r["status"], r["request_id"]) for r in lines],
+                                     [("POST", "/upload", status, "client-id-1")])
 
 
 class WebSocketBounds(BoundsTestCase):

@@ -84,6 +84,12 @@ class Limits:
 
 
 
+
+def _timed_out() -> ApiError:
+    # RFC 9110 §15.5.9: 408 when the server "did not receive a complete request
+    # message within the time that it was prepared to wait".
+    return ApiError(408, "request head or body not received in time", code="request_timeout")
+
 class Connection(ConnectionOutput):
     """One client connection: feeds the parser, runs requests in order, owns timers."""
 
@@ -327,13 +333,9 @@ class Connection(ConnectionOutput):
                 return None
             return event  # type: ignore[return-value]
 
-    def _time_out(self, fields: heads.Headers | None = None) -> None:
+    def _time_out(self) -> None:
         if self.parser.in_message:
-            # RFC 9110 §15.5.9: 408 when the server "did not receive a complete
-            # request message within the time that it was prepared to wait".
-            self._send_final_error(ApiError(408, "request head or body not received in time",
-                                            code="request_timeout"),
-                                   self._fields_so_far() if fields is None else fields)
+            self._send_final_error(_timed_out(), self._fields_so_far())
         return None
 
     def _fields_so_far(self) -> heads.Headers | None:
@@ -371,8 +373,7 @@ class Connection(ConnectionOutput):
                 if self._gone:
                     raise asyncio.CancelledError("client disconnected")
                 if self._timed_out:
-                    self._time_out(head.headers)
-                    raise asyncio.CancelledError("body timeout")
+                    raise _timed_out()      # answered as the request's, then closed
                 if unguarded:
                     # Most bodies arrive with their head and are never waited for;
                     # one still to come is held only for a client the route admits.
@@ -431,10 +432,10 @@ class Connection(ConnectionOutput):
             self._log(head.method, head.path, route, 499, 0, started, rid)
             raise
         except HTTPProtocolError as exc:
-            # In the body (framing, size): answered with this head's fields, then closed.
-            if not self._gone:
-                self._send_final_error(exc, head.headers)
-            return False
+            # In the body (framing, size): answered as the request's, then closed.
+            close = True
+            self._linger = True
+            response = self._error_response(exc, head.headers)
         except Exception:
             log.exception("conn=%d rid=%s: handler failed", self.id, rid)
             response = self._error_response(RuntimeError(), head.headers)
