@@ -14,8 +14,41 @@ import unittest
 
 from equabot_gw.agents.types import TextDelta
 from equabot_gw.errors import UpstreamError
+from equabot_gw.providers import MAX_DETAIL_CHARS
 from equabot_gw.providers.python import FunctionProvider
-from tests.test_providers import call, collect
+from tests.test_providers import API_KEY, HTTPProviderCase, call, collect
+
+
+def reflect_credentials(field: str) -> object:
+    """A handler whose response head repeats the request's credentials in a malformed ``field``."""
+    async def handler(request, reader, writer):
+        secret = request.headers.get("authorization") or request.headers["x-api-key"]
+        writer.write(f"HTTP/1.1 200 OK\r\n{field}: {secret}\r\n\r\n".encode())
+        await reader.read()
+    return handler
+
+
+async def _junk_content_length(request, reader, writer) -> None:
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: " + b"9x" * 20_000 + b"\r\n\r\n")
+    await reader.read()
+
+
+class ProtocolErrorDetailTests(HTTPProviderCase):
+    async def test_malformed_heads_never_repeat_a_secret(self) -> None:
+        # An upstream (or a proxy before it) that reflects request headers into
+        # a malformed response head: the parser's reason quotes the value.
+        for api, path in (("openai-completions", "/v1"), ("anthropic-messages", "")):
+            with self.subTest(api):
+                self.api, self.base_path = api, path
+                error = await self.fails(reflect_credentials("content-length"), UpstreamError)
+                self.assertTrue(error.detail.startswith("invalid HTTP response: invalid Content-Length "),
+                                error.detail)
+                self.assertIn("***", error.detail)
+
+    async def test_malformed_head_detail_is_clipped(self) -> None:
+        error = await self.fails(_junk_content_length, UpstreamError)
+        self.assertTrue(error.detail.startswith("invalid HTTP response: invalid Content-Length '9x9x"))
+        self.assertLessEqual(len(error.detail), len("invalid HTTP response: ") + MAX_DETAIL_CHARS + 1)
 
 
 class PythonProviderTests(unittest.IsolatedAsyncioTestCase):

@@ -375,7 +375,9 @@ class HTTPProvider(Provider):
         if isinstance(exc, ConnectionClosed):
             return UpstreamError(self.name, "connection closed before the response was complete")
         if isinstance(exc, HTTPProtocolError):
-            return UpstreamError(self.name, f"invalid HTTP response: {exc.reason}")
+            # The parser's reason may quote the upstream's bytes (a field value
+            # it refused), which may repeat our own request's credentials.
+            return UpstreamError(self.name, f"invalid HTTP response: {self.detail(exc.reason)}")
         return UpstreamError(self.name, f"connection failed: {type(exc).__name__}")
 
     async def open_stream(self, payload: dict[str, Any], call: ProviderCall) -> http_client.ClientResponse:
