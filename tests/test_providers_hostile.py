@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import unittest
 
 from equabot_gw.agents.types import TextDelta
-from equabot_gw.errors import UpstreamError
+from equabot_gw.errors import UpstreamError, UpstreamTimeout, http_status
 from equabot_gw.providers import MAX_DETAIL_CHARS
 from equabot_gw.providers.python import FunctionProvider
 from tests.test_providers import API_KEY, HTTPProviderCase, call, collect
@@ -89,6 +90,34 @@ class PythonProviderTests(unittest.IsolatedAsyncioTestCase):
         with self.assertRaises(asyncio.CancelledError):
             await task
         self.assertTrue(cleaned.is_set())
+
+
+async def _endless_interim_responses(request, reader, writer) -> None:
+    while True:
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.02)
+
+
+async def _trickled_head(request, reader, writer) -> None:
+    for byte in b"HTTP/1.1 200 OK\r\nx-padding: " + b"a" * 60_000:
+        writer.write(bytes([byte]))
+        await writer.drain()
+        await asyncio.sleep(0.02)
+
+
+class ResponseHeadDeadlineTests(HTTPProviderCase):
+    async def test_a_response_head_that_never_completes_times_out(self) -> None:
+        # Each piece comes well within the silence timeout; the head as a
+        # whole must still arrive within it.
+        for name, handler in (("endless 100 Continue", _endless_interim_responses),
+                              ("a head trickled a byte at a time", _trickled_head)):
+            with self.subTest(name):
+                started = time.monotonic()
+                async with asyncio.timeout(3):          # before the fix: until the run's deadline
+                    error = await self.fails(handler, UpstreamTimeout, timeout=0.2)
+                self.assertLess(time.monotonic() - started, 1.0)
+                self.assertEqual((error.timeout, error.phase, http_status(error)), (0.2, "read", 504))
 
 
 class _Odd(BaseException):

@@ -305,7 +305,7 @@ class HTTPProvider(Provider):
     Subclasses set ``default_base_url`` and ``path`` (joined as
     ``{baseUrl}/{path}``) and ``auth_headers()``. Each provider keeps its own
     pooled ``HTTPClient``; ``config.timeout`` bounds every phase (connect,
-    write, silence between bytes). Raises ``ConfigError`` at construction for
+    write, silence between bytes, the whole response head). Raises ``ConfigError`` at construction for
     a missing configuration, a bad ``baseUrl`` or an unsafe header.
     """
 
