@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import time
 import unittest
 
 from equabot_gw.agents.types import TextDelta
 from equabot_gw.errors import UpstreamError, UpstreamTimeout, http_status
-from equabot_gw.providers import MAX_DETAIL_CHARS
+from equabot_gw.config import ProviderConfig
+from equabot_gw.providers import MAX_DETAIL_CHARS, Provider, create_provider
 from equabot_gw.providers.python import FunctionProvider
-from tests.test_providers import API_KEY, HTTPProviderCase, call, collect
+from tests.test_providers import API_KEY, HTTPProviderCase, call, collect, script, wait_gone
 
 
 def reflect_credentials(field: str) -> object:
@@ -118,6 +121,100 @@ class ResponseHeadDeadlineTests(HTTPProviderCase):
                     error = await self.fails(handler, UpstreamTimeout, timeout=0.2)
                 self.assertLess(time.monotonic() - started, 1.0)
                 self.assertEqual((error.timeout, error.phase, http_status(error)), (0.2, "read", 504))
+
+
+# A command whose leader prints its own pid and a helper's, then exits; the
+# helper keeps running (30 s), holding stdout open or not.
+_LEAVES_A_HELPER = """
+    import os, subprocess, sys
+    helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]{stdout})
+    print(os.getpid(), helper.pid, flush=True)
+"""
+
+
+class CommandHelperTests(unittest.IsolatedAsyncioTestCase):
+    """A leader that exits leaves its helpers in its process group: they end with the stream."""
+
+    def provider(self, source: str, **settings) -> Provider:
+        return create_provider("cmd", ProviderConfig(api="command", command=script(source), **settings))
+
+    async def assertAllGone(self, pids: list[int]) -> None:
+        self.assertEqual(len(pids), 2, pids)
+        for pid in pids:
+            self.assertTrue(await wait_gone(pid, within=1.0), f"process {pid} left running")
+
+    async def test_a_helper_holding_stdout_after_the_leader_exited(self) -> None:
+        # stdout never reaches EOF: the silence times out, and the helper must not outlive the run.
+        provider = self.provider(_LEAVES_A_HELPER.format(stdout=""), timeout=0.2)
+        pids: list[int] = []
+        with self.assertRaises(UpstreamTimeout):
+            async for event in provider.stream(call()):
+                pids.extend(map(int, event.text.split()))
+        await self.assertAllGone(pids)
+
+    async def test_a_helper_left_by_a_leader_that_exited_is_ended_on_abort(self) -> None:
+        provider = self.provider(_LEAVES_A_HELPER.format(stdout=""))
+        pids: list[int] = []
+
+        async def consume():
+            async for event in provider.stream(call()):
+                pids.extend(map(int, event.text.split()))
+
+        task = asyncio.create_task(consume())
+        while not pids:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)        # the leader is gone by now
+        task.cancel()
+        with self.assertRaises(asyncio.CancelledError):
+            await task
+        await self.assertAllGone(pids)
+
+    async def test_a_finished_reply_waits_for_the_program_not_for_its_helpers(self) -> None:
+        # The helper holds stderr (and stdin) but not stdout: the reply is done
+        # when the program exits, and the helper ends with it.
+        provider = self.provider(_LEAVES_A_HELPER.format(stdout=", stdout=subprocess.DEVNULL"), timeout=5.0)
+        started = time.monotonic()
+        reply = await collect(provider, call())
+        self.assertLess(time.monotonic() - started, 2.0)
+        self.assertEqual(reply.finish, "stop")
+        await self.assertAllGone(list(map(int, reply.text.split())))
+
+    async def test_a_helper_out_of_the_group_holding_the_pipes_does_not_hold_the_stream(self) -> None:
+        # setsid() takes the helper out of reach of the group's signals; it keeps
+        # every pipe open. The program ignores SIGTERM, so it is still running when
+        # its SIGKILL is sent. Cancelling must still end the stream within the grace.
+        provider = self.provider("""
+            import os, signal, subprocess, sys, time
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"],
+                                      start_new_session=True)
+            print(os.getpid(), helper.pid, flush=True)
+            time.sleep(30)
+        """)
+        pids: list[int] = []
+
+        async def consume():
+            async for event in provider.stream(call()):
+                pids.extend(map(int, event.text.split()))
+
+        task = asyncio.create_task(consume())
+        while not pids:
+            await asyncio.sleep(0.01)
+        self.addCleanup(_kill, pids[1])
+        started = time.monotonic()
+        task.cancel()
+        async with asyncio.timeout(3):          # before the fix: until the helper exits (30 s)
+            with self.assertRaises(asyncio.CancelledError):
+                await task
+        self.assertLess(time.monotonic() - started, 1.5)
+        self.assertTrue(await wait_gone(pids[0], within=1.0))
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 class _Odd(BaseException):
