@@ -18,9 +18,11 @@ import unittest
 from equabot_gw.agents.types import TextDelta
 from equabot_gw.errors import UpstreamError, UpstreamTimeout, http_status
 from equabot_gw.config import ProviderConfig
-from equabot_gw.providers import MAX_DETAIL_CHARS, Provider, create_provider
+from equabot_gw.providers import MAX_DETAIL_CHARS, MAX_EVENT_CHARS, EventStreamDecoder, Provider, create_provider
 from equabot_gw.providers.python import FunctionProvider
-from tests.test_providers import API_KEY, HTTPProviderCase, call, collect, script, wait_gone
+from tests.test_providers import (
+    API_KEY, HTTPProviderCase, call, collect, replay, script, wait_gone,
+)
 
 
 def reflect_credentials(field: str) -> object:
@@ -107,6 +109,22 @@ async def _trickled_head(request, reader, writer) -> None:
         writer.write(bytes([byte]))
         await writer.drain()
         await asyncio.sleep(0.02)
+
+
+class EventStreamBoundsTests(unittest.TestCase):
+    def test_a_long_line_in_small_pieces_takes_linear_time(self) -> None:
+        # An upstream that sends a line just under the event bound in 100-byte
+        # packets: each piece must not copy the whole line received so far.
+        line = b"data: " + b"a" * (MAX_EVENT_CHARS - 100)
+        decoder = EventStreamDecoder()
+        started = time.perf_counter()
+        for start in range(0, len(line), 100):
+            decoder.feed(line[start:start + 100])
+        self.assertLess(time.perf_counter() - started, 1.0)     # quadratic: about 3 s
+        self.assertEqual(decoder.pending_chars, len(line))
+        event, = decoder.feed(b"\n\n")
+        self.assertEqual(len(event.data), MAX_EVENT_CHARS - 100)
+        self.assertEqual(decoder.pending_chars, 0)
 
 
 class ResponseHeadDeadlineTests(HTTPProviderCase):

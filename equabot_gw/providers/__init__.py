@@ -209,7 +209,10 @@ class EventStreamDecoder:
 
     def __init__(self) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        self._line = ""             # an incomplete line
+        # An incomplete line, as the pieces that brought it: joined once, when
+        # its end comes (growing one string would copy it at every piece).
+        self._line: list[str] = []
+        self._line_chars = 0
         self._started = False       # past the place where a BOM may be
         self._after_cr = False      # the last line ended with a CR: skip one LF
         self._data: list[str] = []
@@ -220,7 +223,7 @@ class EventStreamDecoder:
     @property
     def pending_chars(self) -> int:
         """Characters buffered in the incomplete line and the undispatched event."""
-        return len(self._line) + self._data_chars
+        return self._line_chars + self._data_chars
 
     def feed(self, data: bytes) -> list[ServerSentEvent]:
         """Take the next bytes of the stream; return the events they complete."""
@@ -235,12 +238,17 @@ class EventStreamDecoder:
             self._after_cr = False
             text = text.removeprefix("\n")
         if "\n" not in text and "\r" not in text:
-            self._line += text
+            self._line.append(text)
+            self._line_chars += len(text)
             return []
-        text = self._line + text
+        if self._line:
+            self._line.append(text)
+            text = "".join(self._line)
         # Most streams end lines with LF only: str.split is C, the regex is not needed.
         lines = text.split("\n") if "\r" not in text else re.split(_LINE_END, text)
-        self._line = lines.pop()
+        rest = lines.pop()
+        self._line = [rest] if rest else []
+        self._line_chars = len(rest)
         # A CR at the very end may be the first half of a CRLF split across reads.
         self._after_cr = text.endswith("\r")
         events: list[ServerSentEvent] = []
