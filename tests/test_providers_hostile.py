@@ -18,10 +18,12 @@ import unittest
 from equabot_gw.agents.types import TextDelta
 from equabot_gw.errors import UpstreamError, UpstreamTimeout, http_status
 from equabot_gw.config import ProviderConfig
-from equabot_gw.providers import MAX_DETAIL_CHARS, MAX_EVENT_CHARS, EventStreamDecoder, Provider, create_provider
+from equabot_gw.providers import (
+    MAX_DETAIL_CHARS, MAX_EVENT_CHARS, MAX_EVENT_DATA_LINES, EventStreamDecoder, Provider, create_provider,
+)
 from equabot_gw.providers.python import FunctionProvider
 from tests.test_providers import (
-    API_KEY, HTTPProviderCase, call, collect, replay, script, wait_gone,
+    API_KEY, FakeUpstream, HTTPProviderCase, call, collect, replay, script, wait_gone,
 )
 
 
@@ -125,6 +127,30 @@ class EventStreamBoundsTests(unittest.TestCase):
         event, = decoder.feed(b"\n\n")
         self.assertEqual(len(event.data), MAX_EVENT_CHARS - 100)
         self.assertEqual(decoder.pending_chars, 0)
+
+
+class EventStreamEventBoundTests(HTTPProviderCase):
+    async def test_an_event_of_many_short_data_lines_is_refused(self) -> None:
+        # Each "data:xy" line is 8 bytes on the wire and 3 characters of the
+        # event, but a string object of its own (about 60 bytes): the event
+        # bound in characters alone let 4 Mi characters hold some 80 MB.
+        for api, path in (("openai-completions", "/v1"), ("anthropic-messages", "")):
+            with self.subTest(api):
+                self.api, self.base_path = api, path
+                raw = b"data:xy\n" * (MAX_EVENT_DATA_LINES + 1)
+                error = await self.fails(replay(raw, end=False), UpstreamError)
+                self.assertEqual(error.detail, f"event stream event over {MAX_EVENT_DATA_LINES} data lines")
+
+    async def test_an_event_of_many_data_lines_within_the_bound_passes(self) -> None:
+        lines = b"".join(b"data: " + piece + b"\n" for piece in
+                         (b'{"choices": [{"index": 0,', b'"delta": {"content": "hi"}}]}'))
+        reply = await collect_from(self, replay(lines + b"\n" + b"data: [DONE]\n\n"))
+        self.assertEqual(reply.text, "hi")
+
+
+async def collect_from(case: HTTPProviderCase, handler: object):
+    async with FakeUpstream(handler) as up:
+        return await collect(case.provider(up), call())
 
 
 class ResponseHeadDeadlineTests(HTTPProviderCase):

@@ -58,6 +58,10 @@ _ERROR_FIELD: Final = r"[A-Za-z0-9_.:/\[\]-]{1,%d}" % MAX_ERROR_FIELD_CHARS
 # Largest event (line or data buffer) accepted from an event stream: far above
 # any chunk an LLM API sends, low enough that garbage cannot exhaust memory.
 MAX_EVENT_CHARS: Final = 4 * 1024 * 1024
+# Most data lines one event may have: each is a string object of its own (about
+# 60 bytes for a short one), so lines of a few characters are bounded by number.
+# An LLM API sends one per event; a pretty-printed JSON event, a few hundred.
+MAX_EVENT_DATA_LINES: Final = 65_536
 # Seconds the last bytes of a response (the chunked terminator) may lag its
 # stream's end marker and the connection still be pooled; read in the background.
 END_DRAIN_TIMEOUT: Final = 1.0
@@ -204,7 +208,8 @@ class EventStreamDecoder:
     one leading BOM ignored, comments (":" lines) skipped, ``data`` lines
     joined with LF, an event dispatched at each blank line. An event left
     unfinished at the end of the stream is discarded, as the spec says.
-    ``pending_chars`` tells how much waits for a line end or a blank line.
+    ``pending_chars`` tells how much waits for a line end or a blank line,
+    ``pending_data_lines`` in how many data lines.
     """
 
     def __init__(self) -> None:
@@ -224,6 +229,11 @@ class EventStreamDecoder:
     def pending_chars(self) -> int:
         """Characters buffered in the incomplete line and the undispatched event."""
         return self._line_chars + self._data_chars
+
+    @property
+    def pending_data_lines(self) -> int:
+        """``data`` lines of the undispatched event."""
+        return len(self._data)
 
     def feed(self, data: bytes) -> list[ServerSentEvent]:
         """Take the next bytes of the stream; return the events they complete."""
@@ -465,6 +475,8 @@ class HTTPProvider(Provider):
                     yield event
                 if decoder.pending_chars > MAX_EVENT_CHARS:
                     raise UpstreamError(self.name, f"event stream event over {MAX_EVENT_CHARS} characters")
+                if decoder.pending_data_lines > MAX_EVENT_DATA_LINES:
+                    raise UpstreamError(self.name, f"event stream event over {MAX_EVENT_DATA_LINES} data lines")
         except _CLIENT_ERRORS as exc:
             raise self.upstream_error(exc) from exc
 
