@@ -23,7 +23,7 @@ from equabot_gw.providers import (
 )
 from equabot_gw.providers.python import FunctionProvider
 from tests.test_providers import (
-    API_KEY, FakeUpstream, HTTPProviderCase, call, collect, replay, script, wait_gone,
+    API_KEY, FakeUpstream, HTTPProviderCase, call, collect, openai_chunk, replay, script, sse, wait_gone,
 )
 
 
@@ -151,6 +151,64 @@ class EventStreamEventBoundTests(HTTPProviderCase):
 async def collect_from(case: HTTPProviderCase, handler: object):
     async with FakeUpstream(handler) as up:
         return await collect(case.provider(up), call())
+
+
+class LoopWatch:
+    """The longest the event loop went without running a ready callback, while in use."""
+
+    def __init__(self) -> None:
+        self.longest = 0.0
+        self._last = time.perf_counter()
+
+    async def __aenter__(self) -> LoopWatch:
+        self._last = time.perf_counter()
+        self._task = asyncio.create_task(self._tick())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._note()        # the stretch since the last tick counts too
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+    def _note(self) -> None:
+        now = time.perf_counter()
+        self.longest = max(self.longest, now - self._last)
+        self._last = now
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(0)
+            self._note()
+
+
+# The longest hold of the loop these tests allow: far above the decoder's own
+# slices (5 ms), below what the unsliced work took here (about 250 ms).
+MAX_LOOP_HOLD = 0.1
+
+
+class LoopShareTests(HTTPProviderCase):
+    """An upstream's large events are decoded without holding the loop, for either API."""
+
+    async def hold(self, raw: bytes) -> float:
+        async with FakeUpstream(replay(raw)) as up:
+            provider = self.provider(up)
+            async with LoopWatch() as watch:
+                reply = await collect(provider, call())
+        self.assertEqual(reply.text, "ok")
+        return watch.longest
+
+    async def test_large_events_are_decoded_in_slices(self) -> None:
+        # About 3.5 MiB of JSON each, a million tiny objects: no text, so no reply bound.
+        objects = b",".join([b"{}"] * 1_200_000)
+        openai = sse(b'{"choices": [], "x": [' + objects + b"]}", openai_chunk("ok"), b"[DONE]")
+        start = b'{"type": "message_start", "message": {"usage": {"input_tokens": 1}}}'
+        anthropic = sse(b'{"type": "ping", "x": [' + objects + b"]}", start,
+                        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "ok"}},
+                        {"type": "message_stop"})
+        for api, path, raw in (("openai-completions", "/v1", openai), ("anthropic-messages", "", anthropic)):
+            with self.subTest(api):
+                self.api, self.base_path = api, path
+                self.assertLess(await self.hold(raw), MAX_LOOP_HOLD)
 
 
 class ResponseHeadDeadlineTests(HTTPProviderCase):

@@ -65,6 +65,9 @@ MAX_EVENT_DATA_LINES: Final = 65_536
 # Seconds the last bytes of a response (the chunked terminator) may lag its
 # stream's end marker and the connection still be pooled; read in the background.
 END_DRAIN_TIMEOUT: Final = 1.0
+# Event data up to this many characters is decoded in one call (it cannot hold
+# more values than safejson decodes at once); longer data in loop slices.
+LARGE_EVENT_CHARS: Final = safejson.MAX_VALUES_AT_ONCE
 # Secrets shorter than this are not searched for in messages: redacting "1"
 # would mangle every message and protect nothing.
 MIN_REDACTED_CHARS: Final = 4
@@ -482,11 +485,24 @@ class HTTPProvider(Provider):
 
     def json_data(self, event: ServerSentEvent) -> dict[str, Any]:
         """The JSON object in an event's data; ``UpstreamError`` for anything else
-        (nesting past ``safejson.MAX_DEPTH`` included)."""
+        (nesting past ``safejson.MAX_DEPTH`` included). Holds the loop for the whole
+        decode: for data longer than ``LARGE_EVENT_CHARS``, use ``json_data_async``."""
         try:
             value = safejson.loads(event.data)
         except ValueError:
             raise UpstreamError(self.name, "event stream data is not JSON") from None
+        return self._object(value)
+
+    async def json_data_async(self, event: ServerSentEvent) -> dict[str, Any]:
+        """``json_data``, decoded in slices of the event loop (a few MiB of tiny values
+        take a quarter of a second to decode)."""
+        try:
+            value = await safejson.loads_async(event.data)
+        except ValueError:
+            raise UpstreamError(self.name, "event stream data is not JSON") from None
+        return self._object(value)
+
+    def _object(self, value: Any) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise UpstreamError(self.name, "event stream data is not a JSON object")
         return value
