@@ -2,8 +2,9 @@
 
 Owns the sockets and the clock around the sans-I/O codec of ``http11.py`` in
 the client role: one ``asyncio.Protocol`` per connection, an idle pool per
-origin (scheme, host, port), one timeout per phase (connect, write, read-idle),
-each raising ``ClientTimeout(phase, timeout)``. A response body is an async
+origin (scheme, host, port), one timeout per phase (connect, write, read-idle;
+the read timeout also bounds the whole response head), each raising
+``ClientTimeout(phase, timeout)``. A response body is an async
 iterator of ``bytes``; a response closed before its end closes its socket at
 once and never returns it to the pool. Raises ``ClientConnectError``,
 ``ClientTimeout``, ``HTTPProtocolError`` (malformed response) and
@@ -360,7 +361,8 @@ class HTTPClient:
     Timeouts are in seconds (``None`` disables one): ``connect_timeout`` covers
     TCP and the TLS handshake, ``write_timeout`` each wait for the socket to
     take request bytes, ``read_timeout`` each wait for response bytes (before
-    the head and between body bytes); a pooled connection idle for
+    the head and between body bytes) and the whole response head, interim
+    1xx responses included; a pooled connection idle for
     ``keep_alive_timeout`` seconds is closed instead of reused.
     ``ssl_context`` defaults to ``ssl.create_default_context()`` (certificates
     and host name verified, SNI sent).
@@ -478,21 +480,31 @@ class HTTPClient:
         conn.reusable = reusable
         try:
             await conn.send(data, self.write_timeout)
-            while True:
-                event = await conn.next_event(self.read_timeout)
-                if isinstance(event, http11.Response):
-                    if event.status >= 200:
-                        return ClientResponse(self, conn, event)
-                    if event.status == 101:
-                        raise HTTPProtocolError("101 Switching Protocols without an Upgrade request")
-                    # RFC 9110 §15.2: "A client MUST be able to parse one or more
-                    # 1xx responses received prior to a final response, even if
-                    # the client does not expect one."
-                elif event is not http11.END_OF_MESSAGE:
-                    raise HTTPProtocolError("response data before a response head")
+            return await self._final_head(conn)
         except BaseException:
             self._release(conn, reusable=False)
             raise
+
+    async def _final_head(self, conn: _Connection) -> ClientResponse:
+        # The whole head, 1xx responses included, within one read timeout: a
+        # server that trickles it, or sends interim responses forever, would
+        # otherwise keep every single wait short and never be done.
+        try:
+            async with asyncio.timeout(self.read_timeout):
+                while True:
+                    event = await conn.next_event(self.read_timeout)
+                    if isinstance(event, http11.Response):
+                        if event.status >= 200:
+                            return ClientResponse(self, conn, event)
+                        if event.status == 101:
+                            raise HTTPProtocolError("101 Switching Protocols without an Upgrade request")
+                        # RFC 9110 §15.2: "A client MUST be able to parse one or more
+                        # 1xx responses received prior to a final response, even if
+                        # the client does not expect one."
+                    elif event is not http11.END_OF_MESSAGE:
+                        raise HTTPProtocolError("response data before a response head")
+        except TimeoutError:
+            raise ClientTimeout("read", self.read_timeout or 0.0) from None
 
     def _drain_later(self, conn: _Connection, timeout: float) -> None:
         task = asyncio.get_running_loop().create_task(self._drain(conn, timeout))

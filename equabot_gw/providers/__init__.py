@@ -58,9 +58,16 @@ _ERROR_FIELD: Final = r"[A-Za-z0-9_.:/\[\]-]{1,%d}" % MAX_ERROR_FIELD_CHARS
 # Largest event (line or data buffer) accepted from an event stream: far above
 # any chunk an LLM API sends, low enough that garbage cannot exhaust memory.
 MAX_EVENT_CHARS: Final = 4 * 1024 * 1024
+# Most data lines one event may have: each is a string object of its own (about
+# 60 bytes for a short one), so lines of a few characters are bounded by number.
+# An LLM API sends one per event; a pretty-printed JSON event, a few hundred.
+MAX_EVENT_DATA_LINES: Final = 65_536
 # Seconds the last bytes of a response (the chunked terminator) may lag its
 # stream's end marker and the connection still be pooled; read in the background.
 END_DRAIN_TIMEOUT: Final = 1.0
+# Event data up to this many characters is decoded in one call (it cannot hold
+# more values than safejson decodes at once); longer data in loop slices.
+LARGE_EVENT_CHARS: Final = safejson.MAX_VALUES_AT_ONCE
 # Secrets shorter than this are not searched for in messages: redacting "1"
 # would mangle every message and protect nothing.
 MIN_REDACTED_CHARS: Final = 4
@@ -204,12 +211,16 @@ class EventStreamDecoder:
     one leading BOM ignored, comments (":" lines) skipped, ``data`` lines
     joined with LF, an event dispatched at each blank line. An event left
     unfinished at the end of the stream is discarded, as the spec says.
-    ``pending_chars`` tells how much waits for a line end or a blank line.
+    ``pending_chars`` tells how much waits for a line end or a blank line,
+    ``pending_data_lines`` in how many data lines.
     """
 
     def __init__(self) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        self._line = ""             # an incomplete line
+        # An incomplete line, as the pieces that brought it: joined once, when
+        # its end comes (growing one string would copy it at every piece).
+        self._line: list[str] = []
+        self._line_chars = 0
         self._started = False       # past the place where a BOM may be
         self._after_cr = False      # the last line ended with a CR: skip one LF
         self._data: list[str] = []
@@ -220,7 +231,12 @@ class EventStreamDecoder:
     @property
     def pending_chars(self) -> int:
         """Characters buffered in the incomplete line and the undispatched event."""
-        return len(self._line) + self._data_chars
+        return self._line_chars + self._data_chars
+
+    @property
+    def pending_data_lines(self) -> int:
+        """``data`` lines of the undispatched event."""
+        return len(self._data)
 
     def feed(self, data: bytes) -> list[ServerSentEvent]:
         """Take the next bytes of the stream; return the events they complete."""
@@ -235,12 +251,17 @@ class EventStreamDecoder:
             self._after_cr = False
             text = text.removeprefix("\n")
         if "\n" not in text and "\r" not in text:
-            self._line += text
+            self._line.append(text)
+            self._line_chars += len(text)
             return []
-        text = self._line + text
+        if self._line:
+            self._line.append(text)
+            text = "".join(self._line)
         # Most streams end lines with LF only: str.split is C, the regex is not needed.
         lines = text.split("\n") if "\r" not in text else re.split(_LINE_END, text)
-        self._line = lines.pop()
+        rest = lines.pop()
+        self._line = [rest] if rest else []
+        self._line_chars = len(rest)
         # A CR at the very end may be the first half of a CRLF split across reads.
         self._after_cr = text.endswith("\r")
         events: list[ServerSentEvent] = []
@@ -305,7 +326,7 @@ class HTTPProvider(Provider):
     Subclasses set ``default_base_url`` and ``path`` (joined as
     ``{baseUrl}/{path}``) and ``auth_headers()``. Each provider keeps its own
     pooled ``HTTPClient``; ``config.timeout`` bounds every phase (connect,
-    write, silence between bytes). Raises ``ConfigError`` at construction for
+    write, silence between bytes, the whole response head). Raises ``ConfigError`` at construction for
     a missing configuration, a bad ``baseUrl`` or an unsafe header.
     """
 
@@ -375,7 +396,9 @@ class HTTPProvider(Provider):
         if isinstance(exc, ConnectionClosed):
             return UpstreamError(self.name, "connection closed before the response was complete")
         if isinstance(exc, HTTPProtocolError):
-            return UpstreamError(self.name, f"invalid HTTP response: {exc.reason}")
+            # The parser's reason may quote the upstream's bytes (a field value
+            # it refused), which may repeat our own request's credentials.
+            return UpstreamError(self.name, f"invalid HTTP response: {self.detail(exc.reason)}")
         return UpstreamError(self.name, f"connection failed: {type(exc).__name__}")
 
     async def open_stream(self, payload: dict[str, Any], call: ProviderCall) -> http_client.ClientResponse:
@@ -455,16 +478,31 @@ class HTTPProvider(Provider):
                     yield event
                 if decoder.pending_chars > MAX_EVENT_CHARS:
                     raise UpstreamError(self.name, f"event stream event over {MAX_EVENT_CHARS} characters")
+                if decoder.pending_data_lines > MAX_EVENT_DATA_LINES:
+                    raise UpstreamError(self.name, f"event stream event over {MAX_EVENT_DATA_LINES} data lines")
         except _CLIENT_ERRORS as exc:
             raise self.upstream_error(exc) from exc
 
     def json_data(self, event: ServerSentEvent) -> dict[str, Any]:
         """The JSON object in an event's data; ``UpstreamError`` for anything else
-        (nesting past ``safejson.MAX_DEPTH`` included)."""
+        (nesting past ``safejson.MAX_DEPTH`` included). Holds the loop for the whole
+        decode: for data longer than ``LARGE_EVENT_CHARS``, use ``json_data_async``."""
         try:
             value = safejson.loads(event.data)
         except ValueError:
             raise UpstreamError(self.name, "event stream data is not JSON") from None
+        return self._object(value)
+
+    async def json_data_async(self, event: ServerSentEvent) -> dict[str, Any]:
+        """``json_data``, decoded in slices of the event loop (a few MiB of tiny values
+        take a quarter of a second to decode)."""
+        try:
+            value = await safejson.loads_async(event.data)
+        except ValueError:
+            raise UpstreamError(self.name, "event stream data is not JSON") from None
+        return self._object(value)
+
+    def _object(self, value: Any) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise UpstreamError(self.name, "event stream data is not a JSON object")
         return value

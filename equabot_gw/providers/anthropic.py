@@ -46,7 +46,7 @@ from ..agents.types import (
     Finish, GenerationOptions, ImagePart, Message, ProviderCall, ProviderEvent, ReasoningDelta, TextDelta,
     TextPart, ToolCallDelta, Usage,
 )
-from . import HTTPProvider, as_user_text
+from . import LARGE_EVENT_CHARS, HTTPProvider, as_user_text
 
 DEFAULT_BASE_URL: Final = "https://api.anthropic.com"
 API_VERSION: Final = "2023-06-01"
@@ -251,7 +251,8 @@ class AnthropicProvider(HTTPProvider):
         try:
             async with aclosing(self.events(response)) as events:
                 async for event in events:
-                    data = self.json_data(event)
+                    data = self.json_data(event) if len(event.data) <= LARGE_EVENT_CHARS \
+                        else await self.json_data_async(event)
                     output = self._apply(data.get("type", event.type), data, state)
                     if output is not None:
                         yield output

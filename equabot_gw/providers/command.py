@@ -6,8 +6,11 @@ newest user message to its stdin and closes it, and streams stdout as
 ``TextDelta`` (UTF-8 decoded incrementally: a character split across reads is
 never split across deltas). A non-zero exit fails the run with the tail of
 stderr. ``config.timeout`` bounds each silence on stdout and the wait for the
-exit. Closing or cancelling the stream ends the process group (SIGTERM, then
-SIGKILL after a short grace) and reaps it. Sampling options are not supported.
+exit (of the program itself: helpers it left holding its stdin or stderr do
+not delay the reply). However the stream ends — finished, failed, closed or
+cancelled — the program's process group ends with it: a program still running
+gets SIGTERM, then SIGKILL after a short grace, and is reaped; helpers left in
+its group get SIGKILL. Sampling options are not supported.
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ class CommandProvider(Provider):
         stays silent, or the exit does not come, for ``config.timeout`` seconds.
         """
         prompt = next((m.text() for m in reversed(call.messages) if m.role == "user"), "")
-        proc = await self._spawn(call)
+        proc, child = await self._spawn(call)
         tail = bytearray()
         feeder = asyncio.create_task(_feed(proc.stdin, prompt.encode("utf-8")))
         collector = asyncio.create_task(_collect_tail(proc.stderr, tail))
@@ -77,29 +80,32 @@ class CommandProvider(Provider):
             if text := decoder.decode(b"", final=True):
                 reply.append(text)
                 yield TextDelta(text)
-            code = await self._wait(proc)
+            code = await self._wait(proc, child)
             await asyncio.wait({collector}, timeout=STDERR_TIMEOUT)
             if code != 0:
                 raise UpstreamError(self.name, _exit_detail(code, tail))
         finally:
             feeder.cancel()
             collector.cancel()
-            await _terminate(proc)
+            await _terminate(proc, child)
         yield Usage(await count_words(prompt), await count_words("".join(reply)))
         yield Finish("stop")
 
-    async def _spawn(self, call: ProviderCall) -> asyncio.subprocess.Process:
+    async def _spawn(self, call: ProviderCall) -> tuple[asyncio.subprocess.Process, _Child]:
         env = {**os.environ, "EQUABOT_MODEL": call.model, "EQUABOT_TURN": str(call.turn)}
+        loop = asyncio.get_running_loop()
         try:
-            # A session of its own makes the child a process-group leader, so
-            # that cancelling reaches the helpers it starts too.
-            return await asyncio.create_subprocess_exec(
-                *self.config.command, stdin=asyncio.subprocess.PIPE,
+            # asyncio.create_subprocess_exec, with a protocol that also tells
+            # when the program exits. A session of its own makes the child a
+            # process-group leader, so that the end reaches its helpers too.
+            transport, child = await loop.subprocess_exec(
+                lambda: _Child(loop), *self.config.command, stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
                 env=env, start_new_session=True)
         except (OSError, ValueError) as exc:
             reason = getattr(exc, "strerror", None) or type(exc).__name__
             raise UpstreamError(self.name, f"cannot start the command: {reason}") from exc
+        return asyncio.subprocess.Process(transport, child, loop), child
 
     async def _read(self, proc: asyncio.subprocess.Process) -> bytes:
         try:
@@ -108,12 +114,34 @@ class CommandProvider(Provider):
         except TimeoutError:
             raise UpstreamTimeout(self.name, self.config.timeout, "read") from None
 
-    async def _wait(self, proc: asyncio.subprocess.Process) -> int:
-        try:
-            async with asyncio.timeout(self.config.timeout):
-                return await proc.wait()
-        except TimeoutError:
-            raise UpstreamTimeout(self.name, self.config.timeout, "exit") from None
+    async def _wait(self, proc: asyncio.subprocess.Process, child: _Child) -> int:
+        await asyncio.wait({child.exited}, timeout=self.config.timeout)
+        if proc.returncode is None:
+            raise UpstreamTimeout(self.name, self.config.timeout, "exit")
+        return proc.returncode
+
+
+class _Child(asyncio.subprocess.SubprocessStreamProtocol):
+    """The protocol of asyncio's ``Process``, plus ``exited``: a future done when the program exits.
+
+    ``Process.wait()`` returns only once every pipe is closed as well, and a
+    helper the program started (in its group or out of it) may hold one open
+    for as long as it runs.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=READ_CHUNK_BYTES, loop=loop)
+        self.exited: asyncio.Future[None] = loop.create_future()
+        self.transport: asyncio.SubprocessTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.transport = transport      # type: ignore[assignment]
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        if not self.exited.done():
+            self.exited.set_result(None)
 
 
 async def _feed(stdin: asyncio.StreamWriter | None, data: bytes) -> None:
@@ -150,27 +178,30 @@ def _exit_detail(code: int, tail: bytes) -> str:
     return f"{status}: {text}" if text else status
 
 
-def _signal_group(proc: asyncio.subprocess.Process, sig: int) -> None:
-    if proc.returncode is None:
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass        # already gone
-
-
-async def _terminate(proc: asyncio.subprocess.Process) -> None:
-    """End the process group if it still runs: SIGTERM, then SIGKILL after the grace; reap it."""
-    if proc.returncode is not None:
-        return
-    _signal_group(proc, signal.SIGTERM)
+def _signal_group(pid: int, sig: int) -> None:
     try:
-        async with asyncio.timeout(TERMINATE_TIMEOUT):
-            await proc.wait()
-        return
-    except TimeoutError:
-        pass
-    except BaseException:
-        _signal_group(proc, signal.SIGKILL)     # cancelled again: kill now; the child watcher reaps
-        raise
-    _signal_group(proc, signal.SIGKILL)
-    await proc.wait()
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass        # the group is gone (its ID cannot be reused while it has members)
+
+
+async def _terminate(proc: asyncio.subprocess.Process, child: _Child) -> None:
+    """End the process group: SIGTERM to a program still running, SIGKILL to the group
+    after the grace (or at once if cancelled again), also when the program had exited
+    and left helpers behind; then close our ends of its pipes.
+
+    Waits for the program's exit, never for its pipes: a helper that left the group
+    (``setsid``) and holds them would otherwise hold the run's slot for as long as it runs.
+    """
+    try:
+        if not child.exited.done():
+            _signal_group(proc.pid, signal.SIGTERM)
+            await asyncio.wait({child.exited}, timeout=TERMINATE_TIMEOUT)
+    finally:
+        _signal_group(proc.pid, signal.SIGKILL)
+        if child.exited.done() and child.transport is not None:
+            child.transport.close()
+    if not child.exited.done():
+        await asyncio.wait({child.exited})      # SIGKILL was sent: the child watcher reaps it now
+        if child.transport is not None:
+            child.transport.close()

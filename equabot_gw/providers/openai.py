@@ -34,7 +34,7 @@ from ..agents.types import (
     NO_OPTIONS, OPTION_NAMES, Annotations, AudioPart, ChoiceEvent, Citation, Finish, ImagePart, Logprobs, Message,
     ProviderCall, ProviderEvent, ReasoningDelta, RefusalDelta, TextDelta, TextPart, ToolCallDelta, Usage,
 )
-from . import HTTPProvider, as_user_text
+from . import LARGE_EVENT_CHARS, HTTPProvider, as_user_text
 
 DEFAULT_BASE_URL: Final = "https://api.openai.com/v1"
 # "data: [DONE]" ends the stream (OpenAI API reference, "Streaming").
@@ -161,7 +161,8 @@ class OpenAIProvider(HTTPProvider):
                     if event.data == DONE:
                         ended = True
                         break
-                    chunk = self.json_data(event)
+                    chunk = self.json_data(event) if len(event.data) <= LARGE_EVENT_CHARS \
+                        else await self.json_data_async(event)
                     text = _plain_text(chunk)
                     if text is not None and not refusing:   # the usual chunk: a piece of choice 0's text
                         if text:

@@ -14,10 +14,11 @@ The contract, version ``PROVIDER_API_VERSION``:
   each start of a gateway (and of each ``run_agent`` that uses it) and
   returns the provider function, e.g. a bound method of an object holding
   that start's state.
-- Whatever the function raises fails the run as an upstream error (HTTP 502,
-  the control protocol's ``error`` lifecycle event, ``RunError`` with
-  ``reason`` "upstream"); the message names the provider, the exception's
-  type and its first line. The traceback is logged on ``equabot_gw.providers``.
+- Whatever the function raises (``SystemExit`` too; not ``KeyboardInterrupt``)
+  fails the run as an upstream error (HTTP 502, the control protocol's
+  ``error`` lifecycle event, ``RunError`` with ``reason`` "upstream"); the
+  message names the provider, the exception's type and its first line. The
+  traceback is logged on ``equabot_gw.providers``.
 - The run's deadline (``agents.defaults.timeoutSeconds``), an abort and a
   client that goes away cancel the function where it awaits; ``finally``
   blocks run then. It runs on the gateway's event loop: blocking work goes
@@ -34,6 +35,7 @@ configured one: model ``"<name>/<model>"`` (or ``"<name>"``) reaches it.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import re
@@ -65,6 +67,9 @@ ProviderSource = Union[ProviderFunction, Callable[[str], ProviderFunction]]
 # (compiled by ``re`` on first use, not at start-up).
 _NAME: Final = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 _EVENTS: Final = (TextDelta, ReasoningDelta, ToolCallDelta, Usage, Finish)
+# What the function may raise through the adapter unchanged: our own run errors,
+# the stream being closed or cancelled, and Ctrl-C. Anything else fails the run.
+_PASSED_ON: Final = (RunError, GeneratorExit, asyncio.CancelledError, KeyboardInterrupt)
 _EVENT_NAMES: Final = ", ".join(kind.__name__ for kind in _EVENTS)
 
 # The process-wide registry of register_provider: name -> source.
@@ -159,9 +164,11 @@ class FunctionProvider(Provider):
                     if problem:
                         raise UpstreamError(self.name, problem)
                 yield event
-        except RunError:
+        except _PASSED_ON:
             raise
-        except Exception as exc:            # the embedder's bug: a clear failure, never a hang
+        except BaseException as exc:        # the embedder's bug: a clear failure, never a hang
+            # SystemExit too: raised in the function (or a library it calls), it
+            # would otherwise leave the task and stop the event loop.
             log.error("provider %r (%s) failed", self.name, _qualname(self.function), exc_info=exc)
             raise UpstreamError(self.name, _describe(exc)) from exc
         finally:
