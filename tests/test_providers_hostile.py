@@ -23,7 +23,8 @@ from equabot_gw.providers import (
 )
 from equabot_gw.providers.python import FunctionProvider
 from tests.test_providers import (
-    API_KEY, FakeUpstream, HTTPProviderCase, call, collect, openai_chunk, replay, script, sse, wait_gone,
+    API_KEY, FakeUpstream, HTTPProviderCase, anthropic_stream, call, collect, openai_chunk, replay, script, sse,
+    wait_gone,
 )
 
 
@@ -57,6 +58,31 @@ class ProtocolErrorDetailTests(HTTPProviderCase):
         error = await self.fails(_junk_content_length, UpstreamError)
         self.assertTrue(error.detail.startswith("invalid HTTP response: invalid Content-Length '9x9x"))
         self.assertLessEqual(len(error.detail), len("invalid HTTP response: ") + MAX_DETAIL_CHARS + 1)
+
+
+class FinishReasonTests(HTTPProviderCase):
+    """An upstream's finish reason is kept as a word (transcripts and the control protocol
+    carry it as it is); anything else, megabytes of it say, reads as "stop"."""
+
+    REASONS = (("length", "length"), ("pause_turn", "pause_turn"), ("x" * 64, "x" * 64),
+               ("x" * 65, "stop"), ("x" * 1_000_000, "stop"), ("two words", "stop"),
+               ("line\nbreak", "stop"), ("\u00e9", "stop"))
+
+    async def test_openai_finish_reasons(self) -> None:
+        for reason, kept in self.REASONS:
+            with self.subTest(reason=reason[:20]):
+                stream = sse(openai_chunk("Hi"), openai_chunk(None, reason), b"[DONE]")
+                async with FakeUpstream(replay(stream)) as up:
+                    reply = await collect(self.provider(up), call())
+                self.assertEqual((reply.text, reply.finish), ("Hi", kept))
+
+    async def test_anthropic_stop_reasons(self) -> None:
+        self.api, self.base_path = "anthropic-messages", ""
+        for reason, kept in self.REASONS + (("end_turn", "stop"), ("max_tokens", "length")):
+            with self.subTest(reason=reason[:20]):
+                async with FakeUpstream(replay(anthropic_stream(reason, "Hi"))) as up:
+                    reply = await collect(self.provider(up), call())
+                self.assertEqual((reply.text, reply.finish), ("Hi", kept))
 
 
 class PythonProviderTests(unittest.IsolatedAsyncioTestCase):

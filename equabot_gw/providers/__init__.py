@@ -39,11 +39,18 @@ from ..agents.types import INPUT_KINDS, Message, ProviderCall, ProviderEvent, co
 
 __all__ = [
     "Provider", "HTTPProvider", "create_provider", "ServerSentEvent", "EventStreamDecoder",
-    "word_count", "count_words",
+    "word_count", "count_words", "finish_word",
 ]
 
 if TYPE_CHECKING:
     from ..net import client as http_client
+
+
+def finish_word(reason: str) -> str:
+    """An upstream's finish reason as the gateway keeps it: a word of at most
+    ``MAX_FINISH_REASON_CHARS`` letters, digits and ``_.:-`` as it is; anything
+    else (an upstream's garbage, which may be megabytes long) is "stop"."""
+    return reason if _FINISH_REASON.fullmatch(reason) else "stop"
 
 # Error bodies are read up to this many bytes; the message is what matters.
 MAX_ERROR_BODY_BYTES: Final = 64 * 1024
@@ -55,6 +62,11 @@ MAX_DETAIL_CHARS: Final = 1000
 # else is dropped as if not sent.
 MAX_ERROR_FIELD_CHARS: Final = 128
 _ERROR_FIELD: Final = r"[A-Za-z0-9_.:/\[\]-]{1,%d}" % MAX_ERROR_FIELD_CHARS
+# An upstream's finish (stop) reason is recorded in transcripts and sent on the
+# control protocol as it is: a word of these characters; anything else reads
+# as "stop" (the OpenAI door sends its own few words regardless).
+MAX_FINISH_REASON_CHARS: Final = 64
+_FINISH_REASON: Final = re.compile(r"[A-Za-z0-9_.:-]{1,%d}" % MAX_FINISH_REASON_CHARS)
 # Largest event (line or data buffer) accepted from an event stream: far above
 # any chunk an LLM API sends, low enough that garbage cannot exhaust memory.
 MAX_EVENT_CHARS: Final = 4 * 1024 * 1024

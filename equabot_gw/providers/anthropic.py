@@ -46,12 +46,13 @@ from ..agents.types import (
     Finish, GenerationOptions, ImagePart, Message, ProviderCall, ProviderEvent, ReasoningDelta, TextDelta,
     TextPart, ToolCallDelta, Usage,
 )
-from . import LARGE_EVENT_CHARS, HTTPProvider, as_user_text
+from . import LARGE_EVENT_CHARS, HTTPProvider, as_user_text, finish_word
 
 DEFAULT_BASE_URL: Final = "https://api.anthropic.com"
 API_VERSION: Final = "2023-06-01"
 
-# stop_reason → the OpenAI finish_reason the gateway reports; others pass through.
+# stop_reason → the OpenAI finish_reason the gateway reports; other words pass through
+# (``finish_word``).
 FINISH_REASONS: Final = {
     "end_turn": "stop",
     "stop_sequence": "stop",
@@ -268,7 +269,7 @@ class AnthropicProvider(HTTPProvider):
             yield Usage((state.input_tokens or 0) + (cached or 0) + (state.cache_write or 0),
                         state.output_tokens or 0, cached)
         reason = state.stop_reason or "end_turn"
-        yield Finish(FINISH_REASONS.get(reason, reason))
+        yield Finish(FINISH_REASONS.get(reason) or finish_word(reason))
 
     def _apply(self, kind: object, data: dict[str, Any], state: _MessageState) -> ProviderEvent | None:
         """Fold one event into ``state``; the output event it makes, if any."""

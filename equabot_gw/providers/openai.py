@@ -34,7 +34,7 @@ from ..agents.types import (
     NO_OPTIONS, OPTION_NAMES, Annotations, AudioPart, ChoiceEvent, Citation, Finish, ImagePart, Logprobs, Message,
     ProviderCall, ProviderEvent, ReasoningDelta, RefusalDelta, TextDelta, TextPart, ToolCallDelta, Usage,
 )
-from . import LARGE_EVENT_CHARS, HTTPProvider, as_user_text
+from . import LARGE_EVENT_CHARS, HTTPProvider, as_user_text, finish_word
 
 DEFAULT_BASE_URL: Final = "https://api.openai.com/v1"
 # "data: [DONE]" ends the stream (OpenAI API reference, "Streaming").
@@ -217,7 +217,7 @@ class OpenAIProvider(HTTPProvider):
             out.extend(events if index == 0 else [ChoiceEvent(index, e) for e in events])  # type: ignore[arg-type]
             finish = choice.get("finish_reason")
             if isinstance(finish, str) and finish:
-                reasons[index] = finish
+                reasons[index] = finish_word(finish)
         return out
 
     def _read_delta(self, delta: dict[str, Any], logprobs: Any, size: int,
