@@ -540,7 +540,7 @@ class OpenAITests(HTTPProviderCase):
             ("bad choices", replay(sse({"choices": "x"})), "malformed chunk: choices is not a list of objects"),
             ("bad usage", replay(sse({"choices": [], "usage": {"prompt_tokens": "3"}})),
              "malformed chunk: usage counts are not integers"),
-            ("no [DONE]", replay(sse(openai_chunk("a", "stop"))), "event stream ended before [DONE]"),
+            ("no [DONE], no finish", replay(sse(openai_chunk("a"))), "event stream ended before [DONE]"),
             ("not HTTP", _raw(b"SURPRISE\r\n\r\n"),
              "invalid HTTP response: malformed status line"),
             ("JSON instead of a stream", answer(200, b"{}", "content-type: application/json"),
@@ -552,6 +552,18 @@ class OpenAITests(HTTPProviderCase):
                 self.assertNotIsInstance(error, (UpstreamRejected, UpstreamTimeout))
                 self.assertEqual(error.detail, detail)
                 self.assertEqual(http_status(error), 502)
+
+    async def test_a_stream_that_ends_after_its_finish_reason_without_done_is_whole(self) -> None:
+        # As the official SDKs read it: the reply is complete; a usage chunk may still come.
+        for name, stream, usage in (
+                ("finish", sse(openai_chunk("a"), openai_chunk(" b", "length")), None),
+                ("finish, usage", sse(openai_chunk("a", "stop"), {"id": "c", "choices": [], "usage": {
+                    "prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}), Usage(3, 1))):
+            with self.subTest(name):
+                async with FakeUpstream(replay(stream)) as up:
+                    reply = await collect(self.provider(up), call())
+                self.assertEqual((reply.text, reply.finish, reply.usage),
+                                 ("a b" if name == "finish" else "a", "length" if name == "finish" else "stop", usage))
 
     async def test_reset_mid_stream(self) -> None:
         error = await self.fails(reset_after(sse(openai_chunk("partial"))), UpstreamError)

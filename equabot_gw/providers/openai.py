@@ -147,7 +147,8 @@ class OpenAIProvider(HTTPProvider):
         ``finish_reason`` passes through ("stop", "length", "content_filter",
         "tool_calls", ...); "stop" if the upstream never gave one. Raises
         ``UpstreamRejected`` (non-2xx), ``UpstreamTimeout`` or ``UpstreamError``
-        (connection failures, garbage, an error object, EOF before ``[DONE]``).
+        (connection failures, garbage, an error object, the end of the body before
+        ``[DONE]`` and before choice 0's ``finish_reason``).
         """
         response = await self.open_stream(self.payload(call), call)
         usage: Usage | None = None
@@ -172,7 +173,11 @@ class OpenAIProvider(HTTPProvider):
                             yield output
                     usage = self._read_usage(chunk) or usage
                 else:
-                    raise UpstreamError(self.name, "event stream ended before [DONE]")
+                    # The body ended without [DONE]. After choice 0's finish_reason the
+                    # reply is whole (the official SDKs read such a stream as complete;
+                    # at most a usage chunk is missing); before it, it was cut short.
+                    if 0 not in reasons:
+                        raise UpstreamError(self.name, "event stream ended before [DONE]")
         finally:
             await self.release(response, ended=ended)
         for index, reason in sorted(reasons.items()):
