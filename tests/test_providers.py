@@ -701,6 +701,13 @@ class AnthropicTests(HTTPProviderCase):
         error = await self.fails(replay(start), UpstreamError)
         self.assertEqual(error.detail, "event stream ended before message_stop")
 
+    async def test_a_stream_that_ends_after_its_stop_reason_without_message_stop_is_whole(self) -> None:
+        whole = anthropic_stream("max_tokens", "Hi", " there")
+        cut = whole[:whole.index(b"event: message_stop")]
+        async with FakeUpstream(replay(cut)) as up:
+            reply = await collect(self.provider(up), call())
+        self.assertEqual((reply.text, reply.finish, reply.usage), ("Hi there", "length", Usage(4, 9)))
+
 
 # -- command ------------------------------------------------------------------------
 

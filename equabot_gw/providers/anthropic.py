@@ -245,7 +245,8 @@ class AnthropicProvider(HTTPProvider):
         Raises ``UpstreamRejected`` for a non-2xx answer or an ``error`` event
         of a known type (with that type's documented status, e.g. 529 for
         ``overloaded_error``), ``UpstreamTimeout``, or ``UpstreamError``
-        (garbage, an unknown error, a stream that ends before ``message_stop``).
+        (garbage, an unknown error, a stream that ends before ``message_stop`` and
+        before the ``stop_reason`` of ``message_delta``).
         """
         response = await self.open_stream(self.payload(call), call)
         state = _MessageState()
@@ -260,7 +261,10 @@ class AnthropicProvider(HTTPProvider):
                     if state.stopped:
                         break
                 else:
-                    raise UpstreamError(self.name, "event stream ended before message_stop")
+                    # Ended without message_stop: whole after message_delta's stop_reason
+                    # (it comes with the final usage), cut short before it.
+                    if state.stop_reason is None:
+                        raise UpstreamError(self.name, "event stream ended before message_stop")
         finally:
             await self.release(response, ended=state.stopped)
         if state.input_tokens is not None or state.output_tokens is not None:
