@@ -711,6 +711,21 @@ class AnthropicTests(HTTPProviderCase):
 
 # -- command ------------------------------------------------------------------------
 
+async def streaming_pids(provider: Provider) -> tuple[asyncio.Task[None], list[int]]:
+    """Stream ``provider`` (a program that prints process ids) in a task until its first
+    ids came: the task, and the list it goes on filling."""
+    pids: list[int] = []
+
+    async def consume() -> None:
+        async for event in provider.stream(call()):
+            pids.extend(map(int, event.text.split()))
+
+    task = asyncio.create_task(consume())
+    while not pids and not task.done():
+        await asyncio.sleep(0.01)
+    return task, pids
+
+
 def script(source: str) -> tuple[str, ...]:
     return (sys.executable, "-c", textwrap.dedent(source))
 
@@ -809,15 +824,7 @@ class CommandTests(unittest.IsolatedAsyncioTestCase):
                     print(os.getpid(), child.pid, flush=True)
                     time.sleep(30)
                 """)
-                pids: list[int] = []
-
-                async def consume():
-                    async for event in provider.stream(call()):
-                        pids.extend(map(int, event.text.split()))
-
-                task = asyncio.create_task(consume())
-                while not pids:
-                    await asyncio.sleep(0.01)
+                task, pids = await streaming_pids(provider)
                 started = time.monotonic()
                 task.cancel()
                 with self.assertRaises(asyncio.CancelledError):

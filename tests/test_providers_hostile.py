@@ -24,7 +24,7 @@ from equabot_gw.providers import (
 from equabot_gw.providers.python import FunctionProvider
 from tests.test_providers import (
     API_KEY, FakeUpstream, HTTPProviderCase, anthropic_stream, call, collect, openai_chunk, replay, script, sse,
-    wait_gone,
+    streaming_pids, wait_gone,
 )
 
 
@@ -282,15 +282,7 @@ class CommandHelperTests(unittest.IsolatedAsyncioTestCase):
 
     async def test_a_helper_left_by_a_leader_that_exited_is_ended_on_abort(self) -> None:
         provider = self.provider(_LEAVES_A_HELPER.format(stdout=""))
-        pids: list[int] = []
-
-        async def consume():
-            async for event in provider.stream(call()):
-                pids.extend(map(int, event.text.split()))
-
-        task = asyncio.create_task(consume())
-        while not pids:
-            await asyncio.sleep(0.01)
+        task, pids = await streaming_pids(provider)
         await asyncio.sleep(0.1)        # the leader is gone by now
         task.cancel()
         with self.assertRaises(asyncio.CancelledError):
@@ -319,15 +311,7 @@ class CommandHelperTests(unittest.IsolatedAsyncioTestCase):
             print(os.getpid(), helper.pid, flush=True)
             time.sleep(30)
         """)
-        pids: list[int] = []
-
-        async def consume():
-            async for event in provider.stream(call()):
-                pids.extend(map(int, event.text.split()))
-
-        task = asyncio.create_task(consume())
-        while not pids:
-            await asyncio.sleep(0.01)
+        task, pids = await streaming_pids(provider)
         self.addCleanup(_kill, pids[1])
         started = time.monotonic()
         task.cancel()
