@@ -1,0 +1,102 @@
+"""Idempotency keys and resumable streams under hostile conditions.
+
+A repeat of a keyed request after a restart answers exactly what the first
+answer said (usage details and ``created`` included); a lookup of a key's
+run on disk that never ends is answered 503 within its bound, the request
+that started it too; the key journals of past days do not outlive their
+retention while the gateway runs; finding a keyed run's outcome does not
+read the whole day's stateless journal into memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import pathlib
+import tempfile
+import time
+import tracemalloc
+import unittest
+from typing import Any
+from unittest import mock
+
+from equabot_gw import config as config_mod
+from equabot_gw.agents import idempotency, transcripts
+from equabot_gw.agents.types import TextDelta, Usage
+from equabot_gw.gateway import resume
+from equabot_gw.gateway.app import Gateway
+from tests.resume_client import SSEStream, content_of
+from tests.support import base_config, error_of
+
+SESSION = "hostile"
+REPLY = "cached words here"
+
+
+async def cached_model(call: Any) -> Any:
+    """A model whose upstream reports cached prompt tokens and reasoning tokens, as OpenAI's does."""
+    for word in REPLY.split(" "):
+        yield TextDelta(word if word == "cached" else " " + word)
+    yield Usage(11, 3, cached_tokens=7, reasoning_tokens=2)
+
+
+def config(**gateway: Any) -> dict[str, Any]:
+    data = base_config(**gateway)
+    data["agents"] = {"defaults": {"model": "cached/x"}}
+    return data
+
+
+def request(stream: bool = False, message: str = "hi") -> dict[str, Any]:
+    body: dict[str, Any] = {"model": "equabot", "messages": [{"role": "user", "content": message}],
+                            "stream": stream}
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+class HostileCase(unittest.IsolatedAsyncioTestCase):
+    async def asyncSetUp(self) -> None:
+        self.tmp = tempfile.TemporaryDirectory()
+        self.state = pathlib.Path(self.tmp.name)
+        self.gateways: list[Gateway] = []
+
+    async def asyncTearDown(self) -> None:
+        for gateway in self.gateways:
+            with contextlib.suppress(Exception):
+                await gateway.stop()
+        self.tmp.cleanup()
+
+    async def start(self, data: dict[str, Any] | None = None) -> Gateway:
+        gateway = Gateway(config_mod.from_data(data or config(), env={}, python_providers=("cached",)), self.state, port=0, env={},
+                          providers={"cached": cached_model})
+        await gateway.start()
+        self.gateways.append(gateway)
+        return gateway
+
+    async def restart(self, gateway: Gateway) -> Gateway:
+        await gateway.stop()
+        self.gateways.remove(gateway)
+        return await self.start()
+
+    async def post(self, gateway: Gateway, body: dict[str, Any], **headers: str) -> SSEStream:
+        return await SSEStream.open(gateway.server.port, body, {k.replace("_", "-"): v for k, v in headers.items()})
+
+
+class ReplayAfterRestartTest(HostileCase):
+    async def test_a_replay_after_a_restart_keeps_the_usage_details(self) -> None:
+        gateway = await self.start()
+        first = await self.post(gateway, request(), Idempotency_Key="k-usage", x_equabot_session_key=SESSION)
+        self.assertEqual(first.json()["usage"]["prompt_tokens_details"], {"cached_tokens": 7})
+        streamed = await (await self.post(gateway, request(stream=True), Idempotency_Key="k-usage-s")).read_all()
+        gateway = await self.restart(gateway)
+        again = await self.post(gateway, request(), Idempotency_Key="k-usage", x_equabot_session_key=SESSION)
+        self.assertEqual(again.headers.get(resume.REPLAY_HEADER), "true")
+        self.assertEqual(again.body, first.body)            # the same bytes: usage details included
+        replayed = await (await self.post(gateway, request(stream=True), Idempotency_Key="k-usage-s")).read_all()
+        self.assertEqual(replayed[-2], streamed[-2])        # the usage chunk, id and all
+        self.assertEqual(replayed[-2][1]["usage"]["completion_tokens_details"], {"reasoning_tokens": 2})
+
+
+if __name__ == "__main__":
+    unittest.main()
