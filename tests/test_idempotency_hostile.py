@@ -97,6 +97,19 @@ class ReplayAfterRestartTest(HostileCase):
         self.assertEqual(replayed[-2], streamed[-2])        # the usage chunk, id and all
         self.assertEqual(replayed[-2][1]["usage"]["completion_tokens_details"], {"reasoning_tokens": 2})
 
+    async def test_a_replay_after_a_restart_has_the_first_answers_created_even_across_a_second(self) -> None:
+        gateway = await self.start()
+        # The key is remembered a moment after its run was admitted: here that moment is in
+        # the next second (as it is, now and then, for real).
+        clock = gateway.runtime.keys.clock
+        gateway.runtime.keys.clock = lambda: clock() + 1.0
+        first = await self.post(gateway, request(), Idempotency_Key="k-created", x_equabot_session_key=SESSION)
+        gateway = await self.restart(gateway)
+        again = await self.post(gateway, request(), Idempotency_Key="k-created", x_equabot_session_key=SESSION)
+        self.assertEqual(again.headers.get(resume.REPLAY_HEADER), "true")
+        self.assertEqual(again.json()["created"], first.json()["created"])
+        self.assertEqual(again.body, first.body)
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -171,11 +171,16 @@ class Keys:
         return entry if entry is not None and self.get(entry.agent_id, entry.key) is entry else None
 
     def add(self, agent_id: str, key: str, digest: str, run_id: str, session_key: str, stateless: bool,
-            meta: dict[str, Any] | None) -> Entry:
-        """Remember ``key`` for a new run, in memory; ``journal`` makes it durable when the run starts."""
+            meta: dict[str, Any] | None, at: float | None = None) -> Entry:
+        """Remember ``key`` for a new run, in memory; ``journal`` makes it durable when the run starts.
+
+        ``at`` (epoch s; default now) is when the run was made: a record rebuilt from the
+        journal after a restart answers with it as the run's ``created_at``.
+        """
         if meta is not None and len(json.dumps(meta)) > MAX_META_BYTES:
             raise ValueError(f"idempotency meta over {MAX_META_BYTES} bytes")
-        entry = Entry(agent_id, key, digest, run_id, session_key, stateless, self.clock(), meta)
+        entry = Entry(agent_id, key, digest, run_id, session_key, stateless,
+                      self.clock() if at is None else at, meta)
         self._put(entry)
         return entry
 
