@@ -111,5 +111,26 @@ class ReplayAfterRestartTest(HostileCase):
         self.assertEqual(again.body, first.body)
 
 
+class LookupDeadlineTest(HostileCase):
+    async def test_a_lookup_that_never_ends_is_503_for_every_waiter_within_its_bound(self) -> None:
+        gateway = await self.start()
+        await self.post(gateway, request(), Idempotency_Key="k-hang", x_equabot_session_key=SESSION)
+        gateway = await self.restart(gateway)
+        async def hangs(*args: Any) -> Any:
+            await asyncio.Event().wait()        # a disk that never answers
+
+        store = gateway.runtime.store
+        with mock.patch.object(idempotency, "LOOKUP_TIMEOUT", 0.2), mock.patch.object(store, "read_transcript", hangs):
+            started = time.monotonic()
+            answers = await asyncio.wait_for(asyncio.gather(
+                *(self.post(gateway, request(), Idempotency_Key="k-hang", x_equabot_session_key=SESSION)
+                  for _ in range(3))), 5)
+            self.assertLess(time.monotonic() - started, 2.0)
+        self.assertEqual([(a.status, error_of(a.body)["code"]) for a in answers], [(503, "unavailable")] * 3)
+        # The disk answers again: so does the key.
+        again = await self.post(gateway, request(), Idempotency_Key="k-hang", x_equabot_session_key=SESSION)
+        self.assertEqual((again.status, again.headers.get(resume.REPLAY_HEADER)), (200, "true"), again.body)
+
+
 if __name__ == "__main__":
     unittest.main()

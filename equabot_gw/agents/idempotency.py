@@ -275,24 +275,27 @@ class Keys:
     async def load_earlier(self, agent_id: str, key: str, digest: str, find_run: Callable[[str], Any],
                            remember: Callable[[RunRecord], None]) -> None:
         """Bring the run of ``key`` into memory (``remember`` its record) if it is only on
-        disk; concurrent callers share one lookup, each waiting at most ``LOOKUP_TIMEOUT``."""
+        disk; concurrent callers share one lookup, each waiting at most ``LOOKUP_TIMEOUT``
+        (the one that does the lookup too), then 503 ``unavailable``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + LOOKUP_TIMEOUT
         while (entry := self.get(agent_id, key)) is not None and entry.digest == digest \
                 and find_run(entry.run_id) is None:
-            if entry.loading is not None:
-                try:
-                    await asyncio.wait_for(asyncio.shield(entry.loading), deadline - loop.time())
-                except TimeoutError:
-                    raise ApiError(503, "the outcome of this idempotency key's run is still being "
-                                        "looked up; retry later", code="unavailable") from None
-                continue
-            entry.loading = loop.create_future()
             try:
-                remember(record_from_line(entry, await self.outcome_line(entry)))
-            finally:
-                entry.loading.set_result(None)
-                entry.loading = None
+                async with asyncio.timeout_at(deadline):
+                    if entry.loading is not None:
+                        await asyncio.shield(entry.loading)
+                        continue
+                    entry.loading = loop.create_future()
+                    try:
+                        line = await self.outcome_line(entry)
+                    finally:
+                        entry.loading.set_result(None)
+                        entry.loading = None
+            except TimeoutError:
+                raise ApiError(503, "the outcome of this idempotency key's run is still being "
+                                    "looked up; retry later", code="unavailable") from None
+            remember(record_from_line(entry, line))
 
     # -- claims: the disconnect policy of keyed runs --
 
