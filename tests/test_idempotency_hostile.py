@@ -132,5 +132,27 @@ class LookupDeadlineTest(HostileCase):
         self.assertEqual((again.status, again.headers.get(resume.REPLAY_HEADER)), (200, "true"), again.body)
 
 
+class JournalRetentionTest(HostileCase):
+    async def test_key_journals_past_their_retention_are_deleted_while_the_gateway_runs(self) -> None:
+        gateway = await self.start()
+        keys_dir = self.state / "agents" / "main" / transcripts.KEYS_DIR
+        today = int(time.time() // 86400)
+        # A gateway up for ten days: the journals of the days since it started are still there.
+        old = keys_dir / transcripts.journal_name(today - 10)
+        keys_dir.mkdir(parents=True, exist_ok=True)
+        old.write_text(json.dumps({"type": "key", "key": "k-old", "digest": "d", "runId": "run_old",
+                                   "sessionKey": "s", "stateless": True, "at": (today - 10) * 86400.0}) + "\n")
+        await self.post(gateway, request(), Idempotency_Key="k-today")
+        self.assertTrue(old.exists())
+        clock = gateway.runtime.keys.clock
+        gateway.runtime.keys.clock = lambda: clock() + 86400      # the next day's first keyed run
+        await self.post(gateway, request(), Idempotency_Key="k-tomorrow")
+        deadline = time.monotonic() + 5
+        while old.exists() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        self.assertFalse(old.exists())
+        self.assertTrue((keys_dir / transcripts.journal_name(today)).exists())   # within its retention
+
+
 if __name__ == "__main__":
     unittest.main()

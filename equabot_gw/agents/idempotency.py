@@ -137,6 +137,8 @@ class Keys:
         self._by_run: dict[str, Entry] = {}
         self._claims: dict[str, int] = {}       # run id -> clients streaming or waiting for it
         self._unclaimed: dict[str, asyncio.TimerHandle] = {}
+        self._agent_ids: list[str] = []         # whose journals ``load`` read (and prunes daily)
+        self._pruned_day = -1                   # the UTC day (of ``clock``) they were last pruned
 
     def __len__(self) -> int:
         return len(self._table)
@@ -145,6 +147,7 @@ class Keys:
         """Read the agents' key journals (dropping expired days); the newest line of a key
         wins, and a ``free`` line forgets the key if it names the run the key has then."""
         since = self.clock() - self.retention
+        self._agent_ids, self._pruned_day = list(agent_ids), int(self.clock() // 86400)
         for agent_id in agent_ids:
             for line in await self.store.read_key_lines(agent_id, since):
                 entry = _entry_of(agent_id, line)
@@ -189,8 +192,16 @@ class Keys:
         before it produces anything (a key the journal lost would let a retry run twice).
 
         A run aborted while queued never writes it: it produced nothing, so
-        after a restart its key may run again, as it may before one.
+        after a restart its key may run again, as it may before one. The first
+        line of a new day also deletes the journals of the days past the
+        retention (as a start does), so a gateway that runs for months keeps
+        no more of them than one that restarts daily.
         """
+        today = int(self.clock() // 86400)
+        if today > self._pruned_day and self._agent_ids:
+            self._pruned_day = today
+            for agent_id in self._agent_ids:
+                self.store.prune_key_lines(agent_id, self.clock() - self.retention)
         task = asyncio.ensure_future(self.store.append_key_line(entry.agent_id, entry.line(), entry.at))
         task.add_done_callback(_retrieve)
         return task

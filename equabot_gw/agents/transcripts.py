@@ -38,7 +38,7 @@ __all__ = [
     "header_line", "turn_lines", "fold",
     "message_line", "message_of", "content_line", "content_of",
     "SessionInfo", "IndexEntry", "session_info", "Stored", "load", "read_bytes", "read_lines", "read_reply", "read_outcome", "parse_lines_async", "write_index", "restart", "delete", "prune_journals",
-    "storage_error", "Committer", "KEYS_DIR", "read_key_journals", "journal_day_end",
+    "storage_error", "Committer", "KEYS_DIR", "read_key_journals", "prune_key_journals", "journal_day_end",
 ]
 
 log = logging.getLogger("equabot_gw.sessions")    # one logger for the whole session store
@@ -512,6 +512,11 @@ def read_key_journals(directory: str, since: float, committer: Committer) -> lis
                         os.path.basename(path), skipped, "line" if skipped == 1 else "lines", first)
         lines.extend(found)
     return lines
+
+
+def prune_key_journals(directory: str, cutoff: float, committer: Committer) -> None:
+    """Job: delete the key journals in ``directory`` whose UTC day ended by ``cutoff`` (epoch s)."""
+    _live_days(directory, cutoff, committer)
 
 
 def _live_days(directory: str, cutoff: float, committer: Committer) -> list[str]:
