@@ -119,8 +119,8 @@ class LookupDeadlineTest(HostileCase):
         async def hangs(*args: Any) -> Any:
             await asyncio.Event().wait()        # a disk that never answers
 
-        store = gateway.runtime.store
-        with mock.patch.object(idempotency, "LOOKUP_TIMEOUT", 0.2), mock.patch.object(store, "read_transcript", hangs):
+        keys = gateway.runtime.keys
+        with mock.patch.object(idempotency, "LOOKUP_TIMEOUT", 0.2), mock.patch.object(keys, "outcome_line", hangs):
             started = time.monotonic()
             answers = await asyncio.wait_for(asyncio.gather(
                 *(self.post(gateway, request(), Idempotency_Key="k-hang", x_equabot_session_key=SESSION)
@@ -152,6 +152,37 @@ class JournalRetentionTest(HostileCase):
             await asyncio.sleep(0.01)
         self.assertFalse(old.exists())
         self.assertTrue((keys_dir / transcripts.journal_name(today)).exists())   # within its retention
+
+
+class LookupMemoryTest(HostileCase):
+    async def test_finding_a_keyed_runs_outcome_does_not_load_the_whole_days_journal(self) -> None:
+        gateway = await self.start()
+        first = await self.post(gateway, request(), Idempotency_Key="k-busy")          # stateless
+        keyed = await self.post(gateway, request(), Idempotency_Key="k-busy-s", x_equabot_session_key=SESSION)
+        await gateway.stop()
+        self.gateways.remove(gateway)
+        # A busy day: thousands of other turns after it in the day's journal, and in the session's.
+        day = int(time.time() // 86400)
+        journal = self.state / "agents" / "main" / transcripts.JOURNAL_DIR / transcripts.journal_name(day)
+        transcript = next((self.state / "agents" / "main").glob(f"sessions/*{SESSION}*.jsonl"))
+        filler = "".join(json.dumps({"type": "assistant", "runId": f"run_other{n}", "content": "x" * 300,
+                                     "at": time.time()}) + "\n" for n in range(20_000)).encode()
+        for path in (journal, transcript):
+            with open(path, "ab") as f:
+                f.write(filler)
+        gateway = await self.start()
+        for key, session, answer in (("k-busy", None, first), ("k-busy-s", SESSION, keyed)):
+            with self.subTest(key=key):
+                headers = {"x_equabot_session_key": session} if session else {}
+                tracemalloc.start()
+                try:
+                    again = await self.post(gateway, request(), Idempotency_Key=key, **headers)
+                    peak = tracemalloc.get_traced_memory()[1]
+                finally:
+                    tracemalloc.stop()
+                self.assertEqual((again.status, again.headers.get(resume.REPLAY_HEADER)), (200, "true"))
+                self.assertEqual(again.body, answer.body)
+                self.assertLess(peak, len(filler) // 4)         # the journal is ~7 MB: not read whole
 
 
 if __name__ == "__main__":

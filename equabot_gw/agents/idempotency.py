@@ -250,16 +250,8 @@ class Keys:
         read from its transcript — or, the session reset since, from the transcript then
         archived — or from the stateless journals of its day and the next; None if none
         was recorded (the gateway stopped before it could record the turn)."""
-        if entry.stateless:
-            day = int(entry.at // 86400)
-            lines = await self.store.read_journal(entry.agent_id, day)
-            lines += await self.store.read_journal(entry.agent_id, day + 1)
-            return _outcome_in(lines, entry.run_id)
-        found = _outcome_in(await self.store.read_transcript(entry.agent_id, entry.session_key), entry.run_id)
-        if found is None:
-            found = _outcome_in(await self.store.read_archived_run(entry.agent_id, entry.session_key, entry.at,
-                                                                   entry.run_id), entry.run_id)
-        return found
+        return await self.store.find_outcome(entry.agent_id, entry.run_id,
+                                             None if entry.stateless else entry.session_key, entry.at)
 
     def earlier(self, agent_id: str, key: str, digest: str, find_run: Callable[[str], Any]) -> Any:
         """The run (``Run`` or ``RunRecord``) ``key`` started, to join or replay; None if
@@ -345,15 +337,6 @@ class Keys:
         for timer in self._unclaimed.values():
             timer.cancel()
         self._unclaimed.clear()
-
-
-def _outcome_in(lines: list[dict[str, Any]], run_id: str) -> dict[str, Any] | None:
-    """The last outcome line ("assistant", "aborted" or "error") of run ``run_id`` among ``lines``."""
-    found = None
-    for line in lines:
-        if line.get("runId") == run_id and line.get("type") in ("assistant", "aborted", "error"):
-            found = line
-    return found
 
 
 def produced(handle: Any) -> bool:
