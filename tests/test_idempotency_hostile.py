@@ -28,7 +28,7 @@ from equabot_gw.agents.types import TextDelta, Usage
 from equabot_gw.gateway import resume
 from equabot_gw.gateway.app import Gateway
 from tests.resume_client import SSEStream, content_of
-from tests.support import base_config, error_of
+from tests.support import TOKEN, base_config, error_of
 
 SESSION = "hostile"
 REPLY = "cached words here"
@@ -183,6 +183,26 @@ class LookupMemoryTest(HostileCase):
                 self.assertEqual((again.status, again.headers.get(resume.REPLAY_HEADER)), (200, "true"))
                 self.assertEqual(again.body, answer.body)
                 self.assertLess(peak, len(filler) // 4)         # the journal is ~7 MB: not read whole
+
+
+class KeyHeaderTest(HostileCase):
+    async def test_two_idempotency_keys_in_one_request_are_refused_and_nothing_runs(self) -> None:
+        gateway = await self.start()
+        port = gateway.server.port
+        for first, second in (("k-a", "k-b"), ("k-a", "k-a")):
+            with self.subTest(first=first, second=second):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                data = json.dumps(request()).encode()
+                writer.write((f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                              f"Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n"
+                              f"Idempotency-Key: {first}\r\nIdempotency-Key: {second}\r\n"
+                              f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode() + data)
+                raw = await asyncio.wait_for(reader.read(), 5)
+                writer.close()
+                head, _, body = raw.partition(b"\r\n\r\n")
+                self.assertEqual(head.split()[1], b"400", raw)
+                self.assertEqual(error_of(body)["code"], "invalid_idempotency_key")
+        self.assertEqual(len(gateway.runtime.keys), 0)
 
 
 if __name__ == "__main__":
