@@ -4,8 +4,9 @@ A repeat of a keyed request after a restart answers exactly what the first
 answer said (usage details and ``created`` included); a lookup of a key's
 run on disk that never ends is answered 503 within its bound, the request
 that started it too; the key journals of past days do not outlive their
-retention while the gateway runs; finding a keyed run's outcome does not
-read the whole day's stateless journal into memory.
+retention while the gateway runs; finding a keyed run's outcome decodes the
+lines that name it, not the whole day's journal; a request with two keys
+is refused.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import pathlib
 import tempfile
 import time
@@ -27,7 +27,7 @@ from equabot_gw.agents import idempotency, transcripts
 from equabot_gw.agents.types import TextDelta, Usage
 from equabot_gw.gateway import resume
 from equabot_gw.gateway.app import Gateway
-from tests.resume_client import SSEStream, content_of
+from tests.resume_client import SSEStream
 from tests.support import TOKEN, base_config, error_of
 
 SESSION = "hostile"
