@@ -137,6 +137,8 @@ class Keys:
         self._by_run: dict[str, Entry] = {}
         self._claims: dict[str, int] = {}       # run id -> clients streaming or waiting for it
         self._unclaimed: dict[str, asyncio.TimerHandle] = {}
+        self._agent_ids: list[str] = []         # whose journals ``load`` read (and prunes daily)
+        self._pruned_day = -1                   # the UTC day (of ``clock``) they were last pruned
 
     def __len__(self) -> int:
         return len(self._table)
@@ -145,6 +147,7 @@ class Keys:
         """Read the agents' key journals (dropping expired days); the newest line of a key
         wins, and a ``free`` line forgets the key if it names the run the key has then."""
         since = self.clock() - self.retention
+        self._agent_ids, self._pruned_day = list(agent_ids), int(self.clock() // 86400)
         for agent_id in agent_ids:
             for line in await self.store.read_key_lines(agent_id, since):
                 entry = _entry_of(agent_id, line)
@@ -171,11 +174,16 @@ class Keys:
         return entry if entry is not None and self.get(entry.agent_id, entry.key) is entry else None
 
     def add(self, agent_id: str, key: str, digest: str, run_id: str, session_key: str, stateless: bool,
-            meta: dict[str, Any] | None) -> Entry:
-        """Remember ``key`` for a new run, in memory; ``journal`` makes it durable when the run starts."""
+            meta: dict[str, Any] | None, at: float | None = None) -> Entry:
+        """Remember ``key`` for a new run, in memory; ``journal`` makes it durable when the run starts.
+
+        ``at`` (epoch s; default now) is when the run was made: a record rebuilt from the
+        journal after a restart answers with it as the run's ``created_at``.
+        """
         if meta is not None and len(json.dumps(meta)) > MAX_META_BYTES:
             raise ValueError(f"idempotency meta over {MAX_META_BYTES} bytes")
-        entry = Entry(agent_id, key, digest, run_id, session_key, stateless, self.clock(), meta)
+        entry = Entry(agent_id, key, digest, run_id, session_key, stateless,
+                      self.clock() if at is None else at, meta)
         self._put(entry)
         return entry
 
@@ -184,8 +192,16 @@ class Keys:
         before it produces anything (a key the journal lost would let a retry run twice).
 
         A run aborted while queued never writes it: it produced nothing, so
-        after a restart its key may run again, as it may before one.
+        after a restart its key may run again, as it may before one. The first
+        line of a new day also deletes the journals of the days past the
+        retention (as a start does), so a gateway that runs for months keeps
+        no more of them than one that restarts daily.
         """
+        today = int(self.clock() // 86400)
+        if today > self._pruned_day and self._agent_ids:
+            self._pruned_day = today
+            for agent_id in self._agent_ids:
+                self.store.prune_key_lines(agent_id, self.clock() - self.retention)
         task = asyncio.ensure_future(self.store.append_key_line(entry.agent_id, entry.line(), entry.at))
         task.add_done_callback(_retrieve)
         return task
@@ -234,16 +250,8 @@ class Keys:
         read from its transcript — or, the session reset since, from the transcript then
         archived — or from the stateless journals of its day and the next; None if none
         was recorded (the gateway stopped before it could record the turn)."""
-        if entry.stateless:
-            day = int(entry.at // 86400)
-            lines = await self.store.read_journal(entry.agent_id, day)
-            lines += await self.store.read_journal(entry.agent_id, day + 1)
-            return _outcome_in(lines, entry.run_id)
-        found = _outcome_in(await self.store.read_transcript(entry.agent_id, entry.session_key), entry.run_id)
-        if found is None:
-            found = _outcome_in(await self.store.read_archived_run(entry.agent_id, entry.session_key, entry.at,
-                                                                   entry.run_id), entry.run_id)
-        return found
+        return await self.store.find_outcome(entry.agent_id, entry.run_id,
+                                             None if entry.stateless else entry.session_key, entry.at)
 
     def earlier(self, agent_id: str, key: str, digest: str, find_run: Callable[[str], Any]) -> Any:
         """The run (``Run`` or ``RunRecord``) ``key`` started, to join or replay; None if
@@ -270,24 +278,27 @@ class Keys:
     async def load_earlier(self, agent_id: str, key: str, digest: str, find_run: Callable[[str], Any],
                            remember: Callable[[RunRecord], None]) -> None:
         """Bring the run of ``key`` into memory (``remember`` its record) if it is only on
-        disk; concurrent callers share one lookup, each waiting at most ``LOOKUP_TIMEOUT``."""
+        disk; concurrent callers share one lookup, each waiting at most ``LOOKUP_TIMEOUT``
+        (the one that does the lookup too), then 503 ``unavailable``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + LOOKUP_TIMEOUT
         while (entry := self.get(agent_id, key)) is not None and entry.digest == digest \
                 and find_run(entry.run_id) is None:
-            if entry.loading is not None:
-                try:
-                    await asyncio.wait_for(asyncio.shield(entry.loading), deadline - loop.time())
-                except TimeoutError:
-                    raise ApiError(503, "the outcome of this idempotency key's run is still being "
-                                        "looked up; retry later", code="unavailable") from None
-                continue
-            entry.loading = loop.create_future()
             try:
-                remember(record_from_line(entry, await self.outcome_line(entry)))
-            finally:
-                entry.loading.set_result(None)
-                entry.loading = None
+                async with asyncio.timeout_at(deadline):
+                    if entry.loading is not None:
+                        await asyncio.shield(entry.loading)
+                        continue
+                    entry.loading = loop.create_future()
+                    try:
+                        line = await self.outcome_line(entry)
+                    finally:
+                        entry.loading.set_result(None)
+                        entry.loading = None
+            except TimeoutError:
+                raise ApiError(503, "the outcome of this idempotency key's run is still being "
+                                    "looked up; retry later", code="unavailable") from None
+            remember(record_from_line(entry, line))
 
     # -- claims: the disconnect policy of keyed runs --
 
@@ -326,15 +337,6 @@ class Keys:
         for timer in self._unclaimed.values():
             timer.cancel()
         self._unclaimed.clear()
-
-
-def _outcome_in(lines: list[dict[str, Any]], run_id: str) -> dict[str, Any] | None:
-    """The last outcome line ("assistant", "aborted" or "error") of run ``run_id`` among ``lines``."""
-    found = None
-    for line in lines:
-        if line.get("runId") == run_id and line.get("type") in ("assistant", "aborted", "error"):
-            found = line
-    return found
 
 
 def produced(handle: Any) -> bool:

@@ -149,9 +149,7 @@ def record_from_line(entry: Entry, line: dict[str, Any] | None) -> RunRecord:
     if line is not None and kind == "assistant":
         reply = reply_of(line) or _NO_REPLY
         raw, finish, model = line.get("usage"), line.get("finishReason"), line.get("model")
-        counts = [number(raw.get(k)) if isinstance(raw, dict) else None
-                  for k in ("prompt_tokens", "completion_tokens")]
-        usage = Usage(*(int(n) if n is not None and 0 <= n < 2**53 else 0 for n in counts))
+        usage = _usage_of(raw)
         result = AgentResult(*base, reply.text(), usage, finish if type(finish) is str else "stop",
                              model if type(model) is str else "", 0, reply.tool_calls,
                              reply.reasoning, reasoning_signature=reply.reasoning_signature)
@@ -166,3 +164,19 @@ def record_from_line(entry: Entry, line: dict[str, Any] | None) -> RunRecord:
         return RunRecord(*base, "error", None, RunError(message if type(message) is str else "error"),
                          created_at=entry.at)
     return RunRecord(*base, "aborted", None, RunAborted(INTERRUPTED), created_at=entry.at)
+
+
+def _usage_of(raw: Any) -> Usage:
+    """The ``Usage`` a recorded ``usage`` object (``Usage.as_dict``) says, its details
+    (cached prompt tokens, reasoning tokens) included when it has them."""
+    usage = raw if isinstance(raw, dict) else {}
+    prompt, completion = (_count(usage.get(k)) or 0 for k in ("prompt_tokens", "completion_tokens"))
+    details = [usage.get(k) for k in ("prompt_tokens_details", "completion_tokens_details")]
+    cached, reasoning = (_count(d.get(k)) if isinstance(d, dict) else None
+                         for d, k in zip(details, ("cached_tokens", "reasoning_tokens")))
+    return Usage(prompt, completion, cached, reasoning)
+
+
+def _count(value: Any) -> int | None:
+    n = number(value)
+    return int(n) if n is not None and 0 <= n < 2**53 else None

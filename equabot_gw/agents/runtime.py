@@ -297,7 +297,9 @@ def _admit(runtime: Runtime, request: AgentRequest, digest: str | None,
     handle = Run(runtime._new_run_id(), agent, key, stateless, request, provider,
                  model_ref, model_name, watched)
     if stored is not None:
-        handle._key = runtime.keys.add(agent.id, stored, digest or "", handle.id, key, stateless, meta)
+        # The key's time is the run's: after a restart the replay's ``created`` is read from it.
+        handle._key = runtime.keys.add(agent.id, stored, digest or "", handle.id, key, stateless, meta,
+                                       handle.created_at)
     runtime.active[handle.id] = handle
     agent.waiting += 1
     return handle, True

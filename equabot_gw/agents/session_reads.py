@@ -2,8 +2,9 @@
 
 ``SessionReads`` is the read-only side of ``SessionStore``, which derives
 from it: the reply of a run where ``record_turn`` put it, a keyed session's
-transcript (and one archived by a reset), an agent's stateless journal of a
-day, and the index's sessions as ``SessionInfo``. It keeps no state of its
+transcript, an agent's stateless journal of a day, the outcome of a run
+found in either (or in a transcript archived by a reset), and the index's
+sessions as ``SessionInfo``. It keeps no state of its
 own: it reads the open store's (each agent's index and where its files
 live, the committer that reads them in order with the appends). None of it
 is on a run's path: a run's history is ``SessionStore.history``, beside the
@@ -75,17 +76,36 @@ class SessionReads:
             return []
         return await self._read(agent.path(key))
 
-    async def read_archived_run(self, agent_id: str, key: str, since: float, run_id: str) -> list[dict[str, Any]]:
-        """The lines of a transcript of ``key`` archived by ``reset`` since ``since`` (Unix
-        seconds) that holds run ``run_id``: the first such; [] if there is none."""
+    async def find_outcome(self, agent_id: str, run_id: str, session_key: str | None, at: float
+                           ) -> dict[str, Any] | None:
+        """The last outcome line ("assistant", "aborted" or "error") of run ``run_id``, made at
+        ``at`` (epoch s): in the agent's stateless journals of ``at``'s UTC day and the next
+        (``session_key`` None), else in the session's transcript or, that one reset since, in
+        the transcript the reset archived; None if none holds one. Only the lines naming the
+        run are decoded (``transcripts.find_outcome``). Raises ``StorageError``.
+        """
         committer = self._require_open()
-        key = self._session_key(agent_id, key)
+        check_agent_id(agent_id)
+        if session_key is None:
+            day = int(at // 86400)
+            paths = [os.path.join(self._agents_dir, agent_id, transcripts.JOURNAL_DIR, transcripts.journal_name(d))
+                     for d in (day, day + 1)]
+            return await committer.job(  # type: ignore[no-any-return]
+                "looking a run up in the journal", functools.partial(transcripts.find_outcome, paths, run_id))
+        key = self._session_key(agent_id, session_key)
         agent = self._agents.get(agent_id)
         if agent is None:
-            return []
-        return await committer.job(  # type: ignore[no-any-return]
-            "reading an archived transcript",
-            functools.partial(transcripts.read_archived_run, agent.path(key), int(since * 1000), run_id))
+            return None
+        path = agent.path(key)
+        found = None
+        if key in agent.index:
+            found = await committer.job(
+                "looking a run up in a transcript", functools.partial(transcripts.find_outcome, [path], run_id))
+        if found is None:
+            found = await committer.job(
+                "looking a run up in an archived transcript",
+                functools.partial(transcripts.find_archived_outcome, path, int(at * 1000), run_id))
+        return found  # type: ignore[no-any-return]
 
     def list_sessions(self, agent_id: str | None = None) -> list[SessionInfo]:
         """Keyed sessions (of one agent, or of all), most recently updated first."""

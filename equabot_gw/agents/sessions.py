@@ -540,6 +540,15 @@ class SessionStore(SessionReads):
                             transcripts.journal_name(int(at // 86400)))
         await committer.append("the idempotency journal", path, transcripts.encode([line]))
 
+    def prune_key_lines(self, agent_id: str, before: float) -> None:
+        """Delete agent ``agent_id``'s key journals of the UTC days that ended by ``before``
+        (epoch s), after every write queued before (not awaited: a failure is logged)."""
+        committer = self._require_open()
+        check_agent_id(agent_id)
+        directory = os.path.join(self._agents_dir, agent_id, transcripts.KEYS_DIR)
+        committer.post("pruning old idempotency journals",
+                       functools.partial(transcripts.prune_key_journals, directory, before))
+
     async def read_key_lines(self, agent_id: str, since: float) -> list[dict[str, Any]]:
         """The lines of agent ``agent_id``'s key journals of the UTC days that ended
         after ``since`` (epoch s), oldest first; older journals are deleted."""

@@ -15,8 +15,10 @@ from __future__ import annotations
 import errno
 import hashlib
 import logging
+import mmap
 import os
 import re
+import stat
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Final, NamedTuple
@@ -38,7 +40,8 @@ __all__ = [
     "header_line", "turn_lines", "fold",
     "message_line", "message_of", "content_line", "content_of",
     "SessionInfo", "IndexEntry", "session_info", "Stored", "load", "read_bytes", "read_lines", "read_reply", "read_outcome", "parse_lines_async", "write_index", "restart", "delete", "prune_journals",
-    "storage_error", "Committer", "KEYS_DIR", "read_key_journals", "journal_day_end",
+    "storage_error", "Committer", "KEYS_DIR", "read_key_journals", "prune_key_journals", "find_outcome",
+    "find_archived_outcome", "journal_day_end",
 ]
 
 log = logging.getLogger("equabot_gw.sessions")    # one logger for the whole session store
@@ -345,9 +348,71 @@ def read_lines(path: str, _: Committer) -> list[dict[str, Any]]:
         return []
 
 
-def read_archived_run(path: str, since_ms: int, run_id: str, committer: Committer) -> list[dict[str, Any]]:
-    """Job: the lines of the first transcript archived from ``path`` (by ``reset``) at or
-    after ``since_ms`` (Unix milliseconds) that holds a line of run ``run_id``; [] if none."""
+# The outcome lines of a run: the one its turn ends with.
+_OUTCOME_TYPES: Final = ("assistant", "aborted", "error")
+# A file is searched for a run id this many bytes at a time (each search a short
+# hold of the GIL, so the loop's thread is not kept waiting by a long journal).
+_SCAN_WINDOW_BYTES: Final = 4 * 1024 * 1024
+
+
+def find_outcome(paths: list[str], run_id: str, _: Committer) -> dict[str, Any] | None:
+    """Job: the last outcome line ("assistant", "aborted" or "error") of run ``run_id`` in
+    the JSONL files ``paths`` (missing ones skipped), the later files' lines after the
+    earlier's; None if none holds one.
+
+    The files are mapped, not read: only the lines that name the run are decoded,
+    so the memory a search takes is its longest such line, however long the file
+    (a busy day's journal holds every stateless turn of it). Raises OSError
+    (EINVAL for a FIFO, a device or any other special file).
+    """
+    found = None
+    needle = f'"{run_id}"'.encode("utf-8", "surrogatepass")
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | CLOEXEC)
+        except FileNotFoundError:
+            continue
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise OSError(errno.EINVAL, "not a regular file", path)
+            if info.st_size:
+                with mmap.mmap(fd, info.st_size, access=mmap.ACCESS_READ) as data:
+                    found = _last_outcome(data, info.st_size, needle, run_id) or found
+        finally:
+            os.close(fd)
+    return found
+
+
+def _last_outcome(data: mmap.mmap, size: int, needle: bytes, run_id: str) -> dict[str, Any] | None:
+    found = None
+    pos = 0
+    while pos < size:
+        hit = data.find(needle, pos, min(size, pos + _SCAN_WINDOW_BYTES + len(needle)))
+        if hit < 0:
+            pos += _SCAN_WINDOW_BYTES
+            continue
+        end = data.find(b"\n", hit)
+        if end < 0:
+            break               # a torn last line: never acknowledged
+        line = parse_lines(data[data.rfind(b"\n", 0, hit) + 1:end + 1])[0]
+        if line and line[0].get("runId") == run_id and line[0].get("type") in _OUTCOME_TYPES:
+            found = line[0]
+        pos = end + 1
+    return found
+
+
+def find_archived_outcome(path: str, since_ms: int, run_id: str, committer: Committer) -> dict[str, Any] | None:
+    """Job: ``find_outcome`` of run ``run_id`` in the transcripts archived from ``path`` (by
+    ``reset``) at or after ``since_ms`` (Unix milliseconds): the first that holds one."""
+    for archived in _archived_since(path, since_ms):
+        found = find_outcome([archived], run_id, committer)
+        if found is not None:
+            return found
+    return None
+
+
+def _archived_since(path: str, since_ms: int) -> list[str]:
     directory, name = os.path.split(path)
     prefix = name[:-len(_SUFFIX)] + ".reset-"
     try:
@@ -356,11 +421,7 @@ def read_archived_run(path: str, since_ms: int, run_id: str, committer: Committe
         return []
     stamps = sorted(int(stamp) for entry in names if entry.startswith(prefix) and entry.endswith(_SUFFIX)
                     and (stamp := entry[len(prefix):-len(_SUFFIX)]).isdigit() and int(stamp) >= since_ms)
-    for stamp in stamps:
-        lines = read_lines(os.path.join(directory, f"{prefix}{stamp}{_SUFFIX}"), committer)
-        if any(line.get("runId") == run_id for line in lines):
-            return lines
-    return []
+    return [os.path.join(directory, f"{prefix}{stamp}{_SUFFIX}") for stamp in stamps]
 
 
 class Stored(NamedTuple):
@@ -512,6 +573,11 @@ def read_key_journals(directory: str, since: float, committer: Committer) -> lis
                         os.path.basename(path), skipped, "line" if skipped == 1 else "lines", first)
         lines.extend(found)
     return lines
+
+
+def prune_key_journals(directory: str, cutoff: float, committer: Committer) -> None:
+    """Job: delete the key journals in ``directory`` whose UTC day ended by ``cutoff`` (epoch s)."""
+    _live_days(directory, cutoff, committer)
 
 
 def _live_days(directory: str, cutoff: float, committer: Committer) -> list[str]:

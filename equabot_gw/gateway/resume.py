@@ -49,13 +49,14 @@ _COMPLETION_PREFIX: Final = "chatcmpl-"
 
 
 def idempotency_key(headers: Any) -> str | None:
-    """The request's idempotency key, or None; 400 ``invalid_idempotency_key`` for a bad one."""
+    """The request's idempotency key, or None; 400 ``invalid_idempotency_key`` for a bad one,
+    or for a header sent twice (one key per request: which one a client meant is unknown)."""
     for name in KEY_HEADERS:
         value = headers.get(name)
         if value is not None:
-            if not re.fullmatch(_KEY_RE, value):
-                raise ApiError(400, f"Invalid {name} header: expected 1-255 visible ASCII characters.",
-                               code="invalid_idempotency_key", param=name)
+            if not re.fullmatch(_KEY_RE, value) or len(headers.get_all(name)) > 1:
+                raise ApiError(400, f"Invalid {name} header: expected one value of 1-255 visible ASCII "
+                                    f"characters.", code="invalid_idempotency_key", param=name)
             return value
     return None
 
