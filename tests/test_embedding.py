@@ -10,6 +10,7 @@ from an installed wheel: tests/test_install.py.
 from __future__ import annotations
 
 import asyncio
+import collections.abc
 import json
 import logging
 import os
@@ -634,6 +635,52 @@ class RunAgentTest(unittest.IsolatedAsyncioTestCase):
             self.assertIn(b"turn 2, model mine", body)
         with self.assertRaisesRegex(RuntimeError, "not running"):
             await run_agent("x", gateway=gateway)
+
+
+class RunAgentAsACoroutineTest(unittest.TestCase):
+    """``asyncio.run``, ``create_task`` and ``TaskGroup`` take a run as they take a coroutine."""
+
+    def test_asyncio_run_from_sync_code(self) -> None:
+        run = run_agent("from sync code")
+        self.assertIsInstance(run, collections.abc.Coroutine)
+        result = asyncio.run(run)
+        self.assertIsInstance(result, AgentResult)
+        self.assertEqual(result.text, "Echo (turn 1): from sync code")
+
+    def test_tasks_and_task_groups_and_cancelling_one(self) -> None:
+        stopped: list[str] = []
+
+        async def slow(call: ProviderCall):
+            try:
+                yield TextDelta("first")
+                await asyncio.Event().wait()
+            finally:
+                stopped.append(call.messages[-1].text())
+
+        async def main() -> None:
+            run = run_agent("a task")
+            task = asyncio.create_task(run)
+            result = await task
+            self.assertEqual(result.text, "Echo (turn 1): a task")
+            self.assertIs(await run, result)                 # the same run, not a second one
+            async with asyncio.TaskGroup() as group:
+                grouped = [group.create_task(run_agent(text)) for text in ("one", "two")]
+            self.assertEqual([t.result().text for t in grouped],
+                             ["Echo (turn 1): one", "Echo (turn 1): two"])
+            cancelled = asyncio.create_task(run_agent("cancelled", providers={"slow": slow}, model="slow"))
+            await asyncio.sleep(0.05)
+            cancelled.cancel()
+            with self.assertRaises(asyncio.CancelledError):
+                await cancelled
+            never = asyncio.create_task(run_agent("never started"))
+            never.cancel()                                   # before its first step: it never runs
+            with self.assertRaises(asyncio.CancelledError):
+                await never
+            current = asyncio.current_task()
+            self.assertEqual([t for t in asyncio.all_tasks() if t is not current], [])
+
+        asyncio.run(main())
+        self.assertEqual(stopped, ["cancelled"])
 
 
 if __name__ == "__main__":
