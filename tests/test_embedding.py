@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections.abc
+import importlib.resources
 import json
 import logging
 import os
@@ -263,6 +264,12 @@ class PublicSurfaceTest(unittest.TestCase):
         documented = (ROOT / "docs" / "embedding.md").read_text(encoding="utf-8")
         for name in PUBLIC_NAMES:
             self.assertTrue(f"`{name}" in documented, f"{name} is not in docs/embedding.md")
+
+    def test_the_package_says_it_is_typed(self) -> None:
+        # PEP 561: without the marker a type checker skips the installed package
+        # ("missing library stubs or py.typed marker") and every public name is Any.
+        marker = importlib.resources.files("equabot_gw").joinpath("py.typed")
+        self.assertTrue(marker.is_file(), "equabot_gw/py.typed is missing")
 
     def test_importing_the_package_loads_no_gateway_module(self) -> None:
         code = ("import sys, equabot_gw; print(sorted(m for m in sys.modules if m.startswith('equabot_gw')));"

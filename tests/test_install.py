@@ -236,6 +236,7 @@ class WheelTest(InstalledCommandChecks):
                     if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}
         self.assertEqual(shipped, expected)
         self.assertIn("equabot_gw/conformance/openai-chat-schemas.json", shipped)
+        self.assertIn("equabot_gw/py.typed", shipped)          # type checkers read its hints
         # Zero runtime dependencies, the version of the source, the console script.
         self.assertEqual(metadata.get_all("Requires-Dist"), None)
         self.assertEqual(metadata["Version"], source_version())
