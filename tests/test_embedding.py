@@ -9,6 +9,7 @@ from an installed wheel: tests/test_install.py.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import collections.abc
 import importlib.resources
@@ -264,6 +265,21 @@ class PublicSurfaceTest(unittest.TestCase):
         documented = (ROOT / "docs" / "embedding.md").read_text(encoding="utf-8")
         for name in PUBLIC_NAMES:
             self.assertTrue(f"`{name}" in documented, f"{name} is not in docs/embedding.md")
+
+    def test_type_checkers_see_the_public_names_exported(self) -> None:
+        # A type checker reads __all__ without running the module: it must be a
+        # literal list (mypy --strict otherwise reports every public name as "not
+        # explicitly exported"), and each name must be imported for it to see.
+        tree = ast.parse((ROOT / "equabot_gw" / "__init__.py").read_text(encoding="utf-8"))
+        declared = [node.value for node in tree.body if isinstance(node, ast.Assign)
+                    and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets)]
+        self.assertEqual(len(declared), 1)
+        self.assertEqual(ast.literal_eval(declared[0]), PUBLIC_NAMES)
+        checked = next(node for node in tree.body if isinstance(node, ast.If)
+                       and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING")
+        imported = {alias.asname or alias.name for node in checked.body
+                    if isinstance(node, ast.ImportFrom) for alias in node.names}
+        self.assertEqual(imported, set(PUBLIC_NAMES) - {"__version__"})
 
     def test_the_package_says_it_is_typed(self) -> None:
         # PEP 561: without the marker a type checker skips the installed package
