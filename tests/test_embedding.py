@@ -18,6 +18,7 @@ import logging
 import os
 import pathlib
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -210,6 +211,24 @@ class FromConfigTest(unittest.IsolatedAsyncioTestCase):
                                           state_dir=tmp, port=0, env={"MY_TOKEN": "from-env"})
             self.assertEqual(gateway.secret.value, "from-env")
 
+    async def test_a_start_that_fails_raises_gateway_error_and_holds_nothing(self) -> None:
+        # As docs/embedding.md says: a busy port or a state dir in use is a GatewayError,
+        # and the same object starts once the cause is gone.
+        with tempfile.TemporaryDirectory() as tmp, socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            port = busy.getsockname()[1]
+            gateway = Gateway.from_config(base_config(), state_dir=tmp, port=port, env={})
+            with self.assertRaisesRegex(GatewayError, f"port {port} on 127.0.0.1 is already in use"):
+                await gateway.start()
+            async with Gateway.from_config(base_config(), state_dir=tmp, port=0, env={}) as holder:
+                second = Gateway.from_config(base_config(), state_dir=tmp, port=0, env={})
+                with self.assertRaisesRegex(GatewayError, "is in use by a running gateway"):
+                    await second.start()
+                self.assertTrue(holder.url)
+            busy.close()
+            async with gateway:                                  # the state dir was not kept
+                self.assertEqual(gateway.url, f"http://127.0.0.1:{port}")
 
     async def test_port_and_host_are_checked_as_the_keys_they_override(self) -> None:
         # Not a bind() OverflowError at start(), and never True taken as port 1.
