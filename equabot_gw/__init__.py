@@ -62,7 +62,19 @@ _HOMES: Final = {
     "GatewayError": "errors", "ConfigError": "errors", "RunError": "errors",
 }
 
-__all__ = ["__version__", *_HOMES]
+# Written out, not derived from _HOMES: type checkers read it without running
+# this module (tests check that the two agree).
+__all__ = [
+    "__version__",
+    "Gateway",
+    "run_agent", "AgentRun",
+    "PROVIDER_API_VERSION", "register_provider", "unregister_provider",
+    "ProviderCall", "Message", "ToolCall", "GenerationOptions", "ToolSpec", "TextPart",
+    "ImagePart", "AudioPart",
+    "TextDelta", "ReasoningDelta", "ToolCallDelta", "Usage", "Finish", "AgentResult",
+    "Started", "Ended", "Failed",
+    "GatewayError", "ConfigError", "RunError",
+]
 
 if TYPE_CHECKING:
     from .agents.events import Ended, Failed, Started

@@ -69,7 +69,7 @@ def install_providers(runtime: agent_runtime.Runtime, sources: Mapping[str, Prov
     runtime.providers.update(made)
 
 
-class AgentRun:
+class AgentRun(Coroutine[Any, Any, AgentResult]):
     """One agent run of ``run_agent``: awaitable for its result, async-iterable for its events.
 
     ``await run`` returns the ``AgentResult`` once the reply is complete and
@@ -87,15 +87,21 @@ class AgentRun:
     awaited, or iterated again. Leaving a loop early does not stop the run:
     ``abort()`` does. The run starts at the first ``await`` or loop, on the
     running event loop; one that is never awaited nor iterated never runs.
+
+    It is also a coroutine (``collections.abc.Coroutine``), so what takes one
+    takes a run: ``asyncio.run(run_agent(...))`` from code without a loop,
+    ``asyncio.create_task`` and ``TaskGroup.create_task``. Cancelling such a
+    task aborts the run, as cancelling an ``await`` does.
     """
 
-    __slots__ = ("_body", "_task", "_run", "_admitted")
+    __slots__ = ("_body", "_task", "_run", "_admitted", "_driver")
 
     def __init__(self, body: Callable[[AgentRun], Coroutine[Any, Any, AgentResult]]) -> None:
         self._body = body
         self._task: asyncio.Task[AgentResult] | None = None
         self._run: agent_runtime.Run | agent_runtime.RunRecord | None = None
         self._admitted: asyncio.Event | None = None
+        self._driver: Generator[Any, None, AgentResult] | None = None
 
     def _start(self) -> asyncio.Task[AgentResult]:
         if self._task is None:
@@ -115,6 +121,31 @@ class AgentRun:
 
     def __await__(self) -> Generator[Any, None, AgentResult]:
         return self._start().__await__()
+
+    # The coroutine protocol: a task (asyncio.run's, create_task's) drives one
+    # await of the run through these, as it drives a coroutine.
+    def send(self, value: None) -> Any:
+        """Drive the run as a coroutine: ``asyncio.run`` and ``create_task`` call this."""
+        if self._driver is None:
+            self._driver = self.__await__()
+        return self._driver.send(value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        """Raise ``typ`` where the coroutine waits (before it started: at once, and the run never starts)."""
+        if isinstance(typ, BaseException):
+            exc = typ
+        else:
+            exc = val if isinstance(val, BaseException) else typ() if val is None else typ(val)
+        if tb is not None:
+            exc = exc.with_traceback(tb)
+        if self._driver is None:
+            raise exc
+        return self._driver.throw(exc)
+
+    def close(self) -> None:
+        """Stop driving the run as a coroutine (the run itself goes on; ``abort()`` stops it)."""
+        if self._driver is not None:
+            self._driver.close()
 
     def __aiter__(self) -> AsyncIterator[RunEvent]:
         return self._events()

@@ -9,12 +9,16 @@ from an installed wheel: tests/test_install.py.
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import collections.abc
+import importlib.resources
 import json
 import logging
 import os
 import pathlib
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -207,6 +211,24 @@ class FromConfigTest(unittest.IsolatedAsyncioTestCase):
                                           state_dir=tmp, port=0, env={"MY_TOKEN": "from-env"})
             self.assertEqual(gateway.secret.value, "from-env")
 
+    async def test_a_start_that_fails_raises_gateway_error_and_holds_nothing(self) -> None:
+        # As docs/embedding.md says: a busy port or a state dir in use is a GatewayError,
+        # and the same object starts once the cause is gone.
+        with tempfile.TemporaryDirectory() as tmp, socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            port = busy.getsockname()[1]
+            gateway = Gateway.from_config(base_config(), state_dir=tmp, port=port, env={})
+            with self.assertRaisesRegex(GatewayError, f"port {port} on 127.0.0.1 is already in use"):
+                await gateway.start()
+            async with Gateway.from_config(base_config(), state_dir=tmp, port=0, env={}) as holder:
+                second = Gateway.from_config(base_config(), state_dir=tmp, port=0, env={})
+                with self.assertRaisesRegex(GatewayError, "is in use by a running gateway"):
+                    await second.start()
+                self.assertTrue(holder.url)
+            busy.close()
+            async with gateway:                                  # the state dir was not kept
+                self.assertEqual(gateway.url, f"http://127.0.0.1:{port}")
 
     async def test_port_and_host_are_checked_as_the_keys_they_override(self) -> None:
         # Not a bind() OverflowError at start(), and never True taken as port 1.
@@ -262,6 +284,27 @@ class PublicSurfaceTest(unittest.TestCase):
         documented = (ROOT / "docs" / "embedding.md").read_text(encoding="utf-8")
         for name in PUBLIC_NAMES:
             self.assertTrue(f"`{name}" in documented, f"{name} is not in docs/embedding.md")
+
+    def test_type_checkers_see_the_public_names_exported(self) -> None:
+        # A type checker reads __all__ without running the module: it must be a
+        # literal list (mypy --strict otherwise reports every public name as "not
+        # explicitly exported"), and each name must be imported for it to see.
+        tree = ast.parse((ROOT / "equabot_gw" / "__init__.py").read_text(encoding="utf-8"))
+        declared = [node.value for node in tree.body if isinstance(node, ast.Assign)
+                    and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets)]
+        self.assertEqual(len(declared), 1)
+        self.assertEqual(ast.literal_eval(declared[0]), PUBLIC_NAMES)
+        checked = next(node for node in tree.body if isinstance(node, ast.If)
+                       and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING")
+        imported = {alias.asname or alias.name for node in checked.body
+                    if isinstance(node, ast.ImportFrom) for alias in node.names}
+        self.assertEqual(imported, set(PUBLIC_NAMES) - {"__version__"})
+
+    def test_the_package_says_it_is_typed(self) -> None:
+        # PEP 561: without the marker a type checker skips the installed package
+        # ("missing library stubs or py.typed marker") and every public name is Any.
+        marker = importlib.resources.files("equabot_gw").joinpath("py.typed")
+        self.assertTrue(marker.is_file(), "equabot_gw/py.typed is missing")
 
     def test_importing_the_package_loads_no_gateway_module(self) -> None:
         code = ("import sys, equabot_gw; print(sorted(m for m in sys.modules if m.startswith('equabot_gw')));"
@@ -634,6 +677,52 @@ class RunAgentTest(unittest.IsolatedAsyncioTestCase):
             self.assertIn(b"turn 2, model mine", body)
         with self.assertRaisesRegex(RuntimeError, "not running"):
             await run_agent("x", gateway=gateway)
+
+
+class RunAgentAsACoroutineTest(unittest.TestCase):
+    """``asyncio.run``, ``create_task`` and ``TaskGroup`` take a run as they take a coroutine."""
+
+    def test_asyncio_run_from_sync_code(self) -> None:
+        run = run_agent("from sync code")
+        self.assertIsInstance(run, collections.abc.Coroutine)
+        result = asyncio.run(run)
+        self.assertIsInstance(result, AgentResult)
+        self.assertEqual(result.text, "Echo (turn 1): from sync code")
+
+    def test_tasks_and_task_groups_and_cancelling_one(self) -> None:
+        stopped: list[str] = []
+
+        async def slow(call: ProviderCall):
+            try:
+                yield TextDelta("first")
+                await asyncio.Event().wait()
+            finally:
+                stopped.append(call.messages[-1].text())
+
+        async def main() -> None:
+            run = run_agent("a task")
+            task = asyncio.create_task(run)
+            result = await task
+            self.assertEqual(result.text, "Echo (turn 1): a task")
+            self.assertIs(await run, result)                 # the same run, not a second one
+            async with asyncio.TaskGroup() as group:
+                grouped = [group.create_task(run_agent(text)) for text in ("one", "two")]
+            self.assertEqual([t.result().text for t in grouped],
+                             ["Echo (turn 1): one", "Echo (turn 1): two"])
+            cancelled = asyncio.create_task(run_agent("cancelled", providers={"slow": slow}, model="slow"))
+            await asyncio.sleep(0.05)
+            cancelled.cancel()
+            with self.assertRaises(asyncio.CancelledError):
+                await cancelled
+            never = asyncio.create_task(run_agent("never started"))
+            never.cancel()                                   # before its first step: it never runs
+            with self.assertRaises(asyncio.CancelledError):
+                await never
+            current = asyncio.current_task()
+            self.assertEqual([t for t in asyncio.all_tasks() if t is not current], [])
+
+        asyncio.run(main())
+        self.assertEqual(stopped, ["cancelled"])
 
 
 if __name__ == "__main__":

@@ -9,8 +9,10 @@ embedded: a program run with ``python -I`` and no home directory starts
 ``equabot_gw.Gateway`` on an explicit state dir, three times over, and talks
 to it; serves a chat completion and a WebSocket ``agent`` run from its own
 Python provider; and streams a ``run_agent`` run with no server. The wheel is built once, from the
-checkout, by pip (whose build isolation fetches the build backend named in
-pyproject.toml from the package index: this module needs the network).
+checkout, by pip with its index switched off (``PIP_NO_INDEX``): the build
+backend is in the tree and needs nothing, so building and installing work
+offline, from the checkout, from the sdist and as an editable install. Only
+the pipx test fetches pipx itself (and skips when it cannot).
 
 Virtual environments are made without pip (fast) and pip is pointed at them
 with ``--python``; the one exception is pipx, which is installed into a
@@ -30,6 +32,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import tempfile
 import unittest
 import urllib.request
@@ -90,6 +93,8 @@ class Sandbox:
         self.home.mkdir()
         self.outside.mkdir()
         self.env = clean_env(self.home)
+        # Builds and installs never reach a package index: nothing is needed from one.
+        self.offline_env = dict(self.env, PIP_NO_INDEX="1")
         self.pip = self._pip()
 
     def _pip(self) -> list[str]:
@@ -108,10 +113,11 @@ class Sandbox:
         run([sys.executable, "-m", "venv", "--without-pip", str(path)], env=self.env)
         return path
 
-    def pip_install(self, venv: pathlib.Path, *args: str, cwd: pathlib.Path | None = None) -> None:
+    def pip_install(self, venv: pathlib.Path, *args: str, cwd: pathlib.Path | None = None,
+                    online: bool = False) -> None:
         run(self.pip + ["--python", str(venv / "bin" / "python"), "install",
                         "--disable-pip-version-check", "--no-input", *args],
-            cwd=cwd or self.outside, env=self.env)
+            cwd=cwd or self.outside, env=self.env if online else self.offline_env)
 
     def cleanup(self) -> None:
         self.tmp.cleanup()
@@ -175,7 +181,7 @@ class WheelTest(InstalledCommandChecks):
             wheels = cls.box.dir / "wheels"
             run(cls.box.pip + ["wheel", "--no-deps", "--disable-pip-version-check", "--no-input",
                                "--wheel-dir", str(wheels), str(copy_checkout(cls.box.dir / "src"))],
-                cwd=cls.box.outside, env=cls.box.env)
+                cwd=cls.box.outside, env=cls.box.offline_env)
             found = sorted(wheels.glob("*.whl"))
             assert len(found) == 1, found
             cls.wheel = found[0]
@@ -236,6 +242,7 @@ class WheelTest(InstalledCommandChecks):
                     if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}
         self.assertEqual(shipped, expected)
         self.assertIn("equabot_gw/conformance/openai-chat-schemas.json", shipped)
+        self.assertIn("equabot_gw/py.typed", shipped)          # type checkers read its hints
         # Zero runtime dependencies, the version of the source, the console script.
         self.assertEqual(metadata.get_all("Requires-Dist"), None)
         self.assertEqual(metadata["Version"], source_version())
@@ -325,10 +332,38 @@ class SourceInstallTest(InstalledCommandChecks):
         self.box.pip_install(venv, ".", cwd=self.src)
         self.assert_command_works(venv / "bin" / "equabot-gw")
 
+    def test_sdist_rebuilds_and_installs_offline(self) -> None:
+        """The sdist carries the build backend: a packager rebuilds the wheel from it alone."""
+        out = self.box.dir / "sdist"
+        out.mkdir()
+        code = ("import sys; sys.path.insert(0, 'tools'); import equabot_build as b; "
+                f"print(b.build_sdist({str(out)!r}))")
+        name = run([sys.executable, "-I", "-c", code], cwd=self.src, env=self.box.env, timeout=60).stdout.strip()
+        with tarfile.open(out / name) as sdist:
+            names = set(sdist.getnames())
+        base = name.removesuffix(".tar.gz")
+        for member in ("PKG-INFO", "pyproject.toml", "tools/equabot_build.py", "equabot_gw/py.typed",
+                       "tests/test_install.py", "config.example.json5"):
+            self.assertIn(f"{base}/{member}", names)
+        self.assertFalse([n for n in names if "__pycache__" in n or n.endswith(".pyc")])
+        venv = self.box.venv("sdist-venv")
+        self.box.pip_install(venv, str(out / name))
+        self.assert_command_works(venv / "bin" / "equabot-gw")
+
+    def test_editable_install_runs_the_source(self) -> None:
+        venv = self.box.venv("editable-venv")
+        self.box.pip_install(venv, "-e", ".", cwd=self.src)
+        result = run([str(venv / "bin" / "python"), "-c", "import equabot_gw; print(equabot_gw.__file__)"],
+                     cwd=self.box.outside, env=self.box.env, timeout=60)
+        self.assertEqual(pathlib.Path(result.stdout.strip()), self.src / "equabot_gw" / "__init__.py")
+        helped = run([str(venv / "bin" / "equabot-gw"), "--version"], cwd=self.box.outside,
+                     env=self.box.env, timeout=60)
+        self.assertIn(source_version(), helped.stdout)
+
     def test_pipx_install_dot(self) -> None:
         tool = self.box.venv("pipx-tool")
         try:
-            self.box.pip_install(tool, "pipx")
+            self.box.pip_install(tool, "pipx", online=True)
         except AssertionError as exc:
             self.skipTest(f"pipx could not be installed into a throwaway venv: {str(exc)[-500:]}")
         pipx_home, bin_dir = self.box.dir / "pipx-home", self.box.dir / "pipx-bin"
