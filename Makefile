@@ -70,8 +70,8 @@ conformance:
 interop-original:
 	$(PYTHON) tests/interop/original_cli.py
 
-# An sdist and a wheel in dist/ (the build frontend lives in build/venv, the
-# backend named in pyproject.toml is fetched by it into an isolated env).
+# An sdist and a wheel in dist/ (the build frontend lives in build/venv; the
+# backend is the package's own equabot_gw/_build.py, standard library only).
 dist: $(VENV_DIST)/.installed
 	rm -rf dist
 	$(VENV_DIST)/bin/python -m build --outdir dist .

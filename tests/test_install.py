@@ -236,10 +236,12 @@ class WheelTest(InstalledCommandChecks):
         for name in names:
             self.assertFalse(name.startswith(("tests/", "bench/")), name)
             self.assertNotIn("__pycache__", name)
-        # Every file of the package directory ships, data files included.
+        # Every file of the package directory ships, data files included; the build
+        # backend that made it does not.
         shipped = {n for n in names if n.startswith("equabot_gw/")}
         expected = {p.relative_to(ROOT).as_posix() for p in PACKAGE.rglob("*")
                     if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}
+        expected.remove("equabot_gw/_build.py")
         self.assertEqual(shipped, expected)
         self.assertIn("equabot_gw/conformance/openai-chat-schemas.json", shipped)
         self.assertIn("equabot_gw/py.typed", shipped)          # type checkers read its hints
@@ -336,13 +338,13 @@ class SourceInstallTest(InstalledCommandChecks):
         """The sdist carries the build backend: a packager rebuilds the wheel from it alone."""
         out = self.box.dir / "sdist"
         out.mkdir()
-        code = ("import sys; sys.path.insert(0, 'tools'); import equabot_build as b; "
+        code = ("import sys; sys.path.insert(0, '.'); import equabot_gw._build as b; "     # as backend-path does
                 f"print(b.build_sdist({str(out)!r}))")
         name = run([sys.executable, "-I", "-c", code], cwd=self.src, env=self.box.env, timeout=60).stdout.strip()
         with tarfile.open(out / name) as sdist:
             names = set(sdist.getnames())
         base = name.removesuffix(".tar.gz")
-        for member in ("PKG-INFO", "pyproject.toml", "tools/equabot_build.py", "equabot_gw/py.typed",
+        for member in ("PKG-INFO", "pyproject.toml", "equabot_gw/_build.py", "equabot_gw/py.typed",
                        "tests/test_install.py", "config.example.json5"):
             self.assertIn(f"{base}/{member}", names)
         self.assertFalse([n for n in names if "__pycache__" in n or n.endswith(".pyc")])

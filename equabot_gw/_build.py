@@ -1,6 +1,8 @@
 """The package's PEP 517 build backend, in the standard library alone (PEP 517, 660).
 
-pyproject.toml names it with ``backend-path = ["tools"]`` and ``requires = []``,
+Not part of the gateway: pip imports it to build the package, and the wheel
+leaves it out (the sdist carries it, to be rebuilt from). pyproject.toml names
+it as ``equabot_gw._build`` with ``backend-path = ["."]`` and ``requires = []``,
 so ``pip install .``, ``pip wheel .`` and ``python -m build`` need nothing
 from a package index: they work offline, in a virtual environment that holds
 pip alone. It builds what this project is and nothing more: one pure-Python
@@ -28,7 +30,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 ROOT = Path(__file__).resolve().parent.parent
-BACKEND = PurePosixPath("tools", Path(__file__).name)
+BACKEND = PurePosixPath(Path(__file__).resolve().relative_to(ROOT).as_posix())     # equabot_gw/_build.py
 DEFAULT_EPOCH = 1451606400                  # 2016-01-01, where SOURCE_DATE_EPOCH is not set
 SKIPPED = ("__pycache__", ".pyc", ".pyo")
 
@@ -47,7 +49,8 @@ class _Project:
         self.epoch = int(os.environ.get("SOURCE_DATE_EPOCH", DEFAULT_EPOCH))
 
     def package_files(self) -> list[PurePosixPath]:
-        return _files_under(ROOT / self.package)
+        """The files the wheel installs: the package's, this backend aside."""
+        return [path for path in _files_under(ROOT / self.package) if path != BACKEND]
 
     def license_files(self) -> list[PurePosixPath]:
         found = {PurePosixPath(Path(p).relative_to(ROOT).as_posix())
