@@ -468,6 +468,22 @@ class KeysTest(unittest.IsolatedAsyncioTestCase):
         self.assertEqual(len(store.lines), 6)
         self.assertIsNone(keys.get("other", "k4"))           # keys are per agent
 
+    async def test_the_key_of_a_run_in_progress_outlives_the_bound(self) -> None:
+        # A flood of new keys must not make a running run's key forgettable: its
+        # retry would start it again instead of joining it.
+        running: set[str] = {"run_0"}
+        keys = idempotency.Keys(self.Store(), max_keys=3, in_progress=running)     # type: ignore[arg-type]
+        for n in range(10):
+            keys.add("main", f"k{n}", "d", f"run_{n}", "s", True, None)
+        self.assertEqual(keys.get("main", "k0").run_id, "run_0")
+        self.assertEqual(len(keys), 4)                      # the bound, and the one running
+        self.assertEqual([n for n in range(10) if keys.get("main", f"k{n}")], [0, 7, 8, 9])
+        running.clear()                                     # it settled: an ordinary key again
+        for n in range(10, 14):
+            keys.add("main", f"k{n}", "d", f"run_{n}", "s", True, None)
+        self.assertEqual(len(keys), 3)
+        self.assertIsNone(keys.get("main", "k0"))
+
     def test_long_keys_are_kept_by_digest(self) -> None:
         self.assertEqual(idempotency.stored_key("k" * 256), "k" * 256)
         self.assertRegex(idempotency.stored_key("k" * 257), r"^sha256:[0-9a-f]{64}$")

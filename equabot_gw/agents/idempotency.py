@@ -30,7 +30,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Container
 from typing import Any, Final
 
 from ..errors import ApiError, RunAborted
@@ -128,11 +128,15 @@ class Keys:
     """
 
     def __init__(self, store: SessionStore, retention: float = DEFAULT_RETENTION_SECONDS, *,
-                 max_keys: int = MAX_KEYS, clock: Callable[[], float] = time.time) -> None:
+                 max_keys: int = MAX_KEYS, clock: Callable[[], float] = time.time,
+                 in_progress: Container[str] = ()) -> None:
         self.store = store
         self.retention = retention
         self.max_keys = max_keys
         self.clock = clock
+        # Run ids of runs not settled yet: their keys outlive the size bound (a retry of
+        # one must join it, never start it again); at most the agents' slots and queues.
+        self.in_progress = in_progress
         self._table: OrderedDict[tuple[str, str], Entry] = OrderedDict()    # oldest first
         self._by_run: dict[str, Entry] = {}
         self._claims: dict[str, int] = {}       # run id -> clients streaming or waiting for it
@@ -234,10 +238,15 @@ class Keys:
         self._table[(entry.agent_id, entry.key)] = entry
         self._by_run[entry.run_id] = entry
         expired = self.clock() - self.retention
-        while self._table:
+        spared = 0
+        while len(self._table) > spared:
             oldest = next(iter(self._table.values()))
-            if len(self._table) <= self.max_keys and oldest.at > expired:
+            if len(self._table) <= self.max_keys + spared and oldest.at > expired:
                 break
+            if oldest.run_id in self.in_progress and oldest.at > expired:
+                self._table.move_to_end((oldest.agent_id, oldest.key))    # over the bound while it runs
+                spared += 1
+                continue
             self._drop(oldest)
 
     def _drop(self, entry: Entry) -> None:

@@ -72,7 +72,8 @@ class Runtime:
         self.active: dict[str, Run] = {}
         self._finished: OrderedDict[str, RunRecord] = OrderedDict()
         self._finished_bytes = 0        # replies held by the records in _finished
-        self.keys = idempotency.Keys(self.store, config.gateway.idempotency.retention_seconds)
+        self.keys = idempotency.Keys(self.store, config.gateway.idempotency.retention_seconds,
+                                     in_progress=self.active)
         self._ids = itertools.count(1)
         node = config.gateway.node_id      # run_<node>_<random><n>: the owning node is in the id
         self._id_prefix = (f"{node}_" if node else "") + os.urandom(6).hex()
