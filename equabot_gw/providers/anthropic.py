@@ -106,10 +106,12 @@ def _blocks(message: Message) -> list[dict[str, Any]]:
 
 
 def image_source(url: str) -> dict[str, str]:
-    """An image ``source``: base64 from a ``data:<type>;base64,`` URL (as sent), else a URL source."""
-    if url.startswith("data:"):
+    """An image ``source``: base64 from a ``data:<type>;base64,`` URL (its data as sent), else a URL source."""
+    # The scheme (RFC 3986 §3.1) and the media type (RFC 2045 §5.1) are case-insensitive;
+    # the API knows media types in lower case only.
+    if url[:5].lower() == "data:":
         head, _, data = url.partition(",")
-        return {"type": "base64", "media_type": head[5:].split(";")[0], "data": data}
+        return {"type": "base64", "media_type": head[5:].split(";")[0].lower(), "data": data}
     return {"type": "url", "url": url}
 
 
