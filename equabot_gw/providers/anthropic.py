@@ -95,7 +95,8 @@ def _blocks(message: Message) -> list[dict[str, Any]]:
         for part in content:
             kind = type(part)
             if kind is TextPart:
-                blocks.append({"type": "text", "text": part.text})
+                if part.text:       # the API refuses an empty text block
+                    blocks.append({"type": "text", "text": part.text})
             elif kind is ImagePart:
                 blocks.append({"type": "image", "source": image_source(part.url)})
             else:       # audio has no Messages equivalent (refused for requests; history keeps a mark)
@@ -128,7 +129,8 @@ def to_anthropic_messages(messages: tuple[Message, ...]) -> tuple[list[dict[str,
     """The ``messages`` list and any system-role texts found among them.
 
     Roles alternate: same-role neighbours are merged (plain texts with a
-    blank line between, blocks side by side); tool results become
+    blank line between, blocks side by side), an empty assistant message is
+    left out; tool results become
     ``tool_result`` blocks of a user message (one recorded without its call's
     id as user text).
     """
@@ -151,6 +153,10 @@ def to_anthropic_messages(messages: tuple[Message, ...]) -> tuple[list[dict[str,
             item = message.content
         else:
             item = _blocks(message)
+        if role == "assistant" and not item:
+            # An empty reply says nothing and the API refuses an empty message; a
+            # session's history holds none either (its neighbours are merged).
+            continue
         if runs and runs[-1][0] == role:
             runs[-1][1].append(item)
         else:
