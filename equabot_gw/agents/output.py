@@ -213,6 +213,13 @@ class ReplyOutput:
         inner = event.event if type(event) is ChoiceEvent else event
         if type(inner) is ReasoningDelta and not inner.text and not inner.signature:
             return None
+        if type(inner) is Finish and type(event) is ChoiceEvent:
+            # A further choice's end as its result will say it (``finish_reason``): its
+            # stream must not say "stop" where the completion says "tool_calls".
+            owner = self.choices.get(event.index)
+            if owner is not None and owner.calls and inner.reason == "stop":
+                return ChoiceEvent(event.index, Finish("tool_calls"))
+            return event
         if type(inner) is not ToolCallDelta:
             return event
         owner = self.choices.get(event.index) if type(event) is ChoiceEvent else self
