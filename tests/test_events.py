@@ -177,3 +177,21 @@ class LoggedToolCallsTest(unittest.TestCase):
         [call] = output.tool_calls()
         self.assertEqual((call.id, call.name, call.arguments), ("c0", "f", '{"a":1}'))
         self.assertEqual(sum(map(output_units, log.events)), 1 + len('{"a":1}') + 1 + len("{}"))
+
+    def test_a_further_choice_that_calls_tools_finishes_with_tool_calls_streamed_too(self) -> None:
+        # Some upstreams say "stop" after calls; the completion says "tool_calls" for every
+        # choice, and a stream (written from the log) must say the same.
+        import json
+        from equabot_gw.agents.output import ReplyOutput
+        from equabot_gw.agents.types import ChoiceEvent, Finish, TextDelta, ToolCallDelta
+        from equabot_gw.gateway.chat_stream import ChunkWriter
+        log, output, room = EventLog(), ReplyOutput("run_1", "up", 1 << 20), 1 << 20
+        for event in (ChoiceEvent(1, ToolCallDelta(0, "c1", "g", "{}")), ChoiceEvent(1, Finish("stop")),
+                      ChoiceEvent(2, TextDelta("hi")), ChoiceEvent(2, Finish("stop"))):
+            room = output.add(log, event, room)
+        self.assertEqual([c.finish_reason for c in output.extra_choices()], ["tool_calls", "stop"])
+        self.assertEqual(log.events[1], ChoiceEvent(1, Finish("tool_calls")))
+        data = b"".join(ChunkWriter("chatcmpl-1", "m", False).mixed(log.events)).decode()
+        finishes = [(c["index"], c["finish_reason"]) for line in data.splitlines() if line.startswith("data: ")
+                    for c in json.loads(line[6:])["choices"] if c["finish_reason"]]
+        self.assertEqual(finishes, [(1, "tool_calls"), (2, "stop")])

@@ -64,6 +64,12 @@ GEMINI_CALLS = stream_of(
     {"role": "assistant", "tool_calls": [{"id": "function-call-2", "type": "function", "function": {
         "name": "get_time", "arguments": '{"tz":"UTC"}'}}]})
 
+# A server that gives its calls no id (some local OpenAI-compatible servers do not).
+ANONYMOUS_CALL = stream_of(
+    {"role": "assistant", "content": None,
+     "tool_calls": [{"index": 0, "type": "function", "function": {"name": "get_weather", "arguments": ""}}]},
+    {"tool_calls": [{"index": 0, "function": {"arguments": '{"city":"Paris"}'}}]})
+
 
 REFUSAL = "I'm sorry, I can't help with that."
 REFUSING = stream_of({"role": "assistant", "content": None, "refusal": ""},
@@ -92,6 +98,8 @@ async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, b
         writer.write(error_answer(*REFUSALS[word]))
     elif word == "gem":
         writer.write(GEMINI_CALLS)
+    elif word == "anon":
+        writer.write(ANONYMOUS_CALL)
     elif word == "refuse":
         writer.write(REFUSING)
     elif word == "cite":
@@ -212,6 +220,33 @@ class IndexlessCallsTest(UpstreamCase):
                 call[1] += delta.get("function", {}).get("name", "")
                 call[2] += delta.get("function", {}).get("arguments", "")
         self.assertEqual([tuple(calls[i]) for i in sorted(calls)], expected)
+
+    async def test_a_call_without_an_id_gets_one_streamed_too(self) -> None:
+        # The gateway names the call; a streamed client needs that name on the call's
+        # first fragment (with its type), as the one it sends back with the result,
+        # and the session's transcript must know the call by the same id.
+        status, _, body = await self.chat("anon weather", tools=TOOLS)
+        self.assertEqual(status, 200, body)
+        [call] = json.loads(body)["choices"][0]["message"]["tool_calls"]
+        self.assertRegex(call["id"], r"^call_\S+_0$")
+        status, _, body = await self.chat("anon weather", tools=TOOLS, stream=True, user="anon-1")
+        self.assertEqual(status, 200, body)
+        fragments = [f for c in chat_chunks(body) for f in c["choices"][0]["delta"].get("tool_calls", ())]
+        self.assertEqual((fragments[0]["type"], fragments[0]["function"]["name"]), ("function", "get_weather"))
+        call_id = fragments[0]["id"]
+        self.assertRegex(call_id, r"^call_\S+_0$")
+        self.assertEqual([f for f in fragments[1:] if "id" in f], [])
+        arguments = "".join(f["function"]["arguments"] for f in fragments)
+        self.assertEqual(arguments, '{"city":"Paris"}')
+        status, _, body = await self.post("/v1/chat/completions", {"model": "equabot", "user": "anon-1", "tools": TOOLS, "messages": [
+            {"role": "user", "content": "anon weather"},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": call_id, "type": "function", "function": {"name": "get_weather", "arguments": arguments}}]},
+            {"role": "tool", "tool_call_id": call_id, "content": "sunny"}]})
+        self.assertEqual(status, 200, body)
+        sent = self.up.bodies[-1]["messages"]
+        self.assertEqual([m["tool_calls"][0]["id"] for m in sent if m.get("tool_calls")], [call_id])
+        self.assertEqual(sent[-1], {"role": "tool", "tool_call_id": call_id, "content": "sunny"})
 
 
 # (user message, status, code, param) as clients of both doors get them: the upstream's

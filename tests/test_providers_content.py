@@ -20,7 +20,7 @@ from equabot_gw.agents.types import (
 )
 from equabot_gw.agents.output import check_request
 from equabot_gw.errors import ApiError, UpstreamRejected, http_status
-from equabot_gw.providers.anthropic import AnthropicProvider, THINKING_BUDGETS
+from equabot_gw.providers.anthropic import AnthropicProvider, THINKING_BUDGETS, image_source, to_anthropic_messages
 from equabot_gw.providers.command import CommandProvider
 from equabot_gw.providers.openai import MAX_CITATION_TITLE_CHARS, MAX_CITATION_URL_CHARS
 from tests.test_providers import DATA, FakeUpstream, HTTPProviderCase, replay, sse
@@ -294,6 +294,25 @@ class AnthropicContentTest(ReplayCase):
         self.assertEqual(body["thinking"], {"type": "enabled", "budget_tokens": THINKING_BUDGETS["medium"]})
         self.assertEqual(body["max_tokens"], THINKING_BUDGETS["medium"] + 4096)
         self.assertEqual(body["top_k"], 5)
+
+    def test_a_data_url_is_a_base64_source_whatever_its_case(self) -> None:
+        # RFC 3986 §3.1: schemes are case-insensitive; RFC 2045 §5.1: so are media types.
+        data = PNG.split(",")[1]
+        for url in (PNG, "DATA:IMAGE/PNG;BASE64," + data, "Data:Image/Png;base64," + data):
+            with self.subTest(url[:22]):
+                self.assertEqual(image_source(url), {"type": "base64", "media_type": "image/png", "data": data})
+
+    def test_an_empty_assistant_message_is_left_out_as_the_session_history_leaves_it(self) -> None:
+        # Messages refuses a message of empty content ("all messages must have non-empty
+        # content except for the optional final assistant message"); an empty reply a
+        # client sends back says nothing, and a session's history holds none.
+        for empty in (Message("assistant", ""), Message("assistant", (TextPart(""),))):
+            with self.subTest(empty.content):
+                messages, _ = to_anthropic_messages((Message("user", "hi"), empty, Message("user", "again")))
+                self.assertEqual(messages, [{"role": "user", "content": "hi\n\nagain"}])
+        signed = Message("assistant", "", reasoning="hmm", reasoning_signature="sig")
+        messages, _ = to_anthropic_messages((Message("user", "hi"), signed, Message("user", "again")))
+        self.assertEqual([m["role"] for m in messages], ["user", "assistant", "user"])
 
     async def test_tool_choice_mapping(self) -> None:
         for choice, parallel, expected in (

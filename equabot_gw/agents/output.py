@@ -213,17 +213,27 @@ class ReplyOutput:
         inner = event.event if type(event) is ChoiceEvent else event
         if type(inner) is ReasoningDelta and not inner.text and not inner.signature:
             return None
+        if type(inner) is Finish and type(event) is ChoiceEvent:
+            # A further choice's end as its result will say it (``finish_reason``): its
+            # stream must not say "stop" where the completion says "tool_calls".
+            owner = self.choices.get(event.index)
+            if owner is not None and owner.calls and inner.reason == "stop":
+                return ChoiceEvent(event.index, Finish("tool_calls"))
+            return event
         if type(inner) is not ToolCallDelta:
             return event
         owner = self.choices.get(event.index) if type(event) is ChoiceEvent else self
         call = owner.calls.get(inner.index) if owner is not None else None
         if call is None:
-            logged = inner
+            # A call's first fragment carries the id the result will have: the upstream's,
+            # or the one the gateway gives a call that came without (``_call_id``).
+            logged = inner if inner.id is not None else \
+                ToolCallDelta(inner.index, self._call_id(inner.index), inner.name, inner.arguments)
         else:
-            call_id = inner.id if inner.id is not None and inner.id != call[0] else None
-            name = inner.name if inner.name is not None and inner.name != call[1] else None
-            logged = inner if (call_id, name) == (inner.id, inner.name) else \
-                ToolCallDelta(inner.index, call_id, name, inner.arguments)
+            # The first id and name stay the call's: later ones are not news.
+            name = inner.name if inner.name is not None and call[1] is None else None
+            logged = inner if (None, name) == (inner.id, inner.name) else \
+                ToolCallDelta(inner.index, None, name, inner.arguments)
         if logged.id is None and logged.name is None and not logged.arguments:
             return None
         if logged is inner:
@@ -243,9 +253,8 @@ class ReplyOutput:
             if call is None:
                 if len(self.calls) >= MAX_TOOL_CALLS:
                     raise UpstreamError(self.provider, f"more than {MAX_TOOL_CALLS} tool calls in one reply")
-                call = self.calls[event.index] = [event.id, event.name, []]
+                call = self.calls[event.index] = [event.id or self._call_id(event.index), event.name, []]
             else:
-                call[0] = call[0] or event.id
                 call[1] = call[1] or event.name
             call[2].append(event.arguments)
             return _utf8_len(event.arguments) + len(event.name or "") + len(event.id or "")
@@ -284,10 +293,13 @@ class ReplyOutput:
                                    refusal=text[max(0, len(text) - self.refusal):] if self.refusal else "",
                                    citations=tuple(self.citations))
 
+    def _call_id(self, index: int) -> str:
+        """The id of call ``index`` when the upstream gave its first fragment none."""
+        return f"call_{self.run_id}_{index}"
+
     def tool_calls(self) -> tuple[ToolCall, ...]:
-        """The complete calls, by index; a call the upstream gave no id gets ``call_<run>_<index>``."""
-        return tuple(ToolCall(call[0] or f"call_{self.run_id}_{index}", call[1] or "", "".join(call[2]))
-                     for index, call in sorted(self.calls.items()))
+        """The complete calls, by index; a call the upstream gave no id has ``call_<run>_<index>``."""
+        return tuple(ToolCall(call[0], call[1] or "", "".join(call[2])) for index, call in sorted(self.calls.items()))
 
     def extra_choices(self) -> tuple[Choice, ...]:
         """Choices 1..n-1, by index."""

@@ -95,7 +95,8 @@ def _blocks(message: Message) -> list[dict[str, Any]]:
         for part in content:
             kind = type(part)
             if kind is TextPart:
-                blocks.append({"type": "text", "text": part.text})
+                if part.text:       # the API refuses an empty text block
+                    blocks.append({"type": "text", "text": part.text})
             elif kind is ImagePart:
                 blocks.append({"type": "image", "source": image_source(part.url)})
             else:       # audio has no Messages equivalent (refused for requests; history keeps a mark)
@@ -106,10 +107,12 @@ def _blocks(message: Message) -> list[dict[str, Any]]:
 
 
 def image_source(url: str) -> dict[str, str]:
-    """An image ``source``: base64 from a ``data:<type>;base64,`` URL (as sent), else a URL source."""
-    if url.startswith("data:"):
+    """An image ``source``: base64 from a ``data:<type>;base64,`` URL (its data as sent), else a URL source."""
+    # The scheme (RFC 3986 §3.1) and the media type (RFC 2045 §5.1) are case-insensitive;
+    # the API knows media types in lower case only.
+    if url[:5].lower() == "data:":
         head, _, data = url.partition(",")
-        return {"type": "base64", "media_type": head[5:].split(";")[0], "data": data}
+        return {"type": "base64", "media_type": head[5:].split(";")[0].lower(), "data": data}
     return {"type": "url", "url": url}
 
 
@@ -126,7 +129,8 @@ def to_anthropic_messages(messages: tuple[Message, ...]) -> tuple[list[dict[str,
     """The ``messages`` list and any system-role texts found among them.
 
     Roles alternate: same-role neighbours are merged (plain texts with a
-    blank line between, blocks side by side); tool results become
+    blank line between, blocks side by side), an empty assistant message is
+    left out; tool results become
     ``tool_result`` blocks of a user message (one recorded without its call's
     id as user text).
     """
@@ -149,6 +153,10 @@ def to_anthropic_messages(messages: tuple[Message, ...]) -> tuple[list[dict[str,
             item = message.content
         else:
             item = _blocks(message)
+        if role == "assistant" and not item:
+            # An empty reply says nothing and the API refuses an empty message; a
+            # session's history holds none either (its neighbours are merged).
+            continue
         if runs and runs[-1][0] == role:
             runs[-1][1].append(item)
         else:
