@@ -20,6 +20,7 @@ from equabot_gw.agents.types import (
 )
 from equabot_gw.agents.output import check_request
 from equabot_gw.errors import ApiError, UpstreamRejected, http_status
+from equabot_gw.gateway.frames import content_parts
 from equabot_gw.providers.anthropic import AnthropicProvider, THINKING_BUDGETS, image_source, to_anthropic_messages
 from equabot_gw.providers.command import CommandProvider
 from equabot_gw.providers.openai import MAX_CITATION_TITLE_CHARS, MAX_CITATION_URL_CHARS
@@ -300,7 +301,14 @@ class AnthropicContentTest(ReplayCase):
         data = PNG.split(",")[1]
         for url in (PNG, "DATA:IMAGE/PNG;BASE64," + data, "Data:Image/Png;base64," + data):
             with self.subTest(url[:22]):
-                self.assertEqual(image_source(url), {"type": "base64", "media_type": "image/png", "data": data})
+                self.assertEqual(image_source(ImagePart(url)),
+                                 {"type": "base64", "media_type": "image/png", "data": data})
+                # The control protocol's chat history reads it the same way.
+                self.assertEqual(content_parts((ImagePart(url),)),
+                                 [{"type": "image", "data": data, "mimeType": "image/png"}])
+        https = "https://example.com/a.png"
+        self.assertEqual(image_source(ImagePart(https)), {"type": "url", "url": https})
+        self.assertEqual(content_parts((ImagePart(https),)), [{"type": "image", "url": https}])
 
     def test_an_empty_assistant_message_is_left_out_as_the_session_history_leaves_it(self) -> None:
         # Messages refuses a message of empty content ("all messages must have non-empty

@@ -44,6 +44,17 @@ class ImagePart:
     url: str
     detail: str | None = None
 
+    def inline(self) -> tuple[str, str] | None:
+        """A data URL's media type (lower case) and its data as sent; None for any other URL.
+
+        The scheme (RFC 3986 §3.1) and the media type (RFC 2045 §5.1) are
+        case-insensitive: ``DATA:IMAGE/PNG;BASE64,…`` is inline too.
+        """
+        if self.url[:5].lower() != "data:":
+            return None
+        head, _, data = self.url.partition(",")
+        return head[5:].split(";")[0].lower(), data
+
 
 @dataclass(slots=True)
 class AudioPart:

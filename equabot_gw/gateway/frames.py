@@ -124,9 +124,9 @@ def content_parts(content: str | tuple[Part, ...]) -> list[dict[str, Any]]:
         if type(part) is TextPart:
             parts.append({"type": "text", "text": part.text})
         elif type(part) is ImagePart:
-            if part.url.startswith("data:"):
-                head, _, data = part.url.partition(",")
-                parts.append({"type": "image", "data": data, "mimeType": head[5:].split(";")[0]})
+            inline = part.inline()
+            if inline is not None:
+                parts.append({"type": "image", "data": inline[1], "mimeType": inline[0]})
             else:
                 parts.append({"type": "image", "url": part.url})
         elif type(part) is AudioPart:

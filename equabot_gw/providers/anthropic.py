@@ -98,7 +98,7 @@ def _blocks(message: Message) -> list[dict[str, Any]]:
                 if part.text:       # the API refuses an empty text block
                     blocks.append({"type": "text", "text": part.text})
             elif kind is ImagePart:
-                blocks.append({"type": "image", "source": image_source(part.url)})
+                blocks.append({"type": "image", "source": image_source(part)})
             else:       # audio has no Messages equivalent (refused for requests; history keeps a mark)
                 blocks.append({"type": "text", "text": "[audio]"})
     for call in message.tool_calls:
@@ -106,14 +106,13 @@ def _blocks(message: Message) -> list[dict[str, Any]]:
     return blocks
 
 
-def image_source(url: str) -> dict[str, str]:
-    """An image ``source``: base64 from a ``data:<type>;base64,`` URL (its data as sent), else a URL source."""
-    # The scheme (RFC 3986 §3.1) and the media type (RFC 2045 §5.1) are case-insensitive;
-    # the API knows media types in lower case only.
-    if url[:5].lower() == "data:":
-        head, _, data = url.partition(",")
-        return {"type": "base64", "media_type": head[5:].split(";")[0].lower(), "data": data}
-    return {"type": "url", "url": url}
+def image_source(part: ImagePart) -> dict[str, str]:
+    """An image ``source``: base64 from a data URL (its data as sent; the API knows media
+    types in lower case only), else a URL source."""
+    inline = part.inline()
+    if inline is None:
+        return {"type": "url", "url": part.url}
+    return {"type": "base64", "media_type": inline[0], "data": inline[1]}
 
 
 def _input(arguments: str) -> dict[str, Any]:
