@@ -62,7 +62,13 @@ def say(text: str) -> None:
 
 
 def owner_of(key: str) -> str:
-    """The node haproxy.cfg sends a session key to: crc32(key) mod 3."""
+    """The node haproxy.cfg sends a session key to: crc32(key) mod 3, a key
+    ``agent:<id>:<rest>`` hashed as ``<rest>`` (the same session to the gateway)."""
+    return NODES[zlib.crc32(re.sub(r"^agent:[^:]+:(?=.)", "", key).encode()) % len(NODES)]
+
+
+def raw_owner(key: str) -> str:
+    """crc32(key) mod 3 of the key as it stands."""
     return NODES[zlib.crc32(key.encode()) % len(NODES)]
 
 
@@ -311,6 +317,18 @@ async def routing(port: int, checks: Checks) -> None:
         status, headers, _ = await conn.request("POST", "/v1/chat/completions", completion_body(None, "hi"),
                                                 {"x-equabot-session-key": a, "x-openclaw-session-key": b})
         checks.check(headers.get("x-equabot-node") == owner_of(a), "x-equabot-session-key wins over an alias")
+        # Both spellings of one session, agent:main:<key> and <key>, reach one node:
+        # the second request is the session's second turn.
+        key = next(k for k in (f"spelled-{i}-{os.urandom(2).hex()}" for i in range(99))
+                   if raw_owner(k) != raw_owner(f"agent:main:{k}"))
+        answers = [await conn.request("POST", "/v1/chat/completions", completion_body(None, "hi"),
+                                      {"x-equabot-session-key": spelled})
+                   for spelled in (key, f"agent:main:{key}")]
+        checks.check([a[0] for a in answers] == [200, 200]
+                     and {a[1].get("x-equabot-node") for a in answers} == {owner_of(key)}
+                     and b"Echo (turn 2)" in answers[1][2],
+                     f"a session key and its agent:main: spelling reach one node, one session "
+                     f"({[a[1].get('x-equabot-node') for a in answers]})")
         # A header key wins over the body's user.
         user = next(u for u in (f"user-{i}" for i in range(99)) if owner_of(u) != owner_of("header-key"))
         _, headers, _ = await conn.request("POST", "/v1/chat/completions", completion_body(user, "hi"),
