@@ -5,8 +5,10 @@ own state dir) and HAProxy in front with ``haproxy.cfg`` exactly as committed
 and shown in docs/scale-out.md (HAProxy reads the addresses from its
 environment). Then:
 
-1. Routing: ids naming a node and ``?node=`` reach that node; the header
-   aliases and the body's ``user`` route as the doc says.
+1. Routing: completion and response ids naming a node (a resumed stream, a
+   retrieved response, ``previous_response_id``), idempotency keys and
+   ``?node=`` reach that node; the header aliases, both spellings of a
+   session key and the body's ``user`` route as the doc says.
 2. Sessions: ``--sessions`` users × ``--turns`` turns through HAProxy, many
    at once. One node gets SIGTERM mid-load and is restarted. Every session
    must see "Echo (turn 1)", "(turn 2)", "(turn 3)" in order, always from the
@@ -290,6 +292,25 @@ async def routing(port: int, checks: Checks) -> None:
                 checks.check(status == 200 and headers.get("x-equabot-node") == node and b"[DONE]" in body,
                              f"the events of {completion[:16]}... are read on {node} ({status})")
         checks.check(set(ids) == set(NODES), f"completion ids name every node ({sorted(ids)})")
+        # A response's id names its node: retrieving it and continuing from it
+        # (previous_response_id, no session) go there, whichever node round robin picks next.
+        created = {}
+        for _ in range(12):
+            status, headers, body = await conn.request(
+                "POST", "/v1/responses", json.dumps({"model": "equabot", "input": "first"}).encode())
+            if status == 200:
+                created.setdefault(headers.get("x-equabot-node"), json.loads(body)["id"])
+        for node, response_id in sorted(created.items()):
+            got = [await conn.request("GET", f"/v1/responses/{response_id}") for _ in range(3)]
+            more = [await conn.request("POST", "/v1/responses", json.dumps(
+                {"model": "equabot", "input": "next", "previous_response_id": response_id}).encode())
+                for _ in range(3)]
+            checks.check([a[0] for a in got + more] == [200] * 6
+                         and {a[1].get("x-equabot-node") for a in got + more} == {node}
+                         and all(json.loads(a[2])["id"].startswith(f"resp_{node}_") for a in more),
+                         f"{response_id[:14]}... is retrieved and continued on {node} "
+                         f"({[(a[0], a[1].get('x-equabot-node')) for a in got + more]})")
+        checks.check(set(created) == set(NODES), f"response ids name every node ({sorted(created)})")
         # A retry with an idempotency key reaches the node that ran the first attempt.
         for header in ("Idempotency-Key", "x-equabot-idempotency-key", "x-openclaw-idempotency-key",
                        "x-clawdbot-idempotency-key"):
