@@ -598,7 +598,7 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=1000)
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--conns", type=int, default=48, help="client connections for the sessions")
-    parser.add_argument("--seconds", type=float, default=3.0, help="per throughput measurement")
+    parser.add_argument("--seconds", type=int, default=3, help="per throughput measurement (whole seconds: wrk takes no fractions)")
     parser.add_argument("--rounds", type=int, default=3, help="throughput measurements per node count")
     parser.add_argument("--keep", action="store_true", help="keep the state dirs and logs")
     args = parser.parse_args()
