@@ -5,8 +5,10 @@ own state dir) and HAProxy in front with ``haproxy.cfg`` exactly as committed
 and shown in docs/scale-out.md (HAProxy reads the addresses from its
 environment). Then:
 
-1. Routing: ids naming a node and ``?node=`` reach that node; the header
-   aliases and the body's ``user`` route as the doc says.
+1. Routing: completion and response ids naming a node (a resumed stream, a
+   retrieved response, ``previous_response_id``), idempotency keys and
+   ``?node=`` reach that node; the header aliases, both spellings of a
+   session key and the body's ``user`` route as the doc says.
 2. Sessions: ``--sessions`` users × ``--turns`` turns through HAProxy, many
    at once. One node gets SIGTERM mid-load and is restarted. Every session
    must see "Echo (turn 1)", "(turn 2)", "(turn 3)" in order, always from the
@@ -14,7 +16,8 @@ environment). Then:
    error with the OpenAI-style error body), and only requests of the stopped
    node's sessions may fail (the client retries them until the node is back);
    each session's transcript exists on exactly one node; the stopped node
-   exits 0.
+   exits 0; a request with an idempotency key that it ran, retried after
+   its restart, replays that run.
 3. Throughput of stateless completions through HAProxy with 3, 2 and 1
    nodes up (wrk, 64 connections). On a 2-core machine expect no gain past 2:
    HAProxy, wrk and the nodes share the cores.
@@ -62,7 +65,13 @@ def say(text: str) -> None:
 
 
 def owner_of(key: str) -> str:
-    """The node haproxy.cfg sends a session key to: crc32(key) mod 3."""
+    """The node haproxy.cfg sends a session key to: crc32(key) mod 3, a key
+    ``agent:<id>:<rest>`` hashed as ``<rest>`` (the same session to the gateway)."""
+    return NODES[zlib.crc32(re.sub(r"^agent:[^:]+:(?=.)", "", key).encode()) % len(NODES)]
+
+
+def raw_owner(key: str) -> str:
+    """crc32(key) mod 3 of the key as it stands."""
     return NODES[zlib.crc32(key.encode()) % len(NODES)]
 
 
@@ -188,14 +197,26 @@ class Conn:
         self.writer = None
 
 
-async def ws_upgrade(port: int, target: str) -> tuple[int, dict[str, str]]:
-    """Open a WebSocket through the balancer: (status, response headers); then close it."""
+async def ws_upgrade(port: int, target: str) -> tuple[int, dict[str, str], str | None]:
+    """Open a WebSocket through the balancer: (status, response headers, the event of the
+    first frame the node sends after 101, which crosses the tunnel); then close it."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    event = None
     try:
         writer.write((f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
                       "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                       "Sec-WebSocket-Version: 13\r\n\r\n").encode())
         raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        if raw.startswith(b"HTTP/1.1 101"):
+            # The first frame (unmasked, from the server): the connect challenge.
+            first, size = await asyncio.wait_for(reader.readexactly(2), 10)
+            size &= 0x7F
+            if size == 126:
+                size = int.from_bytes(await reader.readexactly(2), "big")
+            elif size == 127:
+                size = int.from_bytes(await reader.readexactly(8), "big")
+            if first & 0x0F == 1:
+                event = json.loads(await asyncio.wait_for(reader.readexactly(size), 10)).get("event")
     finally:
         writer.close()
     lines = raw.decode("latin-1").split("\r\n")
@@ -204,7 +225,7 @@ async def ws_upgrade(port: int, target: str) -> tuple[int, dict[str, str]]:
         name, _, value = line.partition(":")
         if name:
             headers[name.strip().lower()] = value.strip()
-    return int(lines[0].split()[1]), headers
+    return int(lines[0].split()[1]), headers, event
 
 
 def completion_body(user: str | None, text: str) -> bytes:
@@ -268,7 +289,7 @@ async def routing(port: int, checks: Checks) -> None:
     try:
         # A completion's id names its node: the events of a keyed stream are read
         # there (the GET carries no key), whichever node round robin would pick next.
-        ids = {}
+        ids, keys, firsts = {}, {}, {}
         for i in range(60):
             key = f"events-{i}-{os.urandom(4).hex()}"
             if owner_of(key) in ids:
@@ -278,12 +299,43 @@ async def routing(port: int, checks: Checks) -> None:
             found = re.search(rb'"id":"(chatcmpl-(.+?)-[0-9a-f]+)"', body)
             if status == 200 and found:
                 ids[found[2].decode()] = found[1].decode()
+                keys[found[2].decode()], firsts[found[2].decode()] = key, body
         for node, completion in sorted(ids.items()):
             for _ in range(3):
                 status, headers, body = await conn.request("GET", f"/v1/chat/completions/{completion}/events")
                 checks.check(status == 200 and headers.get("x-equabot-node") == node and b"[DONE]" in body,
                              f"the events of {completion[:16]}... are read on {node} ({status})")
         checks.check(set(ids) == set(NODES), f"completion ids name every node ({sorted(ids)})")
+        # The same streamed request resent with its key and Last-Event-ID resumes on its node.
+        for node, completion in sorted(ids.items()):
+            seqs = re.findall(rb"^id: " + re.escape(completion.encode()) + rb":(\d+)$", firsts[node], re.M)
+            streamed = json.dumps({**json.loads(completion_body(None, "hi")), "stream": True}).encode()
+            status, headers, body = await conn.request(
+                "POST", "/v1/chat/completions", streamed,
+                {"Idempotency-Key": keys[node], "Last-Event-ID": f"{completion}:{seqs[1].decode()}"})
+            checks.check(status == 200 and headers.get("x-equabot-node") == node
+                         and headers.get("x-equabot-idempotent-replay") == "true"
+                         and b"[DONE]" in body and body.count(b"\ndata: {") < firsts[node].count(b"\ndata: {"),
+                         f"a stream resent with Last-Event-ID resumes on {node} ({status})")
+        # A response's id names its node: retrieving it and continuing from it
+        # (previous_response_id, no session) go there, whichever node round robin picks next.
+        created = {}
+        for _ in range(12):
+            status, headers, body = await conn.request(
+                "POST", "/v1/responses", json.dumps({"model": "equabot", "input": "first"}).encode())
+            if status == 200:
+                created.setdefault(headers.get("x-equabot-node"), json.loads(body)["id"])
+        for node, response_id in sorted(created.items()):
+            got = [await conn.request("GET", f"/v1/responses/{response_id}") for _ in range(3)]
+            more = [await conn.request("POST", "/v1/responses", json.dumps(
+                {"model": "equabot", "input": "next", "previous_response_id": response_id}).encode())
+                for _ in range(3)]
+            checks.check([a[0] for a in got + more] == [200] * 6
+                         and {a[1].get("x-equabot-node") for a in got + more} == {node}
+                         and all(json.loads(a[2])["id"].startswith(f"resp_{node}_") for a in more),
+                         f"{response_id[:14]}... is retrieved and continued on {node} "
+                         f"({[(a[0], a[1].get('x-equabot-node')) for a in got + more]})")
+        checks.check(set(created) == set(NODES), f"response ids name every node ({sorted(created)})")
         # A retry with an idempotency key reaches the node that ran the first attempt.
         for header in ("Idempotency-Key", "x-equabot-idempotency-key", "x-openclaw-idempotency-key",
                        "x-clawdbot-idempotency-key"):
@@ -311,6 +363,18 @@ async def routing(port: int, checks: Checks) -> None:
         status, headers, _ = await conn.request("POST", "/v1/chat/completions", completion_body(None, "hi"),
                                                 {"x-equabot-session-key": a, "x-openclaw-session-key": b})
         checks.check(headers.get("x-equabot-node") == owner_of(a), "x-equabot-session-key wins over an alias")
+        # Both spellings of one session, agent:main:<key> and <key>, reach one node:
+        # the second request is the session's second turn.
+        key = next(k for k in (f"spelled-{i}-{os.urandom(2).hex()}" for i in range(99))
+                   if raw_owner(k) != raw_owner(f"agent:main:{k}"))
+        answers = [await conn.request("POST", "/v1/chat/completions", completion_body(None, "hi"),
+                                      {"x-equabot-session-key": spelled})
+                   for spelled in (key, f"agent:main:{key}")]
+        checks.check([a[0] for a in answers] == [200, 200]
+                     and {a[1].get("x-equabot-node") for a in answers} == {owner_of(key)}
+                     and b"Echo (turn 2)" in answers[1][2],
+                     f"a session key and its agent:main: spelling reach one node, one session "
+                     f"({[a[1].get('x-equabot-node') for a in answers]})")
         # A header key wins over the body's user.
         user = next(u for u in (f"user-{i}" for i in range(99)) if owner_of(u) != owner_of("header-key"))
         _, headers, _ = await conn.request("POST", "/v1/chat/completions", completion_body(user, "hi"),
@@ -324,13 +388,14 @@ async def routing(port: int, checks: Checks) -> None:
         checks.check(seen == set(NODES), f"stateless requests round robin ({sorted(seen)})")
         # WebSocket control clients: a new one gets a node and a cookie naming it; ?node= pins.
         for query, want in (("", None), ("?node=n2", "n2")):
-            status, headers = await ws_upgrade(port, "/" + query)
+            status, headers, event = await ws_upgrade(port, "/" + query)
             node = headers.get("x-equabot-node")
             cookie = re.search(r"equabot_node=(n\d)", headers.get("set-cookie", ""))
             checks.check(status == 101 and node in NODES and (want is None or node == want)
-                         and (want is not None or (cookie is not None and cookie[1] == node)),
+                         and (want is not None or (cookie is not None and cookie[1] == node))
+                         and event == "connect.challenge",
                          f"WebSocket upgrade /{query} through HAProxy: 101 from {node}"
-                         + (f", cookie equabot_node={cookie[1]}" if cookie else ""))
+                         + (f", cookie equabot_node={cookie[1]}" if cookie else "") + f", then {event}")
         # An error the balancer answers itself has the gateway's error shape.
         status, _, body = await conn.request("POST", "/v1/chat/completions", b"x" * 300_000)
         checks.check(status == 413 and clean_error(status, body),
@@ -396,11 +461,26 @@ async def sessions_under_failure(port: int, nodes: dict[str, Node], base: pathli
         finally:
             conn.close()
 
+    # A request with an idempotency key that the stopped node ran: retried after the
+    # restart, it reaches that node again and gets the first attempt's run from its journal.
+    idem = Conn(port)
+    idem_key = next(k for k in (f"restart-{tag}-{i}" for i in range(99)) if owner_of(k) == VICTIM)
+    first = await idem.request("POST", "/v1/chat/completions", completion_body(None, "once"),
+                               {"Idempotency-Key": idem_key})
     began = time.monotonic()
     kill = asyncio.ensure_future(killer())
     await asyncio.gather(*(worker(users[i::conns]) for i in range(conns)))
     await kill
     elapsed = time.monotonic() - began
+    await wait_all_up(port, set(NODES))
+    again = await idem.request("POST", "/v1/chat/completions", completion_body(None, "once"),
+                               {"Idempotency-Key": idem_key})
+    idem.close()
+    checks.check(first[0] == again[0] == 200 and first[2] == again[2]
+                 and again[1].get("x-equabot-idempotent-replay") == "true"
+                 and again[1].get("x-equabot-node") == VICTIM,
+                 f"a retry under an Idempotency-Key that {VICTIM} ran replays its run after {VICTIM}'s "
+                 f"restart ({again[0]} from {again[1].get('x-equabot-node')})")
     say(f"  {n_sessions} sessions × {turns} turns through HAProxy with {conns} connections: "
         f"{elapsed:.1f} s, {len(errors)} failed attempts (retried)")
 
@@ -518,7 +598,7 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=1000)
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--conns", type=int, default=48, help="client connections for the sessions")
-    parser.add_argument("--seconds", type=float, default=3.0, help="per throughput measurement")
+    parser.add_argument("--seconds", type=int, default=3, help="per throughput measurement (whole seconds: wrk takes no fractions)")
     parser.add_argument("--rounds", type=int, default=3, help="throughput measurements per node count")
     parser.add_argument("--keep", action="store_true", help="keep the state dirs and logs")
     args = parser.parse_args()
