@@ -135,7 +135,19 @@ def show(data: bytes | str, limit: int = EVIDENCE_BYTES) -> str:
 
 
 def why(exc: OSError) -> str:
-    """An OS error in words: "Connection refused", not asyncio's "Connect call failed (…)"."""
+    """An OS error in words: "Connection refused", not asyncio's "Connect call failed (…)".
+
+    A TLS failure is named as one, with OpenSSL's reason ("WRONG_VERSION_NUMBER":
+    an https:// URL to a plain-HTTP port; "CERTIFICATE_VERIFY_FAILED"): its
+    errno is OpenSSL's error code, which ``os.strerror`` would misread as an
+    OS error ("Operation not permitted").
+    """
+    if isinstance(exc, ssl_module.SSLError):
+        reason = exc.reason or (exc.args[1] if len(exc.args) > 1 else str(exc))
+        if isinstance(exc, ssl_module.SSLCertVerificationError) and exc.verify_message:
+            reason = f"{reason}: {exc.verify_message}"
+        hint = " (is the port plain HTTP? use http://)" if exc.reason == "WRONG_VERSION_NUMBER" else ""
+        return f"TLS handshake failed: {reason}{hint}"
     return os.strerror(exc.errno) if exc.errno else str(exc)
 
 
@@ -448,9 +460,9 @@ class Probe:
         if t.secure:
             try:
                 sock = ssl_module.create_default_context().wrap_socket(sock, server_hostname=t.host)
-            except OSError:
+            except OSError as exc:
                 sock.close()
-                raise
+                raise Failed(f"cannot connect to {t.host}:{t.port}: {why(exc)}") from None
         with sock:
             sent = 0
             block = b" " * 65536

@@ -1,0 +1,93 @@
+"""The conformance kit against servers that are not equabot_gw: fair verdicts, clear reasons.
+
+Each test starts a tiny asyncio server shaped like a peer the kit meets in the
+wild (a plain-HTTP port behind an https:// URL, a proxy that knows only one
+model name, ...) and asserts the verdict and reason of the checks it touches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import unittest
+from collections.abc import Callable
+from typing import Any
+
+from equabot_gw import conformance
+from equabot_gw.conformance.checks import Status, Target
+
+Handler = Callable[[str, str, dict[str, str], bytes], bytes]
+
+
+def http(status: int, body: Any, content_type: str = "application/json",
+         extra: tuple[tuple[str, str], ...] = ()) -> bytes:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    fields = [("Content-Type", content_type), ("Content-Length", str(len(data))),
+              ("Connection", "close"), *extra]
+    head = f"HTTP/1.1 {status} Status\r\n" + "".join(f"{n}: {v}\r\n" for n, v in fields) + "\r\n"
+    return head.encode() + data
+
+
+def error(status: int, message: str, extra: tuple[tuple[str, str], ...] = ()) -> bytes:
+    return http(status, {"error": {"message": message, "type": "invalid_request_error",
+                                   "param": None, "code": None}}, extra=extra)
+
+
+class RawServer:
+    """One request per connection, answered by ``handler(method, path, headers, body)``."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
+
+    async def __aenter__(self) -> RawServer:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            first = await reader.read(1)
+            if not first.isalpha():     # not HTTP (a TLS ClientHello): answer 400 as servers do
+                writer.write(http(400, b"Bad Request", "text/plain"))
+                return
+            head = first + await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            method, path, _ = lines[0].split(" ", 2)
+            headers = {}
+            for line in lines[1:]:
+                if ":" in line:
+                    name, _, value = line.partition(":")
+                    headers[name.strip().lower()] = value.strip()
+            body = await reader.readexactly(int(headers.get("content-length", "0")))
+            self.requests.append((method, path, headers, body))
+            writer.write(self.handler(method, path, headers, body))
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
+
+
+async def run(url: str, only: tuple[str, ...], **flags: Any) -> dict[str, tuple[Status, str]]:
+    results, _ = await conformance.run(Target.from_flags(url, **flags), only=only)
+    return {r.name: (r.status, r.reason) for r in results}
+
+
+class TLSTest(unittest.IsolatedAsyncioTestCase):
+    async def test_https_to_a_plain_http_port_names_the_tls_failure(self) -> None:
+        async with RawServer(lambda *a: http(200, {})) as server:
+            got = await run(f"https://127.0.0.1:{server.port}", ("endpoint.enabled",), timeout=5)
+        status, reason = got["endpoint.enabled"]
+        self.assertIs(status, Status.FAIL)
+        self.assertIn("TLS handshake failed", reason)
+        self.assertIn("WRONG_VERSION_NUMBER", reason)
+        self.assertNotIn("Operation not permitted", reason)
+
+
+if __name__ == "__main__":
+    unittest.main()
