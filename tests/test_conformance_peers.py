@@ -89,5 +89,32 @@ class TLSTest(unittest.IsolatedAsyncioTestCase):
         self.assertNotIn("Operation not permitted", reason)
 
 
+def one_model_proxy(token: str, model: str) -> Handler:
+    """A proxy that routes by model name: it knows ``model`` only (400 for any other)."""
+    def handle(method: str, path: str, headers: dict[str, str], body: bytes) -> bytes:
+        if method != "POST":
+            return error(405, "method not allowed", (("Allow", "POST"),))
+        scheme, _, given = headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or given != token:
+            return error(401, "invalid token", (("WWW-Authenticate", "Bearer"),))
+        asked = json.loads(body).get("model")
+        if asked != model:
+            return error(400, f"Invalid model name passed in model={asked}")
+        return http(200, {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": asked,
+                          "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},
+                                       "finish_reason": "stop", "logprobs": None}],
+                          "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+    return handle
+
+
+class AgentFlagTest(unittest.IsolatedAsyncioTestCase):
+    async def test_the_auth_checks_send_the_agents_model(self) -> None:
+        async with RawServer(one_model_proxy("sk-1", "equabot:proxy")) as server:
+            got = await run(f"http://127.0.0.1:{server.port}", ("auth.right-token", "auth.scheme-case"),
+                            token="sk-1", agent="proxy", timeout=5)
+        self.assertEqual(got["auth.right-token"], (Status.PASS, "the token is accepted (200)"))
+        self.assertEqual(got["auth.scheme-case"][0], Status.PASS)
+
+
 if __name__ == "__main__":
     unittest.main()
