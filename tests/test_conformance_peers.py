@@ -15,6 +15,8 @@ from typing import Any
 
 from equabot_gw import conformance
 from equabot_gw.conformance.checks import Status, Target
+from tests.support import TOKEN
+from tests.test_conformance import FakeGateway
 
 Handler = Callable[[str, str, dict[str, str], bytes], bytes]
 
@@ -114,6 +116,22 @@ class AgentFlagTest(unittest.IsolatedAsyncioTestCase):
                             token="sk-1", agent="proxy", timeout=5)
         self.assertEqual(got["auth.right-token"], (Status.PASS, "the token is accepted (200)"))
         self.assertEqual(got["auth.scheme-case"][0], Status.PASS)
+
+
+class SlowAgentGateway(FakeGateway):
+    """A gateway whose WebSocket agent runs never answer (a slow model)."""
+
+    def _ws_agent(self, ws: Any, frame: dict[str, Any]) -> None:
+        pass
+
+
+class WebSocketTest(unittest.IsolatedAsyncioTestCase):
+    async def test_a_slow_agent_does_not_fail_ws_connect(self) -> None:
+        async with SlowAgentGateway() as fake:
+            got = await run(fake.url, ("ws.connect", "ws.agent-ack"), token=TOKEN, ws=True, timeout=0.5)
+        self.assertEqual(got["ws.connect"], (Status.PASS, "hello-ok, protocol 3"))
+        self.assertEqual(got["ws.agent-ack"][0], Status.FAIL)
+        self.assertIn("timed out", got["ws.agent-ack"][1])
 
 
 if __name__ == "__main__":
