@@ -134,5 +134,14 @@ class WebSocketTest(unittest.IsolatedAsyncioTestCase):
         self.assertIn("timed out", got["ws.agent-ack"][1])
 
 
+class PathPrefixTest(unittest.IsolatedAsyncioTestCase):
+    async def test_the_evidence_names_the_path_that_was_requested(self) -> None:
+        async with RawServer(lambda *a: error(404, "not found")) as server:
+            target = Target.from_flags(f"http://127.0.0.1:{server.port}/api/openai/", timeout=5)
+            results, _ = await conformance.run(target, only=("endpoint.enabled",))
+        self.assertEqual(server.requests[0][1], "/api/openai/v1/chat/completions")
+        self.assertEqual(results[0].evidence["request"], "POST /api/openai/v1/chat/completions")
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -433,9 +433,10 @@ class Probe:
         try:
             writer.write(head + (body or b""))
             await writer.drain()
-            return await read_response(reader, method, f"{method} {path}")
+            return await read_response(reader, method, f"{method} {self.target.path_prefix}{path}")
         except ConnectionError as exc:
-            raise Failed(f"the connection failed during {method} {path}: {exc}") from None
+            raise Failed(f"the connection failed during {method} {self.target.path_prefix}{path}: "
+                         f"{exc}") from None
         finally:
             writer.close()
 
@@ -449,7 +450,7 @@ class Probe:
         a plain socket still returns it from ``recv``.
         """
         head = self.request_head(method, path, headers, _DEFAULT, size)
-        return await asyncio.to_thread(self._send_large, head, size, f"{method} {path} ({size} bytes)")
+        return await asyncio.to_thread(self._send_large, head, size, f"{method} {self.target.path_prefix}{path} ({size} bytes)")
 
     def _send_large(self, head: bytes, size: int, request_line: str) -> tuple[Exchange, int]:
         t = self.target
