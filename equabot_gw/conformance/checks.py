@@ -135,7 +135,19 @@ def show(data: bytes | str, limit: int = EVIDENCE_BYTES) -> str:
 
 
 def why(exc: OSError) -> str:
-    """An OS error in words: "Connection refused", not asyncio's "Connect call failed (…)"."""
+    """An OS error in words: "Connection refused", not asyncio's "Connect call failed (…)".
+
+    A TLS failure is named as one, with OpenSSL's reason ("WRONG_VERSION_NUMBER":
+    an https:// URL to a plain-HTTP port; "CERTIFICATE_VERIFY_FAILED"): its
+    errno is OpenSSL's error code, which ``os.strerror`` would misread as an
+    OS error ("Operation not permitted").
+    """
+    if isinstance(exc, ssl_module.SSLError):
+        reason = exc.reason or (exc.args[1] if len(exc.args) > 1 else str(exc))
+        if isinstance(exc, ssl_module.SSLCertVerificationError) and exc.verify_message:
+            reason = f"{reason}: {exc.verify_message}"
+        hint = " (is the port plain HTTP? use http://)" if exc.reason == "WRONG_VERSION_NUMBER" else ""
+        return f"TLS handshake failed: {reason}{hint}"
     return os.strerror(exc.errno) if exc.errno else str(exc)
 
 
@@ -421,9 +433,10 @@ class Probe:
         try:
             writer.write(head + (body or b""))
             await writer.drain()
-            return await read_response(reader, method, f"{method} {path}")
+            return await read_response(reader, method, f"{method} {self.target.path_prefix}{path}")
         except ConnectionError as exc:
-            raise Failed(f"the connection failed during {method} {path}: {exc}") from None
+            raise Failed(f"the connection failed during {method} {self.target.path_prefix}{path}: "
+                         f"{exc}") from None
         finally:
             writer.close()
 
@@ -437,7 +450,7 @@ class Probe:
         a plain socket still returns it from ``recv``.
         """
         head = self.request_head(method, path, headers, _DEFAULT, size)
-        return await asyncio.to_thread(self._send_large, head, size, f"{method} {path} ({size} bytes)")
+        return await asyncio.to_thread(self._send_large, head, size, f"{method} {self.target.path_prefix}{path} ({size} bytes)")
 
     def _send_large(self, head: bytes, size: int, request_line: str) -> tuple[Exchange, int]:
         t = self.target
@@ -448,9 +461,9 @@ class Probe:
         if t.secure:
             try:
                 sock = ssl_module.create_default_context().wrap_socket(sock, server_hostname=t.host)
-            except OSError:
+            except OSError as exc:
                 sock.close()
-                raise
+                raise Failed(f"cannot connect to {t.host}:{t.port}: {why(exc)}") from None
         with sock:
             sent = 0
             block = b" " * 65536

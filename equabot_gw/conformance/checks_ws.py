@@ -201,7 +201,13 @@ HELLO_FIELDS: Final = (
        'lists of methods and events, a health snapshot and the limits (maxPayload, tickIntervalMs)',
        requires=("ws.handshake",))
 async def ws_connect(p: Probe) -> Passed:
-    hello = (await _agent_run(p)).hello
+    # Its own connection: a slow or failing agent run is the agent checks' verdict, not this one's.
+    ws = await _open(p)
+    try:
+        ws.send(_connect_request(p.target.token))
+        hello = await _response(ws, CONNECT_ID)
+    finally:
+        await ws.close()
     payload = hello.get("payload")
     if hello.get("ok") is not True or not isinstance(payload, dict) or payload.get("type") != "hello-ok":
         raise Failed("connect was not answered with ok:true and a hello-ok payload",
