@@ -366,25 +366,22 @@ async def m_usage_cost(conn: ControlConnection, params: Params, req_id: Any) -> 
     # (its CLI prints the last row as "Latest day").
     daily: dict[int, list[int]] = {}
 
-    def add(line: dict[str, Any]) -> None:
-        at, usage = line.get("at"), line.get("usage")
-        if line.get("type") != "assistant" or not isinstance(at, (int, float)) or not isinstance(usage, dict):
-            return
-        day = int(at // 86400)
-        if first_day <= day <= today:
-            bucket = daily.setdefault(day, [0, 0])
-            bucket[0] += _number(usage.get("prompt_tokens"))
-            bucket[1] += _number(usage.get("completion_tokens"))
+    def add(sums: dict[int, tuple[int, int]]) -> None:
+        for day, (prompt, completion) in sums.items():
+            if first_day <= day <= today:
+                bucket = daily.setdefault(day, [0, 0])
+                bucket[0] += prompt
+                bucket[1] += completion
 
+    # Each file is streamed and summed by the store (never held whole), outside
+    # the thread that appends; past days' journals are summed once and kept.
     store = conn.gateway.runtime.store
     keyed = [i for i in store.list_sessions() if i.updated_at >= first_day * 86400][:MAX_USAGE_TRANSCRIPTS]
     for info in keyed:
-        for line in await store.read_transcript(info.agent_id, info.key):
-            add(line)
+        add(await store.transcript_usage(info.agent_id, info.key))
     for agent_id in conn.gateway.runtime.agents:
         for day in range(first_day, today + 1):
-            for line in await store.read_journal(agent_id, day):
-                add(line)
+            add(await store.journal_usage(agent_id, day))
     rows = [_cost_row(time.strftime("%Y-%m-%d", time.gmtime(day * 86400)), *daily[day]) for day in sorted(daily)]
     totals = _cost_row("", sum(r["input"] for r in rows), sum(r["output"] for r in rows))
     del totals["date"]
