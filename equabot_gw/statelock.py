@@ -16,9 +16,11 @@ state dir's gateway last ran with.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Final, NamedTuple
 
@@ -39,6 +41,15 @@ class StateDirInUse(GatewayError):
         who = f"pid {holder.pid} at {holder.url}" if holder and holder.url else "another process"
         super().__init__(f"state dir {state_dir} is in use by a running gateway ({who}); "
                          + (f"{hint}, " if hint else "") + "stop it or pass another --state-dir")
+
+
+class LockFileError(GatewayError):
+    """Something other than a regular file is where the lock file belongs."""
+
+    def __init__(self, path: Path, what: str) -> None:
+        self.path = path
+        super().__init__(f"lock file {path} is not a regular file ({what}); "
+                         "remove it or pass another --state-dir")
 
 
 class Holder(NamedTuple):
@@ -89,7 +100,9 @@ def acquire(state_dir: Path) -> StateLock:
     path = state_dir / LOCK_FILE
     dir_fd = _lock_dir(state_dir, fcntl.LOCK_EX)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = _open(path, os.O_RDWR | os.O_CREAT)
+        if fd is None:
+            raise LockFileError(path, _kind(path))
     except BaseException:
         if dir_fd is not None:
             os.close(dir_fd)
@@ -135,10 +148,11 @@ def holder(state_dir: Path) -> Holder | None:
         return exc.holder if exc.holder is not None and exc.holder.url else None
     if dir_fd is not None:
         os.close(dir_fd)
-    path = state_dir / LOCK_FILE
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = _open(state_dir / LOCK_FILE, os.O_RDONLY)
     except OSError:
+        return None
+    if fd is None:
         return None
     try:
         try:
@@ -155,13 +169,46 @@ def holder(state_dir: Path) -> Holder | None:
 def last_record(state_dir: Path) -> Holder | None:
     """What the state dir's gateway recorded last, running or not (None if nothing readable)."""
     try:
-        fd = os.open(state_dir / LOCK_FILE, os.O_RDONLY)
+        fd = _open(state_dir / LOCK_FILE, os.O_RDONLY)
     except OSError:
+        return None
+    if fd is None:
         return None
     try:
         return _read(fd)
     finally:
         os.close(fd)
+
+
+def _open(path: Path, flags: int) -> int | None:
+    """``path`` opened with ``flags``; None when it is not a regular file.
+
+    Opened without waiting: a FIFO in the lock file's place would otherwise
+    block the open until some writer comes, and a command with it.
+    """
+    try:
+        fd = os.open(path, flags | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, 0o600)
+    except IsADirectoryError:
+        return None
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            return fd
+    except BaseException:
+        os.close(fd)
+        raise
+    os.close(fd)
+    return None
+
+
+def _kind(path: Path) -> str:
+    """What ``path`` is, in a word, for an error message."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError as exc:
+        return errno.errorcode.get(exc.errno or 0, "unknown")
+    return ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+            else "a symlink" if stat.S_ISLNK(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file")
 
 
 def _read(fd: int) -> Holder | None:

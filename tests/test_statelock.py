@@ -10,6 +10,7 @@ import tempfile
 import unittest
 
 from equabot_gw import statelock
+from equabot_gw.errors import GatewayError
 from tests.support import ROOT, TOKEN, GatewayProcess
 
 
@@ -62,6 +63,35 @@ class StateLockTest(unittest.TestCase):
             statelock.acquire(state).release()
 
 
+    def test_a_fifo_or_directory_in_place_of_the_lock_file_is_refused_without_hanging(self) -> None:
+        # Opening a FIFO for reading waits for a writer: a CLI command must not hang on one.
+        import os
+        import threading
+        for kind in ("fifo", "directory"):
+            with self.subTest(kind), tempfile.TemporaryDirectory() as tmp:
+                state = pathlib.Path(tmp)
+                path = state / statelock.LOCK_FILE
+                os.mkfifo(path) if kind == "fifo" else path.mkdir()
+                found: list[object] = []
+
+                def read() -> None:
+                    found.extend([statelock.last_record(state), statelock.holder(state)])
+                reader = threading.Thread(target=read, daemon=True)
+                reader.start()
+                reader.join(5)
+                if reader.is_alive():       # unblock the reader: open the FIFO's other end
+                    os.close(os.open(path, os.O_RDWR))
+                    self.fail(f"reading a {kind} as the lock file hung")
+                self.assertEqual(found, [None, None])
+                with self.assertRaises(statelock.LockFileError) as caught:
+                    statelock.acquire(state)
+                self.assertIn(f"lock file {path} is not a regular file", str(caught.exception))
+                self.assertIsInstance(caught.exception, GatewayError)
+                # Refused, it holds nothing: the directory is free for the next try.
+                os.remove(path) if kind == "fifo" else path.rmdir()
+                statelock.acquire(state).release()
+
+
 def lock_pid() -> int:
     import os
     return os.getpid()
@@ -78,6 +108,25 @@ class RunningGatewayTest(unittest.TestCase):
             lines = result.stderr.strip().splitlines()
             self.assertEqual(len(lines), 1, result.stderr)
             self.assertIn(f"in use by a running gateway (pid {gw.proc.pid} at {gw.url})", lines[0])
+
+    def test_a_fifo_as_lock_file_is_one_line_and_exit_code_2(self) -> None:
+        import os
+        with tempfile.TemporaryDirectory() as tmp:
+            state = pathlib.Path(tmp) / "state"
+            state.mkdir()
+            os.mkfifo(state / statelock.LOCK_FILE)
+            env = {**os.environ, "EQUABOT_GATEWAY_TOKEN": TOKEN}
+            env.pop("EQUABOT_CONFIG_PATH", None)
+            listed = subprocess.run([sys.executable, "-m", "equabot_gw", "sessions", "list", "--state-dir", str(state)],
+                                    cwd=ROOT, env=env, capture_output=True, text=True, timeout=20)
+            self.assertEqual((listed.returncode, listed.stdout), (0, "no sessions\n"), listed.stderr)
+            result = subprocess.run([sys.executable, "-m", "equabot_gw", "--port", "0", "--state-dir", str(state)],
+                                    cwd=ROOT, env=env, capture_output=True, text=True, timeout=20)
+            self.assertEqual(result.returncode, 2, result.stderr)
+            self.assertEqual(result.stdout, "")
+            self.assertEqual(result.stderr.strip().splitlines()[-1],
+                             f"equabot: lock file {state / statelock.LOCK_FILE} is not a regular file (a FIFO); "
+                             "remove it or pass another --state-dir")
 
     def test_cli_goes_through_the_running_gateway(self) -> None:
         with GatewayProcess() as gw:
