@@ -184,12 +184,17 @@ def _open(path: Path, flags: int) -> int | None:
     """``path`` opened with ``flags``; None when it is not a regular file.
 
     Opened without waiting: a FIFO in the lock file's place would otherwise
-    block the open until some writer comes, and a command with it.
+    block the open until some writer comes, and a command with it. A symlink
+    is not followed: the gateway would truncate and overwrite the file it names.
     """
     try:
-        fd = os.open(path, flags | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, flags | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC, 0o600)
     except IsADirectoryError:
         return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:        # O_NOFOLLOW's answer for a symlink
+            return None
+        raise
     try:
         if stat.S_ISREG(os.fstat(fd).st_mode):
             return fd

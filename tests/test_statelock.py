@@ -92,6 +92,23 @@ class StateLockTest(unittest.TestCase):
                 statelock.acquire(state).release()
 
 
+    def test_a_symlink_in_place_of_the_lock_file_is_not_followed(self) -> None:
+        # Following it, a gateway would truncate and overwrite whatever file it names.
+        with tempfile.TemporaryDirectory() as tmp:
+            state = pathlib.Path(tmp) / "state"
+            state.mkdir()
+            victim = pathlib.Path(tmp) / "notes.txt"
+            victim.write_text("precious\n")
+            (state / statelock.LOCK_FILE).symlink_to(victim)
+            with self.assertRaises(statelock.LockFileError) as caught:
+                statelock.acquire(state).announce("http://127.0.0.1:1234")
+            self.assertIn("is not a regular file (a symlink)", str(caught.exception))
+            self.assertEqual(victim.read_text(), "precious\n")
+            self.assertIsNone(statelock.holder(state))
+            (state / statelock.LOCK_FILE).unlink()
+            statelock.acquire(state).release()
+
+
 def lock_pid() -> int:
     import os
     return os.getpid()
