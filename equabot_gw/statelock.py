@@ -22,6 +22,7 @@ import json
 import os
 import stat
 from pathlib import Path
+import weakref
 from typing import Final, NamedTuple
 
 from . import safejson
@@ -72,6 +73,7 @@ class StateLock:
         self._fd: int | None = fd
         self._dir_fd = dir_fd
         self.path = path
+        _held.add(self)
 
     def announce(self, url: str, *, config_path: Path | None = None,
                  auth_mode: str | None = None) -> None:
@@ -89,6 +91,30 @@ class StateLock:
             if fd is not None:
                 os.close(fd)        # closing the descriptor drops its flock
         self._fd = self._dir_fd = None
+        _held.discard(self)
+
+
+# The locks this process holds. A forked child inherits their descriptors, and
+# a flock lasts while any descriptor of it is open: a worker forked by an
+# embedding program would keep the state dir locked after the gateway itself
+# stopped or died. The child closes its copies at once (the parent's lock
+# stays whole: it lives on in the parent's descriptors).
+_held: weakref.WeakSet[StateLock] = weakref.WeakSet()
+
+
+def _drop_inherited() -> None:
+    for lock in list(_held):
+        for fd in (lock._fd, lock._dir_fd):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        lock._fd = lock._dir_fd = None
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_drop_inherited)
 
 
 def acquire(state_dir: Path) -> StateLock:

@@ -109,6 +109,57 @@ class StateLockTest(unittest.TestCase):
             statelock.acquire(state).release()
 
 
+    def test_a_forked_child_does_not_keep_the_state_dir_locked(self) -> None:
+        # An embedding program that forks a worker: the lock is the parent's, not the worker's.
+        import os
+        with tempfile.TemporaryDirectory() as tmp:
+            state = pathlib.Path(tmp)
+            lock = statelock.acquire(state)
+            lock.announce("http://127.0.0.1:1234")
+            go, wait = os.pipe()
+            ready_r, ready_w = os.pipe()
+            pid = os.fork()
+            if pid == 0:        # the child: outlive the parent's lock, then exit without cleanup
+                try:
+                    os.close(wait)
+                    os.write(ready_w, b"r")     # running Python code: past any fork hooks
+                    os.read(go, 1)
+                finally:
+                    os._exit(0)
+            os.close(go)
+            os.close(ready_w)
+            try:
+                self.assertEqual(os.read(ready_r, 1), b"r")
+                os.close(ready_r)
+                # The parent's lock holds while the child lives...
+                self.assertEqual(statelock.holder(state), statelock.Holder(lock_pid(), "http://127.0.0.1:1234"))
+                lock.release()
+                # ...and ends with the parent's release, though the child still runs.
+                self.assertIsNone(statelock.holder(state))
+                statelock.acquire(state).release()
+            finally:
+                os.close(wait)
+                os.waitpid(pid, 0)
+
+    def test_a_child_that_exits_does_not_free_the_parents_lock(self) -> None:
+        import os
+        with tempfile.TemporaryDirectory() as tmp:
+            state = pathlib.Path(tmp)
+            lock = statelock.acquire(state)
+            lock.announce("http://127.0.0.1:1234")
+            pid = os.fork()
+            if pid == 0:        # the child releases what it inherited, then exits
+                try:
+                    lock.release()
+                finally:
+                    os._exit(0)
+            os.waitpid(pid, 0)
+            with self.assertRaises(statelock.StateDirInUse):
+                statelock.acquire(state)
+            self.assertEqual(statelock.holder(state), statelock.Holder(lock_pid(), "http://127.0.0.1:1234"))
+            lock.release()
+
+
 def lock_pid() -> int:
     import os
     return os.getpid()
