@@ -11,7 +11,9 @@ interleave transcripts and fight over indexes), and CLI commands can find the
 running gateway and go through it instead of editing files behind its back.
 The kernel drops the lock when the process dies, SIGKILL included; the
 record stays in the file, so commands run later still know which config the
-state dir's gateway last ran with.
+state dir's gateway last ran with. Taking the lock clears the old record's URL
+(its config stays): until the new holder announces its own, nobody is sent to
+where the last gateway listened.
 """
 
 from __future__ import annotations
@@ -79,12 +81,7 @@ class StateLock:
                  auth_mode: str | None = None) -> None:
         """Record this process's pid, ``url``, config file and auth mode for CLI commands to find."""
         assert self._fd is not None
-        record = {"pid": os.getpid(), "url": url,
-                  "config": None if config_path is None else str(Path(config_path).resolve()),
-                  "authMode": auth_mode}
-        data = json.dumps(record).encode()
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, data, 0)
+        _write(self._fd, url, None if config_path is None else str(Path(config_path).resolve()), auth_mode)
 
     def release(self) -> None:
         for fd in (self._fd, self._dir_fd):
@@ -141,7 +138,26 @@ def acquire(state_dir: Path) -> StateLock:
         if dir_fd is not None:
             os.close(dir_fd)
         raise StateDirInUse(state_dir, holder) from None
+    # Until it announces itself, the file names the last gateway: its URL is nobody's
+    # now (or another program's). Keep only the config it ran with, for commands to follow.
+    try:
+        last = _read(fd)
+        _write(fd, "", last.config_path if last else None, None)
+    except BaseException:
+        os.close(fd)
+        if dir_fd is not None:
+            os.close(dir_fd)
+        raise
     return StateLock(fd, path, dir_fd)
+
+
+def _write(fd: int, url: str, config: str | None, auth_mode: str | None) -> None:
+    """This process's record into the lock file ``fd``: written over the old one (padded with
+    spaces to its length), then cut to length, so a process killed in between leaves a whole
+    record, never an empty file."""
+    data = json.dumps({"pid": os.getpid(), "url": url, "config": config, "authMode": auth_mode}).encode()
+    os.pwrite(fd, data.ljust(min(os.fstat(fd).st_size, MAX_RECORD_BYTES)), 0)
+    os.ftruncate(fd, len(data))
 
 
 def _lock_dir(state_dir: Path, how: int) -> int | None:

@@ -160,6 +160,32 @@ class StateLockTest(unittest.TestCase):
             lock.release()
 
 
+    def test_a_new_holder_does_not_pass_for_the_last_gateway_before_it_announces(self) -> None:
+        # A gateway that is still starting (a big session index takes seconds) holds the lock
+        # with the last gateway's record in the file: its URL (a random port then) may be
+        # another program's now, and the CLI would send it the token.
+        with tempfile.TemporaryDirectory() as tmp:
+            state = pathlib.Path(tmp)
+            config = pathlib.Path(tmp) / "equabot.json5"
+            config.write_text("{}")
+            old = statelock.acquire(state)
+            old.announce("http://127.0.0.1:41873", config_path=config, auth_mode="token")
+            old.release()
+            starting = statelock.acquire(state)
+            try:
+                self.assertIsNone(statelock.holder(state))
+                with self.assertRaises(statelock.StateDirInUse) as caught:
+                    statelock.acquire(state)
+                self.assertNotIn("41873", str(caught.exception))
+                # What the last gateway ran with is still there for commands to follow.
+                self.assertEqual(statelock.last_record(state).config_path, str(config.resolve()))
+                starting.announce("http://127.0.0.1:5678", config_path=config, auth_mode="token")
+                self.assertEqual(statelock.holder(state),
+                                 statelock.Holder(lock_pid(), "http://127.0.0.1:5678", str(config.resolve()), "token"))
+            finally:
+                starting.release()
+
+
 def lock_pid() -> int:
     import os
     return os.getpid()
