@@ -222,6 +222,31 @@ class RunningGatewayTest(unittest.TestCase):
                              f"equabot: lock file {state / statelock.LOCK_FILE} is not a regular file (a FIFO); "
                              "remove it or pass another --state-dir")
 
+    def test_sessions_reset_does_not_edit_files_under_a_holder_without_a_url(self) -> None:
+        # agent --local (or a gateway still loading its store) holds the state dir and
+        # announces no URL: a reset from the files would write behind its back.
+        with GatewayProcess() as gw:
+            def cli(*args: str) -> subprocess.CompletedProcess[str]:
+                return subprocess.run([sys.executable, "-m", "equabot_gw", *args, "--config", str(gw.config_path),
+                                       "--state-dir", str(gw.state_dir)], cwd=ROOT, env=gw.env,
+                                      capture_output=True, text=True, timeout=20)
+            self.assertEqual(cli("agent", "--message", "hi", "--session-key", "k").returncode, 0)
+            self.assertEqual(gw.stop(), 0)
+            before = sorted(p.name for p in gw.state_dir.rglob("*"))
+            lock = statelock.acquire(gw.state_dir)
+            lock.announce("")
+            try:
+                reset = cli("sessions", "reset", "k")
+                self.assertEqual(reset.returncode, 2, reset.stdout + reset.stderr)
+                lines = reset.stderr.strip().splitlines()
+                self.assertEqual(len(lines), 1, reset.stderr)
+                self.assertIn(f"state dir {gw.state_dir} is in use", lines[0])
+                self.assertEqual(sorted(p.name for p in gw.state_dir.rglob("*")), before)
+            finally:
+                lock.release()
+            self.assertEqual(cli("sessions", "reset", "k").stdout.strip(), "reset agent:main:k")
+            self.assertIsNone(statelock.holder(gw.state_dir))      # the reset let go of the lock
+
     def test_cli_goes_through_the_running_gateway(self) -> None:
         with GatewayProcess() as gw:
             def cli(*args: str) -> subprocess.CompletedProcess[str]:
