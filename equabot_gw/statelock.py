@@ -23,6 +23,7 @@ import fcntl
 import json
 import os
 import stat
+import time
 from pathlib import Path
 import weakref
 from typing import Final, NamedTuple
@@ -33,6 +34,9 @@ from .errors import GatewayError
 LOCK_FILE: Final = "gateway.lock"
 # The record is a few hundred bytes; anything longer is not ours.
 MAX_RECORD_BYTES: Final = 8192
+# holder() probes the lock by taking it shared for an instant: acquire() tries
+# again for this long (seconds) before it takes a lock it meets for a holder's.
+PROBE_GRACE: Final = 0.5
 
 
 class StateDirInUse(GatewayError):
@@ -117,11 +121,15 @@ os.register_at_fork(after_in_child=_drop_inherited)
 def acquire(state_dir: Path) -> StateLock:
     """Lock ``state_dir`` for this process; ``StateDirInUse`` if another one holds it.
 
+    A lock held for an instant (a command's ``holder()`` probe) is waited out:
+    the refusal comes when it is still held ``PROBE_GRACE`` seconds later.
+
     The lock is on the directory and on its lock file; it outlives the file's
     removal. A file system that cannot lock a directory leaves the file's lock alone.
     """
     path = state_dir / LOCK_FILE
-    dir_fd = _lock_dir(state_dir, fcntl.LOCK_EX)
+    deadline = time.monotonic() + PROBE_GRACE
+    dir_fd = _lock_dir(state_dir, fcntl.LOCK_EX, deadline)
     try:
         fd = _open(path, os.O_RDWR | os.O_CREAT)
         if fd is None:
@@ -131,7 +139,7 @@ def acquire(state_dir: Path) -> StateLock:
             os.close(dir_fd)
         raise
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _flock(fd, fcntl.LOCK_EX, deadline)
     except BlockingIOError:
         holder = _read(fd)
         os.close(fd)
@@ -160,15 +168,29 @@ def _write(fd: int, url: str, config: str | None, auth_mode: str | None) -> None
     os.ftruncate(fd, len(data))
 
 
-def _lock_dir(state_dir: Path, how: int) -> int | None:
+def _flock(fd: int, how: int, deadline: float | None) -> None:
+    """``flock(fd, how)`` without blocking, tried again until ``deadline`` (monotonic; None: once);
+    ``BlockingIOError`` when it is still held then."""
+    while True:
+        try:
+            fcntl.flock(fd, how | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if deadline is None or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.002)
+
+
+def _lock_dir(state_dir: Path, how: int, deadline: float | None = None) -> int | None:
     """A descriptor of ``state_dir`` holding ``flock(how)``; None where directories cannot be
-    locked. ``StateDirInUse`` (with the lock file's record, if any) when another process holds it."""
+    locked. ``StateDirInUse`` (with the lock file's record, if any) when another process holds
+    it (still, at ``deadline``)."""
     try:
         fd = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return None         # then the lock file's open says what is wrong
     try:
-        fcntl.flock(fd, how | fcntl.LOCK_NB)
+        _flock(fd, how, deadline)
     except BlockingIOError:
         os.close(fd)
         raise StateDirInUse(state_dir, last_record(state_dir)) from None

@@ -186,6 +186,35 @@ class StateLockTest(unittest.TestCase):
                 starting.release()
 
 
+    def test_a_command_looking_for_the_gateway_does_not_make_a_starting_one_refuse(self) -> None:
+        # holder() probes the lock by taking it shared for an instant; a gateway starting in
+        # that instant must not take the probe for a running gateway.
+        import time
+        with tempfile.TemporaryDirectory() as tmp:
+            state = pathlib.Path(tmp)
+            prober = subprocess.Popen(
+                [sys.executable, "-c", "import pathlib, sys\nfrom equabot_gw import statelock\n"
+                 "state = pathlib.Path(sys.argv[1])\nprint('probing', flush=True)\n"
+                 "while True: statelock.holder(state)\n", str(state)],
+                cwd=ROOT, stdout=subprocess.PIPE, text=True)
+            try:
+                self.assertEqual(prober.stdout.readline(), "probing\n")
+                refused = 0
+                deadline = time.monotonic() + 1.5
+                tries = 0
+                while time.monotonic() < deadline:
+                    tries += 1
+                    try:
+                        statelock.acquire(state).release()
+                    except statelock.StateDirInUse:
+                        refused += 1
+                self.assertEqual(refused, 0, f"{refused} of {tries} refused")
+            finally:
+                prober.kill()
+                prober.wait()
+                prober.stdout.close()
+
+
 def lock_pid() -> int:
     import os
     return os.getpid()
