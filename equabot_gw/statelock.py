@@ -45,8 +45,11 @@ class StateDirInUse(GatewayError):
     def __init__(self, state_dir: Path, holder: Holder | None, hint: str = "") -> None:
         self.state_dir = state_dir
         self.holder = holder
-        who = f"pid {holder.pid} at {holder.url}" if holder and holder.url else "another process"
-        super().__init__(f"state dir {state_dir} is in use by a running gateway ({who}); "
+        if holder is not None and not holder.url:       # agent --local, a reset, a gateway still starting
+            who = f"another process (pid {holder.pid})"
+        else:
+            who = f"a running gateway ({f'pid {holder.pid} at {holder.url}' if holder else 'another process'})"
+        super().__init__(f"state dir {state_dir} is in use by {who}; "
                          + (f"{hint}, " if hint else "") + "stop it or pass another --state-dir")
 
 

@@ -215,6 +215,21 @@ class StateLockTest(unittest.TestCase):
                 prober.stdout.close()
 
 
+    def test_a_holder_that_is_no_gateway_is_not_called_one(self) -> None:
+        # agent --local, or a sessions reset from the files: the refusal names its pid, not a gateway.
+        with tempfile.TemporaryDirectory() as tmp:
+            state = pathlib.Path(tmp)
+            lock = statelock.acquire(state)
+            lock.announce("")
+            try:
+                with self.assertRaises(statelock.StateDirInUse) as caught:
+                    statelock.acquire(state)
+                self.assertEqual(str(caught.exception), f"state dir {state} is in use by another process "
+                                 f"(pid {lock_pid()}); stop it or pass another --state-dir")
+            finally:
+                lock.release()
+
+
 def lock_pid() -> int:
     import os
     return os.getpid()
