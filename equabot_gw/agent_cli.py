@@ -356,6 +356,25 @@ async def run_sessions_command(args: argparse.Namespace) -> int:
         session_key_for(agent.id, args.key, set())      # a malformed key is refused all the same
         print(f"equabot: {_missing(agent.id, args.key)}", file=sys.stderr)
         return 1
+    lock = None
+    if args.sessions_command == "reset":
+        # A reset writes: hold the state dir as a gateway would, so none starts meanwhile
+        # and none that is starting (or an agent --local run) is written behind.
+        try:
+            lock = statelock.acquire(state_dir)
+        except statelock.StateDirInUse as exc:
+            if exc.holder is None or not exc.holder.url:
+                raise
+            # It announced itself since: ask it after all.
+            return await _remote_sessions(args, gateway_target(args, config, state_dir, exc.holder))
+    try:
+        return await _local_sessions(args, agent, store)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+async def _local_sessions(args: argparse.Namespace, agent: Any, store: SessionStore) -> int:
     await store.open()
     try:
         if args.sessions_command == "list":

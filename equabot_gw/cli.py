@@ -259,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     _setup_logging(getattr(args, "log_level", "info"), getattr(args, "log_format", "text"))
     try:
         code = _dispatch(args)
-    except (UsageError, statelock.StateDirInUse) as exc:
+    except (UsageError, statelock.StateDirInUse, statelock.LockFileError) as exc:
         print(f"equabot: {exc}", file=sys.stderr)
         code = 2
     except ConfigError as exc:

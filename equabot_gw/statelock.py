@@ -11,15 +11,21 @@ interleave transcripts and fight over indexes), and CLI commands can find the
 running gateway and go through it instead of editing files behind its back.
 The kernel drops the lock when the process dies, SIGKILL included; the
 record stays in the file, so commands run later still know which config the
-state dir's gateway last ran with.
+state dir's gateway last ran with. Taking the lock clears the old record's URL
+(its config stays): until the new holder announces its own, nobody is sent to
+where the last gateway listened.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
+import stat
+import time
 from pathlib import Path
+import weakref
 from typing import Final, NamedTuple
 
 from . import safejson
@@ -28,6 +34,9 @@ from .errors import GatewayError
 LOCK_FILE: Final = "gateway.lock"
 # The record is a few hundred bytes; anything longer is not ours.
 MAX_RECORD_BYTES: Final = 8192
+# holder() probes the lock by taking it shared for an instant: acquire() tries
+# again for this long (seconds) before it takes a lock it meets for a holder's.
+PROBE_GRACE: Final = 0.5
 
 
 class StateDirInUse(GatewayError):
@@ -36,9 +45,21 @@ class StateDirInUse(GatewayError):
     def __init__(self, state_dir: Path, holder: Holder | None, hint: str = "") -> None:
         self.state_dir = state_dir
         self.holder = holder
-        who = f"pid {holder.pid} at {holder.url}" if holder and holder.url else "another process"
-        super().__init__(f"state dir {state_dir} is in use by a running gateway ({who}); "
+        if holder is not None and not holder.url:       # agent --local, a reset, a gateway still starting
+            who = f"another process (pid {holder.pid})"
+        else:
+            who = f"a running gateway ({f'pid {holder.pid} at {holder.url}' if holder else 'another process'})"
+        super().__init__(f"state dir {state_dir} is in use by {who}; "
                          + (f"{hint}, " if hint else "") + "stop it or pass another --state-dir")
+
+
+class LockFileError(GatewayError):
+    """Something other than a regular file is where the lock file belongs."""
+
+    def __init__(self, path: Path, what: str) -> None:
+        self.path = path
+        super().__init__(f"lock file {path} is not a regular file ({what}); "
+                         "remove it or pass another --state-dir")
 
 
 class Holder(NamedTuple):
@@ -61,59 +82,118 @@ class StateLock:
         self._fd: int | None = fd
         self._dir_fd = dir_fd
         self.path = path
+        _held.add(self)
 
     def announce(self, url: str, *, config_path: Path | None = None,
                  auth_mode: str | None = None) -> None:
         """Record this process's pid, ``url``, config file and auth mode for CLI commands to find."""
         assert self._fd is not None
-        record = {"pid": os.getpid(), "url": url,
-                  "config": None if config_path is None else str(Path(config_path).resolve()),
-                  "authMode": auth_mode}
-        data = json.dumps(record).encode()
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, data, 0)
+        _write(self._fd, url, None if config_path is None else str(Path(config_path).resolve()), auth_mode)
 
     def release(self) -> None:
         for fd in (self._fd, self._dir_fd):
             if fd is not None:
                 os.close(fd)        # closing the descriptor drops its flock
         self._fd = self._dir_fd = None
+        _held.discard(self)
+
+
+# The locks this process holds. A forked child inherits their descriptors, and
+# a flock lasts while any descriptor of it is open: a worker forked by an
+# embedding program would keep the state dir locked after the gateway itself
+# stopped or died. The child closes its copies at once (the parent's lock
+# stays whole: it lives on in the parent's descriptors).
+_held: weakref.WeakSet[StateLock] = weakref.WeakSet()
+
+
+def _drop_inherited() -> None:
+    for lock in list(_held):
+        for fd in (lock._fd, lock._dir_fd):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        lock._fd = lock._dir_fd = None
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_drop_inherited)
 
 
 def acquire(state_dir: Path) -> StateLock:
     """Lock ``state_dir`` for this process; ``StateDirInUse`` if another one holds it.
 
+    A lock held for an instant (a command's ``holder()`` probe) is waited out:
+    the refusal comes when it is still held ``PROBE_GRACE`` seconds later.
+
     The lock is on the directory and on its lock file; it outlives the file's
     removal. A file system that cannot lock a directory leaves the file's lock alone.
     """
     path = state_dir / LOCK_FILE
-    dir_fd = _lock_dir(state_dir, fcntl.LOCK_EX)
+    deadline = time.monotonic() + PROBE_GRACE
+    dir_fd = _lock_dir(state_dir, fcntl.LOCK_EX, deadline)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = _open(path, os.O_RDWR | os.O_CREAT)
+        if fd is None:
+            raise LockFileError(path, _kind(path))
     except BaseException:
         if dir_fd is not None:
             os.close(dir_fd)
         raise
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _flock(fd, fcntl.LOCK_EX, deadline)
     except BlockingIOError:
         holder = _read(fd)
         os.close(fd)
         if dir_fd is not None:
             os.close(dir_fd)
         raise StateDirInUse(state_dir, holder) from None
+    # Until it announces itself, the file names the last gateway: its URL is nobody's
+    # now (or another program's). Keep only the config it ran with, for commands to follow.
+    try:
+        last = _read(fd)
+        _write(fd, "", last.config_path if last else None, None)
+    except BaseException:
+        os.close(fd)
+        if dir_fd is not None:
+            os.close(dir_fd)
+        raise
     return StateLock(fd, path, dir_fd)
 
 
-def _lock_dir(state_dir: Path, how: int) -> int | None:
+def _write(fd: int, url: str, config: str | None, auth_mode: str | None) -> None:
+    """This process's record into the lock file ``fd``: written over the old one (padded with
+    spaces to its length), then cut to length, so a process killed in between leaves a whole
+    record, never an empty file."""
+    data = json.dumps({"pid": os.getpid(), "url": url, "config": config, "authMode": auth_mode}).encode()
+    os.pwrite(fd, data.ljust(min(os.fstat(fd).st_size, MAX_RECORD_BYTES)), 0)
+    os.ftruncate(fd, len(data))
+
+
+def _flock(fd: int, how: int, deadline: float | None) -> None:
+    """``flock(fd, how)`` without blocking, tried again until ``deadline`` (monotonic; None: once);
+    ``BlockingIOError`` when it is still held then."""
+    while True:
+        try:
+            fcntl.flock(fd, how | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if deadline is None or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.002)
+
+
+def _lock_dir(state_dir: Path, how: int, deadline: float | None = None) -> int | None:
     """A descriptor of ``state_dir`` holding ``flock(how)``; None where directories cannot be
-    locked. ``StateDirInUse`` (with the lock file's record, if any) when another process holds it."""
+    locked. ``StateDirInUse`` (with the lock file's record, if any) when another process holds
+    it (still, at ``deadline``)."""
     try:
         fd = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return None         # then the lock file's open says what is wrong
     try:
-        fcntl.flock(fd, how | fcntl.LOCK_NB)
+        _flock(fd, how, deadline)
     except BlockingIOError:
         os.close(fd)
         raise StateDirInUse(state_dir, last_record(state_dir)) from None
@@ -135,10 +215,11 @@ def holder(state_dir: Path) -> Holder | None:
         return exc.holder if exc.holder is not None and exc.holder.url else None
     if dir_fd is not None:
         os.close(dir_fd)
-    path = state_dir / LOCK_FILE
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = _open(state_dir / LOCK_FILE, os.O_RDONLY)
     except OSError:
+        return None
+    if fd is None:
         return None
     try:
         try:
@@ -155,13 +236,51 @@ def holder(state_dir: Path) -> Holder | None:
 def last_record(state_dir: Path) -> Holder | None:
     """What the state dir's gateway recorded last, running or not (None if nothing readable)."""
     try:
-        fd = os.open(state_dir / LOCK_FILE, os.O_RDONLY)
+        fd = _open(state_dir / LOCK_FILE, os.O_RDONLY)
     except OSError:
+        return None
+    if fd is None:
         return None
     try:
         return _read(fd)
     finally:
         os.close(fd)
+
+
+def _open(path: Path, flags: int) -> int | None:
+    """``path`` opened with ``flags``; None when it is not a regular file.
+
+    Opened without waiting: a FIFO in the lock file's place would otherwise
+    block the open until some writer comes, and a command with it. A symlink
+    is not followed: the gateway would truncate and overwrite the file it names.
+    """
+    try:
+        fd = os.open(path, flags | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC, 0o600)
+    except IsADirectoryError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:        # O_NOFOLLOW's answer for a symlink
+            return None
+        raise
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            return fd
+    except BaseException:
+        os.close(fd)
+        raise
+    os.close(fd)
+    return None
+
+
+def _kind(path: Path) -> str:
+    """What ``path`` is, in a word, for an error message."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError as exc:
+        return errno.errorcode.get(exc.errno or 0, "unknown")
+    return ("a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+            else "a symlink" if stat.S_ISLNK(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a file")
 
 
 def _read(fd: int) -> Holder | None:
