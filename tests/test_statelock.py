@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import pathlib
 import subprocess
 import sys
 import tempfile
 import unittest
+import urllib.request
+from unittest import mock
 
 from equabot_gw import statelock
 from equabot_gw.errors import GatewayError
-from tests.support import ROOT, TOKEN, GatewayProcess
+from tests.support import ROOT, TOKEN, GatewayProcess, running_gateway
 
 
 class StateLockTest(unittest.TestCase):
@@ -313,3 +316,19 @@ class RunningGatewayTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class AnnounceFailureTest(unittest.IsolatedAsyncioTestCase):
+    async def test_a_record_that_cannot_be_written_costs_the_cli_not_the_clients(self) -> None:
+        # A full disk when the listening gateway writes its record: it serves on,
+        # and says that CLI commands will not find it.
+        full = OSError(28, "No space left on device")
+        with mock.patch.object(statelock.StateLock, "announce", side_effect=full), \
+                self.assertLogs("equabot_gw", "WARNING") as logs:
+            async with running_gateway() as gw:
+                self.assertTrue(gw.ready)
+                url = f"http://127.0.0.1:{gw.server.port}/health"
+                status = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).status)
+                self.assertEqual(status, 200)
+        self.assertTrue(any("could not record this gateway" in line and "No space left" in line
+                            for line in logs.output), logs.output)

@@ -427,7 +427,13 @@ class Gateway:
             raise
         self._running = True
         self.started_at = time.time()
-        self._lock.announce(self.url, config_path=self.config_path, auth_mode=self.secret.mode)
+        try:
+            self._lock.announce(self.url, config_path=self.config_path, auth_mode=self.secret.mode)
+        except OSError as exc:
+            # The record only tells CLI commands where the gateway listens: a full
+            # disk here costs them that, not the clients a gateway already serves.
+            log.warning("could not record this gateway in %s (%s): CLI commands will not find it "
+                        "(pass them --url)", self._lock.path, exc.strerror or exc)
         log.addHandler(self.log_buffer)     # the package's logger only, never the root
         if self._control is not None:
             self._control.start()
