@@ -712,13 +712,19 @@ class AnthropicTests(HTTPProviderCase):
 # -- command ------------------------------------------------------------------------
 
 async def streaming_pids(provider: Provider) -> tuple[asyncio.Task[None], list[int]]:
-    """Stream ``provider`` (a program that prints process ids) in a task until its first
-    ids came: the task, and the list it goes on filling."""
+    """Stream ``provider`` (a program that prints a line of process ids) in a task until
+    that line came whole: the task, and the ids. The output streams as it is read, so a
+    line may come in pieces, split anywhere (inside a number too)."""
     pids: list[int] = []
+    text: list[str] = []
 
     async def consume() -> None:
         async for event in provider.stream(call()):
-            pids.extend(map(int, event.text.split()))
+            if type(event) is not TextDelta:
+                continue            # the Usage and Finish at the end
+            text.append(event.text)
+            if not pids and "\n" in "".join(text):
+                pids.extend(map(int, "".join(text).split("\n")[0].split()))
 
     task = asyncio.create_task(consume())
     while not pids and not task.done():
