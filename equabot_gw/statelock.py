@@ -18,14 +18,15 @@ where the last gateway listened.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import fcntl
 import json
 import os
 import stat
 import time
-from pathlib import Path
 import weakref
+from pathlib import Path
 from typing import Final, NamedTuple
 
 from . import safejson
@@ -121,17 +122,19 @@ def _drop_inherited() -> None:
 os.register_at_fork(after_in_child=_drop_inherited)
 
 
-def acquire(state_dir: Path) -> StateLock:
+def acquire(state_dir: Path, wait: float = PROBE_GRACE) -> StateLock:
     """Lock ``state_dir`` for this process; ``StateDirInUse`` if another one holds it.
 
     A lock held for an instant (a command's ``holder()`` probe) is waited out:
-    the refusal comes when it is still held ``PROBE_GRACE`` seconds later.
+    the refusal comes when it is still held ``wait`` seconds later (a blocking
+    wait: in an event loop, pass 0 and retry with ``asyncio.sleep``, as
+    ``acquire_async`` does).
 
     The lock is on the directory and on its lock file; it outlives the file's
     removal. A file system that cannot lock a directory leaves the file's lock alone.
     """
     path = state_dir / LOCK_FILE
-    deadline = time.monotonic() + PROBE_GRACE
+    deadline = time.monotonic() + wait
     dir_fd = _lock_dir(state_dir, fcntl.LOCK_EX, deadline)
     try:
         fd = _open(path, os.O_RDWR | os.O_CREAT)
@@ -169,6 +172,19 @@ def _write(fd: int, url: str, config: str | None, auth_mode: str | None) -> None
     data = json.dumps({"pid": os.getpid(), "url": url, "config": config, "authMode": auth_mode}).encode()
     os.pwrite(fd, data.ljust(min(os.fstat(fd).st_size, MAX_RECORD_BYTES)), 0)
     os.ftruncate(fd, len(data))
+
+
+async def acquire_async(state_dir: Path) -> StateLock:
+    """``acquire`` for a coroutine: the ``PROBE_GRACE`` wait is spent in ``asyncio.sleep``
+    between attempts, so a refused start never holds its event loop."""
+    deadline = time.monotonic() + PROBE_GRACE
+    while True:
+        try:
+            return acquire(state_dir, wait=0)
+        except StateDirInUse:
+            if time.monotonic() >= deadline:
+                raise
+        await asyncio.sleep(0.01)
 
 
 def _flock(fd: int, how: int, deadline: float | None) -> None:

@@ -8,6 +8,7 @@ import pathlib
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 import urllib.request
 from unittest import mock
@@ -318,7 +319,9 @@ if __name__ == "__main__":
     unittest.main()
 
 
-class AnnounceFailureTest(unittest.IsolatedAsyncioTestCase):
+class StartInALoopTest(unittest.IsolatedAsyncioTestCase):
+    """A gateway started in an embedding program's event loop, around its state-dir lock."""
+
     async def test_a_record_that_cannot_be_written_costs_the_cli_not_the_clients(self) -> None:
         # A full disk when the listening gateway writes its record: it serves on,
         # and says that CLI commands will not find it.
@@ -332,3 +335,31 @@ class AnnounceFailureTest(unittest.IsolatedAsyncioTestCase):
                 self.assertEqual(status, 200)
         self.assertTrue(any("could not record this gateway" in line and "No space left" in line
                             for line in logs.output), logs.output)
+
+    async def test_a_refused_start_waits_for_the_lock_without_holding_its_loop(self) -> None:
+        # The grace a start gives a lock held for an instant is spent in the loop's own
+        # sleep: an embedding program's other tasks run on while a start is refused.
+        with tempfile.TemporaryDirectory() as tmp:
+            held = statelock.acquire(pathlib.Path(tmp))
+            self.addCleanup(held.release)
+            gaps: list[float] = []
+            stop = asyncio.Event()
+
+            async def ticker() -> None:
+                last = time.monotonic()
+                while not stop.is_set():
+                    await asyncio.sleep(0.005)
+                    gaps.append(time.monotonic() - last)
+                    last = time.monotonic()
+
+            ticking = asyncio.ensure_future(ticker())
+            started = time.monotonic()
+            with self.assertRaises(statelock.StateDirInUse):
+                async with running_gateway(state_dir=pathlib.Path(tmp)):
+                    pass
+            waited = time.monotonic() - started
+            stop.set()
+            await ticking
+        self.assertGreaterEqual(waited, statelock.PROBE_GRACE)     # it did wait out the grace
+        self.assertTrue(gaps, "the loop never ran while the start waited")
+        self.assertLess(max(gaps), 0.2)                            # in the loop's own time

@@ -403,7 +403,7 @@ class Gateway:
         if self._used or self._shutdown is not None:
             self._assemble()
         self._used = True
-        self._lock = statelock.acquire(self.state_dir)
+        self._lock = await statelock.acquire_async(self.state_dir)
         try:
             await self.runtime.start()
             try:
