@@ -231,7 +231,7 @@ def run_agent(message: str, *, config: Mapping[str, Any] | str | os.PathLike[str
                     state.mkdir(mode=0o700, parents=True, exist_ok=True)
                 except OSError as exc:
                     raise ConfigError("", f"cannot create state dir {state}: {exc.strerror}") from None
-            cleanup.callback(statelock.acquire(state).release)
+            cleanup.callback((await statelock.acquire_async(state)).release)
             runtime = agent_runtime.Runtime(checked, state)
             await runtime.start()
             try:
