@@ -357,6 +357,18 @@ async def calls_a_tool(call: ProviderCall):
     yield Finish("tool_calls")
 
 
+def first_then_forever(stopped: list[str]):
+    """A provider that yields "first" and then waits for ever; when it is stopped
+    (its run cancelled or aborted) it appends the run's message to ``stopped``."""
+    async def slow(call: ProviderCall):
+        try:
+            yield TextDelta("first")
+            await asyncio.Event().wait()
+        finally:
+            stopped.append(call.messages[-1].text())
+    return slow
+
+
 def provider_config(model: str = "mine", **agents: Any) -> dict[str, Any]:
     data = base_config()
     data["agents"] = {"defaults": {"model": model, **agents}}
@@ -642,13 +654,7 @@ class RunAgentTest(unittest.IsolatedAsyncioTestCase):
 
     async def test_cancelling_or_aborting_stops_the_provider(self) -> None:
         stopped: list[str] = []
-
-        async def slow(call: ProviderCall):
-            try:
-                yield TextDelta("first")
-                await asyncio.Event().wait()
-            finally:
-                stopped.append(call.messages[-1].text())
+        slow = first_then_forever(stopped)
 
         with self.assertRaises(TimeoutError):
             await asyncio.wait_for(run_agent("cancelled", providers={"slow": slow}, model="slow"), 0.2)
@@ -691,13 +697,7 @@ class RunAgentAsACoroutineTest(unittest.TestCase):
 
     def test_tasks_and_task_groups_and_cancelling_one(self) -> None:
         stopped: list[str] = []
-
-        async def slow(call: ProviderCall):
-            try:
-                yield TextDelta("first")
-                await asyncio.Event().wait()
-            finally:
-                stopped.append(call.messages[-1].text())
+        slow = first_then_forever(stopped)
 
         async def main() -> None:
             run = run_agent("a task")

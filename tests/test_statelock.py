@@ -112,7 +112,6 @@ class StateLockTest(unittest.TestCase):
             (state / statelock.LOCK_FILE).unlink()
             statelock.acquire(state).release()
 
-
     def test_a_forked_child_does_not_keep_the_state_dir_locked(self) -> None:
         # An embedding program that forks a worker: the lock is the parent's, not the worker's.
         import os
