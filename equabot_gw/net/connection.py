@@ -83,12 +83,11 @@ class Limits:
     send_timeout: float | None = DEFAULT_SEND_TIMEOUT
 
 
-
-
 def _timed_out() -> ApiError:
     # RFC 9110 §15.5.9: 408 when the server "did not receive a complete request
     # message within the time that it was prepared to wait".
     return ApiError(408, "request head or body not received in time", code="request_timeout")
+
 
 class Connection(ConnectionOutput):
     """One client connection: feeds the parser, runs requests in order, owns timers."""
