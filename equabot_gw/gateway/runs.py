@@ -61,7 +61,7 @@ class PublicRun:
     """What the control protocol keeps of one run: ids, times, outcome; never its text."""
 
     __slots__ = ("id", "internal_id", "agent_id", "session_key", "model", "run", "accepted_at",
-                 "started_at", "ended_at", "status", "error", "requesters", "settled")
+                 "started_at", "ended_at", "status", "error", "failure", "requesters", "settled")
 
     def __init__(self, public_id: str, run: Any) -> None:
         self.id = public_id
@@ -77,6 +77,9 @@ class PublicRun:
         self.ended_at: float | None = None
         self.status = "running"                 # then "ok", "error" or "aborted"
         self.error: str | None = None
+        # A failed run's error frame ({code, message}): what its final answered, and what a
+        # repeat of its idempotencyKey answers again (AGENT_TIMEOUT stays AGENT_TIMEOUT).
+        self.failure: dict[str, Any] | None = None
         # agent requests awaiting the final (at most MAX_REQUESTERS_PER_RUN; a connection's
         # leave with it: Runs.forget)
         self.requesters: list[tuple[ControlConnection, Any]] = []
@@ -138,8 +141,13 @@ class Runs:
         entry = PublicRun(key or run.id, run)
         self._remember(entry)
         if replayed and run.done:          # a run from before a restart: its outcome, no relay
-            entry.status = "ok" if run.status == "ok" else "aborted" if run.status == "aborted" else "error"
+            # As a live run's end tells them apart (_ended): a timeout is an error, not an abort.
+            entry.status = "ok" if run.status == "ok" else \
+                "aborted" if type(run.error) is RunAborted else "error"
             entry.error = str(run.error)[:MAX_ERROR_CHARS] if run.error is not None else None
+            if entry.status == "error":
+                entry.failure = error_shape(run.error) if run.error is not None else \
+                    {"code": "UNAVAILABLE", "message": "error"}
             entry.started_at = entry.ended_at = run.created_at
             entry.run = None
             entry.settled.set_result(None)
@@ -283,9 +291,10 @@ class Runs:
                 chat = {**base, "seq": at, "state": "error", "errorMessage": entry.error}
             broadcast("chat", chat)
         result = event.result if isinstance(event, Ended) else None
+        entry.failure = _failure(event)
         for conn, req_id in entry.requesters:
             conn.send_final(req_id, self.final_payload(entry, result, event.partial if type(event) is Failed else ""),
-                            _failure(event))
+                            entry.failure)
             conn.awaiting.discard(entry)
         entry.requesters.clear()
         entry.settled.set_result(None)
@@ -353,7 +362,7 @@ async def m_agent(conn: ControlConnection, params: dict[str, Any], req_id: Any) 
     elif record is not None and entry.status == "aborted":
         partial = await _partial_of(record)     # the same payload as the first final's
     payload = runs.final_payload(entry, result, partial)
-    conn.send_final(req_id, payload, {"code": "UNAVAILABLE", "message": entry.error or "error"}
+    conn.send_final(req_id, payload, (entry.failure or {"code": "UNAVAILABLE", "message": entry.error or "error"})
                     if entry.status == "error" else None)
     return DEFERRED
 
