@@ -6,6 +6,7 @@ import asyncio
 import json
 from typing import Any
 
+from equabot_gw.gateway import methods
 from equabot_gw.gateway.client import ControlClient
 from tests.test_control import ControlTestCase, slow_config
 
@@ -38,4 +39,28 @@ class RepeatedFailureTest(ControlTestCase):
         again = await self.response(c, c.send("agent", params), final=False)
         self.assertEqual((again["ok"], again["payload"], again["error"]),
                          (first["ok"], first["payload"], first["error"]))
+        await c.close()
+
+
+class HistoryBoundTest(ControlTestCase):
+    async def test_chat_history_sends_at_most_MAX_HISTORY_BYTES_of_the_newest_messages(self) -> None:
+        budget = getattr(methods, "MAX_HISTORY_BYTES", 6 * 1024 * 1024)    # the original's
+        c = await self.client()
+        big = budget // 4     # a turn (message and echo) is half the budget
+        for n in range(4):
+            final = await c.request("agent", {"message": f"turn{n} " + "x" * big, "sessionKey": "long",
+                                              "idempotencyKey": f"long-{n}"})
+            while final.get("status") == "accepted":
+                frame = await asyncio.wait_for(c.next_frame(), 10)
+                if frame.get("type") == "res":
+                    final = frame["payload"]
+            self.assertEqual(final["status"], "ok")
+        history = await c.request("chat.history", {"sessionKey": "long"})
+        messages = history["messages"]
+        self.assertLessEqual(len(json.dumps(messages, separators=(",", ":")).encode()),
+                             budget)
+        self.assertTrue(0 < len(messages) < 8)          # the oldest were dropped
+        self.assertTrue(messages[-1]["content"][0]["text"].startswith("Echo (turn 4): turn3 "))
+        small = await c.request("chat.history", {"sessionKey": "long", "limit": 1})
+        self.assertEqual(small["messages"], messages[-1:])
         await c.close()

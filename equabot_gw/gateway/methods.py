@@ -26,7 +26,7 @@ from .. import __version__, config as config_mod
 from ..agents import sessions
 from ..errors import ApiError
 from ..agents import lines as transcript_lines
-from .frames import MAIN_KEY, assistant_parts, content_parts, ms, session_id, usage_shape
+from .frames import MAIN_KEY, assistant_parts, content_parts, dumps, ms, session_id, usage_shape
 
 if TYPE_CHECKING:
     from ..agents.transcripts import SessionInfo
@@ -43,6 +43,10 @@ RECENT_SESSIONS: Final = 5
 STATUS_RECENT_SESSIONS: Final = 10
 # usage.cost reads at most this many keyed transcripts (the most recently updated).
 MAX_USAGE_TRANSCRIPTS: Final = 2000
+# chat.history sends at most this many bytes of messages (as JSON), the oldest dropped
+# first, as the original does: a long session's history stays well under a client's
+# message limit (25 MiB) and the connection's unread-output bound, which would cut it off.
+MAX_HISTORY_BYTES: Final = 6 * 1024 * 1024
 _HEARTBEAT_OFF: Final = {"enabled": False, "every": "disabled", "everyMs": None}
 
 Params = dict[str, Any]
@@ -345,9 +349,26 @@ async def m_chat_history(conn: ControlConnection, params: Params, req_id: Any) -
     start = max(0, len(messages) - params.get("limit", 200))
     while 0 < start < len(messages) and messages[start]["role"] == "toolResult":
         start -= 1          # a call and its results stay together: never cut between them
-    messages = messages[start:]
+    messages = _newest_within(messages[start:], MAX_HISTORY_BYTES)
     return {"sessionKey": params["sessionKey"], "sessionId": session_id(key, info.created_at if info else None),
             "messages": messages, "thinkingLevel": "off"}
+
+
+def _newest_within(messages: list[dict[str, Any]], budget: int) -> list[dict[str, Any]]:
+    """The newest of ``messages`` whose JSON array takes at most ``budget`` bytes, and
+    always the newest one; tool results whose call did not fit are left out with it.
+
+    Only the messages kept (and the first one that did not fit) are measured.
+    """
+    size, start = 1, len(messages)      # "[" and "]", less the comma the first one does not need
+    while start > 0:
+        size += len(dumps(messages[start - 1]).encode()) + 1
+        if size > budget and start < len(messages):
+            break
+        start -= 1
+    while start < len(messages) - 1 and messages[start]["role"] == "toolResult":
+        start += 1          # results without their call: the call was too old to fit
+    return messages[start:]
 
 
 # ---- usage ----
