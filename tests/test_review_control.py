@@ -64,3 +64,25 @@ class HistoryBoundTest(ControlTestCase):
         small = await c.request("chat.history", {"sessionKey": "long", "limit": 1})
         self.assertEqual(small["messages"], messages[-1:])
         await c.close()
+
+    async def test_sessions_preview_shares_one_byte_budget_over_all_its_keys(self) -> None:
+        budget = getattr(methods, "MAX_HISTORY_BYTES", 6 * 1024 * 1024)
+        c = await self.client()
+        for n in range(4):
+            await c.request("chat.send", {"sessionKey": "wide", "message": f"turn{n} " + "y" * 200_000,
+                                          "idempotencyKey": f"wide-{n}"})
+            self.assertEqual((await c.request("agent.wait", {"runId": f"wide-{n}", "timeoutMs": 10_000}))
+                             ["status"], "ok")
+        # Each key asks for 8 items of 100,000 characters; 64 of them would be 51 MB.
+        preview = await c.request("sessions.preview", {"keys": ["wide"] * 64, "limit": 100,
+                                                       "maxChars": 100_000})
+        previews = preview["previews"]
+        self.assertEqual(len(previews), 64)
+        self.assertEqual({p["status"] for p in previews}, {"ok"})
+        sent = sum(len(json.dumps(p["items"], separators=(",", ":")).encode()) for p in previews)
+        self.assertLessEqual(sent, budget)
+        first = previews[0]["items"]
+        self.assertEqual([item["role"] for item in first], ["user", "assistant"] * 4)
+        self.assertEqual([len(item["text"]) for item in first], [100_000] * 8)
+        self.assertEqual(previews[-1]["items"], [])     # the budget was spent before the last key
+        await c.close()

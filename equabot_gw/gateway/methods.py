@@ -232,6 +232,9 @@ def _entry(conn: ControlConnection, agent_id: str, key: str) -> dict[str, Any]:
 
 async def m_sessions_preview(conn: ControlConnection, params: Params, req_id: Any) -> dict[str, Any]:
     limit, max_chars = params.get("limit", 12), params.get("maxChars", 240)
+    # All previews share chat.history's byte budget: 64 keys (one key 64 times too) of
+    # 100 items of 100,000 characters would otherwise build a 640-million-character answer.
+    left = MAX_HISTORY_BYTES
     previews = []
     for raw_key in params["keys"]:
         try:
@@ -244,8 +247,10 @@ async def m_sessions_preview(conn: ControlConnection, params: Params, req_id: An
             continue
         lines = await conn.gateway.runtime.store.read_transcript(agent_id, key)
         items = [{"role": m["role"], "text": _text_of(m)[:max_chars]}
-                 for m in history_messages(conn, lines)][-limit:]
-        previews.append({"key": raw_key, "status": "ok" if items else "empty", "items": items})
+                 for m in history_messages(conn, lines)[-limit:]]
+        kept = _newest_within(items, left, newest=False)
+        left -= len(dumps(kept).encode())
+        previews.append({"key": raw_key, "status": "ok" if items else "empty", "items": kept})
     return {"ts": ms(time.time()), "previews": previews}
 
 
@@ -354,16 +359,18 @@ async def m_chat_history(conn: ControlConnection, params: Params, req_id: Any) -
             "messages": messages, "thinkingLevel": "off"}
 
 
-def _newest_within(messages: list[dict[str, Any]], budget: int) -> list[dict[str, Any]]:
-    """The newest of ``messages`` whose JSON array takes at most ``budget`` bytes, and
-    always the newest one; tool results whose call did not fit are left out with it.
+def _newest_within(messages: list[dict[str, Any]], budget: int, *, newest: bool = True
+                   ) -> list[dict[str, Any]]:
+    """The newest of ``messages`` whose JSON array takes at most ``budget`` bytes (and the
+    newest one whatever its size, if ``newest``); tool results whose call did not fit are
+    left out with them.
 
     Only the messages kept (and the first one that did not fit) are measured.
     """
     size, start = 1, len(messages)      # "[" and "]", less the comma the first one does not need
     while start > 0:
         size += len(dumps(messages[start - 1]).encode()) + 1
-        if size > budget and start < len(messages):
+        if size > budget and (start < len(messages) or not newest):
             break
         start -= 1
     while start < len(messages) - 1 and messages[start]["role"] == "toolResult":
