@@ -41,6 +41,18 @@ class RepeatedFailureTest(ControlTestCase):
                          (first["ok"], first["payload"], first["error"]))
         await c.close()
 
+    async def test_a_repeated_chat_send_of_a_failed_run_answers_its_error(self) -> None:
+        c = await self.client()
+        params = {"sessionKey": "agent:quick:late", "message": " ".join(["w"] * 40), "idempotencyKey": "late-chat"}
+        self.assertEqual(await c.request("chat.send", params), {"runId": "late-chat", "status": "started"})
+        waited = await c.request("agent.wait", {"runId": "late-chat", "timeoutMs": 10_000})
+        self.assertEqual(waited["status"], "error")
+        again = await self.response(c, c.send("chat.send", params), final=False)
+        self.assertEqual((again["ok"], again["payload"], again["error"]["code"]),
+                         (False, {"runId": "late-chat", "status": "error", "summary": waited["error"]},
+                          "AGENT_TIMEOUT"))
+        await c.close()
+
 
 class HistoryBoundTest(ControlTestCase):
     async def test_chat_history_sends_at_most_MAX_HISTORY_BYTES_of_the_newest_messages(self) -> None:
@@ -85,4 +97,18 @@ class HistoryBoundTest(ControlTestCase):
         self.assertEqual([item["role"] for item in first], ["user", "assistant"] * 4)
         self.assertEqual([len(item["text"]) for item in first], [100_000] * 8)
         self.assertEqual(previews[-1]["items"], [])     # the budget was spent before the last key
+        await c.close()
+
+
+class RepeatedChatSendTest(ControlTestCase):
+    async def test_a_repeated_chat_send_says_in_flight_then_ok_and_starts_nothing(self) -> None:
+        c = await self.client()
+        params = {"sessionKey": "agent:slow:again", "message": " ".join(["w"] * 50), "idempotencyKey": "again-1"}
+        self.assertEqual(await c.request("chat.send", params), {"runId": "again-1", "status": "started"})
+        self.assertEqual(await c.request("chat.send", params), {"runId": "again-1", "status": "in_flight"})
+        done = await c.request("agent.wait", {"runId": "again-1", "timeoutMs": 10_000})
+        self.assertEqual(done["status"], "ok")
+        self.assertEqual(await c.request("chat.send", params), {"runId": "again-1", "status": "ok"})
+        history = await c.request("chat.history", {"sessionKey": "agent:slow:again"})
+        self.assertEqual([m["role"] for m in history["messages"]], ["user", "assistant"])   # one run
         await c.close()

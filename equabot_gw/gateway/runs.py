@@ -416,10 +416,22 @@ async def _wait_foreign(run_id: str, run: Any, timeout: float) -> dict[str, Any]
     return {"runId": run_id, "status": "ok"}
 
 
-async def m_chat_send(conn: ControlConnection, params: dict[str, Any], req_id: Any) -> dict[str, Any]:
+async def m_chat_send(conn: ControlConnection, params: dict[str, Any], req_id: Any) -> object:
+    """Start a run on the session: ``{runId, status: "started"}``. A repeated
+    ``idempotencyKey`` starts nothing, as the original's dedupe answers it: its run
+    still going is ``in_flight``; one that ended is ``ok`` (or ``aborted``), and one
+    that failed answers ``ok: false`` with ``{runId, status: "error", summary}``."""
     _, key = _chat_key(conn, params)
-    entry, _ = await conn.protocol.runs.start({**params, "agentId": None}, "chat", key)
-    return {"runId": entry.id, "status": "started"}
+    entry, fresh = await conn.protocol.runs.start({**params, "agentId": None}, "chat", key)
+    if fresh:
+        return {"runId": entry.id, "status": "started"}
+    if entry.status == "running":
+        return {"runId": entry.id, "status": "in_flight"}
+    if entry.status == "error":
+        conn.send_final(req_id, {"runId": entry.id, "status": "error", "summary": entry.error or "error"},
+                        entry.failure or {"code": "UNAVAILABLE", "message": entry.error or "error"})
+        return DEFERRED
+    return {"runId": entry.id, "status": entry.status}
 
 
 async def m_chat_abort(conn: ControlConnection, params: dict[str, Any], req_id: Any) -> dict[str, Any]:
