@@ -149,12 +149,22 @@ class HandshakeTest(ControlTestCase):
                          {"connect.challenge", "agent", "chat", "tick", "health", "shutdown"})
         snapshot = hello["snapshot"]
         self.assertEqual([p["mode"] for p in snapshot["presence"]], ["gateway", "cli"])
+        import platform
+        self.assertEqual(snapshot["presence"][0]["modelIdentifier"], methods.node_arch(platform.machine()))
         self.assertEqual(snapshot["health"]["defaultAgentId"], "main")
         self.assertEqual(set(snapshot["stateVersion"]), {"presence", "health"})
         self.assertEqual(snapshot["sessionDefaults"]["mainSessionKey"], "agent:main:main")
         self.assertEqual(hello["policy"]["maxPayload"], 25 * 1024 * 1024)
         self.assertEqual(hello["policy"]["tickIntervalMs"], 30000)
         await c.close()
+
+    def test_the_gateway_names_its_architecture_as_the_original_does(self) -> None:
+        # Node's os.arch(): the original's presence entry says "x64" where Python says "x86_64".
+        for machine, arch in (("x86_64", "x64"), ("AMD64", "x64"), ("aarch64", "arm64"), ("arm64", "arm64"),
+                              ("i686", "ia32"), ("armv7l", "arm"), ("ppc64le", "ppc64"), ("s390x", "s390x"),
+                              ("riscv64", "riscv64")):
+            with self.subTest(machine):
+                self.assertEqual(methods.node_arch(machine), arch)
 
     async def test_a_health_event_follows_hello(self) -> None:
         ws = await self.raw()

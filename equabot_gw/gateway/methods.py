@@ -119,6 +119,18 @@ async def m_status(conn: ControlConnection, params: Params, req_id: Any) -> dict
         "connections": gateway.connection_counts()}
 
 
+# The original reports its host's architecture as Node's ``os.arch()`` names it.
+_NODE_ARCH: Final = {"x86_64": "x64", "amd64": "x64", "i386": "ia32", "i686": "ia32", "x86": "ia32",
+                     "aarch64": "arm64", "arm64": "arm64", "armv6l": "arm", "armv7l": "arm", "armv8l": "arm",
+                     "ppc64le": "ppc64", "loongarch64": "loong64", "mips": "mips", "mipsel": "mipsel"}
+
+
+def node_arch(machine: str) -> str:
+    """``platform.machine()`` as Node's ``os.arch()`` spells it ("x86_64" is "x64");
+    a name Node does not rename is kept, lower-case."""
+    return _NODE_ARCH.get(machine.lower(), machine.lower())
+
+
 def presence(conn_protocol: Any) -> list[dict[str, Any]]:
     """This gateway, then every connected control client, as the original lists them."""
     import platform      # here, not at import: serving HTTP never needs it
@@ -129,7 +141,7 @@ def presence(conn_protocol: Any) -> list[dict[str, Any]]:
     entries: list[dict[str, Any]] = [{
         "host": host, "ip": gateway.host, "version": __version__,
         "platform": f"{platform.system().lower()} {platform.release()}",
-        "deviceFamily": platform.system(), "modelIdentifier": platform.machine(),
+        "deviceFamily": platform.system(), "modelIdentifier": node_arch(platform.machine()),
         "mode": "gateway", "reason": "self", "text": mode_text, "ts": now}]
     for conn in sorted(conn_protocol.connections, key=lambda c: c.connected_at):
         entries.append(conn.presence())
