@@ -39,7 +39,8 @@ TOKEN_FILE: Final = "gateway-token"
 # A token file larger than this is not a token (a generated one is 65 bytes): it is
 # refused rather than read, so that a link to /dev/zero cannot fill the memory.
 MAX_TOKEN_FILE_BYTES: Final = 4096
-# Addresses tracked by the limiter at once; the oldest are forgotten first.
+# Keys tracked by the limiter at once, for failure counts and lockouts alike;
+# the oldest are forgotten first.
 MAX_TRACKED_CLIENTS: Final = 10_000
 # The limiter's key for attempts from browser pages: never exempt, apart from other clients.
 BROWSER_KIND: Final = "browser-origin"
@@ -175,6 +176,8 @@ class FailureLimiter:
     ``max_attempts`` failures within ``window_seconds`` lock the key out
     for ``lockout_seconds``; ``reset`` (a success) forgets its failures.
     ``lockouts`` counts the lockouts so far (read-only, for metrics).
+    At most ``MAX_TRACKED_CLIENTS`` keys' failures and as many lockouts are
+    kept, the oldest forgotten first; each failure costs constant time.
     """
 
     def __init__(self, limits: RateLimitConfig, clock: Callable[[], float] = time.monotonic) -> None:
@@ -182,7 +185,8 @@ class FailureLimiter:
         self.clock = clock
         self.lockouts = 0
         self._failures: OrderedDict[Hashable, deque[float]] = OrderedDict()
-        self._locked_until: dict[Hashable, float] = {}
+        # In order of locking, which is the order of ending: every lockout lasts as long.
+        self._locked_until: OrderedDict[Hashable, float] = OrderedDict()
 
     def retry_after(self, key: Hashable) -> float | None:
         """Seconds until ``key`` may try again, or None if it may try now."""
@@ -207,14 +211,18 @@ class FailureLimiter:
         window.append(now)
         self._failures[key] = window
         if len(window) >= self.limits.max_attempts:
+            self._locked_until.pop(key, None)
             self._locked_until[key] = now + self.limits.lockout_seconds
             self.lockouts += 1
             del self._failures[key]
         while len(self._failures) > MAX_TRACKED_CLIENTS:
             self._failures.popitem(last=False)
-        if len(self._locked_until) > MAX_TRACKED_CLIENTS:
-            for stale in [c for c, t in self._locked_until.items() if t <= now]:
-                del self._locked_until[stale]
+        # Ended lockouts go from the front; past the bound the oldest lockouts are
+        # forgotten too, so a flood of addresses (an IPv6 prefix holds billions)
+        # costs neither memory nor a scan of every lockout per failure.
+        locked = self._locked_until
+        while locked and (len(locked) > MAX_TRACKED_CLIENTS or next(iter(locked.values())) <= now):
+            locked.popitem(last=False)
 
 
 @functools.lru_cache(maxsize=1024)
