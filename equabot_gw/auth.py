@@ -240,6 +240,17 @@ def is_loopback(address: str) -> bool:
     return (mapped or ip).is_loopback
 
 
+def _without_port(hop: str) -> str:
+    """An ``X-Forwarded-For`` hop without the port some proxies add: ``192.0.2.7:80`` and
+    ``[2001:db8::7]:80`` (or ``[2001:db8::7]``) name ``192.0.2.7`` and ``2001:db8::7``;
+    anything else (a bare address, ``unknown``) is returned as it is."""
+    if hop.startswith("["):
+        inside, bracket, rest = hop[1:].partition("]")
+        return inside if bracket and (not rest or rest[0] == ":" and rest[1:].isdigit()) else hop
+    host, colon, port = hop.partition(":")
+    return host if colon and port.isdigit() and "." in host else hop
+
+
 class Authenticator:
     """Checks callers against the gateway secret, with the failure limiter in front.
 
@@ -268,6 +279,9 @@ class Authenticator:
         order (RFC 9110 §5.3: one list; a proxy may add a line of its own).
         The list is read right to left, skipping trusted proxies: the first
         untrusted hop is the client (entries left of it could be forged).
+        A hop a proxy wrote with the client's port (``192.0.2.7:51000``,
+        ``[2001:db8::7]:443``) is its address alone: the port changes with
+        every connection, and must not make a new client for the limiter.
         A loopback peer that is not a trusted proxy but forwards for someone
         is most likely a reverse proxy left out of ``trustedProxies``: it is
         named ``"<peer> (forwarding)"``, which is not loopback, so the
@@ -278,9 +292,10 @@ class Authenticator:
         if not self._trusted(peer):
             return f"{peer} (forwarding)" if hops and is_loopback(peer) else peer
         for hop in reversed(hops):
+            hop = _without_port(hop)
             if not self._trusted(hop):
                 return hop
-        return hops[0] if hops else peer
+        return _without_port(hops[0]) if hops else peer
 
     def _trusted(self, address: str) -> bool:
         if not self._proxies:      # the usual case: no address to parse

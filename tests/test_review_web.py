@@ -5,8 +5,9 @@ from __future__ import annotations
 import unittest
 
 from equabot_gw import auth as auth_mod
-from equabot_gw.auth import FailureLimiter
+from equabot_gw.auth import Authenticator, FailureLimiter, Secret
 from equabot_gw.config import RateLimitConfig
+from equabot_gw.errors import ApiError
 
 
 class FakeClock:
@@ -41,6 +42,45 @@ class LockoutMemoryTest(unittest.TestCase):
         self.clock.now += 301
         self.limiter.record_failure("203.0.113.1")
         self.assertEqual(list(self.limiter._locked_until), ["203.0.113.1"])
+
+
+# (X-Forwarded-For as a trusted proxy wrote it, the client it names)
+PORTED_HOPS = (
+    ("203.0.113.7:51000", "203.0.113.7"),
+    ("[2001:db8::7]:443", "2001:db8::7"),
+    ("[2001:db8::7]", "2001:db8::7"),
+    ("6.6.6.6, 203.0.113.7:51000, 10.0.0.2:8080", "203.0.113.7"),   # a trusted hop with a port, skipped
+    ("10.0.0.1:1, 10.0.0.2:2", "10.0.0.1"),                          # every hop trusted: the leftmost
+    ("2001:db8::7", "2001:db8::7"),                                  # bare addresses stay as they are
+    ("::1", "::1"),
+    ("unknown", "unknown"),
+    ("[2001:db8::7]:x", "[2001:db8::7]:x"),                         # not a port: a name as sent
+)
+
+
+class ForwardedPortsTest(unittest.TestCase):
+    """A proxy that writes the client's port too (ip:port) still names one client per address."""
+
+    def authenticator(self) -> Authenticator:
+        return Authenticator(Secret("token", "tok-0123456789abcdef", "test"),
+                             RateLimitConfig(max_attempts=3, window_seconds=60.0, lockout_seconds=300.0),
+                             trusted_proxies=("127.0.0.1", "10.0.0.0/8"))
+
+    def test_the_port_of_a_forwarded_hop_is_not_part_of_the_client(self) -> None:
+        auth = self.authenticator()
+        for forwarded, client in PORTED_HOPS:
+            with self.subTest(forwarded):
+                self.assertEqual(auth.client_address("127.0.0.1", forwarded), client)
+
+    def test_new_source_ports_do_not_escape_the_limiter(self) -> None:
+        auth = self.authenticator()
+        statuses = []
+        for port in range(50000, 50004):      # one connection each, as through the proxy
+            client = auth.client_address("127.0.0.1", f"203.0.113.7:{port}")
+            with self.assertRaises(ApiError) as caught:
+                auth.check_bearer("Bearer wrong", client)
+            statuses.append(caught.exception.status)
+        self.assertEqual(statuses, [401, 401, 401, 429])
 
 
 if __name__ == "__main__":
