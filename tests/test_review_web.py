@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import unittest
 
 from equabot_gw import auth as auth_mod
+from equabot_gw import metrics
 from equabot_gw.auth import Authenticator, FailureLimiter, Secret
 from equabot_gw.config import RateLimitConfig
 from equabot_gw.errors import ApiError
+from equabot_gw.gateway import observe
+from tests.support import TOKEN, base_config, running_gateway
+from tests.test_observe import parse, request
 
 
 class FakeClock:
@@ -81,6 +87,48 @@ class ForwardedPortsTest(unittest.TestCase):
                 auth.check_bearer("Bearer wrong", client)
             statuses.append(caught.exception.status)
         self.assertEqual(statuses, [401, 401, 401, 429])
+
+
+def family(samples: dict, name: str) -> dict:
+    return {labels: value for (sample_name, labels), value in samples.items() if sample_name == name}
+
+
+class MetricsFoldTest(unittest.IsolatedAsyncioTestCase):
+    """Past the bound on label sets, further ones are counted under "other", and that series is shown."""
+
+    def test_the_other_series_fits_in_a_family(self) -> None:
+        self.assertLess(observe.MAX_CELLS, metrics.DEFAULT_MAX_SERIES)
+
+    async def test_requests_past_the_bound_are_counted_under_other(self) -> None:
+        async with running_gateway(base_config()) as gw:
+            routes = observe.MAX_CELLS + 20
+            for i in range(routes):       # as the server reports answered requests
+                gw.observer.request("GET", f"/route-{i}", 200, 0, 0.001)
+            status, _, body = await request(gw, "GET", "/metrics")
+            self.assertEqual(status, 200)
+        requests = family(parse(body.decode()), "equabot_http_requests_total")
+        self.assertLessEqual(len(requests), metrics.DEFAULT_MAX_SERIES)
+        self.assertEqual(requests[frozenset({("route", "other"), ("status", "other")})], 20)
+        self.assertEqual(sum(requests.values()), routes)
+
+    async def test_runs_of_models_past_the_bound_are_counted_under_other(self) -> None:
+        data = base_config()
+        data["models"] = {"providers": {"any": {"api": "echo"}}}       # no models list: any name goes
+        async with running_gateway(data) as gw:
+            models = observe.MAX_CELLS + 3
+            for i in range(models):
+                status, _, _ = await request(gw, "POST", "/v1/chat/completions", {
+                    "model": "equabot", "messages": [{"role": "user", "content": "hi"}]},
+                    headers={"x-equabot-model": f"any/model-{i}"})
+                self.assertEqual(status, 200)
+            status, _, body = await request(gw, "GET", "/metrics")
+            self.assertEqual(status, 200)
+        samples = parse(body.decode())
+        self.assertEqual(sum(family(samples, "equabot_runs_total").values()), models)
+        counts = family(samples, "equabot_run_duration_seconds_count")
+        self.assertEqual(sum(counts.values()), models)
+        self.assertEqual(counts[frozenset({("agent", "other"), ("model", "other"), ("status", "other")})],
+                         models - observe.MAX_CELLS)
 
 
 if __name__ == "__main__":
