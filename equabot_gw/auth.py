@@ -16,7 +16,8 @@ with ``hmac.compare_digest``. HTTP and the WebSocket ``connect`` use the same
 - loopback clients are exempt (``exemptLoopback``, default true) so nobody on
   the machine can lock its own tools out — except attempts made by a browser
   page (a WebSocket ``connect`` whose upgrade carried ``Origin``), which are
-  always counted, per page origin, apart from every other client.
+  always counted apart from every other client: per page origin for pages of
+  loopback names, per site (the host's last two labels) for any other.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Final
+from urllib.parse import urlsplit
 
 from .config import LOOPBACK_HOSTS, PASSWORD_ENV, TOKEN_ENV, AuthConfig, RateLimitConfig, check_exposure
 from .errors import ApiError, ConfigError
@@ -240,6 +242,28 @@ def is_loopback(address: str) -> bool:
     return (mapped or ip).is_loopback
 
 
+def _page_site(origin: str) -> str:
+    """Where the attempts of a page on this machine count: a page of a loopback origin
+    (``http://localhost:3000``) by its origin; any other by its host's last two labels.
+
+    A page of another name reaches a gateway on loopback by DNS rebinding, or as
+    a listed origin; a rebinding site can make up names without end
+    (``a1.rebind.example``, ``a2.rebind.example``, …), each a new origin, so
+    counting per origin would let it guess without limit.
+    """
+    try:
+        host = urlsplit(origin).hostname or ""
+    except ValueError:
+        return origin
+    if not host or host in LOOPBACK_HOSTS:
+        return origin
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:          # a name: its site
+        return ".".join(host.rstrip(".").split(".")[-2:])
+    return origin if (getattr(ip, "ipv4_mapped", None) or ip).is_loopback else host
+
+
 def _without_port(hop: str) -> str:
     """An ``X-Forwarded-For`` hop without the port some proxies add: ``192.0.2.7:80`` and
     ``[2001:db8::7]:80`` (or ``[2001:db8::7]``) name ``192.0.2.7`` and ``2001:db8::7``;
@@ -333,8 +357,8 @@ class Authenticator:
         (a WebSocket whose upgrade carried ``Origin``): pass the Origin value,
         or True when it is not at hand. Such attempts are counted even from
         loopback, apart from other clients (from loopback per origin when
-        given, elsewhere per address), so a page cannot lock out the machine's
-        own tools, nor escape the limiter.
+        given — per site for a name not of loopback — elsewhere per address),
+        so a page cannot lock out the machine's own tools, nor escape the limiter.
         """
         if not self.required:
             return
@@ -361,13 +385,14 @@ class Authenticator:
     def _limiter_key(self, client: str, browser_origin: bool | str) -> Hashable | None:
         """Where an attempt is counted; None for an exempt loopback client."""
         if browser_origin:
-            # A page on this machine is counted per origin, so a hostile one cannot
-            # lock out the others. Elsewhere the Origin (and a Host to match it) is
-            # whatever the client sends: per origin, changing it would escape the count.
+            # A page on this machine is counted per origin (per site beyond loopback
+            # names: _page_site), so a hostile one cannot lock out the others. Elsewhere
+            # the Origin (and a Host to match it) is whatever the client sends: per
+            # origin, changing it would escape the count.
             if not is_loopback(client):
                 return (BROWSER_KIND, client)
             origin = browser_origin.strip().lower() if isinstance(browser_origin, str) else ""
-            return (BROWSER_KIND, origin or client)
+            return (BROWSER_KIND, _page_site(origin) if origin else client)
         if self.limiter.limits.exempt_loopback and is_loopback(client):
             return None
         return (self.secret.mode, client)

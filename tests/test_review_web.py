@@ -89,6 +89,42 @@ class ForwardedPortsTest(unittest.TestCase):
         self.assertEqual(statuses, [401, 401, 401, 429])
 
 
+class RebindingPagesTest(unittest.TestCase):
+    """Pages on this machine from names other than loopback ones (DNS rebinding) share a count per site."""
+
+    def setUp(self) -> None:
+        self.auth = Authenticator(Secret("password", "pw-0123456789", "test"),
+                                  RateLimitConfig(max_attempts=3, window_seconds=60.0, lockout_seconds=300.0))
+
+    def attempt(self, presented: str, origin: str) -> int:
+        try:
+            self.auth.check(presented, "127.0.0.1", browser_origin=origin)
+        except ApiError as exc:
+            return exc.status
+        return 200
+
+    def test_a_site_cannot_escape_the_count_by_making_up_names(self) -> None:
+        # What a rebinding page sends: a fresh name of its site for each attempt, Host to match.
+        statuses = [self.attempt("guess", f"http://a{i}.rebind.example:18789") for i in range(6)]
+        self.assertEqual(statuses, [401, 401, 401, 429, 429, 429])
+        self.assertEqual(self.attempt("pw-0123456789", "https://b.rebind.example"), 429)
+
+    def test_other_pages_and_the_machines_tools_are_not_locked_out_with_it(self) -> None:
+        for i in range(3):
+            self.attempt("guess", f"http://a{i}.rebind.example:18789")
+        for origin in ("http://localhost:3000", "http://127.0.0.1:18789", "http://[::1]:8080",
+                       "https://app.example.com", "http://192.0.2.1:18789"):
+            with self.subTest(origin):
+                self.assertEqual(self.attempt("pw-0123456789", origin), 200)
+        self.auth.check("pw-0123456789", "127.0.0.1")       # no Origin: the machine's own tools
+
+    def test_loopback_pages_are_still_counted_per_origin(self) -> None:
+        for _ in range(3):
+            self.attempt("guess", "http://localhost:3000")
+        self.assertEqual(self.attempt("pw-0123456789", "http://localhost:3000"), 429)
+        self.assertEqual(self.attempt("pw-0123456789", "http://localhost:3001"), 200)
+
+
 def family(samples: dict, name: str) -> dict:
     return {labels: value for (sample_name, labels), value in samples.items() if sample_name == name}
 
