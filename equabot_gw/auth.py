@@ -46,6 +46,10 @@ MAX_TOKEN_FILE_BYTES: Final = 4096
 MAX_TRACKED_CLIENTS: Final = 10_000
 # The limiter's key for attempts from browser pages: never exempt, apart from other clients.
 BROWSER_KIND: Final = "browser-origin"
+# What the limiter keeps of a client's name or a page's origin: more than a browser's
+# longest origin (a 253-character host, scheme and port), so that 10,000 keys made of
+# long Origin values or forwarded names cannot hold gigabytes.
+MAX_KEY_CHARS: Final = 320
 
 
 class Secret:
@@ -390,12 +394,12 @@ class Authenticator:
             # the Origin (and a Host to match it) is whatever the client sends: per
             # origin, changing it would escape the count.
             if not is_loopback(client):
-                return (BROWSER_KIND, client)
+                return (BROWSER_KIND, client[:MAX_KEY_CHARS])
             origin = browser_origin.strip().lower() if isinstance(browser_origin, str) else ""
-            return (BROWSER_KIND, _page_site(origin) if origin else client)
+            return (BROWSER_KIND, (_page_site(origin) if origin else client)[:MAX_KEY_CHARS])
         if self.limiter.limits.exempt_loopback and is_loopback(client):
             return None
-        return (self.secret.mode, client)
+        return (self.secret.mode, client[:MAX_KEY_CHARS])
 
     def check_bearer(self, authorization: str | None, client: str) -> None:
         """Check an ``Authorization`` header value (scheme case-insensitive, RFC 9110 §11.1).

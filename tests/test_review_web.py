@@ -125,6 +125,25 @@ class RebindingPagesTest(unittest.TestCase):
         self.assertEqual(self.attempt("pw-0123456789", "http://localhost:3001"), 200)
 
 
+class LimiterKeySizeTest(unittest.TestCase):
+    """What a client sends (an Origin, a forwarded name) is kept by the limiter in a bounded size."""
+
+    def test_long_origins_and_forwarded_names_are_kept_in_bounded_size(self) -> None:
+        auth = Authenticator(Secret("token", "tok-0123456789abcdef", "test"),
+                             RateLimitConfig(max_attempts=100, window_seconds=60.0, lockout_seconds=300.0),
+                             trusted_proxies=("10.0.0.0/8",))
+        padding = "a" * 60_000
+        attempts = [("127.0.0.1", f"http://localhost/{padding}{i}") for i in range(3)]     # a page of loopback
+        attempts += [("127.0.0.1", f"http://x{i}.{padding}.example") for i in range(3)]   # a page of a site
+        attempts += [(auth.client_address("10.0.0.1", f"{padding}{i}"), False) for i in range(3)]  # via a proxy
+        for client, origin in attempts:
+            with self.assertRaises(ApiError):
+                auth.check("wrong", client, browser_origin=origin)
+        self.assertEqual(sum(map(len, auth.limiter._failures.values())), len(attempts))   # all counted
+        sizes = [len(part) for key in auth.limiter._failures for part in key]
+        self.assertLessEqual(max(sizes), auth_mod.MAX_KEY_CHARS)
+
+
 def family(samples: dict, name: str) -> dict:
     return {labels: value for (sample_name, labels), value in samples.items() if sample_name == name}
 
