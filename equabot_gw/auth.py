@@ -322,7 +322,7 @@ class Authenticator:
         for hop in reversed(hops):
             hop = _without_port(hop)
             if not self._trusted(hop):
-                return hop
+                return hop[:MAX_KEY_CHARS]      # a name as long as the head: kept (and cached) in part
         return _without_port(hops[0]) if hops else peer
 
     def _trusted(self, address: str) -> bool:

@@ -143,6 +143,14 @@ class LimiterKeySizeTest(unittest.TestCase):
         sizes = [len(part) for key in auth.limiter._failures for part in key]
         self.assertLessEqual(max(sizes), auth_mod.MAX_KEY_CHARS)
 
+    def test_a_forwarded_name_is_cut_before_it_is_cached(self) -> None:
+        # is_loopback remembers the last 1,024 clients it was asked about: each must be short.
+        auth = Authenticator(Secret("token", "tok-0123456789abcdef", "test"), RateLimitConfig(),
+                             trusted_proxies=("10.0.0.0/8",))
+        client = auth.client_address("10.0.0.1", "b" * 60_000)
+        self.assertTrue(client.startswith("bbb"))
+        self.assertLessEqual(len(client), auth_mod.MAX_KEY_CHARS)
+
 
 def family(samples: dict, name: str) -> dict:
     return {labels: value for (sample_name, labels), value in samples.items() if sample_name == name}
