@@ -394,12 +394,13 @@ class Authenticator:
             # the Origin (and a Host to match it) is whatever the client sends: per
             # origin, changing it would escape the count.
             if not is_loopback(client):
-                return (BROWSER_KIND, client[:MAX_KEY_CHARS])
+                return (BROWSER_KIND, client)
             origin = browser_origin.strip().lower() if isinstance(browser_origin, str) else ""
-            return (BROWSER_KIND, (_page_site(origin) if origin else client)[:MAX_KEY_CHARS])
+            # Kept in part: an Origin field may be as long as the head.
+            return (BROWSER_KIND, _page_site(origin)[:MAX_KEY_CHARS] if origin else client)
         if self.limiter.limits.exempt_loopback and is_loopback(client):
             return None
-        return (self.secret.mode, client[:MAX_KEY_CHARS])
+        return (self.secret.mode, client)
 
     def check_bearer(self, authorization: str | None, client: str) -> None:
         """Check an ``Authorization`` header value (scheme case-insensitive, RFC 9110 §11.1).
