@@ -16,7 +16,8 @@ with ``hmac.compare_digest``. HTTP and the WebSocket ``connect`` use the same
 - loopback clients are exempt (``exemptLoopback``, default true) so nobody on
   the machine can lock its own tools out — except attempts made by a browser
   page (a WebSocket ``connect`` whose upgrade carried ``Origin``), which are
-  always counted, per page origin, apart from every other client.
+  always counted apart from every other client: per page origin for pages of
+  loopback names, per site (the host's last two labels) for any other.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Final
+from urllib.parse import urlsplit
 
 from .config import LOOPBACK_HOSTS, PASSWORD_ENV, TOKEN_ENV, AuthConfig, RateLimitConfig, check_exposure
 from .errors import ApiError, ConfigError
@@ -39,10 +41,15 @@ TOKEN_FILE: Final = "gateway-token"
 # A token file larger than this is not a token (a generated one is 65 bytes): it is
 # refused rather than read, so that a link to /dev/zero cannot fill the memory.
 MAX_TOKEN_FILE_BYTES: Final = 4096
-# Addresses tracked by the limiter at once; the oldest are forgotten first.
+# Keys tracked by the limiter at once, for failure counts and lockouts alike;
+# the oldest are forgotten first.
 MAX_TRACKED_CLIENTS: Final = 10_000
 # The limiter's key for attempts from browser pages: never exempt, apart from other clients.
 BROWSER_KIND: Final = "browser-origin"
+# What the limiter keeps of a client's name or a page's origin: more than a browser's
+# longest origin (a 253-character host, scheme and port), so that 10,000 keys made of
+# long Origin values or forwarded names cannot hold gigabytes.
+MAX_KEY_CHARS: Final = 320
 
 
 class Secret:
@@ -175,6 +182,8 @@ class FailureLimiter:
     ``max_attempts`` failures within ``window_seconds`` lock the key out
     for ``lockout_seconds``; ``reset`` (a success) forgets its failures.
     ``lockouts`` counts the lockouts so far (read-only, for metrics).
+    At most ``MAX_TRACKED_CLIENTS`` keys' failures and as many lockouts are
+    kept, the oldest forgotten first; each failure costs constant time.
     """
 
     def __init__(self, limits: RateLimitConfig, clock: Callable[[], float] = time.monotonic) -> None:
@@ -182,7 +191,8 @@ class FailureLimiter:
         self.clock = clock
         self.lockouts = 0
         self._failures: OrderedDict[Hashable, deque[float]] = OrderedDict()
-        self._locked_until: dict[Hashable, float] = {}
+        # In order of locking, which is the order of ending: every lockout lasts as long.
+        self._locked_until: OrderedDict[Hashable, float] = OrderedDict()
 
     def retry_after(self, key: Hashable) -> float | None:
         """Seconds until ``key`` may try again, or None if it may try now."""
@@ -207,14 +217,18 @@ class FailureLimiter:
         window.append(now)
         self._failures[key] = window
         if len(window) >= self.limits.max_attempts:
+            self._locked_until.pop(key, None)
             self._locked_until[key] = now + self.limits.lockout_seconds
             self.lockouts += 1
             del self._failures[key]
         while len(self._failures) > MAX_TRACKED_CLIENTS:
             self._failures.popitem(last=False)
-        if len(self._locked_until) > MAX_TRACKED_CLIENTS:
-            for stale in [c for c, t in self._locked_until.items() if t <= now]:
-                del self._locked_until[stale]
+        # Ended lockouts go from the front; past the bound the oldest lockouts are
+        # forgotten too, so a flood of addresses (an IPv6 prefix holds billions)
+        # costs neither memory nor a scan of every lockout per failure.
+        locked = self._locked_until
+        while locked and (len(locked) > MAX_TRACKED_CLIENTS or next(iter(locked.values())) <= now):
+            locked.popitem(last=False)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -230,6 +244,39 @@ def is_loopback(address: str) -> bool:
         return False
     mapped = getattr(ip, "ipv4_mapped", None)
     return (mapped or ip).is_loopback
+
+
+def _page_site(origin: str) -> str:
+    """Where the attempts of a page on this machine count: a page of a loopback origin
+    (``http://localhost:3000``) by its origin; any other by its host's last two labels.
+
+    A page of another name reaches a gateway on loopback by DNS rebinding, or as
+    a listed origin; a rebinding site can make up names without end
+    (``a1.rebind.example``, ``a2.rebind.example``, …), each a new origin, so
+    counting per origin would let it guess without limit.
+    """
+    try:
+        host = urlsplit(origin).hostname or ""
+    except ValueError:
+        return origin
+    if not host or host in LOOPBACK_HOSTS:
+        return origin
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:          # a name: its site
+        return ".".join(host.rstrip(".").split(".")[-2:])
+    return origin if (getattr(ip, "ipv4_mapped", None) or ip).is_loopback else host
+
+
+def _without_port(hop: str) -> str:
+    """An ``X-Forwarded-For`` hop without the port some proxies add: ``192.0.2.7:80`` and
+    ``[2001:db8::7]:80`` (or ``[2001:db8::7]``) name ``192.0.2.7`` and ``2001:db8::7``;
+    anything else (a bare address, ``unknown``) is returned as it is."""
+    if hop.startswith("["):
+        inside, bracket, rest = hop[1:].partition("]")
+        return inside if bracket and (not rest or rest[0] == ":" and rest[1:].isdigit()) else hop
+    host, colon, port = hop.partition(":")
+    return host if colon and port.isdigit() and "." in host else hop
 
 
 class Authenticator:
@@ -260,6 +307,9 @@ class Authenticator:
         order (RFC 9110 §5.3: one list; a proxy may add a line of its own).
         The list is read right to left, skipping trusted proxies: the first
         untrusted hop is the client (entries left of it could be forged).
+        A hop a proxy wrote with the client's port (``192.0.2.7:51000``,
+        ``[2001:db8::7]:443``) is its address alone: the port changes with
+        every connection, and must not make a new client for the limiter.
         A loopback peer that is not a trusted proxy but forwards for someone
         is most likely a reverse proxy left out of ``trustedProxies``: it is
         named ``"<peer> (forwarding)"``, which is not loopback, so the
@@ -270,9 +320,10 @@ class Authenticator:
         if not self._trusted(peer):
             return f"{peer} (forwarding)" if hops and is_loopback(peer) else peer
         for hop in reversed(hops):
+            hop = _without_port(hop)
             if not self._trusted(hop):
-                return hop
-        return hops[0] if hops else peer
+                return hop[:MAX_KEY_CHARS]      # a name as long as the head: kept (and cached) in part
+        return _without_port(hops[0]) if hops else peer
 
     def _trusted(self, address: str) -> bool:
         if not self._proxies:      # the usual case: no address to parse
@@ -310,8 +361,8 @@ class Authenticator:
         (a WebSocket whose upgrade carried ``Origin``): pass the Origin value,
         or True when it is not at hand. Such attempts are counted even from
         loopback, apart from other clients (from loopback per origin when
-        given, elsewhere per address), so a page cannot lock out the machine's
-        own tools, nor escape the limiter.
+        given — per site for a name not of loopback — elsewhere per address),
+        so a page cannot lock out the machine's own tools, nor escape the limiter.
         """
         if not self.required:
             return
@@ -338,13 +389,15 @@ class Authenticator:
     def _limiter_key(self, client: str, browser_origin: bool | str) -> Hashable | None:
         """Where an attempt is counted; None for an exempt loopback client."""
         if browser_origin:
-            # A page on this machine is counted per origin, so a hostile one cannot
-            # lock out the others. Elsewhere the Origin (and a Host to match it) is
-            # whatever the client sends: per origin, changing it would escape the count.
+            # A page on this machine is counted per origin (per site beyond loopback
+            # names: _page_site), so a hostile one cannot lock out the others. Elsewhere
+            # the Origin (and a Host to match it) is whatever the client sends: per
+            # origin, changing it would escape the count.
             if not is_loopback(client):
                 return (BROWSER_KIND, client)
             origin = browser_origin.strip().lower() if isinstance(browser_origin, str) else ""
-            return (BROWSER_KIND, origin or client)
+            # Kept in part: an Origin field may be as long as the head.
+            return (BROWSER_KIND, _page_site(origin)[:MAX_KEY_CHARS] if origin else client)
         if self.limiter.limits.exempt_loopback and is_loopback(client):
             return None
         return (self.secret.mode, client)

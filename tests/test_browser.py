@@ -248,6 +248,24 @@ class SafetyAndLayoutTest(BrowserTestCase):
         self.assertIsNone(await page.evaluate("window.__pwned"))
         self.assertNoConsoleErrors(page)
 
+    async def test_hostile_lines_render_in_linear_time(self) -> None:
+        # A heading followed by thousands of spaces held the page for minutes (a pattern
+        # cubic in the line), a list item with U+2028 after them for seconds (quadratic).
+        page = await self.open_connected()
+        heading = "# a" + " " * 8000 + "b ##"
+        item = "- item" + " " * 60000 + "c\u2028d"
+        await page.evaluate(f"document.getElementById('msg').value = {json.dumps(chr(10).join(('x', heading, item)))}")
+        await page.click("#msg")
+        await page.press("Enter")
+        await self.wait_reply(page)
+        for who in ("user", "assistant"):
+            with self.subTest(who):
+                view = f"[...document.querySelectorAll('#log .msg.{who}')].pop()"
+                self.assertEqual(await page.evaluate(f"{view}.querySelector('.md-h1').textContent"),
+                                 "a" + " " * 8000 + "b")
+                self.assertEqual(await page.evaluate(f"{view}.querySelector('li').textContent"), item[2:])
+        self.assertNoConsoleErrors(page)
+
     async def test_a_socket_that_offers_subprotocols_opens(self) -> None:
         # A browser fails the handshake when the answer names none of the subprotocols it offered.
         page = await self.new_page()

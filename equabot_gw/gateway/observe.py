@@ -42,8 +42,9 @@ __all__ = ["Observer", "JSONFormatter", "run_log", "TTFT_BUCKETS", "MAX_CELLS", 
 
 run_log = logging.getLogger("equabot_gw.runs")
 
-# Label combinations kept per kind of observation before the rest fold into "other".
-MAX_CELLS: Final = metrics.DEFAULT_MAX_SERIES
+# Label combinations kept per kind of observation before the rest fold into "other":
+# one fewer than a family shows, so that the "other" series is among those shown.
+MAX_CELLS: Final = metrics.DEFAULT_MAX_SERIES - 1
 # The route label of a request no route took (404, 405, unparseable).
 UNMATCHED: Final = "unmatched"
 # Seconds to the first text: a local reply in microseconds, a model in seconds.

@@ -46,11 +46,25 @@
 
   // ---- markdown: a small subset, built as DOM nodes --------------------------
 
+  // A line's rest is taken with [^] (anything), never "." before "$": "." stops at
+  // U+2028, and the matcher would then try every split of the whitespace before it
+  // (quadratic in the line); a heading's closing #s are cut by headingText, not by
+  // the pattern (a lazy text, \s* #* \s* $ is cubic: 8,000 spaces held the page for minutes).
   const FENCE = /^ {0,3}(`{3,}|~{3,})\s*([\w+#.-]*)/;
-  const HEADING = /^ {0,3}(#{1,6})\s+(.*?)\s*#*\s*$/;
+  const HEADING = /^ {0,3}(#{1,6})\s+([^]*)$/;
   const RULE = /^ {0,3}([-*_])(?:\s*\1){2,}\s*$/;
-  const ITEM = /^ {0,3}([-*+]|\d{1,9}[.)])\s+(.*)$/;
-  const QUOTE = /^ {0,3}>\s?(.*)$/;
+  const ITEM = /^ {0,3}([-*+]|\d{1,9}[.)])\s+([^]*)$/;
+  const QUOTE = /^ {0,3}>\s?([^]*)$/;
+
+  // A heading's text without its closing sequence: trailing #s preceded by a space (or alone).
+  function headingText(raw) {
+    const text = raw.trimEnd();
+    let start = text.length;
+    while (start > 0 && text[start - 1] === "#") start--;
+    if (start === text.length || (start > 0 && !/\s/.test(text[start - 1]))) return text;
+    return text.slice(0, start).trimEnd();
+  }
+
   // Spans stay on one line and have bounded length, so a hostile reply
   // cannot make the matcher backtrack over the whole text.
   const INLINE = new RegExp([
@@ -125,7 +139,7 @@
         parent.append(pre);
       } else if ((m = HEADING.exec(line))) {
         const p = h("p", "md-h md-h" + m[1].length);
-        inline(p, m[2]);
+        inline(p, headingText(m[2]));
         parent.append(p);
         i++;
       } else if (RULE.test(line)) {
