@@ -313,6 +313,15 @@ class AllowedOriginsTest(ControlTestCase):
                     with self.assertRaisesRegex(Exception, "server answered 403 instead of 101"):
                         await connect("ws" + self.gw.url[4:], headers=[("Origin", origin)])
 
+    async def test_the_gateways_own_page_is_admitted_beside_the_list(self) -> None:
+        # The chat page the gateway serves connects from the gateway's own origin: a list
+        # naming other apps must not lock it out. Other loopback pages need the list.
+        port = self.gw.server.port
+        ws = await self.raw(headers=[("Origin", f"http://127.0.0.1:{port}")])
+        await ws.close()
+        with self.assertRaisesRegex(Exception, "server answered 403 instead of 101"):
+            await connect("ws" + self.gw.url[4:], headers=[("Origin", "http://localhost:1")])
+
 
 class RunsTest(ControlTestCase):
     async def test_an_agent_run_emits_both_event_families_and_the_original_final(self) -> None:

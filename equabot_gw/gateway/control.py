@@ -184,15 +184,16 @@ class ControlProtocol:
 
     def _origin_allowed(self, origin: str, host: str) -> bool:
         allowed = self.config.allowed_origins
-        if allowed:
-            return "*" in allowed or origin in allowed or _origin_key(origin) in self._allowed_origins
-        # No list: same host as the request, or a page served from loopback.
+        if allowed and ("*" in allowed or origin in allowed or _origin_key(origin) in self._allowed_origins):
+            return True
         try:
             parts = urlsplit(origin)
             netloc, hostname = parts.netloc.lower(), parts.hostname or ""
         except ValueError:          # "http://[": not a URL, so not an allowed origin
             return False
-        return netloc == host.lower() or hostname in ("localhost", "127.0.0.1", "::1")
+        # A page of the gateway's own host is its own chat page: a list naming other
+        # apps must not lock that out. Without a list, pages served from loopback too.
+        return netloc == host.lower() or (not allowed and hostname in ("localhost", "127.0.0.1", "::1"))
 
     async def handle_upgrade(self, request: http.HTTPRequest) -> http.Upgrade:
         """``GET /`` with ``Upgrade: websocket``: a control connection."""
