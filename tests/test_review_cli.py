@@ -1,0 +1,66 @@
+"""Hostile and mistaken input to the command line and the config loader.
+
+Values a config file can spell that no key can take (integers of thousands
+of digits), files that never end, flags naming what cannot be used: each is
+one line on stderr with the exit status of its kind (2: config or
+arguments), never a traceback and never a hang.
+"""
+
+from __future__ import annotations
+
+import unittest
+
+from equabot_gw import config
+from equabot_gw.errors import ConfigError
+from tests.test_cli import CLITestCase
+
+# A JSON5 hexadecimal literal of 4,000 digits: an int of 4,817 decimal digits,
+# past what Python converts to text (4,300) and past what a float holds.
+HUGE_HEX = "0x" + "f" * 4000
+# A decimal literal of 400 digits: text converts, a float cannot hold it.
+HUGE_DECIMAL = "1" + "0" * 399
+
+
+class HugeNumbersInConfigTest(CLITestCase):
+    """Numbers past what a JSON number holds exactly (RFC 8259 §6: ±(2^53 - 1)) are refused by name."""
+
+    CASES = (
+        # (where, literal, what the message names)
+        ("gateway: {port: %s}", HUGE_HEX, "gateway.port: expected integer 0-65535, got an integer of 4817 digits"),
+        ("gateway: {http: {maxBodyBytes: %s}}", HUGE_HEX,
+         "gateway.http.maxBodyBytes: expected integer >= 1024 and at most 9007199254740991 (2^53 - 1), "
+         "got an integer of 4817 digits"),
+        ("agents: {defaults: {maxQueued: %s}}", str(2**53),
+         "agents.defaults.maxQueued: expected integer >= 0 and at most 9007199254740991 (2^53 - 1), "
+         "got an integer of 16 digits"),
+        ("gateway: {shutdownGraceSeconds: %s}", HUGE_DECIMAL,
+         "gateway.shutdownGraceSeconds: expected number >= 0, got an integer of 400 digits"),
+        ("gateway: {shutdownGraceSeconds: %s}", HUGE_HEX,
+         "gateway.shutdownGraceSeconds: expected number >= 0, got an integer of 4817 digits"),
+    )
+
+    def test_config_check_names_the_key_in_one_line(self) -> None:
+        for where, literal, message in self.CASES:
+            with self.subTest(message=message):
+                path = self.dir / "huge.json5"
+                path.write_text("{" + where % literal + "}", encoding="utf-8")
+                done = self.cli("config", "check", "--config", str(path))
+                line = self.assertOneLineError(done, 2, f"config error: {message}")
+                self.assertLess(len(line), 300)
+
+    def test_the_largest_exact_integer_is_taken(self) -> None:
+        loaded = config.from_data({"gateway": {"http": {"maxBodyBytes": 2**53 - 1}}}, env={})
+        self.assertEqual(loaded.gateway.http.max_body_bytes, 2**53 - 1)
+
+    def test_from_data_raises_config_error_only(self) -> None:
+        for digits, value in ((4817, 16**4000), (401, 10**400), (401, -(10**400))):
+            for n, data in enumerate(({"gateway": {"shutdownGraceSeconds": value}}, {"gateway": {"port": value}},
+                                      {"agents": {"defaults": {"model": value}}},
+                                      {"gateway": {"auth": {"mode": value}}})):
+                with self.subTest(digits=digits, case=n), self.assertRaises(ConfigError) as caught:
+                    config.from_data(data, env={})
+                self.assertIn(f"got an integer of {digits} digits", str(caught.exception))
+
+
+if __name__ == "__main__":
+    unittest.main()
