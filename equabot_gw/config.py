@@ -30,6 +30,10 @@ SECRET_KEYS: Final = frozenset({"token", "password", "apiKey"})
 # keeps every recursive walk of the parsed value (substitution, checks,
 # display) far from Python's recursion limit.
 MAX_CONFIG_DEPTH: Final = 64
+# Bytes a config file may have. Real ones are a few KiB (a long system prompt
+# or two, tens); the bound keeps a path such as /dev/zero, or a runaway
+# generated file, from filling memory before the parser sees a byte.
+MAX_CONFIG_BYTES: Final = 16 * 1024 * 1024
 MASK: Final = "***"
 TOKEN_ENV: Final = "EQUABOT_GATEWAY_TOKEN"
 PASSWORD_ENV: Final = "EQUABOT_GATEWAY_PASSWORD"
@@ -481,14 +485,33 @@ def load(explicit: str | None = None, env: Mapping[str, str] | None = None) -> t
     if path is None:
         return from_data({}, env), None
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path)
     except FileNotFoundError:
         if required:
             raise ConfigError("", f"config file {path} does not exist") from None
         return from_data({}, env), None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError("", f"cannot read config file {path}: {exc}") from None
     return from_data(parse_text(text, path), env), path
+
+
+def read_text(path: Path) -> str:
+    """The text of config file ``path``, read as UTF-8 up to ``MAX_CONFIG_BYTES``.
+
+    Raises ``FileNotFoundError`` if there is no such file, and
+    ``ConfigError`` if it cannot be read, is not UTF-8 or is larger.
+    """
+    try:
+        with open(path, "rb") as file:
+            data = file.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise ConfigError("", f"cannot read config file {path}: {exc}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError("", f"config file {path} is larger than {MAX_CONFIG_BYTES // (1024 * 1024)} MiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError("", f"cannot read config file {path}: {exc}") from None
 
 
 def parse_text(text: str, path: Path) -> Any:

@@ -62,5 +62,26 @@ class HugeNumbersInConfigTest(CLITestCase):
                 self.assertIn(f"got an integer of {digits} digits", str(caught.exception))
 
 
+class EndlessConfigFileTest(CLITestCase):
+    """A config path that never ends (a device, a runaway file) is refused at a bound, not read into memory."""
+
+    def test_dev_zero_is_refused_at_once(self) -> None:
+        for args in (("config", "check"), ("--port", "0", "--state-dir", str(self.state))):
+            with self.subTest(args=args):
+                done = self.cli(*args, "--config", "/dev/zero")
+                self.assertOneLineError(done, 2, "config error: config file /dev/zero is larger than 16 MiB")
+
+    def test_a_file_one_byte_over_the_bound_is_refused(self) -> None:
+        path = self.dir / "big.json5"
+        with open(path, "wb") as file:
+            file.write(b"{}")
+            file.write(b" " * (config.MAX_CONFIG_BYTES - 1))
+        with self.assertRaises(ConfigError) as caught:
+            config.load(str(path), env={})
+        self.assertEqual(str(caught.exception), f"config file {path} is larger than 16 MiB")
+        path.write_bytes(b"{}" + b" " * (config.MAX_CONFIG_BYTES - 2))    # at the bound: read
+        self.assertEqual(config.load(str(path), env={})[1], path)
+
+
 if __name__ == "__main__":
     unittest.main()
