@@ -85,17 +85,24 @@ def _bind_value(text: str) -> str:
 
 
 def _url(text: str) -> str:
+    """A gateway URL (http, https, ws or wss; its scheme lower-cased, RFC 3986 §3.1 lets
+    any case mean the same), checked whole here, so that a bad one is a usage error."""
     from urllib.parse import urlsplit
     try:
         parts = urlsplit(text)
         ok = parts.scheme in ("http", "https", "ws", "wss") and bool(parts.hostname) \
-            and (parts.port is None or parts.port > 0)
+            and (parts.port is None or parts.port > 0) and text.isprintable() and " " not in text
     except ValueError:
         ok = False
     if not ok:
         raise argparse.ArgumentTypeError(f"expected a gateway URL such as http://127.0.0.1:18789, "
                                          f"got {text!r}")
-    return text
+    if "@" in parts.netloc:         # never sent, and a secret is not to be shown in messages
+        raise argparse.ArgumentTypeError("credentials do not belong in the URL: pass the secret "
+                                         "with --token")
+    if "#" in text:                 # RFC 6455 §3: no fragment on a WebSocket URI
+        raise argparse.ArgumentTypeError(f"a gateway URL has no fragment ('#'), got {text!r}")
+    return parts.scheme + text[len(parts.scheme):]
 
 
 def _session_key(text: str) -> str:

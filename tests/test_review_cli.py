@@ -12,7 +12,7 @@ import unittest
 
 from equabot_gw import config
 from equabot_gw.errors import ConfigError
-from tests.test_cli import CLITestCase
+from tests.test_cli import CLITestCase, free_port
 
 # A JSON5 hexadecimal literal of 4,000 digits: an int of 4,817 decimal digits,
 # past what Python converts to text (4,300) and past what a float holds.
@@ -81,6 +81,34 @@ class EndlessConfigFileTest(CLITestCase):
         self.assertEqual(str(caught.exception), f"config file {path} is larger than 16 MiB")
         path.write_bytes(b"{}" + b" " * (config.MAX_CONFIG_BYTES - 2))    # at the bound: read
         self.assertEqual(config.load(str(path), env={})[1], path)
+
+
+class GatewayURLTest(CLITestCase):
+    """``--url`` is checked whole when the flags are read: a URL that can never be used is a usage
+    error (exit 2), and a URL differing only in the case of its scheme works as any other."""
+
+    REFUSED = (
+        ("http://127.0.0.1:1/#top", "argument --url: a gateway URL has no fragment ('#')"),
+        ("http://me:hunter2@127.0.0.1:1", "argument --url: credentials do not belong in the URL: "
+                                          "pass the secret with --token"),
+        ("http://a b:1/", "argument --url: expected a gateway URL"),
+        ("http://127.0.0.1:1/\x1b[2J", "argument --url: expected a gateway URL"),
+    )
+
+    def test_a_url_that_cannot_be_used_is_a_usage_error(self) -> None:
+        for url, message in self.REFUSED:
+            with self.subTest(url=url):
+                done = self.cli("agent", "-m", "x", "--state-dir", str(self.state), "--url", url)
+                line = self.assertOneLineError(done, 2, message)
+                self.assertNotIn("hunter2", line)
+                self.assertTrue(line.isprintable(), line)
+
+    def test_the_scheme_may_be_upper_case(self) -> None:
+        port = free_port()          # nothing listens: the URL is used, and the connection refused
+        for url in (f"HTTP://127.0.0.1:{port}", f"Ws://127.0.0.1:{port}"):
+            with self.subTest(url=url):
+                done = self.cli("agent", "-m", "x", "--state-dir", str(self.state), "--url", url)
+                self.assertOneLineError(done, 1, f"cannot reach the gateway at {url.lower()}")
 
 
 if __name__ == "__main__":
