@@ -407,13 +407,14 @@ def load_config(args: argparse.Namespace, *, follow_state_dir: bool = False, cre
         if last is not None and last.config_path and Path(last.config_path).is_file():
             explicit = last.config_path
     config, path = config_mod.load(explicit)
+    if state_dir.exists() and not state_dir.is_dir():
+        # Checked first: mkdir would call it "File exists", which reads as no problem at all.
+        raise UsageError(f"state dir {state_dir} is not a directory")
     if create:
         try:
             state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise UsageError(f"cannot create state dir {state_dir}: {exc.strerror}") from None
-    if (create or state_dir.exists()) and not state_dir.is_dir():
-        raise UsageError(f"state dir {state_dir} is not a directory")
     return config, state_dir, path
 
 

@@ -111,5 +111,16 @@ class GatewayURLTest(CLITestCase):
                 self.assertOneLineError(done, 1, f"cannot reach the gateway at {url.lower()}")
 
 
+class StateDirIsAFileTest(CLITestCase):
+    def test_every_command_says_it_is_not_a_directory(self) -> None:
+        state = self.dir / "state-file"
+        state.write_text("not a directory\n")
+        for args in (("--port", "0"), ("agent", "-m", "x", "--local"), ("sessions", "list")):
+            with self.subTest(args=args):
+                done = self.cli(*args, "--state-dir", str(state))
+                self.assertOneLineError(done, 2, f"equabot: state dir {state} is not a directory")
+        self.assertEqual(state.read_text(), "not a directory\n")
+
+
 if __name__ == "__main__":
     unittest.main()
