@@ -267,24 +267,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         code = _dispatch(args)
     except (UsageError, statelock.StateDirInUse, statelock.LockFileError) as exc:
-        print(f"equabot: {exc}", file=sys.stderr)
+        say_error(str(exc))
         code = 2
     except ConfigError as exc:
         from .auth import TokenFileError      # a file of the state dir: not the config's fault
-        print(f"equabot: {'' if isinstance(exc, TokenFileError) else 'config error: '}{exc}", file=sys.stderr)
+        say_error(f"{'' if isinstance(exc, TokenFileError) else 'config error: '}{exc}")
         code = 2
     except ApiError as exc:
-        print(f"equabot: {exc.message}", file=sys.stderr)
+        say_error(exc.message)
         code = 1
     except GatewayError as exc:
         from .gateway.app import BindError
-        print(f"equabot: {exc}", file=sys.stderr)
+        say_error(str(exc))
         code = 2 if isinstance(exc, BindError) else 1
     except OSError as exc:
         if isinstance(exc, BrokenPipeError):
             code = _stdout_gone()
         else:
-            print(f"equabot: {exc}", file=sys.stderr)
+            say_error(str(exc))
             code = 1
     except KeyboardInterrupt:
         code = 130
@@ -314,6 +314,20 @@ def _setup_logging(level: str, fmt: str = "text") -> None:
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
 
 
+def printable(line: str) -> str:
+    """``line`` with its control and other unprintable characters escaped (``\\n``, ``\\x1b``,
+    ``\\u202e``): what a message quotes (a key of a config file, an upstream's error, a
+    gateway's answer) can neither break the line nor drive the operator's terminal."""
+    if line.isprintable():          # nearly always: one C-speed scan
+        return line
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in line)
+
+
+def say_error(message: str) -> None:
+    """``equabot: <message>`` on stderr, one line whatever ``message`` quotes."""
+    print(f"equabot: {printable(message)}", file=sys.stderr)
+
+
 class _TextFormatter(logging.Formatter):
     """``2025-01-31 12:00:00,123 INFO equabot_gw.runs: …``, the date formatted once a second
     (there is a line per run: strftime per line was a sizeable share of its cost).
@@ -330,10 +344,7 @@ class _TextFormatter(logging.Formatter):
         self._stamp = ""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        line = super().formatMessage(record)
-        if line.isprintable():          # nearly always: one C-speed scan
-            return line
-        return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in line)
+        return printable(super().formatMessage(record))
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         second = int(record.created)

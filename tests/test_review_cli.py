@@ -9,6 +9,7 @@ arguments), never a traceback and never a hang.
 from __future__ import annotations
 
 import unittest
+from typing import Any
 
 from equabot_gw import config
 from equabot_gw.errors import ConfigError
@@ -120,6 +121,23 @@ class StateDirIsAFileTest(CLITestCase):
                 done = self.cli(*args, "--state-dir", str(state))
                 self.assertOneLineError(done, 2, f"equabot: state dir {state} is not a directory")
         self.assertEqual(state.read_text(), "not a directory\n")
+
+
+class ErrorLinesAreInertTest(CLITestCase):
+    """What an error quotes (a config file's member name) is escaped:
+    it can neither add a line nor send the operator's terminal an escape sequence."""
+
+    def assertInertLine(self, done: Any, code: int, *parts: str) -> None:
+        line = self.assertOneLineError(done, code, *parts)
+        self.assertTrue(line.isprintable(), repr(line))
+
+    def test_a_config_key_with_escape_sequences(self) -> None:
+        for text, part in (('{"\\u001b[2J\\nX": 1}', "config error: \\x1b[2J\\nX: unknown key"),
+                           ('{gateway: {"\\u001b]0;t\\u0007": 1 2}}', "\\x1b]0;t\\x07")):
+            with self.subTest(text=text):
+                path = self.dir / "esc.json5"
+                path.write_text(text, encoding="utf-8")
+                self.assertInertLine(self.cli("config", "check", "--config", str(path)), 2, part)
 
 
 if __name__ == "__main__":
