@@ -120,6 +120,14 @@ def _session_name(text: str) -> str:
     return text
 
 
+def _message(text: str) -> str:
+    """The message of ``agent``: never blank (an unset shell variable, an empty file's text),
+    which the original command line refuses too ("Message (--message) is required")."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a message that is not blank, got {text!r}")
+    return text
+
+
 def _agent_id(text: str) -> str:
     try:
         return config_checks.agent_id(text)
@@ -194,7 +202,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 def _agent_flags(agent: argparse.ArgumentParser) -> None:
     _common(agent)
-    agent.add_argument("--message", "-m", required=True, help="the user message")
+    agent.add_argument("--message", "-m", required=True, type=_message, help="the user message")
     agent.add_argument("--agent", metavar="ID", type=_agent_id,
                        help="agent id (default: the default agent)")
     agent.add_argument("--session-key", metavar="KEY", type=_session_key,

@@ -140,5 +140,18 @@ class ErrorLinesAreInertTest(CLITestCase):
                 self.assertInertLine(self.cli("config", "check", "--config", str(path)), 2, part)
 
 
+class BlankMessageTest(CLITestCase):
+    """``agent -m ""`` (an unset variable) is refused before any run, as the original command line
+    refuses it, instead of sending a blank turn into the session."""
+
+    def test_blank_messages_are_usage_errors(self) -> None:
+        for message in ("", "  \t\n"):
+            with self.subTest(message=message):
+                done = self.cli("agent", "-m", message, "--local", "--state-dir", str(self.state))
+                self.assertOneLineError(done, 2, "argument --message/-m: expected a message that is not blank")
+                self.assertEqual(done.stdout, "")
+        self.assertFalse(self.state.exists())       # nothing ran, nothing was created
+
+
 if __name__ == "__main__":
     unittest.main()
