@@ -11,6 +11,7 @@ key and the reason, e.g.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -296,8 +297,7 @@ def _build(cls: type[Section], data: Any, path: str) -> Any:
     known = {k.name: k for k in cls.KEYS}
     for name in data:
         if name not in known:
-            where = f"{path}.{name}" if path else name
-            raise ConfigError(where, f"unknown key (known keys: {', '.join(sorted(known))})")
+            raise _unknown_key(path, name, known)
     values: dict[str, Any] = {}
     for k in cls.KEYS:
         where = f"{path}.{k.name}" if path else k.name
@@ -307,6 +307,24 @@ def _build(cls: type[Section], data: Any, path: str) -> Any:
             continue
         values[k.attr] = _value(cls, k, data[k.name], where)
     return cls(**values)
+
+
+def _unknown_key(path: str, name: str, known: Mapping[str, Key]) -> ConfigError:
+    """The error for member ``name`` of the object at ``path``, which its schema lacks.
+
+    A name with a dot (``"gateway.port"``, as flattened configs spell keys) is
+    quoted in the path, which would otherwise name a real key; when its first
+    part is a key here, the error says to nest it.
+    """
+    if "." not in name:
+        return ConfigError(f"{path}.{name}" if path else name,
+                           f"unknown key (known keys: {', '.join(sorted(known))})")
+    head, _, rest = name.partition(".")
+    where = f"{path}[{json.dumps(name)}]" if path else json.dumps(name)
+    if head in known:
+        return ConfigError(where, f"unknown key; keys do not take dotted names: write {head}: "
+                                  f"{{{rest.replace('.', ': {')}: …{'}' * (rest.count('.') + 1)}")
+    return ConfigError(where, f"unknown key (known keys: {', '.join(sorted(known))})")
 
 
 def _value(cls: type[Section], k: Key, raw: Any, where: str) -> Any:

@@ -153,5 +153,25 @@ class BlankMessageTest(CLITestCase):
         self.assertFalse(self.state.exists())       # nothing ran, nothing was created
 
 
+class DottedKeyTest(unittest.TestCase):
+    """A flattened key (``"gateway.port": 1``) is not reported under the name of the real key
+    it spells, which would read as if ``gateway.port`` itself were unknown."""
+
+    CASES = (
+        ({"gateway.port": 1}, '"gateway.port": unknown key; keys do not take dotted names: '
+                              "write gateway: {port: …}"),
+        ({"gateway": {"auth.rateLimit.maxAttempts": 3}},
+         'gateway["auth.rateLimit.maxAttempts"]: unknown key; keys do not take dotted names: '
+         "write auth: {rateLimit: {maxAttempts: …}}"),
+        ({"gateway": {"x.y": 1}}, 'gateway["x.y"]: unknown key (known keys: auth, bind,'),
+    )
+
+    def test_the_error_quotes_the_dotted_name(self) -> None:
+        for data, message in self.CASES:
+            with self.subTest(message=message), self.assertRaises(ConfigError) as caught:
+                config.from_data(data, env={})
+            self.assertTrue(str(caught.exception).startswith(message), str(caught.exception))
+
+
 if __name__ == "__main__":
     unittest.main()
