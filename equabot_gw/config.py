@@ -309,14 +309,14 @@ def _build(cls: type[Section], data: Any, path: str) -> Any:
     return cls(**values)
 
 
-def _unknown_key(path: str, name: str, known: Mapping[str, Key]) -> ConfigError:
+def _unknown_key(path: str, name: Any, known: Mapping[str, Key]) -> ConfigError:
     """The error for member ``name`` of the object at ``path``, which its schema lacks.
 
     A name with a dot (``"gateway.port"``, as flattened configs spell keys) is
     quoted in the path, which would otherwise name a real key; when its first
     part is a key here, the error says to nest it.
     """
-    if "." not in name:
+    if not isinstance(name, str) or "." not in name:      # a dict from code may have any keys
         return ConfigError(f"{path}.{name}" if path else name,
                            f"unknown key (known keys: {', '.join(sorted(known))})")
     head, _, rest = name.partition(".")

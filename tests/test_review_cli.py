@@ -164,6 +164,7 @@ class DottedKeyTest(unittest.TestCase):
          'gateway["auth.rateLimit.maxAttempts"]: unknown key; keys do not take dotted names: '
          "write auth: {rateLimit: {maxAttempts: …}}"),
         ({"gateway": {"x.y": 1}}, 'gateway["x.y"]: unknown key (known keys: auth, bind,'),
+        ({"gateway": {1: 1}}, "gateway.1: unknown key (known keys: auth, bind,"),   # a dict from code
     )
 
     def test_the_error_quotes_the_dotted_name(self) -> None:
