@@ -29,7 +29,7 @@ from .agents.lines import chat_messages
 from .agents.sessions import (SessionStore, agent_of, scoped_key, user_key,
                               validate_key)
 from .agents.types import AgentRequest, AgentResult
-from .cli import env_secret, load_config
+from .cli import env_secret, load_config, printable, say_error
 from .errors import ApiError, ConnectionClosed, GatewayError, ProtocolError, RunError
 
 # Ctrl-C on a remote run: how long the CLI tries to have the gateway abort it.
@@ -215,15 +215,14 @@ async def _run_remote(client: Any, args: argparse.Namespace) -> int:
                     if run.printed:
                         print(flush=True)
                     error = frame.get("error") if isinstance(frame.get("error"), dict) else {}
-                    print(f"equabot: run failed: {error.get('message', 'error')}", file=sys.stderr)
+                    say_error(f"run failed: {error.get('message', 'error')}")
                     return 1
                 payload = payload_of(frame)
                 if payload.get("status") == "accepted":
                     continue
                 print(json.dumps(payload, indent=2, ensure_ascii=False) if args.json else "", flush=True)
                 if payload.get("status") != "ok":
-                    print(f"equabot: run {payload.get('status')}: {payload.get('summary', '')}",
-                          file=sys.stderr)
+                    say_error(f"run {payload.get('status')}: {payload.get('summary', '')}")
                     return 1
                 return 0
     except asyncio.CancelledError:         # a stop signal (Ctrl-C, SIGTERM, SIGHUP) cancelled us
@@ -269,13 +268,13 @@ async def _abort_remote(client: Any, run: _RemoteRun, args: argparse.Namespace) 
                 params["agentId"] = args.agent
             answer = await request(client, "chat.abort", params)
     except (TimeoutError, GatewayError) as exc:
-        _tell(f"equabot: interrupted; could not abort the run on the gateway ({exc or 'no answer'})",
+        _tell(printable(f"equabot: interrupted; could not abort the run on the gateway ({exc or 'no answer'})"),
               sys.stderr)
         return
     if answer.get("aborted"):
-        _tell(f"equabot: interrupted; run {run.run_id} aborted", sys.stderr)
+        _tell(printable(f"equabot: interrupted; run {run.run_id} aborted"), sys.stderr)
     else:
-        _tell(f"equabot: interrupted; run {run.run_id} had already ended", sys.stderr)
+        _tell(printable(f"equabot: interrupted; run {run.run_id} had already ended"), sys.stderr)
 
 
 def _tell(line: str, file: Any) -> None:
@@ -322,7 +321,7 @@ async def _run_local(args: argparse.Namespace, config: config_mod.Config, state_
             elif isinstance(event, Failed):
                 if not args.json:
                     print(flush=True)
-                print(f"equabot: run failed: {event.error}", file=sys.stderr)
+                say_error(f"run failed: {event.error}")
                 return 1
         return 0
     finally:

@@ -85,17 +85,24 @@ def _bind_value(text: str) -> str:
 
 
 def _url(text: str) -> str:
+    """A gateway URL (http, https, ws or wss; its scheme lower-cased, RFC 3986 §3.1 lets
+    any case mean the same), checked whole here, so that a bad one is a usage error."""
     from urllib.parse import urlsplit
     try:
         parts = urlsplit(text)
         ok = parts.scheme in ("http", "https", "ws", "wss") and bool(parts.hostname) \
-            and (parts.port is None or parts.port > 0)
+            and (parts.port is None or parts.port > 0) and text.isprintable() and " " not in text
     except ValueError:
         ok = False
     if not ok:
         raise argparse.ArgumentTypeError(f"expected a gateway URL such as http://127.0.0.1:18789, "
                                          f"got {text!r}")
-    return text
+    if "@" in parts.netloc:         # never sent, and a secret is not to be shown in messages
+        raise argparse.ArgumentTypeError("credentials do not belong in the URL: pass the secret "
+                                         "with --token")
+    if "#" in text:                 # RFC 6455 §3: no fragment on a WebSocket URI
+        raise argparse.ArgumentTypeError(f"a gateway URL has no fragment ('#'), got {text!r}")
+    return parts.scheme + text[len(parts.scheme):]
 
 
 def _session_key(text: str) -> str:
@@ -110,6 +117,14 @@ def _session_name(text: str) -> str:
     """A session of ``sessions show|reset``: a key or an OpenAI ``user`` string, never empty."""
     if not text:
         raise argparse.ArgumentTypeError("expected a session key or the user string an OpenAI client sent, got ''")
+    return text
+
+
+def _message(text: str) -> str:
+    """The message of ``agent``: never blank (an unset shell variable, an empty file's text),
+    which the original command line refuses too ("Message (--message) is required")."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a message that is not blank, got {text!r}")
     return text
 
 
@@ -187,7 +202,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 def _agent_flags(agent: argparse.ArgumentParser) -> None:
     _common(agent)
-    agent.add_argument("--message", "-m", required=True, help="the user message")
+    agent.add_argument("--message", "-m", required=True, type=_message, help="the user message")
     agent.add_argument("--agent", metavar="ID", type=_agent_id,
                        help="agent id (default: the default agent)")
     agent.add_argument("--session-key", metavar="KEY", type=_session_key,
@@ -260,24 +275,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         code = _dispatch(args)
     except (UsageError, statelock.StateDirInUse, statelock.LockFileError) as exc:
-        print(f"equabot: {exc}", file=sys.stderr)
+        say_error(str(exc))
         code = 2
     except ConfigError as exc:
         from .auth import TokenFileError      # a file of the state dir: not the config's fault
-        print(f"equabot: {'' if isinstance(exc, TokenFileError) else 'config error: '}{exc}", file=sys.stderr)
+        say_error(f"{'' if isinstance(exc, TokenFileError) else 'config error: '}{exc}")
         code = 2
     except ApiError as exc:
-        print(f"equabot: {exc.message}", file=sys.stderr)
+        say_error(exc.message)
         code = 1
     except GatewayError as exc:
         from .gateway.app import BindError
-        print(f"equabot: {exc}", file=sys.stderr)
+        say_error(str(exc))
         code = 2 if isinstance(exc, BindError) else 1
     except OSError as exc:
         if isinstance(exc, BrokenPipeError):
             code = _stdout_gone()
         else:
-            print(f"equabot: {exc}", file=sys.stderr)
+            say_error(str(exc))
             code = 1
     except KeyboardInterrupt:
         code = 130
@@ -307,6 +322,20 @@ def _setup_logging(level: str, fmt: str = "text") -> None:
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
 
 
+def printable(line: str) -> str:
+    """``line`` with its control and other unprintable characters escaped (``\\n``, ``\\x1b``,
+    ``\\u202e``): what a message quotes (a key of a config file, an upstream's error, a
+    gateway's answer) can neither break the line nor drive the operator's terminal."""
+    if line.isprintable():          # nearly always: one C-speed scan
+        return line
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in line)
+
+
+def say_error(message: str) -> None:
+    """``equabot: <message>`` on stderr, one line whatever ``message`` quotes."""
+    print(f"equabot: {printable(message)}", file=sys.stderr)
+
+
 class _TextFormatter(logging.Formatter):
     """``2025-01-31 12:00:00,123 INFO equabot_gw.runs: …``, the date formatted once a second
     (there is a line per run: strftime per line was a sizeable share of its cost).
@@ -323,10 +352,7 @@ class _TextFormatter(logging.Formatter):
         self._stamp = ""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        line = super().formatMessage(record)
-        if line.isprintable():          # nearly always: one C-speed scan
-            return line
-        return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in line)
+        return printable(super().formatMessage(record))
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         second = int(record.created)
@@ -400,13 +426,14 @@ def load_config(args: argparse.Namespace, *, follow_state_dir: bool = False, cre
         if last is not None and last.config_path and Path(last.config_path).is_file():
             explicit = last.config_path
     config, path = config_mod.load(explicit)
+    if state_dir.exists() and not state_dir.is_dir():
+        # Checked first: mkdir would call it "File exists", which reads as no problem at all.
+        raise UsageError(f"state dir {state_dir} is not a directory")
     if create:
         try:
             state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise UsageError(f"cannot create state dir {state_dir}: {exc.strerror}") from None
-    if (create or state_dir.exists()) and not state_dir.is_dir():
-        raise UsageError(f"state dir {state_dir} is not a directory")
     return config, state_dir, path
 
 

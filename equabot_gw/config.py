@@ -11,6 +11,7 @@ key and the reason, e.g.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -30,6 +31,10 @@ SECRET_KEYS: Final = frozenset({"token", "password", "apiKey"})
 # keeps every recursive walk of the parsed value (substitution, checks,
 # display) far from Python's recursion limit.
 MAX_CONFIG_DEPTH: Final = 64
+# Bytes a config file may have. Real ones are a few KiB (a long system prompt
+# or two, tens); the bound keeps a path such as /dev/zero, or a runaway
+# generated file, from filling memory before the parser sees a byte.
+MAX_CONFIG_BYTES: Final = 16 * 1024 * 1024
 MASK: Final = "***"
 TOKEN_ENV: Final = "EQUABOT_GATEWAY_TOKEN"
 PASSWORD_ENV: Final = "EQUABOT_GATEWAY_PASSWORD"
@@ -292,8 +297,7 @@ def _build(cls: type[Section], data: Any, path: str) -> Any:
     known = {k.name: k for k in cls.KEYS}
     for name in data:
         if name not in known:
-            where = f"{path}.{name}" if path else name
-            raise ConfigError(where, f"unknown key (known keys: {', '.join(sorted(known))})")
+            raise _unknown_key(path, name, known)
     values: dict[str, Any] = {}
     for k in cls.KEYS:
         where = f"{path}.{k.name}" if path else k.name
@@ -303,6 +307,24 @@ def _build(cls: type[Section], data: Any, path: str) -> Any:
             continue
         values[k.attr] = _value(cls, k, data[k.name], where)
     return cls(**values)
+
+
+def _unknown_key(path: str, name: Any, known: Mapping[str, Key]) -> ConfigError:
+    """The error for member ``name`` of the object at ``path``, which its schema lacks.
+
+    A name with a dot (``"gateway.port"``, as flattened configs spell keys) is
+    quoted in the path, which would otherwise name a real key; when its first
+    part is a key here, the error says to nest it.
+    """
+    if not isinstance(name, str) or "." not in name:      # a dict from code may have any keys
+        return ConfigError(f"{path}.{name}" if path else name,
+                           f"unknown key (known keys: {', '.join(sorted(known))})")
+    head, _, rest = name.partition(".")
+    where = f"{path}[{json.dumps(name)}]" if path else json.dumps(name)
+    if head in known:
+        return ConfigError(where, f"unknown key; keys do not take dotted names: write {head}: "
+                                  f"{{{rest.replace('.', ': {')}: …{'}' * (rest.count('.') + 1)}")
+    return ConfigError(where, f"unknown key (known keys: {', '.join(sorted(known))})")
 
 
 def _value(cls: type[Section], k: Key, raw: Any, where: str) -> Any:
@@ -481,14 +503,33 @@ def load(explicit: str | None = None, env: Mapping[str, str] | None = None) -> t
     if path is None:
         return from_data({}, env), None
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path)
     except FileNotFoundError:
         if required:
             raise ConfigError("", f"config file {path} does not exist") from None
         return from_data({}, env), None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError("", f"cannot read config file {path}: {exc}") from None
     return from_data(parse_text(text, path), env), path
+
+
+def read_text(path: Path) -> str:
+    """The text of config file ``path``, read as UTF-8 up to ``MAX_CONFIG_BYTES``.
+
+    Raises ``FileNotFoundError`` if there is no such file, and
+    ``ConfigError`` if it cannot be read, is not UTF-8 or is larger.
+    """
+    try:
+        with open(path, "rb") as file:
+            data = file.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise ConfigError("", f"cannot read config file {path}: {exc}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError("", f"config file {path} is larger than {MAX_CONFIG_BYTES // (1024 * 1024)} MiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError("", f"cannot read config file {path}: {exc}") from None
 
 
 def parse_text(text: str, path: Path) -> Any:

@@ -27,9 +27,22 @@ __all__ = [
 
 Check = Callable[[Any], Any]
 
+# RFC 8259 §6: "numbers that are integers and are in the range [-(2**53)+1,
+# (2**53)-1] are interoperable in the sense that implementations will agree
+# exactly on their numeric values." A config integer beyond that is a typo;
+# refused, it can reach no JSON encoder (Python's refuses ints of over 4,300
+# digits) nor a float conversion.
+MAX_SAFE_INTEGER: Final = 2**53 - 1
+
 
 def _describe(value: Any) -> str:
-    """A config value as an error names it: a scalar as JSON, else its JSON kind."""
+    """A config value as an error names it: a scalar as JSON, else its JSON kind.
+
+    An integer too long to read (a JSON5 hex literal may spell thousands of
+    digits) is named by its length, never written out.
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_SAFE_INTEGER:
+        return f"an integer of {math.floor(math.log10(abs(value))) + 1} digits"
     if isinstance(value, (str, int, float, bool)) or value is None:
         return json.dumps(value)
     return "an object" if isinstance(value, dict) else "an array" if isinstance(value, list) \
@@ -37,25 +50,37 @@ def _describe(value: Any) -> str:
 
 
 def integer(lo: int, hi: int | None = None) -> Check:
+    """An integer ``lo``-``hi`` (a float with no fraction counts); no ``hi``: up to ``MAX_SAFE_INTEGER``."""
     def check(value: Any) -> int:
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int) or value < lo \
-                or (hi is not None and value > hi):
+                or value > (MAX_SAFE_INTEGER if hi is None else hi):
             span = f"{lo}-{hi}" if hi is not None else f">= {lo}"
+            if hi is None and isinstance(value, int) and not isinstance(value, bool) and value > lo:
+                span += f" and at most {MAX_SAFE_INTEGER} (2^53 - 1)"
             raise ValueError(f"expected integer {span}, got {_describe(value)}")
         return value
     return check
 
 
 def number(lo: float, hi: float | None = None) -> Check:
+    """A finite number ``lo``-``hi``, stored as a float; an integer a float cannot hold is refused."""
     def check(value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or not math.isfinite(value) or value < lo or (hi is not None and value > hi):
+                or not _finite(value) or value < lo or (hi is not None and value > hi):
             span = f"{lo:g}-{hi:g}" if hi is not None else f">= {lo:g}"
             raise ValueError(f"expected number {span}, got {_describe(value)}")
         return float(value)
     return check
+
+
+def _finite(value: int | float) -> bool:
+    """Whether ``value`` is a finite float or an int that converts to one (not past 1.8e308)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:       # math.isfinite converts an int to float first
+        return False
 
 
 def string(*, empty: bool = True) -> Check:

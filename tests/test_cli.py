@@ -965,7 +965,7 @@ class BadFlagsTest(CLITestCase):
             ("config nested deep: start", ("--config", str(self.deep)), "nested deeper than the limit"),
             ("config names a key twice", ("config", "check", "--config", str(self.twice)),
              f'{self.twice}:3:3: "port" is given twice in this object; say it once'),
-            ("state dir is a file", ("--state-dir", str(self.a_file)), "cannot create state dir"),
+            ("state dir is a file", ("--state-dir", str(self.a_file)), "is not a directory"),
             ("state dir cannot be made", ("--port", "0", "--state-dir", str(self.a_file / "x")),
              "cannot create state dir"),
             ("lan with mode none: start", ("--config", self.configs["lan-none"]), '"none" is refused'),
@@ -990,7 +990,7 @@ class BadFlagsTest(CLITestCase):
             ("agent id", ("agent", "-m", "x", "--agent", "Bad Id"), "argument --agent: expected an agent id"),
             ("agent missing config", ("agent", "--local", "-m", "x", "--config", missing), "does not exist"),
             ("agent state dir", ("agent", "--local", "-m", "x", "--state-dir", str(self.a_file)),
-             "cannot create state dir"),
+             "is not a directory"),
             # An empty path (an unset shell variable) is refused, not taken as "none given".
             ("empty config", ("config", "check", "--config", ""), "argument --config: expected a path, got ''"),
             ("empty config: start", ("--port", "0", "--config", ""), "argument --config: expected a path"),
