@@ -51,11 +51,9 @@ def load_config(config: Mapping[str, Any] | str | os.PathLike[str] | None, env: 
         return config_mod.from_data(dict(config or {}), env, python_providers=names), None
     path = Path(os.fspath(config)).expanduser()
     try:
-        text = path.read_text(encoding="utf-8")
+        text = config_mod.read_text(path)       # bounded: a config path to /dev/zero ends
     except FileNotFoundError:
         raise ConfigError("", f"config file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError("", f"cannot read config file {path}: {exc}") from None
     return config_mod.from_data(config_mod.parse_text(text, path), env, python_providers=names), path
 
 

@@ -203,6 +203,9 @@ class FromConfigTest(unittest.IsolatedAsyncioTestCase):
             self.assertIn("gateway.port", str(caught.exception))
             with self.assertRaises(ConfigError):
                 Gateway.from_config(pathlib.Path(tmp) / "missing.json5", state_dir=tmp, env={})
+            # A path to something without end is refused at the bound, not read until memory runs out.
+            with self.assertRaisesRegex(ConfigError, "larger than"):
+                Gateway.from_config("/dev/zero", state_dir=tmp, env={})
             with self.assertRaises(ConfigError):                 # beyond loopback, no secret: refused
                 Gateway.from_config({"gateway": {"auth": {"mode": "none"}}}, state_dir=tmp,
                                     host="lan", env={})
