@@ -38,6 +38,8 @@ ABORT_TIMEOUT = 3.0
 # the gateway itself gives a client for that phase. A server that accepts the
 # WebSocket but is no gateway (an echo, a wrong path of another server) never answers.
 CONNECT_TIMEOUT = 10.0
+# What the original's command line prints for a run that replied nothing.
+NO_REPLY = "No reply from agent."
 
 
 def _result_json(result: AgentResult, session_created_at: float | None, started: float) -> str:
@@ -220,7 +222,8 @@ async def _run_remote(client: Any, args: argparse.Namespace) -> int:
                 payload = payload_of(frame)
                 if payload.get("status") == "accepted":
                     continue
-                print(json.dumps(payload, indent=2, ensure_ascii=False) if args.json else "", flush=True)
+                print(json.dumps(payload, indent=2, ensure_ascii=False) if args.json
+                      else "" if run.printed else NO_REPLY, flush=True)
                 if payload.get("status") != "ok":
                     say_error(f"run {payload.get('status')}: {payload.get('summary', '')}")
                     return 1
@@ -317,7 +320,7 @@ async def _run_local(args: argparse.Namespace, config: config_mod.Config, state_
             elif isinstance(event, Ended):
                 info = runtime.store.session_info(event.result.agent_id, event.result.session_key)
                 print(_result_json(event.result, info.created_at if info else None, started)
-                      if args.json else "", flush=True)
+                      if args.json else "" if event.result.text else NO_REPLY, flush=True)
             elif isinstance(event, Failed):
                 if not args.json:
                     print(flush=True)

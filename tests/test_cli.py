@@ -38,11 +38,12 @@ SLOW_DELAY_MS = 80
 def gateway_config() -> dict[str, Any]:
     data = base_config()
     data["agents"] = {"list": [{"id": "main", "default": True}, {"id": "slow", "model": "slow/echo"},
-                               {"id": "broken", "model": "failing/x"}]}
+                               {"id": "broken", "model": "failing/x"}, {"id": "silent", "model": "mute/x"}]}
     data["models"] = {"providers": {
         "slow": {"api": "echo", "delayMs": SLOW_DELAY_MS},
         "failing": {"api": "command",
                     "command": [sys.executable, "-c", "import sys; sys.stderr.write('bad'); sys.exit(2)"]},
+        "mute": {"api": "command", "command": [sys.executable, "-c", "pass"]},
     }}
     return data
 
@@ -241,6 +242,16 @@ class RemoteAgentTest(LiveGateway, CLITestCase):
         self.assertNotIn(b"d", first)
         self.assertEqual(first + rest, b"Echo (turn 1): a b c d\n")
         self.assertGreater(ended_at - first_at, 3 * SLOW_DELAY_MS / 1000)   # 6 more deltas came later
+
+    def test_an_empty_reply_is_said_as_the_original_says_it(self) -> None:
+        remote = self.agent("-m", "x", "--agent", "silent", "--session-key", "cli-silent")
+        with tempfile.TemporaryDirectory() as own:      # the gateway holds self.state
+            local = self.cli("agent", "--local", "--config", str(self.gw.config_path), "--state-dir", own,
+                             "-m", "x", "--agent", "silent")
+        for done in (remote, local):
+            self.assertEqual((done.returncode, done.stdout, done.stderr), (0, "No reply from agent.\n", ""))
+        payloads = json.loads(self.agent("-m", "x", "--agent", "silent", "--json").stdout)["result"]["payloads"]
+        self.assertEqual(payloads, [])
 
     def test_unknown_agent(self) -> None:
         done = self.agent("-m", "x", "--agent", "ghost")
