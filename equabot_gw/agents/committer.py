@@ -206,12 +206,14 @@ class Committer:
         Returns a future set to the offset in the file where ``data`` starts
         once it is durable, or to a ``StorageError``
         naming the step and ``what`` (the file is then cut back to its size
-        before). ``callbacks``: ``on_ok(None)`` / ``on_error(exc)``, run on the
+        before); any other exception (a MemoryError, a bug) is logged and
+        passed on as is, the file cut back too, and the thread goes on.
+        ``callbacks``: ``on_ok(offset)`` / ``on_error(exc)``, run on the
         loop in commit order before the future resolves, even if it was cancelled.
         """
         future = self._loop.create_future()
         self.pending += 1
-        self._queue.put(_Op(what, future, path, data, **callbacks))
+        self._put(_Op(what, future, path, data, **callbacks))
         return future
 
     def job(self, what: str, fn: Callable[[Committer], Any], **callbacks: Any) -> asyncio.Future[Any]:
@@ -222,7 +224,7 @@ class Committer:
         ``callbacks`` as for ``append``, with the result or the exception.
         """
         future = self._loop.create_future()
-        self._queue.put(_Op(what, future, fn=fn, **callbacks))
+        self._put(_Op(what, future, fn=fn, **callbacks))
         return future
 
     async def outcome(self, told: list[Any]) -> Any:
@@ -247,7 +249,17 @@ class Committer:
 
     def post(self, what: str, fn: Callable[[Committer], Any], **callbacks: Any) -> None:
         """A job nobody waits for: a failure is logged and passed to ``on_error``."""
-        self._queue.put(_Op(what, None, fn=fn, **callbacks))
+        self._put(_Op(what, None, fn=fn, **callbacks))
+
+    def _put(self, op: _Op) -> None:
+        # Once stopping (or if the thread died), nothing queued would ever be taken:
+        # the op fails at once, in a later loop step as a written one would resolve.
+        if self._stopped is None and (self._thread.ident is None or self._thread.is_alive()):
+            self._queue.put(op)
+            return
+        err = errors.StorageError("the session store is not open")
+        log.warning("session store: %s refused: the writer thread has stopped", op.what)
+        self._loop.call_soon(self._resolve, [(op, err, True)])
 
     def start(self) -> None:
         """Start the thread (once)."""
@@ -338,14 +350,19 @@ class Committer:
         for op in appends:
             groups.setdefault(op.path, []).append(op)
         failed: dict[str, tuple[str, OSError]] = {}
+        broken: dict[str, Exception] = {}
         new_files: dict[str, list[str]] = {}
         starts: dict[str, int] = {}
         for path, group in groups.items():
-            data = group[0].data if len(group) == 1 else b"".join(op.data for op in group)
             try:
+                data = group[0].data if len(group) == 1 else b"".join(op.data for op in group)
                 start = starts[path] = self._append(path, data)
             except _AppendFailed as exc:
                 failed[path] = exc.args
+                continue
+            except Exception as exc:     # MemoryError, or a bug: fail these appends, keep the thread
+                log.exception("session store: appending to %s failed", os.path.basename(path))
+                broken[path] = exc
                 continue
             if start == 0:        # an empty file may be new: its directory is fsynced too
                 new_files.setdefault(os.path.dirname(path), []).append(path)
@@ -357,6 +374,9 @@ class Committer:
                     failed[path] = ("fsync of the directory", exc)
                     self._roll_back(path, 0)
         for path, group in groups.items():
+            if path in broken:
+                results.extend((op, broken[path], True) for op in group)
+                continue
             if path not in failed:
                 offset = starts[path]
                 for op in group:
@@ -398,6 +418,9 @@ class Committer:
         except OSError as exc:
             self._roll_back(path, size)
             raise _AppendFailed(phase, exc) from exc
+        except Exception:
+            self._roll_back(path, size)
+            raise
         entry[1] = size + len(data)
         return size
 

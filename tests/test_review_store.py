@@ -1,0 +1,77 @@
+"""The session store under faults the other suites never tried: an unexpected exception in the
+writer thread, a store closed while a large write is being encoded, and the like."""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+import tempfile
+import unittest
+from typing import Any
+from unittest import mock
+
+from equabot_gw.agents import committer as committer_mod
+from equabot_gw.agents.sessions import SessionStore
+from equabot_gw.agents.types import TurnRecord, Usage
+from equabot_gw.errors import StorageError
+
+DAY = 86400.0
+T0 = 20_000 * DAY + 3600.0
+DEADLINE = 30.0         # seconds: generous on a loaded machine; a hang shows as a timeout
+
+
+def ok_turn(n: int) -> TurnRecord:
+    return TurnRecord(run_id=f"run-{n}", user=f"question {n}", reply=f"answer {n}", status="ok",
+                      at=T0 + n, model="echo", usage=Usage(3, 2), finish_reason="stop")
+
+
+class StoreCase(unittest.IsolatedAsyncioTestCase):
+    async def asyncSetUp(self) -> None:
+        tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(tmp.cleanup)
+        self.state = pathlib.Path(tmp.name)
+        self.store = SessionStore(self.state, clock=lambda: T0)
+        await self.store.open()
+        self.addAsyncCleanup(lambda: asyncio.wait_for(self.store.close(), DEADLINE))
+
+
+class UnexpectedWriteError(StoreCase):
+    async def test_an_exception_that_is_no_oserror_fails_the_turn_and_the_writer_goes_on(self) -> None:
+        # MemoryError joining a batch, or a bug under os.write: the thread must not die
+        # with every queued and later append waiting on it for ever.
+        await self.store.record_turn("main", "chat", ok_turn(1))
+        with mock.patch.object(committer_mod, "_write", side_effect=MemoryError()):
+            with self.assertRaises(MemoryError):
+                await asyncio.wait_for(self.store.record_turn("main", "chat", ok_turn(2)), DEADLINE)
+        await asyncio.wait_for(self.store.record_turn("main", "chat", ok_turn(3)), DEADLINE)
+        history = await asyncio.wait_for(self.store.history("main", "chat"), DEADLINE)
+        self.assertEqual([m.text() for m in history.messages], ["question 1", "answer 1", "question 3", "answer 3"])
+        reopened = SessionStore(self.state, clock=lambda: T0)
+        await self.store.close()
+        await reopened.open()
+        self.addAsyncCleanup(lambda: asyncio.wait_for(reopened.close(), DEADLINE))
+        history = await reopened.history("main", "chat")
+        self.assertEqual([m.text() for m in history.messages], ["question 1", "answer 1", "question 3", "answer 3"])
+
+
+class StoppedCommitter(unittest.IsolatedAsyncioTestCase):
+    async def test_what_is_queued_after_stop_fails_at_once_instead_of_waiting_for_ever(self) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            committer = committer_mod.Committer(asyncio.get_running_loop())
+            committer.start()
+            path = str(pathlib.Path(tmp) / "a.jsonl")
+            self.assertEqual(await committer.append("a line", path, b"1\n"), 0)
+            await asyncio.wait_for(committer.stop(), DEADLINE)
+            told: list[Any] = []
+            for waited in (committer.append("a line", path, b"2\n", on_error=told.append),
+                           committer.job("a job", lambda _: None, on_error=told.append)):
+                with self.assertRaises(StorageError) as caught:
+                    await asyncio.wait_for(waited, DEADLINE)
+                self.assertEqual(str(caught.exception), "transcript could not be written: the session store is not open")
+            self.assertEqual([type(exc) for exc in told], [StorageError, StorageError])
+            self.assertEqual(committer.pending, 0)
+            self.assertEqual(pathlib.Path(path).read_bytes(), b"1\n")
+
+
+if __name__ == "__main__":
+    unittest.main()
