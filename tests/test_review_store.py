@@ -10,7 +10,9 @@ import unittest
 from typing import Any
 from unittest import mock
 
+from equabot_gw import compact_json
 from equabot_gw.agents import committer as committer_mod
+from equabot_gw.agents.response_store import ResponseStore
 from equabot_gw.agents.sessions import SessionStore
 from equabot_gw.agents.types import TurnRecord, Usage
 from equabot_gw.errors import StorageError
@@ -71,6 +73,33 @@ class StoppedCommitter(unittest.IsolatedAsyncioTestCase):
             self.assertEqual([type(exc) for exc in told], [StorageError, StorageError])
             self.assertEqual(committer.pending, 0)
             self.assertEqual(pathlib.Path(path).read_bytes(), b"1\n")
+
+
+class ResponsesClosedMeanwhile(unittest.IsolatedAsyncioTestCase):
+    async def test_a_large_put_whose_store_closes_while_it_is_encoded_fails_instead_of_hanging(self) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            store = ResponseStore(tmp, clock=lambda: DAY * 20000.5)
+            await store.open()
+            text = "x" * (compact_json.LARGE_CHARS * 4)      # encoded in slices of the loop
+            response = {"id": "resp_big", "object": "response", "output_text": text, "output": []}
+            started = asyncio.Event()
+            real = compact_json.dumps_async
+
+            async def encode(obj: Any) -> str:
+                started.set()
+                await asyncio.sleep(0)
+                await closed.wait()
+                return await real(obj)
+            closed = asyncio.Event()
+            with mock.patch("equabot_gw.agents.response_store.dumps_async", encode):
+                put = asyncio.create_task(store.put("resp_big", "main", "agent:main:x", "run_1", response, []))
+                await asyncio.wait_for(started.wait(), DEADLINE)
+                await asyncio.wait_for(store.close(), DEADLINE)
+                closed.set()
+                with self.assertRaises(StorageError) as caught:
+                    await asyncio.wait_for(put, DEADLINE)
+            self.assertEqual(str(caught.exception), "transcript could not be written: the response store is not open")
+            self.assertIsNone(store.find("resp_big"))
 
 
 if __name__ == "__main__":

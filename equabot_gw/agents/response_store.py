@@ -153,7 +153,11 @@ class ResponseStore:
         at = self._clock()
         head = {"id": response_id, "agentId": agent_id, "sessionKey": session_key, "runId": run_id, "at": at}
         record = {**head, "response": response, "input": input_items}
-        text = await dumps_async(record) if _weight(response, input_items) >= LARGE_CHARS else dumps(record)
+        if _weight(response, input_items) >= LARGE_CHARS:
+            text = await dumps_async(record)
+            committer = self._require_open()      # it may have closed meanwhile: its thread takes nothing more
+        else:
+            text = dumps(record)
         data = (text + "\n").encode("utf-8", "surrogatepass")
         if not _LINE_HEAD.match(data):
             raise ValueError(f"response {response_id[:80]!r}: an id, agent id, session key or run id "
