@@ -56,6 +56,21 @@ class UnexpectedWriteError(StoreCase):
         self.assertEqual([m.text() for m in history.messages], ["question 1", "answer 1", "question 3", "answer 3"])
 
 
+class TailRead(unittest.TestCase):
+    def test_a_tail_that_starts_at_a_line_keeps_that_whole_line(self) -> None:
+        lines = [b'{"n":%d}\n' % n for n in range(5)]
+        with tempfile.TemporaryDirectory() as tmp:
+            path = pathlib.Path(tmp) / "2024-10-04.jsonl"
+            path.write_bytes(b"".join(lines))
+            for keep in range(1, len(lines)):
+                whole = b"".join(lines[-keep:])
+                # Cut exactly where a line starts: that line is whole, and read.
+                self.assertEqual(committer_mod.read_regular(str(path), len(whole), tail=True), whole)
+                # Cut one byte into a line: that line is not whole, and left out.
+                self.assertEqual(committer_mod.read_regular(str(path), len(whole) + len(lines[0]) - 1, tail=True),
+                                 whole)
+
+
 class StoppedCommitter(unittest.IsolatedAsyncioTestCase):
     async def test_what_is_queued_after_stop_fails_at_once_instead_of_waiting_for_ever(self) -> None:
         with tempfile.TemporaryDirectory() as tmp:

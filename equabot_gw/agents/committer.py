@@ -47,7 +47,7 @@ def read_regular(path: str, max_bytes: int | None = None, *, tail: bool = False)
     /dev/zero never ends. Raises OSError: FileNotFoundError, EINVAL "not a
     regular file", or EFBIG when the file is over ``max_bytes`` — unless
     ``tail``, which returns its last ``max_bytes`` instead, from the first
-    line that starts within them.
+    line that starts within them (a line cut by them is left out).
     """
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | CLOEXEC)
     try:
@@ -60,8 +60,10 @@ def read_regular(path: str, max_bytes: int | None = None, *, tail: bool = False)
                 return f.read() if max_bytes is None else f.read(max_bytes)
         if not tail:
             raise OSError(errno.EFBIG, f"larger than {max_bytes} bytes", path)
-        data = os.pread(fd, max_bytes, size - max_bytes)
-        return data[data.find(b"\n") + 1:]      # the first line is cut: never a whole one
+        # One byte more, before the cut: a newline there says the first line is whole.
+        data = os.pread(fd, max_bytes + 1, size - max_bytes - 1)
+        cut = data.find(b"\n")
+        return data[cut + 1:] if cut >= 0 else b""     # from the first line that starts within them
     finally:
         os.close(fd)
 
