@@ -4,6 +4,7 @@ writer thread, a store closed while a large write is being encoded, and the like
 from __future__ import annotations
 
 import asyncio
+import os
 import pathlib
 import tempfile
 import unittest
@@ -42,9 +43,11 @@ class UnexpectedWriteError(StoreCase):
         # MemoryError joining a batch, or a bug under os.write: the thread must not die
         # with every queued and later append waiting on it for ever.
         await self.store.record_turn("main", "chat", ok_turn(1))
-        with mock.patch.object(committer_mod, "_write", side_effect=MemoryError()):
+        with mock.patch.object(committer_mod, "_write", side_effect=MemoryError()), \
+                self.assertLogs("equabot_gw.sessions", "ERROR") as logs:
             with self.assertRaises(MemoryError):
                 await asyncio.wait_for(self.store.record_turn("main", "chat", ok_turn(2)), DEADLINE)
+        self.assertIn("appending to agent%3Amain%3Achat.jsonl failed", "\n".join(logs.output))
         await asyncio.wait_for(self.store.record_turn("main", "chat", ok_turn(3)), DEADLINE)
         history = await asyncio.wait_for(self.store.history("main", "chat"), DEADLINE)
         self.assertEqual([m.text() for m in history.messages], ["question 1", "answer 1", "question 3", "answer 3"])
@@ -115,6 +118,28 @@ class ResponsesClosedMeanwhile(unittest.IsolatedAsyncioTestCase):
                     await asyncio.wait_for(put, DEADLINE)
             self.assertEqual(str(caught.exception), "transcript could not be written: the response store is not open")
             self.assertIsNone(store.find("resp_big"))
+
+
+class ResponseLogGone(unittest.IsolatedAsyncioTestCase):
+    async def test_a_response_whose_log_is_gone_is_no_longer_stored(self) -> None:
+        # Its log removed under the store (expired and pruned while a delete was queued,
+        # or by the operator): nothing of it is on disk, so it is not found, and a delete
+        # succeeds, rather than failing on it with "damaged" or ENOENT for ever.
+        with tempfile.TemporaryDirectory() as tmp:
+            store = ResponseStore(tmp, clock=lambda: DAY * 20000.5)
+            await store.open()
+            self.addAsyncCleanup(store.close)
+            kept = await store.put("resp_kept", "main", "agent:main:x", "run_1", {"id": "resp_kept"}, [])
+            os.unlink(kept.path)
+            self.assertIsNone(await store.read("resp_kept"))
+            self.assertIsNone(store.find("resp_kept"))
+            self.assertEqual(store.responses_in("agent:main:x"), 0)
+            gone = await store.put("resp_gone", "main", "agent:main:y", "run_2", {"id": "resp_gone"}, [])
+            os.unlink(gone.path)
+            self.assertEqual(await store.delete("resp_gone"), gone)
+            self.assertIsNone(store.find("resp_gone"))
+            self.assertEqual(store.responses_in("agent:main:y"), 0)
+            self.assertFalse(os.path.exists(gone.path))      # the erase made no file of its own
 
 
 if __name__ == "__main__":

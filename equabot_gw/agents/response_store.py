@@ -178,25 +178,29 @@ class ResponseStore:
                                                    len(data))
 
     async def read(self, response_id: str) -> tuple[dict[str, Any], list[Any]] | None:
-        """The stored (response object, input items) of ``response_id``; None if not stored.
+        """The stored (response object, input items) of ``response_id``; None if not stored
+        (also once its log is gone from disk: its entry is then forgotten).
 
-        Raises ``StorageError`` if the line cannot be read back.
+        Raises ``StorageError`` (reading) if the line cannot be read back or is damaged.
         """
         entry = self._entries.get(response_id)
         if entry is None:
             return None
         data = await self._require_open().job("reading a stored response", functools.partial(_read, entry))
+        if not data:            # its log is gone (pruned, removed) or cut short: nothing of it is stored
+            self._remove(entry)
+            return None
         try:
             record = await safejson.loads_async(data, max_depth=_LINE_DEPTH) \
                 if len(data) > safejson.MAX_VALUES_AT_ONCE else safejson.loads(data, max_depth=_LINE_DEPTH)
         except ValueError as exc:
-            raise StorageError(f"stored response {response_id} is damaged ({exc})") from None
+            raise StorageError(f"stored response {response_id} is damaged ({exc})", reading=True) from None
         if type(record) is dict and record.get("id") == response_id and type(record.get("response")) is dict:
             items = record.get("input")
             return record["response"], items if type(items) is list else []
         if self._entries.get(response_id) is not entry:
             return None         # deleted while it was being read
-        raise StorageError(f"stored response {response_id} is damaged")
+        raise StorageError(f"stored response {response_id} is damaged", reading=True)
 
     async def delete(self, response_id: str) -> StoredResponse | None:
         """Forget a stored response and erase its line on disk; its entry, or None if unknown.
@@ -351,7 +355,10 @@ def _erase(entry: StoredResponse, _: Committer) -> None:
     marker = b'{"id":"%s","deleted":true}' % entry.id.encode()
     if len(marker) + 1 > entry.length:
         raise OSError(0, "the stored line is shorter than its deletion marker")
-    fd = os.open(entry.path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        fd = os.open(entry.path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return          # its log is gone (pruned meanwhile, or removed): so is the line
     try:
         # Not the writer's O_APPEND descriptor: pwrite on one of those appends (Linux).
         line = marker + b" " * (entry.length - len(marker) - 1) + b"\n"
