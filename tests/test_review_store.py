@@ -4,15 +4,18 @@ writer thread, a store closed while a large write is being encoded, and the like
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import pathlib
+import shutil
 import tempfile
+import time
 import unittest
 from typing import Any
 from unittest import mock
 
 from equabot_gw import compact_json
-from equabot_gw.agents import committer as committer_mod
+from equabot_gw.agents import committer as committer_mod, transcripts
 from equabot_gw.agents.response_store import ResponseStore
 from equabot_gw.agents.sessions import SessionStore
 from equabot_gw.agents.types import TurnRecord, Usage
@@ -118,6 +121,42 @@ class ResponsesClosedMeanwhile(unittest.IsolatedAsyncioTestCase):
                     await asyncio.wait_for(put, DEADLINE)
             self.assertEqual(str(caught.exception), "transcript could not be written: the response store is not open")
             self.assertIsNone(store.find("resp_big"))
+
+
+class SlowIndexWrite(StoreCase):
+    async def test_a_turn_missing_from_an_index_that_took_long_to_write_is_rescanned_after_a_crash(self) -> None:
+        # An index snapshot leaves out a turn still being written; the index is written
+        # after it. Encoding a big index takes seconds (about 18 us a session): its file
+        # must not look newer than the turn by that much, or a restart after a crash
+        # trusts the stale entry (turns, updatedAt, lastRunId) over the transcript.
+        await self.store.record_turn("main", "chat", ok_turn(1))
+        await self.store.close()
+        self.store = store = SessionStore(self.state, clock=lambda: T0)
+        await store.open()
+        agent = store._agents["main"]
+        real_dumps = transcripts.dumps
+
+        def slow_dumps(obj: Any) -> str:            # in the writer thread: a big index
+            time.sleep(1.5)
+            return real_dumps(obj)
+
+        with mock.patch.object(transcripts, "_INDEX_TRUST_MARGIN_NS", 500_000_000), \
+                mock.patch.object(transcripts, "dumps", slow_dumps):
+            second = asyncio.create_task(store.record_turn("main", "chat", ok_turn(2)))
+            await asyncio.sleep(0)                  # its append is queued, not yet resolved
+            await asyncio.wait_for(store._flush_index(agent, wait=True), DEADLINE)
+            agent.next_flush = asyncio.get_running_loop().time() + 3600    # no later rewrite
+            await asyncio.wait_for(second, DEADLINE)
+            crashed = self.state.parent / (self.state.name + "-crashed")
+            shutil.copytree(self.state, crashed)    # the disk as a crash now leaves it (mtimes kept)
+            self.addCleanup(shutil.rmtree, crashed)
+            self.assertEqual(json.loads((crashed / "agents/main/sessions/index.json").read_bytes())
+                             ["agent:main:chat"]["lastRunId"], "run-1")    # the index is stale
+            restarted = SessionStore(crashed, clock=lambda: T0)
+            await restarted.open()
+            self.addAsyncCleanup(restarted.close)
+        [info] = restarted.list_sessions()
+        self.assertEqual((info.turns, info.last_run_id), (2, "run-2"))
 
 
 class ResponseLogGone(unittest.IsolatedAsyncioTestCase):

@@ -204,9 +204,9 @@ def _scan(agent_id: str, path: str, owns: Owns) -> SessionInfo | None:
                        fold(SessionHistory(), lines).assistant_turns, runs[-1] if runs else None)
 
 
-# The index snapshot is taken on the loop and written later by the committer, so
-# a transcript touched shortly before the index file may be newer than its
-# entry: rescan those at load rather than trust them.
+# The index snapshot is taken on the loop and written later by the committer (the
+# file's mtime is when that job began), so a transcript touched shortly before the
+# index file may be newer than its entry: rescan those at load rather than trust them.
 _INDEX_TRUST_MARGIN_NS: Final = 2_000_000_000
 
 
@@ -466,7 +466,11 @@ def write_index(sessions_dir: str, snapshot: dict[str, IndexEntry], _: Committer
     """Job: write ``snapshot`` as ``<sessions_dir>/index.json``, atomically; the seconds it took.
 
     A temp file in the same directory, fsync, rename over, fsync the directory.
+    Its mtime is when the job began, not when encoding ``snapshot`` ended (seconds
+    later for a big one): ``load`` trusts only the entries of transcripts older
+    than that, and a turn written just before the job may be missing from it.
     """
+    began_ns = time.time_ns()
     started = time.perf_counter()
     data = dumps({key: {"file": transcript_stem(key) + _SUFFIX, "createdAt": created,
                          "updatedAt": updated, "turns": turns, "lastRunId": last_run}
@@ -476,6 +480,8 @@ def write_index(sessions_dir: str, snapshot: dict[str, IndexEntry], _: Committer
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | CLOEXEC, 0o600)
     try:
         write_all(fd, data)
+        if os.utime in os.supports_fd:
+            os.utime(fd, ns=(began_ns, began_ns))
         os.fsync(fd)
     finally:
         os.close(fd)
