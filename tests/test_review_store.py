@@ -181,5 +181,36 @@ class ResponseLogGone(unittest.IsolatedAsyncioTestCase):
             self.assertFalse(os.path.exists(gone.path))      # the erase made no file of its own
 
 
+class UndeletableOldDay(unittest.IsolatedAsyncioTestCase):
+    # A directory under the name of an expired day's file (a restored backup, a stray
+    # mkdir) cannot be unlinked: start-up must go on without it, not fail on it.
+    async def test_the_session_store_opens_past_an_expired_journal_it_cannot_delete(self) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            state = pathlib.Path(tmp)
+            for kind in (transcripts.JOURNAL_DIR, transcripts.KEYS_DIR):
+                (state / "agents" / "main" / kind / "2000-01-01.jsonl").mkdir(parents=True)
+            old_journal = state / "agents" / "main" / transcripts.JOURNAL_DIR / "2000-01-02.jsonl"
+            old_journal.write_bytes(b"{}\n")
+            store = SessionStore(state, clock=lambda: T0)
+            with self.assertLogs("equabot_gw.sessions", "WARNING") as logs:
+                await asyncio.wait_for(store.open(), DEADLINE)
+            self.addAsyncCleanup(store.close)
+            self.assertIn("2000-01-01.jsonl could not be deleted", "\n".join(logs.output))
+            self.assertFalse(old_journal.exists())         # the others of its kind still go
+            await store.record_turn("main", "chat", ok_turn(1))
+            self.assertEqual(await store.read_key_lines("main", T0 - DAY), [])
+
+    async def test_the_response_store_opens_past_an_expired_log_it_cannot_delete(self) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            (pathlib.Path(tmp) / "responses" / "2000-01-01.jsonl").mkdir(parents=True)
+            store = ResponseStore(tmp, clock=lambda: DAY * 20000.5)
+            with self.assertLogs("equabot_gw.sessions", "WARNING") as logs:
+                await asyncio.wait_for(store.open(), DEADLINE)
+            self.addAsyncCleanup(store.close)
+            self.assertIn("2000-01-01.jsonl could not be deleted", "\n".join(logs.output))
+            entry = await store.put("resp_a", "main", "agent:main:x", "run_1", {"id": "resp_a"}, [])
+            self.assertEqual(store.find("resp_a"), entry)
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -42,7 +42,7 @@ from typing import Any, Final, NamedTuple
 from .. import safejson
 from ..compact_json import LARGE_CHARS, dumps, dumps_async
 from ..errors import StorageError
-from .transcripts import Committer, journal_day_end, journal_name
+from .transcripts import Committer, journal_day_end, journal_name, unlink_expired
 
 __all__ = ["StoredResponse", "ResponseStore", "RESPONSES_DIR"]
 
@@ -284,14 +284,16 @@ def _prune(directory: str, cutoff: float, committer: Committer) -> tuple[list[st
     for name in names:
         if journal_day_end(name) <= cutoff:
             path = os.path.join(directory, name)
+            held: dict[str, StoredResponse] = {}
             try:
-                _load_file(path, expired)
+                _load_file(path, held)
             except OSError as exc:
                 log.warning("stored responses: could not read expired %s: %s", name,
                             exc.strerror or type(exc).__name__)
             committer.drop_fd(path)
-            os.unlink(path)
-            gone.append(path)
+            if unlink_expired(path):        # one left in place expires nothing yet
+                gone.append(path)
+                expired.update(held)
     return gone, {(entry.agent_id, entry.session_key) for entry in expired.values()}
 
 
@@ -302,7 +304,9 @@ def _load(directory: str, cutoff: float, committer: Committer
     entries: dict[str, StoredResponse] = {}
     _, expired = _prune(directory, cutoff, committer)
     try:
-        names = sorted(name for name in os.listdir(directory) if _DAY_NAME.fullmatch(name))
+        # Expired logs that could not be deleted are not read either: they are past keeping.
+        names = sorted(name for name in os.listdir(directory)
+                       if _DAY_NAME.fullmatch(name) and journal_day_end(name) > cutoff)
     except FileNotFoundError:
         return entries, expired
     for name in names:

@@ -41,7 +41,7 @@ __all__ = [
     "message_line", "message_of", "content_line", "content_of",
     "SessionInfo", "IndexEntry", "session_info", "Stored", "load", "read_bytes", "read_lines", "read_reply", "read_outcome", "parse_lines_async", "write_index", "restart", "delete", "prune_journals",
     "storage_error", "Committer", "KEYS_DIR", "read_key_journals", "prune_key_journals", "find_outcome",
-    "find_archived_outcome", "journal_day_end",
+    "find_archived_outcome", "journal_day_end", "unlink_expired",
 ]
 
 log = logging.getLogger("equabot_gw.sessions")    # one logger for the whole session store
@@ -596,10 +596,25 @@ def _live_days(directory: str, cutoff: float, committer: Committer) -> list[str]
             path = os.path.join(directory, name)
             if end <= cutoff:
                 committer.drop_fd(path)
-                os.unlink(path)
+                unlink_expired(path)
             else:
                 live.append(path)
     return live
+
+
+def unlink_expired(path: str) -> bool:
+    """Delete the expired day file ``path``; whether it is gone. One that cannot be deleted
+    (a directory under its name, a file not ours to remove) is left with a warning: start-up
+    and the writes go on without it."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return True
+    except OSError as exc:
+        log.warning("expired %s could not be deleted (%s); it is left alone", path,
+                    exc.strerror or type(exc).__name__)
+        return False
+    return True
 
 
 def journal_day_end(name: str) -> float:
