@@ -159,6 +159,17 @@ class SlowIndexWrite(StoreCase):
         self.assertEqual((info.turns, info.last_run_id), (2, "run-2"))
 
 
+class OutcomeOfAnyTime(StoreCase):
+    async def test_a_run_time_no_journal_can_have_finds_nothing_instead_of_raising(self) -> None:
+        # ``at`` comes from a key journal on disk: a damaged one may hold any finite number.
+        await self.store.record_turn("main", "s", ok_turn(1), stateless=True)
+        self.assertEqual((await self.store.find_outcome("main", "run-1", None, T0 + 1))["type"], "assistant")
+        for at in (1e18, -1e18, 1e300, -1e300, 2932897 * DAY):
+            with self.subTest(at=at):
+                self.assertIsNone(await self.store.find_outcome("main", "run-1", None, at))
+                self.assertIsNone(await self.store.find_outcome("main", "run-1", "chat", at))
+
+
 class ResponseLogGone(unittest.IsolatedAsyncioTestCase):
     async def test_a_response_whose_log_is_gone_is_no_longer_stored(self) -> None:
         # Its log removed under the store (expired and pruned while a delete was queued,

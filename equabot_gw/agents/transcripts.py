@@ -34,7 +34,7 @@ from equabot_gw.agents.lines import (
 from equabot_gw.agents.types import Message, SessionHistory
 
 __all__ = [
-    "AGENT_ID_RE", "SESSIONS_DIR", "JOURNAL_DIR", "INDEX_NAME", "MAX_OPEN_FILES",
+    "AGENT_ID_RE", "SESSIONS_DIR", "JOURNAL_DIR", "INDEX_NAME", "MAX_OPEN_FILES", "JOURNAL_DAYS",
     "transcript_stem", "unescape_stem", "transcript_name", "journal_name",
     "dumps", "encode", "encode_plain_turn", "encode_turn", "is_large", "parse_lines", "read_file_lines", "number",
     "header_line", "turn_lines", "fold",
@@ -117,8 +117,13 @@ def transcript_name(key: str) -> str:
     return transcript_stem(key) + _SUFFIX
 
 
+# The days a journal name can hold (``YYYY-MM-DD``: 0001-01-01 to 9999-12-31), in days since the epoch.
+JOURNAL_DAYS: Final = range(-719162, 2932897)
+
+
 def journal_name(day: int) -> str:
-    """The file name of the journal of UTC ``day`` (days since the epoch): ``YYYY-MM-DD.jsonl``."""
+    """The file name of the journal of UTC ``day`` (days since the epoch): ``YYYY-MM-DD.jsonl``;
+    ``day`` in ``JOURNAL_DAYS`` (past them the platform's time functions may raise)."""
     return time.strftime("%Y-%m-%d", time.gmtime(day * 86400)) + _SUFFIX
 
 
