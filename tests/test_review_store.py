@@ -170,6 +170,25 @@ class OutcomeOfAnyTime(StoreCase):
                 self.assertIsNone(await self.store.find_outcome("main", "run-1", "chat", at))
 
 
+class TornTurnAtLoad(StoreCase):
+    async def test_lines_of_a_turn_cut_short_by_a_crash_do_not_count_as_its_last_run(self) -> None:
+        # A crash mid-write of a turn's lines, repaired to its last whole line, leaves the
+        # turn's input without its outcome: never acknowledged, no turn, as a failed append
+        # leaves none. The rebuilt entry is the one the store held before that turn.
+        await self.store.record_turn("main", "chat", ok_turn(1))
+        [before] = self.store.list_sessions()
+        await self.store.close()
+        path = self.state / "agents" / "main" / "sessions" / (transcripts.transcript_stem("agent:main:chat") + ".jsonl")
+        torn = transcripts.turn_lines(ok_turn(2), None, False)[:-1]      # its outcome line lost
+        with open(path, "ab") as f:
+            f.write(transcripts.encode(torn))
+        self.store = SessionStore(self.state, clock=lambda: T0)
+        await self.store.open()
+        self.assertEqual(self.store.list_sessions(), [before])
+        history = await self.store.history("main", "chat")
+        self.assertEqual([m.text() for m in history.messages], ["question 1", "answer 1"])
+
+
 class ResponseLogGone(unittest.IsolatedAsyncioTestCase):
     async def test_a_response_whose_log_is_gone_is_no_longer_stored(self) -> None:
         # Its log removed under the store (expired and pruned while a delete was queued,

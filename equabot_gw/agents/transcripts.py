@@ -201,10 +201,13 @@ def _scan(agent_id: str, path: str, owns: Owns) -> SessionInfo | None:
         key = unescape_stem(os.path.basename(path)[:-len(_SUFFIX)])
     if key is None or not owns(agent_id, key):
         return None
-    times = [t for t in (number(line.get("at")) for line in lines) if t is not None]
+    # Only turns that reached their outcome line count, as only they were recorded: the
+    # input lines of a turn cut short by a crash (repaired to its last whole line) do not.
+    ended = [line for line in lines if line.get("type") in _OUTCOME_TYPES]
+    times = [t for t in (number(line.get("at")) for line in ended) if t is not None]
     created = number(header.get("createdAt"))
     created = created if created is not None else min(times, default=0.0)
-    runs = [line["runId"] for line in lines if isinstance(line.get("runId"), str)]
+    runs = [line["runId"] for line in ended if isinstance(line.get("runId"), str)]
     return SessionInfo(key, agent_id, created, max(times, default=created),
                        fold(SessionHistory(), lines).assistant_turns, runs[-1] if runs else None)
 
