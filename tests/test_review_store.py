@@ -95,6 +95,13 @@ class StoppedCommitter(unittest.IsolatedAsyncioTestCase):
             self.assertEqual(committer.pending, 0)
             self.assertEqual(pathlib.Path(path).read_bytes(), b"1\n")
 
+    async def test_two_stops_at_once_both_return(self) -> None:
+        committer = committer_mod.Committer(asyncio.get_running_loop())
+        committer.start()
+        first, second = asyncio.create_task(committer.stop()), asyncio.create_task(committer.stop())
+        await asyncio.wait_for(asyncio.gather(first, second), DEADLINE)
+        self.assertFalse(committer.running)
+
 
 class ResponsesClosedMeanwhile(unittest.IsolatedAsyncioTestCase):
     async def test_a_large_put_whose_store_closes_while_it_is_encoded_fails_instead_of_hanging(self) -> None:

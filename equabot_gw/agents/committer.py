@@ -273,14 +273,18 @@ class Committer:
         return self._thread.is_alive() and self._stopped is None
 
     async def stop(self) -> None:
-        """Finish everything queued before, close every fd, and wait for the thread to end."""
+        """Finish everything queued before, close every fd, and wait for the thread to end.
+
+        Callers at once all wait for the one stop.
+        """
         if not self._thread.is_alive():
             return
-        self._stopped = self._loop.create_future()
-        self._queue.put(_STOP)
+        if self._stopped is None:
+            self._stopped = self._loop.create_future()
+            self._queue.put(_STOP)
         # The thread says when it is done: joining it in an executor would leave an
         # idle executor thread behind in a host program's loop.
-        await self._stopped
+        await asyncio.shield(self._stopped)     # a cancelled caller leaves it to the others
         self._thread.join()         # it has returned or is returning: no wait to speak of
 
     def _resolve(self, results: list[tuple[_Op, Any, bool]]) -> None:
