@@ -103,6 +103,34 @@ class StoppedCommitter(unittest.IsolatedAsyncioTestCase):
         self.assertFalse(committer.running)
 
 
+class CloseTwiceAtOnce(StoreCase):
+    # A host program may close from two places (its own shutdown and a signal's): the
+    # second close must return only once everything queued is written, as the first does.
+    async def test_a_second_session_store_close_waits_for_the_first(self) -> None:
+        turn = asyncio.create_task(self.store.record_turn("main", "chat", ok_turn(1)))
+        await asyncio.sleep(0)          # its append is queued
+        committer = self.store._committer
+        first = asyncio.create_task(self.store.close())
+        await asyncio.sleep(0)
+        await asyncio.wait_for(self.store.close(), DEADLINE)
+        self.assertTrue(turn.done())
+        self.assertFalse(committer.running)
+        index = self.state / "agents" / "main" / "sessions" / "index.json"
+        self.assertEqual(json.loads(index.read_bytes())["agent:main:chat"]["lastRunId"], "run-1")
+        await asyncio.wait_for(first, DEADLINE)
+
+    async def test_a_second_response_store_close_waits_for_the_first(self) -> None:
+        store = ResponseStore(self.state, clock=lambda: DAY * 20000.5)
+        await store.open()
+        put = asyncio.create_task(store.put("resp_a", "main", "agent:main:x", "run_1", {"id": "resp_a"}, []))
+        await asyncio.sleep(0)
+        first = asyncio.create_task(store.close())
+        await asyncio.sleep(0)
+        await asyncio.wait_for(store.close(), DEADLINE)
+        self.assertTrue(put.done())
+        await asyncio.wait_for(first, DEADLINE)
+
+
 class ResponsesClosedMeanwhile(unittest.IsolatedAsyncioTestCase):
     async def test_a_large_put_whose_store_closes_while_it_is_encoded_fails_instead_of_hanging(self) -> None:
         with tempfile.TemporaryDirectory() as tmp:

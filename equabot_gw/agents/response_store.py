@@ -125,12 +125,11 @@ class ResponseStore:
         self._report(expired)
 
     async def close(self) -> None:
-        """Wait for queued writes and stop the writer thread. Idempotent."""
-        if self._committer is None or self._closed:
-            self._closed = True
-            return
+        """Wait for queued writes and stop the writer thread. Idempotent: a call while
+        another is closing returns when that one has."""
         self._closed = True
-        await self._committer.stop()
+        if self._committer is not None:
+            await self._committer.stop()
 
     def find(self, response_id: str) -> StoredResponse | None:
         """The entry of a stored response, or None."""
