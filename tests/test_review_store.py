@@ -38,7 +38,10 @@ class StoreCase(unittest.IsolatedAsyncioTestCase):
         self.state = pathlib.Path(tmp.name)
         self.store = SessionStore(self.state, clock=lambda: T0)
         await self.store.open()
-        self.addAsyncCleanup(lambda: asyncio.wait_for(self.store.close(), DEADLINE))
+        self.addAsyncCleanup(self.close_store)
+
+    async def close_store(self) -> None:
+        await asyncio.wait_for(self.store.close(), DEADLINE)     # a hang fails the test, not the suite
 
 
 class UnexpectedWriteError(StoreCase):
@@ -57,7 +60,7 @@ class UnexpectedWriteError(StoreCase):
         reopened = SessionStore(self.state, clock=lambda: T0)
         await self.store.close()
         await reopened.open()
-        self.addAsyncCleanup(lambda: asyncio.wait_for(reopened.close(), DEADLINE))
+        self.addAsyncCleanup(reopened.close)
         history = await reopened.history("main", "chat")
         self.assertEqual([m.text() for m in history.messages], ["question 1", "answer 1", "question 3", "answer 3"])
 
@@ -86,11 +89,14 @@ class StoppedCommitter(unittest.IsolatedAsyncioTestCase):
             self.assertEqual(await committer.append("a line", path, b"1\n"), 0)
             await asyncio.wait_for(committer.stop(), DEADLINE)
             told: list[Any] = []
-            for waited in (committer.append("a line", path, b"2\n", on_error=told.append),
-                           committer.job("a job", lambda _: None, on_error=told.append)):
-                with self.assertRaises(StorageError) as caught:
-                    await asyncio.wait_for(waited, DEADLINE)
-                self.assertEqual(str(caught.exception), "transcript could not be written: the session store is not open")
+            with self.assertLogs("equabot_gw.sessions", "WARNING") as logs:
+                for waited in (committer.append("a line", path, b"2\n", on_error=told.append),
+                               committer.job("a job", lambda _: None, on_error=told.append)):
+                    with self.assertRaises(StorageError) as caught:
+                        await asyncio.wait_for(waited, DEADLINE)
+                    self.assertEqual(str(caught.exception),
+                                     "transcript could not be written: the session store is not open")
+            self.assertEqual(len(logs.records), 2)
             self.assertEqual([type(exc) for exc in told], [StorageError, StorageError])
             self.assertEqual(committer.pending, 0)
             self.assertEqual(pathlib.Path(path).read_bytes(), b"1\n")
@@ -238,7 +244,8 @@ class ResponseLogGone(unittest.IsolatedAsyncioTestCase):
             self.assertIsNone(await store.read("resp_kept"))
             self.assertIsNone(store.find("resp_kept"))
             self.assertEqual(store.responses_in("agent:main:x"), 0)
-            gone = await store.put("resp_gone", "main", "agent:main:y", "run_2", {"id": "resp_gone"}, [])
+            with self.assertLogs("equabot_gw.sessions", "WARNING"):       # the log it was appended to is gone
+                gone = await store.put("resp_gone", "main", "agent:main:y", "run_2", {"id": "resp_gone"}, [])
             os.unlink(gone.path)
             self.assertEqual(await store.delete("resp_gone"), gone)
             self.assertIsNone(store.find("resp_gone"))
@@ -263,7 +270,8 @@ class UndeletableOldDay(unittest.IsolatedAsyncioTestCase):
             self.assertIn("2000-01-01.jsonl could not be deleted", "\n".join(logs.output))
             self.assertFalse(old_journal.exists())         # the others of its kind still go
             await store.record_turn("main", "chat", ok_turn(1))
-            self.assertEqual(await store.read_key_lines("main", T0 - DAY), [])
+            with self.assertLogs("equabot_gw.sessions", "WARNING"):       # the key journals' own prune
+                self.assertEqual(await store.read_key_lines("main", T0 - DAY), [])
 
     async def test_the_response_store_opens_past_an_expired_log_it_cannot_delete(self) -> None:
         with tempfile.TemporaryDirectory() as tmp:
