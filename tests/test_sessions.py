@@ -399,7 +399,8 @@ class Transcripts(StoreCase):
             b'{"type":"assistant","runId":"r2","at":2.0,"con')
         with self.assertLogs("equabot_gw.sessions", "WARNING") as logs:
             store = await self.reopen()
-            self.assertEqual(store.list_sessions(), [SessionInfo(key, "main", 1.0, 2.0, 1, "r2")])
+            # The torn turn r2 was never recorded: neither its time nor its run count.
+            self.assertEqual(store.list_sessions(), [SessionInfo(key, "main", 1.0, 1.0, 1, "r1")])
             self.assertEqual(await store.history("main", key), SessionHistory(
                 (Message("user", "hi"), Message("assistant", "hello")), 1, True))
             await store.record_turn("main", key, ok_turn(3))

@@ -47,7 +47,7 @@ def read_regular(path: str, max_bytes: int | None = None, *, tail: bool = False)
     /dev/zero never ends. Raises OSError: FileNotFoundError, EINVAL "not a
     regular file", or EFBIG when the file is over ``max_bytes`` — unless
     ``tail``, which returns its last ``max_bytes`` instead, from the first
-    line that starts within them.
+    line that starts within them (a line cut by them is left out).
     """
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | CLOEXEC)
     try:
@@ -60,8 +60,10 @@ def read_regular(path: str, max_bytes: int | None = None, *, tail: bool = False)
                 return f.read() if max_bytes is None else f.read(max_bytes)
         if not tail:
             raise OSError(errno.EFBIG, f"larger than {max_bytes} bytes", path)
-        data = os.pread(fd, max_bytes, size - max_bytes)
-        return data[data.find(b"\n") + 1:]      # the first line is cut: never a whole one
+        # One byte more, before the cut: a newline there says the first line is whole.
+        data = os.pread(fd, max_bytes + 1, size - max_bytes - 1)
+        cut = data.find(b"\n")
+        return data[cut + 1:] if cut >= 0 else b""     # from the first line that starts within them
     finally:
         os.close(fd)
 
@@ -206,12 +208,14 @@ class Committer:
         Returns a future set to the offset in the file where ``data`` starts
         once it is durable, or to a ``StorageError``
         naming the step and ``what`` (the file is then cut back to its size
-        before). ``callbacks``: ``on_ok(None)`` / ``on_error(exc)``, run on the
+        before); any other exception (a MemoryError, a bug) is logged and
+        passed on as is, the file cut back too, and the thread goes on.
+        ``callbacks``: ``on_ok(offset)`` / ``on_error(exc)``, run on the
         loop in commit order before the future resolves, even if it was cancelled.
         """
         future = self._loop.create_future()
         self.pending += 1
-        self._queue.put(_Op(what, future, path, data, **callbacks))
+        self._put(_Op(what, future, path, data, **callbacks))
         return future
 
     def job(self, what: str, fn: Callable[[Committer], Any], **callbacks: Any) -> asyncio.Future[Any]:
@@ -222,7 +226,7 @@ class Committer:
         ``callbacks`` as for ``append``, with the result or the exception.
         """
         future = self._loop.create_future()
-        self._queue.put(_Op(what, future, fn=fn, **callbacks))
+        self._put(_Op(what, future, fn=fn, **callbacks))
         return future
 
     async def outcome(self, told: list[Any]) -> Any:
@@ -247,7 +251,17 @@ class Committer:
 
     def post(self, what: str, fn: Callable[[Committer], Any], **callbacks: Any) -> None:
         """A job nobody waits for: a failure is logged and passed to ``on_error``."""
-        self._queue.put(_Op(what, None, fn=fn, **callbacks))
+        self._put(_Op(what, None, fn=fn, **callbacks))
+
+    def _put(self, op: _Op) -> None:
+        # Once stopping (or if the thread died), nothing queued would ever be taken:
+        # the op fails at once, in a later loop step as a written one would resolve.
+        if self._stopped is None and (self._thread.ident is None or self._thread.is_alive()):
+            self._queue.put(op)
+            return
+        err = errors.StorageError("the session store is not open")
+        log.warning("session store: %s refused: the writer thread has stopped", op.what)
+        self._loop.call_soon(self._resolve, [(op, err, True)])
 
     def start(self) -> None:
         """Start the thread (once)."""
@@ -259,14 +273,18 @@ class Committer:
         return self._thread.is_alive() and self._stopped is None
 
     async def stop(self) -> None:
-        """Finish everything queued before, close every fd, and wait for the thread to end."""
+        """Finish everything queued before, close every fd, and wait for the thread to end.
+
+        Callers at once all wait for the one stop.
+        """
         if not self._thread.is_alive():
             return
-        self._stopped = self._loop.create_future()
-        self._queue.put(_STOP)
+        if self._stopped is None:
+            self._stopped = self._loop.create_future()
+            self._queue.put(_STOP)
         # The thread says when it is done: joining it in an executor would leave an
         # idle executor thread behind in a host program's loop.
-        await self._stopped
+        await asyncio.shield(self._stopped)     # a cancelled caller leaves it to the others
         self._thread.join()         # it has returned or is returning: no wait to speak of
 
     def _resolve(self, results: list[tuple[_Op, Any, bool]]) -> None:
@@ -338,14 +356,19 @@ class Committer:
         for op in appends:
             groups.setdefault(op.path, []).append(op)
         failed: dict[str, tuple[str, OSError]] = {}
+        broken: dict[str, Exception] = {}
         new_files: dict[str, list[str]] = {}
         starts: dict[str, int] = {}
         for path, group in groups.items():
-            data = group[0].data if len(group) == 1 else b"".join(op.data for op in group)
             try:
+                data = group[0].data if len(group) == 1 else b"".join(op.data for op in group)
                 start = starts[path] = self._append(path, data)
             except _AppendFailed as exc:
                 failed[path] = exc.args
+                continue
+            except Exception as exc:     # MemoryError, or a bug: fail these appends, keep the thread
+                log.exception("session store: appending to %s failed", os.path.basename(path))
+                broken[path] = exc
                 continue
             if start == 0:        # an empty file may be new: its directory is fsynced too
                 new_files.setdefault(os.path.dirname(path), []).append(path)
@@ -357,6 +380,9 @@ class Committer:
                     failed[path] = ("fsync of the directory", exc)
                     self._roll_back(path, 0)
         for path, group in groups.items():
+            if path in broken:
+                results.extend((op, broken[path], True) for op in group)
+                continue
             if path not in failed:
                 offset = starts[path]
                 for op in group:
@@ -398,6 +424,9 @@ class Committer:
         except OSError as exc:
             self._roll_back(path, size)
             raise _AppendFailed(phase, exc) from exc
+        except Exception:
+            self._roll_back(path, size)
+            raise
         entry[1] = size + len(data)
         return size
 

@@ -42,7 +42,7 @@ from typing import Any, Final, NamedTuple
 from .. import safejson
 from ..compact_json import LARGE_CHARS, dumps, dumps_async
 from ..errors import StorageError
-from .transcripts import Committer, journal_day_end, journal_name
+from .transcripts import Committer, journal_day_end, journal_name, unlink_expired
 
 __all__ = ["StoredResponse", "ResponseStore", "RESPONSES_DIR"]
 
@@ -125,12 +125,11 @@ class ResponseStore:
         self._report(expired)
 
     async def close(self) -> None:
-        """Wait for queued writes and stop the writer thread. Idempotent."""
-        if self._committer is None or self._closed:
-            self._closed = True
-            return
+        """Wait for queued writes and stop the writer thread. Idempotent: a call while
+        another is closing returns when that one has."""
         self._closed = True
-        await self._committer.stop()
+        if self._committer is not None:
+            await self._committer.stop()
 
     def find(self, response_id: str) -> StoredResponse | None:
         """The entry of a stored response, or None."""
@@ -153,7 +152,11 @@ class ResponseStore:
         at = self._clock()
         head = {"id": response_id, "agentId": agent_id, "sessionKey": session_key, "runId": run_id, "at": at}
         record = {**head, "response": response, "input": input_items}
-        text = await dumps_async(record) if _weight(response, input_items) >= LARGE_CHARS else dumps(record)
+        if _weight(response, input_items) >= LARGE_CHARS:
+            text = await dumps_async(record)
+            committer = self._require_open()      # it may have closed meanwhile: its thread takes nothing more
+        else:
+            text = dumps(record)
         data = (text + "\n").encode("utf-8", "surrogatepass")
         if not _LINE_HEAD.match(data):
             raise ValueError(f"response {response_id[:80]!r}: an id, agent id, session key or run id "
@@ -174,25 +177,29 @@ class ResponseStore:
                                                    len(data))
 
     async def read(self, response_id: str) -> tuple[dict[str, Any], list[Any]] | None:
-        """The stored (response object, input items) of ``response_id``; None if not stored.
+        """The stored (response object, input items) of ``response_id``; None if not stored
+        (also once its log is gone from disk: its entry is then forgotten).
 
-        Raises ``StorageError`` if the line cannot be read back.
+        Raises ``StorageError`` (reading) if the line cannot be read back or is damaged.
         """
         entry = self._entries.get(response_id)
         if entry is None:
             return None
         data = await self._require_open().job("reading a stored response", functools.partial(_read, entry))
+        if not data:            # its log is gone (pruned, removed) or cut short: nothing of it is stored
+            self._remove(entry)
+            return None
         try:
             record = await safejson.loads_async(data, max_depth=_LINE_DEPTH) \
                 if len(data) > safejson.MAX_VALUES_AT_ONCE else safejson.loads(data, max_depth=_LINE_DEPTH)
         except ValueError as exc:
-            raise StorageError(f"stored response {response_id} is damaged ({exc})") from None
+            raise StorageError(f"stored response {response_id} is damaged ({exc})", reading=True) from None
         if type(record) is dict and record.get("id") == response_id and type(record.get("response")) is dict:
             items = record.get("input")
             return record["response"], items if type(items) is list else []
         if self._entries.get(response_id) is not entry:
             return None         # deleted while it was being read
-        raise StorageError(f"stored response {response_id} is damaged")
+        raise StorageError(f"stored response {response_id} is damaged", reading=True)
 
     async def delete(self, response_id: str) -> StoredResponse | None:
         """Forget a stored response and erase its line on disk; its entry, or None if unknown.
@@ -276,14 +283,16 @@ def _prune(directory: str, cutoff: float, committer: Committer) -> tuple[list[st
     for name in names:
         if journal_day_end(name) <= cutoff:
             path = os.path.join(directory, name)
+            held: dict[str, StoredResponse] = {}
             try:
-                _load_file(path, expired)
+                _load_file(path, held)
             except OSError as exc:
                 log.warning("stored responses: could not read expired %s: %s", name,
                             exc.strerror or type(exc).__name__)
             committer.drop_fd(path)
-            os.unlink(path)
-            gone.append(path)
+            if unlink_expired(path):        # one left in place expires nothing yet
+                gone.append(path)
+                expired.update(held)
     return gone, {(entry.agent_id, entry.session_key) for entry in expired.values()}
 
 
@@ -294,7 +303,9 @@ def _load(directory: str, cutoff: float, committer: Committer
     entries: dict[str, StoredResponse] = {}
     _, expired = _prune(directory, cutoff, committer)
     try:
-        names = sorted(name for name in os.listdir(directory) if _DAY_NAME.fullmatch(name))
+        # Expired logs that could not be deleted are not read either: they are past keeping.
+        names = sorted(name for name in os.listdir(directory)
+                       if _DAY_NAME.fullmatch(name) and journal_day_end(name) > cutoff)
     except FileNotFoundError:
         return entries, expired
     for name in names:
@@ -347,7 +358,10 @@ def _erase(entry: StoredResponse, _: Committer) -> None:
     marker = b'{"id":"%s","deleted":true}' % entry.id.encode()
     if len(marker) + 1 > entry.length:
         raise OSError(0, "the stored line is shorter than its deletion marker")
-    fd = os.open(entry.path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        fd = os.open(entry.path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return          # its log is gone (pruned meanwhile, or removed): so is the line
     try:
         # Not the writer's O_APPEND descriptor: pwrite on one of those appends (Linux).
         line = marker + b" " * (entry.length - len(marker) - 1) + b"\n"

@@ -120,9 +120,9 @@ class SessionReads:
         committer = self._require_open()
         check_agent_id(agent_id)
         if session_key is None:
-            day = int(at // 86400)
+            day = int(at // 86400)      # ``at`` as a key journal on disk holds it: any finite number
             paths = [os.path.join(self._agents_dir, agent_id, transcripts.JOURNAL_DIR, transcripts.journal_name(d))
-                     for d in (day, day + 1)]
+                     for d in (day, day + 1) if d in transcripts.JOURNAL_DAYS]
             return await committer.job(  # type: ignore[no-any-return]
                 "looking a run up in the journal", functools.partial(transcripts.find_outcome, paths, run_id))
         key = self._session_key(agent_id, session_key)

@@ -131,6 +131,7 @@ class SessionStore(SessionReads):
         self._committer: Committer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self._closing: asyncio.Future[None] | None = None    # done once close() has finished
         self._agents: dict[str, _Agent] = {}
         # scoped key -> (history, its bytes), least recently used first
         self._cache: OrderedDict[str, tuple[SessionHistory, int]] = OrderedDict()
@@ -205,21 +206,28 @@ class SessionStore(SessionReads):
     async def close(self) -> None:
         """Wait for queued appends, write dirty indexes, stop the committer, close fds.
 
-        Idempotent. An index that cannot be written is logged (the next open
-        rebuilds it from the transcripts).
+        Idempotent: a call while another is closing returns when that one has.
+        An index that cannot be written is logged (the next open rebuilds it
+        from the transcripts).
         """
         committer = self._committer
         if committer is None or self._closed:
             self._closed = True
+            if self._closing is not None:
+                await asyncio.shield(self._closing)
             return
         self._closed = True
-        await committer.job("closing", lambda _: None)    # every earlier append is resolved
-        for agent in self._agents.values():
-            if agent.flush_handle is not None:
-                agent.flush_handle.cancel()
-        flushes = [self._flush_index(agent, wait=True) for agent in self._agents.values() if agent.dirty]
-        await asyncio.gather(*flushes, return_exceptions=True)
-        await committer.stop()
+        self._closing = closing = asyncio.get_running_loop().create_future()
+        try:
+            await committer.job("closing", lambda _: None)    # every earlier append is resolved
+            for agent in self._agents.values():
+                if agent.flush_handle is not None:
+                    agent.flush_handle.cancel()
+            flushes = [self._flush_index(agent, wait=True) for agent in self._agents.values() if agent.dirty]
+            await asyncio.gather(*flushes, return_exceptions=True)
+            await committer.stop()
+        finally:
+            closing.set_result(None)
 
     # -- lanes --
 

@@ -34,14 +34,14 @@ from equabot_gw.agents.lines import (
 from equabot_gw.agents.types import Message, SessionHistory
 
 __all__ = [
-    "AGENT_ID_RE", "SESSIONS_DIR", "JOURNAL_DIR", "INDEX_NAME", "MAX_OPEN_FILES",
+    "AGENT_ID_RE", "SESSIONS_DIR", "JOURNAL_DIR", "INDEX_NAME", "MAX_OPEN_FILES", "JOURNAL_DAYS",
     "transcript_stem", "unescape_stem", "transcript_name", "journal_name",
     "dumps", "encode", "encode_plain_turn", "encode_turn", "is_large", "parse_lines", "read_file_lines", "number",
     "header_line", "turn_lines", "fold",
     "message_line", "message_of", "content_line", "content_of",
     "SessionInfo", "IndexEntry", "session_info", "Stored", "load", "read_bytes", "read_lines", "read_reply", "read_outcome", "parse_lines_async", "write_index", "restart", "delete", "prune_journals",
     "storage_error", "Committer", "KEYS_DIR", "read_key_journals", "prune_key_journals", "find_outcome",
-    "find_archived_outcome", "journal_day_end",
+    "find_archived_outcome", "journal_day_end", "unlink_expired",
 ]
 
 log = logging.getLogger("equabot_gw.sessions")    # one logger for the whole session store
@@ -117,8 +117,13 @@ def transcript_name(key: str) -> str:
     return transcript_stem(key) + _SUFFIX
 
 
+# The days a journal name can hold (``YYYY-MM-DD``: 0001-01-01 to 9999-12-31), in days since the epoch.
+JOURNAL_DAYS: Final = range(-719162, 2932897)
+
+
 def journal_name(day: int) -> str:
-    """The file name of the journal of UTC ``day`` (days since the epoch): ``YYYY-MM-DD.jsonl``."""
+    """The file name of the journal of UTC ``day`` (days since the epoch): ``YYYY-MM-DD.jsonl``;
+    ``day`` in ``JOURNAL_DAYS`` (past them the platform's time functions may raise)."""
     return time.strftime("%Y-%m-%d", time.gmtime(day * 86400)) + _SUFFIX
 
 
@@ -196,17 +201,20 @@ def _scan(agent_id: str, path: str, owns: Owns) -> SessionInfo | None:
         key = unescape_stem(os.path.basename(path)[:-len(_SUFFIX)])
     if key is None or not owns(agent_id, key):
         return None
-    times = [t for t in (number(line.get("at")) for line in lines) if t is not None]
+    # Only turns that reached their outcome line count, as only they were recorded: the
+    # input lines of a turn cut short by a crash (repaired to its last whole line) do not.
+    ended = [line for line in lines if line.get("type") in _OUTCOME_TYPES]
+    times = [t for t in (number(line.get("at")) for line in ended) if t is not None]
     created = number(header.get("createdAt"))
     created = created if created is not None else min(times, default=0.0)
-    runs = [line["runId"] for line in lines if isinstance(line.get("runId"), str)]
+    runs = [line["runId"] for line in ended if isinstance(line.get("runId"), str)]
     return SessionInfo(key, agent_id, created, max(times, default=created),
                        fold(SessionHistory(), lines).assistant_turns, runs[-1] if runs else None)
 
 
-# The index snapshot is taken on the loop and written later by the committer, so
-# a transcript touched shortly before the index file may be newer than its
-# entry: rescan those at load rather than trust them.
+# The index snapshot is taken on the loop and written later by the committer (the
+# file's mtime is when that job began), so a transcript touched shortly before the
+# index file may be newer than its entry: rescan those at load rather than trust them.
 _INDEX_TRUST_MARGIN_NS: Final = 2_000_000_000
 
 
@@ -466,7 +474,11 @@ def write_index(sessions_dir: str, snapshot: dict[str, IndexEntry], _: Committer
     """Job: write ``snapshot`` as ``<sessions_dir>/index.json``, atomically; the seconds it took.
 
     A temp file in the same directory, fsync, rename over, fsync the directory.
+    Its mtime is when the job began, not when encoding ``snapshot`` ended (seconds
+    later for a big one): ``load`` trusts only the entries of transcripts older
+    than that, and a turn written just before the job may be missing from it.
     """
+    began_ns = time.time_ns()
     started = time.perf_counter()
     data = dumps({key: {"file": transcript_stem(key) + _SUFFIX, "createdAt": created,
                          "updatedAt": updated, "turns": turns, "lastRunId": last_run}
@@ -476,6 +488,8 @@ def write_index(sessions_dir: str, snapshot: dict[str, IndexEntry], _: Committer
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | CLOEXEC, 0o600)
     try:
         write_all(fd, data)
+        if os.utime in os.supports_fd:
+            os.utime(fd, ns=(began_ns, began_ns))
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -590,10 +604,25 @@ def _live_days(directory: str, cutoff: float, committer: Committer) -> list[str]
             path = os.path.join(directory, name)
             if end <= cutoff:
                 committer.drop_fd(path)
-                os.unlink(path)
+                unlink_expired(path)
             else:
                 live.append(path)
     return live
+
+
+def unlink_expired(path: str) -> bool:
+    """Delete the expired day file ``path``; whether it is gone. One that cannot be deleted
+    (a directory under its name, a file not ours to remove) is left with a warning: start-up
+    and the writes go on without it."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return True
+    except OSError as exc:
+        log.warning("expired %s could not be deleted (%s); it is left alone", path,
+                    exc.strerror or type(exc).__name__)
+        return False
+    return True
 
 
 def journal_day_end(name: str) -> float:
