@@ -194,6 +194,7 @@ class Committer:
         self._loop = loop
         self._queue: queue.SimpleQueue[_Op] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="equabot-sessions-committer", daemon=True)
+        self._ended = False   # the thread has returned (or died): what is queued now is never taken
         self.pending = 0      # appends not yet resolved (loop side)
         self.batches = 0      # group commits done (committer side; read-only elsewhere)
         self.stats = CommitStats()    # their sizes and times (committer side; read-only elsewhere)
@@ -256,7 +257,7 @@ class Committer:
     def _put(self, op: _Op) -> None:
         # Once stopping (or if the thread died), nothing queued would ever be taken:
         # the op fails at once, in a later loop step as a written one would resolve.
-        if self._stopped is None and (self._thread.ident is None or self._thread.is_alive()):
+        if self._stopped is None and not self._ended:
             self._queue.put(op)
             return
         err = errors.StorageError("the session store is not open")
@@ -306,6 +307,12 @@ class Committer:
     # -- committer thread side --
 
     def _run(self) -> None:
+        try:
+            self._take()
+        finally:
+            self._ended = True
+
+    def _take(self) -> None:
         while True:
             batch = [self._queue.get()]
             try:
