@@ -172,7 +172,8 @@ async def execute(runtime: Runtime, handle: Run) -> None:
     Every run settles: whatever is raised in any step ends the run as failed,
     wakes its waiters and closes its event log; this never raises (a
     cancellation it did not ask for is passed on only in the caller's task,
-    by ``run_here``). At the end the run leaves ``runtime.active``.
+    by ``run_here``; ``KeyboardInterrupt`` and ``SystemExit`` once the run has
+    settled). At the end the run leaves ``runtime.active``.
     """
     agent = handle.agent
     queued = True
@@ -206,8 +207,12 @@ async def execute(runtime: Runtime, handle: Run) -> None:
         # Aborted while queued or while loading history: nothing was produced.
         _absorb_cancel(handle)
         _finish_failed(handle, _abort_error(handle), "")
-    except Exception as exc:
+    except BaseException as exc:
+        # A BaseException of some library's own is a failure like any other: left to
+        # the task, it would end the run unsettled, its waiters waiting for ever.
         _finish_failed(handle, _run_failure(handle, exc, "run"), "")
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise                   # the process is stopping: settled, the run lets it
     finally:
         if queued:
             agent.waiting -= 1
@@ -318,7 +323,9 @@ async def _generate(handle: Run, call: ProviderCall
         failure = _abort_error(handle)
     except RunError as exc:
         failure = exc
-    except Exception as exc:           # a provider bug must not take the gateway down
+    except (KeyboardInterrupt, SystemExit):
+        raise                           # the process is stopping (``execute`` settles the run)
+    except BaseException as exc:       # a provider bug, even a BaseException, must not take the gateway down
         log.exception("run %s: provider %s failed", handle.id, handle.provider.name)
         failure = UpstreamError(handle.provider.name, f"internal provider error ({type(exc).__name__})")
     finally:
@@ -339,7 +346,7 @@ def _absorb_cancel(handle: Run) -> None:
         handle._abort_reason = handle._left
 
 
-def _run_failure(handle: Run, exc: Exception, step: str) -> RunError:
+def _run_failure(handle: Run, exc: BaseException, step: str) -> RunError:
     """The error a run fails with when ``exc`` escaped ``step``: a ``RunError`` as it is, else ``RunFailed``."""
     if isinstance(exc, RunError):
         return exc

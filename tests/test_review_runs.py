@@ -1,0 +1,98 @@
+"""Runs that must settle, and let go, whatever their provider or their callers do.
+
+A provider (or another step) raising a ``BaseException`` of its own, not an
+``Exception``, still settles its run as failed; a provider that swallows the
+cancellation of an abort or a timeout and goes on yielding no longer keeps
+its slot and its place among the active runs for as long as it yields; and a
+caller that gives up waiting on a run, again and again, leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+import unittest
+from collections.abc import AsyncIterator
+from unittest import mock
+
+from equabot_gw.agents import sessions
+from equabot_gw.agents.events import Failed
+from equabot_gw.agents.lifecycle import ABORT_GRACE
+from equabot_gw.agents.runtime import Run, run, run_here
+from equabot_gw.agents.types import AgentRequest, ProviderCall, ProviderEvent, TextDelta, Usage
+from equabot_gw.errors import RunAborted, RunFailed, RunTimedOut, UpstreamError
+from tests.test_runtime import Recording, RuntimeCase
+
+
+class Escaped(BaseException):
+    """A BaseException that is not an Exception, as some libraries define."""
+
+
+async def until(predicate, timeout: float = 10.0) -> None:
+    """Poll ``predicate`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still not so after {timeout} s")
+        await asyncio.sleep(0.01)
+
+
+class ReviewCase(RuntimeCase):
+    def provide(self, stream, provider: str = "quick") -> None:
+        """The agents of ``provider`` stream with ``stream(call)`` instead."""
+        recording = Recording(self.runtime.providers[provider])
+        recording.stream = stream            # type: ignore[method-assign]
+        self.runtime.providers[provider] = recording
+
+    def assertNothingLeft(self) -> None:
+        self.assertEqual(self.runtime.active, {})
+        for agent in self.runtime.agents.values():
+            self.assertEqual((agent.active, agent.waiting), (0, 0), agent.id)
+
+
+class BaseExceptionSettlesTest(ReviewCase):
+    async def test_a_provider_raising_a_base_exception_fails_the_run_with_its_partial_text(self) -> None:
+        async def escaping(call: ProviderCall) -> AsyncIterator[ProviderEvent]:
+            yield TextDelta("part")
+            await asyncio.sleep(0)
+            raise Escaped("not an Exception")
+
+        self.provide(escaping)
+        for door in ("run", "run_here"):
+            with self.subTest(door), self.assertLogs("equabot_gw", "ERROR"):
+                request = AgentRequest(message="x", agent_id="lane", session_key=f"base-{door}")
+                if door == "run":
+                    handle = run(self.runtime, request)
+                    events = asyncio.ensure_future(self.events(handle))
+                    with self.assertRaises(UpstreamError):
+                        await asyncio.wait_for(handle.wait(), 5)
+                    self.assertIsInstance((await asyncio.wait_for(events, 5))[-1], Failed)
+                else:
+                    handle = await asyncio.wait_for(run_here(self.runtime, request), 5)
+                    with self.assertRaises(UpstreamError):
+                        await handle.wait()
+                self.assertEqual(handle.status, "error")
+                await until(lambda: not self.runtime.active)
+                self.assertNothingLeft()
+                self.assertEqual(self.runtime.find_run(handle.id).status, "error")
+                lines = await self.transcript("lane", f"agent:lane:base-{door}")
+                self.assertEqual(lines[-1]["type"], "error")
+
+    async def test_a_base_exception_in_another_step_fails_the_run(self) -> None:
+        async def history(*args: object, **kwargs: object) -> None:
+            raise Escaped("not an Exception")
+
+        with mock.patch.object(sessions.SessionStore, "history", history), \
+                self.assertLogs("equabot_gw", "ERROR"), self.assertNoLogs("asyncio", "ERROR"):
+            handle = self.start("x", session_key="base-history")
+            with self.assertRaises(RunFailed):
+                await asyncio.wait_for(handle.wait(), 5)
+            self.assertEqual(self.runtime.find_run(handle.id).status, "error")
+            await until(lambda: not self.runtime.active)
+            gc.collect()        # asyncio reports an exception it was never asked for when the task goes
+        self.assertNothingLeft()
+
+
+if __name__ == "__main__":
+    unittest.main()
