@@ -94,5 +94,59 @@ class BaseExceptionSettlesTest(ReviewCase):
         self.assertNothingLeft()
 
 
+class StubbornProviderTest(ReviewCase):
+    """A provider that swallows the cancellation and goes on yielding, for ever."""
+
+    async def stubborn_run(self, pause: float, why: str) -> Run:
+        yields = 0
+        ending = False          # the check's end: it stops then, whatever happened
+
+        async def stubborn(call: ProviderCall) -> AsyncIterator[ProviderEvent]:
+            nonlocal yields
+            while not ending:
+                try:
+                    await asyncio.sleep(pause)
+                except asyncio.CancelledError:
+                    pass                    # a provider bug: it carries on
+                yields += 1
+                yield TextDelta("word ")
+
+        original = self.runtime.providers["slow"]
+        self.provide(stubborn, "slow")
+        handle = self.start("x", agent_id="tiny")       # one slot
+        self.runtime.providers["slow"] = original       # for the runs after it
+        try:
+            await asyncio.wait_for(self.first_delta(handle), 10)
+            if why != "timeout":
+                self.assertTrue(handle.abort(why))
+            with self.assertRaises(RunTimedOut if why == "timeout" else RunAborted):
+                await asyncio.wait_for(handle.wait(), 10)
+            # It lets go of its slot and leaves the active runs (its provider is closed).
+            await until(lambda: handle.id not in self.runtime.active)
+            self.assertNothingLeft()
+            seen = yields
+            await asyncio.sleep(pause * 3 + 0.05)
+            self.assertEqual(yields, seen, "nobody reads the provider any more")
+        finally:
+            ending = True
+            await until(lambda: handle.id not in self.runtime.active)
+        return handle
+
+    async def test_an_aborted_run_lets_go_of_a_provider_that_yields_on(self) -> None:
+        for pause in (0.001, ABORT_GRACE / 5):       # many checkpoints before the grace, or none
+            with self.subTest(pause=pause):
+                handle = await self.stubborn_run(pause, "chat.abort")
+                self.assertEqual(self.runtime.find_run(handle.id).status, "aborted")
+                # The next run gets the agent's one slot.
+                nxt = self.start("next", agent_id="tiny")
+                result = await asyncio.wait_for(nxt.wait(), 10)
+                self.assertIn("next", result.text)
+
+    async def test_a_timed_out_run_lets_go_of_a_provider_that_yields_on(self) -> None:
+        self.runtime.agents["tiny"].timeout = 0.2
+        handle = await self.stubborn_run(0.02, "timeout")
+        self.assertEqual(self.runtime.find_run(handle.id).status, "aborted")
+
+
 if __name__ == "__main__":
     unittest.main()

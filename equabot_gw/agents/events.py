@@ -121,9 +121,11 @@ class EventLog:
         Returns True every ``CHECKPOINT_EVENTS`` events, after a ``checkpoint``:
         the writer's moment to check ``text_bytes`` and give the loop a turn
         (doing either per event would cost the streaming hot path dearly).
+        Once the log is closed (its run was settled while its writer went on),
+        it returns True for every event, so the writer looks at once.
         """
         if self.closed:
-            return False
+            return True
         events = self.events
         events.append(event)
         if self._waiters:

@@ -139,7 +139,8 @@ class Run:
             # A task cancelled before its first step never runs its body, so
             # it could not settle the run: that one sees the reason on entry.
             # Asked from within the run's own task (by its provider), the reason
-            # alone stops it: the run records what it has once the provider returns.
+            # alone stops it: the run reads no more at its next checkpoint (or when
+            # the provider returns) and records what it has.
             if self._entered and self._task is not asyncio.current_task():
                 self._cancels_sent += 1
                 self._task.cancel()
@@ -308,6 +309,11 @@ async def _generate(handle: Run, call: ProviderCall
                 if clock() >= give_back_at:
                     await asyncio.sleep(0)
                     give_back_at = clock() + YIELD_INTERVAL
+                if handle._abort_reason is not None:
+                    # Asked to stop, and its provider goes on yielding (it swallowed the
+                    # cancellation, or it asked itself): read no more, or it would hold
+                    # its slot, and stay among the active runs, for as long as it yields.
+                    break
         finally:
             # Now, not whenever the generator is collected: a provider's finally
             # blocks (upstream sockets, child processes) run before the run goes on.
