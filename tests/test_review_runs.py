@@ -148,5 +148,28 @@ class StubbornProviderTest(ReviewCase):
         self.assertEqual(self.runtime.find_run(handle.id).status, "aborted")
 
 
+class WaitersTest(ReviewCase):
+    async def test_callers_that_give_up_waiting_leave_no_waiter_behind(self) -> None:
+        release = asyncio.Event()
+
+        async def held(call: ProviderCall) -> AsyncIterator[ProviderEvent]:
+            yield TextDelta("part")
+            await release.wait()
+            yield Usage(1, 1)
+
+        self.provide(held)
+        handle = self.start("x", agent_id="lane")
+        await self.first_delta(handle)
+        for _ in range(200):
+            with self.assertRaises(TimeoutError):
+                await asyncio.wait_for(handle.wait(), 0.0001)
+        self.assertEqual(handle._waiters, [])
+        staying = asyncio.ensure_future(handle.wait())
+        await asyncio.sleep(0)
+        release.set()
+        result = await asyncio.wait_for(staying, 5)      # a waiter that stays is still woken
+        self.assertEqual(result.text, "part")
+
+
 if __name__ == "__main__":
     unittest.main()

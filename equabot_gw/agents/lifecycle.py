@@ -115,7 +115,14 @@ class Run:
             # A future of its own per waiter: cancelling it leaves the run alone.
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
-            await waiter
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                # A caller that stopped waiting (its own timeout, say) leaves no future
+                # behind: one that waits again and again on a long run would pile them up.
+                if not self.done:
+                    self._waiters.remove(waiter)
+                raise
         if self._error is not None:
             raise self._error
         assert self._result is not None
