@@ -4,7 +4,8 @@ A provider (or another step) raising a ``BaseException`` of its own, not an
 ``Exception``, still settles its run as failed; a provider that swallows the
 cancellation of an abort or a timeout and goes on yielding no longer keeps
 its slot and its place among the active runs for as long as it yields; and a
-caller that gives up waiting on a run, again and again, leaves nothing behind.
+caller that gives up waiting on a run, again and again, or a reader that
+subscribes and goes, again and again, leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import AsyncIterator
 from unittest import mock
 
 from equabot_gw.agents import sessions
-from equabot_gw.agents.events import Failed
+from equabot_gw.agents.events import Delta, EventLog, Failed, Started
 from equabot_gw.agents.lifecycle import ABORT_GRACE
 from equabot_gw.agents.runtime import Run, run, run_here
 from equabot_gw.agents.types import AgentRequest, ProviderCall, ProviderEvent, TextDelta, Usage
@@ -169,6 +170,27 @@ class WaitersTest(ReviewCase):
         release.set()
         result = await asyncio.wait_for(staying, 5)      # a waiter that stays is still woken
         self.assertEqual(result.text, "part")
+
+
+class ReadersThatComeAndGoTest(unittest.IsolatedAsyncioTestCase):
+    async def test_a_quiet_run_keeps_no_reference_per_reader_gone(self) -> None:
+        log = EventLog()
+        log.append(Started("run_1", "main", "k", "echo/echo", 1))
+        staying = [log.subscribe() for _ in range(5)]
+        for _ in range(20_000):
+            log.subscribe()                     # a client that subscribed, and left
+        self.assertLess(len(log._subscriptions), 100)
+        self.assertTrue(log.watched)
+        # The readers that stayed still read every event, from their own place.
+        log.append(Delta("one"))
+        self.assertEqual([type(e) for e in await staying[0].next_batch()], [Started, Delta])
+        log.append(Delta(" two"))
+        log.finish(Failed(RunAborted("chat.abort"), "one two"))
+        for reader in staying:
+            events = [event async for event in reader]
+            self.assertEqual(events[-1].partial, "one two")
+            self.assertEqual("".join(e.text for e in events if type(e) is Delta),
+                             " two" if reader is staying[0] else "one two")
 
 
 if __name__ == "__main__":
