@@ -54,15 +54,20 @@ class ReviewCase(RuntimeCase):
 
 class BaseExceptionSettlesTest(ReviewCase):
     async def test_a_provider_raising_a_base_exception_fails_the_run_with_its_partial_text(self) -> None:
+        raised: BaseException = Escaped("not an Exception")
+
         async def escaping(call: ProviderCall) -> AsyncIterator[ProviderEvent]:
             yield TextDelta("part")
             await asyncio.sleep(0)
-            raise Escaped("not an Exception")
+            raise raised
 
         self.provide(escaping)
-        for door in ("run", "run_here"):
-            with self.subTest(door), self.assertLogs("equabot_gw", "ERROR"):
-                request = AgentRequest(message="x", agent_id="lane", session_key=f"base-{door}")
+        # SystemExit too (a library that calls sys.exit): out of the task, it would stop the loop.
+        for door, raised in (("run", Escaped("not an Exception")), ("run_here", Escaped("not an Exception")),
+                             ("run", SystemExit(3)), ("run_here", SystemExit(3))):
+            with self.subTest(door, raised=raised), self.assertLogs("equabot_gw", "ERROR"):
+                key = f"base-{door}-{type(raised).__name__}"
+                request = AgentRequest(message="x", agent_id="lane", session_key=key)
                 if door == "run":
                     handle = run(self.runtime, request)
                     events = asyncio.ensure_future(self.events(handle))
@@ -77,7 +82,7 @@ class BaseExceptionSettlesTest(ReviewCase):
                 await until(lambda: not self.runtime.active)
                 self.assertNothingLeft()
                 self.assertEqual(self.runtime.find_run(handle.id).status, "error")
-                lines = await self.transcript("lane", f"agent:lane:base-{door}")
+                lines = await self.transcript("lane", f"agent:lane:{key}")
                 self.assertEqual(lines[-1]["type"], "error")
 
     async def test_a_base_exception_in_another_step_fails_the_run(self) -> None:

@@ -336,9 +336,10 @@ async def _generate(handle: Run, call: ProviderCall
         failure = _abort_error(handle)
     except RunError as exc:
         failure = exc
-    except (KeyboardInterrupt, SystemExit):
-        raise                           # the process is stopping (``execute`` settles the run)
-    except BaseException as exc:       # a provider bug, even a BaseException, must not take the gateway down
+    except KeyboardInterrupt:
+        raise                           # Ctrl-C: the process is stopping (``execute`` settles the run)
+    except BaseException as exc:       # a provider bug must not take the gateway down: a BaseException
+        # of a library's own, or SystemExit (which, out of the task, would stop the event loop)
         log.exception("run %s: provider %s failed", handle.id, handle.provider.name)
         failure = UpstreamError(handle.provider.name, f"internal provider error ({type(exc).__name__})")
     finally:
