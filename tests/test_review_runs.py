@@ -5,22 +5,28 @@ A provider (or another step) raising a ``BaseException`` of its own, not an
 cancellation of an abort or a timeout and goes on yielding no longer keeps
 its slot and its place among the active runs for as long as it yields; and a
 caller that gives up waiting on a run, again and again, or a reader that
-subscribes and goes, again and again, leaves nothing behind.
+subscribes and goes, again and again, leaves nothing behind. Runs of
+idempotency keys read back from disk after a restart are remembered within
+the finished runs' byte budget, as every finished run is.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import tempfile
 import time
 import unittest
 from collections.abc import AsyncIterator
+from pathlib import Path
 from unittest import mock
 
-from equabot_gw.agents import sessions
+from equabot_gw import config as config_mod
+from equabot_gw.agents import idempotency, sessions
 from equabot_gw.agents.events import Delta, EventLog, Failed, Started
 from equabot_gw.agents.lifecycle import ABORT_GRACE
-from equabot_gw.agents.runtime import Run, run, run_here
+from equabot_gw.agents.records import RunRecord
+from equabot_gw.agents.runtime import Run, Runtime, run, run_here, run_once
 from equabot_gw.agents.types import AgentRequest, ProviderCall, ProviderEvent, TextDelta, Usage
 from equabot_gw.errors import RunAborted, RunFailed, RunTimedOut, UpstreamError
 from tests.test_runtime import Recording, RuntimeCase
@@ -196,6 +202,35 @@ class ReadersThatComeAndGoTest(unittest.IsolatedAsyncioTestCase):
             self.assertEqual(events[-1].partial, "one two")
             self.assertEqual("".join(e.text for e in events if type(e) is Delta),
                              " two" if reader is staying[0] else "one two")
+
+
+class RecordsFromDiskTest(unittest.IsolatedAsyncioTestCase):
+    async def test_replies_read_back_after_a_restart_are_held_within_the_budget(self) -> None:
+        big = ("x" * 65535 + " ") * 16          # 1 MiB of text: past what one record may hold
+        tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(tmp.cleanup)
+        config = config_mod.from_data({}, env={})
+        requests = [AgentRequest(message=big if n else "small", idempotency_key=f"key-{n}",
+                                 session_key=f"s-{n}" if n % 2 else None) for n in range(6)]
+        first = Runtime(config, Path(tmp.name))
+        await first.start()
+        replies = [(await asyncio.wait_for(run(first, r).wait(), 30)).text for r in requests]
+        await first.stop(0)
+
+        runtime = Runtime(config, Path(tmp.name))
+        await runtime.start()
+        self.addAsyncCleanup(runtime.stop, 0)
+        for request, reply in zip(requests, replies):
+            record, earlier = await run_once(runtime, request, idempotency.request_digest(request))
+            self.assertTrue(earlier)
+            self.assertIsInstance(record, RunRecord)
+            small = len(reply) < 1000
+            # A small reply is held; a large one is not, and is read back whole when asked for.
+            self.assertEqual((record.result.text == reply, record.kept_bytes > 0), (small, small))
+            self.assertEqual((await record.wait()).text, reply)
+            self.assertEqual((await record.subscribe().next_batch())[0].result.text, reply)
+        self.assertLess(runtime._finished_bytes, 64 * 1024)
+        self.assertEqual(runtime._finished_bytes, sum(r.kept_bytes for r in runtime._finished.values()))
 
 
 if __name__ == "__main__":

@@ -185,8 +185,24 @@ class Runtime:
         _notify(self.observers, run)
 
     def _remember_record(self, record: RunRecord) -> None:
-        """Keep a record rebuilt from disk among the finished runs."""
+        """Keep a record rebuilt from disk among the finished runs, its reply held on the terms
+        of a finished run's (``_record_of``): else it is looked up on disk again when asked for."""
+        result = record.result
+        reply = result.text if result is not None else record.partial
+        size = sys.getsizeof(reply) if reply else 0
+        if result is not None and record.mixed:
+            size += output_weight(result)
+        if size and record.found is not None and (
+                size > MAX_KEPT_REPLY_BYTES or self._finished_bytes + size > FINISHED_REPLIES_BUDGET_BYTES):
+            record = RunRecord(record.id, record.agent_id, record.session_key, record.status,
+                               dataclasses.replace(result, text="", tool_calls=(), reasoning="",
+                                                   reasoning_signature="") if result is not None else None,
+                               record.error, "", record.found, self.store, created_at=record.created_at,
+                               mixed=record.mixed)
+            size = 0
+        record.kept_bytes = size
         self._finished[record.id] = record
+        self._finished_bytes += size
         while len(self._finished) > MAX_FINISHED_RUNS:
             self._finished_bytes -= self._finished.popitem(last=False)[1].kept_bytes
 
