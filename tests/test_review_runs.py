@@ -179,7 +179,12 @@ class WaitersTest(ReviewCase):
         for _ in range(200):
             with self.assertRaises(TimeoutError):
                 await asyncio.wait_for(handle.wait(), 0.0001)
-        self.assertEqual(handle._waiters, [])
+        self.assertEqual(len(handle._waiters), 0)
+        # Many that give up at once (a shared deadline) as well.
+        gave_up = await asyncio.gather(*(asyncio.wait_for(handle.wait(), 0.05) for _ in range(2000)),
+                                       return_exceptions=True)
+        self.assertTrue(all(isinstance(g, TimeoutError) for g in gave_up))
+        self.assertEqual(len(handle._waiters), 0)
         staying = asyncio.ensure_future(handle.wait())
         await asyncio.sleep(0)
         release.set()

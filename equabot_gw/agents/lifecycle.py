@@ -82,7 +82,8 @@ class Run:
         self.done = False
         self._result: AgentResult | None = None
         self._error: RunError | None = None
-        self._waiters: list[asyncio.Future[None]] = []
+        # A set: callers that give up waiting take theirs out, many at once at times.
+        self._waiters: set[asyncio.Future[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._stored: Stored | None = None     # where record_turn put the turn
         self._entered = False       # the task has begun: cancelling it runs its handlers
@@ -114,14 +115,13 @@ class Run:
         if not self.done:
             # A future of its own per waiter: cancelling it leaves the run alone.
             waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
+            self._waiters.add(waiter)
             try:
                 await waiter
             except asyncio.CancelledError:
                 # A caller that stopped waiting (its own timeout, say) leaves no future
                 # behind: one that waits again and again on a long run would pile them up.
-                if not self.done:
-                    self._waiters.remove(waiter)
+                self._waiters.discard(waiter)
                 raise
         if self._error is not None:
             raise self._error
