@@ -158,6 +158,41 @@ class StubbornProviderTest(ReviewCase):
                 result = await asyncio.wait_for(nxt.wait(), 10)
                 self.assertIn("next", result.text)
 
+    async def test_a_cancelled_caller_is_let_go_by_a_provider_that_yields_on(self) -> None:
+        yields = 0
+        ending = False
+
+        async def stubborn(call: ProviderCall) -> AsyncIterator[ProviderEvent]:
+            nonlocal yields
+            while not ending:
+                try:
+                    await asyncio.sleep(0.005)
+                except asyncio.CancelledError:
+                    pass                    # a provider bug: it carries on
+                yields += 1
+                yield TextDelta("word ")
+
+        self.provide(stubborn, "slow")
+        self.runtime.agents["tiny"].timeout = 60.0      # the timeout is not what ends it
+        caller = asyncio.ensure_future(run_here(self.runtime, AgentRequest(message="x", agent_id="tiny")))
+        try:
+            await until(lambda: yields > 0)
+            [handle] = self.runtime.active.values()
+            caller.cancel()                 # its client went away
+            done, _ = await asyncio.wait([caller], timeout=10)
+            self.assertEqual(done, {caller}, "the caller is answered")
+            self.assertTrue(caller.cancelled())
+            await until(lambda: not self.runtime.active)
+            self.assertNothingLeft()
+            record = self.runtime.find_run(handle.id)
+            self.assertEqual((record.status, record.error.why), ("aborted", "cancelled"))
+            seen = yields
+            await asyncio.sleep(0.05)
+            self.assertEqual(yields, seen, "nobody reads the provider any more")
+        finally:
+            ending = True
+            await asyncio.wait([caller], timeout=10)
+
     async def test_a_timed_out_run_lets_go_of_a_provider_that_yields_on(self) -> None:
         self.runtime.agents["tiny"].timeout = 0.2
         handle = await self.stubborn_run(0.02, "timeout")

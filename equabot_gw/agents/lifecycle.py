@@ -93,6 +93,7 @@ class Run:
         # Run by its caller's task (``run_here``): the abort reason when that task is
         # cancelled from outside, which is then passed on once the run has settled.
         self._left: str | None = None
+        self._cancelling = 0        # ``run_here``: its caller's cancellations when the run began
         self._cancels_sent = 0      # by abort(), not yet taken back (see _absorb_cancel)
         self._ended: asyncio.Future[None] | None = None    # see ended()
 
@@ -320,6 +321,10 @@ async def _generate(handle: Run, call: ProviderCall
                     # Asked to stop, and its provider goes on yielding (it swallowed the
                     # cancellation, or it asked itself): read no more, or it would hold
                     # its slot, and stay among the active runs, for as long as it yields.
+                    break
+                if handle._left is not None and handle._task.cancelling() > handle._cancelling:  # type: ignore[union-attr]
+                    # Its caller was cancelled and the provider swallowed it: the same.
+                    handle._abort_reason = handle._left
                     break
         finally:
             # Now, not whenever the generator is collected: a provider's finally

@@ -272,7 +272,8 @@ async def run_here(runtime: Runtime, request: AgentRequest, left: str = "cancell
     it with the reason ``left``, recorded like any abort; the ``CancelledError``
     reaches the caller once the run has settled. A turn being recorded then is
     recorded, and the run ends as it says. A provider that ignores the
-    cancellation keeps the caller until it lets go.
+    cancellation keeps the caller until it lets go, or, if it goes on
+    yielding, until the run's next checkpoint (every 32 events) reads no more.
     """
     if request.idempotency_key:
         raise ValueError("a request with an idempotency key runs in a task of its own")
@@ -281,7 +282,7 @@ async def run_here(runtime: Runtime, request: AgentRequest, left: str = "cancell
     task = asyncio.current_task()
     assert task is not None
     handle._task, handle._left = task, left
-    cancels = task.cancelling()
+    cancels = handle._cancelling = task.cancelling()
     await execute(runtime, handle)
     # An abort whose cancellation the provider swallowed is the run's result
     # (499, 504), not the caller's: only one from outside is passed on.
