@@ -91,13 +91,16 @@ RunEvent = Union[Started, Delta, ReasoningDelta, ToolCallDelta, Logprobs, Annota
 COMPACT_EVENTS: Final = 1024
 # Events appended between two checkpoints (see EventLog.append).
 CHECKPOINT_EVENTS: Final = 32
+# References to subscriptions a log keeps before it drops those of readers gone
+# (then twice as many as are left): the list stays within twice its live readers.
+PRUNE_SUBSCRIPTIONS: Final = 64
 
 
 class EventLog:
     """The ordered events of one run. Only the run appends; anyone may subscribe."""
 
     __slots__ = ("events", "closed", "text_bytes", "mixed", "_waiters", "_subscriptions", "_compacted",
-                 "_compact_at", "_counted", "_due")
+                 "_compact_at", "_counted", "_due", "_prune_at")
 
     def __init__(self) -> None:
         self.events: list[RunEvent] = []
@@ -108,6 +111,7 @@ class EventLog:
         # Weak references: a reader that was dropped is no cursor to respect
         # (a WeakSet costs several times more to make, once per stream).
         self._subscriptions: list[weakref.ref[Subscription]] = []
+        self._prune_at = PRUNE_SUBSCRIPTIONS    # drop the references of readers gone at this length
         self._compacted = 0                 # events before this index were compacted
         self._compact_at = COMPACT_EVENTS   # compact when the log grows to this length
         self._counted = 0                   # events before this index are in text_bytes
@@ -121,9 +125,11 @@ class EventLog:
         Returns True every ``CHECKPOINT_EVENTS`` events, after a ``checkpoint``:
         the writer's moment to check ``text_bytes`` and give the loop a turn
         (doing either per event would cost the streaming hot path dearly).
+        Once the log is closed (its run was settled while its writer went on),
+        it returns True for every event, so the writer looks at once.
         """
         if self.closed:
-            return False
+            return True
         events = self.events
         events.append(event)
         if self._waiters:
@@ -147,7 +153,8 @@ class EventLog:
 
     @property
     def watched(self) -> bool:
-        """Whether anyone subscribed to the log so far (a reader may have gone since)."""
+        """Whether anyone subscribed to the log so far (a reader may have gone since;
+        readers gone are forgotten now and then, and then no longer count)."""
         return bool(self._subscriptions)
 
     def text(self) -> str:
@@ -164,7 +171,13 @@ class EventLog:
     def subscribe(self) -> Subscription:
         """A reader positioned at the first event."""
         subscription = Subscription(self)
-        self._subscriptions.append(weakref.ref(subscription))
+        subscriptions = self._subscriptions
+        if len(subscriptions) >= self._prune_at:
+            # Readers that came and went while the run was quiet (too few events for a
+            # compaction) would each leave a reference behind for as long as it runs.
+            subscriptions = self._subscriptions = [ref for ref in subscriptions if ref() is not None]
+            self._prune_at = max(PRUNE_SUBSCRIPTIONS, 2 * len(subscriptions))
+        subscriptions.append(weakref.ref(subscription))
         return subscription
 
     def _compact(self) -> None:

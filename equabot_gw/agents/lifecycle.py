@@ -82,7 +82,8 @@ class Run:
         self.done = False
         self._result: AgentResult | None = None
         self._error: RunError | None = None
-        self._waiters: list[asyncio.Future[None]] = []
+        # A set: callers that give up waiting take theirs out, many at once at times.
+        self._waiters: set[asyncio.Future[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._stored: Stored | None = None     # where record_turn put the turn
         self._entered = False       # the task has begun: cancelling it runs its handlers
@@ -92,6 +93,7 @@ class Run:
         # Run by its caller's task (``run_here``): the abort reason when that task is
         # cancelled from outside, which is then passed on once the run has settled.
         self._left: str | None = None
+        self._cancelling = 0        # ``run_here``: its caller's cancellations when the run began
         self._cancels_sent = 0      # by abort(), not yet taken back (see _absorb_cancel)
         self._ended: asyncio.Future[None] | None = None    # see ended()
 
@@ -114,8 +116,14 @@ class Run:
         if not self.done:
             # A future of its own per waiter: cancelling it leaves the run alone.
             waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            await waiter
+            self._waiters.add(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                # A caller that stopped waiting (its own timeout, say) leaves no future
+                # behind: one that waits again and again on a long run would pile them up.
+                self._waiters.discard(waiter)
+                raise
         if self._error is not None:
             raise self._error
         assert self._result is not None
@@ -139,7 +147,8 @@ class Run:
             # A task cancelled before its first step never runs its body, so
             # it could not settle the run: that one sees the reason on entry.
             # Asked from within the run's own task (by its provider), the reason
-            # alone stops it: the run records what it has once the provider returns.
+            # alone stops it: the run reads no more at its next checkpoint (or when
+            # the provider returns) and records what it has.
             if self._entered and self._task is not asyncio.current_task():
                 self._cancels_sent += 1
                 self._task.cancel()
@@ -172,7 +181,8 @@ async def execute(runtime: Runtime, handle: Run) -> None:
     Every run settles: whatever is raised in any step ends the run as failed,
     wakes its waiters and closes its event log; this never raises (a
     cancellation it did not ask for is passed on only in the caller's task,
-    by ``run_here``). At the end the run leaves ``runtime.active``.
+    by ``run_here``; ``KeyboardInterrupt`` and ``SystemExit`` once the run has
+    settled). At the end the run leaves ``runtime.active``.
     """
     agent = handle.agent
     queued = True
@@ -206,8 +216,12 @@ async def execute(runtime: Runtime, handle: Run) -> None:
         # Aborted while queued or while loading history: nothing was produced.
         _absorb_cancel(handle)
         _finish_failed(handle, _abort_error(handle), "")
-    except Exception as exc:
+    except BaseException as exc:
+        # A BaseException of some library's own is a failure like any other: left to
+        # the task, it would end the run unsettled, its waiters waiting for ever.
         _finish_failed(handle, _run_failure(handle, exc, "run"), "")
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise                   # the process is stopping: settled, the run lets it
     finally:
         if queued:
             agent.waiting -= 1
@@ -303,6 +317,15 @@ async def _generate(handle: Run, call: ProviderCall
                 if clock() >= give_back_at:
                     await asyncio.sleep(0)
                     give_back_at = clock() + YIELD_INTERVAL
+                if handle._abort_reason is not None:
+                    # Asked to stop, and its provider goes on yielding (it swallowed the
+                    # cancellation, or it asked itself): read no more, or it would hold
+                    # its slot, and stay among the active runs, for as long as it yields.
+                    break
+                if handle._left is not None and handle._task.cancelling() > handle._cancelling:  # type: ignore[union-attr]
+                    # Its caller was cancelled and the provider swallowed it: the same.
+                    handle._abort_reason = handle._left
+                    break
         finally:
             # Now, not whenever the generator is collected: a provider's finally
             # blocks (upstream sockets, child processes) run before the run goes on.
@@ -318,7 +341,10 @@ async def _generate(handle: Run, call: ProviderCall
         failure = _abort_error(handle)
     except RunError as exc:
         failure = exc
-    except Exception as exc:           # a provider bug must not take the gateway down
+    except KeyboardInterrupt:
+        raise                           # Ctrl-C: the process is stopping (``execute`` settles the run)
+    except BaseException as exc:       # a provider bug must not take the gateway down: a BaseException
+        # of a library's own, or SystemExit (which, out of the task, would stop the event loop)
         log.exception("run %s: provider %s failed", handle.id, handle.provider.name)
         failure = UpstreamError(handle.provider.name, f"internal provider error ({type(exc).__name__})")
     finally:
@@ -339,7 +365,7 @@ def _absorb_cancel(handle: Run) -> None:
         handle._abort_reason = handle._left
 
 
-def _run_failure(handle: Run, exc: Exception, step: str) -> RunError:
+def _run_failure(handle: Run, exc: BaseException, step: str) -> RunError:
     """The error a run fails with when ``exc`` escaped ``step``: a ``RunError`` as it is, else ``RunFailed``."""
     if isinstance(exc, RunError):
         return exc

@@ -26,10 +26,23 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("equabot_gw.runtime")
 
-__all__ = ["RunRecord", "record_from_line", "INTERRUPTED"]
+__all__ = ["Found", "RunRecord", "record_from_line", "INTERRUPTED"]
 
 # What a reply no longer stored reads back as.
 _NO_REPLY: Final = Message("assistant", "")
+
+
+class Found:
+    """Where to look for the outcome of a run rebuilt from disk (``SessionStore.find_outcome``):
+    its reply, when it is not held, is looked up again there when asked for."""
+
+    __slots__ = ("agent_id", "run_id", "session_key", "at")
+
+    def __init__(self, agent_id: str, run_id: str, session_key: str | None, at: float) -> None:
+        self.agent_id = agent_id
+        self.run_id = run_id
+        self.session_key = session_key      # None: a stateless run (the agent's journals)
+        self.at = at
 
 
 class RunRecord:
@@ -41,20 +54,22 @@ class RunRecord:
     result's text, or the partial text of a failed run) is held only while
     it fits the runtime's budget; otherwise ``reply_at`` says where it was
     recorded and ``wait``/``subscribe`` read it back (an empty text once the
-    session was reset or deleted, or the journal pruned). One is made per
+    session was reset or deleted, or the journal pruned); ``found``, of a
+    record rebuilt from disk, says where to look for it then. One is made per
     run: a plain slotted class (a frozen dataclass costs twice as much to
     make); treat it as read-only.
     """
 
     __slots__ = ("id", "agent_id", "session_key", "status", "result", "error", "partial",
-                 "reply_at", "store", "kept_bytes", "created_at", "mixed")
+                 "reply_at", "store", "kept_bytes", "created_at", "mixed", "found")
 
     done: Final = True
 
     def __init__(self, id: str, agent_id: str, session_key: str, status: str,
                  result: AgentResult | None, error: RunError | None, partial: str = "",
-                 reply_at: Stored | None = None, store: sessions.SessionStore | None = None,
-                 kept_bytes: int = 0, created_at: float = 0.0, mixed: bool = False) -> None:
+                 reply_at: Stored | Found | None = None, store: sessions.SessionStore | None = None,
+                 kept_bytes: int = 0, created_at: float = 0.0, mixed: bool = False,
+                 found: Found | None = None) -> None:
         self.id = id
         self.agent_id = agent_id
         self.session_key = session_key
@@ -69,6 +84,7 @@ class RunRecord:
         # Its reply had output besides choice 0's text (reasoning, tool calls, logprobs,
         # further choices), whether or not this record still holds all of it.
         self.mixed = mixed
+        self.found = found
 
     def __repr__(self) -> str:
         return f"<RunRecord {self.id} agent={self.agent_id} status={self.status}>"
@@ -103,8 +119,15 @@ class RunRecord:
         return False
 
     async def _read_back(self) -> Message:
+        where = self.reply_at
         try:
-            outcome = await self.store.read_outcome(self.reply_at, self.id) if self.store and self.reply_at else None
+            if self.store is None or where is None:
+                outcome = None
+            elif type(where) is Found:
+                line = await self.store.find_outcome(where.agent_id, where.run_id, where.session_key, where.at)
+                outcome = reply_of(line) if line is not None else None
+            else:
+                outcome = await self.store.read_outcome(where, self.id)     # type: ignore[arg-type]
         except StorageError:
             outcome = None
         if outcome is None:
@@ -143,9 +166,12 @@ def record_from_line(entry: Entry, line: dict[str, Any] | None) -> RunRecord:
     which ``errors.http_status`` answers 503: the gateway's failure, not the client's).
 
     A reply read back has its text, tool calls and reasoning; its turn number is 0.
+    The record holds its reply; ``found`` says where it was found, for a runtime
+    that would rather not hold it.
     """
     kind = line.get("type") if line is not None else None
     base = (entry.run_id, entry.agent_id, entry.session_key)
+    found = Found(entry.agent_id, entry.run_id, None if entry.stateless else entry.session_key, entry.at)
     if line is not None and kind == "assistant":
         reply = reply_of(line) or _NO_REPLY
         raw, finish, model = line.get("usage"), line.get("finishReason"), line.get("model")
@@ -154,11 +180,11 @@ def record_from_line(entry: Entry, line: dict[str, Any] | None) -> RunRecord:
                              model if type(model) is str else "", 0, reply.tool_calls,
                              reply.reasoning, reasoning_signature=reply.reasoning_signature)
         return RunRecord(*base, "ok", result, None, created_at=entry.at,
-                         mixed=bool(reply.tool_calls or reply.reasoning))
+                         mixed=bool(reply.tool_calls or reply.reasoning), found=found)
     if line is not None and kind == "aborted":
         content, why = line.get("content"), line.get("reason")
         return RunRecord(*base, "aborted", None, RunAborted(why if type(why) is str else "aborted"),
-                         content if type(content) is str else "", created_at=entry.at)
+                         content if type(content) is str else "", created_at=entry.at, found=found)
     if line is not None:
         message = line.get("message")
         return RunRecord(*base, "error", None, RunError(message if type(message) is str else "error"),

@@ -185,8 +185,24 @@ class Runtime:
         _notify(self.observers, run)
 
     def _remember_record(self, record: RunRecord) -> None:
-        """Keep a record rebuilt from disk among the finished runs."""
+        """Keep a record rebuilt from disk among the finished runs, its reply held on the terms
+        of a finished run's (``_record_of``): else it is looked up on disk again when asked for."""
+        result = record.result
+        reply = result.text if result is not None else record.partial
+        size = sys.getsizeof(reply) if reply else 0
+        if result is not None and record.mixed:
+            size += output_weight(result)
+        if size and record.found is not None and (
+                size > MAX_KEPT_REPLY_BYTES or self._finished_bytes + size > FINISHED_REPLIES_BUDGET_BYTES):
+            record = RunRecord(record.id, record.agent_id, record.session_key, record.status,
+                               dataclasses.replace(result, text="", tool_calls=(), reasoning="",
+                                                   reasoning_signature="") if result is not None else None,
+                               record.error, "", record.found, self.store, created_at=record.created_at,
+                               mixed=record.mixed)
+            size = 0
+        record.kept_bytes = size
         self._finished[record.id] = record
+        self._finished_bytes += size
         while len(self._finished) > MAX_FINISHED_RUNS:
             self._finished_bytes -= self._finished.popitem(last=False)[1].kept_bytes
 
@@ -256,7 +272,8 @@ async def run_here(runtime: Runtime, request: AgentRequest, left: str = "cancell
     it with the reason ``left``, recorded like any abort; the ``CancelledError``
     reaches the caller once the run has settled. A turn being recorded then is
     recorded, and the run ends as it says. A provider that ignores the
-    cancellation keeps the caller until it lets go.
+    cancellation keeps the caller until it lets go, or, if it goes on
+    yielding, until the run's next checkpoint (every 32 events) reads no more.
     """
     if request.idempotency_key:
         raise ValueError("a request with an idempotency key runs in a task of its own")
@@ -265,7 +282,7 @@ async def run_here(runtime: Runtime, request: AgentRequest, left: str = "cancell
     task = asyncio.current_task()
     assert task is not None
     handle._task, handle._left = task, left
-    cancels = task.cancelling()
+    cancels = handle._cancelling = task.cancelling()
     await execute(runtime, handle)
     # An abort whose cancellation the provider swallowed is the run's result
     # (499, 504), not the caller's: only one from outside is passed on.
