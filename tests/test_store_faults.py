@@ -1,5 +1,5 @@
-"""The session store under faults the other suites never tried: an unexpected exception in the
-writer thread, a store closed while a large write is being encoded, and the like."""
+"""The session store under faults: an unexpected exception in the writer thread, a store
+closed while a large write is being encoded, a day file that cannot be deleted, and the like."""
 
 from __future__ import annotations
 

@@ -46,7 +46,7 @@ async def until(predicate, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.01)
 
 
-class ReviewCase(RuntimeCase):
+class LetGoCase(RuntimeCase):
     def provide(self, stream, provider: str = "quick") -> None:
         """The agents of ``provider`` stream with ``stream(call)`` instead."""
         recording = Recording(self.runtime.providers[provider])
@@ -59,7 +59,7 @@ class ReviewCase(RuntimeCase):
             self.assertEqual((agent.active, agent.waiting), (0, 0), agent.id)
 
 
-class BaseExceptionSettlesTest(ReviewCase):
+class BaseExceptionSettlesTest(LetGoCase):
     async def test_a_provider_raising_a_base_exception_fails_the_run_with_its_partial_text(self) -> None:
         raised: BaseException = Escaped("not an Exception")
 
@@ -107,7 +107,7 @@ class BaseExceptionSettlesTest(ReviewCase):
         self.assertNothingLeft()
 
 
-class StubbornProviderTest(ReviewCase):
+class StubbornProviderTest(LetGoCase):
     """A provider that swallows the cancellation and goes on yielding, for ever."""
 
     async def stubborn_run(self, pause: float, why: str) -> Run:
@@ -199,7 +199,7 @@ class StubbornProviderTest(ReviewCase):
         self.assertEqual(self.runtime.find_run(handle.id).status, "aborted")
 
 
-class WaitersTest(ReviewCase):
+class WaitersTest(LetGoCase):
     async def test_callers_that_give_up_waiting_leave_no_waiter_behind(self) -> None:
         release = asyncio.Event()
 
