@@ -871,8 +871,17 @@ class HardeningTest(ControlTestCase):
                               ({"type": "req", "id": "", "method": 1}, "invalid"),
                               ({"type": "req", "id": {"a": 1}, "method": "health"}, "invalid"),
                               (["type", "req"], "invalid"),
-                              ("{not json", "invalid")):
-            with self.subTest(bad=bad):
+                              ("{not json", "invalid"),
+                              # JSON by its grammar, refused for a value: still its own id
+                              ('{"type":"req","id":"r5","method":"health","params":{"x":1e400}}', "r5"),
+                              ('{"type":"req","id":"r6","method":"health","params":{"x":"\\ud800"}}', "r6"),
+                              ('{"type":"req","id":"r7","method":"health","params":{"x":NaN}}', "r7"),
+                              ('{"type":"req","id":"r8","method":"health","params":' + "[" * 200
+                               + "]" * 200 + "}", "r8"),
+                              ('{"type":"req","id":"r9","params":' + "[" * 30000 + "]" * 30000 + "}",
+                               "invalid"),
+                              ('{"type":"req","id":"r10","params":{"x":' + "9" * 5000 + "}}", "invalid")):
+            with self.subTest(bad=bad[:80] if isinstance(bad, str) else bad):
                 c.ws.send(bad if isinstance(bad, str) else json.dumps(bad))
                 frame = await asyncio.wait_for(c.next_frame(), 2)
                 self.assertEqual((frame["type"], frame["id"], frame["ok"], frame["error"]["code"]),

@@ -57,6 +57,9 @@ _LONG_METHODS: Final = frozenset({"agent.wait", "agent.subscribe"})
 # holds its id, so a frame-sized one would pin megabytes per request. The original's
 # clients send UUIDs; ours "cli-<method>".
 MAX_REQUEST_ID_CHARS: Final = params_mod.MAX_NAME_CHARS
+# A frame refused as JSON is read again for its id up to this size (a frame of one
+# overflowing number is small; a big one costs the loop a second decode).
+MAX_ID_HOLDER_CHARS: Final = 64 * 1024
 # A request frame's keys, as the original's schema has them (no others).
 _REQUEST_KEYS: Final = frozenset({"type", "id", "method", "params"})
 # Close codes (RFC 6455 §7.4.1) used by the protocol.
@@ -96,6 +99,25 @@ class BadFrame(ApiError):
         req_id = frame.get("id") if isinstance(frame, dict) else None
         usable = _is_request_id(req_id) and req_id != ""
         self.reply_id: str | int = req_id if usable else INVALID_FRAME_ID
+
+
+def _id_holder(message: str | bytes) -> Any:
+    """A refused frame as Python's own decoder reads it, only for the id its error goes to.
+
+    A frame that is JSON by its grammar but refused for a value (a number that
+    overflows, a lone surrogate escape; the original's decoder takes both)
+    still names its request, which must settle. None for a frame over
+    ``MAX_ID_HOLDER_CHARS`` or one that decoder refuses too (a syntax error,
+    an integer of over 4,300 digits); its nesting is bounded by that
+    decoder's recursion check.
+    """
+    if len(message) > MAX_ID_HOLDER_CHARS:
+        return None
+    try:
+        import json
+        return json.loads(message)
+    except (ValueError, RecursionError):
+        return None
 
 
 def _is_request_id(value: Any) -> bool:
@@ -410,7 +432,7 @@ class ControlConnection:
         try:
             frame = await safejson.loads_async(message)
         except ValueError as exc:       # bad JSON, too deep, NaN, a lone surrogate
-            raise BadFrame(f"invalid JSON: {exc}") from None
+            raise BadFrame(f"invalid JSON: {exc}", _id_holder(message)) from None
         if not isinstance(frame, dict) or frame.get("type") != "req" \
                 or not isinstance(frame.get("method"), str) \
                 or not isinstance(frame.get("id"), (str, int)) or isinstance(frame.get("id"), bool):
