@@ -23,7 +23,9 @@ docstring its contract:
 Every other module and name is internal and may change.
 """
 
-from __future__ import annotations
+# This one file is written so that every Python since 2.7 can compile it (no
+# f-strings, annotations in type comments): the version check below must run
+# before anything newer fails as a SyntaxError traceback.
 
 import sys
 
@@ -31,13 +33,15 @@ import sys
 # request by request (asyncio and dataclass features it relies on are missing).
 if sys.version_info < (3, 11):
     _found = ".".join(map(str, sys.version_info[:3]))
-    # "python -m equabot_gw" (argv[0] is "-m" while the package is imported) is a
-    # command line: one line and exit 2. A program importing it gets an ImportError.
+    # "python -m equabot_gw" (argv[0] is "-m" while the package is imported; "-c"
+    # on Python 2) is a command line: one line and exit 2. A program importing it
+    # gets an ImportError.
     _ran = getattr(sys, "orig_argv", None)     # 3.10: tells this package's -m from another's
-    if sys.argv[:1] == ["-m"] and (_ran is None or "equabot_gw" in _ran or "-mequabot_gw" in _ran):
-        print(f"equabot: needs Python 3.11 or newer; this is Python {_found}", file=sys.stderr)
+    _m = ["-m"] if sys.version_info >= (3,) else ["-c"]
+    if sys.argv[:1] == _m and (_ran is None or "equabot_gw" in _ran or "-mequabot_gw" in _ran):
+        sys.stderr.write("equabot: needs Python 3.11 or newer; this is Python %s\n" % _found)
         raise SystemExit(2)
-    raise ImportError(f"equabot_gw needs Python 3.11 or newer; this is Python {_found}")
+    raise ImportError("equabot_gw needs Python 3.11 or newer; this is Python %s" % _found)
 
 import importlib  # noqa: E402
 from typing import TYPE_CHECKING, Any, Final  # noqa: E402
@@ -48,7 +52,7 @@ __version__ = "0.1.0"
 # equabot_gw" (the CLI's --help, the installed command) stays light, and the
 # gateway's modules, which import __version__ from here, never see a
 # half-initialised package.
-_HOMES: Final = {
+_HOMES = {  # type: Final
     "Gateway": "gateway.app",
     "run_agent": "embed", "AgentRun": "embed",
     "PROVIDER_API_VERSION": "providers.python", "register_provider": "providers.python",
@@ -88,14 +92,14 @@ if TYPE_CHECKING:
     from .providers.python import PROVIDER_API_VERSION, register_provider, unregister_provider
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name):  # type: (str) -> Any
     home = _HOMES.get(name)
     if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{home}", __name__), name)
+        raise AttributeError("module %r has no attribute %r" % (__name__, name))
+    value = getattr(importlib.import_module("." + home, __name__), name)
     globals()[name] = value         # looked up once
     return value
 
 
-def __dir__() -> list[str]:
+def __dir__():  # type: () -> list[str]
     return sorted(set(globals()) | set(__all__))

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import base64
 import datetime
+import glob
 import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -152,6 +154,26 @@ class HelpTest(CLITestCase):
         self.assertNotEqual(embedded.returncode, 0)
         self.assertEqual(embedded.stderr.splitlines()[-1],
                          "ImportError: equabot_gw needs Python 3.11 or newer; this is Python 3.10.13")
+
+    def test_older_interpreters_compile_the_check_and_say_it_in_one_line(self) -> None:
+        # Python 2.7 and 3.6 cannot compile f-strings or annotations: the package's first
+        # file must compile on them all, or the check never runs (a SyntaxError traceback).
+        found = {}
+        for path in sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/*/bin/python"))) + \
+                [shutil.which(f"python{v}") or "" for v in ("2", "2.7", "3.6", "3.7", "3.8", "3.9", "3.10")]:
+            if not path:
+                continue
+            probe = subprocess.run([path, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"],
+                                   capture_output=True, text=True, timeout=TIMEOUT)
+            if probe.returncode == 0 and tuple(map(int, probe.stdout.split("."))) < (3, 11):
+                found.setdefault(probe.stdout.strip(), path)
+        if not found:
+            self.skipTest("no Python older than 3.11 on this machine")
+        for version, path in found.items():
+            with self.subTest(version):
+                done = subprocess.run([path, "-m", "equabot_gw", "--version"], cwd=ROOT, env=self.env(),
+                                      capture_output=True, text=True, timeout=TIMEOUT)
+                self.assertOneLineError(done, 2, "needs Python 3.11 or newer", f"this is Python {version}")
 
     def test_missing_message_is_a_usage_error(self) -> None:
         done = self.cli("agent", "--local")
