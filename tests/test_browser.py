@@ -214,6 +214,9 @@ class ChatFlowTest(BrowserTestCase):
         await page.click(f"#sessions button[data-key={json.dumps(slow_key)}]")
         await page.wait_for(f"(() => {{ const r = {LAST_REPLY}; return r && r.dataset.state === 'aborted'"
                             " && r.querySelector('.note').textContent === 'Stopped'; })()")
+        # Read back, the stopped reply reads as it did live: its turn counted no tokens,
+        # and "0 in · 0 out · 0 tokens" would say nothing.
+        self.assertIsNone(await page.evaluate(f"{LAST_REPLY}.querySelector('.usage')"))
         self.assertNoConsoleErrors(page)
 
         # A wrong token, in a fresh tab: a clear error, and no retry behind the user's back

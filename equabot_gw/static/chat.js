@@ -280,6 +280,8 @@
     const output = num(usage.output, usage.completion_tokens, usage.outputTokens, usage.output_tokens);
     let total = num(usage.totalTokens, usage.total, usage.total_tokens);
     if (total === undefined && input !== undefined && output !== undefined) total = input + output;
+    // Nothing counted (a reply stopped before its first word): nothing to say, as live.
+    if (!input && !output && !total) return "";
     const bits = [];
     if (input !== undefined) bits.push(input + " in");
     if (output !== undefined) bits.push(output + " out");
