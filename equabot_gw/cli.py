@@ -62,10 +62,36 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
         # The main parser's subcommands by their words ("gateway", "sessions show").
         self.commands: dict[str, argparse.ArgumentParser] = {}
+        self._argv: list[str] | None = None        # what parse_known_args was last given
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._argv = None if args is None else list(args)
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str) -> Any:       # argparse's hook; never returns
         message = message.replace("argument {" + ",".join(SUBCOMMANDS) + "}: ", "")
+        if message.startswith("the following arguments are required"):
+            # "agent --mesage hi": the typo is the news, not the flag it left out.
+            stray = self._unrecognized()
+            if stray:
+                message = f"unrecognized arguments: {' '.join(stray)}; {message}"
         self.exit(2, f"equabot: {message} (see '{self.prog} --help')\n")
+
+    def _unrecognized(self) -> list[str]:
+        """The words of the last parse that no flag takes, read again with no flag required."""
+        argv, self._argv = self._argv, None
+        if not argv:
+            return []
+        required = [action for action in self._actions if action.required]
+        try:
+            for action in required:
+                action.required = False
+            return list(super().parse_known_args(argv)[1])
+        except SystemExit:          # another error on the way: the first one is said
+            return []
+        finally:
+            for action in required:
+                action.required = True
 
 
 def _port(text: str) -> int:

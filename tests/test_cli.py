@@ -180,6 +180,18 @@ class HelpTest(CLITestCase):
         self.assertEqual(done.returncode, 2)
         self.assertIn("--message", done.stderr)
 
+    def test_a_mistyped_flag_is_named_beside_the_one_it_left_out(self) -> None:
+        # "--mesage hi" left --message out; the typo is what the user needs to see.
+        for argv, stray in ((["agent", "--mesage", "hi"], "--mesage hi"), (["agent", "hi"], "hi"),
+                            (["agent", "--agent", "main", "--mesage", "x"], "--mesage x")):
+            with self.subTest(argv):
+                done = self.cli(*argv)
+                self.assertOneLineError(done, 2, f"unrecognized arguments: {stray};",
+                                        "the following arguments are required: --message/-m")
+        done = self.cli("agent", "--agent", "main")         # nothing stray: the plain message
+        self.assertOneLineError(done, 2, "the following arguments are required: --message/-m")
+        self.assertNotIn("unrecognized", done.stderr)
+
 
 class RemoteAgentTest(LiveGateway, CLITestCase):
     @classmethod
