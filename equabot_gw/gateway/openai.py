@@ -418,6 +418,8 @@ def gateway_headers(headers: Any) -> dict[str, str]:
 
 
 def _agent_from_model(model: str) -> str | None:
+    if ":" not in model and "/" not in model:      # every prefix ends so: a plain name (the usual one)
+        return None
     for prefix in MODEL_PREFIXES:
         if model.startswith(prefix) and len(model) > len(prefix):
             return model[len(prefix):]
