@@ -315,7 +315,9 @@ class Authenticator:
         named ``"<peer> (forwarding)"``, which is not loopback, so the
         limiter's loopback exemption never covers the clients behind it.
         """
-        lines = [forwarded_for] if isinstance(forwarded_for, str) else list(forwarded_for or ())
+        if not forwarded_for:       # no X-Forwarded-For (the usual request): no hop but the peer
+            return peer
+        lines = [forwarded_for] if isinstance(forwarded_for, str) else list(forwarded_for)
         hops = [h.strip() for line in lines for h in line.split(",") if h.strip()]
         if not self._trusted(peer):
             return f"{peer} (forwarding)" if hops and is_loopback(peer) else peer

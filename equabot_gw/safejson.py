@@ -63,6 +63,24 @@ def _finite_float(text: str) -> float:
 _DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 _decode: Final = _DECODER.decode
 
+_scan: Final = _DECODER.scan_once
+_JSON_WHITESPACE: Final = " \t\n\r"       # RFC 8259 §2: ws
+
+
+def _decode_whole(text: str) -> Any:
+    """``_decode(text)``: the C scanner called directly for a text that starts with its
+    value (the usual one); one with whitespace first, or none, is left to ``_decode``."""
+    try:
+        value, end = _scan(text, 0)
+    except StopIteration:
+        return _decode(text)        # leading whitespace, or the error at its position
+    if end != len(text):
+        rest = text[end:].lstrip(_JSON_WHITESPACE)
+        if rest:
+            raise json.JSONDecodeError("Extra data", text, len(text) - len(rest))
+    return value
+
+
 # An escaped surrogate ("\\uD800"-"\\uDFFF") somewhere in the text: only then can
 # a decoded string hold a lone one (raw surrogates are not valid UTF-8). Both are
 # compiled by ``re`` on first use (and cached there): most texts never need them.
@@ -82,7 +100,7 @@ def loads(data: bytes | bytearray | str, *, max_depth: int = MAX_DEPTH) -> Any:
     """
     text = _text(data)
     try:
-        value = _decode(text)
+        value = _decode_whole(text)
     except RecursionError:
         raise _too_deep(text, 0, max_depth) from None
     except json.JSONDecodeError:
@@ -134,9 +152,13 @@ async def loads_async(data: bytes | bytearray | str, *, max_depth: int = MAX_DEP
 def _text(data: bytes | bytearray | str) -> str:
     if isinstance(data, str):
         return data
+    # A text whose first two bytes are ASCII other than NUL (``{"``) has no BOM and
+    # is UTF-8 by RFC 8259's detection: ``json.detect_encoding`` is asked for the rest.
+    start = data[:2]
+    encoding = "utf-8" if start.isascii() and b"\0" not in start else json.detect_encoding(data)
     try:
         # Strict decoding: UTF-8 bytes of a surrogate (ED A0 80) are not UTF-8 (RFC 3629 §3).
-        return bytes(data).decode(json.detect_encoding(data))
+        return bytes(data).decode(encoding)
     except UnicodeDecodeError as exc:
         raise json.JSONDecodeError(f"invalid {exc.encoding} text", "", exc.start) from None
 

@@ -203,7 +203,8 @@ class Committer:
 
     # -- event loop side --
 
-    def append(self, what: str, path: str, data: bytes, **callbacks: Any) -> asyncio.Future[Any]:
+    def append(self, what: str, path: str, data: bytes, *, on_ok: Callable[[Any], None] | None = None,
+               on_error: Callable[[BaseException], None] | None = None) -> asyncio.Future[Any]:
         """Queue ``data`` to be appended to ``path`` and fdatasynced (loop side).
 
         Returns a future set to the offset in the file where ``data`` starts
@@ -211,12 +212,12 @@ class Committer:
         naming the step and ``what`` (the file is then cut back to its size
         before); any other exception (a MemoryError, a bug) is logged and
         passed on as is, the file cut back too, and the thread goes on.
-        ``callbacks``: ``on_ok(offset)`` / ``on_error(exc)``, run on the
+        ``on_ok(offset)`` / ``on_error(exc)``, if given, run on the
         loop in commit order before the future resolves, even if it was cancelled.
         """
         future = self._loop.create_future()
         self.pending += 1
-        self._put(_Op(what, future, path, data, **callbacks))
+        self._put(_Op(what, future, path, data, None, on_ok, on_error))
         return future
 
     def job(self, what: str, fn: Callable[[Committer], Any], **callbacks: Any) -> asyncio.Future[Any]:

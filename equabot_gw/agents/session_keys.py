@@ -96,8 +96,30 @@ def user_key(agent_id: str, user: str) -> str:
 
 
 def stateless_key(agent_id: str, origin: str) -> str:
-    """A fresh key ``agent:<agent_id>:<origin>:<uuid4>`` for a stateless run."""
-    return validate_key(f"agent:{agent_id}:{origin}:{_uuid4()}")
+    """A fresh key ``agent:<agent_id>:<origin>:<uuid4>`` for a stateless run.
+
+    Raises ``ApiError`` 400 as ``validate_key`` does when such keys are not
+    valid (a long agent id, an origin outside the alphabet).
+    """
+    prefix = _stateless_prefixes.get((agent_id, origin)) or _stateless_prefix(agent_id, origin)
+    return prefix + _uuid4()
+
+
+# Prefixes ``agent:<agent_id>:<origin>:`` found valid: a uuid4 (36 characters of
+# the key alphabet) after one makes a valid key, so the key is not matched
+# again per run. Doors and agents are few; the table is bounded all the same.
+_MAX_STATELESS_PREFIXES: Final = 256
+_stateless_prefixes: dict[tuple[str, str], str] = {}
+_SAMPLE_UUID: Final = "00000000-0000-4000-8000-000000000000"
+
+
+def _stateless_prefix(agent_id: str, origin: str) -> str:
+    prefix = f"agent:{agent_id}:{origin}:"
+    # A key with a sample uuid4 in it fails as every such key would, with the same message.
+    validate_key(prefix + _SAMPLE_UUID)
+    if len(_stateless_prefixes) < _MAX_STATELESS_PREFIXES:
+        _stateless_prefixes[(agent_id, origin)] = prefix
+    return prefix
 
 
 # uuid.uuid4() makes a getrandom() call per key, and each drops the GIL on the
@@ -122,7 +144,11 @@ def _uuid4() -> str:
             pos = 0
         _pool[1] = pos + 16
     h = buf[pos:pos + 16].hex()          # RFC 9562 §5.4: version 4, variant 0b10
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+
+
+# A random hex digit as the variant digit: its two low bits after 0b10.
+_VARIANT: Final = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
 
 def check_agent_id(agent_id: str) -> None:

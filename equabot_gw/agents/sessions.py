@@ -497,8 +497,11 @@ class SessionStore(SessionReads):
     def _session_key(self, agent_id: str, key: str) -> str:
         if agent_id not in self._agents:      # known agents were checked when first seen
             check_agent_id(agent_id)
-        key = scoped_key(agent_id, key)
+        validate_key(key)
         owner = agent_of(key)
+        if owner is None:       # scoped to ``agent_id``, as ``scoped_key`` does
+            key = validate_key(f"agent:{agent_id}:{key}")
+            owner = agent_of(key)
         if owner != agent_id and owner is not None and owner.lower() == agent_id.lower():
             key, owner = with_agent(key, agent_id), agent_id
         if owner != agent_id:

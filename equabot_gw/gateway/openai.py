@@ -26,7 +26,7 @@ from ..agents import runtime as agent_runtime
 from ..agents import sessions
 from ..agents.events import Failed, Started
 from ..agents.runtime import Run, RunRecord, Runtime
-from ..agents.types import AgentRequest, AgentResult
+from ..agents.types import AgentRequest, AgentResult, Usage
 from ..errors import SHUTDOWN_ABORT, ApiError, RunAborted, RunError, http_status
 from . import chat_content, chat_stream, resume
 from .chat_content import FINISH_REASONS
@@ -85,6 +85,21 @@ def _expect(name: str, value: Any, kinds: str) -> None:
                      f"but got {_type_name(value)}.")
 
 
+# The kinds a value's type alone decides ("integer" and "number" need a look at the value).
+_KIND_TYPES: Final[dict[str, type]] = {"string": str, "boolean": bool, "object": dict, "array": list}
+
+
+def _typed(name: str, kinds: str) -> Callable[[Any], None]:
+    """The check ``_expect(name, value, kinds)`` for kinds of ``_KIND_TYPES``, in one call
+    (one ``isinstance``) for a valid value; an invalid one gets ``_expect``'s error."""
+    types = tuple(_KIND_TYPES[kind] for kind in kinds.split("|"))
+
+    def check(value: Any) -> None:
+        if value is not None and not isinstance(value, types):
+            _expect(name, value, kinds)
+    return check
+
+
 def _number_in(name: str, value: Any, lo: float, hi: float) -> None:
     _expect(name, value, "number")
     if value is not None and not lo <= value <= hi:
@@ -104,11 +119,11 @@ def _neutral_if(name: str, value: Any, kinds: str, neutral: Callable[[Any], bool
 def _fields_table() -> dict[str, Callable[[Any], None]]:
     n = _neutral_if
     return {
-        "model": lambda v: _expect("model", v, "string"),
-        "messages": lambda v: _expect("messages", v, "array"),
-        "stream": lambda v: _expect("stream", v, "boolean"),
+        "model": _typed("model", "string"),
+        "messages": _typed("messages", "array"),
+        "stream": _typed("stream", "boolean"),
         "stream_options": _check_stream_options,
-        "user": lambda v: _expect("user", v, "string"),
+        "user": _typed("user", "string"),
         "temperature": lambda v: _number_in("temperature", v, 0, 2),
         "top_p": lambda v: _number_in("top_p", v, 0, 1),
         "max_tokens": lambda v: _positive_int("max_tokens", v),
@@ -118,7 +133,7 @@ def _fields_table() -> dict[str, Callable[[Any], None]]:
         # Tools, structured output, logprobs, penalties, reasoning, n and the
         # extra sampling fields: checked (and converted) in chat_content.
         **chat_content.FIELD_CHECKS,
-        "parallel_tool_calls": lambda v: _expect("parallel_tool_calls", v, "boolean"),
+        "parallel_tool_calls": _typed("parallel_tool_calls", "boolean"),
         "modalities": lambda v: n("modalities", v, "array", lambda x: x == ["text"] or not x,
                                   "other than [\"text\"]"),
         "audio": lambda v: n("audio", v, "object", lambda x: False, "(audio output)"),
@@ -128,13 +143,13 @@ def _fields_table() -> dict[str, Callable[[Any], None]]:
         # Metadata and hints that do not change the reply: accepted with their types checked
         # (metadata as OpenAI bounds it, as the Responses door does).
         "metadata": chat_content.check_metadata,
-        "store": lambda v: _expect("store", v, "boolean"),
-        "service_tier": lambda v: _expect("service_tier", v, "string"),
-        "safety_identifier": lambda v: _expect("safety_identifier", v, "string"),
-        "prompt_cache_key": lambda v: _expect("prompt_cache_key", v, "string"),
-        "prompt_cache_retention": lambda v: _expect("prompt_cache_retention", v, "string"),
-        "prompt_cache_options": lambda v: _expect("prompt_cache_options", v, "object"),
-        "prediction": lambda v: _expect("prediction", v, "object"),
+        "store": _typed("store", "boolean"),
+        "service_tier": _typed("service_tier", "string"),
+        "safety_identifier": _typed("safety_identifier", "string"),
+        "prompt_cache_key": _typed("prompt_cache_key", "string"),
+        "prompt_cache_retention": _typed("prompt_cache_retention", "string"),
+        "prompt_cache_options": _typed("prompt_cache_options", "object"),
+        "prediction": _typed("prediction", "object"),
     }
 
 
@@ -403,6 +418,8 @@ def gateway_headers(headers: Any) -> dict[str, str]:
 
 
 def _agent_from_model(model: str) -> str | None:
+    if ":" not in model and "/" not in model:      # every prefix ends so: a plain name (the usual one)
+        return None
     for prefix in MODEL_PREFIXES:
         if model.startswith(prefix) and len(model) > len(prefix):
             return model[len(prefix):]
@@ -511,10 +528,23 @@ _escape: Final = json.encoder.encode_basestring
 def _text_completion_body(completion_id: str, model_name: str, result: AgentResult, created: float) -> bytes:
     finish = result.finish_reason if result.finish_reason in FINISH_REASONS else "stop"
     return (f'{{"id":{_escape(completion_id)},"object":"chat.completion","created":{int(created)},'
-            f'"model":{_escape(model_name)},"system_fingerprint":{_escape(SYSTEM_FINGERPRINT)},'
+            f'"model":{_escape(model_name)},"system_fingerprint":{_FINGERPRINT_JSON},'
             f'"choices":[{{"index":0,"message":{{"role":"assistant","content":{_escape(result.text)},'
             f'"refusal":null,"annotations":[]}},"logprobs":null,"finish_reason":"{finish}"}}],'
-            f'"usage":{_dumps(result.usage.as_dict())}}}').encode()
+            f'"usage":{_usage_json(result.usage)}}}').encode()
+
+
+_FINGERPRINT_JSON: Final = _escape(SYSTEM_FINGERPRINT)
+
+
+def _usage_json(usage: Usage) -> str:
+    """``_dumps(usage.as_dict())``; plain counts (no details) written around their numbers."""
+    prompt, completion = usage.prompt_tokens, usage.completion_tokens
+    if type(prompt) is int and type(completion) is int and usage.cached_tokens is None \
+            and usage.reasoning_tokens is None:
+        return (f'{{"prompt_tokens":{prompt},"completion_tokens":{completion},'
+                f'"total_tokens":{prompt + completion}}}')
+    return _dumps(usage.as_dict())
 
 
 def _completion_object(completion_id: str, model_name: str, result: AgentResult,

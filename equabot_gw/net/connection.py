@@ -120,6 +120,7 @@ class Connection(ConnectionOutput):
         self._dropped = 0               # bytes the client sent while the connection lingered
         self._deadline: float | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0            # when _timer fires (loop time)
         self._close_timer: asyncio.TimerHandle | None = None
         self._corked: list[bytes] = []  # stream output held until the writing task steps back
         self._corked_bytes = 0
@@ -226,10 +227,11 @@ class Connection(ConnectionOutput):
             return
         when = self.loop.time() + timeout
         self._deadline = when
-        if self._timer is None or self._timer.when() > when:
+        if self._timer is None or self._timer_at > when:
             if self._timer is not None:
                 self._timer.cancel()
             self._timer = self.loop.call_at(when, self._on_timer)
+            self._timer_at = when
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -237,6 +239,7 @@ class Connection(ConnectionOutput):
             return
         if self.loop.time() < self._deadline:
             self._timer = self.loop.call_at(self._deadline, self._on_timer)
+            self._timer_at = self._deadline
             return
         self._timed_out = True
         self._wake_reader()

@@ -41,6 +41,15 @@ class Headers:
         self._first: dict[str, str] = dict(reversed(self._items))
         self._unique = len(self._first) == len(self._items)
 
+    @classmethod
+    def _of(cls, items: list[tuple[str, str]]) -> Headers:
+        """``Headers(items)`` taking ``items`` as its own list (the parser's: no copy)."""
+        headers = cls.__new__(cls)
+        headers._items = items
+        headers._first = dict(reversed(items))
+        headers._unique = len(headers._first) == len(items)
+        return headers
+
     def add(self, name: str, value: str) -> None:
         """Append a field; ``name`` must already be lower-case."""
         self._items.append((name, value))
@@ -121,7 +130,7 @@ def _parse_fields(head: bytes, start: int, max_headers: int) -> Headers:
     for line in lines:
         name, _, value = line.partition(":")
         items.append((name.lower(), value.strip(" \t")))
-    return Headers(items)
+    return Headers._of(items)
 
 
 def salvage_fields(data: bytes, max_headers: int = DEFAULT_MAX_HEADERS) -> Headers:
@@ -232,6 +241,11 @@ def check_chunked_final(codings: list[str], role: str) -> None:
 
 
 _NO_TOKENS: Final[frozenset[str]] = frozenset()
+# Host values found valid, so a client's usual Host is matched against the
+# grammar once, not per request; only valid values, at most 64 KiB of them.
+MAX_VALID_HOSTS: Final = 256
+MAX_VALID_HOST_CHARS: Final = 256
+_VALID_HOSTS: set[str] = set()
 
 
 def connection_tokens(headers: Headers) -> set[str]:
@@ -390,25 +404,35 @@ def version_error(version: bytes, *, complete: bool) -> HTTPProtocolError | None
 
 def _frame_request(method: str, target: str, path: str, query: str, version: str,
                    headers: Headers, max_body_bytes: int | None) -> Request:
-    hosts = headers.get_all("host")
-    host = hosts[0] if hosts else ""
+    first = headers._first
+    if headers._unique:     # no name repeats (the usual head): a field's values are its first
+        host = first.get("host")
+        hosts = [] if host is None else [host]
+        te = [first["transfer-encoding"]] if "transfer-encoding" in first else []
+        cl = [first["content-length"]] if "content-length" in first else []
+    else:
+        hosts = headers.get_all("host")
+        te = headers.get_all("transfer-encoding")
+        cl = headers.get_all("content-length")
     # RFC 9112 §3.2: "A server MUST respond with a 400 (Bad Request) status code
     # to any HTTP/1.1 request message that lacks a Host header field and to any
     # request message that contains more than one Host header field line or a
     # Host header field with an invalid field value."
     if len(hosts) > 1 or (version == "1.1" and not hosts):
         raise HTTPProtocolError("missing Host header" if not hosts else "more than one Host header")
-    if host and not (host.isascii() and grammar.HOST.fullmatch(host.encode("ascii"))):
-        raise HTTPProtocolError("invalid Host header")
-    tokens = connection_tokens(headers) if "connection" in headers else _NO_TOKENS
+    host = hosts[0] if hosts else ""
+    if host and host not in _VALID_HOSTS:
+        if not (host.isascii() and grammar.HOST.fullmatch(host.encode("ascii"))):
+            raise HTTPProtocolError("invalid Host header")
+        if len(_VALID_HOSTS) < MAX_VALID_HOSTS and len(host) <= MAX_VALID_HOST_CHARS:
+            _VALID_HOSTS.add(host)
+    tokens = connection_tokens(headers) if "connection" in first else _NO_TOKENS
     keep_alive = "close" not in tokens and (version == "1.1" or "keep-alive" in tokens)
     upgrade = None
     if method == "CONNECT":
         upgrade = "connect"
-    elif "upgrade" in tokens and "upgrade" in headers:
+    elif "upgrade" in tokens and "upgrade" in first:
         upgrade = ", ".join(headers.get_all("upgrade")).lower()
-    te = headers.get_all("transfer-encoding")
-    cl = headers.get_all("content-length")
     chunked = False
     content_length: int | None = 0
     if upgrade == "connect":
@@ -430,7 +454,7 @@ def _frame_request(method: str, target: str, path: str, query: str, version: str
         chunked, content_length = True, None
     elif cl:
         content_length = parse_content_length(cl, max_body_bytes)
-    expect = headers.get("expect")
+    expect = first.get("expect")
     expect_continue = (version == "1.1" and expect is not None
                        and expect.strip(" \t").lower() == "100-continue")
     return Request(method, target, path, query, version, headers, keep_alive,

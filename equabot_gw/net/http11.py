@@ -619,10 +619,10 @@ def _check_name(name: str) -> None:
 
 def _check_head(head: str, lines: int) -> None:
     # Values may carry client-derived text: a CR or LF in one would end the
-    # head early (response splitting). Counting is C-speed: a well-formed head
-    # has exactly one CR and one LF per line, all in CRLF pairs.
-    if head.count("\r\n") != lines or head.count("\r") != lines or head.count("\n") != lines \
-            or "\0" in head:
+    # head early (response splitting). Counting is C-speed: the head was built
+    # with a CRLF ending each of its ``lines`` lines, so it is well-formed when
+    # it holds no other CR and no other LF.
+    if head.count("\r") != lines or head.count("\n") != lines or "\0" in head:
         raise ValueError("unsafe header field value (CR, LF or NUL)")
 
 
