@@ -316,6 +316,12 @@ class CompletionTest(OpenAITestCase):
             with self.subTest(param=param, body=body):
                 self.assertEqual(self.fails(body, 400)["param"], param)
 
+    def test_an_unknown_role_is_told_every_role_there_is(self) -> None:
+        # Legacy "function" results are accepted, so the list says so too.
+        message = self.fails({"model": "x", "messages": [{"role": "robot", "content": "x"}]}, 400)["message"]
+        self.assertTrue(message.endswith("'robot' is not one of 'system', 'developer', 'user', 'assistant', "
+                                         "'tool', 'function'."), message)
+
     def test_missing_user_message(self) -> None:
         error = self.fails({"model": "x", "messages": [{"role": "system", "content": "s"}]}, 400)
         self.assertIn("Missing user message", error["message"])

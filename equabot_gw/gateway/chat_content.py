@@ -55,7 +55,9 @@ _CONTENT_OPTIONAL: Final = frozenset({"assistant", "function"})
 FINISH_REASONS: Final = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
 # Messages and content parts read per step of the event loop (about 2 ms of checks).
 ITEMS_PER_STEP: Final = 1000
-_ROLES: Final = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+_ROLE_NAMES: Final = ("system", "developer", "user", "assistant", "tool", "function")
+_ROLES: Final = frozenset(_ROLE_NAMES)
+_ROLES_SAID: Final = ", ".join(repr(role) for role in _ROLE_NAMES)
 
 
 # -- errors ---------------------------------------------------------------------------
@@ -476,8 +478,8 @@ class _Reader:
         role = message.get("role")
         if type(role) is not str or role not in _ROLES:
             shown = repr(role[:100]) if type(role) is str else type_name(role)
-            raise bad(f"{where}.role", f"Invalid value for '{where}.role': {shown} is not one of 'system', "
-                                       f"'developer', 'user', 'assistant', 'tool'.", code="invalid_value")
+            raise bad(f"{where}.role", f"Invalid value for '{where}.role': {shown} is not one of "
+                                       f"{_ROLES_SAID}.", code="invalid_value")
         content = message.get("content")
         if parts is None:
             if content is None:
