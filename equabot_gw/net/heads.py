@@ -31,15 +31,21 @@ class Headers:
 
     Values are decoded as ISO-8859-1 (RFC 9110 §5.5: obs-text is opaque), so
     ``value.encode("latin-1")`` gives back the bytes on the wire.
+
+    ``get(name, default=None)``: the first value of ``name`` (lower-case), or
+    ``default``. It is the map of first values' own ``dict.get``, bound per
+    instance: the gateway reads several fields of every request, and a Python
+    method around it would cost a frame each time.
     """
 
-    __slots__ = ("_items", "_first", "_unique")
+    __slots__ = ("_items", "_first", "_unique", "get")
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         self._items: list[tuple[str, str]] = list(items)
         # reversed(): later assignments win in dict(), so the first value does.
         self._first: dict[str, str] = dict(reversed(self._items))
         self._unique = len(self._first) == len(self._items)
+        self.get = self._first.get
 
     @classmethod
     def _of(cls, items: list[tuple[str, str]]) -> Headers:
@@ -48,6 +54,7 @@ class Headers:
         headers._items = items
         headers._first = dict(reversed(items))
         headers._unique = len(headers._first) == len(items)
+        headers.get = headers._first.get
         return headers
 
     def add(self, name: str, value: str) -> None:
@@ -57,10 +64,6 @@ class Headers:
             self._unique = False
         else:
             self._first[name] = value
-
-    def get(self, name: str, default: str | None = None) -> str | None:
-        """The first value of ``name`` (lower-case), or ``default``."""
-        return self._first.get(name, default)
 
     def get_all(self, name: str) -> list[str]:
         """Every value of ``name`` in order (RFC 9110 §5.3: combine with ", ")."""
