@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 import uuid
@@ -140,12 +141,22 @@ class KeyHelpers(unittest.TestCase):
     def test_stateless_key(self) -> None:
         keys = {stateless_key("main", "openai") for _ in range(1000)}
         self.assertEqual(len(keys), 1000)
-        for key in list(keys)[:50]:
+        for key in keys:       # several batches of uuids (session_keys._uuid4)
             prefix, _, tail = key.rpartition(":")
             self.assertEqual((prefix, agent_of(key)), ("agent:main:openai", "main"))
             parsed = uuid.UUID(tail)
             self.assertEqual((str(parsed), parsed.version, parsed.variant),
                              (tail, 4, uuid.RFC_4122))
+
+    def test_stateless_keys_from_threads_are_distinct(self) -> None:
+        taken: list[list[str]] = [[], [], [], []]
+        threads = [threading.Thread(target=lambda out=out: out.extend(
+            stateless_key("main", "openai") for _ in range(2000))) for out in taken]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        self.assertEqual(len({key for out in taken for key in out}), 8000)
 
     def test_file_names(self) -> None:
         for name, key, stem in FILE_NAMES:

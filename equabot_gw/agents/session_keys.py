@@ -14,8 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import threading
-from typing import Any, Final
+from typing import Final
 
 from equabot_gw import errors
 from equabot_gw.agents.transcripts import AGENT_ID_RE
@@ -123,28 +122,33 @@ def _stateless_prefix(agent_id: str, origin: str) -> str:
 
 
 # uuid.uuid4() makes a getrandom() call per key, and each drops the GIL on the
-# hot path (handing it to the committer); slices of a 4 KiB os.urandom buffer
-# are just as random. A forked child must not replay the parent's buffer.
-_pool: list[Any] = [b"", 0]     # [buffer, next offset]
-_pool_lock = threading.Lock()   # two threads must never take the same slice
+# hot path (handing it to the committer); uuids made in batches from one
+# os.urandom call are just as random. ``list.pop`` and ``list.extend`` are
+# atomic, so two threads never take the same one without a lock. A forked
+# child must not replay the parent's batch.
+_UUIDS_PER_BATCH: Final = 256
+_ready: list[str] = []
 
 
 def _forget_pool() -> None:
-    _pool[:] = [b"", 0]
+    _ready.clear()
 
 
 os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _uuid4() -> str:
-    with _pool_lock:
-        buf, pos = _pool
-        if pos + 16 > len(buf):
-            buf = _pool[0] = os.urandom(4096)
-            pos = 0
-        _pool[1] = pos + 16
-    h = buf[pos:pos + 16].hex()          # RFC 9562 §5.4: version 4, variant 0b10
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+    while True:
+        try:
+            return _ready.pop()
+        except IndexError:
+            _ready.extend(_uuid4_batch())
+
+
+def _uuid4_batch() -> list[str]:
+    h = os.urandom(16 * _UUIDS_PER_BATCH).hex()     # RFC 9562 §5.4: version 4, variant 0b10
+    return [f"{h[i:i + 8]}-{h[i + 8:i + 12]}-4{h[i + 13:i + 16]}-{_VARIANT[h[i + 16]]}{h[i + 17:i + 20]}-"
+            f"{h[i + 20:i + 32]}" for i in range(0, len(h), 32)]
 
 
 # A random hex digit as the variant digit: its two low bits after 0b10.
