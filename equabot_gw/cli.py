@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Coroutine, Final, Sequence
 
-from . import __version__, config as config_mod, config_checks, statelock
+from . import __version__, cli_flags as flags, config as config_mod, statelock
 from .errors import ApiError, ConfigError, GatewayError, RunError
 
 SUBCOMMANDS = ("gateway", "agent", "config", "sessions", "conformance")
@@ -94,84 +94,10 @@ class _Parser(argparse.ArgumentParser):
                 action.required = True
 
 
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port 0-65535 (0 picks a free one), got {text!r}")
-    return port
-
-
-def _bind_value(text: str) -> str:
-    if not text.strip() or any(c.isspace() for c in text):
-        raise argparse.ArgumentTypeError(f"expected loopback, lan or a host address, got {text!r}")
-    return text
-
-
-def _url(text: str) -> str:
-    """A gateway URL (http, https, ws or wss; its scheme lower-cased, RFC 3986 §3.1 lets
-    any case mean the same), checked whole here, so that a bad one is a usage error."""
-    from urllib.parse import urlsplit
-    try:
-        parts = urlsplit(text)
-        ok = parts.scheme in ("http", "https", "ws", "wss") and bool(parts.hostname) \
-            and (parts.port is None or parts.port > 0) and text.isprintable() and " " not in text
-    except ValueError:
-        ok = False
-    if not ok:
-        raise argparse.ArgumentTypeError(f"expected a gateway URL such as http://127.0.0.1:18789, "
-                                         f"got {text!r}")
-    if "@" in parts.netloc:         # never sent, and a secret is not to be shown in messages
-        raise argparse.ArgumentTypeError("credentials do not belong in the URL: pass the secret "
-                                         "with --token")
-    if "#" in text:                 # RFC 6455 §3: no fragment on a WebSocket URI
-        raise argparse.ArgumentTypeError(f"a gateway URL has no fragment ('#'), got {text!r}")
-    return parts.scheme + text[len(parts.scheme):]
-
-
-def _session_key(text: str) -> str:
-    from .agents.sessions import validate_key
-    try:
-        return validate_key(text)
-    except ApiError as exc:
-        raise argparse.ArgumentTypeError(exc.message) from None
-
-
-def _session_name(text: str) -> str:
-    """A session of ``sessions show|reset``: a key or an OpenAI ``user`` string, never empty."""
-    if not text:
-        raise argparse.ArgumentTypeError("expected a session key or the user string an OpenAI client sent, got ''")
-    return text
-
-
-def _message(text: str) -> str:
-    """The message of ``agent``: never blank (an unset shell variable, an empty file's text),
-    which the original command line refuses too ("Message (--message) is required")."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError(f"expected a message that is not blank, got {text!r}")
-    return text
-
-
-def _agent_id(text: str) -> str:
-    try:
-        return config_checks.agent_id(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _path(text: str) -> str:
-    """A file or directory flag: an empty one (an unset shell variable) is refused, not ignored."""
-    if not text:
-        raise argparse.ArgumentTypeError("expected a path, got ''")
-    return text
-
-
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="PATH", type=_path, help="config file (JSON5); default: "
+    parser.add_argument("--config", metavar="PATH", type=flags.path, help="config file (JSON5); default: "
                         "$EQUABOT_CONFIG_PATH, else ~/.equabot/equabot.json, else built-in defaults")
-    parser.add_argument("--state-dir", metavar="DIR", type=_path, help="sessions and token live here; default: "
+    parser.add_argument("--state-dir", metavar="DIR", type=flags.path, help="sessions and token live here; default: "
                         "$EQUABOT_STATE_DIR, else ~/.equabot")
     parser.add_argument("--log-level", default="info",
                         choices=("debug", "info", "warning", "error"), help="default: info")
@@ -228,15 +154,15 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 def _agent_flags(agent: argparse.ArgumentParser) -> None:
     _common(agent)
-    agent.add_argument("--message", "-m", required=True, type=_message, help="the user message")
-    agent.add_argument("--agent", metavar="ID", type=_agent_id,
+    agent.add_argument("--message", "-m", required=True, type=flags.message, help="the user message")
+    agent.add_argument("--agent", metavar="ID", type=flags.agent_id,
                        help="agent id (default: the default agent)")
-    agent.add_argument("--session-key", metavar="KEY", type=_session_key,
+    agent.add_argument("--session-key", metavar="KEY", type=flags.session_key,
                        help="session to continue (default: the agent's main session, agent:<id>:main)")
     agent.add_argument("--json", action="store_true", help="print one JSON result object")
     agent.add_argument("--local", action="store_true",
                        help="run in this process instead of on a running gateway")
-    agent.add_argument("--url", type=_url, help="gateway URL (default: the gateway running on "
+    agent.add_argument("--url", type=flags.gateway_url, help="gateway URL (default: the gateway running on "
                        "the state dir, as its lock file records)")
     agent.add_argument("--token", help="the gateway's secret, sent as gateway.auth.mode names it (token or password; default: config or environment)")
 
@@ -249,13 +175,13 @@ def _sessions_flags(ses: argparse.ArgumentParser) -> dict[str, argparse.Argument
                             ("reset", "archive a session's transcript and start over")):
         p = leaves[name] = ses_sub.add_parser(name, help=help_text)
         _common(p)
-        p.add_argument("--agent", metavar="ID", type=_agent_id,
+        p.add_argument("--agent", metavar="ID", type=flags.agent_id,
                        help="agent id (default: every agent for list, the default agent otherwise)")
         if name != "list":
-            p.add_argument("key", type=_session_name,
+            p.add_argument("key", type=flags.session_name,
                            help="session key, or the user string an OpenAI client sent")
         p.add_argument("--json", action="store_true", help="print JSON")
-        p.add_argument("--url", type=_url, help="ask the gateway at this URL (default: the one running on "
+        p.add_argument("--url", type=flags.gateway_url, help="ask the gateway at this URL (default: the one running on "
                        "the state dir, else read the files)")
         p.add_argument("--token", help="the gateway's secret, sent as gateway.auth.mode names it (token or password; default: config or environment)")
     return leaves
@@ -263,8 +189,8 @@ def _sessions_flags(ses: argparse.ArgumentParser) -> dict[str, argparse.Argument
 
 def _gateway_flags(parser: argparse.ArgumentParser) -> None:
     _common(parser)
-    parser.add_argument("--port", type=_port, metavar="N", help="port (0 picks a free one; default 18789)")
-    parser.add_argument("--bind", metavar="ADDR", type=_bind_value,
+    parser.add_argument("--port", type=flags.port, metavar="N", help="port (0 picks a free one; default 18789)")
+    parser.add_argument("--bind", metavar="ADDR", type=flags.bind_value,
                         help="loopback (default), lan (all IPv4) or a host address")
     parser.add_argument("--log-format", choices=("text", "json"), default="text",
                         help="stderr log lines, the access log included: text (default) or "
