@@ -741,6 +741,40 @@ class Throughput(unittest.TestCase):
         return workers * per_worker, elapsed, batches
 
 
+class WriterThreadScheduling(unittest.IsolatedAsyncioTestCase):
+    """The writer thread does not preempt the loop on waking (Linux), and works where it may not ask."""
+
+    async def append_through(self, committer: committer_mod.Committer) -> bytes:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "a.jsonl")
+            committer.start()
+            try:
+                offsets = await asyncio.wait_for(asyncio.gather(
+                    committer.append("turn", path, b"one\n"), committer.append("turn", path, b"two\n")), 5)
+            finally:
+                await committer.stop()
+            self.assertEqual(offsets, [0, 4])
+            return Path(path).read_bytes()
+
+    @unittest.skipUnless(sys.platform.startswith("linux"), "scheduling policies of threads are Linux's")
+    async def test_the_writer_thread_runs_as_a_batch_thread_and_the_loop_keeps_its_policy(self) -> None:
+        committer = committer_mod.Committer(asyncio.get_running_loop())
+        policies: list[int] = []
+        committer.job("looking", lambda _: policies.append(os.sched_getscheduler(threading.get_native_id())))
+        self.assertEqual(await self.append_through(committer), b"one\ntwo\n")
+        self.assertEqual(policies, [os.SCHED_BATCH])
+        self.assertEqual(os.sched_getscheduler(0), os.SCHED_OTHER)
+
+    async def test_a_refused_policy_leaves_the_writer_working(self) -> None:
+        refused = mock.patch.object(committer_mod.os, "sched_setscheduler", create=True,
+                                    side_effect=PermissionError(errno.EPERM, "Operation not permitted"))
+        with refused as call:
+            committer = committer_mod.Committer(asyncio.get_running_loop())
+            self.assertEqual(await self.append_through(committer), b"one\ntwo\n")
+        if sys.platform.startswith("linux"):
+            call.assert_called_once()
+
+
 # -- faults ----------------------------------------------------------------------
 
 class OutcomeAfterCancel(unittest.IsolatedAsyncioTestCase):
