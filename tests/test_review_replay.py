@@ -147,3 +147,51 @@ class ReplayAfterRestartTest(unittest.IsolatedAsyncioTestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+async def words(call: Any) -> Any:
+    """A model that answers a few words."""
+    for word in ("a", " short", " reply"):
+        yield TextDelta(word)
+
+
+class LastEventIdPastTheEndTest(unittest.IsolatedAsyncioTestCase):
+    async def asyncSetUp(self) -> None:
+        self.tmp = tempfile.TemporaryDirectory()
+        data = base_config()
+        data["agents"] = {"defaults": {"model": "words/x"}}
+        self.gateway = Gateway(config_mod.from_data(data, env={}, python_providers=("words",)),
+                               pathlib.Path(self.tmp.name), port=0, env={}, providers={"words": words})
+        await self.gateway.start()
+
+    async def asyncTearDown(self) -> None:
+        await self.gateway.stop()
+        self.tmp.cleanup()
+
+    async def resume(self, last_event_id: str | None) -> tuple[SSEStream, list[tuple[str | None, Any]]]:
+        body = {"model": "equabot", "messages": [{"role": "user", "content": "hi"}], "stream": True,
+                "stream_options": {"include_usage": True}}
+        headers = {"Idempotency-Key": "k-end"}
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = last_event_id
+        opened = await SSEStream.open(self.gateway.server.port, body, headers)
+        if opened.status != 200:
+            return opened, []
+        return opened, await asyncio.wait_for(opened.read_all(), 10)
+
+    async def test_an_id_past_the_end_of_a_finished_stream_is_refused_and_the_end_is_not(self) -> None:
+        _, first = await self.resume(None)
+        done_id = first[-1][0]
+        self.assertEqual(first[-1][1], "[DONE]")
+        stream, seq = done_id.rsplit(":", 1)            # type: ignore[union-attr]
+        for past in (int(seq) + 1, 10 ** 9):
+            with self.subTest(seq=past):
+                refused, _ = await self.resume(f"{stream}:{past}")
+                self.assertEqual(refused.status, 400)
+                error = refused.json()["error"]
+                self.assertEqual((error["code"], error["param"]), ("invalid_last_event_id", "Last-Event-ID"))
+        # The last events themselves: what is after them, nothing after [DONE].
+        opened, rest = await self.resume(first[-2][0])
+        self.assertEqual((opened.status, rest), (200, [first[-1]]))
+        opened, rest = await self.resume(done_id)
+        self.assertEqual((opened.status, rest), (200, []))
