@@ -41,6 +41,8 @@ Only two functions turn errors into wire codes: :func:`http_status` and
 
 from __future__ import annotations
 
+from typing import Any, Final
+
 __all__ = [
     "GatewayError", "ConfigError", "JSON5Error", "ProtocolError",
     "HTTPProtocolError", "RequestLineTooLong", "HeadTooLarge", "BodyTooLarge",
@@ -50,6 +52,7 @@ __all__ = [
     "UpstreamRejected", "ReplyTooLarge", "UpstreamTimeout", "ConnectionClosed",
     "ClientError", "ClientConnectError", "ClientTimeout",
     "http_status", "ws_close_code", "error_type_for_status", "SHUTDOWN_ABORT", "INTERRUPTED",
+    "run_error_fields", "run_error_of",
 ]
 
 
@@ -375,6 +378,62 @@ class ClientTimeout(ClientError):
         self.phase = phase
         self.timeout = timeout
         super().__init__(f"no {phase} progress within {timeout:g} s")
+
+
+# -- a run's error as stored ---------------------------------------------------
+
+# The run errors a stored line may name, by class name (no other class is ever made from
+# one), and the fields each adds to its bases': what the doors read to answer it.
+_RUN_ERROR_FIELDS: dict[type[RunError], tuple[str, ...]] = {
+    RunError: (), RunAborted: ("why",), RunTimedOut: ("timeout",), RunFailed: ("kind",),
+    StorageError: ("detail", "reading"), UpstreamError: ("provider", "detail"),
+    UpstreamRejected: ("upstream_status", "retry_after", "code", "param"), ReplyTooLarge: ("limit",),
+    UpstreamTimeout: ("timeout", "phase")}
+_RUN_ERRORS: dict[str, type[RunError]] = {cls.__name__: cls for cls in _RUN_ERROR_FIELDS}
+_SCALARS: Final = (str, int, float, bool, type(None))
+
+
+def _fields_of(cls: type[RunError]) -> list[str]:
+    return [name for base in cls.__mro__ for name in _RUN_ERROR_FIELDS.get(base, ())]   # type: ignore[arg-type]
+
+
+def run_error_fields(exc: RunError) -> dict[str, Any]:
+    """What a transcript keeps of a run's error beside its message, so that ``run_error_of``
+    makes it again: ``{"class", "fields"}``, its class (the nearest of this module's) and
+    the fields the doors answer it by (the provider, the upstream's status, code and
+    param, a timeout…), and its ``reason`` when a subclass has its own."""
+    cls = next(c for c in type(exc).__mro__ if c in _RUN_ERROR_FIELDS)
+    fields = {name: getattr(exc, name, None) for name in _fields_of(cls)}
+    if exc.reason != cls.reason:
+        fields["reason"] = exc.reason
+    return {"class": cls.__name__, "fields": {k: v if type(v) in _SCALARS else str(v) for k, v in fields.items()}}
+
+
+def run_error_of(stored: object, message: str) -> RunError | None:
+    """The run error ``run_error_fields`` described, with ``message`` (the words its client
+    was given) as its message: the same class and fields, so that every door answers it as
+    it answered the original (status, type, code, param, message). None when ``stored`` is
+    not such a description (a line of an older version, or hand-edited): the caller falls
+    back to what the line's message alone says.
+
+    The error is made field by field, without its constructor: a message made again
+    from the fields would differ from the original once a wording changed.
+    """
+    cls = _RUN_ERRORS.get(stored.get("class")) if type(stored) is dict else None     # type: ignore[arg-type]
+    fields = stored.get("fields") if cls is not None else None                       # type: ignore[union-attr]
+    names = _fields_of(cls) if cls is not None else []
+    if type(fields) is not dict or not all(name in fields for name in names) \
+            or not all(type(value) in _SCALARS for value in fields.values()):
+        return None
+    exc = cls.__new__(cls)          # type: ignore[union-attr]
+    exc.args = (message,)
+    for name in names:
+        setattr(exc, name, fields[name])
+    if type(fields.get("reason")) is str:
+        exc.reason = fields["reason"]
+    if cls is StorageError or issubclass(cls, StorageError):        # type: ignore[arg-type]
+        exc.path = None             # the operator's, never stored
+    return exc
 
 
 # -- the two maps to the wire ------------------------------------------------

@@ -23,6 +23,7 @@ from typing import Any, Final, Iterable
 from equabot_gw import safejson
 from equabot_gw.agents.committer import read_regular
 from equabot_gw.compact_json import LARGE_CHARS, dumps, dumps_into
+from equabot_gw.errors import RunAborted, RunError, run_error_fields
 from equabot_gw.agents.types import (
     AudioPart, ImagePart, Message, Part, SessionHistory, TextPart, ToolCall, TurnRecord, content_text,
     message_chars,
@@ -45,8 +46,13 @@ log = logging.getLogger("equabot_gw.sessions")    # one logger for the whole ses
 #   {"type":"tool","toolCallId","name","content"}  a tool result given as input
 #   then the outcome, one of
 #   {"type":"assistant","content","model","finishReason","usage"[,"toolCalls"][,"reasoning"][,"reasoningSignature"]}
-#   {"type":"aborted","content","reason"[,"reasoning"]}   the partial reply of an aborted run
-#   {"type":"error","message"}
+#   {"type":"aborted","content","reason"[,"model"][,"reasoning"][,"message","error"]}
+#                                                the partial reply of an aborted run
+#   {"type":"error","message"[,"content"][,"error"]}   a failed run, its partial reply if any
+# "error" is the run's error as ``errors.run_error_fields`` describes it ({"class",
+# "fields"}): a retry of its idempotency key after a restart answers it as the first
+# answer did (older lines have "message" or "reason" alone). An aborted line has it
+# (and "message") only for an abort of its own kind, a timeout.
 # "content" is a string (text), or a list of parts: {"type":"text","text"},
 # {"type":"image","url"[,"detail"]}, {"type":"audio","data","format"}; image
 # and data URLs and audio are stored byte-identical, never re-encoded.
@@ -158,8 +164,10 @@ def turn_lines(turn: TurnRecord, session_key: str | None, with_context: bool) ->
     """The lines one turn adds; journal lines (``session_key`` set) carry "sessionKey".
 
     Line order: context (only if ``with_context`` and ``turn.context``), user,
-    then the outcome ("assistant", "aborted" or "error"). Raises ValueError
-    for any other ``turn.status``.
+    then the outcome ("assistant", "aborted" or "error"). ``turn.error`` of
+    a failed turn is best the run's ``RunError`` itself (its line then keeps
+    what a replay answers it by); a str is stored as its message ("error")
+    or reason ("aborted"). Raises ValueError for any other ``turn.status``.
     """
     head: dict[str, Any] = {"type": ""}        # {**head, "type": t} keeps "type" first
     if session_key is not None:
@@ -184,14 +192,25 @@ def turn_lines(turn: TurnRecord, session_key: str | None, with_context: bool) ->
                 line["reasoningSignature"] = turn.reasoning_signature
         lines.append(line)
     elif turn.status == "aborted":
-        line = {**head, "type": "aborted", "content": turn.reply, "reason": turn.error or "aborted"}
+        failure = turn.error
+        why = failure.why if isinstance(failure, RunAborted) else failure
+        line = {**head, "type": "aborted", "content": turn.reply, "reason": why or "aborted"}
         if turn.model:          # which model the partial reply came from (chat.history shows it)
             line["model"] = turn.model
         if turn.reasoning:
             line["reasoning"] = turn.reasoning
+        if isinstance(failure, RunAborted) and type(failure) is not RunAborted:
+            # A timeout, say: its own status and words, which "reason" alone does not tell.
+            line["message"], line["error"] = str(failure), run_error_fields(failure)
         lines.append(line)
     elif turn.status == "error":
-        lines.append({**head, "type": "error", "message": turn.error})
+        failure = turn.error
+        line = {**head, "type": "error", "message": str(failure) if isinstance(failure, RunError) else failure}
+        if turn.reply:          # the partial reply its client saw: a retry replays it
+            line["content"] = turn.reply
+        if isinstance(failure, RunError):
+            line["error"] = run_error_fields(failure)
+        lines.append(line)
     else:
         raise ValueError(f"turn status must be 'ok', 'aborted' or 'error', not {turn.status!r}")
     return lines
@@ -251,7 +270,7 @@ _ENCODE_SLICE_SECONDS: Final = 0.005
 
 def is_large(turn: TurnRecord) -> bool:
     """Whether ``turn`` holds so much text that its lines are encoded with ``encode_turn``."""
-    chars = len(turn.user) + len(turn.reply) + len(turn.error or "") + len(turn.reasoning)
+    chars = len(turn.user) + len(turn.reply) + len(str(turn.error or "")) + len(turn.reasoning)
     for message in turn.context:
         content = message.content
         chars += len(content) if type(content) is str and not message.tool_calls else message_chars(message)

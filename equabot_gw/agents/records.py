@@ -14,7 +14,7 @@ import dataclasses
 import logging
 from typing import TYPE_CHECKING, Any, Final
 
-from ..errors import INTERRUPTED, RunAborted, RunError, StorageError
+from ..errors import INTERRUPTED, RunAborted, RunError, StorageError, run_error_of
 from . import sessions
 from .events import Ended, Failed, RunEvent
 from .lines import number, reply_of
@@ -165,6 +165,11 @@ def record_from_line(entry: Entry, line: dict[str, Any] | None) -> RunRecord:
     "aborted" or "error"; None: never recorded, replayed as aborted with ``INTERRUPTED``,
     which ``errors.http_status`` answers 503: the gateway's failure, not the client's).
 
+    A failed run's error is the one its line describes (``errors.run_error_of``): every
+    door answers it as it answered the run. A line of an older version, which holds
+    its message or reason alone, gives a ``RunError`` of that message (500) or a
+    ``RunAborted`` of that reason.
+
     A reply read back has its text, tool calls and reasoning; its turn number is 0.
     The record holds its reply; ``found`` says where it was found, for a runtime
     that would rather not hold it.
@@ -183,13 +188,24 @@ def record_from_line(entry: Entry, line: dict[str, Any] | None) -> RunRecord:
                          mixed=bool(reply.tool_calls or reply.reasoning), found=found)
     if line is not None and kind == "aborted":
         content, why = line.get("content"), line.get("reason")
-        return RunRecord(*base, "aborted", None, RunAborted(why if type(why) is str else "aborted"),
+        aborted = _error_of(line)
+        if not isinstance(aborted, RunAborted):
+            aborted = RunAborted(why if type(why) is str else "aborted")
+        return RunRecord(*base, "aborted", None, aborted,
                          content if type(content) is str else "", created_at=entry.at, found=found)
     if line is not None:
-        message = line.get("message")
-        return RunRecord(*base, "error", None, RunError(message if type(message) is str else "error"),
+        message, content = line.get("message"), line.get("content")
+        error = _error_of(line) or RunError(message if type(message) is str else "error")
+        return RunRecord(*base, "error", None, error, content if type(content) is str else "",
                          created_at=entry.at)
     return RunRecord(*base, "aborted", None, RunAborted(INTERRUPTED), created_at=entry.at)
+
+
+def _error_of(line: dict[str, Any]) -> RunError | None:
+    """The run error an outcome line describes (its "error" and "message"), None if it does
+    not (a line of an older version: its "message" or "reason" is all there is)."""
+    message = line.get("message")
+    return run_error_of(line.get("error"), message) if type(message) is str else None
 
 
 def _usage_of(raw: Any) -> Usage:

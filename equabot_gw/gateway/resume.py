@@ -166,7 +166,9 @@ class Claims:
         several choices) only whole, since the record keeps neither the order
         its output came in nor, past a size or a restart, all of it: after any
         other position 409 ``resume_unavailable`` (the request resent without
-        ``Last-Event-ID`` replays what was recorded).
+        ``Last-Event-ID`` replays what was recorded). A position past the
+        ``[DONE]`` of a finished text reply was never sent: 400
+        ``invalid_last_event_id``, as an id of another stream is.
         """
         seq = after.seq if after is not None else 0
         if type(run) is Run:
@@ -182,6 +184,12 @@ class Claims:
                                     "choices) finished before its stream was resumed, and can only be "
                                     "replayed whole: resend the request without Last-Event-ID.",
                                code="resume_unavailable", param="Last-Event-ID")
+            last = _last_seq(run)
+            if last is not None and seq > last:
+                leave()
+                raise ApiError(400, f"Invalid Last-Event-ID: this stream ended at seq {last} (its [DONE]); "
+                                    f"seq {seq} was never sent.", code="invalid_last_event_id",
+                               param="Last-Event-ID")
             batches = idempotency.events_after(run.subscribe(), seq) if seq else \
                 idempotency.output_after(run.subscribe(), 0)
         chunks = chat_stream.ChunkWriter(public_id, model_name, include_usage, legacy, run.created_at,
@@ -205,6 +213,14 @@ class Claims:
         after = last_event_position(request.headers, public_id, request.query or "")
         return self.resumed(run, public_id, str(meta.get("model", "")), bool(meta.get("usage")),
                             bool(meta.get("legacy")), after, self.claim(run, keep=True), [])
+
+
+def _last_seq(record: RunRecord) -> int | None:
+    """The seq of ``[DONE]`` in the text stream of a finished run (its text + 3); None when
+    the record does not hold its reply (it is read back when streamed)."""
+    if record.reply_at is not None:
+        return None
+    return len(record.result.text if record.result is not None else record.partial) + 3
 
 
 def no_claim() -> None:
