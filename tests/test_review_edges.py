@@ -6,9 +6,14 @@ import asyncio
 import json
 import unittest
 from typing import Any
+from unittest import mock
 
-from equabot_gw.gateway.openai import MODEL_PREFIXES
+from equabot_gw import auth as auth_mod
 from equabot_gw.agents.types import Usage
+from equabot_gw.auth import MAX_FORWARDED_HOPS, Authenticator, Secret
+from equabot_gw.config import RateLimitConfig
+from equabot_gw.errors import ApiError
+from equabot_gw.gateway.openai import MODEL_PREFIXES
 from tests.support import TOKEN, error_of, post_closing, running_gateway
 from tests.test_faults import SSE_HEAD, FakeUpstream, chunk
 from tests.test_providers import (HTTPProviderCase, anthropic_event, call, collect, openai_chunk, replay,
@@ -139,6 +144,118 @@ class NullUsageEndToEndTest(unittest.IsolatedAsyncioTestCase):
         # The words of the reply, as for any provider that reports no counts.
         self.assertEqual(completion["usage"]["completion_tokens"], 3)
         self.assertGreater(completion["usage"]["prompt_tokens"], 0)
+
+
+# -- client addresses ------------------------------------------------------------------
+
+WRONG = "wrong-token"
+
+
+class FixedClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def authenticator(max_attempts: int = 3, proxies: tuple[str, ...] = ()) -> Authenticator:
+    return Authenticator(Secret("token", TOKEN, "test"),
+                         RateLimitConfig(max_attempts=max_attempts, window_seconds=60.0,
+                                         lockout_seconds=300.0, exempt_loopback=True),
+                         proxies, FixedClock())
+
+
+class ClientPrefixTest(unittest.TestCase):
+    """An IPv6 client is counted by its /64; an IPv4-mapped one as its IPv4 address."""
+
+    def status(self, auth: Authenticator, presented: str, client: str, **kwargs: Any) -> int:
+        try:
+            auth.check(presented, client, **kwargs)
+        except ApiError as exc:
+            return exc.status
+        return 200
+
+    def test_one_ipv6_host_cannot_rotate_its_addresses_out_of_the_count(self) -> None:
+        for browser in (False, True):
+            with self.subTest(browser_origin=browser):
+                auth = authenticator()
+                for n in range(1, 4):       # three addresses of one /64, one guess each
+                    self.assertEqual(self.status(auth, WRONG, f"2001:db8:0:1::{n:x}", browser_origin=browser), 401)
+                for client in ("2001:db8:0:1::ffff", "2001:db8:0:1:abcd:ef01:2345:6789", "2001:DB8:0:1::9%eth0"):
+                    self.assertEqual(self.status(auth, TOKEN, client, browser_origin=browser), 429, client)
+                # The next /64 is another host; IPv4 stays per address.
+                self.assertEqual(self.status(auth, TOKEN, "2001:db8:0:2::1", browser_origin=browser), 200)
+
+    def test_an_ipv4_mapped_address_is_its_ipv4_address(self) -> None:
+        auth = authenticator()
+        for client in ("192.0.2.7", "::ffff:192.0.2.7", "::ffff:c000:207"):
+            self.assertEqual(self.status(auth, WRONG, client), 401)
+        self.assertEqual(self.status(auth, TOKEN, "192.0.2.7"), 429)
+        self.assertEqual(self.status(auth, TOKEN, "192.0.2.8"), 200)
+
+    def test_names_and_forwarding_marks_are_kept_as_they_are(self) -> None:
+        auth = authenticator(max_attempts=1)
+        for client in ("unknown", "::1 (forwarding)", "not:an:address"):
+            self.assertEqual(self.status(auth, WRONG, client), 401)
+            self.assertEqual(self.status(auth, TOKEN, client), 429)
+        self.assertEqual(self.status(auth, TOKEN, "unknown2"), 200)
+
+
+class ForwardedRotationTest(unittest.IsolatedAsyncioTestCase):
+    async def test_rotating_ipv6_addresses_behind_a_proxy_are_locked_out_together(self) -> None:
+        data = agents_config()
+        data["gateway"]["trustedProxies"] = ["127.0.0.1"]
+        data["gateway"]["auth"]["rateLimit"] = {"maxAttempts": 3, "windowSeconds": 60, "lockoutSeconds": 300}
+        async with running_gateway(data) as gw:
+            statuses = []
+            for n in range(1, 6):
+                reader, writer = await asyncio.open_connection("127.0.0.1", gw.server.port)
+                try:
+                    writer.write(f"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                                 f"X-Forwarded-For: 2001:db8:7:7::{n:x}\r\n"
+                                 f"Authorization: Bearer {WRONG}\r\n\r\n".encode())
+                    raw = await asyncio.wait_for(reader.read(), 10)
+                finally:
+                    writer.close()
+                statuses.append(int(raw.split()[1]))
+        self.assertEqual(statuses, [401, 401, 401, 429, 429])
+
+
+class ForwardedForBoundTest(unittest.TestCase):
+    """Behind a trusted proxy only the last ``MAX_FORWARDED_HOPS`` entries are read."""
+
+    PROXIES = ("127.0.0.1", "10.0.0.0/8")
+
+    def parses(self, auth: Authenticator, header: str | list[str]) -> tuple[str, int]:
+        with mock.patch.object(auth_mod.ipaddress, "ip_address", wraps=auth_mod.ipaddress.ip_address) as spy:
+            client = auth.client_address("127.0.0.1", header)
+        return client, spy.call_count
+
+    def test_a_long_header_costs_a_bounded_number_of_parses(self) -> None:
+        auth = authenticator(proxies=self.PROXIES)
+        trusted = ", ".join(f"10.0.{n // 250}.{n % 250 + 1}" for n in range(5000))
+        for name, header in (("trusted hops", trusted),
+                             ("trusted hops over many lines", [f"10.0.0.{n % 250 + 1}" for n in range(3000)]),
+                             ("one long entry", "1" * 60_000 + ", 10.0.0.1"),
+                             ("long address-like entries", ", ".join(["1:" * 30 + "1"] * 1000) + ", 10.0.0.1")):
+            with self.subTest(name):
+                _, parses = self.parses(auth, header)
+                self.assertLessEqual(parses, 1 + MAX_FORWARDED_HOPS)      # the peer, and the hops read
+
+    def test_the_client_is_the_first_untrusted_hop_or_the_leftmost_read(self) -> None:
+        auth = authenticator(proxies=self.PROXIES)
+        hops = [f"10.0.0.{n}" for n in range(1, 41)]
+        header = ", ".join(["203.0.113.9", *hops])
+        # Every hop read is a trusted proxy: the leftmost read is the client; further left is ignored.
+        self.assertEqual(self.parses(auth, header)[0], hops[-MAX_FORWARDED_HOPS])
+        self.assertEqual(self.parses(auth, [", ".join(hops[:30]), ", ".join(hops[30:])])[0],
+                         hops[-MAX_FORWARDED_HOPS])
+        # Within the bound, the first untrusted hop from the right, as ever.
+        self.assertEqual(self.parses(auth, ", ".join(["6.6.6.6", "203.0.113.9", *hops[:5]]))[0], "203.0.113.9")
+        self.assertEqual(self.parses(auth, ["203.0.113.9", ", ".join(hops[:5])])[0], "203.0.113.9")
+        self.assertEqual(self.parses(auth, "," * 60_000)[0], "127.0.0.1")
+        self.assertEqual(self.parses(auth, "x" * 60_000)[0], "x" * auth_mod.MAX_KEY_CHARS)
 
 
 if __name__ == "__main__":
