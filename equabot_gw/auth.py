@@ -384,6 +384,9 @@ class Authenticator:
             ip = ipaddress.ip_address(address)
         except ValueError:
             return False
+        # A dual-stack listener (a proxy's, or a socket the gateway was given) sees an IPv4
+        # peer as ::ffff:a.b.c.d: the same host as a.b.c.d, listed as that.
+        ip = getattr(ip, "ipv4_mapped", None) or ip
         return any(ip in net for net in self._proxies)
 
     def check_host(self, host: str | None) -> None:

@@ -257,6 +257,14 @@ class ForwardedForBoundTest(unittest.TestCase):
         self.assertEqual(self.parses(auth, "," * 60_000)[0], "127.0.0.1")
         self.assertEqual(self.parses(auth, "x" * 60_000)[0], "x" * auth_mod.MAX_KEY_CHARS)
 
+    def test_a_proxy_seen_as_an_ipv4_mapped_address_is_trusted(self) -> None:
+        # A dual-stack listener writes (or sees) an IPv4 proxy as ::ffff:a.b.c.d.
+        auth = authenticator(proxies=self.PROXIES)
+        self.assertEqual(auth.client_address("::ffff:127.0.0.1", "203.0.113.7"), "203.0.113.7")
+        self.assertEqual(auth.client_address("127.0.0.1", "203.0.113.7, ::ffff:10.0.0.5"), "203.0.113.7")
+        self.assertEqual(auth.client_address("127.0.0.1", "203.0.113.7, [::ffff:10.0.0.5]:8080"), "203.0.113.7")
+        self.assertEqual(auth.client_address("::ffff:198.51.100.1", "203.0.113.7"), "::ffff:198.51.100.1")
+
 
 if __name__ == "__main__":
     unittest.main()
