@@ -184,6 +184,14 @@ class InstalledCommandChecks(unittest.TestCase):
         return proc.stdout.readline()
 
 
+class BackendPathTest(unittest.TestCase):
+    def test_no_module_of_the_package_shadows_the_standard_library(self) -> None:
+        # pyproject's backend-path puts the package directory first on sys.path while
+        # pip builds: a module there named as a standard one would be imported instead.
+        names = {p.stem for p in PACKAGE.iterdir() if p.suffix == ".py" or (p / "__init__.py").exists()}
+        self.assertEqual(sorted(names & set(sys.stdlib_module_names)), [])
+
+
 class WheelTest(InstalledCommandChecks):
     """``pip install <wheel>`` of the wheel built from the checkout."""
 
