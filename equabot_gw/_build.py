@@ -2,8 +2,9 @@
 
 Not part of the gateway: pip imports it to build the package, and the wheel
 leaves it out (the sdist carries it, to be rebuilt from). pyproject.toml names
-it as ``equabot_gw._build`` with ``backend-path = ["."]`` and ``requires = []``,
-so ``pip install .``, ``pip wheel .`` and ``python -m build`` need nothing
+it as ``_build`` with ``backend-path = ["equabot_gw"]`` and ``requires = []``
+(a module of its own: importing the package would refuse an old Python with
+an ``ImportError``, which pip shows as its own traceback), so ``pip install .``, ``pip wheel .`` and ``python -m build`` need nothing
 from a package index: they work offline, in a virtual environment that holds
 pip alone. It builds what this project is and nothing more: one pure-Python
 package (``[tool.equabot-build] package``, every file in it but caches), the
@@ -12,6 +13,10 @@ its console scripts, an sdist (the package, the license files, this backend,
 ``[tool.equabot-build.sdist] include``), and an editable wheel (a ``.pth``).
 Archives are reproducible: sorted, with one timestamp (``SOURCE_DATE_EPOCH``,
 else 2016-01-01) and normalised permissions.
+
+On a Python older than 3.11 (which the package does not run on) every hook
+refuses with one line, which pip shows as the build's output, not a
+traceback. The module must therefore import on Python 3.7 and later.
 """
 
 from __future__ import annotations
@@ -23,11 +28,14 @@ import gzip
 import hashlib
 import io
 import os
+import sys
 import tarfile
 import time
-import tomllib
 import zipfile
 from pathlib import Path, PurePosixPath
+
+if sys.version_info >= (3, 11):
+    import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 BACKEND = PurePosixPath(Path(__file__).resolve().relative_to(ROOT).as_posix())     # equabot_gw/_build.py
@@ -144,8 +152,18 @@ def _wheel_name(project: _Project) -> str:
     return f"{project.name}-{project.version}-py3-none-any.whl"
 
 
+def _supported_python() -> None:
+    """Refuse a Python the package cannot run on: ``SystemExit`` with one line, which
+    pip prints as the hook's output and then stops (the package's own refusal,
+    an ``ImportError``, would reach the user as a traceback)."""
+    if sys.version_info < (3, 11):
+        found = ".".join(map(str, sys.version_info[:3]))
+        raise SystemExit(f"equabot_gw needs Python 3.11 or newer; this is Python {found}")
+
+
 # ---- the PEP 517 / PEP 660 hooks ----
 def get_requires_for_build_wheel(config_settings: dict | None = None) -> list[str]:
+    _supported_python()
     return []
 
 
@@ -153,6 +171,7 @@ get_requires_for_build_sdist = get_requires_for_build_editable = get_requires_fo
 
 
 def prepare_metadata_for_build_wheel(metadata_directory: str, config_settings: dict | None = None) -> str:
+    _supported_python()
     project = _Project()
     target = Path(metadata_directory) / project.dist_info
     for name, data in project.dist_info_files().items():
@@ -166,6 +185,7 @@ prepare_metadata_for_build_editable = prepare_metadata_for_build_wheel
 
 def build_wheel(wheel_directory: str, config_settings: dict | None = None,
                 metadata_directory: str | None = None) -> str:
+    _supported_python()
     project = _Project()
     wheel = _Wheel(project, Path(wheel_directory) / _wheel_name(project))
     for path in project.package_files():
@@ -177,6 +197,7 @@ def build_wheel(wheel_directory: str, config_settings: dict | None = None,
 def build_editable(wheel_directory: str, config_settings: dict | None = None,
                    metadata_directory: str | None = None) -> str:
     """A wheel whose ``.pth`` puts this source tree on ``sys.path``: edits take effect at once."""
+    _supported_python()
     project = _Project()
     wheel = _Wheel(project, Path(wheel_directory) / _wheel_name(project))
     wheel.add(f"{project.name}.pth", f"{ROOT}\n".encode())
@@ -185,6 +206,7 @@ def build_editable(wheel_directory: str, config_settings: dict | None = None,
 
 
 def build_sdist(sdist_directory: str, config_settings: dict | None = None) -> str:
+    _supported_python()
     project = _Project()
     base = f"{project.name}-{project.version}"
     included = project.options.get("sdist", {}).get("include", ())

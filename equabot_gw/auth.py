@@ -10,7 +10,8 @@ with ``hmac.compare_digest``. HTTP and the WebSocket ``connect`` use the same
 - only *wrong* credentials count (a request that sends none is refused, not
   counted), and a success resets that client's count;
 - counts are kept per client address and credential kind (the gateway's
-  token or password, whichever door it arrives by);
+  token or password, whichever door it arrives by); an IPv6 client is
+  counted by its /64, as one host holds a /64 at least;
 - past ``maxAttempts`` within ``windowSeconds`` the client is locked out for
   ``lockoutSeconds``: 429 with ``Retry-After`` for every attempt;
 - loopback clients are exempt (``exemptLoopback``, default true) so nobody on
@@ -50,6 +51,16 @@ BROWSER_KIND: Final = "browser-origin"
 # longest origin (a 253-character host, scheme and port), so that 10,000 keys made of
 # long Origin values or forwarded names cannot hold gigabytes.
 MAX_KEY_CHARS: Final = 320
+# X-Forwarded-For entries read, from the right: more trusted proxies in a row than any
+# deployment has. Entries left of them are never parsed, so a header as long as the
+# head costs no more than a short one.
+MAX_FORWARDED_HOPS: Final = 16
+# Longer than any IP address a hop can name (an IPv6 address with a zone, in brackets,
+# with a port): a longer entry is no proxy's address and is not parsed as one.
+MAX_ADDRESS_CHARS: Final = 64
+# The prefix an IPv6 client is counted by: one host gets a /64 at least, and could
+# otherwise take a new address for every guess.
+IPV6_CLIENT_PREFIX: Final = 64
 
 
 class Secret:
@@ -246,6 +257,26 @@ def is_loopback(address: str) -> bool:
     return (mapped or ip).is_loopback
 
 
+@functools.lru_cache(maxsize=1024)
+def limiter_address(address: str) -> str:
+    """Where a client's failed attempts are counted: an IPv4 address as itself, an IPv6
+    one by its /64 (``2001:db8:1:2::/64``: a host holds at least that many addresses,
+    and would escape a count per address by moving to the next), an IPv4-mapped one
+    (``::ffff:192.0.2.7``) as its IPv4 address; anything not an IP as it is.
+
+    Only the limiter's keys change: logs still name the full address.
+    """
+    if ":" not in address:          # IPv4, a name, "unix": the usual case, nothing to parse
+        return address
+    try:
+        ip = ipaddress.IPv6Address(address.partition("%")[0])
+    except ValueError:
+        return address
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((ip, IPV6_CLIENT_PREFIX), strict=False))
+
+
 def _page_site(origin: str) -> str:
     """Where the attempts of a page on this machine count: a page of a loopback origin
     (``http://localhost:3000``) by its origin; any other by its host's last two labels.
@@ -314,26 +345,48 @@ class Authenticator:
         is most likely a reverse proxy left out of ``trustedProxies``: it is
         named ``"<peer> (forwarding)"``, which is not loopback, so the
         limiter's loopback exemption never covers the clients behind it.
+
+        Only the last ``MAX_FORWARDED_HOPS`` entries are read (empty ones
+        count): when every one of them is a trusted proxy, the client is the
+        leftmost of them, and what lies further left is ignored (the client
+        could have written it). So a long header costs what a short one does.
         """
         if not forwarded_for:       # no X-Forwarded-For (the usual request): no hop but the peer
             return peer
-        lines = [forwarded_for] if isinstance(forwarded_for, str) else list(forwarded_for)
-        hops = [h.strip() for line in lines for h in line.split(",") if h.strip()]
+        lines = (forwarded_for,) if isinstance(forwarded_for, str) else forwarded_for
         if not self._trusted(peer):
-            return f"{peer} (forwarding)" if hops and is_loopback(peer) else peer
-        for hop in reversed(hops):
-            hop = _without_port(hop)
-            if not self._trusted(hop):
-                return hop[:MAX_KEY_CHARS]      # a name as long as the head: kept (and cached) in part
-        return _without_port(hops[0]) if hops else peer
+            forwards = is_loopback(peer) and any(line.strip(" \t,") for line in lines)
+            return f"{peer} (forwarding)" if forwards else peer
+        budget = MAX_FORWARDED_HOPS
+        last = None         # the leftmost hop read so far
+        for line in reversed(lines):
+            # Split from the right, at most the budget's entries: the rest stays one unread piece.
+            entries = line.rsplit(",", budget)
+            if len(entries) > budget:
+                del entries[0]
+            budget -= len(entries)
+            for entry in reversed(entries):
+                hop = entry.strip()
+                if not hop:
+                    continue
+                hop = _without_port(hop)
+                if not self._trusted(hop):
+                    return hop[:MAX_KEY_CHARS]      # a name as long as the head: kept (and cached) in part
+                last = hop
+            if budget <= 0:
+                break
+        return last if last is not None else peer
 
     def _trusted(self, address: str) -> bool:
-        if not self._proxies:      # the usual case: no address to parse
+        if not self._proxies or len(address) > MAX_ADDRESS_CHARS:   # no address to parse
             return False
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:
             return False
+        # A dual-stack listener (a proxy's, or a socket the gateway was given) sees an IPv4
+        # peer as ::ffff:a.b.c.d: the same host as a.b.c.d, listed as that.
+        ip = getattr(ip, "ipv4_mapped", None) or ip
         return any(ip in net for net in self._proxies)
 
     def check_host(self, host: str | None) -> None:
@@ -396,13 +449,13 @@ class Authenticator:
             # the Origin (and a Host to match it) is whatever the client sends: per
             # origin, changing it would escape the count.
             if not is_loopback(client):
-                return (BROWSER_KIND, client)
+                return (BROWSER_KIND, limiter_address(client))
             origin = browser_origin.strip().lower() if isinstance(browser_origin, str) else ""
             # Kept in part: an Origin field may be as long as the head.
             return (BROWSER_KIND, _page_site(origin)[:MAX_KEY_CHARS] if origin else client)
         if self.limiter.limits.exempt_loopback and is_loopback(client):
             return None
-        return (self.secret.mode, client)
+        return (self.secret.mode, limiter_address(client))
 
     def check_bearer(self, authorization: str | None, client: str) -> None:
         """Check an ``Authorization`` header value (scheme case-insensitive, RFC 9110 §11.1).

@@ -82,6 +82,19 @@ def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess[str]:
     return result
 
 
+def _older_python() -> str | None:
+    """An interpreter older than 3.11 (3.7 to 3.10, newest first), or None."""
+    pyenv = pathlib.Path(os.environ.get("PYENV_ROOT", pathlib.Path.home() / ".pyenv")) / "versions"
+    for minor in (10, 9, 8, 7):
+        candidates = [str(p / "bin" / "python") for p in sorted(pyenv.glob(f"3.{minor}.*"), reverse=True)]
+        candidates.append(shutil.which(f"python3.{minor}") or "")
+        for found in candidates:
+            # A pyenv shim for a version not selected exists and fails: only one that runs counts.
+            if found and subprocess.run([found, "-c", "pass"], capture_output=True).returncode == 0:
+                return found
+    return None
+
+
 class Sandbox:
     """A temp dir with a fake HOME, a work dir outside the checkout, and a pip to install with."""
 
@@ -169,6 +182,14 @@ class InstalledCommandChecks(unittest.TestCase):
             if not selector.select(START_TIMEOUT):
                 return ""
         return proc.stdout.readline()
+
+
+class BackendPathTest(unittest.TestCase):
+    def test_no_module_of_the_package_shadows_the_standard_library(self) -> None:
+        # pyproject's backend-path puts the package directory first on sys.path while
+        # pip builds: a module there named as a standard one would be imported instead.
+        names = {p.stem for p in PACKAGE.iterdir() if p.suffix == ".py" or (p / "__init__.py").exists()}
+        self.assertEqual(sorted(names & set(sys.stdlib_module_names)), [])
 
 
 class WheelTest(InstalledCommandChecks):
@@ -338,7 +359,7 @@ class SourceInstallTest(InstalledCommandChecks):
         """The sdist carries the build backend: a packager rebuilds the wheel from it alone."""
         out = self.box.dir / "sdist"
         out.mkdir()
-        code = ("import sys; sys.path.insert(0, '.'); import equabot_gw._build as b; "     # as backend-path does
+        code = ("import sys; sys.path.insert(0, 'equabot_gw'); import _build as b; "     # as backend-path does
                 f"print(b.build_sdist({str(out)!r}))")
         name = run([sys.executable, "-I", "-c", code], cwd=self.src, env=self.box.env, timeout=60).stdout.strip()
         with tarfile.open(out / name) as sdist:
@@ -361,6 +382,23 @@ class SourceInstallTest(InstalledCommandChecks):
         helped = run([str(venv / "bin" / "equabot-gw"), "--version"], cwd=self.box.outside,
                      env=self.box.env, timeout=60)
         self.assertIn(source_version(), helped.stdout)
+
+    def test_an_older_python_is_refused_in_one_line(self) -> None:
+        """``pip install .`` for Python 3.10 (or older) ends in the backend's one line, no traceback."""
+        old = _older_python()
+        if old is None:
+            self.skipTest("no Python older than 3.11 on this machine (python3.10, pyenv)")
+        venv = self.box.dir / "old-venv"
+        run([old, "-m", "venv", "--without-pip", str(venv)], env=self.box.env)
+        result = subprocess.run(self.box.pip + ["--python", str(venv / "bin" / "python"), "install",
+                                                "--disable-pip-version-check", "--no-input", "."],
+                                capture_output=True, text=True, timeout=PIP_TIMEOUT, cwd=self.src,
+                                env=self.box.offline_env)
+        output = result.stdout + result.stderr
+        self.assertNotEqual(result.returncode, 0, output)
+        self.assertRegex(output, r"equabot_gw needs Python 3\.11 or newer; this is Python 3\.\d+\.\d+")
+        self.assertNotIn("Traceback", output)
+        self.assertFalse(list(venv.glob("lib/python*/site-packages/equabot_gw*")))
 
     def test_pipx_install_dot(self) -> None:
         tool = self.box.venv("pipx-tool")

@@ -274,11 +274,13 @@ class AnthropicProvider(HTTPProvider):
                         raise UpstreamError(self.name, "event stream ended before message_stop")
         finally:
             await self.release(response, ended=state.stopped)
-        if state.input_tokens is not None or state.output_tokens is not None:
+        if state.input_tokens is not None and state.output_tokens is not None:
             # Messages counts cached input apart; OpenAI's prompt_tokens include it.
             cached = state.cache_read
-            yield Usage((state.input_tokens or 0) + (cached or 0) + (state.cache_write or 0),
-                        state.output_tokens or 0, cached)
+            yield Usage(state.input_tokens + (cached or 0) + (state.cache_write or 0),
+                        state.output_tokens, cached)
+        # A count never given (null, or left out, by a compatible server) is not reported:
+        # no Usage, so the run is counted as for a provider that reports none, not as 0.
         reason = state.stop_reason or "end_turn"
         yield Finish(FINISH_REASONS.get(reason) or finish_word(reason))
 

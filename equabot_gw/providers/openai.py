@@ -284,11 +284,21 @@ class OpenAIProvider(HTTPProvider):
         return out
 
     def _read_usage(self, chunk: dict[str, Any]) -> Usage | None:
-        # "All other chunks will also include a usage field, but with a null value."
+        """The chunk's counts; None when it has none, or leaves either count null or out.
+
+        "All other chunks will also include a usage field, but with a null value."
+        Several compatible servers send a usage block whose counts are null (or
+        missing): not reported, so the run's usage is counted as for a provider
+        that reports none, never failed for it. A count of another type is garbage.
+        """
         usage = chunk.get("usage")
         if not isinstance(usage, dict):
             return None
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if prompt is None or completion is None:
+            if not (prompt is None or _is_count(prompt)) or not (completion is None or _is_count(completion)):
+                raise UpstreamError(self.name, "malformed chunk: usage counts are not integers")
+            return None
         if not (_is_count(prompt) and _is_count(completion)):
             raise UpstreamError(self.name, "malformed chunk: usage counts are not integers")
         return Usage(prompt, completion, _detail(usage, "prompt_tokens_details", "cached_tokens"),
