@@ -41,9 +41,8 @@ HEADER_PREFIXES: Final = ("x-equabot-", "x-openclaw-", "x-clawdbot-")
 MODEL_PREFIXES: Final = ("equabot:", "equabot/", "openclaw:", "clawdbot:", "agent:")
 # The plain name of the default agent (the README's model), listed first by /v1/models.
 DEFAULT_MODEL: Final = "equabot"
-# Names of the default agent for /v1/models/{id}: the plain names. A prefix with no id
-# after it (``agent:``) names no agent: 404 there, as in a completion's ``model``.
-DEFAULT_MODEL_NAMES: Final = frozenset({DEFAULT_MODEL, "openclaw", "clawdbot", "agent"})
+# Names of the default agent for /v1/models/{id}: the plain names, and the prefixes with no id.
+DEFAULT_MODEL_NAMES: Final = frozenset({DEFAULT_MODEL, "openclaw", "clawdbot", "agent", *MODEL_PREFIXES})
 MAX_STOP_SEQUENCES: Final = 4       # OpenAI's documented limit
 DEFAULT_MAX_MESSAGES: Final = 10_000   # gateway.http.maxMessages
 # The model string is echoed in every chunk of a stream: a long one would
@@ -219,9 +218,8 @@ class ChatCompletions:
         return _json_response(200, {"object": "list", "data": data})
 
     async def get_model(self, request: HTTPRequest) -> Response:
-        """``GET /v1/models/{id}``: an agent by any of its model names; ``equabot`` (or
-        ``openclaw``, ``clawdbot``, ``agent``) is the default agent, under the name asked for;
-        404 ``model_not_found`` for any other name, a prefix with no id (``agent:``) too."""
+        """``GET /v1/models/{id}``: an agent by any of its model names; ``equabot`` (or a
+        prefix with no id, such as ``agent:``) is the default agent, under the name asked for."""
         self.authorize(request)
         name = request.params.get("model", "")
         if name in DEFAULT_MODEL_NAMES:
@@ -420,13 +418,10 @@ def gateway_headers(headers: Any) -> dict[str, str]:
 
 
 def _agent_from_model(model: str) -> str | None:
-    """The agent id a prefixed ``model`` names (``equabot:beta`` → ``beta``), None for any
-    other name (the default agent). A bare prefix gives ``""``, which names no agent: the
-    client asked for an agent by prefix and named none, so it is refused, not defaulted."""
     if ":" not in model and "/" not in model:      # every prefix ends so: a plain name (the usual one)
         return None
     for prefix in MODEL_PREFIXES:
-        if model.startswith(prefix):
+        if model.startswith(prefix) and len(model) > len(prefix):
             return model[len(prefix):]
     return None
 
