@@ -287,3 +287,54 @@ class UndeletableOldDay(unittest.IsolatedAsyncioTestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class OutcomeSearchByWindows(unittest.TestCase):
+    """``find_outcome`` reads a file a window at a time: lines and run ids cut by a window's
+    edge are found as whole, and a file cut short from outside ends the search, no crash."""
+
+    def write_lines(self, lines: list[dict[str, Any]], tail: bytes = b"") -> str:
+        tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(tmp.cleanup)
+        path = os.path.join(tmp.name, "journal.jsonl")
+        with open(path, "wb") as f:
+            f.write(b"".join(json.dumps(line).encode() + b"\n" for line in lines) + tail)
+        return path
+
+    def test_every_runs_last_outcome_is_found_with_windows_smaller_than_lines(self) -> None:
+        import random
+        rng = random.Random(7)
+        lines: list[dict[str, Any]] = []
+        for n in range(120):
+            run = f"run-{rng.randrange(30)}"
+            kind = rng.choice(("user", "assistant", "aborted", "error"))
+            # Text that names another run, in quotes, inside content: found, read, and passed over.
+            text = "x" * rng.randrange(0, 300) + (f' "run-{rng.randrange(30)}" ' if n % 7 == 0 else "")
+            lines.append({"type": kind, "runId": run, "content": text, "n": n})
+        path = self.write_lines(lines, tail=b'{"type":"assistant","runId":"run-3","n":-1')    # torn
+        expected = {}
+        for line in lines:
+            if line["type"] != "user":
+                expected[line["runId"]] = line
+        for window in (9, 10, 17, 64, 4096):
+            with self.subTest(window=window), mock.patch.object(transcripts, "_SCAN_WINDOW_BYTES", window):
+                for n in range(31):
+                    run = f"run-{n}"
+                    self.assertEqual(transcripts.find_outcome([path], run, None), expected.get(run), run)
+
+    def test_a_file_cut_short_during_the_search_ends_it(self) -> None:
+        lines = [{"type": "assistant", "runId": f"run-{n}", "content": "y" * 200} for n in range(50)]
+        path = self.write_lines(lines)
+        real_pread = os.pread
+        calls = []
+
+        def cutting(fd: int, n: int, offset: int) -> bytes:
+            calls.append(offset)
+            if len(calls) == 2:
+                os.truncate(path, 100)      # someone else's truncate, between two reads
+            return real_pread(fd, n, offset)
+
+        with mock.patch.object(transcripts, "_SCAN_WINDOW_BYTES", 512), \
+                mock.patch.object(transcripts.os, "pread", cutting):
+            self.assertIsNone(transcripts.find_outcome([path], "run-49", None))
+        self.assertGreaterEqual(len(calls), 2)

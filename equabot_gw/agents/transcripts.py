@@ -15,7 +15,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import logging
-import mmap
 import os
 import re
 import stat
@@ -358,9 +357,10 @@ def read_lines(path: str, _: Committer) -> list[dict[str, Any]]:
 
 # The outcome lines of a run: the one its turn ends with.
 _OUTCOME_TYPES: Final = ("assistant", "aborted", "error")
-# A file is searched for a run id this many bytes at a time (each search a short
-# hold of the GIL, so the loop's thread is not kept waiting by a long journal).
-_SCAN_WINDOW_BYTES: Final = 4 * 1024 * 1024
+# A file is searched for a run id this many bytes at a time: each read and search a
+# short hold of the GIL (the loop's thread is not kept waiting by a long journal), and
+# the memory a search takes besides the line it reads whole.
+_SCAN_WINDOW_BYTES: Final = 256 * 1024
 
 
 def find_outcome(paths: list[str], run_id: str, _: Committer) -> dict[str, Any] | None:
@@ -368,10 +368,13 @@ def find_outcome(paths: list[str], run_id: str, _: Committer) -> dict[str, Any] 
     the JSONL files ``paths`` (missing ones skipped), the later files' lines after the
     earlier's; None if none holds one.
 
-    The files are mapped, not read: only the lines that name the run are decoded,
-    so the memory a search takes is its longest such line, however long the file
-    (a busy day's journal holds every stateless turn of it). Raises OSError
-    (EINVAL for a FIFO, a device or any other special file).
+    The files are searched a window at a time, and only the lines that name the
+    run are read whole and decoded: the memory a search takes is a window and its
+    longest such line, however long the file (a busy day's journal holds every
+    stateless turn of it). They are read, not mapped: a file cut short from
+    outside meanwhile ends the search early, where a mapping would take the
+    process down with SIGBUS. Raises OSError (EINVAL for a FIFO, a device or any
+    other special file).
     """
     found = None
     needle = f'"{run_id}"'.encode("utf-8", "surrogatepass")
@@ -384,30 +387,58 @@ def find_outcome(paths: list[str], run_id: str, _: Committer) -> dict[str, Any] 
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
                 raise OSError(errno.EINVAL, "not a regular file", path)
-            if info.st_size:
-                with mmap.mmap(fd, info.st_size, access=mmap.ACCESS_READ) as data:
-                    found = _last_outcome(data, info.st_size, needle, run_id) or found
+            found = _last_outcome(fd, info.st_size, needle, run_id) or found
         finally:
             os.close(fd)
     return found
 
 
-def _last_outcome(data: mmap.mmap, size: int, needle: bytes, run_id: str) -> dict[str, Any] | None:
+def _last_outcome(fd: int, size: int, needle: bytes, run_id: str) -> dict[str, Any] | None:
     found = None
     pos = 0
+    span = max(_SCAN_WINDOW_BYTES, 2 * len(needle))
     while pos < size:
-        hit = data.find(needle, pos, min(size, pos + _SCAN_WINDOW_BYTES + len(needle)))
+        window = os.pread(fd, min(span, size - pos), pos)
+        if len(window) < len(needle):
+            break               # the file ends here (or was cut short meanwhile)
+        hit = window.find(needle)
         if hit < 0:
-            pos += _SCAN_WINDOW_BYTES
+            # The next window starts early enough to find a needle cut by this one's end.
+            pos += len(window) - len(needle) + 1
+            del window          # before the next is read: one window in memory at a time
             continue
-        end = data.find(b"\n", hit)
-        if end < 0:
+        start = _line_start(fd, window, pos, hit)
+        end = _line_end(fd, pos + hit + len(needle), size)
+        if end is None:
             break               # a torn last line: never acknowledged
-        line = parse_lines(data[data.rfind(b"\n", 0, hit) + 1:end + 1])[0]
+        line = parse_lines(os.pread(fd, end + 1 - start, start))[0]
         if line and line[0].get("runId") == run_id and line[0].get("type") in _OUTCOME_TYPES:
             found = line[0]
         pos = end + 1
     return found
+
+
+def _line_start(fd: int, window: bytes, pos: int, hit: int) -> int:
+    """The offset of the line holding ``window[hit]`` (``window`` read at ``pos``)."""
+    cut = window.rfind(b"\n", 0, hit)
+    while cut < 0 and pos > 0:       # the line began before the window: look further back
+        back = max(0, pos - _SCAN_WINDOW_BYTES)
+        window, pos = os.pread(fd, pos - back, back), back
+        cut = window.rfind(b"\n")
+    return pos + cut + 1             # cut is -1 at the start of the file
+
+
+def _line_end(fd: int, pos: int, size: int) -> int | None:
+    """The offset of the newline that ends the line going on at ``pos``; None if none does."""
+    while pos < size:
+        window = os.pread(fd, min(_SCAN_WINDOW_BYTES, size - pos), pos)
+        if not window:
+            return None
+        cut = window.find(b"\n")
+        if cut >= 0:
+            return pos + cut
+        pos += len(window)
+    return None
 
 
 def find_archived_outcome(path: str, since_ms: int, run_id: str, committer: Committer) -> dict[str, Any] | None:
