@@ -1,7 +1,9 @@
 """An agent as the runtime runs it: its settings, its concurrency gate and its timeout.
 
 ``Agent.admit`` refuses a run (429) when the agent runs ``max_concurrent``
-and ``max_queued`` more wait; ``acquire``/``release`` hand out its slots in
+and ``max_queued`` more wait; ``hold`` refuses one that is to wait (429 too)
+when the input held by the agent's waiting runs would pass
+``MAX_WAITING_INPUT_CHARS``; ``acquire``/``release`` hand out its slots in
 arrival order; ``watch``/``unwatch`` keep the deadlines of its generating
 runs under one timer, which aborts a run with "timeout" once it has
 generated for ``timeout`` seconds.
@@ -29,6 +31,12 @@ DEFAULT_AGENT_ID: Final = "main"
 # asyncio runs a timer up to one clock tick early; a deadline that close counts as reached.
 _CLOCK_SLACK: Final = time.get_clock_info("monotonic").resolution
 RETRY_AFTER_SECONDS: Final = "1"
+# Input (characters: ``AgentRequest.input_chars``) the runs of one agent that wait, for
+# a slot or for their session's lane, may hold together. Each holds its request (an HTTP
+# body may be 20 MiB, a WebSocket frame 25 MiB) until it starts: without this bound
+# ``max_queued`` of them could hold tens of GiB. A character is at least one byte of the
+# request, so the messages speak of MiB.
+MAX_WAITING_INPUT_CHARS: Final = 256 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -45,6 +53,7 @@ class Agent:
     is_default: bool = False
     active: int = 0
     waiting: int = 0
+    waiting_chars: int = 0      # input held by the runs that wait (``hold``)
     _slot_waiters: deque[asyncio.Future[None]] = field(default_factory=deque, repr=False)
     # Runs generating now -> their deadlines, in start order, hence in deadline
     # order (one timeout per agent). One timer for them all: a call_later per run
@@ -62,6 +71,19 @@ class Agent:
             raise ApiError(429, f"agent {self.id!r} is at capacity ({self.max_concurrent} running, "
                                 f"{self.max_queued} queued); retry later",
                            code="rate_limit_exceeded", headers=(("retry-after", RETRY_AFTER_SECONDS),))
+
+    def hold(self, chars: int) -> None:
+        """Count ``chars`` of input held by a run that is to wait, or raise 429 (as ``admit``
+        does) when that would take the agent's waiting runs past ``MAX_WAITING_INPUT_CHARS``.
+
+        The run gives them back (``waiting_chars -= chars``) once it stops waiting.
+        """
+        if self.waiting_chars + chars > MAX_WAITING_INPUT_CHARS:
+            raise ApiError(429, f"agent {self.id!r} is at capacity (its queued runs hold "
+                                f"{_mib(self.waiting_chars)} of input, at most {_mib(MAX_WAITING_INPUT_CHARS)}, "
+                                f"and this request has {_mib(chars)}); retry later",
+                           code="rate_limit_exceeded", headers=(("retry-after", RETRY_AFTER_SECONDS),))
+        self.waiting_chars += chars
 
     async def acquire(self) -> None:
         if self.active < self.max_concurrent and not self._slot_waiters:
@@ -117,6 +139,10 @@ class Agent:
                 return
             del deadlines[run]
             run.abort("timeout")
+
+
+def _mib(chars: int) -> str:
+    return f"{chars / (1024 * 1024):.1f} MiB"
 
 
 def agents_from(config: Config) -> dict[str, Agent]:

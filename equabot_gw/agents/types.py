@@ -438,6 +438,18 @@ class AgentRequest:
         """The new turn's messages: ``input``, else one user message of ``message``."""
         return self.input or (Message("user", self.message),)
 
+    def input_chars(self) -> int:
+        """Characters of input the request holds: its message and system prompt, and the
+        texts, URLs, audio data, reasoning and tool-call arguments of its ``context`` and
+        ``input`` messages. The weight of a run that waits (``Agent.hold``), not a byte count."""
+        total = len(self.message) + len(self.system)
+        for messages in (self.context, self.input):
+            for message in messages:
+                total += content_chars(message.content) + len(message.reasoning)
+                for call in message.tool_calls:
+                    total += len(call.arguments)
+        return total
+
 
 @dataclass(slots=True)
 class Choice:

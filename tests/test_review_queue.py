@@ -1,0 +1,232 @@
+"""Admission of runs: the bound on the input held by waiting runs.
+
+An agent's runs that wait (for a slot, or for their session's lane) hold
+their requests; together they may hold at most ``MAX_WAITING_INPUT_CHARS``
+(scaled down here), past which a request is refused as a full queue is
+(429, ``Retry-After``), at every door. The count is given back on every way
+out of the wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import unittest
+import urllib.parse
+from typing import Any
+from unittest import mock
+
+from equabot_gw.agents import agent as agent_mod
+from equabot_gw.agents.runtime import run, run_here
+from equabot_gw.agents.types import AgentRequest, Message, TextPart, ToolCall
+from equabot_gw.gateway.client import ControlClient
+from tests.support import TOKEN, base_config, running_gateway
+from tests.test_runtime import RuntimeCase
+
+# The scaled-down bound: three 300-character requests fit, a fourth does not.
+BOUND = 1000
+
+
+class WaitingInputBoundTest(RuntimeCase):
+    async def asyncSetUp(self) -> None:
+        await super().asyncSetUp()
+        patcher = mock.patch.object(agent_mod, "MAX_WAITING_INPUT_CHARS", BOUND)
+        patcher.start()
+        self.addCleanup(patcher.stop)
+        self.tiny = self.runtime.agents["tiny"]          # one slot
+
+    async def busy(self) -> Any:
+        """A long run holding tiny's one slot."""
+        handle = await self.started(" ".join(["w"] * 200), agent_id="tiny")
+        self.assertEqual(handle.status, "running")
+        return handle
+
+    async def finish(self, *handles: Any) -> None:
+        for handle in handles:
+            handle.abort()
+        await asyncio.gather(*(h.wait() for h in handles), return_exceptions=True)
+
+    async def test_waiting_runs_past_the_bound_are_refused_like_a_full_queue(self) -> None:
+        busy = await self.busy()
+        queued = [await self.started("q" * 300, agent_id="tiny") for _ in range(3)]
+        self.assertEqual([h.status for h in queued], ["queued"] * 3)
+        self.assertEqual(self.tiny.waiting_chars, 900)
+        exc = self.assertApiError(429, "rate_limit_exceeded", None, "'tiny'", "at capacity", "input",
+                                  message="q" * 300, agent_id="tiny")
+        self.assertEqual(dict(exc.headers), {"retry-after": agent_mod.RETRY_AFTER_SECONDS})
+        self.assertEqual(self.tiny.waiting_chars, 900)          # the refused one holds nothing
+        small = self.start("q" * 100, agent_id="tiny")          # one that fits is admitted
+        self.assertEqual(self.tiny.waiting_chars, 1000)
+        await self.finish(busy, *queued, small)
+        self.assertEqual((self.tiny.waiting, self.tiny.waiting_chars), (0, 0))
+
+    async def test_context_input_and_system_prompt_are_weighed(self) -> None:
+        busy = await self.busy()
+        request = AgentRequest(
+            message="m" * 10, agent_id="tiny", system="s" * 20,
+            context=(Message("user", "c" * 30),
+                     Message("assistant", "", tool_calls=(ToolCall("id", "f", "a" * 40),), reasoning="r" * 50)),
+            input=(Message("user", (TextPart("t" * 60),)),))
+        self.assertEqual(request.input_chars(), 210)
+        handle = run(self.runtime, request)
+        self.assertEqual(self.tiny.waiting_chars, 210)
+        await self.finish(busy, handle)
+
+    async def test_a_run_that_gets_a_slot_at_once_is_not_weighed(self) -> None:
+        handle = self.start("x" * (3 * BOUND), agent_id="tiny")     # the slot is free: no wait
+        self.assertEqual(self.tiny.waiting_chars, 0)
+        self.assertEqual((await asyncio.wait_for(handle.wait(), 10)).text, "Echo (turn 1): " + "x" * (3 * BOUND))
+
+    async def test_a_run_that_gets_its_slot_gives_its_input_back(self) -> None:
+        busy = await self.busy()
+        queued = await self.started("q" * 300, agent_id="tiny")
+        self.assertEqual(self.tiny.waiting_chars, 300)
+        busy.abort()
+        await self.first_delta(queued)              # it has its slot: it waits no more
+        self.assertEqual(self.tiny.waiting_chars, 0)
+        await asyncio.wait_for(queued.wait(), 10)
+        await asyncio.wait_for(busy.wait(), 10) if not busy.done else None
+        self.assertEqual(self.tiny.waiting_chars, 0)
+
+    async def test_an_aborted_waiting_run_gives_its_input_back(self) -> None:
+        busy = await self.busy()
+        queued = await self.started("q" * 300, agent_id="tiny")
+        unstarted = self.start("u" * 200, agent_id="tiny")      # aborted before its task's first step
+        self.assertEqual(self.tiny.waiting_chars, 500)
+        self.assertTrue(queued.abort("changed my mind"))
+        self.assertTrue(unstarted.abort("changed my mind"))
+        await self.assertAborted(queued)
+        await self.assertAborted(unstarted)
+        self.assertEqual(self.tiny.waiting_chars, 0)
+        await self.finish(busy)
+
+    async def test_a_waiting_run_whose_caller_leaves_gives_its_input_back(self) -> None:
+        busy = await self.busy()
+        caller = asyncio.ensure_future(run_here(self.runtime, AgentRequest(message="q" * 300, agent_id="tiny"),
+                                                "client disconnected"))
+        deadline = time.monotonic() + 5
+        while self.tiny.waiting_chars != 300:
+            self.assertLess(time.monotonic(), deadline)
+            await asyncio.sleep(0.001)
+        caller.cancel()
+        with self.assertRaises(asyncio.CancelledError):
+            await caller
+        self.assertEqual((self.tiny.waiting, self.tiny.waiting_chars), (0, 0))
+        await self.finish(busy)
+
+    async def test_a_run_waiting_for_its_session_lane_is_weighed(self) -> None:
+        # Slots are free (20), but the session's lane is taken by a slow run.
+        lane = self.runtime.agents["slow"]
+        first = await self.started(" ".join(["w"] * 200), agent_id="slow", session_key="one")
+        second = await self.started("q" * 300, agent_id="slow", session_key="one")
+        self.assertEqual(second.status, "queued")
+        self.assertEqual(lane.waiting_chars, 300)
+        other = self.start("o" * 300, agent_id="slow", session_key="two")     # its own lane: no wait
+        self.assertEqual(lane.waiting_chars, 300)
+        first.abort()
+        await asyncio.wait_for(second.wait(), 10)
+        await asyncio.wait_for(other.wait(), 10)
+        self.assertEqual(lane.waiting_chars, 0)
+        self.assertEqual(self.runtime.lanes, {})
+
+    async def test_a_burst_on_one_session_is_weighed_before_any_run_starts(self) -> None:
+        lane = self.runtime.agents["slow"]
+        handles = [self.start("q" * 300, agent_id="slow", session_key="burst") for _ in range(3)]
+        # No loop turn between them: the first alone will hold the lane, the others wait.
+        self.assertEqual(lane.waiting_chars, 600)
+        await asyncio.wait_for(asyncio.gather(*(h.wait() for h in handles)), 10)
+        self.assertEqual((lane.waiting_chars, self.runtime.lanes), (0, {}))
+
+
+def doors_config() -> dict[str, Any]:
+    data = base_config(http={"endpoints": {"chatCompletions": {"enabled": True}, "responses": {"enabled": True}}})
+    data["agents"] = {"list": [{"id": "main", "default": True, "model": "slow/echo", "maxConcurrent": 1},
+                               {"id": "quick", "model": "slow/echo", "timeoutSeconds": 0.2}]}
+    data["models"] = {"providers": {"slow": {"api": "echo", "delayMs": 40}}}
+    return data
+
+
+class DoorTestCase(unittest.IsolatedAsyncioTestCase):
+    async def asyncSetUp(self) -> None:
+        self._gateway_cm = running_gateway(doors_config())
+        self.gw = await self._gateway_cm.__aenter__()
+        self.runtime = self.gw.runtime
+
+    async def asyncTearDown(self) -> None:
+        for handle in list(self.runtime.active.values()):
+            handle.abort()
+        await self._gateway_cm.__aexit__(None, None, None)
+
+    async def client(self) -> ControlClient:
+        c = await ControlClient.open(self.gw.url, TOKEN)
+        health = await asyncio.wait_for(c.next_frame(), 2)
+        self.assertEqual(health.get("event"), "health")
+        return c
+
+    async def response_to(self, client: ControlClient, req_id: str, *, final: bool = True) -> dict[str, Any]:
+        """The response frame to ``req_id`` (past an ``accepted`` ack when ``final``)."""
+        while True:
+            frame = await asyncio.wait_for(client.next_frame(), 10)
+            if frame.get("type") == "res" and frame.get("id") == req_id:
+                if final and frame.get("ok") and frame["payload"].get("status") == "accepted":
+                    continue
+                return frame
+
+    async def post(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, str], dict[str, Any]]:
+        address = urllib.parse.urlsplit(self.gw.url)
+        reader, writer = await asyncio.open_connection(address.hostname, address.port)
+        data = json.dumps(body).encode()
+        writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                     f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+                     f"Connection: close\r\n\r\n".encode() + data)
+        raw = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        head, _, payload = raw.partition(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        return int(lines[0].split()[1]), headers, json.loads(payload)
+
+
+class WaitingInputAtTheDoorsTest(DoorTestCase):
+    async def asyncSetUp(self) -> None:
+        await super().asyncSetUp()
+        patcher = mock.patch.object(agent_mod, "MAX_WAITING_INPUT_CHARS", BOUND)
+        patcher.start()
+        self.addCleanup(patcher.stop)
+        main = self.runtime.agents["main"]
+        self.busy = run(self.runtime, AgentRequest(message=" ".join(["w"] * 500)))
+        self.queued = run(self.runtime, AgentRequest(message="q" * 900))
+        self.assertEqual(main.waiting_chars, 900)
+
+    async def test_chat_completions_and_responses_answer_429_with_retry_after(self) -> None:
+        for path, body in (("/v1/chat/completions", {"model": "equabot",
+                                                     "messages": [{"role": "user", "content": "x" * 200}]}),
+                           ("/v1/responses", {"model": "equabot", "input": "x" * 200})):
+            with self.subTest(path=path):
+                status, headers, payload = await self.post(path, body)
+                self.assertEqual(status, 429, payload)
+                self.assertEqual(headers.get("retry-after"), agent_mod.RETRY_AFTER_SECONDS)
+                self.assertEqual(payload["error"]["code"], "rate_limit_exceeded")
+                self.assertIn("at capacity", payload["error"]["message"])
+        self.assertEqual(self.runtime.agents["main"].waiting_chars, 900)
+
+    async def test_agent_and_chat_send_answer_the_queue_full_error(self) -> None:
+        c = await self.client()
+        try:
+            sent = {"agent": c.send("agent", {"message": "x" * 200, "idempotencyKey": "k1"}),
+                    "chat.send": c.send("chat.send", {"sessionKey": "s", "message": "x" * 200,
+                                                      "idempotencyKey": "k2"})}
+            for method, req_id in sent.items():
+                with self.subTest(method=method):
+                    frame = await self.response_to(c, req_id)
+                    self.assertFalse(frame["ok"], frame)
+                    self.assertEqual(frame["error"]["retryAfterMs"], 1000)
+                    self.assertIn("at capacity", frame["error"]["message"])
+        finally:
+            await c.close()
+        self.assertEqual(self.runtime.agents["main"].waiting_chars, 900)
+
+
+if __name__ == "__main__":
+    unittest.main()
