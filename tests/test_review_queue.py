@@ -1,10 +1,11 @@
-"""Admission of runs: the bound on the input held by waiting runs.
+"""Admission of runs: the bound on the input held by waiting runs, and a run's own timeout.
 
 An agent's runs that wait (for a slot, or for their session's lane) hold
 their requests; together they may hold at most ``MAX_WAITING_INPUT_CHARS``
 (scaled down here), past which a request is refused as a full queue is
 (429, ``Retry-After``), at every door. The count is given back on every way
-out of the wait.
+out of the wait. The control protocol's ``agent`` ``timeout`` (seconds) and
+``chat.send`` ``timeoutMs`` set the run's own time limit, as the original's.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from unittest import mock
 from equabot_gw.agents import agent as agent_mod
 from equabot_gw.agents.runtime import run, run_here
 from equabot_gw.agents.types import AgentRequest, Message, TextPart, ToolCall
+from equabot_gw.errors import ApiError, RunTimedOut
+from equabot_gw.gateway import runs as runs_mod
 from equabot_gw.gateway.client import ControlClient
 from tests.support import TOKEN, base_config, running_gateway
 from tests.test_runtime import RuntimeCase
@@ -139,6 +142,37 @@ class WaitingInputBoundTest(RuntimeCase):
         self.assertEqual((lane.waiting_chars, self.runtime.lanes), (0, {}))
 
 
+class OwnTimeoutTest(RuntimeCase):
+    async def test_a_run_with_a_timeout_of_its_own_is_aborted_at_it(self) -> None:
+        begun = time.monotonic()
+        handle = run(self.runtime, AgentRequest(message=" ".join(["w"] * 200), agent_id="slow", timeout=0.1))
+        with self.assertRaises(RunTimedOut) as caught:
+            await asyncio.wait_for(handle.wait(), 10)
+        self.assertLess(time.monotonic() - begun, 3)            # not the agent's 600 s
+        self.assertEqual((caught.exception.timeout, str(caught.exception)),
+                         (0.1, "run aborted: no reply within 0.1 s"))
+
+    async def test_a_short_own_timeout_is_not_held_behind_the_agents_longer_one(self) -> None:
+        # "patient" times its runs out after 0.3 s; a later run asks for 0.05 s.
+        long = self.start(" ".join(["w"] * 200), agent_id="patient")
+        await self.first_delta(long)
+        begun = time.monotonic()
+        short = run(self.runtime, AgentRequest(message=" ".join(["w"] * 200), agent_id="patient", timeout=0.05))
+        with self.assertRaises(RunTimedOut):
+            await asyncio.wait_for(short.wait(), 10)
+        self.assertFalse(long.done)                             # it ended first, on its own timer
+        self.assertLess(time.monotonic() - begun, 0.3)
+        with self.assertRaises(RunTimedOut) as caught:
+            await asyncio.wait_for(long.wait(), 10)
+        self.assertEqual(caught.exception.timeout, 0.3)
+        self.assertEqual(self.runtime.agents["patient"]._own_timers, {})
+
+    async def test_a_run_that_ends_in_time_leaves_no_timer(self) -> None:
+        result = await run(self.runtime, AgentRequest(message="hi", agent_id="slow", timeout=60)).wait()
+        self.assertEqual(result.text, "Echo (turn 1): hi")
+        self.assertEqual(self.runtime.agents["slow"]._own_timers, {})
+
+
 def doors_config() -> dict[str, Any]:
     data = base_config(http={"endpoints": {"chatCompletions": {"enabled": True}, "responses": {"enabled": True}}})
     data["agents"] = {"list": [{"id": "main", "default": True, "model": "slow/echo", "maxConcurrent": 1},
@@ -226,6 +260,74 @@ class WaitingInputAtTheDoorsTest(DoorTestCase):
         finally:
             await c.close()
         self.assertEqual(self.runtime.agents["main"].waiting_chars, 900)
+
+
+class AgentTimeoutParamTest(DoorTestCase):
+    async def test_timeout_seconds_limits_the_run(self) -> None:
+        c = await self.client()
+        try:
+            begun = time.monotonic()
+            req = c.send("agent", {"message": " ".join(["w"] * 200), "timeout": 1, "idempotencyKey": "t1"})
+            frame = await self.response_to(c, req)
+            self.assertLess(time.monotonic() - begun, 8)         # not the agent's 600 s
+            self.assertFalse(frame["ok"], frame)
+            self.assertEqual(frame["error"]["code"], "AGENT_TIMEOUT")
+            self.assertIn("within 1 s", frame["error"]["message"])
+        finally:
+            await c.close()
+
+    async def test_chat_send_timeout_ms_limits_the_run(self) -> None:
+        c = await self.client()
+        try:
+            req = c.send("chat.send", {"sessionKey": "s", "message": " ".join(["w"] * 200), "timeoutMs": 300,
+                                       "idempotencyKey": "t2"})
+            self.assertEqual((await self.response_to(c, req))["payload"]["status"], "started")
+            handle = next(iter(self.runtime.active.values()))
+            with self.assertRaises(RunTimedOut) as caught:
+                await asyncio.wait_for(handle.wait(), 8)
+            self.assertEqual(caught.exception.timeout, 0.3)
+        finally:
+            await c.close()
+
+    async def test_zero_asks_for_the_agents_own_timeout(self) -> None:
+        c = await self.client()
+        try:
+            req = c.send("agent", {"message": " ".join(["w"] * 200), "agentId": "quick", "timeout": 0,
+                                   "idempotencyKey": "t3"})
+            frame = await self.response_to(c, req)
+            self.assertEqual(frame["error"]["code"], "AGENT_TIMEOUT")
+            self.assertIn("within 0.2 s", frame["error"]["message"])
+        finally:
+            await c.close()
+
+    async def test_a_huge_timeout_is_taken_and_cut_to_the_longest(self) -> None:
+        self.assertEqual(runs_mod._run_timeout({"timeout": 10**12}), runs_mod.MAX_RUN_TIMEOUT_SECONDS)
+        self.assertEqual(runs_mod._run_timeout({"timeoutMs": 10**15}), runs_mod.MAX_RUN_TIMEOUT_SECONDS)
+        c = await self.client()
+        try:
+            # "quick" times its runs out at 0.2 s; this one asks for far more, and gets it.
+            req = c.send("agent", {"message": " ".join(["w"] * 12), "agentId": "quick", "timeout": 10**12,
+                                   "idempotencyKey": "t4"})
+            final = await self.response_to(c, req)
+            self.assertTrue(final["ok"], final)
+            self.assertEqual(final["payload"]["status"], "ok")
+        finally:
+            await c.close()
+
+    async def test_a_negative_or_fractional_timeout_is_invalid_params(self) -> None:
+        c = await self.client()
+        try:
+            for value, why in ((-1, "at /timeout: must be >= 0"), (1.5, "at /timeout: must be integer"),
+                               ("600", "at /timeout: must be integer")):
+                with self.subTest(value=value):
+                    req = c.send("agent", {"message": "hi", "timeout": value, "idempotencyKey": f"bad{value}"})
+                    frame = await self.response_to(c, req)
+                    self.assertFalse(frame["ok"])
+                    self.assertEqual(frame["error"]["code"], "INVALID_REQUEST")
+                    self.assertEqual(frame["error"]["message"], f"invalid agent params: {why}")
+            self.assertEqual(self.runtime.active, {})
+        finally:
+            await c.close()
 
 
 if __name__ == "__main__":

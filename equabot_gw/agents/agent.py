@@ -6,7 +6,8 @@ when the input held by the agent's waiting runs would pass
 ``MAX_WAITING_INPUT_CHARS``; ``acquire``/``release`` hand out its slots in
 arrival order; ``watch``/``unwatch`` keep the deadlines of its generating
 runs under one timer, which aborts a run with "timeout" once it has
-generated for ``timeout`` seconds.
+generated for ``timeout`` seconds (a run with a time limit of its own has
+a timer of its own).
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ class Agent:
     # non-streaming completion's instructions).
     _deadlines: dict[Run, float] = field(default_factory=dict, repr=False)
     _watchdog: asyncio.TimerHandle | None = field(default=None, repr=False)
+    # Runs generating now with a time limit of their own -> their timers.
+    _own_timers: dict[Run, asyncio.TimerHandle] = field(default_factory=dict, repr=False)
 
     def admit(self) -> None:
         """Raise 429 when the agent runs its maximum and its queue is full."""
@@ -108,9 +111,15 @@ class Agent:
                 return
         self.active -= 1
 
-    def watch(self, run: Run) -> None:
-        """Abort ``run`` with "timeout" once it has generated for ``timeout`` seconds."""
+    def watch(self, run: Run, timeout: float | None = None) -> None:
+        """Abort ``run`` with "timeout" once it has generated for ``timeout`` seconds
+        (None: the agent's)."""
         loop = asyncio.get_running_loop()
+        if timeout is not None:
+            # Off the shared timer, whose deadlines are in start order only while
+            # every run has the agent's timeout.
+            self._own_timers[run] = loop.call_later(timeout, run.abort, "timeout")
+            return
         deadline = loop.time() + self.timeout
         self._deadlines[run] = deadline
         if self._watchdog is None:
@@ -120,12 +129,19 @@ class Agent:
         """``run`` stopped generating: no timeout for it any more."""
         # The timer stays armed: re-arming it per run would cost what it saves.
         self._deadlines.pop(run, None)
+        if self._own_timers:
+            timer = self._own_timers.pop(run, None)
+            if timer is not None:
+                timer.cancel()
 
     def stop_watchdog(self) -> None:
         """Cancel the timeout timer (at shutdown, once no run generates any more)."""
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
+        for timer in self._own_timers.values():
+            timer.cancel()
+        self._own_timers.clear()
 
     def _expire(self) -> None:
         loop = asyncio.get_running_loop()

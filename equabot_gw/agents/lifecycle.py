@@ -302,7 +302,7 @@ async def _generate(handle: Run, call: ProviderCall
     give_back_at = clock() + YIELD_INTERVAL
     others = 0
     first = True                # the first text: its time is noted
-    handle.agent.watch(handle)
+    handle.agent.watch(handle, handle.request.timeout)
     try:
         events = provider.stream(call)
         try:
@@ -394,7 +394,8 @@ def _run_failure(handle: Run, exc: BaseException, step: str) -> RunError:
 def _abort_error(handle: Run) -> RunAborted:
     why = handle._abort_reason or "cancelled"
     if why == "timeout":
-        return RunTimedOut(handle.agent.timeout)
+        timeout = handle.request.timeout
+        return RunTimedOut(handle.agent.timeout if timeout is None else timeout)
     return RunAborted(why)
 
 

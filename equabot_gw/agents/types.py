@@ -420,6 +420,8 @@ class AgentRequest:
     ``client_history`` is set (the client owns the history, edits and
     resends it; the transcript then only records).
     ``model`` overrides the agent's "provider/model" for this run.
+    ``timeout`` is the run's own time limit in seconds, in place of its
+    agent's (None: the agent's).
     """
 
     message: str = ""
@@ -433,6 +435,7 @@ class AgentRequest:
     idempotency_key: str | None = None
     input: tuple[Message, ...] = ()
     client_history: bool = False
+    timeout: float | None = None
 
     def turn_input(self) -> tuple[Message, ...]:
         """The new turn's messages: ``input``, else one user message of ``message``."""
