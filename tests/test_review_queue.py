@@ -133,6 +133,17 @@ class WaitingInputBoundTest(RuntimeCase):
         self.assertEqual(lane.waiting_chars, 0)
         self.assertEqual(self.runtime.lanes, {})
 
+    async def test_a_run_aborted_while_waiting_for_its_lane_gives_its_input_back(self) -> None:
+        lane = self.runtime.agents["slow"]
+        first = await self.started(" ".join(["w"] * 200), agent_id="slow", session_key="one")
+        second = await self.started("q" * 300, agent_id="slow", session_key="one")
+        self.assertEqual((lane.waiting_chars, self.runtime.lanes), (300, {"agent:slow:one": 2}))
+        self.assertTrue(second.abort("changed my mind"))
+        await self.assertAborted(second)
+        self.assertEqual((lane.waiting_chars, self.runtime.lanes), (0, {"agent:slow:one": 1}))
+        await self.finish(first)
+        self.assertEqual(self.runtime.lanes, {})
+
     async def test_a_burst_on_one_session_is_weighed_before_any_run_starts(self) -> None:
         lane = self.runtime.agents["slow"]
         handles = [self.start("q" * 300, agent_id="slow", session_key="burst") for _ in range(3)]
@@ -260,6 +271,22 @@ class WaitingInputAtTheDoorsTest(DoorTestCase):
         finally:
             await c.close()
         self.assertEqual(self.runtime.agents["main"].waiting_chars, 900)
+
+
+class StoppingTest(DoorTestCase):
+    async def test_a_run_refused_while_stopping_says_when_to_retry(self) -> None:
+        c = await self.client()
+        try:
+            self.gw.control.stopping = True         # as shutdown sets it, before the runtime closes
+            for method, params in (("agent", {"message": "hi", "idempotencyKey": "s1"}),
+                                   ("chat.send", {"sessionKey": "s", "message": "hi", "idempotencyKey": "s2"})):
+                with self.subTest(method=method):
+                    frame = await self.response_to(c, c.send(method, params))
+                    self.assertEqual(frame["error"], {"code": "UNAVAILABLE", "message": "the gateway is shutting down",
+                                                      "retryAfterMs": 1000})
+            self.gw.control.stopping = False
+        finally:
+            await c.close()
 
 
 class AgentTimeoutParamTest(DoorTestCase):

@@ -118,7 +118,9 @@ class Runs:
         """
         key = params.get("idempotencyKey")
         if self.protocol.stopping:
-            raise ApiError(503, "the gateway is shutting down", code="unavailable")
+            # As the runtime refuses a run then: soon back, or another node, so worth a retry.
+            raise ApiError(503, "the gateway is shutting down", code="unavailable",
+                           headers=(("retry-after", "1"),))
         if params.get("attachments"):
             raise ApiError(400, "attachments are not supported by this gateway", param="attachments")
         if params.get("deliver"):
