@@ -144,6 +144,26 @@ class WaitingInputBoundTest(RuntimeCase):
         await self.finish(first)
         self.assertEqual(self.runtime.lanes, {})
 
+    async def test_a_run_waiting_for_a_reset_of_its_session_is_weighed(self) -> None:
+        lane = self.runtime.agents["slow"]
+        self.assertEqual((await self.start("x", agent_id="slow", session_key="one").wait()).turn, 1)
+        store = self.runtime.store
+        reset, go_on = store.reset, asyncio.Event()
+
+        async def slow_reset(agent_id: str, key: str) -> bool:
+            await go_on.wait()                       # a slow disk: the reset holds the lane
+            return await reset(agent_id, key)
+
+        with mock.patch.object(store, "reset", slow_reset):
+            forgetting = asyncio.ensure_future(self.runtime.forget_session("slow", "one"))
+            await asyncio.sleep(0)
+            behind = await self.started("q" * 300, agent_id="slow", session_key="one")
+            self.assertEqual((behind.status, lane.waiting_chars), ("queued", 300))
+            go_on.set()
+            self.assertTrue(await asyncio.wait_for(forgetting, 10))
+        self.assertEqual((await asyncio.wait_for(behind.wait(), 10)).turn, 1)     # after the reset
+        self.assertEqual((lane.waiting_chars, self.runtime.lanes), (0, {}))
+
     async def test_a_burst_on_one_session_is_weighed_before_any_run_starts(self) -> None:
         lane = self.runtime.agents["slow"]
         handles = [self.start("q" * 300, agent_id="slow", session_key="burst") for _ in range(3)]

@@ -148,6 +148,8 @@ class Runtime:
         for run in list(self.active.values()):
             if not run.stateless and run.session_key == scoped and run.agent.id == agent_id:
                 run.abort("session deleted" if delete else "session reset")
+        # Counted with the session's runs: one admitted meanwhile waits for the lane too.
+        self.lanes[scoped] = self.lanes.get(scoped, 0) + 1
         try:
             async with asyncio.timeout(FORGET_WAIT):
                 async with self.store.lane(scoped):
@@ -156,6 +158,12 @@ class Runtime:
                     return await self.store.reset(agent_id, key)
         except TimeoutError:
             raise ApiError(503, "a run of this session is still ending; retry", code="unavailable") from None
+        finally:
+            left = self.lanes[scoped] - 1
+            if left:
+                self.lanes[scoped] = left
+            else:
+                del self.lanes[scoped]
 
     def find_run(self, run_id: str) -> Run | RunRecord | None:
         """A run in flight or among the recently finished ones."""
