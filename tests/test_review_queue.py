@@ -19,6 +19,7 @@ from typing import Any
 from unittest import mock
 
 from equabot_gw.agents import agent as agent_mod
+from equabot_gw.agents import types as types_mod
 from equabot_gw.agents.runtime import run, run_here
 from equabot_gw.agents.types import AgentRequest, Message, TextPart, ToolCall
 from equabot_gw.errors import ApiError, RunTimedOut
@@ -71,10 +72,23 @@ class WaitingInputBoundTest(RuntimeCase):
             context=(Message("user", "c" * 30),
                      Message("assistant", "", tool_calls=(ToolCall("id", "f", "a" * 40),), reasoning="r" * 50)),
             input=(Message("user", (TextPart("t" * 60),)),))
-        self.assertEqual(request.input_chars(), 210)
-        handle = run(self.runtime, request)
-        self.assertEqual(self.tiny.waiting_chars, 210)
+        items = 3 + 1 + 1           # messages, a content part, a tool call: each weighs its objects too
+        self.assertEqual(request.input_chars(), 210 + items * types_mod.ITEM_WEIGHT_CHARS)
+        with mock.patch.object(agent_mod, "MAX_WAITING_INPUT_CHARS", 10 * BOUND):
+            handle = run(self.runtime, request)
+        self.assertEqual(self.tiny.waiting_chars, request.input_chars())
         await self.finish(busy, handle)
+
+    async def test_many_small_messages_weigh_what_they_hold(self) -> None:
+        # 100 one-character messages: a few hundred characters of text, but each message
+        # is objects (and parsed JSON) of some hundred bytes, held while the run waits.
+        busy = await self.busy()
+        context = tuple(Message("user" if n % 2 == 0 else "assistant", "c") for n in range(100))
+        with self.assertRaises(ApiError) as caught:
+            run(self.runtime, AgentRequest(message="m", agent_id="tiny", context=context))
+        self.assertEqual((caught.exception.status, caught.exception.code), (429, "rate_limit_exceeded"))
+        self.assertEqual(self.tiny.waiting_chars, 0)
+        await self.finish(busy)
 
     async def test_a_run_that_gets_a_slot_at_once_is_not_weighed(self) -> None:
         handle = self.start("x" * (3 * BOUND), agent_id="tiny")     # the slot is free: no wait

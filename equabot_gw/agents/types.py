@@ -406,6 +406,12 @@ ProviderEvent = Union[TextDelta, ReasoningDelta, ToolCallDelta, Logprobs, Refusa
 
 # -- requests and results ------------------------------------------------------------
 
+# What a message, content part or tool call of a request weighs besides its characters
+# (``AgentRequest.input_chars``): its objects, and the JSON its door parsed it from, which
+# the door holds as long as the run (measured: about 340 bytes for a one-character message).
+ITEM_WEIGHT_CHARS: Final = 512
+
+
 @dataclass(slots=True)
 class AgentRequest:
     """One run, as any door (HTTP, WebSocket, CLI) asks for it.
@@ -444,13 +450,18 @@ class AgentRequest:
     def input_chars(self) -> int:
         """Characters of input the request holds: its message and system prompt, and the
         texts, URLs, audio data, reasoning and tool-call arguments of its ``context`` and
-        ``input`` messages. The weight of a run that waits (``Agent.hold``), not a byte count."""
+        ``input`` messages, each message and content part weighing ``ITEM_WEIGHT_CHARS``
+        more. The weight of a run that waits (``Agent.hold``), not a byte count."""
         total = len(self.message) + len(self.system)
         for messages in (self.context, self.input):
+            total += ITEM_WEIGHT_CHARS * len(messages)
             for message in messages:
-                total += content_chars(message.content) + len(message.reasoning)
+                content = message.content
+                if type(content) is not str:
+                    total += ITEM_WEIGHT_CHARS * len(content)
+                total += content_chars(content) + len(message.reasoning)
                 for call in message.tool_calls:
-                    total += len(call.arguments)
+                    total += ITEM_WEIGHT_CHARS + len(call.arguments)
         return total
 
 
