@@ -1,10 +1,13 @@
 """An agent as the runtime runs it: its settings, its concurrency gate and its timeout.
 
 ``Agent.admit`` refuses a run (429) when the agent runs ``max_concurrent``
-and ``max_queued`` more wait; ``acquire``/``release`` hand out its slots in
+and ``max_queued`` more wait; ``hold`` refuses one that is to wait (429 too)
+when the input held by the agent's waiting runs would pass
+``MAX_WAITING_INPUT_CHARS``; ``acquire``/``release`` hand out its slots in
 arrival order; ``watch``/``unwatch`` keep the deadlines of its generating
 runs under one timer, which aborts a run with "timeout" once it has
-generated for ``timeout`` seconds.
+generated for ``timeout`` seconds (a run with a time limit of its own has
+a timer of its own).
 """
 
 from __future__ import annotations
@@ -29,6 +32,12 @@ DEFAULT_AGENT_ID: Final = "main"
 # asyncio runs a timer up to one clock tick early; a deadline that close counts as reached.
 _CLOCK_SLACK: Final = time.get_clock_info("monotonic").resolution
 RETRY_AFTER_SECONDS: Final = "1"
+# Input (characters: ``AgentRequest.input_chars``) the runs of one agent that wait, for
+# a slot or for their session's lane, may hold together. Each holds its request (an HTTP
+# body may be 20 MiB, a WebSocket frame 25 MiB) until it starts: without this bound
+# ``max_queued`` of them could hold tens of GiB. A character is at least one byte of the
+# request, so the messages speak of MiB.
+MAX_WAITING_INPUT_CHARS: Final = 256 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -45,6 +54,7 @@ class Agent:
     is_default: bool = False
     active: int = 0
     waiting: int = 0
+    waiting_chars: int = 0      # input held by the runs that wait (``hold``)
     _slot_waiters: deque[asyncio.Future[None]] = field(default_factory=deque, repr=False)
     # Runs generating now -> their deadlines, in start order, hence in deadline
     # order (one timeout per agent). One timer for them all: a call_later per run
@@ -52,6 +62,8 @@ class Agent:
     # non-streaming completion's instructions).
     _deadlines: dict[Run, float] = field(default_factory=dict, repr=False)
     _watchdog: asyncio.TimerHandle | None = field(default=None, repr=False)
+    # Runs generating now with a time limit of their own -> their timers.
+    _own_timers: dict[Run, asyncio.TimerHandle] = field(default_factory=dict, repr=False)
 
     def admit(self) -> None:
         """Raise 429 when the agent runs its maximum and its queue is full."""
@@ -62,6 +74,19 @@ class Agent:
             raise ApiError(429, f"agent {self.id!r} is at capacity ({self.max_concurrent} running, "
                                 f"{self.max_queued} queued); retry later",
                            code="rate_limit_exceeded", headers=(("retry-after", RETRY_AFTER_SECONDS),))
+
+    def hold(self, chars: int) -> None:
+        """Count ``chars`` of input held by a run that is to wait, or raise 429 (as ``admit``
+        does) when that would take the agent's waiting runs past ``MAX_WAITING_INPUT_CHARS``.
+
+        The run gives them back (``waiting_chars -= chars``) once it stops waiting.
+        """
+        if self.waiting_chars + chars > MAX_WAITING_INPUT_CHARS:
+            raise ApiError(429, f"agent {self.id!r} is at capacity (its queued runs hold "
+                                f"{_mib(self.waiting_chars)} of input, at most {_mib(MAX_WAITING_INPUT_CHARS)}, "
+                                f"and this request has {_mib(chars)}); retry later",
+                           code="rate_limit_exceeded", headers=(("retry-after", RETRY_AFTER_SECONDS),))
+        self.waiting_chars += chars
 
     async def acquire(self) -> None:
         if self.active < self.max_concurrent and not self._slot_waiters:
@@ -86,9 +111,15 @@ class Agent:
                 return
         self.active -= 1
 
-    def watch(self, run: Run) -> None:
-        """Abort ``run`` with "timeout" once it has generated for ``timeout`` seconds."""
+    def watch(self, run: Run, timeout: float | None = None) -> None:
+        """Abort ``run`` with "timeout" once it has generated for ``timeout`` seconds
+        (None: the agent's)."""
         loop = asyncio.get_running_loop()
+        if timeout is not None:
+            # Off the shared timer, whose deadlines are in start order only while
+            # every run has the agent's timeout.
+            self._own_timers[run] = loop.call_later(timeout, run.abort, "timeout")
+            return
         deadline = loop.time() + self.timeout
         self._deadlines[run] = deadline
         if self._watchdog is None:
@@ -98,12 +129,19 @@ class Agent:
         """``run`` stopped generating: no timeout for it any more."""
         # The timer stays armed: re-arming it per run would cost what it saves.
         self._deadlines.pop(run, None)
+        if self._own_timers:
+            timer = self._own_timers.pop(run, None)
+            if timer is not None:
+                timer.cancel()
 
     def stop_watchdog(self) -> None:
         """Cancel the timeout timer (at shutdown, once no run generates any more)."""
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
+        for timer in self._own_timers.values():
+            timer.cancel()
+        self._own_timers.clear()
 
     def _expire(self) -> None:
         loop = asyncio.get_running_loop()
@@ -117,6 +155,10 @@ class Agent:
                 return
             del deadlines[run]
             run.abort("timeout")
+
+
+def _mib(chars: int) -> str:
+    return f"{chars / (1024 * 1024):.1f} MiB"
 
 
 def agents_from(config: Config) -> dict[str, Agent]:

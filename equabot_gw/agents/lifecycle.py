@@ -61,6 +61,10 @@ class Run:
     outcome when it remembers the run.
     """
 
+    # Input chars counted in its agent's ``waiting_chars`` while it waits (``Agent.hold``):
+    # set by ``runtime`` for a run that is to wait, else this class default (no store per run).
+    _held = 0
+
     def __init__(self, run_id: str, agent: Agent, session_key: str, stateless: bool,
                  request: AgentRequest, provider: Provider, model_ref: str, model_name: str,
                  watched: bool = True) -> None:
@@ -195,6 +199,9 @@ async def execute(runtime: Runtime, handle: Run) -> None:
             await agent.acquire()
             agent.waiting -= 1
             queued = False
+            if handle._held:
+                agent.waiting_chars -= handle._held     # it waits no more: its input is given back
+                handle._held = 0
             try:
                 if handle._key is not None:
                     # The key is durable before anything is produced, and only for a run
@@ -225,6 +232,17 @@ async def execute(runtime: Runtime, handle: Run) -> None:
     finally:
         if queued:
             agent.waiting -= 1
+            if handle._held:
+                agent.waiting_chars -= handle._held
+                handle._held = 0
+        if not handle.stateless:
+            # Out of its session's lane (left just now, with no wait since, or never entered).
+            lanes = runtime.lanes
+            left = lanes[handle.session_key] - 1
+            if left:
+                lanes[handle.session_key] = left
+            else:
+                del lanes[handle.session_key]
         if journalled and handle._stored is None:
             # Its turn was never recorded (a storage error, say): nothing of it is in
             # the session, so a retry runs it again, after a restart too. Only a run
@@ -284,7 +302,7 @@ async def _generate(handle: Run, call: ProviderCall
     give_back_at = clock() + YIELD_INTERVAL
     others = 0
     first = True                # the first text: its time is noted
-    handle.agent.watch(handle)
+    handle.agent.watch(handle, handle.request.timeout)
     try:
         events = provider.stream(call)
         try:
@@ -376,7 +394,8 @@ def _run_failure(handle: Run, exc: BaseException, step: str) -> RunError:
 def _abort_error(handle: Run) -> RunAborted:
     why = handle._abort_reason or "cancelled"
     if why == "timeout":
-        return RunTimedOut(handle.agent.timeout)
+        timeout = handle.request.timeout
+        return RunTimedOut(handle.agent.timeout if timeout is None else timeout)
     return RunAborted(why)
 
 

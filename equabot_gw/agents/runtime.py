@@ -70,6 +70,10 @@ class Runtime:
             or self.agents.get(DEFAULT_AGENT_ID) or next(iter(self.agents.values()))
         self.providers: dict[str, Provider] = {}
         self.active: dict[str, Run] = {}
+        # Session key -> its runs admitted and not yet out of its lane (holding or waiting
+        # for it): a run admitted while its key is here will wait for the lane. Counted
+        # from admission on, so a burst admitted within one loop turn is seen too.
+        self.lanes: dict[str, int] = {}
         self._finished: OrderedDict[str, RunRecord] = OrderedDict()
         self._finished_bytes = 0        # replies held by the records in _finished
         self.keys = idempotency.Keys(self.store, config.gateway.idempotency.retention_seconds,
@@ -144,6 +148,8 @@ class Runtime:
         for run in list(self.active.values()):
             if not run.stateless and run.session_key == scoped and run.agent.id == agent_id:
                 run.abort("session deleted" if delete else "session reset")
+        # Counted with the session's runs: one admitted meanwhile waits for the lane too.
+        self.lanes[scoped] = self.lanes.get(scoped, 0) + 1
         try:
             async with asyncio.timeout(FORGET_WAIT):
                 async with self.store.lane(scoped):
@@ -152,6 +158,12 @@ class Runtime:
                     return await self.store.reset(agent_id, key)
         except TimeoutError:
             raise ApiError(503, "a run of this session is still ending; retry", code="unavailable") from None
+        finally:
+            left = self.lanes[scoped] - 1
+            if left:
+                self.lanes[scoped] = left
+            else:
+                del self.lanes[scoped]
 
     def find_run(self, run_id: str) -> Run | RunRecord | None:
         """A run in flight or among the recently finished ones."""
@@ -312,14 +324,28 @@ def _admit(runtime: Runtime, request: AgentRequest, digest: str | None,
     if request.options is not NO_OPTIONS or provider.accepts is not INPUT_KINDS:
         check_request(request, provider, model_ref)
     agent.admit()
+    held = 0
+    if agent.active + agent.waiting >= agent.max_concurrent or not stateless and key in runtime.lanes:
+        # No slot is free for it, or its session's lane is taken: it is to wait, holding
+        # its input meanwhile. Only then is the input weighed (the common run is not).
+        held = request.input_chars()
+        agent.hold(held)
     handle = Run(runtime._new_run_id(), agent, key, stateless, request, provider,
                  model_ref, model_name, watched)
+    if held:
+        handle._held = held
     if stored is not None:
-        # The key's time is the run's: after a restart the replay's ``created`` is read from it.
-        handle._key = runtime.keys.add(agent.id, stored, digest or "", handle.id, key, stateless, meta,
-                                       handle.created_at)
+        try:
+            # The key's time is the run's: after a restart the replay's ``created`` is read from it.
+            handle._key = runtime.keys.add(agent.id, stored, digest or "", handle.id, key, stateless, meta,
+                                           handle.created_at)
+        except BaseException:
+            agent.waiting_chars -= held
+            raise
     runtime.active[handle.id] = handle
     agent.waiting += 1
+    if not stateless:
+        runtime.lanes[key] = runtime.lanes.get(key, 0) + 1
     return handle, True
 
 

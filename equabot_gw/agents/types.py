@@ -406,6 +406,12 @@ ProviderEvent = Union[TextDelta, ReasoningDelta, ToolCallDelta, Logprobs, Refusa
 
 # -- requests and results ------------------------------------------------------------
 
+# What a message, content part or tool call of a request weighs besides its characters
+# (``AgentRequest.input_chars``): its objects, and the JSON its door parsed it from, which
+# the door holds as long as the run (measured: about 340 bytes for a one-character message).
+ITEM_WEIGHT_CHARS: Final = 512
+
+
 @dataclass(slots=True)
 class AgentRequest:
     """One run, as any door (HTTP, WebSocket, CLI) asks for it.
@@ -420,6 +426,8 @@ class AgentRequest:
     ``client_history`` is set (the client owns the history, edits and
     resends it; the transcript then only records).
     ``model`` overrides the agent's "provider/model" for this run.
+    ``timeout`` is the run's own time limit in seconds, in place of its
+    agent's (None: the agent's).
     """
 
     message: str = ""
@@ -433,10 +441,28 @@ class AgentRequest:
     idempotency_key: str | None = None
     input: tuple[Message, ...] = ()
     client_history: bool = False
+    timeout: float | None = None
 
     def turn_input(self) -> tuple[Message, ...]:
         """The new turn's messages: ``input``, else one user message of ``message``."""
         return self.input or (Message("user", self.message),)
+
+    def input_chars(self) -> int:
+        """Characters of input the request holds: its message and system prompt, and the
+        texts, URLs, audio data, reasoning and tool-call arguments of its ``context`` and
+        ``input`` messages, each message and content part weighing ``ITEM_WEIGHT_CHARS``
+        more. The weight of a run that waits (``Agent.hold``), not a byte count."""
+        total = len(self.message) + len(self.system)
+        for messages in (self.context, self.input):
+            total += ITEM_WEIGHT_CHARS * len(messages)
+            for message in messages:
+                content = message.content
+                if type(content) is not str:
+                    total += ITEM_WEIGHT_CHARS * len(content)
+                total += content_chars(content) + len(message.reasoning)
+                for call in message.tool_calls:
+                    total += ITEM_WEIGHT_CHARS + len(call.arguments)
+        return total
 
 
 @dataclass(slots=True)

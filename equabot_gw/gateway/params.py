@@ -107,7 +107,7 @@ SCHEMAS: Final[Mapping[str, Mapping[str, Prop]]] = {
         "sessionKey": _s(), "thinking": _s(), "deliver": _b(), "attachments": Prop("array"),
         "channel": _s(), "replyChannel": _s(), "accountId": _s(), "replyAccountId": _s(),
         "threadId": _s(), "groupId": _s(), "groupChannel": _s(), "groupSpace": _s(),
-        "timeout": _i(0, MAX_TIMEOUT_MS // 1000), "lane": _s(),
+        "timeout": _i(), "lane": _s(),
         "extraSystemPrompt": _s(max_len=MAX_STRING_CHARS), "idempotencyKey": _s(min_len=1),
         "label": _s(), "spawnedBy": _s()},
     "agent.wait": {"runId": _s(True, min_len=1), "timeoutMs": _TIMEOUT_MS},

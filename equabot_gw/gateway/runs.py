@@ -41,7 +41,8 @@ from .frames import (DEFERRED, agent_final, arguments_object, assistant_parts, e
 if TYPE_CHECKING:
     from .control import ControlConnection, ControlProtocol
 
-__all__ = ["Runs", "METHODS", "MAX_REMEMBERED_RUNS", "MAX_REQUESTERS_PER_RUN", "DEFAULT_WAIT_MS"]
+__all__ = ["Runs", "METHODS", "MAX_REMEMBERED_RUNS", "MAX_REQUESTERS_PER_RUN", "MAX_RUN_TIMEOUT_SECONDS",
+           "DEFAULT_WAIT_MS"]
 
 # Runs remembered by public id, for agent.wait, chat.abort and repeated requests.
 MAX_REMEMBERED_RUNS: Final = 10_000
@@ -51,6 +52,10 @@ DEFAULT_WAIT_MS: Final = 30_000
 MAX_UNKNOWN_WAITERS: Final = 1024
 # An error message kept for agent.wait is cut to this many characters.
 MAX_ERROR_CHARS: Final = 500
+# The longest run time a client may ask for (``agent``'s ``timeout``, ``chat.send``'s
+# ``timeoutMs``): a longer one is cut to it, as the original cuts it to its longest timer
+# (about 24.8 days). 0 asks for the agent's own, as no value does.
+MAX_RUN_TIMEOUT_SECONDS: Final = 2_147_000
 # ``agent`` requests awaiting one run's final at once, over all connections (a repeated
 # idempotencyKey joins its run); past it a request is refused (RATE_LIMITED). Each holds
 # its connection and request id until the final is sent or its connection closes.
@@ -113,7 +118,9 @@ class Runs:
         """
         key = params.get("idempotencyKey")
         if self.protocol.stopping:
-            raise ApiError(503, "the gateway is shutting down", code="unavailable")
+            # As the runtime refuses a run then: soon back, or another node, so worth a retry.
+            raise ApiError(503, "the gateway is shutting down", code="unavailable",
+                           headers=(("retry-after", "1"),))
         if params.get("attachments"):
             raise ApiError(400, "attachments are not supported by this gateway", param="attachments")
         if params.get("deliver"):
@@ -122,7 +129,8 @@ class Runs:
         runtime = self.protocol.gateway.runtime
         request = AgentRequest(
             message=params["message"], agent_id=params.get("agentId"), session_key=session_key,
-            system=params.get("extraSystemPrompt") or "", origin=origin, idempotency_key=key)
+            system=params.get("extraSystemPrompt") or "", origin=origin, idempotency_key=key,
+            timeout=_run_timeout(params))
         if key is None:
             run, replayed = agent_runtime.run(runtime, request), False
         else:
@@ -314,6 +322,16 @@ class Runs:
             prompt_tokens=usage.prompt_tokens if usage else 0,
             completion_tokens=usage.completion_tokens if usage else 0,
             stop_reason=result.finish_reason if result is not None else None)
+
+
+def _run_timeout(params: dict[str, Any]) -> float | None:
+    """The run's own time limit in seconds: ``agent``'s ``timeout`` (seconds) or ``chat.send``'s
+    ``timeoutMs``, at most ``MAX_RUN_TIMEOUT_SECONDS``; None (the agent's) when absent or 0."""
+    seconds = params.get("timeout")
+    if not seconds:
+        millis = params.get("timeoutMs")
+        seconds = millis / 1000 if millis else None
+    return min(seconds, MAX_RUN_TIMEOUT_SECONDS) if seconds else None
 
 
 def _failure(event: Ended | Failed) -> dict[str, Any] | None:
