@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import pathlib
 import tempfile
 import time
@@ -23,7 +24,7 @@ from equabot_gw.gateway import chat_stream, frames
 from equabot_gw.gateway.app import Gateway
 from equabot_gw.gateway.responses_output import error_object
 from tests.resume_client import SSEStream, content_of
-from tests.support import base_config
+from tests.support import base_config, post_closing
 
 FAILURES: tuple[RunError, ...] = (
     UpstreamRejected("up", 429, "slow down", "7", code="rate_limit_exceeded", param="messages"),
@@ -143,6 +144,22 @@ class ReplayAfterRestartTest(unittest.IsolatedAsyncioTestCase):
         self.assertEqual(content_of(again), content_of(first))
         self.assertEqual(again[-1][1], "[DONE]")
         self.assertIn("error", again[-2][1])
+        self.assertEqual(again[-2][1], first[-2][1])    # the same error: status, type, code, param, message
+
+    async def test_a_json_request_that_failed_is_answered_the_same_after_a_restart(self) -> None:
+        body = json.dumps({"model": "equabot", "messages": [{"role": "user", "content": "hi"}]}).encode()
+
+        async def ask(gateway: Gateway) -> tuple[int, str | None, dict[str, Any]]:
+            status, fields, payload, _ = await post_closing(gateway.server.port, "/v1/chat/completions", body,
+                                                            headers="Idempotency-Key: k-json\r\n")
+            return status, fields.get("retry-after"), json.loads(payload)
+
+        first = await ask(await self.start())
+        self.assertEqual(first[0], 429)
+        self.assertEqual((first[2]["error"]["code"], first[2]["error"]["param"]), ("rate_limit_exceeded", "messages"))
+        again = await ask(await self.restart())
+        self.assertEqual(self.model.calls, 1)
+        self.assertEqual(again, first)
 
 
 if __name__ == "__main__":

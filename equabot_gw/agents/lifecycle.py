@@ -413,9 +413,9 @@ async def _record(runtime: Runtime, handle: Run, call: ProviderCall, history: Se
     if failure is None:
         status, error = "ok", None
     elif isinstance(failure, RunAborted):
-        status, error = "aborted", failure.why
+        status, error = "aborted", failure
     else:
-        status, error = "error", str(failure)
+        status, error = "error", failure
     calls, reasoning, signature = _NO_OUTPUT
     if output is not None:
         calls, reasoning, signature = output.outcome(failure is None)

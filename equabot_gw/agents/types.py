@@ -21,7 +21,10 @@ Nothing here knows about HTTP, WebSocket or files.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, Union
+from typing import TYPE_CHECKING, Any, Final, Literal, Union
+
+if TYPE_CHECKING:
+    from equabot_gw.errors import RunError
 
 Role = Literal["system", "user", "assistant", "tool"]
 ROLES: Final = ("system", "user", "assistant", "tool")
@@ -550,7 +553,7 @@ class TurnRecord:
     model: str = ""
     usage: Usage | None = None
     finish_reason: str | None = None
-    error: str | None = None
+    error: str | RunError | None = None     # the run's error: its line keeps what a replay answers
     context: tuple[Message, ...] = field(default=())
     input: tuple[Message, ...] = ()
     tool_calls: tuple[ToolCall, ...] = ()
