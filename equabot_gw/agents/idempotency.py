@@ -33,7 +33,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Container
 from typing import Any, Final
 
-from ..errors import ApiError, RunAborted
+from ..errors import ApiError, ReplyTooLarge, RunAborted
 from .events import Delta, Ended, Failed, RunEvent
 from .lines import number
 from .records import INTERRUPTED, RunRecord, record_from_line
@@ -352,8 +352,10 @@ def produced(handle: Any) -> bool:
     """Whether a finished run (``Run`` or ``RunRecord``) gave any output: then it never runs again."""
     if type(handle) is not RunRecord:
         return handle._result is not None or bool(handle.events.text())
+    # A reply over its bound is not recorded, but there was one.
     return handle.result is not None or bool(handle.partial) or handle.reply_at is not None \
-        or (isinstance(handle.error, RunAborted) and handle.error.why == INTERRUPTED)
+        or (isinstance(handle.error, RunAborted) and handle.error.why == INTERRUPTED) \
+        or isinstance(handle.error, ReplyTooLarge)
 
 
 def _freed(entry: Entry, task: asyncio.Task[None]) -> None:

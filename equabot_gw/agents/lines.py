@@ -23,7 +23,7 @@ from typing import Any, Final, Iterable
 from equabot_gw import safejson
 from equabot_gw.agents.committer import read_regular
 from equabot_gw.compact_json import LARGE_CHARS, dumps, dumps_into
-from equabot_gw.errors import RunAborted, RunError, run_error_fields
+from equabot_gw.errors import ReplyTooLarge, RunAborted, RunError, run_error_fields
 from equabot_gw.agents.types import (
     AudioPart, ImagePart, Message, Part, SessionHistory, TextPart, ToolCall, TurnRecord, content_text,
     message_chars,
@@ -49,6 +49,7 @@ log = logging.getLogger("equabot_gw.sessions")    # one logger for the whole ses
 #   {"type":"aborted","content","reason"[,"model"][,"reasoning"][,"message","error"]}
 #                                                the partial reply of an aborted run
 #   {"type":"error","message"[,"content"][,"error"]}   a failed run, its partial reply if any
+#                                                (none for a reply over its bound)
 # "error" is the run's error as ``errors.run_error_fields`` describes it ({"class",
 # "fields"}): a retry of its idempotency key after a restart answers it as the first
 # answer did (older lines have "message" or "reason" alone). An aborted line has it
@@ -206,7 +207,9 @@ def turn_lines(turn: TurnRecord, session_key: str | None, with_context: bool) ->
     elif turn.status == "error":
         failure = turn.error
         line = {**head, "type": "error", "message": str(failure) if isinstance(failure, RunError) else failure}
-        if turn.reply:          # the partial reply its client saw: a retry replays it
+        if turn.reply and not isinstance(failure, ReplyTooLarge):
+            # The partial reply its client saw: a retry replays it. One over the reply
+            # bound is not kept: it is what the run failed for.
             line["content"] = turn.reply
         if isinstance(failure, RunError):
             line["error"] = run_error_fields(failure)
