@@ -1190,6 +1190,8 @@ class RunRequestersTest(ControlTestCase):
                                       f"wait for it with agent.wait"}))
         entry = self.gw.control.runs.find("joined")
         self.assertEqual(len(entry.requesters), limit)
+        # Stopped once it has produced: a run stopped before its first word may run again.
+        await wait_for(lambda: entry.run.events.text() != "", timeout=10)
         await self.end_run(other)
         finals = 0
         while finals < limit:                                       # every request held gets its final
