@@ -193,6 +193,8 @@ async def _run_remote(client: Any, args: argparse.Namespace) -> int:
         params["agentId"] = args.agent
     if args.session_key:
         params["sessionKey"] = args.session_key
+    if args.timeout:
+        params["timeout"] = args.timeout
     # A fresh key per command, as the original command line sends: the original Gateway
     # requires one, and it names the run (its runId).
     import uuid
@@ -310,7 +312,7 @@ async def _run_local(args: argparse.Namespace, config: config_mod.Config, state_
         from .gateway.frames import main_session_key
         started = time.time()
         run = agent_runtime.run(runtime, AgentRequest(
-            message=args.message, agent_id=args.agent, origin="cli",
+            message=args.message, agent_id=args.agent, origin="cli", timeout=args.timeout or None,
             # As over the gateway: the agent's main session unless another is named.
             session_key=args.session_key or main_session_key(runtime.agent(args.agent).id)))
         async for event in run.subscribe():

@@ -159,6 +159,8 @@ def _agent_flags(agent: argparse.ArgumentParser) -> None:
                        help="agent id (default: the default agent)")
     agent.add_argument("--session-key", metavar="KEY", type=flags.session_key,
                        help="session to continue (default: the agent's main session, agent:<id>:main)")
+    agent.add_argument("--timeout", metavar="SECONDS", type=flags.run_timeout,
+                       help="the run's time limit (default and 0: the agent's timeoutSeconds)")
     agent.add_argument("--json", action="store_true", help="print one JSON result object")
     agent.add_argument("--local", action="store_true",
                        help="run in this process instead of on a running gateway")

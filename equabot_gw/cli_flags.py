@@ -12,7 +12,7 @@ import argparse
 from . import config_checks
 from .errors import ApiError
 
-__all__ = ["port", "bind_value", "gateway_url", "session_key", "session_name", "message", "agent_id", "path"]
+__all__ = ["port", "bind_value", "gateway_url", "session_key", "session_name", "message", "run_timeout", "agent_id", "path"]
 
 
 def port(text: str) -> int:
@@ -76,6 +76,16 @@ def message(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError(f"expected a message that is not blank, got {text!r}")
     return text
+
+
+def run_timeout(text: str) -> int:
+    """``agent --timeout``: whole seconds, 0 (the agent's ``timeoutSeconds``) or more; the
+    gateway cuts a time longer than its longest timer to it."""
+    value = text.strip()
+    if not value.isascii() or not value.isdigit() or int(value) > config_checks.MAX_SAFE_INTEGER:
+        raise argparse.ArgumentTypeError(f"expected whole seconds, 0 or more (0: the agent's "
+                                         f"timeoutSeconds), got {text[:40]!r}")
+    return int(value)
 
 
 def agent_id(text: str) -> str:

@@ -126,7 +126,7 @@ class HelpTest(CLITestCase):
     def test_agent_help_names_its_flags(self) -> None:
         done = self.cli("agent", "--help")
         self.assertEqual(done.returncode, 0)
-        for flag in ("--message", "--agent", "--session-key", "--json", "--local", "--url", "--token"):
+        for flag in ("--message", "--agent", "--session-key", "--timeout", "--json", "--local", "--url", "--token"):
             self.assertIn(flag, done.stdout)
 
     def test_version(self) -> None:
@@ -286,6 +286,16 @@ class RemoteAgentTest(LiveGateway, CLITestCase):
             self.assertEqual((done.returncode, done.stdout, done.stderr), (0, "No reply from agent.\n", ""))
         payloads = json.loads(self.agent("-m", "x", "--agent", "silent", "--json").stdout)["result"]["payloads"]
         self.assertEqual(payloads, [])
+
+    def test_timeout_is_the_runs_time_limit(self) -> None:
+        # 40 words at 80 ms each take over 3 s: a 1 s limit ends the run, as the original's --timeout.
+        started = time.monotonic()
+        done = self.agent("-m", " ".join(["w"] * 40), "--agent", "slow", "--timeout", "1",
+                          "--session-key", "cli-timeout")
+        self.assertOneLineError(done, 1, "run failed", "no reply within 1 s")
+        self.assertLess(time.monotonic() - started, 3 * 40 * SLOW_DELAY_MS / 1000)
+        self.assertReply(self.agent("-m", "quick", "--agent", "slow", "--timeout", "0",
+                                    "--session-key", "cli-timeout-0"), "Echo (turn 1): quick")
 
     def test_unknown_agent(self) -> None:
         done = self.agent("-m", "x", "--agent", "ghost")
@@ -868,6 +878,12 @@ class LocalAgentTest(CLITestCase):
     def test_bad_session_key(self) -> None:
         self.assertOneLineError(self.local("-m", "x", "--session-key", "bad key"), 2, "session key")
 
+    def test_timeout_is_the_runs_time_limit(self) -> None:
+        data = {"agents": {"defaults": {"model": "slow/echo"}},
+                "models": {"providers": {"slow": {"api": "echo", "delayMs": SLOW_DELAY_MS}}}}
+        done = self.local("-m", " ".join(["w"] * 40), "--timeout", "1", config=self.config_file(data))
+        self.assertOneLineError(done, 1, "run failed", "no reply within 1 s")
+
     def test_failed_run(self) -> None:
         data = {"agents": {"defaults": {"model": "failing/x"}}, "models": {"providers": {"failing": {
             "api": "command", "command": [sys.executable, "-c", "import sys; sys.stderr.write('oops'); sys.exit(4)"]}}}}
@@ -1033,6 +1049,10 @@ class BadFlagsTest(CLITestCase):
             ("agent URL port", ("agent", "-m", "x", "--url", "http://127.0.0.1:99999"), "argument --url"),
             ("agent session key", ("agent", "-m", "x", "--session-key", "bad key"), "argument --session-key"),
             ("agent id", ("agent", "-m", "x", "--agent", "Bad Id"), "argument --agent: expected an agent id"),
+            ("agent timeout negative", ("agent", "-m", "x", "--timeout", "-1"),
+             "argument --timeout: expected whole seconds, 0 or more (0: the agent's timeoutSeconds), got '-1'"),
+            ("agent timeout fraction", ("agent", "-m", "x", "--timeout", "1.5"), "got '1.5'"),
+            ("agent timeout huge", ("agent", "-m", "x", "--timeout", "9" * 400), "argument --timeout"),
             ("agent missing config", ("agent", "--local", "-m", "x", "--config", missing), "does not exist"),
             ("agent state dir", ("agent", "--local", "-m", "x", "--state-dir", str(self.a_file)),
              "is not a directory"),
