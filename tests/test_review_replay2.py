@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import pathlib
 import tempfile
 import unittest
@@ -12,11 +13,11 @@ from typing import Any
 
 from equabot_gw import config as config_mod
 from equabot_gw.agents import runtime as agent_runtime
-from equabot_gw.agents.types import TextDelta
-from equabot_gw.errors import UpstreamRejected, http_status
+from equabot_gw.agents.types import Finish, TextDelta, ToolCallDelta, Usage
+from equabot_gw.errors import ReplyTooLarge, UpstreamRejected, http_status
 from equabot_gw.gateway.app import Gateway
 from tests.resume_client import SSEStream, content_of
-from tests.support import base_config
+from tests.support import base_config, post_closing
 
 # Over what the runtime holds of a finished run's reply: it is read back from the transcript.
 LARGE = "x" * (agent_runtime.MAX_KEPT_REPLY_BYTES + 1000)
@@ -29,16 +30,20 @@ async def words(call: Any) -> Any:
 
 
 class Failing:
-    """A model that streams a large partial reply, then fails; ``calls`` counts its runs."""
+    """A model that streams a partial reply (large by default), then fails with ``error``
+    (429 by default); ``calls`` counts its runs."""
 
-    def __init__(self) -> None:
+    def __init__(self, partial: str = LARGE, error: Exception | None = None) -> None:
         self.calls = 0
+        self.partial = partial
+        self.error = error or UpstreamRejected("failing", 429, "slow down", "7", code="rate_limit_exceeded",
+                                               param="messages")
 
     def provider(self) -> Any:
         async def model(call: Any) -> Any:
             self.calls += 1
-            yield TextDelta(LARGE)
-            raise UpstreamRejected("failing", 429, "slow down", "7", code="rate_limit_exceeded", param="messages")
+            yield TextDelta(self.partial)
+            raise self.error
         return model
 
 
@@ -180,6 +185,116 @@ class LargePartialReplayTest(GatewayCase):
         end = await records[0].terminal_event()
         self.assertEqual(end.partial, LARGE)                   # type: ignore[union-attr]
         self.assertEqual(http_status(end.error), 429)          # type: ignore[union-attr]
+
+
+
+class ReplyTooLargeReplayTest(GatewayCase):
+    """A run that failed because its reply passed its bound: the reply is not kept, in memory
+    as on disk, so a repeat answers the error alone before a restart as after one."""
+
+    provider_name = "failing"
+
+    def provider(self) -> Any:
+        return self.model.provider()
+
+    async def asyncSetUp(self) -> None:
+        await super().asyncSetUp()
+        self.model = Failing("some words", ReplyTooLarge("failing", 10))
+
+    async def test_chat_stream_repeats_before_and_after_a_restart_agree(self) -> None:
+        body = {"model": "equabot", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+        await self.start()
+        _, first = await self.sse("/v1/chat/completions", body, {"Idempotency-Key": "k-over"})
+        self.assertEqual(content_of(first), "some words")        # streamed as it came
+        _, before = await self.sse("/v1/chat/completions", body, {"Idempotency-Key": "k-over"})
+        await self.restart()
+        _, after = await self.sse("/v1/chat/completions", body, {"Idempotency-Key": "k-over"})
+        self.assertEqual(self.model.calls, 1)
+        self.assertEqual((content_of(before), before[-2][1]), (content_of(after), after[-2][1]))
+        self.assertIn("maxReplyBytes", after[-2][1]["error"]["message"])
+
+
+
+async def calling(call: Any) -> Any:
+    """A model that says a word, calls a tool, and reports cached and reasoning tokens."""
+    yield TextDelta("let me look")
+    yield ToolCallDelta(0, "call_1", "lookup", '{"q": 1}')
+    yield Usage(12, 7, cached_tokens=4, reasoning_tokens=3)
+    yield Finish("tool_calls")
+
+
+class OkReplayAfterRestartTest(GatewayCase):
+    """An ok run's repeat, in memory and after a restart: the same reply, tool calls, usage
+    (with its details) and finish reason, each marked as a replay; another body is refused."""
+
+    provider_name = "calling"
+
+    def provider(self) -> Any:
+        return calling
+
+    BODY = {"model": "equabot", "messages": [{"role": "user", "content": "hi"}],
+            "tools": [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]}
+
+    async def ask(self, body: dict[str, Any], path: str = "/v1/chat/completions") -> tuple[int, dict[str, str], Any]:
+        assert self.gateway is not None
+        status, fields, payload, _ = await post_closing(self.gateway.server.port, path, json.dumps(body).encode(),
+                                                        headers="Idempotency-Key: k-ok\r\n")
+        return status, fields, json.loads(payload)
+
+    async def test_json_repeats_before_and_after_a_restart_agree(self) -> None:
+        await self.start()
+        status, fields, first = await self.ask(self.BODY)
+        self.assertEqual(status, 200)
+        self.assertNotIn("x-equabot-idempotent-replay", fields)
+        choice = first["choices"][0]
+        self.assertEqual(choice["finish_reason"], "tool_calls")
+        self.assertEqual(choice["message"]["tool_calls"][0]["function"]["name"], "lookup")
+        self.assertEqual(first["usage"]["prompt_tokens_details"], {"cached_tokens": 4})
+        self.assertEqual(first["usage"]["completion_tokens_details"], {"reasoning_tokens": 3})
+        repeats = [await self.ask(self.BODY)]
+        await self.restart()
+        repeats.append(await self.ask(self.BODY))
+        for status, fields, again in repeats:
+            self.assertEqual((status, fields.get("x-equabot-idempotent-replay")), (200, "true"))
+            self.assertEqual(again, first)
+        status, _, refused = await self.ask({**self.BODY, "temperature": 0.5})
+        self.assertEqual((status, refused["error"]["code"]), (422, "idempotency_key_reused"))
+
+    async def test_stream_repeats_before_and_after_a_restart_agree(self) -> None:
+        body = {**self.BODY, "stream": True, "stream_options": {"include_usage": True}}
+        await self.start()
+        opened, first = await self.sse("/v1/chat/completions", body, {"Idempotency-Key": "k-ok"})
+        self.assertNotIn("x-equabot-idempotent-replay", opened.headers)
+        repeats = [await self.sse("/v1/chat/completions", body, {"Idempotency-Key": "k-ok"})]
+        await self.restart()
+        repeats.append(await self.sse("/v1/chat/completions", body, {"Idempotency-Key": "k-ok"}))
+        self.assertEqual(first[-2][1]["usage"]["completion_tokens_details"], {"reasoning_tokens": 3})
+        for opened, again in repeats:
+            self.assertEqual(opened.headers.get("x-equabot-idempotent-replay"), "true")
+            self.assertEqual(content_of(again), content_of(first))
+            self.assertEqual(again[-2][1]["usage"], first[-2][1]["usage"])
+            finish = [c["finish_reason"] for _, data in again if data != "[DONE]" for c in data["choices"]
+                      if c.get("finish_reason")]
+            self.assertEqual(finish, ["tool_calls"])
+            calls = [c["delta"]["tool_calls"] for _, data in again if data != "[DONE]" for c in data["choices"]
+                     if c["delta"].get("tool_calls")]
+            self.assertEqual(calls[0][0]["function"]["name"], "lookup")
+
+    async def test_responses_repeats_before_and_after_a_restart_agree(self) -> None:
+        body = {"model": "equabot", "input": "hi", "store": False,
+                "tools": [{"type": "function", "name": "lookup", "parameters": {"type": "object"}}]}
+        await self.start()
+        status, fields, first = await self.ask(body, "/v1/responses")
+        self.assertEqual(status, 200)
+        self.assertEqual(first["usage"]["output_tokens_details"], {"reasoning_tokens": 3})
+        repeats = [await self.ask(body, "/v1/responses")]
+        await self.restart()
+        repeats.append(await self.ask(body, "/v1/responses"))
+        for status, fields, again in repeats:
+            self.assertEqual((status, fields.get("x-equabot-idempotent-replay")), (200, "true"))
+            self.assertEqual(again, first)
+        status, _, refused = await self.ask({**body, "temperature": 0.5}, "/v1/responses")
+        self.assertEqual((status, refused["error"]["code"]), (422, "idempotency_key_reused"))
 
 
 if __name__ == "__main__":
