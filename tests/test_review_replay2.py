@@ -173,6 +173,36 @@ class LargePartialReplayTest(GatewayCase):
         self.assertEqual(text(before), text(after))
         self.assertEqual(before[-1][1]["response"]["error"], after[-1][1]["response"]["error"])
 
+    async def test_json_repeats_of_a_failed_run_are_marked_as_replays_and_agree(self) -> None:
+        chat = {"model": "equabot", "messages": [{"role": "user", "content": "hi"}]}
+        responses = {"model": "equabot", "input": "hi", "store": False}
+
+        async def ask(path: str, body: dict[str, Any], key: str) -> tuple[int, dict[str, str], Any]:
+            assert self.gateway is not None
+            status, fields, payload, _ = await post_closing(self.gateway.server.port, path, json.dumps(body).encode(),
+                                                            headers=f"Idempotency-Key: {key}\r\n")
+            return status, fields, json.loads(payload)
+
+        await self.start()
+        firsts = {path: await ask(path, body, path) for path, body in
+                  (("/v1/chat/completions", chat), ("/v1/responses", responses))}
+        befores = {path: await ask(path, body, path) for path, body in
+                   (("/v1/chat/completions", chat), ("/v1/responses", responses))}
+        await self.restart()
+        afters = {path: await ask(path, body, path) for path, body in
+                  (("/v1/chat/completions", chat), ("/v1/responses", responses))}
+        self.assertEqual(self.model.calls, 2)          # one run per key
+        for path, (status, fields, first) in firsts.items():
+            with self.subTest(path=path):
+                self.assertEqual(status, 429)
+                self.assertNotIn("x-equabot-idempotent-replay", fields)
+                for status, fields, again in (befores[path], afters[path]):
+                    self.assertEqual((status, fields.get("x-equabot-idempotent-replay")), (429, "true"))
+                    self.assertEqual(fields.get("retry-after"), "7")
+                    self.assertEqual(again, first)
+        status, _, refused = await ask("/v1/chat/completions", {**chat, "temperature": 0.5}, "/v1/chat/completions")
+        self.assertEqual((status, refused["error"]["code"]), (422, "idempotency_key_reused"))
+
     async def test_the_record_that_every_door_replays_holds_the_partial(self) -> None:
         # The WebSocket agent method's repeat answers the record's terminal event too.
         body = {"model": "equabot", "messages": [{"role": "user", "content": "hi"}], "stream": True}
