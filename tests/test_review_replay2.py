@@ -127,6 +127,37 @@ class ResponsesLastEventIdPastTheEndTest(GatewayCase):
         self.assertEqual((opened.status, await asyncio.wait_for(opened.read_all(), 10)), (200, []))
 
 
+async def large(call: Any) -> Any:
+    """A model whose reply is over what the runtime holds of a finished run's."""
+    yield TextDelta(LARGE)
+
+
+class ChatLastEventIdPastTheEndOfALargeReplyTest(GatewayCase):
+    """A finished stream whose reply is read back from its transcript (not held): an id past
+    its [DONE] is refused as one of a reply held in memory is."""
+
+    provider_name = "large"
+
+    def provider(self) -> Any:
+        return large
+
+    async def test_an_id_past_the_end_is_refused_and_the_end_is_not(self) -> None:
+        body = {"model": "equabot", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+        await self.start()
+        _, first = await self.sse("/v1/chat/completions", body, {"Idempotency-Key": "k-large"})
+        self.assertEqual((content_of(first), first[-1][1]), (LARGE, "[DONE]"))
+        stream, seq = first[-1][0].rsplit(":", 1)           # type: ignore[union-attr]
+        for past in (int(seq) + 1, 10 ** 9):
+            with self.subTest(seq=past):
+                refused, _ = await self.sse("/v1/chat/completions", body,
+                                            {"Idempotency-Key": "k-large", "Last-Event-ID": f"{stream}:{past}"})
+                self.assertEqual(refused.status, 400)
+                self.assertEqual(refused.json()["error"]["code"], "invalid_last_event_id")
+        opened, rest = await self.sse("/v1/chat/completions", body,
+                                      {"Idempotency-Key": "k-large", "Last-Event-ID": first[-2][0]})
+        self.assertEqual((opened.status, rest), (200, [first[-1]]))
+
+
 class LargePartialReplayTest(GatewayCase):
     """A failed run whose partial reply is too large to hold in memory: a repeat of its key
     before a restart answers what one after a restart does (its partial, its error)."""

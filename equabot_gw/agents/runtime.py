@@ -210,7 +210,7 @@ class Runtime:
                                dataclasses.replace(result, text="", tool_calls=(), reasoning="",
                                                    reasoning_signature="") if result is not None else None,
                                record.error, "", record.found, self.store, created_at=record.created_at,
-                               mixed=record.mixed)
+                               mixed=record.mixed, reply_chars=len(reply))
             size = 0
         record.kept_bytes = size
         self._finished[record.id] = record
@@ -236,7 +236,8 @@ class Runtime:
                          dataclasses.replace(result, text="", tool_calls=(), reasoning="", logprobs=None,
                                              extra_choices=(), reasoning_signature="")
                          if result is not None else None,
-                         run._error, "", run._stored, self.store, created_at=run.created_at, mixed=run.events.mixed)
+                         run._error, "", run._stored, self.store, created_at=run.created_at, mixed=run.events.mixed,
+                         reply_chars=len(reply))
 
 
 def _partial_of(run: Run, last: Any) -> str:
