@@ -61,7 +61,7 @@ class RunRecord:
     """
 
     __slots__ = ("id", "agent_id", "session_key", "status", "result", "error", "partial",
-                 "reply_at", "store", "kept_bytes", "created_at", "mixed", "found")
+                 "reply_at", "store", "kept_bytes", "created_at", "mixed", "found", "reply_chars")
 
     done: Final = True
 
@@ -69,7 +69,7 @@ class RunRecord:
                  result: AgentResult | None, error: RunError | None, partial: str = "",
                  reply_at: Stored | Found | None = None, store: sessions.SessionStore | None = None,
                  kept_bytes: int = 0, created_at: float = 0.0, mixed: bool = False,
-                 found: Found | None = None) -> None:
+                 found: Found | None = None, reply_chars: int = 0) -> None:
         self.id = id
         self.agent_id = agent_id
         self.session_key = session_key
@@ -85,6 +85,9 @@ class RunRecord:
         # further choices), whether or not this record still holds all of it.
         self.mixed = mixed
         self.found = found
+        # The characters of its reply's text (of its partial, when it failed) while ``reply_at``
+        # says where it is: where its text stream ended, known without reading it back.
+        self.reply_chars = reply_chars
 
     def __repr__(self) -> str:
         return f"<RunRecord {self.id} agent={self.agent_id} status={self.status}>"

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from ..config import Config
-from ..errors import SHUTDOWN_ABORT, ApiError, StorageError
+from ..errors import SHUTDOWN_ABORT, ApiError, ReplyTooLarge, StorageError
 from . import idempotency, sessions
 from .agent import DEFAULT_AGENT_ID, Agent, agents_from
 from .lifecycle import Run, execute
@@ -210,7 +210,7 @@ class Runtime:
                                dataclasses.replace(result, text="", tool_calls=(), reasoning="",
                                                    reasoning_signature="") if result is not None else None,
                                record.error, "", record.found, self.store, created_at=record.created_at,
-                               mixed=record.mixed)
+                               mixed=record.mixed, reply_chars=len(reply))
             size = 0
         record.kept_bytes = size
         self._finished[record.id] = record
@@ -222,7 +222,7 @@ class Runtime:
         """The run's record: its reply held if small and within the budget, else where it is."""
         last = run.events.events[-1] if run.events.events else None
         result = run._result
-        reply = result.text if result is not None else last.partial if type(last) is Failed else ""
+        reply = result.text if result is not None else _partial_of(run, last)
         partial = "" if result is not None else reply
         size = sys.getsizeof(reply) if reply else 0
         if result is not None and run.events.mixed:
@@ -231,14 +231,22 @@ class Runtime:
                         and self._finished_bytes + size <= FINISHED_REPLIES_BUDGET_BYTES):
             return RunRecord(run.id, run.agent.id, run.session_key, run.status, result, run._error,
                              partial, kept_bytes=size, created_at=run.created_at, mixed=run.events.mixed)
-        # Read back from the transcript when asked; an error turn's partial text is
-        # not recorded there, so it is given up.
-        reply_at = run._stored if result is not None or run.status == "aborted" else None
+        # Read back from the transcript when asked (a failed turn's line keeps its partial text).
         return RunRecord(run.id, run.agent.id, run.session_key, run.status,
                          dataclasses.replace(result, text="", tool_calls=(), reasoning="", logprobs=None,
                                              extra_choices=(), reasoning_signature="")
                          if result is not None else None,
-                         run._error, "", reply_at, self.store, created_at=run.created_at, mixed=run.events.mixed)
+                         run._error, "", run._stored, self.store, created_at=run.created_at, mixed=run.events.mixed,
+                         reply_chars=len(reply))
+
+
+def _partial_of(run: Run, last: Any) -> str:
+    """The partial reply a failed run's record keeps: what its turn's line keeps (a reply
+    over its bound is what the run failed for, and is not kept), so that a repeat of its
+    key answers the same before a restart as after one."""
+    if type(last) is not Failed or isinstance(run._error, ReplyTooLarge):
+        return ""
+    return last.partial
 
 
 def _notify(observers: list[Callable[[Run], None]], run: Run) -> None:

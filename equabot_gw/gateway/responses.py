@@ -404,7 +404,7 @@ class Responses:
         except ApiError:
             leave()
             raise
-        return await self._events(run, shape, flight, after, leave, extra)
+        return await self._events(run, shape, flight, after, leave, extra, "Last-Event-ID")
 
     async def _replayed_object(self, run: Run | RunRecord, shape: Shape, flight: _InFlight | None,
                                extra: list[tuple[str, str]]) -> Response:
@@ -447,9 +447,13 @@ class Responses:
         return stored[0] if stored is not None else None
 
     async def _events(self, run: Run | RunRecord | None, shape: Shape, flight: _InFlight | None, after: int | None,
-                      leave: Callable[[], None], extra: list[tuple[str, str]]) -> StreamingResponse:
+                      leave: Callable[[], None], extra: list[tuple[str, str]], param: str) -> StreamingResponse:
         """A response's events after ``after`` (None: all): from the run's events while its first
-        request is in flight (or its response is not stored), else from the stored Response."""
+        request is in flight (or its response is not stored), else from the stored Response.
+
+        A finished response's events are all at hand: an ``after`` past its last one was
+        never sent, and is refused (400, naming ``param``, where the position came from).
+        """
         stored = None
         if flight is None:
             try:
@@ -467,8 +471,27 @@ class Responses:
             raise _not_found(shape.id)
         writer = EventWriter(shape, run.id if run is not None else "", after)
         body = self._events_body(writer, batches, stored[0] if stored is not None else None, flight)
+        if after is not None and (stored is not None or run.done):     # type: ignore[union-attr]
+            body = await self._checked(body, writer, after, leave, param)
         return StreamingResponse(200, list(sse.HEADERS) + extra, body,
                                  idle_bytes=sse.KEEPALIVE, idle_interval=sse.KEEPALIVE_INTERVAL, on_close=leave)
+
+    @staticmethod
+    async def _checked(body: AsyncIterator[bytes], writer: EventWriter, after: int, leave: Callable[[], None],
+                       param: str) -> AsyncIterator[bytes]:
+        """``body`` of a finished response, once its first piece after ``after`` is known to exist
+        (or ``after`` is the last event's position); else 400, before any status went out."""
+        try:
+            first = await anext(body, None)
+        except BaseException:
+            leave()
+            raise
+        if first is None and after >= writer.seq:
+            leave()
+            code = "invalid_last_event_id" if param == "Last-Event-ID" else "invalid_value"
+            raise ApiError(400, f"Invalid {param}: this stream ended at seq {writer.seq - 1} (its last "
+                                f"event); seq {after} was never sent.", code=code, param=param)
+        return _then(first, body)
 
     async def _events_body(self, writer: EventWriter, batches: AsyncIterator[list[Any]],
                            stored: dict[str, Any] | None, flight: _InFlight | None) -> AsyncIterator[bytes]:
@@ -503,11 +526,11 @@ class Responses:
         flight = self._inflight.get(response_id)
         if flight is None:
             shape = Shape(response_id, "", {})
-            return await self._events(None, shape, None, after, resume.no_claim, [])
+            return await self._events(None, shape, None, after, resume.no_claim, [], "starting_after")
         run = flight.run
         # A reader of a keyed run holds it as its client would; one of another run only reads.
         leave = self.claims.claim(run, keep=True) if self.runtime.keys.of_run(run.id) is not None else resume.no_claim
-        return await self._events(run, flight.shape, flight, after, leave, [])
+        return await self._events(run, flight.shape, flight, after, leave, [], "starting_after")
 
     # ---- GET, DELETE /v1/responses/{id}, its cancel and input_items ----
     async def get(self, request: HTTPRequest) -> Response | StreamingResponse:
@@ -618,6 +641,18 @@ class Responses:
 
 async def _once(batch: list[Any]) -> AsyncIterator[list[Any]]:
     yield batch
+
+
+async def _then(first: bytes | None, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """``first`` (None: nothing, ``rest`` is over), then the rest of ``rest``."""
+    if first is None:
+        return
+    try:
+        yield first
+        async for piece in rest:
+            yield piece
+    finally:
+        await rest.aclose()         # type: ignore[attr-defined]
 
 
 def _failed(shape: Shape, run: Run | RunRecord, exc: RunError) -> dict[str, Any]:

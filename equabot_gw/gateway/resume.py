@@ -185,7 +185,7 @@ class Claims:
                                     "replayed whole: resend the request without Last-Event-ID.",
                                code="resume_unavailable", param="Last-Event-ID")
             last = _last_seq(run)
-            if last is not None and seq > last:
+            if seq > last:
                 leave()
                 raise ApiError(400, f"Invalid Last-Event-ID: this stream ended at seq {last} (its [DONE]); "
                                     f"seq {seq} was never sent.", code="invalid_last_event_id",
@@ -215,11 +215,11 @@ class Claims:
                             bool(meta.get("legacy")), after, self.claim(run, keep=True), [])
 
 
-def _last_seq(record: RunRecord) -> int | None:
-    """The seq of ``[DONE]`` in the text stream of a finished run (its text + 3); None when
-    the record does not hold its reply (it is read back when streamed)."""
+def _last_seq(record: RunRecord) -> int:
+    """The seq of ``[DONE]`` in the text stream of a finished run (its text + 3), whether the
+    record holds its reply or only where it is (read back when streamed)."""
     if record.reply_at is not None:
-        return None
+        return record.reply_chars + 3
     return len(record.result.text if record.result is not None else record.partial) + 3
 
 
