@@ -186,6 +186,19 @@ class LargePartialReplayTest(GatewayCase):
         self.assertEqual(before[-2][1], after[-2][1])       # the same error
         self.assertIn("error", before[-2][1])
 
+    async def test_after_a_restart_the_record_does_not_hold_the_large_partial_and_still_replays_it(self) -> None:
+        body = {"model": "equabot", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+        await self.start()
+        await self.sse("/v1/chat/completions", body, {"Idempotency-Key": "k-big"})
+        gateway = await self.restart()
+        for _ in range(2):      # read back from disk, then from the record it left
+            _, again = await self.sse("/v1/chat/completions", body, {"Idempotency-Key": "k-big"})
+            self.assertEqual(content_of(again), LARGE)
+        [record] = [r for r in gateway.runtime._finished.values() if r.status == "error"]
+        self.assertEqual((record.partial, record.kept_bytes), ("", 0))     # where it is, not itself
+        self.assertIsNotNone(record.reply_at)
+        self.assertEqual(self.model.calls, 1)
+
     async def test_responses_stream_repeats_before_and_after_a_restart_agree(self) -> None:
         body = {"model": "equabot", "input": "hi", "stream": True, "store": False}
 

@@ -200,7 +200,7 @@ def record_from_line(entry: Entry, line: dict[str, Any] | None) -> RunRecord:
         message, content = line.get("message"), line.get("content")
         error = _error_of(line) or RunError(message if type(message) is str else "error")
         return RunRecord(*base, "error", None, error, content if type(content) is str else "",
-                         created_at=entry.at)
+                         created_at=entry.at, found=found)
     return RunRecord(*base, "aborted", None, RunAborted(INTERRUPTED), created_at=entry.at)
 
 
