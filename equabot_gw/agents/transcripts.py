@@ -39,7 +39,7 @@ __all__ = [
     "header_line", "turn_lines", "fold",
     "message_line", "message_of", "content_line", "content_of",
     "SessionInfo", "IndexEntry", "session_info", "Stored", "load", "read_bytes", "read_lines", "read_reply", "read_outcome", "parse_lines_async", "write_index", "restart", "delete", "prune_journals",
-    "storage_error", "Committer", "KEYS_DIR", "read_key_journals", "prune_key_journals", "find_outcome",
+    "storage_error", "Committer", "KEYS_DIR", "key_journals", "KeyWindow", "read_key_window", "prune_key_journals", "find_outcome",
     "find_archived_outcome", "journal_day_end", "unlink_expired",
 ]
 
@@ -81,6 +81,9 @@ MAX_INDEX_BYTES: Final = 64 * 1024 * 1024
 # A key journal holds a day's keys, about 300 bytes each; the table keeps at most
 # 100,000 keys, so past this only its newest lines (its tail) are read.
 MAX_KEY_JOURNAL_BYTES: Final = 64 * 1024 * 1024
+# ... and read this many bytes at a time: start-up holds the table of keys and one
+# window's lines, not a day's journal. A key line is a few KB at most.
+_KEY_WINDOW_BYTES: Final = 256 * 1024
 # A transcript whose header names another session is renamed to
 # ``<file>.aside-<ms>`` (no ".jsonl": never listed nor appended to again).
 _ASIDE: Final = ".aside-"
@@ -594,30 +597,77 @@ def prune_journals(agents_dir: str, cutoff: float, committer: Committer) -> None
         _live_days(os.path.join(agent.path, JOURNAL_DIR), cutoff, committer)
 
 
-def read_key_journals(directory: str, since: float, committer: Committer) -> list[dict[str, Any]]:
-    """Job: the lines of the key journals in ``directory`` whose UTC day ended after
-    ``since`` (epoch s), oldest day first; older ones are deleted. [] if there is none.
+def key_journals(directory: str, since: float, committer: Committer) -> list[tuple[str, int]]:
+    """Job: the key journals in ``directory`` whose UTC day ended after ``since`` (epoch s),
+    oldest day first, each with the offset its reading starts at; older ones are deleted.
 
-    Of a journal over ``MAX_KEY_JOURNAL_BYTES``, its newest lines (its tail);
-    a name that is not a regular file (a FIFO, a device) is skipped with a warning.
+    Of a journal over ``MAX_KEY_JOURNAL_BYTES``, only its newest lines (its tail,
+    from the first line that starts within them) are read: the offset is that
+    line's. A name that is not a regular file (a FIFO, a device) is skipped with
+    a warning.
     """
-    lines: list[dict[str, Any]] = []
+    found = []
     for path in _live_days(directory, since, committer):
         try:
-            data = read_regular(path, MAX_KEY_JOURNAL_BYTES, tail=True)
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | CLOEXEC)
         except FileNotFoundError:
             continue
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                raise
-            log.warning("skipped key journal %s: not a regular file", path)
-            continue
-        found, skipped, first = parse_lines(data)
-        if skipped:
-            log.warning("%s: skipped %d %s not holding a JSON object, the first at line %d",
-                        os.path.basename(path), skipped, "line" if skipped == 1 else "lines", first)
-        lines.extend(found)
-    return lines
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                log.warning("skipped key journal %s: not a regular file", path)
+                continue
+            start = 0
+            if info.st_size > MAX_KEY_JOURNAL_BYTES:
+                # One byte more, before the cut: a newline there says the first line is whole.
+                cut = _line_end(fd, info.st_size - MAX_KEY_JOURNAL_BYTES - 1, info.st_size)
+                start = info.st_size if cut is None else cut + 1
+            found.append((path, start))
+        finally:
+            os.close(fd)
+    return found
+
+
+class KeyWindow(NamedTuple):
+    """What ``read_key_window`` read: the JSON objects of the whole lines of one window, the
+    offset the next window starts at (None: the journal ends here), the lines it read, and
+    how many of them were skipped (not JSON objects, or longer than a window), the first
+    of those as a 1-based number within the window (0 if none)."""
+
+    lines: list[dict[str, Any]]
+    next: int | None
+    count: int
+    skipped: int
+    first: int
+
+
+def read_key_window(path: str, offset: int, _: Committer) -> KeyWindow:
+    """Job: the whole lines of the key journal ``path`` in ``_KEY_WINDOW_BYTES`` from
+    ``offset`` (a line's start). A line longer than a window is no key line the gateway
+    wrote: it is skipped (read to its end a window at a time, never held whole). A file
+    gone, cut short, or replaced by one that is not regular meanwhile ends the reading."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | CLOEXEC)
+    except FileNotFoundError:
+        return KeyWindow([], None, 0, 0, 0)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return KeyWindow([], None, 0, 0, 0)
+        want = min(_KEY_WINDOW_BYTES, info.st_size - offset)
+        window = os.pread(fd, want, offset) if want > 0 else b""
+        whole = window.rfind(b"\n") + 1
+        if whole:
+            lines, skipped, first = parse_lines(window[:whole])
+            more = len(window) == want and offset + whole < info.st_size
+            return KeyWindow(lines, offset + whole if more else None, window.count(b"\n", 0, whole),
+                             skipped, first)
+        if len(window) < _KEY_WINDOW_BYTES:
+            return KeyWindow([], None, 0, 0, 0)      # a torn last line (or nothing): never acknowledged
+        end = _line_end(fd, offset + len(window), info.st_size)
+        return KeyWindow([], None if end is None else end + 1, 1, 1, 1)
+    finally:
+        os.close(fd)
 
 
 def prune_key_journals(directory: str, cutoff: float, committer: Committer) -> None:
