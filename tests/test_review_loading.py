@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import pathlib
 import random
@@ -265,3 +266,94 @@ class ResponseLogWindows(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+# The transcript scan as it was, the whole file parsed and folded: what the windowed one must give.
+def scanned_whole(agent_id: str, path: str) -> transcripts.SessionInfo | None:
+    lines = transcripts.read_file_lines(path)
+    if not lines:
+        return None
+    header = lines[0] if lines[0].get("type") == "session" else {}
+    key = header.get("key")
+    if not isinstance(key, str):
+        key = transcripts.unescape_stem(os.path.basename(path)[:-len(".jsonl")])
+    if key is None:
+        return None
+    ended = [line for line in lines if line.get("type") in ("assistant", "aborted", "error")]
+    times = [t for t in (transcripts.number(line.get("at")) for line in ended) if t is not None]
+    created = transcripts.number(header.get("createdAt"))
+    created = created if created is not None else min(times, default=0.0)
+    runs = [line["runId"] for line in ended if isinstance(line.get("runId"), str)]
+    return transcripts.SessionInfo(key, agent_id, created, max(times, default=created),
+                                   transcripts.fold(transcripts.SessionHistory(), lines).assistant_turns,
+                                   runs[-1] if runs else None)
+
+
+def transcript_lines(rng: random.Random, header: bool) -> list[bytes]:
+    out = [json.dumps(transcripts.header_line("agent:main:chat", "main", T0 - 5000)).encode() + b"\n"] \
+        if header else []
+    for n in range(rng.randrange(1, 80)):
+        run = f"run_{rng.randrange(12)}"
+        pick = rng.random()
+        if pick < 0.1:
+            out.append(b"junk\n")
+            continue
+        kind = rng.choice(("user", "user", "tool", "assistant", "assistant", "aborted", "error", "context"))
+        line: dict[str, Any] = {"type": kind, "runId": run, "at": T0 - rng.randrange(5000) if rng.random() < 0.9
+                                else "then", "content": "c" * rng.choice((0, 5, 100, 2000))}
+        if kind == "context":
+            line["messages"] = [{"role": "user", "content": "m" * rng.randrange(300)}]
+        out.append(json.dumps(line).encode() + b"\n")
+    return out
+
+
+class TranscriptScanWindows(unittest.TestCase):
+    def setUp(self) -> None:
+        tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(tmp.cleanup)
+        self.path = os.path.join(tmp.name, "agent%3Amain%3Achat.jsonl")
+        logging.disable(logging.WARNING)        # the junk lines' warnings: not what is tested here
+        self.addCleanup(logging.disable, logging.NOTSET)
+
+    def test_windows_smaller_than_lines_give_the_entry_of_the_whole_file(self) -> None:
+        owns = lambda agent_id, key: key.startswith(f"agent:{agent_id}:")    # noqa: E731
+        for seed in range(40):
+            rng = random.Random(seed)
+            lines = transcript_lines(rng, header=seed % 4 != 0)
+            torn = rng.choice((b"", b'{"type":"assistant","runId":"run_1","at":1'))
+            with open(self.path, "wb") as f:
+                f.write(b"".join(lines) + torn)
+            expected = scanned_whole("main", self.path)
+            for window in (1, 50, 700, 4096, 1 << 20):
+                with self.subTest(seed=seed, window=window), \
+                        mock.patch.object(transcripts, "_TRANSCRIPT_WINDOW_BYTES", window):
+                    self.assertEqual(transcripts._scan("main", self.path, owns), expected)
+
+
+class TranscriptScanMemory(unittest.IsolatedAsyncioTestCase):
+    async def test_a_long_transcript_is_not_held_whole_at_start_up(self) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            state = pathlib.Path(tmp)
+            sessions = state / "agents" / "main" / transcripts.SESSIONS_DIR
+            sessions.mkdir(parents=True)
+            path = sessions / transcripts.transcript_name("agent:main:long")
+            with open(path, "w") as f:      # a long session, and no index (lost): it is scanned
+                f.write(json.dumps(transcripts.header_line("agent:main:long", "main", T0 - 9000)) + "\n")
+                for n in range(6000):
+                    for kind in ("user", "assistant"):
+                        f.write(json.dumps({"type": kind, "runId": f"run_{n}", "at": T0 - 9000 + n,
+                                            "content": "w" * 2000}) + "\n")
+            size = path.stat().st_size
+            store = SessionStore(state, clock=lambda: T0)
+            tracemalloc.start()
+            try:
+                await asyncio.wait_for(store.open(), DEADLINE)
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+            (info,) = store.list_sessions("main")
+            await store.close()
+            self.assertEqual((info.key, info.turns, info.last_run_id, info.created_at, info.updated_at),
+                             ("agent:main:long", 6000, "run_5999", T0 - 9000, T0 - 9000 + 5999))
+            # ~25 MB of transcript: its bytes alone are more than this.
+            self.assertLess(peak, size // 4, f"peak {peak} bytes for a transcript of {size}")
