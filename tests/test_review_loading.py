@@ -48,7 +48,8 @@ class KeyJournalCase(unittest.IsolatedAsyncioTestCase):
         tmp = tempfile.TemporaryDirectory()
         self.addCleanup(tmp.cleanup)
         self.state = pathlib.Path(tmp.name)
-        self.journal = self.state / "agents" / "main" / transcripts.KEYS_DIR / transcripts.journal_name(int(T0 // 86400))
+        day = transcripts.journal_name(int(T0 // 86400))
+        self.journal = self.state / "agents" / "main" / transcripts.KEYS_DIR / day
         self.journal.parent.mkdir(parents=True)
 
     async def load(self, **options: Any) -> Keys:

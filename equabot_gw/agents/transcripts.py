@@ -40,7 +40,8 @@ __all__ = [
     "header_line", "turn_lines", "fold",
     "message_line", "message_of", "content_line", "content_of",
     "SessionInfo", "IndexEntry", "session_info", "Stored", "load", "read_bytes", "read_lines", "read_reply", "read_outcome", "parse_lines_async", "write_index", "restart", "delete", "prune_journals",
-    "storage_error", "Committer", "KEYS_DIR", "key_journals", "KeyWindow", "read_key_window", "prune_key_journals", "find_outcome",
+    "storage_error", "Committer", "KEYS_DIR", "key_journals", "KeyWindow", "read_key_window",
+    "prune_key_journals", "find_outcome",
     "find_archived_outcome", "journal_day_end", "unlink_expired",
 ]
 
