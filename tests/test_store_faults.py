@@ -271,7 +271,7 @@ class UndeletableOldDay(unittest.IsolatedAsyncioTestCase):
             self.assertFalse(old_journal.exists())         # the others of its kind still go
             await store.record_turn("main", "chat", ok_turn(1))
             with self.assertLogs("equabot_gw.sessions", "WARNING"):       # the key journals' own prune
-                self.assertEqual(await store.read_key_lines("main", T0 - DAY), [])
+                self.assertEqual([lines async for lines in store.read_key_lines("main", T0 - DAY)], [])
 
     async def test_the_response_store_opens_past_an_expired_log_it_cannot_delete(self) -> None:
         with tempfile.TemporaryDirectory() as tmp:

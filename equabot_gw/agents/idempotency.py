@@ -153,14 +153,16 @@ class Keys:
         since = self.clock() - self.retention
         self._agent_ids, self._pruned_day = list(agent_ids), int(self.clock() // 86400)
         for agent_id in agent_ids:
-            for line in await self.store.read_key_lines(agent_id, since):
-                entry = _entry_of(agent_id, line)
-                if entry is not None and entry.at > since:
-                    self._put(entry)
-                elif line.get("type") == "free" and type(key := line.get("key")) is str:
-                    freed = self._table.get((agent_id, key))
-                    if freed is not None and freed.run_id == line.get("runId"):
-                        self._drop(freed)
+            # In batches: memory is the table and one batch, not a day's journal.
+            async for lines in self.store.read_key_lines(agent_id, since):
+                for line in lines:
+                    entry = _entry_of(agent_id, line)
+                    if entry is not None and entry.at > since:
+                        self._put(entry)
+                    elif line.get("type") == "free" and type(key := line.get("key")) is str:
+                        freed = self._table.get((agent_id, key))
+                        if freed is not None and freed.run_id == line.get("runId"):
+                            self._drop(freed)
 
     # -- the table --
 

@@ -31,7 +31,6 @@ import asyncio
 import errno
 import functools
 import logging
-import mmap
 import os
 import re
 import stat
@@ -55,6 +54,11 @@ DEFAULT_RETENTION_DAYS: Final = 30.0        # gateway.http.endpoints.responses.r
 _LINE_HEAD: Final = re.compile(
     rb'^\{"id":"(resp_[A-Za-z0-9_-]{1,200})",(?:"agentId":"([A-Za-z0-9._@-]{1,128})",'
     rb'"sessionKey":"([A-Za-z0-9:._@-]{1,200})","runId":"([A-Za-z0-9_-]{1,200})"|"deleted":true\})', re.M)
+# The longest head ``_LINE_HEAD`` matches; a window is never shorter.
+_HEAD_BYTES: Final = 1024
+# A log is loaded this many bytes at a time (a line longer than that is passed over
+# a window at a time): the memory a load takes, and each read a short hold of the GIL.
+_LOAD_WINDOW_BYTES: Final = 1 << 20
 _DAY_NAME: Final = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}\.jsonl")
 # A line holds its response one level down; a Response repeats request values (tool
 # schemas, text.format) as deep as the request had them, and a request may reach the
@@ -318,28 +322,70 @@ def _load(directory: str, cutoff: float, committer: Committer
 
 
 def _load_file(path: str, entries: dict[str, StoredResponse]) -> None:
+    """Add the entries of the log at ``path`` to ``entries`` (a later line wins, a deletion
+    marker removes); a torn last line is passed over.
+
+    The log is read a window at a time and each line start matched against
+    ``_LINE_HEAD``: the memory a load takes is a window, however long the log
+    and its lines. It is read, not mapped: a log cut short from outside
+    meanwhile ends its load, where a mapping would take the process down with
+    SIGBUS. Raises OSError (EINVAL for a FIFO, a device or any other special file).
+    """
     # Without blocking: a FIFO under a log's name must not hang start-up.
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    with open(fd, "rb") as f:
-        info = os.fstat(f.fileno())
+    try:
+        info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise OSError(errno.EINVAL, "not a regular file", path)
-        size = info.st_size
-        if not size:
-            return
-        # Mapped, not read: a log of gigabytes is scanned without being copied.
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            for match in _LINE_HEAD.finditer(data):
-                end = data.find(b"\n", match.end())
-                if end < 0:
-                    break               # a torn last line: never acknowledged
-                response_id = match.group(1).decode()
-                if match.group(2) is None:
-                    entries.pop(response_id, None)
-                    continue
-                entries[response_id] = StoredResponse(
-                    response_id, match.group(2).decode(), match.group(3).decode(), match.group(4).decode(),
-                    path, match.start(), end + 1 - match.start())
+        _scan_heads(fd, info.st_size, path, entries)
+    finally:
+        os.close(fd)
+
+
+def _scan_heads(fd: int, size: int, path: str, entries: dict[str, StoredResponse]) -> None:
+    span = max(_LOAD_WINDOW_BYTES, _HEAD_BYTES)
+    pos = 0                         # always a line's start
+    while pos < size:
+        window = os.pread(fd, min(span, size - pos), pos)
+        if len(window) < min(span, size - pos):
+            size = pos + len(window)        # cut short meanwhile: its end is here now
+        whole = window.rfind(b"\n") + 1   # the lines the window holds to their end
+        if whole:
+            for match in _LINE_HEAD.finditer(window, 0, whole):
+                _take(match, pos, window.index(b"\n", match.end()) + 1 - match.start(), path, entries)
+            pos += whole
+            continue
+        # One line longer than the window: its head is in it, its end further on.
+        end = _line_end(fd, pos + len(window), size)
+        if end is None:
+            return                  # a torn last line: never acknowledged
+        match = _LINE_HEAD.match(window)
+        if match is not None:
+            _take(match, pos, end + 1 - pos, path, entries)
+        pos = end + 1
+
+
+def _take(match: re.Match[bytes], base: int, length: int, path: str, entries: dict[str, StoredResponse]) -> None:
+    """Enter the line whose head is ``match`` (in a window read at offset ``base``)."""
+    response_id = match.group(1).decode()
+    if match.group(2) is None:
+        entries.pop(response_id, None)
+        return
+    entries[response_id] = StoredResponse(response_id, match.group(2).decode(), match.group(3).decode(),
+                                          match.group(4).decode(), path, base + match.start(), length)
+
+
+def _line_end(fd: int, pos: int, size: int) -> int | None:
+    """The offset of the first newline at or after ``pos``; None if the file ends first."""
+    while pos < size:
+        window = os.pread(fd, min(_LOAD_WINDOW_BYTES, size - pos), pos)
+        if not window:
+            return None             # cut short meanwhile
+        cut = window.find(b"\n")
+        if cut >= 0:
+            return pos + cut
+        pos += len(window)
+    return None
 
 
 def _read(entry: StoredResponse, _: Committer) -> bytes:

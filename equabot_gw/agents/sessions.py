@@ -21,7 +21,7 @@ import pathlib
 import sys
 import time
 from collections import OrderedDict
-from typing import Any, AsyncContextManager, Callable, Final
+from typing import Any, AsyncContextManager, AsyncIterator, Callable, Final
 
 from equabot_gw import errors
 from equabot_gw.agents import transcripts
@@ -560,11 +560,28 @@ class SessionStore(SessionReads):
         committer.post("pruning old idempotency journals",
                        functools.partial(transcripts.prune_key_journals, directory, before))
 
-    async def read_key_lines(self, agent_id: str, since: float) -> list[dict[str, Any]]:
+    async def read_key_lines(self, agent_id: str, since: float) -> AsyncIterator[list[dict[str, Any]]]:
         """The lines of agent ``agent_id``'s key journals of the UTC days that ended
-        after ``since`` (epoch s), oldest first; older journals are deleted."""
+        after ``since`` (epoch s), oldest first, in batches of a bounded size (a
+        journal is read a window at a time, never whole); older journals are deleted.
+        Raises ``StorageError``."""
         committer = self._require_open()
         check_agent_id(agent_id)
         directory = os.path.join(self._agents_dir, agent_id, transcripts.KEYS_DIR)
-        return await committer.job(  # type: ignore[no-any-return]
-            "reading the idempotency journal", functools.partial(transcripts.read_key_journals, directory, since))
+        journals = await committer.job("reading the idempotency journal",
+                                       functools.partial(transcripts.key_journals, directory, since))
+        for path, offset in journals:
+            read, skipped, first = 0, 0, 0
+            at: int | None = offset
+            while at is not None:
+                window = await self._require_open().job(
+                    "reading the idempotency journal", functools.partial(transcripts.read_key_window, path, at))
+                if window.skipped and not skipped:
+                    first = read + window.first
+                read, skipped, at = read + window.count, skipped + window.skipped, window.next
+                if window.lines:
+                    yield window.lines
+            if skipped:
+                transcripts.log.warning("%s: skipped %d %s not holding a JSON object, the first at line %d",
+                                        os.path.basename(path), skipped, "line" if skipped == 1 else "lines",
+                                        first)

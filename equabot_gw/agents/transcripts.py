@@ -29,6 +29,7 @@ from equabot_gw.agents.committer import (
 from equabot_gw.agents.lines import (
     content_line, content_of, dumps, encode, encode_plain_turn, encode_turn, fold, header_line, is_large,
     message_line, message_of, number, parse_lines, parse_lines_async, read_file_lines, reply_of, turn_lines,
+    _warn_skipped,
 )
 from equabot_gw.agents.types import Message, SessionHistory
 
@@ -39,7 +40,8 @@ __all__ = [
     "header_line", "turn_lines", "fold",
     "message_line", "message_of", "content_line", "content_of",
     "SessionInfo", "IndexEntry", "session_info", "Stored", "load", "read_bytes", "read_lines", "read_reply", "read_outcome", "parse_lines_async", "write_index", "restart", "delete", "prune_journals",
-    "storage_error", "Committer", "KEYS_DIR", "read_key_journals", "prune_key_journals", "find_outcome",
+    "storage_error", "Committer", "KEYS_DIR", "key_journals", "KeyWindow", "read_key_window",
+    "prune_key_journals", "find_outcome",
     "find_archived_outcome", "journal_day_end", "unlink_expired",
 ]
 
@@ -81,6 +83,9 @@ MAX_INDEX_BYTES: Final = 64 * 1024 * 1024
 # A key journal holds a day's keys, about 300 bytes each; the table keeps at most
 # 100,000 keys, so past this only its newest lines (its tail) are read.
 MAX_KEY_JOURNAL_BYTES: Final = 64 * 1024 * 1024
+# ... and read this many bytes at a time: start-up holds the table of keys and one
+# window's lines, not a day's journal. A key line is a few KB at most.
+_KEY_WINDOW_BYTES: Final = 256 * 1024
 # A transcript whose header names another session is renamed to
 # ``<file>.aside-<ms>`` (no ".jsonl": never listed nor appended to again).
 _ASIDE: Final = ".aside-"
@@ -180,35 +185,114 @@ def _scan(agent_id: str, path: str, owns: Owns) -> SessionInfo | None:
 
     None when there is none to take: no complete line, no usable key, or a
     file that cannot be read (logged: start-up never fails on session data).
+    The transcript is read a window at a time (``_Summary``): a long session's
+    is never held whole, nor are its messages.
     """
     try:
-        lines = read_file_lines(path)
+        summary = _summarize(path)
     except FileNotFoundError:
         return None
     except OSError as exc:
         log.warning("agent %s: skipped transcript %r: %s", agent_id, os.path.basename(path),
                     exc.strerror or type(exc).__name__)
         return None
-    if not lines:
+    if summary.first is None:
         # Not one complete line (a first write torn by a crash, or one that
         # failed): no turn was ever confirmed, so the session does not exist
         # yet and its next turn starts the file afresh, header first.
         return None
-    header = lines[0] if lines[0].get("type") == "session" else {}
+    header = summary.first if summary.first.get("type") == "session" else {}
     key = header.get("key")
     if not isinstance(key, str):     # header lost to a torn first write: the name tells
         key = unescape_stem(os.path.basename(path)[:-len(_SUFFIX)])
     if key is None or not owns(agent_id, key):
         return None
-    # Only turns that reached their outcome line count, as only they were recorded: the
-    # input lines of a turn cut short by a crash (repaired to its last whole line) do not.
-    ended = [line for line in lines if line.get("type") in _OUTCOME_TYPES]
-    times = [t for t in (number(line.get("at")) for line in ended) if t is not None]
     created = number(header.get("createdAt"))
-    created = created if created is not None else min(times, default=0.0)
-    runs = [line["runId"] for line in ended if isinstance(line.get("runId"), str)]
-    return SessionInfo(key, agent_id, created, max(times, default=created),
-                       fold(SessionHistory(), lines).assistant_turns, runs[-1] if runs else None)
+    created = created if created is not None else (summary.oldest if summary.oldest is not None else 0.0)
+    return SessionInfo(key, agent_id, created, summary.newest if summary.newest is not None else created,
+                       summary.turns, summary.last_run)
+
+
+# A transcript is scanned at start-up this many bytes at a time (a line longer than
+# that is read whole: a line is bounded by what one turn writes).
+_TRANSCRIPT_WINDOW_BYTES: Final = 1 << 20
+
+
+class _Summary:
+    """What ``_scan`` takes from a transcript, fed its lines a batch at a time: the first
+    line, and of the turns that reached their outcome line (only they were recorded: the
+    input lines of a turn cut short by a crash do not count) the oldest and newest
+    ``at``, the last run id, and the completed ("ok") turns as ``fold`` counts them."""
+
+    def __init__(self) -> None:
+        self.first: dict[str, Any] | None = None
+        self.oldest: float | None = None
+        self.newest: float | None = None
+        self.last_run: str | None = None
+        self.turns = 0
+        # The input lines of the turn going on at the end of the lines fed so far: the
+        # next batch's outcome line may end it (``fold`` keeps no more than these).
+        self._open: list[dict[str, Any]] = []
+
+    def feed(self, lines: list[dict[str, Any]]) -> None:
+        if not lines:
+            return
+        if self.first is None:
+            self.first = lines[0]
+        for line in lines:
+            if line.get("type") in _OUTCOME_TYPES:
+                at = number(line.get("at"))
+                if at is not None:
+                    self.oldest = at if self.oldest is None else min(self.oldest, at)
+                    self.newest = at if self.newest is None else max(self.newest, at)
+                if isinstance(line.get("runId"), str):
+                    self.last_run = line["runId"]
+        batch = self._open + lines
+        self.turns += fold(SessionHistory(), batch).assistant_turns
+        cut = len(batch)
+        while cut and batch[cut - 1].get("type") in ("user", "tool") \
+                and batch[cut - 1].get("runId") == batch[-1].get("runId"):
+            cut -= 1
+        self._open = batch[cut:]
+
+
+def _summarize(path: str) -> _Summary:
+    """The ``_Summary`` of the regular file at ``path``, read a window at a time; a file cut
+    short meanwhile ends where it was cut. Raises OSError (EINVAL for a special file)."""
+    summary = _Summary()
+    skipped, first, seen = 0, 0, 0
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        size, pos = info.st_size, 0
+        while pos < size:
+            want = min(_TRANSCRIPT_WINDOW_BYTES, size - pos)
+            data = os.pread(fd, want, pos)
+            if len(data) < want:
+                size = pos + len(data)      # cut short meanwhile: its end is here now
+            whole = data.rfind(b"\n") + 1
+            if not whole:
+                end = _line_end(fd, pos + len(data), size)
+                if end is None:
+                    break                   # a torn last line: never acknowledged
+                data = os.pread(fd, end + 1 - pos, pos)
+                whole = data.rfind(b"\n") + 1
+                if not whole:
+                    break
+            lines, bad, first_bad = parse_lines(data[:whole] if whole < len(data) else data)
+            del data
+            if bad and not skipped:
+                first = seen + first_bad
+            skipped, seen = skipped + bad, seen + len(lines) + bad
+            summary.feed(lines)
+            pos += whole
+    finally:
+        os.close(fd)
+    if skipped:
+        _warn_skipped(path, skipped, first)     # once per file and process, as ``read_file_lines`` does
+    return summary
 
 
 # The index snapshot is taken on the loop and written later by the committer (the
@@ -594,30 +678,77 @@ def prune_journals(agents_dir: str, cutoff: float, committer: Committer) -> None
         _live_days(os.path.join(agent.path, JOURNAL_DIR), cutoff, committer)
 
 
-def read_key_journals(directory: str, since: float, committer: Committer) -> list[dict[str, Any]]:
-    """Job: the lines of the key journals in ``directory`` whose UTC day ended after
-    ``since`` (epoch s), oldest day first; older ones are deleted. [] if there is none.
+def key_journals(directory: str, since: float, committer: Committer) -> list[tuple[str, int]]:
+    """Job: the key journals in ``directory`` whose UTC day ended after ``since`` (epoch s),
+    oldest day first, each with the offset its reading starts at; older ones are deleted.
 
-    Of a journal over ``MAX_KEY_JOURNAL_BYTES``, its newest lines (its tail);
-    a name that is not a regular file (a FIFO, a device) is skipped with a warning.
+    Of a journal over ``MAX_KEY_JOURNAL_BYTES``, only its newest lines (its tail,
+    from the first line that starts within them) are read: the offset is that
+    line's. A name that is not a regular file (a FIFO, a device) is skipped with
+    a warning.
     """
-    lines: list[dict[str, Any]] = []
+    found = []
     for path in _live_days(directory, since, committer):
         try:
-            data = read_regular(path, MAX_KEY_JOURNAL_BYTES, tail=True)
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | CLOEXEC)
         except FileNotFoundError:
             continue
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                raise
-            log.warning("skipped key journal %s: not a regular file", path)
-            continue
-        found, skipped, first = parse_lines(data)
-        if skipped:
-            log.warning("%s: skipped %d %s not holding a JSON object, the first at line %d",
-                        os.path.basename(path), skipped, "line" if skipped == 1 else "lines", first)
-        lines.extend(found)
-    return lines
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                log.warning("skipped key journal %s: not a regular file", path)
+                continue
+            start = 0
+            if info.st_size > MAX_KEY_JOURNAL_BYTES:
+                # One byte more, before the cut: a newline there says the first line is whole.
+                cut = _line_end(fd, info.st_size - MAX_KEY_JOURNAL_BYTES - 1, info.st_size)
+                start = info.st_size if cut is None else cut + 1
+            found.append((path, start))
+        finally:
+            os.close(fd)
+    return found
+
+
+class KeyWindow(NamedTuple):
+    """What ``read_key_window`` read: the JSON objects of the whole lines of one window, the
+    offset the next window starts at (None: the journal ends here), the lines it read, and
+    how many of them were skipped (not JSON objects, or longer than a window), the first
+    of those as a 1-based number within the window (0 if none)."""
+
+    lines: list[dict[str, Any]]
+    next: int | None
+    count: int
+    skipped: int
+    first: int
+
+
+def read_key_window(path: str, offset: int, _: Committer) -> KeyWindow:
+    """Job: the whole lines of the key journal ``path`` in ``_KEY_WINDOW_BYTES`` from
+    ``offset`` (a line's start). A line longer than a window is no key line the gateway
+    wrote: it is skipped (read to its end a window at a time, never held whole). A file
+    gone, cut short, or replaced by one that is not regular meanwhile ends the reading."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | CLOEXEC)
+    except FileNotFoundError:
+        return KeyWindow([], None, 0, 0, 0)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return KeyWindow([], None, 0, 0, 0)
+        want = min(_KEY_WINDOW_BYTES, info.st_size - offset)
+        window = os.pread(fd, want, offset) if want > 0 else b""
+        whole = window.rfind(b"\n") + 1
+        if whole:
+            lines, skipped, first = parse_lines(window[:whole])
+            more = len(window) == want and offset + whole < info.st_size
+            return KeyWindow(lines, offset + whole if more else None, window.count(b"\n", 0, whole),
+                             skipped, first)
+        if len(window) < _KEY_WINDOW_BYTES:
+            return KeyWindow([], None, 0, 0, 0)      # a torn last line (or nothing): never acknowledged
+        end = _line_end(fd, offset + len(window), info.st_size)
+        return KeyWindow([], None if end is None else end + 1, 1, 1, 1)
+    finally:
+        os.close(fd)
 
 
 def prune_key_journals(directory: str, cutoff: float, committer: Committer) -> None:
