@@ -31,7 +31,7 @@ from equabot_gw.agents.types import (
 
 __all__ = [
     "chat_messages", "dumps", "encode", "encode_plain_turn", "encode_turn", "is_large", "parse_lines",
-    "parse_lines_async", "read_file_lines",
+    "parse_lines_async", "read_file_lines", "warn_skipped",
     "number", "header_line", "turn_lines", "fold", "message_line", "message_of", "content_line",
     "content_of", "reply_of",
 ]
@@ -385,7 +385,7 @@ async def parse_lines_async(data: bytes, name: str) -> list[dict[str, Any]]:
             await asyncio.sleep(0)
             deadline = clock() + _PARSE_SLICE_SECONDS
     if skipped:
-        _warn_skipped(name, skipped, first)
+        warn_skipped(name, skipped, first)
     return lines
 
 
@@ -400,11 +400,13 @@ def read_file_lines(path: str) -> list[dict[str, Any]]:
     (FileNotFoundError too; EINVAL for a FIFO, a device or any other special file)."""
     lines, skipped, first = parse_lines(read_regular(path))
     if skipped:
-        _warn_skipped(path, skipped, first)
+        warn_skipped(path, skipped, first)
     return lines
 
 
-def _warn_skipped(path: str, skipped: int, first: int) -> None:
+def warn_skipped(path: str, skipped: int, first: int) -> None:
+    """Warn that ``skipped`` lines of ``path`` (the first at line ``first``) were not read:
+    once per file in this process, so that a damaged file read again stays quiet."""
     if path in _warned:
         return
     if len(_warned) >= _MAX_WARNED:

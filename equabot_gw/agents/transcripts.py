@@ -29,7 +29,7 @@ from equabot_gw.agents.committer import (
 from equabot_gw.agents.lines import (
     content_line, content_of, dumps, encode, encode_plain_turn, encode_turn, fold, header_line, is_large,
     message_line, message_of, number, parse_lines, parse_lines_async, read_file_lines, reply_of, turn_lines,
-    _warn_skipped,
+    warn_skipped,
 )
 from equabot_gw.agents.types import Message, SessionHistory
 
@@ -291,7 +291,7 @@ def _summarize(path: str) -> _Summary:
     finally:
         os.close(fd)
     if skipped:
-        _warn_skipped(path, skipped, first)     # once per file and process, as ``read_file_lines`` does
+        warn_skipped(path, skipped, first)     # once per file and process, as ``read_file_lines`` does
     return summary
 
 
