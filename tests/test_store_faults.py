@@ -15,7 +15,7 @@ from typing import Any
 from unittest import mock
 
 from equabot_gw import compact_json
-from equabot_gw.agents import committer as committer_mod, transcripts
+from equabot_gw.agents import committer as committer_mod, filewindows, transcripts
 from equabot_gw.agents.response_store import ResponseStore
 from equabot_gw.agents.sessions import SessionStore
 from equabot_gw.agents.types import TurnRecord, Usage
@@ -317,7 +317,7 @@ class OutcomeSearchByWindows(unittest.TestCase):
             if line["type"] != "user":
                 expected[line["runId"]] = line
         for window in (9, 10, 17, 64, 4096):
-            with self.subTest(window=window), mock.patch.object(transcripts, "_SCAN_WINDOW_BYTES", window):
+            with self.subTest(window=window), mock.patch.object(filewindows, "WINDOW_BYTES", window):
                 for n in range(31):
                     run = f"run-{n}"
                     self.assertEqual(transcripts.find_outcome([path], run, None), expected.get(run), run)
@@ -334,7 +334,7 @@ class OutcomeSearchByWindows(unittest.TestCase):
                 os.truncate(path, 100)      # someone else's truncate, between two reads
             return real_pread(fd, n, offset)
 
-        with mock.patch.object(transcripts, "_SCAN_WINDOW_BYTES", 512), \
-                mock.patch.object(transcripts.os, "pread", cutting):
+        with mock.patch.object(filewindows, "WINDOW_BYTES", 512), \
+                mock.patch.object(filewindows.os, "pread", cutting):
             self.assertIsNone(transcripts.find_outcome([path], "run-49", None))
         self.assertGreaterEqual(len(calls), 2)

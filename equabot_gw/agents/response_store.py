@@ -42,6 +42,7 @@ from .. import safejson
 from ..compact_json import LARGE_CHARS, dumps, dumps_async
 from ..errors import StorageError
 from .transcripts import Committer, journal_day_end, journal_name, unlink_expired
+from .filewindows import line_end
 
 __all__ = ["StoredResponse", "ResponseStore", "RESPONSES_DIR"]
 
@@ -356,7 +357,7 @@ def _scan_heads(fd: int, size: int, path: str, entries: dict[str, StoredResponse
             pos += whole
             continue
         # One line longer than the window: its head is in it, its end further on.
-        end = _line_end(fd, pos + len(window), size)
+        end = line_end(fd, pos + len(window), size, _LOAD_WINDOW_BYTES)
         if end is None:
             return                  # a torn last line: never acknowledged
         match = _LINE_HEAD.match(window)
@@ -373,19 +374,6 @@ def _take(match: re.Match[bytes], base: int, length: int, path: str, entries: di
         return
     entries[response_id] = StoredResponse(response_id, match.group(2).decode(), match.group(3).decode(),
                                           match.group(4).decode(), path, base + match.start(), length)
-
-
-def _line_end(fd: int, pos: int, size: int) -> int | None:
-    """The offset of the first newline at or after ``pos``; None if the file ends first."""
-    while pos < size:
-        window = os.pread(fd, min(_LOAD_WINDOW_BYTES, size - pos), pos)
-        if not window:
-            return None             # cut short meanwhile
-        cut = window.find(b"\n")
-        if cut >= 0:
-            return pos + cut
-        pos += len(window)
-    return None
 
 
 def _read(entry: StoredResponse, _: Committer) -> bytes:

@@ -31,6 +31,7 @@ from equabot_gw.agents.lines import (
     message_line, message_of, number, parse_lines, parse_lines_async, read_file_lines, reply_of, turn_lines,
     warn_skipped,
 )
+from equabot_gw.agents.filewindows import OUTCOME_TYPES, find_outcome, line_end
 from equabot_gw.agents.types import Message, SessionHistory
 
 __all__ = [
@@ -240,7 +241,7 @@ class _Summary:
         if self.first is None:
             self.first = lines[0]
         for line in lines:
-            if line.get("type") in _OUTCOME_TYPES:
+            if line.get("type") in OUTCOME_TYPES:
                 at = number(line.get("at"))
                 if at is not None:
                     self.oldest = at if self.oldest is None else min(self.oldest, at)
@@ -274,7 +275,7 @@ def _summarize(path: str) -> _Summary:
                 size = pos + len(data)      # cut short meanwhile: its end is here now
             whole = data.rfind(b"\n") + 1
             if not whole:
-                end = _line_end(fd, pos + len(data), size)
+                end = line_end(fd, pos + len(data), size)
                 if end is None:
                     break                   # a torn last line: never acknowledged
                 data = os.pread(fd, end + 1 - pos, pos)
@@ -437,92 +438,6 @@ def read_lines(path: str, _: Committer) -> list[dict[str, Any]]:
         return read_file_lines(path)
     except FileNotFoundError:
         return []
-
-
-# The outcome lines of a run: the one its turn ends with.
-_OUTCOME_TYPES: Final = ("assistant", "aborted", "error")
-# A file is searched for a run id this many bytes at a time: each read and search a
-# short hold of the GIL (the loop's thread is not kept waiting by a long journal), and
-# the memory a search takes besides the line it reads whole.
-_SCAN_WINDOW_BYTES: Final = 256 * 1024
-
-
-def find_outcome(paths: list[str], run_id: str, _: Committer) -> dict[str, Any] | None:
-    """Job: the last outcome line ("assistant", "aborted" or "error") of run ``run_id`` in
-    the JSONL files ``paths`` (missing ones skipped), the later files' lines after the
-    earlier's; None if none holds one.
-
-    The files are searched a window at a time, and only the lines that name the
-    run are read whole and decoded: the memory a search takes is a window and its
-    longest such line, however long the file (a busy day's journal holds every
-    stateless turn of it). They are read, not mapped: a file cut short from
-    outside meanwhile ends the search early, where a mapping would take the
-    process down with SIGBUS. Raises OSError (EINVAL for a FIFO, a device or any
-    other special file).
-    """
-    found = None
-    needle = f'"{run_id}"'.encode("utf-8", "surrogatepass")
-    for path in paths:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | CLOEXEC)
-        except FileNotFoundError:
-            continue
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise OSError(errno.EINVAL, "not a regular file", path)
-            found = _last_outcome(fd, info.st_size, needle, run_id) or found
-        finally:
-            os.close(fd)
-    return found
-
-
-def _last_outcome(fd: int, size: int, needle: bytes, run_id: str) -> dict[str, Any] | None:
-    found = None
-    pos = 0
-    span = max(_SCAN_WINDOW_BYTES, 2 * len(needle))
-    while pos < size:
-        window = os.pread(fd, min(span, size - pos), pos)
-        if len(window) < len(needle):
-            break               # the file ends here (or was cut short meanwhile)
-        hit = window.find(needle)
-        if hit < 0:
-            # The next window starts early enough to find a needle cut by this one's end.
-            pos += len(window) - len(needle) + 1
-            del window          # before the next is read: one window in memory at a time
-            continue
-        start = _line_start(fd, window, pos, hit)
-        end = _line_end(fd, pos + hit + len(needle), size)
-        if end is None:
-            break               # a torn last line: never acknowledged
-        line = parse_lines(os.pread(fd, end + 1 - start, start))[0]
-        if line and line[0].get("runId") == run_id and line[0].get("type") in _OUTCOME_TYPES:
-            found = line[0]
-        pos = end + 1
-    return found
-
-
-def _line_start(fd: int, window: bytes, pos: int, hit: int) -> int:
-    """The offset of the line holding ``window[hit]`` (``window`` read at ``pos``)."""
-    cut = window.rfind(b"\n", 0, hit)
-    while cut < 0 and pos > 0:       # the line began before the window: look further back
-        back = max(0, pos - _SCAN_WINDOW_BYTES)
-        window, pos = os.pread(fd, pos - back, back), back
-        cut = window.rfind(b"\n")
-    return pos + cut + 1             # cut is -1 at the start of the file
-
-
-def _line_end(fd: int, pos: int, size: int) -> int | None:
-    """The offset of the newline that ends the line going on at ``pos``; None if none does."""
-    while pos < size:
-        window = os.pread(fd, min(_SCAN_WINDOW_BYTES, size - pos), pos)
-        if not window:
-            return None
-        cut = window.find(b"\n")
-        if cut >= 0:
-            return pos + cut
-        pos += len(window)
-    return None
 
 
 def find_archived_outcome(path: str, since_ms: int, run_id: str, committer: Committer) -> dict[str, Any] | None:
@@ -701,7 +616,7 @@ def key_journals(directory: str, since: float, committer: Committer) -> list[tup
             start = 0
             if info.st_size > MAX_KEY_JOURNAL_BYTES:
                 # One byte more, before the cut: a newline there says the first line is whole.
-                cut = _line_end(fd, info.st_size - MAX_KEY_JOURNAL_BYTES - 1, info.st_size)
+                cut = line_end(fd, info.st_size - MAX_KEY_JOURNAL_BYTES - 1, info.st_size)
                 start = info.st_size if cut is None else cut + 1
             found.append((path, start))
         finally:
@@ -745,7 +660,7 @@ def read_key_window(path: str, offset: int, _: Committer) -> KeyWindow:
                              skipped, first)
         if len(window) < _KEY_WINDOW_BYTES:
             return KeyWindow([], None, 0, 0, 0)      # a torn last line (or nothing): never acknowledged
-        end = _line_end(fd, offset + len(window), info.st_size)
+        end = line_end(fd, offset + len(window), info.st_size)
         return KeyWindow([], None if end is None else end + 1, 1, 1, 1)
     finally:
         os.close(fd)

@@ -1,0 +1,103 @@
+"""Session files read a window at a time: never mapped, never read whole.
+
+A window is a bounded ``os.pread``: the memory a read takes is a window (and
+a line it reads whole), however long the file, and a file cut short from
+outside meanwhile ends the reading where a mapping would take the process
+down with SIGBUS. Jobs of the committer thread and its start-up readers use
+these; what the lines mean is ``lines``'.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from typing import Any, Final
+
+from equabot_gw.agents.committer import CLOEXEC, Committer
+from equabot_gw.agents.lines import parse_lines
+
+__all__ = ["OUTCOME_TYPES", "WINDOW_BYTES", "find_outcome", "line_end"]
+
+# The outcome lines of a run: the one its turn ends with.
+OUTCOME_TYPES: Final = ("assistant", "aborted", "error")
+# A file is read this many bytes at a time: each read and search a short hold of
+# the GIL (the loop's thread is not kept waiting by a long journal), and the memory
+# a search takes besides the line it reads whole.
+WINDOW_BYTES: Final = 256 * 1024
+
+
+def line_end(fd: int, pos: int, size: int, window: int = WINDOW_BYTES) -> int | None:
+    """The offset of the first newline at or after ``pos`` of the ``size`` bytes of ``fd``,
+    read ``window`` bytes at a time; None if the file ends (or was cut short) first."""
+    while pos < size:
+        data = os.pread(fd, min(window, size - pos), pos)
+        if not data:
+            return None
+        cut = data.find(b"\n")
+        if cut >= 0:
+            return pos + cut
+        pos += len(data)
+    return None
+
+
+def find_outcome(paths: list[str], run_id: str, _: Committer) -> dict[str, Any] | None:
+    """Job: the last outcome line ("assistant", "aborted" or "error") of run ``run_id`` in
+    the JSONL files ``paths`` (missing ones skipped), the later files' lines after the
+    earlier's; None if none holds one.
+
+    Only the lines that name the run are read whole and decoded: the memory a
+    search takes is a window and its longest such line (a busy day's journal
+    holds every stateless turn of it). Raises OSError (EINVAL for a FIFO, a
+    device or any other special file).
+    """
+    found = None
+    needle = f'"{run_id}"'.encode("utf-8", "surrogatepass")
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | CLOEXEC)
+        except FileNotFoundError:
+            continue
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise OSError(errno.EINVAL, "not a regular file", path)
+            found = _last_outcome(fd, info.st_size, needle, run_id) or found
+        finally:
+            os.close(fd)
+    return found
+
+
+def _last_outcome(fd: int, size: int, needle: bytes, run_id: str) -> dict[str, Any] | None:
+    found = None
+    pos = 0
+    span = max(WINDOW_BYTES, 2 * len(needle))
+    while pos < size:
+        window = os.pread(fd, min(span, size - pos), pos)
+        if len(window) < len(needle):
+            break               # the file ends here (or was cut short meanwhile)
+        hit = window.find(needle)
+        if hit < 0:
+            # The next window starts early enough to find a needle cut by this one's end.
+            pos += len(window) - len(needle) + 1
+            del window          # before the next is read: one window in memory at a time
+            continue
+        start = _line_start(fd, window, pos, hit)
+        end = line_end(fd, pos + hit + len(needle), size, span)
+        if end is None:
+            break               # a torn last line: never acknowledged
+        line = parse_lines(os.pread(fd, end + 1 - start, start))[0]
+        if line and line[0].get("runId") == run_id and line[0].get("type") in OUTCOME_TYPES:
+            found = line[0]
+        pos = end + 1
+    return found
+
+
+def _line_start(fd: int, window: bytes, pos: int, hit: int) -> int:
+    """The offset of the line holding ``window[hit]`` (``window`` read at ``pos``)."""
+    cut = window.rfind(b"\n", 0, hit)
+    while cut < 0 and pos > 0:       # the line began before the window: look further back
+        back = max(0, pos - WINDOW_BYTES)
+        window, pos = os.pread(fd, pos - back, back), back
+        cut = window.rfind(b"\n")
+    return pos + cut + 1             # cut is -1 at the start of the file
