@@ -63,7 +63,8 @@ class OnePathTest(unittest.IsolatedAsyncioTestCase):
             await client.close()
             with tempfile.TemporaryDirectory() as tmp:
                 args = argparse.Namespace(config=None, state_dir=tmp, local=False, message="via cli remote",
-                                          agent=None, session_key=None, json=True, url=gw.url, token=TOKEN)
+                                          agent=None, session_key=None, timeout=None, json=True, url=gw.url,
+                                          token=TOKEN)
                 with contextlib.redirect_stdout(io.StringIO()) as out:
                     self.assertEqual(await agent_cli.run_agent_command(args), 0)
             # Both continue the main session (agent:main:main), one turn after the other.
@@ -73,7 +74,8 @@ class OnePathTest(unittest.IsolatedAsyncioTestCase):
         with tempfile.TemporaryDirectory() as tmp:
             path = write_config(pathlib.Path(tmp), base_config())
             args = argparse.Namespace(config=str(path), state_dir=tmp, local=True, message="via cli local",
-                                      agent=None, session_key=None, json=False, url=None, token=None)
+                                      agent=None, session_key=None, timeout=None, json=False, url=None,
+                                      token=None)
             with contextlib.redirect_stdout(io.StringIO()) as out:
                 self.assertEqual(await agent_cli.run_agent_command(args), 0)
             self.assertEqual(out.getvalue(), "Echo (turn 1): via cli local\n")
