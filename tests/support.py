@@ -63,6 +63,15 @@ def base_config(**gateway: Any) -> dict[str, Any]:
     return data
 
 
+def signals_as_from_a_terminal() -> None:
+    """In a child about to run a gateway or a command: SIGINT and SIGHUP delivered as from a
+    terminal. A suite started in the background (``make test &``) has SIGINT ignored, one
+    under ``nohup`` SIGHUP, and a child inherits that (the gateway keeps an inherited
+    ignored SIGHUP ignored, as a program under nohup should)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 class GatewayProcess:
     """``python -m equabot_gw`` on port 0 in a subprocess; ``url`` once started."""
 
@@ -85,7 +94,8 @@ class GatewayProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "equabot_gw", "--config", str(self.config_path), "--port", "0",
              "--state-dir", str(self.state_dir), *self.extra_args],
-            cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=self._stderr, text=True)
+            cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=self._stderr, text=True,
+            preexec_fn=signals_as_from_a_terminal)
         deadline = time.monotonic() + timeout
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()

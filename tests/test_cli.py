@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from equabot_gw import __version__
-from tests.support import ROOT, TOKEN, GatewayProcess, LiveGateway, base_config, write_config
+from tests.support import (ROOT, TOKEN, GatewayProcess, LiveGateway, base_config, signals_as_from_a_terminal,
+                           write_config)
 
 TIMEOUT = 20.0
 SLOW_DELAY_MS = 80
@@ -677,20 +678,16 @@ class ShutdownTest(CLITestCase):
             self.assertEqual(self.wait_exit(gw, TIMEOUT), 0)
 
 
-def _sigint_as_from_a_terminal() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 class AgentInterruptTest(CLITestCase):
     """Ctrl-C on ``agent``: the gateway aborts the run and records it; the CLI exits 130."""
 
     def interrupt(self, gw: GatewayProcess, *args: str, sig: int = signal.SIGINT) -> tuple[int, str]:
-        # As from a terminal: a suite started in the background (``make test &``) has
-        # SIGINT ignored, and a child would inherit that and never see the Ctrl-C.
+        # As from a terminal: a suite started in the background or under nohup would
+        # pass on an ignored SIGINT or SIGHUP, and the child never see the signal.
         proc = subprocess.Popen([sys.executable, "-m", "equabot_gw", "agent", "--state-dir", str(gw.state_dir),
                                  "--token", TOKEN, "-m", " ".join(["w"] * 100), *args],
                                 cwd=ROOT, env=self.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                preexec_fn=_sigint_as_from_a_terminal)
+                                preexec_fn=signals_as_from_a_terminal)
         try:
             first = proc.stdout.read1(65536)
             self.assertTrue(first.startswith(b"Echo"), first)
