@@ -26,7 +26,7 @@ import unittest
 from typing import Any
 from unittest import mock
 
-from equabot_gw.agents import response_store, transcripts
+from equabot_gw.agents import filewindows, response_store, transcripts
 from equabot_gw.agents.idempotency import Keys
 from equabot_gw.agents.response_store import StoredResponse
 from equabot_gw.agents.sessions import SessionStore
@@ -107,12 +107,12 @@ class KeyJournalWindows(KeyJournalCase):
             return [(e.agent_id, e.key, e.digest, e.run_id, e.session_key, e.stateless, e.at, e.meta)
                     for e in keys._table.values()]
 
-        with mock.patch.object(transcripts, "_KEY_WINDOW_BYTES", 1 << 30), \
+        with mock.patch.object(filewindows, "KEY_WINDOW_BYTES", 1 << 30), \
                 self.assertLogs("equabot_gw.sessions", "WARNING"):
             whole = table(await self.load())
         self.assertTrue(whole)
         for window in (1024, 1500, 4096, 65536):
-            with self.subTest(window=window), mock.patch.object(transcripts, "_KEY_WINDOW_BYTES", window), \
+            with self.subTest(window=window), mock.patch.object(filewindows, "KEY_WINDOW_BYTES", window), \
                     self.assertLogs("equabot_gw.sessions", "WARNING") as logs:
                 self.assertEqual(table(await self.load()), whole)
             # Junk lines (those over the window too) are counted once, in one warning.
@@ -131,7 +131,7 @@ class KeyJournalWindows(KeyJournalCase):
                 os.truncate(self.journal, 5000)      # someone else's truncate, between two reads
             return real_pread(fd, n, offset)
 
-        with mock.patch.object(transcripts, "_KEY_WINDOW_BYTES", 4096), \
+        with mock.patch.object(filewindows, "KEY_WINDOW_BYTES", 4096), \
                 mock.patch.object(transcripts.os, "pread", cutting):
             keys = await self.load()
         self.assertGreaterEqual(len(calls), 2)

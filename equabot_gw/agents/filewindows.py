@@ -12,12 +12,13 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from equabot_gw.agents.committer import CLOEXEC, Committer
 from equabot_gw.agents.lines import parse_lines
 
-__all__ = ["OUTCOME_TYPES", "WINDOW_BYTES", "find_outcome", "line_end"]
+__all__ = ["OUTCOME_TYPES", "WINDOW_BYTES", "KEY_WINDOW_BYTES", "KeyWindow", "find_outcome", "line_end",
+           "read_key_window"]
 
 # The outcome lines of a run: the one its turn ends with.
 OUTCOME_TYPES: Final = ("assistant", "aborted", "error")
@@ -25,6 +26,9 @@ OUTCOME_TYPES: Final = ("assistant", "aborted", "error")
 # the GIL (the loop's thread is not kept waiting by a long journal), and the memory
 # a search takes besides the line it reads whole.
 WINDOW_BYTES: Final = 256 * 1024
+# A key journal is read this many bytes at a time: start-up holds the table of keys and
+# one window's lines, not a day's journal. A key line is a few KB at most.
+KEY_WINDOW_BYTES: Final = 256 * 1024
 
 
 def line_end(fd: int, pos: int, size: int, window: int = WINDOW_BYTES) -> int | None:
@@ -101,3 +105,45 @@ def _line_start(fd: int, window: bytes, pos: int, hit: int) -> int:
         window, pos = os.pread(fd, pos - back, back), back
         cut = window.rfind(b"\n")
     return pos + cut + 1             # cut is -1 at the start of the file
+
+
+class KeyWindow(NamedTuple):
+    """What ``read_key_window`` read: the JSON objects of the whole lines of one window, the
+    offset the next window starts at (None: the journal ends here), the lines it read, and
+    how many of them were skipped (not JSON objects, or longer than a window), the first
+    of those as a 1-based number within the window (0 if none)."""
+
+    lines: list[dict[str, Any]]
+    next: int | None
+    count: int
+    skipped: int
+    first: int
+
+
+def read_key_window(path: str, offset: int, _: Committer) -> KeyWindow:
+    """Job: the whole lines of the key journal ``path`` in ``KEY_WINDOW_BYTES`` from
+    ``offset`` (a line's start). A line longer than a window is no key line the gateway
+    wrote: it is skipped (read to its end a window at a time, never held whole). A file
+    gone, cut short, or replaced by one that is not regular meanwhile ends the reading."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | CLOEXEC)
+    except FileNotFoundError:
+        return KeyWindow([], None, 0, 0, 0)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return KeyWindow([], None, 0, 0, 0)
+        want = min(KEY_WINDOW_BYTES, info.st_size - offset)
+        window = os.pread(fd, want, offset) if want > 0 else b""
+        whole = window.rfind(b"\n") + 1
+        if whole:
+            lines, skipped, first = parse_lines(window[:whole])
+            more = len(window) == want and offset + whole < info.st_size
+            return KeyWindow(lines, offset + whole if more else None, window.count(b"\n", 0, whole),
+                             skipped, first)
+        if len(window) < KEY_WINDOW_BYTES:
+            return KeyWindow([], None, 0, 0, 0)      # a torn last line (or nothing): never acknowledged
+        end = line_end(fd, offset + len(window), info.st_size)
+        return KeyWindow([], None if end is None else end + 1, 1, 1, 1)
+    finally:
+        os.close(fd)

@@ -24,8 +24,6 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Callable, Final
 
 from equabot_gw.agents import transcripts, usage_scan
-from equabot_gw.agents.committer import CLOEXEC
-from equabot_gw.agents.lines import parse_lines, reply_of
 from equabot_gw.agents.session_keys import check_agent_id
 from equabot_gw.agents.transcripts import SessionInfo, session_info
 from equabot_gw.agents.types import Message
@@ -42,8 +40,6 @@ MAX_USAGE_CACHE_FILES: Final = 8192
 # A file changed less than this long ago may change again within its mtime's
 # granularity without a new signature: it is scanned at every call, not kept.
 _USAGE_SETTLED_NS: Final = 2_000_000_000
-# The lines that end a run's turn.
-_OUTCOMES: Final = ("assistant", "aborted", "error")
 
 
 class _UsageMemo:
@@ -55,27 +51,6 @@ class _UsageMemo:
     def __init__(self, loop: asyncio.AbstractEventLoop,
                  scans: OrderedDict[str, usage_scan.UsageScan]) -> None:
         self.loop, self.lock, self.scans = loop, asyncio.Lock(), scans
-
-
-def _read_outcome(where: transcripts.Stored, run_id: str, _: Committer) -> Message | None:
-    """Job: the reply of run ``run_id`` among the lines stored at ``where`` (its "assistant",
-    "aborted" or "error" line: a failed run's line keeps its partial reply, when it had one);
-    None if the file no longer holds them (reset, deleted, pruned)."""
-    try:
-        fd = os.open(where.path, os.O_RDONLY | CLOEXEC)
-        try:
-            data = os.pread(fd, where.length, where.offset)
-        finally:
-            os.close(fd)
-    except OSError:
-        return None
-    for line in parse_lines(data)[0]:
-        if line.get("runId") == run_id and line.get("type") in _OUTCOMES:
-            content = line.get("content", "" if line.get("type") == "error" else None)
-            if not isinstance(content, str):
-                return None
-            return reply_of(line) or Message("assistant", content)
-    return None
 
 
 def _usage_job(path: str, known: usage_scan.UsageScan | None) -> usage_scan.UsageScan | None:
@@ -110,17 +85,7 @@ class SessionReads:
         """
         committer = self._require_open()
         return await committer.job(  # type: ignore[no-any-return]
-            "reading a reply back", functools.partial(_read_outcome, where, run_id))
-
-    async def read_reply(self, where: transcripts.Stored, run_id: str) -> str | None:
-        """The reply of run ``run_id`` as recorded at ``where`` (what ``record_turn``
-        returned); None once its transcript was reset or deleted, or its journal pruned.
-
-        Raises ``StorageError`` if the store is closed.
-        """
-        committer = self._require_open()
-        return await committer.job(  # type: ignore[no-any-return]
-            "reading a reply back", functools.partial(transcripts.read_reply, where, run_id))
+            "reading a reply back", functools.partial(transcripts.read_outcome, where, run_id))
 
     async def read_transcript(self, agent_id: str, key: str) -> list[dict[str, Any]]:
         """Every parsed line of a keyed session's transcript, header first; [] if none.

@@ -24,7 +24,7 @@ from collections import OrderedDict
 from typing import Any, AsyncContextManager, AsyncIterator, Callable, Final
 
 from equabot_gw import errors
-from equabot_gw.agents import transcripts
+from equabot_gw.agents import filewindows, transcripts
 from equabot_gw.agents.lanes import Lane
 from equabot_gw.agents.session_reads import SessionReads
 from equabot_gw.agents.session_keys import (
@@ -107,7 +107,7 @@ class SessionStore(SessionReads):
     the end; a closed store may be opened again (in any loop), as if new. Methods taking ``agent_id, key`` accept a key as ``scoped_key``
     does and raise ``ApiError`` 400 for a bad key, agent id, or a key of
     another agent. Disk work runs in one committer thread, never on the loop.
-    The read-back methods (``read_reply``, ``read_transcript``, ``list_sessions``
+    The read-back methods (``read_outcome``, ``read_transcript``, ``list_sessions``
     and the like) are ``SessionReads``'s.
     """
 
@@ -575,7 +575,7 @@ class SessionStore(SessionReads):
             at: int | None = offset
             while at is not None:
                 window = await self._require_open().job(
-                    "reading the idempotency journal", functools.partial(transcripts.read_key_window, path, at))
+                    "reading the idempotency journal", functools.partial(filewindows.read_key_window, path, at))
                 if window.skipped and not skipped:
                     first = read + window.first
                 read, skipped, at = read + window.count, skipped + window.skipped, window.next

@@ -40,8 +40,8 @@ __all__ = [
     "dumps", "encode", "encode_plain_turn", "encode_turn", "is_large", "parse_lines", "read_file_lines", "number",
     "header_line", "turn_lines", "fold",
     "message_line", "message_of", "content_line", "content_of",
-    "SessionInfo", "IndexEntry", "session_info", "Stored", "load", "read_bytes", "read_lines", "read_reply", "read_outcome", "parse_lines_async", "write_index", "restart", "delete", "prune_journals",
-    "storage_error", "Committer", "KEYS_DIR", "key_journals", "KeyWindow", "read_key_window",
+    "SessionInfo", "IndexEntry", "session_info", "Stored", "load", "read_bytes", "read_lines", "read_outcome", "parse_lines_async", "write_index", "restart", "delete", "prune_journals",
+    "storage_error", "Committer", "KEYS_DIR", "key_journals",
     "prune_key_journals", "find_outcome",
     "find_archived_outcome", "journal_day_end", "unlink_expired",
 ]
@@ -84,9 +84,6 @@ MAX_INDEX_BYTES: Final = 64 * 1024 * 1024
 # A key journal holds a day's keys, about 300 bytes each; the table keeps at most
 # 100,000 keys, so past this only its newest lines (its tail) are read.
 MAX_KEY_JOURNAL_BYTES: Final = 64 * 1024 * 1024
-# ... and read this many bytes at a time: start-up holds the table of keys and one
-# window's lines, not a day's journal. A key line is a few KB at most.
-_KEY_WINDOW_BYTES: Final = 256 * 1024
 # A transcript whose header names another session is renamed to
 # ``<file>.aside-<ms>`` (no ".jsonl": never listed nor appended to again).
 _ASIDE: Final = ".aside-"
@@ -475,8 +472,9 @@ class Stored(NamedTuple):
 
 def read_outcome(where: Stored, run_id: str, _: Committer) -> Message | None:
     """Job: the reply of run ``run_id`` (its "assistant" or "aborted" line, with tool calls
-    and reasoning) among the lines stored at ``where``; None if the file no longer holds
-    them (reset, deleted, pruned)."""
+    and reasoning, or its "error" line's partial reply, "" when it had none) among the
+    lines stored at ``where``; None if the file no longer holds them (reset, deleted,
+    pruned)."""
     try:
         fd = os.open(where.path, os.O_RDONLY | CLOEXEC)
         try:
@@ -486,18 +484,12 @@ def read_outcome(where: Stored, run_id: str, _: Committer) -> Message | None:
     except OSError:
         return None
     for line in parse_lines(data)[0]:
-        if line.get("runId") == run_id and line.get("type") in ("assistant", "aborted"):
-            content = line.get("content")
+        if line.get("runId") == run_id and line.get("type") in OUTCOME_TYPES:
+            content = line.get("content", "" if line.get("type") == "error" else None)
             if not isinstance(content, str):
                 return None
             return reply_of(line) or Message("assistant", content)
     return None
-
-
-def read_reply(where: Stored, run_id: str, committer: Committer) -> str | None:
-    """Job: the text of ``read_outcome``."""
-    outcome = read_outcome(where, run_id, committer)
-    return outcome.text() if outcome is not None else None
 
 
 def write_index(sessions_dir: str, snapshot: dict[str, IndexEntry], _: Committer) -> float:
@@ -622,48 +614,6 @@ def key_journals(directory: str, since: float, committer: Committer) -> list[tup
         finally:
             os.close(fd)
     return found
-
-
-class KeyWindow(NamedTuple):
-    """What ``read_key_window`` read: the JSON objects of the whole lines of one window, the
-    offset the next window starts at (None: the journal ends here), the lines it read, and
-    how many of them were skipped (not JSON objects, or longer than a window), the first
-    of those as a 1-based number within the window (0 if none)."""
-
-    lines: list[dict[str, Any]]
-    next: int | None
-    count: int
-    skipped: int
-    first: int
-
-
-def read_key_window(path: str, offset: int, _: Committer) -> KeyWindow:
-    """Job: the whole lines of the key journal ``path`` in ``_KEY_WINDOW_BYTES`` from
-    ``offset`` (a line's start). A line longer than a window is no key line the gateway
-    wrote: it is skipped (read to its end a window at a time, never held whole). A file
-    gone, cut short, or replaced by one that is not regular meanwhile ends the reading."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | CLOEXEC)
-    except FileNotFoundError:
-        return KeyWindow([], None, 0, 0, 0)
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            return KeyWindow([], None, 0, 0, 0)
-        want = min(_KEY_WINDOW_BYTES, info.st_size - offset)
-        window = os.pread(fd, want, offset) if want > 0 else b""
-        whole = window.rfind(b"\n") + 1
-        if whole:
-            lines, skipped, first = parse_lines(window[:whole])
-            more = len(window) == want and offset + whole < info.st_size
-            return KeyWindow(lines, offset + whole if more else None, window.count(b"\n", 0, whole),
-                             skipped, first)
-        if len(window) < _KEY_WINDOW_BYTES:
-            return KeyWindow([], None, 0, 0, 0)      # a torn last line (or nothing): never acknowledged
-        end = line_end(fd, offset + len(window), info.st_size)
-        return KeyWindow([], None if end is None else end + 1, 1, 1, 1)
-    finally:
-        os.close(fd)
 
 
 def prune_key_journals(directory: str, cutoff: float, committer: Committer) -> None:

@@ -472,26 +472,9 @@ class Responses:
         writer = EventWriter(shape, run.id if run is not None else "", after)
         body = self._events_body(writer, batches, stored[0] if stored is not None else None, flight)
         if after is not None and (stored is not None or run.done):     # type: ignore[union-attr]
-            body = await self._checked(body, writer, after, leave, param)
+            body = await resume.past_the_end_refused(body, lambda: writer.seq, after, leave, param)
         return StreamingResponse(200, list(sse.HEADERS) + extra, body,
                                  idle_bytes=sse.KEEPALIVE, idle_interval=sse.KEEPALIVE_INTERVAL, on_close=leave)
-
-    @staticmethod
-    async def _checked(body: AsyncIterator[bytes], writer: EventWriter, after: int, leave: Callable[[], None],
-                       param: str) -> AsyncIterator[bytes]:
-        """``body`` of a finished response, once its first piece after ``after`` is known to exist
-        (or ``after`` is the last event's position); else 400, before any status went out."""
-        try:
-            first = await anext(body, None)
-        except BaseException:
-            leave()
-            raise
-        if first is None and after >= writer.seq:
-            leave()
-            code = "invalid_last_event_id" if param == "Last-Event-ID" else "invalid_value"
-            raise ApiError(400, f"Invalid {param}: this stream ended at seq {writer.seq - 1} (its last "
-                                f"event); seq {after} was never sent.", code=code, param=param)
-        return _then(first, body)
 
     async def _events_body(self, writer: EventWriter, batches: AsyncIterator[list[Any]],
                            stored: dict[str, Any] | None, flight: _InFlight | None) -> AsyncIterator[bytes]:
@@ -641,18 +624,6 @@ class Responses:
 
 async def _once(batch: list[Any]) -> AsyncIterator[list[Any]]:
     yield batch
-
-
-async def _then(first: bytes | None, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """``first`` (None: nothing, ``rest`` is over), then the rest of ``rest``."""
-    if first is None:
-        return
-    try:
-        yield first
-        async for piece in rest:
-            yield piece
-    finally:
-        await rest.aclose()         # type: ignore[attr-defined]
 
 
 def _failed(shape: Shape, run: Run | RunRecord, exc: RunError) -> dict[str, Any]:

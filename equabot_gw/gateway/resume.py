@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Final, NamedTuple
 
 from ..agents import idempotency
@@ -30,7 +30,7 @@ from ..net.routes import HTTPRequest, StreamingResponse, query_fields
 from . import chat_stream
 
 __all__ = ["KEY_HEADERS", "REPLAY_HEADER", "idempotency_key", "body_digest", "completion_id", "run_id_of",
-           "last_event_seq", "last_event_position", "Position", "Claims", "no_claim"]
+           "last_event_seq", "last_event_position", "Position", "Claims", "no_claim", "past_the_end_refused"]
 
 # The IETF httpapi draft's header first, then ours under each gateway header prefix
 # (the first one sent wins).
@@ -230,3 +230,34 @@ def no_claim() -> None:
 def _abort_if_running(run: Run | RunRecord) -> None:
     if not run.done:
         run.abort("client disconnected")
+
+
+async def past_the_end_refused(body: AsyncIterator[bytes], end: Callable[[], int], after: int,
+                               leave: Callable[[], None], param: str) -> AsyncIterator[bytes]:
+    """``body``, a finished stream's events after position ``after``, once its first piece is
+    known to exist (or ``after`` is its last event's position, ``end()`` once ``body`` is
+    over); else 400 before any status went out: a position past the end was never sent.
+    ``param`` names where the position came from (``Last-Event-ID`` or ``starting_after``)."""
+    try:
+        first = await anext(body, None)
+    except BaseException:
+        leave()
+        raise
+    if first is None and after >= end():
+        leave()
+        code = "invalid_last_event_id" if param == "Last-Event-ID" else "invalid_value"
+        raise ApiError(400, f"Invalid {param}: this stream ended at seq {end() - 1} (its last "
+                            f"event); seq {after} was never sent.", code=code, param=param)
+    return _then(first, body)
+
+
+async def _then(first: bytes | None, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """``first`` (None: nothing, ``rest`` is over), then the rest of ``rest``."""
+    if first is None:
+        return
+    try:
+        yield first
+        async for piece in rest:
+            yield piece
+    finally:
+        await rest.aclose()         # type: ignore[attr-defined]
